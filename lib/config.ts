@@ -1,0 +1,35 @@
+/**
+ * pgbg's settings and their defaults, in one place. The library's options,
+ * the service's flags and its environment variables all map onto these.
+ *
+ * @module
+ */
+
+/** The defaults of every pgbg setting. Durations are in milliseconds. */
+export const defaults = {
+  /** PostgreSQL schema holding pgbg's tables. */
+  schema: "pgbg",
+  /** Queue of a task that names none. */
+  queue: "default",
+  /** Largest payload accepted by enqueue, in bytes of JSON (1 MiB). */
+  maxPayloadBytes: 1024 * 1024,
+  /** Attempts before a task is kept as failed. */
+  maxAttempts: 25,
+  /** Time limit of one attempt. */
+  timeout: 30_000,
+  /** Wait before a failed attempt is retried. */
+  retryDelay: 5_000,
+  /** Worker subprocesses per supervisor. */
+  workers: 2,
+  /** Tasks one worker runs at once. */
+  concurrency: 10,
+  /** How often the supervisor checks its workers and heartbeats. */
+  checkInterval: 1_000,
+  /** How long a worker sleeps on an empty queue when no wake-up arrives. */
+  idleSleep: 1_000,
+  /** How long a stopping service lets running tasks finish. */
+  shutdownTimeout: 30_000,
+} as const;
+
+/** The largest number of inputs `enqueueMany` writes in one statement. */
+export const MAX_BATCH_INPUTS = 100_000;

@@ -1,0 +1,147 @@
+/**
+ * `defineTask`: a task's name, the valibot schema of its input, its handler,
+ * and its retry and time-limit policy.
+ *
+ * @module
+ */
+import type * as v from "valibot";
+import type { TransactionSql } from "postgres";
+import { InvalidTaskError } from "./errors.ts";
+
+/** A valibot schema, sync or async, describing a task's input. */
+export type InputSchema =
+  | v.BaseSchema<unknown, unknown, v.BaseIssue<unknown>>
+  | v.BaseSchemaAsync<unknown, unknown, v.BaseIssue<unknown>>;
+
+/** What a task's `run` receives besides its input. */
+export interface TaskContext {
+  /** The task's id, as returned by `enqueue`. */
+  readonly id: string;
+  /** The task's name. */
+  readonly name: string;
+  /** The queue the task was claimed from. */
+  readonly queue: string;
+  /** This attempt's number, starting at 1. */
+  readonly attempt: number;
+  /**
+   * Aborts when the attempt's time limit is reached or the service is
+   * stopping past its shutdown timeout. Pass it to fetch and friends, and
+   * stop work when it fires: the attempt then counts as failed.
+   */
+  readonly signal: AbortSignal;
+  /**
+   * Completes the task inside the caller's own transaction: the task's row is
+   * deleted in `tx`, fenced by this attempt's lease, so the handler's writes
+   * and the completion commit or roll back together. If `tx` commits, the
+   * task never runs again. Throws `LeaseLostError` (and so aborts `tx`) when
+   * the lease was lost to another worker.
+   */
+  // deno-lint-ignore no-explicit-any
+  complete(tx: TransactionSql<any>): Promise<void>;
+}
+
+/** How the wait before a retry grows with the attempts. */
+export type RetryBackoff = "fixed" | "exponential";
+
+/** A task: what `defineTask` takes and returns. */
+export interface Task<S extends InputSchema = InputSchema> {
+  /** Stored in each queued row; unique among the tasks of one deployment. */
+  readonly name: string;
+  /** Validates and types the input at enqueue and again before each run. */
+  readonly schema: S;
+  /** Runs one attempt. A throw, a rejection or a timeout fails the attempt. */
+  run(input: v.InferOutput<S>, ctx: TaskContext): unknown | Promise<unknown>;
+  /** Time limit of one attempt, in ms. @default the service's --timeout (30 s) */
+  readonly timeout?: number;
+  /** Wait before a retry, in ms (the first wait, with exponential backoff). @default the service's --retry-delay (5 s) */
+  readonly retryDelay?: number;
+  /** `exponential` doubles the wait after every failed attempt, up to `retryDelayMax`. @default "fixed" */
+  readonly retryBackoff?: RetryBackoff;
+  /** Cap of the exponential wait, in ms. @default 1 hour */
+  readonly retryDelayMax?: number;
+  /** Attempts before the task is kept as failed. @default the service's --max-attempts (25) */
+  readonly maxAttempts?: number;
+  /** Queue the task is enqueued into unless `enqueue` names one. @default "default" */
+  readonly queue?: string;
+  /** Priority unless `enqueue` gives one; lower runs first. @default 0 */
+  readonly priority?: number;
+  /** Largest payload accepted, in bytes of JSON. @default 1 MiB */
+  readonly maxPayloadBytes?: number;
+}
+
+/** A task of any input type, as a worker's registry holds them. */
+// deno-lint-ignore no-explicit-any
+export type AnyTask = Task<any>;
+
+/** The input `enqueue` accepts for a task: its schema's input type. */
+export type TaskInput<T extends AnyTask> = T extends Task<infer S> ? v.InferInput<S> : never;
+
+// Names appear in logs, metrics labels and CLI arguments: keep them to a
+// character set that needs no quoting anywhere.
+const NAME = /^[A-Za-z0-9][A-Za-z0-9_.:\/-]{0,127}$/;
+
+/** True when `name` is a valid task or queue name. */
+export function isValidName(name: unknown): name is string {
+  return typeof name === "string" && NAME.test(name);
+}
+
+/** The rule a task or queue name must follow, for error messages. */
+export const NAME_RULE = "1-128 characters of A-Z a-z 0-9 _ . : / -, starting with a letter or digit";
+
+function isInteger(value: unknown, min: number, max: number): boolean {
+  return typeof value === "number" && Number.isInteger(value) && value >= min && value <= max;
+}
+
+/** Largest duration pgbg accepts, in ms (about 24 days, the limit of setTimeout). */
+export const MAX_DURATION = 2_147_483_647;
+
+/**
+ * Defines a task. Returns its argument unchanged, typed so that `enqueue`
+ * accepts the schema's input type and `run` receives its output type.
+ * Throws `InvalidTaskError` naming the field when the definition is malformed.
+ *
+ * @example
+ * ```ts
+ * const sendEmail = defineTask({
+ *   name: "send-email",
+ *   schema: v.object({ to: v.pipe(v.string(), v.email()) }),
+ *   async run(input, ctx) { await mailer.send(input.to, { signal: ctx.signal }); },
+ * });
+ * ```
+ */
+export function defineTask<const S extends InputSchema>(task: Task<S>): Task<S> {
+  checkTask(task);
+  return task;
+}
+
+/** Checks a task definition field by field; throws `InvalidTaskError`. */
+export function checkTask(task: unknown): asserts task is AnyTask {
+  if (typeof task !== "object" || task === null) throw new InvalidTaskError("a task must be an object from defineTask()");
+  const t = task as Record<string, unknown>;
+  const label = typeof t.name === "string" ? `task "${t.name}"` : "task";
+  if (!isValidName(t.name)) throw new InvalidTaskError(`${label}: name must be ${NAME_RULE}`);
+  const schema = t.schema as { kind?: unknown; "~run"?: unknown } | undefined;
+  if (typeof schema !== "object" || schema === null || schema.kind !== "schema" || typeof schema["~run"] !== "function") {
+    throw new InvalidTaskError(`${label}: schema must be a valibot schema`);
+  }
+  if (typeof t.run !== "function") throw new InvalidTaskError(`${label}: run must be a function`);
+  const durations = ["timeout", "retryDelay", "retryDelayMax"] as const;
+  for (const key of durations) {
+    if (t[key] !== undefined && !isInteger(t[key], key === "timeout" ? 1 : 0, MAX_DURATION)) {
+      throw new InvalidTaskError(`${label}: ${key} must be a whole number of milliseconds${key === "timeout" ? " above 0" : ""}, at most ${MAX_DURATION}`);
+    }
+  }
+  if (t.retryBackoff !== undefined && t.retryBackoff !== "fixed" && t.retryBackoff !== "exponential") {
+    throw new InvalidTaskError(`${label}: retryBackoff must be "fixed" or "exponential"`);
+  }
+  if (t.maxAttempts !== undefined && !isInteger(t.maxAttempts, 1, 2_147_483_647)) {
+    throw new InvalidTaskError(`${label}: maxAttempts must be a whole number of at least 1`);
+  }
+  if (t.queue !== undefined && !isValidName(t.queue)) throw new InvalidTaskError(`${label}: queue must be ${NAME_RULE}`);
+  if (t.priority !== undefined && !isInteger(t.priority, -32768, 32767)) {
+    throw new InvalidTaskError(`${label}: priority must be a whole number from -32768 to 32767`);
+  }
+  if (t.maxPayloadBytes !== undefined && !isInteger(t.maxPayloadBytes, 1, 1024 * 1024 * 1024 - 1)) {
+    throw new InvalidTaskError(`${label}: maxPayloadBytes must be a whole number from 1 to 1073741823`);
+  }
+}

@@ -1,0 +1,265 @@
+/**
+ * `enqueue` and `enqueueMany`: validate inputs with the task's schema, encode
+ * them as JSON, and insert them in one prepared statement each.
+ *
+ * @module
+ */
+import { defaults, MAX_BATCH_INPUTS } from "./config.ts";
+import { type AnyTask, checkTask, isValidName, MAX_DURATION, NAME_RULE, type TaskInput } from "./define.ts";
+import { InvalidOptionsError, PgbgError } from "./errors.ts";
+import { parseInput } from "./input.ts";
+import { checkedLater, checkOptions, formatValue, integer, type OptionCheck, ofType, text } from "./options.ts";
+import { encodePayload } from "./payload.ts";
+import { checkSchemaName, type Database, run } from "./statements.ts";
+
+/** Options of {@link enqueue}. Those not given come from the task's definition. */
+export interface EnqueueOptions {
+  /** Not claimable for this many ms (measured on the database's clock). @default 0 */
+  delay?: number;
+  /** Not claimable before this time. Exclusive with `delay`. */
+  runAt?: Date;
+  /** Lower runs first; -32768 to 32767. @default the task's priority, else 0 */
+  priority?: number;
+  /** Queue to enqueue into. @default the task's queue, else "default" */
+  queue?: string;
+  /**
+   * Deduplication key: while a task with this key is pending (queued or
+   * running), enqueueing another returns the pending task's id and writes
+   * nothing. 1-512 characters.
+   */
+  key?: string;
+  /** Attempts before the task is kept as failed. @default the task's, else the service's --max-attempts */
+  maxAttempts?: number;
+  /** Largest payload accepted, in bytes of JSON. @default the task's, else 1 MiB */
+  maxPayloadBytes?: number;
+  /** PostgreSQL schema holding pgbg's tables. @default "pgbg" */
+  schema?: string;
+}
+
+/** Options of {@link enqueueMany}: those of `enqueue`, for every input; `key` is computed per input. */
+export interface EnqueueManyOptions<I = unknown> extends Omit<EnqueueOptions, "key"> {
+  /** Returns the deduplication key of an input, or undefined for none. */
+  key?: (input: I, index: number) => string | undefined;
+}
+
+const common: Record<string, OptionCheck> = {
+  delay: (value) =>
+    typeof value === "number" && Number.isFinite(value) && value >= 0 && value <= MAX_DURATION * 1000
+      ? undefined
+      : `must be a number of milliseconds from 0 up, got ${formatValue(value)}`,
+  runAt: (value) =>
+    value instanceof Date && !Number.isNaN(value.getTime()) ? undefined : `must be a valid Date, got ${formatValue(value)}`,
+  priority: integer(-32768, 32767),
+  queue: text(isValidName, NAME_RULE),
+  maxAttempts: integer(1, 2_147_483_647),
+  maxPayloadBytes: integer(1, 1024 * 1024 * 1024 - 1),
+  schema: checkedLater,
+};
+const enqueueChecks = { ...common, key: text(isValidKey, "a string of 1-512 characters") };
+const enqueueManyChecks = { ...common, key: ofType("function") };
+
+function isValidKey(key: string): boolean {
+  return key.length >= 1 && key.length <= 512;
+}
+
+const checkedTasks = new WeakSet<object>();
+
+/** Checks a task once per object (defineTask already did, for most). */
+function checkTaskOnce(task: unknown): asserts task is AnyTask {
+  if (typeof task === "object" && task !== null && checkedTasks.has(task)) return;
+  checkTask(task);
+  checkedTasks.add(task);
+}
+
+/** The parameters shared by every row of one enqueue call, in statement order $1..$7 after the payload. */
+interface Shared {
+  schema: string;
+  queue: string;
+  priority: number;
+  runAt: Date | null;
+  delay: number;
+  maxAttempts: number | null;
+  maxPayloadBytes: number;
+}
+
+function shared(where: string, task: AnyTask, options: Omit<EnqueueOptions, "key">): Shared {
+  if (options.delay !== undefined && options.runAt !== undefined) {
+    throw new InvalidOptionsError(`${where}: give either "delay" or "runAt", not both`);
+  }
+  return {
+    schema: checkSchemaName(options.schema ?? defaults.schema),
+    queue: options.queue ?? task.queue ?? defaults.queue,
+    priority: options.priority ?? task.priority ?? 0,
+    runAt: options.runAt ?? null,
+    delay: options.delay ?? 0,
+    maxAttempts: options.maxAttempts ?? task.maxAttempts ?? null,
+    maxPayloadBytes: options.maxPayloadBytes ?? task.maxPayloadBytes ?? defaults.maxPayloadBytes,
+  };
+}
+
+/**
+ * Enqueues one task and returns its id. The input is validated with the
+ * task's schema first; invalid input throws `InvalidInputError` and writes
+ * nothing. Pass a transaction (`sql.begin(tx => enqueue(tx, …))`) to enqueue
+ * atomically with your own writes: if it rolls back, the task never runs.
+ *
+ * With `key`, a pending task holding the same key is returned instead of a
+ * new one. Throws `InvalidPayloadError`, `PayloadTooLargeError`,
+ * `InvalidOptionsError` or `SchemaError` (schema not migrated) otherwise.
+ */
+export async function enqueue<T extends AnyTask>(
+  db: Database,
+  task: T,
+  input: TaskInput<T>,
+  options?: EnqueueOptions,
+): Promise<string> {
+  checkTaskOnce(task);
+  const opts = checkOptions<EnqueueOptions>("enqueue()", options, enqueueChecks);
+  const s = shared("enqueue()", task, opts);
+  await parseInput(task, input);
+  const payload = encodePayload(task.name, input, s.maxPayloadBytes);
+  const params = [s.queue, task.name, payload, s.priority, s.runAt, s.delay, s.maxAttempts];
+  if (opts.key === undefined) {
+    const rows = await run<{ id: unknown }>(db, s.schema, "EnqueueTask", params);
+    return String(rows[0].id);
+  }
+  const key = opts.key;
+  // A conflicting task can finish between our insert and the look-up; then
+  // the key is free again and the insert is retried.
+  for (let attempt = 0; attempt < 10; attempt++) {
+    const inserted = await run<{ id: unknown }>(db, s.schema, "EnqueueTaskKeyed", [...params, key]);
+    if (inserted.length) return String(inserted[0].id);
+    const pending = await run<{ id: unknown }>(db, s.schema, "PendingTaskIdsByKey", [[key]]);
+    if (pending.length) return String(pending[0].id);
+  }
+  throw new PgbgError("PGBG_KEY_CONTENDED", `enqueue(): key ${JSON.stringify(key)} kept changing hands; try again`);
+}
+
+// One statement carries at most this much payload JSON, so memory stays
+// bounded and PostgreSQL's 1 GB parameter limit is never approached.
+const MAX_BATCH_BYTES = 32 * 1024 * 1024;
+
+/**
+ * Enqueues many tasks of one kind in as few round trips as possible (one per
+ * 100,000 inputs or 32 MiB of JSON) and returns their ids in input order.
+ * Every input is validated first: one invalid input rejects the whole batch
+ * (the error's `index` names it) and nothing is written. When the batch needs
+ * more than one statement and `db` is not already a transaction, pgbg opens
+ * one, so the batch is written entirely or not at all.
+ */
+export async function enqueueMany<T extends AnyTask>(
+  db: Database,
+  task: T,
+  inputs: readonly TaskInput<T>[],
+  options?: EnqueueManyOptions<TaskInput<T>>,
+): Promise<string[]> {
+  checkTaskOnce(task);
+  if (!Array.isArray(inputs)) throw new InvalidOptionsError("enqueueMany(): inputs must be an array");
+  const opts = checkOptions<EnqueueManyOptions<TaskInput<T>>>("enqueueMany()", options, enqueueManyChecks);
+  const s = shared("enqueueMany()", task, opts);
+  const payloads: string[] = new Array(inputs.length);
+  const keys: (string | null)[] | null = opts.key ? new Array(inputs.length) : null;
+  for (let i = 0; i < inputs.length; i++) {
+    await parseInput(task, inputs[i], i);
+    payloads[i] = encodePayload(task.name, inputs[i], s.maxPayloadBytes, i);
+    if (keys && opts.key) {
+      const key = opts.key(inputs[i], i);
+      if (key !== undefined && (typeof key !== "string" || !isValidKey(key))) {
+        throw new InvalidOptionsError(`enqueueMany(): option "key" returned ${formatValue(key)} at index ${i}; it must return a string of 1-512 characters or undefined`);
+      }
+      keys[i] = key ?? null;
+    }
+  }
+  const chunks = splitBatches(payloads);
+  const write = (tx: Database) => writeChunks(tx, task.name, s, payloads, keys, chunks);
+  if (chunks.length > 1 && "begin" in db) return (await db.begin((tx) => write(tx))) as string[];
+  return write(db);
+}
+
+/** [start, end) ranges of at most MAX_BATCH_INPUTS inputs and about MAX_BATCH_BYTES of JSON. */
+function splitBatches(payloads: string[]): [number, number][] {
+  const chunks: [number, number][] = [];
+  let start = 0;
+  let bytes = 0;
+  for (let i = 0; i < payloads.length; i++) {
+    if (i > start && (i - start >= MAX_BATCH_INPUTS || bytes + payloads[i].length > MAX_BATCH_BYTES)) {
+      chunks.push([start, i]);
+      start = i;
+      bytes = 0;
+    }
+    bytes += payloads[i].length;
+  }
+  if (payloads.length > start) chunks.push([start, payloads.length]);
+  return chunks;
+}
+
+async function writeChunks(
+  db: Database,
+  name: string,
+  s: Shared,
+  payloads: string[],
+  keys: (string | null)[] | null,
+  chunks: [number, number][],
+): Promise<string[]> {
+  const ids: string[] = [];
+  for (const [start, end] of chunks) {
+    const json = `[${payloads.slice(start, end).join(",")}]`;
+    const params = [s.queue, name, json, s.priority, s.runAt, s.delay, s.maxAttempts];
+    if (!keys) {
+      const rows = await run<{ id: unknown }>(db, s.schema, "EnqueueMany", params);
+      // Ids are drawn in input order, so sorted ids line up with the inputs.
+      ids.push(...sortIds(rows.map((r) => String(r.id))));
+    } else {
+      ids.push(...(await writeKeyedChunk(db, s, params, payloads.slice(start, end), keys.slice(start, end))));
+    }
+  }
+  return ids;
+}
+
+function sortIds(ids: string[]): string[] {
+  return ids.sort((a, b) => a.length - b.length || (a < b ? -1 : a > b ? 1 : 0));
+}
+
+/** Inserts a chunk with keys; inputs whose key is pending get the pending task's id. */
+async function writeKeyedChunk(
+  db: Database,
+  s: Shared,
+  params: unknown[],
+  payloads: string[],
+  keys: (string | null)[],
+): Promise<string[]> {
+  const ids: (string | undefined)[] = new Array(payloads.length);
+  let todo = payloads.map((_, i) => i);
+  for (let attempt = 0; attempt < 10 && todo.length; attempt++) {
+    const json = `[${todo.map((i) => payloads[i]).join(",")}]`;
+    const rows = await run<{ id: unknown; key: string | null }>(db, s.schema, "EnqueueManyKeyed", [
+      ...params.slice(0, 2), json, ...params.slice(3), todo.map((i) => keys[i]),
+    ]);
+    const byKey = new Map<string, string>();
+    const unkeyed: string[] = [];
+    for (const row of rows) {
+      if (row.key === null) unkeyed.push(String(row.id));
+      else byKey.set(row.key, String(row.id));
+    }
+    sortIds(unkeyed);
+    let next = 0;
+    const missing = new Set<string>();
+    for (const i of todo) {
+      const key = keys[i];
+      if (key === null) ids[i] = unkeyed[next++];
+      else if (byKey.has(key)) ids[i] = byKey.get(key);
+      else missing.add(key);
+    }
+    if (missing.size) {
+      const pending = await run<{ id: unknown; key: string }>(db, s.schema, "PendingTaskIdsByKey", [[...missing]]);
+      for (const row of pending) byKey.set(row.key, String(row.id));
+    }
+    for (const i of todo) {
+      const key = keys[i];
+      if (ids[i] === undefined && key !== null) ids[i] = byKey.get(key);
+    }
+    todo = todo.filter((i) => ids[i] === undefined);
+  }
+  if (todo.length) throw new PgbgError("PGBG_KEY_CONTENDED", "enqueueMany(): keys kept changing hands; try again");
+  return ids as string[];
+}

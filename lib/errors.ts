@@ -1,0 +1,149 @@
+/**
+ * pgbg's errors. Every error pgbg throws is a {@link PgbgError} with a stable
+ * `code` from {@link ErrorCode}, so callers branch on the code, never on the
+ * message. The underlying error, when there is one, is kept as `cause`.
+ *
+ * @module
+ */
+
+/** The stable codes of pgbg's errors. */
+export type ErrorCode =
+  | "PGBG_INVALID_INPUT"
+  | "PGBG_INVALID_PAYLOAD"
+  | "PGBG_PAYLOAD_TOO_LARGE"
+  | "PGBG_INVALID_OPTIONS"
+  | "PGBG_INVALID_TASK"
+  | "PGBG_INVALID_SCHEMA_NAME"
+  | "PGBG_SCHEMA_MISSING"
+  | "PGBG_SCHEMA_TOO_NEW"
+  | "PGBG_LEASE_LOST"
+  | "PGBG_KEY_CONTENDED"
+  | "PGBG_INVALID_CONFIG";
+
+/** The base class of every error pgbg throws. */
+export class PgbgError extends Error {
+  /** A stable code identifying the kind of error. */
+  readonly code: ErrorCode;
+
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = new.target.name;
+    this.code = code;
+  }
+}
+
+/** One problem found by a task's valibot schema: where, and what. */
+export interface InputIssue {
+  /** Dotted path into the input, such as `to` or `items.2.sku`; empty for the root. */
+  path: string;
+  /** The schema's message for this problem. */
+  message: string;
+}
+
+/**
+ * The input of a task does not match its valibot schema. Thrown by `enqueue`
+ * and `enqueueMany` before anything is written. `index` is set by
+ * `enqueueMany`: the position of the first invalid input in the batch.
+ */
+export class InvalidInputError extends PgbgError {
+  /** The schema's issues, each with its path and message. */
+  readonly issues: readonly InputIssue[];
+  /** The task whose schema refused the input. */
+  readonly task: string;
+  /** In `enqueueMany`, the index of the invalid input. */
+  readonly index: number | undefined;
+
+  constructor(task: string, issues: readonly InputIssue[], index?: number) {
+    const where = index === undefined ? "" : ` at index ${index}`;
+    const list = issues.map((i) => (i.path ? `${i.path}: ${i.message}` : i.message)).join("; ");
+    super("PGBG_INVALID_INPUT", `invalid input for task "${task}"${where}: ${list}`);
+    this.issues = issues;
+    this.task = task;
+    this.index = index;
+  }
+}
+
+/**
+ * A payload cannot be stored as JSON without changing it: it holds a BigInt,
+ * a function, a symbol, a cycle, a non-finite number, a `\u0000` character
+ * (which PostgreSQL's jsonb cannot hold) or an object that is not plain.
+ */
+export class InvalidPayloadError extends PgbgError {
+  /** Dotted path of the offending value; empty for the root. */
+  readonly path: string;
+
+  constructor(task: string, path: string, problem: string, index?: number) {
+    const where = index === undefined ? "" : ` at index ${index}`;
+    super(
+      "PGBG_INVALID_PAYLOAD",
+      `payload for task "${task}"${where} is not JSON: ${path ? `${path}: ` : ""}${problem}`,
+    );
+    this.path = path;
+  }
+}
+
+/** A payload's JSON is larger than the task's `maxPayloadBytes`. */
+export class PayloadTooLargeError extends PgbgError {
+  /** Size of the payload's JSON, in UTF-8 bytes. */
+  readonly bytes: number;
+  /** The limit it exceeded. */
+  readonly limit: number;
+
+  constructor(task: string, bytes: number, limit: number, index?: number) {
+    const where = index === undefined ? "" : ` at index ${index}`;
+    super(
+      "PGBG_PAYLOAD_TOO_LARGE",
+      `payload for task "${task}"${where} is ${bytes} bytes of JSON, over the limit of ${limit} (maxPayloadBytes)`,
+    );
+    this.bytes = bytes;
+    this.limit = limit;
+  }
+}
+
+/** The options passed to a pgbg function are malformed. The message names the option. */
+export class InvalidOptionsError extends PgbgError {
+  constructor(message: string) {
+    super("PGBG_INVALID_OPTIONS", message);
+  }
+}
+
+/** A task definition given to `defineTask` or to a worker is malformed. */
+export class InvalidTaskError extends PgbgError {
+  constructor(message: string) {
+    super("PGBG_INVALID_TASK", message);
+  }
+}
+
+/**
+ * The database's pgbg schema cannot be used: the name is not a valid
+ * identifier (`PGBG_INVALID_SCHEMA_NAME`), it has not been migrated
+ * (`PGBG_SCHEMA_MISSING`), or it was migrated by a newer pgbg
+ * (`PGBG_SCHEMA_TOO_NEW`).
+ */
+export class SchemaError extends PgbgError {
+  constructor(
+    code: "PGBG_INVALID_SCHEMA_NAME" | "PGBG_SCHEMA_MISSING" | "PGBG_SCHEMA_TOO_NEW",
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(code, message, options);
+  }
+}
+
+/**
+ * The task's lease was lost (it expired, or the task was released to another
+ * worker) before `ctx.complete(tx)` ran, so the completion was refused. The
+ * transaction that carried it must roll back.
+ */
+export class LeaseLostError extends PgbgError {
+  constructor(id: string) {
+    super("PGBG_LEASE_LOST", `task ${id}: the lease was lost before completion; it will run again`);
+  }
+}
+
+/** A service setting (flag, environment variable or option) is invalid. The message names it. */
+export class InvalidConfigError extends PgbgError {
+  constructor(message: string) {
+    super("PGBG_INVALID_CONFIG", message);
+  }
+}

@@ -1,0 +1,43 @@
+/**
+ * pgbg: a background task queue for TypeScript that keeps its queue in
+ * PostgreSQL. This module is the library that applications import to define
+ * and enqueue tasks; the service that runs them is `pgbg serve`.
+ *
+ * @example
+ * ```ts
+ * import * as v from "valibot";
+ * import postgres from "postgres";
+ * import { defineTask, enqueue, migrate } from "pgbg";
+ *
+ * const sendEmail = defineTask({
+ *   name: "send-email",
+ *   schema: v.object({ to: v.pipe(v.string(), v.email()), subject: v.string() }),
+ *   async run(input, ctx) { console.log("sending", input.subject, "attempt", ctx.attempt); },
+ * });
+ *
+ * const sql = postgres(process.env.DATABASE_URL!);
+ * await migrate(sql);
+ * await enqueue(sql, sendEmail, { to: "a@b.c", subject: "hi" });
+ * ```
+ *
+ * @module
+ */
+export { defineTask } from "./lib/define.ts";
+export type { AnyTask, InputSchema, RetryBackoff, Task, TaskContext, TaskInput } from "./lib/define.ts";
+export { enqueue, enqueueMany } from "./lib/enqueue.ts";
+export type { EnqueueManyOptions, EnqueueOptions } from "./lib/enqueue.ts";
+export { LATEST_SCHEMA_VERSION, migrate, schemaVersion } from "./lib/migrate.ts";
+export type { MigrateOptions, MigrateResult } from "./lib/migrate.ts";
+export type { Database } from "./lib/statements.ts";
+export {
+  InvalidConfigError,
+  InvalidInputError,
+  InvalidOptionsError,
+  InvalidPayloadError,
+  InvalidTaskError,
+  LeaseLostError,
+  PayloadTooLargeError,
+  PgbgError,
+  SchemaError,
+} from "./lib/errors.ts";
+export type { ErrorCode, InputIssue } from "./lib/errors.ts";

