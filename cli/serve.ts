@@ -1,0 +1,226 @@
+/**
+ * The supervisor of `pgbg serve`: keeps N worker subprocesses of this runtime
+ * alive, restarting those that die or stop answering (with a back-off for
+ * those that die at start-up), releases the tasks of dead workers at once,
+ * rescues expired leases and the tasks of workers whose heartbeats stopped,
+ * and shuts down gracefully on SIGTERM/SIGINT.
+ *
+ * @module
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { randomUUID } from "node:crypto";
+import process from "node:process";
+import { fileURLToPath } from "node:url";
+import postgres from "postgres";
+import { releaseWorkerTasks, reapStaleWorkers, removeWorkers, rescueExpiredLeases } from "../lib/lease.ts";
+import { describeError, type Logger } from "../lib/log.ts";
+import { assertSchemaCurrent, migrate } from "../lib/migrate.ts";
+import { scriptCommand } from "../lib/runtime.ts";
+import type { ServeConfig } from "./config.ts";
+import type { WorkerMessage, WorkerSpec } from "./worker.ts";
+
+interface Slot {
+  index: number;
+  child?: ChildProcess;
+  workerId?: string;
+  lastSeen: number;
+  readyAt?: number;
+  lastError?: string;
+  failures: number;
+  restartTimer?: ReturnType<typeof setTimeout>;
+}
+
+/** Back-off before restarting a worker that failed `failures` times in a row at start-up. */
+export function restartDelay(failures: number): number {
+  return failures <= 0 ? 0 : Math.min(1000 * 2 ** (failures - 1), 30_000);
+}
+
+// A worker must have run this long after start-up for its death not to count
+// as a start-up failure (which is what the back-off is for).
+const HEALTHY_AFTER = 5_000;
+
+/** Runs the supervisor until it is stopped by a signal; resolves with the exit code. */
+export async function supervise(config: ServeConfig, databaseUrl: string, log: Logger): Promise<number> {
+  // deno-lint-ignore no-explicit-any
+  const sql: postgres.Sql<any> = postgres(databaseUrl, { max: 2, onnotice: () => {}, connection: { application_name: "pgbg supervisor" } });
+  const supervisorId = randomUUID();
+  const schema = config.schema;
+  await prepareSchema(sql, config, log);
+
+  const silentAfter = Math.max(10 * config.checkInterval, 10_000);
+  const staleAfter = Math.max(10 * config.checkInterval, 10_000);
+  const workerScript = fileURLToPath(new URL("./worker.ts", import.meta.url));
+  const slots: Slot[] = Array.from({ length: config.workers }, (_, index) => ({ index: index + 1, lastSeen: 0, failures: 0 }));
+  const deadWorkers = new Set<string>();
+  const allWorkerIds: string[] = [];
+  let stopping = false;
+  let resolveDone: (code: number) => void = () => {};
+  const done = new Promise<number>((r) => (resolveDone = r));
+
+  const startWorker = (slot: Slot) => {
+    slot.restartTimer = undefined;
+    if (stopping) return;
+    const workerId = randomUUID();
+    allWorkerIds.push(workerId);
+    const spec: WorkerSpec = {
+      settings: {
+        schema, queues: config.queues, concurrency: config.concurrency, timeout: config.timeout, retryDelay: config.retryDelay,
+        maxAttempts: config.maxAttempts, idleSleep: config.idleSleep, heartbeatInterval: config.checkInterval, shutdownTimeout: config.shutdownTimeout,
+      },
+      tasks: config.tasks, cwd: process.cwd(), workerId, supervisorId, index: slot.index, logLevel: config.logLevel, logFormat: config.logFormat,
+    };
+    const { command, args } = scriptCommand(workerScript);
+    // The URL travels in the environment, never on a command line (ps shows those).
+    const child = spawn(command, args, {
+      stdio: ["ignore", "inherit", "inherit", "ipc"],
+      env: { ...process.env, DATABASE_URL: databaseUrl, PGBG_WORKER: JSON.stringify(spec) },
+    });
+    Object.assign(slot, { child, workerId, lastSeen: Date.now(), readyAt: undefined, lastError: undefined });
+    child.on("message", (message: WorkerMessage) => {
+      slot.lastSeen = Date.now();
+      if (message.type === "ready") {
+        slot.readyAt = Date.now();
+        log.debug(`worker ${slot.index} ready (pid ${child.pid})`, { worker: slot.index, pid: child.pid, tasks: message.tasks });
+      } else if (message.type === "fatal" || message.type === "retiring") {
+        slot.lastError = message.message;
+      }
+    });
+    child.on("error", (error) => log.error(`worker ${slot.index} could not be started: ${error.message}`));
+    child.on("exit", (code, signal) => onExit(slot, workerId, code, signal));
+  };
+
+  const onExit = (slot: Slot, workerId: string, code: number | null, signal: NodeJS.Signals | null) => {
+    slot.child = undefined;
+    deadWorkers.add(workerId);
+    if (stopping) {
+      if (slots.every((s) => !s.child)) resolveDone(0);
+      return;
+    }
+    void releaseDead();
+    const how = signal ? `was killed by ${signal}` : `exited with code ${code}`;
+    const why = slot.lastError ? `: ${slot.lastError}` : "";
+    const healthy = slot.readyAt !== undefined && Date.now() - slot.readyAt >= HEALTHY_AFTER;
+    slot.failures = healthy ? 0 : slot.failures + 1;
+    const delay = restartDelay(slot.failures);
+    log[healthy ? "warn" : "error"](`worker ${slot.index} ${how}${why}; restarting${delay ? ` in ${delay} ms` : ""}`, {
+      worker: slot.index, code, signal, failures: slot.failures,
+    });
+    slot.restartTimer = setTimeout(() => startWorker(slot), delay);
+  };
+
+  /** Releases the tasks of dead workers; kept for the next check when the database is unreachable. */
+  const releaseDead = async () => {
+    const ids = [...deadWorkers];
+    if (!ids.length) return;
+    try {
+      const error = { name: "WorkerDied", message: "the task's worker process died during the attempt" };
+      const released = await releaseWorkerTasks(sql, schema, ids, config.maxAttempts, error);
+      await removeWorkers(sql, schema, ids);
+      for (const id of ids) deadWorkers.delete(id);
+      if (released.length) log.warn(`released ${released.length} task(s) of a dead worker`, { tasks: released.map((t) => t.id) });
+    } catch (error) {
+      log.warn("could not release the tasks of a dead worker yet; will retry", { error: describeError(error).message });
+    }
+  };
+
+  let checking = false;
+  const check = async () => {
+    if (checking || stopping) return;
+    checking = true;
+    try {
+      for (const slot of slots) {
+        if (slot.child && Date.now() - slot.lastSeen > silentAfter) {
+          log.error(`worker ${slot.index} (pid ${slot.child.pid}) has not answered for ${silentAfter} ms; killing it`);
+          slot.child.kill("SIGKILL");
+        }
+      }
+      await releaseDead();
+      const rescued = await rescueExpiredLeases(sql, schema, config.maxAttempts);
+      if (rescued.length) log.warn(`rescued ${rescued.length} task(s) whose lease expired`, { tasks: rescued.map((t) => t.id) });
+      const reaped = await reapStaleWorkers(sql, schema, staleAfter, config.maxAttempts);
+      if (reaped.length) log.warn(`released ${reaped.length} task(s) of workers whose heartbeat stopped`, { tasks: reaped.map((t) => t.id) });
+    } catch (error) {
+      log.warn("supervisor check failed; will retry", { error: describeError(error).message });
+    } finally {
+      checking = false;
+    }
+  };
+  const checker = setInterval(check, config.checkInterval);
+
+  const onSignal = (signal: string) => {
+    if (stopping) {
+      log.warn(`second ${signal}: stopping now`);
+      for (const slot of slots) slot.child?.kill("SIGKILL");
+      resolveDone(1);
+      return;
+    }
+    stopping = true;
+    log.info(`${signal}: stopping; running tasks may finish for up to ${config.shutdownTimeout} ms`);
+    for (const slot of slots) {
+      clearTimeout(slot.restartTimer);
+      if (slot.child?.connected) slot.child.send({ type: "stop" });
+      else slot.child?.kill("SIGTERM");
+    }
+    if (slots.every((s) => !s.child)) resolveDone(0);
+    // Workers bound their own shutdown; this only guards against one that hangs.
+    setTimeout(() => {
+      for (const slot of slots) {
+        if (slot.child) {
+          log.error(`worker ${slot.index} did not stop in time; killing it`);
+          slot.child.kill("SIGKILL");
+        }
+      }
+    }, config.shutdownTimeout + 15_000).unref();
+  };
+  const onTerm = () => onSignal("SIGTERM");
+  const onInt = () => onSignal("SIGINT");
+  process.on("SIGTERM", onTerm);
+  process.on("SIGINT", onInt);
+
+  log.info(
+    `serving: ${config.workers} worker(s) × ${config.concurrency} task(s), queues ${config.queues?.join(",") ?? "(all)"}, schema ${schema}`,
+    { workers: config.workers, concurrency: config.concurrency, queues: config.queues, schema, supervisorId },
+  );
+  for (const slot of slots) startWorker(slot);
+
+  const code = await done;
+  clearInterval(checker);
+  process.off("SIGTERM", onTerm);
+  process.off("SIGINT", onInt);
+  // Tasks of workers that were killed rather than stopped: release them now.
+  for (const id of allWorkerIds) deadWorkers.add(id);
+  await Promise.race([releaseDead(), new Promise((r) => setTimeout(r, 3_000))]);
+  await sql.end({ timeout: 2 }).catch(() => {});
+  log.info(code === 0 ? "stopped" : "stopped at once; unfinished tasks were released");
+  return code;
+}
+
+/**
+ * True for errors a later retry may cure: the server is down, starting or
+ * restarting (SQLSTATE classes 08 and 57P), or the network failed (node
+ * errno codes, postgres.js' CONNECT_TIMEOUT). A wrong password, an unknown
+ * database or a pgbg schema error is final.
+ */
+export function isConnectionError(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code;
+  if (typeof code !== "string") return false;
+  if (code.startsWith("PGBG_")) return false;
+  if (/^[0-9A-Z]{5}$/.test(code)) return code.startsWith("08") || code.startsWith("57P");
+  return true;
+}
+
+/** Migrates (or checks) the schema, waiting with back-off while the database is unreachable. */
+// deno-lint-ignore no-explicit-any
+async function prepareSchema(sql: postgres.Sql<any>, config: ServeConfig, log: Logger): Promise<void> {
+  for (let delay = 500; ; delay = Math.min(delay * 2, 15_000)) {
+    try {
+      if (config.migrate) await migrate(sql, { schema: config.schema });
+      else await assertSchemaCurrent(sql, { schema: config.schema });
+      return;
+    } catch (error) {
+      if (!isConnectionError(error)) throw error;
+      log.error(`cannot reach the database (${describeError(error).message}); retrying in ${delay} ms`);
+      await new Promise((r) => setTimeout(r, delay));
+    }
+  }
+}

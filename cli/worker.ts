@@ -1,0 +1,107 @@
+/**
+ * The entry point of a worker subprocess, started by `pgbg serve`. It reads
+ * its settings from PGBG_WORKER (JSON) and the database URL from
+ * DATABASE_URL, both set by the supervisor, loads the tasks modules, and runs
+ * a Worker until told to stop.
+ *
+ * Exit codes: 0 stopped, 3 could not start, 4 retired (a task ignored its
+ * timeout), 5 lost (declared dead by a supervisor).
+ *
+ * @module
+ */
+import { hostname } from "node:os";
+import process from "node:process";
+import postgres from "postgres";
+import { describeError } from "../lib/log.ts";
+import { loadTasks } from "../lib/registry.ts";
+import { runtimeName } from "../lib/runtime.ts";
+import { Worker, type WorkerSettings } from "../lib/worker.ts";
+import type { LogLevel } from "./config.ts";
+import { createLogger } from "./log.ts";
+
+/** What the supervisor passes to a worker in PGBG_WORKER. */
+export interface WorkerSpec {
+  settings: WorkerSettings;
+  tasks: string[];
+  cwd: string;
+  workerId: string;
+  supervisorId: string;
+  index: number;
+  logLevel: LogLevel;
+  logFormat: "pretty" | "json";
+}
+
+/** Messages a worker sends its supervisor over IPC. */
+export type WorkerMessage =
+  | { type: "ready"; tasks: string[] }
+  | { type: "alive"; running: number }
+  | { type: "fatal"; message: string }
+  | { type: "retiring"; message: string };
+
+const EXIT = { stopped: 0, startFailed: 3, retired: 4, lost: 5 } as const;
+
+function send(message: WorkerMessage): void {
+  if (process.send && process.connected) process.send(message);
+}
+
+async function main(): Promise<number> {
+  const spec = JSON.parse(process.env.PGBG_WORKER ?? "null") as WorkerSpec | null;
+  if (!spec) {
+    console.error("pgbg worker: PGBG_WORKER is not set; workers are started by `pgbg serve`");
+    return 2;
+  }
+  const log = createLogger(spec.logLevel, spec.logFormat, `worker ${spec.index}`);
+  let worker: Worker | undefined;
+  let stopRequested = false;
+  const stop = () => {
+    stopRequested = true;
+    worker?.stop();
+  };
+  // The supervisor coordinates shutdown over IPC, but a worker also stops
+  // gracefully on its own signals (Ctrl-C reaches the whole process group)
+  // and when its supervisor vanishes (the IPC channel closes).
+  process.on("SIGTERM", stop);
+  process.on("SIGINT", stop);
+  process.on("message", (m: { type?: string }) => m?.type === "stop" && stop());
+  process.on("disconnect", stop);
+  const alive = setInterval(() => send({ type: "alive", running: worker?.running ?? 0 }), spec.settings.heartbeatInterval);
+
+  // deno-lint-ignore no-explicit-any
+  let sql: postgres.Sql<any> | undefined;
+  try {
+    const tasks = await loadTasks(spec.tasks, spec.cwd);
+    sql = postgres(process.env.DATABASE_URL ?? "", {
+      max: 4,
+      onnotice: () => {},
+      connection: { application_name: `pgbg worker ${spec.index}` },
+    });
+    worker = new Worker({
+      ...spec.settings,
+      sql,
+      tasks: [...tasks.values()],
+      workerId: spec.workerId,
+      supervisorId: spec.supervisorId,
+      hostname: hostname(),
+      runtime: runtimeName(),
+      pid: process.pid,
+      log,
+      onReady: () => send({ type: "ready", tasks: [...tasks.keys()] }),
+    });
+    if (stopRequested) worker.stop();
+    const exit = await worker.start();
+    if (exit === "retired") send({ type: "retiring", message: "a task ignored its abort signal past its timeout" });
+    return EXIT[exit];
+  } catch (error) {
+    const message = describeError(error).message;
+    log.error(`worker could not start: ${message}`);
+    send({ type: "fatal", message });
+    return EXIT.startFailed;
+  } finally {
+    clearInterval(alive);
+    await sql?.end({ timeout: 1 }).catch(() => {});
+  }
+}
+
+const code = await main();
+// Exit even if a task that ignored its signal still holds the event loop.
+process.exit(code);

@@ -1,0 +1,27 @@
+/**
+ * Durations as the service's flags and environment variables write them.
+ *
+ * @module
+ */
+
+const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+
+/**
+ * Parses `500ms`, `30s`, `5m`, `1h`, `1.5s` or plain milliseconds (`250`)
+ * into whole milliseconds. Returns undefined for anything else, including
+ * negative values and values above about 24 days (the limit of timers).
+ */
+export function parseDuration(text: string): number | undefined {
+  const match = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$/.exec(text);
+  if (!match) return undefined;
+  const ms = Math.round(Number(match[1]) * UNITS[match[2] ?? "ms"]);
+  return Number.isSafeInteger(ms) && ms <= 2_147_483_647 ? ms : undefined;
+}
+
+/** Renders milliseconds the way --help shows defaults: `30s`, `500ms`, `5m`. */
+export function formatDuration(ms: number): string {
+  if (ms % 3_600_000 === 0 && ms > 0) return `${ms / 3_600_000}h`;
+  if (ms % 60_000 === 0 && ms > 0) return `${ms / 60_000}m`;
+  if (ms % 1000 === 0 && ms > 0) return `${ms / 1000}s`;
+  return `${ms}ms`;
+}

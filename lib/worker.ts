@@ -1,0 +1,304 @@
+/**
+ * The worker: claims tasks in batches for its free slots, runs up to
+ * `concurrency` at once, writes their outcomes back in batches, heartbeats,
+ * and sleeps on an empty queue until a wake-up (LISTEN/NOTIFY) or the idle
+ * sleep ends. One worker runs in each worker subprocess of `pgbg serve`.
+ *
+ * @module
+ */
+import type { Sql } from "postgres";
+import { type Outcome, startAttempt } from "./attempt.ts";
+import { type ClaimedTask, claimTasks, type ClaimScope } from "./claim.ts";
+import type { AnyTask } from "./define.ts";
+import { graceFor, leaseFor, removeWorkers } from "./lease.ts";
+import { describeError, type Logger } from "./log.ts";
+import { ResultWriter } from "./results.ts";
+import { run } from "./statements.ts";
+
+/** A worker's settings. Durations in ms. */
+export interface WorkerSettings {
+  schema: string;
+  /** Queues to claim from; null for every queue. */
+  queues: string[] | null;
+  concurrency: number;
+  timeout: number;
+  retryDelay: number;
+  maxAttempts: number;
+  idleSleep: number;
+  heartbeatInterval: number;
+  shutdownTimeout: number;
+}
+
+/** Everything a worker needs. */
+export interface WorkerOptions extends WorkerSettings {
+  /** A postgres.js client of its own (LISTEN needs a root client). */
+  // deno-lint-ignore no-explicit-any
+  sql: Sql<any>;
+  tasks: readonly AnyTask[];
+  workerId: string;
+  supervisorId: string;
+  hostname: string;
+  runtime: string;
+  pid: number;
+  log: Logger;
+  /** Called once the worker is registered and listening, before its first claim. */
+  onReady?: () => void;
+}
+
+/**
+ * Why a worker ended: `stopped` on request; `retired` because a task ignored
+ * its abort signal past the grace period (its process must exit so the task
+ * is freed); `lost` because another supervisor declared it dead.
+ */
+export type WorkerExit = "stopped" | "retired" | "lost";
+
+/** The abort reason given to tasks still running when the service stops. */
+export class ShutdownError extends Error {
+  constructor() {
+    super("the service is shutting down; the task was handed back to the queue");
+    this.name = "ShutdownError";
+  }
+}
+
+interface Running {
+  claimed: ClaimedTask;
+  task: AnyTask;
+  controller: AbortController;
+  startedAt: number;
+  leaseEndsAt: number;
+  settled: Promise<void>;
+  overdue: boolean;
+  handedBack: boolean;
+}
+
+/** The wait before the next attempt of a task that just failed attempt `attempt`. */
+export function retryDelayFor(task: AnyTask, attempt: number, fallback: number): number {
+  const base = task.retryDelay ?? fallback;
+  if (task.retryBackoff !== "exponential") return base;
+  return Math.min(base * 2 ** Math.min(attempt - 1, 30), task.retryDelayMax ?? 3_600_000);
+}
+
+/** Runs tasks until stopped. Create it, `start()` it, `stop()` it. */
+export class Worker {
+  readonly #o: WorkerOptions;
+  readonly #tasks = new Map<string, AnyTask>();
+  readonly #scope: ClaimScope;
+  readonly #running = new Map<string, Running>();
+  readonly #results: ResultWriter;
+  #stopping = false;
+  #exit: WorkerExit = "stopped";
+  #idle = false;
+  #wake: (() => void) | undefined;
+  #wakeOnSlot = false;
+  #notified = false;
+
+  constructor(options: WorkerOptions) {
+    this.#o = options;
+    for (const task of options.tasks) this.#tasks.set(task.name, task);
+    const names = [...this.#tasks.keys()];
+    this.#scope = {
+      workerId: options.workerId,
+      queues: options.queues,
+      names,
+      leaseMs: names.map((n) => leaseFor(this.#timeoutOf(this.#tasks.get(n)!))),
+    };
+    this.#results = new ResultWriter(options.sql, options.schema, options.maxAttempts, options.log);
+  }
+
+  /** Number of attempts running now. */
+  get running(): number {
+    return this.#running.size;
+  }
+
+  /** Asks the worker to stop: it claims no more, lets running tasks finish up to the shutdown timeout, and hands back the rest. */
+  stop(): void {
+    this.#stopping = true;
+    this.#wakeUp(true);
+  }
+
+  /**
+   * Registers the worker, listens for wake-ups and runs the claim loop until
+   * stopped, retired or lost. Resolves with the reason once every outcome is
+   * written and the worker's row is gone. Rejects when it cannot start
+   * (database unreachable, schema missing).
+   */
+  async start(): Promise<WorkerExit> {
+    const o = this.#o;
+    await run(o.sql, o.schema, "RegisterWorker", [
+      o.workerId, o.supervisorId, o.pid, o.concurrency, o.hostname, o.runtime, o.queues, this.#scope.names,
+    ]);
+    const listening = await o.sql.listen(`pgbg:${o.schema}`, () => {
+      this.#notified = true;
+      this.#wakeUp(true);
+    });
+    const heartbeat = setInterval(() => this.#heartbeat(), o.heartbeatInterval);
+    o.onReady?.();
+    try {
+      await this.#claimLoop();
+      await this.#finishRunning();
+      await this.#results.drain(Date.now() + 10_000);
+    } finally {
+      clearInterval(heartbeat);
+      await listening.unlisten().catch(() => {});
+      if (this.#exit !== "retired") await removeWorkers(o.sql, o.schema, [o.workerId]).catch(() => {});
+    }
+    return this.#exit;
+  }
+
+  #timeoutOf(task: AnyTask): number {
+    return task.timeout ?? this.#o.timeout;
+  }
+
+  #wakeUp(always: boolean): void {
+    if (!this.#wake || (!always && !this.#wakeOnSlot)) return;
+    const wake = this.#wake;
+    this.#wake = undefined;
+    wake();
+  }
+
+  /** Sleeps until woken (wake-up, stop, and a freed slot when `onSlot`) or `ms` pass. */
+  #sleep(ms: number | undefined, onSlot: boolean): Promise<void> {
+    if (this.#stopping) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      const timer = ms === undefined ? undefined : setTimeout(() => this.#wakeUp(true), ms);
+      this.#wakeOnSlot = onSlot;
+      this.#wake = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+    });
+  }
+
+  async #claimLoop(): Promise<void> {
+    const o = this.#o;
+    let backoff = 100;
+    while (!this.#stopping) {
+      const free = o.concurrency - this.#running.size;
+      if (free <= 0) {
+        await this.#sleep(undefined, true);
+        // Let the other tasks finishing in this tick free their slots too, so
+        // the next claim takes a batch rather than one task at a time.
+        await new Promise((r) => setTimeout(r, 0));
+        continue;
+      }
+      this.#notified = false;
+      let claimed: ClaimedTask[];
+      try {
+        claimed = await claimTasks(o.sql, o.schema, this.#scope, free);
+        backoff = 100;
+      } catch (error) {
+        o.log.warn(`claim failed; retrying in ${backoff} ms`, { error: describeError(error).message });
+        await this.#sleep(backoff, false);
+        backoff = Math.min(backoff * 2, 5_000);
+        continue;
+      }
+      for (const task of claimed) this.#start(task);
+      if (claimed.length === free) {
+        if (this.#idle) this.#setIdle(false);
+        continue;
+      }
+      if (!this.#idle) {
+        // Raise the flag first, then claim once more: a task enqueued before
+        // the flag was visible is found by that claim, and one enqueued after
+        // it sends a wake-up.
+        await this.#setIdle(true);
+        continue;
+      }
+      if (!this.#notified) await this.#sleep(o.idleSleep, false);
+    }
+  }
+
+  async #setIdle(idle: boolean): Promise<void> {
+    this.#idle = idle;
+    await run(this.#o.sql, this.#o.schema, "SetWorkerIdle", [this.#o.workerId, idle]).catch((error) => {
+      this.#o.log.warn("could not update the worker's idle flag", { error: describeError(error).message });
+    });
+  }
+
+  #start(claimed: ClaimedTask): void {
+    const task = this.#tasks.get(claimed.name)!;
+    const timeout = this.#timeoutOf(task);
+    const controller = new AbortController();
+    const now = Date.now();
+    const entry = {
+      claimed, task, controller, startedAt: now, leaseEndsAt: now + leaseFor(timeout), overdue: false, handedBack: false,
+    } as Running;
+    this.#o.log.debug(`task ${claimed.id} started`, { task: claimed.name, id: claimed.id, attempt: claimed.attempt, queue: claimed.queue });
+    entry.settled = startAttempt({
+      task, claimed, schema: this.#o.schema, timeout, grace: graceFor(timeout), controller,
+      onOverdue: () => this.#overdue(entry),
+    }).then((outcome) => this.#finish(entry, outcome));
+    this.#running.set(claimed.id, entry);
+  }
+
+  #finish(entry: Running, outcome: Outcome): void {
+    this.#running.delete(entry.claimed.id);
+    this.#wakeUp(false);
+    if (entry.handedBack || this.#exit === "lost") return;
+    const { claimed, task } = entry;
+    const fields = { task: claimed.name, id: claimed.id, attempt: claimed.attempt, queue: claimed.queue, durationMs: Date.now() - entry.startedAt };
+    const lease = { id: claimed.id, leaseToken: claimed.leaseToken };
+    if (outcome.kind === "success") {
+      this.#o.log.debug(`task ${claimed.id} succeeded`, fields);
+      this.#results.complete(lease);
+      return;
+    }
+    const error = { ...describeError(outcome.error), attempt: claimed.attempt, at: new Date().toISOString(), timedOut: outcome.timedOut };
+    const maxAttempts = claimed.maxAttempts ?? this.#o.maxAttempts;
+    const final = outcome.permanent || claimed.attempt >= maxAttempts;
+    const delay = retryDelayFor(task, claimed.attempt, this.#o.retryDelay);
+    this.#o.log[final ? "error" : "warn"](
+      `task ${claimed.id} failed${final ? (outcome.permanent ? " permanently" : ` after ${claimed.attempt} attempts`) : `; retry in ${delay} ms`}: ${error.message}`,
+      { ...fields, error },
+    );
+    this.#results.fail({ ...lease, delay, error, permanent: outcome.permanent });
+  }
+
+  #overdue(entry: Running): void {
+    entry.overdue = true;
+    this.#o.log.error(
+      `task ${entry.claimed.id} ignored its abort signal past its timeout; this worker stops claiming and retires so that its process can be replaced`,
+      { task: entry.claimed.name, id: entry.claimed.id, attempt: entry.claimed.attempt },
+    );
+    if (this.#exit === "stopped") this.#exit = "retired";
+    this.stop();
+  }
+
+  async #heartbeat(): Promise<void> {
+    try {
+      const rows = await run(this.#o.sql, this.#o.schema, "HeartbeatWorker", [this.#o.workerId]);
+      if (!rows.length && this.#exit !== "lost") {
+        this.#o.log.error("this worker was declared dead by a supervisor (heartbeat missed); its tasks were released; stopping");
+        this.#exit = "lost";
+        for (const entry of this.#running.values()) entry.controller.abort(new ShutdownError());
+        this.stop();
+      }
+    } catch (error) {
+      this.#o.log.warn("heartbeat failed", { error: describeError(error).message });
+    }
+  }
+
+  /** Waits for running attempts: up to the shutdown timeout, or (retiring) as long as the overdue task's lease allows. */
+  async #finishRunning(): Promise<void> {
+    const o = this.#o;
+    const overdue = [...this.#running.values()].filter((e) => e.overdue);
+    const deadline = this.#exit === "retired"
+      ? Math.min(...overdue.map((e) => e.leaseEndsAt)) - 2_000
+      : this.#exit === "lost" ? Date.now() : Date.now() + o.shutdownTimeout;
+    const others = () => [...this.#running.values()].filter((e) => !e.overdue);
+    while (others().length && Date.now() < deadline) {
+      await Promise.race([
+        Promise.all(others().map((e) => e.settled)),
+        new Promise((r) => setTimeout(r, Math.max(0, deadline - Date.now()))),
+      ]);
+    }
+    if (this.#exit === "retired") return; // the supervisor releases what is left when this process exits
+    for (const entry of this.#running.values()) {
+      if (entry.handedBack) continue;
+      entry.handedBack = true;
+      entry.controller.abort(new ShutdownError());
+      if (this.#exit !== "lost") this.#results.release({ id: entry.claimed.id, leaseToken: entry.claimed.leaseToken });
+      o.log.warn(`task ${entry.claimed.id} was still running at shutdown; handed back to the queue`, { task: entry.claimed.name, id: entry.claimed.id });
+    }
+  }
+}

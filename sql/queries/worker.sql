@@ -1,0 +1,149 @@
+-- Statements of the service: claim, complete, fail, release and rescue tasks,
+-- and the worker registry. Every write to a claimed task is fenced by its
+-- lease: `lease_token` must still be the one the claim handed out and the
+-- task must still be running, so a worker that lost its lease changes nothing.
+
+-- name: ClaimTasks
+-- $1 worker id, $2 queues (NULL: every queue), $3 registered task names,
+-- $4 lease length in ms for each name in $3, $5 how many to claim.
+--
+-- `lanes` lists the distinct (queue, priority) pairs of queued tasks by
+-- skipping through task_claim_idx (one index probe per pair). Each lane is
+-- then read in (run_at, id) order with run_at <= now() as an index bound, so
+-- the scan stops at the first task not yet due, however many delayed tasks
+-- wait behind it, and at $5 rows, however deep the queue. SKIP LOCKED lets
+-- concurrent claimers pass each other's rows instead of queueing on them.
+WITH RECURSIVE lanes (queue, priority) AS (
+  (SELECT queue, priority FROM pgbg.task WHERE state = 'queued' ORDER BY queue, priority LIMIT 1)
+  UNION ALL
+  SELECT n.queue, n.priority FROM lanes l CROSS JOIN LATERAL (
+    SELECT t.queue, t.priority FROM pgbg.task t
+    WHERE t.state = 'queued' AND (t.queue, t.priority) > (l.queue, l.priority)
+    ORDER BY t.queue, t.priority LIMIT 1
+  ) n
+),
+candidates AS (
+  SELECT c.id, c.name FROM lanes l CROSS JOIN LATERAL (
+    SELECT t.id, t.name, t.priority, t.run_at FROM pgbg.task t
+    WHERE t.state = 'queued' AND t.queue = l.queue AND t.priority = l.priority
+      AND t.run_at <= now() AND t.name = ANY($3::text[])
+    ORDER BY t.run_at, t.id
+    LIMIT $5
+    FOR UPDATE SKIP LOCKED
+  ) c
+  WHERE $2::text[] IS NULL OR l.queue = ANY($2::text[])
+  ORDER BY c.priority, c.run_at, c.id
+  LIMIT $5
+)
+UPDATE pgbg.task t SET
+  state = 'running',
+  attempts = t.attempts + 1,
+  lease_token = t.lease_token + 1,
+  worker_id = $1::uuid,
+  lease_expires_at = now() + l.lease_ms * interval '1 millisecond'
+FROM candidates c
+JOIN unnest($3::text[], $4::integer[]) AS l (name, lease_ms) ON l.name = c.name
+WHERE t.id = c.id
+RETURNING t.id, t.name, t.queue, t.payload, t.attempts, t.max_attempts, t.lease_token, t.enqueued_at, t.run_at;
+
+-- name: CompleteTasks
+-- Success: the task is deleted. $1 ids, $2 their lease tokens.
+DELETE FROM pgbg.task t
+USING unnest($1::bigint[], $2::integer[]) AS c (id, token)
+WHERE t.id = c.id AND t.lease_token = c.token AND t.state = 'running'
+RETURNING t.id;
+
+-- name: CompleteTaskInTransaction
+-- ctx.complete(tx): the same fenced delete, for one task, in the handler's
+-- own transaction.
+DELETE FROM pgbg.task
+WHERE id = $1 AND lease_token = $2 AND state = 'running'
+RETURNING id;
+
+-- name: FailTasks
+-- A failed attempt: queued again after its retry delay, or kept as failed
+-- when it was permanent or the attempts are used up. $1 ids, $2 lease
+-- tokens, $3 retry delays in ms, $4 errors (JSON text), $5 permanent (1) or not (0),
+-- $6 max attempts for tasks that did not set their own.
+UPDATE pgbg.task t SET
+  state = CASE WHEN f.permanent = 1 OR t.attempts >= coalesce(t.max_attempts, $6) THEN 'failed' ELSE 'queued' END::pgbg.task_state,
+  failed_at = CASE WHEN f.permanent = 1 OR t.attempts >= coalesce(t.max_attempts, $6) THEN now() END,
+  run_at = CASE WHEN f.permanent = 1 OR t.attempts >= coalesce(t.max_attempts, $6) THEN t.run_at
+           ELSE now() + f.delay_ms * interval '1 millisecond' END,
+  last_error = f.error::jsonb,
+  lease_expires_at = NULL,
+  worker_id = NULL
+FROM unnest($1::bigint[], $2::integer[], $3::float8[], $4::text[], $5::smallint[]) AS f (id, token, delay_ms, error, permanent)
+WHERE t.id = f.id AND t.lease_token = f.token AND t.state = 'running'
+RETURNING t.id, t.state;
+
+-- name: ReleaseTasks
+-- Graceful shutdown hands unfinished tasks back, claimable at once. The
+-- interrupted attempt is not counted: the task did not fail.
+UPDATE pgbg.task t SET
+  state = 'queued', run_at = now(), attempts = t.attempts - 1,
+  lease_expires_at = NULL, worker_id = NULL
+FROM unnest($1::bigint[], $2::integer[]) AS r (id, token)
+WHERE t.id = r.id AND t.lease_token = r.token AND t.state = 'running'
+RETURNING t.id;
+
+-- name: ReleaseWorkerTasks
+-- The leases of workers known to be dead ($1), released at once. The attempt
+-- counts (the task may be what killed its worker), so a task that keeps
+-- killing workers ends as failed. $2 default max attempts, $3 error JSON.
+UPDATE pgbg.task t SET
+  state = CASE WHEN t.attempts >= coalesce(t.max_attempts, $2) THEN 'failed' ELSE 'queued' END::pgbg.task_state,
+  failed_at = CASE WHEN t.attempts >= coalesce(t.max_attempts, $2) THEN now() END,
+  run_at = now(),
+  last_error = $3::text::jsonb,
+  lease_expires_at = NULL,
+  worker_id = NULL
+WHERE t.state = 'running' AND t.worker_id = ANY($1::uuid[])
+RETURNING t.id, t.state;
+
+-- name: RescueExpiredLeases
+-- Tasks whose lease ran out (their worker vanished without anyone noticing):
+-- claimable again, the attempt counted. Uses task_lease_idx. $1 default max
+-- attempts, $2 error JSON.
+UPDATE pgbg.task t SET
+  state = CASE WHEN t.attempts >= coalesce(t.max_attempts, $1) THEN 'failed' ELSE 'queued' END::pgbg.task_state,
+  failed_at = CASE WHEN t.attempts >= coalesce(t.max_attempts, $1) THEN now() END,
+  run_at = now(),
+  last_error = $2::text::jsonb,
+  lease_expires_at = NULL,
+  worker_id = NULL
+WHERE t.state = 'running' AND t.lease_expires_at < now()
+RETURNING t.id, t.state;
+
+-- name: RegisterWorker
+INSERT INTO pgbg.worker (id, supervisor_id, pid, concurrency, hostname, runtime, queues, tasks)
+VALUES ($1, $2, $3, $4, $5, $6, $7::text[], $8::text[]);
+
+-- name: HeartbeatWorker
+-- No row back means another supervisor declared this worker dead and
+-- released its tasks: the worker must stop.
+UPDATE pgbg.worker SET heartbeat_at = now() WHERE id = $1 RETURNING id;
+
+-- name: SetWorkerIdle
+UPDATE pgbg.worker SET idle = $2 WHERE id = $1;
+
+-- name: RemoveWorkers
+DELETE FROM pgbg.worker WHERE id = ANY($1::uuid[]);
+
+-- name: ReapStaleWorkers
+-- Workers (of any supervisor) whose heartbeat is older than $1 ms are taken
+-- for dead: their rows go, and their tasks are released as in
+-- ReleaseWorkerTasks. $2 default max attempts, $3 error JSON.
+WITH dead AS (
+  DELETE FROM pgbg.worker WHERE heartbeat_at < now() - $1 * interval '1 millisecond' RETURNING id
+)
+UPDATE pgbg.task t SET
+  state = CASE WHEN t.attempts >= coalesce(t.max_attempts, $2) THEN 'failed' ELSE 'queued' END::pgbg.task_state,
+  failed_at = CASE WHEN t.attempts >= coalesce(t.max_attempts, $2) THEN now() END,
+  run_at = now(),
+  last_error = $3::text::jsonb,
+  lease_expires_at = NULL,
+  worker_id = NULL
+FROM dead
+WHERE t.state = 'running' AND t.worker_id = dead.id
+RETURNING t.id, t.state;
