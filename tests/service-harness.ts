@@ -1,0 +1,110 @@
+/**
+ * Runs `pgbg serve` as a real subprocess for the service tests, and reads its
+ * JSON log lines.
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { fileURLToPath } from "node:url";
+import type postgres from "postgres";
+
+const cli = fileURLToPath(new URL("../cli/main.ts", import.meta.url));
+/** The fixture tasks module. */
+export const fixtureTasks = fileURLToPath(new URL("./fixtures/tasks.ts", import.meta.url));
+
+/** One JSON log line of the service. */
+export interface LogLine {
+  level: string;
+  component: string;
+  message: string;
+  pid: number;
+  [field: string]: unknown;
+}
+
+/** A running `pgbg serve`. */
+export interface Service {
+  child: ChildProcess;
+  logs: LogLine[];
+  /** Output that was not a JSON log line. */
+  other: string[];
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  /** Resolves with the first log line (past or future) matching `test`. */
+  waitForLog(test: (line: LogLine) => boolean, timeoutMs?: number): Promise<LogLine>;
+}
+
+/** Starts `pgbg serve` with `args` against `url`; `schema` defaults to pgbg. */
+export function startService(url: string, args: string[], env: Record<string, string> = {}): Service {
+  const child = spawn(process.execPath, ["--import", "tsx", cli, "serve", "--log-format", "json", "--log-level", "debug", ...args], {
+    env: { ...process.env, DATABASE_URL: url, ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  const logs: LogLine[] = [];
+  const other: string[] = [];
+  const waiters: { test: (l: LogLine) => boolean; resolve: (l: LogLine) => void }[] = [];
+  let buffer = "";
+  const onData = (chunk: Buffer) => {
+    buffer += chunk.toString();
+    let nl: number;
+    while ((nl = buffer.indexOf("\n")) >= 0) {
+      const text = buffer.slice(0, nl);
+      buffer = buffer.slice(nl + 1);
+      let line: LogLine | undefined;
+      try {
+        line = JSON.parse(text);
+      } catch {
+        if (text.trim()) other.push(text);
+      }
+      if (!line) continue;
+      logs.push(line);
+      for (const w of [...waiters]) {
+        if (w.test(line)) {
+          waiters.splice(waiters.indexOf(w), 1);
+          w.resolve(line);
+        }
+      }
+    }
+  };
+  child.stdout!.on("data", onData);
+  child.stderr!.on("data", onData);
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.on("exit", (code, signal) => resolve({ code, signal }))
+  );
+  return {
+    child,
+    logs,
+    other,
+    exited,
+    waitForLog(test, timeoutMs = 30_000) {
+      const found = logs.find(test);
+      if (found) return Promise.resolve(found);
+      return new Promise((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`no matching log line within ${timeoutMs} ms; last lines:\n${logs.slice(-10).map((l) => JSON.stringify(l)).join("\n")}\n${other.slice(-10).join("\n")}`)), timeoutMs);
+        waiters.push({ test, resolve: (l) => (clearTimeout(timer), resolve(l)) });
+      });
+    },
+  };
+}
+
+/** Stops a service with SIGTERM and returns its exit status. */
+export async function stopService(service: Service): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+  if (service.child.exitCode === null && service.child.signalCode === null) service.child.kill("SIGTERM");
+  return service.exited;
+}
+
+/** Polls `query` until `done(result)` holds, or fails after `timeoutMs`. Not a timing assertion: only a bound on waiting. */
+export async function until<T>(query: () => Promise<T>, done: (value: T) => boolean, timeoutMs = 30_000, what = "condition"): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await query();
+    if (done(value)) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}; last value: ${JSON.stringify(value)}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** Creates the tables the fixture tasks write to. */
+// deno-lint-ignore no-explicit-any
+export async function createFixtureTables(sql: postgres.Sql<any>): Promise<void> {
+  await sql`CREATE TABLE IF NOT EXISTS execution (
+    id serial PRIMARY KEY, task_id bigint NOT NULL, name text NOT NULL, pid integer NOT NULL, attempt integer NOT NULL,
+    started_at timestamptz NOT NULL DEFAULT clock_timestamp(), ended_at timestamptz)`;
+  await sql`CREATE TABLE IF NOT EXISTS note (id serial PRIMARY KEY, text text NOT NULL)`;
+}

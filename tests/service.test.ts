@@ -1,0 +1,192 @@
+import assert from "node:assert/strict";
+import { after, describe, test } from "node:test";
+import * as v from "valibot";
+import { defineTask, enqueue, enqueueMany, migrate } from "../mod.ts";
+import { alwaysFails, exactlyOnce, strict, work } from "./fixtures/tasks.ts";
+import { createTestDatabase } from "./harness.ts";
+import { createFixtureTables, fixtureTasks, type Service, startService, stopService, until } from "./service-harness.ts";
+
+const db = await createTestDatabase();
+const { sql } = db;
+await migrate(sql);
+await createFixtureTables(sql);
+
+const services: Service[] = [];
+after(async () => {
+  await Promise.all(services.map(stopService));
+});
+function serve(...args: string[]): Service {
+  const service = startService(db.url, ["--tasks", fixtureTasks, "--check-interval", "200ms", ...args]);
+  services.push(service);
+  return service;
+}
+
+const remaining = async (ids: string[]) => (await sql`SELECT count(*)::int AS n FROM pgbg.task WHERE id IN ${sql(ids)}`)[0].n as number;
+const executions = (ids: string[]) =>
+  sql`SELECT task_id::text, pid, attempt, started_at, ended_at FROM execution WHERE task_id IN ${sql(ids)} ORDER BY id`;
+const taskRow = async (id: string) => (await sql`SELECT * FROM pgbg.task WHERE id = ${id}`)[0];
+
+/** Enqueues a `work` task and waits until it has run: proof that everything before it in the queue was claimed. */
+async function sentinel(): Promise<void> {
+  const id = await enqueue(sql, work, {}, { priority: 32767 });
+  await until(() => remaining([id]), (n) => n === 0, 30_000, "the sentinel task");
+}
+
+describe("pgbg serve", () => {
+  test("runs every task once and deletes it; stops with exit code 0 on SIGTERM", async () => {
+    const ids = await enqueueMany(sql, work, Array.from({ length: 300 }, () => ({})));
+    const service = serve("--workers", "2", "--concurrency", "5");
+    await until(() => remaining(ids), (n) => n === 0, 30_000, "all tasks to finish");
+    const runs = await executions(ids);
+    assert.equal(runs.length, 300);
+    assert.equal(new Set(runs.map((r) => r.task_id)).size, 300);
+    assert.equal(new Set(runs.map((r) => r.pid)).size, 2, "both workers took part");
+    assert.deepEqual(await stopService(service), { code: 0, signal: null });
+    const [{ n }] = await sql`SELECT count(*)::int AS n FROM pgbg.worker`;
+    assert.equal(n, 0, "workers removed their rows");
+  });
+
+  test("never runs more than workers × concurrency tasks at once", async () => {
+    const ids = await enqueueMany(sql, work, Array.from({ length: 40 }, () => ({ ms: 100 })));
+    const service = serve("--workers", "2", "--concurrency", "3");
+    await until(() => remaining(ids), (n) => n === 0, 30_000, "all tasks to finish");
+    await stopService(service);
+    const runs = await executions(ids);
+    let peak = 0;
+    for (const r of runs) {
+      const overlapping = runs.filter((o) => o.started_at <= r.started_at && o.ended_at > r.started_at).length;
+      peak = Math.max(peak, overlapping);
+    }
+    assert.ok(peak <= 6, `peak concurrency ${peak} exceeds 2 × 3`);
+    assert.ok(peak >= 2, `tasks did run concurrently (peak ${peak})`);
+  });
+
+  test("claims by priority, then run_at, then enqueue order, and not before run_at", async () => {
+    const order: string[] = [];
+    order.push(await enqueue(sql, work, {}, { priority: 5 })); // 3rd
+    order.push(await enqueue(sql, work, {}, { priority: -1 })); // 1st
+    order.push(await enqueue(sql, work, {}, { priority: 5, runAt: new Date(Date.now() - 60_000) })); // 2nd (earlier run_at)
+    order.push(await enqueue(sql, work, {}, { priority: 5 })); // 4th
+    const delayed = await enqueue(sql, work, {}, { delay: 1_500, priority: -5 });
+    const runAt: Date = (await taskRow(delayed)).run_at;
+    const service = serve("--workers", "1", "--concurrency", "1");
+    await until(() => remaining([...order, delayed]), (n) => n === 0, 30_000, "all tasks to finish");
+    await stopService(service);
+    const runs = await executions([...order, delayed]);
+    assert.deepEqual(runs.slice(0, 4).map((r) => r.task_id), [order[1], order[2], order[0], order[3]]);
+    assert.equal(runs[4].task_id, delayed, "the delayed task ran last although its priority is highest");
+    assert.ok(runs[4].started_at >= runAt, `the delayed task started at ${runs[4].started_at.toISOString()}, before its run_at ${runAt.toISOString()}`);
+  });
+
+  test("an idle worker starts a new task on NOTIFY, long before its idle sleep ends", async () => {
+    const service = serve("--workers", "1", "--concurrency", "2", "--idle-sleep", "5m");
+    await service.waitForLog((l) => /ready/.test(l.message));
+    // Let the worker find the queue empty and go to sleep.
+    await until(async () => (await sql`SELECT bool_and(idle) AS idle FROM pgbg.worker`)[0].idle, (idle) => idle === true, 10_000, "the worker to be idle");
+    const id = await enqueue(sql, work, {});
+    // Without a wake-up the task would wait the five-minute idle sleep.
+    await until(() => remaining([id]), (n) => n === 0, 20_000, "the task to run after NOTIFY");
+    await stopService(service);
+  });
+
+  test("retries a failing task after its retry delay, by any worker, then succeeds", async () => {
+    const id = await enqueue(sql, work, { failUntil: 2 });
+    const service = serve("--workers", "2", "--concurrency", "2");
+    await until(() => remaining([id]), (n) => n === 0, 30_000, "the task to succeed");
+    await stopService(service);
+    const runs = await executions([id]);
+    assert.deepEqual(runs.map((r) => r.attempt), [1, 2, 3]);
+    for (let i = 1; i < runs.length; i++) {
+      const gap = runs[i].started_at.getTime() - runs[i - 1].ended_at.getTime();
+      assert.ok(gap >= 200 - 5, `retry ${i} came ${gap} ms after the failure, before the 200 ms retry delay`);
+    }
+  });
+
+  test("after max attempts a task is kept as failed with its last error, and not claimed again", async () => {
+    const id = await enqueue(sql, alwaysFails, {});
+    const service = serve("--workers", "1", "--concurrency", "2");
+    await until(() => taskRow(id), (r) => r?.state === "failed", 30_000, "the task to fail");
+    await sentinel();
+    await stopService(service);
+    const row = await taskRow(id);
+    assert.equal(row.attempts, 3);
+    assert.ok(row.failed_at instanceof Date);
+    assert.equal(row.last_error.name, "NonError");
+    assert.match(row.last_error.message, /a plain string/);
+    assert.equal((await executions([id])).length, 3);
+  });
+
+  test("the service's --max-attempts applies to tasks that set none", async () => {
+    const id = await enqueue(sql, work, { failUntil: 99 });
+    const service = serve("--max-attempts", "2");
+    await until(() => taskRow(id), (r) => r?.state === "failed", 30_000, "the task to fail");
+    await stopService(service);
+    assert.equal((await taskRow(id)).attempts, 2);
+  });
+
+  test("input that no longer matches the schema fails the task for good, without retries", async () => {
+    const [{ id }] = await sql`INSERT INTO pgbg.task (queue, name, payload) VALUES ('default', 'strict', '{"count": "not a number"}') RETURNING id::text`;
+    const service = serve();
+    await until(() => taskRow(id), (r) => r?.state === "failed", 30_000, "the task to fail");
+    await stopService(service);
+    const row = await taskRow(id);
+    assert.equal(row.attempts, 1);
+    assert.equal(row.last_error.code, "PGBG_INVALID_INPUT");
+    assert.match(row.last_error.message, /count: Invalid type/);
+    assert.equal((await executions([id])).length, 0, "the handler never ran");
+    void strict;
+  });
+
+  test("a task whose name no worker registered is left alone", async () => {
+    const unknown = defineTask({ name: "nobody-runs-this", schema: v.object({}), run() {} });
+    const id = await enqueue(sql, unknown, {});
+    const service = serve();
+    await sentinel();
+    await stopService(service);
+    const row = await taskRow(id);
+    assert.equal(row.state, "queued");
+    assert.equal(row.attempts, 0);
+  });
+
+  test("--queues limits the queues a worker claims from", async () => {
+    const other = await enqueue(sql, work, {}, { queue: "elsewhere" });
+    const mine = await enqueue(sql, work, {}, { queue: "mine" });
+    const service = serve("--queues", "mine,default");
+    await until(() => remaining([mine]), (n) => n === 0, 30_000, "the task in a served queue");
+    await sentinel();
+    await stopService(service);
+    assert.equal((await taskRow(other)).state, "queued");
+  });
+
+  test("ctx.complete(tx): the handler's writes and the completion commit together, once", async () => {
+    const id = await enqueue(sql, exactlyOnce, { note: "committed", thenThrow: true });
+    const service = serve();
+    await until(() => remaining([id]), (n) => n === 0, 30_000, "the task to complete");
+    await sentinel();
+    await stopService(service);
+    assert.equal((await executions([id])).length, 1, "not retried although the handler threw after the commit");
+    const notes = await sql`SELECT text FROM note WHERE text = 'committed'`;
+    assert.equal(notes.length, 1);
+  });
+
+  test("ctx.complete(tx) rolled back with its transaction: the task runs again", async () => {
+    const id = await enqueue(sql, exactlyOnce, { note: "rolled", rollback: true });
+    const service = serve();
+    await until(() => remaining([id]), (n) => n === 0, 30_000, "the task to complete");
+    await stopService(service);
+    assert.deepEqual((await executions([id])).map((r) => r.attempt), [1, 2]);
+    assert.equal((await sql`SELECT text FROM note WHERE text = 'rolled'`).length, 1);
+  });
+
+  test("two supervisors on one queue run no task twice", async () => {
+    const ids = await enqueueMany(sql, work, Array.from({ length: 1500 }, () => ({})));
+    const a = serve("--workers", "2", "--concurrency", "8");
+    const b = serve("--workers", "2", "--concurrency", "8");
+    await until(() => remaining(ids), (n) => n === 0, 60_000, "all tasks to finish");
+    await Promise.all([stopService(a), stopService(b)]);
+    const runs = await executions(ids);
+    assert.equal(runs.length, 1500, "each task ran exactly once");
+    assert.equal(new Set(runs.map((r) => r.task_id)).size, 1500);
+    assert.ok(new Set(runs.map((r) => r.pid)).size >= 3, "the work was shared");
+  });
+});
