@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { after, describe, test } from "node:test";
+import { afterEach, describe, test } from "node:test";
 import * as v from "valibot";
 import { defineTask, enqueue, enqueueMany, migrate } from "../mod.ts";
 import { alwaysFails, exactlyOnce, strict, work } from "./fixtures/tasks.ts";
@@ -11,9 +11,14 @@ const { sql } = db;
 await migrate(sql);
 await createFixtureTables(sql);
 
+// A test that failed half-way must not leave its service claiming the next test's tasks.
 const services: Service[] = [];
-after(async () => {
-  await Promise.all(services.map(stopService));
+afterEach(async () => {
+  for (const s of services.splice(0)) {
+    s.child.kill("SIGKILL");
+    await s.exited;
+  }
+  await sql`DELETE FROM pgbg.worker`;
 });
 function serve(...args: string[]): Service {
   const service = startService(db.url, ["--tasks", fixtureTasks, "--check-interval", "200ms", ...args]);

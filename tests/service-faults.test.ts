@@ -1,0 +1,138 @@
+import assert from "node:assert/strict";
+import { fileURLToPath } from "node:url";
+import { afterEach, describe, test } from "node:test";
+import { enqueue, enqueueMany, migrate } from "../mod.ts";
+import { cooperative, hang, work } from "./fixtures/tasks.ts";
+import { createTestDatabase } from "./harness.ts";
+import { createFixtureTables, fixtureTasks, type Service, startService, stopService, until } from "./service-harness.ts";
+
+const db = await createTestDatabase();
+const { sql } = db;
+await migrate(sql);
+await createFixtureTables(sql);
+
+// A test that failed half-way must not leave its service claiming the next test's tasks.
+const services: Service[] = [];
+afterEach(async () => {
+  for (const s of services.splice(0)) {
+    s.child.kill("SIGKILL");
+    await s.exited;
+  }
+  await sql`DELETE FROM pgbg.worker`;
+});
+function serve(args: string[], tasks = fixtureTasks): Service {
+  const service = startService(db.url, ["--tasks", tasks, "--check-interval", "200ms", ...args]);
+  services.push(service);
+  return service;
+}
+const remaining = async (ids: string[]) => (await sql`SELECT count(*)::int AS n FROM pgbg.task WHERE id IN ${sql(ids)}`)[0].n as number;
+const executions = (ids: string[]) => sql`SELECT task_id::text, pid, attempt, started_at, ended_at FROM execution WHERE task_id IN ${sql(ids)} ORDER BY id`;
+const taskRow = async (id: string) => (await sql`SELECT * FROM pgbg.task WHERE id = ${id}`)[0];
+
+describe("faults", () => {
+  test("SIGKILL of a worker mid-task: its tasks run again at once, none is lost", async () => {
+    // A 60 s timeout gives leases of over a minute: only the supervisor's
+    // release of the dead worker's tasks lets this finish within the wait.
+    const ids = await enqueueMany(sql, work, Array.from({ length: 6 }, () => ({ ms: 1500 })), { maxAttempts: 5 });
+    const service = serve(["--workers", "2", "--concurrency", "3", "--timeout", "60s"]);
+    const [victim] = await until(() => executions(ids), (runs) => runs.length >= 1, 20_000, "a task to start");
+    process.kill(victim.pid, "SIGKILL");
+    await until(() => remaining(ids), (n) => n === 0, 25_000, "every task to finish after the kill");
+    const runs = await executions(ids);
+    const killed = runs.filter((r) => r.pid === victim.pid && r.ended_at === null);
+    assert.ok(killed.length >= 1, "the killed worker was running tasks");
+    for (const k of killed) {
+      const rerun = runs.find((r) => r.task_id === k.task_id && r.attempt === k.attempt + 1 && r.ended_at !== null);
+      assert.ok(rerun, `task ${k.task_id} ran again after its worker was killed`);
+      assert.notEqual(rerun.pid, victim.pid);
+    }
+    assert.equal(new Set(runs.filter((r) => r.ended_at !== null).map((r) => r.task_id)).size, 6, "every task completed");
+    await service.waitForLog((l) => /worker \d was killed by SIGKILL; restarting/.test(l.message));
+    assert.deepEqual(await stopService(service), { code: 0, signal: null });
+  });
+
+  test("SIGTERM hands unfinished tasks back at once, uncounted, and exits 0", async () => {
+    const ids = await enqueueMany(sql, work, Array.from({ length: 3 }, () => ({ ms: 20_000 })));
+    const service = serve(["--workers", "1", "--concurrency", "3", "--shutdown-timeout", "300ms", "--timeout", "60s"]);
+    await until(() => executions(ids), (runs) => runs.length === 3, 20_000, "the tasks to start");
+    assert.deepEqual(await stopService(service), { code: 0, signal: null });
+    const rows = await sql`SELECT state, attempts, worker_id, lease_expires_at FROM pgbg.task WHERE id IN ${sql(ids)}`;
+    assert.equal(rows.length, 3);
+    for (const row of rows) assert.deepEqual(row, { state: "queued", attempts: 0, worker_id: null, lease_expires_at: null });
+    await sql`DELETE FROM pgbg.task WHERE id IN ${sql(ids)}`;
+  });
+
+  test("SIGTERM lets running tasks finish within the shutdown timeout", async () => {
+    const ids = await enqueueMany(sql, work, Array.from({ length: 2 }, () => ({ ms: 700 })));
+    const service = serve(["--workers", "1", "--concurrency", "2", "--shutdown-timeout", "20s"]);
+    await until(() => executions(ids), (runs) => runs.length === 2, 20_000, "the tasks to start");
+    assert.deepEqual(await stopService(service), { code: 0, signal: null });
+    assert.equal(await remaining(ids), 0, "both finished and were deleted before the exit");
+  });
+
+  test("a task that honours its signal times out, counts as a failed attempt, and fails after max attempts", async () => {
+    const id = await enqueue(sql, cooperative, {});
+    const service = serve([]);
+    await until(() => taskRow(id), (r) => r?.state === "failed", 30_000, "the task to fail");
+    await stopService(service);
+    const row = await taskRow(id);
+    assert.equal(row.attempts, 2);
+    assert.equal(row.last_error.name, "TaskTimeoutError");
+    assert.equal(row.last_error.timedOut, true);
+    const runs = await executions([id]);
+    assert.equal(runs.length, 2);
+    assert.ok(runs.every((r) => r.ended_at !== null), "the handler stopped when aborted");
+  });
+
+  test("a task that ignores its signal: its worker retires and is replaced, other tasks keep flowing", async () => {
+    const stuck = await enqueue(sql, hang, {});
+    const service = serve(["--workers", "1", "--concurrency", "4"]);
+    await until(() => executions([stuck]), (runs) => runs.length === 1, 20_000, "the hanging task to start");
+    const normal = await enqueueMany(sql, work, Array.from({ length: 20 }, () => ({ ms: 10 })));
+    await service.waitForLog((l) => /ignored its abort signal/.test(l.message));
+    await service.waitForLog((l) => /worker 1 exited with code 4: a task ignored its abort signal past its timeout; restarting/.test(l.message));
+    await until(() => remaining(normal), (n) => n === 0, 30_000, "the normal tasks to finish");
+    // maxAttempts 1: released by the supervisor as the dead worker's task, it ends as failed.
+    await until(() => taskRow(stuck), (r) => r?.state === "failed", 10_000, "the stuck task to be failed");
+    assert.equal((await taskRow(stuck)).last_error.name, "WorkerDied");
+    assert.deepEqual(await stopService(service), { code: 0, signal: null });
+  });
+
+  test("a worker that crashes at start-up is restarted with a growing back-off, logged once per step", async () => {
+    const broken = fileURLToPath(new URL("./fixtures/throws-on-import.ts", import.meta.url));
+    const service = serve(["--workers", "1"], broken);
+    const delays: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      const line = await service.waitForLog((l) => /worker 1 exited with code 3/.test(l.message) && l.failures === i + 1, 30_000);
+      assert.match(line.message, /this tasks module is broken on purpose/);
+      delays.push(Number(/restarting in (\d+) ms/.exec(line.message)?.[1]));
+    }
+    assert.deepEqual(delays, [1000, 2000, 4000]);
+    assert.deepEqual(await stopService(service), { code: 0, signal: null });
+  });
+
+  test("a supervisor releases the tasks of another supervisor's worker whose heartbeat stopped", async () => {
+    // The state a machine that lost power leaves behind: a worker row with an
+    // old heartbeat, holding a task on a lease that has an hour left.
+    const worker = "00000000-0000-4000-8000-000000000001";
+    await sql`INSERT INTO pgbg.worker (id, supervisor_id, pid, concurrency, hostname, runtime, tasks, heartbeat_at)
+      VALUES (${worker}, ${worker}, 1, 1, 'gone', 'node', '{work}', now() - interval '1 hour')`;
+    const [{ id }] = await sql`INSERT INTO pgbg.task (queue, name, payload, state, attempts, lease_token, worker_id, lease_expires_at)
+      VALUES ('default', 'work', '{}', 'running', 1, 1, ${worker}, now() + interval '1 hour') RETURNING id::text`;
+    const service = serve([]);
+    await until(() => remaining([id]), (n) => n === 0, 30_000, "the orphaned task to run");
+    await stopService(service);
+    assert.deepEqual((await executions([id])).map((r) => r.attempt), [2]);
+    assert.equal((await sql`SELECT count(*)::int AS n FROM pgbg.worker WHERE id = ${worker}`)[0].n, 0);
+  });
+
+  test("a task whose lease expired is claimable again", async () => {
+    const [{ id }] = await sql`INSERT INTO pgbg.task (queue, name, payload, state, attempts, lease_token, worker_id, lease_expires_at)
+      VALUES ('default', 'work', '{}', 'running', 1, 1, '00000000-0000-4000-8000-000000000002', now() - interval '1 second')
+      RETURNING id::text`;
+    const service = serve([]);
+    await until(() => remaining([id]), (n) => n === 0, 30_000, "the task to run");
+    await stopService(service);
+    assert.deepEqual((await executions([id])).map((r) => r.attempt), [2]);
+  });
+});
