@@ -1,0 +1,81 @@
+import assert from "node:assert/strict";
+import { randomUUID } from "node:crypto";
+import { describe, test } from "node:test";
+import * as v from "valibot";
+import { claimTasks, type ClaimScope } from "../lib/claim.ts";
+import { leaseFor, releaseWorkerTasks } from "../lib/lease.ts";
+import { silentLogger } from "../lib/log.ts";
+import { ResultWriter } from "../lib/results.ts";
+import { retryDelayFor } from "../lib/worker.ts";
+import { defineTask, enqueue, LeaseLostError, migrate } from "../mod.ts";
+import { run } from "../lib/statements.ts";
+import { createTestDatabase } from "./harness.ts";
+
+const db = await createTestDatabase();
+const { sql } = db;
+await migrate(sql);
+const task = defineTask({ name: "fenced", schema: v.any(), run() {} });
+const scope = (workerId: string): ClaimScope => ({ workerId, queues: null, names: ["fenced"], leaseMs: [leaseFor(1000)] });
+const row = async (id: string) => (await sql`SELECT state, attempts, lease_token, worker_id FROM pgbg.task WHERE id = ${id}`)[0];
+
+describe("leases", () => {
+  test("a worker whose lease was lost can neither complete nor fail the task", async () => {
+    const id = await enqueue(sql, task, 1);
+    const first = randomUUID();
+    const [stale] = await claimTasks(sql, "pgbg", scope(first), 10);
+    assert.equal(stale.id, id);
+    // The first worker is taken for dead; another worker claims the task.
+    await releaseWorkerTasks(sql, "pgbg", [first], 25, { message: "gone" });
+    const second = randomUUID();
+    const [fresh] = await claimTasks(sql, "pgbg", scope(second), 10);
+    assert.equal(fresh.id, id);
+    assert.notEqual(fresh.leaseToken, stale.leaseToken);
+
+    const writer = new ResultWriter(sql, "pgbg", 25, silentLogger);
+    writer.complete({ id, leaseToken: stale.leaseToken });
+    writer.fail({ id, leaseToken: stale.leaseToken, delay: 0, error: { message: "late" }, permanent: true });
+    await writer.drain();
+    assert.deepEqual(await row(id), { state: "running", attempts: 2, lease_token: fresh.leaseToken, worker_id: second });
+
+    const lost = await sql.begin((tx) => run(tx, "pgbg", "CompleteTaskInTransaction", [id, stale.leaseToken]));
+    assert.equal(lost.length, 0, "ctx.complete's fenced delete matched nothing");
+    assert.equal((await row(id)).state, "running");
+
+    writer.complete({ id, leaseToken: fresh.leaseToken });
+    await writer.drain();
+    assert.equal(await row(id), undefined, "the current lease holder completes it");
+  });
+
+  test("LeaseLostError carries a stable code", () => {
+    assert.equal(new LeaseLostError("7").code, "PGBG_LEASE_LOST");
+  });
+
+  test("no two claimers get the same task", async () => {
+    const ids = new Set<string>();
+    for (let i = 0; i < 200; i++) ids.add(await enqueue(sql, task, i));
+    const clients = Array.from({ length: 8 }, () => db.connect({ max: 1 }));
+    const claimed: string[] = [];
+    await Promise.all(clients.map(async (client) => {
+      for (;;) {
+        const batch = await claimTasks(client, "pgbg", scope(randomUUID()), 7);
+        if (!batch.length) return;
+        claimed.push(...batch.map((t) => t.id));
+      }
+    }));
+    const mine = claimed.filter((id) => ids.has(id));
+    assert.equal(mine.length, 200);
+    assert.equal(new Set(mine).size, 200);
+  });
+});
+
+describe("retry delay", () => {
+  const base = { name: "r", schema: v.any(), run() {} };
+  test("fixed: the task's delay, else the service's", () => {
+    assert.equal(retryDelayFor({ ...base, retryDelay: 700 }, 5, 5000), 700);
+    assert.equal(retryDelayFor(base, 5, 5000), 5000);
+  });
+  test("exponential: doubles per attempt up to its cap", () => {
+    const t = { ...base, retryDelay: 1000, retryBackoff: "exponential" as const, retryDelayMax: 10_000 };
+    assert.deepEqual([1, 2, 3, 4, 5, 6].map((a) => retryDelayFor(t, a, 5000)), [1000, 2000, 4000, 8000, 10_000, 10_000]);
+  });
+});
