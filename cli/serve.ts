@@ -124,6 +124,9 @@ export async function supervise(config: ServeConfig, databaseUrl: string, log: L
   };
 
   let checking = false;
+  // When the database was unreachable, no worker could heartbeat either:
+  // judge heartbeats only after a full staleAfter of reachable database.
+  let reachableSince = Date.now();
   const check = async () => {
     if (checking || stopping) return;
     checking = true;
@@ -136,10 +139,14 @@ export async function supervise(config: ServeConfig, databaseUrl: string, log: L
       }
       await releaseDead();
       const rescued = await rescueExpiredLeases(sql, schema, config.maxAttempts);
+      if (reachableSince === Number.POSITIVE_INFINITY) reachableSince = Date.now();
       if (rescued.length) log.warn(`rescued ${rescued.length} task(s) whose lease expired`, { tasks: rescued.map((t) => t.id) });
-      const reaped = await reapStaleWorkers(sql, schema, staleAfter, config.maxAttempts);
-      if (reaped.length) log.warn(`released ${reaped.length} task(s) of workers whose heartbeat stopped`, { tasks: reaped.map((t) => t.id) });
+      if (Date.now() - reachableSince >= staleAfter) {
+        const reaped = await reapStaleWorkers(sql, schema, staleAfter, config.maxAttempts, supervisorId);
+        if (reaped.length) log.warn(`released ${reaped.length} task(s) of workers whose heartbeat stopped`, { tasks: reaped.map((t) => t.id) });
+      }
     } catch (error) {
+      reachableSince = Number.POSITIVE_INFINITY;
       log.warn("supervisor check failed; will retry", { error: describeError(error).message });
     } finally {
       checking = false;
@@ -170,7 +177,7 @@ export async function supervise(config: ServeConfig, databaseUrl: string, log: L
           slot.child.kill("SIGKILL");
         }
       }
-    }, config.shutdownTimeout + 15_000).unref();
+    }, Math.min(config.shutdownTimeout + 15_000, 2_147_483_647)).unref();
   };
   const onTerm = () => onSignal("SIGTERM");
   const onInt = () => onSignal("SIGINT");

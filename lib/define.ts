@@ -92,8 +92,11 @@ function isInteger(value: unknown, min: number, max: number): boolean {
   return typeof value === "number" && Number.isInteger(value) && value >= min && value <= max;
 }
 
-/** Largest duration pgbg accepts, in ms (about 24 days, the limit of setTimeout). */
-export const MAX_DURATION = 2_147_483_647;
+/**
+ * Largest duration pgbg accepts, in ms: 7 days. A lease (timeout plus grace
+ * periods) and a timer (limited to 2^31 - 1 ms, about 24 days) must still fit.
+ */
+export const MAX_DURATION = 7 * 24 * 3_600_000;
 
 /**
  * Defines a task. Returns its argument unchanged, typed so that `enqueue`

@@ -4,18 +4,20 @@
  * @module
  */
 
+import { MAX_DURATION } from "./define.ts";
+
 const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
 
 /**
  * Parses `500ms`, `30s`, `5m`, `1h`, `1.5s` or plain milliseconds (`250`)
  * into whole milliseconds. Returns undefined for anything else, including
- * negative values and values above about 24 days (the limit of timers).
+ * negative values and values above 7 days (MAX_DURATION).
  */
 export function parseDuration(text: string): number | undefined {
   const match = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$/.exec(text);
   if (!match) return undefined;
   const ms = Math.round(Number(match[1]) * UNITS[match[2] ?? "ms"]);
-  return Number.isSafeInteger(ms) && ms <= 2_147_483_647 ? ms : undefined;
+  return Number.isSafeInteger(ms) && ms <= MAX_DURATION ? ms : undefined;
 }
 
 /** Renders milliseconds the way --help shows defaults: `30s`, `500ms`, `5m`. */

@@ -55,10 +55,13 @@ export async function rescueExpiredLeases(db: Database, schema: string, maxAttem
   return released(await run(db, schema, "RescueExpiredLeases", [maxAttempts, JSON.stringify(error)]));
 }
 
-/** Takes workers silent for `staleAfter` ms for dead, removes them, and releases their tasks. */
-export async function reapStaleWorkers(db: Database, schema: string, staleAfter: number, maxAttempts: number): Promise<ReleasedTask[]> {
+/**
+ * Takes the workers of other supervisors silent for `staleAfter` ms for dead,
+ * removes them, and releases their tasks.
+ */
+export async function reapStaleWorkers(db: Database, schema: string, staleAfter: number, maxAttempts: number, supervisorId: string): Promise<ReleasedTask[]> {
   const error = { name: "WorkerLost", message: `the task's worker stopped heartbeating for ${staleAfter} ms` };
-  return released(await run(db, schema, "ReapStaleWorkers", [staleAfter, maxAttempts, JSON.stringify(error)]));
+  return released(await run(db, schema, "ReapStaleWorkers", [staleAfter, maxAttempts, JSON.stringify(error), supervisorId]));
 }
 
 /** Removes worker rows (a stopped worker, or the dead workers of a supervisor). */

@@ -28,10 +28,10 @@ export function describeError(error: unknown): { name: string; message: string; 
   if (error instanceof Error) {
     const code = (error as { code?: unknown }).code;
     return {
-      name: error.name,
-      message: error.message,
-      ...(typeof code === "string" ? { code } : {}),
-      ...(error.stack ? { stack: error.stack.slice(0, 4000) } : {}),
+      name: storable(String(error.name), 200),
+      message: storable(String(error.message), 4000),
+      ...(typeof code === "string" ? { code: storable(code, 200) } : {}),
+      ...(error.stack ? { stack: storable(error.stack, 4000) } : {}),
     };
   }
   let text: string;
@@ -40,5 +40,14 @@ export function describeError(error: unknown): { name: string; message: string; 
   } catch {
     text = String(error);
   }
-  return { name: "NonError", message: `non-Error value thrown: ${text.slice(0, 2000)}` };
+  return { name: "NonError", message: storable(`non-Error value thrown: ${text}`, 2000) };
+}
+
+/**
+ * Cuts `text` to `max` UTF-16 units and makes it storable in jsonb, which
+ * refuses \u0000 and lone surrogates (a cut can split a surrogate pair): one
+ * unstorable error message must not block the batch that carries it.
+ */
+function storable(text: string, max: number): string {
+  return text.slice(0, max).replaceAll("\u0000", "\\u0000").toWellFormed();
 }

@@ -136,7 +136,7 @@ export class Worker {
     try {
       await this.#claimLoop();
       await this.#finishRunning();
-      await this.#results.drain(Date.now() + 10_000);
+      await this.#results.drain(this.#deadline(Date.now() + 10_000));
     } finally {
       clearInterval(heartbeat);
       await listening.unlisten().catch(() => {});
@@ -235,6 +235,8 @@ export class Worker {
     this.#running.delete(entry.claimed.id);
     this.#wakeUp(false);
     if (entry.handedBack || this.#exit === "lost") return;
+    // Aborted by the shutdown: handed back (uncounted) instead of failed.
+    if (entry.controller.signal.reason instanceof ShutdownError) return;
     const { claimed, task } = entry;
     const fields = { task: claimed.name, id: claimed.id, attempt: claimed.attempt, queue: claimed.queue, durationMs: Date.now() - entry.startedAt };
     const lease = { id: claimed.id, leaseToken: claimed.leaseToken };
@@ -278,27 +280,44 @@ export class Worker {
     }
   }
 
-  /** Waits for running attempts: up to the shutdown timeout, or (retiring) as long as the overdue task's lease allows. */
+  /**
+   * Waits for running attempts: up to the shutdown timeout, never past the
+   * point where a task that ignored its signal could outlive its lease. Then
+   * aborts the rest and hands back those whose handlers stopped. Tasks whose
+   * handlers keep running stay leased: this process exits and its supervisor
+   * releases them, so no other worker starts one while it may still run here.
+   */
   async #finishRunning(): Promise<void> {
     const o = this.#o;
-    const overdue = [...this.#running.values()].filter((e) => e.overdue);
-    const deadline = this.#exit === "retired"
-      ? Math.min(...overdue.map((e) => e.leaseEndsAt)) - 2_000
-      : this.#exit === "lost" ? Date.now() : Date.now() + o.shutdownTimeout;
-    const others = () => [...this.#running.values()].filter((e) => !e.overdue);
-    while (others().length && Date.now() < deadline) {
-      await Promise.race([
-        Promise.all(others().map((e) => e.settled)),
-        new Promise((r) => setTimeout(r, Math.max(0, deadline - Date.now()))),
-      ]);
+    const shutdownDeadline = this.#exit === "lost" ? Date.now() : Date.now() + o.shutdownTimeout;
+    const entries = () => [...this.#running.values()];
+    for (;;) {
+      const others = entries().filter((e) => !e.overdue);
+      const deadline = this.#deadline(shutdownDeadline);
+      if (!others.length || Date.now() >= deadline) break;
+      // Wake on any settled attempt, and at least every 250 ms to notice a
+      // task that became overdue meanwhile.
+      await Promise.race([...others.map((e) => e.settled), new Promise((r) => setTimeout(r, Math.min(250, Math.max(0, deadline - Date.now()))))]);
     }
-    if (this.#exit === "retired") return; // the supervisor releases what is left when this process exits
-    for (const entry of this.#running.values()) {
-      if (entry.handedBack) continue;
+    const left = entries().filter((e) => !e.handedBack);
+    for (const entry of left) entry.controller.abort(new ShutdownError());
+    if (this.#exit === "lost") return;
+    // Give aborted handlers a moment to stop before their tasks are released.
+    const settleBy = Math.min(this.#deadline(Number.POSITIVE_INFINITY), Date.now() + 1_000);
+    await Promise.race([Promise.all(left.map((e) => e.settled)), new Promise((r) => setTimeout(r, Math.max(0, settleBy - Date.now())))]);
+    for (const entry of left) {
+      if (this.#running.has(entry.claimed.id)) continue; // still running: left to the supervisor
       entry.handedBack = true;
-      entry.controller.abort(new ShutdownError());
-      if (this.#exit !== "lost") this.#results.release({ id: entry.claimed.id, leaseToken: entry.claimed.leaseToken });
+      this.#results.release({ id: entry.claimed.id, leaseToken: entry.claimed.leaseToken });
       o.log.warn(`task ${entry.claimed.id} was still running at shutdown; handed back to the queue`, { task: entry.claimed.name, id: entry.claimed.id });
     }
+    if (this.#running.size && this.#exit === "stopped") this.#exit = "retired";
+  }
+
+  /** The earlier of `limit` and 2 s before the lease of any overdue task ends. */
+  #deadline(limit: number): number {
+    let deadline = limit;
+    for (const e of this.#running.values()) if (e.overdue) deadline = Math.min(deadline, e.leaseEndsAt - 2_000);
+    return deadline;
   }
 }

@@ -67,14 +67,18 @@ describe("pgbg serve", () => {
   });
 
   test("claims by priority, then run_at, then enqueue order, and not before run_at", async () => {
-    const order: string[] = [];
-    order.push(await enqueue(sql, work, {}, { priority: 5 })); // 3rd
-    order.push(await enqueue(sql, work, {}, { priority: -1 })); // 1st
-    order.push(await enqueue(sql, work, {}, { priority: 5, runAt: new Date(Date.now() - 60_000) })); // 2nd (earlier run_at)
-    order.push(await enqueue(sql, work, {}, { priority: 5 })); // 4th
-    const delayed = await enqueue(sql, work, {}, { delay: 1_500, priority: -5 });
-    const runAt: Date = (await taskRow(delayed)).run_at;
     const service = serve("--workers", "1", "--concurrency", "1");
+    await until(async () => (await sql`SELECT bool_and(idle) AS idle FROM pgbg.worker`)[0].idle, (idle) => idle === true, 20_000, "the worker to be idle");
+    // One transaction: the worker sees all five at once, however slow its start was.
+    const [order, delayed] = await sql.begin(async (tx) => {
+      const order: string[] = [];
+      order.push(await enqueue(tx, work, {}, { priority: 5 })); // 3rd
+      order.push(await enqueue(tx, work, {}, { priority: -1 })); // 1st
+      order.push(await enqueue(tx, work, {}, { priority: 5, runAt: new Date(Date.now() - 60_000) })); // 2nd (earlier run_at)
+      order.push(await enqueue(tx, work, {}, { priority: 5 })); // 4th
+      return [order, await enqueue(tx, work, {}, { delay: 1_500, priority: -5 })] as const;
+    });
+    const runAt: Date = (await taskRow(delayed)).run_at;
     await until(() => remaining([...order, delayed]), (n) => n === 0, 30_000, "all tasks to finish");
     await stopService(service);
     const runs = await executions([...order, delayed]);

@@ -131,11 +131,14 @@ UPDATE pgbg.worker SET idle = $2 WHERE id = $1;
 DELETE FROM pgbg.worker WHERE id = ANY($1::uuid[]);
 
 -- name: ReapStaleWorkers
--- Workers (of any supervisor) whose heartbeat is older than $1 ms are taken
+-- Workers of other supervisors whose heartbeat is older than $1 ms are taken
 -- for dead: their rows go, and their tasks are released as in
--- ReleaseWorkerTasks. $2 default max attempts, $3 error JSON.
+-- ReleaseWorkerTasks. $2 default max attempts, $3 error JSON, $4 the calling
+-- supervisor, whose own workers it watches directly instead.
 WITH dead AS (
-  DELETE FROM pgbg.worker WHERE heartbeat_at < now() - $1 * interval '1 millisecond' RETURNING id
+  DELETE FROM pgbg.worker
+  WHERE heartbeat_at < now() - $1 * interval '1 millisecond' AND supervisor_id <> $4::uuid
+  RETURNING id
 )
 UPDATE pgbg.task t SET
   state = CASE WHEN t.attempts >= coalesce(t.max_attempts, $2) THEN 'failed' ELSE 'queued' END::pgbg.task_state,
