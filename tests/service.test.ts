@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { afterEach, describe, test } from "node:test";
 import * as v from "valibot";
 import { defineTask, enqueue, enqueueMany, migrate } from "../mod.ts";
-import { alwaysFails, exactlyOnce, strict, work } from "./fixtures/tasks.ts";
+import { alwaysFails, exactlyOnce, strict, unstorableError, work } from "./fixtures/tasks.ts";
 import { createTestDatabase } from "./harness.ts";
 import { createFixtureTables, fixtureTasks, type Service, startService, stopService, until } from "./service-harness.ts";
 
@@ -123,6 +123,16 @@ describe("pgbg serve", () => {
     assert.equal(row.last_error.name, "NonError");
     assert.match(row.last_error.message, /a plain string/);
     assert.equal((await executions([id])).length, 3);
+  });
+
+  test("an error message jsonb cannot hold is still recorded, and blocks no other result", async () => {
+    const bad = await enqueue(sql, unstorableError, {});
+    const good = await enqueue(sql, work, { failUntil: 1 });
+    const service = serve();
+    await until(() => taskRow(bad), (r) => r?.state === "failed", 30_000, "the task to fail");
+    await until(() => remaining([good]), (n) => n === 0, 30_000, "the other task to finish");
+    await stopService(service);
+    assert.match((await taskRow(bad)).last_error.message, /^bad\\u0000byte and half an emoji/);
   });
 
   test("the service's --max-attempts applies to tasks that set none", async () => {
