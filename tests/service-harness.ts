@@ -3,6 +3,7 @@
  * JSON log lines.
  */
 import { type ChildProcess, spawn } from "node:child_process";
+import { afterEach } from "node:test";
 import { fileURLToPath } from "node:url";
 import type postgres from "postgres";
 
@@ -107,4 +108,30 @@ export async function createFixtureTables(sql: postgres.Sql<any>): Promise<void>
     id serial PRIMARY KEY, task_id bigint NOT NULL, name text NOT NULL, pid integer NOT NULL, attempt integer NOT NULL,
     started_at timestamptz NOT NULL DEFAULT clock_timestamp(), ended_at timestamptz)`;
   await sql`CREATE TABLE IF NOT EXISTS note (id serial PRIMARY KEY, text text NOT NULL)`;
+}
+
+/**
+ * Sets up a test file for service tests: a fresh database with pgbg and the
+ * fixture tables, and a `serve(args, tasks?)` that starts `pgbg serve` on it.
+ * After each test every service it started is killed, so a test that failed
+ * half-way cannot leave a service claiming the next test's tasks.
+ */
+export async function serviceTestbed(createDatabase: () => Promise<{ url: string; sql: postgres.Sql }>, migrateFn: (sql: postgres.Sql) => Promise<unknown>) {
+  const db = await createDatabase();
+  await migrateFn(db.sql);
+  await createFixtureTables(db.sql);
+  const services: Service[] = [];
+  afterEach(async () => {
+    for (const s of services.splice(0)) {
+      s.child.kill("SIGKILL");
+      await s.exited;
+    }
+    await db.sql`DELETE FROM pgbg.worker`;
+  });
+  const serve = (args: string[], tasks = fixtureTasks): Service => {
+    const service = startService(db.url, ["--tasks", tasks, "--check-interval", "200ms", ...args]);
+    services.push(service);
+    return service;
+  };
+  return { db, sql: db.sql, serve };
 }

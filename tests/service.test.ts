@@ -1,31 +1,16 @@
 import assert from "node:assert/strict";
-import { afterEach, describe, test } from "node:test";
+import { describe, test } from "node:test";
 import * as v from "valibot";
 import { defineTask, enqueue, enqueueMany, migrate } from "../mod.ts";
 import { alwaysFails, exactlyOnce, strict, unstorableError, work } from "./fixtures/tasks.ts";
 import { createTestDatabase } from "./harness.ts";
-import { createFixtureTables, fixtureTasks, type Service, startService, stopService, until } from "./service-harness.ts";
+import { type Service, serviceTestbed, stopService, until } from "./service-harness.ts";
 
-const db = await createTestDatabase();
-const { sql } = db;
-await migrate(sql);
-await createFixtureTables(sql);
-
-// A test that failed half-way must not leave its service claiming the next test's tasks.
-const services: Service[] = [];
-afterEach(async () => {
-  for (const s of services.splice(0)) {
-    s.child.kill("SIGKILL");
-    await s.exited;
-  }
-  await sql`DELETE FROM pgbg.worker`;
-});
+const testbed = await serviceTestbed(createTestDatabase, migrate);
+const { sql } = testbed;
 function serve(...args: string[]): Service {
-  const service = startService(db.url, ["--tasks", fixtureTasks, "--check-interval", "200ms", ...args]);
-  services.push(service);
-  return service;
+  return testbed.serve(args);
 }
-
 const remaining = async (ids: string[]) => (await sql`SELECT count(*)::int AS n FROM pgbg.task WHERE id IN ${sql(ids)}`)[0].n as number;
 const executions = (ids: string[]) =>
   sql`SELECT task_id::text, pid, attempt, started_at, ended_at FROM execution WHERE task_id IN ${sql(ids)} ORDER BY id`;
