@@ -60,8 +60,9 @@ export async function rescueExpiredLeases(db: Database, schema: string, maxAttem
  * removes them, and releases their tasks.
  */
 export async function reapStaleWorkers(db: Database, schema: string, staleAfter: number, maxAttempts: number, supervisorId: string): Promise<ReleasedTask[]> {
+  const dead = await run<{ id: string }>(db, schema, "ReapStaleWorkers", [staleAfter, supervisorId]);
   const error = { name: "WorkerLost", message: `the task's worker stopped heartbeating for ${staleAfter} ms` };
-  return released(await run(db, schema, "ReapStaleWorkers", [staleAfter, maxAttempts, JSON.stringify(error), supervisorId]));
+  return releaseWorkerTasks(db, schema, dead.map((w) => w.id), maxAttempts, error);
 }
 
 /** Removes worker rows (a stopped worker, or the dead workers of a supervisor). */

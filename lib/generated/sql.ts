@@ -30,7 +30,7 @@ export const queries = {
   HeartbeatWorker: "UPDATE pgbg.worker SET heartbeat_at = now() WHERE id = $1 RETURNING id",
   SetWorkerIdle: "UPDATE pgbg.worker SET idle = $2 WHERE id = $1",
   RemoveWorkers: "DELETE FROM pgbg.worker WHERE id = ANY($1::uuid[])",
-  ReapStaleWorkers: "WITH dead AS (\n  DELETE FROM pgbg.worker\n  WHERE heartbeat_at < now() - $1 * interval '1 millisecond' AND supervisor_id <> $4::uuid\n  RETURNING id\n)\nUPDATE pgbg.task t SET\n  state = CASE WHEN t.attempts >= coalesce(t.max_attempts, $2) THEN 'failed' ELSE 'queued' END::pgbg.task_state,\n  failed_at = CASE WHEN t.attempts >= coalesce(t.max_attempts, $2) THEN now() END,\n  run_at = now(),\n  last_error = $3::text::jsonb,\n  lease_expires_at = NULL,\n  worker_id = NULL\nFROM dead\nWHERE t.state = 'running' AND t.worker_id = dead.id\nRETURNING t.id, t.state",
+  ReapStaleWorkers: "DELETE FROM pgbg.worker\nWHERE heartbeat_at < now() - $1 * interval '1 millisecond' AND supervisor_id <> $2::uuid\nRETURNING id",
 } as const;
 
 /** The name of a statement in sql/queries. */

@@ -132,21 +132,9 @@ DELETE FROM pgbg.worker WHERE id = ANY($1::uuid[]);
 
 -- name: ReapStaleWorkers
 -- Workers of other supervisors whose heartbeat is older than $1 ms are taken
--- for dead: their rows go, and their tasks are released as in
--- ReleaseWorkerTasks. $2 default max attempts, $3 error JSON, $4 the calling
--- supervisor, whose own workers it watches directly instead.
-WITH dead AS (
-  DELETE FROM pgbg.worker
-  WHERE heartbeat_at < now() - $1 * interval '1 millisecond' AND supervisor_id <> $4::uuid
-  RETURNING id
-)
-UPDATE pgbg.task t SET
-  state = CASE WHEN t.attempts >= coalesce(t.max_attempts, $2) THEN 'failed' ELSE 'queued' END::pgbg.task_state,
-  failed_at = CASE WHEN t.attempts >= coalesce(t.max_attempts, $2) THEN now() END,
-  run_at = now(),
-  last_error = $3::text::jsonb,
-  lease_expires_at = NULL,
-  worker_id = NULL
-FROM dead
-WHERE t.state = 'running' AND t.worker_id = dead.id
-RETURNING t.id, t.state;
+-- for dead and their rows removed; the caller then releases their tasks with
+-- ReleaseWorkerTasks (should it die in between, the leases expire instead).
+-- $2 is the calling supervisor, whose own workers it watches directly.
+DELETE FROM pgbg.worker
+WHERE heartbeat_at < now() - $1 * interval '1 millisecond' AND supervisor_id <> $2::uuid
+RETURNING id;
