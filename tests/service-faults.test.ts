@@ -2,9 +2,9 @@ import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import { describe, test } from "node:test";
 import { enqueue, enqueueMany, migrate } from "../mod.ts";
-import { cooperative, hang, work } from "./fixtures/tasks.ts";
+import { cooperative, hang, spin, work } from "./fixtures/tasks.ts";
 import { createTestDatabase } from "./harness.ts";
-import { serviceTestbed, stopService, until } from "./service-harness.ts";
+import { serviceTestbed, stopService, until, within } from "./service-harness.ts";
 
 const { sql, serve } = await serviceTestbed(createTestDatabase, migrate);
 const remaining = async (ids: string[]) => (await sql`SELECT count(*)::int AS n FROM pgbg.task WHERE id IN ${sql(ids)}`)[0].n as number;
@@ -42,6 +42,39 @@ describe("faults", () => {
     assert.equal(rows.length, 3);
     for (const row of rows) assert.deepEqual(row, { state: "queued", attempts: 0, worker_id: null, lease_expires_at: null });
     await sql`DELETE FROM pgbg.task WHERE id IN ${sql(ids)}`;
+  });
+
+  test("a second SIGTERM stops at once: workers killed, exit code 1, their tasks handed back", async () => {
+    const ids = await enqueueMany(sql, work, Array.from({ length: 2 }, () => ({ ms: 120_000 })));
+    // A shutdown timeout far beyond the test's wait: only the second signal can end it in time.
+    const service = serve(["--workers", "1", "--concurrency", "2", "--shutdown-timeout", "10m", "--timeout", "5m"]);
+    const runs = await until(() => executions(ids), (r) => r.length === 2, 20_000, "the tasks to start");
+    const workerPid = runs[0].pid as number;
+    service.child.kill("SIGTERM");
+    await service.waitForLog((l) => /SIGTERM: stopping/.test(l.message));
+    service.child.kill("SIGTERM");
+    assert.deepEqual(await within(service.exited, 20_000, "the supervisor to exit"), { code: 1, signal: null });
+    await service.waitForLog((l) => /second SIGTERM: stopping now/.test(l.message));
+    assert.throws(() => process.kill(workerPid, 0), { code: "ESRCH" }, "the worker process is gone");
+    const rows = await sql`SELECT state, worker_id, lease_expires_at FROM pgbg.task WHERE id IN ${sql(ids)}`;
+    assert.equal(rows.length, 2, "no task was lost");
+    for (const row of rows) assert.deepEqual(row, { state: "queued", worker_id: null, lease_expires_at: null });
+    await sql`DELETE FROM pgbg.task WHERE id IN ${sql(ids)}`;
+  });
+
+  test("a worker that stops answering is killed and replaced, and its task runs again", async () => {
+    const id = await enqueue(sql, spin, {});
+    const service = serve(["--workers", "1", "--concurrency", "1"]);
+    const [first] = await until(() => executions([id]), (r) => r.length === 1, 20_000, "the task to start");
+    await service.waitForLog((l) => /worker 1 \(pid \d+\) has not answered for \d+ ms; killing it/.test(l.message), 40_000);
+    await service.waitForLog((l) => /worker 1 was killed by SIGKILL; restarting/.test(l.message));
+    // The default 30 s timeout leases the task for over a minute: it is the supervisor's release that frees it.
+    await until(() => remaining([id]), (n) => n === 0, 30_000, "the task to run again and finish");
+    const runs = await executions([id]);
+    assert.equal(runs.length, 2);
+    assert.equal(runs[1].attempt, 2);
+    assert.notEqual(runs[1].pid, first.pid, "a new worker ran it");
+    assert.deepEqual(await stopService(service), { code: 0, signal: null });
   });
 
   test("SIGTERM lets running tasks finish within the shutdown timeout", async () => {

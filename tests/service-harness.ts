@@ -101,6 +101,15 @@ export async function until<T>(query: () => Promise<T>, done: (value: T) => bool
   }
 }
 
+/** Resolves with `promise`, or fails after `timeoutMs`. Not a timing assertion: only a bound on waiting. */
+export function within<T>(promise: Promise<T>, timeoutMs: number, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)), timeoutMs);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
 /** Creates the tables the fixture tasks write to. */
 // deno-lint-ignore no-explicit-any
 export async function createFixtureTables(sql: postgres.Sql<any>): Promise<void> {
