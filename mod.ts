@@ -41,3 +41,4 @@ export {
   SchemaError,
 } from "./lib/errors.ts";
 export type { ErrorCode, InputIssue } from "./lib/errors.ts";
+export { VERSION } from "./lib/version.ts";

@@ -13,6 +13,7 @@ import postgres from "postgres";
 import { InvalidConfigError } from "../lib/errors.ts";
 import { describeError } from "../lib/log.ts";
 import { LATEST_SCHEMA_VERSION, migrate, schemaVersion } from "../lib/migrate.ts";
+import { VERSION } from "../lib/version.ts";
 import { cittyArgs, describeDatabase, resolveServeConfig, serveSettings } from "./config.ts";
 import { resolveDatabase } from "./database.ts";
 import { createLogger } from "./log.ts";
@@ -82,7 +83,7 @@ const migrateCommand = defineCommand({
 });
 
 const main = defineCommand({
-  meta: { name: "pgbg", version: "0.1.0", description: "A background task queue kept in PostgreSQL" },
+  meta: { name: "pgbg", version: VERSION, description: "A background task queue kept in PostgreSQL" },
   subCommands: { serve, migrate: migrateCommand },
 });
 

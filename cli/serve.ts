@@ -9,6 +9,7 @@
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { randomUUID } from "node:crypto";
+import { extname } from "node:path";
 import process from "node:process";
 import { fileURLToPath } from "node:url";
 import postgres from "postgres";
@@ -49,7 +50,7 @@ export async function supervise(config: ServeConfig, databaseUrl: string, log: L
 
   const silentAfter = Math.max(10 * config.checkInterval, 10_000);
   const staleAfter = Math.max(10 * config.checkInterval, 10_000);
-  const workerScript = fileURLToPath(new URL("./worker.ts", import.meta.url));
+  const workerScript = workerModule(import.meta.url);
   const slots: Slot[] = Array.from({ length: config.workers }, (_, index) => ({ index: index + 1, lastSeen: 0, failures: 0 }));
   const deadWorkers = new Set<string>();
   const allWorkerIds: string[] = [];
@@ -152,7 +153,14 @@ export async function supervise(config: ServeConfig, databaseUrl: string, log: L
       checking = false;
     }
   };
-  const checker = setInterval(check, config.checkInterval);
+  // npx (npm exec) does not pass SIGTERM on to the command it runs: it dies
+  // and leaves the service running with nobody to stop it. When a package
+  // runner started us, its death counts as SIGTERM.
+  const launcher = process.env.npm_command === "exec" ? process.ppid : undefined;
+  const checker = setInterval(() => {
+    if (launcher !== undefined && !stopping && process.ppid !== launcher) onSignal(`${process.env.npm_lifecycle_event ?? "npx"} exited`);
+    void check();
+  }, config.checkInterval);
 
   const onSignal = (signal: string) => {
     if (stopping) {
@@ -200,6 +208,16 @@ export async function supervise(config: ServeConfig, databaseUrl: string, log: L
   await sql.end({ timeout: 2 }).catch(() => {});
   log.info(code === 0 ? "stopped" : "stopped at once; unfinished tasks were released");
   return code;
+}
+
+/**
+ * The worker entry point beside this module: `worker.ts` in the sources,
+ * `worker.js` once built for npm. A module loaded from a URL (Deno from
+ * JSR) passes the URL on, which `deno run` accepts.
+ */
+export function workerModule(selfUrl: string): string {
+  const url = new URL(`./worker${extname(new URL(selfUrl).pathname)}`, selfUrl);
+  return url.protocol === "file:" ? fileURLToPath(url) : url.href;
 }
 
 /**

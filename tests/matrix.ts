@@ -1,0 +1,284 @@
+/**
+ * The runtime matrix: proves that pgbg, packed as npm publishes it, works in
+ * a fresh application on Node, Bun and Deno.
+ *
+ * It packs the package (`npm pack`, which builds dist/), installs the tarball
+ * into a new application folder outside the repository, and then, for each
+ * runtime in turn, against a database of its own:
+ *   1. runs a script of the application that imports `pgbg`, migrates,
+ *      enqueues 1,000 tasks in one transaction and 1,000 with `enqueueMany`
+ *      (Deno runs it a second time importing `mod.ts` from the sources, as
+ *      JSR users do);
+ *   2. starts the installed service (`npx pgbg serve`, `bunx --bun pgbg
+ *      serve`, `deno run -A npm:pgbg serve`) with a tasks module of the
+ *      application, waits until every task ran, on that runtime, exactly once;
+ *   3. stops it with SIGTERM and expects exit code 0.
+ * One line per runtime is printed; the exit code is 1 when any failed.
+ *
+ * Usage: tsx tests/matrix.ts [node] [bun] [deno]
+ * Uses DATABASE_URL, or starts an embedded PostgreSQL like tests/run.ts.
+ */
+import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { delimiter, join } from "node:path";
+import process from "node:process";
+import { fileURLToPath, pathToFileURL } from "node:url";
+import postgres from "postgres";
+import { startEmbeddedPostgres } from "../cli/embedded.ts";
+
+type Runtime = "node" | "bun" | "deno";
+const RUNTIMES: Runtime[] = ["node", "bun", "deno"];
+const PER_SCRIPT = 2_000;
+
+const repo = fileURLToPath(new URL("..", import.meta.url));
+const bin = join(repo, "node_modules", ".bin");
+const wanted = process.argv.slice(2);
+for (const name of wanted) if (!RUNTIMES.includes(name as Runtime)) throw new Error(`unknown runtime ${name}: use node, bun or deno`);
+const runtimes = wanted.length ? (wanted as Runtime[]) : RUNTIMES;
+
+/** How each runtime runs the application's scripts and the installed service. */
+function commands(runtime: Runtime): { script: (file: string) => string[]; serve: string[]; tasks: string } {
+  switch (runtime) {
+    case "node":
+      return { script: (f) => ["node", f], serve: ["npx", "--no-install", "pgbg", "serve"], tasks: "./tasks.js" };
+    case "bun":
+      return { script: (f) => ["bun", f], serve: ["bunx", "--bun", "pgbg", "serve"], tasks: "./tasks.ts" };
+    case "deno":
+      return { script: (f) => ["deno", "run", "-A", f], serve: ["deno", "run", "-A", "npm:pgbg", "serve"], tasks: "./tasks.ts" };
+  }
+}
+
+// ---- the application, written as a user would ----
+
+const TASKS_JS = `import process from "node:process";
+import postgres from "postgres";
+import * as v from "valibot";
+import { defineTask } from "pgbg";
+
+const runtime = globalThis.Deno ? "deno" : globalThis.Bun ? "bun" : "node";
+const sql = postgres(process.env.DATABASE_URL, { max: 4, onnotice: () => {} });
+
+/** Records that it ran, and on which runtime, in the same transaction that completes it. */
+export const record = defineTask({
+  name: "matrix-record",
+  schema: v.object({ n: v.number() }),
+  async run(input, ctx) {
+    await sql.begin(async (tx) => {
+      await tx\`INSERT INTO ran (task_id, n, runtime) VALUES (\${ctx.id}, \${input.n}, \${runtime})\`;
+      await ctx.complete(tx);
+    });
+  },
+});
+`;
+
+// The same module in TypeScript, for the runtimes that load it as such.
+const TASKS_TS = TASKS_JS.replace(
+  'const runtime = globalThis.Deno ? "deno" : globalThis.Bun ? "bun" : "node";',
+  'const g = globalThis as { Deno?: unknown; Bun?: unknown };\nconst runtime: string = g.Deno ? "deno" : g.Bun ? "bun" : "node";',
+).replace("process.env.DATABASE_URL,", "process.env.DATABASE_URL!,");
+
+const SCENARIO_JS = `import process from "node:process";
+import postgres from "postgres";
+import { record } from "./tasks.js";
+
+/** Migrates, then enqueues 1,000 tasks in one transaction and 1,000 in one enqueueMany. */
+export async function enqueueScenario(pgbg, offset) {
+  const sql = postgres(process.env.DATABASE_URL, { max: 2, onnotice: () => {} });
+  await pgbg.migrate(sql);
+  await sql\`CREATE TABLE IF NOT EXISTS ran (task_id bigint PRIMARY KEY, n integer NOT NULL, runtime text NOT NULL)\`;
+  const inTransaction = await sql.begin(async (tx) => {
+    const ids = [];
+    for (let i = 0; i < 1000; i++) ids.push(await pgbg.enqueue(tx, record, { n: offset + i }));
+    return ids;
+  });
+  const inBatch = await pgbg.enqueueMany(sql, record, Array.from({ length: 1000 }, (_, i) => ({ n: offset + 1000 + i })));
+  await sql.end();
+  console.log(JSON.stringify({ enqueued: new Set([...inTransaction, ...inBatch]).size }));
+}
+`;
+
+function writeApp(dir: string, tarball: string): void {
+  const deps = JSON.parse(readFileSync(join(repo, "package.json"), "utf8")).dependencies as Record<string, string>;
+  writeFileSync(join(dir, "package.json"), JSON.stringify({
+    name: "pgbg-matrix-app",
+    private: true,
+    type: "module",
+    dependencies: { pgbg: `file:${tarball}`, postgres: deps.postgres, valibot: deps.valibot },
+  }, null, 2));
+  writeFileSync(join(dir, "tasks.js"), TASKS_JS);
+  writeFileSync(join(dir, "tasks.ts"), TASKS_TS);
+  writeFileSync(join(dir, "scenario.js"), SCENARIO_JS);
+  writeFileSync(join(dir, "enqueue.js"), `import * as pgbg from "pgbg";\nimport { enqueueScenario } from "./scenario.js";\nawait enqueueScenario(pgbg, 0);\n`);
+  // What a Deno user importing from JSR runs: the TypeScript sources themselves.
+  writeFileSync(
+    join(dir, "enqueue-source.ts"),
+    `import * as pgbg from ${JSON.stringify(pathToFileURL(join(repo, "mod.ts")).href)};\n` +
+      `// @ts-ignore: scenario.js is untyped\nimport { enqueueScenario } from "./scenario.js";\nawait enqueueScenario(pgbg, ${PER_SCRIPT});\n`,
+  );
+}
+
+// ---- running it ----
+
+interface Outcome {
+  ok: boolean;
+  detail: string;
+  output?: string;
+}
+
+function run(argv: string[], cwd: string, env: NodeJS.ProcessEnv): string {
+  return execFileSync(argv[0], argv.slice(1), { cwd, env, encoding: "utf8", stdio: ["ignore", "pipe", "pipe"], timeout: 180_000 });
+}
+
+function groupAlive(pgid: number): boolean {
+  try {
+    process.kill(-pgid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function waitFor<T>(what: string, timeoutMs: number, check: () => Promise<T | undefined>): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await check();
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+async function runRuntime(runtime: Runtime, app: string, serverUrl: string): Promise<Outcome> {
+  const database = `pgbg_matrix_${runtime}_${randomBytes(4).toString("hex")}`;
+  const admin = postgres(serverUrl, { max: 1, onnotice: () => {} });
+  await admin.unsafe(`CREATE DATABASE "${database}"`);
+  const url = new URL(serverUrl);
+  url.pathname = `/${database}`;
+  const env = { ...process.env, DATABASE_URL: url.href, PATH: `${bin}${delimiter}${process.env.PATH}` };
+  const sql = postgres(url.href, { max: 1, onnotice: () => {} });
+  const cmd = commands(runtime);
+  let service: ChildProcess | undefined;
+  let output = "";
+  try {
+    const t0 = performance.now();
+    const scripts = runtime === "deno" ? ["enqueue.js", "enqueue-source.ts"] : ["enqueue.js"];
+    let enqueued = 0;
+    for (const script of scripts) enqueued += JSON.parse(run(cmd.script(script), app, env).trim().split("\n").pop()!).enqueued;
+    const expected = PER_SCRIPT * scripts.length;
+    if (enqueued !== expected) return { ok: false, detail: `enqueued ${enqueued} of ${expected} tasks` };
+    const t1 = performance.now();
+
+    // A process group of its own, so that what is left of it after the stop can be seen.
+    service = spawn(cmd.serve[0], [...cmd.serve.slice(1), "--tasks", cmd.tasks, "--check-interval", "200ms", "--log-format", "json"], {
+      cwd: app, env, stdio: ["ignore", "pipe", "pipe"], detached: true,
+    });
+    const exited = new Promise<string>((resolve) => service!.on("exit", (code, signal) => resolve(signal ?? String(code))));
+    const collect = (chunk: Buffer) => (output += chunk.toString());
+    service.stdout!.on("data", collect);
+    service.stderr!.on("data", collect);
+    let gone = false;
+    void exited.then(() => (gone = true));
+
+    const ran = await waitFor(`${expected} tasks to run`, 120_000, async () => {
+      if (gone) throw new Error("the service exited early");
+      const [row] = await sql`SELECT count(*)::int AS ran, count(DISTINCT n)::int AS distinct_n,
+        array_agg(DISTINCT runtime) AS runtimes, (SELECT count(*)::int FROM pgbg.task) AS left
+        FROM ran`;
+      return row.ran >= expected && row.left === 0 ? row : undefined;
+    });
+    const t2 = performance.now();
+    // SIGTERM to the command the user ran, as a process manager would send it.
+    const group = service.pid!;
+    service.kill("SIGTERM");
+    const code = await Promise.race([exited, new Promise<string>((r) => setTimeout(() => r("none within 60 s"), 60_000))]);
+    const leftover = await waitFor("the service's processes to end", 60_000, async () => (groupAlive(group) ? undefined : false)).catch(() => true);
+    const stopped = output.split("\n").some((line) => line.includes('"message":"stopped"'));
+
+    const problems: string[] = [];
+    if (ran.ran !== expected || ran.distinct_n !== expected) problems.push(`${ran.ran} runs of ${ran.distinct_n} distinct tasks, expected ${expected} once each`);
+    if (ran.runtimes.length !== 1 || ran.runtimes[0] !== runtime) problems.push(`tasks ran on ${ran.runtimes.join(",")}`);
+    // npx itself dies of the SIGTERM it does not pass on (exit 143); the service sees it go and stops.
+    const expectedCode = runtime === "node" ? "SIGTERM" : "0";
+    if (code !== expectedCode) problems.push(`${cmd.serve[0]} exited with ${code} after SIGTERM, expected ${expectedCode}`);
+    if (!stopped) problems.push("the supervisor did not log a clean stop");
+    if (leftover) problems.push("processes of the service were still running 60 s after SIGTERM");
+    const figures = `${ran.ran}/${expected} tasks ran once on ${ran.runtimes.join(",")}; enqueue ${((t1 - t0) / 1000).toFixed(1)} s, ` +
+      `drain ${((t2 - t1) / 1000).toFixed(1)} s; SIGTERM → ${cmd.serve[0]} exit ${code}, service stopped cleanly: ${stopped && !leftover}`;
+    return problems.length ? { ok: false, detail: `${problems.join("; ")} (${figures})`, output } : { ok: true, detail: figures };
+  } catch (error) {
+    const e = error as Error & { stderr?: string; stdout?: string };
+    return { ok: false, detail: e.message.split("\n")[0], output: `${e.stdout ?? ""}${e.stderr ?? ""}${output}` };
+  } finally {
+    if (service?.pid && groupAlive(service.pid)) process.kill(-service.pid, "SIGKILL");
+    await sql.end({ timeout: 5 });
+    await admin.unsafe(`DROP DATABASE IF EXISTS "${database}" WITH (FORCE)`);
+    await admin.end();
+  }
+}
+
+/**
+ * Checks the package as published: only what users need is in the tarball,
+ * publint and Are-the-types-wrong find nothing, and JSR's dry run passes
+ * without slow types. Returns the problems found.
+ */
+function checkPackage(tarball: string, files: string[]): string[] {
+  const problems: string[] = [];
+  const needed = (f: string) => ["package.json", "README.md", "LICENSE"].includes(f) || /^dist\/(mod|lib\/.+)\.(js|d\.ts)$/.test(f) || /^dist\/cli\/[a-z]+\.js$/.test(f);
+  for (const f of files) if (!needed(f)) problems.push(`  the tarball holds ${f}, which users do not need`);
+  for (const f of ["dist/mod.js", "dist/mod.d.ts", "dist/cli/main.js", "dist/cli/worker.js", "LICENSE", "README.md"]) {
+    if (!files.includes(f)) problems.push(`  the tarball lacks ${f}`);
+  }
+  const tools: [string, string[], (out: string) => string[]][] = [
+    ["publint", ["publint", "--strict", repo], () => []],
+    ["attw", ["attw", tarball, "--profile", "esm-only"], () => []],
+    // The user's tasks modules are imported by path at run time, on purpose: the
+    // one warning JSR may give, that this import cannot be analysed, is expected.
+    ["deno publish", ["deno", "publish", "--dry-run", "--allow-dirty"], (out) =>
+      out.split("\n").filter((l) => /^\s*(warning|error)|slow-type/i.test(l) && !/unanalyzable-dynamic-import/.test(l))],
+  ];
+  for (const [name, argv, extra] of tools) {
+    const result = spawnSync(join(bin, argv[0]), argv.slice(1), { cwd: repo, encoding: "utf8", timeout: 180_000 });
+    const out = `${result.stdout ?? ""}${result.stderr ?? ""}`.replace(/\x1b\[[0-9;]*m/g, "");
+    if (result.status !== 0) problems.push(`  ${name} failed (${result.error?.message ?? `exit ${result.status}`}):\n${out.trim()}`);
+    else for (const line of extra(out)) problems.push(`  ${name}: ${line.trim()}`);
+  }
+  return problems;
+}
+
+let stopServer: (() => Promise<void>) | undefined;
+let serverUrl = process.env.DATABASE_URL;
+if (!serverUrl) {
+  const server = await startEmbeddedPostgres();
+  serverUrl = server.url;
+  stopServer = server.stop;
+  console.log(`matrix: started embedded PostgreSQL ${server.version} on port ${server.port}`);
+}
+
+const work = mkdtempSync(join(tmpdir(), "pgbg-matrix-"));
+let failed = false;
+try {
+  run(["npm", "run", "build"], repo, process.env);
+  const packed = JSON.parse(run(["npm", "pack", "--ignore-scripts", "--json", "--pack-destination", work], repo, process.env))[0];
+  const tarball = join(work, packed.filename);
+  const problems = checkPackage(tarball, packed.files.map((f: { path: string }) => f.path));
+  console.log(`package ${problems.length ? "FAIL" : "ok  "} ${packed.filename}: ${packed.entryCount} files; publint, attw (esm-only), deno publish --dry-run${problems.length ? `:\n${problems.join("\n")}` : " report no problems"}`);
+  failed ||= problems.length > 0;
+  const app = join(work, "app");
+  mkdirSync(app);
+  writeApp(app, tarball);
+  run(["npm", "install", "--no-audit", "--no-fund", "--prefer-offline"], app, process.env);
+  for (const runtime of runtimes) {
+    const outcome = await runRuntime(runtime, app, serverUrl);
+    console.log(`${runtime.padEnd(5)} ${outcome.ok ? "ok  " : "FAIL"} ${outcome.detail}`);
+    if (!outcome.ok) {
+      failed = true;
+      if (outcome.output) console.log(outcome.output.split("\n").slice(-30).map((l) => `      ${l}`).join("\n"));
+    }
+  }
+} finally {
+  rmSync(work, { recursive: true, force: true });
+  await stopServer?.();
+}
+process.exit(failed ? 1 : 0);
