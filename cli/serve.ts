@@ -55,6 +55,7 @@ export async function supervise(config: ServeConfig, databaseUrl: string, log: L
   const deadWorkers = new Set<string>();
   const allWorkerIds: string[] = [];
   let stopping = false;
+  let exitCode = 0;
   let resolveDone: (code: number) => void = () => {};
   const done = new Promise<number>((r) => (resolveDone = r));
 
@@ -94,7 +95,7 @@ export async function supervise(config: ServeConfig, databaseUrl: string, log: L
     slot.child = undefined;
     deadWorkers.add(workerId);
     if (stopping) {
-      if (slots.every((s) => !s.child)) resolveDone(0);
+      if (slots.every((s) => !s.child)) resolveDone(exitCode);
       return;
     }
     void releaseDead();
@@ -165,8 +166,10 @@ export async function supervise(config: ServeConfig, databaseUrl: string, log: L
   const onSignal = (signal: string) => {
     if (stopping) {
       log.warn(`second ${signal}: stopping now`);
+      exitCode = 1;
+      // Resolves once every killed worker has exited (onExit), so none outlives the supervisor.
       for (const slot of slots) slot.child?.kill("SIGKILL");
-      resolveDone(1);
+      if (slots.every((s) => !s.child)) resolveDone(exitCode);
       return;
     }
     stopping = true;
@@ -176,7 +179,7 @@ export async function supervise(config: ServeConfig, databaseUrl: string, log: L
       if (slot.child?.connected) slot.child.send({ type: "stop" });
       else slot.child?.kill("SIGTERM");
     }
-    if (slots.every((s) => !s.child)) resolveDone(0);
+    if (slots.every((s) => !s.child)) resolveDone(exitCode);
     // Workers bound their own shutdown; this only guards against one that hangs.
     setTimeout(() => {
       for (const slot of slots) {

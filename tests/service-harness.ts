@@ -135,6 +135,8 @@ export async function serviceTestbed(createDatabase: () => Promise<{ url: string
       s.child.kill("SIGKILL");
       await s.exited;
     }
+    // Tasks a failed test left behind would be claimed by the next test's service.
+    await db.sql`DELETE FROM pgbg.task`;
     await db.sql`DELETE FROM pgbg.worker`;
   });
   const serve = (args: string[], tasks = fixtureTasks): Service => {
