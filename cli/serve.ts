@@ -17,6 +17,7 @@ import { releaseWorkerTasks, reapStaleWorkers, removeWorkers, rescueExpiredLease
 import { describeError, type Logger } from "../lib/log.ts";
 import { assertSchemaCurrent, migrate } from "../lib/migrate.ts";
 import { scriptCommand } from "../lib/runtime.ts";
+import { VERSION } from "../lib/version.ts";
 import type { ServeConfig } from "./config.ts";
 import type { WorkerMessage, WorkerSpec } from "./worker.ts";
 
@@ -46,7 +47,11 @@ export async function supervise(config: ServeConfig, databaseUrl: string, log: L
   const sql: postgres.Sql<any> = postgres(databaseUrl, { max: 2, onnotice: () => {}, connection: { application_name: "pgbg supervisor" } });
   const supervisorId = randomUUID();
   const schema = config.schema;
-  await prepareSchema(sql, config, log);
+  if (!(await prepareSchema(sql, config, log))) {
+    log.info(`${launcherName()} exited before the database could be reached; stopping`);
+    await sql.end({ timeout: 2 }).catch(() => {});
+    return 0;
+  }
 
   const silentAfter = Math.max(10 * config.checkInterval, 10_000);
   const staleAfter = Math.max(10 * config.checkInterval, 10_000);
@@ -87,8 +92,14 @@ export async function supervise(config: ServeConfig, databaseUrl: string, log: L
         slot.lastError = message.message;
       }
     });
-    child.on("error", (error) => log.error(`worker ${slot.index} could not be started: ${error.message}`));
-    child.on("exit", (code, signal) => onExit(slot, workerId, code, signal));
+    child.on("error", (error) => {
+      log.error(`worker ${slot.index} could not be started: ${error.message}`);
+      // A process that never started emits no exit: treat it as one.
+      if (child.pid === undefined && slot.child === child) onExit(slot, workerId, null, null);
+    });
+    child.on("exit", (code, signal) => {
+      if (slot.child === child) onExit(slot, workerId, code, signal);
+    });
   };
 
   const onExit = (slot: Slot, workerId: string, code: number | null, signal: NodeJS.Signals | null) => {
@@ -154,12 +165,8 @@ export async function supervise(config: ServeConfig, databaseUrl: string, log: L
       checking = false;
     }
   };
-  // npx (npm exec) does not pass SIGTERM on to the command it runs: it dies
-  // and leaves the service running with nobody to stop it. When a package
-  // runner started us, its death counts as SIGTERM.
-  const launcher = process.env.npm_command === "exec" ? process.ppid : undefined;
   const checker = setInterval(() => {
-    if (launcher !== undefined && !stopping && process.ppid !== launcher) onSignal(`${process.env.npm_lifecycle_event ?? "npx"} exited`);
+    if (!stopping && launcherGone()) onSignal(`${launcherName()} exited`);
     void check();
   }, config.checkInterval);
 
@@ -170,6 +177,7 @@ export async function supervise(config: ServeConfig, databaseUrl: string, log: L
       // Resolves once every killed worker has exited (onExit), so none outlives the supervisor.
       for (const slot of slots) slot.child?.kill("SIGKILL");
       if (slots.every((s) => !s.child)) resolveDone(exitCode);
+      setTimeout(() => resolveDone(exitCode), 5_000).unref();
       return;
     }
     stopping = true;
@@ -215,10 +223,12 @@ export async function supervise(config: ServeConfig, databaseUrl: string, log: L
 
 /**
  * The worker entry point beside this module: `worker.ts` in the sources,
- * `worker.js` once built for npm. A module loaded from a URL (Deno from
- * JSR) passes the URL on, which `deno run` accepts.
+ * `worker.js` once built for npm. Loaded from JSR, the worker is the
+ * package's `./worker` export of the same version: run from its https URL it
+ * would lack the package's import map.
  */
 export function workerModule(selfUrl: string): string {
+  if (selfUrl.startsWith("https://jsr.io/")) return `jsr:@pgbg/pgbg@${VERSION}/worker`;
   const url = new URL(`./worker${extname(new URL(selfUrl).pathname)}`, selfUrl);
   return url.protocol === "file:" ? fileURLToPath(url) : url.href;
 }
@@ -237,18 +247,38 @@ export function isConnectionError(error: unknown): boolean {
   return true;
 }
 
-/** Migrates (or checks) the schema, waiting with back-off while the database is unreachable. */
+/**
+ * Migrates (or checks) the schema, waiting with back-off while the database
+ * is unreachable. False when the launcher exited during the wait.
+ */
 // deno-lint-ignore no-explicit-any
-async function prepareSchema(sql: postgres.Sql<any>, config: ServeConfig, log: Logger): Promise<void> {
+async function prepareSchema(sql: postgres.Sql<any>, config: ServeConfig, log: Logger): Promise<boolean> {
   for (let delay = 500; ; delay = Math.min(delay * 2, 15_000)) {
     try {
       if (config.migrate) await migrate(sql, { schema: config.schema });
       else await assertSchemaCurrent(sql, { schema: config.schema });
-      return;
+      return true;
     } catch (error) {
       if (!isConnectionError(error)) throw error;
       log.error(`cannot reach the database (${describeError(error).message}); retrying in ${delay} ms`);
-      await new Promise((r) => setTimeout(r, delay));
+      for (const end = Date.now() + delay; Date.now() < end;) {
+        if (launcherGone()) return false;
+        await new Promise((r) => setTimeout(r, Math.min(250, end - Date.now())));
+      }
     }
   }
+}
+
+// npx (npm exec) runs the command under a shell that dies with it on
+// SIGTERM, leaving the service running with nobody to stop it. When a
+// package runner started this process, its exit counts as SIGTERM. Read at
+// start-up, before anything can outlive the runner.
+const launcher = process.env.npm_command === "exec" ? process.ppid : undefined;
+
+function launcherGone(): boolean {
+  return launcher !== undefined && process.ppid !== launcher;
+}
+
+function launcherName(): string {
+  return process.env.npm_lifecycle_event ?? "npx";
 }
