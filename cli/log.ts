@@ -26,5 +26,8 @@ export function createLogger(level: LogLevel, format: "pretty" | "json", compone
     else if (fields && "error" in fields && typeof fields.error === "string") consola[type](`${message} (${fields.error})`);
     else consola[type](message);
   };
-  return { debug: write("debug"), info: write("info"), warn: write("warn"), error: write("error") };
+  return {
+    debug: write("debug"), info: write("info"), warn: write("warn"), error: write("error"),
+    isEnabled: (type) => LEVELS[type] <= LEVELS[level],
+  };
 }

@@ -26,6 +26,39 @@ export class TaskTimeoutError extends Error {
 }
 
 /**
+ * An abort controller made only when a handler reads `ctx.signal`. Most
+ * handlers of short tasks never do, and making an AbortSignal costs more
+ * than running a no-op task.
+ */
+export class LazyAbort {
+  #controller: AbortController | undefined;
+  #aborted = false;
+  #reason: unknown;
+
+  /** The signal, made on first use (already aborted if abort() came first). */
+  get signal(): AbortSignal {
+    if (!this.#controller) {
+      this.#controller = new AbortController();
+      if (this.#aborted) this.#controller.abort(this.#reason);
+    }
+    return this.#controller.signal;
+  }
+
+  /** The reason given to abort(), if it was called. */
+  get reason(): unknown {
+    return this.#reason;
+  }
+
+  /** Aborts once; later calls change nothing. */
+  abort(reason: unknown): void {
+    if (this.#aborted) return;
+    this.#aborted = true;
+    this.#reason = reason;
+    this.#controller?.abort(reason);
+  }
+}
+
+/**
  * Starts an attempt. The returned promise settles when the handler settles,
  * but an attempt that reached its timeout is reported as failed whatever the
  * handler did afterwards. `onOverdue` fires if the handler is still running
@@ -37,7 +70,7 @@ export function startAttempt(options: {
   schema: string;
   timeout: number;
   grace: number;
-  controller: AbortController;
+  controller: LazyAbort;
   onOverdue: () => void;
 }): Promise<Outcome> {
   const { task, claimed, schema, timeout, grace, controller } = options;
@@ -54,7 +87,9 @@ export function startAttempt(options: {
     name: claimed.name,
     queue: claimed.queue,
     attempt: claimed.attempt,
-    signal: controller.signal,
+    get signal() {
+      return controller.signal;
+    },
     // deno-lint-ignore no-explicit-any
     async complete(tx: TransactionSql<any>) {
       const rows = await run(tx, schema, "CompleteTaskInTransaction", [claimed.id, claimed.leaseToken]);
@@ -80,7 +115,7 @@ export function startAttempt(options: {
     .then((outcome): Outcome => {
       clearTimeout(deadline);
       clearTimeout(overdue);
-      if (timedOut) return { kind: "failure", error: controller.signal.reason, permanent: false, timedOut: true };
+      if (timedOut) return { kind: "failure", error: controller.reason, permanent: false, timedOut: true };
       return outcome;
     });
 }

@@ -18,8 +18,6 @@ export interface ClaimedTask {
   maxAttempts: number | null;
   /** The lease's fencing token; every write about this attempt carries it. */
   leaseToken: number;
-  enqueuedAt: Date;
-  runAt: Date;
 }
 
 /** What a worker claims with: its identity, queues and the tasks it can run. */
@@ -40,7 +38,7 @@ export interface ClaimScope {
  */
 export async function claimTasks(db: Database, schema: string, scope: ClaimScope, limit: number): Promise<ClaimedTask[]> {
   const rows = await run(db, schema, "ClaimTasks", [scope.workerId, scope.queues, scope.names, scope.leaseMs, limit]);
-  const tasks = rows.map((r) => ({
+  return rows.map((r) => ({
     id: String(r.id),
     name: r.name as string,
     queue: r.queue as string,
@@ -48,9 +46,5 @@ export async function claimTasks(db: Database, schema: string, scope: ClaimScope
     attempt: r.attempts as number,
     maxAttempts: r.max_attempts as number | null,
     leaseToken: r.lease_token as number,
-    enqueuedAt: r.enqueued_at as Date,
-    runAt: r.run_at as Date,
   }));
-  // UPDATE … RETURNING does not keep the claim order; start tasks in it.
-  return tasks.sort((a, b) => a.runAt.getTime() - b.runAt.getTime() || (a.id.length - b.id.length || (a.id < b.id ? -1 : 1)));
 }

@@ -14,6 +14,11 @@ export interface Logger {
   info(message: string, fields?: LogFields): void;
   warn(message: string, fields?: LogFields): void;
   error(message: string, fields?: LogFields): void;
+  /**
+   * Whether messages of `level` are written. Optional; when present, hot
+   * paths skip building debug messages that would be dropped.
+   */
+  isEnabled?(level: "debug" | "info" | "warn" | "error"): boolean;
 }
 
 /** A logger that drops everything. */

@@ -7,7 +7,7 @@
  * @module
  */
 import type { Sql } from "postgres";
-import { type Outcome, startAttempt } from "./attempt.ts";
+import { LazyAbort, type Outcome, startAttempt } from "./attempt.ts";
 import { type ClaimedTask, claimTasks, type ClaimScope } from "./claim.ts";
 import type { AnyTask } from "./define.ts";
 import { graceFor, leaseFor, removeWorkers } from "./lease.ts";
@@ -63,7 +63,7 @@ export class ShutdownError extends Error {
 interface Running {
   claimed: ClaimedTask;
   task: AnyTask;
-  controller: AbortController;
+  controller: LazyAbort;
   startedAt: number;
   leaseEndsAt: number;
   settled: Promise<void>;
@@ -91,9 +91,11 @@ export class Worker {
   #wake: (() => void) | undefined;
   #wakeOnSlot = false;
   #notified = false;
+  readonly #debug: boolean;
 
   constructor(options: WorkerOptions) {
     this.#o = options;
+    this.#debug = options.log.isEnabled?.("debug") ?? true;
     for (const task of options.tasks) this.#tasks.set(task.name, task);
     const names = [...this.#tasks.keys()];
     this.#scope = {
@@ -218,12 +220,12 @@ export class Worker {
   #start(claimed: ClaimedTask): void {
     const task = this.#tasks.get(claimed.name)!;
     const timeout = this.#timeoutOf(task);
-    const controller = new AbortController();
+    const controller = new LazyAbort();
     const now = Date.now();
     const entry = {
       claimed, task, controller, startedAt: now, leaseEndsAt: now + leaseFor(timeout), overdue: false, handedBack: false,
     } as Running;
-    this.#o.log.debug(`task ${claimed.id} started`, { task: claimed.name, id: claimed.id, attempt: claimed.attempt, queue: claimed.queue });
+    if (this.#debug) this.#o.log.debug(`task ${claimed.id} started`, { task: claimed.name, id: claimed.id, attempt: claimed.attempt, queue: claimed.queue });
     entry.settled = startAttempt({
       task, claimed, schema: this.#o.schema, timeout, grace: graceFor(timeout), controller,
       onOverdue: () => this.#overdue(entry),
@@ -236,12 +238,12 @@ export class Worker {
     this.#wakeUp(false);
     if (entry.handedBack || this.#exit === "lost") return;
     // Aborted by the shutdown: handed back (uncounted) instead of failed.
-    if (entry.controller.signal.reason instanceof ShutdownError) return;
+    if (entry.controller.reason instanceof ShutdownError) return;
     const { claimed, task } = entry;
-    const fields = { task: claimed.name, id: claimed.id, attempt: claimed.attempt, queue: claimed.queue, durationMs: Date.now() - entry.startedAt };
     const lease = { id: claimed.id, leaseToken: claimed.leaseToken };
+    const fields = () => ({ task: claimed.name, id: claimed.id, attempt: claimed.attempt, queue: claimed.queue, durationMs: Date.now() - entry.startedAt });
     if (outcome.kind === "success") {
-      this.#o.log.debug(`task ${claimed.id} succeeded`, fields);
+      if (this.#debug) this.#o.log.debug(`task ${claimed.id} succeeded`, fields());
       this.#results.complete(lease);
       return;
     }
@@ -251,7 +253,7 @@ export class Worker {
     const delay = retryDelayFor(task, claimed.attempt, this.#o.retryDelay);
     this.#o.log[final ? "error" : "warn"](
       `task ${claimed.id} failed${final ? (outcome.permanent ? " permanently" : ` after ${claimed.attempt} attempts`) : `; retry in ${delay} ms`}: ${error.message}`,
-      { ...fields, error },
+      { ...fields(), error },
     );
     this.#results.fail({ ...lease, delay, error, permanent: outcome.permanent });
   }
