@@ -1,0 +1,95 @@
+/**
+ * The ceiling: the same enqueue and dequeue work done by hand-written SQL on
+ * the same server, with none of a queue's bookkeeping. pgbg's figures are
+ * reported as fractions of these.
+ */
+import { CpuMeter, type Database, inFlight, type Server, since, type Sql } from "./harness.ts";
+
+/** The hand-written queue table: what a task needs to be claimed, leased and deleted. */
+export async function setupRaw(db: Database): Promise<void> {
+  await db.sql.unsafe(`
+    CREATE TABLE raw_task (
+      id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+      queue text NOT NULL DEFAULT 'default',
+      name text NOT NULL,
+      payload jsonb NOT NULL,
+      run_at timestamptz NOT NULL DEFAULT now(),
+      state smallint NOT NULL DEFAULT 0,
+      attempts integer NOT NULL DEFAULT 0,
+      lease_expires_at timestamptz
+    );
+    CREATE INDEX raw_task_claim ON raw_task (queue, run_at, id) WHERE state = 0;`);
+}
+
+const payload = (i: number) => JSON.stringify({ i });
+
+/** One INSERT per task, prepared, `parallel` in flight. */
+export async function rawInsertSingle(db: Database, n: number, parallel: number): Promise<number> {
+  const t0 = performance.now();
+  await inFlight(n, parallel, (i) => db.sql`INSERT INTO raw_task (name, payload) VALUES ('noop', ${payload(i)}::text::jsonb) RETURNING id`);
+  return since(t0);
+}
+
+/** `INSERT … SELECT FROM unnest` of `batch` rows per statement, returning the ids. */
+export async function rawInsertUnnest(db: Database, n: number, batch: number): Promise<number> {
+  const t0 = performance.now();
+  for (let done = 0; done < n; done += batch) {
+    const size = Math.min(batch, n - done);
+    const payloads = Array.from({ length: size }, (_, i) => payload(done + i));
+    await db.sql`INSERT INTO raw_task (name, payload)
+      SELECT 'noop', p::jsonb FROM unnest(${payloads}::text[]) AS p RETURNING id`;
+  }
+  return since(t0);
+}
+
+/** COPY of `batch` rows per statement. */
+export async function rawInsertCopy(db: Database, n: number, batch: number): Promise<number> {
+  const t0 = performance.now();
+  for (let done = 0; done < n; done += batch) {
+    const size = Math.min(batch, n - done);
+    const lines = Array.from({ length: size }, (_, i) => `noop\t${payload(done + i)}\n`).join("");
+    const stream = await db.sql`COPY raw_task (name, payload) FROM STDIN`.writable();
+    await new Promise<void>((resolve, reject) => {
+      stream.on("error", reject);
+      stream.on("finish", resolve);
+      stream.end(lines);
+    });
+  }
+  return since(t0);
+}
+
+/** How the hand-written consumers take tasks. */
+export type RawDequeue = "lease" | "delete";
+
+async function consume(sql: Sql, style: RawDequeue, batch: number): Promise<number> {
+  if (style === "delete") {
+    const rows = await sql`DELETE FROM raw_task WHERE id IN (
+      SELECT id FROM raw_task WHERE state = 0 AND run_at <= now() ORDER BY queue, run_at, id LIMIT ${batch} FOR UPDATE SKIP LOCKED)
+      RETURNING id, payload`;
+    return rows.length;
+  }
+  // Lease-style: claim (state, lease, attempts) and then delete the batch, as a queue that
+  // survives worker crashes must.
+  const claimed = await sql`UPDATE raw_task t SET state = 1, attempts = attempts + 1, lease_expires_at = now() + interval '30 seconds'
+    FROM (SELECT id FROM raw_task WHERE state = 0 AND run_at <= now() ORDER BY queue, run_at, id LIMIT ${batch} FOR UPDATE SKIP LOCKED) c
+    WHERE t.id = c.id RETURNING t.id, t.payload`;
+  if (!claimed.length) return 0;
+  await sql`DELETE FROM raw_task WHERE id = ANY(${claimed.map((r) => r.id)}::bigint[])`;
+  return claimed.length;
+}
+
+/** Drains the raw table with `connections` consumers taking `batch` at a time. */
+export async function rawDrain(db: Database, server: Server, style: RawDequeue, connections: number, batch: number) {
+  const meter = new CpuMeter(server);
+  const t0 = performance.now();
+  let jobs = 0;
+  await Promise.all(Array.from({ length: connections }, async () => {
+    for (;;) {
+      const got = await consume(db.sql, style, batch);
+      if (!got) return;
+      jobs += got;
+    }
+  }));
+  const seconds = since(t0);
+  return { jobs, seconds, serverCpu: meter.read().server, setting: `${connections} connections × ${batch}` };
+}

@@ -1,0 +1,189 @@
+/**
+ * `npm run bench`: measures pgbg against the raw-SQL ceiling and its peers,
+ * in one run on one server, prints one table and writes the figures, with
+ * the machine, runtime, PostgreSQL version and settings, to
+ * bench/results/<date>-<host>.json.
+ *
+ * Usage: tsx bench/run.ts [--quick] [--only enqueue,dequeue,latency,depth] [--peers graphile-worker,pg-boss|none]
+ * Uses DATABASE_URL, or starts an embedded PostgreSQL.
+ */
+import { execFileSync } from "node:child_process";
+import { mkdirSync, writeFileSync } from "node:fs";
+import { cpus, hostname, release, totalmem } from "node:os";
+import process from "node:process";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+import { type Database, freshDatabase, note, percentile, progress, startServer } from "./harness.ts";
+import { depth } from "./depth.ts";
+import { drainWith, pgbgSubject, type ServeSetting } from "./pgbg.ts";
+import { rawDrain, rawInsertCopy, rawInsertSingle, rawInsertUnnest, setupRaw } from "./raw.ts";
+import type { Subject } from "./subject.ts";
+import { renderTable, type Row } from "./table.ts";
+
+const { values: args } = parseArgs({
+  options: {
+    quick: { type: "boolean", default: false },
+    only: { type: "string" },
+    peers: { type: "string" },
+  },
+});
+const sections = new Set((args.only ?? "enqueue,dequeue,latency,depth").split(","));
+const quick = args.quick;
+
+/** How much work each measurement does; --quick divides it for a smoke run. */
+const size = {
+  enqueueSingle: quick ? 2_000 : 10_000,
+  enqueueSingleParallel: quick ? 4_000 : 40_000,
+  enqueueBatch: quick ? 20_000 : 200_000,
+  drain: quick ? 20_000 : 100_000,
+  latency: quick ? 50 : 300,
+  depthSmall: 10_000,
+  depthLarge: quick ? 100_000 : 1_000_000,
+};
+const sweep: ServeSetting[] = quick
+  ? [{ workers: 2, concurrency: 100 }]
+  : [{ workers: 1, concurrency: 100 }, { workers: 2, concurrency: 50 }, { workers: 2, concurrency: 200 }, { workers: 4, concurrency: 100 }];
+
+// Loaded only when asked for, so that a run without peers needs none of them.
+const peerLoaders: Record<string, () => Promise<Subject>> = {
+  "graphile-worker": async () => (await import("./peers/graphile-worker.ts")).graphileWorker,
+  "pg-boss": async () => (await import("./peers/pg-boss.ts")).pgBoss,
+};
+const wantedPeers = args.peers === "none" ? [] : (args.peers ?? Object.keys(peerLoaders).join(",")).split(",");
+for (const name of wantedPeers) if (!peerLoaders[name]) throw new Error(`--peers: unknown peer ${name}; known: ${Object.keys(peerLoaders).join(", ")}`);
+const peers: Subject[] = await Promise.all(wantedPeers.map((name) => peerLoaders[name]()));
+
+const server = await startServer();
+const rows: Row[] = [];
+const sweepLog: Record<string, unknown>[] = [];
+const record = (row: Row) => {
+  rows.push(row);
+  note(`  ${row.section} · ${row.case} · ${row.subject}: ${row.value.toFixed(row.unit === "ms" ? 2 : 0)} ${row.unit}${row.detail ? ` (${row.detail})` : ""}`);
+};
+
+/** Runs `fn` on a fresh database set up for `setup`, and drops it after. */
+async function onFreshDatabase<T>(label: string, setup: (db: Database) => Promise<void>, fn: (db: Database) => Promise<T>): Promise<T> {
+  const db = await freshDatabase(server, label);
+  try {
+    await setup(db);
+    return await fn(db);
+  } finally {
+    await db.drop();
+  }
+}
+
+const build = () => execFileSync("npm", ["run", "--silent", "build"], { cwd: fileURLToPath(new URL("..", import.meta.url)), stdio: "inherit" });
+
+try {
+  note(`bench: PostgreSQL ${server.version} (${server.source}); ${cpus().length} × ${cpus()[0]?.model ?? "cpu"}; Node ${process.version}${quick ? "; --quick" : ""}`);
+  build();
+  const pgbg = pgbgSubject(sweep, (r) => {
+    sweepLog.push({ ...r });
+    note(`  dequeue sweep · pgbg ${r.setting}: ${(r.jobs / r.seconds).toFixed(0)} tasks/s`);
+  });
+  const subjects = [pgbg, ...peers];
+
+  if (sections.has("enqueue")) {
+    const cases: [string, number, (s: Subject, db: Database) => Promise<number>, (db: Database) => Promise<number>][] = [
+      ["enqueue ×1, sequential", size.enqueueSingle, (s, db) => s.enqueueSingle(db, size.enqueueSingle, 1), (db) => rawInsertSingle(db, size.enqueueSingle, 1)],
+      ["enqueue ×1, 16 in flight", size.enqueueSingleParallel, (s, db) => s.enqueueSingle(db, size.enqueueSingleParallel, 16), (db) => rawInsertSingle(db, size.enqueueSingleParallel, 16)],
+      ...[100, 1_000, 10_000].map((batch): [string, number, (s: Subject, db: Database) => Promise<number>, (db: Database) => Promise<number>] => [
+        `batches of ${batch.toLocaleString("en")}`, size.enqueueBatch, (s, db) => s.enqueueBatch(db, size.enqueueBatch, batch), async (db) => {
+          // The ceiling is the faster of unnest and COPY, each on a table of its own.
+          const unnest = await rawInsertUnnest(db, size.enqueueBatch, batch);
+          await db.sql`TRUNCATE raw_task`;
+          const copy = await rawInsertCopy(db, size.enqueueBatch, batch);
+          return Math.min(unnest, copy);
+        },
+      ]),
+    ];
+    for (const [name, n, run, raw] of cases) {
+      progress(`enqueue · ${name} · raw SQL`);
+      const rawSeconds = await onFreshDatabase("raw", setupRaw, raw);
+      record({ section: "enqueue", case: name, subject: "raw SQL", value: n / rawSeconds, unit: "tasks/s" });
+      for (const subject of subjects) {
+        progress(`enqueue · ${name} · ${subject.name}`);
+        const seconds = await onFreshDatabase(subject.name, (db) => subject.setup(db), (db) => run(subject, db));
+        record({ section: "enqueue", case: name, subject: subject.name, value: n / seconds, unit: "tasks/s" });
+      }
+    }
+  }
+
+  if (sections.has("dequeue")) {
+    const n = size.drain;
+    for (const [style, label] of [["lease", "raw SQL, claim then delete"], ["delete", "raw SQL, DELETE … SKIP LOCKED"]] as const) {
+      let best: Awaited<ReturnType<typeof rawDrain>> | undefined;
+      for (const [connections, batch] of [[2, 100], [4, 100], [4, 1000]]) {
+        progress(`dequeue · ${label} · ${connections} × ${batch}`);
+        const result = await onFreshDatabase("raw", setupRaw, async (db) => {
+          await rawInsertUnnest(db, n, 10_000);
+          await db.sql`VACUUM ANALYZE raw_task`;
+          return rawDrain(db, server, style, connections, batch);
+        });
+        sweepLog.push({ subject: label, ...result });
+        if (!best || result.seconds < best.seconds) best = result;
+      }
+      record({
+        section: "dequeue", case: `drain ${n.toLocaleString("en")}`, subject: label, value: best!.jobs / best!.seconds, unit: "tasks/s",
+        detail: `${best!.setting}; server ${perThousand(best!.serverCpu, best!.jobs)} CPU s/1k`,
+      });
+    }
+    for (const subject of subjects) {
+      progress(`dequeue · ${subject.name}`);
+      const result = await onFreshDatabase(subject.name, (db) => subject.setup(db), (db) => subject.drain(db, server, n));
+      record({
+        section: "dequeue", case: `drain ${n.toLocaleString("en")}`, subject: subject.name, value: result.jobs / result.seconds, unit: "tasks/s",
+        detail: `${result.setting}; CPU s/1k: server ${perThousand(result.serverCpu, result.jobs)}, workers ${perThousand(result.workerCpu, result.jobs)}`,
+      });
+    }
+  }
+
+  if (sections.has("latency")) {
+    for (const subject of subjects) {
+      progress(`latency · ${subject.name}`);
+      const samples = await onFreshDatabase(subject.name, (db) => subject.setup(db), (db) => subject.latency(db, size.latency));
+      for (const p of [50, 95, 99]) {
+        record({ section: "latency", case: `p${p}, idle`, subject: subject.name, value: percentile(samples, p), unit: "ms", detail: p === 50 ? `${samples.length} samples` : undefined });
+      }
+    }
+  }
+
+  if (sections.has("depth")) {
+    const result = await onFreshDatabase("pgbg_depth", (db) => pgbg.setup(db), (db) =>
+      depth(db, server, { small: size.depthSmall, large: size.depthLarge, setting: sweep[0], drainWith, progress }));
+    record({ section: "depth", case: `${size.depthSmall.toLocaleString("en")} queued`, subject: "pgbg", value: result.smallRate, unit: "tasks/s", detail: `median of ${result.smallRuns.length}` });
+    record({ section: "depth", case: `${size.depthLarge.toLocaleString("en")} queued`, subject: "pgbg", value: result.largeRate, unit: "tasks/s", detail: `first ${result.largeWindow.toLocaleString("en")} drained; whole drain ${result.largeWholeRate.toFixed(0)} tasks/s` });
+    record({ section: "bloat", case: "task table + indexes, empty", subject: "pgbg", value: result.sizeBefore / 1024, unit: "KiB" });
+    record({ section: "bloat", case: `after ${size.depthLarge.toLocaleString("en")} passed, at once`, subject: "pgbg", value: result.sizeAfter / 1024, unit: "KiB", detail: result.sizeAfterDetail });
+    record({ section: "bloat", case: `after ${size.depthLarge.toLocaleString("en")} passed, settled`, subject: "pgbg", value: result.sizeSettled / 1024, unit: "KiB", detail: result.sizeSettledDetail });
+  }
+} finally {
+  progress("");
+  await server.stop();
+}
+
+function perThousand(cpu: number | undefined, jobs: number): string {
+  return cpu === undefined ? "n/a" : ((cpu / jobs) * 1000).toFixed(3);
+}
+
+const table = renderTable(rows);
+console.log(table);
+const machine = { host: hostname(), cpus: cpus().length, cpu: cpus()[0]?.model, memoryGiB: Math.round(totalmem() / 2 ** 30), kernel: release() };
+const when = new Date().toISOString();
+const result = {
+  date: when,
+  machine,
+  runtime: { node: process.version },
+  postgres: { version: server.version, source: server.source, settings: server.settings },
+  versions: Object.fromEntries([pgbgSubject([]), ...peers].map((s) => [s.name, s.version])),
+  quick,
+  sizes: size,
+  sweep: sweepLog,
+  rows,
+};
+const dir = fileURLToPath(new URL("./results/", import.meta.url));
+mkdirSync(dir, { recursive: true });
+const file = `${dir}${when.slice(0, 19).replace(/[:T]/g, "-")}-${hostname()}${quick ? "-quick" : ""}.json`;
+writeFileSync(file, `${JSON.stringify(result, null, 2)}\n`);
+console.log(`\nwritten: ${file}`);
+process.exit(0);

@@ -1,0 +1,9 @@
+// Types of bench/tasks.js, which stays plain JavaScript so that Node runs it without a loader.
+import type * as v from "valibot";
+import type { Task } from "../mod.ts";
+
+type Input = v.ObjectSchema<{ i: v.NumberSchema<undefined> }, undefined>;
+/** Does nothing. */
+export declare const noop: Task<Input>;
+/** Prints when it started. */
+export declare const latency: Task<Input>;
