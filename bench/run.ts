@@ -151,6 +151,7 @@ try {
   }
 
   if (sections.has("depth")) {
+    if (server.settings.autovacuum === "off") note("  note: autovacuum is off on this server, so the bloat figures cannot show it at work");
     const result = await onFreshDatabase("pgbg_depth", (db) => pgbg.setup(db), (db) =>
       depth(db, server, { small: size.depthSmall, large: size.depthLarge, setting: sweep[0], drainWith, progress }));
     record({ section: "depth", case: `${size.depthSmall.toLocaleString("en")} queued`, subject: "pgbg", value: result.smallRate, unit: "tasks/s", detail: `median of ${result.smallRuns.length}` });

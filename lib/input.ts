@@ -20,7 +20,18 @@ export function toInputIssues(issues: readonly v.BaseIssue<unknown>[]): InputIss
  */
 export async function parseInput(task: AnyTask, input: unknown, index?: number): Promise<unknown> {
   const schema = task.schema;
-  const result = schema.async ? await v.safeParseAsync(schema, input) : v.safeParse(schema as v.GenericSchema, input);
+  if (!schema.async) return parseInputSync(task, input, index);
+  const result = await v.safeParseAsync(schema, input);
+  if (!result.success) throw new InvalidInputError(task.name, toInputIssues(result.issues), index);
+  return result.output;
+}
+
+/**
+ * parseInput for a schema without async parts, without a promise: a batch
+ * of 10,000 inputs validates several times faster than with one await each.
+ */
+export function parseInputSync(task: AnyTask, input: unknown, index?: number): unknown {
+  const result = v.safeParse(task.schema as v.GenericSchema, input);
   if (!result.success) throw new InvalidInputError(task.name, toInputIssues(result.issues), index);
   return result.output;
 }

@@ -68,6 +68,7 @@ function findProblem(value: unknown, path: string, ancestors: Set<object>): [str
 }
 
 const encoder = new TextEncoder();
+const ancestors = new Set<object>();
 
 /** Size of a string in UTF-8 bytes, without encoding it when it is clearly small. */
 function utf8Length(text: string, limit: number): number {
@@ -81,7 +82,8 @@ function utf8Length(text: string, limit: number): number {
  * {@link PayloadTooLargeError} when the JSON exceeds `limit` bytes.
  */
 export function encodePayload(task: string, input: unknown, limit: number, index?: number): string {
-  const problem = findProblem(input, "", new Set());
+  // findProblem leaves the set empty again, and nothing else runs meanwhile.
+  const problem = findProblem(input, "", ancestors);
   if (problem) throw new InvalidPayloadError(task, problem[0], problem[1], index);
   const text = JSON.stringify(input);
   const bytes = utf8Length(text, limit);
