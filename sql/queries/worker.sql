@@ -54,9 +54,24 @@ ORDER BY priority, run_at, id;
 
 -- name: CompleteTasks
 -- Success: the task is deleted. $1 ids, $2 their lease tokens.
+-- Each task is looked up by primary key and deleted by row address, a plan
+-- whose cost is the batch's whatever the table holds. Written as a join,
+-- the prepared statement's plan follows statistics that rarely see running
+-- tasks: it scanned every running task through task_lease_idx, and once
+-- the whole table per batch with a million tasks queued. LIMIT keeps the
+-- lookup per task, and the lease holder stands for state = 'running'
+-- (task_running_has_lease), so no other index fits it. A task that changes
+-- between lookup and delete no longer has that address and is left alone:
+-- the lease fence holds.
 DELETE FROM pgbg.task t
-USING unnest($1::bigint[], $2::integer[]) AS c (id, token)
-WHERE t.id = c.id AND t.lease_token = c.token AND t.state = 'running'
+WHERE t.ctid = ANY (ARRAY(
+  SELECT x.ctid FROM unnest($1::bigint[], $2::integer[]) AS c (id, token)
+  CROSS JOIN LATERAL (
+    SELECT ctid FROM pgbg.task
+    WHERE id = c.id AND lease_token = c.token AND worker_id IS NOT NULL AND lease_expires_at IS NOT NULL
+    LIMIT 1
+  ) x
+))
 RETURNING t.id;
 
 -- name: CompleteTaskInTransaction
