@@ -57,8 +57,8 @@ ORDER BY priority, run_at, id;
 -- Each task is looked up by primary key and deleted by row address, a plan
 -- whose cost is the batch's whatever the table holds. Written as a join,
 -- the prepared statement's plan follows statistics that rarely see running
--- tasks: it scanned every running task through task_lease_idx, and once
--- the whole table per batch with a million tasks queued. LIMIT keeps the
+-- tasks: it scanned every running task through task_lease_idx, and with
+-- a million tasks queued the deletes ran for minutes. LIMIT keeps the
 -- lookup per task, and the lease holder stands for state = 'running'
 -- (task_running_has_lease), so no other index fits it. A task that changes
 -- between lookup and delete no longer has that address and is left alone:
