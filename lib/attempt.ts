@@ -26,9 +26,9 @@ export class TaskTimeoutError extends Error {
 }
 
 /**
- * An abort controller made only when a handler reads `ctx.signal`. Most
- * handlers of short tasks never do, and making an AbortSignal costs more
- * than running a no-op task.
+ * An abort controller made only when a handler reads `ctx.signal`. Many
+ * handlers of short tasks never do, and making the signal was about 3 % of
+ * a draining worker's CPU in profiles (bench/RESULTS.md).
  */
 export class LazyAbort {
   #controller: AbortController | undefined;

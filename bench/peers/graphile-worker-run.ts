@@ -14,9 +14,9 @@
  */
 import { EventEmitter } from "node:events";
 import process from "node:process";
-import { createInterface } from "node:readline";
 import { Logger, run, type WorkerEvents } from "graphile-worker";
 import pg from "pg";
+import { passGate } from "./gate.ts";
 
 /** What the parent chooses for this process. */
 export interface GraphileRunSettings {
@@ -52,15 +52,7 @@ pool.on("connect", (client) => client.on("error", (error) => logger.error(`conne
 const clients = await Promise.all(Array.from({ length: Math.min(4, settings.maxPoolSize) }, () => pool.connect()));
 for (const client of clients) client.release();
 
-// stdin is the parent's pipe: a "GO" line starts a gated worker, and its
-// end means the parent is gone, so stop as harness stop() would have.
-const lines = createInterface({ input: process.stdin });
-const go = new Promise<void>((resolve) => lines.on("line", (line) => line.trim() === "GO" && resolve()));
-lines.on("close", () => process.kill(process.pid, "SIGTERM"));
-if (settings.gate) {
-  process.stdout.write("READY\n");
-  await go;
-}
+await passGate(settings.gate);
 
 // The pool only receives "new job" notifications once it LISTENs, so the
 // latency figures mean nothing before that.

@@ -10,10 +10,10 @@ import process from "node:process";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { Logger, makeWorkerUtils, runMigrations, type WorkerUtils } from "graphile-worker";
 import pg from "pg";
-import { CpuMeter, type Database, inFlight, type Server, since, stop, treeCpu, waitFor } from "../harness.ts";
+import { type Database, inFlight, type Server, since, stop } from "../harness.ts";
 import type { DrainResult, Subject } from "../subject.ts";
 import type { GraphileRunSettings } from "./graphile-worker-run.ts";
-import { WorkerProcess } from "./worker-process.ts";
+import { timedDrain, WorkerProcess } from "./worker-process.ts";
 
 // The package exports no "./package.json", so read it beside its entry point.
 const version: string = JSON.parse(
@@ -135,39 +135,14 @@ export const graphileWorker: Subject = {
     });
     const p = processCount();
     const workers = Array.from({ length: p }, () => new WorkerProcess("graphile-worker", script, { ...workerSettings, gate: true, announce: false } satisfies GraphileRunSettings, db.url));
-    try {
-      await Promise.all(workers.map((w) => w.ready()));
-      // Every process is up and connected but none has fetched a job: the
-      // clock and the meters start as they are told to begin.
-      const cpu0 = workers.map((w) => treeCpu(w.child.pid));
-      const meter = new CpuMeter(server);
-      const t0 = performance.now();
-      for (const w of workers) w.go();
-      // Completed jobs are deleted, so an empty table is a drained queue.
-      // The probe reads the newest id from the primary key: those jobs run
-      // last, so it finds one at once until the very end, where a
-      // sequential scan would wade through every row the drain deleted,
-      // twenty times a second, on the server being measured.
-      await waitFor("graphile-worker to drain", async () => {
-        for (const w of workers) if (w.child.exitCode !== null || w.child.signalCode !== null) throw new Error(`a graphile-worker process exited during the drain: ${w.output()}`);
-        const left = await db.sql`SELECT id FROM graphile_worker._private_jobs ORDER BY id DESC LIMIT 1`;
-        return left.length ? undefined : true;
-      }, 1_800_000, 50);
-      const seconds = since(t0);
-      const cpu1 = workers.map((w) => treeCpu(w.child.pid));
-      const workerCpu = cpu0.every((c) => c !== undefined) && cpu1.every((c) => c !== undefined)
-        ? cpu1.reduce((sum, c, k) => sum + c! - cpu0[k]!, 0)
-        : undefined;
-      return {
-        jobs: n,
-        seconds,
-        workerCpu,
-        serverCpu: meter.read().server,
-        setting: `${p} processes × ${workerSettings.concurrency}, local queue ${workerSettings.localQueueSize}`,
-      };
-    } finally {
-      await Promise.all(workers.map((w) => stop(w)));
-    }
+    // Completed jobs are deleted, so an empty table is a drained queue.
+    // The probe reads the newest id from the primary key: those jobs run
+    // last, so it finds one at once until the very end, where a
+    // sequential scan would wade through every row the drain deleted,
+    // twenty times a second, on the server being measured.
+    return timedDrain("graphile-worker", workers, server, n, async () =>
+      (await db.sql`SELECT id FROM graphile_worker._private_jobs ORDER BY id DESC LIMIT 1`).length > 0,
+      `${p} processes × ${workerSettings.concurrency}, local queue ${workerSettings.localQueueSize}`);
   },
 
   async latency(db, samples) {

@@ -13,8 +13,8 @@
  * stdin, the parent gone, stops it as SIGTERM does.
  */
 import process from "node:process";
-import { createInterface } from "node:readline";
 import { PgBoss } from "pg-boss";
+import { passGate } from "./gate.ts";
 
 /** What the parent chooses for this process. */
 export interface PgBossRunSettings {
@@ -54,15 +54,7 @@ process.on("SIGTERM", () => {
   boss.stop({ graceful: true, timeout: 10_000 }).then(() => process.exit(0), () => process.exit(1));
 });
 
-// stdin is the parent's pipe: a "GO" line starts a gated worker, and its
-// end means the parent is gone, so stop as harness stop() would have.
-const lines = createInterface({ input: process.stdin });
-const go = new Promise<void>((resolve) => lines.on("line", (line) => line.trim() === "GO" && resolve()));
-lines.on("close", () => process.kill(process.pid, "SIGTERM"));
-if (settings.gate) {
-  process.stdout.write("READY\n");
-  await go;
-}
+await passGate(settings.gate);
 
 await boss.work<{ i: number }>(settings.queue, {
   batchSize: settings.batchSize,

@@ -8,10 +8,10 @@ import { createRequire } from "node:module";
 import process from "node:process";
 import { fileURLToPath } from "node:url";
 import { PgBoss } from "pg-boss";
-import { CpuMeter, type Database, inFlight, type Server, since, stop, treeCpu, waitFor } from "../harness.ts";
+import { type Database, inFlight, type Server, since, stop, waitFor } from "../harness.ts";
 import type { DrainResult, Subject } from "../subject.ts";
 import type { PgBossRunSettings } from "./pg-boss-run.ts";
-import { WorkerProcess } from "./worker-process.ts";
+import { timedDrain, WorkerProcess } from "./worker-process.ts";
 
 const version: string = createRequire(import.meta.url)("pg-boss/package.json").version;
 const script = fileURLToPath(new URL("./pg-boss-run.ts", import.meta.url));
@@ -131,45 +131,21 @@ export const pgBoss: Subject = {
     }
     const p = processCount();
     const workers = Array.from({ length: p }, () => new WorkerProcess("pg-boss", script, { ...workerSettings, gate: true, announce: false } satisfies PgBossRunSettings, db.url));
-    try {
-      await Promise.all(workers.map((w) => w.ready()));
-      // Every process is up and connected but none has fetched a job: the
-      // clock and the meters start as they are told to begin.
-      const cpu0 = workers.map((w) => treeCpu(w.child.pid));
-      const meter = new CpuMeter(server);
-      const t0 = performance.now();
-      for (const w of workers) w.go();
-      // Completed jobs stay in the table (until deleteAfterSeconds), so the
-      // probe looks for a job of the queue in a state before completion:
-      // one waiting (created or retry) the way pg-boss's own fetch looks,
-      // down its partial index of fetchable jobs, or one active, down its
-      // partial index of live states. A plainer query is planned as a scan
-      // that wades through every job the drain completed, twenty times a
-      // second, on the server being measured. The states are literals, not
-      // parameters, so that the planner can match those partial indexes.
-      // (No job here is blocked: the bench uses no flows.)
-      await waitFor("pg-boss to drain", async () => {
-        for (const w of workers) if (w.child.exitCode !== null || w.child.signalCode !== null) throw new Error(`a pg-boss process exited during the drain: ${w.output()}`);
-        const [{ left }] = await db.sql`SELECT
-          (SELECT 1 FROM pgboss.job WHERE name = ${QUEUE} AND state < 'active' AND NOT blocked ORDER BY priority DESC, created_on LIMIT 1) IS NOT NULL
-          OR (SELECT 1 FROM pgboss.job WHERE name = ${QUEUE} AND state = 'active' ORDER BY state, blocked, start_after LIMIT 1) IS NOT NULL AS left`;
-        return left ? undefined : true;
-      }, 1_800_000, 50);
-      const seconds = since(t0);
-      const cpu1 = workers.map((w) => treeCpu(w.child.pid));
-      const workerCpu = cpu0.every((c) => c !== undefined) && cpu1.every((c) => c !== undefined)
-        ? cpu1.reduce((sum, c, k) => sum + c! - cpu0[k]!, 0)
-        : undefined;
-      return {
-        jobs: n,
-        seconds,
-        workerCpu,
-        serverCpu: meter.read().server,
-        setting: `${p} processes × ${workerSettings.localConcurrency} loops × batch ${workerSettings.batchSize}`,
-      };
-    } finally {
-      await Promise.all(workers.map((w) => stop(w)));
-    }
+    // Completed jobs stay in the table (until deleteAfterSeconds), so the
+    // probe looks for a job of the queue in a state before completion:
+    // one waiting (created or retry) the way pg-boss's own fetch looks,
+    // down its partial index of fetchable jobs, or one active, down its
+    // partial index of live states. A plainer query is planned as a scan
+    // that wades through every job the drain completed, twenty times a
+    // second, on the server being measured. The states are literals, not
+    // parameters, so that the planner can match those partial indexes.
+    // (No job here is blocked: the bench uses no flows.)
+    return timedDrain("pg-boss", workers, server, n, async () => {
+      const [{ left }] = await db.sql`SELECT
+        (SELECT 1 FROM pgboss.job WHERE name = ${QUEUE} AND state < 'active' AND NOT blocked ORDER BY priority DESC, created_on LIMIT 1) IS NOT NULL
+        OR (SELECT 1 FROM pgboss.job WHERE name = ${QUEUE} AND state = 'active' ORDER BY state, blocked, start_after LIMIT 1) IS NOT NULL AS left`;
+      return left as boolean;
+    }, `${p} processes × ${workerSettings.localConcurrency} loops × batch ${workerSettings.batchSize}`);
   },
 
   async latency(db, samples) {

@@ -7,7 +7,8 @@ import { type ChildProcess, spawn } from "node:child_process";
 import process from "node:process";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
-import type { Child } from "../harness.ts";
+import { type Child, CpuMeter, type Server, since, stop, treeCpu, waitFor } from "../harness.ts";
+import type { DrainResult } from "../subject.ts";
 
 const root = fileURLToPath(new URL("../..", import.meta.url));
 
@@ -73,5 +74,40 @@ export class WorkerProcess implements Child {
   /** Starts a gated worker. */
   go(): void {
     this.child.stdin!.write("GO\n");
+  }
+}
+
+/**
+ * Times a drain of `n` queued jobs by gated worker processes: once every
+ * one is READY (connected, nothing fetched), the clock and the CPU meters
+ * start and the gates open; the clock stops when `left()` says no job is
+ * left. The processes are stopped afterwards, whatever happened.
+ */
+export async function timedDrain(
+  label: string,
+  workers: WorkerProcess[],
+  server: Server,
+  n: number,
+  left: () => Promise<boolean>,
+  setting: string,
+): Promise<DrainResult> {
+  try {
+    await Promise.all(workers.map((w) => w.ready()));
+    const cpu0 = workers.map((w) => treeCpu(w.child.pid));
+    const meter = new CpuMeter(server);
+    const t0 = performance.now();
+    for (const w of workers) w.go();
+    await waitFor(`${label} to drain`, async () => {
+      for (const w of workers) if (w.child.exitCode !== null || w.child.signalCode !== null) throw new Error(`a ${label} process exited during the drain: ${w.output()}`);
+      return (await left()) ? undefined : true;
+    }, 1_800_000, 50);
+    const seconds = since(t0);
+    const cpu1 = workers.map((w) => treeCpu(w.child.pid));
+    const workerCpu = cpu0.every((c) => c !== undefined) && cpu1.every((c) => c !== undefined)
+      ? cpu1.reduce((sum, c, k) => sum + c! - cpu0[k]!, 0)
+      : undefined;
+    return { jobs: n, seconds, workerCpu, serverCpu: meter.read().server, setting };
+  } finally {
+    await Promise.all(workers.map((w) => stop(w)));
   }
 }
