@@ -29,6 +29,9 @@ export interface ServeConfig {
   migrate: boolean;
   logLevel: LogLevel;
   logFormat: "pretty" | "json";
+  /** null: no metrics server. 0: any free port. */
+  metricsPort: number | null;
+  metricsHost: string;
 }
 
 /** Log levels, most to least severe. */
@@ -65,6 +68,8 @@ export const serveSettings: Record<string, Setting> = {
   migrate: { key: "migrate", env: "PGBG_MIGRATE", kind: "boolean", shown: "true", description: "Migrate the schema at start; --no-migrate for a role without DDL rights" },
   "log-level": { key: "logLevel", env: "PGBG_LOG_LEVEL", kind: "text", shown: "info", description: "error, warn, info or debug" },
   "log-format": { key: "logFormat", env: "PGBG_LOG_FORMAT", kind: "text", shown: "pretty on a terminal, else json", description: "pretty or json (one object per line)" },
+  "metrics-port": { key: "metricsPort", env: "PGBG_METRICS_PORT", kind: "count", shown: "off", min: 0, max: 65_535, description: "Serve Prometheus metrics at http://HOST:PORT/metrics (0: any free port)" },
+  "metrics-host": { key: "metricsHost", env: "PGBG_METRICS_HOST", kind: "text", shown: "0.0.0.0", description: "Address the metrics server binds (127.0.0.1: this machine only)" },
 };
 
 /** citty argument definitions for the settings, with env and default in each description. */
@@ -122,6 +127,7 @@ export function resolveServeConfig(flags: Record<string, unknown>, env: Record<s
     databaseUrl: undefined, schema: d.schema, tasks: [], workers: d.workers, concurrency: d.concurrency, timeout: d.timeout,
     retryDelay: d.retryDelay, checkInterval: d.checkInterval, idleSleep: d.idleSleep, maxAttempts: d.maxAttempts, queues: null,
     shutdownTimeout: d.shutdownTimeout, migrate: true, logLevel: "info", logFormat: isTTY ? "pretty" : "json",
+    metricsPort: null, metricsHost: "0.0.0.0",
   };
   for (const [flag, s] of Object.entries(serveSettings)) {
     const raw = flags[flag] ?? env[s.env];

@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 /**
- * The `pgbg` command line: `pgbg serve` runs the service, `pgbg migrate`
- * applies the schema.
+ * The `pgbg` command line: `pgbg serve` runs the service; `migrate`,
+ * `status`, `list`, `retry`, `cancel` and `enqueue` are the operators'
+ * commands (cli/admin.ts).
  *
  * Exit codes: 0 success, 1 the operation failed, 2 bad usage.
  *
@@ -9,20 +10,15 @@
  */
 import process from "node:process";
 import { defineCommand, runMain } from "citty";
-import postgres from "postgres";
 import { InvalidConfigError } from "../lib/errors.ts";
 import { describeError } from "../lib/log.ts";
-import { LATEST_SCHEMA_VERSION, migrate, schemaVersion } from "../lib/migrate.ts";
 import { VERSION } from "../lib/version.ts";
+import { adminCommands } from "./admin.ts";
 import { cittyArgs, describeDatabase, resolveServeConfig, serveSettings } from "./config.ts";
 import { resolveDatabase } from "./database.ts";
+import { fail } from "./exit.ts";
 import { createLogger } from "./log.ts";
 import { supervise } from "./serve.ts";
-
-function fail(code: number, message: string): never {
-  process.stderr.write(`pgbg: ${message}\n`);
-  process.exit(code);
-}
 
 const serve = defineCommand({
   meta: { name: "serve", description: "Run the service: a supervisor keeping worker subprocesses that run queued tasks" },
@@ -51,40 +47,9 @@ const serve = defineCommand({
   },
 });
 
-const migrateCommand = defineCommand({
-  meta: { name: "migrate", description: "Apply pgbg's schema to the database (safe to run concurrently)" },
-  args: {
-    "database-url": { type: "string", description: "PostgreSQL connection URL [env DATABASE_URL] (required)" },
-    schema: { type: "string", description: "PostgreSQL schema holding pgbg's tables [env PGBG_SCHEMA] (default: pgbg)" },
-    status: { type: "boolean", description: "Only show the applied and available versions" },
-  },
-  async run({ args }) {
-    const url = (args["database-url"] as string | undefined) ?? process.env.DATABASE_URL;
-    if (!url) fail(2, "--database-url (DATABASE_URL) is required");
-    const schema = (args.schema as string | undefined) ?? process.env.PGBG_SCHEMA ?? "pgbg";
-    const sql = postgres(url, { max: 1, onnotice: () => {} });
-    try {
-      if (args.status) {
-        const applied = await schemaVersion(sql, { schema });
-        process.stdout.write(`schema ${schema}: applied version ${applied}, available ${LATEST_SCHEMA_VERSION}\n`);
-      } else {
-        const result = await migrate(sql, { schema });
-        process.stdout.write(result.from === result.to
-          ? `schema ${schema} is up to date (version ${result.to})\n`
-          : `schema ${schema} migrated from version ${result.from} to ${result.to}\n`);
-      }
-    } catch (error) {
-      const code = (error as { code?: string }).code;
-      fail(code === "PGBG_INVALID_SCHEMA_NAME" ? 2 : 1, describeError(error).message);
-    } finally {
-      await sql.end({ timeout: 1 });
-    }
-  },
-});
-
 const main = defineCommand({
   meta: { name: "pgbg", version: VERSION, description: "A background task queue kept in PostgreSQL" },
-  subCommands: { serve, migrate: migrateCommand },
+  subCommands: { serve, ...adminCommands },
 });
 
 await runMain(main);

@@ -15,10 +15,13 @@ import { fileURLToPath } from "node:url";
 import postgres from "postgres";
 import { releaseWorkerTasks, reapStaleWorkers, removeWorkers, rescueExpiredLeases } from "../lib/lease.ts";
 import { describeError, type Logger } from "../lib/log.ts";
+import { ServiceMetrics } from "../lib/metrics.ts";
 import { assertSchemaCurrent, migrate } from "../lib/migrate.ts";
 import { scriptCommand } from "../lib/runtime.ts";
+import { deleteCancelledTasks, pruneTaskCounts } from "../lib/upkeep.ts";
 import { VERSION } from "../lib/version.ts";
 import type { ServeConfig } from "./config.ts";
+import { type MetricsServer, startMetricsServer } from "./metrics-server.ts";
 import type { WorkerMessage, WorkerSpec } from "./worker.ts";
 
 interface Slot {
@@ -51,6 +54,18 @@ export async function supervise(config: ServeConfig, databaseUrl: string, log: L
     log.info(`${launcherName()} exited before the database could be reached; stopping`);
     await sql.end({ timeout: 2 }).catch(() => {});
     return 0;
+  }
+
+  const metrics = new ServiceMetrics();
+  let metricsServer: MetricsServer | undefined;
+  if (config.metricsPort !== null) {
+    try {
+      metricsServer = await startMetricsServer(metrics, sql, schema, config.metricsHost, config.metricsPort, log);
+    } catch (error) {
+      await sql.end({ timeout: 2 }).catch(() => {});
+      throw new Error(`cannot serve metrics on ${config.metricsHost}:${config.metricsPort}: ${describeError(error).message}`);
+    }
+    log.info(`metrics at http://${config.metricsHost}:${metricsServer.port}/metrics`, { metricsPort: metricsServer.port });
   }
 
   const silentAfter = Math.max(10 * config.checkInterval, 10_000);
@@ -88,6 +103,8 @@ export async function supervise(config: ServeConfig, databaseUrl: string, log: L
       if (message.type === "ready") {
         slot.readyAt = Date.now();
         log.debug(`worker ${slot.index} ready (pid ${child.pid})`, { worker: slot.index, pid: child.pid, tasks: message.tasks });
+      } else if (message.type === "stats") {
+        metrics.add(slot.index, message.report);
       } else if (message.type === "fatal" || message.type === "retiring") {
         slot.lastError = message.message;
       }
@@ -105,6 +122,7 @@ export async function supervise(config: ServeConfig, databaseUrl: string, log: L
   const onExit = (slot: Slot, workerId: string, code: number | null, signal: NodeJS.Signals | null) => {
     slot.child = undefined;
     deadWorkers.add(workerId);
+    metrics.workerExited(slot.index);
     if (stopping) {
       if (slots.every((s) => !s.child)) resolveDone(exitCode);
       return;
@@ -118,6 +136,7 @@ export async function supervise(config: ServeConfig, databaseUrl: string, log: L
     log[healthy ? "warn" : "error"](`worker ${slot.index} ${how}${why}; restarting${delay ? ` in ${delay} ms` : ""}`, {
       worker: slot.index, code, signal, failures: slot.failures,
     });
+    metrics.workerRestarts++;
     slot.restartTimer = setTimeout(() => startWorker(slot), delay);
   };
 
@@ -140,6 +159,7 @@ export async function supervise(config: ServeConfig, databaseUrl: string, log: L
   // When the database was unreachable, no worker could heartbeat either:
   // judge heartbeats only after a full staleAfter of reachable database.
   let reachableSince = Date.now();
+  let prunedAt = 0;
   const check = async () => {
     if (checking || stopping) return;
     checking = true;
@@ -154,6 +174,12 @@ export async function supervise(config: ServeConfig, databaseUrl: string, log: L
       const rescued = await rescueExpiredLeases(sql, schema, config.maxAttempts);
       if (reachableSince === Number.POSITIVE_INFINITY) reachableSince = Date.now();
       if (rescued.length) log.warn(`rescued ${rescued.length} task(s) whose lease expired`, { tasks: rescued.map((t) => t.id) });
+      const cancelled = await deleteCancelledTasks(sql, schema);
+      if (cancelled.length) log.info(`deleted ${cancelled.length} cancelled task(s) whose attempt had ended`, { tasks: cancelled });
+      if (Date.now() - prunedAt >= 60_000) {
+        await pruneTaskCounts(sql, schema);
+        prunedAt = Date.now();
+      }
       if (Date.now() - reachableSince >= staleAfter) {
         const reaped = await reapStaleWorkers(sql, schema, staleAfter, config.maxAttempts, supervisorId);
         if (reaped.length) log.warn(`released ${reaped.length} task(s) of workers whose heartbeat stopped`, { tasks: reaped.map((t) => t.id) });
@@ -216,6 +242,7 @@ export async function supervise(config: ServeConfig, databaseUrl: string, log: L
   // Tasks of workers that were killed rather than stopped: release them now.
   for (const id of allWorkerIds) deadWorkers.add(id);
   await Promise.race([releaseDead(), new Promise((r) => setTimeout(r, 3_000))]);
+  await metricsServer?.close();
   await sql.end({ timeout: 2 }).catch(() => {});
   log.info(code === 0 ? "stopped" : "stopped at once; unfinished tasks were released");
   return code;

@@ -15,7 +15,7 @@ import postgres from "postgres";
 import { describeError } from "../lib/log.ts";
 import { loadTasks } from "../lib/registry.ts";
 import { runtimeName } from "../lib/runtime.ts";
-import { Worker, type WorkerSettings } from "../lib/worker.ts";
+import { Worker, type WorkerReport, type WorkerSettings } from "../lib/worker.ts";
 import type { LogLevel } from "./config.ts";
 import { createLogger } from "./log.ts";
 
@@ -35,6 +35,7 @@ export interface WorkerSpec {
 export type WorkerMessage =
   | { type: "ready"; tasks: string[] }
   | { type: "alive"; running: number }
+  | { type: "stats"; report: WorkerReport }
   | { type: "fatal"; message: string }
   | { type: "retiring"; message: string };
 
@@ -86,6 +87,7 @@ async function main(): Promise<number> {
       pid: process.pid,
       log,
       onReady: () => send({ type: "ready", tasks: [...tasks.keys()] }),
+      onStats: (report) => send({ type: "stats", report }),
     });
     if (stopRequested) worker.stop();
     const exit = await worker.start();

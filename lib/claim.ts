@@ -18,6 +18,8 @@ export interface ClaimedTask {
   maxAttempts: number | null;
   /** The lease's fencing token; every write about this attempt carries it. */
   leaseToken: number;
+  /** How long the task waited, in ms, from when it was due to this claim (for metrics). */
+  lagMs: number;
 }
 
 /** What a worker claims with: its identity, queues and the tasks it can run. */
@@ -46,5 +48,6 @@ export async function claimTasks(db: Database, schema: string, scope: ClaimScope
     attempt: r.attempts as number,
     maxAttempts: r.max_attempts as number | null,
     leaseToken: r.lease_token as number,
+    lagMs: r.lag_ms as number,
   }));
 }

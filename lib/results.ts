@@ -7,13 +7,12 @@
  */
 import type { Logger } from "./log.ts";
 import { describeError } from "./log.ts";
+import type { SeriesCounts } from "./stats.ts";
 import type { Database } from "./statements.ts";
 import { run } from "./statements.ts";
 
 /** A failed attempt, ready to be written. */
-export interface Failure {
-  id: string;
-  leaseToken: number;
+export interface Failure extends Lease {
   /** Wait before the retry, in ms. */
   delay: number;
   /** JSON-safe description of the error, stored as the task's last_error. */
@@ -22,9 +21,12 @@ export interface Failure {
   permanent: boolean;
 }
 
-interface Lease {
+/** A task's attempt, named by its id and lease token (the fence of every write). */
+export interface Lease {
   id: string;
   leaseToken: number;
+  /** Where the written outcome is counted, if anywhere. */
+  counts?: SeriesCounts;
 }
 
 /** Batches completions, failures and hand-backs of one worker. */
@@ -32,6 +34,7 @@ export class ResultWriter {
   #done: Lease[] = [];
   #failed: Failure[] = [];
   #released: Lease[] = [];
+  #cancelled: Lease[] = [];
   #flushing: Promise<void> | undefined;
   #retryDelay = 100;
 
@@ -60,9 +63,15 @@ export class ResultWriter {
     this.#schedule();
   }
 
+  /** Deletes a task whose cancel was requested, once its attempt ended. */
+  cancel(lease: Lease): void {
+    this.#cancelled.push(lease);
+    this.#schedule();
+  }
+
   /** Number of outcomes not yet written. */
   get pending(): number {
-    return this.#done.length + this.#failed.length + this.#released.length;
+    return this.#done.length + this.#failed.length + this.#released.length + this.#cancelled.length;
   }
 
   /** Resolves once everything recorded so far is written (retrying on errors until `deadline`). */
@@ -89,21 +98,28 @@ export class ResultWriter {
     const done = this.#done.splice(0);
     const failed = this.#failed.splice(0);
     const released = this.#released.splice(0);
+    const cancelled = this.#cancelled.splice(0);
+    const ids = (leases: Lease[]) => leases.map((l) => l.id);
+    const tokens = (leases: Lease[]) => leases.map((l) => l.leaseToken);
     try {
-      await Promise.all([
-        done.length && run(this.db, this.schema, "CompleteTasks", [done.map((d) => d.id), done.map((d) => d.leaseToken)]),
-        failed.length &&
-          run(this.db, this.schema, "FailTasks", [
-            failed.map((f) => f.id),
-            failed.map((f) => f.leaseToken),
+      const [completedRows, failedRows] = await Promise.all([
+        done.length ? run<{ id: unknown }>(this.db, this.schema, "CompleteTasks", [ids(done), tokens(done)]) : [],
+        failed.length
+          ? run<{ id: unknown; state: string }>(this.db, this.schema, "FailTasks", [
+            ids(failed),
+            tokens(failed),
             failed.map((f) => f.delay),
             failed.map((f) => JSON.stringify(f.error)),
             // postgres.js mis-types boolean arrays; the statement takes 0/1.
             failed.map((f) => (f.permanent ? 1 : 0)),
             this.maxAttempts,
-          ]),
-        released.length && run(this.db, this.schema, "ReleaseTasks", [released.map((r) => r.id), released.map((r) => r.leaseToken)]),
+          ])
+          : [],
+        released.length && run(this.db, this.schema, "ReleaseTasks", [ids(released), tokens(released)]),
+        cancelled.length && run(this.db, this.schema, "FinishCancelledTasks", [ids(cancelled), tokens(cancelled)]),
       ]);
+      countCompleted(done, completedRows);
+      countFailed(failed, failedRows);
       this.#retryDelay = 100;
     } catch (error) {
       // Keep them for the next batch: the writes are fenced by the lease, so
@@ -111,9 +127,30 @@ export class ResultWriter {
       this.#done.unshift(...done);
       this.#failed.unshift(...failed);
       this.#released.unshift(...released);
-      this.log.warn(`could not write ${done.length + failed.length + released.length} task results; retrying in ${this.#retryDelay} ms`, { error: describeError(error).message });
+      this.#cancelled.unshift(...cancelled);
+      this.log.warn(`could not write ${done.length + failed.length + released.length + cancelled.length} task results; retrying in ${this.#retryDelay} ms`, { error: describeError(error).message });
       await new Promise((r) => setTimeout(r, this.#retryDelay));
       this.#retryDelay = Math.min(this.#retryDelay * 2, 5_000);
     }
+  }
+}
+
+/** Counts the completions the fence let through: all of them, nearly always. */
+function countCompleted(done: Lease[], rows: { id: unknown }[]): void {
+  if (rows.length === done.length) {
+    for (const d of done) if (d.counts) d.counts.completed++;
+    return;
+  }
+  const written = new Set(rows.map((r) => String(r.id)));
+  for (const d of done) if (d.counts && written.has(d.id)) d.counts.completed++;
+}
+
+/** Counts the failures the fence let through, as final or retried by the state they left. */
+function countFailed(failed: Failure[], rows: { id: unknown; state: string }[]): void {
+  if (!rows.length) return;
+  const byId = new Map(failed.map((f) => [f.id, f]));
+  for (const row of rows) {
+    const counts = byId.get(String(row.id))?.counts;
+    if (counts) counts[row.state === "failed" ? "failed" : "retried"]++;
   }
 }

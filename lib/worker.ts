@@ -14,6 +14,7 @@ import { graceFor, leaseFor, removeWorkers } from "./lease.ts";
 import { describeError, type Logger } from "./log.ts";
 import { ResultWriter } from "./results.ts";
 import { run } from "./statements.ts";
+import { observe, type SeriesCounts, TaskStats } from "./stats.ts";
 
 /** A worker's settings. Durations in ms. */
 export interface WorkerSettings {
@@ -43,6 +44,16 @@ export interface WorkerOptions extends WorkerSettings {
   log: Logger;
   /** Called once the worker is registered and listening, before its first claim. */
   onReady?: () => void;
+  /** Called at each heartbeat, and once more when the worker ends, with what its tasks did since the last call. */
+  onStats?: (report: WorkerReport) => void;
+}
+
+/** What a worker's tasks did since its last report, and what runs now. */
+export interface WorkerReport {
+  /** Outcomes, durations and lags since the last report, per queue and task name. */
+  counts: SeriesCounts[];
+  /** Attempts running now, per queue and task name. */
+  running: { queue: string; name: string; count: number }[];
 }
 
 /**
@@ -51,6 +62,14 @@ export interface WorkerOptions extends WorkerSettings {
  * is freed); `lost` because another supervisor declared it dead.
  */
 export type WorkerExit = "stopped" | "retired" | "lost";
+
+/** The abort reason given to a task that `pgbg cancel` asked to stop. */
+export class TaskCancelledError extends Error {
+  constructor() {
+    super("the task was cancelled by an operator; it is deleted when this attempt ends");
+    this.name = "TaskCancelledError";
+  }
+}
 
 /** The abort reason given to tasks still running when the service stops. */
 export class ShutdownError extends Error {
@@ -69,6 +88,8 @@ interface Running {
   settled: Promise<void>;
   overdue: boolean;
   handedBack: boolean;
+  cancelled: boolean;
+  counts: SeriesCounts;
 }
 
 /** The wait before the next attempt of a task that just failed attempt `attempt`. */
@@ -85,6 +106,10 @@ export class Worker {
   readonly #scope: ClaimScope;
   readonly #running = new Map<string, Running>();
   readonly #results: ResultWriter;
+  readonly #stats = new TaskStats();
+  /** Counts not yet added to the database's task_count (a write failed). */
+  #unrecorded: SeriesCounts[] = [];
+  #reporting: Promise<void> | undefined;
   #stopping = false;
   #exit: WorkerExit = "stopped";
   #idle = false;
@@ -141,6 +166,9 @@ export class Worker {
       await this.#results.drain(this.#deadline(Date.now() + 10_000));
     } finally {
       clearInterval(heartbeat);
+      // The last counts, after any report a heartbeat left in flight.
+      await this.#reporting;
+      await this.#report();
       await listening.unlisten().catch(() => {});
       if (this.#exit !== "retired") await removeWorkers(o.sql, o.schema, [o.workerId]).catch(() => {});
     }
@@ -222,8 +250,10 @@ export class Worker {
     const timeout = this.#timeoutOf(task);
     const controller = new LazyAbort();
     const now = Date.now();
+    const counts = this.#stats.series(claimed.queue, claimed.name);
+    observe(counts.lag, claimed.lagMs);
     const entry = {
-      claimed, task, controller, startedAt: now, leaseEndsAt: now + leaseFor(timeout), overdue: false, handedBack: false,
+      claimed, task, controller, startedAt: now, leaseEndsAt: now + leaseFor(timeout), overdue: false, handedBack: false, cancelled: false, counts,
     } as Running;
     if (this.#debug) this.#o.log.debug(`task ${claimed.id} started`, { task: claimed.name, id: claimed.id, attempt: claimed.attempt, queue: claimed.queue });
     entry.settled = startAttempt({
@@ -240,8 +270,15 @@ export class Worker {
     // Aborted by the shutdown: handed back (uncounted) instead of failed.
     if (entry.controller.reason instanceof ShutdownError) return;
     const { claimed, task } = entry;
-    const lease = { id: claimed.id, leaseToken: claimed.leaseToken };
-    const fields = () => ({ task: claimed.name, id: claimed.id, attempt: claimed.attempt, queue: claimed.queue, durationMs: Date.now() - entry.startedAt });
+    const durationMs = Date.now() - entry.startedAt;
+    const fields = () => ({ task: claimed.name, id: claimed.id, attempt: claimed.attempt, queue: claimed.queue, durationMs });
+    if (entry.cancelled) {
+      this.#o.log.info(`task ${claimed.id} was cancelled; its attempt ended and the task is deleted`, fields());
+      this.#results.cancel({ id: claimed.id, leaseToken: claimed.leaseToken });
+      return;
+    }
+    observe(entry.counts.duration, durationMs);
+    const lease = { id: claimed.id, leaseToken: claimed.leaseToken, counts: entry.counts };
     if (outcome.kind === "success") {
       if (this.#debug) this.#o.log.debug(`task ${claimed.id} succeeded`, fields());
       this.#results.complete(lease);
@@ -270,15 +307,58 @@ export class Worker {
 
   async #heartbeat(): Promise<void> {
     try {
-      const rows = await run(this.#o.sql, this.#o.schema, "HeartbeatWorker", [this.#o.workerId]);
+      const rows = await run<{ cancelled: unknown[] }>(this.#o.sql, this.#o.schema, "HeartbeatWorker", [this.#o.workerId]);
       if (!rows.length && this.#exit !== "lost") {
         this.#o.log.error("this worker was declared dead by a supervisor (heartbeat missed); its tasks were released; stopping");
         this.#exit = "lost";
         for (const entry of this.#running.values()) entry.controller.abort(new ShutdownError());
         this.stop();
       }
+      for (const id of rows[0]?.cancelled ?? []) this.#cancel(String(id));
     } catch (error) {
       this.#o.log.warn("heartbeat failed", { error: describeError(error).message });
+    }
+    await this.#report();
+  }
+
+  /** Aborts the attempt of a task whose cancel was requested; #finish deletes the task. */
+  #cancel(id: string): void {
+    const entry = this.#running.get(id);
+    if (!entry || entry.cancelled || entry.handedBack) return;
+    entry.cancelled = true;
+    this.#o.log.warn(`task ${id} was cancelled by an operator; aborting its attempt`, { task: entry.claimed.name, id, attempt: entry.claimed.attempt, queue: entry.claimed.queue });
+    entry.controller.abort(new TaskCancelledError());
+  }
+
+  /** Reports (below) unless a report is in flight; resolves when that report is done. */
+  #report(): Promise<void> {
+    this.#reporting ??= this.#writeReport().finally(() => (this.#reporting = undefined));
+    return this.#reporting;
+  }
+
+  /** Hands the counts since the last report to onStats and adds the outcomes to the database's task_count. */
+  async #writeReport(): Promise<void> {
+    const counts = this.#stats.take();
+    if (this.#o.onStats) {
+      const running = new Map<string, { queue: string; name: string; count: number }>();
+      for (const { claimed } of this.#running.values()) {
+        const key = `${claimed.queue}\u0000${claimed.name}`;
+        const slot = running.get(key) ?? running.set(key, { queue: claimed.queue, name: claimed.name, count: 0 }).get(key)!;
+        slot.count++;
+      }
+      this.#o.onStats({ counts, running: [...running.values()] });
+    }
+    const todo = [...this.#unrecorded, ...counts.filter((c) => c.completed || c.failed || c.retried)];
+    if (!todo.length) return;
+    try {
+      await run(this.#o.sql, this.#o.schema, "RecordTaskCounts", [
+        todo.map((c) => c.queue), todo.map((c) => c.name), todo.map((c) => c.completed), todo.map((c) => c.failed), todo.map((c) => c.retried),
+      ]);
+      this.#unrecorded = [];
+    } catch (error) {
+      // Kept for the next heartbeat; a bounded list, merged by the statement.
+      this.#unrecorded = todo.slice(-1000);
+      this.#o.log.warn("could not record task counts; will retry", { error: describeError(error).message });
     }
   }
 

@@ -27,6 +27,7 @@ candidates AS (
     SELECT t.id, t.name, t.priority, t.run_at FROM pgbg.task t
     WHERE t.state = 'queued' AND t.queue = l.queue AND t.priority = l.priority
       AND t.run_at <= now() AND t.name = ANY($3::text[])
+      AND t.cancel_requested_at IS NULL
     ORDER BY t.run_at, t.id
     LIMIT $5
     FOR UPDATE SKIP LOCKED
@@ -48,8 +49,11 @@ claimed AS (
   RETURNING t.id, t.name, t.queue, t.payload, t.attempts, t.max_attempts, t.lease_token, t.priority, t.run_at
 )
 -- Claim order, so the worker starts them in it; sorting here spares the
--- worker from parsing two timestamps per task.
-SELECT id, name, queue, payload, attempts, max_attempts, lease_token FROM claimed
+-- worker from parsing two timestamps per task. lag_ms: how long the task
+-- waited since it became due (its enqueue, delay or retry time), for metrics.
+SELECT id, name, queue, payload, attempts, max_attempts, lease_token,
+  (extract(epoch FROM now() - run_at) * 1000)::float8 AS lag_ms
+FROM claimed
 ORDER BY priority, run_at, id;
 
 -- name: CompleteTasks
@@ -142,8 +146,49 @@ VALUES ($1, $2, $3, $4, $5, $6, $7::text[], $8::text[]);
 
 -- name: HeartbeatWorker
 -- No row back means another supervisor declared this worker dead and
--- released its tasks: the worker must stop.
-UPDATE pgbg.worker SET heartbeat_at = now() WHERE id = $1 RETURNING id;
+-- released its tasks: the worker must stop. `cancelled` lists the worker's
+-- running tasks that `pgbg cancel` asked to stop (task_cancel_idx, empty
+-- nearly always).
+UPDATE pgbg.worker SET heartbeat_at = now() WHERE id = $1
+RETURNING id, ARRAY(
+  SELECT t.id FROM pgbg.task t
+  WHERE t.worker_id = $1 AND t.cancel_requested_at IS NOT NULL AND t.state = 'running'
+) AS cancelled;
+
+-- name: FinishCancelledTasks
+-- Deletes cancelled tasks whose attempt ended, fenced by the lease like
+-- every write about an attempt. $1 ids, $2 their lease tokens.
+DELETE FROM pgbg.task t
+USING unnest($1::bigint[], $2::integer[]) AS c (id, token)
+WHERE t.id = c.id AND t.lease_token = c.token AND t.state = 'running'
+RETURNING t.id;
+
+-- name: RecordTaskCounts
+-- A worker adds the outcomes it wrote since its last heartbeat to the
+-- current 10-second period: one statement per heartbeat, not per batch.
+-- $1 queues, $2 names, $3 completed, $4 failed, $5 retried; a pair may
+-- repeat (counts kept from a failed write), so they are summed first: one
+-- INSERT ... ON CONFLICT cannot update a row twice.
+INSERT INTO pgbg.task_count AS c (period, queue, name, completed, failed, retried)
+SELECT to_timestamp(floor(extract(epoch FROM now()) / 10) * 10), q, n, sum(done), sum(failed), sum(retried)
+FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[]) AS x (q, n, done, failed, retried)
+GROUP BY q, n
+ON CONFLICT (period, queue, name) DO UPDATE SET
+  completed = c.completed + excluded.completed,
+  failed = c.failed + excluded.failed,
+  retried = c.retried + excluded.retried;
+
+-- name: DeleteCancelledTasks
+-- Cancelled tasks that left `running` before their worker deleted them
+-- (failed or handed back first, or their worker died): the supervisor's
+-- check deletes them. Uses task_cancel_idx.
+DELETE FROM pgbg.task
+WHERE cancel_requested_at IS NOT NULL AND state <> 'running'
+RETURNING id;
+
+-- name: PruneTaskCounts
+-- Counts are kept for an hour: `pgbg status` shows the last minute.
+DELETE FROM pgbg.task_count WHERE period < now() - interval '1 hour';
 
 -- name: SetWorkerIdle
 UPDATE pgbg.worker SET idle = $2 WHERE id = $1;

@@ -1,0 +1,114 @@
+/**
+ * The service's metrics in Prometheus' text format: counters and histograms
+ * summed from the reports of a supervisor's workers, the tasks running in
+ * them, worker restarts, and the queue depth read from the database at each
+ * scrape.
+ *
+ * @module
+ */
+import type { QueueStatus } from "./admin.ts";
+import { addHistogram, emptyHistogram, HISTOGRAM_BUCKETS, type Histogram, type SeriesCounts } from "./stats.ts";
+import type { WorkerReport } from "./worker.ts";
+
+interface Totals {
+  queue: string;
+  name: string;
+  completed: number;
+  failed: number;
+  retried: number;
+  duration: Histogram;
+  lag: Histogram;
+}
+
+/** What one supervisor counted since it started. */
+export class ServiceMetrics {
+  readonly #totals = new Map<string, Totals>();
+  readonly #running = new Map<number, WorkerReport["running"]>();
+  /** Workers restarted after they died, stopped answering or retired. */
+  workerRestarts = 0;
+
+  /** Adds a worker's report; `worker` names its slot, whose running tasks the report replaces. */
+  add(worker: number, report: WorkerReport): void {
+    for (const c of report.counts) this.#add(c);
+    this.#running.set(worker, report.running);
+  }
+
+  /** A worker exited: it runs nothing any more. */
+  workerExited(worker: number): void {
+    this.#running.delete(worker);
+  }
+
+  #add(c: SeriesCounts): void {
+    const key = `${c.queue}\u0000${c.name}`;
+    let t = this.#totals.get(key);
+    if (!t) {
+      t = { queue: c.queue, name: c.name, completed: 0, failed: 0, retried: 0, duration: emptyHistogram(), lag: emptyHistogram() };
+      this.#totals.set(key, t);
+    }
+    t.completed += c.completed;
+    t.failed += c.failed;
+    t.retried += c.retried;
+    addHistogram(t.duration, c.duration);
+    addHistogram(t.lag, c.lag);
+  }
+
+  /** The metrics in Prometheus' text exposition format (version 0.0.4); `depth` is the database's task counts. */
+  render(depth: QueueStatus[]): string {
+    const totals = [...this.#totals.values()].sort((a, b) => a.queue.localeCompare(b.queue) || a.name.localeCompare(b.name));
+    const out: string[] = [];
+    const family = (name: string, type: string, help: string) => out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
+    const counter = (name: string, help: string, value: (t: Totals) => number) => {
+      family(name, "counter", help);
+      for (const t of totals) out.push(`${name}${labels({ queue: t.queue, task: t.name })} ${value(t)}`);
+    };
+    counter("pgbg_tasks_completed_total", "Tasks that succeeded and were deleted, by this service's workers.", (t) => t.completed);
+    counter("pgbg_tasks_failed_total", "Attempts that failed for good (the task is kept as failed).", (t) => t.failed);
+    counter("pgbg_tasks_retried_total", "Attempts that failed and queued the task for a retry.", (t) => t.retried);
+
+    family("pgbg_tasks_running", "gauge", "Attempts running now in this service's workers.");
+    const running = new Map<string, { queue: string; name: string; count: number }>();
+    for (const list of this.#running.values()) {
+      for (const r of list) {
+        const key = `${r.queue}\u0000${r.name}`;
+        const slot = running.get(key) ?? running.set(key, { ...r, count: 0 }).get(key)!;
+        slot.count += r.count;
+      }
+    }
+    for (const r of running.values()) out.push(`pgbg_tasks_running${labels({ queue: r.queue, task: r.name })} ${r.count}`);
+
+    family("pgbg_queue_depth", "gauge", "Tasks in the database by state (queued: due now; scheduled: queued for later), for every service.");
+    for (const d of depth) {
+      for (const state of ["queued", "scheduled", "running", "failed"] as const) {
+        out.push(`pgbg_queue_depth${labels({ queue: d.queue, task: d.name, state })} ${d[state]}`);
+      }
+    }
+
+    const histogram = (name: string, help: string, of: (t: Totals) => Histogram) => {
+      family(name, "histogram", help);
+      for (const t of totals) {
+        const h = of(t);
+        let cumulative = 0;
+        HISTOGRAM_BUCKETS.forEach((le, i) => {
+          cumulative += h.counts[i];
+          out.push(`${name}_bucket${labels({ queue: t.queue, task: t.name, le: String(le) })} ${cumulative}`);
+        });
+        cumulative += h.counts[HISTOGRAM_BUCKETS.length];
+        out.push(`${name}_bucket${labels({ queue: t.queue, task: t.name, le: "+Inf" })} ${cumulative}`);
+        out.push(`${name}_sum${labels({ queue: t.queue, task: t.name })} ${h.sum}`);
+        out.push(`${name}_count${labels({ queue: t.queue, task: t.name })} ${cumulative}`);
+      }
+    };
+    histogram("pgbg_task_duration_seconds", "Duration of attempts that ended.", (t) => t.duration);
+    histogram("pgbg_task_lag_seconds", "Wait from when a task was due (its enqueue, delay or retry time) to the start of its attempt.", (t) => t.lag);
+
+    family("pgbg_worker_restarts_total", "counter", "Workers this supervisor restarted after they died, stopped answering or retired.");
+    out.push(`pgbg_worker_restarts_total ${this.workerRestarts}`);
+    return out.join("\n") + "\n";
+  }
+}
+
+/** `{a="x",b="y"}` with Prometheus' escaping of backslash, quote and newline. */
+function labels(values: Record<string, string>): string {
+  const escape = (v: string) => v.replaceAll("\\", "\\\\").replaceAll('"', '\\"').replaceAll("\n", "\\n");
+  return `{${Object.entries(values).map(([k, v]) => `${k}="${escape(v)}"`).join(",")}}`;
+}

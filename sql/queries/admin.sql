@@ -1,0 +1,106 @@
+-- Statements of the operators' commands (`pgbg status`, `list`, `retry`,
+-- `cancel`), the dashboard and the metrics. They read the whole task table
+-- at most once per call: fine for a person or a scraper asking every few
+-- seconds, not meant for a hot path.
+
+-- name: TaskStatus
+-- Per queue and task name: tasks by state (queued ones split into due and
+-- scheduled), the age of the oldest due task, and the outcomes of about the
+-- last minute (task_count periods that started in the last 60 s).
+WITH tasks AS (
+  SELECT queue, name,
+    count(*) FILTER (WHERE state = 'queued' AND run_at <= now()) AS queued,
+    count(*) FILTER (WHERE state = 'queued' AND run_at > now()) AS scheduled,
+    count(*) FILTER (WHERE state = 'running') AS running,
+    count(*) FILTER (WHERE state = 'failed') AS failed,
+    min(run_at) FILTER (WHERE state = 'queued' AND run_at <= now()) AS oldest_due
+  FROM pgbg.task
+  WHERE cancel_requested_at IS NULL OR state = 'running'
+  GROUP BY queue, name
+),
+counts AS (
+  SELECT queue, name, sum(completed) AS completed, sum(failed) AS failed, sum(retried) AS retried
+  FROM pgbg.task_count
+  WHERE period >= now() - interval '60 seconds'
+  GROUP BY queue, name
+)
+SELECT coalesce(t.queue, c.queue) AS queue, coalesce(t.name, c.name) AS name,
+  coalesce(t.queued, 0)::int AS queued, coalesce(t.scheduled, 0)::int AS scheduled,
+  coalesce(t.running, 0)::int AS running, coalesce(t.failed, 0)::int AS failed,
+  (extract(epoch FROM now() - t.oldest_due) * 1000)::float8 AS oldest_queued_ms,
+  coalesce(c.completed, 0)::int AS completed_last_minute,
+  coalesce(c.failed, 0)::int AS failed_last_minute,
+  coalesce(c.retried, 0)::int AS retried_last_minute
+FROM tasks t FULL JOIN counts c ON c.queue = t.queue AND c.name = t.name
+ORDER BY 1, 2;
+
+-- name: UnregisteredTasks
+-- Waiting tasks whose name no live worker registered: no worker will run
+-- them until one that knows the name starts.
+SELECT t.queue, t.name, count(*)::int AS tasks
+FROM pgbg.task t
+WHERE t.state = 'queued'
+  AND NOT EXISTS (SELECT 1 FROM pgbg.worker w WHERE t.name = ANY(w.tasks))
+GROUP BY t.queue, t.name
+ORDER BY 1, 2;
+
+-- name: WorkerStatus
+-- Live workers, their heartbeats and how many tasks each holds.
+SELECT w.id, w.supervisor_id, w.pid, w.hostname, w.runtime, w.concurrency, w.queues, w.tasks, w.idle,
+  w.started_at, w.heartbeat_at,
+  (extract(epoch FROM now() - w.heartbeat_at) * 1000)::float8 AS heartbeat_age_ms,
+  (SELECT count(*) FROM pgbg.task t WHERE t.state = 'running' AND t.worker_id = w.id)::int AS running
+FROM pgbg.worker w
+ORDER BY w.started_at, w.id;
+
+-- name: ListTasks
+-- $1 state (queued: due now; scheduled: queued for later; running; failed;
+-- NULL: any), $2 task name or NULL, $3 at most this many, oldest first.
+SELECT t.id, t.queue, t.name,
+  CASE WHEN t.state = 'queued' AND t.run_at > now() THEN 'scheduled' ELSE t.state::text END AS state,
+  t.attempts, t.max_attempts, t.priority, t.key, t.run_at, t.enqueued_at, t.failed_at,
+  t.worker_id, t.cancel_requested_at, t.last_error, t.payload
+FROM pgbg.task t
+WHERE (t.cancel_requested_at IS NULL OR t.state = 'running')
+  AND ($2::text IS NULL OR t.name = $2::text)
+  AND CASE $1::text
+    WHEN 'queued' THEN t.state = 'queued' AND t.run_at <= now()
+    WHEN 'scheduled' THEN t.state = 'queued' AND t.run_at > now()
+    WHEN 'running' THEN t.state = 'running'
+    WHEN 'failed' THEN t.state = 'failed'
+    ELSE true
+  END
+ORDER BY t.id
+LIMIT $3;
+
+-- name: RetryFailedTasks
+-- Queues failed tasks again, due now, with their attempts reset (a retried
+-- task gets all its attempts again; last_error stays until the next one).
+-- $1 ids, or NULL for every failed task; $2 task name or NULL. A task whose
+-- key another pending task holds now is left failed (task_key_idx).
+UPDATE pgbg.task t SET state = 'queued', run_at = now(), failed_at = NULL, attempts = 0
+WHERE t.state = 'failed' AND t.cancel_requested_at IS NULL
+  AND ($1::bigint[] IS NULL OR t.id = ANY($1::bigint[]))
+  AND ($2::text IS NULL OR t.name = $2::text)
+  AND (t.key IS NULL OR NOT EXISTS (
+    SELECT 1 FROM pgbg.task p WHERE p.key = t.key AND p.state <> 'failed'
+  ))
+RETURNING t.id;
+
+-- name: CancelTasks
+-- Deletes the given tasks that are queued or failed; marks the running ones
+-- (their worker aborts the attempt at its next heartbeat and deletes the
+-- task when the attempt ends). A task that changed state during the call is
+-- in neither result; the caller asks again.
+WITH deleted AS (
+  DELETE FROM pgbg.task WHERE id = ANY($1::bigint[]) AND state <> 'running'
+  RETURNING id, 'deleted'::text AS outcome
+),
+signalled AS (
+  UPDATE pgbg.task SET cancel_requested_at = coalesce(cancel_requested_at, now())
+  WHERE id = ANY($1::bigint[]) AND state = 'running'
+  RETURNING id, 'signalled'::text AS outcome
+)
+SELECT id, outcome FROM deleted
+UNION ALL
+SELECT id, outcome FROM signalled;

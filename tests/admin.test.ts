@@ -1,0 +1,201 @@
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { fileURLToPath } from "node:url";
+import { describe, test } from "node:test";
+import { enqueue, migrate } from "../mod.ts";
+import { alwaysFails, work } from "./fixtures/tasks.ts";
+import { createTestDatabase } from "./harness.ts";
+import { fixtureTasks, serviceTestbed, until } from "./service-harness.ts";
+
+const cli = fileURLToPath(new URL("../cli/main.ts", import.meta.url));
+const testbed = await serviceTestbed(createTestDatabase, migrate);
+const { sql, db } = testbed;
+
+/** Runs `pgbg args…` against the test database without blocking the event loop (services write logs meanwhile). */
+function pgbg(args: string[], env: Record<string, string | undefined> = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, ["--import", "tsx", cli, ...args], {
+      env: { ...process.env, DATABASE_URL: db.url, ...env },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (c) => (stdout += c));
+    child.stderr.on("data", (c) => (stderr += c));
+    child.on("exit", (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+async function pgbgJson<T = any>(args: string[]): Promise<T> {
+  const { code, stdout, stderr } = await pgbg([...args, "--json"]);
+  assert.equal(code, 0, stderr);
+  return JSON.parse(stdout);
+}
+
+const status = () => pgbgJson(["status"]);
+const row = async (id: string) => (await sql`SELECT * FROM pgbg.task WHERE id = ${id}`)[0];
+const runsOf = async (id: string) => (await sql`SELECT * FROM execution WHERE task_id = ${id} ORDER BY id`);
+
+describe("pgbg status", () => {
+  test("counts tasks per queue and name, the last minute's outcomes, unregistered names and live workers", async () => {
+    const done = await Promise.all(Array.from({ length: 5 }, () => enqueue(sql, work, {}, { queue: "mail" })));
+    const failing = await enqueue(sql, alwaysFails, {});
+    const scheduled = await enqueue(sql, work, {}, { delay: 3_600_000, queue: "mail" });
+    const running = await enqueue(sql, work, { ms: 120_000 }, { queue: "mail" });
+    await sql`INSERT INTO pgbg.task (queue, name, payload) VALUES ('default', 'nobody-knows-me', '{}')`;
+    testbed.serve(["--workers", "2", "--concurrency", "4"]);
+    await until(async () => (await runsOf(running)).length, (n) => n === 1, 60_000, "the long task to start");
+    const s = await until(status, (s) => {
+      const mail = s.tasks.find((t: any) => t.queue === "mail" && t.name === "work");
+      const fails = s.tasks.find((t: any) => t.name === "always-fails");
+      return mail?.completedLastMinute === 5 && fails?.failedLastMinute === 1 && s.workers.length === 2;
+    }, 60_000, "the outcomes to be counted");
+    const mail = s.tasks.find((t: any) => t.queue === "mail" && t.name === "work");
+    assert.deepEqual({ ...mail, oldestQueuedMs: null }, {
+      queue: "mail", name: "work", queued: 0, scheduled: 1, running: 1, failed: 0, oldestQueuedMs: null,
+      completedLastMinute: 5, failedLastMinute: 0, retriedLastMinute: 0,
+    });
+    const fails = s.tasks.find((t: any) => t.name === "always-fails");
+    assert.deepEqual([fails.failed, fails.failedLastMinute, fails.retriedLastMinute], [1, 1, 2], "3 attempts: 2 retried, then failed");
+    const unknown = s.tasks.find((t: any) => t.name === "nobody-knows-me");
+    assert.equal(unknown.queued, 1);
+    assert.ok(unknown.oldestQueuedMs >= 0);
+    assert.deepEqual(s.unregistered, [{ queue: "default", name: "nobody-knows-me", tasks: 1 }]);
+    assert.equal(s.workers.reduce((n: number, w: any) => n + w.running, 0), 1);
+    for (const w of s.workers) {
+      assert.ok(w.tasks.includes("work") && w.pid > 0 && w.heartbeatAgeMs >= 0, JSON.stringify(w));
+    }
+    assert.ok(done.length === 5 && scheduled && failing);
+
+    const text = await pgbg(["status"]);
+    assert.equal(text.code, 0, text.stderr);
+    assert.match(text.stdout, /QUEUE\s+TASK\s+QUEUED\s+SCHEDULED\s+RUNNING\s+FAILED\s+OLDEST QUEUED\s+DONE\/1M/);
+    assert.match(text.stdout, /^mail\s+work\s+0\s+1\s+1\s+0\s+-\s+5\s+0\s+0$/m);
+    assert.match(text.stdout, /no live worker registered:\n.*\ndefault\s+nobody-knows-me\s+1/);
+    assert.match(text.stdout, /2 live worker\(s\)/);
+  });
+});
+
+describe("pgbg list, retry, cancel, enqueue", () => {
+  test("list --state failed shows the attempts and the last error", async () => {
+    const id = await enqueue(sql, alwaysFails, {});
+    await enqueue(sql, work, {}, { delay: 3_600_000 });
+    testbed.serve(["--workers", "1"]);
+    await until(() => row(id), (r) => r.state === "failed", 60_000, "the task to fail");
+    const { tasks } = await pgbgJson(["list", "--state", "failed"]);
+    assert.equal(tasks.length, 1);
+    assert.equal(tasks[0].id, id);
+    assert.equal(tasks[0].attempts, 3);
+    assert.match(tasks[0].lastError.message, /non-Error value thrown: a plain string/);
+    const scheduled = await pgbgJson(["list", "--state", "scheduled", "--task", "work", "--limit", "5"]);
+    assert.equal(scheduled.tasks.length, 1);
+    assert.equal((await pgbgJson(["list", "--state", "queued"])).tasks.length, 0);
+    const text = await pgbg(["list", "--state", "failed"]);
+    assert.match(text.stdout, new RegExp(`^${id}\\s+failed\\s+always-fails\\s+default\\s+3/3\\s.*NonError: non-Error value thrown: a plain string`, "m"));
+    for (const bad of [["--state", "done"], ["--limit", "0"], ["--limit", "many"]]) {
+      const r = await pgbg(["list", ...bad]);
+      assert.equal(r.code, 2, `list ${bad.join(" ")}`);
+      assert.equal(r.stderr.trim().split("\n").length, 1);
+    }
+  });
+
+  test("retry queues failed tasks again and the service runs them; --all-failed --task picks by name", async () => {
+    const workId = await enqueue(sql, work, { failUntil: 99 }, { maxAttempts: 1 });
+    const otherId = await enqueue(sql, alwaysFails, {}, { maxAttempts: 1 });
+    testbed.serve(["--workers", "1"]);
+    await until(async () => [(await row(workId)).state, (await row(otherId)).state], (s) => s.join() === "failed,failed", 60_000, "both to fail");
+    const byId = await pgbgJson(["retry", workId]);
+    assert.deepEqual(byId, { retried: [workId], notRetried: [] });
+    await until(() => runsOf(workId), (r) => r.length === 2 && r[1].ended_at !== null, 60_000, "the retried task to run again");
+    await until(() => row(workId), (r) => r.state === "failed", 60_000, "the retried task to fail again");
+    assert.equal((await row(workId)).attempts, 1, "the retry started from attempt 1 again");
+    const byName = await pgbgJson(["retry", "--all-failed", "--task", "work"]);
+    assert.deepEqual(byName.retried, [workId]);
+    await until(() => runsOf(workId), (r) => r.length === 3, 60_000, "a third run");
+    assert.equal((await runsOf(otherId)).length, 1, "the other task was not retried");
+    const notFailed = await pgbg(["retry", "999999"]);
+    assert.equal(notFailed.code, 1);
+    assert.match(notFailed.stderr.trim(), /^pgbg: not retried .*: 999999$/);
+    assert.equal((await pgbg(["retry"])).code, 2);
+    assert.equal((await pgbg(["retry", "1", "--all-failed"])).code, 2);
+  });
+
+  test("cancel deletes queued and failed tasks at once, and aborts a running task through its worker", async () => {
+    const running = await enqueue(sql, work, { ms: 120_000 });
+    const failed = await enqueue(sql, alwaysFails, {}, { maxAttempts: 1 });
+    const service = testbed.serve(["--workers", "1"]);
+    await until(async () => [(await runsOf(running)).length, (await row(failed))?.state], (v) => v[0] === 1 && v[1] === "failed", 60_000, "the long task to run");
+    const queued = await enqueue(sql, work, {}, { delay: 3_600_000 });
+    const result = await pgbgJson(["cancel", running, failed, queued]);
+    assert.deepEqual(result, { deleted: [failed, queued].sort(), signalled: [running], notFound: [] });
+    assert.equal(await row(queued), undefined);
+    await until(() => row(running), (r) => r === undefined, 60_000, "the running task to be deleted");
+    const [run] = await runsOf(running);
+    assert.notEqual(run.ended_at, null, "the attempt ended: its signal was aborted");
+    await service.waitForLog((l) => l.id === running && /cancelled/.test(l.message));
+    const missing = await pgbg(["cancel", running]);
+    assert.equal(missing.code, 1);
+    assert.match(missing.stderr.trim(), new RegExp(`^pgbg: no such task: ${running}$`));
+  });
+
+  test("a cancelled task that left running before its worker noticed is deleted by the supervisor, and never claimed", async () => {
+    const id = await enqueue(sql, work, {});
+    // The state a failed or handed-back attempt leaves when its cancel came late.
+    await sql`UPDATE pgbg.task SET cancel_requested_at = now() WHERE id = ${id}`;
+    testbed.serve(["--workers", "1"]);
+    await until(() => row(id), (r) => r === undefined, 60_000, "the supervisor to delete it");
+    assert.equal((await runsOf(id)).length, 0);
+  });
+
+  test("enqueue validates the input with the task's schema and the service runs the task", async () => {
+    // Delayed, so that nothing claims it while it is checked.
+    const delayed = await pgbgJson(["enqueue", "work", '{"ms":1}', "--tasks", fixtureTasks, "--queue", "cli", "--priority", "3", "--delay", "1h"]);
+    const r = await row(delayed.id);
+    assert.deepEqual([r.name, r.queue, r.priority, r.payload], ["work", "cli", 3, { ms: 1 }]);
+    assert.ok(r.run_at.getTime() > Date.now() + 3_000_000);
+    const ok = await pgbgJson(["enqueue", "work", "{}", "--tasks", fixtureTasks]);
+    testbed.serve(["--workers", "1"]);
+    await until(() => row(ok.id), (r) => r === undefined, 60_000, "the task to run");
+    assert.equal((await runsOf(ok.id)).length, 1);
+    const cases: [string[], RegExp][] = [
+      [["work", '{"ms":"x"}', "--tasks", fixtureTasks], /^pgbg: invalid input for task "work": ms: /],
+      [["work", "{nope", "--tasks", fixtureTasks], /^pgbg: the input is not valid JSON/],
+      [["nope", "{}", "--tasks", fixtureTasks], /^pgbg: no task named "nope"/],
+      [["work", "{}"], /^pgbg: --tasks \(PGBG_TASKS\) is required/],
+      [["work", "{}", "--tasks", fixtureTasks, "--delay", "soon"], /^pgbg: --delay must be a duration/],
+      [["work", "{}", "--tasks", fixtureTasks, "--priority", "99999"], /priority/],
+    ];
+    for (const [args, message] of cases) {
+      const { code, stderr } = await pgbg(["enqueue", ...args]);
+      assert.equal(code, 2, `enqueue ${args.join(" ")}: ${stderr}`);
+      assert.equal(stderr.trim().split("\n").length, 1, stderr);
+      assert.match(stderr.trim(), message);
+    }
+  });
+});
+
+describe("the operators' commands", () => {
+  const commands = ["migrate", "status", "list", "retry", "cancel", "enqueue"];
+  for (const command of commands) {
+    test(`${command} --help documents --database-url, --schema and --json`, async () => {
+      const { code, stdout, stderr } = await pgbg([command, "--help"]);
+      assert.equal(code, 0, stderr);
+      for (const flag of ["--database-url", "DATABASE_URL", "--schema", "PGBG_SCHEMA", "default: pgbg", "--json"]) assert.ok(stdout.includes(flag), `${command} --help: ${flag}`);
+    });
+  }
+
+  test("exit 2 without a database URL or with a bad schema name; exit 1 when the database is unreachable, without the password", async () => {
+    const none = await pgbg(["status"], { DATABASE_URL: undefined });
+    assert.deepEqual([none.code, none.stderr], [2, "pgbg: --database-url (DATABASE_URL) is required\n"]);
+    const schema = await pgbg(["status", "--schema", "Bad-Name"]);
+    assert.equal(schema.code, 2);
+    assert.match(schema.stderr, /^pgbg: invalid schema name "Bad-Name"/);
+    const down = await pgbg(["status"], { DATABASE_URL: "postgres://someone:s3cret-pw@127.0.0.1:1/nowhere" });
+    assert.equal(down.code, 1);
+    assert.equal(down.stderr.trim().split("\n").length, 1, down.stderr);
+    assert.ok(!down.stderr.includes("s3cret-pw"));
+    const missing = await pgbg(["status", "--schema", "not_migrated"]);
+    assert.equal(missing.code, 1);
+    assert.match(missing.stderr, /^pgbg: the pgbg schema "not_migrated" is missing/);
+  });
+});

@@ -1,0 +1,114 @@
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+import { enqueue, migrate } from "../mod.ts";
+import { alwaysFails, work } from "./fixtures/tasks.ts";
+import { createTestDatabase } from "./harness.ts";
+import { serviceTestbed, stopService, until } from "./service-harness.ts";
+
+const testbed = await serviceTestbed(createTestDatabase, migrate);
+const { sql } = testbed;
+
+interface Sample {
+  name: string;
+  labels: Record<string, string>;
+  value: number;
+}
+
+/** Parses Prometheus' text format strictly: every sample belongs to a family announced by HELP and TYPE. */
+function parse(text: string): { samples: Sample[]; types: Map<string, string> } {
+  const types = new Map<string, string>();
+  const helps = new Set<string>();
+  const samples: Sample[] = [];
+  assert.ok(text.endsWith("\n"), "the exposition ends with a newline");
+  for (const line of text.trimEnd().split("\n")) {
+    let m = /^# (HELP|TYPE) ([a-zA-Z_:][a-zA-Z0-9_:]*) (.+)$/.exec(line);
+    if (m) {
+      if (m[1] === "HELP") helps.add(m[2]);
+      else types.set(m[2], m[3]);
+      continue;
+    }
+    m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
+    assert.ok(m, `a sample line: ${line}`);
+    const labels: Record<string, string> = {};
+    for (const [, k, v] of (m[2] ?? "").matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g)) labels[k] = v.replace(/\\(.)/g, (_, c) => (c === "n" ? "\n" : c));
+    const value = m[3] === "+Inf" ? Infinity : Number(m[3]);
+    assert.ok(!Number.isNaN(value), `a number: ${line}`);
+    const family = m[1].replace(/_(bucket|sum|count)$/, "");
+    const known = types.has(m[1]) ? m[1] : family;
+    assert.ok(types.has(known) && helps.has(known), `${m[1]} has HELP and TYPE`);
+    samples.push({ name: m[1], labels, value });
+  }
+  return { samples, types };
+}
+
+async function scrape(port: number) {
+  const res = await fetch(`http://127.0.0.1:${port}/metrics`);
+  assert.equal(res.status, 200);
+  assert.match(res.headers.get("content-type") ?? "", /^text\/plain; version=0\.0\.4/);
+  return parse(await res.text());
+}
+
+const value = (samples: Sample[], name: string, labels: Record<string, string>) =>
+  samples.find((s) => s.name === name && Object.entries(labels).every(([k, v]) => s.labels[k] === v))?.value;
+
+describe("pgbg serve --metrics-port", () => {
+  test("serves counters, gauges and histograms in Prometheus' text format", async () => {
+    const service = testbed.serve(["--workers", "1", "--concurrency", "4", "--metrics-port", "0", "--metrics-host", "127.0.0.1"]);
+    const port = (await service.waitForLog((l) => /^metrics at /.test(l.message), 60_000)).metricsPort as number;
+    assert.ok(port > 0);
+    for (let i = 0; i < 3; i++) await enqueue(sql, work, {}, { queue: "q1" });
+    await enqueue(sql, alwaysFails, {});
+    await enqueue(sql, work, {}, { delay: 3_600_000, queue: "q1" });
+    const long = await enqueue(sql, work, { ms: 120_000 }, { queue: "q1" });
+    await until(async () => (await sql`SELECT count(*)::int AS n FROM execution WHERE task_id = ${long}`)[0].n, (n) => n === 1, 60_000, "the long task to start");
+
+    const { samples, types } = await until(() => scrape(port), ({ samples }) =>
+      value(samples, "pgbg_tasks_completed_total", { queue: "q1", task: "work" }) === 3 &&
+      value(samples, "pgbg_tasks_failed_total", { task: "always-fails" }) === 1 &&
+      value(samples, "pgbg_tasks_running", { queue: "q1", task: "work" }) === 1, 60_000, "the counts to reach the scrape");
+    assert.equal(types.get("pgbg_tasks_completed_total"), "counter");
+    assert.equal(types.get("pgbg_tasks_running"), "gauge");
+    assert.equal(types.get("pgbg_task_duration_seconds"), "histogram");
+    assert.equal(types.get("pgbg_task_lag_seconds"), "histogram");
+    assert.equal(value(samples, "pgbg_tasks_retried_total", { task: "always-fails" }), 2);
+    assert.equal(value(samples, "pgbg_tasks_failed_total", { queue: "q1", task: "work" }), 0);
+    assert.equal(value(samples, "pgbg_queue_depth", { queue: "q1", task: "work", state: "scheduled" }), 1);
+    assert.equal(value(samples, "pgbg_queue_depth", { queue: "q1", task: "work", state: "running" }), 1);
+    assert.equal(value(samples, "pgbg_queue_depth", { task: "always-fails", state: "failed" }), 1);
+    assert.equal(value(samples, "pgbg_worker_restarts_total", {}), 0);
+
+    for (const metric of ["pgbg_task_duration_seconds", "pgbg_task_lag_seconds"]) {
+      const buckets = samples.filter((s) => s.name === `${metric}_bucket` && s.labels.task === "always-fails");
+      assert.ok(buckets.length > 2);
+      for (let i = 1; i < buckets.length; i++) assert.ok(buckets[i].value >= buckets[i - 1].value, `${metric} buckets are cumulative`);
+      assert.equal(buckets.at(-1)!.labels.le, "+Inf");
+      assert.equal(buckets.at(-1)!.value, 3, `${metric}: three attempts`);
+      assert.equal(value(samples, `${metric}_count`, { task: "always-fails" }), 3);
+      assert.ok(value(samples, `${metric}_sum`, { task: "always-fails" })! >= 0);
+    }
+    // The lag counts started attempts (4 of work in q1), the duration ended ones (3).
+    assert.equal(value(samples, "pgbg_task_lag_seconds_count", { queue: "q1", task: "work" }), 4);
+    assert.equal(value(samples, "pgbg_task_duration_seconds_count", { queue: "q1", task: "work" }), 3);
+
+    // A worker killed from outside is restarted, and counted.
+    const [{ pid }] = await sql`SELECT pid FROM pgbg.worker`;
+    process.kill(pid, "SIGKILL");
+    await until(() => scrape(port), ({ samples }) => value(samples, "pgbg_worker_restarts_total", {}) === 1, 60_000, "the restart to be counted");
+    const notFound = await fetch(`http://127.0.0.1:${port}/other`);
+    assert.equal(notFound.status, 404);
+    await notFound.text();
+    assert.deepEqual(await stopService(service), { code: 0, signal: null });
+  });
+
+  test("a port that cannot be bound exits 1 with one line", async () => {
+    const { createServer } = await import("node:net");
+    const blocker = createServer().listen(0, "127.0.0.1");
+    await new Promise((r) => blocker.once("listening", r));
+    const port = (blocker.address() as { port: number }).port;
+    const service = testbed.serve(["--metrics-port", String(port), "--metrics-host", "127.0.0.1"]);
+    const exit = await service.exited;
+    blocker.close();
+    assert.equal(exit.code, 1);
+    assert.match(service.other.join("\n"), new RegExp(`pgbg: cannot serve metrics on 127\\.0\\.0\\.1:${port}: .*EADDRINUSE`));
+  });
+});
