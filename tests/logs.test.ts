@@ -1,0 +1,70 @@
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+import { enqueue, migrate } from "../mod.ts";
+import { alwaysFails, work } from "./fixtures/tasks.ts";
+import { createTestDatabase } from "./harness.ts";
+import { spawn } from "node:child_process";
+import { fileURLToPath } from "node:url";
+import { fixtureTasks, serviceTestbed, startService, stopService, until } from "./service-harness.ts";
+
+const testbed = await serviceTestbed(createTestDatabase, migrate);
+const { sql, db } = testbed;
+
+describe("the service's logs", () => {
+  test("one JSON object per line, with task id, name, attempt, duration and error fields, and no password", async () => {
+    // Local test servers trust their clients and ignore the password; it is there to be looked for.
+    const url = new URL(db.url);
+    url.password = "pa55-not-for-logs";
+    const ok = await enqueue(sql, work, {});
+    const failing = await enqueue(sql, alwaysFails, {});
+    const service = startService(url.toString(), ["--tasks", fixtureTasks, "--check-interval", "200ms"]);
+    try {
+      await until(async () => (await sql`SELECT state FROM pgbg.task WHERE id = ${failing}`)[0]?.state, (s) => s === "failed", 60_000, "the task to fail");
+      const succeeded = await service.waitForLog((l) => l.id === ok && /succeeded/.test(l.message));
+      assert.equal(succeeded.level, "debug");
+      assert.equal(succeeded.task, "work");
+      assert.equal(succeeded.attempt, 1);
+      assert.equal(typeof succeeded.durationMs, "number");
+      assert.match(String(succeeded.component), /^worker \d+$/);
+      const final = await service.waitForLog((l) => l.id === failing && l.level === "error");
+      assert.equal(final.task, "always-fails");
+      assert.equal(final.attempt, 3);
+      assert.equal(typeof final.durationMs, "number");
+      const error = final.error as { name: string; message: string; attempt: number };
+      assert.deepEqual([error.name, error.message, error.attempt], ["NonError", "non-Error value thrown: a plain string", 3]);
+      const retried = service.logs.filter((l) => l.id === failing && l.level === "warn");
+      assert.deepEqual(retried.map((l) => l.attempt), [1, 2]);
+      for (const line of service.logs) {
+        assert.equal(typeof line.time, "string");
+        assert.ok(["debug", "info", "warn", "error"].includes(line.level), line.level);
+      }
+    } finally {
+      assert.deepEqual(await stopService(service), { code: 0, signal: null });
+    }
+    assert.deepEqual(service.other, [], "every line is a JSON object");
+    const all = JSON.stringify(service.logs);
+    assert.ok(!all.includes("pa55-not-for-logs"), "no password in any line");
+    assert.ok(service.logs.some((l) => /^database /.test(l.message) && String(l.message).includes(url.host)), "the database is named, without its password");
+  });
+
+  test("--log-level warn leaves out info and debug lines", async () => {
+    await enqueue(sql, alwaysFails, {}, { maxAttempts: 1 });
+    const cli = fileURLToPath(new URL("../cli/main.ts", import.meta.url));
+    const child = spawn(process.execPath, ["--import", "tsx", cli, "serve", "--tasks", fixtureTasks, "--log-level", "warn", "--check-interval", "200ms"], {
+      env: { ...process.env, DATABASE_URL: db.url },
+      stdio: ["ignore", "ignore", "pipe"],
+    });
+    let stderr = "";
+    const exited = new Promise((resolve) => child.on("exit", resolve));
+    child.stderr.on("data", (c) => (stderr += c));
+    try {
+      await until(async () => stderr, (text) => /always-fails/.test(text), 60_000, "the failure's log line");
+    } finally {
+      child.kill("SIGTERM");
+      await exited;
+    }
+    const lines = stderr.trim().split("\n").map((l) => JSON.parse(l));
+    assert.ok(lines.some((l) => l.level === "error" && l.task === "always-fails"));
+    assert.deepEqual(lines.filter((l) => l.level === "info" || l.level === "debug"), []);
+  });
+});
