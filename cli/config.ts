@@ -6,7 +6,7 @@
  * @module
  */
 import { defaults } from "../lib/config.ts";
-import { isValidName, NAME_RULE } from "../lib/define.ts";
+import { isValidName, MAX_DURATION, NAME_RULE } from "../lib/define.ts";
 import { formatDuration, parseDuration } from "../lib/duration.ts";
 import { InvalidConfigError } from "../lib/errors.ts";
 import { checkSchemaName } from "../lib/statements.ts";
@@ -97,13 +97,13 @@ function parseValue(flag: string, s: Setting, raw: unknown): unknown {
     case "duration": {
       const ms = parseDuration(String(raw));
       if (ms === undefined || ms < (s.min ?? 0)) {
-        throw bad(flag, s, raw, `a duration such as 500ms, 30s, 5m or plain milliseconds${s.min ? `, at least ${s.min} ms` : ""}`);
+        throw bad(flag, s, raw, `a duration such as 500ms, 30s, 5m or plain milliseconds, from ${s.min ?? 0} ms to ${formatDuration(MAX_DURATION)}`);
       }
       return ms;
     }
     case "list": {
       const items = (Array.isArray(raw) ? raw : [raw]).flatMap((x) => String(x).split(",")).map((x) => x.trim()).filter(Boolean);
-      if (!items.length) throw bad(flag, s, raw, "a non-empty comma-separated list");
+      if (!items.length) throw bad(flag, s, Array.isArray(raw) ? raw.join(",") : raw, "a non-empty comma-separated list");
       return items;
     }
     case "boolean":
@@ -150,9 +150,13 @@ export function resolveServeConfig(flags: Record<string, unknown>, env: Record<s
     try {
       const url = new URL(config.databaseUrl);
       if (!/^postgres(ql)?:$/.test(url.protocol)) throw new Error();
+      // postgres.js decodes these; a malformed %-escape would otherwise fail
+      // later as a bare "URI malformed" that names neither flag nor fix.
+      decodeURIComponent(url.username);
+      decodeURIComponent(url.password);
     } catch {
       // Never echo the value: it may hold a password.
-      throw new InvalidConfigError("--database-url (DATABASE_URL) must be a postgres:// or postgresql:// URL");
+      throw new InvalidConfigError("--database-url (DATABASE_URL) must be a postgres:// or postgresql:// URL, with special characters in the user name and password %-encoded");
     }
   }
   return config;

@@ -16,6 +16,7 @@ import { VERSION } from "../lib/version.ts";
 import { adminCommands } from "./admin.ts";
 import { cittyArgs, describeDatabase, resolveServeConfig, serveSettings } from "./config.ts";
 import { resolveDatabase } from "./database.ts";
+import { parseFlags } from "./flags.ts";
 import { fail } from "./exit.ts";
 import { createLogger } from "./log.ts";
 import { supervise } from "./serve.ts";
@@ -23,10 +24,11 @@ import { supervise } from "./serve.ts";
 const serve = defineCommand({
   meta: { name: "serve", description: "Run the service: a supervisor keeping worker subprocesses that run queued tasks" },
   args: cittyArgs(serveSettings),
-  async run({ args }) {
+  // citty prints --help; the flags themselves are parsed strictly (cli/flags.ts).
+  async run({ rawArgs }) {
     let config;
     try {
-      config = resolveServeConfig(args as Record<string, unknown>, process.env, Boolean(process.stderr.isTTY));
+      config = resolveServeConfig(parseFlags(rawArgs, serveSettings, "pgbg serve"), process.env, Boolean(process.stderr.isTTY));
     } catch (error) {
       if (error instanceof InvalidConfigError) fail(2, error.message);
       throw error;
