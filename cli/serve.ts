@@ -50,8 +50,21 @@ export async function supervise(config: ServeConfig, databaseUrl: string, log: L
   const sql: postgres.Sql<any> = postgres(databaseUrl, { max: 2, onnotice: () => {}, connection: { application_name: "pgbg supervisor" } });
   const supervisorId = randomUUID();
   const schema = config.schema;
-  if (!(await prepareSchema(sql, config, log))) {
-    log.info(`${launcherName()} exited before the database could be reached; stopping`);
+  // The service's signal handlers are installed once the schema is ready.
+  // Until then a SIGTERM would kill the process by signal (Node's default)
+  // while it waits for the database; stop it cleanly, with status 0, instead.
+  let earlyStop: string | undefined;
+  const onEarlyTerm = () => (earlyStop ??= "SIGTERM");
+  const onEarlyInt = () => (earlyStop ??= "SIGINT");
+  process.on("SIGTERM", onEarlyTerm);
+  process.on("SIGINT", onEarlyInt);
+  const stopBeforeStart = () => earlyStop ?? (launcherGone() ? `${launcherName()} exited` : undefined);
+  const ready = await prepareSchema(sql, config, log, stopBeforeStart).finally(() => {
+    process.off("SIGTERM", onEarlyTerm);
+    process.off("SIGINT", onEarlyInt);
+  });
+  if (!ready || earlyStop) {
+    log.info(`${stopBeforeStart()} before the service started; stopping`);
     await sql.end({ timeout: 2 }).catch(() => {});
     return 0;
   }
@@ -276,10 +289,11 @@ export function isConnectionError(error: unknown): boolean {
 
 /**
  * Migrates (or checks) the schema, waiting with back-off while the database
- * is unreachable. False when the launcher exited during the wait.
+ * is unreachable. False when `stopRequested` names a reason (a signal, or
+ * the launcher exited) during the wait.
  */
 // deno-lint-ignore no-explicit-any
-async function prepareSchema(sql: postgres.Sql<any>, config: ServeConfig, log: Logger): Promise<boolean> {
+async function prepareSchema(sql: postgres.Sql<any>, config: ServeConfig, log: Logger, stopRequested: () => string | undefined): Promise<boolean> {
   for (let delay = 500; ; delay = Math.min(delay * 2, 15_000)) {
     try {
       if (config.migrate) await migrate(sql, { schema: config.schema });
@@ -289,7 +303,7 @@ async function prepareSchema(sql: postgres.Sql<any>, config: ServeConfig, log: L
       if (!isConnectionError(error)) throw error;
       log.error(`cannot reach the database (${describeError(error).message}); retrying in ${delay} ms`);
       for (const end = Date.now() + delay; Date.now() < end;) {
-        if (launcherGone()) return false;
+        if (stopRequested()) return false;
         await new Promise((r) => setTimeout(r, Math.min(250, end - Date.now())));
       }
     }

@@ -30,6 +30,18 @@ export const silentLogger: Logger = { debug() {}, info() {}, warn() {}, error() 
  * of anything else (a string, a number, an object without a stack).
  */
 export function describeError(error: unknown): { name: string; message: string; code?: string; stack?: string } {
+  try {
+    return describe(error);
+  } catch {
+    // A handler may throw anything, including a value whose getters, toJSON
+    // and toString all throw. Describing it must not throw in turn: in the
+    // worker that would reject the attempt's bookkeeping, crash the process
+    // and interrupt every other task it was running.
+    return { name: "UnreadableError", message: "a thrown value that cannot be read (its properties, toJSON or toString threw)" };
+  }
+}
+
+function describe(error: unknown): { name: string; message: string; code?: string; stack?: string } {
   if (error instanceof Error) {
     const code = (error as { code?: unknown }).code;
     return {

@@ -121,7 +121,7 @@ export async function createFixtureTables(sql: postgres.Sql<any>): Promise<void>
 
 /**
  * Sets up a test file for service tests: a fresh database with pgbg and the
- * fixture tables, and a `serve(args, tasks?)` that starts `pgbg serve` on it.
+ * fixture tables, and a `serve(args, tasks?, env?)` that starts `pgbg serve` on it.
  * After each test every service it started is killed, so a test that failed
  * half-way cannot leave a service claiming the next test's tasks.
  */
@@ -139,10 +139,18 @@ export async function serviceTestbed(createDatabase: () => Promise<{ url: string
     await db.sql`DELETE FROM pgbg.task`;
     await db.sql`DELETE FROM pgbg.worker`;
   });
-  const serve = (args: string[], tasks = fixtureTasks): Service => {
-    const service = startService(db.url, ["--tasks", tasks, "--check-interval", "200ms", ...args]);
+  const serve = (args: string[], tasks = fixtureTasks, env: Record<string, string> = {}): Service => {
+    const service = startService(db.url, ["--tasks", tasks, "--check-interval", "200ms", ...args], env);
     services.push(service);
     return service;
   };
-  return { db, sql: db.sql, serve };
+  const { sql } = db;
+  /** How many of `ids` are still in the task table. */
+  const remaining = async (ids: string[]) => (await sql`SELECT count(*)::int AS n FROM pgbg.task WHERE id IN ${sql(ids)}`)[0].n as number;
+  /** The executions the fixture tasks recorded for `ids`, in start order. */
+  const executions = (ids: string[]) =>
+    sql`SELECT task_id::text, pid, attempt, started_at, ended_at FROM execution WHERE task_id IN ${sql(ids)} ORDER BY id`;
+  /** The task's row, or undefined once it is gone. */
+  const taskRow = async (id: string) => (await sql`SELECT * FROM pgbg.task WHERE id = ${id}`)[0];
+  return { db, sql, serve, remaining, executions, taskRow };
 }

@@ -27,6 +27,11 @@ candidates AS (
     SELECT t.id, t.name, t.priority, t.run_at FROM pgbg.task t
     WHERE t.state = 'queued' AND t.queue = l.queue AND t.priority = l.priority
       AND t.run_at <= now() AND t.name = ANY($3::text[])
+      -- The claim adds 1 to both: a row already at the integer limit (only
+      -- one written by hand can be) would fail the whole statement with
+      -- "integer out of range" and so block every claim of its lane. It is
+      -- left alone instead, as a row of an unregistered name is.
+      AND t.attempts < 2147483647 AND t.lease_token < 2147483647
       AND t.cancel_requested_at IS NULL
     ORDER BY t.run_at, t.id
     LIMIT $5
