@@ -1,0 +1,113 @@
+/**
+ * pgbg under least-privilege roles. The schema is migrated by the admin;
+ * then one role that may only use pgbg's tables runs `pgbg serve
+ * --no-migrate`, and another that may only add tasks enqueues them. Neither
+ * can create anything, nor read or write any other table. Roles are
+ * cluster-wide: their names carry this file's database name, and they are
+ * dropped when the file ends.
+ */
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import { fileURLToPath } from "node:url";
+import { after, describe, test } from "node:test";
+import postgres from "postgres";
+import { enqueue, enqueueMany, LATEST_SCHEMA_VERSION, migrate, schemaVersion } from "../mod.ts";
+import { completesInTx, fails, noop, waitsForSignal } from "./fixtures/pgbg-only.ts";
+import { clientOptions, createTestDatabase, serverUrl } from "./harness.ts";
+import { serviceTestbed, stopService, until } from "./service-harness.ts";
+
+const { db, sql, serve, remaining, taskRow } = await serviceTestbed(createTestDatabase, migrate);
+const pgbgOnly = fileURLToPath(new URL("./fixtures/pgbg-only.ts", import.meta.url));
+const password = randomBytes(12).toString("hex");
+/** The service's role, and a role of an application that only enqueues. */
+const roles = { serve: `${db.name}_serve`, enqueue: `${db.name}_enqueue` };
+
+// What the README tells operators to grant, statement for statement.
+await sql.unsafe(`REVOKE ALL ON DATABASE "${db.name}" FROM PUBLIC`);
+await sql.unsafe(`REVOKE ALL ON SCHEMA public FROM PUBLIC`);
+for (const role of Object.values(roles)) {
+  await sql.unsafe(`CREATE ROLE "${role}" LOGIN PASSWORD '${password}'`);
+  await sql.unsafe(`GRANT CONNECT ON DATABASE "${db.name}" TO "${role}"`);
+  await sql.unsafe(`GRANT USAGE ON SCHEMA pgbg TO "${role}"`);
+}
+await sql.unsafe(`GRANT SELECT, INSERT, UPDATE, DELETE ON pgbg.task, pgbg.worker, pgbg.task_count TO "${roles.serve}"`);
+await sql.unsafe(`GRANT SELECT ON pgbg.migration TO "${roles.serve}"`);
+// The insert trigger reads pgbg.worker to decide whether to wake a worker.
+await sql.unsafe(`GRANT SELECT, INSERT ON pgbg.task TO "${roles.enqueue}"`);
+await sql.unsafe(`GRANT SELECT ON pgbg.worker TO "${roles.enqueue}"`);
+
+after(async () => {
+  await Promise.all([asServe.end({ timeout: 5 }), asEnqueue.end({ timeout: 5 })]);
+  const names = Object.values(roles).map((r) => `"${r}"`).join(", ");
+  // Revokes the grants in this database (if the harness has not dropped it yet), so the roles can go.
+  await sql.unsafe(`DROP OWNED BY ${names}`).catch(() => {});
+  const admin = postgres(serverUrl(), { ...clientOptions, max: 1 });
+  await admin.unsafe(`DROP ROLE IF EXISTS ${names}`);
+  await admin.end();
+});
+
+/** The URL of this database for `role`. */
+function urlAs(role: string): string {
+  const url = new URL(db.url);
+  url.username = role;
+  url.password = password;
+  return url.toString();
+}
+const asServe = postgres(urlAs(roles.serve), { ...clientOptions, max: 2 });
+const asEnqueue = postgres(urlAs(roles.enqueue), { ...clientOptions, max: 2 });
+
+/** The SQLSTATE and message a call is refused with. */
+const refusal = (call: Promise<unknown>) =>
+  call.then(() => undefined, (e: { code?: string; message: string }) => [e.code, e.message]);
+
+describe("least-privilege roles", () => {
+  test("neither role is superuser or may create anything, in the database or any schema", async () => {
+    const flags = await sql`SELECT rolname, rolsuper, rolcreatedb, rolcreaterole, rolbypassrls FROM pg_roles WHERE rolname IN ${sql(Object.values(roles))} ORDER BY rolname`;
+    for (const f of flags) assert.deepEqual([f.rolsuper, f.rolcreatedb, f.rolcreaterole, f.rolbypassrls], [false, false, false, false], f.rolname);
+    for (const client of [asServe, asEnqueue]) {
+      assert.deepEqual(await refusal(client`CREATE SCHEMA nope`), ["42501", `permission denied for database ${db.name}`]);
+      assert.deepEqual(await refusal(client`CREATE TABLE public.nope (i int)`), ["42501", "permission denied for schema public"]);
+      assert.deepEqual(await refusal(client`CREATE TABLE pgbg.nope (i int)`), ["42501", "permission denied for schema pgbg"]);
+      assert.deepEqual(await refusal(client`SELECT * FROM public.execution`), ["42501", "permission denied for schema public"]);
+    }
+    assert.deepEqual(await refusal(migrate(asServe, { schema: "elsewhere" })), ["42501", `permission denied for database ${db.name}`]);
+  });
+
+  test("the service's role may run migrate on an up-to-date schema: it changes nothing and needs no DDL right", async () => {
+    assert.deepEqual(await migrate(asServe), { schema: "pgbg", from: LATEST_SCHEMA_VERSION, to: LATEST_SCHEMA_VERSION });
+    assert.equal(await schemaVersion(asServe), LATEST_SCHEMA_VERSION);
+  });
+
+  test("a role that may only insert tasks enqueues, one at a time, in batches and with a key, and can change nothing else", async () => {
+    const id = await enqueue(asEnqueue, noop, {}, { key: "once" });
+    assert.equal(await enqueue(asEnqueue, noop, {}, { key: "once" }), id, "the duplicate found the pending task");
+    assert.equal((await enqueueMany(asEnqueue, noop, [{}, {}, {}])).length, 3);
+    assert.equal(await remaining([id]), 1);
+    assert.deepEqual(await refusal(asEnqueue`DELETE FROM pgbg.task`), ["42501", "permission denied for table task"]);
+    assert.deepEqual(await refusal(asEnqueue`UPDATE pgbg.task SET priority = 1`), ["42501", "permission denied for table task"]);
+    assert.deepEqual(await refusal(asEnqueue`DELETE FROM pgbg.worker`), ["42501", "permission denied for table worker"]);
+  });
+
+  test("pgbg serve --no-migrate under the service's role runs, fails, completes in a transaction and hands back tasks", async () => {
+    const done = await enqueueMany(asEnqueue, noop, Array.from({ length: 20 }, () => ({})));
+    const inTx = await enqueue(asEnqueue, completesInTx, {});
+    const failing = await enqueue(asEnqueue, fails, {});
+    const service = serve(["--no-migrate", "--workers", "2", "--shutdown-timeout", "300ms"], pgbgOnly, { DATABASE_URL: urlAs(roles.serve) });
+    await until(() => remaining([...done, inTx]), (n) => n === 0, 30_000, "the tasks to run");
+    await until(() => taskRow(failing), (r) => r?.state === "failed", 30_000, "the failing task to fail");
+    const handedBack = await enqueue(asEnqueue, waitsForSignal, {});
+    await until(() => taskRow(handedBack), (r) => r?.state === "running", 30_000, "the long task to start");
+    // Enqueued while the service is idle: the wake-up works under these roles too.
+    const late = await enqueue(asEnqueue, noop, {});
+    await until(() => remaining([late]), (n) => n === 0, 30_000, "a task enqueued while idle to run");
+    assert.deepEqual(await stopService(service), { code: 0, signal: null });
+    const failed = await taskRow(failing);
+    assert.deepEqual([failed.attempts, failed.last_error.message], [2, "planned failure"]);
+    const back = await taskRow(handedBack);
+    assert.deepEqual([back.state, back.attempts], ["queued", 0], "handed back at shutdown, uncounted");
+    const lines = [...service.logs.map((l) => JSON.stringify(l)), ...service.other];
+    assert.deepEqual(lines.filter((l) => /permission denied/.test(l)), [], "no statement was refused");
+    assert.deepEqual(lines.filter((l) => l.includes(password)), [], "no line shows the password");
+    assert.ok(service.logs.some((l) => l.message === `database ${roles.serve}@${new URL(db.url).host}/${db.name}`));
+  });
+});
