@@ -12,6 +12,7 @@ import {
   migrate,
   PayloadTooLargeError,
   SchemaError,
+  schemaVersion,
 } from "../mod.ts";
 import { createTestDatabase } from "./harness.ts";
 
@@ -188,6 +189,84 @@ describe("defineTask", () => {
       assert.ok(error instanceof InvalidTaskError, String(error));
       assert.equal(error.code, "PGBG_INVALID_TASK");
       assert.match(error.message, message);
+    });
+  }
+});
+
+describe("tasks not made by defineTask", () => {
+  const rule = "1-128 characters of A-Z a-z 0-9 _ . : / -, starting with a letter or digit";
+  const cases: [string, unknown, string][] = [
+    ["a name no task may have", { name: "has space", schema: v.any(), run() {} }, `task "has space": name must be ${rule}`],
+    ["no name at all", { schema: v.any(), run() {} }, `task: name must be ${rule}`],
+    ["null", null, "a task must be an object from defineTask()"],
+  ];
+  for (const [label, task, message] of cases) {
+    test(`enqueue and enqueueMany refuse ${label}`, async () => {
+      // deno-lint-ignore no-explicit-any
+      for (const call of [() => enqueue(sql, task as any, 1), () => enqueueMany(sql, task as any, [1])]) {
+        const error = await refused(call, InvalidTaskError, "PGBG_INVALID_TASK");
+        assert.equal(error.message, message);
+      }
+    });
+  }
+});
+
+describe("hostile strings", () => {
+  const injection = `'); DROP TABLE pgbg.task; --`;
+
+  test("keys and payloads holding SQL are stored as given: every value travels as a parameter", async () => {
+    const payload = { q: injection, backslash: "\\", dollar: "$1 $$ $tag$", quote: `"'"`, nested: [injection] };
+    const id = await enqueue(sql, anything, payload, { key: injection });
+    const [many] = await enqueueMany(sql, anything, [payload], { key: () => `${injection} 2` });
+    const rows = await sql`SELECT id::text, key, payload FROM pgbg.task WHERE id IN ${sql([id, many])} ORDER BY id`;
+    assert.deepEqual(rows.map((r) => [r.id, r.key, r.payload]), [[id, injection, payload], [many, `${injection} 2`, payload]]);
+    assert.equal(await enqueue(sql, anything, 0, { key: injection }), id, "the key matched as a value, too");
+    await sql`DELETE FROM pgbg.task WHERE id IN ${sql([id, many])}`;
+  });
+
+  const schema = `pgbg"; DROP TABLE pgbg.task; --`;
+  const message = `invalid schema name ${JSON.stringify(schema)}: use 1-63 lower-case letters, digits or _, not starting with a digit or pg_`;
+  test("a schema name holding SQL is refused by every call before it reaches SQL text", async () => {
+    for (const call of [
+      () => enqueue(sql, anything, 1, { schema }),
+      () => enqueueMany(sql, anything, [1], { schema }),
+      () => migrate(sql, { schema }),
+      () => schemaVersion(sql, { schema }),
+    ]) {
+      const error = await refused(call, SchemaError, "PGBG_INVALID_SCHEMA_NAME");
+      assert.equal(error.message, message);
+    }
+  });
+});
+
+describe("rows written by hand", () => {
+  // The schema refuses what no worker could make sense of, so such a row never exists.
+  const cases: [string, string, string, string][] = [
+    ["a NULL task name", `INSERT INTO pgbg.task (queue, name, payload) VALUES ('default', NULL, '{}')`,
+      "23502", `null value in column "name" of relation "task" violates not-null constraint`],
+    ["an empty task name", `INSERT INTO pgbg.task (queue, name, payload) VALUES ('default', '', '{}')`,
+      "23514", `new row for relation "task" violates check constraint "task_name_length"`],
+    ["a NULL queue", `INSERT INTO pgbg.task (queue, name, payload) VALUES (NULL, 'anything', '{}')`,
+      "23502", `null value in column "queue" of relation "task" violates not-null constraint`],
+    ["a NULL payload", `INSERT INTO pgbg.task (queue, name, payload) VALUES ('default', 'anything', NULL)`,
+      "23502", `null value in column "payload" of relation "task" violates not-null constraint`],
+    ["a payload that is not JSON", `INSERT INTO pgbg.task (queue, name, payload) VALUES ('default', 'anything', '{not json')`,
+      "22P02", "invalid input syntax for type json"],
+    ["an unknown state", `INSERT INTO pgbg.task (queue, name, payload, state) VALUES ('default', 'anything', '{}', 'paused')`,
+      "22P02", `invalid input value for enum pgbg.task_state: "paused"`],
+    ["a running task without a lease", `INSERT INTO pgbg.task (queue, name, payload, state) VALUES ('default', 'anything', '{}', 'running')`,
+      "23514", `new row for relation "task" violates check constraint "task_running_has_lease"`],
+    ["negative attempts", `INSERT INTO pgbg.task (queue, name, payload, attempts) VALUES ('default', 'anything', '{}', -1)`,
+      "23514", `new row for relation "task" violates check constraint "task_attempts_in_range"`],
+    ["zero max attempts", `INSERT INTO pgbg.task (queue, name, payload, max_attempts) VALUES ('default', 'anything', '{}', 0)`,
+      "23514", `new row for relation "task" violates check constraint "task_max_attempts_in_range"`],
+  ];
+  for (const [label, statement, code, message] of cases) {
+    test(`the schema refuses ${label}`, async () => {
+      const before = await taskCount();
+      const error = await sql.unsafe(statement).then(() => undefined, (e) => e);
+      assert.deepEqual([error?.code, error?.message], [code, message]);
+      assert.equal(await taskCount(), before, "nothing was written");
     });
   }
 });
