@@ -2,7 +2,7 @@
 /**
  * The `pgbg` command line: `pgbg serve` runs the service; `migrate`,
  * `status`, `list`, `retry`, `cancel` and `enqueue` are the operators'
- * commands (cli/admin.ts).
+ * commands (cli/admin.ts), and `dashboard` serves them as a web page.
  *
  * Exit codes: 0 success, 1 the operation failed, 2 bad usage.
  *
@@ -14,6 +14,7 @@ import { InvalidConfigError } from "../lib/errors.ts";
 import { describeError } from "../lib/log.ts";
 import { VERSION } from "../lib/version.ts";
 import { adminCommands } from "./admin.ts";
+import { dashboardCommand } from "./dashboard.ts";
 import { cittyArgs, describeDatabase, resolveServeConfig, serveSettings } from "./config.ts";
 import { resolveDatabase } from "./database.ts";
 import { parseFlags } from "./flags.ts";
@@ -51,7 +52,7 @@ const serve = defineCommand({
 
 const main = defineCommand({
   meta: { name: "pgbg", version: VERSION, description: "A background task queue kept in PostgreSQL" },
-  subCommands: { serve, ...adminCommands },
+  subCommands: { serve, ...adminCommands, dashboard: dashboardCommand },
 });
 
 await runMain(main);

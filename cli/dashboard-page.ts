@@ -1,0 +1,105 @@
+/**
+ * The dashboard's page, script and style, as strings: served as they are,
+ * with no front-end build at run time. The script builds every cell with
+ * textContent, never HTML, so task names and error messages cannot inject
+ * markup.
+ *
+ * @module
+ */
+
+/** The login page; `error` is shown above the form. */
+export function loginPage(error?: string): string {
+  return `<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>pgbg dashboard: sign in</title>
+<link rel="stylesheet" href="/dashboard.css"></head>
+<body><main class="login">
+<h1>pgbg</h1>
+${error ? `<p class="error" id="login-error">${error.replace(/[<>&"]/g, (c) => `&#${c.charCodeAt(0)};`)}</p>` : ""}
+<form method="post" action="/login">
+<label>Token <input type="password" name="token" id="token" autocomplete="current-password" autofocus required></label>
+<button type="submit" id="sign-in">Sign in</button>
+</form>
+<p class="hint">The token given to <code>pgbg dashboard</code> with --token or PGBG_DASHBOARD_TOKEN.</p>
+</main></body></html>
+`;
+}
+
+/** The dashboard: status, workers and failed tasks, filled in by dashboardScript. */
+export const dashboardPage = `<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>pgbg dashboard</title>
+<link rel="stylesheet" href="/dashboard.css"><script src="/dashboard.js" defer></script></head>
+<body>
+<header><h1>pgbg</h1><span id="updated">loading…</span><span id="problem" class="error"></span></header>
+<section><h2>Tasks</h2>
+<table id="tasks"><thead><tr><th>Queue</th><th>Task</th><th>Queued</th><th>Scheduled</th><th>Running</th><th>Failed</th>
+<th>Oldest queued</th><th>Done/1m</th><th>Failed/1m</th><th>Retried/1m</th></tr></thead><tbody></tbody></table>
+<p id="unregistered" class="warning"></p></section>
+<section><h2>Workers</h2>
+<table id="workers"><thead><tr><th>PID</th><th>Host</th><th>Runtime</th><th>Running</th><th>Queues</th><th>Last heartbeat</th></tr></thead><tbody></tbody></table></section>
+<section><h2>Failed tasks <button id="retry-all" type="button">Retry all</button></h2>
+<table id="failed"><thead><tr><th>ID</th><th>Task</th><th>Queue</th><th>Attempts</th><th>Failed at</th><th>Last error</th><th></th></tr></thead><tbody></tbody></table></section>
+</body></html>
+`;
+
+/** The dashboard's script: polls the API every 2 s and wires the buttons. */
+export const dashboardScript = `"use strict";
+const age = (ms) => ms === null ? "-" : ms < 1000 ? Math.round(ms) + "ms" : ms < 60000 ? Math.floor(ms / 1000) + "s"
+  : ms < 3600000 ? Math.floor(ms / 60000) + "m " + Math.floor(ms % 60000 / 1000) + "s" : Math.floor(ms / 3600000) + "h " + Math.floor(ms % 3600000 / 60000) + "m";
+function cell(row, text) { const td = document.createElement("td"); td.textContent = String(text); row.appendChild(td); return td; }
+function fill(id, rows, render) {
+  const body = document.querySelector("#" + id + " tbody");
+  body.replaceChildren(...rows.map((r) => { const tr = document.createElement("tr"); render(tr, r); return tr; }));
+}
+async function api(path, body) {
+  const res = await fetch(path, body === undefined ? {} : { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+  if (res.status === 401) { location.reload(); throw new Error("signed out"); }
+  if (!res.ok) throw new Error((await res.text()) || res.statusText);
+  return res.json();
+}
+function button(td, label, onClick) {
+  const b = document.createElement("button");
+  b.type = "button"; b.textContent = label; b.className = label.toLowerCase();
+  b.addEventListener("click", async () => { b.disabled = true; try { await onClick(); } catch (e) { show(e); } await refresh(); });
+  td.appendChild(b);
+}
+function show(error) { document.getElementById("problem").textContent = error ? String(error.message || error) : ""; }
+async function refresh() {
+  try {
+    const [status, failed] = await Promise.all([api("/api/status"), api("/api/failed")]);
+    fill("tasks", status.tasks, (tr, t) => {
+      tr.dataset.queue = t.queue; tr.dataset.task = t.name;
+      for (const v of [t.queue, t.name, t.queued, t.scheduled, t.running, t.failed, age(t.oldestQueuedMs), t.completedLastMinute, t.failedLastMinute, t.retriedLastMinute]) cell(tr, v);
+    });
+    document.getElementById("unregistered").textContent = status.unregistered.length
+      ? "Waiting tasks no live worker registered: " + status.unregistered.map((u) => u.queue + "/" + u.name + " (" + u.tasks + ")").join(", ") : "";
+    fill("workers", status.workers, (tr, w) => {
+      for (const v of [w.pid, w.hostname, w.runtime, w.running + "/" + w.concurrency + (w.idle ? " idle" : ""), w.queues ? w.queues.join(",") : "(all)", age(w.heartbeatAgeMs) + " ago"]) cell(tr, v);
+    });
+    fill("failed", failed.tasks, (tr, t) => {
+      tr.dataset.id = t.id;
+      for (const v of [t.id, t.name, t.queue, t.attempts, t.failedAt || "", t.lastError ? (t.lastError.name || "Error") + ": " + (t.lastError.message || "") : ""]) cell(tr, v);
+      const actions = cell(tr, "");
+      button(actions, "Retry", () => api("/api/retry", { ids: [t.id] }));
+      button(actions, "Cancel", () => api("/api/cancel", { ids: [t.id] }));
+    });
+    document.getElementById("updated").textContent = "updated " + new Date().toLocaleTimeString();
+    show();
+  } catch (error) { show(error); }
+}
+document.getElementById("retry-all").addEventListener("click", async () => { try { await api("/api/retry", { all: true }); } catch (e) { show(e); } await refresh(); });
+refresh();
+setInterval(refresh, 2000);
+`;
+
+/** The dashboard's style. */
+export const dashboardStyle = `body { font: 14px system-ui, sans-serif; margin: 0 1.5rem 2rem; color: #1b1f24; }
+header { display: flex; gap: 1rem; align-items: baseline; }
+h1 { font-size: 1.4rem; } h2 { font-size: 1.1rem; margin-top: 1.5rem; }
+table { border-collapse: collapse; width: 100%; }
+th, td { text-align: left; padding: .3rem .6rem; border-bottom: 1px solid #d0d7de; vertical-align: top; }
+td:nth-child(n+3) { font-variant-numeric: tabular-nums; }
+#failed td:nth-child(6) { max-width: 40rem; overflow-wrap: anywhere; }
+.error { color: #b42318; } .warning { color: #9a6700; } #updated, .hint { color: #57606a; }
+.login { max-width: 22rem; margin: 4rem auto; } .login input { display: block; width: 100%; margin: .4rem 0 1rem; }
+button { cursor: pointer; }
+`;

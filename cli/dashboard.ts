@@ -1,0 +1,199 @@
+/**
+ * `pgbg dashboard`: a small web page with the status of `pgbg status`,
+ * refreshed live, and the failed tasks with retry and cancel buttons. It is
+ * protected by a token (a sign-in form sets an HttpOnly, SameSite=Strict
+ * cookie; API clients may send `Authorization: Bearer TOKEN`) and binds to
+ * 127.0.0.1 unless told otherwise.
+ *
+ * @module
+ */
+import { createHash, timingSafeEqual } from "node:crypto";
+import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
+import type { AddressInfo } from "node:net";
+import process from "node:process";
+import { defineCommand } from "citty";
+import postgres from "postgres";
+import { cancelTasks, listTasks, readStatus, retryFailedTasks } from "../lib/admin.ts";
+import { describeError } from "../lib/log.ts";
+import type { Database } from "../lib/statements.ts";
+import { connectionArgs, connectionOf } from "./admin.ts";
+import { dashboardPage, dashboardScript, dashboardStyle, loginPage } from "./dashboard-page.ts";
+import { failWith, UsageError } from "./exit.ts";
+
+/** Shortest token accepted: a guessable token would protect nothing. */
+export const MIN_TOKEN_LENGTH = 16;
+
+const COOKIE = "pgbg_dashboard";
+const HEADERS = {
+  "cache-control": "no-store",
+  "x-content-type-options": "nosniff",
+  "referrer-policy": "no-referrer",
+  "content-security-policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'",
+};
+
+/** What the dashboard server needs. */
+export interface DashboardOptions {
+  db: Database;
+  schema: string;
+  token: string;
+  host: string;
+  /** 0: any free port. */
+  port: number;
+  /** How many failed tasks the page lists. */
+  failedLimit?: number;
+}
+
+/** A listening dashboard. */
+export interface Dashboard {
+  url: string;
+  close(): Promise<void>;
+}
+
+class HttpError extends Error {
+  constructor(readonly status: number, message: string) {
+    super(message);
+  }
+}
+
+const digest = (text: string) => createHash("sha256").update(text).digest();
+
+/** Starts the dashboard's HTTP server. Rejects when the address cannot be bound. */
+export async function startDashboard(options: DashboardOptions): Promise<Dashboard> {
+  const expected = digest(options.token);
+  // Compared as digests, in constant time: equal lengths, and no timing hint.
+  const isToken = (candidate: string | undefined) => candidate !== undefined && timingSafeEqual(digest(candidate), expected);
+  const signedIn = (req: IncomingMessage) => {
+    const bearer = /^Bearer (.+)$/.exec(req.headers.authorization ?? "")?.[1];
+    const cookie = (req.headers.cookie ?? "").split(";").map((c) => c.trim().split("=")).find(([k]) => k === COOKIE)?.[1];
+    return isToken(bearer) || isToken(cookie === undefined ? undefined : decodeURIComponent(cookie));
+  };
+
+  const routes: Record<string, (req: IncomingMessage, res: ServerResponse) => Promise<void>> = {
+    "GET /dashboard.js": async (_req, res) => send(res, 200, "text/javascript", dashboardScript),
+    "GET /dashboard.css": async (_req, res) => send(res, 200, "text/css", dashboardStyle),
+    "GET /": async (req, res) => signedIn(req) ? send(res, 200, "text/html", dashboardPage) : send(res, 401, "text/html", loginPage()),
+    "POST /login": async (req, res) => {
+      const token = new URLSearchParams(await readBody(req)).get("token") ?? undefined;
+      if (!isToken(token)) return send(res, 401, "text/html", loginPage("That token is not the dashboard's."));
+      res.writeHead(303, {
+        ...HEADERS, location: "/", "set-cookie": `${COOKIE}=${encodeURIComponent(token!)}; HttpOnly; SameSite=Strict; Path=/`,
+      }).end();
+    },
+    "GET /api/status": async (_req, res) => sendJson(res, await readStatus(options.db, options.schema)),
+    "GET /api/failed": async (_req, res) =>
+      sendJson(res, { tasks: await listTasks(options.db, options.schema, { state: "failed", limit: options.failedLimit ?? 100 }) }),
+    "POST /api/retry": async (req, res) => {
+      const body = await readJson(req);
+      if (body.all === true) return sendJson(res, { retried: await retryFailedTasks(options.db, options.schema, {}) });
+      sendJson(res, { retried: await retryFailedTasks(options.db, options.schema, { ids: taskIds(body.ids) }) });
+    },
+    "POST /api/cancel": async (req, res) => sendJson(res, await cancelTasks(options.db, options.schema, taskIds((await readJson(req)).ids))),
+  };
+
+  const server = createServer(async (req, res) => {
+    const path = new URL(req.url ?? "/", "http://dashboard").pathname;
+    const route = routes[`${req.method} ${path}`];
+    try {
+      if (!route) throw new HttpError(404, "not found");
+      if (path.startsWith("/api/")) {
+        if (!signedIn(req)) throw new HttpError(401, "sign in first: the dashboard's token is required");
+        // A cross-site page cannot send JSON without a preflight this server
+        // never answers, nor (SameSite=Strict) the cookie.
+        if (req.method === "POST" && !/^application\/json\b/.test(req.headers["content-type"] ?? "")) throw new HttpError(415, "send JSON");
+        if (req.headers.origin && req.headers.origin !== `http://${req.headers.host}`) throw new HttpError(403, "cross-origin request refused");
+      }
+      await route(req, res);
+    } catch (error) {
+      const status = error instanceof HttpError ? error.status : 500;
+      if (status === 500) process.stderr.write(`pgbg dashboard: ${describeError(error).message}\n`);
+      if (!res.headersSent) send(res, status, "text/plain", `${describeError(error).message}\n`);
+    }
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(options.port, options.host, () => resolve());
+  });
+  const { port } = server.address() as AddressInfo;
+  return {
+    url: `http://${options.host.includes(":") ? `[${options.host}]` : options.host}:${port}/`,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      }),
+  };
+}
+
+function send(res: ServerResponse, status: number, type: string, body: string): void {
+  res.writeHead(status, { ...HEADERS, "content-type": `${type}; charset=utf-8` }).end(body);
+}
+
+function sendJson(res: ServerResponse, value: unknown): void {
+  send(res, 200, "application/json", JSON.stringify(value));
+}
+
+/** The request body as text, refused past 64 KiB. */
+async function readBody(req: IncomingMessage): Promise<string> {
+  let body = "";
+  for await (const chunk of req) {
+    body += chunk;
+    if (body.length > 65_536) throw new HttpError(413, "request too large");
+  }
+  return body;
+}
+
+async function readJson(req: IncomingMessage): Promise<{ ids?: unknown; all?: unknown }> {
+  try {
+    const value = JSON.parse(await readBody(req));
+    if (typeof value === "object" && value !== null) return value;
+  } catch (error) {
+    if (error instanceof HttpError) throw error;
+  }
+  throw new HttpError(400, "send a JSON object");
+}
+
+function taskIds(ids: unknown): string[] {
+  if (!Array.isArray(ids) || !ids.length || !ids.every((id) => typeof id === "string" && /^[1-9]\d{0,18}$/.test(id))) {
+    throw new HttpError(400, "ids must be a non-empty array of task ids (strings of digits)");
+  }
+  return ids;
+}
+
+/** `pgbg dashboard`. */
+export const dashboardCommand = defineCommand({
+  meta: { name: "dashboard", description: "Serve a web page with the live status, the failed tasks and retry/cancel buttons, protected by a token" },
+  args: {
+    ...connectionArgs,
+    port: { type: "string", description: "Port to listen on, 0 for any free one [env PGBG_DASHBOARD_PORT] (default: 8080)" },
+    host: { type: "string", description: "Address to bind; 0.0.0.0 exposes it to the network [env PGBG_DASHBOARD_HOST] (default: 127.0.0.1)" },
+    token: { type: "string", description: `Token that signs in, at least ${MIN_TOKEN_LENGTH} characters [env PGBG_DASHBOARD_TOKEN] (required; prefer the variable: flags show in ps)` },
+  },
+  async run({ args }) {
+    let sql: postgres.Sql | undefined;
+    try {
+      const { url, schema } = connectionOf(args);
+      const token = args.token ?? process.env.PGBG_DASHBOARD_TOKEN;
+      if (!token) throw new UsageError("--token (PGBG_DASHBOARD_TOKEN) is required: the dashboard can retry and cancel tasks");
+      if (token.length < MIN_TOKEN_LENGTH) throw new UsageError(`--token (PGBG_DASHBOARD_TOKEN) must be at least ${MIN_TOKEN_LENGTH} characters`);
+      const rawPort = args.port ?? process.env.PGBG_DASHBOARD_PORT ?? "8080";
+      const port = /^\d+$/.test(rawPort) ? Number(rawPort) : Number.NaN;
+      if (!(port >= 0 && port <= 65_535)) throw new UsageError(`--port (PGBG_DASHBOARD_PORT) must be a whole number from 0 to 65535, got ${JSON.stringify(rawPort)}`);
+      const host = args.host ?? process.env.PGBG_DASHBOARD_HOST ?? "127.0.0.1";
+      sql = postgres(url, { max: 4, onnotice: () => {}, connection: { application_name: "pgbg dashboard" } });
+      await readStatus(sql, schema); // fails now, not at the first page load, on a wrong URL or schema
+      const dashboard = await startDashboard({ db: sql, schema, token, host, port });
+      process.stdout.write(args.json ? `${JSON.stringify({ url: dashboard.url })}\n` : `dashboard at ${dashboard.url}\n`);
+      const db = sql;
+      const stop = async () => {
+        await dashboard.close();
+        await db.end({ timeout: 2 }).catch(() => {});
+        process.exit(0);
+      };
+      process.once("SIGTERM", stop);
+      process.once("SIGINT", stop);
+    } catch (error) {
+      await sql?.end({ timeout: 1 }).catch(() => {});
+      failWith(error);
+    }
+  },
+});

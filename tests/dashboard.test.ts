@@ -1,0 +1,139 @@
+import assert from "node:assert/strict";
+import { type ChildProcess, spawn } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { after, before, describe, test } from "node:test";
+import { type BrowserContext, chromium } from "playwright-core";
+import { enqueue, migrate } from "../mod.ts";
+import { alwaysFails, work } from "./fixtures/tasks.ts";
+import { createTestDatabase } from "./harness.ts";
+import { serviceTestbed, until, within } from "./service-harness.ts";
+
+const cli = fileURLToPath(new URL("../cli/main.ts", import.meta.url));
+const testbed = await serviceTestbed(createTestDatabase, migrate);
+const { sql, db } = testbed;
+const token = "a-dashboard-token-for-tests-only";
+/** Debian's chromium: `.ci/run` installs it when it is missing. */
+const CHROMIUM = process.env.PGBG_CHROMIUM ?? "/usr/bin/chromium";
+
+/** Starts `pgbg dashboard` on a free port and resolves with it and its URL. */
+async function startDashboard(env: Record<string, string> = {}, args: string[] = ["--port", "0"]): Promise<{ child: ChildProcess; url: string }> {
+  const child = spawn(process.execPath, ["--import", "tsx", cli, "dashboard", ...args], {
+    env: { ...process.env, DATABASE_URL: db.url, PGBG_DASHBOARD_TOKEN: token, ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let out = "";
+  child.stdout!.on("data", (c) => (out += c));
+  child.stderr!.on("data", (c) => (out += c));
+  const url = await within(new Promise<string>((resolve, reject) => {
+    child.stdout!.on("data", () => {
+      const m = /dashboard at (http:\/\/\S+)/.exec(out);
+      if (m) resolve(m[1]);
+    });
+    child.on("exit", (code) => reject(new Error(`pgbg dashboard exited with ${code}: ${out}`)));
+  }), 60_000, "the dashboard to listen");
+  return { child, url };
+}
+
+async function stop(child: ChildProcess): Promise<number | null> {
+  if (child.exitCode !== null) return child.exitCode;
+  const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
+  child.kill("SIGTERM");
+  return exited;
+}
+
+const row = async (id: string) => (await sql`SELECT * FROM pgbg.task WHERE id = ${id}`)[0];
+const runs = async (id: string) => (await sql`SELECT count(*)::int AS n FROM execution WHERE task_id = ${id}`)[0].n as number;
+
+describe("pgbg dashboard", () => {
+  let dashboard: { child: ChildProcess; url: string };
+  let browser: BrowserContext;
+  let profile: string;
+  before(async () => {
+    dashboard = await startDashboard();
+    profile = mkdtempSync(join(tmpdir(), "pgbg-chromium-"));
+    browser = await chromium.launchPersistentContext(profile, {
+      executablePath: CHROMIUM,
+      headless: true,
+      chromiumSandbox: false,
+      args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
+    });
+  });
+  after(async () => {
+    await browser?.close();
+    if (profile) rmSync(profile, { recursive: true, force: true });
+    if (dashboard) assert.equal(await stop(dashboard.child), 0, "the dashboard stops with status 0 on SIGTERM");
+  });
+
+  test("without the token: the API answers 401 and the page asks to sign in; a wrong token is refused", async () => {
+    const api = await fetch(`${dashboard.url}api/status`);
+    assert.equal(api.status, 401);
+    await api.text();
+    const wrong = await fetch(`${dashboard.url}api/status`, { headers: { authorization: "Bearer not-the-token-at-all" } });
+    assert.equal(wrong.status, 401);
+    await wrong.text();
+    const right = await fetch(`${dashboard.url}api/status`, { headers: { authorization: `Bearer ${token}` } });
+    assert.equal(right.status, 200);
+    assert.deepEqual(Object.keys(await right.json()), ["tasks", "unregistered", "workers"]);
+    const crossSite = await fetch(`${dashboard.url}api/retry`, {
+      method: "POST", headers: { authorization: `Bearer ${token}`, "content-type": "text/plain" }, body: '{"all":true}',
+    });
+    assert.equal(crossSite.status, 415, "a POST that is not JSON (what a cross-site form can send) is refused");
+    await crossSite.text();
+
+    const page = await browser.newPage();
+    const response = await page.goto(dashboard.url);
+    assert.equal(response?.status(), 401);
+    await page.fill("#token", "wrong-token-wrong-token");
+    await page.click("#sign-in");
+    await page.waitForSelector("#login-error");
+    assert.match(await page.textContent("#login-error") ?? "", /not the dashboard's/);
+    await page.close();
+  });
+
+  test("shows the live status and failed tasks; Retry re-queues a failed task and Cancel deletes one", async () => {
+    const toRetry = await enqueue(sql, work, { failUntil: 99 }, { maxAttempts: 1 });
+    const toCancel = await enqueue(sql, alwaysFails, {}, { maxAttempts: 1 });
+    testbed.serve(["--workers", "1"]);
+    await until(async () => [(await row(toRetry)).state, (await row(toCancel)).state], (s) => s.join() === "failed,failed", 60_000, "both tasks to fail");
+
+    const page = await browser.newPage();
+    const problems: string[] = [];
+    page.on("pageerror", (e) => problems.push(e.message));
+    await page.goto(dashboard.url);
+    await page.fill("#token", token);
+    await page.click("#sign-in");
+    await page.waitForSelector(`#failed tr[data-id="${toRetry}"]`, { timeout: 60_000 });
+    const failedRow = await page.textContent(`#failed tr[data-id="${toRetry}"]`);
+    assert.match(failedRow ?? "", /planned failure on attempt 1/, "the last error is shown");
+    await page.waitForSelector('#tasks tr[data-task="work"]');
+    assert.match(await page.textContent("#workers tbody") ?? "", /\d+\/10/, "the live worker is listed");
+
+    // Refreshed live: a task enqueued now shows without a reload.
+    await enqueue(sql, work, {}, { delay: 3_600_000, queue: "later" });
+    await page.waitForSelector('#tasks tr[data-queue="later"]', { timeout: 60_000 });
+    assert.match(await page.textContent('#tasks tr[data-queue="later"]') ?? "", /^later\s*work\s*0\s*1\s*0\s*0/);
+
+    await page.click(`#failed tr[data-id="${toRetry}"] button.retry`);
+    await until(() => runs(toRetry), (n) => n === 2, 60_000, "the retried task to run again");
+    await page.click(`#failed tr[data-id="${toCancel}"] button.cancel`);
+    await until(() => row(toCancel), (r) => r === undefined, 60_000, "the cancelled task to be deleted");
+    await page.waitForSelector(`#failed tr[data-id="${toCancel}"]`, { state: "detached", timeout: 60_000 });
+    assert.deepEqual(problems, [], "no script errors");
+    await page.close();
+  });
+
+  test("refuses to start without a token, with a short one, or on a bad port (exit 2, one line)", async () => {
+    for (const [env, args, message] of [
+      [{ PGBG_DASHBOARD_TOKEN: "" }, ["--port", "0"], /--token \(PGBG_DASHBOARD_TOKEN\) is required/],
+      [{ PGBG_DASHBOARD_TOKEN: "short" }, ["--port", "0"], /at least 16 characters/],
+      [{}, ["--port", "http"], /--port \(PGBG_DASHBOARD_PORT\) must be a whole number/],
+    ] as const) {
+      const error = await startDashboard(env, [...args]).then(() => assert.fail("it started"), (e: Error) => e.message);
+      assert.match(error, /exited with 2/);
+      assert.match(error, message);
+    }
+  });
+});
