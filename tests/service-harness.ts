@@ -125,7 +125,7 @@ export async function createFixtureTables(sql: postgres.Sql<any>): Promise<void>
  * After each test every service it started is killed, so a test that failed
  * half-way cannot leave a service claiming the next test's tasks.
  */
-export async function serviceTestbed(createDatabase: () => Promise<{ url: string; sql: postgres.Sql }>, migrateFn: (sql: postgres.Sql) => Promise<unknown>) {
+export async function serviceTestbed<D extends { url: string; sql: postgres.Sql }>(createDatabase: () => Promise<D>, migrateFn: (sql: postgres.Sql) => Promise<unknown>) {
   const db = await createDatabase();
   await migrateFn(db.sql);
   await createFixtureTables(db.sql);
