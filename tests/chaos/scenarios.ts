@@ -1,0 +1,200 @@
+/**
+ * The fault-injection scenarios. Each enqueues tasks of tests/chaos/tasks.js,
+ * runs real `pgbg serve` supervisors while it hurts them, and returns once
+ * the queue is empty; run.ts then checks the record (check.ts).
+ */
+import { enqueueMany } from "../../mod.ts";
+import type { Cause } from "./check.ts";
+import { type ServeOptions, Supervisor } from "./cluster.ts";
+import { work } from "./tasks.js";
+import type postgres from "postgres";
+
+/** How big a run is: `full` for `npm run chaos`, `ci` for the short version CI runs. */
+export type Size = "full" | "ci";
+
+/** What a scenario gets from the runner. */
+export interface Stage {
+  size: Size;
+  // deno-lint-ignore no-explicit-any
+  sql: postgres.Sql<any>;
+  /** Starts a supervisor on this scenario's database; the runner stops those still running at the end. */
+  serve(options: ServeOptions): Supervisor;
+  /** Committed task ids; scenarios that enqueue by hand push onto it. */
+  committed: string[];
+  /** Ids of enqueues that were rolled back. */
+  rolledBack: string[];
+  /** Resolves once no task is queued or running (failing after a generous bound); calls `tick` every 200 ms meanwhile. */
+  drained(tick?: () => void | Promise<void>): Promise<void>;
+  /** Restarts the PostgreSQL server, down for `downMs`. */
+  restartServer(downMs: number): Promise<void>;
+  /** Adds a note to the scenario's line of figures. */
+  note(text: string): void;
+}
+
+/** A scenario: what it injects, and which re-run causes that explains. */
+export interface Scenario {
+  name: string;
+  /** Causes of re-runs this scenario's faults explain. */
+  allowed: readonly Cause[];
+  run(stage: Stage): Promise<void>;
+}
+
+/** Enqueues `n` tasks of 0–9 ms each in committed batches; `hang(i)` marks tasks whose first attempt hangs. */
+export async function enqueueTasks(stage: Stage, n: number, hang: (i: number) => boolean = () => false): Promise<void> {
+  for (let done = 0; done < n; done += 5_000) {
+    const inputs = Array.from({ length: Math.min(5_000, n - done) }, (_, j) => ({ ms: Math.floor(Math.random() * 10), hang: hang(done + j) || undefined }));
+    stage.committed.push(...(await enqueueMany(stage.sql, work, inputs)));
+  }
+}
+
+const sized = (stage: Stage, full: number, ci: number) => (stage.size === "full" ? full : ci);
+
+/** Kills a random worker of a random supervisor every `everyMs` until the queue is empty. */
+async function killWorkersUntilDrained(stage: Stage, supervisors: Supervisor[], everyMs: number): Promise<void> {
+  let next = Date.now() + everyMs;
+  await stage.drained(() => {
+    if (Date.now() < next) return;
+    next = Date.now() + everyMs;
+    supervisors[Math.floor(Math.random() * supervisors.length)].killRandomWorker();
+  });
+}
+
+function competing(supervisors: number): Scenario {
+  return {
+    name: `${supervisors}-supervisors`,
+    allowed: ["killed"],
+    async run(stage) {
+      await enqueueTasks(stage, sized(stage, 20_000, 3_000));
+      const all = Array.from({ length: supervisors }, () => stage.serve({ workers: 2, concurrency: 20 }));
+      await killWorkersUntilDrained(stage, all, sized(stage, 2_000, 1_500));
+    },
+  };
+}
+
+/** Every scenario, in the order the suite runs them. */
+export const scenarios: Scenario[] = [
+  {
+    name: "kill-workers",
+    allowed: ["killed"],
+    async run(stage) {
+      await enqueueTasks(stage, sized(stage, 50_000, 5_000));
+      const supervisor = stage.serve({ workers: 4, concurrency: 25 });
+      await killWorkersUntilDrained(stage, [supervisor], sized(stage, 3_000, 2_000));
+    },
+  },
+  {
+    name: "kill-supervisor",
+    allowed: ["killed"],
+    async run(stage) {
+      await enqueueTasks(stage, sized(stage, 20_000, 3_000));
+      const rounds = sized(stage, 3, 2);
+      for (let round = 0; round < rounds; round++) {
+        const supervisor = stage.serve({ workers: 2, concurrency: 25 });
+        // Let it get going, then kill it with its workers, leases held.
+        await new Promise((r) => setTimeout(r, 2_500));
+        await supervisor.killAll();
+      }
+      // The next supervisor releases the dead workers' tasks once their
+      // heartbeats are stale (10 s), or their leases expire.
+      stage.serve({ workers: 2, concurrency: 25 });
+      await stage.drained();
+    },
+  },
+  {
+    name: "restart-postgres",
+    allowed: ["error"],
+    async run(stage) {
+      const n = sized(stage, 20_000, 4_000);
+      await enqueueTasks(stage, n);
+      const supervisor = stage.serve({ workers: 4, concurrency: 25 });
+      const restarts = sized(stage, 2, 1);
+      for (let i = 1; i <= restarts; i++) {
+        // Restart when about i/(restarts+1) of the tasks are done.
+        await waitForDone(stage, Math.floor((n * i) / (restarts + 1)));
+        await stage.restartServer(2_000);
+      }
+      await stage.drained();
+      if (!supervisor.alive) throw new Error("the supervisor exited during the restarts");
+      stage.note(`${restarts} restart(s) of PostgreSQL, down 2 s each`);
+    },
+  },
+  {
+    name: "terminate-backends",
+    allowed: ["error"],
+    async run(stage) {
+      await enqueueTasks(stage, sized(stage, 20_000, 4_000));
+      const supervisor = stage.serve({ workers: 4, concurrency: 25 });
+      let terminated = 0;
+      let next = Date.now() + 1_000;
+      await stage.drained(async () => {
+        if (Date.now() < next) return;
+        next = Date.now() + 1_000;
+        const [{ n }] = await stage.sql`SELECT count(pg_terminate_backend(pid))::int AS n FROM pg_stat_activity
+          WHERE datname = current_database() AND application_name LIKE 'pgbg worker%'`;
+        terminated += n;
+      });
+      if (!supervisor.alive) throw new Error("the supervisor exited");
+      stage.note(`${terminated} worker connections terminated`);
+    },
+  },
+  competing(2),
+  competing(4),
+  {
+    name: "hung-tasks",
+    // A hung attempt ends when its retired worker exits.
+    allowed: ["exited"],
+    async run(stage) {
+      const n = sized(stage, 5_000, 1_000);
+      const every = sized(stage, 100, 100);
+      await enqueueTasks(stage, n, (i) => i % every === every - 1);
+      const supervisor = stage.serve({ workers: 4, concurrency: 10, args: ["--timeout", "1s"] });
+      await stage.drained();
+      const retired = supervisor.logs().filter((l) => /exited with code 4/.test(l.message)).length;
+      if (!retired) throw new Error("no worker retired, though tasks hung past their timeout");
+      stage.note(`${Math.floor(n / every)} hung tasks, ${retired} workers retired and replaced`);
+    },
+  },
+  {
+    name: "producers-rollback",
+    allowed: [],
+    async run(stage) {
+      stage.serve({ workers: 2, concurrency: 20 });
+      const transactions = sized(stage, 1_000, 200);
+      let rolledBack = 0;
+      const producer = async () => {
+        for (let t = 0; t < transactions; t++) {
+          const roll = Math.random() < 0.5;
+          const inputs = Array.from({ length: 10 }, () => ({ ms: Math.floor(Math.random() * 10) }));
+          let ids: string[] = [];
+          try {
+            await stage.sql.begin(async (tx) => {
+              ids = await enqueueMany(tx, work, inputs);
+              // Give the workers a chance to see what is not yet committed.
+              await tx`SELECT pg_sleep(0.002)`;
+              if (roll) throw new RollBack();
+            });
+            stage.committed.push(...ids);
+          } catch (error) {
+            if (!(error instanceof RollBack)) throw error;
+            stage.rolledBack.push(...ids);
+            rolledBack++;
+          }
+        }
+      };
+      await Promise.all(Array.from({ length: 4 }, producer));
+      await stage.drained();
+      stage.note(`4 producers, ${4 * transactions} transactions, ${rolledBack} rolled back (${stage.rolledBack.length} tasks)`);
+    },
+  },
+];
+
+class RollBack extends Error {}
+
+async function waitForDone(stage: Stage, count: number): Promise<void> {
+  for (const deadline = Date.now() + 600_000; ;) {
+    const [{ n }] = await stage.sql`SELECT count(*)::int AS n FROM chaos_done`;
+    if (n >= count) return;
+    if (Date.now() > deadline) throw new Error(`fewer than ${count} tasks were done after 10 minutes`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}

@@ -1,0 +1,7 @@
+// Types of tests/chaos/tasks.js, which stays plain JavaScript so that Node runs it without a loader.
+import type * as v from "valibot";
+import type { Task } from "../../mod.ts";
+
+type Input = v.ObjectSchema<{ ms: v.NumberSchema<undefined>; hang: v.OptionalSchema<v.BooleanSchema<undefined>, undefined> }, undefined>;
+/** Sleeps, then records its success and completes itself in one transaction. */
+export declare const work: Task<Input>;

@@ -1,0 +1,75 @@
+// The task the chaos suite runs, loaded by the workers of `pgbg serve` (plain
+// JavaScript importing the built package, so Node runs it without a loader).
+//
+// Every execution leaves evidence that survives the faults the suite
+// injects: a start line appended to this process's own file before the
+// handler does anything (appendFileSync, so a SIGKILL a moment later cannot
+// lose it), an end line when the handler returns or throws, and an exit line
+// when the process exits. Success is written in the handler's own
+// transaction together with ctx.complete(tx), so a task completed twice
+// shows up as two rows in chaos_done.
+import { appendFileSync } from "node:fs";
+import process from "node:process";
+import postgres from "postgres";
+import * as v from "valibot";
+import { defineTask } from "pgbg";
+
+/** Wall-clock time with sub-millisecond resolution, comparable across processes on one machine. */
+const now = () => performance.timeOrigin + performance.now();
+
+let state;
+
+/** Opens the execution file and the handlers' own client on first use, so that importing this module does nothing. */
+function setup() {
+  if (state) return state;
+  const file = `${process.env.CHAOS_DIR}/exec-${process.pid}.jsonl`;
+  const write = (line) => appendFileSync(file, `${JSON.stringify(line)}\n`);
+  process.on("exit", (code) => write({ k: "x", p: process.pid, c: code, at: now() }));
+  const sql = postgres(process.env.DATABASE_URL, {
+    max: 10,
+    onnotice: () => {},
+    connection: { application_name: "chaos handler" },
+  });
+  state = { write, sql, seq: 0 };
+  return state;
+}
+
+function sleep(ms, signal) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(resolve, ms);
+    signal.addEventListener("abort", () => {
+      clearTimeout(timer);
+      reject(signal.reason);
+    }, { once: true });
+  });
+}
+
+/**
+ * Sleeps `ms`, then records its success and completes itself in one
+ * transaction. With `hang`, its first attempt never returns and ignores its
+ * abort signal.
+ */
+export const work = defineTask({
+  name: "chaos-work",
+  schema: v.object({ ms: v.number(), hang: v.optional(v.boolean()) }),
+  retryDelay: 100,
+  maxAttempts: 1000,
+  async run(input, ctx) {
+    const { write, sql } = setup();
+    const n = ++state.seq;
+    const p = process.pid;
+    write({ k: "s", n, p, pp: process.ppid, t: ctx.id, a: ctx.attempt, at: now() });
+    try {
+      if (input.hang && ctx.attempt === 1) await new Promise(() => {});
+      if (input.ms > 0) await sleep(input.ms, ctx.signal);
+      await sql.begin(async (tx) => {
+        await tx`INSERT INTO chaos_done (task_id, pid, attempt) VALUES (${ctx.id}, ${p}, ${ctx.attempt})`;
+        await ctx.complete(tx);
+      });
+      write({ k: "e", n, p, o: "done", at: now() });
+    } catch (error) {
+      write({ k: "e", n, p, o: "error", e: String(error?.message ?? error).slice(0, 200), at: now() });
+      throw error;
+    }
+  },
+});
