@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import { describe, test } from "node:test";
 import { enqueue, enqueueMany, migrate } from "../mod.ts";
-import { cooperative, hang, spin, work } from "./fixtures/tasks.ts";
+import { cooperative, hang, spin, throwsLater, work } from "./fixtures/tasks.ts";
 import { createTestDatabase } from "./harness.ts";
 import { serviceTestbed, stopService, until, within } from "./service-harness.ts";
 
@@ -60,6 +60,19 @@ describe("faults", () => {
     assert.equal(rows.length, 2, "no task was lost");
     for (const row of rows) assert.deepEqual(row, { state: "queued", worker_id: null, lease_expires_at: null });
     await sql`DELETE FROM pgbg.task WHERE id IN ${sql(ids)}`;
+  });
+
+  test("an uncaught exception exits the worker with one line saying why; it is replaced and its task runs again at once", async () => {
+    const id = await enqueue(sql, throwsLater, {});
+    // A 5 min timeout: only the supervisor's release of the crashed worker's task lets it run again within the wait.
+    const service = serve(["--workers", "1", "--concurrency", "2", "--timeout", "5m"]);
+    await service.waitForLog((l) => l.message === "uncaught error: thrown from a timer; exiting so that a fresh worker takes over" && l.level === "error");
+    await service.waitForLog((l) => /^worker 1 exited with code 6: uncaught error: thrown from a timer; restarting/.test(l.message));
+    await until(() => remaining([id]), (n) => n === 0, 30_000, "the task to run again and succeed");
+    const runs = await executions([id]);
+    assert.deepEqual(runs.map((r) => [r.attempt, r.ended_at === null]), [[1, true], [2, false]]);
+    assert.notEqual(runs[0].pid, runs[1].pid);
+    assert.deepEqual(await stopService(service), { code: 0, signal: null });
   });
 
   test("a worker that stops answering is killed and replaced, and its task runs again", async () => {
