@@ -7,7 +7,6 @@
  * @module
  */
 import process from "node:process";
-import { defineCommand } from "citty";
 import postgres from "postgres";
 import { cancelTasks, listTasks, readStatus, retryFailedTasks, TASK_STATES, type TaskState } from "../lib/admin.ts";
 import { defaults } from "../lib/config.ts";
@@ -17,6 +16,7 @@ import { LATEST_SCHEMA_VERSION, migrate, schemaVersion } from "../lib/migrate.ts
 import { loadTasks } from "../lib/registry.ts";
 import { checkSchemaName, type Database } from "../lib/statements.ts";
 import { failWith, UsageError } from "./exit.ts";
+import { defineStrictCommand } from "./strict-command.ts";
 import { formatStatus, formatTaskList } from "./admin-text.ts";
 
 /** The arguments every operators' command takes. */
@@ -84,7 +84,7 @@ const idsOf = (args: { _: unknown[] }) => {
 };
 
 /** `pgbg migrate [--status]`. */
-export const migrateCommand = defineCommand({
+export const migrateCommand = defineStrictCommand({
   meta: { name: "migrate", description: "Apply pgbg's schema to the database (safe to run concurrently); --status only shows the versions" },
   args: { ...connectionArgs, status: { type: "boolean", description: "Only show the applied and available versions (default: false)" } },
   run: ({ args }) =>
@@ -98,14 +98,14 @@ export const migrateCommand = defineCommand({
 });
 
 /** `pgbg status`. */
-export const statusCommand = defineCommand({
+export const statusCommand = defineStrictCommand({
   meta: { name: "status", description: "Show tasks per queue and name (queued, scheduled, running, failed, oldest queued, last minute's outcomes), unregistered task names and live workers" },
   args: connectionArgs,
   run: ({ args }) => runCommand(args, readStatus, formatStatus),
 });
 
 /** `pgbg list`. */
-export const listCommand = defineCommand({
+export const listCommand = defineStrictCommand({
   meta: { name: "list", description: "List tasks, oldest first, with their attempts and last error" },
   args: {
     ...connectionArgs,
@@ -127,7 +127,7 @@ export const listCommand = defineCommand({
 });
 
 /** `pgbg retry`. */
-export const retryCommand = defineCommand({
+export const retryCommand = defineStrictCommand({
   meta: { name: "retry", description: "Queue failed tasks again, due now, with their attempts reset: the given ids, or --all-failed" },
   args: {
     ...connectionArgs,
@@ -147,12 +147,12 @@ export const retryCommand = defineCommand({
     }, (r) => `${r.retried.length ? `retried ${r.retried.length} task(s): ${r.retried.join(", ")}` : "retried no task"}\n`,
     (r) => r.notRetried.length ? `not retried (not failed, unknown, or its key is pending again): ${r.notRetried.join(", ")}` : undefined);
   },
-});
+}, true);
 
 /** `pgbg cancel`. */
-export const cancelCommand = defineCommand({
+export const cancelCommand = defineStrictCommand({
   meta: { name: "cancel", description: "Delete queued or failed tasks; a running task's attempt is aborted through its worker and the task deleted when the attempt ends" },
-  args: { ...connectionArgs, ids: { type: "positional", required: true, description: "Ids of tasks to cancel" } },
+  args: { ...connectionArgs, ids: { type: "positional", required: false, description: "Ids of tasks to cancel (required)" } },
   run: ({ args }) => {
     const ids = idsOf(args);
     if (!ids.length) failWith(new UsageError("give the ids of the tasks to cancel"));
@@ -162,15 +162,15 @@ export const cancelCommand = defineCommand({
         r.signalled.length ? `signalled ${r.signalled.join(", ")} (running: deleted when the attempt ends)\n` : "",
       ].join(""), (r) => r.notFound.length ? `no such task: ${r.notFound.join(", ")}` : undefined);
   },
-});
+}, true);
 
 /** `pgbg enqueue`. */
-export const enqueueCommand = defineCommand({
+export const enqueueCommand = defineStrictCommand({
   meta: { name: "enqueue", description: "Enqueue one task, its input validated by the task's schema as enqueue() does" },
   args: {
     ...connectionArgs,
-    name: { type: "positional", required: true, description: "The task's name" },
-    input: { type: "positional", required: true, description: "The task's input as JSON" },
+    name: { type: "positional", required: false, description: "The task's name (required)" },
+    input: { type: "positional", required: false, description: "The task's input as JSON (required)" },
     tasks: { type: "string", description: "Module(s) exporting the task's defineTask() result, comma-separated [env PGBG_TASKS] (required)" },
     delay: { type: "string", description: "Not claimable before this delay: 500ms, 30s, 5m, 1h (default: 0)" },
     queue: { type: "string", description: "Queue (default: the task's, else default)" },
@@ -182,6 +182,7 @@ export const enqueueCommand = defineCommand({
     let input: unknown;
     let delay: number | undefined;
     try {
+      if (args.name === undefined || args.input === undefined) throw new UsageError("give the task's name and its input as JSON: pgbg enqueue NAME 'JSON'");
       if (!paths.length) throw new UsageError("--tasks (PGBG_TASKS) is required: the module exporting the task, to validate its input");
       try {
         input = JSON.parse(String(args.input));

@@ -11,7 +11,6 @@ import { createHash, timingSafeEqual } from "node:crypto";
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import process from "node:process";
-import { defineCommand } from "citty";
 import postgres from "postgres";
 import { cancelTasks, listTasks, readStatus, retryFailedTasks } from "../lib/admin.ts";
 import { describeError } from "../lib/log.ts";
@@ -19,6 +18,7 @@ import type { Database } from "../lib/statements.ts";
 import { connectionArgs, connectionOf } from "./admin.ts";
 import { dashboardPage, dashboardScript, dashboardStyle, loginPage } from "./dashboard-page.ts";
 import { failWith, UsageError } from "./exit.ts";
+import { defineStrictCommand } from "./strict-command.ts";
 
 /** Shortest token accepted: a guessable token would protect nothing. */
 export const MIN_TOKEN_LENGTH = 16;
@@ -160,7 +160,7 @@ function taskIds(ids: unknown): string[] {
 }
 
 /** `pgbg dashboard`. */
-export const dashboardCommand = defineCommand({
+export const dashboardCommand = defineStrictCommand({
   meta: { name: "dashboard", description: "Serve a web page with the live status, the failed tasks and retry/cancel buttons, protected by a token" },
   args: {
     ...connectionArgs,

@@ -50,9 +50,14 @@ const serve = defineCommand({
   },
 });
 
+const commands = { serve, ...adminCommands, dashboard: dashboardCommand };
 const main = defineCommand({
   meta: { name: "pgbg", version: VERSION, description: "A background task queue kept in PostgreSQL" },
-  subCommands: { serve, ...adminCommands, dashboard: dashboardCommand },
+  subCommands: commands,
 });
+
+// citty exits 1 on an unknown command; it is bad usage.
+const [command] = process.argv.slice(2);
+if (command !== undefined && !command.startsWith("-") && !(command in commands)) fail(2, `unknown command ${JSON.stringify(command)} (see pgbg --help)`);
 
 await runMain(main);

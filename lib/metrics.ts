@@ -7,22 +7,12 @@
  * @module
  */
 import type { QueueStatus } from "./admin.ts";
-import { addHistogram, emptyHistogram, HISTOGRAM_BUCKETS, type Histogram, type SeriesCounts } from "./stats.ts";
+import { addHistogram, emptySeries, HISTOGRAM_BUCKETS, type Histogram, type SeriesCounts } from "./stats.ts";
 import type { WorkerReport } from "./worker.ts";
-
-interface Totals {
-  queue: string;
-  name: string;
-  completed: number;
-  failed: number;
-  retried: number;
-  duration: Histogram;
-  lag: Histogram;
-}
 
 /** What one supervisor counted since it started. */
 export class ServiceMetrics {
-  readonly #totals = new Map<string, Totals>();
+  readonly #totals = new Map<string, SeriesCounts>();
   readonly #running = new Map<number, WorkerReport["running"]>();
   /** Workers restarted after they died, stopped answering or retired. */
   workerRestarts = 0;
@@ -41,10 +31,7 @@ export class ServiceMetrics {
   #add(c: SeriesCounts): void {
     const key = `${c.queue}\u0000${c.name}`;
     let t = this.#totals.get(key);
-    if (!t) {
-      t = { queue: c.queue, name: c.name, completed: 0, failed: 0, retried: 0, duration: emptyHistogram(), lag: emptyHistogram() };
-      this.#totals.set(key, t);
-    }
+    if (!t) this.#totals.set(key, (t = emptySeries(c.queue, c.name)));
     t.completed += c.completed;
     t.failed += c.failed;
     t.retried += c.retried;
@@ -57,7 +44,7 @@ export class ServiceMetrics {
     const totals = [...this.#totals.values()].sort((a, b) => a.queue.localeCompare(b.queue) || a.name.localeCompare(b.name));
     const out: string[] = [];
     const family = (name: string, type: string, help: string) => out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
-    const counter = (name: string, help: string, value: (t: Totals) => number) => {
+    const counter = (name: string, help: string, value: (t: SeriesCounts) => number) => {
       family(name, "counter", help);
       for (const t of totals) out.push(`${name}${labels({ queue: t.queue, task: t.name })} ${value(t)}`);
     };
@@ -83,7 +70,7 @@ export class ServiceMetrics {
       }
     }
 
-    const histogram = (name: string, help: string, of: (t: Totals) => Histogram) => {
+    const histogram = (name: string, help: string, of: (t: SeriesCounts) => Histogram) => {
       family(name, "histogram", help);
       for (const t of totals) {
         const h = of(t);

@@ -53,7 +53,8 @@ export interface SeriesCounts {
   lag: Histogram;
 }
 
-function emptySeries(queue: string, name: string): SeriesCounts {
+/** Zero counts for a queue and task name. */
+export function emptySeries(queue: string, name: string): SeriesCounts {
   return { queue, name, completed: 0, failed: 0, retried: 0, duration: emptyHistogram(), lag: emptyHistogram() };
 }
 

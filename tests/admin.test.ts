@@ -44,12 +44,12 @@ describe("pgbg status", () => {
     const running = await enqueue(sql, work, { ms: 120_000 }, { queue: "mail" });
     await sql`INSERT INTO pgbg.task (queue, name, payload) VALUES ('default', 'nobody-knows-me', '{}')`;
     testbed.serve(["--workers", "2", "--concurrency", "4"]);
-    await until(async () => (await runsOf(running)).length, (n) => n === 1, 60_000, "the long task to start");
+    await until(async () => (await runsOf(running)).length, (n) => n === 1, 120_000, "the long task to start");
     const s = await until(status, (s) => {
       const mail = s.tasks.find((t: any) => t.queue === "mail" && t.name === "work");
       const fails = s.tasks.find((t: any) => t.name === "always-fails");
       return mail?.completedLastMinute === 5 && fails?.failedLastMinute === 1 && s.workers.length === 2;
-    }, 60_000, "the outcomes to be counted");
+    }, 120_000, "the outcomes to be counted");
     const mail = s.tasks.find((t: any) => t.queue === "mail" && t.name === "work");
     assert.deepEqual({ ...mail, oldestQueuedMs: null }, {
       queue: "mail", name: "work", queued: 0, scheduled: 1, running: 1, failed: 0, oldestQueuedMs: null,
@@ -81,7 +81,7 @@ describe("pgbg list, retry, cancel, enqueue", () => {
     const id = await enqueue(sql, alwaysFails, {});
     await enqueue(sql, work, {}, { delay: 3_600_000 });
     testbed.serve(["--workers", "1"]);
-    await until(() => row(id), (r) => r.state === "failed", 60_000, "the task to fail");
+    await until(() => row(id), (r) => r.state === "failed", 120_000, "the task to fail");
     const { tasks } = await pgbgJson(["list", "--state", "failed"]);
     assert.equal(tasks.length, 1);
     assert.equal(tasks[0].id, id);
@@ -103,15 +103,15 @@ describe("pgbg list, retry, cancel, enqueue", () => {
     const workId = await enqueue(sql, work, { failUntil: 99 }, { maxAttempts: 1 });
     const otherId = await enqueue(sql, alwaysFails, {}, { maxAttempts: 1 });
     testbed.serve(["--workers", "1"]);
-    await until(async () => [(await row(workId)).state, (await row(otherId)).state], (s) => s.join() === "failed,failed", 60_000, "both to fail");
+    await until(async () => [(await row(workId)).state, (await row(otherId)).state], (s) => s.join() === "failed,failed", 120_000, "both to fail");
     const byId = await pgbgJson(["retry", workId]);
     assert.deepEqual(byId, { retried: [workId], notRetried: [] });
-    await until(() => runsOf(workId), (r) => r.length === 2 && r[1].ended_at !== null, 60_000, "the retried task to run again");
-    await until(() => row(workId), (r) => r.state === "failed", 60_000, "the retried task to fail again");
+    await until(() => runsOf(workId), (r) => r.length === 2 && r[1].ended_at !== null, 120_000, "the retried task to run again");
+    await until(() => row(workId), (r) => r.state === "failed", 120_000, "the retried task to fail again");
     assert.equal((await row(workId)).attempts, 1, "the retry started from attempt 1 again");
     const byName = await pgbgJson(["retry", "--all-failed", "--task", "work"]);
     assert.deepEqual(byName.retried, [workId]);
-    await until(() => runsOf(workId), (r) => r.length === 3, 60_000, "a third run");
+    await until(() => runsOf(workId), (r) => r.length === 3, 120_000, "a third run");
     assert.equal((await runsOf(otherId)).length, 1, "the other task was not retried");
     const notFailed = await pgbg(["retry", "999999"]);
     assert.equal(notFailed.code, 1);
@@ -124,12 +124,12 @@ describe("pgbg list, retry, cancel, enqueue", () => {
     const running = await enqueue(sql, work, { ms: 120_000 });
     const failed = await enqueue(sql, alwaysFails, {}, { maxAttempts: 1 });
     const service = testbed.serve(["--workers", "1"]);
-    await until(async () => [(await runsOf(running)).length, (await row(failed))?.state], (v) => v[0] === 1 && v[1] === "failed", 60_000, "the long task to run");
+    await until(async () => [(await runsOf(running)).length, (await row(failed))?.state], (v) => v[0] === 1 && v[1] === "failed", 120_000, "the long task to run");
     const queued = await enqueue(sql, work, {}, { delay: 3_600_000 });
     const result = await pgbgJson(["cancel", running, failed, queued]);
     assert.deepEqual(result, { deleted: [failed, queued].sort(), signalled: [running], notFound: [] });
     assert.equal(await row(queued), undefined);
-    await until(() => row(running), (r) => r === undefined, 60_000, "the running task to be deleted");
+    await until(() => row(running), (r) => r === undefined, 120_000, "the running task to be deleted");
     const [run] = await runsOf(running);
     assert.notEqual(run.ended_at, null, "the attempt ended: its signal was aborted");
     await service.waitForLog((l) => l.id === running && /cancelled/.test(l.message));
@@ -143,7 +143,7 @@ describe("pgbg list, retry, cancel, enqueue", () => {
     // The state a failed or handed-back attempt leaves when its cancel came late.
     await sql`UPDATE pgbg.task SET cancel_requested_at = now() WHERE id = ${id}`;
     testbed.serve(["--workers", "1"]);
-    await until(() => row(id), (r) => r === undefined, 60_000, "the supervisor to delete it");
+    await until(() => row(id), (r) => r === undefined, 120_000, "the supervisor to delete it");
     assert.equal((await runsOf(id)).length, 0);
   });
 
@@ -155,7 +155,7 @@ describe("pgbg list, retry, cancel, enqueue", () => {
     assert.ok(r.run_at.getTime() > Date.now() + 3_000_000);
     const ok = await pgbgJson(["enqueue", "work", "{}", "--tasks", fixtureTasks]);
     testbed.serve(["--workers", "1"]);
-    await until(() => row(ok.id), (r) => r === undefined, 60_000, "the task to run");
+    await until(() => row(ok.id), (r) => r === undefined, 120_000, "the task to run");
     assert.equal((await runsOf(ok.id)).length, 1);
     const cases: [string[], RegExp][] = [
       [["work", '{"ms":"x"}', "--tasks", fixtureTasks], /^pgbg: invalid input for task "work": ms: /],
@@ -175,7 +175,7 @@ describe("pgbg list, retry, cancel, enqueue", () => {
 });
 
 describe("the operators' commands", () => {
-  const commands = ["migrate", "status", "list", "retry", "cancel", "enqueue"];
+  const commands = ["migrate", "status", "list", "retry", "cancel", "enqueue", "dashboard"];
   for (const command of commands) {
     test(`${command} --help documents --database-url, --schema and --json`, async () => {
       const { code, stdout, stderr } = await pgbg([command, "--help"]);
@@ -183,6 +183,25 @@ describe("the operators' commands", () => {
       for (const flag of ["--database-url", "DATABASE_URL", "--schema", "PGBG_SCHEMA", "default: pgbg", "--json"]) assert.ok(stdout.includes(flag), `${command} --help: ${flag}`);
     });
   }
+
+  test("an unknown command or flag, a repeated flag, a flag without its value or a stray argument exits 2 with one line", async () => {
+    const cases: [string[], RegExp][] = [
+      [["nope"], /^pgbg: unknown command "nope" \(see pgbg --help\)$/],
+      [["status", "--bogus"], /^pgbg: unknown flag --bogus \(see pgbg status --help\)$/],
+      [["status", "extra"], /^pgbg: unexpected argument "extra"/],
+      [["retry", "--all-failed", "--all-faild"], /^pgbg: unknown flag --all-faild/],
+      [["list", "--limit", "5", "--limit", "6"], /^pgbg: --limit is given twice/],
+      [["list", "--state"], /^pgbg: --state needs a value$/],
+      [["cancel"], /^pgbg: give the ids of the tasks to cancel$/],
+      [["enqueue", "work"], /^pgbg: give the task's name and its input as JSON/],
+    ];
+    for (const [args, message] of cases) {
+      const { code, stderr } = await pgbg(args);
+      assert.equal(code, 2, `${args.join(" ")}: ${stderr}`);
+      assert.match(stderr.trim(), message);
+      assert.equal(stderr.trim().split("\n").length, 1);
+    }
+  });
 
   test("exit 2 without a database URL or with a bad schema name; exit 1 when the database is unreachable, without the password", async () => {
     const none = await pgbg(["status"], { DATABASE_URL: undefined });

@@ -33,7 +33,7 @@ async function startDashboard(env: Record<string, string> = {}, args: string[] =
       if (m) resolve(m[1]);
     });
     child.on("exit", (code) => reject(new Error(`pgbg dashboard exited with ${code}: ${out}`)));
-  }), 60_000, "the dashboard to listen");
+  }), 120_000, "the dashboard to listen");
   return { child, url };
 }
 
@@ -97,7 +97,7 @@ describe("pgbg dashboard", () => {
     const toRetry = await enqueue(sql, work, { failUntil: 99 }, { maxAttempts: 1 });
     const toCancel = await enqueue(sql, alwaysFails, {}, { maxAttempts: 1 });
     testbed.serve(["--workers", "1"]);
-    await until(async () => [(await row(toRetry)).state, (await row(toCancel)).state], (s) => s.join() === "failed,failed", 60_000, "both tasks to fail");
+    await until(async () => [(await row(toRetry)).state, (await row(toCancel)).state], (s) => s.join() === "failed,failed", 120_000, "both tasks to fail");
 
     const page = await browser.newPage();
     const problems: string[] = [];
@@ -105,7 +105,7 @@ describe("pgbg dashboard", () => {
     await page.goto(dashboard.url);
     await page.fill("#token", token);
     await page.click("#sign-in");
-    await page.waitForSelector(`#failed tr[data-id="${toRetry}"]`, { timeout: 60_000 });
+    await page.waitForSelector(`#failed tr[data-id="${toRetry}"]`, { timeout: 120_000 });
     const failedRow = await page.textContent(`#failed tr[data-id="${toRetry}"]`);
     assert.match(failedRow ?? "", /planned failure on attempt 1/, "the last error is shown");
     await page.waitForSelector('#tasks tr[data-task="work"]');
@@ -113,14 +113,14 @@ describe("pgbg dashboard", () => {
 
     // Refreshed live: a task enqueued now shows without a reload.
     await enqueue(sql, work, {}, { delay: 3_600_000, queue: "later" });
-    await page.waitForSelector('#tasks tr[data-queue="later"]', { timeout: 60_000 });
+    await page.waitForSelector('#tasks tr[data-queue="later"]', { timeout: 120_000 });
     assert.match(await page.textContent('#tasks tr[data-queue="later"]') ?? "", /^later\s*work\s*0\s*1\s*0\s*0/);
 
     await page.click(`#failed tr[data-id="${toRetry}"] button.retry`);
-    await until(() => runs(toRetry), (n) => n === 2, 60_000, "the retried task to run again");
+    await until(() => runs(toRetry), (n) => n === 2, 120_000, "the retried task to run again");
     await page.click(`#failed tr[data-id="${toCancel}"] button.cancel`);
-    await until(() => row(toCancel), (r) => r === undefined, 60_000, "the cancelled task to be deleted");
-    await page.waitForSelector(`#failed tr[data-id="${toCancel}"]`, { state: "detached", timeout: 60_000 });
+    await until(() => row(toCancel), (r) => r === undefined, 120_000, "the cancelled task to be deleted");
+    await page.waitForSelector(`#failed tr[data-id="${toCancel}"]`, { state: "detached", timeout: 120_000 });
     assert.deepEqual(problems, [], "no script errors");
     await page.close();
   });

@@ -19,7 +19,7 @@ describe("the service's logs", () => {
     const failing = await enqueue(sql, alwaysFails, {});
     const service = startService(url.toString(), ["--tasks", fixtureTasks, "--check-interval", "200ms"]);
     try {
-      await until(async () => (await sql`SELECT state FROM pgbg.task WHERE id = ${failing}`)[0]?.state, (s) => s === "failed", 60_000, "the task to fail");
+      await until(async () => (await sql`SELECT state FROM pgbg.task WHERE id = ${failing}`)[0]?.state, (s) => s === "failed", 120_000, "the task to fail");
       const succeeded = await service.waitForLog((l) => l.id === ok && /succeeded/.test(l.message));
       assert.equal(succeeded.level, "debug");
       assert.equal(succeeded.task, "work");
@@ -58,7 +58,7 @@ describe("the service's logs", () => {
     const exited = new Promise((resolve) => child.on("exit", resolve));
     child.stderr.on("data", (c) => (stderr += c));
     try {
-      await until(async () => stderr, (text) => /always-fails/.test(text), 60_000, "the failure's log line");
+      await until(async () => stderr, (text) => /always-fails/.test(text), 120_000, "the failure's log line");
     } finally {
       child.kill("SIGTERM");
       await exited;

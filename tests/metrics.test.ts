@@ -54,18 +54,18 @@ const value = (samples: Sample[], name: string, labels: Record<string, string>) 
 describe("pgbg serve --metrics-port", () => {
   test("serves counters, gauges and histograms in Prometheus' text format", async () => {
     const service = testbed.serve(["--workers", "1", "--concurrency", "4", "--metrics-port", "0", "--metrics-host", "127.0.0.1"]);
-    const port = (await service.waitForLog((l) => /^metrics at /.test(l.message), 60_000)).metricsPort as number;
+    const port = (await service.waitForLog((l) => /^metrics at /.test(l.message), 120_000)).metricsPort as number;
     assert.ok(port > 0);
     for (let i = 0; i < 3; i++) await enqueue(sql, work, {}, { queue: "q1" });
     await enqueue(sql, alwaysFails, {});
     await enqueue(sql, work, {}, { delay: 3_600_000, queue: "q1" });
     const long = await enqueue(sql, work, { ms: 120_000 }, { queue: "q1" });
-    await until(async () => (await sql`SELECT count(*)::int AS n FROM execution WHERE task_id = ${long}`)[0].n, (n) => n === 1, 60_000, "the long task to start");
+    await until(async () => (await sql`SELECT count(*)::int AS n FROM execution WHERE task_id = ${long}`)[0].n, (n) => n === 1, 120_000, "the long task to start");
 
     const { samples, types } = await until(() => scrape(port), ({ samples }) =>
       value(samples, "pgbg_tasks_completed_total", { queue: "q1", task: "work" }) === 3 &&
       value(samples, "pgbg_tasks_failed_total", { task: "always-fails" }) === 1 &&
-      value(samples, "pgbg_tasks_running", { queue: "q1", task: "work" }) === 1, 60_000, "the counts to reach the scrape");
+      value(samples, "pgbg_tasks_running", { queue: "q1", task: "work" }) === 1, 120_000, "the counts to reach the scrape");
     assert.equal(types.get("pgbg_tasks_completed_total"), "counter");
     assert.equal(types.get("pgbg_tasks_running"), "gauge");
     assert.equal(types.get("pgbg_task_duration_seconds"), "histogram");
@@ -93,7 +93,7 @@ describe("pgbg serve --metrics-port", () => {
     // A worker killed from outside is restarted, and counted.
     const [{ pid }] = await sql`SELECT pid FROM pgbg.worker`;
     process.kill(pid, "SIGKILL");
-    await until(() => scrape(port), ({ samples }) => value(samples, "pgbg_worker_restarts_total", {}) === 1, 60_000, "the restart to be counted");
+    await until(() => scrape(port), ({ samples }) => value(samples, "pgbg_worker_restarts_total", {}) === 1, 120_000, "the restart to be counted");
     const notFound = await fetch(`http://127.0.0.1:${port}/other`);
     assert.equal(notFound.status, 404);
     await notFound.text();
