@@ -1,9 +1,13 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { describe, test } from "node:test";
 import { enqueue, migrate } from "../mod.ts";
 import { alwaysFails, work } from "./fixtures/tasks.ts";
+import { adminCommands } from "../cli/admin.ts";
+import { dashboardCommand } from "../cli/dashboard.ts";
+import { checkArgs } from "../cli/strict-command.ts";
 import { createTestDatabase } from "./harness.ts";
 import { fixtureTasks, serviceTestbed, until } from "./service-harness.ts";
 
@@ -200,6 +204,20 @@ describe("the operators' commands", () => {
       assert.equal(code, 2, `${args.join(" ")}: ${stderr}`);
       assert.match(stderr.trim(), message);
       assert.equal(stderr.trim().split("\n").length, 1);
+    }
+  });
+
+  test("the README's operations examples use real commands and flags", () => {
+    const readme = readFileSync(new URL("../README.md", import.meta.url), "utf8");
+    const section = readme.slice(readme.indexOf("## Operations"), readme.indexOf("## Design"));
+    const lines = [...section.matchAll(/^(?:PGBG_\w+=(?:\$\([^)]*\)|\S+) )?pgbg (\w+)(.*)$/gm)];
+    const commands: Record<string, { args?: unknown; meta?: unknown }> = { ...adminCommands, dashboard: dashboardCommand };
+    assert.deepEqual([...new Set(lines.map((l) => l[1]))].sort(), ["cancel", "dashboard", "enqueue", "list", "migrate", "retry", "status"]);
+    for (const [, name, rest] of lines) {
+      // Words of the example up to its comment; a quoted argument is one word.
+      const words = [...rest.replace(/\s+#.*$/, "").matchAll(/'[^']*'|\S+/g)].map((m) => m[0]);
+      assert.ok(commands[name], `pgbg ${name} exists`);
+      assert.doesNotThrow(() => checkArgs(words, commands[name].args as never, `pgbg ${name}`, name === "retry" || name === "cancel"), `pgbg ${name}${rest}`);
     }
   });
 
