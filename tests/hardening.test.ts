@@ -12,7 +12,7 @@ import { enqueue, enqueueMany, LATEST_SCHEMA_VERSION, migrate } from "../mod.ts"
 import { exitsMidTask, rejectsLate, throwsValue } from "./fixtures/hostile-tasks.ts";
 import { work } from "./fixtures/tasks.ts";
 import { createTestDatabase } from "./harness.ts";
-import { fixtureTasks, type Service, serviceTestbed, stopService, until, within } from "./service-harness.ts";
+import { fixtureTasks, patience, type Service, serviceTestbed, stopService, until, within } from "./service-harness.ts";
 
 const { sql, serve, remaining, executions, taskRow } = await serviceTestbed(createTestDatabase, migrate);
 const fixture = (name: string) => fileURLToPath(new URL(`./fixtures/${name}`, import.meta.url));
@@ -21,7 +21,7 @@ const hostileTasks = fixture("hostile-tasks.ts");
 /** Enqueues a `work` task and waits until it ran: proof that the service still claims and runs tasks. */
 async function stillServing(): Promise<string> {
   const id = await enqueue(sql, work, {});
-  await until(() => remaining([id]), (n) => n === 0, 30_000, "a task enqueued afterwards to run");
+  await until(() => remaining([id]), (n) => n === 0, patience, "a task enqueued afterwards to run");
   return id;
 }
 
@@ -43,7 +43,7 @@ describe("tasks modules that cannot be registered", () => {
     test(`a module that ${label}: the worker exits naming the problem, is restarted with back-off, and the queue is untouched`, async () => {
       const queued = await enqueue(sql, work, {});
       const service = serve(["--workers", "1"], tasks);
-      const line = await service.waitForLog((l) => /^worker 1 exited/.test(l.message));
+      const line = await service.waitForLog((l) => /^worker 1 exited/.test(l.message), patience);
       assert.equal(line.message, `worker 1 exited with code 3: ${message}; restarting in 1000 ms`);
       assert.equal(line.level, "error");
       assert.deepEqual(await stopService(service), { code: 0, signal: null });
@@ -56,7 +56,7 @@ describe("tasks modules that cannot be registered", () => {
   test("--tasks given twice registers the tasks of both modules", async () => {
     const mine = await enqueue(sql, throwsValue, { kind: "number" });
     const service = serve(["--tasks", hostileTasks]);
-    await until(() => taskRow(mine), (r) => r?.state === "failed", 30_000, "the task of the second module to run");
+    await until(() => taskRow(mine), (r) => r?.state === "failed", patience, "the task of the second module to run");
     await stillServing();
     await stopService(service);
   });
@@ -82,9 +82,10 @@ describe("rows written by hand", () => {
     // A name no task can have (defineTask refuses it), so no worker registers it.
     const [{ id: oddName }] = await sql`INSERT INTO pgbg.task (queue, name, payload) VALUES ('default', 'has space', '{}') RETURNING id::text`;
     const service = serve(["--workers", "1"]);
-    for (const [id] of refused) await until(() => taskRow(id), (r) => r?.state === "failed", 30_000, `task ${id} to fail`);
+    await service.waitForLog((l) => /^worker 1 ready/.test(l.message), patience);
+    for (const [id] of refused) await until(() => taskRow(id), (r) => r?.state === "failed", patience, `task ${id} to fail`);
     const normal = await enqueueMany(sql, work, Array.from({ length: 5 }, () => ({})));
-    await until(() => remaining(normal), (n) => n === 0, 30_000, "the tasks behind the hand-written rows to run");
+    await until(() => remaining(normal), (n) => n === 0, patience, "the tasks behind the hand-written rows to run");
     await stopService(service);
     for (const [id, message] of refused) {
       const row = await taskRow(id);
@@ -115,7 +116,7 @@ describe("handlers that misbehave", () => {
     const ids = new Map<string, string>();
     for (const kind of Object.keys(expected)) ids.set(kind, await enqueue(sql, throwsValue, { kind } as never));
     const service = serve(["--workers", "1", "--concurrency", "4"], `${fixtureTasks},${hostileTasks}`);
-    for (const [kind, id] of ids) await until(() => taskRow(id), (r) => r?.state === "failed", 30_000, `the ${kind} task to fail`);
+    for (const [kind, id] of ids) await until(() => taskRow(id), (r) => r?.state === "failed", patience, `the ${kind} task to fail`);
     const after = await stillServing();
     await stopService(service);
     for (const [kind, id] of ids) {
@@ -130,7 +131,7 @@ describe("handlers that misbehave", () => {
   test("a handler that rejects after its timeout: the attempt fails as timed out, once, and the worker is neither retired nor crashed", async () => {
     const id = await enqueue(sql, rejectsLate, {});
     const service = serve(["--workers", "1"], `${fixtureTasks},${hostileTasks}`);
-    await until(() => taskRow(id), (r) => r?.state === "failed", 30_000, "the task to fail");
+    await until(() => taskRow(id), (r) => r?.state === "failed", patience, "the task to fail");
     const after = await stillServing();
     await stopService(service);
     const row = await taskRow(id);
@@ -147,11 +148,11 @@ describe("handlers that misbehave", () => {
   test("a handler that calls process.exit(0): the worker is replaced, and its task and every other task it was running run again", async () => {
     const others = await enqueueMany(sql, work, [{ ms: 3000 }, { ms: 3000 }]);
     const service = serve(["--workers", "1", "--concurrency", "4"], `${fixtureTasks},${hostileTasks}`);
-    const [first] = await until(() => executions(others), (runs) => runs.length === 2, 30_000, "the other tasks to start");
+    const [first] = await until(() => executions(others), (runs) => runs.length === 2, patience, "the other tasks to start");
     const exits = await enqueue(sql, exitsMidTask, {});
-    const line = await service.waitForLog((l) => /^worker 1 exited/.test(l.message));
+    const line = await service.waitForLog((l) => /^worker 1 exited/.test(l.message), patience);
     assert.match(line.message, /^worker 1 exited with code 0; restarting( in \d+ ms)?$/);
-    await until(() => remaining([...others, exits]), (n) => n === 0, 30_000, "every task to finish in the new worker");
+    await until(() => remaining([...others, exits]), (n) => n === 0, patience, "every task to finish in the new worker");
     assert.deepEqual(await stopService(service), { code: 0, signal: null });
     const runs = await executions([...others, exits]);
     assert.deepEqual(runs.filter((r) => r.task_id === exits).map((r) => [r.attempt, r.ended_at === null]), [[1, true], [2, false]]);
@@ -166,9 +167,9 @@ describe("handlers that misbehave", () => {
 describe("the database", () => {
   test("unreachable: the service says so without the password, keeps trying, and stops cleanly on SIGTERM", async () => {
     const service = serve([], fixtureTasks, { DATABASE_URL: "postgres://pgbg_user:s3cret-pw@127.0.0.1:1/pgbg" });
-    await service.waitForLog((l) => l.message === "cannot reach the database (connect ECONNREFUSED 127.0.0.1:1); retrying in 1000 ms");
+    await service.waitForLog((l) => l.message === "cannot reach the database (connect ECONNREFUSED 127.0.0.1:1); retrying in 1000 ms", patience);
     service.child.kill("SIGTERM");
-    assert.deepEqual(await within(service.exited, 20_000, "the service to stop"), { code: 0, signal: null });
+    assert.deepEqual(await within(service.exited, patience, "the service to stop"), { code: 0, signal: null });
     const messages = service.logs.map((l) => l.message);
     assert.deepEqual(messages.slice(0, 3), [
       "database pgbg_user@127.0.0.1:1/pgbg",
@@ -184,7 +185,7 @@ describe("the database", () => {
   const neverMigrated = `schema "never_migrated" is at version 0, this pgbg needs ${LATEST_SCHEMA_VERSION}: run migrate(sql) or \`pgbg migrate\``;
   test("without the schema, --no-migrate exits 1 naming the fix, and creates nothing", async () => {
     const service = serve(["--schema", "never_migrated", "--no-migrate"]);
-    assert.deepEqual(await within(service.exited, 30_000, "the service to exit"), { code: 1, signal: null });
+    assert.deepEqual(await within(service.exited, patience, "the service to exit"), { code: 1, signal: null });
     assert.deepEqual(service.other, [`pgbg: ${neverMigrated}`]);
     assert.equal((await sql`SELECT count(*)::int AS n FROM pg_namespace WHERE nspname = 'never_migrated'`)[0].n, 0);
   });
@@ -196,7 +197,7 @@ describe("the database", () => {
     const tooNew = `schema "future" is at version ${LATEST_SCHEMA_VERSION + 1}, newer than this pgbg knows (${LATEST_SCHEMA_VERSION}): upgrade pgbg`;
     for (const args of [["--schema", "future"], ["--schema", "future", "--no-migrate"]]) {
       const service = serve(args);
-      assert.deepEqual(await within(service.exited, 30_000, "the service to exit"), { code: 1, signal: null }, args.join(" "));
+      assert.deepEqual(await within(service.exited, patience, "the service to exit"), { code: 1, signal: null }, args.join(" "));
       assert.deepEqual(service.other, [`pgbg: ${tooNew}`]);
     }
     assert.deepEqual([...await sql`SELECT state, attempts FROM future.task WHERE id = ${queued}`], [{ state: "queued", attempts: 0 }]);

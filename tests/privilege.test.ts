@@ -14,7 +14,7 @@ import postgres from "postgres";
 import { enqueue, enqueueMany, LATEST_SCHEMA_VERSION, migrate, schemaVersion } from "../mod.ts";
 import { completesInTx, fails, noop, waitsForSignal } from "./fixtures/pgbg-only.ts";
 import { clientOptions, createTestDatabase, serverUrl } from "./harness.ts";
-import { serviceTestbed, stopService, until } from "./service-harness.ts";
+import { patience, serviceTestbed, stopService, until } from "./service-harness.ts";
 
 const { db, sql, serve, remaining, taskRow } = await serviceTestbed(createTestDatabase, migrate);
 const pgbgOnly = fileURLToPath(new URL("./fixtures/pgbg-only.ts", import.meta.url));
@@ -93,13 +93,14 @@ describe("least-privilege roles", () => {
     const inTx = await enqueue(asEnqueue, completesInTx, {});
     const failing = await enqueue(asEnqueue, fails, {});
     const service = serve(["--no-migrate", "--workers", "2", "--shutdown-timeout", "300ms"], pgbgOnly, { DATABASE_URL: urlAs(roles.serve) });
-    await until(() => remaining([...done, inTx]), (n) => n === 0, 30_000, "the tasks to run");
-    await until(() => taskRow(failing), (r) => r?.state === "failed", 30_000, "the failing task to fail");
+    await service.waitForLog((l) => /^worker \d ready/.test(l.message), patience);
+    await until(() => remaining([...done, inTx]), (n) => n === 0, patience, "the tasks to run");
+    await until(() => taskRow(failing), (r) => r?.state === "failed", patience, "the failing task to fail");
     const handedBack = await enqueue(asEnqueue, waitsForSignal, {});
-    await until(() => taskRow(handedBack), (r) => r?.state === "running", 30_000, "the long task to start");
+    await until(() => taskRow(handedBack), (r) => r?.state === "running", patience, "the long task to start");
     // Enqueued while the service is idle: the wake-up works under these roles too.
     const late = await enqueue(asEnqueue, noop, {});
-    await until(() => remaining([late]), (n) => n === 0, 30_000, "a task enqueued while idle to run");
+    await until(() => remaining([late]), (n) => n === 0, patience, "a task enqueued while idle to run");
     assert.deepEqual(await stopService(service), { code: 0, signal: null });
     const failed = await taskRow(failing);
     assert.deepEqual([failed.attempts, failed.last_error.message], [2, "planned failure"]);

@@ -6,10 +6,7 @@ import { cooperative, hang, spin, throwsLater, work } from "./fixtures/tasks.ts"
 import { createTestDatabase } from "./harness.ts";
 import { serviceTestbed, stopService, until, within } from "./service-harness.ts";
 
-const { sql, serve } = await serviceTestbed(createTestDatabase, migrate);
-const remaining = async (ids: string[]) => (await sql`SELECT count(*)::int AS n FROM pgbg.task WHERE id IN ${sql(ids)}`)[0].n as number;
-const executions = (ids: string[]) => sql`SELECT task_id::text, pid, attempt, started_at, ended_at FROM execution WHERE task_id IN ${sql(ids)} ORDER BY id`;
-const taskRow = async (id: string) => (await sql`SELECT * FROM pgbg.task WHERE id = ${id}`)[0];
+const { sql, serve, remaining, executions, taskRow } = await serviceTestbed(createTestDatabase, migrate);
 
 describe("faults", () => {
   test("SIGKILL of a worker mid-task: its tasks run again at once, none is lost", async () => {

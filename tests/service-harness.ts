@@ -90,6 +90,13 @@ export async function stopService(service: Service): Promise<{ code: number | nu
   return service.exited;
 }
 
+/**
+ * A bound on waiting for a service on a loaded machine (the suite runs its
+ * files in parallel on as few as 2 cores): long, since it only matters when
+ * a test fails. Not a timing assertion.
+ */
+export const patience = 120_000;
+
 /** Polls `query` until `done(result)` holds, or fails after `timeoutMs`. Not a timing assertion: only a bound on waiting. */
 export async function until<T>(query: () => Promise<T>, done: (value: T) => boolean, timeoutMs = 30_000, what = "condition"): Promise<T> {
   const deadline = Date.now() + timeoutMs;

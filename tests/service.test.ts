@@ -7,14 +7,10 @@ import { createTestDatabase } from "./harness.ts";
 import { type Service, serviceTestbed, stopService, until } from "./service-harness.ts";
 
 const testbed = await serviceTestbed(createTestDatabase, migrate);
-const { sql } = testbed;
+const { sql, remaining, executions, taskRow } = testbed;
 function serve(...args: string[]): Service {
   return testbed.serve(args);
 }
-const remaining = async (ids: string[]) => (await sql`SELECT count(*)::int AS n FROM pgbg.task WHERE id IN ${sql(ids)}`)[0].n as number;
-const executions = (ids: string[]) =>
-  sql`SELECT task_id::text, pid, attempt, started_at, ended_at FROM execution WHERE task_id IN ${sql(ids)} ORDER BY id`;
-const taskRow = async (id: string) => (await sql`SELECT * FROM pgbg.task WHERE id = ${id}`)[0];
 
 /** Enqueues a `work` task and waits until it has run: proof that everything before it in the queue was claimed. */
 async function sentinel(): Promise<void> {
