@@ -18,7 +18,7 @@ const tasksModule = fileURLToPath(new URL("./tasks.js", import.meta.url));
 export interface ServeOptions {
   workers: number;
   concurrency: number;
-  /** Extra `pgbg serve` flags. */
+  /** Extra `pgbg serve` flags; default `--timeout 5s`. */
   args?: string[];
 }
 
@@ -41,7 +41,8 @@ export class Supervisor {
     const out = openSync(this.logFile, "a");
     this.child = spawn(process.execPath, [
       cli, "serve", "--tasks", tasksModule, "--workers", String(options.workers), "--concurrency", String(options.concurrency),
-      "--check-interval", "200ms", "--timeout", "5s", "--log-format", "json", "--log-level", "warn", "--no-migrate", ...(options.args ?? []),
+      "--check-interval", "200ms", "--log-format", "json", "--log-level", "warn", "--no-migrate",
+      ...(options.args ?? ["--timeout", "5s"]),
     ], { detached: true, stdio: ["ignore", out, out], env: { ...process.env, DATABASE_URL: ctx.databaseUrl, CHAOS_DIR: ctx.dir } });
     closeSync(out);
     this.exited = new Promise((resolve) => this.child.on("exit", (code, signal) => resolve({ code, signal })));
@@ -119,5 +120,13 @@ export function supervisorKills(supervisor: Supervisor): Kill[] {
   return supervisor.logs().flatMap((l) => {
     const m = /\(pid (\d+)\) has not answered/.exec(l.message);
     return m && l.time ? [{ pid: Number(m[1]), group: false, at: Date.parse(l.time) }] : [];
+  });
+}
+
+/** How its workers ended, as the supervisor logged it: "code 4", "SIGKILL"… one entry per worker end. */
+export function workerEnds(supervisor: Supervisor): string[] {
+  return supervisor.logs().flatMap((l) => {
+    const m = /^worker \d+ (?:exited with (code \d+)|was killed by (\w+))/.exec(l.message);
+    return m ? [m[1] ?? m[2]] : [];
   });
 }

@@ -16,7 +16,7 @@ import postgres from "postgres";
 import { startEmbeddedPostgres } from "../../cli/embedded.ts";
 import { migrate } from "../../mod.ts";
 import { type Cause, check, describeFigures, type ExecLine, type Kill } from "./check.ts";
-import { type RunContext, Supervisor, supervisorKills } from "./cluster.ts";
+import { type RunContext, Supervisor, supervisorKills, workerEnds } from "./cluster.ts";
 import { scenarios, type Size, type Stage } from "./scenarios.ts";
 
 const { values } = parseArgs({ options: { ci: { type: "boolean", default: false }, only: { type: "string" }, keep: { type: "boolean", default: false } } });
@@ -75,18 +75,21 @@ async function runScenario(name: string, allowed: readonly Cause[], body: (stage
     async drained(tick) {
       const deadline = Date.now() + DRAIN_LIMIT_MS;
       for (;;) {
+        let left: number | undefined;
         try {
-          const [{ left, done }] = await sql`SELECT
+          const [row] = await sql`SELECT
             (SELECT count(*) FROM pgbg.task WHERE state IN ('queued', 'running'))::int AS left,
             (SELECT count(*) FROM chaos_done)::int AS done`;
-          progress(`${name}: ${done} done, ${left} queued or running`);
-          if (left === 0) return;
-          await tick?.();
+          left = row.left;
+          progress(`${name}: ${row.done} done, ${left} queued or running`);
         } catch (error) {
           // The server may be restarting: the scenario's own client reconnects.
           progress(`${name}: waiting for the database (${(error as Error).message})`);
         }
+        if (left === 0) return;
+        if (supervisors.every((s) => !s.alive)) throw new Error(`every supervisor exited (log: ${supervisors.at(-1)?.logFile})`);
         if (Date.now() > deadline) throw new Error(`the queue did not drain within ${DRAIN_LIMIT_MS / 60_000} minutes`);
+        if (left !== undefined) await tick?.();
         await new Promise((r) => setTimeout(r, 200));
       }
     },
@@ -111,6 +114,9 @@ async function runScenario(name: string, allowed: readonly Cause[], body: (stage
     if (code !== 0) problems.push(`a supervisor exited with code ${code} on SIGTERM (log: ${supervisor.logFile})`);
   }
   for (const supervisor of supervisors) kills.push(...supervisorKills(supervisor));
+  const ends = new Map<string, number>();
+  for (const end of supervisors.flatMap(workerEnds)) ends.set(end, (ends.get(end) ?? 0) + 1);
+  if (ends.size) notes.push(`workers replaced: ${[...ends].map(([how, n]) => `${how} ×${n}`).join(", ")}`);
 
   const lines: ExecLine[] = [];
   for (const file of readdirSync(dir).filter((f) => f.startsWith("exec-"))) {
