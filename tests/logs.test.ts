@@ -39,8 +39,9 @@ describe("the service's logs", () => {
         assert.ok(["debug", "info", "warn", "error"].includes(line.level), line.level);
       }
     } finally {
-      assert.deepEqual(await stopService(service), { code: 0, signal: null });
+      await stopService(service);
     }
+    assert.deepEqual(await service.exited, { code: 0, signal: null }, service.other.join("\n"));
     assert.deepEqual(service.other, [], "every line is a JSON object");
     const all = JSON.stringify(service.logs);
     assert.ok(!all.includes("pa55-not-for-logs"), "no password in any line");
