@@ -9,7 +9,6 @@
  */
 import { createHash, timingSafeEqual } from "node:crypto";
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
-import type { AddressInfo } from "node:net";
 import process from "node:process";
 import postgres from "postgres";
 import { cancelTasks, listTasks, readStatus, retryFailedTasks } from "../lib/admin.ts";
@@ -18,6 +17,7 @@ import type { Database } from "../lib/statements.ts";
 import { connectionArgs, connectionOf } from "./admin.ts";
 import { dashboardPage, dashboardScript, dashboardStyle, loginPage } from "./dashboard-page.ts";
 import { failWith, UsageError } from "./exit.ts";
+import { listen } from "./listen.ts";
 import { defineStrictCommand } from "./strict-command.ts";
 
 /** Shortest token accepted: a guessable token would protect nothing. */
@@ -109,19 +109,8 @@ export async function startDashboard(options: DashboardOptions): Promise<Dashboa
       if (!res.headersSent) send(res, status, "text/plain", `${describeError(error).message}\n`);
     }
   });
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(options.port, options.host, () => resolve());
-  });
-  const { port } = server.address() as AddressInfo;
-  return {
-    url: `http://${options.host.includes(":") ? `[${options.host}]` : options.host}:${port}/`,
-    close: () =>
-      new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        server.closeAllConnections();
-      }),
-  };
+  const { port, close } = await listen(server, options.host, options.port);
+  return { url: `http://${options.host.includes(":") ? `[${options.host}]` : options.host}:${port}/`, close };
 }
 
 function send(res: ServerResponse, status: number, type: string, body: string): void {

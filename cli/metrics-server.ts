@@ -5,18 +5,14 @@
  * @module
  */
 import { createServer, type Server } from "node:http";
-import type { AddressInfo } from "node:net";
 import { readTaskStatus } from "../lib/admin.ts";
 import { describeError, type Logger } from "../lib/log.ts";
 import type { ServiceMetrics } from "../lib/metrics.ts";
 import type { Database } from "../lib/statements.ts";
+import { listen, type Listening } from "./listen.ts";
 
 /** A listening metrics server. */
-export interface MetricsServer {
-  /** The port it listens on (the one chosen when 0 was asked for). */
-  port: number;
-  close(): Promise<void>;
-}
+export type MetricsServer = Listening;
 
 /** Starts serving `metrics` on `host:port` (0: any free port). Rejects when the port cannot be bound. */
 export async function startMetricsServer(
@@ -35,20 +31,5 @@ export async function startMetricsServer(
       res.writeHead(503, { "content-type": "text/plain" }).end("the database could not be read; try again\n");
     }
   });
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(port, host, () => {
-      server.off("error", reject);
-      resolve();
-    });
-  });
-  return {
-    port: (server.address() as AddressInfo).port,
-    close: () =>
-      new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        // A scraper's kept-alive connection must not hold the shutdown.
-        server.closeAllConnections();
-      }),
-  };
+  return listen(server, host, port);
 }
