@@ -166,9 +166,10 @@ export class Worker {
       await this.#results.drain(this.#deadline(Date.now() + 10_000));
     } finally {
       clearInterval(heartbeat);
-      // The last counts, after any report a heartbeat left in flight.
-      await this.#reporting;
-      await this.#report();
+      // The last counts, after any report a heartbeat left in flight; bounded,
+      // so an unreachable database cannot hold the worker's exit.
+      const reported = this.#reporting ? this.#reporting.then(() => this.#report()) : this.#report();
+      await Promise.race([reported, new Promise((r) => setTimeout(r, 2_000).unref?.())]);
       await listening.unlisten().catch(() => {});
       if (this.#exit !== "retired") await removeWorkers(o.sql, o.schema, [o.workerId]).catch(() => {});
     }
