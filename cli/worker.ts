@@ -66,6 +66,10 @@ async function main(): Promise<number> {
   process.on("SIGINT", stop);
   process.on("message", (m: { type?: string }) => m?.type === "stop" && stop());
   process.on("disconnect", stop);
+  // A supervisor that died while this process was still loading closed the
+  // channel before the listener above existed, and "disconnect" will not come
+  // again: without this check the worker would run on with nobody to stop it.
+  if (process.send && !process.connected) stop();
   // An exception nothing caught (a task's timer callback that throws, or
   // postgres.js when a connection drops with a write queued,
   // porsager/postgres#1154) leaves this process in a state nobody can vouch

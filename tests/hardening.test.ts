@@ -6,6 +6,8 @@
  * queued is lost, and a running service keeps serving.
  */
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { randomUUID } from "node:crypto";
 import { fileURLToPath } from "node:url";
 import { describe, test } from "node:test";
 import { enqueue, enqueueMany, LATEST_SCHEMA_VERSION, migrate } from "../mod.ts";
@@ -14,7 +16,7 @@ import { work } from "./fixtures/tasks.ts";
 import { createTestDatabase } from "./harness.ts";
 import { fixtureTasks, patience, type Service, serviceTestbed, stopService, until, within } from "./service-harness.ts";
 
-const { sql, serve, remaining, executions, taskRow } = await serviceTestbed(createTestDatabase, migrate);
+const { db, sql, serve, remaining, executions, taskRow } = await serviceTestbed(createTestDatabase, migrate);
 const fixture = (name: string) => fileURLToPath(new URL(`./fixtures/${name}`, import.meta.url));
 const hostileTasks = fixture("hostile-tasks.ts");
 
@@ -161,6 +163,29 @@ describe("handlers that misbehave", () => {
       assert.equal(done.length, 1, `task ${id} completed once`);
       assert.notEqual(done[0].pid, first.pid, `task ${id} ran again in the new worker`);
     }
+  });
+});
+
+describe("the supervisor", () => {
+  test("dies while a worker is still loading: the worker stops by itself and claims nothing", async () => {
+    const queued = await enqueue(sql, work, {});
+    const settings = { schema: "pgbg", queues: null, concurrency: 2, timeout: 30_000, retryDelay: 1000, maxAttempts: 25, idleSleep: 1000, heartbeatInterval: 200, shutdownTimeout: 1000 };
+    const spec = { settings, tasks: [fixtureTasks], cwd: process.cwd(), workerId: randomUUID(), supervisorId: randomUUID(), index: 1, logLevel: "debug", logFormat: "json" };
+    const worker = spawn(process.execPath, ["--import", "tsx", fileURLToPath(new URL("../cli/worker.ts", import.meta.url))], {
+      stdio: ["ignore", "ignore", "ignore", "ipc"],
+      env: { ...process.env, DATABASE_URL: db.url, PGBG_WORKER: JSON.stringify(spec) },
+    });
+    const exited = new Promise<number | null>((resolve) => worker.on("exit", (code) => resolve(code)));
+    // What a supervisor's death does to the channel, long before the worker's own code has loaded.
+    worker.disconnect();
+    try {
+      assert.equal(await within(exited, patience, "the orphaned worker to exit"), 0);
+    } finally {
+      worker.kill("SIGKILL");
+    }
+    const row = await taskRow(queued);
+    assert.deepEqual([row.state, row.attempts], ["queued", 0], "the orphan claimed nothing");
+    assert.equal((await sql`SELECT count(*)::int AS n FROM pgbg.worker`)[0].n, 0, "and left no worker row");
   });
 });
 
