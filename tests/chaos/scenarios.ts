@@ -39,24 +39,57 @@ export interface Scenario {
   run(stage: Stage): Promise<void>;
 }
 
-/** Enqueues `n` tasks of 0–9 ms each in committed batches; `hang(i)` marks tasks whose first attempt hangs. */
+/**
+ * How long a task sleeps: mostly 0–9 ms, so that many pass through; one in
+ * ten 100–300 ms, so that a task handed to a second worker while the first
+ * still runs it would overlap long enough to be seen.
+ */
+export function taskMs(): number {
+  return Math.random() < 0.1 ? 100 + Math.floor(Math.random() * 200) : Math.floor(Math.random() * 10);
+}
+
+/** Enqueues `n` tasks in committed batches; `hang(i)` marks tasks whose first attempt hangs. */
 export async function enqueueTasks(stage: Stage, n: number, hang: (i: number) => boolean = () => false): Promise<void> {
   for (let done = 0; done < n; done += 5_000) {
-    const inputs = Array.from({ length: Math.min(5_000, n - done) }, (_, j) => ({ ms: Math.floor(Math.random() * 10), hang: hang(done + j) || undefined }));
+    const inputs = Array.from({ length: Math.min(5_000, n - done) }, (_, j) => ({ ms: taskMs(), hang: hang(done + j) || undefined }));
     stage.committed.push(...(await enqueueMany(stage.sql, work, inputs)));
+  }
+}
+
+/**
+ * Enqueues `n` tasks while the scenario runs, keeping about `depth` queued:
+ * a shallow queue, as in production, where a task released while it still
+ * runs would be claimed again at once (behind a long backlog, the first
+ * execution would end before the second began, and an overlap would go
+ * unseen). Resolves once all are enqueued.
+ */
+export async function feedTasks(stage: Stage, n: number, depth = 200): Promise<void> {
+  for (let fed = 0; fed < n;) {
+    const [{ queued }] = await stage.sql`SELECT count(*)::int AS queued FROM pgbg.task WHERE state = 'queued'`;
+    if (queued >= depth) {
+      await new Promise((r) => setTimeout(r, 10));
+      continue;
+    }
+    const batch = Math.min(depth, n - fed);
+    stage.committed.push(...(await enqueueMany(stage.sql, work, Array.from({ length: batch }, () => ({ ms: taskMs() })))));
+    fed += batch;
   }
 }
 
 const sized = (stage: Stage, full: number, ci: number) => (stage.size === "full" ? full : ci);
 
-/** Kills a random worker of a random supervisor every `everyMs` until the queue is empty. */
-async function killWorkersUntilDrained(stage: Stage, supervisors: Supervisor[], everyMs: number): Promise<void> {
+/** Feeds `n` tasks and kills a random worker of a random supervisor every `everyMs` until they are all done. */
+async function killWorkersWhileFeeding(stage: Stage, n: number, supervisors: Supervisor[], everyMs: number): Promise<void> {
+  let fed = false;
+  const feeding = feedTasks(stage, n).then(() => (fed = true));
   let next = Date.now() + everyMs;
-  await stage.drained(() => {
-    if (Date.now() < next) return;
+  while (!fed) {
+    await Promise.race([feeding, new Promise((r) => setTimeout(r, Math.max(0, next - Date.now())))]);
+    if (fed) break;
     next = Date.now() + everyMs;
     supervisors[Math.floor(Math.random() * supervisors.length)].killRandomWorker();
-  });
+  }
+  await stage.drained();
 }
 
 function competing(supervisors: number): Scenario {
@@ -64,9 +97,8 @@ function competing(supervisors: number): Scenario {
     name: `${supervisors}-supervisors`,
     allowed: ["killed"],
     async run(stage) {
-      await enqueueTasks(stage, sized(stage, 20_000, 3_000));
       const all = Array.from({ length: supervisors }, () => stage.serve({ workers: 2, concurrency: 20 }));
-      await killWorkersUntilDrained(stage, all, sized(stage, 2_000, 1_500));
+      await killWorkersWhileFeeding(stage, sized(stage, 20_000, 3_000), all, sized(stage, 2_000, 1_500));
     },
   };
 }
@@ -77,9 +109,8 @@ export const scenarios: Scenario[] = [
     name: "kill-workers",
     allowed: ["killed"],
     async run(stage) {
-      await enqueueTasks(stage, sized(stage, 50_000, 5_000));
       const supervisor = stage.serve({ workers: 4, concurrency: 25 });
-      await killWorkersUntilDrained(stage, [supervisor], sized(stage, 3_000, 2_000));
+      await killWorkersWhileFeeding(stage, sized(stage, 50_000, 5_000), [supervisor], sized(stage, 3_000, 2_000));
     },
   },
   {
@@ -168,7 +199,7 @@ export const scenarios: Scenario[] = [
       const producer = async () => {
         for (let t = 0; t < transactions; t++) {
           const roll = Math.random() < 0.5;
-          const inputs = Array.from({ length: 10 }, () => ({ ms: Math.floor(Math.random() * 10) }));
+          const inputs = Array.from({ length: 10 }, () => ({ ms: taskMs() }));
           let ids: string[] = [];
           try {
             await stage.sql.begin(async (tx) => {
