@@ -42,13 +42,15 @@ const runsOf = async (id: string) => (await sql`SELECT * FROM execution WHERE ta
 
 describe("pgbg status", () => {
   test("counts tasks per queue and name, the last minute's outcomes, unregistered names and live workers", async () => {
-    const done = await Promise.all(Array.from({ length: 5 }, () => enqueue(sql, work, {}, { queue: "mail" })));
-    const failing = await enqueue(sql, alwaysFails, {});
     const scheduled = await enqueue(sql, work, {}, { delay: 3_600_000, queue: "mail" });
     const running = await enqueue(sql, work, { ms: 120_000 }, { queue: "mail" });
     await sql`INSERT INTO pgbg.task (queue, name, payload) VALUES ('default', 'nobody-knows-me', '{}')`;
     testbed.serve(["--workers", "2", "--concurrency", "4"]);
     await until(async () => (await runsOf(running)).length, (n) => n === 1, 120_000, "the long task to start");
+    await until(async () => (await sql`SELECT count(*)::int AS n FROM pgbg.worker`)[0].n, (n) => n === 2, 120_000, "both workers");
+    // Enqueued once the service runs, so that their outcomes are surely of the last minute when status is read.
+    const done = await Promise.all(Array.from({ length: 5 }, () => enqueue(sql, work, {}, { queue: "mail" })));
+    const failing = await enqueue(sql, alwaysFails, {});
     const s = await until(status, (s) => {
       const mail = s.tasks.find((t: any) => t.queue === "mail" && t.name === "work");
       const fails = s.tasks.find((t: any) => t.name === "always-fails");

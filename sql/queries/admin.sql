@@ -48,7 +48,9 @@ ORDER BY 1, 2;
 -- Live workers, their heartbeats and how many tasks each holds.
 SELECT w.id, w.supervisor_id, w.pid, w.hostname, w.runtime, w.concurrency, w.queues, w.tasks, w.idle,
   w.started_at, w.heartbeat_at,
-  (extract(epoch FROM now() - w.heartbeat_at) * 1000)::float8 AS heartbeat_age_ms,
+  -- now() is this statement's transaction start; a heartbeat committed
+  -- since can be a little later.
+  greatest(extract(epoch FROM now() - w.heartbeat_at) * 1000, 0)::float8 AS heartbeat_age_ms,
   (SELECT count(*) FROM pgbg.task t WHERE t.state = 'running' AND t.worker_id = w.id)::int AS running
 FROM pgbg.worker w
 ORDER BY w.started_at, w.id;
