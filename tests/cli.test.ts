@@ -3,7 +3,7 @@ import { spawnSync } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { describe, test } from "node:test";
 import { serveSettings } from "../cli/config.ts";
-import { fixtureTasks } from "./service-harness.ts";
+import { fixtureTasks, patience } from "./service-harness.ts";
 
 const cli = fileURLToPath(new URL("../cli/main.ts", import.meta.url));
 
@@ -11,7 +11,7 @@ function pgbg(args: string[], env: Record<string, string> = {}) {
   const result = spawnSync(process.execPath, ["--import", "tsx", cli, ...args], {
     env: { ...process.env, DATABASE_URL: "postgres://someone:s3cret-pw@127.0.0.1:1/nowhere", ...env },
     encoding: "utf8",
-    timeout: 30_000,
+    timeout: patience,
   });
   return { code: result.status, stdout: result.stdout, stderr: result.stderr };
 }

@@ -147,7 +147,8 @@ export async function serviceTestbed<D extends { url: string; sql: postgres.Sql 
     await db.sql`DELETE FROM pgbg.worker`;
   });
   const serve = (args: string[], tasks = fixtureTasks, env: Record<string, string> = {}): Service => {
-    const service = startService(db.url, ["--tasks", tasks, "--check-interval", "200ms", ...args], env);
+    const checkInterval = args.includes("--check-interval") ? [] : ["--check-interval", "200ms"];
+    const service = startService(db.url, ["--tasks", tasks, ...checkInterval, ...args], env);
     services.push(service);
     return service;
   };
