@@ -222,7 +222,7 @@ async function runRuntime(runtime: Runtime, app: string, serverUrl: string): Pro
  */
 function checkPackage(tarball: string, files: string[]): string[] {
   const problems: string[] = [];
-  const needed = (f: string) => ["package.json", "README.md", "LICENSE"].includes(f) || /^dist\/(mod|lib\/.+)\.(js|d\.ts)$/.test(f) || /^dist\/cli\/[a-z]+\.js$/.test(f);
+  const needed = (f: string) => ["package.json", "README.md", "LICENSE"].includes(f) || /^dist\/(mod|lib\/.+)\.(js|d\.ts)$/.test(f) || /^dist\/cli\/[a-z-]+\.js$/.test(f);
   for (const f of files) if (!needed(f)) problems.push(`  the tarball holds ${f}, which users do not need`);
   for (const f of ["dist/mod.js", "dist/mod.d.ts", "dist/cli/main.js", "dist/cli/worker.js", "LICENSE", "README.md"]) {
     if (!files.includes(f)) problems.push(`  the tarball lacks ${f}`);
