@@ -29,6 +29,7 @@ interface Slot {
   child?: ChildProcess;
   workerId?: string;
   lastSeen: number;
+  startedAt: number;
   readyAt?: number;
   lastError?: string;
   failures: number;
@@ -82,9 +83,15 @@ export async function supervise(config: ServeConfig, databaseUrl: string, log: L
   }
 
   const silentAfter = Math.max(10 * config.checkInterval, 10_000);
+  // Loading the tasks modules may block a worker's event loop for a while
+  // (a large module graph, a TypeScript loader on a busy machine), so a
+  // worker is judged by its silence only once it is ready; until then it
+  // gets this long to become ready at all (a module whose top-level await
+  // never settles would otherwise hold its slot for good).
+  const readyWithin = Math.max(silentAfter, 60_000);
   const staleAfter = Math.max(10 * config.checkInterval, 10_000);
   const workerScript = workerModule(import.meta.url);
-  const slots: Slot[] = Array.from({ length: config.workers }, (_, index) => ({ index: index + 1, lastSeen: 0, failures: 0 }));
+  const slots: Slot[] = Array.from({ length: config.workers }, (_, index) => ({ index: index + 1, lastSeen: 0, startedAt: 0, failures: 0 }));
   const deadWorkers = new Set<string>();
   const allWorkerIds: string[] = [];
   let stopping = false;
@@ -110,7 +117,7 @@ export async function supervise(config: ServeConfig, databaseUrl: string, log: L
       stdio: ["ignore", "inherit", "inherit", "ipc"],
       env: { ...process.env, DATABASE_URL: databaseUrl, PGBG_WORKER: JSON.stringify(spec) },
     });
-    Object.assign(slot, { child, workerId, lastSeen: Date.now(), readyAt: undefined, lastError: undefined });
+    Object.assign(slot, { child, workerId, lastSeen: Date.now(), startedAt: Date.now(), readyAt: undefined, lastError: undefined });
     child.on("message", (message: WorkerMessage) => {
       slot.lastSeen = Date.now();
       if (message.type === "ready") {
@@ -178,7 +185,12 @@ export async function supervise(config: ServeConfig, databaseUrl: string, log: L
     checking = true;
     try {
       for (const slot of slots) {
-        if (slot.child && Date.now() - slot.lastSeen > silentAfter) {
+        if (!slot.child) continue;
+        if (slot.readyAt === undefined && Date.now() - slot.startedAt > readyWithin) {
+          slot.lastError = `not ready within ${readyWithin} ms (its tasks modules did not finish loading)`;
+          log.error(`worker ${slot.index} (pid ${slot.child.pid}) is ${slot.lastError}; killing it`);
+          slot.child.kill("SIGKILL");
+        } else if (slot.readyAt !== undefined && Date.now() - slot.lastSeen > silentAfter) {
           log.error(`worker ${slot.index} (pid ${slot.child.pid}) has not answered for ${silentAfter} ms; killing it`);
           slot.child.kill("SIGKILL");
         }

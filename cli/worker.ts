@@ -57,7 +57,11 @@ async function main(): Promise<number> {
   let stopRequested = false;
   const stop = () => {
     stopRequested = true;
-    worker?.stop();
+    // Still loading the tasks modules: nothing is claimed yet, so there is
+    // nothing to hand back, and a module that never finishes loading must
+    // not hold the shutdown.
+    if (!worker) process.exit(EXIT.stopped);
+    worker.stop();
   };
   // The supervisor coordinates shutdown over IPC, but a worker also stops
   // gracefully on its own signals (Ctrl-C reaches the whole process group)

@@ -136,6 +136,16 @@ describe("faults", () => {
     assert.deepEqual(await stopService(service), { code: 0, signal: null });
   });
 
+  test("a worker whose tasks module never finishes loading is killed after 60 s and restarted; SIGTERM stops it at once", async () => {
+    const never = fileURLToPath(new URL("./fixtures/never-loads.ts", import.meta.url));
+    const service = serve(["--workers", "1", "--shutdown-timeout", "10m"], never);
+    const line = await service.waitForLog((l) => /^worker 1 \(pid \d+\) is not ready within 60000 ms \(its tasks modules did not finish loading\); killing it$/.test(l.message), 120_000);
+    assert.equal(line.level, "error");
+    await service.waitForLog((l) => /^worker 1 was killed by SIGKILL: not ready within 60000 ms .*; restarting in 1000 ms$/.test(l.message), 30_000);
+    // A 10 min shutdown timeout: only a worker that stops at once while still loading lets this end within the wait.
+    assert.deepEqual(await within(stopService(service), 30_000, "the service to stop"), { code: 0, signal: null });
+  });
+
   test("a supervisor releases the tasks of another supervisor's worker whose heartbeat stopped", async () => {
     // The state a machine that lost power leaves behind: a worker row with an
     // old heartbeat, holding a task on a lease that has an hour left.
