@@ -13,7 +13,7 @@ import pg from "pg";
 import { type Database, inFlight, type Server, since, stop } from "../harness.ts";
 import type { DrainResult, Subject } from "../subject.ts";
 import type { GraphileRunSettings } from "./graphile-worker-run.ts";
-import { timedDrain, WorkerProcess } from "./worker-process.ts";
+import { sampleLatencies, timedDrain, WorkerProcess } from "./worker-process.ts";
 
 // The package exports no "./package.json", so read it beside its entry point.
 const version: string = JSON.parse(
@@ -153,21 +153,7 @@ export const graphileWorker: Subject = {
       await worker.ready();
       // Let the pool settle into waiting on NOTIFY before the first sample.
       await sleep(1_000);
-      return await withUtils(db, 2, async (utils) => {
-        const latencies: number[] = [];
-        for (let i = 0; i < samples; i++) {
-          const started = worker.next(`job ${i} to start`, (line) => {
-            const match = /^BENCH_START (\d+) ([\d.]+)$/.exec(line);
-            return match && Number(match[1]) === i ? Number(match[2]) : undefined;
-          }, 30_000);
-          started.catch(() => {}); // awaited below; only an enqueue failure could leave it unobserved
-          const t0 = performance.timeOrigin + performance.now();
-          await utils.addJob(TASK, { i });
-          latencies.push((await started) - t0);
-          await sleep(30);
-        }
-        return latencies;
-      });
+      return await withUtils(db, 2, (utils) => sampleLatencies(worker, samples, (i) => utils.addJob(TASK, { i }), () => sleep(30)));
     } finally {
       await stop(worker);
     }

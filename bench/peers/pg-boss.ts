@@ -11,7 +11,7 @@ import { PgBoss } from "pg-boss";
 import { type Database, inFlight, type Server, since, stop, waitFor } from "../harness.ts";
 import type { DrainResult, Subject } from "../subject.ts";
 import type { PgBossRunSettings } from "./pg-boss-run.ts";
-import { timedDrain, WorkerProcess } from "./worker-process.ts";
+import { sampleLatencies, timedDrain, WorkerProcess } from "./worker-process.ts";
 
 const version: string = createRequire(import.meta.url)("pg-boss/package.json").version;
 const script = fileURLToPath(new URL("./pg-boss-run.ts", import.meta.url));
@@ -158,24 +158,13 @@ export const pgBoss: Subject = {
       await worker.ready();
       // Let the loops' first, empty fetches pass before the first sample.
       await sleep(1_000);
-      const latencies: number[] = [];
-      for (let i = 0; i < samples; i++) {
-        const started = worker.next(`job ${i} to start`, (line) => {
-          const match = /^BENCH_START (\d+) ([\d.]+)$/.exec(line);
-          return match && Number(match[1]) === i ? Number(match[2]) : undefined;
-        }, 30_000);
-        started.catch(() => {}); // awaited below; only an enqueue failure could leave it unobserved
-        const t0 = performance.timeOrigin + performance.now();
-        await boss.send(QUEUE, { i });
-        latencies.push((await started) - t0);
-        // A job is found only at a poll, and one just happened (the one that
-        // found this job): after a fixed pause every enqueue would land just
-        // after a poll and wait out nearly the whole interval. A random
-        // pause over one interval spreads the enqueues over the poll cycle,
-        // as jobs arriving on their own would be.
-        await sleep(30 + Math.random() * workerSettings.pollingIntervalSeconds * 1000);
-      }
-      return latencies;
+      // A job is found only at a poll, and one just happened (the one that
+      // found the last job): after a fixed pause every enqueue would land
+      // just after a poll and wait out nearly the whole interval. A random
+      // pause over one interval spreads the enqueues over the poll cycle,
+      // as jobs arriving on their own would be.
+      const pause = () => sleep(30 + Math.random() * workerSettings.pollingIntervalSeconds * 1000);
+      return await sampleLatencies(worker, samples, (i) => boss!.send(QUEUE, { i }), pause);
     } finally {
       if (boss) await stopSender(db, boss);
       await stop(worker);

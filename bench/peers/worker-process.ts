@@ -111,3 +111,29 @@ export async function timedDrain(
     await Promise.all(workers.map((w) => stop(w)));
   }
 }
+
+/**
+ * Enqueue-to-start latencies of `samples` jobs enqueued one at a time by
+ * `enqueue(i)`, each read from the `BENCH_START i time` line its handler
+ * prints; `pause()` runs between samples.
+ */
+export async function sampleLatencies(
+  worker: WorkerProcess,
+  samples: number,
+  enqueue: (i: number) => Promise<unknown>,
+  pause: () => Promise<unknown>,
+): Promise<number[]> {
+  const latencies: number[] = [];
+  for (let i = 0; i < samples; i++) {
+    const started = worker.next(`job ${i} to start`, (line) => {
+      const match = /^BENCH_START (\d+) ([\d.]+)$/.exec(line);
+      return match && Number(match[1]) === i ? Number(match[2]) : undefined;
+    }, 30_000);
+    started.catch(() => {}); // awaited below; only an enqueue failure could leave it unobserved
+    const t0 = performance.timeOrigin + performance.now();
+    await enqueue(i);
+    latencies.push((await started) - t0);
+    await pause();
+  }
+  return latencies;
+}

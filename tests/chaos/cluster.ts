@@ -112,13 +112,13 @@ export class Supervisor {
 }
 
 /**
- * Kills a worker the supervisor itself found unresponsive are logged by it,
- * not sent by the driver: they count as kills too, at the time of the log
- * line, which the supervisor writes before it sends the signal.
+ * The kills the supervisor sent itself (a worker silent too long, or not
+ * ready in time), as kills too, at the time of its log line, which it writes
+ * before it sends the signal.
  */
 export function supervisorKills(supervisor: Supervisor): Kill[] {
   return supervisor.logs().flatMap((l) => {
-    const m = /\(pid (\d+)\) has not answered/.exec(l.message);
+    const m = /\(pid (\d+)\) (?:has not answered|is not ready)/.exec(l.message);
     return m && l.time ? [{ pid: Number(m[1]), group: false, at: Date.parse(l.time) }] : [];
   });
 }
