@@ -29,6 +29,17 @@ export const defaults = {
   idleSleep: 1_000,
   /** How long a stopping service lets running tasks finish. */
   shutdownTimeout: 30_000,
+  /** How often the supervisor checks whether the task table's indexes need compacting; 0: never. */
+  compactInterval: 300_000,
+  /** Indexes smaller than this in all are never compacted (8 MiB): rebuilding them would gain little. */
+  compactMinIndexBytes: 8 * 1024 * 1024,
+  /**
+   * What the indexes of one live task take, generously: about 100 bytes
+   * across the five indexes (the claim index's entry is the widest, ~40).
+   */
+  compactBytesPerLiveRow: 100,
+  /** The indexes are bloated when over this many times what the live rows need. */
+  compactBloatFactor: 4,
 } as const;
 
 /** The largest number of inputs `enqueueMany` writes in one statement. */

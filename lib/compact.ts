@@ -1,0 +1,194 @@
+/**
+ * Index compaction: gives back the disk space the task table's indexes keep
+ * after a deep queue drained. Vacuum empties B-tree pages for reuse but never
+ * shrinks an index's file, so a million tasks passing through leave ~100 MB
+ * of indexes behind an empty table; only a rebuild returns it. The
+ * supervisor calls {@link compactIndexes} periodically, `pgbg compact` once.
+ *
+ * @module
+ */
+import type { Sql } from "postgres";
+import { defaults } from "./config.ts";
+import { checkedLater, checkOptions, integer, ofType } from "./options.ts";
+import { checkSchemaName, type Database, run, statement, translateError } from "./statements.ts";
+
+/** One index of the task table. */
+export interface TaskIndex {
+  name: string;
+  /** Size of its file, in bytes. */
+  bytes: number;
+  /** False while being built or after a failed concurrent build. */
+  valid: boolean;
+}
+
+/** The task table's indexes as compaction judges them. */
+export interface TaskIndexes {
+  /**
+   * Estimated live rows: the larger of the last vacuum's count and the
+   * statistics' running count (see `TaskIndexSizes` in sql/queries/compact.sql).
+   */
+  liveRows: number;
+  /** Total bytes of the valid indexes. */
+  indexBytes: number;
+  /** Every index of the table, by name. */
+  indexes: TaskIndex[];
+  /**
+   * Invalid indexes an interrupted `REINDEX CONCURRENTLY` left behind
+   * (`…_ccnew`, `…_ccold`). They take space and, once ready, slow every
+   * write to the table.
+   */
+  leftovers: string[];
+}
+
+/** Options of {@link compactIndexes}. The thresholds' defaults are in lib/config.ts. */
+export interface CompactOptions {
+  /** PostgreSQL schema holding pgbg's tables. @default "pgbg" */
+  schema?: string;
+  /** Rebuild the indexes even when they are not bloated. @default false */
+  force?: boolean;
+  /** Never rebuild indexes smaller than this in all, in bytes. @default 8 MiB */
+  minIndexBytes?: number;
+  /** What the indexes of one live row take, in bytes, all indexes together. @default 100 */
+  bytesPerLiveRow?: number;
+  /** Rebuild when the indexes are more than this many times what the live rows need. @default 4 */
+  bloatFactor?: number;
+}
+
+/**
+ * What {@link compactIndexes} did: `compacted` (rebuilt the indexes),
+ * `not-bloated` (nothing to gain; leftovers may still have been dropped),
+ * `locked` (another compaction of this schema is running) or
+ * `not-permitted` (the role does not own the table).
+ */
+export type CompactOutcome = "compacted" | "not-bloated" | "locked" | "not-permitted";
+
+/** The result of {@link compactIndexes}. */
+export interface CompactResult {
+  schema: string;
+  outcome: CompactOutcome;
+  /** The indexes before (read again once the lock was held, when it was). */
+  before: TaskIndexes;
+  /** The indexes after, when anything was rebuilt or dropped; else null. */
+  after: TaskIndexes | null;
+  /** Leftover indexes dropped. */
+  dropped: string[];
+  /** Time taken, in ms. */
+  durationMs: number;
+  /** With `not-permitted`: the server's refusal. */
+  message?: string;
+}
+
+/** Reads the task table's live-row estimate and the size of each of its indexes. Needs no privilege on the table. */
+export async function readTaskIndexes(db: Database, schema: string): Promise<TaskIndexes> {
+  const rows = await run<{ index: string; bytes: number; valid: boolean; leftover: boolean; live_rows: number }>(
+    db, checkSchemaName(schema), "TaskIndexSizes", [],
+  );
+  const indexes = rows.map((r) => ({ name: r.index, bytes: r.bytes, valid: r.valid }));
+  return {
+    liveRows: Math.round(rows[0]?.live_rows ?? 0),
+    indexBytes: indexes.filter((i) => i.valid).reduce((sum, i) => sum + i.bytes, 0),
+    indexes,
+    leftovers: rows.filter((r) => r.leftover).map((r) => r.index),
+  };
+}
+
+/**
+ * True when the valid indexes are over `minIndexBytes` and over
+ * `bloatFactor` × `bytesPerLiveRow` × the live rows: well beyond what any
+ * layout of the live rows needs, so a rebuild pays for itself.
+ */
+export function isBloated(indexes: TaskIndexes, limits: Required<Pick<CompactOptions, "minIndexBytes" | "bytesPerLiveRow" | "bloatFactor">>): boolean {
+  return indexes.indexBytes > limits.minIndexBytes && indexes.indexBytes > limits.bloatFactor * limits.bytesPerLiveRow * indexes.liveRows;
+}
+
+// The names REINDEX CONCURRENTLY gives its temporary indexes: the index's
+// own name (lower case, as pgbg's are) with _ccnew or _ccold, and a number
+// when that name was taken. Checked again before a name enters SQL text.
+const LEFTOVER_NAME = /^[a-z_][a-z0-9_]{0,62}_cc(new|old)[0-9]*$/;
+
+/**
+ * Compacts the task table's indexes when they are bloated (see
+ * {@link isBloated}; always with `force`): on one reserved connection,
+ * under an advisory lock of this schema's compaction taken without waiting
+ * (so one supervisor of many compacts at a time), it drops the invalid
+ * leftovers of an interrupted `REINDEX CONCURRENTLY`, then runs
+ * `REINDEX TABLE CONCURRENTLY` on the task table. Tasks are enqueued,
+ * claimed and completed meanwhile; the rebuild waits for transactions older
+ * than itself, so it can take a while. Leftovers are dropped even when the
+ * indexes are not bloated.
+ *
+ * Returns `locked` when another compaction holds the lock and
+ * `not-permitted` when the role does not own the table (SQLSTATE 42501);
+ * neither throws. Throws `InvalidOptionsError` for bad options,
+ * `SchemaError` when the schema is missing, and the database's error when
+ * anything else fails (an interrupted rebuild leaves a `_ccnew` leftover,
+ * which the next call drops).
+ */
+// deno-lint-ignore no-explicit-any
+export async function compactIndexes(sql: Sql<any>, options?: CompactOptions): Promise<CompactResult> {
+  const opts = checkOptions<CompactOptions>("compactIndexes()", options, {
+    schema: checkedLater, force: ofType("boolean"),
+    minIndexBytes: integer(0, Number.MAX_SAFE_INTEGER), bytesPerLiveRow: integer(0, Number.MAX_SAFE_INTEGER), bloatFactor: integer(1, 1_000_000),
+  });
+  const schema = checkSchemaName(opts.schema ?? defaults.schema);
+  const limits = {
+    minIndexBytes: opts.minIndexBytes ?? defaults.compactMinIndexBytes,
+    bytesPerLiveRow: opts.bytesPerLiveRow ?? defaults.compactBytesPerLiveRow,
+    bloatFactor: opts.bloatFactor ?? defaults.compactBloatFactor,
+  };
+  const started = performance.now();
+  let before = await readTaskIndexes(sql, schema);
+  let after: TaskIndexes | null = null;
+  const dropped: string[] = [];
+  const result = (outcome: CompactOutcome, message?: string): CompactResult => ({
+    schema, outcome, before, after, dropped, durationMs: Math.round(performance.now() - started), ...(message === undefined ? {} : { message }),
+  });
+  // Read without the lock, so that the usual answer costs one catalog query.
+  if (!opts.force && !before.leftovers.length && !isBloated(before, limits)) return result("not-bloated");
+
+  // REINDEX CONCURRENTLY cannot run in a transaction, and the session lock
+  // must be taken and released on the connection that runs it.
+  const conn = await sql.reserve();
+  let connectionLost = false;
+  try {
+    const [{ locked }] = await run<{ locked: boolean }>(conn, schema, "CompactTryLock", [schema]);
+    if (!locked) return result("locked");
+    try {
+      // Another supervisor may have compacted between the first reading and the lock.
+      before = await readTaskIndexes(conn, schema);
+      for (const name of before.leftovers) {
+        if (!LEFTOVER_NAME.test(name)) continue;
+        // The only SQL text built here: both names were checked and are quoted.
+        await conn.unsafe(`DROP INDEX CONCURRENTLY IF EXISTS "${schema}"."${name}"`);
+        dropped.push(name);
+      }
+      const bloated = opts.force || isBloated(before, limits);
+      if (bloated) await conn.unsafe(statement(schema, "ReindexTask"));
+      if (bloated || dropped.length) after = await readTaskIndexes(conn, schema);
+      return result(bloated ? "compacted" : "not-bloated");
+    } catch (error) {
+      if ((error as { code?: unknown }).code === "42501") return result("not-permitted", (error as Error).message);
+      connectionLost = isConnectionLost(error);
+      throw translateError(error, schema);
+    } finally {
+      // A lost session released its lock with it.
+      if (!connectionLost) await run(conn, schema, "CompactUnlock", [schema]).catch((error) => (connectionLost = isConnectionLost(error)));
+    }
+  } catch (error) {
+    connectionLost ||= isConnectionLost(error);
+    throw error;
+  } finally {
+    // postgres.js 3.4.9 puts a released connection back in the pool even when
+    // it closed, and the pool's next query then throws where nothing can
+    // catch it. A closed connection is already back in the pool's closed set.
+    if (!connectionLost) conn.release();
+  }
+}
+
+/** True when the connection itself failed (postgres.js' CONNECTION_* codes, a socket error, or SQLSTATE class 08/57P). */
+function isConnectionLost(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code;
+  if (typeof code !== "string" || code.startsWith("PGBG_")) return false;
+  if (/^[0-9A-Z]{5}$/.test(code)) return code.startsWith("08") || code.startsWith("57P");
+  return true;
+}

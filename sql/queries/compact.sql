@@ -1,0 +1,42 @@
+-- Statements of the index compaction (lib/compact.ts): the supervisor's
+-- periodic check and `pgbg compact`. B-tree files never shrink: after a
+-- deep queue drained, vacuum empties the indexes' pages for reuse but keeps
+-- the files at their largest size. Only a rebuild gives the space back.
+
+-- name: TaskIndexSizes
+-- One row per index of the task table: its size on disk, whether it is
+-- valid, and whether it is an invalid leftover of an interrupted REINDEX
+-- CONCURRENTLY (`<index>_ccnew`, `<index>_ccold`, with a number when the
+-- name was taken). `live_rows` estimates the table's live rows: the larger of
+-- the last vacuum's count (reltuples, -1 before the first) and the
+-- statistics' running count (n_live_tup, reset to 0 by a crash), so that
+-- one estimate gone low cannot make a full table look bloated. Reads only
+-- catalogs and file sizes: needs no privilege on the table.
+SELECT c.relname AS index, pg_relation_size(c.oid)::float8 AS bytes, x.indisvalid AS valid,
+  (NOT x.indisvalid AND c.relname ~ '_cc(new|old)[0-9]*$') AS leftover,
+  greatest(t.reltuples, coalesce(s.n_live_tup, 0), 0)::float8 AS live_rows
+FROM pg_class t
+JOIN pg_index x ON x.indrelid = t.oid
+JOIN pg_class c ON c.oid = x.indexrelid
+LEFT JOIN pg_stat_all_tables s ON s.relid = t.oid
+WHERE t.oid = 'pgbg.task'::regclass
+ORDER BY c.relname;
+
+-- name: CompactTryLock
+-- One compaction per schema at a time, across every supervisor and `pgbg
+-- compact`: a session lock (REINDEX CONCURRENTLY runs in several
+-- transactions of its own), taken without waiting. The key is the text
+-- 'pgbg:compact:<schema>' hashed as migrate's is.
+SELECT pg_try_advisory_lock(hashtextextended('pgbg:compact:' || $1::text, 0)) AS locked;
+
+-- name: CompactUnlock
+SELECT pg_advisory_unlock(hashtextextended('pgbg:compact:' || $1::text, 0)) AS unlocked;
+
+-- name: ReindexTask
+-- Rebuilds every index of the task table beside the old one, then swaps
+-- them: claims, completions and enqueues go on meanwhile (it takes only a
+-- SHARE UPDATE EXCLUSIVE lock on the table), and on a near-empty table the
+-- build is cheap. Cannot run in a transaction block; it waits for
+-- transactions older than itself. Needs the table's owner. Interrupted, it
+-- leaves an invalid `_ccnew` index, dropped by the next compaction.
+REINDEX TABLE CONCURRENTLY pgbg.task;
