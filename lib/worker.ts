@@ -92,6 +92,14 @@ interface Running {
   counts: SeriesCounts;
 }
 
+/** The `settled` of an attempt that ended before startAttempt returned. */
+const SETTLED: Promise<void> = Promise.resolve();
+
+/** The log fields of an attempt that ended. */
+function fields(claimed: ClaimedTask, durationMs: number) {
+  return { task: claimed.name, id: claimed.id, attempt: claimed.attempt, queue: claimed.queue, durationMs };
+}
+
 /** The wait before the next attempt of a task that just failed attempt `attempt`. */
 export function retryDelayFor(task: AnyTask, attempt: number, fallback: number): number {
   const base = task.retryDelay ?? fallback;
@@ -257,11 +265,14 @@ export class Worker {
       claimed, task, controller, startedAt: now, leaseEndsAt: now + leaseFor(timeout), overdue: false, handedBack: false, cancelled: false, counts,
     } as Running;
     if (this.#debug) this.#o.log.debug(`task ${claimed.id} started`, { task: claimed.name, id: claimed.id, attempt: claimed.attempt, queue: claimed.queue });
-    entry.settled = startAttempt({
-      task, claimed, schema: this.#o.schema, timeout, grace: graceFor(timeout), controller,
-      onOverdue: () => this.#overdue(entry),
-    }).then((outcome) => this.#finish(entry, outcome));
+    // Registered before the attempt starts: one that ends at once calls
+    // #finish before startAttempt returns.
     this.#running.set(claimed.id, entry);
+    const pending = startAttempt(
+      { task, claimed, schema: this.#o.schema, timeout, grace: graceFor(timeout), controller, onOverdue: () => this.#overdue(entry) },
+      (outcome) => this.#finish(entry, outcome),
+    );
+    entry.settled = pending ?? SETTLED;
   }
 
   #finish(entry: Running, outcome: Outcome): void {
@@ -272,16 +283,15 @@ export class Worker {
     if (entry.controller.reason instanceof ShutdownError) return;
     const { claimed, task } = entry;
     const durationMs = Date.now() - entry.startedAt;
-    const fields = () => ({ task: claimed.name, id: claimed.id, attempt: claimed.attempt, queue: claimed.queue, durationMs });
     if (entry.cancelled) {
-      this.#o.log.info(`task ${claimed.id} was cancelled; its attempt ended and the task is deleted`, fields());
+      this.#o.log.info(`task ${claimed.id} was cancelled; its attempt ended and the task is deleted`, fields(claimed, durationMs));
       this.#results.cancel({ id: claimed.id, leaseToken: claimed.leaseToken });
       return;
     }
     observe(entry.counts.duration, durationMs);
     const lease = { id: claimed.id, leaseToken: claimed.leaseToken, counts: entry.counts };
     if (outcome.kind === "success") {
-      if (this.#debug) this.#o.log.debug(`task ${claimed.id} succeeded`, fields());
+      if (this.#debug) this.#o.log.debug(`task ${claimed.id} succeeded`, fields(claimed, durationMs));
       this.#results.complete(lease);
       return;
     }
@@ -291,7 +301,7 @@ export class Worker {
     const delay = retryDelayFor(task, claimed.attempt, this.#o.retryDelay);
     this.#o.log[final ? "error" : "warn"](
       `task ${claimed.id} failed${final ? (outcome.permanent ? " permanently" : ` after ${claimed.attempt} attempts`) : `; retry in ${delay} ms`}: ${error.message}`,
-      { ...fields(), error },
+      { ...fields(claimed, durationMs), error },
     );
     this.#results.fail({ ...lease, delay, error, permanent: outcome.permanent });
   }
