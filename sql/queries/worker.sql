@@ -23,8 +23,8 @@ WITH RECURSIVE lanes (queue, priority) AS (
   ) n
 ),
 candidates AS (
-  SELECT c.id, c.name FROM lanes l CROSS JOIN LATERAL (
-    SELECT t.id, t.name, t.priority, t.run_at FROM pgbg.task t
+  SELECT c.ctid, c.name FROM lanes l CROSS JOIN LATERAL (
+    SELECT t.ctid, t.id, t.name, t.priority, t.run_at FROM pgbg.task t
     WHERE t.state = 'queued' AND t.queue = l.queue AND t.priority = l.priority
       AND t.run_at <= now() AND t.name = ANY($3::text[])
       -- The claim adds 1 to both: a row already at the integer limit (only
@@ -50,7 +50,10 @@ claimed AS (
     lease_expires_at = now() + l.lease_ms * interval '1 millisecond'
   FROM candidates c
   JOIN unnest($3::text[], $4::integer[]) AS l (name, lease_ms) ON l.name = c.name
-  WHERE t.id = c.id
+  -- By row address: the candidates are locked by this statement, so their
+  -- rows cannot have moved, and a TID lookup spares a primary key descent
+  -- per task.
+  WHERE t.ctid = c.ctid
   RETURNING t.id, t.name, t.queue, t.payload, t.attempts, t.max_attempts, t.lease_token, t.priority, t.run_at
 )
 -- Claim order, so the worker starts them in it; sorting here spares the
