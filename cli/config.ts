@@ -26,6 +26,8 @@ export interface ServeConfig {
   /** null: every queue. */
   queues: string[] | null;
   shutdownTimeout: number;
+  /** How often the supervisor may compact the task table's indexes; 0: never. */
+  compactInterval: number;
   migrate: boolean;
   logLevel: LogLevel;
   logFormat: "pretty" | "json";
@@ -48,6 +50,8 @@ interface Setting {
   shown: string;
   min?: number;
   max?: number;
+  /** A duration that `0` or `off` turns off (stored as 0). */
+  canBeOff?: boolean;
 }
 
 const d = defaults;
@@ -63,6 +67,7 @@ export const serveSettings: Record<string, Setting> = {
   "idle-sleep": { key: "idleSleep", env: "PGBG_IDLE_SLEEP", kind: "duration", shown: formatDuration(d.idleSleep), min: 10, description: "Longest a worker sleeps on an empty queue (enqueues wake it at once)" },
   queues: { key: "queues", env: "PGBG_QUEUES", kind: "list", shown: "every queue", description: "Comma-separated queues to claim from" },
   "shutdown-timeout": { key: "shutdownTimeout", env: "PGBG_SHUTDOWN_TIMEOUT", kind: "duration", shown: formatDuration(d.shutdownTimeout), min: 0, description: "On SIGTERM/SIGINT, how long running tasks may finish before they are handed back" },
+  "compact-interval": { key: "compactInterval", env: "PGBG_COMPACT_INTERVAL", kind: "duration", shown: formatDuration(d.compactInterval), min: 1000, canBeOff: true, description: "How often the supervisor checks whether the task table's indexes are bloated and rebuilds them (needs the table's owner); 0 or off: never" },
   schema: { key: "schema", env: "PGBG_SCHEMA", kind: "text", shown: d.schema, description: "PostgreSQL schema holding pgbg's tables" },
   "database-url": { key: "databaseUrl", env: "DATABASE_URL", kind: "text", shown: "embedded PostgreSQL in ./.pgbg", description: "PostgreSQL connection URL (prefer the variable: flags show in ps)" },
   migrate: { key: "migrate", env: "PGBG_MIGRATE", kind: "boolean", shown: "true", description: "Migrate the schema at start; --no-migrate for a role without DDL rights" },
@@ -95,9 +100,11 @@ function parseValue(flag: string, s: Setting, raw: unknown): unknown {
       return n;
     }
     case "duration": {
+      if (s.canBeOff && /^\s*(0|off)\s*$/i.test(String(raw))) return 0;
       const ms = parseDuration(String(raw));
       if (ms === undefined || ms < (s.min ?? 0)) {
-        throw bad(flag, s, raw, `a duration such as 500ms, 30s, 5m or plain milliseconds, from ${s.min ?? 0} ms to ${formatDuration(MAX_DURATION)}`);
+        const off = s.canBeOff ? ", or 0 or off" : "";
+        throw bad(flag, s, raw, `a duration such as 500ms, 30s, 5m or plain milliseconds, from ${s.min ?? 0} ms to ${formatDuration(MAX_DURATION)}${off}`);
       }
       return ms;
     }
@@ -126,7 +133,7 @@ export function resolveServeConfig(flags: Record<string, unknown>, env: Record<s
   const out: Record<string, unknown> = {
     databaseUrl: undefined, schema: d.schema, tasks: [], workers: d.workers, concurrency: d.concurrency, timeout: d.timeout,
     retryDelay: d.retryDelay, checkInterval: d.checkInterval, idleSleep: d.idleSleep, maxAttempts: d.maxAttempts, queues: null,
-    shutdownTimeout: d.shutdownTimeout, migrate: true, logLevel: "info", logFormat: isTTY ? "pretty" : "json",
+    shutdownTimeout: d.shutdownTimeout, compactInterval: d.compactInterval, migrate: true, logLevel: "info", logFormat: isTTY ? "pretty" : "json",
     metricsPort: null, metricsHost: "0.0.0.0",
   };
   for (const [flag, s] of Object.entries(serveSettings)) {

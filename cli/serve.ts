@@ -3,6 +3,7 @@
  * alive, restarting those that die or stop answering (with a back-off for
  * those that die at start-up), releases the tasks of dead workers at once,
  * rescues expired leases and the tasks of workers whose heartbeats stopped,
+ * compacts the task table's indexes when a drained queue left them bloated,
  * and shuts down gracefully on SIGTERM/SIGINT.
  *
  * @module
@@ -13,6 +14,7 @@ import { extname } from "node:path";
 import process from "node:process";
 import { fileURLToPath } from "node:url";
 import postgres from "postgres";
+import { type CompactResult, compactIndexes } from "../lib/compact.ts";
 import { releaseWorkerTasks, reapStaleWorkers, removeWorkers, rescueExpiredLeases } from "../lib/lease.ts";
 import { describeError, type Logger } from "../lib/log.ts";
 import { ServiceMetrics } from "../lib/metrics.ts";
@@ -22,6 +24,7 @@ import { deleteCancelledTasks, pruneTaskCounts } from "../lib/upkeep.ts";
 import { VERSION } from "../lib/version.ts";
 import type { ServeConfig } from "./config.ts";
 import { type MetricsServer, startMetricsServer } from "./metrics-server.ts";
+import { formatBytes } from "./table.ts";
 import type { WorkerMessage, WorkerSpec } from "./worker.ts";
 
 interface Slot {
@@ -47,8 +50,10 @@ const HEALTHY_AFTER = 5_000;
 
 /** Runs the supervisor until it is stopped by a signal; resolves with the exit code. */
 export async function supervise(config: ServeConfig, databaseUrl: string, log: Logger): Promise<number> {
+  // Three: an index compaction holds one connection for as long as its
+  // REINDEX takes, and the checks and metrics scrapes must not wait for it.
   // deno-lint-ignore no-explicit-any
-  const sql: postgres.Sql<any> = postgres(databaseUrl, { max: 2, onnotice: () => {}, connection: { application_name: "pgbg supervisor" } });
+  const sql: postgres.Sql<any> = postgres(databaseUrl, { max: 3, onnotice: () => {}, connection: { application_name: "pgbg supervisor" } });
   const supervisorId = randomUUID();
   const schema = config.schema;
   // The service's signal handlers are installed once the schema is ready.
@@ -175,6 +180,44 @@ export async function supervise(config: ServeConfig, databaseUrl: string, log: L
     }
   };
 
+  // Index compaction: at most one in flight, started by the check but never
+  // awaited there (a REINDEX CONCURRENTLY waits for older transactions),
+  // first a minute after start (or the interval, when shorter), then once per
+  // interval. A role that may not rebuild the indexes is warned about once.
+  let compaction: Promise<void> | undefined;
+  let compactAt = config.compactInterval > 0 ? Date.now() + Math.min(config.compactInterval, 60_000) : Number.POSITIVE_INFINITY;
+  const reportCompaction = (r: CompactResult) => {
+    const fields = {
+      outcome: r.outcome, indexBytesBefore: r.before.indexBytes, indexBytesAfter: r.after?.indexBytes, liveRows: r.before.liveRows,
+      durationMs: r.durationMs, dropped: r.dropped,
+    };
+    if (r.dropped.length) log.info(`dropped ${r.dropped.length} invalid index(es) an interrupted REINDEX CONCURRENTLY left: ${r.dropped.join(", ")}`, fields);
+    if (r.outcome === "compacted") {
+      log.info(`compacted the task table's indexes: ${formatBytes(r.before.indexBytes)} → ${formatBytes(r.after!.indexBytes)} (~${r.before.liveRows} live rows) in ${r.durationMs} ms`, fields);
+    } else if (r.outcome === "locked") {
+      log.debug("another pgbg is compacting the task table's indexes; skipped", fields);
+    } else if (r.outcome === "not-permitted") {
+      compactAt = Number.POSITIVE_INFINITY;
+      log.warn(
+        `cannot compact the task table's indexes (${formatBytes(r.before.indexBytes)} for ~${r.before.liveRows} live rows): ${r.message}. ` +
+          `Rebuilding them needs the owner of ${schema}.task: run \`pgbg compact\` as the owner, or set --compact-interval off. Not trying again.`,
+        fields,
+      );
+    }
+  };
+  const startCompaction = () => {
+    if (compaction || Date.now() < compactAt) return;
+    compactAt = Date.now() + config.compactInterval;
+    compaction = compactIndexes(sql, { schema })
+      // At shutdown its connection is closed under it: nothing to report then.
+      .then((r) => {
+        if (!stopping) reportCompaction(r);
+      }, (error) => {
+        if (!stopping) log.warn("index compaction failed; will retry", { error: describeError(error).message });
+      })
+      .finally(() => (compaction = undefined));
+  };
+
   let checking = false;
   // When the database was unreachable, no worker could heartbeat either:
   // judge heartbeats only after a full staleAfter of reachable database.
@@ -209,6 +252,7 @@ export async function supervise(config: ServeConfig, databaseUrl: string, log: L
         const reaped = await reapStaleWorkers(sql, schema, staleAfter, config.maxAttempts, supervisorId);
         if (reaped.length) log.warn(`released ${reaped.length} task(s) of workers whose heartbeat stopped`, { tasks: reaped.map((t) => t.id) });
       }
+      startCompaction();
     } catch (error) {
       reachableSince = Number.POSITIVE_INFINITY;
       log.warn("supervisor check failed; will retry", { error: describeError(error).message });
@@ -268,7 +312,10 @@ export async function supervise(config: ServeConfig, databaseUrl: string, log: L
   for (const id of allWorkerIds) deadWorkers.add(id);
   await Promise.race([releaseDead(), new Promise((r) => setTimeout(r, 3_000))]);
   await metricsServer?.close();
-  await sql.end({ timeout: 2 }).catch(() => {});
+  // A compaction still running is not waited for: its connection is closed
+  // at once. The server finishes the rebuild, or abandons it and leaves an
+  // invalid _ccnew index that the next compaction drops.
+  await sql.end({ timeout: compaction ? 0 : 2 }).catch(() => {});
   log.info(code === 0 ? "stopped" : "stopped at once; unfinished tasks were released");
   return code;
 }

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { describe, test } from "node:test";
-import { serveSettings } from "../cli/config.ts";
+import { resolveServeConfig, serveSettings } from "../cli/config.ts";
 import { fixtureTasks, patience } from "./service-harness.ts";
 
 const cli = fileURLToPath(new URL("../cli/main.ts", import.meta.url));
@@ -32,6 +32,8 @@ describe("pgbg serve flags", () => {
     `pgbg: --${flag} (${env}) must be a whole number from ${flag === "metrics-port" ? 0 : 1} to ${max}, got "${got}"`;
   const duration = (flag: string, env: string, min: number, got: string) =>
     `pgbg: --${flag} (${env}) must be a duration such as 500ms, 30s, 5m or plain milliseconds, from ${min} ms to 168h, got "${got}"`;
+  const durationOrOff = (flag: string, env: string, min: number, got: string) =>
+    `pgbg: --${flag} (${env}) must be a duration such as 500ms, 30s, 5m or plain milliseconds, from ${min} ms to 168h, or 0 or off, got "${got}"`;
   const badSchema = (name: string) =>
     `pgbg: --schema (PGBG_SCHEMA): invalid schema name ${JSON.stringify(name)}: use 1-63 lower-case letters, digits or _, not starting with a digit or pg_`;
   const queueRule = "a list of queue names (1-128 characters of A-Z a-z 0-9 _ . : / -, starting with a letter or digit)";
@@ -75,6 +77,10 @@ describe("pgbg serve flags", () => {
     [["--shutdown-timeout", "-1"], {}, duration("shutdown-timeout", "PGBG_SHUTDOWN_TIMEOUT", 0, "-1")],
     [["--shutdown-timeout", "forever"], {}, duration("shutdown-timeout", "PGBG_SHUTDOWN_TIMEOUT", 0, "forever")],
     [["--shutdown-timeout", "169h"], {}, duration("shutdown-timeout", "PGBG_SHUTDOWN_TIMEOUT", 0, "169h")],
+    [["--compact-interval", "500ms"], {}, durationOrOff("compact-interval", "PGBG_COMPACT_INTERVAL", 1000, "500ms")],
+    [["--compact-interval", "never"], {}, durationOrOff("compact-interval", "PGBG_COMPACT_INTERVAL", 1000, "never")],
+    [["--compact-interval", "169h"], {}, durationOrOff("compact-interval", "PGBG_COMPACT_INTERVAL", 1000, "169h")],
+    [[], { PGBG_COMPACT_INTERVAL: "-5m" }, durationOrOff("compact-interval", "PGBG_COMPACT_INTERVAL", 1000, "-5m")],
     [["--schema", "Bad-Name"], {}, badSchema("Bad-Name")],
     [["--schema", "pg_catalog"], {}, badSchema("pg_catalog")],
     [["--schema", "x".repeat(64)], {}, badSchema("x".repeat(64))],
@@ -115,6 +121,17 @@ describe("pgbg serve flags", () => {
       assert.ok(!stderr.includes("hunter2") && !stderr.includes("s3cret-pw"), "no password in the output");
     });
   }
+
+  test("--compact-interval takes a duration, or 0 or off to turn compaction off", () => {
+    const interval = (flags: Record<string, string>, env: Record<string, string> = {}) =>
+      resolveServeConfig({ tasks: fixtureTasks, ...flags }, env, false).compactInterval;
+    assert.equal(interval({}), 300_000, "default 5m");
+    assert.equal(interval({ "compact-interval": "10s" }), 10_000);
+    assert.equal(interval({ "compact-interval": "off" }), 0);
+    assert.equal(interval({ "compact-interval": "0" }), 0);
+    assert.equal(interval({}, { PGBG_COMPACT_INTERVAL: "OFF" }), 0);
+    assert.equal(interval({ "compact-interval": "1m" }, { PGBG_COMPACT_INTERVAL: "off" }), 60_000, "the flag wins over its variable");
+  });
 
   test("--tasks is required", () => {
     const { code, stderr } = pgbg(["serve"]);
