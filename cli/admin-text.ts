@@ -1,10 +1,11 @@
 /**
- * The readable (non-JSON) output of `pgbg status` and `pgbg list`.
+ * The readable (non-JSON) output of `pgbg status`, `pgbg list` and `pgbg compact`.
  *
  * @module
  */
 import type { Status, TaskRow } from "../lib/admin.ts";
-import { formatAge, formatTable, oneLine } from "./table.ts";
+import type { CompactResult } from "../lib/compact.ts";
+import { formatAge, formatBytes, formatTable, oneLine } from "./table.ts";
 
 /** `pgbg status` as text: tasks per queue and name, unregistered names, workers. */
 export function formatStatus(status: Status): string {
@@ -45,4 +46,18 @@ export function formatTaskList(tasks: TaskRow[]): string {
       t.runAt, t.lastError ? oneLine(`${t.lastError.name ?? "Error"}: ${t.lastError.message ?? ""}`, 80) : "",
     ]),
   );
+}
+
+/** `pgbg compact` as text: what was rebuilt or dropped, or why nothing was. Refusals are the exit line's, not this. */
+export function formatCompaction(r: CompactResult): string {
+  const lines: string[] = [];
+  if (r.dropped.length) lines.push(`dropped invalid index(es) an interrupted REINDEX CONCURRENTLY left: ${r.dropped.join(", ")}`);
+  const table = `${r.schema}.task`;
+  const sizes = `${formatBytes(r.before.indexBytes)} for ~${r.before.liveRows} live rows`;
+  if (r.outcome === "compacted") {
+    lines.push(`compacted the indexes of ${table}: ${formatBytes(r.before.indexBytes)} → ${formatBytes(r.after!.indexBytes)} (~${r.before.liveRows} live rows) in ${r.durationMs} ms`);
+  } else if (r.outcome === "not-bloated") {
+    lines.push(`the indexes of ${table} are not bloated (${sizes}); nothing rebuilt (--force rebuilds them anyway)`);
+  }
+  return lines.map((l) => `${l}\n`).join("");
 }

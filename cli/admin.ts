@@ -1,6 +1,6 @@
 /**
  * The operators' commands: `pgbg migrate`, `status`, `list`, `retry`,
- * `cancel` and `enqueue`. Each takes `--database-url` (DATABASE_URL),
+ * `cancel`, `enqueue` and `compact`. Each takes `--database-url` (DATABASE_URL),
  * `--schema` (PGBG_SCHEMA) and `--json`, and exits 0 on success, 1 when the
  * operation failed and 2 on bad usage, with one line on stderr.
  *
@@ -8,16 +8,17 @@
  */
 import process from "node:process";
 import postgres from "postgres";
+import { compactIndexes } from "../lib/compact.ts";
 import { cancelTasks, listTasks, readStatus, retryFailedTasks, TASK_STATES, type TaskState } from "../lib/admin.ts";
 import { defaults } from "../lib/config.ts";
 import { parseDuration } from "../lib/duration.ts";
 import { enqueue } from "../lib/enqueue.ts";
 import { LATEST_SCHEMA_VERSION, migrate, schemaVersion } from "../lib/migrate.ts";
 import { loadTasks } from "../lib/registry.ts";
-import { checkSchemaName, type Database } from "../lib/statements.ts";
+import { checkSchemaName } from "../lib/statements.ts";
 import { failWith, UsageError } from "./exit.ts";
 import { defineStrictCommand } from "./strict-command.ts";
-import { formatStatus, formatTaskList } from "./admin-text.ts";
+import { formatCompaction, formatStatus, formatTaskList } from "./admin-text.ts";
 
 /** The arguments every operators' command takes. */
 export const connectionArgs = {
@@ -47,7 +48,7 @@ export function connectionOf(args: Connection): { url: string; schema: string } 
  */
 async function runCommand<T>(
   args: Connection,
-  work: (sql: Database, schema: string) => Promise<T>,
+  work: (sql: postgres.Sql, schema: string) => Promise<T>,
   format: (result: T) => string,
   failedWhen: (result: T) => string | undefined = () => undefined,
 ): Promise<never> {
@@ -207,6 +208,21 @@ export const enqueueCommand = defineStrictCommand({
   },
 });
 
+/** `pgbg compact`. */
+export const compactCommand = defineStrictCommand({
+  meta: {
+    name: "compact",
+    description: "Rebuild the task table's indexes (REINDEX CONCURRENTLY) when a drained queue left them bloated, as the service does; needs the table's owner",
+  },
+  args: { ...connectionArgs, force: { type: "boolean", description: "Rebuild them even when they are not bloated (default: false)" } },
+  run: ({ args }) =>
+    runCommand(args, (sql, schema) => compactIndexes(sql, { schema, force: Boolean(args.force) }), formatCompaction, (r) => {
+      if (r.outcome === "locked") return `another pgbg is compacting the indexes of ${r.schema}.task now; try again later`;
+      if (r.outcome === "not-permitted") return `not permitted: ${r.message}; rebuilding the indexes needs the owner of ${r.schema}.task: run pgbg compact as that role`;
+      return undefined;
+    }),
+});
+
 /** The operators' commands, by name, for `pgbg`'s subcommands. */
 export const adminCommands = {
   migrate: migrateCommand,
@@ -215,4 +231,5 @@ export const adminCommands = {
   retry: retryCommand,
   cancel: cancelCommand,
   enqueue: enqueueCommand,
+  compact: compactCommand,
 };

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 /**
  * The `pgbg` command line: `pgbg serve` runs the service; `migrate`,
- * `status`, `list`, `retry`, `cancel` and `enqueue` are the operators'
+ * `status`, `list`, `retry`, `cancel`, `enqueue` and `compact` are the operators'
  * commands (cli/admin.ts), and `dashboard` serves them as a web page.
  *
  * Exit codes: 0 success, 1 the operation failed, 2 bad usage.
