@@ -1,0 +1,200 @@
+/**
+ * Index compaction: the task table's indexes keep their largest size after
+ * a deep queue drained (vacuum empties B-tree pages but never shrinks the
+ * files), so the supervisor rebuilds them with REINDEX CONCURRENTLY, one
+ * supervisor at a time, as the table's owner only.
+ */
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import { after, describe, test } from "node:test";
+import postgres from "postgres";
+import { compactIndexes, readTaskIndexes } from "../lib/compact.ts";
+import { enqueue, enqueueMany, migrate } from "../mod.ts";
+import { alwaysFails, work } from "./fixtures/tasks.ts";
+import { clientOptions, createTestDatabase, serverUrl } from "./harness.ts";
+import { patience, serviceTestbed, stopService, until } from "./service-harness.ts";
+
+const { db, sql, serve, remaining, executions, taskRow } = await serviceTestbed(createTestDatabase, migrate);
+const KiB = 1024;
+const MiB = 1024 * KiB;
+/** The task table has five indexes; with a few rows each fits in its metapage and one leaf page. */
+const nearEmpty = 5 * 2 * 8 * KiB;
+
+/** Bytes of every index of the task table, measured apart from the code under test. */
+const indexesSize = async () => Number((await sql`SELECT pg_indexes_size('pgbg.task') AS bytes`)[0].bytes);
+
+/**
+ * `n` tasks pass through the table as they do under a drain: inserted,
+ * claimed (a new row version in every index) and deleted.
+ */
+async function passThrough(n: number): Promise<void> {
+  await sql`INSERT INTO pgbg.task (queue, name, payload) SELECT 'default', 'work', '{}' FROM generate_series(1, ${n}::int)`;
+  await sql`UPDATE pgbg.task SET state = 'running', attempts = 1, worker_id = gen_random_uuid(), lease_expires_at = now() + interval '1 hour'
+    WHERE state = 'queued'`;
+  await sql`DELETE FROM pgbg.task WHERE state = 'running'`;
+}
+
+/**
+ * Stands in for autovacuum (off on some test servers): frees the dead rows,
+ * truncates the heap and updates the live-row estimate, and leaves the
+ * index files at their largest size.
+ */
+const vacuum = () => sql`VACUUM pgbg.task`;
+
+/** The task table's rows as plain objects, in id order. */
+const allTasks = async () => (await sql`SELECT * FROM pgbg.task ORDER BY id`).map((r) => ({ ...r }));
+
+/** Names of the task table's indexes and whether each is valid. */
+const taskIndexes = async () =>
+  (await sql`SELECT c.relname AS name, x.indisvalid AS valid FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid
+    WHERE x.indrelid = 'pgbg.task'::regclass ORDER BY 1`).map((r) => `${r.name}${r.valid ? "" : " (invalid)"}`);
+
+describe("index compaction", () => {
+  test("rebuilds bloated indexes to near-empty; queued tasks stay claimable in claim order, failed tasks stay", async () => {
+    const failed = await enqueue(sql, alwaysFails, {});
+    await sql`UPDATE pgbg.task SET state = 'failed', failed_at = now(), attempts = 3, last_error = '{"message":"kept"}' WHERE id = ${failed}`;
+    await passThrough(30_000);
+    // Claim order differs from id order: priority, then run_at, then id.
+    const order = await sql.begin(async (tx) => [
+      await enqueue(tx, work, {}, { priority: 5 }),
+      await enqueue(tx, work, {}, { priority: -1 }),
+      await enqueue(tx, work, {}, { priority: 5, runAt: new Date(Date.now() - 60_000) }),
+      await enqueue(tx, work, {}, { priority: 5, key: "k" }),
+    ]);
+    await vacuum();
+    const names = await taskIndexes();
+    const rows = await allTasks();
+    const before = await indexesSize();
+    assert.ok(before > 2 * MiB, `the indexes kept their size after the drain (${before} bytes)`);
+
+    const result = await compactIndexes(sql, { minIndexBytes: 1 * MiB });
+    assert.equal(result.outcome, "compacted");
+    assert.deepEqual([result.before.indexBytes, result.dropped], [before, []]);
+    const afterSize = await indexesSize();
+    assert.ok(afterSize <= nearEmpty, `the indexes are near-empty: ${afterSize} bytes (were ${before})`);
+    assert.equal(result.after?.indexBytes, afterSize);
+    assert.deepEqual(await taskIndexes(), names, "the same indexes, all valid");
+    assert.deepEqual(await allTasks(), rows, "no task changed");
+
+    const service = serve(["--workers", "1", "--concurrency", "1", "--compact-interval", "off"]);
+    await until(() => remaining(order), (n) => n === 0, patience, "the queued tasks to run");
+    assert.deepEqual(await stopService(service), { code: 0, signal: null });
+    assert.deepEqual((await executions(order)).map((r) => r.task_id), [order[1], order[2], order[0], order[3]]);
+    assert.deepEqual([(await taskRow(failed)).state, (await taskRow(failed)).last_error], ["failed", { message: "kept" }]);
+  });
+
+  test("indexes that are not bloated are left alone", async () => {
+    await passThrough(30_000);
+    await enqueueMany(sql, work, Array.from({ length: 10 }, () => ({})));
+    await vacuum();
+    const before = await indexesSize();
+    // Under the default 8 MiB floor.
+    const small = await compactIndexes(sql);
+    assert.deepEqual([small.outcome, small.after], ["not-bloated", null]);
+    // Over the floor but not over 4 × 100 bytes per live row.
+    const dense = await compactIndexes(sql, { minIndexBytes: 0, bytesPerLiveRow: Math.ceil(before / 10) });
+    assert.deepEqual([dense.outcome, dense.after], ["not-bloated", null]);
+    assert.equal(await indexesSize(), before);
+  });
+
+  test("drops the invalid leftovers of an interrupted REINDEX CONCURRENTLY, and no other index", async () => {
+    // Two tasks of one queue: a unique index on the queue fails to build and
+    // stays behind invalid, as a rebuild's _ccnew/_ccold index does when interrupted.
+    await enqueueMany(sql, work, [{}, {}]);
+    for (const name of ["task_claim_idx_ccnew", "task_pkey_ccold1", "someone_elses_idx"]) {
+      await assert.rejects(sql.unsafe(`CREATE UNIQUE INDEX CONCURRENTLY ${name} ON pgbg.task (queue)`), { code: "23505" });
+    }
+    assert.deepEqual((await readTaskIndexes(sql, "pgbg")).leftovers, ["task_claim_idx_ccnew", "task_pkey_ccold1"]);
+    const result = await compactIndexes(sql);
+    assert.deepEqual([result.outcome, result.dropped], ["not-bloated", ["task_claim_idx_ccnew", "task_pkey_ccold1"]]);
+    assert.deepEqual(result.after?.leftovers, []);
+    assert.deepEqual(await taskIndexes(), [
+      "someone_elses_idx (invalid)", "task_cancel_idx", "task_claim_idx", "task_key_idx", "task_lease_idx", "task_pkey",
+    ]);
+    await sql`DROP INDEX pgbg.someone_elses_idx`;
+  });
+
+  test("a second compaction while one holds the lock skips with locked", async () => {
+    // An open transaction that wrote to the table: the first rebuild waits for it, holding the lock.
+    let commit!: () => void;
+    const committed = new Promise<void>((resolve) => (commit = resolve));
+    let locked!: () => void;
+    const holding = new Promise<void>((resolve) => (locked = resolve));
+    const open = sql.begin(async (tx) => {
+      await tx`LOCK TABLE pgbg.task IN ROW EXCLUSIVE MODE`;
+      locked();
+      await committed;
+    });
+    await holding;
+    const first = compactIndexes(sql, { force: true });
+    await until(
+      async () => (await sql`SELECT count(*)::int AS n FROM pg_stat_activity
+        WHERE datname = current_database() AND query LIKE 'REINDEX%' AND wait_event_type = 'Lock'`)[0].n,
+      (n) => n === 1, patience, "the first compaction's REINDEX to wait for the open transaction",
+    );
+    const second = await compactIndexes(sql, { force: true });
+    assert.equal(second.outcome, "locked");
+    assert.deepEqual([second.after, second.dropped], [null, []]);
+    commit();
+    await open;
+    assert.equal((await first).outcome, "compacted");
+    assert.equal((await compactIndexes(sql, { force: true })).outcome, "compacted", "the lock was released");
+  });
+
+  test("a role that does not own the table gets not-permitted, without a throw, and holds no lock after", async () => {
+    const role = `${db.name}_service`;
+    const password = randomBytes(12).toString("hex");
+    await sql.unsafe(`CREATE ROLE "${role}" LOGIN PASSWORD '${password}'`);
+    const url = new URL(db.url);
+    url.username = role;
+    url.password = password;
+    const asService = postgres(url.toString(), { ...clientOptions, max: 2 });
+    after(async () => {
+      await asService.end({ timeout: 5 });
+      await sql.unsafe(`DROP OWNED BY "${role}"`).catch(() => {});
+      const admin = postgres(serverUrl(), { ...clientOptions, max: 1 });
+      await admin.unsafe(`DROP ROLE IF EXISTS "${role}"`);
+      await admin.end();
+    });
+    // The service role's grants from the README.
+    await sql.unsafe(`GRANT CONNECT ON DATABASE "${db.name}" TO "${role}"`);
+    await sql.unsafe(`GRANT USAGE ON SCHEMA pgbg TO "${role}"`);
+    await sql.unsafe(`GRANT SELECT, INSERT, UPDATE, DELETE ON pgbg.task, pgbg.worker, pgbg.task_count TO "${role}"`);
+    await sql.unsafe(`GRANT SELECT ON pgbg.migration TO "${role}"`);
+
+    await passThrough(30_000);
+    await vacuum();
+    const before = await indexesSize();
+    const refused = await compactIndexes(asService, { minIndexBytes: 1 * MiB });
+    assert.equal(refused.outcome, "not-permitted");
+    assert.match(refused.message ?? "", /must be owner of table task/);
+    assert.equal(refused.before.indexBytes, before, "the role could read the sizes");
+    // A leftover the owner's interrupted rebuild left: the role may not drop it either.
+    await enqueueMany(sql, work, [{}, {}]);
+    await assert.rejects(sql.unsafe(`CREATE UNIQUE INDEX CONCURRENTLY task_claim_idx_ccnew ON pgbg.task (queue)`), { code: "23505" });
+    assert.equal((await compactIndexes(asService)).outcome, "not-permitted");
+    const owner = await compactIndexes(sql, { minIndexBytes: 1 * MiB });
+    assert.deepEqual([owner.outcome, owner.dropped], ["compacted", ["task_claim_idx_ccnew"]], "the lock was released");
+  });
+
+  test("pgbg serve compacts bloated indexes by itself and logs it once", async () => {
+    // Over the service's default floor of 8 MiB.
+    await passThrough(150_000);
+    await vacuum();
+    const before = await indexesSize();
+    assert.ok(before > 8 * MiB, `the indexes kept their size after the drain (${before} bytes)`);
+    const service = serve(["--workers", "1", "--compact-interval", "1s"]);
+    const line = await service.waitForLog((l) => l.message.startsWith("compacted the task table's indexes"), patience);
+    assert.equal(line.level, "info");
+    assert.equal(line.component, "supervisor");
+    assert.equal(line.indexBytesBefore, before);
+    assert.ok(Number(line.indexBytesAfter) <= nearEmpty, `logged the size after: ${line.indexBytesAfter}`);
+    assert.equal(typeof line.durationMs, "number");
+    assert.ok(await indexesSize() <= nearEmpty);
+    // The service still runs tasks, and does not compact indexes that are not bloated.
+    const id = await enqueue(sql, work, {});
+    await until(() => remaining([id]), (n) => n === 0, patience, "a task to run after the compaction");
+    assert.deepEqual(await stopService(service), { code: 0, signal: null });
+    assert.equal(service.logs.filter((l) => /compact/.test(l.message)).length, 1, service.logs.map((l) => l.message).join("\n"));
+  });
+});
