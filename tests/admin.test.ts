@@ -180,6 +180,20 @@ describe("pgbg list, retry, cancel, enqueue", () => {
   });
 });
 
+describe("pgbg compact", () => {
+  test("says when the indexes are not bloated, rebuilds them with --force, and prints JSON", async () => {
+    const text = await pgbg(["compact"]);
+    assert.equal(text.code, 0, text.stderr);
+    assert.match(text.stdout, /^the indexes of pgbg\.task are not bloated \([\d.]+ (B|KiB|MiB) for ~\d+ live rows\); nothing rebuilt \(--force rebuilds them anyway\)\n$/);
+    const forced = await pgbgJson(["compact", "--force"]);
+    assert.deepEqual([forced.schema, forced.outcome, forced.dropped], ["pgbg", "compacted", []]);
+    assert.ok(forced.after.indexBytes > 0 && forced.after.indexes.every((i: { valid: boolean }) => i.valid), JSON.stringify(forced.after));
+    const missing = await pgbg(["compact", "--schema", "not_migrated"]);
+    assert.equal(missing.code, 1);
+    assert.match(missing.stderr, /^pgbg: the pgbg schema "not_migrated" is missing/);
+  });
+});
+
 describe("the operators' commands", () => {
   const commands = ["migrate", "status", "list", "retry", "cancel", "enqueue", "dashboard"];
   for (const command of commands) {
@@ -214,7 +228,7 @@ describe("the operators' commands", () => {
     const section = readme.slice(readme.indexOf("## Operations"), readme.indexOf("## Design"));
     const lines = [...section.matchAll(/^(?:PGBG_\w+=(?:\$\([^)]*\)|\S+) )?pgbg (\w+)(.*)$/gm)];
     const commands: Record<string, { args?: unknown; meta?: unknown }> = { ...adminCommands, dashboard: dashboardCommand };
-    assert.deepEqual([...new Set(lines.map((l) => l[1]))].sort(), ["cancel", "dashboard", "enqueue", "list", "migrate", "retry", "status"]);
+    assert.deepEqual([...new Set(lines.map((l) => l[1]))].sort(), ["cancel", "compact", "dashboard", "enqueue", "list", "migrate", "retry", "status"]);
     for (const [, name, rest] of lines) {
       // Words of the example up to its comment; a quoted argument is one word.
       const words = [...rest.replace(/\s+#.*$/, "").matchAll(/'[^']*'|\S+/g)].map((m) => m[0]);
