@@ -41,7 +41,7 @@ export const queries = {
   HeartbeatWorker: "UPDATE pgbg.worker SET heartbeat_at = now() WHERE id = $1\nRETURNING id, ARRAY(\n  SELECT t.id FROM pgbg.task t\n  WHERE t.worker_id = $1 AND t.cancel_requested_at IS NOT NULL AND t.state = 'running'\n) AS cancelled",
   FinishCancelledTasks: "DELETE FROM pgbg.task t\nUSING unnest($1::bigint[], $2::integer[]) AS c (id, token)\nWHERE t.id = c.id AND t.lease_token = c.token AND t.state = 'running'\nRETURNING t.id",
   RecordTaskCounts: "INSERT INTO pgbg.task_count AS c (period, queue, name, completed, failed, retried)\nSELECT to_timestamp(floor(extract(epoch FROM now()) / 10) * 10), q, n, sum(done), sum(failed), sum(retried)\nFROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[]) AS x (q, n, done, failed, retried)\nGROUP BY q, n\nON CONFLICT (period, queue, name) DO UPDATE SET\n  completed = c.completed + excluded.completed,\n  failed = c.failed + excluded.failed,\n  retried = c.retried + excluded.retried",
-  DeleteCancelledTasks: "DELETE FROM pgbg.task\nWHERE cancel_requested_at IS NOT NULL AND state <> 'running'\nRETURNING id",
+  DeleteCancelledTasks: "DELETE FROM pgbg.task\nWHERE ctid = ANY (ARRAY(\n  SELECT ctid FROM pgbg.task\n  WHERE cancel_requested_at IS NOT NULL AND state <> 'running'\n  ORDER BY worker_id\n  LIMIT 1000\n))\nRETURNING id",
   PruneTaskCounts: "DELETE FROM pgbg.task_count WHERE period < now() - interval '1 hour'",
   SetWorkerIdle: "UPDATE pgbg.worker SET idle = $2 WHERE id = $1",
   RemoveWorkers: "DELETE FROM pgbg.worker WHERE id = ANY($1::uuid[])",

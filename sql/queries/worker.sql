@@ -189,9 +189,20 @@ ON CONFLICT (period, queue, name) DO UPDATE SET
 -- name: DeleteCancelledTasks
 -- Cancelled tasks that left `running` before their worker deleted them
 -- (failed or handed back first, or their worker died): the supervisor's
--- check deletes them. Uses task_cancel_idx.
+-- check deletes them, up to 1,000 per check.
+--
+-- Written to read task_cancel_idx in its order: without statistics (a queue
+-- just filled, not yet analyzed) the planner takes `IS NOT NULL` to match
+-- nearly every row, and the plain DELETE scanned the whole table once per
+-- check (58 ms per call with 200,000 queued). Rows in index order with a
+-- LIMIT cost less through the index whatever the estimate.
 DELETE FROM pgbg.task
-WHERE cancel_requested_at IS NOT NULL AND state <> 'running'
+WHERE ctid = ANY (ARRAY(
+  SELECT ctid FROM pgbg.task
+  WHERE cancel_requested_at IS NOT NULL AND state <> 'running'
+  ORDER BY worker_id
+  LIMIT 1000
+))
 RETURNING id;
 
 -- name: PruneTaskCounts
