@@ -12,7 +12,7 @@ import { compactIndexes, readTaskIndexes } from "../lib/compact.ts";
 import { enqueue, enqueueMany, migrate } from "../mod.ts";
 import { alwaysFails, work } from "./fixtures/tasks.ts";
 import { clientOptions, createTestDatabase, serverUrl } from "./harness.ts";
-import { patience, serviceTestbed, stopService, until } from "./service-harness.ts";
+import { patience, serviceTestbed, stopService, until, within } from "./service-harness.ts";
 
 const { db, sql, serve, remaining, executions, taskRow } = await serviceTestbed(createTestDatabase, migrate);
 const KiB = 1024;
@@ -48,6 +48,32 @@ const allTasks = async () => (await sql`SELECT * FROM pgbg.task ORDER BY id`).ma
 const taskIndexes = async () =>
   (await sql`SELECT c.relname AS name, x.indisvalid AS valid FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid
     WHERE x.indrelid = 'pgbg.task'::regclass ORDER BY 1`).map((r) => `${r.name}${r.valid ? "" : " (invalid)"}`);
+
+/**
+ * Opens a transaction that wrote to the task table and keeps it open until
+ * `commit()`: a REINDEX CONCURRENTLY started meanwhile waits for it.
+ */
+async function openWriter(): Promise<{ commit: () => Promise<void> }> {
+  let release!: () => void;
+  const released = new Promise<void>((resolve) => (release = resolve));
+  let locked!: () => void;
+  const holding = new Promise<void>((resolve) => (locked = resolve));
+  const done = sql.begin(async (tx) => {
+    await tx`LOCK TABLE pgbg.task IN ROW EXCLUSIVE MODE`;
+    locked();
+    await released;
+  });
+  await holding;
+  return { commit: () => (release(), done.then(() => {})) };
+}
+
+/** Waits until a REINDEX on this database waits for a lock. */
+const reindexWaiting = () =>
+  until(
+    async () => (await sql`SELECT count(*)::int AS n FROM pg_stat_activity
+      WHERE datname = current_database() AND query LIKE 'REINDEX%' AND wait_event_type = 'Lock'`)[0].n,
+    (n) => n === 1, patience, "a REINDEX to wait for the open transaction",
+  );
 
 describe("index compaction", () => {
   test("rebuilds bloated indexes to near-empty; queued tasks stay claimable in claim order, failed tasks stay", async () => {
@@ -115,28 +141,14 @@ describe("index compaction", () => {
   });
 
   test("a second compaction while one holds the lock skips with locked", async () => {
-    // An open transaction that wrote to the table: the first rebuild waits for it, holding the lock.
-    let commit!: () => void;
-    const committed = new Promise<void>((resolve) => (commit = resolve));
-    let locked!: () => void;
-    const holding = new Promise<void>((resolve) => (locked = resolve));
-    const open = sql.begin(async (tx) => {
-      await tx`LOCK TABLE pgbg.task IN ROW EXCLUSIVE MODE`;
-      locked();
-      await committed;
-    });
-    await holding;
+    // The first rebuild waits for an open transaction, holding the lock.
+    const writer = await openWriter();
     const first = compactIndexes(sql, { force: true });
-    await until(
-      async () => (await sql`SELECT count(*)::int AS n FROM pg_stat_activity
-        WHERE datname = current_database() AND query LIKE 'REINDEX%' AND wait_event_type = 'Lock'`)[0].n,
-      (n) => n === 1, patience, "the first compaction's REINDEX to wait for the open transaction",
-    );
+    await reindexWaiting();
     const second = await compactIndexes(sql, { force: true });
     assert.equal(second.outcome, "locked");
     assert.deepEqual([second.after, second.dropped], [null, []]);
-    commit();
-    await open;
+    await writer.commit();
     assert.equal((await first).outcome, "compacted");
     assert.equal((await compactIndexes(sql, { force: true })).outcome, "compacted", "the lock was released");
   });
@@ -196,5 +208,21 @@ describe("index compaction", () => {
     await until(() => remaining([id]), (n) => n === 0, patience, "a task to run after the compaction");
     assert.deepEqual(await stopService(service), { code: 0, signal: null });
     assert.equal(service.logs.filter((l) => /compact/.test(l.message)).length, 1, service.logs.map((l) => l.message).join("\n"));
+  });
+
+  test("pgbg serve stops without waiting for a compaction in flight", async () => {
+    await passThrough(150_000);
+    await vacuum();
+    const writer = await openWriter();
+    const service = serve(["--workers", "1", "--compact-interval", "1s"]);
+    await reindexWaiting();
+    // The rebuild waits for the writer, which stays open until the service has stopped.
+    assert.deepEqual(await within(stopService(service), patience, "the service to stop"), { code: 0, signal: null });
+    assert.deepEqual(service.logs.filter((l) => l.level !== "debug" && /compact/.test(l.message)), [], "nothing reported about it");
+    await writer.commit();
+    // The server finishes the rebuild (or abandons it, leaving a leftover); either way the next compaction ends clean.
+    await until(() => compactIndexes(sql, { force: true }).then((r) => r.outcome), (o) => o === "compacted", patience, "the lock to be free");
+    assert.deepEqual(await taskIndexes(), ["task_cancel_idx", "task_claim_idx", "task_key_idx", "task_lease_idx", "task_pkey"]);
+    assert.ok(await indexesSize() <= nearEmpty);
   });
 });
