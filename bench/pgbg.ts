@@ -78,8 +78,11 @@ export async function drainWith(db: Database, server: Server, n: number, setting
   }
 }
 
-/** pgbg as a bench subject; `drain` sweeps `settings` and reports the best. */
-export function pgbgSubject(settings: ServeSetting[], onSweep?: (r: DrainResult) => void): Subject {
+/**
+ * pgbg as a bench subject; `drain` drains at `setting`. The bench's sweep of
+ * settings calls drainWith itself, each drain on a fresh database.
+ */
+export function pgbgSubject(setting: ServeSetting): Subject {
   return {
     name: "pgbg",
     version: VERSION,
@@ -98,14 +101,8 @@ export function pgbgSubject(settings: ServeSetting[], onSweep?: (r: DrainResult)
       }
       return since(t0);
     },
-    async drain(db, server, n) {
-      let best: DrainResult | undefined;
-      for (const setting of settings) {
-        const result = await drainWith(db, server, n, setting);
-        onSweep?.(result);
-        if (!best || result.seconds < best.seconds) best = result;
-      }
-      return best!;
+    drain(db, server, n) {
+      return drainWith(db, server, n, setting);
     },
     async latency(db, samples) {
       const service = await serve(db, { workers: 2, concurrency: 10 });

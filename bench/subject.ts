@@ -43,3 +43,16 @@ export interface Subject {
    */
   latency(db: Database, samples: number): Promise<number[]>;
 }
+
+/**
+ * The run of median time among `runs` (an odd count gives the middle one),
+ * with the rates of all of them in `setting`, so a table shows the spread.
+ */
+export function medianRun(runs: DrainResult[]): DrainResult {
+  const sorted = [...runs].sort((a, b) => a.seconds - b.seconds);
+  const middle = sorted[Math.floor((sorted.length - 1) / 2)];
+  if (runs.length === 1) return middle;
+  const rates = runs.map((r) => Math.round(r.jobs / r.seconds).toLocaleString("en")).join(", ");
+  return { ...middle, setting: `${middle.setting}; median of ${runs.length} runs: ${rates}/s` };
+}
+
