@@ -177,7 +177,10 @@ describe("index compaction", () => {
     await passThrough(30_000);
     await vacuum();
     const before = await indexesSize();
-    const refused = await compactIndexes(asService, { minIndexBytes: 1 * MiB });
+    // force: the statistics' live-row count may still include the rows just
+    // deleted (a backend sends its counts up to seconds later), and the
+    // refusal must not depend on the bloat verdict.
+    const refused = await compactIndexes(asService, { force: true });
     assert.equal(refused.outcome, "not-permitted");
     assert.match(refused.message ?? "", /must be owner of table task/);
     assert.equal(refused.before.indexBytes, before, "the role could read the sizes");
@@ -185,7 +188,7 @@ describe("index compaction", () => {
     await enqueueMany(sql, work, [{}, {}]);
     await assert.rejects(sql.unsafe(`CREATE UNIQUE INDEX CONCURRENTLY task_claim_idx_ccnew ON pgbg.task (queue)`), { code: "23505" });
     assert.equal((await compactIndexes(asService)).outcome, "not-permitted");
-    const owner = await compactIndexes(sql, { minIndexBytes: 1 * MiB });
+    const owner = await compactIndexes(sql, { force: true });
     assert.deepEqual([owner.outcome, owner.dropped], ["compacted", ["task_claim_idx_ccnew"]], "the lock was released");
   });
 
@@ -199,7 +202,8 @@ describe("index compaction", () => {
     const line = await service.waitForLog((l) => l.message.startsWith("compacted the task table's indexes"), patience);
     assert.equal(line.level, "info");
     assert.equal(line.component, "supervisor");
-    assert.equal(line.indexBytesBefore, before);
+    // Not equal to `before` to the byte: autovacuum, on in some test servers, may run in between.
+    assert.ok(Number(line.indexBytesBefore) > 8 * MiB, `logged the size before: ${line.indexBytesBefore}`);
     assert.ok(Number(line.indexBytesAfter) <= nearEmpty, `logged the size after: ${line.indexBytesAfter}`);
     assert.equal(typeof line.durationMs, "number");
     assert.ok(await indexesSize() <= nearEmpty);
