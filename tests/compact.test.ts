@@ -8,7 +8,8 @@ import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { after, describe, test } from "node:test";
 import postgres from "postgres";
-import { compactIndexes, readTaskIndexes } from "../lib/compact.ts";
+import { compactIndexes, isBloated, readTaskIndexes } from "../lib/compact.ts";
+import { defaults } from "../lib/config.ts";
 import { enqueue, enqueueMany, migrate } from "../mod.ts";
 import { alwaysFails, work } from "./fixtures/tasks.ts";
 import { clientOptions, createTestDatabase, serverUrl } from "./harness.ts";
@@ -40,6 +41,16 @@ async function passThrough(n: number): Promise<void> {
  * index files at their largest size.
  */
 const vacuum = () => sql`VACUUM pgbg.task`;
+
+/**
+ * Waits until the service would judge the indexes bloated: the statistics'
+ * live-row count, which it reads, can hold rows just deleted for seconds
+ * (each backend sends its counts when it has been idle a while).
+ */
+const bloatVisible = () =>
+  until(async () => isBloated(await readTaskIndexes(sql, "pgbg"), {
+    minIndexBytes: defaults.compactMinIndexBytes, bytesPerLiveRow: defaults.compactBytesPerLiveRow, bloatFactor: defaults.compactBloatFactor,
+  }), (bloated) => bloated, patience, "the statistics to show the deleted rows gone");
 
 /** The task table's rows as plain objects, in id order. */
 const allTasks = async () => (await sql`SELECT * FROM pgbg.task ORDER BY id`).map((r) => ({ ...r }));
@@ -198,6 +209,7 @@ describe("index compaction", () => {
     await vacuum();
     const before = await indexesSize();
     assert.ok(before > 8 * MiB, `the indexes kept their size after the drain (${before} bytes)`);
+    await bloatVisible();
     const service = serve(["--workers", "1", "--compact-interval", "1s"]);
     const line = await service.waitForLog((l) => l.message.startsWith("compacted the task table's indexes"), patience);
     assert.equal(line.level, "info");
@@ -217,6 +229,7 @@ describe("index compaction", () => {
   test("pgbg serve stops without waiting for a compaction in flight", async () => {
     await passThrough(150_000);
     await vacuum();
+    await bloatVisible();
     const writer = await openWriter();
     const service = serve(["--workers", "1", "--compact-interval", "1s"]);
     await reindexWaiting();
