@@ -55,4 +55,3 @@ export function medianRun(runs: DrainResult[]): DrainResult {
   const rates = runs.map((r) => Math.round(r.jobs / r.seconds).toLocaleString("en")).join(", ");
   return { ...middle, setting: `${middle.setting}; median of ${runs.length} runs: ${rates}/s` };
 }
-

@@ -101,6 +101,15 @@ export function isBloated(indexes: TaskIndexes, limits: Required<Pick<CompactOpt
   return indexes.indexBytes > limits.minIndexBytes && indexes.indexBytes > limits.bloatFactor * limits.bytesPerLiveRow * indexes.liveRows;
 }
 
+/** The thresholds of {@link isBloated}: those of `options`, else the defaults (lib/config.ts). */
+export function bloatLimits(options: CompactOptions = {}): Required<Pick<CompactOptions, "minIndexBytes" | "bytesPerLiveRow" | "bloatFactor">> {
+  return {
+    minIndexBytes: options.minIndexBytes ?? defaults.compactMinIndexBytes,
+    bytesPerLiveRow: options.bytesPerLiveRow ?? defaults.compactBytesPerLiveRow,
+    bloatFactor: options.bloatFactor ?? defaults.compactBloatFactor,
+  };
+}
+
 // The names REINDEX CONCURRENTLY gives its temporary indexes: the index's
 // own name (lower case, as pgbg's are) with _ccnew or _ccold, and a number
 // when that name was taken. Checked again before a name enters SQL text.
@@ -131,11 +140,7 @@ export async function compactIndexes(sql: Sql<any>, options?: CompactOptions): P
     minIndexBytes: integer(0, Number.MAX_SAFE_INTEGER), bytesPerLiveRow: integer(0, Number.MAX_SAFE_INTEGER), bloatFactor: integer(1, 1_000_000),
   });
   const schema = checkSchemaName(opts.schema ?? defaults.schema);
-  const limits = {
-    minIndexBytes: opts.minIndexBytes ?? defaults.compactMinIndexBytes,
-    bytesPerLiveRow: opts.bytesPerLiveRow ?? defaults.compactBytesPerLiveRow,
-    bloatFactor: opts.bloatFactor ?? defaults.compactBloatFactor,
-  };
+  const limits = bloatLimits(opts);
   const started = performance.now();
   let before = await readTaskIndexes(sql, schema);
   let after: TaskIndexes | null = null;
