@@ -50,6 +50,48 @@ describe("the upkeep statements of the supervisor and the heartbeat", () => {
   }
 });
 
+/**
+ * The write-backs of a batch of attempts. The statistics rarely see running
+ * tasks (a drain claims and deletes them between two analyzes), and a join
+ * of a batch of 1,000 to the table then read every running task through
+ * task_lease_idx, dead entries included, and hashed them: with a million
+ * tasks queued, completions ran for minutes. Each must look its tasks up by
+ * primary key, whatever the statistics say.
+ */
+describe("the statements that write back a batch of attempts", () => {
+  const BATCH = 1000;
+  const writeBacks: [QueryName, (ids: string[]) => unknown[]][] = [
+    ["CompleteTasks", (ids) => [ids, ids.map(() => 1)]],
+    ["FailTasks", (ids) => [ids, ids.map(() => 1), ids.map(() => 1000), ids.map(() => JSON.stringify({ message: "boom" })), ids.map(() => 0), 25]],
+    ["ReleaseTasks", (ids) => [ids, ids.map(() => 1)]],
+  ];
+  for (const [name, params] of writeBacks) {
+    test(`${name} of ${BATCH} reads task_pkey, not task_lease_idx or the table, when the statistics saw no running task`, async () => {
+      const sql = db.connect({ max: 1 });
+      const rollback = new Error("rollback");
+      let outcome: { written: number; tableScans: number; leaseScans: number } | undefined;
+      await sql.begin(async (tx) => {
+        await tx`INSERT INTO pgbg.task (queue, name, payload) SELECT 'default', 'grown', '{}'::jsonb FROM generate_series(1, 50000)`;
+        await tx`ANALYZE pgbg.task`;
+        const absent = Array.from({ length: BATCH }, (_, i) => String(-1 - i));
+        for (let i = 0; i < 8; i++) await run(tx, "pgbg", name, params(absent));
+        await tx`UPDATE pgbg.task SET state = 'running', attempts = 1, lease_token = 1, worker_id = ${WORKER}::uuid,
+          lease_expires_at = now() + interval '1 hour'`;
+        const ids = (await tx`SELECT id::text FROM pgbg.task ORDER BY id LIMIT ${BATCH}`).map((r) => r.id as string);
+        const before = await scans(tx, "task_lease_idx");
+        const written = await run(tx, "pgbg", name, params(ids));
+        const after = await scans(tx, "task_lease_idx");
+        outcome = { written: written.length, tableScans: after.table - before.table, leaseScans: after.index - before.index };
+        throw rollback;
+      }).catch((error) => {
+        if (error !== rollback) throw error;
+      });
+      assert.deepEqual(outcome, { written: BATCH, tableScans: 0, leaseScans: 0 });
+      await sql.end();
+    });
+  }
+});
+
 /** Sequential scans of the task table and scans of `index` in this transaction so far. */
 // deno-lint-ignore no-explicit-any
 async function scans(tx: any, index: string): Promise<{ table: number; index: number }> {

@@ -98,6 +98,10 @@ RETURNING id;
 -- when it was permanent or the attempts are used up. $1 ids, $2 lease
 -- tokens, $3 retry delays in ms, $4 errors (JSON text), $5 permanent (1) or not (0),
 -- $6 max attempts for tasks that did not set their own.
+-- Each task is found as CompleteTasks finds it (by primary key, one lookup
+-- per task) and updated by row address: a join of the batch to the table
+-- let the planner scan every entry of task_lease_idx, dead ones included,
+-- when failures came in bulk beside a deep queue.
 UPDATE pgbg.task t SET
   state = CASE WHEN f.permanent = 1 OR t.attempts >= coalesce(t.max_attempts, $6) THEN 'failed' ELSE 'queued' END::pgbg.task_state,
   failed_at = CASE WHEN f.permanent = 1 OR t.attempts >= coalesce(t.max_attempts, $6) THEN now() END,
@@ -106,18 +110,39 @@ UPDATE pgbg.task t SET
   last_error = f.error::jsonb,
   lease_expires_at = NULL,
   worker_id = NULL
-FROM unnest($1::bigint[], $2::integer[], $3::float8[], $4::text[], $5::smallint[]) AS f (id, token, delay_ms, error, permanent)
-WHERE t.id = f.id AND t.lease_token = f.token AND t.state = 'running'
+FROM (
+  SELECT x.ctid, f.token, f.delay_ms, f.error, f.permanent
+  FROM unnest($1::bigint[], $2::integer[], $3::float8[], $4::text[], $5::smallint[]) AS f (id, token, delay_ms, error, permanent)
+  CROSS JOIN LATERAL (
+    SELECT ctid FROM pgbg.task
+    WHERE id = f.id AND lease_token = f.token AND worker_id IS NOT NULL AND lease_expires_at IS NOT NULL
+    LIMIT 1
+  ) x
+) f
+-- Rechecked on the row updated: a task that changed since the lookup has
+-- another address, and is left alone. The lease holder stands for
+-- state = 'running' here too: that predicate let the planner drive the
+-- update from task_lease_idx.
+WHERE t.ctid = f.ctid AND t.lease_token = f.token AND t.worker_id IS NOT NULL AND t.lease_expires_at IS NOT NULL
 RETURNING t.id, t.state;
 
 -- name: ReleaseTasks
 -- Graceful shutdown hands unfinished tasks back, claimable at once. The
--- interrupted attempt is not counted: the task did not fail.
+-- interrupted attempt is not counted: the task did not fail. Found and
+-- fenced as in FailTasks.
 UPDATE pgbg.task t SET
   state = 'queued', run_at = now(), attempts = t.attempts - 1,
   lease_expires_at = NULL, worker_id = NULL
-FROM unnest($1::bigint[], $2::integer[]) AS r (id, token)
-WHERE t.id = r.id AND t.lease_token = r.token AND t.state = 'running'
+FROM (
+  SELECT x.ctid, r.token
+  FROM unnest($1::bigint[], $2::integer[]) AS r (id, token)
+  CROSS JOIN LATERAL (
+    SELECT ctid FROM pgbg.task
+    WHERE id = r.id AND lease_token = r.token AND worker_id IS NOT NULL AND lease_expires_at IS NOT NULL
+    LIMIT 1
+  ) x
+) r
+WHERE t.ctid = r.ctid AND t.lease_token = r.token AND t.worker_id IS NOT NULL AND t.lease_expires_at IS NOT NULL
 RETURNING t.id;
 
 -- name: ReleaseWorkerTasks
