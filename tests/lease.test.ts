@@ -46,6 +46,49 @@ describe("leases", () => {
     assert.equal(await row(id), undefined, "the current lease holder completes it");
   });
 
+  // The write-backs find each task by primary key, then write it by row
+  // address. A write-back that read the row just before another worker took
+  // the task over waits on that worker's lock, then meets the new version of
+  // the row: its stale token must still fence it out, on every PostgreSQL
+  // version (whether a TID scan rechecks the row address then differs by
+  // minor release).
+  const writeBacks: [string, (id: string, token: number) => unknown[]][] = [
+    ["CompleteTasks", (id, token) => [[id], [token]]],
+    ["FailTasks", (id, token) => [[id], [token], [0], [JSON.stringify({ message: "late" })], [1], 25]],
+    ["ReleaseTasks", (id, token) => [[id], [token]]],
+  ];
+  for (const [name, params] of writeBacks) {
+    test(`${name} that waited while the task changed hands changes nothing`, async () => {
+      const id = await enqueue(sql, task, name);
+      const first = randomUUID();
+      const [stale] = await claimTasks(sql, "pgbg", scope(first), 10);
+      assert.equal(stale.id, id);
+      const waiter = db.connect({ max: 1 });
+      const [{ pid }] = await waiter`SELECT pg_backend_pid() AS pid`;
+      const second = randomUUID();
+      let fresh: Awaited<ReturnType<typeof claimTasks>>[number] | undefined;
+      let written: unknown[] | undefined;
+      await sql.begin(async (tx) => {
+        // The first worker is taken for dead and a second claims the task,
+        // not yet committed; the stale write-back starts meanwhile.
+        await releaseWorkerTasks(tx, "pgbg", [first], 25, { message: "gone" });
+        [fresh] = await claimTasks(tx, "pgbg", scope(second), 10);
+        const pending = run(waiter, "pgbg", name as never, params(id, stale.leaseToken)).then((rows) => (written = rows));
+        for (;;) {
+          const [{ waiting }] = await sql`SELECT count(*)::int AS waiting FROM pg_stat_activity WHERE pid = ${pid} AND wait_event_type = 'Lock'`;
+          if (waiting) break;
+          await new Promise((resolve) => setTimeout(resolve, 10));
+        }
+        pending.catch(() => {});
+      });
+      for (let i = 0; written === undefined && i < 500; i++) await new Promise((resolve) => setTimeout(resolve, 10));
+      await waiter.end();
+      assert.equal(fresh?.id, id);
+      assert.equal(written?.length, 0, `${name} with the stale token wrote nothing`);
+      assert.deepEqual(await row(id), { state: "running", attempts: 2, lease_token: fresh?.leaseToken, worker_id: second });
+    });
+  }
+
   test("LeaseLostError carries a stable code", () => {
     assert.equal(new LeaseLostError("7").code, "PGBG_LEASE_LOST");
   });

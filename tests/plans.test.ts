@@ -65,14 +65,18 @@ describe("the statements that write back a batch of attempts", () => {
     ["FailTasks", (ids) => [ids, ids.map(() => 1), ids.map(() => 1000), ids.map(() => JSON.stringify({ message: "boom" })), ids.map(() => 0), 25]],
     ["ReleaseTasks", (ids) => [ids, ids.map(() => 1)]],
   ];
-  for (const [name, params] of writeBacks) {
-    test(`${name} of ${BATCH} reads task_pkey, not task_lease_idx or the table, when the statistics saw no running task`, async () => {
+  // A prepared statement runs its first five executions on plans made for
+  // their parameters (here: a batch of 1,000), then on one generic plan.
+  const modes = [["its first (custom) plans", "force_custom_plan"], ["its generic plan", "force_generic_plan"]] as const;
+  for (const [name, params] of writeBacks) for (const [plans, mode] of modes) {
+    test(`${name} of ${BATCH} on ${plans} reads task_pkey, not task_lease_idx or the table, when the statistics saw no running task`, async () => {
       const sql = db.connect({ max: 1 });
       const rollback = new Error("rollback");
       let outcome: { written: number; tableScans: number; leaseScans: number } | undefined;
       await sql.begin(async (tx) => {
         await tx`INSERT INTO pgbg.task (queue, name, payload) SELECT 'default', 'grown', '{}'::jsonb FROM generate_series(1, 50000)`;
         await tx`ANALYZE pgbg.task`;
+        await tx`SELECT set_config('plan_cache_mode', ${mode}, true)`;
         const absent = Array.from({ length: BATCH }, (_, i) => String(-1 - i));
         for (let i = 0; i < 8; i++) await run(tx, "pgbg", name, params(absent));
         await tx`UPDATE pgbg.task SET state = 'running', attempts = 1, lease_token = 1, worker_id = ${WORKER}::uuid,

@@ -66,16 +66,23 @@ ORDER BY priority, run_at, id;
 
 -- name: CompleteTasks
 -- Success: the task is deleted. $1 ids, $2 their lease tokens.
--- Each task is looked up by primary key and deleted by row address, a plan
--- whose cost is the batch's whatever the table holds. Written as a join,
--- the prepared statement's plan follows statistics that rarely see running
--- tasks: it scanned every running task through task_lease_idx, and with
--- a million tasks queued the deletes ran for minutes. LIMIT keeps the
--- lookup per task, and the lease holder stands for state = 'running'
--- (task_running_has_lease), so no other index fits it. A task that changes
--- between lookup and delete no longer has that address and is left alone:
--- the lease fence holds.
+-- The rows to write are found first, in one sub-select run once: each task
+-- looked up by primary key (LIMIT keeps the lookup per task), its row
+-- address collected, and the rows then read by address. Whatever the
+-- statistics say, the cost is the batch's, not the table's. Joined to the
+-- table, the plan followed statistics that rarely see running tasks: it
+-- scanned every running task through task_lease_idx (with a million tasks
+-- queued the deletes ran for minutes), and a join by row address planned
+-- from the batch's actual size ran the lookups once per row of the table.
+-- The lease holder stands for state = 'running' (task_running_has_lease)
+-- so that no partial index fits.
+-- The fence is the id, token and lease rechecked on the row written: a task
+-- taken over while this statement waited for its lock is met in its new
+-- version, whose token differs. The address alone does not fence on every
+-- server: before a fix in later minor releases, a TID scan did not recheck
+-- the address of a row that changed under it.
 DELETE FROM pgbg.task t
+USING unnest($1::bigint[], $2::integer[]) AS c (id, token)
 WHERE t.ctid = ANY (ARRAY(
   SELECT x.ctid FROM unnest($1::bigint[], $2::integer[]) AS c (id, token)
   CROSS JOIN LATERAL (
@@ -84,6 +91,7 @@ WHERE t.ctid = ANY (ARRAY(
     LIMIT 1
   ) x
 ))
+  AND t.id = c.id AND t.lease_token = c.token AND t.worker_id IS NOT NULL AND t.lease_expires_at IS NOT NULL
 RETURNING t.id;
 
 -- name: CompleteTaskInTransaction
@@ -98,10 +106,10 @@ RETURNING id;
 -- when it was permanent or the attempts are used up. $1 ids, $2 lease
 -- tokens, $3 retry delays in ms, $4 errors (JSON text), $5 permanent (1) or not (0),
 -- $6 max attempts for tasks that did not set their own.
--- Each task is found as CompleteTasks finds it (by primary key, one lookup
--- per task) and updated by row address: a join of the batch to the table
--- let the planner scan every entry of task_lease_idx, dead ones included,
--- when failures came in bulk beside a deep queue.
+-- The rows are found and fenced as in CompleteTasks: joined to the table
+-- by id and state, a batch let the planner scan every entry of
+-- task_lease_idx, dead ones included, when failures came in bulk beside a
+-- deep queue.
 UPDATE pgbg.task t SET
   state = CASE WHEN f.permanent = 1 OR t.attempts >= coalesce(t.max_attempts, $6) THEN 'failed' ELSE 'queued' END::pgbg.task_state,
   failed_at = CASE WHEN f.permanent = 1 OR t.attempts >= coalesce(t.max_attempts, $6) THEN now() END,
@@ -110,39 +118,35 @@ UPDATE pgbg.task t SET
   last_error = f.error::jsonb,
   lease_expires_at = NULL,
   worker_id = NULL
-FROM (
-  SELECT x.ctid, f.token, f.delay_ms, f.error, f.permanent
-  FROM unnest($1::bigint[], $2::integer[], $3::float8[], $4::text[], $5::smallint[]) AS f (id, token, delay_ms, error, permanent)
+FROM unnest($1::bigint[], $2::integer[], $3::float8[], $4::text[], $5::smallint[]) AS f (id, token, delay_ms, error, permanent)
+WHERE t.ctid = ANY (ARRAY(
+  SELECT x.ctid FROM unnest($1::bigint[], $2::integer[]) AS c (id, token)
   CROSS JOIN LATERAL (
     SELECT ctid FROM pgbg.task
-    WHERE id = f.id AND lease_token = f.token AND worker_id IS NOT NULL AND lease_expires_at IS NOT NULL
+    WHERE id = c.id AND lease_token = c.token AND worker_id IS NOT NULL AND lease_expires_at IS NOT NULL
     LIMIT 1
   ) x
-) f
--- Rechecked on the row updated: a task that changed since the lookup has
--- another address, and is left alone. The lease holder stands for
--- state = 'running' here too: that predicate let the planner drive the
--- update from task_lease_idx.
-WHERE t.ctid = f.ctid AND t.lease_token = f.token AND t.worker_id IS NOT NULL AND t.lease_expires_at IS NOT NULL
+))
+  AND t.id = f.id AND t.lease_token = f.token AND t.worker_id IS NOT NULL AND t.lease_expires_at IS NOT NULL
 RETURNING t.id, t.state;
 
 -- name: ReleaseTasks
 -- Graceful shutdown hands unfinished tasks back, claimable at once. The
--- interrupted attempt is not counted: the task did not fail. Found and
--- fenced as in FailTasks.
+-- interrupted attempt is not counted: the task did not fail. Found as in
+-- FailTasks, and fenced by the same recheck of token and lease.
 UPDATE pgbg.task t SET
   state = 'queued', run_at = now(), attempts = t.attempts - 1,
   lease_expires_at = NULL, worker_id = NULL
-FROM (
-  SELECT x.ctid, r.token
-  FROM unnest($1::bigint[], $2::integer[]) AS r (id, token)
+FROM unnest($1::bigint[], $2::integer[]) AS r (id, token)
+WHERE t.ctid = ANY (ARRAY(
+  SELECT x.ctid FROM unnest($1::bigint[], $2::integer[]) AS c (id, token)
   CROSS JOIN LATERAL (
     SELECT ctid FROM pgbg.task
-    WHERE id = r.id AND lease_token = r.token AND worker_id IS NOT NULL AND lease_expires_at IS NOT NULL
+    WHERE id = c.id AND lease_token = c.token AND worker_id IS NOT NULL AND lease_expires_at IS NOT NULL
     LIMIT 1
   ) x
-) r
-WHERE t.ctid = r.ctid AND t.lease_token = r.token AND t.worker_id IS NOT NULL AND t.lease_expires_at IS NOT NULL
+))
+  AND t.id = r.id AND t.lease_token = r.token AND t.worker_id IS NOT NULL AND t.lease_expires_at IS NOT NULL
 RETURNING t.id;
 
 -- name: ReleaseWorkerTasks
