@@ -96,6 +96,36 @@ describe("the statements that write back a batch of attempts", () => {
   }
 });
 
+/**
+ * The claim reads task_claim_idx and stops at the batch, however deep the
+ * queue, on the custom plans of its first runs as on its generic plan.
+ */
+describe("the claim", () => {
+  const modes = [["its first (custom) plans", "force_custom_plan"], ["its generic plan", "force_generic_plan"]] as const;
+  for (const [plans, mode] of modes) {
+    test(`ClaimTasks of 1000 on ${plans} reads task_claim_idx, not the table, beside 50,000 queued tasks never analyzed`, async () => {
+      const sql = db.connect({ max: 1 });
+      const rollback = new Error("rollback");
+      let outcome: { claimed: number; tableScans: number } | undefined;
+      await sql.begin(async (tx) => {
+        await tx`SELECT set_config('plan_cache_mode', ${mode}, true)`;
+        const params = [WORKER, null, ["grown"], [60_000], 1000];
+        for (let i = 0; i < 8; i++) await run(tx, "pgbg", "ClaimTasks", params);
+        await tx`INSERT INTO pgbg.task (queue, name, payload) SELECT 'default', 'grown', '{}'::jsonb FROM generate_series(1, 50000)`;
+        const before = await scans(tx, "task_claim_idx");
+        const claimed = await run(tx, "pgbg", "ClaimTasks", params);
+        const after = await scans(tx, "task_claim_idx");
+        outcome = { claimed: claimed.length, tableScans: after.table - before.table };
+        throw rollback;
+      }).catch((error) => {
+        if (error !== rollback) throw error;
+      });
+      assert.deepEqual(outcome, { claimed: 1000, tableScans: 0 });
+      await sql.end();
+    });
+  }
+});
+
 /** Sequential scans of the task table and scans of `index` in this transaction so far. */
 // deno-lint-ignore no-explicit-any
 async function scans(tx: any, index: string): Promise<{ table: number; index: number }> {
