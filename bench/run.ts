@@ -16,7 +16,7 @@ import { type Database, freshDatabase, median, note, percentile, progress, start
 import { depth } from "./depth.ts";
 import { drainWith, pgbgSubject, type ServeSetting } from "./pgbg.ts";
 import { rawDrain, rawInsertCopy, rawInsertSingle, rawInsertUnnest, setupRaw } from "./raw.ts";
-import { type DrainResult, medianRun, type Subject } from "./subject.ts";
+import { type DrainResult, medianRun, spread, type Subject } from "./subject.ts";
 import { renderTable, type Row } from "./table.ts";
 
 const { values: args } = parseArgs({
@@ -109,7 +109,7 @@ try {
         times.pgbg.push(await onFreshDatabase(pgbg.name, (db) => pgbg.setup(db), (db) => run(pgbg, db)));
       }
       for (const [subject, seconds] of [["raw SQL", times.raw], [pgbg.name, times.pgbg]] as const) {
-        const detail = seconds.length > 1 ? `median of ${seconds.length} runs: ${seconds.map((s) => Math.round(n / s).toLocaleString("en")).join(", ")}/s` : undefined;
+        const detail = seconds.length > 1 ? spread(seconds.map((s) => ({ jobs: n, seconds: s }))) : undefined;
         record({ section: "enqueue", case: name, subject, value: n / median(seconds), unit: "tasks/s", detail });
       }
       for (const subject of peers) {

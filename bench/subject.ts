@@ -52,6 +52,10 @@ export function medianRun(runs: DrainResult[]): DrainResult {
   const sorted = [...runs].sort((a, b) => a.seconds - b.seconds);
   const middle = sorted[Math.floor((sorted.length - 1) / 2)];
   if (runs.length === 1) return middle;
-  const rates = runs.map((r) => Math.round(r.jobs / r.seconds).toLocaleString("en")).join(", ");
-  return { ...middle, setting: `${middle.setting}; median of ${runs.length} runs: ${rates}/s` };
+  return { ...middle, setting: `${middle.setting}; ${spread(runs)}` };
+}
+
+/** "median of N runs: a, b, c/s": the rate of each of `runs`, in run order. */
+export function spread(runs: { jobs: number; seconds: number }[]): string {
+  return `median of ${runs.length} runs: ${runs.map((r) => Math.round(r.jobs / r.seconds).toLocaleString("en")).join(", ")}/s`;
 }

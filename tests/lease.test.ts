@@ -8,6 +8,7 @@ import { silentLogger } from "../lib/log.ts";
 import { ResultWriter } from "../lib/results.ts";
 import { retryDelayFor } from "../lib/worker.ts";
 import { defineTask, enqueue, LeaseLostError, migrate } from "../mod.ts";
+import type { QueryName } from "../lib/generated/sql.ts";
 import { run } from "../lib/statements.ts";
 import { createTestDatabase } from "./harness.ts";
 
@@ -52,7 +53,7 @@ describe("leases", () => {
   // the row: its stale token must still fence it out, on every PostgreSQL
   // version (whether a TID scan rechecks the row address then differs by
   // minor release).
-  const writeBacks: [string, (id: string, token: number) => unknown[]][] = [
+  const writeBacks: [QueryName, (id: string, token: number) => unknown[]][] = [
     ["CompleteTasks", (id, token) => [[id], [token]]],
     ["FailTasks", (id, token) => [[id], [token], [0], [JSON.stringify({ message: "late" })], [1], 25]],
     ["ReleaseTasks", (id, token) => [[id], [token]]],
@@ -67,24 +68,26 @@ describe("leases", () => {
       const [{ pid }] = await waiter`SELECT pg_backend_pid() AS pid`;
       const second = randomUUID();
       let fresh: Awaited<ReturnType<typeof claimTasks>>[number] | undefined;
-      let written: unknown[] | undefined;
+      let pending: Promise<unknown[]> | undefined;
+      let settled = false;
+      let waited = false;
       await sql.begin(async (tx) => {
         // The first worker is taken for dead and a second claims the task,
         // not yet committed; the stale write-back starts meanwhile.
         await releaseWorkerTasks(tx, "pgbg", [first], 25, { message: "gone" });
         [fresh] = await claimTasks(tx, "pgbg", scope(second), 10);
-        const pending = run(waiter, "pgbg", name as never, params(id, stale.leaseToken)).then((rows) => (written = rows));
-        for (;;) {
-          const [{ waiting }] = await sql`SELECT count(*)::int AS waiting FROM pg_stat_activity WHERE pid = ${pid} AND wait_event_type = 'Lock'`;
-          if (waiting) break;
-          await new Promise((resolve) => setTimeout(resolve, 10));
+        pending = run(waiter, "pgbg", name, params(id, stale.leaseToken)).finally(() => (settled = true));
+        while (!settled && !waited) {
+          const [{ n }] = await sql`SELECT count(*)::int AS n FROM pg_stat_activity WHERE pid = ${pid} AND wait_event_type = 'Lock'`;
+          waited = n > 0;
+          if (!waited) await new Promise((resolve) => setTimeout(resolve, 10));
         }
-        pending.catch(() => {});
       });
-      for (let i = 0; written === undefined && i < 500; i++) await new Promise((resolve) => setTimeout(resolve, 10));
+      const written = await pending!;
       await waiter.end();
+      assert.ok(waited, `${name} waited for the lock of the worker that took the task over`);
       assert.equal(fresh?.id, id);
-      assert.equal(written?.length, 0, `${name} with the stale token wrote nothing`);
+      assert.equal(written.length, 0, `${name} with the stale token wrote nothing`);
       assert.deepEqual(await row(id), { state: "running", attempts: 2, lease_token: fresh?.leaseToken, worker_id: second });
     });
   }
