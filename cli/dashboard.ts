@@ -9,6 +9,7 @@
  */
 import { createHash, timingSafeEqual } from "node:crypto";
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
+import { isIP } from "node:net";
 import process from "node:process";
 import postgres from "postgres";
 import { cancelTasks, listTasks, readStatus, retryFailedTasks } from "../lib/admin.ts";
@@ -168,6 +169,10 @@ export const dashboardCommand = defineStrictCommand({
       const port = /^\d+$/.test(rawPort) ? Number(rawPort) : Number.NaN;
       if (!(port >= 0 && port <= 65_535)) throw new UsageError(`--port (PGBG_DASHBOARD_PORT) must be a whole number from 0 to 65535, got ${JSON.stringify(rawPort)}`);
       const host = args.host ?? process.env.PGBG_DASHBOARD_HOST ?? "127.0.0.1";
+      // An empty host would make Node listen on every interface: refuse it.
+      if (!isIP(host) && !/^[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$/.test(host)) {
+        throw new UsageError(`--host (PGBG_DASHBOARD_HOST) must be an IP address or a host name such as 127.0.0.1, got ${JSON.stringify(host)}`);
+      }
       sql = postgres(url, { max: 4, onnotice: () => {}, connection: { application_name: "pgbg dashboard" } });
       await readStatus(sql, schema); // fails now, not at the first page load, on a wrong URL or schema
       const dashboard = await startDashboard({ db: sql, schema, token, host, port });

@@ -21,6 +21,11 @@ export function checkArgs(rawArgs: readonly string[], defs: ArgsDef, command: st
   for (let i = 0; i < rawArgs.length; i++) {
     const arg = rawArgs[i];
     if (arg === "--help" || arg === "-h") continue;
+    // citty reads any other "-x" as a short flag and drops it from the
+    // positionals, so `pgbg cancel 5 -1` would quietly cancel only 5.
+    if (arg.length > 1 && arg.startsWith("-") && !arg.startsWith("--")) {
+      throw new UsageError(`unexpected argument ${JSON.stringify(arg)}: pgbg has no short flags, and no negative ids (see ${command} --help)`);
+    }
     if (!arg.startsWith("--")) {
       if (++given > positionals && !variadic) throw new UsageError(`unexpected argument ${JSON.stringify(arg)} (see ${command} --help)`);
       continue;

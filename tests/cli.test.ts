@@ -167,7 +167,13 @@ describe("pgbg migrate", () => {
     assert.equal(first.code, 0, first.stderr);
     assert.match(first.stdout, new RegExp(`schema ${schema} migrated from version 0 to \\d+`));
     const status = pgbg(["migrate", "--schema", schema, "--status"], { DATABASE_URL: url });
+    assert.equal(status.code, 0, status.stderr);
     assert.match(status.stdout, /applied version (\d+), available \1/);
+    const json = pgbg(["migrate", "--schema", schema, "--status", "--json"], { DATABASE_URL: url });
+    const available = Number(/available (\d+)/.exec(status.stdout)![1]);
+    assert.deepEqual([json.code, JSON.parse(json.stdout)], [0, { schema, applied: available, available }]);
+    const again = pgbg(["migrate", "--schema", schema, "--json"], { DATABASE_URL: url });
+    assert.deepEqual([again.code, JSON.parse(again.stdout)], [0, { schema, from: available, to: available }]);
     const bad = pgbg(["migrate", "--schema", "Nope!"], { DATABASE_URL: url });
     assert.equal(bad.code, 2);
     assert.match(bad.stderr.trim(), /^pgbg: invalid schema name "Nope!"/);
