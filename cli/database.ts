@@ -4,8 +4,11 @@
  *
  * @module
  */
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
-import { join, resolve } from "node:path";
+import { createHash } from "node:crypto";
+import { chmodSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import process from "node:process";
 import postgres from "postgres";
 import type { Logger } from "../lib/log.ts";
 
@@ -28,6 +31,29 @@ async function reachable(url: string): Promise<boolean> {
   }
 }
 
+/** Whether every folder from `dir` up to the root may be entered by any user. */
+function enterableByAll(dir: string): boolean {
+  for (let d = dir; ; d = dirname(d)) {
+    if (!(statSync(d).mode & 0o001)) return false;
+    if (dirname(d) === d) return true;
+  }
+}
+
+/**
+ * Where the embedded server of `<cwd>/.pgbg` keeps its data: `<cwd>/.pgbg/data`,
+ * except under root when a folder above it is closed to other users (a clone
+ * in /root): the server then runs as the postgres user, which could not
+ * enter it, so the data goes to a folder of its own under the system's
+ * temporary folder, named after the project folder.
+ */
+export function embeddedDataDir(cwd: string): string {
+  const folder = resolve(cwd, ".pgbg");
+  const isRoot = typeof process.getuid === "function" && process.getuid() === 0;
+  if (!isRoot || enterableByAll(existsSync(folder) ? folder : cwd)) return join(folder, "data");
+  const id = createHash("sha256").update(folder).digest("hex").slice(0, 12);
+  return join(tmpdir(), `pgbg-embedded-${id}`, "data");
+}
+
 /**
  * Returns `databaseUrl` when given. Otherwise starts (or reuses, when another
  * pgbg process already started it) an embedded PostgreSQL whose data and
@@ -36,9 +62,13 @@ async function reachable(url: string): Promise<boolean> {
 export async function resolveDatabase(databaseUrl: string | undefined, cwd: string, log: Logger): Promise<ResolvedDatabase> {
   if (databaseUrl) return { url: databaseUrl, embedded: false };
   const folder = resolve(cwd, ".pgbg");
-  const dataDir = join(folder, "data");
   const stateFile = join(folder, "embedded.json");
   mkdirSync(folder, { recursive: true, mode: 0o755 });
+  const dataDir = embeddedDataDir(cwd);
+  if (!dataDir.startsWith(folder)) {
+    mkdirSync(dirname(dataDir), { recursive: true });
+    chmodSync(dirname(dataDir), 0o755);
+  }
   const state = existsSync(stateFile)
     ? JSON.parse(readFileSync(stateFile, "utf8")) as { port: number; password: string }
     : undefined;

@@ -94,7 +94,10 @@ export async function supervise(config: ServeConfig, databaseUrl: string, log: L
   // gets this long to become ready at all (a module whose top-level await
   // never settles would otherwise hold its slot for good).
   const readyWithin = Math.max(silentAfter, 60_000);
-  const staleAfter = Math.max(10 * config.checkInterval, 10_000);
+  // Twice the silence after which a supervisor kills its own worker, which
+  // is also when a worker whose heartbeat fails stops itself: a worker is
+  // gone before any other supervisor may release its tasks.
+  const staleAfter = 2 * silentAfter;
   const workerScript = workerModule(import.meta.url);
   const slots: Slot[] = Array.from({ length: config.workers }, (_, index) => ({ index: index + 1, lastSeen: 0, startedAt: 0, failures: 0 }));
   const deadWorkers = new Set<string>();
@@ -112,7 +115,7 @@ export async function supervise(config: ServeConfig, databaseUrl: string, log: L
     const spec: WorkerSpec = {
       settings: {
         schema, queues: config.queues, concurrency: config.concurrency, timeout: config.timeout, retryDelay: config.retryDelay,
-        maxAttempts: config.maxAttempts, idleSleep: config.idleSleep, heartbeatInterval: config.checkInterval, shutdownTimeout: config.shutdownTimeout,
+        maxAttempts: config.maxAttempts, idleSleep: config.idleSleep, heartbeatInterval: config.checkInterval, staleAfter, shutdownTimeout: config.shutdownTimeout,
       },
       tasks: config.tasks, cwd: process.cwd(), workerId, supervisorId, index: slot.index, logLevel: config.logLevel, logFormat: config.logFormat,
     };
@@ -220,7 +223,8 @@ export async function supervise(config: ServeConfig, databaseUrl: string, log: L
 
   let checking = false;
   // When the database was unreachable, no worker could heartbeat either:
-  // judge heartbeats only after a full staleAfter of reachable database.
+  // heartbeats are judged only after a worker's full stale time of
+  // reachable database (ReapStaleWorkers).
   let reachableSince = Date.now();
   let prunedAt = 0;
   const check = async () => {
@@ -248,10 +252,8 @@ export async function supervise(config: ServeConfig, databaseUrl: string, log: L
         await pruneTaskCounts(sql, schema);
         prunedAt = Date.now();
       }
-      if (Date.now() - reachableSince >= staleAfter) {
-        const reaped = await reapStaleWorkers(sql, schema, staleAfter, config.maxAttempts, supervisorId);
-        if (reaped.length) log.warn(`released ${reaped.length} task(s) of workers whose heartbeat stopped`, { tasks: reaped.map((t) => t.id) });
-      }
+      const reaped = await reapStaleWorkers(sql, schema, staleAfter, config.maxAttempts, supervisorId, Date.now() - reachableSince);
+      if (reaped.length) log.warn(`released ${reaped.length} task(s) of workers whose heartbeat stopped`, { tasks: reaped.map((t) => t.id) });
       startCompaction();
     } catch (error) {
       reachableSince = Number.POSITIVE_INFINITY;

@@ -5,8 +5,8 @@
  * a Worker until told to stop.
  *
  * Exit codes: 0 stopped, 3 could not start, 4 retired (a task ignored its
- * timeout), 5 lost (declared dead by a supervisor), 6 crashed (an exception
- * nothing caught).
+ * timeout), 5 lost (its heartbeat failed for half its stale time, or a
+ * supervisor declared it dead), 6 crashed (an exception nothing caught).
  *
  * @module
  */
@@ -114,6 +114,14 @@ async function main(): Promise<number> {
       pid: process.pid,
       log,
       onReady: () => send({ type: "ready", tasks: [...tasks.keys()] }),
+      // Its tasks may be released to other workers now: end every one of
+      // them, including any that ignores its signal, by ending the process.
+      onLost: (reason) => {
+        const exit = () => process.exit(EXIT.lost);
+        if (!process.send || !process.connected) exit();
+        else process.send({ type: "fatal", message: `lost: ${reason}` } satisfies WorkerMessage, exit);
+        setTimeout(exit, 200).unref();
+      },
       onStats: (report) => send({ type: "stats", report }),
     });
     if (stopRequested) worker.stop();

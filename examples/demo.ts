@@ -29,7 +29,10 @@ const serve = spawn(process.execPath, [...process.execArgv, cli, "serve", "--tas
   env: process.env,
 });
 
+const gone = () => serve.exitCode !== null || serve.signalCode !== null;
 const started = Date.now();
+let left = Number.POSITIVE_INFINITY;
+let failed = 0;
 for (;;) {
   await new Promise((r) => setTimeout(r, 500));
   const [s] = await sql`SELECT count(*) FILTER (WHERE state = 'queued' AND run_at <= now())::int AS queued,
@@ -40,11 +43,20 @@ for (;;) {
   const line = `queued ${s.queued}  scheduled (retries) ${s.scheduled}  running ${s.running}  failed ${s.failed}  after ${((Date.now() - started) / 1000).toFixed(1)} s`;
   if (process.stdout.isTTY) process.stdout.write(`\r${line}   `);
   else console.log(line);
-  if (s.queued + s.scheduled + s.running === 0 || serve.exitCode !== null) break;
+  left = s.queued + s.scheduled + s.running;
+  failed = s.failed;
+  if (left === 0 || gone()) break;
 }
 if (process.stdout.isTTY) process.stdout.write("\n");
-serve.kill("SIGTERM");
-const code = await new Promise<number | null>((r) => serve.on("exit", r));
-log.info(`pgbg serve stopped (exit code ${code}); every task ran`);
+const diedEarly = gone();
+const exited = diedEarly ? Promise.resolve(serve.exitCode ?? serve.signalCode) : new Promise((r) => serve.on("exit", (c, signal) => r(c ?? signal)));
+if (!diedEarly) serve.kill("SIGTERM");
+const code = await exited;
+if (diedEarly || code !== 0) {
+  log.error(`pgbg serve exited with code ${code} with ${left} task(s) not yet run`);
+} else {
+  log.info(`pgbg serve stopped (exit code 0); every task ran${failed ? `, ${failed} of them failed for good` : ""}`);
+}
 await sql.end();
 await database.stop?.();
+process.exitCode = diedEarly || code !== 0 ? 1 : 0;

@@ -24,9 +24,23 @@ export const LEASE_MARGIN = 5_000;
  * timeout, gives up on it after one grace period, and exits after a second
  * at the latest, so its process is gone before the lease expires and no
  * other worker can start the task while this one may still run it.
+ *
+ * `floor`: the lease is at least this long. A task that blocks its worker's
+ * event loop stops the worker's own timers, so only its supervisor can end
+ * it, by killing a worker silent for half the stale time; the floor keeps the
+ * lease of a short task from expiring before that kill.
  */
-export function leaseFor(timeout: number): number {
-  return timeout + 2 * graceFor(timeout) + LEASE_MARGIN;
+export function leaseFor(timeout: number, floor = 0): number {
+  return Math.max(timeout + 2 * graceFor(timeout) + LEASE_MARGIN, floor);
+}
+
+/**
+ * The shortest lease a worker may take: long enough for its supervisor to
+ * notice that the worker went silent (half of `staleAfter`, checked every
+ * `checkInterval`) and kill it, with the usual margin.
+ */
+export function leaseFloor(staleAfter: number, checkInterval: number): number {
+  return Math.ceil(staleAfter / 2) + checkInterval + LEASE_MARGIN;
 }
 
 /** A task moved out of `running` by a release or rescue. */
@@ -56,12 +70,22 @@ export async function rescueExpiredLeases(db: Database, schema: string, maxAttem
 }
 
 /**
- * Takes the workers of other supervisors silent for `staleAfter` ms for dead,
- * removes them, and releases their tasks.
+ * Takes the workers of other supervisors whose heartbeat is older than their
+ * own stale time (`staleAfter` ms for workers of an older pgbg) for dead,
+ * removes them, and releases their tasks. `reachableFor`: how long the
+ * caller has reached the database without a break; a worker is judged only
+ * once that covers its stale time.
  */
-export async function reapStaleWorkers(db: Database, schema: string, staleAfter: number, maxAttempts: number, supervisorId: string): Promise<ReleasedTask[]> {
-  const dead = await run<{ id: string }>(db, schema, "ReapStaleWorkers", [staleAfter, supervisorId]);
-  const error = { name: "WorkerLost", message: `the task's worker stopped heartbeating for ${staleAfter} ms` };
+export async function reapStaleWorkers(
+  db: Database,
+  schema: string,
+  staleAfter: number,
+  maxAttempts: number,
+  supervisorId: string,
+  reachableFor: number,
+): Promise<ReleasedTask[]> {
+  const dead = await run<{ id: string }>(db, schema, "ReapStaleWorkers", [staleAfter, supervisorId, reachableFor]);
+  const error = { name: "WorkerLost", message: "the task's worker stopped heartbeating and was taken for dead" };
   return releaseWorkerTasks(db, schema, dead.map((w) => w.id), maxAttempts, error);
 }
 

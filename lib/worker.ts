@@ -10,7 +10,7 @@ import type { Sql } from "postgres";
 import { LazyAbort, type Outcome, startAttempt } from "./attempt.ts";
 import { type ClaimedTask, claimTasks, type ClaimScope } from "./claim.ts";
 import type { AnyTask } from "./define.ts";
-import { graceFor, leaseFor, removeWorkers } from "./lease.ts";
+import { graceFor, leaseFloor, leaseFor, removeWorkers } from "./lease.ts";
 import { describeError, type Logger } from "./log.ts";
 import { ResultWriter } from "./results.ts";
 import { run } from "./statements.ts";
@@ -27,6 +27,13 @@ export interface WorkerSettings {
   maxAttempts: number;
   idleSleep: number;
   heartbeatInterval: number;
+  /**
+   * After this long without a heartbeat any supervisor may take the worker
+   * for dead and release its tasks. The worker stops itself, and its tasks,
+   * when its heartbeat has not succeeded for half of it, so a worker cut off
+   * from the database never runs a task beside its re-run.
+   */
+  staleAfter: number;
   shutdownTimeout: number;
 }
 
@@ -44,6 +51,14 @@ export interface WorkerOptions extends WorkerSettings {
   log: Logger;
   /** Called once the worker is registered and listening, before its first claim. */
   onReady?: () => void;
+  /**
+   * Called when the worker must end at once: its heartbeat has not
+   * succeeded for half its stale time, or another supervisor declared it
+   * dead. Its running tasks are aborted first; the caller ends the process,
+   * which also ends a task that ignores its signal. Without it the worker
+   * only stops as on `stop()`.
+   */
+  onLost?: (reason: string) => void;
   /** Called at each heartbeat, and once more when the worker ends, with what its tasks did since the last call. */
   onStats?: (report: WorkerReport) => void;
 }
@@ -124,18 +139,27 @@ export class Worker {
   #wake: (() => void) | undefined;
   #wakeOnSlot = false;
   #notified = false;
+  /** performance.now() when the last heartbeat that succeeded was sent. */
+  #beatSentAt = 0;
+  #beating = false;
+  readonly #leaseFloor: number;
   readonly #debug: boolean;
 
   constructor(options: WorkerOptions) {
     this.#o = options;
     this.#debug = options.log.isEnabled?.("debug") ?? true;
+    for (const key of ["staleAfter", "heartbeatInterval"] as const) {
+      // A missing value would make every comparison false: no self-stop, no lease floor.
+      if (!(options[key] > 0)) throw new TypeError(`Worker: ${key} must be a positive number of ms, got ${options[key]}`);
+    }
+    this.#leaseFloor = leaseFloor(options.staleAfter, options.heartbeatInterval);
     for (const task of options.tasks) this.#tasks.set(task.name, task);
     const names = [...this.#tasks.keys()];
     this.#scope = {
       workerId: options.workerId,
       queues: options.queues,
       names,
-      leaseMs: names.map((n) => leaseFor(this.#timeoutOf(this.#tasks.get(n)!))),
+      leaseMs: names.map((n) => leaseFor(this.#timeoutOf(this.#tasks.get(n)!), this.#leaseFloor)),
     };
     this.#results = new ResultWriter(options.sql, options.schema, options.maxAttempts, options.log);
   }
@@ -159,9 +183,11 @@ export class Worker {
    */
   async start(): Promise<WorkerExit> {
     const o = this.#o;
+    const registering = performance.now();
     await run(o.sql, o.schema, "RegisterWorker", [
-      o.workerId, o.supervisorId, o.pid, o.concurrency, o.hostname, o.runtime, o.queues, this.#scope.names,
+      o.workerId, o.supervisorId, o.pid, o.concurrency, o.hostname, o.runtime, o.queues, this.#scope.names, o.staleAfter,
     ]);
+    this.#beatSentAt = registering;
     const listening = await o.sql.listen(`pgbg:${o.schema}`, () => {
       this.#notified = true;
       this.#wakeUp(true);
@@ -262,7 +288,7 @@ export class Worker {
     const counts = this.#stats.series(claimed.queue, claimed.name);
     observe(counts.lag, claimed.lagMs);
     const entry = {
-      claimed, task, controller, startedAt: now, leaseEndsAt: now + leaseFor(timeout), overdue: false, handedBack: false, cancelled: false, counts,
+      claimed, task, controller, startedAt: now, leaseEndsAt: now + leaseFor(timeout, this.#leaseFloor), overdue: false, handedBack: false, cancelled: false, counts,
     } as Running;
     if (this.#debug) this.#o.log.debug(`task ${claimed.id} started`, { task: claimed.name, id: claimed.id, attempt: claimed.attempt, queue: claimed.queue });
     // Registered before the attempt starts: one that ends at once calls
@@ -317,19 +343,43 @@ export class Worker {
   }
 
   async #heartbeat(): Promise<void> {
+    // Measured from when the last successful heartbeat was sent, which is no
+    // later than the time the database stamped on it, so the worker always
+    // stops before any supervisor's clock says that it is stale.
+    const silentFor = performance.now() - this.#beatSentAt;
+    if (silentFor > this.#o.staleAfter / 2) {
+      this.#lost(`its heartbeat has not succeeded for ${Math.round(silentFor)} ms (other supervisors may take it for dead after ${this.#o.staleAfter} ms)`);
+      return;
+    }
+    // One at a time: heartbeats that hang (an unreachable server) must not
+    // pile up and take every connection of the worker's pool.
+    if (this.#beating) return;
+    this.#beating = true;
+    const sentAt = performance.now();
     try {
       const rows = await run<{ cancelled: unknown[] }>(this.#o.sql, this.#o.schema, "HeartbeatWorker", [this.#o.workerId]);
-      if (!rows.length && this.#exit !== "lost") {
-        this.#o.log.error("this worker was declared dead by a supervisor (heartbeat missed); its tasks were released; stopping");
-        this.#exit = "lost";
-        for (const entry of this.#running.values()) entry.controller.abort(new ShutdownError());
-        this.stop();
+      if (!rows.length) {
+        this.#lost("a supervisor declared it dead (its heartbeat was late) and released its tasks");
+        return;
       }
-      for (const id of rows[0]?.cancelled ?? []) this.#cancel(String(id));
+      this.#beatSentAt = sentAt;
+      for (const id of rows[0].cancelled ?? []) this.#cancel(String(id));
     } catch (error) {
       this.#o.log.warn("heartbeat failed", { error: describeError(error).message });
+    } finally {
+      this.#beating = false;
     }
     await this.#report();
+  }
+
+  /** Ends the worker at once: its tasks may be released to other workers. */
+  #lost(reason: string): void {
+    if (this.#exit === "lost") return;
+    this.#exit = "lost";
+    this.#o.log.error(`this worker stops at once, aborting its ${this.#running.size} running task(s): ${reason}`);
+    for (const entry of this.#running.values()) entry.controller.abort(new ShutdownError());
+    this.stop();
+    this.#o.onLost?.(reason);
   }
 
   /** Aborts the attempt of a task whose cancel was requested; #finish deletes the task. */

@@ -173,7 +173,7 @@ describe("handlers that misbehave", () => {
 describe("the supervisor", () => {
   test("dies while a worker is still loading: the worker stops by itself and claims nothing", async () => {
     const queued = await enqueue(sql, work, {});
-    const settings = { schema: "pgbg", queues: null, concurrency: 2, timeout: 30_000, retryDelay: 1000, maxAttempts: 25, idleSleep: 1000, heartbeatInterval: 200, shutdownTimeout: 1000 };
+    const settings = { schema: "pgbg", queues: null, concurrency: 2, timeout: 30_000, retryDelay: 1000, maxAttempts: 25, idleSleep: 1000, heartbeatInterval: 200, staleAfter: 20_000, shutdownTimeout: 1000 };
     const spec = { settings, tasks: [fixtureTasks], cwd: process.cwd(), workerId: randomUUID(), supervisorId: randomUUID(), index: 1, logLevel: "debug", logFormat: "json" };
     const worker = spawn(process.execPath, ["--import", "tsx", fileURLToPath(new URL("../cli/worker.ts", import.meta.url))], {
       stdio: ["ignore", "ignore", "ignore", "ipc"],

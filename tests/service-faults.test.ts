@@ -87,12 +87,20 @@ describe("faults", () => {
     assert.deepEqual(await stopService(service), { code: 0, signal: null });
   });
 
-  test("SIGTERM lets running tasks finish within the shutdown timeout", async () => {
-    const ids = await enqueueMany(sql, work, Array.from({ length: 2 }, () => ({ ms: 700 })));
-    const service = serve(["--workers", "1", "--concurrency", "2", "--shutdown-timeout", "20s"]);
+  test("SIGINT (as SIGTERM) stops claiming and lets running tasks finish within the shutdown timeout", async () => {
+    const ids = await enqueueMany(sql, work, Array.from({ length: 2 }, () => ({ ms: 1_500 })));
+    const service = serve(["--workers", "1", "--concurrency", "2", "--shutdown-timeout", "20s", "--idle-sleep", "20ms"]);
     await until(() => executions(ids), (runs) => runs.length === 2, 20_000, "the tasks to start");
-    assert.deepEqual(await stopService(service), { code: 0, signal: null });
+    // Queued behind the running two: slots free while the service stops, and
+    // a worker that still claimed would take these.
+    const waiting = await enqueueMany(sql, work, Array.from({ length: 4 }, () => ({})));
+    service.child.kill("SIGINT");
+    assert.deepEqual(await service.exited, { code: 0, signal: null });
     assert.equal(await remaining(ids), 0, "both finished and were deleted before the exit");
+    assert.equal((await executions(waiting)).length, 0, "nothing was claimed after the signal");
+    const rows = await sql`SELECT state, attempts FROM pgbg.task WHERE id IN ${sql(waiting)}`;
+    assert.deepEqual(rows.map((r) => [r.state, r.attempts]), waiting.map(() => ["queued", 0]));
+    await sql`DELETE FROM pgbg.task WHERE id IN ${sql(waiting)}`;
   });
 
   test("a task that honours its signal times out, counts as a failed attempt, and fails after max attempts", async () => {

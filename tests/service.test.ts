@@ -79,9 +79,11 @@ describe("pgbg serve", () => {
     await stopService(service);
   });
 
-  test("retries a failing task after its retry delay, by any worker, then succeeds", async () => {
+  test("retries a failing task after its retry delay, then succeeds", async () => {
     const id = await enqueue(sql, work, { failUntil: 2 });
-    const service = serve("--workers", "2", "--concurrency", "2");
+    // Workers that look for work every 20 ms: a retry that ignored the
+    // 200 ms delay would start well inside it.
+    const service = serve("--workers", "2", "--concurrency", "2", "--idle-sleep", "20ms");
     await until(() => remaining([id]), (n) => n === 0, 30_000, "the task to succeed");
     await stopService(service);
     const runs = await executions([id]);

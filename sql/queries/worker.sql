@@ -178,8 +178,8 @@ WHERE t.state = 'running' AND t.lease_expires_at < now()
 RETURNING t.id, t.state;
 
 -- name: RegisterWorker
-INSERT INTO pgbg.worker (id, supervisor_id, pid, concurrency, hostname, runtime, queues, tasks)
-VALUES ($1, $2, $3, $4, $5, $6, $7::text[], $8::text[]);
+INSERT INTO pgbg.worker (id, supervisor_id, pid, concurrency, hostname, runtime, queues, tasks, stale_after_ms)
+VALUES ($1, $2, $3, $4, $5, $6, $7::text[], $8::text[], $9);
 
 -- name: HeartbeatWorker
 -- No row back means another supervisor declared this worker dead and
@@ -245,10 +245,16 @@ UPDATE pgbg.worker SET idle = $2 WHERE id = $1;
 DELETE FROM pgbg.worker WHERE id = ANY($1::uuid[]);
 
 -- name: ReapStaleWorkers
--- Workers of other supervisors whose heartbeat is older than $1 ms are taken
--- for dead and their rows removed; the caller then releases their tasks with
+-- Workers of other supervisors whose heartbeat is older than their own
+-- stale_after_ms (or $1 ms, for rows of an older pgbg) are taken for dead and
+-- their rows removed; the caller then releases their tasks with
 -- ReleaseWorkerTasks (should it die in between, the leases expire instead).
--- $2 is the calling supervisor, whose own workers it watches directly.
+-- $2 is the calling supervisor, whose own workers it watches directly. $3:
+-- for how many ms the caller has reached the database without a break. A
+-- worker is judged only after a full threshold of that, since during an
+-- outage no worker could heartbeat.
 DELETE FROM pgbg.worker
-WHERE heartbeat_at < now() - $1 * interval '1 millisecond' AND supervisor_id <> $2::uuid
+WHERE supervisor_id <> $2::uuid
+  AND heartbeat_at < now() - coalesce(stale_after_ms, $1) * interval '1 millisecond'
+  AND $3::float8 >= coalesce(stale_after_ms, $1)
 RETURNING id;

@@ -1,0 +1,77 @@
+/**
+ * Heartbeats and leases across processes: a worker that cannot heartbeat
+ * stops itself before others may release its tasks, supervisors with
+ * different check intervals judge each other's workers by the workers' own
+ * stale time, and a task that blocks its worker's event loop keeps its lease
+ * until its supervisor has killed that worker.
+ */
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+import { enqueue, migrate } from "../mod.ts";
+import { spin, work } from "./fixtures/tasks.ts";
+import { createTestDatabase } from "./harness.ts";
+import { patience, serviceTestbed, until } from "./service-harness.ts";
+
+const { sql, serve, remaining, executions, taskRow } = await serviceTestbed(createTestDatabase, migrate);
+
+describe("heartbeats and leases", () => {
+  test("a worker whose heartbeat cannot get through stops itself and its task before any supervisor may release them", async () => {
+    const id = await enqueue(sql, work, { ms: 120_000 });
+    const service = serve(["--workers", "1", "--concurrency", "2", "--timeout", "5m"]);
+    const [first] = await until(() => executions([id]), (r) => r.length === 1, patience, "the task to start");
+    // The worker's row held locked: its heartbeat waits, as when the database
+    // is out of its reach while other supervisors still reach it.
+    const blocker = await sql.reserve();
+    try {
+      await blocker`BEGIN`;
+      await blocker`SELECT 1 FROM pgbg.worker WHERE pid = ${first.pid} FOR UPDATE`;
+      await service.waitForLog((l) =>
+        /^this worker stops at once, aborting its 1 running task\(s\): its heartbeat has not succeeded for \d+ ms \(other supervisors may take it for dead after 20000 ms\)$/
+          .test(l.message) && l.pid === first.pid, patience);
+      await service.waitForLog((l) => /^worker 1 exited with code 5: lost: its heartbeat has not succeeded/.test(l.message), patience);
+      assert.throws(() => process.kill(first.pid, 0), { code: "ESRCH" }, "the worker process is gone while its row is still locked");
+      assert.equal((await executions([id]))[0].ended_at, null, "the attempt ended with its process");
+    } finally {
+      await blocker`ROLLBACK`.catch(() => {});
+      blocker.release();
+    }
+    // Its supervisor releases the task as a dead worker's, and a new worker takes it.
+    const runs = await until(() => executions([id]), (r) => r.length === 2, patience, "the task to run again");
+    assert.equal(runs[1].attempt, 2);
+    assert.notEqual(runs[1].pid, first.pid);
+  });
+
+  test("supervisors with different check intervals do not take each other's live workers for dead", async () => {
+    const id = await enqueue(sql, work, { ms: 30_000 }, { queue: "slow" });
+    // Heartbeats once a minute; the other supervisor's own threshold would be 20 s.
+    const slow = serve(["--workers", "1", "--queues", "slow", "--check-interval", "60s", "--timeout", "5m"]);
+    await until(() => executions([id]), (r) => r.length === 1, patience, "the slow supervisor's task to start");
+    const fast = serve(["--workers", "1", "--queues", "other"]);
+    await fast.waitForLog((l) => /^worker 1 ready/.test(l.message), patience);
+    await until(() => remaining([id]), (n) => n === 0, patience, "the task to finish");
+    const runs = await executions([id]);
+    assert.equal(runs.length, 1, "it ran once, never released to run again");
+    assert.notEqual(runs[0].ended_at, null);
+    for (const l of [...fast.logs, ...slow.logs]) {
+      assert.doesNotMatch(l.message, /released \d+ task\(s\) of workers whose heartbeat stopped|stops at once/);
+    }
+    assert.equal((await sql`SELECT count(*)::int AS n FROM pgbg.worker`)[0].n, 2, "both workers are still registered");
+  });
+
+  test("a task that blocks its worker's event loop past a short timeout does not run again before that worker is killed", async () => {
+    const id = await enqueue(sql, spin, {});
+    // A 1 s timeout alone would lease it for 8 s, and the supervisor kills a
+    // silent worker only after 10 s: the lease must outlast that.
+    const service = serve(["--workers", "2", "--concurrency", "1", "--timeout", "1s"]);
+    const killed = await service.waitForLog((l) => /^worker \d was killed by SIGKILL; restarting/.test(l.message), patience);
+    await until(() => remaining([id]), (n) => n === 0, patience, "the task to run again and finish");
+    const runs = await executions([id]);
+    assert.deepEqual(runs.map((r) => r.attempt), [1, 2]);
+    assert.ok(
+      runs[1].started_at.getTime() >= Date.parse(killed.time as string),
+      `attempt 2 started at ${runs[1].started_at.toISOString()}, after the spinning worker was killed at ${killed.time}`,
+    );
+    assert.ok(!service.logs.some((l) => /whose lease expired/.test(l.message)), "the lease did not expire");
+    assert.equal(await taskRow(id), undefined);
+  });
+});
