@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { describe, test } from "node:test";
 import { resolveServeConfig, serveSettings } from "../cli/config.ts";
@@ -109,6 +110,29 @@ describe("pgbg serve flags", () => {
     for (const [flag, setting] of Object.entries(serveSettings)) {
       const covered = cases.some(([args, env]) => args.some((a) => a === `--${flag}` || a.startsWith(`--${flag}=`)) || setting.env in env);
       assert.ok(covered, `no case for --${flag}`);
+    }
+  });
+  test("every flag also reads its variable: the flag's bad value, given by the variable, gets the same line", () => {
+    const tasks = ["--tasks", fixtureTasks];
+    for (const [flag, setting] of Object.entries(serveSettings)) {
+      const byFlag = cases.find(([args, env, line]) =>
+        args.length === 2 && args[0] === `--${flag}` && !Object.keys(env).length && line.includes(`--${flag} (${setting.env})`)
+      );
+      if (!byFlag) continue; // --migrate, a switch: its bad values are given by variable in the table
+      const { code, stderr } = pgbg(["serve", ...(flag === "tasks" ? [] : tasks)], { [setting.env]: byFlag[0][1] });
+      assert.deepEqual([code, stderr], [2, `${byFlag[2]}\n`], `${setting.env}=${byFlag[0][1]}`);
+    }
+  });
+  test("the README's flag table lists every flag with its variable and default, and each variable is PGBG_ and the flag's name", () => {
+    const readme = readFileSync(new URL("../README.md", import.meta.url), "utf8");
+    const rows = [...readme.matchAll(/^\| `--([a-z-]+)`(?: \/ `--no-[a-z-]+`)? \| `([A-Z_]+)` \| ([^|]+) \|/gm)];
+    const plain = (text: string) => text.replace(/[`()]/g, "").trim();
+    assert.deepEqual(rows.map((r) => r[1]), Object.keys(serveSettings), "the same flags, in --help order");
+    for (const [, flag, env, shown] of rows) {
+      const setting = serveSettings[flag];
+      assert.equal(env, setting.env, `--${flag}'s variable`);
+      assert.equal(env, flag === "database-url" ? "DATABASE_URL" : `PGBG_${flag.toUpperCase().replaceAll("-", "_")}`);
+      assert.equal(plain(shown), plain(setting.shown), `--${flag}'s default`);
     }
   });
   for (const [args, env, line] of cases) {
