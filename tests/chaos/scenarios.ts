@@ -83,13 +83,16 @@ async function killWorkersWhileFeeding(stage: Stage, n: number, supervisors: Sup
   let fed = false;
   const feeding = feedTasks(stage, n).then(() => (fed = true));
   let next = Date.now() + everyMs;
+  let kills = 0;
   while (!fed) {
     await Promise.race([feeding, new Promise((r) => setTimeout(r, Math.max(0, next - Date.now())))]);
     if (fed) break;
     next = Date.now() + everyMs;
-    supervisors[Math.floor(Math.random() * supervisors.length)].killRandomWorker();
+    if (supervisors[Math.floor(Math.random() * supervisors.length)].killRandomWorker()) kills++;
   }
   await stage.drained();
+  // A run that fed its tasks before the first kill would prove nothing.
+  if (!kills) throw new Error("no worker was killed: the scenario injected no fault");
 }
 
 function competing(supervisors: number): Scenario {
@@ -126,7 +129,8 @@ export const scenarios: Scenario[] = [
         await supervisor.killAll();
       }
       // The next supervisor releases the dead workers' tasks once their
-      // heartbeats are stale (10 s), or their leases expire.
+      // heartbeats are stale (20 s at the default check interval), or their
+      // leases expire.
       stage.serve({ workers: 2, concurrency: 25 });
       await stage.drained();
       stage.note(`${rounds} supervisors killed with their workers (SIGKILL to the process group)`);
@@ -169,6 +173,7 @@ export const scenarios: Scenario[] = [
         terminated += n;
       });
       if (!supervisor.alive) throw new Error("the supervisor exited");
+      if (!terminated) throw new Error("no worker connection was terminated: the scenario injected no fault");
       stage.note(`${terminated} worker connections terminated`);
     },
   },
