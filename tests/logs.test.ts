@@ -50,6 +50,30 @@ describe("the service's logs", () => {
     assert.ok(service.logs.some((l) => /^database /.test(l.message) && String(l.message).includes(url.host)), "the database is named, without its password");
   });
 
+  test("--log-format pretty writes readable lines tagged with the process, not JSON", async () => {
+    const id = await enqueue(sql, alwaysFails, {}, { maxAttempts: 1 });
+    const cli = fileURLToPath(new URL("../cli/main.ts", import.meta.url));
+    const child = spawn(process.execPath, ["--import", "tsx", cli, "serve", "--tasks", fixtureTasks, "--log-format", "pretty", "--check-interval", "200ms"], {
+      env: { ...process.env, DATABASE_URL: db.url },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    // consola writes info lines to stdout, warnings and errors to output.
+    let output = "";
+    const exited = new Promise((resolve) => child.on("exit", resolve));
+    child.stdout.on("data", (c) => (output += c));
+    child.stderr.on("data", (c) => (output += c));
+    const failure = new RegExp(`^\\[worker \\d+\\] .*task ${id} failed after 1 attempts: non-Error value thrown: a plain string$`, "m");
+    try {
+      await until(async () => output, (text) => failure.test(text), 120_000, "the failure's log line");
+    } finally {
+      child.kill("SIGTERM");
+      await exited;
+    }
+    assert.match(output, /^\[supervisor\] .*serving: 2 worker\(s\) × 10 task\(s\), queues \(all\), schema pgbg$/m);
+    assert.match(output, /^\[supervisor\] .*stopped$/m);
+    assert.deepEqual(output.split("\n").filter((l) => l.trimStart().startsWith("{")), [], "no JSON lines");
+  });
+
   test("--log-level warn leaves out info and debug lines", async () => {
     await enqueue(sql, alwaysFails, {}, { maxAttempts: 1 });
     const cli = fileURLToPath(new URL("../cli/main.ts", import.meta.url));
