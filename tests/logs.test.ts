@@ -57,7 +57,7 @@ describe("the service's logs", () => {
       env: { ...process.env, DATABASE_URL: db.url },
       stdio: ["ignore", "pipe", "pipe"],
     });
-    // consola writes info lines to stdout, warnings and errors to output.
+    // consola writes info lines to stdout, warnings and errors to stderr.
     let output = "";
     const exited = new Promise((resolve) => child.on("exit", resolve));
     child.stdout.on("data", (c) => (output += c));

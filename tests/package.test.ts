@@ -24,3 +24,25 @@ test("package.json and deno.json declare the same runtime dependencies", () => {
   }));
   assert.deepEqual(fromJsr, npm);
 });
+
+test("mod.ts stays dependency-light: its module graph holds no CLI module, consola or citty", () => {
+  const root = new URL("..", import.meta.url).href;
+  const seen = new Set<string>();
+  const packages = new Set<string>();
+  // Static imports and re-exports, side-effect imports, and dynamic imports of a literal.
+  const specifiers = /(?:^|\n)\s*(?:import|export)\s[^;]*?from\s+"([^"]+)"|(?:^|\n)\s*import\s+"([^"]+)"|import\(\s*"([^"]+)"\s*\)/g;
+  const visit = (url: URL) => {
+    if (seen.has(url.href)) return;
+    seen.add(url.href);
+    for (const match of readFileSync(url, "utf8").matchAll(specifiers)) {
+      const spec = match[1] ?? match[2] ?? match[3];
+      if (spec.startsWith(".")) visit(new URL(spec, url));
+      else packages.add(spec.startsWith("node:") ? "node:" : spec);
+    }
+  };
+  visit(new URL("../mod.ts", import.meta.url));
+  const modules = [...seen].map((href) => href.slice(root.length));
+  assert.ok(modules.includes("lib/enqueue.ts") && modules.includes("lib/migrate.ts"), `the walk found the library: ${modules.join(", ")}`);
+  assert.deepEqual(modules.filter((m) => !m.startsWith("lib/") && m !== "mod.ts"), [], "only mod.ts and lib/");
+  assert.deepEqual([...packages].filter((p) => !["node:", "postgres", "valibot"].includes(p)), [], "no package beside postgres and valibot");
+});
