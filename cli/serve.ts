@@ -15,7 +15,7 @@ import process from "node:process";
 import { fileURLToPath } from "node:url";
 import postgres from "postgres";
 import { type CompactResult, compactIndexes } from "../lib/compact.ts";
-import { releaseWorkerTasks, reapStaleWorkers, removeWorkers, rescueExpiredLeases } from "../lib/lease.ts";
+import { handBackWorkerTasks, releaseWorkerTasks, reapStaleWorkers, removeWorkers, rescueExpiredLeases } from "../lib/lease.ts";
 import { describeError, type Logger } from "../lib/log.ts";
 import { ServiceMetrics } from "../lib/metrics.ts";
 import { assertSchemaCurrent, migrate } from "../lib/migrate.ts";
@@ -100,7 +100,8 @@ export async function supervise(config: ServeConfig, databaseUrl: string, log: L
   const staleAfter = 2 * silentAfter;
   const workerScript = workerModule(import.meta.url);
   const slots: Slot[] = Array.from({ length: config.workers }, (_, index) => ({ index: index + 1, lastSeen: 0, startedAt: 0, failures: 0 }));
-  const deadWorkers = new Set<string>();
+  /** Workers that ended with tasks perhaps still leased: whether their interrupted attempts count. */
+  const deadWorkers = new Map<string, boolean>();
   const allWorkerIds: string[] = [];
   let stopping = false;
   let exitCode = 0;
@@ -149,7 +150,9 @@ export async function supervise(config: ServeConfig, databaseUrl: string, log: L
 
   const onExit = (slot: Slot, workerId: string, code: number | null, signal: NodeJS.Signals | null) => {
     slot.child = undefined;
-    deadWorkers.add(workerId);
+    // A worker that stopped itself because its heartbeat could not get
+    // through (code 5) was not killed by its task: that attempt is not counted.
+    deadWorkers.set(workerId, code !== 5);
     metrics.workerExited(slot.index);
     if (stopping) {
       if (slots.every((s) => !s.child)) resolveDone(exitCode);
@@ -170,11 +173,14 @@ export async function supervise(config: ServeConfig, databaseUrl: string, log: L
 
   /** Releases the tasks of dead workers; kept for the next check when the database is unreachable. */
   const releaseDead = async () => {
-    const ids = [...deadWorkers];
+    const ids = [...deadWorkers.keys()];
     if (!ids.length) return;
     try {
       const error = { name: "WorkerDied", message: "the task's worker process died during the attempt" };
-      const released = await releaseWorkerTasks(sql, schema, ids, config.maxAttempts, error);
+      const released = [
+        ...await handBackWorkerTasks(sql, schema, ids.filter((id) => !deadWorkers.get(id))),
+        ...await releaseWorkerTasks(sql, schema, ids.filter((id) => deadWorkers.get(id)), config.maxAttempts, error),
+      ];
       await removeWorkers(sql, schema, ids);
       for (const id of ids) deadWorkers.delete(id);
       if (released.length) log.warn(`released ${released.length} task(s) of a dead worker`, { tasks: released.map((t) => t.id) });
@@ -221,30 +227,40 @@ export async function supervise(config: ServeConfig, databaseUrl: string, log: L
       .finally(() => (compaction = undefined));
   };
 
+  /**
+   * Kills workers that stopped answering or never became ready. Run at every
+   * tick, apart from the database checks (which may hang) and while
+   * stopping too: leases are sized on the promise that a worker whose event
+   * loop is blocked dies within silentAfter plus one check interval.
+   */
+  const killSilent = () => {
+    for (const slot of slots) {
+      if (!slot.child || slot.child.exitCode !== null || slot.child.signalCode !== null) continue;
+      if (slot.readyAt === undefined && Date.now() - slot.startedAt > readyWithin) {
+        slot.lastError = `not ready within ${readyWithin} ms (its tasks modules did not finish loading)`;
+        log.error(`worker ${slot.index} (pid ${slot.child.pid}) is ${slot.lastError}; killing it`);
+        slot.child.kill("SIGKILL");
+      } else if (slot.readyAt !== undefined && Date.now() - slot.lastSeen > silentAfter) {
+        log.error(`worker ${slot.index} (pid ${slot.child.pid}) has not answered for ${silentAfter} ms; killing it`);
+        slot.child.kill("SIGKILL");
+      }
+    }
+  };
+
   let checking = false;
   // When the database was unreachable, no worker could heartbeat either:
   // heartbeats are judged only after a worker's full stale time of
-  // reachable database (ReapStaleWorkers).
-  let reachableSince = Date.now();
+  // reachable database (ReapStaleWorkers). Monotonic: a wall clock that
+  // steps forward must not make a short reach look long.
+  let reachableSince = performance.now();
   let prunedAt = 0;
   const check = async () => {
     if (checking || stopping) return;
     checking = true;
     try {
-      for (const slot of slots) {
-        if (!slot.child) continue;
-        if (slot.readyAt === undefined && Date.now() - slot.startedAt > readyWithin) {
-          slot.lastError = `not ready within ${readyWithin} ms (its tasks modules did not finish loading)`;
-          log.error(`worker ${slot.index} (pid ${slot.child.pid}) is ${slot.lastError}; killing it`);
-          slot.child.kill("SIGKILL");
-        } else if (slot.readyAt !== undefined && Date.now() - slot.lastSeen > silentAfter) {
-          log.error(`worker ${slot.index} (pid ${slot.child.pid}) has not answered for ${silentAfter} ms; killing it`);
-          slot.child.kill("SIGKILL");
-        }
-      }
       await releaseDead();
       const rescued = await rescueExpiredLeases(sql, schema, config.maxAttempts);
-      if (reachableSince === Number.POSITIVE_INFINITY) reachableSince = Date.now();
+      if (reachableSince === Number.POSITIVE_INFINITY) reachableSince = performance.now();
       if (rescued.length) log.warn(`rescued ${rescued.length} task(s) whose lease expired`, { tasks: rescued.map((t) => t.id) });
       const cancelled = await deleteCancelledTasks(sql, schema);
       if (cancelled.length) log.info(`deleted ${cancelled.length} cancelled task(s) whose attempt had ended`, { tasks: cancelled });
@@ -252,7 +268,7 @@ export async function supervise(config: ServeConfig, databaseUrl: string, log: L
         await pruneTaskCounts(sql, schema);
         prunedAt = Date.now();
       }
-      const reaped = await reapStaleWorkers(sql, schema, staleAfter, config.maxAttempts, supervisorId, Date.now() - reachableSince);
+      const reaped = await reapStaleWorkers(sql, schema, staleAfter, config.maxAttempts, supervisorId, performance.now() - reachableSince);
       if (reaped.length) log.warn(`released ${reaped.length} task(s) of workers whose heartbeat stopped`, { tasks: reaped.map((t) => t.id) });
       startCompaction();
     } catch (error) {
@@ -264,6 +280,7 @@ export async function supervise(config: ServeConfig, databaseUrl: string, log: L
   };
   const checker = setInterval(() => {
     if (!stopping && launcherGone()) onSignal(`${launcherName()} exited`);
+    killSilent();
     void check();
   }, config.checkInterval);
 
@@ -311,7 +328,7 @@ export async function supervise(config: ServeConfig, databaseUrl: string, log: L
   process.off("SIGTERM", onTerm);
   process.off("SIGINT", onInt);
   // Tasks of workers that were killed rather than stopped: release them now.
-  for (const id of allWorkerIds) deadWorkers.add(id);
+  for (const id of allWorkerIds) if (!deadWorkers.has(id)) deadWorkers.set(id, true);
   await Promise.race([releaseDead(), new Promise((r) => setTimeout(r, 3_000))]);
   await metricsServer?.close();
   // A compaction still running is not waited for: its connection is closed

@@ -96,6 +96,8 @@ async function main(): Promise<number> {
 
   // deno-lint-ignore no-explicit-any
   let sql: postgres.Sql<any> | undefined;
+  // deno-lint-ignore no-explicit-any
+  let heartbeatSql: postgres.Sql<any> | undefined;
   try {
     const tasks = await loadTasks(spec.tasks, spec.cwd);
     sql = postgres(process.env.DATABASE_URL ?? "", {
@@ -103,9 +105,15 @@ async function main(): Promise<number> {
       onnotice: () => {},
       connection: { application_name: `pgbg worker ${spec.index}` },
     });
+    heartbeatSql = postgres(process.env.DATABASE_URL ?? "", {
+      max: 1,
+      onnotice: () => {},
+      connection: { application_name: `pgbg worker ${spec.index} heartbeat` },
+    });
     worker = new Worker({
       ...spec.settings,
       sql,
+      heartbeatSql,
       tasks: [...tasks.values()],
       workerId: spec.workerId,
       supervisorId: spec.supervisorId,
@@ -135,7 +143,7 @@ async function main(): Promise<number> {
     return EXIT.startFailed;
   } finally {
     clearInterval(alive);
-    await sql?.end({ timeout: 1 }).catch(() => {});
+    await Promise.all([sql?.end({ timeout: 1 }), heartbeatSql?.end({ timeout: 1 })]).catch(() => {});
   }
 }
 

@@ -63,6 +63,16 @@ export async function releaseWorkerTasks(db: Database, schema: string, workerIds
   return released(await run(db, schema, "ReleaseWorkerTasks", [workerIds, maxAttempts, JSON.stringify(error)]));
 }
 
+/**
+ * Hands back at once, uncounted, the tasks of workers that stopped
+ * themselves because their heartbeat could not get through: the tasks did
+ * not fail, their worker lost the database.
+ */
+export async function handBackWorkerTasks(db: Database, schema: string, workerIds: string[]): Promise<ReleasedTask[]> {
+  if (!workerIds.length) return [];
+  return released(await run(db, schema, "HandBackWorkerTasks", [workerIds]));
+}
+
 /** Makes tasks whose lease expired claimable again (or failed, when out of attempts). */
 export async function rescueExpiredLeases(db: Database, schema: string, maxAttempts: number): Promise<ReleasedTask[]> {
   const error = { name: "LeaseExpired", message: "the task's lease expired before its worker reported a result" };

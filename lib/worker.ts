@@ -30,8 +30,9 @@ export interface WorkerSettings {
   /**
    * After this long without a heartbeat any supervisor may take the worker
    * for dead and release its tasks. The worker stops itself, and its tasks,
-   * when its heartbeat has not succeeded for half of it, so a worker cut off
-   * from the database never runs a task beside its re-run.
+   * when its heartbeat has not succeeded for 40 % of it (see
+   * {@link SELF_STOP_FRACTION}), so a worker cut off from the database never
+   * runs a task beside its re-run.
    */
   staleAfter: number;
   shutdownTimeout: number;
@@ -59,6 +60,13 @@ export interface WorkerOptions extends WorkerSettings {
    * only stops as on `stop()`.
    */
   onLost?: (reason: string) => void;
+  /**
+   * A client for the heartbeat alone (one connection), so that claims and
+   * write-backs queued on the main pool cannot delay it past the worker's
+   * self-stop. Default: `sql`.
+   */
+  // deno-lint-ignore no-explicit-any
+  heartbeatSql?: Sql<any>;
   /** Called at each heartbeat, and once more when the worker ends, with what its tasks did since the last call. */
   onStats?: (report: WorkerReport) => void;
 }
@@ -122,6 +130,14 @@ export function retryDelayFor(task: AnyTask, attempt: number, fallback: number):
   return Math.min(base * 2 ** Math.min(attempt - 1, 30), task.retryDelayMax ?? 3_600_000);
 }
 
+/**
+ * The share of its stale time after which a worker whose heartbeat has not
+ * succeeded stops itself. Under a half, so that it is gone in time even for
+ * a supervisor from before migration 3, which reaps after 10 × its check
+ * interval (half of today's stale time) whatever the worker's row says.
+ */
+export const SELF_STOP_FRACTION = 0.4;
+
 /** Runs tasks until stopped. Create it, `start()` it, `stop()` it. */
 export class Worker {
   readonly #o: WorkerOptions;
@@ -139,9 +155,12 @@ export class Worker {
   #wake: (() => void) | undefined;
   #wakeOnSlot = false;
   #notified = false;
-  /** performance.now() when the last heartbeat that succeeded was sent. */
+  /** performance.now() and Date.now() when the last heartbeat that succeeded was sent. */
   #beatSentAt = 0;
+  #beatSentWall = 0;
   #beating = false;
+  /** Set once the worker removes its own row: an empty heartbeat then means nothing. */
+  #ending = false;
   readonly #leaseFloor: number;
   readonly #debug: boolean;
 
@@ -183,11 +202,11 @@ export class Worker {
    */
   async start(): Promise<WorkerExit> {
     const o = this.#o;
-    const registering = performance.now();
+    const registering = [performance.now(), Date.now()] as const;
     await run(o.sql, o.schema, "RegisterWorker", [
       o.workerId, o.supervisorId, o.pid, o.concurrency, o.hostname, o.runtime, o.queues, this.#scope.names, o.staleAfter,
     ]);
-    this.#beatSentAt = registering;
+    [this.#beatSentAt, this.#beatSentWall] = registering;
     const listening = await o.sql.listen(`pgbg:${o.schema}`, () => {
       this.#notified = true;
       this.#wakeUp(true);
@@ -205,6 +224,7 @@ export class Worker {
       const reported = this.#reporting ? this.#reporting.then(() => this.#report()) : this.#report();
       await Promise.race([reported, new Promise((r) => setTimeout(r, 2_000).unref?.())]);
       await listening.unlisten().catch(() => {});
+      this.#ending = true;
       if (this.#exit !== "retired") await removeWorkers(o.sql, o.schema, [o.workerId]).catch(() => {});
     }
     return this.#exit;
@@ -344,25 +364,26 @@ export class Worker {
 
   async #heartbeat(): Promise<void> {
     // Measured from when the last successful heartbeat was sent, which is no
-    // later than the time the database stamped on it, so the worker always
-    // stops before any supervisor's clock says that it is stale.
-    const silentFor = performance.now() - this.#beatSentAt;
-    if (silentFor > this.#o.staleAfter / 2) {
+    // later than the time the database stamped on it, so the worker stops
+    // before any supervisor's clock says that it is stale. The larger of the
+    // monotonic and the wall-clock gap: the monotonic clock stands still
+    // while the host is suspended, and the wall clock may step back.
+    const silentFor = Math.max(performance.now() - this.#beatSentAt, Date.now() - this.#beatSentWall);
+    if (silentFor > this.#o.staleAfter * SELF_STOP_FRACTION) {
       this.#lost(`its heartbeat has not succeeded for ${Math.round(silentFor)} ms (other supervisors may take it for dead after ${this.#o.staleAfter} ms)`);
       return;
     }
-    // One at a time: heartbeats that hang (an unreachable server) must not
-    // pile up and take every connection of the worker's pool.
+    // One at a time: heartbeats that hang (an unreachable server) must not pile up.
     if (this.#beating) return;
     this.#beating = true;
-    const sentAt = performance.now();
+    const sentAt = [performance.now(), Date.now()] as const;
     try {
-      const rows = await run<{ cancelled: unknown[] }>(this.#o.sql, this.#o.schema, "HeartbeatWorker", [this.#o.workerId]);
+      const rows = await run<{ cancelled: unknown[] }>(this.#o.heartbeatSql ?? this.#o.sql, this.#o.schema, "HeartbeatWorker", [this.#o.workerId]);
       if (!rows.length) {
-        this.#lost("a supervisor declared it dead (its heartbeat was late) and released its tasks");
+        if (!this.#ending) this.#lost("a supervisor declared it dead (its heartbeat was late) and released its tasks");
         return;
       }
-      this.#beatSentAt = sentAt;
+      [this.#beatSentAt, this.#beatSentWall] = sentAt;
       for (const id of rows[0].cancelled ?? []) this.#cancel(String(id));
     } catch (error) {
       this.#o.log.warn("heartbeat failed", { error: describeError(error).message });

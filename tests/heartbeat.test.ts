@@ -30,28 +30,32 @@ describe("heartbeats and leases", () => {
           .test(l.message) && l.pid === first.pid, patience);
       await service.waitForLog((l) => /^worker 1 exited with code 5: lost: its heartbeat has not succeeded/.test(l.message), patience);
       assert.throws(() => process.kill(first.pid, 0), { code: "ESRCH" }, "the worker process is gone while its row is still locked");
-      assert.equal((await executions([id]))[0].ended_at, null, "the attempt ended with its process");
     } finally {
       await blocker`ROLLBACK`.catch(() => {});
       blocker.release();
     }
-    // Its supervisor releases the task as a dead worker's, and a new worker takes it.
+    // Its supervisor hands the task back, the attempt uncounted (the task did
+    // not fail: its worker lost the database), and a new worker takes it.
     const runs = await until(() => executions([id]), (r) => r.length === 2, patience, "the task to run again");
-    assert.equal(runs[1].attempt, 2);
+    assert.equal(runs[1].attempt, 1, "the interrupted attempt was not counted");
     assert.notEqual(runs[1].pid, first.pid);
   });
 
   test("supervisors with different check intervals do not take each other's live workers for dead", async () => {
-    const id = await enqueue(sql, work, { ms: 30_000 }, { queue: "slow" });
-    // Heartbeats once a minute; the other supervisor's own threshold would be 20 s.
-    const slow = serve(["--workers", "1", "--queues", "slow", "--check-interval", "60s", "--timeout", "5m"]);
-    await until(() => executions([id]), (r) => r.length === 1, patience, "the slow supervisor's task to start");
+    const id = await enqueue(sql, work, { ms: 300_000 }, { queue: "slow" });
+    // Heartbeats every 2 minutes; the other supervisor's own threshold is 20 s.
+    const slow = serve(["--workers", "1", "--queues", "slow", "--check-interval", "120s", "--timeout", "10m"]);
+    const [run] = await until(() => executions([id]), (r) => r.length === 1, patience, "the slow supervisor's task to start");
     const fast = serve(["--workers", "1", "--queues", "other"]);
     await fast.waitForLog((l) => /^worker 1 ready/.test(l.message), patience);
-    await until(() => remaining([id]), (n) => n === 0, patience, "the task to finish");
-    const runs = await executions([id]);
-    assert.equal(runs.length, 1, "it ran once, never released to run again");
-    assert.notEqual(runs[0].ended_at, null);
+    // Past the fast supervisor's own threshold: it has reached the database
+    // for over 20 s, and the slow worker's heartbeat is over 20 s old.
+    await new Promise((r) => setTimeout(r, 22_000));
+    const [slowWorker] = await sql`SELECT extract(epoch FROM now() - heartbeat_at)::float8 AS age FROM pgbg.worker WHERE pid = ${run.pid}`;
+    assert.ok(slowWorker?.age > 20, `the slow worker's heartbeat is ${slowWorker?.age} s old: the case this test is about`);
+    const row = await taskRow(id);
+    assert.deepEqual([row.state, row.attempts], ["running", 1], "the task still runs in its first attempt, never released");
+    assert.equal((await executions([id])).length, 1);
     for (const l of [...fast.logs, ...slow.logs]) {
       assert.doesNotMatch(l.message, /released \d+ task\(s\) of workers whose heartbeat stopped|stops at once/);
     }
@@ -73,5 +77,16 @@ describe("heartbeats and leases", () => {
     );
     assert.ok(!service.logs.some((l) => /whose lease expired/.test(l.message)), "the lease did not expire");
     assert.equal(await taskRow(id), undefined);
+  });
+
+  test("during a graceful shutdown a worker whose event loop is blocked is still killed after the silence, not after the shutdown timeout", async () => {
+    const id = await enqueue(sql, spin, {});
+    const service = serve(["--workers", "1", "--concurrency", "1", "--shutdown-timeout", "10m"]);
+    await until(() => executions([id]), (r) => r.length === 1, patience, "the spinning task to start");
+    service.child.kill("SIGTERM");
+    await service.waitForLog((l) => /^worker 1 \(pid \d+\) has not answered for 10000 ms; killing it$/.test(l.message), patience);
+    assert.deepEqual(await service.exited, { code: 0, signal: null });
+    const row = await taskRow(id);
+    assert.deepEqual([row.state, row.worker_id, row.attempts], ["queued", null, 1], "its task was released, the attempt counted");
   });
 });

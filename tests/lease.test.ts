@@ -3,7 +3,7 @@ import { randomUUID } from "node:crypto";
 import { describe, test } from "node:test";
 import * as v from "valibot";
 import { claimTasks, type ClaimScope } from "../lib/claim.ts";
-import { leaseFor, releaseWorkerTasks } from "../lib/lease.ts";
+import { leaseFor, reapStaleWorkers, releaseWorkerTasks } from "../lib/lease.ts";
 import { silentLogger } from "../lib/log.ts";
 import { ResultWriter } from "../lib/results.ts";
 import { retryDelayFor } from "../lib/worker.ts";
@@ -123,5 +123,40 @@ describe("retry delay", () => {
   test("exponential: doubles per attempt up to its cap", () => {
     const t = { ...base, retryDelay: 1000, retryBackoff: "exponential" as const, retryDelayMax: 10_000 };
     assert.deepEqual([1, 2, 3, 4, 5, 6].map((a) => retryDelayFor(t, a, 5000)), [1000, 2000, 4000, 8000, 10_000, 10_000]);
+  });
+});
+
+describe("reaping workers whose heartbeat stopped", () => {
+  test("by each worker's own stale time (the reaper's for rows without one), only once the reaper has reached the database that long, never its own", async () => {
+    const reaper = randomUUID();
+    const other = randomUUID();
+    const worker = async (supervisor: string, staleAfterMs: number | null, heartbeatAgoMs: number) => {
+      const id = randomUUID();
+      await sql`INSERT INTO pgbg.worker (id, supervisor_id, pid, concurrency, hostname, runtime, tasks, stale_after_ms, heartbeat_at)
+        VALUES (${id}, ${supervisor}, 1, 1, 'test', 'node', '{fenced}', ${staleAfterMs}, now() - ${heartbeatAgoMs} * interval '1 ms')`;
+      return id;
+    };
+    const oldRow = await worker(other, null, 30_000); // a worker of an older pgbg: the reaper's 20 s apply
+    const patient = await worker(other, 600_000, 30_000); // 10 minutes of its own: alive
+    const quick = await worker(other, 10_000, 15_000); // 10 s of its own: stale
+    const own = await worker(reaper, 10_000, 15_000); // the reaper's own: watched directly, never reaped
+    const id = await enqueue(sql, task, 1);
+    await claimTasks(sql, "pgbg", scope(quick), 10);
+    const reap = async (reachableFor: number) => {
+      const released = await reapStaleWorkers(sql, "pgbg", 20_000, 25, reaper, reachableFor);
+      const left = (await sql`SELECT id FROM pgbg.worker`).map((r) => r.id as string);
+      return { released: released.map((t) => t.id), left: new Set(left) };
+    };
+    const early = await reap(5_000);
+    assert.deepEqual(early.released, [], "after 5 s of reach nobody is judged");
+    assert.equal(early.left.size, 4);
+    const middle = await reap(12_000);
+    assert.deepEqual(middle.released, [id], "the quick worker's task is released");
+    assert.deepEqual([...middle.left].sort(), [oldRow, patient, own].sort(), "12 s of reach judge the 10 s worker only");
+    const late = await reap(25_000);
+    assert.deepEqual([...late.left].sort(), [patient, own].sort(), "20 s of reach judge the old row by the reaper's threshold");
+    assert.deepEqual(await row(id), { state: "queued", attempts: 1, lease_token: 1, worker_id: null });
+    await sql`DELETE FROM pgbg.worker`;
+    await sql`DELETE FROM pgbg.task`;
   });
 });

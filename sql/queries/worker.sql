@@ -163,6 +163,17 @@ UPDATE pgbg.task t SET
 WHERE t.state = 'running' AND t.worker_id = ANY($1::uuid[])
 RETURNING t.id, t.state;
 
+-- name: HandBackWorkerTasks
+-- The tasks of workers that stopped themselves because their heartbeat could
+-- not get through (exit code 5): claimable at once, the interrupted attempt
+-- not counted, as at a graceful shutdown, since the task did not fail. Tasks
+-- another supervisor already released are no longer the worker's.
+UPDATE pgbg.task t SET
+  state = 'queued', run_at = now(), attempts = t.attempts - 1,
+  lease_expires_at = NULL, worker_id = NULL
+WHERE t.state = 'running' AND t.worker_id = ANY($1::uuid[])
+RETURNING t.id, t.state;
+
 -- name: RescueExpiredLeases
 -- Tasks whose lease ran out (their worker vanished without anyone noticing):
 -- claimable again, the attempt counted. Uses task_lease_idx. $1 default max
@@ -255,6 +266,6 @@ DELETE FROM pgbg.worker WHERE id = ANY($1::uuid[]);
 -- outage no worker could heartbeat.
 DELETE FROM pgbg.worker
 WHERE supervisor_id <> $2::uuid
-  AND heartbeat_at < now() - coalesce(stale_after_ms, $1) * interval '1 millisecond'
-  AND $3::float8 >= coalesce(stale_after_ms, $1)
+  AND heartbeat_at < now() - coalesce(stale_after_ms, $1::bigint) * interval '1 millisecond'
+  AND $3::float8 >= coalesce(stale_after_ms, $1::bigint)
 RETURNING id;
