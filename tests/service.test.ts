@@ -3,6 +3,7 @@ import { describe, test } from "node:test";
 import * as v from "valibot";
 import { defineTask, enqueue, enqueueMany, migrate } from "../mod.ts";
 import { alwaysFails, exactlyOnce, strict, unstorableError, work } from "./fixtures/tasks.ts";
+import { releaseWorkerTasks } from "../lib/lease.ts";
 import { createTestDatabase } from "./harness.ts";
 import { patience, type Service, serviceTestbed, stopService, until } from "./service-harness.ts";
 
@@ -178,6 +179,24 @@ describe("pgbg serve", () => {
     await stopService(service);
     assert.deepEqual((await executions([id])).map((r) => r.attempt), [1, 2]);
     assert.equal((await sql`SELECT text FROM note WHERE text = 'rolled'`).length, 1);
+  });
+
+  test("ctx.complete(tx) after the lease was lost throws LeaseLostError, and the handler's writes roll back with it", async () => {
+    const id = await enqueue(sql, exactlyOnce, { note: "fenced effect", waitFor: "go" });
+    const service = serve("--workers", "1", "--concurrency", "2");
+    await until(() => executions([id]), (r) => r.length === 1, patience, "the first attempt to start");
+    // Another supervisor takes its worker for dead and releases the task;
+    // the same worker's free slot claims it again as attempt 2.
+    const [{ worker_id: workerId }] = await sql`SELECT worker_id FROM pgbg.task WHERE id = ${id}`;
+    await releaseWorkerTasks(sql, "pgbg", [workerId], 25, { name: "WorkerLost", message: "taken for dead by the test" });
+    await until(() => executions([id]), (r) => r.length === 2, patience, "the second attempt to start");
+    await sql`INSERT INTO note (text) VALUES ('go')`;
+    await until(() => remaining([id]), (n) => n === 0, patience, "the second attempt to complete");
+    const lost = await service.waitForLog((l) => l.id === id && l.attempt === 1 && (l.error as { name?: string })?.name === "LeaseLostError", patience);
+    assert.match(lost.message, new RegExp(`^task ${id} failed`));
+    await stopService(service);
+    assert.equal((await sql`SELECT count(*)::int AS n FROM note WHERE text = 'fenced effect'`)[0].n, 1, "the effect committed once, by attempt 2");
+    assert.deepEqual((await executions([id])).map((r) => [r.attempt, r.ended_at !== null]), [[1, true], [2, true]]);
   });
 
   test("two supervisors on one queue run no task twice", async () => {
