@@ -3,7 +3,9 @@ import { spawnSync } from "node:child_process";
 import { readFileSync, rmSync, writeFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { after, test } from "node:test";
+import { migrate } from "../mod.ts";
 import { createTestDatabase } from "./harness.ts";
+import { patience, startService, stopService, until } from "./service-harness.ts";
 
 const db = await createTestDatabase();
 const readme = readFileSync(new URL("../README.md", import.meta.url), "utf8");
@@ -28,4 +30,41 @@ test("the README's API example runs as written and enqueues what it says", async
     name: "send-email", queue: "mail", key: "welcome:42", priority: 0, max_attempts: 5, payload: { to: "ada@example.com", subject: "hi" },
   });
   assert.deepEqual(rows.slice(1).map((r) => r.payload.to), ["ada@example.com", "ada@example.com", "grace@example.com"]);
+});
+
+test("the README's exactly-once example (chargeOrder) runs under pgbg serve and commits its write with the completion", async () => {
+  const section = readme.slice(readme.indexOf("## What pgbg guarantees"));
+  const example = /```ts\n([\s\S]*?)```/.exec(section)?.[1];
+  assert.ok(example?.includes("const chargeOrder = defineTask("), "the README has the example");
+  const mod = fileURLToPath(new URL("../mod.ts", import.meta.url));
+  // The block as written, in a tasks module with the names it takes from its context.
+  const tasks = [
+    `import * as v from "valibot";`,
+    `import postgres from "postgres";`,
+    `import { defineTask } from ${JSON.stringify(mod)};`,
+    `const sql = postgres(process.env.DATABASE_URL!, { max: 2 });`,
+    example,
+    `export { chargeOrder };`,
+  ].join("\n");
+  const file = fileURLToPath(new URL(`./readme-charge-order-${process.pid}.tmp.ts`, import.meta.url));
+  writeFileSync(file, tasks);
+  after(() => rmSync(file, { force: true }));
+  await migrate(db.sql);
+  await db.sql`CREATE TABLE orders (id integer PRIMARY KEY, charged boolean NOT NULL DEFAULT false)`;
+  await db.sql`INSERT INTO orders (id) VALUES (7), (8)`;
+  const cli = fileURLToPath(new URL("../cli/main.ts", import.meta.url));
+  const enqueued = spawnSync(process.execPath, ["--import", "tsx", cli, "enqueue", "charge-order", '{"orderId":7}', "--tasks", file, "--json"], {
+    env: { ...process.env, DATABASE_URL: db.url }, encoding: "utf8", timeout: 60_000,
+  });
+  assert.equal(enqueued.status, 0, enqueued.stderr);
+  const { id } = JSON.parse(enqueued.stdout);
+  const service = startService(db.url, ["--tasks", file, "--check-interval", "200ms"]);
+  try {
+    await until(async () => (await db.sql`SELECT count(*)::int AS n FROM pgbg.task WHERE id = ${id}`)[0].n, (n) => n === 0, patience, "the task to complete");
+  } finally {
+    assert.deepEqual(await stopService(service), { code: 0, signal: null });
+  }
+  const orders = await db.sql`SELECT id, charged FROM orders ORDER BY id`;
+  assert.deepEqual(orders.map((o) => [o.id, o.charged]), [[7, true], [8, false]]);
+  assert.ok(service.logs.some((l) => l.id === id && /succeeded/.test(l.message)), "it ran and succeeded");
 });
