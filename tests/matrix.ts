@@ -172,7 +172,12 @@ async function runRuntime(runtime: Runtime, app: string, serverUrl: string): Pro
     const t0 = performance.now();
     const scripts = runtime === "deno" ? ["enqueue.js", "enqueue-source.ts"] : ["enqueue.js"];
     let enqueued = 0;
-    for (const script of scripts) enqueued += JSON.parse(run(cmd.script(script), app, env).trim().split("\n").pop()!).enqueued;
+    for (const script of scripts) {
+      // From the sources with the repository's deno.json, whose import map
+      // JSR applies to them: its npm: specifiers, not the app's node_modules.
+      const command = script === "enqueue-source.ts" ? ["deno", "run", "-A", "--config", join(repo, "deno.json"), script] : cmd.script(script);
+      enqueued += JSON.parse(run(command, app, env).trim().split("\n").pop()!).enqueued;
+    }
     const expected = PER_SCRIPT * scripts.length;
     if (enqueued !== expected) return { ok: false, detail: `enqueued ${enqueued} of ${expected} tasks` };
     const t1 = performance.now();
