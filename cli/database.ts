@@ -5,8 +5,7 @@
  * @module
  */
 import { createHash } from "node:crypto";
-import { chmodSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import process from "node:process";
 import postgres from "postgres";
@@ -39,19 +38,31 @@ function enterableByAll(dir: string): boolean {
   }
 }
 
+/** Where root keeps the data of embedded servers whose project folder the postgres user cannot enter. */
+export const ROOT_DATA_FOLDER = "/var/lib/pgbg";
+
 /**
  * Where the embedded server of `<cwd>/.pgbg` keeps its data: `<cwd>/.pgbg/data`,
  * except under root when a folder above it is closed to other users (a clone
  * in /root): the server then runs as the postgres user, which could not
- * enter it, so the data goes to a folder of its own under the system's
- * temporary folder, named after the project folder.
+ * enter it, so the data goes to `/var/lib/pgbg/<id>/data`, named after the
+ * project folder. Not the temporary folder: anyone may create a name there
+ * first, and it is emptied at boot.
  */
 export function embeddedDataDir(cwd: string): string {
   const folder = resolve(cwd, ".pgbg");
   const isRoot = typeof process.getuid === "function" && process.getuid() === 0;
   if (!isRoot || enterableByAll(existsSync(folder) ? folder : cwd)) return join(folder, "data");
   const id = createHash("sha256").update(folder).digest("hex").slice(0, 12);
-  return join(tmpdir(), `pgbg-embedded-${id}`, "data");
+  return join(ROOT_DATA_FOLDER, id, "data");
+}
+
+/** Creates `dir` (mode 0755) if missing, and refuses one that is a symbolic link or not root's. */
+function rootOwnedFolder(dir: string): void {
+  mkdirSync(dir, { recursive: true, mode: 0o755 });
+  const stat = lstatSync(dir);
+  if (!stat.isDirectory() || stat.uid !== 0) throw new Error(`${dir} must be a folder owned by root (it holds the embedded PostgreSQL's data)`);
+  chmodSync(dir, 0o755);
 }
 
 /**
@@ -66,8 +77,8 @@ export async function resolveDatabase(databaseUrl: string | undefined, cwd: stri
   mkdirSync(folder, { recursive: true, mode: 0o755 });
   const dataDir = embeddedDataDir(cwd);
   if (!dataDir.startsWith(folder)) {
-    mkdirSync(dirname(dataDir), { recursive: true });
-    chmodSync(dirname(dataDir), 0o755);
+    rootOwnedFolder(ROOT_DATA_FOLDER);
+    rootOwnedFolder(dirname(dataDir));
   }
   const state = existsSync(stateFile)
     ? JSON.parse(readFileSync(stateFile, "utf8")) as { port: number; password: string }

@@ -31,10 +31,15 @@ interface Slot {
   index: number;
   child?: ChildProcess;
   workerId?: string;
+  /** performance.now() of its last message, of its start, and of its "ready". */
   lastSeen: number;
   startedAt: number;
   readyAt?: number;
   lastError?: string;
+  /** SIGKILL sent to this child: not again at every tick. */
+  killed?: boolean;
+  /** The child said it lost the database (code 5, "unreachable"): its attempts do not count. */
+  handBack?: boolean;
   failures: number;
   restartTimer?: ReturnType<typeof setTimeout>;
 }
@@ -94,9 +99,9 @@ export async function supervise(config: ServeConfig, databaseUrl: string, log: L
   // gets this long to become ready at all (a module whose top-level await
   // never settles would otherwise hold its slot for good).
   const readyWithin = Math.max(silentAfter, 60_000);
-  // Twice the silence after which a supervisor kills its own worker, which
-  // is also when a worker whose heartbeat fails stops itself: a worker is
-  // gone before any other supervisor may release its tasks.
+  // Twice the silence after which a supervisor kills its own worker; a
+  // worker whose heartbeat fails stops itself at 40 % of it. Either way a
+  // worker is gone before any other supervisor may release its tasks.
   const staleAfter = 2 * silentAfter;
   const workerScript = workerModule(import.meta.url);
   const slots: Slot[] = Array.from({ length: config.workers }, (_, index) => ({ index: index + 1, lastSeen: 0, startedAt: 0, failures: 0 }));
@@ -126,16 +131,20 @@ export async function supervise(config: ServeConfig, databaseUrl: string, log: L
       stdio: ["ignore", "inherit", "inherit", "ipc"],
       env: { ...process.env, DATABASE_URL: databaseUrl, PGBG_WORKER: JSON.stringify(spec) },
     });
-    Object.assign(slot, { child, workerId, lastSeen: Date.now(), startedAt: Date.now(), readyAt: undefined, lastError: undefined });
+    const now = performance.now();
+    Object.assign(slot, { child, workerId, lastSeen: now, startedAt: now, readyAt: undefined, lastError: undefined, killed: false, handBack: false });
     child.on("message", (message: WorkerMessage) => {
-      slot.lastSeen = Date.now();
+      slot.lastSeen = performance.now();
       if (message.type === "ready") {
-        slot.readyAt = Date.now();
+        slot.readyAt = performance.now();
         log.debug(`worker ${slot.index} ready (pid ${child.pid})`, { worker: slot.index, pid: child.pid, tasks: message.tasks });
       } else if (message.type === "stats") {
         metrics.add(slot.index, message.report);
       } else if (message.type === "fatal" || message.type === "retiring") {
         slot.lastError = message.message;
+      } else if (message.type === "lost") {
+        slot.lastError = message.message;
+        slot.handBack = message.cause === "unreachable";
       }
     });
     child.on("error", (error) => {
@@ -150,9 +159,10 @@ export async function supervise(config: ServeConfig, databaseUrl: string, log: L
 
   const onExit = (slot: Slot, workerId: string, code: number | null, signal: NodeJS.Signals | null) => {
     slot.child = undefined;
-    // A worker that stopped itself because its heartbeat could not get
-    // through (code 5) was not killed by its task: that attempt is not counted.
-    deadWorkers.set(workerId, code !== 5);
+    // A worker that said it stopped because its heartbeat could not get
+    // through (code 5) was not ended by its task: that attempt is not
+    // counted. Any other exit, a task's process.exit(5) included, counts.
+    deadWorkers.set(workerId, !(code === 5 && slot.handBack));
     metrics.workerExited(slot.index);
     if (stopping) {
       if (slots.every((s) => !s.child)) resolveDone(exitCode);
@@ -161,7 +171,7 @@ export async function supervise(config: ServeConfig, databaseUrl: string, log: L
     void releaseDead();
     const how = signal ? `was killed by ${signal}` : `exited with code ${code}`;
     const why = slot.lastError ? `: ${slot.lastError}` : "";
-    const healthy = slot.readyAt !== undefined && Date.now() - slot.readyAt >= HEALTHY_AFTER;
+    const healthy = slot.readyAt !== undefined && performance.now() - slot.readyAt >= HEALTHY_AFTER;
     slot.failures = healthy ? 0 : slot.failures + 1;
     const delay = restartDelay(slot.failures);
     log[healthy ? "warn" : "error"](`worker ${slot.index} ${how}${why}; restarting${delay ? ` in ${delay} ms` : ""}`, {
@@ -234,16 +244,19 @@ export async function supervise(config: ServeConfig, databaseUrl: string, log: L
    * loop is blocked dies within silentAfter plus one check interval.
    */
   const killSilent = () => {
+    const now = performance.now();
     for (const slot of slots) {
-      if (!slot.child || slot.child.exitCode !== null || slot.child.signalCode !== null) continue;
-      if (slot.readyAt === undefined && Date.now() - slot.startedAt > readyWithin) {
+      if (!slot.child || slot.killed || slot.child.exitCode !== null || slot.child.signalCode !== null) continue;
+      if (slot.readyAt === undefined && now - slot.startedAt > readyWithin) {
         slot.lastError = `not ready within ${readyWithin} ms (its tasks modules did not finish loading)`;
         log.error(`worker ${slot.index} (pid ${slot.child.pid}) is ${slot.lastError}; killing it`);
-        slot.child.kill("SIGKILL");
-      } else if (slot.readyAt !== undefined && Date.now() - slot.lastSeen > silentAfter) {
+      } else if (slot.readyAt !== undefined && now - slot.lastSeen > silentAfter) {
         log.error(`worker ${slot.index} (pid ${slot.child.pid}) has not answered for ${silentAfter} ms; killing it`);
-        slot.child.kill("SIGKILL");
+      } else {
+        continue;
       }
+      slot.killed = true;
+      slot.child.kill("SIGKILL");
     }
   };
 

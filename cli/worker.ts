@@ -5,8 +5,9 @@
  * a Worker until told to stop.
  *
  * Exit codes: 0 stopped, 3 could not start, 4 retired (a task ignored its
- * timeout), 5 lost (its heartbeat failed for half its stale time, or a
- * supervisor declared it dead), 6 crashed (an exception nothing caught).
+ * timeout), 5 lost (its heartbeat failed for 40 % of its stale time, or a
+ * supervisor declared it dead; a "lost" message says which), 6 crashed (an
+ * exception nothing caught).
  *
  * @module
  */
@@ -16,7 +17,7 @@ import postgres from "postgres";
 import { describeError } from "../lib/log.ts";
 import { loadTasks } from "../lib/registry.ts";
 import { runtimeName } from "../lib/runtime.ts";
-import { Worker, type WorkerReport, type WorkerSettings } from "../lib/worker.ts";
+import { type LostCause, Worker, type WorkerReport, type WorkerSettings } from "../lib/worker.ts";
 import type { LogLevel } from "./config.ts";
 import { createLogger } from "./log.ts";
 
@@ -38,6 +39,8 @@ export type WorkerMessage =
   | { type: "alive"; running: number }
   | { type: "stats"; report: WorkerReport }
   | { type: "fatal"; message: string }
+  /** Sent just before exiting with code 5; `unreachable`: its tasks did not fail, their attempts need not count. */
+  | { type: "lost"; cause: LostCause; message: string }
   | { type: "retiring"; message: string };
 
 const EXIT = { stopped: 0, startFailed: 3, retired: 4, lost: 5, crashed: 6 } as const;
@@ -124,10 +127,10 @@ async function main(): Promise<number> {
       onReady: () => send({ type: "ready", tasks: [...tasks.keys()] }),
       // Its tasks may be released to other workers now: end every one of
       // them, including any that ignores its signal, by ending the process.
-      onLost: (reason) => {
+      onLost: (cause, reason) => {
         const exit = () => process.exit(EXIT.lost);
         if (!process.send || !process.connected) exit();
-        else process.send({ type: "fatal", message: `lost: ${reason}` } satisfies WorkerMessage, exit);
+        else process.send({ type: "lost", cause, message: `lost: ${reason}` } satisfies WorkerMessage, exit);
         setTimeout(exit, 200).unref();
       },
       onStats: (report) => send({ type: "stats", report }),

@@ -25,22 +25,22 @@ export const LEASE_MARGIN = 5_000;
  * at the latest, so its process is gone before the lease expires and no
  * other worker can start the task while this one may still run it.
  *
- * `floor`: the lease is at least this long. A task that blocks its worker's
- * event loop stops the worker's own timers, so only its supervisor can end
- * it, by killing a worker silent for half the stale time; the floor keeps the
- * lease of a short task from expiring before that kill.
+ * `killWithin`: a task that blocks its worker's event loop stops the
+ * worker's own timers, so only its supervisor can end it, by killing the
+ * worker once it has been silent that long. The block may begin at any
+ * moment up to the worker's own exit, so the lease covers both in turn.
  */
-export function leaseFor(timeout: number, floor = 0): number {
-  return Math.max(timeout + 2 * graceFor(timeout) + LEASE_MARGIN, floor);
+export function leaseFor(timeout: number, killWithin = 0): number {
+  return timeout + 2 * graceFor(timeout) + killWithin + LEASE_MARGIN;
 }
 
 /**
- * The shortest lease a worker may take: long enough for its supervisor to
- * notice that the worker went silent (half of `staleAfter`, checked every
- * `checkInterval`) and kill it, with the usual margin.
+ * The longest a worker whose event loop is blocked outlives the block's
+ * start: its supervisor kills a worker silent for half of `staleAfter`,
+ * noticed at its next check, `checkInterval` later at most.
  */
-export function leaseFloor(staleAfter: number, checkInterval: number): number {
-  return Math.ceil(staleAfter / 2) + checkInterval + LEASE_MARGIN;
+export function killWithin(staleAfter: number, checkInterval: number): number {
+  return Math.ceil(staleAfter / 2) + checkInterval;
 }
 
 /** A task moved out of `running` by a release or rescue. */

@@ -10,7 +10,7 @@ import type { Sql } from "postgres";
 import { LazyAbort, type Outcome, startAttempt } from "./attempt.ts";
 import { type ClaimedTask, claimTasks, type ClaimScope } from "./claim.ts";
 import type { AnyTask } from "./define.ts";
-import { graceFor, leaseFloor, leaseFor, removeWorkers } from "./lease.ts";
+import { graceFor, killWithin, leaseFor, removeWorkers } from "./lease.ts";
 import { describeError, type Logger } from "./log.ts";
 import { ResultWriter } from "./results.ts";
 import { run } from "./statements.ts";
@@ -54,12 +54,12 @@ export interface WorkerOptions extends WorkerSettings {
   onReady?: () => void;
   /**
    * Called when the worker must end at once: its heartbeat has not
-   * succeeded for half its stale time, or another supervisor declared it
+   * succeeded for 40 % of its stale time, or another supervisor declared it
    * dead. Its running tasks are aborted first; the caller ends the process,
    * which also ends a task that ignores its signal. Without it the worker
    * only stops as on `stop()`.
    */
-  onLost?: (reason: string) => void;
+  onLost?: (cause: LostCause, reason: string) => void;
   /**
    * A client for the heartbeat alone (one connection), so that claims and
    * write-backs queued on the main pool cannot delay it past the worker's
@@ -85,6 +85,13 @@ export interface WorkerReport {
  * is freed); `lost` because another supervisor declared it dead.
  */
 export type WorkerExit = "stopped" | "retired" | "lost";
+
+/**
+ * Why a worker ended at once: `unreachable`, its heartbeat could not get
+ * through (its tasks did not fail: their attempts need not count);
+ * `reaped`, a supervisor took it for dead and released its tasks.
+ */
+export type LostCause = "unreachable" | "reaped";
 
 /** The abort reason given to a task that `pgbg cancel` asked to stop. */
 export class TaskCancelledError extends Error {
@@ -114,6 +121,13 @@ interface Running {
   cancelled: boolean;
   counts: SeriesCounts;
 }
+
+/**
+ * The key of an attempt in the running map: task id and lease token. A task
+ * released from under this worker (its lease revoked) may be claimed again
+ * by this same worker while the old attempt still runs.
+ */
+const attemptKey = (claimed: ClaimedTask) => `${claimed.id}:${claimed.leaseToken}`;
 
 /** The `settled` of an attempt that ended before startAttempt returned. */
 const SETTLED: Promise<void> = Promise.resolve();
@@ -159,9 +173,11 @@ export class Worker {
   #beatSentAt = 0;
   #beatSentWall = 0;
   #beating = false;
+  /** A heartbeat failed after the last one that succeeded. */
+  #beatFailed = false;
   /** Set once the worker removes its own row: an empty heartbeat then means nothing. */
   #ending = false;
-  readonly #leaseFloor: number;
+  readonly #killWithin: number;
   readonly #debug: boolean;
 
   constructor(options: WorkerOptions) {
@@ -171,14 +187,14 @@ export class Worker {
       // A missing value would make every comparison false: no self-stop, no lease floor.
       if (!(options[key] > 0)) throw new TypeError(`Worker: ${key} must be a positive number of ms, got ${options[key]}`);
     }
-    this.#leaseFloor = leaseFloor(options.staleAfter, options.heartbeatInterval);
+    this.#killWithin = killWithin(options.staleAfter, options.heartbeatInterval);
     for (const task of options.tasks) this.#tasks.set(task.name, task);
     const names = [...this.#tasks.keys()];
     this.#scope = {
       workerId: options.workerId,
       queues: options.queues,
       names,
-      leaseMs: names.map((n) => leaseFor(this.#timeoutOf(this.#tasks.get(n)!), this.#leaseFloor)),
+      leaseMs: names.map((n) => leaseFor(this.#timeoutOf(this.#tasks.get(n)!), this.#killWithin)),
     };
     this.#results = new ResultWriter(options.sql, options.schema, options.maxAttempts, options.log);
   }
@@ -308,12 +324,12 @@ export class Worker {
     const counts = this.#stats.series(claimed.queue, claimed.name);
     observe(counts.lag, claimed.lagMs);
     const entry = {
-      claimed, task, controller, startedAt: now, leaseEndsAt: now + leaseFor(timeout, this.#leaseFloor), overdue: false, handedBack: false, cancelled: false, counts,
+      claimed, task, controller, startedAt: now, leaseEndsAt: now + leaseFor(timeout, this.#killWithin), overdue: false, handedBack: false, cancelled: false, counts,
     } as Running;
     if (this.#debug) this.#o.log.debug(`task ${claimed.id} started`, { task: claimed.name, id: claimed.id, attempt: claimed.attempt, queue: claimed.queue });
     // Registered before the attempt starts: one that ends at once calls
     // #finish before startAttempt returns.
-    this.#running.set(claimed.id, entry);
+    this.#running.set(attemptKey(claimed), entry);
     const pending = startAttempt(
       { task, claimed, schema: this.#o.schema, timeout, grace: graceFor(timeout), controller, onOverdue: () => this.#overdue(entry) },
       (outcome) => this.#finish(entry, outcome),
@@ -322,7 +338,7 @@ export class Worker {
   }
 
   #finish(entry: Running, outcome: Outcome): void {
-    this.#running.delete(entry.claimed.id);
+    this.#running.delete(attemptKey(entry.claimed));
     this.#wakeUp(false);
     if (entry.handedBack || this.#exit === "lost") return;
     // Aborted by the shutdown: handed back (uncounted) instead of failed.
@@ -368,9 +384,15 @@ export class Worker {
     // before any supervisor's clock says that it is stale. The larger of the
     // monotonic and the wall-clock gap: the monotonic clock stands still
     // while the host is suspended, and the wall clock may step back.
+    // Only heartbeats that were sent and did not get through (in flight, or
+    // failed) say the database is out of reach. Without them, the silence
+    // was this process's own (a task that blocked the event loop held the
+    // timer back): beat now, and judge at the next tick. A block long enough
+    // to matter is its supervisor's to end (silentAfter), and counts as the
+    // task's attempt.
     const silentFor = Math.max(performance.now() - this.#beatSentAt, Date.now() - this.#beatSentWall);
-    if (silentFor > this.#o.staleAfter * SELF_STOP_FRACTION) {
-      this.#lost(`its heartbeat has not succeeded for ${Math.round(silentFor)} ms (other supervisors may take it for dead after ${this.#o.staleAfter} ms)`);
+    if ((this.#beating || this.#beatFailed) && silentFor > this.#o.staleAfter * SELF_STOP_FRACTION) {
+      this.#lost("unreachable", `its heartbeat has not succeeded for ${Math.round(silentFor)} ms (other supervisors may take it for dead after ${this.#o.staleAfter} ms)`);
       return;
     }
     // One at a time: heartbeats that hang (an unreachable server) must not pile up.
@@ -380,12 +402,14 @@ export class Worker {
     try {
       const rows = await run<{ cancelled: unknown[] }>(this.#o.heartbeatSql ?? this.#o.sql, this.#o.schema, "HeartbeatWorker", [this.#o.workerId]);
       if (!rows.length) {
-        if (!this.#ending) this.#lost("a supervisor declared it dead (its heartbeat was late) and released its tasks");
+        if (!this.#ending) this.#lost("reaped", "a supervisor declared it dead (its heartbeat was late) and released its tasks");
         return;
       }
       [this.#beatSentAt, this.#beatSentWall] = sentAt;
+      this.#beatFailed = false;
       for (const id of rows[0].cancelled ?? []) this.#cancel(String(id));
     } catch (error) {
+      this.#beatFailed = true;
       this.#o.log.warn("heartbeat failed", { error: describeError(error).message });
     } finally {
       this.#beating = false;
@@ -394,22 +418,23 @@ export class Worker {
   }
 
   /** Ends the worker at once: its tasks may be released to other workers. */
-  #lost(reason: string): void {
+  #lost(cause: LostCause, reason: string): void {
     if (this.#exit === "lost") return;
     this.#exit = "lost";
     this.#o.log.error(`this worker stops at once, aborting its ${this.#running.size} running task(s): ${reason}`);
     for (const entry of this.#running.values()) entry.controller.abort(new ShutdownError());
     this.stop();
-    this.#o.onLost?.(reason);
+    this.#o.onLost?.(cause, reason);
   }
 
-  /** Aborts the attempt of a task whose cancel was requested; #finish deletes the task. */
+  /** Aborts the attempts of a task whose cancel was requested; #finish deletes the task. */
   #cancel(id: string): void {
-    const entry = this.#running.get(id);
-    if (!entry || entry.cancelled || entry.handedBack) return;
-    entry.cancelled = true;
-    this.#o.log.warn(`task ${id} was cancelled by an operator; aborting its attempt`, { task: entry.claimed.name, id, attempt: entry.claimed.attempt, queue: entry.claimed.queue });
-    entry.controller.abort(new TaskCancelledError());
+    for (const entry of this.#running.values()) {
+      if (entry.claimed.id !== id || entry.cancelled || entry.handedBack) continue;
+      entry.cancelled = true;
+      this.#o.log.warn(`task ${id} was cancelled by an operator; aborting its attempt`, { task: entry.claimed.name, id, attempt: entry.claimed.attempt, queue: entry.claimed.queue });
+      entry.controller.abort(new TaskCancelledError());
+    }
   }
 
   /** Reports (below) unless a report is in flight; resolves when that report is done. */
@@ -470,7 +495,7 @@ export class Worker {
     const settleBy = Math.min(this.#deadline(Number.POSITIVE_INFINITY), Date.now() + 1_000);
     await Promise.race([Promise.all(left.map((e) => e.settled)), new Promise((r) => setTimeout(r, Math.max(0, settleBy - Date.now())))]);
     for (const entry of left) {
-      if (this.#running.has(entry.claimed.id)) continue; // still running: left to the supervisor
+      if (this.#running.has(attemptKey(entry.claimed))) continue; // still running: left to the supervisor
       entry.handedBack = true;
       this.#results.release({ id: entry.claimed.id, leaseToken: entry.claimed.leaseToken });
       o.log.warn(`task ${entry.claimed.id} was still running at shutdown; handed back to the queue`, { task: entry.claimed.name, id: entry.claimed.id });
@@ -478,10 +503,15 @@ export class Worker {
     if (this.#running.size && this.#exit === "stopped") this.#exit = "retired";
   }
 
-  /** The earlier of `limit` and 2 s before the lease of any overdue task ends. */
+  /**
+   * The earlier of `limit` and 2 s before the lease of any overdue task
+   * ends, less the time the lease keeps for a supervisor's kill: should the
+   * task block the event loop at the last moment, the kill still comes
+   * before the lease ends.
+   */
   #deadline(limit: number): number {
     let deadline = limit;
-    for (const e of this.#running.values()) if (e.overdue) deadline = Math.min(deadline, e.leaseEndsAt - 2_000);
+    for (const e of this.#running.values()) if (e.overdue) deadline = Math.min(deadline, e.leaseEndsAt - this.#killWithin - 2_000);
     return deadline;
   }
 }

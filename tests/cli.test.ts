@@ -3,6 +3,7 @@ import { spawnSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { describe, test } from "node:test";
+import postgres from "postgres";
 import { resolveServeConfig, serveSettings } from "../cli/config.ts";
 import { fixtureTasks, patience } from "./service-harness.ts";
 
@@ -165,9 +166,12 @@ describe("pgbg serve flags", () => {
 
   test("a wrong password or an unknown role exits 1 with a clear line that does not show the password", async () => {
     const url = new URL(process.env.DATABASE_URL!);
+    url.password = "s3cret-pw";
     // A server that checks passwords (the embedded one) gets the real role
     // with a wrong password; one that trusts its clients, a role it lacks.
-    const checksPasswords = url.password !== "";
+    const probe = postgres(url.toString(), { max: 1, onnotice: () => {}, connect_timeout: 10 });
+    const checksPasswords = await probe`SELECT 1`.then(() => false, (e: { code?: string }) => e.code === "28P01");
+    await probe.end({ timeout: 1 });
     const expected = checksPasswords
       ? `pgbg: password authentication failed for user "${decodeURIComponent(url.username)}"`
       : `pgbg: role "pgbg_no_such_role" does not exist`;

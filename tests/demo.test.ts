@@ -29,7 +29,13 @@ test("npm start: without DATABASE_URL it starts an embedded PostgreSQL, says so,
     let out = "";
     child.stdout.on("data", (c) => (out += c));
     child.stderr.on("data", (c) => (out += c));
-    const code = await within(new Promise<number | null>((resolve) => child.on("exit", resolve)), 4 * patience, "npm start to finish");
+    const exited = new Promise<number | null>((resolve) => child.on("exit", resolve));
+    const code = await within(exited, 4 * patience, "npm start to finish").catch(async (error) => {
+      // SIGTERM: the demo stops its service and its embedded server.
+      child.kill("SIGTERM");
+      await within(exited, patience, "npm start to stop").catch(() => child.kill("SIGKILL"));
+      throw error;
+    });
     assert.equal(code, 0, out.slice(-3000));
     const started = /DATABASE_URL is not set: started an embedded PostgreSQL \d+ on port \d+ with data in (\S+);/.exec(out);
     assert.ok(started, `the demo says it started an embedded server:\n${out.slice(0, 2000)}`);

@@ -3,7 +3,7 @@ import { randomUUID } from "node:crypto";
 import { describe, test } from "node:test";
 import * as v from "valibot";
 import { claimTasks, type ClaimScope } from "../lib/claim.ts";
-import { leaseFor, reapStaleWorkers, releaseWorkerTasks } from "../lib/lease.ts";
+import { handBackWorkerTasks, leaseFor, reapStaleWorkers, releaseWorkerTasks } from "../lib/lease.ts";
 import { silentLogger } from "../lib/log.ts";
 import { ResultWriter } from "../lib/results.ts";
 import { retryDelayFor } from "../lib/worker.ts";
@@ -156,6 +156,29 @@ describe("reaping workers whose heartbeat stopped", () => {
     const late = await reap(25_000);
     assert.deepEqual([...late.left].sort(), [patient, own].sort(), "20 s of reach judge the old row by the reaper's threshold");
     assert.deepEqual(await row(id), { state: "queued", attempts: 1, lease_token: 1, worker_id: null });
+    await sql`DELETE FROM pgbg.worker`;
+    await sql`DELETE FROM pgbg.task`;
+  });
+});
+
+describe("handing back a worker's tasks uncounted", () => {
+  test("only while the worker's row exists: a reaped worker's tasks are its reaper's to release, counted", async () => {
+    const register = async (id: string) =>
+      sql`INSERT INTO pgbg.worker (id, supervisor_id, pid, concurrency, hostname, runtime, tasks, stale_after_ms) VALUES (${id}, ${randomUUID()}, 1, 1, 'test', 'node', '{fenced}', 20000)`;
+    const kept = randomUUID();
+    const reaped = randomUUID();
+    await register(kept);
+    await register(reaped);
+    const keptTask = await enqueue(sql, task, 1);
+    await claimTasks(sql, "pgbg", scope(kept), 1);
+    const reapedTask = await enqueue(sql, task, 2);
+    await claimTasks(sql, "pgbg", scope(reaped), 1);
+    // What a reaper's ReapStaleWorkers did, before its release of the tasks.
+    await sql`DELETE FROM pgbg.worker WHERE id = ${reaped}`;
+    const handed = await handBackWorkerTasks(sql, "pgbg", [kept, reaped]);
+    assert.deepEqual(handed.map((t) => t.id), [keptTask]);
+    assert.deepEqual(await row(keptTask), { state: "queued", attempts: 0, lease_token: 1, worker_id: null }, "uncounted");
+    assert.deepEqual(await row(reapedTask), { state: "running", attempts: 1, lease_token: 1, worker_id: reaped }, "left to the reaper");
     await sql`DELETE FROM pgbg.worker`;
     await sql`DELETE FROM pgbg.task`;
   });

@@ -61,9 +61,11 @@ test("the README's exactly-once example (chargeOrder) runs under pgbg serve and 
   const service = startService(db.url, ["--tasks", file, "--check-interval", "200ms"]);
   try {
     await until(async () => (await db.sql`SELECT count(*)::int AS n FROM pgbg.task WHERE id = ${id}`)[0].n, (n) => n === 0, patience, "the task to complete");
-  } finally {
-    assert.deepEqual(await stopService(service), { code: 0, signal: null });
+  } catch (error) {
+    await stopService(service);
+    throw error;
   }
+  assert.deepEqual(await stopService(service), { code: 0, signal: null });
   const orders = await db.sql`SELECT id, charged FROM orders ORDER BY id`;
   assert.deepEqual(orders.map((o) => [o.id, o.charged]), [[7, true], [8, false]]);
   assert.ok(service.logs.some((l) => l.id === id && /succeeded/.test(l.message)), "it ran and succeeded");

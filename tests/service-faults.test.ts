@@ -88,7 +88,8 @@ describe("faults", () => {
   });
 
   test("SIGINT (as SIGTERM) stops claiming and lets running tasks finish within the shutdown timeout", async () => {
-    const ids = await enqueueMany(sql, work, Array.from({ length: 2 }, () => ({ ms: 1_500 })));
+    // Long enough that the signal surely comes while both still run.
+    const ids = await enqueueMany(sql, work, Array.from({ length: 2 }, () => ({ ms: 8_000 })));
     const service = serve(["--workers", "1", "--concurrency", "2", "--shutdown-timeout", "20s", "--idle-sleep", "20ms"]);
     await until(() => executions(ids), (runs) => runs.length === 2, 20_000, "the tasks to start");
     // Queued behind the running two: slots free while the service stops, and

@@ -165,13 +165,16 @@ RETURNING t.id, t.state;
 
 -- name: HandBackWorkerTasks
 -- The tasks of workers that stopped themselves because their heartbeat could
--- not get through (exit code 5): claimable at once, the interrupted attempt
--- not counted, as at a graceful shutdown, since the task did not fail. Tasks
--- another supervisor already released are no longer the worker's.
+-- not get through (they said so before exiting with code 5): claimable at
+-- once, the interrupted attempt not counted, as at a graceful shutdown,
+-- since the task did not fail. Only while the worker's row exists: a worker
+-- another supervisor reaped has lost its row, and that supervisor releases
+-- its tasks, counted (ReleaseWorkerTasks), even if it has not done so yet.
 UPDATE pgbg.task t SET
   state = 'queued', run_at = now(), attempts = t.attempts - 1,
   lease_expires_at = NULL, worker_id = NULL
 WHERE t.state = 'running' AND t.worker_id = ANY($1::uuid[])
+  AND EXISTS (SELECT 1 FROM pgbg.worker w WHERE w.id = t.worker_id)
 RETURNING t.id, t.state;
 
 -- name: RescueExpiredLeases
