@@ -28,27 +28,44 @@ function readMigrations(): { version: number; name: string; sql: string }[] {
   });
 }
 
-/** Splits each queries file into `-- name: X` statements, dropping comment lines. */
+/**
+ * Splits each queries file into `-- name: X` statements, dropping comment
+ * lines. A `-- fragment: X` section is SQL that several statements share:
+ * each `{{X}}` in a statement is replaced by it, so the compiled statements
+ * read as if written out, and the shared part is written once.
+ */
 function readQueries(): Map<string, string> {
   const dir = join(root, "queries");
   const queries = new Map<string, string>();
+  const fragments = new Map<string, string>();
   for (const file of readdirSync(dir).filter((f) => f.endsWith(".sql")).sort()) {
     const text = readFileSync(join(dir, file), "utf8");
-    const parts = text.split(/^-- name: /m).slice(1);
+    const parts = text.split(/^-- (?=(?:name|fragment): )/m).slice(1);
     for (const part of parts) {
       const [header, ...body] = part.split("\n");
-      const name = header.trim();
+      const [kind, name] = header.split(/:\s*/).map((x) => x.trim());
+      const into = kind === "fragment" ? fragments : queries;
       if (!/^[A-Z][A-Za-z]+$/.test(name)) throw new Error(`sql/queries/${file}: bad name "${name}"`);
-      if (queries.has(name)) throw new Error(`sql/queries/${file}: duplicate name ${name}`);
+      if (queries.has(name) || fragments.has(name)) throw new Error(`sql/queries/${file}: duplicate name ${name}`);
       const statement = body
         .filter((line) => !/^\s*--/.test(line))
         .join("\n")
         .trim()
         .replace(/;$/, "");
       if (statement.includes(";")) throw new Error(`sql/queries/${file}: ${name} holds more than one statement`);
-      queries.set(name, statement);
+      into.set(name, statement);
     }
   }
+  const used = new Set<string>();
+  for (const [name, statement] of queries) {
+    queries.set(name, statement.replace(/\{\{([A-Za-z]+)\}\}/g, (_, fragment: string) => {
+      const text = fragments.get(fragment);
+      if (text === undefined) throw new Error(`sql/queries: ${name} uses the unknown fragment ${fragment}`);
+      used.add(fragment);
+      return text;
+    }));
+  }
+  for (const name of fragments.keys()) if (!used.has(name)) throw new Error(`sql/queries: fragment ${name} is never used`);
   return queries;
 }
 

@@ -10,6 +10,31 @@ import { fixtureTasks, serviceTestbed, startService, stopService, until } from "
 const testbed = await serviceTestbed(createTestDatabase, migrate);
 const { sql, db } = testbed;
 
+/**
+ * Runs `pgbg serve` with `args` (its own log settings, not the harness's)
+ * until its output, stdout and stderr together (consola writes info lines
+ * to stdout, warnings and errors to stderr), satisfies `done`; then stops it
+ * and returns the output.
+ */
+async function serveUntil(args: string[], done: (output: string) => boolean): Promise<string> {
+  const cli = fileURLToPath(new URL("../cli/main.ts", import.meta.url));
+  const child = spawn(process.execPath, ["--import", "tsx", cli, "serve", "--tasks", fixtureTasks, "--check-interval", "200ms", ...args], {
+    env: { ...process.env, DATABASE_URL: db.url },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let output = "";
+  const exited = new Promise((resolve) => child.on("exit", resolve));
+  child.stdout.on("data", (c) => (output += c));
+  child.stderr.on("data", (c) => (output += c));
+  try {
+    await until(async () => output, done, 120_000, "the expected log line");
+  } finally {
+    child.kill("SIGTERM");
+    await exited;
+  }
+  return output;
+}
+
 describe("the service's logs", () => {
   test("one JSON object per line, with task id, name, attempt, duration and error fields, and no password", async () => {
     // The embedded test server's URL has a password; a local server that
@@ -52,23 +77,8 @@ describe("the service's logs", () => {
 
   test("--log-format pretty writes readable lines tagged with the process, not JSON", async () => {
     const id = await enqueue(sql, alwaysFails, {}, { maxAttempts: 1 });
-    const cli = fileURLToPath(new URL("../cli/main.ts", import.meta.url));
-    const child = spawn(process.execPath, ["--import", "tsx", cli, "serve", "--tasks", fixtureTasks, "--log-format", "pretty", "--check-interval", "200ms"], {
-      env: { ...process.env, DATABASE_URL: db.url },
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    // consola writes info lines to stdout, warnings and errors to stderr.
-    let output = "";
-    const exited = new Promise((resolve) => child.on("exit", resolve));
-    child.stdout.on("data", (c) => (output += c));
-    child.stderr.on("data", (c) => (output += c));
     const failure = new RegExp(`^\\[worker \\d+\\] .*task ${id} failed after 1 attempts: non-Error value thrown: a plain string$`, "m");
-    try {
-      await until(async () => output, (text) => failure.test(text), 120_000, "the failure's log line");
-    } finally {
-      child.kill("SIGTERM");
-      await exited;
-    }
+    const output = await serveUntil(["--log-format", "pretty"], (text) => failure.test(text));
     assert.match(output, /^\[supervisor\] .*serving: 2 worker\(s\) × 10 task\(s\), queues \(all\), schema pgbg$/m);
     assert.match(output, /^\[supervisor\] .*stopped$/m);
     assert.deepEqual(output.split("\n").filter((l) => l.trimStart().startsWith("{")), [], "no JSON lines");
@@ -76,21 +86,8 @@ describe("the service's logs", () => {
 
   test("--log-level warn leaves out info and debug lines", async () => {
     await enqueue(sql, alwaysFails, {}, { maxAttempts: 1 });
-    const cli = fileURLToPath(new URL("../cli/main.ts", import.meta.url));
-    const child = spawn(process.execPath, ["--import", "tsx", cli, "serve", "--tasks", fixtureTasks, "--log-level", "warn", "--check-interval", "200ms"], {
-      env: { ...process.env, DATABASE_URL: db.url },
-      stdio: ["ignore", "ignore", "pipe"],
-    });
-    let stderr = "";
-    const exited = new Promise((resolve) => child.on("exit", resolve));
-    child.stderr.on("data", (c) => (stderr += c));
-    try {
-      await until(async () => stderr, (text) => /always-fails/.test(text), 120_000, "the failure's log line");
-    } finally {
-      child.kill("SIGTERM");
-      await exited;
-    }
-    const lines = stderr.trim().split("\n").map((l) => JSON.parse(l));
+    const output = await serveUntil(["--log-level", "warn"], (text) => /always-fails/.test(text));
+    const lines = output.trim().split("\n").map((l) => JSON.parse(l));
     assert.ok(lines.some((l) => l.level === "error" && l.task === "always-fails"));
     assert.deepEqual(lines.filter((l) => l.level === "info" || l.level === "debug"), []);
   });

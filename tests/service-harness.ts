@@ -3,6 +3,7 @@
  * JSON log lines.
  */
 import { type ChildProcess, spawn } from "node:child_process";
+import { hostname } from "node:os";
 import { afterEach } from "node:test";
 import { fileURLToPath } from "node:url";
 import type postgres from "postgres";
@@ -138,9 +139,19 @@ export async function serviceTestbed<D extends { url: string; sql: postgres.Sql 
   await createFixtureTables(db.sql);
   const services: Service[] = [];
   afterEach(async () => {
+    // The workers too: a worker whose supervisor died stops on its own, but
+    // until it has noticed it may still claim the next test's first task.
+    const workers = await db.sql`SELECT pid FROM pgbg.worker WHERE hostname = ${hostname()}`.catch(() => []);
     for (const s of services.splice(0)) {
       s.child.kill("SIGKILL");
       await s.exited;
+    }
+    for (const { pid } of workers) {
+      try {
+        process.kill(pid as number, "SIGKILL");
+      } catch {
+        // already gone
+      }
     }
     // Tasks a failed test left behind would be claimed by the next test's service.
     await db.sql`DELETE FROM pgbg.task`;

@@ -64,6 +64,18 @@ SELECT id, name, queue, payload, attempts, max_attempts, lease_token,
 FROM claimed
 ORDER BY priority, run_at, id;
 
+-- fragment: LeasedRowAddresses
+-- The row addresses of the tasks $1 (ids) whose lease tokens are $2, while
+-- leased: each looked up by primary key, LIMIT keeping the lookup per task.
+-- Used inside `ctid = ANY (ARRAY(...))`, so that it runs once per statement
+-- (see CompleteTasks).
+SELECT x.ctid FROM unnest($1::bigint[], $2::integer[]) AS c (id, token)
+CROSS JOIN LATERAL (
+  SELECT ctid FROM pgbg.task
+  WHERE id = c.id AND lease_token = c.token AND worker_id IS NOT NULL AND lease_expires_at IS NOT NULL
+  LIMIT 1
+) x
+
 -- name: CompleteTasks
 -- Success: the task is deleted. $1 ids, $2 their lease tokens.
 -- The rows to write are found first, in one sub-select run once: each task
@@ -84,12 +96,7 @@ ORDER BY priority, run_at, id;
 DELETE FROM pgbg.task t
 USING unnest($1::bigint[], $2::integer[]) AS c (id, token)
 WHERE t.ctid = ANY (ARRAY(
-  SELECT x.ctid FROM unnest($1::bigint[], $2::integer[]) AS c (id, token)
-  CROSS JOIN LATERAL (
-    SELECT ctid FROM pgbg.task
-    WHERE id = c.id AND lease_token = c.token AND worker_id IS NOT NULL AND lease_expires_at IS NOT NULL
-    LIMIT 1
-  ) x
+  {{LeasedRowAddresses}}
 ))
   AND t.id = c.id AND t.lease_token = c.token AND t.worker_id IS NOT NULL AND t.lease_expires_at IS NOT NULL
 RETURNING t.id;
@@ -120,12 +127,7 @@ UPDATE pgbg.task t SET
   worker_id = NULL
 FROM unnest($1::bigint[], $2::integer[], $3::float8[], $4::text[], $5::smallint[]) AS f (id, token, delay_ms, error, permanent)
 WHERE t.ctid = ANY (ARRAY(
-  SELECT x.ctid FROM unnest($1::bigint[], $2::integer[]) AS c (id, token)
-  CROSS JOIN LATERAL (
-    SELECT ctid FROM pgbg.task
-    WHERE id = c.id AND lease_token = c.token AND worker_id IS NOT NULL AND lease_expires_at IS NOT NULL
-    LIMIT 1
-  ) x
+  {{LeasedRowAddresses}}
 ))
   AND t.id = f.id AND t.lease_token = f.token AND t.worker_id IS NOT NULL AND t.lease_expires_at IS NOT NULL
 RETURNING t.id, t.state;
@@ -139,12 +141,7 @@ UPDATE pgbg.task t SET
   lease_expires_at = NULL, worker_id = NULL
 FROM unnest($1::bigint[], $2::integer[]) AS r (id, token)
 WHERE t.ctid = ANY (ARRAY(
-  SELECT x.ctid FROM unnest($1::bigint[], $2::integer[]) AS c (id, token)
-  CROSS JOIN LATERAL (
-    SELECT ctid FROM pgbg.task
-    WHERE id = c.id AND lease_token = c.token AND worker_id IS NOT NULL AND lease_expires_at IS NOT NULL
-    LIMIT 1
-  ) x
+  {{LeasedRowAddresses}}
 ))
   AND t.id = r.id AND t.lease_token = r.token AND t.worker_id IS NOT NULL AND t.lease_expires_at IS NOT NULL
 RETURNING t.id;
