@@ -20,7 +20,10 @@ export function createLogger(level: LogLevel, format: "pretty" | "json", compone
       },
     }]
     : undefined;
-  const consola = createConsola({ level: LEVELS[level], ...(reporters ? { reporters } : {}) }).withTag(component);
+  // fancy is forced for pretty: left to itself, consola switches to a
+  // different line layout when CI, TEST or NODE_ENV=test is set, and a
+  // format the user chose should not change with the environment.
+  const consola = createConsola({ level: LEVELS[level], ...(reporters ? { reporters } : { fancy: true }) }).withTag(component);
   const write = (type: "debug" | "info" | "warn" | "error") => (message: string, fields?: LogFields) => {
     if (format === "json") consola[type](message, fields);
     else if (fields && "error" in fields && typeof fields.error === "string") consola[type](`${message} (${fields.error})`);

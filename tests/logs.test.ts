@@ -16,23 +16,26 @@ const { sql, db } = testbed;
  * to stdout, warnings and errors to stderr), satisfies `done`; then stops it
  * and returns the output.
  */
-async function serveUntil(args: string[], done: (output: string) => boolean): Promise<string> {
+async function serveUntil(args: string[], done: (output: string) => boolean, env: Record<string, string> = {}): Promise<string> {
   const cli = fileURLToPath(new URL("../cli/main.ts", import.meta.url));
   const child = spawn(process.execPath, ["--import", "tsx", cli, "serve", "--tasks", fixtureTasks, "--check-interval", "200ms", ...args], {
-    env: { ...process.env, DATABASE_URL: db.url },
+    env: { ...process.env, DATABASE_URL: db.url, ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
   let output = "";
+  // Colour codes (consola colours its output under CI even off a terminal)
+  // are stripped, so that the lines are matched on their text.
+  const plain = () => output.replace(/\x1b\[[0-9;]*m/g, "");
   const exited = new Promise((resolve) => child.on("exit", resolve));
   child.stdout.on("data", (c) => (output += c));
   child.stderr.on("data", (c) => (output += c));
   try {
-    await until(async () => output, done, 120_000, "the expected log line");
+    await until(async () => plain(), done, 120_000, "the expected log line");
   } finally {
     child.kill("SIGTERM");
     await exited;
   }
-  return output;
+  return plain();
 }
 
 describe("the service's logs", () => {
@@ -78,7 +81,9 @@ describe("the service's logs", () => {
   test("--log-format pretty writes readable lines tagged with the process, not JSON", async () => {
     const id = await enqueue(sql, alwaysFails, {}, { maxAttempts: 1 });
     const failure = new RegExp(`^\\[worker \\d+\\] .*task ${id} failed after 1 attempts: non-Error value thrown: a plain string$`, "m");
-    const output = await serveUntil(["--log-format", "pretty"], (text) => failure.test(text));
+    // CI and NODE_ENV=test are set because they once changed the layout of
+    // consola's lines (and failed this test on a CI machine).
+    const output = await serveUntil(["--log-format", "pretty"], (text) => failure.test(text), { CI: "true", NODE_ENV: "test" });
     assert.match(output, /^\[supervisor\] .*serving: 2 worker\(s\) × 10 task\(s\), queues \(all\), schema pgbg$/m);
     assert.match(output, /^\[supervisor\] .*stopped$/m);
     assert.deepEqual(output.split("\n").filter((l) => l.trimStart().startsWith("{")), [], "no JSON lines");
