@@ -152,6 +152,21 @@ export function retryDelayFor(task: AnyTask, attempt: number, fallback: number):
  */
 export const SELF_STOP_FRACTION = 0.4;
 
+/**
+ * The share of its stale time a heartbeat gets to come back before its
+ * worker judges itself cut off. In an outage the first unanswered heartbeat
+ * went out one heartbeat interval (at most 5 % of the stale time) after the
+ * last that succeeded, so this has passed when the silence reaches
+ * {@link SELF_STOP_FRACTION}. After a task blocked the event loop for a
+ * while, the silence is already long when the next heartbeat goes out: on
+ * a busy server its round trip may take more than one tick, and without
+ * this allowance the worker would stop though the database was reachable.
+ * A block is under half the stale time (its supervisor kills it after
+ * that), so a worker cut off right after one still stops within 60 % of
+ * it, plus a tick, before any supervisor of this version may reap it.
+ */
+export const REPLY_FRACTION = 0.1;
+
 /** Runs tasks until stopped. Create it, `start()` it, `stop()` it. */
 export class Worker {
   readonly #o: WorkerOptions;
@@ -173,8 +188,8 @@ export class Worker {
   #beatSentAt = 0;
   #beatSentWall = 0;
   #beating = false;
-  /** A heartbeat failed after the last one that succeeded. */
-  #beatFailed = false;
+  /** performance.now() when the first heartbeat since the last that succeeded was sent; undefined while none is unanswered. */
+  #unansweredSince: number | undefined;
   /** Set once the worker removes its own row: an empty heartbeat then means nothing. */
   #ending = false;
   readonly #killWithin: number;
@@ -385,13 +400,14 @@ export class Worker {
     // monotonic and the wall-clock gap: the monotonic clock stands still
     // while the host is suspended, and the wall clock may step back.
     // Only heartbeats that were sent and did not get through (in flight, or
-    // failed) say the database is out of reach. Without them, the silence
-    // was this process's own (a task that blocked the event loop held the
-    // timer back): beat now, and judge at the next tick. A block long enough
-    // to matter is its supervisor's to end (silentAfter), and counts as the
-    // task's attempt.
+    // failed) for a while (REPLY_FRACTION) say the database is out of reach.
+    // Without them, the silence was this process's own (a task that blocked
+    // the event loop held the timer back): beat now, and judge once that
+    // heartbeat had time to come back. A block long enough to matter is its
+    // supervisor's to end (silentAfter), and counts as the task's attempt.
     const silentFor = Math.max(performance.now() - this.#beatSentAt, Date.now() - this.#beatSentWall);
-    if ((this.#beating || this.#beatFailed) && silentFor > this.#o.staleAfter * SELF_STOP_FRACTION) {
+    const unansweredFor = this.#unansweredSince === undefined ? 0 : performance.now() - this.#unansweredSince;
+    if (unansweredFor > this.#o.staleAfter * REPLY_FRACTION && silentFor > this.#o.staleAfter * SELF_STOP_FRACTION) {
       this.#lost("unreachable", `its heartbeat has not succeeded for ${Math.round(silentFor)} ms (other supervisors may take it for dead after ${this.#o.staleAfter} ms)`);
       return;
     }
@@ -399,6 +415,7 @@ export class Worker {
     if (this.#beating) return;
     this.#beating = true;
     const sentAt = [performance.now(), Date.now()] as const;
+    this.#unansweredSince ??= sentAt[0];
     try {
       const rows = await run<{ cancelled: unknown[] }>(this.#o.heartbeatSql ?? this.#o.sql, this.#o.schema, "HeartbeatWorker", [this.#o.workerId]);
       if (!rows.length) {
@@ -406,10 +423,9 @@ export class Worker {
         return;
       }
       [this.#beatSentAt, this.#beatSentWall] = sentAt;
-      this.#beatFailed = false;
+      this.#unansweredSince = undefined;
       for (const id of rows[0].cancelled ?? []) this.#cancel(String(id));
     } catch (error) {
-      this.#beatFailed = true;
       this.#o.log.warn("heartbeat failed", { error: describeError(error).message });
     } finally {
       this.#beating = false;
