@@ -1,7 +1,9 @@
 /**
  * pgbg: a background task queue for TypeScript that keeps its queue in
  * PostgreSQL. This module is the library that applications import to define
- * and enqueue tasks; the service that runs them is `pgbg serve`.
+ * and enqueue tasks, and to run them in their own process (`createWorker`,
+ * `drain`); the service that runs them in supervised subprocesses is
+ * `pgbg serve`.
  *
  * @example
  * ```ts
@@ -26,6 +28,11 @@ export { defineTask } from "./lib/define.ts";
 export type { AnyTask, InputSchema, RetryBackoff, Task, TaskContext, TaskInput } from "./lib/define.ts";
 export { enqueue, enqueueMany } from "./lib/enqueue.ts";
 export type { EnqueueManyOptions, EnqueueOptions } from "./lib/enqueue.ts";
+export { createWorker } from "./lib/host.ts";
+export type { WorkerHost, WorkerHostOptions } from "./lib/host.ts";
+export { drain } from "./lib/drain.ts";
+export type { DrainOptions, DrainResult } from "./lib/drain.ts";
+export type { LogFields, Logger } from "./lib/log.ts";
 export { LATEST_SCHEMA_VERSION, migrate, schemaVersion } from "./lib/migrate.ts";
 export type { MigrateOptions, MigrateResult } from "./lib/migrate.ts";
 export type { Database } from "./lib/statements.ts";

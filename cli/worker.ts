@@ -1,12 +1,12 @@
 /**
- * The entry point of a worker subprocess, started by `pgbg serve`. It reads
- * its settings from PGBG_WORKER (JSON) and the database URL from
- * DATABASE_URL, both set by the supervisor, loads the tasks modules, and runs
- * a Worker until told to stop.
+ * The entry point of a worker subprocess, started by `pgbg serve`: a thin
+ * host of the worker engine (lib/worker.ts). It reads its settings from
+ * PGBG_WORKER (JSON) and the database URL from DATABASE_URL, both set by the
+ * supervisor, loads the tasks modules, and runs a Worker until told to stop.
  *
  * Exit codes: 0 stopped, 3 could not start, 4 retired (a task ignored its
- * timeout), 5 lost (its heartbeat failed for 40 % of its stale time, or a
- * supervisor declared it dead; a "lost" message says which), 6 crashed (an
+ * timeout), 5 lost (its heartbeat failed for its self-stop time, or another
+ * host declared it dead; a "lost" message says which), 6 crashed (an
  * exception nothing caught).
  *
  * @module
@@ -14,7 +14,7 @@
 import { hostname } from "node:os";
 import process from "node:process";
 import postgres from "postgres";
-import { describeError } from "../lib/log.ts";
+import { describeError, type Logger } from "../lib/log.ts";
 import { loadTasks } from "../lib/registry.ts";
 import { runtimeName } from "../lib/runtime.ts";
 import { type LostCause, Worker, type WorkerReport, type WorkerSettings } from "../lib/worker.ts";
@@ -49,6 +49,67 @@ function send(message: WorkerMessage): void {
   if (process.send && process.connected) process.send(message);
 }
 
+/** Sends `message` (when connected), then exits with `code`; exits anyway after `boundMs`. */
+function sendThenExit(message: WorkerMessage, code: number, boundMs: number): void {
+  const exit = () => process.exit(code);
+  if (!process.send || !process.connected) return exit();
+  process.send(message, exit);
+  setTimeout(exit, boundMs).unref();
+}
+
+/**
+ * An exception nothing caught (a task's timer callback that throws, or
+ * postgres.js when a connection drops with a write queued,
+ * porsager/postgres#1154) leaves this process in a state nobody can vouch
+ * for: say why in one line and exit at once. The supervisor releases this
+ * worker's tasks and starts a fresh one, as after any crash.
+ */
+function exitOnUncaught(log: Logger): void {
+  let crashed = false;
+  const crash = (error: unknown) => {
+    if (crashed) return;
+    crashed = true;
+    const message = `uncaught error: ${describeError(error).message}`;
+    log.error(`${message}; exiting so that a fresh worker takes over`);
+    sendThenExit({ type: "fatal", message }, EXIT.crashed, 500);
+  };
+  process.on("uncaughtException", crash);
+  process.on("unhandledRejection", crash);
+}
+
+/**
+ * Stops the worker on the supervisor's "stop" message, on its own signals
+ * (Ctrl-C reaches the whole process group), and when its supervisor
+ * vanishes (the IPC channel closes). Before the worker exists (tasks modules
+ * still loading) nothing is claimed, so it exits at once: a module that
+ * never finishes loading must not hold the shutdown.
+ */
+function stopOnRequest(worker: () => Worker | undefined): void {
+  const stop = () => {
+    const w = worker();
+    if (!w) process.exit(EXIT.stopped);
+    w.stop();
+  };
+  process.on("SIGTERM", stop);
+  process.on("SIGINT", stop);
+  process.on("message", (m: { type?: string }) => m?.type === "stop" && stop());
+  process.on("disconnect", stop);
+  // A supervisor that died while this process was starting closed the
+  // channel before the listener above existed, and "disconnect" will not
+  // come again: without this check the worker would run on with nobody to stop it.
+  if (process.send && !process.connected) stop();
+}
+
+/** The worker's two clients: a pool for claims and write-backs, and one connection for its heartbeat. */
+function connect(index: number) {
+  const url = process.env.DATABASE_URL ?? "";
+  const name = `pgbg worker ${index}`;
+  return {
+    sql: postgres(url, { max: 4, onnotice: () => {}, connection: { application_name: name } }),
+    beatSql: postgres(url, { max: 1, onnotice: () => {}, connection: { application_name: `${name} heartbeat` } }),
+  };
+}
+
 async function main(): Promise<number> {
   const spec = JSON.parse(process.env.PGBG_WORKER ?? "null") as WorkerSpec | null;
   if (!spec) {
@@ -57,85 +118,26 @@ async function main(): Promise<number> {
   }
   const log = createLogger(spec.logLevel, spec.logFormat, `worker ${spec.index}`);
   let worker: Worker | undefined;
-  let stopRequested = false;
-  const stop = () => {
-    stopRequested = true;
-    // Still loading the tasks modules: nothing is claimed yet, so there is
-    // nothing to hand back, and a module that never finishes loading must
-    // not hold the shutdown.
-    if (!worker) process.exit(EXIT.stopped);
-    worker.stop();
-  };
-  // The supervisor coordinates shutdown over IPC, but a worker also stops
-  // gracefully on its own signals (Ctrl-C reaches the whole process group)
-  // and when its supervisor vanishes (the IPC channel closes).
-  process.on("SIGTERM", stop);
-  process.on("SIGINT", stop);
-  process.on("message", (m: { type?: string }) => m?.type === "stop" && stop());
-  process.on("disconnect", stop);
-  // A supervisor that died while this process was still loading closed the
-  // channel before the listener above existed, and "disconnect" will not come
-  // again: without this check the worker would run on with nobody to stop it.
-  if (process.send && !process.connected) stop();
-  // An exception nothing caught (a task's timer callback that throws, or
-  // postgres.js when a connection drops with a write queued,
-  // porsager/postgres#1154) leaves this process in a state nobody can vouch
-  // for: say why in one line and exit at once. The supervisor releases this
-  // worker's tasks and starts a fresh one, as after any crash.
-  let crashed = false;
-  const crash = (error: unknown) => {
-    if (crashed) return;
-    crashed = true;
-    const message = `uncaught error: ${describeError(error).message}`;
-    log.error(`${message}; exiting so that a fresh worker takes over`);
-    const exit = () => process.exit(EXIT.crashed);
-    if (!process.send || !process.connected) exit();
-    else process.send({ type: "fatal", message } satisfies WorkerMessage, exit);
-    setTimeout(exit, 500).unref();
-  };
-  process.on("uncaughtException", crash);
-  process.on("unhandledRejection", crash);
-  const alive = setInterval(() => send({ type: "alive", running: worker?.running ?? 0 }), spec.settings.heartbeatInterval);
-
-  // deno-lint-ignore no-explicit-any
-  let sql: postgres.Sql<any> | undefined;
-  // deno-lint-ignore no-explicit-any
-  let heartbeatSql: postgres.Sql<any> | undefined;
+  stopOnRequest(() => worker);
+  exitOnUncaught(log);
+  const alive = setInterval(() => send({ type: "alive", running: worker?.running ?? 0 }), spec.settings.timings.heartbeatInterval);
+  let clients: ReturnType<typeof connect> | undefined;
   try {
     const tasks = await loadTasks(spec.tasks, spec.cwd);
-    sql = postgres(process.env.DATABASE_URL ?? "", {
-      max: 4,
-      onnotice: () => {},
-      connection: { application_name: `pgbg worker ${spec.index}` },
-    });
-    heartbeatSql = postgres(process.env.DATABASE_URL ?? "", {
-      max: 1,
-      onnotice: () => {},
-      connection: { application_name: `pgbg worker ${spec.index} heartbeat` },
-    });
+    clients = connect(spec.index);
     worker = new Worker({
       ...spec.settings,
-      sql,
-      heartbeatSql,
+      ...clients,
       tasks: [...tasks.values()],
-      workerId: spec.workerId,
-      supervisorId: spec.supervisorId,
-      hostname: hostname(),
-      runtime: runtimeName(),
-      pid: process.pid,
+      identity: { workerId: spec.workerId, hostId: spec.supervisorId, hostname: hostname(), runtime: runtimeName(), pid: process.pid },
       log,
+      overdue: "retire",
       onReady: () => send({ type: "ready", tasks: [...tasks.keys()] }),
       // Its tasks may be released to other workers now: end every one of
       // them, including any that ignores its signal, by ending the process.
-      onLost: (cause, reason) => {
-        const exit = () => process.exit(EXIT.lost);
-        if (!process.send || !process.connected) exit();
-        else process.send({ type: "lost", cause, message: `lost: ${reason}` } satisfies WorkerMessage, exit);
-        setTimeout(exit, 200).unref();
-      },
-      onStats: (report) => send({ type: "stats", report }),
+      onLost: (cause, reason) => sendThenExit({ type: "lost", cause, message: `lost: ${reason}` }, EXIT.lost, 200),
+      onReport: (report) => send({ type: "stats", report }),
     });
-    if (stopRequested) worker.stop();
     const exit = await worker.start();
     if (exit === "retired") send({ type: "retiring", message: "a task ignored its abort signal past its timeout" });
     return EXIT[exit];
@@ -146,7 +148,7 @@ async function main(): Promise<number> {
     return EXIT.startFailed;
   } finally {
     clearInterval(alive);
-    await Promise.all([sql?.end({ timeout: 1 }), heartbeatSql?.end({ timeout: 1 })]).catch(() => {});
+    await Promise.all([clients?.sql.end({ timeout: 1 }), clients?.beatSql.end({ timeout: 1 })]).catch(() => {});
   }
 }
 

@@ -23,6 +23,8 @@ export const defaults = {
   workers: 2,
   /** Tasks one worker runs at once. */
   concurrency: 10,
+  /** Connections of an in-process worker's pool (its heartbeat and LISTEN add one each). */
+  poolSize: 4,
   /** How often the supervisor checks its workers and heartbeats. */
   checkInterval: 1_000,
   /** How long a worker sleeps on an empty queue when no wake-up arrives. */

@@ -10,6 +10,8 @@ import { spawn } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { fileURLToPath } from "node:url";
 import { describe, test } from "node:test";
+import { liveness } from "../lib/liveness.ts";
+import type { WorkerSettings } from "../lib/worker.ts";
 import { enqueue, enqueueMany, LATEST_SCHEMA_VERSION, migrate } from "../mod.ts";
 import { exitsMidTask, rejectsLate, throwsValue } from "./fixtures/hostile-tasks.ts";
 import { work } from "./fixtures/tasks.ts";
@@ -173,7 +175,7 @@ describe("handlers that misbehave", () => {
 describe("the supervisor", () => {
   test("dies while a worker is still loading: the worker stops by itself and claims nothing", async () => {
     const queued = await enqueue(sql, work, {});
-    const settings = { schema: "pgbg", queues: null, concurrency: 2, timeout: 30_000, retryDelay: 1000, maxAttempts: 25, idleSleep: 1000, heartbeatInterval: 200, staleAfter: 20_000, shutdownTimeout: 1000 };
+    const settings: WorkerSettings = { schema: "pgbg", queues: null, concurrency: 2, timeout: 30_000, retryDelay: 1000, maxAttempts: 25, idleSleep: 1000, shutdownTimeout: 1000, timings: liveness(200) };
     const spec = { settings, tasks: [fixtureTasks], cwd: process.cwd(), workerId: randomUUID(), supervisorId: randomUUID(), index: 1, logLevel: "debug", logFormat: "json" };
     const worker = spawn(process.execPath, ["--import", "tsx", fileURLToPath(new URL("../cli/worker.ts", import.meta.url))], {
       stdio: ["ignore", "ignore", "ignore", "ipc"],

@@ -3,9 +3,11 @@ import { randomUUID } from "node:crypto";
 import { describe, test } from "node:test";
 import * as v from "valibot";
 import { claimTasks, type ClaimScope } from "../lib/claim.ts";
-import { handBackWorkerTasks, leaseFor, reapStaleWorkers, releaseWorkerTasks } from "../lib/lease.ts";
+import { leaseFor, liveness } from "../lib/liveness.ts";
 import { silentLogger } from "../lib/log.ts";
-import { ResultWriter } from "../lib/results.ts";
+import { handBackWorkerTasks, releaseWorkerTasks } from "../lib/maintenance/dead-worker-releaser.ts";
+import { reapStaleWorkers } from "../lib/maintenance/worker-reaper.ts";
+import { OutcomeWriter } from "../lib/outcomes.ts";
 import { retryDelayFor } from "../lib/worker.ts";
 import { defineTask, enqueue, LeaseLostError, migrate } from "../mod.ts";
 import type { QueryName } from "../lib/generated/sql.ts";
@@ -16,7 +18,7 @@ const db = await createTestDatabase();
 const { sql } = db;
 await migrate(sql);
 const task = defineTask({ name: "fenced", schema: v.any(), run() {} });
-const scope = (workerId: string): ClaimScope => ({ workerId, queues: null, names: ["fenced"], leaseMs: [leaseFor(1000)] });
+const scope = (workerId: string): ClaimScope => ({ workerId, queues: null, names: ["fenced"], leaseMs: [leaseFor(1000, liveness(1000))] });
 const row = async (id: string) => (await sql`SELECT state, attempts, lease_token, worker_id FROM pgbg.task WHERE id = ${id}`)[0];
 
 describe("leases", () => {
@@ -32,10 +34,10 @@ describe("leases", () => {
     assert.equal(fresh.id, id);
     assert.notEqual(fresh.leaseToken, stale.leaseToken);
 
-    const writer = new ResultWriter(sql, "pgbg", 25, silentLogger);
+    const writer = new OutcomeWriter(sql, "pgbg", 25, silentLogger);
     writer.complete({ id, leaseToken: stale.leaseToken });
     writer.fail({ id, leaseToken: stale.leaseToken, delay: 0, error: { message: "late" }, permanent: true });
-    await writer.drain();
+    await writer.flush();
     assert.deepEqual(await row(id), { state: "running", attempts: 2, lease_token: fresh.leaseToken, worker_id: second });
 
     const lost = await sql.begin((tx) => run(tx, "pgbg", "CompleteTaskInTransaction", [id, stale.leaseToken]));
@@ -43,7 +45,7 @@ describe("leases", () => {
     assert.equal((await row(id)).state, "running");
 
     writer.complete({ id, leaseToken: fresh.leaseToken });
-    await writer.drain();
+    await writer.flush();
     assert.equal(await row(id), undefined, "the current lease holder completes it");
   });
 
@@ -56,7 +58,7 @@ describe("leases", () => {
   const writeBacks: [QueryName, (id: string, token: number) => unknown[]][] = [
     ["CompleteTasks", (id, token) => [[id], [token]]],
     ["FailTasks", (id, token) => [[id], [token], [0], [JSON.stringify({ message: "late" })], [1], 25]],
-    ["ReleaseTasks", (id, token) => [[id], [token]]],
+    ["HandBackTasks", (id, token) => [[id], [token]]],
   ];
   for (const [name, params] of writeBacks) {
     test(`${name} that waited while the task changed hands changes nothing`, async () => {
@@ -143,7 +145,7 @@ describe("reaping workers whose heartbeat stopped", () => {
     const id = await enqueue(sql, task, 1);
     await claimTasks(sql, "pgbg", scope(quick), 10);
     const reap = async (reachableFor: number) => {
-      const released = await reapStaleWorkers(sql, "pgbg", 20_000, 25, reaper, reachableFor);
+      const released = await reapStaleWorkers(sql, "pgbg", { staleAfter: 20_000, maxAttempts: 25, hostId: reaper }, reachableFor);
       const left = (await sql`SELECT id FROM pgbg.worker`).map((r) => r.id as string);
       return { released: released.map((t) => t.id), left: new Set(left) };
     };

@@ -63,7 +63,7 @@ describe("the statements that write back a batch of attempts", () => {
   const writeBacks: [QueryName, (ids: string[]) => unknown[]][] = [
     ["CompleteTasks", (ids) => [ids, ids.map(() => 1)]],
     ["FailTasks", (ids) => [ids, ids.map(() => 1), ids.map(() => 1000), ids.map(() => JSON.stringify({ message: "boom" })), ids.map(() => 0), 25]],
-    ["ReleaseTasks", (ids) => [ids, ids.map(() => 1)]],
+    ["HandBackTasks", (ids) => [ids, ids.map(() => 1)]],
   ];
   // A prepared statement runs its first five executions on plans made for
   // their parameters (here: a batch of 1,000), then on one generic plan.

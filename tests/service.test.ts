@@ -3,7 +3,7 @@ import { describe, test } from "node:test";
 import * as v from "valibot";
 import { defineTask, enqueue, enqueueMany, migrate } from "../mod.ts";
 import { alwaysFails, exactlyOnce, strict, unstorableError, work } from "./fixtures/tasks.ts";
-import { releaseWorkerTasks } from "../lib/lease.ts";
+import { releaseWorkerTasks } from "../lib/maintenance/dead-worker-releaser.ts";
 import { createTestDatabase } from "./harness.ts";
 import { patience, type Service, serviceTestbed, stopService, until } from "./service-harness.ts";
 

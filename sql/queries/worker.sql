@@ -78,21 +78,11 @@ CROSS JOIN LATERAL (
 
 -- name: CompleteTasks
 -- Success: the task is deleted. $1 ids, $2 their lease tokens.
--- The rows to write are found first, in one sub-select run once: each task
--- looked up by primary key (LIMIT keeps the lookup per task), its row
--- address collected, and the rows then read by address. Whatever the
--- statistics say, the cost is the batch's, not the table's. Joined to the
--- table, the plan followed statistics that rarely see running tasks: it
--- scanned every running task through task_lease_idx (with a million tasks
--- queued the deletes ran for minutes), and a join by row address planned
--- from the batch's actual size ran the lookups once per row of the table.
--- The lease holder stands for state = 'running' (task_running_has_lease)
--- so that no partial index fits.
--- The fence is the id, token and lease rechecked on the row written: a task
--- taken over while this statement waited for its lock is met in its new
--- version, whose token differs. The address alone does not fence on every
--- server: before a fix in later minor releases, a TID scan did not recheck
--- the address of a row that changed under it.
+-- The rows are found by one sub-select run once per statement (a primary
+-- key lookup per task), so the cost is the batch's whatever the statistics
+-- say. The fence is id, token and lease rechecked on the row written: a
+-- task taken over while this waited for its lock is met in its new version,
+-- whose token differs. (Why not a join: bench/RESULTS.md, "write-backs".)
 DELETE FROM pgbg.task t
 USING unnest($1::bigint[], $2::integer[]) AS c (id, token)
 WHERE t.ctid = ANY (ARRAY(
@@ -113,10 +103,7 @@ RETURNING id;
 -- when it was permanent or the attempts are used up. $1 ids, $2 lease
 -- tokens, $3 retry delays in ms, $4 errors (JSON text), $5 permanent (1) or not (0),
 -- $6 max attempts for tasks that did not set their own.
--- The rows are found and fenced as in CompleteTasks: joined to the table
--- by id and state, a batch let the planner scan every entry of
--- task_lease_idx, dead ones included, when failures came in bulk beside a
--- deep queue.
+-- Found and fenced as in CompleteTasks.
 UPDATE pgbg.task t SET
   state = CASE WHEN f.permanent = 1 OR t.attempts >= coalesce(t.max_attempts, $6) THEN 'failed' ELSE 'queued' END::pgbg.task_state,
   failed_at = CASE WHEN f.permanent = 1 OR t.attempts >= coalesce(t.max_attempts, $6) THEN now() END,
@@ -132,10 +119,11 @@ WHERE t.ctid = ANY (ARRAY(
   AND t.id = f.id AND t.lease_token = f.token AND t.worker_id IS NOT NULL AND t.lease_expires_at IS NOT NULL
 RETURNING t.id, t.state;
 
--- name: ReleaseTasks
--- Graceful shutdown hands unfinished tasks back, claimable at once. The
--- interrupted attempt is not counted: the task did not fail. Found as in
--- FailTasks, and fenced by the same recheck of token and lease.
+-- name: HandBackTasks
+-- A stopping worker hands its unfinished tasks back, claimable at once. A
+-- hand-back does not count the attempt (the task did not fail); a release
+-- (ReleaseWorkerTasks, RescueExpiredLeases) does. Found and fenced as in
+-- CompleteTasks.
 UPDATE pgbg.task t SET
   state = 'queued', run_at = now(), attempts = t.attempts - 1,
   lease_expires_at = NULL, worker_id = NULL
@@ -147,9 +135,10 @@ WHERE t.ctid = ANY (ARRAY(
 RETURNING t.id;
 
 -- name: ReleaseWorkerTasks
--- The leases of workers known to be dead ($1), released at once. The attempt
--- counts (the task may be what killed its worker), so a task that keeps
--- killing workers ends as failed. $2 default max attempts, $3 error JSON.
+-- The leases of workers known to be dead ($1), released at once. A release
+-- counts the attempt (the task may be what killed its worker), so a task
+-- that keeps killing workers ends as failed. $2 default max attempts, $3
+-- error JSON.
 UPDATE pgbg.task t SET
   state = CASE WHEN t.attempts >= coalesce(t.max_attempts, $2) THEN 'failed' ELSE 'queued' END::pgbg.task_state,
   failed_at = CASE WHEN t.attempts >= coalesce(t.max_attempts, $2) THEN now() END,
@@ -162,11 +151,10 @@ RETURNING t.id, t.state;
 
 -- name: HandBackWorkerTasks
 -- The tasks of workers that stopped themselves because their heartbeat could
--- not get through (they said so before exiting with code 5): claimable at
--- once, the interrupted attempt not counted, as at a graceful shutdown,
--- since the task did not fail. Only while the worker's row exists: a worker
--- another supervisor reaped has lost its row, and that supervisor releases
--- its tasks, counted (ReleaseWorkerTasks), even if it has not done so yet.
+-- not get through: claimable at once, the attempt not counted, since the
+-- task did not fail. Only while the worker's row exists: a worker another
+-- host reaped has lost its row, and that host releases its tasks, counted
+-- (ReleaseWorkerTasks), even if it has not done so yet.
 UPDATE pgbg.task t SET
   state = 'queued', run_at = now(), attempts = t.attempts - 1,
   lease_expires_at = NULL, worker_id = NULL
@@ -228,14 +216,9 @@ ON CONFLICT (period, queue, name) DO UPDATE SET
 
 -- name: DeleteCancelledTasks
 -- Cancelled tasks that left `running` before their worker deleted them
--- (failed or handed back first, or their worker died): the supervisor's
--- check deletes them, up to 1,000 per check.
---
--- Written to read task_cancel_idx in its order: without statistics (a queue
--- just filled, not yet analyzed) the planner takes `IS NOT NULL` to match
--- nearly every row, and the plain DELETE scanned the whole table once per
--- check (58 ms per call with 200,000 queued). Rows in index order with a
--- LIMIT cost less through the index whatever the estimate.
+-- (failed or handed back first, or their worker died), up to 1,000 per run.
+-- Reads task_cancel_idx in its order, which a LIMIT keeps cheap whatever
+-- the planner estimates for `IS NOT NULL` (bench/RESULTS.md, "cancels").
 DELETE FROM pgbg.task
 WHERE ctid = ANY (ARRAY(
   SELECT ctid FROM pgbg.task
@@ -250,6 +233,7 @@ RETURNING id;
 DELETE FROM pgbg.task_count WHERE period < now() - interval '1 hour';
 
 -- name: SetWorkerIdle
+-- While a worker is idle, enqueues send it a wake-up (the insert trigger).
 UPDATE pgbg.worker SET idle = $2 WHERE id = $1;
 
 -- name: RemoveWorkers
@@ -260,7 +244,7 @@ DELETE FROM pgbg.worker WHERE id = ANY($1::uuid[]);
 -- stale_after_ms (or $1 ms, for rows of an older pgbg) are taken for dead and
 -- their rows removed; the caller then releases their tasks with
 -- ReleaseWorkerTasks (should it die in between, the leases expire instead).
--- $2 is the calling supervisor, whose own workers it watches directly. $3:
+-- $2 is the calling host, whose own workers it watches directly. $3:
 -- for how many ms the caller has reached the database without a break. A
 -- worker is judged only after a full threshold of that, since during an
 -- outage no worker could heartbeat.
@@ -269,3 +253,13 @@ WHERE supervisor_id <> $2::uuid
   AND heartbeat_at < now() - coalesce(stale_after_ms, $1::bigint) * interval '1 millisecond'
   AND $3::float8 >= coalesce(stale_after_ms, $1::bigint)
 RETURNING id;
+
+-- name: ScheduledTasks
+-- For drain(): of the claimable tasks of names $2 in queues $1 (NULL: every
+-- queue), how many are not due yet, and in how many ms the first falls due
+-- (0 or less: one is due now, such as a retry just written).
+SELECT count(*) FILTER (WHERE run_at > now())::int AS scheduled,
+  (extract(epoch FROM min(run_at) - now()) * 1000)::float8 AS next_due_ms
+FROM pgbg.task
+WHERE state = 'queued' AND cancel_requested_at IS NULL AND name = ANY($2::text[])
+  AND ($1::text[] IS NULL OR queue = ANY($1::text[]));

@@ -1,7 +1,8 @@
 /**
- * Writes the outcomes of attempts back in batches: every success, failure
- * and hand-back that finished while the previous batch was being written
- * goes out in the next one, one statement per kind.
+ * Writes the outcomes of attempts back in batches: every success, failure,
+ * hand-back and finished cancel that came while the previous batch was being
+ * written goes out in the next one, one statement per kind. Every write is
+ * fenced by the attempt's lease token.
  *
  * @module
  */
@@ -12,7 +13,7 @@ import type { Database } from "./statements.ts";
 import { run } from "./statements.ts";
 
 /** A failed attempt, ready to be written. */
-export interface Failure extends Lease {
+export interface Failure extends AttemptRef {
   /** Wait before the retry, in ms. */
   delay: number;
   /** JSON-safe description of the error, stored as the task's last_error. */
@@ -22,19 +23,19 @@ export interface Failure extends Lease {
 }
 
 /** A task's attempt, named by its id and lease token (the fence of every write). */
-export interface Lease {
+export interface AttemptRef {
   id: string;
   leaseToken: number;
   /** Where the written outcome is counted, if anywhere. */
   counts?: SeriesCounts;
 }
 
-/** Batches completions, failures and hand-backs of one worker. */
-export class ResultWriter {
-  #done: Lease[] = [];
+/** Batches the completions, failures, hand-backs and finished cancels of one worker. */
+export class OutcomeWriter {
+  #done: AttemptRef[] = [];
   #failed: Failure[] = [];
-  #released: Lease[] = [];
-  #cancelled: Lease[] = [];
+  #handedBack: AttemptRef[] = [];
+  #cancelled: AttemptRef[] = [];
   #flushing: Promise<void> | undefined;
   #retryDelay = 100;
 
@@ -46,8 +47,8 @@ export class ResultWriter {
   ) {}
 
   /** Records a success: the task will be deleted. */
-  complete(lease: Lease): void {
-    this.#done.push(lease);
+  complete(attempt: AttemptRef): void {
+    this.#done.push(attempt);
     this.#schedule();
   }
 
@@ -57,25 +58,25 @@ export class ResultWriter {
     this.#schedule();
   }
 
-  /** Hands a task back to the queue without counting the attempt (shutdown). */
-  release(lease: Lease): void {
-    this.#released.push(lease);
+  /** Hands a task back to the queue, claimable at once, without counting the attempt (a shutdown). */
+  handBack(attempt: AttemptRef): void {
+    this.#handedBack.push(attempt);
     this.#schedule();
   }
 
   /** Deletes a task whose cancel was requested, once its attempt ended. */
-  cancel(lease: Lease): void {
-    this.#cancelled.push(lease);
+  finishCancelled(attempt: AttemptRef): void {
+    this.#cancelled.push(attempt);
     this.#schedule();
   }
 
   /** Number of outcomes not yet written. */
   get pending(): number {
-    return this.#done.length + this.#failed.length + this.#released.length + this.#cancelled.length;
+    return this.#done.length + this.#failed.length + this.#handedBack.length + this.#cancelled.length;
   }
 
   /** Resolves once everything recorded so far is written (retrying on errors until `deadline`). */
-  async drain(deadline = Number.POSITIVE_INFINITY): Promise<void> {
+  async flush(deadline = Number.POSITIVE_INFINITY): Promise<void> {
     while ((this.pending || this.#flushing) && Date.now() < deadline) {
       this.#schedule();
       await this.#flushing;
@@ -87,20 +88,20 @@ export class ResultWriter {
     if (this.#flushing) return;
     // setImmediate-like coalescing: outcomes of the same tick share a batch.
     this.#flushing = new Promise<void>((resolve) => setTimeout(resolve, 0))
-      .then(() => this.#flush())
+      .then(() => this.#write())
       .finally(() => {
         this.#flushing = undefined;
         if (this.pending) this.#schedule();
       });
   }
 
-  async #flush(): Promise<void> {
+  async #write(): Promise<void> {
     const done = this.#done.splice(0);
     const failed = this.#failed.splice(0);
-    const released = this.#released.splice(0);
+    const handedBack = this.#handedBack.splice(0);
     const cancelled = this.#cancelled.splice(0);
-    const ids = (leases: Lease[]) => leases.map((l) => l.id);
-    const tokens = (leases: Lease[]) => leases.map((l) => l.leaseToken);
+    const ids = (attempts: AttemptRef[]) => attempts.map((a) => a.id);
+    const tokens = (attempts: AttemptRef[]) => attempts.map((a) => a.leaseToken);
     try {
       const [completedRows, failedRows] = await Promise.all([
         done.length ? run<{ id: unknown }>(this.db, this.schema, "CompleteTasks", [ids(done), tokens(done)]) : [],
@@ -115,7 +116,7 @@ export class ResultWriter {
             this.maxAttempts,
           ])
           : [],
-        released.length && run(this.db, this.schema, "ReleaseTasks", [ids(released), tokens(released)]),
+        handedBack.length && run(this.db, this.schema, "HandBackTasks", [ids(handedBack), tokens(handedBack)]),
         cancelled.length && run(this.db, this.schema, "FinishCancelledTasks", [ids(cancelled), tokens(cancelled)]),
       ]);
       countCompleted(done, completedRows);
@@ -126,9 +127,9 @@ export class ResultWriter {
       // writing one twice, or after the lease moved on, changes nothing.
       this.#done.unshift(...done);
       this.#failed.unshift(...failed);
-      this.#released.unshift(...released);
+      this.#handedBack.unshift(...handedBack);
       this.#cancelled.unshift(...cancelled);
-      this.log.warn(`could not write ${done.length + failed.length + released.length + cancelled.length} task results; retrying in ${this.#retryDelay} ms`, { error: describeError(error).message });
+      this.log.warn(`could not write ${done.length + failed.length + handedBack.length + cancelled.length} outcomes; retrying in ${this.#retryDelay} ms`, { error: describeError(error).message });
       await new Promise((r) => setTimeout(r, this.#retryDelay));
       this.#retryDelay = Math.min(this.#retryDelay * 2, 5_000);
     }
@@ -136,7 +137,7 @@ export class ResultWriter {
 }
 
 /** Counts the completions the fence let through: all of them, nearly always. */
-function countCompleted(done: Lease[], rows: { id: unknown }[]): void {
+function countCompleted(done: AttemptRef[], rows: { id: unknown }[]): void {
   if (rows.length === done.length) {
     for (const d of done) if (d.counts) d.counts.completed++;
     return;

@@ -1,0 +1,70 @@
+/**
+ * The supervisor's start: migrates (or checks) the schema, waiting with
+ * back-off while the database is unreachable, and stops cleanly, with
+ * status 0, on a signal that comes meanwhile.
+ *
+ * @module
+ */
+import process from "node:process";
+import type postgres from "postgres";
+import { describeError, type Logger } from "../lib/log.ts";
+import { assertSchemaCurrent, migrate } from "../lib/migrate.ts";
+import type { ServeConfig } from "./config.ts";
+import { launcherGone, launcherName } from "./launcher.ts";
+
+/**
+ * True for errors a later retry may cure: the server is down, starting or
+ * restarting (SQLSTATE classes 08 and 57P), or the network failed (node
+ * errno codes, postgres.js' CONNECT_TIMEOUT). A wrong password, an unknown
+ * database or a pgbg schema error is final.
+ */
+export function isConnectionError(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code;
+  if (typeof code !== "string") return false;
+  if (code.startsWith("PGBG_")) return false;
+  if (/^[0-9A-Z]{5}$/.test(code)) return code.startsWith("08") || code.startsWith("57P");
+  return true;
+}
+
+/**
+ * Makes the schema ready. Until the service's own handlers exist, a SIGTERM
+ * would kill the process by signal (Node's default) while it waits for the
+ * database; it is caught here instead. Resolves with undefined once ready,
+ * or with what stopped it (a signal, or the launcher's exit); rejects on a
+ * final error.
+ */
+// deno-lint-ignore no-explicit-any
+export async function waitForSchema(sql: postgres.Sql<any>, config: ServeConfig, log: Logger): Promise<string | undefined> {
+  let signal: string | undefined;
+  const onTerm = () => (signal ??= "SIGTERM");
+  const onInt = () => (signal ??= "SIGINT");
+  process.on("SIGTERM", onTerm);
+  process.on("SIGINT", onInt);
+  const stopReason = () => signal ?? (launcherGone() ? `${launcherName()} exited` : undefined);
+  try {
+    const ready = await prepareSchema(sql, config, log, stopReason);
+    return ready && !signal ? undefined : stopReason();
+  } finally {
+    process.off("SIGTERM", onTerm);
+    process.off("SIGINT", onInt);
+  }
+}
+
+/** Migrates or checks the schema, retrying connection errors with back-off; false when `stopReason` names one meanwhile. */
+// deno-lint-ignore no-explicit-any
+async function prepareSchema(sql: postgres.Sql<any>, config: ServeConfig, log: Logger, stopReason: () => string | undefined): Promise<boolean> {
+  for (let delay = 500; ; delay = Math.min(delay * 2, 15_000)) {
+    try {
+      if (config.migrate) await migrate(sql, { schema: config.schema });
+      else await assertSchemaCurrent(sql, { schema: config.schema });
+      return true;
+    } catch (error) {
+      if (!isConnectionError(error)) throw error;
+      log.error(`cannot reach the database (${describeError(error).message}); retrying in ${delay} ms`);
+      for (const end = Date.now() + delay; Date.now() < end;) {
+        if (stopReason()) return false;
+        await new Promise((r) => setTimeout(r, Math.min(250, end - Date.now())));
+      }
+    }
+  }
+}

@@ -1,0 +1,227 @@
+/**
+ * The supervisor's worker pool: keeps N worker subprocesses of this runtime
+ * alive. It spawns them, reads their IPC messages, restarts those that die
+ * (with a back-off for those that die at start-up), kills those that stop
+ * answering, and stops them on request. What their deaths leave leased is
+ * the dead-worker releaser's (lib/maintenance/dead-worker-releaser.ts).
+ *
+ * @module
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { randomUUID } from "node:crypto";
+import { extname } from "node:path";
+import process from "node:process";
+import { fileURLToPath } from "node:url";
+import type { Liveness } from "../lib/liveness.ts";
+import type { Logger } from "../lib/log.ts";
+import type { DeadWorkerReleaser } from "../lib/maintenance/dead-worker-releaser.ts";
+import type { ServiceMetrics } from "../lib/metrics.ts";
+import { scriptCommand } from "../lib/runtime.ts";
+import { VERSION } from "../lib/version.ts";
+import type { ServeConfig } from "./config.ts";
+import type { WorkerMessage, WorkerSpec } from "./worker.ts";
+
+interface Slot {
+  index: number;
+  child?: ChildProcess;
+  workerId?: string;
+  /** performance.now() of its last message, of its start, and of its "ready". */
+  lastSeen: number;
+  startedAt: number;
+  readyAt?: number;
+  lastError?: string;
+  /** SIGKILL sent to this child: not again at every tick. */
+  killed?: boolean;
+  /** The child said it lost the database (code 5, "unreachable"): its attempts do not count. */
+  handBack?: boolean;
+  failures: number;
+  restartTimer?: ReturnType<typeof setTimeout>;
+}
+
+/** Back-off before restarting a worker that failed `failures` times in a row at start-up. */
+export function restartDelay(failures: number): number {
+  return failures <= 0 ? 0 : Math.min(1000 * 2 ** (failures - 1), 30_000);
+}
+
+// A worker must have run this long after start-up for its death not to count
+// as a start-up failure (which is what the back-off is for).
+const HEALTHY_AFTER = 5_000;
+
+/** What the pool needs. */
+export interface PoolOptions {
+  config: ServeConfig;
+  databaseUrl: string;
+  supervisorId: string;
+  timings: Liveness;
+  releaser: DeadWorkerReleaser;
+  metrics: ServiceMetrics;
+  log: Logger;
+}
+
+/** N worker subprocesses, kept alive until stopped. */
+export class WorkerPool {
+  readonly #o: PoolOptions;
+  readonly #slots: Slot[];
+  readonly #script = workerModule(import.meta.url);
+  /** Every worker this pool started: at the end, those not known dead are released too. */
+  readonly #started: string[] = [];
+  #stopping = false;
+  #resolveDone: () => void = () => {};
+  /** Resolves once every worker has exited after {@link stop} or {@link kill}. */
+  readonly done = new Promise<void>((r) => (this.#resolveDone = r));
+
+  constructor(options: PoolOptions) {
+    this.#o = options;
+    this.#slots = Array.from({ length: options.config.workers }, (_, i) => ({ index: i + 1, lastSeen: 0, startedAt: 0, failures: 0 }));
+  }
+
+  /** Starts every worker. */
+  start(): void {
+    for (const slot of this.#slots) this.#spawn(slot);
+  }
+
+  /** Ids of every worker started, for the release at the end. */
+  get workerIds(): readonly string[] {
+    return this.#started;
+  }
+
+  #spawn(slot: Slot): void {
+    slot.restartTimer = undefined;
+    if (this.#stopping) return;
+    const workerId = randomUUID();
+    this.#started.push(workerId);
+    const { command, args } = scriptCommand(this.#script);
+    // The URL travels in the environment, never on a command line (ps shows those).
+    const child = spawn(command, args, {
+      stdio: ["ignore", "inherit", "inherit", "ipc"],
+      env: { ...process.env, DATABASE_URL: this.#o.databaseUrl, PGBG_WORKER: JSON.stringify(this.#spec(slot, workerId)) },
+    });
+    const now = performance.now();
+    Object.assign(slot, { child, workerId, lastSeen: now, startedAt: now, readyAt: undefined, lastError: undefined, killed: false, handBack: false });
+    child.on("message", (message: WorkerMessage) => this.#onMessage(slot, child, message));
+    child.on("error", (error) => {
+      this.#o.log.error(`worker ${slot.index} could not be started: ${error.message}`);
+      // A process that never started emits no exit: treat it as one.
+      if (child.pid === undefined && slot.child === child) this.#onExit(slot, workerId, null, null);
+    });
+    child.on("exit", (code, signal) => {
+      if (slot.child === child) this.#onExit(slot, workerId, code, signal);
+    });
+  }
+
+  #spec(slot: Slot, workerId: string): WorkerSpec {
+    const c = this.#o.config;
+    return {
+      settings: {
+        schema: c.schema, queues: c.queues, concurrency: c.concurrency, timeout: c.timeout, retryDelay: c.retryDelay,
+        maxAttempts: c.maxAttempts, idleSleep: c.idleSleep, shutdownTimeout: c.shutdownTimeout, timings: this.#o.timings,
+      },
+      tasks: c.tasks, cwd: process.cwd(), workerId, supervisorId: this.#o.supervisorId, index: slot.index, logLevel: c.logLevel, logFormat: c.logFormat,
+    };
+  }
+
+  #onMessage(slot: Slot, child: ChildProcess, message: WorkerMessage): void {
+    slot.lastSeen = performance.now();
+    if (message.type === "ready") {
+      slot.readyAt = performance.now();
+      this.#o.log.debug(`worker ${slot.index} ready (pid ${child.pid})`, { worker: slot.index, pid: child.pid, tasks: message.tasks });
+    } else if (message.type === "stats") {
+      this.#o.metrics.add(slot.index, message.report);
+    } else if (message.type === "fatal" || message.type === "retiring") {
+      slot.lastError = message.message;
+    } else if (message.type === "lost") {
+      slot.lastError = message.message;
+      slot.handBack = message.cause === "unreachable";
+    }
+  }
+
+  #onExit(slot: Slot, workerId: string, code: number | null, signal: NodeJS.Signals | null): void {
+    slot.child = undefined;
+    // A worker that said it stopped because its heartbeat could not get
+    // through (code 5) was not ended by its task: that attempt is not
+    // counted. Any other exit, a task's process.exit(5) included, counts.
+    this.#o.releaser.add(workerId, !(code === 5 && slot.handBack));
+    this.#o.metrics.workerExited(slot.index);
+    if (this.#stopping) {
+      if (this.#slots.every((s) => !s.child)) this.#resolveDone();
+      return;
+    }
+    void this.#o.releaser.runOnce().catch(() => {}); // kept for its next run when the database is unreachable
+    const how = signal ? `was killed by ${signal}` : `exited with code ${code}`;
+    const why = slot.lastError ? `: ${slot.lastError}` : "";
+    const healthy = slot.readyAt !== undefined && performance.now() - slot.readyAt >= HEALTHY_AFTER;
+    slot.failures = healthy ? 0 : slot.failures + 1;
+    const delay = restartDelay(slot.failures);
+    this.#o.log[healthy ? "warn" : "error"](`worker ${slot.index} ${how}${why}; restarting${delay ? ` in ${delay} ms` : ""}`, {
+      worker: slot.index, code, signal, failures: slot.failures,
+    });
+    this.#o.metrics.workerRestarts++;
+    slot.restartTimer = setTimeout(() => this.#spawn(slot), delay);
+  }
+
+  /**
+   * Kills workers that stopped answering or never became ready. Called at
+   * every tick, apart from the database checks (which may hang) and while
+   * stopping too: leases are sized on the promise that a worker whose event
+   * loop is blocked dies within the kill silence plus one check interval.
+   */
+  killSilent(): void {
+    const now = performance.now();
+    const t = this.#o.timings;
+    for (const slot of this.#slots) {
+      if (!slot.child || slot.killed || slot.child.exitCode !== null || slot.child.signalCode !== null) continue;
+      if (slot.readyAt === undefined && now - slot.startedAt > t.readyWithin) {
+        slot.lastError = `not ready within ${t.readyWithin} ms (its tasks modules did not finish loading)`;
+        this.#o.log.error(`worker ${slot.index} (pid ${slot.child.pid}) is ${slot.lastError}; killing it`);
+      } else if (slot.readyAt !== undefined && now - slot.lastSeen > t.killSilence) {
+        this.#o.log.error(`worker ${slot.index} (pid ${slot.child.pid}) has not answered for ${t.killSilence} ms; killing it`);
+      } else {
+        continue;
+      }
+      slot.killed = true;
+      slot.child.kill("SIGKILL");
+    }
+  }
+
+  /** Asks every worker to stop gracefully; kills those still running after the shutdown timeout plus 15 s. */
+  stop(): void {
+    this.#stopping = true;
+    for (const slot of this.#slots) {
+      clearTimeout(slot.restartTimer);
+      if (slot.child?.connected) slot.child.send({ type: "stop" });
+      else slot.child?.kill("SIGTERM");
+    }
+    if (this.#slots.every((s) => !s.child)) this.#resolveDone();
+    // Workers bound their own shutdown; this only guards against one that hangs.
+    setTimeout(() => {
+      for (const slot of this.#slots) {
+        if (!slot.child) continue;
+        this.#o.log.error(`worker ${slot.index} did not stop in time; killing it`);
+        slot.child.kill("SIGKILL");
+      }
+    }, Math.min(this.#o.config.shutdownTimeout + 15_000, 2_147_483_647)).unref();
+  }
+
+  /** Kills every worker now; {@link done} resolves once all exited (or after 5 s). */
+  kill(): void {
+    this.#stopping = true;
+    for (const slot of this.#slots) {
+      clearTimeout(slot.restartTimer);
+      slot.child?.kill("SIGKILL");
+    }
+    if (this.#slots.every((s) => !s.child)) this.#resolveDone();
+    setTimeout(() => this.#resolveDone(), 5_000).unref();
+  }
+}
+
+/**
+ * The worker entry point beside this module: `worker.ts` in the sources,
+ * `worker.js` once built for npm. Loaded from JSR, the worker is the
+ * package's `./worker` export of the same version: run from its https URL it
+ * would lack the package's import map.
+ */
+export function workerModule(selfUrl: string): string {
+  if (selfUrl.startsWith("https://jsr.io/")) return `jsr:@pgbg/pgbg@${VERSION}/worker`;
+  const url = new URL(`./worker${extname(new URL(selfUrl).pathname)}`, selfUrl);
+  return url.protocol === "file:" ? fileURLToPath(url) : url.href;
+}

@@ -1,0 +1,226 @@
+/**
+ * `createWorker`: runs tasks inside the application's own process, on the
+ * same engine as a worker of `pgbg serve` (claims, leases, fencing,
+ * heartbeat and self-stop), beside the maintenance duties any host runs,
+ * so that an application with no `pgbg serve` anywhere still has expired
+ * leases and dead workers rescued. When its worker is lost (cut off from
+ * the database, or declared dead), the host starts a fresh one, as a
+ * supervisor restarts a worker process.
+ *
+ * @module
+ */
+import { hostname } from "node:os";
+import process from "node:process";
+import postgres, { type Sql } from "postgres";
+import { readTaskStatus } from "./admin.ts";
+import { type Liveness, liveness } from "./liveness.ts";
+import { describeError } from "./log.ts";
+import { Maintenance, maintenanceServices, type MaintenanceServices } from "./maintenance.ts";
+import { ServiceMetrics } from "./metrics.ts";
+import { runtimeName } from "./runtime.ts";
+import { type ResolvedWorkerOptions, resolveWorkerOptions, type WorkerHostOptions } from "./worker-options.ts";
+import { type LostCause, Worker, type WorkerExit } from "./worker.ts";
+
+export type { WorkerHostOptions } from "./worker-options.ts";
+
+/** An in-process worker, made by {@link createWorker}. */
+export interface WorkerHost {
+  /** This host's id: the `supervisor_id` of its workers' rows. */
+  readonly id: string;
+  /** Attempts running now. */
+  readonly running: number;
+  /**
+   * Starts the maintenance duties and the worker. Resolves once the worker
+   * is registered and listening; rejects, starting nothing, when it cannot
+   * (database unreachable, schema not migrated: `SchemaError`).
+   */
+  start(): Promise<void>;
+  /**
+   * Stops gracefully: claims no more, lets running tasks finish for up to
+   * `timeout` ms (default: the `shutdownTimeout` option), then aborts the
+   * rest and hands them back uncounted. Resolves once every outcome is
+   * written and the connections are closed. Safe to call twice.
+   */
+  stop(options?: { timeout?: number }): Promise<void>;
+  /** The host's metrics in Prometheus' text format: the families of `pgbg serve --metrics-port`, for the app to serve. */
+  metrics(): Promise<string>;
+}
+
+// deno-lint-ignore no-explicit-any
+type Client = Sql<any>;
+
+/**
+ * Creates an in-process worker on the database that `sql` (a postgres.js
+ * client, the one the app already has) connects to. It opens its own
+ * connections with the same settings: a pool of `poolSize` (default 4) for
+ * claims, write-backs and maintenance, one for its heartbeat and one for
+ * LISTEN, so the app's pool never starves the worker nor the other way
+ * round. Nothing runs until `start()`. Throws `InvalidOptionsError` or
+ * `InvalidTaskError` naming the bad option.
+ *
+ * @example
+ * ```ts
+ * const worker = createWorker(sql, { tasks: [sendEmail], concurrency: 5 });
+ * await worker.start();
+ * process.on("SIGTERM", () => worker.stop());
+ * ```
+ */
+export function createWorker(sql: Client, options: WorkerHostOptions): WorkerHost {
+  if (typeof sql !== "function" || typeof (sql as Partial<Client>).options !== "object") {
+    throw new TypeError("createWorker(sql, options): sql must be a postgres.js client, the one postgres() returns");
+  }
+  return new InProcessHost(sql, resolveWorkerOptions("createWorker()", options));
+}
+
+/**
+ * A client on the same server as `sql`, with its connection settings but its
+ * own pool, and none of the app's transforms (pgbg reads its own columns).
+ */
+export function cloneClient(sql: Client, max: number, name: string): Client {
+  const o = sql.options;
+  return postgres({
+    ...o,
+    max,
+    onnotice: () => {},
+    transform: { undefined: undefined, column: {}, value: {}, row: {} },
+    connection: { ...o.connection, application_name: name },
+  } as unknown as postgres.Options<{}>);
+}
+
+/** Back-off before starting a fresh worker after `failures` failed starts in a row: 0.5 s doubling up to 5 s. */
+function restartDelay(failures: number): number {
+  return failures <= 0 ? 0 : Math.min(500 * 2 ** (failures - 1), 5_000);
+}
+
+class InProcessHost implements WorkerHost {
+  readonly id = crypto.randomUUID();
+  readonly #o: ResolvedWorkerOptions;
+  readonly #timings: Liveness;
+  readonly #pool: Client;
+  readonly #beat: Client;
+  readonly #metrics = new ServiceMetrics();
+  readonly #services: MaintenanceServices;
+  readonly #maintenance: Maintenance;
+  #worker: Worker | undefined;
+  #ended: Promise<unknown> = Promise.resolve();
+  #lost: LostCause | undefined;
+  #state: "new" | "running" | "stopping" | "stopped" = "new";
+  #stopped: Promise<void> | undefined;
+  #restartTimer: ReturnType<typeof setTimeout> | undefined;
+  #failures = 0;
+
+  constructor(sql: Client, options: ResolvedWorkerOptions) {
+    this.#o = options;
+    this.#timings = liveness(options.checkInterval);
+    this.#pool = cloneClient(sql, options.poolSize, "pgbg worker");
+    this.#beat = cloneClient(sql, 1, "pgbg worker heartbeat");
+    this.#services = maintenanceServices({
+      sql: this.#pool, schema: options.schema, hostId: this.id, maxAttempts: options.maxAttempts, timings: this.#timings,
+      compactInterval: options.compactInterval, log: options.logger,
+    });
+    this.#maintenance = new Maintenance(Object.values(this.#services), options.logger);
+    options.signal?.addEventListener("abort", () => void this.stop(), { once: true });
+  }
+
+  get running(): number {
+    return this.#worker?.running ?? 0;
+  }
+
+  async start(): Promise<void> {
+    if (this.#state !== "new") throw new Error(`createWorker(): start() was already called (this worker is ${this.#state})`);
+    if (this.#o.signal?.aborted) return void (await this.stop());
+    this.#state = "running";
+    try {
+      await this.#launch();
+    } catch (error) {
+      this.#state = "stopped";
+      await this.#close();
+      throw error;
+    }
+    this.#maintenance.start();
+  }
+
+  /** Starts a fresh worker; resolves once it is ready, rejects when it could not start. */
+  #launch(): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      let ready = false;
+      const worker = this.#newWorker(() => {
+        ready = true;
+        resolve();
+      });
+      this.#worker = worker;
+      this.#lost = undefined;
+      this.#ended = worker.start().then((how) => this.#afterExit(worker, how), (error) => {
+        if (!ready) return reject(error);
+        this.#o.logger.error(`the worker failed: ${describeError(error).message}`);
+        return this.#afterExit(worker, "lost");
+      });
+    });
+  }
+
+  #newWorker(onReady: () => void): Worker {
+    const o = this.#o;
+    return new Worker({
+      schema: o.schema, queues: o.queues, concurrency: o.concurrency, timeout: o.timeout, retryDelay: o.retryDelay, maxAttempts: o.maxAttempts,
+      idleSleep: o.idleSleep, shutdownTimeout: o.shutdownTimeout, timings: this.#timings,
+      sql: this.#pool, beatSql: this.#beat, tasks: o.tasks, log: o.logger, overdue: "detach", onReady,
+      identity: { workerId: crypto.randomUUID(), hostId: this.id, hostname: hostname(), runtime: runtimeName(), pid: process.pid },
+      onLost: (cause) => (this.#lost = cause),
+      onReport: (report) => this.#metrics.add(1, report),
+    });
+  }
+
+  /** A worker ended: when it was lost, hand its tasks on and start a fresh one. */
+  async #afterExit(worker: Worker, how: WorkerExit): Promise<void> {
+    this.#metrics.workerExited(1);
+    if (how === "stopped" || this.#state !== "running") return;
+    // Cut off from the database, its attempts did not fail: handed back
+    // uncounted once the database answers again. Otherwise counted.
+    this.#services.releaser.add(worker.id, this.#lost !== "unreachable");
+    void this.#services.releaser.runOnce().catch(() => {});
+    this.#metrics.workerRestarts++;
+    this.#scheduleRestart();
+  }
+
+  #scheduleRestart(): void {
+    const delay = restartDelay(++this.#failures);
+    this.#o.logger.warn(`starting a fresh worker in ${delay} ms`);
+    this.#restartTimer = setTimeout(() => {
+      if (this.#state !== "running") return;
+      this.#launch().then(() => (this.#failures = 0), (error) => {
+        this.#o.logger.warn(`could not start a fresh worker: ${describeError(error).message}`);
+        this.#scheduleRestart();
+      });
+    }, delay);
+  }
+
+  stop(options: { timeout?: number } = {}): Promise<void> {
+    if (options.timeout !== undefined && !(Number.isInteger(options.timeout) && options.timeout >= 0)) {
+      return Promise.reject(new TypeError(`stop(): timeout must be a whole number of ms from 0 up, got ${options.timeout}`));
+    }
+    this.#stopped ??= this.#stop(options.timeout);
+    return this.#stopped;
+  }
+
+  async #stop(timeout: number | undefined): Promise<void> {
+    const wasRunning = this.#state === "running";
+    this.#state = "stopping";
+    clearTimeout(this.#restartTimer);
+    if (wasRunning) {
+      this.#worker?.stop(timeout);
+      await this.#ended;
+    }
+    const idle = await this.#maintenance.stop(2_000);
+    await this.#services.releaser.runOnce().catch(() => {});
+    await this.#close(idle ? 2 : 0);
+    this.#state = "stopped";
+  }
+
+  async #close(timeout = 2): Promise<void> {
+    await Promise.all([this.#pool.end({ timeout }), this.#beat.end({ timeout })]).catch(() => {});
+  }
+
+  async metrics(): Promise<string> {
+    return this.#metrics.render(await readTaskStatus(this.#pool, this.#o.schema));
+  }
+}

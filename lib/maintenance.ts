@@ -1,0 +1,116 @@
+/**
+ * The maintenance duties every host runs, the supervisor of `pgbg serve` and
+ * an in-process `createWorker` alike: each a small service in
+ * `lib/maintenance/` with its interval and a `runOnce()`, run here on its
+ * own timer so that a slow one (an index compaction waits for older
+ * transactions) never holds back another (the rescue of expired leases).
+ *
+ * Every duty is safe when several hosts run it at once; each module says
+ * why. So every host runs all of them, and a queue keeps its rescue however
+ * many hosts there are, or however few survive.
+ *
+ * @module
+ */
+import type { Sql } from "postgres";
+import type { Liveness } from "./liveness.ts";
+import { describeError, type Logger } from "./log.ts";
+import { CancelSweeper } from "./maintenance/cancel-sweeper.ts";
+import { CountPruner } from "./maintenance/count-pruner.ts";
+import { DeadWorkerReleaser } from "./maintenance/dead-worker-releaser.ts";
+import { IndexCompactor } from "./maintenance/index-compactor.ts";
+import { LeaseRescuer } from "./maintenance/lease-rescuer.ts";
+import { WorkerReaper } from "./maintenance/worker-reaper.ts";
+
+/** One maintenance duty. */
+export interface MaintenanceService {
+  /** What it does, for log lines. */
+  readonly name: string;
+  /** How long after the start it first runs, in ms. @default its interval */
+  readonly firstAfter?: number;
+  /** How often it runs, in ms; 0: never. */
+  readonly interval: number;
+  /** Runs the duty once; rejects when the database could not be reached (the runner logs it and tries again at the next interval). */
+  runOnce(): Promise<void>;
+}
+
+/** What the standard set of duties needs. */
+export interface MaintenanceSettings {
+  // deno-lint-ignore no-explicit-any
+  sql: Sql<any>;
+  schema: string;
+  /** The supervisor or in-process host running them: its own workers are not reaped by it. */
+  hostId: string;
+  maxAttempts: number;
+  timings: Liveness;
+  /** How often to check whether the task table's indexes need compacting; 0: never. */
+  compactInterval: number;
+  log: Logger;
+}
+
+/** The standard duties, by name. */
+export interface MaintenanceServices {
+  releaser: DeadWorkerReleaser;
+  rescuer: LeaseRescuer;
+  reaper: WorkerReaper;
+  sweeper: CancelSweeper;
+  pruner: CountPruner;
+  compactor: IndexCompactor;
+}
+
+/** Builds every duty with its interval: the checks at the heartbeat interval, pruning each minute, compaction at its own. */
+export function maintenanceServices(s: MaintenanceSettings): MaintenanceServices {
+  const every = s.timings.heartbeatInterval;
+  return {
+    releaser: new DeadWorkerReleaser(s.sql, s.schema, s.maxAttempts, every, s.log),
+    rescuer: new LeaseRescuer(s.sql, s.schema, s.maxAttempts, every, s.log),
+    reaper: new WorkerReaper(s.sql, s.schema, { hostId: s.hostId, maxAttempts: s.maxAttempts, staleAfter: s.timings.staleAfter, interval: every }, s.log),
+    sweeper: new CancelSweeper(s.sql, s.schema, every, s.log),
+    pruner: new CountPruner(s.sql, s.schema, 60_000),
+    compactor: new IndexCompactor(s.sql, s.schema, s.compactInterval, s.log),
+  };
+}
+
+/** Runs services, each on its own timer, one run of each at a time. */
+export class Maintenance {
+  readonly #services: readonly MaintenanceService[];
+  readonly #log: Logger;
+  readonly #timers = new Set<ReturnType<typeof setTimeout>>();
+  readonly #runs = new Set<Promise<void>>();
+  #stopped = false;
+
+  constructor(services: readonly MaintenanceService[], log: Logger) {
+    this.#services = services;
+    this.#log = log;
+  }
+
+  /** Starts every service with an interval. */
+  start(): void {
+    for (const service of this.#services) if (service.interval > 0) this.#schedule(service, service.firstAfter ?? service.interval);
+  }
+
+  /** Stops scheduling; resolves once the runs in flight end, or after `waitMs`. True when none is left running. */
+  async stop(waitMs: number): Promise<boolean> {
+    this.#stopped = true;
+    for (const timer of this.#timers) clearTimeout(timer);
+    this.#timers.clear();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([Promise.all(this.#runs), new Promise((r) => (timer = setTimeout(r, waitMs)))]);
+    clearTimeout(timer);
+    return this.#runs.size === 0;
+  }
+
+  #schedule(service: MaintenanceService, delay: number): void {
+    if (this.#stopped) return;
+    const timer = setTimeout(() => {
+      this.#timers.delete(timer);
+      const running = service.runOnce().catch((error) => {
+        if (!this.#stopped) this.#log.warn(`${service.name} failed; will retry`, { error: describeError(error).message });
+      }).finally(() => {
+        this.#runs.delete(running);
+        if (service.interval > 0) this.#schedule(service, service.interval);
+      });
+      this.#runs.add(running);
+    }, Math.min(delay, 2_147_483_647));
+    this.#timers.add(timer);
+  }
+}

@@ -1,0 +1,34 @@
+/**
+ * Drops outcome counts (`task_count`) older than an hour: `pgbg status`
+ * shows the last minute, and the table must not grow with the uptime.
+ *
+ * Safe for every host to run at once: a DELETE of old periods, which a
+ * second run finds gone.
+ *
+ * @module
+ */
+import type { MaintenanceService } from "../maintenance.ts";
+import { type Database, run } from "../statements.ts";
+
+/** Deletes outcome counts older than an hour. */
+export async function pruneTaskCounts(db: Database, schema: string): Promise<void> {
+  await run(db, schema, "PruneTaskCounts", []);
+}
+
+/** The pruning of counts as a maintenance service. */
+export class CountPruner implements MaintenanceService {
+  readonly name = "pruning task counts";
+  /** First at once: a host that restarts often must still prune. */
+  readonly firstAfter = 0;
+
+  constructor(
+    private readonly db: Database,
+    private readonly schema: string,
+    readonly interval: number,
+  ) {}
+
+  /** Prunes now. */
+  async runOnce(): Promise<void> {
+    await pruneTaskCounts(this.db, this.schema);
+  }
+}

@@ -1,0 +1,96 @@
+/**
+ * Releases the tasks of workers known to be dead at once, without waiting
+ * for their leases or their stale time: a supervisor knows the moment its
+ * worker process exits, and an in-process host the moment its worker was
+ * lost. A worker that stopped because it lost the database (it said so) has
+ * its tasks handed back uncounted; any other death counts the attempt, so a
+ * task that keeps killing its workers ends as failed.
+ *
+ * Two hosts never release the same worker: each knows only its own. The
+ * statements are fenced by state and worker id, so a run repeated after a
+ * failure changes nothing twice.
+ *
+ * @module
+ */
+import { removeWorkers } from "../heartbeat.ts";
+import type { Logger } from "../log.ts";
+import type { MaintenanceService } from "../maintenance.ts";
+import { type Database, run } from "../statements.ts";
+
+/** A task moved out of `running` by a release, hand-back or rescue. */
+export interface ReleasedTask {
+  id: string;
+  state: "queued" | "failed";
+}
+
+/** The rows a release or rescue returned, as {@link ReleasedTask}s. */
+export function releasedTasks(rows: { id: unknown; state: string }[]): ReleasedTask[] {
+  return rows.map((r) => ({ id: String(r.id), state: r.state as ReleasedTask["state"] }));
+}
+
+/**
+ * Releases every task leased by the given (dead) workers at once, the
+ * attempt counted: queued again, or failed when its attempts are used up.
+ * `error` becomes the tasks' last error.
+ */
+export async function releaseWorkerTasks(db: Database, schema: string, workerIds: string[], maxAttempts: number, error: object): Promise<ReleasedTask[]> {
+  if (!workerIds.length) return [];
+  return releasedTasks(await run(db, schema, "ReleaseWorkerTasks", [workerIds, maxAttempts, JSON.stringify(error)]));
+}
+
+/**
+ * Hands back at once, uncounted, the tasks of workers that stopped because
+ * their heartbeat could not get through, while their rows exist (a reaped
+ * worker's tasks are its reaper's to release).
+ */
+export async function handBackWorkerTasks(db: Database, schema: string, workerIds: string[]): Promise<ReleasedTask[]> {
+  if (!workerIds.length) return [];
+  return releasedTasks(await run(db, schema, "HandBackWorkerTasks", [workerIds]));
+}
+
+const DIED = { name: "WorkerDied", message: "the task's worker process died during the attempt" };
+
+/** Releases dead workers' tasks; those it could not release yet are kept for the next run. */
+export class DeadWorkerReleaser implements MaintenanceService {
+  readonly name = "releasing the tasks of dead workers";
+  /** Dead workers not released yet: whether their interrupted attempts count. */
+  readonly #dead = new Map<string, boolean>();
+  #running: Promise<void> | undefined;
+
+  constructor(
+    private readonly db: Database,
+    private readonly schema: string,
+    private readonly maxAttempts: number,
+    readonly interval: number,
+    private readonly log: Logger,
+  ) {}
+
+  /** Marks a worker dead. `counted`: false when it stopped because it lost the database. A worker already marked keeps its mark. */
+  add(workerId: string, counted: boolean): void {
+    if (!this.#dead.has(workerId)) this.#dead.set(workerId, counted);
+  }
+
+  /** Workers marked dead and not released yet. */
+  get pending(): number {
+    return this.#dead.size;
+  }
+
+  /** Releases the tasks of every worker marked dead and removes their rows. One run at a time: a call during a run waits for it. */
+  async runOnce(): Promise<void> {
+    while (this.#running) await this.#running;
+    if (!this.#dead.size) return;
+    this.#running = this.#release().finally(() => (this.#running = undefined));
+    return this.#running;
+  }
+
+  async #release(): Promise<void> {
+    const ids = [...this.#dead.keys()];
+    const released = [
+      ...await handBackWorkerTasks(this.db, this.schema, ids.filter((id) => !this.#dead.get(id))),
+      ...await releaseWorkerTasks(this.db, this.schema, ids.filter((id) => this.#dead.get(id)), this.maxAttempts, DIED),
+    ];
+    await removeWorkers(this.db, this.schema, ids);
+    for (const id of ids) this.#dead.delete(id);
+    if (released.length) this.log.warn(`released ${released.length} task(s) of a dead worker`, { tasks: released.map((t) => t.id) });
+  }
+}
