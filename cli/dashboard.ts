@@ -9,20 +9,16 @@
  */
 import { createHash, timingSafeEqual } from "node:crypto";
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
-import { isIP } from "node:net";
 import process from "node:process";
 import postgres from "postgres";
 import { cancelTasks, listTasks, readStatus, retryFailedTasks } from "../lib/admin.ts";
 import { describeError } from "../lib/log.ts";
 import type { Database } from "../lib/statements.ts";
-import { connectionArgs, connectionOf } from "./admin.ts";
+import { defineCliCommand } from "./args.ts";
+import { dashboardArgs } from "./args-table.ts";
 import { dashboardPage, dashboardScript, dashboardStyle, loginPage } from "./dashboard-page.ts";
-import { failWith, UsageError } from "./exit.ts";
+import { failWith } from "./exit.ts";
 import { listen } from "./listen.ts";
-import { defineStrictCommand } from "./strict-command.ts";
-
-/** Shortest token accepted: a guessable token would protect nothing. */
-export const MIN_TOKEN_LENGTH = 16;
 
 const COOKIE = "pgbg_dashboard";
 const HEADERS = {
@@ -149,34 +145,18 @@ function taskIds(ids: unknown): string[] {
   return ids;
 }
 
-/** `pgbg dashboard`. */
-export const dashboardCommand = defineStrictCommand({
-  meta: { name: "dashboard", description: "Serve a web page with the live status, the failed tasks and retry/cancel buttons, protected by a token" },
-  args: {
-    ...connectionArgs,
-    port: { type: "string", description: "Port to listen on, 0 for any free one [env PGBG_DASHBOARD_PORT] (default: 8080)" },
-    host: { type: "string", description: "Address to bind; 0.0.0.0 exposes it to the network [env PGBG_DASHBOARD_HOST] (default: 127.0.0.1)" },
-    token: { type: "string", description: `Token that signs in, at least ${MIN_TOKEN_LENGTH} characters [env PGBG_DASHBOARD_TOKEN] (required; prefer the variable: flags show in ps)` },
-  },
-  async run({ args }) {
+/** `pgbg dashboard`: its arguments are checked (cli/args-table.ts) before it connects. */
+export const dashboardCommand = defineCliCommand(
+  dashboardArgs,
+  "Serve a web page with the live status, the failed tasks and retry/cancel buttons, protected by a token",
+  async ({ flags }) => {
+    const { "database-url": url, schema, token, host, port } = flags;
     let sql: postgres.Sql | undefined;
     try {
-      const { url, schema } = connectionOf(args);
-      const token = args.token ?? process.env.PGBG_DASHBOARD_TOKEN;
-      if (!token) throw new UsageError("--token (PGBG_DASHBOARD_TOKEN) is required: the dashboard can retry and cancel tasks");
-      if (token.length < MIN_TOKEN_LENGTH) throw new UsageError(`--token (PGBG_DASHBOARD_TOKEN) must be at least ${MIN_TOKEN_LENGTH} characters`);
-      const rawPort = args.port ?? process.env.PGBG_DASHBOARD_PORT ?? "8080";
-      const port = /^\d+$/.test(rawPort) ? Number(rawPort) : Number.NaN;
-      if (!(port >= 0 && port <= 65_535)) throw new UsageError(`--port (PGBG_DASHBOARD_PORT) must be a whole number from 0 to 65535, got ${JSON.stringify(rawPort)}`);
-      const host = args.host ?? process.env.PGBG_DASHBOARD_HOST ?? "127.0.0.1";
-      // An empty host would make Node listen on every interface: refuse it.
-      if (!isIP(host) && !/^[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$/.test(host)) {
-        throw new UsageError(`--host (PGBG_DASHBOARD_HOST) must be an IP address or a host name such as 127.0.0.1, got ${JSON.stringify(host)}`);
-      }
       sql = postgres(url, { max: 4, onnotice: () => {}, connection: { application_name: "pgbg dashboard" } });
       await readStatus(sql, schema); // fails now, not at the first page load, on a wrong URL or schema
       const dashboard = await startDashboard({ db: sql, schema, token, host, port });
-      process.stdout.write(args.json ? `${JSON.stringify({ url: dashboard.url })}\n` : `dashboard at ${dashboard.url}\n`);
+      process.stdout.write(flags.json ? `${JSON.stringify({ url: dashboard.url })}\n` : `dashboard at ${dashboard.url}\n`);
       const db = sql;
       const stop = async () => {
         await dashboard.close();
@@ -190,4 +170,4 @@ export const dashboardCommand = defineStrictCommand({
       failWith(error);
     }
   },
-});
+);

@@ -5,15 +5,16 @@
  * @module
  */
 import process from "node:process";
+import { InvalidConfigError } from "../lib/errors.ts";
 import { describeError } from "../lib/log.ts";
 
-/** Bad usage: a missing or malformed argument. Exits 2. */
-export class UsageError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = "UsageError";
-  }
-}
+/**
+ * Bad usage: a missing or malformed argument. Its message is the line the
+ * CLI prints after `pgbg: `; it exits 2. It is an InvalidConfigError (code
+ * PGBG_INVALID_CONFIG), so callers branch on the code as for the library's
+ * errors.
+ */
+export class UsageError extends InvalidConfigError {}
 
 // Errors that mean the arguments were wrong, not that the operation failed.
 const USAGE_CODES = new Set([
@@ -22,7 +23,6 @@ const USAGE_CODES = new Set([
 
 /** The exit code for an error: 2 for bad usage, 1 otherwise. */
 export function exitCodeOf(error: unknown): 1 | 2 {
-  if (error instanceof UsageError) return 2;
   const code = (error as { code?: unknown } | null)?.code;
   return typeof code === "string" && USAGE_CODES.has(code) ? 2 : 1;
 }

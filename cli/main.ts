@@ -2,7 +2,8 @@
 /**
  * The `pgbg` command line: `pgbg serve` runs the service; `migrate`,
  * `status`, `list`, `retry`, `cancel`, `enqueue` and `compact` are the operators'
- * commands (cli/admin.ts), and `dashboard` serves them as a web page.
+ * commands (cli/admin.ts), and `dashboard` serves them as a web page. Every
+ * command's arguments are parsed from one table (cli/args-table.ts).
  *
  * Exit codes: 0 success, 1 the operation failed, 2 bad usage.
  *
@@ -10,44 +11,33 @@
  */
 import process from "node:process";
 import { defineCommand, runMain } from "citty";
-import { InvalidConfigError } from "../lib/errors.ts";
 import { describeError } from "../lib/log.ts";
 import { VERSION } from "../lib/version.ts";
 import { adminCommands } from "./admin.ts";
+import { defineCliCommand } from "./args.ts";
+import { serveArgs } from "./args-table.ts";
+import { describeDatabase, serveConfigOf } from "./config.ts";
 import { dashboardCommand } from "./dashboard.ts";
-import { cittyArgs, describeDatabase, resolveServeConfig, serveSettings } from "./config.ts";
 import { resolveDatabase } from "./database.ts";
-import { parseFlags } from "./flags.ts";
 import { fail } from "./exit.ts";
 import { createLogger } from "./log.ts";
 import { supervise } from "./serve.ts";
 
-const serve = defineCommand({
-  meta: { name: "serve", description: "Run the service: a supervisor keeping worker subprocesses that run queued tasks" },
-  args: cittyArgs(serveSettings),
-  // citty prints --help; the flags themselves are parsed strictly (cli/flags.ts).
-  async run({ rawArgs }) {
-    let config;
-    try {
-      config = resolveServeConfig(parseFlags(rawArgs, serveSettings, "pgbg serve"), process.env, Boolean(process.stderr.isTTY));
-    } catch (error) {
-      if (error instanceof InvalidConfigError) fail(2, error.message);
-      throw error;
-    }
-    const log = createLogger(config.logLevel, config.logFormat, "supervisor");
-    let stopEmbedded: (() => Promise<void>) | undefined;
-    try {
-      const database = await resolveDatabase(config.databaseUrl, process.cwd(), log);
-      stopEmbedded = database.stop;
-      if (!database.embedded) log.info(`database ${describeDatabase(database.url)}`);
-      const code = await supervise(config, database.url, log);
-      await stopEmbedded?.();
-      process.exit(code);
-    } catch (error) {
-      await stopEmbedded?.().catch(() => {});
-      fail(1, describeError(error).message);
-    }
-  },
+const serve = defineCliCommand(serveArgs, "Run the service: a supervisor keeping worker subprocesses that run queued tasks", async ({ flags }) => {
+  const config = serveConfigOf(flags, Boolean(process.stderr.isTTY));
+  const log = createLogger(config.logLevel, config.logFormat, "supervisor");
+  let stopEmbedded: (() => Promise<void>) | undefined;
+  try {
+    const database = await resolveDatabase(config.databaseUrl, process.cwd(), log);
+    stopEmbedded = database.stop;
+    if (!database.embedded) log.info(`database ${describeDatabase(database.url)}`);
+    const code = await supervise(config, database.url, log);
+    await stopEmbedded?.();
+    process.exit(code);
+  } catch (error) {
+    await stopEmbedded?.().catch(() => {});
+    fail(1, describeError(error).message);
+  }
 });
 
 const commands = { serve, ...adminCommands, dashboard: dashboardCommand };
@@ -56,8 +46,11 @@ const main = defineCommand({
   subCommands: commands,
 });
 
-// citty exits 1 on an unknown command; it is bad usage.
+// citty exits 1 on an unknown or a missing command; either is bad usage.
 const [command] = process.argv.slice(2);
-if (command !== undefined && !command.startsWith("-") && !(command in commands)) fail(2, `unknown command ${JSON.stringify(command)} (see pgbg --help)`);
+if (command !== undefined && !command.startsWith("-") && !Object.hasOwn(commands, command)) fail(2, `unknown command ${JSON.stringify(command)} (see pgbg --help)`);
+if (command === undefined || (command.startsWith("-") && !["--help", "-h", "--version", "-v"].includes(command))) {
+  fail(2, `give a command: ${Object.keys(commands).join(", ")} (see pgbg --help)`);
+}
 
 await runMain(main);

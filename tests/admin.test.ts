@@ -3,11 +3,14 @@ import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { describe, test } from "node:test";
+import { renderUsage } from "citty";
 import { enqueue, migrate } from "../mod.ts";
 import { alwaysFails, work } from "./fixtures/tasks.ts";
 import { adminCommands } from "../cli/admin.ts";
+import { type CommandArgs, type Flags, parseArgs } from "../cli/args.ts";
+import { commandArgs } from "../cli/args-table.ts";
 import { dashboardCommand } from "../cli/dashboard.ts";
-import { checkArgs } from "../cli/strict-command.ts";
+import { exitCodeOf } from "../cli/exit.ts";
 import { createTestDatabase } from "./harness.ts";
 import { fixtureTasks, serviceTestbed, until } from "./service-harness.ts";
 
@@ -161,13 +164,11 @@ describe("pgbg list, retry, cancel, enqueue", () => {
     testbed.serve(["--workers", "1"]);
     await until(() => row(ok.id), (r) => r === undefined, 120_000, "the task to run");
     assert.equal((await runsOf(ok.id)).length, 1);
+    // Refusals of the command's run (the input, the task, enqueue()'s options); the parser's are checked in process below.
     const cases: [string[], RegExp][] = [
       [["work", '{"ms":"x"}', "--tasks", fixtureTasks], /^pgbg: invalid input for task "work": ms: /],
       [["work", "{nope", "--tasks", fixtureTasks], /^pgbg: the input is not valid JSON/],
       [["nope", "{}", "--tasks", fixtureTasks], /^pgbg: no task named "nope"/],
-      [["work", "{}"], /^pgbg: --tasks \(PGBG_TASKS\) is required/],
-      [["work", "{}", "--tasks", fixtureTasks, "--delay", "soon"], /^pgbg: --delay must be a duration such as 500ms, 30s, 5m, got "soon"$/],
-      [["work", "{}", "--tasks", fixtureTasks, "--delay", "-5s"], /^pgbg: --delay must be a duration such as 500ms, 30s, 5m, got "-5s"$/],
       [["work", "{}", "--tasks", fixtureTasks, "--priority", "99999"], /^pgbg: enqueue\(\): option "priority" must be a whole number from -32768 to 32767, got 99999$/],
       [["work", "{}", "--tasks", fixtureTasks, "--key", ""], /^pgbg: enqueue\(\): option "key" must be a string of 1-512 characters, got ""$/],
     ];
@@ -195,41 +196,61 @@ describe("pgbg compact", () => {
 });
 
 describe("the operators' commands", () => {
-  const commands = ["migrate", "status", "list", "retry", "cancel", "enqueue", "dashboard"];
+  const commands = ["migrate", "status", "list", "retry", "cancel", "enqueue", "dashboard"] as const;
+  /** Parses `pgbg command args…` in process, as the binary does before it connects: the line it prints and its exit code, or undefined. */
+  const refusal = (command: keyof typeof commandArgs, args: string[]) => {
+    try {
+      parseArgs(args, commandArgs[command] as CommandArgs<Flags>, { DATABASE_URL: db.url });
+      return undefined;
+    } catch (error) {
+      return { code: exitCodeOf(error), line: `pgbg: ${(error as Error).message}` };
+    }
+  };
+  const commandDefs: Record<string, Parameters<typeof renderUsage>[0]> = { ...adminCommands, dashboard: dashboardCommand };
   for (const command of commands) {
     test(`${command} --help documents --database-url, --schema and --json`, async () => {
-      const { code, stdout, stderr } = await pgbg([command, "--help"]);
-      assert.equal(code, 0, stderr);
+      const stdout = await renderUsage(commandDefs[command]);
       for (const flag of ["--database-url", "DATABASE_URL", "--schema", "PGBG_SCHEMA", "default: pgbg", "--json"]) assert.ok(stdout.includes(flag), `${command} --help: ${flag}`);
     });
   }
 
   test("an unknown command or flag, a repeated flag, a flag without its value or a stray argument exits 2 with one line", async () => {
-    const cases: [string[], RegExp][] = [
-      [["nope"], /^pgbg: unknown command "nope" \(see pgbg --help\)$/],
-      [["status", "--bogus"], /^pgbg: unknown flag --bogus \(see pgbg status --help\)$/],
-      [["status", "extra"], /^pgbg: unexpected argument "extra"/],
-      [["retry", "--all-failed", "--all-faild"], /^pgbg: unknown flag --all-faild/],
-      [["list", "--limit", "5", "--limit", "6"], /^pgbg: --limit is given twice/],
-      [["list", "--state"], /^pgbg: --state needs a value$/],
-      [["cancel"], /^pgbg: give the ids of the tasks to cancel$/],
-      [["cancel", "5", "-1"], /^pgbg: unexpected argument "-1": pgbg has no short flags, and no negative ids \(see pgbg cancel --help\)$/],
-      [["retry", "7", "-3"], /^pgbg: unexpected argument "-3": pgbg has no short flags, and no negative ids \(see pgbg retry --help\)$/],
-      [["retry", "abc"], /^pgbg: task ids are whole numbers, got "abc"$/],
-      [["cancel", "0"], /^pgbg: task ids are whole numbers, got "0"$/],
-      [["cancel", "99999999999999999999"], /^pgbg: task ids are whole numbers, got "99999999999999999999"$/],
-      [["list", "--limit", "0"], /^pgbg: --limit must be a whole number from 1 to 10000, got "0"$/],
-      [["list", "--limit", "-3"], /^pgbg: --limit must be a whole number from 1 to 10000, got "-3"$/],
-      [["list", "--limit", "10001"], /^pgbg: --limit must be a whole number from 1 to 10000, got "10001"$/],
-      [["list", "--limit", "many"], /^pgbg: --limit must be a whole number from 1 to 10000, got "many"$/],
-      [["list", "--state", "done"], /^pgbg: --state must be one of queued, scheduled, running, failed, got "done"$/],
-      [["enqueue", "work"], /^pgbg: give the task's name and its input as JSON/],
-    ];
-    for (const [args, message] of cases) {
-      const { code, stderr } = await pgbg(args);
+    // The real binary: its unknown command, and one refusal of the parser.
+    for (const [args, message] of [[["nope"], /^pgbg: unknown command "nope" \(see pgbg --help\)$/], [["status", "--bogus"], /^pgbg: unknown flag --bogus \(see pgbg status --help\)$/]] as const) {
+      const { code, stderr } = await pgbg([...args]);
       assert.equal(code, 2, `${args.join(" ")}: ${stderr}`);
       assert.match(stderr.trim(), message);
       assert.equal(stderr.trim().split("\n").length, 1);
+    }
+    // The rest in process, through the parser the binary runs first.
+    const cases: [keyof typeof commandArgs, string[], RegExp][] = [
+      ["status", ["extra"], /^pgbg: unexpected argument "extra"/],
+      ["retry", ["--all-failed", "--all-faild"], /^pgbg: unknown flag --all-faild/],
+      ["list", ["--limit", "5", "--limit", "6"], /^pgbg: --limit is given twice/],
+      ["list", ["--state"], /^pgbg: --state needs a value$/],
+      ["cancel", [], /^pgbg: give the ids of the tasks to cancel$/],
+      ["cancel", ["5", "-1"], /^pgbg: unexpected argument "-1": pgbg has no short flags, and no negative ids \(see pgbg cancel --help\)$/],
+      ["retry", ["7", "-3"], /^pgbg: unexpected argument "-3": pgbg has no short flags, and no negative ids \(see pgbg retry --help\)$/],
+      ["retry", ["abc"], /^pgbg: task ids are whole numbers, got "abc"$/],
+      ["retry", [], /^pgbg: give the ids of failed tasks, or --all-failed$/],
+      ["retry", ["1", "--all-failed"], /^pgbg: give the ids of failed tasks, or --all-failed$/],
+      ["retry", ["1", "--task", "work"], /^pgbg: --task goes with --all-failed$/],
+      ["cancel", ["0"], /^pgbg: task ids are whole numbers, got "0"$/],
+      ["cancel", ["99999999999999999999"], /^pgbg: task ids are whole numbers, got "99999999999999999999"$/],
+      ["list", ["--limit", "0"], /^pgbg: --limit must be a whole number from 1 to 10000, got "0"$/],
+      ["list", ["--limit", "-3"], /^pgbg: --limit must be a whole number from 1 to 10000, got "-3"$/],
+      ["list", ["--limit", "10001"], /^pgbg: --limit must be a whole number from 1 to 10000, got "10001"$/],
+      ["list", ["--limit", "many"], /^pgbg: --limit must be a whole number from 1 to 10000, got "many"$/],
+      ["list", ["--state", "done"], /^pgbg: --state must be one of queued, scheduled, running, failed, got "done"$/],
+      ["enqueue", ["work"], /^pgbg: give the task's name and its input as JSON/],
+      ["enqueue", ["work", "{}"], /^pgbg: --tasks \(PGBG_TASKS\) is required/],
+      ["enqueue", ["work", "{}", "--tasks", fixtureTasks, "--delay", "soon"], /^pgbg: --delay must be a duration such as 500ms, 30s, 5m, got "soon"$/],
+      ["enqueue", ["work", "{}", "--tasks", fixtureTasks, "--delay", "-5s"], /^pgbg: --delay must be a duration such as 500ms, 30s, 5m, got "-5s"$/],
+    ];
+    for (const [command, args, message] of cases) {
+      const got = refusal(command, args);
+      assert.equal(got?.code, 2, `${command} ${args.join(" ")}: ${got?.line}`);
+      assert.match(got.line, message);
     }
   });
 
@@ -237,13 +258,13 @@ describe("the operators' commands", () => {
     const readme = readFileSync(new URL("../README.md", import.meta.url), "utf8");
     const section = readme.slice(readme.indexOf("## Operations"), readme.indexOf("## Design"));
     const lines = [...section.matchAll(/^(?:PGBG_\w+=(?:\$\([^)]*\)|\S+) )?pgbg (\w+)(.*)$/gm)];
-    const commands: Record<string, { args?: unknown; meta?: unknown }> = { ...adminCommands, dashboard: dashboardCommand };
     assert.deepEqual([...new Set(lines.map((l) => l[1]))].sort(), ["cancel", "compact", "dashboard", "enqueue", "list", "migrate", "retry", "status"]);
     for (const [, name, rest] of lines) {
-      // Words of the example up to its comment; a quoted argument is one word.
-      const words = [...rest.replace(/\s+#.*$/, "").matchAll(/'[^']*'|\S+/g)].map((m) => m[0]);
-      assert.ok(commands[name], `pgbg ${name} exists`);
-      assert.doesNotThrow(() => checkArgs(words, commands[name].args as never, `pgbg ${name}`, name === "retry" || name === "cancel"), `pgbg ${name}${rest}`);
+      // Words of the example up to its comment; a quoted argument is one word, unquoted as the shell would.
+      const words = [...rest.replace(/\s+#.*$/, "").matchAll(/'[^']*'|\S+/g)].map((m) => m[0].replace(/^'(.*)'$/, "$1"));
+      assert.ok(Object.hasOwn(commandArgs, name), `pgbg ${name} exists`);
+      // The dashboard's token comes from the variable its example sets.
+      assert.equal(refusal(name as keyof typeof commandArgs, name === "dashboard" ? [...words, "--token", "x".repeat(16)] : words), undefined, `pgbg ${name}${rest}`);
     }
   });
 

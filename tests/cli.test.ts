@@ -1,31 +1,69 @@
+/**
+ * `pgbg serve`'s flags and the table behind every command's arguments
+ * (cli/args-table.ts). The parsing is checked in process, through the same
+ * functions the binary calls (parseServeArgs, parseArgs): a spawned `pgbg`
+ * costs seconds. Real processes run only where the process is the point:
+ * the line on stderr and exit 2, --help, and the failures to connect.
+ */
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
+import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { describe, test } from "node:test";
 import postgres from "postgres";
-import { resolveServeConfig, serveSettings } from "../cli/config.ts";
+import { cittyArgs, type CommandArgs, type Env, type Flags, parseArgs } from "../cli/args.ts";
+import { commandArgs, serveArgs } from "../cli/args-table.ts";
+import { parseServeArgs } from "../cli/config.ts";
+import { exitCodeOf } from "../cli/exit.ts";
 import { fixtureTasks, patience } from "./service-harness.ts";
 
 const cli = fileURLToPath(new URL("../cli/main.ts", import.meta.url));
+const unreachable = "postgres://someone:s3cret-pw@127.0.0.1:1/nowhere";
 
-function pgbg(args: string[], env: Record<string, string> = {}) {
-  const result = spawnSync(process.execPath, ["--import", "tsx", cli, ...args], {
-    env: { ...process.env, DATABASE_URL: "postgres://someone:s3cret-pw@127.0.0.1:1/nowhere", ...env },
-    encoding: "utf8",
-    timeout: patience,
+/** Runs the real `pgbg args…`; the event loop stays free, so that such tests may overlap. */
+function pgbg(args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, ["--import", "tsx", cli, ...args], {
+      env: { ...process.env, DATABASE_URL: unreachable, ...env },
+      stdio: ["ignore", "pipe", "pipe"],
+      timeout: patience,
+    });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (c) => (stdout += c));
+    child.stderr.on("data", (c) => (stderr += c));
+    child.on("close", (code) => resolve({ code, stdout, stderr }));
   });
-  return { code: result.status, stdout: result.stdout, stderr: result.stderr };
 }
 
+/** What `pgbg serve args…` prints before exiting, and its exit code, found in process: undefined when the arguments are good. */
+function refusal(args: string[], env: Env = {}): { code: number; line: string } | undefined {
+  try {
+    parseServeArgs(args, { DATABASE_URL: unreachable, ...env }, false);
+    return undefined;
+  } catch (error) {
+    return { code: exitCodeOf(error), line: `pgbg: ${(error as Error).message}` };
+  }
+}
+
+/** A command's parsing in process: the line it prints and its exit code, or undefined when the arguments are good. */
+function commandRefusal(command: keyof typeof commandArgs, args: string[], env: Env = {}): { code: number; line: string } | undefined {
+  try {
+    parseArgs(args, commandArgs[command] as CommandArgs<Flags>, { DATABASE_URL: unreachable, ...env });
+    return undefined;
+  } catch (error) {
+    return { code: exitCodeOf(error), line: `pgbg: ${(error as Error).message}` };
+  }
+}
+
+const serveFlags = Object.entries(serveArgs.flags);
+
 describe("pgbg serve flags", () => {
-  test("--help documents every flag with its default and variable", () => {
-    const { code, stdout, stderr } = pgbg(["serve", "--help"]);
-    assert.equal(code, 0, stderr);
-    for (const [flag, setting] of Object.entries(serveSettings)) {
-      assert.match(stdout, new RegExp(`--${flag}`), `--help lists --${flag}`);
-      assert.ok(stdout.includes(`env ${setting.env}`), `--help names ${setting.env}`);
-      assert.ok(stdout.includes(`default: ${setting.shown}`), `--help shows the default of --${flag}`);
+  test("each flag's help names its variable and its default", () => {
+    const help = cittyArgs(serveArgs);
+    for (const [flag, setting] of serveFlags) {
+      const described = (help[flag] as { description: string }).description;
+      assert.ok(described.endsWith(` [env ${setting.env}] ${setting.required === undefined ? `(default: ${setting.shown})` : "(required)"}`), described);
     }
   });
 
@@ -108,60 +146,171 @@ describe("pgbg serve flags", () => {
     [["extra"], {}, `pgbg: unexpected argument "extra": pgbg serve takes only --flags (see pgbg serve --help)`],
   ];
   test("the table below has a bad value for every flag", () => {
-    for (const [flag, setting] of Object.entries(serveSettings)) {
+    for (const [flag, setting] of serveFlags) {
       const covered = cases.some(([args, env]) => args.some((a) => a === `--${flag}` || a.startsWith(`--${flag}=`)) || setting.env in env);
       assert.ok(covered, `no case for --${flag}`);
     }
   });
+
+  for (const [args, env, line] of cases) {
+    test(`exits 2 with one line for ${[...args, ...Object.entries(env).map(([k, v]) => `${k}=${v}`)].join(" ")}`, () => {
+      // A case about --tasks gives its own; a good one beside it would hide the bad one.
+      const tasks = args.includes("--tasks") ? [] : ["--tasks", fixtureTasks];
+      assert.deepEqual(refusal([...tasks, ...args], env), { code: 2, line });
+      assert.ok(!line.includes("hunter2") && !line.includes("s3cret-pw"), "no password in the line");
+    });
+  }
+
   test("every flag also reads its variable: the flag's bad value, given by the variable, gets the same line", () => {
-    const tasks = ["--tasks", fixtureTasks];
-    for (const [flag, setting] of Object.entries(serveSettings)) {
+    for (const [flag, setting] of serveFlags) {
       const byFlag = cases.find(([args, env, line]) =>
         args.length === 2 && args[0] === `--${flag}` && !Object.keys(env).length && line.includes(`--${flag} (${setting.env})`)
       );
       if (!byFlag) continue; // --migrate, a switch: its bad values are given by variable in the table
-      const { code, stderr } = pgbg(["serve", ...(flag === "tasks" ? [] : tasks)], { [setting.env]: byFlag[0][1] });
-      assert.deepEqual([code, stderr], [2, `${byFlag[2]}\n`], `${setting.env}=${byFlag[0][1]}`);
+      const tasks = flag === "tasks" ? [] : ["--tasks", fixtureTasks];
+      assert.deepEqual(refusal(tasks, { [setting.env]: byFlag[0][1] }), { code: 2, line: byFlag[2] }, `${setting.env}=${byFlag[0][1]}`);
     }
   });
+
   test("the README's flag table lists every flag with its variable and default, and each variable is PGBG_ and the flag's name", () => {
     const readme = readFileSync(new URL("../README.md", import.meta.url), "utf8");
     const rows = [...readme.matchAll(/^\| `--([a-z-]+)`(?: \/ `--no-[a-z-]+`)? \| `([A-Z_]+)` \| ([^|]+) \|/gm)];
     const plain = (text: string) => text.replace(/[`()]/g, "").trim();
-    assert.deepEqual(rows.map((r) => r[1]), Object.keys(serveSettings), "the same flags, in --help order");
+    assert.deepEqual(rows.map((r) => r[1]), Object.keys(serveArgs.flags), "the same flags, in --help order");
     for (const [, flag, env, shown] of rows) {
-      const setting = serveSettings[flag];
+      const setting = serveArgs.flags[flag as keyof typeof serveArgs.flags];
       assert.equal(env, setting.env, `--${flag}'s variable`);
       assert.equal(env, flag === "database-url" ? "DATABASE_URL" : `PGBG_${flag.toUpperCase().replaceAll("-", "_")}`);
       assert.equal(plain(shown), plain(setting.shown), `--${flag}'s default`);
     }
   });
-  for (const [args, env, line] of cases) {
-    test(`exits 2 with one line for ${[...args, ...Object.entries(env).map(([k, v]) => `${k}=${v}`)].join(" ")}`, () => {
-      // A case about --tasks gives its own; a good one beside it would hide the bad one.
-      const tasks = args.includes("--tasks") ? [] : ["--tasks", fixtureTasks];
-      const { code, stderr } = pgbg(["serve", ...tasks, ...args], env);
-      assert.equal(code, 2, stderr);
-      assert.equal(stderr, `${line}\n`);
-      assert.ok(!stderr.includes("hunter2") && !stderr.includes("s3cret-pw"), "no password in the output");
+
+  test("a flag wins over its variable, which wins over the default; an empty variable is unset", () => {
+    const config = (args: string[], env: Env = {}, isTTY = false) => parseServeArgs(["--tasks", fixtureTasks, ...args], env, isTTY);
+    assert.deepEqual(config([]), {
+      databaseUrl: undefined, schema: "pgbg", tasks: [fixtureTasks], workers: 2, concurrency: 10, timeout: 30_000, retryDelay: 5_000,
+      checkInterval: 1_000, idleSleep: 1_000, maxAttempts: 25, queues: null, shutdownTimeout: 30_000, compactInterval: 300_000,
+      migrate: true, logLevel: "info", logFormat: "json", metricsPort: null, metricsHost: "0.0.0.0",
     });
-  }
+    assert.equal(config([], {}, true).logFormat, "pretty", "pretty on a terminal");
+    assert.equal(config([], { PGBG_WORKERS: "8" }).workers, 8);
+    assert.equal(config(["--workers", "4"], { PGBG_WORKERS: "8" }).workers, 4);
+    assert.equal(config(["--workers=4"], { PGBG_WORKERS: "" }).workers, 4);
+    assert.equal(config([], { PGBG_WORKERS: "" }).workers, 2);
+    assert.equal(config(["--timeout", "1.5s", "--retry-delay", "0"]).timeout, 1_500);
+    assert.equal(config(["--metrics-port", "0"]).metricsPort, 0, "0: any free port");
+    assert.equal(config(["--database-url", "postgresql://u:p%40ss@db/x"]).databaseUrl, "postgresql://u:p%40ss@db/x");
+  });
+
+  test("list flags repeat or comma-separate; a switch takes --no-, =value or its variable", () => {
+    const config = (args: string[], env: Env = {}) => parseServeArgs(args, env, false);
+    assert.deepEqual(config(["--tasks", "a.ts", "--tasks", "b.ts, c.ts"]).tasks, ["a.ts", "b.ts", "c.ts"]);
+    assert.deepEqual(config([], { PGBG_TASKS: "a.ts,b.ts", PGBG_QUEUES: "mail,default" }).queues, ["mail", "default"]);
+    assert.equal(config(["--tasks", "a.ts", "--no-migrate"]).migrate, false);
+    assert.equal(config(["--tasks", "a.ts", "--migrate=no"]).migrate, false);
+    assert.equal(config(["--tasks", "a.ts"], { PGBG_MIGRATE: "off" }).migrate, false);
+    assert.equal(config(["--tasks", "a.ts", "--migrate"], { PGBG_MIGRATE: "false" }).migrate, true);
+    assert.deepEqual(refusal(["--tasks", "a.ts", "--migrate", "--no-migrate"]), { code: 2, line: "pgbg: --migrate (PGBG_MIGRATE) is given twice; give it once" });
+    assert.deepEqual(refusal(["--tasks", "--workers", "2"]), { code: 2, line: "pgbg: --tasks (PGBG_TASKS) needs a value" });
+    assert.deepEqual(refusal(["--tasks", "a.ts", "-w", "2"]), {
+      code: 2, line: `pgbg: unexpected argument "-w": pgbg serve takes only --flags (see pgbg serve --help)`,
+    });
+    assert.deepEqual(refusal(["--tasks", "a.ts", "--constructor", "x"]), { code: 2, line: "pgbg: unknown flag --constructor (see pgbg serve --help)" });
+  });
 
   test("--compact-interval takes a duration, or 0 or off to turn compaction off", () => {
-    const interval = (flags: Record<string, string>, env: Record<string, string> = {}) =>
-      resolveServeConfig({ tasks: fixtureTasks, ...flags }, env, false).compactInterval;
-    assert.equal(interval({}), 300_000, "default 5m");
-    assert.equal(interval({ "compact-interval": "10s" }), 10_000);
-    assert.equal(interval({ "compact-interval": "off" }), 0);
-    assert.equal(interval({ "compact-interval": "0" }), 0);
-    assert.equal(interval({}, { PGBG_COMPACT_INTERVAL: "OFF" }), 0);
-    assert.equal(interval({ "compact-interval": "1m" }, { PGBG_COMPACT_INTERVAL: "off" }), 60_000, "the flag wins over its variable");
+    const interval = (args: string[], env: Env = {}) => parseServeArgs(["--tasks", fixtureTasks, ...args], env, false).compactInterval;
+    assert.equal(interval([]), 300_000, "default 5m");
+    assert.equal(interval(["--compact-interval", "10s"]), 10_000);
+    assert.equal(interval(["--compact-interval", "off"]), 0);
+    assert.equal(interval(["--compact-interval", "0"]), 0);
+    assert.equal(interval([], { PGBG_COMPACT_INTERVAL: "OFF" }), 0);
+    assert.equal(interval(["--compact-interval", "1m"], { PGBG_COMPACT_INTERVAL: "off" }), 60_000, "the flag wins over its variable");
   });
 
   test("--tasks is required", () => {
-    const { code, stderr } = pgbg(["serve"]);
-    assert.equal(code, 2);
-    assert.match(stderr.trim(), /^pgbg: --tasks \(PGBG_TASKS\) is required/);
+    const got = refusal([]);
+    assert.ok(got);
+    assert.equal(got.code, 2);
+    assert.match(got.line, /^pgbg: --tasks \(PGBG_TASKS\) is required/);
+  });
+});
+
+describe("every command's arguments", () => {
+  const operators = Object.keys(commandArgs).filter((c) => c !== "serve") as (keyof typeof commandArgs)[];
+
+  test("every command refuses an unknown flag, a repeated one, one without its value and a stray argument in the same words", () => {
+    for (const command of Object.keys(commandArgs) as (keyof typeof commandArgs)[]) {
+      const pgbgCommand = `pgbg ${command}`;
+      // What each command needs besides the flags under test.
+      const needs: Partial<Record<keyof typeof commandArgs, string[]>> = {
+        serve: ["--tasks", fixtureTasks], retry: ["5"], cancel: ["5"], enqueue: ["work", "{}", "--tasks", fixtureTasks],
+      };
+      const refused = (args: string[]) => commandRefusal(command, [...needs[command] ?? [], ...args], { PGBG_DASHBOARD_TOKEN: "a-token-of-16-chars" });
+      assert.deepEqual(refused(["--bogus"]), { code: 2, line: `pgbg: unknown flag --bogus (see ${pgbgCommand} --help)` });
+      assert.deepEqual(refused(["--schema", "a", "--schema=b"]), { code: 2, line: "pgbg: --schema (PGBG_SCHEMA) is given twice; give it once" });
+      assert.deepEqual(refused(["--schema"]), { code: 2, line: "pgbg: --schema (PGBG_SCHEMA) needs a value" });
+      assert.deepEqual(refused(["--schema", ""]), { code: 2, line: "pgbg: --schema (PGBG_SCHEMA) needs a value" });
+      assert.equal(refused(["--database-url", "mysql://root:hunter2@db/x"])?.line, "pgbg: --database-url (DATABASE_URL) must be a postgres:// or postgresql:// URL, with special characters in the user name and password %-encoded");
+      const stray = refused(["--", "x"])?.line;
+      assert.ok(stray?.startsWith(`pgbg: unexpected argument "--"`) && stray.endsWith(`(see ${pgbgCommand} --help)`), stray);
+      assert.equal(refused([]), undefined, `${pgbgCommand} with its defaults`);
+    }
+  });
+
+  test("each operators' flag's help says its default, or that it is required", () => {
+    for (const command of operators) {
+      const help = cittyArgs(commandArgs[command]);
+      for (const [name, flag] of Object.entries(commandArgs[command].flags)) {
+        const described = (help[name] as { description: string }).description;
+        const env = flag.env ? ` [env ${flag.env}]` : "";
+        assert.ok(described.endsWith(`${env} ${flag.required === undefined ? `(default: ${flag.shown})` : "(required)"}`), `${command} --${name}: ${described}`);
+      }
+    }
+  });
+
+  test("the README's table of the operators' flags lists every flag of every command with its variable and default", () => {
+    const readme = readFileSync(new URL("../README.md", import.meta.url), "utf8");
+    const section = readme.slice(readme.indexOf("| command | flag | variable | default |"));
+    const rows = [...section.slice(0, section.indexOf("\n\n")).matchAll(/^\| (all|`[a-z]+`) \| ([^|]+) \|([^|]*)\| ([^|]+) \|$/gm)];
+    const cells = (cell: string) => cell.split("/").map((c) => c.replace(/[`()]/g, "").trim());
+    const documented = new Set<string>();
+    for (const [, command, flagCell, envCell, shownCell] of rows) {
+      const names = flagCell.split(" / ").map((f) => /`--([a-z-]+)`/.exec(f)![1]);
+      const envs = envCell.trim() ? cells(envCell) : [];
+      const shown = cells(shownCell);
+      for (const [i, name] of names.entries()) {
+        for (const c of command === "all" ? operators : [command.replaceAll("`", "") as keyof typeof commandArgs]) {
+          const flag = (commandArgs[c].flags as Record<string, { env?: string; shown: string }>)[name];
+          assert.ok(flag, `pgbg ${c} --${name} exists`);
+          assert.equal(envs[i] || undefined, flag.env, `pgbg ${c} --${name}'s variable`);
+          assert.ok(shown[i].startsWith(flag.shown), `pgbg ${c} --${name}'s default: README ${shown[i]}, --help ${flag.shown}`);
+          documented.add(`${c} --${name}`);
+        }
+      }
+    }
+    for (const command of operators) {
+      for (const name of Object.keys(commandArgs[command].flags)) assert.ok(documented.has(`${command} --${name}`), `the README documents pgbg ${command} --${name}`);
+    }
+  });
+});
+
+describe("the real binary", { concurrency: true }, () => {
+  test("--help documents every flag of pgbg serve with its default and variable", async () => {
+    const { code, stdout, stderr } = await pgbg(["serve", "--help"]);
+    assert.equal(code, 0, stderr);
+    const help = cittyArgs(serveArgs);
+    for (const flag of Object.keys(serveArgs.flags)) {
+      assert.match(stdout, new RegExp(`--${flag}\\b`), `--help lists --${flag}`);
+      assert.ok(stdout.includes((help[flag] as { description: string }).description), `--help describes --${flag} with its variable and default`);
+    }
+    assert.match(stdout, /--no-migrate/);
+  });
+
+  test("a bad value prints its one line on stderr, without the password, and exits 2", async () => {
+    const { code, stdout, stderr } = await pgbg(["serve", "--tasks", fixtureTasks, "--database-url", "postgres://someone:hunter2@db:notaport/x"]);
+    assert.deepEqual([code, stdout, stderr], [2, "", `${refusal(["--tasks", fixtureTasks, "--database-url", "postgres://someone:hunter2@db:notaport/x"])!.line}\n`]);
+    assert.ok(!stderr.includes("hunter2"));
   });
 
   test("a wrong password or an unknown role exits 1 with a clear line that does not show the password", async () => {
@@ -177,44 +326,46 @@ describe("pgbg serve flags", () => {
       : `pgbg: role "pgbg_no_such_role" does not exist`;
     if (!checksPasswords) url.username = "pgbg_no_such_role";
     url.password = "s3cret-pw";
-    const { code, stderr } = pgbg(["serve", "--tasks", fixtureTasks, "--log-format", "json"], { DATABASE_URL: url.toString() });
+    const { code, stderr } = await pgbg(["serve", "--tasks", fixtureTasks, "--log-format", "json"], { DATABASE_URL: url.toString() });
     assert.equal(code, 1, stderr);
     assert.equal(stderr.trim().split("\n").at(-1), expected);
     assert.ok(!stderr.includes("s3cret-pw"), "no password in the output");
   });
 
-  test("a database that does not exist exits 1 naming it, without the password", () => {
+  test("a database that does not exist exits 1 naming it, without the password", async () => {
     const url = new URL(process.env.DATABASE_URL!);
     url.pathname = "/pgbg_no_such_database";
-    const { code, stderr } = pgbg(["serve", "--tasks", fixtureTasks, "--log-format", "json"], { DATABASE_URL: url.toString() });
+    const { code, stderr } = await pgbg(["serve", "--tasks", fixtureTasks, "--log-format", "json"], { DATABASE_URL: url.toString() });
     assert.equal(code, 1, stderr);
     assert.equal(stderr.trim().split("\n").at(-1), `pgbg: database "pgbg_no_such_database" does not exist`);
     if (url.password) assert.ok(!stderr.includes(url.password), "no password in the output");
   });
-});
 
-describe("pgbg migrate", () => {
-  test("migrates, reports the status, and exits 2 on a bad schema name", () => {
+  test("pgbg migrate migrates and reports the status; a bad schema name exits 2", async () => {
     const url = process.env.DATABASE_URL!;
     const schema = `cli_${process.pid}`;
-    const first = pgbg(["migrate", "--schema", schema], { DATABASE_URL: url });
-    assert.equal(first.code, 0, first.stderr);
-    assert.match(first.stdout, new RegExp(`schema ${schema} migrated from version 0 to \\d+`));
-    const status = pgbg(["migrate", "--schema", schema, "--status"], { DATABASE_URL: url });
-    assert.equal(status.code, 0, status.stderr);
-    assert.match(status.stdout, /applied version (\d+), available \1/);
-    const json = pgbg(["migrate", "--schema", schema, "--status", "--json"], { DATABASE_URL: url });
-    const available = Number(/available (\d+)/.exec(status.stdout)![1]);
-    assert.deepEqual([json.code, JSON.parse(json.stdout)], [0, { schema, applied: available, available }]);
-    const again = pgbg(["migrate", "--schema", schema, "--json"], { DATABASE_URL: url });
-    assert.deepEqual([again.code, JSON.parse(again.stdout)], [0, { schema, from: available, to: available }]);
-    const bad = pgbg(["migrate", "--schema", "Nope!"], { DATABASE_URL: url });
-    assert.equal(bad.code, 2);
-    assert.match(bad.stderr.trim(), /^pgbg: invalid schema name "Nope!"/);
-    // Clean up the schema this test made on the shared server.
-    const drop = spawnSync(process.execPath, ["--import", "tsx", "-e",
-      `import postgres from "postgres"; const s = postgres(process.env.DATABASE_URL, { onnotice() {} }); await s.unsafe('DROP SCHEMA "${schema}" CASCADE'); await s.end();`,
-    ], { env: { ...process.env, DATABASE_URL: url }, encoding: "utf8" });
-    assert.equal(drop.status, 0, drop.stderr);
+    const sql = postgres(url, { max: 1, onnotice: () => {} });
+    try {
+      const first = await pgbg(["migrate", "--schema", schema], { DATABASE_URL: url });
+      assert.equal(first.code, 0, first.stderr);
+      assert.match(first.stdout, new RegExp(`schema ${schema} migrated from version 0 to \\d+`));
+      const [status, json, again] = await Promise.all([
+        pgbg(["migrate", "--schema", schema, "--status"], { DATABASE_URL: url }),
+        pgbg(["migrate", "--schema", schema, "--status", "--json"], { DATABASE_URL: url }),
+        pgbg(["migrate", "--schema", schema, "--json"], { DATABASE_URL: url }),
+      ]);
+      assert.equal(status.code, 0, status.stderr);
+      assert.match(status.stdout, /applied version (\d+), available \1/);
+      const available = Number(/available (\d+)/.exec(status.stdout)![1]);
+      assert.deepEqual([json.code, JSON.parse(json.stdout)], [0, { schema, applied: available, available }]);
+      assert.deepEqual([again.code, JSON.parse(again.stdout)], [0, { schema, from: available, to: available }]);
+      const bad = commandRefusal("migrate", ["--schema", "Nope!"], { DATABASE_URL: url });
+      assert.equal(bad?.code, 2);
+      assert.match(bad?.line ?? "", /^pgbg: invalid schema name "Nope!"/);
+    } finally {
+      // Clean up the schema this test made on the shared server.
+      await sql.unsafe(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
+      await sql.end();
+    }
   });
 });

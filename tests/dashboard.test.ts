@@ -6,6 +6,9 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { after, before, describe, test } from "node:test";
 import { type BrowserContext, chromium } from "playwright-core";
+import { parseArgs } from "../cli/args.ts";
+import { dashboardArgs } from "../cli/args-table.ts";
+import { exitCodeOf } from "../cli/exit.ts";
 import { enqueue, migrate } from "../mod.ts";
 import { alwaysFails, work } from "./fixtures/tasks.ts";
 import { createTestDatabase } from "./harness.ts";
@@ -138,18 +141,18 @@ describe("pgbg dashboard", () => {
     await page.close();
   });
 
-  test("refuses to start without a token, with a short one, or on a bad port (exit 2, one line)", async () => {
+  test("refuses to start without a token, with a short one, or on a bad port (exit 2, one line)", () => {
+    // In process, through the parser the binary runs before it connects (tests/cli.test.ts runs the binary's refusal).
     for (const [env, args, message] of [
-      [{ PGBG_DASHBOARD_TOKEN: "" }, ["--port", "0"], /--token \(PGBG_DASHBOARD_TOKEN\) is required/],
-      [{ PGBG_DASHBOARD_TOKEN: "short" }, ["--port", "0"], /at least 16 characters/],
-      [{}, ["--port", "http"], /exited with 2: pgbg: --port \(PGBG_DASHBOARD_PORT\) must be a whole number from 0 to 65535, got "http"\n$/],
-      [{}, ["--port", "70000"], /exited with 2: pgbg: --port \(PGBG_DASHBOARD_PORT\) must be a whole number from 0 to 65535, got "70000"\n$/],
-      [{}, ["--port", "0", "--host", ""], /exited with 2: pgbg: --host \(PGBG_DASHBOARD_HOST\) must be an IP address or a host name such as 127.0.0.1, got ""\n$/],
-      [{ PGBG_DASHBOARD_HOST: "not a host" }, ["--port", "0"], /exited with 2: pgbg: --host \(PGBG_DASHBOARD_HOST\) must be an IP address or a host name such as 127.0.0.1, got "not a host"\n$/],
+      [{ PGBG_DASHBOARD_TOKEN: "" }, ["--port", "0"], /^pgbg: --token \(PGBG_DASHBOARD_TOKEN\) is required/],
+      [{ PGBG_DASHBOARD_TOKEN: "short" }, ["--port", "0"], /at least 16 characters$/],
+      [{}, ["--port", "http"], /^pgbg: --port \(PGBG_DASHBOARD_PORT\) must be a whole number from 0 to 65535, got "http"$/],
+      [{}, ["--port", "70000"], /^pgbg: --port \(PGBG_DASHBOARD_PORT\) must be a whole number from 0 to 65535, got "70000"$/],
+      [{}, ["--port", "0", "--host", ""], /^pgbg: --host \(PGBG_DASHBOARD_HOST\) must be an IP address or a host name such as 127.0.0.1, got ""$/],
+      [{ PGBG_DASHBOARD_HOST: "not a host" }, ["--port", "0"], /^pgbg: --host \(PGBG_DASHBOARD_HOST\) must be an IP address or a host name such as 127.0.0.1, got "not a host"$/],
     ] as const) {
-      const error = await startDashboard(env, [...args]).then(() => assert.fail("it started"), (e: Error) => e.message);
-      assert.match(error, /exited with 2/);
-      assert.match(error, message);
+      const refused = () => parseArgs(args, dashboardArgs, { DATABASE_URL: db.url, PGBG_DASHBOARD_TOKEN: token, ...env });
+      assert.throws(refused, (error) => exitCodeOf(error) === 2 && message.test(`pgbg: ${(error as Error).message}`), `${JSON.stringify(env)} ${args.join(" ")}`);
     }
   });
 });
