@@ -12,19 +12,26 @@
  *   2. starts the installed service (`npx pgbg serve`, `bunx --bun pgbg
  *      serve`, `deno run -A npm:pgbg serve`) with a tasks module of the
  *      application, waits until every task ran, on that runtime, exactly once;
- *   3. stops it with SIGTERM and expects exit code 0.
- * One line per runtime is printed; the exit code is 1 when any failed.
+ *   3. stops it with SIGTERM and expects exit code 0;
+ *   4. runs tests/matrix-app/worker-checks.js, the in-process API from the
+ *      installed package (Deno runs it a second time importing `mod.ts` with
+ *      the repository's deno.json): `createWorker` runs five tasks, its
+ *      metrics count them, `stop()` resolves and leaves no worker row; three
+ *      `drain` calls return exactly what ran, failed and stays scheduled.
+ * One line per runtime and check is printed, with what differed from the
+ * expected values when it failed; the exit code is 1 when any failed.
  *
  * Usage: tsx tests/matrix.ts [node] [bun] [deno]
  * Uses DATABASE_URL, or starts an embedded PostgreSQL like tests/run.ts.
  */
 import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { delimiter, join } from "node:path";
 import process from "node:process";
 import { fileURLToPath, pathToFileURL } from "node:url";
+import { isDeepStrictEqual } from "node:util";
 import postgres from "postgres";
 import { startEmbeddedPostgres } from "../cli/embedded.ts";
 
@@ -107,6 +114,13 @@ function writeApp(dir: string, tarball: string): void {
   writeFileSync(join(dir, "tasks.js"), TASKS_JS);
   writeFileSync(join(dir, "tasks.ts"), TASKS_TS);
   writeFileSync(join(dir, "scenario.js"), SCENARIO_JS);
+  copyFileSync(join(repo, "tests", "matrix-app", "worker-checks.js"), join(dir, "worker-checks.js"));
+  writeFileSync(join(dir, "worker-checks-npm.js"), `import * as pgbg from "pgbg";\nimport { workerChecks } from "./worker-checks.js";\nawait workerChecks(pgbg, "matrix-npm");\n`);
+  writeFileSync(
+    join(dir, "worker-checks-source.ts"),
+    `import * as pgbg from ${JSON.stringify(pathToFileURL(join(repo, "mod.ts")).href)};\n` +
+      `// @ts-ignore: worker-checks.js is untyped\nimport { workerChecks } from "./worker-checks.js";\nawait workerChecks(pgbg, "matrix-source");\n`,
+  );
   writeFileSync(join(dir, "enqueue.js"), `import * as pgbg from "pgbg";\nimport { enqueueScenario } from "./scenario.js";\nawait enqueueScenario(pgbg, 0);\n`);
   // What a Deno user importing from JSR runs: the TypeScript sources themselves.
   writeFileSync(
@@ -157,61 +171,80 @@ function supervisorPid(output: string): number {
   throw new Error("no log line of the supervisor names its pid");
 }
 
-async function runRuntime(runtime: Runtime, app: string, serverUrl: string): Promise<Outcome> {
-  const database = `pgbg_matrix_${runtime}_${randomBytes(4).toString("hex")}`;
-  const admin = postgres(serverUrl, { max: 1, onnotice: () => {} });
-  await admin.unsafe(`CREATE DATABASE "${database}"`);
-  const url = new URL(serverUrl);
-  url.pathname = `/${database}`;
-  const env = { ...process.env, DATABASE_URL: url.href, PATH: `${bin}${delimiter}${process.env.PATH}` };
-  const sql = postgres(url.href, { max: 1, onnotice: () => {} });
+/** A running service: its process, what it printed so far, and its exit (signal name or code). */
+interface Service {
+  child: ChildProcess;
+  output: string;
+  exited: Promise<string>;
+  gone: boolean;
+}
+
+function startService(cmd: ReturnType<typeof commands>, app: string, env: NodeJS.ProcessEnv): Service {
+  // A process group of its own, so that what is left of it after the stop can be seen.
+  const child = spawn(cmd.serve[0], [...cmd.serve.slice(1), "--tasks", cmd.tasks, "--check-interval", "200ms", "--log-format", "json"], {
+    cwd: app, env, stdio: ["ignore", "pipe", "pipe"], detached: true,
+  });
+  const service: Service = {
+    child, output: "", gone: false,
+    exited: new Promise<string>((resolve) => child.on("exit", (code, signal) => resolve(signal ?? String(code)))),
+  };
+  const collect = (chunk: Buffer) => (service.output += chunk.toString());
+  child.stdout!.on("data", collect);
+  child.stderr!.on("data", collect);
+  void service.exited.then(() => (service.gone = true));
+  return service;
+}
+
+/** Runs the enqueue scripts of `runtime` (on Deno also from the sources); returns how many tasks they enqueued, and how many they should have. */
+function enqueueAll(runtime: Runtime, app: string, env: NodeJS.ProcessEnv): { enqueued: number; expected: number } {
+  const scripts = runtime === "deno" ? ["enqueue.js", "enqueue-source.ts"] : ["enqueue.js"];
+  let enqueued = 0;
+  for (const script of scripts) {
+    // From the sources with the repository's deno.json, whose import map
+    // JSR applies to them: its npm: specifiers, not the app's node_modules.
+    const command = script === "enqueue-source.ts" ? ["deno", "run", "-A", "--config", join(repo, "deno.json"), script] : commands(runtime).script(script);
+    enqueued += JSON.parse(run(command, app, env).trim().split("\n").pop()!).enqueued;
+  }
+  return { enqueued, expected: PER_SCRIPT * scripts.length };
+}
+
+/**
+ * SIGTERM to the service, as a process manager sends it. Bun's and Deno's
+ * commands are the supervisor itself. npx is not: it dies of a SIGTERM
+ * without passing it on (the README says to run node_modules/.bin/pgbg
+ * under a process manager), so Node's supervisor, named by the pid of its
+ * log lines, gets the signal, and npx must then exit with its status.
+ */
+async function stopService(runtime: Runtime, service: Service): Promise<{ code: string; leftover: boolean; stopped: boolean }> {
+  const group = service.child.pid!;
+  if (runtime === "node") process.kill(supervisorPid(service.output), "SIGTERM");
+  else service.child.kill("SIGTERM");
+  const code = await Promise.race([service.exited, new Promise<string>((r) => setTimeout(() => r("none within 60 s"), 60_000))]);
+  const leftover = await waitFor("the service's processes to end", 60_000, async () => (groupAlive(group) ? undefined : false)).catch(() => true);
+  const stopped = service.output.split("\n").some((line) => line.includes('"message":"stopped"'));
+  return { code, leftover, stopped };
+}
+
+/** The service check: enqueue from scripts, `pgbg serve` runs every task once on `runtime`, then stops cleanly on SIGTERM. */
+async function serviceCheck(runtime: Runtime, app: string, env: NodeJS.ProcessEnv): Promise<Outcome> {
+  const sql = postgres(env.DATABASE_URL!, { max: 1, onnotice: () => {} });
   const cmd = commands(runtime);
-  let service: ChildProcess | undefined;
-  let output = "";
+  let service: Service | undefined;
   try {
     const t0 = performance.now();
-    const scripts = runtime === "deno" ? ["enqueue.js", "enqueue-source.ts"] : ["enqueue.js"];
-    let enqueued = 0;
-    for (const script of scripts) {
-      // From the sources with the repository's deno.json, whose import map
-      // JSR applies to them: its npm: specifiers, not the app's node_modules.
-      const command = script === "enqueue-source.ts" ? ["deno", "run", "-A", "--config", join(repo, "deno.json"), script] : cmd.script(script);
-      enqueued += JSON.parse(run(command, app, env).trim().split("\n").pop()!).enqueued;
-    }
-    const expected = PER_SCRIPT * scripts.length;
+    const { enqueued, expected } = enqueueAll(runtime, app, env);
     if (enqueued !== expected) return { ok: false, detail: `enqueued ${enqueued} of ${expected} tasks` };
     const t1 = performance.now();
-
-    // A process group of its own, so that what is left of it after the stop can be seen.
-    service = spawn(cmd.serve[0], [...cmd.serve.slice(1), "--tasks", cmd.tasks, "--check-interval", "200ms", "--log-format", "json"], {
-      cwd: app, env, stdio: ["ignore", "pipe", "pipe"], detached: true,
-    });
-    const exited = new Promise<string>((resolve) => service!.on("exit", (code, signal) => resolve(signal ?? String(code))));
-    const collect = (chunk: Buffer) => (output += chunk.toString());
-    service.stdout!.on("data", collect);
-    service.stderr!.on("data", collect);
-    let gone = false;
-    void exited.then(() => (gone = true));
-
+    const svc = (service = startService(cmd, app, env));
     const ran = await waitFor(`${expected} tasks to run`, 120_000, async () => {
-      if (gone) throw new Error("the service exited early");
+      if (svc.gone) throw new Error("the service exited early");
       const [row] = await sql`SELECT count(*)::int AS ran, count(DISTINCT n)::int AS distinct_n, count(DISTINCT task_id)::int AS distinct_ids,
         array_agg(DISTINCT runtime) AS runtimes, (SELECT count(*)::int FROM pgbg.task) AS left
         FROM ran`;
       return row.ran >= expected && row.left === 0 ? row : undefined;
     });
     const t2 = performance.now();
-    // SIGTERM to the service, as a process manager sends it. Bun's and Deno's
-    // commands are the supervisor itself. npx is not: it dies of a SIGTERM
-    // without passing it on (the README says to run node_modules/.bin/pgbg
-    // under a process manager), so Node's supervisor, named by the pid of its
-    // log lines, gets the signal, and npx must then exit with its status.
-    const group = service.pid!;
-    if (runtime === "node") process.kill(supervisorPid(output), "SIGTERM");
-    else service.kill("SIGTERM");
-    const code = await Promise.race([exited, new Promise<string>((r) => setTimeout(() => r("none within 60 s"), 60_000))]);
-    const leftover = await waitFor("the service's processes to end", 60_000, async () => (groupAlive(group) ? undefined : false)).catch(() => true);
-    const stopped = output.split("\n").some((line) => line.includes('"message":"stopped"'));
+    const { code, leftover, stopped } = await stopService(runtime, svc);
 
     const problems: string[] = [];
     if (ran.ran !== expected || ran.distinct_n !== expected || ran.distinct_ids !== expected) problems.push(`${ran.ran} runs of ${ran.distinct_n} distinct tasks, expected ${expected} once each`);
@@ -221,13 +254,99 @@ async function runRuntime(runtime: Runtime, app: string, serverUrl: string): Pro
     if (leftover) problems.push("processes of the service were still running 60 s after SIGTERM");
     const figures = `${ran.ran}/${expected} tasks ran once on ${ran.runtimes.join(",")}; enqueue ${((t1 - t0) / 1000).toFixed(1)} s, ` +
       `drain ${((t2 - t1) / 1000).toFixed(1)} s; SIGTERM → ${cmd.serve[0]} exit ${code}, service stopped cleanly: ${stopped && !leftover}`;
-    return problems.length ? { ok: false, detail: `${problems.join("; ")} (${figures})`, output } : { ok: true, detail: figures };
+    return problems.length ? { ok: false, detail: `${problems.join("; ")} (${figures})`, output: svc.output } : { ok: true, detail: figures };
   } catch (error) {
     const e = error as Error & { stderr?: string; stdout?: string };
-    return { ok: false, detail: e.message.split("\n")[0], output: `${e.stdout ?? ""}${e.stderr ?? ""}${output}` };
+    return { ok: false, detail: e.message.split("\n")[0], output: `${e.stdout ?? ""}${e.stderr ?? ""}${service?.output ?? ""}` };
   } finally {
-    if (service?.pid && groupAlive(service.pid)) process.kill(-service.pid, "SIGKILL");
+    if (service?.child.pid && groupAlive(service.child.pid)) process.kill(-service.child.pid, "SIGKILL");
     await sql.end({ timeout: 5 });
+  }
+}
+
+// ---- the in-process API: createWorker and drain (tests/matrix-app/worker-checks.js) ----
+
+/** What createWorker must have done: five tasks run once each on the runtime, counted in the metrics, and a clean stop. */
+const workerExpected = (runtime: Runtime) => ({
+  runtime, distinctIds: 5, ran: [0, 1, 2, 3, 4], taskRowsLeft: 0, metricsHasFamily: true, completedTotal: 5,
+  workerRowsWhileRunning: 1, stopResolved: true, workerRowsAfterStop: 0, runningAfterStop: 0,
+});
+
+/** What the three drains must have returned and left. */
+const drainExpected = {
+  threeDue: { ran: 3, succeeded: 2, failed: 1, scheduled: 0 },
+  oneDelayed: { ran: 0, succeeded: 0, failed: 0, scheduled: 1 },
+  retryWithinMaxWait: { ran: 2, succeeded: 1, failed: 1, scheduled: 1 },
+  attempts: ["bad 3", "flaky 5 attempt 1", "flaky 5 attempt 2", "ok 1", "ok 2"],
+  rowsLeft: ["matrix-bad failed after 1 attempt(s)", "matrix-ok queued after 0 attempt(s)"],
+  workerRowsLeft: 0,
+};
+
+/** Each key of `expected` whose value `actual` does not hold exactly, as "key: expected …, got …". */
+function differences(expected: Record<string, unknown>, actual: Record<string, unknown>): string[] {
+  if (typeof actual.error === "string") return [`threw ${actual.error.split("\n")[0]}`];
+  return Object.entries(expected)
+    .filter(([key, want]) => !isDeepStrictEqual(actual[key], want))
+    .map(([key, want]) => `${key}: expected ${JSON.stringify(want)}, got ${JSON.stringify(actual[key]) ?? "nothing"}`);
+}
+
+/**
+ * The runs of the in-process checks on `runtime`: from the installed package;
+ * on Deno also from the sources, importing mod.ts with the repository's
+ * deno.json, as the enqueue check does.
+ */
+function workerRuns(runtime: Runtime): { label: string; argv: string[] }[] {
+  const runs = [{ label: "npm", argv: commands(runtime).script("worker-checks-npm.js") }];
+  if (runtime === "deno") runs.push({ label: "mod.ts via deno.json", argv: ["deno", "run", "-A", "--config", join(repo, "deno.json"), "worker-checks-source.ts"] });
+  return runs;
+}
+
+/** Runs one in-process run of worker-checks.js and judges what it printed: one outcome for createWorker, one for drain. */
+function workerCheck(runtime: Runtime, argv: string[], app: string, env: NodeJS.ProcessEnv): { worker: Outcome; drain: Outcome } {
+  const t0 = performance.now();
+  const result = spawnSync(argv[0], argv.slice(1), { cwd: app, env, encoding: "utf8", timeout: 120_000 });
+  const seconds = ((performance.now() - t0) / 1000).toFixed(1);
+  const last = (result.stdout ?? "").trim().split("\n").pop() ?? "";
+  let seen: { worker: Record<string, unknown>; drain: Record<string, unknown> } | undefined;
+  try {
+    seen = last.startsWith("{") ? JSON.parse(last) : undefined;
+  } catch { /* judged below */ }
+  // What the script printed besides its result: its errors and warnings.
+  const output = seen ? (result.stderr ?? "") : `${result.stdout ?? ""}${result.stderr ?? ""}`;
+  const exit = result.error ? `${result.error.message}` : result.status !== 0 ? `exit ${result.signal ?? result.status}` : "";
+  if (!seen) return { worker: { ok: false, detail: `printed no result (${exit || "exit 0"})`, output }, drain: { ok: false, detail: "not run: see above" } };
+  const judge = (problems: string[], figures: string): Outcome => {
+    if (exit) problems.push(`the script did not end well after its checks (${exit}): something was left open`);
+    return problems.length ? { ok: false, detail: `${problems.join("; ")} (${figures})`, output } : { ok: true, detail: figures };
+  };
+  const w = seen.worker;
+  const d = seen.drain;
+  return {
+    worker: judge(differences(workerExpected(runtime), w),
+      `${JSON.stringify(w.ran)} ran on ${w.runtime}; ${w.taskRowsLeft} task rows left; pgbg_tasks_completed_total ${w.completedTotal}; ` +
+        `stop() resolved in ${w.stopMs} ms, worker rows left: ${w.workerRowsAfterStop} (script ${seconds} s)`),
+    drain: judge(differences(drainExpected, d),
+      `${JSON.stringify(d.threeDue)}, then with a delayed task ${JSON.stringify(d.oneDelayed)}, ` +
+        `then a retry within maxWait ${JSON.stringify(d.retryWithinMaxWait)} in ${d.retryMs} ms`),
+  };
+}
+
+/** Every check of one runtime, against a database of its own; labelled outcomes in order. */
+async function runRuntime(runtime: Runtime, app: string, serverUrl: string): Promise<[string, Outcome][]> {
+  const database = `pgbg_matrix_${runtime}_${randomBytes(4).toString("hex")}`;
+  const admin = postgres(serverUrl, { max: 1, onnotice: () => {} });
+  await admin.unsafe(`CREATE DATABASE "${database}"`);
+  const url = new URL(serverUrl);
+  url.pathname = `/${database}`;
+  const env = { ...process.env, DATABASE_URL: url.href, PATH: `${bin}${delimiter}${process.env.PATH}` };
+  try {
+    const outcomes: [string, Outcome][] = [["service", await serviceCheck(runtime, app, env)]];
+    for (const { label, argv } of workerRuns(runtime)) {
+      const { worker, drain } = workerCheck(runtime, argv, app, env);
+      outcomes.push([`createWorker (${label})`, worker], [`drain (${label})`, drain]);
+    }
+    return outcomes;
+  } finally {
     await admin.unsafe(`DROP DATABASE IF EXISTS "${database}" WITH (FORCE)`);
     await admin.end();
   }
@@ -285,11 +404,12 @@ try {
   writeApp(app, tarball);
   run(["npm", "install", "--no-audit", "--no-fund", "--prefer-offline"], app, process.env);
   for (const runtime of runtimes) {
-    const outcome = await runRuntime(runtime, app, serverUrl);
-    console.log(`${runtime.padEnd(5)} ${outcome.ok ? "ok  " : "FAIL"} ${outcome.detail}`);
-    if (!outcome.ok) {
-      failed = true;
-      if (outcome.output) console.log(outcome.output.split("\n").slice(-30).map((l) => `      ${l}`).join("\n"));
+    for (const [check, outcome] of await runRuntime(runtime, app, serverUrl)) {
+      console.log(`${runtime.padEnd(5)} ${outcome.ok ? "ok  " : "FAIL"} ${check}: ${outcome.detail}`);
+      if (!outcome.ok) {
+        failed = true;
+        if (outcome.output) console.log(outcome.output.split("\n").slice(-30).map((l) => `      ${l}`).join("\n"));
+      }
     }
   }
 } finally {
