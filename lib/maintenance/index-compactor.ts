@@ -13,7 +13,7 @@
  * @module
  */
 import type { Sql } from "postgres";
-import { type CompactResult, compactIndexes } from "../compact.ts";
+import { type CompactOptions, type CompactResult, compactIndexes } from "../compact.ts";
 import { formatBytes } from "../format.ts";
 import type { Logger } from "../log.ts";
 import type { MaintenanceService } from "../maintenance.ts";
@@ -30,6 +30,8 @@ export class IndexCompactor implements MaintenanceService {
     private readonly schema: string,
     interval: number,
     private readonly log: Logger,
+    /** Bloat thresholds other than the defaults (lib/config.ts). */
+    private readonly limits: Pick<CompactOptions, "minIndexBytes" | "bytesPerLiveRow" | "bloatFactor"> = {},
   ) {
     this.#interval = interval;
     this.firstAfter = Math.min(interval, 60_000);
@@ -42,7 +44,7 @@ export class IndexCompactor implements MaintenanceService {
 
   /** Compacts when bloated, and reports what it did. */
   async runOnce(): Promise<void> {
-    this.#report(await compactIndexes(this.sql, { schema: this.schema }));
+    this.#report(await compactIndexes(this.sql, { ...this.limits, schema: this.schema }));
   }
 
   #report(r: CompactResult): void {

@@ -1,0 +1,217 @@
+/**
+ * The maintenance duties, each tested as River tests its rescuer: rows are
+ * written straight into the tables in the state a crash leaves behind, with
+ * old timestamps, and the duty's `runOnce()` is called. No process dies
+ * here; tests/service-faults.test.ts and the chaos suite kill real ones.
+ */
+import assert from "node:assert/strict";
+import { randomUUID } from "node:crypto";
+import { describe, test } from "node:test";
+import postgres from "postgres";
+import type { Logger } from "../lib/log.ts";
+import { Maintenance, type MaintenanceService } from "../lib/maintenance.ts";
+import { CancelSweeper } from "../lib/maintenance/cancel-sweeper.ts";
+import { CountPruner } from "../lib/maintenance/count-pruner.ts";
+import { DeadWorkerReleaser } from "../lib/maintenance/dead-worker-releaser.ts";
+import { IndexCompactor } from "../lib/maintenance/index-compactor.ts";
+import { LeaseRescuer } from "../lib/maintenance/lease-rescuer.ts";
+import { WorkerReaper } from "../lib/maintenance/worker-reaper.ts";
+import { migrate } from "../mod.ts";
+import { createTestDatabase } from "./harness.ts";
+
+const db = await createTestDatabase();
+const { sql } = db;
+await migrate(sql);
+
+/** A logger that keeps its lines, for the duties' reports. */
+function recorder(): Logger & { lines: string[] } {
+  const lines: string[] = [];
+  const keep = (message: string) => void lines.push(message);
+  return { lines, debug: keep, info: keep, warn: keep, error: keep };
+}
+
+/** A worker's row: `heartbeatAgoMs` since its last heartbeat, with its own stale time. */
+async function workerRow(host: string, heartbeatAgoMs = 0, staleAfterMs = 20_000): Promise<string> {
+  const id = randomUUID();
+  await sql`INSERT INTO pgbg.worker (id, supervisor_id, pid, concurrency, hostname, runtime, tasks, stale_after_ms, heartbeat_at)
+    VALUES (${id}, ${host}, 1, 1, 'test', 'node', '{t}', ${staleAfterMs}, now() - ${heartbeatAgoMs} * interval '1 ms')`;
+  return id;
+}
+
+/** A task as its worker's crash left it: running, leased to `workerId` until `leaseEndsInMs` from now (negative: expired). */
+async function runningTask(workerId: string, leaseEndsInMs: number, attempts = 1, maxAttempts: number | null = null): Promise<string> {
+  const [{ id }] = await sql`INSERT INTO pgbg.task (state, worker_id, lease_expires_at, attempts, max_attempts, lease_token, queue, name, payload)
+    VALUES ('running', ${workerId}, now() + ${leaseEndsInMs} * interval '1 ms', ${attempts}, ${maxAttempts}, ${attempts}, 'default', 't', '{}')
+    RETURNING id::text`;
+  return id as string;
+}
+
+const taskRow = async (id: string) =>
+  (await sql`SELECT state::text, attempts, worker_id, last_error->>'name' AS error FROM pgbg.task WHERE id = ${id}`)[0];
+
+async function clean(): Promise<void> {
+  await sql`DELETE FROM pgbg.task`;
+  await sql`DELETE FROM pgbg.worker`;
+  await sql`DELETE FROM pgbg.task_count`;
+}
+
+describe("the lease rescuer", () => {
+  test("queues tasks whose lease expired, counted, fails those out of attempts, and leaves live leases alone", async () => {
+    await clean();
+    const dead = randomUUID();
+    const expired = await runningTask(dead, -1_000, 1);
+    const lastAttempt = await runningTask(dead, -1_000, 3, 3);
+    const live = await runningTask(dead, 60_000, 1);
+    const rescued = await new LeaseRescuer(sql, "pgbg", 25, 1_000, recorder()).rescue();
+    assert.deepEqual(rescued.map((t) => [t.id, t.state]).sort(), [[expired, "queued"], [lastAttempt, "failed"]].sort());
+    assert.deepEqual(await taskRow(expired), { state: "queued", attempts: 1, worker_id: null, error: "LeaseExpired" });
+    assert.deepEqual(await taskRow(lastAttempt), { state: "failed", attempts: 3, worker_id: null, error: "LeaseExpired" });
+    assert.equal((await taskRow(live)).state, "running");
+    assert.deepEqual(await new LeaseRescuer(sql, "pgbg", 25, 1_000, recorder()).rescue(), [], "a second run finds nothing");
+  });
+});
+
+describe("the worker reaper", () => {
+  test("reaps other hosts' workers past their own stale time, once it has reached the database that long, never its own", async () => {
+    await clean();
+    const me = randomUUID();
+    const other = randomUUID();
+    const stale = await workerRow(other, 5_000, 100);
+    const fresh = await workerRow(other, 0, 600_000);
+    const own = await workerRow(me, 5_000, 100);
+    const staleTask = await runningTask(stale, 60_000);
+    const ownTask = await runningTask(own, 60_000);
+    const reaper = new WorkerReaper(sql, "pgbg", { hostId: me, maxAttempts: 25, staleAfter: 20_000, interval: 1_000 }, recorder());
+    assert.deepEqual(await reaper.reap(), [], "just started: it has not reached the database for 100 ms yet");
+    // The reach is measured on the clock; this waits until it covers the stale time.
+    await new Promise((r) => setTimeout(r, 150));
+    assert.deepEqual((await reaper.reap()).map((t) => t.id), [staleTask]);
+    assert.deepEqual(await taskRow(staleTask), { state: "queued", attempts: 1, worker_id: null, error: "WorkerLost" });
+    assert.equal((await taskRow(ownTask)).state, "running", "its own worker's task");
+    const left = (await sql`SELECT id FROM pgbg.worker ORDER BY id`).map((r) => r.id);
+    assert.deepEqual(left, [fresh, own].sort());
+  });
+
+  test("after a failed run it judges nobody until it has reached the database for a stale time again", async () => {
+    await clean();
+    const stale = await workerRow(randomUUID(), 5_000, 100);
+    const task = await runningTask(stale, 60_000);
+    const broken = postgres(db.url, { max: 1, onnotice: () => {} });
+    const reaper = new WorkerReaper(broken, "pgbg", { hostId: randomUUID(), maxAttempts: 25, staleAfter: 20_000, interval: 1_000 }, recorder());
+    await new Promise((r) => setTimeout(r, 150));
+    await broken.end();
+    await assert.rejects(reaper.reap(), "the closed client fails the run");
+    Object.assign(reaper, { db: sql }); // the same reaper, its database back
+    assert.deepEqual(await reaper.reap(), [], "its reach starts again at the first run that got through");
+    assert.equal((await taskRow(task)).state, "running");
+    await new Promise((r) => setTimeout(r, 150));
+    assert.deepEqual((await reaper.reap()).map((t) => t.id), [task]);
+  });
+});
+
+describe("the dead-worker releaser", () => {
+  test("releases a dead worker's tasks counted, hands back uncounted those of a worker that lost the database, and removes both rows", async () => {
+    await clean();
+    const host = randomUUID();
+    const crashed = await workerRow(host);
+    const cutOff = await workerRow(host);
+    const crashedTask = await runningTask(crashed, 60_000, 2);
+    const cutOffTask = await runningTask(cutOff, 60_000, 2);
+    const releaser = new DeadWorkerReleaser(sql, "pgbg", 25, 1_000, recorder());
+    releaser.add(crashed, true);
+    releaser.add(cutOff, false);
+    releaser.add(cutOff, true); // a later mark does not change the first
+    await releaser.runOnce();
+    assert.deepEqual(await taskRow(crashedTask), { state: "queued", attempts: 2, worker_id: null, error: "WorkerDied" });
+    assert.deepEqual(await taskRow(cutOffTask), { state: "queued", attempts: 1, worker_id: null, error: null });
+    assert.equal((await sql`SELECT count(*)::int AS n FROM pgbg.worker`)[0].n, 0);
+    assert.equal(releaser.pending, 0);
+  });
+
+  test("keeps the dead workers for its next run when the database cannot be reached", async () => {
+    await clean();
+    const dead = await workerRow(randomUUID());
+    const task = await runningTask(dead, 60_000);
+    const broken = postgres(db.url, { max: 1, onnotice: () => {} });
+    await broken.end();
+    const releaser = new DeadWorkerReleaser(broken, "pgbg", 25, 1_000, recorder());
+    releaser.add(dead, true);
+    await assert.rejects(releaser.runOnce());
+    assert.equal(releaser.pending, 1);
+    Object.assign(releaser, { db: sql });
+    await releaser.runOnce();
+    assert.equal((await taskRow(task)).state, "queued");
+    assert.equal(releaser.pending, 0);
+  });
+});
+
+describe("the cancel sweeper", () => {
+  test("deletes cancelled tasks that left running before their worker could, and leaves running ones to their worker", async () => {
+    await clean();
+    const [{ id: left }] = await sql`INSERT INTO pgbg.task (queue, name, payload, cancel_requested_at) VALUES ('default', 't', '{}', now()) RETURNING id::text`;
+    const running = await runningTask(randomUUID(), 60_000);
+    await sql`UPDATE pgbg.task SET cancel_requested_at = now() WHERE id = ${running}`;
+    const log = recorder();
+    await new CancelSweeper(sql, "pgbg", 1_000, log).runOnce();
+    assert.equal(await taskRow(left), undefined);
+    assert.equal((await taskRow(running)).state, "running");
+    assert.deepEqual(log.lines, ["deleted 1 cancelled task(s) whose attempt had ended"]);
+  });
+});
+
+describe("the count pruner", () => {
+  test("drops outcome counts older than an hour and keeps the rest", async () => {
+    await clean();
+    await sql`INSERT INTO pgbg.task_count (period, queue, name, completed) VALUES
+      (now() - interval '61 minutes', 'default', 't', 1), (now() - interval '59 minutes', 'default', 't', 2)`;
+    await new CountPruner(sql, "pgbg", 60_000).runOnce();
+    assert.deepEqual((await sql`SELECT completed::int FROM pgbg.task_count`).map((r) => r.completed), [2]);
+  });
+});
+
+describe("the index compactor", () => {
+  test("rebuilds the indexes when they are over its thresholds, and says so", async () => {
+    await clean();
+    const log = recorder();
+    await new IndexCompactor(sql, "pgbg", 60_000, log, { minIndexBytes: 0, bytesPerLiveRow: 0 }).runOnce();
+    assert.match(log.lines.join("\n"), /^compacted the task table's indexes: /m);
+  });
+
+  test("stops for good, saying why once, when the role does not own the table", async () => {
+    const role = `pgbg_maint_${randomUUID().slice(0, 8)}`;
+    await sql.unsafe(`CREATE ROLE "${role}" LOGIN`);
+    await sql.unsafe(`GRANT USAGE ON SCHEMA pgbg TO "${role}"; GRANT SELECT ON ALL TABLES IN SCHEMA pgbg TO "${role}"`);
+    const url = new URL(db.url);
+    url.username = role;
+    const asRole = postgres(url.toString(), { max: 2, onnotice: () => {} });
+    try {
+      const log = recorder();
+      const compactor = new IndexCompactor(asRole, "pgbg", 60_000, log, { minIndexBytes: 0, bytesPerLiveRow: 0 });
+      await compactor.runOnce();
+      assert.equal(compactor.interval, 0, "not again");
+      assert.match(log.lines.join("\n"), /cannot compact the task table's indexes .* Not trying again\./);
+    } finally {
+      await asRole.end();
+      await sql.unsafe(`DROP OWNED BY "${role}"; DROP ROLE "${role}"`);
+    }
+  });
+});
+
+describe("the maintenance runner", () => {
+  test("runs each service on its own timer: one that fails or hangs holds back no other", async () => {
+    let quick = 0;
+    let resolve = () => {};
+    const ranTwice = new Promise<void>((r) => (resolve = r));
+    const services: MaintenanceService[] = [
+      { name: "failing", interval: 5, runOnce: () => Promise.reject(new Error("down")) },
+      { name: "hanging", interval: 5, runOnce: () => new Promise(() => {}) },
+      { name: "quick", interval: 5, firstAfter: 0, runOnce: async () => void (++quick === 2 && resolve()) },
+    ];
+    const log = recorder();
+    const maintenance = new Maintenance(services, log);
+    maintenance.start();
+    await ranTwice;
+    assert.equal(await maintenance.stop(50), false, "the hanging run is still in flight");
+    assert.ok(log.lines.includes("failing failed; will retry"));
+  });
+});
