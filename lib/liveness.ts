@@ -40,8 +40,16 @@ export interface Liveness {
  */
 const SELF_STOP_SHARE = 0.4;
 
-/** The share of its stale time a sent heartbeat gets to come back (see {@link Liveness.replyAllowance}). */
-const REPLY_SHARE = 0.1;
+/**
+ * The share of its stale time a sent heartbeat gets to come back (see
+ * {@link Liveness.replyAllowance}). A quarter: after a block near the kill
+ * silence, the worker's own event loop has a backlog to work through before
+ * it even reads the reply, and on a loaded 2-core machine a tenth (2 s) was
+ * too little (the worker stopped itself beside a reachable server). A cut-off
+ * worker still stops before it may be reaped: kill silence (half) plus a
+ * quarter plus a tick is under the stale time.
+ */
+const REPLY_SHARE = 0.25;
 
 /** Safety margin of a lease over the longest a worker can hold a task. */
 export const LEASE_MARGIN = 5_000;

@@ -27,7 +27,7 @@ describe("heartbeats and leases", () => {
       await blocker`BEGIN`;
       await blocker`SELECT 1 FROM pgbg.worker WHERE pid = ${first.pid} FOR UPDATE`;
       await service.waitForLog((l) =>
-        /^this worker stops at once, aborting its 1 running task\(s\): its heartbeat has not succeeded for \d+ ms \(other supervisors may take it for dead after 20000 ms\)$/
+        /^this worker stops at once: its heartbeat has not succeeded for \d+ ms \(other hosts may take it for dead after 20000 ms\)\. Its 1 running attempt\(s\) are aborted/
           .test(l.message) && l.pid === first.pid, patience);
       await service.waitForLog((l) => /^worker 1 exited with code 5: lost: its heartbeat has not succeeded/.test(l.message), patience);
       assert.throws(() => process.kill(first.pid, 0), { code: "ESRCH" }, "the worker process is gone while its row is still locked");

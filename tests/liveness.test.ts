@@ -55,7 +55,7 @@ describe("liveness timings", () => {
 
   test("the default check interval gives the documented timings", () => {
     assert.deepEqual(liveness(1_000), {
-      heartbeatInterval: 1_000, killSilence: 10_000, killWithin: 11_000, readyWithin: 60_000, staleAfter: 20_000, selfStopAfter: 8_000, replyAllowance: 2_000,
+      heartbeatInterval: 1_000, killSilence: 10_000, killWithin: 11_000, readyWithin: 60_000, staleAfter: 20_000, selfStopAfter: 8_000, replyAllowance: 5_000,
     });
   });
 

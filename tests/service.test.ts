@@ -64,9 +64,12 @@ describe("pgbg serve", () => {
     await until(() => remaining([...order, delayed]), (n) => n === 0, 30_000, "all tasks to finish");
     await stopService(service);
     const runs = await executions([...order, delayed]);
-    assert.deepEqual(runs.slice(0, 4).map((r) => r.task_id), [order[1], order[2], order[0], order[3]]);
-    assert.equal(runs[4].task_id, delayed, "the delayed task ran last although its priority is highest");
-    assert.ok(runs[4].started_at >= runAt, `the delayed task started at ${runs[4].started_at.toISOString()}, before its run_at ${runAt.toISOString()}`);
+    // The delayed task may run anywhere once due (on a busy machine the four
+    // can take longer than its delay): what it must not do is start early.
+    assert.deepEqual(runs.filter((r) => r.task_id !== delayed).map((r) => r.task_id), [order[1], order[2], order[0], order[3]]);
+    const late = runs.find((r) => r.task_id === delayed)!;
+    assert.ok(late.started_at >= runAt, `the delayed task started at ${late.started_at.toISOString()}, before its run_at ${runAt.toISOString()}`);
+    assert.ok(runs[0].task_id !== delayed, "the delayed task, of the highest priority, did not run first: it was not due");
   });
 
   test("an idle worker starts a new task on NOTIFY, long before its idle sleep ends", async () => {
