@@ -69,7 +69,6 @@ describe("pgbg serve", () => {
     assert.deepEqual(runs.filter((r) => r.task_id !== delayed).map((r) => r.task_id), [order[1], order[2], order[0], order[3]]);
     const late = runs.find((r) => r.task_id === delayed)!;
     assert.ok(late.started_at >= runAt, `the delayed task started at ${late.started_at.toISOString()}, before its run_at ${runAt.toISOString()}`);
-    assert.ok(runs[0].task_id !== delayed, "the delayed task, of the highest priority, did not run first: it was not due");
   });
 
   test("an idle worker starts a new task on NOTIFY, long before its idle sleep ends", async () => {
