@@ -82,7 +82,9 @@ CROSS JOIN LATERAL (
 -- key lookup per task), so the cost is the batch's whatever the statistics
 -- say. The fence is id, token and lease rechecked on the row written: a
 -- task taken over while this waited for its lock is met in its new version,
--- whose token differs. (Why not a join: bench/RESULTS.md, "write-backs".)
+-- whose token differs. The lease holder stands for state = 'running'
+-- (task_running_has_lease), so that no partial index fits. Why not a join:
+-- bench/RESULTS.md, items 4 and 14.
 DELETE FROM pgbg.task t
 USING unnest($1::bigint[], $2::integer[]) AS c (id, token)
 WHERE t.ctid = ANY (ARRAY(
@@ -218,7 +220,7 @@ ON CONFLICT (period, queue, name) DO UPDATE SET
 -- Cancelled tasks that left `running` before their worker deleted them
 -- (failed or handed back first, or their worker died), up to 1,000 per run.
 -- Reads task_cancel_idx in its order, which a LIMIT keeps cheap whatever
--- the planner estimates for `IS NOT NULL` (bench/RESULTS.md, "cancels").
+-- the planner estimates for `IS NOT NULL` (bench/RESULTS.md, item 11).
 DELETE FROM pgbg.task
 WHERE ctid = ANY (ARRAY(
   SELECT ctid FROM pgbg.task
