@@ -60,7 +60,7 @@ export interface PoolOptions {
 
 /** N worker subprocesses, kept alive until stopped. */
 export class WorkerPool {
-  readonly #o: PoolOptions;
+  readonly #options: PoolOptions;
   readonly #slots: Slot[];
   readonly #script = workerModule(import.meta.url);
   /** Every worker this pool started: at the end, those not known dead are released too. */
@@ -71,7 +71,7 @@ export class WorkerPool {
   readonly done = new Promise<void>((r) => (this.#resolveDone = r));
 
   constructor(options: PoolOptions) {
-    this.#o = options;
+    this.#options = options;
     this.#slots = Array.from({ length: options.config.workers }, (_, i) => ({ index: i + 1, lastSeen: 0, startedAt: 0, failures: 0 }));
   }
 
@@ -94,13 +94,13 @@ export class WorkerPool {
     // The URL travels in the environment, never on a command line (ps shows those).
     const child = spawn(command, args, {
       stdio: ["ignore", "inherit", "inherit", "ipc"],
-      env: { ...process.env, DATABASE_URL: this.#o.databaseUrl, PGBG_WORKER: JSON.stringify(this.#spec(slot, workerId)) },
+      env: { ...process.env, DATABASE_URL: this.#options.databaseUrl, PGBG_WORKER: JSON.stringify(this.#spec(slot, workerId)) },
     });
     const now = performance.now();
     Object.assign(slot, { child, workerId, lastSeen: now, startedAt: now, readyAt: undefined, lastError: undefined, killed: false, handBack: false });
     child.on("message", (message: WorkerMessage) => this.#onMessage(slot, child, message));
     child.on("error", (error) => {
-      this.#o.log.error(`worker ${slot.index} could not be started: ${error.message}`);
+      this.#options.log.error(`worker ${slot.index} could not be started: ${error.message}`);
       // A process that never started emits no exit: treat it as one.
       if (child.pid === undefined && slot.child === child) this.#onExit(slot, workerId, null, null);
     });
@@ -110,13 +110,13 @@ export class WorkerPool {
   }
 
   #spec(slot: Slot, workerId: string): WorkerSpec {
-    const c = this.#o.config;
+    const c = this.#options.config;
     return {
       settings: {
         schema: c.schema, queues: c.queues, concurrency: c.concurrency, timeout: c.timeout, retryDelay: c.retryDelay,
-        maxAttempts: c.maxAttempts, idleSleep: c.idleSleep, shutdownTimeout: c.shutdownTimeout, timings: this.#o.timings,
+        maxAttempts: c.maxAttempts, idleSleep: c.idleSleep, shutdownTimeout: c.shutdownTimeout, timings: this.#options.timings,
       },
-      tasks: c.tasks, cwd: process.cwd(), workerId, supervisorId: this.#o.supervisorId, index: slot.index, logLevel: c.logLevel, logFormat: c.logFormat,
+      tasks: c.tasks, cwd: process.cwd(), workerId, supervisorId: this.#options.supervisorId, index: slot.index, logLevel: c.logLevel, logFormat: c.logFormat,
     };
   }
 
@@ -124,9 +124,9 @@ export class WorkerPool {
     slot.lastSeen = performance.now();
     if (message.type === "ready") {
       slot.readyAt = performance.now();
-      this.#o.log.debug(`worker ${slot.index} ready (pid ${child.pid})`, { worker: slot.index, pid: child.pid, tasks: message.tasks });
+      this.#options.log.debug(`worker ${slot.index} ready (pid ${child.pid})`, { worker: slot.index, pid: child.pid, tasks: message.tasks });
     } else if (message.type === "stats") {
-      this.#o.metrics.add(slot.index, message.report);
+      this.#options.metrics.add(slot.index, message.report);
     } else if (message.type === "fatal" || message.type === "retiring") {
       slot.lastError = message.message;
     } else if (message.type === "lost") {
@@ -140,22 +140,22 @@ export class WorkerPool {
     // A worker that said it stopped because its heartbeat could not get
     // through (code 5) was not ended by its task: that attempt is not
     // counted. Any other exit, a task's process.exit(5) included, counts.
-    this.#o.releaser.add(workerId, !(code === 5 && slot.handBack));
-    this.#o.metrics.workerExited(slot.index);
+    this.#options.releaser.add(workerId, !(code === 5 && slot.handBack));
+    this.#options.metrics.workerExited(slot.index);
     if (this.#stopping) {
       if (this.#slots.every((s) => !s.child)) this.#resolveDone();
       return;
     }
-    void this.#o.releaser.runOnce().catch(() => {}); // kept for its next run when the database is unreachable
+    void this.#options.releaser.runOnce().catch(() => {}); // kept for its next run when the database is unreachable
     const how = signal ? `was killed by ${signal}` : `exited with code ${code}`;
     const why = slot.lastError ? `: ${slot.lastError}` : "";
     const healthy = slot.readyAt !== undefined && performance.now() - slot.readyAt >= HEALTHY_AFTER;
     slot.failures = healthy ? 0 : slot.failures + 1;
     const delay = restartDelay(slot.failures);
-    this.#o.log[healthy ? "warn" : "error"](`worker ${slot.index} ${how}${why}; restarting${delay ? ` in ${delay} ms` : ""}`, {
+    this.#options.log[healthy ? "warn" : "error"](`worker ${slot.index} ${how}${why}; restarting${delay ? ` in ${delay} ms` : ""}`, {
       worker: slot.index, code, signal, failures: slot.failures,
     });
-    this.#o.metrics.workerRestarts++;
+    this.#options.metrics.workerRestarts++;
     slot.restartTimer = setTimeout(() => this.#spawn(slot), delay);
   }
 
@@ -167,14 +167,14 @@ export class WorkerPool {
    */
   killSilent(): void {
     const now = performance.now();
-    const t = this.#o.timings;
+    const t = this.#options.timings;
     for (const slot of this.#slots) {
       if (!slot.child || slot.killed || slot.child.exitCode !== null || slot.child.signalCode !== null) continue;
       if (slot.readyAt === undefined && now - slot.startedAt > t.readyWithin) {
         slot.lastError = `not ready within ${t.readyWithin} ms (its tasks modules did not finish loading)`;
-        this.#o.log.error(`worker ${slot.index} (pid ${slot.child.pid}) is ${slot.lastError}; killing it`);
+        this.#options.log.error(`worker ${slot.index} (pid ${slot.child.pid}) is ${slot.lastError}; killing it`);
       } else if (slot.readyAt !== undefined && now - slot.lastSeen > t.killSilence) {
-        this.#o.log.error(`worker ${slot.index} (pid ${slot.child.pid}) has not answered for ${t.killSilence} ms; killing it`);
+        this.#options.log.error(`worker ${slot.index} (pid ${slot.child.pid}) has not answered for ${t.killSilence} ms; killing it`);
       } else {
         continue;
       }
@@ -196,10 +196,10 @@ export class WorkerPool {
     setTimeout(() => {
       for (const slot of this.#slots) {
         if (!slot.child) continue;
-        this.#o.log.error(`worker ${slot.index} did not stop in time; killing it`);
+        this.#options.log.error(`worker ${slot.index} did not stop in time; killing it`);
         slot.child.kill("SIGKILL");
       }
-    }, Math.min(this.#o.config.shutdownTimeout + 15_000, 2_147_483_647)).unref();
+    }, Math.min(this.#options.config.shutdownTimeout + 15_000, 2_147_483_647)).unref();
   }
 
   /** Kills every worker now; {@link done} resolves once all exited (or after 5 s). */

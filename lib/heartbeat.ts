@@ -50,7 +50,7 @@ export async function removeWorkers(db: Database, schema: string, workerIds: str
 
 /** One worker's heartbeat. `register`, then `start`; `end` before removing the row. */
 export class Heartbeat {
-  readonly #o: HeartbeatOptions;
+  readonly #options: HeartbeatOptions;
   #workerId = "";
   #timer: ReturnType<typeof setInterval> | undefined;
   /** performance.now() and Date.now() when the last heartbeat that succeeded was sent. */
@@ -64,12 +64,12 @@ export class Heartbeat {
   #lost = false;
 
   constructor(options: HeartbeatOptions) {
-    this.#o = options;
+    this.#options = options;
   }
 
   /** Writes the worker's row; its time counts as the first heartbeat. */
   async register(id: WorkerIdentity): Promise<void> {
-    const o = this.#o;
+    const o = this.#options;
     const sentAt = [performance.now(), Date.now()] as const;
     await run(o.sql, o.schema, "RegisterWorker", [
       id.workerId, id.hostId, id.pid, id.concurrency, id.hostname, id.runtime, id.queues, id.names, o.timings.staleAfter,
@@ -80,7 +80,7 @@ export class Heartbeat {
 
   /** Starts beating every heartbeat interval. */
   start(): void {
-    this.#timer = setInterval(() => void this.beat(), this.#o.timings.heartbeatInterval);
+    this.#timer = setInterval(() => void this.beat(), this.#options.timings.heartbeatInterval);
   }
 
   /** Stops beating; the row stays until {@link remove}. */
@@ -92,13 +92,13 @@ export class Heartbeat {
   async remove(): Promise<void> {
     this.stop();
     this.#ending = true;
-    await removeWorkers(this.#o.sql, this.#o.schema, [this.#workerId]);
+    await removeWorkers(this.#options.sql, this.#options.schema, [this.#workerId]);
   }
 
   /** Sets the idle flag: while it is up, enqueues send a wake-up (NOTIFY). */
   async setIdle(idle: boolean): Promise<void> {
-    await run(this.#o.sql, this.#o.schema, "SetWorkerIdle", [this.#workerId, idle]).catch((error) => {
-      this.#o.log.warn("could not update the worker's idle flag", { error: describeError(error).message });
+    await run(this.#options.sql, this.#options.schema, "SetWorkerIdle", [this.#workerId, idle]).catch((error) => {
+      this.#options.log.warn("could not update the worker's idle flag", { error: describeError(error).message });
     });
   }
 
@@ -115,7 +115,7 @@ export class Heartbeat {
     } finally {
       this.#beating = false;
     }
-    await this.#o.afterBeat();
+    await this.#options.afterBeat();
   }
 
   /**
@@ -130,7 +130,7 @@ export class Heartbeat {
    * loop): beat now, and judge once that beat had time to come back.
    */
   #cutOff(): string | undefined {
-    const t = this.#o.timings;
+    const t = this.#options.timings;
     const silentFor = Math.max(performance.now() - this.#sentAt, Date.now() - this.#sentWall);
     const unansweredFor = this.#unansweredSince === undefined ? 0 : performance.now() - this.#unansweredSince;
     if (unansweredFor <= t.replyAllowance || silentFor <= t.selfStopAfter) return undefined;
@@ -138,7 +138,7 @@ export class Heartbeat {
   }
 
   async #send(): Promise<void> {
-    const o = this.#o;
+    const o = this.#options;
     const sentAt = [performance.now(), Date.now()] as const;
     this.#unansweredSince ??= sentAt[0];
     try {
@@ -159,6 +159,6 @@ export class Heartbeat {
   #lose(cause: LostCause, reason: string): void {
     this.#lost = true;
     this.stop();
-    this.#o.onLost(cause, reason);
+    this.#options.onLost(cause, reason);
   }
 }

@@ -94,7 +94,7 @@ function restartDelay(failures: number): number {
 
 class InProcessHost implements WorkerHost {
   readonly id = crypto.randomUUID();
-  readonly #o: ResolvedWorkerOptions;
+  readonly #options: ResolvedWorkerOptions;
   readonly #timings: Liveness;
   readonly #pool: Client;
   readonly #beat: Client;
@@ -110,7 +110,7 @@ class InProcessHost implements WorkerHost {
   #failures = 0;
 
   constructor(sql: Client, options: ResolvedWorkerOptions) {
-    this.#o = options;
+    this.#options = options;
     this.#timings = liveness(options.checkInterval);
     this.#pool = cloneClient(sql, options.poolSize, "pgbg worker");
     this.#beat = cloneClient(sql, 1, "pgbg worker heartbeat");
@@ -128,7 +128,7 @@ class InProcessHost implements WorkerHost {
 
   async start(): Promise<void> {
     if (this.#state !== "new") throw new Error(`createWorker(): start() was already called (this worker is ${this.#state})`);
-    if (this.#o.signal?.aborted) return void (await this.stop());
+    if (this.#options.signal?.aborted) return void (await this.stop());
     this.#state = "running";
     try {
       await this.#launch();
@@ -152,14 +152,14 @@ class InProcessHost implements WorkerHost {
       this.#lost = undefined;
       this.#ended = worker.start().then((how) => this.#afterExit(worker, how), (error) => {
         if (!ready) return reject(error);
-        this.#o.logger.error(`the worker failed: ${describeError(error).message}`);
+        this.#options.logger.error(`the worker failed: ${describeError(error).message}`);
         return this.#afterExit(worker, "lost");
       });
     });
   }
 
   #newWorker(onReady: () => void): Worker {
-    const o = this.#o;
+    const o = this.#options;
     return new Worker({
       schema: o.schema, queues: o.queues, concurrency: o.concurrency, timeout: o.timeout, retryDelay: o.retryDelay, maxAttempts: o.maxAttempts,
       idleSleep: o.idleSleep, shutdownTimeout: o.shutdownTimeout, timings: this.#timings,
@@ -184,11 +184,11 @@ class InProcessHost implements WorkerHost {
 
   #scheduleRestart(): void {
     const delay = restartDelay(++this.#failures);
-    this.#o.logger.warn(`starting a fresh worker in ${delay} ms`);
+    this.#options.logger.warn(`starting a fresh worker in ${delay} ms`);
     this.#restartTimer = setTimeout(() => {
       if (this.#state !== "running") return;
       this.#launch().then(() => (this.#failures = 0), (error) => {
-        this.#o.logger.warn(`could not start a fresh worker: ${describeError(error).message}`);
+        this.#options.logger.warn(`could not start a fresh worker: ${describeError(error).message}`);
         this.#scheduleRestart();
       });
     }, delay);
@@ -221,6 +221,6 @@ class InProcessHost implements WorkerHost {
   }
 
   async metrics(): Promise<string> {
-    return this.#metrics.render(await readTaskStatus(this.#pool, this.#o.schema));
+    return this.#metrics.render(await readTaskStatus(this.#pool, this.#options.schema));
   }
 }

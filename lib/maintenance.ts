@@ -58,15 +58,16 @@ export interface MaintenanceServices {
 }
 
 /** Builds every duty with its interval: the checks at the heartbeat interval, pruning each minute, compaction at its own. */
-export function maintenanceServices(s: MaintenanceSettings): MaintenanceServices {
-  const every = s.timings.heartbeatInterval;
+export function maintenanceServices(settings: MaintenanceSettings): MaintenanceServices {
+  const { sql, schema, hostId, maxAttempts, timings, compactInterval, log } = settings;
+  const every = timings.heartbeatInterval;
   return {
-    releaser: new DeadWorkerReleaser(s.sql, s.schema, s.maxAttempts, every, s.log),
-    rescuer: new LeaseRescuer(s.sql, s.schema, s.maxAttempts, every, s.log),
-    reaper: new WorkerReaper(s.sql, s.schema, { hostId: s.hostId, maxAttempts: s.maxAttempts, staleAfter: s.timings.staleAfter, interval: every }, s.log),
-    sweeper: new CancelSweeper(s.sql, s.schema, every, s.log),
-    pruner: new CountPruner(s.sql, s.schema, 60_000),
-    compactor: new IndexCompactor(s.sql, s.schema, s.compactInterval, s.log),
+    releaser: new DeadWorkerReleaser(sql, schema, maxAttempts, every, log),
+    rescuer: new LeaseRescuer(sql, schema, maxAttempts, every, log),
+    reaper: new WorkerReaper(sql, schema, { hostId, maxAttempts, staleAfter: timings.staleAfter, interval: every }, log),
+    sweeper: new CancelSweeper(sql, schema, every, log),
+    pruner: new CountPruner(sql, schema, 60_000),
+    compactor: new IndexCompactor(sql, schema, compactInterval, log),
   };
 }
 

@@ -136,7 +136,7 @@ export function retryDelayFor(task: AnyTask, attempt: number, fallback: number):
 
 /** Runs tasks until stopped. Create it, `start()` it, `stop()` it. */
 export class Worker {
-  readonly #o: WorkerOptions;
+  readonly #options: WorkerOptions;
   readonly #tasks = new Map<string, AnyTask>();
   readonly #scope: ClaimScope;
   /** Attempts holding a slot. */
@@ -159,7 +159,7 @@ export class Worker {
   readonly #debug: boolean;
 
   constructor(options: WorkerOptions) {
-    this.#o = options;
+    this.#options = options;
     this.#shutdownTimeout = options.shutdownTimeout;
     this.#debug = options.log.isEnabled?.("debug") ?? true;
     for (const task of options.tasks) this.#tasks.set(task.name, task);
@@ -184,7 +184,7 @@ export class Worker {
 
   /** The worker's id, as its row and its tasks' leases name it. */
   get id(): string {
-    return this.#o.identity.workerId;
+    return this.#options.identity.workerId;
   }
 
   /** Number of attempts holding a slot now. */
@@ -210,7 +210,7 @@ export class Worker {
    * (database unreachable, schema missing).
    */
   async start(): Promise<WorkerExit> {
-    const o = this.#o;
+    const o = this.#options;
     this.#dueBy = Date.now() + (o.untilIdle?.maxWait ?? 0);
     await this.#heartbeat.register({ ...o.identity, concurrency: o.concurrency, queues: o.queues, names: this.#scope.names });
     const listening = o.untilIdle ? undefined : await o.sql.listen(`pgbg:${o.schema}`, () => {
@@ -239,7 +239,7 @@ export class Worker {
   }
 
   #timeoutOf(task: AnyTask): number {
-    return task.timeout ?? this.#o.timeout;
+    return task.timeout ?? this.#options.timeout;
   }
 
   #wakeUp(always: boolean): void {
@@ -265,7 +265,7 @@ export class Worker {
   async #claimLoop(): Promise<void> {
     let backoff = 100;
     while (!this.#stopping) {
-      const free = this.#o.concurrency - this.#running.size;
+      const free = this.#options.concurrency - this.#running.size;
       if (free <= 0) {
         await this.#sleep(undefined, true);
         // Let the other tasks finishing in this tick free their slots too, so
@@ -276,10 +276,10 @@ export class Worker {
       this.#notified = false;
       let claimed: ClaimedTask[];
       try {
-        claimed = await claimTasks(this.#o.sql, this.#o.schema, this.#scope, free);
+        claimed = await claimTasks(this.#options.sql, this.#options.schema, this.#scope, free);
         backoff = 100;
       } catch (error) {
-        this.#o.log.warn(`claim failed; retrying in ${backoff} ms`, { error: describeError(error).message });
+        this.#options.log.warn(`claim failed; retrying in ${backoff} ms`, { error: describeError(error).message });
         await this.#sleep(backoff, false);
         backoff = Math.min(backoff * 2, 5_000);
         continue;
@@ -292,12 +292,12 @@ export class Worker {
 
   /** The claim found fewer tasks than free slots: go idle, or under `untilIdle` see whether anything is left. */
   async #afterShortClaim(): Promise<void> {
-    if (this.#o.untilIdle) return this.#waitForDue();
+    if (this.#options.untilIdle) return this.#waitForDue();
     // Raise the flag first, then claim once more: a task enqueued before the
     // flag was visible is found by that claim, and one enqueued after it
     // sends a wake-up.
     if (!this.#idle) return this.#setIdle(true);
-    if (!this.#notified) await this.#sleep(this.#o.idleSleep, false);
+    if (!this.#notified) await this.#sleep(this.#options.idleSleep, false);
   }
 
   async #setIdle(idle: boolean): Promise<void> {
@@ -313,7 +313,7 @@ export class Worker {
   async #waitForDue(): Promise<void> {
     if (this.#running.size) return this.#sleep(undefined, true);
     await this.#outcomes.flush();
-    const [next] = await run<{ next_due_ms: number | null }>(this.#o.sql, this.#o.schema, "ScheduledTasks", [this.#o.queues, this.#scope.names]);
+    const [next] = await run<{ next_due_ms: number | null }>(this.#options.sql, this.#options.schema, "ScheduledTasks", [this.#options.queues, this.#scope.names]);
     if (next.next_due_ms !== null && Date.now() + next.next_due_ms <= this.#dueBy) return this.#sleep(Math.max(0, next.next_due_ms), false);
     this.stop();
   }
@@ -325,15 +325,15 @@ export class Worker {
     const counts = this.#stats.series(claimed.queue, claimed.name);
     observe(counts.lag, claimed.lagMs);
     const entry = {
-      claimed, task, controller: new LazyAbort(), startedAt: now, leaseEndsAt: now + leaseFor(timeout, this.#o.timings),
+      claimed, task, controller: new LazyAbort(), startedAt: now, leaseEndsAt: now + leaseFor(timeout, this.#options.timings),
       overdue: false, handedBack: false, cancelled: false, counts,
     } as Running;
-    if (this.#debug) this.#o.log.debug(`task ${claimed.id} started`, fields(claimed));
+    if (this.#debug) this.#options.log.debug(`task ${claimed.id} started`, fields(claimed));
     // Registered before the attempt starts: one that ends at once calls
     // #finish before startAttempt returns.
     this.#running.set(attemptKey(claimed), entry);
     const pending = startAttempt(
-      { task, claimed, schema: this.#o.schema, timeout, grace: graceFor(timeout), controller: entry.controller, onOverdue: () => this.#overdue(entry) },
+      { task, claimed, schema: this.#options.schema, timeout, grace: graceFor(timeout), controller: entry.controller, onOverdue: () => this.#overdue(entry) },
       (outcome) => this.#finish(entry, outcome),
     );
     entry.settled = pending ?? SETTLED;
@@ -350,40 +350,40 @@ export class Worker {
     const { claimed } = entry;
     const durationMs = Date.now() - entry.startedAt;
     if (entry.cancelled) {
-      this.#o.log.info(`task ${claimed.id} was cancelled; its attempt ended and the task is deleted`, fields(claimed, durationMs));
+      this.#options.log.info(`task ${claimed.id} was cancelled; its attempt ended and the task is deleted`, fields(claimed, durationMs));
       this.#outcomes.finishCancelled({ id: claimed.id, leaseToken: claimed.leaseToken });
       return;
     }
     observe(entry.counts.duration, durationMs);
     if (outcome.kind === "failure") return this.#fail(entry, outcome, durationMs);
-    if (this.#debug) this.#o.log.debug(`task ${claimed.id} succeeded`, fields(claimed, durationMs));
+    if (this.#debug) this.#options.log.debug(`task ${claimed.id} succeeded`, fields(claimed, durationMs));
     this.#outcomes.complete({ id: claimed.id, leaseToken: claimed.leaseToken, counts: entry.counts });
   }
 
   #fail(entry: Running, outcome: Extract<Outcome, { kind: "failure" }>, durationMs: number): void {
     const { claimed, task } = entry;
     const error = { ...describeError(outcome.error), attempt: claimed.attempt, at: new Date().toISOString(), timedOut: outcome.timedOut };
-    const final = outcome.permanent || claimed.attempt >= (claimed.maxAttempts ?? this.#o.maxAttempts);
-    const delay = retryDelayFor(task, claimed.attempt, this.#o.retryDelay);
+    const final = outcome.permanent || claimed.attempt >= (claimed.maxAttempts ?? this.#options.maxAttempts);
+    const delay = retryDelayFor(task, claimed.attempt, this.#options.retryDelay);
     const how = final ? (outcome.permanent ? " permanently" : ` after ${claimed.attempt} attempts`) : `; retry in ${delay} ms`;
-    this.#o.log[final ? "error" : "warn"](`task ${claimed.id} failed${how}: ${error.message}`, { ...fields(claimed, durationMs), error });
+    this.#options.log[final ? "error" : "warn"](`task ${claimed.id} failed${how}: ${error.message}`, { ...fields(claimed, durationMs), error });
     this.#outcomes.fail({ id: claimed.id, leaseToken: claimed.leaseToken, counts: entry.counts, delay, error, permanent: outcome.permanent });
   }
 
   #overdue(entry: Running): void {
     entry.overdue = true;
     const what = { task: entry.claimed.name, id: entry.claimed.id, attempt: entry.claimed.attempt };
-    if (this.#o.overdue === "detach") {
+    if (this.#options.overdue === "detach") {
       const key = attemptKey(entry.claimed);
       if (this.#running.delete(key)) this.#detached.set(key, entry);
-      this.#o.log.error(
+      this.#options.log.error(
         `task ${entry.claimed.id} ignored its abort signal past its timeout; it keeps running in the background without its slot, and once its lease ends another worker retries it and its writes are refused`,
         what,
       );
       this.#wakeUp(false);
       return;
     }
-    this.#o.log.error(`task ${entry.claimed.id} ignored its abort signal past its timeout; this worker stops claiming and retires so that its process can be replaced`, what);
+    this.#options.log.error(`task ${entry.claimed.id} ignored its abort signal past its timeout; this worker stops claiming and retires so that its process can be replaced`, what);
     if (this.#exit === "stopped") this.#exit = "retired";
     this.stop();
   }
@@ -393,13 +393,13 @@ export class Worker {
     if (this.#exit === "lost") return;
     this.#exit = "lost";
     const unwritten = this.#outcomes.pending;
-    this.#o.log.error(
+    this.#options.log.error(
       `this worker stops at once: ${reason}. Its ${this.#running.size} running attempt(s) are aborted` +
         (unwritten ? `; ${unwritten} finished attempt(s) whose outcome is not written yet are written if the database answers within 10 s, else those tasks run again` : ""),
     );
     for (const entry of this.#running.values()) entry.controller.abort(new ShutdownError());
     this.stop();
-    this.#o.onLost?.(cause, reason);
+    this.#options.onLost?.(cause, reason);
   }
 
   /** Aborts the attempts of tasks whose cancel was requested; #finish deletes the tasks. */
@@ -408,7 +408,7 @@ export class Worker {
     for (const entry of [...this.#running.values(), ...this.#detached.values()]) {
       if (!wanted.has(entry.claimed.id) || entry.cancelled || entry.handedBack) continue;
       entry.cancelled = true;
-      this.#o.log.warn(`task ${entry.claimed.id} was cancelled by an operator; aborting its attempt`, fields(entry.claimed));
+      this.#options.log.warn(`task ${entry.claimed.id} was cancelled by an operator; aborting its attempt`, fields(entry.claimed));
       entry.controller.abort(new TaskCancelledError());
     }
   }
@@ -432,9 +432,9 @@ export class Worker {
       if (this.#running.has(attemptKey(entry.claimed))) continue; // still running: left to the supervisor or the lease
       entry.handedBack = true;
       this.#outcomes.handBack({ id: entry.claimed.id, leaseToken: entry.claimed.leaseToken });
-      this.#o.log.warn(`task ${entry.claimed.id} was still running at shutdown; handed back to the queue`, fields(entry.claimed));
+      this.#options.log.warn(`task ${entry.claimed.id} was still running at shutdown; handed back to the queue`, fields(entry.claimed));
     }
-    if (this.#running.size && this.#exit === "stopped" && this.#o.overdue !== "detach") this.#exit = "retired";
+    if (this.#running.size && this.#exit === "stopped" && this.#options.overdue !== "detach") this.#exit = "retired";
   }
 
   /** Waits until no attempt that may still finish runs, or `limit` (or an overdue task's deadline) passes. */
@@ -452,7 +452,7 @@ export class Worker {
   /** The earlier of `limit` and the moment an overdue task's worker must have ended (see overdueExitBy). */
   #deadline(limit: number): number {
     let deadline = limit;
-    for (const e of this.#running.values()) if (e.overdue) deadline = Math.min(deadline, overdueExitBy(e.leaseEndsAt, this.#o.timings));
+    for (const e of this.#running.values()) if (e.overdue) deadline = Math.min(deadline, overdueExitBy(e.leaseEndsAt, this.#options.timings));
     return deadline;
   }
 }

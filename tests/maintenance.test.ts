@@ -179,10 +179,13 @@ describe("the index compactor", () => {
 
   test("stops for good, saying why once, when the role does not own the table", async () => {
     const role = `pgbg_maint_${randomUUID().slice(0, 8)}`;
-    await sql.unsafe(`CREATE ROLE "${role}" LOGIN`);
+    // A password: the embedded server checks them.
+    const password = randomUUID().replaceAll("-", "");
+    await sql.unsafe(`CREATE ROLE "${role}" LOGIN PASSWORD '${password}'`);
     await sql.unsafe(`GRANT USAGE ON SCHEMA pgbg TO "${role}"; GRANT SELECT ON ALL TABLES IN SCHEMA pgbg TO "${role}"`);
     const url = new URL(db.url);
     url.username = role;
+    url.password = password;
     const asRole = postgres(url.toString(), { max: 2, onnotice: () => {} });
     try {
       const log = recorder();

@@ -115,7 +115,9 @@ describe("faults", () => {
     assert.equal(row.last_error.timedOut, true);
     const runs = await executions([id]);
     assert.equal(runs.length, 2);
-    assert.ok(runs.every((r) => r.ended_at !== null), "the handler stopped when aborted");
+    // On failure, say what else happened to the workers (a kill, an exit).
+    const events = service.logs.filter((l) => l.level === "warn" || l.level === "error").map((l) => `${l.component}: ${l.message}`);
+    assert.ok(runs.every((r) => r.ended_at !== null), `the handler stopped when aborted; warnings and errors:\n${events.join("\n")}`);
   });
 
   test("a task that ignores its signal: its worker retires and is replaced, other tasks keep flowing", async () => {
