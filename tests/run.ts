@@ -10,6 +10,7 @@ import { spawn } from "node:child_process";
 import { readdirSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import postgres from "postgres";
 import { startEmbeddedPostgres } from "../cli/embedded.ts";
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -26,7 +27,24 @@ if (!process.env.DATABASE_URL) {
   console.log(`tests: using DATABASE_URL (${new URL(process.env.DATABASE_URL).host})`);
 }
 
-const concurrency = Number(process.env.PGBG_TEST_CONCURRENCY ?? 4);
+// Most service tests wait on the product's own clocks (stale times, kill
+// silences, the 60 s ready time), not on the CPU, so more files at once
+// overlap their waits: six by default. A service test holds about 25
+// connections at its peak (two supervisors with their workers), so a server
+// allowing fewer than 25 per file gets fewer files (the machine's default of
+// 100 allows four). PGBG_TEST_CONCURRENCY overrides it.
+const concurrency = Number(process.env.PGBG_TEST_CONCURRENCY ?? Math.min(6, Math.floor((await maxConnections()) / 25)));
+
+async function maxConnections(): Promise<number> {
+  const sql = postgres(process.env.DATABASE_URL!, { max: 1, onnotice: () => {} });
+  try {
+    return Number((await sql`SHOW max_connections`)[0].max_connections);
+  } finally {
+    await sql.end();
+  }
+}
+
+console.log(`tests: ${files.length} files, ${concurrency} at a time`);
 const child = spawn(
   process.execPath,
   ["--import", "tsx", "--test", "--test-reporter=spec", `--test-concurrency=${concurrency}`, ...files],
