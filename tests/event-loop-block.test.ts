@@ -59,16 +59,21 @@ describe("a task that blocks the event loop", () => {
     const id = await enqueue(sql, block, { ms: 8_600 });
     const service = serve(["--workers", "1", "--concurrency", "1"]);
     const [run] = await until(() => executions([id]), (r) => r.length === 1, patience, "the blocking task to start");
-    const blockStart = performance.now();
     // The heartbeat sent when the block ends is held up for about 1 s, as a
-    // busy server may hold it: more than a tick (200 ms), less than the 2 s
-    // it is given to come back.
+    // busy server may hold it: more than a tick (200 ms), less than the 5 s
+    // it is given to come back. Timed from the block's start as the database
+    // recorded it, not from when this test saw it (which on a loaded machine
+    // can be seconds later, and would hold the heartbeat that much longer).
+    const untilMs = async (offset: number) =>
+      Number((await sql`SELECT (extract(epoch FROM ${run.started_at}::timestamptz + ${offset} * interval '1 ms' - clock_timestamp()) * 1000)::float8 AS ms`)[0].ms);
     const blocker = await sql.reserve();
     try {
-      await new Promise((r) => setTimeout(r, 4_000));
+      const first = await untilMs(4_000);
+      await new Promise((r) => setTimeout(r, Math.max(0, first)));
       await blocker`BEGIN`;
       await blocker`SELECT 1 FROM pgbg.worker WHERE pid = ${run.pid} FOR UPDATE`;
-      await new Promise((r) => setTimeout(r, Math.max(0, blockStart + 9_600 - performance.now())));
+      const release = await untilMs(9_600);
+      await new Promise((r) => setTimeout(r, Math.max(0, release)));
     } finally {
       await blocker`ROLLBACK`.catch(() => {});
       blocker.release();

@@ -21,7 +21,7 @@ function serve(...args: string[]): Service {
 /** Enqueues a `work` task and waits until it has run: proof that everything before it in the queue was claimed. */
 async function sentinel(): Promise<void> {
   const id = await enqueue(sql, work, {}, { priority: 32767 });
-  await until(() => remaining([id]), (n) => n === 0, 30_000, "the sentinel task");
+  await until(() => remaining([id]), (n) => n === 0, patience, "the sentinel task");
 }
 
 describe("pgbg serve: ctx.complete and several supervisors", () => {
@@ -40,7 +40,7 @@ describe("pgbg serve: ctx.complete and several supervisors", () => {
     const other = await enqueue(sql, work, {}, { queue: "elsewhere" });
     const mine = await enqueue(sql, work, {}, { queue: "mine" });
     const service = serve("--queues", "mine,default");
-    await until(() => remaining([mine]), (n) => n === 0, 30_000, "the task in a served queue");
+    await until(() => remaining([mine]), (n) => n === 0, patience, "the task in a served queue");
     await sentinel();
     await stopService(service);
     assert.equal((await taskRow(other)).state, "queued");
@@ -49,7 +49,7 @@ describe("pgbg serve: ctx.complete and several supervisors", () => {
   test("ctx.complete(tx): the handler's writes and the completion commit together, once", async () => {
     const id = await enqueue(sql, exactlyOnce, { note: "committed", thenThrow: true });
     const service = serve();
-    await until(() => remaining([id]), (n) => n === 0, 30_000, "the task to complete");
+    await until(() => remaining([id]), (n) => n === 0, patience, "the task to complete");
     await sentinel();
     await stopService(service);
     assert.equal((await executions([id])).length, 1, "not retried although the handler threw after the commit");
@@ -60,7 +60,7 @@ describe("pgbg serve: ctx.complete and several supervisors", () => {
   test("ctx.complete(tx) rolled back with its transaction: the task runs again", async () => {
     const id = await enqueue(sql, exactlyOnce, { note: "rolled", rollback: true });
     const service = serve();
-    await until(() => remaining([id]), (n) => n === 0, 30_000, "the task to complete");
+    await until(() => remaining([id]), (n) => n === 0, patience, "the task to complete");
     await stopService(service);
     assert.deepEqual((await executions([id])).map((r) => r.attempt), [1, 2]);
     assert.equal((await sql`SELECT text FROM note WHERE text = 'rolled'`).length, 1);
@@ -98,7 +98,7 @@ describe("pgbg serve: ctx.complete and several supervisors", () => {
     };
     const [pidsA, pidsB] = await Promise.all([workerPids(a), workerPids(b)]);
     const ids = await enqueueMany(sql, work, Array.from({ length: 1500 }, () => ({ ms: 5 })));
-    await until(() => remaining(ids), (n) => n === 0, 60_000, "all tasks to finish");
+    await until(() => remaining(ids), (n) => n === 0, patience, "all tasks to finish");
     await Promise.all([stopService(a), stopService(b)]);
     const runs = await executions(ids);
     assert.equal(runs.length, 1500, "each task ran exactly once");

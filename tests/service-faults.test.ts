@@ -8,7 +8,7 @@ import { describe, test } from "node:test";
 import { enqueue, enqueueMany, migrate } from "../mod.ts";
 import { spin, throwsLater, work } from "./fixtures/tasks.ts";
 import { createTestDatabase } from "./harness.ts";
-import { serviceTestbed, stopService, until, within } from "./service-harness.ts";
+import { serviceTestbed, stopService, until, within, patience } from "./service-harness.ts";
 
 const { sql, serve, remaining, executions } = await serviceTestbed(createTestDatabase, migrate);
 
@@ -18,9 +18,9 @@ describe("faults", () => {
     // release of the dead worker's tasks lets this finish within the wait.
     const ids = await enqueueMany(sql, work, Array.from({ length: 6 }, () => ({ ms: 1500 })), { maxAttempts: 5 });
     const service = serve(["--workers", "2", "--concurrency", "3", "--timeout", "60s"]);
-    const [victim] = await until(() => executions(ids), (runs) => runs.length >= 1, 20_000, "a task to start");
+    const [victim] = await until(() => executions(ids), (runs) => runs.length >= 1, patience, "a task to start");
     process.kill(victim.pid, "SIGKILL");
-    await until(() => remaining(ids), (n) => n === 0, 25_000, "every task to finish after the kill");
+    await until(() => remaining(ids), (n) => n === 0, patience, "every task to finish after the kill");
     const runs = await executions(ids);
     const killed = runs.filter((r) => r.pid === victim.pid && r.ended_at === null);
     assert.ok(killed.length >= 1, "the killed worker was running tasks");
@@ -37,7 +37,7 @@ describe("faults", () => {
   test("SIGTERM hands unfinished tasks back at once, uncounted, and exits 0", async () => {
     const ids = await enqueueMany(sql, work, Array.from({ length: 3 }, () => ({ ms: 20_000 })));
     const service = serve(["--workers", "1", "--concurrency", "3", "--shutdown-timeout", "300ms", "--timeout", "60s"]);
-    await until(() => executions(ids), (runs) => runs.length === 3, 20_000, "the tasks to start");
+    await until(() => executions(ids), (runs) => runs.length === 3, patience, "the tasks to start");
     assert.deepEqual(await stopService(service), { code: 0, signal: null });
     const rows = await sql`SELECT state, attempts, worker_id, lease_expires_at FROM pgbg.task WHERE id IN ${sql(ids)}`;
     assert.equal(rows.length, 3);
@@ -49,12 +49,12 @@ describe("faults", () => {
     const ids = await enqueueMany(sql, work, Array.from({ length: 2 }, () => ({ ms: 120_000 })));
     // A shutdown timeout far beyond the test's wait: only the second signal can end it in time.
     const service = serve(["--workers", "1", "--concurrency", "2", "--shutdown-timeout", "10m", "--timeout", "5m"]);
-    const runs = await until(() => executions(ids), (r) => r.length === 2, 20_000, "the tasks to start");
+    const runs = await until(() => executions(ids), (r) => r.length === 2, patience, "the tasks to start");
     const workerPid = runs[0].pid as number;
     service.child.kill("SIGTERM");
     await service.waitForLog((l) => /SIGTERM: stopping/.test(l.message));
     service.child.kill("SIGTERM");
-    assert.deepEqual(await within(service.exited, 20_000, "the supervisor to exit"), { code: 1, signal: null });
+    assert.deepEqual(await within(service.exited, patience, "the supervisor to exit"), { code: 1, signal: null });
     await service.waitForLog((l) => /second SIGTERM: stopping now/.test(l.message));
     assert.throws(() => process.kill(workerPid, 0), { code: "ESRCH" }, "the worker process is gone");
     const rows = await sql`SELECT state, worker_id, lease_expires_at FROM pgbg.task WHERE id IN ${sql(ids)}`;
@@ -69,7 +69,7 @@ describe("faults", () => {
     const service = serve(["--workers", "1", "--concurrency", "2", "--timeout", "5m"]);
     await service.waitForLog((l) => l.message === "uncaught error: thrown from a timer; exiting so that a fresh worker takes over" && l.level === "error");
     await service.waitForLog((l) => /^worker 1 exited with code 6: uncaught error: thrown from a timer; restarting/.test(l.message));
-    await until(() => remaining([id]), (n) => n === 0, 30_000, "the task to run again and succeed");
+    await until(() => remaining([id]), (n) => n === 0, patience, "the task to run again and succeed");
     const runs = await executions([id]);
     assert.deepEqual(runs.map((r) => [r.attempt, r.ended_at === null]), [[1, true], [2, false]]);
     assert.notEqual(runs[0].pid, runs[1].pid);
@@ -79,11 +79,11 @@ describe("faults", () => {
   test("a worker that stops answering is killed and replaced, and its task runs again", async () => {
     const id = await enqueue(sql, spin, {});
     const service = serve(["--workers", "1", "--concurrency", "1"]);
-    const [first] = await until(() => executions([id]), (r) => r.length === 1, 20_000, "the task to start");
+    const [first] = await until(() => executions([id]), (r) => r.length === 1, patience, "the task to start");
     await service.waitForLog((l) => /worker 1 \(pid \d+\) has not answered for \d+ ms; killing it/.test(l.message), 40_000);
     await service.waitForLog((l) => /worker 1 was killed by SIGKILL; restarting/.test(l.message));
     // The default 30 s timeout leases the task for over a minute: it is the supervisor's release that frees it.
-    await until(() => remaining([id]), (n) => n === 0, 30_000, "the task to run again and finish");
+    await until(() => remaining([id]), (n) => n === 0, patience, "the task to run again and finish");
     const runs = await executions([id]);
     assert.equal(runs.length, 2);
     assert.equal(runs[1].attempt, 2);
@@ -95,7 +95,7 @@ describe("faults", () => {
     // Long enough that the signal surely comes while both still run.
     const ids = await enqueueMany(sql, work, Array.from({ length: 2 }, () => ({ ms: 8_000 })));
     const service = serve(["--workers", "1", "--concurrency", "2", "--shutdown-timeout", "20s", "--idle-sleep", "20ms"]);
-    await until(() => executions(ids), (runs) => runs.length === 2, 20_000, "the tasks to start");
+    await until(() => executions(ids), (runs) => runs.length === 2, patience, "the tasks to start");
     // Queued behind the running two: slots free while the service stops, and
     // a worker that still claimed would take these.
     const waiting = await enqueueMany(sql, work, Array.from({ length: 4 }, () => ({})));

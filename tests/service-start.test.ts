@@ -8,7 +8,7 @@ import { fileURLToPath } from "node:url";
 import { describe, test } from "node:test";
 import { migrate } from "../mod.ts";
 import { createTestDatabase } from "./harness.ts";
-import { serviceTestbed, stopService, within } from "./service-harness.ts";
+import { serviceTestbed, stopService, within, patience } from "./service-harness.ts";
 
 const { serve } = await serviceTestbed(createTestDatabase, migrate);
 
@@ -18,7 +18,7 @@ describe("start-up", () => {
     const service = serve(["--workers", "1"], broken);
     const delays: number[] = [];
     for (let i = 0; i < 3; i++) {
-      const line = await service.waitForLog((l) => /worker 1 exited with code 3/.test(l.message) && l.failures === i + 1, 30_000);
+      const line = await service.waitForLog((l) => /worker 1 exited with code 3/.test(l.message) && l.failures === i + 1, patience);
       assert.match(line.message, /this tasks module is broken on purpose/);
       delays.push(Number(/restarting in (\d+) ms/.exec(line.message)?.[1]));
     }
@@ -31,9 +31,9 @@ describe("start-up", () => {
     const service = serve(["--workers", "1", "--shutdown-timeout", "10m"], never);
     const line = await service.waitForLog((l) => /^worker 1 \(pid \d+\) is not ready within 60000 ms \(its tasks modules did not finish loading\); killing it$/.test(l.message), 120_000);
     assert.equal(line.level, "error");
-    await service.waitForLog((l) => /^worker 1 was killed by SIGKILL: not ready within 60000 ms .*; restarting in 1000 ms$/.test(l.message), 30_000);
+    await service.waitForLog((l) => /^worker 1 was killed by SIGKILL: not ready within 60000 ms .*; restarting in 1000 ms$/.test(l.message), patience);
     // A 10 min shutdown timeout: only a worker that stops at once while still loading lets this end within the wait.
-    assert.deepEqual(await within(stopService(service), 30_000, "the service to stop"), { code: 0, signal: null });
+    assert.deepEqual(await within(stopService(service), patience, "the service to stop"), { code: 0, signal: null });
   });
 
 });

@@ -8,7 +8,7 @@ import { describe, test } from "node:test";
 import { enqueue, enqueueMany, migrate } from "../mod.ts";
 import { cooperative, hang, work } from "./fixtures/tasks.ts";
 import { createTestDatabase } from "./harness.ts";
-import { serviceTestbed, stopService, until } from "./service-harness.ts";
+import { serviceTestbed, stopService, until, patience } from "./service-harness.ts";
 
 const { sql, serve, remaining, executions, taskRow } = await serviceTestbed(createTestDatabase, migrate);
 
@@ -16,7 +16,7 @@ describe("timeouts and leases", () => {
   test("a task that honours its signal times out, counts as a failed attempt, and fails after max attempts", async () => {
     const id = await enqueue(sql, cooperative, {});
     const service = serve([]);
-    await until(() => taskRow(id), (r) => r?.state === "failed", 30_000, "the task to fail");
+    await until(() => taskRow(id), (r) => r?.state === "failed", patience, "the task to fail");
     await stopService(service);
     const row = await taskRow(id);
     assert.equal(row.attempts, 2);
@@ -32,13 +32,13 @@ describe("timeouts and leases", () => {
   test("a task that ignores its signal: its worker retires and is replaced, other tasks keep flowing", async () => {
     const stuck = await enqueue(sql, hang, {});
     const service = serve(["--workers", "1", "--concurrency", "4"]);
-    await until(() => executions([stuck]), (runs) => runs.length === 1, 20_000, "the hanging task to start");
+    await until(() => executions([stuck]), (runs) => runs.length === 1, patience, "the hanging task to start");
     const normal = await enqueueMany(sql, work, Array.from({ length: 20 }, () => ({ ms: 10 })));
     await service.waitForLog((l) => /ignored its abort signal/.test(l.message));
     await service.waitForLog((l) => /worker 1 exited with code 4: a task ignored its abort signal past its timeout; restarting/.test(l.message));
-    await until(() => remaining(normal), (n) => n === 0, 30_000, "the normal tasks to finish");
+    await until(() => remaining(normal), (n) => n === 0, patience, "the normal tasks to finish");
     // maxAttempts 1: released by the supervisor as the dead worker's task, it ends as failed.
-    await until(() => taskRow(stuck), (r) => r?.state === "failed", 10_000, "the stuck task to be failed");
+    await until(() => taskRow(stuck), (r) => r?.state === "failed", patience, "the stuck task to be failed");
     assert.equal((await taskRow(stuck)).last_error.name, "WorkerDied");
     assert.deepEqual(await stopService(service), { code: 0, signal: null });
   });
@@ -52,7 +52,7 @@ describe("timeouts and leases", () => {
     const [{ id }] = await sql`INSERT INTO pgbg.task (queue, name, payload, state, attempts, lease_token, worker_id, lease_expires_at)
       VALUES ('default', 'work', '{}', 'running', 1, 1, ${worker}, now() + interval '1 hour') RETURNING id::text`;
     const service = serve([]);
-    await until(() => remaining([id]), (n) => n === 0, 30_000, "the orphaned task to run");
+    await until(() => remaining([id]), (n) => n === 0, patience, "the orphaned task to run");
     await stopService(service);
     assert.deepEqual((await executions([id])).map((r) => r.attempt), [2]);
     assert.equal((await sql`SELECT count(*)::int AS n FROM pgbg.worker WHERE id = ${worker}`)[0].n, 0);
@@ -63,7 +63,7 @@ describe("timeouts and leases", () => {
       VALUES ('default', 'work', '{}', 'running', 1, 1, '00000000-0000-4000-8000-000000000002', now() - interval '1 second')
       RETURNING id::text`;
     const service = serve([]);
-    await until(() => remaining([id]), (n) => n === 0, 30_000, "the task to run");
+    await until(() => remaining([id]), (n) => n === 0, patience, "the task to run");
     await stopService(service);
     assert.deepEqual((await executions([id])).map((r) => r.attempt), [2]);
   });

@@ -3,7 +3,7 @@ import { describe, test } from "node:test";
 import { enqueue, enqueueMany, migrate } from "../mod.ts";
 import { alwaysFails, strict, unstorableError, work } from "./fixtures/tasks.ts";
 import { createTestDatabase } from "./harness.ts";
-import { type Service, serviceTestbed, stopService, until } from "./service-harness.ts";
+import { patience, type Service, serviceTestbed, stopService, until } from "./service-harness.ts";
 
 const testbed = await serviceTestbed(createTestDatabase, migrate);
 const { sql, remaining, executions, taskRow } = testbed;
@@ -14,14 +14,14 @@ function serve(...args: string[]): Service {
 /** Enqueues a `work` task and waits until it has run: proof that everything before it in the queue was claimed. */
 async function sentinel(): Promise<void> {
   const id = await enqueue(sql, work, {}, { priority: 32767 });
-  await until(() => remaining([id]), (n) => n === 0, 30_000, "the sentinel task");
+  await until(() => remaining([id]), (n) => n === 0, patience, "the sentinel task");
 }
 
 describe("pgbg serve", () => {
   test("runs every task once and deletes it; stops with exit code 0 on SIGTERM", async () => {
     const ids = await enqueueMany(sql, work, Array.from({ length: 300 }, () => ({})));
     const service = serve("--workers", "2", "--concurrency", "5");
-    await until(() => remaining(ids), (n) => n === 0, 30_000, "all tasks to finish");
+    await until(() => remaining(ids), (n) => n === 0, patience, "all tasks to finish");
     const runs = await executions(ids);
     assert.equal(runs.length, 300);
     assert.equal(new Set(runs.map((r) => r.task_id)).size, 300);
@@ -34,7 +34,7 @@ describe("pgbg serve", () => {
   test("never runs more than workers × concurrency tasks at once", async () => {
     const ids = await enqueueMany(sql, work, Array.from({ length: 40 }, () => ({ ms: 100 })));
     const service = serve("--workers", "2", "--concurrency", "3");
-    await until(() => remaining(ids), (n) => n === 0, 30_000, "all tasks to finish");
+    await until(() => remaining(ids), (n) => n === 0, patience, "all tasks to finish");
     await stopService(service);
     const runs = await executions(ids);
     let peak = 0;
@@ -48,7 +48,7 @@ describe("pgbg serve", () => {
 
   test("claims by priority, then run_at, then enqueue order, and not before run_at", async () => {
     const service = serve("--workers", "1", "--concurrency", "1");
-    await until(async () => (await sql`SELECT bool_and(idle) AS idle FROM pgbg.worker`)[0].idle, (idle) => idle === true, 20_000, "the worker to be idle");
+    await until(async () => (await sql`SELECT bool_and(idle) AS idle FROM pgbg.worker`)[0].idle, (idle) => idle === true, patience, "the worker to be idle");
     // One transaction: the worker sees all five at once, however slow its start was.
     const [order, delayed] = await sql.begin(async (tx) => {
       const order: string[] = [];
@@ -59,7 +59,7 @@ describe("pgbg serve", () => {
       return [order, await enqueue(tx, work, {}, { delay: 1_500, priority: -5 })] as const;
     });
     const runAt: Date = (await taskRow(delayed)).run_at;
-    await until(() => remaining([...order, delayed]), (n) => n === 0, 30_000, "all tasks to finish");
+    await until(() => remaining([...order, delayed]), (n) => n === 0, patience, "all tasks to finish");
     await stopService(service);
     const runs = await executions([...order, delayed]);
     // The delayed task may run anywhere once due (on a busy machine the four
@@ -73,10 +73,10 @@ describe("pgbg serve", () => {
     const service = serve("--workers", "1", "--concurrency", "2", "--idle-sleep", "5m");
     await service.waitForLog((l) => /ready/.test(l.message));
     // Let the worker find the queue empty and go to sleep.
-    await until(async () => (await sql`SELECT bool_and(idle) AS idle FROM pgbg.worker`)[0].idle, (idle) => idle === true, 10_000, "the worker to be idle");
+    await until(async () => (await sql`SELECT bool_and(idle) AS idle FROM pgbg.worker`)[0].idle, (idle) => idle === true, patience, "the worker to be idle");
     const id = await enqueue(sql, work, {});
     // Without a wake-up the task would wait the five-minute idle sleep.
-    await until(() => remaining([id]), (n) => n === 0, 20_000, "the task to run after NOTIFY");
+    await until(() => remaining([id]), (n) => n === 0, patience, "the task to run after NOTIFY");
     await stopService(service);
   });
 
@@ -85,7 +85,7 @@ describe("pgbg serve", () => {
     // Workers that look for work every 20 ms: a retry that ignored the
     // 200 ms delay would start well inside it.
     const service = serve("--workers", "2", "--concurrency", "2", "--idle-sleep", "20ms");
-    await until(() => remaining([id]), (n) => n === 0, 30_000, "the task to succeed");
+    await until(() => remaining([id]), (n) => n === 0, patience, "the task to succeed");
     await stopService(service);
     const runs = await executions([id]);
     assert.deepEqual(runs.map((r) => r.attempt), [1, 2, 3]);
@@ -98,7 +98,7 @@ describe("pgbg serve", () => {
   test("after max attempts a task is kept as failed with its last error, and not claimed again", async () => {
     const id = await enqueue(sql, alwaysFails, {});
     const service = serve("--workers", "1", "--concurrency", "2");
-    await until(() => taskRow(id), (r) => r?.state === "failed", 30_000, "the task to fail");
+    await until(() => taskRow(id), (r) => r?.state === "failed", patience, "the task to fail");
     await sentinel();
     await stopService(service);
     const row = await taskRow(id);
@@ -113,8 +113,8 @@ describe("pgbg serve", () => {
     const bad = await enqueue(sql, unstorableError, {});
     const good = await enqueue(sql, work, { failUntil: 1 });
     const service = serve();
-    await until(() => taskRow(bad), (r) => r?.state === "failed", 30_000, "the task to fail");
-    await until(() => remaining([good]), (n) => n === 0, 30_000, "the other task to finish");
+    await until(() => taskRow(bad), (r) => r?.state === "failed", patience, "the task to fail");
+    await until(() => remaining([good]), (n) => n === 0, patience, "the other task to finish");
     await stopService(service);
     assert.match((await taskRow(bad)).last_error.message, /^bad\\u0000byte and half an emoji/);
   });
@@ -122,7 +122,7 @@ describe("pgbg serve", () => {
   test("the service's --max-attempts applies to tasks that set none", async () => {
     const id = await enqueue(sql, work, { failUntil: 99 });
     const service = serve("--max-attempts", "2");
-    await until(() => taskRow(id), (r) => r?.state === "failed", 30_000, "the task to fail");
+    await until(() => taskRow(id), (r) => r?.state === "failed", patience, "the task to fail");
     await stopService(service);
     assert.equal((await taskRow(id)).attempts, 2);
   });
@@ -130,7 +130,7 @@ describe("pgbg serve", () => {
   test("input that no longer matches the schema fails the task for good, without retries", async () => {
     const [{ id }] = await sql`INSERT INTO pgbg.task (queue, name, payload) VALUES ('default', 'strict', '{"count": "not a number"}') RETURNING id::text`;
     const service = serve();
-    await until(() => taskRow(id), (r) => r?.state === "failed", 30_000, "the task to fail");
+    await until(() => taskRow(id), (r) => r?.state === "failed", patience, "the task to fail");
     await stopService(service);
     const row = await taskRow(id);
     assert.equal(row.attempts, 1);
