@@ -62,6 +62,8 @@ export class Heartbeat {
   /** Set once the worker removes its own row: an empty heartbeat then means nothing. */
   #ending = false;
   #lost = false;
+  /** performance.now() of the last call of {@link beat}: a long gap since means this process was stalled. */
+  #tickedAt = performance.now();
 
   constructor(options: HeartbeatOptions) {
     this.#options = options;
@@ -80,6 +82,7 @@ export class Heartbeat {
 
   /** Starts beating every heartbeat interval. */
   start(): void {
+    this.#tickedAt = performance.now();
     this.#timer = setInterval(() => void this.beat(), this.#options.timings.heartbeatInterval);
   }
 
@@ -105,6 +108,7 @@ export class Heartbeat {
   /** One beat: judges the silence first, then sends (one at a time). */
   async beat(): Promise<void> {
     if (this.#lost) return;
+    this.#noteStall();
     const cutOff = this.#cutOff();
     if (cutOff !== undefined) return this.#lose("unreachable", cutOff);
     // Beats that hang (an unreachable server) must not pile up.
@@ -135,6 +139,22 @@ export class Heartbeat {
     const unansweredFor = this.#unansweredSince === undefined ? 0 : performance.now() - this.#unansweredSince;
     if (unansweredFor <= t.replyAllowance || silentFor <= t.selfStopAfter) return undefined;
     return `its heartbeat has not succeeded for ${Math.round(silentFor)} ms (other hosts may take it for dead after ${t.staleAfter} ms)`;
+  }
+
+  /**
+   * A heartbeat in flight when this process stalled (a task blocked the
+   * event loop) may have been answered during the stall, its reply still
+   * queued: timers run before I/O callbacks, so this tick would see it as
+   * unanswered for the whole stall. After a stall of half the reply
+   * allowance or more, it gets its allowance again from now. A stall is
+   * bounded by its supervisor's kill (the kill silence), so a worker cut off
+   * right after one still stops within the kill silence plus the allowance.
+   */
+  #noteStall(): void {
+    const now = performance.now();
+    const stalled = now - this.#tickedAt >= this.#options.timings.replyAllowance / 2;
+    this.#tickedAt = now;
+    if (stalled && this.#unansweredSince !== undefined) this.#unansweredSince = now;
   }
 
   async #send(): Promise<void> {
