@@ -44,10 +44,9 @@ const SELF_STOP_SHARE = 0.4;
  * The share of its stale time a sent heartbeat gets to come back (see
  * {@link Liveness.replyAllowance}). A quarter: after a block near the kill
  * silence, the worker's own event loop has a backlog to work through before
- * it even reads the reply, and on a loaded 2-core machine a tenth (2 s) was
- * too little (the worker stopped itself beside a reachable server). A cut-off
- * worker still stops before it may be reaped: kill silence (half) plus a
- * quarter plus a tick is under the stale time.
+ * it reads the reply, which a loaded 2-core machine stretches to seconds. A
+ * cut-off worker still stops before it may be reaped: kill silence (half)
+ * plus a quarter plus a tick is under the stale time.
  */
 const REPLY_SHARE = 0.25;
 
