@@ -286,7 +286,8 @@ export class Worker {
       }
       for (const task of claimed) this.#start(task);
       if (claimed.length < free) await this.#afterShortClaim();
-      else if (this.#idle) await this.#setIdle(false);
+      // Not awaited: the next claim need not wait for the flag to go down.
+      else if (this.#idle) void this.#setIdle(false);
     }
   }
 
