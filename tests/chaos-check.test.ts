@@ -1,8 +1,11 @@
 // The chaos suite's verdict (tests/chaos/check.ts) must catch every way the
-// promise can break: these records break it one way each.
+// promise can break: these records break it one way each. An execution may
+// outlive its lease (an in-process attempt that ignores its signal is
+// detached, not ended), so an overlap is allowed only after the earlier
+// attempt's lease expired or was revoked, and never with its completion.
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { type Cause, check, type ExecLine, type RunRecord } from "./chaos/check.ts";
+import { type Cause, check, CUT_AFTERMATH_MS, type ExecLine, type Lease, type RunRecord } from "./chaos/check.ts";
 
 /** One execution: a start line and, unless `end` is null, an end line. */
 function exec(p: number, n: number, t: string, a: number, start: number, end: number | null, o: "done" | "error" = "done"): ExecLine[] {
@@ -11,8 +14,21 @@ function exec(p: number, n: number, t: string, a: number, start: number, end: nu
   return lines;
 }
 
+/** An execution that ignores its abort signal on purpose (tasks.js's `hang`): marked, and without an end line. */
+function hungExec(p: number, n: number, t: string, a: number, start: number): ExecLine[] {
+  return [{ k: "s", n, p, pp: 1, t, a, at: start, h: 1 }];
+}
+
+/** A lease of the ledger. */
+function lease(task: string, pid: number, attempt: number, claimedAt: number, endedAt: number | null = null, ended: Lease["ended"] = null): Lease {
+  return { task, pid, attempt, claimedAt, endedAt, ended };
+}
+
 function record(parts: Partial<RunRecord>): RunRecord {
-  return { committed: ["1", "2"], rolledBack: [], lines: [], kills: [], completions: new Map([["1", 1], ["2", 1]]), left: [], ...parts };
+  return {
+    committed: ["1", "2"], rolledBack: [], lines: [], kills: [], cuts: [], leases: [], completions: new Map([["1", 1], ["2", 1]]), completedBy: [], left: [],
+    ...parts,
+  };
 }
 
 const clean = () => [...exec(10, 1, "1", 1, 100, 110), ...exec(11, 1, "2", 1, 100, 120)];
@@ -93,5 +109,72 @@ describe("chaos verdict", () => {
     const v = verdict({ lines, rolledBack: ["7"] });
     assert.equal(v.figures.rolledBackRan, 1);
     assert.match(v.problems.join("\n"), /task\(s\) ran that were never enqueued: 8/);
+  });
+});
+
+describe("chaos verdict: leases, cuts and hangs", () => {
+  describe("an execution that outlived its lease (in-process: a hung attempt, detached)", () => {
+    // Task 1: attempt 1 (pid 10) hangs from 100 until its process exits at
+    // 1000; attempt 2 (pid 11) runs from 300 to 310 and completes.
+    const lines = [...hungExec(10, 1, "1", 1, 100), ...exec(11, 1, "1", 2, 300, 310), ...exec(12, 1, "2", 1, 100, 110), { k: "x", p: 10, c: 0, at: 1000 } as ExecLine];
+    const attempt2 = lease("1", 11, 2, 299);
+    const withLease = (first: Lease, parts: Partial<RunRecord> = {}) => verdict({ lines, leases: [first, attempt2], completedBy: ["11:1", "12:1"], ...parts }, ["hung"]);
+
+    test("may overlap the next attempt once its lease expired, was reaped or handed back, and its re-run is put down to the hang", () => {
+      for (const ended of ["expired", "reaped", "handed back"] as const) {
+        const v = withLease(lease("1", 10, 1, 99, 250, ended));
+        assert.deepEqual(v.problems, [], ended);
+        assert.equal(v.figures.overlapsAfterLease, 1);
+        assert.equal(v.figures.duplicatesWhileLeased, 0);
+        assert.equal(v.figures.reruns.hung, 1);
+      }
+    });
+
+    test("overlaps while its lease held when the lease ended after the next attempt began", () => {
+      const v = withLease(lease("1", 10, 1, 99, 350, "expired"));
+      assert.equal(v.figures.duplicatesWhileLeased, 1);
+      assert.match(v.problems.join("\n"), /task 1: attempt 2 \(pid 11\) started while an earlier execution was still running \(attempt 1, pid 10, .*expired at 350/);
+    });
+
+    test("overlaps while its lease held when the lease never ended, ended by an outcome or a release, or is not in the ledger", () => {
+      for (const first of [lease("1", 10, 1, 99), lease("1", 10, 1, 99, 250, "ended"), lease("1", 99, 1, 99, 250, "expired")]) {
+        assert.equal(withLease(first).figures.duplicatesWhileLeased, 1, JSON.stringify(first));
+      }
+    });
+
+    test("is judged by its own claim: the last one of its task, process and attempt before it started", () => {
+      // Handed back uncounted, attempt 1 was claimed twice by pid 10; the
+      // hung execution began after the second claim, whose lease held.
+      const v = withLease(lease("1", 10, 1, 99, 250, "expired"), { leases: [lease("1", 10, 1, 20, 30, "handed back"), lease("1", 10, 1, 99), attempt2] });
+      assert.equal(v.figures.duplicatesWhileLeased, 1);
+      const early = withLease(lease("1", 10, 1, 99, 250, "expired"), { leases: [lease("1", 10, 1, 99, 250, "expired"), lease("1", 10, 1, 101), attempt2] });
+      assert.equal(early.figures.duplicatesWhileLeased, 0, "a claim after its start is not its own");
+    });
+
+    test("must not commit its completion: a late completion that committed fails the verdict", () => {
+      const lateLines = [...exec(10, 1, "1", 1, 100, 400, "done"), ...exec(11, 1, "1", 2, 300, 310, "error"), ...exec(12, 1, "2", 1, 100, 110)];
+      const v = verdict({ lines: lateLines, leases: [lease("1", 10, 1, 99, 250, "expired"), attempt2], completedBy: ["10:1", "12:1"] }, ["error"]);
+      assert.equal(v.figures.overlapsAfterLease, 1);
+      assert.equal(v.figures.lateCommits, 1);
+      assert.match(v.problems.join("\n"), /task 1: attempt 1 \(pid 10\) committed its completion though another execution began while it ran \(its lease was expired at 250\)/);
+      const refused = verdict({ lines: lateLines, leases: [lease("1", 10, 1, 99, 250, "expired"), attempt2], completedBy: ["12:1"] }, ["error"]);
+      assert.equal(refused.figures.lateCommits, 0);
+    });
+  });
+
+  test("a failure while its process was cut off, or just after the cut healed, is put down to the cut; later, to an error", () => {
+    const lines = [...exec(10, 1, "1", 1, 100, 500, "error"), ...exec(11, 1, "1", 2, 600, 610), ...exec(12, 1, "2", 1, 100, 110)];
+    const cut = (to: number) => verdict({ lines, cuts: [{ pid: 10, from: 200, to }] }, ["cut"]);
+    assert.deepEqual(cut(400).problems, []);
+    assert.equal(cut(400).figures.reruns.cut, 1);
+    assert.match(cut(400 - CUT_AFTERMATH_MS - 1).problems.join("\n"), /cause "error"/);
+    assert.match(verdict({ lines, cuts: [{ pid: 99, from: 200, to: 400 }] }, ["cut"]).problems.join("\n"), /cause "error"/);
+  });
+
+  test("a cause the scenario expected that interrupted nothing fails the verdict", () => {
+    const lines = [...exec(10, 1, "1", 1, 100, null), ...exec(11, 1, "1", 2, 300, 310), ...exec(12, 1, "2", 1, 100, 110)];
+    const kills = [{ pid: 10, group: false, at: 200 }];
+    assert.deepEqual(check(record({ lines, kills }), ["killed", "cut"], ["killed"]).problems, []);
+    assert.match(check(record({ lines, kills }), ["killed", "cut"], ["killed", "cut"]).problems.join("\n"), /no re-run had the cause "cut"/);
   });
 });

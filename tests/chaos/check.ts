@@ -1,9 +1,12 @@
 /**
  * The chaos suite's verdict: joins what the tasks recorded (start, end and
- * exit lines), what the driver did (kills) and what the database holds
- * (completions, rows left) and checks the promise: every committed task
- * completed once or is kept as failed, none is missing, no two executions of
- * one task overlapped, and every re-run has a cause the scenario injected.
+ * exit lines), what the driver did (kills, cuts from the database), and what
+ * the database holds (completions, the lease ledger, rows left) and checks
+ * the promise: every committed task completed once or is kept as failed,
+ * none is missing, no two executions of one task overlapped while the
+ * earlier one's lease held, an execution that outlived its lease never
+ * committed its completion, and every re-run has a cause the scenario
+ * injected.
  *
  * Pure functions, so tests/chaos-check.test.ts can show that each check
  * fails when its guarantee is broken.
@@ -11,7 +14,8 @@
 
 /** One line of an execution file written by tests/chaos/tasks.js. */
 export type ExecLine =
-  | { k: "s"; n: number; p: number; pp: number; t: string; a: number; at: number }
+  // `h`: this attempt ignores its abort signal on purpose (the task's `hang` or `late` input).
+  | { k: "s"; n: number; p: number; pp: number; t: string; a: number; at: number; h?: 1 }
   | { k: "e"; n: number; p: number; o: "done" | "error"; e?: string; at: number }
   | { k: "x"; p: number; c: number; at: number };
 
@@ -24,8 +28,55 @@ export interface Kill {
   at: number;
 }
 
-/** Why an execution did not complete its task. */
-export type Cause = "killed" | "exited" | "error" | "open";
+/** A time the driver cut a process off from the database (tests/chaos/proxy.ts), in wall-clock ms. */
+export interface Cut {
+  pid: number;
+  from: number;
+  /** When the cut healed: taken just after the proxy reset the process's connections. */
+  to: number;
+}
+
+/**
+ * Why an execution did not complete its task: its process was `killed` or
+ * `exited`; it failed (`error`), or failed while its process was `cut` off
+ * from the database; it was `hung` on purpose (ignored its abort signal); or
+ * nothing tells when it ended (`open`).
+ */
+export type Cause = "killed" | "exited" | "error" | "cut" | "hung" | "open";
+
+/**
+ * How a lease ended, as the chaos database's ledger recorded it (run.ts):
+ * `expired`, the task left `running` after its lease's end; `reaped`, after
+ * another host removed its worker, whose heartbeat was older than its stale
+ * time; `handed back`, uncounted (by a worker stopping, or by the host of a
+ * worker that stopped itself, cut off); `ended` in any other way (the
+ * attempt's own failure, its host's release of a worker it knew dead). Only
+ * the first three may leave the attempt running: the others follow its end.
+ */
+export type LeaseEnd = "expired" | "reaped" | "handed back" | "ended";
+
+/** The lease each claim handed out: who took it, when, and how it ended. Times in wall-clock ms, rounded down. */
+export interface Lease {
+  task: string;
+  /** The claiming worker's process (in-process: the app's), from its row at the claim. */
+  pid: number | null;
+  /** The attempt the claim began. */
+  attempt: number;
+  claimedAt: number;
+  /** Null while the lease held to the end of the run, or ended with the task's completion. */
+  endedAt: number | null;
+  ended: LeaseEnd | null;
+}
+
+/** Lease endings after which a late execution may still be running, while the task runs again. */
+const REVOKED: readonly LeaseEnd[] = ["expired", "reaped", "handed back"];
+
+/**
+ * How long after a cut healed its process may still report failures the
+ * cut caused: the proxy resets the connections held through the cut as it
+ * heals, and the attempts waiting on them fail when their process next reads.
+ */
+export const CUT_AFTERMATH_MS = 2_000;
 
 /** Everything one scenario run left behind. */
 export interface RunRecord {
@@ -35,8 +86,13 @@ export interface RunRecord {
   rolledBack: string[];
   lines: ExecLine[];
   kills: Kill[];
+  cuts: Cut[];
+  /** The lease ledger: one entry per claim. */
+  leases: Lease[];
   /** Rows of chaos_done per task id: how often a completion committed. */
   completions: Map<string, number>;
+  /** The executions whose completion committed, as `pid:n` of their start lines. */
+  completedBy: string[];
   /** Rows still in pgbg.task. */
   left: { id: string; state: string }[];
 }
@@ -46,9 +102,14 @@ export interface Figures {
   tasks: number;
   executions: number;
   kills: number;
+  cuts: number;
   reruns: Record<Cause, number>;
   lost: number;
   duplicatesWhileLeased: number;
+  /** Pairs of executions that overlapped after the earlier one's lease had expired or was revoked: allowed. */
+  overlapsAfterLease: number;
+  /** Executions still running when another execution of their task began, whose completion committed all the same. */
+  lateCommits: number;
   completedTwice: number;
   failed: number;
   rolledBackRan: number;
@@ -63,9 +124,13 @@ export interface Verdict {
 interface Execution {
   task: string;
   pid: number;
+  /** The sequence number of its start line in its process. */
+  n: number;
   ppid: number;
   attempt: number;
   start: number;
+  /** It ignores its abort signal on purpose. */
+  hangs: boolean;
   end?: number;
   outcome?: "done" | "error";
   error?: string;
@@ -94,38 +159,110 @@ function processEnds(lines: ExecLine[], kills: Kill[]) {
   };
 }
 
-function executions(lines: ExecLine[], kills: Kill[]): Execution[] {
+/** Whether process `pid` was cut off from the database at `at`, or had just healed. */
+function cutAt(cuts: Cut[]) {
+  return (pid: number, at: number) => cuts.some((c) => c.pid === pid && c.from <= at && at <= c.to + CUT_AFTERMATH_MS);
+}
+
+function executions(lines: ExecLine[], kills: Kill[], cuts: Cut[]): Execution[] {
   const byKey = new Map<string, Execution>();
   for (const l of lines) {
-    if (l.k === "s") byKey.set(`${l.p}:${l.n}`, { task: String(l.t), pid: l.p, ppid: l.pp, attempt: l.a, start: l.at });
+    if (l.k === "s") {
+      byKey.set(`${l.p}:${l.n}`, { task: String(l.t), pid: l.p, n: l.n, ppid: l.pp, attempt: l.a, start: l.at, hangs: l.h === 1 });
+    }
   }
+  const wasCut = cutAt(cuts);
   for (const l of lines) {
     if (l.k !== "e") continue;
     const e = byKey.get(`${l.p}:${l.n}`);
     if (!e) continue;
     Object.assign(e, { end: l.at, outcome: l.o, error: l.e });
-    if (l.o === "error") e.cause = "error";
+    if (l.o === "error") e.cause = e.hangs ? "hung" : wasCut(e.pid, l.at) ? "cut" : "error";
   }
   const stopped = processEnds(lines, kills);
   for (const e of byKey.values()) {
     if (e.end !== undefined) continue;
     const { at, cause } = stopped(e);
     e.end = at;
-    e.cause = cause;
+    // A hung execution runs until its process ends; its task ran again
+    // long before, because it hung.
+    e.cause = e.hangs && cause !== "open" ? "hung" : cause;
   }
   return [...byKey.values()];
 }
 
 /**
- * Checks one run. `allowed` lists the causes of re-runs that the scenario
- * injected (kills, exits of retired workers, errors from dropped
- * connections); a re-run with any other cause is a problem, as is an
- * execution whose end nobody can tell.
+ * The lease of each execution: the last claim of its task by its process
+ * for its attempt made before it started (a hand-back does not count the
+ * attempt, so one process may claim one attempt of a task twice).
  */
-export function check(record: RunRecord, allowed: readonly Cause[]): Verdict {
+function leaseFinder(leases: Lease[]) {
+  const byKey = new Map<string, Lease[]>();
+  for (const l of leases) {
+    const key = `${l.task}:${l.pid}:${l.attempt}`;
+    byKey.set(key, [...(byKey.get(key) ?? []), l]);
+  }
+  for (const list of byKey.values()) list.sort((a, b) => a.claimedAt - b.claimedAt);
+  return (e: Execution): Lease | undefined => byKey.get(`${e.task}:${e.pid}:${e.attempt}`)?.findLast((l) => l.claimedAt <= e.start);
+}
+
+/** The lease of `e`, as a problem message puts it. */
+function describeLease(lease: Lease | undefined): string {
+  if (!lease) return "no claim in the lease ledger";
+  if (lease.endedAt === null) return "its lease never ended";
+  return `its lease ${lease.ended === "ended" ? "ended by its own outcome or a release" : `was ${lease.ended}`} at ${lease.endedAt}`;
+}
+
+interface OverlapFigures {
+  duplicatesWhileLeased: number;
+  overlapsAfterLease: number;
+  lateCommits: number;
+}
+
+/**
+ * Checks the executions of one task, in start order: each that began while
+ * an earlier one still ran must have begun after that one's lease expired
+ * or was revoked, and the earlier one's completion must not have committed.
+ */
+function checkOverlaps(task: string, list: Execution[], leaseOf: (e: Execution) => Lease | undefined, completedBy: Set<string>, problems: string[]): OverlapFigures {
+  const figures = { duplicatesWhileLeased: 0, overlapsAfterLease: 0, lateCommits: 0 };
+  const late = new Set<Execution>();
+  list.forEach((b, j) => {
+    const running = list.slice(0, j).filter((a) => a.end! > b.start);
+    for (const a of running) late.add(a);
+    const held = running.filter((a) => {
+      const lease = leaseOf(a);
+      return !(lease?.endedAt != null && lease.endedAt <= b.start && REVOKED.includes(lease.ended!));
+    });
+    figures.overlapsAfterLease += running.length - held.length;
+    if (!held.length) return;
+    figures.duplicatesWhileLeased++;
+    const a = held[0];
+    problems.push(
+      `task ${task}: attempt ${b.attempt} (pid ${b.pid}) started while an earlier execution was still running ` +
+        `(attempt ${a.attempt}, pid ${a.pid}, started ${a.start}; ${describeLease(leaseOf(a))}; the new one started ${b.start})`,
+    );
+  });
+  for (const a of late) {
+    if (!completedBy.has(`${a.pid}:${a.n}`)) continue;
+    figures.lateCommits++;
+    problems.push(`task ${task}: attempt ${a.attempt} (pid ${a.pid}) committed its completion though another execution began while it ran (${describeLease(leaseOf(a))})`);
+  }
+  return figures;
+}
+
+/**
+ * Checks one run. `allowed` lists the causes of re-runs that the scenario
+ * injected (kills, cuts, hangs, exits of retired workers, errors from
+ * dropped connections); a re-run with any other cause is a problem, as is
+ * an execution whose end nobody can tell. `expected` lists causes that must
+ * each explain at least one re-run: a fault that interrupted nothing proved
+ * nothing.
+ */
+export function check(record: RunRecord, allowed: readonly Cause[], expected: readonly Cause[] = []): Verdict {
   const problems: string[] = [];
   const sample = (ids: string[]) => `${ids.slice(0, 5).join(", ")}${ids.length > 5 ? ", …" : ""}`;
-  const all = executions(record.lines, record.kills);
+  const all = executions(record.lines, record.kills, record.cuts);
   const byTask = new Map<string, Execution[]>();
   for (const e of all) byTask.set(e.task, [...(byTask.get(e.task) ?? []), e]);
 
@@ -146,17 +283,15 @@ export function check(record: RunRecord, allowed: readonly Cause[]): Verdict {
   const unknown = [...new Set(strangers.filter((id) => !rolledBack.has(id)))];
   if (unknown.length) problems.push(`${unknown.length} task(s) ran that were never enqueued: ${sample(unknown)}`);
 
-  let overlaps = 0;
-  const reruns: Record<Cause, number> = { killed: 0, exited: 0, error: 0, open: 0 };
+  const overlaps: OverlapFigures = { duplicatesWhileLeased: 0, overlapsAfterLease: 0, lateCommits: 0 };
+  const leaseOf = leaseFinder(record.leases);
+  const completedBy = new Set(record.completedBy);
+  const reruns: Record<Cause, number> = { killed: 0, exited: 0, error: 0, cut: 0, hung: 0, open: 0 };
   for (const [task, list] of byTask) {
     list.sort((a, b) => a.start - b.start);
-    let busyUntil = -Infinity;
+    const f = checkOverlaps(task, list, leaseOf, completedBy, problems);
+    for (const k of Object.keys(overlaps) as (keyof OverlapFigures)[]) overlaps[k] += f[k];
     for (const e of list) {
-      if (e.start < busyUntil) {
-        overlaps++;
-        problems.push(`task ${task}: attempt ${e.attempt} (pid ${e.pid}) started while an earlier execution was still running`);
-      }
-      busyUntil = Math.max(busyUntil, e.end!);
       if (e.outcome === "done") continue;
       reruns[e.cause!]++;
       if (!allowed.includes(e.cause!)) {
@@ -164,14 +299,18 @@ export function check(record: RunRecord, allowed: readonly Cause[]): Verdict {
       }
     }
   }
+  for (const cause of expected) {
+    if (!reruns[cause]) problems.push(`no re-run had the cause "${cause}": the scenario's fault interrupted no attempt`);
+  }
   return {
     figures: {
       tasks: record.committed.length,
       executions: all.length,
       kills: record.kills.length,
+      cuts: record.cuts.length,
       reruns,
       lost: lost.length,
-      duplicatesWhileLeased: overlaps,
+      ...overlaps,
       completedTwice: twice.length,
       failed: failed.size,
       rolledBackRan: rolledBackRan.size,
@@ -184,7 +323,8 @@ export function check(record: RunRecord, allowed: readonly Cause[]): Verdict {
 export function describeFigures(name: string, f: Figures, seconds: number): string {
   const causes = (Object.entries(f.reruns) as [Cause, number][]).filter(([, n]) => n).map(([c, n]) => `${c} ${n}`).join(", ");
   const total = Object.values(f.reruns).reduce((a, b) => a + b, 0);
-  return `${name}: ${f.tasks} tasks, ${f.executions} executions, ${f.kills} kills, re-runs ${total}${causes ? ` (${causes})` : ""}, ` +
-    `lost ${f.lost}, duplicates while leased ${f.duplicatesWhileLeased}, completed twice ${f.completedTwice}, failed ${f.failed}` +
+  const afterLease = f.overlapsAfterLease || f.lateCommits ? `overlaps after the lease ended ${f.overlapsAfterLease} (late completions committed ${f.lateCommits}), ` : "";
+  return `${name}: ${f.tasks} tasks, ${f.executions} executions, ${f.kills} kills${f.cuts ? `, ${f.cuts} cuts` : ""}, re-runs ${total}${causes ? ` (${causes})` : ""}, ` +
+    `lost ${f.lost}, duplicates while leased ${f.duplicatesWhileLeased}, ${afterLease}completed twice ${f.completedTwice}, failed ${f.failed}` +
     `${f.rolledBackRan ? `, rolled back but ran ${f.rolledBackRan}` : ""}, ${seconds.toFixed(1)} s`;
 }

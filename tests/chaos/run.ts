@@ -2,12 +2,14 @@
  * The fault-injection suite: `npm run chaos` (the full run) or
  * `npm run chaos -- --ci` (the short one CI runs); `--only a,b` picks
  * scenarios. It always starts its own embedded PostgreSQL, because one
- * scenario restarts the server. Each scenario gets a fresh database; the
- * suite prints one line of figures per scenario and exits 1 when any
- * scenario broke the promise (lost tasks, overlapping executions, tasks
- * completed twice, re-runs the scenario cannot explain).
+ * scenario restarts the server. Each scenario gets a fresh database, with a
+ * ledger of every lease (claims, and how each lease ended) kept by triggers;
+ * the suite prints one line of figures per scenario and exits 1 when any
+ * scenario broke the promise (lost tasks, executions overlapping while a
+ * lease held, late completions that committed, tasks completed twice,
+ * re-runs the scenario cannot explain) or injected no fault.
  */
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import process from "node:process";
@@ -15,9 +17,10 @@ import { parseArgs } from "node:util";
 import postgres from "postgres";
 import { startEmbeddedPostgres } from "../../cli/embedded.ts";
 import { migrate } from "../../mod.ts";
-import { type Cause, check, describeFigures, type ExecLine, type Kill } from "./check.ts";
-import { type RunContext, Supervisor, supervisorKills, workerEnds } from "./cluster.ts";
-import { scenarios, type Size, type Stage } from "./scenarios.ts";
+import { check, describeFigures, type ExecLine, type Lease, type RunRecord } from "./check.ts";
+import { App, type RunContext, Supervisor, supervisorKills, workerEnds } from "./cluster.ts";
+import { scenarios } from "./scenarios.ts";
+import type { Scenario, Size, Stage } from "./stage.ts";
 
 const { values } = parseArgs({ options: { ci: { type: "boolean", default: false }, only: { type: "string" }, keep: { type: "boolean", default: false } } });
 const size: Size = values.ci ? "ci" : "full";
@@ -31,13 +34,51 @@ if (only && chosen.length !== only.length) {
 // Generous bound on waiting for a drain: a scenario that cannot finish fails instead of hanging CI.
 const DRAIN_LIMIT_MS = 15 * 60_000;
 
+/**
+ * The lease ledger. A claim changes the lease token; a lease ends when its
+ * task leaves `running` (a completion deletes the row, and nothing can run
+ * after it). A worker's row removed while its heartbeat was older than its
+ * stale time was reaped. Times are clock_timestamp(), taken before the
+ * commit, so an end is never recorded later than a process could see it.
+ * The triggers slow each claim a little; they change no outcome.
+ */
+const LEDGER = `
+CREATE TABLE chaos_claim (task_id bigint NOT NULL, token integer NOT NULL, attempt integer NOT NULL, worker_id uuid, pid integer,
+  at timestamptz NOT NULL DEFAULT clock_timestamp());
+CREATE TABLE chaos_lease_end (task_id bigint NOT NULL, token integer NOT NULL, worker_id uuid, handed_back boolean NOT NULL,
+  expires_at timestamptz, at timestamptz NOT NULL DEFAULT clock_timestamp());
+CREATE TABLE chaos_worker_gone (worker_id uuid NOT NULL, heartbeat_at timestamptz NOT NULL, stale_after_ms bigint,
+  at timestamptz NOT NULL DEFAULT clock_timestamp());
+CREATE FUNCTION chaos_lease_log() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF NEW.lease_token <> OLD.lease_token THEN
+    INSERT INTO chaos_claim (task_id, token, attempt, worker_id, pid)
+    VALUES (NEW.id, NEW.lease_token, NEW.attempts, NEW.worker_id, (SELECT pid FROM pgbg.worker WHERE id = NEW.worker_id));
+  END IF;
+  IF OLD.state = 'running' AND NEW.state <> 'running' THEN
+    INSERT INTO chaos_lease_end (task_id, token, worker_id, handed_back, expires_at)
+    VALUES (OLD.id, OLD.lease_token, OLD.worker_id, NEW.attempts < OLD.attempts, OLD.lease_expires_at);
+  END IF;
+  RETURN NULL;
+END $$;
+CREATE TRIGGER chaos_lease_log AFTER UPDATE ON pgbg.task FOR EACH ROW
+  WHEN (NEW.lease_token <> OLD.lease_token OR (OLD.state = 'running' AND NEW.state <> 'running'))
+  EXECUTE FUNCTION chaos_lease_log();
+CREATE FUNCTION chaos_worker_log() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO chaos_worker_gone (worker_id, heartbeat_at, stale_after_ms) VALUES (OLD.id, OLD.heartbeat_at, OLD.stale_after_ms);
+  RETURN NULL;
+END $$;
+CREATE TRIGGER chaos_worker_log AFTER DELETE ON pgbg.worker FOR EACH ROW EXECUTE FUNCTION chaos_worker_log();
+`;
+
 const server = await startEmbeddedPostgres();
 console.log(`chaos: ${size} run of ${chosen.length} scenario(s) on an embedded PostgreSQL ${server.version}`);
 const admin = postgres(server.url, { max: 1, onnotice: () => {} });
 let failures = 0;
 try {
   for (const scenario of chosen) {
-    const ok = await runScenario(scenario.name, scenario.allowed, scenario.run);
+    const ok = await runScenario(scenario);
     if (!ok) failures++;
   }
 } finally {
@@ -47,31 +88,55 @@ try {
 console.log(failures ? `chaos: ${failures} scenario(s) broke the promise` : "chaos: every scenario kept the promise");
 process.exit(failures ? 1 : 0);
 
-async function runScenario(name: string, allowed: readonly Cause[], body: (stage: Stage) => Promise<void>): Promise<boolean> {
-  const database = `chaos_${name.replace(/-/g, "_")}`;
+// deno-lint-ignore no-explicit-any
+type Client = postgres.Sql<any>;
+
+/** A fresh, migrated database for one scenario, with the table the tasks write and the lease ledger. */
+async function prepareDatabase(database: string): Promise<{ url: string; sql: Client }> {
   await admin.unsafe(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`);
   await admin.unsafe(`CREATE DATABASE ${database}`);
   const url = new URL(server.url);
   url.pathname = `/${database}`;
   const sql = postgres(url.href, { max: 8, onnotice: () => {} });
   await migrate(sql);
-  await sql`CREATE TABLE chaos_done (task_id bigint NOT NULL, pid integer NOT NULL, attempt integer NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp())`;
-  const dir = mkdtempSync(join(tmpdir(), `pgbg-chaos-${name}-`));
-  const kills: Kill[] = [];
-  const ctx: RunContext = { dir, databaseUrl: url.href, kills };
-  const supervisors: Supervisor[] = [];
-  const notes: string[] = [];
-  const problems: string[] = [];
-  const stage: Stage = {
+  await sql`CREATE TABLE chaos_done (task_id bigint NOT NULL, pid integer NOT NULL, n integer NOT NULL, attempt integer NOT NULL,
+    at timestamptz NOT NULL DEFAULT clock_timestamp())`;
+  await sql.unsafe(LEDGER);
+  return { url: url.href, sql };
+}
+
+/** Every execution line written so far. */
+function readLines(dir: string): ExecLine[] {
+  const lines: ExecLine[] = [];
+  for (const file of readdirSync(dir).filter((f) => f.startsWith("exec-"))) {
+    for (const line of readFileSync(join(dir, file), "utf8").split("\n")) if (line) lines.push(JSON.parse(line));
+  }
+  return lines;
+}
+
+/** The processes a scenario started, for the runner to stop at the end. */
+interface Started {
+  supervisors: Supervisor[];
+  apps: App[];
+}
+
+function makeStage(name: string, sql: Client, ctx: RunContext, started: Started, notes: string[]): Stage {
+  return {
     size,
     sql,
     committed: [],
     rolledBack: [],
     serve(options) {
       const supervisor = new Supervisor(ctx, options);
-      supervisors.push(supervisor);
+      started.supervisors.push(supervisor);
       return supervisor;
     },
+    async host(options) {
+      const app = await App.start(ctx, options);
+      started.apps.push(app);
+      return app;
+    },
+    lines: () => readLines(ctx.dir),
     async drained(tick) {
       const deadline = Date.now() + DRAIN_LIMIT_MS;
       for (;;) {
@@ -87,7 +152,8 @@ async function runScenario(name: string, allowed: readonly Cause[], body: (stage
           progress(`${name}: waiting for the database (${(error as Error).message})`);
         }
         if (left === 0) return;
-        if (supervisors.every((s) => !s.alive)) throw new Error(`every supervisor exited (log: ${supervisors.at(-1)?.logFile})`);
+        const all = [...started.supervisors, ...started.apps];
+        if (all.every((s) => !s.alive)) throw new Error(`every supervisor and app exited (log: ${all.at(-1)?.logFile})`);
         if (Date.now() > deadline) throw new Error(`the queue did not drain within ${DRAIN_LIMIT_MS / 60_000} minutes`);
         if (left !== undefined) await tick?.();
         await new Promise((r) => setTimeout(r, 200));
@@ -100,41 +166,106 @@ async function runScenario(name: string, allowed: readonly Cause[], body: (stage
       notes.push(text);
     },
   };
+}
+
+/**
+ * Stops what still runs, gracefully; a process that does not exit 0 is a
+ * problem, as is an app that exited by itself. When a process is slow to
+ * stop, the scenario database's sessions are written down while it still
+ * hangs (their states and waits say what it waits for).
+ */
+async function stopAll(sql: Client, ctx: RunContext, started: Started, problems: string[]): Promise<void> {
+  for (const app of started.apps) {
+    for (const how of app.crashes) problems.push(`an app ended by itself (${how}); its log says why (${app.logFile})`);
+  }
+  const slowToStop = async <T>(pid: number, stopping: Promise<T>): Promise<{ result: T; sessions: string }> => {
+    const sessions = join(ctx.dir, `sessions-while-${pid}-stopped.txt`);
+    const slow = setTimeout(() => void writeSessions(sql, sessions), 10_000);
+    const result = await stopping;
+    clearTimeout(slow);
+    return { result, sessions };
+  };
+  await Promise.all([
+    ...started.supervisors.filter((s) => s.alive).map(async (s) => {
+      const { result: code, sessions } = await slowToStop(s.pid, s.stop());
+      if (code !== 0) problems.push(`a supervisor (pid ${s.pid}) exited with code ${code} on SIGTERM (log: ${s.logFile}; sessions: ${sessions})`);
+    }),
+    ...started.apps.filter((a) => a.alive).map(async (a) => {
+      const pid = a.pid;
+      const { result: wrong, sessions } = await slowToStop(pid, a.stop());
+      if (wrong) problems.push(`an app (pid ${pid}) ${wrong} (log: ${a.logFile}; sessions: ${sessions})`);
+    }),
+  ]);
+}
+
+/** The sessions on the scenario's database, one line each, into `file`. */
+async function writeSessions(sql: Client, file: string): Promise<void> {
+  const rows = await sql`SELECT application_name, client_port, state, wait_event_type, wait_event,
+      round(extract(epoch FROM now() - xact_start))::int AS xact_s, left(regexp_replace(query, '\s+', ' ', 'g'), 120) AS query
+    FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() ORDER BY application_name, client_port`.catch(() => []);
+  writeFileSync(file, rows.map((r) => JSON.stringify(r)).join("\n") + "\n");
+}
+
+/** The lease ledger, one entry per claim, each with how its lease ended (see LEDGER and check.ts's LeaseEnd). */
+async function readLeases(sql: Client): Promise<Lease[]> {
+  const rows = await sql`SELECT c.task_id::text AS task, c.pid, c.attempt,
+      floor(extract(epoch FROM c.at) * 1000)::float8 AS claimed_at,
+      floor(extract(epoch FROM e.at) * 1000)::float8 AS ended_at,
+      CASE WHEN e.at IS NULL THEN NULL
+        WHEN e.expires_at <= e.at THEN 'expired'
+        WHEN e.handed_back THEN 'handed back'
+        WHEN EXISTS (SELECT 1 FROM chaos_worker_gone g WHERE g.worker_id = e.worker_id AND g.at <= e.at
+          AND g.heartbeat_at < g.at - g.stale_after_ms * interval '1 millisecond') THEN 'reaped'
+        ELSE 'ended' END AS ended
+    FROM chaos_claim c LEFT JOIN chaos_lease_end e ON e.task_id = c.task_id AND e.token = c.token`;
+  return rows.map((r) => ({ task: r.task, pid: r.pid, attempt: r.attempt, claimedAt: r.claimed_at, endedAt: r.ended_at, ended: r.ended }));
+}
+
+/** Everything the run left behind, for the verdict. */
+async function readRecord(sql: Client, ctx: RunContext, stage: Stage): Promise<RunRecord> {
+  const completions = new Map<string, number>();
+  for (const r of await sql`SELECT task_id::text AS id, count(*)::int AS n FROM chaos_done GROUP BY task_id`) completions.set(r.id, r.n);
+  const completedBy = (await sql`SELECT pid, n FROM chaos_done`).map((r) => `${r.pid}:${r.n}`);
+  const left = (await sql`SELECT id::text, state::text FROM pgbg.task`).map((r) => ({ id: r.id as string, state: r.state as string }));
+  return {
+    committed: stage.committed, rolledBack: stage.rolledBack, lines: readLines(ctx.dir), kills: ctx.kills, cuts: ctx.cuts,
+    leases: await readLeases(sql), completions, completedBy, left,
+  };
+}
+
+async function runScenario(scenario: Scenario): Promise<boolean> {
+  const { name } = scenario;
+  const database = `chaos_${name.replace(/-/g, "_")}`;
+  const { url, sql } = await prepareDatabase(database);
+  const ctx: RunContext = { dir: mkdtempSync(join(tmpdir(), `pgbg-chaos-${name}-`)), databaseUrl: url, kills: [], cuts: [] };
+  const started: Started = { supervisors: [], apps: [] };
+  const notes: string[] = [];
+  const problems: string[] = [];
+  const stage = makeStage(name, sql, ctx, started, notes);
 
   const t0 = performance.now();
   try {
-    await body(stage);
+    await scenario.run(stage);
   } catch (error) {
     problems.push(`the scenario failed: ${(error as Error).message}`);
   }
   const seconds = (performance.now() - t0) / 1000;
-  for (const supervisor of supervisors) {
-    if (!supervisor.alive) continue;
-    const code = await supervisor.stop();
-    if (code !== 0) problems.push(`a supervisor exited with code ${code} on SIGTERM (log: ${supervisor.logFile})`);
-  }
-  for (const supervisor of supervisors) kills.push(...supervisorKills(supervisor));
+  await stopAll(sql, ctx, started, problems);
+  for (const supervisor of started.supervisors) ctx.kills.push(...supervisorKills(supervisor));
   const ends = new Map<string, number>();
-  for (const end of supervisors.flatMap(workerEnds)) ends.set(end, (ends.get(end) ?? 0) + 1);
+  for (const end of started.supervisors.flatMap(workerEnds)) ends.set(end, (ends.get(end) ?? 0) + 1);
   if (ends.size) notes.push(`workers replaced: ${[...ends].map(([how, n]) => `${how} ×${n}`).join(", ")}`);
 
-  const lines: ExecLine[] = [];
-  for (const file of readdirSync(dir).filter((f) => f.startsWith("exec-"))) {
-    for (const line of readFileSync(join(dir, file), "utf8").split("\n")) if (line) lines.push(JSON.parse(line));
-  }
-  const completions = new Map<string, number>();
-  for (const r of await sql`SELECT task_id::text AS id, count(*)::int AS n FROM chaos_done GROUP BY task_id`) completions.set(r.id, r.n);
-  const left = (await sql`SELECT id::text, state::text FROM pgbg.task`).map((r) => ({ id: r.id as string, state: r.state as string }));
+  const record = await readRecord(sql, ctx, stage);
   await sql.end({ timeout: 5 });
-
-  const verdict = check({ committed: stage.committed, rolledBack: stage.rolledBack, lines, kills, completions, left }, allowed);
+  const verdict = check(record, scenario.allowed, scenario.expected);
   problems.push(...verdict.problems);
   progress("");
   console.log(`${problems.length ? "FAIL" : "ok  "} ${describeFigures(name, verdict.figures, seconds)}${notes.length ? `; ${notes.join("; ")}` : ""}`);
   for (const p of problems.slice(0, 20)) console.log(`       ${p}`);
   if (problems.length > 20) console.log(`       … and ${problems.length - 20} more`);
-  if (problems.length || values.keep) console.log(`       records kept in ${dir}`);
-  else rmSync(dir, { recursive: true, force: true });
+  if (problems.length || values.keep) console.log(`       records kept in ${ctx.dir}`);
+  else rmSync(ctx.dir, { recursive: true, force: true });
   await admin.unsafe(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`);
   return problems.length === 0;
 }

@@ -1,52 +1,14 @@
 /**
  * The fault-injection scenarios. Each enqueues tasks of tests/chaos/tasks.js,
- * runs real `pgbg serve` supervisors while it hurts them, and returns once
- * the queue is empty; run.ts then checks the record (check.ts).
+ * runs real `pgbg serve` supervisors, or apps hosting in-process workers,
+ * while it hurts them, and returns once the queue is empty; run.ts then
+ * checks the record (check.ts).
  */
 import { enqueueMany } from "../../mod.ts";
-import type { Cause } from "./check.ts";
-import { type ServeOptions, Supervisor } from "./cluster.ts";
+import type { Supervisor } from "./cluster.ts";
+import { inProcess } from "./in-process.ts";
+import { type Scenario, sized, type Stage, taskMs } from "./stage.ts";
 import { work } from "./tasks.js";
-import type postgres from "postgres";
-
-/** How big a run is: `full` for `npm run chaos`, `ci` for the short version CI runs. */
-export type Size = "full" | "ci";
-
-/** What a scenario gets from the runner. */
-export interface Stage {
-  size: Size;
-  // deno-lint-ignore no-explicit-any
-  sql: postgres.Sql<any>;
-  /** Starts a supervisor on this scenario's database; the runner stops those still running at the end. */
-  serve(options: ServeOptions): Supervisor;
-  /** Committed task ids; scenarios that enqueue by hand push onto it. */
-  committed: string[];
-  /** Ids of enqueues that were rolled back. */
-  rolledBack: string[];
-  /** Resolves once no task is queued or running (failing after a generous bound); calls `tick` every 200 ms meanwhile. */
-  drained(tick?: () => void | Promise<void>): Promise<void>;
-  /** Restarts the PostgreSQL server, down for `downMs`. */
-  restartServer(downMs: number): Promise<void>;
-  /** Adds a note to the scenario's line of figures. */
-  note(text: string): void;
-}
-
-/** A scenario: what it injects, and which re-run causes that explains. */
-export interface Scenario {
-  name: string;
-  /** Causes of re-runs this scenario's faults explain. */
-  allowed: readonly Cause[];
-  run(stage: Stage): Promise<void>;
-}
-
-/**
- * How long a task sleeps: mostly 0–9 ms, so that many pass through; one in
- * ten 100–300 ms, so that a task handed to a second worker while the first
- * still runs it would overlap long enough to be seen.
- */
-export function taskMs(): number {
-  return Math.random() < 0.1 ? 100 + Math.floor(Math.random() * 200) : Math.floor(Math.random() * 10);
-}
 
 /** Enqueues `n` tasks in committed batches; `hang(i)` marks tasks whose first attempt hangs. */
 export async function enqueueTasks(stage: Stage, n: number, hang: (i: number) => boolean = () => false): Promise<void> {
@@ -75,8 +37,6 @@ export async function feedTasks(stage: Stage, n: number, depth = 200): Promise<v
     fed += batch;
   }
 }
-
-const sized = (stage: Stage, full: number, ci: number) => (stage.size === "full" ? full : ci);
 
 /** Feeds `n` tasks and kills a random worker of a random supervisor every `everyMs` until they are all done. */
 async function killWorkersWhileFeeding(stage: Stage, n: number, supervisors: Supervisor[], everyMs: number): Promise<void> {
@@ -181,8 +141,9 @@ export const scenarios: Scenario[] = [
   competing(4),
   {
     name: "hung-tasks",
-    // A hung attempt ends when its retired worker exits.
-    allowed: ["exited"],
+    // A hung attempt ends when its retired worker exits; the others running
+    // in that worker may end with it.
+    allowed: ["hung", "exited"],
     async run(stage) {
       const n = sized(stage, 5_000, 1_000);
       const every = sized(stage, 100, 100);
@@ -226,6 +187,8 @@ export const scenarios: Scenario[] = [
       stage.note(`4 producers, ${4 * transactions} transactions, ${rolledBack} rolled back (${stage.rolledBack.length} tasks)`);
     },
   },
+
+  inProcess,
 ];
 
 class RollBack extends Error {}

@@ -2,6 +2,10 @@
 import type * as v from "valibot";
 import type { Task } from "../../mod.ts";
 
-type Input = v.ObjectSchema<{ ms: v.NumberSchema<undefined>; hang: v.OptionalSchema<v.BooleanSchema<undefined>, undefined> }, undefined>;
-/** Sleeps, then records its success and completes itself in one transaction. */
+type Input = v.ObjectSchema<{
+  ms: v.NumberSchema<undefined>;
+  hang: v.OptionalSchema<v.BooleanSchema<undefined>, undefined>;
+  late: v.OptionalSchema<v.NumberSchema<undefined>, undefined>;
+}, undefined>;
+/** Sleeps, then records its success and completes itself in one transaction; `hang` and `late` make its first attempt ignore its abort signal. */
 export declare const work: Task<Input>;

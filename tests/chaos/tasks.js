@@ -7,7 +7,8 @@
 // lose it), an end line when the handler returns or throws, and an exit line
 // when the process exits. Success is written in the handler's own
 // transaction together with ctx.complete(tx), so a task completed twice
-// shows up as two rows in chaos_done.
+// shows up as two rows in chaos_done, each naming the execution (pid and
+// sequence number of its start line) whose completion committed.
 import { appendFileSync } from "node:fs";
 import process from "node:process";
 import postgres from "postgres";
@@ -29,9 +30,14 @@ function setup() {
   const file = `${process.env.CHAOS_DIR}/exec-${process.pid}.jsonl`;
   const write = (line) => appendFileSync(file, `${JSON.stringify(line)}\n`);
   process.on("exit", (code) => write({ k: "x", p: process.pid, c: code, at: now() }));
+  // No array types fetched: the handlers send none, and postgres.js (3.4.9)
+  // leaves that fetch's failure unhandled when a connection is reset while
+  // it opens, which would end the process on a fault of this test's own
+  // client rather than of pgbg's.
   const sql = postgres(process.env.DATABASE_URL, {
     max: 10,
     onnotice: () => {},
+    fetch_types: false,
     connection: { application_name: "chaos handler" },
   });
   state = { write, sql, seq: 0 };
@@ -51,23 +57,27 @@ function sleep(ms, signal) {
 /**
  * Sleeps `ms`, then records its success and completes itself in one
  * transaction. With `hang`, its first attempt never returns and ignores its
- * abort signal.
+ * abort signal. With `late`, its first attempt sleeps that many ms ignoring
+ * its abort signal, past its lease, and only then tries to complete: its
+ * completion must be refused. Both mark their start line with `h`.
  */
 export const work = defineTask({
   name: "chaos-work",
-  schema: v.object({ ms: v.number(), hang: v.optional(v.boolean()) }),
+  schema: v.object({ ms: v.number(), hang: v.optional(v.boolean()), late: v.optional(v.number()) }),
   retryDelay: 100,
   maxAttempts: 1000,
   async run(input, ctx) {
     const { write, sql } = setup();
     const n = ++state.seq;
     const p = process.pid;
-    write({ k: "s", n, p, pp: process.ppid, t: ctx.id, a: ctx.attempt, at: now() });
+    const hangs = ctx.attempt === 1 && (input.hang || input.late > 0);
+    write({ k: "s", n, p, pp: process.ppid, t: ctx.id, a: ctx.attempt, at: now(), ...(hangs ? { h: 1 } : {}) });
     try {
       if (input.hang && ctx.attempt === 1) await new Promise(() => {});
+      if (input.late > 0 && ctx.attempt === 1) await new Promise((resolve) => setTimeout(resolve, input.late));
       if (input.ms > 0) await sleep(input.ms, ctx.signal);
       await sql.begin(async (tx) => {
-        await tx`INSERT INTO chaos_done (task_id, pid, attempt) VALUES (${ctx.id}, ${p}, ${ctx.attempt})`;
+        await tx`INSERT INTO chaos_done (task_id, pid, n, attempt) VALUES (${ctx.id}, ${p}, ${n}, ${ctx.attempt})`;
         await ctx.complete(tx);
       });
       write({ k: "e", n, p, o: "done", at: now() });
