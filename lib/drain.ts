@@ -8,7 +8,7 @@
 import { hostname } from "node:os";
 import process from "node:process";
 import type { Sql } from "postgres";
-import { cloneClient } from "./host.ts";
+import { cloneClient, fetchTypesOnce } from "./host.ts";
 import { liveness } from "./liveness.ts";
 import { checkOptions, integer } from "./options.ts";
 import { runtimeName } from "./runtime.ts";
@@ -58,6 +58,7 @@ export async function drain(sql: Sql<any>, options: DrainOptions): Promise<Drain
   const pool = cloneClient(sql, o.poolSize, "pgbg drain");
   const totals = { ran: 0, succeeded: 0, failed: 0 };
   try {
+    await fetchTypesOnce(pool);
     const worker = new Worker({
       ...o, sql: pool, log: o.logger, overdue: "detach", untilIdle: { maxWait: maxWait ?? 0 }, timings: liveness(o.checkInterval),
       identity: { workerId: crypto.randomUUID(), hostId: crypto.randomUUID(), hostname: hostname(), runtime: runtimeName(), pid: process.pid },

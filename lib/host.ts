@@ -87,6 +87,19 @@ export function cloneClient(sql: Client, max: number, name: string): Client {
   } as unknown as postgres.Options<{}>);
 }
 
+/**
+ * postgres.js fetches the array types on every connection it opens, and
+ * 3.4.9 leaves a failure of that fetch unhandled: a connection reset as it
+ * opens ends the app's process. The types land in the parsers and
+ * serializers that every client cloned from the app's shares, so they are
+ * fetched once, by a first query, and not again.
+ */
+// deno-lint-ignore no-explicit-any
+export async function fetchTypesOnce(client: Sql<any>): Promise<void> {
+  await client`SELECT 1`;
+  (client.options as { fetch_types: boolean }).fetch_types = false;
+}
+
 /** Back-off before starting a fresh worker after `failures` failed starts in a row: 0.5 s doubling up to 5 s. */
 function restartDelay(failures: number): number {
   return failures <= 0 ? 0 : Math.min(500 * 2 ** (failures - 1), 5_000);
@@ -131,6 +144,8 @@ class InProcessHost implements WorkerHost {
     if (this.#options.signal?.aborted) return void (await this.stop());
     this.#state = "running";
     try {
+      await fetchTypesOnce(this.#pool);
+      await fetchTypesOnce(this.#beat);
       await this.#launch();
     } catch (error) {
       this.#state = "stopped";
@@ -211,7 +226,12 @@ class InProcessHost implements WorkerHost {
       await this.#ended;
     }
     const idle = await this.#maintenance.stop(2_000);
-    await this.#services.releaser.runOnce().catch(() => {});
+    // Bounded: after a network cut a statement can wait out the driver's
+    // connect timeout (30 s); what is left leased then waits for the stale
+    // time or the lease, as after a crash.
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([this.#services.releaser.runOnce().catch(() => {}), new Promise((r) => (timer = setTimeout(r, 3_000)))]);
+    clearTimeout(timer);
     await this.#close(idle ? 2 : 0);
     this.#state = "stopped";
   }

@@ -75,11 +75,16 @@ export class OutcomeWriter {
     return this.#done.length + this.#failed.length + this.#handedBack.length + this.#cancelled.length;
   }
 
-  /** Resolves once everything recorded so far is written (retrying on errors until `deadline`). */
+  /**
+   * Resolves once everything recorded so far is written (retrying on errors),
+   * or at `deadline`, even with a write in flight: a statement on a
+   * connection the network dropped can hang until the driver's connect
+   * timeout.
+   */
   async flush(deadline = Number.POSITIVE_INFINITY): Promise<void> {
     while ((this.pending || this.#flushing) && Date.now() < deadline) {
       this.#schedule();
-      await this.#flushing;
+      await withDeadline(this.#flushing, deadline);
       if (this.pending) await new Promise((r) => setTimeout(r, Math.min(this.#retryDelay, Math.max(0, deadline - Date.now()))));
     }
   }
@@ -134,6 +139,14 @@ export class OutcomeWriter {
       this.#retryDelay = Math.min(this.#retryDelay * 2, 5_000);
     }
   }
+}
+
+/** Resolves with `promise`, or at `deadline` (epoch ms), whichever comes first. */
+function withDeadline(promise: Promise<void> | undefined, deadline: number): Promise<void> | undefined {
+  if (!promise || deadline === Number.POSITIVE_INFINITY) return promise;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<void>((r) => (timer = setTimeout(r, Math.max(0, deadline - Date.now()))));
+  return Promise.race([promise, late]).finally(() => clearTimeout(timer));
 }
 
 /** Counts the completions the fence let through: all of them, nearly always. */

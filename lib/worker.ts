@@ -127,6 +127,13 @@ function fields(claimed: ClaimedTask, durationMs?: number) {
 /** Resolves after `ms`, or at once for 0. */
 const pause = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
+/** Resolves when `promise` does, or after `ms`, whichever comes first. */
+async function bounded(promise: Promise<unknown>, ms: number): Promise<void> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  await Promise.race([promise, new Promise((r) => (timer = setTimeout(r, ms)))]);
+  clearTimeout(timer);
+}
+
 /** The wait before the next attempt of a task that just failed attempt `attempt`. */
 export function retryDelayFor(task: AnyTask, attempt: number, fallback: number): number {
   const base = task.retryDelay ?? fallback;
@@ -229,11 +236,14 @@ export class Worker {
     } finally {
       this.#heartbeat.stop();
       await this.#reporter.last(2_000);
-      await listening?.unlisten().catch(() => {});
+      // Bounded: postgres.js 3.4.9's unlisten never settles when called as
+      // its LISTEN connection is being reset, and a statement on a dropped
+      // connection waits out the connect timeout; neither may hold the exit.
+      if (listening) await bounded(listening.unlisten().catch(() => {}), 2_000);
       // A retired or lost worker's row stays: its host hands back or
       // releases what it left leased, then removes the row (a hand-back
       // needs the row, to tell the worker from one another host reaped).
-      if (this.#exit === "stopped") await this.#heartbeat.remove().catch(() => {});
+      if (this.#exit === "stopped") await bounded(this.#heartbeat.remove().catch(() => {}), 5_000);
     }
     return this.#exit;
   }
