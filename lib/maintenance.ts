@@ -19,19 +19,10 @@ import { CountPruner } from "./maintenance/count-pruner.ts";
 import { DeadWorkerReleaser } from "./maintenance/dead-worker-releaser.ts";
 import { IndexCompactor } from "./maintenance/index-compactor.ts";
 import { LeaseRescuer } from "./maintenance/lease-rescuer.ts";
+import type { MaintenanceService } from "./maintenance/service.ts";
 import { WorkerReaper } from "./maintenance/worker-reaper.ts";
 
-/** One maintenance duty. */
-export interface MaintenanceService {
-  /** What it does, for log lines. */
-  readonly name: string;
-  /** How long after the start it first runs, in ms. @default its interval */
-  readonly firstAfter?: number;
-  /** How often it runs, in ms; 0: never. */
-  readonly interval: number;
-  /** Runs the duty once; rejects when the database could not be reached (the runner logs it and tries again at the next interval). */
-  runOnce(): Promise<void>;
-}
+export type { MaintenanceService } from "./maintenance/service.ts";
 
 /** What the standard set of duties needs. */
 export interface MaintenanceSettings {

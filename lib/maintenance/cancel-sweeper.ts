@@ -9,7 +9,7 @@
  * @module
  */
 import type { Logger } from "../log.ts";
-import type { MaintenanceService } from "../maintenance.ts";
+import type { MaintenanceService } from "./service.ts";
 import { type Database, run } from "../statements.ts";
 
 /** Deletes cancelled tasks that are no longer running, up to 1,000; returns their ids. */

@@ -7,7 +7,7 @@
  *
  * @module
  */
-import type { MaintenanceService } from "../maintenance.ts";
+import type { MaintenanceService } from "./service.ts";
 import { type Database, run } from "../statements.ts";
 
 /** Deletes outcome counts older than an hour. */

@@ -14,7 +14,7 @@
  */
 import { removeWorkers } from "../heartbeat.ts";
 import type { Logger } from "../log.ts";
-import type { MaintenanceService } from "../maintenance.ts";
+import type { MaintenanceService } from "./service.ts";
 import { type Database, run } from "../statements.ts";
 
 /** A task moved out of `running` by a release, hand-back or rescue. */

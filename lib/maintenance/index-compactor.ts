@@ -16,7 +16,7 @@ import type { Sql } from "postgres";
 import { type CompactOptions, type CompactResult, compactIndexes } from "../compact.ts";
 import { formatBytes } from "../format.ts";
 import type { Logger } from "../log.ts";
-import type { MaintenanceService } from "../maintenance.ts";
+import type { MaintenanceService } from "./service.ts";
 
 /** Index compaction as a maintenance service. */
 export class IndexCompactor implements MaintenanceService {

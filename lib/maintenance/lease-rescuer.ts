@@ -12,7 +12,7 @@
  * @module
  */
 import type { Logger } from "../log.ts";
-import type { MaintenanceService } from "../maintenance.ts";
+import type { MaintenanceService } from "./service.ts";
 import { type Database, run } from "../statements.ts";
 import { type ReleasedTask, releasedTasks } from "./dead-worker-releaser.ts";
 
