@@ -48,7 +48,8 @@ describe("pgbg status", () => {
     const scheduled = await enqueue(sql, work, {}, { delay: 3_600_000, queue: "mail" });
     const running = await enqueue(sql, work, { ms: 120_000 }, { queue: "mail" });
     await sql`INSERT INTO pgbg.task (queue, name, payload) VALUES ('default', 'nobody-knows-me', '{}')`;
-    testbed.serve(["--workers", "2", "--concurrency", "4"]);
+    // A 10 min timeout: on a loaded machine the test may take longer than the default 30 s, and the long task must not be retried meanwhile.
+    testbed.serve(["--workers", "2", "--concurrency", "4", "--timeout", "10m"]);
     await until(async () => (await runsOf(running)).length, (n) => n === 1, 120_000, "the long task to start");
     await until(async () => (await sql`SELECT count(*)::int AS n FROM pgbg.worker`)[0].n, (n) => n === 2, 120_000, "both workers");
     // Enqueued once the service runs, so that their outcomes are surely of the last minute when status is read.
