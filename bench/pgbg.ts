@@ -1,17 +1,19 @@
 /**
  * pgbg under the bench: enqueue through the library, drain and latency
  * through `pgbg serve` as users run it (the built package on Node, real
- * supervisor and worker subprocesses).
+ * supervisor and worker subprocesses), and the drain again through
+ * `createWorker` hosts (one app process per worker, bench/in-process-host.js).
  */
 import { fileURLToPath } from "node:url";
 import process from "node:process";
 import { enqueue, enqueueMany, migrate, VERSION } from "../mod.ts";
 import { latency as latencyTask, noop } from "./tasks.js";
-import { type Child, CpuMeter, type Database, inFlight, type Server, since, start, stop, waitFor } from "./harness.ts";
+import { type Child, CpuMeter, type Database, inFlight, type Server, since, start, stop, treeCpu, waitFor } from "./harness.ts";
 import type { DrainResult, Subject } from "./subject.ts";
 
 const cli = fileURLToPath(new URL("../dist/cli/main.js", import.meta.url));
 const tasksModule = fileURLToPath(new URL("./tasks.js", import.meta.url));
+const inProcessHost = fileURLToPath(new URL("./in-process-host.js", import.meta.url));
 
 /** Workers × tasks per worker for one `pgbg serve`. */
 export interface ServeSetting {
@@ -26,12 +28,40 @@ export async function serve(db: Database, setting: ServeSetting, extra: string[]
       "--log-format", "json", "--log-level", "warn", "--no-migrate", ...extra],
     { ...process.env, DATABASE_URL: db.url },
   );
-  await waitFor("the workers to be ready", async () => {
-    if (service.child.exitCode !== null) throw new Error(`pgbg serve exited: ${service.output()}`);
-    const [{ n }] = await db.sql`SELECT count(*)::int AS n FROM pgbg.worker WHERE idle`;
-    return n === setting.workers ? true : undefined;
-  }, 60_000);
+  await workersIdle(db, setting.workers, [service], "pgbg serve");
   return service;
+}
+
+/** Waits until `workers` worker rows are idle, failing as soon as one of `processes` exits. */
+function workersIdle(db: Database, workers: number, processes: Child[], what: string): Promise<true> {
+  return waitFor("the workers to be ready", async () => {
+    const exited = processes.find((p) => p.child.exitCode !== null);
+    if (exited) throw new Error(`${what} exited: ${exited.output()}`);
+    const [{ n }] = await db.sql`SELECT count(*)::int AS n FROM pgbg.worker WHERE idle`;
+    return n === workers ? true : undefined;
+  }, 60_000);
+}
+
+/**
+ * Starts `setting.workers` app processes on `db`, each hosting one
+ * `createWorker` with `setting.concurrency`, and waits until all are idle.
+ * One process per worker, not one process with several hosts, because a
+ * serve worker is a process of its own: so the two drains have the same
+ * number of event loops, cores they can use and connections per worker,
+ * and differ only in what hosts the engine.
+ */
+export async function hostInProcess(db: Database, setting: ServeSetting): Promise<Child[]> {
+  const hosts: Child[] = [];
+  try {
+    for (let i = 0; i < setting.workers; i++) {
+      hosts.push(start([process.execPath, inProcessHost, String(setting.concurrency)], { ...process.env, DATABASE_URL: db.url }));
+    }
+    await workersIdle(db, setting.workers, hosts, "an in-process host");
+    return hosts;
+  } catch (error) {
+    await Promise.all(hosts.map((h) => stop(h)));
+    throw error;
+  }
 }
 
 /** Queues `n` no-op tasks in one transaction, so that they appear at once. */
@@ -75,6 +105,30 @@ export async function drainWith(db: Database, server: Server, n: number, setting
     return { jobs: n, seconds, workerCpu: cpu.tree, serverCpu: cpu.server, setting: `${setting.workers} workers × ${setting.concurrency}` };
   } finally {
     await stop(service);
+  }
+}
+
+/**
+ * Drains `n` tasks through `createWorker` hosts with `setting` (see
+ * hostInProcess), timed and metered exactly as drainWith times `pgbg serve`.
+ * Worker CPU is the sum over the host processes; there is no supervisor.
+ */
+export async function drainInProcess(db: Database, server: Server, n: number, setting: ServeSetting): Promise<DrainResult> {
+  const hosts = await hostInProcess(db, setting);
+  try {
+    await queueAtOnce(db, n);
+    const t0 = performance.now();
+    // Metered as the peers' worker processes are: one server meter, and each host's tree before and after.
+    const cpu0 = hosts.map((h) => treeCpu(h.child.pid));
+    const meter = new CpuMeter(server);
+    await drained(db);
+    const seconds = since(t0);
+    const cpu1 = hosts.map((h) => treeCpu(h.child.pid));
+    const known = [...cpu0, ...cpu1].every((c) => c !== undefined);
+    const workerCpu = known ? cpu1.reduce((sum: number, c, i) => sum + c! - cpu0[i]!, 0) : undefined;
+    return { jobs: n, seconds, workerCpu, serverCpu: meter.read().server, setting: `${setting.workers} processes × createWorker ${setting.concurrency}` };
+  } finally {
+    await Promise.all(hosts.map((h) => stop(h)));
   }
 }
 

@@ -14,7 +14,7 @@ import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { type Database, freshDatabase, median, note, percentile, progress, startServer } from "./harness.ts";
 import { depth } from "./depth.ts";
-import { drainWith, pgbgSubject, type ServeSetting } from "./pgbg.ts";
+import { drainInProcess, drainWith, pgbgSubject, type ServeSetting } from "./pgbg.ts";
 import { rawDrain, rawInsertCopy, rawInsertSingle, rawInsertUnnest, setupRaw } from "./raw.ts";
 import { type DrainResult, medianRun, spread, type Subject } from "./subject.ts";
 import { renderTable, type Row } from "./table.ts";
@@ -123,7 +123,7 @@ try {
   if (sections.has("dequeue")) {
     const n = size.drain;
     for (const [style, label] of [["lease", "raw SQL, claim then delete"], ["delete", "raw SQL, DELETE … SKIP LOCKED"]] as const) {
-      const runs = await sweepThenRepeat(label, [[2, 100], [4, 100], [4, 1000]], ([connections, batch]) => `${connections} × ${batch}`,
+      const { runs } = await sweepThenRepeat(label, [[2, 100], [4, 100], [4, 1000]], ([connections, batch]) => `${connections} × ${batch}`,
         ([connections, batch]) => onFreshDatabase("raw", setupRaw, async (db) => {
           await rawInsertUnnest(db, n, 10_000);
           await db.sql`VACUUM ANALYZE raw_task`;
@@ -135,7 +135,7 @@ try {
         detail: `${median.setting}; server ${perThousand(median.serverCpu, median.jobs)} CPU s/1k`,
       });
     }
-    const pgbgRuns = await sweepThenRepeat("pgbg", sweep, (s) => `${s.workers} × ${s.concurrency}`,
+    const { best: pgbgBest, runs: pgbgRuns } = await sweepThenRepeat("pgbg", sweep, (s) => `${s.workers} × ${s.concurrency}`,
       (setting) => onFreshDatabase("pgbg", (db) => pgbg.setup(db), (db) => drainWith(db, server, n, setting)));
     for (const subject of subjects) {
       progress(`dequeue · ${subject.name}`);
@@ -150,6 +150,8 @@ try {
         detail: `${result.setting}; CPU s/1k: server ${perThousand(result.serverCpu, result.jobs)}, workers ${perThousand(result.workerCpu, result.jobs)}`,
       });
     }
+    // Last, so that every figure above is measured as in runs before it existed.
+    await inProcessDrain(pgbg, n, pgbgBest);
   }
 
   if (sections.has("latency")) {
@@ -178,13 +180,41 @@ try {
 }
 
 /**
+ * The drain through `createWorker` hosts instead of `pgbg serve`, at the
+ * served drain's best setting (the same workers × concurrency, one app
+ * process per worker), as often as the served one and on fresh databases
+ * alike. Its own row, whose ratios divide by the raw SQL and peer figures
+ * of the served drain's case; its ratio to the served drain is in its detail.
+ */
+async function inProcessDrain(pgbg: Subject, n: number, setting: ServeSetting): Promise<void> {
+  const runs: DrainResult[] = [];
+  while (runs.length < size.drainRepeats) {
+    progress(`dequeue · pgbg in-process · ${setting.workers} × ${setting.concurrency} · run ${runs.length + 1}`);
+    runs.push(await onFreshDatabase("pgbg_in_process", (db) => pgbg.setup(db), (db) => drainInProcess(db, server, n, setting)));
+  }
+  const result = medianRun(runs);
+  const value = result.jobs / result.seconds;
+  const served = `drain ${n.toLocaleString("en")}`;
+  const figure = (subject: string) => rows.find((r) => r.case === served && r.subject === subject)?.value;
+  const ratio = (subject: string) => (figure(subject) ? (value / figure(subject)!).toFixed(2) : "n/a");
+  record({
+    section: "dequeue", case: `${served} in-process, ${setting.workers} × ${setting.concurrency.toLocaleString("en")}`, subject: "pgbg", value, unit: "tasks/s",
+    against: served,
+    detail: `${result.setting}; ${ratio("pgbg")} of the served drain, ${ratio("raw SQL, claim then delete")} of raw claim then delete; ` +
+      `CPU s/1k: server ${perThousand(result.serverCpu, result.jobs)}, workers ${perThousand(result.workerCpu, result.jobs)}`,
+  });
+}
+
+/**
  * Drains once at each of `settings`, then `size.drainRepeats - 1` more times
- * at the fastest, and returns the runs at that setting (the caller reports
- * their median). Each drain has a fresh database: one that follows another
+ * at the fastest, and returns that setting and the runs at it (the caller
+ * reports their median). Each drain has a fresh database: one that follows another
  * in the same database runs beside the autovacuum of its predecessor's dead
  * rows (0.034 instead of 0.018 server CPU s per 1,000 tasks in one trial).
  */
-async function sweepThenRepeat<S>(subject: string, settings: S[], name: (s: S) => string, drainOnce: (s: S) => Promise<DrainResult>): Promise<DrainResult[]> {
+async function sweepThenRepeat<S>(
+  subject: string, settings: S[], name: (s: S) => string, drainOnce: (s: S) => Promise<DrainResult>,
+): Promise<{ best: S; runs: DrainResult[] }> {
   let best: { setting: S; run: DrainResult } | undefined;
   for (const setting of settings) {
     progress(`dequeue · ${subject} · ${name(setting)}`);
@@ -198,7 +228,7 @@ async function sweepThenRepeat<S>(subject: string, settings: S[], name: (s: S) =
     progress(`dequeue · ${subject} · ${name(best!.setting)} · run ${runs.length + 1}`);
     runs.push(await drainOnce(best!.setting));
   }
-  return runs;
+  return { best: best!.setting, runs };
 }
 
 function perThousand(cpu: number | undefined, jobs: number): string {

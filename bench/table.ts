@@ -11,6 +11,12 @@ export interface Row {
   value: number;
   unit: string;
   detail?: string;
+  /**
+   * The case whose other subjects pgbg's figure in this row is divided by,
+   * when not its own: a pgbg-only row (the in-process drain) gets its
+   * ratios against the figures of the drain case above it.
+   */
+  against?: string;
 }
 
 const format = (value: number, unit: string) =>
@@ -29,10 +35,11 @@ export function renderTable(rows: Row[]): string {
     out.push(`| case | ${[...subjects, ...ratioHeads].join(" | ")} |`);
     out.push(`| --- | ${[...subjects, ...ratioHeads].map(() => "---:").join(" | ")} |`);
     for (const c of [...new Set(inSection.map((r) => r.case))]) {
-      const value = (s: string) => inSection.find((r) => r.case === c && r.subject === s)?.value;
+      const value = (s: string, inCase = c) => inSection.find((r) => r.case === inCase && r.subject === s)?.value;
       const cells = subjects.map((s) => (value(s) === undefined ? "" : format(value(s)!, unit)));
       const pgbg = value("pgbg");
-      const ratios = ratioHeads.length ? others.map((o) => (pgbg !== undefined && value(o) ? `${(pgbg / value(o)!).toFixed(2)}` : "")) : [];
+      const base = inSection.find((r) => r.case === c && r.subject === "pgbg")?.against ?? c;
+      const ratios = ratioHeads.length ? others.map((o) => (pgbg !== undefined && value(o, base) ? `${(pgbg / value(o, base)!).toFixed(2)}` : "")) : [];
       out.push(`| ${c} | ${[...cells, ...ratios].join(" | ")} |`);
     }
     const details = inSection.filter((r) => r.detail);
