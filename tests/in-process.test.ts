@@ -49,6 +49,21 @@ describe("createWorker", () => {
     await worker.stop(); // safe twice
   });
 
+  test("opens the connections the README states: a pool of poolSize, one for the heartbeat, one for LISTEN", async () => {
+    await clean();
+    const worker = createWorker(sql, { tasks: [work], concurrency: 8, poolSize: 3, checkInterval: 200, logger: quiet });
+    await worker.start();
+    const ids = await enqueueMany(sql, work, Array.from({ length: 40 }, () => ({ ms: 20 })));
+    await until(() => remaining(ids), (n) => n === 0, patience, "the tasks to run");
+    const byName = await sql`SELECT application_name AS name, count(*)::int AS n FROM pg_stat_activity
+      WHERE datname = current_database() AND application_name LIKE 'pgbg worker%' GROUP BY 1 ORDER BY 1`;
+    await worker.stop();
+    // The pool's connections and LISTEN's share the pool's name: at most 3 + 1.
+    const counts = Object.fromEntries(byName.map((r) => [r.name, r.n]));
+    assert.equal(counts["pgbg worker heartbeat"], 1, JSON.stringify(counts));
+    assert.ok(counts["pgbg worker"] >= 2 && counts["pgbg worker"] <= 4, JSON.stringify(counts));
+  });
+
   test("stop({ timeout }) lets running tasks finish up to the timeout, then hands the rest back uncounted", async () => {
     await clean();
     const worker = createWorker(sql, { tasks: [work], concurrency: 2, checkInterval: 200, logger: quiet });

@@ -13,16 +13,11 @@ import { createTestDatabase } from "./harness.ts";
 import { patience, type Service, serviceTestbed, stopService, until } from "./service-harness.ts";
 
 const testbed = await serviceTestbed(createTestDatabase, migrate);
-const { sql, remaining, executions, taskRow } = testbed;
+const { sql, remaining, executions, taskRow, sentinel } = testbed;
 function serve(...args: string[]): Service {
   return testbed.serve(args);
 }
 
-/** Enqueues a `work` task and waits until it has run: proof that everything before it in the queue was claimed. */
-async function sentinel(): Promise<void> {
-  const id = await enqueue(sql, work, {}, { priority: 32767 });
-  await until(() => remaining([id]), (n) => n === 0, patience, "the sentinel task");
-}
 
 describe("pgbg serve: ctx.complete and several supervisors", () => {
   test("a task whose name no worker registered is left alone", async () => {

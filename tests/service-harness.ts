@@ -7,6 +7,7 @@ import { hostname } from "node:os";
 import { afterEach } from "node:test";
 import { fileURLToPath } from "node:url";
 import type postgres from "postgres";
+import { enqueue } from "../mod.ts";
 
 const cli = fileURLToPath(new URL("../cli/main.ts", import.meta.url));
 /** The fixture tasks module. */
@@ -171,5 +172,11 @@ export async function serviceTestbed<D extends { url: string; sql: postgres.Sql 
     sql`SELECT task_id::text, pid, attempt, started_at, ended_at FROM execution WHERE task_id IN ${sql(ids)} ORDER BY id`;
   /** The task's row, or undefined once it is gone. */
   const taskRow = async (id: string) => (await sql`SELECT * FROM pgbg.task WHERE id = ${id}`)[0];
-  return { db, sql, serve, remaining, executions, taskRow };
+  /** Enqueues a `work` task at the lowest priority and waits until it has run: proof that everything before it in the queue was claimed. */
+  const sentinel = async () => {
+    const { work } = await import("./fixtures/tasks.ts");
+    const id = await enqueue(sql, work, {}, { priority: 32767 });
+    await until(() => remaining([id]), (n) => n === 0, patience, "the sentinel task");
+  };
+  return { db, sql, serve, remaining, executions, taskRow, sentinel };
 }
