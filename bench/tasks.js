@@ -3,6 +3,7 @@
 import process from "node:process";
 import * as v from "valibot";
 import { defineTask } from "pgbg";
+import { reportFinish, reportStart } from "./pressure/reporter.js";
 
 /** Does nothing: the drain measures the queue, not the work. */
 export const noop = defineTask({
@@ -17,5 +18,19 @@ export const latency = defineTask({
   schema: v.object({ i: v.number() }),
   run(input) {
     process.stdout.write(`BENCH_START ${input.i} ${performance.timeOrigin + performance.now()}\n`);
+  },
+});
+
+/**
+ * The pressure bench's task (bench/pressure.ts): reports its start, with the
+ * enqueue time its payload carries, sleeps 1 ms, and reports its finish.
+ */
+export const pressure = defineTask({
+  name: "pressure",
+  schema: v.object({ t: v.number() }),
+  async run(input) {
+    reportStart(input.t);
+    await new Promise((resolve) => setTimeout(resolve, 1));
+    reportFinish();
   },
 });

@@ -9,14 +9,17 @@
  * booted first must not work (or even fetch) any before the clock, which
  * starts when all processes are ready. Without `gate`, it starts at once and
  * prints "READY" once its pool LISTENs. With `announce`, each job prints
- * `BENCH_START <i> <epoch ms>` for the latency measurement. The end of
- * stdin, the parent gone, stops it as SIGTERM does.
+ * `BENCH_START <i> <epoch ms>` for the latency measurement. With `pressure`,
+ * it also runs the pressure bench's task "pressure" (bench/pressure.ts):
+ * it reports each job's start and finish to the bench process and sleeps
+ * 1 ms. The end of stdin, the parent gone, stops it as SIGTERM does.
  */
 import { EventEmitter } from "node:events";
 import process from "node:process";
 import { Logger, run, type WorkerEvents } from "graphile-worker";
 import pg from "pg";
 import { passGate } from "./gate.ts";
+import { reportFinish, reportStart } from "../pressure/reporter.js";
 
 /** What the parent chooses for this process. */
 export interface GraphileRunSettings {
@@ -32,6 +35,8 @@ export interface GraphileRunSettings {
   gate: boolean;
   /** Print BENCH_START for every job. */
   announce: boolean;
+  /** Also run the pressure bench's task. */
+  pressure?: boolean;
 }
 
 const settings = JSON.parse(process.env.BENCH_PEER_SETTINGS ?? "{}") as GraphileRunSettings;
@@ -59,6 +64,13 @@ await passGate(settings.gate);
 const events: WorkerEvents = new EventEmitter();
 const listening = new Promise<void>((resolve) => events.once("pool:listen:success", () => resolve()));
 
+/** The pressure bench's task: reports its start and finish around a 1 ms sleep. */
+async function pressure(payload: unknown): Promise<void> {
+  reportStart((payload as { t: number }).t);
+  await new Promise((resolve) => setTimeout(resolve, 1));
+  reportFinish();
+}
+
 const runner = await run({
   pgPool: pool,
   concurrency: settings.concurrency,
@@ -80,6 +92,9 @@ const runner = await run({
         process.stdout.write(`BENCH_START ${(payload as { i: number }).i} ${performance.timeOrigin + performance.now()}\n`);
       }
     },
+    // Only in pressure runs, so that other runs fetch as before (the fetch
+    // filters by the task names the worker knows).
+    ...(settings.pressure ? { pressure } : {}),
   },
 });
 await listening;

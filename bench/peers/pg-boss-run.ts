@@ -9,12 +9,15 @@
  * that booted first must not work (or even fetch) any before the clock,
  * which starts when all processes are ready. Without `gate`, it calls
  * `work()` at once and then prints "READY". With `announce`, each job prints
- * `BENCH_START <i> <epoch ms>` for the latency measurement. The end of
- * stdin, the parent gone, stops it as SIGTERM does.
+ * `BENCH_START <i> <epoch ms>` for the latency measurement. With `pressure`
+ * (the pressure bench, bench/pressure.ts), each job of a batch reports its
+ * start and finish to the bench process and sleeps 1 ms, the batch's jobs
+ * side by side. The end of stdin, the parent gone, stops it as SIGTERM does.
  */
 import process from "node:process";
 import { PgBoss } from "pg-boss";
 import { passGate } from "./gate.ts";
+import { reportFinish, reportStart } from "../pressure/reporter.js";
 
 /** What the parent chooses for this process. */
 export interface PgBossRunSettings {
@@ -32,6 +35,8 @@ export interface PgBossRunSettings {
   gate: boolean;
   /** Print BENCH_START for every job. */
   announce: boolean;
+  /** Run each job as the pressure bench's task. */
+  pressure?: boolean;
 }
 
 const settings = JSON.parse(process.env.BENCH_PEER_SETTINGS ?? "{}") as PgBossRunSettings;
@@ -56,7 +61,7 @@ process.on("SIGTERM", () => {
 
 await passGate(settings.gate);
 
-await boss.work<{ i: number }>(settings.queue, {
+await boss.work<{ i: number; t?: number }>(settings.queue, {
   batchSize: settings.batchSize,
   localConcurrency: settings.localConcurrency,
   pollingIntervalSeconds: settings.pollingIntervalSeconds,
@@ -66,6 +71,13 @@ await boss.work<{ i: number }>(settings.queue, {
 }, async (jobs) => {
   if (settings.announce) {
     for (const job of jobs) process.stdout.write(`BENCH_START ${job.data.i} ${performance.timeOrigin + performance.now()}\n`);
+  }
+  if (settings.pressure) {
+    await Promise.all(jobs.map(async (job) => {
+      reportStart(job.data.t ?? Number.NaN);
+      await new Promise((resolve) => setTimeout(resolve, 1));
+      reportFinish();
+    }));
   }
 });
 if (!settings.gate) process.stdout.write("READY\n");
