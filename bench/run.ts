@@ -5,6 +5,7 @@
  * bench/results/<date>-<host>.json.
  *
  * Usage: npm run bench -- [--quick] [--only enqueue,dequeue,latency,depth] [--peers graphile-worker,pg-boss|none]
+ *        npm run bench -- --pressure [--rate 800] [--in-flight 32] [--peers …|none] [--scale 1] [--full]   (bench/pressure.ts)
  * Uses DATABASE_URL, or starts an embedded PostgreSQL.
  */
 import { mkdirSync, writeFileSync } from "node:fs";
@@ -18,6 +19,12 @@ import { drainInProcess, drainWith, pgbgSubject, type ServeSetting } from "./pgb
 import { rawDrain, rawInsertCopy, rawInsertSingle, rawInsertUnnest, setupRaw } from "./raw.ts";
 import { type DrainResult, medianRun, spread, type Subject } from "./subject.ts";
 import { renderTable, type Row } from "./table.ts";
+
+// The pressure bench has flags and a schedule of its own (bench/pressure.ts).
+if (process.argv.includes("--pressure")) {
+  const { main } = await import("./pressure.ts");
+  process.exit(await main(process.argv.slice(2)));
+}
 
 const { values: args } = parseArgs({
   options: {

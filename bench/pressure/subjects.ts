@@ -1,0 +1,114 @@
+/**
+ * The queues under pressure: for each, how to install it, start its worker
+ * processes at W tasks in flight in all, enqueue a batch of pressure tasks,
+ * and where its tables are. pgbg runs as `pgbg serve` of the built package
+ * (bench/pgbg.ts `serve()`); the peers run their bench worker scripts
+ * (bench/peers/*-run.ts), loaded only when asked for, from ./peers.ts.
+ */
+import postgres from "postgres";
+import type * as v from "valibot";
+import { enqueueMany, migrate, type Task, VERSION } from "../../mod.ts";
+import { type Child, type Database, stop } from "../harness.ts";
+import { serve } from "../pgbg.ts";
+import * as benchTasks from "../tasks.js";
+
+/** Sends batches of pressure tasks for the producer. */
+export interface Enqueuer {
+  /** Enqueues `n` pressure tasks whose payload carries `t` (epoch ms), in one statement. */
+  enqueue(n: number, t: number): Promise<void>;
+  /** Closes its connections. */
+  close(): Promise<void>;
+}
+
+/** A subject's running worker processes. */
+export interface Workers {
+  /** Throws if a worker process has exited. */
+  check(): void;
+  /** Stops them all. */
+  stop(): Promise<void>;
+}
+
+/** A queue under the pressure bench. */
+export interface PressureSubject {
+  name: string;
+  version: string;
+  /** The PostgreSQL schema holding all of its tables. */
+  schema: string;
+  /** Its task table, qualified: what the readers phase counts. */
+  taskTable: string;
+  /** Installs it into an empty database. */
+  setup(db: Database): Promise<void>;
+  /** Its worker processes at `inFlight` tasks in flight in all, described for the report. */
+  describeWorkers(inFlight: number): string;
+  /** Starts them and waits until they are ready to work. */
+  startWorkers(db: Database, inFlight: number): Promise<Workers>;
+  /** Opens an enqueuer with up to `connections` batches in flight. */
+  openEnqueuer(db: Database, connections: number): Promise<Enqueuer>;
+}
+
+type PressureInput = v.ObjectSchema<{ t: v.NumberSchema<undefined> }, undefined>;
+// bench/tasks.d.ts types the older tasks only; the pressure task is looked
+// up by name, so that the enqueue uses the very definition the workers run.
+const pressureTask = (benchTasks as unknown as Record<string, Task<PressureInput> | undefined>).pressure;
+
+/** Workers for processes started by the harness (or the peers' WorkerProcess): alive while none exited. */
+export function childWorkers(label: string, children: Child[]): Workers {
+  return {
+    check() {
+      const gone = children.find((c) => c.child.exitCode !== null || c.child.signalCode !== null);
+      if (gone) throw new Error(`a ${label} process exited during the run: ${gone.output().slice(-2_000)}`);
+    },
+    async stop() {
+      await Promise.all(children.map((c) => stop(c)));
+    },
+  };
+}
+
+/** pgbg: `pgbg serve` with 2 workers × W/2 (1 × W when W is 1). */
+export const pgbgPressure: PressureSubject = {
+  name: "pgbg",
+  version: VERSION,
+  schema: "pgbg",
+  taskTable: "pgbg.task",
+  async setup(db) {
+    await migrate(db.sql);
+  },
+  describeWorkers(inFlight) {
+    const { workers, concurrency } = pgbgSetting(inFlight);
+    return `pgbg serve, ${workers} workers × ${concurrency}`;
+  },
+  async startWorkers(db, inFlight) {
+    return childWorkers("pgbg serve", [await serve(db, pgbgSetting(inFlight))]);
+  },
+  async openEnqueuer(db, connections) {
+    if (!pressureTask) throw new Error("bench/tasks.js exports no `pressure` task");
+    const sql = postgres(db.url, { max: connections, onnotice: () => {} });
+    return {
+      async enqueue(n, t) {
+        await enqueueMany(sql, pressureTask, Array.from({ length: n }, () => ({ t })));
+      },
+      async close() {
+        await sql.end({ timeout: 5 });
+      },
+    };
+  },
+};
+
+function pgbgSetting(inFlight: number): { workers: number; concurrency: number } {
+  return inFlight >= 2 ? { workers: 2, concurrency: Math.ceil(inFlight / 2) } : { workers: 1, concurrency: 1 };
+}
+
+// Loaded only when asked for, so that a run without peers needs none of them.
+const peerLoaders: Record<string, () => Promise<PressureSubject>> = {
+  "graphile-worker": async () => (await import("./peers.ts")).graphileWorkerPressure,
+  "pg-boss": async () => (await import("./peers.ts")).pgBossPressure,
+};
+
+/** The names --peers knows. */
+export const peerNames: string[] = Object.keys(peerLoaders);
+
+/** Loads the peer subjects named in `names`. */
+export function loadPeers(names: string[]): Promise<PressureSubject[]> {
+  for (const name of names) if (!peerLoaders[name]) throw new Error(`--peers: unknown peer ${name}; known: ${peerNames.join(", ")}`);
+  return Promise.all(names.map((name) => peerLoaders[name]()));
+}
