@@ -7,7 +7,7 @@
 import { median } from "../harness.ts";
 import type { Phase, PhaseKind } from "./phases.ts";
 import type { SubjectRun } from "./run-subject.ts";
-import type { Sample } from "./sampler.ts";
+import { type Sample, SAMPLE_MS } from "./sampler.ts";
 
 /** A target's outcome; "n/a" where the phase was too short to tell. */
 export type Verdict = "PASS" | "FAIL" | "n/a";
@@ -74,9 +74,22 @@ function backAfter(samples: Sample[], phase: Phase, value: (s: Sample) => number
   return { after, threshold, verdict };
 }
 
+/**
+ * The samples a phase's medians are taken of: those whose whole window lies
+ * in the phase. A window across a phase change mixes two rates (at
+ * `--scale 1` every phase is a whole number of windows, and none does);
+ * a phase too short to hold one whole window gets those whose middle is in it.
+ */
+function samplesOf(run: SubjectRun, index: number): Sample[] {
+  const phase = run.phases[index];
+  const window = SAMPLE_MS / 1000;
+  const whole = run.samples.filter((s) => s.t - window >= phase.start - 1e-6 && s.t <= phase.end + 1e-6);
+  return whole.length ? whole : run.samples.filter((s) => s.phase === index);
+}
+
 /** Summarises a run: medians per phase, targets, recoveries. */
 export function summarise(run: SubjectRun): RunSummary {
-  const inPhase = (i: number) => run.samples.filter((s) => s.phase === i);
+  const inPhase = (i: number) => samplesOf(run, i);
   const clean = inPhase(run.phases.findIndex((p) => p.kind === "clean"));
   const depthBaseline = (medianOf(clean.map((s) => s.depth)) ?? 0) + Math.max(5, 0.05 * run.rate);
   const sizeBaseline = Math.max(2 * (medianOf(clean.map((s) => s.sizeBytes)) ?? 0), 16 * MiB);
@@ -145,9 +158,15 @@ function runNotes(summaries: RunSummary[]): string[] {
   return summaries.map((s) => {
     const r = s.run;
     const pressures = Object.entries(r.pressures).map(([name, what]) => `${name}: ${what}`).join("; ");
+    // On a shared server another database's transaction can hold the horizon too; say so when it did.
+    const outside = r.samples.reduce<Sample | undefined>((a, x) => ((x.outsideXminAge ?? 0) > (a?.outsideXminAge ?? 0) ? x : a), undefined);
+    const neighbour = outside && (outside.outsideXminAge ?? 0) > 1_000
+      ? `; **a session outside the subject's database held an xmin up to ${int(outside.outsideXminAge)} transactions old** (database ${outside.outsideXminHolder}, at ${outside.t} s): ` +
+        "a transaction with an xid anywhere on the server holds back this database's horizon too"
+      : "";
     return `- **${r.subject} ${r.version}**: ${r.workers}; started ${r.startedAt}; ${r.enqueued.toLocaleString("en")} tasks enqueued` +
       `${r.failedBatches ? `, ${r.failedBatches} batches failed (${r.firstEnqueueError})` : ""}; baselines: depth ≤ ${int(s.depthBaseline)}, ` +
-      `size ≤ ${mib(s.sizeBaseline)} MiB; ${r.lostDatagrams} report datagrams lost${r.malformedStarts ? `, ${r.malformedStarts} starts without an enqueue time` : ""}; ${pressures}.`;
+      `size ≤ ${mib(s.sizeBaseline)} MiB; ${r.lostDatagrams} report datagrams lost${r.malformedStarts ? `, ${r.malformedStarts} starts without an enqueue time` : ""}; ${pressures}${neighbour}.`;
   });
 }
 

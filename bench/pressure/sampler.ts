@@ -38,6 +38,9 @@ export interface Sample {
   sizeBytes: number | null;
   /** The age (in transactions) of the oldest xmin holding back the subject's database; null if unread. */
   xminAge: number | null;
+  /** The oldest xmin of a session outside the subject's database, and that database (diagnosis on a shared server). */
+  outsideXminAge: number | null;
+  outsideXminHolder: string | null;
   /** The machine's 1-minute load average. */
   load1: number;
 }
@@ -53,23 +56,35 @@ interface ServerReading {
   deadTuples: number | null;
   sizeBytes: number | null;
   xminAge: number | null;
+  outsideXminAge: number | null;
+  outsideXminHolder: string | null;
 }
 
 /**
  * Reads dead tuples and total size over every table of `schema`
  * (partitions included; a partitioned parent has no storage of its own, so
- * nothing counts twice), and the oldest xmin. The xmin is that of the
- * backends of this database and of replication slots: since PostgreSQL 14 a
- * transaction in another database does not hold back vacuum of this one's
- * tables, and on a shared server other people's sessions would only add noise.
+ * nothing counts twice), and the oldest xmin: that of this database's
+ * backends and of replication slots, which is what bounds vacuum of this
+ * database's tables (a mere snapshot in another database does not, since
+ * PostgreSQL 14). A transaction that holds an xid anywhere on the server
+ * still counts, as it should: every snapshot taken here sees it running,
+ * so this database's own backends carry it in their xmin. The oldest xmin
+ * outside this database is read too, to tell such a neighbour on a shared
+ * server from the subject's own.
  */
 async function readServer(sql: Sql, schema: string): Promise<ServerReading> {
   const [tables] = await sql`SELECT coalesce(sum(n_dead_tup), 0)::float8 AS dead, coalesce(sum(pg_total_relation_size(relid)), 0)::float8 AS size
     FROM pg_stat_user_tables WHERE schemaname = ${schema}`;
-  const [xmin] = await sql`SELECT greatest(
-      (SELECT max(greatest(age(backend_xmin), age(backend_xid))) FROM pg_stat_activity WHERE datname = current_database()),
-      (SELECT max(greatest(age(xmin), age(catalog_xmin))) FROM pg_replication_slots))::float8 AS age`;
-  return { deadTuples: tables.dead, sizeBytes: tables.size, xminAge: xmin.age };
+  const [xmin] = await sql`SELECT
+      greatest(
+        (SELECT max(greatest(age(backend_xmin), age(backend_xid))) FROM pg_stat_activity WHERE datname = current_database()),
+        (SELECT max(greatest(age(xmin), age(catalog_xmin))) FROM pg_replication_slots))::float8 AS here,
+      outside.age AS outside, outside.datname AS holder
+    FROM (SELECT 1) AS one LEFT JOIN LATERAL (
+      SELECT greatest(age(backend_xmin), age(backend_xid))::float8 AS age, datname FROM pg_stat_activity
+      WHERE datname IS DISTINCT FROM current_database() AND greatest(age(backend_xmin), age(backend_xid)) IS NOT NULL
+      ORDER BY 1 DESC LIMIT 1) AS outside ON true`;
+  return { deadTuples: tables.dead, sizeBytes: tables.size, xminAge: xmin.here, outsideXminAge: xmin.outside, outsideXminHolder: xmin.holder };
 }
 
 /** Takes a sample every 5 s of the run's clock until stopped. */
@@ -129,7 +144,7 @@ export class Sampler {
     const producerLag = this.producer.lag();
     // A server too slow to answer within a period leaves that sample's
     // server figures empty rather than pile queries onto it.
-    let server: ServerReading = { deadTuples: null, sizeBytes: null, xminAge: null };
+    let server: ServerReading = { deadTuples: null, sizeBytes: null, xminAge: null, outsideXminAge: null, outsideXminHolder: null };
     if (!this.#reading) {
       this.#reading = true;
       try {
