@@ -3,6 +3,7 @@
  *
  * @module
  */
+import type { ClaimCursor } from "./claim-cursor.ts";
 import type { Database } from "./statements.ts";
 import { run } from "./statements.ts";
 
@@ -11,6 +12,7 @@ export interface ClaimedTask {
   id: string;
   name: string;
   queue: string;
+  priority: number;
   payload: unknown;
   /** This attempt's number (1 for the first). */
   attempt: number;
@@ -20,6 +22,8 @@ export interface ClaimedTask {
   leaseToken: number;
   /** How long the task waited, in ms, from when it was due to this claim (for metrics). */
   lagMs: number;
+  /** Its run_at, epoch ms (for the claim cursor). */
+  runAtMs: number;
 }
 
 /** What a worker claims with: its identity, queues and the tasks it can run. */
@@ -37,17 +41,30 @@ export interface ClaimScope {
  * order (priority, then run_at, then enqueue order), skipping rows other
  * claimers hold. Each claimed task is `running`, leased to the worker with a
  * fresh token, and has its attempts incremented.
+ *
+ * With a `cursor`, the claim reads each lane from where the cursor says
+ * (ClaimTasksAfter) when it can, and records what it took in it; a task the
+ * cursor skips is found by a later full claim (lib/claim-cursor.ts).
  */
-export async function claimTasks(db: Database, schema: string, scope: ClaimScope, limit: number): Promise<ClaimedTask[]> {
-  const rows = await run(db, schema, "ClaimTasks", [scope.workerId, scope.queues, scope.names, scope.leaseMs, limit]);
-  return rows.map((r) => ({
+export async function claimTasks(db: Database, schema: string, scope: ClaimScope, limit: number, cursor?: ClaimCursor): Promise<ClaimedTask[]> {
+  const params: unknown[] = [scope.workerId, scope.queues, scope.names, scope.leaseMs, limit];
+  const started = performance.now();
+  const starts = cursor?.next(Date.now());
+  const rows = starts
+    ? await run(db, schema, "ClaimTasksAfter", [...params, starts.queues, starts.priorities, starts.after])
+    : await run(db, schema, "ClaimTasks", params);
+  const claimed = rows.map((r) => ({
     id: String(r.id),
     name: r.name as string,
     queue: r.queue as string,
+    priority: r.priority as number,
     payload: r.payload as unknown,
     attempt: r.attempts as number,
     maxAttempts: r.max_attempts as number | null,
     leaseToken: r.lease_token as number,
     lagMs: r.lag_ms as number,
+    runAtMs: r.run_at_ms as number,
   }));
+  cursor?.record(!starts, performance.now() - started, claimed, Date.now());
+  return claimed;
 }

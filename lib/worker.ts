@@ -10,6 +10,7 @@
 import type { Sql } from "postgres";
 import { LazyAbort, type Outcome, startAttempt } from "./attempt.ts";
 import { type ClaimedTask, claimTasks, type ClaimScope } from "./claim.ts";
+import { ClaimCursor } from "./claim-cursor.ts";
 import { CountReporter, type WorkerReport } from "./count-reporter.ts";
 import type { AnyTask } from "./define.ts";
 import { Heartbeat, type LostCause, type WorkerIdentity } from "./heartbeat.ts";
@@ -146,6 +147,7 @@ export class Worker {
   readonly #options: WorkerOptions;
   readonly #tasks = new Map<string, AnyTask>();
   readonly #scope: ClaimScope;
+  readonly #cursor = new ClaimCursor();
   /** Attempts holding a slot. */
   readonly #running = new Map<string, Running>();
   /** Attempts that ignored their signal, detached from their slot (`overdue: "detach"`). */
@@ -286,7 +288,7 @@ export class Worker {
       this.#notified = false;
       let claimed: ClaimedTask[];
       try {
-        claimed = await claimTasks(this.#options.sql, this.#options.schema, this.#scope, free);
+        claimed = await claimTasks(this.#options.sql, this.#options.schema, this.#scope, free, this.#cursor);
         backoff = 100;
       } catch (error) {
         this.#options.log.warn(`claim failed; retrying in ${backoff} ms`, { error: describeError(error).message });
@@ -325,6 +327,9 @@ export class Worker {
     if (this.#running.size) return this.#sleep(undefined, true);
     await this.#outcomes.flush();
     const [next] = await run<{ next_due_ms: number | null }>(this.#options.sql, this.#options.schema, "ScheduledTasks", [this.#options.queues, this.#scope.names]);
+    // A task due now that the claim did not take may sit before the claim
+    // cursor: the next claim reads every lane from its head.
+    if (next.next_due_ms !== null && next.next_due_ms <= 0) this.#cursor.fullNext();
     if (next.next_due_ms !== null && Date.now() + next.next_due_ms <= this.#dueBy) return this.#sleep(Math.max(0, next.next_due_ms), false);
     this.stop();
   }

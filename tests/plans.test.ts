@@ -101,19 +101,21 @@ describe("the statements that write back a batch of attempts", () => {
  * queue, on the custom plans of its first runs as on its generic plan.
  */
 describe("the claim", () => {
+  // The full claim, and the claim from a cursor (here: a start an hour back).
+  const claims: [QueryName, unknown[]][] = [["ClaimTasks", []], ["ClaimTasksAfter", [["default"], [0], [Date.now() - 3_600_000]]]];
   const modes = [["its first (custom) plans", "force_custom_plan"], ["its generic plan", "force_generic_plan"]] as const;
   for (const [plans, mode] of modes) {
-    test(`ClaimTasks of 1000 on ${plans} reads task_claim_idx, not the table, beside 50,000 queued tasks never analyzed`, async () => {
+    for (const [name, extra] of claims) test(`${name} of 1000 on ${plans} reads task_claim_idx, not the table, beside 50,000 queued tasks never analyzed`, async () => {
       const sql = db.connect({ max: 1 });
       const rollback = new Error("rollback");
       let outcome: { claimed: number; tableScans: number } | undefined;
       await sql.begin(async (tx) => {
         await tx`SELECT set_config('plan_cache_mode', ${mode}, true)`;
-        const params = [WORKER, null, ["grown"], [60_000], 1000];
-        for (let i = 0; i < 8; i++) await run(tx, "pgbg", "ClaimTasks", params);
+        const params = [WORKER, null, ["grown"], [60_000], 1000, ...extra];
+        for (let i = 0; i < 8; i++) await run(tx, "pgbg", name, params);
         await tx`INSERT INTO pgbg.task (queue, name, payload) SELECT 'default', 'grown', '{}'::jsonb FROM generate_series(1, 50000)`;
         const before = await scans(tx, "task_claim_idx");
-        const claimed = await run(tx, "pgbg", "ClaimTasks", params);
+        const claimed = await run(tx, "pgbg", name, params);
         const after = await scans(tx, "task_claim_idx");
         outcome = { claimed: claimed.length, tableScans: after.table - before.table };
         throw rollback;

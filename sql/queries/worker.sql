@@ -4,29 +4,50 @@
 -- task must still be running, so a worker that lost its lease changes nothing.
 
 -- name: ClaimTasks
--- $1 worker id, $2 queues (NULL: every queue), $3 registered task names,
--- $4 lease length in ms for each name in $3, $5 how many to claim.
+-- The full claim. $1 worker id, $2 queues (NULL: every queue), $3 registered
+-- task names, $4 lease length in ms for each name in $3, $5 how many to claim.
 --
 -- `lanes` lists the distinct (queue, priority) pairs of queued tasks by
--- skipping through task_claim_idx (one index probe per pair). Each lane is
--- then read in (run_at, id) order with run_at <= now() as an index bound, so
--- the scan stops at the first task not yet due, however many delayed tasks
--- wait behind it, and at $5 rows, however deep the queue. SKIP LOCKED lets
--- concurrent claimers pass each other's rows instead of queueing on them.
-WITH RECURSIVE lanes (queue, priority) AS (
-  (SELECT queue, priority FROM pgbg.task WHERE state = 'queued' ORDER BY queue, priority LIMIT 1)
+-- skipping through task_claim_idx (one index probe per pair), and each lane
+-- is read from its head. While vacuum is held back, the head of a lane is
+-- every task claimed since: entries the scan must step over one by one
+-- (docs/storage.md), so workers then claim with ClaimTasksAfter and run this
+-- only now and then (lib/claim-cursor.ts).
+WITH RECURSIVE lanes (queue, priority, after) AS (
+  (SELECT queue, priority, '-infinity'::timestamptz FROM pgbg.task WHERE state = 'queued' ORDER BY queue, priority LIMIT 1)
   UNION ALL
-  SELECT n.queue, n.priority FROM lanes l CROSS JOIN LATERAL (
+  SELECT n.queue, n.priority, '-infinity'::timestamptz FROM lanes l CROSS JOIN LATERAL (
     SELECT t.queue, t.priority FROM pgbg.task t
     WHERE t.state = 'queued' AND (t.queue, t.priority) > (l.queue, l.priority)
     ORDER BY t.queue, t.priority LIMIT 1
   ) n
 ),
+{{ClaimFromLanes}};
+
+-- name: ClaimTasksAfter
+-- The claim from a cursor: as ClaimTasks, but only from the lanes given
+-- ($6 queues, $7 priorities), each read from the run_at given in $8 (epoch
+-- ms) instead of from its head, so the scan starts past the entries of
+-- tasks claimed before. A task due before its lane's start (one whose
+-- enqueue committed long after its run_at, or a lane not listed) is left to
+-- the next full claim.
+WITH lanes (queue, priority, after) AS (
+  SELECT l.queue, l.priority, to_timestamp(l.after_ms / 1000)
+  FROM unnest($6::text[], $7::smallint[], $8::float8[]) AS l (queue, priority, after_ms)
+),
+{{ClaimFromLanes}};
+
+-- fragment: ClaimFromLanes
+-- Each lane is read in (run_at, id) order from its start, with run_at <=
+-- now() as the other index bound, so the scan stops at the first task not
+-- yet due, however many delayed tasks wait behind it, and at $5 rows,
+-- however deep the queue. SKIP LOCKED lets concurrent claimers pass each
+-- other's rows instead of queueing on them.
 candidates AS (
   SELECT c.ctid, c.name FROM lanes l CROSS JOIN LATERAL (
     SELECT t.ctid, t.id, t.name, t.priority, t.run_at FROM pgbg.task t
     WHERE t.state = 'queued' AND t.queue = l.queue AND t.priority = l.priority
-      AND t.run_at <= now() AND t.name = ANY($3::text[])
+      AND t.run_at >= l.after AND t.run_at <= now() AND t.name = ANY($3::text[])
       -- The claim adds 1 to both: a row already at the integer limit (only
       -- one written by hand can be) would fail the whole statement with
       -- "integer out of range" and so block every claim of its lane. It is
@@ -58,11 +79,13 @@ claimed AS (
 )
 -- Claim order, so the worker starts them in it; sorting here spares the
 -- worker from parsing two timestamps per task. lag_ms: how long the task
--- waited since it became due (its enqueue, delay or retry time), for metrics.
-SELECT id, name, queue, payload, attempts, max_attempts, lease_token,
-  (extract(epoch FROM now() - run_at) * 1000)::float8 AS lag_ms
+-- waited since it became due (its enqueue, delay or retry time), for
+-- metrics; run_at_ms (epoch ms) moves the worker's claim cursor.
+SELECT id, name, queue, payload, attempts, max_attempts, lease_token, priority,
+  (extract(epoch FROM now() - run_at) * 1000)::float8 AS lag_ms,
+  (extract(epoch FROM run_at) * 1000)::float8 AS run_at_ms
 FROM claimed
-ORDER BY priority, run_at, id;
+ORDER BY priority, run_at, id
 
 -- fragment: LeasedRowAddresses
 -- The row addresses of the tasks $1 (ids) whose lease tokens are $2, while
