@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import * as v from "valibot";
-import { defineTask, enqueue, enqueueMany, migrate } from "../mod.ts";
+import { defineTask, enqueue, enqueueMany, InvalidPayloadError, migrate } from "../mod.ts";
 import { createTestDatabase } from "./harness.ts";
 
 const db = await createTestDatabase();
@@ -13,6 +13,7 @@ const sendEmail = defineTask({
   schema: v.object({ to: v.pipe(v.string(), v.email()), subject: v.string() }),
   async run() {},
 });
+const anything = defineTask({ name: "anything", schema: v.unknown(), run() {} });
 const counter = defineTask({
   name: "counter",
   schema: v.object({ n: v.number() }),
@@ -158,6 +159,55 @@ describe("enqueueMany", () => {
     assert.equal(new Set(ids).size, 4);
     const payloads = await Promise.all(ids.map(async (id) => (await row(id)).payload.n));
     assert.deepEqual(payloads, [0, 2, 3, 2, 5]);
+  });
+
+  test("payloads holding line feeds, control characters and separators are stored as given", async () => {
+    const tricky = [
+      { s: "line\nfeed\r\n", t: "\t\u0001\u001f", k: { "a\nb": ",", "": "\\n" } },
+      { s: "\u2028\u2029 and , ; ' \" \\ {}[]", list: ["\n", "", "x\ny"] },
+      "a string payload\n",
+      ["\n"],
+      null,
+      12.5,
+    ];
+    const ids = await enqueueMany(sql, anything, tricky);
+    const keyed = await enqueueMany(sql, anything, tricky, { key: (_, i) => (i % 2 ? `tricky\n${i}` : undefined) });
+    for (const batch of [ids, keyed]) {
+      const rows = await Promise.all(batch.map(row));
+      assert.deepEqual(rows.map((r) => r.payload), tricky);
+    }
+  });
+
+  test("a batch over 32 MiB of JSON goes in several statements, one transaction, ids in input order", async () => {
+    const big = "x".repeat(12 * 1024 * 1024);
+    const inputs = [{ n: 0, big }, { n: 1, big }, { n: 2, big }, { n: 3 }];
+    const ids = await enqueueMany(sql, anything, inputs, { queue: "huge", maxPayloadBytes: 16 * 1024 * 1024 });
+    const rows = await sql`SELECT id::text, (payload->>'n')::int AS n, xmin::text AS tx FROM pgbg.task WHERE queue = 'huge' ORDER BY id`;
+    assert.deepEqual(rows.map((r) => r.id), ids);
+    assert.deepEqual(rows.map((r) => r.n), [0, 1, 2, 3]);
+    assert.equal(new Set(rows.map((r) => r.tx)).size, 1, "one transaction");
+  });
+
+  test("a nested value JSON cannot carry is named by its index and full path", async () => {
+    const cyclic: Record<string, unknown> = {};
+    cyclic.again = { inner: [cyclic] };
+    const cases: [unknown, string, RegExp][] = [
+      [{ a: { b: [0, { c: 1n }] } }, "a.b.1.c", /BigInt/],
+      [{ a: [[1, 2], [3, Number.NaN]] }, "a.1.1", /NaN/],
+      [{ ok: { x: 1 }, bad: { "k\u0000": 1 } }, "bad.k\u0000", /keys cannot contain/],
+      [cyclic, "again.inner.0", /cycle/],
+    ];
+    for (const [input, path, message] of cases) {
+      await assert.rejects(enqueueMany(sql, anything, [{ fine: [1, { deep: true }] }, input]), (error: InvalidPayloadError) => {
+        assert.ok(error instanceof InvalidPayloadError);
+        assert.equal(error.path, path);
+        assert.match(error.message, / at index 1 /);
+        assert.match(error.message, message);
+        return true;
+      });
+    }
+    const shared = { x: [1] };
+    assert.equal((await enqueueMany(sql, anything, [{ a: shared, b: [shared, shared] }])).length, 1, "a shared object is no cycle");
   });
 
   test("an empty list enqueues nothing", async () => {
