@@ -205,14 +205,16 @@ async function writeChunks(
 ): Promise<string[]> {
   const ids: string[] = [];
   for (const [start, end] of chunks) {
-    const json = `[${payloads.slice(start, end).join(",")}]`;
-    const params = [s.queue, name, json, s.priority, s.runAt, s.delay, s.maxAttempts];
+    const chunk = start === 0 && end === payloads.length ? payloads : payloads.slice(start, end);
+    // JSON text holds no raw line feed, so the statement splits on it.
+    const params = [s.queue, name, chunk.join("\n"), s.priority, s.runAt, s.delay, s.maxAttempts];
     if (!keys) {
-      const rows = await run<{ id: unknown }>(db, s.schema, "EnqueueMany", params);
+      const rows = await run<{ ids: string }>(db, s.schema, "EnqueueMany", params);
       // Ids are drawn in input order, so sorted ids line up with the inputs.
-      ids.push(...sortIds(rows.map((r) => String(r.id))));
+      const drawn = sortIds(rows[0].ids.split(","));
+      for (const id of drawn) ids.push(id);
     } else {
-      ids.push(...(await writeKeyedChunk(db, s, params, payloads.slice(start, end), keys.slice(start, end))));
+      ids.push(...(await writeKeyedChunk(db, s, params, chunk, keys.slice(start, end))));
     }
   }
   return ids;
@@ -237,9 +239,9 @@ async function writeKeyedChunk(
   const ids: (string | undefined)[] = new Array(payloads.length);
   let todo = payloads.map((_, i) => i);
   for (let attempt = 0; attempt < 10 && todo.length; attempt++) {
-    const json = `[${todo.map((i) => payloads[i]).join(",")}]`;
+    const text = todo.map((i) => payloads[i]).join("\n");
     const rows = await run<{ id: unknown; key: string | null }>(db, s.schema, "EnqueueManyKeyed", [
-      ...params.slice(0, 2), json, ...params.slice(3), todo.map((i) => keys[i]),
+      ...params.slice(0, 2), text, ...params.slice(3), todo.map((i) => keys[i]),
     ]);
     const byKey = new Map<string, string>();
     const unkeyed: string[] = [];
