@@ -56,6 +56,8 @@ export function formatCompaction(r: CompactResult): string {
   const sizes = `${formatBytes(r.before.indexBytes)} for ~${r.before.liveRows} live rows`;
   if (r.outcome === "compacted") {
     lines.push(`compacted the indexes of ${table}: ${formatBytes(r.before.indexBytes)} → ${formatBytes(r.after!.indexBytes)} (~${r.before.liveRows} live rows) in ${r.durationMs} ms`);
+  } else if (r.outcome === "horizon-held") {
+    lines.push(`the indexes of ${table} are bloated (${sizes}), but a transaction open for ${Math.round(r.before.snapshotAgeSeconds)} s holds vacuum back; nothing rebuilt (--force rebuilds them anyway)`);
   } else if (r.outcome === "not-bloated") {
     lines.push(`the indexes of ${table} are not bloated (${sizes}); nothing rebuilt (--force rebuilds them anyway)`);
   }

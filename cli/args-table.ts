@@ -75,6 +75,10 @@ export const serveArgs = {
       env: "PGBG_COMPACT_INTERVAL", default: d.compactInterval, min: 1000, canBeOff: true,
       description: "How often the supervisor checks whether the task table's indexes are bloated and rebuilds them (needs the table's owner); 0 or off: never",
     }),
+    "vacuum-interval": duration({
+      env: "PGBG_VACUUM_INTERVAL", default: d.vacuumInterval, min: 1000, canBeOff: true,
+      description: "How often the supervisor checks whether the task table has dead rows a vacuum can remove, and vacuums it (needs the table's owner); 0 or off: never",
+    }),
     schema: text({
       env: "PGBG_SCHEMA", default: d.schema, description: "PostgreSQL schema holding pgbg's tables",
       check(schema, label) {

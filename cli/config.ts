@@ -25,6 +25,7 @@ export interface ServeConfig {
   shutdownTimeout: number;
   /** How often the supervisor may compact the task table's indexes; 0: never. */
   compactInterval: number;
+  vacuumInterval: number;
   migrate: boolean;
   logLevel: LogLevel;
   logFormat: "pretty" | "json";
@@ -63,6 +64,7 @@ export function serveConfigOf(f: FlagValues<typeof serveArgs.flags>, isTTY: bool
     queues: f.queues ?? null,
     shutdownTimeout: f["shutdown-timeout"],
     compactInterval: f["compact-interval"],
+    vacuumInterval: f["vacuum-interval"],
     migrate: f.migrate,
     logLevel: f["log-level"],
     logFormat: f["log-format"] ?? (isTTY ? "pretty" : "json"),

@@ -38,7 +38,8 @@ export async function supervise(config: ServeConfig, databaseUrl: string, log: L
   const supervisorId = randomUUID();
   const timings = liveness(config.checkInterval);
   const services = maintenanceServices({
-    sql, schema: config.schema, hostId: supervisorId, maxAttempts: config.maxAttempts, timings, compactInterval: config.compactInterval, log,
+    sql, schema: config.schema, hostId: supervisorId, maxAttempts: config.maxAttempts, timings, compactInterval: config.compactInterval,
+    vacuumInterval: config.vacuumInterval, log,
   });
   const maintenance = new Maintenance(Object.values(services), log);
   const pool = new WorkerPool({ config, databaseUrl, supervisorId, timings, releaser: services.releaser, metrics, log });

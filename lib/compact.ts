@@ -30,6 +30,8 @@ export interface TaskIndexes {
   liveRows: number;
   /** Total bytes of the valid indexes. */
   indexBytes: number;
+  /** How long the oldest snapshot of another session in this database has been held, in s (0: none). */
+  snapshotAgeSeconds: number;
   /** Every index of the table, by name. */
   indexes: TaskIndex[];
   /**
@@ -52,15 +54,23 @@ export interface CompactOptions {
   bytesPerLiveRow?: number;
   /** Rebuild when the indexes are more than this many times what the live rows need. @default 4 */
   bloatFactor?: number;
+  /** Put off a rebuild (`horizon-held`) while another session's snapshot is older than this, in s. @default 30 */
+  heldSnapshotSeconds?: number;
 }
 
 /**
  * What {@link compactIndexes} did: `compacted` (rebuilt the indexes),
  * `not-bloated` (nothing to gain; leftovers may still have been dropped),
+ * `horizon-held` (bloated, but a transaction open longer than
+ * `heldSnapshotSeconds` holds vacuum back: a rebuild would wait for
+ * it and keep the rows it holds),
  * `locked` (another compaction of this schema is running) or
  * `not-permitted` (the role does not own the table).
  */
-export type CompactOutcome = "compacted" | "not-bloated" | "locked" | "not-permitted";
+export type CompactOutcome = "compacted" | "not-bloated" | "horizon-held" | "locked" | "not-permitted";
+
+/** A snapshot held this long (s) puts off a compaction that was not forced, unless `heldSnapshotSeconds` says otherwise. */
+export const HELD_SNAPSHOT_SECONDS = 30;
 
 /** The result of {@link compactIndexes}. */
 export interface CompactResult {
@@ -80,13 +90,14 @@ export interface CompactResult {
 
 /** Reads the task table's live-row estimate and the size of each of its indexes. Needs no privilege on the table. */
 export async function readTaskIndexes(db: Database, schema: string): Promise<TaskIndexes> {
-  const rows = await run<{ index: string; bytes: number; valid: boolean; leftover: boolean; live_rows: number }>(
+  const rows = await run<{ index: string; bytes: number; valid: boolean; leftover: boolean; live_rows: number; snapshot_age_s: number }>(
     db, checkSchemaName(schema), "TaskIndexSizes", [],
   );
   const indexes = rows.map((r) => ({ name: r.index, bytes: r.bytes, valid: r.valid }));
   return {
     liveRows: Math.round(rows[0]?.live_rows ?? 0),
     indexBytes: indexes.filter((i) => i.valid).reduce((sum, i) => sum + i.bytes, 0),
+    snapshotAgeSeconds: rows[0]?.snapshot_age_s ?? 0,
     indexes,
     leftovers: rows.filter((r) => r.leftover).map((r) => r.index),
   };
@@ -138,6 +149,7 @@ export async function compactIndexes(sql: Sql<any>, options?: CompactOptions): P
   const opts = checkOptions<CompactOptions>("compactIndexes()", options, {
     schema: checkedLater, force: ofType("boolean"),
     minIndexBytes: integer(0, Number.MAX_SAFE_INTEGER), bytesPerLiveRow: integer(0, Number.MAX_SAFE_INTEGER), bloatFactor: integer(1, 1_000_000),
+    heldSnapshotSeconds: integer(0, 1_000_000_000),
   });
   const schema = checkSchemaName(opts.schema ?? defaults.schema);
   const limits = bloatLimits(opts);
@@ -168,6 +180,7 @@ export async function compactIndexes(sql: Sql<any>, options?: CompactOptions): P
         dropped.push(name);
       }
       const bloated = opts.force || isBloated(before, limits);
+      if (bloated && !opts.force && before.snapshotAgeSeconds > (opts.heldSnapshotSeconds ?? HELD_SNAPSHOT_SECONDS)) return result("horizon-held");
       if (bloated) await conn.unsafe(statement(schema, "ReindexTask"));
       if (bloated || dropped.length) after = await readTaskIndexes(conn, schema);
       return result(bloated ? "compacted" : "not-bloated");

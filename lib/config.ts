@@ -31,8 +31,14 @@ export const defaults = {
   idleSleep: 1_000,
   /** How long a stopping service lets running tasks finish. */
   shutdownTimeout: 30_000,
-  /** How often the supervisor checks whether the task table's indexes need compacting; 0: never. */
-  compactInterval: 300_000,
+  /**
+   * How often the supervisor checks whether the task table's indexes need
+   * compacting; 0: never. A check reads the catalog only; a rebuild follows
+   * only when the indexes are bloated and their dead rows gone.
+   */
+  compactInterval: 30_000,
+  /** How often a host checks whether the task table needs a vacuum (lib/maintenance/table-vacuumer.ts); 0: never. */
+  vacuumInterval: 5_000,
   /** Indexes smaller than this in all are never compacted (8 MiB): rebuilding them would gain little. */
   compactMinIndexBytes: 8 * 1024 * 1024,
   /**

@@ -129,7 +129,7 @@ class InProcessHost implements WorkerHost {
     this.#beat = cloneClient(sql, 1, "pgbg worker heartbeat");
     this.#services = maintenanceServices({
       sql: this.#pool, schema: options.schema, hostId: this.id, maxAttempts: options.maxAttempts, timings: this.#timings,
-      compactInterval: options.compactInterval, log: options.logger,
+      compactInterval: options.compactInterval, vacuumInterval: options.vacuumInterval, log: options.logger,
     });
     this.#maintenance = new Maintenance(Object.values(this.#services), options.logger);
     options.signal?.addEventListener("abort", () => void this.stop(), { once: true });

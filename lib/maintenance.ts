@@ -19,6 +19,7 @@ import { CountPruner } from "./maintenance/count-pruner.ts";
 import { DeadWorkerReleaser } from "./maintenance/dead-worker-releaser.ts";
 import { IndexCompactor } from "./maintenance/index-compactor.ts";
 import { LeaseRescuer } from "./maintenance/lease-rescuer.ts";
+import { TableVacuumer } from "./maintenance/table-vacuumer.ts";
 import type { MaintenanceService } from "./maintenance/service.ts";
 import { WorkerReaper } from "./maintenance/worker-reaper.ts";
 
@@ -35,6 +36,8 @@ export interface MaintenanceSettings {
   timings: Liveness;
   /** How often to check whether the task table's indexes need compacting; 0: never. */
   compactInterval: number;
+  /** How often to check whether the task table needs a vacuum; 0: never. */
+  vacuumInterval: number;
   log: Logger;
 }
 
@@ -46,11 +49,12 @@ export interface MaintenanceServices {
   sweeper: CancelSweeper;
   pruner: CountPruner;
   compactor: IndexCompactor;
+  vacuumer: TableVacuumer;
 }
 
-/** Builds every duty with its interval: the checks at the heartbeat interval, pruning each minute, compaction at its own. */
+/** Builds every duty with its interval: the checks at the heartbeat interval, pruning each minute, compaction and vacuum at their own. */
 export function maintenanceServices(settings: MaintenanceSettings): MaintenanceServices {
-  const { sql, schema, hostId, maxAttempts, timings, compactInterval, log } = settings;
+  const { sql, schema, hostId, maxAttempts, timings, compactInterval, vacuumInterval, log } = settings;
   const every = timings.heartbeatInterval;
   return {
     releaser: new DeadWorkerReleaser(sql, schema, maxAttempts, every, log),
@@ -59,6 +63,7 @@ export function maintenanceServices(settings: MaintenanceSettings): MaintenanceS
     sweeper: new CancelSweeper(sql, schema, every, log),
     pruner: new CountPruner(sql, schema, 60_000),
     compactor: new IndexCompactor(sql, schema, compactInterval, log),
+    vacuumer: new TableVacuumer(sql, schema, vacuumInterval, log),
   };
 }
 

@@ -33,8 +33,10 @@ export interface WorkerHostOptions {
   checkInterval?: number;
   /** How long `stop()` lets running tasks finish before handing them back, unless it is given its own. @default 30 s */
   shutdownTimeout?: number;
-  /** How often to check whether the task table's indexes are bloated and rebuild them (needs the table's owner); 0: never. @default 5 min */
+  /** How often to check whether the task table's indexes are bloated and rebuild them (needs the table's owner); 0: never. @default 30 s */
   compactInterval?: number;
+  /** How often to check whether the task table has dead rows that a vacuum can remove, and vacuum it (needs the table's owner); 0: never. @default 5 s */
+  vacuumInterval?: number;
   /** Connections of the worker's pool (claims, write-backs, maintenance); the heartbeat and LISTEN add one each. @default 4 */
   poolSize?: number;
   /** PostgreSQL schema holding pgbg's tables. @default "pgbg" */
@@ -57,6 +59,7 @@ export interface ResolvedWorkerOptions {
   checkInterval: number;
   shutdownTimeout: number;
   compactInterval: number;
+  vacuumInterval: number;
   poolSize: number;
   schema: string;
   signal: AbortSignal | undefined;
@@ -77,6 +80,7 @@ const checks: Record<keyof WorkerHostOptions, OptionCheck> = {
   checkInterval: integer(10, 600_000),
   shutdownTimeout: duration(0),
   compactInterval: (v) => (v === 0 ? undefined : duration(1000)(v)),
+  vacuumInterval: (v) => (v === 0 ? undefined : duration(1000)(v)),
   poolSize: integer(1, 100),
   schema: checkedLater,
   signal: (v) => (v instanceof AbortSignal ? undefined : `must be an AbortSignal, got ${formatValue(v)}`),
@@ -114,6 +118,7 @@ export function resolveWorkerOptions(where: string, options: unknown): ResolvedW
     timeout: o.timeout ?? defaults.timeout, retryDelay: o.retryDelay ?? defaults.retryDelay, maxAttempts: o.maxAttempts ?? defaults.maxAttempts,
     idleSleep: o.idleSleep ?? defaults.idleSleep, checkInterval: o.checkInterval ?? defaults.checkInterval,
     shutdownTimeout: o.shutdownTimeout ?? defaults.shutdownTimeout, compactInterval: o.compactInterval ?? defaults.compactInterval,
+    vacuumInterval: o.vacuumInterval ?? defaults.vacuumInterval,
     poolSize: o.poolSize ?? defaults.poolSize, signal: o.signal, logger: o.logger ?? consoleLogger,
   };
 }

@@ -121,6 +121,8 @@ describe("pgbg serve flags", () => {
     [["--compact-interval", "never"], {}, durationOrOff("compact-interval", "PGBG_COMPACT_INTERVAL", 1000, "never")],
     [["--compact-interval", "169h"], {}, durationOrOff("compact-interval", "PGBG_COMPACT_INTERVAL", 1000, "169h")],
     [[], { PGBG_COMPACT_INTERVAL: "-5m" }, durationOrOff("compact-interval", "PGBG_COMPACT_INTERVAL", 1000, "-5m")],
+    [["--vacuum-interval", "500ms"], {}, durationOrOff("vacuum-interval", "PGBG_VACUUM_INTERVAL", 1000, "500ms")],
+    [[], { PGBG_VACUUM_INTERVAL: "soon" }, durationOrOff("vacuum-interval", "PGBG_VACUUM_INTERVAL", 1000, "soon")],
     [["--schema", "Bad-Name"], {}, badSchema("Bad-Name")],
     [["--schema", "pg_catalog"], {}, badSchema("pg_catalog")],
     [["--schema", "x".repeat(64)], {}, badSchema("x".repeat(64))],
@@ -189,7 +191,7 @@ describe("pgbg serve flags", () => {
     const config = (args: string[], env: Env = {}, isTTY = false) => parseServeArgs(["--tasks", fixtureTasks, ...args], env, isTTY);
     assert.deepEqual(config([]), {
       databaseUrl: undefined, schema: "pgbg", tasks: [fixtureTasks], workers: 2, concurrency: 10, timeout: 30_000, retryDelay: 5_000,
-      checkInterval: 1_000, idleSleep: 1_000, maxAttempts: 25, queues: null, shutdownTimeout: 30_000, compactInterval: 300_000,
+      checkInterval: 1_000, idleSleep: 1_000, maxAttempts: 25, queues: null, shutdownTimeout: 30_000, compactInterval: 30_000, vacuumInterval: 5_000,
       migrate: true, logLevel: "info", logFormat: "json", metricsPort: null, metricsHost: "0.0.0.0",
     });
     assert.equal(config([], {}, true).logFormat, "pretty", "pretty on a terminal");
@@ -220,7 +222,7 @@ describe("pgbg serve flags", () => {
 
   test("--compact-interval takes a duration, or 0 or off to turn compaction off", () => {
     const interval = (args: string[], env: Env = {}) => parseServeArgs(["--tasks", fixtureTasks, ...args], env, false).compactInterval;
-    assert.equal(interval([]), 300_000, "default 5m");
+    assert.equal(interval([]), 30_000, "default 30s");
     assert.equal(interval(["--compact-interval", "10s"]), 10_000);
     assert.equal(interval(["--compact-interval", "off"]), 0);
     assert.equal(interval(["--compact-interval", "0"]), 0);

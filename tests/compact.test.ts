@@ -162,6 +162,23 @@ describe("index compaction", () => {
     await sql`DROP INDEX pgbg.someone_elses_idx`;
   });
 
+  test("bloated indexes are left alone while another session holds a snapshot, and rebuilt once it lets go", async () => {
+    await passThrough(30_000);
+    await bloatVisible({ minIndexBytes: 1 * MiB });
+    const holder = await sql.reserve();
+    try {
+      await holder`BEGIN ISOLATION LEVEL REPEATABLE READ`;
+      await holder`SELECT count(*) FROM pgbg.worker`;
+      const held = await compactIndexes(sql, { minIndexBytes: 1 * MiB, heldSnapshotSeconds: 0 });
+      assert.deepEqual([held.outcome, held.after], ["horizon-held", null]);
+      assert.ok(held.before.snapshotAgeSeconds > 0);
+      await holder`COMMIT`;
+    } finally {
+      holder.release();
+    }
+    assert.equal((await compactIndexes(sql, { minIndexBytes: 1 * MiB, heldSnapshotSeconds: 0 })).outcome, "compacted");
+  });
+
   test("a second compaction while one holds the lock skips with locked", async () => {
     // The first rebuild waits for an open transaction, holding the lock.
     const writer = await openWriter();

@@ -15,9 +15,11 @@ import { CountPruner } from "../lib/maintenance/count-pruner.ts";
 import { DeadWorkerReleaser } from "../lib/maintenance/dead-worker-releaser.ts";
 import { IndexCompactor } from "../lib/maintenance/index-compactor.ts";
 import { LeaseRescuer } from "../lib/maintenance/lease-rescuer.ts";
+import { readVacuumState, TableVacuumer, VACUUM_MIN_DEAD_ROWS, vacuumDue, type VacuumState } from "../lib/maintenance/table-vacuumer.ts";
 import { WorkerReaper } from "../lib/maintenance/worker-reaper.ts";
 import { migrate } from "../mod.ts";
 import { createTestDatabase } from "./harness.ts";
+import { patience, until } from "./service-harness.ts";
 
 const db = await createTestDatabase();
 const { sql } = db;
@@ -48,6 +50,26 @@ async function runningTask(workerId: string, leaseEndsInMs: number, attempts = 1
 
 const taskRow = async (id: string) =>
   (await sql`SELECT state::text, attempts, worker_id, last_error->>'name' AS error FROM pgbg.task WHERE id = ${id}`)[0];
+
+/** Runs `fn` with a client of a new role that may read pgbg's tables but owns none, then drops the role. */
+// deno-lint-ignore no-explicit-any
+async function asOtherRole(fn: (asRole: postgres.Sql<any>) => Promise<void>): Promise<void> {
+  const role = `pgbg_maint_${randomUUID().slice(0, 8)}`;
+  // A password: the embedded server checks them.
+  const password = randomUUID().replaceAll("-", "");
+  await sql.unsafe(`CREATE ROLE "${role}" LOGIN PASSWORD '${password}'`);
+  await sql.unsafe(`GRANT USAGE ON SCHEMA pgbg TO "${role}"; GRANT SELECT ON ALL TABLES IN SCHEMA pgbg TO "${role}"`);
+  const url = new URL(db.url);
+  url.username = role;
+  url.password = password;
+  const asRole = postgres(url.toString(), { max: 2, onnotice: () => {} });
+  try {
+    await fn(asRole);
+  } finally {
+    await asRole.end();
+    await sql.unsafe(`DROP OWNED BY "${role}"; DROP ROLE "${role}"`);
+  }
+}
 
 async function clean(): Promise<void> {
   await sql`DELETE FROM pgbg.task`;
@@ -178,27 +200,66 @@ describe("the index compactor", () => {
   });
 
   test("stops for good, saying why once, when the role does not own the table", async () => {
-    const role = `pgbg_maint_${randomUUID().slice(0, 8)}`;
-    // A password: the embedded server checks them.
-    const password = randomUUID().replaceAll("-", "");
-    await sql.unsafe(`CREATE ROLE "${role}" LOGIN PASSWORD '${password}'`);
-    await sql.unsafe(`GRANT USAGE ON SCHEMA pgbg TO "${role}"; GRANT SELECT ON ALL TABLES IN SCHEMA pgbg TO "${role}"`);
-    const url = new URL(db.url);
-    url.username = role;
-    url.password = password;
-    const asRole = postgres(url.toString(), { max: 2, onnotice: () => {} });
-    try {
+    await asOtherRole(async (asRole) => {
       const log = recorder();
       const compactor = new IndexCompactor(asRole, "pgbg", 60_000, log, { minIndexBytes: 0, bytesPerLiveRow: 0 });
       await compactor.runOnce();
       assert.equal(compactor.interval, 0, "not again");
       assert.match(log.lines.join("\n"), /cannot compact the task table's indexes .* Not trying again\./);
-    } finally {
-      await asRole.end();
-      await sql.unsafe(`DROP OWNED BY "${role}"; DROP ROLE "${role}"`);
-    }
+    });
   });
 });
+
+describe("the table vacuumer", () => {
+  const state = (deadRows: number, horizon: string | null): VacuumState => ({ deadRows, liveRows: 0, owned: true, horizon });
+  test("vacuums once the dead rows reach its threshold, again only when the horizon moved or a minute passed", () => {
+    const cases: [VacuumState, { at: number; horizon: string | null } | null, number, boolean][] = [
+      [state(VACUUM_MIN_DEAD_ROWS - 1, "1"), null, 0, false],
+      [state(VACUUM_MIN_DEAD_ROWS, "1"), null, 0, true],
+      [state(VACUUM_MIN_DEAD_ROWS, "1"), { at: 0, horizon: "1" }, 59_999, false],
+      [state(VACUUM_MIN_DEAD_ROWS, "1"), { at: 0, horizon: "1" }, 60_000, true],
+      [state(VACUUM_MIN_DEAD_ROWS, "2"), { at: 0, horizon: "1" }, 1, true],
+      [state(VACUUM_MIN_DEAD_ROWS, null), { at: 0, horizon: null }, 1, true],
+    ];
+    for (const [s, last, now, due] of cases) assert.equal(vacuumDue(s, last, now), due, JSON.stringify({ s, last, now }));
+  });
+
+  test("removes the dead rows as soon as they are removable, and not again while a snapshot holds them", async () => {
+    await clean();
+    const vacuumer = new TableVacuumer(sql, "pgbg", 5_000, recorder());
+    const holder = await sql.reserve();
+    try {
+      await holder`BEGIN ISOLATION LEVEL REPEATABLE READ`;
+      await holder`SELECT count(*) FROM pgbg.worker`;
+      await deadRows(2 * VACUUM_MIN_DEAD_ROWS);
+      assert.equal(await vacuumer.vacuumIfDue(), true, "the first vacuum");
+      assert.equal(await vacuumer.vacuumIfDue(), false, "nothing new is removable while the snapshot is held");
+      await holder`COMMIT`;
+      assert.equal(await vacuumer.vacuumIfDue(), true, "the horizon moved");
+      const after = await until(() => readVacuumState(sql, "pgbg"), (s) => s.deadRows < VACUUM_MIN_DEAD_ROWS, patience, "the dead rows gone");
+      assert.ok(after.deadRows < VACUUM_MIN_DEAD_ROWS);
+    } finally {
+      holder.release();
+    }
+  });
+
+  test("stops for good, saying why once, when the role does not own the table", async () => {
+    await asOtherRole(async (asRole) => {
+      const log = recorder();
+      const vacuumer = new TableVacuumer(asRole, "pgbg", 5_000, log);
+      assert.equal(await vacuumer.vacuumIfDue(), false);
+      assert.equal(vacuumer.interval, 0, "not again");
+      assert.match(log.lines.join("\n"), /cannot vacuum pgbg\.task: only its owner may\..* Not trying again\./);
+    });
+  });
+});
+
+/** Leaves `n` dead rows in the task table, and waits until the statistics count them. */
+async function deadRows(n: number): Promise<void> {
+  await sql`INSERT INTO pgbg.task (queue, name, payload) SELECT 'default', 'dead', '{}' FROM generate_series(1, ${n})`;
+  await sql`DELETE FROM pgbg.task WHERE name = 'dead'`;
+  await until(() => readVacuumState(sql, "pgbg"), (s) => s.deadRows >= n, patience, "the statistics to count the dead rows");
+}
 
 describe("the maintenance runner", () => {
   test("runs each service on its own timer: one that fails or hangs holds back no other", async () => {

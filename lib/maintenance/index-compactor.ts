@@ -31,7 +31,7 @@ export class IndexCompactor implements MaintenanceService {
     interval: number,
     private readonly log: Logger,
     /** Bloat thresholds other than the defaults (lib/config.ts). */
-    private readonly limits: Pick<CompactOptions, "minIndexBytes" | "bytesPerLiveRow" | "bloatFactor"> = {},
+    private readonly limits: Pick<CompactOptions, "minIndexBytes" | "bytesPerLiveRow" | "bloatFactor" | "heldSnapshotSeconds"> = {},
   ) {
     this.#interval = interval;
     this.firstAfter = Math.min(interval, 60_000);
@@ -56,6 +56,8 @@ export class IndexCompactor implements MaintenanceService {
     if (r.outcome === "compacted") {
       const sizes = `${formatBytes(r.before.indexBytes)} → ${formatBytes(r.after!.indexBytes)}`;
       this.log.info(`compacted the task table's indexes: ${sizes} (~${r.before.liveRows} live rows) in ${r.durationMs} ms`, fields);
+    } else if (r.outcome === "horizon-held") {
+      this.log.debug(`the task table's indexes are bloated, but a transaction open for ${Math.round(r.before.snapshotAgeSeconds)} s holds vacuum back; compaction waits`, fields);
     } else if (r.outcome === "locked") {
       this.log.debug("another pgbg is compacting the task table's indexes; skipped", fields);
     } else if (r.outcome === "not-permitted") {

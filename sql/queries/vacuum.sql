@@ -1,0 +1,34 @@
+-- Statements of the task table's vacuum (lib/maintenance/table-vacuumer.ts).
+-- Every claim and completion leaves dead row versions in the task table;
+-- pgbg vacuums it itself, as soon as they are removable, rather than wait
+-- for autovacuum's next visit (autovacuum_naptime, a minute by default, and
+-- never when autovacuum is off).
+
+-- name: TaskVacuumState
+-- The task table's dead and live rows as the statistics count them (what
+-- autovacuum reads), whether the current role owns the table (only the
+-- owner may vacuum it), and the horizon: the oldest transaction id that a
+-- snapshot of this database, a standby's feedback, a replication slot or a
+-- prepared transaction still holds. Vacuum removes no row deleted after it,
+-- so while it stays the same a second vacuum would remove nothing. Sessions
+-- of other roles show no xmin to a role without pg_read_all_stats; the
+-- service then vacuums at most once a minute while the horizon looks held.
+SELECT coalesce(s.n_dead_tup, 0)::float8 AS dead_rows,
+  coalesce(s.n_live_tup, 0)::float8 AS live_rows,
+  pg_has_role(c.relowner, 'USAGE') AS owned,
+  (SELECT h.x::text FROM (
+     SELECT a.backend_xmin AS x FROM pg_stat_activity a
+     WHERE a.backend_xmin IS NOT NULL AND (a.datid = (SELECT oid FROM pg_database WHERE datname = current_database()) OR a.backend_type = 'walsender')
+     UNION ALL SELECT r.xmin FROM pg_replication_slots r WHERE r.xmin IS NOT NULL
+     UNION ALL SELECT p.transaction FROM pg_prepared_xacts p
+   ) h ORDER BY age(h.x) DESC LIMIT 1) AS horizon
+FROM pg_class c
+LEFT JOIN pg_stat_all_tables s ON s.relid = c.oid
+WHERE c.oid = 'pgbg.task'::regclass;
+
+-- name: VacuumTask
+-- SKIP_LOCKED: when autovacuum, another host's vacuum or an index rebuild
+-- holds the table, skip this turn instead of waiting in the lock queue.
+-- Takes no lock that blocks claims, completions or enqueues. Cannot run in a
+-- transaction block.
+VACUUM (SKIP_LOCKED) pgbg.task;
