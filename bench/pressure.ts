@@ -71,12 +71,13 @@ async function parseOptions(argv: string[]): Promise<Options> {
 }
 
 /** The report's header: what ran where, and under which load. */
-function headerMarkdown(argv: string[], server: Server, options: Options, loadStart: number[], loadEnd: number[], when: string): string {
+function headerMarkdown(argv: string[], server: Server, options: Options, loadStart: number[], loadEnd: number[], when: string, incomplete?: string): string {
   const phases = schedule(options.scale).map((p) => `${p.name} ${Math.round((p.end - p.start) * 10) / 10} s`).join(", ");
   const settings = Object.entries(server.settings).map(([k, v]) => `${k}=${v}`).join(", ");
   const lines = [
     `# Pressure bench, ${when.slice(0, 16).replace("T", " ")} UTC, ${hostname()}`, "",
     `- Command: \`npm run bench -- ${argv.join(" ")}\``,
+    ...(incomplete ? [`- **Incomplete: ${incomplete}; only the subjects' runs that completed are below**`] : []),
     `- Machine: ${cpus().length} × ${cpus()[0]?.model ?? "cpu"}, ${Math.round(totalmem() / 2 ** 30)} GiB, Linux ${release()}; Node ${process.version}`,
     `- Load average (1, 5, 15 min): ${loadStart.join(", ")} at the start, ${loadEnd.join(", ")} at the end (a shared machine: others' work weighs on every figure)`,
     `- PostgreSQL ${server.version} (${server.source}); ${settings}`,
@@ -93,7 +94,7 @@ function headerMarkdown(argv: string[], server: Server, options: Options, loadSt
 }
 
 /** Writes the Markdown, the JSON and the SVGs; returns the Markdown. */
-function writeResults(argv: string[], server: Server, options: Options, runs: SubjectRun[], loadStart: number[], when: string): string {
+function writeResults(argv: string[], server: Server, options: Options, runs: SubjectRun[], loadStart: number[], when: string, incomplete?: string): string {
   const dir = fileURLToPath(new URL("./results/pressure/", import.meta.url));
   mkdirSync(dir, { recursive: true });
   const base = `${when.slice(0, 19).replace(/[:T]/g, "-")}-${hostname()}${options.scale === 1 ? "" : `-scale-${options.scale}`}`;
@@ -107,10 +108,10 @@ function writeResults(argv: string[], server: Server, options: Options, runs: Su
     writeFileSync(`${dir}${svg}`, plotRuns(at.map((s) => s.run), title));
     sections.push(rateSection(at, svg));
   }
-  const markdown = [headerMarkdown(argv, server, options, loadStart, loadEnd, when), ...sections].join("\n");
+  const markdown = [headerMarkdown(argv, server, options, loadStart, loadEnd, when, incomplete), ...sections].join("\n");
   writeFileSync(`${dir}${base}.md`, markdown);
   const json = {
-    date: when, argv, scale: options.scale, full: options.full, loadAverage: { start: loadStart, end: loadEnd },
+    date: when, argv, scale: options.scale, full: options.full, incomplete, loadAverage: { start: loadStart, end: loadEnd },
     machine: { host: hostname(), cpus: cpus().length, cpu: cpus()[0]?.model, memoryGiB: Math.round(totalmem() / 2 ** 30), kernel: release() },
     runtime: { node: process.version },
     postgres: { version: server.version, source: server.source, settings: server.settings },
@@ -126,10 +127,17 @@ function writeResults(argv: string[], server: Server, options: Options, runs: Su
 export async function main(argv: string[]): Promise<number> {
   const options = await parseOptions(argv);
   // Ctrl-C stops the run where it is; everything started is stopped, and
-  // the runs already complete are written. A second Ctrl-C exits at once.
+  // the runs already complete are written. A second Ctrl-C exits at once;
+  // but one press arrives more than once (from the terminal, and relayed by
+  // npm and tsx), so only a signal a second or more after the first counts.
   const abort = new AbortController();
+  let firstSignal = 0;
   const onSigint = () => {
-    if (abort.signal.aborted) process.exit(130);
+    if (abort.signal.aborted) {
+      if (performance.now() - firstSignal > 1_000) process.exit(130);
+      return;
+    }
+    firstSignal = performance.now();
     note("\npressure: stopping (Ctrl-C again to exit at once)");
     abort.abort();
   };
@@ -160,7 +168,8 @@ export async function main(argv: string[]): Promise<number> {
     process.off("SIGINT", onSigint);
     process.off("SIGTERM", onSigint);
   }
-  if (runs.length) console.log(writeResults(argv, server, options, runs, loadStart, when));
+  const incomplete = !failure ? undefined : abort.signal.aborted ? "stopped by Ctrl-C" : `failed: ${(failure as Error).message}`;
+  if (runs.length) console.log(writeResults(argv, server, options, runs, loadStart, when, incomplete));
   if (failure) {
     note(`pressure: ${abort.signal.aborted ? "stopped" : `failed: ${(failure as Error).stack ?? failure}`}`);
     return abort.signal.aborted ? 130 : 1;

@@ -27,7 +27,7 @@ const PANELS: Panel[] = [
   { title: "dead tuples (n_dead_tup, subject's tables)", lines: [{ value: (s) => s.deadTuples }] },
   { title: "size (MB, subject's tables + indexes)", lines: [{ value: (s) => (s.sizeBytes === null ? null : s.sizeBytes / 1e6) }] },
   { title: "oldest xmin age (transactions)", lines: [{ value: (s) => s.xminAge }] },
-  { title: "machine load average (1 min)", lines: [{ value: (s) => s.load1 }] },
+  { title: "machine load average (1 min), during each subject's run", lines: [{ value: (s) => s.load1 }] },
 ];
 
 const COLOURS: Record<string, string> = { "pgbg": "#1f62c4", "graphile-worker": "#d9480f", "pg-boss": "#2b8a3e" };
