@@ -13,6 +13,7 @@
  *        npm run bench -- --pressure --full   (800/s × 32 for all three, then 2,000/s × 64 for pgbg: about 56 min)
  * Uses DATABASE_URL, or starts an embedded PostgreSQL; each subject gets a fresh database.
  */
+import { execFileSync } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { cpus, hostname, release, totalmem } from "node:os";
 import process from "node:process";
@@ -70,14 +71,31 @@ async function parseOptions(argv: string[]): Promise<Options> {
   return { steps, scale, full: values.full };
 }
 
+/**
+ * Which pgbg was measured: the commit, and the files of the package's
+ * source that differ from it. `npm run bench` builds the working tree as it
+ * is, and a checkout others work in may hold their changes in progress.
+ */
+function sourceState(): string {
+  const root = fileURLToPath(new URL("..", import.meta.url));
+  try {
+    const git = (...args: string[]) => execFileSync("git", args, { cwd: root, encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] }).trim();
+    const changed = git("status", "--porcelain", "--", "mod.ts", "lib", "cli", "sql", "package.json").split("\n").filter(Boolean);
+    return `commit ${git("rev-parse", "--short=10", "HEAD")}${changed.length ? `, with uncommitted changes to ${changed.length} file(s) of the package's source, built in: ${changed.map((l) => l.slice(3)).join(", ")}` : ", no uncommitted change to the package's source"}`;
+  } catch {
+    return "unknown (no git)";
+  }
+}
+
 /** The report's header: what ran where, and under which load. */
-function headerMarkdown(argv: string[], server: Server, options: Options, loadStart: number[], loadEnd: number[], when: string, incomplete?: string): string {
+function headerMarkdown(argv: string[], server: Server, options: Options, loadStart: number[], loadEnd: number[], when: string, source: string, incomplete?: string): string {
   const phases = schedule(options.scale).map((p) => `${p.name} ${Math.round((p.end - p.start) * 10) / 10} s`).join(", ");
   const settings = Object.entries(server.settings).map(([k, v]) => `${k}=${v}`).join(", ");
   const lines = [
     `# Pressure bench, ${when.slice(0, 16).replace("T", " ")} UTC, ${hostname()}`, "",
     `- Command: \`npm run bench -- ${argv.join(" ")}\``,
     ...(incomplete ? [`- **Incomplete: ${incomplete}; only the subjects' runs that completed are below**`] : []),
+    `- pgbg: ${source} (as the run started)`,
     `- Machine: ${cpus().length} × ${cpus()[0]?.model ?? "cpu"}, ${Math.round(totalmem() / 2 ** 30)} GiB, Linux ${release()}; Node ${process.version}`,
     `- Load average (1, 5, 15 min): ${loadStart.join(", ")} at the start, ${loadEnd.join(", ")} at the end (a shared machine: others' work weighs on every figure)`,
     `- PostgreSQL ${server.version} (${server.source}); ${settings}`,
@@ -94,7 +112,7 @@ function headerMarkdown(argv: string[], server: Server, options: Options, loadSt
 }
 
 /** Writes the Markdown, the JSON and the SVGs; returns the Markdown. */
-function writeResults(argv: string[], server: Server, options: Options, runs: SubjectRun[], loadStart: number[], when: string, incomplete?: string): string {
+function writeResults(argv: string[], server: Server, options: Options, runs: SubjectRun[], loadStart: number[], when: string, source: string, incomplete?: string): string {
   const dir = fileURLToPath(new URL("./results/pressure/", import.meta.url));
   mkdirSync(dir, { recursive: true });
   const base = `${when.slice(0, 19).replace(/[:T]/g, "-")}-${hostname()}${options.scale === 1 ? "" : `-scale-${options.scale}`}`;
@@ -108,10 +126,10 @@ function writeResults(argv: string[], server: Server, options: Options, runs: Su
     writeFileSync(`${dir}${svg}`, plotRuns(at.map((s) => s.run), title));
     sections.push(rateSection(at, svg));
   }
-  const markdown = [headerMarkdown(argv, server, options, loadStart, loadEnd, when, incomplete), ...sections].join("\n");
+  const markdown = [headerMarkdown(argv, server, options, loadStart, loadEnd, when, source, incomplete), ...sections].join("\n");
   writeFileSync(`${dir}${base}.md`, markdown);
   const json = {
-    date: when, argv, scale: options.scale, full: options.full, incomplete, loadAverage: { start: loadStart, end: loadEnd },
+    date: when, argv, pgbgSource: source, scale: options.scale, full: options.full, incomplete, loadAverage: { start: loadStart, end: loadEnd },
     machine: { host: hostname(), cpus: cpus().length, cpu: cpus()[0]?.model, memoryGiB: Math.round(totalmem() / 2 ** 30), kernel: release() },
     runtime: { node: process.version },
     postgres: { version: server.version, source: server.source, settings: server.settings },
@@ -147,6 +165,7 @@ export async function main(argv: string[]): Promise<number> {
   const runs: SubjectRun[] = [];
   const when = new Date().toISOString();
   const loadStart = loadAverage();
+  const source = sourceState();
   let failure: unknown;
   let collector: Collector | undefined;
   try {
@@ -169,7 +188,7 @@ export async function main(argv: string[]): Promise<number> {
     process.off("SIGTERM", onSigint);
   }
   const incomplete = !failure ? undefined : abort.signal.aborted ? "stopped by Ctrl-C" : `failed: ${(failure as Error).message}`;
-  if (runs.length) console.log(writeResults(argv, server, options, runs, loadStart, when, incomplete));
+  if (runs.length) console.log(writeResults(argv, server, options, runs, loadStart, when, source, incomplete));
   if (failure) {
     note(`pressure: ${abort.signal.aborted ? "stopped" : `failed: ${(failure as Error).stack ?? failure}`}`);
     return abort.signal.aborted ? 130 : 1;
