@@ -61,6 +61,8 @@ export interface WorkerOptions extends WorkerSettings {
   onLost?: (cause: LostCause, reason: string) => void;
   /** Called at each heartbeat, and once more when the worker ends, with what its tasks did since. */
   onReport?: (report: WorkerReport) => void;
+  /** Called when the worker, idle, found the queue empty and goes to sleep for `ms` (unless woken): for tests that must act after its last claim. */
+  onIdleSleep?: (ms: number) => void;
   /**
    * An attempt that ignores its abort signal past its grace period:
    * `retire` (a served worker) stops claiming and ends, so that its process
@@ -142,6 +144,13 @@ export function retryDelayFor(task: AnyTask, attempt: number, fallback: number):
   return Math.min(base * 2 ** Math.min(attempt - 1, 30), task.retryDelayMax ?? 3_600_000);
 }
 
+/**
+ * The first sleep of an idle spell, in ms, after which the sleeps double up
+ * to the idle sleep: an enqueue that checked the idle flag just before it
+ * went up commits within a statement and a WAL flush, mostly.
+ */
+export const IDLE_RECHECK_MS = 25;
+
 /** Runs tasks until stopped. Create it, `start()` it, `stop()` it. */
 export class Worker {
   readonly #options: WorkerOptions;
@@ -162,6 +171,8 @@ export class Worker {
   #wake: (() => void) | undefined;
   #wakeOnSlot = false;
   #notified = false;
+  /** The next sleep on an empty queue, in ms (see #afterShortClaim). */
+  #idleBackoff = IDLE_RECHECK_MS;
   #shutdownTimeout: number;
   /** Under `untilIdle`: the latest time a task may fall due and still be waited for. */
   #dueBy = 0;
@@ -170,6 +181,7 @@ export class Worker {
   constructor(options: WorkerOptions) {
     this.#options = options;
     this.#shutdownTimeout = options.shutdownTimeout;
+    this.#idleBackoff = Math.min(IDLE_RECHECK_MS, options.idleSleep);
     this.#debug = options.log.isEnabled?.("debug") ?? true;
     for (const task of options.tasks) this.#tasks.set(task.name, task);
     const names = [...this.#tasks.keys()];
@@ -297,6 +309,7 @@ export class Worker {
         continue;
       }
       for (const task of claimed) this.#start(task);
+      if (claimed.length) this.#idleBackoff = Math.min(IDLE_RECHECK_MS, this.#options.idleSleep);
       if (claimed.length < free) await this.#afterShortClaim();
       // Not awaited: the next claim need not wait for the flag to go down.
       else if (this.#idle) void this.#setIdle(false);
@@ -308,9 +321,16 @@ export class Worker {
     if (this.#options.untilIdle) return this.#waitForDue();
     // Raise the flag first, then claim once more: a task enqueued before the
     // flag was visible is found by that claim, and one enqueued after it
-    // sends a wake-up.
+    // sends a wake-up. One whose enqueue checked the flag before it was up
+    // but committed after that claim does neither: so the sleeps of an idle
+    // spell start short and double up to the idle sleep, and a task that
+    // committed t ms after the last claim is found within about 2t.
     if (!this.#idle) return this.#setIdle(true);
-    if (!this.#notified) await this.#sleep(this.#options.idleSleep, false);
+    if (this.#notified) return;
+    const sleep = this.#idleBackoff;
+    this.#idleBackoff = Math.min(sleep * 2, this.#options.idleSleep);
+    this.#options.onIdleSleep?.(sleep);
+    await this.#sleep(sleep, false);
   }
 
   async #setIdle(idle: boolean): Promise<void> {

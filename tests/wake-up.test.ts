@@ -1,0 +1,59 @@
+/**
+ * How an idle worker learns of new tasks: the insert trigger's wake-up
+ * while its idle flag is up, and its own claims after short sleeps for the
+ * enqueue that checked the flag just before it went up.
+ */
+import assert from "node:assert/strict";
+import { randomUUID } from "node:crypto";
+import { describe, test } from "node:test";
+import * as v from "valibot";
+import { liveness } from "../lib/liveness.ts";
+import { silentLogger } from "../lib/log.ts";
+import { IDLE_RECHECK_MS, Worker } from "../lib/worker.ts";
+import { defineTask, enqueue, migrate } from "../mod.ts";
+import { createTestDatabase } from "./harness.ts";
+import { patience, until, within } from "./service-harness.ts";
+
+const db = await createTestDatabase();
+const { sql } = db;
+await migrate(sql);
+
+describe("an idle worker", () => {
+  test("starts a task whose enqueue saw it busy and committed after its last claim, without waiting out its idle sleep", async () => {
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    let lateStarted!: () => void;
+    const late = new Promise<void>((resolve) => (lateStarted = resolve));
+    const blocker = defineTask({ name: "gate", schema: v.any(), run: () => gate });
+    const target = defineTask({ name: "late", schema: v.any(), run: () => lateStarted() });
+    const sleeps: ((ms: number) => void)[] = [];
+    const nextSleep = () => new Promise<number>((resolve) => sleeps.push(resolve));
+    // An idle sleep far beyond the wait below: only a claim of the worker's
+    // own, after a short sleep, can find the task, as its enqueue sends no
+    // wake-up.
+    const worker = new Worker({
+      schema: "pgbg", queues: null, concurrency: 1, timeout: 60_000, retryDelay: 1_000, maxAttempts: 3,
+      idleSleep: 3_600_000, shutdownTimeout: 1_000, timings: liveness(200), sql, beatSql: sql, tasks: [blocker, target],
+      log: silentLogger, overdue: "detach",
+      identity: { workerId: randomUUID(), hostId: randomUUID(), hostname: "test", runtime: "node", pid: process.pid },
+      onIdleSleep: (ms) => sleeps.splice(0).forEach((resolve) => resolve(ms)),
+    });
+    const ended = worker.start();
+    const idleFlag = async () => (await sql`SELECT bool_or(idle) AS idle FROM pgbg.worker`)[0].idle as boolean;
+    await enqueue(sql, blocker, 1);
+    await until(idleFlag, (idle) => idle === false, patience, "the worker to take the task that fills its one slot");
+    const firstSleep = await sql.begin(async (tx) => {
+      // The insert trigger finds no idle worker, so it sends no wake-up.
+      await enqueue(tx, target, 1);
+      const sleeping = nextSleep();
+      release();
+      // The worker ran the gate, found the queue empty (the task is not
+      // committed), raised its flag, claimed once more, and now sleeps.
+      return await within(sleeping, patience, "the worker to go to sleep");
+    });
+    assert.equal(firstSleep, IDLE_RECHECK_MS);
+    await within(late, patience, "the late task to start");
+    worker.stop();
+    await ended;
+  });
+});
