@@ -56,7 +56,7 @@ const quiet = new Logger(() => (level, message) => {
  * connections still open, and pg's `end()` alone does not wait for them
  * either.
  */
-function ownPool(db: Database, connections: number): { pool: pg.Pool; close(): Promise<void> } {
+export function ownPool(db: Database, connections: number): { pool: pg.Pool; close(): Promise<void> } {
   const pool = new pg.Pool({ connectionString: db.url, max: connections });
   const closed: Promise<void>[] = [];
   // graphile-worker asks for both handlers; a failed connection is dropped

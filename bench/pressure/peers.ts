@@ -7,10 +7,9 @@
 import process from "node:process";
 import { fileURLToPath } from "node:url";
 import { Logger, makeWorkerUtils } from "graphile-worker";
-import pg from "pg";
 import { PgBoss } from "pg-boss";
 import { type Database, waitFor } from "../harness.ts";
-import { graphileWorker } from "../peers/graphile-worker.ts";
+import { graphileWorker, ownPool } from "../peers/graphile-worker.ts";
 import type { GraphileRunSettings } from "../peers/graphile-worker-run.ts";
 import { pgBoss } from "../peers/pg-boss.ts";
 import type { PgBossRunSettings } from "../peers/pg-boss-run.ts";
@@ -66,14 +65,8 @@ export const graphileWorkerPressure: PressureSubject = {
   },
   startWorkers: (db, inFlight) => startProcesses("graphile-worker", graphileScript, graphileSettings(inFlight), db),
   async openEnqueuer(db, connections): Promise<Enqueuer> {
-    const pool = new pg.Pool({ connectionString: db.url, max: connections });
     // A connection the DROP DATABASE at the end terminates must not crash the bench.
-    const closed: Promise<void>[] = [];
-    pool.on("error", () => {});
-    pool.on("connect", (client) => {
-      client.on("error", () => {});
-      closed.push(new Promise((resolve) => client.once("end", () => resolve())));
-    });
+    const { pool, close } = ownPool(db, connections);
     const utils = await makeWorkerUtils({ pgPool: pool, logger: quiet });
     return {
       async enqueue(n, t) {
@@ -81,8 +74,7 @@ export const graphileWorkerPressure: PressureSubject = {
       },
       async close() {
         await utils.release();
-        await pool.end();
-        await Promise.all(closed);
+        await close();
       },
     };
   },
