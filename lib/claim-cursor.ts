@@ -7,12 +7,21 @@
  * session in a transaction, a replication slot), a claim that reads a lane
  * from its head steps over every task claimed since, and slows down as the
  * held time grows (docs/storage.md has the figures). The cursor keeps, per
- * lane, the latest run_at this worker claimed, and the worker then reads the
- * lane from a little before it, past the claimed entries.
+ * lane, the position (run_at, id) of the latest task this worker claimed,
+ * and the worker then reads the lane from there, past the claimed entries,
+ * or from {@link CURSOR_MARGIN_MS} before its latest claim when that is
+ * earlier.
  *
- * A task can be due before its lane's cursor and still be queued: its
- * enqueue committed more than {@link CURSOR_MARGIN_MS} after its run_at (a
- * long transaction, an explicit `runAt` in the past), or its lane is new.
+ * Why that start is safe: a claim at time C takes, in claim order, every
+ * task it can see up to the batch; the tasks before the latest it took
+ * that it could not see were enqueued by transactions still open at C. Such
+ * a task's run_at is its transaction's start (or later), so unless that
+ * transaction was open for more than the margin, its run_at is at or after
+ * C minus the margin. A task can thus be due before its lane's start and
+ * still be queued only when its enqueue committed more than the margin
+ * after its run_at (a long transaction, an explicit `runAt` in the past),
+ * when another claimer that had it locked rolled back, or when its lane is
+ * new to this worker.
  * Full claims, which read every lane from its head, find those: every claim
  * is full while full claims are fast, and while they are slow one runs at
  * least every {@link FULL_CLAIM_EVERY_MS}, or more rarely when a full claim
@@ -23,10 +32,12 @@
  */
 
 /**
- * How far before the latest claimed run_at a lane is read from, in ms: a
- * task whose enqueue commits within this of its run_at is found by the
- * cursor's claims. It is also how many claimed entries (this long's worth
- * of tasks) each of those claims steps over while vacuum is held back.
+ * How long an enqueue's transaction may stay open, in ms, for the cursor's
+ * claims to find its task: a lane is read from no later than this before
+ * the latest claim. While tasks are claimed as they come, it is also how
+ * many claimed entries (this long's worth of tasks) each of those claims
+ * steps over while vacuum is held back; in a backlog, the lane is read from
+ * the latest run_at claimed, and they step over none.
  */
 export const CURSOR_MARGIN_MS = 1_000;
 /** A full claim that takes less than this (ms, as the worker times it, round trip included) keeps every claim full. */
@@ -38,29 +49,44 @@ export const FULL_CLAIM_SHARE = 20;
 /** A lane no claim has taken a task from for this long (ms) is dropped from the cursor; a full claim finds it again. */
 const LANE_KEPT_MS = 60_000;
 
-/** Lanes to claim from, each read from a start: the parameters of ClaimTasksAfter. */
+/** Lanes to claim from, each read from after a position: the parameters of ClaimTasksAfter. */
 export interface LaneStarts {
   queues: string[];
   priorities: number[];
-  /** Epoch ms. */
-  after: number[];
+  /** run_at of the position, epoch microseconds (bigint as text). */
+  afterUs: string[];
+  /** id of the position (bigint as text). */
+  afterIds: string[];
 }
 
 /** What the cursor needs of a claimed task. */
 export interface ClaimedPosition {
   queue: string;
   priority: number;
-  /** The task's run_at, epoch ms. */
-  runAtMs: number;
+  /** The task's id. */
+  id: string;
+  /** The task's run_at, epoch microseconds (bigint as text). */
+  runAtUs: string;
+  /** When the claim took it, by the database's clock, epoch ms. */
+  claimedAtMs: number;
 }
 
 interface Lane {
   queue: string;
   priority: number;
-  /** The latest run_at claimed in this lane, epoch ms. */
-  latest: number;
+  /** The latest position claimed in this lane: run_at in epoch microseconds, and id. */
+  latestUs: bigint;
+  latestId: bigint;
+  /** The latest claim in this lane, by the database's clock, epoch ms. */
+  claimedAt: number;
   /** When this worker last claimed from the lane (its clock, ms). */
   seenAt: number;
+}
+
+/** Where a lane's claims start: after its latest claimed task, or a margin before its latest claim if that is earlier. */
+function startOf(lane: Lane): [bigint, bigint] {
+  const marginUs = BigInt(Math.floor((lane.claimedAt - CURSOR_MARGIN_MS) * 1000));
+  return lane.latestUs <= marginUs ? [lane.latestUs, lane.latestId] : [marginUs, 0n];
 }
 
 /** One worker's claim cursor. Not shared: each worker keeps its own, in memory. */
@@ -78,7 +104,7 @@ export class ClaimCursor {
   next(now: number): LaneStarts | null {
     if (this.#fullNext || this.#lastFullMs < FAST_FULL_CLAIM_MS || this.#lanes.size === 0) return null;
     if (now - this.#lastFullAt >= Math.max(FULL_CLAIM_EVERY_MS, FULL_CLAIM_SHARE * this.#lastFullMs)) return null;
-    const starts: LaneStarts = { queues: [], priorities: [], after: [] };
+    const starts: LaneStarts = { queues: [], priorities: [], afterUs: [], afterIds: [] };
     for (const [key, lane] of this.#lanes) {
       if (now - lane.seenAt > LANE_KEPT_MS) {
         this.#lanes.delete(key);
@@ -86,7 +112,9 @@ export class ClaimCursor {
       }
       starts.queues.push(lane.queue);
       starts.priorities.push(lane.priority);
-      starts.after.push(lane.latest - CURSOR_MARGIN_MS);
+      const [afterUs, afterId] = startOf(lane);
+      starts.afterUs.push(String(afterUs));
+      starts.afterIds.push(String(afterId));
     }
     return starts.queues.length ? starts : null;
   }
@@ -101,11 +129,14 @@ export class ClaimCursor {
     for (const task of claimed) {
       const key = `${task.priority}\u0000${task.queue}`;
       const lane = this.#lanes.get(key);
-      if (!lane) this.#lanes.set(key, { queue: task.queue, priority: task.priority, latest: task.runAtMs, seenAt: now });
-      else {
-        lane.latest = Math.max(lane.latest, task.runAtMs);
-        lane.seenAt = now;
+      const [runAtUs, id] = [BigInt(task.runAtUs), BigInt(task.id)];
+      if (!lane) {
+        this.#lanes.set(key, { queue: task.queue, priority: task.priority, latestUs: runAtUs, latestId: id, claimedAt: task.claimedAtMs, seenAt: now });
+        continue;
       }
+      if (runAtUs > lane.latestUs || (runAtUs === lane.latestUs && id > lane.latestId)) [lane.latestUs, lane.latestId] = [runAtUs, id];
+      lane.claimedAt = Math.max(lane.claimedAt, task.claimedAtMs);
+      lane.seenAt = now;
     }
   }
 

@@ -22,8 +22,10 @@ export interface ClaimedTask {
   leaseToken: number;
   /** How long the task waited, in ms, from when it was due to this claim (for metrics). */
   lagMs: number;
-  /** Its run_at, epoch ms (for the claim cursor). */
-  runAtMs: number;
+  /** Its run_at, epoch microseconds, exact (for the claim cursor). */
+  runAtUs: string;
+  /** When this claim took it, by the database's clock, epoch ms (for the claim cursor). */
+  claimedAtMs: number;
 }
 
 /** What a worker claims with: its identity, queues and the tasks it can run. */
@@ -51,7 +53,7 @@ export async function claimTasks(db: Database, schema: string, scope: ClaimScope
   const started = performance.now();
   const starts = cursor?.next(Date.now());
   const rows = starts
-    ? await run(db, schema, "ClaimTasksAfter", [...params, starts.queues, starts.priorities, starts.after])
+    ? await run(db, schema, "ClaimTasksAfter", [...params, starts.queues, starts.priorities, starts.afterUs, starts.afterIds])
     : await run(db, schema, "ClaimTasks", params);
   const claimed = rows.map((r) => ({
     id: String(r.id),
@@ -63,7 +65,8 @@ export async function claimTasks(db: Database, schema: string, scope: ClaimScope
     maxAttempts: r.max_attempts as number | null,
     leaseToken: r.lease_token as number,
     lagMs: r.lag_ms as number,
-    runAtMs: r.run_at_ms as number,
+    runAtUs: String(r.run_at_us),
+    claimedAtMs: Number(r.run_at_us) / 1000 + (r.lag_ms as number),
   }));
   cursor?.record(!starts, performance.now() - started, claimed, Date.now());
   return claimed;

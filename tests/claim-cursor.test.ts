@@ -3,7 +3,7 @@ import { randomUUID } from "node:crypto";
 import { describe, test } from "node:test";
 import * as v from "valibot";
 import { claimTasks, type ClaimScope } from "../lib/claim.ts";
-import { ClaimCursor, CURSOR_MARGIN_MS, FAST_FULL_CLAIM_MS, FULL_CLAIM_EVERY_MS, FULL_CLAIM_SHARE } from "../lib/claim-cursor.ts";
+import { ClaimCursor, CURSOR_MARGIN_MS, type LaneStarts, FAST_FULL_CLAIM_MS, FULL_CLAIM_EVERY_MS, FULL_CLAIM_SHARE } from "../lib/claim-cursor.ts";
 import { silentLogger } from "../lib/log.ts";
 import { OutcomeWriter } from "../lib/outcomes.ts";
 import { defineTask, enqueue, enqueueMany, migrate } from "../mod.ts";
@@ -14,7 +14,13 @@ const { sql } = db;
 await migrate(sql);
 const task = defineTask({ name: "cursor", schema: v.any(), run() {} });
 const scope = (workerId: string): ClaimScope => ({ workerId, queues: null, names: ["cursor"], leaseMs: [60_000] });
-const at = (runAtMs: number, priority = 0, queue = "default") => ({ queue, priority, runAtMs });
+let ids = 0;
+/** A task claimed when it fell due (at `runAtMs`, or at `claimedAtMs`: later, from a backlog). */
+const at = (runAtMs: number, priority = 0, queue = "default", claimedAtMs = runAtMs) =>
+  ({ queue, priority, id: String(++ids), runAtUs: String(runAtMs * 1000), claimedAtMs });
+/** A lane's start as "queue/priority/run_at ms/id". */
+const startsOf = (starts: LaneStarts | null) =>
+  starts ? starts.queues.map((q, i) => `${q}/${starts.priorities[i]}/${Number(starts.afterUs[i]) / 1000}/${starts.afterIds[i]}`).sort() : null;
 const SLOW = FAST_FULL_CLAIM_MS * 5;
 
 describe("the claim cursor's choice between a full claim and a claim from the cursor", () => {
@@ -25,15 +31,23 @@ describe("the claim cursor's choice between a full claim and a claim from the cu
     assert.equal(cursor.next(1), null);
   });
 
-  test("after a slow full claim, claims read each lane from a margin before the latest run_at taken in it", () => {
+  test("after a slow full claim, tasks claimed as they fell due: each lane is read from a margin before its latest claim", () => {
     const cursor = new ClaimCursor();
     cursor.record(true, SLOW, [at(5_000), at(7_000), at(6_000, 3, "mail")], 0);
-    const starts = cursor.next(1);
-    assert.ok(starts);
-    const lanes = starts.queues.map((q, i) => `${q}/${starts.priorities[i]}/${starts.after[i]}`).sort();
-    assert.deepEqual(lanes, [`default/0/${7_000 - CURSOR_MARGIN_MS}`, `mail/3/${6_000 - CURSOR_MARGIN_MS}`]);
+    assert.deepEqual(startsOf(cursor.next(1)), [`default/0/${7_000 - CURSOR_MARGIN_MS}/0`, `mail/3/${6_000 - CURSOR_MARGIN_MS}/0`]);
     cursor.record(false, 1, [at(9_000)], 2);
-    assert.deepEqual(cursor.next(3)?.after.sort(), [6_000 - CURSOR_MARGIN_MS, 9_000 - CURSOR_MARGIN_MS]);
+    assert.deepEqual(startsOf(cursor.next(3)), [`default/0/${9_000 - CURSOR_MARGIN_MS}/0`, `mail/3/${6_000 - CURSOR_MARGIN_MS}/0`]);
+  });
+
+  test("tasks claimed from a backlog, due long before the claim: the lane is read from after the latest task taken", () => {
+    const cursor = new ClaimCursor();
+    const claimedAt = 60_000;
+    const batch = [at(1_000, 0, "default", claimedAt), at(2_000, 0, "default", claimedAt), at(2_000, 0, "default", claimedAt)];
+    cursor.record(true, SLOW, batch, 0);
+    assert.deepEqual(startsOf(cursor.next(1)), [`default/0/2000/${batch[2].id}`], "the latest of two with the same run_at is the higher id");
+    // Claimed a moment after it fell due: the margin before that claim is the earlier start.
+    cursor.record(false, 1, [at(claimedAt - 10, 0, "default", claimedAt)], 2);
+    assert.deepEqual(startsOf(cursor.next(3)), [`default/0/${claimedAt - CURSOR_MARGIN_MS}/0`]);
   });
 
   test("while full claims are slow, one comes round every second, or after 20 times its own duration if that is longer", () => {
@@ -61,28 +75,25 @@ describe("the claim cursor's choice between a full claim and a claim from the cu
 });
 
 describe("claims from the cursor while vacuum is held back", () => {
-  test("step over a margin's worth of claimed tasks instead of every task claimed since the horizon was held", async () => {
+  test("step over none of the tasks claimed from a backlog since the horizon was held, where a full claim steps over each", async () => {
     const holder = await sql.reserve();
     await holder`BEGIN ISOLATION LEVEL REPEATABLE READ`;
     await holder`SELECT txid_current()`;
     try {
       const worker = randomUUID();
       const writer = new OutcomeWriter(sql, "pgbg", 25, silentLogger);
-      // 3,000 tasks claimed and completed: their entries stay in the claim
+      // A backlog of 3,003 tasks due a minute ago, all with the same run_at.
+      // 3,000 are claimed and completed: their entries stay in the claim
       // index, as no vacuum may remove them while the snapshot is held.
-      await enqueueMany(sql, task, Array.from({ length: 3_000 }, (_, i) => i));
-      for (;;) {
+      await enqueueMany(sql, task, Array.from({ length: 3_003 }, (_, i) => i), { runAt: new Date(Date.now() - 60_000) });
+      for (let left = 3_000; left > 0; left -= 500) {
         const batch = await claimTasks(sql, "pgbg", scope(worker), 500);
         for (const t of batch) writer.complete({ id: t.id, leaseToken: t.leaseToken });
         await writer.flush();
-        if (batch.length < 500) break;
       }
-      // Tasks due later than the claimed ones by more than the margin.
-      await sql`SELECT pg_sleep(${(CURSOR_MARGIN_MS + 100) / 1000})`;
-      await enqueueMany(sql, task, [1, 2, 3]);
       const full = await claimReading(null, 1);
       const cursor = new ClaimCursor();
-      cursor.record(true, SLOW, [at(full.runAtMs)], Date.now());
+      cursor.record(true, SLOW, full.tasks, Date.now());
       const fromCursor = await claimReading(cursor, 1);
       assert.ok(full.entries > 3_000, `the full claim read ${full.entries} entries`);
       assert.ok(fromCursor.entries < 10, `the claim from the cursor read ${fromCursor.entries} entries`);
@@ -121,6 +132,6 @@ async function claimReading(cursor: ClaimCursor | null, limit: number) {
     const read = async () => (await tx`SELECT pg_stat_get_xact_tuples_returned('pgbg.task_claim_idx'::regclass)::int AS n`)[0].n as number;
     const before = await read();
     const claimed = await claimTasks(tx, "pgbg", scope(randomUUID()), limit, cursor ?? undefined);
-    return { claimed: claimed.length, entries: (await read()) - before, runAtMs: claimed[0]?.runAtMs ?? 0 };
+    return { claimed: claimed.length, entries: (await read()) - before, tasks: claimed };
   });
 }

@@ -102,7 +102,7 @@ describe("the statements that write back a batch of attempts", () => {
  */
 describe("the claim", () => {
   // The full claim, and the claim from a cursor (here: a start an hour back).
-  const claims: [QueryName, unknown[]][] = [["ClaimTasks", []], ["ClaimTasksAfter", [["default"], [0], [Date.now() - 3_600_000]]]];
+  const claims: [QueryName, unknown[]][] = [["ClaimTasks", []], ["ClaimTasksAfter", [["default"], [0], [String((Date.now() - 3_600_000) * 1000)], ["0"]]]];
   const modes = [["its first (custom) plans", "force_custom_plan"], ["its generic plan", "force_generic_plan"]] as const;
   for (const [plans, mode] of modes) {
     for (const [name, extra] of claims) test(`${name} of 1000 on ${plans} reads task_claim_idx, not the table, beside 50,000 queued tasks never analyzed`, async () => {

@@ -13,10 +13,10 @@
 -- every task claimed since: entries the scan must step over one by one
 -- (docs/storage.md), so workers then claim with ClaimTasksAfter and run this
 -- only now and then (lib/claim-cursor.ts).
-WITH RECURSIVE lanes (queue, priority, after) AS (
-  (SELECT queue, priority, '-infinity'::timestamptz FROM pgbg.task WHERE state = 'queued' ORDER BY queue, priority LIMIT 1)
+WITH RECURSIVE lanes (queue, priority, after, after_id) AS (
+  (SELECT queue, priority, '-infinity'::timestamptz, 0::bigint FROM pgbg.task WHERE state = 'queued' ORDER BY queue, priority LIMIT 1)
   UNION ALL
-  SELECT n.queue, n.priority, '-infinity'::timestamptz FROM lanes l CROSS JOIN LATERAL (
+  SELECT n.queue, n.priority, '-infinity'::timestamptz, 0::bigint FROM lanes l CROSS JOIN LATERAL (
     SELECT t.queue, t.priority FROM pgbg.task t
     WHERE t.state = 'queued' AND (t.queue, t.priority) > (l.queue, l.priority)
     ORDER BY t.queue, t.priority LIMIT 1
@@ -26,19 +26,19 @@ WITH RECURSIVE lanes (queue, priority, after) AS (
 
 -- name: ClaimTasksAfter
 -- The claim from a cursor: as ClaimTasks, but only from the lanes given
--- ($6 queues, $7 priorities), each read from the run_at given in $8 (epoch
--- ms) instead of from its head, so the scan starts past the entries of
--- tasks claimed before. A task due before its lane's start (one whose
--- enqueue committed long after its run_at, or a lane not listed) is left to
--- the next full claim.
-WITH lanes (queue, priority, after) AS (
-  SELECT l.queue, l.priority, to_timestamp(l.after_ms / 1000)
-  FROM unnest($6::text[], $7::smallint[], $8::float8[]) AS l (queue, priority, after_ms)
+-- ($6 queues, $7 priorities), each read from after the position given
+-- ($8 run_at in epoch microseconds, $9 id) instead of from its head, so the
+-- scan starts past the entries of tasks claimed before. A task before its
+-- lane's start (one whose enqueue committed long after its run_at, or a
+-- lane not listed) is left to the next full claim.
+WITH lanes (queue, priority, after, after_id) AS (
+  SELECT l.queue, l.priority, timestamptz 'epoch' + l.after_us * interval '1 microsecond', l.after_id
+  FROM unnest($6::text[], $7::smallint[], $8::bigint[], $9::bigint[]) AS l (queue, priority, after_us, after_id)
 ),
 {{ClaimFromLanes}};
 
 -- fragment: ClaimFromLanes
--- Each lane is read in (run_at, id) order from its start, with run_at <=
+-- Each lane is read in (run_at, id) order after its start, with run_at <=
 -- now() as the other index bound, so the scan stops at the first task not
 -- yet due, however many delayed tasks wait behind it, and at $5 rows,
 -- however deep the queue. SKIP LOCKED lets concurrent claimers pass each
@@ -47,7 +47,7 @@ candidates AS (
   SELECT c.ctid, c.name FROM lanes l CROSS JOIN LATERAL (
     SELECT t.ctid, t.id, t.name, t.priority, t.run_at FROM pgbg.task t
     WHERE t.state = 'queued' AND t.queue = l.queue AND t.priority = l.priority
-      AND t.run_at >= l.after AND t.run_at <= now() AND t.name = ANY($3::text[])
+      AND (t.run_at, t.id) > (l.after, l.after_id) AND t.run_at <= now() AND t.name = ANY($3::text[])
       -- The claim adds 1 to both: a row already at the integer limit (only
       -- one written by hand can be) would fail the whole statement with
       -- "integer out of range" and so block every claim of its lane. It is
@@ -80,10 +80,11 @@ claimed AS (
 -- Claim order, so the worker starts them in it; sorting here spares the
 -- worker from parsing two timestamps per task. lag_ms: how long the task
 -- waited since it became due (its enqueue, delay or retry time), for
--- metrics; run_at_ms (epoch ms) moves the worker's claim cursor.
+-- metrics; run_at_us (epoch microseconds, exact) moves the worker's claim
+-- cursor.
 SELECT id, name, queue, payload, attempts, max_attempts, lease_token, priority,
   (extract(epoch FROM now() - run_at) * 1000)::float8 AS lag_ms,
-  (extract(epoch FROM run_at) * 1000)::float8 AS run_at_ms
+  (extract(epoch FROM run_at) * 1000000)::bigint AS run_at_us
 FROM claimed
 ORDER BY priority, run_at, id
 
