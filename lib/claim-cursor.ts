@@ -26,7 +26,10 @@
  * is full while full claims are fast, and while they are slow one runs at
  * least every {@link FULL_CLAIM_EVERY_MS}, or more rarely when a full claim
  * itself takes long, so that full claims take at most a
- * 1/{@link FULL_CLAIM_SHARE} share of the claim time.
+ * 1/{@link FULL_CLAIM_SHARE} share of the claim time, but never more rarely
+ * than every {@link FULL_CLAIM_MAX_GAP_MS}. Priority order holds among the
+ * lanes the worker knows; a new lane, even of a higher priority, waits for
+ * the next full claim.
  *
  * @module
  */
@@ -46,6 +49,12 @@ export const FAST_FULL_CLAIM_MS = 10;
 export const FULL_CLAIM_EVERY_MS = 1_000;
 /** While full claims are slow, the time between two is at least this many times the last one's duration. */
 export const FULL_CLAIM_SHARE = 20;
+/**
+ * And at most this long (ms): the duration is timed by the worker, so one
+ * outlier (a wait for a pool connection or a lock) must not put off for
+ * minutes the tasks only a full claim finds.
+ */
+export const FULL_CLAIM_MAX_GAP_MS = 10_000;
 /** A lane no claim has taken a task from for this long (ms) is dropped from the cursor; a full claim finds it again. */
 const LANE_KEPT_MS = 60_000;
 
@@ -103,7 +112,8 @@ export class ClaimCursor {
    */
   next(now: number): LaneStarts | null {
     if (this.#fullNext || this.#lastFullMs < FAST_FULL_CLAIM_MS || this.#lanes.size === 0) return null;
-    if (now - this.#lastFullAt >= Math.max(FULL_CLAIM_EVERY_MS, FULL_CLAIM_SHARE * this.#lastFullMs)) return null;
+    const gap = Math.min(Math.max(FULL_CLAIM_EVERY_MS, FULL_CLAIM_SHARE * this.#lastFullMs), FULL_CLAIM_MAX_GAP_MS);
+    if (now - this.#lastFullAt >= gap) return null;
     const starts: LaneStarts = { queues: [], priorities: [], afterUs: [], afterIds: [] };
     for (const [key, lane] of this.#lanes) {
       if (now - lane.seenAt > LANE_KEPT_MS) {

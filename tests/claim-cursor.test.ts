@@ -3,7 +3,7 @@ import { randomUUID } from "node:crypto";
 import { describe, test } from "node:test";
 import * as v from "valibot";
 import { claimTasks, type ClaimScope } from "../lib/claim.ts";
-import { ClaimCursor, CURSOR_MARGIN_MS, type LaneStarts, FAST_FULL_CLAIM_MS, FULL_CLAIM_EVERY_MS, FULL_CLAIM_SHARE } from "../lib/claim-cursor.ts";
+import { ClaimCursor, CURSOR_MARGIN_MS, type LaneStarts, FAST_FULL_CLAIM_MS, FULL_CLAIM_EVERY_MS, FULL_CLAIM_MAX_GAP_MS, FULL_CLAIM_SHARE } from "../lib/claim-cursor.ts";
 import { silentLogger } from "../lib/log.ts";
 import { OutcomeWriter } from "../lib/outcomes.ts";
 import { defineTask, enqueue, enqueueMany, migrate } from "../mod.ts";
@@ -50,16 +50,20 @@ describe("the claim cursor's choice between a full claim and a claim from the cu
     assert.deepEqual(startsOf(cursor.next(3)), [`default/0/${claimedAt - CURSOR_MARGIN_MS}/0`]);
   });
 
-  test("while full claims are slow, one comes round every second, or after 20 times its own duration if that is longer", () => {
+  test("while full claims are slow, one comes round every second, or after 20 times its own duration if that is longer, at most 10 s", () => {
     const slow = new ClaimCursor();
     slow.record(true, SLOW, [at(5_000)], 0);
     assert.ok(slow.next(FULL_CLAIM_EVERY_MS - 1));
     assert.equal(slow.next(FULL_CLAIM_EVERY_MS), null);
     const slower = new ClaimCursor();
-    const long = FULL_CLAIM_EVERY_MS; // a full claim of a second: the next one 20 s later
+    const long = 300; // a full claim of 300 ms: the next one 6 s later
     slower.record(true, long, [at(5_000)], 0);
     assert.ok(slower.next(FULL_CLAIM_SHARE * long - 1));
     assert.equal(slower.next(FULL_CLAIM_SHARE * long), null);
+    const outlier = new ClaimCursor();
+    outlier.record(true, 30_000, [at(5_000)], 0);
+    assert.ok(outlier.next(FULL_CLAIM_MAX_GAP_MS - 1));
+    assert.equal(outlier.next(FULL_CLAIM_MAX_GAP_MS), null, "a 30 s outlier puts the next full claim off by 10 s, not 10 minutes");
   });
 
   test("fullNext() makes the next claim full, and a lane no claim took from for a minute is dropped", () => {

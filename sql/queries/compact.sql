@@ -12,7 +12,8 @@
 -- statistics' running count (n_live_tup, reset to 0 by a crash), so that
 -- one estimate gone low cannot make a full table look bloated.
 -- `snapshot_age_s`: how long the oldest transaction of this database that
--- holds a snapshot (other than this session) has been open, in s: while it
+-- holds a snapshot or a transaction id (other than this session and
+-- vacuums; replication slots and standbys are not seen) has been open, in s: while it
 -- holds vacuum back, a rebuild would keep the rows it holds, and REINDEX
 -- CONCURRENTLY would wait for it to end. Sessions of other roles show no
 -- snapshot to a role without pg_read_all_stats. Reads only catalogs,
@@ -21,7 +22,8 @@ SELECT c.relname AS index, pg_relation_size(c.oid)::float8 AS bytes, x.indisvali
   (NOT x.indisvalid AND c.relname ~ '_cc(new|old)[0-9]*$') AS leftover,
   greatest(t.reltuples, coalesce(s.n_live_tup, 0), 0)::float8 AS live_rows,
   (SELECT coalesce(extract(epoch FROM now() - min(a.xact_start)), 0) FROM pg_stat_activity a
-   WHERE a.backend_xmin IS NOT NULL AND a.pid <> pg_backend_pid()
+   WHERE (a.backend_xmin IS NOT NULL OR a.backend_xid IS NOT NULL) AND a.pid <> pg_backend_pid()
+     AND a.backend_type <> 'autovacuum worker'
      AND a.datid = (SELECT oid FROM pg_database WHERE datname = current_database()))::float8 AS snapshot_age_s
 FROM pg_class t
 JOIN pg_index x ON x.indrelid = t.oid

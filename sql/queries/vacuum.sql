@@ -8,17 +8,23 @@
 -- The task table's dead and live rows as the statistics count them (what
 -- autovacuum reads), whether the current role owns the table (only the
 -- owner may vacuum it), and the horizon: the oldest transaction id that a
--- snapshot of this database, a standby's feedback, a replication slot or a
--- prepared transaction still holds. Vacuum removes no row deleted after it,
--- so while it stays the same a second vacuum would remove nothing. Sessions
--- of other roles show no xmin to a role without pg_read_all_stats; the
--- service then vacuums at most once a minute while the horizon looks held.
+-- snapshot or an open transaction of this database, a standby's feedback,
+-- a replication slot or a prepared transaction still holds (vacuums are
+-- left out, as PostgreSQL leaves them out). Vacuum removes no row deleted
+-- after it, so while it stays the same a second vacuum would remove
+-- nothing. Sessions of other roles show no xmin to a role without
+-- pg_read_all_stats: the horizon then seems to move with pgbg's own
+-- sessions, and the service vacuums each interval, uselessly, while such a
+-- session holds it.
 SELECT coalesce(s.n_dead_tup, 0)::float8 AS dead_rows,
   coalesce(s.n_live_tup, 0)::float8 AS live_rows,
   pg_has_role(c.relowner, 'USAGE') AS owned,
   (SELECT h.x::text FROM (
      SELECT a.backend_xmin AS x FROM pg_stat_activity a
-     WHERE a.backend_xmin IS NOT NULL AND (a.datid = (SELECT oid FROM pg_database WHERE datname = current_database()) OR a.backend_type = 'walsender')
+     WHERE a.backend_xmin IS NOT NULL AND a.backend_type <> 'autovacuum worker'
+       AND (a.datid = (SELECT oid FROM pg_database WHERE datname = current_database()) OR a.backend_type = 'walsender')
+     UNION ALL SELECT a.backend_xid FROM pg_stat_activity a
+     WHERE a.backend_xid IS NOT NULL AND a.datid = (SELECT oid FROM pg_database WHERE datname = current_database())
      UNION ALL SELECT r.xmin FROM pg_replication_slots r WHERE r.xmin IS NOT NULL
      UNION ALL SELECT p.transaction FROM pg_prepared_xacts p
    ) h ORDER BY age(h.x) DESC LIMIT 1) AS horizon
@@ -29,6 +35,9 @@ WHERE c.oid = 'pgbg.task'::regclass;
 -- name: VacuumTask
 -- SKIP_LOCKED: when autovacuum, another host's vacuum or an index rebuild
 -- holds the table, skip this turn instead of waiting in the lock queue.
--- Takes no lock that blocks claims, completions or enqueues. Cannot run in a
--- transaction block.
+-- Its lock does not block claims, completions or enqueues, but unlike
+-- autovacuum's it is not given up for a waiting ALTER TABLE or REINDEX,
+-- which then waits for it (and the queue behind them). Its truncation of
+-- empty tail pages takes the table's exclusive lock while no one waits for
+-- it. Cannot run in a transaction block.
 VACUUM (SKIP_LOCKED) pgbg.task;
