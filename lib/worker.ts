@@ -172,7 +172,7 @@ export class Worker {
   #wakeOnSlot = false;
   #notified = false;
   /** The next sleep on an empty queue, in ms (see #afterShortClaim). */
-  #idleBackoff = IDLE_RECHECK_MS;
+  #idleBackoff: number;
   #shutdownTimeout: number;
   /** Under `untilIdle`: the latest time a task may fall due and still be waited for. */
   #dueBy = 0;
@@ -181,7 +181,7 @@ export class Worker {
   constructor(options: WorkerOptions) {
     this.#options = options;
     this.#shutdownTimeout = options.shutdownTimeout;
-    this.#idleBackoff = Math.min(IDLE_RECHECK_MS, options.idleSleep);
+    this.#idleBackoff = this.#firstIdleSleep;
     this.#debug = options.log.isEnabled?.("debug") ?? true;
     for (const task of options.tasks) this.#tasks.set(task.name, task);
     const names = [...this.#tasks.keys()];
@@ -236,6 +236,10 @@ export class Worker {
     await this.#heartbeat.register({ ...o.identity, concurrency: o.concurrency, queues: o.queues, names: this.#scope.names });
     const listening = o.untilIdle ? undefined : await o.sql.listen(`pgbg:${o.schema}`, () => {
       this.#notified = true;
+      // A wake-up starts the back-off over: should this claim miss the new
+      // task (a lane the claim cursor does not know yet), the next look,
+      // which may be a full claim, comes soon.
+      this.#idleBackoff = this.#firstIdleSleep;
       this.#wakeUp(true);
     }).catch(async (error) => {
       await this.#heartbeat.remove().catch(() => {});
@@ -260,6 +264,11 @@ export class Worker {
       if (this.#exit === "stopped") await bounded(this.#heartbeat.remove().catch(() => {}), 5_000);
     }
     return this.#exit;
+  }
+
+  /** The first sleep of an idle spell: IDLE_RECHECK_MS, or the idle sleep when shorter. */
+  get #firstIdleSleep(): number {
+    return Math.min(IDLE_RECHECK_MS, this.#options.idleSleep);
   }
 
   #timeoutOf(task: AnyTask): number {
@@ -309,7 +318,7 @@ export class Worker {
         continue;
       }
       for (const task of claimed) this.#start(task);
-      if (claimed.length) this.#idleBackoff = Math.min(IDLE_RECHECK_MS, this.#options.idleSleep);
+      if (claimed.length) this.#idleBackoff = this.#firstIdleSleep;
       if (claimed.length < free) await this.#afterShortClaim();
       // Not awaited: the next claim need not wait for the flag to go down.
       else if (this.#idle) void this.#setIdle(false);
