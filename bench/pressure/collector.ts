@@ -18,6 +18,8 @@ export const REPORT_DELAY_MS = 1_500;
 
 /** What the workers reported over one window of the run. */
 export interface Window {
+  /** Tasks whose enqueue was acknowledged. */
+  acked: number;
   /** Tasks whose handler finished. */
   finished: number;
   /** Tasks whose handler started. */
@@ -120,8 +122,9 @@ export class Collector {
 
   /** What was reported in [fromMs, toMs) of the run's clock (ms since t0). */
   window(fromMs: number, toMs: number): Window {
-    const result: Window = { finished: 0, started: 0, latencies: [] };
+    const result: Window = { acked: 0, finished: 0, started: 0, latencies: [] };
     for (let bin = Math.floor(fromMs / BIN_MS); bin < Math.floor(toMs / BIN_MS); bin++) {
+      result.acked += this.#acked[bin] ?? 0;
       result.finished += this.#finished[bin] ?? 0;
       result.started += this.#started[bin] ?? 0;
       const latencies = this.#latencies[bin];

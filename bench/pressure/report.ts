@@ -6,7 +6,7 @@
  */
 import { median } from "../harness.ts";
 import type { Phase, PhaseKind } from "./phases.ts";
-import type { SubjectRun } from "./run-subject.ts";
+import type { PhaseTotals, SubjectRun } from "./run-subject.ts";
 import { type Sample, SAMPLE_MS } from "./sampler.ts";
 
 /** A target's outcome; "n/a" where the phase was too short to tell. */
@@ -16,11 +16,14 @@ export type Verdict = "PASS" | "FAIL" | "n/a";
 const SERIES = ["completionRate", "startRate", "depth", "producerLag", "p50", "p95", "p99", "deadTuples", "sizeBytes", "xminAge", "load1"] as const;
 type Series = typeof SERIES[number];
 
-/** Targets: start-latency p99 per phase kind (ms), and how soon depth and size must be back after a pressure (s). */
+/**
+ * Targets: start-latency p99 per phase kind (ms) over every start in the
+ * phase; 250 ms only while the horizon is held, 50 ms in every other phase,
+ * overload and readers included. And how soon depth and size must be back
+ * after a pressure (s).
+ */
 export const TARGETS = {
-  p99: { clean: 50, recovery: 50, held: 250, overload: 250, readers: 250 } satisfies Record<PhaseKind, number>,
-  /** Completion may fall short of the offered rate by this fraction (sampling). */
-  rateAllowance: 0.02,
+  p99: { clean: 50, recovery: 50, held: 250, overload: 50, readers: 50 } satisfies Record<PhaseKind, number>,
   depthBackSeconds: 30,
   sizeBackSeconds: 120,
 };
@@ -39,6 +42,12 @@ export interface PhaseSummary {
   offered: number;
   samples: number;
   medians: Record<Series, number | null>;
+  /** The phase taken whole: what `rate` and `p99` grade. */
+  totals: PhaseTotals;
+  /** Tasks acknowledged and finished in the phase, per second. */
+  ackedRate: number;
+  finishedRate: number;
+  /** Finished ≥ acknowledged − the depth baseline: the queue did not fall behind by more than its clean depth. */
   rate: Verdict;
   p99Target: number;
   p99: Verdict;
@@ -98,10 +107,13 @@ export function summarise(run: SubjectRun): RunSummary {
     const medians = Object.fromEntries(SERIES.map((k) => [k, medianOf(samples.map((s) => s[k]))])) as Record<Series, number | null>;
     const offered = run.rate * phase.rateFactor;
     const p99Target = TARGETS.p99[phase.kind];
+    const totals = run.totals[i];
+    const span = phase.end - phase.start;
     const summary: PhaseSummary = {
-      phase, offered, samples: samples.length, medians, p99Target,
-      rate: medians.completionRate === null ? "n/a" : medians.completionRate >= offered * (1 - TARGETS.rateAllowance) ? "PASS" : "FAIL",
-      p99: medians.p99 === null ? "n/a" : medians.p99 <= p99Target ? "PASS" : "FAIL",
+      phase, offered, samples: samples.length, medians, totals, p99Target,
+      ackedRate: totals.acked / span, finishedRate: totals.finished / span,
+      rate: totals.acked === 0 ? "n/a" : totals.finished >= totals.acked - depthBaseline ? "PASS" : "FAIL",
+      p99: Number.isNaN(totals.p99) ? "n/a" : totals.p99 <= p99Target ? "PASS" : "FAIL",
     };
     if (phase.kind === "recovery") {
       summary.depthBack = backAfter(run.samples, phase, (s) => s.depth, depthBaseline, TARGETS.depthBackSeconds);
@@ -117,21 +129,23 @@ export function summarise(run: SubjectRun): RunSummary {
 const fixed = (digits: number) => (v: number | null) => (v === null ? "–" : v.toLocaleString("en", { minimumFractionDigits: digits, maximumFractionDigits: digits }));
 const int = fixed(0);
 const ms = (v: number | null) => (v === null ? "–" : v < 10 ? v.toFixed(2) : v < 100 ? v.toFixed(1) : v.toFixed(0));
+const nan = (v: number) => (Number.isNaN(v) ? null : v);
 const mib = (v: number | null) => (v === null ? "–" : (v / MiB).toFixed(1));
 const seconds = (r: Recovery | undefined, span: number) => (!r ? "" : r.after === null ? `not within the phase (${span} s)` : `${r.after} s`);
 
 /** The table of per-phase medians and the rate and latency verdicts of `summaries` (one rate, several subjects). */
 function mediansTable(summaries: RunSummary[]): string[] {
   const lines = [
-    "| subject | phase | samples | offered /s | done /s | depth | producer lag | p50 ms | p95 ms | p99 ms | dead tuples | size MiB | xmin age | load | rate ≥ offered | p99 ≤ target |",
-    "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+    "| subject | phase | samples | offered /s | acked /s | done /s | depth | producer lag | p50 ms | p95 ms | p99 ms | dead tuples | size MiB | xmin age | load | " +
+    "whole phase: p50 / p99 ms | done ≥ acked − baseline | p99 ≤ target |",
+    "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
   ];
   for (const s of summaries) {
     for (const p of s.phases) {
       const m = p.medians;
-      lines.push(`| ${s.run.subject} | ${p.phase.name} | ${p.samples} | ${int(p.offered)} | ${int(m.completionRate)} | ${int(m.depth)} | ${int(m.producerLag)} | ` +
-        `${ms(m.p50)} | ${ms(m.p95)} | ${ms(m.p99)} | ${int(m.deadTuples)} | ${mib(m.sizeBytes)} | ${int(m.xminAge)} | ${fixed(2)(m.load1)} | ` +
-        `${p.rate} | ${p.p99} (${p.p99Target} ms) |`);
+      lines.push(`| ${s.run.subject} | ${p.phase.name} | ${p.samples} | ${int(p.offered)} | ${int(p.ackedRate)} | ${int(p.finishedRate)} | ${int(m.depth)} | ` +
+        `${int(m.producerLag)} | ${ms(m.p50)} | ${ms(m.p95)} | ${ms(m.p99)} | ${int(m.deadTuples)} | ${mib(m.sizeBytes)} | ${int(m.xminAge)} | ` +
+        `${fixed(2)(m.load1)} | ${ms(nan(p.totals.p50))} / ${ms(nan(p.totals.p99))} | ${p.rate} | ${p.p99} (${p.p99Target} ms) |`);
     }
   }
   return lines;
@@ -176,7 +190,9 @@ export function rateSection(summaries: RunSummary[], svgName: string): string {
   return [
     `## R = ${rate.toLocaleString("en")} tasks/s, W = ${inFlight} in flight`, "",
     "Medians over each phase's 5 s samples (done: handlers finished per s; depth: enqueued − started; latency: enqueue → handler start; " +
-    "size: tables and indexes of the subject's schema; xmin age: transactions).", "",
+    "size: tables and indexes of the subject's schema; xmin age: transactions). The targets are graded on each phase taken whole: " +
+    "acked and done are the phase's counts over its length, the whole-phase p99 is over every start in it, and the rate passes when " +
+    "the tasks done in the phase are at least those acknowledged in it less the depth baseline.", "",
     ...mediansTable(summaries), "",
     "Recovery: from the end of the pressure before it to the first sample back at the baseline (samples every 5 s).", "",
     ...recoveryTable(summaries), "",

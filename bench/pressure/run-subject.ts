@@ -5,7 +5,7 @@
  * on abort too.
  */
 import { type Database, freshDatabase, note, progress, type Server } from "../harness.ts";
-import type { Collector } from "./collector.ts";
+import { type Collector, latencyPercentiles } from "./collector.ts";
 import { holdHorizon, type Phase, phaseIndexAt, type Pressure, readers, schedule } from "./phases.ts";
 import { Producer } from "./producer.ts";
 import { now } from "./reporter.js";
@@ -27,6 +27,8 @@ export interface SubjectRun {
   startedAt: string;
   phases: Phase[];
   samples: Sample[];
+  /** Each phase taken whole (its index in `phases`): what the targets are graded on. */
+  totals: PhaseTotals[];
   /** What each pressure phase did, by phase name. */
   pressures: Record<string, string>;
   /** Tasks enqueued (acknowledged), batches that failed and the first failure. */
@@ -36,6 +38,24 @@ export interface SubjectRun {
   /** Worker datagrams lost, and starts without an enqueue time. */
   lostDatagrams: number;
   malformedStarts: number;
+}
+
+/** One phase taken whole: counts, and start-latency percentiles over every start in it (ms; NaN when none). */
+export interface PhaseTotals {
+  acked: number;
+  started: number;
+  finished: number;
+  p50: number;
+  p95: number;
+  p99: number;
+}
+
+/** The totals of each of `phases`, from what `collector` holds of the run. */
+function phaseTotals(collector: Collector, phases: Phase[]): PhaseTotals[] {
+  return phases.map((phase) => {
+    const w = collector.window(phase.start * 1000, phase.end * 1000);
+    return { acked: w.acked, started: w.started, finished: w.finished, ...latencyPercentiles(w.latencies) };
+  });
 }
 
 /** What a run needs from the bench around it. */
@@ -107,10 +127,12 @@ export async function runSubject(ctx: RunContext, subject: PressureSubject, rate
     await producer.stop();
     await sampler.stop();
     if (sampler.failure) throw sampler.failure;
+    // The reports of the last window are in once the sampler has read it.
+    const totals = phaseTotals(ctx.collector, phases);
     note(`  pressure · ${label}: ${producer.acked} enqueued, ${sampler.samples.length} samples, ${ctx.collector.lost} datagrams lost`);
     return {
       subject: subject.name, version: subject.version, workers: subject.describeWorkers(inFlight), rate, inFlight, scale, startedAt, phases,
-      samples: sampler.samples, pressures, enqueued: producer.acked, failedBatches: producer.failedBatches, firstEnqueueError: producer.firstError,
+      samples: sampler.samples, totals, pressures, enqueued: producer.acked, failedBatches: producer.failedBatches, firstEnqueueError: producer.firstError,
       lostDatagrams: ctx.collector.lost, malformedStarts: ctx.collector.malformed,
     };
   } finally {
