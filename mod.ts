@@ -1,9 +1,10 @@
 /**
  * pgbg: a background task queue for TypeScript that keeps its queue in
  * PostgreSQL. This module is the library that applications import to define
- * and enqueue tasks, and to run them in their own process (`createWorker`,
- * `drain`); the service that runs them in supervised subprocesses is
- * `pgbg serve`.
+ * and enqueue tasks, to run them in their own process (`createWorker`,
+ * `drain`), and to look after them (`getTask`, `listTasks`, `retry`,
+ * `cancel`, `status`); the service that runs them in supervised
+ * subprocesses is `pgbg serve`.
  *
  * @example
  * ```ts
@@ -30,6 +31,20 @@ export { enqueue, enqueueMany } from "./lib/enqueue.ts";
 export type { EnqueueManyOptions, EnqueueOptions } from "./lib/enqueue.ts";
 export { createWorker } from "./lib/host.ts";
 export type { WorkerHost, WorkerHostOptions } from "./lib/host.ts";
+export { cancel, getTask, listTasks, retry, status, TASK_STATES } from "./lib/admin.ts";
+export type {
+  AdminOptions,
+  CancelResult,
+  CancelTarget,
+  ListTasksOptions,
+  QueueStatus,
+  RetryTarget,
+  Status,
+  TaskInfo,
+  TaskPage,
+  TaskState,
+  WorkerStatus,
+} from "./lib/admin.ts";
 export { drain } from "./lib/drain.ts";
 export type { DrainOptions, DrainResult } from "./lib/drain.ts";
 export type { LogFields, Logger } from "./lib/log.ts";
@@ -44,6 +59,7 @@ export {
   InvalidTaskError,
   LeaseLostError,
   PayloadTooLargeError,
+  PermanentError,
   PgbgError,
   SchemaError,
 } from "./lib/errors.ts";

@@ -3,7 +3,7 @@
  *
  * @module
  */
-import type { Status, TaskRow } from "../lib/admin.ts";
+import type { Status, TaskPage } from "../lib/admin.ts";
 import type { CompactResult } from "../lib/compact.ts";
 import { formatAge, formatBytes, formatTable, oneLine } from "./table.ts";
 
@@ -29,23 +29,24 @@ export function formatStatus(status: Status): string {
       ["PID", "HOST", "RUNTIME", "RUNNING", "QUEUES", "STARTED", "LAST HEARTBEAT"],
       status.workers.map((w) => [
         w.pid, w.hostname, w.runtime, `${w.running}/${w.concurrency}${w.idle ? " idle" : ""}`, w.queues?.join(",") ?? "(all)",
-        w.startedAt, `${formatAge(w.heartbeatAgeMs)} ago`,
+        w.startedAt.toISOString(), `${formatAge(w.heartbeatAgeMs)} ago`,
       ]),
     ));
   }
   return parts.join("");
 }
 
-/** `pgbg list` as text: one line per task, its last error cut to fit. */
-export function formatTaskList(tasks: TaskRow[]): string {
+/** `pgbg list` as text: one line per task, its last error cut to fit; after a full page, how to get the next. */
+export function formatTaskList({ tasks, next }: TaskPage): string {
   if (!tasks.length) return "no tasks\n";
+  const more = next ? `more: the same command with --after ${next}\n` : "";
   return formatTable(
     ["ID", "STATE", "TASK", "QUEUE", "ATTEMPTS", "RUN AT", "LAST ERROR"],
     tasks.map((t) => [
       t.id, t.cancelRequestedAt ? `${t.state} (cancelling)` : t.state, t.name, t.queue, `${t.attempts}${t.maxAttempts ? `/${t.maxAttempts}` : ""}`,
-      t.runAt, t.lastError ? oneLine(`${t.lastError.name ?? "Error"}: ${t.lastError.message ?? ""}`, 80) : "",
+      t.runAt.toISOString(), t.lastError ? oneLine(`${t.lastError.name ?? "Error"}: ${t.lastError.message ?? ""}`, 80) : "",
     ]),
-  );
+  ) + more;
 }
 
 /** `pgbg compact` as text: what was rebuilt or dropped, or why nothing was. Refusals are the exit line's, not this. */

@@ -10,7 +10,7 @@
 import process from "node:process";
 import postgres from "postgres";
 import { compactIndexes } from "../lib/compact.ts";
-import { cancelTasks, listTasks, readStatus, retryFailedTasks } from "../lib/admin.ts";
+import { cancel, listTasks, retry, status } from "../lib/admin.ts";
 import { enqueue } from "../lib/enqueue.ts";
 import { LATEST_SCHEMA_VERSION, migrate, schemaVersion } from "../lib/migrate.ts";
 import { loadTasks } from "../lib/registry.ts";
@@ -70,17 +70,17 @@ export const migrateCommand = defineCliCommand(
 export const statusCommand = defineCliCommand(
   statusArgs,
   "Show tasks per queue and name (queued, scheduled, running, failed, oldest queued, last minute's outcomes), unregistered task names and live workers",
-  ({ flags }) => runCommand(flags, readStatus, formatStatus),
+  ({ flags }) => runCommand(flags, (sql, schema) => status(sql, { schema }), formatStatus),
 );
 
 /** `pgbg list`. */
 export const listCommand = defineCliCommand(
   listArgs,
-  "List tasks, oldest first, with their attempts and last error",
+  "List tasks, oldest first, with their attempts and last error; a full page ends with the command for the next",
   ({ flags }) =>
-    runCommand(flags, async (sql, schema) => ({
-      tasks: await listTasks(sql, schema, { state: flags.state, name: flags.task, limit: flags.limit }),
-    }), (r) => formatTaskList(r.tasks)),
+    runCommand(flags, (sql, schema) => listTasks(sql, {
+      schema, state: flags.state, name: flags.task, queue: flags.queue, key: flags.key, after: flags.after, limit: flags.limit,
+    }), formatTaskList),
 );
 
 /** `pgbg retry`. */
@@ -89,7 +89,7 @@ export const retryCommand = defineCliCommand(
   "Queue failed tasks again, due now, with their attempts reset: the given ids, or --all-failed",
   ({ flags, positionals: ids }) =>
     runCommand(flags, async (sql, schema) => {
-      const retried = await retryFailedTasks(sql, schema, flags["all-failed"] ? { name: flags.task } : { ids });
+      const retried = await retry(sql, flags["all-failed"] ? { allFailed: true, name: flags.task } : ids, { schema });
       const done = new Set(retried);
       return { retried, notRetried: ids.filter((id) => !done.has(id)) };
     }, (r) => `${r.retried.length ? `retried ${r.retried.length} task(s): ${r.retried.join(", ")}` : "retried no task"}\n`,
@@ -101,7 +101,7 @@ export const cancelCommand = defineCliCommand(
   cancelArgs,
   "Delete queued or failed tasks; a running task's attempt is aborted through its worker and the task deleted when the attempt ends",
   ({ flags, positionals: ids }) =>
-    runCommand(flags, (sql, schema) => cancelTasks(sql, schema, ids), (r) =>
+    runCommand(flags, (sql, schema) => cancel(sql, ids, { schema }), (r) =>
       [
         r.deleted.length ? `deleted ${r.deleted.join(", ")}\n` : "",
         r.signalled.length ? `signalled ${r.signalled.join(", ")} (running: deleted when the attempt ends)\n` : "",

@@ -139,6 +139,9 @@ export const listArgs = {
     ...connection,
     state: choice(TASK_STATES, { shown: "any", rule: `one of ${TASK_STATES.join(", ")}`, description: "Only tasks in this state (queued: due now)" }),
     task: text({ shown: "any", description: "Only tasks of this name" }),
+    queue: text({ shown: "any", description: "Only tasks of this queue" }),
+    key: text({ shown: "any", description: "Only tasks of this dedup key" }),
+    after: text({ shown: "from the first", description: "Start after this task id: the next page's, as the last one printed" }),
     limit: count({ default: 50, min: 1, max: 10_000, description: "At most this many tasks, 1-10000" }),
   },
 } satisfies CommandArgs<Flags>;

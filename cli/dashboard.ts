@@ -11,7 +11,8 @@ import { createHash, timingSafeEqual } from "node:crypto";
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import process from "node:process";
 import postgres from "postgres";
-import { cancelTasks, listTasks, readStatus, retryFailedTasks } from "../lib/admin.ts";
+import { cancel, listTasks, retry, status } from "../lib/admin.ts";
+import { InvalidOptionsError } from "../lib/errors.ts";
 import { describeError } from "../lib/log.ts";
 import type { Database } from "../lib/statements.ts";
 import { defineCliCommand } from "./args.ts";
@@ -76,15 +77,18 @@ export async function startDashboard(options: DashboardOptions): Promise<Dashboa
         ...HEADERS, location: "/", "set-cookie": `${COOKIE}=${encodeURIComponent(token!)}; HttpOnly; SameSite=Strict; Path=/`,
       }).end();
     },
-    "GET /api/status": async (_req, res) => sendJson(res, await readStatus(options.db, options.schema)),
-    "GET /api/failed": async (_req, res) =>
-      sendJson(res, { tasks: await listTasks(options.db, options.schema, { state: "failed", limit: options.failedLimit ?? 100 }) }),
+    "GET /api/status": async (_req, res) => sendJson(res, await status(options.db, { schema: options.schema })),
+    // A page of failed tasks; ?after= the previous page's next for the one after it.
+    "GET /api/failed": async (req, res) => {
+      const after = new URL(req.url ?? "/", "http://dashboard").searchParams.get("after") ?? undefined;
+      sendJson(res, await listTasks(options.db, { schema: options.schema, state: "failed", after, limit: options.failedLimit ?? 100 }));
+    },
     "POST /api/retry": async (req, res) => {
       const body = await readJson(req);
-      if (body.all === true) return sendJson(res, { retried: await retryFailedTasks(options.db, options.schema, {}) });
-      sendJson(res, { retried: await retryFailedTasks(options.db, options.schema, { ids: taskIds(body.ids) }) });
+      const which = body.all === true ? { allFailed: true as const } : taskIds(body.ids);
+      sendJson(res, { retried: await retry(options.db, which, { schema: options.schema }) });
     },
-    "POST /api/cancel": async (req, res) => sendJson(res, await cancelTasks(options.db, options.schema, taskIds((await readJson(req)).ids))),
+    "POST /api/cancel": async (req, res) => sendJson(res, await cancel(options.db, taskIds((await readJson(req)).ids), { schema: options.schema })),
   };
 
   const server = createServer(async (req, res) => {
@@ -101,9 +105,9 @@ export async function startDashboard(options: DashboardOptions): Promise<Dashboa
       }
       await route(req, res);
     } catch (error) {
-      const status = error instanceof HttpError ? error.status : 500;
-      if (status === 500) process.stderr.write(`pgbg dashboard: ${describeError(error).message}\n`);
-      if (!res.headersSent) send(res, status, "text/plain", `${describeError(error).message}\n`);
+      const code = error instanceof HttpError ? error.status : error instanceof InvalidOptionsError ? 400 : 500;
+      if (code === 500) process.stderr.write(`pgbg dashboard: ${describeError(error).message}\n`);
+      if (!res.headersSent) send(res, code, "text/plain", `${describeError(error).message}\n`);
     }
   });
   const { port, close } = await listen(server, options.host, options.port);
@@ -154,7 +158,7 @@ export const dashboardCommand = defineCliCommand(
     let sql: postgres.Sql | undefined;
     try {
       sql = postgres(url, { max: 4, onnotice: () => {}, connection: { application_name: "pgbg dashboard" } });
-      await readStatus(sql, schema); // fails now, not at the first page load, on a wrong URL or schema
+      await status(sql, { schema }); // fails now, not at the first page load, on a wrong URL or schema
       const dashboard = await startDashboard({ db: sql, schema, token, host, port });
       process.stdout.write(flags.json ? `${JSON.stringify({ url: dashboard.url })}\n` : `dashboard at ${dashboard.url}\n`);
       const db = sql;

@@ -1,13 +1,23 @@
 /**
- * What operators read and change: the status of the queues and workers, the
- * tasks in a state, retrying failed tasks and cancelling tasks. The CLI's
- * commands, the dashboard and the metrics use these; they run on the same
- * tables as the service, through the statements of `sql/queries/admin.sql`.
+ * The admin API: what an application and an operator read and change. The
+ * status of the queues and workers, one task or a page of tasks, retrying
+ * failed tasks and cancelling tasks. The CLI's commands, the dashboard and
+ * the metrics use these same functions; they run on the service's tables
+ * through the statements of `sql/queries/admin.sql`.
  *
  * @module
  */
+import { defaults } from "./config.ts";
+import { InvalidOptionsError } from "./errors.ts";
+import { checkedLater, checkOptions, formatValue, integer, type OptionCheck, text } from "./options.ts";
 import type { Database } from "./statements.ts";
-import { run } from "./statements.ts";
+import { checkSchemaName, run } from "./statements.ts";
+
+/** What every admin function takes besides its arguments. */
+export interface AdminOptions {
+  /** PostgreSQL schema holding pgbg's tables. @default "pgbg" */
+  schema?: string;
+}
 
 /** The states `listTasks` filters on: `queued` means due now, `scheduled` queued for later. */
 export const TASK_STATES = ["queued", "scheduled", "running", "failed"] as const;
@@ -46,8 +56,8 @@ export interface WorkerStatus {
   tasks: string[];
   idle: boolean;
   running: number;
-  startedAt: string;
-  heartbeatAt: string;
+  startedAt: Date;
+  heartbeatAt: Date;
   heartbeatAgeMs: number;
 }
 
@@ -59,8 +69,6 @@ export interface Status {
   workers: WorkerStatus[];
 }
 
-const iso = (value: unknown) => (value instanceof Date ? value.toISOString() : value === null ? null : String(value));
-
 /** Reads the tasks per queue and name: by state, oldest due, and the last minute's outcomes. */
 export async function readTaskStatus(db: Database, schema: string): Promise<QueueStatus[]> {
   const rows = await run(db, schema, "TaskStatus", []);
@@ -71,8 +79,18 @@ export async function readTaskStatus(db: Database, schema: string): Promise<Queu
   }));
 }
 
-/** Reads the status of every queue, task name and worker (three statements, each reading its table once). */
-export async function readStatus(db: Database, schema: string): Promise<Status> {
+/** The schema of `options`, checked, after checking that `options` holds only what `where` knows. */
+function schemaOf(where: string, options: unknown, checks: Record<string, OptionCheck> = {}): string {
+  const o = checkOptions<AdminOptions>(where, options, { schema: checkedLater, ...checks });
+  return checkSchemaName(o.schema ?? defaults.schema);
+}
+
+/**
+ * The status of every queue, task name and worker, as `pgbg status` shows
+ * it (three statements, each reading its table once).
+ */
+export async function status(db: Database, options?: AdminOptions): Promise<Status> {
+  const schema = schemaOf("status()", options);
   const [tasks, unregistered, workers] = await Promise.all([
     readTaskStatus(db, schema),
     run(db, schema, "UnregisteredTasks", []),
@@ -83,56 +101,150 @@ export async function readStatus(db: Database, schema: string): Promise<Status> 
     unregistered: unregistered.map((r) => ({ queue: r.queue, name: r.name, tasks: r.tasks })),
     workers: workers.map((r) => ({
       id: r.id, supervisorId: r.supervisor_id, pid: r.pid, hostname: r.hostname, runtime: r.runtime, concurrency: r.concurrency,
-      queues: r.queues, tasks: r.tasks, idle: r.idle, running: r.running, startedAt: iso(r.started_at)!, heartbeatAt: iso(r.heartbeat_at)!,
+      queues: r.queues, tasks: r.tasks, idle: r.idle, running: r.running, startedAt: r.started_at, heartbeatAt: r.heartbeat_at,
       heartbeatAgeMs: Math.round(r.heartbeat_age_ms),
     })),
   };
 }
 
-/** A task as `listTasks` returns it. */
-export interface TaskRow {
+/** A task as `getTask` and `listTasks` return it. */
+export interface TaskInfo {
   id: string;
   queue: string;
   name: string;
   state: TaskState;
+  /** Attempts started so far (snoozes not counted). */
   attempts: number;
+  /** Times it was snoozed (ctx.retryAfter). */
+  snoozes: number;
   /** null: the service's --max-attempts. */
   maxAttempts: number | null;
   priority: number;
+  /** Its dedup key, if it has one. */
   key: string | null;
-  runAt: string;
-  enqueuedAt: string;
-  failedAt: string | null;
+  /** When it is (or was) due. */
+  runAt: Date;
+  enqueuedAt: Date;
+  failedAt: Date | null;
+  /** The worker holding its lease, while running. */
   workerId: string | null;
   /** Set on a running task whose cancel was requested. */
-  cancelRequestedAt: string | null;
+  cancelRequestedAt: Date | null;
   /** The last attempt's error: name, message, attempt, at, and more. */
   lastError: { name?: string; message?: string; [field: string]: unknown } | null;
+  /** Its input, as stored. */
   payload: unknown;
 }
 
-/** Lists tasks, oldest first: those in `state` (any when omitted), of task `name` (any when omitted), at most `limit`. */
-export async function listTasks(db: Database, schema: string, filter: { state?: TaskState; name?: string; limit: number }): Promise<TaskRow[]> {
-  const rows = await run(db, schema, "ListTasks", [filter.state ?? null, filter.name ?? null, filter.limit]);
-  return rows.map((r) => ({
-    id: String(r.id), queue: r.queue, name: r.name, state: r.state, attempts: r.attempts, maxAttempts: r.max_attempts, priority: r.priority,
-    key: r.key, runAt: iso(r.run_at)!, enqueuedAt: iso(r.enqueued_at)!, failedAt: iso(r.failed_at), workerId: r.worker_id,
-    cancelRequestedAt: iso(r.cancel_requested_at), lastError: r.last_error, payload: r.payload,
-  }));
+// deno-lint-ignore no-explicit-any
+function taskInfo(r: any): TaskInfo {
+  return {
+    id: String(r.id), queue: r.queue, name: r.name, state: r.state, attempts: r.attempts, snoozes: r.snoozes, maxAttempts: r.max_attempts, priority: r.priority,
+    key: r.key, runAt: r.run_at, enqueuedAt: r.enqueued_at, failedAt: r.failed_at, workerId: r.worker_id,
+    cancelRequestedAt: r.cancel_requested_at, lastError: r.last_error, payload: r.payload,
+  };
+}
+
+const TASK_ID = /^[1-9][0-9]{0,18}$/;
+
+/** `ids` checked as task ids (what `enqueue` returned); throws InvalidOptionsError naming the first that is not one. */
+function taskIds(where: string, ids: readonly unknown[]): string[] {
+  for (const id of ids) {
+    if (typeof id !== "string" || !TASK_ID.test(id) || BigInt(id) > 9223372036854775807n) {
+      throw new InvalidOptionsError(`${where}: ${formatValue(id)} is not a task id (the decimal string enqueue() returned)`);
+    }
+  }
+  return [...new Set(ids as string[])];
 }
 
 /**
- * Queues failed tasks again, due now and with their attempts reset: those in
- * `ids`, or every failed task when `ids` is omitted; only of task `name`
- * when given. Returns the ids it queued. A task that is not failed, or whose
- * dedup key another pending task holds now, is left alone.
+ * One task by its id, or null when the queue does not hold it: never
+ * enqueued, or finished (a success deletes it; so does a cancel).
  */
-export async function retryFailedTasks(db: Database, schema: string, which: { ids?: string[]; name?: string }): Promise<string[]> {
-  const rows = await run(db, schema, "RetryFailedTasks", [which.ids ?? null, which.name ?? null]);
+export async function getTask(db: Database, id: string, options?: AdminOptions): Promise<TaskInfo | null> {
+  const schema = schemaOf("getTask()", options);
+  const [checked] = taskIds("getTask()", [id]);
+  const [row] = await run(db, schema, "GetTask", [checked]);
+  return row ? taskInfo(row) : null;
+}
+
+/** What `listTasks` filters on and how it pages. Every filter is optional. */
+export interface ListTasksOptions extends AdminOptions {
+  state?: TaskState;
+  queue?: string;
+  /** Task name. */
+  name?: string;
+  /** Dedup key. */
+  key?: string;
+  /** Enqueued at or after this time. */
+  from?: Date;
+  /** Enqueued before this time. */
+  to?: Date;
+  /** The `next` of the previous page: this page starts after it. */
+  after?: string;
+  /** At most this many tasks, 1 to 10,000. @default 100 */
+  limit?: number;
+}
+
+/** One page of `listTasks`. */
+export interface TaskPage {
+  /** In enqueue (id) order. */
+  tasks: TaskInfo[];
+  /** Pass as `after` for the next page; null when this page is the last. */
+  next: string | null;
+}
+
+const date: OptionCheck = (value) =>
+  value instanceof Date && !Number.isNaN(value.getTime()) ? undefined : `must be a valid Date, got ${formatValue(value)}`;
+const listChecks: Record<string, OptionCheck> = {
+  state: text((s) => (TASK_STATES as readonly string[]).includes(s), `one of ${TASK_STATES.join(", ")}`),
+  queue: text((s) => s.length > 0, "a queue name"),
+  name: text((s) => s.length > 0, "a task name"),
+  key: text((s) => s.length >= 1 && s.length <= 512, "a string of 1-512 characters"),
+  from: date,
+  to: date,
+  after: text((s) => TASK_ID.test(s), "a task id (the decimal string of a page's next)"),
+  limit: integer(1, 10_000),
+};
+
+/**
+ * A page of tasks in enqueue order, filtered by state, queue, task name,
+ * dedup key and enqueue time. Pages by keyset: pass the page's `next` as
+ * `after` for the one after it, which costs what the first did however deep
+ * it is.
+ */
+export async function listTasks(db: Database, options?: ListTasksOptions): Promise<TaskPage> {
+  const schema = schemaOf("listTasks()", options, listChecks);
+  const o = options ?? {};
+  const limit = o.limit ?? 100;
+  const rows = await run(db, schema, "ListTasks", [o.state ?? null, o.name ?? null, limit, o.queue ?? null, o.key ?? null, o.from ?? null, o.to ?? null, o.after ?? null]);
+  const tasks = rows.map(taskInfo);
+  return { tasks, next: tasks.length === limit ? tasks[tasks.length - 1].id : null };
+}
+
+/** Which failed tasks `retry` queues again: ids, or every failed task (of one task name, when given). */
+export type RetryTarget = string | readonly string[] | { allFailed: true; name?: string };
+
+/**
+ * Queues failed tasks again, due now, with their attempts reset (a retried
+ * task gets all its attempts again). Returns the ids it queued. A task that
+ * is not failed (or unknown), or whose dedup key another pending task holds
+ * now, is left alone.
+ */
+export async function retry(db: Database, which: RetryTarget, options?: AdminOptions): Promise<string[]> {
+  const schema = schemaOf("retry()", options);
+  let params: [string[] | null, string | null];
+  if (typeof which === "string" || Array.isArray(which)) params = [taskIds("retry()", typeof which === "string" ? [which] : which), null];
+  else if (typeof which === "object" && which !== null && (which as { allFailed?: unknown }).allFailed === true) {
+    const name = (which as { name?: unknown }).name;
+    if (name !== undefined && typeof name !== "string") throw new InvalidOptionsError(`retry(): name must be a task name, got ${formatValue(name)}`);
+    params = [null, name ?? null];
+  } else throw new InvalidOptionsError("retry(): give a task id, an array of them, or { allFailed: true, name? }");
+  const rows = await run(db, schema, "RetryFailedTasks", params);
   return rows.map((r) => String(r.id));
 }
 
-/** What `cancelTasks` did with each id. */
+/** What `cancel` did with each task. */
 export interface CancelResult {
   /** Queued or failed tasks, deleted. */
   deleted: string[];
@@ -142,15 +254,31 @@ export interface CancelResult {
   notFound: string[];
 }
 
+/** Which tasks `cancel` cancels: ids, or the pending (queued or running) task holding a dedup key. */
+export type CancelTarget = string | readonly string[] | { key: string };
+
 /**
  * Cancels tasks: deletes the queued and failed ones at once; marks the
  * running ones, whose worker learns of it at its next heartbeat, aborts the
  * attempt's `ctx.signal` and deletes the task when the attempt ends (a
- * supervisor deletes it if the attempt ended otherwise first).
+ * supervisor deletes it if the attempt ended otherwise first). By key, it
+ * cancels the pending task holding the key, if any (a failed task holds no
+ * key: cancel it by id).
  */
-export async function cancelTasks(db: Database, schema: string, ids: string[]): Promise<CancelResult> {
+export async function cancel(db: Database, which: CancelTarget, options?: AdminOptions): Promise<CancelResult> {
+  const schema = schemaOf("cancel()", options);
+  let ids: string[];
+  if (typeof which === "string" || Array.isArray(which)) ids = taskIds("cancel()", typeof which === "string" ? [which] : which);
+  else if (typeof which === "object" && which !== null && typeof (which as { key?: unknown }).key === "string") {
+    const key = (which as { key: string }).key;
+    ids = (await run<{ id: unknown }>(db, schema, "PendingTaskIdsByKey", [[key]])).map((r) => String(r.id));
+  } else throw new InvalidOptionsError("cancel(): give a task id, an array of them, or { key }");
+  return cancelByIds(db, schema, ids);
+}
+
+async function cancelByIds(db: Database, schema: string, ids: string[]): Promise<CancelResult> {
   const result: CancelResult = { deleted: [], signalled: [], notFound: [] };
-  let todo = [...new Set(ids)];
+  let todo = ids;
   // A task that changed state during the statement is in neither of its
   // results: ask again for those, a few times.
   for (let round = 0; round < 5 && todo.length; round++) {

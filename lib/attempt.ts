@@ -6,8 +6,9 @@
  */
 import * as v from "valibot";
 import type { TransactionSql } from "postgres";
-import type { AnyTask, TaskContext } from "./define.ts";
-import { InvalidInputError, LeaseLostError } from "./errors.ts";
+import { type AnyTask, MAX_DURATION, type TaskContext } from "./define.ts";
+import { InvalidInputError, InvalidOptionsError, isPermanentError, LeaseLostError } from "./errors.ts";
+import { formatValue } from "./options.ts";
 import { toInputIssues } from "./input.ts";
 import type { ClaimedTask } from "./claim.ts";
 import { run } from "./statements.ts";
@@ -15,7 +16,13 @@ import { run } from "./statements.ts";
 /** How an attempt ended. */
 export type Outcome =
   | { kind: "success" }
-  | { kind: "failure"; error: unknown; permanent: boolean; timedOut: boolean };
+  | { kind: "failure"; error: unknown; permanent: boolean; timedOut: boolean }
+  | { kind: "snooze"; delay: number };
+
+/** What ctx.retryAfter throws: ends the attempt as a snooze of `delay` ms. Not an Error: nothing but the attempt should catch it. */
+class SnoozeSignal {
+  constructor(readonly delay: number) {}
+}
 
 /** The abort reason of an attempt that reached its time limit. */
 export class TaskTimeoutError extends Error {
@@ -129,7 +136,8 @@ export interface AttemptOptions {
 const SUCCESS: Outcome = Object.freeze({ kind: "success" });
 
 function failure(error: unknown): Outcome {
-  return { kind: "failure", error, permanent: false, timedOut: false };
+  if (error instanceof SnoozeSignal) return { kind: "snooze", delay: error.delay };
+  return { kind: "failure", error, permanent: isPermanentError(error), timedOut: false };
 }
 
 function invalidInput(task: AnyTask, issues: readonly v.BaseIssue<unknown>[]): Outcome {
@@ -171,6 +179,7 @@ class AttemptContext implements TaskContext {
   readonly name: string;
   readonly queue: string;
   readonly attempt: number;
+  readonly snoozes: number;
   readonly #leaseToken: number;
   readonly #schema: string;
   readonly #controller: LazyAbort;
@@ -180,6 +189,7 @@ class AttemptContext implements TaskContext {
     this.name = claimed.name;
     this.queue = claimed.queue;
     this.attempt = claimed.attempt;
+    this.snoozes = claimed.snoozes;
     this.#leaseToken = claimed.leaseToken;
     this.#schema = schema;
     this.#controller = controller;
@@ -187,6 +197,13 @@ class AttemptContext implements TaskContext {
 
   get signal(): AbortSignal {
     return this.#controller.signal;
+  }
+
+  retryAfter(ms: number): never {
+    if (typeof ms !== "number" || !Number.isInteger(ms) || ms < 0 || ms > MAX_DURATION) {
+      throw new InvalidOptionsError(`ctx.retryAfter(): ms must be a whole number of milliseconds from 0 to ${MAX_DURATION}, got ${formatValue(ms)}`);
+    }
+    throw new SnoozeSignal(ms);
   }
 
   // deno-lint-ignore no-explicit-any

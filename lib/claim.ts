@@ -20,6 +20,8 @@ export interface ClaimedTask {
   maxAttempts: number | null;
   /** The lease's fencing token; every write about this attempt carries it. */
   leaseToken: number;
+  /** Times the task was snoozed before this attempt (ctx.retryAfter). */
+  snoozes: number;
   /** How long the task waited, in ms, from when it was due to this claim (for metrics). */
   lagMs: number;
   /** Its run_at, epoch microseconds, exact (for the claim cursor). */
@@ -64,6 +66,7 @@ export async function claimTasks(db: Database, schema: string, scope: ClaimScope
     attempt: r.attempts as number,
     maxAttempts: r.max_attempts as number | null,
     leaseToken: r.lease_token as number,
+    snoozes: r.snoozes as number,
     lagMs: r.lag_ms as number,
     runAtUs: String(r.run_at_us),
     claimedAtMs: Number(r.run_at_us) / 1000 + (r.lag_ms as number),

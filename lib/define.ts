@@ -21,8 +21,18 @@ export interface TaskContext {
   readonly name: string;
   /** The queue the task was claimed from. */
   readonly queue: string;
-  /** This attempt's number, starting at 1. */
+  /** This attempt's number, starting at 1. A snooze does not count as one. */
   readonly attempt: number;
+  /** Times the task was snoozed so far (see {@link retryAfter}). */
+  readonly snoozes: number;
+  /**
+   * Ends this attempt by putting the task back for `ms` milliseconds (a
+   * snooze): it does not count as an attempt and keeps the task's last
+   * error. It throws, so nothing after it runs; do not catch what it
+   * throws. Past the task's `maxSnoozes`, a snooze counts as a failed
+   * attempt (retried after `ms`, or failed for good when it was the last).
+   */
+  retryAfter(ms: number): never;
   /**
    * Aborts when the attempt's time limit is reached or the service is
    * stopping past its shutdown timeout. Pass it to fetch and friends, and
@@ -40,8 +50,12 @@ export interface TaskContext {
   complete(tx: TransactionSql<any>): Promise<void>;
 }
 
-/** How the wait before a retry grows with the attempts. */
-export type RetryBackoff = "fixed" | "exponential";
+/**
+ * How the wait before a retry grows with the attempts: `fixed`,
+ * `exponential`, or a function of the attempt that failed (from 1) and its
+ * error, returning the wait in ms (a whole number from 0 to 7 days).
+ */
+export type RetryBackoff = "fixed" | "exponential" | ((attempt: number, error: unknown) => number);
 
 /** A task: what `defineTask` takes and returns. */
 export interface Task<S extends InputSchema = InputSchema> {
@@ -55,12 +69,25 @@ export interface Task<S extends InputSchema = InputSchema> {
   readonly timeout?: number;
   /** Wait before a retry, in ms (the first wait, with exponential backoff). @default the service's --retry-delay (5 s) */
   readonly retryDelay?: number;
-  /** `exponential` doubles the wait after every failed attempt, up to `retryDelayMax`. @default "fixed" */
+  /**
+   * `exponential` doubles the wait after every failed attempt, up to
+   * `retryDelayMax`; a function `(attempt, error) => ms` decides it itself (a
+   * throw or a value that is not a whole number of ms from 0 to 7 days falls
+   * back to `retryDelay`, and is logged). @default "fixed"
+   */
   readonly retryBackoff?: RetryBackoff;
   /** Cap of the exponential wait, in ms. @default 1 hour */
   readonly retryDelayMax?: number;
+  /**
+   * Spreads retries that would fall together (many tasks failing on one
+   * outage): each wait is shortened by a random fraction of up to this much
+   * of itself, from 0 (none) to 1 (anywhere from 0 to the wait). @default 0
+   */
+  readonly retryJitter?: number;
   /** Attempts before the task is kept as failed. @default the service's --max-attempts (25) */
   readonly maxAttempts?: number;
+  /** Snoozes (ctx.retryAfter) not counted as attempts; further ones count. @default 100 */
+  readonly maxSnoozes?: number;
   /** Queue the task is enqueued into unless `enqueue` names one. @default "default" */
   readonly queue?: string;
   /** Priority unless `enqueue` gives one; lower runs first. @default 0 */
@@ -134,11 +161,17 @@ export function checkTask(task: unknown): asserts task is AnyTask {
       throw new InvalidTaskError(`${label}: ${key} must be a whole number of milliseconds${key === "timeout" ? " above 0" : ""}, at most ${MAX_DURATION}`);
     }
   }
-  if (t.retryBackoff !== undefined && t.retryBackoff !== "fixed" && t.retryBackoff !== "exponential") {
-    throw new InvalidTaskError(`${label}: retryBackoff must be "fixed" or "exponential"`);
+  if (t.retryBackoff !== undefined && t.retryBackoff !== "fixed" && t.retryBackoff !== "exponential" && typeof t.retryBackoff !== "function") {
+    throw new InvalidTaskError(`${label}: retryBackoff must be "fixed", "exponential" or a function (attempt, error) => ms`);
+  }
+  if (t.retryJitter !== undefined && !(typeof t.retryJitter === "number" && t.retryJitter >= 0 && t.retryJitter <= 1)) {
+    throw new InvalidTaskError(`${label}: retryJitter must be a number from 0 to 1`);
   }
   if (t.maxAttempts !== undefined && !isInteger(t.maxAttempts, 1, 2_147_483_647)) {
     throw new InvalidTaskError(`${label}: maxAttempts must be a whole number of at least 1`);
+  }
+  if (t.maxSnoozes !== undefined && !isInteger(t.maxSnoozes, 0, 2_147_483_647)) {
+    throw new InvalidTaskError(`${label}: maxSnoozes must be a whole number of at least 0`);
   }
   if (t.queue !== undefined && !isValidName(t.queue)) throw new InvalidTaskError(`${label}: queue must be ${NAME_RULE}`);
   if (t.priority !== undefined && !isInteger(t.priority, -32768, 32767)) {

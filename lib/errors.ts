@@ -18,7 +18,8 @@ export type ErrorCode =
   | "PGBG_SCHEMA_TOO_NEW"
   | "PGBG_LEASE_LOST"
   | "PGBG_KEY_CONTENDED"
-  | "PGBG_INVALID_CONFIG";
+  | "PGBG_INVALID_CONFIG"
+  | "PGBG_PERMANENT";
 
 /** The base class of every error pgbg throws. */
 export class PgbgError extends Error {
@@ -146,4 +147,27 @@ export class InvalidConfigError extends PgbgError {
   constructor(message: string) {
     super("PGBG_INVALID_CONFIG", message);
   }
+}
+
+/**
+ * Thrown by a task's `run` to fail the task for good at once: no retry,
+ * whatever attempts it has left. The task is kept as failed with this error
+ * as its last error. Any error whose `code` is `PGBG_PERMANENT` counts, so
+ * that a second copy of pgbg in the app's dependencies cannot break it.
+ *
+ * @example
+ * ```ts
+ * if (response.status === 404) throw new PermanentError(`no such account: ${input.account}`);
+ * ```
+ */
+export class PermanentError extends PgbgError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("PGBG_PERMANENT", message, options);
+  }
+}
+
+/** True when `error` is a {@link PermanentError}, from this copy of pgbg or another. */
+export function isPermanentError(error: unknown): boolean {
+  return error instanceof PermanentError ||
+    (typeof error === "object" && error !== null && (error as { code?: unknown }).code === "PGBG_PERMANENT");
 }

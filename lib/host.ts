@@ -130,6 +130,7 @@ class InProcessHost implements WorkerHost {
     this.#services = maintenanceServices({
       sql: this.#pool, schema: options.schema, hostId: this.id, maxAttempts: options.maxAttempts, timings: this.#timings,
       compactInterval: options.compactInterval, vacuumInterval: options.vacuumInterval, log: options.logger,
+      onReleased: (tasks) => this.#metrics.released(tasks),
     });
     this.#maintenance = new Maintenance(Object.values(this.#services), options.logger);
     options.signal?.addEventListener("abort", () => void this.stop(), { once: true });

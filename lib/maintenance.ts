@@ -16,7 +16,7 @@ import type { Liveness } from "./liveness.ts";
 import { describeError, type Logger } from "./log.ts";
 import { CancelSweeper } from "./maintenance/cancel-sweeper.ts";
 import { CountPruner } from "./maintenance/count-pruner.ts";
-import { DeadWorkerReleaser } from "./maintenance/dead-worker-releaser.ts";
+import { DeadWorkerReleaser, type ReleaseListener } from "./maintenance/dead-worker-releaser.ts";
 import { IndexCompactor } from "./maintenance/index-compactor.ts";
 import { LeaseRescuer } from "./maintenance/lease-rescuer.ts";
 import { TableVacuumer } from "./maintenance/table-vacuumer.ts";
@@ -39,6 +39,8 @@ export interface MaintenanceSettings {
   /** How often to check whether the task table needs a vacuum; 0: never. */
   vacuumInterval: number;
   log: Logger;
+  /** Told of the attempts that releases and rescues end (the host's metrics count them). */
+  onReleased?: ReleaseListener;
 }
 
 /** The standard duties, by name. */
@@ -54,12 +56,12 @@ export interface MaintenanceServices {
 
 /** Builds every duty with its interval: the checks at the heartbeat interval, pruning each minute, compaction and vacuum at their own. */
 export function maintenanceServices(settings: MaintenanceSettings): MaintenanceServices {
-  const { sql, schema, hostId, maxAttempts, timings, compactInterval, vacuumInterval, log } = settings;
+  const { sql, schema, hostId, maxAttempts, timings, compactInterval, vacuumInterval, log, onReleased } = settings;
   const every = timings.heartbeatInterval;
   return {
-    releaser: new DeadWorkerReleaser(sql, schema, maxAttempts, every, log),
-    rescuer: new LeaseRescuer(sql, schema, maxAttempts, every, log),
-    reaper: new WorkerReaper(sql, schema, { hostId, maxAttempts, staleAfter: timings.staleAfter, interval: every }, log),
+    releaser: new DeadWorkerReleaser(sql, schema, maxAttempts, every, log, onReleased),
+    rescuer: new LeaseRescuer(sql, schema, maxAttempts, every, log, onReleased),
+    reaper: new WorkerReaper(sql, schema, { hostId, maxAttempts, staleAfter: timings.staleAfter, interval: every }, log, onReleased),
     sweeper: new CancelSweeper(sql, schema, every, log),
     pruner: new CountPruner(sql, schema, 60_000),
     compactor: new IndexCompactor(sql, schema, compactInterval, log),

@@ -7,6 +7,7 @@
  * @module
  */
 import type { QueueStatus } from "./admin.ts";
+import type { ReleasedTask } from "./maintenance/dead-worker-releaser.ts";
 import { addHistogram, emptySeries, HISTOGRAM_BUCKETS, type Histogram, type SeriesCounts } from "./stats.ts";
 import type { WorkerReport } from "./worker.ts";
 
@@ -21,6 +22,15 @@ export class ServiceMetrics {
   add(worker: number, report: WorkerReport): void {
     for (const c of report.counts) this.#add(c);
     this.#running.set(worker, report.running);
+  }
+
+  /** Attempts a release or rescue of this host ended: counted as failed or retried, as a worker counts its own. */
+  released(tasks: readonly ReleasedTask[]): void {
+    for (const t of tasks) {
+      const counts = emptySeries(t.queue, t.name);
+      counts[t.state === "failed" ? "failed" : "retried"] = 1;
+      this.#add(counts);
+    }
   }
 
   /** A worker exited: it runs nothing any more. */

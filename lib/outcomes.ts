@@ -1,5 +1,5 @@
 /**
- * Writes the outcomes of attempts back in batches: every success, failure,
+ * Writes the outcomes of attempts back in batches: every success, failure, snooze,
  * hand-back and finished cancel that came while the previous batch was being
  * written goes out in the next one, one statement per kind. Every write is
  * fenced by the attempt's lease token.
@@ -22,6 +22,11 @@ export interface Failure extends AttemptRef {
   permanent: boolean;
 }
 
+/** A snoozed attempt (ctx.retryAfter), ready to be written: not counted, the task due again after `delay` ms. */
+export interface Snooze extends AttemptRef {
+  delay: number;
+}
+
 /** A task's attempt, named by its id and lease token (the fence of every write). */
 export interface AttemptRef {
   id: string;
@@ -30,11 +35,12 @@ export interface AttemptRef {
   counts?: SeriesCounts;
 }
 
-/** Batches the completions, failures, hand-backs and finished cancels of one worker. */
+/** Batches the completions, failures, snoozes, hand-backs and finished cancels of one worker. */
 export class OutcomeWriter {
   #done: AttemptRef[] = [];
   #failed: Failure[] = [];
   #handedBack: AttemptRef[] = [];
+  #snoozed: Snooze[] = [];
   #cancelled: AttemptRef[] = [];
   #flushing: Promise<void> | undefined;
   #retryDelay = 100;
@@ -58,6 +64,12 @@ export class OutcomeWriter {
     this.#schedule();
   }
 
+  /** Records a snooze: the task is queued again after its delay, the attempt not counted. */
+  snooze(snooze: Snooze): void {
+    this.#snoozed.push(snooze);
+    this.#schedule();
+  }
+
   /** Hands a task back to the queue, claimable at once, without counting the attempt (a shutdown). */
   handBack(attempt: AttemptRef): void {
     this.#handedBack.push(attempt);
@@ -72,7 +84,7 @@ export class OutcomeWriter {
 
   /** Number of outcomes not yet written. */
   get pending(): number {
-    return this.#done.length + this.#failed.length + this.#handedBack.length + this.#cancelled.length;
+    return this.#done.length + this.#failed.length + this.#handedBack.length + this.#snoozed.length + this.#cancelled.length;
   }
 
   /**
@@ -104,6 +116,7 @@ export class OutcomeWriter {
     const done = this.#done.splice(0);
     const failed = this.#failed.splice(0);
     const handedBack = this.#handedBack.splice(0);
+    const snoozed = this.#snoozed.splice(0);
     const cancelled = this.#cancelled.splice(0);
     const ids = (attempts: AttemptRef[]) => attempts.map((a) => a.id);
     const tokens = (attempts: AttemptRef[]) => attempts.map((a) => a.leaseToken);
@@ -122,6 +135,7 @@ export class OutcomeWriter {
           ])
           : [],
         handedBack.length && run(this.db, this.schema, "HandBackTasks", [ids(handedBack), tokens(handedBack)]),
+        snoozed.length && run(this.db, this.schema, "SnoozeTasks", [ids(snoozed), tokens(snoozed), snoozed.map((s) => s.delay)]),
         cancelled.length && run(this.db, this.schema, "FinishCancelledTasks", [ids(cancelled), tokens(cancelled)]),
       ]);
       countCompleted(done, completedRows);
@@ -133,8 +147,9 @@ export class OutcomeWriter {
       this.#done.unshift(...done);
       this.#failed.unshift(...failed);
       this.#handedBack.unshift(...handedBack);
+      this.#snoozed.unshift(...snoozed);
       this.#cancelled.unshift(...cancelled);
-      this.log.warn(`could not write ${done.length + failed.length + handedBack.length + cancelled.length} outcomes; retrying in ${this.#retryDelay} ms`, { error: describeError(error).message });
+      this.log.warn(`could not write ${done.length + failed.length + handedBack.length + snoozed.length + cancelled.length} outcomes; retrying in ${this.#retryDelay} ms`, { error: describeError(error).message });
       await new Promise((r) => setTimeout(r, this.#retryDelay));
       this.#retryDelay = Math.min(this.#retryDelay * 2, 5_000);
     }

@@ -12,7 +12,7 @@ import { LazyAbort, type Outcome, startAttempt } from "./attempt.ts";
 import { type ClaimedTask, claimTasks, type ClaimScope } from "./claim.ts";
 import { ClaimCursor } from "./claim-cursor.ts";
 import { CountReporter, type WorkerReport } from "./count-reporter.ts";
-import type { AnyTask } from "./define.ts";
+import { type AnyTask, MAX_DURATION } from "./define.ts";
 import { Heartbeat, type LostCause, type WorkerIdentity } from "./heartbeat.ts";
 import { graceFor, leaseFor, type Liveness, overdueExitBy } from "./liveness.ts";
 import { describeError, type Logger } from "./log.ts";
@@ -138,10 +138,26 @@ async function bounded(promise: Promise<unknown>, ms: number): Promise<void> {
 }
 
 /** The wait before the next attempt of a task that just failed attempt `attempt`. */
-export function retryDelayFor(task: AnyTask, attempt: number, fallback: number): number {
-  const base = task.retryDelay ?? fallback;
-  if (task.retryBackoff !== "exponential") return base;
-  return Math.min(base * 2 ** Math.min(attempt - 1, 30), task.retryDelayMax ?? 3_600_000);
+export function retryDelayFor(task: AnyTask, attempt: number, fallback: number, error?: unknown, log?: Logger, random = Math.random): number {
+  const delay = backoffOf(task, attempt, task.retryDelay ?? fallback, error, log);
+  return task.retryJitter ? Math.round(delay * (1 - task.retryJitter * random())) : delay;
+}
+
+/** The wait the task's backoff gives before jitter; a backoff function that fails falls back to `base`. */
+function backoffOf(task: AnyTask, attempt: number, base: number, error: unknown, log: Logger | undefined): number {
+  const backoff = task.retryBackoff;
+  if (backoff === "exponential") return Math.min(base * 2 ** Math.min(attempt - 1, 30), task.retryDelayMax ?? 3_600_000);
+  if (typeof backoff !== "function") return base;
+  let delay: unknown;
+  try {
+    delay = backoff(attempt, error);
+  } catch (thrown) {
+    log?.warn(`task "${task.name}": retryBackoff threw; waiting retryDelay (${base} ms) instead`, { error: describeError(thrown).message });
+    return base;
+  }
+  if (typeof delay === "number" && Number.isInteger(delay) && delay >= 0 && delay <= MAX_DURATION) return delay;
+  log?.warn(`task "${task.name}": retryBackoff returned ${String(delay)}, not a whole number of ms from 0 to ${MAX_DURATION}; waiting retryDelay (${base} ms) instead`);
+  return base;
 }
 
 /**
@@ -150,6 +166,9 @@ export function retryDelayFor(task: AnyTask, attempt: number, fallback: number):
  * went up commits within a statement and a WAL flush, mostly.
  */
 export const IDLE_RECHECK_MS = 25;
+
+/** Snoozes of a task that sets no maxSnoozes before further ones count as attempts. */
+export const DEFAULT_MAX_SNOOZES = 100;
 
 /** Runs tasks until stopped. Create it, `start()` it, `stop()` it. */
 export class Worker {
@@ -400,16 +419,30 @@ export class Worker {
       return;
     }
     observe(entry.counts.duration, durationMs);
+    if (outcome.kind === "snooze") return this.#snooze(entry, outcome.delay, durationMs);
     if (outcome.kind === "failure") return this.#fail(entry, outcome, durationMs);
     if (this.#debug) this.#options.log.debug(`task ${claimed.id} succeeded`, fields(claimed, durationMs));
     this.#outcomes.complete({ id: claimed.id, leaseToken: claimed.leaseToken, counts: entry.counts });
   }
 
-  #fail(entry: Running, outcome: Extract<Outcome, { kind: "failure" }>, durationMs: number): void {
+  /** A snooze (ctx.retryAfter): queued again after `delay`, uncounted; past the task's maxSnoozes, a failed attempt retried after `delay`. */
+  #snooze(entry: Running, delay: number, durationMs: number): void {
+    const { claimed, task } = entry;
+    const max = task.maxSnoozes ?? DEFAULT_MAX_SNOOZES;
+    if (claimed.snoozes >= max) {
+      const error = new Error(`snoozed ${claimed.snoozes} times, its maxSnoozes: further snoozes count as attempts`);
+      error.name = "SnoozeLimitError";
+      return this.#fail(entry, { kind: "failure", error, permanent: false, timedOut: false }, durationMs, delay);
+    }
+    this.#options.log.info(`task ${claimed.id} snoozed for ${delay} ms`, fields(claimed, durationMs));
+    this.#outcomes.snooze({ id: claimed.id, leaseToken: claimed.leaseToken, delay });
+  }
+
+  #fail(entry: Running, outcome: Extract<Outcome, { kind: "failure" }>, durationMs: number, retryAfter?: number): void {
     const { claimed, task } = entry;
     const error = { ...describeError(outcome.error), attempt: claimed.attempt, at: new Date().toISOString(), timedOut: outcome.timedOut };
     const final = outcome.permanent || claimed.attempt >= (claimed.maxAttempts ?? this.#options.maxAttempts);
-    const delay = retryDelayFor(task, claimed.attempt, this.#options.retryDelay);
+    const delay = final ? 0 : retryAfter ?? retryDelayFor(task, claimed.attempt, this.#options.retryDelay, outcome.error, this.#options.log);
     const how = final ? (outcome.permanent ? " permanently" : ` after ${claimed.attempt} attempts`) : `; retry in ${delay} ms`;
     this.#options.log[final ? "error" : "warn"](`task ${claimed.id} failed${how}: ${error.message}`, { ...fields(claimed, durationMs), error });
     this.#outcomes.fail({ id: claimed.id, leaseToken: claimed.leaseToken, counts: entry.counts, delay, error, permanent: outcome.permanent });

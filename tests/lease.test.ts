@@ -126,6 +126,29 @@ describe("retry delay", () => {
     const t = { ...base, retryDelay: 1000, retryBackoff: "exponential" as const, retryDelayMax: 10_000 };
     assert.deepEqual([1, 2, 3, 4, 5, 6].map((a) => retryDelayFor(t, a, 5000)), [1000, 2000, 4000, 8000, 10_000, 10_000]);
   });
+  test("a function: given the attempt and its error; one that throws or returns a bad value falls back to the delay, logged", () => {
+    const seen: unknown[] = [];
+    const t = { ...base, retryDelay: 900, retryBackoff: (attempt: number, error: unknown) => (seen.push(error), attempt * 1234) };
+    const error = new Error("smtp down");
+    assert.equal(retryDelayFor(t, 3, 5000, error), 3702);
+    assert.deepEqual(seen, [error]);
+    const warnings: string[] = [];
+    const log = { ...silentLogger, warn: (message: string) => void warnings.push(message) };
+    for (const bad of [() => -1, () => 1.5, () => Number.NaN, () => "10" as unknown as number, () => 8 * 24 * 3_600_000, () => { throw new Error("oops"); }]) {
+      assert.equal(retryDelayFor({ ...base, retryDelay: 900, retryBackoff: bad }, 1, 5000, error, log), 900);
+    }
+    assert.equal(warnings.length, 6);
+    assert.match(warnings[0], /task "r": retryBackoff returned -1, not a whole number of ms/);
+    assert.match(warnings[5], /retryBackoff threw/);
+  });
+  test("jitter shortens the wait by up to its fraction of it", () => {
+    const t = { ...base, retryDelay: 1000, retryJitter: 0.25 };
+    assert.equal(retryDelayFor(t, 1, 5000, undefined, undefined, () => 0), 1000);
+    assert.equal(retryDelayFor(t, 1, 5000, undefined, undefined, () => 0.999999), 750);
+    assert.equal(retryDelayFor(t, 1, 5000, undefined, undefined, () => 0.5), 875);
+    assert.throws(() => defineTask({ ...base, retryJitter: 1.5 }), /retryJitter must be a number from 0 to 1/);
+    assert.throws(() => defineTask({ ...base, retryBackoff: "linear" as "fixed" }), /retryBackoff must be "fixed", "exponential" or a function/);
+  });
 });
 
 describe("reaping workers whose heartbeat stopped", () => {

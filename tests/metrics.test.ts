@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { enqueue, migrate } from "../mod.ts";
+import { readTaskStatus } from "../lib/admin.ts";
 import { alwaysFails, work } from "./fixtures/tasks.ts";
 import { createTestDatabase } from "./harness.ts";
 import { serviceTestbed, stopService, until } from "./service-harness.ts";
@@ -59,21 +60,24 @@ describe("pgbg serve --metrics-port", () => {
     for (let i = 0; i < 3; i++) await enqueue(sql, work, {}, { queue: "q1" });
     await enqueue(sql, alwaysFails, {});
     await enqueue(sql, work, {}, { delay: 3_600_000, queue: "q1" });
+    // Two long tasks the worker's death ends: one on its last attempt (failed for good), one with attempts left (retried).
+    const last = await enqueue(sql, work, { ms: 120_000 }, { queue: "q1", maxAttempts: 1 });
     const long = await enqueue(sql, work, { ms: 120_000 }, { queue: "q1" });
-    await until(async () => (await sql`SELECT count(*)::int AS n FROM execution WHERE task_id = ${long}`)[0].n, (n) => n === 1, 120_000, "the long task to start");
+    await until(async () => (await sql`SELECT count(*)::int AS n FROM execution WHERE task_id IN (${last}, ${long})`)[0].n, (n) => n === 2, 120_000, "the long tasks to start");
 
     const { samples, types } = await until(() => scrape(port), ({ samples }) =>
       value(samples, "pgbg_tasks_completed_total", { queue: "q1", task: "work" }) === 3 &&
       value(samples, "pgbg_tasks_failed_total", { task: "always-fails" }) === 1 &&
-      value(samples, "pgbg_tasks_running", { queue: "q1", task: "work" }) === 1, 120_000, "the counts to reach the scrape");
+      value(samples, "pgbg_tasks_running", { queue: "q1", task: "work" }) === 2, 120_000, "the counts to reach the scrape");
     assert.equal(types.get("pgbg_tasks_completed_total"), "counter");
     assert.equal(types.get("pgbg_tasks_running"), "gauge");
     assert.equal(types.get("pgbg_task_duration_seconds"), "histogram");
     assert.equal(types.get("pgbg_task_lag_seconds"), "histogram");
     assert.equal(value(samples, "pgbg_tasks_retried_total", { task: "always-fails" }), 2);
     assert.equal(value(samples, "pgbg_tasks_failed_total", { queue: "q1", task: "work" }), 0);
+    assert.equal(value(samples, "pgbg_tasks_retried_total", { queue: "q1", task: "work" }), 0);
     assert.equal(value(samples, "pgbg_queue_depth", { queue: "q1", task: "work", state: "scheduled" }), 1);
-    assert.equal(value(samples, "pgbg_queue_depth", { queue: "q1", task: "work", state: "running" }), 1);
+    assert.equal(value(samples, "pgbg_queue_depth", { queue: "q1", task: "work", state: "running" }), 2);
     assert.equal(value(samples, "pgbg_queue_depth", { task: "always-fails", state: "failed" }), 1);
     assert.equal(value(samples, "pgbg_worker_restarts_total", {}), 0);
 
@@ -86,14 +90,22 @@ describe("pgbg serve --metrics-port", () => {
       assert.equal(value(samples, `${metric}_count`, { task: "always-fails" }), 3);
       assert.ok(value(samples, `${metric}_sum`, { task: "always-fails" })! >= 0);
     }
-    // The lag counts started attempts (4 of work in q1), the duration ended ones (3).
-    assert.equal(value(samples, "pgbg_task_lag_seconds_count", { queue: "q1", task: "work" }), 4);
+    // The lag counts started attempts (5 of work in q1), the duration ended ones (3).
+    assert.equal(value(samples, "pgbg_task_lag_seconds_count", { queue: "q1", task: "work" }), 5);
     assert.equal(value(samples, "pgbg_task_duration_seconds_count", { queue: "q1", task: "work" }), 3);
 
-    // A worker killed from outside is restarted, and counted.
+    // A worker killed from outside is restarted, and counted; the attempts
+    // its death ended count as its handlers' failures would: in the
+    // metrics and in `pgbg status`.
     const [{ pid }] = await sql`SELECT pid FROM pgbg.worker`;
     process.kill(pid, "SIGKILL");
-    await until(() => scrape(port), ({ samples }) => value(samples, "pgbg_worker_restarts_total", {}) === 1, 120_000, "the restart to be counted");
+    const after = await until(() => scrape(port), ({ samples }) => value(samples, "pgbg_worker_restarts_total", {}) === 1 &&
+      value(samples, "pgbg_tasks_failed_total", { queue: "q1", task: "work" }) === 1, 120_000, "the restart and the failure to be counted");
+    assert.equal(value(after.samples, "pgbg_tasks_retried_total", { queue: "q1", task: "work" }), 1);
+    assert.deepEqual((await sql`SELECT state FROM pgbg.task WHERE id = ${last}`).map((r) => r.state), ["failed"]);
+    const status = (await readTaskStatus(sql, "pgbg")).find((t) => t.queue === "q1" && t.name === "work")!;
+    assert.equal(status.failedLastMinute, 1, "pgbg status: FAILED/1M");
+    assert.equal(status.retriedLastMinute, 1, "pgbg status: RETRIED/1M");
     const notFound = await fetch(`http://127.0.0.1:${port}/other`);
     assert.equal(notFound.status, 404);
     await notFound.text();

@@ -128,6 +128,42 @@ describe("the claim", () => {
   }
 });
 
+/**
+ * A page of listTasks starts where the previous one ended: a deep page reads
+ * a page's worth of task_pkey, on the custom plans of its first runs as on
+ * its generic plan (`$8 IS NULL OR id > $8` read every page from the start).
+ */
+describe("listTasks' pages", () => {
+  for (const mode of ["force_custom_plan", "force_generic_plan"]) {
+    test(`a page deep in 50,000 tasks reads a page of task_pkey (${mode})`, async () => {
+      const sql = db.connect({ max: 1 });
+      const rollback = new Error("rollback");
+      let outcome: { listed: number; tableScans: number; pkeyRead: number } | undefined;
+      await sql.begin(async (tx) => {
+        await tx`SELECT set_config('plan_cache_mode', ${mode}, true)`;
+        const params = (after: string | null) => [null, null, 100, null, null, null, null, after];
+        for (let i = 0; i < 8; i++) await run(tx, "pgbg", "ListTasks", params(i % 2 ? "1" : null));
+        await tx`INSERT INTO pgbg.task (queue, name, payload) SELECT 'default', 'grown', '{}'::jsonb FROM generate_series(1, 50000)`;
+        await tx`ANALYZE pgbg.task`;
+        const [{ after }] = await tx`SELECT (max(id) - 150)::text AS after FROM pgbg.task`;
+        const read = async () => (await tx`SELECT pg_stat_get_xact_tuples_returned('pgbg.task_pkey'::regclass)::int AS n`)[0].n as number;
+        const before = await scans(tx, "task_pkey");
+        const read0 = await read();
+        const listed = await run(tx, "pgbg", "ListTasks", params(after));
+        const after1 = await scans(tx, "task_pkey");
+        outcome = { listed: listed.length, tableScans: after1.table - before.table, pkeyRead: (await read()) - read0 };
+        throw rollback;
+      }).catch((error) => {
+        if (error !== rollback) throw error;
+      });
+      assert.equal(outcome!.listed, 100);
+      assert.equal(outcome!.tableScans, 0);
+      assert.ok(outcome!.pkeyRead <= 101, `read ${outcome!.pkeyRead} entries of task_pkey`);
+      await sql.end();
+    });
+  }
+});
+
 /** Sequential scans of the task table and scans of `index` in this transaction so far. */
 // deno-lint-ignore no-explicit-any
 async function scans(tx: any, index: string): Promise<{ table: number; index: number }> {

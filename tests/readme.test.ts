@@ -3,7 +3,10 @@ import { spawn, spawnSync } from "node:child_process";
 import { readFileSync, rmSync, writeFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { after, test } from "node:test";
-import { migrate } from "../mod.ts";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
+import * as v from "valibot";
+import { createWorker, defineTask, enqueue, enqueueMany, migrate } from "../mod.ts";
 import { createTestDatabase } from "./harness.ts";
 import { patience, startService, stopService, until, within } from "./service-harness.ts";
 
@@ -110,4 +113,83 @@ test("the README's drain example passes under node --test, as written", async ()
   const result = spawnSync(process.execPath, ["--import", "tsx", "--test", file], { env: { ...env, DATABASE_URL: db.url }, encoding: "utf8", timeout: patience });
   assert.equal(result.status, 0, result.stdout + result.stderr);
   assert.match(result.stdout, /pass 1/);
+});
+
+test("the README's retries example runs as written: PermanentError, the backoff function, and the default backoff", async () => {
+  const { file } = exampleFile("### Retries", "retries");
+  await migrate(db.sql);
+  // A stand-in for the accounts API: gone (404), busy (429, an hour), flaky (500 once), ada (200).
+  const calls: string[] = [];
+  const api = createServer((req, res) => {
+    const account = req.url!.split("/").at(-1)!;
+    calls.push(account);
+    if (account === "gone") res.writeHead(404);
+    else if (account === "busy") res.writeHead(429, { "retry-after": "3600" });
+    else if (account === "flaky" && calls.filter((c) => c === "flaky").length === 1) res.writeHead(500);
+    else res.writeHead(200);
+    res.end();
+  });
+  await new Promise<void>((resolve) => api.listen(0, "127.0.0.1", resolve));
+  after(() => api.close());
+  process.env.ACCOUNTS_API = `http://127.0.0.1:${(api.address() as AddressInfo).port}`;
+  const { syncAccount } = await import(file);
+  const worker = createWorker(db.sql, { tasks: [syncAccount], checkInterval: 200, logger: { debug() {}, info() {}, warn() {}, error() {} } });
+  await worker.start();
+  try {
+    const [gone, busy, flaky, ada] = await Promise.all(["gone", "busy", "flaky", "ada"].map((account) => enqueue(db.sql, syncAccount, { account })));
+    const row = (id: string) => db.sql`SELECT state::text, attempts, last_error,
+      run_at > now() + interval '47 minutes' AND run_at <= now() + interval '1 hour' AS in_an_hour FROM pgbg.task WHERE id = ${id}`.then((r) => r[0]);
+    const failed = await until(() => row(gone), (r) => r?.state === "failed", patience, "the 404 to fail");
+    assert.deepEqual([failed.attempts, failed.last_error.name, failed.last_error.message], [1, "PermanentError", "no account gone"]);
+    const waiting = await until(() => row(busy), (r) => r?.attempts === 1 && r.state === "queued", patience, "the 429 to fail once");
+    assert.deepEqual([waiting.state, waiting.in_an_hour], ["queued", true], "waits what retry-after says, less up to 20 %");
+    await until(() => Promise.all([row(flaky), row(ada)]), (rows) => rows.every((r) => r === undefined), patience, "flaky and ada to succeed");
+    assert.deepEqual(calls.filter((c) => c === "flaky").length, 2, "flaky was retried once, after the backoff's first second");
+  } finally {
+    await worker.stop();
+  }
+});
+
+test("the README's admin API example runs as written: retries every failed send-email task, page by page, and cancels by key", async () => {
+  const { file } = exampleFile("## Look after tasks from your code", "admin-api");
+  await migrate(db.sql);
+  await db.sql`DELETE FROM pgbg.task`;
+  const sendEmail = defineTask({ name: "send-email", schema: v.object({ n: v.number() }), run() {} });
+  const failed = await enqueueMany(db.sql, sendEmail, Array.from({ length: 1_203 }, (_, n) => ({ n })));
+  await db.sql`UPDATE pgbg.task SET state = 'failed', failed_at = now(), attempts = 25, last_error = '{"name":"Error","message":"smtp down"}'
+    WHERE id IN ${db.sql(failed)}`;
+  const keyed = await enqueue(db.sql, sendEmail, { n: -1 }, { key: "welcome:42" });
+  const result = spawnSync(process.execPath, ["--import", "tsx", file], { env: { ...process.env, DATABASE_URL: db.url }, encoding: "utf8", timeout: patience });
+  assert.equal(result.status, 0, result.stderr);
+  // status() also counts the last minute's outcomes of the tests before this one: any number of pairs.
+  assert.match(result.stdout, /^1203 retried; [1-9]\d* queue\/task pairs, 0 live workers$/m);
+  const states = await db.sql`SELECT state::text, attempts, count(*)::int AS n FROM pgbg.task GROUP BY 1, 2`;
+  assert.deepEqual(states.map((r) => ({ ...r })), [{ state: "queued", attempts: 0, n: 1_203 }], "every failed task queued again, none left failed");
+  assert.equal((await db.sql`SELECT count(*)::int AS n FROM pgbg.task WHERE id = ${keyed}`)[0].n, 0, "the keyed task was cancelled");
+  await db.sql`DELETE FROM pgbg.task`;
+});
+
+test("the README's snooze example runs as written: the task waits an hour uncounted while the ledger is open", async () => {
+  const section = readme.slice(readme.indexOf("- **`ctx.retryAfter(ms)`** snoozes"));
+  const example = /```ts\n([\s\S]*?)```/.exec(section)?.[1];
+  assert.ok(example?.includes("monthlyReport"), "the README has the example");
+  const mod = fileURLToPath(new URL("../mod.ts", import.meta.url));
+  const file = fileURLToPath(new URL(`./readme-snooze-${process.pid}.tmp.ts`, import.meta.url));
+  writeFileSync(file, example!.replace('from "pgbg"', `from ${JSON.stringify(mod)}`));
+  after(() => rmSync(file, { force: true }));
+  await migrate(db.sql);
+  process.env.LEDGER_CLOSED = "2026-10";
+  const { monthlyReport } = await import(file);
+  const worker = createWorker(db.sql, { tasks: [monthlyReport], checkInterval: 200, logger: { debug() {}, info() {}, warn() {}, error() {} } });
+  await worker.start();
+  try {
+    const [open, closed] = await Promise.all(["2026-11", "2026-10"].map((month) => enqueue(db.sql, monthlyReport, { month })));
+    const row = (id: string) => db.sql`SELECT state::text, attempts, snoozes,
+      run_at > now() + interval '59 minutes' AND run_at <= now() + interval '1 hour' AS in_an_hour FROM pgbg.task WHERE id = ${id}`.then((r) => r[0]);
+    const snoozed = await until(() => row(open), (r) => r?.snoozes === 1, patience, "the open month to snooze");
+    assert.deepEqual({ ...snoozed }, { state: "queued", attempts: 0, snoozes: 1, in_an_hour: true });
+    await until(() => row(closed), (r) => r === undefined, patience, "the closed month to be built");
+  } finally {
+    await worker.stop();
+  }
 });

@@ -33,9 +33,12 @@ export interface Service {
   waitForLog(test: (line: LogLine) => boolean, timeoutMs?: number): Promise<LogLine>;
 }
 
-/** Starts `pgbg serve` with `args` against `url`; `schema` defaults to pgbg. */
-export function startService(url: string, args: string[], env: Record<string, string> = {}): Service {
-  const child = spawn(process.execPath, ["--import", "tsx", cli, "serve", "--log-format", "json", "--log-level", "debug", ...args], {
+/**
+ * Starts `pgbg serve` with `args` against `url`; `schema` defaults to pgbg.
+ * `command` runs another pgbg's CLI (an earlier release's, built).
+ */
+export function startService(url: string, args: string[], env: Record<string, string> = {}, command = ["--import", "tsx", cli]): Service {
+  const child = spawn(process.execPath, [...command, "serve", "--log-format", "json", "--log-level", "debug", ...args], {
     env: { ...process.env, DATABASE_URL: url, ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });

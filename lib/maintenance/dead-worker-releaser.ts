@@ -21,11 +21,20 @@ import { type Database, run } from "../statements.ts";
 export interface ReleasedTask {
   id: string;
   state: "queued" | "failed";
+  queue: string;
+  name: string;
 }
 
+/**
+ * Told of the attempts a release or rescue ended and counted (not of
+ * hand-backs, which count nothing), so that a host's metrics count them as
+ * its workers' failures are counted.
+ */
+export type ReleaseListener = (counted: ReleasedTask[]) => void;
+
 /** The rows a release or rescue returned, as {@link ReleasedTask}s. */
-export function releasedTasks(rows: { id: unknown; state: string }[]): ReleasedTask[] {
-  return rows.map((r) => ({ id: String(r.id), state: r.state as ReleasedTask["state"] }));
+export function releasedTasks(rows: { id: unknown; state: string; queue: string; name: string }[]): ReleasedTask[] {
+  return rows.map((r) => ({ id: String(r.id), state: r.state as ReleasedTask["state"], queue: r.queue, name: r.name }));
 }
 
 /**
@@ -63,6 +72,7 @@ export class DeadWorkerReleaser implements MaintenanceService {
     private readonly maxAttempts: number,
     readonly interval: number,
     private readonly log: Logger,
+    private readonly onReleased: ReleaseListener = () => {},
   ) {}
 
   /** Marks a worker dead. `counted`: false when it stopped because it lost the database. A worker already marked keeps its mark. */
@@ -85,10 +95,10 @@ export class DeadWorkerReleaser implements MaintenanceService {
 
   async #release(): Promise<void> {
     const ids = [...this.#dead.keys()];
-    const released = [
-      ...await handBackWorkerTasks(this.db, this.schema, ids.filter((id) => !this.#dead.get(id))),
-      ...await releaseWorkerTasks(this.db, this.schema, ids.filter((id) => this.#dead.get(id)), this.maxAttempts, DIED),
-    ];
+    const handedBack = await handBackWorkerTasks(this.db, this.schema, ids.filter((id) => !this.#dead.get(id)));
+    const counted = await releaseWorkerTasks(this.db, this.schema, ids.filter((id) => this.#dead.get(id)), this.maxAttempts, DIED);
+    if (counted.length) this.onReleased(counted);
+    const released = [...handedBack, ...counted];
     await removeWorkers(this.db, this.schema, ids);
     for (const id of ids) this.#dead.delete(id);
     if (released.length) this.log.warn(`released ${released.length} task(s) of a dead worker`, { tasks: released.map((t) => t.id) });

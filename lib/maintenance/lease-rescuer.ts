@@ -14,7 +14,7 @@
 import type { Logger } from "../log.ts";
 import type { MaintenanceService } from "./service.ts";
 import { type Database, run } from "../statements.ts";
-import { type ReleasedTask, releasedTasks } from "./dead-worker-releaser.ts";
+import { type ReleasedTask, releasedTasks, type ReleaseListener } from "./dead-worker-releaser.ts";
 
 const EXPIRED = { name: "LeaseExpired", message: "the task's lease expired before its worker reported a result" };
 
@@ -33,6 +33,7 @@ export class LeaseRescuer implements MaintenanceService {
     private readonly maxAttempts: number,
     readonly interval: number,
     private readonly log: Logger,
+    private readonly onReleased: ReleaseListener = () => {},
   ) {}
 
   /** Rescues what has expired now; resolves with those tasks. */
@@ -43,6 +44,7 @@ export class LeaseRescuer implements MaintenanceService {
   /** As {@link runOnce}, returning the rescued tasks. */
   async rescue(): Promise<ReleasedTask[]> {
     const rescued = await rescueExpiredLeases(this.db, this.schema, this.maxAttempts);
+    if (rescued.length) this.onReleased(rescued);
     if (rescued.length) this.log.warn(`rescued ${rescued.length} task(s) whose lease expired`, { tasks: rescued.map((t) => t.id) });
     return rescued;
   }

@@ -14,7 +14,7 @@
 import type { Logger } from "../log.ts";
 import type { MaintenanceService } from "./service.ts";
 import { type Database, run } from "../statements.ts";
-import { type ReleasedTask, releaseWorkerTasks } from "./dead-worker-releaser.ts";
+import { type ReleasedTask, type ReleaseListener, releaseWorkerTasks } from "./dead-worker-releaser.ts";
 
 const LOST = { name: "WorkerLost", message: "the task's worker stopped heartbeating and was taken for dead" };
 
@@ -52,6 +52,7 @@ export class WorkerReaper implements MaintenanceService {
     private readonly schema: string,
     private readonly settings: ReaperSettings,
     private readonly log: Logger,
+    private readonly onReleased: ReleaseListener = () => {},
   ) {
     this.interval = settings.interval;
   }
@@ -68,6 +69,7 @@ export class WorkerReaper implements MaintenanceService {
       const reachableFor = startedAt - Math.min(this.#reachableSince, startedAt);
       const released = await reapStaleWorkers(this.db, this.schema, this.settings, reachableFor);
       if (this.#reachableSince === Number.POSITIVE_INFINITY) this.#reachableSince = startedAt;
+      if (released.length) this.onReleased(released);
       if (released.length) this.log.warn(`released ${released.length} task(s) of workers whose heartbeat stopped`, { tasks: released.map((t) => t.id) });
       return released;
     } catch (error) {

@@ -55,16 +55,38 @@ SELECT w.id, w.supervisor_id, w.pid, w.hostname, w.runtime, w.concurrency, w.que
 FROM pgbg.worker w
 ORDER BY w.started_at, w.id;
 
--- name: ListTasks
--- $1 state (queued: due now; scheduled: queued for later; running; failed;
--- NULL: any), $2 task name or NULL, $3 at most this many, oldest first.
+-- fragment: TaskColumns
+-- A task as the admin API shows it: `scheduled` is a queued task not due yet.
 SELECT t.id, t.queue, t.name,
   CASE WHEN t.state = 'queued' AND t.run_at > now() THEN 'scheduled' ELSE t.state::text END AS state,
   t.attempts, t.max_attempts, t.priority, t.key, t.run_at, t.enqueued_at, t.failed_at,
-  t.worker_id, t.cancel_requested_at, t.last_error, t.payload
+  t.worker_id, t.cancel_requested_at, t.last_error, t.payload, t.snoozes
 FROM pgbg.task t
+
+-- name: GetTask
+-- One task by id ($1), by primary key; no row for an id the table does not
+-- hold, or a cancelled task that is no longer running (it is being deleted).
+{{TaskColumns}}
+WHERE t.id = $1 AND (t.cancel_requested_at IS NULL OR t.state = 'running');
+
+-- name: ListTasks
+-- One page of tasks in id order (enqueue order), after the id $8 (the last
+-- of the previous page; NULL: from the start), at most $3. Filters, each
+-- NULL for any: $1 state (queued: due now; scheduled: queued for later;
+-- running; failed), $2 task name, $4 queue, $5 dedup key, $6 and $7 the
+-- enqueue time from (inclusive) and to (exclusive). A page reads the
+-- primary key from where the last one ended (keyset, not OFFSET), so a deep
+-- page costs what the first does. The start is a coalesce, not `$8 IS NULL
+-- OR`: a prepared statement's generic plan cannot start an index scan at an
+-- OR, and would read every page from the first task.
+{{TaskColumns}}
 WHERE (t.cancel_requested_at IS NULL OR t.state = 'running')
+  AND t.id > coalesce($8::bigint, 0)
   AND ($2::text IS NULL OR t.name = $2::text)
+  AND ($4::text IS NULL OR t.queue = $4::text)
+  AND ($5::text IS NULL OR t.key = $5::text)
+  AND ($6::timestamptz IS NULL OR t.enqueued_at >= $6::timestamptz)
+  AND ($7::timestamptz IS NULL OR t.enqueued_at < $7::timestamptz)
   AND CASE $1::text
     WHEN 'queued' THEN t.state = 'queued' AND t.run_at <= now()
     WHEN 'scheduled' THEN t.state = 'queued' AND t.run_at > now()

@@ -75,14 +75,14 @@ claimed AS (
   -- rows cannot have moved, and a TID lookup spares a primary key descent
   -- per task.
   WHERE t.ctid = c.ctid
-  RETURNING t.id, t.name, t.queue, t.payload, t.attempts, t.max_attempts, t.lease_token, t.priority, t.run_at
+  RETURNING t.id, t.name, t.queue, t.payload, t.attempts, t.max_attempts, t.lease_token, t.priority, t.run_at, t.snoozes
 )
 -- Claim order, so the worker starts them in it; sorting here spares the
 -- worker from parsing two timestamps per task. lag_ms: how long the task
 -- waited since it became due (its enqueue, delay or retry time), for
 -- metrics; run_at_us (epoch microseconds, exact) moves the worker's claim
 -- cursor.
-SELECT id, name, queue, payload, attempts, max_attempts, lease_token, priority,
+SELECT id, name, queue, payload, attempts, max_attempts, lease_token, priority, snoozes,
   (extract(epoch FROM now() - run_at) * 1000)::float8 AS lag_ms,
   (extract(epoch FROM run_at) * 1000000)::bigint AS run_at_us
 FROM claimed
@@ -145,6 +145,22 @@ WHERE t.ctid = ANY (ARRAY(
   AND t.id = f.id AND t.lease_token = f.token AND t.worker_id IS NOT NULL AND t.lease_expires_at IS NOT NULL
 RETURNING t.id, t.state;
 
+-- name: SnoozeTasks
+-- ctx.retryAfter(ms): the task queued again after its wait ($3, ms), the
+-- attempt not counted and the snooze counted; its last error stays. The
+-- worker sends here only tasks under their maxSnoozes (it claimed their
+-- count); past it a snooze is a failed attempt (FailTasks). $1 ids, $2
+-- lease tokens. Found and fenced as in CompleteTasks.
+UPDATE pgbg.task t SET
+  state = 'queued', run_at = now() + s.delay_ms * interval '1 millisecond', attempts = t.attempts - 1, snoozes = t.snoozes + 1,
+  lease_expires_at = NULL, worker_id = NULL
+FROM unnest($1::bigint[], $2::integer[], $3::float8[]) AS s (id, token, delay_ms)
+WHERE t.ctid = ANY (ARRAY(
+  {{LeasedRowAddresses}}
+))
+  AND t.id = s.id AND t.lease_token = s.token AND t.worker_id IS NOT NULL AND t.lease_expires_at IS NOT NULL
+RETURNING t.id;
+
 -- name: HandBackTasks
 -- A stopping worker hands its unfinished tasks back, claimable at once. A
 -- hand-back does not count the attempt (the task did not fail); a release
@@ -164,16 +180,21 @@ RETURNING t.id;
 -- The leases of workers known to be dead ($1), released at once. A release
 -- counts the attempt (the task may be what killed its worker), so a task
 -- that keeps killing workers ends as failed. $2 default max attempts, $3
--- error JSON.
-UPDATE pgbg.task t SET
-  state = CASE WHEN t.attempts >= coalesce(t.max_attempts, $2) THEN 'failed' ELSE 'queued' END::pgbg.task_state,
-  failed_at = CASE WHEN t.attempts >= coalesce(t.max_attempts, $2) THEN now() END,
-  run_at = now(),
-  last_error = $3::text::jsonb,
-  lease_expires_at = NULL,
-  worker_id = NULL
-WHERE t.state = 'running' AND t.worker_id = ANY($1::uuid[])
-RETURNING t.id, t.state;
+-- error JSON. The attempts it ends are counted in task_count in the same
+-- statement, as a worker counts the ones it fails (CountReleased).
+WITH released AS (
+  UPDATE pgbg.task t SET
+    state = CASE WHEN t.attempts >= coalesce(t.max_attempts, $2) THEN 'failed' ELSE 'queued' END::pgbg.task_state,
+    failed_at = CASE WHEN t.attempts >= coalesce(t.max_attempts, $2) THEN now() END,
+    run_at = now(),
+    last_error = $3::text::jsonb,
+    lease_expires_at = NULL,
+    worker_id = NULL
+  WHERE t.state = 'running' AND t.worker_id = ANY($1::uuid[])
+  RETURNING t.id, t.state, t.queue, t.name
+),
+{{CountReleased}}
+SELECT id, state, queue, name FROM released;
 
 -- name: HandBackWorkerTasks
 -- The tasks of workers that stopped themselves because their heartbeat could
@@ -186,21 +207,44 @@ UPDATE pgbg.task t SET
   lease_expires_at = NULL, worker_id = NULL
 WHERE t.state = 'running' AND t.worker_id = ANY($1::uuid[])
   AND EXISTS (SELECT 1 FROM pgbg.worker w WHERE w.id = t.worker_id)
-RETURNING t.id, t.state;
+RETURNING t.id, t.state, t.queue, t.name;
 
 -- name: RescueExpiredLeases
 -- Tasks whose lease ran out (their worker vanished without anyone noticing):
--- claimable again, the attempt counted. Uses task_lease_idx. $1 default max
+-- claimable again, the attempt counted, and counted in task_count as
+-- ReleaseWorkerTasks counts it. Uses task_lease_idx. $1 default max
 -- attempts, $2 error JSON.
-UPDATE pgbg.task t SET
-  state = CASE WHEN t.attempts >= coalesce(t.max_attempts, $1) THEN 'failed' ELSE 'queued' END::pgbg.task_state,
-  failed_at = CASE WHEN t.attempts >= coalesce(t.max_attempts, $1) THEN now() END,
-  run_at = now(),
-  last_error = $2::text::jsonb,
-  lease_expires_at = NULL,
-  worker_id = NULL
-WHERE t.state = 'running' AND t.lease_expires_at < now()
-RETURNING t.id, t.state;
+WITH released AS (
+  UPDATE pgbg.task t SET
+    state = CASE WHEN t.attempts >= coalesce(t.max_attempts, $1) THEN 'failed' ELSE 'queued' END::pgbg.task_state,
+    failed_at = CASE WHEN t.attempts >= coalesce(t.max_attempts, $1) THEN now() END,
+    run_at = now(),
+    last_error = $2::text::jsonb,
+    lease_expires_at = NULL,
+    worker_id = NULL
+  WHERE t.state = 'running' AND t.lease_expires_at < now()
+  RETURNING t.id, t.state, t.queue, t.name
+),
+{{CountReleased}}
+SELECT id, state, queue, name FROM released;
+
+-- fragment: CountReleased
+-- The attempts a release or rescue ended (the CTE `released`), added to the
+-- current 10-second period of task_count as failed (kept as failed) or
+-- retried (queued again): `pgbg status` and the metrics count an attempt a
+-- worker's death ended as they count one its handler failed. In the
+-- releasing statement, so that a release is counted once and only if it
+-- happened.
+counted AS (
+  INSERT INTO pgbg.task_count AS c (period, queue, name, failed, retried)
+  SELECT to_timestamp(floor(extract(epoch FROM now()) / 10) * 10), queue, name,
+    count(*) FILTER (WHERE state = 'failed'), count(*) FILTER (WHERE state = 'queued')
+  FROM released
+  GROUP BY queue, name
+  ON CONFLICT (period, queue, name) DO UPDATE SET
+    failed = c.failed + excluded.failed,
+    retried = c.retried + excluded.retried
+)
 
 -- name: RegisterWorker
 INSERT INTO pgbg.worker (id, supervisor_id, pid, concurrency, hostname, runtime, queues, tasks, stale_after_ms)

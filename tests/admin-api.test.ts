@@ -1,0 +1,131 @@
+/**
+ * The admin API as an application calls it: getTask, listTasks (filters and
+ * keyset pages), cancel (by id and by dedup key), retry and status, on a
+ * real database; the CLI and the dashboard call the same functions
+ * (tests/admin.test.ts, tests/dashboard.test.ts).
+ */
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+import * as v from "valibot";
+import { cancel, defineTask, enqueue, enqueueMany, getTask, InvalidOptionsError, listTasks, migrate, retry, status } from "../mod.ts";
+import { createTestDatabase } from "./harness.ts";
+
+const db = await createTestDatabase();
+const { sql } = db;
+await migrate(sql);
+const mail = defineTask({ name: "mail", schema: v.object({ n: v.number() }), run() {} });
+const report = defineTask({ name: "report", schema: v.object({ n: v.number() }), run() {} });
+const WORKER = "00000000-0000-0000-0000-0000000000aa";
+
+/** Makes tasks `ids` look as a worker leaves them: failed, or running under WORKER. */
+async function fail(ids: string[]): Promise<void> {
+  await sql`UPDATE pgbg.task SET state = 'failed', failed_at = now(), attempts = 1, last_error = '{"name":"Error","message":"boom"}' WHERE id IN ${sql(ids)}`;
+}
+async function claim(ids: string[]): Promise<void> {
+  await sql`UPDATE pgbg.task SET state = 'running', attempts = 1, lease_token = lease_token + 1, worker_id = ${WORKER}, lease_expires_at = now() + interval '1 hour'
+    WHERE id IN ${sql(ids)}`;
+}
+
+describe("the admin API", () => {
+  test("getTask: a task's state, attempts, times, last error and input; null for an id the queue does not hold", async () => {
+    const due = await enqueue(sql, mail, { n: 1 }, { key: "k-1", priority: 3 });
+    const later = await enqueue(sql, mail, { n: 2 }, { delay: 3_600_000 });
+    const failed = await enqueue(sql, report, { n: 3 }, { queue: "reports" });
+    await fail([failed]);
+    const t = await getTask(sql, due);
+    assert.ok(t);
+    assert.deepEqual({ ...t, runAt: undefined, enqueuedAt: undefined }, {
+      id: due, queue: "default", name: "mail", state: "queued", attempts: 0, snoozes: 0, maxAttempts: null, priority: 3, key: "k-1",
+      runAt: undefined, enqueuedAt: undefined, failedAt: null, workerId: null, cancelRequestedAt: null, lastError: null, payload: { n: 1 },
+    });
+    assert.ok(t.runAt instanceof Date && t.enqueuedAt instanceof Date);
+    assert.equal((await getTask(sql, later))?.state, "scheduled");
+    const f = await getTask(sql, failed);
+    assert.deepEqual([f?.state, f?.queue, f?.lastError?.message, f?.failedAt instanceof Date], ["failed", "reports", "boom", true]);
+    assert.equal(await getTask(sql, "999999999"), null);
+    await assert.rejects(getTask(sql, "12abc"), (e) => e instanceof InvalidOptionsError && /"12abc" is not a task id/.test(e.message));
+    await assert.rejects(getTask(sql, due, { shema: "x" } as object), /unknown option "shema"/);
+    await sql`DELETE FROM pgbg.task`;
+  });
+
+  test("listTasks: pages by keyset through every task once, in enqueue order, with tasks enqueued meanwhile", async () => {
+    const ids = await enqueueMany(sql, mail, Array.from({ length: 1_050 }, (_, n) => ({ n })));
+    const seen: string[] = [];
+    let after: string | undefined;
+    let pages = 0;
+    for (;;) {
+      const page = await listTasks(sql, { name: "mail", limit: 100, after });
+      seen.push(...page.tasks.map((t) => t.id));
+      pages++;
+      // One enqueued after the first page comes in a later page, as the ids grow.
+      if (pages === 1) ids.push(await enqueue(sql, mail, { n: -1 }));
+      if (!page.next) break;
+      assert.equal(page.next, page.tasks.at(-1)!.id);
+      after = page.next;
+    }
+    assert.equal(pages, 11);
+    assert.deepEqual(seen, ids, "every task once, in id order");
+    // The last page is short, so it says there is no next one; an exact multiple ends with an empty page.
+    assert.deepEqual(await listTasks(sql, { after: ids.at(-1) }), { tasks: [], next: null });
+    await sql`DELETE FROM pgbg.task`;
+  });
+
+  test("listTasks: filters by state, queue, name, key and enqueue time, and refuses a bad filter by name", async () => {
+    const [a, b, c] = await enqueueMany(sql, mail, [{ n: 1 }, { n: 2 }, { n: 3 }], { key: (i) => `m-${i.n}` });
+    const r = await enqueue(sql, report, { n: 4 }, { queue: "reports" });
+    const s = await enqueue(sql, report, { n: 5 }, { queue: "reports", delay: 3_600_000 });
+    await fail([b]);
+    await claim([c]);
+    const idsOf = async (o: Parameters<typeof listTasks>[1]) => (await listTasks(sql, o)).tasks.map((t) => t.id);
+    assert.deepEqual(await idsOf({ state: "queued" }), [a, r]);
+    assert.deepEqual(await idsOf({ state: "scheduled" }), [s]);
+    assert.deepEqual(await idsOf({ state: "failed" }), [b]);
+    assert.deepEqual(await idsOf({ state: "running" }), [c]);
+    assert.deepEqual(await idsOf({ queue: "reports" }), [r, s]);
+    assert.deepEqual(await idsOf({ name: "mail" }), [a, b, c]);
+    assert.deepEqual(await idsOf({ key: "m-2" }), [b]);
+    const [{ t }] = await sql`SELECT enqueued_at AS t FROM pgbg.task WHERE id = ${r}`;
+    await sql`UPDATE pgbg.task SET enqueued_at = enqueued_at - interval '1 day' WHERE id IN (${a}, ${b})`;
+    assert.deepEqual(await idsOf({ to: new Date(Date.now() - 3_600_000) }), [a, b]);
+    assert.deepEqual(await idsOf({ from: t, name: "report" }), [r, s]);
+    await assert.rejects(listTasks(sql, { state: "done" as "failed" }), /option "state" must be one of queued, scheduled, running, failed/);
+    await assert.rejects(listTasks(sql, { limit: 0 }), /option "limit" must be a whole number from 1 to 10000/);
+    await assert.rejects(listTasks(sql, { from: new Date("nope") }), /option "from" must be a valid Date/);
+    await sql`DELETE FROM pgbg.task`;
+  });
+
+  test("cancel: by ids (queued and failed deleted, running signalled, unknown named) and by the pending task's dedup key", async () => {
+    const [q, f, run, byKey, runningByKey] = await enqueueMany(sql, mail, [1, 2, 3, 4, 5].map((n) => ({ n })), { key: (i) => (i.n >= 4 ? `c-${i.n}` : undefined) });
+    await fail([f]);
+    await claim([run, runningByKey]);
+    assert.deepEqual(await cancel(sql, [q, f, run, "987654321"]), { deleted: [q, f], signalled: [run], notFound: ["987654321"] });
+    assert.deepEqual(await cancel(sql, { key: "c-4" }), { deleted: [byKey], signalled: [], notFound: [] });
+    assert.deepEqual(await cancel(sql, { key: "c-5" }), { deleted: [], signalled: [runningByKey], notFound: [] });
+    assert.deepEqual(await cancel(sql, { key: "no-such-key" }), { deleted: [], signalled: [], notFound: [] });
+    assert.equal(await getTask(sql, q), null);
+    assert.ok((await getTask(sql, run))?.cancelRequestedAt instanceof Date, "the running one is marked for its worker");
+    await assert.rejects(cancel(sql, { id: q } as unknown as string), /cancel\(\): give a task id, an array of them, or \{ key \}/);
+    await sql`DELETE FROM pgbg.task`;
+  });
+
+  test("retry: failed tasks by id, or all of one name, queued again with their attempts reset; others left alone", async () => {
+    const [m1, m2, queued] = await enqueueMany(sql, mail, [{ n: 1 }, { n: 2 }, { n: 3 }]);
+    const [r1] = await enqueueMany(sql, report, [{ n: 4 }]);
+    await fail([m1, m2, r1]);
+    assert.deepEqual(await retry(sql, [m1, queued]), [m1]);
+    assert.deepEqual(await getTask(sql, m1).then((t) => [t?.state, t?.attempts]), ["queued", 0]);
+    assert.deepEqual(await retry(sql, { allFailed: true, name: "report" }), [r1]);
+    assert.deepEqual(await retry(sql, m2), [m2]);
+    assert.deepEqual(await retry(sql, { allFailed: true }), []);
+    await sql`DELETE FROM pgbg.task`;
+  });
+
+  test("status: per queue and name, as pgbg status shows it", async () => {
+    await enqueueMany(sql, mail, [{ n: 1 }, { n: 2 }]);
+    const s = await status(sql);
+    assert.deepEqual(s.tasks.map((t) => [t.queue, t.name, t.queued, t.failed]), [["default", "mail", 2, 0]]);
+    assert.deepEqual(s.workers, []);
+    await assert.rejects(status(sql, { schema: "Bad Name" }), /invalid schema name/);
+    await sql`DELETE FROM pgbg.task`;
+  });
+});
