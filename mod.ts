@@ -27,6 +27,7 @@
  */
 export { defineTask } from "./lib/define.ts";
 export type { AnyTask, InputSchema, RetryBackoff, Task, TaskContext, TaskInput } from "./lib/define.ts";
+export type { StandardInput, StandardIssue, StandardOutput, StandardResult, StandardSchemaProps, StandardSchemaV1 } from "./lib/standard-schema.ts";
 export { enqueue, enqueueMany } from "./lib/enqueue.ts";
 export type { EnqueueManyOptions, EnqueueOptions } from "./lib/enqueue.ts";
 export { createWorker } from "./lib/host.ts";

@@ -4,12 +4,11 @@
  *
  * @module
  */
-import * as v from "valibot";
 import type { TransactionSql } from "postgres";
 import { type AnyTask, MAX_DURATION, type TaskContext } from "./define.ts";
 import { InvalidInputError, InvalidOptionsError, isPermanentError, LeaseLostError } from "./errors.ts";
 import { formatValue } from "./options.ts";
-import { toInputIssues } from "./input.ts";
+import { isThenable, validateInput } from "./input.ts";
 import type { ClaimedTask } from "./claim.ts";
 import { run } from "./statements.ts";
 
@@ -84,31 +83,30 @@ export function startAttempt(options: AttemptOptions, done: (outcome: Outcome) =
   const { task, claimed } = options;
   const startedAt = Date.now();
   const ctx = new AttemptContext(claimed, options.schema, options.controller);
-  if (task.schema.async) {
-    return v.safeParseAsync(task.schema, claimed.payload).then(
-      (parsed) => {
-        if (!parsed.success) return done(invalidInput(task, parsed.issues));
-        let result: unknown;
-        try {
-          result = task.run(parsed.output, ctx);
-        } catch (error) {
-          return done(failure(error));
-        }
-        return watch(result, options, startedAt, done);
-      },
-      (error: unknown) => done(failure(error)),
-    );
-  }
-  let result: unknown;
+  let input: unknown;
   try {
     // The input is validated again: the schema may have changed since the
-    // task was enqueued, and then no retry can help.
-    const parsed = v.safeParse(task.schema as v.GenericSchema, claimed.payload);
-    if (!parsed.success) {
-      done(invalidInput(task, parsed.issues));
-      return undefined;
-    }
-    result = task.run(parsed.output, ctx);
+    // task was enqueued, and then no retry can help (invalid input fails
+    // the task for good).
+    input = validateInput(task, claimed.payload);
+  } catch (error) {
+    done(validationFailure(error));
+    return undefined;
+  }
+  if (isThenable(input)) {
+    return Promise.resolve(input).then(
+      (output) => runHandler(output, ctx, options, startedAt, done),
+      (error: unknown) => done(validationFailure(error)),
+    );
+  }
+  return runHandler(input, ctx, options, startedAt, done);
+}
+
+/** Calls the handler on a validated input; as startAttempt, returns a promise only for a handler that returned one. */
+function runHandler(input: unknown, ctx: AttemptContext, options: AttemptOptions, startedAt: number, done: (outcome: Outcome) => void): Promise<void> | undefined {
+  let result: unknown;
+  try {
+    result = options.task.run(input, ctx);
   } catch (error) {
     done(failure(error));
     return undefined;
@@ -140,12 +138,9 @@ function failure(error: unknown): Outcome {
   return { kind: "failure", error, permanent: isPermanentError(error), timedOut: false };
 }
 
-function invalidInput(task: AnyTask, issues: readonly v.BaseIssue<unknown>[]): Outcome {
-  return { kind: "failure", error: new InvalidInputError(task.name, toInputIssues(issues)), permanent: true, timedOut: false };
-}
-
-function isThenable(value: unknown): value is PromiseLike<unknown> {
-  return value !== null && (typeof value === "object" || typeof value === "function") && typeof (value as { then?: unknown }).then === "function";
+/** An input the schema refused fails the task for good; a schema that threw fails only the attempt. */
+function validationFailure(error: unknown): Outcome {
+  return error instanceof InvalidInputError ? { kind: "failure", error, permanent: true, timedOut: false } : failure(error);
 }
 
 /**

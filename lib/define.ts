@@ -1,17 +1,18 @@
 /**
- * `defineTask`: a task's name, the valibot schema of its input, its handler,
- * and its retry and time-limit policy.
+ * `defineTask`: a task's name, the schema of its input, its handler, and its
+ * retry and time-limit policy.
  *
  * @module
  */
-import type * as v from "valibot";
 import type { TransactionSql } from "postgres";
 import { InvalidTaskError } from "./errors.ts";
+import { isStandardSchema, type StandardInput, type StandardOutput, type StandardSchemaV1 } from "./standard-schema.ts";
 
-/** A valibot schema, sync or async, describing a task's input. */
-export type InputSchema =
-  | v.BaseSchema<unknown, unknown, v.BaseIssue<unknown>>
-  | v.BaseSchemaAsync<unknown, unknown, v.BaseIssue<unknown>>;
+/**
+ * The schema of a task's input: any Standard Schema v1, sync or async, such
+ * as one of valibot (the documented default), zod 3.24 or later, or arktype.
+ */
+export type InputSchema = StandardSchemaV1;
 
 /** What a task's `run` receives besides its input. */
 export interface TaskContext {
@@ -64,7 +65,7 @@ export interface Task<S extends InputSchema = InputSchema> {
   /** Validates and types the input at enqueue and again before each run. */
   readonly schema: S;
   /** Runs one attempt. A throw, a rejection or a timeout fails the attempt. */
-  run(input: v.InferOutput<S>, ctx: TaskContext): unknown | Promise<unknown>;
+  run(input: StandardOutput<S>, ctx: TaskContext): unknown | Promise<unknown>;
   /** Time limit of one attempt, in ms. @default the service's --timeout (30 s) */
   readonly timeout?: number;
   /** Wait before a retry, in ms (the first wait, with exponential backoff). @default the service's --retry-delay (5 s) */
@@ -101,7 +102,7 @@ export interface Task<S extends InputSchema = InputSchema> {
 export type AnyTask = Task<any>;
 
 /** The input `enqueue` accepts for a task: its schema's input type. */
-export type TaskInput<T extends AnyTask> = T extends Task<infer S> ? v.InferInput<S> : never;
+export type TaskInput<T extends AnyTask> = T extends Task<infer S> ? StandardInput<S> : never;
 
 // Names appear in logs, metrics labels and CLI arguments: keep them to a
 // character set that needs no quoting anywhere.
@@ -150,9 +151,8 @@ export function checkTask(task: unknown): asserts task is AnyTask {
   const t = task as Record<string, unknown>;
   const label = typeof t.name === "string" ? `task "${t.name}"` : "task";
   if (!isValidName(t.name)) throw new InvalidTaskError(`${label}: name must be ${NAME_RULE}`);
-  const schema = t.schema as { kind?: unknown; "~run"?: unknown } | undefined;
-  if (typeof schema !== "object" || schema === null || schema.kind !== "schema" || typeof schema["~run"] !== "function") {
-    throw new InvalidTaskError(`${label}: schema must be a valibot schema`);
+  if (!isStandardSchema(t.schema)) {
+    throw new InvalidTaskError(`${label}: schema must be a Standard Schema v1, such as one of valibot, zod (3.24 or later) or arktype`);
   }
   if (typeof t.run !== "function") throw new InvalidTaskError(`${label}: run must be a function`);
   const durations = ["timeout", "retryDelay", "retryDelayMax"] as const;

@@ -7,7 +7,7 @@
 import { defaults, MAX_BATCH_INPUTS } from "./config.ts";
 import { type AnyTask, checkTask, isValidName, MAX_DURATION, NAME_RULE, type TaskInput } from "./define.ts";
 import { InvalidOptionsError, PgbgError } from "./errors.ts";
-import { parseInput, parseInputSync } from "./input.ts";
+import { isThenable, validateInput } from "./input.ts";
 import { checkedLater, checkOptions, formatValue, integer, type OptionCheck, ofType, text } from "./options.ts";
 import { encodePayload } from "./payload.ts";
 import { checkSchemaName, type Database, run } from "./statements.ts";
@@ -116,7 +116,7 @@ export async function enqueue<T extends AnyTask>(
   checkTaskOnce(task);
   const opts = checkOptions<EnqueueOptions>("enqueue()", options, enqueueChecks);
   const s = shared("enqueue()", task, opts);
-  await parseInput(task, input);
+  await validateInput(task, input);
   const payload = encodePayload(task.name, input, s.maxPayloadBytes);
   const params = [s.queue, task.name, payload, s.priority, s.runAt, s.delay, s.maxAttempts];
   if (opts.key === undefined) {
@@ -159,10 +159,9 @@ export async function enqueueMany<T extends AnyTask>(
   const s = shared("enqueueMany()", task, opts);
   const payloads: string[] = new Array(inputs.length);
   const keys: (string | null)[] | null = opts.key ? new Array(inputs.length) : null;
-  const sync = !task.schema.async;
   for (let i = 0; i < inputs.length; i++) {
-    if (sync) parseInputSync(task, inputs[i], i);
-    else await parseInput(task, inputs[i], i);
+    const validated = validateInput(task, inputs[i], i);
+    if (isThenable(validated)) await validated;
     payloads[i] = encodePayload(task.name, inputs[i], s.maxPayloadBytes, i);
     if (keys && opts.key) {
       const key = opts.key(inputs[i], i);

@@ -193,3 +193,25 @@ test("the README's snooze example runs as written: the task waits an hour uncoun
     await worker.stop();
   }
 });
+
+test("the README's zod example runs as written: typed, validated at enqueue, and run with the schema's output", async () => {
+  const { file } = exampleFile("### Schemas: valibot, zod, arktype", "zod");
+  await migrate(db.sql);
+  await db.sql`DELETE FROM pgbg.task`;
+  const { invite, inviteAda } = await import(file);
+  const id = await inviteAda(db.sql);
+  assert.deepEqual((await db.sql`SELECT payload FROM pgbg.task WHERE id = ${id}`)[0].payload, { email: "ada@example.com" });
+  await assert.rejects(enqueue(db.sql, invite, { email: "nope" }), /invalid input for task "invite": email: /);
+  const seen: string[] = [];
+  const log = console.log;
+  console.log = (line: string) => void seen.push(line);
+  try {
+    const worker = createWorker(db.sql, { tasks: [invite], checkInterval: 200, logger: { debug() {}, info() {}, warn() {}, error() {} } });
+    await worker.start();
+    await until(async () => (await db.sql`SELECT count(*)::int AS n FROM pgbg.task WHERE id = ${id}`)[0].n, (n) => n === 0, patience, "the invite to run");
+    await worker.stop();
+  } finally {
+    console.log = log;
+  }
+  assert.deepEqual(seen, ["inviting ada@example.com as member"], "run got the default the schema filled in");
+});
