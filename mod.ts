@@ -53,6 +53,7 @@ export { LATEST_SCHEMA_VERSION, migrate, schemaVersion } from "./lib/migrate.ts"
 export type { MigrateOptions, MigrateResult } from "./lib/migrate.ts";
 export type { Database } from "./lib/statements.ts";
 export {
+  InputVersionError,
   InvalidConfigError,
   InvalidInputError,
   InvalidOptionsError,

@@ -134,6 +134,8 @@ export interface TaskInfo {
   lastError: { name?: string; message?: string; [field: string]: unknown } | null;
   /** Its input, as stored. */
   payload: unknown;
+  /** The version of the task's definition it was enqueued for. */
+  inputVersion: number;
 }
 
 // deno-lint-ignore no-explicit-any
@@ -141,7 +143,7 @@ function taskInfo(r: any): TaskInfo {
   return {
     id: String(r.id), queue: r.queue, name: r.name, state: r.state, attempts: r.attempts, snoozes: r.snoozes, maxAttempts: r.max_attempts, priority: r.priority,
     key: r.key, runAt: r.run_at, enqueuedAt: r.enqueued_at, failedAt: r.failed_at, workerId: r.worker_id,
-    cancelRequestedAt: r.cancel_requested_at, lastError: r.last_error, payload: r.payload,
+    cancelRequestedAt: r.cancel_requested_at, lastError: r.last_error, payload: r.payload, inputVersion: r.input_version,
   };
 }
 

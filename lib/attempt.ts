@@ -6,7 +6,7 @@
  */
 import type { TransactionSql } from "postgres";
 import { type AnyTask, MAX_DURATION, type TaskContext } from "./define.ts";
-import { InvalidInputError, InvalidOptionsError, isPermanentError, LeaseLostError } from "./errors.ts";
+import { InputVersionError, InvalidInputError, InvalidOptionsError, isPermanentError, LeaseLostError } from "./errors.ts";
 import { formatValue } from "./options.ts";
 import { isThenable, validateInput } from "./input.ts";
 import type { ClaimedTask } from "./claim.ts";
@@ -87,8 +87,8 @@ export function startAttempt(options: AttemptOptions, done: (outcome: Outcome) =
   try {
     // The input is validated again: the schema may have changed since the
     // task was enqueued, and then no retry can help (invalid input fails
-    // the task for good).
-    input = validateInput(task, claimed.payload);
+    // the task for good), unless the definition upgrades older inputs.
+    input = inputOf(task, claimed);
   } catch (error) {
     done(validationFailure(error));
     return undefined;
@@ -100,6 +100,21 @@ export function startAttempt(options: AttemptOptions, done: (outcome: Outcome) =
     );
   }
   return runHandler(input, ctx, options, startedAt, done);
+}
+
+/**
+ * The claimed task's input, upgraded from the version it was enqueued for
+ * when older and validated: at once, or as a promise when the upgrade or
+ * the schema is async. An input newer than the definition throws
+ * {@link InputVersionError} (a worker of the newer release will run it).
+ */
+function inputOf(task: AnyTask, claimed: ClaimedTask): unknown {
+  const from = claimed.inputVersion;
+  const current = task.version ?? 1;
+  if (from === current || (from < current && !task.upgrade)) return validateInput(task, claimed.payload);
+  if (from > current) throw new InputVersionError(task.name, from, current);
+  const upgraded = task.upgrade!(claimed.payload, from);
+  return isThenable(upgraded) ? Promise.resolve(upgraded).then((input) => validateInput(task, input)) : validateInput(task, upgraded);
 }
 
 /** Calls the handler on a validated input; as startAttempt, returns a promise only for a handler that returned one. */

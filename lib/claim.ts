@@ -22,6 +22,8 @@ export interface ClaimedTask {
   leaseToken: number;
   /** Times the task was snoozed before this attempt (ctx.retryAfter). */
   snoozes: number;
+  /** The version of the task's definition its input was enqueued for. */
+  inputVersion: number;
   /** How long the task waited, in ms, from when it was due to this claim (for metrics). */
   lagMs: number;
   /** Its run_at, epoch microseconds, exact (for the claim cursor). */
@@ -67,6 +69,7 @@ export async function claimTasks(db: Database, schema: string, scope: ClaimScope
     maxAttempts: r.max_attempts as number | null,
     leaseToken: r.lease_token as number,
     snoozes: r.snoozes as number,
+    inputVersion: r.input_version as number,
     lagMs: r.lag_ms as number,
     runAtUs: String(r.run_at_us),
     claimedAtMs: Number(r.run_at_us) / 1000 + (r.lag_ms as number),

@@ -95,6 +95,19 @@ export interface Task<S extends InputSchema = InputSchema> {
   readonly priority?: number;
   /** Largest payload accepted, in bytes of JSON. @default 1 MiB */
   readonly maxPayloadBytes?: number;
+  /**
+   * The version of this definition's input, stored with each task enqueued
+   * (a whole number from 1). Raise it when the schema changes in a way old
+   * inputs would fail, and give `upgrade`. @default 1
+   */
+  readonly version?: number;
+  /**
+   * Turns an input enqueued for an older `version` (`from`) into one of this
+   * version, before the schema validates it. May return a promise. A throw
+   * fails the attempt (it is retried: a later deploy may fix the function).
+   * Without it, an older input is validated as it is.
+   */
+  readonly upgrade?: (input: unknown, from: number) => unknown;
 }
 
 /** A task of any input type, as a worker's registry holds them. */
@@ -170,6 +183,10 @@ export function checkTask(task: unknown): asserts task is AnyTask {
   if (t.maxAttempts !== undefined && !isInteger(t.maxAttempts, 1, 2_147_483_647)) {
     throw new InvalidTaskError(`${label}: maxAttempts must be a whole number of at least 1`);
   }
+  if (t.version !== undefined && !isInteger(t.version, 1, 2_147_483_647)) {
+    throw new InvalidTaskError(`${label}: version must be a whole number of at least 1`);
+  }
+  if (t.upgrade !== undefined && typeof t.upgrade !== "function") throw new InvalidTaskError(`${label}: upgrade must be a function (input, from) => input`);
   if (t.maxSnoozes !== undefined && !isInteger(t.maxSnoozes, 0, 2_147_483_647)) {
     throw new InvalidTaskError(`${label}: maxSnoozes must be a whole number of at least 0`);
   }

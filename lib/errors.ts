@@ -19,7 +19,8 @@ export type ErrorCode =
   | "PGBG_LEASE_LOST"
   | "PGBG_KEY_CONTENDED"
   | "PGBG_INVALID_CONFIG"
-  | "PGBG_PERMANENT";
+  | "PGBG_PERMANENT"
+  | "PGBG_INPUT_VERSION";
 
 /** The base class of every error pgbg throws. */
 export class PgbgError extends Error {
@@ -170,4 +171,19 @@ export class PermanentError extends PgbgError {
 export function isPermanentError(error: unknown): boolean {
   return error instanceof PermanentError ||
     (typeof error === "object" && error !== null && (error as { code?: unknown }).code === "PGBG_PERMANENT");
+}
+
+/**
+ * A task's input was enqueued for a newer version of its definition than
+ * the running worker has (a rolling deploy: enqueuers upgraded first). The
+ * attempt fails and is retried, so that a worker of the newer release can
+ * run it; deploy workers before enqueuers to avoid it.
+ */
+export class InputVersionError extends PgbgError {
+  constructor(task: string, from: number, current: number) {
+    super(
+      "PGBG_INPUT_VERSION",
+      `task "${task}": its input was enqueued for version ${from} of the task, newer than this worker's (version ${current}); a worker with the newer definition will run it`,
+    );
+  }
 }

@@ -215,3 +215,40 @@ test("the README's zod example runs as written: typed, validated at enqueue, and
   }
   assert.deepEqual(seen, ["inviting ada@example.com as member"], "run got the default the schema filled in");
 });
+
+test("the README's input upgrade example runs as written: tasks enqueued by version 1 run on version 2, in-process and under pgbg serve", async () => {
+  const { file } = exampleFile("### Changing a task's input", "upgrade");
+  await migrate(db.sql);
+  await db.sql`DELETE FROM pgbg.task`;
+  // Version 1 of the definition, as the app had it when these were enqueued.
+  const v1 = defineTask({ name: "send-newsletter", schema: v.object({ to: v.pipe(v.string(), v.email()), issue: v.number() }), run() {} });
+  const { sendNewsletter } = await import(file);
+  const [old1, old2] = await enqueueMany(db.sql, v1, [{ to: "ada@example.com", issue: 7 }, { to: "grace@example.com", issue: 8 }]);
+  const fresh = await enqueue(db.sql, sendNewsletter, { to: ["alan@example.com", "edsger@example.com"], issue: 9 });
+  assert.deepEqual((await db.sql`SELECT id::text, input_version FROM pgbg.task ORDER BY id`).map((r) => [r.id, r.input_version]), [[old1, 1], [old2, 1], [fresh, 2]]);
+
+  const seen: string[] = [];
+  const log = console.log;
+  console.log = (line: string) => void seen.push(line);
+  try {
+    const worker = createWorker(db.sql, { tasks: [sendNewsletter], checkInterval: 200, logger: { debug() {}, info() {}, warn() {}, error() {} } });
+    await worker.start();
+    await until(async () => (await db.sql`SELECT count(*)::int AS n FROM pgbg.task`)[0].n, (n) => n === 0, patience, "the tasks to run in-process");
+    await worker.stop();
+  } finally {
+    console.log = log;
+  }
+  assert.ok(seen.includes("issue 7 to ada@example.com") && seen.includes("issue 8 to grace@example.com"), seen.join("\n"));
+  assert.ok(seen.includes("issue 9 to alan@example.com, edsger@example.com"), seen.join("\n"));
+
+  // Whatever is left of version 1 runs under pgbg serve, with the README's module as its tasks.
+  await enqueue(db.sql, v1, { to: "barbara@example.com", issue: 10 });
+  const service = startService(db.url, ["--tasks", file, "--check-interval", "200ms"]);
+  try {
+    await until(async () => (await db.sql`SELECT count(*)::int AS n FROM pgbg.task`)[0].n, (n) => n === 0, patience, "the rest to run under pgbg serve");
+  } finally {
+    assert.deepEqual(await stopService(service), { code: 0, signal: null });
+  }
+  assert.ok(service.other.some((line) => line.includes("issue 10 to barbara@example.com")), service.other.join("\n"));
+  assert.ok(!service.logs.some((l) => l.level === "error"), "no task failed");
+});

@@ -11,7 +11,7 @@ import { execFileSync } from "node:child_process";
 import { existsSync, mkdirSync, readdirSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, test } from "node:test";
-import { fileURLToPath } from "node:url";
+import { fileURLToPath, pathToFileURL } from "node:url";
 import * as v from "valibot";
 import { createWorker, defineTask, enqueueMany, getTask, LATEST_SCHEMA_VERSION, migrate, retry, schemaVersion } from "../mod.ts";
 import { createTestDatabase } from "./harness.ts";
@@ -82,8 +82,10 @@ export const step = defineTask({
     await old.waitForLog((l) => /^serving/.test(l.message), patience);
     const before = await schemaVersion(sql);
     assert.equal(before, LATEST_SCHEMA_VERSION - 1, `the previous release (${commit.slice(0, 10)}) stops before ${migration}`);
-    const step = defineTask({ name: "upgrade-step", schema: v.object({ ms: v.number(), fail: v.boolean() }), maxAttempts: 1, run() {} });
-    const [failed, running] = await enqueueMany(sql, step, [{ ms: 0, fail: true }, { ms: 3_000, fail: false }]);
+    // Enqueued by the previous release's library, as the app running beside it would.
+    const previous = await import(pathToFileURL(join(app, "node_modules/pgbg/dist/mod.js")).href);
+    const oldStep = previous.defineTask({ name: "upgrade-step", schema: v.object({ ms: v.number(), fail: v.boolean() }), maxAttempts: 1, run() {} });
+    const [failed, running] = await previous.enqueueMany(sql, oldStep, [{ ms: 0, fail: true }, { ms: 3_000, fail: false }]);
     // Read by hand: this release's statements name the newest migration's column (a schema migrates before the code that needs it).
     const stateOf = async (id: string) => (await sql`SELECT state::text FROM pgbg.task WHERE id = ${id}`)[0]?.state as string | undefined;
     await until(() => stateOf(failed), (s) => s === "failed", patience, "a task to fail under the previous release");
@@ -91,10 +93,12 @@ export const step = defineTask({
     // Queued while the service is busy: enqueued in one transaction with the migration, so they are queued as it commits.
     let queued: string[] = [];
     await sql.begin(async (tx) => {
-      queued = await enqueueMany(tx, step, Array.from({ length: 40 }, () => ({ ms: 20, fail: false })));
+      queued = await previous.enqueueMany(tx, oldStep, Array.from({ length: 40 }, () => ({ ms: 20, fail: false })));
       await migrate(tx);
     });
     assert.equal(await schemaVersion(sql), LATEST_SCHEMA_VERSION);
+    // And then by this release's, on the migrated schema.
+    const step = defineTask({ name: "upgrade-step", schema: v.object({ ms: v.number(), fail: v.boolean() }), maxAttempts: 1, run() {} });
     const later = await enqueueMany(sql, step, Array.from({ length: 40 }, () => ({ ms: 0, fail: false })));
 
     // The previous release's service, running on, completes all of them.

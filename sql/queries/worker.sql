@@ -75,14 +75,14 @@ claimed AS (
   -- rows cannot have moved, and a TID lookup spares a primary key descent
   -- per task.
   WHERE t.ctid = c.ctid
-  RETURNING t.id, t.name, t.queue, t.payload, t.attempts, t.max_attempts, t.lease_token, t.priority, t.run_at, t.snoozes
+  RETURNING t.id, t.name, t.queue, t.payload, t.attempts, t.max_attempts, t.lease_token, t.priority, t.run_at, t.snoozes, t.input_version
 )
 -- Claim order, so the worker starts them in it; sorting here spares the
 -- worker from parsing two timestamps per task. lag_ms: how long the task
 -- waited since it became due (its enqueue, delay or retry time), for
 -- metrics; run_at_us (epoch microseconds, exact) moves the worker's claim
 -- cursor.
-SELECT id, name, queue, payload, attempts, max_attempts, lease_token, priority, snoozes,
+SELECT id, name, queue, payload, attempts, max_attempts, lease_token, priority, snoozes, input_version,
   (extract(epoch FROM now() - run_at) * 1000)::float8 AS lag_ms,
   (extract(epoch FROM run_at) * 1000000)::bigint AS run_at_us
 FROM claimed
