@@ -46,6 +46,7 @@ export type {
   TaskState,
   WorkerStatus,
 } from "./lib/admin.ts";
+export type { AttemptEvent, ErrorInfo, TaskEventListener, TaskEventName, TaskEvents } from "./lib/events.ts";
 export { drain } from "./lib/drain.ts";
 export type { DrainOptions, DrainResult } from "./lib/drain.ts";
 export type { LogFields, Logger } from "./lib/log.ts";

@@ -13,6 +13,8 @@ import { hostname } from "node:os";
 import process from "node:process";
 import postgres, { type Sql } from "postgres";
 import { readTaskStatus } from "./admin.ts";
+import { InvalidOptionsError } from "./errors.ts";
+import { EVENT_NAMES, TaskEventEmitter, type TaskEventListener, type TaskEventName } from "./events.ts";
 import { type Liveness, liveness } from "./liveness.ts";
 import { describeError } from "./log.ts";
 import { Maintenance, maintenanceServices, type MaintenanceServices } from "./maintenance.ts";
@@ -44,6 +46,13 @@ export interface WorkerHost {
   stop(options?: { timeout?: number }): Promise<void>;
   /** The host's metrics in Prometheus' text format: the families of `pgbg serve --metrics-port`, for the app to serve. */
   metrics(): Promise<string>;
+  /**
+   * Listens to an event of this worker's attempts (`started`, `completed`,
+   * `retrying`, `failed`, `snoozed`, `cancelled`, `leaseLost`); returns the
+   * function that stops listening. Outcomes are told once written. A
+   * listener that throws is logged and changes nothing.
+   */
+  on<E extends TaskEventName>(name: E, listener: TaskEventListener<E>): () => void;
 }
 
 // deno-lint-ignore no-explicit-any
@@ -112,6 +121,7 @@ class InProcessHost implements WorkerHost {
   readonly #pool: Client;
   readonly #beat: Client;
   readonly #metrics = new ServiceMetrics();
+  readonly #events: TaskEventEmitter;
   readonly #services: MaintenanceServices;
   readonly #maintenance: Maintenance;
   #worker: Worker | undefined;
@@ -124,6 +134,7 @@ class InProcessHost implements WorkerHost {
 
   constructor(sql: Client, options: ResolvedWorkerOptions) {
     this.#options = options;
+    this.#events = new TaskEventEmitter(options.logger);
     this.#timings = liveness(options.checkInterval);
     this.#pool = cloneClient(sql, options.poolSize, "pgbg worker");
     this.#beat = cloneClient(sql, 1, "pgbg worker heartbeat");
@@ -183,6 +194,7 @@ class InProcessHost implements WorkerHost {
       identity: { workerId: crypto.randomUUID(), hostId: this.id, hostname: hostname(), runtime: runtimeName(), pid: process.pid },
       onLost: (cause) => (this.#lost = cause),
       onReport: (report) => this.#metrics.add(1, report),
+      events: this.#events,
     });
   }
 
@@ -239,6 +251,12 @@ class InProcessHost implements WorkerHost {
 
   async #close(timeout = 2): Promise<void> {
     await Promise.all([this.#pool.end({ timeout }), this.#beat.end({ timeout })]).catch(() => {});
+  }
+
+  on<E extends TaskEventName>(name: E, listener: TaskEventListener<E>): () => void {
+    if (!EVENT_NAMES.includes(name)) throw new InvalidOptionsError(`worker.on(): unknown event ${JSON.stringify(name)} (known: ${EVENT_NAMES.join(", ")})`);
+    if (typeof listener !== "function") throw new InvalidOptionsError("worker.on(): the listener must be a function");
+    return this.#events.on(name, listener);
   }
 
   async metrics(): Promise<string> {

@@ -6,6 +6,7 @@
  *
  * @module
  */
+import type { AttemptEvent, TaskEventEmitter } from "./events.ts";
 import type { Logger } from "./log.ts";
 import { describeError } from "./log.ts";
 import type { SeriesCounts } from "./stats.ts";
@@ -33,6 +34,8 @@ export interface AttemptRef {
   leaseToken: number;
   /** Where the written outcome is counted, if anywhere. */
   counts?: SeriesCounts;
+  /** The attempt, for the events told once the outcome is written; only while someone listens. */
+  event?: AttemptEvent & { durationMs: number };
 }
 
 /** Batches the completions, failures, snoozes, hand-backs and finished cancels of one worker. */
@@ -50,6 +53,7 @@ export class OutcomeWriter {
     private readonly schema: string,
     private readonly maxAttempts: number,
     private readonly log: Logger,
+    private readonly events?: TaskEventEmitter,
   ) {}
 
   /** Records a success: the task will be deleted. */
@@ -121,7 +125,7 @@ export class OutcomeWriter {
     const ids = (attempts: AttemptRef[]) => attempts.map((a) => a.id);
     const tokens = (attempts: AttemptRef[]) => attempts.map((a) => a.leaseToken);
     try {
-      const [completedRows, failedRows] = await Promise.all([
+      const [completedRows, failedRows, , snoozedRows, cancelledRows] = await Promise.all([
         done.length ? run<{ id: unknown }>(this.db, this.schema, "CompleteTasks", [ids(done), tokens(done)]) : [],
         failed.length
           ? run<{ id: unknown; state: string }>(this.db, this.schema, "FailTasks", [
@@ -135,11 +139,12 @@ export class OutcomeWriter {
           ])
           : [],
         handedBack.length && run(this.db, this.schema, "HandBackTasks", [ids(handedBack), tokens(handedBack)]),
-        snoozed.length && run(this.db, this.schema, "SnoozeTasks", [ids(snoozed), tokens(snoozed), snoozed.map((s) => s.delay)]),
-        cancelled.length && run(this.db, this.schema, "FinishCancelledTasks", [ids(cancelled), tokens(cancelled)]),
+        snoozed.length ? run<{ id: unknown }>(this.db, this.schema, "SnoozeTasks", [ids(snoozed), tokens(snoozed), snoozed.map((s) => s.delay)]) : [],
+        cancelled.length ? run<{ id: unknown }>(this.db, this.schema, "FinishCancelledTasks", [ids(cancelled), tokens(cancelled)]) : [],
       ]);
       countCompleted(done, completedRows);
       countFailed(failed, failedRows);
+      if (this.events?.listening) tellWritten(this.events, { done, completedRows, failed, failedRows, snoozed, snoozedRows, cancelled, cancelledRows });
       this.#retryDelay = 100;
     } catch (error) {
       // Keep them for the next batch: the writes are fenced by the lease, so
@@ -182,4 +187,46 @@ function countFailed(failed: Failure[], rows: { id: unknown; state: string }[]):
     const counts = byId.get(String(row.id))?.counts;
     if (counts) counts[row.state === "failed" ? "failed" : "retried"]++;
   }
+}
+
+/** What one batch wrote, for the events. */
+interface Written {
+  done: AttemptRef[];
+  completedRows: { id: unknown }[];
+  failed: Failure[];
+  failedRows: { id: unknown; state: string }[];
+  snoozed: Snooze[];
+  snoozedRows: { id: unknown }[];
+  cancelled: AttemptRef[];
+  cancelledRows: { id: unknown }[];
+}
+
+/** Tells the listeners what each outcome of a batch became: its event if the fence let it through, leaseLost if not. */
+function tellWritten(events: TaskEventEmitter, w: Written): void {
+  const ids = (rows: { id: unknown }[]) => new Set(rows.map((r) => String(r.id)));
+  const lost = (e: AttemptRef["event"]) => events.emit("leaseLost", { id: e!.id, name: e!.name, queue: e!.queue, attempt: e!.attempt });
+  const completed = ids(w.completedRows);
+  for (const d of w.done) {
+    if (!d.event) continue;
+    if (completed.has(d.id)) events.emit("completed", d.event);
+    else lost(d.event);
+  }
+  const states = new Map(w.failedRows.map((r) => [String(r.id), r.state]));
+  for (const f of w.failed) {
+    if (!f.event) continue;
+    const state = states.get(f.id);
+    const error = f.error as { name: string; message: string; code?: string };
+    const info = { name: error.name, message: error.message, ...(error.code ? { code: error.code } : {}) };
+    if (state === "failed") events.emit("failed", { ...f.event, error: info });
+    else if (state) events.emit("retrying", { ...f.event, error: info, delayMs: f.delay });
+    else lost(f.event);
+  }
+  const snoozed = ids(w.snoozedRows);
+  for (const s of w.snoozed) {
+    if (!s.event) continue;
+    if (snoozed.has(s.id)) events.emit("snoozed", { ...s.event, delayMs: s.delay });
+    else lost(s.event);
+  }
+  const cancelled = ids(w.cancelledRows);
+  for (const c of w.cancelled) if (c.event && cancelled.has(c.id)) events.emit("cancelled", { id: c.event.id, name: c.event.name, queue: c.event.queue, attempt: c.event.attempt });
 }

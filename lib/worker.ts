@@ -15,6 +15,7 @@ import { CountReporter, type WorkerReport } from "./count-reporter.ts";
 import { type AnyTask, MAX_DURATION } from "./define.ts";
 import { Heartbeat, type LostCause, type WorkerIdentity } from "./heartbeat.ts";
 import { graceFor, leaseFor, type Liveness, overdueExitBy } from "./liveness.ts";
+import type { AttemptEvent, TaskEventEmitter } from "./events.ts";
 import { describeError, type Logger } from "./log.ts";
 import { OutcomeWriter } from "./outcomes.ts";
 import { type Database, run } from "./statements.ts";
@@ -61,6 +62,8 @@ export interface WorkerOptions extends WorkerSettings {
   onLost?: (cause: LostCause, reason: string) => void;
   /** Called at each heartbeat, and once more when the worker ends, with what its tasks did since. */
   onReport?: (report: WorkerReport) => void;
+  /** Listeners of the attempts' lifecycle events (an in-process host's `on`). */
+  events?: TaskEventEmitter;
   /** Called when the worker, idle, found the queue empty and goes to sleep for `ms` (unless woken): for tests that must act after its last claim. */
   onIdleSleep?: (ms: number) => void;
   /**
@@ -125,6 +128,11 @@ const SETTLED: Promise<void> = Promise.resolve();
 /** The log fields of an attempt that ended. */
 function fields(claimed: ClaimedTask, durationMs?: number) {
   return { task: claimed.name, id: claimed.id, attempt: claimed.attempt, queue: claimed.queue, durationMs };
+}
+
+/** What an event says of an attempt. */
+function attemptEvent(claimed: ClaimedTask): AttemptEvent {
+  return { id: claimed.id, name: claimed.name, queue: claimed.queue, attempt: claimed.attempt };
 }
 
 /** Resolves after `ms`, or at once for 0. */
@@ -210,7 +218,7 @@ export class Worker {
       names,
       leaseMs: names.map((n) => leaseFor(this.#timeoutOf(this.#tasks.get(n)!), options.timings)),
     };
-    this.#outcomes = new OutcomeWriter(options.sql, options.schema, options.maxAttempts, options.log);
+    this.#outcomes = new OutcomeWriter(options.sql, options.schema, options.maxAttempts, options.log, options.events);
     this.#reporter = new CountReporter(
       options.sql, options.schema, this.#stats, () => [...this.#running.values()].map((e) => e.claimed), options.log, options.onReport,
     );
@@ -393,6 +401,7 @@ export class Worker {
       overdue: false, handedBack: false, cancelled: false, counts,
     } as Running;
     if (this.#debug) this.#options.log.debug(`task ${claimed.id} started`, fields(claimed));
+    if (this.#options.events?.has("started")) this.#options.events.emit("started", attemptEvent(claimed));
     // Registered before the attempt starts: one that ends at once calls
     // #finish before startAttempt returns.
     this.#running.set(attemptKey(claimed), entry);
@@ -415,14 +424,19 @@ export class Worker {
     const durationMs = Date.now() - entry.startedAt;
     if (entry.cancelled) {
       this.#options.log.info(`task ${claimed.id} was cancelled; its attempt ended and the task is deleted`, fields(claimed, durationMs));
-      this.#outcomes.finishCancelled({ id: claimed.id, leaseToken: claimed.leaseToken });
+      this.#outcomes.finishCancelled({ id: claimed.id, leaseToken: claimed.leaseToken, event: this.#eventOf(claimed, durationMs) });
       return;
     }
     observe(entry.counts.duration, durationMs);
     if (outcome.kind === "snooze") return this.#snooze(entry, outcome.delay, durationMs);
     if (outcome.kind === "failure") return this.#fail(entry, outcome, durationMs);
     if (this.#debug) this.#options.log.debug(`task ${claimed.id} succeeded`, fields(claimed, durationMs));
-    this.#outcomes.complete({ id: claimed.id, leaseToken: claimed.leaseToken, counts: entry.counts });
+    this.#outcomes.complete({ id: claimed.id, leaseToken: claimed.leaseToken, counts: entry.counts, event: this.#eventOf(claimed, durationMs) });
+  }
+
+  /** The attempt for the events told once its outcome is written; undefined while nobody listens, so a drain pays nothing. */
+  #eventOf(claimed: ClaimedTask, durationMs: number): (AttemptEvent & { durationMs: number }) | undefined {
+    return this.#options.events?.listening ? { ...attemptEvent(claimed), durationMs } : undefined;
   }
 
   /** A snooze (ctx.retryAfter): queued again after `delay`, uncounted; past the task's maxSnoozes, a failed attempt retried after `delay`. */
@@ -435,7 +449,7 @@ export class Worker {
       return this.#fail(entry, { kind: "failure", error, permanent: false, timedOut: false }, durationMs, delay);
     }
     this.#options.log.info(`task ${claimed.id} snoozed for ${delay} ms`, fields(claimed, durationMs));
-    this.#outcomes.snooze({ id: claimed.id, leaseToken: claimed.leaseToken, delay });
+    this.#outcomes.snooze({ id: claimed.id, leaseToken: claimed.leaseToken, delay, event: this.#eventOf(claimed, durationMs) });
   }
 
   #fail(entry: Running, outcome: Extract<Outcome, { kind: "failure" }>, durationMs: number, retryAfter?: number): void {
@@ -445,7 +459,9 @@ export class Worker {
     const delay = final ? 0 : retryAfter ?? retryDelayFor(task, claimed.attempt, this.#options.retryDelay, outcome.error, this.#options.log);
     const how = final ? (outcome.permanent ? " permanently" : ` after ${claimed.attempt} attempts`) : `; retry in ${delay} ms`;
     this.#options.log[final ? "error" : "warn"](`task ${claimed.id} failed${how}: ${error.message}`, { ...fields(claimed, durationMs), error });
-    this.#outcomes.fail({ id: claimed.id, leaseToken: claimed.leaseToken, counts: entry.counts, delay, error, permanent: outcome.permanent });
+    this.#outcomes.fail({
+      id: claimed.id, leaseToken: claimed.leaseToken, counts: entry.counts, delay, error, permanent: outcome.permanent, event: this.#eventOf(claimed, durationMs),
+    });
   }
 
   #overdue(entry: Running): void {
@@ -475,7 +491,12 @@ export class Worker {
       `this worker stops at once: ${reason}. Its ${this.#running.size} running attempt(s) are aborted` +
         (unwritten ? `; ${unwritten} finished attempt(s) whose outcome is not written yet are written if the database answers within 10 s, else those tasks run again` : ""),
     );
-    for (const entry of this.#running.values()) entry.controller.abort(new ShutdownError());
+    const events = this.#options.events?.has("leaseLost") ? this.#options.events : undefined;
+    for (const entry of this.#running.values()) {
+      entry.controller.abort(new ShutdownError());
+      // Its lease goes to whichever host releases this worker's tasks.
+      events?.emit("leaseLost", attemptEvent(entry.claimed));
+    }
     this.stop();
     this.#options.onLost?.(cause, reason);
   }

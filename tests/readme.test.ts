@@ -252,3 +252,39 @@ test("the README's input upgrade example runs as written: tasks enqueued by vers
   assert.ok(service.other.some((line) => line.includes("issue 10 to barbara@example.com")), service.other.join("\n"));
   assert.ok(!service.logs.some((l) => l.level === "error"), "no task failed");
 });
+
+test("the README's events example runs as written: a retry warning per failed attempt, and one alert when the task fails for good", async () => {
+  const { file } = exampleFile("### Events: alerting, and failed tasks elsewhere", "events");
+  await migrate(db.sql);
+  await db.sql`DELETE FROM pgbg.task`;
+  const alerts: string[] = [];
+  const hook = createServer((req, res) => {
+    let body = "";
+    req.on("data", (c) => (body += c));
+    req.on("end", () => {
+      alerts.push(JSON.parse(body).text);
+      res.end();
+    });
+  });
+  await new Promise<void>((resolve) => hook.listen(0, "127.0.0.1", resolve));
+  after(() => hook.close());
+  process.env.ALERT_WEBHOOK = `http://127.0.0.1:${(hook.address() as AddressInfo).port}/`;
+  const warnings: string[] = [];
+  const warn = console.warn;
+  console.warn = (line: string) => void warnings.push(line);
+  // The example connects to DATABASE_URL as it loads: this file's database.
+  process.env.DATABASE_URL = db.url;
+  const { chargeCard, worker } = await import(file);
+  try {
+    const bad = await enqueue(db.sql, chargeCard, { order: -7 });
+    const good = await enqueue(db.sql, chargeCard, { order: 7 });
+    await until(async () => alerts.length, (n) => n === 1, patience, "the alert");
+    assert.deepEqual(alerts, [`charge-card ${bad} failed for good: card declined for order -7`]);
+    assert.deepEqual(warnings.filter((w) => w.startsWith(`charge-card ${bad}:`)), [1, 2].map((a) => `charge-card ${bad}: attempt ${a} failed (card declined for order -7); again in 100 ms`));
+    assert.equal((await db.sql`SELECT count(*)::int AS n FROM pgbg.task WHERE id = ${good}`)[0].n, 0, "the good one completed");
+    assert.equal((await db.sql`SELECT state::text FROM pgbg.task WHERE id = ${bad}`)[0].state, "failed");
+  } finally {
+    console.warn = warn;
+    await worker.stop();
+  }
+});
