@@ -108,6 +108,27 @@ export interface Task<S extends InputSchema = InputSchema> {
    * Without it, an older input is validated as it is.
    */
   readonly upgrade?: (input: unknown, from: number) => unknown;
+  /**
+   * Runs once each time the task fails for good (its last attempt failed, or
+   * a PermanentError), as a task of its own named "<name>:on-failed", in the
+   * task's queue: enqueued with the failure in one commit, retried like any
+   * task, so that it survives crashes. The task's name may then be at most
+   * 118 characters.
+   */
+  readonly onFailed?: (failed: FailedTask, ctx: TaskContext) => unknown | Promise<unknown>;
+}
+
+/** What an onFailed handler is told of the task that failed for good. */
+export interface FailedTask {
+  id: string;
+  name: string;
+  queue: string;
+  /** Its input, as stored. */
+  input: unknown;
+  /** Attempts it made. */
+  attempts: number;
+  /** Its last error: name, message, attempt, at, and more. */
+  error: { name?: string; message?: string; [field: string]: unknown } | null;
 }
 
 /** A task of any input type, as a worker's registry holds them. */
@@ -168,6 +189,10 @@ export function checkTask(task: unknown): asserts task is AnyTask {
     throw new InvalidTaskError(`${label}: schema must be a Standard Schema v1, such as one of valibot, zod (3.24 or later) or arktype`);
   }
   if (typeof t.run !== "function") throw new InvalidTaskError(`${label}: run must be a function`);
+  if (t.onFailed !== undefined && typeof t.onFailed !== "function") throw new InvalidTaskError(`${label}: onFailed must be a function (failed, ctx) => …`);
+  if (t.onFailed !== undefined && (t.name as string).length > 118) {
+    throw new InvalidTaskError(`${label}: a task with onFailed has a name of at most 118 characters (its hook's is the name and ":on-failed")`);
+  }
   const durations = ["timeout", "retryDelay", "retryDelayMax"] as const;
   for (const key of durations) {
     if (t[key] !== undefined && !isInteger(t[key], key === "timeout" ? 1 : 0, MAX_DURATION)) {

@@ -71,7 +71,7 @@ function checkTaskOnce(task: unknown): asserts task is AnyTask {
   checkedTasks.add(task);
 }
 
-/** The parameters shared by every row of one enqueue call, in statement order $4..$8 after the payload. */
+/** The parameters shared by every row of one enqueue call, in statement order $4..$9 after the payload. */
 interface Shared {
   schema: string;
   queue: string;
@@ -82,6 +82,8 @@ interface Shared {
   maxPayloadBytes: number;
   /** The task definition's version, stored as the input's (input_version). */
   version: number;
+  /** Whether failing for good enqueues the definition's onFailed hook (on_failed). */
+  onFailed: boolean;
 }
 
 function shared(where: string, task: AnyTask, options: Omit<EnqueueOptions, "key">): Shared {
@@ -97,6 +99,7 @@ function shared(where: string, task: AnyTask, options: Omit<EnqueueOptions, "key
     maxAttempts: options.maxAttempts ?? task.maxAttempts ?? null,
     maxPayloadBytes: options.maxPayloadBytes ?? task.maxPayloadBytes ?? defaults.maxPayloadBytes,
     version: task.version ?? 1,
+    onFailed: task.onFailed !== undefined,
   };
 }
 
@@ -121,7 +124,7 @@ export async function enqueue<T extends AnyTask>(
   const s = shared("enqueue()", task, opts);
   await validateInput(task, input);
   const payload = encodePayload(task.name, input, s.maxPayloadBytes);
-  const params = [s.queue, task.name, payload, s.priority, s.runAt, s.delay, s.maxAttempts, s.version];
+  const params = [s.queue, task.name, payload, s.priority, s.runAt, s.delay, s.maxAttempts, s.version, s.onFailed];
   if (opts.key === undefined) {
     const rows = await run<{ id: unknown }>(db, s.schema, "EnqueueTask", params);
     return String(rows[0].id);
@@ -209,7 +212,7 @@ async function writeChunks(
   for (const [start, end] of chunks) {
     const chunk = start === 0 && end === payloads.length ? payloads : payloads.slice(start, end);
     // JSON text holds no raw line feed, so the statement splits on it.
-    const params = [s.queue, name, chunk.join("\n"), s.priority, s.runAt, s.delay, s.maxAttempts, s.version];
+    const params = [s.queue, name, chunk.join("\n"), s.priority, s.runAt, s.delay, s.maxAttempts, s.version, s.onFailed];
     if (!keys) {
       const rows = await run<{ ids: string }>(db, s.schema, "EnqueueMany", params);
       // Ids are drawn in input order, so sorted ids line up with the inputs.

@@ -7,6 +7,7 @@ import { resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { type AnyTask, checkTask } from "./define.ts";
 import { InvalidTaskError } from "./errors.ts";
+import { hookOf } from "./hooks.ts";
 
 function looksLikeTask(value: unknown): boolean {
   return typeof value === "object" && value !== null && "name" in value && "schema" in value && "run" in value;
@@ -30,6 +31,14 @@ export function registerTasks(entries: readonly { task: unknown; source: string 
       throw new InvalidTaskError(`task name "${task.name}" is defined twice: in ${seen.source} and in ${source}`);
     }
     byName.set(task.name, { task, source });
+  }
+  // A task's onFailed hook runs wherever the task does.
+  for (const { task, source } of [...byName.values()]) {
+    const hook = hookOf(task);
+    if (!hook) continue;
+    const seen = byName.get(hook.name);
+    if (seen && seen.task !== hook) throw new InvalidTaskError(`task name "${hook.name}" (${seen.source}) is taken by the onFailed hook of ${source}`);
+    byName.set(hook.name, { task: hook, source: `${source}, its onFailed hook` });
   }
   return new Map([...byName].map(([name, { task }]) => [name, task]));
 }

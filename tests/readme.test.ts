@@ -288,3 +288,28 @@ test("the README's events example runs as written: a retry warning per failed at
     await worker.stop();
   }
 });
+
+test("the README's onFailed example runs as written: one dead-letter row per task that failed for good", async () => {
+  const { file } = exampleFile("**`onFailed`, durable.**", "on-failed");
+  await migrate(db.sql);
+  await db.sql`DELETE FROM pgbg.task`;
+  await db.sql`CREATE TABLE IF NOT EXISTS dead_letter (task_id bigint PRIMARY KEY, task text NOT NULL, input jsonb NOT NULL, error text)`;
+  const feeds = createServer((req, res) => res.writeHead(req.url === "/ok" ? 200 : 503).end());
+  await new Promise<void>((resolve) => feeds.listen(0, "127.0.0.1", resolve));
+  after(() => feeds.close());
+  const base = `http://127.0.0.1:${(feeds.address() as AddressInfo).port}`;
+  process.env.DATABASE_URL = db.url;
+  const { importFeed } = await import(file);
+  const worker = createWorker(db.sql, { tasks: [importFeed], checkInterval: 200, logger: { debug() {}, info() {}, warn() {}, error() {} } });
+  await worker.start();
+  try {
+    const down = await enqueue(db.sql, importFeed, { url: `${base}/down` });
+    const ok = await enqueue(db.sql, importFeed, { url: `${base}/ok` });
+    const rows = await until(() => db.sql`SELECT task_id::text AS id, task, input, error FROM dead_letter`, (r) => r.length === 1, patience, "the dead letter");
+    assert.deepEqual({ ...rows[0] }, { id: down, task: "import-feed", input: { url: `${base}/down` }, error: `${base}/down: 503` });
+    await until(async () => (await db.sql`SELECT count(*)::int AS n FROM pgbg.task WHERE name = 'import-feed:on-failed' OR id = ${ok}`)[0].n, (n) => n === 0, patience, "the hook and the good feed to be done");
+    assert.equal((await db.sql`SELECT attempts FROM pgbg.task WHERE id = ${down}`)[0].attempts, 3);
+  } finally {
+    await worker.stop();
+  }
+});

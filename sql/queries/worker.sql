@@ -129,21 +129,26 @@ RETURNING id;
 -- when it was permanent or the attempts are used up. $1 ids, $2 lease
 -- tokens, $3 retry delays in ms, $4 errors (JSON text), $5 permanent (1) or not (0),
 -- $6 max attempts for tasks that did not set their own.
--- Found and fenced as in CompleteTasks.
-UPDATE pgbg.task t SET
-  state = CASE WHEN f.permanent = 1 OR t.attempts >= coalesce(t.max_attempts, $6) THEN 'failed' ELSE 'queued' END::pgbg.task_state,
-  failed_at = CASE WHEN f.permanent = 1 OR t.attempts >= coalesce(t.max_attempts, $6) THEN now() END,
-  run_at = CASE WHEN f.permanent = 1 OR t.attempts >= coalesce(t.max_attempts, $6) THEN t.run_at
-           ELSE now() + f.delay_ms * interval '1 millisecond' END,
-  last_error = f.error::jsonb,
-  lease_expires_at = NULL,
-  worker_id = NULL
-FROM unnest($1::bigint[], $2::integer[], $3::float8[], $4::text[], $5::smallint[]) AS f (id, token, delay_ms, error, permanent)
-WHERE t.ctid = ANY (ARRAY(
-  {{LeasedRowAddresses}}
-))
-  AND t.id = f.id AND t.lease_token = f.token AND t.worker_id IS NOT NULL AND t.lease_expires_at IS NOT NULL
-RETURNING t.id, t.state;
+-- Found and fenced as in CompleteTasks. A task failed for good that wants
+-- its onFailed hook gets it in this statement (EnqueueFailedHooks).
+WITH released AS (
+  UPDATE pgbg.task t SET
+    state = CASE WHEN f.permanent = 1 OR t.attempts >= coalesce(t.max_attempts, $6) THEN 'failed' ELSE 'queued' END::pgbg.task_state,
+    failed_at = CASE WHEN f.permanent = 1 OR t.attempts >= coalesce(t.max_attempts, $6) THEN now() END,
+    run_at = CASE WHEN f.permanent = 1 OR t.attempts >= coalesce(t.max_attempts, $6) THEN t.run_at
+             ELSE now() + f.delay_ms * interval '1 millisecond' END,
+    last_error = f.error::jsonb,
+    lease_expires_at = NULL,
+    worker_id = NULL
+  FROM unnest($1::bigint[], $2::integer[], $3::float8[], $4::text[], $5::smallint[]) AS f (id, token, delay_ms, error, permanent)
+  WHERE t.ctid = ANY (ARRAY(
+    {{LeasedRowAddresses}}
+  ))
+    AND t.id = f.id AND t.lease_token = f.token AND t.worker_id IS NOT NULL AND t.lease_expires_at IS NOT NULL
+  RETURNING t.id, t.state, t.queue, t.name, t.priority, t.payload, t.attempts, t.last_error, t.on_failed
+),
+{{EnqueueFailedHooks}}
+SELECT id, state FROM released;
 
 -- name: SnoozeTasks
 -- ctx.retryAfter(ms): the task queued again after its wait ($3, ms), the
@@ -191,9 +196,10 @@ WITH released AS (
     lease_expires_at = NULL,
     worker_id = NULL
   WHERE t.state = 'running' AND t.worker_id = ANY($1::uuid[])
-  RETURNING t.id, t.state, t.queue, t.name
+  RETURNING t.id, t.state, t.queue, t.name, t.priority, t.payload, t.attempts, t.last_error, t.on_failed
 ),
-{{CountReleased}}
+{{CountReleased}},
+{{EnqueueFailedHooks}}
 SELECT id, state, queue, name FROM released;
 
 -- name: HandBackWorkerTasks
@@ -223,10 +229,26 @@ WITH released AS (
     lease_expires_at = NULL,
     worker_id = NULL
   WHERE t.state = 'running' AND t.lease_expires_at < now()
-  RETURNING t.id, t.state, t.queue, t.name
+  RETURNING t.id, t.state, t.queue, t.name, t.priority, t.payload, t.attempts, t.last_error, t.on_failed
 ),
-{{CountReleased}}
+{{CountReleased}},
+{{EnqueueFailedHooks}}
 SELECT id, state, queue, name FROM released;
+
+-- fragment: EnqueueFailedHooks
+-- The onFailed hook of each task of `released` that failed for good and
+-- wants one: a task named "<name>:on-failed" in the task's queue, at its
+-- priority, its input what the handler is told (lib/hooks.ts). In the
+-- failing statement, so a failure and its hook commit together.
+-- defineTask keeps names with a hook short enough for the suffix.
+hooks AS (
+  INSERT INTO pgbg.task (queue, name, payload, priority)
+  SELECT queue, name || ':on-failed',
+    jsonb_build_object('id', id::text, 'name', name, 'queue', queue, 'input', payload, 'attempts', attempts, 'error', last_error),
+    priority
+  FROM released
+  WHERE state = 'failed' AND on_failed
+)
 
 -- fragment: CountReleased
 -- The attempts a release or rescue ended (the CTE `released`), added to the

@@ -1,0 +1,12 @@
+-- 006_task_on_failed: whether the task's definition has an onFailed handler.
+--
+-- A task whose definition names onFailed gets, when it fails for good, a
+-- task of its own (named "<name>:on-failed", in its queue) that runs the
+-- handler with the failed task's id, input, attempts and last error. The
+-- hook task is inserted by the statement that fails the task, whichever it
+-- is (a worker's failure, the release of a dead worker's tasks, the rescue
+-- of an expired lease), so that it is durable: enqueued in the same commit
+-- as the failure, run and retried like any task. Those statements run where
+-- no definition is loaded (a supervisor's maintenance), so the row says
+-- whether it wants the hook.
+ALTER TABLE pgbg.task ADD COLUMN on_failed boolean NOT NULL DEFAULT false;
