@@ -22,7 +22,7 @@ describe("the upkeep statements of the supervisor and the heartbeat", () => {
     ["DeleteCancelledTasks", [], "task_cancel_idx"],
     ["RescueExpiredLeases", [25, JSON.stringify({ message: "lease expired" })], "task_lease_idx"],
     ["HeartbeatWorker", [WORKER], "task_lease_idx"],
-    ["ReleaseWorkerTasks", [[WORKER], 25, JSON.stringify({ message: "worker died" })], "task_lease_idx"],
+    ["ReleaseWorkerTasks", [25, JSON.stringify({ message: "worker died" }), [WORKER]], "task_lease_idx"],
   ];
   for (const [name, params, index] of upkeep) {
     test(`${name} reads ${index}, not the whole table, on a full table never analyzed (and first run empty)`, async () => {

@@ -44,7 +44,7 @@ export function releasedTasks(rows: { id: unknown; state: string; queue: string;
  */
 export async function releaseWorkerTasks(db: Database, schema: string, workerIds: string[], maxAttempts: number, error: object): Promise<ReleasedTask[]> {
   if (!workerIds.length) return [];
-  return releasedTasks(await run(db, schema, "ReleaseWorkerTasks", [workerIds, maxAttempts, JSON.stringify(error)]));
+  return releasedTasks(await run(db, schema, "ReleaseWorkerTasks", [maxAttempts, JSON.stringify(error), workerIds]));
 }
 
 /**

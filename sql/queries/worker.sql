@@ -182,20 +182,14 @@ WHERE t.ctid = ANY (ARRAY(
 RETURNING t.id;
 
 -- name: ReleaseWorkerTasks
--- The leases of workers known to be dead ($1), released at once. A release
+-- The leases of workers known to be dead ($3), released at once. A release
 -- counts the attempt (the task may be what killed its worker), so a task
--- that keeps killing workers ends as failed. $2 default max attempts, $3
+-- that keeps killing workers ends as failed. $1 default max attempts, $2
 -- error JSON. The attempts it ends are counted in task_count in the same
 -- statement, as a worker counts the ones it fails (CountReleased).
 WITH released AS (
-  UPDATE pgbg.task t SET
-    state = CASE WHEN t.attempts >= coalesce(t.max_attempts, $2) THEN 'failed' ELSE 'queued' END::pgbg.task_state,
-    failed_at = CASE WHEN t.attempts >= coalesce(t.max_attempts, $2) THEN now() END,
-    run_at = now(),
-    last_error = $3::text::jsonb,
-    lease_expires_at = NULL,
-    worker_id = NULL
-  WHERE t.state = 'running' AND t.worker_id = ANY($1::uuid[])
+  UPDATE pgbg.task t SET {{ReleaseLease}}
+  WHERE t.state = 'running' AND t.worker_id = ANY($3::uuid[])
   RETURNING t.id, t.state, t.queue, t.name, t.priority, t.payload, t.attempts, t.last_error, t.on_failed
 ),
 {{CountReleased}},
@@ -221,19 +215,24 @@ RETURNING t.id, t.state, t.queue, t.name;
 -- ReleaseWorkerTasks counts it. Uses task_lease_idx. $1 default max
 -- attempts, $2 error JSON.
 WITH released AS (
-  UPDATE pgbg.task t SET
-    state = CASE WHEN t.attempts >= coalesce(t.max_attempts, $1) THEN 'failed' ELSE 'queued' END::pgbg.task_state,
-    failed_at = CASE WHEN t.attempts >= coalesce(t.max_attempts, $1) THEN now() END,
-    run_at = now(),
-    last_error = $2::text::jsonb,
-    lease_expires_at = NULL,
-    worker_id = NULL
+  UPDATE pgbg.task t SET {{ReleaseLease}}
   WHERE t.state = 'running' AND t.lease_expires_at < now()
   RETURNING t.id, t.state, t.queue, t.name, t.priority, t.payload, t.attempts, t.last_error, t.on_failed
 ),
 {{CountReleased}},
 {{EnqueueFailedHooks}}
 SELECT id, state, queue, name FROM released;
+
+-- fragment: ReleaseLease
+-- What a release or rescue writes: the lease ended, the attempt counted, so
+-- the task is queued again at once, or failed when its attempts are used
+-- up ($1 the default max attempts); $2 (error JSON) becomes its last error.
+state = CASE WHEN t.attempts >= coalesce(t.max_attempts, $1) THEN 'failed' ELSE 'queued' END::pgbg.task_state,
+    failed_at = CASE WHEN t.attempts >= coalesce(t.max_attempts, $1) THEN now() END,
+    run_at = now(),
+    last_error = $2::text::jsonb,
+    lease_expires_at = NULL,
+    worker_id = NULL
 
 -- fragment: EnqueueFailedHooks
 -- The onFailed hook of each task of `released` that failed for good and
