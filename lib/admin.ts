@@ -228,8 +228,8 @@ export async function listTasks(db: Database, options?: ListTasksOptions): Promi
 export type RetryTarget = string | readonly string[] | { allFailed: true; name?: string };
 
 /**
- * Queues failed tasks again, due now, with their attempts reset (a retried
- * task gets all its attempts again). Returns the ids it queued. A task that
+ * Queues failed tasks again, due now, with their attempts and snoozes reset
+ * (a retried task gets all of them again). Returns the ids it queued. A task that
  * is not failed (or unknown), or whose dedup key another pending task holds
  * now, is left alone.
  */
@@ -264,8 +264,8 @@ export type CancelTarget = string | readonly string[] | { key: string };
  * running ones, whose worker learns of it at its next heartbeat, aborts the
  * attempt's `ctx.signal` and deletes the task when the attempt ends (a
  * supervisor deletes it if the attempt ended otherwise first). By key, it
- * cancels the pending task holding the key, if any (a failed task holds no
- * key: cancel it by id).
+ * cancels the pending task holding the key, if any (a failed task keeps
+ * its key without holding it: cancel it by id).
  */
 export async function cancel(db: Database, which: CancelTarget, options?: AdminOptions): Promise<CancelResult> {
   const schema = schemaOf("cancel()", options);

@@ -191,6 +191,7 @@ class AttemptContext implements TaskContext {
   readonly attempt: number;
   readonly snoozes: number;
   readonly #leaseToken: number;
+  readonly #claimed: ClaimedTask;
   readonly #schema: string;
   readonly #controller: LazyAbort;
 
@@ -200,6 +201,7 @@ class AttemptContext implements TaskContext {
     this.queue = claimed.queue;
     this.attempt = claimed.attempt;
     this.snoozes = claimed.snoozes;
+    this.#claimed = claimed;
     this.#leaseToken = claimed.leaseToken;
     this.#schema = schema;
     this.#controller = controller;
@@ -220,5 +222,6 @@ class AttemptContext implements TaskContext {
   async complete(tx: TransactionSql<any>): Promise<void> {
     const rows = await run(tx, this.#schema, "CompleteTaskInTransaction", [this.id, this.#leaseToken]);
     if (!rows.length) throw new LeaseLostError(this.id);
+    this.#claimed.completedInTransaction = true;
   }
 }

@@ -30,6 +30,8 @@ export interface ClaimedTask {
   runAtUs: string;
   /** When this claim took it, by the database's clock, epoch ms (for the claim cursor). */
   claimedAtMs: number;
+  /** Set once ctx.complete(tx) deleted the task: the worker's own completion then finds no row, and that is no lost lease. */
+  completedInTransaction?: boolean;
 }
 
 /** What a worker claims with: its identity, queues and the tasks it can run. */

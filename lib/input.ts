@@ -57,7 +57,7 @@ export function validateInput(task: AnyTask, input: unknown, index?: number): un
     if (r.issues) throw new InvalidInputError(task.name, standardIssues(r.issues), index);
     return r.value;
   };
-  return result instanceof Promise ? result.then(check) : check(result);
+  return isThenable(result) ? Promise.resolve(result as PromiseLike<StandardResult<unknown>>).then(check) : check(result as StandardResult<unknown>);
 }
 
 /** True when `value` is a promise or another thenable (what validateInput returns for an async schema). */

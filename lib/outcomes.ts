@@ -36,6 +36,8 @@ export interface AttemptRef {
   counts?: SeriesCounts;
   /** The attempt, for the events told once the outcome is written; only while someone listens. */
   event?: AttemptEvent & { durationMs: number };
+  /** ctx.complete(tx) deleted the task (if `tx` then rolled back, the worker's own completion finds it). */
+  completedInTransaction?: boolean;
 }
 
 /** Batches the completions, failures, snoozes, hand-backs and finished cancels of one worker. */
@@ -208,7 +210,7 @@ function tellWritten(events: TaskEventEmitter, w: Written): void {
   const completed = ids(w.completedRows);
   for (const d of w.done) {
     if (!d.event) continue;
-    if (completed.has(d.id)) events.emit("completed", d.event);
+    if (completed.has(d.id) || d.completedInTransaction) events.emit("completed", d.event);
     else lost(d.event);
   }
   const states = new Map(w.failedRows.map((r) => [String(r.id), r.state]));

@@ -431,7 +431,10 @@ export class Worker {
     if (outcome.kind === "snooze") return this.#snooze(entry, outcome.delay, durationMs);
     if (outcome.kind === "failure") return this.#fail(entry, outcome, durationMs);
     if (this.#debug) this.#options.log.debug(`task ${claimed.id} succeeded`, fields(claimed, durationMs));
-    this.#outcomes.complete({ id: claimed.id, leaseToken: claimed.leaseToken, counts: entry.counts, event: this.#eventOf(claimed, durationMs) });
+    this.#outcomes.complete({
+      id: claimed.id, leaseToken: claimed.leaseToken, counts: entry.counts, event: this.#eventOf(claimed, durationMs),
+      completedInTransaction: claimed.completedInTransaction,
+    });
   }
 
   /** The attempt for the events told once its outcome is written; undefined while nobody listens, so a drain pays nothing. */

@@ -28,6 +28,7 @@ test("each attempt's events, in order, told after the write; a listener that thr
       if (input.kind === "snooze" && ctx.snoozes === 0) ctx.retryAfter(0);
       // Another worker took the lease (as a rescue would): this attempt's completion is refused.
       if (input.kind === "stolen") await sql`UPDATE pgbg.task SET lease_token = lease_token + 1 WHERE id = ${ctx.id}`;
+      if (input.kind === "self") await sql.begin((tx) => ctx.complete(tx));
       if (input.kind === "hang") await new Promise((_, reject) => ctx.signal.addEventListener("abort", () => reject(ctx.signal.reason)));
     },
   });
@@ -47,7 +48,7 @@ test("each attempt's events, in order, told after the write; a listener that thr
   assert.throws(() => worker.on("finished" as TaskEventName, () => {}), (e) => e instanceof InvalidOptionsError && /unknown event "finished"/.test(e.message));
   await worker.start();
   try {
-    for (const kind of ["ok", "flaky", "fail", "snooze", "stolen", "hang"]) ids.set(await enqueue(sql, task, { kind }), kind);
+    for (const kind of ["ok", "flaky", "fail", "snooze", "stolen", "self", "hang"]) ids.set(await enqueue(sql, task, { kind }), kind);
     const hang = [...ids].find(([, k]) => k === "hang")![0];
     await until(async () => seen.includes("hang started 1"), Boolean, patience, "the hanging task to start");
     await cancel(sql, hang);
@@ -57,6 +58,8 @@ test("each attempt's events, in order, told after the write; a listener that thr
       "fail started 1", "fail retrying 1 boom 1", "fail started 2", "fail failed 2 boom 2",
       "snooze started 1", "snooze snoozed 1 0", "snooze started 1", "snooze completed 1",
       "stolen started 1", "stolen leaseLost 1",
+      // Completed in its own transaction (ctx.complete): completed, though the worker's completion finds no row.
+      "self started 1", "self completed 1",
       "hang started 1", "hang cancelled 1",
     ];
     await until(async () => seen.length, (n) => n >= expected.length, patience, "every event");

@@ -56,3 +56,46 @@ describe("onFailed", () => {
     assert.throws(() => defineTask({ ...base, name: "n".repeat(119) }), (e) => e instanceof InvalidTaskError && /at most 118 characters/.test(e.message));
   });
 });
+
+describe("the statements that fail tasks", () => {
+  test("wake idle workers only when they enqueue a hook (the enqueue trigger fires per INSERT statement)", async () => {
+    const { rescueExpiredLeases } = await import("../lib/maintenance/lease-rescuer.ts");
+    const { releaseWorkerTasks } = await import("../lib/maintenance/dead-worker-releaser.ts");
+    const idle = "00000000-0000-0000-0000-0000000000ee";
+    await sql`INSERT INTO pgbg.worker (id, supervisor_id, pid, concurrency, hostname, runtime, tasks, idle)
+      VALUES (${idle}, ${idle}, 1, 1, 'test', 'node', '{}', true)`;
+    const heard: string[] = [];
+    const listener = await sql.listen("pgbg:pgbg", (payload) => void heard.push(payload));
+    /** The wake-ups heard before a sentinel sent now (notifications arrive in commit order). */
+    const wakeUpsSoFar = async () => {
+      const before = heard.length;
+      await sql`SELECT pg_notify('pgbg:pgbg', 'sentinel')`;
+      await until(async () => heard.slice(before).includes("sentinel"), Boolean, patience, "the sentinel");
+      const got = heard.splice(0).filter((p) => p !== "sentinel").length;
+      return got;
+    };
+    try {
+      assert.equal(await wakeUpsSoFar(), 0);
+      await rescueExpiredLeases(sql, "pgbg", 25);
+      await releaseWorkerTasks(sql, "pgbg", [idle], 25, { name: "WorkerDied", message: "test" });
+      assert.equal(await wakeUpsSoFar(), 0, "a rescue and a release that enqueue no hook wake nobody");
+      // A running task on its last attempt, whose lease ran out: its rescue fails it and enqueues its hook.
+      const id = await enqueue(sql, doomed, {});
+      assert.equal(await wakeUpsSoFar(), 1, "the enqueue woke the idle worker");
+      await sql`UPDATE pgbg.task SET state = 'running', attempts = 1, lease_token = 1, worker_id = ${idle}, lease_expires_at = now() - interval '1 second' WHERE id = ${id}`;
+      assert.deepEqual((await rescueExpiredLeases(sql, "pgbg", 25)).map((t) => [t.id, t.state]), [[id, "failed"]]);
+      assert.equal(await wakeUpsSoFar(), 1, "the hook's insert woke it");
+      assert.equal((await sql`SELECT count(*)::int AS n FROM pgbg.task WHERE name = 'doomed:on-failed'`)[0].n, 1);
+      // Cancelled while running, then failed: no hook.
+      const cancelled = await enqueue(sql, doomed, {});
+      await sql`UPDATE pgbg.task SET state = 'running', attempts = 1, lease_token = 1, worker_id = ${idle}, lease_expires_at = now() - interval '1 second',
+        cancel_requested_at = now() WHERE id = ${cancelled}`;
+      await rescueExpiredLeases(sql, "pgbg", 25);
+      assert.equal((await sql`SELECT count(*)::int AS n FROM pgbg.task WHERE name = 'doomed:on-failed'`)[0].n, 1, "a cancelled task gets no hook");
+    } finally {
+      await listener.unlisten();
+      await sql`DELETE FROM pgbg.worker WHERE id = ${idle}`;
+      await sql`DELETE FROM pgbg.task`;
+    }
+  });
+});

@@ -98,11 +98,11 @@ ORDER BY t.id
 LIMIT $3;
 
 -- name: RetryFailedTasks
--- Queues failed tasks again, due now, with their attempts reset (a retried
+-- Queues failed tasks again, due now, with their attempts and snoozes reset (a retried
 -- task gets all its attempts again; last_error stays until the next one).
 -- $1 ids, or NULL for every failed task; $2 task name or NULL. A task whose
 -- key another pending task holds now is left failed (task_key_idx).
-UPDATE pgbg.task t SET state = 'queued', run_at = now(), failed_at = NULL, attempts = 0
+UPDATE pgbg.task t SET state = 'queued', run_at = now(), failed_at = NULL, attempts = 0, snoozes = 0
 WHERE t.state = 'failed' AND t.cancel_requested_at IS NULL
   AND ($1::bigint[] IS NULL OR t.id = ANY($1::bigint[]))
   AND ($2::text IS NULL OR t.name = $2::text)

@@ -145,10 +145,10 @@ WITH released AS (
     {{LeasedRowAddresses}}
   ))
     AND t.id = f.id AND t.lease_token = f.token AND t.worker_id IS NOT NULL AND t.lease_expires_at IS NOT NULL
-  RETURNING t.id, t.state, t.queue, t.name, t.priority, t.payload, t.attempts, t.last_error, t.on_failed
+  RETURNING t.id, t.state, t.queue, t.name, t.priority, t.payload, t.attempts, t.last_error, t.on_failed, t.cancel_requested_at
 ),
 {{EnqueueFailedHooks}}
-SELECT id, state FROM released;
+SELECT id, state FROM released WHERE (SELECT count(*) FROM hooks) >= 0;
 
 -- name: SnoozeTasks
 -- ctx.retryAfter(ms): the task queued again after its wait ($3, ms), the
@@ -190,11 +190,11 @@ RETURNING t.id;
 WITH released AS (
   UPDATE pgbg.task t SET {{ReleaseLease}}
   WHERE t.state = 'running' AND t.worker_id = ANY($3::uuid[])
-  RETURNING t.id, t.state, t.queue, t.name, t.priority, t.payload, t.attempts, t.last_error, t.on_failed
+  RETURNING t.id, t.state, t.queue, t.name, t.priority, t.payload, t.attempts, t.last_error, t.on_failed, t.cancel_requested_at
 ),
 {{CountReleased}},
 {{EnqueueFailedHooks}}
-SELECT id, state, queue, name FROM released;
+SELECT id, state, queue, name FROM released WHERE (SELECT count(*) FROM hooks) >= 0;
 
 -- name: HandBackWorkerTasks
 -- The tasks of workers that stopped themselves because their heartbeat could
@@ -217,11 +217,11 @@ RETURNING t.id, t.state, t.queue, t.name;
 WITH released AS (
   UPDATE pgbg.task t SET {{ReleaseLease}}
   WHERE t.state = 'running' AND t.lease_expires_at < now()
-  RETURNING t.id, t.state, t.queue, t.name, t.priority, t.payload, t.attempts, t.last_error, t.on_failed
+  RETURNING t.id, t.state, t.queue, t.name, t.priority, t.payload, t.attempts, t.last_error, t.on_failed, t.cancel_requested_at
 ),
 {{CountReleased}},
 {{EnqueueFailedHooks}}
-SELECT id, state, queue, name FROM released;
+SELECT id, state, queue, name FROM released WHERE (SELECT count(*) FROM hooks) >= 0;
 
 -- fragment: ReleaseLease
 -- What a release or rescue writes: the lease ended, the attempt counted, so
@@ -236,17 +236,17 @@ state = CASE WHEN t.attempts >= coalesce(t.max_attempts, $1) THEN 'failed' ELSE 
 
 -- fragment: EnqueueFailedHooks
 -- The onFailed hook of each task of `released` that failed for good and
--- wants one: a task named "<name>:on-failed" in the task's queue, at its
--- priority, its input what the handler is told (lib/hooks.ts). In the
--- failing statement, so a failure and its hook commit together.
--- defineTask keeps names with a hook short enough for the suffix.
+-- wants one, and was not cancelled: a task named "<name>:on-failed" in the
+-- task's queue, at its priority, its input what the handler is told
+-- (lib/hooks.ts). In the failing statement, so a failure and its hook
+-- commit together. Inserted by pgbg.enqueue_failed_hook, called only for
+-- such a task (migration 007 says why); the statement reads `hooks` so
+-- that it runs. defineTask keeps names with a hook short enough for the
+-- suffix.
 hooks AS (
-  INSERT INTO pgbg.task (queue, name, payload, priority)
-  SELECT queue, name || ':on-failed',
-    jsonb_build_object('id', id::text, 'name', name, 'queue', queue, 'input', payload, 'attempts', attempts, 'error', last_error),
-    priority
+  SELECT pgbg.enqueue_failed_hook(id, queue, name, priority, payload, attempts, last_error) AS id
   FROM released
-  WHERE state = 'failed' AND on_failed
+  WHERE state = 'failed' AND on_failed AND cancel_requested_at IS NULL
 )
 
 -- fragment: CountReleased
@@ -262,6 +262,9 @@ counted AS (
     count(*) FILTER (WHERE state = 'failed'), count(*) FILTER (WHERE state = 'queued')
   FROM released
   GROUP BY queue, name
+  -- In key order, as RecordTaskCounts: two upserts of several rows each
+  -- cannot then lock them in opposite orders and deadlock.
+  ORDER BY queue, name
   ON CONFLICT (period, queue, name) DO UPDATE SET
     failed = c.failed + excluded.failed,
     retried = c.retried + excluded.retried
@@ -300,6 +303,7 @@ INSERT INTO pgbg.task_count AS c (period, queue, name, completed, failed, retrie
 SELECT to_timestamp(floor(extract(epoch FROM now()) / 10) * 10), q, n, sum(done), sum(failed), sum(retried)
 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[]) AS x (q, n, done, failed, retried)
 GROUP BY q, n
+ORDER BY q, n
 ON CONFLICT (period, queue, name) DO UPDATE SET
   completed = c.completed + excluded.completed,
   failed = c.failed + excluded.failed,
