@@ -48,7 +48,10 @@ test("each attempt's events, in order, told after the write; a listener that thr
   assert.throws(() => worker.on("finished" as TaskEventName, () => {}), (e) => e instanceof InvalidOptionsError && /unknown event "finished"/.test(e.message));
   await worker.start();
   try {
-    for (const kind of ["ok", "flaky", "fail", "snooze", "stolen", "self", "hang"]) ids.set(await enqueue(sql, task, { kind }), kind);
+    // In one transaction, so that every id is known before any task can start.
+    await sql.begin(async (tx) => {
+      for (const kind of ["ok", "flaky", "fail", "snooze", "stolen", "self", "hang"]) ids.set(await enqueue(tx, task, { kind }), kind);
+    });
     const hang = [...ids].find(([, k]) => k === "hang")![0];
     await until(async () => seen.includes("hang started 1"), Boolean, patience, "the hanging task to start");
     await cancel(sql, hang);
