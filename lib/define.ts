@@ -6,6 +6,7 @@
  */
 import type { TransactionSql } from "postgres";
 import { InvalidTaskError } from "./errors.ts";
+import { HOOK_SUFFIX } from "./hook-name.ts";
 import { isStandardSchema, type StandardInput, type StandardOutput, type StandardSchemaV1 } from "./standard-schema.ts";
 
 /**
@@ -154,6 +155,9 @@ function isInteger(value: unknown, min: number, max: number): boolean {
   return typeof value === "number" && Number.isInteger(value) && value >= min && value <= max;
 }
 
+/** The longest name of a task with onFailed: its hook's name, the name and HOOK_SUFFIX, must fit a name's 128 characters. */
+const MAX_HOOKED_NAME = 128 - HOOK_SUFFIX.length;
+
 /**
  * Largest duration pgbg accepts, in ms: 7 days. A lease (timeout plus grace
  * periods) and a timer (limited to 2^31 - 1 ms, about 24 days) must still fit.
@@ -190,8 +194,8 @@ export function checkTask(task: unknown): asserts task is AnyTask {
   }
   if (typeof t.run !== "function") throw new InvalidTaskError(`${label}: run must be a function`);
   if (t.onFailed !== undefined && typeof t.onFailed !== "function") throw new InvalidTaskError(`${label}: onFailed must be a function (failed, ctx) => …`);
-  if (t.onFailed !== undefined && (t.name as string).length > 118) {
-    throw new InvalidTaskError(`${label}: a task with onFailed has a name of at most 118 characters (its hook's is the name and ":on-failed")`);
+  if (t.onFailed !== undefined && (t.name as string).length > MAX_HOOKED_NAME) {
+    throw new InvalidTaskError(`${label}: a task with onFailed has a name of at most ${MAX_HOOKED_NAME} characters (its hook's is the name and "${HOOK_SUFFIX}")`);
   }
   const durations = ["timeout", "retryDelay", "retryDelayMax"] as const;
   for (const key of durations) {

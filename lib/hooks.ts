@@ -10,8 +10,7 @@
 import * as v from "valibot";
 import type { AnyTask, FailedTask } from "./define.ts";
 
-/** What a hook's name adds to its task's. */
-export const HOOK_SUFFIX = ":on-failed";
+import { HOOK_SUFFIX } from "./hook-name.ts";
 
 /** The input a hook task carries, as EnqueueFailedHooks builds it. */
 const failedTaskSchema = v.object({
