@@ -32,7 +32,7 @@ export interface VacuumState {
   liveRows: number;
   /** Whether the current role owns the table. */
   owned: boolean;
-  /** The oldest transaction id still held, as text; null when none is visible. */
+  /** The oldest transaction id still held and what holds it, as text; null when none is visible. */
   horizon: string | null;
 }
 

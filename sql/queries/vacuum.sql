@@ -7,26 +7,32 @@
 -- name: TaskVacuumState
 -- The task table's dead and live rows as the statistics count them (what
 -- autovacuum reads), whether the current role owns the table (only the
--- owner may vacuum it), and the horizon: the oldest transaction id that a
--- snapshot or an open transaction of this database, a standby's feedback,
--- a replication slot or a prepared transaction still holds (vacuums are
--- left out, as PostgreSQL leaves them out). Vacuum removes no row deleted
--- after it, so while it stays the same a second vacuum would remove
--- nothing. Sessions of other roles show no xmin to a role without
--- pg_read_all_stats: the horizon then seems to move with pgbg's own
--- sessions, and the service vacuums each interval, uselessly, while such a
--- session holds it.
+-- owner may vacuum it), and the horizon: what holds the oldest transaction
+-- id that a snapshot or an open transaction of this database, a standby's
+-- feedback, a replication slot or a prepared transaction still holds
+-- (vacuums are left out, as PostgreSQL leaves them out). Vacuum removes no
+-- row deleted after it, so while it stays the same a second vacuum would
+-- remove nothing. The horizon names its holder as well as its id (the
+-- session and when its transaction began): a snapshot taken while a
+-- transaction of another database runs carries that transaction's id as
+-- its xmin, so the id alone may stay the same after the holder let go,
+-- while vacuum, which ignores other databases, could remove more. This
+-- statement's own session is left out: its snapshot ends with it. Sessions
+-- of other roles show no xmin to a role without pg_read_all_stats: the
+-- horizon then seems to move with pgbg's own sessions, and the service
+-- vacuums each interval, uselessly, while such a session holds it.
 SELECT coalesce(s.n_dead_tup, 0)::float8 AS dead_rows,
   coalesce(s.n_live_tup, 0)::float8 AS live_rows,
   pg_has_role(c.relowner, 'USAGE') AS owned,
-  (SELECT h.x::text FROM (
-     SELECT a.backend_xmin AS x FROM pg_stat_activity a
-     WHERE a.backend_xmin IS NOT NULL AND a.backend_type <> 'autovacuum worker'
+  (SELECT h.x::text || ' ' || h.holder FROM (
+     SELECT a.backend_xmin AS x, a.pid || ' ' || coalesce(a.xact_start::text, '') AS holder FROM pg_stat_activity a
+     WHERE a.backend_xmin IS NOT NULL AND a.backend_type <> 'autovacuum worker' AND a.pid <> pg_backend_pid()
        AND (a.datid = (SELECT oid FROM pg_database WHERE datname = current_database()) OR a.backend_type = 'walsender')
-     UNION ALL SELECT a.backend_xid FROM pg_stat_activity a
-     WHERE a.backend_xid IS NOT NULL AND a.datid = (SELECT oid FROM pg_database WHERE datname = current_database())
-     UNION ALL SELECT r.xmin FROM pg_replication_slots r WHERE r.xmin IS NOT NULL
-     UNION ALL SELECT p.transaction FROM pg_prepared_xacts p
+     UNION ALL SELECT a.backend_xid, a.pid || ' ' || coalesce(a.xact_start::text, '') FROM pg_stat_activity a
+     WHERE a.backend_xid IS NOT NULL AND a.pid <> pg_backend_pid()
+       AND a.datid = (SELECT oid FROM pg_database WHERE datname = current_database())
+     UNION ALL SELECT r.xmin, 'slot ' || r.slot_name FROM pg_replication_slots r WHERE r.xmin IS NOT NULL
+     UNION ALL SELECT p.transaction, 'prepared ' || p.gid FROM pg_prepared_xacts p
    ) h ORDER BY age(h.x) DESC LIMIT 1) AS horizon
 FROM pg_class c
 LEFT JOIN pg_stat_all_tables s ON s.relid = c.oid
