@@ -10,6 +10,7 @@ import { isIP } from "node:net";
 import { TASK_STATES } from "../lib/admin.ts";
 import { defaults } from "../lib/config.ts";
 import { isValidName, NAME_RULE } from "../lib/define.ts";
+import { MAX_RETENTION } from "../lib/retention.ts";
 import { checkSchemaName } from "../lib/statements.ts";
 import { boolean, choice, type CommandArgs, count, duration, type Flags, list, text } from "./args.ts";
 import { UsageError } from "./exit.ts";
@@ -78,6 +79,14 @@ export const serveArgs = {
     "vacuum-interval": duration({
       env: "PGBG_VACUUM_INTERVAL", default: d.vacuumInterval, min: 1000, canBeOff: true,
       description: "How often the supervisor checks whether the task table has dead rows a vacuum can remove, and vacuums it (needs the table's owner); 0 or off: never",
+    }),
+    "completed-retention": duration({
+      env: "PGBG_COMPLETED_RETENTION", default: d.completedRetention, shown: "off", min: 1000, max: MAX_RETENTION, canBeOff: true,
+      description: "How long completed tasks are kept with their results (getTask, pgbg list --state completed), for tasks whose definition sets none; 0 or off: not kept, but an hour for a task with a result schema",
+    }),
+    "failed-retention": duration({
+      env: "PGBG_FAILED_RETENTION", default: d.failedRetention, shown: "forever", min: 1000, max: MAX_RETENTION, canBeForever: true,
+      description: "How long tasks failed for good are kept (to be retried), for tasks whose definition sets none; forever: until retried or cancelled",
     }),
     schema: text({
       env: "PGBG_SCHEMA", default: d.schema, description: "PostgreSQL schema holding pgbg's tables",

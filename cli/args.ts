@@ -268,12 +268,16 @@ export function count<const O extends FlagOptions<number> & { min: number; max: 
 }
 
 /** A duration in ms (`500ms`, `30s`, `5m`, `1h` or plain ms) from `min` to MAX_DURATION; with `canBeOff`, `0` or `off` give 0. */
-export function duration<const O extends FlagOptions<number> & { min: number; canBeOff?: boolean }>(options: O): Flag<number> & O {
-  const off = options.canBeOff ? ", or 0 or off" : "";
-  const rule = `a duration such as 500ms, 30s, 5m or plain milliseconds, from ${options.min} ms to ${formatDuration(MAX_DURATION)}${off}`;
+export function duration<const O extends FlagOptions<number> & { min: number; max?: number; canBeOff?: boolean; canBeForever?: boolean }>(
+  options: O,
+): Flag<number> & O {
+  const max = options.max ?? MAX_DURATION;
+  const off = options.canBeOff ? ", or 0 or off" : options.canBeForever ? ", or forever" : "";
+  const rule = `a duration such as 500ms, 30s, 5m${max > MAX_DURATION ? ", 30d" : ""} or plain milliseconds, from ${options.min} ms to ${formatDuration(max)}${off}`;
   return flagOf("duration", options, readOne(options, rule, (text) => {
     if (options.canBeOff && /^\s*(0|off)\s*$/i.test(text)) return 0;
-    const ms = parseDuration(text);
+    if (options.canBeForever && /^\s*forever\s*$/i.test(text)) return Number.POSITIVE_INFINITY;
+    const ms = parseDuration(text, max);
     return ms !== undefined && ms >= options.min ? ms : undefined;
   }));
 }

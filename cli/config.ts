@@ -26,6 +26,10 @@ export interface ServeConfig {
   /** How often the supervisor may compact the task table's indexes; 0: never. */
   compactInterval: number;
   vacuumInterval: number;
+  /** How long completed tasks are kept, for definitions that set none (ms); 0: not kept. */
+  completedRetention: number;
+  /** How long tasks failed for good are kept, for definitions that set none (ms); Infinity: for ever. */
+  failedRetention: number;
   migrate: boolean;
   logLevel: LogLevel;
   logFormat: "pretty" | "json";
@@ -65,6 +69,8 @@ export function serveConfigOf(f: FlagValues<typeof serveArgs.flags>, isTTY: bool
     shutdownTimeout: f["shutdown-timeout"],
     compactInterval: f["compact-interval"],
     vacuumInterval: f["vacuum-interval"],
+    completedRetention: f["completed-retention"],
+    failedRetention: f["failed-retention"],
     migrate: f.migrate,
     logLevel: f["log-level"],
     logFormat: f["log-format"] ?? (isTTY ? "pretty" : "json"),

@@ -39,7 +39,7 @@ export async function supervise(config: ServeConfig, databaseUrl: string, log: L
   const timings = liveness(config.checkInterval);
   const services = maintenanceServices({
     sql, schema: config.schema, hostId: supervisorId, maxAttempts: config.maxAttempts, timings, compactInterval: config.compactInterval,
-    vacuumInterval: config.vacuumInterval, log, onReleased: (tasks) => metrics.released(tasks),
+    vacuumInterval: config.vacuumInterval, failedRetention: config.failedRetention, log, onReleased: (tasks) => metrics.released(tasks),
   });
   const maintenance = new Maintenance(Object.values(services), log);
   const pool = new WorkerPool({ config, databaseUrl, supervisorId, timings, releaser: services.releaser, metrics, log });

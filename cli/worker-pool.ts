@@ -114,7 +114,8 @@ export class WorkerPool {
     return {
       settings: {
         schema: c.schema, queues: c.queues, concurrency: c.concurrency, timeout: c.timeout, retryDelay: c.retryDelay,
-        maxAttempts: c.maxAttempts, idleSleep: c.idleSleep, shutdownTimeout: c.shutdownTimeout, timings: this.#options.timings,
+        maxAttempts: c.maxAttempts, idleSleep: c.idleSleep, shutdownTimeout: c.shutdownTimeout, completedRetention: c.completedRetention,
+        timings: this.#options.timings,
       },
       tasks: c.tasks, cwd: process.cwd(), workerId, supervisorId: this.#options.supervisorId, index: slot.index, logLevel: c.logLevel, logFormat: c.logFormat,
     };

@@ -6,7 +6,8 @@
  */
 import type { TransactionSql } from "postgres";
 import { type AnyTask, MAX_DURATION, type TaskContext } from "./define.ts";
-import { InputVersionError, InvalidInputError, InvalidOptionsError, isPermanentError, LeaseLostError } from "./errors.ts";
+import { InputVersionError, InvalidInputError, InvalidOptionsError, InvalidResultError, isPermanentError, LeaseLostError } from "./errors.ts";
+import { encodeResult } from "./result.ts";
 import { formatValue } from "./options.ts";
 import { isThenable, validateInput } from "./input.ts";
 import type { ClaimedTask } from "./claim.ts";
@@ -14,7 +15,7 @@ import { run } from "./statements.ts";
 
 /** How an attempt ended. */
 export type Outcome =
-  | { kind: "success" }
+  | { kind: "success"; result?: string }
   | { kind: "failure"; error: unknown; permanent: boolean; timedOut: boolean }
   | { kind: "snooze"; delay: number };
 
@@ -82,7 +83,7 @@ export class LazyAbort {
 export function startAttempt(options: AttemptOptions, done: (outcome: Outcome) => void): Promise<void> | undefined {
   const { task, claimed } = options;
   const startedAt = Date.now();
-  const ctx = new AttemptContext(claimed, options.schema, options.controller);
+  const ctx = new AttemptContext(claimed, options);
   let input: unknown;
   try {
     // The input is validated again: the schema may have changed since the
@@ -126,11 +127,44 @@ function runHandler(input: unknown, ctx: AttemptContext, options: AttemptOptions
     done(failure(error));
     return undefined;
   }
-  if (!isThenable(result)) {
+  if (!isThenable(result)) return succeed(options, result, done);
+  return watch(result, options, startedAt, done);
+}
+
+/**
+ * Ends an attempt whose handler returned `value`: a success, with the
+ * encoded result for a task with a result schema (a value the schema
+ * refuses fails the attempt). A promise only when the schema is async.
+ */
+function succeed(options: AttemptOptions, value: unknown, done: (outcome: Outcome) => void): Promise<void> | undefined {
+  if (!options.task.result) {
     done(SUCCESS);
     return undefined;
   }
-  return watch(result, options, startedAt, done);
+  const outcome = resultOutcome(options, value);
+  if (!isThenable(outcome)) {
+    done(outcome);
+    return undefined;
+  }
+  return outcome.then(done);
+}
+
+/**
+ * The success outcome carrying the result of `value`, or the failure of an
+ * invalid one; a promise when the schema is async. After ctx.complete(tx,
+ * result), the result given there (stored if `tx` committed; stored by the
+ * worker's completion if it rolled back).
+ */
+function resultOutcome(options: AttemptOptions, value: unknown): Outcome | Promise<Outcome> {
+  const { task, claimed } = options;
+  if (claimed.completedInTransaction) return { kind: "success", result: claimed.completedResult };
+  try {
+    const result = encodeResult(task, value);
+    if (!isThenable(result)) return { kind: "success", result };
+    return Promise.resolve(result).then((r): Outcome => ({ kind: "success", result: r }), failure);
+  } catch (error) {
+    return failure(error);
+  }
 }
 
 /** What an attempt needs besides its `done` callback. */
@@ -139,6 +173,8 @@ export interface AttemptOptions {
   claimed: ClaimedTask;
   /** The pgbg schema, for ctx.complete. */
   schema: string;
+  /** How long the task is kept once completed, in ms (0 or none: not), for ctx.complete. */
+  keep?: number;
   timeout: number;
   grace: number;
   controller: LazyAbort;
@@ -180,7 +216,13 @@ function watch(result: unknown, options: AttemptOptions, startedAt: number, done
     clearTimeout(overdue);
     done(timedOut ? { kind: "failure", error: controller.reason, permanent: false, timedOut: true } : outcome);
   };
-  return Promise.resolve(result).then(() => end(SUCCESS), (error: unknown) => end(failure(error)));
+  const settled = options.task.result
+    ? (value: unknown) => {
+      const outcome = resultOutcome(options, value);
+      return isThenable(outcome) ? outcome.then(end) : end(outcome);
+    }
+    : () => end(SUCCESS);
+  return Promise.resolve(result).then(settled, (error: unknown) => end(failure(error)));
 }
 
 /** The `ctx` of one attempt; a class, so that an attempt allocates one object and no closures for it. */
@@ -192,10 +234,9 @@ class AttemptContext implements TaskContext {
   readonly snoozes: number;
   readonly #leaseToken: number;
   readonly #claimed: ClaimedTask;
-  readonly #schema: string;
-  readonly #controller: LazyAbort;
+  readonly #options: AttemptOptions;
 
-  constructor(claimed: ClaimedTask, schema: string, controller: LazyAbort) {
+  constructor(claimed: ClaimedTask, options: AttemptOptions) {
     this.id = claimed.id;
     this.name = claimed.name;
     this.queue = claimed.queue;
@@ -203,12 +244,11 @@ class AttemptContext implements TaskContext {
     this.snoozes = claimed.snoozes;
     this.#claimed = claimed;
     this.#leaseToken = claimed.leaseToken;
-    this.#schema = schema;
-    this.#controller = controller;
+    this.#options = options;
   }
 
   get signal(): AbortSignal {
-    return this.#controller.signal;
+    return this.#options.controller.signal;
   }
 
   retryAfter(ms: number): never {
@@ -219,9 +259,17 @@ class AttemptContext implements TaskContext {
   }
 
   // deno-lint-ignore no-explicit-any
-  async complete(tx: TransactionSql<any>): Promise<void> {
-    const rows = await run(tx, this.#schema, "CompleteTaskInTransaction", [this.id, this.#leaseToken]);
+  async complete(tx: TransactionSql<any>, result?: unknown): Promise<void> {
+    const { task, schema, keep } = this.#options;
+    if (result !== undefined && !task.result) {
+      throw new InvalidResultError(task.name, "ctx.complete(tx, result) was given a result, but the task has no result schema (its `result` option)");
+    }
+    const encoded = task.result ? await encodeResult(task, result) : undefined;
+    const rows = keep
+      ? await run(tx, schema, "CompleteKeptTaskInTransaction", [this.id, this.#leaseToken, encoded ?? null, keep])
+      : await run(tx, schema, "CompleteTaskInTransaction", [this.id, this.#leaseToken]);
     if (!rows.length) throw new LeaseLostError(this.id);
     this.#claimed.completedInTransaction = true;
+    this.#claimed.completedResult = encoded;
   }
 }

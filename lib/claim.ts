@@ -32,6 +32,8 @@ export interface ClaimedTask {
   claimedAtMs: number;
   /** Set once ctx.complete(tx) deleted the task: the worker's own completion then finds no row, and that is no lost lease. */
   completedInTransaction?: boolean;
+  /** The result (JSON text) given to that ctx.complete(tx, result), if any. */
+  completedResult?: string;
 }
 
 /** What a worker claims with: its identity, queues and the tasks it can run. */

@@ -39,6 +39,12 @@ export const defaults = {
   compactInterval: 30_000,
   /** How often a host checks whether the task table needs a vacuum (lib/maintenance/table-vacuumer.ts); 0: never. */
   vacuumInterval: 5_000,
+  /** How long completed tasks are kept in the history, for tasks whose definition sets none (lib/retention.ts); 0: not kept (a task with a result schema keeps it an hour). */
+  completedRetention: 0,
+  /** How long tasks failed for good are kept, for tasks whose definition sets none; Infinity: for ever. */
+  failedRetention: Number.POSITIVE_INFINITY,
+  /** How often a host looks after the history (rotation, emptying expired slots) and prunes expired failed tasks. */
+  historyInterval: 60_000,
   /** Indexes smaller than this in all are never compacted (8 MiB): rebuilding them would gain little. */
   compactMinIndexBytes: 8 * 1024 * 1024,
   /**

@@ -7,6 +7,7 @@
 import type { TransactionSql } from "postgres";
 import { InvalidTaskError } from "./errors.ts";
 import { HOOK_SUFFIX } from "./hook-name.ts";
+import { type Retention, retentionProblem } from "./retention.ts";
 import { isStandardSchema, type StandardInput, type StandardOutput, type StandardSchemaV1 } from "./standard-schema.ts";
 
 /**
@@ -46,10 +47,12 @@ export interface TaskContext {
    * deleted in `tx`, fenced by this attempt's lease, so the handler's writes
    * and the completion commit or roll back together. If `tx` commits, the
    * task never runs again. Throws `LeaseLostError` (and so aborts `tx`) when
-   * the lease was lost to another worker.
+   * the lease was lost to another worker. A task with a result schema
+   * passes its result here (validated as `run`'s would be), stored in the
+   * same commit; what `run` returns afterwards is not stored again.
    */
   // deno-lint-ignore no-explicit-any
-  complete(tx: TransactionSql<any>): Promise<void>;
+  complete(tx: TransactionSql<any>, result?: unknown): Promise<void>;
 }
 
 /**
@@ -59,14 +62,31 @@ export interface TaskContext {
  */
 export type RetryBackoff = "fixed" | "exponential" | ((attempt: number, error: unknown) => number);
 
-/** A task: what `defineTask` takes and returns. */
-export interface Task<S extends InputSchema = InputSchema> {
+/** What `run` may return: for a task with a result schema, that schema's input (what is validated and stored). */
+export type RunReturn<R> = R extends StandardSchemaV1 ? StandardInput<R> | Promise<StandardInput<R>> : unknown;
+
+/** A task: what `defineTask` takes and returns. `R` is its result schema, if it has one. */
+export interface Task<S extends InputSchema = InputSchema, R extends InputSchema | undefined = InputSchema | undefined> {
   /** Stored in each queued row; unique among the tasks of one deployment. */
   readonly name: string;
   /** Validates and types the input at enqueue and again before each run. */
   readonly schema: S;
-  /** Runs one attempt. A throw, a rejection or a timeout fails the attempt. */
-  run(input: StandardOutput<S>, ctx: TaskContext): unknown | Promise<unknown>;
+  /**
+   * Runs one attempt. A throw, a rejection or a timeout fails the attempt.
+   * With a `result` schema, what it resolves to is validated and stored as
+   * the task's result.
+   */
+  run(input: StandardOutput<S>, ctx: TaskContext): RunReturn<R>;
+  /**
+   * The schema of the task's result (any Standard Schema). The value `run`
+   * resolves to is validated by it (a value it refuses fails the attempt),
+   * stored as JSON with the completion, and kept for `retention.completed`
+   * (1 hour unless set), for `getTask` and `waitForResult`. Without it,
+   * nothing is stored.
+   */
+  readonly result?: R;
+  /** How long finished tasks are kept: `{ completed, failed }`, in ms (see {@link Retention}). */
+  readonly retention?: Retention;
   /** Time limit of one attempt, in ms. @default the service's --timeout (30 s) */
   readonly timeout?: number;
   /** Wait before a retry, in ms (the first wait, with exponential backoff). @default the service's --retry-delay (5 s) */
@@ -134,10 +154,13 @@ export interface FailedTask {
 
 /** A task of any input type, as a worker's registry holds them. */
 // deno-lint-ignore no-explicit-any
-export type AnyTask = Task<any>;
+export type AnyTask = Task<any, any>;
 
 /** The input `enqueue` accepts for a task: its schema's input type. */
-export type TaskInput<T extends AnyTask> = T extends Task<infer S> ? StandardInput<S> : never;
+export type TaskInput<T extends AnyTask> = T extends Task<infer S, infer _R> ? StandardInput<S> : never;
+
+/** What `waitForResult` and `getTask` give as a task's result: its result schema's output. */
+export type TaskResult<T extends AnyTask> = T extends Task<infer _S, infer R> ? (R extends StandardSchemaV1 ? StandardOutput<R> : undefined) : never;
 
 // Names appear in logs, metrics labels and CLI arguments: keep them to a
 // character set that needs no quoting anywhere.
@@ -178,7 +201,7 @@ export const MAX_DURATION = 7 * 24 * 3_600_000;
  * });
  * ```
  */
-export function defineTask<const S extends InputSchema>(task: Task<S>): Task<S> {
+export function defineTask<const S extends InputSchema, const R extends InputSchema | undefined = undefined>(task: Task<S, R>): Task<S, R> {
   checkTask(task);
   return task;
 }
@@ -193,6 +216,9 @@ export function checkTask(task: unknown): asserts task is AnyTask {
     throw new InvalidTaskError(`${label}: schema must be a Standard Schema v1, such as one of valibot, zod (3.24 or later) or arktype`);
   }
   if (typeof t.run !== "function") throw new InvalidTaskError(`${label}: run must be a function`);
+  if (t.result !== undefined && !isStandardSchema(t.result)) throw new InvalidTaskError(`${label}: result must be a Standard Schema v1, as schema is`);
+  const retention = retentionProblem(t.retention);
+  if (retention) throw new InvalidTaskError(`${label}: retention ${retention}`);
   if (t.onFailed !== undefined && typeof t.onFailed !== "function") throw new InvalidTaskError(`${label}: onFailed must be a function (failed, ctx) => …`);
   if (t.onFailed !== undefined && (t.name as string).length > MAX_HOOKED_NAME) {
     throw new InvalidTaskError(`${label}: a task with onFailed has a name of at most ${MAX_HOOKED_NAME} characters (its hook's is the name and "${HOOK_SUFFIX}")`);

@@ -10,6 +10,7 @@ import { InvalidOptionsError, PgbgError } from "./errors.ts";
 import { isThenable, validateInput } from "./input.ts";
 import { checkedLater, checkOptions, formatValue, integer, type OptionCheck, ofType, text } from "./options.ts";
 import { encodePayload } from "./payload.ts";
+import { storedRetention } from "./retention.ts";
 import { checkSchemaName, type Database, run } from "./statements.ts";
 
 /** Options of {@link enqueue}. Those not given come from the task's definition. */
@@ -71,7 +72,7 @@ function checkTaskOnce(task: unknown): asserts task is AnyTask {
   checkedTasks.add(task);
 }
 
-/** The parameters shared by every row of one enqueue call, in statement order $4..$9 after the payload. */
+/** The parameters shared by every row of one enqueue call, in statement order $4..$11 after the payload. */
 interface Shared {
   schema: string;
   queue: string;
@@ -84,6 +85,8 @@ interface Shared {
   version: number;
   /** Whether failing for good enqueues the definition's onFailed hook (on_failed). */
   onFailed: boolean;
+  /** The definition's retentions of completed and failed tasks, in ms (keep_completed, keep_failed). */
+  retention: [completed: number | null, failed: number | null];
 }
 
 function shared(where: string, task: AnyTask, options: Omit<EnqueueOptions, "key">): Shared {
@@ -100,6 +103,7 @@ function shared(where: string, task: AnyTask, options: Omit<EnqueueOptions, "key
     maxPayloadBytes: options.maxPayloadBytes ?? task.maxPayloadBytes ?? defaults.maxPayloadBytes,
     version: task.version ?? 1,
     onFailed: task.onFailed !== undefined,
+    retention: storedRetention(task),
   };
 }
 
@@ -124,7 +128,7 @@ export async function enqueue<T extends AnyTask>(
   const s = shared("enqueue()", task, opts);
   await validateInput(task, input);
   const payload = encodePayload(task.name, input, s.maxPayloadBytes);
-  const params = [s.queue, task.name, payload, s.priority, s.runAt, s.delay, s.maxAttempts, s.version, s.onFailed];
+  const params = [s.queue, task.name, payload, s.priority, s.runAt, s.delay, s.maxAttempts, s.version, s.onFailed, ...s.retention];
   if (opts.key === undefined) {
     const rows = await run<{ id: unknown }>(db, s.schema, "EnqueueTask", params);
     return String(rows[0].id);
@@ -212,7 +216,7 @@ async function writeChunks(
   for (const [start, end] of chunks) {
     const chunk = start === 0 && end === payloads.length ? payloads : payloads.slice(start, end);
     // JSON text holds no raw line feed, so the statement splits on it.
-    const params = [s.queue, name, chunk.join("\n"), s.priority, s.runAt, s.delay, s.maxAttempts, s.version, s.onFailed];
+    const params = [s.queue, name, chunk.join("\n"), s.priority, s.runAt, s.delay, s.maxAttempts, s.version, s.onFailed, ...s.retention];
     if (!keys) {
       const rows = await run<{ ids: string }>(db, s.schema, "EnqueueMany", params);
       // Ids are drawn in input order, so sorted ids line up with the inputs.

@@ -20,7 +20,12 @@ export type ErrorCode =
   | "PGBG_KEY_CONTENDED"
   | "PGBG_INVALID_CONFIG"
   | "PGBG_PERMANENT"
-  | "PGBG_INPUT_VERSION";
+  | "PGBG_INPUT_VERSION"
+  | "PGBG_INVALID_RESULT"
+  | "PGBG_TASK_FAILED"
+  | "PGBG_TASK_CANCELLED"
+  | "PGBG_TASK_UNKNOWN"
+  | "PGBG_WAIT_TIMEOUT";
 
 /** The base class of every error pgbg throws. */
 export class PgbgError extends Error {
@@ -185,5 +190,47 @@ export class InputVersionError extends PgbgError {
       "PGBG_INPUT_VERSION",
       `task "${task}": its input was enqueued for version ${from} of the task, newer than this worker's (version ${current}); a worker with the newer definition will run it`,
     );
+  }
+}
+
+/**
+ * The value a task's `run` resolved to (or gave `ctx.complete(tx, result)`)
+ * does not match the task's `result` schema, or cannot be stored as JSON
+ * within its `maxPayloadBytes`. The attempt fails and is retried: nothing
+ * is stored.
+ */
+export class InvalidResultError extends PgbgError {
+  /** The schema's issues, each with its path and message; empty when the value is not storable JSON. */
+  readonly issues: readonly InputIssue[];
+
+  constructor(task: string, problem: string | readonly InputIssue[], options?: { cause?: unknown }) {
+    const issues = typeof problem === "string" ? [] : problem;
+    const list = typeof problem === "string" ? problem : problem.map((i) => (i.path ? `${i.path}: ${i.message}` : i.message)).join("; ");
+    super("PGBG_INVALID_RESULT", `invalid result of task "${task}": ${list}`, options);
+    this.issues = issues;
+  }
+}
+
+/** How a task ended when it has no result to give: why `waitForResult` rejected. */
+export type WaitErrorCode = "PGBG_TASK_FAILED" | "PGBG_TASK_CANCELLED" | "PGBG_TASK_UNKNOWN" | "PGBG_WAIT_TIMEOUT";
+
+/**
+ * `waitForResult` gives no result: the task failed for good
+ * (`PGBG_TASK_FAILED`, with its last error), was cancelled
+ * (`PGBG_TASK_CANCELLED`), is not known (`PGBG_TASK_UNKNOWN`: never
+ * enqueued, past its retention, or finished without keeping its history),
+ * or the wait timed out (`PGBG_WAIT_TIMEOUT`; the task goes on).
+ */
+export class WaitError extends PgbgError {
+  declare readonly code: WaitErrorCode;
+  /** The task waited for. */
+  readonly taskId: string;
+  /** The task's last error as stored (name, message, attempt, at, ...), when it failed for good or an attempt had failed. */
+  readonly lastError: Record<string, unknown> | null;
+
+  constructor(code: WaitErrorCode, taskId: string, message: string, lastError: Record<string, unknown> | null = null) {
+    super(code, message);
+    this.taskId = taskId;
+    this.lastError = lastError;
   }
 }

@@ -24,7 +24,8 @@ export interface TaskEvents {
   /** An attempt started. */
   started: AttemptEvent;
   /** The task succeeded and is done. */
-  completed: AttemptEvent & { durationMs: number };
+  /** `result`: what was stored as its result (a task with a result schema). */
+  completed: AttemptEvent & { durationMs: number; result?: unknown };
   /** The attempt failed; the task is queued again after `delayMs`. */
   retrying: AttemptEvent & { durationMs: number; error: ErrorInfo; delayMs: number };
   /** The attempt failed and the task is kept as failed: no attempt is left, or the error was permanent. */

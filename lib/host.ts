@@ -140,7 +140,7 @@ class InProcessHost implements WorkerHost {
     this.#beat = cloneClient(sql, 1, "pgbg worker heartbeat");
     this.#services = maintenanceServices({
       sql: this.#pool, schema: options.schema, hostId: this.id, maxAttempts: options.maxAttempts, timings: this.#timings,
-      compactInterval: options.compactInterval, vacuumInterval: options.vacuumInterval, log: options.logger,
+      compactInterval: options.compactInterval, vacuumInterval: options.vacuumInterval, failedRetention: options.failedRetention, log: options.logger,
       onReleased: (tasks) => this.#metrics.released(tasks),
     });
     this.#maintenance = new Maintenance(Object.values(this.#services), options.logger);
@@ -189,7 +189,7 @@ class InProcessHost implements WorkerHost {
     const o = this.#options;
     return new Worker({
       schema: o.schema, queues: o.queues, concurrency: o.concurrency, timeout: o.timeout, retryDelay: o.retryDelay, maxAttempts: o.maxAttempts,
-      idleSleep: o.idleSleep, shutdownTimeout: o.shutdownTimeout, timings: this.#timings,
+      idleSleep: o.idleSleep, shutdownTimeout: o.shutdownTimeout, completedRetention: o.completedRetention, timings: this.#timings,
       sql: this.#pool, beatSql: this.#beat, tasks: o.tasks, log: o.logger, overdue: "detach", onReady,
       identity: { workerId: crypto.randomUUID(), hostId: this.id, hostname: hostname(), runtime: runtimeName(), pid: process.pid },
       onLost: (cause) => (this.#lost = cause),

@@ -9,7 +9,7 @@
 import * as v from "valibot";
 import type { AnyTask } from "./define.ts";
 import { type InputIssue, InvalidInputError } from "./errors.ts";
-import type { StandardIssue, StandardResult } from "./standard-schema.ts";
+import type { StandardIssue, StandardResult, StandardSchemaV1 } from "./standard-schema.ts";
 
 type ValibotSchema = v.GenericSchema | v.GenericSchemaAsync;
 
@@ -40,21 +40,30 @@ function standardIssues(issues: readonly StandardIssue[]): InputIssue[] {
  * is reported for inputs of `enqueueMany`.
  */
 export function validateInput(task: AnyTask, input: unknown, index?: number): unknown {
-  const schema = task.schema as unknown;
-  if (isValibot(schema)) {
-    if (schema.async) {
-      return v.safeParseAsync(schema, input).then((r) => {
-        if (!r.success) throw new InvalidInputError(task.name, valibotIssues(r.issues), index);
+  return validate(task.schema, input, (issues) => new InvalidInputError(task.name, issues, index));
+}
+
+/**
+ * Validates a value with any Standard Schema, as {@link validateInput} does
+ * an input: the output at once or as a promise; `refuse` makes the error
+ * thrown for the issues.
+ */
+export function validate(schema: StandardSchemaV1, value: unknown, refuse: (issues: InputIssue[]) => Error): unknown {
+  const s = schema as unknown;
+  if (isValibot(s)) {
+    if (s.async) {
+      return v.safeParseAsync(s, value).then((r) => {
+        if (!r.success) throw refuse(valibotIssues(r.issues));
         return r.output;
       });
     }
-    const r = v.safeParse(schema, input);
-    if (!r.success) throw new InvalidInputError(task.name, valibotIssues(r.issues), index);
+    const r = v.safeParse(s, value);
+    if (!r.success) throw refuse(valibotIssues(r.issues));
     return r.output;
   }
-  const result = task.schema["~standard"].validate(input);
+  const result = schema["~standard"].validate(value);
   const check = (r: StandardResult<unknown>) => {
-    if (r.issues) throw new InvalidInputError(task.name, standardIssues(r.issues), index);
+    if (r.issues) throw refuse(standardIssues(r.issues));
     return r.value;
   };
   return isThenable(result) ? Promise.resolve(result as PromiseLike<StandardResult<unknown>>).then(check) : check(result as StandardResult<unknown>);

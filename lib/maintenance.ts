@@ -12,11 +12,14 @@
  * @module
  */
 import type { Sql } from "postgres";
+import { defaults } from "./config.ts";
 import type { Liveness } from "./liveness.ts";
 import { describeError, type Logger } from "./log.ts";
 import { CancelSweeper } from "./maintenance/cancel-sweeper.ts";
 import { CountPruner } from "./maintenance/count-pruner.ts";
 import { DeadWorkerReleaser, type ReleaseListener } from "./maintenance/dead-worker-releaser.ts";
+import { FailedPruner } from "./maintenance/failed-pruner.ts";
+import { HistoryRotator } from "./maintenance/history-rotator.ts";
 import { IndexCompactor } from "./maintenance/index-compactor.ts";
 import { LeaseRescuer } from "./maintenance/lease-rescuer.ts";
 import { TableVacuumer } from "./maintenance/table-vacuumer.ts";
@@ -38,6 +41,8 @@ export interface MaintenanceSettings {
   compactInterval: number;
   /** How often to check whether the task table needs a vacuum; 0: never. */
   vacuumInterval: number;
+  /** How long tasks failed for good are kept when their definition set no retention (ms); Infinity: for ever. */
+  failedRetention: number;
   log: Logger;
   /** Told of the attempts that releases and rescues end (the host's metrics count them). */
   onReleased?: ReleaseListener;
@@ -52,11 +57,13 @@ export interface MaintenanceServices {
   pruner: CountPruner;
   compactor: IndexCompactor;
   vacuumer: TableVacuumer;
+  rotator: HistoryRotator;
+  failedPruner: FailedPruner;
 }
 
-/** Builds every duty with its interval: the checks at the heartbeat interval, pruning each minute, compaction and vacuum at their own. */
+/** Builds every duty with its interval: the checks at the heartbeat interval, pruning and the history's rotation each minute, compaction and vacuum at their own. */
 export function maintenanceServices(settings: MaintenanceSettings): MaintenanceServices {
-  const { sql, schema, hostId, maxAttempts, timings, compactInterval, vacuumInterval, log, onReleased } = settings;
+  const { sql, schema, hostId, maxAttempts, timings, compactInterval, vacuumInterval, failedRetention, log, onReleased } = settings;
   const every = timings.heartbeatInterval;
   return {
     releaser: new DeadWorkerReleaser(sql, schema, maxAttempts, every, log, onReleased),
@@ -66,6 +73,8 @@ export function maintenanceServices(settings: MaintenanceSettings): MaintenanceS
     pruner: new CountPruner(sql, schema, 60_000),
     compactor: new IndexCompactor(sql, schema, compactInterval, log),
     vacuumer: new TableVacuumer(sql, schema, vacuumInterval, log),
+    rotator: new HistoryRotator(sql, schema, defaults.historyInterval, log),
+    failedPruner: new FailedPruner(sql, schema, failedRetention, defaults.historyInterval, log),
   };
 }
 

@@ -40,9 +40,17 @@ export interface AttemptRef {
   completedInTransaction?: boolean;
 }
 
+/** A success, ready to be written. */
+export interface Completion extends AttemptRef {
+  /** How long the task is kept in the history once completed, in ms; 0 or none: not kept (deleted only). */
+  keep?: number;
+  /** Its result as JSON text, for a task with a result schema. */
+  result?: string;
+}
+
 /** Batches the completions, failures, snoozes, hand-backs and finished cancels of one worker. */
 export class OutcomeWriter {
-  #done: AttemptRef[] = [];
+  #done: Completion[] = [];
   #failed: Failure[] = [];
   #handedBack: AttemptRef[] = [];
   #snoozed: Snooze[] = [];
@@ -58,8 +66,8 @@ export class OutcomeWriter {
     private readonly events?: TaskEventEmitter,
   ) {}
 
-  /** Records a success: the task will be deleted. */
-  complete(attempt: AttemptRef): void {
+  /** Records a success: the task will be deleted, and kept in the history when it keeps any. */
+  complete(attempt: Completion): void {
     this.#done.push(attempt);
     this.#schedule();
   }
@@ -120,6 +128,8 @@ export class OutcomeWriter {
 
   async #write(): Promise<void> {
     const done = this.#done.splice(0);
+    const kept = done.some((d) => d.keep) ? done.filter((d) => d.keep) : [];
+    const deleted = kept.length ? done.filter((d) => !d.keep) : done;
     const failed = this.#failed.splice(0);
     const handedBack = this.#handedBack.splice(0);
     const snoozed = this.#snoozed.splice(0);
@@ -127,8 +137,11 @@ export class OutcomeWriter {
     const ids = (attempts: AttemptRef[]) => attempts.map((a) => a.id);
     const tokens = (attempts: AttemptRef[]) => attempts.map((a) => a.leaseToken);
     try {
-      const [completedRows, failedRows, , snoozedRows, cancelledRows] = await Promise.all([
-        done.length ? run<{ id: unknown }>(this.db, this.schema, "CompleteTasks", [ids(done), tokens(done)]) : [],
+      const [deletedRows, keptRows, failedRows, , snoozedRows, cancelledRows] = await Promise.all([
+        deleted.length ? run<{ id: unknown }>(this.db, this.schema, "CompleteTasks", [ids(deleted), tokens(deleted)]) : [],
+        kept.length
+          ? run<{ id: unknown }>(this.db, this.schema, "CompleteKeptTasks", [ids(kept), tokens(kept), kept.map((k) => k.result ?? null), kept.map((k) => k.keep)])
+          : [],
         failed.length
           ? run<{ id: unknown; state: string }>(this.db, this.schema, "FailTasks", [
             ids(failed),
@@ -144,6 +157,7 @@ export class OutcomeWriter {
         snoozed.length ? run<{ id: unknown }>(this.db, this.schema, "SnoozeTasks", [ids(snoozed), tokens(snoozed), snoozed.map((s) => s.delay)]) : [],
         cancelled.length ? run<{ id: unknown }>(this.db, this.schema, "FinishCancelledTasks", [ids(cancelled), tokens(cancelled)]) : [],
       ]);
+      const completedRows = keptRows.length ? [...deletedRows, ...keptRows] : deletedRows;
       countCompleted(done, completedRows);
       countFailed(failed, failedRows);
       if (this.events?.listening) tellWritten(this.events, { done, completedRows, failed, failedRows, snoozed, snoozedRows, cancelled, cancelledRows });
@@ -193,7 +207,7 @@ function countFailed(failed: Failure[], rows: { id: unknown; state: string }[]):
 
 /** What one batch wrote, for the events. */
 interface Written {
-  done: AttemptRef[];
+  done: Completion[];
   completedRows: { id: unknown }[];
   failed: Failure[];
   failedRows: { id: unknown; state: string }[];
@@ -210,7 +224,7 @@ function tellWritten(events: TaskEventEmitter, w: Written): void {
   const completed = ids(w.completedRows);
   for (const d of w.done) {
     if (!d.event) continue;
-    if (completed.has(d.id) || d.completedInTransaction) events.emit("completed", d.event);
+    if (completed.has(d.id) || d.completedInTransaction) events.emit("completed", d.result === undefined ? d.event : { ...d.event, result: JSON.parse(d.result) });
     else lost(d.event);
   }
   const states = new Map(w.failedRows.map((r) => [String(r.id), r.state]));

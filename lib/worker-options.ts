@@ -11,6 +11,7 @@ import { InvalidOptionsError, InvalidTaskError } from "./errors.ts";
 import type { Logger } from "./log.ts";
 import { checkedLater, checkOptions, formatValue, integer, type OptionCheck } from "./options.ts";
 import { registerTasks } from "./registry.ts";
+import { MAX_RETENTION } from "./retention.ts";
 import { checkSchemaName } from "./statements.ts";
 
 /** What an in-process worker runs and how. Durations in ms. */
@@ -37,6 +38,15 @@ export interface WorkerHostOptions {
   compactInterval?: number;
   /** How often to check whether the task table has dead rows that a vacuum can remove, and vacuum it (needs the table's owner); 0: never. @default 5 s */
   vacuumInterval?: number;
+  /**
+   * How long completed tasks are kept in the history with their results
+   * (getTask, listTasks), for tasks whose definition sets no
+   * `retention.completed`; 0: not kept, but an hour for a task with a
+   * result schema. Up to 365 days. @default 0
+   */
+  completedRetention?: number;
+  /** How long tasks failed for good are kept, for tasks whose definition sets no `retention.failed`; Infinity: for ever. Up to 365 days. @default Infinity */
+  failedRetention?: number;
   /** Connections of the worker's pool (claims, write-backs, maintenance); the heartbeat and LISTEN add one each. @default 4 */
   poolSize?: number;
   /** PostgreSQL schema holding pgbg's tables. @default "pgbg" */
@@ -60,6 +70,8 @@ export interface ResolvedWorkerOptions {
   shutdownTimeout: number;
   compactInterval: number;
   vacuumInterval: number;
+  completedRetention: number;
+  failedRetention: number;
   poolSize: number;
   schema: string;
   signal: AbortSignal | undefined;
@@ -81,6 +93,8 @@ const checks: Record<keyof WorkerHostOptions, OptionCheck> = {
   shutdownTimeout: duration(0),
   compactInterval: (v) => (v === 0 ? undefined : duration(1000)(v)),
   vacuumInterval: (v) => (v === 0 ? undefined : duration(1000)(v)),
+  completedRetention: integer(0, MAX_RETENTION),
+  failedRetention: (v) => (v === Number.POSITIVE_INFINITY ? undefined : integer(1000, MAX_RETENTION)(v)),
   poolSize: integer(1, 100),
   schema: checkedLater,
   signal: (v) => (v instanceof AbortSignal ? undefined : `must be an AbortSignal, got ${formatValue(v)}`),
@@ -119,6 +133,7 @@ export function resolveWorkerOptions(where: string, options: unknown): ResolvedW
     idleSleep: o.idleSleep ?? defaults.idleSleep, checkInterval: o.checkInterval ?? defaults.checkInterval,
     shutdownTimeout: o.shutdownTimeout ?? defaults.shutdownTimeout, compactInterval: o.compactInterval ?? defaults.compactInterval,
     vacuumInterval: o.vacuumInterval ?? defaults.vacuumInterval,
+    completedRetention: o.completedRetention ?? defaults.completedRetention, failedRetention: o.failedRetention ?? defaults.failedRetention,
     poolSize: o.poolSize ?? defaults.poolSize, signal: o.signal, logger: o.logger ?? consoleLogger,
   };
 }

@@ -18,6 +18,7 @@ import { graceFor, leaseFor, type Liveness, overdueExitBy } from "./liveness.ts"
 import type { AttemptEvent, TaskEventEmitter } from "./events.ts";
 import { describeError, type Logger } from "./log.ts";
 import { OutcomeWriter } from "./outcomes.ts";
+import { completedRetention } from "./retention.ts";
 import { type Database, run } from "./statements.ts";
 import { observe, type SeriesCounts, TaskStats } from "./stats.ts";
 
@@ -36,6 +37,8 @@ export interface WorkerSettings {
   idleSleep: number;
   /** How long a stopping worker lets running tasks finish before it hands them back. */
   shutdownTimeout: number;
+  /** How long completed tasks are kept in the history, for definitions that set none (ms); 0 or none: not kept. */
+  completedRetention?: number;
   /** Heartbeat, self-stop and lease timings, from {@link liveness}. */
   timings: Liveness;
 }
@@ -182,6 +185,8 @@ export const DEFAULT_MAX_SNOOZES = 100;
 export class Worker {
   readonly #options: WorkerOptions;
   readonly #tasks = new Map<string, AnyTask>();
+  /** How long each task is kept once completed (ms; 0: not), by name. */
+  readonly #keep = new Map<string, number>();
   readonly #scope: ClaimScope;
   readonly #cursor = new ClaimCursor();
   /** Attempts holding a slot. */
@@ -210,7 +215,10 @@ export class Worker {
     this.#shutdownTimeout = options.shutdownTimeout;
     this.#idleBackoff = this.#firstIdleSleep;
     this.#debug = options.log.isEnabled?.("debug") ?? true;
-    for (const task of options.tasks) this.#tasks.set(task.name, task);
+    for (const task of options.tasks) {
+      this.#tasks.set(task.name, task);
+      this.#keep.set(task.name, completedRetention(task, options.completedRetention ?? 0));
+    }
     const names = [...this.#tasks.keys()];
     this.#scope = {
       workerId: options.identity.workerId,
@@ -406,7 +414,10 @@ export class Worker {
     // #finish before startAttempt returns.
     this.#running.set(attemptKey(claimed), entry);
     const pending = startAttempt(
-      { task, claimed, schema: this.#options.schema, timeout, grace: graceFor(timeout), controller: entry.controller, onOverdue: () => this.#overdue(entry) },
+      {
+        task, claimed, schema: this.#options.schema, keep: this.#keep.get(task.name)!, timeout, grace: graceFor(timeout), controller: entry.controller,
+        onOverdue: () => this.#overdue(entry),
+      },
       (outcome) => this.#finish(entry, outcome),
     );
     entry.settled = pending ?? SETTLED;
@@ -433,7 +444,7 @@ export class Worker {
     if (this.#debug) this.#options.log.debug(`task ${claimed.id} succeeded`, fields(claimed, durationMs));
     this.#outcomes.complete({
       id: claimed.id, leaseToken: claimed.leaseToken, counts: entry.counts, event: this.#eventOf(claimed, durationMs),
-      completedInTransaction: claimed.completedInTransaction,
+      completedInTransaction: claimed.completedInTransaction, keep: this.#keep.get(claimed.name)!, result: outcome.result,
     });
   }
 

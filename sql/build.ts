@@ -58,12 +58,18 @@ function readQueries(): Map<string, string> {
   }
   const used = new Set<string>();
   for (const [name, statement] of queries) {
-    queries.set(name, statement.replace(/\{\{([A-Za-z]+)\}\}/g, (_, fragment: string) => {
-      const text = fragments.get(fragment);
-      if (text === undefined) throw new Error(`sql/queries: ${name} uses the unknown fragment ${fragment}`);
-      used.add(fragment);
-      return text;
-    }));
+    // A fragment may use fragments: expanded until none is left (a cycle is refused).
+    let text = statement;
+    for (let depth = 0; /\{\{[A-Za-z]+\}\}/.test(text); depth++) {
+      if (depth === 8) throw new Error(`sql/queries: ${name}'s fragments use each other in a cycle`);
+      text = text.replace(/\{\{([A-Za-z]+)\}\}/g, (_, fragment: string) => {
+        const part = fragments.get(fragment);
+        if (part === undefined) throw new Error(`sql/queries: ${name} uses the unknown fragment ${fragment}`);
+        used.add(fragment);
+        return part;
+      });
+    }
+    queries.set(name, text);
   }
   for (const name of fragments.keys()) if (!used.has(name)) throw new Error(`sql/queries: fragment ${name} is never used`);
   return queries;

@@ -112,13 +112,18 @@ WHERE t.state = 'failed' AND t.cancel_requested_at IS NULL
 RETURNING t.id;
 
 -- name: CancelTasks
--- Deletes the given tasks that are queued or failed; marks the running ones
+-- Deletes the given tasks that are queued or failed (keeping those that keep
+-- their history as cancelled); marks the running ones
 -- (their worker aborts the attempt at its next heartbeat and deletes the
 -- task when the attempt ends). A task that changed state during the call is
 -- in neither result; the caller asks again.
-WITH deleted AS (
-  DELETE FROM pgbg.task WHERE id = ANY($1::bigint[]) AND state <> 'running'
-  RETURNING id, 'deleted'::text AS outcome
+WITH finished AS (
+  DELETE FROM pgbg.task t WHERE t.id = ANY($1::bigint[]) AND t.state <> 'running'
+  RETURNING {{CancelledColumns}}
+),
+{{KeepFinished}},
+deleted AS (
+  SELECT id, 'deleted'::text AS outcome FROM finished WHERE (SELECT count(*) FROM kept) + (SELECT count(*) FROM woken) >= 0
 ),
 signalled AS (
   UPDATE pgbg.task SET cancel_requested_at = coalesce(cancel_requested_at, now())

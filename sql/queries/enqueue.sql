@@ -5,23 +5,25 @@
 -- delays are measured on the database's clock.
 
 -- name: EnqueueTask
--- $8: the task definition's version (input_version); $9: whether it has an onFailed handler.
-INSERT INTO pgbg.task (queue, name, payload, priority, run_at, max_attempts, input_version, on_failed)
+-- $8: the task definition's version (input_version); $9: whether it has an
+-- onFailed handler; $10 and $11: its retentions of completed and failed
+-- tasks in ms (keep_completed, keep_failed; NULL: none set).
+INSERT INTO pgbg.task (queue, name, payload, priority, run_at, max_attempts, input_version, on_failed, keep_completed, keep_failed)
 VALUES (
   $1, $2, $3::text::jsonb, $4,
   coalesce($5::timestamptz, now() + $6::float8 * interval '1 millisecond'),
-  $7, $8, $9
+  $7, $8, $9, $10::float8 * interval '1 millisecond', $11::float8 * interval '1 millisecond'
 )
 RETURNING id;
 
 -- name: EnqueueTaskKeyed
 -- The arbiter is task_key_idx: a pending task with the same key makes this
 -- insert nothing and return no row; the caller then looks the task up.
-INSERT INTO pgbg.task (queue, name, payload, priority, run_at, max_attempts, input_version, on_failed, key)
+INSERT INTO pgbg.task (queue, name, payload, priority, run_at, max_attempts, input_version, on_failed, keep_completed, keep_failed, key)
 VALUES (
   $1, $2, $3::text::jsonb, $4,
   coalesce($5::timestamptz, now() + $6::float8 * interval '1 millisecond'),
-  $7, $8, $9, $10
+  $7, $8, $9, $10::float8 * interval '1 millisecond', $11::float8 * interval '1 millisecond', $12
 )
 ON CONFLICT (key) WHERE key IS NOT NULL AND state <> 'failed' DO NOTHING
 RETURNING id;
@@ -36,9 +38,10 @@ RETURNING id;
 -- sorted, follow the order of the inputs. They come back as one
 -- comma-separated text, one row instead of one per task.
 WITH inserted AS (
-  INSERT INTO pgbg.task (queue, name, payload, priority, run_at, max_attempts, input_version, on_failed)
+  INSERT INTO pgbg.task (queue, name, payload, priority, run_at, max_attempts, input_version, on_failed, keep_completed, keep_failed)
   SELECT $1, $2, i.payload::jsonb, $4,
-    coalesce($5::timestamptz, now() + $6::float8 * interval '1 millisecond'), $7, $8, $9
+    coalesce($5::timestamptz, now() + $6::float8 * interval '1 millisecond'), $7, $8, $9,
+    $10::float8 * interval '1 millisecond', $11::float8 * interval '1 millisecond'
   FROM string_to_table($3::text, E'\n') WITH ORDINALITY AS i (payload, ord)
   ORDER BY i.ord
   RETURNING id
@@ -46,13 +49,14 @@ WITH inserted AS (
 SELECT string_agg(id::text, ',') AS ids FROM inserted;
 
 -- name: EnqueueManyKeyed
--- $3 as in EnqueueMany; $10 holds one key per payload. A key that is already
+-- $3 as in EnqueueMany; $12 holds one key per payload. A key that is already
 -- pending, or repeated earlier in the same batch, inserts nothing; the caller
 -- looks those up.
-INSERT INTO pgbg.task (queue, name, payload, priority, run_at, max_attempts, input_version, on_failed, key)
+INSERT INTO pgbg.task (queue, name, payload, priority, run_at, max_attempts, input_version, on_failed, keep_completed, keep_failed, key)
 SELECT $1, $2, i.payload::jsonb, $4,
-  coalesce($5::timestamptz, now() + $6::float8 * interval '1 millisecond'), $7, $8, $9, i.key
-FROM ROWS FROM (string_to_table($3::text, E'\n'), unnest($10::text[]))
+  coalesce($5::timestamptz, now() + $6::float8 * interval '1 millisecond'), $7, $8, $9,
+  $10::float8 * interval '1 millisecond', $11::float8 * interval '1 millisecond', i.key
+FROM ROWS FROM (string_to_table($3::text, E'\n'), unnest($12::text[]))
   WITH ORDINALITY AS i (payload, key, ord)
 ORDER BY i.ord
 ON CONFLICT (key) WHERE key IS NOT NULL AND state <> 'failed' DO NOTHING

@@ -130,7 +130,8 @@ RETURNING id;
 -- tokens, $3 retry delays in ms, $4 errors (JSON text), $5 permanent (1) or not (0),
 -- $6 max attempts for tasks that did not set their own.
 -- Found and fenced as in CompleteTasks. A task failed for good that wants
--- its onFailed hook gets it in this statement (EnqueueFailedHooks).
+-- its onFailed hook gets it in this statement (EnqueueFailedHooks), and
+-- its waiters are woken (WakeWaiters).
 WITH released AS (
   UPDATE pgbg.task t SET
     state = CASE WHEN f.permanent = 1 OR t.attempts >= coalesce(t.max_attempts, $6) THEN 'failed' ELSE 'queued' END::pgbg.task_state,
@@ -147,8 +148,10 @@ WITH released AS (
     AND t.id = f.id AND t.lease_token = f.token AND t.worker_id IS NOT NULL AND t.lease_expires_at IS NOT NULL
   RETURNING t.id, t.state, t.queue, t.name, t.priority, t.payload, t.attempts, t.last_error, t.on_failed, t.cancel_requested_at
 ),
-{{EnqueueFailedHooks}}
-SELECT id, state FROM released WHERE (SELECT count(*) FROM hooks) >= 0;
+{{EnqueueFailedHooks}},
+finished AS (SELECT id FROM released WHERE state = 'failed'),
+{{WakeWaiters}}
+SELECT id, state FROM released WHERE (SELECT count(*) FROM hooks) + (SELECT count(*) FROM woken) >= 0;
 
 -- name: SnoozeTasks
 -- ctx.retryAfter(ms): the task queued again after its wait ($3, ms), the
@@ -287,11 +290,16 @@ RETURNING id, ARRAY(
 
 -- name: FinishCancelledTasks
 -- Deletes cancelled tasks whose attempt ended, fenced by the lease like
--- every write about an attempt. $1 ids, $2 their lease tokens.
-DELETE FROM pgbg.task t
-USING unnest($1::bigint[], $2::integer[]) AS c (id, token)
-WHERE t.id = c.id AND t.lease_token = c.token AND t.state = 'running'
-RETURNING t.id;
+-- every write about an attempt, keeping those that keep their history as
+-- cancelled. $1 ids, $2 their lease tokens.
+WITH finished AS (
+  DELETE FROM pgbg.task t
+  USING unnest($1::bigint[], $2::integer[]) AS c (id, token)
+  WHERE t.id = c.id AND t.lease_token = c.token AND t.state = 'running'
+  RETURNING {{CancelledColumns}}
+),
+{{KeepFinished}}
+SELECT id FROM finished WHERE (SELECT count(*) FROM kept) + (SELECT count(*) FROM woken) >= 0;
 
 -- name: RecordTaskCounts
 -- A worker adds the outcomes it wrote since its last heartbeat to the
@@ -311,17 +319,22 @@ ON CONFLICT (period, queue, name) DO UPDATE SET
 
 -- name: DeleteCancelledTasks
 -- Cancelled tasks that left `running` before their worker deleted them
--- (failed or handed back first, or their worker died), up to 1,000 per run.
+-- (failed or handed back first, or their worker died), up to 1,000 per run,
+-- keeping those that keep their history as cancelled.
 -- Reads task_cancel_idx in its order, which a LIMIT keeps cheap whatever
 -- the planner estimates for `IS NOT NULL` (bench/RESULTS.md, item 11).
-DELETE FROM pgbg.task
-WHERE ctid = ANY (ARRAY(
-  SELECT ctid FROM pgbg.task
-  WHERE cancel_requested_at IS NOT NULL AND state <> 'running'
-  ORDER BY worker_id
-  LIMIT 1000
-))
-RETURNING id;
+WITH finished AS (
+  DELETE FROM pgbg.task t
+  WHERE t.ctid = ANY (ARRAY(
+    SELECT ctid FROM pgbg.task
+    WHERE cancel_requested_at IS NOT NULL AND state <> 'running'
+    ORDER BY worker_id
+    LIMIT 1000
+  ))
+  RETURNING {{CancelledColumns}}
+),
+{{KeepFinished}}
+SELECT id FROM finished WHERE (SELECT count(*) FROM kept) + (SELECT count(*) FROM woken) >= 0;
 
 -- name: PruneTaskCounts
 -- Counts are kept for an hour: `pgbg status` shows the last minute.

@@ -1,0 +1,140 @@
+-- Statements of the history: finished tasks kept for their retention, with
+-- their results, in pgbg.history (migration 008 says how it is stored and
+-- emptied), and the waiters told when a task they wait for ends.
+
+-- fragment: KeepFinished
+-- Copies each row of the CTE `finished` (id, state, queue, name, key,
+-- attempts, enqueued_at, last_error, result, keep) whose `keep` (an
+-- interval) is set into the history's current slot, expiring after `keep`;
+-- in the statement that ends the task, so a task is in one table or the
+-- other, never both nor neither. Wakes the waiters of every finished row.
+kept AS (
+  INSERT INTO pgbg.history (id, slot, state, queue, name, key, attempts, enqueued_at, finished_at, expires_at, last_error, result)
+  SELECT f.id, r.slot, f.state, f.queue, f.name, f.key, f.attempts, f.enqueued_at, now(), now() + f.keep, f.last_error, f.result
+  FROM finished f CROSS JOIN pgbg.history_rotation r
+  WHERE f.keep IS NOT NULL
+  RETURNING id
+),
+{{WakeWaiters}}
+
+-- fragment: CancelledColumns
+-- A cancelled task as KeepFinished takes it (from a DELETE of pgbg.task t):
+-- kept for its definition's retention of completed tasks, without result.
+t.id, 'cancelled'::text AS state, t.queue, t.name, t.key, t.attempts, t.enqueued_at, t.last_error,
+    NULL::jsonb AS result, t.keep_completed AS keep
+
+-- fragment: WakeWaiters
+-- Notifies the waiters (waitForResult) of the tasks of `finished`, on the
+-- channel each listens on. Reads pgbg.result_waiter, empty while nobody
+-- waits, so that a drain nobody waits on notifies nothing. The statement
+-- reads `woken` so that it runs.
+woken AS (
+  SELECT pg_notify(w.channel, w.task_id::text) FROM pgbg.result_waiter w
+  WHERE w.task_id IN (SELECT id FROM finished)
+)
+
+-- name: CompleteKeptTasks
+-- Success of tasks that keep their history or a result: deleted from the
+-- queue, as CompleteTasks does and fenced alike, and kept in pgbg.history
+-- for $4 ms each, with the result $3 (JSON text; NULL for none). Only the
+-- attempt that holds the lease gets past the fence, so no other attempt's
+-- result is ever stored. $1 ids, $2 lease tokens.
+WITH finished AS (
+  DELETE FROM pgbg.task t
+  USING unnest($1::bigint[], $2::integer[], $3::text[], $4::float8[]) AS c (id, token, result, keep_ms)
+  WHERE t.ctid = ANY (ARRAY(
+    {{LeasedRowAddresses}}
+  ))
+    AND t.id = c.id AND t.lease_token = c.token AND t.worker_id IS NOT NULL AND t.lease_expires_at IS NOT NULL
+  RETURNING t.id, 'completed'::text AS state, t.queue, t.name, t.key, t.attempts, t.enqueued_at, t.last_error,
+    c.result::jsonb AS result, c.keep_ms * interval '1 millisecond' AS keep
+),
+{{KeepFinished}}
+SELECT id FROM finished WHERE (SELECT count(*) FROM kept) + (SELECT count(*) FROM woken) >= 0;
+
+-- name: CompleteKeptTaskInTransaction
+-- ctx.complete(tx) of a task that keeps its history or a result: the same
+-- fenced delete as CompleteTaskInTransaction, and the copy into the
+-- history, in the handler's own transaction. $1 id, $2 lease token, $3
+-- result (JSON text or NULL), $4 retention in ms.
+WITH finished AS (
+  DELETE FROM pgbg.task t
+  WHERE t.id = $1 AND t.lease_token = $2 AND t.state = 'running'
+  RETURNING t.id, 'completed'::text AS state, t.queue, t.name, t.key, t.attempts, t.enqueued_at, t.last_error,
+    $3::text::jsonb AS result, $4::float8 * interval '1 millisecond' AS keep
+),
+{{KeepFinished}}
+SELECT id FROM finished WHERE (SELECT count(*) FROM kept) + (SELECT count(*) FROM woken) >= 0;
+
+-- name: GetFinishedTask
+-- A kept task by id ($1), until it expires: the primary key of each slot.
+SELECT h.id, h.queue, h.name, h.state, h.attempts, h.key, h.enqueued_at, h.finished_at, h.expires_at, h.last_error, h.result
+FROM pgbg.history h
+WHERE h.id = $1 AND h.expires_at > now()
+LIMIT 1;
+
+-- name: ListFinishedTasks
+-- One page of kept tasks in id order after the id $8 (NULL: from the
+-- start), at most $3; filters as ListTasks', each NULL for any: $1 state
+-- (completed or cancelled), $2 name, $4 queue, $5 key, $6 and $7 the
+-- enqueue time. The slots' primary keys merged in id order, read from
+-- where the last page ended.
+SELECT h.id, h.queue, h.name, h.state, h.attempts, h.key, h.enqueued_at, h.finished_at, h.expires_at, h.last_error, h.result
+FROM pgbg.history h
+WHERE h.id > coalesce($8::bigint, 0) AND h.expires_at > now()
+  AND ($1::text IS NULL OR h.state = $1::text)
+  AND ($2::text IS NULL OR h.name = $2::text)
+  AND ($4::text IS NULL OR h.queue = $4::text)
+  AND ($5::text IS NULL OR h.key = $5::text)
+  AND ($6::timestamptz IS NULL OR h.enqueued_at >= $6::timestamptz)
+  AND ($7::timestamptz IS NULL OR h.enqueued_at < $7::timestamptz)
+ORDER BY h.id
+LIMIT $3;
+
+-- name: AddResultWaiter
+-- A waitForResult call: notify channel $2 when task $1 ends.
+INSERT INTO pgbg.result_waiter (task_id, channel) VALUES ($1, $2);
+
+-- name: RemoveResultWaiter
+-- The end of a waitForResult call (one of its rows; a second waiter of the
+-- same task on the same channel keeps the other).
+DELETE FROM pgbg.result_waiter
+WHERE ctid = (SELECT ctid FROM pgbg.result_waiter WHERE task_id = $1 AND channel = $2 LIMIT 1);
+
+-- name: HistoryRotation
+-- The slot finished tasks go into, how long ago it became the current one
+-- (ms), and the other slots that hold rows.
+SELECT r.slot, extract(epoch FROM now() - r.since) * 1000 AS age_ms,
+  ARRAY(SELECT s FROM generate_series(0, 7) AS s
+        WHERE s <> r.slot AND EXISTS (SELECT 1 FROM pgbg.history h WHERE h.slot = s)) AS filled
+FROM pgbg.history_rotation r;
+
+-- name: RotateHistory
+-- Moves the current slot from $1 to the next, when that one is empty;
+-- another host that moved it first makes this change nothing.
+UPDATE pgbg.history_rotation SET slot = ($1 + 1) % 8, since = now()
+WHERE slot = $1 AND NOT EXISTS (SELECT 1 FROM pgbg.history h WHERE h.slot = ($1 + 1) % 8)
+RETURNING slot;
+
+-- name: EmptyHistorySlot
+-- Truncates slot $1 if all its rows expired (pgbg.empty_history_slot).
+SELECT pgbg.empty_history_slot($1) AS emptied;
+
+-- name: PruneResultWaiters
+-- Waiters older than a day: their process died without removing its row.
+DELETE FROM pgbg.result_waiter WHERE since < now() - interval '1 day';
+
+-- name: PruneFailedTasks
+-- Deletes failed tasks older than their retention: the one their
+-- definition gave at enqueue (keep_failed), else $1 ms (NULL: kept for
+-- ever). At most $2 at a time, through task_failed_idx.
+DELETE FROM pgbg.task
+WHERE ctid = ANY (ARRAY(
+  SELECT t.ctid FROM pgbg.task t
+  WHERE t.state = 'failed'
+    AND t.failed_at < now() - coalesce(t.keep_failed, $1::float8 * interval '1 millisecond')
+  ORDER BY t.failed_at
+  LIMIT $2
+))
+  AND state = 'failed'
+RETURNING id;
