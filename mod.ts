@@ -2,8 +2,8 @@
  * pgbg: a background task queue for TypeScript that keeps its queue in
  * PostgreSQL. This module is the library that applications import to define
  * and enqueue tasks, to run them in their own process (`createWorker`,
- * `drain`), and to look after them (`getTask`, `listTasks`, `retry`,
- * `cancel`, `status`); the service that runs them in supervised
+ * `drain`), to wait for their results (`waitForResult`), and to look after
+ * them (`getTask`, `listTasks`, `retry`, `cancel`, `status`); the service that runs them in supervised
  * subprocesses is `pgbg serve`.
  *
  * @example
@@ -26,7 +26,10 @@
  * @module
  */
 export { defineTask } from "./lib/define.ts";
-export type { AnyTask, InputSchema, RetryBackoff, Task, TaskContext, TaskInput } from "./lib/define.ts";
+export type { AnyTask, InputSchema, RetryBackoff, RunReturn, Task, TaskContext, TaskInput, TaskResult } from "./lib/define.ts";
+export type { Retention } from "./lib/retention.ts";
+export { waitForResult } from "./lib/wait.ts";
+export type { WaitOptions } from "./lib/wait.ts";
 export type { StandardInput, StandardIssue, StandardOutput, StandardResult, StandardSchemaProps, StandardSchemaV1 } from "./lib/standard-schema.ts";
 export { enqueue, enqueueMany } from "./lib/enqueue.ts";
 export type { EnqueueManyOptions, EnqueueOptions } from "./lib/enqueue.ts";
@@ -59,12 +62,14 @@ export {
   InvalidInputError,
   InvalidOptionsError,
   InvalidPayloadError,
+  InvalidResultError,
   InvalidTaskError,
   LeaseLostError,
   PayloadTooLargeError,
   PermanentError,
   PgbgError,
   SchemaError,
+  WaitError,
 } from "./lib/errors.ts";
-export type { ErrorCode, InputIssue } from "./lib/errors.ts";
+export type { ErrorCode, InputIssue, WaitErrorCode } from "./lib/errors.ts";
 export { VERSION } from "./lib/version.ts";

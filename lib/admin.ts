@@ -19,8 +19,15 @@ export interface AdminOptions {
   schema?: string;
 }
 
-/** The states `listTasks` filters on: `queued` means due now, `scheduled` queued for later. */
-export const TASK_STATES = ["queued", "scheduled", "running", "failed"] as const;
+/**
+ * The states `listTasks` filters on: `queued` means due now, `scheduled`
+ * queued for later; `completed` and `cancelled` tasks are those kept in the
+ * history (a task's retention, lib/retention.ts).
+ */
+export const TASK_STATES = ["queued", "scheduled", "running", "failed", "completed", "cancelled"] as const;
+
+/** The states of tasks kept in the history once finished. */
+const FINISHED_STATES: readonly string[] = ["completed", "cancelled"];
 
 /** One of {@link TASK_STATES}. */
 export type TaskState = typeof TASK_STATES[number];
@@ -134,8 +141,14 @@ export interface TaskInfo {
   lastError: { name?: string; message?: string; [field: string]: unknown } | null;
   /** Its input, as stored. */
   payload: unknown;
-  /** The version of the task's definition it was enqueued for. */
-  inputVersion: number;
+  /** The version of the task's definition it was enqueued for (null for a finished task: not kept). */
+  inputVersion: number | null;
+  /** When it completed or was cancelled; null while in the queue. */
+  finishedAt: Date | null;
+  /** When a finished task is forgotten (its retention ends); null while in the queue. */
+  expiresAt: Date | null;
+  /** What its run resolved to, for a completed task with a result schema; null otherwise. */
+  result: unknown;
 }
 
 // deno-lint-ignore no-explicit-any
@@ -144,6 +157,17 @@ function taskInfo(r: any): TaskInfo {
     id: String(r.id), queue: r.queue, name: r.name, state: r.state, attempts: r.attempts, snoozes: r.snoozes, maxAttempts: r.max_attempts, priority: r.priority,
     key: r.key, runAt: r.run_at, enqueuedAt: r.enqueued_at, failedAt: r.failed_at, workerId: r.worker_id,
     cancelRequestedAt: r.cancel_requested_at, lastError: r.last_error, payload: r.payload, inputVersion: r.input_version,
+    finishedAt: null, expiresAt: null, result: null,
+  };
+}
+
+/** A finished task of the history as TaskInfo: what the queue's columns held at the end, where the history keeps them. */
+// deno-lint-ignore no-explicit-any
+function finishedTaskInfo(r: any): TaskInfo {
+  return {
+    id: String(r.id), queue: r.queue, name: r.name, state: r.state, attempts: r.attempts, snoozes: 0, maxAttempts: null, priority: 0,
+    key: r.key, runAt: r.enqueued_at, enqueuedAt: r.enqueued_at, failedAt: null, workerId: null, cancelRequestedAt: null,
+    lastError: r.last_error, payload: r.payload, inputVersion: null, finishedAt: r.finished_at, expiresAt: r.expires_at, result: r.result,
   };
 }
 
@@ -160,14 +184,25 @@ function taskIds(where: string, ids: readonly unknown[]): string[] {
 }
 
 /**
- * One task by its id, or null when the queue does not hold it: never
- * enqueued, or finished (a success deletes it; so does a cancel).
+ * One task by its id: from the queue while it is queued, running or
+ * failed, then from the history while its retention lasts (completed, with
+ * its result, or cancelled). Null for an id it does not know: never
+ * enqueued, past its retention, or finished without keeping its history.
  */
 export async function getTask(db: Database, id: string, options?: AdminOptions): Promise<TaskInfo | null> {
   const schema = schemaOf("getTask()", options);
   const [checked] = taskIds("getTask()", [id]);
-  const [row] = await run(db, schema, "GetTask", [checked]);
-  return row ? taskInfo(row) : null;
+  return readTask(db, schema, checked);
+}
+
+/** The task `id` (checked) from the queue, else from the history (see getTask). */
+export async function readTask(db: Database, schema: string, id: string): Promise<TaskInfo | null> {
+  const [row] = await run(db, schema, "GetTask", [id]);
+  if (row) return taskInfo(row);
+  // Read after the queue: a task that finished between the two reads is
+  // in the history by now (its end moved it in one statement).
+  const [finished] = await run(db, schema, "GetFinishedTask", [id]);
+  return finished ? finishedTaskInfo(finished) : null;
 }
 
 /** What `listTasks` filters on and how it pages. Every filter is optional. */
@@ -211,7 +246,8 @@ const listChecks: Record<string, OptionCheck> = {
 
 /**
  * A page of tasks in enqueue order, filtered by state, queue, task name,
- * dedup key and enqueue time. Pages by keyset: pass the page's `next` as
+ * dedup key and enqueue time. Without a state, the tasks in the queue;
+ * with `completed` or `cancelled`, those kept in the history. Pages by keyset: pass the page's `next` as
  * `after` for the one after it, which costs what the first did however deep
  * it is.
  */
@@ -219,8 +255,10 @@ export async function listTasks(db: Database, options?: ListTasksOptions): Promi
   const schema = schemaOf("listTasks()", options, listChecks);
   const o = options ?? {};
   const limit = o.limit ?? 100;
-  const rows = await run(db, schema, "ListTasks", [o.state ?? null, o.name ?? null, limit, o.queue ?? null, o.key ?? null, o.from ?? null, o.to ?? null, o.after ?? null]);
-  const tasks = rows.map(taskInfo);
+  const finished = o.state !== undefined && FINISHED_STATES.includes(o.state);
+  const params = [o.state ?? null, o.name ?? null, limit, o.queue ?? null, o.key ?? null, o.from ?? null, o.to ?? null, o.after ?? null];
+  const rows = await run(db, schema, finished ? "ListFinishedTasks" : "ListTasks", params);
+  const tasks = rows.map(finished ? finishedTaskInfo : taskInfo);
   return { tasks, next: tasks.length === limit ? tasks[tasks.length - 1].id : null };
 }
 

@@ -42,6 +42,8 @@ CREATE TABLE pgbg.history (
   finished_at timestamptz NOT NULL,
   -- Reads leave the row out from here on; its slot is emptied after.
   expires_at  timestamptz NOT NULL,
+  -- Its input, as stored.
+  payload     jsonb NOT NULL,
   -- The error of an earlier attempt, if one failed.
   last_error  jsonb,
   -- What run resolved to, validated by the task's result schema; NULL for a

@@ -4,13 +4,13 @@
 
 -- fragment: KeepFinished
 -- Copies each row of the CTE `finished` (id, state, queue, name, key,
--- attempts, enqueued_at, last_error, result, keep) whose `keep` (an
+-- attempts, enqueued_at, payload, last_error, result, keep) whose `keep` (an
 -- interval) is set into the history's current slot, expiring after `keep`;
 -- in the statement that ends the task, so a task is in one table or the
 -- other, never both nor neither. Wakes the waiters of every finished row.
 kept AS (
-  INSERT INTO pgbg.history (id, slot, state, queue, name, key, attempts, enqueued_at, finished_at, expires_at, last_error, result)
-  SELECT f.id, r.slot, f.state, f.queue, f.name, f.key, f.attempts, f.enqueued_at, now(), now() + f.keep, f.last_error, f.result
+  INSERT INTO pgbg.history (id, slot, state, queue, name, key, attempts, enqueued_at, finished_at, expires_at, payload, last_error, result)
+  SELECT f.id, r.slot, f.state, f.queue, f.name, f.key, f.attempts, f.enqueued_at, now(), now() + f.keep, f.payload, f.last_error, f.result
   FROM finished f CROSS JOIN pgbg.history_rotation r
   WHERE f.keep IS NOT NULL
   RETURNING id
@@ -20,7 +20,7 @@ kept AS (
 -- fragment: CancelledColumns
 -- A cancelled task as KeepFinished takes it (from a DELETE of pgbg.task t):
 -- kept for its definition's retention of completed tasks, without result.
-t.id, 'cancelled'::text AS state, t.queue, t.name, t.key, t.attempts, t.enqueued_at, t.last_error,
+t.id, 'cancelled'::text AS state, t.queue, t.name, t.key, t.attempts, t.enqueued_at, t.payload, t.last_error,
     NULL::jsonb AS result, t.keep_completed AS keep
 
 -- fragment: WakeWaiters
@@ -46,7 +46,7 @@ WITH finished AS (
     {{LeasedRowAddresses}}
   ))
     AND t.id = c.id AND t.lease_token = c.token AND t.worker_id IS NOT NULL AND t.lease_expires_at IS NOT NULL
-  RETURNING t.id, 'completed'::text AS state, t.queue, t.name, t.key, t.attempts, t.enqueued_at, t.last_error,
+  RETURNING t.id, 'completed'::text AS state, t.queue, t.name, t.key, t.attempts, t.enqueued_at, t.payload, t.last_error,
     c.result::jsonb AS result, c.keep_ms * interval '1 millisecond' AS keep
 ),
 {{KeepFinished}}
@@ -60,7 +60,7 @@ SELECT id FROM finished WHERE (SELECT count(*) FROM kept) + (SELECT count(*) FRO
 WITH finished AS (
   DELETE FROM pgbg.task t
   WHERE t.id = $1 AND t.lease_token = $2 AND t.state = 'running'
-  RETURNING t.id, 'completed'::text AS state, t.queue, t.name, t.key, t.attempts, t.enqueued_at, t.last_error,
+  RETURNING t.id, 'completed'::text AS state, t.queue, t.name, t.key, t.attempts, t.enqueued_at, t.payload, t.last_error,
     $3::text::jsonb AS result, $4::float8 * interval '1 millisecond' AS keep
 ),
 {{KeepFinished}}
@@ -68,7 +68,7 @@ SELECT id FROM finished WHERE (SELECT count(*) FROM kept) + (SELECT count(*) FRO
 
 -- name: GetFinishedTask
 -- A kept task by id ($1), until it expires: the primary key of each slot.
-SELECT h.id, h.queue, h.name, h.state, h.attempts, h.key, h.enqueued_at, h.finished_at, h.expires_at, h.last_error, h.result
+SELECT h.id, h.queue, h.name, h.state, h.attempts, h.key, h.enqueued_at, h.finished_at, h.expires_at, h.payload, h.last_error, h.result
 FROM pgbg.history h
 WHERE h.id = $1 AND h.expires_at > now()
 LIMIT 1;
@@ -79,7 +79,7 @@ LIMIT 1;
 -- (completed or cancelled), $2 name, $4 queue, $5 key, $6 and $7 the
 -- enqueue time. The slots' primary keys merged in id order, read from
 -- where the last page ended.
-SELECT h.id, h.queue, h.name, h.state, h.attempts, h.key, h.enqueued_at, h.finished_at, h.expires_at, h.last_error, h.result
+SELECT h.id, h.queue, h.name, h.state, h.attempts, h.key, h.enqueued_at, h.finished_at, h.expires_at, h.payload, h.last_error, h.result
 FROM pgbg.history h
 WHERE h.id > coalesce($8::bigint, 0) AND h.expires_at > now()
   AND ($1::text IS NULL OR h.state = $1::text)
