@@ -49,7 +49,7 @@ export const defaults = {
   compactMinIndexBytes: 8 * 1024 * 1024,
   /**
    * What the indexes of one live task take, generously: about 100 bytes
-   * across the five indexes (the claim index's entry is the widest, ~40).
+   * across the six indexes (the claim index's entry is the widest, ~40).
    */
   compactBytesPerLiveRow: 100,
   /** The indexes are bloated when over this many times what the live rows need. */

@@ -24,7 +24,7 @@ export function parseDuration(text: string, max: number = MAX_DURATION): number 
 /** Renders milliseconds the way --help shows defaults: `30s`, `500ms`, `5m`. */
 export function formatDuration(ms: number): string {
   if (ms === Number.POSITIVE_INFINITY) return "forever";
-  if (ms % 86_400_000 === 0 && ms > 0) return `${ms / 86_400_000}d`;
+  if (ms % 86_400_000 === 0 && ms > MAX_DURATION) return `${ms / 86_400_000}d`;
   if (ms % 3_600_000 === 0 && ms > 0) return `${ms / 3_600_000}h`;
   if (ms % 60_000 === 0 && ms > 0) return `${ms / 60_000}m`;
   if (ms % 1000 === 0 && ms > 0) return `${ms / 1000}s`;

@@ -74,6 +74,8 @@ describe("pgbg serve flags", () => {
     `pgbg: --${flag} (${env}) must be a duration such as 500ms, 30s, 5m or plain milliseconds, from ${min} ms to 168h, got "${got}"`;
   const durationOrOff = (flag: string, env: string, min: number, got: string) =>
     `pgbg: --${flag} (${env}) must be a duration such as 500ms, 30s, 5m or plain milliseconds, from ${min} ms to 168h, or 0 or off, got "${got}"`;
+  const retention = (flag: string, env: string, or: string, got: string) =>
+    `pgbg: --${flag} (${env}) must be a duration such as 500ms, 30s, 5m, 30d or plain milliseconds, from 1000 ms to 365d${or}, got "${got}"`;
   const badSchema = (name: string) =>
     `pgbg: --schema (PGBG_SCHEMA): invalid schema name ${JSON.stringify(name)}: use 1-63 lower-case letters, digits or _, not starting with a digit or pg_`;
   const queueRule = "a list of queue names (1-128 characters of A-Z a-z 0-9 _ . : / -, starting with a letter or digit)";
@@ -123,6 +125,10 @@ describe("pgbg serve flags", () => {
     [[], { PGBG_COMPACT_INTERVAL: "-5m" }, durationOrOff("compact-interval", "PGBG_COMPACT_INTERVAL", 1000, "-5m")],
     [["--vacuum-interval", "500ms"], {}, durationOrOff("vacuum-interval", "PGBG_VACUUM_INTERVAL", 1000, "500ms")],
     [[], { PGBG_VACUUM_INTERVAL: "soon" }, durationOrOff("vacuum-interval", "PGBG_VACUUM_INTERVAL", 1000, "soon")],
+    [["--completed-retention", "500ms"], {}, retention("completed-retention", "PGBG_COMPLETED_RETENTION", ", or 0 or off", "500ms")],
+    [["--completed-retention", "366d"], {}, retention("completed-retention", "PGBG_COMPLETED_RETENTION", ", or 0 or off", "366d")],
+    [["--failed-retention", "never"], {}, retention("failed-retention", "PGBG_FAILED_RETENTION", ", or forever", "never")],
+    [[], { PGBG_FAILED_RETENTION: "off" }, retention("failed-retention", "PGBG_FAILED_RETENTION", ", or forever", "off")],
     [["--schema", "Bad-Name"], {}, badSchema("Bad-Name")],
     [["--schema", "pg_catalog"], {}, badSchema("pg_catalog")],
     [["--schema", "x".repeat(64)], {}, badSchema("x".repeat(64))],
@@ -192,6 +198,7 @@ describe("pgbg serve flags", () => {
     assert.deepEqual(config([]), {
       databaseUrl: undefined, schema: "pgbg", tasks: [fixtureTasks], workers: 2, concurrency: 10, timeout: 30_000, retryDelay: 5_000,
       checkInterval: 1_000, idleSleep: 1_000, maxAttempts: 25, queues: null, shutdownTimeout: 30_000, compactInterval: 30_000, vacuumInterval: 5_000,
+      completedRetention: 0, failedRetention: Number.POSITIVE_INFINITY,
       migrate: true, logLevel: "info", logFormat: "json", metricsPort: null, metricsHost: "0.0.0.0",
     });
     assert.equal(config([], {}, true).logFormat, "pretty", "pretty on a terminal");

@@ -13,6 +13,8 @@ import { Maintenance, type MaintenanceService } from "../lib/maintenance.ts";
 import { CancelSweeper } from "../lib/maintenance/cancel-sweeper.ts";
 import { CountPruner } from "../lib/maintenance/count-pruner.ts";
 import { DeadWorkerReleaser } from "../lib/maintenance/dead-worker-releaser.ts";
+import { FailedPruner } from "../lib/maintenance/failed-pruner.ts";
+import { HistoryRotator, rotateHistory } from "../lib/maintenance/history-rotator.ts";
 import { IndexCompactor } from "../lib/maintenance/index-compactor.ts";
 import { LeaseRescuer } from "../lib/maintenance/lease-rescuer.ts";
 import { readVacuumState, TableVacuumer, VACUUM_MIN_DEAD_ROWS, vacuumDue, type VacuumState } from "../lib/maintenance/table-vacuumer.ts";
@@ -188,6 +190,91 @@ describe("the count pruner", () => {
       (now() - interval '61 minutes', 'default', 't', 1), (now() - interval '59 minutes', 'default', 't', 2)`;
     await new CountPruner(sql, "pgbg", 60_000).runOnce();
     assert.deepEqual((await sql`SELECT completed::int FROM pgbg.task_count`).map((r) => r.completed), [2]);
+  });
+});
+
+describe("the history's rotation", () => {
+  /** Rows in slot `slot` that expire `expiresInMs` from now (negative: expired). */
+  const kept = async (slot: number, n: number, expiresInMs: number) => {
+    await sql`INSERT INTO pgbg.history (id, slot, state, queue, name, attempts, enqueued_at, finished_at, expires_at, payload)
+      SELECT nextval('history_test_ids'), ${slot}, 'completed', 'default', 't', 1, now(), now(), now() + ${expiresInMs} * interval '1 ms', '{}'
+      FROM generate_series(1, ${n})`;
+  };
+  const counts = async () =>
+    Object.fromEntries((await sql`SELECT slot, count(*)::int AS n FROM pgbg.history GROUP BY slot`).map((r) => [r.slot, r.n]));
+  const current = async () => (await sql`SELECT slot FROM pgbg.history_rotation`)[0].slot as number;
+
+  test("empties a slot by TRUNCATE only once every row in it expired, never the current one, and moves on only to an empty slot", async () => {
+    await sql`CREATE SEQUENCE IF NOT EXISTS history_test_ids`;
+    await sql`TRUNCATE pgbg.history`;
+    await sql`UPDATE pgbg.history_rotation SET slot = 0, since = now()`;
+    await kept(0, 3, -1_000);
+    await kept(1, 2, -1_000);
+    await kept(2, 2, -1_000);
+    await kept(2, 1, 60_000);
+    assert.deepEqual(await rotateHistory(sql, "pgbg", 60_000), { emptied: [1] }, "slot 2 holds a live row; slot 0 is current; too young to rotate");
+    assert.deepEqual(await counts(), { 0: 3, 2: 3 });
+    assert.deepEqual(await rotateHistory(sql, "pgbg", 0), { emptied: [], rotatedTo: 1 }, "slot 1 is empty now: the rotation moves there");
+    assert.deepEqual(await rotateHistory(sql, "pgbg", 0), { emptied: [0] }, "slot 2, next, is not empty: it stays in slot 1");
+    assert.equal(await current(), 1);
+    assert.deepEqual(await counts(), { 2: 3 });
+    const [{ dead }] = await sql`SELECT n_dead_tup::int AS dead FROM pg_stat_user_tables WHERE relname = 'history_0'`;
+    assert.equal(dead, 0, "emptied without dead rows");
+  });
+
+  test("skips a slot another session is reading, and empties it at the next turn", async () => {
+    await sql`TRUNCATE pgbg.history`;
+    await sql`UPDATE pgbg.history_rotation SET slot = 0, since = now()`;
+    await kept(3, 1, -1_000);
+    const reader = await sql.reserve();
+    try {
+      await reader`BEGIN`;
+      await reader`SELECT count(*) FROM pgbg.history_3`;
+      assert.deepEqual(await rotateHistory(sql, "pgbg", 60_000), { emptied: [] });
+      await reader`COMMIT`;
+    } finally {
+      reader.release();
+    }
+    assert.deepEqual(await rotateHistory(sql, "pgbg", 60_000), { emptied: [3] });
+  });
+
+  test("forgets waiters older than a day", async () => {
+    await sql`INSERT INTO pgbg.result_waiter (task_id, channel, since) VALUES (1, 'c', now() - interval '25 hours'), (2, 'c', now())`;
+    await rotateHistory(sql, "pgbg", 60_000);
+    assert.deepEqual((await sql`SELECT task_id::int FROM pgbg.result_waiter`).map((r) => r.task_id), [2]);
+    await sql`DELETE FROM pgbg.result_waiter`;
+  });
+
+  test("stops for good, saying why once, when the role may not rotate", async () => {
+    await asOtherRole(async (asRole) => {
+      const log = recorder();
+      const rotator = new HistoryRotator(asRole, "pgbg", 60_000, log);
+      await rotator.runOnce();
+      assert.equal(rotator.interval, 0, "not again");
+      assert.match(log.lines.join("\n"), /cannot rotate pgbg\.history: .* Not trying again\./);
+    });
+  });
+});
+
+describe("the failed-task pruner", () => {
+  test("deletes failed tasks past their own retention, else past the host's, and keeps the rest", async () => {
+    await clean();
+    const failed = async (agoMs: number, keepMs: number | null) =>
+      (await sql`INSERT INTO pgbg.task (queue, name, payload, state, failed_at, keep_failed)
+        VALUES ('default', 't', '{}', 'failed', now() - ${agoMs} * interval '1 ms', ${keepMs} * interval '1 ms') RETURNING id::text`)[0].id as string;
+    const ownExpired = await failed(10_000, 5_000);
+    const ownKept = await failed(10_000, 60_000);
+    const defaultExpired = await failed(120_000, null);
+    const defaultKept = await failed(10_000, null);
+    const queued = (await sql`INSERT INTO pgbg.task (queue, name, payload) VALUES ('default', 't', '{}') RETURNING id::text`)[0].id as string;
+    const ids = async () => (await sql`SELECT id::text FROM pgbg.task ORDER BY id`).map((r) => r.id);
+    await new FailedPruner(sql, "pgbg", Number.POSITIVE_INFINITY, 60_000, recorder()).runOnce();
+    assert.deepEqual(await ids(), [ownKept, defaultExpired, defaultKept, queued], "the host's default keeps them for ever");
+    const log = recorder();
+    await new FailedPruner(sql, "pgbg", 60_000, 60_000, log).runOnce();
+    assert.deepEqual(await ids(), [ownKept, defaultKept, queued]);
+    assert.deepEqual(log.lines, ["deleted 1 failed task(s) past their retention"]);
+    void ownExpired;
   });
 });
 

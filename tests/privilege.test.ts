@@ -7,10 +7,14 @@
  * dropped when the file ends.
  */
 import assert from "node:assert/strict";
-import { randomBytes } from "node:crypto";
+import { randomBytes, randomUUID } from "node:crypto";
 import { fileURLToPath } from "node:url";
 import { after, describe, test } from "node:test";
 import postgres from "postgres";
+import { claimTasks } from "../lib/claim.ts";
+import { silentLogger } from "../lib/log.ts";
+import { rotateHistory } from "../lib/maintenance/history-rotator.ts";
+import { OutcomeWriter } from "../lib/outcomes.ts";
 import { enqueue, enqueueMany, LATEST_SCHEMA_VERSION, migrate, schemaVersion } from "../mod.ts";
 import { completesInTx, fails, noop, waitsForSignal } from "./fixtures/pgbg-only.ts";
 import { clientOptions, createTestDatabase, serverUrl } from "./harness.ts";
@@ -32,6 +36,10 @@ for (const role of Object.values(roles)) {
 }
 await sql.unsafe(`GRANT SELECT, INSERT, UPDATE, DELETE ON pgbg.task, pgbg.worker, pgbg.task_count TO "${roles.serve}"`);
 await sql.unsafe(`GRANT SELECT ON pgbg.migration TO "${roles.serve}"`);
+await sql.unsafe(`GRANT SELECT, INSERT ON pgbg.history TO "${roles.serve}"`);
+await sql.unsafe(`GRANT SELECT, UPDATE ON pgbg.history_rotation TO "${roles.serve}"`);
+await sql.unsafe(`GRANT TRUNCATE ON ${[0, 1, 2, 3, 4, 5, 6, 7].map((n) => `pgbg.history_${n}`).join(", ")} TO "${roles.serve}"`);
+await sql.unsafe(`GRANT SELECT, DELETE ON pgbg.result_waiter TO "${roles.serve}"`);
 // The insert trigger reads pgbg.worker to decide whether to wake a worker.
 await sql.unsafe(`GRANT SELECT, INSERT ON pgbg.task TO "${roles.enqueue}"`);
 await sql.unsafe(`GRANT SELECT ON pgbg.worker TO "${roles.enqueue}"`);
@@ -86,6 +94,19 @@ describe("least-privilege roles", () => {
     assert.deepEqual(await refusal(asEnqueue`DELETE FROM pgbg.task`), ["42501", "permission denied for table task"]);
     assert.deepEqual(await refusal(asEnqueue`UPDATE pgbg.task SET priority = 1`), ["42501", "permission denied for table task"]);
     assert.deepEqual(await refusal(asEnqueue`DELETE FROM pgbg.worker`), ["42501", "permission denied for table worker"]);
+  });
+
+  test("the service's role keeps results and rotates the history with the grants above: completes a kept task, empties an expired slot", async () => {
+    const id = await enqueue(asEnqueue, noop, {});
+    const [claimed] = await claimTasks(asServe, "pgbg", { workerId: randomUUID(), queues: null, names: ["noop"], leaseMs: [60_000] }, 1);
+    assert.equal(claimed.id, id);
+    const writer = new OutcomeWriter(asServe, "pgbg", 25, silentLogger);
+    writer.complete({ id, leaseToken: claimed.leaseToken, keep: 60_000, result: "42" });
+    await writer.flush();
+    assert.deepEqual((await sql`SELECT state, result FROM pgbg.history WHERE id = ${id}`).map((r) => ({ ...r })), [{ state: "completed", result: 42 }]);
+    await sql`INSERT INTO pgbg.history (id, slot, state, queue, name, attempts, enqueued_at, finished_at, expires_at, payload)
+      VALUES (1, 6, 'completed', 'default', 'noop', 1, now(), now(), now() - interval '1 second', '{}')`;
+    assert.ok((await rotateHistory(asServe, "pgbg", 0)).emptied.includes(6));
   });
 
   test("pgbg serve --no-migrate under the service's role runs, fails, completes in a transaction and hands back tasks", async () => {

@@ -110,7 +110,8 @@ BEGIN
   EXCEPTION WHEN lock_not_available THEN
     RETURN false;
   END;
-  EXECUTE 'SELECT EXISTS (SELECT 1 FROM pgbg.history_' || empty_slot || ' WHERE expires_at > now())' INTO live;
+  -- Read through the parent (its SELECT is granted), pruned to the slot.
+  SELECT EXISTS (SELECT 1 FROM pgbg.history h WHERE h.slot = empty_slot AND h.expires_at > now()) INTO live;
   IF live THEN
     RETURN false;
   END IF;
