@@ -3,7 +3,7 @@
  *
  * @module
  */
-import type { Status, TaskPage } from "../lib/admin.ts";
+import type { Status, TaskInfo, TaskPage } from "../lib/admin.ts";
 import type { CompactResult } from "../lib/compact.ts";
 import { formatAge, formatBytes, formatTable, oneLine } from "./table.ts";
 
@@ -36,15 +36,29 @@ export function formatStatus(status: Status): string {
   return parts.join("");
 }
 
-/** `pgbg list` as text: one line per task, its last error cut to fit; after a full page, how to get the next. */
+/**
+ * `pgbg list` as text: one line per task, its last error cut to fit; for
+ * finished tasks (completed, cancelled) when it finished and its result
+ * instead of when it runs; after a full page, how to get the next.
+ */
 export function formatTaskList({ tasks, next }: TaskPage): string {
   if (!tasks.length) return "no tasks\n";
   const more = next ? `more: the same command with --after ${next}\n` : "";
+  const finished = tasks.every((t) => t.finishedAt);
+  const error = (t: TaskInfo) => (t.lastError ? oneLine(`${t.lastError.name ?? "Error"}: ${t.lastError.message ?? ""}`, 80) : "");
+  if (finished) {
+    return formatTable(
+      ["ID", "STATE", "TASK", "QUEUE", "ATTEMPTS", "FINISHED AT", "RESULT", "LAST ERROR"],
+      tasks.map((t) => [
+        t.id, t.state, t.name, t.queue, String(t.attempts), t.finishedAt!.toISOString(), t.result === null ? "" : oneLine(JSON.stringify(t.result), 60), error(t),
+      ]),
+    ) + more;
+  }
   return formatTable(
     ["ID", "STATE", "TASK", "QUEUE", "ATTEMPTS", "RUN AT", "LAST ERROR"],
     tasks.map((t) => [
       t.id, t.cancelRequestedAt ? `${t.state} (cancelling)` : t.state, t.name, t.queue, `${t.attempts}${t.maxAttempts ? `/${t.maxAttempts}` : ""}`,
-      t.runAt.toISOString(), t.lastError ? oneLine(`${t.lastError.name ?? "Error"}: ${t.lastError.message ?? ""}`, 80) : "",
+      t.runAt.toISOString(), error(t),
     ]),
   ) + more;
 }

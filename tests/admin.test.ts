@@ -5,7 +5,7 @@ import { fileURLToPath } from "node:url";
 import { describe, test } from "node:test";
 import { renderUsage } from "citty";
 import { enqueue, migrate } from "../mod.ts";
-import { alwaysFails, work } from "./fixtures/tasks.ts";
+import { alwaysFails, measured, work } from "./fixtures/tasks.ts";
 import { adminCommands } from "../cli/admin.ts";
 import { type CommandArgs, type Flags, parseArgs } from "../cli/args.ts";
 import { commandArgs } from "../cli/args-table.ts";
@@ -105,6 +105,19 @@ describe("pgbg list, retry, cancel, enqueue", () => {
     assert.equal((await pgbgJson(["list", "--state", "queued"])).tasks.length, 0);
     const text = await pgbg(["list", "--state", "failed"]);
     assert.match(text.stdout, new RegExp(`^${id}\\s+failed\\s+always-fails\\s+default\\s+3/3\\s.*NonError: non-Error value thrown: a plain string`, "m"));
+  });
+
+  test("list --state completed shows the completed tasks kept in the history, with their results, as text and --json", async () => {
+    const id = await enqueue(sql, measured, {});
+    testbed.serve(["--workers", "1"]);
+    await until(async () => (await sql`SELECT count(*)::int AS n FROM pgbg.history WHERE id = ${id}`)[0].n, (n) => n === 1, 120_000, "the task to complete");
+    const { tasks } = await pgbgJson(["list", "--state", "completed", "--task", "measured"]);
+    assert.deepEqual(tasks.map((t: { id: string; state: string; result: { attempt: number } }) => [t.id, t.state, t.result.attempt]), [[id, "completed", 1]]);
+    assert.ok(!Number.isNaN(Date.parse(tasks[0].finishedAt)) && !Number.isNaN(Date.parse(tasks[0].expiresAt)));
+    const text = await pgbg(["list", "--state", "completed"]);
+    assert.match(text.stdout, /^ID\s+STATE\s+TASK\s+QUEUE\s+ATTEMPTS\s+FINISHED AT\s+RESULT/m);
+    assert.match(text.stdout, new RegExp(`^${id}\\s+completed\\s+measured\\s+default\\s+1\\s+\\S+\\s+\\{"pid":\\d+,"attempt":1\\}`, "m"));
+    assert.equal((await pgbgJson(["list", "--state", "cancelled"])).tasks.length, 0);
   });
 
   test("retry queues failed tasks again and the service runs them; --all-failed --task picks by name", async () => {
@@ -242,7 +255,7 @@ describe("the operators' commands", () => {
       ["list", ["--limit", "-3"], /^pgbg: --limit must be a whole number from 1 to 10000, got "-3"$/],
       ["list", ["--limit", "10001"], /^pgbg: --limit must be a whole number from 1 to 10000, got "10001"$/],
       ["list", ["--limit", "many"], /^pgbg: --limit must be a whole number from 1 to 10000, got "many"$/],
-      ["list", ["--state", "done"], /^pgbg: --state must be one of queued, scheduled, running, failed, got "done"$/],
+      ["list", ["--state", "done"], /^pgbg: --state must be one of queued, scheduled, running, failed, completed, cancelled, got "done"$/],
       ["enqueue", ["work"], /^pgbg: give the task's name and its input as JSON/],
       ["enqueue", ["work", "{}"], /^pgbg: --tasks \(PGBG_TASKS\) is required/],
       ["enqueue", ["work", "{}", "--tasks", fixtureTasks, "--delay", "soon"], /^pgbg: --delay must be a duration such as 500ms, 30s, 5m, got "soon"$/],
