@@ -24,7 +24,7 @@ ${error ? `<p class="error" id="login-error">${error.replace(/[<>&"]/g, (c) => `
 `;
 }
 
-/** The dashboard: status, workers and failed tasks, filled in by dashboardScript. */
+/** The dashboard: status, workers, failed tasks and completed ones kept in the history, filled in by dashboardScript. */
 export const dashboardPage = `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>pgbg dashboard</title>
 <link rel="stylesheet" href="/dashboard.css"><script src="/dashboard.js" defer></script></head>
@@ -38,6 +38,9 @@ export const dashboardPage = `<!doctype html>
 <table id="workers"><thead><tr><th>PID</th><th>Host</th><th>Runtime</th><th>Running</th><th>Queues</th><th>Last heartbeat</th></tr></thead><tbody></tbody></table></section>
 <section><h2>Failed tasks <button id="retry-all" type="button">Retry all</button></h2>
 <table id="failed"><thead><tr><th>ID</th><th>Task</th><th>Queue</th><th>Attempts</th><th>Failed at</th><th>Last error</th><th></th></tr></thead><tbody></tbody></table></section>
+<section><h2>Completed tasks</h2>
+<p class="hint">Those kept in the history: tasks with a result schema or a retention, newest first.</p>
+<table id="completed"><thead><tr><th>ID</th><th>Task</th><th>Queue</th><th>Attempts</th><th>Finished at</th><th>Result</th></tr></thead><tbody></tbody></table></section>
 </body></html>
 `;
 
@@ -65,7 +68,7 @@ function button(td, label, onClick) {
 function show(error) { document.getElementById("problem").textContent = error ? String(error.message || error) : ""; }
 async function refresh() {
   try {
-    const [status, failed] = await Promise.all([api("/api/status"), api("/api/failed")]);
+    const [status, failed, completed] = await Promise.all([api("/api/status"), api("/api/failed"), api("/api/completed")]);
     fill("tasks", status.tasks, (tr, t) => {
       tr.dataset.queue = t.queue; tr.dataset.task = t.name;
       for (const v of [t.queue, t.name, t.queued, t.scheduled, t.running, t.failed, age(t.oldestQueuedMs), t.completedLastMinute, t.failedLastMinute, t.retriedLastMinute]) cell(tr, v);
@@ -81,6 +84,10 @@ async function refresh() {
       const actions = cell(tr, "");
       button(actions, "Retry", () => api("/api/retry", { ids: [t.id] }));
       button(actions, "Cancel", () => api("/api/cancel", { ids: [t.id] }));
+    });
+    fill("completed", completed.tasks, (tr, t) => {
+      tr.dataset.id = t.id;
+      for (const v of [t.id, t.name, t.queue, t.attempts, t.finishedAt, t.result === null ? "" : JSON.stringify(t.result)]) cell(tr, v);
     });
     document.getElementById("updated").textContent = "updated " + new Date().toLocaleTimeString();
     show();
@@ -98,7 +105,7 @@ h1 { font-size: 1.4rem; } h2 { font-size: 1.1rem; margin-top: 1.5rem; }
 table { border-collapse: collapse; width: 100%; }
 th, td { text-align: left; padding: .3rem .6rem; border-bottom: 1px solid #d0d7de; vertical-align: top; }
 td:nth-child(n+3) { font-variant-numeric: tabular-nums; }
-#failed td:nth-child(6) { max-width: 40rem; overflow-wrap: anywhere; }
+#failed td:nth-child(6), #completed td:nth-child(6) { max-width: 40rem; overflow-wrap: anywhere; }
 .error { color: #b42318; } .warning { color: #9a6700; } #updated, .hint { color: #57606a; }
 .login { max-width: 22rem; margin: 4rem auto; } .login input { display: block; width: 100%; margin: .4rem 0 1rem; }
 button { cursor: pointer; }

@@ -11,7 +11,7 @@ import { createHash, timingSafeEqual } from "node:crypto";
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import process from "node:process";
 import postgres from "postgres";
-import { cancel, listTasks, retry, status } from "../lib/admin.ts";
+import { cancel, listTasks, recentFinishedTasks, retry, status } from "../lib/admin.ts";
 import { InvalidOptionsError } from "../lib/errors.ts";
 import { describeError } from "../lib/log.ts";
 import type { Database } from "../lib/statements.ts";
@@ -82,6 +82,10 @@ export async function startDashboard(options: DashboardOptions): Promise<Dashboa
     "GET /api/failed": async (req, res) => {
       const after = new URL(req.url ?? "/", "http://dashboard").searchParams.get("after") ?? undefined;
       sendJson(res, await listTasks(options.db, { schema: options.schema, state: "failed", after, limit: options.failedLimit ?? 100 }));
+    },
+    // The newest completed tasks kept in the history, newest first.
+    "GET /api/completed": async (_req, res) => {
+      sendJson(res, { tasks: await recentFinishedTasks(options.db, "completed", options.failedLimit ?? 100, { schema: options.schema }) });
     },
     "POST /api/retry": async (req, res) => {
       const body = await readJson(req);

@@ -262,6 +262,12 @@ export async function listTasks(db: Database, options?: ListTasksOptions): Promi
   return { tasks, next: tasks.length === limit ? tasks[tasks.length - 1].id : null };
 }
 
+/** The newest `limit` tasks kept in the history in `state` (completed or cancelled), newest first: what the dashboard shows. */
+export async function recentFinishedTasks(db: Database, state: "completed" | "cancelled", limit: number, options?: AdminOptions): Promise<TaskInfo[]> {
+  const schema = schemaOf("recentFinishedTasks()", options);
+  return (await run(db, schema, "RecentFinishedTasks", [limit, state])).map(finishedTaskInfo);
+}
+
 /** Which failed tasks `retry` queues again: ids, or every failed task (of one task name, when given). */
 export type RetryTarget = string | readonly string[] | { allFailed: true; name?: string };
 

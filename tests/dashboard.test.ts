@@ -10,7 +10,7 @@ import { parseArgs } from "../cli/args.ts";
 import { dashboardArgs } from "../cli/args-table.ts";
 import { exitCodeOf } from "../cli/exit.ts";
 import { enqueue, migrate } from "../mod.ts";
-import { alwaysFails, work } from "./fixtures/tasks.ts";
+import { alwaysFails, measured, work } from "./fixtures/tasks.ts";
 import { createTestDatabase } from "./harness.ts";
 import { serviceTestbed, until, within } from "./service-harness.ts";
 
@@ -131,6 +131,11 @@ describe("pgbg dashboard", () => {
     await enqueue(sql, work, {}, { delay: 3_600_000, queue: "later" });
     await page.waitForSelector('#tasks tr[data-queue="later"]', { timeout: 120_000 });
     assert.match(await page.textContent('#tasks tr[data-queue="later"]') ?? "", /^later\s*work\s*0\s*1\s*0\s*0/);
+
+    // A completed task with a result: listed, newest first, with its result.
+    const kept = await enqueue(sql, measured, {});
+    await page.waitForSelector(`#completed tr[data-id="${kept}"]`, { timeout: 120_000 });
+    assert.match(await page.textContent(`#completed tr[data-id="${kept}"]`) ?? "", new RegExp(`^${kept}measured\\s*default\\s*1.*\\{"pid":\\d+,"attempt":1\\}$`));
 
     await page.click(`#failed tr[data-id="${toRetry}"] button.retry`);
     await until(() => runs(toRetry), (n) => n === 2, 120_000, "the retried task to run again");

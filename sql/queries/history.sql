@@ -91,6 +91,15 @@ WHERE h.id > coalesce($8::bigint, 0) AND h.expires_at > now()
 ORDER BY h.id
 LIMIT $3;
 
+-- name: RecentFinishedTasks
+-- The newest $1 tasks kept in the history in state $2, newest first: the
+-- slots' primary keys read backwards, merged.
+SELECT h.id, h.queue, h.name, h.state, h.attempts, h.key, h.enqueued_at, h.finished_at, h.expires_at, h.payload, h.last_error, h.result
+FROM pgbg.history h
+WHERE h.state = $2 AND h.expires_at > now()
+ORDER BY h.id DESC
+LIMIT $1;
+
 -- name: AddResultWaiter
 -- A waitForResult call: notify channel $2 when task $1 ends.
 INSERT INTO pgbg.result_waiter (task_id, channel) VALUES ($1, $2);
