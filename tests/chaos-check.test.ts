@@ -24,11 +24,24 @@ function lease(task: string, pid: number, attempt: number, claimedAt: number, en
   return { task, pid, attempt, claimedAt, endedAt, ended };
 }
 
+/**
+ * A run record. Unless given, the completions' executions are the last of
+ * each completed task that ended done, and each stored result is theirs.
+ */
 function record(parts: Partial<RunRecord>): RunRecord {
-  return {
-    committed: ["1", "2"], rolledBack: [], lines: [], kills: [], cuts: [], leases: [], completions: new Map([["1", 1], ["2", 1]]), completedBy: [], left: [],
+  const base: RunRecord = {
+    committed: ["1", "2"], rolledBack: [], lines: [], kills: [], cuts: [], leases: [], completions: new Map([["1", 1], ["2", 1]]),
+    completedBy: [], results: new Map(), left: [],
     ...parts,
   };
+  const taskOf = new Map<string, string>(base.lines.flatMap((l) => (l.k === "s" ? [[`${l.p}:${l.n}`, String(l.t)] as [string, string]] : [])));
+  if (!parts.completedBy) {
+    const last = new Map<string, string>();
+    for (const l of base.lines) if (l.k === "e" && l.o === "done") last.set(taskOf.get(`${l.p}:${l.n}`)!, `${l.p}:${l.n}`);
+    base.completedBy = [...base.completions.keys()].flatMap((id) => (last.has(id) ? [last.get(id)!] : []));
+  }
+  if (!parts.results) base.results = new Map(base.completedBy.map((by) => [taskOf.get(by)!, by]));
+  return base;
 }
 
 const clean = () => [...exec(10, 1, "1", 1, 100, 110), ...exec(11, 1, "2", 1, 100, 120)];
@@ -46,6 +59,19 @@ describe("chaos verdict", () => {
     const v = verdict({ lines: clean(), completions: new Map([["1", 1]]) });
     assert.equal(v.figures.lost, 1);
     assert.match(v.problems.join("\n"), /1 committed task\(s\) neither completed nor kept as failed: 2/);
+  });
+
+  test("a completed task's stored result must be that of the execution whose completion committed", () => {
+    const missing = verdict({ lines: clean(), results: new Map([["1", "10:1"]]) });
+    assert.match(missing.problems.join("\n"), /1 completed task\(s\) without a stored result: 2/);
+    // Task 1 ran twice; the second execution's completion committed, but the first one's value was stored.
+    const lines = [...exec(10, 1, "1", 1, 100, 110), ...exec(12, 1, "1", 2, 105, 115), ...exec(11, 1, "2", 1, 100, 120)];
+    const foreign = verdict({ lines, completedBy: ["12:1", "11:1"], results: new Map([["1", "10:1"], ["2", "11:1"]]) }, ["killed", "exited", "error", "open"]);
+    assert.match(foreign.problems.join("\n"), /1 task\(s\) whose stored result is not that of the execution whose completion committed: 1/);
+    const swapped = verdict({ lines: clean(), results: new Map([["1", "11:1"], ["2", "10:1"]]) });
+    assert.match(swapped.problems.join("\n"), /2 task\(s\) whose stored result is not that/);
+    const unearned = verdict({ lines: clean(), completions: new Map([["1", 1]]), left: [{ id: "2", state: "failed" }], results: new Map([["1", "10:1"], ["2", "11:1"]]) });
+    assert.match(unearned.problems.join("\n"), /1 task\(s\) with a stored result that never completed: 2/);
   });
 
   test("a task kept as failed is not lost", () => {

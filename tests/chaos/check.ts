@@ -93,6 +93,8 @@ export interface RunRecord {
   completions: Map<string, number>;
   /** The executions whose completion committed, as `pid:n` of their start lines. */
   completedBy: string[];
+  /** The result pgbg stored for each completed task (its history), naming the execution that returned it as `pid:n`. */
+  results: Map<string, string>;
   /** Rows still in pgbg.task. */
   left: { id: string; state: string }[];
 }
@@ -252,6 +254,22 @@ function checkOverlaps(task: string, list: Execution[], leaseOf: (e: Execution) 
 }
 
 /**
+ * Every completed task's stored result belongs to the execution whose
+ * completion committed (the one that held the lease: checkOverlaps sees to
+ * that), and no task that did not complete has one.
+ */
+function checkResults(record: RunRecord, all: Execution[], problems: string[], sample: (ids: string[]) => string): void {
+  const taskOf = new Map(all.map((e) => [`${e.pid}:${e.n}`, e.task]));
+  const committedBy = new Set(record.completedBy);
+  const missing = [...record.completions.keys()].filter((id) => !record.results.has(id));
+  if (missing.length) problems.push(`${missing.length} completed task(s) without a stored result: ${sample(missing)}`);
+  const foreign = [...record.results].filter(([id, by]) => taskOf.get(by) !== id || !committedBy.has(by)).map(([id]) => id);
+  if (foreign.length) problems.push(`${foreign.length} task(s) whose stored result is not that of the execution whose completion committed: ${sample(foreign)}`);
+  const unearned = [...record.results.keys()].filter((id) => !record.completions.has(id));
+  if (unearned.length) problems.push(`${unearned.length} task(s) with a stored result that never completed: ${sample(unearned)}`);
+}
+
+/**
  * Checks one run. `allowed` lists the causes of re-runs that the scenario
  * injected (kills, cuts, hangs, exits of retired workers, errors from
  * dropped connections); a re-run with any other cause is a problem, as is
@@ -272,6 +290,8 @@ export function check(record: RunRecord, allowed: readonly Cause[], expected: re
   const lost = record.committed.filter((id) => !record.completions.has(id) && !failed.has(id));
   if (lost.length) problems.push(`${lost.length} committed task(s) neither completed nor kept as failed: ${sample(lost)}`);
   if (unfinished.length) problems.push(`${unfinished.length} task(s) still queued or running at the end: ${sample(unfinished)}`);
+
+  checkResults(record, all, problems, sample);
 
   const twice = [...record.completions].filter(([, n]) => n > 1).map(([id]) => id);
   if (twice.length) problems.push(`${twice.length} task(s) completed more than once: ${sample(twice)}`);

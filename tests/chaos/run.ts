@@ -227,9 +227,11 @@ async function readRecord(sql: Client, ctx: RunContext, stage: Stage): Promise<R
   for (const r of await sql`SELECT task_id::text AS id, count(*)::int AS n FROM chaos_done GROUP BY task_id`) completions.set(r.id, r.n);
   const completedBy = (await sql`SELECT pid, n FROM chaos_done`).map((r) => `${r.pid}:${r.n}`);
   const left = (await sql`SELECT id::text, state::text FROM pgbg.task`).map((r) => ({ id: r.id as string, state: r.state as string }));
+  const results = new Map<string, string>();
+  for (const r of await sql`SELECT id::text, result FROM pgbg.history WHERE state = 'completed'`) results.set(r.id, `${r.result.p}:${r.result.n}`);
   return {
     committed: stage.committed, rolledBack: stage.rolledBack, lines: readLines(ctx.dir), kills: ctx.kills, cuts: ctx.cuts,
-    leases: await readLeases(sql), completions, completedBy, left,
+    leases: await readLeases(sql), completions, completedBy, results, left,
   };
 }
 

@@ -7,5 +7,6 @@ type Input = v.ObjectSchema<{
   hang: v.OptionalSchema<v.BooleanSchema<undefined>, undefined>;
   late: v.OptionalSchema<v.NumberSchema<undefined>, undefined>;
 }, undefined>;
-/** Sleeps, then records its success and completes itself in one transaction; `hang` and `late` make its first attempt ignore its abort signal. */
-export declare const work: Task<Input>;
+type Result = v.ObjectSchema<{ p: v.NumberSchema<undefined>; n: v.NumberSchema<undefined> }, undefined>;
+/** Sleeps, then records its success and completes itself in one transaction, its result naming the execution; `hang` and `late` make its first attempt ignore its abort signal. */
+export declare const work: Task<Input, Result>;

@@ -64,6 +64,10 @@ function sleep(ms, signal) {
 export const work = defineTask({
   name: "chaos-work",
   schema: v.object({ ms: v.number(), hang: v.optional(v.boolean()), late: v.optional(v.number()) }),
+  // Names the execution (its pid and the sequence number of its start line):
+  // the verdict checks that the stored result is that of the execution whose
+  // completion committed.
+  result: v.object({ p: v.number(), n: v.number() }),
   retryDelay: 100,
   maxAttempts: 1000,
   async run(input, ctx) {
@@ -78,9 +82,10 @@ export const work = defineTask({
       if (input.ms > 0) await sleep(input.ms, ctx.signal);
       await sql.begin(async (tx) => {
         await tx`INSERT INTO chaos_done (task_id, pid, n, attempt) VALUES (${ctx.id}, ${p}, ${n}, ${ctx.attempt})`;
-        await ctx.complete(tx);
+        await ctx.complete(tx, { p, n });
       });
       write({ k: "e", n, p, o: "done", at: now() });
+      return { p, n };
     } catch (error) {
       write({ k: "e", n, p, o: "error", e: String(error?.message ?? error).slice(0, 200), at: now() });
       throw error;
