@@ -313,3 +313,15 @@ test("the README's onFailed example runs as written: one dead-letter row per tas
     await worker.stop();
   }
 });
+
+test("the README's results example runs as written: waits for the result, and getTask shows it kept a day", async () => {
+  const { file } = exampleFile("## Results and history", "results");
+  await migrate(db.sql);
+  const result = spawnSync(process.execPath, ["--import", "tsx", file], { env: { ...process.env, DATABASE_URL: db.url }, encoding: "utf8", timeout: patience });
+  assert.equal(result.status, 0, result.stdout + result.stderr);
+  const lines = result.stdout.trim().split("\n");
+  assert.equal(lines[0], "thumbnail https://example.com/cat.png?w=64: 65536 bytes");
+  assert.match(lines[1], /^completed \d{4}-\d\d-\d\dT\S+Z {"url":"https:\/\/example\.com\/cat\.png\?w=64","bytes":65536}$/);
+  const [kept] = await db.sql`SELECT extract(epoch FROM expires_at - finished_at)::int AS seconds, result FROM pgbg.history WHERE name = 'thumbnail'`;
+  assert.deepEqual({ ...kept }, { seconds: 86_400, result: { url: "https://example.com/cat.png?w=64", bytes: 65536 } });
+});
