@@ -10,7 +10,7 @@ import { InvalidOptionsError, PgbgError } from "./errors.ts";
 import { isThenable, validateInput } from "./input.ts";
 import { checkedLater, checkOptions, formatValue, integer, type OptionCheck, ofType, text } from "./options.ts";
 import { encodePayload } from "./payload.ts";
-import { storedRetention } from "./retention.ts";
+import { MAX_RETENTION, storedRetention } from "./retention.ts";
 import { checkSchemaName, type Database, run } from "./statements.ts";
 
 /** Options of {@link enqueue}. Those not given come from the task's definition. */
@@ -29,6 +29,21 @@ export interface EnqueueOptions {
    * nothing. 1-512 characters.
    */
   key?: string;
+  /**
+   * With `key`, how long the key stays taken: `ms` after this enqueue
+   * (`from: "enqueue"`, the default) or after the task finished (completed,
+   * cancelled or failed for good; `from: "finish"`). An enqueue of the key
+   * meanwhile writes nothing and returns the id of the task that took it (a
+   * throttle). Up to 365 days.
+   */
+  keyWindow?: { ms: number; from?: "enqueue" | "finish" };
+  /**
+   * With `key`, when a task holding the key is still queued, give it this
+   * enqueue's input, run time (`delay` or `runAt`) and priority instead of
+   * ignoring the enqueue (a debounce). A running task is left as it is.
+   * @default false
+   */
+  replace?: boolean;
   /** Attempts before the task is kept as failed. @default the task's, else the service's --max-attempts */
   maxAttempts?: number;
   /** Largest payload accepted, in bytes of JSON. @default the task's, else 1 MiB */
@@ -38,7 +53,7 @@ export interface EnqueueOptions {
 }
 
 /** Options of {@link enqueueMany}: those of `enqueue`, for every input; `key` is computed per input. */
-export interface EnqueueManyOptions<I = unknown> extends Omit<EnqueueOptions, "key"> {
+export interface EnqueueManyOptions<I = unknown> extends Omit<EnqueueOptions, "key" | "keyWindow" | "replace"> {
   /** Returns the deduplication key of an input, or undefined for none. */
   key?: (input: I, index: number) => string | undefined;
 }
@@ -56,7 +71,20 @@ const common: Record<string, OptionCheck> = {
   maxPayloadBytes: integer(1, 1024 * 1024 * 1024 - 1),
   schema: checkedLater,
 };
-const enqueueChecks = { ...common, key: text(isValidKey, "a string of 1-512 characters") };
+const enqueueChecks = {
+  ...common,
+  key: text(isValidKey, "a string of 1-512 characters"),
+  keyWindow: (value: unknown) => {
+    const w = value as { ms?: unknown; from?: unknown } | null;
+    const fields = typeof w === "object" && w !== null ? Object.keys(w) : [];
+    return typeof w === "object" && w !== null && fields.every((f) => f === "ms" || f === "from") &&
+        typeof w.ms === "number" && Number.isInteger(w.ms) && w.ms >= 1 && w.ms <= MAX_RETENTION &&
+        (w.from === undefined || w.from === "enqueue" || w.from === "finish")
+      ? undefined
+      : `must be { ms, from? }: ms a whole number of milliseconds from 1 to ${MAX_RETENTION}, from "enqueue" (the default) or "finish"; got ${typeof value === "object" && value !== null ? JSON.stringify(value) : formatValue(value)}`;
+  },
+  replace: ofType("boolean"),
+};
 const enqueueManyChecks = { ...common, key: ofType("function") };
 
 function isValidKey(key: string): boolean {
@@ -130,17 +158,38 @@ export async function enqueue<T extends AnyTask>(
   const payload = encodePayload(task.name, input, s.maxPayloadBytes);
   const params = [s.queue, task.name, payload, s.priority, s.runAt, s.delay, s.maxAttempts, s.version, s.onFailed, ...s.retention];
   if (opts.key === undefined) {
+    if (opts.keyWindow !== undefined || opts.replace !== undefined) throw new InvalidOptionsError("enqueue(): keyWindow and replace need a key");
     const rows = await run<{ id: unknown }>(db, s.schema, "EnqueueTask", params);
     return String(rows[0].id);
   }
-  const key = opts.key;
+  return enqueueKeyed(db, s, params, opts as EnqueueOptions & { key: string });
+}
+
+/**
+ * The keyed enqueue: inserts the task unless its key is taken (by a pending
+ * task, or within its window), and then returns the id of the task holding
+ * it, after giving that task this input when `replace` says so.
+ */
+async function enqueueKeyed(db: Database, s: Shared, params: unknown[], opts: EnqueueOptions & { key: string }): Promise<string> {
+  const { key, keyWindow: window } = opts;
   // A conflicting task can finish between our insert and the look-up; then
   // the key is free again and the insert is retried.
   for (let attempt = 0; attempt < 10; attempt++) {
-    const inserted = await run<{ id: unknown }>(db, s.schema, "EnqueueTaskKeyed", [...params, key]);
-    if (inserted.length) return String(inserted[0].id);
+    const inserted = window
+      ? await run<{ id: unknown }>(db, s.schema, "EnqueueTaskWindowed", [...params, key, window.ms, window.from === "finish" ? 1 : 0])
+      : await run<{ id: unknown }>(db, s.schema, "EnqueueTaskKeyed", [...params, key]);
+    if (inserted.length) {
+      if (window) await run(db, s.schema, "SetKeyTask", [key, inserted[0].id]);
+      return String(inserted[0].id);
+    }
+    if (opts.replace) {
+      const replaced = await run<{ id: unknown }>(db, s.schema, "ReplaceQueuedTask", [key, params[2], s.runAt, s.delay, s.priority, s.version]);
+      if (replaced.length) return String(replaced[0].id);
+    }
     const pending = await run<{ id: unknown }>(db, s.schema, "PendingTaskIdsByKey", [[key]]);
     if (pending.length) return String(pending[0].id);
+    const holder = window ? await run<{ task_id: unknown }>(db, s.schema, "KeyHolder", [key]) : [];
+    if (holder.length) return String(holder[0].task_id);
   }
   throw new PgbgError("PGBG_KEY_CONTENDED", `enqueue(): key ${JSON.stringify(key)} kept changing hands; try again`);
 }

@@ -40,6 +40,7 @@ await sql.unsafe(`GRANT SELECT, INSERT ON pgbg.history TO "${roles.serve}"`);
 await sql.unsafe(`GRANT SELECT, UPDATE ON pgbg.history_rotation TO "${roles.serve}"`);
 await sql.unsafe(`GRANT TRUNCATE ON ${[0, 1, 2, 3, 4, 5, 6, 7].map((n) => `pgbg.history_${n}`).join(", ")} TO "${roles.serve}"`);
 await sql.unsafe(`GRANT SELECT, DELETE ON pgbg.result_waiter TO "${roles.serve}"`);
+await sql.unsafe(`GRANT SELECT, UPDATE ON pgbg.task_key TO "${roles.serve}"`);
 // The insert trigger reads pgbg.worker to decide whether to wake a worker.
 await sql.unsafe(`GRANT SELECT, INSERT ON pgbg.task TO "${roles.enqueue}"`);
 await sql.unsafe(`GRANT SELECT ON pgbg.worker TO "${roles.enqueue}"`);
@@ -107,6 +108,18 @@ describe("least-privilege roles", () => {
     await sql`INSERT INTO pgbg.history (id, slot, state, queue, name, attempts, enqueued_at, finished_at, expires_at, payload)
       VALUES (1, 6, 'completed', 'default', 'noop', 1, now(), now(), now() - interval '1 second', '{}')`;
     assert.ok((await rotateHistory(asServe, "pgbg", 0)).emptied.includes(6));
+  });
+
+  test("the service's role completes a task whose key holds after its finish, and the key's hold starts (the trigger's update)", async () => {
+    const id = await enqueue(sql, noop, {}, { key: "after-finish", keyWindow: { ms: 60_000, from: "finish" } });
+    const [claimed] = await claimTasks(asServe, "pgbg", { workerId: randomUUID(), queues: null, names: ["noop"], leaseMs: [60_000] }, 1);
+    assert.equal(claimed.id, id);
+    const writer = new OutcomeWriter(asServe, "pgbg", 25, silentLogger);
+    writer.complete({ id, leaseToken: claimed.leaseToken });
+    await writer.flush();
+    assert.equal(await remaining([id]), 0);
+    const [{ held }] = await sql`SELECT held_until > now() AS held FROM pgbg.task_key WHERE key = 'after-finish'`;
+    assert.equal(held, true);
   });
 
   test("pgbg serve --no-migrate under the service's role runs, fails, completes in a transaction and hands back tasks", async () => {

@@ -325,3 +325,12 @@ test("the README's results example runs as written: waits for the result, and ge
   const [kept] = await db.sql`SELECT extract(epoch FROM expires_at - finished_at)::int AS seconds, result FROM pgbg.history WHERE name = 'thumbnail'`;
   assert.deepEqual({ ...kept }, { seconds: 86_400, result: { url: "https://example.com/cat.png?w=64", bytes: 65536 } });
 });
+
+test("the README's throttle and debounce example runs as written: one sync, and one reindex of the last text", async () => {
+  const { file } = exampleFile("### Throttle and debounce", "throttle");
+  await migrate(db.sql);
+  const result = spawnSync(process.execPath, ["--import", "tsx", file], { env: { ...process.env, DATABASE_URL: db.url }, encoding: "utf8", timeout: patience });
+  assert.equal(result.status, 0, result.stdout + result.stderr);
+  assert.deepEqual(result.stdout.trim().split("\n"), ["throttled: one sync", 'one reindex, of "hello"']);
+  assert.equal((await db.sql`SELECT count(*)::int AS n FROM pgbg.task WHERE key IN ('sync:ada', 'reindex:d1')`)[0].n, 2);
+});

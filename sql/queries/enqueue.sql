@@ -62,6 +62,55 @@ ORDER BY i.ord
 ON CONFLICT (key) WHERE key IS NOT NULL AND state <> 'failed' DO NOTHING
 RETURNING id, key;
 
+-- name: EnqueueTaskWindowed
+-- A key held for a window (throttle): the key's row in pgbg.task_key is
+-- taken first, on its primary key, when it is new or its hold ended, and
+-- the task is inserted only then. $1-$11 as in EnqueueTask, $12 the key,
+-- $13 the window in ms, $14 1 when it runs from the task's finish (the row
+-- then holds until the finish, and key_hold carries the window), 0 from
+-- now. A hold of NULL with no pending task of a window behind it (none
+-- should be left) counts as ended. An existing pending task of the key
+-- (enqueued without a window) makes the insert nothing, as in
+-- EnqueueTaskKeyed: not taking the key then is checked first, on this
+-- statement's snapshot.
+WITH taken AS (
+  INSERT INTO pgbg.task_key AS k (key, held_until)
+  SELECT $12, CASE WHEN $14::int = 0 THEN now() + $13::float8 * interval '1 millisecond' END
+  WHERE NOT EXISTS (SELECT 1 FROM pgbg.task p WHERE p.key = $12 AND p.state <> 'failed')
+  ON CONFLICT (key) DO UPDATE SET held_until = excluded.held_until, task_id = NULL
+  WHERE k.held_until <= now()
+     OR (k.held_until IS NULL AND NOT EXISTS (
+       SELECT 1 FROM pgbg.task p WHERE p.key = k.key AND p.state <> 'failed' AND p.key_hold IS NOT NULL))
+  RETURNING k.key
+)
+INSERT INTO pgbg.task (queue, name, payload, priority, run_at, max_attempts, input_version, on_failed, keep_completed, keep_failed, key, key_hold)
+SELECT $1, $2, $3::text::jsonb, $4,
+  coalesce($5::timestamptz, now() + $6::float8 * interval '1 millisecond'),
+  $7, $8, $9, $10::float8 * interval '1 millisecond', $11::float8 * interval '1 millisecond', $12,
+  CASE WHEN $14::int = 1 THEN $13::float8 * interval '1 millisecond' END
+FROM taken
+ON CONFLICT (key) WHERE key IS NOT NULL AND state <> 'failed' DO NOTHING
+RETURNING id;
+
+-- name: SetKeyTask
+-- Names task $2 as the one that took key $1 (what a refused enqueue returns).
+UPDATE pgbg.task_key SET task_id = $2 WHERE key = $1 AND task_id IS NULL;
+
+-- name: KeyHolder
+-- The task that took key $1 last, while its hold lasts.
+SELECT task_id FROM pgbg.task_key
+WHERE key = $1 AND task_id IS NOT NULL AND (held_until IS NULL OR held_until > now());
+
+-- name: ReplaceQueuedTask
+-- replace (debounce): the queued task holding key $1 gets this enqueue's
+-- input ($2, JSON text), run time ($3 absolute, else now plus $4 ms),
+-- priority ($5) and version ($6). A running task is left as it is.
+UPDATE pgbg.task SET payload = $2::text::jsonb,
+  run_at = coalesce($3::timestamptz, now() + $4::float8 * interval '1 millisecond'),
+  priority = $5, input_version = $6
+WHERE key = $1 AND state = 'queued'
+RETURNING id;
+
 -- name: PendingTaskIdsByKey
 -- Uses task_key_idx: the pending task holding each key.
 SELECT id, key FROM pgbg.task
