@@ -7,7 +7,7 @@
 import { fileURLToPath } from "node:url";
 import process from "node:process";
 import { enqueue, enqueueMany, migrate, VERSION } from "../mod.ts";
-import { latency as latencyTask, noop } from "./tasks.js";
+import { latency as latencyTask, noop, noopResult } from "./tasks.js";
 import { type Child, CpuMeter, type Database, inFlight, type Server, since, start, stop, treeCpu, waitFor } from "./harness.ts";
 import type { DrainResult, Subject } from "./subject.ts";
 
@@ -20,6 +20,13 @@ export interface ServeSetting {
   workers: number;
   concurrency: number;
 }
+
+/**
+ * What a drain keeps: nothing (`noop` tasks), results (`noop-result`
+ * tasks, kept an hour), or the completed history of `noop` tasks
+ * (`--completed-retention 1h`).
+ */
+export type Keeping = "nothing" | "results" | "retention";
 
 /** Starts `pgbg serve` on `db` and waits until its workers are idle. */
 export async function serve(db: Database, setting: ServeSetting, extra: string[] = []): Promise<Child> {
@@ -64,12 +71,13 @@ export async function hostInProcess(db: Database, setting: ServeSetting): Promis
   }
 }
 
-/** Queues `n` no-op tasks in one transaction, so that they appear at once. */
-async function queueAtOnce(db: Database, n: number): Promise<void> {
+/** Queues `n` no-op tasks (with a result, when `keeping` them) in one transaction, so that they appear at once. */
+async function queueAtOnce(db: Database, n: number, keeping: Keeping = "nothing"): Promise<void> {
+  const task = keeping === "results" ? noopResult : noop;
   await db.sql.begin(async (tx) => {
     for (let done = 0; done < n; done += 10_000) {
       const size = Math.min(10_000, n - done);
-      await enqueueMany(tx, noop, Array.from({ length: size }, (_, i) => ({ i: done + i })));
+      await enqueueMany(tx, task, Array.from({ length: size }, (_, i) => ({ i: done + i })));
     }
   });
 }
@@ -92,10 +100,10 @@ export function drained(db: Database): Promise<true> {
  * on an empty queue, the tasks are committed in one transaction, and the
  * clock runs from that commit until the table is empty.
  */
-export async function drainWith(db: Database, server: Server, n: number, setting: ServeSetting): Promise<DrainResult> {
-  const service = await serve(db, setting);
+export async function drainWith(db: Database, server: Server, n: number, setting: ServeSetting, keeping: Keeping = "nothing"): Promise<DrainResult> {
+  const service = await serve(db, setting, keeping === "retention" ? ["--completed-retention", "1h"] : []);
   try {
-    await queueAtOnce(db, n);
+    await queueAtOnce(db, n, keeping);
     // The clock and the meters start at the commit: from then on the workers drain.
     const t0 = performance.now();
     const meter = new CpuMeter(server, () => service.child.pid);

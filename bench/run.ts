@@ -157,8 +157,9 @@ try {
         detail: `${result.setting}; CPU s/1k: server ${perThousand(result.serverCpu, result.jobs)}, workers ${perThousand(result.workerCpu, result.jobs)}`,
       });
     }
-    // Last, so that every figure above is measured as in runs before it existed.
+    // Last, so that every figure above is measured as in runs before they existed.
     await inProcessDrain(pgbg, n, pgbgBest);
+    await keptDrains(pgbg, n, pgbgBest);
   }
 
   if (sections.has("latency")) {
@@ -210,6 +211,32 @@ async function inProcessDrain(pgbg: Subject, n: number, setting: ServeSetting): 
     detail: `${result.setting}; ${ratio("pgbg")} of the served drain, ${ratio("raw SQL, claim then delete")} of raw claim then delete; ` +
       `CPU s/1k: server ${perThousand(result.serverCpu, result.jobs)}, workers ${perThousand(result.workerCpu, result.jobs)}`,
   });
+}
+
+/**
+ * The served drain at its best setting, keeping results (tasks with a
+ * result schema) and then the completed history (`--completed-retention`),
+ * each as often as the plain one and on fresh databases alike, with its
+ * ratio to the plain drain in its detail: what keeping costs.
+ */
+async function keptDrains(pgbg: Subject, n: number, setting: ServeSetting): Promise<void> {
+  const served = `drain ${n.toLocaleString("en")}`;
+  const plain = rows.find((r) => r.case === served && r.subject === "pgbg")?.value;
+  for (const keeping of ["results", "retention"] as const) {
+    const runs: DrainResult[] = [];
+    while (runs.length < size.drainRepeats) {
+      progress(`dequeue · pgbg keeping ${keeping} · run ${runs.length + 1}`);
+      runs.push(await onFreshDatabase("pgbg_kept", (db) => pgbg.setup(db), (db) => drainWith(db, server, n, setting, keeping)));
+    }
+    const result = medianRun(runs);
+    const value = result.jobs / result.seconds;
+    const label = keeping === "results" ? "with results (kept 1 h)" : "with retention on (--completed-retention 1h)";
+    record({
+      section: "dequeue", case: `${served} ${label}`, subject: "pgbg", value, unit: "tasks/s", against: served,
+      detail: `${result.setting}; ${plain ? (value / plain).toFixed(2) : "n/a"} of the plain served drain; ${spread(runs)}; ` +
+        `CPU s/1k: server ${perThousand(result.serverCpu, result.jobs)}, workers ${perThousand(result.workerCpu, result.jobs)}`,
+    });
+  }
 }
 
 /**

@@ -5,5 +5,7 @@ import type { Task } from "../mod.ts";
 type Input = v.ObjectSchema<{ i: v.NumberSchema<undefined> }, undefined>;
 /** Does nothing. */
 export declare const noop: Task<Input>;
+/** Does nothing; its result is its input's number. */
+export declare const noopResult: Task<Input, v.NumberSchema<undefined>>;
 /** Prints when it started. */
 export declare const latency: Task<Input>;

@@ -12,6 +12,14 @@ export const noop = defineTask({
   run() {},
 });
 
+/** Does nothing and returns its input's number as its result: the drain with results (kept an hour, by default). */
+export const noopResult = defineTask({
+  name: "noop-result",
+  schema: v.object({ i: v.number() }),
+  result: v.number(),
+  run: (input) => input.i,
+});
+
 /** Prints when it started, for the enqueue-to-start latency. */
 export const latency = defineTask({
   name: "latency",
