@@ -9,7 +9,8 @@
  * target, and writes it, the raw samples (JSON) and one SVG per rate to
  * bench/results/pressure/.
  *
- * Usage: npm run bench -- --pressure [--rate 800] [--in-flight 32] [--peers graphile-worker,pg-boss|none] [--scale 1]
+ * Usage: npm run bench -- --pressure [--rate 800] [--in-flight 32] [--peers graphile-worker,pg-boss|none] [--scale 1] [--keep]
+ *        (--keep: pgbg's tasks have a result schema and the service keeps completed tasks an hour)
  *        npm run bench -- --pressure --full   (800/s × 32 for all three, then 2,000/s × 64 for pgbg: about 56 min)
  * Uses DATABASE_URL, or starts an embedded PostgreSQL; each subject gets a fresh database.
  */
@@ -26,7 +27,7 @@ import { plotRuns } from "./pressure/plot.ts";
 import { rateSection, type RunSummary, summarise, TARGETS } from "./pressure/report.ts";
 import { runSubject, type SubjectRun } from "./pressure/run-subject.ts";
 import { loadAverage } from "./pressure/sampler.ts";
-import { loadPeers, peerNames, pgbgPressure, type PressureSubject } from "./pressure/subjects.ts";
+import { loadPeers, peerNames, pgbgKeptPressure, pgbgPressure, type PressureSubject } from "./pressure/subjects.ts";
 
 /** One rate of a pressure run: R, W and the subjects run at it, in order. */
 interface Step {
@@ -53,6 +54,7 @@ async function parseOptions(argv: string[]): Promise<Options> {
       "in-flight": { type: "string", default: "32" },
       peers: { type: "string" },
       scale: { type: "string", default: "1" },
+      keep: { type: "boolean", default: false },
     },
   });
   const number = (name: string, text: string, check: (n: number) => boolean, rule: string) => {
@@ -67,7 +69,7 @@ async function parseOptions(argv: string[]): Promise<Options> {
   const peers = await loadPeers(names);
   const steps = values.full
     ? [{ rate: 800, inFlight: 32, subjects: [pgbgPressure, ...peers] }, { rate: 2000, inFlight: 64, subjects: [pgbgPressure] }]
-    : [{ rate, inFlight, subjects: [pgbgPressure, ...peers] }];
+    : [{ rate, inFlight, subjects: [values.keep ? pgbgKeptPressure : pgbgPressure, ...peers] }];
   return { steps, scale, full: values.full };
 }
 

@@ -42,3 +42,16 @@ export const pressure = defineTask({
     reportFinish();
   },
 });
+
+/** The pressure task with a result (its enqueue time), kept an hour: `--pressure --keep`. */
+export const pressureKept = defineTask({
+  name: "pressure-kept",
+  schema: v.object({ t: v.number() }),
+  result: v.number(),
+  async run(input) {
+    reportStart(input.t);
+    await new Promise((resolve) => setTimeout(resolve, 1));
+    reportFinish();
+    return input.t;
+  },
+});

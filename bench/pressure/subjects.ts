@@ -50,6 +50,7 @@ type PressureInput = v.ObjectSchema<{ t: v.NumberSchema<undefined> }, undefined>
 // bench/tasks.d.ts types the older tasks only; the pressure task is looked
 // up by name, so that the enqueue uses the very definition the workers run.
 const pressureTask = (benchTasks as unknown as Record<string, Task<PressureInput> | undefined>).pressure;
+const pressureKeptTask = (benchTasks as unknown as Record<string, Task<PressureInput, v.NumberSchema<undefined>> | undefined>).pressureKept;
 
 /** Workers for processes started by the harness (or the peers' WorkerProcess): alive while none exited. */
 export function childWorkers(label: string, children: Child[]): Workers {
@@ -86,6 +87,33 @@ export const pgbgPressure: PressureSubject = {
     return {
       async enqueue(n, t) {
         await enqueueMany(sql, pressureTask, Array.from({ length: n }, () => ({ t })));
+      },
+      async close() {
+        await sql.end({ timeout: 5 });
+      },
+    };
+  },
+};
+
+/**
+ * pgbg keeping what issue 17 keeps: tasks with a result schema (kept an
+ * hour) under a service with --completed-retention 1h; `--pressure --keep`.
+ */
+export const pgbgKeptPressure: PressureSubject = {
+  ...pgbgPressure,
+  name: "pgbg kept",
+  describeWorkers(inFlight) {
+    return `${pgbgPressure.describeWorkers(inFlight)}, --completed-retention 1h, tasks with a result schema`;
+  },
+  async startWorkers(db, inFlight) {
+    return childWorkers("pgbg serve", [await serve(db, pgbgSetting(inFlight), ["--completed-retention", "1h"])]);
+  },
+  async openEnqueuer(db, connections) {
+    if (!pressureKeptTask) throw new Error("bench/tasks.js exports no `pressureKept` task");
+    const sql = postgres(db.url, { max: connections, onnotice: () => {} });
+    return {
+      async enqueue(n, t) {
+        await enqueueMany(sql, pressureKeptTask, Array.from({ length: n }, () => ({ t })));
       },
       async close() {
         await sql.end({ timeout: 5 });
