@@ -173,10 +173,15 @@ function finishedTaskInfo(r: any): TaskInfo {
 
 const TASK_ID = /^[1-9][0-9]{0,18}$/;
 
+/** True when `id` is a task id: the decimal string of a positive bigint, as `enqueue` returns it. */
+export function isTaskId(id: unknown): id is string {
+  return typeof id === "string" && TASK_ID.test(id) && BigInt(id) <= 9223372036854775807n;
+}
+
 /** `ids` checked as task ids (what `enqueue` returned); throws InvalidOptionsError naming the first that is not one. */
 function taskIds(where: string, ids: readonly unknown[]): string[] {
   for (const id of ids) {
-    if (typeof id !== "string" || !TASK_ID.test(id) || BigInt(id) > 9223372036854775807n) {
+    if (!isTaskId(id)) {
       throw new InvalidOptionsError(`${where}: ${formatValue(id)} is not a task id (the decimal string enqueue() returned)`);
     }
   }

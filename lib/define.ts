@@ -160,7 +160,7 @@ export type AnyTask = Task<any, any>;
 export type TaskInput<T extends AnyTask> = T extends Task<infer S, infer _R> ? StandardInput<S> : never;
 
 /** What `waitForResult` and `getTask` give as a task's result: its result schema's output. */
-export type TaskResult<T extends AnyTask> = T extends Task<infer _S, infer R> ? (R extends StandardSchemaV1 ? StandardOutput<R> : undefined) : never;
+export type TaskResult<T extends AnyTask> = T extends Task<infer _S, infer R> ? (R extends StandardSchemaV1 ? StandardOutput<R> : null) : never;
 
 // Names appear in logs, metrics labels and CLI arguments: keep them to a
 // character set that needs no quoting anywhere.

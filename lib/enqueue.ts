@@ -176,14 +176,16 @@ async function enqueueKeyed(db: Database, s: Shared, params: unknown[], opts: En
   // the key is free again and the insert is retried.
   for (let attempt = 0; attempt < 10; attempt++) {
     const inserted = window
-      ? await run<{ id: unknown }>(db, s.schema, "EnqueueTaskWindowed", [...params, key, window.ms, window.from === "finish" ? 1 : 0])
+      ? await inTransaction(db, async (tx) => {
+        // One transaction: the enqueues that wait for this one's hold find its task's id with it.
+        const rows = await run<{ id: unknown }>(tx, s.schema, "EnqueueTaskWindowed", [...params, key, window.ms, window.from === "finish" ? 1 : 0]);
+        if (rows.length) await run(tx, s.schema, "SetKeyTask", [key, rows[0].id]);
+        return rows;
+      })
       : await run<{ id: unknown }>(db, s.schema, "EnqueueTaskKeyed", [...params, key]);
-    if (inserted.length) {
-      if (window) await run(db, s.schema, "SetKeyTask", [key, inserted[0].id]);
-      return String(inserted[0].id);
-    }
+    if (inserted.length) return String(inserted[0].id);
     if (opts.replace) {
-      const replaced = await run<{ id: unknown }>(db, s.schema, "ReplaceQueuedTask", [key, params[2], s.runAt, s.delay, s.priority, s.version]);
+      const replaced = await run<{ id: unknown }>(db, s.schema, "ReplaceQueuedTask", [key, params[2], s.runAt, s.delay, s.priority, s.version, params[1], s.queue]);
       if (replaced.length) return String(replaced[0].id);
     }
     const pending = await run<{ id: unknown }>(db, s.schema, "PendingTaskIdsByKey", [[key]]);
@@ -192,6 +194,11 @@ async function enqueueKeyed(db: Database, s: Shared, params: unknown[], opts: En
     if (holder.length) return String(holder[0].task_id);
   }
   throw new PgbgError("PGBG_KEY_CONTENDED", `enqueue(): key ${JSON.stringify(key)} kept changing hands; try again`);
+}
+
+/** Runs `fn` in a transaction: `db` itself when it is one, else one opened on it. */
+function inTransaction<T>(db: Database, fn: (tx: Database) => Promise<T>): Promise<T> {
+  return "begin" in db ? (db.begin((tx) => fn(tx)) as Promise<T>) : fn(db);
 }
 
 // One statement carries at most this much payload JSON, so memory stays
@@ -232,7 +239,7 @@ export async function enqueueMany<T extends AnyTask>(
   }
   const chunks = splitBatches(payloads);
   const write = (tx: Database) => writeChunks(tx, task.name, s, payloads, keys, chunks);
-  if (chunks.length > 1 && "begin" in db) return (await db.begin((tx) => write(tx))) as string[];
+  if (chunks.length > 1) return inTransaction(db, write);
   return write(db);
 }
 

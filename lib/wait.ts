@@ -9,7 +9,7 @@
  * @module
  */
 import type { Sql } from "postgres";
-import { readTask } from "./admin.ts";
+import { isTaskId, readTask } from "./admin.ts";
 import { defaults } from "./config.ts";
 import { MAX_DURATION } from "./define.ts";
 import { InvalidOptionsError, WaitError } from "./errors.ts";
@@ -58,7 +58,7 @@ const checks = {
 export async function waitForResult<T = unknown>(sql: Sql<any>, id: string, options?: WaitOptions): Promise<T> {
   const o = checkOptions<WaitOptions>("waitForResult()", options, checks);
   const schema = checkSchemaName(o.schema ?? defaults.schema);
-  if (typeof id !== "string" || !/^[1-9][0-9]{0,18}$/.test(id)) {
+  if (!isTaskId(id)) {
     throw new InvalidOptionsError(`waitForResult(): ${formatValue(id)} is not a task id (the decimal string enqueue() returned)`);
   }
   o.signal?.throwIfAborted();

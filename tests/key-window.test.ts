@@ -75,13 +75,18 @@ describe("a key's window (throttle)", () => {
     assert.equal(await enqueue(sql, ping, { n: 6 }, { key: "after", keyWindow: window }), failing);
   });
 
-  test("16 concurrent enqueues inside a window whose task already finished write nothing", async () => {
-    const [id] = await race("burst", { keyWindow: { ms: 3_600_000 } });
-    await drain(sql, { tasks: [ping], logger: quiet });
-    const again = await race("burst", { keyWindow: { ms: 3_600_000 } });
-    assert.deepEqual(new Set(again), new Set([id]));
-    assert.equal((await rows("burst")).length, 0);
-  });
+  for (const from of ["enqueue", "finish"] as const) {
+    test(`from the ${from}: 16 concurrent enqueues make one task, and 16 more inside the window after it finished write nothing`, async () => {
+      const key = `burst-${from}`;
+      const ids = await race(key, { keyWindow: { ms: 3_600_000, from } });
+      assert.equal(new Set(ids).size, 1);
+      assert.equal((await hold(key)).task_id, ids[0], "the taker is named for later refusals");
+      await drain(sql, { tasks: [ping], logger: quiet });
+      const again = await race(key, { keyWindow: { ms: 3_600_000, from } });
+      assert.deepEqual(new Set(again), new Set([ids[0]]));
+      assert.equal((await rows(key)).length, 0);
+    });
+  }
 
   test("a malformed window, or one without a key or in enqueueMany, is refused by name and writes nothing", async () => {
     const refused = (options: object, pattern: RegExp) =>
@@ -107,6 +112,14 @@ describe("replace (debounce)", () => {
     assert.equal(task.priority, 5);
     assert.ok(task.wait > 30 && task.wait <= 60, `due in a minute, not an hour: ${task.wait} s`);
     assert.equal((await rows("typing")).length, 1);
+  });
+
+  test("a queued task of another name holding the key keeps its input", async () => {
+    const other = defineTask({ name: "other", schema: v.object({ n: v.number() }), run() {} });
+    const id = await enqueue(sql, other, { n: 1 }, { key: "shared", delay: 3_600_000 });
+    assert.equal(await enqueue(sql, ping, { n: 2 }, { key: "shared", replace: true }), id);
+    assert.deepEqual((await rows("shared"))[0].payload, { n: 1 });
+    await sql`DELETE FROM pgbg.task WHERE id = ${id}`;
   });
 
   test("a running task is left as it is; without replace the input is ignored", async () => {

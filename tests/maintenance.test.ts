@@ -215,9 +215,13 @@ describe("the history's rotation", () => {
     assert.deepEqual(await rotateHistory(sql, "pgbg", 60_000), { emptied: [1] }, "slot 2 holds a live row; slot 0 is current; too young to rotate");
     assert.deepEqual(await counts(), { 0: 3, 2: 3 });
     assert.deepEqual(await rotateHistory(sql, "pgbg", 0), { emptied: [], rotatedTo: 1 }, "slot 1 is empty now: the rotation moves there");
-    assert.deepEqual(await rotateHistory(sql, "pgbg", 0), { emptied: [0] }, "slot 2, next, is not empty: it stays in slot 1");
-    assert.equal(await current(), 1);
+    assert.deepEqual(await rotateHistory(sql, "pgbg", 0), { emptied: [0], rotatedTo: 3 }, "slot 2, next, holds a live row: skipped");
+    assert.equal(await current(), 3);
     assert.deepEqual(await counts(), { 2: 3 });
+    for (const slot of [4, 5, 6, 7, 0, 1]) await kept(slot, 1, 60_000);
+    assert.deepEqual(await rotateHistory(sql, "pgbg", 0), { emptied: [] }, "no slot empty: it stays");
+    assert.equal(await current(), 3);
+    await sql`TRUNCATE pgbg.history`;
     const [{ dead }] = await sql`SELECT n_dead_tup::int AS dead FROM pg_stat_user_tables WHERE relname = 'history_0'`;
     assert.equal(dead, 0, "emptied without dead rows");
   });
@@ -238,11 +242,14 @@ describe("the history's rotation", () => {
     assert.deepEqual(await rotateHistory(sql, "pgbg", 60_000), { emptied: [3] });
   });
 
-  test("forgets waiters older than a day", async () => {
+  test("forgets waiters older than a day, and key holds that ended", async () => {
     await sql`INSERT INTO pgbg.result_waiter (task_id, channel, since) VALUES (1, 'c', now() - interval '25 hours'), (2, 'c', now())`;
+    await sql`INSERT INTO pgbg.task_key (key, held_until) VALUES ('ended', now() - interval '1 second'), ('held', now() + interval '1 hour'), ('pending', NULL)`;
     await rotateHistory(sql, "pgbg", 60_000);
     assert.deepEqual((await sql`SELECT task_id::int FROM pgbg.result_waiter`).map((r) => r.task_id), [2]);
+    assert.deepEqual((await sql`SELECT key FROM pgbg.task_key ORDER BY key`).map((r) => r.key), ["held", "pending"]);
     await sql`DELETE FROM pgbg.result_waiter`;
+    await sql`DELETE FROM pgbg.task_key`;
   });
 
   test("stops for good, saying why once, when the role may not rotate", async () => {

@@ -3,7 +3,8 @@
  * slot once the current one has filled for {@link SLOT_AGE} and the next is
  * empty, and empties each other slot whose rows have all expired, with
  * TRUNCATE, so that the history never needs a DELETE or a vacuum. Also
- * forgets the waiters of processes that died while waiting.
+ * forgets the waiters of processes that died while waiting, and the key
+ * holds (throttle windows) that ended.
  *
  * Safe for every host to run at once: the rotation moves the slot only
  * from where it read it, and emptying a slot checks, under the slot's lock,
@@ -15,7 +16,7 @@ import type { Logger } from "../log.ts";
 import { type Database, run } from "../statements.ts";
 import type { MaintenanceService } from "./service.ts";
 
-/** How long the current slot fills before the next one takes over (ms): eight slots span 80 minutes, past the default retention of results. */
+/** How long the current slot fills before the next empty one takes over (ms): eight slots span 80 minutes, past the default retention of results. */
 export const SLOT_AGE = 10 * 60_000;
 
 /** What one turn did. */
@@ -39,6 +40,7 @@ export async function rotateHistory(db: Database, schema: string, slotAge: numbe
     if (moved.length) turn.rotatedTo = moved[0].slot;
   }
   await run(db, schema, "PruneResultWaiters", []);
+  await run(db, schema, "PruneKeyHolds", []);
   return turn;
 }
 
@@ -71,7 +73,8 @@ export class HistoryRotator implements MaintenanceService {
       this.#interval = 0;
       this.log.warn(
         `cannot rotate ${this.schema}.history: ${(error as Error).message}. Grant this role UPDATE on ${this.schema}.history_rotation, ` +
-          `TRUNCATE on ${this.schema}.history_0 to _7 and DELETE on ${this.schema}.result_waiter (README, "Least privilege"); ` +
+          `TRUNCATE on ${this.schema}.history_0 to _7, DELETE on ${this.schema}.result_waiter and ${this.schema}.task_key ` +
+          `(README, "Running under a least-privilege role"); ` +
           `until then the history is never emptied. Not trying again.`,
       );
     }

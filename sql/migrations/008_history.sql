@@ -11,8 +11,8 @@
 -- pgbg.history is never deleted from. It is split into eight partitions
 -- (slots), filled one at a time: pgbg.history_rotation names the slot that
 -- finished tasks go into now. A maintenance service (HistoryRotator) moves
--- to the next slot when it is empty and the current one has filled for a
--- while, and empties a slot with TRUNCATE once every row in it has expired:
+-- to the next empty slot once the current one has filled for a while, and
+-- empties a slot with TRUNCATE once every row in it has expired:
 -- no dead rows, no vacuum, and the space comes back at once, whatever a
 -- long transaction holds (the rotation of PgQ's event tables, applied to
 -- history). A row outlives its retention until its whole slot expired;
@@ -90,12 +90,16 @@ CREATE UNLOGGED TABLE pgbg.result_waiter (
 CREATE INDEX result_waiter_task_idx ON pgbg.result_waiter (task_id);
 
 -- Empties slot `empty_slot` when every row in it has expired; true if it did.
--- Its lock keeps new rows out while it looks (a completion that read the
--- slot's number before the rotation moved on may still be inserting there:
--- its row is then either seen, and the slot kept, or inserted after, into
--- the emptied slot). It waits at most 200 ms for the lock, which every read
--- of pgbg.history takes too, and tries again at the next turn. TRUNCATE
--- needs the TRUNCATE privilege on the slot's table, not its ownership.
+-- It looks first without a lock, so that a slot with live rows costs the
+-- readers of pgbg.history nothing; then again under the slot's lock, which
+-- keeps new rows out while it looks (a completion that read the slot's
+-- number before the rotation moved on may still be inserting there: its
+-- row is then either seen, and the slot kept, or inserted after, into the
+-- emptied slot). It waits at most 200 ms for the lock, which every read of
+-- pgbg.history takes too, and tries again at the next turn. The looks are
+-- planned for the one slot (its number in the text), so they lock no other
+-- slot. TRUNCATE needs the TRUNCATE privilege on the slot's table, not its
+-- ownership.
 CREATE FUNCTION pgbg.empty_history_slot(empty_slot integer) RETURNS boolean
   LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
@@ -104,14 +108,18 @@ BEGIN
   IF empty_slot IS NULL OR empty_slot NOT BETWEEN 0 AND 7 THEN
     RAISE EXCEPTION 'no history slot %', empty_slot;
   END IF;
+  -- Through the parent (its SELECT is granted), pruned to the slot.
+  EXECUTE 'SELECT EXISTS (SELECT 1 FROM pgbg.history h WHERE h.slot = ' || empty_slot || ' AND h.expires_at > now())' INTO live;
+  IF live THEN
+    RETURN false;
+  END IF;
   PERFORM set_config('lock_timeout', '200ms', true);
   BEGIN
     EXECUTE 'LOCK TABLE pgbg.history_' || empty_slot || ' IN ACCESS EXCLUSIVE MODE';
   EXCEPTION WHEN lock_not_available THEN
     RETURN false;
   END;
-  -- Read through the parent (its SELECT is granted), pruned to the slot.
-  SELECT EXISTS (SELECT 1 FROM pgbg.history h WHERE h.slot = empty_slot AND h.expires_at > now()) INTO live;
+  EXECUTE 'SELECT EXISTS (SELECT 1 FROM pgbg.history h WHERE h.slot = ' || empty_slot || ' AND h.expires_at > now())' INTO live;
   IF live THEN
     RETURN false;
   END IF;

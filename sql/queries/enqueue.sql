@@ -68,19 +68,19 @@ RETURNING id, key;
 -- the task is inserted only then. $1-$11 as in EnqueueTask, $12 the key,
 -- $13 the window in ms, $14 1 when it runs from the task's finish (the row
 -- then holds until the finish, and key_hold carries the window), 0 from
--- now. A hold of NULL with no pending task of a window behind it (none
--- should be left) counts as ended. An existing pending task of the key
--- (enqueued without a window) makes the insert nothing, as in
--- EnqueueTaskKeyed: not taking the key then is checked first, on this
--- statement's snapshot.
+-- now. The hold is judged on the row's latest version (a concurrent
+-- enqueue that took it is waited for), never on this statement's
+-- snapshot. Before trying, the statement looks on its snapshot whether
+-- the key is held, or pending without a window (EnqueueTaskKeyed's case),
+-- and then does not try: a refused enqueue takes no lock on the key's row,
+-- which the finish of its task (task_key_release) must update.
 WITH taken AS (
   INSERT INTO pgbg.task_key AS k (key, held_until)
   SELECT $12, CASE WHEN $14::int = 0 THEN now() + $13::float8 * interval '1 millisecond' END
   WHERE NOT EXISTS (SELECT 1 FROM pgbg.task p WHERE p.key = $12 AND p.state <> 'failed')
+    AND NOT EXISTS (SELECT 1 FROM pgbg.task_key h WHERE h.key = $12 AND (h.held_until IS NULL OR h.held_until > now()))
   ON CONFLICT (key) DO UPDATE SET held_until = excluded.held_until, task_id = NULL
   WHERE k.held_until <= now()
-     OR (k.held_until IS NULL AND NOT EXISTS (
-       SELECT 1 FROM pgbg.task p WHERE p.key = k.key AND p.state <> 'failed' AND p.key_hold IS NOT NULL))
   RETURNING k.key
 )
 INSERT INTO pgbg.task (queue, name, payload, priority, run_at, max_attempts, input_version, on_failed, keep_completed, keep_failed, key, key_hold)
@@ -104,11 +104,13 @@ WHERE key = $1 AND task_id IS NOT NULL AND (held_until IS NULL OR held_until > n
 -- name: ReplaceQueuedTask
 -- replace (debounce): the queued task holding key $1 gets this enqueue's
 -- input ($2, JSON text), run time ($3 absolute, else now plus $4 ms),
--- priority ($5) and version ($6). A running task is left as it is.
+-- priority ($5) and version ($6), if it is a task of the same name ($7)
+-- and queue ($8) whose cancel nobody asked. A running task is left as it
+-- is; so is one of another name, whose input this one is not.
 UPDATE pgbg.task SET payload = $2::text::jsonb,
   run_at = coalesce($3::timestamptz, now() + $4::float8 * interval '1 millisecond'),
   priority = $5, input_version = $6
-WHERE key = $1 AND state = 'queued'
+WHERE key = $1 AND state = 'queued' AND name = $7 AND queue = $8 AND cancel_requested_at IS NULL
 RETURNING id;
 
 -- name: PendingTaskIdsByKey

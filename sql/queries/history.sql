@@ -119,11 +119,19 @@ SELECT r.slot, extract(epoch FROM now() - r.since) * 1000 AS age_ms,
 FROM pgbg.history_rotation r;
 
 -- name: RotateHistory
--- Moves the current slot from $1 to the next, when that one is empty;
--- another host that moved it first makes this change nothing.
-UPDATE pgbg.history_rotation SET slot = ($1 + 1) % 8, since = now()
-WHERE slot = $1 AND NOT EXISTS (SELECT 1 FROM pgbg.history h WHERE h.slot = ($1 + 1) % 8)
-RETURNING slot;
+-- Moves the current slot from $1 to the next empty one after it, skipping
+-- slots that still hold rows (a long retention keeps its slot, not the
+-- rotation); none empty: it stays. Another host that moved it first makes
+-- this change nothing.
+UPDATE pgbg.history_rotation r SET slot = n.s, since = now()
+FROM (
+  SELECT (($1 + g.i) % 8)::smallint AS s FROM generate_series(1, 7) AS g (i)
+  WHERE NOT EXISTS (SELECT 1 FROM pgbg.history h WHERE h.slot = ($1 + g.i) % 8)
+  ORDER BY g.i
+  LIMIT 1
+) n
+WHERE r.slot = $1
+RETURNING r.slot;
 
 -- name: EmptyHistorySlot
 -- Truncates slot $1 if all its rows expired (pgbg.empty_history_slot).
@@ -132,6 +140,11 @@ SELECT pgbg.empty_history_slot($1) AS emptied;
 -- name: PruneResultWaiters
 -- Waiters older than a day: their process died without removing its row.
 DELETE FROM pgbg.result_waiter WHERE since < now() - interval '1 day';
+
+-- name: PruneKeyHolds
+-- Key holds (pgbg.task_key) that ended: an enqueue treats them as absent.
+-- A hold still running, or waiting for its task's finish (NULL), stays.
+DELETE FROM pgbg.task_key WHERE held_until < now();
 
 -- name: PruneFailedTasks
 -- Deletes failed tasks older than their retention: the one their
