@@ -127,26 +127,12 @@ function runHandler(input: unknown, ctx: AttemptContext, options: AttemptOptions
     done(failure(error));
     return undefined;
   }
-  if (!isThenable(result)) return succeed(options, result, done);
-  return watch(result, options, startedAt, done);
-}
-
-/**
- * Ends an attempt whose handler returned `value`: a success, with the
- * encoded result for a task with a result schema (a value the schema
- * refuses fails the attempt). A promise only when the schema is async.
- */
-function succeed(options: AttemptOptions, value: unknown, done: (outcome: Outcome) => void): Promise<void> | undefined {
-  if (!options.task.result) {
-    done(SUCCESS);
-    return undefined;
-  }
-  const outcome = resultOutcome(options, value);
-  if (!isThenable(outcome)) {
-    done(outcome);
-    return undefined;
-  }
-  return outcome.then(done);
+  if (isThenable(result)) return watch(result, options, startedAt, done);
+  // A result schema may validate asynchronously: then under the time limit
+  // too, as the handler's own promise would be.
+  if (options.task.result) return watch(Promise.resolve(result), options, startedAt, done);
+  done(SUCCESS);
+  return undefined;
 }
 
 /**

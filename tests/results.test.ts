@@ -40,6 +40,13 @@ const liar = defineTask({
 });
 const plain = defineTask({ name: "plain", schema: v.object({}), run() {} });
 const logged = defineTask({ name: "logged", schema: v.object({}), retention: { completed: 60_000 }, run() {} });
+const checked = defineTask({
+  name: "checked",
+  schema: v.object({ n: v.number() }),
+  result: v.pipeAsync(v.number(), v.checkAsync(async (n) => n > 0, "must be positive")),
+  maxAttempts: 1,
+  run: (input) => input.n,
+});
 const later = defineTask({ name: "later", schema: v.object({}), result: v.number(), run: () => 1 });
 
 /** Runs an in-process worker of `tasks` around `body`. */
@@ -97,6 +104,15 @@ describe("results", () => {
       assert.equal(error.lastError?.code, "PGBG_INVALID_RESULT");
       assert.match(String(error.lastError?.message), /invalid result of task "liar": area: /);
       assert.equal((await sql`SELECT count(*)::int AS n FROM pgbg.history WHERE id = ${id}`)[0].n, 0);
+    });
+  });
+
+  test("an async result schema checks what a synchronous run returned, before it is stored", async () => {
+    await withWorker([checked], async () => {
+      const [good, bad] = [await enqueue(sql, checked, { n: 2 }), await enqueue(sql, checked, { n: -2 })];
+      assert.equal(await waitForResult(sql, good), 2);
+      const error = await waitError(waitForResult(sql, bad), "PGBG_TASK_FAILED");
+      assert.match(String(error.lastError?.message), /invalid result of task "checked": must be positive/);
     });
   });
 
