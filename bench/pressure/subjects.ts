@@ -81,17 +81,9 @@ export const pgbgPressure: PressureSubject = {
   async startWorkers(db, inFlight) {
     return childWorkers("pgbg serve", [await serve(db, pgbgSetting(inFlight))]);
   },
-  async openEnqueuer(db, connections) {
+  openEnqueuer(db, connections) {
     if (!pressureTask) throw new Error("bench/tasks.js exports no `pressure` task");
-    const sql = postgres(db.url, { max: connections, onnotice: () => {} });
-    return {
-      async enqueue(n, t) {
-        await enqueueMany(sql, pressureTask, Array.from({ length: n }, () => ({ t })));
-      },
-      async close() {
-        await sql.end({ timeout: 5 });
-      },
-    };
+    return enqueuerOf(db, connections, pressureTask);
   },
 };
 
@@ -108,19 +100,25 @@ export const pgbgKeptPressure: PressureSubject = {
   async startWorkers(db, inFlight) {
     return childWorkers("pgbg serve", [await serve(db, pgbgSetting(inFlight), ["--completed-retention", "1h"])]);
   },
-  async openEnqueuer(db, connections) {
+  openEnqueuer(db, connections) {
     if (!pressureKeptTask) throw new Error("bench/tasks.js exports no `pressureKept` task");
-    const sql = postgres(db.url, { max: connections, onnotice: () => {} });
-    return {
-      async enqueue(n, t) {
-        await enqueueMany(sql, pressureKeptTask, Array.from({ length: n }, () => ({ t })));
-      },
-      async close() {
-        await sql.end({ timeout: 5 });
-      },
-    };
+    return enqueuerOf(db, connections, pressureKeptTask);
   },
 };
+
+/** An enqueuer of `task` over up to `connections` connections, each batch one enqueueMany. */
+// deno-lint-ignore no-explicit-any
+function enqueuerOf(db: Database, connections: number, task: Task<PressureInput, any>): Promise<Enqueuer> {
+  const sql = postgres(db.url, { max: connections, onnotice: () => {} });
+  return Promise.resolve({
+    async enqueue(n: number, t: number) {
+      await enqueueMany(sql, task, Array.from({ length: n }, () => ({ t })));
+    },
+    async close() {
+      await sql.end({ timeout: 5 });
+    },
+  });
+}
 
 function pgbgSetting(inFlight: number): { workers: number; concurrency: number } {
   return inFlight >= 2 ? { workers: 2, concurrency: Math.ceil(inFlight / 2) } : { workers: 1, concurrency: 1 };
