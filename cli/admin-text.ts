@@ -7,7 +7,7 @@ import type { Status, TaskInfo, TaskPage } from "../lib/admin.ts";
 import type { CompactResult } from "../lib/compact.ts";
 import { formatAge, formatBytes, formatTable, oneLine } from "./table.ts";
 
-/** `pgbg status` as text: tasks per queue and name, unregistered names, workers. */
+/** `pgbg status` as text: tasks per queue and name, unregistered names, workers, the newest completed tasks kept. */
 export function formatStatus(status: Status): string {
   const parts: string[] = [];
   parts.push(status.tasks.length
@@ -31,6 +31,13 @@ export function formatStatus(status: Status): string {
         w.pid, w.hostname, w.runtime, `${w.running}/${w.concurrency}${w.idle ? " idle" : ""}`, w.queues?.join(",") ?? "(all)",
         w.startedAt.toISOString(), `${formatAge(w.heartbeatAgeMs)} ago`,
       ]),
+    ));
+  }
+  if (status.completed.length) {
+    parts.push("\nnewest completed tasks kept (pgbg list --state completed for more):\n");
+    parts.push(formatTable(
+      ["ID", "TASK", "QUEUE", "FINISHED AT", "RESULT"],
+      status.completed.map((t) => [t.id, t.name, t.queue, t.finishedAt!.toISOString(), t.result === null ? "" : oneLine(JSON.stringify(t.result), 60)]),
     ));
   }
   return parts.join("");

@@ -74,7 +74,12 @@ export interface Status {
   /** Waiting tasks whose name no live worker registered, per queue and name. */
   unregistered: { queue: string; name: string; tasks: number }[];
   workers: WorkerStatus[];
+  /** The newest completed tasks kept in the history (at most {@link STATUS_COMPLETED}), newest first, with their results. */
+  completed: TaskInfo[];
 }
+
+/** How many of the newest completed tasks `status` shows. */
+export const STATUS_COMPLETED = 10;
 
 /** Reads the tasks per queue and name: by state, oldest due, and the last minute's outcomes. */
 export async function readTaskStatus(db: Database, schema: string): Promise<QueueStatus[]> {
@@ -94,14 +99,16 @@ function schemaOf(where: string, options: unknown, checks: Record<string, Option
 
 /**
  * The status of every queue, task name and worker, as `pgbg status` shows
- * it (three statements, each reading its table once).
+ * it (three statements, each reading its table once), and the newest
+ * completed tasks kept in the history (the end of each slot's primary key).
  */
 export async function status(db: Database, options?: AdminOptions): Promise<Status> {
   const schema = schemaOf("status()", options);
-  const [tasks, unregistered, workers] = await Promise.all([
+  const [tasks, unregistered, workers, completed] = await Promise.all([
     readTaskStatus(db, schema),
     run(db, schema, "UnregisteredTasks", []),
     run(db, schema, "WorkerStatus", []),
+    run(db, schema, "RecentFinishedTasks", [STATUS_COMPLETED, "completed"]),
   ]);
   return {
     tasks,
@@ -111,6 +118,7 @@ export async function status(db: Database, options?: AdminOptions): Promise<Stat
       queues: r.queues, tasks: r.tasks, idle: r.idle, running: r.running, startedAt: r.started_at, heartbeatAt: r.heartbeat_at,
       heartbeatAgeMs: Math.round(r.heartbeat_age_ms),
     })),
+    completed: completed.map(finishedTaskInfo),
   };
 }
 

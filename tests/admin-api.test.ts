@@ -126,6 +126,7 @@ describe("the admin API", () => {
     const s = await status(sql);
     assert.deepEqual(s.tasks.map((t) => [t.queue, t.name, t.queued, t.failed]), [["default", "mail", 2, 0]]);
     assert.deepEqual(s.workers, []);
+    assert.deepEqual(s.completed, [], "nothing kept in the history");
     await assert.rejects(status(sql, { schema: "Bad Name" }), /invalid schema name/);
     await sql`DELETE FROM pgbg.task`;
   });

@@ -118,6 +118,10 @@ describe("pgbg list, retry, cancel, enqueue", () => {
     assert.match(text.stdout, /^ID\s+STATE\s+TASK\s+QUEUE\s+ATTEMPTS\s+FINISHED AT\s+RESULT/m);
     assert.match(text.stdout, new RegExp(`^${id}\\s+completed\\s+measured\\s+default\\s+1\\s+\\S+\\s+\\{"pid":\\d+,"attempt":1\\}`, "m"));
     assert.equal((await pgbgJson(["list", "--state", "cancelled"])).tasks.length, 0);
+    const { completed } = await status();
+    assert.deepEqual(completed.map((t: { id: string; result: { attempt: number } }) => [t.id, t.result.attempt]), [[id, 1]], "status shows the newest completed tasks kept");
+    const statusText = (await pgbg(["status"])).stdout;
+    assert.match(statusText, new RegExp(`newest completed tasks kept[^\\n]*\\nID\\s+TASK\\s+QUEUE\\s+FINISHED AT\\s+RESULT\\n${id}\\s+measured\\s+default\\s+\\S+\\s+\\{"pid":\\d+,"attempt":1\\}`));
   });
 
   test("retry queues failed tasks again and the service runs them; --all-failed --task picks by name", async () => {
