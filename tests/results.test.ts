@@ -177,6 +177,17 @@ describe("the fence on results", () => {
     assert.deepEqual(await waitForResult(sql, id), { area: 1 });
   });
 
+  test("pgbg serve --completed-retention keeps tasks without a result schema, which waitForResult then sees end", async () => {
+    const { work } = await import("./fixtures/tasks.ts");
+    const service = testbed.serve(["--workers", "1", "--completed-retention", "10m"]);
+    await service.waitForLog((l) => /^serving/.test(l.message), patience);
+    const id = await enqueue(sql, work, {});
+    assert.equal(await waitForResult(sql, id), null);
+    const task = await getTask(sql, id);
+    assert.equal(task?.state, "completed");
+    assert.equal(task!.expiresAt!.getTime() - task!.finishedAt!.getTime(), 600_000);
+  });
+
   test("under pgbg serve, after a crash makes a task run twice, waitForResult resolves with the value of the attempt that held the lease", async () => {
     const service = testbed.serve(["--workers", "1", "--concurrency", "2"]);
     await service.waitForLog((l) => /^serving/.test(l.message), patience);
