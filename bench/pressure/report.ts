@@ -190,7 +190,7 @@ export function rateSection(summaries: RunSummary[], svgName: string): string {
   return [
     `## R = ${rate.toLocaleString("en")} tasks/s, W = ${inFlight} in flight`, "",
     "Medians over each phase's 5 s samples (done: handlers finished per s; depth: enqueued − started; latency: enqueue → handler start; " +
-    "size: tables and indexes of the subject's schema; xmin age: transactions). The targets are graded on each phase taken whole: " +
+    "size: tables and indexes of the subject's schema, without what it keeps on purpose (pgbg kept: its history); xmin age: transactions). The targets are graded on each phase taken whole: " +
     "acked and done are the phase's counts over its length, the whole-phase p99 is over every start in it, and the rate passes when " +
     "the tasks done in the phase are at least those acknowledged in it less the depth baseline.", "",
     ...mediansTable(summaries), "",

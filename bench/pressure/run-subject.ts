@@ -106,7 +106,7 @@ export async function runSubject(ctx: RunContext, subject: PressureSubject, rate
     ctx.collector.reset(t0);
     const producer = new Producer(enqueuer, PRODUCER_IN_FLIGHT, (n, at) => ctx.collector.acked(n, at));
     cleanup.unshift(() => producer.stop());
-    const sampler = new Sampler(db.url, subject.schema, ctx.collector, producer, t0, (s) => phaseIndexAt(phases, s), () => workers.check(),
+    const sampler = new Sampler(db.url, subject.schema, subject.sizeLeavesOut ?? null, ctx.collector, producer, t0, (s) => phaseIndexAt(phases, s), () => workers.check(),
       (s) => progress(`pressure · ${label} · ${phases[s.phase].name} · t ${s.t} s · ${s.completionRate.toFixed(0)}/s · depth ${s.depth} · p99 ${s.p99?.toFixed(1) ?? "-"} ms · load ${s.load1}`));
     cleanup.unshift(() => sampler.stop());
     const pressures: Record<string, string> = {};

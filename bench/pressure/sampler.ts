@@ -61,7 +61,8 @@ interface ServerReading {
 }
 
 /**
- * Reads dead tuples and total size over every table of `schema`
+ * Reads dead tuples and total size over every table of `schema` but those
+ * whose name is LIKE `leaveOut`
  * (partitions included; a partitioned parent has no storage of its own, so
  * nothing counts twice), and the oldest xmin: that of this database's
  * backends and of replication slots, which is what bounds vacuum of this
@@ -72,9 +73,9 @@ interface ServerReading {
  * outside this database is read too, to tell such a neighbour on a shared
  * server from the subject's own.
  */
-async function readServer(sql: Sql, schema: string): Promise<ServerReading> {
+async function readServer(sql: Sql, schema: string, leaveOut: string | null): Promise<ServerReading> {
   const [tables] = await sql`SELECT coalesce(sum(n_dead_tup), 0)::float8 AS dead, coalesce(sum(pg_total_relation_size(relid)), 0)::float8 AS size
-    FROM pg_stat_user_tables WHERE schemaname = ${schema}`;
+    FROM pg_stat_user_tables WHERE schemaname = ${schema} AND (${leaveOut}::text IS NULL OR relname NOT LIKE ${leaveOut}::text)`;
   const [xmin] = await sql`SELECT
       greatest(
         (SELECT max(greatest(age(backend_xmin), age(backend_xid))) FROM pg_stat_activity WHERE datname = current_database()),
@@ -100,6 +101,8 @@ export class Sampler {
   constructor(
     url: string,
     private readonly schema: string,
+    /** Tables of the schema left out of dead tuples and size (a LIKE pattern of their names), or null. */
+    private readonly leaveOut: string | null,
     private readonly collector: Collector,
     private readonly producer: Producer,
     /** Epoch ms of the run's start. */
@@ -148,7 +151,7 @@ export class Sampler {
     if (!this.#reading) {
       this.#reading = true;
       try {
-        server = await readServer(this.#sql, this.schema);
+        server = await readServer(this.#sql, this.schema, this.leaveOut);
       } finally {
         this.#reading = false;
       }
