@@ -7,7 +7,7 @@
  * @module
  */
 import { isIP } from "node:net";
-import { TASK_STATES } from "../lib/admin.ts";
+import { isTaskId, TASK_STATES } from "../lib/admin.ts";
 import { defaults } from "../lib/config.ts";
 import { isValidName, NAME_RULE } from "../lib/define.ts";
 import { MAX_RETENTION } from "../lib/retention.ts";
@@ -129,7 +129,7 @@ const ids = (description: string, required?: string) => ({
   names: { ids: description },
   many: true,
   required,
-  check: (id: string) => /^[1-9]\d{0,18}$/.test(id) ? undefined : "task ids are whole numbers",
+  check: (id: string) => isTaskId(id) ? undefined : "task ids are whole numbers",
 });
 
 /** `pgbg migrate`. */

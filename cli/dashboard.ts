@@ -11,7 +11,7 @@ import { createHash, timingSafeEqual } from "node:crypto";
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import process from "node:process";
 import postgres from "postgres";
-import { cancel, listTasks, recentFinishedTasks, retry, status } from "../lib/admin.ts";
+import { cancel, isTaskId, listTasks, recentFinishedTasks, retry, status } from "../lib/admin.ts";
 import { InvalidOptionsError } from "../lib/errors.ts";
 import { describeError } from "../lib/log.ts";
 import type { Database } from "../lib/statements.ts";
@@ -147,7 +147,7 @@ async function readJson(req: IncomingMessage): Promise<{ ids?: unknown; all?: un
 }
 
 function taskIds(ids: unknown): string[] {
-  if (!Array.isArray(ids) || !ids.length || !ids.every((id) => typeof id === "string" && /^[1-9]\d{0,18}$/.test(id))) {
+  if (!Array.isArray(ids) || !ids.length || !ids.every(isTaskId)) {
     throw new HttpError(400, "ids must be a non-empty array of task ids (strings of digits)");
   }
   return ids;
