@@ -188,6 +188,25 @@ describe("the fence on results", () => {
     assert.equal(task!.expiresAt!.getTime() - task!.finishedAt!.getTime(), 600_000);
   });
 
+  test("failed tasks past the failed retention are pruned, in-process (failedRetention) and under pgbg serve (--failed-retention)", async () => {
+    const failedLongAgo = async () =>
+      (await sql`INSERT INTO pgbg.task (queue, name, payload, state, failed_at) VALUES ('default', 'work', '{}', 'failed', now() - interval '1 hour')
+        RETURNING id::text`)[0].id as string;
+    const gone = (id: string, what: string) => until(async () => (await sql`SELECT count(*)::int AS n FROM pgbg.task WHERE id = ${id}`)[0].n, (n) => n === 0, patience, what);
+    const inProcess = await failedLongAgo();
+    const worker = createWorker(sql, { tasks: [area], failedRetention: 60_000, logger: quiet });
+    await worker.start();
+    try {
+      await gone(inProcess, "the in-process host to prune the failed task");
+    } finally {
+      await worker.stop();
+    }
+    const served = await failedLongAgo();
+    const service = testbed.serve(["--workers", "1", "--failed-retention", "1m"]);
+    await service.waitForLog((l) => /^serving/.test(l.message), patience);
+    await gone(served, "pgbg serve to prune the failed task");
+  });
+
   test("under pgbg serve, after a crash makes a task run twice, waitForResult resolves with the value of the attempt that held the lease", async () => {
     const service = testbed.serve(["--workers", "1", "--concurrency", "2"]);
     await service.waitForLog((l) => /^serving/.test(l.message), patience);

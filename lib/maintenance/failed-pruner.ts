@@ -31,6 +31,8 @@ export async function pruneFailedTasks(db: Database, schema: string, retention: 
 /** The pruning of failed tasks as a maintenance service. */
 export class FailedPruner implements MaintenanceService {
   readonly name = "pruning failed tasks";
+  /** First at once: a host that restarts often must still prune. */
+  readonly firstAfter = 0;
 
   constructor(
     private readonly db: Database,

@@ -47,6 +47,8 @@ export async function rotateHistory(db: Database, schema: string, slotAge: numbe
 /** The history's rotation as a maintenance service. */
 export class HistoryRotator implements MaintenanceService {
   readonly name = "rotating the history";
+  /** First at once: a host that restarts often must still empty expired slots. */
+  readonly firstAfter = 0;
   #interval: number;
 
   constructor(
