@@ -90,7 +90,7 @@ describe("pgbg dashboard", () => {
     await wrong.text();
     const right = await fetch(`${dashboard.url}api/status`, { headers: { authorization: `Bearer ${token}` } });
     assert.equal(right.status, 200);
-    assert.deepEqual(Object.keys(await right.json()), ["tasks", "unregistered", "workers"]);
+    assert.deepEqual(Object.keys(await right.json()), ["tasks", "unregistered", "workers", "completed"]);
     const crossSite = await fetch(`${dashboard.url}api/retry`, {
       method: "POST", headers: { authorization: `Bearer ${token}`, "content-type": "text/plain" }, body: '{"all":true}',
     });
