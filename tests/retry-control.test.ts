@@ -17,7 +17,7 @@ const { backoff, giveUp, snoozer } = await import("./fixtures/tasks.ts");
 const quiet = { debug() {}, info() {}, warn() {}, error() {} };
 
 const row = (id: string) =>
-  sql`SELECT state::text, attempts, last_error, run_at > now() + interval '115 minutes' AND run_at <= now() + interval '2 hours' AS in_two_hours
+  sql`SELECT state::text, attempts, last_error, run_at > now() + interval '115 minutes' AND run_at <= now() + interval '121 minutes' AS in_two_hours
     FROM pgbg.task WHERE id = ${id}`.then((rows) => rows[0]);
 
 /** Enqueues the cases, waits until each has failed its first attempt, and checks what became of them. */
@@ -55,7 +55,7 @@ async function checkSnoozes(): Promise<void> {
   assert.deepEqual([failed.attempts, failed.snoozes, failed.last_error.name], [2, 2, "SnoozeLimitError"]);
   assert.deepEqual(await attemptsOf(forever), [1, 1, 1, 2], "2 free snoozes, then each snooze counts until the attempts run out");
   const waiting = await until(() => sql`SELECT state::text, attempts, snoozes,
-      run_at > now() + interval '59 minutes' AND run_at <= now() + interval '1 hour' AS in_an_hour FROM pgbg.task WHERE id = ${long}`.then((r) => r[0]),
+      run_at > now() + interval '59 minutes' AND run_at <= now() + interval '61 minutes' AS in_an_hour FROM pgbg.task WHERE id = ${long}`.then((r) => r[0]),
     (r) => r?.snoozes === 1, patience, "the long snooze");
   assert.deepEqual({ ...waiting }, { state: "queued", attempts: 0, snoozes: 1, in_an_hour: true });
 }
