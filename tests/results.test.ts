@@ -97,6 +97,15 @@ describe("results", () => {
     });
   });
 
+  test("an in-process worker's completed event carries the stored result", async () => {
+    await withWorker([area], async (worker) => {
+      const told = new Promise<unknown>((resolve) => worker.on("completed", (e) => resolve(e.result)));
+      const id = await enqueue(sql, area, { w: 2, h: 5 });
+      assert.deepEqual(await told, { area: 10 });
+      assert.deepEqual((await getTask(sql, id))?.result, { area: 10 });
+    });
+  });
+
   test("a result its schema refuses fails the attempt, stores nothing, and waitForResult rejects with the last error", async () => {
     await withWorker([liar], async () => {
       const id = await enqueue(sql, liar, {});
