@@ -36,6 +36,10 @@ export type { EnqueueManyOptions, EnqueueOptions } from "./lib/enqueue.ts";
 export { createWorker } from "./lib/host.ts";
 export type { WorkerHost, WorkerHostOptions } from "./lib/host.ts";
 export { cancel, getTask, listTasks, retry, status, TASK_STATES } from "./lib/admin.ts";
+export { listSchedules, pausedQueues, pauseQueue, resumeQueue, runSchedule } from "./lib/controls.ts";
+export type { PausedQueue, ScheduleInfo } from "./lib/controls.ts";
+export { defineSchedule } from "./lib/schedule.ts";
+export type { CatchUp, Schedule, ScheduleDefinition, ScheduleEnqueueOptions } from "./lib/schedule.ts";
 export type {
   AdminOptions,
   CancelResult,
@@ -63,12 +67,14 @@ export {
   InvalidOptionsError,
   InvalidPayloadError,
   InvalidResultError,
+  InvalidScheduleError,
   InvalidTaskError,
   LeaseLostError,
   PayloadTooLargeError,
   PermanentError,
   PgbgError,
   SchemaError,
+  UnknownScheduleError,
   WaitError,
 } from "./lib/errors.ts";
 export type { ErrorCode, InputIssue, WaitErrorCode } from "./lib/errors.ts";

@@ -15,7 +15,10 @@ import { hostname } from "node:os";
 import process from "node:process";
 import postgres from "postgres";
 import { describeError, type Logger } from "../lib/log.ts";
-import { loadTasks } from "../lib/registry.ts";
+import { defaults } from "../lib/config.ts";
+import { Maintenance } from "../lib/maintenance.ts";
+import { loadTaskModules } from "../lib/registry.ts";
+import { Scheduler } from "../lib/scheduler.ts";
 import { runtimeName } from "../lib/runtime.ts";
 import { type LostCause, Worker, type WorkerReport, type WorkerSettings } from "../lib/worker.ts";
 import type { LogLevel } from "./config.ts";
@@ -122,9 +125,11 @@ async function main(): Promise<number> {
   exitOnUncaught(log);
   const alive = setInterval(() => send({ type: "alive", running: worker?.running ?? 0 }), spec.settings.timings.heartbeatInterval);
   let clients: ReturnType<typeof connect> | undefined;
+  let scheduler: Maintenance | undefined;
   try {
-    const tasks = await loadTasks(spec.tasks, spec.cwd);
+    const { tasks, schedules } = await loadTaskModules(spec.tasks, spec.cwd);
     clients = connect(spec.index);
+    if (schedules.length) scheduler = new Maintenance([new Scheduler(clients.sql, spec.settings.schema, schedules, defaults.scheduleInterval, log)], log);
     worker = new Worker({
       ...spec.settings,
       ...clients,
@@ -138,7 +143,9 @@ async function main(): Promise<number> {
       onLost: (cause, reason) => sendThenExit({ type: "lost", cause, message: `lost: ${reason}` }, EXIT.lost, 200),
       onReport: (report) => send({ type: "stats", report }),
     });
-    const exit = await worker.start();
+    const started = worker.start();
+    scheduler?.start();
+    const exit = await started;
     if (exit === "retired") send({ type: "retiring", message: "a task ignored its abort signal past its timeout" });
     return EXIT[exit];
   } catch (error) {
@@ -148,6 +155,7 @@ async function main(): Promise<number> {
     return EXIT.startFailed;
   } finally {
     clearInterval(alive);
+    await scheduler?.stop(1_000);
     await Promise.all([clients?.sql.end({ timeout: 1 }), clients?.beatSql.end({ timeout: 1 })]).catch(() => {});
   }
 }

@@ -7,17 +7,14 @@
  *
  * @module
  */
-import { defaults } from "./config.ts";
+import { type AdminOptions, schemaOf } from "./admin-options.ts";
+import { listSchedules, type PausedQueue, pausedQueues, type ScheduleInfo } from "./controls.ts";
 import { InvalidOptionsError } from "./errors.ts";
-import { checkedLater, checkOptions, formatValue, integer, type OptionCheck, text } from "./options.ts";
+import { formatValue, integer, type OptionCheck, text } from "./options.ts";
 import type { Database } from "./statements.ts";
-import { checkSchemaName, run } from "./statements.ts";
+import { run } from "./statements.ts";
 
-/** What every admin function takes besides its arguments. */
-export interface AdminOptions {
-  /** PostgreSQL schema holding pgbg's tables. @default "pgbg" */
-  schema?: string;
-}
+export type { AdminOptions } from "./admin-options.ts";
 
 /**
  * The states `listTasks` filters on: `queued` means due now, `scheduled`
@@ -76,6 +73,10 @@ export interface Status {
   workers: WorkerStatus[];
   /** The newest completed tasks kept in the history (at most {@link STATUS_COMPLETED}), newest first, with their results. */
   completed: TaskInfo[];
+  /** The paused queues (`pauseQueue`). */
+  paused: PausedQueue[];
+  /** Every schedule a host declared, with its last and next tick. */
+  schedules: ScheduleInfo[];
 }
 
 /** How many of the newest completed tasks `status` shows. */
@@ -91,11 +92,6 @@ export async function readTaskStatus(db: Database, schema: string): Promise<Queu
   }));
 }
 
-/** The schema of `options`, checked, after checking that `options` holds only what `where` knows. */
-function schemaOf(where: string, options: unknown, checks: Record<string, OptionCheck> = {}): string {
-  const o = checkOptions<AdminOptions>(where, options, { schema: checkedLater, ...checks });
-  return checkSchemaName(o.schema ?? defaults.schema);
-}
 
 /**
  * The status of every queue, task name and worker, as `pgbg status` shows
@@ -104,11 +100,13 @@ function schemaOf(where: string, options: unknown, checks: Record<string, Option
  */
 export async function status(db: Database, options?: AdminOptions): Promise<Status> {
   const schema = schemaOf("status()", options);
-  const [tasks, unregistered, workers, completed] = await Promise.all([
+  const [tasks, unregistered, workers, completed, paused, schedules] = await Promise.all([
     readTaskStatus(db, schema),
     run(db, schema, "UnregisteredTasks", []),
     run(db, schema, "WorkerStatus", []),
     run(db, schema, "RecentFinishedTasks", [STATUS_COMPLETED, "completed"]),
+    pausedQueues(db, { schema }),
+    listSchedules(db, { schema }),
   ]);
   return {
     tasks,
@@ -119,6 +117,8 @@ export async function status(db: Database, options?: AdminOptions): Promise<Stat
       heartbeatAgeMs: Math.round(r.heartbeat_age_ms),
     })),
     completed: completed.map(finishedTaskInfo),
+    paused,
+    schedules,
   };
 }
 

@@ -45,6 +45,8 @@ export const defaults = {
   failedRetention: Number.POSITIVE_INFINITY,
   /** How often a host looks after the history (rotation, emptying expired slots) and prunes expired failed tasks. */
   historyInterval: 60_000,
+  /** How often a host with schedules checks for due ticks and runs asked for (ms); ticks fire at most this late. */
+  scheduleInterval: 1_000,
   /** Indexes smaller than this in all are never compacted (8 MiB): rebuilding them would gain little. */
   compactMinIndexBytes: 8 * 1024 * 1024,
   /**

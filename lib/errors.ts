@@ -25,7 +25,9 @@ export type ErrorCode =
   | "PGBG_TASK_FAILED"
   | "PGBG_TASK_CANCELLED"
   | "PGBG_TASK_UNKNOWN"
-  | "PGBG_WAIT_TIMEOUT";
+  | "PGBG_WAIT_TIMEOUT"
+  | "PGBG_INVALID_SCHEDULE"
+  | "PGBG_UNKNOWN_SCHEDULE";
 
 /** The base class of every error pgbg throws. */
 export class PgbgError extends Error {
@@ -232,5 +234,23 @@ export class WaitError extends PgbgError {
     super(code, message);
     this.taskId = taskId;
     this.lastError = lastError;
+  }
+}
+
+/** A schedule given to `defineSchedule` or to a worker is malformed (its cron, time zone, input or catch-up). The message names the field. */
+export class InvalidScheduleError extends PgbgError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("PGBG_INVALID_SCHEDULE", message, options);
+  }
+}
+
+/** `runSchedule` was given a name no host has declared (`PGBG_UNKNOWN_SCHEDULE`). */
+export class UnknownScheduleError extends PgbgError {
+  /** The name asked for. */
+  readonly schedule: string;
+
+  constructor(schedule: string) {
+    super("PGBG_UNKNOWN_SCHEDULE", `no schedule named ${JSON.stringify(schedule)}: a schedule is known once a worker that defines it has started`);
+    this.schedule = schedule;
   }
 }

@@ -13,6 +13,7 @@ import { hostname } from "node:os";
 import process from "node:process";
 import postgres, { type Sql } from "postgres";
 import { readTaskStatus } from "./admin.ts";
+import { defaults } from "./config.ts";
 import { InvalidOptionsError } from "./errors.ts";
 import { EVENT_NAMES, TaskEventEmitter, type TaskEventListener, type TaskEventName } from "./events.ts";
 import { type Liveness, liveness } from "./liveness.ts";
@@ -20,6 +21,7 @@ import { describeError } from "./log.ts";
 import { Maintenance, maintenanceServices, type MaintenanceServices } from "./maintenance.ts";
 import { ServiceMetrics } from "./metrics.ts";
 import { runtimeName } from "./runtime.ts";
+import { Scheduler } from "./scheduler.ts";
 import { type ResolvedWorkerOptions, resolveWorkerOptions, type WorkerHostOptions } from "./worker-options.ts";
 import { type LostCause, Worker, type WorkerExit } from "./worker.ts";
 
@@ -143,7 +145,8 @@ class InProcessHost implements WorkerHost {
       compactInterval: options.compactInterval, vacuumInterval: options.vacuumInterval, failedRetention: options.failedRetention, log: options.logger,
       onReleased: (tasks) => this.#metrics.released(tasks),
     });
-    this.#maintenance = new Maintenance(Object.values(this.#services), options.logger);
+    const scheduler = new Scheduler(this.#pool, options.schema, options.schedules, defaults.scheduleInterval, options.logger);
+    this.#maintenance = new Maintenance([...Object.values(this.#services), scheduler], options.logger);
     options.signal?.addEventListener("abort", () => void this.stop(), { once: true });
   }
 

@@ -6,8 +6,9 @@
 import { resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { type AnyTask, checkTask } from "./define.ts";
-import { InvalidTaskError } from "./errors.ts";
+import { InvalidScheduleError, InvalidTaskError } from "./errors.ts";
 import { hookOf } from "./hooks.ts";
+import { isSchedule, type Schedule } from "./schedule.ts";
 
 function looksLikeTask(value: unknown): boolean {
   return typeof value === "object" && value !== null && "name" in value && "schema" in value && "run" in value;
@@ -44,13 +45,42 @@ export function registerTasks(entries: readonly { task: unknown; source: string 
 }
 
 /**
+ * Checks schedules by name, as tasks are: the same schedule may appear
+ * twice; two different ones with one name are refused, since their ticks
+ * would share one row. Throws `InvalidScheduleError`.
+ */
+export function registerSchedules(entries: readonly { schedule: Schedule; source: string }[]): Schedule[] {
+  const byName = new Map<string, { schedule: Schedule; source: string }>();
+  for (const { schedule, source } of entries) {
+    const seen = byName.get(schedule.name);
+    if (seen && seen.schedule !== schedule) {
+      throw new InvalidScheduleError(`schedule name "${schedule.name}" is defined twice: in ${seen.source} and in ${source}`);
+    }
+    byName.set(schedule.name, { schedule, source });
+  }
+  return [...byName.values()].map((e) => e.schedule);
+}
+
+/** What the modules named by `--tasks` export: their tasks by name, and their schedules. */
+export interface TaskModules {
+  tasks: Map<string, AnyTask>;
+  schedules: Schedule[];
+}
+
+/**
  * Imports each module and registers every exported value that is a task
  * (the result of `defineTask`). Throws `InvalidTaskError` naming the module
  * when one cannot be imported, exports no task, or exports a malformed one.
  */
 export async function loadTasks(paths: readonly string[], cwd: string): Promise<Map<string, AnyTask>> {
+  return (await loadTaskModules(paths, cwd)).tasks;
+}
+
+/** As {@link loadTasks}, and also collects the exported schedules (`defineSchedule` results). */
+export async function loadTaskModules(paths: readonly string[], cwd: string): Promise<TaskModules> {
   if (!paths.length) throw new InvalidTaskError("no tasks module given: pass --tasks ./path/to/tasks.ts");
   const entries: { task: unknown; source: string }[] = [];
+  const schedules: { schedule: Schedule; source: string }[] = [];
   for (const path of paths) {
     let module: Record<string, unknown>;
     try {
@@ -61,6 +91,9 @@ export async function loadTasks(paths: readonly string[], cwd: string): Promise<
     const found = Object.entries(module).filter(([, value]) => looksLikeTask(value));
     if (!found.length) throw new InvalidTaskError(`tasks module ${path} exports no tasks (export the results of defineTask)`);
     for (const [exportName, task] of found) entries.push({ task, source: `${path} (export ${exportName})` });
+    for (const [exportName, schedule] of Object.entries(module)) {
+      if (isSchedule(schedule)) schedules.push({ schedule, source: `${path} (export ${exportName})` });
+    }
   }
-  return registerTasks(entries);
+  return { tasks: registerTasks(entries), schedules: registerSchedules(schedules) };
 }

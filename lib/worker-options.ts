@@ -10,7 +10,8 @@ import { type AnyTask, checkTask, isValidName, MAX_DURATION, NAME_RULE } from ".
 import { InvalidOptionsError, InvalidTaskError } from "./errors.ts";
 import type { Logger } from "./log.ts";
 import { checkedLater, checkOptions, formatValue, integer, type OptionCheck } from "./options.ts";
-import { registerTasks } from "./registry.ts";
+import { registerSchedules, registerTasks } from "./registry.ts";
+import { isSchedule, type Schedule } from "./schedule.ts";
 import { MAX_RETENTION } from "./retention.ts";
 import { checkSchemaName } from "./statements.ts";
 
@@ -18,6 +19,11 @@ import { checkSchemaName } from "./statements.ts";
 export interface WorkerHostOptions {
   /** The tasks it can run: `defineTask` results. Tasks of other names stay queued for other workers. */
   tasks: readonly AnyTask[];
+  /**
+   * Recurring tasks (`defineSchedule` results) this host fires. Every host
+   * may run the same schedules: each tick is enqueued once. @default none
+   */
+  schedules?: readonly Schedule[];
   /** Tasks run at once. @default 10 */
   concurrency?: number;
   /** Queues to claim from. @default every queue */
@@ -60,6 +66,7 @@ export interface WorkerHostOptions {
 /** The checked options with every default filled in. */
 export interface ResolvedWorkerOptions {
   tasks: AnyTask[];
+  schedules: Schedule[];
   concurrency: number;
   queues: string[] | null;
   timeout: number;
@@ -82,6 +89,7 @@ const duration = (min: number): OptionCheck => integer(min, MAX_DURATION);
 
 const checks: Record<keyof WorkerHostOptions, OptionCheck> = {
   tasks: (v) => (Array.isArray(v) && v.length ? undefined : `must be a non-empty array of defineTask() results, got ${formatValue(v)}`),
+  schedules: (v) => (Array.isArray(v) && v.every(isSchedule) ? undefined : `must be an array of defineSchedule() results, got ${formatValue(v)}`),
   concurrency: integer(1, 10_000),
   queues: (v) =>
     v === null || (Array.isArray(v) && v.length && v.every(isValidName)) ? undefined : `must be null or a non-empty array of queue names (${NAME_RULE})`,
@@ -128,7 +136,7 @@ export function resolveWorkerOptions(where: string, options: unknown): ResolvedW
   const tasks = [...registerTasks(o.tasks.map((task, i) => ({ task, source: `tasks[${i}]` }))).values()];
   const schema = checkSchemaName(o.schema ?? defaults.schema);
   return {
-    tasks, schema, concurrency: o.concurrency ?? defaults.concurrency, queues: o.queues ? [...o.queues] : null,
+    tasks, schedules: registerSchedules((o.schedules ?? []).map((schedule, i) => ({ schedule, source: `schedules[${i}]` }))), schema, concurrency: o.concurrency ?? defaults.concurrency, queues: o.queues ? [...o.queues] : null,
     timeout: o.timeout ?? defaults.timeout, retryDelay: o.retryDelay ?? defaults.retryDelay, maxAttempts: o.maxAttempts ?? defaults.maxAttempts,
     idleSleep: o.idleSleep ?? defaults.idleSleep, checkInterval: o.checkInterval ?? defaults.checkInterval,
     shutdownTimeout: o.shutdownTimeout ?? defaults.shutdownTimeout, compactInterval: o.compactInterval ?? defaults.compactInterval,

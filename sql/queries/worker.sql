@@ -58,7 +58,9 @@ candidates AS (
     LIMIT $5
     FOR UPDATE SKIP LOCKED
   ) c
-  WHERE $2::text[] IS NULL OR l.queue = ANY($2::text[])
+  WHERE ($2::text[] IS NULL OR l.queue = ANY($2::text[]))
+    -- A paused queue's lanes are skipped: one probe of queue_pkey per lane.
+    AND NOT EXISTS (SELECT FROM pgbg.queue q WHERE q.name = l.queue AND q.paused_at IS NOT NULL)
   ORDER BY c.priority, c.run_at, c.id
   LIMIT $5
 ),
@@ -365,9 +367,11 @@ RETURNING id;
 -- name: ScheduledTasks
 -- For drain(): of the claimable tasks of names $2 in queues $1 (NULL: every
 -- queue), how many are not due yet, and in how many ms the first falls due
--- (0 or less: one is due now, such as a retry just written).
+-- (0 or less: one is due now, such as a retry just written). Paused
+-- queues are left out: their tasks are not claimable.
 SELECT count(*) FILTER (WHERE run_at > now())::int AS scheduled,
   (extract(epoch FROM min(run_at) - now()) * 1000)::float8 AS next_due_ms
-FROM pgbg.task
+FROM pgbg.task t
 WHERE state = 'queued' AND cancel_requested_at IS NULL AND name = ANY($2::text[])
-  AND ($1::text[] IS NULL OR queue = ANY($1::text[]));
+  AND ($1::text[] IS NULL OR queue = ANY($1::text[]))
+  AND NOT EXISTS (SELECT FROM pgbg.queue q WHERE q.name = t.queue AND q.paused_at IS NOT NULL);
