@@ -119,10 +119,10 @@ export function defineSchedule<const T extends AnyTask>(definition: ScheduleDefi
   const d = definition as ScheduleDefinition<T>;
   const name = d.name ?? (d.task as { name?: unknown } | undefined)?.name;
   const label = isValidName(name) ? `schedule "${name}"` : "schedule";
-  if (!isValidName(name)) throw new InvalidScheduleError(`${label}: name must be ${NAME_RULE}, got ${formatValue(name)}`);
   if (typeof d.task !== "object" || d.task === null || typeof d.task.run !== "function") {
     throw new InvalidScheduleError(`${label}: task must be a defineTask() result`);
   }
+  if (!isValidName(name)) throw new InvalidScheduleError(`${label}: name must be ${NAME_RULE}, got ${formatValue(name)}`);
   const timezone = d.timezone ?? "UTC";
   if (typeof timezone !== "string") throw new InvalidScheduleError(`${label}: timezone must be an IANA time zone name, got ${formatValue(timezone)}`);
   const cron = parseCron(label, d.cron, timezone);

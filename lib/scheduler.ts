@@ -57,7 +57,7 @@ export class Scheduler implements MaintenanceService {
     const all = [...this.#byName.values()];
     const now = new Date();
     await run(this.sql, this.schema, "DeclareSchedules", [
-      all.map((s) => s.name), all.map((s) => s.task.name), all.map((s) => s.cron), all.map((s) => s.timezone), all.map((s) => s.nextTick(now)),
+      all.map((s) => s.name), all.map((s) => s.task.name), all.map((s) => s.cron), all.map((s) => s.timezone), all.map((s) => s.nextTick(now)?.toISOString() ?? null),
     ]);
     this.#declaredAt = Date.now();
   }

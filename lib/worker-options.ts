@@ -116,8 +116,8 @@ const checks: Record<keyof WorkerHostOptions, OptionCheck> = {
 export const consoleLogger: Logger = {
   debug() {},
   info() {},
-  warn: (message) => console.warn(`pgbg: ${message}`),
-  error: (message) => console.error(`pgbg: ${message}`),
+  warn: (message, fields) => console.warn(`pgbg: ${message}`, ...(fields ? [fields] : [])),
+  error: (message, fields) => console.error(`pgbg: ${message}`, ...(fields ? [fields] : [])),
   isEnabled: (level) => level === "warn" || level === "error",
 };
 
