@@ -7,7 +7,7 @@ import type { Status, TaskInfo, TaskPage } from "../lib/admin.ts";
 import type { CompactResult } from "../lib/compact.ts";
 import { formatAge, formatBytes, formatTable, oneLine } from "./table.ts";
 
-/** `pgbg status` as text: tasks per queue and name, unregistered names, workers, the newest completed tasks kept. */
+/** `pgbg status` as text: tasks per queue and name, unregistered names, workers, paused queues, schedules, the newest completed tasks kept. */
 export function formatStatus(status: Status): string {
   const parts: string[] = [];
   parts.push(status.tasks.length
@@ -30,6 +30,19 @@ export function formatStatus(status: Status): string {
       status.workers.map((w) => [
         w.pid, w.hostname, w.runtime, `${w.running}/${w.concurrency}${w.idle ? " idle" : ""}`, w.queues?.join(",") ?? "(all)",
         w.startedAt.toISOString(), `${formatAge(w.heartbeatAgeMs)} ago`,
+      ]),
+    ));
+  }
+  if (status.paused.length) {
+    parts.push(`\npaused queue(s): ${status.paused.map((p) => `${p.queue} (since ${p.pausedAt.toISOString()})`).join(", ")}\n`);
+  }
+  if (status.schedules.length) {
+    parts.push("\nschedules:\n");
+    parts.push(formatTable(
+      ["SCHEDULE", "TASK", "CRON", "TIME ZONE", "LAST TICK", "LAST TASK", "NEXT TICK", "STATE"],
+      status.schedules.map((s) => [
+        s.name, s.task, s.cron, s.timezone, s.lastTick.toISOString(), s.lastTaskId ?? "", s.nextTick?.toISOString() ?? "",
+        s.runRequestedAt ? "run asked for" : s.active ? "active" : "no host defines it",
       ]),
     ));
   }

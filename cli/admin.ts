@@ -1,6 +1,6 @@
 /**
  * The operators' commands: `pgbg migrate`, `status`, `list`, `retry`,
- * `cancel`, `enqueue` and `compact`. Each takes `--database-url` (DATABASE_URL),
+ * `cancel`, `enqueue`, `pause`, `resume`, `run-schedule` and `compact`. Each takes `--database-url` (DATABASE_URL),
  * `--schema` (PGBG_SCHEMA) and `--json`, and exits 0 on success, 1 when the
  * operation failed and 2 on bad usage, with one line on stderr. Their
  * arguments are in cli/args-table.ts, parsed and checked before they run.
@@ -11,11 +11,14 @@ import process from "node:process";
 import postgres from "postgres";
 import { compactIndexes } from "../lib/compact.ts";
 import { cancel, listTasks, retry, status } from "../lib/admin.ts";
+import { pauseQueue, resumeQueue, runSchedule } from "../lib/controls.ts";
 import { enqueue } from "../lib/enqueue.ts";
 import { LATEST_SCHEMA_VERSION, migrate, schemaVersion } from "../lib/migrate.ts";
 import { loadTasks } from "../lib/registry.ts";
 import { defineCliCommand } from "./args.ts";
-import { cancelArgs, compactArgs, enqueueArgs, listArgs, migrateArgs, retryArgs, statusArgs } from "./args-table.ts";
+import {
+  cancelArgs, compactArgs, enqueueArgs, listArgs, migrateArgs, pauseArgs, resumeArgs, retryArgs, runScheduleArgs, statusArgs,
+} from "./args-table.ts";
 import { failWith, UsageError } from "./exit.ts";
 import { formatCompaction, formatStatus, formatTaskList } from "./admin-text.ts";
 
@@ -130,6 +133,40 @@ export const enqueueCommand = defineCliCommand(
   },
 );
 
+/** `pgbg pause`. */
+export const pauseCommand = defineCliCommand(
+  pauseArgs,
+  "Pause queues: no worker claims their tasks until resumed; running tasks finish, enqueues still work",
+  ({ flags, positionals: queues }) =>
+    runCommand(flags, (sql, schema) => pauseQueue(sql, queues, { schema }), (r) =>
+      r.map((p) => `paused ${p.queue} (since ${p.pausedAt.toISOString()})\n`).join("")),
+);
+
+/** `pgbg resume`. */
+export const resumeCommand = defineCliCommand(
+  resumeArgs,
+  "Resume paused queues: their due tasks start at once",
+  ({ flags, positionals: queues }) =>
+    runCommand(flags, async (sql, schema) => {
+      const resumed = await resumeQueue(sql, queues, { schema });
+      return { resumed, notPaused: queues.filter((q) => !resumed.includes(q)) };
+    }, (r) => [
+      r.resumed.length ? `resumed ${r.resumed.join(", ")}\n` : "",
+      r.notPaused.length ? `not paused: ${r.notPaused.join(", ")}\n` : "",
+    ].join("")),
+);
+
+/** `pgbg run-schedule`. */
+export const runScheduleCommand = defineCliCommand(
+  runScheduleArgs,
+  "Fire a schedule once now, outside its cron: a host running it enqueues the task within a second",
+  ({ flags, positionals: [name] }) =>
+    runCommand(flags, async (sql, schema) => {
+      await runSchedule(sql, name, { schema });
+      return { schedule: name, requested: true };
+    }, (r) => `asked for a run of schedule ${r.schedule}\n`),
+);
+
 /** `pgbg compact`. */
 export const compactCommand = defineCliCommand(
   compactArgs,
@@ -150,5 +187,8 @@ export const adminCommands = {
   retry: retryCommand,
   cancel: cancelCommand,
   enqueue: enqueueCommand,
+  pause: pauseCommand,
+  resume: resumeCommand,
+  "run-schedule": runScheduleCommand,
   compact: compactCommand,
 };

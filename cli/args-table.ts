@@ -198,6 +198,38 @@ export const enqueueArgs = {
   },
 } satisfies CommandArgs<Flags>;
 
+/** Queue names, as positionals. */
+const queueNames = (description: string, required: string) => ({
+  names: { queues: description },
+  many: true,
+  required,
+  check: (queue: string) => isValidName(queue) ? undefined : `queue names are ${NAME_RULE}`,
+});
+
+/** `pgbg pause`. */
+export const pauseArgs = {
+  command: "pgbg pause",
+  flags: connection,
+  positionals: queueNames("Queues to pause (required)", "give the queues to pause"),
+} satisfies CommandArgs<Flags>;
+
+/** `pgbg resume`. */
+export const resumeArgs = {
+  command: "pgbg resume",
+  flags: connection,
+  positionals: queueNames("Queues to resume (required)", "give the queues to resume"),
+} satisfies CommandArgs<Flags>;
+
+/** `pgbg run-schedule`. */
+export const runScheduleArgs = {
+  command: "pgbg run-schedule",
+  flags: connection,
+  positionals: {
+    names: { name: "The schedule's name (required)" },
+    required: "give the schedule's name: pgbg run-schedule NAME",
+  },
+} satisfies CommandArgs<Flags>;
+
 /** `pgbg compact`. */
 export const compactArgs = {
   command: "pgbg compact",
@@ -227,5 +259,6 @@ export const dashboardArgs = {
 /** The arguments of every command, by name. */
 export const commandArgs = {
   serve: serveArgs, migrate: migrateArgs, status: statusArgs, list: listArgs, retry: retryArgs,
-  cancel: cancelArgs, enqueue: enqueueArgs, compact: compactArgs, dashboard: dashboardArgs,
+  cancel: cancelArgs, enqueue: enqueueArgs, pause: pauseArgs, resume: resumeArgs, "run-schedule": runScheduleArgs, compact: compactArgs,
+  dashboard: dashboardArgs,
 };

@@ -275,8 +275,8 @@ describe("the operators' commands", () => {
   test("the README's operations examples use real commands and flags", () => {
     const readme = readFileSync(new URL("../README.md", import.meta.url), "utf8");
     const section = readme.slice(readme.indexOf("## Operations"), readme.indexOf("## Design"));
-    const lines = [...section.matchAll(/^(?:PGBG_\w+=(?:\$\([^)]*\)|\S+) )?pgbg (\w+)(.*)$/gm)];
-    assert.deepEqual([...new Set(lines.map((l) => l[1]))].sort(), ["cancel", "compact", "dashboard", "enqueue", "list", "migrate", "retry", "status"]);
+    const lines = [...section.matchAll(/^(?:PGBG_\w+=(?:\$\([^)]*\)|\S+) )?pgbg ([\w-]+)(.*)$/gm)];
+    assert.deepEqual([...new Set(lines.map((l) => l[1]))].sort(), ["cancel", "compact", "dashboard", "enqueue", "list", "migrate", "pause", "resume", "retry", "run-schedule", "status"]);
     for (const [, name, rest] of lines) {
       // Words of the example up to its comment; a quoted argument is one word, unquoted as the shell would.
       const words = [...rest.replace(/\s+#.*$/, "").matchAll(/'[^']*'|\S+/g)].map((m) => m[0].replace(/^'(.*)'$/, "$1"));

@@ -41,6 +41,8 @@ await sql.unsafe(`GRANT SELECT, UPDATE ON pgbg.history_rotation TO "${roles.serv
 await sql.unsafe(`GRANT TRUNCATE ON ${[0, 1, 2, 3, 4, 5, 6, 7].map((n) => `pgbg.history_${n}`).join(", ")} TO "${roles.serve}"`);
 await sql.unsafe(`GRANT SELECT, DELETE ON pgbg.result_waiter TO "${roles.serve}"`);
 await sql.unsafe(`GRANT SELECT, UPDATE, DELETE ON pgbg.task_key TO "${roles.serve}"`);
+await sql.unsafe(`GRANT SELECT ON pgbg.queue TO "${roles.serve}"`);
+await sql.unsafe(`GRANT SELECT, INSERT, UPDATE ON pgbg.schedule TO "${roles.serve}"`);
 // The insert trigger reads pgbg.worker to decide whether to wake a worker.
 await sql.unsafe(`GRANT SELECT, INSERT ON pgbg.task TO "${roles.enqueue}"`);
 await sql.unsafe(`GRANT SELECT ON pgbg.worker TO "${roles.enqueue}"`);

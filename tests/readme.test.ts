@@ -337,3 +337,46 @@ test("the README's throttle and debounce example runs as written: one sync, and 
   assert.deepEqual(result.stdout.trim().split("\n"), ["throttled: one sync", 'one reindex, of "hello"']);
   assert.equal((await db.sql`SELECT count(*)::int AS n FROM pgbg.task WHERE key IN ('sync:ada', 'reindex:d1')`)[0].n, 2);
 });
+
+test("the README's schedule and pause example runs as written, in-process and under pgbg serve with pgbg pause and resume", async () => {
+  const section = readme.slice(readme.indexOf("## Recurring tasks and queue controls"));
+  const [tasksBlock, appBlock] = [...section.matchAll(/```ts\n([\s\S]*?)```/g)].map((m) => m[1]);
+  assert.ok(tasksBlock?.includes("defineSchedule(") && appBlock?.includes("pauseQueue("), "the README has both blocks");
+  const mod = JSON.stringify(fileURLToPath(new URL("../mod.ts", import.meta.url)));
+  const tasks = fileURLToPath(new URL(`./readme-schedule-tasks-${process.pid}.tmp.ts`, import.meta.url));
+  const app = fileURLToPath(new URL(`./readme-schedule-app-${process.pid}.tmp.ts`, import.meta.url));
+  writeFileSync(tasks, tasksBlock.replace('from "pgbg"', `from ${mod}`));
+  writeFileSync(app, appBlock.replace('from "pgbg"', `from ${mod}`).replace('from "./tasks.ts"', `from ${JSON.stringify(tasks)}`));
+  after(() => [tasks, app].forEach((f) => rmSync(f, { force: true })));
+  await migrate(db.sql);
+  const result = spawnSync(process.execPath, ["--import", "tsx", app], { env: { ...process.env, DATABASE_URL: db.url }, encoding: "utf8", timeout: patience });
+  assert.equal(result.status, 0, result.stdout + result.stderr);
+  const lines = result.stdout.trim().split("\n");
+  assert.ok(lines.filter((l) => l.startsWith("cleaning up what is older than ")).length >= 4, result.stdout);
+  assert.ok(lines.includes("paused: 2 ticks wait"), result.stdout);
+  assert.match(lines.at(-1)!, /^cleanup-every-2s: last tick \S+Z, next \S+Z$/);
+
+  // The tasks module under pgbg serve, paused and resumed with the CLI.
+  const cli = fileURLToPath(new URL("../cli/main.ts", import.meta.url));
+  const pgbg = (...args: string[]) => spawnSync(process.execPath, ["--import", "tsx", cli, ...args], { env: { ...process.env, DATABASE_URL: db.url }, encoding: "utf8", timeout: patience });
+  const waiting = async () => (await db.sql`SELECT count(*)::int AS n FROM pgbg.task WHERE queue = 'maintenance'`)[0].n;
+  const ran = (service: ReturnType<typeof startService>) => service.logs.filter((l) => l.task === "cleanup" && /succeeded/.test(l.message)).length;
+  const service = startService(db.url, ["--tasks", tasks, "--workers", "1"]);
+  try {
+    await until(async () => ran(service), (n) => n >= 2, patience, "two ticks' tasks to run under pgbg serve");
+    assert.equal(pgbg("pause", "maintenance").status, 0);
+    await until(waiting, (n) => n >= 2, patience, "two ticks to wait in the paused queue");
+    const shown = JSON.parse(pgbg("status", "--json").stdout);
+    assert.deepEqual(shown.paused.map((p: { queue: string }) => p.queue), ["maintenance"]);
+    assert.equal(shown.schedules[0].name, "cleanup-every-2s");
+    assert.match(pgbg("status").stdout, /cleanup-every-2s +cleanup +\*\/2 \* \* \* \* \* +UTC/);
+    assert.equal(pgbg("resume", "maintenance").stdout, "resumed maintenance\n");
+    await until(waiting, (n) => n === 0, patience, "the waiting ticks to run once resumed");
+    assert.equal(pgbg("run-schedule", "cleanup-every-2s").status, 0);
+    const unknown = pgbg("run-schedule", "nope");
+    assert.equal(unknown.status, 1);
+    assert.match(unknown.stderr, /no schedule named "nope"/);
+  } finally {
+    assert.deepEqual(await stopService(service), { code: 0, signal: null });
+  }
+});
