@@ -33,8 +33,12 @@ export function formatStatus(status: Status): string {
       ]),
     ));
   }
-  if (status.paused.length) {
-    parts.push(`\npaused queue(s): ${status.paused.map((p) => `${p.queue} (since ${p.pausedAt.toISOString()})`).join(", ")}\n`);
+  if (status.queues.length) {
+    parts.push("\nqueue controls:\n");
+    parts.push(formatTable(
+      ["QUEUE", "STATE", "CONCURRENCY LIMIT"],
+      status.queues.map((q) => [q.queue, q.pausedAt ? `paused since ${q.pausedAt.toISOString()}` : "running", q.concurrency ?? "none"]),
+    ));
   }
   if (status.schedules.length) {
     parts.push("\nschedules:\n");

@@ -24,7 +24,7 @@ ${error ? `<p class="error" id="login-error">${error.replace(/[<>&"]/g, (c) => `
 `;
 }
 
-/** The dashboard: status, workers, failed tasks and completed ones kept in the history, filled in by dashboardScript. */
+/** The dashboard: status, queues (pause and resume), schedules (run now), workers, failed tasks and completed ones kept in the history, filled in by dashboardScript. */
 export const dashboardPage = `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>pgbg dashboard</title>
 <link rel="stylesheet" href="/dashboard.css"><script src="/dashboard.js" defer></script></head>
@@ -34,6 +34,10 @@ export const dashboardPage = `<!doctype html>
 <table id="tasks"><thead><tr><th>Queue</th><th>Task</th><th>Queued</th><th>Scheduled</th><th>Running</th><th>Failed</th>
 <th>Oldest queued</th><th>Done/1m</th><th>Failed/1m</th><th>Retried/1m</th></tr></thead><tbody></tbody></table>
 <p id="unregistered" class="warning"></p></section>
+<section><h2>Queues</h2>
+<table id="queues"><thead><tr><th>Queue</th><th>State</th><th>Concurrency limit</th><th></th></tr></thead><tbody></tbody></table></section>
+<section><h2>Schedules</h2>
+<table id="schedules"><thead><tr><th>Schedule</th><th>Task</th><th>Cron</th><th>Time zone</th><th>Last tick</th><th>Last task</th><th>Next tick</th><th>State</th><th></th></tr></thead><tbody></tbody></table></section>
 <section><h2>Workers</h2>
 <table id="workers"><thead><tr><th>PID</th><th>Host</th><th>Runtime</th><th>Running</th><th>Queues</th><th>Last heartbeat</th></tr></thead><tbody></tbody></table></section>
 <section><h2>Failed tasks <button id="retry-all" type="button">Retry all</button></h2>
@@ -75,6 +79,22 @@ async function refresh() {
     });
     document.getElementById("unregistered").textContent = status.unregistered.length
       ? "Waiting tasks no live worker registered: " + status.unregistered.map((u) => u.queue + "/" + u.name + " (" + u.tasks + ")").join(", ") : "";
+    const controls = new Map(status.queues.map((q) => [q.queue, q]));
+    const paused = new Map(status.queues.filter((q) => q.pausedAt).map((q) => [q.queue, q.pausedAt]));
+    const queues = [...new Set([...status.tasks.map((t) => t.queue), ...controls.keys()])].sort();
+    fill("queues", queues, (tr, q) => {
+      tr.dataset.queue = q;
+      cell(tr, q); cell(tr, paused.has(q) ? "paused since " + paused.get(q) : "running");
+      cell(tr, controls.get(q)?.concurrency ?? "none");
+      const actions = cell(tr, "");
+      if (paused.has(q)) button(actions, "Resume", () => api("/api/resume", { queue: q }));
+      else button(actions, "Pause", () => api("/api/pause", { queue: q }));
+    });
+    fill("schedules", status.schedules, (tr, s) => {
+      tr.dataset.schedule = s.name;
+      for (const v of [s.name, s.task, s.cron, s.timezone, s.lastTick, s.lastTaskId || "", s.nextTick || "", s.runRequestedAt ? "run asked for" : s.active ? "active" : "no host defines it"]) cell(tr, v);
+      button(cell(tr, ""), "Run now", () => api("/api/run-schedule", { name: s.name }));
+    });
     fill("workers", status.workers, (tr, w) => {
       for (const v of [w.pid, w.hostname, w.runtime, w.running + "/" + w.concurrency + (w.idle ? " idle" : ""), w.queues ? w.queues.join(",") : "(all)", age(w.heartbeatAgeMs) + " ago"]) cell(tr, v);
     });

@@ -12,7 +12,8 @@ import { createServer, type IncomingMessage, type ServerResponse } from "node:ht
 import process from "node:process";
 import postgres from "postgres";
 import { cancel, isTaskId, listTasks, recentFinishedTasks, retry, status } from "../lib/admin.ts";
-import { InvalidOptionsError } from "../lib/errors.ts";
+import { pauseQueue, resumeQueue, runSchedule } from "../lib/controls.ts";
+import { InvalidOptionsError, UnknownScheduleError } from "../lib/errors.ts";
 import { describeError } from "../lib/log.ts";
 import type { Database } from "../lib/statements.ts";
 import { defineCliCommand } from "./args.ts";
@@ -93,6 +94,12 @@ export async function startDashboard(options: DashboardOptions): Promise<Dashboa
       sendJson(res, { retried: await retry(options.db, which, { schema: options.schema }) });
     },
     "POST /api/cancel": async (req, res) => sendJson(res, await cancel(options.db, taskIds((await readJson(req)).ids), { schema: options.schema })),
+    "POST /api/pause": async (req, res) => sendJson(res, { paused: await pauseQueue(options.db, (await readJson(req)).queue as string, { schema: options.schema }) }),
+    "POST /api/resume": async (req, res) => sendJson(res, { resumed: await resumeQueue(options.db, (await readJson(req)).queue as string, { schema: options.schema }) }),
+    "POST /api/run-schedule": async (req, res) => {
+      await runSchedule(options.db, (await readJson(req)).name as string, { schema: options.schema });
+      sendJson(res, { requested: true });
+    },
   };
 
   const server = createServer(async (req, res) => {
@@ -109,7 +116,7 @@ export async function startDashboard(options: DashboardOptions): Promise<Dashboa
       }
       await route(req, res);
     } catch (error) {
-      const code = error instanceof HttpError ? error.status : error instanceof InvalidOptionsError ? 400 : 500;
+      const code = error instanceof HttpError ? error.status : error instanceof InvalidOptionsError ? 400 : error instanceof UnknownScheduleError ? 404 : 500;
       if (code === 500) process.stderr.write(`pgbg dashboard: ${describeError(error).message}\n`);
       if (!res.headersSent) send(res, code, "text/plain", `${describeError(error).message}\n`);
     }
@@ -136,7 +143,7 @@ async function readBody(req: IncomingMessage): Promise<string> {
   return body;
 }
 
-async function readJson(req: IncomingMessage): Promise<{ ids?: unknown; all?: unknown }> {
+async function readJson(req: IncomingMessage): Promise<{ ids?: unknown; all?: unknown; queue?: unknown; name?: unknown }> {
   try {
     const value = JSON.parse(await readBody(req));
     if (typeof value === "object" && value !== null) return value;

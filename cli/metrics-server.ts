@@ -5,9 +5,8 @@
  * @module
  */
 import { createServer, type Server } from "node:http";
-import { readTaskStatus } from "../lib/admin.ts";
 import { describeError, type Logger } from "../lib/log.ts";
-import type { ServiceMetrics } from "../lib/metrics.ts";
+import { readDatabaseMetrics, type ServiceMetrics } from "../lib/metrics.ts";
 import type { Database } from "../lib/statements.ts";
 import { listen, type Listening } from "./listen.ts";
 
@@ -24,7 +23,7 @@ export async function startMetricsServer(
       return;
     }
     try {
-      const body = metrics.render(await readTaskStatus(db, schema));
+      const body = metrics.render(await readDatabaseMetrics(db, schema));
       res.writeHead(200, { "content-type": "text/plain; version=0.0.4; charset=utf-8" }).end(body);
     } catch (error) {
       log.warn("could not read the queue depth for a metrics scrape", { error: describeError(error).message });

@@ -8,7 +8,7 @@
  * @module
  */
 import { type AdminOptions, schemaOf } from "./admin-options.ts";
-import { listSchedules, type PausedQueue, pausedQueues, type ScheduleInfo } from "./controls.ts";
+import { listSchedules, type QueueSettings, queueSettings, type ScheduleInfo } from "./controls.ts";
 import { InvalidOptionsError } from "./errors.ts";
 import { formatValue, integer, type OptionCheck, text } from "./options.ts";
 import type { Database } from "./statements.ts";
@@ -73,8 +73,8 @@ export interface Status {
   workers: WorkerStatus[];
   /** The newest completed tasks kept in the history (at most {@link STATUS_COMPLETED}), newest first, with their results. */
   completed: TaskInfo[];
-  /** The paused queues (`pauseQueue`). */
-  paused: PausedQueue[];
+  /** The queues paused (`pauseQueue`) or limited (`setQueueConcurrency`). */
+  queues: QueueSettings[];
   /** Every schedule a host declared, with its last and next tick. */
   schedules: ScheduleInfo[];
 }
@@ -100,12 +100,12 @@ export async function readTaskStatus(db: Database, schema: string): Promise<Queu
  */
 export async function status(db: Database, options?: AdminOptions): Promise<Status> {
   const schema = schemaOf("status()", options);
-  const [tasks, unregistered, workers, completed, paused, schedules] = await Promise.all([
+  const [tasks, unregistered, workers, completed, queues, schedules] = await Promise.all([
     readTaskStatus(db, schema),
     run(db, schema, "UnregisteredTasks", []),
     run(db, schema, "WorkerStatus", []),
     run(db, schema, "RecentFinishedTasks", [STATUS_COMPLETED, "completed"]),
-    pausedQueues(db, { schema }),
+    queueSettings(db, { schema }),
     listSchedules(db, { schema }),
   ]);
   return {
@@ -117,7 +117,7 @@ export async function status(db: Database, options?: AdminOptions): Promise<Stat
       heartbeatAgeMs: Math.round(r.heartbeat_age_ms),
     })),
     completed: completed.map(finishedTaskInfo),
-    paused,
+    queues,
     schedules,
   };
 }

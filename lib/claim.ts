@@ -1,9 +1,13 @@
 /**
- * The claim: takes up to N due tasks for a worker in one prepared statement.
+ * The claim: takes up to N due tasks for a worker in one prepared statement,
+ * and from queues with a concurrency limit in one transaction each
+ * (lib/limits.ts).
  *
  * @module
  */
+import type { Sql } from "postgres";
 import type { ClaimCursor } from "./claim-cursor.ts";
+import { claimLimited, type LimitedQueues } from "./limits.ts";
 import type { Database } from "./statements.ts";
 import { run } from "./statements.ts";
 
@@ -44,6 +48,8 @@ export interface ClaimScope {
   /** Registered task names, and the lease length (ms) of each. */
   names: string[];
   leaseMs: number[];
+  /** The queues with a concurrency limit, claimed from with the limited claim (lib/limits.ts); none without. */
+  limits?: LimitedQueues;
 }
 
 /**
@@ -63,7 +69,23 @@ export async function claimTasks(db: Database, schema: string, scope: ClaimScope
   const rows = starts
     ? await run(db, schema, "ClaimTasksAfter", [...params, starts.queues, starts.priorities, starts.afterUs, starts.afterIds])
     : await run(db, schema, "ClaimTasks", params);
-  const claimed = rows.map((r) => ({
+  const claimed = rows.map(claimedTask);
+  cursor?.record(!starts, performance.now() - started, claimed, Date.now());
+  // Limited queues after the others, each in its own transaction; what
+  // they take does not move the cursor (their lanes are not its).
+  for (const queue of scope.limits ? await scope.limits.among(db, schema, scope.queues) : []) {
+    if (claimed.length >= limit) break;
+    // deno-lint-ignore no-explicit-any
+    const taken = await claimLimited(db as Sql<any>, schema, queue, params, limit - claimed.length);
+    claimed.push(...taken.map(claimedTask));
+  }
+  return claimed;
+}
+
+/** A row of a claim statement as the worker holds it. */
+// deno-lint-ignore no-explicit-any
+function claimedTask(r: Record<string, any>): ClaimedTask {
+  return {
     id: String(r.id),
     name: r.name as string,
     queue: r.queue as string,
@@ -77,7 +99,5 @@ export async function claimTasks(db: Database, schema: string, scope: ClaimScope
     lagMs: r.lag_ms as number,
     runAtUs: String(r.run_at_us),
     claimedAtMs: Number(r.run_at_us) / 1000 + (r.lag_ms as number),
-  }));
-  cursor?.record(!starts, performance.now() - started, claimed, Date.now());
-  return claimed;
+  };
 }

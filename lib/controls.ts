@@ -56,9 +56,41 @@ export async function resumeQueue(db: Database, queues: string | readonly string
 
 /** The paused queues, by name. */
 export async function pausedQueues(db: Database, options?: AdminOptions): Promise<PausedQueue[]> {
-  const schema = schemaOf("pausedQueues()", options);
-  const rows = await run(db, schema, "PausedQueues", []);
-  return rows.map((r) => ({ queue: r.name, pausedAt: r.paused_at }));
+  return (await queueSettings(db, options)).filter((q) => q.pausedAt !== null) as PausedQueue[];
+}
+
+/** A queue's controls, as {@link queueSettings} lists them. */
+export interface QueueSettings {
+  queue: string;
+  /** Since when it is paused; null when it is not. */
+  pausedAt: Date | null;
+  /** Its concurrency limit; null for none. */
+  concurrency: number | null;
+}
+
+/** Every queue that is paused or has a concurrency limit, by name. */
+export async function queueSettings(db: Database, options?: AdminOptions): Promise<QueueSettings[]> {
+  const schema = schemaOf("queueSettings()", options);
+  const rows = await run(db, schema, "QueueSettings", []);
+  return rows.map((r) => ({ queue: r.name, pausedAt: r.paused_at, concurrency: r.concurrency }));
+}
+
+/**
+ * Sets a queue's concurrency limit: at most `concurrency` of its tasks run
+ * at once, across every worker of every host (null: no limit). Only
+ * running tasks count; a task waiting for its retry holds no slot. Workers
+ * learn of a new limit within a check interval. Throws
+ * `InvalidOptionsError` for a bad name or limit.
+ */
+export async function setQueueConcurrency(db: Database, queue: string, concurrency: number | null, options?: AdminOptions): Promise<QueueSettings> {
+  const schema = schemaOf("setQueueConcurrency()", options);
+  const [name] = queueNames("setQueueConcurrency()", queue);
+  if (typeof queue !== "string") throw new InvalidOptionsError(`setQueueConcurrency(): give one queue name, got ${formatValue(queue)}`);
+  if (concurrency !== null && !(Number.isInteger(concurrency) && concurrency >= 1 && concurrency <= 2_147_483_647)) {
+    throw new InvalidOptionsError(`setQueueConcurrency(): concurrency must be a whole number of at least 1, or null for no limit, got ${formatValue(concurrency)}`);
+  }
+  const [row] = await run(db, schema, "SetQueueConcurrency", [name, concurrency, `pgbg:${schema}`]);
+  return { queue: row.name, pausedAt: row.paused_at, concurrency: row.concurrency };
 }
 
 /** A schedule as the database records it, for {@link listSchedules}. */

@@ -12,14 +12,13 @@
 import { hostname } from "node:os";
 import process from "node:process";
 import postgres, { type Sql } from "postgres";
-import { readTaskStatus } from "./admin.ts";
 import { defaults } from "./config.ts";
 import { InvalidOptionsError } from "./errors.ts";
 import { EVENT_NAMES, TaskEventEmitter, type TaskEventListener, type TaskEventName } from "./events.ts";
 import { type Liveness, liveness } from "./liveness.ts";
 import { describeError } from "./log.ts";
 import { Maintenance, maintenanceServices, type MaintenanceServices } from "./maintenance.ts";
-import { ServiceMetrics } from "./metrics.ts";
+import { readDatabaseMetrics, ServiceMetrics } from "./metrics.ts";
 import { runtimeName } from "./runtime.ts";
 import { Scheduler } from "./scheduler.ts";
 import { type ResolvedWorkerOptions, resolveWorkerOptions, type WorkerHostOptions } from "./worker-options.ts";
@@ -263,6 +262,6 @@ class InProcessHost implements WorkerHost {
   }
 
   async metrics(): Promise<string> {
-    return this.#metrics.render(await readTaskStatus(this.#pool, this.#options.schema));
+    return this.#metrics.render(await readDatabaseMetrics(this.#pool, this.#options.schema));
   }
 }

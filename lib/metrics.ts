@@ -1,13 +1,15 @@
 /**
  * The service's metrics in Prometheus' text format: counters and histograms
  * summed from the reports of a supervisor's workers, the tasks running in
- * them, worker restarts, and the queue depth read from the database at each
- * scrape.
+ * them, worker restarts, and the queue depth, paused queues and schedules
+ * read from the database at each scrape.
  *
  * @module
  */
-import type { QueueStatus } from "./admin.ts";
+import { type QueueStatus, readTaskStatus } from "./admin.ts";
+import { listSchedules, type PausedQueue, pausedQueues, type ScheduleInfo } from "./controls.ts";
 import type { ReleasedTask } from "./maintenance/dead-worker-releaser.ts";
+import type { Database } from "./statements.ts";
 import { addHistogram, emptySeries, HISTOGRAM_BUCKETS, type Histogram, type SeriesCounts } from "./stats.ts";
 import type { WorkerReport } from "./worker.ts";
 
@@ -49,8 +51,8 @@ export class ServiceMetrics {
     addHistogram(t.lag, c.lag);
   }
 
-  /** The metrics in Prometheus' text exposition format (version 0.0.4); `depth` is the database's task counts. */
-  render(depth: QueueStatus[]): string {
+  /** The metrics in Prometheus' text exposition format (version 0.0.4), with what the database holds (readDatabaseMetrics). */
+  render({ depth, paused, schedules }: DatabaseMetrics): string {
     const totals = [...this.#totals.values()].sort((a, b) => a.queue.localeCompare(b.queue) || a.name.localeCompare(b.name));
     const out: string[] = [];
     const family = (name: string, type: string, help: string) => out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
@@ -80,6 +82,13 @@ export class ServiceMetrics {
       }
     }
 
+    family("pgbg_queue_paused", "gauge", "1 for each paused queue (pauseQueue, pgbg pause): no worker claims from it.");
+    for (const p of paused) out.push(`pgbg_queue_paused${labels({ queue: p.queue })} 1`);
+    family("pgbg_schedule_last_tick_seconds", "gauge", "Unix time of each schedule's newest tick handled.");
+    for (const s of schedules) out.push(`pgbg_schedule_last_tick_seconds${labels({ schedule: s.name })} ${s.lastTick.getTime() / 1000}`);
+    family("pgbg_schedule_next_tick_seconds", "gauge", "Unix time of each schedule's next tick.");
+    for (const s of schedules) if (s.nextTick) out.push(`pgbg_schedule_next_tick_seconds${labels({ schedule: s.name })} ${s.nextTick.getTime() / 1000}`);
+
     const histogram = (name: string, help: string, of: (t: SeriesCounts) => Histogram) => {
       family(name, "histogram", help);
       for (const t of totals) {
@@ -102,6 +111,20 @@ export class ServiceMetrics {
     out.push(`pgbg_worker_restarts_total ${this.workerRestarts}`);
     return out.join("\n") + "\n";
   }
+}
+
+/** What the metrics read from the database at each scrape. */
+export interface DatabaseMetrics {
+  /** Task counts per queue, name and state. */
+  depth: QueueStatus[];
+  paused: PausedQueue[];
+  schedules: ScheduleInfo[];
+}
+
+/** Reads what a scrape shows of the database: the queue depth, the paused queues and the schedules. */
+export async function readDatabaseMetrics(db: Database, schema: string): Promise<DatabaseMetrics> {
+  const [depth, paused, schedules] = await Promise.all([readTaskStatus(db, schema), pausedQueues(db, { schema }), listSchedules(db, { schema })]);
+  return { depth, paused, schedules };
 }
 
 /** `{a="x",b="y"}` with Prometheus' escaping of backslash, quote and newline. */

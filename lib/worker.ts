@@ -11,6 +11,7 @@ import type { Sql } from "postgres";
 import { LazyAbort, type Outcome, startAttempt } from "./attempt.ts";
 import { type ClaimedTask, claimTasks, type ClaimScope } from "./claim.ts";
 import { ClaimCursor } from "./claim-cursor.ts";
+import { LimitedQueues } from "./limits.ts";
 import { CountReporter, type WorkerReport } from "./count-reporter.ts";
 import { type AnyTask, MAX_DURATION } from "./define.ts";
 import { Heartbeat, type LostCause, type WorkerIdentity } from "./heartbeat.ts";
@@ -225,6 +226,7 @@ export class Worker {
       queues: options.queues,
       names,
       leaseMs: names.map((n) => leaseFor(this.#timeoutOf(this.#tasks.get(n)!), options.timings)),
+      limits: new LimitedQueues(options.timings.heartbeatInterval),
     };
     this.#outcomes = new OutcomeWriter(options.sql, options.schema, options.maxAttempts, options.log, options.events);
     this.#reporter = new CountReporter(

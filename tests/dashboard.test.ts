@@ -9,7 +9,7 @@ import { type BrowserContext, chromium } from "playwright-core";
 import { parseArgs } from "../cli/args.ts";
 import { dashboardArgs } from "../cli/args-table.ts";
 import { exitCodeOf } from "../cli/exit.ts";
-import { enqueue, migrate } from "../mod.ts";
+import { enqueue, migrate, pausedQueues } from "../mod.ts";
 import { alwaysFails, measured, work } from "./fixtures/tasks.ts";
 import { createTestDatabase } from "./harness.ts";
 import { serviceTestbed, until, within } from "./service-harness.ts";
@@ -90,7 +90,7 @@ describe("pgbg dashboard", () => {
     await wrong.text();
     const right = await fetch(`${dashboard.url}api/status`, { headers: { authorization: `Bearer ${token}` } });
     assert.equal(right.status, 200);
-    assert.deepEqual(Object.keys(await right.json()), ["tasks", "unregistered", "workers", "completed"]);
+    assert.deepEqual(Object.keys(await right.json()), ["tasks", "unregistered", "workers", "completed", "queues", "schedules"]);
     const crossSite = await fetch(`${dashboard.url}api/retry`, {
       method: "POST", headers: { authorization: `Bearer ${token}`, "content-type": "text/plain" }, body: '{"all":true}',
     });
@@ -142,6 +142,21 @@ describe("pgbg dashboard", () => {
     await page.click(`#failed tr[data-id="${toCancel}"] button.cancel`);
     await until(() => row(toCancel), (r) => r === undefined, 120_000, "the cancelled task to be deleted");
     await page.waitForSelector(`#failed tr[data-id="${toCancel}"]`, { state: "detached", timeout: 120_000 });
+
+    // Pause and resume a queue.
+    await page.click('#queues tr[data-queue="later"] button.pause');
+    await until(() => pausedQueues(sql), (p) => p.some((q) => q.queue === "later"), 120_000, "the queue to be paused");
+    await page.waitForSelector('#queues tr[data-queue="later"] button.resume', { timeout: 120_000 });
+    assert.match(await page.textContent('#queues tr[data-queue="later"]') ?? "", /^laterpaused since /);
+    await page.click('#queues tr[data-queue="later"] button.resume');
+    await until(() => pausedQueues(sql), (p) => p.length === 0, 120_000, "the queue to be resumed");
+
+    // A schedule, as a host declares it: shown, and Run now asks for a run.
+    await sql`INSERT INTO pgbg.schedule (name, task, cron, timezone, last_tick, next_tick) VALUES ('nightly', 'work', '0 3 * * *', 'Europe/Berlin', now(), now() + interval '1 day')`;
+    await page.waitForSelector('#schedules tr[data-schedule="nightly"]', { timeout: 120_000 });
+    assert.match(await page.textContent('#schedules tr[data-schedule="nightly"]') ?? "", /^nightlywork0 3 \* \* \*Europe\/Berlin.*active/);
+    await page.click('#schedules tr[data-schedule="nightly"] button.run');
+    await until(async () => (await sql`SELECT run_requested_at FROM pgbg.schedule WHERE name = 'nightly'`)[0].run_requested_at, Boolean, 120_000, "the run to be asked for");
     assert.deepEqual(problems, [], "no script errors");
     await page.close();
   });

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { enqueue, migrate } from "../mod.ts";
+import { enqueue, migrate, pauseQueue, resumeQueue } from "../mod.ts";
 import { readTaskStatus } from "../lib/admin.ts";
 import { alwaysFails, work } from "./fixtures/tasks.ts";
 import { createTestDatabase } from "./harness.ts";
@@ -80,6 +80,14 @@ describe("pgbg serve --metrics-port", () => {
     assert.equal(value(samples, "pgbg_queue_depth", { queue: "q1", task: "work", state: "running" }), 2);
     assert.equal(value(samples, "pgbg_queue_depth", { task: "always-fails", state: "failed" }), 1);
     assert.equal(value(samples, "pgbg_worker_restarts_total", {}), 0);
+    assert.equal(value(samples, "pgbg_queue_paused", { queue: "q9" }), undefined, "no queue paused yet");
+    await pauseQueue(sql, "q9");
+    await sql`INSERT INTO pgbg.schedule (name, task, cron, timezone, last_tick, next_tick) VALUES ('nightly', 'work', '0 3 * * *', 'UTC', '2026-01-01T03:00:00Z', '2026-01-02T03:00:00Z')`;
+    const controls = (await scrape(port)).samples;
+    assert.equal(value(controls, "pgbg_queue_paused", { queue: "q9" }), 1);
+    assert.equal(value(controls, "pgbg_schedule_last_tick_seconds", { schedule: "nightly" }), Date.parse("2026-01-01T03:00:00Z") / 1000);
+    assert.equal(value(controls, "pgbg_schedule_next_tick_seconds", { schedule: "nightly" }), Date.parse("2026-01-02T03:00:00Z") / 1000);
+    await resumeQueue(sql, "q9");
 
     for (const metric of ["pgbg_task_duration_seconds", "pgbg_task_lag_seconds"]) {
       const buckets = samples.filter((s) => s.name === `${metric}_bucket` && s.labels.task === "always-fails");

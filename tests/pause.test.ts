@@ -46,7 +46,7 @@ describe("pause and resume", () => {
     assert.deepEqual(ran, ["other:3"]);
     assert.deepEqual(await states("mail"), ["queued=2"]);
     assert.deepEqual((await pausedQueues(sql)).map((p) => p.queue), ["mail"]);
-    assert.deepEqual((await status(sql)).paused.map((p) => p.queue), ["mail"]);
+    assert.deepEqual((await status(sql)).queues.map((p) => p.queue), ["mail"]);
     assert.deepEqual(await resumeQueue(sql, "mail"), ["mail"]);
     assert.deepEqual(await resumeQueue(sql, "mail"), [], "not paused any more");
     await drain(sql, { tasks: [work], logger: quiet });

@@ -367,7 +367,7 @@ test("the README's schedule and pause example runs as written, in-process and un
     assert.equal(pgbg("pause", "maintenance").status, 0);
     await until(waiting, (n) => n >= 2, patience, "two ticks to wait in the paused queue");
     const shown = JSON.parse(pgbg("status", "--json").stdout);
-    assert.deepEqual(shown.paused.map((p: { queue: string }) => p.queue), ["maintenance"]);
+    assert.deepEqual(shown.queues.map((p: { queue: string }) => p.queue), ["maintenance"]);
     assert.equal(shown.schedules[0].name, "cleanup-every-2s");
     assert.match(pgbg("status").stdout, /cleanup-every-2s +cleanup +\*\/2 \* \* \* \* \* +UTC/);
     assert.equal(pgbg("resume", "maintenance").stdout, "resumed maintenance\n");

@@ -1,13 +1,18 @@
--- 010_queue_schedule: paused queues, and recurring tasks (schedules).
+-- 010_queue_schedule: queue controls (pause, a concurrency limit), and
+-- recurring tasks (schedules).
 --
--- A queue's row exists only once an operator paused it; the claim skips a
--- lane whose queue has paused_at set (one primary key probe per lane), so
--- every worker of every host stops claiming from it at its next claim.
+-- A queue's row exists only once an operator paused it or set its limit.
+-- Every claim probes it per lane (queue_pkey): a paused queue is skipped,
+-- so every worker of every host stops claiming from it at its next claim,
+-- and a limited one is left to the limited claim (ClaimLimitedTasks).
 CREATE TABLE pgbg.queue (
-  name      text NOT NULL,
-  paused_at timestamptz,
+  name        text NOT NULL,
+  paused_at   timestamptz,
+  -- At most this many of the queue's tasks run at once, across every host.
+  concurrency integer,
   CONSTRAINT queue_pkey PRIMARY KEY (name),
-  CONSTRAINT queue_name_length CHECK (char_length(name) BETWEEN 1 AND 128)
+  CONSTRAINT queue_name_length CHECK (char_length(name) BETWEEN 1 AND 128),
+  CONSTRAINT queue_concurrency_positive CHECK (concurrency >= 1)
 );
 
 -- A schedule is defined in code (defineSchedule); its row records which of

@@ -13,12 +13,29 @@
 -- every task claimed since: entries the scan must step over one by one
 -- (docs/storage.md), so workers then claim with ClaimTasksAfter and run this
 -- only now and then (lib/claim-cursor.ts).
-WITH RECURSIVE lanes (queue, priority, after, after_id) AS (
-  (SELECT queue, priority, '-infinity'::timestamptz, 0::bigint FROM pgbg.task WHERE state = 'queued' ORDER BY queue, priority LIMIT 1)
+WITH RECURSIVE lanes (queue, priority, after, after_id, limited) AS (
+  (SELECT queue, priority, '-infinity'::timestamptz, 0::bigint, false FROM pgbg.task WHERE state = 'queued' ORDER BY queue, priority LIMIT 1)
   UNION ALL
-  SELECT n.queue, n.priority, '-infinity'::timestamptz, 0::bigint FROM lanes l CROSS JOIN LATERAL (
+  SELECT n.queue, n.priority, '-infinity'::timestamptz, 0::bigint, false FROM lanes l CROSS JOIN LATERAL (
     SELECT t.queue, t.priority FROM pgbg.task t
     WHERE t.state = 'queued' AND (t.queue, t.priority) > (l.queue, l.priority)
+    ORDER BY t.queue, t.priority LIMIT 1
+  ) n
+),
+{{ClaimFromLanes}};
+
+-- name: ClaimLimitedTasks
+-- The claim from one queue with a concurrency limit ($2: that queue alone),
+-- in the transaction that took LockLimitedQueue and counted its free slots
+-- (QueueFreeSlots; $5 is at most those). Its lanes are the queue's
+-- priorities, read from their heads as in ClaimTasks.
+WITH RECURSIVE lanes (queue, priority, after, after_id, limited) AS (
+  (SELECT queue, priority, '-infinity'::timestamptz, 0::bigint, true FROM pgbg.task
+   WHERE state = 'queued' AND queue = ($2::text[])[1] ORDER BY queue, priority LIMIT 1)
+  UNION ALL
+  SELECT n.queue, n.priority, '-infinity'::timestamptz, 0::bigint, true FROM lanes l CROSS JOIN LATERAL (
+    SELECT t.queue, t.priority FROM pgbg.task t
+    WHERE t.state = 'queued' AND t.queue = l.queue AND t.priority > l.priority
     ORDER BY t.queue, t.priority LIMIT 1
   ) n
 ),
@@ -31,8 +48,8 @@ WITH RECURSIVE lanes (queue, priority, after, after_id) AS (
 -- scan starts past the entries of tasks claimed before. A task before its
 -- lane's start (one whose enqueue committed long after its run_at, or a
 -- lane not listed) is left to the next full claim.
-WITH lanes (queue, priority, after, after_id) AS (
-  SELECT l.queue, l.priority, timestamptz 'epoch' + l.after_us * interval '1 microsecond', l.after_id
+WITH lanes (queue, priority, after, after_id, limited) AS (
+  SELECT l.queue, l.priority, timestamptz 'epoch' + l.after_us * interval '1 microsecond', l.after_id, false
   FROM unnest($6::text[], $7::smallint[], $8::bigint[], $9::bigint[]) AS l (queue, priority, after_us, after_id)
 ),
 {{ClaimFromLanes}};
@@ -59,8 +76,9 @@ candidates AS (
     FOR UPDATE SKIP LOCKED
   ) c
   WHERE ($2::text[] IS NULL OR l.queue = ANY($2::text[]))
-    -- A paused queue's lanes are skipped: one probe of queue_pkey per lane.
-    AND NOT EXISTS (SELECT FROM pgbg.queue q WHERE q.name = l.queue AND q.paused_at IS NOT NULL)
+    -- A paused queue's lanes are skipped, and a limited one's are left to
+    -- the limited claim: one probe of queue_pkey per lane.
+    AND NOT EXISTS (SELECT FROM pgbg.queue q WHERE q.name = l.queue AND (q.paused_at IS NOT NULL OR (q.concurrency IS NOT NULL) <> l.limited))
   ORDER BY c.priority, c.run_at, c.id
   LIMIT $5
 ),

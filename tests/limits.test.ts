@@ -1,0 +1,107 @@
+/**
+ * A queue's concurrency limit: never more than N of its tasks at once,
+ * however many supervisors or in-process hosts claim from it, with the
+ * execution record showing N at once (so the limit was reached); N = 1
+ * runs them one at a time in enqueue order; a task waiting for its retry
+ * holds no slot; bad limits are refused.
+ */
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+import * as v from "valibot";
+import { createWorker, defineTask, enqueue, enqueueMany, InvalidOptionsError, migrate, queueSettings, setQueueConcurrency, status } from "../mod.ts";
+import { createTestDatabase } from "./harness.ts";
+import { patience, serviceTestbed, until } from "./service-harness.ts";
+
+const testbed = await serviceTestbed(createTestDatabase, (sql) => migrate(sql));
+const { sql } = testbed.db;
+const quiet = { debug() {}, info() {}, warn() {}, error() {} };
+
+/** The most executions of `ids` that overlapped, from their recorded start and end. */
+async function mostAtOnce(ids: string[]): Promise<number> {
+  const rows = await testbed.executions(ids);
+  const edges = rows.flatMap((r) => [[r.started_at.getTime(), 1], [(r.ended_at ?? new Date(8.64e15)).getTime(), -1]]);
+  // An end before a start at the same instant: touching is not overlapping.
+  edges.sort((a, b) => a[0] - b[0] || a[1] - b[1]);
+  let now = 0;
+  let most = 0;
+  for (const [, step] of edges) most = Math.max(most, (now += step));
+  return most;
+}
+
+const work = defineTask({ name: "work", schema: v.object({ ms: v.optional(v.number(), 0), failUntil: v.optional(v.number(), 0) }), run() {} });
+
+describe("a queue's concurrency limit", () => {
+  for (const supervisors of [2, 4]) {
+    test(`${supervisors} supervisors never run more than 3 of the queue's tasks at once, and do run 3`, async () => {
+      await setQueueConcurrency(sql, "limited", 3);
+      const ids = await enqueueMany(sql, work, Array.from({ length: 40 }, () => ({ ms: 150 })), { queue: "limited" });
+      for (let i = 0; i < supervisors; i++) testbed.serve(["--workers", "2", "--concurrency", "4"]);
+      await until(() => testbed.remaining(ids), (n) => n === 0, patience, "the tasks to run");
+      assert.equal((await testbed.executions(ids)).length, 40, "each ran once");
+      assert.equal(await mostAtOnce(ids), 3);
+    });
+  }
+
+  test("in process: three hosts never run more than 2 at once, and do run 2; other queues are not held back", async () => {
+    await setQueueConcurrency(sql, "pair", 2);
+    let running = 0;
+    let most = 0;
+    let other = 0;
+    const counted = defineTask({
+      name: "counted",
+      schema: v.object({}),
+      async run(_input, ctx) {
+        if (ctx.queue !== "pair") return void other++;
+        most = Math.max(most, ++running);
+        await new Promise((r) => setTimeout(r, 30));
+        running--;
+      },
+    });
+    const hosts = [0, 1, 2].map(() => createWorker(testbed.db.connect({ max: 4 }), { tasks: [counted], concurrency: 5, logger: quiet, checkInterval: 200 }));
+    await Promise.all(hosts.map((h) => h.start()));
+    try {
+      await enqueueMany(sql, counted, Array.from({ length: 30 }, () => ({})), { queue: "pair" });
+      await enqueueMany(sql, counted, Array.from({ length: 10 }, () => ({})), { queue: "free" });
+      await until(async () => (await sql`SELECT count(*)::int AS n FROM pgbg.task`)[0].n, (n) => n === 0, patience, "the tasks to run");
+    } finally {
+      await Promise.all(hosts.map((h) => h.stop()));
+    }
+    assert.equal(most, 2);
+    assert.equal(other, 10);
+  });
+
+  test("a limit of 1 runs the queue's tasks one at a time, in enqueue order, across two supervisors", async () => {
+    await setQueueConcurrency(sql, "serial", 1);
+    const ids = await enqueueMany(sql, work, Array.from({ length: 15 }, () => ({ ms: 20 })), { queue: "serial" });
+    testbed.serve(["--workers", "2", "--concurrency", "4"]);
+    testbed.serve(["--workers", "2", "--concurrency", "4"]);
+    await until(() => testbed.remaining(ids), (n) => n === 0, patience, "the tasks to run");
+    const order = (await testbed.executions(ids)).map((r) => r.task_id);
+    assert.deepEqual(order, ids, "started in enqueue order");
+    assert.equal(await mostAtOnce(ids), 1);
+  });
+
+  test("a task waiting for its retry holds no slot", async () => {
+    await setQueueConcurrency(sql, "one", 1);
+    const failing = await enqueue(sql, work, { failUntil: 1 }, { queue: "one" });
+    // Its retry waits an hour: only then would it hold the queue's one slot.
+    await sql`UPDATE pgbg.task SET max_attempts = 5 WHERE id = ${failing}`;
+    testbed.serve(["--workers", "1", "--retry-delay", "1h"]);
+    await until(async () => (await sql`SELECT attempts FROM pgbg.task WHERE id = ${failing}`)[0].attempts, (n) => n === 1, patience, "the first attempt to fail");
+    const next = await enqueue(sql, work, {}, { queue: "one" });
+    await until(() => testbed.remaining([next]), (n) => n === 0, patience, "the next task to run beside the waiting retry");
+    assert.equal((await sql`SELECT state::text FROM pgbg.task WHERE id = ${failing}`)[0].state, "queued");
+  });
+
+  test("limits are listed, removed with null, and bad ones refused naming the value", async () => {
+    await setQueueConcurrency(sql, "shown", 7);
+    assert.deepEqual((await queueSettings(sql)).find((q) => q.queue === "shown"), { queue: "shown", pausedAt: null, concurrency: 7 });
+    assert.ok((await status(sql)).queues.some((q) => q.queue === "shown" && q.concurrency === 7));
+    assert.deepEqual(await setQueueConcurrency(sql, "shown", null), { queue: "shown", pausedAt: null, concurrency: null });
+    assert.equal((await queueSettings(sql)).some((q) => q.queue === "shown"), false);
+    for (const bad of [0, -1, 1.5, "3", Number.NaN]) {
+      await assert.rejects(setQueueConcurrency(sql, "shown", bad as number), (e: unknown) => e instanceof InvalidOptionsError && /concurrency must be/.test(e.message));
+    }
+    await assert.rejects(setQueueConcurrency(sql, "bad name", 1), InvalidOptionsError);
+  });
+});
