@@ -1,6 +1,6 @@
 /**
  * The operators' commands: `pgbg migrate`, `status`, `list`, `retry`,
- * `cancel`, `enqueue`, `pause`, `resume`, `run-schedule` and `compact`. Each takes `--database-url` (DATABASE_URL),
+ * `cancel`, `enqueue`, `pause`, `resume`, `limit`, `run-schedule` and `compact`. Each takes `--database-url` (DATABASE_URL),
  * `--schema` (PGBG_SCHEMA) and `--json`, and exits 0 on success, 1 when the
  * operation failed and 2 on bad usage, with one line on stderr. Their
  * arguments are in cli/args-table.ts, parsed and checked before they run.
@@ -11,13 +11,13 @@ import process from "node:process";
 import postgres from "postgres";
 import { compactIndexes } from "../lib/compact.ts";
 import { cancel, listTasks, retry, status } from "../lib/admin.ts";
-import { pauseQueue, resumeQueue, runSchedule } from "../lib/controls.ts";
+import { pauseQueue, resumeQueue, runSchedule, setQueueConcurrency } from "../lib/controls.ts";
 import { enqueue } from "../lib/enqueue.ts";
 import { LATEST_SCHEMA_VERSION, migrate, schemaVersion } from "../lib/migrate.ts";
 import { loadTasks } from "../lib/registry.ts";
 import { defineCliCommand } from "./args.ts";
 import {
-  cancelArgs, compactArgs, enqueueArgs, listArgs, migrateArgs, pauseArgs, resumeArgs, retryArgs, runScheduleArgs, statusArgs,
+  cancelArgs, compactArgs, enqueueArgs, limitArgs, listArgs, migrateArgs, pauseArgs, resumeArgs, retryArgs, runScheduleArgs, statusArgs,
 } from "./args-table.ts";
 import { failWith, UsageError } from "./exit.ts";
 import { formatCompaction, formatStatus, formatTaskList } from "./admin-text.ts";
@@ -156,6 +156,15 @@ export const resumeCommand = defineCliCommand(
     ].join("")),
 );
 
+/** `pgbg limit`. */
+export const limitCommand = defineCliCommand(
+  limitArgs,
+  "Set a queue's concurrency limit: at most N of its tasks run at once across every worker and host; off removes it",
+  ({ flags, positionals: [queue, limit] }) =>
+    runCommand(flags, (sql, schema) => setQueueConcurrency(sql, queue, limit === "off" ? null : Number(limit), { schema }), (r) =>
+      r.concurrency === null ? `queue ${r.queue} has no concurrency limit\n` : `queue ${r.queue}: at most ${r.concurrency} running at once\n`),
+);
+
 /** `pgbg run-schedule`. */
 export const runScheduleCommand = defineCliCommand(
   runScheduleArgs,
@@ -189,6 +198,7 @@ export const adminCommands = {
   enqueue: enqueueCommand,
   pause: pauseCommand,
   resume: resumeCommand,
+  limit: limitCommand,
   "run-schedule": runScheduleCommand,
   compact: compactCommand,
 };

@@ -220,6 +220,20 @@ export const resumeArgs = {
   positionals: queueNames("Queues to resume (required)", "give the queues to resume"),
 } satisfies CommandArgs<Flags>;
 
+/** `pgbg limit`. */
+export const limitArgs = {
+  command: "pgbg limit",
+  flags: connection,
+  positionals: {
+    names: { queue: "The queue (required)", concurrency: "Most of its tasks running at once, or off for no limit (required)" },
+    required: "give the queue and its limit: pgbg limit QUEUE N, or pgbg limit QUEUE off",
+  },
+  check({ positionals: [queue, concurrency] }) {
+    if (!isValidName(queue)) throw new UsageError(`queue names are ${NAME_RULE}`);
+    if (concurrency !== "off" && !/^[1-9]\d{0,9}$/.test(concurrency)) throw new UsageError(`the limit must be a whole number of at least 1, or off; got ${JSON.stringify(concurrency)}`);
+  },
+} satisfies CommandArgs<Flags>;
+
 /** `pgbg run-schedule`. */
 export const runScheduleArgs = {
   command: "pgbg run-schedule",
@@ -259,6 +273,6 @@ export const dashboardArgs = {
 /** The arguments of every command, by name. */
 export const commandArgs = {
   serve: serveArgs, migrate: migrateArgs, status: statusArgs, list: listArgs, retry: retryArgs,
-  cancel: cancelArgs, enqueue: enqueueArgs, pause: pauseArgs, resume: resumeArgs, "run-schedule": runScheduleArgs, compact: compactArgs,
+  cancel: cancelArgs, enqueue: enqueueArgs, pause: pauseArgs, resume: resumeArgs, limit: limitArgs, "run-schedule": runScheduleArgs, compact: compactArgs,
   dashboard: dashboardArgs,
 };

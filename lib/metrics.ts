@@ -7,7 +7,7 @@
  * @module
  */
 import { type QueueStatus, readTaskStatus } from "./admin.ts";
-import { listSchedules, type PausedQueue, pausedQueues, type ScheduleInfo } from "./controls.ts";
+import { listSchedules, type QueueSettings, queueSettings, type ScheduleInfo } from "./controls.ts";
 import type { ReleasedTask } from "./maintenance/dead-worker-releaser.ts";
 import type { Database } from "./statements.ts";
 import { addHistogram, emptySeries, HISTOGRAM_BUCKETS, type Histogram, type SeriesCounts } from "./stats.ts";
@@ -52,7 +52,7 @@ export class ServiceMetrics {
   }
 
   /** The metrics in Prometheus' text exposition format (version 0.0.4), with what the database holds (readDatabaseMetrics). */
-  render({ depth, paused, schedules }: DatabaseMetrics): string {
+  render({ depth, queues, schedules }: DatabaseMetrics): string {
     const totals = [...this.#totals.values()].sort((a, b) => a.queue.localeCompare(b.queue) || a.name.localeCompare(b.name));
     const out: string[] = [];
     const family = (name: string, type: string, help: string) => out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
@@ -83,7 +83,9 @@ export class ServiceMetrics {
     }
 
     family("pgbg_queue_paused", "gauge", "1 for each paused queue (pauseQueue, pgbg pause): no worker claims from it.");
-    for (const p of paused) out.push(`pgbg_queue_paused${labels({ queue: p.queue })} 1`);
+    for (const q of queues) if (q.pausedAt) out.push(`pgbg_queue_paused${labels({ queue: q.queue })} 1`);
+    family("pgbg_queue_concurrency_limit", "gauge", "Each limited queue's concurrency limit (setQueueConcurrency, pgbg limit).");
+    for (const q of queues) if (q.concurrency !== null) out.push(`pgbg_queue_concurrency_limit${labels({ queue: q.queue })} ${q.concurrency}`);
     family("pgbg_schedule_last_tick_seconds", "gauge", "Unix time of each schedule's newest tick handled.");
     for (const s of schedules) out.push(`pgbg_schedule_last_tick_seconds${labels({ schedule: s.name })} ${s.lastTick.getTime() / 1000}`);
     family("pgbg_schedule_next_tick_seconds", "gauge", "Unix time of each schedule's next tick.");
@@ -117,14 +119,15 @@ export class ServiceMetrics {
 export interface DatabaseMetrics {
   /** Task counts per queue, name and state. */
   depth: QueueStatus[];
-  paused: PausedQueue[];
+  /** The queues paused or limited. */
+  queues: QueueSettings[];
   schedules: ScheduleInfo[];
 }
 
-/** Reads what a scrape shows of the database: the queue depth, the paused queues and the schedules. */
+/** Reads what a scrape shows of the database: the queue depth, the queues paused or limited, and the schedules. */
 export async function readDatabaseMetrics(db: Database, schema: string): Promise<DatabaseMetrics> {
-  const [depth, paused, schedules] = await Promise.all([readTaskStatus(db, schema), pausedQueues(db, { schema }), listSchedules(db, { schema })]);
-  return { depth, paused, schedules };
+  const [depth, queues, schedules] = await Promise.all([readTaskStatus(db, schema), queueSettings(db, { schema }), listSchedules(db, { schema })]);
+  return { depth, queues, schedules };
 }
 
 /** `{a="x",b="y"}` with Prometheus' escaping of backslash, quote and newline. */

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { enqueue, migrate, pauseQueue, resumeQueue } from "../mod.ts";
+import { enqueue, migrate, pauseQueue, resumeQueue, setQueueConcurrency } from "../mod.ts";
 import { readTaskStatus } from "../lib/admin.ts";
 import { alwaysFails, work } from "./fixtures/tasks.ts";
 import { createTestDatabase } from "./harness.ts";
@@ -88,6 +88,9 @@ describe("pgbg serve --metrics-port", () => {
     assert.equal(value(controls, "pgbg_schedule_last_tick_seconds", { schedule: "nightly" }), Date.parse("2026-01-01T03:00:00Z") / 1000);
     assert.equal(value(controls, "pgbg_schedule_next_tick_seconds", { schedule: "nightly" }), Date.parse("2026-01-02T03:00:00Z") / 1000);
     await resumeQueue(sql, "q9");
+    await setQueueConcurrency(sql, "q9", 4);
+    assert.equal(value((await scrape(port)).samples, "pgbg_queue_concurrency_limit", { queue: "q9" }), 4);
+    await setQueueConcurrency(sql, "q9", null);
 
     for (const metric of ["pgbg_task_duration_seconds", "pgbg_task_lag_seconds"]) {
       const buckets = samples.filter((s) => s.name === `${metric}_bucket` && s.labels.task === "always-fails");

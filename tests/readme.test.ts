@@ -380,3 +380,19 @@ test("the README's schedule and pause example runs as written, in-process and un
     assert.deepEqual(await stopService(service), { code: 0, signal: null });
   }
 });
+
+test("the README's concurrency limit example runs as written: at most 2 at once, and 2 reached; pgbg limit sets and removes a limit", async () => {
+  const { file } = exampleFile("### Concurrency limits", "limits");
+  await migrate(db.sql);
+  const result = spawnSync(process.execPath, ["--import", "tsx", file], { env: { ...process.env, DATABASE_URL: db.url }, encoding: "utf8", timeout: patience });
+  assert.equal(result.status, 0, result.stdout + result.stderr);
+  assert.equal(result.stdout.trim(), "at most 2 at once");
+  const cli = fileURLToPath(new URL("../cli/main.ts", import.meta.url));
+  const pgbg = (...args: string[]) => spawnSync(process.execPath, ["--import", "tsx", cli, ...args], { env: { ...process.env, DATABASE_URL: db.url }, encoding: "utf8", timeout: patience });
+  assert.equal(pgbg("limit", "emails", "3").stdout, "queue emails: at most 3 running at once\n");
+  assert.match(pgbg("status").stdout, /emails +running +3/);
+  assert.equal(pgbg("limit", "emails", "off").stdout, "queue emails has no concurrency limit\n");
+  const bad = pgbg("limit", "emails", "0");
+  assert.equal(bad.status, 2);
+  assert.match(bad.stderr, /the limit must be a whole number of at least 1, or off/);
+});
