@@ -6,7 +6,7 @@
  */
 import { fileURLToPath } from "node:url";
 import process from "node:process";
-import { enqueue, enqueueMany, migrate, VERSION } from "../mod.ts";
+import { enqueue, enqueueMany, migrate, setQueueConcurrency, VERSION } from "../mod.ts";
 import { latency as latencyTask, noop, noopResult } from "./tasks.js";
 import { type Child, CpuMeter, type Database, inFlight, type Server, since, start, stop, treeCpu, waitFor } from "./harness.ts";
 import type { DrainResult, Subject } from "./subject.ts";
@@ -114,6 +114,16 @@ export async function drainWith(db: Database, server: Server, n: number, setting
   } finally {
     await stop(service);
   }
+}
+
+/**
+ * drainWith, with a concurrency limit of `limit` on the tasks' queue set
+ * first: above the setting's slots it never binds, and the drain measures
+ * what the limited claim costs.
+ */
+export async function drainLimited(db: Database, server: Server, n: number, setting: ServeSetting, limit: number): Promise<DrainResult> {
+  await setQueueConcurrency(db.sql, "default", limit);
+  return await drainWith(db, server, n, setting);
 }
 
 /**

@@ -15,7 +15,7 @@ import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { type Database, freshDatabase, median, note, percentile, progress, startServer } from "./harness.ts";
 import { depth } from "./depth.ts";
-import { drainInProcess, drainWith, pgbgSubject, type ServeSetting } from "./pgbg.ts";
+import { drainInProcess, drainLimited, drainWith, pgbgSubject, type ServeSetting } from "./pgbg.ts";
 import { rawDrain, rawInsertCopy, rawInsertSingle, rawInsertUnnest, setupRaw } from "./raw.ts";
 import { type DrainResult, medianRun, spread, type Subject } from "./subject.ts";
 import { renderTable, type Row } from "./table.ts";
@@ -160,6 +160,7 @@ try {
     // Last, so that every figure above is measured as in runs before they existed.
     await inProcessDrain(pgbg, n, pgbgBest);
     await keptDrains(pgbg, n, pgbgBest);
+    await limitedDrain(pgbg, n, pgbgBest);
   }
 
   if (sections.has("latency")) {
@@ -237,6 +238,30 @@ async function keptDrains(pgbg: Subject, n: number, setting: ServeSetting): Prom
         `CPU s/1k: server ${perThousand(result.serverCpu, result.jobs)}, workers ${perThousand(result.workerCpu, result.jobs)}`,
     });
   }
+}
+
+/**
+ * The served drain at its best setting with a concurrency limit on the
+ * queue that never binds (twice the setting's slots), as often as the
+ * plain one: what the limited claim (lock, count, claim in a transaction)
+ * costs, as a ratio to the plain drain.
+ */
+async function limitedDrain(pgbg: Subject, n: number, setting: ServeSetting): Promise<void> {
+  const served = `drain ${n.toLocaleString("en")}`;
+  const plain = rows.find((r) => r.case === served && r.subject === "pgbg")?.value;
+  const limit = 2 * setting.workers * setting.concurrency;
+  const runs: DrainResult[] = [];
+  while (runs.length < size.drainRepeats) {
+    progress(`dequeue · pgbg with a queue limit of ${limit} · run ${runs.length + 1}`);
+    runs.push(await onFreshDatabase("pgbg_limited", (db) => pgbg.setup(db), (db) => drainLimited(db, server, n, setting, limit)));
+  }
+  const result = medianRun(runs);
+  const value = result.jobs / result.seconds;
+  record({
+    section: "dequeue", case: `${served} with a non-binding queue limit (${limit.toLocaleString("en")})`, subject: "pgbg", value, unit: "tasks/s", against: served,
+    detail: `${result.setting}; ${plain ? (value / plain).toFixed(2) : "n/a"} of the plain served drain; ${spread(runs)}; ` +
+      `CPU s/1k: server ${perThousand(result.serverCpu, result.jobs)}, workers ${perThousand(result.workerCpu, result.jobs)}`,
+  });
 }
 
 /**
