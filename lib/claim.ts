@@ -63,6 +63,24 @@ export interface ClaimScope {
  * cursor skips is found by a later full claim (lib/claim-cursor.ts).
  */
 export async function claimTasks(db: Database, schema: string, scope: ClaimScope, limit: number, cursor?: ClaimCursor): Promise<ClaimedTask[]> {
+  const limited = scope.limits ? await scope.limits.among(db, schema, scope.queues) : [];
+  if (!limited.length) return await claimUnlimited(db, schema, scope, limit, cursor);
+  // Limited queues first and last by turns: either, always first, could
+  // take every free slot from the other while its backlog lasts.
+  const limitedFirst = scope.limits!.takeTurn();
+  const claimed = limitedFirst ? [] : await claimUnlimited(db, schema, scope, limit, cursor);
+  // What the limited claims take does not move the cursor: their lanes are not its.
+  for (const queue of limited) {
+    if (claimed.length >= limit) break;
+    // deno-lint-ignore no-explicit-any
+    claimed.push(...(await claimLimited(db as Sql<any>, schema, queue, scope, limit - claimed.length)).map(claimedTask));
+  }
+  if (limitedFirst && claimed.length < limit) claimed.push(...await claimUnlimited(db, schema, scope, limit - claimed.length, cursor));
+  return claimed;
+}
+
+/** The ordinary claim, of every queue but the limited ones; with a cursor when it can (see claimTasks). */
+async function claimUnlimited(db: Database, schema: string, scope: ClaimScope, limit: number, cursor?: ClaimCursor): Promise<ClaimedTask[]> {
   const params: unknown[] = [scope.workerId, scope.queues, scope.names, scope.leaseMs, limit];
   const started = performance.now();
   const starts = cursor?.next(Date.now());
@@ -71,14 +89,6 @@ export async function claimTasks(db: Database, schema: string, scope: ClaimScope
     : await run(db, schema, "ClaimTasks", params);
   const claimed = rows.map(claimedTask);
   cursor?.record(!starts, performance.now() - started, claimed, Date.now());
-  // Limited queues after the others, each in its own transaction; what
-  // they take does not move the cursor (their lanes are not its).
-  for (const queue of scope.limits ? await scope.limits.among(db, schema, scope.queues) : []) {
-    if (claimed.length >= limit) break;
-    // deno-lint-ignore no-explicit-any
-    const taken = await claimLimited(db as Sql<any>, schema, queue, params, limit - claimed.length);
-    claimed.push(...taken.map(claimedTask));
-  }
   return claimed;
 }
 

@@ -18,14 +18,21 @@
  * @module
  */
 import type { Sql } from "postgres";
+import type { ClaimScope } from "./claim.ts";
 import { type Database, run } from "./statements.ts";
 
 /** Which queues have a concurrency limit, read again when older than `refreshMs`. */
 export class LimitedQueues {
   #names: string[] = [];
   #readAt = -Infinity;
+  #turn = false;
 
   constructor(private readonly refreshMs: number) {}
+
+  /** Whether this claim takes from the limited queues before the others: every other claim. */
+  takeTurn(): boolean {
+    return (this.#turn = !this.#turn);
+  }
 
   /** The limited queues among `queues` (null: every queue), read from the database when the last read is stale. */
   async among(db: Database, schema: string, queues: string[] | null): Promise<string[]> {
@@ -39,18 +46,17 @@ export class LimitedQueues {
 }
 
 /**
- * Claims up to `want` tasks from the limited `queue`, within its free
- * slots, in one transaction (see the module's comment). `claimParams` are
- * ClaimTasks' first four parameters.
+ * Claims up to `want` tasks of `scope`'s names from the limited `queue`,
+ * within its free slots, in one transaction (see the module's comment);
+ * returns the claim statement's rows.
  */
 // deno-lint-ignore no-explicit-any
-export async function claimLimited(sql: Sql<any>, schema: string, queue: string, claimParams: unknown[], want: number): Promise<Record<string, unknown>[]> {
+export async function claimLimited(sql: Sql<any>, schema: string, queue: string, scope: ClaimScope, want: number): Promise<Record<string, unknown>[]> {
   return await sql.begin(async (tx) => {
     await run(tx, schema, "LockLimitedQueue", [queue]);
     const [slots] = await run(tx, schema, "QueueFreeSlots", [queue]);
     const free = Math.min(want, slots?.free ?? 0);
     if (free <= 0) return [];
-    const [workerId, , names, leaseMs] = claimParams;
-    return await run(tx, schema, "ClaimLimitedTasks", [workerId, [queue], names, leaseMs, free]);
+    return await run(tx, schema, "ClaimLimitedTasks", [scope.workerId, [queue], scope.names, scope.leaseMs, free]);
   }) as Record<string, unknown>[];
 }

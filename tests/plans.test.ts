@@ -23,6 +23,8 @@ describe("the upkeep statements of the supervisor and the heartbeat", () => {
     ["RescueExpiredLeases", [25, JSON.stringify({ message: "lease expired" })], "task_lease_idx"],
     ["HeartbeatWorker", [WORKER], "task_lease_idx"],
     ["ReleaseWorkerTasks", [25, JSON.stringify({ message: "worker died" }), [WORKER]], "task_lease_idx"],
+    // The limited claim's count of the queue's running tasks.
+    ["QueueFreeSlots", ["default"], "task_lease_idx"],
   ];
   for (const [name, params, index] of upkeep) {
     test(`${name} reads ${index}, not the whole table, on a full table never analyzed (and first run empty)`, async () => {
@@ -33,6 +35,7 @@ describe("the upkeep statements of the supervisor and the heartbeat", () => {
         // A live worker, so that HeartbeatWorker's look for its cancelled tasks runs.
         await tx`INSERT INTO pgbg.worker (id, supervisor_id, pid, concurrency, hostname, runtime, tasks)
           VALUES (${WORKER}, ${WORKER}, 1, 1, 'test', 'node', '{grown}')`;
+        await tx`INSERT INTO pgbg.queue (name, concurrency) VALUES ('default', 5)`;
         // Enough runs on the empty table for a prepared statement to settle on a cached plan.
         for (let i = 0; i < 8; i++) await run(tx, "pgbg", name, params);
         await tx`INSERT INTO pgbg.task (queue, name, payload) SELECT 'default', 'grown', '{}'::jsonb FROM generate_series(1, 50000)`;
