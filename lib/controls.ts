@@ -1,12 +1,14 @@
 /**
- * Operators' controls beside the tasks: pause and resume a queue, and list
- * schedules or fire one now, from the library, the CLI (`pgbg pause`,
- * `pgbg resume`, `pgbg run-schedule`) and the dashboard alike.
+ * Operators' controls beside the tasks: pause and resume a queue, set its
+ * concurrency limit, and list schedules or fire one now, from the library,
+ * the CLI (`pgbg pause`, `pgbg resume`, `pgbg limit`, `pgbg run-schedule`)
+ * and the dashboard alike.
  *
  * A pause is a row in `pgbg.queue` that every claim reads (ClaimFromLanes),
  * so every worker of every host stops claiming from the queue at its next
  * claim, well within a check interval. Running tasks finish; queued tasks
- * stay queued; enqueues still work.
+ * stay queued; enqueues still work. A limit is a column of the same row
+ * (lib/limits.ts).
  *
  * @module
  */
@@ -84,8 +86,8 @@ export async function queueSettings(db: Database, options?: AdminOptions): Promi
  */
 export async function setQueueConcurrency(db: Database, queue: string, concurrency: number | null, options?: AdminOptions): Promise<QueueSettings> {
   const schema = schemaOf("setQueueConcurrency()", options);
-  const [name] = queueNames("setQueueConcurrency()", queue);
   if (typeof queue !== "string") throw new InvalidOptionsError(`setQueueConcurrency(): give one queue name, got ${formatValue(queue)}`);
+  const [name] = queueNames("setQueueConcurrency()", queue);
   if (concurrency !== null && !(Number.isInteger(concurrency) && concurrency >= 1 && concurrency <= 2_147_483_647)) {
     throw new InvalidOptionsError(`setQueueConcurrency(): concurrency must be a whole number of at least 1, or null for no limit, got ${formatValue(concurrency)}`);
   }

@@ -55,6 +55,18 @@ describe("chaos verdict", () => {
     assert.equal(v.figures.lost, 0);
   });
 
+  test("under a concurrency limit: more executions at once than the limit is a problem, and so is never reaching it", () => {
+    // Tasks 1 and 2 overlap (100-110 and 100-120): two at once.
+    const lines = clean();
+    assert.deepEqual(check(record({ lines }), ["killed"], [], 2).problems, []);
+    assert.equal(check(record({ lines }), ["killed"], [], 2).figures.mostAtOnce, 2);
+    assert.match(check(record({ lines }), ["killed"], [], 1).problems.join("\n"), /2 executions ran at once under a concurrency limit of 1/);
+    assert.match(check(record({ lines }), ["killed"], [], 3).problems.join("\n"), /the limit of 3 was never reached/);
+    // An end and a start at the same millisecond do not overlap.
+    const touching = [...exec(10, 1, "1", 1, 100, 110), ...exec(11, 1, "2", 1, 110, 120)];
+    assert.equal(check(record({ lines: touching }), ["killed"], [], 1).figures.mostAtOnce, 1);
+  });
+
   test("a committed task that never completed and is not kept as failed is lost", () => {
     const v = verdict({ lines: clean(), completions: new Map([["1", 1]]) });
     assert.equal(v.figures.lost, 1);

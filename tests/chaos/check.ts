@@ -115,6 +115,8 @@ export interface Figures {
   completedTwice: number;
   failed: number;
   rolledBackRan: number;
+  /** Under a queue's concurrency limit: the most executions that overlapped. */
+  mostAtOnce?: number;
 }
 
 /** The figures and, when the promise was broken, what broke it. */
@@ -164,6 +166,21 @@ function processEnds(lines: ExecLine[], kills: Kill[]) {
 /** Whether process `pid` was cut off from the database at `at`, or had just healed. */
 function cutAt(cuts: Cut[]) {
   return (pid: number, at: number) => cuts.some((c) => c.pid === pid && c.from <= at && at <= c.to + CUT_AFTERMATH_MS);
+}
+
+/**
+ * The most executions that overlapped: a killed one ends at its kill (its
+ * task holds its slot until released, later still). An end and a start at
+ * the same millisecond do not overlap: the slot frees at the completion,
+ * after the end line.
+ */
+function mostAtOnce(all: Execution[]): number {
+  const edges = all.flatMap((e) => [[e.start, 1], [e.end ?? Infinity, -1]]);
+  edges.sort((a, b) => a[0] - b[0] || a[1] - b[1]);
+  let now = 0;
+  let most = 0;
+  for (const [, step] of edges) most = Math.max(most, (now += step));
+  return most;
 }
 
 function executions(lines: ExecLine[], kills: Kill[], cuts: Cut[]): Execution[] {
@@ -277,7 +294,7 @@ function checkResults(record: RunRecord, all: Execution[], problems: string[], s
  * each explain at least one re-run: a fault that interrupted nothing proved
  * nothing.
  */
-export function check(record: RunRecord, allowed: readonly Cause[], expected: readonly Cause[] = []): Verdict {
+export function check(record: RunRecord, allowed: readonly Cause[], expected: readonly Cause[] = [], limit?: number): Verdict {
   const problems: string[] = [];
   const sample = (ids: string[]) => `${ids.slice(0, 5).join(", ")}${ids.length > 5 ? ", …" : ""}`;
   const all = executions(record.lines, record.kills, record.cuts);
@@ -322,6 +339,9 @@ export function check(record: RunRecord, allowed: readonly Cause[], expected: re
   for (const cause of expected) {
     if (!reruns[cause]) problems.push(`no re-run had the cause "${cause}": the scenario's fault interrupted no attempt`);
   }
+  const most = mostAtOnce(all);
+  if (limit !== undefined && most > limit) problems.push(`${most} executions ran at once under a concurrency limit of ${limit}`);
+  if (limit !== undefined && most < limit) problems.push(`at most ${most} executions ran at once: the limit of ${limit} was never reached, so the run proves nothing of it`);
   return {
     figures: {
       tasks: record.committed.length,
@@ -334,6 +354,7 @@ export function check(record: RunRecord, allowed: readonly Cause[], expected: re
       completedTwice: twice.length,
       failed: failed.size,
       rolledBackRan: rolledBackRan.size,
+      ...(limit === undefined ? {} : { mostAtOnce: most }),
     },
     problems,
   };
@@ -346,5 +367,5 @@ export function describeFigures(name: string, f: Figures, seconds: number): stri
   const afterLease = f.overlapsAfterLease || f.lateCommits ? `overlaps after the lease ended ${f.overlapsAfterLease} (late completions committed ${f.lateCommits}), ` : "";
   return `${name}: ${f.tasks} tasks, ${f.executions} executions, ${f.kills} kills${f.cuts ? `, ${f.cuts} cuts` : ""}, re-runs ${total}${causes ? ` (${causes})` : ""}, ` +
     `lost ${f.lost}, duplicates while leased ${f.duplicatesWhileLeased}, ${afterLease}completed twice ${f.completedTwice}, failed ${f.failed}` +
-    `${f.rolledBackRan ? `, rolled back but ran ${f.rolledBackRan}` : ""}, ${seconds.toFixed(1)} s`;
+    `${f.rolledBackRan ? `, rolled back but ran ${f.rolledBackRan}` : ""}${f.mostAtOnce === undefined ? "" : `, most at once ${f.mostAtOnce}`}, ${seconds.toFixed(1)} s`;
 }

@@ -260,7 +260,7 @@ async function runScenario(scenario: Scenario): Promise<boolean> {
 
   const record = await readRecord(sql, ctx, stage);
   await sql.end({ timeout: 5 });
-  const verdict = check(record, scenario.allowed, scenario.expected);
+  const verdict = check(record, scenario.allowed, scenario.expected, scenario.limit);
   problems.push(...verdict.problems);
   progress("");
   console.log(`${problems.length ? "FAIL" : "ok  "} ${describeFigures(name, verdict.figures, seconds)}${notes.length ? `; ${notes.join("; ")}` : ""}`);

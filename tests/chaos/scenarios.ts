@@ -4,7 +4,7 @@
  * while it hurts them, and returns once the queue is empty; run.ts then
  * checks the record (check.ts).
  */
-import { enqueueMany } from "../../mod.ts";
+import { enqueueMany, setQueueConcurrency } from "../../mod.ts";
 import type { Supervisor } from "./cluster.ts";
 import { inProcess } from "./in-process.ts";
 import { type Scenario, sized, type Stage, taskMs } from "./stage.ts";
@@ -65,6 +65,27 @@ function competing(supervisors: number): Scenario {
     },
   };
 }
+
+/**
+ * Two supervisors under a queue concurrency limit of 5 while workers are
+ * killed, and one supervisor killed with its workers and replaced: the
+ * killed attempts' slots come back when their tasks are released.
+ */
+const underLimit: Scenario = {
+  name: "global-limit",
+  allowed: ["killed"],
+  limit: 5,
+  async run(stage) {
+    await setQueueConcurrency(stage.sql, "default", 5);
+    const supervisors = [stage.serve({ workers: 2, concurrency: 10 }), stage.serve({ workers: 2, concurrency: 10 })];
+    const feeding = killWorkersWhileFeeding(stage, sized(stage, 5_000, 1_500), supervisors, sized(stage, 1_500, 1_000));
+    await new Promise((r) => setTimeout(r, 3_000));
+    await supervisors[1].killAll();
+    supervisors.push(stage.serve({ workers: 2, concurrency: 10 }));
+    await feeding;
+    stage.note("limit 5 over 2 supervisors of 2 × 10, one killed with its workers and replaced");
+  },
+};
 
 /** Every scenario, in the order the suite runs them. */
 export const scenarios: Scenario[] = [
@@ -189,6 +210,7 @@ export const scenarios: Scenario[] = [
   },
 
   inProcess,
+  underLimit,
 ];
 
 class RollBack extends Error {}

@@ -40,6 +40,8 @@ export interface Scenario {
   allowed: readonly Cause[];
   /** Causes that must each explain at least one re-run: without them the scenario injected no fault. */
   expected?: readonly Cause[];
+  /** The concurrency limit the scenario sets on its queue: never passed, and reached. */
+  limit?: number;
   run(stage: Stage): Promise<void>;
 }
 
