@@ -230,7 +230,7 @@ export const limitArgs = {
   },
   check({ positionals: [queue, concurrency] }) {
     if (!isValidName(queue)) throw new UsageError(`queue names are ${NAME_RULE}`);
-    if (concurrency !== "off" && !/^[1-9]\d{0,9}$/.test(concurrency)) throw new UsageError(`the limit must be a whole number of at least 1, or off; got ${JSON.stringify(concurrency)}`);
+    if (concurrency !== "off" && !(/^[1-9]\d{0,9}$/.test(concurrency) && Number(concurrency) <= 2_147_483_647)) throw new UsageError(`the limit must be a whole number of at least 1, or off; got ${JSON.stringify(concurrency)}`);
   },
 } satisfies CommandArgs<Flags>;
 

@@ -12,8 +12,10 @@
  * running tasks count: a task waiting for its retry, or released from a
  * dead worker, holds no slot.
  *
- * A worker learns which queues are limited each check interval, so a new
- * limit holds from one check interval after it is set.
+ * The ordinary claim leaves a queue alone from the moment its limit is
+ * committed (a claim already under way may still take from it once); a
+ * worker learns which queues to claim with the limited claim each check
+ * interval, so a newly limited queue waits up to that long.
  *
  * @module
  */
@@ -26,6 +28,7 @@ export class LimitedQueues {
   #names: string[] = [];
   #readAt = -Infinity;
   #turn = false;
+  #rotation = 0;
 
   constructor(private readonly refreshMs: number) {}
 
@@ -34,14 +37,20 @@ export class LimitedQueues {
     return (this.#turn = !this.#turn);
   }
 
-  /** The limited queues among `queues` (null: every queue), read from the database when the last read is stale. */
+  /**
+   * The limited queues among `queues` (null: every queue), read from the
+   * database when the last read is stale; each call starts the list one
+   * queue further on, so that the first ones cannot take every free slot.
+   */
   async among(db: Database, schema: string, queues: string[] | null): Promise<string[]> {
     if (Date.now() - this.#readAt >= this.refreshMs) {
       const rows = await run(db, schema, "LimitedQueues", []);
       this.#names = rows.map((r) => r.name as string);
       this.#readAt = Date.now();
     }
-    return queues ? this.#names.filter((q) => queues.includes(q)) : this.#names;
+    const mine = queues ? this.#names.filter((q) => queues.includes(q)) : this.#names;
+    const start = mine.length ? this.#rotation++ % mine.length : 0;
+    return [...mine.slice(start), ...mine.slice(0, start)];
   }
 }
 
@@ -52,7 +61,9 @@ export class LimitedQueues {
  */
 // deno-lint-ignore no-explicit-any
 export async function claimLimited(sql: Sql<any>, schema: string, queue: string, scope: ClaimScope, want: number): Promise<Record<string, unknown>[]> {
-  return await sql.begin(async (tx) => {
+  // READ COMMITTED whatever the server's default: under REPEATABLE READ the
+  // lock's statement would fix the snapshot before the lock was granted.
+  return await sql.begin("isolation level read committed", async (tx) => {
     await run(tx, schema, "LockLimitedQueue", [queue]);
     const [slots] = await run(tx, schema, "QueueFreeSlots", [queue]);
     const free = Math.min(want, slots?.free ?? 0);

@@ -80,6 +80,24 @@ function checkCatchUp(label: string, catchUp: unknown): CatchUp {
   throw new InvalidScheduleError(`${label}: catchUp must be "skip", "once" or { backfill: n } with n from 1 to ${MAX_BACKFILL}, got ${formatValue(catchUp)}`);
 }
 
+/**
+ * The schedule's enqueue options, checked here rather than at each tick: a
+ * bad one would fail every tick. Only these three: a `key` would dedupe
+ * ticks, and a delay would move them.
+ */
+function checkEnqueueOptions(label: string, options: unknown): ScheduleEnqueueOptions {
+  if (options === undefined) return {};
+  if (typeof options !== "object" || options === null) throw new InvalidScheduleError(`${label}: enqueue must be an object { queue, priority, maxAttempts }`);
+  const o = options as Record<string, unknown>;
+  const unknown = Object.keys(o).filter((k) => !["queue", "priority", "maxAttempts"].includes(k));
+  if (unknown.length) throw new InvalidScheduleError(`${label}: enqueue takes queue, priority and maxAttempts, not ${unknown.join(", ")}`);
+  const whole = (v: unknown, min: number, max: number) => typeof v === "number" && Number.isInteger(v) && v >= min && v <= max;
+  if (o.queue !== undefined && !isValidName(o.queue)) throw new InvalidScheduleError(`${label}: enqueue.queue must be ${NAME_RULE}`);
+  if (o.priority !== undefined && !whole(o.priority, -32768, 32767)) throw new InvalidScheduleError(`${label}: enqueue.priority must be a whole number from -32768 to 32767`);
+  if (o.maxAttempts !== undefined && !whole(o.maxAttempts, 1, 2_147_483_647)) throw new InvalidScheduleError(`${label}: enqueue.maxAttempts must be a whole number of at least 1`);
+  return { queue: o.queue as string | undefined, priority: o.priority as number | undefined, maxAttempts: o.maxAttempts as number | undefined };
+}
+
 function parseCron(label: string, cron: unknown, timezone: string): Cron {
   if (typeof cron !== "string") throw new InvalidScheduleError(`${label}: cron must be a string such as "0 3 * * *", got ${formatValue(cron)}`);
   let parsed: Cron;
@@ -127,6 +145,7 @@ export function defineSchedule<const T extends AnyTask>(definition: ScheduleDefi
   if (typeof timezone !== "string") throw new InvalidScheduleError(`${label}: timezone must be an IANA time zone name, got ${formatValue(timezone)}`);
   const cron = parseCron(label, d.cron, timezone);
   const catchUp = checkCatchUp(label, d.catchUp);
+  const enqueueOptions = checkEnqueueOptions(label, d.enqueue);
   if (!("input" in d)) throw new InvalidScheduleError(`${label}: input is required: the task's input, or a function (tick) => input`);
   const input = d.input;
   return Object.freeze({
@@ -136,7 +155,7 @@ export function defineSchedule<const T extends AnyTask>(definition: ScheduleDefi
     cron: d.cron,
     timezone,
     catchUp,
-    enqueue: { ...d.enqueue },
+    enqueue: enqueueOptions,
     inputAt: (tick: Date) => (typeof input === "function" ? (input as (tick: Date) => TaskInput<T>)(tick) : input),
     ticksBetween(after: Date, now: Date, count: number): Date[] {
       return cron.previousRuns(count, now).filter((tick) => tick > after).reverse();

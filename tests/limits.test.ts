@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import * as v from "valibot";
-import { createWorker, defineTask, enqueue, enqueueMany, InvalidOptionsError, migrate, queueSettings, setQueueConcurrency, status } from "../mod.ts";
+import { createWorker, defineTask, drain, enqueue, enqueueMany, InvalidOptionsError, migrate, queueSettings, setQueueConcurrency, status } from "../mod.ts";
 import { createTestDatabase } from "./harness.ts";
 import { patience, serviceTestbed, until } from "./service-harness.ts";
 
@@ -91,6 +91,16 @@ describe("a queue's concurrency limit", () => {
     const next = await enqueue(sql, work, {}, { queue: "one" });
     await until(() => testbed.remaining([next]), (n) => n === 0, patience, "the next task to run beside the waiting retry");
     assert.equal((await sql`SELECT state::text FROM pgbg.task WHERE id = ${failing}`)[0].state, "queued");
+  });
+
+  test("drain() returns when a limited queue's slots are all held elsewhere, leaving its tasks queued", async () => {
+    await setQueueConcurrency(sql, "held", 1);
+    const [held, waiting] = await enqueueMany(sql, work, [{}, {}], { queue: "held" });
+    // Running on a worker of another host, as far as the table says.
+    await sql`UPDATE pgbg.task SET state = 'running', attempts = 1, worker_id = gen_random_uuid(), lease_expires_at = now() + interval '1 hour' WHERE id = ${held}`;
+    const result = await drain(sql, { tasks: [work], queues: ["held"], logger: quiet });
+    assert.equal(result.ran, 0);
+    assert.equal((await sql`SELECT state::text FROM pgbg.task WHERE id = ${waiting}`)[0].state, "queued");
   });
 
   test("limits are listed, removed with null, and bad ones refused naming the value", async () => {

@@ -76,6 +76,9 @@ describe("defineSchedule refuses bad definitions, naming the field", () => {
     ["a bad catch-up", { catchUp: { backfill: 0 } }, /catchUp must be/],
     ["a bad name", { name: "no spaces" }, /name must be/],
     ["no task", { task: undefined }, /task must be a defineTask\(\) result/],
+    ["a key among its enqueue options (it would dedupe ticks)", { enqueue: { key: "k" } }, /enqueue takes queue, priority and maxAttempts, not key/],
+    ["a bad queue", { enqueue: { queue: "no spaces" } }, /enqueue.queue must be/],
+    ["a bad priority", { enqueue: { priority: 99999 } }, /enqueue.priority must be/],
   ];
   for (const [what, change, message] of cases) {
     test(what, () => {

@@ -60,7 +60,7 @@ export const queries = {
   ResumeQueues: "WITH resumed AS (\n  UPDATE pgbg.queue SET paused_at = NULL WHERE name = ANY($1::text[]) AND paused_at IS NOT NULL RETURNING name\n)\nSELECT r.name FROM resumed r CROSS JOIN (SELECT pg_notify($2, '')) AS wake",
   SetQueueConcurrency: "WITH set AS (\n  INSERT INTO pgbg.queue (name, concurrency) VALUES ($1, $2::integer)\n  ON CONFLICT (name) DO UPDATE SET concurrency = excluded.concurrency\n  RETURNING name, paused_at, concurrency\n)\nSELECT s.name, s.paused_at, s.concurrency FROM set s CROSS JOIN (SELECT pg_notify($3, '')) AS wake",
   QueueSettings: "SELECT name, paused_at, concurrency FROM pgbg.queue WHERE paused_at IS NOT NULL OR concurrency IS NOT NULL ORDER BY name",
-  LimitedQueues: "SELECT name FROM pgbg.queue WHERE concurrency IS NOT NULL AND paused_at IS NULL",
+  LimitedQueues: "SELECT name FROM pgbg.queue WHERE concurrency IS NOT NULL ORDER BY name",
   LockLimitedQueue: "SELECT pg_advisory_xact_lock(hashtext('pgbg.queue'), hashtext($1))",
   QueueFreeSlots: "SELECT CASE WHEN q.paused_at IS NULL THEN q.concurrency - (SELECT count(*) FROM pgbg.task t WHERE t.state = 'running' AND t.queue = q.name) END::int AS free\nFROM pgbg.queue q WHERE q.name = $1 AND q.concurrency IS NOT NULL",
   DeclareSchedules: "INSERT INTO pgbg.schedule (name, task, cron, timezone, last_tick, next_tick)\nSELECT s.name, s.task, s.cron, s.timezone, now(), s.next_tick\nFROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[]) AS s (name, task, cron, timezone, next_tick)\nON CONFLICT (name) DO UPDATE SET\n  task = excluded.task, cron = excluded.cron, timezone = excluded.timezone, seen_at = now(),\n  next_tick = CASE WHEN (pgbg.schedule.cron, pgbg.schedule.timezone) IS DISTINCT FROM (excluded.cron, excluded.timezone)\n                   THEN excluded.next_tick ELSE pgbg.schedule.next_tick END",
@@ -91,7 +91,7 @@ export const queries = {
   SetWorkerIdle: "UPDATE pgbg.worker SET idle = $2 WHERE id = $1",
   RemoveWorkers: "DELETE FROM pgbg.worker WHERE id = ANY($1::uuid[])",
   ReapStaleWorkers: "DELETE FROM pgbg.worker\nWHERE supervisor_id <> $2::uuid\n  AND heartbeat_at < now() - coalesce(stale_after_ms, $1::bigint) * interval '1 millisecond'\n  AND $3::float8 >= coalesce(stale_after_ms, $1::bigint)\nRETURNING id",
-  ScheduledTasks: "SELECT count(*) FILTER (WHERE run_at > now())::int AS scheduled,\n  (extract(epoch FROM min(run_at) - now()) * 1000)::float8 AS next_due_ms\nFROM pgbg.task t\nWHERE state = 'queued' AND cancel_requested_at IS NULL AND name = ANY($2::text[])\n  AND ($1::text[] IS NULL OR queue = ANY($1::text[]))\n  AND NOT EXISTS (SELECT FROM pgbg.queue q WHERE q.name = t.queue AND q.paused_at IS NOT NULL)",
+  ScheduledTasks: "SELECT count(*) FILTER (WHERE run_at > now())::int AS scheduled,\n  (extract(epoch FROM min(run_at) - now()) * 1000)::float8 AS next_due_ms\nFROM pgbg.task t\nWHERE state = 'queued' AND cancel_requested_at IS NULL AND name = ANY($2::text[])\n  AND ($1::text[] IS NULL OR queue = ANY($1::text[]))\n  AND NOT EXISTS (\n    SELECT FROM pgbg.queue q WHERE q.name = t.queue AND (q.paused_at IS NOT NULL\n      OR q.concurrency <= (SELECT count(*) FROM pgbg.task r WHERE r.state = 'running' AND r.queue = q.name)))",
 } as const;
 
 /** The name of a statement in sql/queries. */

@@ -32,9 +32,10 @@ SELECT s.name, s.paused_at, s.concurrency FROM set s CROSS JOIN (SELECT pg_notif
 SELECT name, paused_at, concurrency FROM pgbg.queue WHERE paused_at IS NOT NULL OR concurrency IS NOT NULL ORDER BY name;
 
 -- name: LimitedQueues
--- The queues with a concurrency limit, not paused: a worker claims from
--- them with the limited claim.
-SELECT name FROM pgbg.queue WHERE concurrency IS NOT NULL AND paused_at IS NULL;
+-- The queues with a concurrency limit: a worker claims from them with the
+-- limited claim (paused ones too, which QueueFreeSlots then finds paused:
+-- so a resume needs no new read of this list).
+SELECT name FROM pgbg.queue WHERE concurrency IS NOT NULL ORDER BY name;
 
 -- name: LockLimitedQueue
 -- $1 queue. Taken by the limited claim's transaction before it counts the

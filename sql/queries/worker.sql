@@ -386,10 +386,13 @@ RETURNING id;
 -- For drain(): of the claimable tasks of names $2 in queues $1 (NULL: every
 -- queue), how many are not due yet, and in how many ms the first falls due
 -- (0 or less: one is due now, such as a retry just written). Paused
--- queues are left out: their tasks are not claimable.
+-- queues are left out, and limited ones with no free slot: their tasks are
+-- not claimable now, and drain() would claim again at once for ever.
 SELECT count(*) FILTER (WHERE run_at > now())::int AS scheduled,
   (extract(epoch FROM min(run_at) - now()) * 1000)::float8 AS next_due_ms
 FROM pgbg.task t
 WHERE state = 'queued' AND cancel_requested_at IS NULL AND name = ANY($2::text[])
   AND ($1::text[] IS NULL OR queue = ANY($1::text[]))
-  AND NOT EXISTS (SELECT FROM pgbg.queue q WHERE q.name = t.queue AND q.paused_at IS NOT NULL);
+  AND NOT EXISTS (
+    SELECT FROM pgbg.queue q WHERE q.name = t.queue AND (q.paused_at IS NOT NULL
+      OR q.concurrency <= (SELECT count(*) FROM pgbg.task r WHERE r.state = 'running' AND r.queue = q.name)));
