@@ -95,8 +95,9 @@ export async function readTaskStatus(db: Database, schema: string): Promise<Queu
 
 /**
  * The status of every queue, task name and worker, as `pgbg status` shows
- * it (three statements, each reading its table once), and the newest
- * completed tasks kept in the history (the end of each slot's primary key).
+ * it (three statements, each reading its table once), the newest completed
+ * tasks kept in the history (the end of each slot's primary key), the
+ * queues paused or limited, and the schedules.
  */
 export async function status(db: Database, options?: AdminOptions): Promise<Status> {
   const schema = schemaOf("status()", options);
