@@ -29,6 +29,7 @@ async function mostAtOnce(ids: string[]): Promise<number> {
 }
 
 const work = defineTask({ name: "work", schema: v.object({ ms: v.optional(v.number(), 0), failUntil: v.optional(v.number(), 0) }), run() {} });
+const backoff = defineTask({ name: "backoff", schema: v.object({ message: v.string() }), run() {} });
 
 describe("a queue's concurrency limit", () => {
   for (const supervisors of [2, 4]) {
@@ -83,14 +84,14 @@ describe("a queue's concurrency limit", () => {
 
   test("a task waiting for its retry holds no slot", async () => {
     await setQueueConcurrency(sql, "one", 1);
-    const failing = await enqueue(sql, work, { failUntil: 1 }, { queue: "one" });
-    // Its retry waits an hour: only then would it hold the queue's one slot.
-    await sql`UPDATE pgbg.task SET max_attempts = 5 WHERE id = ${failing}`;
-    testbed.serve(["--workers", "1", "--retry-delay", "1h"]);
-    await until(async () => (await sql`SELECT attempts FROM pgbg.task WHERE id = ${failing}`)[0].attempts, (n) => n === 1, patience, "the first attempt to fail");
+    // The fixture's backoff waits 2 hours after a first attempt that failed with "try later".
+    const failing = await enqueue(sql, backoff, { message: "try later" }, { queue: "one" });
+    testbed.serve(["--workers", "1"]);
+    const failed = async () => (await sql`SELECT state::text, attempts FROM pgbg.task WHERE id = ${failing}`)[0];
+    await until(failed, (t) => t.state === "queued" && t.attempts === 1, patience, "the first attempt to fail");
     const next = await enqueue(sql, work, {}, { queue: "one" });
     await until(() => testbed.remaining([next]), (n) => n === 0, patience, "the next task to run beside the waiting retry");
-    assert.equal((await sql`SELECT state::text FROM pgbg.task WHERE id = ${failing}`)[0].state, "queued");
+    assert.deepEqual({ ...(await failed()) }, { state: "queued", attempts: 1 });
   });
 
   test("drain() returns when a limited queue's slots are all held elsewhere, leaving its tasks queued", async () => {
