@@ -5,7 +5,7 @@
 // attempt's lease expired or was revoked, and never with its completion.
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { type Cause, check, CUT_AFTERMATH_MS, type ExecLine, type Lease, type RunRecord } from "./chaos/check.ts";
+import { type Cause, check, checkTicks, CUT_AFTERMATH_MS, type ExecLine, type Lease, type RunRecord } from "./chaos/check.ts";
 
 /** One execution: a start line and, unless `end` is null, an end line. */
 function exec(p: number, n: number, t: string, a: number, start: number, end: number | null, o: "done" | "error" = "done"): ExecLine[] {
@@ -65,6 +65,12 @@ describe("chaos verdict", () => {
     // An end and a start at the same millisecond do not overlap.
     const touching = [...exec(10, 1, "1", 1, 100, 110), ...exec(11, 1, "2", 1, 110, 120)];
     assert.equal(check(record({ lines: touching }), ["killed"], [], 1).figures.mostAtOnce, 1);
+    // A completion frees its slot when it commits, after the `c` line and
+    // before the end line: task 2 started in between, after task 1's slot was free.
+    const committed: ExecLine[] = [...exec(10, 1, "1", 1, 100, 115), { k: "c", n: 1, p: 10, at: 109 }, ...exec(11, 1, "2", 1, 110, 120)];
+    assert.equal(check(record({ lines: committed }), ["killed"], [], 1).figures.mostAtOnce, 1);
+    // A `c` line whose commit did not happen (no completion names it) frees nothing.
+    assert.equal(check(record({ lines: committed, completedBy: ["11:1"] }), ["killed"], [], 1).figures.mostAtOnce, 2);
   });
 
   test("a committed task that never completed and is not kept as failed is lost", () => {
@@ -214,5 +220,11 @@ describe("chaos verdict: leases, cuts and hangs", () => {
     const kills = [{ pid: 10, group: false, at: 200 }];
     assert.deepEqual(check(record({ lines, kills }), ["killed", "cut"], ["killed"]).problems, []);
     assert.match(check(record({ lines, kills }), ["killed", "cut"], ["killed", "cut"]).problems.join("\n"), /no re-run had the cause "cut"/);
+  });
+
+  test("the every-second schedule: a tick fired twice, or missing up to the last handled, is found", () => {
+    const at = (s: number) => new Date(Date.UTC(2026, 0, 1, 0, 0, s)).toISOString();
+    assert.deepEqual(checkTicks([at(1), at(2), at(3)], new Date(at(3))), { fired: 3, duplicated: [], skipped: [] });
+    assert.deepEqual(checkTicks([at(1), at(2), at(2), at(4)], new Date(at(5))), { fired: 4, duplicated: [at(2)], skipped: [at(3), at(5)] });
   });
 });

@@ -16,6 +16,8 @@
 export type ExecLine =
   // `h`: this attempt ignores its abort signal on purpose (the task's `hang` or `late` input).
   | { k: "s"; n: number; p: number; pp: number; t: string; a: number; at: number; h?: 1 }
+  // `c`: written just before its completion's commit, in the handler's transaction.
+  | { k: "c"; n: number; p: number; at: number }
   | { k: "e"; n: number; p: number; o: "done" | "error"; e?: string; at: number }
   | { k: "x"; p: number; c: number; at: number };
 
@@ -136,6 +138,8 @@ interface Execution {
   /** It ignores its abort signal on purpose. */
   hangs: boolean;
   end?: number;
+  /** When only its completion's commit was left (its `c` line). */
+  committing?: number;
   outcome?: "done" | "error";
   error?: string;
   cause?: Cause;
@@ -169,13 +173,16 @@ function cutAt(cuts: Cut[]) {
 }
 
 /**
- * The most executions that overlapped: a killed one ends at its kill (its
+ * The most executions that overlapped, as a queue's concurrency limit
+ * counts them: an execution holds its slot from its claim (before its start
+ * line) until its completion commits (after its `c` line, and before its end
+ * line, which a kill may also prevent), or until its process is killed (its
  * task holds its slot until released, later still). An end and a start at
- * the same millisecond do not overlap: the slot frees at the completion,
- * after the end line.
+ * the same millisecond do not overlap.
  */
-function mostAtOnce(all: Execution[]): number {
-  const edges = all.flatMap((e) => [[e.start, 1], [e.end ?? Infinity, -1]]);
+function mostAtOnce(all: Execution[], completedBy: Set<string>): number {
+  const holds = (e: Execution) => (e.committing !== undefined && completedBy.has(`${e.pid}:${e.n}`) ? e.committing : e.end ?? Infinity);
+  const edges = all.flatMap((e) => [[e.start, 1], [holds(e), -1]]);
   edges.sort((a, b) => a[0] - b[0] || a[1] - b[1]);
   let now = 0;
   let most = 0;
@@ -192,6 +199,10 @@ function executions(lines: ExecLine[], kills: Kill[], cuts: Cut[]): Execution[] 
   }
   const wasCut = cutAt(cuts);
   for (const l of lines) {
+    if (l.k === "c") {
+      const e = byKey.get(`${l.p}:${l.n}`);
+      if (e) e.committing = l.at;
+    }
     if (l.k !== "e") continue;
     const e = byKey.get(`${l.p}:${l.n}`);
     if (!e) continue;
@@ -339,7 +350,7 @@ export function check(record: RunRecord, allowed: readonly Cause[], expected: re
   for (const cause of expected) {
     if (!reruns[cause]) problems.push(`no re-run had the cause "${cause}": the scenario's fault interrupted no attempt`);
   }
-  const most = mostAtOnce(all);
+  const most = mostAtOnce(all, completedBy);
   if (limit !== undefined && most > limit) problems.push(`${most} executions ran at once under a concurrency limit of ${limit}`);
   if (limit !== undefined && most < limit) problems.push(`at most ${most} executions ran at once: the limit of ${limit} was never reached, so the run proves nothing of it`);
   return {
@@ -368,4 +379,30 @@ export function describeFigures(name: string, f: Figures, seconds: number): stri
   return `${name}: ${f.tasks} tasks, ${f.executions} executions, ${f.kills} kills${f.cuts ? `, ${f.cuts} cuts` : ""}, re-runs ${total}${causes ? ` (${causes})` : ""}, ` +
     `lost ${f.lost}, duplicates while leased ${f.duplicatesWhileLeased}, ${afterLease}completed twice ${f.completedTwice}, failed ${f.failed}` +
     `${f.rolledBackRan ? `, rolled back but ran ${f.rolledBackRan}` : ""}${f.mostAtOnce === undefined ? "" : `, most at once ${f.mostAtOnce}`}, ${seconds.toFixed(1)} s`;
+}
+
+/** What became of the ticks of tests/chaos/ticks.js's schedule, which fires every second. */
+export interface TickVerdict {
+  /** Ticks fired: recorded by their task, or still queued. */
+  fired: number;
+  /** Ticks enqueued more than once. */
+  duplicated: string[];
+  /** Ticks from the first fired to the schedule's last handled that never fired (its catch-up policy backfills every one). */
+  skipped: string[];
+}
+
+/**
+ * Checks the every-second schedule's ticks: `fired` holds one entry per task
+ * a tick enqueued (ISO times), `lastTick` is the newest tick the schedule
+ * records as handled.
+ */
+export function checkTicks(fired: string[], lastTick: Date | null): TickVerdict {
+  const seen = new Map<number, number>();
+  for (const at of fired) seen.set(Date.parse(at), (seen.get(Date.parse(at)) ?? 0) + 1);
+  const duplicated = [...seen].filter(([, n]) => n > 1).map(([at]) => new Date(at).toISOString());
+  const skipped: string[] = [];
+  if (seen.size && lastTick) {
+    for (let at = Math.min(...seen.keys()); at <= lastTick.getTime(); at += 1000) if (!seen.has(at)) skipped.push(new Date(at).toISOString());
+  }
+  return { fired: fired.length, duplicated, skipped };
 }

@@ -17,6 +17,7 @@ import { CutProxy } from "./proxy.ts";
 
 const cli = fileURLToPath(new URL("../../dist/cli/main.js", import.meta.url));
 const tasksModule = fileURLToPath(new URL("./tasks.js", import.meta.url));
+const ticksModule = fileURLToPath(new URL("./ticks.js", import.meta.url));
 const appModule = fileURLToPath(new URL("./app.ts", import.meta.url));
 const root = fileURLToPath(new URL("../..", import.meta.url));
 
@@ -24,6 +25,8 @@ const root = fileURLToPath(new URL("../..", import.meta.url));
 export interface ServeOptions {
   workers: number;
   concurrency: number;
+  /** Serve tests/chaos/ticks.js's schedule and task too. */
+  ticks?: boolean;
   /** Extra `pgbg serve` flags; default `--timeout 5s`. */
   args?: string[];
 }
@@ -47,7 +50,7 @@ export class Supervisor {
     this.logFile = join(ctx.dir, `supervisor-${++Supervisor.#count}.log`);
     const out = openSync(this.logFile, "a");
     this.child = spawn(process.execPath, [
-      cli, "serve", "--tasks", tasksModule, "--workers", String(options.workers), "--concurrency", String(options.concurrency),
+      cli, "serve", "--tasks", options.ticks ? `${tasksModule},${ticksModule}` : tasksModule, "--workers", String(options.workers), "--concurrency", String(options.concurrency),
       "--check-interval", "200ms", "--log-format", "json", "--log-level", "warn", "--no-migrate",
       ...(options.args ?? ["--timeout", "5s"]),
     ], { detached: true, stdio: ["ignore", out, out], env: { ...process.env, DATABASE_URL: ctx.databaseUrl, CHAOS_DIR: ctx.dir } });

@@ -17,7 +17,7 @@ import { parseArgs } from "node:util";
 import postgres from "postgres";
 import { startEmbeddedPostgres } from "../../cli/embedded.ts";
 import { migrate } from "../../mod.ts";
-import { check, describeFigures, type ExecLine, type Lease, type RunRecord } from "./check.ts";
+import { check, checkTicks, describeFigures, type ExecLine, type Lease, type RunRecord } from "./check.ts";
 import { App, type RunContext, Supervisor, supervisorKills, workerEnds } from "./cluster.ts";
 import { optInScenarios, scenarios } from "./scenarios.ts";
 import type { Scenario, Size, Stage } from "./stage.ts";
@@ -101,6 +101,7 @@ async function prepareDatabase(database: string): Promise<{ url: string; sql: Cl
   await migrate(sql);
   await sql`CREATE TABLE chaos_done (task_id bigint NOT NULL, pid integer NOT NULL, n integer NOT NULL, attempt integer NOT NULL,
     at timestamptz NOT NULL DEFAULT clock_timestamp())`;
+  await sql`CREATE TABLE chaos_tick (tick timestamptz NOT NULL, task_id bigint NOT NULL)`;
   await sql.unsafe(LEDGER);
   return { url: url.href, sql };
 }
@@ -143,7 +144,7 @@ function makeStage(name: string, sql: Client, ctx: RunContext, started: Started,
         let left: number | undefined;
         try {
           const [row] = await sql`SELECT
-            (SELECT count(*) FROM pgbg.task WHERE state IN ('queued', 'running'))::int AS left,
+            (SELECT count(*) FROM pgbg.task WHERE state IN ('queued', 'running') AND name <> 'chaos-tick')::int AS left,
             (SELECT count(*) FROM chaos_done)::int AS done`;
           left = row.left;
           progress(`${name}: ${row.done} done, ${left} queued or running`);
@@ -221,12 +222,29 @@ async function readLeases(sql: Client): Promise<Lease[]> {
   return rows.map((r) => ({ task: r.task, pid: r.pid, attempt: r.attempt, claimedAt: r.claimed_at, endedAt: r.ended_at, ended: r.ended }));
 }
 
+/**
+ * The every-second schedule's ticks (tests/chaos/ticks.js): those its tasks
+ * recorded and those still queued, against the schedule's last handled
+ * tick. Adds a problem for each tick fired twice or skipped; returns the
+ * figures' note.
+ */
+async function tickFigures(sql: Client, problems: string[]): Promise<string> {
+  const fired = (await sql`SELECT tick FROM chaos_tick UNION ALL SELECT (payload->>'tick')::timestamptz FROM pgbg.task WHERE name = 'chaos-tick'`)
+    .map((r) => (r.tick as Date).toISOString());
+  const [schedule] = await sql`SELECT last_tick FROM pgbg.schedule WHERE name = 'chaos-every-second'`;
+  const ticks = checkTicks(fired, schedule?.last_tick ?? null);
+  if (ticks.fired < 5) problems.push(`the schedule fired ${ticks.fired} ticks: too few to prove anything`);
+  if (ticks.duplicated.length) problems.push(`${ticks.duplicated.length} tick(s) fired twice: ${ticks.duplicated.slice(0, 5).join(", ")}`);
+  if (ticks.skipped.length) problems.push(`${ticks.skipped.length} tick(s) skipped: ${ticks.skipped.slice(0, 5).join(", ")}`);
+  return `ticks fired ${ticks.fired}, twice ${ticks.duplicated.length}, skipped ${ticks.skipped.length}`;
+}
+
 /** Everything the run left behind, for the verdict. */
 async function readRecord(sql: Client, ctx: RunContext, stage: Stage): Promise<RunRecord> {
   const completions = new Map<string, number>();
   for (const r of await sql`SELECT task_id::text AS id, count(*)::int AS n FROM chaos_done GROUP BY task_id`) completions.set(r.id, r.n);
   const completedBy = (await sql`SELECT pid, n FROM chaos_done`).map((r) => `${r.pid}:${r.n}`);
-  const left = (await sql`SELECT id::text, state::text FROM pgbg.task`).map((r) => ({ id: r.id as string, state: r.state as string }));
+  const left = (await sql`SELECT id::text, state::text FROM pgbg.task WHERE name <> 'chaos-tick'`).map((r) => ({ id: r.id as string, state: r.state as string }));
   const results = new Map<string, string>();
   for (const r of await sql`SELECT id::text, result FROM pgbg.history WHERE state = 'completed'`) results.set(r.id, `${r.result.p}:${r.result.n}`);
   return {
@@ -259,9 +277,10 @@ async function runScenario(scenario: Scenario): Promise<boolean> {
   if (ends.size) notes.push(`workers replaced: ${[...ends].map(([how, n]) => `${how} ×${n}`).join(", ")}`);
 
   const record = await readRecord(sql, ctx, stage);
-  await sql.end({ timeout: 5 });
   const verdict = check(record, scenario.allowed, scenario.expected, scenario.limit);
   problems.push(...verdict.problems);
+  if (scenario.ticks) notes.push(await tickFigures(sql, problems));
+  await sql.end({ timeout: 5 });
   progress("");
   console.log(`${problems.length ? "FAIL" : "ok  "} ${describeFigures(name, verdict.figures, seconds)}${notes.length ? `; ${notes.join("; ")}` : ""}`);
   for (const p of problems.slice(0, 20)) console.log(`       ${p}`);

@@ -72,18 +72,19 @@ function competing(supervisors: number): Scenario {
  * killed attempts' slots come back when their tasks are released.
  */
 const underLimit: Scenario = {
-  name: "global-limit",
+  name: "limit-and-schedule",
   allowed: ["killed"],
   limit: 5,
+  ticks: true,
   async run(stage) {
     await setQueueConcurrency(stage.sql, "default", 5);
-    const supervisors = [stage.serve({ workers: 2, concurrency: 10 }), stage.serve({ workers: 2, concurrency: 10 })];
+    const supervisors = [stage.serve({ workers: 2, concurrency: 10, ticks: true }), stage.serve({ workers: 2, concurrency: 10, ticks: true })];
     const feeding = killWorkersWhileFeeding(stage, sized(stage, 5_000, 1_500), supervisors, sized(stage, 1_500, 1_000));
     await new Promise((r) => setTimeout(r, 3_000));
     await supervisors[1].killAll();
-    supervisors.push(stage.serve({ workers: 2, concurrency: 10 }));
+    supervisors.push(stage.serve({ workers: 2, concurrency: 10, ticks: true }));
     await feeding;
-    stage.note("limit 5 over 2 supervisors of 2 × 10, one killed with its workers and replaced");
+    stage.note("limit 5 over 2 supervisors of 2 × 10, one killed with its workers and replaced; a schedule every second");
   },
 };
 

@@ -42,6 +42,8 @@ export interface Scenario {
   expected?: readonly Cause[];
   /** The concurrency limit the scenario sets on its queue: never passed, and reached. */
   limit?: number;
+  /** It serves tests/chaos/ticks.js's every-second schedule too: no tick may fire twice or be skipped. */
+  ticks?: boolean;
   run(stage: Stage): Promise<void>;
 }
 

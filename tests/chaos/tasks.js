@@ -4,7 +4,8 @@
 // Every execution leaves evidence that survives the faults the suite
 // injects: a start line appended to this process's own file before the
 // handler does anything (appendFileSync, so a SIGKILL a moment later cannot
-// lose it), an end line when the handler returns or throws, and an exit line
+// lose it), a line just before its completion commits, an end line when the
+// handler returns or throws, and an exit line
 // when the process exits. Success is written in the handler's own
 // transaction together with ctx.complete(tx), so a task completed twice
 // shows up as two rows in chaos_done, each naming the execution (pid and
@@ -83,6 +84,10 @@ export const work = defineTask({
       await sql.begin(async (tx) => {
         await tx`INSERT INTO chaos_done (task_id, pid, n, attempt) VALUES (${ctx.id}, ${p}, ${n}, ${ctx.attempt})`;
         await ctx.complete(tx, { p, n });
+        // Only the commit is left: from it on the task holds no slot of its
+        // queue's concurrency limit, though the end line comes later still
+        // (or never, if the process is killed first).
+        write({ k: "c", n, p, at: now() });
       });
       write({ k: "e", n, p, o: "done", at: now() });
       return { p, n };
