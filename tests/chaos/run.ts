@@ -19,13 +19,13 @@ import { startEmbeddedPostgres } from "../../cli/embedded.ts";
 import { migrate } from "../../mod.ts";
 import { check, checkTicks, describeFigures, type ExecLine, type Lease, type RunRecord } from "./check.ts";
 import { App, type RunContext, Supervisor, supervisorKills, workerEnds } from "./cluster.ts";
-import { optInScenarios, scenarios } from "./scenarios.ts";
+import { scenarios } from "./scenarios.ts";
 import type { Scenario, Size, Stage } from "./stage.ts";
 
 const { values } = parseArgs({ options: { ci: { type: "boolean", default: false }, only: { type: "string" }, keep: { type: "boolean", default: false } } });
 const size: Size = values.ci ? "ci" : "full";
 const only = values.only?.split(",").map((s) => s.trim());
-const chosen = only ? [...scenarios, ...optInScenarios].filter((s) => only.includes(s.name)) : scenarios;
+const chosen = only ? scenarios.filter((s) => only.includes(s.name)) : scenarios;
 if (only && chosen.length !== only.length) {
   console.error(`chaos: unknown scenario in --only; the scenarios are ${scenarios.map((s) => s.name).join(", ")}`);
   process.exit(2);
