@@ -1,19 +1,20 @@
 /**
  * Operators' controls beside the tasks: pause and resume a queue, set its
- * concurrency limit, and list schedules or fire one now, from the library,
- * the CLI (`pgbg pause`, `pgbg resume`, `pgbg limit`, `pgbg run-schedule`)
- * and the dashboard alike.
+ * concurrency and rate limits, and list schedules or fire one now, from the
+ * library, the CLI (`pgbg pause`, `pgbg resume`, `pgbg limit`, `pgbg rate`,
+ * `pgbg run-schedule`) and the dashboard alike.
  *
  * A pause is a row in `pgbg.queue` that every claim reads (ClaimFromLanes),
  * so every worker of every host stops claiming from the queue at its next
  * claim, well within a check interval. Running tasks finish; queued tasks
- * stay queued; enqueues still work. A limit is a column of the same row
+ * stay queued; enqueues still work. Limits are columns of the same row
  * (lib/limits.ts).
  *
  * @module
  */
 import { type AdminOptions, schemaOf } from "./admin-options.ts";
-import { isValidName, NAME_RULE } from "./define.ts";
+import { isValidName, MAX_DURATION, NAME_RULE } from "./define.ts";
+import { parseDuration } from "./duration.ts";
 import { InvalidOptionsError, UnknownScheduleError } from "./errors.ts";
 import { formatValue } from "./options.ts";
 import { type Database, run } from "./statements.ts";
@@ -61,6 +62,15 @@ export async function pausedQueues(db: Database, options?: AdminOptions): Promis
   return (await queueSettings(db, options)).filter((q) => q.pausedAt !== null) as PausedQueue[];
 }
 
+/** A queue's rate limit, as {@link queueSettings} lists it. */
+export interface QueueRate {
+  /** At most this many of the queue's tasks start in any `intervalMs`. */
+  limit: number;
+  intervalMs: number;
+  /** The starts counted against it now: those within the last interval. */
+  recentStarts: number;
+}
+
 /** A queue's controls, as {@link queueSettings} lists them. */
 export interface QueueSettings {
   queue: string;
@@ -68,13 +78,20 @@ export interface QueueSettings {
   pausedAt: Date | null;
   /** Its concurrency limit; null for none. */
   concurrency: number | null;
+  /** Its rate limit; null for none. */
+  rate: QueueRate | null;
 }
 
-/** Every queue that is paused or has a concurrency limit, by name. */
+// deno-lint-ignore no-explicit-any
+function settingsOf(r: Record<string, any>): QueueSettings {
+  const rate = r.rate_limit === null ? null : { limit: r.rate_limit, intervalMs: r.rate_interval_ms, recentStarts: r.recent_starts };
+  return { queue: r.name, pausedAt: r.paused_at, concurrency: r.concurrency, rate };
+}
+
+/** Every queue that is paused or has a concurrency or rate limit, by name. */
 export async function queueSettings(db: Database, options?: AdminOptions): Promise<QueueSettings[]> {
   const schema = schemaOf("queueSettings()", options);
-  const rows = await run(db, schema, "QueueSettings", []);
-  return rows.map((r) => ({ queue: r.name, pausedAt: r.paused_at, concurrency: r.concurrency }));
+  return (await run(db, schema, "QueueSettings", [])).map(settingsOf);
 }
 
 /**
@@ -92,7 +109,50 @@ export async function setQueueConcurrency(db: Database, queue: string, concurren
     throw new InvalidOptionsError(`setQueueConcurrency(): concurrency must be a whole number of at least 1, or null for no limit, got ${formatValue(concurrency)}`);
   }
   const [row] = await run(db, schema, "SetQueueConcurrency", [name, concurrency, `pgbg:${schema}`]);
-  return { queue: row.name, pausedAt: row.paused_at, concurrency: row.concurrency };
+  return settingsOf(row);
+}
+
+/** A rate limit for {@link setQueueRateLimit}: at most `limit` starts per `interval`. */
+export interface RateLimit {
+  /** Starts allowed per interval: a whole number from 1 to 10,000. */
+  limit: number;
+  /** The interval: milliseconds, or a duration such as `"1s"`, `"1m"` (at most 7 days). */
+  interval: number | string;
+}
+
+/** Most starts a rate limit allows per interval: its log holds one entry per start. */
+export const MAX_RATE_LIMIT = 10_000;
+
+/**
+ * Sets a queue's rate limit: at most `limit` of its tasks start in any
+ * `interval`, across every worker of every host (null: no rate limit). A
+ * start is a claim, so an attempt that fails and is retried starts again;
+ * a task over the limit waits queued and uses no attempt. Workers learn of
+ * a new limit within a check interval. Throws `InvalidOptionsError` for a
+ * bad name, limit or interval.
+ */
+export async function setQueueRateLimit(db: Database, queue: string, rate: RateLimit | null, options?: AdminOptions): Promise<QueueSettings> {
+  const schema = schemaOf("setQueueRateLimit()", options);
+  if (typeof queue !== "string") throw new InvalidOptionsError(`setQueueRateLimit(): give one queue name, got ${formatValue(queue)}`);
+  const [name] = queueNames("setQueueRateLimit()", queue);
+  const [limit, intervalMs] = rate === null ? [null, null] : rateOf(rate);
+  const [row] = await run(db, schema, "SetQueueRateLimit", [name, limit, intervalMs, `pgbg:${schema}`]);
+  return settingsOf(row);
+}
+
+function rateOf(rate: RateLimit): [number, number] {
+  if (typeof rate !== "object" || rate === null) {
+    throw new InvalidOptionsError(`setQueueRateLimit(): give { limit, interval }, or null for no rate limit, got ${formatValue(rate)}`);
+  }
+  const { limit, interval } = rate;
+  if (!(Number.isInteger(limit) && limit >= 1 && limit <= MAX_RATE_LIMIT)) {
+    throw new InvalidOptionsError(`setQueueRateLimit(): limit must be a whole number from 1 to ${MAX_RATE_LIMIT}, got ${formatValue(limit)}`);
+  }
+  const ms = typeof interval === "string" ? parseDuration(interval) : interval;
+  if (!(typeof ms === "number" && Number.isInteger(ms) && ms >= 1 && ms <= MAX_DURATION)) {
+    throw new InvalidOptionsError(`setQueueRateLimit(): interval must be a duration from 1 ms to 7 days (ms, or text such as "1s"), got ${formatValue(interval)}`);
+  }
+  return [limit, ms];
 }
 
 /** A schedule as the database records it, for {@link listSchedules}. */

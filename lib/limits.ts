@@ -1,6 +1,7 @@
 /**
- * Concurrency limits of queues (`setQueueConcurrency`): at most N of a
- * queue's tasks run at once, across every worker of every host.
+ * Concurrency and rate limits of queues (`setQueueConcurrency`,
+ * `setQueueRateLimit`): at most N of a queue's tasks run at once, and at
+ * most R start in any interval, across every worker of every host.
  *
  * The ordinary claim leaves a limited queue alone (ClaimFromLanes). A
  * worker claims from it with the limited claim: a transaction that takes
@@ -10,7 +11,10 @@
  * a fresh snapshot, so the count, taken after the lock, sees every task the
  * claims before it took; completions meanwhile only free slots. Only
  * running tasks count: a task waiting for its retry, or released from a
- * dead worker, holds no slot.
+ * dead worker, holds no slot. A rate limit counts the starts its queue's
+ * log holds within the last interval, and the same transaction logs the
+ * starts it claims (RecordQueueStarts): a claim is a start, and a task
+ * over the limit waits, queued, without using an attempt.
  *
  * The ordinary claim leaves a queue alone from the moment its limit is
  * committed (a claim already under way may still take from it once); a
@@ -23,12 +27,13 @@ import type { Sql } from "postgres";
 import type { ClaimScope } from "./claim.ts";
 import { type Database, run } from "./statements.ts";
 
-/** Which queues have a concurrency limit, read again when older than `refreshMs`. */
+/** Which queues have a concurrency or rate limit, read again when older than `refreshMs`. */
 export class LimitedQueues {
   #names: string[] = [];
   #readAt = -Infinity;
   #turn = false;
   #rotation = 0;
+  #roomAt = Infinity;
 
   constructor(private readonly refreshMs: number) {}
 
@@ -52,6 +57,22 @@ export class LimitedQueues {
     const start = mine.length ? this.#rotation++ % mine.length : 0;
     return [...mine.slice(start), ...mine.slice(0, start)];
   }
+
+  /** A rate-limited queue was found full: it has room again at `at` (epoch ms). */
+  fullUntil(at: number): void {
+    this.#roomAt = Math.min(this.#roomAt, at);
+  }
+
+  /**
+   * How long until a rate-limited queue found full has room again (ms), and
+   * forgets it: an idle worker sleeps no longer than that, so the limit's
+   * rate is reached. Infinity when none was found full.
+   */
+  takeRoomIn(): number {
+    const at = this.#roomAt;
+    this.#roomAt = Infinity;
+    return Math.max(0, at - Date.now());
+  }
 }
 
 /**
@@ -67,7 +88,16 @@ export async function claimLimited(sql: Sql<any>, schema: string, queue: string,
     await run(tx, schema, "LockLimitedQueue", [queue]);
     const [slots] = await run(tx, schema, "QueueFreeSlots", [queue]);
     const free = Math.min(want, slots?.free ?? 0);
-    if (free <= 0) return [];
-    return await run(tx, schema, "ClaimLimitedTasks", [scope.workerId, [queue], scope.names, scope.leaseMs, free]);
+    if (free <= 0) {
+      if (slots?.rated && slots.free !== null) {
+        const [room] = await run(tx, schema, "QueueRateRoomAt", [queue]);
+        // Not when the rate has room: the concurrency limit held it back.
+        if (room?.room_in_ms > 0) scope.limits?.fullUntil(Date.now() + room.room_in_ms);
+      }
+      return [];
+    }
+    const claimed = await run(tx, schema, "ClaimLimitedTasks", [scope.workerId, [queue], scope.names, scope.leaseMs, free]);
+    if (slots.rated && claimed.length) await run(tx, schema, "RecordQueueStarts", [queue, claimed.length]);
+    return claimed;
   }) as Record<string, unknown>[];
 }

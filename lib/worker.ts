@@ -373,8 +373,9 @@ export class Worker {
     // committed t ms after the last claim is found within about 2t.
     if (!this.#idle) return this.#setIdle(true);
     if (this.#notified) return;
-    const sleep = this.#idleBackoff;
-    this.#idleBackoff = Math.min(sleep * 2, this.#options.idleSleep);
+    // No longer than until a rate-limited queue found full has room again.
+    const sleep = Math.min(this.#idleBackoff, this.#scope.limits!.takeRoomIn());
+    this.#idleBackoff = Math.min(this.#idleBackoff * 2, this.#options.idleSleep);
     this.#options.onIdleSleep?.(sleep);
     await this.#sleep(sleep, false);
   }

@@ -1,4 +1,5 @@
--- Statements of queue controls: pause and resume, and a concurrency limit.
+-- Statements of queue controls: pause and resume, a concurrency limit, and
+-- a rate limit.
 -- A paused queue keeps its tasks and takes enqueues; the claim skips it
 -- (ClaimFromLanes).
 
@@ -17,25 +18,45 @@ WITH resumed AS (
 )
 SELECT r.name FROM resumed r CROSS JOIN (SELECT pg_notify($2, '')) AS wake;
 
+-- fragment: QueueSettingsColumns
+-- A queue's controls as the library returns them; recent_starts: the
+-- starts its rate limit counts now.
+name, paused_at, concurrency, rate_limit, rate_interval_ms,
+(SELECT count(*) FROM unnest(rate_starts) s WHERE s > clock_timestamp() - rate_interval_ms * interval '1 millisecond')::int AS recent_starts
+
 -- name: SetQueueConcurrency
 -- $1 queue, $2 its limit (NULL: none), $3 the wake-up channel: workers
 -- waiting at the old limit may start tasks under a higher one.
 WITH set AS (
-  INSERT INTO pgbg.queue (name, concurrency) VALUES ($1, $2::integer)
+  INSERT INTO pgbg.queue AS queue (name, concurrency) VALUES ($1, $2::integer)
   ON CONFLICT (name) DO UPDATE SET concurrency = excluded.concurrency
-  RETURNING name, paused_at, concurrency
+  RETURNING {{QueueSettingsColumns}}
 )
-SELECT s.name, s.paused_at, s.concurrency FROM set s CROSS JOIN (SELECT pg_notify($3, '')) AS wake;
+SELECT s.* FROM set s CROSS JOIN (SELECT pg_notify($3, '')) AS wake;
+
+-- name: SetQueueRateLimit
+-- $1 queue, $2 starts allowed per interval (NULL: no rate limit), $3 the
+-- interval in ms, $4 the wake-up channel. Removing the limit forgets its
+-- log; changing it keeps the log, so a lower limit counts the starts
+-- already made.
+WITH set AS (
+  INSERT INTO pgbg.queue AS queue (name, rate_limit, rate_interval_ms) VALUES ($1, $2::integer, $3::integer)
+  ON CONFLICT (name) DO UPDATE SET rate_limit = excluded.rate_limit, rate_interval_ms = excluded.rate_interval_ms,
+    rate_starts = CASE WHEN excluded.rate_limit IS NULL THEN '{}' ELSE queue.rate_starts END
+  RETURNING {{QueueSettingsColumns}}
+)
+SELECT s.* FROM set s CROSS JOIN (SELECT pg_notify($4, '')) AS wake;
 
 -- name: QueueSettings
 -- Every queue paused or limited, by name.
-SELECT name, paused_at, concurrency FROM pgbg.queue WHERE paused_at IS NOT NULL OR concurrency IS NOT NULL ORDER BY name;
+SELECT {{QueueSettingsColumns}}
+FROM pgbg.queue WHERE paused_at IS NOT NULL OR concurrency IS NOT NULL OR rate_limit IS NOT NULL ORDER BY name;
 
 -- name: LimitedQueues
--- The queues with a concurrency limit: a worker claims from them with the
--- limited claim (paused ones too, which QueueFreeSlots then finds paused:
--- so a resume needs no new read of this list).
-SELECT name FROM pgbg.queue WHERE concurrency IS NOT NULL ORDER BY name;
+-- The queues with a concurrency or rate limit: a worker claims from them
+-- with the limited claim (paused ones too, which QueueFreeSlots then finds
+-- paused: so a resume needs no new read of this list).
+SELECT name FROM pgbg.queue WHERE concurrency IS NOT NULL OR rate_limit IS NOT NULL ORDER BY name;
 
 -- name: LockLimitedQueue
 -- $1 queue. Taken by the limited claim's transaction before it counts the
@@ -45,8 +66,38 @@ SELECT name FROM pgbg.queue WHERE concurrency IS NOT NULL ORDER BY name;
 SELECT pg_advisory_xact_lock(hashtext('pgbg.queue'), hashtext($1));
 
 -- name: QueueFreeSlots
--- $1 queue: its limit less its running tasks (found through
--- task_lease_idx, which holds every running task), or NULL when it has no
--- limit any more or is paused.
-SELECT CASE WHEN q.paused_at IS NULL THEN q.concurrency - (SELECT count(*) FROM pgbg.task t WHERE t.state = 'running' AND t.queue = q.name) END::int AS free
-FROM pgbg.queue q WHERE q.name = $1 AND q.concurrency IS NOT NULL;
+-- $1 queue: how many of its tasks may start now, or NULL when it has no
+-- limit any more or is paused. Under a concurrency limit, the limit less
+-- its running tasks (found through task_lease_idx, which holds every
+-- running task); under a rate limit, the limit less the starts of its log
+-- within the last interval, by the clock now (after the lock: so every
+-- start the claims before this one recorded counts); under both, the
+-- lesser. rated: RecordQueueStarts must log what the claim takes.
+SELECT CASE WHEN q.paused_at IS NULL THEN least(
+    CASE WHEN q.concurrency IS NOT NULL THEN q.concurrency - (SELECT count(*) FROM pgbg.task t WHERE t.state = 'running' AND t.queue = q.name) END,
+    q.rate_limit - (SELECT count(*) FROM unnest(q.rate_starts) s WHERE s > clock_timestamp() - q.rate_interval_ms * interval '1 millisecond')
+  ) END::int AS free,
+  q.rate_limit IS NOT NULL AS rated
+FROM pgbg.queue q WHERE q.name = $1 AND (q.concurrency IS NOT NULL OR q.rate_limit IS NOT NULL);
+
+-- name: RecordQueueStarts
+-- $1 queue, $2 how many tasks the limited claim just took: logs one start
+-- each, by the clock after the claim (so each logged time is no earlier
+-- than its claim, and any interval holds at most rate_limit claims), and
+-- drops the starts older than the interval.
+UPDATE pgbg.queue q SET rate_starts = ARRAY(
+  SELECT s FROM unnest(q.rate_starts) s WHERE s > clock_timestamp() - q.rate_interval_ms * interval '1 millisecond'
+  UNION ALL
+  SELECT clock_timestamp() FROM generate_series(1, $2::int)
+  ORDER BY 1
+)
+WHERE q.name = $1 AND q.rate_limit IS NOT NULL;
+
+-- name: QueueRateRoomAt
+-- $1 queue: when its rate limit next lets a task start, in ms from now (0
+-- or less: now), or no row when it has no rate limit. With the log full,
+-- its oldest start within the interval leaves it one interval after it
+-- began.
+SELECT coalesce((extract(epoch FROM (q.rate_starts[cardinality(q.rate_starts) - q.rate_limit + 1]
+  + q.rate_interval_ms * interval '1 millisecond') - clock_timestamp()) * 1000)::float8, 0) AS room_in_ms
+FROM pgbg.queue q WHERE q.name = $1 AND q.rate_limit IS NOT NULL;

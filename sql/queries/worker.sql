@@ -76,9 +76,11 @@ candidates AS (
     FOR UPDATE SKIP LOCKED
   ) c
   WHERE ($2::text[] IS NULL OR l.queue = ANY($2::text[]))
-    -- A paused queue's lanes are skipped, and a limited one's are left to
-    -- the limited claim: one probe of queue_pkey per lane.
-    AND NOT EXISTS (SELECT FROM pgbg.queue q WHERE q.name = l.queue AND (q.paused_at IS NOT NULL OR (q.concurrency IS NOT NULL) <> l.limited))
+    -- A paused queue's lanes are skipped, and a limited one's (by
+    -- concurrency or rate) are left to the limited claim: one probe of
+    -- queue_pkey per lane.
+    AND NOT EXISTS (SELECT FROM pgbg.queue q WHERE q.name = l.queue
+      AND (q.paused_at IS NOT NULL OR (q.concurrency IS NOT NULL OR q.rate_limit IS NOT NULL) <> l.limited))
   ORDER BY c.priority, c.run_at, c.id
   LIMIT $5
 ),
@@ -386,13 +388,21 @@ RETURNING id;
 -- For drain(): of the claimable tasks of names $2 in queues $1 (NULL: every
 -- queue), how many are not due yet, and in how many ms the first falls due
 -- (0 or less: one is due now, such as a retry just written). Paused
--- queues are left out, and limited ones with no free slot: their tasks are
--- not claimable now, and drain() would claim again at once for ever.
-SELECT count(*) FILTER (WHERE run_at > now())::int AS scheduled,
-  (extract(epoch FROM min(run_at) - now()) * 1000)::float8 AS next_due_ms
-FROM pgbg.task t
-WHERE state = 'queued' AND cancel_requested_at IS NULL AND name = ANY($2::text[])
-  AND ($1::text[] IS NULL OR queue = ANY($1::text[]))
-  AND NOT EXISTS (
-    SELECT FROM pgbg.queue q WHERE q.name = t.queue AND (q.paused_at IS NOT NULL
-      OR q.concurrency <= (SELECT count(*) FROM pgbg.task r WHERE r.state = 'running' AND r.queue = q.name)));
+-- queues are left out, and queues at their concurrency limit: their tasks
+-- are not claimable now, and drain() would claim again at once for ever.
+-- A queue whose rate limit is used up has its tasks due when it has room
+-- again (the oldest logged start of a full log, one interval on).
+SELECT count(*) FILTER (WHERE d.due > now())::int AS scheduled,
+  (extract(epoch FROM min(d.due) - now()) * 1000)::float8 AS next_due_ms
+FROM (
+  SELECT greatest(t.run_at, (
+    SELECT q.rate_starts[cardinality(q.rate_starts) - q.rate_limit + 1] + q.rate_interval_ms * interval '1 millisecond'
+    FROM pgbg.queue q WHERE q.name = t.queue AND q.rate_limit IS NOT NULL
+  )) AS due
+  FROM pgbg.task t
+  WHERE state = 'queued' AND cancel_requested_at IS NULL AND name = ANY($2::text[])
+    AND ($1::text[] IS NULL OR queue = ANY($1::text[]))
+    AND NOT EXISTS (
+      SELECT FROM pgbg.queue q WHERE q.name = t.queue AND (q.paused_at IS NOT NULL
+        OR q.concurrency <= (SELECT count(*) FROM pgbg.task r WHERE r.state = 'running' AND r.queue = q.name)))
+) d;

@@ -1,0 +1,98 @@
+/**
+ * A queue's rate limit: at most N of its tasks start in any interval,
+ * across supervisors and in-process hosts, measured by a ledger of claims
+ * that a trigger writes by the database's clock; a task over the limit
+ * waits queued and uses no attempt; the limit is reached, not merely kept;
+ * bad limits are refused.
+ */
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+import * as v from "valibot";
+import { createWorker, defineTask, drain, enqueueMany, InvalidOptionsError, migrate, queueSettings, setQueueRateLimit } from "../mod.ts";
+import { createTestDatabase } from "./harness.ts";
+import { patience, serviceTestbed, until } from "./service-harness.ts";
+
+const testbed = await serviceTestbed(createTestDatabase, async (sql) => {
+  await migrate(sql);
+  await sql`CREATE TABLE claim_ledger (task_id bigint NOT NULL, queue text NOT NULL, attempts integer NOT NULL, at timestamptz NOT NULL)`;
+  await sql.unsafe(`
+    CREATE FUNCTION record_claim() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+      INSERT INTO claim_ledger VALUES (NEW.id, NEW.queue, NEW.attempts, clock_timestamp());
+      RETURN NULL;
+    END $$;
+    CREATE TRIGGER record_claim AFTER UPDATE OF state ON pgbg.task
+      FOR EACH ROW WHEN (NEW.state = 'running' AND OLD.state <> 'running') EXECUTE FUNCTION record_claim();`);
+});
+const { sql } = testbed.db;
+const quiet = { debug() {}, info() {}, warn() {}, error() {} };
+const work = defineTask({ name: "work", schema: v.object({ ms: v.optional(v.number(), 0), failUntil: v.optional(v.number(), 0) }), run() {} });
+
+/** The queue's claims by the database's clock, oldest first, in epoch microseconds. */
+async function claims(queue: string): Promise<{ at: number; attempts: number }[]> {
+  return (await sql`SELECT (extract(epoch FROM at) * 1000000)::bigint AS at, attempts FROM claim_ledger WHERE queue = ${queue} ORDER BY at`)
+    .map((r) => ({ at: Number(r.at), attempts: r.attempts }));
+}
+
+/** The most claims in any window of `ms` (each window starting at a claim: the busiest always does). */
+function mostWithin(at: number[], ms: number): number {
+  let most = 0;
+  for (let i = 0, j = 0; i < at.length; i++) {
+    while (j < at.length && at[j] < at[i] + ms * 1000) j++;
+    most = Math.max(most, j - i);
+  }
+  return most;
+}
+
+describe("a queue's rate limit", () => {
+  test("two supervisors start at most 10 a second, and 300 in any 30 s, using one attempt each; the rate is reached", async () => {
+    await setQueueRateLimit(sql, "rated", { limit: 10, interval: "1s" });
+    await enqueueMany(sql, work, Array.from({ length: 340 }, () => ({})), { queue: "rated" });
+    testbed.serve(["--workers", "2", "--concurrency", "4"]);
+    testbed.serve(["--workers", "2", "--concurrency", "4"]);
+    // 320 starts take at least 31 s: long enough for a 30 s window.
+    await until(async () => (await claims("rated")).length, (n) => n >= 320, patience, "320 starts");
+    const ledger = await claims("rated");
+    const at = ledger.map((c) => c.at);
+    assert.ok(mostWithin(at, 30_000) <= 300, `${mostWithin(at, 30_000)} starts within 30 s under 10/s`);
+    assert.equal(mostWithin(at, 1_000), 10, "at most 10, and 10, within a second");
+    assert.deepEqual(ledger.filter((c) => c.attempts !== 1), [], "waiting used no attempt");
+  });
+
+  test("in process: three hosts keep 5 per 300 ms", async () => {
+    await setQueueRateLimit(sql, "burst", { limit: 5, interval: 300 });
+    await enqueueMany(sql, work, Array.from({ length: 30 }, () => ({})), { queue: "burst" });
+    const hosts = [0, 1, 2].map(() => createWorker(testbed.db.connect({ max: 4 }), { tasks: [work], concurrency: 5, logger: quiet, checkInterval: 200 }));
+    await Promise.all(hosts.map((h) => h.start()));
+    try {
+      await until(async () => (await claims("burst")).length, (n) => n === 30, patience, "30 starts");
+    } finally {
+      await Promise.all(hosts.map((h) => h.stop()));
+    }
+    assert.equal(mostWithin((await claims("burst")).map((c) => c.at), 300), 5);
+  });
+
+  test("drain() waits for the rate's room (with maxWait) and runs every task within it", async () => {
+    await setQueueRateLimit(sql, "drained", { limit: 5, interval: 300 });
+    await enqueueMany(sql, work, Array.from({ length: 12 }, () => ({})), { queue: "drained" });
+    const result = await drain(sql, { tasks: [work], queues: ["drained"], logger: quiet, maxWait: 60_000 });
+    assert.equal(result.ran, 12);
+    assert.equal(mostWithin((await claims("drained")).map((c) => c.at), 300), 5);
+  });
+
+  test("rate limits are listed with their recent starts, removed with null, and bad ones refused naming the value", async () => {
+    await setQueueRateLimit(sql, "shown", { limit: 7, interval: "1m" });
+    assert.deepEqual((await queueSettings(sql)).find((q) => q.queue === "shown"), {
+      queue: "shown", pausedAt: null, concurrency: null, rate: { limit: 7, intervalMs: 60_000, recentStarts: 0 },
+    });
+    assert.deepEqual(await setQueueRateLimit(sql, "shown", null), { queue: "shown", pausedAt: null, concurrency: null, rate: null });
+    assert.equal((await queueSettings(sql)).some((q) => q.queue === "shown"), false);
+    for (const limit of [0, -1, 1.5, 10_001, "3"]) {
+      await assert.rejects(setQueueRateLimit(sql, "shown", { limit: limit as number, interval: 1000 }), (e: unknown) => e instanceof InvalidOptionsError && /limit must be/.test(e.message));
+    }
+    for (const interval of [0, "soon", 1.5, 8 * 86_400_000]) {
+      await assert.rejects(setQueueRateLimit(sql, "shown", { limit: 1, interval }), (e: unknown) => e instanceof InvalidOptionsError && /interval must be/.test(e.message));
+    }
+    await assert.rejects(setQueueRateLimit(sql, "bad name", { limit: 1, interval: 1000 }), InvalidOptionsError);
+  });
+});
