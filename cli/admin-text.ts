@@ -5,6 +5,7 @@
  */
 import type { Status, TaskInfo, TaskPage } from "../lib/admin.ts";
 import type { CompactResult } from "../lib/compact.ts";
+import { formatDuration } from "../lib/duration.ts";
 import { formatAge, formatBytes, formatTable, oneLine } from "./table.ts";
 
 /** `pgbg status` as text: tasks per queue and name, unregistered names, workers, paused queues, schedules, the newest completed tasks kept. */
@@ -36,8 +37,11 @@ export function formatStatus(status: Status): string {
   if (status.queues.length) {
     parts.push("\nqueue controls:\n");
     parts.push(formatTable(
-      ["QUEUE", "STATE", "CONCURRENCY LIMIT"],
-      status.queues.map((q) => [q.queue, q.pausedAt ? `paused since ${q.pausedAt.toISOString()}` : "running", q.concurrency ?? "none"]),
+      ["QUEUE", "STATE", "CONCURRENCY LIMIT", "RATE LIMIT", "STARTS IN INTERVAL"],
+      status.queues.map((q) => [
+        q.queue, q.pausedAt ? `paused since ${q.pausedAt.toISOString()}` : "running", q.concurrency ?? "none",
+        q.rate ? `${q.rate.limit}/${formatDuration(q.rate.intervalMs)}` : "none", q.rate?.recentStarts ?? "",
+      ]),
     ));
   }
   if (status.schedules.length) {

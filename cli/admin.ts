@@ -11,13 +11,14 @@ import process from "node:process";
 import postgres from "postgres";
 import { compactIndexes } from "../lib/compact.ts";
 import { cancel, listTasks, retry, status } from "../lib/admin.ts";
-import { pauseQueue, resumeQueue, runSchedule, setQueueConcurrency } from "../lib/controls.ts";
+import { pauseQueue, resumeQueue, runSchedule, setQueueConcurrency, setQueueRateLimit } from "../lib/controls.ts";
+import { formatDuration } from "../lib/duration.ts";
 import { enqueue } from "../lib/enqueue.ts";
 import { LATEST_SCHEMA_VERSION, migrate, schemaVersion } from "../lib/migrate.ts";
 import { loadTasks } from "../lib/registry.ts";
 import { defineCliCommand } from "./args.ts";
 import {
-  cancelArgs, compactArgs, enqueueArgs, limitArgs, listArgs, migrateArgs, pauseArgs, resumeArgs, retryArgs, runScheduleArgs, statusArgs,
+  cancelArgs, compactArgs, enqueueArgs, limitArgs, listArgs, migrateArgs, parseRate, pauseArgs, rateArgs, resumeArgs, retryArgs, runScheduleArgs, statusArgs,
 } from "./args-table.ts";
 import { failWith, UsageError } from "./exit.ts";
 import { formatCompaction, formatStatus, formatTaskList } from "./admin-text.ts";
@@ -165,6 +166,15 @@ export const limitCommand = defineCliCommand(
       r.concurrency === null ? `queue ${r.queue} has no concurrency limit\n` : `queue ${r.queue}: at most ${r.concurrency} running at once\n`),
 );
 
+/** `pgbg rate`. */
+export const rateCommand = defineCliCommand(
+  rateArgs,
+  "Set a queue's rate limit: at most N of its tasks start in any INTERVAL across every worker and host; off removes it",
+  ({ flags, positionals: [queue, rate] }) =>
+    runCommand(flags, (sql, schema) => setQueueRateLimit(sql, queue, rate === "off" ? null : parseRate(rate)!, { schema }), (r) =>
+      r.rate === null ? `queue ${r.queue} has no rate limit\n` : `queue ${r.queue}: at most ${r.rate.limit} starts per ${formatDuration(r.rate.intervalMs)}\n`),
+);
+
 /** `pgbg run-schedule`. */
 export const runScheduleCommand = defineCliCommand(
   runScheduleArgs,
@@ -199,6 +209,7 @@ export const adminCommands = {
   pause: pauseCommand,
   resume: resumeCommand,
   limit: limitCommand,
+  rate: rateCommand,
   "run-schedule": runScheduleCommand,
   compact: compactCommand,
 };

@@ -9,7 +9,9 @@
 import { isIP } from "node:net";
 import { isTaskId, TASK_STATES } from "../lib/admin.ts";
 import { defaults } from "../lib/config.ts";
+import { MAX_RATE_LIMIT } from "../lib/controls.ts";
 import { isValidName, NAME_RULE } from "../lib/define.ts";
+import { parseDuration } from "../lib/duration.ts";
 import { MAX_RETENTION } from "../lib/retention.ts";
 import { checkSchemaName } from "../lib/statements.ts";
 import { boolean, choice, type CommandArgs, count, duration, type Flags, list, text } from "./args.ts";
@@ -234,6 +236,30 @@ export const limitArgs = {
   },
 } satisfies CommandArgs<Flags>;
 
+/** `pgbg rate`: its rate, `N/INTERVAL`, as setQueueRateLimit takes it; undefined for anything else. */
+export function parseRate(text: string): { limit: number; interval: number } | undefined {
+  const match = /^([1-9]\d{0,4})\/(.+)$/.exec(text);
+  const interval = match ? parseDuration(match[2]) : undefined;
+  if (!match || interval === undefined || interval < 1 || Number(match[1]) > MAX_RATE_LIMIT) return undefined;
+  return { limit: Number(match[1]), interval };
+}
+
+/** `pgbg rate`. */
+export const rateArgs = {
+  command: "pgbg rate",
+  flags: connection,
+  positionals: {
+    names: { queue: "The queue (required)", rate: "Most starts per interval as N/INTERVAL (100/1m, 5/1s), or off for no rate limit (required)" },
+    required: "give the queue and its rate: pgbg rate QUEUE N/INTERVAL, or pgbg rate QUEUE off",
+  },
+  check({ positionals: [queue, rate] }) {
+    if (!isValidName(queue)) throw new UsageError(`queue names are ${NAME_RULE}`);
+    if (rate !== "off" && !parseRate(rate)) {
+      throw new UsageError(`the rate must be N/INTERVAL, N from 1 to ${MAX_RATE_LIMIT} and INTERVAL a duration from 1ms to 7d (100/1m, 5/1s), or off; got ${JSON.stringify(rate)}`);
+    }
+  },
+} satisfies CommandArgs<Flags>;
+
 /** `pgbg run-schedule`. */
 export const runScheduleArgs = {
   command: "pgbg run-schedule",
@@ -273,6 +299,6 @@ export const dashboardArgs = {
 /** The arguments of every command, by name. */
 export const commandArgs = {
   serve: serveArgs, migrate: migrateArgs, status: statusArgs, list: listArgs, retry: retryArgs,
-  cancel: cancelArgs, enqueue: enqueueArgs, pause: pauseArgs, resume: resumeArgs, limit: limitArgs, "run-schedule": runScheduleArgs, compact: compactArgs,
+  cancel: cancelArgs, enqueue: enqueueArgs, pause: pauseArgs, resume: resumeArgs, limit: limitArgs, rate: rateArgs, "run-schedule": runScheduleArgs, compact: compactArgs,
   dashboard: dashboardArgs,
 };

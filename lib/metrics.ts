@@ -86,6 +86,14 @@ export class ServiceMetrics {
     for (const q of queues) if (q.pausedAt) out.push(`pgbg_queue_paused${labels({ queue: q.queue })} 1`);
     family("pgbg_queue_concurrency_limit", "gauge", "Each limited queue's concurrency limit (setQueueConcurrency, pgbg limit).");
     for (const q of queues) if (q.concurrency !== null) out.push(`pgbg_queue_concurrency_limit${labels({ queue: q.queue })} ${q.concurrency}`);
+    family("pgbg_queue_rate_limit", "gauge", "Each rate-limited queue's most starts per interval (setQueueRateLimit, pgbg rate).");
+    for (const q of queues) if (q.rate) out.push(`pgbg_queue_rate_limit${labels({ queue: q.queue })} ${q.rate.limit}`);
+    family("pgbg_queue_rate_interval_seconds", "gauge", "Each rate-limited queue's interval.");
+    for (const q of queues) if (q.rate) out.push(`pgbg_queue_rate_interval_seconds${labels({ queue: q.queue })} ${q.rate.intervalMs / 1000}`);
+    family("pgbg_queue_rate_starts", "gauge", "Starts within the last interval of each rate-limited queue: its current rate.");
+    for (const q of queues) if (q.rate) out.push(`pgbg_queue_rate_starts${labels({ queue: q.queue })} ${q.rate.recentStarts}`);
+    family("pgbg_queue_limit_waiting", "gauge", "Due tasks of each limited queue held back now because it is at its concurrency or rate limit.");
+    for (const q of queues) if (q.concurrency !== null || q.rate) out.push(`pgbg_queue_limit_waiting${labels({ queue: q.queue })} ${waitingOnLimit(q, depth)}`);
     family("pgbg_schedule_last_tick_seconds", "gauge", "Unix time of each schedule's newest tick handled.");
     for (const s of schedules) out.push(`pgbg_schedule_last_tick_seconds${labels({ schedule: s.name })} ${s.lastTick.getTime() / 1000}`);
     family("pgbg_schedule_next_tick_seconds", "gauge", "Unix time of each schedule's next tick.");
@@ -128,6 +136,14 @@ export interface DatabaseMetrics {
 export async function readDatabaseMetrics(db: Database, schema: string): Promise<DatabaseMetrics> {
   const [depth, queues, schedules] = await Promise.all([readTaskStatus(db, schema), queueSettings(db, { schema }), listSchedules(db, { schema })]);
   return { depth, queues, schedules };
+}
+
+/** The due tasks of limited queue `q` when it is at its concurrency or rate limit, else 0. */
+function waitingOnLimit(q: QueueSettings, depth: QueueStatus[]): number {
+  const rows = depth.filter((d) => d.queue === q.queue);
+  const running = rows.reduce((n, d) => n + d.running, 0);
+  const full = (q.concurrency !== null && running >= q.concurrency) || (q.rate !== null && q.rate.recentStarts >= q.rate.limit);
+  return full ? rows.reduce((n, d) => n + d.queued, 0) : 0;
 }
 
 /** `{a="x",b="y"}` with Prometheus' escaping of backslash, quote and newline. */

@@ -254,7 +254,7 @@ describe("every command's arguments", () => {
       // What each command needs besides the flags under test.
       const needs: Partial<Record<keyof typeof commandArgs, string[]>> = {
         serve: ["--tasks", fixtureTasks], retry: ["5"], cancel: ["5"], enqueue: ["work", "{}", "--tasks", fixtureTasks],
-        pause: ["mail"], resume: ["mail"], limit: ["mail", "3"], "run-schedule": ["nightly"],
+        pause: ["mail"], resume: ["mail"], limit: ["mail", "3"], rate: ["mail", "5/1s"], "run-schedule": ["nightly"],
       };
       const refused = (args: string[]) => commandRefusal(command, [...needs[command] ?? [], ...args], { PGBG_DASHBOARD_TOKEN: "a-token-of-16-chars" });
       assert.deepEqual(refused(["--bogus"]), { code: 2, line: `pgbg: unknown flag --bogus (see ${pgbgCommand} --help)` });

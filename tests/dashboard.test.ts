@@ -9,7 +9,7 @@ import { type BrowserContext, chromium } from "playwright-core";
 import { parseArgs } from "../cli/args.ts";
 import { dashboardArgs } from "../cli/args-table.ts";
 import { exitCodeOf } from "../cli/exit.ts";
-import { enqueue, migrate, pausedQueues } from "../mod.ts";
+import { enqueue, migrate, pausedQueues, setQueueRateLimit } from "../mod.ts";
 import { alwaysFails, measured, work } from "./fixtures/tasks.ts";
 import { createTestDatabase } from "./harness.ts";
 import { serviceTestbed, until, within } from "./service-harness.ts";
@@ -150,6 +150,10 @@ describe("pgbg dashboard", () => {
     assert.match(await page.textContent('#queues tr[data-queue="later"]') ?? "", /^laterpaused since /);
     await page.click('#queues tr[data-queue="later"] button.resume');
     await until(() => pausedQueues(sql), (p) => p.length === 0, 120_000, "the queue to be resumed");
+    // A rate limit shows with its starts in the interval.
+    await setQueueRateLimit(sql, "later", { limit: 3, interval: 1000 });
+    await page.waitForFunction(() => /3 per 1000 ms\s*0/.test(document.querySelector('#queues tr[data-queue="later"]')?.textContent ?? ""), undefined, { timeout: 120_000 });
+    await setQueueRateLimit(sql, "later", null);
 
     // A schedule, as a host declares it: shown, and Run now asks for a run.
     await sql`INSERT INTO pgbg.schedule (name, task, cron, timezone, last_tick, next_tick) VALUES ('nightly', 'work', '0 3 * * *', 'Europe/Berlin', now(), now() + interval '1 day')`;

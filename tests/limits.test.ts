@@ -106,9 +106,9 @@ describe("a queue's concurrency limit", () => {
 
   test("limits are listed, removed with null, and bad ones refused naming the value", async () => {
     await setQueueConcurrency(sql, "shown", 7);
-    assert.deepEqual((await queueSettings(sql)).find((q) => q.queue === "shown"), { queue: "shown", pausedAt: null, concurrency: 7 });
+    assert.deepEqual((await queueSettings(sql)).find((q) => q.queue === "shown"), { queue: "shown", pausedAt: null, concurrency: 7, rate: null });
     assert.ok((await status(sql)).queues.some((q) => q.queue === "shown" && q.concurrency === 7));
-    assert.deepEqual(await setQueueConcurrency(sql, "shown", null), { queue: "shown", pausedAt: null, concurrency: null });
+    assert.deepEqual(await setQueueConcurrency(sql, "shown", null), { queue: "shown", pausedAt: null, concurrency: null, rate: null });
     assert.equal((await queueSettings(sql)).some((q) => q.queue === "shown"), false);
     for (const bad of [0, -1, 1.5, "3", Number.NaN]) {
       await assert.rejects(setQueueConcurrency(sql, "shown", bad as number), (e: unknown) => e instanceof InvalidOptionsError && /concurrency must be/.test(e.message));

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { enqueue, migrate, pauseQueue, resumeQueue, setQueueConcurrency } from "../mod.ts";
+import { enqueue, migrate, pauseQueue, resumeQueue, setQueueConcurrency, setQueueRateLimit } from "../mod.ts";
 import { readTaskStatus } from "../lib/admin.ts";
 import { alwaysFails, work } from "./fixtures/tasks.ts";
 import { createTestDatabase } from "./harness.ts";
@@ -91,6 +91,15 @@ describe("pgbg serve --metrics-port", () => {
     await setQueueConcurrency(sql, "q9", 4);
     assert.equal(value((await scrape(port)).samples, "pgbg_queue_concurrency_limit", { queue: "q9" }), 4);
     await setQueueConcurrency(sql, "q9", null);
+    // A rate of 1 an hour: the first of two tasks starts, the second waits on the limit.
+    await setQueueRateLimit(sql, "q9", { limit: 1, interval: "1h" });
+    for (let i = 0; i < 2; i++) await enqueue(sql, work, {}, { queue: "q9" });
+    const rated = (await until(() => scrape(port), ({ samples }) =>
+      value(samples, "pgbg_queue_rate_starts", { queue: "q9" }) === 1 && value(samples, "pgbg_queue_limit_waiting", { queue: "q9" }) === 1,
+      120_000, "the rate's start and waiting task to reach the scrape")).samples;
+    assert.equal(value(rated, "pgbg_queue_rate_limit", { queue: "q9" }), 1);
+    assert.equal(value(rated, "pgbg_queue_rate_interval_seconds", { queue: "q9" }), 3600);
+    await setQueueRateLimit(sql, "q9", null);
 
     for (const metric of ["pgbg_task_duration_seconds", "pgbg_task_lag_seconds"]) {
       const buckets = samples.filter((s) => s.name === `${metric}_bucket` && s.labels.task === "always-fails");

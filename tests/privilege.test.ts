@@ -15,7 +15,7 @@ import { claimTasks } from "../lib/claim.ts";
 import { silentLogger } from "../lib/log.ts";
 import { rotateHistory } from "../lib/maintenance/history-rotator.ts";
 import { OutcomeWriter } from "../lib/outcomes.ts";
-import { enqueue, enqueueMany, LATEST_SCHEMA_VERSION, migrate, schemaVersion } from "../mod.ts";
+import { enqueue, enqueueMany, LATEST_SCHEMA_VERSION, migrate, schemaVersion, setQueueRateLimit } from "../mod.ts";
 import { completesInTx, fails, noop, waitsForSignal } from "./fixtures/pgbg-only.ts";
 import { clientOptions, createTestDatabase, serverUrl } from "./harness.ts";
 import { patience, serviceTestbed, stopService, until } from "./service-harness.ts";
@@ -41,7 +41,7 @@ await sql.unsafe(`GRANT SELECT, UPDATE ON pgbg.history_rotation TO "${roles.serv
 await sql.unsafe(`GRANT TRUNCATE ON ${[0, 1, 2, 3, 4, 5, 6, 7].map((n) => `pgbg.history_${n}`).join(", ")} TO "${roles.serve}"`);
 await sql.unsafe(`GRANT SELECT, DELETE ON pgbg.result_waiter TO "${roles.serve}"`);
 await sql.unsafe(`GRANT SELECT, UPDATE, DELETE ON pgbg.task_key TO "${roles.serve}"`);
-await sql.unsafe(`GRANT SELECT ON pgbg.queue TO "${roles.serve}"`);
+await sql.unsafe(`GRANT SELECT, UPDATE (rate_starts) ON pgbg.queue TO "${roles.serve}"`);
 await sql.unsafe(`GRANT SELECT, INSERT, UPDATE ON pgbg.schedule TO "${roles.serve}"`);
 // The insert trigger reads pgbg.worker to decide whether to wake a worker.
 await sql.unsafe(`GRANT SELECT, INSERT ON pgbg.task TO "${roles.enqueue}"`);
@@ -137,6 +137,11 @@ describe("least-privilege roles", () => {
     // Enqueued while the service is idle: the wake-up works under these roles too.
     const late = await enqueue(asEnqueue, noop, {});
     await until(() => remaining([late]), (n) => n === 0, patience, "a task enqueued while idle to run");
+    // A rate-limited queue: the limited claim logs its starts in pgbg.queue.
+    await setQueueRateLimit(sql, "rated", { limit: 2, interval: "1h" });
+    const rated = await enqueueMany(asEnqueue, noop, [{}, {}, {}], { queue: "rated" });
+    await until(() => remaining(rated), (n) => n === 1, patience, "two of the rate-limited queue's tasks to run");
+    assert.equal((await sql`SELECT cardinality(rate_starts) AS n FROM pgbg.queue WHERE name = 'rated'`)[0].n, 2);
     assert.deepEqual(await stopService(service), { code: 0, signal: null });
     const failed = await taskRow(failing);
     assert.deepEqual([failed.attempts, failed.last_error.message], [2, "planned failure"]);

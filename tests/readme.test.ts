@@ -396,3 +396,22 @@ test("the README's concurrency limit example runs as written: at most 2 at once,
   assert.equal(bad.status, 2);
   assert.match(bad.stderr, /the limit must be a whole number of at least 1, or off/);
 });
+
+test("the README's rate limit example runs as written: 12 starts at 5 a second take 2 s or more; pgbg rate sets and removes a rate limit", async () => {
+  const { file } = exampleFile("### Rate limits", "rate");
+  await migrate(db.sql);
+  const result = spawnSync(process.execPath, ["--import", "tsx", file], { env: { ...process.env, DATABASE_URL: db.url }, encoding: "utf8", timeout: patience });
+  assert.equal(result.status, 0, result.stdout + result.stderr);
+  const seconds = /^12 geocodes took (\d+\.\d) s$/.exec(result.stdout.trim());
+  assert.ok(seconds && Number(seconds[1]) >= 2, result.stdout);
+  const cli = fileURLToPath(new URL("../cli/main.ts", import.meta.url));
+  const pgbg = (...args: string[]) => spawnSync(process.execPath, ["--import", "tsx", cli, ...args], { env: { ...process.env, DATABASE_URL: db.url }, encoding: "utf8", timeout: patience });
+  assert.equal(pgbg("rate", "geocoder", "100/1m").stdout, "queue geocoder: at most 100 starts per 1m\n");
+  assert.match(pgbg("status").stdout, /geocoder +running +none +100\/1m +\d+/);
+  assert.equal(pgbg("rate", "geocoder", "off").stdout, "queue geocoder has no rate limit\n");
+  for (const bad of ["0/1s", "5", "5/0s", "10001/1s", "5/soon"]) {
+    const refused = pgbg("rate", "geocoder", bad);
+    assert.equal(refused.status, 2, bad);
+    assert.match(refused.stderr, /the rate must be N\/INTERVAL/);
+  }
+});
