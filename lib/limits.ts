@@ -5,10 +5,10 @@
  *
  * The ordinary claim leaves a limited queue alone (ClaimFromLanes). A
  * worker claims from it with the limited claim: a transaction that takes
- * the queue's advisory lock (LockLimitedQueue), then claims at most the
- * queue's room (ClaimLimitedTasks counts it: QueueRoom), sent together in
- * one round trip. Each statement of a READ COMMITTED transaction reads a
- * fresh snapshot, so the count, taken after the lock, sees every task the
+ * the queue's advisory lock (LockLimitedQueue), then counts the queue's
+ * running tasks (QueueFreeSlots), then claims at most the free slots
+ * (ClaimLimitedTasks). Each statement of a READ COMMITTED transaction reads
+ * a fresh snapshot, so the count, taken after the lock, sees every task the
  * claims before it took; completions meanwhile only free slots. Only
  * running tasks count: a task waiting for its retry, or released from a
  * dead worker, holds no slot. A rate limit counts the starts its queue's
@@ -84,23 +84,20 @@ export class LimitedQueues {
 export async function claimLimited(sql: Sql<any>, schema: string, queue: string, scope: ClaimScope, want: number): Promise<Record<string, unknown>[]> {
   // READ COMMITTED whatever the server's default: under REPEATABLE READ the
   // lock's statement would fix the snapshot before the lock was granted.
-  const [claimed, slots] = await sql.begin("isolation level read committed", async (tx) => {
-    // One round trip: the lock, then (each in a snapshot taken once it is
-    // granted) the room and the claim; the lock is held from there to the
-    // commit, not across a round trip per statement.
-    const [, [room], rows] = await Promise.all([
-      run(tx, schema, "LockLimitedQueue", [queue]),
-      run(tx, schema, "QueueFreeSlots", [queue]),
-      run(tx, schema, "ClaimLimitedTasks", [scope.workerId, [queue], scope.names, scope.leaseMs, want]),
-    ]);
-    if (room?.rated && rows.length) await run(tx, schema, "RecordQueueStarts", [queue, rows.length]);
-    return [rows, room] as const;
-  });
-  // Found full by its rate (not held back by its concurrency limit, nor
-  // paused): idle workers wake when it has room again.
-  if (!claimed.length && slots?.rated && slots.free !== null && slots.free <= 0) {
-    const [room] = await run(sql, schema, "QueueRateRoomAt", [queue]);
-    if (room?.room_in_ms > 0) scope.limits?.fullUntil(Date.now() + room.room_in_ms);
-  }
-  return claimed as Record<string, unknown>[];
+  return await sql.begin("isolation level read committed", async (tx) => {
+    await run(tx, schema, "LockLimitedQueue", [queue]);
+    const [slots] = await run(tx, schema, "QueueFreeSlots", [queue]);
+    const free = Math.min(want, slots?.free ?? 0);
+    if (free <= 0) {
+      if (slots?.rated && slots.free !== null) {
+        const [room] = await run(tx, schema, "QueueRateRoomAt", [queue]);
+        // Not when the rate has room: the concurrency limit held it back.
+        if (room?.room_in_ms > 0) scope.limits?.fullUntil(Date.now() + room.room_in_ms);
+      }
+      return [];
+    }
+    const claimed = await run(tx, schema, "ClaimLimitedTasks", [scope.workerId, [queue], scope.names, scope.leaseMs, free]);
+    if (slots.rated && claimed.length) await run(tx, schema, "RecordQueueStarts", [queue, claimed.length]);
+    return claimed;
+  }) as Record<string, unknown>[];
 }

@@ -32,8 +32,7 @@ function readMigrations(): { version: number; name: string; sql: string }[] {
  * Splits each queries file into `-- name: X` statements, dropping comment
  * lines. A `-- fragment: X` section is SQL that several statements share:
  * each `{{X}}` in a statement is replaced by it, so the compiled statements
- * read as if written out, and the shared part is written once. A fragment
- * may leave slots (`@size`) that each use fills: `{{X @size=$5}}`.
+ * read as if written out, and the shared part is written once.
  */
 function readQueries(): Map<string, string> {
   const dir = join(root, "queries");
@@ -60,21 +59,13 @@ function readQueries(): Map<string, string> {
   const used = new Set<string>();
   for (const [name, statement] of queries) {
     // A fragment may use fragments: expanded until none is left (a cycle is refused).
-    // `{{Name @slot=SQL ...}}` fills the fragment's `@slot` markers with SQL.
     let text = statement;
-    for (let depth = 0; /\{\{[A-Za-z]+[^}]*\}\}/.test(text); depth++) {
+    for (let depth = 0; /\{\{[A-Za-z]+\}\}/.test(text); depth++) {
       if (depth === 8) throw new Error(`sql/queries: ${name}'s fragments use each other in a cycle`);
-      text = text.replace(/\{\{([A-Za-z]+)([^}]*)\}\}/g, (_, fragment: string, args: string) => {
-        let part = fragments.get(fragment);
+      text = text.replace(/\{\{([A-Za-z]+)\}\}/g, (_, fragment: string) => {
+        const part = fragments.get(fragment);
         if (part === undefined) throw new Error(`sql/queries: ${name} uses the unknown fragment ${fragment}`);
         used.add(fragment);
-        for (const arg of args.trim() ? args.trim().split(/\s+(?=@[a-z]+=)/) : []) {
-          const [, slot, sql] = /^@([a-z]+)=(.+)$/s.exec(arg) ?? [];
-          if (!slot || !part.includes(`@${slot}`)) throw new Error(`sql/queries: ${name} gives ${fragment} an argument it has no slot for: ${arg}`);
-          part = part.replaceAll(`@${slot}`, sql);
-        }
-        const unfilled = /@[a-z]+\b/.exec(part);
-        if (unfilled) throw new Error(`sql/queries: ${name} leaves ${fragment}'s slot ${unfilled[0]} unfilled`);
         return part;
       });
     }

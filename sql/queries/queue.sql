@@ -65,23 +65,19 @@ SELECT name FROM pgbg.queue WHERE concurrency IS NOT NULL OR rate_limit IS NOT N
 -- ones before it claimed. The key's first half marks pgbg's queue locks.
 SELECT pg_advisory_xact_lock(hashtext('pgbg.queue'), hashtext($1));
 
--- fragment: QueueRoom
--- How many of queue q's tasks may start now, or NULL when it is paused.
--- Under a concurrency limit, the limit less its running tasks (found
--- through task_lease_idx, which holds every running task); under a rate
--- limit, the limit less the starts of its log within the last interval, by
--- the clock now (after the lock: so every start the claims before recorded
--- counts); under both, the lesser.
-CASE WHEN q.paused_at IS NULL THEN least(
-  CASE WHEN q.concurrency IS NOT NULL THEN q.concurrency - (SELECT count(*) FROM pgbg.task t WHERE t.state = 'running' AND t.queue = q.name) END,
-  q.rate_limit - (SELECT count(*) FROM unnest(q.rate_starts) s WHERE s > clock_timestamp() - q.rate_interval_ms * interval '1 millisecond')
-) END
-
 -- name: QueueFreeSlots
--- $1 queue: its room (QueueRoom), NULL when paused; no row when it has no
--- limit any more. rated: RecordQueueStarts must log what a claim takes.
--- Sent after LockLimitedQueue, before ClaimLimitedTasks, in one round trip.
-SELECT ({{QueueRoom}})::int AS free, q.rate_limit IS NOT NULL AS rated
+-- $1 queue: how many of its tasks may start now, or NULL when it has no
+-- limit any more or is paused. Under a concurrency limit, the limit less
+-- its running tasks (found through task_lease_idx, which holds every
+-- running task); under a rate limit, the limit less the starts of its log
+-- within the last interval, by the clock now (after the lock: so every
+-- start the claims before this one recorded counts); under both, the
+-- lesser. rated: RecordQueueStarts must log what the claim takes.
+SELECT CASE WHEN q.paused_at IS NULL THEN least(
+    CASE WHEN q.concurrency IS NOT NULL THEN q.concurrency - (SELECT count(*) FROM pgbg.task t WHERE t.state = 'running' AND t.queue = q.name) END,
+    q.rate_limit - (SELECT count(*) FROM unnest(q.rate_starts) s WHERE s > clock_timestamp() - q.rate_interval_ms * interval '1 millisecond')
+  ) END::int AS free,
+  q.rate_limit IS NOT NULL AS rated
 FROM pgbg.queue q WHERE q.name = $1 AND (q.concurrency IS NOT NULL OR q.rate_limit IS NOT NULL);
 
 -- name: RecordQueueStarts

@@ -22,21 +22,14 @@ WITH RECURSIVE lanes (queue, priority, after, after_id, limited) AS (
     ORDER BY t.queue, t.priority LIMIT 1
   ) n
 ),
-{{ClaimFromLanes @size=$5}};
+{{ClaimFromLanes}};
 
 -- name: ClaimLimitedTasks
--- The claim from one queue with a concurrency or rate limit ($2: that
--- queue alone), in the transaction that took LockLimitedQueue: sent with it
--- in one round trip, it takes its snapshot once the lock is granted, so
--- its count of the queue's room (QueueRoom) sees every task the claims
--- before it took, and it claims at most that room, and at most $5. Its
--- lanes are the queue's priorities, read from their heads as in
--- ClaimTasks.
-WITH RECURSIVE room AS (
-  SELECT greatest(0, least($5::int, coalesce({{QueueRoom}}, 0))) AS n
-  FROM pgbg.queue q WHERE q.name = ($2::text[])[1] AND (q.concurrency IS NOT NULL OR q.rate_limit IS NOT NULL)
-),
-lanes (queue, priority, after, after_id, limited) AS (
+-- The claim from one queue with a concurrency limit ($2: that queue alone),
+-- in the transaction that took LockLimitedQueue and counted its free slots
+-- (QueueFreeSlots; $5 is at most those). Its lanes are the queue's
+-- priorities, read from their heads as in ClaimTasks.
+WITH RECURSIVE lanes (queue, priority, after, after_id, limited) AS (
   (SELECT queue, priority, '-infinity'::timestamptz, 0::bigint, true FROM pgbg.task
    WHERE state = 'queued' AND queue = ($2::text[])[1] ORDER BY queue, priority LIMIT 1)
   UNION ALL
@@ -46,7 +39,7 @@ lanes (queue, priority, after, after_id, limited) AS (
     ORDER BY t.queue, t.priority LIMIT 1
   ) n
 ),
-{{ClaimFromLanes @size=coalesce((SELECT n FROM room), 0)}};
+{{ClaimFromLanes}};
 
 -- name: ClaimTasksAfter
 -- The claim from a cursor: as ClaimTasks, but only from the lanes given
@@ -59,13 +52,12 @@ WITH lanes (queue, priority, after, after_id, limited) AS (
   SELECT l.queue, l.priority, timestamptz 'epoch' + l.after_us * interval '1 microsecond', l.after_id, false
   FROM unnest($6::text[], $7::smallint[], $8::bigint[], $9::bigint[]) AS l (queue, priority, after_us, after_id)
 ),
-{{ClaimFromLanes @size=$5}};
+{{ClaimFromLanes}};
 
 -- fragment: ClaimFromLanes
--- @size: the most tasks to claim ($5, or the limited claim's room).
 -- Each lane is read in (run_at, id) order after its start, with run_at <=
 -- now() as the other index bound, so the scan stops at the first task not
--- yet due, however many delayed tasks wait behind it, and at @size rows,
+-- yet due, however many delayed tasks wait behind it, and at $5 rows,
 -- however deep the queue. SKIP LOCKED lets concurrent claimers pass each
 -- other's rows instead of queueing on them.
 candidates AS (
@@ -80,7 +72,7 @@ candidates AS (
       AND t.attempts < 2147483647 AND t.lease_token < 2147483647
       AND t.cancel_requested_at IS NULL
     ORDER BY t.run_at, t.id
-    LIMIT @size
+    LIMIT $5
     FOR UPDATE SKIP LOCKED
   ) c
   WHERE ($2::text[] IS NULL OR l.queue = ANY($2::text[]))
@@ -90,7 +82,7 @@ candidates AS (
     AND NOT EXISTS (SELECT FROM pgbg.queue q WHERE q.name = l.queue
       AND (q.paused_at IS NOT NULL OR (q.concurrency IS NOT NULL OR q.rate_limit IS NOT NULL) <> l.limited))
   ORDER BY c.priority, c.run_at, c.id
-  LIMIT @size
+  LIMIT $5
 ),
 claimed AS (
   UPDATE pgbg.task t SET
