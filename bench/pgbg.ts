@@ -6,7 +6,7 @@
  */
 import { fileURLToPath } from "node:url";
 import process from "node:process";
-import { enqueue, enqueueMany, migrate, setQueueConcurrency, VERSION } from "../mod.ts";
+import { enqueue, enqueueMany, migrate, setQueueConcurrency, setQueueRateLimit, VERSION } from "../mod.ts";
 import { latency as latencyTask, noop, noopResult } from "./tasks.js";
 import { type Child, CpuMeter, type Database, inFlight, type Server, since, start, stop, treeCpu, waitFor } from "./harness.ts";
 import type { DrainResult, Subject } from "./subject.ts";
@@ -123,6 +123,15 @@ export async function drainWith(db: Database, server: Server, n: number, setting
  */
 export async function drainLimited(db: Database, server: Server, n: number, setting: ServeSetting, limit: number): Promise<DrainResult> {
   await setQueueConcurrency(db.sql, "default", limit);
+  return await drainWith(db, server, n, setting);
+}
+
+/**
+ * drainWith, with a rate limit of `perSecond` starts a second on the tasks'
+ * queue set first: far below what the setting drains, so it binds.
+ */
+export async function drainRated(db: Database, server: Server, n: number, setting: ServeSetting, perSecond: number): Promise<DrainResult> {
+  await setQueueRateLimit(db.sql, "default", { limit: perSecond, interval: 1000 });
   return await drainWith(db, server, n, setting);
 }
 

@@ -54,6 +54,30 @@ describe("the upkeep statements of the supervisor and the heartbeat", () => {
 });
 
 /**
+ * The limited claim (after its lock and its count of the queue's room) reads
+ * only its queue's lanes, through the claim index, however big the table.
+ */
+test("ClaimLimitedTasks claims what it is asked through task_claim_idx, on a full table never analyzed", async () => {
+  const sql = db.connect({ max: 1 });
+  const rollback = new Error("rollback");
+  let seen: { claimed: number; tableScans: number } | undefined;
+  await sql.begin(async (tx) => {
+    await tx`INSERT INTO pgbg.queue (name, concurrency) VALUES ('limited', 3)`;
+    const claim = () => run(tx, "pgbg", "ClaimLimitedTasks", [WORKER, ["limited"], ["grown"], [60_000], 3]);
+    for (let i = 0; i < 8; i++) await claim();
+    await tx`INSERT INTO pgbg.task (queue, name, payload) SELECT 'limited', 'grown', '{}'::jsonb FROM generate_series(1, 50000)`;
+    const before = await scans(tx, "task_claim_idx");
+    const claimed = (await claim()).length;
+    seen = { claimed, tableScans: (await scans(tx, "task_claim_idx")).table - before.table };
+    throw rollback;
+  }).catch((error) => {
+    if (error !== rollback) throw error;
+  });
+  assert.deepEqual(seen, { claimed: 3, tableScans: 0 });
+  await sql.end();
+});
+
+/**
  * The write-backs of a batch of attempts. The statistics rarely see running
  * tasks (a drain claims and deletes them between two analyzes), and a join
  * of a batch of 1,000 to the table then read every running task through
