@@ -9,8 +9,9 @@
  * target, and writes it, the raw samples (JSON) and one SVG per rate to
  * bench/results/pressure/.
  *
- * Usage: npm run bench -- --pressure [--rate 800] [--in-flight 32] [--peers graphile-worker,pg-boss|none] [--scale 1] [--keep]
- *        (--keep: pgbg's tasks have a result schema and the service keeps completed tasks an hour)
+ * Usage: npm run bench -- --pressure [--rate 800] [--in-flight 32] [--peers graphile-worker,pg-boss|none] [--scale 1] [--keep] [--queue-limit N]
+ *        (--keep: pgbg's tasks have a result schema and the service keeps completed tasks an hour;
+ *        --queue-limit: pgbg's queue has a concurrency limit of N, above W so that it never binds)
  *        npm run bench -- --pressure --full   (800/s × 32 for all three, then 2,000/s × 64 for pgbg: about 56 min)
  * Uses DATABASE_URL, or starts an embedded PostgreSQL; each subject gets a fresh database.
  */
@@ -27,7 +28,7 @@ import { plotRuns } from "./pressure/plot.ts";
 import { rateSection, type RunSummary, summarise, TARGETS } from "./pressure/report.ts";
 import { runSubject, type SubjectRun } from "./pressure/run-subject.ts";
 import { loadAverage } from "./pressure/sampler.ts";
-import { loadPeers, peerNames, pgbgKeptPressure, pgbgPressure, type PressureSubject } from "./pressure/subjects.ts";
+import { loadPeers, peerNames, pgbgKeptPressure, pgbgLimitedPressure, pgbgPressure, type PressureSubject } from "./pressure/subjects.ts";
 
 /** One rate of a pressure run: R, W and the subjects run at it, in order. */
 interface Step {
@@ -55,6 +56,7 @@ async function parseOptions(argv: string[]): Promise<Options> {
       peers: { type: "string" },
       scale: { type: "string", default: "1" },
       keep: { type: "boolean", default: false },
+      "queue-limit": { type: "string" },
     },
   });
   const number = (name: string, text: string, check: (n: number) => boolean, rule: string) => {
@@ -67,9 +69,13 @@ async function parseOptions(argv: string[]): Promise<Options> {
   const scale = number("scale", values.scale, (n) => n > 0 && Number.isFinite(n), "a factor above 0");
   const names = values.peers === "none" ? [] : (values.peers ?? peerNames.join(",")).split(",");
   const peers = await loadPeers(names);
+  const limit = values["queue-limit"] === undefined
+    ? undefined
+    : number("queue-limit", values["queue-limit"], (n) => Number.isInteger(n) && n >= 1, "a whole number of tasks from 1 up");
+  const pgbg = limit !== undefined ? pgbgLimitedPressure(limit) : values.keep ? pgbgKeptPressure : pgbgPressure;
   const steps = values.full
     ? [{ rate: 800, inFlight: 32, subjects: [pgbgPressure, ...peers] }, { rate: 2000, inFlight: 64, subjects: [pgbgPressure] }]
-    : [{ rate, inFlight, subjects: [values.keep ? pgbgKeptPressure : pgbgPressure, ...peers] }];
+    : [{ rate, inFlight, subjects: [pgbg, ...peers] }];
   return { steps, scale, full: values.full };
 }
 

@@ -7,7 +7,7 @@
  */
 import postgres from "postgres";
 import type * as v from "valibot";
-import { enqueueMany, migrate, type Task, VERSION } from "../../mod.ts";
+import { enqueueMany, migrate, setQueueConcurrency, type Task, VERSION } from "../../mod.ts";
 import { type Child, type Database, stop } from "../harness.ts";
 import { serve } from "../pgbg.ts";
 import * as benchTasks from "../tasks.js";
@@ -113,6 +113,25 @@ export const pgbgKeptPressure: PressureSubject = {
     return enqueuerOf(db, connections, pressureKeptTask);
   },
 };
+
+/**
+ * pgbg with a concurrency limit of `limit` on the pressure task's queue
+ * (`default`), far above the tasks in flight so that it never binds: what
+ * the limited claim costs under pressure; `--pressure --queue-limit N`.
+ */
+export function pgbgLimitedPressure(limit: number): PressureSubject {
+  return {
+    ...pgbgPressure,
+    name: "pgbg limited",
+    describeWorkers(inFlight) {
+      return `${pgbgPressure.describeWorkers(inFlight)}, queue limit ${limit}`;
+    },
+    async setup(db) {
+      await pgbgPressure.setup(db);
+      await setQueueConcurrency(db.sql, "default", limit);
+    },
+  };
+}
 
 /** An enqueuer of `task` over up to `connections` connections, each batch one enqueueMany. */
 // deno-lint-ignore no-explicit-any
