@@ -397,17 +397,40 @@ test("the README's concurrency limit example runs as written: at most 2 at once,
   assert.match(bad.stderr, /the limit must be a whole number of at least 1, or off/);
 });
 
-test("the README's rate limit example runs as written: 12 starts at 5 a second take 2 s or more; pgbg rate sets and removes a rate limit", async () => {
-  const { file } = exampleFile("### Rate limits", "rate");
+test("the README's rate limit example runs as written, in-process and under pgbg serve: 12 starts at 5 a second take 2 s or more; pgbg rate sets and removes it", async () => {
+  const section = readme.slice(readme.indexOf("### Rate limits"), readme.indexOf("## Look after tasks from your code"));
+  const [tasksBlock, appBlock] = [...section.matchAll(/```ts\n([\s\S]*?)```/g)].map((m) => m[1]);
+  assert.ok(tasksBlock?.includes("export const geocode") && appBlock?.includes("setQueueRateLimit("), "the README has both blocks");
+  const mod = JSON.stringify(fileURLToPath(new URL("../mod.ts", import.meta.url)));
+  const tasks = fileURLToPath(new URL(`./readme-rate-tasks-${process.pid}.tmp.ts`, import.meta.url));
+  const app = fileURLToPath(new URL(`./readme-rate-app-${process.pid}.tmp.ts`, import.meta.url));
+  writeFileSync(tasks, tasksBlock.replace('from "pgbg"', `from ${mod}`));
+  writeFileSync(app, appBlock.replace('from "pgbg"', `from ${mod}`).replace('from "./tasks.ts"', `from ${JSON.stringify(tasks)}`));
+  after(() => [tasks, app].forEach((f) => rmSync(f, { force: true })));
   await migrate(db.sql);
-  const result = spawnSync(process.execPath, ["--import", "tsx", file], { env: { ...process.env, DATABASE_URL: db.url }, encoding: "utf8", timeout: patience });
+  const result = spawnSync(process.execPath, ["--import", "tsx", app], { env: { ...process.env, DATABASE_URL: db.url }, encoding: "utf8", timeout: patience });
   assert.equal(result.status, 0, result.stdout + result.stderr);
-  const seconds = /^12 geocodes took (\d+\.\d) s$/.exec(result.stdout.trim());
+  const lines = result.stdout.trim().split("\n");
+  assert.equal(lines.filter((l) => /^geocoding \d+ Main St$/.test(l)).length, 12, result.stdout);
+  const seconds = /^12 geocodes took (\d+\.\d) s$/.exec(lines.at(-1)!);
   assert.ok(seconds && Number(seconds[1]) >= 2, result.stdout);
+
+  // Under pgbg serve, with the limit set by pgbg rate as the README shows.
   const cli = fileURLToPath(new URL("../cli/main.ts", import.meta.url));
   const pgbg = (...args: string[]) => spawnSync(process.execPath, ["--import", "tsx", cli, ...args], { env: { ...process.env, DATABASE_URL: db.url }, encoding: "utf8", timeout: patience });
-  assert.equal(pgbg("rate", "geocoder", "100/1m").stdout, "queue geocoder: at most 100 starts per 1m\n");
-  assert.match(pgbg("status").stdout, /geocoder +running +none +100\/1m +\d+/);
+  assert.equal(pgbg("rate", "geocoder", "5/1s").stdout, "queue geocoder: at most 5 starts per 1s\n");
+  assert.match(pgbg("status").stdout, /geocoder +running +none +5\/1s +\d+/);
+  const service = startService(db.url, ["--tasks", tasks, "--workers", "2"]);
+  try {
+    await service.waitForLog((l) => /^worker \d ready/.test(l.message), patience);
+    const { geocode } = await import(tasks);
+    const t0 = Date.now();
+    await enqueueMany(db.sql, geocode, Array.from({ length: 12 }, (_, n) => ({ address: `${n} Elm St` })));
+    await until(async () => (await db.sql`SELECT count(*)::int AS n FROM pgbg.task WHERE queue = 'geocoder'`)[0].n, (n) => n === 0, patience, "the geocodes to run under pgbg serve");
+    assert.ok(Date.now() - t0 >= 2_000, `12 starts at 5 a second took ${Date.now() - t0} ms`);
+  } finally {
+    assert.deepEqual(await stopService(service), { code: 0, signal: null });
+  }
   assert.equal(pgbg("rate", "geocoder", "off").stdout, "queue geocoder has no rate limit\n");
   for (const bad of ["0/1s", "5", "5/0s", "10001/1s", "5/soon"]) {
     const refused = pgbg("rate", "geocoder", bad);
