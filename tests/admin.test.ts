@@ -276,7 +276,7 @@ describe("the operators' commands", () => {
     const readme = readFileSync(new URL("../README.md", import.meta.url), "utf8");
     const section = readme.slice(readme.indexOf("## Operations"), readme.indexOf("## Design"));
     const lines = [...section.matchAll(/^(?:PGBG_\w+=(?:\$\([^)]*\)|\S+) )?pgbg ([\w-]+)(.*)$/gm)];
-    assert.deepEqual([...new Set(lines.map((l) => l[1]))].sort(), ["cancel", "compact", "dashboard", "enqueue", "limit", "list", "migrate", "pause", "resume", "retry", "run-schedule", "status"]);
+    assert.deepEqual([...new Set(lines.map((l) => l[1]))].sort(), ["cancel", "compact", "dashboard", "enqueue", "limit", "list", "migrate", "pause", "rate", "resume", "retry", "run-schedule", "status"]);
     for (const [, name, rest] of lines) {
       // Words of the example up to its comment; a quoted argument is one word, unquoted as the shell would.
       const words = [...rest.replace(/\s+#.*$/, "").matchAll(/'[^']*'|\S+/g)].map((m) => m[0].replace(/^'(.*)'$/, "$1"));
