@@ -5,12 +5,12 @@
  *
  * @module
  */
-import process from "node:process";
 import type postgres from "postgres";
 import { describeError, type Logger } from "../lib/log.ts";
 import { assertSchemaCurrent, migrate } from "../lib/migrate.ts";
 import type { ServeConfig } from "./config.ts";
 import { launcherGone, launcherName } from "./launcher.ts";
+import { listenForSignals } from "./start-signals.ts";
 
 /**
  * True for errors a later retry may cure: the server is down, starting or
@@ -27,26 +27,22 @@ export function isConnectionError(error: unknown): boolean {
 }
 
 /**
- * Makes the schema ready. Until the service's own handlers exist, a SIGTERM
- * would kill the process by signal (Node's default) while it waits for the
- * database; it is caught here instead. Resolves with undefined once ready,
- * or with what stopped it (a signal, or the launcher's exit); rejects on a
- * final error.
+ * Makes the schema ready. A signal meanwhile (or one that came while the
+ * process started: cli/start-signals.ts) stops the wait. Resolves with
+ * undefined once ready, or with what stopped it (a signal, or the
+ * launcher's exit); rejects on a final error.
  */
 // deno-lint-ignore no-explicit-any
 export async function waitForSchema(sql: postgres.Sql<any>, config: ServeConfig, log: Logger): Promise<string | undefined> {
   let signal: string | undefined;
-  const onTerm = () => (signal ??= "SIGTERM");
-  const onInt = () => (signal ??= "SIGINT");
-  process.on("SIGTERM", onTerm);
-  process.on("SIGINT", onInt);
+  const stopListening = listenForSignals((s) => (signal ??= s));
   const stopReason = () => signal ?? (launcherGone() ? `${launcherName()} exited` : undefined);
   try {
+    if (stopReason()) return stopReason();
     const ready = await prepareSchema(sql, config, log, stopReason);
     return ready && !signal ? undefined : stopReason();
   } finally {
-    process.off("SIGTERM", onTerm);
-    process.off("SIGINT", onInt);
+    stopListening();
   }
 }
 

@@ -7,7 +7,6 @@
  * @module
  */
 import { randomUUID } from "node:crypto";
-import process from "node:process";
 import postgres from "postgres";
 import { liveness } from "../lib/liveness.ts";
 import { describeError, type Logger } from "../lib/log.ts";
@@ -17,6 +16,7 @@ import type { ServeConfig } from "./config.ts";
 import { launcherGone, launcherName } from "./launcher.ts";
 import { type MetricsServer, startMetricsServer } from "./metrics-server.ts";
 import { waitForSchema } from "./schema-wait.ts";
+import { listenForSignals } from "./start-signals.ts";
 import { WorkerPool } from "./worker-pool.ts";
 
 // deno-lint-ignore no-explicit-any
@@ -90,10 +90,7 @@ function onSignals(pool: WorkerPool, config: ServeConfig, log: Logger): () => nu
     log.info(`${signal}: stopping; running tasks may finish for up to ${config.shutdownTimeout} ms`);
     pool.stop();
   };
-  const onTerm = () => onSignal("SIGTERM");
-  const onInt = () => onSignal("SIGINT");
-  process.on("SIGTERM", onTerm);
-  process.on("SIGINT", onInt);
+  const stopListening = listenForSignals(onSignal);
   // Run at every tick, apart from the database duties (which may hang).
   const ticker = setInterval(() => {
     if (!stopping && launcherGone()) onSignal(`${launcherName()} exited`);
@@ -101,8 +98,7 @@ function onSignals(pool: WorkerPool, config: ServeConfig, log: Logger): () => nu
   }, config.checkInterval);
   void pool.done.then(() => {
     clearInterval(ticker);
-    process.off("SIGTERM", onTerm);
-    process.off("SIGINT", onInt);
+    stopListening();
   });
   return () => exitCode;
 }

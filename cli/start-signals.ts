@@ -1,0 +1,47 @@
+/**
+ * SIGTERM and SIGINT for `pgbg serve`, from the moment its process starts:
+ * one pair of handlers, installed first (cli/main.ts), hands each signal to
+ * whoever listens now (the schema wait, then the supervisor), and keeps the
+ * first one that came while nobody listened, for the next listener. So no
+ * stage of the start-up, from loading the modules to starting the workers,
+ * leaves a signal to Node's default (death by the signal, exit 143).
+ *
+ * @module
+ */
+import process from "node:process";
+
+/** A stop signal as the service names it. */
+export type StopSignal = "SIGTERM" | "SIGINT";
+
+let installed = false;
+let pending: StopSignal | undefined;
+let listener: ((signal: StopSignal) => void) | undefined;
+
+function deliver(signal: StopSignal): void {
+  if (listener) listener(signal);
+  else pending ??= signal;
+}
+
+/** Installs the handlers (once); until a listener comes, the first signal is kept. */
+export function latchSignals(): void {
+  if (installed) return;
+  installed = true;
+  process.on("SIGTERM", () => deliver("SIGTERM"));
+  process.on("SIGINT", () => deliver("SIGINT"));
+}
+
+/**
+ * Hands every stop signal to `onSignal` until the returned function is
+ * called; a signal kept from before comes at once. Installs the handlers
+ * if cli/main.ts did not (the service started another way).
+ */
+export function listenForSignals(onSignal: (signal: StopSignal) => void): () => void {
+  latchSignals();
+  listener = onSignal;
+  const kept = pending;
+  pending = undefined;
+  if (kept) onSignal(kept);
+  return () => {
+    if (listener === onSignal) listener = undefined;
+  };
+}
