@@ -10,21 +10,8 @@ import { describeError, type Logger } from "../lib/log.ts";
 import { assertSchemaCurrent, migrate } from "../lib/migrate.ts";
 import type { ServeConfig } from "./config.ts";
 import { launcherGone, launcherName } from "./launcher.ts";
+import { isConnectionError } from "./connection-error.ts";
 import { listenForSignals } from "./start-signals.ts";
-
-/**
- * True for errors a later retry may cure: the server is down, starting or
- * restarting (SQLSTATE classes 08 and 57P), or the network failed (node
- * errno codes, postgres.js' CONNECT_TIMEOUT). A wrong password, an unknown
- * database or a pgbg schema error is final.
- */
-export function isConnectionError(error: unknown): boolean {
-  const code = (error as { code?: unknown } | null)?.code;
-  if (typeof code !== "string") return false;
-  if (code.startsWith("PGBG_")) return false;
-  if (/^[0-9A-Z]{5}$/.test(code)) return code.startsWith("08") || code.startsWith("57P");
-  return true;
-}
 
 /**
  * Makes the schema ready. A signal meanwhile (or one that came while the

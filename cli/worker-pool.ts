@@ -19,6 +19,7 @@ import type { ServiceMetrics } from "../lib/metrics.ts";
 import { scriptCommand } from "../lib/runtime.ts";
 import { VERSION } from "../lib/version.ts";
 import type { ServeConfig } from "./config.ts";
+import { DatabaseWatch } from "./database-watch.ts";
 import type { WorkerMessage, WorkerSpec } from "./worker.ts";
 
 interface Slot {
@@ -34,6 +35,8 @@ interface Slot {
   killed?: boolean;
   /** The child said it lost the database (code 5, "unreachable"): its attempts do not count. */
   handBack?: boolean;
+  /** The child failed because the database could not be reached: it restarts as soon as the database answers (DatabaseWatch). */
+  waitsForDatabase?: boolean;
   failures: number;
   restartTimer?: ReturnType<typeof setTimeout>;
 }
@@ -70,8 +73,12 @@ export class WorkerPool {
   /** Resolves once every worker has exited after {@link stop} or {@link kill}. */
   readonly done = new Promise<void>((r) => (this.#resolveDone = r));
 
+  readonly #watch: DatabaseWatch;
+
   constructor(options: PoolOptions) {
     this.#options = options;
+    const probeEvery = Math.max(100, Math.min(options.config.checkInterval / 2, 1_000));
+    this.#watch = new DatabaseWatch(options.databaseUrl, probeEvery, () => this.#databaseBack());
     this.#slots = Array.from({ length: options.config.workers }, (_, i) => ({ index: i + 1, lastSeen: 0, startedAt: 0, failures: 0 }));
   }
 
@@ -97,7 +104,7 @@ export class WorkerPool {
       env: { ...process.env, DATABASE_URL: this.#options.databaseUrl, PGBG_WORKER: JSON.stringify(this.#spec(slot, workerId)) },
     });
     const now = performance.now();
-    Object.assign(slot, { child, workerId, lastSeen: now, startedAt: now, readyAt: undefined, lastError: undefined, killed: false, handBack: false });
+    Object.assign(slot, { child, workerId, lastSeen: now, startedAt: now, readyAt: undefined, lastError: undefined, killed: false, handBack: false, waitsForDatabase: false });
     child.on("message", (message: WorkerMessage) => this.#onMessage(slot, child, message));
     child.on("error", (error) => {
       this.#options.log.error(`worker ${slot.index} could not be started: ${error.message}`);
@@ -130,9 +137,10 @@ export class WorkerPool {
       this.#options.metrics.add(slot.index, message.report);
     } else if (message.type === "fatal" || message.type === "retiring") {
       slot.lastError = message.message;
+      slot.waitsForDatabase = message.type === "fatal" && message.unreachable === true;
     } else if (message.type === "lost") {
       slot.lastError = message.message;
-      slot.handBack = message.cause === "unreachable";
+      slot.handBack = slot.waitsForDatabase = message.cause === "unreachable";
     }
   }
 
@@ -158,6 +166,17 @@ export class WorkerPool {
     });
     this.#options.metrics.workerRestarts++;
     slot.restartTimer = setTimeout(() => this.#spawn(slot), delay);
+    if (slot.waitsForDatabase && delay > 0) this.#watch.watch();
+  }
+
+  /** The database answers again: the workers waiting out a back-off for it start now. */
+  #databaseBack(): void {
+    for (const slot of this.#slots) {
+      if (this.#stopping || slot.child || !slot.waitsForDatabase || slot.restartTimer === undefined) continue;
+      clearTimeout(slot.restartTimer);
+      this.#options.log.info(`the database answers again: starting worker ${slot.index} now`, { worker: slot.index });
+      this.#spawn(slot);
+    }
   }
 
   /**
@@ -187,6 +206,7 @@ export class WorkerPool {
   /** Asks every worker to stop gracefully; kills those still running after the shutdown timeout plus 15 s. */
   stop(): void {
     this.#stopping = true;
+    this.#watch.stop();
     for (const slot of this.#slots) {
       clearTimeout(slot.restartTimer);
       if (slot.child?.connected) slot.child.send({ type: "stop" });
@@ -206,6 +226,7 @@ export class WorkerPool {
   /** Kills every worker now; {@link done} resolves once all exited (or after 5 s). */
   kill(): void {
     this.#stopping = true;
+    this.#watch.stop();
     for (const slot of this.#slots) {
       clearTimeout(slot.restartTimer);
       slot.child?.kill("SIGKILL");

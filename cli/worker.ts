@@ -22,6 +22,7 @@ import { Scheduler } from "../lib/scheduler.ts";
 import { runtimeName } from "../lib/runtime.ts";
 import { type LostCause, Worker, type WorkerReport, type WorkerSettings } from "../lib/worker.ts";
 import type { LogLevel } from "./config.ts";
+import { isConnectionError } from "./connection-error.ts";
 import { createLogger } from "./log.ts";
 
 /** What the supervisor passes to a worker in PGBG_WORKER. */
@@ -41,7 +42,8 @@ export type WorkerMessage =
   | { type: "ready"; tasks: string[] }
   | { type: "alive"; running: number }
   | { type: "stats"; report: WorkerReport }
-  | { type: "fatal"; message: string }
+  /** `unreachable`: it failed because the database could not be reached; the supervisor restarts it once the database answers. */
+  | { type: "fatal"; message: string; unreachable?: boolean }
   /** Sent just before exiting with code 5; `unreachable`: its tasks did not fail, their attempts need not count. */
   | { type: "lost"; cause: LostCause; message: string }
   | { type: "retiring"; message: string };
@@ -74,7 +76,7 @@ function exitOnUncaught(log: Logger): void {
     crashed = true;
     const message = `uncaught error: ${describeError(error).message}`;
     log.error(`${message}; exiting so that a fresh worker takes over`);
-    sendThenExit({ type: "fatal", message }, EXIT.crashed, 500);
+    sendThenExit({ type: "fatal", message, unreachable: isConnectionError(error) }, EXIT.crashed, 500);
   };
   process.on("uncaughtException", crash);
   process.on("unhandledRejection", crash);
@@ -151,7 +153,7 @@ async function main(): Promise<number> {
   } catch (error) {
     const message = describeError(error).message;
     log.error(`worker could not start: ${message}`);
-    send({ type: "fatal", message });
+    send({ type: "fatal", message, unreachable: isConnectionError(error) });
     return EXIT.startFailed;
   } finally {
     clearInterval(alive);

@@ -24,6 +24,7 @@ export class CutProxy {
   /** App-side sockets that lived through the current cut: reset when it heals. */
   readonly #held = new Set<Socket>();
   #cut = false;
+  #refusing = false;
   #port = 0;
 
   constructor(target: { host: string; port: number }) {
@@ -59,9 +60,25 @@ export class CutProxy {
     }
   }
 
-  /** Ends the cut: the connections held through it are reset, new ones pass again. */
+  /**
+   * Takes the server down, as the app sees it: every connection is reset at
+   * once, and new ones are reset as they come, as a host with no server
+   * listening answers. heal() brings it back.
+   */
+  refuse(): void {
+    this.#refusing = true;
+    for (const [client, upstream] of this.#links) {
+      upstream?.destroy();
+      client.resetAndDestroy();
+    }
+    this.#links.clear();
+    this.#held.clear();
+  }
+
+  /** Ends the cut or the refusal: the connections held through a cut are reset, new ones pass again. */
   heal(): void {
     this.#cut = false;
+    this.#refusing = false;
     for (const client of this.#held) client.resetAndDestroy();
     this.#held.clear();
   }
@@ -79,6 +96,7 @@ export class CutProxy {
 
   #accept(client: Socket): void {
     client.on("error", () => {});
+    if (this.#refusing) return void client.resetAndDestroy();
     client.on("close", () => {
       this.#links.get(client)?.destroy();
       this.#links.delete(client);
