@@ -96,7 +96,12 @@ describe("pgbg serve: ctx.complete and several supervisors", () => {
     await until(() => remaining(ids), (n) => n === 0, patience, "all tasks to finish");
     await Promise.all([stopService(a), stopService(b)]);
     const runs = await executions(ids);
-    assert.equal(runs.length, 1500, "each task ran exactly once");
+    // On failure, say which ran twice, where, and what the services warned of.
+    const seen = new Map<string, unknown[]>();
+    for (const r of runs) seen.set(r.task_id, [...(seen.get(r.task_id) ?? []), { pid: r.pid, attempt: r.attempt, started: r.started_at, ended: r.ended_at }]);
+    const twice = [...seen].filter(([, list]) => list.length > 1);
+    const warned = [...a.logs, ...b.logs].filter((l) => l.level === "warn" || l.level === "error").map((l) => `${l.component}: ${l.message}`);
+    assert.equal(runs.length, 1500, `each task ran exactly once; twice: ${JSON.stringify(twice)}; warnings: ${JSON.stringify(warned.slice(0, 20))}`);
     assert.equal(new Set(runs.map((r) => r.task_id)).size, 1500);
     assert.ok(runs.some((r) => pidsA.has(r.pid)) && runs.some((r) => pidsB.has(r.pid)), "both supervisors' workers ran tasks");
   });
