@@ -2,9 +2,10 @@
  * SIGTERM and SIGINT for `pgbg serve`, from the moment its process starts:
  * one pair of handlers, installed first (cli/main.ts), hands each signal to
  * whoever listens now (the schema wait, then the supervisor), and keeps the
- * first one that came while nobody listened, for the next listener. So no
- * stage of the start-up, from loading the modules to starting the workers,
- * leaves a signal to Node's default (death by the signal, exit 143).
+ * first one that came while nobody listened, for the next listener; a
+ * second one then exits at once (status 1). So no stage of the start-up,
+ * from loading the modules to starting the workers, leaves a signal to
+ * Node's default (death by the signal, status 143 or 130).
  *
  * @module
  */
@@ -18,8 +19,11 @@ let pending: StopSignal | undefined;
 let listener: ((signal: StopSignal) => void) | undefined;
 
 function deliver(signal: StopSignal): void {
-  if (listener) listener(signal);
-  else pending ??= signal;
+  if (listener) return listener(signal);
+  // Asked twice with nobody to hear it (still starting, or shutting down):
+  // stop now, as a second signal does while the service runs.
+  if (pending) process.exit(1);
+  pending = signal;
 }
 
 /** Installs the handlers (once); until a listener comes, the first signal is kept. */

@@ -37,6 +37,8 @@ interface Slot {
   handBack?: boolean;
   /** The child failed because the database could not be reached: it restarts as soon as the database answers (DatabaseWatch). */
   waitsForDatabase?: boolean;
+  /** Started early by the DatabaseWatch and not healthy since: failing so again, it waits out its back-off (no restart loop on a database that answers probes but not workers). */
+  startedByWatch?: boolean;
   failures: number;
   restartTimer?: ReturnType<typeof setTimeout>;
 }
@@ -160,20 +162,22 @@ export class WorkerPool {
     const why = slot.lastError ? `: ${slot.lastError}` : "";
     const healthy = slot.readyAt !== undefined && performance.now() - slot.readyAt >= HEALTHY_AFTER;
     slot.failures = healthy ? 0 : slot.failures + 1;
+    if (healthy) slot.startedByWatch = false;
     const delay = restartDelay(slot.failures);
     this.#options.log[healthy ? "warn" : "error"](`worker ${slot.index} ${how}${why}; restarting${delay ? ` in ${delay} ms` : ""}`, {
       worker: slot.index, code, signal, failures: slot.failures,
     });
     this.#options.metrics.workerRestarts++;
     slot.restartTimer = setTimeout(() => this.#spawn(slot), delay);
-    if (slot.waitsForDatabase && delay > 0) this.#watch.watch();
+    if (slot.waitsForDatabase && !slot.startedByWatch && delay > 0) this.#watch.watch();
   }
 
   /** The database answers again: the workers waiting out a back-off for it start now. */
   #databaseBack(): void {
     for (const slot of this.#slots) {
-      if (this.#stopping || slot.child || !slot.waitsForDatabase || slot.restartTimer === undefined) continue;
+      if (this.#stopping || slot.child || !slot.waitsForDatabase || slot.startedByWatch || slot.restartTimer === undefined) continue;
       clearTimeout(slot.restartTimer);
+      slot.startedByWatch = true;
       this.#options.log.info(`the database answers again: starting worker ${slot.index} now`, { worker: slot.index });
       this.#spawn(slot);
     }

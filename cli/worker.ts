@@ -42,7 +42,7 @@ export type WorkerMessage =
   | { type: "ready"; tasks: string[] }
   | { type: "alive"; running: number }
   | { type: "stats"; report: WorkerReport }
-  /** `unreachable`: it failed because the database could not be reached; the supervisor restarts it once the database answers. */
+  /** `unreachable`: it could not start because the database could not be reached; the supervisor restarts it once the database answers. */
   | { type: "fatal"; message: string; unreachable?: boolean }
   /** Sent just before exiting with code 5; `unreachable`: its tasks did not fail, their attempts need not count. */
   | { type: "lost"; cause: LostCause; message: string }
@@ -76,7 +76,10 @@ function exitOnUncaught(log: Logger): void {
     crashed = true;
     const message = `uncaught error: ${describeError(error).message}`;
     log.error(`${message}; exiting so that a fresh worker takes over`);
-    sendThenExit({ type: "fatal", message, unreachable: isConnectionError(error) }, EXIT.crashed, 500);
+    // Not marked unreachable even when it is a connection error: a task's
+    // own client (a third-party API in a timer) throws those too, and a
+    // crash loop must keep its back-off.
+    sendThenExit({ type: "fatal", message }, EXIT.crashed, 500);
   };
   process.on("uncaughtException", crash);
   process.on("unhandledRejection", crash);

@@ -48,7 +48,7 @@ export interface ClaimScope {
   /** Registered task names, and the lease length (ms) of each. */
   names: string[];
   leaseMs: number[];
-  /** The queues with a concurrency limit, claimed from with the limited claim (lib/limits.ts); none without. */
+  /** The queues with a concurrency or rate limit, claimed from with the limited claim (lib/limits.ts); none without. */
   limits?: LimitedQueues;
 }
 
@@ -72,8 +72,16 @@ export async function claimTasks(db: Database, schema: string, scope: ClaimScope
   // What the limited claims take does not move the cursor: their lanes are not its.
   for (const queue of limited) {
     if (claimed.length >= limit) break;
-    // deno-lint-ignore no-explicit-any
-    claimed.push(...(await claimLimited(db as Sql<any>, schema, queue, scope, limit - claimed.length)).map(claimedTask));
+    try {
+      // deno-lint-ignore no-explicit-any
+      claimed.push(...(await claimLimited(db as Sql<any>, schema, queue, scope, limit - claimed.length)).map(claimedTask));
+    } catch (error) {
+      // The tasks claimed so far are leased to this worker: start them,
+      // rather than leave them running nowhere until their leases expire.
+      // The failing claim is tried again, and its error thrown, next time.
+      if (!claimed.length) throw error;
+      return claimed;
+    }
   }
   if (limitedFirst && claimed.length < limit) claimed.push(...await claimUnlimited(db, schema, scope, limit - claimed.length, cursor));
   return claimed;

@@ -66,6 +66,7 @@ export async function pausedQueues(db: Database, options?: AdminOptions): Promis
 export interface QueueRate {
   /** At most this many of the queue's tasks start in any `intervalMs`. */
   limit: number;
+  /** The interval, in ms. */
   intervalMs: number;
   /** The starts counted against it now: those within the last interval. */
   recentStarts: number;

@@ -65,9 +65,12 @@ describe("pgbg serve --metrics-port", () => {
     const long = await enqueue(sql, work, { ms: 120_000 }, { queue: "q1" });
     await until(async () => (await sql`SELECT count(*)::int AS n FROM execution WHERE task_id IN (${last}, ${long})`)[0].n, (n) => n === 2, 120_000, "the long tasks to start");
 
+    // The counters come from the workers' reports, the depth from the table:
+    // a failure is counted before its write commits, so wait for both.
     const { samples, types } = await until(() => scrape(port), ({ samples }) =>
       value(samples, "pgbg_tasks_completed_total", { queue: "q1", task: "work" }) === 3 &&
       value(samples, "pgbg_tasks_failed_total", { task: "always-fails" }) === 1 &&
+      value(samples, "pgbg_queue_depth", { task: "always-fails", state: "failed" }) === 1 &&
       value(samples, "pgbg_tasks_running", { queue: "q1", task: "work" }) === 2, 120_000, "the counts to reach the scrape");
     assert.equal(types.get("pgbg_tasks_completed_total"), "counter");
     assert.equal(types.get("pgbg_tasks_running"), "gauge");

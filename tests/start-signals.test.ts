@@ -9,10 +9,13 @@ import { spawnSync } from "node:child_process";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
 
-test("a signal before any listener is kept for the first, and ends nothing; later ones reach the listener", () => {
+test("a signal before any listener is kept for the first, and ends nothing; later ones reach the listener; a second unheard one exits 1", () => {
   const fixture = fileURLToPath(new URL("./fixtures/early-signal.ts", import.meta.url));
   const result = spawnSync(process.execPath, ["--import", "tsx", fixture], { encoding: "utf8", timeout: 120_000 });
   assert.deepEqual([result.status, result.signal, result.stdout.trim()], [0, null, "SIGTERM,SIGINT"], result.stderr);
+  // A second signal before anyone listens: stop now, with status 1.
+  const twice = spawnSync(process.execPath, ["--import", "tsx", fixture, "twice"], { encoding: "utf8", timeout: 120_000 });
+  assert.deepEqual([twice.status, twice.signal, twice.stdout.trim()], [1, null, ""], twice.stderr);
 });
 
 test("pgbg serve stopped while its database cannot be reached yet exits 0, with one line saying so", () => {

@@ -25,7 +25,7 @@ WITH RECURSIVE lanes (queue, priority, after, after_id, limited) AS (
 {{ClaimFromLanes}};
 
 -- name: ClaimLimitedTasks
--- The claim from one queue with a concurrency limit ($2: that queue alone),
+-- The claim from one queue with a concurrency or rate limit ($2: that queue alone),
 -- in the transaction that took LockLimitedQueue and counted its free slots
 -- (QueueFreeSlots; $5 is at most those). Its lanes are the queue's
 -- priorities, read from their heads as in ClaimTasks.

@@ -10,6 +10,7 @@ import { defineSchedule, defineTask } from "pgbg";
 
 let sql;
 
+/** Records its tick in chaos_tick and completes, in one transaction. */
 export const tick = defineTask({
   name: "chaos-tick",
   schema: v.object({ tick: v.string() }),
@@ -24,6 +25,7 @@ export const tick = defineTask({
   },
 });
 
+/** Every second, backfilling every missed tick: none may be skipped. */
 export const everySecond = defineSchedule({
   name: "chaos-every-second",
   task: tick,
