@@ -89,11 +89,8 @@ export async function claimLimited(sql: Sql<any>, schema: string, queue: string,
     const [slots] = await run(tx, schema, "QueueFreeSlots", [queue]);
     const free = Math.min(want, slots?.free ?? 0);
     if (free <= 0) {
-      if (slots?.rated && slots.free !== null) {
-        const [room] = await run(tx, schema, "QueueRateRoomAt", [queue]);
-        // Not when the rate has room: the concurrency limit held it back.
-        if (room?.room_in_ms > 0) scope.limits?.fullUntil(Date.now() + room.room_in_ms);
-      }
+      // Held back by its rate (not only by its concurrency limit, nor paused).
+      if (slots?.free !== null && slots?.room_in_ms > 0) scope.limits?.fullUntil(Date.now() + slots.room_in_ms);
       return [];
     }
     const claimed = await run(tx, schema, "ClaimLimitedTasks", [scope.workerId, [queue], scope.names, scope.leaseMs, free]);

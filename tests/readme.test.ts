@@ -86,6 +86,24 @@ function exampleFile(heading: string, name: string): { file: string; example: st
   return { file, example };
 }
 
+/**
+ * The first two ts blocks after `heading`: a tasks module and an app that
+ * imports it from "./tasks.ts", each written to a temporary file importing
+ * this checkout instead of the package (the app importing the tasks file).
+ */
+function tasksAndApp(heading: string, name: string): { tasks: string; app: string; tasksBlock: string; appBlock: string } {
+  const section = readme.slice(readme.indexOf(heading));
+  const [tasksBlock, appBlock] = [...section.matchAll(/```ts\n([\s\S]*?)```/g)].map((m) => m[1]);
+  assert.ok(tasksBlock && appBlock?.includes('from "./tasks.ts"'), `the README has a tasks module and an app importing it under ${heading}`);
+  const mod = JSON.stringify(fileURLToPath(new URL("../mod.ts", import.meta.url)));
+  const tasks = fileURLToPath(new URL(`./readme-${name}-tasks-${process.pid}.tmp.ts`, import.meta.url));
+  const app = fileURLToPath(new URL(`./readme-${name}-app-${process.pid}.tmp.ts`, import.meta.url));
+  writeFileSync(tasks, tasksBlock.replace('from "pgbg"', `from ${mod}`));
+  writeFileSync(app, appBlock.replace('from "pgbg"', `from ${mod}`).replace('from "./tasks.ts"', `from ${JSON.stringify(tasks)}`));
+  after(() => [tasks, app].forEach((f) => rmSync(f, { force: true })));
+  return { tasks, app, tasksBlock, appBlock };
+}
+
 test("the README's in-process worker example runs as written, runs its task, and stops cleanly on SIGTERM", async () => {
   const { file } = exampleFile("## Run workers in your own process", "in-process");
   await migrate(db.sql);
@@ -339,15 +357,8 @@ test("the README's throttle and debounce example runs as written: one sync, and 
 });
 
 test("the README's schedule and pause example runs as written, in-process and under pgbg serve with pgbg pause and resume", async () => {
-  const section = readme.slice(readme.indexOf("## Recurring tasks and queue controls"));
-  const [tasksBlock, appBlock] = [...section.matchAll(/```ts\n([\s\S]*?)```/g)].map((m) => m[1]);
-  assert.ok(tasksBlock?.includes("defineSchedule(") && appBlock?.includes("pauseQueue("), "the README has both blocks");
-  const mod = JSON.stringify(fileURLToPath(new URL("../mod.ts", import.meta.url)));
-  const tasks = fileURLToPath(new URL(`./readme-schedule-tasks-${process.pid}.tmp.ts`, import.meta.url));
-  const app = fileURLToPath(new URL(`./readme-schedule-app-${process.pid}.tmp.ts`, import.meta.url));
-  writeFileSync(tasks, tasksBlock.replace('from "pgbg"', `from ${mod}`));
-  writeFileSync(app, appBlock.replace('from "pgbg"', `from ${mod}`).replace('from "./tasks.ts"', `from ${JSON.stringify(tasks)}`));
-  after(() => [tasks, app].forEach((f) => rmSync(f, { force: true })));
+  const { tasks, app, tasksBlock, appBlock } = tasksAndApp("## Recurring tasks and queue controls", "schedule");
+  assert.ok(tasksBlock.includes("defineSchedule(") && appBlock.includes("pauseQueue("), "the README has both blocks");
   await migrate(db.sql);
   const result = spawnSync(process.execPath, ["--import", "tsx", app], { env: { ...process.env, DATABASE_URL: db.url }, encoding: "utf8", timeout: patience });
   assert.equal(result.status, 0, result.stdout + result.stderr);
@@ -398,15 +409,8 @@ test("the README's concurrency limit example runs as written: at most 2 at once,
 });
 
 test("the README's rate limit example runs as written, in-process and under pgbg serve: 12 starts at 5 a second take 2 s or more; pgbg rate sets and removes it", async () => {
-  const section = readme.slice(readme.indexOf("### Rate limits"), readme.indexOf("## Look after tasks from your code"));
-  const [tasksBlock, appBlock] = [...section.matchAll(/```ts\n([\s\S]*?)```/g)].map((m) => m[1]);
-  assert.ok(tasksBlock?.includes("export const geocode") && appBlock?.includes("setQueueRateLimit("), "the README has both blocks");
-  const mod = JSON.stringify(fileURLToPath(new URL("../mod.ts", import.meta.url)));
-  const tasks = fileURLToPath(new URL(`./readme-rate-tasks-${process.pid}.tmp.ts`, import.meta.url));
-  const app = fileURLToPath(new URL(`./readme-rate-app-${process.pid}.tmp.ts`, import.meta.url));
-  writeFileSync(tasks, tasksBlock.replace('from "pgbg"', `from ${mod}`));
-  writeFileSync(app, appBlock.replace('from "pgbg"', `from ${mod}`).replace('from "./tasks.ts"', `from ${JSON.stringify(tasks)}`));
-  after(() => [tasks, app].forEach((f) => rmSync(f, { force: true })));
+  const { tasks, app, tasksBlock, appBlock } = tasksAndApp("### Rate limits", "rate");
+  assert.ok(tasksBlock.includes("export const geocode") && appBlock.includes("setQueueRateLimit("), "the README has both blocks");
   await migrate(db.sql);
   const result = spawnSync(process.execPath, ["--import", "tsx", app], { env: { ...process.env, DATABASE_URL: db.url }, encoding: "utf8", timeout: patience });
   assert.equal(result.status, 0, result.stdout + result.stderr);

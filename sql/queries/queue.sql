@@ -18,11 +18,22 @@ WITH resumed AS (
 )
 SELECT r.name FROM resumed r CROSS JOIN (SELECT pg_notify($2, '')) AS wake;
 
+-- fragment: RateRecentStarts
+-- The starts a queue's rate limit counts now: those of its log within the
+-- last interval, by the clock now. Columns of the one pgbg.queue row in
+-- scope.
+(SELECT count(*) FROM unnest(rate_starts) s WHERE s > clock_timestamp() - rate_interval_ms * interval '1 millisecond')
+
+-- fragment: RateRoomAt
+-- When a queue's rate limit next has room, if its log is full: its oldest
+-- logged start of the newest rate_limit ones, one interval on (NULL when
+-- the log holds fewer; a time past when the oldest has aged out).
+(rate_starts[cardinality(rate_starts) - rate_limit + 1] + rate_interval_ms * interval '1 millisecond')
+
 -- fragment: QueueSettingsColumns
 -- A queue's controls as the library returns them; recent_starts: the
 -- starts its rate limit counts now.
-name, paused_at, concurrency, rate_limit, rate_interval_ms,
-(SELECT count(*) FROM unnest(rate_starts) s WHERE s > clock_timestamp() - rate_interval_ms * interval '1 millisecond')::int AS recent_starts
+name, paused_at, concurrency, rate_limit, rate_interval_ms, {{RateRecentStarts}}::int AS recent_starts
 
 -- name: SetQueueConcurrency
 -- $1 queue, $2 its limit (NULL: none), $3 the wake-up channel: workers
@@ -69,15 +80,17 @@ SELECT pg_advisory_xact_lock(hashtext('pgbg.queue'), hashtext($1));
 -- $1 queue: how many of its tasks may start now, or NULL when it has no
 -- limit any more or is paused. Under a concurrency limit, the limit less
 -- its running tasks (found through task_lease_idx, which holds every
--- running task); under a rate limit, the limit less the starts of its log
--- within the last interval, by the clock now (after the lock: so every
--- start the claims before this one recorded counts); under both, the
--- lesser. rated: RecordQueueStarts must log what the claim takes.
+-- running task); under a rate limit, the limit less its recent starts
+-- (by the clock now, after the lock: so every start the claims before
+-- this one recorded counts); under both, the lesser. rated:
+-- RecordQueueStarts must log what the claim takes; room_in_ms: when the
+-- rate has room again, in ms from now (0 or less, or NULL: it has).
 SELECT CASE WHEN q.paused_at IS NULL THEN least(
     CASE WHEN q.concurrency IS NOT NULL THEN q.concurrency - (SELECT count(*) FROM pgbg.task t WHERE t.state = 'running' AND t.queue = q.name) END,
-    q.rate_limit - (SELECT count(*) FROM unnest(q.rate_starts) s WHERE s > clock_timestamp() - q.rate_interval_ms * interval '1 millisecond')
+    q.rate_limit - {{RateRecentStarts}}
   ) END::int AS free,
-  q.rate_limit IS NOT NULL AS rated
+  q.rate_limit IS NOT NULL AS rated,
+  (extract(epoch FROM {{RateRoomAt}} - clock_timestamp()) * 1000)::float8 AS room_in_ms
 FROM pgbg.queue q WHERE q.name = $1 AND (q.concurrency IS NOT NULL OR q.rate_limit IS NOT NULL);
 
 -- name: RecordQueueStarts
@@ -92,12 +105,3 @@ UPDATE pgbg.queue q SET rate_starts = ARRAY(
   ORDER BY 1
 )
 WHERE q.name = $1 AND q.rate_limit IS NOT NULL;
-
--- name: QueueRateRoomAt
--- $1 queue: when its rate limit next lets a task start, in ms from now (0
--- or less: now), or no row when it has no rate limit. With the log full,
--- its oldest start within the interval leaves it one interval after it
--- began.
-SELECT coalesce((extract(epoch FROM (q.rate_starts[cardinality(q.rate_starts) - q.rate_limit + 1]
-  + q.rate_interval_ms * interval '1 millisecond') - clock_timestamp()) * 1000)::float8, 0) AS room_in_ms
-FROM pgbg.queue q WHERE q.name = $1 AND q.rate_limit IS NOT NULL;

@@ -395,10 +395,7 @@ RETURNING id;
 SELECT count(*) FILTER (WHERE d.due > now())::int AS scheduled,
   (extract(epoch FROM min(d.due) - now()) * 1000)::float8 AS next_due_ms
 FROM (
-  SELECT greatest(t.run_at, (
-    SELECT q.rate_starts[cardinality(q.rate_starts) - q.rate_limit + 1] + q.rate_interval_ms * interval '1 millisecond'
-    FROM pgbg.queue q WHERE q.name = t.queue AND q.rate_limit IS NOT NULL
-  )) AS due
+  SELECT greatest(t.run_at, (SELECT {{RateRoomAt}} FROM pgbg.queue q WHERE q.name = t.queue AND q.rate_limit IS NOT NULL)) AS due
   FROM pgbg.task t
   WHERE state = 'queued' AND cancel_requested_at IS NULL AND name = ANY($2::text[])
     AND ($1::text[] IS NULL OR queue = ANY($1::text[]))
