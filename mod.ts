@@ -36,7 +36,7 @@ export type { EnqueueManyOptions, EnqueueOptions } from "./lib/enqueue.ts";
 export { createWorker } from "./lib/host.ts";
 export type { WorkerHost, WorkerHostOptions } from "./lib/host.ts";
 export { cancel, getTask, listTasks, retry, status, TASK_STATES } from "./lib/admin.ts";
-export { listSchedules, MAX_RATE_LIMIT, pausedQueues, pauseQueue, queueSettings, resumeQueue, runSchedule, setQueueConcurrency, setQueueRateLimit } from "./lib/controls.ts";
+export { listSchedules, MAX_RATE_LIMIT, pausedQueues, pauseQueue, queueSettings, resumeQueue, runSchedule, setGroupConcurrency, setQueueConcurrency, setQueueRateLimit } from "./lib/controls.ts";
 export type { PausedQueue, QueueRate, QueueSettings, RateLimit, ScheduleInfo } from "./lib/controls.ts";
 export { defineSchedule } from "./lib/schedule.ts";
 export type { CatchUp, Schedule, ScheduleDefinition, ScheduleEnqueueOptions } from "./lib/schedule.ts";

@@ -216,6 +216,7 @@ class AttemptContext implements TaskContext {
   readonly id: string;
   readonly name: string;
   readonly queue: string;
+  readonly group: string | null;
   readonly attempt: number;
   readonly snoozes: number;
   readonly #leaseToken: number;
@@ -226,6 +227,7 @@ class AttemptContext implements TaskContext {
     this.id = claimed.id;
     this.name = claimed.name;
     this.queue = claimed.queue;
+    this.group = claimed.group;
     this.attempt = claimed.attempt;
     this.snoozes = claimed.snoozes;
     this.#claimed = claimed;

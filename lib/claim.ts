@@ -1,12 +1,15 @@
 /**
  * The claim: takes up to N due tasks for a worker in one prepared statement,
- * and from queues with a concurrency limit in one transaction each
- * (lib/limits.ts).
+ * and from queues with a limit in one transaction each (lib/limits.ts).
+ * Tasks with a group are taken by the group claim (ClaimGroupTasks), from
+ * their groups in turn, from where the worker's last group claim stopped
+ * (GroupRotation).
  *
  * @module
  */
 import type { Sql } from "postgres";
 import type { ClaimCursor } from "./claim-cursor.ts";
+import { claimGroups, type GroupRotation } from "./groups.ts";
 import { claimLimited, type LimitedQueues } from "./limits.ts";
 import type { Database } from "./statements.ts";
 import { run } from "./statements.ts";
@@ -16,6 +19,8 @@ export interface ClaimedTask {
   id: string;
   name: string;
   queue: string;
+  /** The task's group in its queue, or null. */
+  group: string | null;
   priority: number;
   payload: unknown;
   /** This attempt's number (1 for the first). */
@@ -50,6 +55,8 @@ export interface ClaimScope {
   leaseMs: number[];
   /** The queues with a concurrency or rate limit, claimed from with the limited claim (lib/limits.ts); none without. */
   limits?: LimitedQueues;
+  /** Where the group claim goes on from, when some of the names have groups (lib/groups.ts); none without. */
+  groups?: GroupRotation;
 }
 
 /**
@@ -87,8 +94,27 @@ export async function claimTasks(db: Database, schema: string, scope: ClaimScope
   return claimed;
 }
 
-/** The ordinary claim, of every queue but the limited ones; with a cursor when it can (see claimTasks). */
+/**
+ * The claim of every queue but the limited ones: tasks without a group
+ * (ClaimTasks, or ClaimTasksAfter from the cursor) and, when some names
+ * have groups, tasks with one (claimGroups), first one and first the
+ * other by turns, the second only when the first left room.
+ */
 async function claimUnlimited(db: Database, schema: string, scope: ClaimScope, limit: number, cursor?: ClaimCursor): Promise<ClaimedTask[]> {
+  if (!scope.groups) return await claimUngrouped(db, schema, scope, limit, cursor);
+  const groupsFirst = scope.groups.takeTurn();
+  const claimed = groupsFirst
+    ? (await claimGroups(db, schema, scope, scope.queues, limit, false)).map(claimedTask)
+    : await claimUngrouped(db, schema, scope, limit, cursor);
+  if (claimed.length >= limit) return claimed;
+  const rest = groupsFirst
+    ? await claimUngrouped(db, schema, scope, limit - claimed.length, cursor)
+    : (await claimGroups(db, schema, scope, scope.queues, limit - claimed.length, false)).map(claimedTask);
+  return claimed.concat(rest);
+}
+
+/** The ordinary claim of tasks without a group; with a cursor when it can (see claimTasks). */
+async function claimUngrouped(db: Database, schema: string, scope: ClaimScope, limit: number, cursor?: ClaimCursor): Promise<ClaimedTask[]> {
   const params: unknown[] = [scope.workerId, scope.queues, scope.names, scope.leaseMs, limit];
   const started = performance.now();
   const starts = cursor?.next(Date.now());
@@ -107,6 +133,7 @@ function claimedTask(r: Record<string, any>): ClaimedTask {
     id: String(r.id),
     name: r.name as string,
     queue: r.queue as string,
+    group: r.group_name as string | null,
     priority: r.priority as number,
     payload: r.payload as unknown,
     attempt: r.attempts as number,

@@ -79,6 +79,8 @@ export interface QueueSettings {
   pausedAt: Date | null;
   /** Its concurrency limit; null for none. */
   concurrency: number | null;
+  /** The concurrency limit of each of its groups; null for none. */
+  groupConcurrency: number | null;
   /** Its rate limit; null for none. */
   rate: QueueRate | null;
 }
@@ -86,10 +88,10 @@ export interface QueueSettings {
 // deno-lint-ignore no-explicit-any
 function settingsOf(r: Record<string, any>): QueueSettings {
   const rate = r.rate_limit === null ? null : { limit: r.rate_limit, intervalMs: r.rate_interval_ms, recentStarts: r.recent_starts };
-  return { queue: r.name, pausedAt: r.paused_at, concurrency: r.concurrency, rate };
+  return { queue: r.name, pausedAt: r.paused_at, concurrency: r.concurrency, groupConcurrency: r.group_concurrency, rate };
 }
 
-/** Every queue that is paused or has a concurrency or rate limit, by name. */
+/** Every queue that is paused or has a limit (concurrency, per group, or rate), by name. */
 export async function queueSettings(db: Database, options?: AdminOptions): Promise<QueueSettings[]> {
   const schema = schemaOf("queueSettings()", options);
   return (await run(db, schema, "QueueSettings", [])).map(settingsOf);
@@ -103,13 +105,29 @@ export async function queueSettings(db: Database, options?: AdminOptions): Promi
  * `InvalidOptionsError` for a bad name or limit.
  */
 export async function setQueueConcurrency(db: Database, queue: string, concurrency: number | null, options?: AdminOptions): Promise<QueueSettings> {
-  const schema = schemaOf("setQueueConcurrency()", options);
-  if (typeof queue !== "string") throw new InvalidOptionsError(`setQueueConcurrency(): give one queue name, got ${formatValue(queue)}`);
-  const [name] = queueNames("setQueueConcurrency()", queue);
-  if (concurrency !== null && !(Number.isInteger(concurrency) && concurrency >= 1 && concurrency <= 2_147_483_647)) {
-    throw new InvalidOptionsError(`setQueueConcurrency(): concurrency must be a whole number of at least 1, or null for no limit, got ${formatValue(concurrency)}`);
+  return await setLimit("setQueueConcurrency()", "SetQueueConcurrency", db, queue, concurrency, options);
+}
+
+/**
+ * Sets the concurrency limit of each group of a queue (defineTask's
+ * `group`): at most `perGroup` tasks of any one group run at once, across
+ * every worker of every host (null: no limit). With 1, a group's tasks run
+ * one at a time in enqueue order. Only running tasks count, as under
+ * {@link setQueueConcurrency}, which may limit the queue as a whole as
+ * well. Throws `InvalidOptionsError` for a bad name or limit.
+ */
+export async function setGroupConcurrency(db: Database, queue: string, perGroup: number | null, options?: AdminOptions): Promise<QueueSettings> {
+  return await setLimit("setGroupConcurrency()", "SetGroupConcurrency", db, queue, perGroup, options);
+}
+
+async function setLimit(where: string, statement: "SetQueueConcurrency" | "SetGroupConcurrency", db: Database, queue: string, limit: number | null, options?: AdminOptions) {
+  const schema = schemaOf(where, options);
+  if (typeof queue !== "string") throw new InvalidOptionsError(`${where}: give one queue name, got ${formatValue(queue)}`);
+  const [name] = queueNames(where, queue);
+  if (limit !== null && !(Number.isInteger(limit) && limit >= 1 && limit <= 2_147_483_647)) {
+    throw new InvalidOptionsError(`${where}: the limit must be a whole number of at least 1, or null for no limit, got ${formatValue(limit)}`);
   }
-  const [row] = await run(db, schema, "SetQueueConcurrency", [name, concurrency, `pgbg:${schema}`]);
+  const [row] = await run(db, schema, statement, [name, limit, `pgbg:${schema}`]);
   return settingsOf(row);
 }
 

@@ -24,6 +24,8 @@ export interface TaskContext {
   readonly name: string;
   /** The queue the task was claimed from. */
   readonly queue: string;
+  /** The task's group in its queue (from the task's `group`), or null. */
+  readonly group: string | null;
   /** This attempt's number, starting at 1. A snooze does not count as one. */
   readonly attempt: number;
   /** Times the task was snoozed so far (see {@link retryAfter}). */
@@ -112,6 +114,15 @@ export interface Task<S extends InputSchema = InputSchema, R extends InputSchema
   readonly maxSnoozes?: number;
   /** Queue the task is enqueued into unless `enqueue` names one. @default "default" */
   readonly queue?: string;
+  /**
+   * The task's group within its queue, from its input (a tenant or account
+   * id, say): a string of 1-256 characters, or null or undefined for none.
+   * Called at enqueue. Claims take from a queue's groups in turn, so one
+   * group's backlog does not hold up the others, and a queue's group
+   * limit caps how many tasks of each group run at once
+   * (`setGroupConcurrency`). Not the dedup `key`.
+   */
+  readonly group?: (input: StandardInput<S>) => string | null | undefined;
   /** Priority unless `enqueue` gives one; lower runs first. @default 0 */
   readonly priority?: number;
   /** Largest payload accepted, in bytes of JSON. @default 1 MiB */
@@ -176,6 +187,31 @@ export const NAME_RULE = "1-128 characters of A-Z a-z 0-9 _ . : / -, starting wi
 
 function isInteger(value: unknown, min: number, max: number): boolean {
   return typeof value === "number" && Number.isInteger(value) && value >= min && value <= max;
+}
+
+/** The longest group name: the rule taskGroup checks, as the column's constraint does. */
+export const MAX_GROUP_LENGTH = 256;
+
+/**
+ * The group `task` puts `input` in (null: none), from its `group`
+ * function; throws `InvalidTaskError` naming the task when the function
+ * throws or returns something that is not a group name.
+ */
+export function taskGroup(task: AnyTask, input: unknown, index?: number): string | null {
+  if (!task.group) return null;
+  const at = index === undefined ? "" : ` at index ${index}`;
+  let group: unknown;
+  try {
+    group = (task.group as (input: unknown) => unknown)(input);
+  } catch (error) {
+    throw new InvalidTaskError(`task "${task.name}": group threw for the input${at}: ${error instanceof Error ? error.message : String(error)}`);
+  }
+  if (group === undefined || group === null) return null;
+  if (typeof group !== "string" || group.length < 1 || group.length > MAX_GROUP_LENGTH) {
+    const shown = typeof group === "string" ? `a string of ${group.length} characters` : typeof group;
+    throw new InvalidTaskError(`task "${task.name}": group returned ${shown} for the input${at}; it must return a string of 1-${MAX_GROUP_LENGTH} characters, or null for none`);
+  }
+  return group;
 }
 
 /** The longest name of a task with onFailed: its hook's name, the name and HOOK_SUFFIX, must fit a name's 128 characters. */
@@ -246,6 +282,7 @@ export function checkTask(task: unknown): asserts task is AnyTask {
     throw new InvalidTaskError(`${label}: maxSnoozes must be a whole number of at least 0`);
   }
   if (t.queue !== undefined && !isValidName(t.queue)) throw new InvalidTaskError(`${label}: queue must be ${NAME_RULE}`);
+  if (t.group !== undefined && typeof t.group !== "function") throw new InvalidTaskError(`${label}: group must be a function (input) => string`);
   if (t.priority !== undefined && !isInteger(t.priority, -32768, 32767)) {
     throw new InvalidTaskError(`${label}: priority must be a whole number from -32768 to 32767`);
   }

@@ -5,7 +5,7 @@
  * @module
  */
 import { defaults, MAX_BATCH_INPUTS } from "./config.ts";
-import { type AnyTask, checkTask, isValidName, MAX_DURATION, NAME_RULE, type TaskInput } from "./define.ts";
+import { type AnyTask, checkTask, isValidName, MAX_DURATION, NAME_RULE, type TaskInput, taskGroup } from "./define.ts";
 import { InvalidOptionsError, PgbgError } from "./errors.ts";
 import { isThenable, validateInput } from "./input.ts";
 import { checkedLater, checkOptions, formatValue, integer, type OptionCheck, ofType, text } from "./options.ts";
@@ -156,7 +156,8 @@ export async function enqueue<T extends AnyTask>(
   const s = shared("enqueue()", task, opts);
   await validateInput(task, input);
   const payload = encodePayload(task.name, input, s.maxPayloadBytes);
-  const params = [s.queue, task.name, payload, s.priority, s.runAt, s.delay, s.maxAttempts, s.version, s.onFailed, ...s.retention];
+  const group = taskGroup(task, input);
+  const params = [s.queue, task.name, payload, s.priority, s.runAt, s.delay, s.maxAttempts, s.version, s.onFailed, ...s.retention, group];
   if (opts.key === undefined) {
     if (opts.keyWindow !== undefined || opts.replace !== undefined) throw new InvalidOptionsError("enqueue(): keyWindow and replace need a key");
     const rows = await run<{ id: unknown }>(db, s.schema, "EnqueueTask", params);
@@ -185,7 +186,7 @@ async function enqueueKeyed(db: Database, s: Shared, params: unknown[], opts: En
       : await run<{ id: unknown }>(db, s.schema, "EnqueueTaskKeyed", [...params, key]);
     if (inserted.length) return String(inserted[0].id);
     if (opts.replace) {
-      const replaced = await run<{ id: unknown }>(db, s.schema, "ReplaceQueuedTask", [key, params[2], s.runAt, s.delay, s.priority, s.version, params[1], s.queue]);
+      const replaced = await run<{ id: unknown }>(db, s.schema, "ReplaceQueuedTask", [key, params[2], s.runAt, s.delay, s.priority, s.version, params[1], s.queue, params[11]]);
       if (replaced.length) return String(replaced[0].id);
     }
     const pending = await run<{ id: unknown }>(db, s.schema, "PendingTaskIdsByKey", [[key]]);
@@ -225,10 +226,13 @@ export async function enqueueMany<T extends AnyTask>(
   const s = shared("enqueueMany()", task, opts);
   const payloads: string[] = new Array(inputs.length);
   const keys: (string | null)[] | null = opts.key ? new Array(inputs.length) : null;
+  // One group per input, or none at all (the statement then pads with NULL).
+  const groups: (string | null)[] = task.group ? new Array(inputs.length) : [];
   for (let i = 0; i < inputs.length; i++) {
     const validated = validateInput(task, inputs[i], i);
     if (isThenable(validated)) await validated;
     payloads[i] = encodePayload(task.name, inputs[i], s.maxPayloadBytes, i);
+    if (task.group) groups[i] = taskGroup(task, inputs[i], i);
     if (keys && opts.key) {
       const key = opts.key(inputs[i], i);
       if (key !== undefined && (typeof key !== "string" || !isValidKey(key))) {
@@ -238,7 +242,7 @@ export async function enqueueMany<T extends AnyTask>(
     }
   }
   const chunks = splitBatches(payloads);
-  const write = (tx: Database) => writeChunks(tx, task.name, s, payloads, keys, chunks);
+  const write = (tx: Database) => writeChunks(tx, task.name, s, payloads, groups, keys, chunks);
   if (chunks.length > 1) return inTransaction(db, write);
   return write(db);
 }
@@ -265,14 +269,17 @@ async function writeChunks(
   name: string,
   s: Shared,
   payloads: string[],
+  groups: (string | null)[],
   keys: (string | null)[] | null,
   chunks: [number, number][],
 ): Promise<string[]> {
   const ids: string[] = [];
   for (const [start, end] of chunks) {
-    const chunk = start === 0 && end === payloads.length ? payloads : payloads.slice(start, end);
+    const whole = start === 0 && end === payloads.length;
+    const chunk = whole ? payloads : payloads.slice(start, end);
+    const chunkGroups = whole || !groups.length ? groups : groups.slice(start, end);
     // JSON text holds no raw line feed, so the statement splits on it.
-    const params = [s.queue, name, chunk.join("\n"), s.priority, s.runAt, s.delay, s.maxAttempts, s.version, s.onFailed, ...s.retention];
+    const params = [s.queue, name, chunk.join("\n"), s.priority, s.runAt, s.delay, s.maxAttempts, s.version, s.onFailed, ...s.retention, chunkGroups];
     if (!keys) {
       const rows = await run<{ ids: string }>(db, s.schema, "EnqueueMany", params);
       // Ids are drawn in input order, so sorted ids line up with the inputs.
@@ -305,8 +312,9 @@ async function writeKeyedChunk(
   let todo = payloads.map((_, i) => i);
   for (let attempt = 0; attempt < 10 && todo.length; attempt++) {
     const text = todo.map((i) => payloads[i]).join("\n");
+    const groups = params[11] as (string | null)[];
     const rows = await run<{ id: unknown; key: string | null }>(db, s.schema, "EnqueueManyKeyed", [
-      ...params.slice(0, 2), text, ...params.slice(3), todo.map((i) => keys[i]),
+      ...params.slice(0, 2), text, ...params.slice(3, 11), groups.length ? todo.map((i) => groups[i]) : [], todo.map((i) => keys[i]),
     ]);
     const byKey = new Map<string, string>();
     const unkeyed: string[] = [];

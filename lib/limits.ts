@@ -25,6 +25,7 @@
  */
 import type { Sql } from "postgres";
 import type { ClaimScope } from "./claim.ts";
+import { claimGroups } from "./groups.ts";
 import { type Database, run } from "./statements.ts";
 
 /** Which queues have a concurrency or rate limit, read again when older than `refreshMs`. */
@@ -93,8 +94,24 @@ export async function claimLimited(sql: Sql<any>, schema: string, queue: string,
       if (slots?.free !== null && slots?.room_in_ms > 0) scope.limits?.fullUntil(Date.now() + slots.room_in_ms);
       return [];
     }
-    const claimed = await run(tx, schema, "ClaimLimitedTasks", [scope.workerId, [queue], scope.names, scope.leaseMs, free]);
+    const claimed = await claimWithin(tx, schema, queue, scope, free);
     if (slots.rated && claimed.length) await run(tx, schema, "RecordQueueStarts", [queue, claimed.length]);
     return claimed;
   }) as Record<string, unknown>[];
+}
+
+/**
+ * In claimLimited's transaction: up to `free` tasks of `queue`, those
+ * without a group (ClaimLimitedTasks) and, when some names have groups,
+ * those with one (ClaimGroupTasks, which keeps each group within the
+ * queue's group limit), first one and first the other by turns.
+ */
+async function claimWithin(tx: Database, schema: string, queue: string, scope: ClaimScope, free: number): Promise<Record<string, unknown>[]> {
+  const ungrouped = (want: number) => run(tx, schema, "ClaimLimitedTasks", [scope.workerId, [queue], scope.names, scope.leaseMs, want]);
+  if (!scope.groups) return await ungrouped(free);
+  const groupsFirst = scope.groups.takeTurn();
+  const first = groupsFirst ? await claimGroups(tx, schema, scope, [queue], free, true) : await ungrouped(free);
+  if (first.length >= free) return first;
+  const rest = groupsFirst ? await ungrouped(free - first.length) : await claimGroups(tx, schema, scope, [queue], free - first.length, true);
+  return first.concat(rest);
 }

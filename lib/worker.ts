@@ -10,6 +10,7 @@
 import type { Sql } from "postgres";
 import { LazyAbort, type Outcome, startAttempt } from "./attempt.ts";
 import { type ClaimedTask, claimTasks, type ClaimScope } from "./claim.ts";
+import { GroupRotation } from "./groups.ts";
 import { ClaimCursor } from "./claim-cursor.ts";
 import { LimitedQueues } from "./limits.ts";
 import { CountReporter, type WorkerReport } from "./count-reporter.ts";
@@ -227,6 +228,7 @@ export class Worker {
       names,
       leaseMs: names.map((n) => leaseFor(this.#timeoutOf(this.#tasks.get(n)!), options.timings)),
       limits: new LimitedQueues(options.timings.heartbeatInterval),
+      groups: options.tasks.some((t) => t.group) ? new GroupRotation() : undefined,
     };
     this.#outcomes = new OutcomeWriter(options.sql, options.schema, options.maxAttempts, options.log, options.events);
     this.#reporter = new CountReporter(

@@ -7,23 +7,25 @@
 -- name: EnqueueTask
 -- $8: the task definition's version (input_version); $9: whether it has an
 -- onFailed handler; $10 and $11: its retentions of completed and failed
--- tasks in ms (keep_completed, keep_failed; NULL: none set).
-INSERT INTO pgbg.task (queue, name, payload, priority, run_at, max_attempts, input_version, on_failed, keep_completed, keep_failed)
-VALUES (
-  $1, $2, $3::text::jsonb, $4,
-  coalesce($5::timestamptz, now() + $6::float8 * interval '1 millisecond'),
-  $7, $8, $9, $10::float8 * interval '1 millisecond', $11::float8 * interval '1 millisecond'
-)
-RETURNING id;
-
--- name: EnqueueTaskKeyed
--- The arbiter is task_key_idx: a pending task with the same key makes this
--- insert nothing and return no row; the caller then looks the task up.
-INSERT INTO pgbg.task (queue, name, payload, priority, run_at, max_attempts, input_version, on_failed, keep_completed, keep_failed, key)
+-- tasks in ms (keep_completed, keep_failed; NULL: none set); $12: the
+-- task's group (group_name; NULL: none).
+INSERT INTO pgbg.task (queue, name, payload, priority, run_at, max_attempts, input_version, on_failed, keep_completed, keep_failed, group_name)
 VALUES (
   $1, $2, $3::text::jsonb, $4,
   coalesce($5::timestamptz, now() + $6::float8 * interval '1 millisecond'),
   $7, $8, $9, $10::float8 * interval '1 millisecond', $11::float8 * interval '1 millisecond', $12
+)
+RETURNING id;
+
+-- name: EnqueueTaskKeyed
+-- $1-$12 as in EnqueueTask, $13 the key. The arbiter is task_key_idx: a
+-- pending task with the same key makes this insert nothing and return no
+-- row; the caller then looks the task up.
+INSERT INTO pgbg.task (queue, name, payload, priority, run_at, max_attempts, input_version, on_failed, keep_completed, keep_failed, group_name, key)
+VALUES (
+  $1, $2, $3::text::jsonb, $4,
+  coalesce($5::timestamptz, now() + $6::float8 * interval '1 millisecond'),
+  $7, $8, $9, $10::float8 * interval '1 millisecond', $11::float8 * interval '1 millisecond', $12, $13
 )
 ON CONFLICT (key) WHERE key IS NOT NULL AND state <> 'failed' DO NOTHING
 RETURNING id;
@@ -36,28 +38,29 @@ RETURNING id;
 -- batch sizes"). Identity values are drawn in ORDER BY order (the ordinality,
 -- which the scan already follows, so there is no sort): the returned ids,
 -- sorted, follow the order of the inputs. They come back as one
--- comma-separated text, one row instead of one per task.
+-- comma-separated text, one row instead of one per task. $12 holds one
+-- group per payload (NULL: none), or is empty when none has one.
 WITH inserted AS (
-  INSERT INTO pgbg.task (queue, name, payload, priority, run_at, max_attempts, input_version, on_failed, keep_completed, keep_failed)
+  INSERT INTO pgbg.task (queue, name, payload, priority, run_at, max_attempts, input_version, on_failed, keep_completed, keep_failed, group_name)
   SELECT $1, $2, i.payload::jsonb, $4,
     coalesce($5::timestamptz, now() + $6::float8 * interval '1 millisecond'), $7, $8, $9,
-    $10::float8 * interval '1 millisecond', $11::float8 * interval '1 millisecond'
-  FROM string_to_table($3::text, E'\n') WITH ORDINALITY AS i (payload, ord)
+    $10::float8 * interval '1 millisecond', $11::float8 * interval '1 millisecond', i.group_name
+  FROM ROWS FROM (string_to_table($3::text, E'\n'), unnest($12::text[])) WITH ORDINALITY AS i (payload, group_name, ord)
   ORDER BY i.ord
   RETURNING id
 )
 SELECT string_agg(id::text, ',') AS ids FROM inserted;
 
 -- name: EnqueueManyKeyed
--- $3 as in EnqueueMany; $12 holds one key per payload. A key that is already
+-- $3 and $12 as in EnqueueMany; $13 holds one key per payload. A key that is already
 -- pending, or repeated earlier in the same batch, inserts nothing; the caller
 -- looks those up.
-INSERT INTO pgbg.task (queue, name, payload, priority, run_at, max_attempts, input_version, on_failed, keep_completed, keep_failed, key)
+INSERT INTO pgbg.task (queue, name, payload, priority, run_at, max_attempts, input_version, on_failed, keep_completed, keep_failed, group_name, key)
 SELECT $1, $2, i.payload::jsonb, $4,
   coalesce($5::timestamptz, now() + $6::float8 * interval '1 millisecond'), $7, $8, $9,
-  $10::float8 * interval '1 millisecond', $11::float8 * interval '1 millisecond', i.key
-FROM ROWS FROM (string_to_table($3::text, E'\n'), unnest($12::text[]))
-  WITH ORDINALITY AS i (payload, key, ord)
+  $10::float8 * interval '1 millisecond', $11::float8 * interval '1 millisecond', i.group_name, i.key
+FROM ROWS FROM (string_to_table($3::text, E'\n'), unnest($12::text[]), unnest($13::text[]))
+  WITH ORDINALITY AS i (payload, group_name, key, ord)
 ORDER BY i.ord
 ON CONFLICT (key) WHERE key IS NOT NULL AND state <> 'failed' DO NOTHING
 RETURNING id, key;
@@ -65,8 +68,8 @@ RETURNING id, key;
 -- name: EnqueueTaskWindowed
 -- A key held for a window (throttle): the key's row in pgbg.task_key is
 -- taken first, on its primary key, when it is new or its hold ended, and
--- the task is inserted only then. $1-$11 as in EnqueueTask, $12 the key,
--- $13 the window in ms, $14 1 when it runs from the task's finish (the row
+-- the task is inserted only then. $1-$12 as in EnqueueTask, $13 the key,
+-- $14 the window in ms, $15 1 when it runs from the task's finish (the row
 -- then holds until the finish, and key_hold carries the window), 0 from
 -- now. The hold is judged on the row's latest version (a concurrent
 -- enqueue that took it is waited for), never on this statement's
@@ -76,18 +79,18 @@ RETURNING id, key;
 -- which the finish of its task (task_key_release) must update.
 WITH taken AS (
   INSERT INTO pgbg.task_key AS k (key, held_until)
-  SELECT $12, CASE WHEN $14::int = 0 THEN now() + $13::float8 * interval '1 millisecond' END
-  WHERE NOT EXISTS (SELECT 1 FROM pgbg.task p WHERE p.key = $12 AND p.state <> 'failed')
-    AND NOT EXISTS (SELECT 1 FROM pgbg.task_key h WHERE h.key = $12 AND (h.held_until IS NULL OR h.held_until > now()))
+  SELECT $13, CASE WHEN $15::int = 0 THEN now() + $14::float8 * interval '1 millisecond' END
+  WHERE NOT EXISTS (SELECT 1 FROM pgbg.task p WHERE p.key = $13 AND p.state <> 'failed')
+    AND NOT EXISTS (SELECT 1 FROM pgbg.task_key h WHERE h.key = $13 AND (h.held_until IS NULL OR h.held_until > now()))
   ON CONFLICT (key) DO UPDATE SET held_until = excluded.held_until, task_id = NULL
   WHERE k.held_until <= now()
   RETURNING k.key
 )
-INSERT INTO pgbg.task (queue, name, payload, priority, run_at, max_attempts, input_version, on_failed, keep_completed, keep_failed, key, key_hold)
+INSERT INTO pgbg.task (queue, name, payload, priority, run_at, max_attempts, input_version, on_failed, keep_completed, keep_failed, group_name, key, key_hold)
 SELECT $1, $2, $3::text::jsonb, $4,
   coalesce($5::timestamptz, now() + $6::float8 * interval '1 millisecond'),
-  $7, $8, $9, $10::float8 * interval '1 millisecond', $11::float8 * interval '1 millisecond', $12,
-  CASE WHEN $14::int = 1 THEN $13::float8 * interval '1 millisecond' END
+  $7, $8, $9, $10::float8 * interval '1 millisecond', $11::float8 * interval '1 millisecond', $12, $13,
+  CASE WHEN $15::int = 1 THEN $14::float8 * interval '1 millisecond' END
 FROM taken
 ON CONFLICT (key) WHERE key IS NOT NULL AND state <> 'failed' DO NOTHING
 RETURNING id;
@@ -104,12 +107,12 @@ WHERE key = $1 AND task_id IS NOT NULL AND (held_until IS NULL OR held_until > n
 -- name: ReplaceQueuedTask
 -- replace (debounce): the queued task holding key $1 gets this enqueue's
 -- input ($2, JSON text), run time ($3 absolute, else now plus $4 ms),
--- priority ($5) and version ($6), if it is a task of the same name ($7)
+-- priority ($5), version ($6) and group ($9), if it is a task of the same name ($7)
 -- and queue ($8) whose cancel nobody asked. A running task is left as it
 -- is; so is one of another name, whose input this one is not.
 UPDATE pgbg.task SET payload = $2::text::jsonb,
   run_at = coalesce($3::timestamptz, now() + $4::float8 * interval '1 millisecond'),
-  priority = $5, input_version = $6
+  priority = $5, input_version = $6, group_name = $9
 WHERE key = $1 AND state = 'queued' AND name = $7 AND queue = $8 AND cancel_requested_at IS NULL
 RETURNING id;
 

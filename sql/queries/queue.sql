@@ -33,7 +33,7 @@ SELECT r.name FROM resumed r CROSS JOIN (SELECT pg_notify($2, '')) AS wake;
 -- fragment: QueueSettingsColumns
 -- A queue's controls as the library returns them; recent_starts: the
 -- starts its rate limit counts now.
-name, paused_at, concurrency, rate_limit, rate_interval_ms, {{RateRecentStarts}}::int AS recent_starts
+name, paused_at, concurrency, group_concurrency, rate_limit, rate_interval_ms, {{RateRecentStarts}}::int AS recent_starts
 
 -- name: SetQueueConcurrency
 -- $1 queue, $2 its limit (NULL: none), $3 the wake-up channel: workers
@@ -41,6 +41,16 @@ name, paused_at, concurrency, rate_limit, rate_interval_ms, {{RateRecentStarts}}
 WITH set AS (
   INSERT INTO pgbg.queue AS queue (name, concurrency) VALUES ($1, $2::integer)
   ON CONFLICT (name) DO UPDATE SET concurrency = excluded.concurrency
+  RETURNING {{QueueSettingsColumns}}
+)
+SELECT s.* FROM set s CROSS JOIN (SELECT pg_notify($3, '')) AS wake;
+
+-- name: SetGroupConcurrency
+-- $1 queue, $2 the limit of each of its groups (NULL: none), $3 the
+-- wake-up channel, as SetQueueConcurrency.
+WITH set AS (
+  INSERT INTO pgbg.queue AS queue (name, group_concurrency) VALUES ($1, $2::integer)
+  ON CONFLICT (name) DO UPDATE SET group_concurrency = excluded.group_concurrency
   RETURNING {{QueueSettingsColumns}}
 )
 SELECT s.* FROM set s CROSS JOIN (SELECT pg_notify($3, '')) AS wake;
@@ -61,13 +71,13 @@ SELECT s.* FROM set s CROSS JOIN (SELECT pg_notify($4, '')) AS wake;
 -- name: QueueSettings
 -- Every queue paused or limited, by name.
 SELECT {{QueueSettingsColumns}}
-FROM pgbg.queue WHERE paused_at IS NOT NULL OR concurrency IS NOT NULL OR rate_limit IS NOT NULL ORDER BY name;
+FROM pgbg.queue q WHERE paused_at IS NOT NULL OR {{QueueLimited}} ORDER BY name;
 
 -- name: LimitedQueues
--- The queues with a concurrency or rate limit: a worker claims from them
+-- The queues with a limit (concurrency, per group, or rate): a worker claims from them
 -- with the limited claim (paused ones too, which QueueFreeSlots then finds
 -- paused: so a resume needs no new read of this list).
-SELECT name FROM pgbg.queue WHERE concurrency IS NOT NULL OR rate_limit IS NOT NULL ORDER BY name;
+SELECT name FROM pgbg.queue q WHERE {{QueueLimited}} ORDER BY name;
 
 -- name: LockLimitedQueue
 -- $1 queue. Taken by the limited claim's transaction before it counts the
@@ -78,20 +88,21 @@ SELECT pg_advisory_xact_lock(hashtext('pgbg.queue'), hashtext($1));
 
 -- name: QueueFreeSlots
 -- $1 queue: how many of its tasks may start now, or NULL when it has no
--- limit any more or is paused. Under a concurrency limit, the limit less
+-- limit any more or is paused (under a group limit alone, as many as
+-- asked: ClaimGroupTasks keeps each group's). Under a concurrency limit, the limit less
 -- its running tasks (found through task_lease_idx, which holds every
 -- running task); under a rate limit, the limit less its recent starts
 -- (by the clock now, after the lock: so every start the claims before
 -- this one recorded counts); under both, the lesser. rated:
 -- RecordQueueStarts must log what the claim takes; room_in_ms: when the
 -- rate has room again, in ms from now (0 or less, or NULL: it has).
-SELECT CASE WHEN q.paused_at IS NULL THEN least(
+SELECT CASE WHEN q.paused_at IS NULL THEN coalesce(least(
     CASE WHEN q.concurrency IS NOT NULL THEN q.concurrency - (SELECT count(*) FROM pgbg.task t WHERE t.state = 'running' AND t.queue = q.name) END,
     q.rate_limit - {{RateRecentStarts}}
-  ) END::int AS free,
+  ), 2147483647) END::int AS free,
   q.rate_limit IS NOT NULL AS rated,
   (extract(epoch FROM {{RateRoomAt}} - clock_timestamp()) * 1000)::float8 AS room_in_ms
-FROM pgbg.queue q WHERE q.name = $1 AND (q.concurrency IS NOT NULL OR q.rate_limit IS NOT NULL);
+FROM pgbg.queue q WHERE q.name = $1 AND {{QueueLimited}};
 
 -- name: RecordQueueStarts
 -- $1 queue, $2 how many tasks the limited claim just took: logs one start

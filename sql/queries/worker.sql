@@ -7,18 +7,20 @@
 -- The full claim. $1 worker id, $2 queues (NULL: every queue), $3 registered
 -- task names, $4 lease length in ms for each name in $3, $5 how many to claim.
 --
--- `lanes` lists the distinct (queue, priority) pairs of queued tasks by
--- skipping through task_claim_idx (one index probe per pair), and each lane
+-- `lanes` lists the distinct (queue, priority) pairs of queued tasks without
+-- a group by skipping through task_claim_idx (one index probe per pair),
+-- and each lane
 -- is read from its head. While vacuum is held back, the head of a lane is
 -- every task claimed since: entries the scan must step over one by one
 -- (docs/storage.md), so workers then claim with ClaimTasksAfter and run this
 -- only now and then (lib/claim-cursor.ts).
 WITH RECURSIVE lanes (queue, priority, after, after_id, limited) AS (
-  (SELECT queue, priority, '-infinity'::timestamptz, 0::bigint, false FROM pgbg.task WHERE state = 'queued' ORDER BY queue, priority LIMIT 1)
+  (SELECT queue, priority, '-infinity'::timestamptz, 0::bigint, false FROM pgbg.task
+   WHERE state = 'queued' AND group_name IS NULL ORDER BY queue, priority LIMIT 1)
   UNION ALL
   SELECT n.queue, n.priority, '-infinity'::timestamptz, 0::bigint, false FROM lanes l CROSS JOIN LATERAL (
     SELECT t.queue, t.priority FROM pgbg.task t
-    WHERE t.state = 'queued' AND (t.queue, t.priority) > (l.queue, l.priority)
+    WHERE t.state = 'queued' AND t.group_name IS NULL AND (t.queue, t.priority) > (l.queue, l.priority)
     ORDER BY t.queue, t.priority LIMIT 1
   ) n
 ),
@@ -31,11 +33,11 @@ WITH RECURSIVE lanes (queue, priority, after, after_id, limited) AS (
 -- priorities, read from their heads as in ClaimTasks.
 WITH RECURSIVE lanes (queue, priority, after, after_id, limited) AS (
   (SELECT queue, priority, '-infinity'::timestamptz, 0::bigint, true FROM pgbg.task
-   WHERE state = 'queued' AND queue = ($2::text[])[1] ORDER BY queue, priority LIMIT 1)
+   WHERE state = 'queued' AND group_name IS NULL AND queue = ($2::text[])[1] ORDER BY queue, priority LIMIT 1)
   UNION ALL
   SELECT n.queue, n.priority, '-infinity'::timestamptz, 0::bigint, true FROM lanes l CROSS JOIN LATERAL (
     SELECT t.queue, t.priority FROM pgbg.task t
-    WHERE t.state = 'queued' AND t.queue = l.queue AND t.priority > l.priority
+    WHERE t.state = 'queued' AND t.group_name IS NULL AND t.queue = l.queue AND t.priority > l.priority
     ORDER BY t.queue, t.priority LIMIT 1
   ) n
 ),
@@ -54,6 +56,82 @@ WITH lanes (queue, priority, after, after_id, limited) AS (
 ),
 {{ClaimFromLanes}};
 
+-- name: ClaimGroupTasks
+-- The group claim: tasks with a group, taken from their groups in turn.
+-- $1-$5 as in ClaimTasks; $6 true for the limited claim of the one queue
+-- $2 (in the transaction that took LockLimitedQueue), false for every
+-- queue without a limit; $7 and $8 the queue and group after which this
+-- worker's last group claim stopped ('' and '': none).
+--
+-- `after_cursor` and then `from_start` walk the distinct (queue, group)
+-- pairs of task_group_idx from that point round to it again, one index
+-- probe per pair, lazily: `turns` stops the walk at $5 groups that have a
+-- due task of a name this worker runs (and, under a group limit, a free
+-- slot). Each group then gives up to its share of the batch in its own
+-- claim order, and the batch is taken a task of each group at a time (its
+-- first, then its second...), so that a group with a million queued tasks
+-- and one with ten get alike. Under a group limit the running tasks are
+-- counted per group (task_group_running_idx) in this statement, whose
+-- snapshot is taken after the queue's lock: every task the limited claims
+-- before it took is counted.
+WITH RECURSIVE after_cursor (queue, group_name) AS (
+  (SELECT queue, group_name FROM pgbg.task
+   WHERE state = 'queued' AND group_name IS NOT NULL AND ($2::text[] IS NULL OR queue = ANY($2::text[]))
+     AND (queue, group_name) > ($7::text, $8::text)
+   ORDER BY queue, group_name LIMIT 1)
+  UNION ALL
+  SELECT n.queue, n.group_name FROM after_cursor a CROSS JOIN LATERAL (
+    SELECT t.queue, t.group_name FROM pgbg.task t
+    WHERE t.state = 'queued' AND t.group_name IS NOT NULL AND ($2::text[] IS NULL OR t.queue = ANY($2::text[]))
+      AND (t.queue, t.group_name) > (a.queue, a.group_name)
+    ORDER BY t.queue, t.group_name LIMIT 1
+  ) n
+),
+from_start (queue, group_name) AS (
+  (SELECT queue, group_name FROM pgbg.task
+   WHERE state = 'queued' AND group_name IS NOT NULL AND ($2::text[] IS NULL OR queue = ANY($2::text[]))
+     AND (queue, group_name) <= ($7::text, $8::text)
+   ORDER BY queue, group_name LIMIT 1)
+  UNION ALL
+  SELECT n.queue, n.group_name FROM from_start a CROSS JOIN LATERAL (
+    SELECT t.queue, t.group_name FROM pgbg.task t
+    WHERE t.state = 'queued' AND t.group_name IS NOT NULL AND ($2::text[] IS NULL OR t.queue = ANY($2::text[]))
+      AND (t.queue, t.group_name) > (a.queue, a.group_name) AND (t.queue, t.group_name) <= ($7::text, $8::text)
+    ORDER BY t.queue, t.group_name LIMIT 1
+  ) n
+),
+turns AS MATERIALIZED (
+  SELECT p.queue, p.group_name, p.free, row_number() OVER () AS turn FROM (
+    SELECT w.queue, w.group_name, f.free FROM (
+      (SELECT queue, group_name FROM after_cursor) UNION ALL (SELECT queue, group_name FROM from_start)
+    ) w
+    LEFT JOIN pgbg.queue q ON q.name = w.queue
+    -- The group's free slots under its queue's group limit (NULL: none).
+    CROSS JOIN LATERAL (SELECT CASE WHEN $6::boolean THEN q.group_concurrency - (SELECT count(*) FROM pgbg.task r
+      WHERE r.state = 'running' AND r.group_name IS NOT NULL AND r.queue = w.queue AND r.group_name = w.group_name) END AS free) f
+    WHERE (q.name IS NULL OR (q.paused_at IS NULL AND {{QueueLimited}} = $6::boolean)) AND (q.name IS NOT NULL OR NOT $6::boolean)
+      AND (f.free IS NULL OR f.free > 0)
+      AND EXISTS (SELECT FROM pgbg.task t
+        WHERE t.state = 'queued' AND t.group_name = w.group_name AND t.queue = w.queue AND {{ClaimableTask}})
+    LIMIT $5
+  ) p
+),
+candidates AS (
+  SELECT c.ctid, c.name, g.turn FROM turns g CROSS JOIN LATERAL (
+    SELECT x.*, row_number() OVER (ORDER BY x.priority, x.run_at, x.id) AS place FROM (
+      SELECT t.ctid, t.id, t.name, t.priority, t.run_at FROM pgbg.task t
+      WHERE t.state = 'queued' AND t.group_name = g.group_name AND t.queue = g.queue AND {{ClaimableTask}}
+      ORDER BY t.priority, t.run_at, t.id
+      -- Its share: the batch over the groups found, within its free slots.
+      LIMIT least(coalesce(g.free, $5), ceil($5::float8 / (SELECT count(*) FROM turns)))::int
+      FOR UPDATE SKIP LOCKED
+    ) x
+  ) c
+  ORDER BY c.place, g.turn
+  LIMIT $5
+),
+{{ClaimCandidates}};
+
 -- fragment: ClaimFromLanes
 -- Each lane is read in (run_at, id) order after its start, with run_at <=
 -- now() as the other index bound, so the scan stops at the first task not
@@ -61,29 +139,42 @@ WITH lanes (queue, priority, after, after_id, limited) AS (
 -- however deep the queue. SKIP LOCKED lets concurrent claimers pass each
 -- other's rows instead of queueing on them.
 candidates AS (
-  SELECT c.ctid, c.name FROM lanes l CROSS JOIN LATERAL (
+  SELECT c.ctid, c.name, NULL::bigint AS turn FROM lanes l CROSS JOIN LATERAL (
     SELECT t.ctid, t.id, t.name, t.priority, t.run_at FROM pgbg.task t
-    WHERE t.state = 'queued' AND t.queue = l.queue AND t.priority = l.priority
-      AND (t.run_at, t.id) > (l.after, l.after_id) AND t.run_at <= now() AND t.name = ANY($3::text[])
-      -- The claim adds 1 to both: a row already at the integer limit (only
-      -- one written by hand can be) would fail the whole statement with
-      -- "integer out of range" and so block every claim of its lane. It is
-      -- left alone instead, as a row of an unregistered name is.
-      AND t.attempts < 2147483647 AND t.lease_token < 2147483647
-      AND t.cancel_requested_at IS NULL
+    WHERE t.state = 'queued' AND t.group_name IS NULL AND t.queue = l.queue AND t.priority = l.priority
+      AND (t.run_at, t.id) > (l.after, l.after_id) AND {{ClaimableTask}}
     ORDER BY t.run_at, t.id
     LIMIT $5
     FOR UPDATE SKIP LOCKED
   ) c
   WHERE ($2::text[] IS NULL OR l.queue = ANY($2::text[]))
-    -- A paused queue's lanes are skipped, and a limited one's (by
-    -- concurrency or rate) are left to the limited claim: one probe of
-    -- queue_pkey per lane.
-    AND NOT EXISTS (SELECT FROM pgbg.queue q WHERE q.name = l.queue
-      AND (q.paused_at IS NOT NULL OR (q.concurrency IS NOT NULL OR q.rate_limit IS NOT NULL) <> l.limited))
+    -- A paused queue's lanes are skipped, and a limited one's are left to
+    -- the limited claim: one probe of queue_pkey per lane.
+    AND NOT EXISTS (SELECT FROM pgbg.queue q WHERE q.name = l.queue AND (q.paused_at IS NOT NULL OR {{QueueLimited}} <> l.limited))
   ORDER BY c.priority, c.run_at, c.id
   LIMIT $5
 ),
+{{ClaimCandidates}}
+
+-- fragment: ClaimableTask
+-- A queued task `t` a worker may claim now: due, of a name it runs ($3),
+-- and not being cancelled. The claim adds 1 to attempts and lease_token: a
+-- row already at the integer limit (only one written by hand can be) would
+-- fail the whole statement with "integer out of range" and so block every
+-- claim of its lane. It is left alone instead, as a row of an unregistered
+-- name is.
+t.run_at <= now() AND t.name = ANY($3::text[])
+      AND t.attempts < 2147483647 AND t.lease_token < 2147483647
+      AND t.cancel_requested_at IS NULL
+
+-- fragment: QueueLimited
+-- Whether the pgbg.queue row `q` has a limit (concurrency, rate, or per
+-- group): its tasks are then claimed with the limited claim alone.
+(q.concurrency IS NOT NULL OR q.rate_limit IS NOT NULL OR q.group_concurrency IS NOT NULL)
+
+-- fragment: ClaimCandidates
+-- Claims the rows of `candidates` (ctid, name, turn), each leased with the
+-- lease length of its name ($4), and returns them in claim order.
 claimed AS (
   UPDATE pgbg.task t SET
     state = 'running',
@@ -97,14 +188,15 @@ claimed AS (
   -- rows cannot have moved, and a TID lookup spares a primary key descent
   -- per task.
   WHERE t.ctid = c.ctid
-  RETURNING t.id, t.name, t.queue, t.payload, t.attempts, t.max_attempts, t.lease_token, t.priority, t.run_at, t.snoozes, t.input_version
+  RETURNING t.id, t.name, t.queue, t.group_name, t.payload, t.attempts, t.max_attempts, t.lease_token, t.priority, t.run_at,
+    t.snoozes, t.input_version, c.turn
 )
 -- Claim order, so the worker starts them in it; sorting here spares the
 -- worker from parsing two timestamps per task. lag_ms: how long the task
 -- waited since it became due (its enqueue, delay or retry time), for
 -- metrics; run_at_us (epoch microseconds, exact) moves the worker's claim
--- cursor.
-SELECT id, name, queue, payload, attempts, max_attempts, lease_token, priority, snoozes, input_version,
+-- cursor; turn: the group's place in a group claim's rotation.
+SELECT id, name, queue, group_name, payload, attempts, max_attempts, lease_token, priority, snoozes, input_version, turn,
   (extract(epoch FROM now() - run_at) * 1000)::float8 AS lag_ms,
   (extract(epoch FROM run_at) * 1000000)::bigint AS run_at_us
 FROM claimed
@@ -388,8 +480,9 @@ RETURNING id;
 -- For drain(): of the claimable tasks of names $2 in queues $1 (NULL: every
 -- queue), how many are not due yet, and in how many ms the first falls due
 -- (0 or less: one is due now, such as a retry just written). Paused
--- queues are left out, and queues at their concurrency limit: their tasks
--- are not claimable now, and drain() would claim again at once for ever.
+-- queues are left out, and queues at their concurrency limit, and groups
+-- at their group limit: their tasks are not claimable now, and drain()
+-- would claim again at once for ever.
 -- A queue whose rate limit is used up has its tasks due when it has room
 -- again (the oldest logged start of a full log, one interval on).
 SELECT count(*) FILTER (WHERE d.due > now())::int AS scheduled,
@@ -401,5 +494,7 @@ FROM (
     AND ($1::text[] IS NULL OR queue = ANY($1::text[]))
     AND NOT EXISTS (
       SELECT FROM pgbg.queue q WHERE q.name = t.queue AND (q.paused_at IS NOT NULL
-        OR q.concurrency <= (SELECT count(*) FROM pgbg.task r WHERE r.state = 'running' AND r.queue = q.name)))
+        OR q.concurrency <= (SELECT count(*) FROM pgbg.task r WHERE r.state = 'running' AND r.queue = q.name)
+        OR (t.group_name IS NOT NULL AND q.group_concurrency <= (SELECT count(*) FROM pgbg.task r
+          WHERE r.state = 'running' AND r.group_name IS NOT NULL AND r.queue = q.name AND r.group_name = t.group_name))))
 ) d;

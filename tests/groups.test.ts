@@ -1,0 +1,167 @@
+/**
+ * Groups within a queue (defineTask's `group`): a group limit holds for
+ * each group across every supervisor, and is reached; a limit of 1 runs a
+ * group's tasks one at a time in enqueue order while other groups run
+ * beside it; claims take from the groups in turn, so a small group's tasks
+ * start ahead of a large group's backlog; bad groups and limits are
+ * refused, writing nothing.
+ */
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+import * as v from "valibot";
+import {
+  createWorker, defineTask, drain, enqueue, enqueueMany, InvalidOptionsError, InvalidTaskError, migrate, queueSettings, setGroupConcurrency, status,
+} from "../mod.ts";
+import { createTestDatabase } from "./harness.ts";
+import { patience, serviceTestbed, until } from "./service-harness.ts";
+
+const testbed = await serviceTestbed(createTestDatabase, (sql) => migrate(sql));
+const { sql } = testbed.db;
+const quiet = { debug() {}, info() {}, warn() {}, error() {} };
+
+/** The fixture's tenant-work task (tests/fixtures/tasks.ts): its group is its input's tenant. */
+const tenantWork = defineTask({
+  name: "tenant-work",
+  schema: v.object({ tenant: v.string(), ms: v.optional(v.number(), 0) }),
+  group: (input) => input.tenant,
+  run() {},
+});
+
+/** The most executions of `ids` that overlapped, from their recorded start and end. */
+async function mostAtOnce(ids: string[]): Promise<number> {
+  const rows = await testbed.executions(ids);
+  const edges = rows.flatMap((r) => [[r.started_at.getTime(), 1], [(r.ended_at ?? new Date(8.64e15)).getTime(), -1]]);
+  // An end before a start at the same instant: touching is not overlapping.
+  edges.sort((a, b) => a[0] - b[0] || a[1] - b[1]);
+  let now = 0;
+  let most = 0;
+  for (const [, step] of edges) most = Math.max(most, (now += step));
+  return most;
+}
+
+/** Enqueues `each` tasks for every tenant, interleaved (a1, b1, c1, a2...); returns the ids by tenant. */
+async function enqueueTenants(queue: string, tenants: string[], each: number, ms: number): Promise<Map<string, string[]>> {
+  const inputs = Array.from({ length: each }, () => tenants.map((tenant) => ({ tenant, ms }))).flat();
+  const ids = await enqueueMany(sql, tenantWork, inputs, { queue });
+  const byTenant = new Map<string, string[]>(tenants.map((t) => [t, []]));
+  inputs.forEach((input, i) => byTenant.get(input.tenant)!.push(ids[i]));
+  return byTenant;
+}
+
+describe("a group limit", () => {
+  for (const supervisors of [2, 4]) {
+    test(`${supervisors} supervisors never run more than 3 tasks of a group at once, and do run 3, with groups side by side`, async () => {
+      const queue = `tenants-${supervisors}`;
+      await setGroupConcurrency(sql, queue, 3);
+      const byTenant = await enqueueTenants(queue, ["a", "b", "c"], 15, 150);
+      for (let i = 0; i < supervisors; i++) testbed.serve(["--workers", "2", "--concurrency", "4", "--queues", queue]);
+      const all = [...byTenant.values()].flat();
+      await until(() => testbed.remaining(all), (n) => n === 0, patience, "the tasks to run");
+      assert.equal((await testbed.executions(all)).length, 45, "each ran once");
+      for (const [tenant, ids] of byTenant) assert.equal(await mostAtOnce(ids), 3, `tenant ${tenant}`);
+      assert.ok(await mostAtOnce(all) > 3, "the limit is per group, not the queue's");
+    });
+  }
+
+  test("a limit of 1 runs each group's tasks one at a time, in enqueue order, across two supervisors", async () => {
+    await setGroupConcurrency(sql, "serial-groups", 1);
+    const byTenant = await enqueueTenants("serial-groups", ["x", "y", "z"], 8, 20);
+    testbed.serve(["--workers", "2", "--concurrency", "4", "--queues", "serial-groups"]);
+    testbed.serve(["--workers", "2", "--concurrency", "4", "--queues", "serial-groups"]);
+    const all = [...byTenant.values()].flat();
+    await until(() => testbed.remaining(all), (n) => n === 0, patience, "the tasks to run");
+    for (const [tenant, ids] of byTenant) {
+      assert.deepEqual((await testbed.executions(ids)).map((r) => r.task_id), ids, `tenant ${tenant} started in enqueue order`);
+      assert.equal(await mostAtOnce(ids), 1, `tenant ${tenant}`);
+    }
+    assert.ok(await mostAtOnce(all) > 1, "groups ran side by side");
+  });
+
+  test("drain() returns when a group's slots are all held elsewhere, leaving its tasks queued", async () => {
+    await setGroupConcurrency(sql, "held-groups", 1);
+    const [held, waiting, other] = await enqueueMany(sql, tenantWork, [{ tenant: "h" }, { tenant: "h" }, { tenant: "o" }], { queue: "held-groups" });
+    // Running on a worker of another host, as far as the table says.
+    await sql`UPDATE pgbg.task SET state = 'running', attempts = 1, worker_id = gen_random_uuid(), lease_expires_at = now() + interval '1 hour' WHERE id = ${held}`;
+    const result = await drain(sql, { tasks: [tenantWork], queues: ["held-groups"], logger: quiet });
+    assert.equal(result.ran, 1, "the other group's task ran");
+    assert.equal((await sql`SELECT state::text FROM pgbg.task WHERE id = ${waiting}`)[0].state, "queued");
+    assert.equal((await sql`SELECT count(*)::int AS n FROM pgbg.task WHERE id = ${other}`)[0].n, 0);
+  });
+
+  test("group limits are listed, removed with null, and bad ones refused naming the value", async () => {
+    await setGroupConcurrency(sql, "shown-groups", 4);
+    assert.deepEqual((await queueSettings(sql)).find((q) => q.queue === "shown-groups"), {
+      queue: "shown-groups", pausedAt: null, concurrency: null, groupConcurrency: 4, rate: null,
+    });
+    assert.ok((await status(sql)).queues.some((q) => q.queue === "shown-groups" && q.groupConcurrency === 4));
+    await setGroupConcurrency(sql, "shown-groups", null);
+    assert.equal((await queueSettings(sql)).some((q) => q.queue === "shown-groups"), false);
+    for (const bad of [0, -1, 1.5, "3", Number.NaN]) {
+      await assert.rejects(setGroupConcurrency(sql, "shown-groups", bad as number), (e: unknown) => e instanceof InvalidOptionsError && /the limit must be/.test(e.message));
+    }
+  });
+});
+
+describe("claims take from groups in turn", () => {
+  test("in process: a small group's tasks start ahead of a large group's backlog enqueued before them", async () => {
+    const started: string[] = [];
+    const fair = defineTask({
+      name: "fair",
+      schema: v.object({ tenant: v.string() }),
+      group: (input) => input.tenant,
+      run(input) {
+        started.push(input.tenant);
+      },
+    });
+    await enqueueMany(sql, fair, Array.from({ length: 3000 }, () => ({ tenant: "big" })), { queue: "fair" });
+    await enqueueMany(sql, fair, Array.from({ length: 5 }, () => ({ tenant: "small" })), { queue: "fair" });
+    const host = createWorker(testbed.db.connect({ max: 4 }), { tasks: [fair], queues: ["fair"], concurrency: 4, logger: quiet });
+    await host.start();
+    try {
+      await until(async () => started.filter((t) => t === "small").length, (n) => n === 5, patience, "the small group's tasks to run");
+    } finally {
+      await host.stop();
+    }
+    const before = started.indexOf("small") === -1 ? Infinity : started.lastIndexOf("small");
+    // Strict enqueue order would start all 3000 of "big" first.
+    assert.ok(before < 100, `the small group's last task started ${before} tasks in`);
+  });
+
+  test("tasks without a group run beside grouped ones in the same queue", async () => {
+    const plain = defineTask({ name: "plain", schema: v.object({}), run() {} });
+    const mixed = defineTask({ name: "mixed", schema: v.object({ tenant: v.string() }), group: (input) => input.tenant, run() {} });
+    await enqueueMany(sql, mixed, Array.from({ length: 20 }, (_, i) => ({ tenant: `t${i % 3}` })), { queue: "mixed" });
+    await enqueueMany(sql, plain, Array.from({ length: 20 }, () => ({})), { queue: "mixed" });
+    const result = await drain(sql, { tasks: [plain, mixed], queues: ["mixed"], logger: quiet });
+    assert.equal(result.ran, 40);
+  });
+});
+
+describe("a task's group", () => {
+  test("is what its function returns, stored with the task; null or undefined is none", async () => {
+    const maybe = defineTask({ name: "maybe-group", schema: v.object({ g: v.optional(v.string()) }), group: (input) => input.g, run() {} });
+    const [a, b] = await enqueueMany(sql, maybe, [{ g: "acme" }, {}], { queue: "groups-stored" });
+    const c = await enqueue(sql, maybe, { g: "zeta" }, { queue: "groups-stored" });
+    const rows = await sql`SELECT id::text, group_name FROM pgbg.task WHERE id IN ${sql([a, b, c])} ORDER BY id`;
+    assert.deepEqual(rows.map((r) => r.group_name), ["acme", null, "zeta"]);
+  });
+
+  test("a function that returns no group name, or throws, fails the enqueue naming the task and index, and writes nothing", async () => {
+    const bad = defineTask({
+      name: "bad-group",
+      schema: v.object({ g: v.unknown() }),
+      group: (input) => {
+        if (input.g === "throw") throw new Error("no tenant");
+        return input.g as string;
+      },
+      run() {},
+    });
+    const before = (await sql`SELECT count(*)::int AS n FROM pgbg.task WHERE name = 'bad-group'`)[0].n;
+    await assert.rejects(enqueue(sql, bad, { g: 7 }), (e: unknown) => e instanceof InvalidTaskError && /"bad-group": group returned number/.test(e.message));
+    await assert.rejects(enqueue(sql, bad, { g: "" }), /group returned a string of 0 characters/);
+    await assert.rejects(enqueue(sql, bad, { g: "x".repeat(257) }), /1-256 characters/);
+    await assert.rejects(enqueueMany(sql, bad, [{ g: "ok" }, { g: "throw" }]), /group threw for the input at index 1: no tenant/);
+    assert.equal((await sql`SELECT count(*)::int AS n FROM pgbg.task WHERE name = 'bad-group'`)[0].n, before);
+    assert.throws(() => defineTask({ name: "x", schema: v.object({}), group: "tenant" as never, run() {} }), /group must be a function/);
+  });
+});
