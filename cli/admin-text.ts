@@ -37,9 +37,9 @@ export function formatStatus(status: Status): string {
   if (status.queues.length) {
     parts.push("\nqueue controls:\n");
     parts.push(formatTable(
-      ["QUEUE", "STATE", "CONCURRENCY LIMIT", "RATE LIMIT", "STARTS IN INTERVAL"],
+      ["QUEUE", "STATE", "CONCURRENCY LIMIT", "PER GROUP", "RATE LIMIT", "STARTS IN INTERVAL"],
       status.queues.map((q) => [
-        q.queue, q.pausedAt ? `paused since ${q.pausedAt.toISOString()}` : "running", q.concurrency ?? "none",
+        q.queue, q.pausedAt ? `paused since ${q.pausedAt.toISOString()}` : "running", q.concurrency ?? "none", q.groupConcurrency ?? "none",
         q.rate ? `${q.rate.limit}/${formatDuration(q.rate.intervalMs)}` : "none", q.rate?.recentStarts ?? "",
       ]),
     ));

@@ -11,7 +11,7 @@ import process from "node:process";
 import postgres from "postgres";
 import { compactIndexes } from "../lib/compact.ts";
 import { cancel, listTasks, retry, status } from "../lib/admin.ts";
-import { pauseQueue, resumeQueue, runSchedule, setQueueConcurrency, setQueueRateLimit } from "../lib/controls.ts";
+import { pauseQueue, resumeQueue, runSchedule, setGroupConcurrency, setQueueConcurrency, setQueueRateLimit } from "../lib/controls.ts";
 import { formatDuration } from "../lib/duration.ts";
 import { enqueue } from "../lib/enqueue.ts";
 import { LATEST_SCHEMA_VERSION, migrate, schemaVersion } from "../lib/migrate.ts";
@@ -160,10 +160,16 @@ export const resumeCommand = defineCliCommand(
 /** `pgbg limit`. */
 export const limitCommand = defineCliCommand(
   limitArgs,
-  "Set a queue's concurrency limit: at most N of its tasks run at once across every worker and host; off removes it",
-  ({ flags, positionals: [queue, limit] }) =>
-    runCommand(flags, (sql, schema) => setQueueConcurrency(sql, queue, limit === "off" ? null : Number(limit), { schema }), (r) =>
-      r.concurrency === null ? `queue ${r.queue} has no concurrency limit\n` : `queue ${r.queue}: at most ${r.concurrency} running at once\n`),
+  "Set a queue's concurrency limit (with --per-group, each group's): at most N of its tasks run at once across every worker and host; off removes it",
+  ({ flags, positionals: [queue, limit] }) => {
+    const n = limit === "off" ? null : Number(limit);
+    if (flags["per-group"]) {
+      return runCommand(flags, (sql, schema) => setGroupConcurrency(sql, queue, n, { schema }), (r) =>
+        r.groupConcurrency === null ? `queue ${r.queue} has no group limit\n` : `queue ${r.queue}: at most ${r.groupConcurrency} of each group running at once\n`);
+    }
+    return runCommand(flags, (sql, schema) => setQueueConcurrency(sql, queue, n, { schema }), (r) =>
+      r.concurrency === null ? `queue ${r.queue} has no concurrency limit\n` : `queue ${r.queue}: at most ${r.concurrency} running at once\n`);
+  },
 );
 
 /** `pgbg rate`. */

@@ -225,9 +225,12 @@ export const resumeArgs = {
 /** `pgbg limit`. */
 export const limitArgs = {
   command: "pgbg limit",
-  flags: connection,
+  flags: {
+    ...connection,
+    "per-group": boolean({ default: false, shown: "off", description: "Limit each group of the queue (defineTask's group) instead of the whole queue" }),
+  },
   positionals: {
-    names: { queue: "The queue (required)", concurrency: "Most of its tasks running at once, or off for no limit (required)" },
+    names: { queue: "The queue (required)", concurrency: "Most of its tasks (with --per-group: of each group's) running at once, or off for no limit (required)" },
     required: "give the queue and its limit: pgbg limit QUEUE N, or pgbg limit QUEUE off",
   },
   check({ positionals: [queue, concurrency] }) {

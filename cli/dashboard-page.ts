@@ -35,7 +35,7 @@ export const dashboardPage = `<!doctype html>
 <th>Oldest queued</th><th>Done/1m</th><th>Failed/1m</th><th>Retried/1m</th></tr></thead><tbody></tbody></table>
 <p id="unregistered" class="warning"></p></section>
 <section><h2>Queues</h2>
-<table id="queues"><thead><tr><th>Queue</th><th>State</th><th>Concurrency limit</th><th>Rate limit</th><th>Starts in interval</th><th></th></tr></thead><tbody></tbody></table></section>
+<table id="queues"><thead><tr><th>Queue</th><th>State</th><th>Concurrency limit</th><th>Per group</th><th>Rate limit</th><th>Starts in interval</th><th></th></tr></thead><tbody></tbody></table></section>
 <section><h2>Schedules</h2>
 <table id="schedules"><thead><tr><th>Schedule</th><th>Task</th><th>Cron</th><th>Time zone</th><th>Last tick</th><th>Last task</th><th>Next tick</th><th>State</th><th></th></tr></thead><tbody></tbody></table></section>
 <section><h2>Workers</h2>
@@ -86,6 +86,7 @@ async function refresh() {
       tr.dataset.queue = q;
       cell(tr, q); cell(tr, paused.has(q) ? "paused since " + paused.get(q) : "running");
       cell(tr, controls.get(q)?.concurrency ?? "none");
+      cell(tr, controls.get(q)?.groupConcurrency ?? "none");
       const rate = controls.get(q)?.rate;
       cell(tr, rate ? rate.limit + " per " + rate.intervalMs + " ms" : "none");
       cell(tr, rate ? rate.recentStarts : "");

@@ -86,6 +86,8 @@ export class ServiceMetrics {
     for (const q of queues) if (q.pausedAt) out.push(`pgbg_queue_paused${labels({ queue: q.queue })} 1`);
     family("pgbg_queue_concurrency_limit", "gauge", "Each limited queue's concurrency limit (setQueueConcurrency, pgbg limit).");
     for (const q of queues) if (q.concurrency !== null) out.push(`pgbg_queue_concurrency_limit${labels({ queue: q.queue })} ${q.concurrency}`);
+    family("pgbg_queue_group_concurrency_limit", "gauge", "Each group-limited queue's limit per group (setGroupConcurrency, pgbg limit --per-group).");
+    for (const q of queues) if (q.groupConcurrency !== null) out.push(`pgbg_queue_group_concurrency_limit${labels({ queue: q.queue })} ${q.groupConcurrency}`);
     family("pgbg_queue_rate_limit", "gauge", "Each rate-limited queue's most starts per interval (setQueueRateLimit, pgbg rate).");
     for (const q of queues) if (q.rate) out.push(`pgbg_queue_rate_limit${labels({ queue: q.queue })} ${q.rate.limit}`);
     family("pgbg_queue_rate_interval_seconds", "gauge", "Each rate-limited queue's interval.");

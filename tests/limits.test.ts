@@ -106,12 +106,12 @@ describe("a queue's concurrency limit", () => {
 
   test("limits are listed, removed with null, and bad ones refused naming the value", async () => {
     await setQueueConcurrency(sql, "shown", 7);
-    assert.deepEqual((await queueSettings(sql)).find((q) => q.queue === "shown"), { queue: "shown", pausedAt: null, concurrency: 7, rate: null });
+    assert.deepEqual((await queueSettings(sql)).find((q) => q.queue === "shown"), { queue: "shown", pausedAt: null, concurrency: 7, groupConcurrency: null, rate: null });
     assert.ok((await status(sql)).queues.some((q) => q.queue === "shown" && q.concurrency === 7));
-    assert.deepEqual(await setQueueConcurrency(sql, "shown", null), { queue: "shown", pausedAt: null, concurrency: null, rate: null });
+    assert.deepEqual(await setQueueConcurrency(sql, "shown", null), { queue: "shown", pausedAt: null, concurrency: null, groupConcurrency: null, rate: null });
     assert.equal((await queueSettings(sql)).some((q) => q.queue === "shown"), false);
     for (const bad of [0, -1, 1.5, "3", Number.NaN]) {
-      await assert.rejects(setQueueConcurrency(sql, "shown", bad as number), (e: unknown) => e instanceof InvalidOptionsError && /concurrency must be/.test(e.message));
+      await assert.rejects(setQueueConcurrency(sql, "shown", bad as number), (e: unknown) => e instanceof InvalidOptionsError && /the limit must be/.test(e.message));
     }
     await assert.rejects(setQueueConcurrency(sql, "bad name", 1), InvalidOptionsError);
   });

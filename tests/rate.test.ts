@@ -83,9 +83,9 @@ describe("a queue's rate limit", () => {
   test("rate limits are listed with their recent starts, removed with null, and bad ones refused naming the value", async () => {
     await setQueueRateLimit(sql, "shown", { limit: 7, interval: "1m" });
     assert.deepEqual((await queueSettings(sql)).find((q) => q.queue === "shown"), {
-      queue: "shown", pausedAt: null, concurrency: null, rate: { limit: 7, intervalMs: 60_000, recentStarts: 0 },
+      queue: "shown", pausedAt: null, concurrency: null, groupConcurrency: null, rate: { limit: 7, intervalMs: 60_000, recentStarts: 0 },
     });
-    assert.deepEqual(await setQueueRateLimit(sql, "shown", null), { queue: "shown", pausedAt: null, concurrency: null, rate: null });
+    assert.deepEqual(await setQueueRateLimit(sql, "shown", null), { queue: "shown", pausedAt: null, concurrency: null, groupConcurrency: null, rate: null });
     assert.equal((await queueSettings(sql)).some((q) => q.queue === "shown"), false);
     for (const limit of [0, -1, 1.5, 10_001, "3"]) {
       await assert.rejects(setQueueRateLimit(sql, "shown", { limit: limit as number, interval: 1000 }), (e: unknown) => e instanceof InvalidOptionsError && /limit must be/.test(e.message));

@@ -423,7 +423,7 @@ test("the README's rate limit example runs as written, in-process and under pgbg
   const cli = fileURLToPath(new URL("../cli/main.ts", import.meta.url));
   const pgbg = (...args: string[]) => spawnSync(process.execPath, ["--import", "tsx", cli, ...args], { env: { ...process.env, DATABASE_URL: db.url }, encoding: "utf8", timeout: patience });
   assert.equal(pgbg("rate", "geocoder", "5/1s").stdout, "queue geocoder: at most 5 starts per 1s\n");
-  assert.match(pgbg("status").stdout, /geocoder +running +none +5\/1s +\d+/);
+  assert.match(pgbg("status").stdout, /geocoder +running +none +none +5\/1s +\d+/);
   const service = startService(db.url, ["--tasks", tasks, "--workers", "2"]);
   try {
     await service.waitForLog((l) => /^worker \d ready/.test(l.message), patience);
@@ -441,4 +441,37 @@ test("the README's rate limit example runs as written, in-process and under pgbg
     assert.equal(refused.status, 2, bad);
     assert.match(refused.stderr, /the rate must be N\/INTERVAL/);
   }
+});
+
+test("the README's group example runs as written, in-process and under pgbg serve: a small tenant's tasks run, in order, ahead of a big tenant's backlog; pgbg limit --per-group sets and removes it", async () => {
+  const { tasks, app, tasksBlock, appBlock } = tasksAndApp("### Groups: fair turns and a limit per tenant", "groups");
+  assert.ok(tasksBlock.includes("group: (input) => input.tenant") && appBlock.includes("setGroupConcurrency("), "the README has both blocks");
+  await migrate(db.sql);
+  const result = spawnSync(process.execPath, ["--import", "tsx", app], { env: { ...process.env, DATABASE_URL: db.url }, encoding: "utf8", timeout: patience });
+  assert.equal(result.status, 0, result.stdout + result.stderr);
+  const lines = result.stdout.trim().split("\n");
+  assert.deepEqual(lines.filter((l) => l.startsWith("synced small")), ["synced small 1", "synced small 2"], result.stdout);
+  const big = lines.filter((l) => l.startsWith("synced big")).map((l) => Number(l.split(" ")[2]));
+  assert.deepEqual(big, big.toSorted((a, b) => a - b), "one at a time, in enqueue order");
+  const toGo = /^small's 2 syncs ran while big had (\d+) of 100 to go$/.exec(lines.at(-1)!);
+  assert.ok(toGo && Number(toGo[1]) >= 50, result.stdout);
+
+  // Under pgbg serve, with the limit set by pgbg limit --per-group as the README shows.
+  await db.sql`DELETE FROM pgbg.task WHERE queue = 'sync'`;
+  const cli = fileURLToPath(new URL("../cli/main.ts", import.meta.url));
+  const pgbg = (...args: string[]) => spawnSync(process.execPath, ["--import", "tsx", cli, ...args], { env: { ...process.env, DATABASE_URL: db.url }, encoding: "utf8", timeout: patience });
+  assert.equal(pgbg("limit", "sync", "1", "--per-group").stdout, "queue sync: at most 1 of each group running at once\n");
+  assert.match(pgbg("status").stdout, /sync +running +none +1 +none/);
+  const { syncTenant } = await import(tasks);
+  await enqueueMany(db.sql, syncTenant, Array.from({ length: 200 }, (_, account) => ({ tenant: "big", account })));
+  await enqueueMany(db.sql, syncTenant, [{ tenant: "small", account: 1 }, { tenant: "small", account: 2 }]);
+  const left = async (tenant: string) => (await db.sql`SELECT count(*)::int AS n FROM pgbg.task WHERE queue = 'sync' AND group_name = ${tenant}`)[0].n as number;
+  const service = startService(db.url, ["--tasks", tasks, "--workers", "2"]);
+  try {
+    await until(() => left("small"), (n) => n === 0, patience, "the small tenant's tasks to run under pgbg serve");
+    assert.ok((await left("big")) >= 100, "the small tenant did not wait for the big one's backlog");
+  } finally {
+    assert.deepEqual(await stopService(service), { code: 0, signal: null });
+  }
+  assert.equal(pgbg("limit", "sync", "off", "--per-group").stdout, "queue sync has no group limit\n");
 });
