@@ -6,8 +6,8 @@
  */
 import { fileURLToPath } from "node:url";
 import process from "node:process";
-import { enqueue, enqueueMany, migrate, setQueueConcurrency, setQueueRateLimit, VERSION } from "../mod.ts";
-import { latency as latencyTask, noop, noopResult } from "./tasks.js";
+import { enqueue, enqueueMany, migrate, setGroupConcurrency, setQueueConcurrency, setQueueRateLimit, VERSION } from "../mod.ts";
+import { latency as latencyTask, latencyGrouped, noop, noopGrouped, noopResult } from "./tasks.js";
 import { type Child, CpuMeter, type Database, inFlight, type Server, since, start, stop, treeCpu, waitFor } from "./harness.ts";
 import type { DrainResult, Subject } from "./subject.ts";
 
@@ -133,6 +133,82 @@ export async function drainLimited(db: Database, server: Server, n: number, sett
 export async function drainRated(db: Database, server: Server, n: number, setting: ServeSetting, perSecond: number): Promise<DrainResult> {
   await setQueueRateLimit(db.sql, "default", { limit: perSecond, interval: 1000 });
   return await drainWith(db, server, n, setting);
+}
+
+/**
+ * drainWith, of `n` tasks spread over `groups` groups (task i in group
+ * i mod groups), with a limit of `perGroup` on each group when given: the
+ * group claim's cost (groups 1: fair turns on one group), and with many
+ * groups under a limit that rarely binds, the limited group claim's.
+ */
+export async function drainGrouped(db: Database, server: Server, n: number, setting: ServeSetting, groups: number, perGroup: number | null): Promise<DrainResult> {
+  if (perGroup !== null) await setGroupConcurrency(db.sql, "default", perGroup);
+  const service = await serve(db, setting);
+  try {
+    await db.sql.begin(async (tx) => {
+      for (let done = 0; done < n; done += 10_000) {
+        const size = Math.min(10_000, n - done);
+        await enqueueMany(tx, noopGrouped, Array.from({ length: size }, (_, i) => ({ i: done + i, g: `g${(done + i) % groups}` })));
+      }
+    });
+    const t0 = performance.now();
+    const meter = new CpuMeter(server, () => service.child.pid);
+    await drained(db);
+    const seconds = since(t0);
+    const cpu = meter.read();
+    return { jobs: n, seconds, workerCpu: cpu.tree, serverCpu: cpu.server, setting: `${setting.workers} workers × ${setting.concurrency}` };
+  } finally {
+    await stop(service);
+  }
+}
+
+/** What a small tenant's tasks waited behind a large tenant's backlog. */
+export interface BehindBacklog {
+  /** Start latencies (ms) of the small tenant's tasks, enqueued one at a time. */
+  latencies: number[];
+  /** The large tenant's tasks still queued when the last sample started (the backlog still stood). */
+  backlogLeft: number;
+}
+
+/**
+ * Queues `backlog` tasks of tenant "big" in one commit on a running `pgbg
+ * serve`, then enqueues `samples` tasks of tenant "small" one at a time
+ * (each once the one before started) and measures when each started.
+ * `grouped`: the tenants are groups; otherwise every task is ungrouped
+ * and the claim is strict FIFO, so a sample waits for the backlog ahead of it.
+ */
+export async function startBehindBacklog(db: Database, backlog: number, samples: number, setting: ServeSetting, grouped: boolean): Promise<BehindBacklog> {
+  const service = await serve(db, setting);
+  const starts = new Map<number, number>();
+  let buffer = "";
+  service.child.stdout!.on("data", (chunk: Buffer) => {
+    buffer += chunk.toString();
+    for (let nl = buffer.indexOf("\n"); nl >= 0; nl = buffer.indexOf("\n")) {
+      const match = /^BENCH_START (\d+) ([\d.]+)$/.exec(buffer.slice(0, nl));
+      if (match) starts.set(Number(match[1]), Number(match[2]));
+      buffer = buffer.slice(nl + 1);
+    }
+  });
+  try {
+    await db.sql.begin(async (tx) => {
+      for (let done = 0; done < backlog; done += 10_000) {
+        const size = Math.min(10_000, backlog - done);
+        if (grouped) await enqueueMany(tx, noopGrouped, Array.from({ length: size }, (_, i) => ({ i: done + i, g: "big" })));
+        else await enqueueMany(tx, noop, Array.from({ length: size }, (_, i) => ({ i: done + i })));
+      }
+    });
+    const latencies: number[] = [];
+    for (let i = 0; i < samples; i++) {
+      const t0 = performance.timeOrigin + performance.now();
+      if (grouped) await enqueue(db.sql, latencyGrouped, { i, g: "small" });
+      else await enqueue(db.sql, latencyTask, { i });
+      latencies.push(await waitFor(`task ${i} to start`, async () => starts.get(i), 1_800_000, 1) - t0);
+    }
+    const [{ left }] = await db.sql`SELECT count(*)::int AS left FROM pgbg.task WHERE state = 'queued'`;
+    return { latencies, backlogLeft: left };
+  } finally {
+    await stop(service);
+  }
 }
 
 /**

@@ -15,7 +15,7 @@ import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { type Database, freshDatabase, median, note, percentile, progress, startServer } from "./harness.ts";
 import { depth } from "./depth.ts";
-import { drainInProcess, drainLimited, drainRated, drainWith, pgbgSubject, type ServeSetting } from "./pgbg.ts";
+import { drainGrouped, drainInProcess, drainLimited, drainRated, drainWith, pgbgSubject, type ServeSetting, startBehindBacklog } from "./pgbg.ts";
 import { rawDrain, rawInsertCopy, rawInsertSingle, rawInsertUnnest, setupRaw } from "./raw.ts";
 import { type DrainResult, medianRun, spread, type Subject } from "./subject.ts";
 import { renderTable, type Row } from "./table.ts";
@@ -47,6 +47,9 @@ const size = {
   depthLarge: quick ? 100_000 : 1_000_000,
   /** Tasks of the drain on a rate-limited queue (1,000 starts a second). */
   ratedDrain: quick ? 3_000 : 10_000,
+  /** The large tenant's backlog the small tenant's tasks are enqueued behind, and how many of them. */
+  fairnessBacklog: quick ? 50_000 : 1_000_000,
+  fairnessSamples: quick ? 20 : 100,
   /** Drains per subject at its setting; the median is reported (run-to-run spread here is 10-30 %). */
   drainRepeats: quick ? 1 : 3,
   /** Enqueue passes of raw SQL and pgbg per case, alternating; the median is reported. */
@@ -164,6 +167,8 @@ try {
     await keptDrains(pgbg, n, pgbgBest);
     await limitedDrain(pgbg, n, pgbgBest);
     await ratedDrain(pgbg, pgbgBest);
+    await groupedDrains(pgbg, n, pgbgBest);
+    await fairness(pgbg, pgbgBest);
   }
 
   if (sections.has("latency")) {
@@ -287,6 +292,70 @@ async function ratedDrain(pgbg: Subject, setting: ServeSetting): Promise<void> {
     section: "dequeue", case: `drain ${n.toLocaleString("en")} rate-limited to ${perSecond.toLocaleString("en")}/s`, subject: "pgbg", value, unit: "tasks/s",
     detail: `${result.setting}; ${(value / perSecond).toFixed(3)} of its limit (after the first second's ${perSecond.toLocaleString("en")}); ${spread(runs)}`,
   });
+}
+
+/**
+ * Drains with groups, each as often as the plain one and on fresh
+ * databases alike, with its ratio to a plain drain at the same setting in
+ * its detail: at the best setting, every task in one group (what the
+ * group claim's turns cost when there is nothing to be fair between); and
+ * at 2 workers × 32 (64 slots), tasks over 1,000 groups, first with no
+ * limit and then each group limited to 5, a limit that rarely binds (what
+ * the limited group claim costs), against a plain drain at 2 × 32.
+ */
+async function groupedDrains(pgbg: Subject, n: number, best: ServeSetting): Promise<void> {
+  const served = `drain ${n.toLocaleString("en")}`;
+  const repeat = async (label: string, once: () => Promise<DrainResult>) => {
+    const runs: DrainResult[] = [];
+    while (runs.length < size.drainRepeats) {
+      progress(`dequeue · pgbg ${label} · run ${runs.length + 1}`);
+      runs.push(await once());
+    }
+    return runs;
+  };
+  const fresh = (fn: (db: Database) => Promise<DrainResult>) => () => onFreshDatabase("pgbg_grouped", (db) => pgbg.setup(db), fn);
+  const slots: ServeSetting = { workers: 2, concurrency: 32 };
+  const plainBest = rows.find((r) => r.case === served && r.subject === "pgbg")?.value;
+  const plainSlots = medianRun(await repeat("plain at 2 × 32", fresh((db) => drainWith(db, server, n, slots))));
+  const plainSlotsRate = plainSlots.jobs / plainSlots.seconds;
+  record({ section: "dequeue", case: `${served} at 2 × 32`, subject: "pgbg", value: plainSlotsRate, unit: "tasks/s", against: served, detail: `${plainSlots.setting}; the baseline of the groups below` });
+  const cases: [string, ServeSetting, number, number | null, number | undefined][] = [
+    ["in one group (fair turns)", best, 1, null, plainBest],
+    ["over 1,000 groups at 2 × 32", slots, 1_000, null, plainSlotsRate],
+    ["over 1,000 groups limited to 5 each at 2 × 32", slots, 1_000, 5, plainSlotsRate],
+  ];
+  for (const [label, setting, groups, perGroup, plain] of cases) {
+    const runs = await repeat(label, fresh((db) => drainGrouped(db, server, n, setting, groups, perGroup)));
+    const result = medianRun(runs);
+    const value = result.jobs / result.seconds;
+    record({
+      section: "dequeue", case: `${served} ${label}`, subject: "pgbg", value, unit: "tasks/s", against: served,
+      detail: `${result.setting}; ${plain ? (value / plain).toFixed(2) : "n/a"} of the plain drain at that setting; ${spread(runs)}; ` +
+        `CPU s/1k: server ${perThousand(result.serverCpu, result.jobs)}, workers ${perThousand(result.workerCpu, result.jobs)}`,
+    });
+  }
+}
+
+/**
+ * A small tenant's tasks enqueued one at a time behind a large tenant's
+ * backlog, on a served drain at its best setting: with groups (turns) and
+ * without (strict FIFO, where each waits for the backlog ahead of it; a
+ * single sample, which waits for the whole backlog).
+ */
+async function fairness(pgbg: Subject, setting: ServeSetting): Promise<void> {
+  const backlog = size.fairnessBacklog;
+  for (const grouped of [true, false]) {
+    progress(`dequeue · pgbg small tenant behind ${backlog.toLocaleString("en")} · ${grouped ? "groups" : "FIFO"}`);
+    const samples = grouped ? size.fairnessSamples : 1;
+    const result = await onFreshDatabase("pgbg_fairness", (db) => pgbg.setup(db), (db) => startBehindBacklog(db, backlog, samples, setting, grouped));
+    for (const p of [50, 99]) {
+      record({
+        section: "latency", case: `p${p}, small tenant behind ${backlog.toLocaleString("en")} queued, ${grouped ? "groups" : "no groups (FIFO)"}`,
+        subject: "pgbg", value: percentile(result.latencies, p), unit: "ms",
+        detail: p === 50 ? `${result.latencies.length} samples; ${result.backlogLeft.toLocaleString("en")} of the backlog still queued after the last` : undefined,
+      });
+    }
+  }
 }
 
 /**

@@ -9,3 +9,8 @@ export declare const noop: Task<Input>;
 export declare const noopResult: Task<Input, v.NumberSchema<undefined>>;
 /** Prints when it started. */
 export declare const latency: Task<Input>;
+type GroupedInput = v.ObjectSchema<{ i: v.NumberSchema<undefined>; g: v.StringSchema<undefined> }, undefined>;
+/** Does nothing, in the group its input names. */
+export declare const noopGrouped: Task<GroupedInput>;
+/** Prints when it started, in the group its input names. */
+export declare const latencyGrouped: Task<GroupedInput>;

@@ -20,6 +20,24 @@ export const noopResult = defineTask({
   run: (input) => input.i,
 });
 
+/** Does nothing, in the group its input names (g): the drains with groups. */
+export const noopGrouped = defineTask({
+  name: "noop-grouped",
+  schema: v.object({ i: v.number(), g: v.string() }),
+  group: (input) => input.g,
+  run() {},
+});
+
+/** Prints when it started, as `latency`, in the group its input names (g): a small tenant behind a backlog. */
+export const latencyGrouped = defineTask({
+  name: "latency-grouped",
+  schema: v.object({ i: v.number(), g: v.string() }),
+  group: (input) => input.g,
+  run(input) {
+    process.stdout.write(`BENCH_START ${input.i} ${performance.timeOrigin + performance.now()}\n`);
+  },
+});
+
 /** Prints when it started, for the enqueue-to-start latency. */
 export const latency = defineTask({
   name: "latency",

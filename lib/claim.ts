@@ -9,7 +9,7 @@
  */
 import type { Sql } from "postgres";
 import type { ClaimCursor } from "./claim-cursor.ts";
-import { claimGroups, type GroupRotation } from "./groups.ts";
+import { claimBothKinds, claimGroups, type GroupRotation } from "./groups.ts";
 import { claimLimited, type LimitedQueues } from "./limits.ts";
 import type { Database } from "./statements.ts";
 import { run } from "./statements.ts";
@@ -97,20 +97,15 @@ export async function claimTasks(db: Database, schema: string, scope: ClaimScope
 /**
  * The claim of every queue but the limited ones: tasks without a group
  * (ClaimTasks, or ClaimTasksAfter from the cursor) and, when some names
- * have groups, tasks with one (claimGroups), first one and first the
- * other by turns, the second only when the first left room.
+ * have groups, tasks with one (claimGroups), in the order claimBothKinds
+ * gives.
  */
 async function claimUnlimited(db: Database, schema: string, scope: ClaimScope, limit: number, cursor?: ClaimCursor): Promise<ClaimedTask[]> {
-  if (!scope.groups) return await claimUngrouped(db, schema, scope, limit, cursor);
-  const groupsFirst = scope.groups.takeTurn();
-  const claimed = groupsFirst
-    ? (await claimGroups(db, schema, scope, scope.queues, limit, false)).map(claimedTask)
-    : await claimUngrouped(db, schema, scope, limit, cursor);
-  if (claimed.length >= limit) return claimed;
-  const rest = groupsFirst
-    ? await claimUngrouped(db, schema, scope, limit - claimed.length, cursor)
-    : (await claimGroups(db, schema, scope, scope.queues, limit - claimed.length, false)).map(claimedTask);
-  return claimed.concat(rest);
+  return await claimBothKinds(
+    scope, "", limit,
+    (want) => claimUngrouped(db, schema, scope, want, cursor),
+    async (want) => (await claimGroups(db, schema, scope, scope.queues, want, false)).map(claimedTask),
+  );
 }
 
 /** The ordinary claim of tasks without a group; with a cursor when it can (see claimTasks). */

@@ -10,19 +10,50 @@ import type { ClaimScope } from "./claim.ts";
 import { type Database, run } from "./statements.ts";
 
 /**
- * The point of the (queue, group) walk where this worker's last group claim
- * stopped: the next one starts after it, so claims go round the groups.
- * Each worker keeps its own; together they only need to visit every
- * group, not to agree.
+ * How long a kind of task (with a group, or without) that a claim found
+ * none of goes after the other kind, so that a worker busy with one kind
+ * does not pay a statement per claim for the other (ms). A task of the
+ * resting kind waits at most this long more while the other kind fills
+ * every claim.
+ */
+export const REST_MS = 100;
+
+/**
+ * A worker's group claim state: the point of the (queue, group) walk where
+ * its last group claim stopped, so that the next starts after it and
+ * claims go round the groups (each worker keeps its own; together they
+ * only need to visit every group, not to agree); and, for its ordinary and
+ * each limited claim, which kind of task to claim first.
  */
 export class GroupRotation {
   queue = "";
   group = "";
-  #turn = false;
+  #turns = new Map<string, boolean>();
+  #emptyAt = new Map<string, number>();
 
-  /** Whether this claim takes grouped tasks before the others: every other claim. */
-  takeTurn(): boolean {
-    return (this.#turn = !this.#turn);
+  /**
+   * Whether the claim `where` ("" for the ordinary claim, else the limited
+   * queue) takes tasks with a group first: by turns, but a kind that was
+   * found empty in the last REST_MS goes second.
+   */
+  groupsFirst(where: string): boolean {
+    const turn = !this.#turns.get(where);
+    this.#turns.set(where, turn);
+    const groupsResting = this.#resting(`${where}\0g`);
+    const plainResting = this.#resting(`${where}\0p`);
+    return groupsResting === plainResting ? turn : plainResting;
+  }
+
+  /** Records what a claim of one kind found, for groupsFirst. */
+  found(where: string, grouped: boolean, rows: number): void {
+    const kind = `${where}\0${grouped ? "g" : "p"}`;
+    if (rows) this.#emptyAt.delete(kind);
+    else this.#emptyAt.set(kind, Date.now());
+  }
+
+  #resting(kind: string): boolean {
+    const at = this.#emptyAt.get(kind);
+    return at !== undefined && Date.now() - at < REST_MS;
   }
 
   /** Moves on to the group of the latest turn among a group claim's rows. */
@@ -33,6 +64,28 @@ export class GroupRotation {
     this.queue = last.queue as string;
     this.group = last.group_name as string;
   }
+}
+
+/**
+ * Claims up to `limit` tasks, of both kinds when the scope has grouped
+ * names: first the kind GroupRotation.groupsFirst says, then the other
+ * only while there is room. `ungrouped` and `grouped` claim `want` tasks
+ * of their kind.
+ */
+export async function claimBothKinds<T>(
+  scope: ClaimScope, where: string, limit: number, ungrouped: (want: number) => Promise<T[]>, grouped: (want: number) => Promise<T[]>,
+): Promise<T[]> {
+  const rotation = scope.groups;
+  if (!rotation) return await ungrouped(limit);
+  const groupsFirst = rotation.groupsFirst(where);
+  const claimed: T[] = [];
+  for (const kindGrouped of groupsFirst ? [true, false] : [false, true]) {
+    if (claimed.length >= limit) break;
+    const rows = await (kindGrouped ? grouped : ungrouped)(limit - claimed.length);
+    rotation.found(where, kindGrouped, rows.length);
+    claimed.push(...rows);
+  }
+  return claimed;
 }
 
 /** The group claim (ClaimGroupTasks) of up to `limit` tasks; `limited`: the limited claim of the one queue in `queues`. */

@@ -25,7 +25,7 @@
  */
 import type { Sql } from "postgres";
 import type { ClaimScope } from "./claim.ts";
-import { claimGroups } from "./groups.ts";
+import { claimBothKinds, claimGroups } from "./groups.ts";
 import { type Database, run } from "./statements.ts";
 
 /** Which queues have a concurrency or rate limit, read again when older than `refreshMs`. */
@@ -104,14 +104,12 @@ export async function claimLimited(sql: Sql<any>, schema: string, queue: string,
  * In claimLimited's transaction: up to `free` tasks of `queue`, those
  * without a group (ClaimLimitedTasks) and, when some names have groups,
  * those with one (ClaimGroupTasks, which keeps each group within the
- * queue's group limit), first one and first the other by turns.
+ * queue's group limit), in the order claimBothKinds gives.
  */
 async function claimWithin(tx: Database, schema: string, queue: string, scope: ClaimScope, free: number): Promise<Record<string, unknown>[]> {
-  const ungrouped = (want: number) => run(tx, schema, "ClaimLimitedTasks", [scope.workerId, [queue], scope.names, scope.leaseMs, want]);
-  if (!scope.groups) return await ungrouped(free);
-  const groupsFirst = scope.groups.takeTurn();
-  const first = groupsFirst ? await claimGroups(tx, schema, scope, [queue], free, true) : await ungrouped(free);
-  if (first.length >= free) return first;
-  const rest = groupsFirst ? await ungrouped(free - first.length) : await claimGroups(tx, schema, scope, [queue], free - first.length, true);
-  return first.concat(rest);
+  return await claimBothKinds(
+    scope, queue, free,
+    (want) => run(tx, schema, "ClaimLimitedTasks", [scope.workerId, [queue], scope.names, scope.leaseMs, want]),
+    (want) => claimGroups(tx, schema, scope, [queue], want, true),
+  );
 }

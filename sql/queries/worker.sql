@@ -289,7 +289,7 @@ RETURNING t.id;
 -- (ReleaseWorkerTasks, RescueExpiredLeases) does. Found and fenced as in
 -- CompleteTasks.
 UPDATE pgbg.task t SET
-  state = 'queued', run_at = now(), attempts = t.attempts - 1,
+  state = 'queued', run_at = {{RequeuedRunAt}}, attempts = t.attempts - 1,
   lease_expires_at = NULL, worker_id = NULL
 FROM unnest($1::bigint[], $2::integer[]) AS r (id, token)
 WHERE t.ctid = ANY (ARRAY(
@@ -320,7 +320,7 @@ SELECT id, state, queue, name FROM released WHERE (SELECT count(*) FROM hooks) >
 -- host reaped has lost its row, and that host releases its tasks, counted
 -- (ReleaseWorkerTasks), even if it has not done so yet.
 UPDATE pgbg.task t SET
-  state = 'queued', run_at = now(), attempts = t.attempts - 1,
+  state = 'queued', run_at = {{RequeuedRunAt}}, attempts = t.attempts - 1,
   lease_expires_at = NULL, worker_id = NULL
 WHERE t.state = 'running' AND t.worker_id = ANY($1::uuid[])
   AND EXISTS (SELECT 1 FROM pgbg.worker w WHERE w.id = t.worker_id)
@@ -340,13 +340,22 @@ WITH released AS (
 {{EnqueueFailedHooks}}
 SELECT id, state, queue, name FROM released WHERE (SELECT count(*) FROM hooks) >= 0;
 
+-- fragment: RequeuedRunAt
+-- The run_at of a task `t` queued again at once (handed back, released or
+-- rescued). Without a group: now, so that the claim cursor, which reads a
+-- lane from past the tasks it claimed, finds it (lib/claim-cursor.ts).
+-- With one: its own, due already, so that it keeps its place in its
+-- group's order, and a group limit of 1 still runs the group in enqueue
+-- order when a worker dies or stops.
+CASE WHEN t.group_name IS NULL THEN now() ELSE least(t.run_at, now()) END
+
 -- fragment: ReleaseLease
 -- What a release or rescue writes: the lease ended, the attempt counted, so
 -- the task is queued again at once, or failed when its attempts are used
 -- up ($1 the default max attempts); $2 (error JSON) becomes its last error.
 state = CASE WHEN t.attempts >= coalesce(t.max_attempts, $1) THEN 'failed' ELSE 'queued' END::pgbg.task_state,
     failed_at = CASE WHEN t.attempts >= coalesce(t.max_attempts, $1) THEN now() END,
-    run_at = now(),
+    run_at = {{RequeuedRunAt}},
     last_error = $2::text::jsonb,
     lease_expires_at = NULL,
     worker_id = NULL
