@@ -33,7 +33,7 @@ const { values: args } = parseArgs({
     peers: { type: "string" },
   },
 });
-const sections = new Set((args.only ?? "enqueue,dequeue,latency,depth").split(","));
+const sections = new Set((args.only ?? "enqueue,dequeue,groups,latency,depth").split(","));
 const quick = args.quick;
 
 /** How much work each measurement does; --quick divides it for a smoke run. */
@@ -89,6 +89,8 @@ async function onFreshDatabase<T>(label: string, setup: (db: Database) => Promis
   }
 }
 
+/** The served drain's best setting, once the dequeue section found it. */
+let bestOf: { best: ServeSetting } | undefined;
 try {
   note(`bench: PostgreSQL ${server.version} (${server.source}); ${cpus().length} × ${cpus()[0]?.model ?? "cpu"}; Node ${process.version}${quick ? "; --quick" : ""}`);
   const pgbg = pgbgSubject(sweep[0]);
@@ -147,7 +149,7 @@ try {
         detail: `${median.setting}; server ${perThousand(median.serverCpu, median.jobs)} CPU s/1k`,
       });
     }
-    const { best: pgbgBest, runs: pgbgRuns } = await sweepThenRepeat("pgbg", sweep, (s) => `${s.workers} × ${s.concurrency}`,
+    const { best: pgbgBest, runs: pgbgRuns } = bestOf = await sweepThenRepeat("pgbg", sweep, (s) => `${s.workers} × ${s.concurrency}`,
       (setting) => onFreshDatabase("pgbg", (db) => pgbg.setup(db), (db) => drainWith(db, server, n, setting)));
     for (const subject of subjects) {
       progress(`dequeue · ${subject.name}`);
@@ -167,8 +169,14 @@ try {
     await keptDrains(pgbg, n, pgbgBest);
     await limitedDrain(pgbg, n, pgbgBest);
     await ratedDrain(pgbg, pgbgBest);
-    await groupedDrains(pgbg, n, pgbgBest);
-    await fairness(pgbg, pgbgBest);
+    if (sections.has("groups")) await groupedDrains(pgbg, n, pgbgBest);
+  }
+
+  if (sections.has("groups")) {
+    // Alone (--only groups), against a plain drain at the first setting of its own.
+    const best = bestOf?.best ?? sweep[0];
+    if (!sections.has("dequeue")) await groupedDrains(pgbg, size.drain, best);
+    await fairness(pgbg, best);
   }
 
   if (sections.has("latency")) {
@@ -315,7 +323,12 @@ async function groupedDrains(pgbg: Subject, n: number, best: ServeSetting): Prom
   };
   const fresh = (fn: (db: Database) => Promise<DrainResult>) => () => onFreshDatabase("pgbg_grouped", (db) => pgbg.setup(db), fn);
   const slots: ServeSetting = { workers: 2, concurrency: 32 };
-  const plainBest = rows.find((r) => r.case === served && r.subject === "pgbg")?.value;
+  let plainBest = rows.find((r) => r.case === served && r.subject === "pgbg")?.value;
+  if (plainBest === undefined) {
+    const plain = medianRun(await repeat(`plain at ${best.workers} × ${best.concurrency}`, fresh((db) => drainWith(db, server, n, best))));
+    plainBest = plain.jobs / plain.seconds;
+    record({ section: "dequeue", case: served, subject: "pgbg", value: plainBest, unit: "tasks/s", detail: `${plain.setting}; the baseline of the groups below` });
+  }
   const plainSlots = medianRun(await repeat("plain at 2 × 32", fresh((db) => drainWith(db, server, n, slots))));
   const plainSlotsRate = plainSlots.jobs / plainSlots.seconds;
   record({ section: "dequeue", case: `${served} at 2 × 32`, subject: "pgbg", value: plainSlotsRate, unit: "tasks/s", against: served, detail: `${plainSlots.setting}; the baseline of the groups below` });

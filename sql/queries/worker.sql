@@ -74,60 +74,92 @@ WITH lanes (queue, priority, after, after_id, limited) AS (
 -- counted per group (task_group_running_idx) in this statement, whose
 -- snapshot is taken after the queue's lock: every task the limited claims
 -- before it took is counted.
-WITH RECURSIVE after_cursor (queue, group_name) AS (
-  (SELECT queue, group_name FROM pgbg.task
-   WHERE state = 'queued' AND group_name IS NOT NULL AND ($2::text[] IS NULL OR queue = ANY($2::text[]))
-     AND (queue, group_name) > ($7::text, $8::text)
-   ORDER BY queue, group_name LIMIT 1)
-  UNION ALL
-  SELECT n.queue, n.group_name FROM after_cursor a CROSS JOIN LATERAL (
-    SELECT t.queue, t.group_name FROM pgbg.task t
-    WHERE t.state = 'queued' AND t.group_name IS NOT NULL AND ($2::text[] IS NULL OR t.queue = ANY($2::text[]))
-      AND (t.queue, t.group_name) > (a.queue, a.group_name)
-    ORDER BY t.queue, t.group_name LIMIT 1
-  ) n
+WITH RECURSIVE bounds AS (
+  -- The walk's first and last queue: of $2, or of the index. The walk's
+  -- index conditions are then bounds and a row comparison, which position
+  -- each probe at once (with `queue = ANY` the scan starts at the queue's
+  -- first entry).
+  SELECT coalesce((SELECT min(x) FROM unnest($2::text[]) x),
+      (SELECT min(queue) FROM pgbg.task WHERE state = 'queued' AND group_name IS NOT NULL)) AS lo,
+    coalesce((SELECT max(x) FROM unnest($2::text[]) x),
+      (SELECT max(queue) FROM pgbg.task WHERE state = 'queued' AND group_name IS NOT NULL)) AS hi
 ),
-from_start (queue, group_name) AS (
-  (SELECT queue, group_name FROM pgbg.task
-   WHERE state = 'queued' AND group_name IS NOT NULL AND ($2::text[] IS NULL OR queue = ANY($2::text[]))
-     AND (queue, group_name) <= ($7::text, $8::text)
-   ORDER BY queue, group_name LIMIT 1)
+after_cursor (queue, group_name, closed) AS (
+  (SELECT p.queue, p.group_name, {{GroupQueueClosed}} FROM (
+    SELECT queue, group_name FROM pgbg.task
+    WHERE state = 'queued' AND group_name IS NOT NULL AND queue >= (SELECT lo FROM bounds) AND queue <= (SELECT hi FROM bounds)
+      AND (queue, group_name) > ($7::text, $8::text)
+    ORDER BY queue, group_name LIMIT 1) p)
   UNION ALL
-  SELECT n.queue, n.group_name FROM from_start a CROSS JOIN LATERAL (
-    SELECT t.queue, t.group_name FROM pgbg.task t
-    WHERE t.state = 'queued' AND t.group_name IS NOT NULL AND ($2::text[] IS NULL OR t.queue = ANY($2::text[]))
-      AND (t.queue, t.group_name) > (a.queue, a.group_name) AND (t.queue, t.group_name) <= ($7::text, $8::text)
-    ORDER BY t.queue, t.group_name LIMIT 1
-  ) n
+  SELECT p.queue, p.group_name, CASE WHEN p.queue = a.queue THEN a.closed ELSE {{GroupQueueClosed}} END FROM after_cursor a CROSS JOIN LATERAL (
+    (SELECT t.queue, t.group_name FROM pgbg.task t
+     WHERE NOT a.closed AND t.state = 'queued' AND t.group_name IS NOT NULL AND t.queue <= (SELECT hi FROM bounds)
+       AND (t.queue, t.group_name) > (a.queue, a.group_name)
+     ORDER BY t.queue, t.group_name LIMIT 1)
+    UNION ALL
+    -- A closed queue's groups are passed over in one probe.
+    (SELECT t.queue, t.group_name FROM pgbg.task t
+     WHERE a.closed AND t.state = 'queued' AND t.group_name IS NOT NULL AND t.queue <= (SELECT hi FROM bounds)
+       AND t.queue > a.queue
+     ORDER BY t.queue, t.group_name LIMIT 1)
+  ) p
+),
+from_start (queue, group_name, closed) AS (
+  (SELECT p.queue, p.group_name, {{GroupQueueClosed}} FROM (
+    SELECT queue, group_name FROM pgbg.task
+    WHERE state = 'queued' AND group_name IS NOT NULL AND queue >= (SELECT lo FROM bounds) AND queue <= (SELECT hi FROM bounds)
+      AND (queue, group_name) <= ($7::text, $8::text)
+    ORDER BY queue, group_name LIMIT 1) p)
+  UNION ALL
+  SELECT p.queue, p.group_name, CASE WHEN p.queue = a.queue THEN a.closed ELSE {{GroupQueueClosed}} END FROM from_start a CROSS JOIN LATERAL (
+    (SELECT t.queue, t.group_name FROM pgbg.task t
+     WHERE NOT a.closed AND t.state = 'queued' AND t.group_name IS NOT NULL AND t.queue <= (SELECT hi FROM bounds)
+       AND (t.queue, t.group_name) > (a.queue, a.group_name) AND (t.queue, t.group_name) <= ($7::text, $8::text)
+     ORDER BY t.queue, t.group_name LIMIT 1)
+    UNION ALL
+    (SELECT t.queue, t.group_name FROM pgbg.task t
+     WHERE a.closed AND t.state = 'queued' AND t.group_name IS NOT NULL AND t.queue <= (SELECT hi FROM bounds)
+       AND t.queue > a.queue AND (t.queue, t.group_name) <= ($7::text, $8::text)
+     ORDER BY t.queue, t.group_name LIMIT 1)
+  ) p
 ),
 turns AS MATERIALIZED (
-  SELECT p.queue, p.group_name, p.free, row_number() OVER () AS turn FROM (
-    SELECT w.queue, w.group_name, f.free FROM (
-      (SELECT queue, group_name FROM after_cursor) UNION ALL (SELECT queue, group_name FROM from_start)
+  SELECT p.*, row_number() OVER () AS turn FROM (
+    SELECT w.queue, w.group_name, f.free, h.ctid, h.name, h.priority, h.run_at, h.id FROM (
+      (SELECT queue, group_name, closed FROM after_cursor) UNION ALL (SELECT queue, group_name, closed FROM from_start)
     ) w
     LEFT JOIN pgbg.queue q ON q.name = w.queue
     -- The group's free slots under its queue's group limit (NULL: none).
     CROSS JOIN LATERAL (SELECT CASE WHEN $6::boolean THEN q.group_concurrency - (SELECT count(*) FROM pgbg.task r
       WHERE r.state = 'running' AND r.group_name IS NOT NULL AND r.queue = w.queue AND r.group_name = w.group_name) END AS free) f
-    WHERE (q.name IS NULL OR (q.paused_at IS NULL AND {{QueueLimited}} = $6::boolean)) AND (q.name IS NOT NULL OR NOT $6::boolean)
-      AND (f.free IS NULL OR f.free > 0)
-      AND EXISTS (SELECT FROM pgbg.task t
-        WHERE t.state = 'queued' AND t.group_name = w.group_name AND t.queue = w.queue AND {{ClaimableTask}})
+    -- The group's first claimable task of a name this worker runs, locked:
+    -- its first turn's task, in one probe of the group's entries.
+    CROSS JOIN LATERAL (SELECT t.ctid, t.name, t.priority, t.run_at, t.id FROM pgbg.task t
+      WHERE t.state = 'queued' AND t.group_name = w.group_name AND t.queue = w.queue AND {{ClaimableTask}}
+      ORDER BY t.priority, t.run_at, t.id LIMIT 1 FOR UPDATE SKIP LOCKED) h
+    WHERE NOT w.closed AND (f.free IS NULL OR f.free > 0)
     LIMIT $5
   ) p
 ),
 candidates AS (
-  SELECT c.ctid, c.name, g.turn FROM turns g CROSS JOIN LATERAL (
-    SELECT x.*, row_number() OVER (ORDER BY x.priority, x.run_at, x.id) AS place FROM (
-      SELECT t.ctid, t.id, t.name, t.priority, t.run_at FROM pgbg.task t
-      WHERE t.state = 'queued' AND t.group_name = g.group_name AND t.queue = g.queue AND {{ClaimableTask}}
-      ORDER BY t.priority, t.run_at, t.id
-      -- Its share: the batch over the groups found, within its free slots.
-      LIMIT least(coalesce(g.free, $5), ceil($5::float8 / (SELECT count(*) FROM turns)))::int
-      FOR UPDATE SKIP LOCKED
-    ) x
-  ) c
-  ORDER BY c.place, g.turn
+  SELECT k.ctid, k.name, k.turn FROM (
+    SELECT g.ctid, g.name, g.turn, 1::bigint AS place FROM turns g
+    UNION ALL
+    -- Further turns, only when fewer groups than the batch have a task:
+    -- each group's share of the batch, within its free slots.
+    SELECT c.ctid, c.name, g.turn, 1 + c.place FROM turns g CROSS JOIN LATERAL (
+      SELECT x.ctid, x.name, row_number() OVER (ORDER BY x.priority, x.run_at, x.id) AS place FROM (
+        SELECT t.ctid, t.id, t.name, t.priority, t.run_at FROM pgbg.task t
+        WHERE t.state = 'queued' AND t.group_name = g.group_name AND t.queue = g.queue AND {{ClaimableTask}}
+          AND (t.priority, t.run_at, t.id) > (g.priority, g.run_at, g.id)
+        ORDER BY t.priority, t.run_at, t.id
+        LIMIT least(coalesce(g.free, $5), ceil($5::float8 / (SELECT count(*) FROM turns)))::int - 1
+        FOR UPDATE SKIP LOCKED
+      ) x
+    ) c
+    WHERE (SELECT count(*) FROM turns) < $5
+  ) k
+  ORDER BY k.place, k.turn
   LIMIT $5
 ),
 {{ClaimCandidates}};
@@ -155,6 +187,14 @@ candidates AS (
   LIMIT $5
 ),
 {{ClaimCandidates}}
+
+-- fragment: GroupQueueClosed
+-- Whether the group claim leaves the queue `p.queue` alone: not one of
+-- $2, paused, limited when this is not the limited claim ($6), or not
+-- limited when it is.
+(($2::text[] IS NOT NULL AND p.queue <> ALL ($2::text[]))
+    OR EXISTS (SELECT FROM pgbg.queue q WHERE q.name = p.queue AND (q.paused_at IS NOT NULL OR {{QueueLimited}} <> $6::boolean))
+    OR ($6::boolean AND NOT EXISTS (SELECT FROM pgbg.queue q WHERE q.name = p.queue)))
 
 -- fragment: ClaimableTask
 -- A queued task `t` a worker may claim now: due, of a name it runs ($3),
