@@ -73,6 +73,17 @@ describe("chaos verdict", () => {
     assert.equal(check(record({ lines: committed, completedBy: ["11:1"] }), ["killed"], [], 1).figures.mostAtOnce, 2);
   });
 
+  test("under a group limit: more executions of one group at once than the limit is a problem, other groups' do not count, and it must be reached", () => {
+    const grouped = (g: string, lines: ExecLine[]) => lines.map((l) => (l.k === "s" ? { ...l, g } : l));
+    // Tasks 1 and 2 of group a overlap; task 3 of group b overlaps both.
+    const lines = [...grouped("a", clean()), ...grouped("b", exec(12, 1, "3", 1, 105, 115))];
+    const run = (limit: number) => check(record({ lines, committed: ["1", "2", "3"], completions: new Map([["1", 1], ["2", 1], ["3", 1]]) }), ["killed"], [], undefined, limit);
+    assert.deepEqual(run(2).problems, []);
+    assert.equal(run(2).figures.mostOfAGroupAtOnce, 2);
+    assert.match(run(1).problems.join("\n"), /2 executions of group a ran at once under a group limit of 1/);
+    assert.match(run(3).problems.join("\n"), /the group limit of 3 was never reached/);
+  });
+
   test("a committed task that never completed and is not kept as failed is lost", () => {
     const v = verdict({ lines: clean(), completions: new Map([["1", 1]]) });
     assert.equal(v.figures.lost, 1);

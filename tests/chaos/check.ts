@@ -15,7 +15,8 @@
 /** One line of an execution file written by tests/chaos/tasks.js. */
 export type ExecLine =
   // `h`: this attempt ignores its abort signal on purpose (the task's `hang` or `late` input).
-  | { k: "s"; n: number; p: number; pp: number; t: string; a: number; at: number; h?: 1 }
+  // `g`: the task's group, for a group limit.
+  | { k: "s"; n: number; p: number; pp: number; t: string; a: number; at: number; h?: 1; g?: string }
   // `c`: written just before its completion's commit, in the handler's transaction.
   | { k: "c"; n: number; p: number; at: number }
   | { k: "e"; n: number; p: number; o: "done" | "error"; e?: string; at: number }
@@ -119,6 +120,8 @@ export interface Figures {
   rolledBackRan: number;
   /** Under a queue's concurrency limit: the most executions that overlapped. */
   mostAtOnce?: number;
+  /** Under a group limit: the most executions of one group that overlapped. */
+  mostOfAGroupAtOnce?: number;
 }
 
 /** The figures and, when the promise was broken, what broke it. */
@@ -137,6 +140,8 @@ interface Execution {
   start: number;
   /** It ignores its abort signal on purpose. */
   hangs: boolean;
+  /** Its task's group, if it has one. */
+  group?: string;
   end?: number;
   /** When only its completion's commit was left (its `c` line). */
   committing?: number;
@@ -190,11 +195,23 @@ function mostAtOnce(all: Execution[], completedBy: Set<string>): number {
   return most;
 }
 
+/** mostAtOnce within each group: the group whose executions overlapped most, and how many did. */
+function mostOfAGroupAtOnce(all: Execution[], completedBy: Set<string>): { group: string; most: number } {
+  const byGroup = new Map<string, Execution[]>();
+  for (const e of all) if (e.group !== undefined) byGroup.set(e.group, [...(byGroup.get(e.group) ?? []), e]);
+  let top = { group: "(none)", most: 0 };
+  for (const [group, list] of byGroup) {
+    const most = mostAtOnce(list, completedBy);
+    if (most > top.most) top = { group, most };
+  }
+  return top;
+}
+
 function executions(lines: ExecLine[], kills: Kill[], cuts: Cut[]): Execution[] {
   const byKey = new Map<string, Execution>();
   for (const l of lines) {
     if (l.k === "s") {
-      byKey.set(`${l.p}:${l.n}`, { task: String(l.t), pid: l.p, n: l.n, ppid: l.pp, attempt: l.a, start: l.at, hangs: l.h === 1 });
+      byKey.set(`${l.p}:${l.n}`, { task: String(l.t), pid: l.p, n: l.n, ppid: l.pp, attempt: l.a, start: l.at, hangs: l.h === 1, group: l.g });
     }
   }
   const wasCut = cutAt(cuts);
@@ -305,7 +322,7 @@ function checkResults(record: RunRecord, all: Execution[], problems: string[], s
  * each explain at least one re-run: a fault that interrupted nothing proved
  * nothing.
  */
-export function check(record: RunRecord, allowed: readonly Cause[], expected: readonly Cause[] = [], limit?: number): Verdict {
+export function check(record: RunRecord, allowed: readonly Cause[], expected: readonly Cause[] = [], limit?: number, groupLimit?: number): Verdict {
   const problems: string[] = [];
   const sample = (ids: string[]) => `${ids.slice(0, 5).join(", ")}${ids.length > 5 ? ", …" : ""}`;
   const all = executions(record.lines, record.kills, record.cuts);
@@ -353,6 +370,13 @@ export function check(record: RunRecord, allowed: readonly Cause[], expected: re
   const most = mostAtOnce(all, completedBy);
   if (limit !== undefined && most > limit) problems.push(`${most} executions ran at once under a concurrency limit of ${limit}`);
   if (limit !== undefined && most < limit) problems.push(`at most ${most} executions ran at once: the limit of ${limit} was never reached, so the run proves nothing of it`);
+  const mostOfAGroup = groupLimit === undefined ? undefined : mostOfAGroupAtOnce(all, completedBy);
+  if (mostOfAGroup !== undefined && mostOfAGroup.most > groupLimit!) {
+    problems.push(`${mostOfAGroup.most} executions of group ${mostOfAGroup.group} ran at once under a group limit of ${groupLimit}`);
+  }
+  if (mostOfAGroup !== undefined && mostOfAGroup.most < groupLimit!) {
+    problems.push(`at most ${mostOfAGroup.most} executions of one group ran at once: the group limit of ${groupLimit} was never reached, so the run proves nothing of it`);
+  }
   return {
     figures: {
       tasks: record.committed.length,
@@ -366,6 +390,7 @@ export function check(record: RunRecord, allowed: readonly Cause[], expected: re
       failed: failed.size,
       rolledBackRan: rolledBackRan.size,
       ...(limit === undefined ? {} : { mostAtOnce: most }),
+      ...(mostOfAGroup === undefined ? {} : { mostOfAGroupAtOnce: mostOfAGroup.most }),
     },
     problems,
   };
@@ -378,7 +403,8 @@ export function describeFigures(name: string, f: Figures, seconds: number): stri
   const afterLease = f.overlapsAfterLease || f.lateCommits ? `overlaps after the lease ended ${f.overlapsAfterLease} (late completions committed ${f.lateCommits}), ` : "";
   return `${name}: ${f.tasks} tasks, ${f.executions} executions, ${f.kills} kills${f.cuts ? `, ${f.cuts} cuts` : ""}, re-runs ${total}${causes ? ` (${causes})` : ""}, ` +
     `lost ${f.lost}, duplicates while leased ${f.duplicatesWhileLeased}, ${afterLease}completed twice ${f.completedTwice}, failed ${f.failed}` +
-    `${f.rolledBackRan ? `, rolled back but ran ${f.rolledBackRan}` : ""}${f.mostAtOnce === undefined ? "" : `, most at once ${f.mostAtOnce}`}, ${seconds.toFixed(1)} s`;
+    `${f.rolledBackRan ? `, rolled back but ran ${f.rolledBackRan}` : ""}${f.mostAtOnce === undefined ? "" : `, most at once ${f.mostAtOnce}`}` +
+    `${f.mostOfAGroupAtOnce === undefined ? "" : `, most of a group at once ${f.mostOfAGroupAtOnce}`}, ${seconds.toFixed(1)} s`;
 }
 
 /** What became of the ticks of tests/chaos/ticks.js's schedule, which fires every second. */

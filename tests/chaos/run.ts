@@ -277,7 +277,7 @@ async function runScenario(scenario: Scenario): Promise<boolean> {
   if (ends.size) notes.push(`workers replaced: ${[...ends].map(([how, n]) => `${how} ×${n}`).join(", ")}`);
 
   const record = await readRecord(sql, ctx, stage);
-  const verdict = check(record, scenario.allowed, scenario.expected, scenario.limit);
+  const verdict = check(record, scenario.allowed, scenario.expected, scenario.limit, scenario.groupLimit);
   problems.push(...verdict.problems);
   if (scenario.ticks) notes.push(await tickFigures(sql, problems));
   await sql.end({ timeout: 5 });

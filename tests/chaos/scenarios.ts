@@ -4,11 +4,11 @@
  * while it hurts them, and returns once the queue is empty; run.ts then
  * checks the record (check.ts).
  */
-import { enqueueMany, setQueueConcurrency } from "../../mod.ts";
+import { enqueueMany, setGroupConcurrency, setQueueConcurrency } from "../../mod.ts";
 import type { Supervisor } from "./cluster.ts";
 import { inProcess } from "./in-process.ts";
 import { type Scenario, sized, type Stage, taskMs } from "./stage.ts";
-import { work } from "./tasks.js";
+import { groupedWork, work } from "./tasks.js";
 
 /** Enqueues `n` tasks in committed batches; `hang(i)` marks tasks whose first attempt hangs. */
 export async function enqueueTasks(stage: Stage, n: number, hang: (i: number) => boolean = () => false): Promise<void> {
@@ -25,7 +25,7 @@ export async function enqueueTasks(stage: Stage, n: number, hang: (i: number) =>
  * execution would end before the second began, and an overlap would go
  * unseen). Resolves once all are enqueued.
  */
-export async function feedTasks(stage: Stage, n: number, depth = 200): Promise<void> {
+export async function feedTasks(stage: Stage, n: number, depth = 200, groups = 0): Promise<void> {
   for (let fed = 0; fed < n;) {
     const [{ queued }] = await stage.sql`SELECT count(*)::int AS queued FROM pgbg.task WHERE state = 'queued'`;
     if (queued >= depth) {
@@ -33,15 +33,19 @@ export async function feedTasks(stage: Stage, n: number, depth = 200): Promise<v
       continue;
     }
     const batch = Math.min(depth, n - fed);
-    stage.committed.push(...(await enqueueMany(stage.sql, work, Array.from({ length: batch }, () => ({ ms: taskMs() })))));
+    // With `groups`, tasks of groupedWork spread over that many groups.
+    const ids = groups
+      ? await enqueueMany(stage.sql, groupedWork, Array.from({ length: batch }, (_, i) => ({ ms: taskMs(), g: `tenant-${(fed + i) % groups}` })))
+      : await enqueueMany(stage.sql, work, Array.from({ length: batch }, () => ({ ms: taskMs() })));
+    stage.committed.push(...ids);
     fed += batch;
   }
 }
 
 /** Feeds `n` tasks and kills a random worker of a random supervisor every `everyMs` until they are all done. */
-async function killWorkersWhileFeeding(stage: Stage, n: number, supervisors: Supervisor[], everyMs: number): Promise<void> {
+async function killWorkersWhileFeeding(stage: Stage, n: number, supervisors: Supervisor[], everyMs: number, groups = 0): Promise<void> {
   let fed = false;
-  const feeding = feedTasks(stage, n).then(() => (fed = true));
+  const feeding = feedTasks(stage, n, 200, groups).then(() => (fed = true));
   let next = Date.now() + everyMs;
   let kills = 0;
   while (!fed) {
@@ -85,6 +89,28 @@ const underLimit: Scenario = {
     supervisors.push(stage.serve({ workers: 2, concurrency: 10, ticks: true }));
     await feeding;
     stage.note("limit 5 over 2 supervisors of 2 × 10, one killed with its workers and replaced; a schedule every second");
+  },
+};
+
+/**
+ * A group limit of 2 over 10 groups (so at most 20 of the 40 slots are
+ * used: the limit binds) under worker kills, one supervisor killed with
+ * its workers and replaced: no group ever runs more than 2 at once, and
+ * one does run 2.
+ */
+const groupLimit: Scenario = {
+  name: "group-limit",
+  allowed: ["killed"],
+  groupLimit: 2,
+  async run(stage) {
+    await setGroupConcurrency(stage.sql, "default", 2);
+    const supervisors = [stage.serve({ workers: 2, concurrency: 10 }), stage.serve({ workers: 2, concurrency: 10 })];
+    const feeding = killWorkersWhileFeeding(stage, sized(stage, 5_000, 1_500), supervisors, sized(stage, 1_500, 1_000), 10);
+    await new Promise((r) => setTimeout(r, 3_000));
+    await supervisors[1].killAll();
+    supervisors.push(stage.serve({ workers: 2, concurrency: 10 }));
+    await feeding;
+    stage.note("group limit 2 over 10 groups, 2 supervisors of 2 × 10, one killed with its workers and replaced");
   },
 };
 
@@ -212,6 +238,7 @@ export const scenarios: Scenario[] = [
 
   inProcess,
   underLimit,
+  groupLimit,
 ];
 
 

@@ -42,6 +42,8 @@ export interface Scenario {
   expected?: readonly Cause[];
   /** The concurrency limit the scenario sets on its queue: never passed, and reached. */
   limit?: number;
+  /** The group limit the scenario sets on its queue: never passed by any group, and reached by one. */
+  groupLimit?: number;
   /** It serves tests/chaos/ticks.js's every-second schedule too: no tick may fire twice or be skipped. */
   ticks?: boolean;
   run(stage: Stage): Promise<void>;

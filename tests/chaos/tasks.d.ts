@@ -10,3 +10,6 @@ type Input = v.ObjectSchema<{
 type Result = v.ObjectSchema<{ p: v.NumberSchema<undefined>; n: v.NumberSchema<undefined> }, undefined>;
 /** Sleeps, then records its success and completes itself in one transaction, its result naming the execution; `hang` and `late` make its first attempt ignore its abort signal. */
 export declare const work: Task<Input, Result>;
+type GroupedInput = v.ObjectSchema<{ ms: v.NumberSchema<undefined>; g: v.StringSchema<undefined> }, undefined>;
+/** As `work`, in the group its input names. */
+export declare const groupedWork: Task<GroupedInput, Result>;

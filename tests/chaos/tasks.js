@@ -71,29 +71,43 @@ export const work = defineTask({
   result: v.object({ p: v.number(), n: v.number() }),
   retryDelay: 100,
   maxAttempts: 1000,
-  async run(input, ctx) {
-    const { write, sql } = setup();
-    const n = ++state.seq;
-    const p = process.pid;
-    const hangs = ctx.attempt === 1 && (input.hang || input.late > 0);
-    write({ k: "s", n, p, pp: process.ppid, t: ctx.id, a: ctx.attempt, at: now(), ...(hangs ? { h: 1 } : {}) });
-    try {
-      if (input.hang && ctx.attempt === 1) await new Promise(() => {});
-      if (input.late > 0 && ctx.attempt === 1) await new Promise((resolve) => setTimeout(resolve, input.late));
-      if (input.ms > 0) await sleep(input.ms, ctx.signal);
-      await sql.begin(async (tx) => {
-        await tx`INSERT INTO chaos_done (task_id, pid, n, attempt) VALUES (${ctx.id}, ${p}, ${n}, ${ctx.attempt})`;
-        await ctx.complete(tx, { p, n });
-        // Only the commit is left: from it on the task holds no slot of its
-        // queue's concurrency limit, though the end line comes later still
-        // (or never, if the process is killed first).
-        write({ k: "c", n, p, at: now() });
-      });
-      write({ k: "e", n, p, o: "done", at: now() });
-      return { p, n };
-    } catch (error) {
-      write({ k: "e", n, p, o: "error", e: String(error?.message ?? error).slice(0, 200), at: now() });
-      throw error;
-    }
-  },
+  run: runWork,
 });
+
+/** As `work`, in the group its input names (g); its start lines name the group, for the verdict's group limit. */
+export const groupedWork = defineTask({
+  name: "chaos-grouped-work",
+  schema: v.object({ ms: v.number(), g: v.string() }),
+  group: (input) => input.g,
+  result: v.object({ p: v.number(), n: v.number() }),
+  retryDelay: 100,
+  maxAttempts: 1000,
+  run: runWork,
+});
+
+/** The handler of both tasks (see `work`). */
+async function runWork(input, ctx) {
+  const { write, sql } = setup();
+  const n = ++state.seq;
+  const p = process.pid;
+  const hangs = ctx.attempt === 1 && (input.hang || input.late > 0);
+  write({ k: "s", n, p, pp: process.ppid, t: ctx.id, a: ctx.attempt, at: now(), ...(hangs ? { h: 1 } : {}), ...(ctx.group ? { g: ctx.group } : {}) });
+  try {
+    if (input.hang && ctx.attempt === 1) await new Promise(() => {});
+    if (input.late > 0 && ctx.attempt === 1) await new Promise((resolve) => setTimeout(resolve, input.late));
+    if (input.ms > 0) await sleep(input.ms, ctx.signal);
+    await sql.begin(async (tx) => {
+      await tx`INSERT INTO chaos_done (task_id, pid, n, attempt) VALUES (${ctx.id}, ${p}, ${n}, ${ctx.attempt})`;
+      await ctx.complete(tx, { p, n });
+      // Only the commit is left: from it on the task holds no slot of its
+      // queue's concurrency limit, though the end line comes later still
+      // (or never, if the process is killed first).
+      write({ k: "c", n, p, at: now() });
+    });
+    write({ k: "e", n, p, o: "done", at: now() });
+    return { p, n };
+  } catch (error) {
+    write({ k: "e", n, p, o: "error", e: String(error?.message ?? error).slice(0, 200), at: now() });
+    throw error;
+  }
+}
