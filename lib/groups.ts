@@ -88,13 +88,12 @@ export async function claimBothKinds<T>(
   return claimed;
 }
 
-/** The group claim (ClaimGroupTasks) of up to `limit` tasks; `limited`: the limited claim of the one queue in `queues`. */
+/** The group claim (ClaimGroupTasks) of up to `limit` tasks; `limited`: the limited claim of the one queue in `queues` (ClaimLimitedGroupTasks). */
 export async function claimGroups(db: Database, schema: string, scope: ClaimScope, queues: string[] | null, limit: number, limited: boolean): Promise<Record<string, unknown>[]> {
   const rotation = scope.groups!;
-  const rows = await run(db, schema, "ClaimGroupTasks", [
-    scope.workerId, queues, scope.names, scope.leaseMs, limit, limited, rotation.queue, rotation.group,
+  const rows = await run(db, schema, limited ? "ClaimLimitedGroupTasks" : "ClaimGroupTasks", [
+    scope.workerId, queues, scope.names, scope.leaseMs, limit, rotation.queue, rotation.group,
   ]);
   rotation.passed(rows);
   return rows;
 }
-

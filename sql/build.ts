@@ -59,16 +59,20 @@ function readQueries(): Map<string, string> {
   const used = new Set<string>();
   for (const [name, statement] of queries) {
     // A fragment may use fragments: expanded until none is left (a cycle is refused).
+    // `{{X:value}}` gives X a value, which replaces each `{{@}}` in it: one
+    // text for statements that differ in a constant (so that each plans
+    // for its own, as a parameter could not).
     let text = statement;
-    for (let depth = 0; /\{\{[A-Za-z]+\}\}/.test(text); depth++) {
+    for (let depth = 0; /\{\{[A-Za-z]+(:[^{}]*)?\}\}/.test(text); depth++) {
       if (depth === 8) throw new Error(`sql/queries: ${name}'s fragments use each other in a cycle`);
-      text = text.replace(/\{\{([A-Za-z]+)\}\}/g, (_, fragment: string) => {
+      text = text.replace(/\{\{([A-Za-z]+)(?::([^{}]*))?\}\}/g, (_, fragment: string, value?: string) => {
         const part = fragments.get(fragment);
         if (part === undefined) throw new Error(`sql/queries: ${name} uses the unknown fragment ${fragment}`);
         used.add(fragment);
-        return part;
+        return value === undefined ? part : part.replaceAll("{{@}}", value);
       });
     }
+    if (text.includes("{{@}}")) throw new Error(`sql/queries: ${name} uses a fragment that takes a value without giving one`);
     queries.set(name, text);
   }
   for (const name of fragments.keys()) if (!used.has(name)) throw new Error(`sql/queries: fragment ${name} is never used`);
