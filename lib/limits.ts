@@ -1,7 +1,8 @@
 /**
  * Concurrency and rate limits of queues (`setQueueConcurrency`,
- * `setQueueRateLimit`): at most N of a queue's tasks run at once, and at
- * most R start in any interval, across every worker of every host.
+ * `setQueueRateLimit`, `setGroupConcurrency`): at most N of a queue's tasks
+ * run at once, at most R start in any interval, and at most G of each of
+ * its groups run at once, across every worker of every host.
  *
  * The ordinary claim leaves a limited queue alone (ClaimFromLanes). A
  * worker claims from it with the limited claim: a transaction that takes
@@ -28,7 +29,7 @@ import type { ClaimScope } from "./claim.ts";
 import { claimBothKinds, claimGroups } from "./groups.ts";
 import { type Database, run } from "./statements.ts";
 
-/** Which queues have a concurrency or rate limit, read again when older than `refreshMs`. */
+/** Which queues have a limit (concurrency, rate, or per group), read again when older than `refreshMs`. */
 export class LimitedQueues {
   #names: string[] = [];
   #readAt = -Infinity;
@@ -103,7 +104,7 @@ export async function claimLimited(sql: Sql<any>, schema: string, queue: string,
 /**
  * In claimLimited's transaction: up to `free` tasks of `queue`, those
  * without a group (ClaimLimitedTasks) and, when some names have groups,
- * those with one (ClaimGroupTasks, which keeps each group within the
+ * those with one (ClaimLimitedGroupTasks, which keeps each group within the
  * queue's group limit), in the order claimBothKinds gives.
  */
 async function claimWithin(tx: Database, schema: string, queue: string, scope: ClaimScope, free: number): Promise<Record<string, unknown>[]> {
