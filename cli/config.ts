@@ -8,6 +8,19 @@
 import { type Env, type FlagValues, parseArgs } from "./args.ts";
 import { serveArgs } from "./args-table.ts";
 
+/**
+ * How far past the shutdown timeout a stop may run, in ms, whatever the
+ * database does (hung connects, a server that never answers): a worker
+ * exits by the shutdown timeout plus WORKER_STOP_MARGIN_MS, its supervisor
+ * kills those still running at plus POOL_KILL_MARGIN_MS, and exits by plus
+ * STOP_MARGIN_MS. The README states the last as the bound of a stop.
+ */
+export const WORKER_STOP_MARGIN_MS = 1_000;
+/** See {@link WORKER_STOP_MARGIN_MS}. */
+export const POOL_KILL_MARGIN_MS = 1_500;
+/** See {@link WORKER_STOP_MARGIN_MS}. */
+export const STOP_MARGIN_MS = 2_000;
+
 /** The settings of `pgbg serve`, checked. Durations in ms. */
 export interface ServeConfig {
   databaseUrl: string | undefined;

@@ -12,7 +12,7 @@ import { liveness } from "../lib/liveness.ts";
 import { describeError, type Logger } from "../lib/log.ts";
 import { Maintenance, maintenanceServices, type MaintenanceServices } from "../lib/maintenance.ts";
 import { ServiceMetrics } from "../lib/metrics.ts";
-import type { ServeConfig } from "./config.ts";
+import { type ServeConfig, STOP_MARGIN_MS } from "./config.ts";
 import { launcherGone, launcherName } from "./launcher.ts";
 import { type MetricsServer, startMetricsServer } from "./metrics-server.ts";
 import { waitForSchema } from "./schema-wait.ts";
@@ -43,7 +43,7 @@ export async function supervise(config: ServeConfig, databaseUrl: string, log: L
   });
   const maintenance = new Maintenance(Object.values(services), log);
   const pool = new WorkerPool({ config, databaseUrl, supervisorId, timings, releaser: services.releaser, metrics, log });
-  const exitCode = onSignals(pool, config, log);
+  const stopping = onSignals(pool, config, log);
   log.info(
     `serving: ${config.workers} worker(s) × ${config.concurrency} task(s), queues ${config.queues?.join(",") ?? "(all)"}, schema ${config.schema}`,
     { workers: config.workers, concurrency: config.concurrency, queues: config.queues, schema: config.schema, supervisorId },
@@ -51,8 +51,15 @@ export async function supervise(config: ServeConfig, databaseUrl: string, log: L
   maintenance.start();
   pool.start();
   await pool.done;
-  await shutDown({ sql, pool, maintenance, services, metricsServer });
-  const code = exitCode();
+  // Bounded: under a database that hangs, releasing and closing would
+  // wait out connect timeouts; the bound of a stop comes first.
+  const shut = shutDown({ sql, pool, maintenance, services, metricsServer }).then(() => true);
+  const stopBy = stopping.stopBy();
+  const inTime = stopBy === undefined ? await shut
+    // A quarter second before the bound, for the exit itself.
+    : await Promise.race([shut, new Promise<false>((r) => setTimeout(() => r(false), Math.max(0, stopBy - 250 - Date.now())).unref())]);
+  if (!inTime) log.warn(`stopping took past the shutdown timeout plus ${STOP_MARGIN_MS} ms: exiting now; what was not released, another host rescues when its lease ends`);
+  const code = stopping.exitCode();
   log.info(code === 0 ? "stopped" : "stopped at once; unfinished tasks were released");
   return code;
 }
@@ -74,11 +81,14 @@ async function serveMetrics(config: ServeConfig, sql: Client, metrics: ServiceMe
  * Installs the service's signal handlers and the tick that kills silent
  * workers: a first SIGTERM/SIGINT (or the exit of the package runner that
  * started the service) stops the pool gracefully, a second kills it. Both
- * are removed once the pool is done. Returns the exit code so far.
+ * are removed once the pool is done. Returns the exit code so far, and by
+ * when the service must have stopped (the first signal's time plus the
+ * shutdown timeout and STOP_MARGIN_MS; undefined without a signal).
  */
-function onSignals(pool: WorkerPool, config: ServeConfig, log: Logger): () => number {
+function onSignals(pool: WorkerPool, config: ServeConfig, log: Logger): { exitCode(): number; stopBy(): number | undefined } {
   let stopping = false;
   let exitCode = 0;
+  let stopBy: number | undefined;
   const onSignal = (signal: string) => {
     if (stopping) {
       log.warn(`second ${signal}: stopping now`);
@@ -87,6 +97,7 @@ function onSignals(pool: WorkerPool, config: ServeConfig, log: Logger): () => nu
       return;
     }
     stopping = true;
+    stopBy = Date.now() + config.shutdownTimeout + STOP_MARGIN_MS;
     log.info(`${signal}: stopping; running tasks may finish for up to ${config.shutdownTimeout} ms`);
     pool.stop();
   };
@@ -100,7 +111,7 @@ function onSignals(pool: WorkerPool, config: ServeConfig, log: Logger): () => nu
     clearInterval(ticker);
     stopListening();
   });
-  return () => exitCode;
+  return { exitCode: () => exitCode, stopBy: () => stopBy };
 }
 
 /** What a stopping supervisor closes. */

@@ -18,7 +18,7 @@ import type { DeadWorkerReleaser } from "../lib/maintenance/dead-worker-releaser
 import type { ServiceMetrics } from "../lib/metrics.ts";
 import { scriptCommand } from "../lib/runtime.ts";
 import { VERSION } from "../lib/version.ts";
-import type { ServeConfig } from "./config.ts";
+import { POOL_KILL_MARGIN_MS, type ServeConfig } from "./config.ts";
 import { DatabaseWatch } from "./database-watch.ts";
 import type { WorkerMessage, WorkerSpec } from "./worker.ts";
 
@@ -207,7 +207,7 @@ export class WorkerPool {
     }
   }
 
-  /** Asks every worker to stop gracefully; kills those still running after the shutdown timeout plus 15 s. */
+  /** Asks every worker to stop gracefully; kills those still running after the shutdown timeout plus POOL_KILL_MARGIN_MS. */
   stop(): void {
     this.#stopping = true;
     this.#watch.stop();
@@ -224,7 +224,7 @@ export class WorkerPool {
         this.#options.log.error(`worker ${slot.index} did not stop in time; killing it`);
         slot.child.kill("SIGKILL");
       }
-    }, Math.min(this.#options.config.shutdownTimeout + 15_000, 2_147_483_647)).unref();
+    }, Math.min(this.#options.config.shutdownTimeout + POOL_KILL_MARGIN_MS, 2_147_483_647)).unref();
   }
 
   /** Kills every worker now; {@link done} resolves once all exited (or after 5 s). */

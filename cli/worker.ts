@@ -21,7 +21,7 @@ import { loadTaskModules } from "../lib/registry.ts";
 import { Scheduler } from "../lib/scheduler.ts";
 import { runtimeName } from "../lib/runtime.ts";
 import { type LostCause, Worker, type WorkerReport, type WorkerSettings } from "../lib/worker.ts";
-import type { LogLevel } from "./config.ts";
+import { type LogLevel, WORKER_STOP_MARGIN_MS } from "./config.ts";
 import { isConnectionError } from "./connection-error.ts";
 import { createLogger } from "./log.ts";
 
@@ -90,13 +90,24 @@ function exitOnUncaught(log: Logger): void {
  * (Ctrl-C reaches the whole process group), and when its supervisor
  * vanishes (the IPC channel closes). Before the worker exists (tasks modules
  * still loading) nothing is claimed, so it exits at once: a module that
- * never finishes loading must not hold the shutdown.
+ * never finishes loading must not hold the shutdown. Once stopping, it
+ * exits by `boundMs` whatever it waits for.
  */
-function stopOnRequest(worker: () => Worker | undefined): void {
+function stopOnRequest(worker: () => Worker | undefined, boundMs: number, log: Logger): void {
+  let stopping = false;
   const stop = () => {
     const w = worker();
     if (!w) process.exit(EXIT.stopped);
     w.stop();
+    if (stopping) return;
+    stopping = true;
+    // Whatever the database does (a connect that hangs for its 30 s
+    // timeout, a server that never answers): the supervisor, or whoever
+    // rescues the leases of an orphan, takes over what is left.
+    setTimeout(() => {
+      log.warn(`still stopping ${boundMs} ms after being asked to; exiting now, leaving its unwritten outcomes to the release of its tasks`);
+      process.exit(EXIT.stopped);
+    }, boundMs).unref();
   };
   process.on("SIGTERM", stop);
   process.on("SIGINT", stop);
@@ -126,7 +137,7 @@ async function main(): Promise<number> {
   }
   const log = createLogger(spec.logLevel, spec.logFormat, `worker ${spec.index}`);
   let worker: Worker | undefined;
-  stopOnRequest(() => worker);
+  stopOnRequest(() => worker, spec.settings.shutdownTimeout + WORKER_STOP_MARGIN_MS, log);
   exitOnUncaught(log);
   const alive = setInterval(() => send({ type: "alive", running: worker?.running ?? 0 }), spec.settings.timings.heartbeatInterval);
   let clients: ReturnType<typeof connect> | undefined;

@@ -7,12 +7,13 @@
  * resets them, and every new one, until healed.
  */
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
 import { describe, test } from "node:test";
 import { enqueue, migrate } from "../mod.ts";
 import { CutProxy } from "./chaos/proxy.ts";
 import { work } from "./fixtures/tasks.ts";
 import { createTestDatabase } from "./harness.ts";
-import { patience, serviceTestbed, until } from "./service-harness.ts";
+import { patience, serviceTestbed, until, within } from "./service-harness.ts";
 
 const testbed = await serviceTestbed(createTestDatabase, (sql) => migrate(sql));
 const { sql } = testbed.db;
@@ -36,6 +37,61 @@ describe("an outage of the database", () => {
       assert.ok(ready);
       const id = await enqueue(sql, work, {});
       await until(() => testbed.remaining([id]), (n) => n === 0, patience, "a task enqueued after the outage to run");
+    } finally {
+      await proxy.close();
+    }
+  });
+
+  /**
+   * A database that takes connections and never answers (the proxy's cut):
+   * every statement of the service hangs, and new connections wait out
+   * their connect timeout (30 s). The bounds are checked at 2 and 3 × their
+   * goal, generous for a busy machine (both are timers; measured at 0.9 and
+   * 0.7 × here), and tight enough that waiting for the database fails them
+   * (7.5 s and 10 s without the bounds of cli/serve.ts and cli/worker.ts).
+   */
+  test("SIGTERM while the database hangs: pgbg serve exits within the shutdown timeout plus 2 s", async () => {
+    const url = new URL(testbed.db.url);
+    const proxy = new CutProxy({ host: url.hostname, port: Number(url.port || 5432) });
+    await proxy.start();
+    try {
+      url.host = `127.0.0.1:${proxy.port}`;
+      const service = testbed.serve(["--workers", "2", "--no-migrate", "--shutdown-timeout", "1s"], undefined, { DATABASE_URL: url.href });
+      await service.waitForLog((l) => /^worker 2 ready/.test(l.message), patience);
+      proxy.cut();
+      const t0 = Date.now();
+      service.child.kill("SIGTERM");
+      const exit = await within(service.exited, 2 * (1_000 + 2_000), "pgbg serve to exit after SIGTERM with its database hanging");
+      console.log(`  exited ${Date.now() - t0} ms after SIGTERM (goal: 3,000 ms)`);
+      assert.equal(exit.signal, null);
+    } finally {
+      await proxy.close();
+    }
+  });
+
+  test("a supervisor SIGKILLed while the database hangs: its workers exit within 2 check intervals plus the shutdown timeout", async () => {
+    const url = new URL(testbed.db.url);
+    const proxy = new CutProxy({ host: url.hostname, port: Number(url.port || 5432) });
+    await proxy.start();
+    try {
+      url.host = `127.0.0.1:${proxy.port}`;
+      const service = testbed.serve(["--workers", "2", "--no-migrate", "--shutdown-timeout", "1s", "--check-interval", "1s"], undefined, { DATABASE_URL: url.href });
+      const rows = await until(() => sql`SELECT pid FROM pgbg.worker`, (r) => r.length === 2, patience, "both workers to register");
+      const pids = rows.map((r) => r.pid as number);
+      proxy.cut();
+      const t0 = Date.now();
+      service.child.kill("SIGKILL");
+      // Exited: gone, or a zombie its new parent has not reaped yet.
+      const alive = () => pids.filter((pid) => {
+        try {
+          return readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]?.[0] !== "Z";
+        } catch {
+          return false;
+        }
+      });
+      const bound = 2 * 1_000 + 1_000;
+      await until(async () => alive(), (left) => left.length === 0, 3 * bound, "the orphaned workers to exit");
+      console.log(`  orphaned workers gone ${Date.now() - t0} ms after their supervisor (bound: ${bound} ms)`);
     } finally {
       await proxy.close();
     }
