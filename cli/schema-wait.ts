@@ -22,11 +22,22 @@ import { listenForSignals } from "./start-signals.ts";
 // deno-lint-ignore no-explicit-any
 export async function waitForSchema(sql: postgres.Sql<any>, config: ServeConfig, log: Logger): Promise<string | undefined> {
   let signal: string | undefined;
-  const stopListening = listenForSignals((s) => (signal ??= s));
+  let onSignal = () => {};
+  // A signal ends the wait at once, even in a connect that hangs (a server
+  // that takes connections and never answers waits out the connect
+  // timeout, 30 s): the attempt under way is left, and the caller closes
+  // its connections.
+  const signalled = new Promise<false>((resolve) => (onSignal = () => resolve(false)));
+  const stopListening = listenForSignals((s) => {
+    signal ??= s;
+    onSignal();
+  });
   const stopReason = () => signal ?? (launcherGone() ? `${launcherName()} exited` : undefined);
   try {
     if (stopReason()) return stopReason();
-    const ready = await prepareSchema(sql, config, log, stopReason);
+    const preparing = prepareSchema(sql, config, log, stopReason);
+    preparing.catch(() => {}); // left behind on a signal: its end no longer matters
+    const ready = await Promise.race([preparing, signalled]);
     return ready && !signal ? undefined : stopReason();
   } finally {
     stopListening();
@@ -43,6 +54,7 @@ async function prepareSchema(sql: postgres.Sql<any>, config: ServeConfig, log: L
       return true;
     } catch (error) {
       if (!isConnectionError(error)) throw error;
+      if (stopReason()) return false; // closed under it by the stop
       log.error(`cannot reach the database (${describeError(error).message}); retrying in ${delay} ms`);
       for (const end = Date.now() + delay; Date.now() < end;) {
         if (stopReason()) return false;

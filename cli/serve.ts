@@ -30,7 +30,8 @@ export async function supervise(config: ServeConfig, databaseUrl: string, log: L
   const stoppedEarly = await waitForSchema(sql, config, log);
   if (stoppedEarly) {
     log.info(`${stoppedEarly} before the service started; stopping`);
-    await sql.end({ timeout: 2 }).catch(() => {});
+    // At once: a connect the wait left behind may hang for its timeout.
+    await sql.end({ timeout: 0 }).catch(() => {});
     return 0;
   }
   const metrics = new ServiceMetrics();

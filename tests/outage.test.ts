@@ -8,6 +8,7 @@
  */
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
+import { type AddressInfo, createServer } from "node:net";
 import { describe, test } from "node:test";
 import { enqueue, migrate } from "../mod.ts";
 import { CutProxy } from "./chaos/proxy.ts";
@@ -69,7 +70,7 @@ describe("an outage of the database", () => {
     }
   });
 
-  test("a supervisor SIGKILLed while the database hangs: its workers exit within 2 check intervals plus the shutdown timeout", async () => {
+  test("a supervisor SIGKILLed while the database hangs: its workers exit within the shutdown timeout plus 1 s", async () => {
     const url = new URL(testbed.db.url);
     const proxy = new CutProxy({ host: url.hostname, port: Number(url.port || 5432) });
     await proxy.start();
@@ -89,11 +90,34 @@ describe("an outage of the database", () => {
           return false;
         }
       });
-      const bound = 2 * 1_000 + 1_000;
+      const bound = 1_000 + 1_000;
       await until(async () => alive(), (left) => left.length === 0, 3 * bound, "the orphaned workers to exit");
       console.log(`  orphaned workers gone ${Date.now() - t0} ms after their supervisor (bound: ${bound} ms)`);
     } finally {
       await proxy.close();
+    }
+  });
+
+  test("SIGTERM while the service waits for a database that takes connections and never answers: it exits 0 within the bound", async () => {
+    const silent = createServer((socket) => {
+      socket.on("error", () => {});
+      socket.resume();
+    });
+    await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", () => resolve()));
+    try {
+      const url = new URL(testbed.db.url);
+      url.host = `127.0.0.1:${(silent.address() as AddressInfo).port}`;
+      const service = testbed.serve(["--no-migrate", "--shutdown-timeout", "1s"], undefined, { DATABASE_URL: url.href });
+      // Its first try to connect is under way, and would wait out the 30 s connect timeout.
+      await service.waitForLog((l) => /^database /.test(l.message), patience);
+      const t0 = Date.now();
+      service.child.kill("SIGTERM");
+      const exit = await within(service.exited, 2 * (1_000 + 2_000), "pgbg serve to exit after SIGTERM while it waits for the database");
+      console.log(`  exited ${Date.now() - t0} ms after SIGTERM (goal: 3,000 ms)`);
+      assert.deepEqual(exit, { code: 0, signal: null });
+      assert.equal(service.logs.filter((l) => /cannot reach the database/.test(l.message)).length, 0, "no line about a connect the stop itself closed");
+    } finally {
+      await new Promise((resolve) => silent.close(resolve));
     }
   });
 });

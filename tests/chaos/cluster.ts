@@ -29,6 +29,8 @@ export interface ServeOptions {
   ticks?: boolean;
   /** Extra `pgbg serve` flags; default `--timeout 5s`. */
   args?: string[];
+  /** Another database URL than the scenario's (a server that never answers, say). */
+  databaseUrl?: string;
 }
 
 /** Where a run keeps its execution files and process logs, and what it did to the processes. */
@@ -53,7 +55,7 @@ export class Supervisor {
       cli, "serve", "--tasks", options.ticks ? `${tasksModule},${ticksModule}` : tasksModule, "--workers", String(options.workers), "--concurrency", String(options.concurrency),
       "--check-interval", "200ms", "--log-format", "json", "--log-level", "warn", "--no-migrate",
       ...(options.args ?? ["--timeout", "5s"]),
-    ], { detached: true, stdio: ["ignore", out, out], env: { ...process.env, DATABASE_URL: ctx.databaseUrl, CHAOS_DIR: ctx.dir } });
+    ], { detached: true, stdio: ["ignore", out, out], env: { ...process.env, DATABASE_URL: options.databaseUrl ?? ctx.databaseUrl, CHAOS_DIR: ctx.dir } });
     closeSync(out);
     this.exited = new Promise((resolve) => this.child.on("exit", (code, signal) => resolve({ code, signal })));
   }
@@ -87,6 +89,13 @@ export class Supervisor {
       return false; // it exited by itself a moment ago
     }
     return true;
+  }
+
+  /** SIGKILLs the supervisor alone, leaving its workers orphaned; resolves once it is gone. */
+  async killSupervisor(): Promise<void> {
+    this.ctx.kills.push({ pid: this.pid, group: false, at: Date.now() });
+    process.kill(this.pid, "SIGKILL");
+    await this.exited;
   }
 
   /** SIGKILLs the supervisor and its workers at once (its process group). */

@@ -125,6 +125,7 @@ function makeStage(name: string, sql: Client, ctx: RunContext, started: Started,
   return {
     size,
     sql,
+    url: ctx.databaseUrl,
     committed: [],
     rolledBack: [],
     serve(options) {

@@ -6,6 +6,7 @@
  */
 import { enqueueMany, setGroupConcurrency, setQueueConcurrency } from "../../mod.ts";
 import type { Supervisor } from "./cluster.ts";
+import { boundScenarios } from "./bounds.ts";
 import { inProcess } from "./in-process.ts";
 import { type Scenario, sized, type Stage, taskMs } from "./stage.ts";
 import { groupedWork, work } from "./tasks.js";
@@ -239,6 +240,7 @@ export const scenarios: Scenario[] = [
   inProcess,
   underLimit,
   groupLimit,
+  ...boundScenarios,
 ];
 
 

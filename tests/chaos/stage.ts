@@ -15,6 +15,8 @@ export interface Stage {
   size: Size;
   // deno-lint-ignore no-explicit-any
   sql: postgres.Sql<any>;
+  /** The scenario database's URL. */
+  url: string;
   /** Starts a supervisor on this scenario's database; the runner stops those still running at the end. */
   serve(options: ServeOptions): Supervisor;
   /** Starts an app hosting an in-process worker, behind its own cuttable proxy; resolves once it is ready. The runner stops it at the end. */
