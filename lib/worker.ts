@@ -508,7 +508,7 @@ export class Worker {
     const unwritten = this.#outcomes.pending;
     this.#options.log.error(
       `this worker stops at once: ${reason}. Its ${this.#running.size} running attempt(s) are aborted` +
-        (unwritten ? `; ${unwritten} finished attempt(s) whose outcome is not written yet are written if the database answers within 10 s, else those tasks run again` : ""),
+        (unwritten ? `; ${unwritten} finished attempt(s) whose outcome is not written yet are written if the database answers before this worker ends, else those tasks run again` : ""),
     );
     const events = this.#options.events?.has("leaseLost") ? this.#options.events : undefined;
     for (const entry of this.#running.values()) {
