@@ -138,6 +138,8 @@ export interface TaskInfo {
   priority: number;
   /** Its dedup key, if it has one. */
   key: string | null;
+  /** Its group in its queue (defineTask's `group`), if it has one; null for a finished task: not kept. */
+  group: string | null;
   /** When it is (or was) due. */
   runAt: Date;
   enqueuedAt: Date;
@@ -164,7 +166,7 @@ export interface TaskInfo {
 function taskInfo(r: any): TaskInfo {
   return {
     id: String(r.id), queue: r.queue, name: r.name, state: r.state, attempts: r.attempts, snoozes: r.snoozes, maxAttempts: r.max_attempts, priority: r.priority,
-    key: r.key, runAt: r.run_at, enqueuedAt: r.enqueued_at, failedAt: r.failed_at, workerId: r.worker_id,
+    key: r.key, group: r.group_name, runAt: r.run_at, enqueuedAt: r.enqueued_at, failedAt: r.failed_at, workerId: r.worker_id,
     cancelRequestedAt: r.cancel_requested_at, lastError: r.last_error, payload: r.payload, inputVersion: r.input_version,
     finishedAt: null, expiresAt: null, result: null,
   };
@@ -175,7 +177,7 @@ function taskInfo(r: any): TaskInfo {
 function finishedTaskInfo(r: any): TaskInfo {
   return {
     id: String(r.id), queue: r.queue, name: r.name, state: r.state, attempts: r.attempts, snoozes: 0, maxAttempts: null, priority: 0,
-    key: r.key, runAt: r.enqueued_at, enqueuedAt: r.enqueued_at, failedAt: null, workerId: null, cancelRequestedAt: null,
+    key: r.key, group: null, runAt: r.enqueued_at, enqueuedAt: r.enqueued_at, failedAt: null, workerId: null, cancelRequestedAt: null,
     lastError: r.last_error, payload: r.payload, inputVersion: null, finishedAt: r.finished_at, expiresAt: r.expires_at, result: r.result,
   };
 }

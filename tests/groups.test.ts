@@ -10,7 +10,7 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import * as v from "valibot";
 import {
-  createWorker, defineTask, drain, enqueue, enqueueMany, InvalidOptionsError, InvalidTaskError, migrate, queueSettings, setGroupConcurrency, status,
+  createWorker, defineTask, drain, enqueue, enqueueMany, getTask, InvalidOptionsError, InvalidTaskError, migrate, queueSettings, setGroupConcurrency, status,
 } from "../mod.ts";
 import { createTestDatabase } from "./harness.ts";
 import { patience, serviceTestbed, until } from "./service-harness.ts";
@@ -149,6 +149,7 @@ describe("a task's group", () => {
     const c = await enqueue(sql, maybe, { g: "zeta" }, { queue: "groups-stored" });
     const rows = await sql`SELECT id::text, group_name FROM pgbg.task WHERE id IN ${sql([a, b, c])} ORDER BY id`;
     assert.deepEqual(rows.map((r) => r.group_name), ["acme", null, "zeta"]);
+    assert.deepEqual([(await getTask(sql, a))?.group, (await getTask(sql, b))?.group], ["acme", null], "getTask shows it");
   });
 
   test("a function that returns no group name, or throws, fails the enqueue naming the task and index, and writes nothing", async () => {
