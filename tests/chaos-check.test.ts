@@ -226,6 +226,19 @@ describe("chaos verdict: leases, cuts and hangs", () => {
     assert.match(verdict({ lines, cuts: [{ pid: 99, from: 200, to: 400 }] }, ["cut"]).problems.join("\n"), /cause "error"/);
   });
 
+  test("an execution begun just after a cut healed that never ended before its process exited is put down to the cut; one begun later, to the exit", () => {
+    // Pid 10 was cut off from 200 to 400; its execution of task 1 began at
+    // 400 + start and hung until its process exited at 5,000.
+    const hungAfter = (start: number) => verdict({
+      lines: [...exec(10, 1, "1", 1, 400 + start, null), { k: "x", p: 10, c: 0, at: 5_000 }, ...exec(11, 1, "1", 2, 3_000, 3_010), ...exec(12, 1, "2", 1, 100, 110)],
+      cuts: [{ pid: 10, from: 200, to: 400 }],
+      leases: [lease("1", 10, 1, 400 + start - 1, 2_500, "expired"), lease("1", 11, 2, 2_999)],
+    }, ["cut"]);
+    assert.deepEqual(hungAfter(900).problems, []);
+    assert.equal(hungAfter(900).figures.reruns.cut, 1);
+    assert.match(hungAfter(CUT_AFTERMATH_MS + 1).problems.join("\n"), /cause "exited"/);
+  });
+
   test("a cause the scenario expected that interrupted nothing fails the verdict", () => {
     const lines = [...exec(10, 1, "1", 1, 100, null), ...exec(11, 1, "1", 2, 300, 310), ...exec(12, 1, "2", 1, 100, 110)];
     const kills = [{ pid: 10, group: false, at: 200 }];

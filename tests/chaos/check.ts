@@ -232,8 +232,12 @@ function executions(lines: ExecLine[], kills: Kill[], cuts: Cut[]): Execution[] 
     const { at, cause } = stopped(e);
     e.end = at;
     // A hung execution runs until its process ends; its task ran again
-    // long before, because it hung.
-    e.cause = e.hangs && cause !== "open" ? "hung" : cause;
+    // long before, because it hung. One that began while its process was
+    // cut off, or just after the cut healed, and never ended before its
+    // process did, hung on the cut: its handler's own client was left on a
+    // connection the proxy reset while it opened, which postgres.js waits
+    // out for its connect timeout (30 s), longer than the run has left.
+    e.cause = e.hangs && cause !== "open" ? "hung" : cause === "exited" && wasCut(e.pid, e.start) ? "cut" : cause;
   }
   return [...byKey.values()];
 }
