@@ -71,13 +71,17 @@ export async function hostInProcess(db: Database, setting: ServeSetting): Promis
   }
 }
 
-/** Queues `n` no-op tasks (with a result, when `keeping` them) in one transaction, so that they appear at once. */
-async function queueAtOnce(db: Database, n: number, keeping: Keeping = "nothing"): Promise<void> {
-  const task = keeping === "results" ? noopResult : noop;
+/**
+ * Queues `n` no-op tasks (with a result, when `keeping` them) in one
+ * transaction, so that they appear at once; with `groups`, no-op tasks of
+ * those many groups (task i in group "g" + i mod groups).
+ */
+async function queueAtOnce(db: Database, n: number, keeping: Keeping = "nothing", groups = 0): Promise<void> {
   await db.sql.begin(async (tx) => {
     for (let done = 0; done < n; done += 10_000) {
-      const size = Math.min(10_000, n - done);
-      await enqueueMany(tx, task, Array.from({ length: size }, (_, i) => ({ i: done + i })));
+      const indexes = Array.from({ length: Math.min(10_000, n - done) }, (_, i) => done + i);
+      if (groups) await enqueueMany(tx, noopGrouped, indexes.map((i) => ({ i, g: `g${i % groups}` })));
+      else await enqueueMany(tx, keeping === "results" ? noopResult : noop, indexes.map((i) => ({ i })));
     }
   });
 }
@@ -98,12 +102,13 @@ export function drained(db: Database): Promise<true> {
 /**
  * Drains `n` tasks through a `pgbg serve` with `setting`: the service starts
  * on an empty queue, the tasks are committed in one transaction, and the
- * clock runs from that commit until the table is empty.
+ * clock runs from that commit until the table is empty. `groups`: the
+ * tasks are spread over that many groups (see queueAtOnce).
  */
-export async function drainWith(db: Database, server: Server, n: number, setting: ServeSetting, keeping: Keeping = "nothing"): Promise<DrainResult> {
+export async function drainWith(db: Database, server: Server, n: number, setting: ServeSetting, keeping: Keeping = "nothing", groups = 0): Promise<DrainResult> {
   const service = await serve(db, setting, keeping === "retention" ? ["--completed-retention", "1h"] : []);
   try {
-    await queueAtOnce(db, n, keeping);
+    await queueAtOnce(db, n, keeping, groups);
     // The clock and the meters start at the commit: from then on the workers drain.
     const t0 = performance.now();
     const meter = new CpuMeter(server, () => service.child.pid);
@@ -143,23 +148,7 @@ export async function drainRated(db: Database, server: Server, n: number, settin
  */
 export async function drainGrouped(db: Database, server: Server, n: number, setting: ServeSetting, groups: number, perGroup: number | null): Promise<DrainResult> {
   if (perGroup !== null) await setGroupConcurrency(db.sql, "default", perGroup);
-  const service = await serve(db, setting);
-  try {
-    await db.sql.begin(async (tx) => {
-      for (let done = 0; done < n; done += 10_000) {
-        const size = Math.min(10_000, n - done);
-        await enqueueMany(tx, noopGrouped, Array.from({ length: size }, (_, i) => ({ i: done + i, g: `g${(done + i) % groups}` })));
-      }
-    });
-    const t0 = performance.now();
-    const meter = new CpuMeter(server, () => service.child.pid);
-    await drained(db);
-    const seconds = since(t0);
-    const cpu = meter.read();
-    return { jobs: n, seconds, workerCpu: cpu.tree, serverCpu: cpu.server, setting: `${setting.workers} workers × ${setting.concurrency}` };
-  } finally {
-    await stop(service);
-  }
+  return await drainWith(db, server, n, setting, "nothing", groups);
 }
 
 /** What a small tenant's tasks waited behind a large tenant's backlog. */
@@ -171,7 +160,7 @@ export interface BehindBacklog {
 }
 
 /**
- * Queues `backlog` tasks of tenant "big" in one commit on a running `pgbg
+ * Queues `backlog` tasks of a big tenant in one commit on a running `pgbg
  * serve`, then enqueues `samples` tasks of tenant "small" one at a time
  * (each once the one before started) and measures when each started.
  * `grouped`: the tenants are groups; otherwise every task is ungrouped
@@ -190,13 +179,8 @@ export async function startBehindBacklog(db: Database, backlog: number, samples:
     }
   });
   try {
-    await db.sql.begin(async (tx) => {
-      for (let done = 0; done < backlog; done += 10_000) {
-        const size = Math.min(10_000, backlog - done);
-        if (grouped) await enqueueMany(tx, noopGrouped, Array.from({ length: size }, (_, i) => ({ i: done + i, g: "big" })));
-        else await enqueueMany(tx, noop, Array.from({ length: size }, (_, i) => ({ i: done + i })));
-      }
-    });
+    // Tenant "big" is group g0 when grouped.
+    await queueAtOnce(db, backlog, "nothing", grouped ? 1 : 0);
     const latencies: number[] = [];
     for (let i = 0; i < samples; i++) {
       const t0 = performance.timeOrigin + performance.now();

@@ -12,6 +12,7 @@ import * as v from "valibot";
 import {
   createWorker, defineTask, drain, enqueue, enqueueMany, getTask, InvalidOptionsError, InvalidTaskError, migrate, queueSettings, setGroupConcurrency, status,
 } from "../mod.ts";
+import { run } from "../lib/statements.ts";
 import { createTestDatabase } from "./harness.ts";
 import { patience, serviceTestbed, until } from "./service-harness.ts";
 
@@ -27,17 +28,7 @@ const tenantWork = defineTask({
   run() {},
 });
 
-/** The most executions of `ids` that overlapped, from their recorded start and end. */
-async function mostAtOnce(ids: string[]): Promise<number> {
-  const rows = await testbed.executions(ids);
-  const edges = rows.flatMap((r) => [[r.started_at.getTime(), 1], [(r.ended_at ?? new Date(8.64e15)).getTime(), -1]]);
-  // An end before a start at the same instant: touching is not overlapping.
-  edges.sort((a, b) => a[0] - b[0] || a[1] - b[1]);
-  let now = 0;
-  let most = 0;
-  for (const [, step] of edges) most = Math.max(most, (now += step));
-  return most;
-}
+const mostAtOnce = testbed.mostExecutionsAtOnce;
 
 /** Enqueues `each` tasks for every tenant, interleaved (a1, b1, c1, a2...); returns the ids by tenant. */
 async function enqueueTenants(queue: string, tenants: string[], each: number, ms: number): Promise<Map<string, string[]>> {
@@ -80,6 +71,27 @@ describe("a group limit", () => {
       assert.equal(await mostAtOnce(ids), 1, `tenant ${tenant}`);
     }
     assert.ok(await mostAtOnce(all) > 1, "groups ran side by side");
+  });
+
+  test("a task handed back or released keeps its place in its group: a limit of 1 still runs the group in enqueue order", async () => {
+    await setGroupConcurrency(sql, "kept-place", 1);
+    const order: number[] = [];
+    const ordered = defineTask({ name: "ordered", schema: v.object({ n: v.number() }), group: () => "one", run: (input) => void order.push(input.n) });
+    const ids = await enqueueMany(sql, ordered, [{ n: 1 }, { n: 2 }, { n: 3 }], { queue: "kept-place" });
+    // Tasks 1 and 2 leased elsewhere: 1 is handed back by its stopping worker, 2 released from a dead one.
+    await sql`UPDATE pgbg.task SET state = 'running', attempts = 1, lease_token = 1, worker_id = gen_random_uuid(),
+      lease_expires_at = now() + interval '1 hour' WHERE id IN ${sql(ids.slice(0, 2))}`;
+    await run(sql, "pgbg", "HandBackTasks", [[ids[0]], [1]]);
+    const [{ worker_id }] = await sql`SELECT worker_id FROM pgbg.task WHERE id = ${ids[1]}`;
+    await run(sql, "pgbg", "ReleaseWorkerTasks", [25, JSON.stringify({ message: "its worker died" }), [worker_id]]);
+    await drain(sql, { tasks: [ordered], queues: ["kept-place"], logger: quiet });
+    assert.deepEqual(order, [1, 2, 3]);
+    // Within a group, priority comes before enqueue order.
+    order.length = 0;
+    await enqueueMany(sql, ordered, [{ n: 4 }], { queue: "kept-place", priority: 5 });
+    await enqueueMany(sql, ordered, [{ n: 5 }], { queue: "kept-place", priority: 0 });
+    await drain(sql, { tasks: [ordered], queues: ["kept-place"], logger: quiet });
+    assert.deepEqual(order, [5, 4]);
   });
 
   test("drain() returns when a group's slots are all held elsewhere, leaving its tasks queued", async () => {

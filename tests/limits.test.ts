@@ -16,17 +16,7 @@ const testbed = await serviceTestbed(createTestDatabase, (sql) => migrate(sql));
 const { sql } = testbed.db;
 const quiet = { debug() {}, info() {}, warn() {}, error() {} };
 
-/** The most executions of `ids` that overlapped, from their recorded start and end. */
-async function mostAtOnce(ids: string[]): Promise<number> {
-  const rows = await testbed.executions(ids);
-  const edges = rows.flatMap((r) => [[r.started_at.getTime(), 1], [(r.ended_at ?? new Date(8.64e15)).getTime(), -1]]);
-  // An end before a start at the same instant: touching is not overlapping.
-  edges.sort((a, b) => a[0] - b[0] || a[1] - b[1]);
-  let now = 0;
-  let most = 0;
-  for (const [, step] of edges) most = Math.max(most, (now += step));
-  return most;
-}
+const mostAtOnce = testbed.mostExecutionsAtOnce;
 
 const work = defineTask({ name: "work", schema: v.object({ ms: v.optional(v.number(), 0), failUntil: v.optional(v.number(), 0) }), run() {} });
 const backoff = defineTask({ name: "backoff", schema: v.object({ message: v.string() }), run() {} });

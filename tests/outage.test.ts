@@ -19,14 +19,23 @@ import { patience, serviceTestbed, until, within } from "./service-harness.ts";
 const testbed = await serviceTestbed(createTestDatabase, (sql) => migrate(sql));
 const { sql } = testbed.db;
 
+/** Runs `fn` with a proxy to the test database, and the database's URL through it. */
+async function behindProxy(fn: (proxy: CutProxy, url: string) => Promise<void>): Promise<void> {
+  const url = new URL(testbed.db.url);
+  const proxy = new CutProxy({ host: url.hostname, port: Number(url.port || 5432) });
+  await proxy.start();
+  try {
+    url.host = `127.0.0.1:${proxy.port}`;
+    await fn(proxy, url.href);
+  } finally {
+    await proxy.close();
+  }
+}
+
 describe("an outage of the database", () => {
   test("workers waiting out their back-off start as soon as the database answers again, and tasks run", async () => {
-    const url = new URL(testbed.db.url);
-    const proxy = new CutProxy({ host: url.hostname, port: Number(url.port || 5432) });
-    await proxy.start();
-    try {
-      url.host = `127.0.0.1:${proxy.port}`;
-      const service = testbed.serve(["--workers", "1", "--no-migrate"], undefined, { DATABASE_URL: url.href });
+    await behindProxy(async (proxy, url) => {
+      const service = testbed.serve(["--workers", "1", "--no-migrate"], undefined, { DATABASE_URL: url });
       await service.waitForLog((l) => /^worker 1 ready/.test(l.message), patience);
       proxy.refuse();
       // Down long enough for the back-off to grow past what the probe needs.
@@ -38,9 +47,7 @@ describe("an outage of the database", () => {
       assert.ok(ready);
       const id = await enqueue(sql, work, {});
       await until(() => testbed.remaining([id]), (n) => n === 0, patience, "a task enqueued after the outage to run");
-    } finally {
-      await proxy.close();
-    }
+    });
   });
 
   /**
@@ -52,12 +59,8 @@ describe("an outage of the database", () => {
    * (7.5 s and 10 s without the bounds of cli/serve.ts and cli/worker.ts).
    */
   test("SIGTERM while the database hangs: pgbg serve exits within the shutdown timeout plus 2 s", async () => {
-    const url = new URL(testbed.db.url);
-    const proxy = new CutProxy({ host: url.hostname, port: Number(url.port || 5432) });
-    await proxy.start();
-    try {
-      url.host = `127.0.0.1:${proxy.port}`;
-      const service = testbed.serve(["--workers", "2", "--no-migrate", "--shutdown-timeout", "1s"], undefined, { DATABASE_URL: url.href });
+    await behindProxy(async (proxy, url) => {
+      const service = testbed.serve(["--workers", "2", "--no-migrate", "--shutdown-timeout", "1s"], undefined, { DATABASE_URL: url });
       await service.waitForLog((l) => /^worker 2 ready/.test(l.message), patience);
       proxy.cut();
       const t0 = Date.now();
@@ -65,18 +68,12 @@ describe("an outage of the database", () => {
       const exit = await within(service.exited, 2 * (1_000 + 2_000), "pgbg serve to exit after SIGTERM with its database hanging");
       console.log(`  exited ${Date.now() - t0} ms after SIGTERM (goal: 3,000 ms)`);
       assert.equal(exit.signal, null);
-    } finally {
-      await proxy.close();
-    }
+    });
   });
 
   test("a supervisor SIGKILLed while the database hangs: its workers exit within the shutdown timeout plus 1 s", async () => {
-    const url = new URL(testbed.db.url);
-    const proxy = new CutProxy({ host: url.hostname, port: Number(url.port || 5432) });
-    await proxy.start();
-    try {
-      url.host = `127.0.0.1:${proxy.port}`;
-      const service = testbed.serve(["--workers", "2", "--no-migrate", "--shutdown-timeout", "1s", "--check-interval", "1s"], undefined, { DATABASE_URL: url.href });
+    await behindProxy(async (proxy, url) => {
+      const service = testbed.serve(["--workers", "2", "--no-migrate", "--shutdown-timeout", "1s", "--check-interval", "1s"], undefined, { DATABASE_URL: url });
       const rows = await until(() => sql`SELECT pid FROM pgbg.worker`, (r) => r.length === 2, patience, "both workers to register");
       const pids = rows.map((r) => r.pid as number);
       proxy.cut();
@@ -93,9 +90,7 @@ describe("an outage of the database", () => {
       const bound = 1_000 + 1_000;
       await until(async () => alive(), (left) => left.length === 0, 3 * bound, "the orphaned workers to exit");
       console.log(`  orphaned workers gone ${Date.now() - t0} ms after their supervisor (bound: ${bound} ms)`);
-    } finally {
-      await proxy.close();
-    }
+    });
   });
 
   test("SIGTERM while the service waits for a database that takes connections and never answers: it exits 0 within the bound", async () => {

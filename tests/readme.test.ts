@@ -86,6 +86,14 @@ function exampleFile(heading: string, name: string): { file: string; example: st
   return { file, example };
 }
 
+/** Runs a TypeScript file (through tsx) against the test database; resolves what it printed and its status. */
+function runTs(file: string, ...args: string[]) {
+  return spawnSync(process.execPath, ["--import", "tsx", file, ...args], { env: { ...process.env, DATABASE_URL: db.url }, encoding: "utf8", timeout: patience });
+}
+
+/** The `pgbg` CLI of this checkout, against the test database. */
+const pgbg = (...args: string[]) => runTs(fileURLToPath(new URL("../cli/main.ts", import.meta.url)), ...args);
+
 /**
  * The first two ts blocks after `heading`: a tasks module and an app that
  * imports it from "./tasks.ts", each written to a temporary file importing
@@ -177,7 +185,7 @@ test("the README's admin API example runs as written: retries every failed send-
   await db.sql`UPDATE pgbg.task SET state = 'failed', failed_at = now(), attempts = 25, last_error = '{"name":"Error","message":"smtp down"}'
     WHERE id IN ${db.sql(failed)}`;
   const keyed = await enqueue(db.sql, sendEmail, { n: -1 }, { key: "welcome:42" });
-  const result = spawnSync(process.execPath, ["--import", "tsx", file], { env: { ...process.env, DATABASE_URL: db.url }, encoding: "utf8", timeout: patience });
+  const result = runTs(file);
   assert.equal(result.status, 0, result.stderr);
   // status() also counts the last minute's outcomes of the tests before this one: any number of pairs.
   assert.match(result.stdout, /^1203 retried; [1-9]\d* queue\/task pairs, 0 live workers$/m);
@@ -338,7 +346,7 @@ test("the README's onFailed example runs as written: one dead-letter row per tas
 test("the README's results example runs as written: waits for the result, and getTask shows it kept a day", async () => {
   const { file } = exampleFile("## Results and history", "results");
   await migrate(db.sql);
-  const result = spawnSync(process.execPath, ["--import", "tsx", file], { env: { ...process.env, DATABASE_URL: db.url }, encoding: "utf8", timeout: patience });
+  const result = runTs(file);
   assert.equal(result.status, 0, result.stdout + result.stderr);
   const lines = result.stdout.trim().split("\n");
   assert.equal(lines[0], "thumbnail https://example.com/cat.png?w=64: 65536 bytes");
@@ -350,7 +358,7 @@ test("the README's results example runs as written: waits for the result, and ge
 test("the README's throttle and debounce example runs as written: one sync, and one reindex of the last text", async () => {
   const { file } = exampleFile("### Throttle and debounce", "throttle");
   await migrate(db.sql);
-  const result = spawnSync(process.execPath, ["--import", "tsx", file], { env: { ...process.env, DATABASE_URL: db.url }, encoding: "utf8", timeout: patience });
+  const result = runTs(file);
   assert.equal(result.status, 0, result.stdout + result.stderr);
   assert.deepEqual(result.stdout.trim().split("\n"), ["throttled: one sync", 'one reindex, of "hello"']);
   assert.equal((await db.sql`SELECT count(*)::int AS n FROM pgbg.task WHERE key IN ('sync:ada', 'reindex:d1')`)[0].n, 2);
@@ -360,7 +368,7 @@ test("the README's schedule and pause example runs as written, in-process and un
   const { tasks, app, tasksBlock, appBlock } = tasksAndApp("## Recurring tasks and queue controls", "schedule");
   assert.ok(tasksBlock.includes("defineSchedule(") && appBlock.includes("pauseQueue("), "the README has both blocks");
   await migrate(db.sql);
-  const result = spawnSync(process.execPath, ["--import", "tsx", app], { env: { ...process.env, DATABASE_URL: db.url }, encoding: "utf8", timeout: patience });
+  const result = runTs(app);
   assert.equal(result.status, 0, result.stdout + result.stderr);
   const lines = result.stdout.trim().split("\n");
   assert.ok(lines.filter((l) => l.startsWith("cleaning up what is older than ")).length >= 4, result.stdout);
@@ -368,8 +376,6 @@ test("the README's schedule and pause example runs as written, in-process and un
   assert.match(lines.at(-1)!, /^cleanup-every-2s: last tick \S+Z, next \S+Z$/);
 
   // The tasks module under pgbg serve, paused and resumed with the CLI.
-  const cli = fileURLToPath(new URL("../cli/main.ts", import.meta.url));
-  const pgbg = (...args: string[]) => spawnSync(process.execPath, ["--import", "tsx", cli, ...args], { env: { ...process.env, DATABASE_URL: db.url }, encoding: "utf8", timeout: patience });
   const waiting = async () => (await db.sql`SELECT count(*)::int AS n FROM pgbg.task WHERE queue = 'maintenance'`)[0].n;
   const ran = (service: ReturnType<typeof startService>) => service.logs.filter((l) => l.task === "cleanup" && /succeeded/.test(l.message)).length;
   const service = startService(db.url, ["--tasks", tasks, "--workers", "1"]);
@@ -395,11 +401,9 @@ test("the README's schedule and pause example runs as written, in-process and un
 test("the README's concurrency limit example runs as written: at most 2 at once, and 2 reached; pgbg limit sets and removes a limit", async () => {
   const { file } = exampleFile("### Concurrency limits", "limits");
   await migrate(db.sql);
-  const result = spawnSync(process.execPath, ["--import", "tsx", file], { env: { ...process.env, DATABASE_URL: db.url }, encoding: "utf8", timeout: patience });
+  const result = runTs(file);
   assert.equal(result.status, 0, result.stdout + result.stderr);
   assert.equal(result.stdout.trim(), "at most 2 at once");
-  const cli = fileURLToPath(new URL("../cli/main.ts", import.meta.url));
-  const pgbg = (...args: string[]) => spawnSync(process.execPath, ["--import", "tsx", cli, ...args], { env: { ...process.env, DATABASE_URL: db.url }, encoding: "utf8", timeout: patience });
   assert.equal(pgbg("limit", "emails", "3").stdout, "queue emails: at most 3 running at once\n");
   assert.match(pgbg("status").stdout, /emails +running +3/);
   assert.equal(pgbg("limit", "emails", "off").stdout, "queue emails has no concurrency limit\n");
@@ -412,7 +416,7 @@ test("the README's rate limit example runs as written, in-process and under pgbg
   const { tasks, app, tasksBlock, appBlock } = tasksAndApp("### Rate limits", "rate");
   assert.ok(tasksBlock.includes("export const geocode") && appBlock.includes("setQueueRateLimit("), "the README has both blocks");
   await migrate(db.sql);
-  const result = spawnSync(process.execPath, ["--import", "tsx", app], { env: { ...process.env, DATABASE_URL: db.url }, encoding: "utf8", timeout: patience });
+  const result = runTs(app);
   assert.equal(result.status, 0, result.stdout + result.stderr);
   const lines = result.stdout.trim().split("\n");
   assert.equal(lines.filter((l) => /^geocoding \d+ Main St$/.test(l)).length, 12, result.stdout);
@@ -420,8 +424,6 @@ test("the README's rate limit example runs as written, in-process and under pgbg
   assert.ok(seconds && Number(seconds[1]) >= 2, result.stdout);
 
   // Under pgbg serve, with the limit set by pgbg rate as the README shows.
-  const cli = fileURLToPath(new URL("../cli/main.ts", import.meta.url));
-  const pgbg = (...args: string[]) => spawnSync(process.execPath, ["--import", "tsx", cli, ...args], { env: { ...process.env, DATABASE_URL: db.url }, encoding: "utf8", timeout: patience });
   assert.equal(pgbg("rate", "geocoder", "5/1s").stdout, "queue geocoder: at most 5 starts per 1s\n");
   assert.match(pgbg("status").stdout, /geocoder +running +none +none +5\/1s +\d+/);
   const service = startService(db.url, ["--tasks", tasks, "--workers", "2"]);
@@ -447,7 +449,7 @@ test("the README's group example runs as written, in-process and under pgbg serv
   const { tasks, app, tasksBlock, appBlock } = tasksAndApp("### Groups: fair turns and a limit per tenant", "groups");
   assert.ok(tasksBlock.includes("group: (input) => input.tenant") && appBlock.includes("setGroupConcurrency("), "the README has both blocks");
   await migrate(db.sql);
-  const result = spawnSync(process.execPath, ["--import", "tsx", app], { env: { ...process.env, DATABASE_URL: db.url }, encoding: "utf8", timeout: patience });
+  const result = runTs(app);
   assert.equal(result.status, 0, result.stdout + result.stderr);
   const lines = result.stdout.trim().split("\n");
   assert.deepEqual(lines.filter((l) => l.startsWith("synced small")), ["synced small 1", "synced small 2"], result.stdout);
@@ -458,8 +460,6 @@ test("the README's group example runs as written, in-process and under pgbg serv
 
   // Under pgbg serve, with the limit set by pgbg limit --per-group as the README shows.
   await db.sql`DELETE FROM pgbg.task WHERE queue = 'sync'`;
-  const cli = fileURLToPath(new URL("../cli/main.ts", import.meta.url));
-  const pgbg = (...args: string[]) => spawnSync(process.execPath, ["--import", "tsx", cli, ...args], { env: { ...process.env, DATABASE_URL: db.url }, encoding: "utf8", timeout: patience });
   assert.equal(pgbg("limit", "sync", "1", "--per-group").stdout, "queue sync: at most 1 of each group running at once\n");
   assert.match(pgbg("status").stdout, /sync +running +none +1 +none/);
   const { syncTenant } = await import(tasks);

@@ -122,6 +122,20 @@ export function within<T>(promise: Promise<T>, timeoutMs: number, what: string):
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
+/**
+ * The most executions that overlapped, from their recorded start and end
+ * (an execution without an end runs on); an end and a start at the same
+ * instant do not overlap.
+ */
+function mostAtOnce(rows: readonly postgres.Row[]): number {
+  const edges = rows.flatMap((r) => [[(r.started_at as Date).getTime(), 1], [((r.ended_at as Date | null) ?? new Date(8.64e15)).getTime(), -1]]);
+  edges.sort((a, b) => a[0] - b[0] || a[1] - b[1]);
+  let now = 0;
+  let most = 0;
+  for (const [, step] of edges) most = Math.max(most, (now += step));
+  return most;
+}
+
 /** Creates the tables the fixture tasks write to. */
 // deno-lint-ignore no-explicit-any
 export async function createFixtureTables(sql: postgres.Sql<any>): Promise<void> {
@@ -181,5 +195,7 @@ export async function serviceTestbed<D extends { url: string; sql: postgres.Sql 
     const id = await enqueue(sql, work, {}, { priority: 32767 });
     await until(() => remaining([id]), (n) => n === 0, patience, "the sentinel task");
   };
-  return { db, sql, serve, remaining, executions, taskRow, sentinel };
+  /** The most executions of `ids` that overlapped (see mostAtOnce). */
+  const mostExecutionsAtOnce = async (ids: string[]) => mostAtOnce(await executions(ids));
+  return { db, sql, serve, remaining, executions, mostExecutionsAtOnce, taskRow, sentinel };
 }

@@ -8,6 +8,7 @@ import { readFileSync } from "node:fs";
 import { type AddressInfo, createServer } from "node:net";
 import postgres from "postgres";
 import { enqueueMany } from "../../mod.ts";
+import type { Supervisor } from "./cluster.ts";
 import { feedTasks } from "./scenarios.ts";
 import { type Scenario, sized, type Stage } from "./stage.ts";
 import { work } from "./tasks.js";
@@ -116,21 +117,12 @@ const stopInStorm: Scenario = {
   name: "sigterm-in-storm",
   allowed: ["error", "exited"],
   async run(stage) {
-    const supervisor = stage.serve({ workers: 4, concurrency: 25, args: stopArgs });
-    await ready(stage, 4);
-    const feeding = feedTasks(stage, sized(stage, 6_000, 3_000));
-    let stopped!: () => void;
-    const storm = backendStorm(stage, new Promise<void>((r) => (stopped = r)));
-    await new Promise((r) => setTimeout(r, 3_000));
-    const t0 = Date.now();
-    supervisor.child.kill("SIGTERM");
-    const { code } = await supervisor.exited;
-    const ms = Date.now() - t0;
-    stopped();
-    const terminated = await storm;
-    stage.serve({ workers: 2, concurrency: 20, args: stopArgs });
-    await feeding;
-    await stage.drained();
+    const { value: { ms, code }, terminated } = await inStorm(stage, async (supervisor) => {
+      const t0 = Date.now();
+      supervisor.child.kill("SIGTERM");
+      const { code } = await supervisor.exited;
+      return { ms: Date.now() - t0, code };
+    });
     stage.note(`${terminated} connections terminated; exit code ${code}`);
     measured(stage, "exit after SIGTERM in the storm", ms, SHUTDOWN_MS + STOP_MARGIN_MS);
   },
@@ -145,30 +137,47 @@ const orphansInStorm: Scenario = {
   name: "orphans-in-storm",
   allowed: ["error", "exited"],
   async run(stage) {
-    const supervisor = stage.serve({ workers: 4, concurrency: 25, args: stopArgs });
-    await ready(stage, 4);
-    const feeding = feedTasks(stage, sized(stage, 6_000, 3_000));
-    let stopped!: () => void;
-    const storm = backendStorm(stage, new Promise<void>((r) => (stopped = r)));
-    await new Promise((r) => setTimeout(r, 3_000));
-    const pids = supervisor.workerPids();
-    if (!pids.length) throw new Error("the supervisor had no workers to orphan");
-    const t0 = Date.now();
-    await supervisor.killSupervisor();
-    while (!pids.every(exited)) {
-      if (Date.now() - t0 > 120_000) throw new Error(`orphaned workers still alive after 120 s: ${pids.filter((p) => !exited(p)).join(", ")}`);
-      await new Promise((r) => setTimeout(r, 20));
-    }
-    const ms = Date.now() - t0;
-    stopped();
-    const terminated = await storm;
-    stage.serve({ workers: 2, concurrency: 20, args: stopArgs });
-    await feeding;
-    await stage.drained();
-    stage.note(`${pids.length} workers orphaned, ${terminated} connections terminated`);
+    const { value: { ms, orphans }, terminated } = await inStorm(stage, async (supervisor) => {
+      const pids = supervisor.workerPids();
+      if (!pids.length) throw new Error("the supervisor had no workers to orphan");
+      const t0 = Date.now();
+      await supervisor.killSupervisor();
+      while (!pids.every(exited)) {
+        if (Date.now() - t0 > 120_000) throw new Error(`orphaned workers still alive after 120 s: ${pids.filter((p) => !exited(p)).join(", ")}`);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      return { ms: Date.now() - t0, orphans: pids.length };
+    });
+    stage.note(`${orphans} workers orphaned, ${terminated} connections terminated`);
     measured(stage, "orphaned workers gone", ms, SHUTDOWN_MS + ORPHAN_MARGIN_MS);
   },
 };
+
+/**
+ * A supervisor of 4 × 25 fed tasks while the storm terminates its workers'
+ * connections; 3 s in, `act` does what the scenario times to it. The storm
+ * then ends, and a new supervisor finishes the queue. Returns what `act`
+ * returned and how many connections the storm terminated.
+ */
+async function inStorm<T>(stage: Stage, act: (supervisor: Supervisor) => Promise<T>): Promise<{ value: T; terminated: number }> {
+  const supervisor = stage.serve({ workers: 4, concurrency: 25, args: stopArgs });
+  await ready(stage, 4);
+  const feeding = feedTasks(stage, sized(stage, 6_000, 3_000));
+  let stopped!: () => void;
+  const storm = backendStorm(stage, new Promise<void>((r) => (stopped = r)));
+  let value: T;
+  try {
+    await new Promise((r) => setTimeout(r, 3_000));
+    value = await act(supervisor);
+  } finally {
+    stopped();
+  }
+  const terminated = await storm;
+  stage.serve({ workers: 2, concurrency: 20, args: stopArgs });
+  await feeding;
+  await stage.drained();
+  return { value, terminated };
+}
 
 /** A service pointed at a server that takes connections and never answers, then SIGTERM: the time to its exit. */
 const silentServer: Scenario = {
