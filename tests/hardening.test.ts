@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { fileURLToPath } from "node:url";
-import { describe, test } from "node:test";
+import { after, describe, test } from "node:test";
 import { liveness } from "../lib/liveness.ts";
 import type { WorkerSettings } from "../lib/worker.ts";
 import { enqueue, enqueueMany, LATEST_SCHEMA_VERSION, migrate } from "../mod.ts";
@@ -211,6 +211,28 @@ describe("the database", () => {
     for (const m of messages.slice(3, -1)) assert.match(m, /^cannot reach the database \(connect ECONNREFUSED 127\.0\.0\.1:1\); retrying in \d+ ms$/);
     assert.equal(messages.at(-1), "SIGTERM before the service started; stopping");
     assert.deepEqual(output(service).filter((line) => line.includes("s3cret-pw")), [], "no line shows the password");
+  });
+
+  test("full (no connection slot for its role): the service waits with back-off, then starts once a slot frees, and serves", async () => {
+    const role = `${db.name}_full`;
+    const password = randomUUID().replaceAll("-", "");
+    await sql.unsafe(`CREATE ROLE "${role}" LOGIN PASSWORD '${password}' CONNECTION LIMIT 0`);
+    after(async () => {
+      await sql.unsafe(`DROP SCHEMA IF EXISTS full_test CASCADE; DROP OWNED BY "${role}"; DROP ROLE IF EXISTS "${role}"`);
+    });
+    await sql.unsafe(`GRANT CONNECT, CREATE ON DATABASE "${db.name}" TO "${role}"; GRANT SELECT, INSERT, UPDATE ON execution TO "${role}"`);
+    await sql.unsafe(`GRANT USAGE ON SEQUENCE execution_id_seq TO "${role}"`);
+    const url = new URL(db.url);
+    [url.username, url.password] = [role, password];
+    const service = serve(["--workers", "1", "--schema", "full_test"], fixtureTasks, { DATABASE_URL: url.toString() });
+    const full = `cannot reach the database (too many connections for role "${role}"); retrying in 1000 ms`;
+    await service.waitForLog((l) => l.message === full, patience);
+    assert.equal(service.child.exitCode, null, "the service is still up");
+    await sql.unsafe(`ALTER ROLE "${role}" CONNECTION LIMIT -1`);
+    await service.waitForLog((l) => l.message.startsWith("serving:"), patience);
+    const id = await enqueue(sql, work, {}, { schema: "full_test" });
+    await until(async () => (await sql`SELECT count(*)::int AS n FROM full_test.task WHERE id = ${id}`)[0].n, (n) => n === 0, patience, "a task to run");
+    assert.deepEqual(await stopService(service), { code: 0, signal: null });
   });
 
   const neverMigrated = `schema "never_migrated" is at version 0, this pgbg needs ${LATEST_SCHEMA_VERSION}: run migrate(sql) or \`pgbg migrate\``;

@@ -31,14 +31,19 @@ if (!process.env.DATABASE_URL) {
 // silences, the 60 s ready time), not on the CPU, so more files at once
 // overlap their waits: six by default. A service test holds about 25
 // connections at its peak (two supervisors with their workers), so a server
-// allowing fewer than 25 per file gets fewer files (the machine's default of
-// 100 allows four). PGBG_TEST_CONCURRENCY overrides it.
-const concurrency = Number(process.env.PGBG_TEST_CONCURRENCY ?? Math.min(6, Math.floor((await maxConnections()) / 25)));
+// gets one file per 25 of the connections it allows ordinary roles
+// (max_connections less superuser_reserved_connections): the machine's
+// default of 100 allows three (four once ran it out of connections).
+// PGBG_TEST_CONCURRENCY overrides it.
+const concurrency = Number(process.env.PGBG_TEST_CONCURRENCY ?? Math.max(1, Math.min(6, Math.floor((await connectionSlots()) / 25))));
 
-async function maxConnections(): Promise<number> {
+/** The connections the server allows roles that are not superusers. */
+async function connectionSlots(): Promise<number> {
   const sql = postgres(process.env.DATABASE_URL!, { max: 1, onnotice: () => {} });
   try {
-    return Number((await sql`SHOW max_connections`)[0].max_connections);
+    const [{ max, reserved }] = await sql`
+      SELECT current_setting('max_connections')::int AS max, current_setting('superuser_reserved_connections')::int AS reserved`;
+    return max - reserved;
   } finally {
     await sql.end();
   }
