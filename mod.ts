@@ -60,6 +60,7 @@ export type { LogFields, Logger } from "./lib/log.ts";
 export { LATEST_SCHEMA_VERSION, migrate, schemaVersion } from "./lib/migrate.ts";
 export type { MigrateOptions, MigrateResult } from "./lib/migrate.ts";
 export type { Database } from "./lib/statements.ts";
+export type { DatabaseClient, DrizzleClient, KyselyClient, NodePgClient, NodePgPool } from "./lib/client.ts";
 export {
   InputVersionError,
   InvalidConfigError,
@@ -75,6 +76,7 @@ export {
   PgbgError,
   SchemaError,
   UnknownScheduleError,
+  UnsupportedClientError,
   WaitError,
 } from "./lib/errors.ts";
 export type { ErrorCode, InputIssue, WaitErrorCode } from "./lib/errors.ts";

@@ -11,7 +11,7 @@ import { type AdminOptions, schemaOf } from "./admin-options.ts";
 import { listSchedules, type QueueSettings, queueSettings, type ScheduleInfo } from "./controls.ts";
 import { InvalidOptionsError } from "./errors.ts";
 import { formatValue, integer, type OptionCheck, text } from "./options.ts";
-import type { Database } from "./statements.ts";
+import type { DatabaseClient } from "./client.ts";
 import { run } from "./statements.ts";
 
 export type { AdminOptions } from "./admin-options.ts";
@@ -83,7 +83,7 @@ export interface Status {
 export const STATUS_COMPLETED = 10;
 
 /** Reads the tasks per queue and name: by state, oldest due, and the last minute's outcomes. */
-export async function readTaskStatus(db: Database, schema: string): Promise<QueueStatus[]> {
+export async function readTaskStatus(db: DatabaseClient, schema: string): Promise<QueueStatus[]> {
   const rows = await run(db, schema, "TaskStatus", []);
   return rows.map((r) => ({
     queue: r.queue, name: r.name, queued: r.queued, scheduled: r.scheduled, running: r.running, failed: r.failed,
@@ -99,7 +99,7 @@ export async function readTaskStatus(db: Database, schema: string): Promise<Queu
  * tasks kept in the history (the end of each slot's primary key), the
  * queues paused or limited, and the schedules.
  */
-export async function status(db: Database, options?: AdminOptions): Promise<Status> {
+export async function status(db: DatabaseClient, options?: AdminOptions): Promise<Status> {
   const schema = schemaOf("status()", options);
   const [tasks, unregistered, workers, completed, queues, schedules] = await Promise.all([
     readTaskStatus(db, schema),
@@ -205,14 +205,14 @@ function taskIds(where: string, ids: readonly unknown[]): string[] {
  * its result, or cancelled). Null for an id it does not know: never
  * enqueued, past its retention, or finished without keeping its history.
  */
-export async function getTask(db: Database, id: string, options?: AdminOptions): Promise<TaskInfo | null> {
+export async function getTask(db: DatabaseClient, id: string, options?: AdminOptions): Promise<TaskInfo | null> {
   const schema = schemaOf("getTask()", options);
   const [checked] = taskIds("getTask()", [id]);
   return readTask(db, schema, checked);
 }
 
 /** The task `id` (checked) from the queue, else from the history (see getTask). */
-export async function readTask(db: Database, schema: string, id: string): Promise<TaskInfo | null> {
+export async function readTask(db: DatabaseClient, schema: string, id: string): Promise<TaskInfo | null> {
   const [row] = await run(db, schema, "GetTask", [id]);
   if (row) return taskInfo(row);
   // Read after the queue: a task that finished between the two reads is
@@ -267,7 +267,7 @@ const listChecks: Record<string, OptionCheck> = {
  * `after` for the one after it, which costs what the first did however deep
  * it is.
  */
-export async function listTasks(db: Database, options?: ListTasksOptions): Promise<TaskPage> {
+export async function listTasks(db: DatabaseClient, options?: ListTasksOptions): Promise<TaskPage> {
   const schema = schemaOf("listTasks()", options, listChecks);
   const o = options ?? {};
   const limit = o.limit ?? 100;
@@ -279,7 +279,7 @@ export async function listTasks(db: Database, options?: ListTasksOptions): Promi
 }
 
 /** The newest `limit` tasks kept in the history in `state` (completed or cancelled), newest first: what the dashboard shows. */
-export async function recentFinishedTasks(db: Database, state: "completed" | "cancelled", limit: number, options?: AdminOptions): Promise<TaskInfo[]> {
+export async function recentFinishedTasks(db: DatabaseClient, state: "completed" | "cancelled", limit: number, options?: AdminOptions): Promise<TaskInfo[]> {
   const schema = schemaOf("recentFinishedTasks()", options);
   return (await run(db, schema, "RecentFinishedTasks", [limit, state])).map(finishedTaskInfo);
 }
@@ -293,7 +293,7 @@ export type RetryTarget = string | readonly string[] | { allFailed: true; name?:
  * is not failed (or unknown), or whose dedup key another pending task holds
  * now, is left alone.
  */
-export async function retry(db: Database, which: RetryTarget, options?: AdminOptions): Promise<string[]> {
+export async function retry(db: DatabaseClient, which: RetryTarget, options?: AdminOptions): Promise<string[]> {
   const schema = schemaOf("retry()", options);
   let params: [string[] | null, string | null];
   if (typeof which === "string" || Array.isArray(which)) params = [taskIds("retry()", typeof which === "string" ? [which] : which), null];
@@ -327,7 +327,7 @@ export type CancelTarget = string | readonly string[] | { key: string };
  * cancels the pending task holding the key, if any (a failed task keeps
  * its key without holding it: cancel it by id).
  */
-export async function cancel(db: Database, which: CancelTarget, options?: AdminOptions): Promise<CancelResult> {
+export async function cancel(db: DatabaseClient, which: CancelTarget, options?: AdminOptions): Promise<CancelResult> {
   const schema = schemaOf("cancel()", options);
   let ids: string[];
   if (typeof which === "string" || Array.isArray(which)) ids = taskIds("cancel()", typeof which === "string" ? [which] : which);
@@ -338,7 +338,7 @@ export async function cancel(db: Database, which: CancelTarget, options?: AdminO
   return cancelByIds(db, schema, ids);
 }
 
-async function cancelByIds(db: Database, schema: string, ids: string[]): Promise<CancelResult> {
+async function cancelByIds(db: DatabaseClient, schema: string, ids: string[]): Promise<CancelResult> {
   const result: CancelResult = { deleted: [], signalled: [], notFound: [] };
   let todo = ids;
   // A task that changed state during the statement is in neither of its

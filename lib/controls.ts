@@ -17,7 +17,8 @@ import { isValidName, MAX_DURATION, NAME_RULE } from "./define.ts";
 import { parseDuration } from "./duration.ts";
 import { InvalidOptionsError, UnknownScheduleError } from "./errors.ts";
 import { formatValue } from "./options.ts";
-import { type Database, run } from "./statements.ts";
+import type { DatabaseClient } from "./client.ts";
+import { run } from "./statements.ts";
 
 /** A paused queue, as {@link pausedQueues} lists it. */
 export interface PausedQueue {
@@ -40,7 +41,7 @@ function queueNames(where: string, queues: unknown): string[] {
  * task. Pausing a paused queue keeps its first pause time. Resolves to the
  * queues now paused, with since when.
  */
-export async function pauseQueue(db: Database, queues: string | readonly string[], options?: AdminOptions): Promise<PausedQueue[]> {
+export async function pauseQueue(db: DatabaseClient, queues: string | readonly string[], options?: AdminOptions): Promise<PausedQueue[]> {
   const schema = schemaOf("pauseQueue()", options);
   const rows = await run(db, schema, "PauseQueues", [queueNames("pauseQueue()", queues)]);
   return rows.map((r) => ({ queue: r.name, pausedAt: r.paused_at }));
@@ -51,14 +52,14 @@ export async function pauseQueue(db: Database, queues: string | readonly string[
  * tasks start at once. Resolves to the queues that were paused (a queue
  * not paused is left as it is).
  */
-export async function resumeQueue(db: Database, queues: string | readonly string[], options?: AdminOptions): Promise<string[]> {
+export async function resumeQueue(db: DatabaseClient, queues: string | readonly string[], options?: AdminOptions): Promise<string[]> {
   const schema = schemaOf("resumeQueue()", options);
   const rows = await run(db, schema, "ResumeQueues", [queueNames("resumeQueue()", queues), `pgbg:${schema}`]);
   return rows.map((r) => r.name);
 }
 
 /** The paused queues, by name. */
-export async function pausedQueues(db: Database, options?: AdminOptions): Promise<PausedQueue[]> {
+export async function pausedQueues(db: DatabaseClient, options?: AdminOptions): Promise<PausedQueue[]> {
   return (await queueSettings(db, options)).filter((q) => q.pausedAt !== null) as PausedQueue[];
 }
 
@@ -92,7 +93,7 @@ function settingsOf(r: Record<string, any>): QueueSettings {
 }
 
 /** Every queue that is paused or has a limit (concurrency, per group, or rate), by name. */
-export async function queueSettings(db: Database, options?: AdminOptions): Promise<QueueSettings[]> {
+export async function queueSettings(db: DatabaseClient, options?: AdminOptions): Promise<QueueSettings[]> {
   const schema = schemaOf("queueSettings()", options);
   return (await run(db, schema, "QueueSettings", [])).map(settingsOf);
 }
@@ -104,7 +105,7 @@ export async function queueSettings(db: Database, options?: AdminOptions): Promi
  * learn of a new limit within a check interval. Throws
  * `InvalidOptionsError` for a bad name or limit.
  */
-export async function setQueueConcurrency(db: Database, queue: string, concurrency: number | null, options?: AdminOptions): Promise<QueueSettings> {
+export async function setQueueConcurrency(db: DatabaseClient, queue: string, concurrency: number | null, options?: AdminOptions): Promise<QueueSettings> {
   return await setLimit("setQueueConcurrency()", "SetQueueConcurrency", db, queue, concurrency, options);
 }
 
@@ -116,11 +117,11 @@ export async function setQueueConcurrency(db: Database, queue: string, concurren
  * {@link setQueueConcurrency}, which may limit the queue as a whole as
  * well. Throws `InvalidOptionsError` for a bad name or limit.
  */
-export async function setGroupConcurrency(db: Database, queue: string, perGroup: number | null, options?: AdminOptions): Promise<QueueSettings> {
+export async function setGroupConcurrency(db: DatabaseClient, queue: string, perGroup: number | null, options?: AdminOptions): Promise<QueueSettings> {
   return await setLimit("setGroupConcurrency()", "SetGroupConcurrency", db, queue, perGroup, options);
 }
 
-async function setLimit(where: string, statement: "SetQueueConcurrency" | "SetGroupConcurrency", db: Database, queue: string, limit: number | null, options?: AdminOptions) {
+async function setLimit(where: string, statement: "SetQueueConcurrency" | "SetGroupConcurrency", db: DatabaseClient, queue: string, limit: number | null, options?: AdminOptions) {
   const schema = schemaOf(where, options);
   if (typeof queue !== "string") throw new InvalidOptionsError(`${where}: give one queue name, got ${formatValue(queue)}`);
   const [name] = queueNames(where, queue);
@@ -150,7 +151,7 @@ export const MAX_RATE_LIMIT = 10_000;
  * a new limit within a check interval. Throws `InvalidOptionsError` for a
  * bad name, limit or interval.
  */
-export async function setQueueRateLimit(db: Database, queue: string, rate: RateLimit | null, options?: AdminOptions): Promise<QueueSettings> {
+export async function setQueueRateLimit(db: DatabaseClient, queue: string, rate: RateLimit | null, options?: AdminOptions): Promise<QueueSettings> {
   const schema = schemaOf("setQueueRateLimit()", options);
   if (typeof queue !== "string") throw new InvalidOptionsError(`setQueueRateLimit(): give one queue name, got ${formatValue(queue)}`);
   const [name] = queueNames("setQueueRateLimit()", queue);
@@ -200,7 +201,7 @@ export interface ScheduleInfo {
 const ACTIVE_WITHIN = 120_000;
 
 /** Every schedule a host has declared, by name, with its last and next tick. */
-export async function listSchedules(db: Database, options?: AdminOptions): Promise<ScheduleInfo[]> {
+export async function listSchedules(db: DatabaseClient, options?: AdminOptions): Promise<ScheduleInfo[]> {
   const schema = schemaOf("listSchedules()", options);
   const rows = await run(db, schema, "ListSchedules", []);
   return rows.map((r) => ({
@@ -216,7 +217,7 @@ export async function listSchedules(db: Database, options?: AdminOptions): Promi
  * at that moment. Asking again before then fires it once. Throws
  * `UnknownScheduleError` for a name no host has declared.
  */
-export async function runSchedule(db: Database, name: string, options?: AdminOptions): Promise<void> {
+export async function runSchedule(db: DatabaseClient, name: string, options?: AdminOptions): Promise<void> {
   const schema = schemaOf("runSchedule()", options);
   if (!isValidName(name)) throw new InvalidOptionsError(`runSchedule(): name must be ${NAME_RULE}, got ${formatValue(name)}`);
   const rows = await run(db, schema, "RequestScheduleRun", [name]);

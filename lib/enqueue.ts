@@ -11,7 +11,8 @@ import { isThenable, validateInput } from "./input.ts";
 import { checkedLater, checkOptions, formatValue, integer, type OptionCheck, ofType, text } from "./options.ts";
 import { encodePayload } from "./payload.ts";
 import { MAX_RETENTION, storedRetention } from "./retention.ts";
-import { checkSchemaName, type Database, run } from "./statements.ts";
+import { type DatabaseClient, executorFor } from "./client.ts";
+import { checkSchemaName, run } from "./statements.ts";
 
 /** Options of {@link enqueue}. Those not given come from the task's definition. */
 export interface EnqueueOptions {
@@ -146,7 +147,7 @@ function shared(where: string, task: AnyTask, options: Omit<EnqueueOptions, "key
  * `InvalidOptionsError` or `SchemaError` (schema not migrated) otherwise.
  */
 export async function enqueue<T extends AnyTask>(
-  db: Database,
+  db: DatabaseClient,
   task: T,
   input: TaskInput<T>,
   options?: EnqueueOptions,
@@ -171,7 +172,7 @@ export async function enqueue<T extends AnyTask>(
  * task, or within its window), and then returns the id of the task holding
  * it, after giving that task this input when `replace` says so.
  */
-async function enqueueKeyed(db: Database, s: Shared, params: unknown[], opts: EnqueueOptions & { key: string }): Promise<string> {
+async function enqueueKeyed(db: DatabaseClient, s: Shared, params: unknown[], opts: EnqueueOptions & { key: string }): Promise<string> {
   const { key, keyWindow: window } = opts;
   // A conflicting task can finish between our insert and the look-up; then
   // the key is free again and the insert is retried.
@@ -197,9 +198,9 @@ async function enqueueKeyed(db: Database, s: Shared, params: unknown[], opts: En
   throw new PgbgError("PGBG_KEY_CONTENDED", `enqueue(): key ${JSON.stringify(key)} kept changing hands; try again`);
 }
 
-/** Runs `fn` in a transaction: `db` itself when it is one, else one opened on it. */
-function inTransaction<T>(db: Database, fn: (tx: Database) => Promise<T>): Promise<T> {
-  return "begin" in db ? (db.begin((tx) => fn(tx)) as Promise<T>) : fn(db);
+/** Runs `fn` in a transaction: `db`'s own when it is in one, else one opened on it. */
+function inTransaction<T>(db: DatabaseClient, fn: (tx: DatabaseClient) => Promise<T>): Promise<T> {
+  return executorFor(db).transaction(fn);
 }
 
 // One statement carries at most this much payload JSON, so memory stays
@@ -215,7 +216,7 @@ const MAX_BATCH_BYTES = 32 * 1024 * 1024;
  * one, so the batch is written entirely or not at all.
  */
 export async function enqueueMany<T extends AnyTask>(
-  db: Database,
+  db: DatabaseClient,
   task: T,
   inputs: readonly TaskInput<T>[],
   options?: EnqueueManyOptions<TaskInput<T>>,
@@ -242,7 +243,7 @@ export async function enqueueMany<T extends AnyTask>(
     }
   }
   const chunks = splitBatches(payloads);
-  const write = (tx: Database) => writeChunks(tx, task.name, s, payloads, groups, keys, chunks);
+  const write = (tx: DatabaseClient) => writeChunks(tx, task.name, s, payloads, groups, keys, chunks);
   if (chunks.length > 1) return inTransaction(db, write);
   return write(db);
 }
@@ -265,7 +266,7 @@ function splitBatches(payloads: string[]): [number, number][] {
 }
 
 async function writeChunks(
-  db: Database,
+  db: DatabaseClient,
   name: string,
   s: Shared,
   payloads: string[],
@@ -302,7 +303,7 @@ function sortIds(ids: string[]): string[] {
 
 /** Inserts a chunk with keys; inputs whose key is pending get the pending task's id. */
 async function writeKeyedChunk(
-  db: Database,
+  db: DatabaseClient,
   s: Shared,
   params: unknown[],
   payloads: string[],

@@ -27,7 +27,8 @@ export type ErrorCode =
   | "PGBG_TASK_UNKNOWN"
   | "PGBG_WAIT_TIMEOUT"
   | "PGBG_INVALID_SCHEDULE"
-  | "PGBG_UNKNOWN_SCHEDULE";
+  | "PGBG_UNKNOWN_SCHEDULE"
+  | "PGBG_UNSUPPORTED_CLIENT";
 
 /** The base class of every error pgbg throws. */
 export class PgbgError extends Error {
@@ -252,5 +253,16 @@ export class UnknownScheduleError extends PgbgError {
   constructor(schedule: string) {
     super("PGBG_UNKNOWN_SCHEDULE", `no schedule named ${JSON.stringify(schedule)}: a schedule is known once a worker that defines it has started`);
     this.schedule = schedule;
+  }
+}
+
+/**
+ * A function was given a database handle pgbg cannot run statements on
+ * (`PGBG_UNSUPPORTED_CLIENT`). The message names what was passed and what
+ * is accepted.
+ */
+export class UnsupportedClientError extends PgbgError {
+  constructor(message: string) {
+    super("PGBG_UNSUPPORTED_CLIENT", message);
   }
 }

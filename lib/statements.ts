@@ -6,6 +6,7 @@
  * @module
  */
 import type { Sql, TransactionSql } from "postgres";
+import { type DatabaseClient, executorFor } from "./client.ts";
 import { SchemaError } from "./errors.ts";
 import { type QueryName, queries } from "./generated/sql.ts";
 
@@ -57,15 +58,15 @@ export function statement(schema: string, name: QueryName): string {
 }
 
 /**
- * Runs a named statement as a prepared statement on `db` (postgres.js keeps
- * one prepared statement per connection and text). Errors that mean the
- * schema has not been migrated become {@link SchemaError}s.
+ * Runs a named statement on `db`, as a prepared statement where the client
+ * keeps them (postgres.js and node-postgres keep one per connection and
+ * text). Errors that mean the schema has not been migrated become
+ * {@link SchemaError}s.
  */
 // deno-lint-ignore no-explicit-any
-export async function run<T = any>(db: Database, schema: string, name: QueryName, params: unknown[]): Promise<T[]> {
+export async function run<T = any>(db: DatabaseClient, schema: string, name: QueryName, params: unknown[]): Promise<T[]> {
   try {
-    // deno-lint-ignore no-explicit-any
-    return (await db.unsafe(statement(schema, name), params as any[], { prepare: true })) as unknown as T[];
+    return await executorFor(db).query<T>(statement(schema, name), params);
   } catch (error) {
     throw translateError(error, schema);
   }

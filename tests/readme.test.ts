@@ -475,3 +475,27 @@ test("the README's group example runs as written, in-process and under pgbg serv
   }
   assert.equal(pgbg("limit", "sync", "off", "--per-group").stdout, "queue sync has no group limit\n");
 });
+
+test("the README's node-postgres, Kysely and Drizzle example runs as written: each sign-up commits its user with its task; a failed one leaves neither", async () => {
+  const { file } = exampleFile("### Enqueue from node-postgres, Kysely or Drizzle", "clients");
+  await migrate(db.sql);
+  await db.sql`DELETE FROM pgbg.task`;
+  // Checked at COMMIT, so a duplicate fails after the enqueue ran in the transaction.
+  await db.sql`CREATE TABLE users (id int, CONSTRAINT users_id UNIQUE (id) DEFERRABLE INITIALLY DEFERRED)`;
+  const { pool, signUpWithPg, signUpWithKysely, signUpWithDrizzle } = await import(file);
+  pool.on("error", () => {}); // idle clients ended when the test database is dropped
+  try {
+    await signUpWithPg(1);
+    await signUpWithKysely(2);
+    await signUpWithDrizzle(3);
+    // User 1 exists: each commit fails, and takes the enqueue with it.
+    // (Drizzle wraps the driver's error as its cause.)
+    const duplicate = (e: { code?: string; cause?: { code?: string } }) => (e.code ?? e.cause?.code) === "23505";
+    for (const signUp of [signUpWithPg, signUpWithKysely, signUpWithDrizzle]) await assert.rejects(signUp(1), duplicate);
+  } finally {
+    await pool.end();
+  }
+  assert.deepEqual((await db.sql`SELECT id FROM users ORDER BY id`).map((r) => r.id), [1, 2, 3]);
+  const tasks = await db.sql`SELECT name, payload FROM pgbg.task ORDER BY id`;
+  assert.deepEqual(tasks.map((t) => [t.name, t.payload.user]), [["welcome", 1], ["welcome", 2], ["welcome", 3]]);
+});

@@ -1,0 +1,254 @@
+/**
+ * The database clients pgbg's enqueue and admin functions run on besides
+ * postgres.js: node-postgres (`pg`) Clients, PoolClients and Pools, Kysely
+ * instances and transactions, and Drizzle databases and transactions (over
+ * node-postgres or postgres.js). Each is recognised by its shape, so none of
+ * those libraries is imported: they stay optional peer dependencies, and an
+ * app that uses none of them pays nothing.
+ *
+ * Every client is reduced to an {@link Executor}: one statement, and a
+ * transaction that is the caller's own when the client is already in one,
+ * so an enqueue commits or rolls back with the app's writes.
+ *
+ * @module
+ */
+import { createHash } from "node:crypto";
+import type { Sql, TransactionSql } from "postgres";
+import { UnsupportedClientError } from "./errors.ts";
+
+/** The part of a node-postgres `Client` or `PoolClient` pgbg uses. */
+export interface NodePgClient {
+  // deno-lint-ignore no-explicit-any
+  query(config: { text: string; values?: any[]; name?: string }): Promise<{ rows: any[] }>;
+}
+
+/** The part of a node-postgres `Pool` pgbg uses. */
+export interface NodePgPool extends NodePgClient {
+  connect(): Promise<NodePgClient & { release(error?: Error | boolean): void }>;
+  readonly totalCount: number;
+}
+
+/** The part of a Kysely instance or transaction pgbg uses (`kysely` 0.27 and later). */
+export interface KyselyClient {
+  // deno-lint-ignore no-explicit-any
+  executeQuery(query: any): Promise<{ rows: unknown[] }>;
+  // deno-lint-ignore no-explicit-any
+  withoutPlugins(): any;
+  readonly isTransaction: boolean;
+}
+
+/** The part of a Drizzle database or transaction pgbg uses: its session's client (node-postgres or postgres.js). */
+export interface DrizzleClient {
+  readonly _: { readonly session: unknown };
+  // deno-lint-ignore no-explicit-any
+  execute(query: any): unknown;
+}
+
+/**
+ * A database client pgbg's enqueue and admin functions accept: a postgres.js
+ * `sql`, reserved connection or transaction; a node-postgres `Client`,
+ * `PoolClient` or `Pool`; a Kysely instance or transaction; a Drizzle
+ * database or transaction. A client inside a transaction runs pgbg's
+ * statements in it.
+ */
+// deno-lint-ignore no-explicit-any
+export type DatabaseClient = Sql<any> | TransactionSql<any> | NodePgClient | NodePgPool | KyselyClient | DrizzleClient;
+
+/** What pgbg needs of a client: one statement, and a transaction. */
+export interface Executor {
+  /** Runs one statement with its parameters, as a prepared statement where the client keeps them. */
+  // deno-lint-ignore no-explicit-any
+  query<T = any>(text: string, params: unknown[]): Promise<T[]>;
+  /** Runs `fn` in a transaction, given the client to run in it: the caller's own transaction when there is one. */
+  transaction<T>(fn: (tx: DatabaseClient) => Promise<T>): Promise<T>;
+}
+
+/** The executor for `client`; throws {@link UnsupportedClientError} naming what was passed when pgbg cannot run on it. */
+export function executorFor(client: unknown): Executor {
+  if (isPostgresJs(client)) return new PostgresJsExecutor(client);
+  if (!client || typeof client !== "object") throw unsupported(client);
+  const c = client as Record<string, unknown>;
+  if (typeof c.execute === "function" && typeof c._ === "object" && c._ && "session" in c._) return drizzleExecutor(client as DrizzleClient);
+  if (typeof c.executeQuery === "function" && typeof c.withoutPlugins === "function") return new KyselyExecutor(client as KyselyClient);
+  if (typeof c.query === "function") {
+    return typeof c.connect === "function" && "totalCount" in c
+      ? new NodePgPoolExecutor(client as NodePgPool)
+      : new NodePgClientExecutor(client as NodePgClient, false);
+  }
+  throw unsupported(client);
+}
+
+/** True for a postgres.js handle: a function with `unsafe`. */
+// deno-lint-ignore no-explicit-any
+export function isPostgresJs(client: unknown): client is Sql<any> | TransactionSql<any> {
+  return typeof client === "function" && typeof (client as { unsafe?: unknown }).unsafe === "function";
+}
+
+const ACCEPTED = "a postgres.js sql, reserved connection or transaction; a node-postgres Client, PoolClient or Pool; " +
+  "a Kysely instance or transaction; or a Drizzle database or transaction";
+
+function unsupported(client: unknown): UnsupportedClientError {
+  return new UnsupportedClientError(`pgbg cannot run statements on ${describeClient(client)}: pass ${ACCEPTED}`);
+}
+
+/** Names what was passed: its type, or its class and the methods it has. */
+function describeClient(client: unknown): string {
+  if (client === null || client === undefined) return String(client);
+  if (typeof client !== "object" && typeof client !== "function") return `a ${typeof client}`;
+  const name = Object.getPrototypeOf(client)?.constructor?.name;
+  const kind = typeof client === "function" ? "a function" : name && name !== "Object" ? `an instance of ${name}` : "a plain object";
+  const methods = new Set<string>();
+  for (let o: object | null = client as object; o && o !== Object.prototype && o !== Function.prototype; o = Object.getPrototypeOf(o)) {
+    for (const key of Object.getOwnPropertyNames(o)) {
+      if (key !== "constructor" && typeof Object.getOwnPropertyDescriptor(o, key)?.value === "function") methods.add(key);
+    }
+  }
+  const listed = [...methods].slice(0, 8);
+  return listed.length ? `${kind} (methods: ${listed.join(", ")}${methods.size > listed.length ? ", …" : ""})` : kind;
+}
+
+// deno-lint-ignore no-explicit-any
+class PostgresJsExecutor implements Executor {
+  // deno-lint-ignore no-explicit-any
+  constructor(private readonly sql: Sql<any> | TransactionSql<any>) {}
+
+  // deno-lint-ignore no-explicit-any
+  async query<T = any>(text: string, params: unknown[]): Promise<T[]> {
+    // deno-lint-ignore no-explicit-any
+    return (await this.sql.unsafe(text, params as any[], { prepare: true })) as unknown as T[];
+  }
+
+  transaction<T>(fn: (tx: DatabaseClient) => Promise<T>): Promise<T> {
+    // A transaction (or savepoint) handle has no `begin`: it is already in one.
+    return "begin" in this.sql ? (this.sql.begin((tx) => fn(tx)) as Promise<T>) : fn(this.sql);
+  }
+}
+
+// node-postgres keeps a prepared statement per connection under the name
+// given with it; one name per text, the same in every process, so two
+// copies of pgbg in one app never give one name two texts.
+const statementNames = new Map<string, string>();
+
+function statementName(text: string): string {
+  let name = statementNames.get(text);
+  if (!name) {
+    name = `pgbg_${createHash("sha1").update(text).digest("hex").slice(0, 24)}`;
+    statementNames.set(text, name);
+  }
+  return name;
+}
+
+const SAVEPOINT = "pgbg_transaction";
+
+/** A node-postgres Client or PoolClient: in a transaction when the app began one, or when pgbg did. */
+class NodePgClientExecutor implements Executor {
+  constructor(private readonly client: NodePgClient, private readonly inTransaction: boolean) {}
+
+  // deno-lint-ignore no-explicit-any
+  async query<T = any>(text: string, params: unknown[]): Promise<T[]> {
+    return (await this.client.query({ name: statementName(text), text, values: params })).rows as T[];
+  }
+
+  async transaction<T>(fn: (tx: DatabaseClient) => Promise<T>): Promise<T> {
+    if (this.inTransaction) return fn(this.client);
+    // A client does not say whether the app began a transaction on it: a
+    // savepoint answers, refused (25P01) outside one. Inside one, a failure
+    // rolls back to it, so nothing of pgbg's is left for the app to commit.
+    try {
+      await this.client.query({ text: `SAVEPOINT ${SAVEPOINT}` });
+    } catch (error) {
+      if ((error as { code?: unknown }).code !== "25P01") throw error;
+      return inOwnTransaction(this.client, fn);
+    }
+    try {
+      const result = await fn(this.client);
+      await this.client.query({ text: `RELEASE SAVEPOINT ${SAVEPOINT}` });
+      return result;
+    } catch (error) {
+      await this.client.query({ text: `ROLLBACK TO SAVEPOINT ${SAVEPOINT}` }).catch(() => {});
+      throw error;
+    }
+  }
+}
+
+/** Runs `fn` between BEGIN and COMMIT on `client`, rolling back on a failure; rejects with the failure. */
+async function inOwnTransaction<T>(client: NodePgClient, fn: (tx: DatabaseClient) => Promise<T>): Promise<T> {
+  await client.query({ text: "BEGIN" });
+  try {
+    const result = await fn(client);
+    await client.query({ text: "COMMIT" });
+    return result;
+  } catch (error) {
+    await client.query({ text: "ROLLBACK" }).catch(() => {});
+    throw error;
+  }
+}
+
+/** A node-postgres Pool: one statement on any of its clients; a transaction on one it checks out. */
+class NodePgPoolExecutor implements Executor {
+  constructor(private readonly pool: NodePgPool) {}
+
+  // deno-lint-ignore no-explicit-any
+  async query<T = any>(text: string, params: unknown[]): Promise<T[]> {
+    return (await this.pool.query({ name: statementName(text), text, values: params })).rows as T[];
+  }
+
+  async transaction<T>(fn: (tx: DatabaseClient) => Promise<T>): Promise<T> {
+    const client = await this.pool.connect();
+    let broken: Error | undefined;
+    try {
+      return await inOwnTransaction(client, async (tx) => {
+        try {
+          return await fn(tx);
+        } catch (error) {
+          // A client whose ROLLBACK may not have been heard goes back to the pool destroyed.
+          broken = error instanceof Error ? error : new Error(String(error));
+          throw error;
+        }
+      });
+    } finally {
+      client.release(broken);
+    }
+  }
+}
+
+/**
+ * A Kysely instance or transaction. Statements run without the instance's
+ * plugins, so a result-shaping plugin (such as CamelCasePlugin) cannot
+ * rename the columns pgbg reads. Kysely's drivers do not prepare named
+ * statements, so neither does this.
+ */
+class KyselyExecutor implements Executor {
+  // deno-lint-ignore no-explicit-any
+  readonly #plain: any;
+
+  constructor(private readonly db: KyselyClient) {
+    this.#plain = db.withoutPlugins();
+  }
+
+  // deno-lint-ignore no-explicit-any
+  async query<T = any>(text: string, params: unknown[]): Promise<T[]> {
+    // What Kysely's CompiledQuery.raw builds, without importing Kysely.
+    const compiled = { sql: text, parameters: params, query: { kind: "RawNode", sqlFragments: [text], parameters: [] }, queryId: { queryId: "pgbg" } };
+    return (await this.#plain.executeQuery(compiled)).rows as T[];
+  }
+
+  transaction<T>(fn: (tx: DatabaseClient) => Promise<T>): Promise<T> {
+    if (this.db.isTransaction) return fn(this.db);
+    // deno-lint-ignore no-explicit-any
+    return (this.db as any).transaction().execute((trx: KyselyClient) => fn(trx));
+  }
+}
+
+/** A Drizzle database or transaction runs on its session's client: a node-postgres or postgres.js one. */
+function drizzleExecutor(db: DrizzleClient): Executor {
+  const client = (db._.session as { client?: unknown } | null)?.client;
+  if (client === undefined || client === db) throw unsupported(db);
+  try {
+    return executorFor(client);
+  } catch {
+    throw new UnsupportedClientError(
+      `pgbg cannot run statements on this Drizzle database, whose driver's client is ${describeClient(client)}: use Drizzle over node-postgres or postgres.js`,
+    );
+  }
+}
