@@ -1,8 +1,9 @@
 /**
  * The database clients pgbg's enqueue and admin functions run on besides
  * postgres.js: node-postgres (`pg`) Clients, PoolClients and Pools, Kysely
- * instances and transactions, and Drizzle databases and transactions (over
- * node-postgres or postgres.js). Each is recognised by its shape, so none of
+ * instances and transactions, Drizzle databases and transactions (over
+ * node-postgres or postgres.js), and Prisma clients and interactive
+ * transactions. Each is recognised by its shape, so none of
  * those libraries is imported: they stay optional peer dependencies, and an
  * app that uses none of them pays nothing.
  *
@@ -44,15 +45,21 @@ export interface DrizzleClient {
   execute(query: any): unknown;
 }
 
+/** The part of a Prisma client or interactive transaction pgbg uses. */
+export interface PrismaClient {
+  // deno-lint-ignore no-explicit-any
+  $queryRawUnsafe(query: string, ...values: any[]): Promise<unknown>;
+}
+
 /**
  * A database client pgbg's enqueue and admin functions accept: a postgres.js
  * `sql`, reserved connection or transaction; a node-postgres `Client`,
  * `PoolClient` or `Pool`; a Kysely instance or transaction; a Drizzle
- * database or transaction. A client inside a transaction runs pgbg's
- * statements in it.
+ * database or transaction; a Prisma client or interactive transaction. A
+ * client inside a transaction runs pgbg's statements in it.
  */
 // deno-lint-ignore no-explicit-any
-export type DatabaseClient = Sql<any> | TransactionSql<any> | NodePgClient | NodePgPool | KyselyClient | DrizzleClient;
+export type DatabaseClient = Sql<any> | TransactionSql<any> | NodePgClient | NodePgPool | KyselyClient | DrizzleClient | PrismaClient;
 
 /** What pgbg needs of a client: one statement, and a transaction. */
 export interface Executor {
@@ -70,6 +77,7 @@ export function executorFor(client: unknown): Executor {
   const c = client as Record<string, unknown>;
   if (typeof c.execute === "function" && typeof c._ === "object" && c._ && "session" in c._) return drizzleExecutor(client as DrizzleClient);
   if (typeof c.executeQuery === "function" && typeof c.withoutPlugins === "function") return new KyselyExecutor(client as KyselyClient);
+  if (typeof c.$queryRawUnsafe === "function") return new PrismaExecutor(client as PrismaClient);
   if (typeof c.query === "function") {
     return typeof c.connect === "function" && "totalCount" in c
       ? new NodePgPoolExecutor(client as NodePgPool)
@@ -85,7 +93,7 @@ export function isPostgresJs(client: unknown): client is Sql<any> | TransactionS
 }
 
 const ACCEPTED = "a postgres.js sql, reserved connection or transaction; a node-postgres Client, PoolClient or Pool; " +
-  "a Kysely instance or transaction; or a Drizzle database or transaction";
+  "a Kysely instance or transaction; a Drizzle database or transaction; or a Prisma client or interactive transaction";
 
 function unsupported(client: unknown): UnsupportedClientError {
   return new UnsupportedClientError(`pgbg cannot run statements on ${describeClient(client)}: pass ${ACCEPTED}`);
@@ -237,6 +245,27 @@ class KyselyExecutor implements Executor {
     if (this.db.isTransaction) return fn(this.db);
     // deno-lint-ignore no-explicit-any
     return (this.db as any).transaction().execute((trx: KyselyClient) => fn(trx));
+  }
+}
+
+/**
+ * A Prisma client or interactive transaction. Prisma returns int8 columns
+ * as BigInt where the other drivers give strings; pgbg reads ids through
+ * `String()`, so both read alike (tests/clients.test.ts compares them).
+ */
+class PrismaExecutor implements Executor {
+  constructor(private readonly prisma: PrismaClient) {}
+
+  // deno-lint-ignore no-explicit-any
+  async query<T = any>(text: string, params: unknown[]): Promise<T[]> {
+    return (await this.prisma.$queryRawUnsafe(text, ...params)) as T[];
+  }
+
+  transaction<T>(fn: (tx: DatabaseClient) => Promise<T>): Promise<T> {
+    // Prisma 7's transaction clients nest; an older one's has no $transaction and is in its transaction already.
+    const begin = (this.prisma as { $transaction?: unknown }).$transaction;
+    // deno-lint-ignore no-explicit-any
+    return typeof begin === "function" ? (begin.call(this.prisma, (tx: PrismaClient) => fn(tx)) as Promise<T>) : fn(this.prisma);
   }
 }
 

@@ -1,7 +1,8 @@
 /**
  * Enqueue and the admin functions through the clients apps already have:
- * node-postgres (Client, PoolClient, Pool), Kysely and Drizzle (over
- * node-postgres and over postgres.js), each the real library. For each: a
+ * node-postgres (Client, PoolClient, Pool), Kysely, Drizzle (over
+ * node-postgres and over postgres.js) and Prisma 7 (over its node-postgres
+ * adapter), each the real library. For each: a
  * task enqueued in a transaction that commits runs; one in a transaction
  * that rolls back never does. A handle pgbg cannot use gets a coded error
  * naming it.
@@ -12,13 +13,15 @@ import { drizzle as drizzlePg } from "drizzle-orm/node-postgres";
 import { drizzle as drizzlePostgresJs } from "drizzle-orm/postgres-js";
 import { sql as drizzleSql } from "drizzle-orm";
 import { CamelCasePlugin, Kysely, PostgresDialect } from "kysely";
+import { PrismaPg } from "@prisma/adapter-pg";
 import pg from "pg";
 import postgres from "postgres";
 import * as v from "valibot";
 import {
-  cancel, type DatabaseClient, defineTask, drain, enqueue, enqueueMany, getTask, listTasks, migrate, pauseQueue, resumeQueue, retry, UnsupportedClientError,
+  cancel, type DatabaseClient, defineTask, drain, enqueue, enqueueMany, getTask, listTasks, migrate, pauseQueue, queueSettings, resumeQueue, retry, status, UnsupportedClientError,
 } from "../mod.ts";
 import { clientOptions, createTestDatabase } from "./harness.ts";
+import { generatePrismaClient } from "./prisma.ts";
 
 const db = await createTestDatabase();
 const { sql } = db;
@@ -39,7 +42,10 @@ const kysely = new Kysely<{ app_order: { id: number } }>({ dialect: new Postgres
 const postgresJs = postgres(db.url, { ...clientOptions, max: 2 });
 const drizzleOnPg = drizzlePg(pool);
 const drizzleOnPostgresJs = drizzlePostgresJs(postgresJs);
+const { PrismaClient } = await import(generatePrismaClient());
+const prisma = new PrismaClient({ adapter: new PrismaPg({ connectionString: db.url, max: 2 }) });
 after(async () => {
+  await prisma.$disconnect();
   await kysely.destroy();
   await pool.end();
   await postgresJs.end();
@@ -94,6 +100,12 @@ const inTransaction: Record<string, (order: number, commit: boolean) => Promise<
       await tx.execute(drizzleSql`INSERT INTO app_order (id) VALUES (${order})`);
       return abort(await enqueue(tx, ship, { order }));
     })),
+  "Prisma interactive transaction": (order, commit) => rollbackUnless(commit, (abort) =>
+    // deno-lint-ignore no-explicit-any
+    prisma.$transaction(async (tx: any) => {
+      await tx.app_order.create({ data: { id: order } });
+      return abort(await enqueue(tx, ship, { order }));
+    })),
 };
 
 class Rollback extends Error {
@@ -131,12 +143,12 @@ describe("enqueue through the app's own client", () => {
     });
   }
 
-  test("a Pool, a Kysely instance and Drizzle databases enqueue on their own, each statement committed at once", async () => {
-    const clients: DatabaseClient[] = [pool, kysely, drizzleOnPg, drizzleOnPostgresJs];
+  test("a Pool, a Kysely instance, Drizzle databases and a Prisma client enqueue on their own, each statement committed at once", async () => {
+    const clients: DatabaseClient[] = [pool, kysely, drizzleOnPg, drizzleOnPostgresJs, prisma];
     const ids = [];
     for (const [i, client] of clients.entries()) ids.push(await enqueue(client, ship, { order: 100 + i }));
     assert.deepEqual((await listTasks(sql, { state: "queued" })).tasks.map((t) => t.id).sort(), [...ids].sort());
-    assert.deepEqual(await runQueued(), [100, 101, 102, 103]);
+    assert.deepEqual(await runQueued(), [100, 101, 102, 103, 104]);
   });
 
   test("node-postgres runs pgbg's statements as named prepared statements", async () => {
@@ -191,6 +203,7 @@ describe("enqueueMany and keyed enqueues through node-postgres", () => {
     const first = await enqueue(pool, ship, { order: 300 }, { key: "order-300" });
     assert.equal(await enqueue(kysely, ship, { order: 300 }, { key: "order-300" }), first);
     assert.equal(await enqueue(drizzleOnPg, ship, { order: 300 }, { key: "order-300" }), first);
+    assert.equal(await enqueue(prisma, ship, { order: 300 }, { key: "order-300" }), first);
     const windowed = await enqueue(pool, ship, { order: 301 }, { key: "order-301", keyWindow: { ms: 60_000 } });
     assert.equal(await enqueue(pool, ship, { order: 301 }, { key: "order-301", keyWindow: { ms: 60_000 } }), windowed);
     assert.deepEqual(await runQueued(), [300, 301]);
@@ -213,10 +226,20 @@ describe("enqueueMany and keyed enqueues through node-postgres", () => {
   });
 });
 
-describe("the admin functions through node-postgres, Kysely and Drizzle", () => {
+/** `value` without its clock readings (how long the oldest task has waited). */
+const untimed = (value: unknown) => JSON.parse(JSON.stringify(value, (k, v) => (k === "oldestQueuedMs" ? undefined : v)));
+
+describe("the admin functions through node-postgres, Kysely, Drizzle and Prisma", () => {
   test("getTask, listTasks, cancel, retry, pause and resume", async () => {
     const id = await enqueue(sql, ship, { order: 500 }, { queue: "admin" });
     assert.equal((await getTask(pool, id))?.state, "queued");
+    // Each client reads what postgres.js reads (Prisma's int8 columns are BigInts, node-postgres' strings).
+    for (const client of [pool, kysely, drizzleOnPg, prisma] as DatabaseClient[]) {
+      assert.deepEqual(await getTask(client, id), await getTask(sql, id));
+      assert.deepEqual(await listTasks(client, { queue: "admin" }), await listTasks(sql, { queue: "admin" }));
+      assert.deepEqual(untimed(await status(client)), untimed(await status(sql)));
+      assert.deepEqual(await queueSettings(client), await queueSettings(sql));
+    }
     assert.deepEqual((await getTask(kysely, id))?.payload, { order: 500 }, "no plugin renames pgbg's columns");
     assert.deepEqual((await listTasks(drizzleOnPg, { queue: "admin" })).tasks.map((t) => t.id), [id]);
     assert.deepEqual((await pauseQueue(pool, "admin")).map((p) => p.queue), ["admin"]);
@@ -243,7 +266,7 @@ describe("a handle pgbg cannot use", () => {
       assert.ok(error instanceof UnsupportedClientError, String(error));
       assert.equal(error.code, "PGBG_UNSUPPORTED_CLIENT");
       assert.match(error.message, message);
-      if (!label.startsWith("a Drizzle")) assert.match(error.message, /pass a postgres\.js sql, reserved connection or transaction; a node-postgres Client, PoolClient or Pool; a Kysely instance or transaction; or a Drizzle database or transaction$/);
+      if (!label.startsWith("a Drizzle")) assert.match(error.message, /pass a postgres\.js sql, reserved connection or transaction; a node-postgres Client, PoolClient or Pool; a Kysely instance or transaction; a Drizzle database or transaction; or a Prisma client or interactive transaction$/);
       assert.equal((await sql`SELECT count(*)::int AS n FROM pgbg.task`)[0].n, before);
     });
   }

@@ -8,6 +8,7 @@ import type { AddressInfo } from "node:net";
 import * as v from "valibot";
 import { createWorker, defineTask, enqueue, enqueueMany, migrate } from "../mod.ts";
 import { createTestDatabase } from "./harness.ts";
+import { generatePrismaClient } from "./prisma.ts";
 import { patience, startService, stopService, until, within } from "./service-harness.ts";
 
 const db = await createTestDatabase();
@@ -476,26 +477,37 @@ test("the README's group example runs as written, in-process and under pgbg serv
   assert.equal(pgbg("limit", "sync", "off", "--per-group").stdout, "queue sync has no group limit\n");
 });
 
-test("the README's node-postgres, Kysely and Drizzle example runs as written: each sign-up commits its user with its task; a failed one leaves neither", async () => {
-  const { file } = exampleFile("### Enqueue from node-postgres, Kysely or Drizzle", "clients");
+test("the README's node-postgres, Kysely, Drizzle and Prisma examples run as written: each sign-up commits its user with its task; a failed one leaves neither", async () => {
+  const heading = "### Enqueue from node-postgres, Kysely or Drizzle";
+  const { file } = exampleFile(heading, "clients");
+  const [, prismaBlock] = [...readme.slice(readme.indexOf(heading)).matchAll(/```ts\n([\s\S]*?)```/g)].map((m) => m[1]);
+  assert.ok(prismaBlock?.includes("signUpWithPrisma"), "the README has the Prisma block");
+  const prismaFile = fileURLToPath(new URL(`./readme-clients-prisma-${process.pid}.tmp.ts`, import.meta.url));
+  writeFileSync(prismaFile, prismaBlock.replace('from "pgbg"', `from ${JSON.stringify(fileURLToPath(new URL("../mod.ts", import.meta.url)))}`)
+    .replace('from "./signup.ts"', `from ${JSON.stringify(file)}`).replace('from "./generated/prisma/client.ts"', `from ${JSON.stringify(generatePrismaClient())}`));
+  after(() => rmSync(prismaFile, { force: true }));
   await migrate(db.sql);
   await db.sql`DELETE FROM pgbg.task`;
   // Checked at COMMIT, so a duplicate fails after the enqueue ran in the transaction.
   await db.sql`CREATE TABLE users (id int, CONSTRAINT users_id UNIQUE (id) DEFERRABLE INITIALLY DEFERRED)`;
   const { pool, signUpWithPg, signUpWithKysely, signUpWithDrizzle } = await import(file);
+  const { prisma, signUpWithPrisma } = await import(prismaFile);
   pool.on("error", () => {}); // idle clients ended when the test database is dropped
   try {
     await signUpWithPg(1);
     await signUpWithKysely(2);
     await signUpWithDrizzle(3);
+    await signUpWithPrisma(4);
     // User 1 exists: each commit fails, and takes the enqueue with it.
-    // (Drizzle wraps the driver's error as its cause.)
-    const duplicate = (e: { code?: string; cause?: { code?: string } }) => (e.code ?? e.cause?.code) === "23505";
-    for (const signUp of [signUpWithPg, signUpWithKysely, signUpWithDrizzle]) await assert.rejects(signUp(1), duplicate);
+    for (const signUp of [signUpWithPg, signUpWithKysely, signUpWithDrizzle, signUpWithPrisma]) {
+      // (Drizzle wraps the driver's error, Prisma names the violation in its own words.)
+      await assert.rejects(signUp(1), (e: Error) => /users_id|UniqueConstraintViolation/.test(`${e.message} ${(e.cause as Error | undefined)?.message}`));
+    }
   } finally {
     await pool.end();
+    await prisma.$disconnect();
   }
-  assert.deepEqual((await db.sql`SELECT id FROM users ORDER BY id`).map((r) => r.id), [1, 2, 3]);
+  assert.deepEqual((await db.sql`SELECT id FROM users ORDER BY id`).map((r) => r.id), [1, 2, 3, 4]);
   const tasks = await db.sql`SELECT name, payload FROM pgbg.task ORDER BY id`;
-  assert.deepEqual(tasks.map((t) => [t.name, t.payload.user]), [["welcome", 1], ["welcome", 2], ["welcome", 3]]);
+  assert.deepEqual(tasks.map((t) => [t.name, t.payload.user]), [["welcome", 1], ["welcome", 2], ["welcome", 3], ["welcome", 4]]);
 });
