@@ -8,6 +8,7 @@ import { enqueueMany, setGroupConcurrency, setQueueConcurrency } from "../../mod
 import type { Supervisor } from "./cluster.ts";
 import { boundScenarios } from "./bounds.ts";
 import { inProcess } from "./in-process.ts";
+import { producerTerminated } from "./producer.ts";
 import { type Scenario, sized, type Stage, taskMs } from "./stage.ts";
 import { groupedWork, work } from "./tasks.js";
 
@@ -237,6 +238,7 @@ export const scenarios: Scenario[] = [
     },
   },
 
+  producerTerminated,
   inProcess,
   underLimit,
   groupLimit,
