@@ -12,6 +12,7 @@ import { formatValue } from "./options.ts";
 import { isThenable, validateInput } from "./input.ts";
 import type { ClaimedTask } from "./claim.ts";
 import { run } from "./statements.ts";
+import { startAttemptSpan, type TracedOutcome } from "./tracing.ts";
 
 /** How an attempt ended. */
 export type Outcome =
@@ -81,6 +82,24 @@ export class LazyAbort {
  * chain of async wrappers it replaced was a third of a worker's garbage).
  */
 export function startAttempt(options: AttemptOptions, done: (outcome: Outcome) => void): Promise<void> | undefined {
+  const span = startAttemptSpan(options.claimed);
+  if (!span) return attempt(options, done);
+  return span.run(() =>
+    attempt(options, (outcome) => {
+      span.end(tracedOutcome(outcome), outcome.kind === "failure" ? outcome.error : undefined);
+      done(outcome);
+    })
+  );
+}
+
+/** How an outcome reads on its span. */
+function tracedOutcome(outcome: Outcome): TracedOutcome {
+  if (outcome.kind !== "failure") return outcome.kind;
+  return outcome.timedOut ? "timeout" : outcome.permanent ? "permanent-failure" : "failure";
+}
+
+/** The attempt itself: see {@link startAttempt}. */
+function attempt(options: AttemptOptions, done: (outcome: Outcome) => void): Promise<void> | undefined {
   const { task, claimed } = options;
   const startedAt = Date.now();
   const ctx = new AttemptContext(claimed, options);

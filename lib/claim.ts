@@ -33,6 +33,8 @@ export interface ClaimedTask {
   snoozes: number;
   /** The version of the task's definition its input was enqueued for. */
   inputVersion: number;
+  /** The trace context active at its enqueue (a W3C traceparent), or null. */
+  traceContext: string | null;
   /** How long the task waited, in ms, from when it was due to this claim (for metrics). */
   lagMs: number;
   /** Its run_at, epoch microseconds, exact (for the claim cursor). */
@@ -136,6 +138,7 @@ function claimedTask(r: Record<string, any>): ClaimedTask {
     leaseToken: r.lease_token as number,
     snoozes: r.snoozes as number,
     inputVersion: r.input_version as number,
+    traceContext: r.trace_context as string | null,
     lagMs: r.lag_ms as number,
     runAtUs: String(r.run_at_us),
     claimedAtMs: Number(r.run_at_us) / 1000 + (r.lag_ms as number),

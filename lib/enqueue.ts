@@ -13,6 +13,7 @@ import { encodePayload } from "./payload.ts";
 import { MAX_RETENTION, storedRetention } from "./retention.ts";
 import { type DatabaseClient, executorFor } from "./client.ts";
 import { checkSchemaName, run } from "./statements.ts";
+import { activeTraceContext } from "./tracing.ts";
 
 /** Options of {@link enqueue}. Those not given come from the task's definition. */
 export interface EnqueueOptions {
@@ -116,6 +117,8 @@ interface Shared {
   onFailed: boolean;
   /** The definition's retentions of completed and failed tasks, in ms (keep_completed, keep_failed). */
   retention: [completed: number | null, failed: number | null];
+  /** The trace context active at the enqueue (trace_context), set by the caller: lib/tracing.ts. */
+  trace: string | null;
 }
 
 function shared(where: string, task: AnyTask, options: Omit<EnqueueOptions, "key">): Shared {
@@ -133,6 +136,7 @@ function shared(where: string, task: AnyTask, options: Omit<EnqueueOptions, "key
     version: task.version ?? 1,
     onFailed: task.onFailed !== undefined,
     retention: storedRetention(task),
+    trace: null,
   };
 }
 
@@ -158,7 +162,9 @@ export async function enqueue<T extends AnyTask>(
   await validateInput(task, input);
   const payload = encodePayload(task.name, input, s.maxPayloadBytes);
   const group = taskGroup(task, input);
-  const params = [s.queue, task.name, payload, s.priority, s.runAt, s.delay, s.maxAttempts, s.version, s.onFailed, ...s.retention, group];
+  const trace = activeTraceContext(); // a promise only on the first call: most enqueues do not wait
+  s.trace = isThenable(trace) ? await trace : trace;
+  const params = [s.queue, task.name, payload, s.priority, s.runAt, s.delay, s.maxAttempts, s.version, s.onFailed, ...s.retention, group, s.trace];
   if (opts.key === undefined) {
     if (opts.keyWindow !== undefined || opts.replace !== undefined) throw new InvalidOptionsError("enqueue(): keyWindow and replace need a key");
     const rows = await run<{ id: unknown }>(db, s.schema, "EnqueueTask", params);
@@ -242,6 +248,8 @@ export async function enqueueMany<T extends AnyTask>(
       keys[i] = key ?? null;
     }
   }
+  const trace = activeTraceContext(); // a promise only on the first call: most enqueues do not wait
+  s.trace = isThenable(trace) ? await trace : trace;
   const chunks = splitBatches(payloads);
   const write = (tx: DatabaseClient) => writeChunks(tx, task.name, s, payloads, groups, keys, chunks);
   if (chunks.length > 1) return inTransaction(db, write);
@@ -280,7 +288,7 @@ async function writeChunks(
     const chunk = whole ? payloads : payloads.slice(start, end);
     const chunkGroups = whole || !groups.length ? groups : groups.slice(start, end);
     // JSON text holds no raw line feed, so the statement splits on it.
-    const params = [s.queue, name, chunk.join("\n"), s.priority, s.runAt, s.delay, s.maxAttempts, s.version, s.onFailed, ...s.retention, chunkGroups];
+    const params = [s.queue, name, chunk.join("\n"), s.priority, s.runAt, s.delay, s.maxAttempts, s.version, s.onFailed, ...s.retention, chunkGroups, s.trace];
     if (!keys) {
       const rows = await run<{ ids: string }>(db, s.schema, "EnqueueMany", params);
       // Ids are drawn in input order, so sorted ids line up with the inputs.
@@ -315,7 +323,7 @@ async function writeKeyedChunk(
     const text = todo.map((i) => payloads[i]).join("\n");
     const groups = params[11] as (string | null)[];
     const rows = await run<{ id: unknown; key: string | null }>(db, s.schema, "EnqueueManyKeyed", [
-      ...params.slice(0, 2), text, ...params.slice(3, 11), groups.length ? todo.map((i) => groups[i]) : [], todo.map((i) => keys[i]),
+      ...params.slice(0, 2), text, ...params.slice(3, 11), groups.length ? todo.map((i) => groups[i]) : [], params[12], todo.map((i) => keys[i]),
     ]);
     const byKey = new Map<string, string>();
     const unkeyed: string[] = [];

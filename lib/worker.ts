@@ -22,6 +22,7 @@ import { describeError, type Logger } from "./log.ts";
 import { OutcomeWriter } from "./outcomes.ts";
 import { completedRetention } from "./retention.ts";
 import { type Database, run } from "./statements.ts";
+import { loadTracing } from "./tracing.ts";
 import { observe, type SeriesCounts, TaskStats } from "./stats.ts";
 
 export type { LostCause } from "./heartbeat.ts";
@@ -272,6 +273,8 @@ export class Worker {
   async start(): Promise<WorkerExit> {
     const o = this.#options;
     this.#dueBy = Date.now() + (o.untilIdle?.maxWait ?? 0);
+    // Before the first attempt: its span needs @opentelemetry/api loaded, if the app has it.
+    await loadTracing();
     await this.#heartbeat.register({ ...o.identity, concurrency: o.concurrency, queues: o.queues, names: this.#scope.names });
     const listening = o.untilIdle ? undefined : await o.sql.listen(`pgbg:${o.schema}`, () => {
       this.#notified = true;

@@ -28,6 +28,8 @@ interface Producer {
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   /** Resolves once `n` more commits than now have been reported. */
   commits(n: number): Promise<void>;
+  /** The last lines it wrote on stderr, for a failure's message. */
+  lastErrors(): string;
 }
 
 function startProducer(driver: "postgres" | "pg", applicationName: string): Producer {
@@ -49,7 +51,8 @@ function startProducer(driver: "postgres" | "pg", applicationName: string): Prod
   child.stderr!.setEncoding("utf8").on("data", (chunk: string) => void stderr.push(chunk));
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.on("exit", (code, signal) => resolve({ code, signal })));
   const commits = (n: number) => new Promise<void>((resolve) => waiters.push({ at: committed.length + n, resolve }));
-  return { child, committed, stderr, exited, commits };
+  const lastErrors = () => stderr.join("").split("\n").slice(-5).join("\n");
+  return { child, committed, stderr, exited, commits, lastErrors };
 }
 
 /** Ends every connection of `applicationName` again and again, `rounds` times or until `stop` resolves; resolves with the rounds run. */
@@ -68,7 +71,7 @@ async function terminateRepeatedly(applicationName: string, rounds: number, stop
 test("through postgres.js 3.4.9, a producer dies when its connections are ended under its transactions (the reproduction)", async () => {
   const name = `producer-${randomUUID().slice(0, 8)}`;
   const producer = startProducer("postgres", name);
-  await within(producer.commits(20), patience, "the producer's first commits");
+  await within(producer.commits(20), patience, () => `the producer's first commits (its last errors: ${producer.lastErrors()})`);
   const rounds = await terminateRepeatedly(name, 2_000, producer.exited);
   const exit = await within(producer.exited, patience, "the producer to die");
   assert.notEqual(exit.code, 0, `it died after ${rounds} rounds`);
@@ -78,7 +81,7 @@ test("through postgres.js 3.4.9, a producer dies when its connections are ended 
 test("through node-postgres, the same producer keeps running, and every enqueue whose commit returned is in the queue", async () => {
   const name = `producer-${randomUUID().slice(0, 8)}`;
   const producer = startProducer("pg", name);
-  await within(producer.commits(20), patience, "the producer's first commits");
+  await within(producer.commits(20), patience, () => `the producer's first commits (its last errors: ${producer.lastErrors()})`);
   // Far more rounds than the postgres.js producer outlives (it dies within its first few here).
   const rounds = await terminateRepeatedly(name, 200, producer.exited);
   assert.equal(rounds, 200, `the producer exited: ${producer.stderr.join("")}`);

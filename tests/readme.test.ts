@@ -512,3 +512,23 @@ test("the README's node-postgres, Kysely, Drizzle and Prisma examples run as wri
   const tasks = await db.sql`SELECT name, payload FROM pgbg.task ORDER BY id`;
   assert.deepEqual(tasks.map((t) => [t.name, t.payload.user]), [["welcome", 1], ["welcome", 2], ["welcome", 3], ["welcome", 4]]);
 });
+
+test("the README's OpenTelemetry example runs as written: the request, the attempt and the handler's span are one trace", async () => {
+  const { file } = exampleFile("### Traces (OpenTelemetry)", "tracing");
+  await migrate(db.sql);
+  await db.sql`DELETE FROM pgbg.task`;
+  const before = process.env.DATABASE_URL;
+  process.env.DATABASE_URL = db.url;
+  try {
+    const { exporter } = await import(file);
+    const spans = exporter.getFinishedSpans() as { name: string; spanContext(): { traceId: string; spanId: string }; parentSpanContext?: { spanId: string } }[];
+    const byName = (name: string) => spans.find((s) => s.name === name)!;
+    const [request, attempt, own] = ["POST /upload", "process resize-image", "fetch the image"].map(byName);
+    assert.ok(request && attempt && own, `the three spans: ${spans.map((s) => s.name).join(", ")}`);
+    assert.equal(new Set([request, attempt, own].map((s) => s.spanContext().traceId)).size, 1, "one trace");
+    assert.equal(attempt.parentSpanContext?.spanId, request.spanContext().spanId);
+    assert.equal(own.parentSpanContext?.spanId, attempt.spanContext().spanId);
+  } finally {
+    process.env.DATABASE_URL = before;
+  }
+});

@@ -113,11 +113,11 @@ export async function until<T>(query: () => Promise<T>, done: (value: T) => bool
   }
 }
 
-/** Resolves with `promise`, or fails after `timeoutMs`. Not a timing assertion: only a bound on waiting. */
-export function within<T>(promise: Promise<T>, timeoutMs: number, what: string): Promise<T> {
+/** Resolves with `promise`, or fails after `timeoutMs` naming `what` (or what the function gives then). Not a timing assertion: only a bound on waiting. */
+export function within<T>(promise: Promise<T>, timeoutMs: number, what: string | (() => string)): Promise<T> {
   let timer: ReturnType<typeof setTimeout> | undefined;
   const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)), timeoutMs);
+    timer = setTimeout(() => reject(new Error(`timed out after ${timeoutMs} ms waiting for ${typeof what === "string" ? what : what()}`)), timeoutMs);
   });
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }

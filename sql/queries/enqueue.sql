@@ -8,24 +8,25 @@
 -- $8: the task definition's version (input_version); $9: whether it has an
 -- onFailed handler; $10 and $11: its retentions of completed and failed
 -- tasks in ms (keep_completed, keep_failed; NULL: none set); $12: the
--- task's group (group_name; NULL: none).
-INSERT INTO pgbg.task (queue, name, payload, priority, run_at, max_attempts, input_version, on_failed, keep_completed, keep_failed, group_name)
-VALUES (
-  $1, $2, $3::text::jsonb, $4,
-  coalesce($5::timestamptz, now() + $6::float8 * interval '1 millisecond'),
-  $7, $8, $9, $10::float8 * interval '1 millisecond', $11::float8 * interval '1 millisecond', $12
-)
-RETURNING id;
-
--- name: EnqueueTaskKeyed
--- $1-$12 as in EnqueueTask, $13 the key. The arbiter is task_key_idx: a
--- pending task with the same key makes this insert nothing and return no
--- row; the caller then looks the task up.
-INSERT INTO pgbg.task (queue, name, payload, priority, run_at, max_attempts, input_version, on_failed, keep_completed, keep_failed, group_name, key)
+-- task's group (group_name; NULL: none); $13: the trace context active at
+-- the enqueue, as a W3C traceparent (trace_context; NULL: none).
+INSERT INTO pgbg.task (queue, name, payload, priority, run_at, max_attempts, input_version, on_failed, keep_completed, keep_failed, group_name, trace_context)
 VALUES (
   $1, $2, $3::text::jsonb, $4,
   coalesce($5::timestamptz, now() + $6::float8 * interval '1 millisecond'),
   $7, $8, $9, $10::float8 * interval '1 millisecond', $11::float8 * interval '1 millisecond', $12, $13
+)
+RETURNING id;
+
+-- name: EnqueueTaskKeyed
+-- $1-$13 as in EnqueueTask, $14 the key. The arbiter is task_key_idx: a
+-- pending task with the same key makes this insert nothing and return no
+-- row; the caller then looks the task up.
+INSERT INTO pgbg.task (queue, name, payload, priority, run_at, max_attempts, input_version, on_failed, keep_completed, keep_failed, group_name, trace_context, key)
+VALUES (
+  $1, $2, $3::text::jsonb, $4,
+  coalesce($5::timestamptz, now() + $6::float8 * interval '1 millisecond'),
+  $7, $8, $9, $10::float8 * interval '1 millisecond', $11::float8 * interval '1 millisecond', $12, $13, $14
 )
 ON CONFLICT (key) WHERE key IS NOT NULL AND state <> 'failed' DO NOTHING
 RETURNING id;
@@ -39,12 +40,13 @@ RETURNING id;
 -- which the scan already follows, so there is no sort): the returned ids,
 -- sorted, follow the order of the inputs. They come back as one
 -- comma-separated text, one row instead of one per task. $12 holds one
--- group per payload (NULL: none), or is empty when none has one.
+-- group per payload (NULL: none), or is empty when none has one; $13 the
+-- trace context, one for the batch.
 WITH inserted AS (
-  INSERT INTO pgbg.task (queue, name, payload, priority, run_at, max_attempts, input_version, on_failed, keep_completed, keep_failed, group_name)
+  INSERT INTO pgbg.task (queue, name, payload, priority, run_at, max_attempts, input_version, on_failed, keep_completed, keep_failed, group_name, trace_context)
   SELECT $1, $2, i.payload::jsonb, $4,
     coalesce($5::timestamptz, now() + $6::float8 * interval '1 millisecond'), $7, $8, $9,
-    $10::float8 * interval '1 millisecond', $11::float8 * interval '1 millisecond', i.group_name
+    $10::float8 * interval '1 millisecond', $11::float8 * interval '1 millisecond', i.group_name, $13
   FROM ROWS FROM (string_to_table($3::text, E'\n'), unnest($12::text[])) WITH ORDINALITY AS i (payload, group_name, ord)
   ORDER BY i.ord
   RETURNING id
@@ -52,14 +54,14 @@ WITH inserted AS (
 SELECT string_agg(id::text, ',') AS ids FROM inserted;
 
 -- name: EnqueueManyKeyed
--- $3 and $12 as in EnqueueMany; $13 holds one key per payload. A key that is already
+-- $3, $12 and $13 as in EnqueueMany; $14 holds one key per payload. A key that is already
 -- pending, or repeated earlier in the same batch, inserts nothing; the caller
 -- looks those up.
-INSERT INTO pgbg.task (queue, name, payload, priority, run_at, max_attempts, input_version, on_failed, keep_completed, keep_failed, group_name, key)
+INSERT INTO pgbg.task (queue, name, payload, priority, run_at, max_attempts, input_version, on_failed, keep_completed, keep_failed, group_name, trace_context, key)
 SELECT $1, $2, i.payload::jsonb, $4,
   coalesce($5::timestamptz, now() + $6::float8 * interval '1 millisecond'), $7, $8, $9,
-  $10::float8 * interval '1 millisecond', $11::float8 * interval '1 millisecond', i.group_name, i.key
-FROM ROWS FROM (string_to_table($3::text, E'\n'), unnest($12::text[]), unnest($13::text[]))
+  $10::float8 * interval '1 millisecond', $11::float8 * interval '1 millisecond', i.group_name, $13, i.key
+FROM ROWS FROM (string_to_table($3::text, E'\n'), unnest($12::text[]), unnest($14::text[]))
   WITH ORDINALITY AS i (payload, group_name, key, ord)
 ORDER BY i.ord
 ON CONFLICT (key) WHERE key IS NOT NULL AND state <> 'failed' DO NOTHING
@@ -68,8 +70,8 @@ RETURNING id, key;
 -- name: EnqueueTaskWindowed
 -- A key held for a window (throttle): the key's row in pgbg.task_key is
 -- taken first, on its primary key, when it is new or its hold ended, and
--- the task is inserted only then. $1-$12 as in EnqueueTask, $13 the key,
--- $14 the window in ms, $15 1 when it runs from the task's finish (the row
+-- the task is inserted only then. $1-$13 as in EnqueueTask, $14 the key,
+-- $15 the window in ms, $16 1 when it runs from the task's finish (the row
 -- then holds until the finish, and key_hold carries the window), 0 from
 -- now. The hold is judged on the row's latest version (a concurrent
 -- enqueue that took it is waited for), never on this statement's
@@ -79,18 +81,18 @@ RETURNING id, key;
 -- which the finish of its task (task_key_release) must update.
 WITH taken AS (
   INSERT INTO pgbg.task_key AS k (key, held_until)
-  SELECT $13, CASE WHEN $15::int = 0 THEN now() + $14::float8 * interval '1 millisecond' END
-  WHERE NOT EXISTS (SELECT 1 FROM pgbg.task p WHERE p.key = $13 AND p.state <> 'failed')
-    AND NOT EXISTS (SELECT 1 FROM pgbg.task_key h WHERE h.key = $13 AND (h.held_until IS NULL OR h.held_until > now()))
+  SELECT $14, CASE WHEN $16::int = 0 THEN now() + $15::float8 * interval '1 millisecond' END
+  WHERE NOT EXISTS (SELECT 1 FROM pgbg.task p WHERE p.key = $14 AND p.state <> 'failed')
+    AND NOT EXISTS (SELECT 1 FROM pgbg.task_key h WHERE h.key = $14 AND (h.held_until IS NULL OR h.held_until > now()))
   ON CONFLICT (key) DO UPDATE SET held_until = excluded.held_until, task_id = NULL
   WHERE k.held_until <= now()
   RETURNING k.key
 )
-INSERT INTO pgbg.task (queue, name, payload, priority, run_at, max_attempts, input_version, on_failed, keep_completed, keep_failed, group_name, key, key_hold)
+INSERT INTO pgbg.task (queue, name, payload, priority, run_at, max_attempts, input_version, on_failed, keep_completed, keep_failed, group_name, trace_context, key, key_hold)
 SELECT $1, $2, $3::text::jsonb, $4,
   coalesce($5::timestamptz, now() + $6::float8 * interval '1 millisecond'),
-  $7, $8, $9, $10::float8 * interval '1 millisecond', $11::float8 * interval '1 millisecond', $12, $13,
-  CASE WHEN $15::int = 1 THEN $14::float8 * interval '1 millisecond' END
+  $7, $8, $9, $10::float8 * interval '1 millisecond', $11::float8 * interval '1 millisecond', $12, $13, $14,
+  CASE WHEN $16::int = 1 THEN $15::float8 * interval '1 millisecond' END
 FROM taken
 ON CONFLICT (key) WHERE key IS NOT NULL AND state <> 'failed' DO NOTHING
 RETURNING id;

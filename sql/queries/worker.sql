@@ -240,14 +240,14 @@ claimed AS (
   -- per task.
   WHERE t.ctid = c.ctid
   RETURNING t.id, t.name, t.queue, t.group_name, t.payload, t.attempts, t.max_attempts, t.lease_token, t.priority, t.run_at,
-    t.snoozes, t.input_version, c.turn
+    t.snoozes, t.input_version, t.trace_context, c.turn
 )
 -- Claim order, so the worker starts them in it; sorting here spares the
 -- worker from parsing two timestamps per task. lag_ms: how long the task
 -- waited since it became due (its enqueue, delay or retry time), for
 -- metrics; run_at_us (epoch microseconds, exact) moves the worker's claim
 -- cursor; turn: the group's place in a group claim's rotation.
-SELECT id, name, queue, group_name, payload, attempts, max_attempts, lease_token, priority, snoozes, input_version, turn,
+SELECT id, name, queue, group_name, payload, attempts, max_attempts, lease_token, priority, snoozes, input_version, trace_context, turn,
   (extract(epoch FROM now() - run_at) * 1000)::float8 AS lag_ms,
   (extract(epoch FROM run_at) * 1000000)::bigint AS run_at_us
 FROM claimed
