@@ -136,10 +136,16 @@ export function startAttemptSpan(task: TracedTask): AttemptSpan | undefined {
   return {
     run: (fn) => a.context.with(inSpan, fn),
     end(outcome, error) {
-      span.setAttribute("pgbg.task.outcome", outcome);
-      if (outcome !== "success" && outcome !== "snooze") {
-        if (error !== undefined) span.recordException(error instanceof Error ? error : String(error));
-        span.setStatus({ code: a.SpanStatusCode.ERROR, message: error instanceof Error ? error.message : undefined });
+      try {
+        span.setAttribute("pgbg.task.outcome", outcome);
+        if (outcome !== "success" && outcome !== "snooze") {
+          span.setStatus({ code: a.SpanStatusCode.ERROR, message: error instanceof Error ? error.message : undefined });
+          // A thrown value may be anything, even one whose String() throws:
+          // the span then goes without it, and the attempt's outcome stands.
+          if (error !== undefined) span.recordException(error instanceof Error ? error : String(error));
+        }
+      } catch {
+        // see above
       }
       span.end();
     },

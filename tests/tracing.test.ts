@@ -94,6 +94,22 @@ describe("OpenTelemetry", () => {
     for (const id of ids) assert.equal(processSpans(id)[0]?.spanContext().traceId, traceId);
   });
 
+  test("a thrown value that cannot be printed still ends its span, as an error, and the attempt fails as it would untraced", async () => {
+    const unprintable = defineTask({
+      name: "unprintable",
+      schema: v.object({}),
+      run() {
+        throw { toString() { throw new Error("no"); } };
+      },
+    });
+    const id = await enqueue(sql, unprintable, {}, { maxAttempts: 1 });
+    assert.deepEqual(await drain(sql, { tasks: [unprintable], logger: quiet }), { ran: 1, succeeded: 0, failed: 1, scheduled: 0 });
+    const span = exporter.getFinishedSpans().find((s) => s.name === "process unprintable" && s.attributes["messaging.message.id"] === id);
+    assert.equal(span?.status.code, SpanStatusCode.ERROR);
+    assert.equal(span?.attributes["pgbg.task.outcome"], "failure");
+    assert.equal((await sql`SELECT state FROM pgbg.task WHERE id = ${id}`)[0]?.state, "failed");
+  });
+
   test("a task enqueued outside any span stores no context, and its attempt starts a trace of its own", async () => {
     const id = await enqueue(sql, chargeCard, { order: -3 });
     assert.equal((await sql`SELECT trace_context FROM pgbg.task WHERE id = ${id}`)[0].trace_context, null);
