@@ -52,10 +52,7 @@ async function connectionSlots(): Promise<number> {
 console.log(`tests: ${files.length} files, ${concurrency} at a time`);
 const child = spawn(
   process.execPath,
-  // --test-force-exit: a file whose tests and after hooks are done exits even if a
-  // third-party client left a handle open (a readme test file once stayed up
-  // 16 minutes on PostgreSQL 17 after its last test passed).
-  ["--import", "tsx", "--test", "--test-reporter=spec", "--test-force-exit", `--test-concurrency=${concurrency}`, ...files],
+  ["--import", "tsx", "--test", "--test-reporter=spec", `--test-concurrency=${concurrency}`, ...files],
   { stdio: "inherit", env: process.env },
 );
 const code: number = await new Promise((resolve) => child.on("exit", (c, s) => resolve(c ?? (s ? 1 : 0))));
