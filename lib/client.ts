@@ -115,7 +115,7 @@ function describeClient(client: unknown): string {
   return listed.length ? `${kind} (methods: ${listed.join(", ")}${methods.size > listed.length ? ", …" : ""})` : kind;
 }
 
-// deno-lint-ignore no-explicit-any
+/** A postgres.js handle: prepared statements; its own transaction unless it is one already. */
 class PostgresJsExecutor implements Executor {
   // deno-lint-ignore no-explicit-any
   constructor(private readonly sql: Sql<any> | TransactionSql<any>) {}
