@@ -203,19 +203,14 @@ class NodePgPoolExecutor implements Executor {
 
   async transaction<T>(fn: (tx: DatabaseClient) => Promise<T>): Promise<T> {
     const client = await this.pool.connect();
-    let broken: Error | undefined;
     try {
-      return await inOwnTransaction(client, async (tx) => {
-        try {
-          return await fn(tx);
-        } catch (error) {
-          // A client whose ROLLBACK may not have been heard goes back to the pool destroyed.
-          broken = error instanceof Error ? error : new Error(String(error));
-          throw error;
-        }
-      });
-    } finally {
-      client.release(broken);
+      const result = await inOwnTransaction(client, fn);
+      client.release();
+      return result;
+    } catch (error) {
+      // Destroyed, not pooled: its ROLLBACK may not have been heard.
+      client.release(error instanceof Error ? error : true);
+      throw error;
     }
   }
 }

@@ -58,17 +58,22 @@ async function runQueued(): Promise<number[]> {
   return [...ran].sort((a, b) => a - b);
 }
 
+/** BEGIN, the app's write, the enqueue, then COMMIT or ROLLBACK, on a node-postgres client. */
+async function pgTransaction(client: pg.ClientBase, order: number, commit: boolean): Promise<string> {
+  await client.query("BEGIN");
+  await client.query("INSERT INTO app_order (id) VALUES ($1)", [order]);
+  const id = await enqueue(client, ship, { order });
+  await client.query(commit ? "COMMIT" : "ROLLBACK");
+  return id;
+}
+
 /** The app's own write and an enqueue, in one transaction of each client, by how that client begins one. */
 const inTransaction: Record<string, (order: number, commit: boolean) => Promise<string>> = {
   "node-postgres Client": async (order, commit) => {
     const client = new pg.Client({ connectionString: db.url });
     await client.connect();
     try {
-      await client.query("BEGIN");
-      await client.query("INSERT INTO app_order (id) VALUES ($1)", [order]);
-      const id = await enqueue(client, ship, { order });
-      await client.query(commit ? "COMMIT" : "ROLLBACK");
-      return id;
+      return await pgTransaction(client, order, commit);
     } finally {
       await client.end();
     }
@@ -76,11 +81,7 @@ const inTransaction: Record<string, (order: number, commit: boolean) => Promise<
   "node-postgres PoolClient": async (order, commit) => {
     const client = await pool.connect();
     try {
-      await client.query("BEGIN");
-      await client.query("INSERT INTO app_order (id) VALUES ($1)", [order]);
-      const id = await enqueue(client, ship, { order });
-      await client.query(commit ? "COMMIT" : "ROLLBACK");
-      return id;
+      return await pgTransaction(client, order, commit);
     } finally {
       client.release();
     }
