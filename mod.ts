@@ -26,12 +26,16 @@
  * @module
  */
 export { defineTask } from "./lib/define.ts";
-export type { AnyTask, InputSchema, RetryBackoff, RunReturn, Task, TaskContext, TaskInput, TaskResult } from "./lib/define.ts";
+export type { AnyTask, BatchOutcome, InputSchema, ParentResult, RetryBackoff, RunReturn, Task, TaskContext, TaskInput, TaskResult } from "./lib/define.ts";
 export type { Retention } from "./lib/retention.ts";
 export { waitForResult } from "./lib/wait.ts";
 export type { WaitOptions } from "./lib/wait.ts";
 export type { StandardInput, StandardIssue, StandardOutput, StandardResult, StandardSchemaProps, StandardSchemaV1 } from "./lib/standard-schema.ts";
 export { enqueue, enqueueMany } from "./lib/enqueue.ts";
+export { enqueueBatch, enqueueFlow, flowTask } from "./lib/flow.ts";
+export type { EnqueueBatchOptions, EnqueuedBatch, EnqueuedFlow, EnqueueFlowOptions, FlowTask, FlowTaskOptions, OnParentFailure } from "./lib/flow.ts";
+export { cancelFlow, getFlow } from "./lib/flow-admin.ts";
+export type { FlowInfo, FlowTaskInfo } from "./lib/flow-admin.ts";
 export type { EnqueueManyOptions, EnqueueOptions } from "./lib/enqueue.ts";
 export { createWorker } from "./lib/host.ts";
 export type { WorkerHost, WorkerHostOptions } from "./lib/host.ts";
@@ -63,6 +67,7 @@ export type { Database } from "./lib/statements.ts";
 export type { DatabaseClient, DrizzleClient, KyselyClient, NodePgClient, NodePgPool } from "./lib/client.ts";
 export {
   InputVersionError,
+  FlowError,
   InvalidConfigError,
   InvalidInputError,
   InvalidOptionsError,

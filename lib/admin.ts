@@ -18,10 +18,11 @@ export type { AdminOptions } from "./admin-options.ts";
 
 /**
  * The states `listTasks` filters on: `queued` means due now, `scheduled`
- * queued for later; `completed` and `cancelled` tasks are those kept in the
- * history (a task's retention, lib/retention.ts).
+ * queued for later, `waiting` enqueued to run after other tasks
+ * (enqueueFlow, enqueueBatch); `completed` and `cancelled` tasks are those
+ * kept in the history (a task's retention, lib/retention.ts).
  */
-export const TASK_STATES = ["queued", "scheduled", "running", "failed", "completed", "cancelled"] as const;
+export const TASK_STATES = ["queued", "scheduled", "waiting", "running", "failed", "completed", "cancelled"] as const;
 
 /** The states of tasks kept in the history once finished. */
 const FINISHED_STATES: readonly string[] = ["completed", "cancelled"];
@@ -338,7 +339,8 @@ export async function cancel(db: DatabaseClient, which: CancelTarget, options?: 
   return cancelByIds(db, schema, ids);
 }
 
-async function cancelByIds(db: DatabaseClient, schema: string, ids: string[]): Promise<CancelResult> {
+/** Cancels the tasks `ids` (see {@link cancel}), asking again for those that changed state meanwhile. */
+export async function cancelByIds(db: DatabaseClient, schema: string, ids: string[]): Promise<CancelResult> {
   const result: CancelResult = { deleted: [], signalled: [], notFound: [] };
   let todo = ids;
   // A task that changed state during the statement is in neither of its

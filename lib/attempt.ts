@@ -5,7 +5,8 @@
  * @module
  */
 import type { TransactionSql } from "postgres";
-import { type AnyTask, MAX_DURATION, type TaskContext } from "./define.ts";
+import { type AnyTask, type BatchOutcome, checkTask, MAX_DURATION, type ParentResult, type TaskContext, type TaskResult } from "./define.ts";
+import type { DatabaseClient } from "./client.ts";
 import { InputVersionError, InvalidInputError, InvalidOptionsError, InvalidResultError, isPermanentError, LeaseLostError } from "./errors.ts";
 import { encodeResult } from "./result.ts";
 import { formatValue } from "./options.ts";
@@ -178,6 +179,8 @@ export interface AttemptOptions {
   claimed: ClaimedTask;
   /** The pgbg schema, for ctx.complete. */
   schema: string;
+  /** The worker's database, for ctx.parentResults and ctx.batch. */
+  sql: DatabaseClient;
   /** How long the task is kept once completed, in ms (0 or none: not), for ctx.complete. */
   keep?: number;
   timeout: number;
@@ -278,5 +281,19 @@ class AttemptContext implements TaskContext {
     if (!rows.length) throw new LeaseLostError(this.id);
     this.#claimed.completedInTransaction = true;
     this.#claimed.completedResult = encoded;
+  }
+
+  parentResults<T extends AnyTask>(task?: T): Promise<ParentResult<TaskResult<T>>[]>;
+  async parentResults(task?: AnyTask): Promise<ParentResult<unknown>[]> {
+    if (task !== undefined) checkTask(task);
+    const rows = await run<{ id: unknown; name: string; result: unknown }>(this.#options.sql, this.#options.schema, "ParentResults", [this.id]);
+    return rows.filter((r) => task === undefined || r.name === task.name).map((r) => ({ id: String(r.id), name: r.name, result: r.result }));
+  }
+
+  async batch(): Promise<BatchOutcome | null> {
+    const rows = await run<{ id: unknown; size: number; failed_ids: unknown[] }>(this.#options.sql, this.#options.schema, "BatchOutcome", [this.id]);
+    if (!rows.length) return null;
+    const failedIds = rows[0].failed_ids.map(String);
+    return { id: String(rows[0].id), size: rows[0].size, succeeded: rows[0].size - failedIds.length, failed: failedIds.length, failedIds };
   }
 }

@@ -55,6 +55,43 @@ export interface TaskContext {
    */
   // deno-lint-ignore no-explicit-any
   complete(tx: TransactionSql<any>, result?: unknown): Promise<void>;
+  /**
+   * The results of this task's parents in its flow (enqueueFlow's
+   * `dependsOn`) that succeeded and are kept (a task with a result schema
+   * keeps its result for its retention, an hour by default), in id order.
+   * Given a task definition, only its parents of that definition, with
+   * their results typed by its result schema.
+   */
+  parentResults<T extends AnyTask>(task: T): Promise<ParentResult<TaskResult<T>>[]>;
+  parentResults(): Promise<ParentResult<unknown>[]>;
+  /**
+   * In a batch's completion task (enqueueBatch's `then`): how the members
+   * ended. Null in any other task.
+   */
+  batch(): Promise<BatchOutcome | null>;
+}
+
+/** A parent's result, as `ctx.parentResults()` gives it. */
+export interface ParentResult<R> {
+  /** The parent's id. */
+  id: string;
+  /** The parent's task name. */
+  name: string;
+  result: R;
+}
+
+/** How a batch's members ended, as its completion task's `ctx.batch()` tells it. */
+export interface BatchOutcome {
+  /** The batch's id. */
+  id: string;
+  /** Members in all. */
+  size: number;
+  /** Members that succeeded. */
+  succeeded: number;
+  /** Members that failed for good or were cancelled. */
+  failed: number;
+  /** Their ids. */
+  failedIds: string[];
 }
 
 /**

@@ -60,7 +60,8 @@ export interface EnqueueManyOptions<I = unknown> extends Omit<EnqueueOptions, "k
   key?: (input: I, index: number) => string | undefined;
 }
 
-const common: Record<string, OptionCheck> = {
+/** The checks of the options every enqueue takes (enqueue, enqueueMany, a flow's tasks). */
+export const commonChecks: Record<string, OptionCheck> = {
   delay: (value) =>
     typeof value === "number" && Number.isFinite(value) && value >= 0 && value <= MAX_DURATION * 1000
       ? undefined
@@ -74,7 +75,7 @@ const common: Record<string, OptionCheck> = {
   schema: checkedLater,
 };
 const enqueueChecks = {
-  ...common,
+  ...commonChecks,
   key: text(isValidKey, "a string of 1-512 characters"),
   keyWindow: (value: unknown) => {
     const w = value as { ms?: unknown; from?: unknown } | null;
@@ -87,7 +88,7 @@ const enqueueChecks = {
   },
   replace: ofType("boolean"),
 };
-const enqueueManyChecks = { ...common, key: ofType("function") };
+const enqueueManyChecks = { ...commonChecks, key: ofType("function") };
 
 function isValidKey(key: string): boolean {
   return key.length >= 1 && key.length <= 512;
@@ -96,14 +97,14 @@ function isValidKey(key: string): boolean {
 const checkedTasks = new WeakSet<object>();
 
 /** Checks a task once per object (defineTask already did, for most). */
-function checkTaskOnce(task: unknown): asserts task is AnyTask {
+export function checkTaskOnce(task: unknown): asserts task is AnyTask {
   if (typeof task === "object" && task !== null && checkedTasks.has(task)) return;
   checkTask(task);
   checkedTasks.add(task);
 }
 
 /** The parameters shared by every row of one enqueue call, in statement order $4..$11 after the payload. */
-interface Shared {
+export interface Shared {
   schema: string;
   queue: string;
   priority: number;
@@ -121,7 +122,8 @@ interface Shared {
   trace: string | null;
 }
 
-function shared(where: string, task: AnyTask, options: Omit<EnqueueOptions, "key">): Shared {
+/** The parameters of one enqueue call of `task`, from its options and then its definition. */
+export function shared(where: string, task: AnyTask, options: Omit<EnqueueOptions, "key">): Shared {
   if (options.delay !== undefined && options.runAt !== undefined) {
     throw new InvalidOptionsError(`${where}: give either "delay" or "runAt", not both`);
   }
@@ -205,7 +207,7 @@ async function enqueueKeyed(db: DatabaseClient, s: Shared, params: unknown[], op
 }
 
 /** Runs `fn` in a transaction: `db`'s own when it is in one, else one opened on it. */
-function inTransaction<T>(db: DatabaseClient, fn: (tx: DatabaseClient) => Promise<T>): Promise<T> {
+export function inTransaction<T>(db: DatabaseClient, fn: (tx: DatabaseClient) => Promise<T>): Promise<T> {
   return executorFor(db).transaction(fn);
 }
 
@@ -304,7 +306,7 @@ async function writeChunks(
 const compareIds = (a: string, b: string) => a.length - b.length || (a < b ? -1 : a > b ? 1 : 0);
 
 /** Sorts ids numerically; the server nearly always returns them in order already, which one pass confirms. */
-function sortIds(ids: string[]): string[] {
+export function sortIds(ids: string[]): string[] {
   for (let i = 1; i < ids.length; i++) if (compareIds(ids[i - 1], ids[i]) > 0) return ids.sort(compareIds);
   return ids;
 }

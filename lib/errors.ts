@@ -28,7 +28,10 @@ export type ErrorCode =
   | "PGBG_WAIT_TIMEOUT"
   | "PGBG_INVALID_SCHEDULE"
   | "PGBG_UNKNOWN_SCHEDULE"
-  | "PGBG_UNSUPPORTED_CLIENT";
+  | "PGBG_UNSUPPORTED_CLIENT"
+  | "PGBG_INVALID_FLOW"
+  | "PGBG_UNKNOWN_PARENT"
+  | "PGBG_PARENT_FAILED";
 
 /** The base class of every error pgbg throws. */
 export class PgbgError extends Error {
@@ -264,5 +267,19 @@ export class UnknownScheduleError extends PgbgError {
 export class UnsupportedClientError extends PgbgError {
   constructor(message: string) {
     super("PGBG_UNSUPPORTED_CLIENT", message);
+  }
+}
+
+/**
+ * A flow or batch was refused and nothing of it written: a cycle, or a
+ * `dependsOn` that names no task of the flow (`PGBG_INVALID_FLOW`), or an
+ * existing task that is neither pending nor kept as succeeded
+ * (`PGBG_UNKNOWN_PARENT`). The message names the task.
+ */
+export class FlowError extends PgbgError {
+  declare readonly code: "PGBG_INVALID_FLOW" | "PGBG_UNKNOWN_PARENT";
+
+  constructor(code: "PGBG_INVALID_FLOW" | "PGBG_UNKNOWN_PARENT", message: string) {
+    super(code, message);
   }
 }

@@ -402,7 +402,12 @@ export class Worker {
     // A task due now that the claim did not take may sit before the claim
     // cursor: the next claim reads every lane from its head.
     if (next.next_due_ms !== null && next.next_due_ms <= 0) this.#cursor.fullNext();
-    if (next.next_due_ms !== null && Date.now() + next.next_due_ms <= this.#dueBy) return this.#sleep(Math.max(0, next.next_due_ms), false);
+    // One due now is claimed whenever it became due (a retry just written, a
+    // flow's task its parent's success just released); one due later only
+    // within maxWait of the start.
+    if (next.next_due_ms !== null && (next.next_due_ms <= 0 || Date.now() + next.next_due_ms <= this.#dueBy)) {
+      return this.#sleep(Math.max(0, next.next_due_ms), false);
+    }
     this.stop();
   }
 
@@ -423,7 +428,7 @@ export class Worker {
     this.#running.set(attemptKey(claimed), entry);
     const pending = startAttempt(
       {
-        task, claimed, schema: this.#options.schema, keep: this.#keep.get(task.name)!, timeout, grace: graceFor(timeout), controller: entry.controller,
+        task, claimed, schema: this.#options.schema, sql: this.#options.sql, keep: this.#keep.get(task.name)!, timeout, grace: graceFor(timeout), controller: entry.controller,
         onOverdue: () => this.#overdue(entry),
       },
       (outcome) => this.#finish(entry, outcome),

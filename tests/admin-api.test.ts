@@ -89,7 +89,7 @@ describe("the admin API", () => {
     await sql`UPDATE pgbg.task SET enqueued_at = enqueued_at - interval '1 day' WHERE id IN (${a}, ${b})`;
     assert.deepEqual(await idsOf({ to: new Date(Date.now() - 3_600_000) }), [a, b]);
     assert.deepEqual(await idsOf({ from: t, name: "report" }), [r, s]);
-    await assert.rejects(listTasks(sql, { state: "done" as "failed" }), /option "state" must be one of queued, scheduled, running, failed/);
+    await assert.rejects(listTasks(sql, { state: "done" as "failed" }), /option "state" must be one of queued, scheduled, waiting, running, failed/);
     await assert.rejects(listTasks(sql, { limit: 0 }), /option "limit" must be a whole number from 1 to 10000/);
     await assert.rejects(listTasks(sql, { from: new Date("nope") }), /option "from" must be a valid Date/);
     await sql`DELETE FROM pgbg.task`;

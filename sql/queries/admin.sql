@@ -73,7 +73,7 @@ WHERE t.id = $1 AND (t.cancel_requested_at IS NULL OR t.state = 'running');
 -- One page of tasks in id order (enqueue order), after the id $8 (the last
 -- of the previous page; NULL: from the start), at most $3. Filters, each
 -- NULL for any: $1 state (queued: due now; scheduled: queued for later;
--- running; failed), $2 task name, $4 queue, $5 dedup key, $6 and $7 the
+-- running; failed; waiting: for other tasks), $2 task name, $4 queue, $5 dedup key, $6 and $7 the
 -- enqueue time from (inclusive) and to (exclusive). A page reads the
 -- primary key from where the last one ended (keyset, not OFFSET), so a deep
 -- page costs what the first does. The start is a coalesce, not `$8 IS NULL
@@ -92,6 +92,7 @@ WHERE (t.cancel_requested_at IS NULL OR t.state = 'running')
     WHEN 'scheduled' THEN t.state = 'queued' AND t.run_at > now()
     WHEN 'running' THEN t.state = 'running'
     WHEN 'failed' THEN t.state = 'failed'
+    WHEN 'waiting' THEN t.state = 'waiting'
     ELSE true
   END
 ORDER BY t.id

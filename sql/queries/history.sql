@@ -4,13 +4,13 @@
 
 -- fragment: KeepFinished
 -- Copies each row of the CTE `finished` (id, state, queue, name, key,
--- attempts, enqueued_at, payload, last_error, result, keep) whose `keep` (an
+-- attempts, enqueued_at, payload, last_error, result, keep, flow_id) whose `keep` (an
 -- interval) is set into the history's current slot, expiring after `keep`;
 -- in the statement that ends the task, so a task is in one table or the
 -- other, never both nor neither. Wakes the waiters of every finished row.
 kept AS (
-  INSERT INTO pgbg.history (id, slot, state, queue, name, key, attempts, enqueued_at, finished_at, expires_at, payload, last_error, result)
-  SELECT f.id, r.slot, f.state, f.queue, f.name, f.key, f.attempts, f.enqueued_at, now(), now() + f.keep, f.payload, f.last_error, f.result
+  INSERT INTO pgbg.history (id, slot, state, queue, name, key, attempts, enqueued_at, finished_at, expires_at, payload, last_error, result, flow_id)
+  SELECT f.id, r.slot, f.state, f.queue, f.name, f.key, f.attempts, f.enqueued_at, now(), now() + f.keep, f.payload, f.last_error, f.result, f.flow_id
   FROM finished f CROSS JOIN pgbg.history_rotation r
   WHERE f.keep IS NOT NULL
   RETURNING id
@@ -21,7 +21,7 @@ kept AS (
 -- A cancelled task as KeepFinished takes it (from a DELETE of pgbg.task t):
 -- kept for its definition's retention of completed tasks, without result.
 t.id, 'cancelled'::text AS state, t.queue, t.name, t.key, t.attempts, t.enqueued_at, t.payload, t.last_error,
-    NULL::jsonb AS result, t.keep_completed AS keep
+    NULL::jsonb AS result, t.keep_completed AS keep, t.flow_id
 
 -- fragment: WakeWaiters
 -- Notifies the waiters (waitForResult) of the tasks of `finished`, on the
@@ -47,7 +47,7 @@ WITH finished AS (
   ))
     AND t.id = c.id AND t.lease_token = c.token AND t.worker_id IS NOT NULL AND t.lease_expires_at IS NOT NULL
   RETURNING t.id, 'completed'::text AS state, t.queue, t.name, t.key, t.attempts, t.enqueued_at, t.payload, t.last_error,
-    c.result::jsonb AS result, c.keep_ms * interval '1 millisecond' AS keep
+    c.result::jsonb AS result, c.keep_ms * interval '1 millisecond' AS keep, t.flow_id
 ),
 {{KeepFinished}}
 SELECT id FROM finished WHERE (SELECT count(*) FROM kept) + (SELECT count(*) FROM woken) >= 0;
@@ -61,7 +61,7 @@ WITH finished AS (
   DELETE FROM pgbg.task t
   WHERE t.id = $1 AND t.lease_token = $2 AND t.state = 'running'
   RETURNING t.id, 'completed'::text AS state, t.queue, t.name, t.key, t.attempts, t.enqueued_at, t.payload, t.last_error,
-    $3::text::jsonb AS result, $4::float8 * interval '1 millisecond' AS keep
+    $3::text::jsonb AS result, $4::float8 * interval '1 millisecond' AS keep, t.flow_id
 ),
 {{KeepFinished}}
 SELECT id FROM finished WHERE (SELECT count(*) FROM kept) + (SELECT count(*) FROM woken) >= 0;

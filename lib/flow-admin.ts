@@ -1,0 +1,106 @@
+/**
+ * `getFlow` and `cancelFlow`: a flow's or batch's tasks with their states
+ * and dependencies, and its cancel.
+ *
+ * @module
+ */
+import { cancelByIds, type CancelResult, isTaskId, type TaskState } from "./admin.ts";
+import { type AdminOptions, schemaOf } from "./admin-options.ts";
+import type { DatabaseClient } from "./client.ts";
+import { InvalidOptionsError } from "./errors.ts";
+import type { OnParentFailure } from "./flow.ts";
+import { formatValue } from "./options.ts";
+import { run } from "./statements.ts";
+
+/** One task of a flow as {@link getFlow} shows it. */
+export interface FlowTaskInfo {
+  id: string;
+  name: string | null;
+  queue: string | null;
+  /**
+   * Its state, or `finished` for a task of the flow that left the queue
+   * without being kept (it completed, or was cancelled; a task keeps its
+   * end for its retention when it has a result schema or a `retention`).
+   */
+  state: TaskState | "finished";
+  attempts: number | null;
+  /** The tasks it waits for (a flow's; a batch's completion task waits for every member, not listed). */
+  parents: string[];
+  /** Of its parents, how many have not ended yet (while `waiting`). */
+  waitingOn: number | null;
+  lastError: Record<string, unknown> | null;
+  /** Its result, while kept. */
+  result: unknown;
+}
+
+/** A flow or batch, as {@link getFlow} returns it. */
+export interface FlowInfo {
+  id: string;
+  kind: "flow" | "batch";
+  onParentFailure: OnParentFailure;
+  /** Tasks enqueued in it (a batch's members, without its completion task). */
+  size: number;
+  /** A batch's completion task. */
+  then: string | null;
+  createdAt: Date;
+  /** A flow's tasks, each known one; a batch's pending members, kept ones and its completion task. */
+  tasks: FlowTaskInfo[];
+}
+
+interface FlowRow {
+  id: unknown;
+  kind: "flow" | "batch";
+  on_parent_failure: OnParentFailure;
+  size: number;
+  then_id: unknown;
+  created_at: Date;
+  task_ids: unknown[] | null;
+  edges: unknown[] | null;
+  queued: Record<string, unknown>[];
+  kept: Record<string, unknown>[];
+}
+
+function flowId(where: string, id: unknown): string {
+  if (!isTaskId(id)) throw new InvalidOptionsError(`${where}: ${formatValue(id)} is not a flow id (the id enqueueFlow or enqueueBatch returned)`);
+  return id;
+}
+
+/** A flow or batch by its id, with its tasks' states and dependencies; null for an id not known. */
+export async function getFlow(db: DatabaseClient, id: string, options?: AdminOptions): Promise<FlowInfo | null> {
+  const schema = schemaOf("getFlow()", options);
+  const rows = await run<FlowRow>(db, schema, "GetFlow", [flowId("getFlow()", id)]);
+  if (!rows.length) return null;
+  const f = rows[0];
+  const parents = new Map<string, string[]>();
+  const edges = (f.edges ?? []).map(String);
+  for (let i = 0; i + 1 < edges.length; i += 2) parents.set(edges[i + 1], [...(parents.get(edges[i + 1]) ?? []), edges[i]]);
+  const byId = new Map<string, FlowTaskInfo>();
+  const info = (r: Record<string, unknown>): FlowTaskInfo => ({
+    id: String(r.id), name: r.name as string, queue: r.queue as string, state: r.state as TaskState, attempts: r.attempts as number,
+    parents: parents.get(String(r.id)) ?? [], waitingOn: (r.waitingOn as number | undefined) ?? null,
+    lastError: (r.lastError as Record<string, unknown> | null) ?? null, result: r.result ?? null,
+  });
+  for (const r of f.kept) byId.set(String(r.id), info(r));
+  for (const r of f.queued) byId.set(String(r.id), info(r));
+  for (const t of (f.task_ids ?? []).map(String)) {
+    if (!byId.has(t)) {
+      byId.set(t, { id: t, name: null, queue: null, state: "finished", attempts: null, parents: parents.get(t) ?? [], waitingOn: null, lastError: null, result: null });
+    }
+  }
+  const tasks = [...byId.values()].sort((a, b) => a.id.length - b.id.length || (a.id < b.id ? -1 : 1));
+  return {
+    id: String(f.id), kind: f.kind, onParentFailure: f.on_parent_failure, size: f.size, then: f.then_id === null ? null : String(f.then_id),
+    createdAt: f.created_at, tasks,
+  };
+}
+
+/**
+ * Cancels what has not ended of a flow or batch: its queued and waiting
+ * tasks are deleted (kept as cancelled when they keep their history), its
+ * running ones are stopped through their workers, as `cancel` does.
+ */
+export async function cancelFlow(db: DatabaseClient, id: string, options?: AdminOptions): Promise<CancelResult> {
+  const schema = schemaOf("cancelFlow()", options);
+  const rows = await run<{ id: unknown }>(db, schema, "FlowTaskIds", [flowId("cancelFlow()", id)]);
+  return cancelByIds(db, schema, rows.map((r) => String(r.id)));
+}

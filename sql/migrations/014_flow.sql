@@ -1,0 +1,150 @@
+-- 014_flow: tasks that wait for other tasks (flows), and batches with a
+-- completion task.
+--
+-- A task enqueued to run after others is `waiting` until every one of them
+-- has settled: it is in none of the claim's indexes (they hold `queued`
+-- rows only), so nothing claims it and no claim steps over it. Each edge
+-- is a row of pgbg.task_dependency, and its parent is marked (`dependants`).
+-- When a marked parent leaves the queue (its success deletes it, a cancel
+-- deletes it) or fails for good, a row trigger settles its waiting
+-- dependants in the same transaction: a child whose last parent succeeded
+-- is `queued` at once, due now. Nothing polls for it. The trigger's WHEN
+-- clause is false for every unmarked task, so the drain of tasks without
+-- dependants runs no trigger (bench/RESULTS.md, "Flows").
+--
+-- A trigger rather than a step of each statement that ends a task: every
+-- way a task ends (a worker's success, failure or cancel, ctx.complete(tx)
+-- in the app's transaction, an admin's cancel, the rescue of a dead
+-- worker's tasks, and the statements of a worker of the previous release
+-- during a rolling upgrade) settles the dependants alike.
+--
+-- A batch is a flow whose completion task depends on every member, and
+-- runs whatever became of them (policy `run`), told how many failed.
+
+ALTER TYPE pgbg.task_state ADD VALUE IF NOT EXISTS 'waiting';
+
+-- One row per enqueueFlow or enqueueBatch call.
+CREATE TABLE pgbg.flow (
+  id          bigint GENERATED ALWAYS AS IDENTITY,
+  created_at  timestamptz NOT NULL DEFAULT now(),
+  -- 'flow' or 'batch'.
+  kind        text NOT NULL,
+  -- What a waiting task does when a parent fails for good or is cancelled:
+  -- 'fail' (it fails too), 'cancel' (it is cancelled), 'run' (it runs once
+  -- its other parents settled, told which failed).
+  on_parent_failure text NOT NULL,
+  -- Tasks enqueued by the call (a batch's members, without its completion task).
+  size        integer NOT NULL,
+  -- A batch's completion task.
+  then_id     bigint,
+  -- A flow's tasks, and its edges as flat (parent, child) pairs: getFlow
+  -- draws the graph from them after its tasks left the queue. NULL for a
+  -- batch, whose members are many and alike.
+  task_ids    bigint[],
+  edges       bigint[],
+  CONSTRAINT flow_pkey PRIMARY KEY (id),
+  CONSTRAINT flow_kind CHECK (kind IN ('flow', 'batch')),
+  CONSTRAINT flow_on_parent_failure CHECK (on_parent_failure IN ('fail', 'cancel', 'run'))
+);
+
+-- Columns without a default: added without rewriting the table, and the
+-- previous release's statements, which never name them, go on working.
+ALTER TABLE pgbg.task
+  -- The flow or batch the task was enqueued in.
+  ADD COLUMN flow_id bigint,
+  -- The tasks it waits for, as enqueued (ctx.parentResults, getFlow).
+  ADD COLUMN parent_ids bigint[],
+  -- Of those, how many have not settled yet (`waiting` while above 0).
+  ADD COLUMN waiting_on integer,
+  -- Of those, the ones that failed for good or were cancelled (policy 'run').
+  ADD COLUMN failed_parents bigint[],
+  -- Some task waits for this one (its settling runs the trigger).
+  ADD COLUMN dependants boolean;
+
+-- The tasks of a flow (getFlow, cancelFlow): few rows have one.
+CREATE INDEX task_flow_idx ON pgbg.task (flow_id) WHERE flow_id IS NOT NULL;
+
+ALTER TABLE pgbg.history ADD COLUMN flow_id bigint;
+CREATE INDEX history_flow_idx ON pgbg.history (flow_id) WHERE flow_id IS NOT NULL;
+
+-- parent -> child, read and deleted when the parent settles.
+CREATE TABLE pgbg.task_dependency (
+  parent_id bigint NOT NULL,
+  child_id  bigint NOT NULL,
+  CONSTRAINT task_dependency_pkey PRIMARY KEY (parent_id, child_id)
+);
+
+-- Settles the waiting dependants of the task OLD, which just succeeded
+-- (deleted while running, its cancel not asked), was cancelled (deleted
+-- otherwise) or failed for good (updated to failed). A deleted failed task
+-- (pruned, or cancelled after it failed) settled them when it failed.
+-- Children are locked in id order, so two parents settling at once never
+-- wait on each other's children in opposite orders. Each statement here
+-- reads the committed state as it is now (READ COMMITTED takes a snapshot
+-- per statement), so a dependant that an enqueue added while this task ran
+-- is found: that enqueue locked this task's row, and the statement that
+-- ends the task waited for its commit. A child made `queued` wakes idle
+-- workers, as an enqueue does. A child failed or cancelled by its policy
+-- fires this trigger in turn, so the settling cascades down the graph.
+CREATE FUNCTION pgbg.task_settle_dependants() RETURNS trigger
+  LANGUAGE plpgsql AS $$
+DECLARE
+  outcome text := CASE
+    WHEN TG_OP = 'UPDATE' THEN 'failed'
+    WHEN OLD.state = 'running' AND OLD.cancel_requested_at IS NULL THEN 'completed'
+    ELSE 'cancelled' END;
+  child record;
+  released boolean := false;
+BEGIN
+  IF TG_OP = 'DELETE' AND OLD.state = 'failed' THEN
+    RETURN NULL;
+  END IF;
+  FOR child IN
+    SELECT c.id, c.waiting_on, coalesce(f.on_parent_failure, 'fail') AS policy
+    FROM pgbg.task c LEFT JOIN pgbg.flow f ON f.id = c.flow_id
+    WHERE c.id IN (SELECT d.child_id FROM pgbg.task_dependency d WHERE d.parent_id = OLD.id)
+      AND c.state = 'waiting'
+    ORDER BY c.id
+    FOR UPDATE OF c
+  LOOP
+    IF outcome = 'completed' OR child.policy = 'run' THEN
+      UPDATE pgbg.task SET
+        waiting_on = waiting_on - 1,
+        state = CASE WHEN waiting_on <= 1 THEN 'queued' ELSE 'waiting' END::pgbg.task_state,
+        run_at = CASE WHEN waiting_on <= 1 THEN now() ELSE run_at END,
+        failed_parents = CASE WHEN outcome = 'completed' THEN failed_parents ELSE array_append(failed_parents, OLD.id) END
+      WHERE id = child.id;
+      released := released OR child.waiting_on <= 1;
+    ELSIF child.policy = 'cancel' THEN
+      WITH gone AS (
+        DELETE FROM pgbg.task t WHERE t.id = child.id
+        RETURNING t.id, t.queue, t.name, t.key, t.attempts, t.enqueued_at, t.payload, t.keep_completed, t.flow_id
+      )
+      INSERT INTO pgbg.history (id, slot, state, queue, name, key, attempts, enqueued_at, finished_at, expires_at, payload, last_error, result, flow_id)
+      SELECT g.id, r.slot, 'cancelled', g.queue, g.name, g.key, g.attempts, g.enqueued_at, now(), now() + g.keep_completed, g.payload,
+        jsonb_build_object('name', 'ParentFailedError', 'code', 'PGBG_PARENT_FAILED',
+          'message', format('parent task %s %s', OLD.id, outcome)),
+        NULL, g.flow_id
+      FROM gone g CROSS JOIN pgbg.history_rotation r
+      WHERE g.keep_completed IS NOT NULL;
+    ELSE
+      UPDATE pgbg.task SET
+        waiting_on = waiting_on - 1, state = 'failed', failed_at = now(),
+        last_error = jsonb_build_object('name', 'ParentFailedError', 'code', 'PGBG_PARENT_FAILED',
+          'message', format('parent task %s %s', OLD.id, outcome))
+      WHERE id = child.id;
+    END IF;
+  END LOOP;
+  DELETE FROM pgbg.task_dependency WHERE parent_id = OLD.id;
+  IF released AND EXISTS (SELECT 1 FROM pgbg.worker WHERE idle) THEN
+    PERFORM pg_notify('pgbg:' || TG_TABLE_SCHEMA, '');
+  END IF;
+  RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER task_settled AFTER DELETE ON pgbg.task
+  FOR EACH ROW WHEN (OLD.dependants) EXECUTE FUNCTION pgbg.task_settle_dependants();
+CREATE TRIGGER task_failed_settled AFTER UPDATE OF state ON pgbg.task
+  FOR EACH ROW WHEN (OLD.dependants AND NEW.state = 'failed' AND OLD.state <> 'failed')
+  EXECUTE FUNCTION pgbg.task_settle_dependants();

@@ -1,0 +1,109 @@
+-- Statements of flows and batches: tasks that wait for other tasks
+-- (migration 014 says how they are stored and released).
+
+-- name: ReserveTaskIds
+-- $1 task ids drawn from the task table's own sequence, as one
+-- comma-separated text: a flow's edges name its tasks before they are
+-- inserted, so the insert writes each row once, complete.
+SELECT string_agg(nextval(pg_get_serial_sequence('pgbg.task', 'id'))::text, ',') AS ids
+FROM generate_series(1, $1::int);
+
+-- name: InsertFlow
+-- A flow or batch ($1 kind, $2 policy when a parent fails, $3 its tasks'
+-- count, $4 a batch's completion task, $5 and $6 a flow's task ids and its
+-- edges as flat (parent, child) pairs, kept for getFlow).
+INSERT INTO pgbg.flow (kind, on_parent_failure, size, then_id, task_ids, edges)
+VALUES ($1, $2, $3, $4, $5::bigint[], $6::bigint[])
+RETURNING id;
+
+-- name: MarkPendingParents
+-- The tasks among $1 that are pending (queued, waiting or running, their
+-- cancel not asked), marked as having dependants. The update locks them
+-- until the enqueue commits: a claim passes them by meanwhile, and the
+-- statement that ends one waits, then finds the new dependants
+-- (pgbg.task_settle_dependants). Locked in id order.
+UPDATE pgbg.task t SET dependants = true
+FROM (SELECT id FROM pgbg.task WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE) p
+WHERE t.id = p.id AND t.state <> 'failed' AND t.cancel_requested_at IS NULL
+RETURNING t.id;
+
+-- name: SucceededParents
+-- The tasks among $1 that succeeded and are still kept in the history: a
+-- dependency on one is met already.
+SELECT h.id FROM pgbg.history h
+WHERE h.id = ANY($1::bigint[]) AND h.state = 'completed' AND h.expires_at > now();
+
+-- name: EnqueueFlowTasks
+-- The tasks of one flow or batch, with the ids ReserveTaskIds drew ($1),
+-- one row per element of each array: $2 queues, $3 names, $4 payloads
+-- (JSON texts joined by line feeds, as EnqueueMany), $5 priorities, $6
+-- run_at (NULL: now plus $7 ms), $8 max attempts, $9 versions, $10 onFailed
+-- (1/0), $11 and $12 retentions in ms, $13 groups, $14 the trace context,
+-- $15 the flow. $16 and $17: the edges (parent, child), $18 1 where the
+-- parent is still pending (an edge to wait on), 0 where it succeeded
+-- already. A task with an edge to wait on is `waiting`, the others
+-- `queued`; a task that is a parent is marked. The edges to wait on are
+-- inserted in the same statement.
+WITH e AS (
+  SELECT * FROM unnest($16::bigint[], $17::bigint[], $18::smallint[]) AS e (parent_id, child_id, pending)
+),
+per_child AS (
+  SELECT child_id, array_agg(parent_id ORDER BY parent_id) AS parents, count(*) FILTER (WHERE pending = 1)::int AS waiting
+  FROM e GROUP BY child_id
+),
+inserted AS (
+  INSERT INTO pgbg.task (id, queue, name, payload, priority, run_at, max_attempts, input_version, on_failed, keep_completed, keep_failed,
+    group_name, trace_context, flow_id, state, parent_ids, waiting_on, dependants)
+  OVERRIDING SYSTEM VALUE
+  SELECT i.id, i.queue, i.name, i.payload::jsonb, i.priority,
+    coalesce(i.run_at, now() + i.delay_ms * interval '1 millisecond'), i.max_attempts, i.version, i.on_failed = 1,
+    i.keep_completed * interval '1 millisecond', i.keep_failed * interval '1 millisecond', i.group_name, $14, $15,
+    CASE WHEN coalesce(p.waiting, 0) > 0 THEN 'waiting' ELSE 'queued' END::pgbg.task_state,
+    p.parents, p.waiting, CASE WHEN i.id IN (SELECT parent_id FROM e WHERE pending = 1) THEN true END
+  FROM ROWS FROM (unnest($1::bigint[]), unnest($2::text[]), unnest($3::text[]), string_to_table($4::text, E'\n'),
+      unnest($5::smallint[]), unnest($6::timestamptz[]), unnest($7::float8[]), unnest($8::integer[]), unnest($9::integer[]),
+      unnest($10::smallint[]), unnest($11::float8[]), unnest($12::float8[]), unnest($13::text[]))
+    AS i (id, queue, name, payload, priority, run_at, delay_ms, max_attempts, version, on_failed, keep_completed, keep_failed, group_name)
+  LEFT JOIN per_child p ON p.child_id = i.id
+  ORDER BY i.id
+  RETURNING id
+),
+edges AS (
+  INSERT INTO pgbg.task_dependency (parent_id, child_id)
+  SELECT parent_id, child_id FROM e WHERE pending = 1
+  ORDER BY parent_id, child_id
+  RETURNING parent_id
+)
+SELECT (SELECT count(*) FROM inserted)::int AS tasks, (SELECT count(*) FROM edges)::int AS edges;
+
+-- name: ParentResults
+-- The results of task $1's parents that succeeded and are kept (a parent
+-- keeps its result for its result retention), in id order.
+SELECT h.id, h.name, h.result FROM pgbg.history h
+WHERE h.id = ANY ((SELECT t.parent_ids FROM pgbg.task t WHERE t.id = $1)::bigint[])
+  AND h.state = 'completed' AND h.expires_at > now()
+ORDER BY h.id;
+
+-- name: BatchOutcome
+-- What became of the members of the batch whose completion task is $1:
+-- its size and the members that failed for good or were cancelled.
+SELECT f.id, f.size, coalesce(t.failed_parents, '{}') AS failed_ids
+FROM pgbg.task t JOIN pgbg.flow f ON f.id = t.flow_id AND f.then_id = t.id
+WHERE t.id = $1;
+
+-- name: GetFlow
+-- Flow $1 and its tasks: those still in the queue (with the parents each
+-- waits for) and those kept in the history.
+SELECT f.id, f.kind, f.on_parent_failure, f.size, f.then_id, f.created_at, f.task_ids, f.edges,
+  ARRAY(SELECT jsonb_build_object('id', t.id::text, 'name', t.name, 'queue', t.queue, 'state', t.state::text,
+      'attempts', t.attempts, 'waitingOn', t.waiting_on, 'lastError', t.last_error)
+    FROM pgbg.task t WHERE t.flow_id = f.id ORDER BY t.id) AS queued,
+  ARRAY(SELECT jsonb_build_object('id', h.id::text, 'name', h.name, 'queue', h.queue, 'state', h.state,
+      'attempts', h.attempts, 'lastError', h.last_error, 'result', h.result)
+    FROM pgbg.history h WHERE h.flow_id = f.id AND h.expires_at > now() ORDER BY h.id) AS kept
+FROM pgbg.flow f
+WHERE f.id = $1;
+
+-- name: FlowTaskIds
+-- The pending tasks of flow $1, for its cancel.
+SELECT t.id FROM pgbg.task t WHERE t.flow_id = $1 AND t.state <> 'failed' ORDER BY t.id;
