@@ -6,8 +6,8 @@
  */
 import { fileURLToPath } from "node:url";
 import process from "node:process";
-import { enqueue, enqueueMany, migrate, setGroupConcurrency, setQueueConcurrency, setQueueRateLimit, VERSION } from "../mod.ts";
-import { latency as latencyTask, latencyGrouped, noop, noopGrouped, noopResult } from "./tasks.js";
+import { enqueue, enqueueBatch, enqueueFlow, enqueueMany, flowTask, migrate, setGroupConcurrency, setQueueConcurrency, setQueueRateLimit, VERSION } from "../mod.ts";
+import { batchDone, latency as latencyTask, latencyGrouped, noop, noopGrouped, noopResult } from "./tasks.js";
 import { type Child, CpuMeter, type Database, inFlight, type Server, since, start, stop, treeCpu, waitFor } from "./harness.ts";
 import type { DrainResult, Subject } from "./subject.ts";
 
@@ -26,7 +26,7 @@ export interface ServeSetting {
  * tasks, kept an hour), or the completed history of `noop` tasks
  * (`--completed-retention 1h`).
  */
-export type Keeping = "nothing" | "results" | "retention";
+export type Keeping = "nothing" | "results" | "retention" | "batch";
 
 /** Starts `pgbg serve` on `db` and waits until its workers are idle. */
 export async function serve(db: Database, setting: ServeSetting, extra: string[] = []): Promise<Child> {
@@ -74,9 +74,14 @@ export async function hostInProcess(db: Database, setting: ServeSetting): Promis
 /**
  * Queues `n` no-op tasks (with a result, when `keeping` them) in one
  * transaction, so that they appear at once; with `groups`, no-op tasks of
- * those many groups (task i in group "g" + i mod groups).
+ * those many groups (task i in group "g" + i mod groups); `batch`: as
+ * one batch with a completion task (which the drain waits for too).
  */
 async function queueAtOnce(db: Database, n: number, keeping: Keeping = "nothing", groups = 0): Promise<void> {
+  if (keeping === "batch") {
+    await enqueueBatch(db.sql, noop, Array.from({ length: n }, (_, i) => ({ i })), { then: flowTask(batchDone, {}) });
+    return;
+  }
   await db.sql.begin(async (tx) => {
     for (let done = 0; done < n; done += 10_000) {
       const indexes = Array.from({ length: Math.min(10_000, n - done) }, (_, i) => done + i);
@@ -286,4 +291,21 @@ export async function measureLatency(service: Child, samples: number, enqueueOne
   }
   service.child.stdout!.off("data", onData);
   return latencies;
+}
+
+/**
+ * The time (ms) to enqueue `n` no-op tasks in one call: enqueueMany, one
+ * batch with a completion task, or one flow of a root and n - 1 children
+ * waiting for it.
+ */
+export async function timeFlowEnqueue(db: Database, n: number, kind: "many" | "batch" | "flow"): Promise<number> {
+  const inputs = Array.from({ length: n }, (_, i) => ({ i }));
+  const flow = kind === "flow"
+    ? Object.fromEntries(inputs.map((input, i) => [`t${i}`, flowTask(noop, input, i ? { dependsOn: ["t0"] } : {})]))
+    : {};
+  const t0 = performance.now();
+  if (kind === "many") await enqueueMany(db.sql, noop, inputs);
+  else if (kind === "batch") await enqueueBatch(db.sql, noop, inputs, { then: flowTask(batchDone, {}) });
+  else await enqueueFlow(db.sql, flow);
+  return performance.now() - t0;
 }

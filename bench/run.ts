@@ -4,7 +4,7 @@
  * the machine, runtime, PostgreSQL version and settings, to
  * bench/results/<date>-<host>.json.
  *
- * Usage: npm run bench -- [--quick] [--only enqueue,dequeue,latency,depth] [--peers graphile-worker,pg-boss|none]
+ * Usage: npm run bench -- [--quick] [--only enqueue,dequeue,groups,flows,latency,depth] [--peers graphile-worker,pg-boss|none]
  *        npm run bench -- --pressure [--rate 800] [--in-flight 32] [--peers …|none] [--scale 1] [--full]   (bench/pressure.ts)
  * Uses DATABASE_URL, or starts an embedded PostgreSQL.
  */
@@ -15,7 +15,7 @@ import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { type Database, freshDatabase, median, note, percentile, progress, startServer } from "./harness.ts";
 import { depth } from "./depth.ts";
-import { drainGrouped, drainInProcess, drainLimited, drainRated, drainWith, pgbgSubject, type ServeSetting, startBehindBacklog } from "./pgbg.ts";
+import { drainGrouped, timeFlowEnqueue, drainInProcess, drainLimited, drainRated, drainWith, pgbgSubject, type ServeSetting, startBehindBacklog } from "./pgbg.ts";
 import { rawDrain, rawInsertCopy, rawInsertSingle, rawInsertUnnest, setupRaw } from "./raw.ts";
 import { type DrainResult, medianRun, spread, type Subject } from "./subject.ts";
 import { renderTable, type Row } from "./table.ts";
@@ -33,7 +33,7 @@ const { values: args } = parseArgs({
     peers: { type: "string" },
   },
 });
-const sections = new Set((args.only ?? "enqueue,dequeue,groups,latency,depth").split(","));
+const sections = new Set((args.only ?? "enqueue,dequeue,groups,flows,latency,depth").split(","));
 const quick = args.quick;
 
 /** How much work each measurement does; --quick divides it for a smoke run. */
@@ -179,6 +179,8 @@ try {
     await fairness(pgbg, best);
   }
 
+  if (sections.has("flows")) await flowBench(pgbg, size.drain, bestOf?.best ?? sweep[0]);
+
   if (sections.has("latency")) {
     for (const subject of subjects) {
       progress(`latency · ${subject.name}`);
@@ -299,6 +301,47 @@ async function ratedDrain(pgbg: Subject, setting: ServeSetting): Promise<void> {
   record({
     section: "dequeue", case: `drain ${n.toLocaleString("en")} rate-limited to ${perSecond.toLocaleString("en")}/s`, subject: "pgbg", value, unit: "tasks/s",
     detail: `${result.setting}; ${(value / perSecond).toFixed(3)} of its limit (after the first second's ${perSecond.toLocaleString("en")}); ${spread(runs)}`,
+  });
+}
+
+/**
+ * Flows and batches (issue: flows): the enqueue of `n` tasks as one batch
+ * with a completion task and as one flow (a root and n - 1 children that
+ * wait for it), against enqueueMany of as many, in one transaction each;
+ * then the served drain of a batch of `n` with its completion task against
+ * the plain drain of `n`, alternating, on fresh databases, medians.
+ */
+async function flowBench(pgbg: Subject, n: number, best: ServeSetting): Promise<void> {
+  const times: Record<"many" | "batch" | "flow", number[]> = { many: [], batch: [], flow: [] };
+  for (let round = 0; round < size.drainRepeats; round++) {
+    for (const kind of ["many", "batch", "flow"] as const) {
+      progress(`flows · enqueue ${kind} · run ${round + 1}`);
+      times[kind].push(await onFreshDatabase("pgbg_flows", (db) => pgbg.setup(db), (db) => timeFlowEnqueue(db, n, kind)));
+    }
+  }
+  const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+  for (const kind of ["many", "batch", "flow"] as const) {
+    const label = { many: "enqueueMany", batch: "enqueueBatch (and its completion task)", flow: "enqueueFlow (a root and its children)" }[kind];
+    record({
+      section: "flows", case: `${label}, ${n.toLocaleString("en")} tasks in one call`, subject: "pgbg", value: median(times[kind]), unit: "ms",
+      detail: `median of ${times[kind].length}: ${times[kind].map((t) => t.toFixed(0)).join(", ")} ms; target ≤ 3,000 ms`,
+    });
+  }
+  const plain: DrainResult[] = [];
+  const batch: DrainResult[] = [];
+  while (batch.length < size.drainRepeats) {
+    progress(`flows · drain plain · run ${plain.length + 1}`);
+    plain.push(await onFreshDatabase("pgbg_flows", (db) => pgbg.setup(db), (db) => drainWith(db, server, n, best)));
+    progress(`flows · drain batch · run ${batch.length + 1}`);
+    batch.push(await onFreshDatabase("pgbg_flows", (db) => pgbg.setup(db), (db) => drainWith(db, server, n, best, "batch")));
+  }
+  const p = medianRun(plain);
+  const b = medianRun(batch);
+  const [pv, bv] = [p.jobs / p.seconds, b.jobs / b.seconds];
+  record({ section: "flows", case: `drain ${n.toLocaleString("en")}, independent`, subject: "pgbg", value: pv, unit: "tasks/s", detail: `${p.setting}; ${spread(plain)}; CPU s/1k: server ${perThousand(p.serverCpu, p.jobs)}` });
+  record({
+    section: "flows", case: `drain ${n.toLocaleString("en")}, one batch with a completion task`, subject: "pgbg", value: bv, unit: "tasks/s",
+    detail: `${b.setting}; ${(bv / pv).toFixed(2)} of independent (target ≥ 0.8); ${spread(batch)}; CPU s/1k: server ${perThousand(b.serverCpu, b.jobs)}`,
   });
 }
 

@@ -14,3 +14,5 @@ type GroupedInput = v.ObjectSchema<{ i: v.NumberSchema<undefined>; g: v.StringSc
 export declare const noopGrouped: Task<GroupedInput>;
 /** Prints when it started, in the group its input names. */
 export declare const latencyGrouped: Task<GroupedInput>;
+/** A batch's completion task: does nothing. */
+export declare const batchDone: Task<v.ObjectSchema<{}, undefined>>;

@@ -20,6 +20,13 @@ export const noopResult = defineTask({
   run: (input) => input.i,
 });
 
+/** A batch's completion task: runs once its members all ended (the drain of a batch). */
+export const batchDone = defineTask({
+  name: "batch-done",
+  schema: v.object({}),
+  run() {},
+});
+
 /** Does nothing, in the group its input names (g): the drains with groups. */
 export const noopGrouped = defineTask({
   name: "noop-grouped",

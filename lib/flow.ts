@@ -137,8 +137,8 @@ export async function enqueueBatch<T extends AnyTask>(
   options: EnqueueBatchOptions,
 ): Promise<EnqueuedBatch> {
   checkTaskOnce(task);
-  if (!Array.isArray(inputs) || !inputs.length || inputs.length >= MAX_BATCH_INPUTS) {
-    throw new InvalidOptionsError(`enqueueBatch(): inputs must be an array of 1 to ${MAX_BATCH_INPUTS - 1} inputs`);
+  if (!Array.isArray(inputs) || !inputs.length || inputs.length > MAX_BATCH_INPUTS) {
+    throw new InvalidOptionsError(`enqueueBatch(): inputs must be an array of 1 to ${MAX_BATCH_INPUTS} inputs`);
   }
   const opts = checkOptions<EnqueueBatchOptions>("enqueueBatch()", options, batchChecks);
   if (!opts.then) throw new InvalidOptionsError("enqueueBatch(): option \"then\" (the completion task, made with flowTask) is required");
@@ -152,8 +152,7 @@ export async function enqueueBatch<T extends AnyTask>(
     rows[i] = { task, s, payload: encodePayload(task.name, inputs[i], s.maxPayloadBytes, i), group: task.group ? taskGroup(task, inputs[i], i) : null };
   }
   rows[inputs.length] = await flowRow("enqueueBatch(): then", then);
-  const edges: [number, number][] = inputs.map((_, i) => [i, inputs.length]);
-  const written = await inTransaction(db, (tx) => writeFlow(tx, { kind: "batch", policy: "run", rows, edges, schema: s.schema, then: inputs.length }));
+  const written = await inTransaction(db, (tx) => writeFlow(tx, { kind: "batch", policy: "run", rows, edges: [], schema: s.schema, then: inputs.length }));
   return { id: written.flow, members: written.ids.slice(0, inputs.length), then: written.ids[inputs.length] };
 }
 
@@ -257,6 +256,7 @@ async function writeFlow(tx: DatabaseClient, w: FlowWrite): Promise<{ flow: stri
     rows.map((r) => r.s.version), rows.map((r) => (r.s.onFailed ? 1 : 0)), rows.map((r) => r.s.retention[0]), rows.map((r) => r.s.retention[1]),
     rows.map((r) => r.group), isThenable(trace) ? await trace : trace, flow,
     edges.map(([p]) => idOf(p)), edges.map(([, c]) => ids[c]), edges.map(([p]) => (typeof p === "number" || pendingIds.has(p) ? 1 : 0)),
+    w.then >= 0 ? ids[w.then] : null, rows.length - 1,
   ]);
   return { flow: String(flow), ids };
 }

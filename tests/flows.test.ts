@@ -160,6 +160,55 @@ describe("flows", () => {
     assert.equal((await logOf(running.tasks.grandchild)).length, 1, "run: and its child after it");
   });
 
+  test("ctx.complete(tx) releases the child in the app's transaction: rolled back, the child still waits", async () => {
+    await clean();
+    const parent = defineTask({
+      name: "parent-tx",
+      schema: v.object({}),
+      async run(_input, ctx) {
+        const [{ child }] = await sql`SELECT child_id::text AS child FROM pgbg.task_dependency WHERE parent_id = ${ctx.id}`;
+        await sql.begin(async (tx) => {
+          await ctx.complete(tx);
+          const [c] = await tx`SELECT state::text FROM pgbg.task WHERE id = ${child}`;
+          await sql`INSERT INTO flow_log (task_id, name, note) VALUES (${ctx.id}, 'parent', ${sql.json({ attempt: ctx.attempt, childInTx: c.state })})`;
+          if (ctx.attempt === 1) throw new Error("roll back the first attempt's transaction");
+        });
+      },
+    });
+    const flow = await enqueueFlow(sql, { p: flowTask(parent, {}), c: flowTask(step, { value: 1 }, { dependsOn: ["p"] }) });
+    await drain(sql, { tasks: [parent, step], retryDelay: 0, logger: quiet });
+    assert.deepEqual(await logOf(flow.tasks.p), [{ attempt: 1, childInTx: "queued" }, { attempt: 2, childInTx: "queued" }]);
+    const child = await logOf(flow.tasks.c);
+    assert.equal(child.length, 1);
+    assert.equal(child[0].pendingParents, 0);
+  });
+
+  test("a dependant enqueued while its parent runs is released by the parent's end", async () => {
+    await clean();
+    await sql`CREATE TABLE IF NOT EXISTS flow_gate (open boolean)`;
+    await sql`DELETE FROM flow_gate`;
+    const gated = defineTask({
+      name: "gated",
+      schema: v.object({}),
+      async run() {
+        while (!(await sql`SELECT 1 FROM flow_gate WHERE open`).length) await new Promise((r) => setTimeout(r, 20));
+      },
+    });
+    const first = await enqueue(sql, gated, {});
+    const worker = createWorker(sql, { tasks: [gated, step], concurrency: 2, checkInterval: 200, logger: quiet });
+    await worker.start();
+    try {
+      await until(async () => (await getTask(sql, first))?.state, (state) => state === "running", 30_000, "the parent to start");
+      const flow = await enqueueFlow(sql, { after: flowTask(step, { value: 5 }, { dependsOn: [{ id: first }] }) });
+      assert.equal((await getTask(sql, flow.tasks.after))?.state, "waiting");
+      await sql`INSERT INTO flow_gate VALUES (true)`;
+      await until(() => logOf(flow.tasks.after), (log) => log.length === 1, 30_000, "the dependant to run");
+      assert.equal((await logOf(flow.tasks.after))[0].pendingParents, 0);
+    } finally {
+      await worker.stop();
+    }
+  });
+
   test("cancelFlow cancels what has not run and stops what runs", async () => {
     await clean();
     const slow = defineTask({

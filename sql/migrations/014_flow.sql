@@ -18,8 +18,14 @@
 -- worker's tasks, and the statements of a worker of the previous release
 -- during a rolling upgrade) settles the dependants alike.
 --
--- A batch is a flow whose completion task depends on every member, and
--- runs whatever became of them (policy `run`), told how many failed.
+-- A batch is many members and one completion task that runs once they all
+-- ended, however (policy `run`), told which failed. Its members are not
+-- parents with edges: a row trigger costs about 0.1 ms a task (measured in
+-- bench/RESULTS.md, "Flows"), too much for a 100,000-member drain. Each
+-- member names its completion task (`batch_then`), and the statements that
+-- end tasks count a batch's members once per statement
+-- (pgbg.count_batch_members): one update of the completion task's row per
+-- statement, not per member.
 
 ALTER TYPE pgbg.task_state ADD VALUE IF NOT EXISTS 'waiting';
 
@@ -59,7 +65,9 @@ ALTER TABLE pgbg.task
   -- Of those, the ones that failed for good or were cancelled (policy 'run').
   ADD COLUMN failed_parents bigint[],
   -- Some task waits for this one (its settling runs the trigger).
-  ADD COLUMN dependants boolean;
+  ADD COLUMN dependants boolean,
+  -- A batch member: its batch's completion task, counted down as it ends.
+  ADD COLUMN batch_then bigint;
 
 -- The tasks of a flow (getFlow, cancelFlow): few rows have one.
 CREATE INDEX task_flow_idx ON pgbg.task (flow_id) WHERE flow_id IS NOT NULL;
@@ -94,20 +102,25 @@ DECLARE
     WHEN OLD.state = 'running' AND OLD.cancel_requested_at IS NULL THEN 'completed'
     ELSE 'cancelled' END;
   child record;
+  policy text;
   released boolean := false;
 BEGIN
   IF TG_OP = 'DELETE' AND OLD.state = 'failed' THEN
     RETURN NULL;
   END IF;
+  -- Each edge of OLD, then its child by primary key: a join the planner
+  -- cannot turn into a scan of the task table, whatever its estimates.
   FOR child IN
-    SELECT c.id, c.waiting_on, coalesce(f.on_parent_failure, 'fail') AS policy
-    FROM pgbg.task c LEFT JOIN pgbg.flow f ON f.id = c.flow_id
-    WHERE c.id IN (SELECT d.child_id FROM pgbg.task_dependency d WHERE d.parent_id = OLD.id)
-      AND c.state = 'waiting'
+    SELECT c.id, c.waiting_on, c.flow_id
+    FROM pgbg.task_dependency d JOIN pgbg.task c ON c.id = d.child_id
+    WHERE d.parent_id = OLD.id AND c.state = 'waiting'
     ORDER BY c.id
     FOR UPDATE OF c
   LOOP
-    IF outcome = 'completed' OR child.policy = 'run' THEN
+    IF outcome <> 'completed' THEN
+      SELECT coalesce((SELECT f.on_parent_failure FROM pgbg.flow f WHERE f.id = child.flow_id), 'fail') INTO policy;
+    END IF;
+    IF outcome = 'completed' OR policy = 'run' THEN
       UPDATE pgbg.task SET
         waiting_on = waiting_on - 1,
         state = CASE WHEN waiting_on <= 1 THEN 'queued' ELSE 'waiting' END::pgbg.task_state,
@@ -115,7 +128,7 @@ BEGIN
         failed_parents = CASE WHEN outcome = 'completed' THEN failed_parents ELSE array_append(failed_parents, OLD.id) END
       WHERE id = child.id;
       released := released OR child.waiting_on <= 1;
-    ELSIF child.policy = 'cancel' THEN
+    ELSIF policy = 'cancel' THEN
       WITH gone AS (
         DELETE FROM pgbg.task t WHERE t.id = child.id
         RETURNING t.id, t.queue, t.name, t.key, t.attempts, t.enqueued_at, t.payload, t.keep_completed, t.flow_id
@@ -148,3 +161,41 @@ CREATE TRIGGER task_settled AFTER DELETE ON pgbg.task
 CREATE TRIGGER task_failed_settled AFTER UPDATE OF state ON pgbg.task
   FOR EACH ROW WHEN (OLD.dependants AND NEW.state = 'failed' AND OLD.state <> 'failed')
   EXECUTE FUNCTION pgbg.task_settle_dependants();
+
+-- Counts down the completion tasks `then_ids` of the batch members
+-- `member_ids` that just ended (failed for good or cancelled when `failed`,
+-- those then listed in its failed_parents). Called once per statement that
+-- ends tasks, with that statement's members: one update of each completion
+-- task's row, locked in id order. A completion task whose count reaches 0 is
+-- queued, due now, and idle workers are woken.
+CREATE FUNCTION pgbg.count_batch_members(then_ids bigint[], member_ids bigint[], failed boolean) RETURNS integer
+  LANGUAGE plpgsql AS $$
+DECLARE
+  r record;
+  released boolean := false;
+BEGIN
+  FOR r IN
+    SELECT c.id, c.waiting_on, m.n, m.members
+    FROM (
+      SELECT x.then_id, count(*)::int AS n, array_agg(x.member_id ORDER BY x.member_id) AS members
+      FROM unnest(then_ids, member_ids) AS x (then_id, member_id)
+      GROUP BY x.then_id
+    ) m JOIN pgbg.task c ON c.id = m.then_id
+    WHERE c.state = 'waiting'
+    ORDER BY c.id
+    FOR UPDATE OF c
+  LOOP
+    UPDATE pgbg.task SET
+      waiting_on = waiting_on - r.n,
+      state = CASE WHEN waiting_on <= r.n THEN 'queued' ELSE 'waiting' END::pgbg.task_state,
+      run_at = CASE WHEN waiting_on <= r.n THEN now() ELSE run_at END,
+      failed_parents = CASE WHEN failed THEN coalesce(failed_parents, '{}') || r.members ELSE failed_parents END
+    WHERE id = r.id;
+    released := released OR r.waiting_on <= r.n;
+  END LOOP;
+  IF released AND EXISTS (SELECT 1 FROM pgbg.worker WHERE idle) THEN
+    PERFORM pg_notify('pgbg:' || (SELECT n.nspname FROM pg_class k JOIN pg_namespace n ON n.oid = k.relnamespace WHERE k.oid = 'pgbg.task'::regclass), '');
+  END IF;
+  RETURN 0;
+END
+$$;

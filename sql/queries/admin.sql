@@ -102,8 +102,10 @@ LIMIT $3;
 -- Queues failed tasks again, due now, with their attempts and snoozes reset (a retried
 -- task gets all its attempts again; last_error stays until the next one).
 -- $1 ids, or NULL for every failed task; $2 task name or NULL. A task whose
--- key another pending task holds now is left failed (task_key_idx).
-UPDATE pgbg.task t SET state = 'queued', run_at = now(), failed_at = NULL, attempts = 0, snoozes = 0
+-- key another pending task holds now is left failed (task_key_idx). A
+-- batch member was counted as failed by its batch: retried, it is no
+-- longer its member (its end is not counted twice).
+UPDATE pgbg.task t SET state = 'queued', run_at = now(), failed_at = NULL, attempts = 0, snoozes = 0, batch_then = NULL
 WHERE t.state = 'failed' AND t.cancel_requested_at IS NULL
   AND ($1::bigint[] IS NULL OR t.id = ANY($1::bigint[]))
   AND ($2::text IS NULL OR t.name = $2::text)
@@ -123,8 +125,9 @@ WITH finished AS (
   RETURNING {{CancelledColumns}}
 ),
 {{KeepFinished}},
+{{CountBatch:true}},
 deleted AS (
-  SELECT id, 'deleted'::text AS outcome FROM finished WHERE (SELECT count(*) FROM kept) + (SELECT count(*) FROM woken) >= 0
+  SELECT id, 'deleted'::text AS outcome FROM finished WHERE (SELECT count(*) FROM kept) + (SELECT count(*) FROM woken) + (SELECT count(*) FROM batch_counted) >= 0
 ),
 signalled AS (
   UPDATE pgbg.task SET cancel_requested_at = coalesce(cancel_requested_at, now())

@@ -43,7 +43,9 @@ WHERE h.id = ANY($1::bigint[]) AND h.state = 'completed' AND h.expires_at > now(
 -- parent is still pending (an edge to wait on), 0 where it succeeded
 -- already. A task with an edge to wait on is `waiting`, the others
 -- `queued`; a task that is a parent is marked. The edges to wait on are
--- inserted in the same statement.
+-- inserted in the same statement. A batch has no edges: $19 is its
+-- completion task, `waiting` for its $20 members, each of which names it
+-- (batch_then); NULL for a flow.
 WITH e AS (
   SELECT * FROM unnest($16::bigint[], $17::bigint[], $18::smallint[]) AS e (parent_id, child_id, pending)
 ),
@@ -53,13 +55,15 @@ per_child AS (
 ),
 inserted AS (
   INSERT INTO pgbg.task (id, queue, name, payload, priority, run_at, max_attempts, input_version, on_failed, keep_completed, keep_failed,
-    group_name, trace_context, flow_id, state, parent_ids, waiting_on, dependants)
+    group_name, trace_context, flow_id, state, parent_ids, waiting_on, dependants, batch_then)
   OVERRIDING SYSTEM VALUE
   SELECT i.id, i.queue, i.name, i.payload::jsonb, i.priority,
     coalesce(i.run_at, now() + i.delay_ms * interval '1 millisecond'), i.max_attempts, i.version, i.on_failed = 1,
     i.keep_completed * interval '1 millisecond', i.keep_failed * interval '1 millisecond', i.group_name, $14, $15,
-    CASE WHEN coalesce(p.waiting, 0) > 0 THEN 'waiting' ELSE 'queued' END::pgbg.task_state,
-    p.parents, p.waiting, CASE WHEN i.id IN (SELECT parent_id FROM e WHERE pending = 1) THEN true END
+    CASE WHEN coalesce(p.waiting, 0) > 0 OR i.id = $19::bigint THEN 'waiting' ELSE 'queued' END::pgbg.task_state,
+    p.parents, CASE WHEN i.id = $19::bigint THEN $20::int ELSE p.waiting END,
+    CASE WHEN i.id IN (SELECT parent_id FROM e WHERE pending = 1) THEN true END,
+    CASE WHEN i.id <> $19::bigint THEN $19::bigint END
   FROM ROWS FROM (unnest($1::bigint[]), unnest($2::text[]), unnest($3::text[]), string_to_table($4::text, E'\n'),
       unnest($5::smallint[]), unnest($6::timestamptz[]), unnest($7::float8[]), unnest($8::integer[]), unnest($9::integer[]),
       unnest($10::smallint[]), unnest($11::float8[]), unnest($12::float8[]), unnest($13::text[]))

@@ -21,7 +21,9 @@ kept AS (
 -- A cancelled task as KeepFinished takes it (from a DELETE of pgbg.task t):
 -- kept for its definition's retention of completed tasks, without result.
 t.id, 'cancelled'::text AS state, t.queue, t.name, t.key, t.attempts, t.enqueued_at, t.payload, t.last_error,
-    NULL::jsonb AS result, t.keep_completed AS keep, t.flow_id
+    NULL::jsonb AS result, t.keep_completed AS keep, t.flow_id,
+    -- A failed member was counted when it failed.
+    CASE WHEN t.state <> 'failed' THEN t.batch_then END AS batch_then
 
 -- fragment: WakeWaiters
 -- Notifies the waiters (waitForResult) of the tasks of `finished`, on the
@@ -47,10 +49,11 @@ WITH finished AS (
   ))
     AND t.id = c.id AND t.lease_token = c.token AND t.worker_id IS NOT NULL AND t.lease_expires_at IS NOT NULL
   RETURNING t.id, 'completed'::text AS state, t.queue, t.name, t.key, t.attempts, t.enqueued_at, t.payload, t.last_error,
-    c.result::jsonb AS result, c.keep_ms * interval '1 millisecond' AS keep, t.flow_id
+    c.result::jsonb AS result, c.keep_ms * interval '1 millisecond' AS keep, t.flow_id, t.batch_then
 ),
-{{KeepFinished}}
-SELECT id FROM finished WHERE (SELECT count(*) FROM kept) + (SELECT count(*) FROM woken) >= 0;
+{{KeepFinished}},
+{{CountBatch:false}}
+SELECT id FROM finished WHERE (SELECT count(*) FROM kept) + (SELECT count(*) FROM woken) + (SELECT count(*) FROM batch_counted) >= 0;
 
 -- name: CompleteKeptTaskInTransaction
 -- ctx.complete(tx) of a task that keeps its history or a result: the same
@@ -61,10 +64,11 @@ WITH finished AS (
   DELETE FROM pgbg.task t
   WHERE t.id = $1 AND t.lease_token = $2 AND t.state = 'running'
   RETURNING t.id, 'completed'::text AS state, t.queue, t.name, t.key, t.attempts, t.enqueued_at, t.payload, t.last_error,
-    $3::text::jsonb AS result, $4::float8 * interval '1 millisecond' AS keep, t.flow_id
+    $3::text::jsonb AS result, $4::float8 * interval '1 millisecond' AS keep, t.flow_id, t.batch_then
 ),
-{{KeepFinished}}
-SELECT id FROM finished WHERE (SELECT count(*) FROM kept) + (SELECT count(*) FROM woken) >= 0;
+{{KeepFinished}},
+{{CountBatch:false}}
+SELECT id FROM finished WHERE (SELECT count(*) FROM kept) + (SELECT count(*) FROM woken) + (SELECT count(*) FROM batch_counted) >= 0;
 
 -- name: GetFinishedTask
 -- A kept task by id ($1), until it expires: the primary key of each slot.

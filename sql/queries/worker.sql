@@ -274,20 +274,28 @@ CROSS JOIN LATERAL (
 -- whose token differs. The lease holder stands for state = 'running'
 -- (task_running_has_lease), so that no partial index fits. Why not a join:
 -- bench/RESULTS.md, items 4 and 14.
-DELETE FROM pgbg.task t
-USING unnest($1::bigint[], $2::integer[]) AS c (id, token)
-WHERE t.ctid = ANY (ARRAY(
-  {{LeasedRowAddresses}}
-))
-  AND t.id = c.id AND t.lease_token = c.token AND t.worker_id IS NOT NULL AND t.lease_expires_at IS NOT NULL
-RETURNING t.id;
+WITH finished AS (
+  DELETE FROM pgbg.task t
+  USING unnest($1::bigint[], $2::integer[]) AS c (id, token)
+  WHERE t.ctid = ANY (ARRAY(
+    {{LeasedRowAddresses}}
+  ))
+    AND t.id = c.id AND t.lease_token = c.token AND t.worker_id IS NOT NULL AND t.lease_expires_at IS NOT NULL
+  RETURNING t.id, t.batch_then
+),
+{{CountBatch:false}}
+SELECT id FROM finished WHERE (SELECT count(*) FROM batch_counted) >= 0;
 
 -- name: CompleteTaskInTransaction
 -- ctx.complete(tx): the same fenced delete, for one task, in the handler's
 -- own transaction.
-DELETE FROM pgbg.task
-WHERE id = $1 AND lease_token = $2 AND state = 'running'
-RETURNING id;
+WITH finished AS (
+  DELETE FROM pgbg.task
+  WHERE id = $1 AND lease_token = $2 AND state = 'running'
+  RETURNING id, batch_then
+),
+{{CountBatch:false}}
+SELECT id FROM finished WHERE (SELECT count(*) FROM batch_counted) >= 0;
 
 -- name: FailTasks
 -- A failed attempt: queued again after its retry delay, or kept as failed
@@ -311,12 +319,13 @@ WITH released AS (
     {{LeasedRowAddresses}}
   ))
     AND t.id = f.id AND t.lease_token = f.token AND t.worker_id IS NOT NULL AND t.lease_expires_at IS NOT NULL
-  RETURNING t.id, t.state, t.queue, t.name, t.priority, t.payload, t.attempts, t.last_error, t.on_failed, t.cancel_requested_at
+  RETURNING t.id, t.state, t.queue, t.name, t.priority, t.payload, t.attempts, t.last_error, t.on_failed, t.cancel_requested_at, t.batch_then
 ),
 {{EnqueueFailedHooks}},
-finished AS (SELECT id FROM released WHERE state = 'failed'),
-{{WakeWaiters}}
-SELECT id, state FROM released WHERE (SELECT count(*) FROM hooks) + (SELECT count(*) FROM woken) >= 0;
+finished AS (SELECT id, batch_then FROM released WHERE state = 'failed'),
+{{WakeWaiters}},
+{{CountBatch:true}}
+SELECT id, state FROM released WHERE (SELECT count(*) FROM hooks) + (SELECT count(*) FROM woken) + (SELECT count(*) FROM batch_counted) >= 0;
 
 -- name: SnoozeTasks
 -- ctx.retryAfter(ms): the task queued again after its wait ($3, ms), the
@@ -358,11 +367,13 @@ RETURNING t.id;
 WITH released AS (
   UPDATE pgbg.task t SET {{ReleaseLease}}
   WHERE t.state = 'running' AND t.worker_id = ANY($3::uuid[])
-  RETURNING t.id, t.state, t.queue, t.name, t.priority, t.payload, t.attempts, t.last_error, t.on_failed, t.cancel_requested_at
+  RETURNING t.id, t.state, t.queue, t.name, t.priority, t.payload, t.attempts, t.last_error, t.on_failed, t.cancel_requested_at, t.batch_then
 ),
 {{CountReleased}},
-{{EnqueueFailedHooks}}
-SELECT id, state, queue, name FROM released WHERE (SELECT count(*) FROM hooks) >= 0;
+{{EnqueueFailedHooks}},
+finished AS (SELECT id, batch_then FROM released WHERE state = 'failed'),
+{{CountBatch:true}}
+SELECT id, state, queue, name FROM released WHERE (SELECT count(*) FROM hooks) + (SELECT count(*) FROM batch_counted) >= 0;
 
 -- name: HandBackWorkerTasks
 -- The tasks of workers that stopped themselves because their heartbeat could
@@ -385,11 +396,13 @@ RETURNING t.id, t.state, t.queue, t.name;
 WITH released AS (
   UPDATE pgbg.task t SET {{ReleaseLease}}
   WHERE t.state = 'running' AND t.lease_expires_at < now()
-  RETURNING t.id, t.state, t.queue, t.name, t.priority, t.payload, t.attempts, t.last_error, t.on_failed, t.cancel_requested_at
+  RETURNING t.id, t.state, t.queue, t.name, t.priority, t.payload, t.attempts, t.last_error, t.on_failed, t.cancel_requested_at, t.batch_then
 ),
 {{CountReleased}},
-{{EnqueueFailedHooks}}
-SELECT id, state, queue, name FROM released WHERE (SELECT count(*) FROM hooks) >= 0;
+{{EnqueueFailedHooks}},
+finished AS (SELECT id, batch_then FROM released WHERE state = 'failed'),
+{{CountBatch:true}}
+SELECT id, state, queue, name FROM released WHERE (SELECT count(*) FROM hooks) + (SELECT count(*) FROM batch_counted) >= 0;
 
 -- fragment: RequeuedRunAt
 -- The run_at of a task `t` queued again at once (handed back, released or
@@ -472,8 +485,9 @@ WITH finished AS (
   WHERE t.id = c.id AND t.lease_token = c.token AND t.state = 'running'
   RETURNING {{CancelledColumns}}
 ),
-{{KeepFinished}}
-SELECT id FROM finished WHERE (SELECT count(*) FROM kept) + (SELECT count(*) FROM woken) >= 0;
+{{KeepFinished}},
+{{CountBatch:true}}
+SELECT id FROM finished WHERE (SELECT count(*) FROM kept) + (SELECT count(*) FROM woken) + (SELECT count(*) FROM batch_counted) >= 0;
 
 -- name: RecordTaskCounts
 -- A worker adds the outcomes it wrote since its last heartbeat to the
@@ -507,8 +521,9 @@ WITH finished AS (
   ))
   RETURNING {{CancelledColumns}}
 ),
-{{KeepFinished}}
-SELECT id FROM finished WHERE (SELECT count(*) FROM kept) + (SELECT count(*) FROM woken) >= 0;
+{{KeepFinished}},
+{{CountBatch:true}}
+SELECT id FROM finished WHERE (SELECT count(*) FROM kept) + (SELECT count(*) FROM woken) + (SELECT count(*) FROM batch_counted) >= 0;
 
 -- name: PruneTaskCounts
 -- Counts are kept for an hour: `pgbg status` shows the last minute.
@@ -558,3 +573,14 @@ FROM (
         OR (t.group_name IS NOT NULL AND q.group_concurrency <= (SELECT count(*) FROM pgbg.task r
           WHERE r.state = 'running' AND r.group_name IS NOT NULL AND r.queue = q.name AND r.group_name = t.group_name))))
 ) d;
+
+-- fragment: CountBatch
+-- Counts down the completion tasks of the batch members among the CTE
+-- `finished` (id, batch_then) that ended here, failed for good or
+-- cancelled when {{@}} (migration 014): one call per statement, none when
+-- no member ended. The statement reads `batch_counted` so that it runs.
+batch_counted AS (
+  SELECT pgbg.count_batch_members(array_agg(batch_then), array_agg(id), {{@}})
+  FROM finished WHERE batch_then IS NOT NULL
+  HAVING count(*) > 0
+)
