@@ -5,6 +5,7 @@
  */
 import type { Status, TaskInfo, TaskPage } from "../lib/admin.ts";
 import type { CompactResult } from "../lib/compact.ts";
+import type { FlowInfo } from "../lib/flow-admin.ts";
 import { formatDuration } from "../lib/duration.ts";
 import { formatAge, formatBytes, formatTable, oneLine } from "./table.ts";
 
@@ -89,6 +90,18 @@ export function formatTaskList({ tasks, next }: TaskPage): string {
       t.runAt.toISOString(), error(t),
     ]),
   ) + more;
+}
+
+/** `pgbg list --flow ID` as text: the flow, then one line per task with the tasks it waits for. */
+export function formatFlow(id: string, flow: FlowInfo | null): string {
+  if (!flow) return "";
+  const head = `${flow.kind} ${flow.id}: ${flow.size} task(s)${flow.then ? ` and its completion task ${flow.then}` : ""}, ` +
+    `on a parent's failure: ${flow.onParentFailure}, enqueued ${flow.createdAt.toISOString()}\n`;
+  const error = (e: FlowInfo["tasks"][number]["lastError"]) => (e ? oneLine(`${e.name ?? "Error"}: ${e.message ?? ""}`, 60) : "");
+  return head + formatTable(
+    ["ID", "STATE", "TASK", "ATTEMPTS", "AFTER", "LAST ERROR"],
+    flow.tasks.map((t) => [t.id, t.state, t.name ?? "", t.attempts === null ? "" : String(t.attempts), t.parents.join(","), error(t.lastError)]),
+  );
 }
 
 /** `pgbg compact` as text: what was rebuilt or dropped, or why nothing was. Refusals are the exit line's, not this. */

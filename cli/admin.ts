@@ -11,6 +11,7 @@ import process from "node:process";
 import postgres from "postgres";
 import { compactIndexes } from "../lib/compact.ts";
 import { cancel, listTasks, retry, status } from "../lib/admin.ts";
+import { getFlow } from "../lib/flow-admin.ts";
 import { pauseQueue, resumeQueue, runSchedule, setGroupConcurrency, setQueueConcurrency, setQueueRateLimit } from "../lib/controls.ts";
 import { formatDuration } from "../lib/duration.ts";
 import { enqueue } from "../lib/enqueue.ts";
@@ -21,7 +22,7 @@ import {
   cancelArgs, compactArgs, enqueueArgs, limitArgs, listArgs, migrateArgs, parseRate, pauseArgs, rateArgs, resumeArgs, retryArgs, runScheduleArgs, statusArgs,
 } from "./args-table.ts";
 import { failWith, UsageError } from "./exit.ts";
-import { formatCompaction, formatStatus, formatTaskList } from "./admin-text.ts";
+import { formatCompaction, formatFlow, formatStatus, formatTaskList } from "./admin-text.ts";
 
 /** The connection flags every operators' command takes, parsed and checked (cli/args-table.ts). */
 export interface Connection {
@@ -82,9 +83,11 @@ export const listCommand = defineCliCommand(
   listArgs,
   "List tasks, oldest first, with their attempts and last error; a full page ends with the command for the next",
   ({ flags }) =>
-    runCommand(flags, (sql, schema) => listTasks(sql, {
-      schema, state: flags.state, name: flags.task, queue: flags.queue, key: flags.key, after: flags.after, limit: flags.limit,
-    }), formatTaskList),
+    flags.flow !== undefined
+      ? runCommand(flags, (sql, schema) => getFlow(sql, flags.flow!, { schema }), (flow) => formatFlow(flags.flow!, flow), (flow) => flow ? undefined : `no flow ${flags.flow}`)
+      : runCommand(flags, (sql, schema) => listTasks(sql, {
+        schema, state: flags.state, name: flags.task, queue: flags.queue, key: flags.key, after: flags.after, limit: flags.limit,
+      }), formatTaskList),
 );
 
 /** `pgbg retry`. */

@@ -154,6 +154,11 @@ export const listArgs = {
     key: text({ shown: "any", description: "Only tasks of this dedup key" }),
     after: text({ shown: "from the first", description: "Start after this task id: the next page's, as the last one printed" }),
     limit: count({ default: 50, min: 1, max: 10_000, description: "At most this many tasks, 1-10000" }),
+    flow: text({ shown: "none", description: "Instead: the tasks of this flow or batch (the id enqueueFlow or enqueueBatch returned), with their states and parents" }),
+  },
+  check({ flags }) {
+    const others = (["state", "task", "queue", "key", "after"] as const).filter((f) => flags[f] !== undefined);
+    if (flags.flow !== undefined && others.length) throw new UsageError(`--flow lists one flow's tasks; it does not go with --${others.join(", --")}`);
   },
 } satisfies CommandArgs<Flags>;
 

@@ -35,6 +35,8 @@ export interface ClaimedTask {
   inputVersion: number;
   /** The trace context active at its enqueue (a W3C traceparent), or null. */
   traceContext: string | null;
+  /** A batch member's completion task (its success is written by CompleteBatchTasks), or null. */
+  batchThen: string | null;
   /** How long the task waited, in ms, from when it was due to this claim (for metrics). */
   lagMs: number;
   /** Its run_at, epoch microseconds, exact (for the claim cursor). */
@@ -139,6 +141,7 @@ function claimedTask(r: Record<string, any>): ClaimedTask {
     snoozes: r.snoozes as number,
     inputVersion: r.input_version as number,
     traceContext: r.trace_context as string | null,
+    batchThen: r.batch_then === null ? null : String(r.batch_then),
     lagMs: r.lag_ms as number,
     runAtUs: String(r.run_at_us),
     claimedAtMs: Number(r.run_at_us) / 1000 + (r.lag_ms as number),

@@ -46,6 +46,8 @@ export interface Completion extends AttemptRef {
   keep?: number;
   /** Its result as JSON text, for a task with a result schema. */
   result?: string;
+  /** A batch member: its success counts its batch down (CompleteBatchTasks, or CompleteKeptTasks for a kept one). */
+  batch?: boolean;
 }
 
 /** Batches the completions, failures, snoozes, hand-backs and finished cancels of one worker. */
@@ -129,7 +131,8 @@ export class OutcomeWriter {
   async #write(): Promise<void> {
     const done = this.#done.splice(0);
     const kept = done.some((d) => d.keep) ? done.filter((d) => d.keep) : [];
-    const deleted = kept.length ? done.filter((d) => !d.keep) : done;
+    const members = done.some((d) => d.batch && !d.keep) ? done.filter((d) => d.batch && !d.keep) : [];
+    const deleted = kept.length || members.length ? done.filter((d) => !d.keep && !d.batch) : done;
     const failed = this.#failed.splice(0);
     const handedBack = this.#handedBack.splice(0);
     const snoozed = this.#snoozed.splice(0);
@@ -137,7 +140,7 @@ export class OutcomeWriter {
     const ids = (attempts: AttemptRef[]) => attempts.map((a) => a.id);
     const tokens = (attempts: AttemptRef[]) => attempts.map((a) => a.leaseToken);
     try {
-      const [deletedRows, keptRows, failedRows, , snoozedRows, cancelledRows] = await Promise.all([
+      const [deletedRows, keptRows, failedRows, memberRows, snoozedRows, cancelledRows] = await Promise.all([
         deleted.length ? run<{ id: unknown }>(this.db, this.schema, "CompleteTasks", [ids(deleted), tokens(deleted)]) : [],
         kept.length
           ? run<{ id: unknown }>(this.db, this.schema, "CompleteKeptTasks", [ids(kept), tokens(kept), kept.map((k) => k.result ?? null), kept.map((k) => k.keep)])
@@ -153,11 +156,12 @@ export class OutcomeWriter {
             this.maxAttempts,
           ])
           : [],
-        handedBack.length && run(this.db, this.schema, "HandBackTasks", [ids(handedBack), tokens(handedBack)]),
+        members.length ? run<{ id: unknown }>(this.db, this.schema, "CompleteBatchTasks", [ids(members), tokens(members)]) : [],
         snoozed.length ? run<{ id: unknown }>(this.db, this.schema, "SnoozeTasks", [ids(snoozed), tokens(snoozed), snoozed.map((s) => s.delay)]) : [],
         cancelled.length ? run<{ id: unknown }>(this.db, this.schema, "FinishCancelledTasks", [ids(cancelled), tokens(cancelled)]) : [],
+        handedBack.length && run(this.db, this.schema, "HandBackTasks", [ids(handedBack), tokens(handedBack)]),
       ]);
-      const completedRows = keptRows.length ? [...deletedRows, ...keptRows] : deletedRows;
+      const completedRows = keptRows.length || memberRows.length ? [...deletedRows, ...keptRows, ...memberRows] : deletedRows;
       countCompleted(done, completedRows);
       countFailed(failed, failedRows);
       if (this.events?.listening) tellWritten(this.events, { done, completedRows, failed, failedRows, snoozed, snoozedRows, cancelled, cancelledRows });

@@ -457,7 +457,7 @@ export class Worker {
     if (this.#debug) this.#options.log.debug(`task ${claimed.id} succeeded`, fields(claimed, durationMs));
     this.#outcomes.complete({
       id: claimed.id, leaseToken: claimed.leaseToken, counts: entry.counts, event: this.#eventOf(claimed, durationMs),
-      completedInTransaction: claimed.completedInTransaction, keep: this.#keep.get(claimed.name)!, result: outcome.result,
+      completedInTransaction: claimed.completedInTransaction, keep: this.#keep.get(claimed.name)!, result: outcome.result, batch: claimed.batchThen !== null,
     });
   }
 

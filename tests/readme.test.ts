@@ -532,3 +532,40 @@ test("the README's OpenTelemetry example runs as written: the request, the attem
     process.env.DATABASE_URL = before;
   }
 });
+
+test("the README's flows and batches example runs as written, in-process and under pgbg serve; pgbg list --flow shows a flow", async () => {
+  const { tasks, app, tasksBlock, appBlock } = tasksAndApp("## Flows and batches", "flows");
+  assert.ok(tasksBlock.includes("ctx.parentResults(thumbnail)") && appBlock.includes("enqueueBatch("), "the README has both blocks");
+  await migrate(db.sql);
+  const result = runTs(app);
+  assert.equal(result.status, 0, result.stdout + result.stderr);
+  const lines = result.stdout.trim().split("\n");
+  assert.ok(lines.includes("told ada: /thumbs/64/cat.png, /thumbs/512/cat.png"), result.stdout);
+  assert.ok(lines.includes("rows.csv: 99 rows imported, 1 failed (1 ids)"), result.stdout);
+  assert.match(lines.at(-1)!, /^process-upload: completed; make-thumbnail: completed; make-thumbnail: completed; \d+: finished$/);
+
+  // The same tasks under pgbg serve, the flow and the batch enqueued from here.
+  const { importReport, importRow, notify, thumbnail, upload } = await import(tasks);
+  const { enqueueBatch, enqueueFlow, flowTask } = await import("../mod.ts");
+  const flow = await enqueueFlow(db.sql, {
+    upload: flowTask(upload, { file: "dog.png" }),
+    small: flowTask(thumbnail, { file: "dog.png", width: 64 }, { dependsOn: ["upload"] }),
+    notify: flowTask(notify, { owner: "bob" }, { dependsOn: ["small"] }),
+  });
+  const batch = await enqueueBatch(db.sql, importRow, Array.from({ length: 20 }, (_, row) => ({ row })), { then: flowTask(importReport, { file: "more.csv" }) });
+  const listed = pgbg("list", "--flow", flow.id);
+  assert.equal(listed.status, 0, listed.stderr);
+  assert.match(listed.stdout, new RegExp(`^flow ${flow.id}: 3 task\\(s\\), on a parent's failure: fail`));
+  assert.match(listed.stdout, new RegExp(`${flow.tasks.notify} +waiting +notify-owner +0 +${flow.tasks.small}`));
+  const service = startService(db.url, ["--tasks", tasks, "--workers", "2"]);
+  try {
+    await until(async () => service.other.join("\n"), (out) => out.includes("told bob: /thumbs/64/dog.png") && out.includes("more.csv: 19 rows imported, 1 failed (1 ids)"), patience,
+      "the flow and the batch to end under pgbg serve");
+  } finally {
+    assert.deepEqual(await stopService(service), { code: 0, signal: null });
+  }
+  assert.equal((await db.sql`SELECT count(*)::int AS n FROM pgbg.task WHERE flow_id IN (${flow.id}, ${batch.id}) AND state <> 'failed'`)[0].n, 0);
+  const bad = pgbg("list", "--flow", flow.id, "--state", "queued");
+  assert.equal(bad.status, 2);
+  assert.match(bad.stderr, /--flow lists one flow's tasks; it does not go with --state/);
+});

@@ -240,14 +240,15 @@ claimed AS (
   -- per task.
   WHERE t.ctid = c.ctid
   RETURNING t.id, t.name, t.queue, t.group_name, t.payload, t.attempts, t.max_attempts, t.lease_token, t.priority, t.run_at,
-    t.snoozes, t.input_version, t.trace_context, c.turn
+    t.snoozes, t.input_version, t.trace_context, t.batch_then, c.turn
 )
 -- Claim order, so the worker starts them in it; sorting here spares the
 -- worker from parsing two timestamps per task. lag_ms: how long the task
 -- waited since it became due (its enqueue, delay or retry time), for
 -- metrics; run_at_us (epoch microseconds, exact) moves the worker's claim
--- cursor; turn: the group's place in a group claim's rotation.
-SELECT id, name, queue, group_name, payload, attempts, max_attempts, lease_token, priority, snoozes, input_version, trace_context, turn,
+-- cursor; turn: the group's place in a group claim's rotation; batch_then:
+-- a batch member's completion task (its success is CompleteBatchTasks').
+SELECT id, name, queue, group_name, payload, attempts, max_attempts, lease_token, priority, snoozes, input_version, trace_context, batch_then, turn,
   (extract(epoch FROM now() - run_at) * 1000)::float8 AS lag_ms,
   (extract(epoch FROM run_at) * 1000000)::bigint AS run_at_us
 FROM claimed
@@ -274,6 +275,20 @@ CROSS JOIN LATERAL (
 -- whose token differs. The lease holder stands for state = 'running'
 -- (task_running_has_lease), so that no partial index fits. Why not a join:
 -- bench/RESULTS.md, items 4 and 14.
+DELETE FROM pgbg.task t
+USING unnest($1::bigint[], $2::integer[]) AS c (id, token)
+WHERE t.ctid = ANY (ARRAY(
+  {{LeasedRowAddresses}}
+))
+  AND t.id = c.id AND t.lease_token = c.token AND t.worker_id IS NOT NULL AND t.lease_expires_at IS NOT NULL
+RETURNING t.id;
+
+-- name: CompleteBatchTasks
+-- CompleteTasks for batch members (the claim returned their batch_then):
+-- the same fenced delete, and their batches' completion tasks counted down
+-- in the same statement. Apart, so that the completion of every other task
+-- stays the plain delete (a CTE around it cost the drain 5-10 % of server
+-- CPU: bench/RESULTS.md, "Flows").
 WITH finished AS (
   DELETE FROM pgbg.task t
   USING unnest($1::bigint[], $2::integer[]) AS c (id, token)
@@ -289,6 +304,13 @@ SELECT id FROM finished WHERE (SELECT count(*) FROM batch_counted) >= 0;
 -- name: CompleteTaskInTransaction
 -- ctx.complete(tx): the same fenced delete, for one task, in the handler's
 -- own transaction.
+DELETE FROM pgbg.task
+WHERE id = $1 AND lease_token = $2 AND state = 'running'
+RETURNING id;
+
+-- name: CompleteBatchTaskInTransaction
+-- CompleteTaskInTransaction of a batch member, counting down its batch's
+-- completion task in the handler's transaction.
 WITH finished AS (
   DELETE FROM pgbg.task
   WHERE id = $1 AND lease_token = $2 AND state = 'running'

@@ -7,6 +7,7 @@
 import { enqueueMany, setGroupConcurrency, setQueueConcurrency } from "../../mod.ts";
 import type { Supervisor } from "./cluster.ts";
 import { boundScenarios } from "./bounds.ts";
+import { flowsScenario } from "./flows.ts";
 import { inProcess } from "./in-process.ts";
 import { producerTerminated } from "./producer.ts";
 import { type Scenario, sized, type Stage, taskMs } from "./stage.ts";
@@ -242,6 +243,7 @@ export const scenarios: Scenario[] = [
   inProcess,
   underLimit,
   groupLimit,
+  flowsScenario,
   ...boundScenarios,
 ];
 

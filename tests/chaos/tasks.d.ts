@@ -13,3 +13,8 @@ export declare const work: Task<Input, Result>;
 type GroupedInput = v.ObjectSchema<{ ms: v.NumberSchema<undefined>; g: v.StringSchema<undefined> }, undefined>;
 /** As `work`, in the group its input names. */
 export declare const groupedWork: Task<GroupedInput, Result>;
+type MsInput = v.ObjectSchema<{ ms: v.NumberSchema<undefined> }, undefined>;
+/** A task of a flow: as `work`, recording in chaos_flow its parents, those still pending at its start, and the results it read. */
+export declare const join: Task<MsInput, Result>;
+/** A batch's completion task: as `work`, recording in chaos_batch what ctx.batch() said and the members pending at its start. */
+export declare const batchDone: Task<MsInput, Result>;

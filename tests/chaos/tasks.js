@@ -85,8 +85,45 @@ export const groupedWork = defineTask({
   run: runWork,
 });
 
-/** The handler of both tasks (see `work`). */
-async function runWork(input, ctx) {
+/**
+ * A task of a flow that waits for others: as `work`, and before it sleeps
+ * it reads how many of its parents are still in the queue (none may be: it
+ * starts only after every one succeeded) and their results (every one's,
+ * which it records with its completion, in chaos_flow).
+ */
+export const join = defineTask({
+  name: "chaos-join",
+  schema: v.object({ ms: v.number() }),
+  result: v.object({ p: v.number(), n: v.number() }),
+  retryDelay: 100,
+  maxAttempts: 1000,
+  async run(input, ctx) {
+    const { sql } = setup();
+    const [row] = await sql`SELECT coalesce(cardinality(t.parent_ids), 0)::int AS parents,
+      (SELECT count(*) FROM pgbg.task p WHERE p.id = ANY (t.parent_ids))::int AS pending
+      FROM pgbg.task t WHERE t.id = ${ctx.id}`;
+    const results = (await ctx.parentResults()).length;
+    return runWork(input, ctx, (tx) => tx`INSERT INTO chaos_flow (task_id, parents, pending, results) VALUES (${ctx.id}, ${row.parents}, ${row.pending}, ${results})`);
+  },
+});
+
+/** A batch's completion task: as `work`, recording with its completion what ctx.batch() said and how many members were still pending at its start (chaos_batch). */
+export const batchDone = defineTask({
+  name: "chaos-batch-done",
+  schema: v.object({ ms: v.number() }),
+  result: v.object({ p: v.number(), n: v.number() }),
+  retryDelay: 100,
+  maxAttempts: 1000,
+  async run(input, ctx) {
+    const { sql } = setup();
+    const [{ pending }] = await sql`SELECT count(*)::int AS pending FROM pgbg.task WHERE batch_then = ${ctx.id} AND state <> 'failed'`;
+    const batch = await ctx.batch();
+    return runWork(input, ctx, (tx) => tx`INSERT INTO chaos_batch (task_id, size, succeeded, pending) VALUES (${ctx.id}, ${batch.size}, ${batch.succeeded}, ${pending})`);
+  },
+});
+
+/** The handler of the tasks above (see `work`); `record(tx)` adds to the completion's transaction. */
+async function runWork(input, ctx, record) {
   const { write, sql } = setup();
   const n = ++state.seq;
   const p = process.pid;
@@ -98,6 +135,7 @@ async function runWork(input, ctx) {
     if (input.ms > 0) await sleep(input.ms, ctx.signal);
     await sql.begin(async (tx) => {
       await tx`INSERT INTO chaos_done (task_id, pid, n, attempt) VALUES (${ctx.id}, ${p}, ${n}, ${ctx.attempt})`;
+      if (record) await record(tx);
       await ctx.complete(tx, { p, n });
       // Only the commit is left: from it on the task holds no slot of its
       // queue's concurrency limit, though the end line comes later still
