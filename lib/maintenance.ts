@@ -19,6 +19,7 @@ import { CancelSweeper } from "./maintenance/cancel-sweeper.ts";
 import { CountPruner } from "./maintenance/count-pruner.ts";
 import { DeadWorkerReleaser, type ReleaseListener } from "./maintenance/dead-worker-releaser.ts";
 import { FailedPruner } from "./maintenance/failed-pruner.ts";
+import { FlowKeeper } from "./maintenance/flow-keeper.ts";
 import { HistoryRotator } from "./maintenance/history-rotator.ts";
 import { IndexCompactor } from "./maintenance/index-compactor.ts";
 import { LeaseRescuer } from "./maintenance/lease-rescuer.ts";
@@ -59,9 +60,10 @@ export interface MaintenanceServices {
   vacuumer: TableVacuumer;
   rotator: HistoryRotator;
   failedPruner: FailedPruner;
+  flowKeeper: FlowKeeper;
 }
 
-/** Builds every duty with its interval: the checks at the heartbeat interval, pruning and the history's rotation each minute, compaction and vacuum at their own. */
+/** Builds every duty with its interval: the checks at the heartbeat interval, pruning, the history's rotation and the care of flows each minute, compaction and vacuum at their own. */
 export function maintenanceServices(settings: MaintenanceSettings): MaintenanceServices {
   const { sql, schema, hostId, maxAttempts, timings, compactInterval, vacuumInterval, failedRetention, log, onReleased } = settings;
   const every = timings.heartbeatInterval;
@@ -75,6 +77,7 @@ export function maintenanceServices(settings: MaintenanceSettings): MaintenanceS
     vacuumer: new TableVacuumer(sql, schema, vacuumInterval, log),
     rotator: new HistoryRotator(sql, schema, defaults.historyInterval, log),
     failedPruner: new FailedPruner(sql, schema, failedRetention, defaults.historyInterval, log),
+    flowKeeper: new FlowKeeper(sql, schema, defaults.historyInterval, log),
   };
 }
 

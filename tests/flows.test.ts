@@ -24,6 +24,8 @@ import {
   migrate,
   PermanentError,
 } from "../mod.ts";
+import { silentLogger } from "../lib/log.ts";
+import { FlowKeeper } from "../lib/maintenance/flow-keeper.ts";
 import { createTestDatabase } from "./harness.ts";
 import { until } from "./service-harness.ts";
 
@@ -258,5 +260,33 @@ describe("batches", () => {
     const [{ started }] = await sql`SELECT min(id) AS started FROM flow_log WHERE task_id = ${batch.then}`;
     const [{ last }] = await sql`SELECT max(id) AS last FROM flow_log WHERE name = 'step'`;
     assert.ok(BigInt(started) > BigInt(last), "after every member");
+  });
+});
+
+describe("the flow keeper (maintenance)", () => {
+  test("queues a batch's completion task whose members ended uncounted, as a worker of the previous release ends them; prunes ended flows after a day", async () => {
+    await clean();
+    const batch = await enqueueBatch(sql, step, [{ value: 1 }, { value: 2 }, { value: 3 }], { then: flowTask(report, {}) });
+    // The previous release's statements: a plain delete (its CompleteTasks) and a failure.
+    await sql`DELETE FROM pgbg.task WHERE id IN ${sql(batch.members.slice(0, 2))}`;
+    await sql`UPDATE pgbg.task SET state = 'failed', failed_at = now() WHERE id = ${batch.members[2]}`;
+    const keeper = new FlowKeeper(sql, "pgbg", 60_000, silentLogger);
+    assert.equal((await getTask(sql, batch.then))?.state, "waiting");
+    await keeper.runOnce();
+    assert.equal((await getTask(sql, batch.then))?.state, "queued");
+    await drain(sql, { tasks: [step, report], logger: quiet });
+    assert.deepEqual((await logOf(batch.then))[0], { id: batch.id, size: 3, succeeded: 2, failed: 1, failedIds: [batch.members[2]] });
+
+    // A batch still running is left alone.
+    const running = await enqueueBatch(sql, step, [{ value: 1 }], { then: flowTask(report, {}) });
+    await keeper.runOnce();
+    assert.equal((await getTask(sql, running.then))?.state, "waiting");
+
+    // Nothing left of the first batch but its failed member: deleted, it is pruned once a day old.
+    await sql`DELETE FROM pgbg.task WHERE id = ${batch.members[2]}`;
+    await sql`UPDATE pgbg.flow SET created_at = now() - interval '25 hours'`;
+    await keeper.runOnce();
+    assert.equal(await getFlow(sql, batch.id), null);
+    assert.ok(await getFlow(sql, running.id), "a flow with tasks left is kept");
   });
 });

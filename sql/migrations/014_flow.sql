@@ -60,7 +60,8 @@ ALTER TABLE pgbg.task
   ADD COLUMN flow_id bigint,
   -- The tasks it waits for, as enqueued (ctx.parentResults, getFlow).
   ADD COLUMN parent_ids bigint[],
-  -- Of those, how many have not settled yet (`waiting` while above 0).
+  -- Of those, how many have not settled yet: above 0 while `waiting` only
+  -- (0 once released, failed or cancelled).
   ADD COLUMN waiting_on integer,
   -- Of those, the ones that failed for good or were cancelled (policy 'run').
   ADD COLUMN failed_parents bigint[],
@@ -71,6 +72,8 @@ ALTER TABLE pgbg.task
 
 -- The tasks of a flow (getFlow, cancelFlow): few rows have one.
 CREATE INDEX task_flow_idx ON pgbg.task (flow_id) WHERE flow_id IS NOT NULL;
+-- A batch's members (the batch rescue's look for one still pending).
+CREATE INDEX task_batch_idx ON pgbg.task (batch_then) WHERE batch_then IS NOT NULL;
 
 ALTER TABLE pgbg.history ADD COLUMN flow_id bigint;
 CREATE INDEX history_flow_idx ON pgbg.history (flow_id) WHERE flow_id IS NOT NULL;
@@ -142,7 +145,7 @@ BEGIN
       WHERE g.keep_completed IS NOT NULL;
     ELSE
       UPDATE pgbg.task SET
-        waiting_on = waiting_on - 1, state = 'failed', failed_at = now(),
+        waiting_on = 0, state = 'failed', failed_at = now(),
         last_error = jsonb_build_object('name', 'ParentFailedError', 'code', 'PGBG_PARENT_FAILED',
           'message', format('parent task %s %s', OLD.id, outcome))
       WHERE id = child.id;

@@ -111,3 +111,32 @@ WHERE f.id = $1;
 -- name: FlowTaskIds
 -- The pending tasks of flow $1, for its cancel.
 SELECT t.id FROM pgbg.task t WHERE t.flow_id = $1 AND t.state <> 'failed' ORDER BY t.id;
+
+-- name: RescueBatchCompletions
+-- The completion tasks of batches whose members all ended, but not all
+-- counted (a worker of the previous release ends members with statements
+-- that do not count them, during a rolling upgrade): queued, due now, told
+-- the failed members still kept. A member whose end is being written is
+-- still seen pending, and its statement counts it; a completion task that
+-- statement released is no longer waiting when this re-reads it.
+-- Read from pgbg.flow, which keeps a day of flows.
+UPDATE pgbg.task c SET state = 'queued', run_at = now(), waiting_on = 0,
+  failed_parents = ARRAY(SELECT DISTINCT x FROM unnest(coalesce(c.failed_parents, '{}') || ARRAY(
+    SELECT m.id FROM pgbg.task m WHERE m.batch_then = c.id AND m.state = 'failed')) AS x ORDER BY x)
+FROM pgbg.flow f
+WHERE f.kind = 'batch' AND c.id = f.then_id AND c.state = 'waiting'
+  AND NOT EXISTS (SELECT 1 FROM pgbg.task m WHERE m.batch_then = c.id AND m.state <> 'failed')
+RETURNING c.id;
+
+-- name: PruneFlows
+-- Flows and batches older than a day of which nothing is left in the
+-- queue or kept in the history, $1 at a time.
+DELETE FROM pgbg.flow
+WHERE ctid = ANY (ARRAY(
+  SELECT f.ctid FROM pgbg.flow f
+  WHERE f.created_at < now() - interval '1 day'
+    AND NOT EXISTS (SELECT 1 FROM pgbg.task t WHERE t.flow_id = f.id)
+    AND NOT EXISTS (SELECT 1 FROM pgbg.history h WHERE h.flow_id = f.id AND h.expires_at > now())
+  LIMIT $1
+))
+RETURNING id;
