@@ -24,7 +24,7 @@ ${error ? `<p class="error" id="login-error">${error.replace(/[<>&"]/g, (c) => `
 `;
 }
 
-/** The dashboard: status, queues (pause and resume), schedules (run now), workers, failed tasks and completed ones kept in the history, filled in by dashboardScript. */
+/** The dashboard: status, queues (pause and resume), schedules (run now), workers, failed tasks, flows (their graph, and cancel) and completed tasks kept in the history, filled in by dashboardScript. */
 export const dashboardPage = `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>pgbg dashboard</title>
 <link rel="stylesheet" href="/dashboard.css"><script src="/dashboard.js" defer></script></head>
@@ -42,6 +42,11 @@ export const dashboardPage = `<!doctype html>
 <table id="workers"><thead><tr><th>PID</th><th>Host</th><th>Runtime</th><th>Running</th><th>Queues</th><th>Last heartbeat</th></tr></thead><tbody></tbody></table></section>
 <section><h2>Failed tasks <button id="retry-all" type="button">Retry all</button></h2>
 <table id="failed"><thead><tr><th>ID</th><th>Task</th><th>Queue</th><th>Attempts</th><th>Failed at</th><th>Last error</th><th></th></tr></thead><tbody></tbody></table></section>
+<section><h2>Flows and batches</h2>
+<table id="flows"><thead><tr><th>ID</th><th>Kind</th><th>Tasks</th><th>Pending</th><th>Enqueued</th><th></th></tr></thead><tbody></tbody></table>
+<div id="flow" hidden><h3 id="flow-title"></h3><button id="cancel-flow" type="button">Cancel flow</button>
+<svg id="flow-graph" xmlns="http://www.w3.org/2000/svg" role="img" aria-label="the flow's tasks and their dependencies"></svg>
+<table id="flow-tasks"><thead><tr><th>ID</th><th>Task</th><th>State</th><th>Attempts</th><th>After</th><th>Last error</th></tr></thead><tbody></tbody></table></div></section>
 <section><h2>Completed tasks</h2>
 <p class="hint">Those kept in the history: tasks with a result schema or a retention, newest first.</p>
 <table id="completed"><thead><tr><th>ID</th><th>Task</th><th>Queue</th><th>Attempts</th><th>Finished at</th><th>Result</th></tr></thead><tbody></tbody></table></section>
@@ -113,10 +118,73 @@ async function refresh() {
       tr.dataset.id = t.id;
       for (const v of [t.id, t.name, t.queue, t.attempts, t.finishedAt, t.result === null ? "" : JSON.stringify(t.result)]) cell(tr, v);
     });
+    await refreshFlows();
     document.getElementById("updated").textContent = "updated " + new Date().toLocaleTimeString();
     show();
   } catch (error) { show(error); }
 }
+let shownFlow = null;
+const SVG = "http://www.w3.org/2000/svg";
+function svg(parent, tag, attrs, text) {
+  const el = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, String(v));
+  if (text !== undefined) el.textContent = text;
+  parent.appendChild(el);
+  return el;
+}
+/** Draws a flow's tasks in columns by depth (a task one column right of its deepest parent), an arrow from each parent to its child. */
+function drawFlow(flow) {
+  const graph = document.getElementById("flow-graph");
+  graph.replaceChildren();
+  const byId = new Map(flow.tasks.map((t) => [t.id, t]));
+  if (byId.size > 200) { svg(graph, "text", { x: 10, y: 20 }, "too many tasks to draw (" + byId.size + "): the table lists them"); graph.setAttribute("height", 30); return; }
+  const depth = new Map();
+  const depthOf = (id, path) => {
+    if (depth.has(id)) return depth.get(id);
+    if (path.has(id)) return 0;
+    path.add(id);
+    const parents = (byId.get(id)?.parents ?? []).filter((p) => byId.has(p));
+    const d = parents.length ? 1 + Math.max(...parents.map((p) => depthOf(p, path))) : 0;
+    depth.set(id, d);
+    return d;
+  };
+  const columns = [];
+  for (const t of flow.tasks) (columns[depthOf(t.id, new Set())] ??= []).push(t);
+  const at = new Map();
+  columns.forEach((column, x) => column.forEach((t, y) => at.set(t.id, { x: 10 + x * 200, y: 10 + y * 50 })));
+  graph.setAttribute("width", 10 + columns.length * 200);
+  graph.setAttribute("height", 10 + Math.max(...columns.map((c) => c.length)) * 50);
+  for (const t of flow.tasks) for (const p of t.parents) {
+    if (!at.has(p)) continue;
+    svg(graph, "line", { x1: at.get(p).x + 160, y1: at.get(p).y + 16, x2: at.get(t.id).x, y2: at.get(t.id).y + 16, class: "edge", "data-from": p, "data-to": t.id });
+  }
+  for (const t of flow.tasks) {
+    const g = svg(graph, "g", { class: "node state-" + t.state, "data-id": t.id });
+    svg(g, "rect", { x: at.get(t.id).x, y: at.get(t.id).y, width: 160, height: 32, rx: 4 });
+    svg(g, "text", { x: at.get(t.id).x + 6, y: at.get(t.id).y + 20 }, (t.name ?? t.id) + " · " + t.state);
+  }
+}
+async function showFlow(id) {
+  const flow = await api("/api/flow?id=" + encodeURIComponent(id));
+  shownFlow = id;
+  document.getElementById("flow").hidden = false;
+  document.getElementById("flow-title").textContent = flow.kind + " " + flow.id + ": " + flow.size + " task(s)" + (flow.then ? ", completion task " + flow.then : "") + ", on a parent's failure: " + flow.onParentFailure;
+  drawFlow(flow);
+  fill("flow-tasks", flow.tasks, (tr, t) => {
+    tr.dataset.id = t.id;
+    for (const v of [t.id, t.name ?? "", t.state, t.attempts ?? "", t.parents.join(", "), t.lastError ? (t.lastError.name || "Error") + ": " + (t.lastError.message || "") : ""]) cell(tr, v);
+  });
+}
+async function refreshFlows() {
+  const { flows } = await api("/api/flows");
+  fill("flows", flows, (tr, f) => {
+    tr.dataset.id = f.id;
+    for (const v of [f.id, f.kind, f.size + (f.then ? " + 1" : ""), f.pending, f.createdAt]) cell(tr, v);
+    button(cell(tr, ""), "Show", () => showFlow(f.id));
+  });
+  if (shownFlow) await showFlow(shownFlow);
+}
+document.getElementById("cancel-flow").addEventListener("click", async () => { try { await api("/api/cancel-flow", { id: shownFlow }); await showFlow(shownFlow); } catch (e) { show(e); } });
 document.getElementById("retry-all").addEventListener("click", async () => { try { await api("/api/retry", { all: true }); } catch (e) { show(e); } await refresh(); });
 refresh();
 setInterval(refresh, 2000);
@@ -133,4 +201,8 @@ td:nth-child(n+3) { font-variant-numeric: tabular-nums; }
 .error { color: #b42318; } .warning { color: #9a6700; } #updated, .hint { color: #57606a; }
 .login { max-width: 22rem; margin: 4rem auto; } .login input { display: block; width: 100%; margin: .4rem 0 1rem; }
 button { cursor: pointer; }
+#flow-graph { display: block; margin: .8rem 0; } #flow-graph .edge { stroke: #8c959f; stroke-width: 1.5; }
+#flow-graph rect { fill: #f6f8fa; stroke: #8c959f; } #flow-graph text { font-size: 12px; }
+#flow-graph .state-completed rect, #flow-graph .state-finished rect { fill: #dafbe1; } #flow-graph .state-running rect { fill: #ddf4ff; }
+#flow-graph .state-failed rect, #flow-graph .state-cancelled rect { fill: #ffebe9; } #flow-graph .state-waiting rect { fill: #fff8c5; }
 `;

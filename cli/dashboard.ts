@@ -13,6 +13,7 @@ import process from "node:process";
 import postgres from "postgres";
 import { cancel, isTaskId, listTasks, recentFinishedTasks, retry, status } from "../lib/admin.ts";
 import { pauseQueue, resumeQueue, runSchedule } from "../lib/controls.ts";
+import { cancelFlow, getFlow, recentFlows } from "../lib/flow-admin.ts";
 import { InvalidOptionsError, UnknownScheduleError } from "../lib/errors.ts";
 import { describeError } from "../lib/log.ts";
 import type { Database } from "../lib/statements.ts";
@@ -96,6 +97,15 @@ export async function startDashboard(options: DashboardOptions): Promise<Dashboa
     "POST /api/cancel": async (req, res) => sendJson(res, await cancel(options.db, taskIds((await readJson(req)).ids), { schema: options.schema })),
     "POST /api/pause": async (req, res) => sendJson(res, { paused: await pauseQueue(options.db, (await readJson(req)).queue as string, { schema: options.schema }) }),
     "POST /api/resume": async (req, res) => sendJson(res, { resumed: await resumeQueue(options.db, (await readJson(req)).queue as string, { schema: options.schema }) }),
+    // The newest flows and batches; one by ?id=, with its tasks and their parents.
+    "GET /api/flows": async (_req, res) => sendJson(res, { flows: await recentFlows(options.db, { schema: options.schema }) }),
+    "GET /api/flow": async (req, res) => {
+      const id = new URL(req.url ?? "/", "http://dashboard").searchParams.get("id") ?? "";
+      const flow = await getFlow(options.db, id, { schema: options.schema });
+      if (!flow) throw new HttpError(404, `no flow ${id}`);
+      sendJson(res, flow);
+    },
+    "POST /api/cancel-flow": async (req, res) => sendJson(res, await cancelFlow(options.db, (await readJson(req)).id as string, { schema: options.schema })),
     "POST /api/run-schedule": async (req, res) => {
       await runSchedule(options.db, (await readJson(req)).name as string, { schema: options.schema });
       sendJson(res, { requested: true });
@@ -143,7 +153,7 @@ async function readBody(req: IncomingMessage): Promise<string> {
   return body;
 }
 
-async function readJson(req: IncomingMessage): Promise<{ ids?: unknown; all?: unknown; queue?: unknown; name?: unknown }> {
+async function readJson(req: IncomingMessage): Promise<{ ids?: unknown; all?: unknown; queue?: unknown; name?: unknown; id?: unknown }> {
   try {
     const value = JSON.parse(await readBody(req));
     if (typeof value === "object" && value !== null) return value;

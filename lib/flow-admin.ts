@@ -9,7 +9,7 @@ import { type AdminOptions, schemaOf } from "./admin-options.ts";
 import type { DatabaseClient } from "./client.ts";
 import { InvalidOptionsError } from "./errors.ts";
 import type { OnParentFailure } from "./flow.ts";
-import { formatValue } from "./options.ts";
+import { formatValue, integer } from "./options.ts";
 import { run } from "./statements.ts";
 
 /** One task of a flow as {@link getFlow} shows it. */
@@ -103,4 +103,24 @@ export async function cancelFlow(db: DatabaseClient, id: string, options?: Admin
   const schema = schemaOf("cancelFlow()", options);
   const rows = await run<{ id: unknown }>(db, schema, "FlowTaskIds", [flowId("cancelFlow()", id)]);
   return cancelByIds(db, schema, rows.map((r) => String(r.id)));
+}
+
+/** A flow or batch as {@link recentFlows} lists it. */
+export interface FlowSummary {
+  id: string;
+  kind: "flow" | "batch";
+  size: number;
+  then: string | null;
+  createdAt: Date;
+  /** Its tasks still in the queue, not failed. */
+  pending: number;
+}
+
+/** The newest flows and batches (at most `limit`, default 20), newest first. */
+export async function recentFlows(db: DatabaseClient, options?: AdminOptions & { limit?: number }): Promise<FlowSummary[]> {
+  const schema = schemaOf("recentFlows()", options, { limit: integer(1, 1_000) });
+  const rows = await run<{ id: unknown; kind: "flow" | "batch"; size: number; then_id: unknown; created_at: Date; pending: number }>(
+    db, schema, "RecentFlows", [options?.limit ?? 20],
+  );
+  return rows.map((r) => ({ id: String(r.id), kind: r.kind, size: r.size, then: r.then_id === null ? null : String(r.then_id), createdAt: r.created_at, pending: r.pending }));
 }

@@ -9,7 +9,7 @@ import { type BrowserContext, chromium } from "playwright-core";
 import { parseArgs } from "../cli/args.ts";
 import { dashboardArgs } from "../cli/args-table.ts";
 import { exitCodeOf } from "../cli/exit.ts";
-import { enqueue, migrate, pausedQueues, setQueueRateLimit } from "../mod.ts";
+import { enqueue, enqueueFlow, flowTask, migrate, pausedQueues, setQueueRateLimit } from "../mod.ts";
 import { alwaysFails, measured, work } from "./fixtures/tasks.ts";
 import { createTestDatabase } from "./harness.ts";
 import { serviceTestbed, until, within } from "./service-harness.ts";
@@ -161,6 +161,43 @@ describe("pgbg dashboard", () => {
     assert.match(await page.textContent('#schedules tr[data-schedule="nightly"]') ?? "", /^nightlywork0 3 \* \* \*Europe\/Berlin.*active/);
     await page.click('#schedules tr[data-schedule="nightly"] button.run');
     await until(async () => (await sql`SELECT run_requested_at FROM pgbg.schedule WHERE name = 'nightly'`)[0].run_requested_at, Boolean, 120_000, "the run to be asked for");
+    assert.deepEqual(problems, [], "no script errors");
+    await page.close();
+  });
+
+  test("draws a flow's graph, lists its tasks with their parents, and Cancel flow cancels what has not run", { skip: noBrowser }, async () => {
+    const flow = await enqueueFlow(sql, {
+      root: flowTask(work, {}, { queue: "nobody-serves" }),
+      left: flowTask(work, {}, { queue: "nobody-serves", dependsOn: ["root"] }),
+      right: flowTask(work, {}, { queue: "nobody-serves", dependsOn: ["root"] }),
+      join: flowTask(work, {}, { queue: "nobody-serves", dependsOn: ["left", "right"] }),
+    });
+    const page = await browser.newPage();
+    const problems: string[] = [];
+    page.on("pageerror", (e) => problems.push(e.message));
+    await page.goto(dashboard.url);
+    // The browser keeps the cookie of an earlier test's sign-in, if one ran.
+    if (await page.$("#token")) {
+      await page.fill("#token", token);
+      await page.click("#sign-in");
+    }
+    await page.waitForSelector(`#flows tr[data-id="${flow.id}"]`, { timeout: 120_000 });
+    await page.click(`#flows tr[data-id="${flow.id}"] button.show`);
+    await page.waitForSelector(`#flow-graph g[data-id="${flow.tasks.join}"]`, { timeout: 120_000 });
+    // Four nodes in three columns, an arrow per dependency.
+    const nodes = await page.$$eval("#flow-graph g.node", (gs) => gs.map((g) => [g.getAttribute("data-id"), g.getAttribute("class"), g.querySelector("rect")!.getAttribute("x")]));
+    const x = Object.fromEntries(nodes.map(([id, , left]) => [id, Number(left)]));
+    assert.equal(nodes.length, 4);
+    assert.ok(x[flow.tasks.root] < x[flow.tasks.left] && x[flow.tasks.left] === x[flow.tasks.right] && x[flow.tasks.right] < x[flow.tasks.join], JSON.stringify(x));
+    assert.deepEqual(nodes.find(([id]) => id === flow.tasks.join)?.[1], "node state-waiting");
+    const edges = await page.$$eval("#flow-graph line.edge", (ls) => ls.map((l) => `${l.getAttribute("data-from")}>${l.getAttribute("data-to")}`).sort());
+    assert.deepEqual(edges, [
+      `${flow.tasks.left}>${flow.tasks.join}`, `${flow.tasks.right}>${flow.tasks.join}`, `${flow.tasks.root}>${flow.tasks.left}`, `${flow.tasks.root}>${flow.tasks.right}`,
+    ].sort());
+    assert.match(await page.textContent(`#flow-tasks tr[data-id="${flow.tasks.join}"]`) ?? "", new RegExp(`waiting0${flow.tasks.left}, ${flow.tasks.right}`));
+    await page.click("#cancel-flow");
+    await until(() => sql`SELECT count(*)::int AS n FROM pgbg.task WHERE flow_id = ${flow.id}`.then((r) => r[0].n), (n) => n === 0, 120_000, "the flow to be cancelled");
+    await page.waitForSelector(`#flow-graph g[data-id="${flow.tasks.root}"].state-finished`, { timeout: 120_000 });
     assert.deepEqual(problems, [], "no script errors");
     await page.close();
   });

@@ -122,10 +122,10 @@ SELECT t.id FROM pgbg.task t WHERE t.flow_id = $1 AND t.state <> 'failed' ORDER 
 -- Read from pgbg.flow, which keeps a day of flows.
 UPDATE pgbg.task c SET state = 'queued', run_at = now(), waiting_on = 0,
   failed_parents = ARRAY(SELECT DISTINCT x FROM unnest(coalesce(c.failed_parents, '{}') || ARRAY(
-    SELECT m.id FROM pgbg.task m WHERE m.batch_then = c.id AND m.state = 'failed')) AS x ORDER BY x)
+    SELECT m.id FROM pgbg.task m WHERE m.flow_id = f.id AND m.batch_then = c.id AND m.state = 'failed')) AS x ORDER BY x)
 FROM pgbg.flow f
 WHERE f.kind = 'batch' AND c.id = f.then_id AND c.state = 'waiting'
-  AND NOT EXISTS (SELECT 1 FROM pgbg.task m WHERE m.batch_then = c.id AND m.state <> 'failed')
+  AND NOT EXISTS (SELECT 1 FROM pgbg.task m WHERE m.flow_id = f.id AND m.batch_then = c.id AND m.state <> 'failed')
 RETURNING c.id;
 
 -- name: PruneFlows
@@ -140,3 +140,12 @@ WHERE ctid = ANY (ARRAY(
   LIMIT $1
 ))
 RETURNING id;
+
+-- name: RecentFlows
+-- The newest $1 flows and batches, newest first, with how many of their
+-- tasks are still in the queue and not failed.
+SELECT f.id, f.kind, f.size, f.then_id, f.created_at,
+  (SELECT count(*) FROM pgbg.task t WHERE t.flow_id = f.id AND t.state <> 'failed')::int AS pending
+FROM pgbg.flow f
+ORDER BY f.id DESC
+LIMIT $1;

@@ -116,7 +116,8 @@ export const batchDone = defineTask({
   maxAttempts: 1000,
   async run(input, ctx) {
     const { sql } = setup();
-    const [{ pending }] = await sql`SELECT count(*)::int AS pending FROM pgbg.task WHERE batch_then = ${ctx.id} AND state <> 'failed'`;
+    const [{ pending }] = await sql`SELECT count(*)::int AS pending FROM pgbg.task
+      WHERE flow_id = (SELECT flow_id FROM pgbg.task WHERE id = ${ctx.id}) AND batch_then = ${ctx.id} AND state <> 'failed'`;
     const batch = await ctx.batch();
     return runWork(input, ctx, (tx) => tx`INSERT INTO chaos_batch (task_id, size, succeeded, pending) VALUES (${ctx.id}, ${batch.size}, ${batch.succeeded}, ${pending})`);
   },
