@@ -9,9 +9,10 @@
  * target, and writes it, the raw samples (JSON) and one SVG per rate to
  * bench/results/pressure/.
  *
- * Usage: npm run bench -- --pressure [--rate 800] [--in-flight 32] [--peers graphile-worker,pg-boss|none] [--scale 1] [--keep] [--queue-limit N]
+ * Usage: npm run bench -- --pressure [--rate 800] [--in-flight 32] [--peers graphile-worker,pg-boss|none] [--scale 1] [--keep] [--queue-limit N] [--flows]
  *        (--keep: pgbg's tasks have a result schema and the service keeps completed tasks an hour;
- *        --queue-limit: pgbg's queue has a concurrency limit of N, above W so that it never binds)
+ *        --queue-limit: pgbg's queue has a concurrency limit of N, above W so that it never binds;
+ *        --flows: a tenth of pgbg's tasks arrive as flows of three tasks and a fan-in)
  *        npm run bench -- --pressure --full   (800/s × 32 for all three, then 2,000/s × 64 for pgbg: about 56 min)
  * Uses DATABASE_URL, or starts an embedded PostgreSQL; each subject gets a fresh database.
  */
@@ -28,7 +29,7 @@ import { plotRuns } from "./pressure/plot.ts";
 import { rateSection, type RunSummary, summarise, TARGETS } from "./pressure/report.ts";
 import { runSubject, type SubjectRun } from "./pressure/run-subject.ts";
 import { loadAverage } from "./pressure/sampler.ts";
-import { loadPeers, peerNames, pgbgKeptPressure, pgbgLimitedPressure, pgbgPressure, type PressureSubject } from "./pressure/subjects.ts";
+import { loadPeers, peerNames, pgbgFlowsPressure, pgbgKeptPressure, pgbgLimitedPressure, pgbgPressure, type PressureSubject } from "./pressure/subjects.ts";
 
 /** One rate of a pressure run: R, W and the subjects run at it, in order. */
 interface Step {
@@ -57,6 +58,7 @@ async function parseOptions(argv: string[]): Promise<Options> {
       scale: { type: "string", default: "1" },
       keep: { type: "boolean", default: false },
       "queue-limit": { type: "string" },
+      flows: { type: "boolean", default: false },
     },
   });
   const number = (name: string, text: string, check: (n: number) => boolean, rule: string) => {
@@ -72,7 +74,7 @@ async function parseOptions(argv: string[]): Promise<Options> {
   const limit = values["queue-limit"] === undefined
     ? undefined
     : number("queue-limit", values["queue-limit"], (n) => Number.isInteger(n) && n >= 1, "a whole number of tasks from 1 up");
-  const pgbg = limit !== undefined ? pgbgLimitedPressure(limit) : values.keep ? pgbgKeptPressure : pgbgPressure;
+  const pgbg = limit !== undefined ? pgbgLimitedPressure(limit) : values.keep ? pgbgKeptPressure : values.flows ? pgbgFlowsPressure : pgbgPressure;
   const steps = values.full
     ? [{ rate: 800, inFlight: 32, subjects: [pgbgPressure, ...peers] }, { rate: 2000, inFlight: 64, subjects: [pgbgPressure] }]
     : [{ rate, inFlight, subjects: [pgbg, ...peers] }];

@@ -117,7 +117,7 @@ export async function enqueueFlow<const K extends string>(
   if (!names.length || names.length > MAX_BATCH_INPUTS) throw new InvalidOptionsError(`enqueueFlow(): a flow holds 1 to ${MAX_BATCH_INPUTS} tasks, got ${names.length}`);
   const specs = names.map((name) => checkFlowTask(`enqueueFlow(): task "${name}"`, tasks[name]));
   const edges = flowEdges(names, specs);
-  const rows = await Promise.all(specs.map((spec, i) => flowRow(`enqueueFlow(): task "${names[i]}"`, spec)));
+  const rows = await flowRows((i) => `enqueueFlow(): task "${names[i]}"`, specs);
   const policy = opts.onParentFailure ?? "fail";
   const schema = checkSchemaName(opts.schema ?? defaults.schema);
   const written = await inTransaction(db, (tx) => writeFlow(tx, { kind: "flow", policy, rows, edges, schema, then: -1 }));
@@ -151,7 +151,7 @@ export async function enqueueBatch<T extends AnyTask>(
     if (isThenable(validated)) await validated;
     rows[i] = { task, s, payload: encodePayload(task.name, inputs[i], s.maxPayloadBytes, i), group: task.group ? taskGroup(task, inputs[i], i) : null };
   }
-  rows[inputs.length] = await flowRow("enqueueBatch(): then", then);
+  [rows[inputs.length]] = await flowRows(() => "enqueueBatch(): then", [then]);
   const written = await inTransaction(db, (tx) => writeFlow(tx, { kind: "batch", policy: "run", rows, edges: [], schema: s.schema, then: inputs.length }));
   return { id: written.flow, members: written.ids.slice(0, inputs.length), then: written.ids[inputs.length] };
 }
@@ -189,42 +189,76 @@ function flowEdges(names: string[], specs: FlowTask[]): Edge[] {
   return edges;
 }
 
-/** A cycle among places (as a path that ends where it starts), or undefined. */
+/**
+ * A cycle among places (as a path that ends where it starts), or undefined.
+ * Kahn's order: the places left once every place without a waiting parent
+ * is taken away lie on or behind a cycle; from one of them, following
+ * parents that are left comes back to a place already seen. No recursion,
+ * so a chain of 100,000 tasks needs no deep stack.
+ */
 function findCycle(count: number, edges: Edge[]): number[] | undefined {
+  const waiting = new Int32Array(count);
   const children: number[][] = Array.from({ length: count }, () => []);
-  for (const [p, c] of edges) if (typeof p === "number") children[p].push(c);
-  const state = new Uint8Array(count); // 0 unseen, 1 on the path, 2 done
-  const path: number[] = [];
-  const visit = (node: number): number[] | undefined => {
-    state[node] = 1;
-    path.push(node);
-    for (const next of children[node]) {
-      if (state[next] === 1) return [...path.slice(path.indexOf(next)), next];
-      if (state[next] === 0) {
-        const found = visit(next);
-        if (found) return found;
-      }
-    }
-    path.pop();
-    state[node] = 2;
-    return undefined;
-  };
-  for (let i = 0; i < count; i++) {
-    if (state[i] !== 0) continue;
-    const found = visit(i);
-    if (found) return found;
+  const parents: number[][] = Array.from({ length: count }, () => []);
+  for (const [p, c] of edges) {
+    if (typeof p !== "number") continue;
+    children[p].push(c);
+    parents[c].push(p);
+    waiting[c]++;
   }
-  return undefined;
+  const ready: number[] = [];
+  for (let i = 0; i < count; i++) if (!waiting[i]) ready.push(i);
+  let taken = 0;
+  while (ready.length) {
+    const node = ready.pop()!;
+    taken++;
+    for (const child of children[node]) if (--waiting[child] === 0) ready.push(child);
+  }
+  if (taken === count) return undefined;
+  // Walk up from a place left through parents left until one repeats.
+  let node = waiting.findIndex((w) => w > 0);
+  const seen = new Map<number, number>();
+  const path: number[] = [];
+  while (!seen.has(node)) {
+    seen.set(node, path.length);
+    path.push(node);
+    node = parents[node].find((p) => waiting[p] > 0)!;
+  }
+  const cycle = path.slice(seen.get(node)!).reverse();
+  return [...cycle, cycle[0]];
 }
 
-async function flowRow(where: string, spec: FlowTask): Promise<Row> {
+/**
+ * The row of one task of a flow: validated and encoded. Tasks given no
+ * option but `dependsOn` share their definition's parameters (`cache`), so
+ * a flow of 100,000 tasks works them out once per definition.
+ */
+function flowRow(where: string, spec: FlowTask, cache: Map<AnyTask, Shared>): Row | Promise<Row> {
   const { task, input, options } = spec;
-  const s = shared(where, task, options);
+  const plain = Object.keys(options).every((k) => k === "dependsOn");
+  let s = plain ? cache.get(task) : undefined;
+  if (!s) {
+    s = shared(where, task, options);
+    if (plain) cache.set(task, s);
+  }
   if (options.dependsOn?.length && (options.delay !== undefined || options.runAt !== undefined)) {
     throw new InvalidOptionsError(`${where}: a task with dependsOn runs when its parents end; delay and runAt are for tasks without parents`);
   }
-  await validateInput(task, input);
-  return { task, s, payload: encodePayload(task.name, input, s.maxPayloadBytes), group: taskGroup(task, input) };
+  const row = (shared: Shared): Row => ({ task, s: shared, payload: encodePayload(task.name, input, shared.maxPayloadBytes), group: taskGroup(task, input) });
+  const validated = validateInput(task, input);
+  const ready = s;
+  return isThenable(validated) ? Promise.resolve(validated).then(() => row(ready)) : row(ready);
+}
+
+/** The rows of `specs`, in order; awaits only the schemas that validate asynchronously. */
+async function flowRows(where: (i: number) => string, specs: FlowTask[]): Promise<Row[]> {
+  const cache = new Map<AnyTask, Shared>();
+  const rows: Row[] = new Array(specs.length);
+  for (let i = 0; i < specs.length; i++) {
+    const row = flowRow(where(i), specs[i], cache);
+    rows[i] = isThenable(row) ? await row : row;
+  }
+  return rows;
 }
 
 /** What writeFlow writes. */
@@ -238,6 +272,9 @@ interface FlowWrite {
   then: number;
 }
 
+/** Flows of up to this many tasks keep their graph in their row, for getFlow after their tasks left the queue. */
+const KEPT_GRAPH = 1_000;
+
 /** Checks the existing parents, draws the ids, and writes the flow's row, tasks and edges. */
 async function writeFlow(tx: DatabaseClient, w: FlowWrite): Promise<{ flow: string; ids: string[] }> {
   const { schema, rows, edges } = w;
@@ -245,16 +282,20 @@ async function writeFlow(tx: DatabaseClient, w: FlowWrite): Promise<{ flow: stri
   const [{ ids: drawn }] = await run<{ ids: string }>(tx, schema, "ReserveTaskIds", [rows.length]);
   const ids = sortIds(drawn.split(","));
   const idOf = (p: number | string) => typeof p === "number" ? ids[p] : p;
-  const flat = w.kind === "flow" ? edges.flatMap(([p, c]) => [idOf(p), ids[c]]) : null;
+  const graph = w.kind === "flow" && rows.length <= KEPT_GRAPH;
   const [{ id: flow }] = await run<{ id: unknown }>(tx, schema, "InsertFlow", [
-    w.kind, w.policy, w.then >= 0 ? rows.length - 1 : rows.length, w.then >= 0 ? ids[w.then] : null, w.kind === "flow" ? ids : null, flat,
+    w.kind, w.policy, w.then >= 0 ? rows.length - 1 : rows.length, w.then >= 0 ? ids[w.then] : null,
+    graph ? ids : null, graph ? edges.flatMap(([p, c]) => [idOf(p), ids[c]]) : null,
   ]);
   const trace = activeTraceContext();
+  const templates = [...new Set(rows.map((r) => r.s))];
+  const templateOf = new Map(templates.map((s, i) => [s, i + 1]));
   await run(tx, schema, "EnqueueFlowTasks", [
-    ids, rows.map((r) => r.s.queue), rows.map((r) => r.task.name), rows.map((r) => r.payload).join("\n"),
-    rows.map((r) => r.s.priority), rows.map((r) => r.s.runAt), rows.map((r) => r.s.delay), rows.map((r) => r.s.maxAttempts),
-    rows.map((r) => r.s.version), rows.map((r) => (r.s.onFailed ? 1 : 0)), rows.map((r) => r.s.retention[0]), rows.map((r) => r.s.retention[1]),
-    rows.map((r) => r.group), isThenable(trace) ? await trace : trace, flow,
+    ids, rows.map((r) => templateOf.get(r.s)), rows.map((r) => r.payload).join("\n"), rows.some((r) => r.group !== null) ? rows.map((r) => r.group) : [],
+    templates.map((s) => s.queue), templates.map((s) => rows.find((r) => r.s === s)!.task.name), templates.map((s) => s.priority), templates.map((s) => s.runAt),
+    templates.map((s) => s.delay), templates.map((s) => s.maxAttempts), templates.map((s) => s.version), templates.map((s) => (s.onFailed ? 1 : 0)),
+    templates.map((s) => s.retention[0]), templates.map((s) => s.retention[1]),
+    isThenable(trace) ? await trace : trace, flow,
     edges.map(([p]) => idOf(p)), edges.map(([, c]) => ids[c]), edges.map(([p]) => (typeof p === "number" || pendingIds.has(p) ? 1 : 0)),
     w.then >= 0 ? ids[w.then] : null, rows.length - 1,
   ]);

@@ -7,7 +7,7 @@
  */
 import postgres from "postgres";
 import type * as v from "valibot";
-import { enqueueMany, migrate, setQueueConcurrency, type Task, VERSION } from "../../mod.ts";
+import { enqueueFlow, enqueueMany, flowTask, migrate, setQueueConcurrency, type Task, VERSION } from "../../mod.ts";
 import { type Child, type Database, stop } from "../harness.ts";
 import { serve } from "../pgbg.ts";
 import * as benchTasks from "../tasks.js";
@@ -132,6 +132,45 @@ export function pgbgLimitedPressure(limit: number): PressureSubject {
     },
   };
 }
+
+/**
+ * pgbg with a tenth of the tasks arriving as flows (`--pressure --flows`):
+ * of every 40 tasks paced, 4 go as one flow, three tasks and a fourth that
+ * waits for them (a fan-in), the rest as before. A fan-in's start latency
+ * runs from its enqueue, so it includes its parents' run.
+ */
+export const pgbgFlowsPressure: PressureSubject = {
+  ...pgbgPressure,
+  name: "pgbg flows",
+  describeWorkers(inFlight) {
+    return `${pgbgPressure.describeWorkers(inFlight)}, a tenth of the tasks in flows of 3 and a fan-in`;
+  },
+  openEnqueuer(db, connections) {
+    const task = pressureTask;
+    if (!task) throw new Error("bench/tasks.js exports no `pressure` task");
+    const sql = postgres(db.url, { max: connections, onnotice: () => {} });
+    let paced = 0;
+    return Promise.resolve({
+      async enqueue(n: number, t: number) {
+        // Flows for each 40 tasks paced that this batch completes.
+        const flows = Math.floor((paced + n) / 40) - Math.floor(paced / 40);
+        paced += n;
+        const plain = n - 4 * Math.min(flows, Math.floor(n / 4));
+        const writes: Promise<unknown>[] = plain ? [enqueueMany(sql, task, Array.from({ length: plain }, () => ({ t })))] : [];
+        for (let f = 0; f < Math.min(flows, Math.floor(n / 4)); f++) {
+          writes.push(enqueueFlow(sql, {
+            a: flowTask(task, { t }), b: flowTask(task, { t }), c: flowTask(task, { t }),
+            join: flowTask(task, { t }, { dependsOn: ["a", "b", "c"] }),
+          }));
+        }
+        await Promise.all(writes);
+      },
+      async close() {
+        await sql.end({ timeout: 5 });
+      },
+    });
+  },
+};
 
 /** An enqueuer of `task` over up to `connections` connections, each batch one enqueueMany. */
 // deno-lint-ignore no-explicit-any
