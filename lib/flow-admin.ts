@@ -77,7 +77,7 @@ export async function getFlow(db: DatabaseClient, id: string, options?: AdminOpt
   const byId = new Map<string, FlowTaskInfo>();
   const info = (r: Record<string, unknown>): FlowTaskInfo => ({
     id: String(r.id), name: r.name as string, queue: r.queue as string, state: r.state as TaskState, attempts: r.attempts as number,
-    parents: parents.get(String(r.id)) ?? [], waitingOn: (r.waitingOn as number | undefined) ?? null,
+    parents: parents.get(String(r.id)) ?? ((r.parents as unknown[] | null | undefined) ?? []).map(String), waitingOn: (r.waitingOn as number | undefined) ?? null,
     lastError: (r.lastError as Record<string, unknown> | null) ?? null, result: r.result ?? null,
   });
   for (const r of f.kept) byId.set(String(r.id), info(r));

@@ -172,13 +172,16 @@ function flowEdges(names: string[], specs: FlowTask[]): Edge[] {
   const place = new Map(names.map((n, i) => [n, i]));
   const edges: Edge[] = [];
   specs.forEach((spec, child) => {
+    const seen = new Set<number | string>();
     for (const parent of spec.options.dependsOn ?? []) {
       if (typeof parent === "string") {
         const p = place.get(parent);
         if (p === undefined) throw new FlowError("PGBG_INVALID_FLOW", `enqueueFlow(): task "${names[child]}" depends on "${parent}", which is not a task of the flow`);
-        edges.push([p, child]);
+        if (!seen.has(p)) edges.push([p, child]);
+        seen.add(p);
       } else if (typeof parent === "object" && parent !== null && isTaskId(parent.id)) {
-        edges.push([parent.id, child]);
+        if (!seen.has(parent.id)) edges.push([parent.id, child]);
+        seen.add(parent.id);
       } else {
         throw new FlowError("PGBG_INVALID_FLOW", `enqueueFlow(): task "${names[child]}" has ${formatValue(parent)} in dependsOn; give a task name of the flow or { id: "<task id>" }`);
       }
@@ -288,13 +291,16 @@ async function writeFlow(tx: DatabaseClient, w: FlowWrite): Promise<{ flow: stri
     graph ? ids : null, graph ? edges.flatMap(([p, c]) => [idOf(p), ids[c]]) : null,
   ]);
   const trace = activeTraceContext();
-  const templates = [...new Set(rows.map((r) => r.s))];
-  const templateOf = new Map(templates.map((s, i) => [s, i + 1]));
+  const templateOf = new Map<Shared, number>();
+  const templates: { s: Shared; name: string }[] = [];
+  for (const r of rows) {
+    if (!templateOf.has(r.s)) templateOf.set(r.s, templates.push({ s: r.s, name: r.task.name }));
+  }
   await run(tx, schema, "EnqueueFlowTasks", [
     ids, rows.map((r) => templateOf.get(r.s)), rows.map((r) => r.payload).join("\n"), rows.some((r) => r.group !== null) ? rows.map((r) => r.group) : [],
-    templates.map((s) => s.queue), templates.map((s) => rows.find((r) => r.s === s)!.task.name), templates.map((s) => s.priority), templates.map((s) => s.runAt),
-    templates.map((s) => s.delay), templates.map((s) => s.maxAttempts), templates.map((s) => s.version), templates.map((s) => (s.onFailed ? 1 : 0)),
-    templates.map((s) => s.retention[0]), templates.map((s) => s.retention[1]),
+    templates.map((t) => t.s.queue), templates.map((t) => t.name), templates.map((t) => t.s.priority), templates.map((t) => t.s.runAt),
+    templates.map((t) => t.s.delay), templates.map((t) => t.s.maxAttempts), templates.map((t) => t.s.version), templates.map((t) => (t.s.onFailed ? 1 : 0)),
+    templates.map((t) => t.s.retention[0]), templates.map((t) => t.s.retention[1]),
     isThenable(trace) ? await trace : trace, flow,
     edges.map(([p]) => idOf(p)), edges.map(([, c]) => ids[c]), edges.map(([p]) => (typeof p === "number" || pendingIds.has(p) ? 1 : 0)),
     w.then >= 0 ? ids[w.then] : null, rows.length - 1,

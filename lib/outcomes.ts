@@ -38,6 +38,8 @@ export interface AttemptRef {
   event?: AttemptEvent & { durationMs: number };
   /** ctx.complete(tx) deleted the task (if `tx` then rolled back, the worker's own completion finds it). */
   completedInTransaction?: boolean;
+  /** Written once already and not found: written again once before it counts as a lost lease (see #recheck). */
+  rechecked?: boolean;
 }
 
 /** A success, ready to be written. */
@@ -162,9 +164,14 @@ export class OutcomeWriter {
         handedBack.length && run(this.db, this.schema, "HandBackTasks", [ids(handedBack), tokens(handedBack)]),
       ]);
       const completedRows = keptRows.length || memberRows.length ? [...deletedRows, ...keptRows, ...memberRows] : deletedRows;
-      countCompleted(done, completedRows);
-      countFailed(failed, failedRows);
-      if (this.events?.listening) tellWritten(this.events, { done, completedRows, failed, failedRows, snoozed, snoozedRows, cancelled, cancelledRows });
+      // A write can miss a row another statement updated while it waited
+      // (enqueueFlow marking a running parent): its row moved, and the fence
+      // finds it by its address. Written once more, by a new statement,
+      // before it counts as a lost lease.
+      const [doneNow, failedNow] = [recheck(done, completedRows, this.#done), recheck(failed, failedRows, this.#failed)];
+      countCompleted(doneNow, completedRows);
+      countFailed(failedNow, failedRows);
+      if (this.events?.listening) tellWritten(this.events, { done: doneNow, completedRows, failed: failedNow, failedRows, snoozed, snoozedRows, cancelled, cancelledRows });
       this.#retryDelay = 100;
     } catch (error) {
       // Keep them for the next batch: the writes are fenced by the lease, so
@@ -179,6 +186,17 @@ export class OutcomeWriter {
       this.#retryDelay = Math.min(this.#retryDelay * 2, 5_000);
     }
   }
+}
+
+/** The outcomes of `written` to report now; those the statement did not find, written for the first time, go back into `queue` to be written once more. */
+function recheck<T extends AttemptRef>(written: T[], rows: { id: unknown }[], queue: T[]): T[] {
+  if (rows.length >= written.length) return written;
+  const found = new Set(rows.map((r) => String(r.id)));
+  const again = written.filter((w) => !found.has(w.id) && !w.completedInTransaction && !w.rechecked);
+  if (!again.length) return written;
+  for (const w of again) w.rechecked = true;
+  queue.push(...again);
+  return written.filter((w) => !again.includes(w));
 }
 
 /** Resolves with `promise`, or at `deadline` (epoch ms), whichever comes first. */

@@ -23,7 +23,9 @@ import {
   getTask,
   migrate,
   PermanentError,
+  retry,
 } from "../mod.ts";
+import { run } from "../lib/statements.ts";
 import { silentLogger } from "../lib/log.ts";
 import { FlowKeeper } from "../lib/maintenance/flow-keeper.ts";
 import { createTestDatabase } from "./harness.ts";
@@ -160,6 +162,26 @@ describe("flows", () => {
     const child = (await logOf(running.tasks.child))[0];
     assert.deepEqual(child.results, [[running.tasks.ok, 1]], "run: the child ran with the result of the parent that succeeded");
     assert.equal((await logOf(running.tasks.grandchild)).length, 1, "run: and its child after it");
+    // Retrying every failed task queues the failed parents again, not the tasks their failure failed.
+    const retried = await retry(sql, { allFailed: true });
+    assert.ok(retried.includes(failing.tasks.bad) && !retried.includes(failing.tasks.child) && !retried.includes(failing.tasks.grandchild), JSON.stringify(retried));
+  });
+
+  test("a running parent deleted by its success counts as succeeded even with its cancel asked; deleted as a cancelled attempt, as cancelled", async () => {
+    await clean();
+    const graph = () => enqueueFlow(sql, { p: flowTask(step, { value: 1 }), c: flowTask(step, { value: 2 }, { dependsOn: ["p", "p"] }) });
+    const succeeded = await graph();
+    const cancelled = await graph();
+    const lease = async (id: string) => {
+      const [r] = await sql`UPDATE pgbg.task SET state = 'running', attempts = 1, lease_token = lease_token + 1, worker_id = gen_random_uuid(),
+        lease_expires_at = now() + interval '1 hour', cancel_requested_at = now() WHERE id = ${id} RETURNING lease_token`;
+      return r.lease_token as number;
+    };
+    await run(sql, "pgbg", "CompleteTasks", [[succeeded.tasks.p], [await lease(succeeded.tasks.p)]]);
+    await run(sql, "pgbg", "FinishCancelledTasks", [[cancelled.tasks.p], [await lease(cancelled.tasks.p)]]);
+    assert.equal((await getTask(sql, succeeded.tasks.c))?.state, "queued", "a parent listed twice is waited for once, and its success releases the child");
+    const failed = await getTask(sql, cancelled.tasks.c);
+    assert.deepEqual([failed?.state, failed?.lastError?.code, failed?.lastError?.message], ["failed", "PGBG_PARENT_FAILED", `parent task ${cancelled.tasks.p} cancelled`]);
   });
 
   test("ctx.complete(tx) releases the child in the app's transaction: rolled back, the child still waits", async () => {

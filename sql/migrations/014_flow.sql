@@ -86,8 +86,8 @@ CREATE TABLE pgbg.task_dependency (
 );
 
 -- Settles the waiting dependants of the task OLD, which just succeeded
--- (deleted while running, its cancel not asked), was cancelled (deleted
--- otherwise) or failed for good (updated to failed). A deleted failed task
+-- (deleted while running, other than by the end of a cancelled attempt),
+-- was cancelled (deleted otherwise) or failed for good (updated to failed). A deleted failed task
 -- (pruned, or cancelled after it failed) settled them when it failed.
 -- Children are locked in id order, so two parents settling at once never
 -- wait on each other's children in opposite orders. Each statement here
@@ -100,9 +100,13 @@ CREATE TABLE pgbg.task_dependency (
 CREATE FUNCTION pgbg.task_settle_dependants() RETURNS trigger
   LANGUAGE plpgsql AS $$
 DECLARE
+  -- A running task deleted is a success, unless the statement that deletes
+  -- it ends a cancelled attempt (FinishCancelledTasks says so in the
+  -- transaction-local setting pgbg_flow.ending): a task whose cancel was asked
+  -- may still succeed, and is then kept and counted as completed.
   outcome text := CASE
     WHEN TG_OP = 'UPDATE' THEN 'failed'
-    WHEN OLD.state = 'running' AND OLD.cancel_requested_at IS NULL THEN 'completed'
+    WHEN OLD.state = 'running' AND coalesce(current_setting('pgbg_flow.ending', true), '') <> 'cancel' THEN 'completed'
     ELSE 'cancelled' END;
   child record;
   policy text;

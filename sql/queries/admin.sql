@@ -107,6 +107,9 @@ LIMIT $3;
 -- longer its member (its end is not counted twice).
 UPDATE pgbg.task t SET state = 'queued', run_at = now(), failed_at = NULL, attempts = 0, snoozes = 0, batch_then = NULL
 WHERE t.state = 'failed' AND t.cancel_requested_at IS NULL
+  -- A task failed by its flow's policy (a parent failed) stays failed: run
+  -- again, it would run without that parent.
+  AND (t.last_error IS NULL OR t.last_error->>'code' IS DISTINCT FROM 'PGBG_PARENT_FAILED')
   AND ($1::bigint[] IS NULL OR t.id = ANY($1::bigint[]))
   AND ($2::text IS NULL OR t.name = $2::text)
   AND (t.key IS NULL OR NOT EXISTS (

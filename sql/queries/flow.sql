@@ -110,7 +110,7 @@ WHERE t.id = $1;
 -- waits for) and those kept in the history.
 SELECT f.id, f.kind, f.on_parent_failure, f.size, f.then_id, f.created_at, f.task_ids, f.edges,
   ARRAY(SELECT jsonb_build_object('id', t.id::text, 'name', t.name, 'queue', t.queue, 'state', t.state::text,
-      'attempts', t.attempts, 'waitingOn', t.waiting_on, 'lastError', t.last_error)
+      'attempts', t.attempts, 'waitingOn', t.waiting_on, 'lastError', t.last_error, 'parents', t.parent_ids)
     FROM pgbg.task t WHERE t.flow_id = f.id ORDER BY t.id) AS queued,
   ARRAY(SELECT jsonb_build_object('id', h.id::text, 'name', h.name, 'queue', h.queue, 'state', h.state,
       'attempts', h.attempts, 'lastError', h.last_error, 'result', h.result)

@@ -501,10 +501,15 @@ RETURNING id, ARRAY(
 -- Deletes cancelled tasks whose attempt ended, fenced by the lease like
 -- every write about an attempt, keeping those that keep their history as
 -- cancelled. $1 ids, $2 their lease tokens.
-WITH finished AS (
+WITH ending AS (
+  -- Read by the trigger that settles a flow's dependants: these running
+  -- tasks end cancelled, not completed (migration 014).
+  SELECT set_config('pgbg_flow.ending', 'cancel', true) AS ending
+),
+finished AS (
   DELETE FROM pgbg.task t
   USING unnest($1::bigint[], $2::integer[]) AS c (id, token)
-  WHERE t.id = c.id AND t.lease_token = c.token AND t.state = 'running'
+  WHERE t.id = c.id AND t.lease_token = c.token AND t.state = 'running' AND (SELECT ending FROM ending) IS NOT NULL
   RETURNING {{CancelledColumns}}
 ),
 {{KeepFinished}},
