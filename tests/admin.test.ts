@@ -259,7 +259,7 @@ describe("the operators' commands", () => {
       ["list", ["--limit", "-3"], /^pgbg: --limit must be a whole number from 1 to 10000, got "-3"$/],
       ["list", ["--limit", "10001"], /^pgbg: --limit must be a whole number from 1 to 10000, got "10001"$/],
       ["list", ["--limit", "many"], /^pgbg: --limit must be a whole number from 1 to 10000, got "many"$/],
-      ["list", ["--state", "done"], /^pgbg: --state must be one of queued, scheduled, running, failed, completed, cancelled, got "done"$/],
+      ["list", ["--state", "done"], /^pgbg: --state must be one of queued, scheduled, waiting, running, failed, completed, cancelled, got "done"$/],
       ["enqueue", ["work"], /^pgbg: give the task's name and its input as JSON/],
       ["enqueue", ["work", "{}"], /^pgbg: --tasks \(PGBG_TASKS\) is required/],
       ["enqueue", ["work", "{}", "--tasks", fixtureTasks, "--delay", "soon"], /^pgbg: --delay must be a duration such as 500ms, 30s, 5m, got "soon"$/],
