@@ -78,8 +78,10 @@ export interface EnqueuedBatch {
 const POLICIES: readonly string[] = ["fail", "cancel", "run"];
 const policyCheck: OptionCheck = (value) => POLICIES.includes(value as string) ? undefined : `must be "fail", "cancel" or "run", got ${formatValue(value)}`;
 const flowChecks = { onParentFailure: policyCheck, schema: commonChecks.schema };
+// A flow's tasks go to the flow's schema: `schema` is an option of enqueueFlow, refused here as unknown.
+const { schema: _flowSchema, ...taskChecks } = commonChecks;
 const flowTaskChecks = {
-  ...commonChecks,
+  ...taskChecks,
   dependsOn: (value: unknown) => Array.isArray(value) ? undefined : `must be an array of task names of the flow or { id }, got ${formatValue(value)}`,
 };
 const batchChecks = { ...commonChecks, then: (value: unknown) => typeof value === "object" && value !== null ? undefined : `must be flowTask(task, input), got ${formatValue(value)}` };

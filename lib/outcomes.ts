@@ -38,7 +38,7 @@ export interface AttemptRef {
   event?: AttemptEvent & { durationMs: number };
   /** ctx.complete(tx) deleted the task (if `tx` then rolled back, the worker's own completion finds it). */
   completedInTransaction?: boolean;
-  /** Written once already and not found: written again once before it counts as a lost lease (see #recheck). */
+  /** Written once already and not found: written again once before it counts as a lost lease (see recheck). */
   rechecked?: boolean;
 }
 

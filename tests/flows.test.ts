@@ -123,6 +123,7 @@ describe("flows", () => {
       (e) => e instanceof FlowError && e.code === "PGBG_UNKNOWN_PARENT" && /999999999/.test(e.message),
     );
     await assert.rejects(enqueueFlow(sql, { a: flowTask(step, { value: -1 }, { dependsOn: [{ id: "x1" } as never] }) }), /has an? object in dependsOn/);
+    assert.throws(() => flowTask(step, { value: 1 }, { schema: "other" } as never), /unknown option "schema"/);
     assert.equal((await sql`SELECT count(*)::int AS n FROM pgbg.task`)[0].n, 0);
     assert.equal((await sql`SELECT count(*)::int AS n FROM pgbg.flow`)[0].n, before);
   });

@@ -85,6 +85,14 @@ export const groupedWork = defineTask({
   run: runWork,
 });
 
+/** What the flow's and the batch's recording tasks below share with each other (and, but for the input, with `work`). */
+const recording = {
+  schema: v.object({ ms: v.number() }),
+  result: v.object({ p: v.number(), n: v.number() }),
+  retryDelay: 100,
+  maxAttempts: 1000,
+};
+
 /**
  * A task of a flow that waits for others: as `work`, and before it sleeps
  * it reads how many of its parents are still in the queue (none may be: it
@@ -93,10 +101,7 @@ export const groupedWork = defineTask({
  */
 export const join = defineTask({
   name: "chaos-join",
-  schema: v.object({ ms: v.number() }),
-  result: v.object({ p: v.number(), n: v.number() }),
-  retryDelay: 100,
-  maxAttempts: 1000,
+  ...recording,
   async run(input, ctx) {
     const { sql } = setup();
     const [row] = await sql`SELECT coalesce(cardinality(t.parent_ids), 0)::int AS parents,
@@ -110,10 +115,7 @@ export const join = defineTask({
 /** A batch's completion task: as `work`, recording with its completion what ctx.batch() said and how many members were still pending at its start (chaos_batch). */
 export const batchDone = defineTask({
   name: "chaos-batch-done",
-  schema: v.object({ ms: v.number() }),
-  result: v.object({ p: v.number(), n: v.number() }),
-  retryDelay: 100,
-  maxAttempts: 1000,
+  ...recording,
   async run(input, ctx) {
     const { sql } = setup();
     const [{ pending }] = await sql`SELECT count(*)::int AS pending FROM pgbg.task
