@@ -252,7 +252,7 @@ async function keptDrains(pgbg: Subject, n: number, setting: ServeSetting): Prom
     const label = keeping === "results" ? "with results (kept 1 h)" : "with retention on (--completed-retention 1h)";
     record({
       section: "dequeue", case: `${served} ${label}`, subject: "pgbg", value, unit: "tasks/s", against: served,
-      detail: `${result.setting}; ${plain ? (value / plain).toFixed(2) : "n/a"} of the plain served drain; ${spread(runs)}; ` +
+      detail: `${result.setting}; ${plain ? (value / plain).toFixed(2) : "n/a"} of the plain served drain; ` +
         `CPU s/1k: server ${perThousand(result.serverCpu, result.jobs)}, workers ${perThousand(result.workerCpu, result.jobs)}`,
     });
   }
@@ -277,7 +277,7 @@ async function limitedDrain(pgbg: Subject, n: number, setting: ServeSetting): Pr
   const value = result.jobs / result.seconds;
   record({
     section: "dequeue", case: `${served} with a non-binding queue limit (${limit.toLocaleString("en")})`, subject: "pgbg", value, unit: "tasks/s", against: served,
-    detail: `${result.setting}; ${plain ? (value / plain).toFixed(2) : "n/a"} of the plain served drain; ${spread(runs)}; ` +
+    detail: `${result.setting}; ${plain ? (value / plain).toFixed(2) : "n/a"} of the plain served drain; ` +
       `CPU s/1k: server ${perThousand(result.serverCpu, result.jobs)}, workers ${perThousand(result.workerCpu, result.jobs)}`,
   });
 }
@@ -300,7 +300,7 @@ async function ratedDrain(pgbg: Subject, setting: ServeSetting): Promise<void> {
   const value = (result.jobs - perSecond) / result.seconds;
   record({
     section: "dequeue", case: `drain ${n.toLocaleString("en")} rate-limited to ${perSecond.toLocaleString("en")}/s`, subject: "pgbg", value, unit: "tasks/s",
-    detail: `${result.setting}; ${(value / perSecond).toFixed(3)} of its limit (after the first second's ${perSecond.toLocaleString("en")}); ${spread(runs)}`,
+    detail: `${result.setting}; ${(value / perSecond).toFixed(3)} of its limit (after the first second's ${perSecond.toLocaleString("en")})`,
   });
 }
 
@@ -338,10 +338,10 @@ async function flowBench(pgbg: Subject, n: number, best: ServeSetting): Promise<
   const p = medianRun(plain);
   const b = medianRun(batch);
   const [pv, bv] = [p.jobs / p.seconds, b.jobs / b.seconds];
-  record({ section: "flows", case: `drain ${n.toLocaleString("en")}, independent`, subject: "pgbg", value: pv, unit: "tasks/s", detail: `${p.setting}; ${spread(plain)}; CPU s/1k: server ${perThousand(p.serverCpu, p.jobs)}` });
+  record({ section: "flows", case: `drain ${n.toLocaleString("en")}, independent`, subject: "pgbg", value: pv, unit: "tasks/s", detail: `${p.setting}; CPU s/1k: server ${perThousand(p.serverCpu, p.jobs)}` });
   record({
     section: "flows", case: `drain ${n.toLocaleString("en")}, one batch with a completion task`, subject: "pgbg", value: bv, unit: "tasks/s",
-    detail: `${b.setting}; ${(bv / pv).toFixed(2)} of independent (target ≥ 0.8); ${spread(batch)}; CPU s/1k: server ${perThousand(b.serverCpu, b.jobs)}`,
+    detail: `${b.setting}; ${(bv / pv).toFixed(2)} of independent (target ≥ 0.8); CPU s/1k: server ${perThousand(b.serverCpu, b.jobs)}`,
   });
 }
 
@@ -386,7 +386,7 @@ async function groupedDrains(pgbg: Subject, n: number, best: ServeSetting): Prom
     const value = result.jobs / result.seconds;
     record({
       section: "dequeue", case: `${served} ${label}`, subject: "pgbg", value, unit: "tasks/s", against: served,
-      detail: `${result.setting}; ${plain ? (value / plain).toFixed(2) : "n/a"} of the plain drain at that setting; ${spread(runs)}; ` +
+      detail: `${result.setting}; ${plain ? (value / plain).toFixed(2) : "n/a"} of the plain drain at that setting; ` +
         `CPU s/1k: server ${perThousand(result.serverCpu, result.jobs)}, workers ${perThousand(result.workerCpu, result.jobs)}`,
     });
   }
