@@ -34,8 +34,8 @@ export type { StandardInput, StandardIssue, StandardOutput, StandardResult, Stan
 export { enqueue, enqueueMany } from "./lib/enqueue.ts";
 export { enqueueBatch, enqueueFlow, flowTask } from "./lib/flow.ts";
 export type { EnqueueBatchOptions, EnqueuedBatch, EnqueuedFlow, EnqueueFlowOptions, FlowTask, FlowTaskOptions, OnParentFailure } from "./lib/flow.ts";
-export { cancelFlow, getFlow } from "./lib/flow-admin.ts";
-export type { FlowInfo, FlowTaskInfo } from "./lib/flow-admin.ts";
+export { cancelFlow, getBatch, getFlow, recentFlows } from "./lib/flow-admin.ts";
+export type { BatchInfo, FlowInfo, FlowSummary, FlowTaskInfo } from "./lib/flow-admin.ts";
 export type { EnqueueManyOptions, EnqueueOptions } from "./lib/enqueue.ts";
 export { createWorker } from "./lib/host.ts";
 export type { WorkerHost, WorkerHostOptions } from "./lib/host.ts";

@@ -90,7 +90,7 @@ export interface BatchOutcome {
   succeeded: number;
   /** Members that failed for good or were cancelled. */
   failed: number;
-  /** Their ids. */
+  /** Their ids, in id order. */
   failedIds: string[];
 }
 

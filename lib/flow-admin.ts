@@ -1,6 +1,7 @@
 /**
- * `getFlow` and `cancelFlow`: a flow's or batch's tasks with their states
- * and dependencies, and its cancel.
+ * `getFlow`, `getBatch`, `cancelFlow` and `recentFlows`: a flow's or
+ * batch's tasks with their states and dependencies, a batch in numbers, a
+ * flow's cancel, and the newest flows.
  *
  * @module
  */
@@ -91,6 +92,45 @@ export async function getFlow(db: DatabaseClient, id: string, options?: AdminOpt
   return {
     id: String(f.id), kind: f.kind, onParentFailure: f.on_parent_failure, size: f.size, then: f.then_id === null ? null : String(f.then_id),
     createdAt: f.created_at, tasks,
+  };
+}
+
+/** A batch in numbers, as {@link getBatch} returns it. */
+export interface BatchInfo {
+  id: string;
+  /** Members in all. */
+  size: number;
+  createdAt: Date;
+  /** Members that have not ended yet (in the queue, not failed). */
+  pending: number;
+  /**
+   * Members that succeeded, and those that failed for good or were
+   * cancelled (with their ids): known while the completion task is in the
+   * queue (it carries the count), null once it left it.
+   */
+  succeeded: number | null;
+  failed: number | null;
+  failedIds: string[] | null;
+  /** The completion task: its id, and its state (`finished` once it left the queue without being kept). */
+  then: { id: string; state: TaskState | "finished" };
+}
+
+/**
+ * A batch by its id, in numbers: how many members are pending, succeeded
+ * and failed, and its completion task's state, without listing its members
+ * (getFlow lists them). Null for an id that is not a batch's.
+ */
+export async function getBatch(db: DatabaseClient, id: string, options?: AdminOptions): Promise<BatchInfo | null> {
+  const schema = schemaOf("getBatch()", options);
+  type Row = { id: unknown; size: number; then_id: unknown; created_at: Date; pending: number; then_state: TaskState | null; failed_parents: unknown[] | null; then_kept: TaskState | null };
+  const rows = await run<Row>(db, schema, "GetBatch", [flowId("getBatch()", id)]);
+  if (!rows.length) return null;
+  const b = rows[0];
+  const failedIds = b.then_state === null ? null : (b.failed_parents ?? []).map(String);
+  return {
+    id: String(b.id), size: b.size, createdAt: b.created_at, pending: b.pending,
+    succeeded: failedIds && b.size - b.pending - failedIds.length, failed: failedIds && failedIds.length, failedIds,
+    then: { id: String(b.then_id), state: b.then_state ?? b.then_kept ?? "finished" },
   };
 }
 

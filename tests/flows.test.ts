@@ -19,6 +19,7 @@ import {
   enqueueFlow,
   FlowError,
   flowTask,
+  getBatch,
   getFlow,
   getTask,
   migrate,
@@ -268,21 +269,35 @@ describe("batches", () => {
     const batch = await enqueueBatch(sql, step, inputs, { then: flowTask(report, {}) });
     assert.equal(batch.members.length, 300);
     assert.equal((await getTask(sql, batch.then))?.state, "waiting");
+    const before = await getBatch(sql, batch.id);
+    assert.deepEqual({ ...before, createdAt: null }, {
+      id: batch.id, size: 300, createdAt: null, pending: 300, succeeded: 0, failed: 0, failedIds: [], then: { id: batch.then, state: "waiting" },
+    });
     // Two workers complete members at once.
     await Promise.all([
-      drain(sql, { tasks: [step, report], concurrency: 16, logger: quiet }),
-      drain(sql, { tasks: [step, report], concurrency: 16, logger: quiet }),
+      drain(sql, { tasks: [step], concurrency: 16, logger: quiet }),
+      drain(sql, { tasks: [step], concurrency: 16, logger: quiet }),
     ]);
+    const failedIds = [7, 107, 207].map((i) => batch.members[i]);
+    const ended = await getBatch(sql, batch.id);
+    assert.deepEqual({ ...ended, createdAt: null }, {
+      id: batch.id, size: 300, createdAt: null, pending: 0, succeeded: 297, failed: 3, failedIds, then: { id: batch.then, state: "queued" },
+    });
     await drain(sql, { tasks: [step, report], logger: quiet });
     const log = await logOf(batch.then);
     assert.equal(log.length, 1, "the completion task ran once");
-    const failedIds = [7, 107, 207].map((i) => batch.members[i]);
     assert.deepEqual(log[0], { id: batch.id, size: 300, succeeded: 297, failed: 3, failedIds });
     const [{ n }] = await sql`SELECT count(*)::int AS n FROM flow_log WHERE name = 'step'`;
     assert.equal(n, 300, "every member ran once");
     const [{ started }] = await sql`SELECT min(id) AS started FROM flow_log WHERE task_id = ${batch.then}`;
     const [{ last }] = await sql`SELECT max(id) AS last FROM flow_log WHERE name = 'step'`;
     assert.ok(BigInt(started) > BigInt(last), "after every member");
+    const after = await getBatch(sql, batch.id);
+    assert.deepEqual([after?.pending, after?.succeeded, after?.then.state], [0, null, "finished"], "its count left the queue with the completion task");
+    const flow = await enqueueFlow(sql, { a: flowTask(step, { value: 1 }) });
+    assert.equal(await getBatch(sql, flow.id), null, "a flow is not a batch");
+    assert.equal(await getBatch(sql, "999999999"), null);
+    await assert.rejects(getBatch(sql, "x"), /getBatch\(\): "x" is not a flow id/);
   });
 });
 

@@ -542,6 +542,8 @@ test("the README's flows and batches example runs as written, in-process and und
   const lines = result.stdout.trim().split("\n");
   assert.ok(lines.includes("told ada: /thumbs/64/cat.png, /thumbs/512/cat.png"), result.stdout);
   assert.ok(lines.includes("rows.csv: 99 rows imported, 1 failed (1 ids)"), result.stdout);
+  assert.ok(lines.includes("batch: 100 rows pending") && lines.includes("cancelled: 1"), result.stdout);
+  assert.ok(!lines.some((l) => l.startsWith("told bob")), "the cancelled task never ran");
   assert.match(lines.at(-1)!, /^process-upload: completed; make-thumbnail: completed; make-thumbnail: completed; \d+: finished$/);
 
   // The same tasks under pgbg serve, the flow and the batch enqueued from here.

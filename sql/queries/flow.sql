@@ -100,8 +100,9 @@ ORDER BY h.id;
 
 -- name: BatchOutcome
 -- What became of the members of the batch whose completion task is $1:
--- its size and the members that failed for good or were cancelled.
-SELECT f.id, f.size, coalesce(t.failed_parents, '{}') AS failed_ids
+-- its size and the members that failed for good or were cancelled, in id
+-- order (failed_parents holds them in the order they ended).
+SELECT f.id, f.size, ARRAY(SELECT x FROM unnest(t.failed_parents) AS x ORDER BY x) AS failed_ids
 FROM pgbg.task t JOIN pgbg.flow f ON f.id = t.flow_id AND f.then_id = t.id
 WHERE t.id = $1;
 
@@ -117,6 +118,19 @@ SELECT f.id, f.kind, f.on_parent_failure, f.size, f.then_id, f.created_at, f.tas
     FROM pgbg.history h WHERE h.flow_id = f.id AND h.expires_at > now() ORDER BY h.id) AS kept
 FROM pgbg.flow f
 WHERE f.id = $1;
+
+-- name: GetBatch
+-- Batch $1 in numbers, without listing its members: those still pending
+-- (in the queue, not failed; through task_flow_idx), and its completion
+-- task's row while it is in the queue, whose waiting_on and failed_parents
+-- say how many members have not ended and which failed; else its kept end.
+SELECT f.id, f.size, f.then_id, f.created_at,
+  (SELECT count(*) FROM pgbg.task m WHERE m.flow_id = f.id AND m.id <> f.then_id AND m.state <> 'failed')::int AS pending,
+  c.state::text AS then_state, ARRAY(SELECT x FROM unnest(c.failed_parents) AS x ORDER BY x) AS failed_parents,
+  (SELECT h.state FROM pgbg.history h WHERE h.id = f.then_id AND h.expires_at > now() LIMIT 1) AS then_kept
+FROM pgbg.flow f
+LEFT JOIN pgbg.task c ON c.id = f.then_id
+WHERE f.id = $1 AND f.kind = 'batch';
 
 -- name: FlowTaskIds
 -- The pending tasks of flow $1, for its cancel.
