@@ -9,7 +9,7 @@
 import { type QueueStatus, readTaskStatus } from "./admin.ts";
 import { listSchedules, type QueueSettings, queueSettings, type ScheduleInfo } from "./controls.ts";
 import type { ReleasedTask } from "./maintenance/dead-worker-releaser.ts";
-import type { Database } from "./statements.ts";
+import { type Database, run } from "./statements.ts";
 import { addHistogram, emptySeries, HISTOGRAM_BUCKETS, type Histogram, type SeriesCounts } from "./stats.ts";
 import type { WorkerReport } from "./worker.ts";
 
@@ -52,7 +52,7 @@ export class ServiceMetrics {
   }
 
   /** The metrics in Prometheus' text exposition format (version 0.0.4), with what the database holds (readDatabaseMetrics). */
-  render({ depth, queues, schedules }: DatabaseMetrics): string {
+  render({ depth, queues, schedules, groupWaiting }: DatabaseMetrics): string {
     const totals = [...this.#totals.values()].sort((a, b) => a.queue.localeCompare(b.queue) || a.name.localeCompare(b.name));
     const out: string[] = [];
     const family = (name: string, type: string, help: string) => out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
@@ -94,8 +94,12 @@ export class ServiceMetrics {
     for (const q of queues) if (q.rate) out.push(`pgbg_queue_rate_interval_seconds${labels({ queue: q.queue })} ${q.rate.intervalMs / 1000}`);
     family("pgbg_queue_rate_starts", "gauge", "Starts within the last interval of each rate-limited queue: its current rate.");
     for (const q of queues) if (q.rate) out.push(`pgbg_queue_rate_starts${labels({ queue: q.queue })} ${q.rate.recentStarts}`);
-    family("pgbg_queue_limit_waiting", "gauge", "Due tasks of each limited queue held back now because it is at its concurrency or rate limit.");
-    for (const q of queues) if (q.concurrency !== null || q.rate) out.push(`pgbg_queue_limit_waiting${labels({ queue: q.queue })} ${waitingOnLimit(q, depth)}`);
+    family("pgbg_queue_limit_waiting", "gauge", "Due tasks of each limited queue held back now: all while it is at its concurrency or rate limit, else those whose group is at its limit.");
+    for (const q of queues) {
+      if (q.concurrency !== null || q.rate || q.groupConcurrency !== null) {
+        out.push(`pgbg_queue_limit_waiting${labels({ queue: q.queue })} ${waitingOnLimit(q, depth, groupWaiting.get(q.queue) ?? 0)}`);
+      }
+    }
     family("pgbg_schedule_last_tick_seconds", "gauge", "Unix time of each schedule's newest tick handled.");
     for (const s of schedules) out.push(`pgbg_schedule_last_tick_seconds${labels({ schedule: s.name })} ${s.lastTick.getTime() / 1000}`);
     family("pgbg_schedule_next_tick_seconds", "gauge", "Unix time of each schedule's next tick.");
@@ -132,20 +136,29 @@ export interface DatabaseMetrics {
   /** The queues paused or limited. */
   queues: QueueSettings[];
   schedules: ScheduleInfo[];
+  /** Of each queue with a limit per group, the due tasks whose group is at its limit. */
+  groupWaiting: Map<string, number>;
 }
 
 /** Reads what a scrape shows of the database: the queue depth, the queues paused or limited, and the schedules. */
 export async function readDatabaseMetrics(db: Database, schema: string): Promise<DatabaseMetrics> {
   const [depth, queues, schedules] = await Promise.all([readTaskStatus(db, schema), queueSettings(db, { schema }), listSchedules(db, { schema })]);
-  return { depth, queues, schedules };
+  // Read only when some queue has a limit per group: it reads their grouped tasks.
+  const grouped = queues.some((q) => q.groupConcurrency !== null)
+    ? await run<{ queue: string; waiting: number }>(db, schema, "GroupLimitWaiting", [])
+    : [];
+  return { depth, queues, schedules, groupWaiting: new Map(grouped.map((r) => [r.queue, r.waiting])) };
 }
 
-/** The due tasks of limited queue `q` when it is at its concurrency or rate limit, else 0. */
-function waitingOnLimit(q: QueueSettings, depth: QueueStatus[]): number {
+/**
+ * The due tasks of limited queue `q` when it is at its concurrency or rate
+ * limit; else `groupWaiting`, its due tasks whose group is at its limit.
+ */
+function waitingOnLimit(q: QueueSettings, depth: QueueStatus[], groupWaiting: number): number {
   const rows = depth.filter((d) => d.queue === q.queue);
   const running = rows.reduce((n, d) => n + d.running, 0);
   const full = (q.concurrency !== null && running >= q.concurrency) || (q.rate !== null && q.rate.recentStarts >= q.rate.limit);
-  return full ? rows.reduce((n, d) => n + d.queued, 0) : 0;
+  return full ? rows.reduce((n, d) => n + d.queued, 0) : groupWaiting;
 }
 
 /** `{a="x",b="y"}` with Prometheus' escaping of backslash, quote and newline. */

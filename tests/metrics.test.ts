@@ -1,8 +1,8 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { enqueue, migrate, pauseQueue, resumeQueue, setQueueConcurrency, setQueueRateLimit } from "../mod.ts";
+import { cancel, enqueue, migrate, pauseQueue, resumeQueue, setGroupConcurrency, setQueueConcurrency, setQueueRateLimit } from "../mod.ts";
 import { readTaskStatus } from "../lib/admin.ts";
-import { alwaysFails, work } from "./fixtures/tasks.ts";
+import { alwaysFails, tenantWork, work } from "./fixtures/tasks.ts";
 import { createTestDatabase } from "./harness.ts";
 import { serviceTestbed, stopService, until } from "./service-harness.ts";
 
@@ -103,6 +103,16 @@ describe("pgbg serve --metrics-port", () => {
     assert.equal(value(rated, "pgbg_queue_rate_limit", { queue: "q9" }), 1);
     assert.equal(value(rated, "pgbg_queue_rate_interval_seconds", { queue: "q9" }), 3600);
     await setQueueRateLimit(sql, "q9", null);
+    // A limit of 1 per group: of tenant a's three long tasks one runs, two wait on it; tenant b's runs.
+    await setGroupConcurrency(sql, "q9", 1);
+    const tenants = [];
+    for (const tenant of ["a", "a", "a", "b"]) tenants.push(await enqueue(sql, tenantWork, { tenant, ms: tenant === "a" ? 120_000 : 0 }, { queue: "q9" }));
+    await until(() => scrape(port), ({ samples }) => value(samples, "pgbg_queue_limit_waiting", { queue: "q9" }) === 2 &&
+      value(samples, "pgbg_queue_depth", { queue: "q9", task: "tenant-work", state: "running" }) === 1 &&
+      value(samples, "pgbg_queue_depth", { queue: "q9", task: "tenant-work", state: "queued" }) === 2,
+    120_000, "tenant a's waiting tasks to reach the scrape");
+    await setGroupConcurrency(sql, "q9", null);
+    await cancel(sql, tenants);
 
     for (const metric of ["pgbg_task_duration_seconds", "pgbg_task_lag_seconds"]) {
       const buckets = samples.filter((s) => s.name === `${metric}_bucket` && s.labels.task === "always-fails");
