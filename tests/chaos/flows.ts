@@ -4,11 +4,15 @@
  * and batch runs (lost 0, checked by the verdict of every scenario), no
  * flow's task starts before each of its parents succeeded, each reads every
  * parent's result, and each batch's completion task runs once, after every
- * member, told that all succeeded.
+ * member, told which failed for good (every 97th is made to) and that the
+ * rest succeeded.
  */
 import { enqueueBatch, enqueueFlow, flowTask } from "../../mod.ts";
 import { type Scenario, sized, type Stage, taskMs } from "./stage.ts";
 import { batchDone, join, work } from "./tasks.js";
+
+/** Each batch's completion task, with the members meant to fail for good (every 97th), in id order. */
+const failing = new Map<string, string[]>();
 
 async function enqueueFlows(stage: Stage, flows: number, batches: number, members: number): Promise<void> {
   for (let f = 0; f < flows; f++) {
@@ -22,8 +26,10 @@ async function enqueueFlows(stage: Stage, flows: number, batches: number, member
     stage.committed.push(...Object.values(flow.tasks));
   }
   for (let b = 0; b < batches; b++) {
-    const batch = await enqueueBatch(stage.sql, work, Array.from({ length: members }, () => ({ ms: taskMs() })), { then: flowTask(batchDone, { ms: 0 }) });
+    const inputs = Array.from({ length: members }, (_, i) => ({ ms: taskMs(), fail: i % 97 === 5 }));
+    const batch = await enqueueBatch(stage.sql, work, inputs, { then: flowTask(batchDone, { ms: 0 }) });
     stage.committed.push(...batch.members, batch.then);
+    failing.set(batch.then, batch.members.filter((_, i) => inputs[i].fail));
   }
 }
 
@@ -35,11 +41,15 @@ async function checkFlows(stage: Stage, flows: number, batches: number, members:
     if (j.pending !== 0) throw new Error(`flow task ${j.id} started while ${j.pending} of its ${j.parents} parents had not succeeded`);
     if (j.results !== j.parents) throw new Error(`flow task ${j.id} read ${j.results} results of its ${j.parents} parents`);
   }
-  const done = await stage.sql`SELECT task_id::text AS id, size, succeeded, pending FROM chaos_batch`;
+  const done = await stage.sql`SELECT task_id::text AS id, size, succeeded, pending, failed_ids::text[] AS failed FROM chaos_batch`;
   if (done.length !== batches) throw new Error(`${done.length} batch completion tasks completed, of ${batches}`);
   for (const d of done) {
+    const failed = failing.get(d.id) ?? [];
     if (d.pending !== 0) throw new Error(`batch completion task ${d.id} started while ${d.pending} members were pending`);
-    if (d.size !== members || d.succeeded !== members) throw new Error(`batch completion task ${d.id} was told ${d.succeeded} of ${d.size} succeeded, not ${members} of ${members}`);
+    if (d.size !== members || d.succeeded !== members - failed.length) {
+      throw new Error(`batch completion task ${d.id} was told ${d.succeeded} of ${d.size} succeeded, not ${members - failed.length} of ${members}`);
+    }
+    if (d.failed.join() !== failed.join()) throw new Error(`batch completion task ${d.id} was told the members ${d.failed.join(", ")} failed, not ${failed.join(", ")}`);
   }
 }
 
@@ -49,7 +59,7 @@ export const flowsScenario: Scenario = {
   allowed: ["killed", "error", "exited"],
   async run(stage) {
     await stage.sql`CREATE TABLE chaos_flow (task_id bigint NOT NULL, parents integer NOT NULL, pending integer NOT NULL, results integer NOT NULL)`;
-    await stage.sql`CREATE TABLE chaos_batch (task_id bigint NOT NULL, size integer NOT NULL, succeeded integer NOT NULL, pending integer NOT NULL)`;
+    await stage.sql`CREATE TABLE chaos_batch (task_id bigint NOT NULL, size integer NOT NULL, succeeded integer NOT NULL, pending integer NOT NULL, failed_ids bigint[] NOT NULL)`;
     // Flows a multiple of 3, batches of 2 (each enqueued in parts).
     const [flows, batches, members] = [sized(stage, 600, 150), sized(stage, 10, 4), sized(stage, 1_000, 300)];
     const supervisors = [stage.serve({ workers: 2, concurrency: 20 }), stage.serve({ workers: 2, concurrency: 20 })];

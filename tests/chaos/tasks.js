@@ -14,7 +14,7 @@ import { appendFileSync } from "node:fs";
 import process from "node:process";
 import postgres from "postgres";
 import * as v from "valibot";
-import { defineTask } from "pgbg";
+import { defineTask, PermanentError } from "pgbg";
 
 // The system clock, read afresh by every process: performance.timeOrigin is
 // fixed at each process's start and drifts from it, so times of different
@@ -60,11 +60,13 @@ function sleep(ms, signal) {
  * transaction. With `hang`, its first attempt never returns and ignores its
  * abort signal. With `late`, its first attempt sleeps that many ms ignoring
  * its abort signal, past its lease, and only then tries to complete: its
- * completion must be refused. Both mark their start line with `h`.
+ * completion must be refused. Both mark their start line with `h`. With
+ * `fail`, each attempt fails for good (PermanentError) once it slept: the
+ * task is kept as failed.
  */
 export const work = defineTask({
   name: "chaos-work",
-  schema: v.object({ ms: v.number(), hang: v.optional(v.boolean()), late: v.optional(v.number()) }),
+  schema: v.object({ ms: v.number(), hang: v.optional(v.boolean()), late: v.optional(v.number()), fail: v.optional(v.boolean()) }),
   // Names the execution (its pid and the sequence number of its start line):
   // the verdict checks that the stored result is that of the execution whose
   // completion committed.
@@ -112,7 +114,7 @@ export const join = defineTask({
   },
 });
 
-/** A batch's completion task: as `work`, recording with its completion what ctx.batch() said and how many members were still pending at its start (chaos_batch). */
+/** A batch's completion task: as `work`, recording with its completion what ctx.batch() said (its counts and failed ids) and how many members were still pending at its start (chaos_batch). */
 export const batchDone = defineTask({
   name: "chaos-batch-done",
   ...recording,
@@ -121,7 +123,10 @@ export const batchDone = defineTask({
     const [{ pending }] = await sql`SELECT count(*)::int AS pending FROM pgbg.task
       WHERE flow_id = (SELECT flow_id FROM pgbg.task WHERE id = ${ctx.id}) AND batch_then = ${ctx.id} AND state <> 'failed'`;
     const batch = await ctx.batch();
-    return runWork(input, ctx, (tx) => tx`INSERT INTO chaos_batch (task_id, size, succeeded, pending) VALUES (${ctx.id}, ${batch.size}, ${batch.succeeded}, ${pending})`);
+    // An array literal: this client fetches no array types (see setup).
+    const failedIds = `{${batch.failedIds.join(",")}}`;
+    return runWork(input, ctx, (tx) => tx`INSERT INTO chaos_batch (task_id, size, succeeded, pending, failed_ids)
+      VALUES (${ctx.id}, ${batch.size}, ${batch.succeeded}, ${pending}, ${failedIds}::bigint[])`);
   },
 });
 
@@ -136,6 +141,7 @@ async function runWork(input, ctx, record) {
     if (input.hang && ctx.attempt === 1) await new Promise(() => {});
     if (input.late > 0 && ctx.attempt === 1) await new Promise((resolve) => setTimeout(resolve, input.late));
     if (input.ms > 0) await sleep(input.ms, ctx.signal);
+    if (input.fail) throw new PermanentError("failed for good on purpose");
     await sql.begin(async (tx) => {
       await tx`INSERT INTO chaos_done (task_id, pid, n, attempt) VALUES (${ctx.id}, ${p}, ${n}, ${ctx.attempt})`;
       if (record) await record(tx);
