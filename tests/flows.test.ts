@@ -294,6 +294,8 @@ describe("batches", () => {
     assert.ok(BigInt(started) > BigInt(last), "after every member");
     const after = await getBatch(sql, batch.id);
     assert.deepEqual([after?.pending, after?.succeeded, after?.then.state], [0, null, "finished"], "its count left the queue with the completion task");
+    await retry(sql, failedIds[0]);
+    assert.equal((await getBatch(sql, batch.id))?.pending, 0, "a member retried by hand is no longer the batch's");
     const flow = await enqueueFlow(sql, { a: flowTask(step, { value: 1 }) });
     assert.equal(await getBatch(sql, flow.id), null, "a flow is not a batch");
     assert.equal(await getBatch(sql, "999999999"), null);

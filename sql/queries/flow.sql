@@ -121,11 +121,12 @@ WHERE f.id = $1;
 
 -- name: GetBatch
 -- Batch $1 in numbers, without listing its members: those still pending
--- (in the queue, not failed; through task_flow_idx), and its completion
+-- (in the queue, not failed, still counted: a member retried by hand after
+-- it failed no longer is; through task_flow_idx), and its completion
 -- task's row while it is in the queue, whose waiting_on and failed_parents
 -- say how many members have not ended and which failed; else its kept end.
 SELECT f.id, f.size, f.then_id, f.created_at,
-  (SELECT count(*) FROM pgbg.task m WHERE m.flow_id = f.id AND m.id <> f.then_id AND m.state <> 'failed')::int AS pending,
+  (SELECT count(*) FROM pgbg.task m WHERE m.flow_id = f.id AND m.batch_then = f.then_id AND m.state <> 'failed')::int AS pending,
   c.state::text AS then_state, ARRAY(SELECT x FROM unnest(c.failed_parents) AS x ORDER BY x) AS failed_parents,
   (SELECT h.state FROM pgbg.history h WHERE h.id = f.then_id AND h.expires_at > now() LIMIT 1) AS then_kept
 FROM pgbg.flow f
