@@ -24,9 +24,15 @@ ${error ? `<p class="error" id="login-error">${error.replace(/[<>&"]/g, (c) => `
 `;
 }
 
-/** The dashboard: status, queues (pause and resume), schedules (run now), workers, failed tasks, flows (their graph, and cancel) and completed tasks kept in the history, filled in by dashboardScript. */
-export const dashboardPage = `<!doctype html>
+/**
+ * The dashboard: status, queues (pause and resume), schedules (run now),
+ * workers, failed tasks, flows (their graph, and cancel) and completed
+ * tasks kept in the history, filled in by dashboardScript. `csrf` (hex):
+ * the token the script sends with every action.
+ */
+export const dashboardPage = (csrf: string): string => `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>pgbg dashboard</title>
+<meta name="pgbg-csrf" content="${csrf.replace(/[^0-9a-f]/g, "")}">
 <link rel="stylesheet" href="/dashboard.css"><script src="/dashboard.js" defer></script></head>
 <body>
 <header><h1>pgbg</h1><span id="updated">loading…</span><span id="problem" class="error"></span></header>
@@ -62,8 +68,11 @@ function fill(id, rows, render) {
   const body = document.querySelector("#" + id + " tbody");
   body.replaceChildren(...rows.map((r) => { const tr = document.createElement("tr"); render(tr, r); return tr; }));
 }
+const csrf = document.querySelector('meta[name="pgbg-csrf"]').content;
 async function api(path, body) {
-  const res = await fetch(path, body === undefined ? {} : { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+  const res = await fetch(path, body === undefined ? {} : {
+    method: "POST", headers: { "content-type": "application/json", "x-pgbg-csrf": csrf }, body: JSON.stringify(body),
+  });
   if (res.status === 401) { location.reload(); throw new Error("signed out"); }
   if (!res.ok) throw new Error((await res.text()) || res.statusText);
   return res.json();

@@ -7,7 +7,7 @@
  *
  * @module
  */
-import { createHash, timingSafeEqual } from "node:crypto";
+import { createHash, createHmac, timingSafeEqual } from "node:crypto";
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import process from "node:process";
 import postgres from "postgres";
@@ -62,16 +62,21 @@ export async function startDashboard(options: DashboardOptions): Promise<Dashboa
   const expected = digest(options.token);
   // Compared as digests, in constant time: equal lengths, and no timing hint.
   const isToken = (candidate: string | undefined) => candidate !== undefined && timingSafeEqual(digest(candidate), expected);
-  const signedIn = (req: IncomingMessage) => {
+  /** How the request proves the token: its Authorization header, its cookie, or not at all. */
+  const signedIn = (req: IncomingMessage): "bearer" | "cookie" | null => {
     const bearer = /^Bearer (.+)$/.exec(req.headers.authorization ?? "")?.[1];
     const cookie = (req.headers.cookie ?? "").split(";").map((c) => c.trim().split("=")).find(([k]) => k === COOKIE)?.[1];
-    return isToken(bearer) || isToken(cookie === undefined ? undefined : decodeURIComponent(cookie));
+    return isToken(bearer) ? "bearer" : isToken(cookie === undefined ? undefined : decodeURIComponent(cookie)) ? "cookie" : null;
   };
+  // The page's CSRF token: derived from the dashboard's token, so that every
+  // dashboard process of one token agrees, and useless without the cookie.
+  const csrf = createHmac("sha256", options.token).update("pgbg dashboard csrf").digest("hex");
+  const isCsrf = (candidate: string | string[] | undefined) => typeof candidate === "string" && timingSafeEqual(digest(candidate), digest(csrf));
 
   const routes: Record<string, (req: IncomingMessage, res: ServerResponse) => Promise<void>> = {
     "GET /dashboard.js": async (_req, res) => send(res, 200, "text/javascript", dashboardScript),
     "GET /dashboard.css": async (_req, res) => send(res, 200, "text/css", dashboardStyle),
-    "GET /": async (req, res) => signedIn(req) ? send(res, 200, "text/html", dashboardPage) : send(res, 401, "text/html", loginPage()),
+    "GET /": async (req, res) => signedIn(req) ? send(res, 200, "text/html", dashboardPage(csrf)) : send(res, 401, "text/html", loginPage()),
     "POST /login": async (req, res) => {
       const token = new URLSearchParams(await readBody(req)).get("token") ?? undefined;
       if (!isToken(token)) return send(res, 401, "text/html", loginPage("That token is not the dashboard's."));
@@ -118,10 +123,17 @@ export async function startDashboard(options: DashboardOptions): Promise<Dashboa
     try {
       if (!route) throw new HttpError(404, "not found");
       if (path.startsWith("/api/")) {
-        if (!signedIn(req)) throw new HttpError(401, "sign in first: the dashboard's token is required");
+        const proof = signedIn(req);
+        if (!proof) throw new HttpError(401, "sign in first: the dashboard's token is required");
         // A cross-site page cannot send JSON without a preflight this server
-        // never answers, nor (SameSite=Strict) the cookie.
+        // never answers, nor (SameSite=Strict) the cookie; and an action
+        // signed in by the cookie must also carry the page's CSRF token,
+        // which only a page of this dashboard can read. A bearer token is
+        // never sent by a browser on its own, so it needs none.
         if (req.method === "POST" && !/^application\/json\b/.test(req.headers["content-type"] ?? "")) throw new HttpError(415, "send JSON");
+        if (req.method === "POST" && proof === "cookie" && !isCsrf(req.headers["x-pgbg-csrf"])) {
+          throw new HttpError(403, "the CSRF token (header x-pgbg-csrf) is missing or wrong: reload the dashboard");
+        }
         if (req.headers.origin && req.headers.origin !== `http://${req.headers.host}`) throw new HttpError(403, "cross-origin request refused");
       }
       await route(req, res);

@@ -98,6 +98,41 @@ describe("pgbg dashboard", () => {
     await crossSite.text();
   });
 
+  test("an action signed in by the cookie needs the page's CSRF token; every answer carries a strict Content-Security-Policy", async () => {
+    const login = await fetch(`${dashboard.url}login`, {
+      method: "POST", redirect: "manual", headers: { "content-type": "application/x-www-form-urlencoded" }, body: `token=${token}`,
+    });
+    assert.equal(login.status, 303);
+    await login.text();
+    const cookie = login.headers.get("set-cookie")!.split(";")[0];
+    const page = await fetch(dashboard.url, { headers: { cookie } });
+    const html = await page.text();
+    const csrf = /<meta name="pgbg-csrf" content="([0-9a-f]{64})">/.exec(html)?.[1];
+    assert.ok(csrf, "the page carries its CSRF token");
+    for (const res of [page, await fetch(`${dashboard.url}api/status`, { headers: { cookie } }), await fetch(`${dashboard.url}dashboard.js`)]) {
+      const policy = res.headers.get("content-security-policy") ?? "";
+      assert.match(policy, /^default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self';/, res.url);
+      assert.doesNotMatch(policy, /unsafe/, "no inline script or style, no eval");
+      assert.match(res.headers.get("x-content-type-options") ?? "", /nosniff/);
+      if (!res.bodyUsed) await res.text();
+    }
+    const action = (headers: Record<string, string>) => fetch(`${dashboard.url}api/pause`, {
+      method: "POST", headers: { cookie, "content-type": "application/json", ...headers }, body: '{"queue":"csrf-test"}',
+    });
+    const without = await action({});
+    assert.equal(without.status, 403);
+    assert.match(await without.text(), /CSRF token \(header x-pgbg-csrf\) is missing or wrong/);
+    const wrong = await action({ "x-pgbg-csrf": "0".repeat(64) });
+    assert.equal(wrong.status, 403);
+    await wrong.text();
+    assert.deepEqual(await pausedQueues(sql), [], "nothing was paused by the refused actions");
+    const right = await action({ "x-pgbg-csrf": csrf! });
+    assert.equal(right.status, 200, await right.clone().text());
+    await right.text();
+    assert.deepEqual((await pausedQueues(sql)).map((q) => q.queue), ["csrf-test"]);
+    await sql`UPDATE pgbg.queue SET paused_at = NULL WHERE name = 'csrf-test'`;
+  });
+
   test("without the token, the page asks to sign in and refuses a wrong token", { skip: noBrowser }, async () => {
     const page = await browser.newPage();
     const response = await page.goto(dashboard.url);
