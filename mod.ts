@@ -39,7 +39,7 @@ export type { BatchInfo, FlowInfo, FlowSummary, FlowTaskInfo } from "./lib/flow-
 export type { EnqueueManyOptions, EnqueueOptions } from "./lib/enqueue.ts";
 export { createWorker } from "./lib/host.ts";
 export type { WorkerHost, WorkerHostOptions } from "./lib/host.ts";
-export { cancel, getTask, listTasks, retry, status, TASK_STATES } from "./lib/admin.ts";
+export { cancel, countTasks, getTask, listTasks, retry, status, TASK_STATES } from "./lib/admin.ts";
 export { listSchedules, MAX_RATE_LIMIT, pausedQueues, pauseQueue, queueSettings, resumeQueue, runSchedule, setGroupConcurrency, setQueueConcurrency, setQueueRateLimit } from "./lib/controls.ts";
 export type { PausedQueue, QueueRate, QueueSettings, RateLimit, ScheduleInfo } from "./lib/controls.ts";
 export { defineSchedule } from "./lib/schedule.ts";
@@ -48,10 +48,12 @@ export type {
   AdminOptions,
   CancelResult,
   CancelTarget,
+  CountTasksOptions,
   ListTasksOptions,
   QueueStatus,
   RetryTarget,
   Status,
+  TaskCount,
   TaskInfo,
   TaskPage,
   TaskState,

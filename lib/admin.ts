@@ -228,6 +228,8 @@ export interface ListTasksOptions extends AdminOptions {
   queue?: string;
   /** Task name. */
   name?: string;
+  /** The start of the task name (`"send-"` finds `send-email` and `send-sms`). */
+  namePrefix?: string;
   /** Dedup key. */
   key?: string;
   /** Enqueued at or after this time. */
@@ -254,6 +256,7 @@ const listChecks: Record<string, OptionCheck> = {
   state: text((s) => (TASK_STATES as readonly string[]).includes(s), `one of ${TASK_STATES.join(", ")}`),
   queue: text((s) => s.length > 0, "a queue name"),
   name: text((s) => s.length > 0, "a task name"),
+  namePrefix: text((s) => s.length > 0, "the start of a task name"),
   key: text((s) => s.length >= 1 && s.length <= 512, "a string of 1-512 characters"),
   from: date,
   to: date,
@@ -273,10 +276,42 @@ export async function listTasks(db: DatabaseClient, options?: ListTasksOptions):
   const o = options ?? {};
   const limit = o.limit ?? 100;
   const finished = o.state !== undefined && FINISHED_STATES.includes(o.state);
-  const params = [o.state ?? null, o.name ?? null, limit, o.queue ?? null, o.key ?? null, o.from ?? null, o.to ?? null, o.after ?? null];
-  const rows = await run(db, schema, finished ? "ListFinishedTasks" : "ListTasks", params);
+  const rows = await run(db, schema, finished ? "ListFinishedTasks" : o.state === "failed" ? "ListFailedTasks" : "ListTasks", filterParams(o, limit));
   const tasks = rows.map(finished ? finishedTaskInfo : taskInfo);
   return { tasks, next: tasks.length === limit ? tasks[tasks.length - 1].id : null };
+}
+
+/** The parameters of TaskFilter (sql/queries/admin.sql) and FinishedTaskFilter, with `limit` as $3. */
+function filterParams(o: ListTasksOptions, limit: number): unknown[] {
+  return [o.state ?? null, o.name ?? null, limit, o.queue ?? null, o.key ?? null, o.from ?? null, o.to ?? null, o.after ?? null, o.namePrefix ?? null];
+}
+
+/** What `countTasks` filters on (as `listTasks`), and where it stops counting. */
+export interface CountTasksOptions extends Omit<ListTasksOptions, "limit"> {
+  /** Counts up to this many, 1 to 1,000,000: a count reads every task it counts. @default 10000 */
+  cap?: number;
+}
+
+/** How many tasks `countTasks` found. */
+export interface TaskCount {
+  /** The tasks found, `cap` at most. */
+  count: number;
+  /** True when it stopped at `cap`: there may be more. */
+  capped: boolean;
+}
+
+/**
+ * How many tasks `listTasks` would list with the same filters (over all its
+ * pages), counted up to `cap`.
+ */
+export async function countTasks(db: DatabaseClient, options?: CountTasksOptions): Promise<TaskCount> {
+  const { limit: _, ...filters } = listChecks;
+  const schema = schemaOf("countTasks()", options, { ...filters, cap: integer(1, 1_000_000) });
+  const o = options ?? {};
+  const cap = o.cap ?? 10_000;
+  const finished = o.state !== undefined && FINISHED_STATES.includes(o.state);
+  const [{ n }] = await run<{ n: number }>(db, schema, finished ? "CountFinishedTasks" : o.state === "failed" ? "CountFailedTasks" : "CountTasks", filterParams(o, cap));
+  return { count: n, capped: n >= cap };
 }
 
 /** The newest `limit` tasks kept in the history in `state` (completed or cancelled), newest first: what the dashboard shows. */

@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import * as v from "valibot";
-import { cancel, defineTask, enqueue, enqueueMany, getTask, InvalidOptionsError, listTasks, migrate, retry, status } from "../mod.ts";
+import { cancel, countTasks, defineTask, enqueue, enqueueMany, getTask, InvalidOptionsError, listTasks, migrate, retry, status } from "../mod.ts";
 import { createTestDatabase } from "./harness.ts";
 
 const db = await createTestDatabase();
@@ -89,9 +89,29 @@ describe("the admin API", () => {
     await sql`UPDATE pgbg.task SET enqueued_at = enqueued_at - interval '1 day' WHERE id IN (${a}, ${b})`;
     assert.deepEqual(await idsOf({ to: new Date(Date.now() - 3_600_000) }), [a, b]);
     assert.deepEqual(await idsOf({ from: t, name: "report" }), [r, s]);
+    assert.deepEqual(await idsOf({ namePrefix: "rep" }), [r, s]);
+    assert.deepEqual(await idsOf({ namePrefix: "ma", state: "failed" }), [b]);
+    assert.deepEqual(await idsOf({ namePrefix: "%" }), [], "a prefix is a string, not a pattern");
     await assert.rejects(listTasks(sql, { state: "done" as "failed" }), /option "state" must be one of queued, scheduled, waiting, running, failed/);
     await assert.rejects(listTasks(sql, { limit: 0 }), /option "limit" must be a whole number from 1 to 10000/);
     await assert.rejects(listTasks(sql, { from: new Date("nope") }), /option "from" must be a valid Date/);
+    await assert.rejects(listTasks(sql, { namePrefix: "" }), /option "namePrefix" must be the start of a task name/);
+    await sql`DELETE FROM pgbg.task`;
+  });
+
+  test("countTasks: counts what listTasks lists over all its pages, up to its cap", async () => {
+    const ids = await enqueueMany(sql, mail, Array.from({ length: 250 }, (_, n) => ({ n })));
+    await enqueue(sql, report, { n: 0 }, { queue: "reports" });
+    await fail(ids.slice(0, 30));
+    assert.deepEqual(await countTasks(sql), { count: 251, capped: false });
+    assert.deepEqual(await countTasks(sql, { state: "failed" }), { count: 30, capped: false });
+    assert.deepEqual(await countTasks(sql, { namePrefix: "ma", state: "queued" }), { count: 220, capped: false });
+    assert.deepEqual(await countTasks(sql, { queue: "reports" }), { count: 1, capped: false });
+    assert.deepEqual(await countTasks(sql, { cap: 100 }), { count: 100, capped: true });
+    assert.deepEqual(await countTasks(sql, { state: "failed", after: ids[9] }), { count: 20, capped: false });
+    assert.deepEqual(await countTasks(sql, { state: "completed" }), { count: 0, capped: false });
+    await assert.rejects(countTasks(sql, { cap: 0 }), /option "cap" must be a whole number from 1 to 1000000/);
+    await assert.rejects(countTasks(sql, { limit: 5 } as object), /unknown option "limit"/);
     await sql`DELETE FROM pgbg.task`;
   });
 

@@ -157,7 +157,7 @@ describe("index compaction", () => {
     assert.deepEqual([result.outcome, result.dropped], ["not-bloated", ["task_claim_idx_ccnew", "task_pkey_ccold1"]]);
     assert.deepEqual(result.after?.leftovers, []);
     assert.deepEqual(await taskIndexes(), [
-      "someone_elses_idx (invalid)", "task_cancel_idx", "task_claim_idx", "task_failed_idx", "task_flow_idx", "task_group_idx", "task_group_running_idx", "task_key_idx", "task_lease_idx", "task_pkey",
+      "someone_elses_idx (invalid)", "task_cancel_idx", "task_claim_idx", "task_failed_idx", "task_failed_list_idx", "task_flow_idx", "task_group_idx", "task_group_running_idx", "task_key_idx", "task_lease_idx", "task_pkey",
     ]);
     await sql`DROP INDEX pgbg.someone_elses_idx`;
   });
@@ -267,7 +267,7 @@ describe("index compaction", () => {
     await writer.commit();
     // The server finishes the rebuild (or abandons it, leaving a leftover); either way the next compaction ends clean.
     await until(() => compactIndexes(sql, { force: true }).then((r) => r.outcome), (o) => o === "compacted", patience, "the lock to be free");
-    assert.deepEqual(await taskIndexes(), ["task_cancel_idx", "task_claim_idx", "task_failed_idx", "task_flow_idx", "task_group_idx", "task_group_running_idx", "task_key_idx", "task_lease_idx", "task_pkey"]);
+    assert.deepEqual(await taskIndexes(), ["task_cancel_idx", "task_claim_idx", "task_failed_idx", "task_failed_list_idx", "task_flow_idx", "task_group_idx", "task_group_running_idx", "task_key_idx", "task_lease_idx", "task_pkey"]);
     assert.ok(await indexesSize() <= nearEmpty);
   });
 });

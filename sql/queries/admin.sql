@@ -69,20 +69,19 @@ FROM pgbg.task t
 {{TaskColumns}}
 WHERE t.id = $1 AND (t.cancel_requested_at IS NULL OR t.state = 'running');
 
--- name: ListTasks
--- One page of tasks in id order (enqueue order), after the id $8 (the last
--- of the previous page; NULL: from the start), at most $3. Filters, each
--- NULL for any: $1 state (queued: due now; scheduled: queued for later;
--- running; failed; waiting: for other tasks), $2 task name, $4 queue, $5 dedup key, $6 and $7 the
--- enqueue time from (inclusive) and to (exclusive). A page reads the
--- primary key from where the last one ended (keyset, not OFFSET), so a deep
--- page costs what the first does. The start is a coalesce, not `$8 IS NULL
--- OR`: a prepared statement's generic plan cannot start an index scan at an
--- OR, and would read every page from the first task.
-{{TaskColumns}}
+-- fragment: TaskFilter
+-- The admin API's filters on the queue's tasks, each NULL for any: $1 state
+-- (queued: due now; scheduled: queued for later; running; failed; waiting:
+-- for other tasks), $2 task name, $9 the start of its name, $4 queue, $5
+-- dedup key, $6 and $7 the enqueue time from (inclusive) and to
+-- (exclusive); and after the id $8 (NULL: from the start). The start is a
+-- coalesce, not `$8 IS NULL OR`: a prepared statement's generic plan
+-- cannot start an index scan at an OR, and would read every page from the
+-- first task. A cancelled task that is no longer running is being deleted.
 WHERE (t.cancel_requested_at IS NULL OR t.state = 'running')
   AND t.id > coalesce($8::bigint, 0)
   AND ($2::text IS NULL OR t.name = $2::text)
+  AND ($9::text IS NULL OR starts_with(t.name, $9::text))
   AND ($4::text IS NULL OR t.queue = $4::text)
   AND ($5::text IS NULL OR t.key = $5::text)
   AND ($6::timestamptz IS NULL OR t.enqueued_at >= $6::timestamptz)
@@ -95,8 +94,43 @@ WHERE (t.cancel_requested_at IS NULL OR t.state = 'running')
     WHEN 'waiting' THEN t.state = 'waiting'
     ELSE true
   END
+
+-- name: ListTasks
+-- One page of tasks in id order (enqueue order), at most $3, filtered by
+-- TaskFilter. A page reads the primary key from where the last one ended
+-- (keyset, not OFFSET), so a deep page costs what the first does.
+{{TaskColumns}}
+{{TaskFilter}}
 ORDER BY t.id
 LIMIT $3;
+
+-- name: ListFailedTasks
+-- ListTasks for $1 = 'failed': the literal state lets the planner read
+-- task_failed_list_idx (id WHERE state = 'failed'), so that a page reads a
+-- page of entries however many other tasks come before it.
+{{TaskColumns}}
+{{TaskFilter}}
+  AND t.state = 'failed'
+ORDER BY t.id
+LIMIT $3;
+
+-- name: CountFailedTasks
+-- CountTasks for $1 = 'failed', through task_failed_list_idx.
+SELECT count(*)::int AS n FROM (
+  SELECT 1 FROM pgbg.task t
+  {{TaskFilter}}
+    AND t.state = 'failed'
+  LIMIT $3
+) counted;
+
+-- name: CountTasks
+-- How many tasks TaskFilter keeps, counted up to $3 at most: a count on a
+-- deep queue reads every row it counts, so the dashboard's stops early.
+SELECT count(*)::int AS n FROM (
+  SELECT 1 FROM pgbg.task t
+  {{TaskFilter}}
+  LIMIT $3
+) counted;
 
 -- name: RetryFailedTasks
 -- Queues failed tasks again, due now, with their attempts and snoozes reset (a retried

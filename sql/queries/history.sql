@@ -77,23 +77,37 @@ FROM pgbg.history h
 WHERE h.id = $1 AND h.expires_at > now()
 LIMIT 1;
 
--- name: ListFinishedTasks
--- One page of kept tasks in id order after the id $8 (NULL: from the
--- start), at most $3; filters as ListTasks', each NULL for any: $1 state
--- (completed or cancelled), $2 name, $4 queue, $5 key, $6 and $7 the
--- enqueue time. The slots' primary keys merged in id order, read from
--- where the last page ended.
-SELECT h.id, h.queue, h.name, h.state, h.attempts, h.key, h.enqueued_at, h.finished_at, h.expires_at, h.payload, h.last_error, h.result
-FROM pgbg.history h
+-- fragment: FinishedTaskFilter
+-- TaskFilter's filters on the tasks kept in the history, each NULL for any:
+-- $1 state (completed or cancelled), $2 name, $9 the start of its name, $4
+-- queue, $5 key, $6 and $7 the enqueue time; after the id $8 (NULL: from
+-- the start).
 WHERE h.id > coalesce($8::bigint, 0) AND h.expires_at > now()
   AND ($1::text IS NULL OR h.state = $1::text)
   AND ($2::text IS NULL OR h.name = $2::text)
+  AND ($9::text IS NULL OR starts_with(h.name, $9::text))
   AND ($4::text IS NULL OR h.queue = $4::text)
   AND ($5::text IS NULL OR h.key = $5::text)
   AND ($6::timestamptz IS NULL OR h.enqueued_at >= $6::timestamptz)
   AND ($7::timestamptz IS NULL OR h.enqueued_at < $7::timestamptz)
+
+-- name: ListFinishedTasks
+-- One page of kept tasks in id order, at most $3, filtered by
+-- FinishedTaskFilter. The slots' primary keys merged in id order, read
+-- from where the last page ended.
+SELECT h.id, h.queue, h.name, h.state, h.attempts, h.key, h.enqueued_at, h.finished_at, h.expires_at, h.payload, h.last_error, h.result
+FROM pgbg.history h
+{{FinishedTaskFilter}}
 ORDER BY h.id
 LIMIT $3;
+
+-- name: CountFinishedTasks
+-- How many kept tasks FinishedTaskFilter keeps, up to $3 at most.
+SELECT count(*)::int AS n FROM (
+  SELECT 1 FROM pgbg.history h
+  {{FinishedTaskFilter}}
+  LIMIT $3
+) counted;
 
 -- name: RecentFinishedTasks
 -- The newest $1 tasks kept in the history in state $2, newest first: the

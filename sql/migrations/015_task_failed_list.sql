@@ -1,0 +1,11 @@
+-- 015_task_failed_list: the failed tasks in id order, for listTasks and
+-- countTasks with the state `failed` (the dashboard's failed list).
+--
+-- listTasks pages by keyset on the primary key and filters each row. For
+-- `failed` that read every task from the page's start until it found a
+-- page of failed ones: the first page of 100,000 failed tasks enqueued
+-- after a million others read a million entries, where the last read a
+-- hundred. Through this index every page reads a page of entries
+-- (tests/plans.test.ts). A task gets its entry once, when it fails for good;
+-- the claim and the success of every other task never touch it.
+CREATE INDEX task_failed_list_idx ON pgbg.task (id) WHERE state = 'failed';
