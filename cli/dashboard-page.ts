@@ -26,8 +26,9 @@ ${error ? `<p class="error" id="login-error">${error.replace(/[<>&"]/g, (c) => `
 
 /**
  * The dashboard: status, queues (pause and resume), schedules (run now),
- * workers, failed tasks, flows (their graph, and cancel) and completed
- * tasks kept in the history, filled in by dashboardScript. `csrf` (hex):
+ * workers, failed tasks, a search and filtered list of tasks with a task's
+ * page, flows (their graph, and cancel) and completed tasks kept in the
+ * history, filled in by dashboardScript. `csrf` (hex):
  * the token the script sends with every action.
  */
 export const dashboardPage = (csrf: string): string => `<!doctype html>
@@ -48,6 +49,17 @@ export const dashboardPage = (csrf: string): string => `<!doctype html>
 <table id="workers"><thead><tr><th>PID</th><th>Host</th><th>Runtime</th><th>Running</th><th>Queues</th><th>Last heartbeat</th></tr></thead><tbody></tbody></table></section>
 <section><h2>Failed tasks <button id="retry-all" type="button">Retry all</button></h2>
 <table id="failed"><thead><tr><th>ID</th><th>Task</th><th>Queue</th><th>Attempts</th><th>Failed at</th><th>Last error</th><th></th></tr></thead><tbody></tbody></table></section>
+<section><h2>Find tasks</h2>
+<form id="find"><input id="search" type="search" placeholder="id, dedup key or the start of a task name" aria-label="search">
+<select id="filter-state" aria-label="state"><option value="">any state</option><option>queued</option><option>scheduled</option><option>waiting</option>
+<option>running</option><option>failed</option><option>completed</option><option>cancelled</option></select>
+<input id="filter-queue" placeholder="queue" aria-label="queue"><input id="filter-name" placeholder="task name starts with" aria-label="task name starts with">
+<input id="filter-key" placeholder="dedup key" aria-label="dedup key"><button id="filter" type="submit">Find</button></form>
+<p id="found-count" class="hint"></p>
+<table id="found"><thead><tr><th>ID</th><th>Task</th><th>Queue</th><th>State</th><th>Attempts</th><th>Enqueued</th><th>Last error</th><th></th></tr></thead><tbody></tbody></table>
+<button id="found-next" type="button" hidden>Next page</button>
+<div id="task" hidden><h3 id="task-title"></h3><span id="task-actions"></span>
+<table id="task-fields"><tbody></tbody></table></div></section>
 <section><h2>Flows and batches</h2>
 <table id="flows"><thead><tr><th>ID</th><th>Kind</th><th>Tasks</th><th>Pending</th><th>Enqueued</th><th></th></tr></thead><tbody></tbody></table>
 <div id="flow" hidden><h3 id="flow-title"></h3><button id="cancel-flow" type="button">Cancel flow</button>
@@ -193,6 +205,52 @@ async function refreshFlows() {
   });
   if (shownFlow) await showFlow(shownFlow);
 }
+const errorText = (e) => e ? (e.name || "Error") + ": " + (e.message || "") : "";
+let foundAfter = null;
+/** The filter form's query: a search by id, key or name prefix, or the filters. */
+function findQuery(after) {
+  const q = new URLSearchParams();
+  const search = document.getElementById("search").value.trim();
+  if (search) q.set("q", search);
+  for (const [field, id] of [["state", "filter-state"], ["queue", "filter-queue"], ["namePrefix", "filter-name"], ["key", "filter-key"]]) {
+    const value = document.getElementById(id).value.trim();
+    if (value) q.set(field, value);
+  }
+  if (after) q.set("after", after);
+  return q;
+}
+async function find(after) {
+  const page = await api("/api/tasks?" + findQuery(after));
+  const body = document.querySelector("#found tbody");
+  if (!after) body.replaceChildren();
+  for (const t of page.tasks) {
+    const tr = document.createElement("tr");
+    tr.dataset.id = t.id;
+    for (const v of [t.id, t.name, t.queue, t.state, t.attempts, t.enqueuedAt || "", errorText(t.lastError)]) cell(tr, v);
+    button(cell(tr, ""), "Open", () => showTask(t.id));
+    body.appendChild(tr);
+  }
+  if (page.count) document.getElementById("found-count").textContent = (page.count.capped ? page.count.count + "+" : page.count.count) + " task(s)";
+  foundAfter = page.next;
+  document.getElementById("found-next").hidden = !page.next;
+}
+/** A task's page: its fields, input, last error with its stack, result, and Retry and Cancel. */
+async function showTask(id) {
+  const t = await api("/api/task?id=" + encodeURIComponent(id));
+  document.getElementById("task").hidden = false;
+  document.getElementById("task-title").textContent = "Task " + t.id + ": " + t.name + " (" + t.state + ")";
+  const actions = document.getElementById("task-actions");
+  actions.replaceChildren();
+  button(actions, "Retry", async () => { await api("/api/retry", { ids: [t.id] }); await showTask(t.id); });
+  button(actions, "Cancel", async () => { await api("/api/cancel", { ids: [t.id] }); await showTask(t.id).catch(() => {}); });
+  const fields = [["queue", t.queue], ["state", t.state], ["attempts", t.attempts + (t.maxAttempts ? " of " + t.maxAttempts : "")], ["dedup key", t.key ?? ""],
+    ["group", t.group ?? ""], ["priority", t.priority ?? ""], ["enqueued", t.enqueuedAt ?? ""], ["due", t.runAt ?? ""], ["failed", t.failedAt ?? ""],
+    ["finished", t.finishedAt ?? ""], ["input", JSON.stringify(t.payload)], ["last error", errorText(t.lastError)],
+    ["stack", t.lastError?.stack ?? ""], ["result", t.result === null || t.result === undefined ? "" : JSON.stringify(t.result)]];
+  fill("task-fields", fields, (tr, [name, value]) => { tr.dataset.field = name; cell(tr, name); cell(tr, value).className = "value"; });
+}
+document.getElementById("find").addEventListener("submit", async (event) => { event.preventDefault(); try { await find(null); show(); } catch (e) { show(e); } });
+document.getElementById("found-next").addEventListener("click", async () => { try { await find(foundAfter); } catch (e) { show(e); } });
 document.getElementById("cancel-flow").addEventListener("click", async () => { try { await api("/api/cancel-flow", { id: shownFlow }); await showFlow(shownFlow); } catch (e) { show(e); } });
 document.getElementById("retry-all").addEventListener("click", async () => { try { await api("/api/retry", { all: true }); } catch (e) { show(e); } await refresh(); });
 refresh();
@@ -210,6 +268,8 @@ td:nth-child(n+3) { font-variant-numeric: tabular-nums; }
 .error { color: #b42318; } .warning { color: #9a6700; } #updated, .hint { color: #57606a; }
 .login { max-width: 22rem; margin: 4rem auto; } .login input { display: block; width: 100%; margin: .4rem 0 1rem; }
 button { cursor: pointer; }
+#find { display: flex; gap: .5rem; flex-wrap: wrap; } #search { min-width: 20rem; }
+#task-fields td.value { white-space: pre-wrap; overflow-wrap: anywhere; max-width: 60rem; font-family: ui-monospace, monospace; }
 #flow-graph { display: block; margin: .8rem 0; } #flow-graph .edge { stroke: #8c959f; stroke-width: 1.5; }
 #flow-graph rect { fill: #f6f8fa; stroke: #8c959f; } #flow-graph text { font-size: 12px; }
 #flow-graph .state-completed rect, #flow-graph .state-finished rect { fill: #dafbe1; } #flow-graph .state-running rect { fill: #ddf4ff; }

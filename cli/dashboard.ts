@@ -11,7 +11,7 @@ import { createHash, createHmac, timingSafeEqual } from "node:crypto";
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import process from "node:process";
 import postgres from "postgres";
-import { cancel, isTaskId, listTasks, recentFinishedTasks, retry, status } from "../lib/admin.ts";
+import { cancel, countTasks, getTask, isTaskId, listTasks, type ListTasksOptions, recentFinishedTasks, retry, status, type TaskCount, type TaskInfo } from "../lib/admin.ts";
 import { pauseQueue, resumeQueue, runSchedule } from "../lib/controls.ts";
 import { cancelFlow, getFlow, recentFlows } from "../lib/flow-admin.ts";
 import { InvalidOptionsError, UnknownScheduleError } from "../lib/errors.ts";
@@ -89,6 +89,29 @@ export async function startDashboard(options: DashboardOptions): Promise<Dashboa
     "GET /api/failed": async (req, res) => {
       const after = new URL(req.url ?? "/", "http://dashboard").searchParams.get("after") ?? undefined;
       sendJson(res, await listTasks(options.db, { schema: options.schema, state: "failed", after, limit: options.failedLimit ?? 100 }));
+    },
+    // Tasks by the filter form (state, queue, namePrefix, key; after: the
+    // page's start), 50 a page, with their count on the first page; or, with
+    // q, the tasks a search finds (see searchTasks).
+    "GET /api/tasks": async (req, res) => {
+      const query = new URL(req.url ?? "/", "http://dashboard").searchParams;
+      const filters: ListTasksOptions = { schema: options.schema };
+      for (const field of ["state", "queue", "namePrefix", "key", "after"] as const) {
+        const value = query.get(field);
+        if (value) (filters as Record<string, string>)[field] = value;
+      }
+      const q = query.get("q");
+      if (q) return sendJson(res, await searchTasks(options.db, q, filters));
+      const { after: _, ...counted } = filters;
+      const [page, count] = await Promise.all([listTasks(options.db, { ...filters, limit: 50 }), filters.after ? null : countTasks(options.db, counted)]);
+      sendJson(res, { ...page, count });
+    },
+    "GET /api/task": async (req, res) => {
+      const id = new URL(req.url ?? "/", "http://dashboard").searchParams.get("id") ?? "";
+      if (!isTaskId(id)) throw new HttpError(400, `${JSON.stringify(id)} is not a task id`);
+      const task = await getTask(options.db, id, { schema: options.schema });
+      if (!task) throw new HttpError(404, `no task ${id} (never enqueued, or finished and not kept)`);
+      sendJson(res, task);
     },
     // The newest completed tasks kept in the history, newest first.
     "GET /api/completed": async (_req, res) => {
@@ -173,6 +196,28 @@ async function readJson(req: IncomingMessage): Promise<{ ids?: unknown; all?: un
     if (error instanceof HttpError) throw error;
   }
   throw new HttpError(400, "send a JSON object");
+}
+
+/**
+ * The search box: a task id finds that task; other text finds the tasks
+ * holding it as their dedup key, then those whose name starts with it (50
+ * of each at most), within the form's other filters.
+ */
+async function searchTasks(db: Database, q: string, filters: ListTasksOptions): Promise<{ tasks: TaskInfo[]; next: null; count: TaskCount }> {
+  let tasks: TaskInfo[];
+  if (isTaskId(q)) {
+    const task = await getTask(db, q, { schema: filters.schema });
+    tasks = task ? [task] : [];
+  } else {
+    const { after: _, key: __, namePrefix: ___, ...rest } = filters;
+    const [byKey, byName] = await Promise.all([
+      listTasks(db, { ...rest, key: q, limit: 50 }),
+      listTasks(db, { ...rest, namePrefix: q, limit: 50 }),
+    ]);
+    const seen = new Set(byKey.tasks.map((t) => t.id));
+    tasks = [...byKey.tasks, ...byName.tasks.filter((t) => !seen.has(t.id))];
+  }
+  return { tasks, next: null, count: { count: tasks.length, capped: false } };
 }
 
 function taskIds(ids: unknown): string[] {

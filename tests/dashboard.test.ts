@@ -200,6 +200,65 @@ describe("pgbg dashboard", () => {
     await page.close();
   });
 
+  test("finds tasks: filters narrow the list with its count, a search finds a task by key, a task's page shows its input and last error, and Retry and Cancel act", { skip: noBrowser }, async () => {
+    // Enqueued for later, so that no worker takes it before it is made to look failed.
+    const failing = await enqueue(sql, alwaysFails, {}, { queue: "find", maxAttempts: 1, key: "find-me-failing", delay: 3_600_000 });
+    const queued = await enqueue(sql, work, {}, { queue: "find", delay: 3_600_000, key: "find-me-queued" });
+    await enqueue(sql, work, {}, { queue: "find-other", delay: 3_600_000 });
+    await sql`UPDATE pgbg.task SET state = 'failed', failed_at = now(), attempts = 1,
+      last_error = '{"name":"Error","message":"card declined","stack":"Error: card declined\\n    at charge (billing.ts:12:9)"}' WHERE id = ${failing}`;
+    const page = await browser.newPage();
+    const problems: string[] = [];
+    page.on("pageerror", (e) => problems.push(e.message));
+    // Signed in by the cookie an earlier test's sign-in set in this browser profile.
+    await page.goto(dashboard.url);
+    await page.waitForSelector("#find");
+
+    // A filter narrows the list, and the count says how many.
+    await page.fill("#filter-queue", "find");
+    await page.click("#filter");
+    await page.waitForSelector(`#found tr[data-id="${queued}"]`, { timeout: 120_000 });
+    assert.deepEqual(await page.$$eval("#found tbody tr", (rows) => rows.map((r) => (r as HTMLElement).dataset.id)), [failing, queued]);
+    assert.equal(await page.textContent("#found-count"), "2 task(s)");
+    await page.selectOption("#filter-state", "failed");
+    await page.click("#filter");
+    await page.waitForFunction(() => document.querySelectorAll("#found tbody tr").length === 1, undefined, { timeout: 120_000 });
+    assert.equal(await page.getAttribute("#found tbody tr", "data-id"), failing);
+    assert.equal(await page.textContent("#found-count"), "1 task(s)");
+
+    // A search by dedup key, the other filters cleared.
+    await page.selectOption("#filter-state", "");
+    await page.fill("#filter-queue", "");
+    await page.fill("#search", "find-me-queued");
+    await page.click("#filter");
+    await page.waitForFunction((id) => [...document.querySelectorAll("#found tbody tr")].map((r) => (r as HTMLElement).dataset.id).join() === id, queued, { timeout: 120_000 });
+
+    // The failed task's page: its input, key and last error with its stack; Retry queues it again.
+    await page.fill("#search", failing);
+    await page.click("#filter");
+    await page.waitForSelector(`#found tr[data-id="${failing}"] button.open`, { timeout: 120_000 });
+    await page.click(`#found tr[data-id="${failing}"] button.open`);
+    await page.waitForSelector('#task-fields tr[data-field="stack"]');
+    assert.equal(await page.textContent("#task-title"), `Task ${failing}: always-fails (failed)`);
+    assert.equal(await page.textContent('#task-fields tr[data-field="dedup key"] td.value'), "find-me-failing");
+    assert.equal(await page.textContent('#task-fields tr[data-field="input"] td.value'), "{}");
+    assert.equal(await page.textContent('#task-fields tr[data-field="last error"] td.value'), "Error: card declined");
+    assert.match(await page.textContent('#task-fields tr[data-field="stack"] td.value') ?? "", /at charge \(billing\.ts:12:9\)/);
+    await page.click("#task-actions button.retry");
+    // Queued again (or, with a worker of an earlier test still serving, run again: it never ran before).
+    await until(async () => [(await row(failing))?.state, await runs(failing)], ([state, n]) => state === "queued" || (n as number) > 0, 120_000, "the retried task to be queued");
+    // Cancel from the queued task's page deletes it.
+    await page.fill("#search", queued);
+    await page.click("#filter");
+    await page.waitForSelector(`#found tr[data-id="${queued}"] button.open`, { timeout: 120_000 });
+    await page.click(`#found tr[data-id="${queued}"] button.open`);
+    await page.waitForFunction((id) => document.getElementById("task-title")?.textContent === `Task ${id}: work (scheduled)`, queued, { timeout: 120_000 });
+    await page.click("#task-actions button.cancel");
+    await until(() => row(queued), (r) => r === undefined, 120_000, "the cancelled task to be deleted");
+    assert.deepEqual(problems, [], "no script errors");
+    await page.close();
+  });
+
   test("draws a flow's graph, lists its tasks with their parents, and Cancel flow cancels what has not run", { skip: noBrowser }, async () => {
     const flow = await enqueueFlow(sql, {
       root: flowTask(work, {}, { queue: "nobody-serves" }),
