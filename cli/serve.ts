@@ -14,6 +14,7 @@ import { Maintenance, maintenanceServices, type MaintenanceServices } from "../l
 import { ServiceMetrics } from "../lib/metrics.ts";
 import { type ServeConfig, STOP_MARGIN_MS } from "./config.ts";
 import { launcherGone, launcherName } from "./launcher.ts";
+import { statusLine } from "./log.ts";
 import { type MetricsServer, startMetricsServer } from "./metrics-server.ts";
 import { waitForSchema } from "./schema-wait.ts";
 import { listenForSignals } from "./start-signals.ts";
@@ -51,7 +52,9 @@ export async function supervise(config: ServeConfig, databaseUrl: string, log: L
   );
   maintenance.start();
   pool.start();
+  const progress = showProgress(config, metrics);
   await pool.done;
+  progress.stop();
   // Bounded: under a database that hangs, releasing and closing would
   // wait out connect timeouts; the bound of a stop comes first.
   const shut = shutDown({ sql, pool, maintenance, services, metricsServer }).then(() => true);
@@ -113,6 +116,26 @@ function onSignals(pool: WorkerPool, config: ServeConfig, log: Logger): { exitCo
     stopListening();
   });
   return { exitCode: () => exitCode, stopBy: () => stopBy };
+}
+
+/**
+ * On a terminal, with the pretty log format: a status line under the log,
+ * redrawn each second, with what the workers run and have ended since the
+ * start. Off a terminal it writes nothing (see StatusLine).
+ */
+function showProgress(config: ServeConfig, metrics: ServiceMetrics): { stop(): void } {
+  if (config.logFormat !== "pretty") return { stop() {} };
+  const fmt = (n: number) => n.toLocaleString("en");
+  const timer = setInterval(() => {
+    const s = metrics.summary();
+    statusLine.set(`${config.workers} worker(s) · ${fmt(s.running)} running · ${fmt(s.completed)} done · ${fmt(s.failed)} failed · ${fmt(s.retried)} retried`);
+  }, 1_000);
+  return {
+    stop() {
+      clearInterval(timer);
+      statusLine.set("");
+    },
+  };
 }
 
 /** What a stopping supervisor closes. */

@@ -1,7 +1,8 @@
 /**
  * The main job on a fresh clone (`npm start`): finds a database (DATABASE_URL,
  * or an embedded PostgreSQL in ./.pgbg), enqueues the example tasks, runs
- * `pgbg serve` on them as a real subprocess, shows progress live, and stops
+ * `pgbg serve` on them as a real subprocess, shows progress live (serve's
+ * status line on a terminal, a line each half second elsewhere), and stops
  * the service once the queue has drained.
  */
 import { spawn } from "node:child_process";
@@ -40,14 +41,15 @@ for (;;) {
       count(*) FILTER (WHERE state = 'running')::int AS running,
       count(*) FILTER (WHERE state = 'failed')::int AS failed
     FROM pgbg.task`;
-  const line = `queued ${s.queued}  scheduled (retries) ${s.scheduled}  running ${s.running}  failed ${s.failed}  after ${((Date.now() - started) / 1000).toFixed(1)} s`;
-  if (process.stdout.isTTY) process.stdout.write(`\r${line}   `);
-  else console.log(line);
+  // On a terminal, pgbg serve draws its own status line under its log;
+  // elsewhere this prints a line each half second.
+  if (!process.stderr.isTTY) {
+    console.log(`queued ${s.queued}  scheduled (retries) ${s.scheduled}  running ${s.running}  failed ${s.failed}  after ${((Date.now() - started) / 1000).toFixed(1)} s`);
+  }
   left = s.queued + s.scheduled + s.running;
   failed = s.failed;
   if (left === 0 || gone()) break;
 }
-if (process.stdout.isTTY) process.stdout.write("\n");
 const diedEarly = gone();
 const exited = diedEarly ? Promise.resolve(serve.exitCode ?? serve.signalCode) : new Promise((r) => serve.on("exit", (c, signal) => r(c ?? signal)));
 if (!diedEarly) serve.kill("SIGTERM");

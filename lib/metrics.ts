@@ -35,6 +35,18 @@ export class ServiceMetrics {
     }
   }
 
+  /** What the workers run now and have ended since the start, in all: the terminal's status line. */
+  summary(): { running: number; completed: number; failed: number; retried: number } {
+    const sum = { running: 0, completed: 0, failed: 0, retried: 0 };
+    for (const list of this.#running.values()) for (const r of list) sum.running += r.count;
+    for (const t of this.#totals.values()) {
+      sum.completed += t.completed;
+      sum.failed += t.failed;
+      sum.retried += t.retried;
+    }
+    return sum;
+  }
+
   /** A worker exited: it runs nothing any more. */
   workerExited(worker: number): void {
     this.#running.delete(worker);

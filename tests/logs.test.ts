@@ -87,6 +87,33 @@ describe("the service's logs", () => {
     assert.match(output, /^\[supervisor\] .*serving: 2 worker\(s\) × 10 task\(s\), queues \(all\), schema pgbg$/m);
     assert.match(output, /^\[supervisor\] .*stopped$/m);
     assert.deepEqual(output.split("\n").filter((l) => l.trimStart().startsWith("{")), [], "no JSON lines");
+    const lines = output.trimEnd().split("\n");
+    assert.deepEqual(lines.filter((l) => !/^\[(supervisor|worker \d+)\] \d\d:\d\d:\d\d (info |warn |error|debug) \S/.test(l)), [],
+      "one line per record, each [component] time level message, no blank line between them");
+  });
+
+  test("on a terminal (a real pty, through script(1)): a status line under the log, redrawn with the counts; Ctrl-C stops the service", async () => {
+    const cli = fileURLToPath(new URL("../cli/main.ts", import.meta.url));
+    const command = [process.execPath, "--import", "tsx", cli, "serve", "--tasks", fixtureTasks, "--workers", "1", "--check-interval", "200ms"]
+      .map((a) => `'${a.replaceAll("'", "'\\''")}'`).join(" ");
+    const child = spawn("script", ["-qfec", command, "/dev/null"], {
+      env: { ...process.env, DATABASE_URL: db.url, NO_COLOR: "" }, stdio: ["pipe", "pipe", "pipe"],
+    });
+    let output = "";
+    child.stdout.on("data", (c) => (output += c));
+    child.stderr.on("data", (c) => (output += c));
+    const exited = new Promise<number | null>((resolve) => child.on("exit", resolve));
+    try {
+      await until(async () => output, (o) => /serving: 1 worker/.test(o), 120_000, "the service to start on the terminal");
+      for (let i = 0; i < 3; i++) await enqueue(sql, work, {});
+      await until(async () => output, (o) => /\r\x1b\[2K1 worker\(s\) · 0 running · 3 done · 0 failed · 0 retried/.test(o), 120_000, "the status line with 3 done");
+      // Pretty by default on a terminal, its level coloured; a record clears the status line before it.
+      assert.match(output, /\r\x1b\[2K\[supervisor\] \d\d:\d\d:\d\d \x1b\[36minfo \x1b\[0m serving: 1 worker/);
+    } finally {
+      child.stdin.write("\x03");
+    }
+    assert.equal(await exited, 0, output);
+    assert.match(output, /SIGINT: stopping/);
   });
 
   test("--log-level warn leaves out info and debug lines", async () => {
