@@ -59,7 +59,9 @@ export const dashboardPage = (csrf: string): string => `<!doctype html>
 <table id="found"><thead><tr><th>ID</th><th>Task</th><th>Queue</th><th>State</th><th>Attempts</th><th>Enqueued</th><th>Last error</th><th></th></tr></thead><tbody></tbody></table>
 <button id="found-next" type="button" hidden>Next page</button>
 <div id="task" hidden><h3 id="task-title"></h3><span id="task-actions"></span>
-<table id="task-fields"><tbody></tbody></table></div></section>
+<table id="task-fields"><tbody></tbody></table>
+<h4>Failed attempts</h4>
+<table id="task-errors"><thead><tr><th>Attempt</th><th>Worker</th><th>Started</th><th>Ended</th><th>Error</th></tr></thead><tbody></tbody></table></div></section>
 <section><h2>Flows and batches</h2>
 <table id="flows"><thead><tr><th>ID</th><th>Kind</th><th>Tasks</th><th>Pending</th><th>Enqueued</th><th></th></tr></thead><tbody></tbody></table>
 <div id="flow" hidden><h3 id="flow-title"></h3><button id="cancel-flow" type="button">Cancel flow</button>
@@ -234,7 +236,7 @@ async function find(after) {
   foundAfter = page.next;
   document.getElementById("found-next").hidden = !page.next;
 }
-/** A task's page: its fields, input, last error with its stack, result, and Retry and Cancel. */
+/** A task's page: its fields, input, last error with its stack, result, each failed attempt's error (newest first), and Retry and Cancel. */
 async function showTask(id) {
   const t = await api("/api/task?id=" + encodeURIComponent(id));
   document.getElementById("task").hidden = false;
@@ -248,6 +250,11 @@ async function showTask(id) {
     ["finished", t.finishedAt ?? ""], ["input", JSON.stringify(t.payload)], ["last error", errorText(t.lastError)],
     ["stack", t.lastError?.stack ?? ""], ["result", t.result === null || t.result === undefined ? "" : JSON.stringify(t.result)]];
   fill("task-fields", fields, (tr, [name, value]) => { tr.dataset.field = name; cell(tr, name); cell(tr, value).className = "value"; });
+  fill("task-errors", [...(t.errors ?? [])].reverse(), (tr, e) => {
+    tr.dataset.attempt = e.attempt;
+    for (const v of [e.attempt ?? "", e.worker ?? "", e.startedAt ?? "", e.at ?? ""]) cell(tr, v);
+    cell(tr, errorText(e) + (e.stack ? "\\n" + e.stack : "")).className = "value";
+  });
 }
 document.getElementById("find").addEventListener("submit", async (event) => { event.preventDefault(); try { await find(null); show(); } catch (e) { show(e); } });
 document.getElementById("found-next").addEventListener("click", async () => { try { await find(foundAfter); } catch (e) { show(e); } });
@@ -269,7 +276,7 @@ td:nth-child(n+3) { font-variant-numeric: tabular-nums; }
 .login { max-width: 22rem; margin: 4rem auto; } .login input { display: block; width: 100%; margin: .4rem 0 1rem; }
 button { cursor: pointer; }
 #find { display: flex; gap: .5rem; flex-wrap: wrap; } #search { min-width: 20rem; }
-#task-fields td.value { white-space: pre-wrap; overflow-wrap: anywhere; max-width: 60rem; font-family: ui-monospace, monospace; }
+#task-fields td.value, #task-errors td.value { white-space: pre-wrap; overflow-wrap: anywhere; max-width: 60rem; font-family: ui-monospace, monospace; }
 #flow-graph { display: block; margin: .8rem 0; } #flow-graph .edge { stroke: #8c959f; stroke-width: 1.5; }
 #flow-graph rect { fill: #f6f8fa; stroke: #8c959f; } #flow-graph text { font-size: 12px; }
 #flow-graph .state-completed rect, #flow-graph .state-finished rect { fill: #dafbe1; } #flow-graph .state-running rect { fill: #ddf4ff; }

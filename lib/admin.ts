@@ -161,6 +161,13 @@ export interface TaskInfo {
   expiresAt: Date | null;
   /** What its run resolved to, for a completed task with a result schema; null otherwise. */
   result: unknown;
+  /**
+   * From `getTask` only, for a task in the queue: each failed attempt's
+   * error, oldest first (the last 20), as `lastError` with `worker` (the
+   * worker that ran it), `attempt`, `startedAt` and `at` (its end). Empty
+   * for a task no attempt of which failed, and for one kept in the history.
+   */
+  errors?: { name?: string; message?: string; [field: string]: unknown }[];
 }
 
 // deno-lint-ignore no-explicit-any
@@ -169,7 +176,7 @@ function taskInfo(r: any): TaskInfo {
     id: String(r.id), queue: r.queue, name: r.name, state: r.state, attempts: r.attempts, snoozes: r.snoozes, maxAttempts: r.max_attempts, priority: r.priority,
     key: r.key, group: r.group_name, runAt: r.run_at, enqueuedAt: r.enqueued_at, failedAt: r.failed_at, workerId: r.worker_id,
     cancelRequestedAt: r.cancel_requested_at, lastError: r.last_error, payload: r.payload, inputVersion: r.input_version,
-    finishedAt: null, expiresAt: null, result: null,
+    finishedAt: null, expiresAt: null, result: null, ...("errors" in r ? { errors: r.errors ?? [] } : {}),
   };
 }
 
@@ -219,7 +226,7 @@ export async function readTask(db: DatabaseClient, schema: string, id: string): 
   // Read after the queue: a task that finished between the two reads is
   // in the history by now (its end moved it in one statement).
   const [finished] = await run(db, schema, "GetFinishedTask", [id]);
-  return finished ? finishedTaskInfo(finished) : null;
+  return finished ? { ...finishedTaskInfo(finished), errors: [] } : null;
 }
 
 /** What `listTasks` filters on and how it pages. Every filter is optional. */

@@ -481,7 +481,11 @@ export class Worker {
 
   #fail(entry: Running, outcome: Extract<Outcome, { kind: "failure" }>, durationMs: number, retryAfter?: number): void {
     const { claimed, task } = entry;
-    const error = { ...describeError(outcome.error), attempt: claimed.attempt, at: new Date().toISOString(), timedOut: outcome.timedOut };
+    const now = Date.now();
+    const error = {
+      ...describeError(outcome.error), attempt: claimed.attempt, startedAt: new Date(now - durationMs).toISOString(), at: new Date(now).toISOString(),
+      timedOut: outcome.timedOut,
+    };
     const final = outcome.permanent || claimed.attempt >= (claimed.maxAttempts ?? this.#options.maxAttempts);
     const delay = final ? 0 : retryAfter ?? retryDelayFor(task, claimed.attempt, this.#options.retryDelay, outcome.error, this.#options.log);
     const how = final ? (outcome.permanent ? " permanently" : ` after ${claimed.attempt} attempts`) : `; retry in ${delay} ms`;

@@ -7,7 +7,8 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import * as v from "valibot";
-import { cancel, countTasks, defineTask, enqueue, enqueueMany, getTask, InvalidOptionsError, listTasks, migrate, retry, status } from "../mod.ts";
+import { cancel, countTasks, defineTask, drain, enqueue, enqueueMany, getTask, InvalidOptionsError, listTasks, migrate, retry, status } from "../mod.ts";
+import { run } from "../lib/statements.ts";
 import { createTestDatabase } from "./harness.ts";
 
 const db = await createTestDatabase();
@@ -37,7 +38,7 @@ describe("the admin API", () => {
     assert.deepEqual({ ...t, runAt: undefined, enqueuedAt: undefined }, {
       id: due, queue: "default", name: "mail", state: "queued", attempts: 0, snoozes: 0, maxAttempts: null, priority: 3, key: "k-1", group: null, inputVersion: 1,
       runAt: undefined, enqueuedAt: undefined, failedAt: null, workerId: null, cancelRequestedAt: null, lastError: null, payload: { n: 1 },
-      finishedAt: null, expiresAt: null, result: null,
+      finishedAt: null, expiresAt: null, result: null, errors: [],
     });
     assert.ok(t.runAt instanceof Date && t.enqueuedAt instanceof Date);
     assert.equal((await getTask(sql, later))?.state, "scheduled");
@@ -47,6 +48,46 @@ describe("the admin API", () => {
     await assert.rejects(getTask(sql, "12abc"), (e) => e instanceof InvalidOptionsError && /"12abc" is not a task id/.test(e.message));
     await assert.rejects(getTask(sql, due, { shema: "x" } as object), /unknown option "shema"/);
     await sql`DELETE FROM pgbg.task`;
+  });
+
+  test("getTask: each failed attempt's error, oldest first, with its worker, attempt, start and end; a release's too; the last 20", async () => {
+    let n = 0;
+    const flaky = defineTask({
+      name: "flaky", schema: v.object({}), maxAttempts: 3, retryDelay: 0,
+      run() {
+        throw new Error(`failure ${++n}`);
+      },
+    });
+    const id = await enqueue(sql, flaky, {}, { maxAttempts: 2 });
+    const quiet = { debug() {}, info() {}, warn() {}, error() {} };
+    await drain(sql, { tasks: [flaky], logger: quiet, maxWait: 60_000 });
+    const t = await getTask(sql, id);
+    assert.equal(t?.state, "failed");
+    assert.deepEqual(t?.errors?.map((e) => [e.attempt, e.message]), [[1, "failure 1"], [2, "failure 2"]]);
+    for (const e of t!.errors!) {
+      assert.match(String(e.worker), /^[0-9a-f-]{36}$/, "the worker that ran it");
+      assert.ok(Date.parse(String(e.startedAt)) <= Date.parse(String(e.at)), "started before it ended");
+      assert.match(String(e.stack), /failure \d/);
+    }
+    assert.deepEqual(t?.lastError?.message, "failure 2");
+    // A release (the worker died) adds its error, with the worker it took the task from.
+    await retry(sql, id);
+    await claim([id]);
+    await sql`UPDATE pgbg.task SET attempts = 1 WHERE id = ${id}`;
+    await run(sql, "pgbg", "ReleaseWorkerTasks", [25, JSON.stringify({ name: "WorkerDiedError", message: "worker died" }), [WORKER]]);
+    const released = await getTask(sql, id);
+    assert.deepEqual(released?.errors?.map((e) => [e.attempt, e.message, e.worker]).at(-1), [1, "worker died", WORKER]);
+    assert.equal(released?.errors?.length, 3, "the earlier ones stay (retry resets the attempts, not the errors)");
+    // At most the last 20.
+    await sql`UPDATE pgbg.task SET errors = (SELECT jsonb_agg(jsonb_build_object('attempt', i)) FROM generate_series(1, 20) i) WHERE id = ${id}`;
+    await claim([id]);
+    await run(sql, "pgbg", "ReleaseWorkerTasks", [25, JSON.stringify({ message: "worker died" }), [WORKER]]);
+    const errors = (await getTask(sql, id))?.errors ?? [];
+    assert.deepEqual([errors.length, errors[0].attempt, errors.at(-1)?.message], [20, 2, "worker died"]);
+    assert.equal((await listTasks(sql, { name: "flaky" })).tasks[0].errors, undefined, "lists leave the errors out");
+    await sql`DELETE FROM pgbg.task`;
+    // The outcomes its attempts counted, which the status test below would see.
+    await sql`DELETE FROM pgbg.task_count WHERE name = 'flaky'`;
   });
 
   test("listTasks: pages by keyset through every task once, in enqueue order, with tasks enqueued meanwhile", async () => {

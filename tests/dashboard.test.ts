@@ -205,8 +205,11 @@ describe("pgbg dashboard", () => {
     const failing = await enqueue(sql, alwaysFails, {}, { queue: "find", maxAttempts: 1, key: "find-me-failing", delay: 3_600_000 });
     const queued = await enqueue(sql, work, {}, { queue: "find", delay: 3_600_000, key: "find-me-queued" });
     await enqueue(sql, work, {}, { queue: "find-other", delay: 3_600_000 });
-    await sql`UPDATE pgbg.task SET state = 'failed', failed_at = now(), attempts = 1,
-      last_error = '{"name":"Error","message":"card declined","stack":"Error: card declined\\n    at charge (billing.ts:12:9)"}' WHERE id = ${failing}`;
+    // As a worker leaves a task that failed twice (tests/admin-api.test.ts checks that it does).
+    const first = { name: "Error", message: "card expired", attempt: 1, worker: "w-1", startedAt: "2026-12-01T10:00:00Z", at: "2026-12-01T10:00:01Z" };
+    const second = { name: "Error", message: "card declined", stack: "Error: card declined\n    at charge (billing.ts:12:9)", attempt: 2, worker: "w-2" };
+    await sql`UPDATE pgbg.task SET state = 'failed', failed_at = now(), attempts = 2, last_error = ${sql.json(second)}, errors = ${sql.json([first, second])}
+      WHERE id = ${failing}`;
     const page = await browser.newPage();
     const problems: string[] = [];
     page.on("pageerror", (e) => problems.push(e.message));
@@ -244,6 +247,11 @@ describe("pgbg dashboard", () => {
     assert.equal(await page.textContent('#task-fields tr[data-field="input"] td.value'), "{}");
     assert.equal(await page.textContent('#task-fields tr[data-field="last error"] td.value'), "Error: card declined");
     assert.match(await page.textContent('#task-fields tr[data-field="stack"] td.value') ?? "", /at charge \(billing\.ts:12:9\)/);
+    // Both attempts' errors, the newest first.
+    assert.deepEqual(await page.$$eval("#task-errors tbody tr", (rows) => rows.map((r) => (r as HTMLElement).innerText.replace(/\s+/g, " ").trim())), [
+      "2 w-2 Error: card declined Error: card declined at charge (billing.ts:12:9)",
+      "1 w-1 2026-12-01T10:00:00Z 2026-12-01T10:00:01Z Error: card expired",
+    ]);
     await page.click("#task-actions button.retry");
     // Queued again (or, with a worker of an earlier test still serving, run again: it never ran before).
     await until(async () => [(await row(failing))?.state, await runs(failing)], ([state, n]) => state === "queued" || (n as number) > 0, 120_000, "the retried task to be queued");

@@ -57,16 +57,17 @@ ORDER BY w.started_at, w.id;
 
 -- fragment: TaskColumns
 -- A task as the admin API shows it: `scheduled` is a queued task not due yet.
+-- Its value: more columns (GetTask adds the errors, which lists leave out).
 SELECT t.id, t.queue, t.name,
   CASE WHEN t.state = 'queued' AND t.run_at > now() THEN 'scheduled' ELSE t.state::text END AS state,
   t.attempts, t.max_attempts, t.priority, t.key, t.run_at, t.enqueued_at, t.failed_at,
-  t.worker_id, t.cancel_requested_at, t.last_error, t.payload, t.snoozes, t.input_version, t.group_name
+  t.worker_id, t.cancel_requested_at, t.last_error, t.payload, t.snoozes, t.input_version, t.group_name{{@}}
 FROM pgbg.task t
 
 -- name: GetTask
 -- One task by id ($1), by primary key; no row for an id the table does not
 -- hold, or a cancelled task that is no longer running (it is being deleted).
-{{TaskColumns}}
+{{TaskColumns:, t.errors}}
 WHERE t.id = $1 AND (t.cancel_requested_at IS NULL OR t.state = 'running');
 
 -- fragment: TaskFilter
@@ -99,7 +100,7 @@ WHERE (t.cancel_requested_at IS NULL OR t.state = 'running')
 -- One page of tasks in id order (enqueue order), at most $3, filtered by
 -- TaskFilter. A page reads the primary key from where the last one ended
 -- (keyset, not OFFSET), so a deep page costs what the first does.
-{{TaskColumns}}
+{{TaskColumns:}}
 {{TaskFilter}}
 ORDER BY t.id
 LIMIT $3;
@@ -108,7 +109,7 @@ LIMIT $3;
 -- ListTasks for $1 = 'failed': the literal state lets the planner read
 -- task_failed_list_idx (id WHERE state = 'failed'), so that a page reads a
 -- page of entries however many other tasks come before it.
-{{TaskColumns}}
+{{TaskColumns:}}
 {{TaskFilter}}
   AND t.state = 'failed'
 ORDER BY t.id

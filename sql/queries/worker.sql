@@ -334,6 +334,7 @@ WITH released AS (
     run_at = CASE WHEN f.permanent = 1 OR t.attempts >= coalesce(t.max_attempts, $6) THEN t.run_at
              ELSE now() + f.delay_ms * interval '1 millisecond' END,
     last_error = f.error::jsonb,
+    errors = {{AppendError:f.error::jsonb}},
     lease_expires_at = NULL,
     worker_id = NULL
   FROM unnest($1::bigint[], $2::integer[], $3::float8[], $4::text[], $5::smallint[]) AS f (id, token, delay_ms, error, permanent)
@@ -443,8 +444,16 @@ state = CASE WHEN t.attempts >= coalesce(t.max_attempts, $1) THEN 'failed' ELSE 
     failed_at = CASE WHEN t.attempts >= coalesce(t.max_attempts, $1) THEN now() END,
     run_at = {{RequeuedRunAt}},
     last_error = $2::text::jsonb,
+    errors = {{AppendError:$2::text::jsonb}},
     lease_expires_at = NULL,
     worker_id = NULL
+
+-- fragment: AppendError
+-- The errors of task `t` with one more at their end, the error {{@}} with
+-- the worker that ran the attempt (`t`'s before the update) and its number;
+-- the last 20 kept (migration 016).
+jsonb_path_query_array(coalesce(t.errors, '[]'::jsonb)
+      || jsonb_build_array({{@}} || jsonb_build_object('worker', t.worker_id, 'attempt', t.attempts)), '$[last - 19 to last]')
 
 -- fragment: EnqueueFailedHooks
 -- The onFailed hook of each task of `released` that failed for good and

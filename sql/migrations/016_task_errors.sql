@@ -1,0 +1,13 @@
+-- 016_task_errors: each failed attempt's error, not only the last one.
+--
+-- An operator looking at a task that failed three times wants each error,
+-- not the last alone (the dashboard's task page, getTask). `errors` holds
+-- the errors of the task's failed attempts, oldest first, each with the
+-- worker that ran the attempt, its attempt number, its start and end: the
+-- last 20 of them, so that a task retried a thousand times keeps a bounded
+-- row. Written by the statements that fail or release an attempt only: a
+-- claim and a success never touch it, so the drain pays nothing. A column
+-- without a default: added without rewriting the table, and the previous
+-- release's statements, which never name it, go on working (they leave it
+-- as it was).
+ALTER TABLE pgbg.task ADD COLUMN errors jsonb;
