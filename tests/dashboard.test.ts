@@ -165,6 +165,7 @@ describe("pgbg dashboard", () => {
     // Refreshed live: a task enqueued now shows without a reload.
     await enqueue(sql, work, {}, { delay: 3_600_000, queue: "later" });
     await page.waitForSelector('#tasks tr[data-queue="later"]', { timeout: 120_000 });
+
     assert.match(await page.textContent('#tasks tr[data-queue="later"]') ?? "", /^later\s*work\s*0\s*1\s*0\s*0/);
 
     // A completed task with a result: listed, newest first, with its result.
@@ -216,6 +217,11 @@ describe("pgbg dashboard", () => {
     // Signed in by the cookie an earlier test's sign-in set in this browser profile.
     await page.goto(dashboard.url);
     await page.waitForSelector("#find");
+
+    // The queues table sums each queue's tasks: in "find", one scheduled (the failed one is not counted there).
+    await page.waitForSelector('#queues tr[data-queue="find"]', { timeout: 120_000 });
+    const queueRow = await page.$$eval('#queues tr[data-queue="find"] td', (tds) => tds.map((td) => td.textContent));
+    assert.deepEqual(queueRow.slice(6, 11), ["0", "1", "0", "0", "0"], "queued, scheduled, running, done and failed in the last minute");
 
     // A filter narrows the list, and the count says how many.
     await page.fill("#filter-queue", "find");
