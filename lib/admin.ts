@@ -141,6 +141,8 @@ export interface TaskInfo {
   key: string | null;
   /** Its group in its queue (defineTask's `group`), if it has one; null for a finished task: not kept. */
   group: string | null;
+  /** The flow or batch it was enqueued in (enqueueFlow, enqueueBatch: getFlow), if any. */
+  flowId: string | null;
   /** When it is (or was) due. */
   runAt: Date;
   enqueuedAt: Date;
@@ -174,18 +176,21 @@ export interface TaskInfo {
 function taskInfo(r: any): TaskInfo {
   return {
     id: String(r.id), queue: r.queue, name: r.name, state: r.state, attempts: r.attempts, snoozes: r.snoozes, maxAttempts: r.max_attempts, priority: r.priority,
-    key: r.key, group: r.group_name, runAt: r.run_at, enqueuedAt: r.enqueued_at, failedAt: r.failed_at, workerId: r.worker_id,
+    key: r.key, group: r.group_name, flowId: optionalId(r.flow_id), runAt: r.run_at, enqueuedAt: r.enqueued_at, failedAt: r.failed_at, workerId: r.worker_id,
     cancelRequestedAt: r.cancel_requested_at, lastError: r.last_error, payload: r.payload, inputVersion: r.input_version,
     finishedAt: null, expiresAt: null, result: null, ...("errors" in r ? { errors: r.errors ?? [] } : {}),
   };
 }
+
+/** A bigint column as an id string, or null. */
+const optionalId = (value: unknown): string | null => value === null || value === undefined ? null : String(value);
 
 /** A finished task of the history as TaskInfo: what the queue's columns held at the end, where the history keeps them. */
 // deno-lint-ignore no-explicit-any
 function finishedTaskInfo(r: any): TaskInfo {
   return {
     id: String(r.id), queue: r.queue, name: r.name, state: r.state, attempts: r.attempts, snoozes: 0, maxAttempts: null, priority: 0,
-    key: r.key, group: null, runAt: r.enqueued_at, enqueuedAt: r.enqueued_at, failedAt: null, workerId: null, cancelRequestedAt: null,
+    key: r.key, group: null, flowId: optionalId(r.flow_id), runAt: r.enqueued_at, enqueuedAt: r.enqueued_at, failedAt: null, workerId: null, cancelRequestedAt: null,
     lastError: r.last_error, payload: r.payload, inputVersion: null, finishedAt: r.finished_at, expiresAt: r.expires_at, result: r.result,
   };
 }

@@ -36,7 +36,7 @@ describe("the admin API", () => {
     const t = await getTask(sql, due);
     assert.ok(t);
     assert.deepEqual({ ...t, runAt: undefined, enqueuedAt: undefined }, {
-      id: due, queue: "default", name: "mail", state: "queued", attempts: 0, snoozes: 0, maxAttempts: null, priority: 3, key: "k-1", group: null, inputVersion: 1,
+      id: due, queue: "default", name: "mail", state: "queued", attempts: 0, snoozes: 0, maxAttempts: null, priority: 3, key: "k-1", group: null, flowId: null, inputVersion: 1,
       runAt: undefined, enqueuedAt: undefined, failedAt: null, workerId: null, cancelRequestedAt: null, lastError: null, payload: { n: 1 },
       finishedAt: null, expiresAt: null, result: null, errors: [],
     });

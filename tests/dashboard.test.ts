@@ -289,8 +289,14 @@ describe("pgbg dashboard", () => {
       await page.fill("#token", token);
       await page.click("#sign-in");
     }
-    await page.waitForSelector(`#flows tr[data-id="${flow.id}"]`, { timeout: 120_000 });
-    await page.click(`#flows tr[data-id="${flow.id}"] button.show`);
+    await page.waitForSelector(`#flows tr[data-id="${flow.id}"] button.show`, { timeout: 120_000 });
+    // From the fan-in's page, which names its flow, to the flow's graph.
+    await page.fill("#search", flow.tasks.join);
+    await page.click("#filter");
+    await page.click(`#found tr[data-id="${flow.tasks.join}"] button.open`);
+    await page.waitForSelector('#task-fields tr[data-field="flow"]', { timeout: 120_000 });
+    assert.equal(await page.textContent('#task-fields tr[data-field="flow"] td.value'), flow.id);
+    await page.click("#task-actions button.show");
     await page.waitForSelector(`#flow-graph g[data-id="${flow.tasks.join}"]`, { timeout: 120_000 });
     // Four nodes in three columns, an arrow per dependency.
     const nodes = await page.$$eval("#flow-graph g.node", (gs) => gs.map((g) => [g.getAttribute("data-id"), g.getAttribute("class"), g.querySelector("rect")!.getAttribute("x")]));

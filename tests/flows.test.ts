@@ -269,6 +269,7 @@ describe("batches", () => {
     const batch = await enqueueBatch(sql, step, inputs, { then: flowTask(report, {}) });
     assert.equal(batch.members.length, 300);
     assert.equal((await getTask(sql, batch.then))?.state, "waiting");
+    assert.deepEqual([(await getTask(sql, batch.then))?.flowId, (await getTask(sql, batch.members[0]))?.flowId], [batch.id, batch.id]);
     const before = await getBatch(sql, batch.id);
     assert.deepEqual({ ...before, createdAt: null }, {
       id: batch.id, size: 300, createdAt: null, pending: 300, succeeded: 0, failed: 0, failedIds: [], then: { id: batch.then, state: "waiting" },
