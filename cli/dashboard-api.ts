@@ -78,25 +78,22 @@ export function apiRoutes(options: DashboardOptions): Record<string, Route> {
 }
 
 /**
- * The search box: a task id finds that task; other text finds the tasks
- * holding it as their dedup key, then those whose name starts with it (50
- * of each at most), within the form's other filters.
+ * The search box: a task id finds that task, and any text finds the tasks
+ * holding it as their dedup key (an order number may be a key too), then
+ * those whose name starts with it (50 of each at most; `capped` when
+ * either stopped there), within the form's other filters.
  */
 async function searchTasks(db: Database, q: string, filters: ListTasksOptions): Promise<{ tasks: TaskInfo[]; next: null; count: TaskCount }> {
-  let tasks: TaskInfo[];
-  if (isTaskId(q)) {
-    const task = await getTask(db, q, { schema: filters.schema });
-    tasks = task ? [task] : [];
-  } else {
-    const { after: _, key: __, namePrefix: ___, ...rest } = filters;
-    const [byKey, byName] = await Promise.all([
-      listTasks(db, { ...rest, key: q, limit: 50 }),
-      listTasks(db, { ...rest, namePrefix: q, limit: 50 }),
-    ]);
-    const seen = new Set(byKey.tasks.map((t) => t.id));
-    tasks = [...byKey.tasks, ...byName.tasks.filter((t) => !seen.has(t.id))];
-  }
-  return { tasks, next: null, count: { count: tasks.length, capped: false } };
+  const { after: _, key: __, namePrefix: ___, ...rest } = filters;
+  const [byId, byKey, byName] = await Promise.all([
+    isTaskId(q) ? getTask(db, q, { schema: filters.schema }) : null,
+    listTasks(db, { ...rest, key: q, limit: 50 }),
+    listTasks(db, { ...rest, namePrefix: q, limit: 50 }),
+  ]);
+  const found = new Map<string, TaskInfo>();
+  for (const t of [...(byId && !rest.state && !rest.queue ? [byId] : []), ...byKey.tasks, ...byName.tasks]) if (!found.has(t.id)) found.set(t.id, t);
+  const tasks = [...found.values()];
+  return { tasks, next: null, count: { count: tasks.length, capped: byKey.next !== null || byName.next !== null } };
 }
 
 /** The request's `ids`, checked: a non-empty array of task ids, or a 400. */

@@ -130,6 +130,8 @@ function showProgress(config: ServeConfig, metrics: ServiceMetrics): { stop(): v
     const s = metrics.summary();
     statusLine.set(`${config.workers} worker(s) · ${fmt(s.running)} running · ${fmt(s.completed)} done · ${fmt(s.failed)} failed · ${fmt(s.retried)} retried`);
   }, 1_000);
+  // Never what keeps the process alive, whatever ends the pool.
+  timer.unref();
   return {
     stop() {
       clearInterval(timer);

@@ -166,8 +166,9 @@ export interface TaskInfo {
   /**
    * From `getTask` only, for a task in the queue: each failed attempt's
    * error, oldest first (the last 20), as `lastError` with `worker` (the
-   * worker that ran it), `attempt`, `startedAt` and `at` (its end). Empty
-   * for a task no attempt of which failed, and for one kept in the history.
+   * worker that ran it), `attempt`, `at` (its end) and, for an attempt
+   * that failed in its handler, `startedAt`. Empty for a task no attempt
+   * of which failed, and for one kept in the history.
    */
   errors?: { name?: string; message?: string; [field: string]: unknown }[];
 }

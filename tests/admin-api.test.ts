@@ -77,6 +77,12 @@ describe("the admin API", () => {
     await run(sql, "pgbg", "ReleaseWorkerTasks", [25, JSON.stringify({ name: "WorkerDiedError", message: "worker died" }), [WORKER]]);
     const released = await getTask(sql, id);
     assert.deepEqual(released?.errors?.map((e) => [e.attempt, e.message, e.worker]).at(-1), [1, "worker died", WORKER]);
+    assert.ok(Date.parse(String(released?.errors?.at(-1)?.at)) >= Date.parse(String(t!.errors![1].at)), "a release's error says when it ended the attempt");
+    // A worker's error keeps its own end.
+    await claim([id]);
+    const [{ token }] = await sql`SELECT lease_token AS token FROM pgbg.task WHERE id = ${id}`;
+    await run(sql, "pgbg", "FailTasks", [[id], [token], [0], [JSON.stringify({ message: "old", at: "2000-01-01T00:00:00.000Z" })], [0], 25]);
+    assert.equal((await getTask(sql, id))?.errors?.at(-1)?.at, "2000-01-01T00:00:00.000Z");
     assert.equal(released?.errors?.length, 3, "the earlier ones stay (retry resets the attempts, not the errors)");
     // At most the last 20.
     await sql`UPDATE pgbg.task SET errors = (SELECT jsonb_agg(jsonb_build_object('attempt', i)) FROM generate_series(1, 20) i) WHERE id = ${id}`;

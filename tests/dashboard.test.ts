@@ -205,7 +205,8 @@ describe("pgbg dashboard", () => {
     // Enqueued for later, so that no worker takes it before it is made to look failed.
     const failing = await enqueue(sql, alwaysFails, {}, { queue: "find", maxAttempts: 1, key: "find-me-failing", delay: 3_600_000 });
     const queued = await enqueue(sql, work, {}, { queue: "find", delay: 3_600_000, key: "find-me-queued" });
-    await enqueue(sql, work, {}, { queue: "find-other", delay: 3_600_000 });
+    // A key of digits, as an order number may be: found by search as a key, not taken for an id alone.
+    const byNumber = await enqueue(sql, work, {}, { queue: "find-other", delay: 3_600_000, key: "4242" });
     // As a worker leaves a task that failed twice (tests/admin-api.test.ts checks that it does).
     const first = { name: "Error", message: "card expired", attempt: 1, worker: "w-1", startedAt: "2026-12-01T10:00:00Z", at: "2026-12-01T10:00:01Z" };
     const second = { name: "Error", message: "card declined", stack: "Error: card declined\n    at charge (billing.ts:12:9)", attempt: 2, worker: "w-2" };
@@ -241,6 +242,10 @@ describe("pgbg dashboard", () => {
     await page.fill("#search", "find-me-queued");
     await page.click("#filter");
     await page.waitForFunction((id) => [...document.querySelectorAll("#found tbody tr")].map((r) => (r as HTMLElement).dataset.id).join() === id, queued, { timeout: 120_000 });
+
+    await page.fill("#search", "4242");
+    await page.click("#filter");
+    await page.waitForFunction((id) => [...document.querySelectorAll("#found tbody tr")].map((r) => (r as HTMLElement).dataset.id).includes(id), byNumber, { timeout: 120_000 });
 
     // The failed task's page: its input, key and last error with its stack; Retry queues it again.
     await page.fill("#search", failing);

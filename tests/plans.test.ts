@@ -190,12 +190,9 @@ describe("listTasks' pages", () => {
       assert.ok(outcome!.pkeyRead <= 101, `read ${outcome!.pkeyRead} entries of task_pkey`);
       await sql.end();
     });
-
   }
 });
 
-/** Sequential scans of the task table and scans of `index` in this transaction so far. */
-// deno-lint-ignore no-explicit-any
 /**
  * The dashboard's failed list: 100,000 failed tasks enqueued after a
  * million queued ones. Paged in id order through task_failed_list_idx, the
@@ -241,6 +238,8 @@ describe("listTasks' pages of failed tasks", () => {
   }
 });
 
+/** Sequential scans of the task table and scans of `index` in this transaction so far. */
+// deno-lint-ignore no-explicit-any
 async function scans(tx: any, index: string): Promise<{ table: number; index: number }> {
   const [row] = await tx`SELECT pg_stat_get_xact_numscans('pgbg.task'::regclass)::int AS "table",
     pg_stat_get_xact_numscans(${`pgbg.${index}`}::regclass)::int AS "index"`;

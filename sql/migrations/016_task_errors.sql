@@ -3,7 +3,8 @@
 -- An operator looking at a task that failed three times wants each error,
 -- not the last alone (the dashboard's task page, getTask). `errors` holds
 -- the errors of the task's failed attempts, oldest first, each with the
--- worker that ran the attempt, its attempt number, its start and end: the
+-- worker that ran the attempt, its attempt number and its end (and its
+-- start, for an attempt that failed in its handler): the
 -- last 20 of them, so that a task retried a thousand times keeps a bounded
 -- row. Written by the statements that fail or release an attempt only: a
 -- claim and a success never touch it, so the drain pays nothing. A column

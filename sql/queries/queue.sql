@@ -120,16 +120,19 @@ WHERE q.name = $1 AND q.rate_limit IS NOT NULL;
 -- name: GroupLimitWaiting
 -- For each queue with a limit per group: its due tasks whose group runs as
 -- many tasks as the limit allows, which the claim steps over (/metrics,
--- pgbg_queue_limit_waiting). Reads every queued and running task of a
--- group of those queues, once per scrape.
-SELECT q.name AS queue, coalesce(sum(g.due) FILTER (WHERE g.running >= q.group_concurrency), 0)::int AS waiting
+-- pgbg_queue_limit_waiting). The due tasks counted per group through
+-- task_group_idx, each group's running ones through task_group_running_idx
+-- (one state each, so that each count reads its own partial index); read
+-- once per scrape.
+SELECT q.name AS queue, coalesce((
+  SELECT sum(d.due) FROM (
+    SELECT t.group_name, count(*) AS due FROM pgbg.task t
+    WHERE t.state = 'queued' AND t.group_name IS NOT NULL AND t.queue = q.name AND t.run_at <= now()
+    GROUP BY t.group_name
+  ) d
+  WHERE (SELECT count(*) FROM pgbg.task r
+    WHERE r.state = 'running' AND r.group_name IS NOT NULL AND r.queue = q.name AND r.group_name = d.group_name) >= q.group_concurrency
+), 0)::int AS waiting
 FROM pgbg.queue q
-CROSS JOIN LATERAL (
-  SELECT count(*) FILTER (WHERE t.state = 'queued' AND t.run_at <= now()) AS due, count(*) FILTER (WHERE t.state = 'running') AS running
-  FROM pgbg.task t
-  WHERE t.queue = q.name AND t.group_name IS NOT NULL AND t.state IN ('queued', 'running')
-  GROUP BY t.group_name
-) g
 WHERE q.group_concurrency IS NOT NULL
-GROUP BY q.name
 ORDER BY q.name;

@@ -450,10 +450,12 @@ state = CASE WHEN t.attempts >= coalesce(t.max_attempts, $1) THEN 'failed' ELSE 
 
 -- fragment: AppendError
 -- The errors of task `t` with one more at their end, the error {{@}} with
--- the worker that ran the attempt (`t`'s before the update) and its number;
--- the last 20 kept (migration 016).
+-- the worker that ran the attempt (`t`'s before the update), its number,
+-- and its end (`at`: the error's own where it has one, a worker's; now for
+-- a release's); the last 20 kept (migration 016).
 jsonb_path_query_array(coalesce(t.errors, '[]'::jsonb)
-      || jsonb_build_array({{@}} || jsonb_build_object('worker', t.worker_id, 'attempt', t.attempts)), '$[last - 19 to last]')
+      || jsonb_build_array(jsonb_build_object('at', now()) || {{@}} || jsonb_build_object('worker', t.worker_id, 'attempt', t.attempts)),
+    '$[last - 19 to last]')
 
 -- fragment: EnqueueFailedHooks
 -- The onFailed hook of each task of `released` that failed for good and

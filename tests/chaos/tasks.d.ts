@@ -6,9 +6,10 @@ type Input = v.ObjectSchema<{
   ms: v.NumberSchema<undefined>;
   hang: v.OptionalSchema<v.BooleanSchema<undefined>, undefined>;
   late: v.OptionalSchema<v.NumberSchema<undefined>, undefined>;
+  fail: v.OptionalSchema<v.BooleanSchema<undefined>, undefined>;
 }, undefined>;
 type Result = v.ObjectSchema<{ p: v.NumberSchema<undefined>; n: v.NumberSchema<undefined> }, undefined>;
-/** Sleeps, then records its success and completes itself in one transaction, its result naming the execution; `hang` and `late` make its first attempt ignore its abort signal. */
+/** Sleeps, then records its success and completes itself in one transaction, its result naming the execution; `hang` and `late` make its first attempt ignore its abort signal; `fail` fails every attempt for good. */
 export declare const work: Task<Input, Result>;
 type GroupedInput = v.ObjectSchema<{ ms: v.NumberSchema<undefined>; g: v.StringSchema<undefined> }, undefined>;
 /** As `work`, in the group its input names. */
