@@ -357,7 +357,7 @@ export async function retry(db: DatabaseClient, which: RetryTarget, options?: Ad
 
 /** What `cancel` did with each task. */
 export interface CancelResult {
-  /** Queued or failed tasks, deleted. */
+  /** Queued or failed tasks, deleted. Each list in id order. */
   deleted: string[];
   /** Running tasks: their worker aborts the attempt and deletes the task when it ends. */
   signalled: string[];
@@ -401,5 +401,7 @@ export async function cancelByIds(db: DatabaseClient, schema: string, ids: strin
     if (!rows.length) break;
   }
   result.notFound = todo;
+  // In id order: the statement returns its rows in whatever order its plan read them.
+  for (const list of [result.deleted, result.signalled, result.notFound]) list.sort((a, b) => a.length - b.length || (a < b ? -1 : a > b ? 1 : 0));
   return result;
 }
