@@ -96,7 +96,10 @@ describe("the service's logs", () => {
     const cli = fileURLToPath(new URL("../cli/main.ts", import.meta.url));
     const command = [process.execPath, "--import", "tsx", cli, "serve", "--tasks", fixtureTasks, "--workers", "1", "--check-interval", "200ms"]
       .map((a) => `'${a.replaceAll("'", "'\\''")}'`).join(" ");
-    const child = spawn("script", ["-qfec", command, "/dev/null"], {
+    // exec: script(1) runs the command through $SHELL, and a shell that stays
+    // as the parent (dash, where SHELL is /bin/sh) takes the Ctrl-C itself and
+    // ends with 130, whatever the service's own exit code was.
+    const child = spawn("script", ["-qfec", `exec ${command}`, "/dev/null"], {
       env: { ...process.env, DATABASE_URL: db.url, NO_COLOR: "" }, stdio: ["pipe", "pipe", "pipe"],
     });
     let output = "";

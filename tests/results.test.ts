@@ -140,20 +140,22 @@ describe("results", () => {
   test("waitForResult rejects for a cancelled task, at the cancel, and for a wait that timed out", async () => {
     const id = await enqueue(sql, later, {}, { delay: 3_600_000 });
     await waitError(waitForResult(sql, id, { timeout: 50 }), "PGBG_WAIT_TIMEOUT");
-    const waiting = waitForResult(sql, id, { pollInterval: 600_000 });
+    // Its rejection is checked from the start: it may come before cancel()
+    // returns, and an unhandled one fails the test.
+    const waiting = waitError(waitForResult(sql, id, { pollInterval: 600_000 }), "PGBG_TASK_CANCELLED");
     await waiterOf(id);
     assert.deepEqual((await cancel(sql, id)).deleted, [id]);
-    await waitError(waiting, "PGBG_TASK_CANCELLED");
+    await waiting;
     assert.equal((await getTask(sql, id))?.state, "cancelled");
     assert.equal((await sql`SELECT count(*)::int AS n FROM pgbg.result_waiter`)[0].n, 0, "the waiters removed their rows");
   });
 
   test("waitForResult polls: a task ended by a statement that notifies nobody is still seen", async () => {
     const id = await enqueue(sql, later, {});
-    const waiting = waitForResult(sql, id, { pollInterval: 20 });
+    const waiting = waitError(waitForResult(sql, id, { pollInterval: 20 }), "PGBG_TASK_FAILED");
     await waiterOf(id);
     await sql`UPDATE pgbg.task SET state = 'failed', failed_at = now(), last_error = '{"message":"by hand"}' WHERE id = ${id}`;
-    const error = await waitError(waiting, "PGBG_TASK_FAILED");
+    const error = await waiting;
     assert.equal(error.lastError?.message, "by hand");
   });
 
