@@ -7,7 +7,7 @@
  */
 import { describeError, type Logger } from "./log.ts";
 import { type Database, run } from "./statements.ts";
-import type { SeriesCounts, TaskStats } from "./stats.ts";
+import { addHistogram, emptySeries, HISTOGRAM_BUCKETS, type SeriesCounts, type TaskStats } from "./stats.ts";
 
 /** What a worker's tasks did since its last report, and what runs now. */
 export interface WorkerReport {
@@ -55,19 +55,36 @@ export class CountReporter {
   async #write(): Promise<void> {
     const counts = this.stats.take();
     if (this.onReport) this.onReport({ counts, running: countRunning(this.running()) });
-    const todo = [...this.#unrecorded, ...counts.filter((c) => c.completed || c.failed || c.retried)];
+    const todo = mergeSeries([...this.#unrecorded, ...counts.filter((c) => c.completed || c.failed || c.retried || c.lag.sum || c.lag.counts.some(Boolean))]);
     if (!todo.length) return;
     try {
       await run(this.db, this.schema, "RecordTaskCounts", [
         todo.map((c) => c.queue), todo.map((c) => c.name), todo.map((c) => c.completed), todo.map((c) => c.failed), todo.map((c) => c.retried),
+        todo.flatMap((c) => c.lag.counts), HISTOGRAM_BUCKETS.length + 1,
       ]);
       this.#unrecorded = [];
     } catch (error) {
-      // Kept for the next heartbeat; a bounded list, merged by the statement.
-      this.#unrecorded = todo.slice(-1000);
+      // Kept for the next heartbeat, merged with its counts; one entry per
+      // queue and task name, so bounded by the task names the worker runs.
+      this.#unrecorded = todo;
       this.log.warn("could not record task counts; will retry", { error: describeError(error).message });
     }
   }
+}
+
+/** One entry per queue and task name: counts kept from a failed write added to the new ones. */
+function mergeSeries(all: SeriesCounts[]): SeriesCounts[] {
+  const merged = new Map<string, SeriesCounts>();
+  for (const c of all) {
+    const key = `${c.queue}\u0000${c.name}`;
+    const into = merged.get(key) ?? merged.set(key, emptySeries(c.queue, c.name)).get(key)!;
+    into.completed += c.completed;
+    into.failed += c.failed;
+    into.retried += c.retried;
+    addHistogram(into.duration, c.duration);
+    addHistogram(into.lag, c.lag);
+  }
+  return [...merged.values()];
 }
 
 /** Running attempts per queue and task name. */

@@ -17,6 +17,7 @@ import type { Liveness } from "./liveness.ts";
 import { describeError, type Logger } from "./log.ts";
 import { CancelSweeper } from "./maintenance/cancel-sweeper.ts";
 import { CountPruner } from "./maintenance/count-pruner.ts";
+import { DepthSampler } from "./maintenance/depth-sampler.ts";
 import { DeadWorkerReleaser, type ReleaseListener } from "./maintenance/dead-worker-releaser.ts";
 import { FailedPruner } from "./maintenance/failed-pruner.ts";
 import { FlowKeeper } from "./maintenance/flow-keeper.ts";
@@ -56,6 +57,7 @@ export interface MaintenanceServices {
   reaper: WorkerReaper;
   sweeper: CancelSweeper;
   pruner: CountPruner;
+  sampler: DepthSampler;
   compactor: IndexCompactor;
   vacuumer: TableVacuumer;
   rotator: HistoryRotator;
@@ -63,7 +65,7 @@ export interface MaintenanceServices {
   flowKeeper: FlowKeeper;
 }
 
-/** Builds every duty with its interval: the checks at the heartbeat interval, pruning, the history's rotation and the care of flows each minute, compaction and vacuum at their own. */
+/** Builds every duty with its interval: the checks at the heartbeat interval, pruning, the depth's sample every 20 s, the history's rotation and the care of flows each minute, compaction and vacuum at their own. */
 export function maintenanceServices(settings: MaintenanceSettings): MaintenanceServices {
   const { sql, schema, hostId, maxAttempts, timings, compactInterval, vacuumInterval, failedRetention, log, onReleased } = settings;
   const every = timings.heartbeatInterval;
@@ -73,6 +75,7 @@ export function maintenanceServices(settings: MaintenanceSettings): MaintenanceS
     reaper: new WorkerReaper(sql, schema, { hostId, maxAttempts, staleAfter: timings.staleAfter, interval: every }, log, onReleased),
     sweeper: new CancelSweeper(sql, schema, every, log),
     pruner: new CountPruner(sql, schema, 60_000),
+    sampler: new DepthSampler(sql, schema, 20_000),
     compactor: new IndexCompactor(sql, schema, compactInterval, log),
     vacuumer: new TableVacuumer(sql, schema, vacuumInterval, log),
     rotator: new HistoryRotator(sql, schema, defaults.historyInterval, log),

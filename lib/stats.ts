@@ -85,3 +85,26 @@ export class TaskStats {
     return out;
   }
 }
+
+/**
+ * The `q` quantile (0 to 1) of observations counted per bucket of
+ * HISTOGRAM_BUCKETS (the last slot above every bound), in ms, as a
+ * Prometheus histogram is read: linear within the bucket the quantile falls
+ * in, from 0 for the first bucket; the last bound for the slot above every
+ * bound. Null when nothing was observed.
+ */
+export function bucketQuantile(counts: readonly number[], q: number): number | null {
+  const total = counts.reduce((n, c) => n + c, 0);
+  if (!total) return null;
+  const rank = q * total;
+  let below = 0;
+  for (let i = 0; i < counts.length; i++) {
+    if (below + counts[i] >= rank && counts[i] > 0) {
+      if (i >= HISTOGRAM_BUCKETS.length) return HISTOGRAM_BUCKETS[HISTOGRAM_BUCKETS.length - 1] * 1000;
+      const lower = i === 0 ? 0 : HISTOGRAM_BUCKETS[i - 1];
+      return (lower + (HISTOGRAM_BUCKETS[i] - lower) * ((rank - below) / counts[i])) * 1000;
+    }
+    below += counts[i];
+  }
+  return HISTOGRAM_BUCKETS[HISTOGRAM_BUCKETS.length - 1] * 1000;
+}

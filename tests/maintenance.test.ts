@@ -184,12 +184,16 @@ describe("the cancel sweeper", () => {
 });
 
 describe("the count pruner", () => {
-  test("drops outcome counts older than an hour and keeps the rest", async () => {
+  test("drops outcome counts and depth samples older than 24 hours and keeps the rest", async () => {
     await clean();
+    await sql`DELETE FROM pgbg.task_depth`;
     await sql`INSERT INTO pgbg.task_count (period, queue, name, completed) VALUES
-      (now() - interval '61 minutes', 'default', 't', 1), (now() - interval '59 minutes', 'default', 't', 2)`;
+      (now() - interval '24 hours 1 minute', 'default', 't', 1), (now() - interval '23 hours 59 minutes', 'default', 't', 2)`;
+    await sql`INSERT INTO pgbg.task_depth (minute, queue, name, queued, scheduled, running) VALUES
+      (now() - interval '24 hours 1 minute', '', '', 1, 0, 0), (now() - interval '23 hours 59 minutes', '', '', 2, 0, 0)`;
     await new CountPruner(sql, "pgbg", 60_000).runOnce();
     assert.deepEqual((await sql`SELECT completed::int FROM pgbg.task_count`).map((r) => r.completed), [2]);
+    assert.deepEqual((await sql`SELECT queued FROM pgbg.task_depth`).map((r) => r.queued), [2]);
   });
 });
 

@@ -1,6 +1,7 @@
 /**
- * Drops outcome counts (`task_count`) older than an hour: `pgbg status`
- * shows the last minute, and the table must not grow with the uptime.
+ * Drops outcome counts (`task_count`) and depth samples (`task_depth`)
+ * older than 24 hours: the dashboard's charts reach that far back, and the
+ * tables must not grow with the uptime.
  *
  * Safe for every host to run at once: a DELETE of old periods, which a
  * second run finds gone.
@@ -10,7 +11,7 @@
 import type { MaintenanceService } from "./service.ts";
 import { type Database, run } from "../statements.ts";
 
-/** Deletes outcome counts older than an hour. */
+/** Deletes outcome counts and depth samples older than 24 hours. */
 export async function pruneTaskCounts(db: Database, schema: string): Promise<void> {
   await run(db, schema, "PruneTaskCounts", []);
 }

@@ -175,3 +175,49 @@ signalled AS (
 SELECT id, outcome FROM deleted
 UNION ALL
 SELECT id, outcome FROM signalled;
+
+-- name: Activity
+-- Each of the last $1 minutes, the current one last, of one queue ($2) and
+-- task name ($3) or of all when null: outcomes and start-latency buckets
+-- summed over the minute's 10-second periods (task_count), and the depth
+-- sample (task_depth; without filters its totals' row, queue ''), and
+-- whether a host sampled the minute at all. Each part reads a range of its
+-- table's primary key: 24 hours are about 8,640 periods per queue and task
+-- name.
+WITH minutes AS (
+  SELECT generate_series(date_trunc('minute', now()) - ($1::int - 1) * interval '1 minute', date_trunc('minute', now()), interval '1 minute') AS minute
+),
+counts AS (
+  SELECT date_trunc('minute', period) AS minute,
+    sum(completed)::int AS completed, sum(failed)::int AS failed, sum(retried)::int AS retried
+  FROM pgbg.task_count
+  WHERE period >= (SELECT min(minute) FROM minutes) AND ($2::text IS NULL OR queue = $2) AND ($3::text IS NULL OR name = $3)
+  GROUP BY 1
+),
+lags AS (
+  SELECT minute, array_agg(n ORDER BY i) AS lag
+  FROM (
+    SELECT date_trunc('minute', c.period) AS minute, b.i, sum(b.n)::int AS n
+    FROM pgbg.task_count c, unnest(c.lag) WITH ORDINALITY AS b (n, i)
+    WHERE c.period >= (SELECT min(minute) FROM minutes) AND ($2::text IS NULL OR c.queue = $2) AND ($3::text IS NULL OR c.name = $3)
+    GROUP BY 1, 2
+  ) buckets
+  GROUP BY minute
+),
+depth AS (
+  SELECT minute, sum(queued)::int AS queued, sum(scheduled)::int AS scheduled, sum(running)::int AS running
+  FROM pgbg.task_depth
+  WHERE minute >= (SELECT min(minute) FROM minutes)
+    AND CASE WHEN $2::text IS NULL AND $3::text IS NULL THEN queue = ''
+      ELSE queue <> '' AND ($2::text IS NULL OR queue = $2) AND ($3::text IS NULL OR name = $3) END
+  GROUP BY minute
+),
+sampled AS (
+  SELECT minute FROM pgbg.task_depth WHERE minute >= (SELECT min(minute) FROM minutes) AND queue = ''
+)
+SELECT m.minute, coalesce(c.completed, 0) AS completed, coalesce(c.failed, 0) AS failed, coalesce(c.retried, 0) AS retried,
+  l.lag, s.minute IS NOT NULL AS sampled,
+  coalesce(d.queued, 0) AS queued, coalesce(d.scheduled, 0) AS scheduled, coalesce(d.running, 0) AS running
+FROM minutes m
+LEFT JOIN counts c USING (minute) LEFT JOIN lags l USING (minute) LEFT JOIN depth d USING (minute) LEFT JOIN sampled s USING (minute)
+ORDER BY m.minute;

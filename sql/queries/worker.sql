@@ -528,20 +528,24 @@ finished AS (
 SELECT id FROM finished WHERE (SELECT count(*) FROM kept) + (SELECT count(*) FROM woken) + (SELECT count(*) FROM batch_counted) >= 0;
 
 -- name: RecordTaskCounts
--- A worker adds the outcomes it wrote since its last heartbeat to the
--- current 10-second period: one statement per heartbeat, not per batch.
--- $1 queues, $2 names, $3 completed, $4 failed, $5 retried; a pair may
--- repeat (counts kept from a failed write), so they are summed first: one
--- INSERT ... ON CONFLICT cannot update a row twice.
-INSERT INTO pgbg.task_count AS c (period, queue, name, completed, failed, retried)
-SELECT to_timestamp(floor(extract(epoch FROM now()) / 10) * 10), q, n, sum(done), sum(failed), sum(retried)
-FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[]) AS x (q, n, done, failed, retried)
-GROUP BY q, n
+-- A worker adds the outcomes it wrote since its last heartbeat, and the
+-- start latencies of the attempts it started, to the current 10-second
+-- period: one statement per heartbeat, not per batch. $1 queues, $2 names,
+-- $3 completed, $4 failed, $5 retried, one entry per pair (the caller merges
+-- counts kept from a failed write: one INSERT ... ON CONFLICT cannot update
+-- a row twice); $6 the lag buckets of every pair, $7 of them each, one
+-- pair's after the other's.
+INSERT INTO pgbg.task_count AS c (period, queue, name, completed, failed, retried, lag)
+SELECT to_timestamp(floor(extract(epoch FROM now()) / 10) * 10), q, n, done, failed, retried,
+  ($6::bigint[])[(i - 1) * $7::int + 1 : i * $7::int]
+FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[]) WITH ORDINALITY AS x (q, n, done, failed, retried, i)
 ORDER BY q, n
 ON CONFLICT (period, queue, name) DO UPDATE SET
   completed = c.completed + excluded.completed,
   failed = c.failed + excluded.failed,
-  retried = c.retried + excluded.retried;
+  retried = c.retried + excluded.retried,
+  lag = CASE WHEN c.lag IS NULL THEN excluded.lag ELSE
+    ARRAY(SELECT coalesce(a, 0) + coalesce(b, 0) FROM unnest(c.lag, excluded.lag) AS u (a, b)) END;
 
 -- name: DeleteCancelledTasks
 -- Cancelled tasks that left `running` before their worker deleted them
@@ -564,8 +568,31 @@ WITH finished AS (
 SELECT id FROM finished WHERE (SELECT count(*) FROM kept) + (SELECT count(*) FROM woken) + (SELECT count(*) FROM batch_counted) >= 0;
 
 -- name: PruneTaskCounts
--- Counts are kept for an hour: `pgbg status` shows the last minute.
-DELETE FROM pgbg.task_count WHERE period < now() - interval '1 hour';
+-- Counts and depth samples are kept for 24 hours: the dashboard's charts
+-- reach that far back (`pgbg status` shows the last minute).
+WITH counts AS (
+  DELETE FROM pgbg.task_count WHERE period < now() - interval '24 hours'
+)
+DELETE FROM pgbg.task_depth WHERE minute < now() - interval '24 hours';
+
+-- name: SampleTaskDepth
+-- The queue's depth this minute, per queue and task name and in all (the
+-- row of queue '' and name ''), unless a host sampled this minute already:
+-- one host's count a minute, whatever the number of hosts (two that sample
+-- at once both count, and the second's rows meet the first's and are
+-- dropped). Counted as TaskStatus counts.
+INSERT INTO pgbg.task_depth (minute, queue, name, queued, scheduled, running)
+SELECT date_trunc('minute', now()), coalesce(queue, ''), coalesce(name, ''),
+  count(*) FILTER (WHERE state = 'queued' AND run_at <= now()),
+  count(*) FILTER (WHERE state = 'queued' AND run_at > now()),
+  count(*) FILTER (WHERE state = 'running')
+FROM pgbg.task
+WHERE state IN ('queued', 'running') AND (cancel_requested_at IS NULL OR state = 'running')
+  AND NOT EXISTS (SELECT FROM pgbg.task_depth WHERE minute = date_trunc('minute', now()))
+-- The empty grouping set gives the totals' row even when no task matched.
+GROUP BY GROUPING SETS ((queue, name), ())
+ORDER BY 2, 3
+ON CONFLICT (minute, queue, name) DO NOTHING;
 
 -- name: SetWorkerIdle
 -- While a worker is idle, enqueues send it a wake-up (the insert trigger).
