@@ -1,5 +1,5 @@
 /**
- * The dashboard's JSON API (`/api/...`): status, failed and completed
+ * The dashboard's JSON API (`/api/...`): status, activity per minute, failed and completed
  * tasks, finding tasks and a task's page, retry and cancel, queue pause and
  * resume, flows, and schedules. The server checks the token, the CSRF
  * token and the content type before any of these runs (cli/dashboard.ts).
@@ -8,6 +8,7 @@
  */
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { cancel, countTasks, getTask, isTaskId, listTasks, type ListTasksOptions, recentFinishedTasks, retry, status, type TaskCount, type TaskInfo } from "../lib/admin.ts";
+import { activity } from "../lib/activity.ts";
 import { pauseQueue, resumeQueue, runSchedule } from "../lib/controls.ts";
 import { cancelFlow, getFlow, recentFlows } from "../lib/flow-admin.ts";
 import type { Database } from "../lib/statements.ts";
@@ -41,6 +42,14 @@ export function apiRoutes(options: DashboardOptions): Record<string, Route> {
       const { after: _, ...counted } = filters;
       const [page, count] = await Promise.all([listTasks(options.db, { ...filters, limit: 50 }), filters.after ? null : countTasks(options.db, counted)]);
       sendJson(res, { ...page, count });
+    },
+    // Per minute, for the charts: ?minutes= (60 or up to 1,440), ?queue=, ?name=.
+    "GET /api/activity": async (req, res) => {
+      const query = new URL(req.url ?? "/", "http://dashboard").searchParams;
+      const minutes = Number(query.get("minutes") ?? 60);
+      const choice = { minutes, queue: query.get("queue") || undefined, name: query.get("name") || undefined };
+      if (!Number.isInteger(minutes) || minutes < 1 || minutes > 1440) throw new HttpError(400, "minutes must be a whole number from 1 to 1440");
+      sendJson(res, { minutes: await activity(options.db, { schema: options.schema, ...choice }) });
     },
     "GET /api/task": async (req, res) => {
       const id = new URL(req.url ?? "/", "http://dashboard").searchParams.get("id") ?? "";

@@ -7,6 +7,8 @@
  * @module
  */
 
+import { chartsSection } from "./dashboard-charts.ts";
+
 /** The login page; `error` is shown above the form. */
 export function loginPage(error?: string): string {
   return `<!doctype html>
@@ -25,7 +27,7 @@ ${error ? `<p class="error" id="login-error">${error.replace(/[<>&"]/g, (c) => `
 }
 
 /**
- * The dashboard: status, queues (pause and resume), schedules (run now),
+ * The dashboard: charts of the last hour or day (cli/dashboard-charts.ts), status, queues (pause and resume), schedules (run now),
  * workers, failed tasks, a search and filtered list of tasks with a task's
  * page, flows (their graph, and cancel) and completed tasks kept in the
  * history, filled in by dashboardScript. `csrf` (hex):
@@ -34,10 +36,10 @@ ${error ? `<p class="error" id="login-error">${error.replace(/[<>&"]/g, (c) => `
 export const dashboardPage = (csrf: string): string => `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>pgbg dashboard</title>
 <meta name="pgbg-csrf" content="${csrf.replace(/[^0-9a-f]/g, "")}">
-<link rel="stylesheet" href="/dashboard.css"><script src="/dashboard.js" defer></script></head>
+<link rel="stylesheet" href="/dashboard.css"><script src="/dashboard.js" defer></script><script src="/charts.js" defer></script></head>
 <body>
 <header><h1>pgbg</h1><span id="updated">loading…</span><span id="problem" class="error"></span></header>
-<section><h2>Tasks</h2>
+${chartsSection}<section><h2>Tasks</h2>
 <table id="tasks"><thead><tr><th>Queue</th><th>Task</th><th>Queued</th><th>Scheduled</th><th>Running</th><th>Failed</th>
 <th>Oldest queued</th><th>Done/1m</th><th>Failed/1m</th><th>Retried/1m</th></tr></thead><tbody></tbody></table>
 <p id="unregistered" class="warning"></p></section>
@@ -105,6 +107,7 @@ async function refresh() {
       tr.dataset.queue = t.queue; tr.dataset.task = t.name;
       for (const v of [t.queue, t.name, t.queued, t.scheduled, t.running, t.failed, age(t.oldestQueuedMs), t.completedLastMinute, t.failedLastMinute, t.retriedLastMinute]) cell(tr, v);
     });
+    updateChartFilters(status.tasks);
     document.getElementById("unregistered").textContent = status.unregistered.length
       ? "Waiting tasks no live worker registered: " + status.unregistered.map((u) => u.queue + "/" + u.name + " (" + u.tasks + ")").join(", ") : "";
     const controls = new Map(status.queues.map((q) => [q.queue, q]));

@@ -19,6 +19,7 @@ import { defineCliCommand } from "./args.ts";
 import { dashboardArgs } from "./args-table.ts";
 import { apiRoutes, type Route } from "./dashboard-api.ts";
 import { HEADERS, HttpError, readBody, send } from "./dashboard-http.ts";
+import { chartScript, chartStyle } from "./dashboard-charts.ts";
 import { dashboardPage, dashboardScript, dashboardStyle, loginPage } from "./dashboard-page.ts";
 import { failWith } from "./exit.ts";
 import { listen } from "./listen.ts";
@@ -63,7 +64,8 @@ export async function startDashboard(options: DashboardOptions): Promise<Dashboa
 
   const routes: Record<string, Route> = {
     "GET /dashboard.js": async (_req, res) => send(res, 200, "text/javascript", dashboardScript),
-    "GET /dashboard.css": async (_req, res) => send(res, 200, "text/css", dashboardStyle),
+    "GET /charts.js": async (_req, res) => send(res, 200, "text/javascript", chartScript),
+    "GET /dashboard.css": async (_req, res) => send(res, 200, "text/css", dashboardStyle + chartStyle),
     "GET /": async (req, res) => signedIn(req) ? send(res, 200, "text/html", dashboardPage(csrf)) : send(res, 401, "text/html", loginPage()),
     "POST /login": async (req, res) => {
       const token = new URLSearchParams(await readBody(req)).get("token") ?? undefined;

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -58,10 +58,51 @@ async function stop(child: ChildProcess): Promise<number | null> {
 const row = async (id: string) => (await sql`SELECT * FROM pgbg.task WHERE id = ${id}`)[0];
 const runs = async (id: string) => (await sql`SELECT count(*)::int AS n FROM execution WHERE task_id = ${id}`)[0].n as number;
 
+/**
+ * The number of distinct colours in a PNG, counted by the browser itself on
+ * a blank page (no Content-Security-Policy there): a blank screenshot has one.
+ */
+async function distinctColours(file: string): Promise<number> {
+  const page = await browser.newPage();
+  try {
+    return await page.evaluate(async (png) => {
+      const img = new Image();
+      img.src = `data:image/png;base64,${png}`;
+      await img.decode();
+      const canvas = document.createElement("canvas");
+      canvas.width = img.width;
+      canvas.height = img.height;
+      const context = canvas.getContext("2d")!;
+      context.drawImage(img, 0, 0);
+      const data = context.getImageData(0, 0, img.width, img.height).data;
+      const colours = new Set<number>();
+      for (let i = 0; i < data.length; i += 4) colours.add((data[i] << 16) | (data[i + 1] << 8) | data[i + 2]);
+      return colours.size;
+    }, readFileSync(file).toString("base64"));
+  } finally {
+    await page.close();
+  }
+}
+
+/** A new page, signed in (by the cookie an earlier test's sign-in left in this profile, or now), and the script errors it meets. */
+async function signedIn() {
+  const page = await browser.newPage();
+  const problems: string[] = [];
+  page.on("pageerror", (e) => problems.push(e.message));
+  await page.goto(dashboard.url);
+  if (await page.$("#token")) {
+    await page.fill("#token", token);
+    await page.click("#sign-in");
+  }
+  await page.waitForSelector("#overview");
+  return { page, problems };
+}
+
+let dashboard: { child: ChildProcess; url: string };
+let browser: BrowserContext;
+let profile: string;
+
 describe("pgbg dashboard", () => {
-  let dashboard: { child: ChildProcess; url: string };
-  let browser: BrowserContext;
-  let profile: string;
   before(async () => {
     // The token by flag (the other tests give it by environment), no --host.
     dashboard = await startDashboard({ PGBG_DASHBOARD_TOKEN: "" }, ["--port", "0", "--token", token]);
@@ -274,6 +315,77 @@ describe("pgbg dashboard", () => {
     await page.waitForFunction((id) => document.getElementById("task-title")?.textContent === `Task ${id}: work (scheduled)`, queued, { timeout: 120_000 });
     await page.click("#task-actions button.cancel");
     await until(() => row(queued), (r) => r === undefined, 120_000, "the cancelled task to be deleted");
+    assert.deepEqual(problems, [], "no script errors");
+    await page.close();
+  });
+
+  test("charts: each chart's series add up to the run's outcomes and starts, per queue and task name; a task that failed twice shows both attempts; screenshots", { skip: noBrowser }, async () => {
+    // Sampled while every pgbg serve of this test runs: one task waiting for its time in every sample.
+    await sql`DELETE FROM pgbg.task_depth`;
+    await enqueue(sql, work, {}, { queue: "charts", delay: 3_600_000 });
+    for (let i = 0; i < 3; i++) await enqueue(sql, work, {}, { queue: "charts" });
+    await enqueue(sql, work, { failUntil: 1 }, { queue: "charts", maxAttempts: 2 });
+    const twice = await enqueue(sql, alwaysFails, {}, { queue: "charts", maxAttempts: 2 });
+    testbed.serve(["--workers", "1", "--queues", "charts"]);
+    await until(async () => [(await row(twice))?.state, (await sql`SELECT count(*)::int AS n FROM pgbg.task WHERE queue = 'charts' AND state <> 'failed'`)[0].n],
+      ([state, left]) => state === "failed" && left === 1, 120_000, "the chart's tasks to end");
+    // Known: 4 completed (one on its second attempt), 1 failed for good after 1 retry, 1 retry of the flaky one; 7 attempts started.
+    const { page, problems } = await signedIn();
+    await page.setViewportSize({ width: 1400, height: 900 });
+    await page.waitForSelector('#chart-queue option[value="charts"]', { state: "attached", timeout: 120_000 });
+    await page.selectOption("#chart-queue", "charts");
+    const drawn = () => page.$$eval(".chart path.series", (paths) => Object.fromEntries(paths.map((p) => {
+      const values = (p.getAttribute("data-values") ?? "").split(",").filter((v) => v !== "").map(Number);
+      return [p.getAttribute("data-series"), { sum: values.reduce((n, v) => n + v, 0), count: values.length, values }];
+    })));
+    /** Waits until the outcomes chart, over `minutes` minutes, shows completed, failed and retried adding up to `want`. */
+    const sums = async (want: string, minutes = 60) => {
+      await page.waitForFunction(([want, minutes]) => {
+        // No named inner function: the test's compiler would wrap it in a helper the page lacks.
+        const values = ["completed", "failed", "retried"].map((key) => (document.querySelector(`#chart-outcomes path[data-series="${key}"]`)?.getAttribute("data-values") ?? "").split(","));
+        return values.every((v) => v.length === minutes) && values.map((v) => v.reduce((n, x) => n + Number(x || 0), 0)).join() === want;
+      }, [want, minutes] as const, { timeout: 120_000 });
+      return drawn();
+    };
+    let charts = await sums("4,1,2");
+    assert.deepEqual([charts.completed.count, charts.failed.count], [60, 60], "a point per minute of the hour");
+    // Start latency: a p50 and a p95 for each minute in which attempts started (7 of them), p95 never below p50.
+    assert.ok(charts.latencyP50Ms.count >= 1 && charts.latencyP50Ms.count === charts.latencyP95Ms.count, JSON.stringify(charts.latencyP50Ms));
+    const latency = await page.$$eval("#chart-latency path.series", (paths) => paths.map((p) => (p.getAttribute("data-values") ?? "").split(",")));
+    assert.ok(latency[0].every((p50, i) => p50 === "" || Number(latency[1][i]) >= Number(p50)), JSON.stringify(latency));
+    // Depth: minutes sampled while serving hold the waiting task; the others are gaps, not zeros.
+    assert.ok(charts.scheduled.count >= 1 && charts.scheduled.values.every((v: number) => v === 1), JSON.stringify(charts.scheduled));
+    // One task name: work's 4 completions and 1 retry; always-fails' failure and retry.
+    await page.waitForSelector('#chart-name option[value="work"]', { state: "attached" });
+    await page.selectOption("#chart-name", "work");
+    await sums("4,0,1");
+    await page.selectOption("#chart-name", "always-fails");
+    await sums("0,1,1");
+    await page.selectOption("#chart-range", "1440");
+    charts = await sums("0,1,1", 1440);
+    assert.equal(charts.completed.count, 1440, "a point per minute of the day");
+    await page.selectOption("#chart-name", "");
+    await page.selectOption("#chart-range", "60");
+    await sums("4,1,2");
+    const shots = process.env.PGBG_SCREENSHOTS ?? mkdtempSync(join(tmpdir(), "pgbg-screens-"));
+    const overview = join(shots, "dashboard-overview.png");
+    await page.screenshot({ path: overview, clip: { x: 0, y: 0, width: 1400, height: 900 } });
+
+    // The task that failed twice: both attempts, each with its worker, start, end and error.
+    await page.fill("#search", twice);
+    await page.click("#filter");
+    await page.click(`#found tr[data-id="${twice}"] button.open`);
+    await page.waitForFunction(() => document.querySelectorAll("#task-errors tbody tr").length === 2, undefined, { timeout: 120_000 });
+    const attempts = await page.$$eval("#task-errors tbody tr", (rows) => rows.map((r) => [...r.querySelectorAll("td")].map((td) => td.textContent ?? "")));
+    assert.deepEqual(attempts.map((a) => a[0]), ["2", "1"], "newest first");
+    for (const [, worker, started, ended, error] of attempts) {
+      assert.match(worker, /^[0-9a-f-]{36}$/);
+      assert.ok(Date.parse(started) <= Date.parse(ended), `${started} ${ended}`);
+      assert.match(error, /non-Error value thrown: a plain string/);
+    }
+    const taskShot = join(shots, "dashboard-task.png");
+    await page.locator("#task").screenshot({ path: taskShot });
+    for (const shot of [overview, taskShot]) assert.ok(await distinctColours(shot) > 8, `${shot} is not blank`);
     assert.deepEqual(problems, [], "no script errors");
     await page.close();
   });
