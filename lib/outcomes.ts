@@ -100,6 +100,12 @@ export class OutcomeWriter {
     this.#schedule();
   }
 
+  /** Resolves when the write in flight (started now if none is and outcomes wait) ends, whether it wrote or failed. */
+  async written(): Promise<void> {
+    this.#schedule();
+    await this.#flushing;
+  }
+
   /** Number of outcomes not yet written. */
   get pending(): number {
     return this.#done.length + this.#failed.length + this.#handedBack.length + this.#snoozed.length + this.#cancelled.length;

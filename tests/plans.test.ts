@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import type { QueryName } from "../lib/generated/sql.ts";
-import { run } from "../lib/statements.ts";
+import { run, statement } from "../lib/statements.ts";
 import { listTasks, migrate } from "../mod.ts";
 import { createTestDatabase } from "./harness.ts";
 
@@ -77,6 +77,67 @@ test("ClaimLimitedTasks claims what it is asked through task_claim_idx, on a ful
   });
   assert.deepEqual(seen, { claimed: 3, tableScans: 0 });
   await sql.end();
+});
+
+/** Every row every node of an EXPLAIN (ANALYZE, FORMAT JSON) plan handled: rows out times loops, and those its filters removed. */
+function rowsHandled(node: Record<string, unknown>): number {
+  const own = Number(node["Actual Rows"] ?? 0) * Number(node["Actual Loops"] ?? 1) +
+    Number(node["Rows Removed by Filter"] ?? 0) + Number(node["Rows Removed by Join Filter"] ?? 0);
+  return own + ((node.Plans as Record<string, unknown>[] | undefined) ?? []).reduce((n, child) => n + rowsHandled(child), 0);
+}
+
+/**
+ * A write-back's work must grow with its batch, not with the batch's
+ * square. On a prepared statement's generic plan (its sixth run on), which
+ * expects 10 rows from any unnest, a join of the batch to the rows found
+ * ran as a nested loop that scanned the batch once per row: 1,000 rows
+ * handled a million times (170 ms), 4,000 sixteen million (2.9 s), and a
+ * worker whose writes fell behind never caught up. Counted by EXPLAIN
+ * ANALYZE, so the check does not depend on the machine's speed.
+ */
+describe("the write-backs on their generic plans", () => {
+  const BATCH = 2000;
+  const statements: [QueryName, string, (ids: string[]) => unknown[]][] = [
+    ["CompleteTasks", "bigint[], int[]", (ids) => [ids, ids.map(() => 1)]],
+    ["CompleteBatchTasks", "bigint[], int[]", (ids) => [ids, ids.map(() => 1)]],
+    ["CompleteKeptTasks", "bigint[], int[], text[], float8[]", (ids) => [ids, ids.map(() => 1), ids.map(() => "7"), ids.map(() => 60_000)]],
+    ["FailTasks", "bigint[], int[], float8[], text[], smallint[], int", (ids) => [ids, ids.map(() => 1), ids.map(() => 1000), ids.map(() => JSON.stringify({ message: "boom" })), ids.map(() => 0), 25]],
+    ["SnoozeTasks", "bigint[], int[], float8[]", (ids) => [ids, ids.map(() => 1), ids.map(() => 1000)]],
+    ["HandBackTasks", "bigint[], int[]", (ids) => [ids, ids.map(() => 1)]],
+  ];
+  for (const [name, types, params] of statements) {
+    test(`${name} of ${BATCH} handles each of its rows a bounded number of times`, async () => {
+      const sql = db.connect({ max: 1 });
+      const rollback = new Error("rollback");
+      let handled = 0;
+      let written = 0;
+      await sql.begin(async (tx) => {
+        // A queue analyzed while full and idle, then a batch of it claimed (the drain's state).
+        await tx`INSERT INTO pgbg.task (queue, name, payload) SELECT 'default', 'grown', '{}'::jsonb FROM generate_series(1, 50000)`;
+        await tx`ANALYZE pgbg.task`;
+        await tx`UPDATE pgbg.task SET state = 'running', attempts = 1, lease_token = 1, worker_id = ${WORKER}::uuid, lease_expires_at = now() + interval '1 hour'
+          WHERE id IN (SELECT id FROM pgbg.task ORDER BY id LIMIT ${BATCH})`;
+        await tx`SELECT set_config('plan_cache_mode', 'force_generic_plan', true)`;
+        await tx.unsafe(`PREPARE write_back (${types}) AS ${statement("pgbg", name)}`).simple();
+        const ids = (await tx`SELECT id::text FROM pgbg.task WHERE state = 'running' ORDER BY id`).map((r) => r.id as string);
+        const args = params(ids);
+        // EXPLAIN EXECUTE takes no bind parameters: each argument as a literal the server quotes.
+        const literals: string[] = [];
+        for (const [i, type] of types.split(", ").entries()) {
+          literals.push(`${(await tx.unsafe(`SELECT quote_literal($1::${type}::text) AS l`, [args[i] as never]))[0].l}::${type}`);
+        }
+        const [{ "QUERY PLAN": [plan] }] = await tx.unsafe(`EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE write_back (${literals.join(", ")})`);
+        handled = rowsHandled(plan.Plan);
+        written = (await tx`SELECT count(*)::int AS n FROM pgbg.task WHERE state = 'running'`)[0].n;
+        throw rollback;
+      }).catch((error) => {
+        if (error !== rollback) throw error;
+      });
+      assert.equal(written, 0, "every task written");
+      assert.ok(handled < 20 * BATCH, `${handled} rows handled for a batch of ${BATCH}`);
+      await sql.end();
+    });
+  }
 });
 
 /**

@@ -41,15 +41,18 @@ woken AS (
 -- for $4 ms each, with the result $3 (JSON text; NULL for none). Only the
 -- attempt that holds the lease gets past the fence, so no other attempt's
 -- result is ever stored. $1 ids, $2 lease tokens.
-WITH finished AS (
+WITH sent AS MATERIALIZED (
+  SELECT jsonb_object_agg(c.id, jsonb_build_array(c.token, c.result::jsonb, c.keep_ms)) AS by_id
+  FROM unnest($1::bigint[], $2::integer[], $3::text[], $4::float8[]) AS c (id, token, result, keep_ms)
+),
+finished AS (
   DELETE FROM pgbg.task t
-  USING unnest($1::bigint[], $2::integer[], $3::text[], $4::float8[]) AS c (id, token, result, keep_ms)
   WHERE t.ctid = ANY (ARRAY(
     {{LeasedRowAddresses}}
   ))
-    AND t.id = c.id AND t.lease_token = c.token AND t.worker_id IS NOT NULL AND t.lease_expires_at IS NOT NULL
+    AND {{LeaseHeld}}
   RETURNING t.id, 'completed'::text AS state, t.queue, t.name, t.key, t.attempts, t.enqueued_at, t.payload, t.last_error,
-    c.result::jsonb AS result, c.keep_ms * interval '1 millisecond' AS keep, t.flow_id, t.batch_then
+    nullif((SELECT by_id FROM sent) -> t.id::text -> 1, 'null'::jsonb) AS result, {{Sent:2}}::float8 * interval '1 millisecond' AS keep, t.flow_id, t.batch_then
 ),
 {{KeepFinished}},
 {{CountBatch:false}}

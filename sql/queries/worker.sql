@@ -266,21 +266,39 @@ CROSS JOIN LATERAL (
   LIMIT 1
 ) x
 
+-- fragment: Sent
+-- The value at position {{@}} of the row's entry in `sent` (a one-row CTE:
+-- `by_id`, what the worker sent about each task, a JSON array by task id,
+-- its lease token first), as text. A write-back reads its batch's values
+-- this way rather than by joining the batch to the table: on a prepared
+-- statement's generic plan, which expects 10 rows from any unnest, that
+-- join ran as a nested loop that scanned the whole batch once per row
+-- written, 1,000 rows in 170 ms and 4,000 in 2.9 s instead of 6 and 15
+-- (bench/RESULTS.md, "Write-backs in linear time"). The scalar sub-select
+-- runs once per statement.
+((SELECT by_id FROM sent) -> t.id::text ->> {{@}})
+
+-- fragment: LeaseHeld
+-- The fence, rechecked on the row written: a task taken over while the
+-- statement waited for its lock is met in its new version, whose token
+-- differs from the one sent. The lease holder stands for state = 'running'
+-- (task_running_has_lease), so that no partial index fits.
+t.lease_token = {{Sent:0}}::int AND t.worker_id IS NOT NULL AND t.lease_expires_at IS NOT NULL
+
 -- name: CompleteTasks
 -- Success: the task is deleted. $1 ids, $2 their lease tokens.
 -- The rows are found by one sub-select run once per statement (a primary
 -- key lookup per task), so the cost is the batch's whatever the statistics
--- say. The fence is id, token and lease rechecked on the row written: a
--- task taken over while this waited for its lock is met in its new version,
--- whose token differs. The lease holder stands for state = 'running'
--- (task_running_has_lease), so that no partial index fits. Why not a join:
--- bench/RESULTS.md, items 4 and 14.
+-- say; the fence is LeaseHeld. Why not a join: bench/RESULTS.md, items 4
+-- and 14, and "Write-backs in linear time".
+WITH sent AS MATERIALIZED (
+  SELECT jsonb_object_agg(c.id, jsonb_build_array(c.token)) AS by_id FROM unnest($1::bigint[], $2::integer[]) AS c (id, token)
+)
 DELETE FROM pgbg.task t
-USING unnest($1::bigint[], $2::integer[]) AS c (id, token)
 WHERE t.ctid = ANY (ARRAY(
   {{LeasedRowAddresses}}
 ))
-  AND t.id = c.id AND t.lease_token = c.token AND t.worker_id IS NOT NULL AND t.lease_expires_at IS NOT NULL
+  AND {{LeaseHeld}}
 RETURNING t.id;
 
 -- name: CompleteBatchTasks
@@ -289,13 +307,15 @@ RETURNING t.id;
 -- in the same statement. Apart, so that the completion of every other task
 -- stays the plain delete (a CTE around it cost the drain 5-10 % of server
 -- CPU: bench/RESULTS.md, "Flows").
-WITH finished AS (
+WITH sent AS MATERIALIZED (
+  SELECT jsonb_object_agg(c.id, jsonb_build_array(c.token)) AS by_id FROM unnest($1::bigint[], $2::integer[]) AS c (id, token)
+),
+finished AS (
   DELETE FROM pgbg.task t
-  USING unnest($1::bigint[], $2::integer[]) AS c (id, token)
   WHERE t.ctid = ANY (ARRAY(
     {{LeasedRowAddresses}}
   ))
-    AND t.id = c.id AND t.lease_token = c.token AND t.worker_id IS NOT NULL AND t.lease_expires_at IS NOT NULL
+    AND {{LeaseHeld}}
   RETURNING t.id, t.batch_then
 ),
 {{CountBatch:false}}
@@ -327,21 +347,24 @@ SELECT id FROM finished WHERE (SELECT count(*) FROM batch_counted) >= 0;
 -- Found and fenced as in CompleteTasks. A task failed for good that wants
 -- its onFailed hook gets it in this statement (EnqueueFailedHooks), and
 -- its waiters are woken (WakeWaiters).
-WITH released AS (
+WITH sent AS MATERIALIZED (
+  SELECT jsonb_object_agg(f.id, jsonb_build_array(f.token, f.delay_ms, f.error::jsonb, f.permanent)) AS by_id
+  FROM unnest($1::bigint[], $2::integer[], $3::float8[], $4::text[], $5::smallint[]) AS f (id, token, delay_ms, error, permanent)
+),
+released AS (
   UPDATE pgbg.task t SET
-    state = CASE WHEN f.permanent = 1 OR t.attempts >= coalesce(t.max_attempts, $6) THEN 'failed' ELSE 'queued' END::pgbg.task_state,
-    failed_at = CASE WHEN f.permanent = 1 OR t.attempts >= coalesce(t.max_attempts, $6) THEN now() END,
-    run_at = CASE WHEN f.permanent = 1 OR t.attempts >= coalesce(t.max_attempts, $6) THEN t.run_at
-             ELSE now() + f.delay_ms * interval '1 millisecond' END,
-    last_error = f.error::jsonb,
-    errors = {{AppendError:f.error::jsonb}},
+    state = CASE WHEN {{Sent:3}} = '1' OR t.attempts >= coalesce(t.max_attempts, $6) THEN 'failed' ELSE 'queued' END::pgbg.task_state,
+    failed_at = CASE WHEN {{Sent:3}} = '1' OR t.attempts >= coalesce(t.max_attempts, $6) THEN now() END,
+    run_at = CASE WHEN {{Sent:3}} = '1' OR t.attempts >= coalesce(t.max_attempts, $6) THEN t.run_at
+             ELSE now() + {{Sent:1}}::float8 * interval '1 millisecond' END,
+    last_error = (SELECT by_id FROM sent) -> t.id::text -> 2,
+    errors = {{AppendError:((SELECT by_id FROM sent) -> t.id::text -> 2)}},
     lease_expires_at = NULL,
     worker_id = NULL
-  FROM unnest($1::bigint[], $2::integer[], $3::float8[], $4::text[], $5::smallint[]) AS f (id, token, delay_ms, error, permanent)
   WHERE t.ctid = ANY (ARRAY(
     {{LeasedRowAddresses}}
   ))
-    AND t.id = f.id AND t.lease_token = f.token AND t.worker_id IS NOT NULL AND t.lease_expires_at IS NOT NULL
+    AND {{LeaseHeld}}
   RETURNING t.id, t.state, t.queue, t.name, t.priority, t.payload, t.attempts, t.last_error, t.on_failed, t.cancel_requested_at, t.batch_then
 ),
 {{EnqueueFailedHooks}},
@@ -356,14 +379,17 @@ SELECT id, state FROM released WHERE (SELECT count(*) FROM hooks) + (SELECT coun
 -- worker sends here only tasks under their maxSnoozes (it claimed their
 -- count); past it a snooze is a failed attempt (FailTasks). $1 ids, $2
 -- lease tokens. Found and fenced as in CompleteTasks.
+WITH sent AS MATERIALIZED (
+  SELECT jsonb_object_agg(s.id, jsonb_build_array(s.token, s.delay_ms)) AS by_id
+  FROM unnest($1::bigint[], $2::integer[], $3::float8[]) AS s (id, token, delay_ms)
+)
 UPDATE pgbg.task t SET
-  state = 'queued', run_at = now() + s.delay_ms * interval '1 millisecond', attempts = t.attempts - 1, snoozes = t.snoozes + 1,
+  state = 'queued', run_at = now() + {{Sent:1}}::float8 * interval '1 millisecond', attempts = t.attempts - 1, snoozes = t.snoozes + 1,
   lease_expires_at = NULL, worker_id = NULL
-FROM unnest($1::bigint[], $2::integer[], $3::float8[]) AS s (id, token, delay_ms)
 WHERE t.ctid = ANY (ARRAY(
   {{LeasedRowAddresses}}
 ))
-  AND t.id = s.id AND t.lease_token = s.token AND t.worker_id IS NOT NULL AND t.lease_expires_at IS NOT NULL
+  AND {{LeaseHeld}}
 RETURNING t.id;
 
 -- name: HandBackTasks
@@ -371,14 +397,16 @@ RETURNING t.id;
 -- hand-back does not count the attempt (the task did not fail); a release
 -- (ReleaseWorkerTasks, RescueExpiredLeases) does. Found and fenced as in
 -- CompleteTasks.
+WITH sent AS MATERIALIZED (
+  SELECT jsonb_object_agg(r.id, jsonb_build_array(r.token)) AS by_id FROM unnest($1::bigint[], $2::integer[]) AS r (id, token)
+)
 UPDATE pgbg.task t SET
   state = 'queued', run_at = {{RequeuedRunAt}}, attempts = t.attempts - 1,
   lease_expires_at = NULL, worker_id = NULL
-FROM unnest($1::bigint[], $2::integer[]) AS r (id, token)
 WHERE t.ctid = ANY (ARRAY(
   {{LeasedRowAddresses}}
 ))
-  AND t.id = r.id AND t.lease_token = r.token AND t.worker_id IS NOT NULL AND t.lease_expires_at IS NOT NULL
+  AND {{LeaseHeld}}
 RETURNING t.id;
 
 -- name: ReleaseWorkerTasks

@@ -1,0 +1,53 @@
+/**
+ * A worker whose outcome writes fall behind stops claiming: the tasks it
+ * finished hold their leases until their outcomes are written, and without
+ * a bound a worker of fast handlers claimed the whole queue while its
+ * writes waited, then wrote it back in one ever larger statement. Here the
+ * writes are held by a real lock: a trigger on the task table's deletes
+ * waits for an advisory lock the test holds, so the claims go on and the
+ * completions wait.
+ */
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import * as v from "valibot";
+import { createWorker, defineTask, enqueueMany, migrate } from "../mod.ts";
+import { createTestDatabase } from "./harness.ts";
+import { patience, until } from "./service-harness.ts";
+
+const db = await createTestDatabase();
+const { sql } = db;
+await migrate(sql);
+
+const quick = defineTask({ name: "quick", schema: v.object({}), run() {} });
+
+test("with its writes held, a worker claims no more than a bounded backlog; once they go through, every task completes", async () => {
+  await sql`CREATE FUNCTION wait_for_the_test() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN PERFORM pg_advisory_xact_lock_shared(4242); RETURN OLD; END $$`;
+  await sql`CREATE TRIGGER held_deletes BEFORE DELETE ON pgbg.task FOR EACH ROW EXECUTE FUNCTION wait_for_the_test()`;
+  await enqueueMany(sql, quick, Array.from({ length: 200 }, () => ({})));
+  const holder = db.connect({ max: 1 });
+  const lines: string[] = [];
+  const keep = (message: string) => void lines.push(message);
+  const concurrency = 4;
+  const worker = createWorker(sql, { tasks: [quick], concurrency, checkInterval: 200, logger: { debug: keep, info: keep, warn: keep, error: keep } });
+  try {
+    await holder.begin(async (tx) => {
+      await tx`SELECT pg_advisory_xact_lock(4242)`;
+      await worker.start();
+      const waiting = (l: string[]) => l.some((m) => /^claims wait for the writes: \d+ outcomes not written yet$/.test(m));
+      // Until the claims wait, or (what the bound prevents) every task was claimed.
+      await until(async () => lines, (l) => waiting(l) || l.filter((m) => /started$/.test(m)).length === 200, patience, "the claims to wait");
+      assert.ok(waiting(lines), "the claims waited for the writes");
+      // Claimed and not written: the statement in flight, the outcomes
+      // waiting for it, and nothing else; the rest of the queue untouched.
+      const [{ running, queued }] = await sql`SELECT count(*) FILTER (WHERE state = 'running')::int AS running,
+        count(*) FILTER (WHERE state = 'queued')::int AS queued FROM pgbg.task`;
+      assert.ok(running <= 4 * concurrency, `${running} tasks claimed with their writes held`);
+      assert.equal(queued, 200 - running);
+    });
+    await until(async () => (await sql`SELECT count(*)::int AS n FROM pgbg.task`)[0].n, (n) => n === 0, patience, "every task to complete");
+  } finally {
+    await worker.stop();
+    await holder.end();
+  }
+});
