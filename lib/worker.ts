@@ -94,6 +94,17 @@ export interface WorkerOptions extends WorkerSettings {
 export type WorkerExit = "stopped" | "retired" | "lost";
 
 /** The abort reason given to a task that `pgbg cancel` asked to stop. */
+/**
+ * How many finished attempts whose outcome is not written yet a worker of
+ * `concurrency` slots lets wait before it stops claiming: enough that its
+ * claims go on while a write is in flight (a bound of one concurrency's
+ * worth cost a drain of 64 slots 15 %), few enough that a worker whose
+ * writes fall behind does not claim the queue.
+ */
+export function unwrittenLimit(concurrency: number): number {
+  return Math.max(4 * concurrency, 1_000);
+}
+
 export class TaskCancelledError extends Error {
   constructor() {
     super("the task was cancelled by an operator; it is deleted when this attempt ends");
@@ -342,11 +353,10 @@ export class Worker {
     while (!this.#stopping) {
       const free = this.#options.concurrency - this.#running.size;
       // A finished attempt holds its task's lease until its outcome is
-      // written. Past one concurrency's worth of them, claim nothing until
-      // the writes catch up: the backlog, and each write's batch, stay
-      // bounded however fast the handlers end (bench/RESULTS.md, "Write-backs
-      // in linear time").
-      if (free > 0 && this.#outcomes.pending > this.#options.concurrency) {
+      // written. Past unwrittenLimit of them, claim nothing until the writes
+      // catch up: the backlog, and each write's batch, stay bounded however
+      // fast the handlers end (bench/RESULTS.md, "Write-backs in linear time").
+      if (free > 0 && this.#outcomes.pending > unwrittenLimit(this.#options.concurrency)) {
         if (this.#debug) this.#options.log.debug(`claims wait for the writes: ${this.#outcomes.pending} outcomes not written yet`);
         await this.#outcomes.written();
         continue;
