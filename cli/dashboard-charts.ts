@@ -58,6 +58,7 @@ function drawChart(id, minutes) {
   for (const i of [0, Math.floor((minutes.length - 1) / 2), minutes.length - 1]) {
     if (minutes[i]) svg(chart, "text", { x: x(i), y: H - 4, class: "tick middle" }, clock(minutes[i].minute));
   }
+  let legendX = PAD.left;
   series.forEach(([key, label], s) => {
     const points = values[s];
     let d = "";
@@ -67,7 +68,8 @@ function drawChart(id, minutes) {
     points.forEach((v, i) => { if (v !== null && (points[i - 1] ?? null) === null && (points[i + 1] ?? null) === null) svg(chart, "circle", { cx: x(i), cy: y(v), r: 2.5, class: "key-" + key }); });
     const shown = points.filter((v) => v !== null);
     const summary = unit === "ms" || id === "chart-depth" ? "peak " + fmt(shown.length ? Math.max(...shown) : null, unit) : "total " + shown.reduce((n, v) => n + v, 0);
-    svg(chart, "text", { x: PAD.left + s * 122, y: 11, class: "legend key-" + key }, label + " · " + summary);
+    const legend = svg(chart, "text", { x: legendX, y: 11, class: "legend key-" + key }, label + " · " + summary);
+    legendX += legend.getComputedTextLength() + 14;
   });
   const readout = svg(chart, "text", { x: W - PAD.right, y: 25, class: "readout end" }, "");
   chart.onmousemove = (event) => {

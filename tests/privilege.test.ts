@@ -35,6 +35,7 @@ for (const role of Object.values(roles)) {
   await sql.unsafe(`GRANT USAGE ON SCHEMA pgbg TO "${role}"`);
 }
 await sql.unsafe(`GRANT SELECT, INSERT, UPDATE, DELETE ON pgbg.task, pgbg.worker, pgbg.task_count TO "${roles.serve}"`);
+await sql.unsafe(`GRANT SELECT, INSERT, DELETE ON pgbg.task_depth TO "${roles.serve}"`);
 await sql.unsafe(`GRANT SELECT ON pgbg.migration TO "${roles.serve}"`);
 await sql.unsafe(`GRANT SELECT, INSERT ON pgbg.history TO "${roles.serve}"`);
 await sql.unsafe(`GRANT SELECT, UPDATE ON pgbg.history_rotation TO "${roles.serve}"`);
