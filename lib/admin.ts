@@ -167,8 +167,8 @@ export interface TaskInfo {
    * From `getTask` only, for a task in the queue: each failed attempt's
    * error, oldest first (the last 20), as `lastError` with `worker` (the
    * worker that ran it), `attempt`, `at` (its end) and, for an attempt
-   * that failed in its handler, `startedAt`. Empty for a task no attempt
-   * of which failed, and for one kept in the history.
+   * that failed in its handler, `startedAt`; kept with the task in the
+   * history (from schema 18 on). Empty for a task no attempt of which failed.
    */
   errors?: { name?: string; message?: string; [field: string]: unknown }[];
 }
@@ -232,7 +232,7 @@ export async function readTask(db: DatabaseClient, schema: string, id: string): 
   // Read after the queue: a task that finished between the two reads is
   // in the history by now (its end moved it in one statement).
   const [finished] = await run(db, schema, "GetFinishedTask", [id]);
-  return finished ? { ...finishedTaskInfo(finished), errors: [] } : null;
+  return finished ? { ...finishedTaskInfo(finished), errors: finished.errors ?? [] } : null;
 }
 
 /** What `listTasks` filters on and how it pages. Every filter is optional. */

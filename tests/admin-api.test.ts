@@ -50,6 +50,41 @@ describe("the admin API", () => {
     await sql`DELETE FROM pgbg.task`;
   });
 
+  test("getTask: a task kept in the history keeps its failed attempts' errors, completed by the worker or in the handler's transaction, or cancelled", async () => {
+    const failedOnce = (name: string, complete: boolean) => defineTask({
+      name, schema: v.object({}), result: v.number(), retryDelay: 0,
+      async run(_input, ctx) {
+        if (ctx.attempt === 1) throw new Error(`${name} failed once`);
+        if (complete) await sql.begin((tx) => ctx.complete(tx, ctx.attempt));
+        return ctx.attempt;
+      },
+    });
+    const byWorker = failedOnce("kept-by-worker", false);
+    const inTransaction = failedOnce("kept-in-transaction", true);
+    const ids = [await enqueue(sql, byWorker, {}), await enqueue(sql, inTransaction, {})];
+    const quiet = { debug() {}, info() {}, warn() {}, error() {} };
+    await drain(sql, { tasks: [byWorker, inTransaction], logger: quiet, maxWait: 60_000 });
+    for (const [i, name] of ["kept-by-worker", "kept-in-transaction"].entries()) {
+      const t = await getTask(sql, ids[i]);
+      assert.equal(t?.state, "completed", name);
+      assert.deepEqual(t?.errors?.map((e) => [e.attempt, e.message]), [[1, `${name} failed once`]], name);
+      assert.match(String(t?.errors?.[0].worker), /^[0-9a-f-]{36}$/);
+    }
+    // Cancelled after a failed attempt, and kept for its retention.
+    const logged = defineTask({ name: "kept-cancelled", schema: v.object({}), retention: { completed: 60_000 }, run() {} });
+    const id = await enqueue(sql, logged, {});
+    await claim([id]);
+    const [{ token }] = await sql`SELECT lease_token AS token FROM pgbg.task WHERE id = ${id}`;
+    await run(sql, "pgbg", "FailTasks", [[id], [token], [3_600_000], [JSON.stringify({ message: "first try" })], [0], 25]);
+    assert.deepEqual((await cancel(sql, [id])).deleted, [id]);
+    const cancelled = await getTask(sql, id);
+    assert.deepEqual([cancelled?.state, cancelled?.errors?.map((e) => e.message)], ["cancelled", ["first try"]]);
+    // Nothing left for the tests below, which count what they enqueue.
+    await sql`DELETE FROM pgbg.task`;
+    await sql`DELETE FROM pgbg.history`;
+    await sql`DELETE FROM pgbg.task_count`;
+  });
+
   test("getTask: each failed attempt's error, oldest first, with its worker, attempt, start and end; a release's too; the last 20", async () => {
     let n = 0;
     const flaky = defineTask({
