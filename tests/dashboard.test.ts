@@ -386,6 +386,13 @@ describe("pgbg dashboard", () => {
     const taskShot = join(shots, "dashboard-task.png");
     await page.locator("#task").screenshot({ path: taskShot });
     for (const shot of [overview, taskShot]) assert.ok(await distinctColours(shot) > 8, `${shot} is not blank`);
+    // An action sent from the signed-in page without its CSRF token (the cookie goes with it): refused, and nothing retried.
+    const refused = await page.evaluate(async (id) => {
+      const res = await fetch("/api/retry", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ ids: [id] }) });
+      return [res.status, await res.text()];
+    }, twice);
+    assert.equal(refused[0], 403, String(refused[1]));
+    assert.equal((await row(twice)).state, "failed");
     assert.deepEqual(problems, [], "no script errors");
     await page.close();
   });
