@@ -34,7 +34,8 @@ const CHARTS = {
 };
 const W = 420, H = 170, PAD = { left: 44, right: 8, top: 32, bottom: 20 };
 const clock = (iso) => new Date(iso).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
-const fmt = (n, unit) => n === null ? "-" : unit === "ms" ? (n < 1000 ? Math.round(n) + " ms" : (n / 1000).toFixed(1) + " s") : String(Math.round(n));
+// The latency buckets end at 5 minutes: a wait past them reads as that bound.
+const fmt = (n, unit) => n === null ? "-" : unit === "ms" ? (n >= 300000 ? "≥ 5 min" : n < 1000 ? Math.round(n) + " ms" : (n / 1000).toFixed(1) + " s") : String(Math.round(n));
 /** The smallest of 1, 2 and 5 times a power of ten at or above n: the y axis' top. */
 function niceTop(n) {
   if (n <= 0) return 1;
@@ -91,8 +92,10 @@ async function refreshCharts() {
     for (const id of Object.keys(CHARTS)) drawChart(id, minutes);
   } catch (error) { show(error); }
 }
+let chartTasks = [];
 /** Keeps the queue and task-name choices in step with the queues and names the status lists; the choice made stays. */
 function updateChartFilters(tasks) {
+  chartTasks = tasks;
   const choose = (id, values, all) => {
     const select = document.getElementById(id);
     const chosen = select.value;
@@ -105,6 +108,8 @@ function updateChartFilters(tasks) {
   choose("chart-queue", [...new Set(tasks.map((t) => t.queue))].sort(), "every queue");
   choose("chart-name", [...new Set(tasks.filter((t) => !queue || t.queue === queue).map((t) => t.name))].sort(), "every task");
 }
+// A new queue narrows the task names to its own before the charts are drawn.
+document.getElementById("chart-queue").addEventListener("change", () => updateChartFilters(chartTasks));
 for (const id of ["chart-range", "chart-queue", "chart-name"]) document.getElementById(id).addEventListener("change", refreshCharts);
 refreshCharts();
 setInterval(refreshCharts, 10000);

@@ -107,7 +107,8 @@ async function refresh() {
       tr.dataset.queue = t.queue; tr.dataset.task = t.name;
       for (const v of [t.queue, t.name, t.queued, t.scheduled, t.running, t.failed, age(t.oldestQueuedMs), t.completedLastMinute, t.failedLastMinute, t.retriedLastMinute]) cell(tr, v);
     });
-    updateChartFilters(status.tasks);
+    // Defined by /charts.js, which may not have run yet.
+    if (typeof updateChartFilters === "function") updateChartFilters(status.tasks);
     document.getElementById("unregistered").textContent = status.unregistered.length
       ? "Waiting tasks no live worker registered: " + status.unregistered.map((u) => u.queue + "/" + u.name + " (" + u.tasks + ")").join(", ") : "";
     const controls = new Map(status.queues.map((q) => [q.queue, q]));

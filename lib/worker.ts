@@ -93,7 +93,6 @@ export interface WorkerOptions extends WorkerSettings {
  */
 export type WorkerExit = "stopped" | "retired" | "lost";
 
-/** The abort reason given to a task that `pgbg cancel` asked to stop. */
 /**
  * How many finished attempts whose outcome is not written yet a worker of
  * `concurrency` slots lets wait before it stops claiming: enough that its
@@ -105,6 +104,7 @@ export function unwrittenLimit(concurrency: number): number {
   return Math.max(4 * concurrency, 1_000);
 }
 
+/** The abort reason given to a task that `pgbg cancel` asked to stop. */
 export class TaskCancelledError extends Error {
   constructor() {
     super("the task was cancelled by an operator; it is deleted when this attempt ends");
@@ -358,7 +358,10 @@ export class Worker {
       // fast the handlers end (bench/RESULTS.md, "Write-backs in linear time").
       if (free > 0 && this.#outcomes.pending > unwrittenLimit(this.#options.concurrency)) {
         if (this.#debug) this.#options.log.debug(`claims wait for the writes: ${this.#outcomes.pending} outcomes not written yet`);
-        await this.#outcomes.written();
+        // Until the write in flight ends, or the worker stops (a write on a
+        // dropped connection may hang until the driver gives up).
+        void this.#outcomes.written().then(() => this.#wakeUp(true));
+        await this.#sleep(undefined, false);
         continue;
       }
       if (free <= 0) {

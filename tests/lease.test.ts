@@ -49,6 +49,22 @@ describe("leases", () => {
     assert.equal(await row(id), undefined, "the current lease holder completes it");
   });
 
+  test("a batch that holds one task twice, under a stale and the current token, in either order, writes the current attempt's outcome", async () => {
+    for (const order of ["stale first", "current first"]) {
+      const id = await enqueue(sql, task, 1);
+      const first = randomUUID();
+      const [stale] = await claimTasks(sql, "pgbg", scope(first), 10);
+      await releaseWorkerTasks(sql, "pgbg", [first], 25, { message: "gone" });
+      const [fresh] = await claimTasks(sql, "pgbg", scope(randomUUID()), 10);
+      const tokens = order === "stale first" ? [stale.leaseToken, fresh.leaseToken] : [fresh.leaseToken, stale.leaseToken];
+      // A snooze: the write-back with no second chance in the writer (it is not rechecked).
+      const written = await run(sql, "pgbg", "SnoozeTasks", [[id, id], tokens, [60_000, 60_000]]);
+      assert.deepEqual(written.map((r) => String(r.id)), [id], order);
+      assert.deepEqual(await row(id), { state: "queued", attempts: 1, lease_token: fresh.leaseToken, worker_id: null }, order);
+      await sql`DELETE FROM pgbg.task WHERE id = ${id}`;
+    }
+  });
+
   // The write-backs find each task by primary key, then write it by row
   // address. A write-back that read the row just before another worker took
   // the task over waits on that worker's lock, then meets the new version of

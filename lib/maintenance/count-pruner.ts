@@ -11,9 +11,10 @@
 import type { MaintenanceService } from "./service.ts";
 import { type Database, run } from "../statements.ts";
 
-/** Deletes outcome counts and depth samples older than 24 hours. */
+/** Deletes outcome counts and depth samples older than 24 hours, each by its own statement. */
 export async function pruneTaskCounts(db: Database, schema: string): Promise<void> {
   await run(db, schema, "PruneTaskCounts", []);
+  await run(db, schema, "PruneTaskDepth", []);
 }
 
 /** The pruning of counts as a maintenance service. */

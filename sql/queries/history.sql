@@ -42,7 +42,8 @@ woken AS (
 -- attempt that holds the lease gets past the fence, so no other attempt's
 -- result is ever stored. $1 ids, $2 lease tokens.
 WITH sent AS MATERIALIZED (
-  SELECT jsonb_object_agg(c.id, jsonb_build_array(c.token, c.result::jsonb, c.keep_ms)) AS by_id
+  -- The result as its JSON text: a result of JSON null stays null, not SQL NULL.
+  SELECT jsonb_object_agg({{SentKey:c.id, c.token}}, jsonb_build_array(c.token, c.result, c.keep_ms)) AS by_id
   FROM unnest($1::bigint[], $2::integer[], $3::text[], $4::float8[]) AS c (id, token, result, keep_ms)
 ),
 finished AS (
@@ -52,7 +53,7 @@ finished AS (
   ))
     AND {{LeaseHeld}}
   RETURNING t.id, 'completed'::text AS state, t.queue, t.name, t.key, t.attempts, t.enqueued_at, t.payload, t.last_error, t.errors,
-    nullif((SELECT by_id FROM sent) -> t.id::text -> 1, 'null'::jsonb) AS result, {{Sent:2}}::float8 * interval '1 millisecond' AS keep, t.flow_id, t.batch_then
+    {{Sent:1}}::jsonb AS result, {{Sent:2}}::float8 * interval '1 millisecond' AS keep, t.flow_id, t.batch_then
 ),
 {{KeepFinished}},
 {{CountBatch:false}}

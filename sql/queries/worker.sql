@@ -268,22 +268,28 @@ CROSS JOIN LATERAL (
 
 -- fragment: Sent
 -- The value at position {{@}} of the row's entry in `sent` (a one-row CTE:
--- `by_id`, what the worker sent about each task, a JSON array by task id,
--- its lease token first), as text. A write-back reads its batch's values
+-- `by_id`, what the worker sent about each attempt, a JSON array keyed
+-- `id:token` (SentKey), the token first), as text. A write-back reads its batch's values
 -- this way rather than by joining the batch to the table: on a prepared
 -- statement's generic plan, which expects 10 rows from any unnest, that
 -- join ran as a nested loop that scanned the whole batch once per row
 -- written, 1,000 rows in 170 ms and 4,000 in 2.9 s instead of 6 and 15
 -- (bench/RESULTS.md, "Write-backs in linear time"). The scalar sub-select
 -- runs once per statement.
-((SELECT by_id FROM sent) -> t.id::text ->> {{@}})
+((SELECT by_id FROM sent) -> {{SentKey:t.id, t.lease_token}} ->> {{@}})
+
+-- fragment: SentKey
+-- The key of an attempt in `sent`: its task id and lease token ({{@}}), so
+-- that a batch holding one task twice (an outcome written once more after a
+-- statement missed it) keeps each attempt's own entry.
+concat_ws(':', {{@}})
 
 -- fragment: LeaseHeld
 -- The fence, rechecked on the row written: a task taken over while the
 -- statement waited for its lock is met in its new version, whose token
--- differs from the one sent. The lease holder stands for state = 'running'
--- (task_running_has_lease), so that no partial index fits.
-t.lease_token = {{Sent:0}}::int AND t.worker_id IS NOT NULL AND t.lease_expires_at IS NOT NULL
+-- has no entry in what was sent. The lease holder stands for state =
+-- 'running' (task_running_has_lease), so that no partial index fits.
+(SELECT by_id FROM sent) ? {{SentKey:t.id, t.lease_token}} AND t.worker_id IS NOT NULL AND t.lease_expires_at IS NOT NULL
 
 -- name: CompleteTasks
 -- Success: the task is deleted. $1 ids, $2 their lease tokens.
@@ -292,7 +298,7 @@ t.lease_token = {{Sent:0}}::int AND t.worker_id IS NOT NULL AND t.lease_expires_
 -- say; the fence is LeaseHeld. Why not a join: bench/RESULTS.md, items 4
 -- and 14, and "Write-backs in linear time".
 WITH sent AS MATERIALIZED (
-  SELECT jsonb_object_agg(c.id, jsonb_build_array(c.token)) AS by_id FROM unnest($1::bigint[], $2::integer[]) AS c (id, token)
+  SELECT jsonb_object_agg({{SentKey:c.id, c.token}}, jsonb_build_array(c.token)) AS by_id FROM unnest($1::bigint[], $2::integer[]) AS c (id, token)
 )
 DELETE FROM pgbg.task t
 WHERE t.ctid = ANY (ARRAY(
@@ -308,7 +314,7 @@ RETURNING t.id;
 -- stays the plain delete (a CTE around it cost the drain 5-10 % of server
 -- CPU: bench/RESULTS.md, "Flows").
 WITH sent AS MATERIALIZED (
-  SELECT jsonb_object_agg(c.id, jsonb_build_array(c.token)) AS by_id FROM unnest($1::bigint[], $2::integer[]) AS c (id, token)
+  SELECT jsonb_object_agg({{SentKey:c.id, c.token}}, jsonb_build_array(c.token)) AS by_id FROM unnest($1::bigint[], $2::integer[]) AS c (id, token)
 ),
 finished AS (
   DELETE FROM pgbg.task t
@@ -348,7 +354,7 @@ SELECT id FROM finished WHERE (SELECT count(*) FROM batch_counted) >= 0;
 -- its onFailed hook gets it in this statement (EnqueueFailedHooks), and
 -- its waiters are woken (WakeWaiters).
 WITH sent AS MATERIALIZED (
-  SELECT jsonb_object_agg(f.id, jsonb_build_array(f.token, f.delay_ms, f.error::jsonb, f.permanent)) AS by_id
+  SELECT jsonb_object_agg({{SentKey:f.id, f.token}}, jsonb_build_array(f.token, f.delay_ms, f.error::jsonb, f.permanent)) AS by_id
   FROM unnest($1::bigint[], $2::integer[], $3::float8[], $4::text[], $5::smallint[]) AS f (id, token, delay_ms, error, permanent)
 ),
 released AS (
@@ -357,8 +363,8 @@ released AS (
     failed_at = CASE WHEN {{Sent:3}} = '1' OR t.attempts >= coalesce(t.max_attempts, $6) THEN now() END,
     run_at = CASE WHEN {{Sent:3}} = '1' OR t.attempts >= coalesce(t.max_attempts, $6) THEN t.run_at
              ELSE now() + {{Sent:1}}::float8 * interval '1 millisecond' END,
-    last_error = (SELECT by_id FROM sent) -> t.id::text -> 2,
-    errors = {{AppendError:((SELECT by_id FROM sent) -> t.id::text -> 2)}},
+    last_error = (SELECT by_id FROM sent) -> {{SentKey:t.id, t.lease_token}} -> 2,
+    errors = {{AppendError:((SELECT by_id FROM sent) -> {{SentKey:t.id, t.lease_token}} -> 2)}},
     lease_expires_at = NULL,
     worker_id = NULL
   WHERE t.ctid = ANY (ARRAY(
@@ -380,7 +386,7 @@ SELECT id, state FROM released WHERE (SELECT count(*) FROM hooks) + (SELECT coun
 -- count); past it a snooze is a failed attempt (FailTasks). $1 ids, $2
 -- lease tokens. Found and fenced as in CompleteTasks.
 WITH sent AS MATERIALIZED (
-  SELECT jsonb_object_agg(s.id, jsonb_build_array(s.token, s.delay_ms)) AS by_id
+  SELECT jsonb_object_agg({{SentKey:s.id, s.token}}, jsonb_build_array(s.token, s.delay_ms)) AS by_id
   FROM unnest($1::bigint[], $2::integer[], $3::float8[]) AS s (id, token, delay_ms)
 )
 UPDATE pgbg.task t SET
@@ -398,7 +404,7 @@ RETURNING t.id;
 -- (ReleaseWorkerTasks, RescueExpiredLeases) does. Found and fenced as in
 -- CompleteTasks.
 WITH sent AS MATERIALIZED (
-  SELECT jsonb_object_agg(r.id, jsonb_build_array(r.token)) AS by_id FROM unnest($1::bigint[], $2::integer[]) AS r (id, token)
+  SELECT jsonb_object_agg({{SentKey:r.id, r.token}}, jsonb_build_array(r.token)) AS by_id FROM unnest($1::bigint[], $2::integer[]) AS r (id, token)
 )
 UPDATE pgbg.task t SET
   state = 'queued', run_at = {{RequeuedRunAt}}, attempts = t.attempts - 1,
@@ -596,30 +602,43 @@ WITH finished AS (
 SELECT id FROM finished WHERE (SELECT count(*) FROM kept) + (SELECT count(*) FROM woken) + (SELECT count(*) FROM batch_counted) >= 0;
 
 -- name: PruneTaskCounts
--- Counts and depth samples are kept for 24 hours: the dashboard's charts
--- reach that far back (`pgbg status` shows the last minute).
-WITH counts AS (
-  DELETE FROM pgbg.task_count WHERE period < now() - interval '24 hours'
-)
+-- Counts are kept for 24 hours: the dashboard's charts reach that far back
+-- (`pgbg status` shows the last minute).
+DELETE FROM pgbg.task_count WHERE period < now() - interval '24 hours';
+
+-- name: PruneTaskDepth
+-- Depth samples are kept for 24 hours, as counts are. Its own statement:
+-- a role without the grant on task_depth still prunes task_count.
 DELETE FROM pgbg.task_depth WHERE minute < now() - interval '24 hours';
 
 -- name: SampleTaskDepth
 -- The queue's depth this minute, per queue and task name and in all (the
 -- row of queue '' and name ''), unless a host sampled this minute already:
--- one host's count a minute, whatever the number of hosts (two that sample
--- at once both count, and the second's rows meet the first's and are
--- dropped). Counted as TaskStatus counts.
+-- one host's count a minute, whatever the number of hosts. Two that sample
+-- at once both count; the second's totals' row meets the first's and is
+-- dropped, and with it all its rows, so that a minute's rows are one
+-- count's. Counted as TaskStatus counts.
+WITH counted AS (
+  SELECT queue, name,
+    count(*) FILTER (WHERE state = 'queued' AND run_at <= now()) AS queued,
+    count(*) FILTER (WHERE state = 'queued' AND run_at > now()) AS scheduled,
+    count(*) FILTER (WHERE state = 'running') AS running
+  FROM pgbg.task
+  WHERE state IN ('queued', 'running') AND (cancel_requested_at IS NULL OR state = 'running')
+    AND NOT EXISTS (SELECT FROM pgbg.task_depth WHERE minute = date_trunc('minute', now()))
+  -- The empty grouping set gives the totals' row even when no task matched.
+  GROUP BY GROUPING SETS ((queue, name), ())
+),
+totals AS (
+  INSERT INTO pgbg.task_depth (minute, queue, name, queued, scheduled, running)
+  SELECT date_trunc('minute', now()), '', '', queued, scheduled, running FROM counted WHERE queue IS NULL
+  ON CONFLICT (minute, queue, name) DO NOTHING
+  RETURNING minute
+)
 INSERT INTO pgbg.task_depth (minute, queue, name, queued, scheduled, running)
-SELECT date_trunc('minute', now()), coalesce(queue, ''), coalesce(name, ''),
-  count(*) FILTER (WHERE state = 'queued' AND run_at <= now()),
-  count(*) FILTER (WHERE state = 'queued' AND run_at > now()),
-  count(*) FILTER (WHERE state = 'running')
-FROM pgbg.task
-WHERE state IN ('queued', 'running') AND (cancel_requested_at IS NULL OR state = 'running')
-  AND NOT EXISTS (SELECT FROM pgbg.task_depth WHERE minute = date_trunc('minute', now()))
--- The empty grouping set gives the totals' row even when no task matched.
-GROUP BY GROUPING SETS ((queue, name), ())
-ORDER BY 2, 3
+SELECT date_trunc('minute', now()), queue, name, queued, scheduled, running FROM counted
+WHERE queue IS NOT NULL AND EXISTS (SELECT FROM totals)
+ORDER BY queue, name
 ON CONFLICT (minute, queue, name) DO NOTHING;
 
 -- name: SetWorkerIdle
