@@ -27,8 +27,8 @@ export function apiRoutes(options: DashboardOptions): Record<string, Route> {
       const after = new URL(req.url ?? "/", "http://dashboard").searchParams.get("after") ?? undefined;
       sendJson(res, await listTasks(options.db, { schema: options.schema, state: "failed", after, limit: options.failedLimit ?? 100 }));
     },
-    // Tasks by the filter form (state, queue, namePrefix, key; after: the
-    // page's start), 50 a page, with their count on the first page; or, with
+    // Tasks by the filter form (state, queue, namePrefix, key, from and to:
+    // the enqueue time; after: the page's start), 50 a page, with their count on the first page; or, with
     // q, the tasks a search finds (see searchTasks).
     "GET /api/tasks": async (req, res) => {
       const query = new URL(req.url ?? "/", "http://dashboard").searchParams;
@@ -36,6 +36,13 @@ export function apiRoutes(options: DashboardOptions): Record<string, Route> {
       for (const field of ["state", "queue", "namePrefix", "key", "after"] as const) {
         const value = query.get(field);
         if (value) (filters as Record<string, string>)[field] = value;
+      }
+      for (const field of ["from", "to"] as const) {
+        const value = query.get(field);
+        if (!value) continue;
+        const at = new Date(value);
+        if (Number.isNaN(at.getTime())) throw new HttpError(400, `${field} must be a time (ISO 8601), got ${JSON.stringify(value)}`);
+        filters[field] = at;
       }
       const q = query.get("q");
       if (q) return sendJson(res, await searchTasks(options.db, q, filters));

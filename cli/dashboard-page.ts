@@ -56,7 +56,9 @@ ${chartsSection}<section><h2>Tasks</h2>
 <select id="filter-state" aria-label="state"><option value="">any state</option><option>queued</option><option>scheduled</option><option>waiting</option>
 <option>running</option><option>failed</option><option>completed</option><option>cancelled</option></select>
 <input id="filter-queue" placeholder="queue" aria-label="queue"><input id="filter-name" placeholder="task name starts with" aria-label="task name starts with">
-<input id="filter-key" placeholder="dedup key" aria-label="dedup key"><button id="filter" type="submit">Find</button></form>
+<input id="filter-key" placeholder="dedup key" aria-label="dedup key">
+<label>enqueued from <input id="filter-from" type="datetime-local" step="1"></label><label>to <input id="filter-to" type="datetime-local" step="1"></label>
+<button id="filter" type="submit">Find</button></form>
 <p id="found-count" class="hint"></p>
 <table id="found"><thead><tr><th>ID</th><th>Task</th><th>Queue</th><th>State</th><th>Attempts</th><th>Enqueued</th><th>Last error</th><th></th></tr></thead><tbody></tbody></table>
 <button id="found-next" type="button" hidden>Next page</button>
@@ -100,9 +102,16 @@ function button(td, label, onClick) {
   td.appendChild(b);
 }
 function show(error) { document.getElementById("problem").textContent = error ? String(error.message || error) : ""; }
+// Refreshes overlap when the server is slow (every 2 s, and after each
+// action): one whose answers come after a later one's was drawn is dropped,
+// so that an older status never redraws a queue's Pause over its Resume.
+let refreshesStarted = 0, refreshDrawn = 0;
 async function refresh() {
+  const seq = ++refreshesStarted;
   try {
     const [status, failed, completed] = await Promise.all([api("/api/status"), api("/api/failed"), api("/api/completed")]);
+    if (seq < refreshDrawn) return;
+    refreshDrawn = seq;
     fill("tasks", status.tasks, (tr, t) => {
       tr.dataset.queue = t.queue; tr.dataset.task = t.name;
       for (const v of [t.queue, t.name, t.queued, t.scheduled, t.running, t.failed, age(t.oldestQueuedMs), t.completedLastMinute, t.failedLastMinute, t.retriedLastMinute]) cell(tr, v);
@@ -216,7 +225,7 @@ async function refreshFlows() {
 }
 const errorText = (e) => e ? (e.name || "Error") + ": " + (e.message || "") : "";
 let foundAfter = null;
-/** The filter form's query: a search by id, key or name prefix, or the filters. */
+/** The filter form's query: a search by id, key or name prefix, or the filters (the enqueue time's range among them). */
 function findQuery(after) {
   const q = new URLSearchParams();
   const search = document.getElementById("search").value.trim();
@@ -224,6 +233,11 @@ function findQuery(after) {
   for (const [field, id] of [["state", "filter-state"], ["queue", "filter-queue"], ["namePrefix", "filter-name"], ["key", "filter-key"]]) {
     const value = document.getElementById(id).value.trim();
     if (value) q.set(field, value);
+  }
+  // The browser's local time, sent as an instant.
+  for (const [field, id] of [["from", "filter-from"], ["to", "filter-to"]]) {
+    const value = document.getElementById(id).value;
+    if (value) q.set(field, new Date(value).toISOString());
   }
   if (after) q.set("after", after);
   return q;

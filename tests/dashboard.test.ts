@@ -242,7 +242,7 @@ describe("pgbg dashboard", () => {
     await page.close();
   });
 
-  test("finds tasks: filters narrow the list with its count, a search finds a task by key, a task's page shows its input and last error, and Retry and Cancel act", { skip: noBrowser }, async () => {
+  test("finds tasks: filters (the enqueue time's range among them) narrow the list with its count, a search finds a task by key, a task's page shows its input and last error, and Retry and Cancel act", { skip: noBrowser }, async () => {
     // Enqueued for later, so that no worker takes it before it is made to look failed.
     const failing = await enqueue(sql, alwaysFails, {}, { queue: "find", maxAttempts: 1, key: "find-me-failing", delay: 3_600_000 });
     const queued = await enqueue(sql, work, {}, { queue: "find", delay: 3_600_000, key: "find-me-queued" });
@@ -287,6 +287,30 @@ describe("pgbg dashboard", () => {
     await page.fill("#search", "4242");
     await page.click("#filter");
     await page.waitForFunction((id) => [...document.querySelectorAll("#found tbody tr")].map((r) => (r as HTMLElement).dataset.id).includes(id), byNumber, { timeout: 120_000 });
+
+    // The enqueue time's range, in the browser's local time: a task enqueued
+    // an hour ago is left out of the last half hour, and found before it.
+    const earlier = await enqueue(sql, work, {}, { queue: "find-time", delay: 3_600_000 });
+    const later = await enqueue(sql, work, {}, { queue: "find-time", delay: 3_600_000 });
+    await sql`UPDATE pgbg.task SET enqueued_at = now() - interval '1 hour' WHERE id = ${earlier}`;
+    const localAgo = (minutes: number) => page.evaluate((m) => {
+      const at = new Date(Date.now() - m * 60_000);
+      return new Date(at.getTime() - at.getTimezoneOffset() * 60_000).toISOString().slice(0, 19);
+    }, minutes);
+    const listed = (ids: string) => page.waitForFunction((ids) => [...document.querySelectorAll("#found tbody tr")].map((r) => (r as HTMLElement).dataset.id).join() === ids, ids, { timeout: 120_000 });
+    await page.fill("#search", "");
+    await page.fill("#filter-queue", "find-time");
+    await page.fill("#filter-from", await localAgo(30));
+    await page.click("#filter");
+    await listed(later);
+    assert.equal(await page.textContent("#found-count"), "1 task(s)");
+    await page.fill("#filter-from", await localAgo(90));
+    await page.fill("#filter-to", await localAgo(30));
+    await page.click("#filter");
+    await listed(earlier);
+    await page.fill("#filter-from", "");
+    await page.fill("#filter-to", "");
+    await page.fill("#filter-queue", "");
 
     // The failed task's page: its input, key and last error with its stack; Retry queues it again.
     await page.fill("#search", failing);
