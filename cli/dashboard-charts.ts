@@ -122,9 +122,8 @@ export const chartStyle = `.charts { display: grid; grid-template-columns: repea
 .chart { width: 100%; height: auto; border: 1px solid #d0d7de; border-radius: 4px; background: #fff; }
 .chart .axis { stroke: #8c959f; } .chart .grid { stroke: #eaeef2; }
 .chart text { font-size: 10px; fill: #57606a; } .chart .end { text-anchor: end; } .chart .middle { text-anchor: middle; }
-.chart path.series { stroke-width: 1.6; stroke-linejoin: round; }
-.chart .series { fill: none; }
+.chart path.series { fill: none; stroke-width: 1.6; stroke-linejoin: round; }
 .key-completed, .key-running { stroke: #1a7f37; fill: #1a7f37; } .key-failed { stroke: #cf222e; fill: #cf222e; } .key-retried { stroke: #9a6700; fill: #9a6700; }
 .key-queued, .key-latencyP50Ms { stroke: #0969da; fill: #0969da; } .key-scheduled, .key-latencyP95Ms { stroke: #8250df; fill: #8250df; }
-.chart path.series { fill: none; } .chart text.legend { stroke: none; }
+.chart text.legend { stroke: none; }
 `;

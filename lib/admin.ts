@@ -164,7 +164,7 @@ export interface TaskInfo {
   /** What its run resolved to, for a completed task with a result schema; null otherwise. */
   result: unknown;
   /**
-   * From `getTask` only, for a task in the queue: each failed attempt's
+   * From `getTask` only: each failed attempt's
    * error, oldest first (the last 20), as `lastError` with `worker` (the
    * worker that ran it), `attempt`, `at` (its end) and, for an attempt
    * that failed in its handler, `startedAt`; kept with the task in the

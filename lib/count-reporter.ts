@@ -55,7 +55,7 @@ export class CountReporter {
   async #write(): Promise<void> {
     const counts = this.stats.take();
     if (this.onReport) this.onReport({ counts, running: countRunning(this.running()) });
-    const todo = mergeSeries([...this.#unrecorded, ...counts.filter((c) => c.completed || c.failed || c.retried || c.lag.sum || c.lag.counts.some(Boolean))]);
+    const todo = mergeSeries([...this.#unrecorded, ...counts.filter((c) => c.completed || c.failed || c.retried || c.lag.counts.some(Boolean))]);
     if (!todo.length) return;
     try {
       await run(this.db, this.schema, "RecordTaskCounts", [

@@ -428,15 +428,7 @@ describe("pgbg dashboard", () => {
       right: flowTask(work, {}, { queue: "nobody-serves", dependsOn: ["root"] }),
       join: flowTask(work, {}, { queue: "nobody-serves", dependsOn: ["left", "right"] }),
     });
-    const page = await browser.newPage();
-    const problems: string[] = [];
-    page.on("pageerror", (e) => problems.push(e.message));
-    await page.goto(dashboard.url);
-    // The browser keeps the cookie of an earlier test's sign-in, if one ran.
-    if (await page.$("#token")) {
-      await page.fill("#token", token);
-      await page.click("#sign-in");
-    }
+    const { page, problems } = await signedIn();
     await page.waitForSelector(`#flows tr[data-id="${flow.id}"] button.show`, { timeout: 120_000 });
     // From the fan-in's page, which names its flow, to the flow's graph.
     await page.fill("#search", flow.tasks.join);

@@ -1,7 +1,7 @@
 /**
  * Samples the queue's depth once a minute into `task_depth`, for the
- * dashboard's depth chart (lib/activity.ts), and keeps the counts and
- * samples of the last 24 hours only.
+ * dashboard's depth chart (lib/activity.ts). The count pruner drops the
+ * samples past 24 hours.
  *
  * Safe for every host to run at once: the sample of a minute is written
  * by the first host to take it, and the others' statement finds it there
