@@ -69,6 +69,7 @@ export { LATEST_SCHEMA_VERSION, migrate, schemaVersion } from "./lib/migrate.ts"
 export type { MigrateOptions, MigrateResult } from "./lib/migrate.ts";
 export type { Database } from "./lib/statements.ts";
 export type { DatabaseClient, DrizzleClient, KyselyClient, NodePgClient, NodePgPool } from "./lib/client.ts";
+export { forTransactionPooling } from "./lib/client.ts";
 export {
   InputVersionError,
   FlowError,

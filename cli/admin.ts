@@ -21,12 +21,14 @@ import { defineCliCommand } from "./args.ts";
 import {
   cancelArgs, compactArgs, enqueueArgs, limitArgs, listArgs, migrateArgs, parseRate, pauseArgs, rateArgs, resumeArgs, retryArgs, runScheduleArgs, statusArgs,
 } from "./args-table.ts";
+import { connect } from "./client.ts";
 import { failWith, UsageError } from "./exit.ts";
 import { formatCompaction, formatFlow, formatStatus, formatTaskList } from "./admin-text.ts";
 
 /** The connection flags every operators' command takes, parsed and checked (cli/args-table.ts). */
 export interface Connection {
   "database-url": string;
+  "transaction-pooling": boolean;
   schema: string;
   json: boolean;
 }
@@ -44,7 +46,7 @@ async function runCommand<T>(
 ): Promise<never> {
   let sql: postgres.Sql | undefined;
   try {
-    sql = postgres(args["database-url"], { max: 3, onnotice: () => {}, connection: { application_name: "pgbg admin" } });
+    sql = connect(args["database-url"], 3, "pgbg admin", args["transaction-pooling"]);
     const result = await work(sql, args.schema);
     process.stdout.write(args.json ? `${JSON.stringify(result, null, 2)}\n` : format(result));
     const failed = failedWhen(result);

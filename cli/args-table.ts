@@ -43,6 +43,12 @@ const databaseUrl = text({
   description: "PostgreSQL connection URL (prefer the variable: flags show in ps)",
 });
 
+/** `--transaction-pooling`: the same on every command that connects. */
+const transactionPooling = boolean({
+  env: "PGBG_TRANSACTION_POOLING", default: false,
+  description: "The database URL reaches PostgreSQL through a pooler in transaction mode (PgBouncer pool_mode=transaction): unnamed statements, no session state, and workers poll at --idle-sleep unless --listen-url is set",
+});
+
 const tasks = list({
   env: "PGBG_TASKS", shown: "required", required: "the module(s) exporting your defineTask() results",
   description: "Module exporting defineTask() results; repeat or comma-separate for several",
@@ -101,6 +107,12 @@ export const serveArgs = {
       },
     }),
     "database-url": databaseUrl,
+    "transaction-pooling": transactionPooling,
+    "listen-url": text({
+      env: "PGBG_LISTEN_URL", shown: "none: workers poll", secret: true, check: isPostgresUrl,
+      rule: "a postgres:// or postgresql:// URL, with special characters in the user name and password %-encoded",
+      description: "With --transaction-pooling: a URL that reaches PostgreSQL directly, where each worker LISTENs (one connection) so enqueues wake it at once",
+    }),
     migrate: boolean({ env: "PGBG_MIGRATE", default: true, description: "Migrate the schema at start; --no-migrate for a role without DDL rights" }),
     "log-level": choice(["error", "warn", "info", "debug"], { env: "PGBG_LOG_LEVEL", default: "info", description: "error, warn, info or debug" }),
     "log-format": choice(["pretty", "json"], {
@@ -113,11 +125,17 @@ export const serveArgs = {
       env: "PGBG_METRICS_HOST", default: "0.0.0.0", description: "Address the metrics server binds (127.0.0.1: this machine only)",
     }),
   },
+  check({ flags }) {
+    if (flags["listen-url"] !== undefined && !flags["transaction-pooling"]) {
+      throw new UsageError("--listen-url (PGBG_LISTEN_URL) goes with --transaction-pooling: without it, workers LISTEN on the database URL");
+    }
+  },
 } satisfies CommandArgs<Flags>;
 
 /** The flags every operators' command takes. */
 const connection = {
   "database-url": { ...databaseUrl, shown: "required", required: "" },
+  "transaction-pooling": transactionPooling,
   schema: text({
     env: "PGBG_SCHEMA", default: d.schema, description: "PostgreSQL schema holding pgbg's tables",
     // The library's own message, as the operators' commands have always printed it.

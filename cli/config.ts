@@ -24,6 +24,10 @@ export const STOP_MARGIN_MS = 2_000;
 /** The settings of `pgbg serve`, checked. Durations in ms. */
 export interface ServeConfig {
   databaseUrl: string | undefined;
+  /** The URL reaches a pooler in transaction mode: unnamed statements, no session state. */
+  transactionPooling: boolean;
+  /** Under transaction pooling, a direct URL where workers LISTEN; undefined: they poll. */
+  listenUrl: string | undefined;
   schema: string;
   tasks: string[];
   workers: number;
@@ -69,6 +73,8 @@ export function parseServeArgs(argv: readonly string[], env: Env, isTTY: boolean
 export function serveConfigOf(f: FlagValues<typeof serveArgs.flags>, isTTY: boolean): ServeConfig {
   return {
     databaseUrl: f["database-url"],
+    transactionPooling: f["transaction-pooling"],
+    listenUrl: f["listen-url"],
     schema: f.schema,
     tasks: f.tasks,
     workers: f.workers,

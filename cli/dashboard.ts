@@ -17,6 +17,7 @@ import { describeError } from "../lib/log.ts";
 import type { Database } from "../lib/statements.ts";
 import { defineCliCommand } from "./args.ts";
 import { dashboardArgs } from "./args-table.ts";
+import { connect } from "./client.ts";
 import { apiRoutes, type Route } from "./dashboard-api.ts";
 import { HEADERS, HttpError, readBody, send } from "./dashboard-http.ts";
 import { chartScript, chartStyle } from "./dashboard-charts.ts";
@@ -115,7 +116,7 @@ export const dashboardCommand = defineCliCommand(
     const { "database-url": url, schema, token, host, port } = flags;
     let sql: postgres.Sql | undefined;
     try {
-      sql = postgres(url, { max: 4, onnotice: () => {}, connection: { application_name: "pgbg dashboard" } });
+      sql = connect(url, 4, "pgbg dashboard", flags["transaction-pooling"]);
       await status(sql, { schema }); // fails now, not at the first page load, on a wrong URL or schema
       const dashboard = await startDashboard({ db: sql, schema, token, host, port });
       process.stdout.write(flags.json ? `${JSON.stringify({ url: dashboard.url })}\n` : `dashboard at ${dashboard.url}\n`);

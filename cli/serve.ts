@@ -12,6 +12,7 @@ import { liveness } from "../lib/liveness.ts";
 import { describeError, type Logger } from "../lib/log.ts";
 import { Maintenance, maintenanceServices, type MaintenanceServices } from "../lib/maintenance.ts";
 import { ServiceMetrics } from "../lib/metrics.ts";
+import { connect } from "./client.ts";
 import { type ServeConfig, STOP_MARGIN_MS } from "./config.ts";
 import { launcherGone, launcherName } from "./launcher.ts";
 import { statusLine } from "./log.ts";
@@ -27,7 +28,7 @@ type Client = postgres.Sql<any>;
 export async function supervise(config: ServeConfig, databaseUrl: string, log: Logger): Promise<number> {
   // Four: an index compaction holds one connection for as long as its
   // REINDEX takes, and the other duties and metrics scrapes must not wait for it.
-  const sql: Client = postgres(databaseUrl, { max: 4, onnotice: () => {}, connection: { application_name: "pgbg supervisor" } });
+  const sql: Client = connect(databaseUrl, 4, "pgbg supervisor", config.transactionPooling);
   const stoppedEarly = await waitForSchema(sql, config, log);
   if (stoppedEarly) {
     log.info(`${stoppedEarly} before the service started; stopping`);

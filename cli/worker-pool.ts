@@ -103,7 +103,7 @@ export class WorkerPool {
     // The URL travels in the environment, never on a command line (ps shows those).
     const child = spawn(command, args, {
       stdio: ["ignore", "inherit", "inherit", "ipc"],
-      env: { ...process.env, DATABASE_URL: this.#options.databaseUrl, PGBG_WORKER: JSON.stringify(this.#spec(slot, workerId)) },
+      env: { ...process.env, DATABASE_URL: this.#options.databaseUrl, ...listenEnv(this.#options.config), PGBG_WORKER: JSON.stringify(this.#spec(slot, workerId)) },
     });
     const now = performance.now();
     Object.assign(slot, { child, workerId, lastSeen: now, startedAt: now, readyAt: undefined, lastError: undefined, killed: false, handBack: false, waitsForDatabase: false });
@@ -126,7 +126,7 @@ export class WorkerPool {
         maxAttempts: c.maxAttempts, idleSleep: c.idleSleep, shutdownTimeout: c.shutdownTimeout, completedRetention: c.completedRetention,
         timings: this.#options.timings,
       },
-      tasks: c.tasks, cwd: process.cwd(), workerId, supervisorId: this.#options.supervisorId, index: slot.index, logLevel: c.logLevel, logFormat: c.logFormat,
+      transactionPooling: c.transactionPooling, tasks: c.tasks, cwd: process.cwd(), workerId, supervisorId: this.#options.supervisorId, index: slot.index, logLevel: c.logLevel, logFormat: c.logFormat,
     };
   }
 
@@ -250,4 +250,9 @@ export function workerModule(selfUrl: string): string {
   if (selfUrl.startsWith("https://jsr.io/")) return `jsr:@pgbg/pgbg@${VERSION}/worker`;
   const url = new URL(`./worker${extname(new URL(selfUrl).pathname)}`, selfUrl);
   return url.protocol === "file:" ? fileURLToPath(url) : url.href;
+}
+
+/** The direct URL a worker LISTENs on under transaction pooling, in its environment (a password never goes on a command line). */
+function listenEnv(config: ServeConfig): { PGBG_LISTEN_URL?: string } {
+  return config.listenUrl === undefined ? {} : { PGBG_LISTEN_URL: config.listenUrl };
 }

@@ -13,7 +13,7 @@
  */
 import { hostname } from "node:os";
 import process from "node:process";
-import postgres from "postgres";
+import { connect } from "./client.ts";
 import { describeError, type Logger } from "../lib/log.ts";
 import { defaults } from "../lib/config.ts";
 import { Maintenance } from "../lib/maintenance.ts";
@@ -28,6 +28,8 @@ import { createLogger } from "./log.ts";
 /** What the supervisor passes to a worker in PGBG_WORKER. */
 export interface WorkerSpec {
   settings: WorkerSettings;
+  /** The database URL reaches a pooler in transaction mode; the direct URL to LISTEN on, if any, is PGBG_LISTEN_URL. */
+  transactionPooling: boolean;
   tasks: string[];
   cwd: string;
   workerId: string;
@@ -119,13 +121,20 @@ function stopOnRequest(worker: () => Worker | undefined, boundMs: number, log: L
   if (process.send && !process.connected) stop();
 }
 
-/** The worker's two clients: a pool for claims and write-backs, and one connection for its heartbeat. */
-function connect(index: number) {
+/**
+ * The worker's clients: a pool for claims and write-backs, one connection
+ * for its heartbeat, and under transaction pooling one direct connection to
+ * LISTEN on when PGBG_LISTEN_URL is set (false: the worker polls).
+ */
+function clientsOf(spec: WorkerSpec) {
   const url = process.env.DATABASE_URL ?? "";
-  const name = `pgbg worker ${index}`;
+  const listenUrl = process.env.PGBG_LISTEN_URL;
+  const name = `pgbg worker ${spec.index}`;
+  const pooled = spec.transactionPooling;
   return {
-    sql: postgres(url, { max: 4, onnotice: () => {}, connection: { application_name: name } }),
-    beatSql: postgres(url, { max: 1, onnotice: () => {}, connection: { application_name: `${name} heartbeat` } }),
+    sql: connect(url, 4, name, pooled),
+    beatSql: connect(url, 1, `${name} heartbeat`, pooled),
+    listenSql: !pooled ? undefined : listenUrl ? connect(listenUrl, 1, `${name} listen`, false) : (false as const),
   };
 }
 
@@ -140,11 +149,11 @@ async function main(): Promise<number> {
   stopOnRequest(() => worker, spec.settings.shutdownTimeout + WORKER_STOP_MARGIN_MS, log);
   exitOnUncaught(log);
   const alive = setInterval(() => send({ type: "alive", running: worker?.running ?? 0 }), spec.settings.timings.heartbeatInterval);
-  let clients: ReturnType<typeof connect> | undefined;
+  let clients: ReturnType<typeof clientsOf> | undefined;
   let scheduler: Maintenance | undefined;
   try {
     const { tasks, schedules } = await loadTaskModules(spec.tasks, spec.cwd);
-    clients = connect(spec.index);
+    clients = clientsOf(spec);
     if (schedules.length) scheduler = new Maintenance([new Scheduler(clients.sql, spec.settings.schema, schedules, defaults.scheduleInterval, log)], log);
     worker = new Worker({
       ...spec.settings,
@@ -172,7 +181,8 @@ async function main(): Promise<number> {
   } finally {
     clearInterval(alive);
     await scheduler?.stop(1_000);
-    await Promise.all([clients?.sql.end({ timeout: 1 }), clients?.beatSql.end({ timeout: 1 })]).catch(() => {});
+    await Promise.all([clients?.sql.end({ timeout: 1 }), clients?.beatSql.end({ timeout: 1 }), clients?.listenSql && clients.listenSql.end({ timeout: 1 })])
+      .catch(() => {});
   }
 }
 

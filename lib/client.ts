@@ -132,12 +132,38 @@ class PostgresJsExecutor implements Executor {
   }
 }
 
+/** node-postgres clients and pools that {@link forTransactionPooling} marked: their statements go unnamed. */
+const unnamed = new WeakSet<object>();
+
+/**
+ * Marks a node-postgres `Pool`, `Client` or `PoolClient` that reaches
+ * PostgreSQL through a pooler in transaction mode (PgBouncer's
+ * `pool_mode = transaction`): pgbg then runs unnamed statements on it,
+ * because a named one prepared on one server session is unknown to the
+ * next. Returns the same object. Clients a marked pool checks out for pgbg
+ * are marked too; a client the app checks out itself needs its own mark.
+ * A postgres.js client says the same with its `prepare: false` option, and
+ * Kysely's and Prisma's never name statements.
+ *
+ * @example
+ * ```ts
+ * const db = forTransactionPooling(new pg.Pool({ connectionString: process.env.PGBOUNCER_URL }));
+ * await enqueue(db, sendEmail, { to: "a@example.com" });
+ * ```
+ */
+export function forTransactionPooling<T extends NodePgClient>(client: T): T {
+  unnamed.add(client);
+  return client;
+}
+
 // node-postgres keeps a prepared statement per connection under the name
 // given with it; one name per text, the same in every process, so two
-// copies of pgbg in one app never give one name two texts.
+// copies of pgbg in one app never give one name two texts. None for a
+// client marked for transaction pooling.
 const statementNames = new Map<string, string>();
 
-function statementName(text: string): string {
+function statementName(client: NodePgClient, text: string): string | undefined {
+  if (unnamed.has(client)) return undefined;
   let name = statementNames.get(text);
   if (!name) {
     name = `pgbg_${createHash("sha1").update(text).digest("hex").slice(0, 24)}`;
@@ -154,7 +180,7 @@ class NodePgClientExecutor implements Executor {
 
   // deno-lint-ignore no-explicit-any
   async query<T = any>(text: string, params: unknown[]): Promise<T[]> {
-    return (await this.client.query({ name: statementName(text), text, values: params })).rows as T[];
+    return (await this.client.query({ name: statementName(this.client, text), text, values: params })).rows as T[];
   }
 
   async transaction<T>(fn: (tx: DatabaseClient) => Promise<T>): Promise<T> {
@@ -198,11 +224,12 @@ class NodePgPoolExecutor implements Executor {
 
   // deno-lint-ignore no-explicit-any
   async query<T = any>(text: string, params: unknown[]): Promise<T[]> {
-    return (await this.pool.query({ name: statementName(text), text, values: params })).rows as T[];
+    return (await this.pool.query({ name: statementName(this.pool, text), text, values: params })).rows as T[];
   }
 
   async transaction<T>(fn: (tx: DatabaseClient) => Promise<T>): Promise<T> {
     const client = await this.pool.connect();
+    if (unnamed.has(this.pool)) unnamed.add(client);
     try {
       const result = await inOwnTransaction(client, fn);
       client.release();

@@ -128,16 +128,16 @@ const LEFTOVER_NAME = /^[a-z_][a-z0-9_]{0,62}_cc(new|old)[0-9]*$/;
 
 /**
  * Compacts the task table's indexes when they are bloated (see
- * {@link isBloated}; always with `force`): on one reserved connection,
- * under an advisory lock of this schema's compaction taken without waiting
- * (so one supervisor of many compacts at a time), it drops the invalid
- * leftovers of an interrupted `REINDEX CONCURRENTLY`, then runs
- * `REINDEX TABLE CONCURRENTLY` on the task table. Tasks are enqueued,
+ * {@link isBloated}; always with `force`): under this schema's compaction
+ * lease taken without waiting (so one host of many compacts at a time), it
+ * drops the invalid leftovers of an interrupted `REINDEX CONCURRENTLY`, then
+ * runs `REINDEX TABLE CONCURRENTLY` on the task table. Tasks are enqueued,
  * claimed and completed meanwhile; the rebuild waits for transactions older
  * than itself, so it can take a while. Leftovers are dropped even when the
- * indexes are not bloated.
+ * indexes are not bloated. The lease is a row, not a session lock, so it
+ * holds behind a pooler in transaction mode too.
  *
- * Returns `locked` when another compaction holds the lock and
+ * Returns `locked` when another compaction holds the lease and
  * `not-permitted` when the role does not own the table (SQLSTATE 42501);
  * neither throws. Throws `InvalidOptionsError` for bad options,
  * `SchemaError` when the schema is missing, and the database's error when
@@ -160,53 +160,66 @@ export async function compactIndexes(sql: Sql<any>, options?: CompactOptions): P
   const result = (outcome: CompactOutcome, message?: string): CompactResult => ({
     schema, outcome, before, after, dropped, durationMs: Math.round(performance.now() - started), ...(message === undefined ? {} : { message }),
   });
-  // Read without the lock, so that the usual answer costs one catalog query.
+  // Read without the lease, so that the usual answer costs one catalog query.
   if (!opts.force && !before.leftovers.length && !isBloated(before, limits)) return result("not-bloated");
 
-  // REINDEX CONCURRENTLY cannot run in a transaction, and the session lock
-  // must be taken and released on the connection that runs it.
-  const conn = await sql.reserve();
-  let connectionLost = false;
+  let lease: Awaited<ReturnType<typeof takeLease>>;
   try {
-    const [{ locked }] = await run<{ locked: boolean }>(conn, schema, "CompactTryLock", [schema]);
-    if (!locked) return result("locked");
-    try {
-      // Another supervisor may have compacted between the first reading and the lock.
-      before = await readTaskIndexes(conn, schema);
-      for (const name of before.leftovers) {
-        if (!LEFTOVER_NAME.test(name)) continue;
-        // The only SQL text built here: both names were checked and are quoted.
-        await conn.unsafe(`DROP INDEX CONCURRENTLY IF EXISTS "${schema}"."${name}"`);
-        dropped.push(name);
-      }
-      const bloated = opts.force || isBloated(before, limits);
-      if (bloated && !opts.force && before.snapshotAgeSeconds > (opts.heldSnapshotSeconds ?? HELD_SNAPSHOT_SECONDS)) return result("horizon-held");
-      if (bloated) await conn.unsafe(statement(schema, "ReindexTask"));
-      if (bloated || dropped.length) after = await readTaskIndexes(conn, schema);
-      return result(bloated ? "compacted" : "not-bloated");
-    } catch (error) {
-      if ((error as { code?: unknown }).code === "42501") return result("not-permitted", (error as Error).message);
-      connectionLost = isConnectionLost(error);
-      throw translateError(error, schema);
-    } finally {
-      // A lost session released its lock with it.
-      if (!connectionLost) await run(conn, schema, "CompactUnlock", [schema]).catch((error) => (connectionLost = isConnectionLost(error)));
-    }
+    lease = await takeLease(sql, schema);
   } catch (error) {
-    connectionLost ||= isConnectionLost(error);
-    throw error;
+    // A role that may not take the lease may not rebuild the indexes either.
+    if (notPermitted(error)) return result("not-permitted", (error as Error).message);
+    throw translateError(error, schema);
+  }
+  if (!lease) return result("locked");
+  try {
+    // Another host may have compacted between the first reading and the lease.
+    before = await readTaskIndexes(sql, schema);
+    for (const name of before.leftovers) {
+      if (!LEFTOVER_NAME.test(name)) continue;
+      // The only SQL text built here: both names were checked and are quoted.
+      await sql.unsafe(`DROP INDEX CONCURRENTLY IF EXISTS "${schema}"."${name}"`);
+      dropped.push(name);
+    }
+    const bloated = opts.force || isBloated(before, limits);
+    if (bloated && !opts.force && before.snapshotAgeSeconds > (opts.heldSnapshotSeconds ?? HELD_SNAPSHOT_SECONDS)) return result("horizon-held");
+    // Outside any transaction (REINDEX CONCURRENTLY refuses one): a statement of the pool's own.
+    if (bloated) await sql.unsafe(statement(schema, "ReindexTask"));
+    if (bloated || dropped.length) after = await readTaskIndexes(sql, schema);
+    return result(bloated ? "compacted" : "not-bloated");
+  } catch (error) {
+    if (notPermitted(error)) return result("not-permitted", (error as Error).message);
+    throw translateError(error, schema);
   } finally {
-    // postgres.js 3.4.9 puts a released connection back in the pool even when
-    // it closed, and the pool's next query then throws where nothing can
-    // catch it. A closed connection is already back in the pool's closed set.
-    if (!connectionLost) conn.release();
+    await lease.end();
   }
 }
 
-/** True when the connection itself failed (postgres.js' CONNECTION_* codes, a socket error, or SQLSTATE class 08/57P). */
-function isConnectionLost(error: unknown): boolean {
-  const code = (error as { code?: unknown } | null)?.code;
-  if (typeof code !== "string" || code.startsWith("PGBG_")) return false;
-  if (/^[0-9A-Z]{5}$/.test(code)) return code.startsWith("08") || code.startsWith("57P");
-  return true;
+/** How long a compaction's lease lasts unless renewed, in s, and how often its holder renews it. */
+const LEASE_SECONDS = 60;
+const RENEW_MS = 10_000;
+
+/**
+ * Takes this schema's compaction lease, renewed every RENEW_MS until
+ * `end()`; undefined when another compaction holds it. A holder that dies
+ * leaves it to expire after LEASE_SECONDS.
+ */
+// deno-lint-ignore no-explicit-any
+async function takeLease(sql: Sql<any>, schema: string): Promise<{ end(): Promise<void> } | undefined> {
+  const holder = crypto.randomUUID();
+  const taken = await run(sql, schema, "TakeCompaction", [holder, LEASE_SECONDS]);
+  if (!taken.length) return undefined;
+  const renewal = setInterval(() => void run(sql, schema, "RenewCompaction", [holder, LEASE_SECONDS]).catch(() => {}), RENEW_MS);
+  return {
+    async end() {
+      clearInterval(renewal);
+      // Should this fail (the database gone), the lease ends on its own.
+      await run(sql, schema, "EndCompaction", [holder]).catch(() => {});
+    },
+  };
+}
+
+/** SQLSTATE 42501, insufficient_privilege. */
+function notPermitted(error: unknown): boolean {
+  return (error as { code?: unknown } | null)?.code === "42501";
 }

@@ -86,11 +86,13 @@ export function createWorker(sql: Client, options: WorkerHostOptions): WorkerHos
  * A client on the same server as `sql`, with its connection settings but its
  * own pool, and none of the app's transforms (pgbg reads its own columns).
  */
-export function cloneClient(sql: Client, max: number, name: string): Client {
+export function cloneClient(sql: Client, max: number, name: string, transactionPooling = false): Client {
   const o = sql.options;
   return postgres({
     ...o,
     max,
+    // Behind a pooler in transaction mode, a statement prepared on one server session is unknown to the next.
+    prepare: transactionPooling ? false : o.prepare,
     onnotice: () => {},
     transform: { undefined: undefined, column: {}, value: {}, row: {} },
     connection: { ...o.connection, application_name: name },
@@ -121,6 +123,8 @@ class InProcessHost implements WorkerHost {
   readonly #timings: Liveness;
   readonly #pool: Client;
   readonly #beat: Client;
+  /** Where its worker LISTENs: a direct client under transaction pooling with a listen URL; false: nowhere; undefined: its pool. */
+  readonly #listen: Client | false | undefined;
   readonly #metrics = new ServiceMetrics();
   readonly #events: TaskEventEmitter;
   readonly #services: MaintenanceServices;
@@ -137,8 +141,12 @@ class InProcessHost implements WorkerHost {
     this.#options = options;
     this.#events = new TaskEventEmitter(options.logger);
     this.#timings = liveness(options.checkInterval);
-    this.#pool = cloneClient(sql, options.poolSize, "pgbg worker");
-    this.#beat = cloneClient(sql, 1, "pgbg worker heartbeat");
+    this.#pool = cloneClient(sql, options.poolSize, "pgbg worker", options.transactionPooling);
+    this.#beat = cloneClient(sql, 1, "pgbg worker heartbeat", options.transactionPooling);
+    this.#listen = options.listenUrl
+      // No array types to fetch for a LISTEN (and no fetch to fail unhandled).
+      ? postgres(options.listenUrl, { max: 1, fetch_types: false, onnotice: () => {}, connection: { application_name: "pgbg worker listen" } })
+      : options.transactionPooling ? false : undefined;
     this.#services = maintenanceServices({
       sql: this.#pool, schema: options.schema, hostId: this.id, maxAttempts: options.maxAttempts, timings: this.#timings,
       compactInterval: options.compactInterval, vacuumInterval: options.vacuumInterval, failedRetention: options.failedRetention, log: options.logger,
@@ -192,7 +200,7 @@ class InProcessHost implements WorkerHost {
     return new Worker({
       schema: o.schema, queues: o.queues, concurrency: o.concurrency, timeout: o.timeout, retryDelay: o.retryDelay, maxAttempts: o.maxAttempts,
       idleSleep: o.idleSleep, shutdownTimeout: o.shutdownTimeout, completedRetention: o.completedRetention, timings: this.#timings,
-      sql: this.#pool, beatSql: this.#beat, tasks: o.tasks, log: o.logger, overdue: "detach", onReady,
+      sql: this.#pool, beatSql: this.#beat, listenSql: this.#listen, tasks: o.tasks, log: o.logger, overdue: "detach", onReady,
       identity: { workerId: crypto.randomUUID(), hostId: this.id, hostname: hostname(), runtime: runtimeName(), pid: process.pid },
       onLost: (cause) => (this.#lost = cause),
       onReport: (report) => this.#metrics.add(1, report),
@@ -252,7 +260,7 @@ class InProcessHost implements WorkerHost {
   }
 
   async #close(timeout = 2): Promise<void> {
-    await Promise.all([this.#pool.end({ timeout }), this.#beat.end({ timeout })]).catch(() => {});
+    await Promise.all([this.#pool.end({ timeout }), this.#beat.end({ timeout }), this.#listen && this.#listen.end({ timeout })]).catch(() => {});
   }
 
   on<E extends TaskEventName>(name: E, listener: TaskEventListener<E>): () => void {

@@ -9,7 +9,7 @@ import { defaults } from "./config.ts";
 import { type AnyTask, checkTask, isValidName, MAX_DURATION, NAME_RULE } from "./define.ts";
 import { InvalidOptionsError, InvalidTaskError } from "./errors.ts";
 import type { Logger } from "./log.ts";
-import { checkedLater, checkOptions, formatValue, integer, type OptionCheck } from "./options.ts";
+import { checkedLater, checkOptions, formatValue, integer, ofType, type OptionCheck } from "./options.ts";
 import { registerSchedules, registerTasks } from "./registry.ts";
 import { isSchedule, type Schedule } from "./schedule.ts";
 import { MAX_RETENTION } from "./retention.ts";
@@ -55,6 +55,20 @@ export interface WorkerHostOptions {
   failedRetention?: number;
   /** Connections of the worker's pool (claims, write-backs, maintenance); the heartbeat and LISTEN add one each. @default 4 */
   poolSize?: number;
+  /**
+   * `sql` reaches PostgreSQL through a pooler in transaction mode
+   * (PgBouncer's `pool_mode = transaction`): the worker's own clients use
+   * unnamed statements and no session state, and without `listenUrl` the
+   * worker finds new tasks by polling, at most `idleSleep` apart.
+   * @default false
+   */
+  transactionPooling?: boolean;
+  /**
+   * Under `transactionPooling`, a URL that reaches PostgreSQL directly (not
+   * through the pooler), on which the worker LISTENs so that enqueues wake
+   * it at once. One connection. @default none: the worker polls
+   */
+  listenUrl?: string;
   /** PostgreSQL schema holding pgbg's tables. @default "pgbg" */
   schema?: string;
   /** Aborting it stops the worker, as `stop()` does. */
@@ -80,6 +94,8 @@ export interface ResolvedWorkerOptions {
   completedRetention: number;
   failedRetention: number;
   poolSize: number;
+  transactionPooling: boolean;
+  listenUrl: string | undefined;
   schema: string;
   signal: AbortSignal | undefined;
   logger: Logger;
@@ -104,6 +120,9 @@ const checks: Record<keyof WorkerHostOptions, OptionCheck> = {
   completedRetention: integer(0, MAX_RETENTION),
   failedRetention: (v) => (v === Number.POSITIVE_INFINITY ? undefined : integer(1000, MAX_RETENTION)(v)),
   poolSize: integer(1, 100),
+  transactionPooling: ofType("boolean"),
+  // Not echoed: the URL may hold a password.
+  listenUrl: (v) => (typeof v === "string" && /^postgres(ql)?:\/\//.test(v) ? undefined : "must be a postgres:// or postgresql:// URL"),
   schema: checkedLater,
   signal: (v) => (v instanceof AbortSignal ? undefined : `must be an AbortSignal, got ${formatValue(v)}`),
   logger: (v) =>
@@ -133,6 +152,9 @@ export function resolveWorkerOptions(where: string, options: unknown): ResolvedW
       throw new InvalidTaskError(`${where}: ${(error as Error).message}`);
     }
   }
+  if (o.listenUrl !== undefined && !o.transactionPooling) {
+    throw new InvalidOptionsError(`${where}: option "listenUrl" is for transactionPooling: true (without it the worker LISTENs on its own pool)`);
+  }
   const tasks = [...registerTasks(o.tasks.map((task, i) => ({ task, source: `tasks[${i}]` }))).values()];
   const schema = checkSchemaName(o.schema ?? defaults.schema);
   return {
@@ -142,6 +164,6 @@ export function resolveWorkerOptions(where: string, options: unknown): ResolvedW
     shutdownTimeout: o.shutdownTimeout ?? defaults.shutdownTimeout, compactInterval: o.compactInterval ?? defaults.compactInterval,
     vacuumInterval: o.vacuumInterval ?? defaults.vacuumInterval,
     completedRetention: o.completedRetention ?? defaults.completedRetention, failedRetention: o.failedRetention ?? defaults.failedRetention,
-    poolSize: o.poolSize ?? defaults.poolSize, signal: o.signal, logger: o.logger ?? consoleLogger,
+    poolSize: o.poolSize ?? defaults.poolSize, transactionPooling: o.transactionPooling ?? false, listenUrl: o.listenUrl, signal: o.signal, logger: o.logger ?? consoleLogger,
   };
 }

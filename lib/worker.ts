@@ -53,6 +53,14 @@ export interface WorkerOptions extends WorkerSettings {
   sql: Sql<any>;
   /** A client for the heartbeat alone (one connection). Default: `sql`. */
   beatSql?: Database;
+  /**
+   * The client to LISTEN for wake-ups on; `false`: none (behind a pooler in
+   * transaction mode, where a LISTEN is lost with its server session), and
+   * the worker then finds new tasks by polling, at most `idleSleep` apart.
+   * @default sql
+   */
+  // deno-lint-ignore no-explicit-any
+  listenSql?: Sql<any> | false;
   tasks: readonly AnyTask[];
   /** Who the worker is, for its row. */
   identity: Omit<WorkerIdentity, "concurrency" | "queues" | "names">;
@@ -214,6 +222,8 @@ export class Worker {
   #stopping = false;
   #exit: WorkerExit = "stopped";
   #idle = false;
+  /** Whether it LISTENs for wake-ups; one that does not leaves its row's idle flag down, so enqueues notify nobody for it. */
+  #listens = false;
   #wake: (() => void) | undefined;
   #wakeOnSlot = false;
   #notified = false;
@@ -287,7 +297,9 @@ export class Worker {
     // Before the first attempt: its span needs @opentelemetry/api loaded, if the app has it.
     await loadTracing();
     await this.#heartbeat.register({ ...o.identity, concurrency: o.concurrency, queues: o.queues, names: this.#scope.names });
-    const listening = o.untilIdle ? undefined : await o.sql.listen(`pgbg:${o.schema}`, () => {
+    const listenSql = o.untilIdle || o.listenSql === false ? undefined : (o.listenSql ?? o.sql);
+    this.#listens = Boolean(listenSql);
+    const listening = listenSql && await listenSql.listen(`pgbg:${o.schema}`, () => {
       this.#notified = true;
       // A wake-up starts the back-off over: should this claim miss the new
       // task (a lane the claim cursor does not know yet), the next look,
@@ -410,7 +422,7 @@ export class Worker {
 
   async #setIdle(idle: boolean): Promise<void> {
     this.#idle = idle;
-    await this.#heartbeat.setIdle(idle);
+    if (this.#listens) await this.#heartbeat.setIdle(idle);
   }
 
   /**

@@ -5,10 +5,8 @@
  * rebuild the indexes is warned about once, and compaction stops.
  *
  * Two hosts compacting at once would be waste, not harm: compactIndexes
- * takes an advisory lock without waiting, and the loser reports `locked`.
- * That lock is a session lock on one reserved connection, because REINDEX
- * CONCURRENTLY cannot run inside a transaction, so a transaction-level lock
- * cannot span it; behind a pooler in transaction mode, turn compaction off.
+ * takes the schema's compaction lease (a row, which holds behind a pooler
+ * in transaction mode too) without waiting, and the loser reports `locked`.
  *
  * @module
  */

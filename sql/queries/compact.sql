@@ -32,15 +32,22 @@ LEFT JOIN pg_stat_all_tables s ON s.relid = t.oid
 WHERE t.oid = 'pgbg.task'::regclass
 ORDER BY c.relname;
 
--- name: CompactTryLock
--- One compaction per schema at a time, across every supervisor and `pgbg
--- compact`: a session lock (REINDEX CONCURRENTLY runs in several
--- transactions of its own), taken without waiting. The key is the text
--- 'pgbg:compact:<schema>' hashed as migrate's is.
-SELECT pg_try_advisory_lock(hashtextextended('pgbg:compact:' || $1::text, 0)) AS locked;
+-- name: TakeCompaction
+-- One compaction per schema at a time, across every supervisor, in-process
+-- host and `pgbg compact`: a lease row (migration 019), taken without
+-- waiting, for $2 seconds, by holder $1. Taken when nobody holds it or the
+-- last holder's lease ended; no row back when another holds it.
+INSERT INTO pgbg.compaction AS c (holder, until) VALUES ($1, now() + make_interval(secs => $2))
+ON CONFLICT (one) DO UPDATE SET holder = EXCLUDED.holder, until = EXCLUDED.until
+  WHERE c.until < now()
+RETURNING true AS taken;
 
--- name: CompactUnlock
-SELECT pg_advisory_unlock(hashtextextended('pgbg:compact:' || $1::text, 0)) AS unlocked;
+-- name: RenewCompaction
+-- Holder $1 is still compacting: its lease runs $2 seconds from now.
+UPDATE pgbg.compaction SET until = now() + make_interval(secs => $2) WHERE holder = $1;
+
+-- name: EndCompaction
+DELETE FROM pgbg.compaction WHERE holder = $1;
 
 -- name: ReindexTask
 -- Rebuilds every index of the task table beside the old one, then swaps

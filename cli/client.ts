@@ -1,0 +1,21 @@
+/**
+ * The postgres.js clients of `pgbg serve`, its workers and the operators'
+ * commands, made one way: notices kept quiet, a name that shows in
+ * pg_stat_activity, and no named statements behind a pooler in
+ * transaction mode.
+ *
+ * @module
+ */
+import postgres from "postgres";
+
+/** A client of `max` connections to `url`, named `name`; `transactionPooling`: the URL reaches a pooler in transaction mode. */
+// deno-lint-ignore no-explicit-any
+export function connect(url: string, max: number, name: string, transactionPooling: boolean): postgres.Sql<any> {
+  return postgres(url, {
+    max,
+    onnotice: () => {},
+    // A statement prepared on one server session is unknown to the next the pooler hands out.
+    prepare: !transactionPooling,
+    connection: { application_name: name },
+  });
+}

@@ -1,0 +1,171 @@
+/**
+ * pgbg behind a real PgBouncer in transaction mode (tests/pgbouncer.ts):
+ * enqueue in the app's transaction through postgres.js and node-postgres,
+ * `pgbg serve --transaction-pooling` running, cancelling, limiting and
+ * scheduling tasks, an in-process worker polling or woken through a direct
+ * LISTEN connection, compaction under its lease, and backend kills that
+ * lose nothing. Skipped where pgbouncer is not installed, unless
+ * PGBG_REQUIRE_PGBOUNCER=1 (as `.ci/run` sets).
+ */
+import assert from "node:assert/strict";
+import { after, describe, test } from "node:test";
+import { fileURLToPath } from "node:url";
+import pg from "pg";
+import * as v from "valibot";
+import {
+  cancel, createWorker, defineTask, enqueue, enqueueMany, forTransactionPooling, getTask, migrate, setQueueConcurrency,
+} from "../mod.ts";
+import { compactIndexes } from "../lib/compact.ts";
+import { createTestDatabase } from "./harness.ts";
+import { noPgBouncer, startPgBouncer } from "./pgbouncer.ts";
+import { patience, serviceTestbed, until } from "./service-harness.ts";
+
+const skip = noPgBouncer();
+const schedules = fileURLToPath(new URL("./fixtures/schedules.ts", import.meta.url));
+const quiet = { debug() {}, info() {}, warn() {}, error() {} };
+/** What `pgbg serve` and the fixture tasks are told behind the pooler. */
+const pooled = { PGBG_TRANSACTION_POOLING: "true" };
+
+/**
+ * The test database, a PgBouncer in front of it, and the service testbed
+ * whose serve() connects through the pooler (the test itself reads and
+ * writes directly); none of it where the tests are skipped.
+ */
+async function setUp() {
+  const db = await createTestDatabase();
+  const bouncer = await startPgBouncer(db.url);
+  const testbed = await serviceTestbed(async () => ({ ...db, url: bouncer.url(db.name) }), (s) => migrate(s));
+  // A postgres.js client through the pooler, without named statements, as its docs ask.
+  const viaBouncer = db.connect({ host: "127.0.0.1", port: bouncer.port, prepare: false });
+  after(() => bouncer.stop());
+  return { db, bouncer, testbed, viaBouncer };
+}
+
+const { db, bouncer, testbed, viaBouncer } = skip ? ({} as Awaited<ReturnType<typeof setUp>>) : await setUp();
+const sql = db?.sql;
+
+describe("behind PgBouncer in transaction mode", { skip }, () => {
+  const work = defineTask({ name: "work", schema: v.object({ ms: v.optional(v.number(), 0), failUntil: v.optional(v.number(), 0) }), run() {} });
+  const queued = async (ids: string[]) => (await sql`SELECT count(*)::int AS n FROM pgbg.task WHERE id IN ${sql(ids)}`)[0].n as number;
+
+  test("enqueue commits and rolls back with the app's transaction, through postgres.js and node-postgres, from many connections at once", async () => {
+    const pool = forTransactionPooling(new pg.Pool({ connectionString: bouncer.url(db.name), max: 8 }));
+    try {
+      const committed: string[] = [];
+      // Many clients at once, so that each one's statements land on several server sessions.
+      await Promise.all(Array.from({ length: 16 }, async (_, i) => {
+        for (let j = 0; j < 5; j++) {
+          committed.push(await enqueue(pool, work, { ms: i }));
+          await viaBouncer.begin(async (tx) => committed.push(await enqueue(tx, work, { ms: j })));
+        }
+      }));
+      const client = forTransactionPooling(await pool.connect());
+      try {
+        await client.query("BEGIN");
+        const rolledBack = await enqueue(client, work, {});
+        await client.query("ROLLBACK");
+        assert.equal(await getTask(sql, rolledBack), null, "a rolled-back enqueue left nothing");
+      } finally {
+        client.release();
+      }
+      await assert.rejects(viaBouncer.begin(async (tx) => {
+        await enqueue(tx, work, {});
+        throw new Error("the app's transaction fails");
+      }), /the app's transaction fails/);
+      assert.equal(await queued(committed), 160);
+      assert.equal((await sql`SELECT count(*)::int AS n FROM pgbg.task`)[0].n, 160, "nothing of the rolled-back transactions");
+    } finally {
+      await pool.end();
+      await sql`DELETE FROM pgbg.task`;
+    }
+  });
+
+  test("pgbg serve --transaction-pooling runs tasks by polling, with no LISTEN and no session lock through the pooler", async () => {
+    const ids = await enqueueMany(viaBouncer, work, Array.from({ length: 50 }, () => ({ ms: 5 })));
+    testbed.serve(["--workers", "2", "--concurrency", "4", "--idle-sleep", "200ms"], undefined, pooled);
+    await until(() => testbed.remaining(ids), (n) => n === 0, patience, "the tasks to run");
+    assert.equal((await testbed.executions(ids)).length, 50, "each ran once");
+    // Enqueued while the workers are idle: found by polling.
+    const late = await enqueue(viaBouncer, work, {});
+    await until(() => testbed.remaining([late]), (n) => n === 0, patience, "a task enqueued while idle");
+    const [{ listens }] = await sql`SELECT count(*)::int AS listens FROM pg_stat_activity WHERE datname = current_database() AND query ILIKE 'LISTEN%'`;
+    assert.equal(listens, 0);
+    const [{ locks }] = await sql`SELECT count(*)::int AS locks FROM pg_locks WHERE locktype = 'advisory'`;
+    assert.equal(locks, 0);
+  });
+
+  test("with --listen-url, each worker LISTENs on the direct connection and an enqueue wakes it", async () => {
+    const service = testbed.serve(["--workers", "2", "--idle-sleep", "10m", "--listen-url", db.url], undefined, pooled);
+    await service.waitForLog((l) => /^serving/.test(l.message), patience);
+    await until(
+      async () => (await sql`SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND query ILIKE 'LISTEN%'`)[0].n,
+      (n) => n === 2, patience, "both workers to LISTEN",
+    );
+    await until(async () => (await sql`SELECT count(*)::int AS n FROM pgbg.worker WHERE idle`)[0].n, (n) => n === 2, patience, "both workers to sleep");
+    // A 10 min idle sleep: only the wake-up can start it within the test's patience.
+    const id = await enqueue(viaBouncer, work, {});
+    await until(() => testbed.remaining([id]), (n) => n === 0, patience, "the woken worker to run it");
+  });
+
+  test("a running task is cancelled, a queue's concurrency limit holds, and a schedule fires each tick once", async () => {
+    const { cooperative } = await import("./fixtures/tasks.ts");
+    await setQueueConcurrency(viaBouncer, "limited", 2);
+    const limited = await enqueueMany(viaBouncer, work, Array.from({ length: 12 }, () => ({ ms: 150 })), { queue: "limited" });
+    const long = await enqueue(viaBouncer, cooperative, {});
+    testbed.serve(["--workers", "2", "--concurrency", "4", "--idle-sleep", "200ms"], undefined, pooled);
+    await until(() => testbed.executions([long]), (rows) => rows.length === 1, patience, "the long task to start");
+    assert.deepEqual(await cancel(viaBouncer, [long]), { deleted: [], signalled: [long], notFound: [] });
+    await until(() => testbed.remaining([long, ...limited]), (n) => n === 0, patience, "the cancel and the limited tasks");
+    assert.equal((await testbed.executions([long]))[0].ended_at === null, false, "the cancelled attempt ended");
+    assert.equal(await testbed.mostExecutionsAtOnce(limited), 2);
+
+    testbed.serve(["--workers", "1"], schedules, pooled);
+    const ticks = await until(
+      async () => (await sql`SELECT payload->>'at' AS at FROM pgbg.task WHERE name = 'tick' ORDER BY id`).map((r) => r.at as string),
+      (at) => at.length >= 3, patience, "three ticks",
+    );
+    assert.equal(new Set(ticks).size, ticks.length, "no tick enqueued twice");
+  });
+
+  test("an in-process worker with transactionPooling polls; compaction takes its lease through the pooler and leaves no lock", async () => {
+    let ran = 0;
+    const counted = defineTask({ name: "counted", schema: v.object({}), run: () => void ran++ });
+    const worker = createWorker(viaBouncer, { tasks: [counted], transactionPooling: true, idleSleep: 100, compactInterval: 0, logger: quiet });
+    await worker.start();
+    try {
+      const ids = await enqueueMany(viaBouncer, counted, Array.from({ length: 20 }, () => ({})));
+      await until(() => queued(ids), (n) => n === 0, patience, "the in-process worker to run them");
+      assert.equal(ran, 20);
+    } finally {
+      await worker.stop();
+    }
+    const first = await compactIndexes(viaBouncer, { force: true });
+    assert.equal(first.outcome, "compacted");
+    assert.equal((await compactIndexes(viaBouncer, { force: true })).outcome, "compacted", "the lease was given back");
+    assert.equal((await sql`SELECT count(*)::int AS n FROM pgbg.compaction`)[0].n, 0, "the lease row is gone");
+    assert.equal((await sql`SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory'`)[0].n, 0);
+  });
+
+  test("server sessions killed under load lose nothing, and no attempt runs twice", async () => {
+    const ids = await enqueueMany(viaBouncer, work, Array.from({ length: 300 }, () => ({ ms: 10 })));
+    testbed.serve(["--workers", "2", "--concurrency", "8", "--idle-sleep", "200ms"], undefined, pooled);
+    const started = async () => (await testbed.executions(ids)).length;
+    let kills = 0;
+    // Every server session of pgbg and its tasks: pgbouncer hands the
+    // client's application_name on to the server session it lends; the
+    // test's own sessions are not named pgbg.
+    while (kills < 10 && (await testbed.remaining(ids)) > 0) {
+      const before = await started();
+      const [{ n }] = await sql`SELECT count(pg_terminate_backend(pid))::int AS n FROM pg_stat_activity
+        WHERE datname = current_database() AND application_name LIKE 'pgbg %' AND pid <> pg_backend_pid()`;
+      if (n > 0) kills++;
+      // Then wait for the service to make progress again before the next kill.
+      await until(async () => [await started(), await testbed.remaining(ids)], ([s, left]) => s >= before + 10 || left === 0, patience, "progress after a kill");
+    }
+    await until(() => testbed.remaining(ids), (n) => n === 0, patience, "every task to complete");
+    const runs = await sql`SELECT task_id::text AS id, attempt, count(*)::int AS n FROM execution WHERE task_id IN ${sql(ids)} GROUP BY 1, 2`;
+    assert.equal(new Set(runs.map((r) => r.id)).size, 300, "every task ran");
+    assert.deepEqual(runs.filter((r) => r.n > 1), [], "no attempt ran twice");
+    assert.ok(kills > 0, "sessions were killed while tasks ran");
+  });
+});
