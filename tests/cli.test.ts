@@ -80,6 +80,7 @@ describe("pgbg serve flags", () => {
     `pgbg: --schema (PGBG_SCHEMA): invalid schema name ${JSON.stringify(name)}: use 1-63 lower-case letters, digits or _, not starting with a digit or pg_`;
   const queueRule = "a list of queue names (1-128 characters of A-Z a-z 0-9 _ . : / -, starting with a letter or digit)";
   const badUrl = "pgbg: --database-url (DATABASE_URL) must be a postgres:// or postgresql:// URL, with special characters in the user name and password %-encoded";
+  const badListenUrl = "pgbg: --listen-url (PGBG_LISTEN_URL) must be a postgres:// or postgresql:// URL, with special characters in the user name and password %-encoded";
   const cases: [string[], Record<string, string>, string][] = [
     [["--tasks", ","], {}, `pgbg: --tasks (PGBG_TASKS) must be a non-empty comma-separated list, got ","`],
     [["--tasks"], {}, "pgbg: --tasks (PGBG_TASKS) needs a value"],
@@ -137,6 +138,10 @@ describe("pgbg serve flags", () => {
     [["--database-url", "postgres://someone:hunter2@db:notaport/x"], {}, badUrl],
     [["--database-url", "postgres://someone:hunter2%ZZ@127.0.0.1:1/x"], {}, badUrl],
     [[], { DATABASE_URL: "mysql://root:hunter2@db/x" }, badUrl],
+    [["--transaction-pooling=maybe"], {}, `pgbg: --transaction-pooling (PGBG_TRANSACTION_POOLING) must be true or false, got "maybe"`],
+    [[], { PGBG_TRANSACTION_POOLING: "sometimes" }, `pgbg: --transaction-pooling (PGBG_TRANSACTION_POOLING) must be true or false, got "sometimes"`],
+    [["--transaction-pooling", "--listen-url", "postgres://someone:hunter2@db:notaport/x"], {}, badListenUrl],
+    [["--listen-url", "postgres://someone:hunter2@db/x"], {}, "pgbg: --listen-url (PGBG_LISTEN_URL) goes with --transaction-pooling: without it, workers LISTEN on the database URL"],
     [["--migrate=maybe"], {}, `pgbg: --migrate (PGBG_MIGRATE) must be true or false, got "maybe"`],
     [["--no-migrate=yes"], {}, "pgbg: --no-migrate takes no value"],
     [["--migrate", "false"], {}, `pgbg: unexpected argument "false": pgbg serve takes only --flags (see pgbg serve --help)`],
@@ -196,12 +201,14 @@ describe("pgbg serve flags", () => {
   test("a flag wins over its variable, which wins over the default; an empty variable is unset", () => {
     const config = (args: string[], env: Env = {}, isTTY = false) => parseServeArgs(["--tasks", fixtureTasks, ...args], env, isTTY);
     assert.deepEqual(config([]), {
-      databaseUrl: undefined, schema: "pgbg", tasks: [fixtureTasks], workers: 2, concurrency: 10, timeout: 30_000, retryDelay: 5_000,
+      databaseUrl: undefined, transactionPooling: false, listenUrl: undefined, schema: "pgbg", tasks: [fixtureTasks], workers: 2, concurrency: 10, timeout: 30_000, retryDelay: 5_000,
       checkInterval: 1_000, idleSleep: 1_000, maxAttempts: 25, queues: null, shutdownTimeout: 30_000, compactInterval: 30_000, vacuumInterval: 5_000,
       completedRetention: 0, failedRetention: Number.POSITIVE_INFINITY,
       migrate: true, logLevel: "info", logFormat: "json", metricsPort: null, metricsHost: "0.0.0.0",
     });
     assert.equal(config([], {}, true).logFormat, "pretty", "pretty on a terminal");
+    assert.equal(config([], { PGBG_TRANSACTION_POOLING: "true", PGBG_LISTEN_URL: "postgres://h/db" }).listenUrl, "postgres://h/db");
+    assert.throws(() => config([], { PGBG_LISTEN_URL: "postgres://h/db" }), /--listen-url \(PGBG_LISTEN_URL\) goes with --transaction-pooling/);
     assert.equal(config([], { PGBG_WORKERS: "8" }).workers, 8);
     assert.equal(config(["--workers", "4"], { PGBG_WORKERS: "8" }).workers, 4);
     assert.equal(config(["--workers=4"], { PGBG_WORKERS: "" }).workers, 4);

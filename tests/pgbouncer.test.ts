@@ -8,6 +8,9 @@
  * PGBG_REQUIRE_PGBOUNCER=1 (as `.ci/run` sets).
  */
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { readFileSync, rmSync, writeFileSync } from "node:fs";
+import process from "node:process";
 import { after, describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import pg from "pg";
@@ -18,7 +21,7 @@ import {
 import { compactIndexes } from "../lib/compact.ts";
 import { createTestDatabase } from "./harness.ts";
 import { noPgBouncer, startPgBouncer } from "./pgbouncer.ts";
-import { patience, serviceTestbed, until } from "./service-harness.ts";
+import { patience, serviceTestbed, until, within } from "./service-harness.ts";
 
 const skip = noPgBouncer();
 const schedules = fileURLToPath(new URL("./fixtures/schedules.ts", import.meta.url));
@@ -144,6 +147,33 @@ describe("behind PgBouncer in transaction mode", { skip }, () => {
     assert.equal((await compactIndexes(viaBouncer, { force: true })).outcome, "compacted", "the lease was given back");
     assert.equal((await sql`SELECT count(*)::int AS n FROM pgbg.compaction`)[0].n, 0, "the lease row is gone");
     assert.equal((await sql`SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory'`)[0].n, 0);
+  });
+
+  test("the README's example runs as written through the pooler: both enqueues run on its worker, which stops on SIGTERM", async () => {
+    const readme = readFileSync(new URL("../README.md", import.meta.url), "utf8");
+    const example = /```ts\n([\s\S]*?)```/.exec(readme.slice(readme.indexOf("### Behind PgBouncer in transaction mode")))?.[1];
+    assert.ok(example, "the README has the example");
+    const file = fileURLToPath(new URL(`./readme-pgbouncer-${process.pid}.tmp.ts`, import.meta.url));
+    writeFileSync(file, example.replace('from "pgbg"', `from ${JSON.stringify(fileURLToPath(new URL("../mod.ts", import.meta.url)))}`));
+    after(() => rmSync(file, { force: true }));
+    const child = spawn(process.execPath, ["--import", "tsx", file], {
+      env: { ...process.env, PGBOUNCER_URL: bouncer.url(db.name), DATABASE_URL: db.url }, stdio: ["ignore", "pipe", "pipe"],
+    });
+    let output = "";
+    const ran = new Promise<void>((resolve) => {
+      const onData = (d: Buffer) => (output += d) && output.includes("report for 2026-11") && output.includes("report for 2026-12") && resolve();
+      child.stdout!.on("data", onData);
+      child.stderr!.on("data", onData);
+    });
+    const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
+    try {
+      await within(ran, patience, () => `both reports: ${output}`);
+      child.kill("SIGTERM");
+      assert.equal(await within(exited, patience, "the example to exit"), 0, output);
+    } finally {
+      child.kill("SIGKILL");
+    }
+    assert.equal((await sql`SELECT count(*)::int AS n FROM pgbg.task WHERE name = 'monthly-report'`)[0].n, 0, "both ran");
   });
 
   test("server sessions killed under load lose nothing, and no attempt runs twice", async () => {
