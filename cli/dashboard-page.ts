@@ -64,7 +64,7 @@ ${chartsSection}<section><h2>Tasks</h2>
 <button id="found-next" type="button" hidden>Next page</button>
 <div id="task" hidden><h3 id="task-title"></h3><span id="task-actions"></span>
 <table id="task-fields"><tbody></tbody></table>
-<h4>Failed attempts</h4>
+<h4>Attempts</h4>
 <table id="task-errors"><thead><tr><th>Attempt</th><th>Worker</th><th>Started</th><th>Ended</th><th>Error</th></tr></thead><tbody></tbody></table></div></section>
 <section><h2>Flows and batches</h2>
 <table id="flows"><thead><tr><th>ID</th><th>Kind</th><th>Tasks</th><th>Pending</th><th>Enqueued</th><th></th></tr></thead><tbody></tbody></table>
@@ -257,7 +257,7 @@ async function find(after) {
   foundAfter = page.next;
   document.getElementById("found-next").hidden = !page.next;
 }
-/** A task's page: its fields, input, last error with its stack, result, each failed attempt's error (newest first), and Retry and Cancel. */
+/** A task's page: its fields, input, last error with its stack, result, each attempt (newest first: the completed one, each failed one's error), and Retry and Cancel. */
 async function showTask(id) {
   const t = await api("/api/task?id=" + encodeURIComponent(id));
   document.getElementById("task").hidden = false;
@@ -272,10 +272,11 @@ async function showTask(id) {
     ["finished", t.finishedAt ?? ""], ["input", JSON.stringify(t.payload)], ["last error", errorText(t.lastError)],
     ["stack", t.lastError?.stack ?? ""], ["result", t.result === null || t.result === undefined ? "" : JSON.stringify(t.result)]];
   fill("task-fields", fields, (tr, [name, value]) => { tr.dataset.field = name; cell(tr, name); cell(tr, value).className = "value"; });
-  fill("task-errors", [...(t.errors ?? [])].reverse(), (tr, e) => {
+  const attempts = [...(t.errors ?? []), ...(t.completedAttempt ? [{ ...t.completedAttempt, completed: true }] : [])].reverse();
+  fill("task-errors", attempts, (tr, e) => {
     tr.dataset.attempt = e.attempt;
     for (const v of [e.attempt ?? "", e.worker ?? "", e.startedAt ?? "", e.at ?? ""]) cell(tr, v);
-    cell(tr, errorText(e) + (e.stack ? "\\n" + e.stack : "")).className = "value";
+    cell(tr, e.completed ? "completed" : errorText(e) + (e.stack ? "\\n" + e.stack : "")).className = "value";
   });
 }
 document.getElementById("find").addEventListener("submit", async (event) => { event.preventDefault(); try { await find(null); show(); } catch (e) { show(e); } });

@@ -171,6 +171,12 @@ export interface TaskInfo {
    * history (from schema 18 on). Empty for a task no attempt of which failed.
    */
   errors?: { name?: string; message?: string; [field: string]: unknown }[];
+  /**
+   * From `getTask` only, for a completed task in the history (from schema
+   * 20 on): the attempt that succeeded, with `attempt`, `worker`,
+   * `startedAt` (its claim) and `at` (its end); null otherwise.
+   */
+  completedAttempt?: { attempt: number; worker: string; startedAt: string; at: string } | null;
 }
 
 // deno-lint-ignore no-explicit-any
@@ -232,7 +238,7 @@ export async function readTask(db: DatabaseClient, schema: string, id: string): 
   // Read after the queue: a task that finished between the two reads is
   // in the history by now (its end moved it in one statement).
   const [finished] = await run(db, schema, "GetFinishedTask", [id]);
-  return finished ? { ...finishedTaskInfo(finished), errors: finished.errors ?? [] } : null;
+  return finished ? { ...finishedTaskInfo(finished), errors: finished.errors ?? [], completedAttempt: finished.completed_attempt ?? null } : null;
 }
 
 /** What `listTasks` filters on and how it pages. Every filter is optional. */

@@ -276,7 +276,7 @@ class AttemptContext implements TaskContext {
     }
     const encoded = task.result ? await encodeResult(task, result) : undefined;
     const rows = keep
-      ? await run(tx, schema, "CompleteKeptTaskInTransaction", [this.id, this.#leaseToken, encoded ?? null, keep])
+      ? await run(tx, schema, "CompleteKeptTaskInTransaction", [this.id, this.#leaseToken, encoded ?? null, keep, this.#claimed.claimedAtMs])
       : await run(tx, schema, this.#claimed.batchThen === null ? "CompleteTaskInTransaction" : "CompleteBatchTaskInTransaction", [this.id, this.#leaseToken]);
     if (!rows.length) throw new LeaseLostError(this.id);
     this.#claimed.completedInTransaction = true;

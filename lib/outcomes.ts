@@ -50,6 +50,8 @@ export interface Completion extends AttemptRef {
   result?: string;
   /** A batch member: its success counts its batch down (CompleteBatchTasks, or CompleteKeptTasks for a kept one). */
   batch?: boolean;
+  /** When the attempt was claimed (ms since the epoch): a kept task's history shows it as the attempt's start. */
+  claimedAtMs?: number;
 }
 
 /** Batches the completions, failures, snoozes, hand-backs and finished cancels of one worker. */
@@ -151,7 +153,9 @@ export class OutcomeWriter {
       const [deletedRows, keptRows, failedRows, memberRows, snoozedRows, cancelledRows] = await Promise.all([
         deleted.length ? run<{ id: unknown }>(this.db, this.schema, "CompleteTasks", [ids(deleted), tokens(deleted)]) : [],
         kept.length
-          ? run<{ id: unknown }>(this.db, this.schema, "CompleteKeptTasks", [ids(kept), tokens(kept), kept.map((k) => k.result ?? null), kept.map((k) => k.keep)])
+          ? run<{ id: unknown }>(this.db, this.schema, "CompleteKeptTasks", [
+            ids(kept), tokens(kept), kept.map((k) => k.result ?? null), kept.map((k) => k.keep), kept.map((k) => k.claimedAtMs ?? Date.now()),
+          ])
           : [],
         failed.length
           ? run<{ id: unknown; state: string }>(this.db, this.schema, "FailTasks", [

@@ -493,6 +493,7 @@ export class Worker {
     this.#outcomes.complete({
       id: claimed.id, leaseToken: claimed.leaseToken, counts: entry.counts, event: this.#eventOf(claimed, durationMs),
       completedInTransaction: claimed.completedInTransaction, keep: this.#keep.get(claimed.name)!, result: outcome.result, batch: claimed.batchThen !== null,
+      claimedAtMs: claimed.claimedAtMs,
     });
   }
 

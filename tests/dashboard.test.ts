@@ -213,6 +213,18 @@ describe("pgbg dashboard", () => {
     const kept = await enqueue(sql, measured, {});
     await page.waitForSelector(`#completed tr[data-id="${kept}"]`, { timeout: 120_000 });
     assert.match(await page.textContent(`#completed tr[data-id="${kept}"]`) ?? "", new RegExp(`^${kept}measured\\s*default\\s*1.*\\{"pid":\\d+,"attempt":1\\}$`));
+    // The completed task's page: the attempt that completed it, with its worker, start and end.
+    await page.fill("#search", kept);
+    await page.click("#filter");
+    await page.waitForSelector(`#found tr[data-id="${kept}"] button.open`, { timeout: 120_000 });
+    await page.click(`#found tr[data-id="${kept}"] button.open`);
+    await page.waitForFunction((id) => document.getElementById("task-title")?.textContent === `Task ${id}: measured (completed)`, kept, { timeout: 120_000 });
+    const keptAttempts = await page.$$eval("#task-errors tbody tr", (rows) => rows.map((r) => [...r.querySelectorAll("td")].map((td) => td.textContent ?? "")));
+    assert.equal(keptAttempts.length, 1, JSON.stringify(keptAttempts));
+    const [number, worker, started, ended, outcome] = keptAttempts[0];
+    assert.deepEqual([number, outcome], ["1", "completed"]);
+    assert.match(worker, /^[0-9a-f-]{36}$/);
+    assert.ok(Date.parse(started) <= Date.parse(ended), `${started} ≤ ${ended}`);
 
     await page.click(`#failed tr[data-id="${toRetry}"] button.retry`);
     await until(() => runs(toRetry), (n) => n === 2, 120_000, "the retried task to run again");

@@ -97,6 +97,35 @@ describe("results", () => {
     });
   });
 
+  test("a kept task's history has every attempt: the failed one's error and the one that completed it, by the worker, through ctx.complete(tx) too", async () => {
+    const flaky = defineTask({
+      name: "flaky-kept", schema: v.object({}), retention: { completed: 60_000 },
+      run: (_input, ctx) => {
+        if (ctx.attempt === 1) throw new Error("first attempt fails");
+      },
+    });
+    const inTransaction = defineTask({
+      name: "kept-in-tx", schema: v.object({}), result: v.number(),
+      run: async (_input, ctx) => {
+        await sql.begin((tx) => ctx.complete(tx, 7));
+        return 7;
+      },
+    });
+    const ids = [await enqueue(sql, flaky, {}), await enqueue(sql, inTransaction, {})];
+    await withWorker([flaky, inTransaction], () => until(() => Promise.all(ids.map((id) => getTask(sql, id))), (t) => t.every((x) => x?.state === "completed"), patience, "both"));
+    const [retried, completedInTx] = await Promise.all(ids.map((id) => getTask(sql, id)));
+    const [workerRow] = await sql`SELECT DISTINCT worker FROM (SELECT jsonb_array_elements(errors)->>'worker' AS worker FROM pgbg.history WHERE id = ${ids[0]}) w`;
+    assert.deepEqual(retried!.errors!.map((e) => [e.attempt, e.message]), [[1, "first attempt fails"]]);
+    for (const [task, attempt] of [[retried!, 2], [completedInTx!, 1]] as const) {
+      const done = task.completedAttempt!;
+      assert.equal(done.attempt, attempt);
+      assert.match(done.worker, /^[0-9a-f-]{36}$/);
+      assert.ok(new Date(done.startedAt) <= new Date(done.at) && new Date(done.at) <= task.finishedAt!, `${done.startedAt} ≤ ${done.at} ≤ ${task.finishedAt}`);
+    }
+    assert.equal(retried!.completedAttempt!.worker, workerRow.worker, "the worker that ran it, as for its failed attempt");
+    assert.ok(new Date(retried!.completedAttempt!.startedAt) >= new Date(retried!.errors![0].at as string), "claimed after the failed attempt ended");
+  });
+
   test("an in-process worker's completed event carries the stored result", async () => {
     await withWorker([area], async (worker) => {
       const told = new Promise<unknown>((resolve) => worker.on("completed", (e) => resolve(e.result)));

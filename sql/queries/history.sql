@@ -4,24 +4,33 @@
 
 -- fragment: KeepFinished
 -- Copies each row of the CTE `finished` (id, state, queue, name, key,
--- attempts, enqueued_at, payload, last_error, errors, result, keep, flow_id) whose `keep` (an
+-- attempts, enqueued_at, payload, last_error, errors, result, keep, flow_id,
+-- completed_attempt) whose `keep` (an
 -- interval) is set into the history's current slot, expiring after `keep`;
 -- in the statement that ends the task, so a task is in one table or the
 -- other, never both nor neither. Wakes the waiters of every finished row.
 kept AS (
-  INSERT INTO pgbg.history (id, slot, state, queue, name, key, attempts, enqueued_at, finished_at, expires_at, payload, last_error, errors, result, flow_id)
-  SELECT f.id, r.slot, f.state, f.queue, f.name, f.key, f.attempts, f.enqueued_at, now(), now() + f.keep, f.payload, f.last_error, f.errors, f.result, f.flow_id
+  INSERT INTO pgbg.history (id, slot, state, queue, name, key, attempts, enqueued_at, finished_at, expires_at, payload, last_error, errors, result, flow_id,
+    completed_attempt)
+  SELECT f.id, r.slot, f.state, f.queue, f.name, f.key, f.attempts, f.enqueued_at, now(), now() + f.keep, f.payload, f.last_error, f.errors, f.result, f.flow_id,
+    f.completed_attempt
   FROM finished f CROSS JOIN pgbg.history_rotation r
   WHERE f.keep IS NOT NULL
   RETURNING id
 ),
 {{WakeWaiters}}
 
+-- fragment: CompletedAttempt
+-- The attempt that completed a task being deleted (pgbg.task t), as the
+-- history keeps it beside the failed ones' errors: its number, its worker,
+-- its start (its claim, {{@}} ms since the epoch) and its end.
+jsonb_build_object('attempt', t.attempts, 'worker', t.worker_id, 'startedAt', to_timestamp({{@}} / 1000.0), 'at', now())
+
 -- fragment: CancelledColumns
 -- A cancelled task as KeepFinished takes it (from a DELETE of pgbg.task t):
 -- kept for its definition's retention of completed tasks, without result.
 t.id, 'cancelled'::text AS state, t.queue, t.name, t.key, t.attempts, t.enqueued_at, t.payload, t.last_error, t.errors,
-    NULL::jsonb AS result, t.keep_completed AS keep, t.flow_id,
+    NULL::jsonb AS result, t.keep_completed AS keep, t.flow_id, NULL::jsonb AS completed_attempt,
     -- A failed member was counted when it failed.
     CASE WHEN t.state <> 'failed' THEN t.batch_then END AS batch_then
 
@@ -38,13 +47,14 @@ woken AS (
 -- name: CompleteKeptTasks
 -- Success of tasks that keep their history or a result: deleted from the
 -- queue, as CompleteTasks does and fenced alike, and kept in pgbg.history
--- for $4 ms each, with the result $3 (JSON text; NULL for none). Only the
--- attempt that holds the lease gets past the fence, so no other attempt's
--- result is ever stored. $1 ids, $2 lease tokens.
+-- for $4 ms each, with the result $3 (JSON text; NULL for none), and the
+-- attempt that succeeded (CompletedAttempt), claimed at $5 (ms since the
+-- epoch). Only the attempt that holds the lease gets past the fence, so no
+-- other attempt's result is ever stored. $1 ids, $2 lease tokens.
 WITH sent AS MATERIALIZED (
   -- The result as its JSON text: a result of JSON null stays null, not SQL NULL.
-  SELECT jsonb_object_agg({{SentKey:c.id, c.token}}, jsonb_build_array(c.token, c.result, c.keep_ms)) AS by_id
-  FROM unnest($1::bigint[], $2::integer[], $3::text[], $4::float8[]) AS c (id, token, result, keep_ms)
+  SELECT jsonb_object_agg({{SentKey:c.id, c.token}}, jsonb_build_array(c.token, c.result, c.keep_ms, c.claimed_ms)) AS by_id
+  FROM unnest($1::bigint[], $2::integer[], $3::text[], $4::float8[], $5::float8[]) AS c (id, token, result, keep_ms, claimed_ms)
 ),
 finished AS (
   DELETE FROM pgbg.task t
@@ -53,7 +63,8 @@ finished AS (
   ))
     AND {{LeaseHeld}}
   RETURNING t.id, 'completed'::text AS state, t.queue, t.name, t.key, t.attempts, t.enqueued_at, t.payload, t.last_error, t.errors,
-    {{Sent:1}}::jsonb AS result, {{Sent:2}}::float8 * interval '1 millisecond' AS keep, t.flow_id, t.batch_then
+    {{Sent:1}}::jsonb AS result, {{Sent:2}}::float8 * interval '1 millisecond' AS keep, t.flow_id, t.batch_then,
+    {{CompletedAttempt:{{Sent:3}}::float8}} AS completed_attempt
 ),
 {{KeepFinished}},
 {{CountBatch:false}}
@@ -63,12 +74,14 @@ SELECT id FROM finished WHERE (SELECT count(*) FROM kept) + (SELECT count(*) FRO
 -- ctx.complete(tx) of a task that keeps its history or a result: the same
 -- fenced delete as CompleteTaskInTransaction, and the copy into the
 -- history, in the handler's own transaction. $1 id, $2 lease token, $3
--- result (JSON text or NULL), $4 retention in ms.
+-- result (JSON text or NULL), $4 retention in ms, $5 the attempt's claim
+-- (ms since the epoch).
 WITH finished AS (
   DELETE FROM pgbg.task t
   WHERE t.id = $1 AND t.lease_token = $2 AND t.state = 'running'
   RETURNING t.id, 'completed'::text AS state, t.queue, t.name, t.key, t.attempts, t.enqueued_at, t.payload, t.last_error, t.errors,
-    $3::text::jsonb AS result, $4::float8 * interval '1 millisecond' AS keep, t.flow_id, t.batch_then
+    $3::text::jsonb AS result, $4::float8 * interval '1 millisecond' AS keep, t.flow_id, t.batch_then,
+    {{CompletedAttempt:$5::float8}} AS completed_attempt
 ),
 {{KeepFinished}},
 {{CountBatch:false}}
@@ -76,7 +89,8 @@ SELECT id FROM finished WHERE (SELECT count(*) FROM kept) + (SELECT count(*) FRO
 
 -- name: GetFinishedTask
 -- A kept task by id ($1), until it expires: the primary key of each slot.
-SELECT h.id, h.queue, h.name, h.state, h.attempts, h.key, h.enqueued_at, h.finished_at, h.expires_at, h.payload, h.last_error, h.result, h.flow_id, h.errors
+SELECT h.id, h.queue, h.name, h.state, h.attempts, h.key, h.enqueued_at, h.finished_at, h.expires_at, h.payload, h.last_error, h.result, h.flow_id, h.errors,
+  h.completed_attempt
 FROM pgbg.history h
 WHERE h.id = $1 AND h.expires_at > now()
 LIMIT 1;

@@ -1,0 +1,12 @@
+-- 020_history_completed_attempt: a kept task keeps its successful attempt.
+--
+-- The task page shows every attempt: migrations 016 and 018 keep each
+-- failed one's error, worker, start and end. The attempt that succeeded
+-- was not kept anywhere, so a completed task's page showed no row for it.
+-- The statements that complete a kept task (CompleteKeptTasks,
+-- CompleteKeptTaskInTransaction) now write it: its number, worker, start
+-- (its claim) and end, as JSON. Only kept tasks pay for it: a completion
+-- that keeps nothing writes no history. A column without a default, added
+-- to every slot without a rewrite; the previous release's inserts, which
+-- never name it, leave it null.
+ALTER TABLE pgbg.history ADD COLUMN completed_attempt jsonb;
