@@ -268,7 +268,7 @@ async function showTask(id) {
   button(actions, "Cancel", async () => { await api("/api/cancel", { ids: [t.id] }); await showTask(t.id).catch(() => {}); });
   if (t.flowId) button(actions, "Show flow", () => showFlow(t.flowId));
   const fields = [["queue", t.queue], ["state", t.state], ["attempts", t.attempts + (t.maxAttempts ? " of " + t.maxAttempts : "")], ["dedup key", t.key ?? ""],
-    ["group", t.group ?? ""], ["flow", t.flowId ?? ""], ["priority", t.priority ?? ""], ["enqueued", t.enqueuedAt ?? ""], ["due", t.runAt ?? ""], ["failed", t.failedAt ?? ""],
+    ["group", t.group ?? ""], ["flow", t.flowId ?? ""], ["schedule", t.schedule ?? ""], ["priority", t.priority ?? ""], ["enqueued", t.enqueuedAt ?? ""], ["due", t.runAt ?? ""], ["failed", t.failedAt ?? ""],
     ["finished", t.finishedAt ?? ""], ["input", JSON.stringify(t.payload)], ["last error", errorText(t.lastError)],
     ["stack", t.lastError?.stack ?? ""], ["result", t.result === null || t.result === undefined ? "" : JSON.stringify(t.result)]];
   fill("task-fields", fields, (tr, [name, value]) => { tr.dataset.field = name; cell(tr, name); cell(tr, value).className = "value"; });

@@ -143,6 +143,8 @@ export interface TaskInfo {
   group: string | null;
   /** The flow or batch it was enqueued in (enqueueFlow, enqueueBatch: getFlow), if any. */
   flowId: string | null;
+  /** The schedule (defineSchedule) that enqueued it, if one did (from schema 21 on). */
+  schedule: string | null;
   /** When it is (or was) due. */
   runAt: Date;
   enqueuedAt: Date;
@@ -184,7 +186,7 @@ function taskInfo(r: any): TaskInfo {
   return {
     id: String(r.id), queue: r.queue, name: r.name, state: r.state, attempts: r.attempts, snoozes: r.snoozes, maxAttempts: r.max_attempts, priority: r.priority,
     key: r.key, group: r.group_name, flowId: optionalId(r.flow_id), runAt: r.run_at, enqueuedAt: r.enqueued_at, failedAt: r.failed_at, workerId: r.worker_id,
-    cancelRequestedAt: r.cancel_requested_at, lastError: r.last_error, payload: r.payload, inputVersion: r.input_version,
+    cancelRequestedAt: r.cancel_requested_at, lastError: r.last_error, payload: r.payload, inputVersion: r.input_version, schedule: r.schedule ?? null,
     finishedAt: null, expiresAt: null, result: null, ...("errors" in r ? { errors: r.errors ?? [] } : {}),
   };
 }
@@ -199,6 +201,7 @@ function finishedTaskInfo(r: any): TaskInfo {
     id: String(r.id), queue: r.queue, name: r.name, state: r.state, attempts: r.attempts, snoozes: 0, maxAttempts: null, priority: 0,
     key: r.key, group: null, flowId: optionalId(r.flow_id), runAt: r.enqueued_at, enqueuedAt: r.enqueued_at, failedAt: null, workerId: null, cancelRequestedAt: null,
     lastError: r.last_error, payload: r.payload, inputVersion: null, finishedAt: r.finished_at, expiresAt: r.expires_at, result: r.result,
+    schedule: r.schedule ?? null,
   };
 }
 

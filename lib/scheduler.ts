@@ -69,10 +69,10 @@ export class Scheduler implements MaintenanceService {
       if (!row) return;
       const due = dueTicks(schedule, row.last_tick, row.now);
       const ticks = row.run_requested_at ? [...due.fire, row.now as Date] : due.fire;
-      let last: string | null = null;
-      for (const tick of ticks) {
-        last = await enqueue(tx, schedule.task, schedule.inputAt(tick), { ...schedule.enqueue, schema: this.schema });
-      }
+      const ids: string[] = [];
+      for (const tick of ticks) ids.push(await enqueue(tx, schedule.task, schedule.inputAt(tick), { ...schedule.enqueue, schema: this.schema }));
+      const last = ids.at(-1) ?? null;
+      if (ids.length) await run(tx, this.schema, "MarkScheduledTasks", [ids, schedule.name]);
       await run(tx, this.schema, "AdvanceSchedule", [schedule.name, due.handled, schedule.nextTick(row.now), Boolean(row.run_requested_at), last]);
     });
   }

@@ -38,7 +38,7 @@ describe("the admin API", () => {
     assert.deepEqual({ ...t, runAt: undefined, enqueuedAt: undefined }, {
       id: due, queue: "default", name: "mail", state: "queued", attempts: 0, snoozes: 0, maxAttempts: null, priority: 3, key: "k-1", group: null, flowId: null, inputVersion: 1,
       runAt: undefined, enqueuedAt: undefined, failedAt: null, workerId: null, cancelRequestedAt: null, lastError: null, payload: { n: 1 },
-      finishedAt: null, expiresAt: null, result: null, errors: [],
+      finishedAt: null, expiresAt: null, result: null, errors: [], schedule: null,
     });
     assert.ok(t.runAt instanceof Date && t.enqueuedAt instanceof Date);
     assert.equal((await getTask(sql, later))?.state, "scheduled");

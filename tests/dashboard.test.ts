@@ -344,11 +344,14 @@ describe("pgbg dashboard", () => {
     // Queued again (or, with a worker of an earlier test still serving, run again: it never ran before).
     await until(async () => [(await row(failing))?.state, await runs(failing)], ([state, n]) => state === "queued" || (n as number) > 0, 120_000, "the retried task to be queued");
     // Cancel from the queued task's page deletes it.
+    await sql`UPDATE pgbg.task SET schedule = 'nightly' WHERE id = ${queued}`;
     await page.fill("#search", queued);
     await page.click("#filter");
     await page.waitForSelector(`#found tr[data-id="${queued}"] button.open`, { timeout: 120_000 });
     await page.click(`#found tr[data-id="${queued}"] button.open`);
     await page.waitForFunction((id) => document.getElementById("task-title")?.textContent === `Task ${id}: work (scheduled)`, queued, { timeout: 120_000 });
+    // Enqueued by a schedule (marked below as the scheduler marks its ticks' tasks): the page names it.
+    assert.equal(await page.textContent('#task-fields tr[data-field="schedule"] td.value'), "nightly");
     await page.click("#task-actions button.cancel");
     await until(() => row(queued), (r) => r === undefined, 120_000, "the cancelled task to be deleted");
     assert.deepEqual(problems, [], "no script errors");

@@ -10,7 +10,8 @@ import { describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import * as v from "valibot";
 import {
-  createWorker, defineSchedule, defineTask, InvalidOptionsError, InvalidScheduleError, listSchedules, migrate, runSchedule, status, UnknownScheduleError,
+  createWorker, defineSchedule, defineTask, enqueue, getTask, InvalidOptionsError, InvalidScheduleError, listSchedules, migrate, runSchedule, status,
+  UnknownScheduleError,
 } from "../mod.ts";
 import { dueTicks, MISSED_AFTER } from "../lib/schedule.ts";
 import { createTestDatabase } from "./harness.ts";
@@ -115,6 +116,10 @@ describe("firing, in process", () => {
     assert.ok(info.nextTick && info.nextTick > info.lastTick, "the next tick is after the last");
     assert.equal(info.active, true);
     assert.ok((await status(sql)).schedules.some((s) => s.name === "three-hosts"), "status() shows it");
+    // Each tick's task names its schedule; a task the app enqueued names none.
+    const ids = (await sql`SELECT id::text FROM pgbg.task WHERE queue = 'three'`).map((r) => r.id as string);
+    assert.deepEqual(new Set((await Promise.all(ids.map((id) => getTask(sql, id)))).map((t) => t?.schedule)), new Set(["three-hosts"]));
+    assert.equal((await getTask(sql, await enqueue(sql, report, { at: "" }, { queue: "three-app" })))?.schedule, null);
   });
 
   test("after downtime, the catch-up policy decides the missed ticks; a tick handled before the downtime is not fired again", async () => {

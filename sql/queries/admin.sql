@@ -61,7 +61,7 @@ ORDER BY w.started_at, w.id;
 SELECT t.id, t.queue, t.name,
   CASE WHEN t.state = 'queued' AND t.run_at > now() THEN 'scheduled' ELSE t.state::text END AS state,
   t.attempts, t.max_attempts, t.priority, t.key, t.run_at, t.enqueued_at, t.failed_at,
-  t.worker_id, t.cancel_requested_at, t.last_error, t.payload, t.snoozes, t.input_version, t.group_name, t.flow_id{{@}}
+  t.worker_id, t.cancel_requested_at, t.last_error, t.payload, t.snoozes, t.input_version, t.group_name, t.flow_id, t.schedule{{@}}
 FROM pgbg.task t
 
 -- name: GetTask

@@ -5,15 +5,15 @@
 -- fragment: KeepFinished
 -- Copies each row of the CTE `finished` (id, state, queue, name, key,
 -- attempts, enqueued_at, payload, last_error, errors, result, keep, flow_id,
--- completed_attempt) whose `keep` (an
+-- completed_attempt, schedule) whose `keep` (an
 -- interval) is set into the history's current slot, expiring after `keep`;
 -- in the statement that ends the task, so a task is in one table or the
 -- other, never both nor neither. Wakes the waiters of every finished row.
 kept AS (
   INSERT INTO pgbg.history (id, slot, state, queue, name, key, attempts, enqueued_at, finished_at, expires_at, payload, last_error, errors, result, flow_id,
-    completed_attempt)
+    completed_attempt, schedule)
   SELECT f.id, r.slot, f.state, f.queue, f.name, f.key, f.attempts, f.enqueued_at, now(), now() + f.keep, f.payload, f.last_error, f.errors, f.result, f.flow_id,
-    f.completed_attempt
+    f.completed_attempt, f.schedule
   FROM finished f CROSS JOIN pgbg.history_rotation r
   WHERE f.keep IS NOT NULL
   RETURNING id
@@ -30,7 +30,7 @@ jsonb_build_object('attempt', t.attempts, 'worker', t.worker_id, 'startedAt', to
 -- A cancelled task as KeepFinished takes it (from a DELETE of pgbg.task t):
 -- kept for its definition's retention of completed tasks, without result.
 t.id, 'cancelled'::text AS state, t.queue, t.name, t.key, t.attempts, t.enqueued_at, t.payload, t.last_error, t.errors,
-    NULL::jsonb AS result, t.keep_completed AS keep, t.flow_id, NULL::jsonb AS completed_attempt,
+    NULL::jsonb AS result, t.keep_completed AS keep, t.flow_id, NULL::jsonb AS completed_attempt, t.schedule,
     -- A failed member was counted when it failed.
     CASE WHEN t.state <> 'failed' THEN t.batch_then END AS batch_then
 
@@ -64,7 +64,7 @@ finished AS (
     AND {{LeaseHeld}}
   RETURNING t.id, 'completed'::text AS state, t.queue, t.name, t.key, t.attempts, t.enqueued_at, t.payload, t.last_error, t.errors,
     {{Sent:1}}::jsonb AS result, {{Sent:2}}::float8 * interval '1 millisecond' AS keep, t.flow_id, t.batch_then,
-    {{CompletedAttempt:{{Sent:3}}::float8}} AS completed_attempt
+    {{CompletedAttempt:{{Sent:3}}::float8}} AS completed_attempt, t.schedule
 ),
 {{KeepFinished}},
 {{CountBatch:false}}
@@ -81,7 +81,7 @@ WITH finished AS (
   WHERE t.id = $1 AND t.lease_token = $2 AND t.state = 'running'
   RETURNING t.id, 'completed'::text AS state, t.queue, t.name, t.key, t.attempts, t.enqueued_at, t.payload, t.last_error, t.errors,
     $3::text::jsonb AS result, $4::float8 * interval '1 millisecond' AS keep, t.flow_id, t.batch_then,
-    {{CompletedAttempt:$5::float8}} AS completed_attempt
+    {{CompletedAttempt:$5::float8}} AS completed_attempt, t.schedule
 ),
 {{KeepFinished}},
 {{CountBatch:false}}
@@ -90,7 +90,7 @@ SELECT id FROM finished WHERE (SELECT count(*) FROM kept) + (SELECT count(*) FRO
 -- name: GetFinishedTask
 -- A kept task by id ($1), until it expires: the primary key of each slot.
 SELECT h.id, h.queue, h.name, h.state, h.attempts, h.key, h.enqueued_at, h.finished_at, h.expires_at, h.payload, h.last_error, h.result, h.flow_id, h.errors,
-  h.completed_attempt
+  h.completed_attempt, h.schedule
 FROM pgbg.history h
 WHERE h.id = $1 AND h.expires_at > now()
 LIMIT 1;

@@ -38,6 +38,12 @@ UPDATE pgbg.schedule SET
   last_task_id = coalesce($5::bigint, last_task_id)
 WHERE name = $1;
 
+-- name: MarkScheduledTasks
+-- In the same transaction: the tasks $1 were enqueued by schedule $2 (the
+-- task page names it). Their rows were inserted in this transaction, so
+-- nothing else holds them.
+UPDATE pgbg.task SET schedule = $2 WHERE id = ANY($1::bigint[]);
+
 -- name: RequestScheduleRun
 -- $1 name: a host running the schedule fires it once at its next check.
 UPDATE pgbg.schedule SET run_requested_at = coalesce(run_requested_at, now()) WHERE name = $1 RETURNING name;
