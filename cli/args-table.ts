@@ -111,7 +111,7 @@ export const serveArgs = {
     "listen-url": text({
       env: "PGBG_LISTEN_URL", shown: "none: workers poll", secret: true, check: isPostgresUrl,
       rule: "a postgres:// or postgresql:// URL, with special characters in the user name and password %-encoded",
-      description: "With --transaction-pooling: a URL that reaches PostgreSQL directly, where each worker LISTENs (one connection) so enqueues wake it at once",
+      description: "With --transaction-pooling: a URL that reaches PostgreSQL directly, where each worker LISTENs (one connection) so enqueues wake it at once (prefer the variable: flags show in ps)",
     }),
     migrate: boolean({ env: "PGBG_MIGRATE", default: true, description: "Migrate the schema at start; --no-migrate for a role without DDL rights" }),
     "log-level": choice(["error", "warn", "info", "debug"], { env: "PGBG_LOG_LEVEL", default: "info", description: "error, warn, info or debug" }),

@@ -140,8 +140,9 @@ const unnamed = new WeakSet<object>();
  * PostgreSQL through a pooler in transaction mode (PgBouncer's
  * `pool_mode = transaction`): pgbg then runs unnamed statements on it,
  * because a named one prepared on one server session is unknown to the
- * next. Returns the same object. Clients a marked pool checks out for pgbg
- * are marked too; a client the app checks out itself needs its own mark.
+ * next. Returns the same object. A marked pool marks every client it opens from
+ * then on, so a client the app (or Drizzle's transaction) checks out of it
+ * is marked too; mark a pool before its first query.
  * A postgres.js client says the same with its `prepare: false` option, and
  * Kysely's and Prisma's never name statements.
  *
@@ -153,6 +154,10 @@ const unnamed = new WeakSet<object>();
  */
 export function forTransactionPooling<T extends NodePgClient>(client: T): T {
   unnamed.add(client);
+  // A pool's clients, as it opens them: so those that Drizzle's and Kysely's
+  // transactions check out of it, which pgbg then runs on, are marked too.
+  const pool = client as Partial<NodePgPool> & { on?: (event: string, listener: (c: NodePgClient) => void) => unknown };
+  if (typeof pool.connect === "function" && "totalCount" in pool && typeof pool.on === "function") pool.on("connect", (c) => unnamed.add(c));
   return client;
 }
 

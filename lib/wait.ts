@@ -13,7 +13,7 @@ import { isTaskId, readTask } from "./admin.ts";
 import { defaults } from "./config.ts";
 import { MAX_DURATION } from "./define.ts";
 import { InvalidOptionsError, WaitError } from "./errors.ts";
-import { checkedLater, checkOptions, formatValue, integer } from "./options.ts";
+import { checkedLater, checkOptions, formatValue, integer, ofType } from "./options.ts";
 import { checkSchemaName, run } from "./statements.ts";
 
 /** The channel waiters listen on; the payload is the task's id. */
@@ -29,6 +29,13 @@ export interface WaitOptions {
   pollInterval?: number;
   /** PostgreSQL schema holding pgbg's tables. @default "pgbg" */
   schema?: string;
+  /**
+   * `sql` reaches a pooler in transaction mode (PgBouncer's `pool_mode =
+   * transaction`): no LISTEN, which would stay on a server session the
+   * pooler lends to others; the wait polls, every `pollInterval`.
+   * @default false
+   */
+  transactionPooling?: boolean;
 }
 
 const checks = {
@@ -36,6 +43,7 @@ const checks = {
   signal: (v: unknown) => (v instanceof AbortSignal ? undefined : `must be an AbortSignal, got ${formatValue(v)}`),
   pollInterval: integer(10, 600_000),
   schema: checkedLater,
+  transactionPooling: ofType("boolean"),
 };
 
 /**
@@ -64,7 +72,7 @@ export async function waitForResult<T = unknown>(sql: Sql<any>, id: string, opti
   o.signal?.throwIfAborted();
   const deadline = o.timeout === undefined ? Number.POSITIVE_INFINITY : Date.now() + o.timeout;
   const waker = new Waker();
-  const listening = await listen(sql, id, waker);
+  const listening = o.transactionPooling ? undefined : await listen(sql, id, waker);
   const registered = await run(sql, schema, "AddResultWaiter", [id, CHANNEL]).then(() => true, () => false);
   try {
     for (;;) {

@@ -13,10 +13,11 @@ import { readFileSync, rmSync, writeFileSync } from "node:fs";
 import process from "node:process";
 import { after, describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
+import { drizzle } from "drizzle-orm/node-postgres";
 import pg from "pg";
 import * as v from "valibot";
 import {
-  cancel, createWorker, defineTask, enqueue, enqueueMany, forTransactionPooling, getTask, migrate, setQueueConcurrency,
+  cancel, createWorker, defineTask, enqueue, enqueueMany, forTransactionPooling, getTask, migrate, setQueueConcurrency, waitForResult,
 } from "../mod.ts";
 import { compactIndexes } from "../lib/compact.ts";
 import { createTestDatabase } from "./harness.ts";
@@ -56,13 +57,17 @@ describe("behind PgBouncer in transaction mode", { skip }, () => {
     try {
       const committed: string[] = [];
       // Many clients at once, so that each one's statements land on several server sessions.
+      const orm = drizzle(pool);
       await Promise.all(Array.from({ length: 16 }, async (_, i) => {
         for (let j = 0; j < 5; j++) {
           committed.push(await enqueue(pool, work, { ms: i }));
           await viaBouncer.begin(async (tx) => committed.push(await enqueue(tx, work, { ms: j })));
+          // Drizzle's transaction runs on a client it checks out of the pool.
+          await orm.transaction(async (tx) => committed.push(await enqueue(tx, work, { ms: j })));
         }
       }));
-      const client = forTransactionPooling(await pool.connect());
+      // A client the app checks out of the marked pool is marked with it.
+      const client = await pool.connect();
       try {
         await client.query("BEGIN");
         const rolledBack = await enqueue(client, work, {});
@@ -75,8 +80,8 @@ describe("behind PgBouncer in transaction mode", { skip }, () => {
         await enqueue(tx, work, {});
         throw new Error("the app's transaction fails");
       }), /the app's transaction fails/);
-      assert.equal(await queued(committed), 160);
-      assert.equal((await sql`SELECT count(*)::int AS n FROM pgbg.task`)[0].n, 160, "nothing of the rolled-back transactions");
+      assert.equal(await queued(committed), 240);
+      assert.equal((await sql`SELECT count(*)::int AS n FROM pgbg.task`)[0].n, 240, "nothing of the rolled-back transactions");
     } finally {
       await pool.end();
       await sql`DELETE FROM pgbg.task`;
@@ -93,7 +98,7 @@ describe("behind PgBouncer in transaction mode", { skip }, () => {
     await until(() => testbed.remaining([late]), (n) => n === 0, patience, "a task enqueued while idle");
     const [{ listens }] = await sql`SELECT count(*)::int AS listens FROM pg_stat_activity WHERE datname = current_database() AND query ILIKE 'LISTEN%'`;
     assert.equal(listens, 0);
-    const [{ locks }] = await sql`SELECT count(*)::int AS locks FROM pg_locks WHERE locktype = 'advisory'`;
+    const [{ locks }] = await sql`SELECT count(*)::int AS locks FROM pg_locks WHERE locktype = 'advisory' AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`;
     assert.equal(locks, 0);
   });
 
@@ -132,13 +137,16 @@ describe("behind PgBouncer in transaction mode", { skip }, () => {
 
   test("an in-process worker with transactionPooling polls; compaction takes its lease through the pooler and leaves no lock", async () => {
     let ran = 0;
-    const counted = defineTask({ name: "counted", schema: v.object({}), run: () => void ran++ });
+    const counted = defineTask({ name: "counted", schema: v.object({}), result: v.number(), run: () => ++ran });
     const worker = createWorker(viaBouncer, { tasks: [counted], transactionPooling: true, idleSleep: 100, compactInterval: 0, logger: quiet });
     await worker.start();
     try {
       const ids = await enqueueMany(viaBouncer, counted, Array.from({ length: 20 }, () => ({})));
       await until(() => queued(ids), (n) => n === 0, patience, "the in-process worker to run them");
       assert.equal(ran, 20);
+      // waitForResult through the pooler polls: no LISTEN left on a lent session.
+      const last = await enqueue(viaBouncer, counted, {});
+      assert.equal(await waitForResult(viaBouncer, last, { transactionPooling: true, pollInterval: 50 }), 21);
     } finally {
       await worker.stop();
     }
@@ -146,7 +154,7 @@ describe("behind PgBouncer in transaction mode", { skip }, () => {
     assert.equal(first.outcome, "compacted");
     assert.equal((await compactIndexes(viaBouncer, { force: true })).outcome, "compacted", "the lease was given back");
     assert.equal((await sql`SELECT count(*)::int AS n FROM pgbg.compaction`)[0].n, 0, "the lease row is gone");
-    assert.equal((await sql`SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory'`)[0].n, 0);
+    assert.equal((await sql`SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`)[0].n, 0);
   });
 
   test("the README's example runs as written through the pooler: both enqueues run on its worker, which stops on SIGTERM", async () => {

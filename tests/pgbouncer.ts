@@ -6,7 +6,7 @@
  * sets PGBG_REQUIRE_PGBOUNCER=1, which makes its absence a failure.
  */
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
-import { chmodSync, existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, chownSync, existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -65,7 +65,7 @@ export async function startPgBouncer(serverUrl: string, poolSize = 20): Promise<
   chmodSync(dir, 0o755);
   const port = await freePort();
   const quote = (value: string) => `'${value.replace(/'/g, "''")}'`;
-  writeFileSync(join(dir, "users.txt"), `"${user}" ""\n`, { mode: 0o644 });
+  writeFileSync(join(dir, "users.txt"), `"${user}" ""\n`, { mode: 0o600 });
   writeFileSync(join(dir, "pgbouncer.ini"), [
     "[databases]",
     `* = host=${server.hostname} port=${server.port || 5432} user=${quote(user)}${password ? ` password=${quote(password)}` : ""}`,
@@ -79,10 +79,21 @@ export async function startPgBouncer(serverUrl: string, poolSize = 20): Promise<
     `default_pool_size = ${poolSize}`,
     "max_client_conn = 1000",
     "",
-  ].join("\n"), { mode: 0o644 });
+  ].join("\n"), { mode: 0o600 });
+  // The config holds the server's password: readable by pgbouncer's user alone.
   const asRoot = process.getuid?.() === 0 ? ["-u", "nobody"] : [];
+  if (asRoot.length) {
+    const uid = Number(execFileSync("id", ["-u", "nobody"], { encoding: "utf8" }));
+    for (const file of ["users.txt", "pgbouncer.ini"]) chownSync(join(dir, file), uid, process.getgid!());
+  }
   const child = spawn(binary, [...asRoot, join(dir, "pgbouncer.ini")], { stdio: ["ignore", "pipe", "pipe"] });
-  await listening(child, port);
+  try {
+    await listening(child, port);
+  } catch (error) {
+    child.kill("SIGKILL");
+    rmSync(dir, { recursive: true, force: true });
+    throw error;
+  }
   return {
     port,
     url: (database) => `postgres://${encodeURIComponent(user)}@127.0.0.1:${port}/${database}`,
@@ -97,13 +108,17 @@ export async function startPgBouncer(serverUrl: string, poolSize = 20): Promise<
   };
 }
 
-/** Resolves once `child` logs that it listens on `port`; rejects with its output if it exits first. */
+/** Resolves once `child` logs that it listens on `port`; rejects with its output if it exits first, or has not listened within a minute. */
 function listening(child: ChildProcess, port: number): Promise<void> {
   return new Promise((resolve, reject) => {
     let out = "";
+    const timer = setTimeout(() => reject(new Error(`pgbouncer did not listen on ${port} within 60 s: ${out}`)), 60_000);
     const onData = (chunk: Buffer) => {
       out += chunk.toString();
-      if (out.includes(`listening on 127.0.0.1:${port}`)) resolve();
+      if (out.includes(`listening on 127.0.0.1:${port}`)) {
+        clearTimeout(timer);
+        resolve();
+      }
     };
     child.stdout!.on("data", onData);
     child.stderr!.on("data", onData);
