@@ -213,6 +213,12 @@ describe("pgbg dashboard", () => {
     const kept = await enqueue(sql, measured, {});
     await page.waitForSelector(`#completed tr[data-id="${kept}"]`, { timeout: 120_000 });
     assert.match(await page.textContent(`#completed tr[data-id="${kept}"]`) ?? "", new RegExp(`^${kept}measured\\s*default\\s*1.*\\{"pid":\\d+,"attempt":1\\}$`));
+    await page.click(`#failed tr[data-id="${toRetry}"] button.retry`);
+    await until(() => runs(toRetry), (n) => n === 2, 120_000, "the retried task to run again");
+    await page.click(`#failed tr[data-id="${toCancel}"] button.cancel`);
+    await until(() => row(toCancel), (r) => r === undefined, 120_000, "the cancelled task to be deleted");
+    await page.waitForSelector(`#failed tr[data-id="${toCancel}"]`, { state: "detached", timeout: 120_000 });
+
     // The completed task's page: the attempt that completed it, with its worker, start and end.
     await page.fill("#search", kept);
     await page.click("#filter");
@@ -225,12 +231,6 @@ describe("pgbg dashboard", () => {
     assert.deepEqual([number, outcome], ["1", "completed"]);
     assert.match(worker, /^[0-9a-f-]{36}$/);
     assert.ok(Date.parse(started) <= Date.parse(ended), `${started} ≤ ${ended}`);
-
-    await page.click(`#failed tr[data-id="${toRetry}"] button.retry`);
-    await until(() => runs(toRetry), (n) => n === 2, 120_000, "the retried task to run again");
-    await page.click(`#failed tr[data-id="${toCancel}"] button.cancel`);
-    await until(() => row(toCancel), (r) => r === undefined, 120_000, "the cancelled task to be deleted");
-    await page.waitForSelector(`#failed tr[data-id="${toCancel}"]`, { state: "detached", timeout: 120_000 });
 
     // Pause and resume a queue.
     await page.click('#queues tr[data-queue="later"] button.pause');

@@ -100,7 +100,7 @@ describe("the write-backs on their generic plans", () => {
   const statements: [QueryName, string, (ids: string[]) => unknown[]][] = [
     ["CompleteTasks", "bigint[], int[]", (ids) => [ids, ids.map(() => 1)]],
     ["CompleteBatchTasks", "bigint[], int[]", (ids) => [ids, ids.map(() => 1)]],
-    ["CompleteKeptTasks", "bigint[], int[], text[], float8[]", (ids) => [ids, ids.map(() => 1), ids.map(() => "7"), ids.map(() => 60_000)]],
+    ["CompleteKeptTasks", "bigint[], int[], text[], float8[], float8[]", (ids) => [ids, ids.map(() => 1), ids.map(() => "7"), ids.map(() => 60_000), ids.map(() => Date.now())]],
     ["FailTasks", "bigint[], int[], float8[], text[], smallint[], int", (ids) => [ids, ids.map(() => 1), ids.map(() => 1000), ids.map(() => JSON.stringify({ message: "boom" })), ids.map(() => 0), 25]],
     ["SnoozeTasks", "bigint[], int[], float8[]", (ids) => [ids, ids.map(() => 1), ids.map(() => 1000)]],
     ["HandBackTasks", "bigint[], int[]", (ids) => [ids, ids.map(() => 1)]],
