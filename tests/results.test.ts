@@ -145,6 +145,17 @@ describe("results", () => {
     });
   });
 
+  test("a result larger than the task's maxPayloadBytes fails the attempt, named, and stores nothing", async () => {
+    const big = defineTask({ name: "big-result", schema: v.object({}), result: v.string(), maxPayloadBytes: 1_000, maxAttempts: 1, run: () => "x".repeat(2_000) });
+    await withWorker([big], async () => {
+      const id = await enqueue(sql, big, {});
+      const error = await waitError(waitForResult(sql, id, { pollInterval: 100 }), "PGBG_TASK_FAILED");
+      assert.equal(error.lastError?.code, "PGBG_INVALID_RESULT");
+      assert.match(String(error.lastError?.message), /big-result.*1000/);
+      assert.equal((await sql`SELECT count(*)::int AS n FROM pgbg.history WHERE id = ${id}`)[0].n, 0);
+    });
+  });
+
   test("an async result schema checks what a synchronous run returned, before it is stored", async () => {
     await withWorker([checked], async () => {
       const [good, bad] = [await enqueue(sql, checked, { n: 2 }), await enqueue(sql, checked, { n: -2 })];
