@@ -209,7 +209,12 @@ async function takeLease(sql: Sql<any>, schema: string): Promise<{ end(): Promis
   const holder = crypto.randomUUID();
   const taken = await run(sql, schema, "TakeCompaction", [holder, LEASE_SECONDS]);
   if (!taken.length) return undefined;
-  const renewal = setInterval(() => void run(sql, schema, "RenewCompaction", [holder, LEASE_SECONDS]).catch(() => {}), RENEW_MS);
+  // One renewal at a time: behind a rebuild that holds the pool's last
+  // connection, renewals would otherwise queue up.
+  let renewing: Promise<unknown> | undefined;
+  const renewal = setInterval(() => {
+    renewing ??= run(sql, schema, "RenewCompaction", [holder, LEASE_SECONDS]).catch(() => {}).finally(() => (renewing = undefined));
+  }, RENEW_MS);
   return {
     async end() {
       clearInterval(renewal);

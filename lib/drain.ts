@@ -8,6 +8,7 @@
 import { hostname } from "node:os";
 import process from "node:process";
 import type { Sql } from "postgres";
+import { InvalidOptionsError } from "./errors.ts";
 import { cloneClient, fetchTypesOnce } from "./host.ts";
 import { liveness } from "./liveness.ts";
 import { checkOptions, integer } from "./options.ts";
@@ -18,7 +19,7 @@ import { resolveWorkerOptions, type WorkerHostOptions } from "./worker-options.t
 import { Worker } from "./worker.ts";
 
 /** Options of {@link drain}: those of `createWorker` but `signal` and `compactInterval`, and `maxWait`. */
-export interface DrainOptions extends Omit<WorkerHostOptions, "signal" | "compactInterval"> {
+export interface DrainOptions extends Omit<WorkerHostOptions, "signal" | "compactInterval" | "listenUrl"> {
   /** Also wait for tasks (such as retries) that fall due within this many ms of the start. @default 0 */
   maxWait?: number;
 }
@@ -54,8 +55,9 @@ export interface DrainResult {
 export async function drain(sql: Sql<any>, options: DrainOptions): Promise<DrainResult> {
   const { maxWait, ...rest } = (options ?? {}) as DrainOptions;
   checkOptions("drain()", { maxWait }, { maxWait: integer(0, 7 * 24 * 3_600_000) });
+  if ((rest as WorkerHostOptions).listenUrl !== undefined) throw new InvalidOptionsError("drain(): option \"listenUrl\" is not one of drain's: a drain never LISTENs");
   const o = resolveWorkerOptions("drain()", rest);
-  const pool = cloneClient(sql, o.poolSize, "pgbg drain");
+  const pool = cloneClient(sql, o.poolSize, "pgbg drain", o.transactionPooling);
   const totals = { ran: 0, succeeded: 0, failed: 0 };
   try {
     await fetchTypesOnce(pool);

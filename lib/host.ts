@@ -84,7 +84,9 @@ export function createWorker(sql: Client, options: WorkerHostOptions): WorkerHos
 
 /**
  * A client on the same server as `sql`, with its connection settings but its
- * own pool, and none of the app's transforms (pgbg reads its own columns).
+ * own pool, and none of the app's transforms (pgbg reads its own columns);
+ * with `transactionPooling` (behind a pooler in transaction mode), without
+ * named statements.
  */
 export function cloneClient(sql: Client, max: number, name: string, transactionPooling = false): Client {
   const o = sql.options;

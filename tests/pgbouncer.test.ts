@@ -17,7 +17,7 @@ import { drizzle } from "drizzle-orm/node-postgres";
 import pg from "pg";
 import * as v from "valibot";
 import {
-  cancel, createWorker, defineTask, enqueue, enqueueMany, forTransactionPooling, getTask, migrate, setQueueConcurrency, waitForResult,
+  cancel, createWorker, defineTask, drain, enqueue, enqueueMany, forTransactionPooling, getTask, migrate, setQueueConcurrency, waitForResult,
 } from "../mod.ts";
 import { compactIndexes } from "../lib/compact.ts";
 import { createTestDatabase } from "./harness.ts";
@@ -26,7 +26,6 @@ import { patience, serviceTestbed, until, within } from "./service-harness.ts";
 
 const skip = noPgBouncer();
 const schedules = fileURLToPath(new URL("./fixtures/schedules.ts", import.meta.url));
-const quiet = { debug() {}, info() {}, warn() {}, error() {} };
 /** What `pgbg serve` and the fixture tasks are told behind the pooler. */
 const pooled = { PGBG_TRANSACTION_POOLING: "true" };
 
@@ -88,7 +87,7 @@ describe("behind PgBouncer in transaction mode", { skip }, () => {
     }
   });
 
-  test("pgbg serve --transaction-pooling runs tasks by polling, with no LISTEN and no session lock through the pooler", async () => {
+  test("pgbg serve --transaction-pooling runs tasks by polling, with no LISTEN through the pooler", async () => {
     const ids = await enqueueMany(viaBouncer, work, Array.from({ length: 50 }, () => ({ ms: 5 })));
     testbed.serve(["--workers", "2", "--concurrency", "4", "--idle-sleep", "200ms"], undefined, pooled);
     await until(() => testbed.remaining(ids), (n) => n === 0, patience, "the tasks to run");
@@ -96,10 +95,13 @@ describe("behind PgBouncer in transaction mode", { skip }, () => {
     // Enqueued while the workers are idle: found by polling.
     const late = await enqueue(viaBouncer, work, {});
     await until(() => testbed.remaining([late]), (n) => n === 0, patience, "a task enqueued while idle");
+    // Workers that do not LISTEN never raise their idle flag (a listening one
+    // does, once idle: the --listen-url test waits for it), so enqueues send
+    // them no wake-up; and none of the database's sessions LISTENs.
+    assert.equal((await sql`SELECT count(*)::int AS n FROM pgbg.worker`)[0].n, 2);
+    assert.equal((await sql`SELECT count(*)::int AS n FROM pgbg.worker WHERE idle`)[0].n, 0, "no worker says it listens for wake-ups");
     const [{ listens }] = await sql`SELECT count(*)::int AS listens FROM pg_stat_activity WHERE datname = current_database() AND query ILIKE 'LISTEN%'`;
     assert.equal(listens, 0);
-    const [{ locks }] = await sql`SELECT count(*)::int AS locks FROM pg_locks WHERE locktype = 'advisory' AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`;
-    assert.equal(locks, 0);
   });
 
   test("with --listen-url, each worker LISTENs on the direct connection and an enqueue wakes it", async () => {
@@ -135,10 +137,15 @@ describe("behind PgBouncer in transaction mode", { skip }, () => {
     assert.equal(new Set(ticks).size, ticks.length, "no tick enqueued twice");
   });
 
-  test("an in-process worker with transactionPooling polls; compaction takes its lease through the pooler and leaves no lock", async () => {
+  test("an in-process worker and drain with transactionPooling run through the pooler; compaction takes its lease there and leaves no lock", async () => {
     let ran = 0;
     const counted = defineTask({ name: "counted", schema: v.object({}), result: v.number(), run: () => ++ran });
-    const worker = createWorker(viaBouncer, { tasks: [counted], transactionPooling: true, idleSleep: 100, compactInterval: 0, logger: quiet });
+    // The app's client here names its statements: transactionPooling alone keeps the worker's from doing so.
+    const named = db.connect({ host: "127.0.0.1", port: bouncer.port, max: 2 });
+    // A named statement through the pooler fails, and the claim retries: so every warning counts.
+    const warnings: string[] = [];
+    const watching = { debug() {}, info() {}, warn: (m: string) => void warnings.push(m), error: (m: string) => void warnings.push(m) };
+    const worker = createWorker(named, { tasks: [counted], transactionPooling: true, idleSleep: 100, compactInterval: 0, logger: watching });
     await worker.start();
     try {
       const ids = await enqueueMany(viaBouncer, counted, Array.from({ length: 20 }, () => ({})));
@@ -150,6 +157,11 @@ describe("behind PgBouncer in transaction mode", { skip }, () => {
     } finally {
       await worker.stop();
     }
+    const more = await enqueueMany(viaBouncer, counted, Array.from({ length: 30 }, () => ({})));
+    assert.deepEqual(await drain(named, { tasks: [counted], transactionPooling: true, concurrency: 8, logger: watching }), { ran: 30, succeeded: 30, failed: 0, scheduled: 0 });
+    assert.equal(await queued(more), 0);
+    assert.deepEqual(warnings, []);
+    await assert.rejects(drain(named, { tasks: [counted], transactionPooling: true, listenUrl: db.url } as never), /drain\(\): option "listenUrl" is not one of drain's/);
     const first = await compactIndexes(viaBouncer, { force: true });
     assert.equal(first.outcome, "compacted");
     assert.equal((await compactIndexes(viaBouncer, { force: true })).outcome, "compacted", "the lease was given back");

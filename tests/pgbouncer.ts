@@ -77,6 +77,9 @@ export async function startPgBouncer(serverUrl: string, poolSize = 20): Promise<
     `auth_file = ${join(dir, "users.txt")}`,
     "pool_mode = transaction",
     `default_pool_size = ${poolSize}`,
+    // Each transaction to the next idle server session, not the last one
+    // used: a statement that outlives its transaction is then missed at once.
+    "server_round_robin = 1",
     "max_client_conn = 1000",
     "",
   ].join("\n"), { mode: 0o600 });

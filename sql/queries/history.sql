@@ -113,7 +113,8 @@ WHERE h.id > coalesce($8::bigint, 0) AND h.expires_at > now()
 -- One page of kept tasks in id order, at most $3, filtered by
 -- FinishedTaskFilter. The slots' primary keys merged in id order, read
 -- from where the last page ended.
-SELECT h.id, h.queue, h.name, h.state, h.attempts, h.key, h.enqueued_at, h.finished_at, h.expires_at, h.payload, h.last_error, h.result, h.flow_id
+SELECT h.id, h.queue, h.name, h.state, h.attempts, h.key, h.enqueued_at, h.finished_at, h.expires_at, h.payload, h.last_error, h.result, h.flow_id,
+  h.schedule
 FROM pgbg.history h
 {{FinishedTaskFilter}}
 ORDER BY h.id
@@ -130,7 +131,8 @@ SELECT count(*)::int AS n FROM (
 -- name: RecentFinishedTasks
 -- The newest $1 tasks kept in the history in state $2, newest first: the
 -- slots' primary keys read backwards, merged.
-SELECT h.id, h.queue, h.name, h.state, h.attempts, h.key, h.enqueued_at, h.finished_at, h.expires_at, h.payload, h.last_error, h.result, h.flow_id
+SELECT h.id, h.queue, h.name, h.state, h.attempts, h.key, h.enqueued_at, h.finished_at, h.expires_at, h.payload, h.last_error, h.result, h.flow_id,
+  h.schedule
 FROM pgbg.history h
 WHERE h.state = $2 AND h.expires_at > now()
 ORDER BY h.id DESC
