@@ -79,10 +79,12 @@ test("through postgres.js 3.4.9, a producer dies when its connections are ended 
   // The driver itself throws where the app cannot catch it: the write to a
   // closed connection from a setImmediate (porsager/postgres#1154), or, as
   // CI saw on PostgreSQL 14 and 16, a rejection no promise of the app's
-  // holds (the termination error, or CONNECTION_CLOSED). Node's report of
-  // the fatal error follows the producer's last "failed:" line.
+  // holds (the termination error, or CONNECTION_CLOSED), or, as CI saw on
+  // a loaded machine, the socket's own ECONNRESET rejected to no promise of
+  // the app's (the producer's only sockets are the driver's). Node's report
+  // of the fatal error follows the producer's last "failed:" line.
   const report = producer.stderr.join("").split("\n").filter((l) => !l.startsWith("failed: ")).join("\n");
-  assert.match(report, /^(TypeError|PostgresError|Error): .*\n\s+at .*postgres\/src\/connection\.js/m, report);
+  assert.match(report, /^(TypeError|PostgresError|Error): .*\n\s+at .*postgres\/src\/connection\.js|^Error: read ECONNRESET\n/m, report);
 });
 
 test("through node-postgres, the same producer keeps running, and every enqueue whose commit returned is in the queue", async () => {
