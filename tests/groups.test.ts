@@ -31,8 +31,9 @@ const tenantWork = defineTask({
 const mostAtOnce = testbed.mostExecutionsAtOnce;
 
 /** Enqueues `each` tasks for every tenant, interleaved (a1, b1, c1, a2...); returns the ids by tenant. */
-async function enqueueTenants(queue: string, tenants: string[], each: number, ms: number): Promise<Map<string, string[]>> {
-  const inputs = Array.from({ length: each }, () => tenants.map((tenant) => ({ tenant, ms }))).flat();
+async function enqueueTenants(queue: string, tenants: string[], each: number, ms: number, gather = 0): Promise<Map<string, string[]>> {
+  // The first `gather` tasks of each tenant wait until that many of its tasks run at once.
+  const inputs = Array.from({ length: each }, (_, i) => tenants.map((tenant) => ({ tenant, ms, gather: i < gather ? gather : 0 }))).flat();
   const ids = await enqueueMany(sql, tenantWork, inputs, { queue });
   const byTenant = new Map<string, string[]>(tenants.map((t) => [t, []]));
   inputs.forEach((input, i) => byTenant.get(input.tenant)!.push(ids[i]));
@@ -44,10 +45,10 @@ describe("a group limit", () => {
     test(`${supervisors} supervisors never run more than 3 tasks of a group at once, and do run 3, with groups side by side`, async () => {
       const queue = `tenants-${supervisors}`;
       await setGroupConcurrency(sql, queue, 3);
-      // Tasks of 400 ms: long enough that a slot freed is taken again while
-      // the group's other two still run, on a loaded machine too (at 150 ms
-      // one run on PostgreSQL 17 never had 3 of a group at once).
-      const byTenant = await enqueueTenants(queue, ["a", "b", "c"], 12, 400);
+      // The first 3 of each tenant wait for each other: the limit must let 3
+      // run at once, or they wait until the test gives up. (Left to timing,
+      // 400 ms tasks once never had 3 of a group at once on a loaded CI machine.)
+      const byTenant = await enqueueTenants(queue, ["a", "b", "c"], 12, 100, 3);
       for (let i = 0; i < supervisors; i++) testbed.serve(["--workers", "2", "--concurrency", "4", "--queues", queue]);
       const all = [...byTenant.values()].flat();
       await until(() => testbed.remaining(all), (n) => n === 0, patience, "the tasks to run");
