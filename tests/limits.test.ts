@@ -18,14 +18,15 @@ const quiet = { debug() {}, info() {}, warn() {}, error() {} };
 
 const mostAtOnce = testbed.mostExecutionsAtOnce;
 
-const work = defineTask({ name: "work", schema: v.object({ ms: v.optional(v.number(), 0), failUntil: v.optional(v.number(), 0) }), run() {} });
+const work = defineTask({ name: "work", schema: v.object({ ms: v.optional(v.number(), 0), failUntil: v.optional(v.number(), 0), gather: v.optional(v.number(), 0) }), run() {} });
 const backoff = defineTask({ name: "backoff", schema: v.object({ message: v.string() }), run() {} });
 
 describe("a queue's concurrency limit", () => {
   for (const supervisors of [2, 4]) {
     test(`${supervisors} supervisors never run more than 3 of the queue's tasks at once, and do run 3`, async () => {
       await setQueueConcurrency(sql, "limited", 3);
-      const ids = await enqueueMany(sql, work, Array.from({ length: 40 }, () => ({ ms: 150 })), { queue: "limited" });
+      // The first 3 wait for each other: the limit must let 3 run at once (left to timing, a loaded machine may never overlap them).
+      const ids = await enqueueMany(sql, work, Array.from({ length: 40 }, (_, i) => ({ ms: 50, gather: i < 3 ? 3 : 0 })), { queue: "limited" });
       for (let i = 0; i < supervisors; i++) testbed.serve(["--workers", "2", "--concurrency", "4"]);
       await until(() => testbed.remaining(ids), (n) => n === 0, patience, "the tasks to run");
       assert.equal((await testbed.executions(ids)).length, 40, "each ran once");
@@ -38,13 +39,17 @@ describe("a queue's concurrency limit", () => {
     let running = 0;
     let most = 0;
     let other = 0;
+    // Until 2 have run at once, each waits for a second one: the limit must let 2 run together.
+    let paired: () => void = () => {};
+    const pairing = new Promise<void>((resolve) => paired = resolve);
     const counted = defineTask({
       name: "counted",
       schema: v.object({}),
       async run(_input, ctx) {
         if (ctx.queue !== "pair") return void other++;
         most = Math.max(most, ++running);
-        await new Promise((r) => setTimeout(r, 30));
+        if (running === 2) paired();
+        await Promise.all([pairing, new Promise((r) => setTimeout(r, 30))]);
         running--;
       },
     });

@@ -120,7 +120,7 @@ describe("behind PgBouncer in transaction mode", { skip }, () => {
   test("a running task is cancelled, a queue's concurrency limit holds, and a schedule fires each tick once", async () => {
     const { cooperative } = await import("./fixtures/tasks.ts");
     await setQueueConcurrency(viaBouncer, "limited", 2);
-    const limited = await enqueueMany(viaBouncer, work, Array.from({ length: 12 }, () => ({ ms: 150 })), { queue: "limited" });
+    const limited = await enqueueMany(viaBouncer, work, Array.from({ length: 12 }, (_, i) => ({ ms: 50, gather: i < 2 ? 2 : 0 })), { queue: "limited" });
     const long = await enqueue(viaBouncer, cooperative, {});
     testbed.serve(["--workers", "2", "--concurrency", "4", "--idle-sleep", "200ms"], undefined, pooled);
     await until(() => testbed.executions([long]), (rows) => rows.length === 1, patience, "the long task to start");
