@@ -23,7 +23,7 @@ const quiet = { debug() {}, info() {}, warn() {}, error() {} };
 /** The fixture's tenant-work task (tests/fixtures/tasks.ts): its group is its input's tenant. */
 const tenantWork = defineTask({
   name: "tenant-work",
-  schema: v.object({ tenant: v.string(), ms: v.optional(v.number(), 0) }),
+  schema: v.object({ tenant: v.string(), ms: v.optional(v.number(), 0), gather: v.optional(v.number(), 0) }),
   group: (input) => input.tenant,
   run() {},
 });

@@ -48,7 +48,7 @@ const { db, bouncer, testbed, viaBouncer } = skip ? ({} as Awaited<ReturnType<ty
 const sql = db?.sql;
 
 describe("behind PgBouncer in transaction mode", { skip }, () => {
-  const work = defineTask({ name: "work", schema: v.object({ ms: v.optional(v.number(), 0), failUntil: v.optional(v.number(), 0) }), run() {} });
+  const work = defineTask({ name: "work", schema: v.object({ ms: v.optional(v.number(), 0), failUntil: v.optional(v.number(), 0), gather: v.optional(v.number(), 0) }), run() {} });
   const queued = async (ids: string[]) => (await sql`SELECT count(*)::int AS n FROM pgbg.task WHERE id IN ${sql(ids)}`)[0].n as number;
 
   test("enqueue commits and rolls back with the app's transaction, through postgres.js and node-postgres, from many connections at once", async () => {
