@@ -50,9 +50,12 @@ async function connectionSlots(): Promise<number> {
 }
 
 console.log(`tests: ${files.length} files, ${concurrency} at a time`);
+// PGBG_TEST_TIMES=path also writes the TAP report there: its top-level
+// entries are the files, each with its duration (how the suite's time was measured).
+const times = process.env.PGBG_TEST_TIMES ? ["--test-reporter=tap", `--test-reporter-destination=${process.env.PGBG_TEST_TIMES}`] : [];
 const child = spawn(
   process.execPath,
-  ["--import", "tsx", "--test", "--test-reporter=spec", `--test-concurrency=${concurrency}`, ...files],
+  ["--import", "tsx", "--test", "--test-reporter=spec", "--test-reporter-destination=stdout", ...times, `--test-concurrency=${concurrency}`, ...files],
   { stdio: "inherit", env: process.env },
 );
 const code: number = await new Promise((resolve) => child.on("exit", (c, s) => resolve(c ?? (s ? 1 : 0))));
