@@ -17,14 +17,12 @@ import { formatDuration } from "../lib/duration.ts";
 import { enqueue } from "../lib/enqueue.ts";
 import { LATEST_SCHEMA_VERSION, migrate, schemaVersion } from "../lib/migrate.ts";
 import { loadTasks } from "../lib/registry.ts";
-import type { ArgsDef, CommandDef } from "citty";
-import { type CommandArgs, defineCliCommand, type Env, type Flags, parseArgs, type ParsedArgs } from "./args.ts";
+import { defineCliCommand } from "./args.ts";
 import {
   cancelArgs, compactArgs, enqueueArgs, limitArgs, listArgs, migrateArgs, parseRate, pauseArgs, rateArgs, resumeArgs, retryArgs, runScheduleArgs, statusArgs,
 } from "./args-table.ts";
 import { connect } from "./client.ts";
-import { exitCodeOf, failWith, UsageError } from "./exit.ts";
-import { describeError } from "../lib/log.ts";
+import { failWith, UsageError } from "./exit.ts";
 import { formatCompaction, formatFlow, formatStatus, formatTaskList } from "./admin-text.ts";
 
 /** The connection flags every operators' command takes, parsed and checked (cli/args-table.ts). */
@@ -35,53 +33,38 @@ export interface Connection {
   json: boolean;
 }
 
-/** Where a command's output goes: the process's stdout, or a string in a test. */
-export interface Output {
-  write(text: string): unknown;
-}
-
 /**
- * Runs a command's work on a fresh connection and prints its result (JSON
- * with `--json`, else the text `format` makes). It throws after printing
- * when `failedWhen` names what failed in the result; the caller turns that
- * into the exit code (see {@link runAdmin} and the binary's commands below).
+ * Runs a command's work on a fresh connection, prints its result (JSON with
+ * `--json`, else the text `format` makes) and exits with the right code:
+ * 1 after printing when `failedWhen` names what failed in the result.
  */
 async function runCommand<T>(
   args: Connection,
-  out: Output,
   work: (sql: postgres.Sql, schema: string) => Promise<T>,
   format: (result: T) => string,
   failedWhen: (result: T) => string | undefined = () => undefined,
-): Promise<void> {
-  const sql = connect(args["database-url"], 3, "pgbg admin", args["transaction-pooling"]);
+): Promise<never> {
+  let sql: postgres.Sql | undefined;
   try {
+    sql = connect(args["database-url"], 3, "pgbg admin", args["transaction-pooling"]);
     const result = await work(sql, args.schema);
-    out.write(args.json ? `${JSON.stringify(result, null, 2)}\n` : format(result));
+    process.stdout.write(args.json ? `${JSON.stringify(result, null, 2)}\n` : format(result));
     const failed = failedWhen(result);
+    await sql.end({ timeout: 1 });
     if (failed) throw new Error(failed);
-  } finally {
-    await sql.end({ timeout: 1 }).catch(() => {});
+    process.exit(0);
+  } catch (error) {
+    await sql?.end({ timeout: 1 }).catch(() => {});
+    failWith(error);
   }
 }
 
-/** An operators' command: its arguments, its help line, and its run, which prints to `out` and throws when it failed. */
-interface AdminCommand {
-  spec: CommandArgs<Flags>;
-  description: string;
-  run: (args: ParsedArgs<Flags>, out: Output) => Promise<void>;
-}
-
-/** Declares an operators' command: its run is typed by its own flags, then kept beside the others'. */
-function adminCommand<F extends Flags>(spec: CommandArgs<F>, description: string, run: (args: ParsedArgs<F>, out: Output) => Promise<void>): AdminCommand {
-  return { spec: spec as CommandArgs<Flags>, description, run: run as unknown as AdminCommand["run"] };
-}
-
 /** `pgbg migrate [--status]`. */
-const migrateCommand = adminCommand(
+export const migrateCommand = defineCliCommand(
   migrateArgs,
   "Apply pgbg's schema to the database (safe to run concurrently); --status only shows the versions",
-  ({ flags }, out) =>
-    runCommand(flags, out, async (sql, schema) => {
+  ({ flags }) =>
+    runCommand(flags, async (sql, schema) => {
       if (flags.status) return { schema, applied: await schemaVersion(sql, { schema }), available: LATEST_SCHEMA_VERSION };
       return migrate(sql, { schema });
     }, (r) => {
@@ -91,30 +74,30 @@ const migrateCommand = adminCommand(
 );
 
 /** `pgbg status`. */
-const statusCommand = adminCommand(
+export const statusCommand = defineCliCommand(
   statusArgs,
   "Show tasks per queue and name (queued, scheduled, running, failed, oldest queued, last minute's outcomes), unregistered task names and live workers",
-  ({ flags }, out) => runCommand(flags, out, (sql, schema) => status(sql, { schema }), formatStatus),
+  ({ flags }) => runCommand(flags, (sql, schema) => status(sql, { schema }), formatStatus),
 );
 
 /** `pgbg list`. */
-const listCommand = adminCommand(
+export const listCommand = defineCliCommand(
   listArgs,
   "List tasks, oldest first, with their attempts and last error; a full page ends with the command for the next",
-  ({ flags }, out) =>
+  ({ flags }) =>
     flags.flow !== undefined
-      ? runCommand(flags, out, (sql, schema) => getFlow(sql, flags.flow!, { schema }), (flow) => formatFlow(flags.flow!, flow), (flow) => flow ? undefined : `no flow ${flags.flow}`)
-      : runCommand(flags, out, (sql, schema) => listTasks(sql, {
+      ? runCommand(flags, (sql, schema) => getFlow(sql, flags.flow!, { schema }), (flow) => formatFlow(flags.flow!, flow), (flow) => flow ? undefined : `no flow ${flags.flow}`)
+      : runCommand(flags, (sql, schema) => listTasks(sql, {
         schema, state: flags.state, name: flags.task, queue: flags.queue, key: flags.key, after: flags.after, limit: flags.limit,
       }), formatTaskList),
 );
 
 /** `pgbg retry`. */
-const retryCommand = adminCommand(
+export const retryCommand = defineCliCommand(
   retryArgs,
   "Queue failed tasks again, due now, with their attempts reset: the given ids, or --all-failed",
-  ({ flags, positionals: ids }, out) =>
-    runCommand(flags, out, async (sql, schema) => {
+  ({ flags, positionals: ids }) =>
+    runCommand(flags, async (sql, schema) => {
       const retried = await retry(sql, flags["all-failed"] ? { allFailed: true, name: flags.task } : ids, { schema });
       const done = new Set(retried);
       return { retried, notRetried: ids.filter((id) => !done.has(id)) };
@@ -123,11 +106,11 @@ const retryCommand = adminCommand(
 );
 
 /** `pgbg cancel`. */
-const cancelCommand = adminCommand(
+export const cancelCommand = defineCliCommand(
   cancelArgs,
   "Delete queued or failed tasks; a running task's attempt is aborted through its worker and the task deleted when the attempt ends",
-  ({ flags, positionals: ids }, out) =>
-    runCommand(flags, out, (sql, schema) => cancel(sql, ids, { schema }), (r) =>
+  ({ flags, positionals: ids }) =>
+    runCommand(flags, (sql, schema) => cancel(sql, ids, { schema }), (r) =>
       [
         r.deleted.length ? `deleted ${r.deleted.join(", ")}\n` : "",
         r.signalled.length ? `signalled ${r.signalled.join(", ")} (running: deleted when the attempt ends)\n` : "",
@@ -135,17 +118,17 @@ const cancelCommand = adminCommand(
 );
 
 /** `pgbg enqueue`. */
-const enqueueCommand = adminCommand(
+export const enqueueCommand = defineCliCommand(
   enqueueArgs,
   "Enqueue one task, its input validated by the task's schema as enqueue() does",
-  ({ flags, positionals: [name, text] }, out) => {
+  ({ flags, positionals: [name, text] }) => {
     let input: unknown;
     try {
       input = JSON.parse(text);
     } catch (error) {
-      throw new UsageError(`the input is not valid JSON: ${(error as Error).message}`);
+      failWith(new UsageError(`the input is not valid JSON: ${(error as Error).message}`));
     }
-    return runCommand(flags, out, async (sql, schema) => {
+    return runCommand(flags, async (sql, schema) => {
       const tasks = await loadTasks(flags.tasks, process.cwd());
       const task = tasks.get(name);
       if (!task) throw new UsageError(`no task named ${JSON.stringify(name)} in ${flags.tasks.join(", ")} (defined: ${[...tasks.keys()].join(", ")})`);
@@ -157,20 +140,20 @@ const enqueueCommand = adminCommand(
 );
 
 /** `pgbg pause`. */
-const pauseCommand = adminCommand(
+export const pauseCommand = defineCliCommand(
   pauseArgs,
   "Pause queues: no worker claims their tasks until resumed; running tasks finish, enqueues still work",
-  ({ flags, positionals: queues }, out) =>
-    runCommand(flags, out, (sql, schema) => pauseQueue(sql, queues, { schema }), (r) =>
+  ({ flags, positionals: queues }) =>
+    runCommand(flags, (sql, schema) => pauseQueue(sql, queues, { schema }), (r) =>
       r.map((p) => `paused ${p.queue} (since ${p.pausedAt.toISOString()})\n`).join("")),
 );
 
 /** `pgbg resume`. */
-const resumeCommand = adminCommand(
+export const resumeCommand = defineCliCommand(
   resumeArgs,
   "Resume paused queues: their due tasks start at once",
-  ({ flags, positionals: queues }, out) =>
-    runCommand(flags, out, async (sql, schema) => {
+  ({ flags, positionals: queues }) =>
+    runCommand(flags, async (sql, schema) => {
       const resumed = await resumeQueue(sql, queues, { schema });
       return { resumed, notPaused: queues.filter((q) => !resumed.includes(q)) };
     }, (r) => [
@@ -180,54 +163,54 @@ const resumeCommand = adminCommand(
 );
 
 /** `pgbg limit`. */
-const limitCommand = adminCommand(
+export const limitCommand = defineCliCommand(
   limitArgs,
   "Set a queue's concurrency limit (with --per-group, each group's): at most N of its tasks run at once across every worker and host; off removes it",
-  ({ flags, positionals: [queue, limit] }, out) => {
+  ({ flags, positionals: [queue, limit] }) => {
     const n = limit === "off" ? null : Number(limit);
     if (flags["per-group"]) {
-      return runCommand(flags, out, (sql, schema) => setGroupConcurrency(sql, queue, n, { schema }), (r) =>
+      return runCommand(flags, (sql, schema) => setGroupConcurrency(sql, queue, n, { schema }), (r) =>
         r.groupConcurrency === null ? `queue ${r.queue} has no group limit\n` : `queue ${r.queue}: at most ${r.groupConcurrency} of each group running at once\n`);
     }
-    return runCommand(flags, out, (sql, schema) => setQueueConcurrency(sql, queue, n, { schema }), (r) =>
+    return runCommand(flags, (sql, schema) => setQueueConcurrency(sql, queue, n, { schema }), (r) =>
       r.concurrency === null ? `queue ${r.queue} has no concurrency limit\n` : `queue ${r.queue}: at most ${r.concurrency} running at once\n`);
   },
 );
 
 /** `pgbg rate`. */
-const rateCommand = adminCommand(
+export const rateCommand = defineCliCommand(
   rateArgs,
   "Set a queue's rate limit: at most N of its tasks start in any INTERVAL across every worker and host; off removes it",
-  ({ flags, positionals: [queue, rate] }, out) =>
-    runCommand(flags, out, (sql, schema) => setQueueRateLimit(sql, queue, rate === "off" ? null : parseRate(rate)!, { schema }), (r) =>
+  ({ flags, positionals: [queue, rate] }) =>
+    runCommand(flags, (sql, schema) => setQueueRateLimit(sql, queue, rate === "off" ? null : parseRate(rate)!, { schema }), (r) =>
       r.rate === null ? `queue ${r.queue} has no rate limit\n` : `queue ${r.queue}: at most ${r.rate.limit} starts per ${formatDuration(r.rate.intervalMs)}\n`),
 );
 
 /** `pgbg run-schedule`. */
-const runScheduleCommand = adminCommand(
+export const runScheduleCommand = defineCliCommand(
   runScheduleArgs,
   "Fire a schedule once now, outside its cron: a host running it enqueues the task within a second",
-  ({ flags, positionals: [name] }, out) =>
-    runCommand(flags, out, async (sql, schema) => {
+  ({ flags, positionals: [name] }) =>
+    runCommand(flags, async (sql, schema) => {
       await runSchedule(sql, name, { schema });
       return { schedule: name, requested: true };
     }, (r) => `asked for a run of schedule ${r.schedule}\n`),
 );
 
 /** `pgbg compact`. */
-const compactCommand = adminCommand(
+export const compactCommand = defineCliCommand(
   compactArgs,
   "Rebuild the task table's indexes (REINDEX CONCURRENTLY) when a drained queue left them bloated, as the service does; needs the table's owner",
-  ({ flags }, out) =>
-    runCommand(flags, out, (sql, schema) => compactIndexes(sql, { schema, force: flags.force }), formatCompaction, (r) => {
+  ({ flags }) =>
+    runCommand(flags, (sql, schema) => compactIndexes(sql, { schema, force: flags.force }), formatCompaction, (r) => {
       if (r.outcome === "locked") return `another pgbg is compacting the indexes of ${r.schema}.task now; try again later`;
       if (r.outcome === "not-permitted") return `not permitted: ${r.message}; rebuilding the indexes needs the owner of ${r.schema}.task: run pgbg compact as that role`;
       return undefined;
     }),
 );
 
-/** The operators' commands, by name. */
-const commands = {
+/** The operators' commands, by name, for `pgbg`'s subcommands. */
+export const adminCommands = {
   migrate: migrateCommand,
   status: statusCommand,
   list: listCommand,
@@ -241,39 +224,3 @@ const commands = {
   "run-schedule": runScheduleCommand,
   compact: compactCommand,
 };
-
-/** An operators' command's name. */
-export type AdminCommandName = keyof typeof commands;
-
-/**
- * The operators' commands as `pgbg`'s subcommands: each prints to stdout and
- * exits 0, or prints its one line to stderr and exits 1 or 2.
- */
-export const adminCommands = Object.fromEntries(Object.entries(commands).map(([name, command]) => [
-  name,
-  defineCliCommand(command.spec, command.description, async (args) => {
-    try {
-      await command.run(args, process.stdout);
-    } catch (error) {
-      failWith(error);
-    }
-    process.exit(0);
-  }),
-])) as Record<AdminCommandName, CommandDef<ArgsDef>>;
-
-/**
- * Runs an operators' command in this process, as `pgbg name argv…` would
- * with `env` for its environment, without exiting: its exit code and what it
- * printed. The same parsing and the same run as the binary's (tests use it:
- * a spawned `pgbg` costs about a second of CPU before it does anything).
- */
-export async function runAdmin(name: AdminCommandName, argv: readonly string[], env: Env): Promise<{ code: number; stdout: string; stderr: string }> {
-  const command = commands[name];
-  let stdout = "";
-  try {
-    await command.run(parseArgs(argv, command.spec, env), { write: (text: string) => (stdout += text) });
-    return { code: 0, stdout, stderr: "" };
-  } catch (error) {
-    return { code: exitCodeOf(error), stdout, stderr: `pgbg: ${describeError(error).message.split("\n")[0]}\n` };
-  }
-}
