@@ -11,6 +11,7 @@ import { cancel, countTasks, getTask, isTaskId, listTasks, type ListTasksOptions
 import { activity } from "../lib/activity.ts";
 import { pauseQueue, resumeQueue, runSchedule } from "../lib/controls.ts";
 import { cancelFlow, getFlow, recentFlows } from "../lib/flow-admin.ts";
+import { allSettledOrThrow } from "../lib/settle.ts";
 import type { Database } from "../lib/statements.ts";
 import type { DashboardOptions } from "./dashboard.ts";
 import { HttpError, readJson, sendJson } from "./dashboard-http.ts";
@@ -47,7 +48,7 @@ export function apiRoutes(options: DashboardOptions): Record<string, Route> {
       const q = query.get("q");
       if (q) return sendJson(res, await searchTasks(options.db, q, filters));
       const { after: _, ...counted } = filters;
-      const [page, count] = await Promise.all([listTasks(options.db, { ...filters, limit: 50 }), filters.after ? null : countTasks(options.db, counted)]);
+      const [page, count] = await allSettledOrThrow([listTasks(options.db, { ...filters, limit: 50 }), filters.after ? null : countTasks(options.db, counted)]);
       sendJson(res, { ...page, count });
     },
     // Per minute, for the charts: ?minutes= (60 or up to 1,440), ?queue=, ?name=.
@@ -101,7 +102,7 @@ export function apiRoutes(options: DashboardOptions): Record<string, Route> {
  */
 async function searchTasks(db: Database, q: string, filters: ListTasksOptions): Promise<{ tasks: TaskInfo[]; next: null; count: TaskCount }> {
   const { after: _, key: __, namePrefix: ___, ...rest } = filters;
-  const [byId, byKey, byName] = await Promise.all([
+  const [byId, byKey, byName] = await allSettledOrThrow([
     isTaskId(q) ? getTask(db, q, { schema: filters.schema }) : null,
     listTasks(db, { ...rest, key: q, limit: 50 }),
     listTasks(db, { ...rest, namePrefix: q, limit: 50 }),

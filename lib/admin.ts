@@ -12,6 +12,7 @@ import { listSchedules, type QueueSettings, queueSettings, type ScheduleInfo } f
 import { InvalidOptionsError } from "./errors.ts";
 import { formatValue, integer, type OptionCheck, text } from "./options.ts";
 import type { DatabaseClient } from "./client.ts";
+import { allSettledOrThrow } from "./settle.ts";
 import { run } from "./statements.ts";
 
 export type { AdminOptions } from "./admin-options.ts";
@@ -102,7 +103,7 @@ export async function readTaskStatus(db: DatabaseClient, schema: string): Promis
  */
 export async function status(db: DatabaseClient, options?: AdminOptions): Promise<Status> {
   const schema = schemaOf("status()", options);
-  const [tasks, unregistered, workers, completed, queues, schedules] = await Promise.all([
+  const [tasks, unregistered, workers, completed, queues, schedules] = await allSettledOrThrow([
     readTaskStatus(db, schema),
     run(db, schema, "UnregisteredTasks", []),
     run(db, schema, "WorkerStatus", []),

@@ -9,6 +9,7 @@
 import { type QueueStatus, readTaskStatus } from "./admin.ts";
 import { listSchedules, type QueueSettings, queueSettings, type ScheduleInfo } from "./controls.ts";
 import type { ReleasedTask } from "./maintenance/dead-worker-releaser.ts";
+import { allSettledOrThrow } from "./settle.ts";
 import { type Database, run } from "./statements.ts";
 import { addHistogram, emptySeries, HISTOGRAM_BUCKETS, type Histogram, type SeriesCounts } from "./stats.ts";
 import type { WorkerReport } from "./worker.ts";
@@ -154,7 +155,7 @@ export interface DatabaseMetrics {
 
 /** Reads what a scrape shows of the database: the queue depth, the queues paused or limited, and the schedules. */
 export async function readDatabaseMetrics(db: Database, schema: string): Promise<DatabaseMetrics> {
-  const [depth, queues, schedules] = await Promise.all([readTaskStatus(db, schema), queueSettings(db, { schema }), listSchedules(db, { schema })]);
+  const [depth, queues, schedules] = await allSettledOrThrow([readTaskStatus(db, schema), queueSettings(db, { schema }), listSchedules(db, { schema })]);
   // Read only when some queue has a limit per group: it reads their grouped tasks.
   const grouped = queues.some((q) => q.groupConcurrency !== null)
     ? await run<{ queue: string; waiting: number }>(db, schema, "GroupLimitWaiting", [])

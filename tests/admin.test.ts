@@ -6,7 +6,7 @@ import { describe, test } from "node:test";
 import { renderUsage } from "citty";
 import { enqueue, migrate } from "../mod.ts";
 import { alwaysFails, measured, work } from "./fixtures/tasks.ts";
-import { adminCommands } from "../cli/admin.ts";
+import { type AdminCommandName, adminCommands, runAdmin } from "../cli/admin.ts";
 import { type CommandArgs, type Flags, parseArgs } from "../cli/args.ts";
 import { commandArgs } from "../cli/args-table.ts";
 import { dashboardCommand } from "../cli/dashboard.ts";
@@ -18,8 +18,8 @@ const cli = fileURLToPath(new URL("../cli/main.ts", import.meta.url));
 const testbed = await serviceTestbed(createTestDatabase, migrate);
 const { sql, db } = testbed;
 
-/** Runs `pgbg args…` against the test database without blocking the event loop (services write logs meanwhile). */
-function pgbg(args: string[], env: Record<string, string | undefined> = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
+/** Runs the real `pgbg args…` against the test database without blocking the event loop (services write logs meanwhile). */
+function spawned(args: string[], env: Record<string, string | undefined> = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
     const child = spawn(process.execPath, ["--import", "tsx", cli, ...args], {
       env: { ...process.env, DATABASE_URL: db.url, ...env },
@@ -31,6 +31,15 @@ function pgbg(args: string[], env: Record<string, string | undefined> = {}): Pro
     child.stderr.on("data", (c) => (stderr += c));
     child.on("exit", (code) => resolve({ code, stdout, stderr }));
   });
+}
+
+/**
+ * Runs `pgbg command args…` in this process, through the parsing and the run
+ * the binary calls (runAdmin): a spawned `pgbg` costs about a second of CPU,
+ * which made this file the suite's slowest. `spawned` checks the binary itself.
+ */
+function pgbg([command, ...args]: string[], env: Record<string, string | undefined> = {}): Promise<{ code: number; stdout: string; stderr: string }> {
+  return runAdmin(command as AdminCommandName, args, { ...process.env, DATABASE_URL: db.url, ...env });
 }
 
 async function pgbgJson<T = any>(args: string[]): Promise<T> {
@@ -77,7 +86,8 @@ describe("pgbg status", () => {
     }
     assert.ok(done.length === 5 && scheduled && failing);
 
-    const text = await pgbg(["status"]);
+    // The binary itself: its text on stdout and exit 0.
+    const text = await spawned(["status"]);
     assert.equal(text.code, 0, text.stderr);
     assert.match(text.stdout, /QUEUE\s+TASK\s+QUEUED\s+SCHEDULED\s+RUNNING\s+FAILED\s+OLDEST QUEUED\s+DONE\/1M/);
     assert.match(text.stdout, /^mail\s+work\s+0\s+1\s+1\s+0\s+-\s+5\s+0\s+0$/m);
@@ -235,7 +245,7 @@ describe("the operators' commands", () => {
   test("an unknown command or flag, a repeated flag, a flag without its value or a stray argument exits 2 with one line", async () => {
     // The real binary: its unknown command, and one refusal of the parser.
     for (const [args, message] of [[["nope"], /^pgbg: unknown command "nope" \(see pgbg --help\)$/], [["status", "--bogus"], /^pgbg: unknown flag --bogus \(see pgbg status --help\)$/]] as const) {
-      const { code, stderr } = await pgbg([...args]);
+      const { code, stderr } = await spawned([...args]);
       assert.equal(code, 2, `${args.join(" ")}: ${stderr}`);
       assert.match(stderr.trim(), message);
       assert.equal(stderr.trim().split("\n").length, 1);
@@ -293,7 +303,8 @@ describe("the operators' commands", () => {
     const schema = await pgbg(["status", "--schema", "Bad-Name"]);
     assert.equal(schema.code, 2);
     assert.match(schema.stderr, /^pgbg: invalid schema name "Bad-Name"/);
-    const down = await pgbg(["status"], { DATABASE_URL: "postgres://someone:s3cret-pw@127.0.0.1:1/nowhere" });
+    // The binary itself: exit 1, one line, no password.
+    const down = await spawned(["status"], { DATABASE_URL: "postgres://someone:s3cret-pw@127.0.0.1:1/nowhere" });
     assert.equal(down.code, 1);
     assert.equal(down.stderr.trim().split("\n").length, 1, down.stderr);
     assert.ok(!down.stderr.includes("s3cret-pw"));

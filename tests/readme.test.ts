@@ -7,6 +7,7 @@ import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import * as v from "valibot";
 import { createWorker, defineTask, enqueue, enqueueMany, migrate } from "../mod.ts";
+import { type AdminCommandName, runAdmin } from "../cli/admin.ts";
 import { createTestDatabase } from "./harness.ts";
 import { generatePrismaClient } from "./prisma.ts";
 import { patience, startService, stopService, until, within } from "./service-harness.ts";
@@ -92,8 +93,15 @@ function runTs(file: string, ...args: string[]) {
   return spawnSync(process.execPath, ["--import", "tsx", file, ...args], { env: { ...process.env, DATABASE_URL: db.url }, encoding: "utf8", timeout: patience });
 }
 
-/** The `pgbg` CLI of this checkout, against the test database. */
-const pgbg = (...args: string[]) => runTs(fileURLToPath(new URL("../cli/main.ts", import.meta.url)), ...args);
+/**
+ * `pgbg command args…` of this checkout against the test database, run in
+ * this process through the parsing and the run the binary calls (runAdmin;
+ * a spawned `pgbg` costs about a second of CPU): its exit status and output.
+ */
+const pgbg = async (command: string, ...args: string[]) => {
+  const { code, stdout, stderr } = await runAdmin(command as AdminCommandName, args, { ...process.env, DATABASE_URL: db.url });
+  return { status: code, stdout, stderr };
+};
 
 /**
  * The first two ts blocks after `heading`: a tasks module and an app that
@@ -382,16 +390,16 @@ test("the README's schedule and pause example runs as written, in-process and un
   const service = startService(db.url, ["--tasks", tasks, "--workers", "1"]);
   try {
     await until(async () => ran(service), (n) => n >= 2, patience, "two ticks' tasks to run under pgbg serve");
-    assert.equal(pgbg("pause", "maintenance").status, 0);
+    assert.equal((await pgbg("pause", "maintenance")).status, 0);
     await until(waiting, (n) => n >= 2, patience, "two ticks to wait in the paused queue");
-    const shown = JSON.parse(pgbg("status", "--json").stdout);
+    const shown = JSON.parse((await pgbg("status", "--json")).stdout);
     assert.deepEqual(shown.queues.map((p: { queue: string }) => p.queue), ["maintenance"]);
     assert.equal(shown.schedules[0].name, "cleanup-every-2s");
-    assert.match(pgbg("status").stdout, /cleanup-every-2s +cleanup +\*\/2 \* \* \* \* \* +UTC/);
-    assert.equal(pgbg("resume", "maintenance").stdout, "resumed maintenance\n");
+    assert.match((await pgbg("status")).stdout, /cleanup-every-2s +cleanup +\*\/2 \* \* \* \* \* +UTC/);
+    assert.equal((await pgbg("resume", "maintenance")).stdout, "resumed maintenance\n");
     await until(waiting, (n) => n === 0, patience, "the waiting ticks to run once resumed");
-    assert.equal(pgbg("run-schedule", "cleanup-every-2s").status, 0);
-    const unknown = pgbg("run-schedule", "nope");
+    assert.equal((await pgbg("run-schedule", "cleanup-every-2s")).status, 0);
+    const unknown = await pgbg("run-schedule", "nope");
     assert.equal(unknown.status, 1);
     assert.match(unknown.stderr, /no schedule named "nope"/);
   } finally {
@@ -405,10 +413,10 @@ test("the README's concurrency limit example runs as written: at most 2 at once,
   const result = runTs(file);
   assert.equal(result.status, 0, result.stdout + result.stderr);
   assert.equal(result.stdout.trim(), "at most 2 at once");
-  assert.equal(pgbg("limit", "emails", "3").stdout, "queue emails: at most 3 running at once\n");
-  assert.match(pgbg("status").stdout, /emails +running +3/);
-  assert.equal(pgbg("limit", "emails", "off").stdout, "queue emails has no concurrency limit\n");
-  const bad = pgbg("limit", "emails", "0");
+  assert.equal((await pgbg("limit", "emails", "3")).stdout, "queue emails: at most 3 running at once\n");
+  assert.match((await pgbg("status")).stdout, /emails +running +3/);
+  assert.equal((await pgbg("limit", "emails", "off")).stdout, "queue emails has no concurrency limit\n");
+  const bad = await pgbg("limit", "emails", "0");
   assert.equal(bad.status, 2);
   assert.match(bad.stderr, /the limit must be a whole number of at least 1, or off/);
 });
@@ -425,8 +433,8 @@ test("the README's rate limit example runs as written, in-process and under pgbg
   assert.ok(seconds && Number(seconds[1]) >= 2, result.stdout);
 
   // Under pgbg serve, with the limit set by pgbg rate as the README shows.
-  assert.equal(pgbg("rate", "geocoder", "5/1s").stdout, "queue geocoder: at most 5 starts per 1s\n");
-  assert.match(pgbg("status").stdout, /geocoder +running +none +none +5\/1s +\d+/);
+  assert.equal((await pgbg("rate", "geocoder", "5/1s")).stdout, "queue geocoder: at most 5 starts per 1s\n");
+  assert.match((await pgbg("status")).stdout, /geocoder +running +none +none +5\/1s +\d+/);
   const service = startService(db.url, ["--tasks", tasks, "--workers", "2"]);
   try {
     await service.waitForLog((l) => /^worker \d ready/.test(l.message), patience);
@@ -438,9 +446,9 @@ test("the README's rate limit example runs as written, in-process and under pgbg
   } finally {
     assert.deepEqual(await stopService(service), { code: 0, signal: null });
   }
-  assert.equal(pgbg("rate", "geocoder", "off").stdout, "queue geocoder has no rate limit\n");
+  assert.equal((await pgbg("rate", "geocoder", "off")).stdout, "queue geocoder has no rate limit\n");
   for (const bad of ["0/1s", "5", "5/0s", "10001/1s", "5/soon"]) {
-    const refused = pgbg("rate", "geocoder", bad);
+    const refused = await pgbg("rate", "geocoder", bad);
     assert.equal(refused.status, 2, bad);
     assert.match(refused.stderr, /the rate must be N\/INTERVAL/);
   }
@@ -462,8 +470,8 @@ test("the README's group example runs as written, in-process and under pgbg serv
 
   // Under pgbg serve, with the limit set by pgbg limit --per-group as the README shows.
   await db.sql`DELETE FROM pgbg.task WHERE queue = 'sync'`;
-  assert.equal(pgbg("limit", "sync", "1", "--per-group").stdout, "queue sync: at most 1 of each group running at once\n");
-  assert.match(pgbg("status").stdout, /sync +running +none +1 +none/);
+  assert.equal((await pgbg("limit", "sync", "1", "--per-group")).stdout, "queue sync: at most 1 of each group running at once\n");
+  assert.match((await pgbg("status")).stdout, /sync +running +none +1 +none/);
   const { syncTenant } = await import(tasks);
   await enqueueMany(db.sql, syncTenant, Array.from({ length: 200 }, (_, account) => ({ tenant: "big", account })));
   await enqueueMany(db.sql, syncTenant, [{ tenant: "small", account: 1 }, { tenant: "small", account: 2 }]);
@@ -475,7 +483,7 @@ test("the README's group example runs as written, in-process and under pgbg serv
   } finally {
     assert.deepEqual(await stopService(service), { code: 0, signal: null });
   }
-  assert.equal(pgbg("limit", "sync", "off", "--per-group").stdout, "queue sync has no group limit\n");
+  assert.equal((await pgbg("limit", "sync", "off", "--per-group")).stdout, "queue sync has no group limit\n");
 });
 
 test("the README's node-postgres, Kysely, Drizzle and Prisma examples run as written: each sign-up commits its user with its task; a failed one leaves neither", async () => {
@@ -555,7 +563,7 @@ test("the README's flows and batches example runs as written, in-process and und
     notify: flowTask(notify, { owner: "bob" }, { dependsOn: ["small"] }),
   });
   const batch = await enqueueBatch(db.sql, importRow, Array.from({ length: 20 }, (_, row) => ({ row })), { then: flowTask(importReport, { file: "more.csv" }) });
-  const listed = pgbg("list", "--flow", flow.id);
+  const listed = await pgbg("list", "--flow", flow.id);
   assert.equal(listed.status, 0, listed.stderr);
   assert.match(listed.stdout, new RegExp(`^flow ${flow.id}: 3 task\\(s\\), on a parent's failure: fail`));
   assert.match(listed.stdout, new RegExp(`${flow.tasks.notify} +waiting +notify-owner +0 +${flow.tasks.small}`));
@@ -567,7 +575,7 @@ test("the README's flows and batches example runs as written, in-process and und
     assert.deepEqual(await stopService(service), { code: 0, signal: null });
   }
   assert.equal((await db.sql`SELECT count(*)::int AS n FROM pgbg.task WHERE flow_id IN (${flow.id}, ${batch.id}) AND state <> 'failed'`)[0].n, 0);
-  const bad = pgbg("list", "--flow", flow.id, "--state", "queued");
+  const bad = await pgbg("list", "--flow", flow.id, "--state", "queued");
   assert.equal(bad.status, 2);
   assert.match(bad.stderr, /--flow lists one flow's tasks; it does not go with --state/);
 });
