@@ -13,6 +13,7 @@ import { dashboardCommand } from "../cli/dashboard.ts";
 import { exitCodeOf } from "../cli/exit.ts";
 import { createTestDatabase } from "./harness.ts";
 import { fixtureTasks, serviceTestbed, until } from "./service-harness.ts";
+import { typeScript } from "./ts-loader/flags.ts";
 
 const cli = fileURLToPath(new URL("../cli/main.ts", import.meta.url));
 const testbed = await serviceTestbed(createTestDatabase, migrate);
@@ -21,7 +22,7 @@ const { sql, db } = testbed;
 /** Runs the real `pgbg args…` against the test database without blocking the event loop (services write logs meanwhile). */
 function spawned(args: string[], env: Record<string, string | undefined> = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, ["--import", "tsx", cli, ...args], {
+    const child = spawn(process.execPath, [...typeScript, cli, ...args], {
       env: { ...process.env, DATABASE_URL: db.url, ...env },
       stdio: ["ignore", "pipe", "pipe"],
     });

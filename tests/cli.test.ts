@@ -16,6 +16,7 @@ import { commandArgs, serveArgs } from "../cli/args-table.ts";
 import { parseServeArgs } from "../cli/config.ts";
 import { exitCodeOf } from "../cli/exit.ts";
 import { fixtureTasks, patience } from "./service-harness.ts";
+import { typeScript } from "./ts-loader/flags.ts";
 
 const cli = fileURLToPath(new URL("../cli/main.ts", import.meta.url));
 const unreachable = "postgres://someone:s3cret-pw@127.0.0.1:1/nowhere";
@@ -23,7 +24,7 @@ const unreachable = "postgres://someone:s3cret-pw@127.0.0.1:1/nowhere";
 /** Runs the real `pgbg args…`; the event loop stays free, so that such tests may overlap. */
 function pgbg(args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, ["--import", "tsx", cli, ...args], {
+    const child = spawn(process.execPath, [...typeScript, cli, ...args], {
       env: { ...process.env, DATABASE_URL: unreachable, ...env },
       stdio: ["ignore", "pipe", "pipe"],
       timeout: patience,

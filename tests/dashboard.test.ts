@@ -13,6 +13,7 @@ import { enqueue, enqueueFlow, flowTask, migrate, pausedQueues, setQueueRateLimi
 import { alwaysFails, measured, work } from "./fixtures/tasks.ts";
 import { createTestDatabase } from "./harness.ts";
 import { serviceTestbed, until, within } from "./service-harness.ts";
+import { typeScript } from "./ts-loader/flags.ts";
 
 const cli = fileURLToPath(new URL("../cli/main.ts", import.meta.url));
 const testbed = await serviceTestbed(createTestDatabase, migrate);
@@ -31,7 +32,7 @@ const noBrowser = !existsSync(CHROMIUM) && process.env.PGBG_REQUIRE_BROWSER !== 
 
 /** Starts `pgbg dashboard` on a free port and resolves with it and its URL. */
 async function startDashboard(env: Record<string, string> = {}, args: string[] = ["--port", "0"]): Promise<{ child: ChildProcess; url: string }> {
-  const child = spawn(process.execPath, ["--import", "tsx", cli, "dashboard", ...args], {
+  const child = spawn(process.execPath, [...typeScript, cli, "dashboard", ...args], {
     env: { ...process.env, DATABASE_URL: db.url, PGBG_DASHBOARD_TOKEN: token, ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });

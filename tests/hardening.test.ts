@@ -17,6 +17,7 @@ import { exitsMidTask, rejectsLate, throwsValue } from "./fixtures/hostile-tasks
 import { work } from "./fixtures/tasks.ts";
 import { createTestDatabase } from "./harness.ts";
 import { fixtureTasks, patience, type Service, serviceTestbed, stopService, until, within } from "./service-harness.ts";
+import { typeScript } from "./ts-loader/flags.ts";
 
 const { db, sql, serve, remaining, executions, taskRow } = await serviceTestbed(createTestDatabase, migrate);
 const fixture = (name: string) => fileURLToPath(new URL(`./fixtures/${name}`, import.meta.url));
@@ -177,7 +178,7 @@ describe("the supervisor", () => {
     const queued = await enqueue(sql, work, {});
     const settings: WorkerSettings = { schema: "pgbg", queues: null, concurrency: 2, timeout: 30_000, retryDelay: 1000, maxAttempts: 25, idleSleep: 1000, shutdownTimeout: 1000, timings: liveness(200) };
     const spec = { settings, tasks: [fixtureTasks], cwd: process.cwd(), workerId: randomUUID(), supervisorId: randomUUID(), index: 1, logLevel: "debug", logFormat: "json" };
-    const worker = spawn(process.execPath, ["--import", "tsx", fileURLToPath(new URL("../cli/worker.ts", import.meta.url))], {
+    const worker = spawn(process.execPath, [...typeScript, fileURLToPath(new URL("../cli/worker.ts", import.meta.url))], {
       stdio: ["ignore", "ignore", "ignore", "ipc"],
       env: { ...process.env, DATABASE_URL: db.url, PGBG_WORKER: JSON.stringify(spec) },
     });

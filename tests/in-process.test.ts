@@ -11,6 +11,7 @@ import * as v from "valibot";
 import { createWorker, defineTask, drain, enqueue, enqueueMany, InvalidOptionsError, migrate } from "../mod.ts";
 import { createTestDatabase } from "./harness.ts";
 import { createFixtureTables, patience, until, within } from "./service-harness.ts";
+import { typeScript } from "./ts-loader/flags.ts";
 
 const db = await createTestDatabase();
 const { sql } = db;
@@ -128,7 +129,7 @@ describe("createWorker", () => {
 describe("an application process hosting a worker", () => {
   test("killed with SIGKILL mid-task, loses nothing: another host reaps it after its stale time and runs the task", async () => {
     await clean();
-    const child = spawn(process.execPath, ["--import", "tsx", app], { env: { ...process.env, DATABASE_URL: db.url }, stdio: ["ignore", "pipe", "inherit"] });
+    const child = spawn(process.execPath, [...typeScript, app], { env: { ...process.env, DATABASE_URL: db.url }, stdio: ["ignore", "pipe", "inherit"] });
     const exited = new Promise((r) => child.on("exit", r));
     try {
       await within(new Promise((r) => child.stdout!.on("data", (d) => String(d).includes("ready") && r(null))), patience, "the app to be ready");

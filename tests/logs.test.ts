@@ -6,6 +6,7 @@ import { createTestDatabase } from "./harness.ts";
 import { spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { fixtureTasks, serviceTestbed, startService, stopService, until } from "./service-harness.ts";
+import { typeScript } from "./ts-loader/flags.ts";
 
 const testbed = await serviceTestbed(createTestDatabase, migrate);
 const { sql, db } = testbed;
@@ -18,7 +19,7 @@ const { sql, db } = testbed;
  */
 async function serveUntil(args: string[], done: (output: string) => boolean, env: Record<string, string> = {}): Promise<string> {
   const cli = fileURLToPath(new URL("../cli/main.ts", import.meta.url));
-  const child = spawn(process.execPath, ["--import", "tsx", cli, "serve", "--tasks", fixtureTasks, "--check-interval", "200ms", ...args], {
+  const child = spawn(process.execPath, [...typeScript, cli, "serve", "--tasks", fixtureTasks, "--check-interval", "200ms", ...args], {
     env: { ...process.env, DATABASE_URL: db.url, ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
@@ -94,7 +95,7 @@ describe("the service's logs", () => {
 
   test("on a terminal (a real pty, through script(1)): a status line under the log, redrawn with the counts; Ctrl-C stops the service", async () => {
     const cli = fileURLToPath(new URL("../cli/main.ts", import.meta.url));
-    const command = [process.execPath, "--import", "tsx", cli, "serve", "--tasks", fixtureTasks, "--workers", "1", "--check-interval", "200ms"]
+    const command = [process.execPath, ...typeScript, cli, "serve", "--tasks", fixtureTasks, "--workers", "1", "--check-interval", "200ms"]
       .map((a) => `'${a.replaceAll("'", "'\\''")}'`).join(" ");
     // exec: script(1) runs the command through $SHELL, and a shell that stays
     // as the parent (dash, where SHELL is /bin/sh) takes the Ctrl-C itself and

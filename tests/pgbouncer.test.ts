@@ -23,6 +23,7 @@ import { compactIndexes } from "../lib/compact.ts";
 import { createTestDatabase } from "./harness.ts";
 import { noPgBouncer, startPgBouncer } from "./pgbouncer.ts";
 import { patience, serviceTestbed, until, within } from "./service-harness.ts";
+import { typeScript } from "./ts-loader/flags.ts";
 
 const skip = noPgBouncer();
 const schedules = fileURLToPath(new URL("./fixtures/schedules.ts", import.meta.url));
@@ -176,7 +177,7 @@ describe("behind PgBouncer in transaction mode", { skip }, () => {
     const file = fileURLToPath(new URL(`./readme-pgbouncer-${process.pid}.tmp.ts`, import.meta.url));
     writeFileSync(file, example.replace('from "pgbg"', `from ${JSON.stringify(fileURLToPath(new URL("../mod.ts", import.meta.url)))}`));
     after(() => rmSync(file, { force: true }));
-    const child = spawn(process.execPath, ["--import", "tsx", file], {
+    const child = spawn(process.execPath, [...typeScript, file], {
       env: { ...process.env, PGBOUNCER_URL: bouncer.url(db.name), DATABASE_URL: db.url }, stdio: ["ignore", "pipe", "pipe"],
     });
     let output = "";

@@ -16,6 +16,7 @@ import { after, test } from "node:test";
 import { migrate } from "../mod.ts";
 import { createTestDatabase } from "./harness.ts";
 import { patience, within } from "./service-harness.ts";
+import { typeScript } from "./ts-loader/flags.ts";
 
 const db = await createTestDatabase();
 const { sql } = db;
@@ -34,7 +35,7 @@ interface Producer {
 }
 
 function startProducer(driver: "postgres" | "pg", applicationName: string): Producer {
-  const child = spawn(process.execPath, ["--import", "tsx", producerScript, driver, applicationName], {
+  const child = spawn(process.execPath, [...typeScript, producerScript, driver, applicationName], {
     env: { ...process.env, DATABASE_URL: db.url },
     stdio: ["ignore", "pipe", "pipe"],
   });

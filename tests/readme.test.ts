@@ -11,6 +11,7 @@ import { type AdminCommandName, runAdmin } from "../cli/admin.ts";
 import { createTestDatabase } from "./harness.ts";
 import { generatePrismaClient } from "./prisma.ts";
 import { patience, startService, stopService, until, within } from "./service-harness.ts";
+import { typeScript } from "./ts-loader/flags.ts";
 
 const db = await createTestDatabase();
 const readme = readFileSync(new URL("../README.md", import.meta.url), "utf8");
@@ -26,7 +27,7 @@ test("the README's API example runs as written and enqueues what it says", async
   const file = fileURLToPath(new URL(`./readme-example-${process.pid}.tmp.ts`, import.meta.url));
   writeFileSync(file, script);
   after(() => rmSync(file, { force: true }));
-  const result = spawnSync(process.execPath, ["--import", "tsx", file], { env: { ...process.env, DATABASE_URL: db.url }, encoding: "utf8", timeout: 60_000 });
+  const result = spawnSync(process.execPath, [...typeScript, file], { env: { ...process.env, DATABASE_URL: db.url }, encoding: "utf8", timeout: 60_000 });
   assert.equal(result.status, 0, result.stderr);
   const rows = await db.sql`SELECT name, queue, key, priority, max_attempts, payload FROM pgbg.task ORDER BY id`;
   assert.equal(rows.length, 4);
@@ -58,7 +59,7 @@ test("the README's exactly-once example (chargeOrder) runs under pgbg serve and 
   await db.sql`CREATE TABLE orders (id integer PRIMARY KEY, charged boolean NOT NULL DEFAULT false)`;
   await db.sql`INSERT INTO orders (id) VALUES (7), (8)`;
   const cli = fileURLToPath(new URL("../cli/main.ts", import.meta.url));
-  const enqueued = spawnSync(process.execPath, ["--import", "tsx", cli, "enqueue", "charge-order", '{"orderId":7}', "--tasks", file, "--json"], {
+  const enqueued = spawnSync(process.execPath, [...typeScript, cli, "enqueue", "charge-order", '{"orderId":7}', "--tasks", file, "--json"], {
     env: { ...process.env, DATABASE_URL: db.url }, encoding: "utf8", timeout: 60_000,
   });
   assert.equal(enqueued.status, 0, enqueued.stderr);
@@ -90,7 +91,7 @@ function exampleFile(heading: string, name: string): { file: string; example: st
 
 /** Runs a TypeScript file (through tsx) against the test database; resolves what it printed and its status. */
 function runTs(file: string, ...args: string[]) {
-  return spawnSync(process.execPath, ["--import", "tsx", file, ...args], { env: { ...process.env, DATABASE_URL: db.url }, encoding: "utf8", timeout: patience });
+  return spawnSync(process.execPath, [...typeScript, file, ...args], { env: { ...process.env, DATABASE_URL: db.url }, encoding: "utf8", timeout: patience });
 }
 
 /**
@@ -124,7 +125,7 @@ function tasksAndApp(heading: string, name: string): { tasks: string; app: strin
 test("the README's in-process worker example runs as written, runs its task, and stops cleanly on SIGTERM", async () => {
   const { file } = exampleFile("## Run workers in your own process", "in-process");
   await migrate(db.sql);
-  const child = spawn(process.execPath, ["--import", "tsx", file], { env: { ...process.env, DATABASE_URL: db.url }, stdio: ["ignore", "pipe", "pipe"] });
+  const child = spawn(process.execPath, [...typeScript, file], { env: { ...process.env, DATABASE_URL: db.url }, stdio: ["ignore", "pipe", "pipe"] });
   let output = "";
   const ran = new Promise<void>((resolve) => child.stdout!.on("data", (d) => (output += d) && output.includes("resizing https://example.com/cat.png, attempt 1") && resolve()));
   const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));

@@ -8,6 +8,7 @@ import { afterEach } from "node:test";
 import { fileURLToPath } from "node:url";
 import type postgres from "postgres";
 import { enqueue } from "../mod.ts";
+import { typeScript } from "./ts-loader/flags.ts";
 
 const cli = fileURLToPath(new URL("../cli/main.ts", import.meta.url));
 /** The fixture tasks module. */
@@ -37,7 +38,7 @@ export interface Service {
  * Starts `pgbg serve` with `args` against `url`; `schema` defaults to pgbg.
  * `command` runs another pgbg's CLI (an earlier release's, built).
  */
-export function startService(url: string, args: string[], env: Record<string, string> = {}, command = ["--import", "tsx", cli]): Service {
+export function startService(url: string, args: string[], env: Record<string, string> = {}, command = [...typeScript, cli]): Service {
   const child = spawn(process.execPath, [...command, "serve", "--log-format", "json", "--log-level", "debug", ...args], {
     env: { ...process.env, DATABASE_URL: url, ...env },
     stdio: ["ignore", "pipe", "pipe"],

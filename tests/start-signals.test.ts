@@ -8,13 +8,14 @@ import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
+import { typeScript } from "./ts-loader/flags.ts";
 
 test("a signal before any listener is kept for the first, and ends nothing; later ones reach the listener; a second unheard one exits 1", () => {
   const fixture = fileURLToPath(new URL("./fixtures/early-signal.ts", import.meta.url));
-  const result = spawnSync(process.execPath, ["--import", "tsx", fixture], { encoding: "utf8", timeout: 120_000 });
+  const result = spawnSync(process.execPath, [...typeScript, fixture], { encoding: "utf8", timeout: 120_000 });
   assert.deepEqual([result.status, result.signal, result.stdout.trim()], [0, null, "SIGTERM,SIGINT"], result.stderr);
   // A second signal before anyone listens: stop now, with status 1.
-  const twice = spawnSync(process.execPath, ["--import", "tsx", fixture, "twice"], { encoding: "utf8", timeout: 120_000 });
+  const twice = spawnSync(process.execPath, [...typeScript, fixture, "twice"], { encoding: "utf8", timeout: 120_000 });
   assert.deepEqual([twice.status, twice.signal, twice.stdout.trim()], [1, null, ""], twice.stderr);
 });
 
