@@ -14,8 +14,8 @@
  * file that passed and never ended, under load, when `pgbg status` failed
  * on a missing schema.
  */
-export async function allSettledOrThrow<T extends readonly unknown[]>(promises: T): Promise<{ -readonly [K in keyof T]: Awaited<T[K]> }> {
-  const outcomes = await Promise.allSettled(promises);
+export async function allSettledOrThrow<T extends readonly unknown[] | []>(promises: T): Promise<{ -readonly [K in keyof T]: Awaited<T[K]> }> {
+  const outcomes: PromiseSettledResult<unknown>[] = await Promise.allSettled(promises as readonly unknown[]);
   const failed = outcomes.find((o): o is PromiseRejectedResult => o.status === "rejected");
   if (failed) throw failed.reason;
   return outcomes.map((o) => (o as PromiseFulfilledResult<unknown>).value) as { -readonly [K in keyof T]: Awaited<T[K]> };

@@ -17,5 +17,5 @@ test("allSettledOrThrow throws the first failure only once every promise has set
   await all;
   assert.ok(slowDone);
   assert.equal(seen.error?.message, "first");
-  assert.deepEqual(await allSettledOrThrow([Promise.resolve(1), "two", Promise.resolve([3])] as const), [1, "two", [3]]);
+  assert.deepEqual(await allSettledOrThrow([Promise.resolve(1), "two", Promise.resolve([3])]), [1, "two", [3]]);
 });
