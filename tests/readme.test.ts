@@ -89,7 +89,7 @@ function exampleFile(heading: string, name: string): { file: string; example: st
   return { file, example };
 }
 
-/** Runs a TypeScript file (through tsx) against the test database; resolves what it printed and its status. */
+/** Runs a TypeScript file (through the tests' loader, tests/ts-loader) against the test database; resolves what it printed and its status. */
 function runTs(file: string, ...args: string[]) {
   return spawnSync(process.execPath, [...typeScript, file, ...args], { env: { ...process.env, DATABASE_URL: db.url }, encoding: "utf8", timeout: patience });
 }
@@ -97,10 +97,10 @@ function runTs(file: string, ...args: string[]) {
 /**
  * `pgbg command args…` of this checkout against the test database, run in
  * this process through the parsing and the run the binary calls (runAdmin;
- * a spawned `pgbg` costs about a second of CPU): its exit status and output.
+ * a spawned `pgbg` costs about 0.7 s of CPU): its exit status and output.
  */
 const pgbg = async (command: string, ...args: string[]) => {
-  const { code, stdout, stderr } = await runAdmin(command as AdminCommandName, args, { ...process.env, DATABASE_URL: db.url });
+  const { code, stdout, stderr } = await within(runAdmin(command as AdminCommandName, args, { ...process.env, DATABASE_URL: db.url }), patience, `pgbg ${command}`);
   return { status: code, stdout, stderr };
 };
 

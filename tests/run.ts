@@ -21,9 +21,10 @@ const files = args.length ? args : readdirSync(here).filter((f) => f.endsWith(".
 let stop: (() => Promise<void>) | undefined;
 if (!process.env.DATABASE_URL) {
   // A throwaway server: nothing need survive a crash of this machine, so
-  // commits do not wait for the disk. pg_stat_statements shows where the
-  // server's time goes (PGBG_TEST_STATEMENTS=path writes the top statements there).
-  const server = await startEmbeddedPostgres({ settings: { fsync: "off", synchronous_commit: "off", full_page_writes: "off", max_connections: "300", shared_preload_libraries: "pg_stat_statements" } });
+  // commits do not wait for the disk. PGBG_TEST_STATEMENTS=path writes the
+  // statements that took its time there (pg_stat_statements, loaded only then).
+  const statements: Record<string, string> = process.env.PGBG_TEST_STATEMENTS ? { shared_preload_libraries: "pg_stat_statements" } : {};
+  const server = await startEmbeddedPostgres({ settings: { fsync: "off", synchronous_commit: "off", full_page_writes: "off", ...statements } });
   process.env.DATABASE_URL = server.url;
   stop = server.stop;
   console.log(`tests: started embedded PostgreSQL ${server.version} on port ${server.port}`);
@@ -40,6 +41,15 @@ if (!process.env.DATABASE_URL) {
 // default of 100 allows three (four once ran it out of connections).
 // PGBG_TEST_CONCURRENCY overrides it.
 const concurrency = Number(process.env.PGBG_TEST_CONCURRENCY ?? Math.max(1, Math.min(6, Math.floor((await connectionSlots()) / 25))));
+if (!Number.isInteger(concurrency) || concurrency < 1) {
+  console.error(`tests: PGBG_TEST_CONCURRENCY must be a whole number of at least 1, not ${JSON.stringify(process.env.PGBG_TEST_CONCURRENCY)}`);
+  await stop?.();
+  process.exit(2);
+}
+// A file still running after this many minutes is stopped and fails, its
+// report printed so far shown (PGBG_TEST_FILE_MINUTES; a hang otherwise ran
+// until CI's own limit, with nothing printed of the file that hung).
+const fileMinutes = Number(process.env.PGBG_TEST_FILE_MINUTES ?? 20);
 
 /** The connections the server allows roles that are not superusers. */
 async function connectionSlots(): Promise<number> {
@@ -65,14 +75,21 @@ const queue = [...files].sort((a, b) => expected(b) - expected(a));
 /** What one file's process printed and how it ended. */
 interface FileRun {
   file: string;
+  /** Its spec report (stdout) followed by what it wrote to stderr. */
   output: string;
-  code: number;
+  /** Its spec report alone, for the totals. */
+  report: string;
+  /** "passed", or how it failed. */
+  verdict: string;
+  passed: boolean;
   seconds: number;
 }
 
 /**
  * Runs one test file in its own node process, its spec report kept until it
- * ends so that files running at once do not interleave their lines.
+ * ends so that files running at once do not interleave their lines. It ends
+ * at the process's exit: a grandchild still holding the pipes gets 5 s more
+ * to finish the output, not the run's patience.
  */
 function runFile(file: string): Promise<FileRun> {
   const started = performance.now();
@@ -81,13 +98,20 @@ function runFile(file: string): Promise<FileRun> {
     env: process.env,
   });
   running.set(file, started);
-  let output = "";
-  child.stdout.on("data", (chunk) => (output += chunk));
-  child.stderr.on("data", (chunk) => (output += chunk));
+  let report = "";
+  let errors = "";
+  child.stdout.on("data", (chunk) => (report += chunk));
+  child.stderr.on("data", (chunk) => (errors += chunk));
+  let overdue = false;
+  const limit = setTimeout(() => ((overdue = true), child.kill("SIGKILL")), fileMinutes * 60_000);
+  const closed = new Promise((resolve) => child.on("close", resolve));
   return new Promise((resolve) =>
-    child.on("close", (code, signal) => {
+    child.on("exit", async (code, signal) => {
+      clearTimeout(limit);
+      await Promise.race([closed, new Promise((r) => setTimeout(r, 5_000))]);
       running.delete(file);
-      resolve({ file, output, code: code ?? (signal ? 1 : 0), seconds: (performance.now() - started) / 1000 });
+      const verdict = overdue ? `FAILED (still running after ${fileMinutes} minutes, killed)` : code === 0 ? "passed" : `FAILED (${signal ? `killed by ${signal}` : `exit ${code}`})`;
+      resolve({ file, output: report + errors, report, verdict, passed: verdict === "passed", seconds: (performance.now() - started) / 1000 });
     })
   );
 }
@@ -108,7 +132,7 @@ async function lane(): Promise<void> {
   for (let file = queue.shift(); file; file = queue.shift()) {
     const run = await runFile(file);
     runs.push(run);
-    process.stdout.write(`\n# ${basename(file)}: ${run.code === 0 ? "passed" : `FAILED (exit ${run.code})`} in ${run.seconds.toFixed(1)} s\n${run.output}`);
+    process.stdout.write(`\n# ${basename(file)}: ${run.verdict} in ${run.seconds.toFixed(1)} s\n${run.output}`);
   }
 }
 await Promise.all(Array.from({ length: Math.min(concurrency, files.length) }, lane));
@@ -132,10 +156,11 @@ async function writeTopStatements(path: string): Promise<void> {
 
 // The totals of the spec reports' closing lines ("ℹ pass 12").
 const totals = new Map<string, number>();
-for (const { output } of runs) {
-  for (const [, key, n] of output.matchAll(/^ℹ (tests|pass|fail|cancelled|skipped|todo) (\d+)$/gm)) totals.set(key, (totals.get(key) ?? 0) + Number(n));
+for (const { report } of runs) {
+  for (const [, key, n] of report.matchAll(/^ℹ (tests|pass|fail|cancelled|skipped|todo) (\d+)$/gm)) totals.set(key, (totals.get(key) ?? 0) + Number(n));
 }
-const failed = runs.filter((r) => r.code !== 0).map((r) => basename(r.file));
+// Every file must have run and passed: a run that started none is no pass.
+const failed = [...runs.filter((r) => !r.passed).map((r) => basename(r.file)), ...files.filter((f) => !runs.some((r) => r.file === f)).map((f) => `${basename(f)} (not run)`)];
 const seconds = (performance.now() - suiteStarted) / 1000;
 console.log(`\ntests: ${[...totals].map(([k, n]) => `${k} ${n}`).join(", ")}; ${files.length} files in ${seconds.toFixed(0)} s`);
 if (failed.length) console.log(`tests: failed: ${failed.join(", ")}`);

@@ -1,21 +1,23 @@
 /**
  * The loader hooks behind register.mjs. A `.ts` module is turned into
  * JavaScript by esbuild (types dropped, nothing checked: `npm run check`
- * checks) and kept in a cache keyed by its path and text, shared by every
- * process, so that a module is transformed once per change, not once per
- * process. A relative `./x.js` that does not exist is looked up as `./x.ts`.
+ * checks) and kept in a cache keyed by esbuild's version and the module's
+ * path and text, shared by every process, so that a module is transformed
+ * once per change, not once per process. A relative `./x.js` that does not
+ * exist is looked up as `./x.ts`, as tsx does.
+ *
+ * The cache is `node_modules/.cache/pgbg-ts-loader` (inside the checkout, so
+ * that no other user of the machine can put code in it, and gone with
+ * `node_modules`). Old entries are not removed: a few kilobytes per edited file.
  */
 import { createHash } from "node:crypto";
 import { mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 
-/** Changes whenever the transform's options do, so older cached output is not used. */
-const VERSION = "1";
-export const cacheDir = join(tmpdir(), `pgbg-ts-loader-${process.getuid?.() ?? "user"}`);
-mkdirSync(cacheDir, { recursive: true });
+const cacheDir = fileURLToPath(new URL("../../node_modules/.cache/pgbg-ts-loader/", import.meta.url));
+const esbuildVersion = JSON.parse(readFileSync(new URL("../../node_modules/esbuild/package.json", import.meta.url), "utf8")).version;
 
+/** Resolves as node does; a relative `.js` that is not there is tried as `.ts`. */
 export async function resolve(specifier, context, next) {
   try {
     return await next(specifier, context);
@@ -25,24 +27,30 @@ export async function resolve(specifier, context, next) {
   }
 }
 
+/** Loads a `.ts` file as an ES module of JavaScript; anything else as node does. */
 export async function load(url, context, next) {
   if (!url.startsWith("file:") || !/\.m?ts$/.test(new URL(url).pathname)) return next(url, context);
   const path = fileURLToPath(url);
   return { format: "module", source: await transformed(path, readFileSync(path, "utf8")), shortCircuit: true };
 }
 
-/** `source` of the module at `path` as JavaScript, from the cache or newly transformed (and cached). */
-export async function transformed(path, source) {
-  const cached = join(cacheDir, `${createHash("sha1").update(`${VERSION}\0${path}\0${source}`).digest("hex")}.js`);
+/** `source`, the module at `path`, as JavaScript: from the cache, or transformed and cached. */
+async function transformed(path, source) {
+  const cached = `${cacheDir}${createHash("sha1").update(`${esbuildVersion}\0${path}\0${source}`).digest("hex")}.js`;
   try {
     return readFileSync(cached, "utf8");
   } catch {
     const { transform } = await import("esbuild");
     const { code } = await transform(source, { loader: "ts", format: "esm", target: "es2023", sourcefile: path, sourcemap: "inline" });
-    // Written whole under a temporary name first: another process may read it at any moment.
-    const temporary = `${cached}.${process.pid}.tmp`;
-    writeFileSync(temporary, code);
-    renameSync(temporary, cached);
+    try {
+      // Written whole under a temporary name first: another process may read it at any moment.
+      mkdirSync(cacheDir, { recursive: true });
+      const temporary = `${cached}.${process.pid}.tmp`;
+      writeFileSync(temporary, code);
+      renameSync(temporary, cached);
+    } catch {
+      // Not cached (a full disk, a read-only checkout): the next process transforms it again.
+    }
     return code;
   }
 }
