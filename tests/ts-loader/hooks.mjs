@@ -15,6 +15,13 @@ import { mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 
 const cacheDir = fileURLToPath(new URL("../../node_modules/.cache/pgbg-ts-loader/", import.meta.url));
+/**
+ * The transform's options, part of the cache's key. The inline source maps
+ * leave the source text out (sourcesContent): stack traces name the
+ * TypeScript's lines all the same, and each process decodes a map per
+ * module it loads, a third of the size.
+ */
+const OPTIONS = { loader: "ts", format: "esm", target: "es2023", sourcemap: "inline", sourcesContent: false };
 const esbuildVersion = JSON.parse(readFileSync(new URL("../../node_modules/esbuild/package.json", import.meta.url), "utf8")).version;
 
 /** Resolves as node does; a relative `.js` that is not there is tried as `.ts`. */
@@ -36,12 +43,12 @@ export async function load(url, context, next) {
 
 /** `source`, the module at `path`, as JavaScript: from the cache, or transformed and cached. */
 async function transformed(path, source) {
-  const cached = `${cacheDir}${createHash("sha1").update(`${esbuildVersion}\0${path}\0${source}`).digest("hex")}.js`;
+  const cached = `${cacheDir}${createHash("sha1").update(`${esbuildVersion}\0${JSON.stringify(OPTIONS)}\0${path}\0${source}`).digest("hex")}.js`;
   try {
     return readFileSync(cached, "utf8");
   } catch {
     const { transform } = await import("esbuild");
-    const { code } = await transform(source, { loader: "ts", format: "esm", target: "es2023", sourcefile: path, sourcemap: "inline" });
+    const { code } = await transform(source, { ...OPTIONS, sourcefile: path });
     try {
       // Written whole under a temporary name first: another process may read it at any moment.
       mkdirSync(cacheDir, { recursive: true });
