@@ -408,16 +408,35 @@ test("the README's schedule and pause example runs as written, in-process and un
   }
 });
 
-test("the README's concurrency limit example runs as written: at most 2 at once, and 2 reached; pgbg limit sets and removes a limit", async () => {
-  const { file } = exampleFile("### Concurrency limits", "limits");
+test("the README's concurrency limit example runs as written, in-process and under pgbg serve: at most 2 at once, and 2 reached; pgbg limit sets and removes a limit", async () => {
+  const { tasks, app, tasksBlock, appBlock } = tasksAndApp("### Concurrency limits", "limits");
+  assert.ok(tasksBlock.includes("export const callPartner") && appBlock.includes("setQueueConcurrency("), "the README has both blocks");
   await migrate(db.sql);
-  const result = runTs(file);
+  const result = runTs(app);
   assert.equal(result.status, 0, result.stdout + result.stderr);
-  assert.equal(result.stdout.trim(), "at most 2 at once");
-  assert.equal((await pgbg("limit", "emails", "3")).stdout, "queue emails: at most 3 running at once\n");
-  assert.match((await pgbg("status")).stdout, /emails +running +3/);
-  assert.equal((await pgbg("limit", "emails", "off")).stdout, "queue emails has no concurrency limit\n");
-  const bad = await pgbg("limit", "emails", "0");
+  const lines = result.stdout.trim().split("\n");
+  assert.equal(lines.filter((l) => /^called the partner for \d+; at most [12] at once here$/.test(l)).length, 20, result.stdout);
+  assert.equal(lines.at(-1), "at most 2 at once");
+
+  // Under pgbg serve, the limit the app set still in force: one worker
+  // process that could run 10 at once runs 2, so its own count is the
+  // queue's (tests/limits.test.ts checks several supervisors against the
+  // execution record).
+  const { callPartner } = await import(tasks);
+  await enqueueMany(db.sql, callPartner, Array.from({ length: 20 }, (_, n) => ({ n: 100 + n })));
+  const service = startService(db.url, ["--tasks", tasks, "--workers", "1", "--concurrency", "10"]);
+  const counts = () => service.other.map((l) => /^called the partner for 1\d\d; at most (\d+) at once here$/.exec(l)?.[1]).filter(Boolean).map(Number);
+  try {
+    await until(async () => counts().length, (n) => n === 20, patience, "the 20 calls to run under pgbg serve");
+    assert.equal(Math.max(...counts()), 2, service.other.join("\n"));
+  } finally {
+    assert.deepEqual(await stopService(service), { code: 0, signal: null });
+  }
+
+  assert.equal((await pgbg("limit", "partner-api", "3")).stdout, "queue partner-api: at most 3 running at once\n");
+  assert.match((await pgbg("status")).stdout, /partner-api +running +3/);
+  assert.equal((await pgbg("limit", "partner-api", "off")).stdout, "queue partner-api has no concurrency limit\n");
+  const bad = await pgbg("limit", "partner-api", "0");
   assert.equal(bad.status, 2);
   assert.match(bad.stderr, /the limit must be a whole number of at least 1, or off/);
 });
