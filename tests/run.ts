@@ -32,15 +32,17 @@ if (!process.env.DATABASE_URL) {
   console.log(`tests: using DATABASE_URL (${new URL(process.env.DATABASE_URL).host})`);
 }
 
-// Six files at a time by default: the suite is bound by the CPU (two
-// cores about 85 % busy at six), and eight at a time took longer (391 s
-// against 375 s, 2026-12-03). A service test holds about 25
-// connections at its peak (two supervisors with their workers), so a server
-// gets one file per 25 of the connections it allows ordinary roles
-// (max_connections less superuser_reserved_connections): the machine's
-// default of 100 allows three (four once ran it out of connections).
-// PGBG_TEST_CONCURRENCY overrides it.
-const concurrency = Number(process.env.PGBG_TEST_CONCURRENCY ?? Math.max(1, Math.min(6, Math.floor((await connectionSlots()) / 25))));
+// Seven files at a time by default: the suite is bound by the CPU. At six,
+// the two cores were 82-85 % busy (files waiting on a lease or a timer
+// leave them idle) and the suite took 311-350 s; at seven 299 and 309 s,
+// at eight 305 s with the cores 99 % busy (2026-12-04). A service test
+// holds about 25 connections at its peak (two supervisors with their
+// workers), so a server gets one file per 25 of the connections it allows
+// ordinary roles (max_connections less superuser_reserved_connections):
+// the embedded server's 200 allow seven, the machine's default of 100
+// three (four once ran it out of connections). PGBG_TEST_CONCURRENCY
+// overrides it.
+const concurrency = Number(process.env.PGBG_TEST_CONCURRENCY ?? Math.max(1, Math.min(7, Math.floor((await connectionSlots()) / 25))));
 if (!Number.isInteger(concurrency) || concurrency < 1) {
   console.error(`tests: PGBG_TEST_CONCURRENCY must be a whole number of at least 1, not ${JSON.stringify(process.env.PGBG_TEST_CONCURRENCY)}`);
   await stop?.();
