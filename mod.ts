@@ -42,8 +42,8 @@ export type { WorkerHost, WorkerHostOptions } from "./lib/host.ts";
 export { cancel, countTasks, getTask, listTasks, retry, status, TASK_STATES } from "./lib/admin.ts";
 export { activity } from "./lib/activity.ts";
 export type { ActivityMinute, ActivityOptions } from "./lib/activity.ts";
-export { listSchedules, MAX_RATE_LIMIT, pausedQueues, pauseQueue, queueSettings, resumeQueue, runSchedule, setGroupConcurrency, setQueueConcurrency, setQueueRateLimit } from "./lib/controls.ts";
-export type { PausedQueue, QueueRate, QueueSettings, RateLimit, ScheduleInfo } from "./lib/controls.ts";
+export { listSchedules, MAX_RATE_LIMIT, pausedQueues, pauseQueue, queueSettings, resumeQueue, runSchedule, setGroupConcurrency, setGroupRateLimit, setQueueConcurrency, setQueueRateLimit } from "./lib/controls.ts";
+export type { GroupRate, PausedQueue, QueueRate, QueueSettings, RateLimit, ScheduleInfo } from "./lib/controls.ts";
 export { defineSchedule } from "./lib/schedule.ts";
 export type { CatchUp, Schedule, ScheduleDefinition, ScheduleEnqueueOptions } from "./lib/schedule.ts";
 export type {

@@ -6,7 +6,7 @@
  */
 import { fileURLToPath } from "node:url";
 import process from "node:process";
-import { enqueue, enqueueBatch, enqueueFlow, enqueueMany, flowTask, migrate, setGroupConcurrency, setQueueConcurrency, setQueueRateLimit, VERSION } from "../mod.ts";
+import { enqueue, enqueueBatch, enqueueFlow, enqueueMany, flowTask, migrate, setGroupConcurrency, setGroupRateLimit, setQueueConcurrency, setQueueRateLimit, VERSION } from "../mod.ts";
 import { batchDone, latency as latencyTask, latencyGrouped, noop, noopGrouped, noopResult } from "./tasks.js";
 import { type Child, CpuMeter, type Database, inFlight, type Server, since, start, stop, treeCpu, waitFor } from "./harness.ts";
 import type { DrainResult, Subject } from "./subject.ts";
@@ -143,6 +143,12 @@ export async function drainLimited(db: Database, server: Server, n: number, sett
 export async function drainRated(db: Database, server: Server, n: number, setting: ServeSetting, perSecond: number): Promise<DrainResult> {
   await setQueueRateLimit(db.sql, "default", { limit: perSecond, interval: 1000 });
   return await drainWith(db, server, n, setting);
+}
+
+/** drainWith, of `n` tasks spread over `groups` groups, each group rate-limited to `perSecond` starts a second. */
+export async function drainGroupRated(db: Database, server: Server, n: number, setting: ServeSetting, groups: number, perSecond: number): Promise<DrainResult> {
+  await setGroupRateLimit(db.sql, "default", { limit: perSecond, interval: 1000 });
+  return await drainWith(db, server, n, setting, "nothing", groups);
 }
 
 /**

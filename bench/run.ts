@@ -15,7 +15,7 @@ import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { type Database, freshDatabase, median, note, percentile, progress, startServer } from "./harness.ts";
 import { depth } from "./depth.ts";
-import { drainGrouped, timeFlowEnqueue, drainInProcess, drainLimited, drainRated, drainWith, pgbgSubject, type ServeSetting, startBehindBacklog } from "./pgbg.ts";
+import { drainGrouped, timeFlowEnqueue, drainInProcess, drainGroupRated, drainLimited, drainRated, drainWith, pgbgSubject, type ServeSetting, startBehindBacklog } from "./pgbg.ts";
 import { rawDrain, rawInsertCopy, rawInsertSingle, rawInsertUnnest, setupRaw } from "./raw.ts";
 import { type DrainResult, medianRun, spread, type Subject } from "./subject.ts";
 import { renderTable, type Row } from "./table.ts";
@@ -169,6 +169,7 @@ try {
     await keptDrains(pgbg, n, pgbgBest);
     await limitedDrain(pgbg, n, pgbgBest);
     await ratedDrain(pgbg, pgbgBest);
+    await groupRatedDrain(pgbg, pgbgBest);
     if (sections.has("groups")) await groupedDrains(pgbg, n, pgbgBest);
   }
 
@@ -296,10 +297,30 @@ async function ratedDrain(pgbg: Subject, setting: ServeSetting): Promise<void> {
     progress(`dequeue · pgbg with a rate limit of ${perSecond}/s · run ${runs.length + 1}`);
     runs.push(await onFreshDatabase("pgbg_rated", (db) => pgbg.setup(db), (db) => drainRated(db, server, n, setting, perSecond)));
   }
-  const result = medianRun(runs);
+  recordRated(`drain ${n.toLocaleString("en")} rate-limited to ${perSecond.toLocaleString("en")}/s`, medianRun(runs), perSecond);
+}
+
+/**
+ * As ratedDrain, with the limit on each of 10 groups instead of the queue:
+ * 100 starts a second each, so 1,000 a second in all when every group has
+ * tasks (task i is in group i mod 10).
+ */
+async function groupRatedDrain(pgbg: Subject, setting: ServeSetting): Promise<void> {
+  const [groups, perSecond] = [10, 100];
+  const n = size.ratedDrain;
+  const runs: DrainResult[] = [];
+  while (runs.length < size.drainRepeats) {
+    progress(`dequeue · pgbg with a rate limit of ${perSecond}/s on each of ${groups} groups · run ${runs.length + 1}`);
+    runs.push(await onFreshDatabase("pgbg_group_rated", (db) => pgbg.setup(db), (db) => drainGroupRated(db, server, n, setting, groups, perSecond)));
+  }
+  recordRated(`drain ${n.toLocaleString("en")} over ${groups} groups, each rate-limited to ${perSecond}/s`, medianRun(runs), groups * perSecond);
+}
+
+/** Records a rate-limited drain's achieved rate: its first second's `perSecond` start at once, so the rate is that of the rest. */
+function recordRated(label: string, result: DrainResult, perSecond: number): void {
   const value = (result.jobs - perSecond) / result.seconds;
   record({
-    section: "dequeue", case: `drain ${n.toLocaleString("en")} rate-limited to ${perSecond.toLocaleString("en")}/s`, subject: "pgbg", value, unit: "tasks/s",
+    section: "dequeue", case: label, subject: "pgbg", value, unit: "tasks/s",
     detail: `${result.setting}; ${(value / perSecond).toFixed(3)} of its limit (after the first second's ${perSecond.toLocaleString("en")})`,
   });
 }

@@ -38,10 +38,11 @@ export function formatStatus(status: Status): string {
   if (status.queues.length) {
     parts.push("\nqueue controls:\n");
     parts.push(formatTable(
-      ["QUEUE", "STATE", "CONCURRENCY LIMIT", "PER GROUP", "RATE LIMIT", "STARTS IN INTERVAL"],
+      ["QUEUE", "STATE", "CONCURRENCY LIMIT", "PER GROUP", "RATE LIMIT", "STARTS IN INTERVAL", "GROUP RATE LIMIT"],
       status.queues.map((q) => [
         q.queue, q.pausedAt ? `paused since ${q.pausedAt.toISOString()}` : "running", q.concurrency ?? "none", q.groupConcurrency ?? "none",
         q.rate ? `${q.rate.limit}/${formatDuration(q.rate.intervalMs)}` : "none", q.rate?.recentStarts ?? "",
+        q.groupRate ? `${q.groupRate.limit}/${formatDuration(q.groupRate.intervalMs)}` : "none",
       ]),
     ));
   }

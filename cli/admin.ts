@@ -12,7 +12,7 @@ import postgres from "postgres";
 import { compactIndexes } from "../lib/compact.ts";
 import { cancel, listTasks, retry, status } from "../lib/admin.ts";
 import { getFlow } from "../lib/flow-admin.ts";
-import { pauseQueue, resumeQueue, runSchedule, setGroupConcurrency, setQueueConcurrency, setQueueRateLimit } from "../lib/controls.ts";
+import { pauseQueue, resumeQueue, runSchedule, setGroupConcurrency, setGroupRateLimit, setQueueConcurrency, setQueueRateLimit } from "../lib/controls.ts";
 import { formatDuration } from "../lib/duration.ts";
 import { enqueue } from "../lib/enqueue.ts";
 import { LATEST_SCHEMA_VERSION, migrate, schemaVersion } from "../lib/migrate.ts";
@@ -197,10 +197,16 @@ const limitCommand = adminCommand(
 /** `pgbg rate`. */
 const rateCommand = adminCommand(
   rateArgs,
-  "Set a queue's rate limit: at most N of its tasks start in any INTERVAL across every worker and host; off removes it",
-  ({ flags, positionals: [queue, rate] }, out) =>
-    runCommand(flags, out, (sql, schema) => setQueueRateLimit(sql, queue, rate === "off" ? null : parseRate(rate)!, { schema }), (r) =>
-      r.rate === null ? `queue ${r.queue} has no rate limit\n` : `queue ${r.queue}: at most ${r.rate.limit} starts per ${formatDuration(r.rate.intervalMs)}\n`),
+  "Set a queue's rate limit (with --per-group, each group's): at most N of its tasks start in any INTERVAL across every worker and host; off removes it",
+  ({ flags, positionals: [queue, rate] }, out) => {
+    const limit = rate === "off" ? null : parseRate(rate)!;
+    if (flags["per-group"]) {
+      return runCommand(flags, out, (sql, schema) => setGroupRateLimit(sql, queue, limit, { schema }), (r) =>
+        r.groupRate === null ? `queue ${r.queue} has no group rate limit\n` : `queue ${r.queue}: at most ${r.groupRate.limit} starts of each group per ${formatDuration(r.groupRate.intervalMs)}\n`);
+    }
+    return runCommand(flags, out, (sql, schema) => setQueueRateLimit(sql, queue, limit, { schema }), (r) =>
+      r.rate === null ? `queue ${r.queue} has no rate limit\n` : `queue ${r.queue}: at most ${r.rate.limit} starts per ${formatDuration(r.rate.intervalMs)}\n`);
+  },
 );
 
 /** `pgbg run-schedule`. */

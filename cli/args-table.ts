@@ -273,9 +273,12 @@ export function parseRate(text: string): { limit: number; interval: number } | u
 /** `pgbg rate`. */
 export const rateArgs = {
   command: "pgbg rate",
-  flags: connection,
+  flags: {
+    ...connection,
+    "per-group": boolean({ default: false, shown: "off", description: "Limit each group of the queue (defineTask's group) instead of the whole queue" }),
+  },
   positionals: {
-    names: { queue: "The queue (required)", rate: "Most starts per interval as N/INTERVAL (100/1m, 5/1s), or off for no rate limit (required)" },
+    names: { queue: "The queue (required)", rate: "Most starts (with --per-group: of each group's) per interval as N/INTERVAL (100/1m, 5/1s), or off for no rate limit (required)" },
     required: "give the queue and its rate: pgbg rate QUEUE N/INTERVAL, or pgbg rate QUEUE off",
   },
   check({ positionals: [queue, rate] }) {

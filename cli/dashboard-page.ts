@@ -44,7 +44,7 @@ ${chartsSection}<section><h2>Tasks</h2>
 <th>Oldest queued</th><th>Done/1m</th><th>Failed/1m</th><th>Retried/1m</th></tr></thead><tbody></tbody></table>
 <p id="unregistered" class="warning"></p></section>
 <section><h2>Queues</h2>
-<table id="queues"><thead><tr><th>Queue</th><th>State</th><th>Concurrency limit</th><th>Per group</th><th>Rate limit</th><th>Starts in interval</th><th>Queued</th><th>Scheduled</th><th>Running</th><th>Done/1m</th><th>Failed/1m</th><th></th></tr></thead><tbody></tbody></table></section>
+<table id="queues"><thead><tr><th>Queue</th><th>State</th><th>Concurrency limit</th><th>Per group</th><th>Rate limit</th><th>Starts in interval</th><th>Group rate limit</th><th>Queued</th><th>Scheduled</th><th>Running</th><th>Done/1m</th><th>Failed/1m</th><th></th></tr></thead><tbody></tbody></table></section>
 <section><h2>Schedules</h2>
 <table id="schedules"><thead><tr><th>Schedule</th><th>Task</th><th>Cron</th><th>Time zone</th><th>Last tick</th><th>Last task</th><th>Next tick</th><th>State</th><th></th></tr></thead><tbody></tbody></table></section>
 <section><h2>Workers</h2>
@@ -131,6 +131,8 @@ async function refresh() {
       const rate = controls.get(q)?.rate;
       cell(tr, rate ? rate.limit + " per " + rate.intervalMs + " ms" : "none");
       cell(tr, rate ? rate.recentStarts : "");
+      const groupRate = controls.get(q)?.groupRate;
+      cell(tr, groupRate ? groupRate.limit + " per " + groupRate.intervalMs + " ms" : "none");
       const of = status.tasks.filter((t) => t.queue === q);
       const sum = (field) => of.reduce((n, t) => n + t[field], 0);
       for (const field of ["queued", "scheduled", "running", "completedLastMinute", "failedLastMinute"]) cell(tr, sum(field));

@@ -84,15 +84,26 @@ export interface QueueSettings {
   groupConcurrency: number | null;
   /** Its rate limit; null for none. */
   rate: QueueRate | null;
+  /** The rate limit of each of its groups; null for none. */
+  groupRate: GroupRate | null;
+}
+
+/** The rate limit of each group of a queue, as {@link queueSettings} lists it. */
+export interface GroupRate {
+  /** At most this many tasks of any one group start in any `intervalMs`. */
+  limit: number;
+  /** The interval, in ms. */
+  intervalMs: number;
 }
 
 // deno-lint-ignore no-explicit-any
 function settingsOf(r: Record<string, any>): QueueSettings {
   const rate = r.rate_limit === null ? null : { limit: r.rate_limit, intervalMs: r.rate_interval_ms, recentStarts: r.recent_starts };
-  return { queue: r.name, pausedAt: r.paused_at, concurrency: r.concurrency, groupConcurrency: r.group_concurrency, rate };
+  const groupRate = r.group_rate_limit === null ? null : { limit: r.group_rate_limit, intervalMs: r.group_rate_interval_ms };
+  return { queue: r.name, pausedAt: r.paused_at, concurrency: r.concurrency, groupConcurrency: r.group_concurrency, rate, groupRate };
 }
 
-/** Every queue that is paused or has a limit (concurrency, per group, or rate), by name. */
+/** Every queue that is paused or has a limit (concurrency or rate, of the queue or per group), by name. */
 export async function queueSettings(db: DatabaseClient, options?: AdminOptions): Promise<QueueSettings[]> {
   const schema = schemaOf("queueSettings()", options);
   return (await run(db, schema, "QueueSettings", [])).map(settingsOf);
@@ -122,17 +133,28 @@ export async function setGroupConcurrency(db: DatabaseClient, queue: string, per
 }
 
 async function setLimit(where: string, statement: "SetQueueConcurrency" | "SetGroupConcurrency", db: DatabaseClient, queue: string, limit: number | null, options?: AdminOptions) {
+  return await setControl(where, statement, db, queue, options, () => {
+    if (limit !== null && !(Number.isInteger(limit) && limit >= 1 && limit <= 2_147_483_647)) {
+      throw new InvalidOptionsError(`${where}: the limit must be a whole number of at least 1, or null for no limit, got ${formatValue(limit)}`);
+    }
+    return [limit];
+  });
+}
+
+/**
+ * Writes one control of `queue` with `statement`, whose parameters are the
+ * queue's name, what `values` returns (it throws for a bad value) and the
+ * wake-up channel; returns the queue's settings.
+ */
+async function setControl(where: string, statement: "SetQueueConcurrency" | "SetGroupConcurrency" | "SetQueueRateLimit" | "SetGroupRateLimit", db: DatabaseClient, queue: string, options: AdminOptions | undefined, values: () => unknown[]) {
   const schema = schemaOf(where, options);
   if (typeof queue !== "string") throw new InvalidOptionsError(`${where}: give one queue name, got ${formatValue(queue)}`);
   const [name] = queueNames(where, queue);
-  if (limit !== null && !(Number.isInteger(limit) && limit >= 1 && limit <= 2_147_483_647)) {
-    throw new InvalidOptionsError(`${where}: the limit must be a whole number of at least 1, or null for no limit, got ${formatValue(limit)}`);
-  }
-  const [row] = await run(db, schema, statement, [name, limit, `pgbg:${schema}`]);
+  const [row] = await run(db, schema, statement, [name, ...values(), `pgbg:${schema}`]);
   return settingsOf(row);
 }
 
-/** A rate limit for {@link setQueueRateLimit}: at most `limit` starts per `interval`. */
+/** A rate limit for {@link setQueueRateLimit} and {@link setGroupRateLimit}: at most `limit` starts per `interval`. */
 export interface RateLimit {
   /** Starts allowed per interval: a whole number from 1 to 10,000. */
   limit: number;
@@ -152,25 +174,37 @@ export const MAX_RATE_LIMIT = 10_000;
  * bad name, limit or interval.
  */
 export async function setQueueRateLimit(db: DatabaseClient, queue: string, rate: RateLimit | null, options?: AdminOptions): Promise<QueueSettings> {
-  const schema = schemaOf("setQueueRateLimit()", options);
-  if (typeof queue !== "string") throw new InvalidOptionsError(`setQueueRateLimit(): give one queue name, got ${formatValue(queue)}`);
-  const [name] = queueNames("setQueueRateLimit()", queue);
-  const [limit, intervalMs] = rate === null ? [null, null] : rateOf(rate);
-  const [row] = await run(db, schema, "SetQueueRateLimit", [name, limit, intervalMs, `pgbg:${schema}`]);
-  return settingsOf(row);
+  return await setRate("setQueueRateLimit()", "SetQueueRateLimit", db, queue, rate, options);
 }
 
-function rateOf(rate: RateLimit): [number, number] {
+/**
+ * Sets the rate limit of each group of a queue (defineTask's `group`): at
+ * most `limit` tasks of any one group start in any `interval`, across
+ * every worker of every host (null: no group rate limit), while the groups
+ * start side by side: a quota per tenant or per account. It counts and
+ * waits as {@link setQueueRateLimit} does, and may sit beside the queue's
+ * own limits: all hold. Tasks without a group are not held by it. Throws
+ * `InvalidOptionsError` for a bad name, limit or interval.
+ */
+export async function setGroupRateLimit(db: DatabaseClient, queue: string, rate: RateLimit | null, options?: AdminOptions): Promise<QueueSettings> {
+  return await setRate("setGroupRateLimit()", "SetGroupRateLimit", db, queue, rate, options);
+}
+
+async function setRate(where: string, statement: "SetQueueRateLimit" | "SetGroupRateLimit", db: DatabaseClient, queue: string, rate: RateLimit | null, options?: AdminOptions) {
+  return await setControl(where, statement, db, queue, options, () => rate === null ? [null, null] : rateOf(where, rate));
+}
+
+function rateOf(where: string, rate: RateLimit): [number, number] {
   if (typeof rate !== "object" || rate === null) {
-    throw new InvalidOptionsError(`setQueueRateLimit(): give { limit, interval }, or null for no rate limit, got ${formatValue(rate)}`);
+    throw new InvalidOptionsError(`${where}: give { limit, interval }, or null for no rate limit, got ${formatValue(rate)}`);
   }
   const { limit, interval } = rate;
   if (!(Number.isInteger(limit) && limit >= 1 && limit <= MAX_RATE_LIMIT)) {
-    throw new InvalidOptionsError(`setQueueRateLimit(): limit must be a whole number from 1 to ${MAX_RATE_LIMIT}, got ${formatValue(limit)}`);
+    throw new InvalidOptionsError(`${where}: limit must be a whole number from 1 to ${MAX_RATE_LIMIT}, got ${formatValue(limit)}`);
   }
   const ms = typeof interval === "string" ? parseDuration(interval) : interval;
   if (!(typeof ms === "number" && Number.isInteger(ms) && ms >= 1 && ms <= MAX_DURATION)) {
-    throw new InvalidOptionsError(`setQueueRateLimit(): interval must be a duration from 1 ms to 7 days (ms, or text such as "1s"), got ${formatValue(interval)}`);
+    throw new InvalidOptionsError(`${where}: interval must be a duration from 1 ms to 7 days (ms, or text such as "1s"), got ${formatValue(interval)}`);
   }
   return [limit, ms];
 }

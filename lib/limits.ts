@@ -1,8 +1,9 @@
 /**
  * Concurrency and rate limits of queues (`setQueueConcurrency`,
- * `setQueueRateLimit`, `setGroupConcurrency`): at most N of a queue's tasks
- * run at once, at most R start in any interval, and at most G of each of
- * its groups run at once, across every worker of every host.
+ * `setQueueRateLimit`, `setGroupConcurrency`, `setGroupRateLimit`): at
+ * most N of a queue's tasks run at once, at most R start in any interval,
+ * at most G of each of its groups run at once, and at most S of each group
+ * start in any interval, across every worker of every host.
  *
  * The ordinary claim leaves a limited queue alone (ClaimFromLanes). A
  * worker claims from it with the limited claim: a transaction that takes
@@ -15,7 +16,9 @@
  * dead worker, holds no slot. A rate limit counts the starts its queue's
  * log holds within the last interval, and the same transaction logs the
  * starts it claims (RecordQueueStarts): a claim is a start, and a task
- * over the limit waits, queued, without using an attempt.
+ * over the limit waits, queued, without using an attempt. A group rate
+ * limit is the same, with a log per group (ClaimLimitedGroupTasks counts
+ * each group's, RecordGroupStarts appends to them).
  *
  * The ordinary claim leaves a queue alone from the moment its limit is
  * committed (a claim already under way may still take from it once); a
@@ -29,7 +32,7 @@ import type { ClaimScope } from "./claim.ts";
 import { claimBothKinds, claimGroups } from "./groups.ts";
 import { type Database, run } from "./statements.ts";
 
-/** Which queues have a limit (concurrency, rate, or per group), read again when older than `refreshMs`. */
+/** Which queues have a limit (concurrency or rate, of the queue or per group), read again when older than `refreshMs`. */
 export class LimitedQueues {
   #names: string[] = [];
   #readAt = -Infinity;
@@ -97,8 +100,18 @@ export async function claimLimited(sql: Sql<any>, schema: string, queue: string,
     }
     const claimed = await claimWithin(tx, schema, queue, scope, free);
     if (slots.rated && claimed.length) await run(tx, schema, "RecordQueueStarts", [queue, claimed.length]);
+    if (slots.group_rated) await recordGroupStarts(tx, schema, queue, claimed);
+    // Some group's rate is used up: an idle worker looks again when it has room.
+    if (slots.group_room_in_ms > 0 && claimed.length < free) scope.limits?.fullUntil(Date.now() + slots.group_room_in_ms);
     return claimed;
   }) as Record<string, unknown>[];
+}
+
+/** Logs the starts of each group among `claimed` in its group's rate log (RecordGroupStarts), in one statement. */
+async function recordGroupStarts(tx: Database, schema: string, queue: string, claimed: Record<string, unknown>[]): Promise<void> {
+  const starts = new Map<string, number>();
+  for (const row of claimed) if (row.group_name !== null) starts.set(row.group_name as string, (starts.get(row.group_name as string) ?? 0) + 1);
+  if (starts.size) await run(tx, schema, "RecordGroupStarts", [queue, [...starts.keys()], [...starts.values()]]);
 }
 
 /**

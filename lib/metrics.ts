@@ -107,9 +107,13 @@ export class ServiceMetrics {
     for (const q of queues) if (q.rate) out.push(`pgbg_queue_rate_interval_seconds${labels({ queue: q.queue })} ${q.rate.intervalMs / 1000}`);
     family("pgbg_queue_rate_starts", "gauge", "Starts within the last interval of each rate-limited queue: its current rate.");
     for (const q of queues) if (q.rate) out.push(`pgbg_queue_rate_starts${labels({ queue: q.queue })} ${q.rate.recentStarts}`);
-    family("pgbg_queue_limit_waiting", "gauge", "Due tasks of each limited queue held back now: all while it is at its concurrency or rate limit, else those whose group is at its limit.");
+    family("pgbg_queue_group_rate_limit", "gauge", "Each group-rate-limited queue's most starts per interval of each group (setGroupRateLimit, pgbg rate --per-group).");
+    for (const q of queues) if (q.groupRate) out.push(`pgbg_queue_group_rate_limit${labels({ queue: q.queue })} ${q.groupRate.limit}`);
+    family("pgbg_queue_group_rate_interval_seconds", "gauge", "Each group-rate-limited queue's interval.");
+    for (const q of queues) if (q.groupRate) out.push(`pgbg_queue_group_rate_interval_seconds${labels({ queue: q.queue })} ${q.groupRate.intervalMs / 1000}`);
+    family("pgbg_queue_limit_waiting", "gauge", "Due tasks of each limited queue held back now: all while it is at its concurrency or rate limit, else those whose group is at its concurrency or rate limit.");
     for (const q of queues) {
-      if (q.concurrency !== null || q.rate || q.groupConcurrency !== null) {
+      if (q.concurrency !== null || q.rate || q.groupConcurrency !== null || q.groupRate) {
         out.push(`pgbg_queue_limit_waiting${labels({ queue: q.queue })} ${waitingOnLimit(q, depth, groupWaiting.get(q.queue) ?? 0)}`);
       }
     }
@@ -157,7 +161,7 @@ export interface DatabaseMetrics {
 export async function readDatabaseMetrics(db: Database, schema: string): Promise<DatabaseMetrics> {
   const [depth, queues, schedules] = await allSettledOrThrow([readTaskStatus(db, schema), queueSettings(db, { schema }), listSchedules(db, { schema })]);
   // Read only when some queue has a limit per group: it reads their grouped tasks.
-  const grouped = queues.some((q) => q.groupConcurrency !== null)
+  const grouped = queues.some((q) => q.groupConcurrency !== null || q.groupRate !== null)
     ? await run<{ queue: string; waiting: number }>(db, schema, "GroupLimitWaiting", [])
     : [];
   return { depth, queues, schedules, groupWaiting: new Map(grouped.map((r) => [r.queue, r.waiting])) };

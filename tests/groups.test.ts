@@ -6,6 +6,7 @@
  * start ahead of a large group's backlog; bad groups and limits are
  * refused, writing nothing.
  */
+// Connections at its peak: 70 (four supervisors with their workers, as limits.test.ts, which peaked at 67 alone: tests/run.ts).
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import * as v from "valibot";
@@ -112,7 +113,7 @@ describe("a group limit", () => {
   test("group limits are listed, removed with null, and bad ones refused naming the value", async () => {
     await setGroupConcurrency(sql, "shown-groups", 4);
     assert.deepEqual((await queueSettings(sql)).find((q) => q.queue === "shown-groups"), {
-      queue: "shown-groups", pausedAt: null, concurrency: null, groupConcurrency: 4, rate: null,
+      queue: "shown-groups", pausedAt: null, concurrency: null, groupConcurrency: 4, rate: null, groupRate: null,
     });
     assert.ok((await status(sql)).queues.some((q) => q.queue === "shown-groups" && q.groupConcurrency === 4));
     await setGroupConcurrency(sql, "shown-groups", null);

@@ -5,6 +5,7 @@
  * runs them one at a time in enqueue order; a task waiting for its retry
  * holds no slot; bad limits are refused.
  */
+// Connections at its peak: 70 (four supervisors with their workers, and this file's clients; 67 measured alone: tests/run.ts).
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import * as v from "valibot";
@@ -101,9 +102,9 @@ describe("a queue's concurrency limit", () => {
 
   test("limits are listed, removed with null, and bad ones refused naming the value", async () => {
     await setQueueConcurrency(sql, "shown", 7);
-    assert.deepEqual((await queueSettings(sql)).find((q) => q.queue === "shown"), { queue: "shown", pausedAt: null, concurrency: 7, groupConcurrency: null, rate: null });
+    assert.deepEqual((await queueSettings(sql)).find((q) => q.queue === "shown"), { queue: "shown", pausedAt: null, concurrency: 7, groupConcurrency: null, rate: null, groupRate: null });
     assert.ok((await status(sql)).queues.some((q) => q.queue === "shown" && q.concurrency === 7));
-    assert.deepEqual(await setQueueConcurrency(sql, "shown", null), { queue: "shown", pausedAt: null, concurrency: null, groupConcurrency: null, rate: null });
+    assert.deepEqual(await setQueueConcurrency(sql, "shown", null), { queue: "shown", pausedAt: null, concurrency: null, groupConcurrency: null, rate: null, groupRate: null });
     assert.equal((await queueSettings(sql)).some((q) => q.queue === "shown"), false);
     for (const bad of [0, -1, 1.5, "3", Number.NaN]) {
       await assert.rejects(setQueueConcurrency(sql, "shown", bad as number), (e: unknown) => e instanceof InvalidOptionsError && /the limit must be/.test(e.message));

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { cancel, enqueue, migrate, pauseQueue, resumeQueue, setGroupConcurrency, setQueueConcurrency, setQueueRateLimit } from "../mod.ts";
+import { cancel, enqueue, migrate, pauseQueue, resumeQueue, setGroupConcurrency, setGroupRateLimit, setQueueConcurrency, setQueueRateLimit } from "../mod.ts";
 import { readTaskStatus } from "../lib/admin.ts";
 import { alwaysFails, tenantWork, work } from "./fixtures/tasks.ts";
 import { createTestDatabase } from "./harness.ts";
@@ -113,6 +113,17 @@ describe("pgbg serve --metrics-port", () => {
     120_000, "tenant a's waiting tasks to reach the scrape");
     await setGroupConcurrency(sql, "q9", null);
     await cancel(sql, tenants);
+    // A rate of 1 an hour per group: of tenant c's two tasks one starts, one waits on its group's rate; tenant d's starts.
+    await setGroupRateLimit(sql, "q9", { limit: 1, interval: "1h" });
+    const rateTenants = [];
+    for (const tenant of ["c", "c", "d"]) rateTenants.push(await enqueue(sql, tenantWork, { tenant }, { queue: "q9" }));
+    const groupRated = (await until(() => scrape(port), ({ samples }) => value(samples, "pgbg_queue_limit_waiting", { queue: "q9" }) === 1 &&
+      value(samples, "pgbg_queue_depth", { queue: "q9", task: "tenant-work", state: "queued" }) === 1,
+    120_000, "tenant c's waiting task to reach the scrape")).samples;
+    assert.equal(value(groupRated, "pgbg_queue_group_rate_limit", { queue: "q9" }), 1);
+    assert.equal(value(groupRated, "pgbg_queue_group_rate_interval_seconds", { queue: "q9" }), 3600);
+    await setGroupRateLimit(sql, "q9", null);
+    await cancel(sql, rateTenants);
 
     for (const metric of ["pgbg_task_duration_seconds", "pgbg_task_lag_seconds"]) {
       const buckets = samples.filter((s) => s.name === `${metric}_bucket` && s.labels.task === "always-fails");

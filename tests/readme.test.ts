@@ -506,6 +506,42 @@ test("the README's group example runs as written, in-process and under pgbg serv
   assert.equal((await pgbg("limit", "sync", "off", "--per-group")).stdout, "queue sync has no group limit\n");
 });
 
+test("the README's group rate example runs as written, in-process and under pgbg serve: an account's 6 starts at 2 a second take 2 s or more while another account's run; pgbg rate --per-group sets and removes it", async () => {
+  const { tasks, app, tasksBlock, appBlock } = tasksAndApp("### Rate limits per group", "group-rate");
+  assert.ok(tasksBlock.includes("group: (input) => input.account") && appBlock.includes("setGroupRateLimit("), "the README has both blocks");
+  await migrate(db.sql);
+  const result = runTs(app);
+  assert.equal(result.status, 0, result.stdout + result.stderr);
+  const lines = result.stdout.trim().split("\n");
+  assert.deepEqual(lines.filter((l) => l.startsWith("notified ")).toSorted(), [
+    ...[1, 2, 3, 4, 5, 6].map((n) => `notified acme #${n}`), "notified globex #1", "notified globex #2",
+  ], result.stdout);
+  // 6 starts at 2 a second: acme's 5th cannot start until 2 s after its 1st, while globex's start at once.
+  const toGo = lines.map((l) => /^globex's 2 ran while acme had (\d) of 6 to go$/.exec(l)).find(Boolean);
+  assert.ok(toGo && Number(toGo[1]) >= 1, result.stdout);
+  const seconds = lines.map((l) => /^acme's 6 took (\d+\.\d) s$/.exec(l)).find(Boolean);
+  assert.ok(seconds && Number(seconds[1]) >= 2, result.stdout);
+
+  // Under pgbg serve, with the limit set by pgbg rate --per-group as the README shows.
+  await pgbg("rate", "notify", "off", "--per-group");
+  assert.equal((await pgbg("rate", "notify", "2/1s", "--per-group")).stdout, "queue notify: at most 2 starts of each group per 1s\n");
+  assert.match((await pgbg("status")).stdout, /notify +running +none +none +none +2\/1s/);
+  const service = startService(db.url, ["--tasks", tasks, "--workers", "2"]);
+  try {
+    await service.waitForLog((l) => /^worker \d ready/.test(l.message), patience);
+    const { notifyAccount } = await import(tasks);
+    const t0 = Date.now();
+    await enqueueMany(db.sql, notifyAccount, [1, 2, 3, 4, 5, 6].map((n) => ({ account: "acme", n })));
+    await enqueueMany(db.sql, notifyAccount, [1, 2].map((n) => ({ account: "globex", n })));
+    await until(async () => (await db.sql`SELECT count(*)::int AS n FROM pgbg.task WHERE queue = 'notify'`)[0].n, (n) => n === 0, patience, "the notifications to run under pgbg serve");
+    assert.ok(Date.now() - t0 >= 2_000, `acme's 6 starts at 2 a second took ${Date.now() - t0} ms`);
+  } finally {
+    assert.deepEqual(await stopService(service), { code: 0, signal: null });
+  }
+  assert.equal((await pgbg("rate", "notify", "off", "--per-group")).stdout, "queue notify has no group rate limit\n");
+  assert.equal((await db.sql`SELECT count(*)::int AS n FROM pgbg.group_rate WHERE queue = 'notify'`)[0].n, 0, "the groups' logs are forgotten");
+});
+
 test("the README's node-postgres, Kysely, Drizzle and Prisma examples run as written: each sign-up commits its user with its task; a failed one leaves neither", async () => {
   const heading = "### Enqueue from node-postgres, Kysely or Drizzle";
   const { file } = exampleFile(heading, "clients");

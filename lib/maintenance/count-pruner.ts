@@ -1,7 +1,9 @@
 /**
  * Drops outcome counts (`task_count`) and depth samples (`task_depth`)
  * older than 24 hours: the dashboard's charts reach that far back, and the
- * tables must not grow with the uptime.
+ * tables must not grow with the uptime. Drops the start logs of groups
+ * (`group_rate`) that count nothing any more: a queue under a group rate
+ * limit may have any number of groups.
  *
  * Safe for every host to run at once: a DELETE of old periods, which a
  * second run finds gone.
@@ -11,10 +13,11 @@
 import type { MaintenanceService } from "./service.ts";
 import { type Database, run } from "../statements.ts";
 
-/** Deletes outcome counts and depth samples older than 24 hours, each by its own statement. */
+/** Deletes outcome counts and depth samples older than 24 hours, and group rate logs that count nothing, each by its own statement. */
 export async function pruneTaskCounts(db: Database, schema: string): Promise<void> {
   await run(db, schema, "PruneTaskCounts", []);
   await run(db, schema, "PruneTaskDepth", []);
+  await run(db, schema, "PruneGroupRates", []);
 }
 
 /** The pruning of counts as a maintenance service. */

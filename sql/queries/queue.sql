@@ -30,10 +30,22 @@ SELECT r.name FROM resumed r CROSS JOIN (SELECT pg_notify($2, '')) AS wake;
 -- the log holds fewer; a time past when the oldest has aged out).
 (rate_starts[cardinality(rate_starts) - rate_limit + 1] + rate_interval_ms * interval '1 millisecond')
 
+-- fragment: GroupRecentStarts
+-- The starts a group's rate limit counts now: those of its log (the
+-- pgbg.group_rate row `g`) within the last interval of its queue (the
+-- pgbg.queue row `q`), by the clock now.
+(SELECT count(*) FROM unnest(g.starts) s WHERE s > clock_timestamp() - q.group_rate_interval_ms * interval '1 millisecond')
+
+-- fragment: GroupRateRoomAt
+-- When the group of the pgbg.group_rate row `g` next has room under its
+-- queue's (`q`) group rate limit, if its log is full: as RateRoomAt.
+(g.starts[cardinality(g.starts) - q.group_rate_limit + 1] + q.group_rate_interval_ms * interval '1 millisecond')
+
 -- fragment: QueueSettingsColumns
 -- A queue's controls as the library returns them; recent_starts: the
 -- starts its rate limit counts now.
-name, paused_at, concurrency, group_concurrency, rate_limit, rate_interval_ms, {{RateRecentStarts}}::int AS recent_starts
+name, paused_at, concurrency, group_concurrency, rate_limit, rate_interval_ms, {{RateRecentStarts}}::int AS recent_starts,
+group_rate_limit, group_rate_interval_ms
 
 -- name: SetQueueConcurrency
 -- $1 queue, $2 its limit (NULL: none), $3 the wake-up channel: workers
@@ -68,13 +80,28 @@ WITH set AS (
 )
 SELECT s.* FROM set s CROSS JOIN (SELECT pg_notify($4, '')) AS wake;
 
+-- name: SetGroupRateLimit
+-- $1 queue, $2 starts allowed per interval to each of its groups (NULL:
+-- no group rate limit), $3 the interval in ms, $4 the wake-up channel.
+-- Removing the limit forgets the groups' logs; changing it keeps them, as
+-- SetQueueRateLimit does.
+WITH set AS (
+  INSERT INTO pgbg.queue AS queue (name, group_rate_limit, group_rate_interval_ms) VALUES ($1, $2::integer, $3::integer)
+  ON CONFLICT (name) DO UPDATE SET group_rate_limit = excluded.group_rate_limit, group_rate_interval_ms = excluded.group_rate_interval_ms
+  RETURNING {{QueueSettingsColumns}}
+),
+forgotten AS (
+  DELETE FROM pgbg.group_rate g WHERE $2::integer IS NULL AND g.queue = $1 RETURNING 1
+)
+SELECT s.* FROM set s CROSS JOIN (SELECT pg_notify($4, '')) AS wake WHERE (SELECT count(*) FROM forgotten) >= 0;
+
 -- name: QueueSettings
 -- Every queue paused or limited, by name.
 SELECT {{QueueSettingsColumns}}
 FROM pgbg.queue q WHERE paused_at IS NOT NULL OR {{QueueLimited}} ORDER BY name;
 
 -- name: LimitedQueues
--- The queues with a limit (concurrency, per group, or rate): a worker claims from them
+-- The queues with a limit (concurrency or rate, of the queue or per group): a worker claims from them
 -- with the limited claim (paused ones too, which QueueFreeSlots then finds
 -- paused: so a resume needs no new read of this list).
 SELECT name FROM pgbg.queue q WHERE {{QueueLimited}} ORDER BY name;
@@ -96,12 +123,19 @@ SELECT pg_advisory_xact_lock(hashtext('pgbg.queue'), hashtext($1));
 -- this one recorded counts); under both, the lesser. rated:
 -- RecordQueueStarts must log what the claim takes; room_in_ms: when the
 -- rate has room again, in ms from now (0 or less, or NULL: it has).
+-- group_rated: RecordGroupStarts must log the starts of each group the
+-- claim takes from (ClaimLimitedGroupTasks keeps each group within its
+-- rate); group_room_in_ms: when the first group whose rate is used up
+-- has room again (NULL: none is used up).
 SELECT CASE WHEN q.paused_at IS NULL THEN coalesce(least(
     CASE WHEN q.concurrency IS NOT NULL THEN q.concurrency - (SELECT count(*) FROM pgbg.task t WHERE t.state = 'running' AND t.queue = q.name) END,
     q.rate_limit - {{RateRecentStarts}}
   ), 2147483647) END::int AS free,
   q.rate_limit IS NOT NULL AS rated,
-  (extract(epoch FROM {{RateRoomAt}} - clock_timestamp()) * 1000)::float8 AS room_in_ms
+  (extract(epoch FROM {{RateRoomAt}} - clock_timestamp()) * 1000)::float8 AS room_in_ms,
+  q.group_rate_limit IS NOT NULL AS group_rated,
+  (SELECT (extract(epoch FROM min({{GroupRateRoomAt}}) - clock_timestamp()) * 1000)::float8 FROM pgbg.group_rate g
+   WHERE q.group_rate_limit IS NOT NULL AND g.queue = q.name AND cardinality(g.starts) >= q.group_rate_limit) AS group_room_in_ms
 FROM pgbg.queue q WHERE q.name = $1 AND {{QueueLimited}};
 
 -- name: RecordQueueStarts
@@ -117,9 +151,39 @@ UPDATE pgbg.queue q SET rate_starts = ARRAY(
 )
 WHERE q.name = $1 AND q.rate_limit IS NOT NULL;
 
+-- name: RecordGroupStarts
+-- $1 queue, $2 groups, $3 how many tasks of each the limited claim just
+-- took: logs one start each in its group's log, by the clock after the
+-- claim, and drops the starts older than the queue's group rate interval
+-- (as RecordQueueStarts). Each group once in $2: a row is written once
+-- per statement.
+INSERT INTO pgbg.group_rate AS g (queue, group_name, starts)
+SELECT $1, c.group_name, ARRAY(SELECT clock_timestamp() FROM generate_series(1, c.n))
+FROM unnest($2::text[], $3::integer[]) AS c (group_name, n)
+ON CONFLICT (queue, group_name) DO UPDATE SET starts = ARRAY(
+  SELECT s FROM unnest(g.starts) s
+  WHERE s > clock_timestamp() - (SELECT q.group_rate_interval_ms FROM pgbg.queue q WHERE q.name = g.queue) * interval '1 millisecond'
+  UNION ALL
+  SELECT unnest(excluded.starts)
+  ORDER BY 1
+);
+
+-- name: PruneGroupRates
+-- Deletes the logs of groups whose newest start is older than their
+-- queue's group rate interval, or whose queue has no group rate limit any
+-- more: they count nothing, and a queue may have any number of groups.
+-- Safe beside the limited claim without its lock: a row it writes again
+-- has a new start, and the delete rechecks the row it waited for.
+DELETE FROM pgbg.group_rate g
+WHERE NOT EXISTS (
+  SELECT FROM pgbg.queue q WHERE q.name = g.queue AND q.group_rate_limit IS NOT NULL
+    AND g.starts[cardinality(g.starts)] > clock_timestamp() - q.group_rate_interval_ms * interval '1 millisecond'
+);
+
 -- name: GroupLimitWaiting
 -- For each queue with a limit per group: its due tasks whose group runs as
--- many tasks as the limit allows, which the claim steps over (/metrics,
+-- many tasks as the limit allows, or started as many as its rate allows
+-- within the interval, which the claim steps over (/metrics,
 -- pgbg_queue_limit_waiting). The due tasks counted per group through
 -- task_group_idx, each group's running ones through task_group_running_idx
 -- (one state each, so that each count reads its own partial index); read
@@ -131,8 +195,9 @@ SELECT q.name AS queue, coalesce((
     GROUP BY t.group_name
   ) d
   WHERE (SELECT count(*) FROM pgbg.task r
-    WHERE r.state = 'running' AND r.group_name IS NOT NULL AND r.queue = q.name AND r.group_name = d.group_name) >= q.group_concurrency
+      WHERE r.state = 'running' AND r.group_name IS NOT NULL AND r.queue = q.name AND r.group_name = d.group_name) >= q.group_concurrency
+    OR (SELECT {{GroupRecentStarts}} FROM pgbg.group_rate g WHERE g.queue = q.name AND g.group_name = d.group_name) >= q.group_rate_limit
 ), 0)::int AS waiting
 FROM pgbg.queue q
-WHERE q.group_concurrency IS NOT NULL
+WHERE q.group_concurrency IS NOT NULL OR q.group_rate_limit IS NOT NULL
 ORDER BY q.name;

@@ -140,9 +140,17 @@ turns AS MATERIALIZED (
       (SELECT queue, group_name, closed FROM after_cursor) UNION ALL (SELECT queue, group_name, closed FROM from_start)
     ) w
     LEFT JOIN pgbg.queue q ON q.name = w.queue
-    -- The group's free slots under its queue's group limit (NULL: none).
-    CROSS JOIN LATERAL (SELECT CASE WHEN {{@}} THEN q.group_concurrency - (SELECT count(*) FROM pgbg.task r
-      WHERE r.state = 'running' AND r.group_name IS NOT NULL AND r.queue = w.queue AND r.group_name = w.group_name) END AS free) f
+    -- The group's free slots under its queue's group limit and room under
+    -- its group rate limit, the lesser (NULL: neither is set). The rate's
+    -- room is its limit less the starts of the group's log within the last
+    -- interval, by the clock now, after the queue's lock (as
+    -- QueueFreeSlots counts a queue's).
+    CROSS JOIN LATERAL (SELECT CASE WHEN {{@}} THEN least(
+      CASE WHEN q.group_concurrency IS NOT NULL THEN q.group_concurrency - (SELECT count(*) FROM pgbg.task r
+        WHERE r.state = 'running' AND r.group_name IS NOT NULL AND r.queue = w.queue AND r.group_name = w.group_name) END,
+      CASE WHEN q.group_rate_limit IS NOT NULL THEN q.group_rate_limit - coalesce((SELECT {{GroupRecentStarts}} FROM pgbg.group_rate g
+        WHERE g.queue = w.queue AND g.group_name = w.group_name), 0) END
+    ) END AS free) f
     -- The group's first claimable task of a name this worker runs, locked:
     -- its first turn's task, in one probe of the group's entries.
     CROSS JOIN LATERAL (SELECT t.ctid, t.name, t.priority, t.run_at, t.id FROM pgbg.task t
@@ -219,9 +227,10 @@ t.run_at <= now() AND t.name = ANY($3::text[])
       AND t.cancel_requested_at IS NULL
 
 -- fragment: QueueLimited
--- Whether the pgbg.queue row `q` has a limit (concurrency, rate, or per
--- group): its tasks are then claimed with the limited claim alone.
-(q.concurrency IS NOT NULL OR q.rate_limit IS NOT NULL OR q.group_concurrency IS NOT NULL)
+-- Whether the pgbg.queue row `q` has a limit (concurrency or rate, of the
+-- queue or per group): its tasks are then claimed with the limited claim
+-- alone.
+(q.concurrency IS NOT NULL OR q.rate_limit IS NOT NULL OR q.group_concurrency IS NOT NULL OR q.group_rate_limit IS NOT NULL)
 
 -- fragment: ClaimCandidates
 -- Claims the rows of `candidates` (ctid, name, turn), each leased with the
@@ -671,11 +680,14 @@ RETURNING id;
 -- at their group limit: their tasks are not claimable now, and drain()
 -- would claim again at once for ever.
 -- A queue whose rate limit is used up has its tasks due when it has room
--- again (the oldest logged start of a full log, one interval on).
+-- again (the oldest logged start of a full log, one interval on), and so
+-- has a group whose group rate limit is.
 SELECT count(*) FILTER (WHERE d.due > now())::int AS scheduled,
   (extract(epoch FROM min(d.due) - now()) * 1000)::float8 AS next_due_ms
 FROM (
-  SELECT greatest(t.run_at, (SELECT {{RateRoomAt}} FROM pgbg.queue q WHERE q.name = t.queue AND q.rate_limit IS NOT NULL)) AS due
+  SELECT greatest(t.run_at, (SELECT {{RateRoomAt}} FROM pgbg.queue q WHERE q.name = t.queue AND q.rate_limit IS NOT NULL),
+      (SELECT {{GroupRateRoomAt}} FROM pgbg.queue q JOIN pgbg.group_rate g ON g.queue = q.name
+       WHERE q.name = t.queue AND q.group_rate_limit IS NOT NULL AND g.group_name = t.group_name)) AS due
   FROM pgbg.task t
   WHERE state = 'queued' AND cancel_requested_at IS NULL AND name = ANY($2::text[])
     AND ($1::text[] IS NULL OR queue = ANY($1::text[]))
