@@ -80,6 +80,18 @@ export interface ClaimedPosition {
   claimedAtMs: number;
 }
 
+/**
+ * Where a claim statement's row (ClaimFromLanes' columns) stands in its
+ * lane: its run_at exact, and when the claim took it by the database's
+ * clock (run_at plus how long it waited since).
+ */
+export function positionOf(r: Record<string, unknown>): ClaimedPosition {
+  return {
+    queue: r.queue as string, priority: r.priority as number, id: String(r.id), runAtUs: String(r.run_at_us),
+    claimedAtMs: Number(r.run_at_us) / 1000 + (r.lag_ms as number),
+  };
+}
+
 interface Lane {
   queue: string;
   priority: number;

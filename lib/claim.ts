@@ -8,7 +8,7 @@
  * @module
  */
 import type { Sql } from "postgres";
-import type { ClaimCursor } from "./claim-cursor.ts";
+import { type ClaimCursor, positionOf } from "./claim-cursor.ts";
 import { claimBothKinds, claimGroups, type GroupRotation } from "./groups.ts";
 import { claimLimited, type LimitedQueues } from "./limits.ts";
 import type { Database } from "./statements.ts";
@@ -129,11 +129,9 @@ async function claimUngrouped(db: Database, schema: string, scope: ClaimScope, l
 // deno-lint-ignore no-explicit-any
 function claimedTask(r: Record<string, any>): ClaimedTask {
   return {
-    id: String(r.id),
+    ...positionOf(r),
     name: r.name as string,
-    queue: r.queue as string,
     group: r.group_name as string | null,
-    priority: r.priority as number,
     payload: r.payload as unknown,
     attempt: r.attempts as number,
     maxAttempts: r.max_attempts as number | null,
@@ -143,7 +141,5 @@ function claimedTask(r: Record<string, any>): ClaimedTask {
     traceContext: r.trace_context as string | null,
     batchThen: r.batch_then === null ? null : String(r.batch_then),
     lagMs: r.lag_ms as number,
-    runAtUs: String(r.run_at_us),
-    claimedAtMs: Number(r.run_at_us) / 1000 + (r.lag_ms as number),
   };
 }

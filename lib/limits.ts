@@ -9,11 +9,14 @@
  * worker claims from it with the limited claim: a transaction that takes
  * the queue's advisory lock (LockLimitedQueue), then counts the queue's
  * running tasks (QueueFreeSlots), then claims at most the free slots
- * (ClaimLimitedTasks). Each statement of a READ COMMITTED transaction reads
+ * (ClaimLimitedTasks, or ClaimLimitedTasksAfter from the queue's own claim
+ * cursor). Each statement of a READ COMMITTED transaction reads
  * a fresh snapshot, so the count, taken after the lock, sees every task the
  * claims before it took; completions meanwhile only free slots. Only
  * running tasks count: a task waiting for its retry, or released from a
- * dead worker, holds no slot. A rate limit counts the starts its queue's
+ * dead worker, holds no slot. A limit that cannot bind (the registered
+ * workers that claim from the queue run no more in all) is not counted
+ * against: QueueFreeSlots says why that is safe. A rate limit counts the starts its queue's
  * log holds within the last interval, and the same transaction logs the
  * starts it claims (RecordQueueStarts): a claim is a start, and a task
  * over the limit waits, queued, without using an attempt. A group rate
@@ -29,6 +32,7 @@
  */
 import type { Sql } from "postgres";
 import type { ClaimScope } from "./claim.ts";
+import { ClaimCursor, positionOf } from "./claim-cursor.ts";
 import { claimBothKinds, claimGroups } from "./groups.ts";
 import { type Database, run } from "./statements.ts";
 
@@ -39,6 +43,7 @@ export class LimitedQueues {
   #turn = false;
   #rotation = 0;
   #roomAt = Infinity;
+  readonly #cursors = new Map<string, ClaimCursor>();
 
   constructor(private readonly refreshMs: number) {}
 
@@ -61,6 +66,22 @@ export class LimitedQueues {
     const mine = queues ? this.#names.filter((q) => queues.includes(q)) : this.#names;
     const start = mine.length ? this.#rotation++ % mine.length : 0;
     return [...mine.slice(start), ...mine.slice(0, start)];
+  }
+
+  /**
+   * The claim cursor of the limited claim of `queue` (lib/claim-cursor.ts):
+   * each limited queue has its own, as its lanes are claimed in a
+   * transaction of their own and never by the ordinary claim.
+   */
+  cursorOf(queue: string): ClaimCursor {
+    let cursor = this.#cursors.get(queue);
+    if (!cursor) this.#cursors.set(queue, cursor = new ClaimCursor());
+    return cursor;
+  }
+
+  /** Makes the next limited claim of every queue a full one (ClaimCursor.fullNext). */
+  fullNext(): void {
+    for (const cursor of this.#cursors.values()) cursor.fullNext();
   }
 
   /** A rate-limited queue was found full: it has room again at `at` (epoch ms). */
@@ -123,7 +144,26 @@ async function recordGroupStarts(tx: Database, schema: string, queue: string, cl
 async function claimWithin(tx: Database, schema: string, queue: string, scope: ClaimScope, free: number): Promise<Record<string, unknown>[]> {
   return await claimBothKinds(
     scope, queue, free,
-    (want) => run(tx, schema, "ClaimLimitedTasks", [scope.workerId, [queue], scope.names, scope.leaseMs, want]),
+    (want) => claimUngroupedLimited(tx, schema, queue, scope, want),
     (want) => claimGroups(tx, schema, scope, [queue], want, true),
   );
 }
+
+/**
+ * In claimLimited's transaction: up to `want` tasks of `queue` without a
+ * group, with the queue's claim cursor when it can (ClaimLimitedTasksAfter)
+ * and else from the lanes' heads (ClaimLimitedTasks), as the ordinary
+ * claim does (lib/claim.ts).
+ */
+async function claimUngroupedLimited(tx: Database, schema: string, queue: string, scope: ClaimScope, want: number): Promise<Record<string, unknown>[]> {
+  const cursor = scope.limits?.cursorOf(queue);
+  const params: unknown[] = [scope.workerId, [queue], scope.names, scope.leaseMs, want];
+  const started = performance.now();
+  const starts = cursor?.next(Date.now());
+  const rows = starts
+    ? await run(tx, schema, "ClaimLimitedTasksAfter", [...params, starts.queues, starts.priorities, starts.afterUs, starts.afterIds])
+    : await run(tx, schema, "ClaimLimitedTasks", params);
+  cursor?.record(!starts, performance.now() - started, rows.map(positionOf), Date.now());
+  return rows;
+}
+

@@ -436,7 +436,10 @@ export class Worker {
     const [next] = await run<{ next_due_ms: number | null }>(this.#options.sql, this.#options.schema, "ScheduledTasks", [this.#options.queues, this.#scope.names]);
     // A task due now that the claim did not take may sit before the claim
     // cursor: the next claim reads every lane from its head.
-    if (next.next_due_ms !== null && next.next_due_ms <= 0) this.#cursor.fullNext();
+    if (next.next_due_ms !== null && next.next_due_ms <= 0) {
+      this.#cursor.fullNext();
+      this.#scope.limits?.fullNext();
+    }
     // One due now is claimed whenever it became due (a retry just written, a
     // flow's task its parent's success just released); one due later only
     // within maxWait of the start.

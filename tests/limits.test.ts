@@ -35,6 +35,42 @@ describe("a queue's concurrency limit", () => {
     });
   }
 
+  test("in process: a limit no worker can reach is not counted against, and holds once a second worker makes it reachable: at most 4 at once, and 4", async () => {
+    await setQueueConcurrency(sql, "joined", 4);
+    let running = 0;
+    let most = 0;
+    let released = false;
+    let release: () => void = () => {};
+    const releasing = new Promise<void>((resolve) => release = resolve);
+    const held = defineTask({
+      name: "held",
+      schema: v.object({}),
+      async run() {
+        most = Math.max(most, ++running);
+        if (!released) await releasing;
+        running--;
+      },
+    });
+    const hostOf = () => createWorker(testbed.db.connect({ max: 4 }), { tasks: [held], concurrency: 3, logger: quiet, checkInterval: 200 });
+    // Alone, the first worker (3 at once) cannot reach the limit: its claims count nothing.
+    const first = hostOf();
+    await first.start();
+    const second = hostOf();
+    try {
+      await enqueueMany(sql, held, Array.from({ length: 12 }, () => ({})), { queue: "joined" });
+      await until(async () => running, (n) => n === 3, patience, "the first worker to run 3");
+      // With the second, 6 could run: the limit binds, and the second takes the one slot left.
+      await second.start();
+      await until(async () => running, (n) => n >= 4, patience, "the second worker to take the slot left");
+      released = true;
+      release();
+      await until(async () => (await sql`SELECT count(*)::int AS n FROM pgbg.task WHERE queue = 'joined'`)[0].n, (n) => n === 0, patience, "the tasks to run");
+    } finally {
+      await Promise.all([first.stop(), second.stop()]);
+    }
+    assert.equal(most, 4);
+  });
+
   test("in process: three hosts never run more than 2 at once, and do run 2; other queues are not held back", async () => {
     await setQueueConcurrency(sql, "pair", 2);
     let running = 0;

@@ -35,8 +35,9 @@ describe("the upkeep statements of the supervisor and the heartbeat", () => {
       let counted: { tableScans: number; indexScans: number } | undefined;
       await sql.begin(async (tx) => {
         // A live worker, so that HeartbeatWorker's look for its cancelled tasks runs.
+        // Able to run more than the queue's limit, so that QueueFreeSlots counts its running tasks.
         await tx`INSERT INTO pgbg.worker (id, supervisor_id, pid, concurrency, hostname, runtime, tasks)
-          VALUES (${WORKER}, ${WORKER}, 1, 1, 'test', 'node', '{grown}')`;
+          VALUES (${WORKER}, ${WORKER}, 1, 10, 'test', 'node', '{grown}')`;
         await tx`INSERT INTO pgbg.queue (name, concurrency) VALUES ('default', 5)`;
         // Enough runs on the empty table for a prepared statement to settle on a cached plan.
         for (let i = 0; i < 8; i++) await run(tx, "pgbg", name, params);
@@ -53,6 +54,34 @@ describe("the upkeep statements of the supervisor and the heartbeat", () => {
       await sql.end();
     });
   }
+});
+
+/**
+ * A limit the registered workers cannot reach (they may run no more in all)
+ * is not counted against: QueueFreeSlots then reads none of the task
+ * table, which under a held-back vacuum would mean stepping over an entry
+ * for every task that ran since.
+ */
+test("QueueFreeSlots counts no running task under a limit the registered workers cannot reach", async () => {
+  const sql = db.connect({ max: 1 });
+  const rollback = new Error("rollback");
+  let seen: { free: number; tableScans: number; indexScans: number } | undefined;
+  await sql.begin(async (tx) => {
+    await tx`INSERT INTO pgbg.worker (id, supervisor_id, pid, concurrency, hostname, runtime, tasks)
+      VALUES (${WORKER}, ${WORKER}, 1, 4, 'test', 'node', '{grown}')`;
+    await tx`INSERT INTO pgbg.queue (name, concurrency) VALUES ('roomy', 5)`;
+    await tx`INSERT INTO pgbg.task (queue, name, payload, state, worker_id, lease_expires_at)
+      SELECT 'roomy', 'grown', '{}'::jsonb, 'running', ${WORKER}, now() + interval '1 minute' FROM generate_series(1, 3)`;
+    const before = await scans(tx, "task_lease_idx");
+    const [{ free }] = await run(tx, "pgbg", "QueueFreeSlots", ["roomy"]);
+    const after = await scans(tx, "task_lease_idx");
+    seen = { free, tableScans: after.table - before.table, indexScans: after.index - before.index };
+    throw rollback;
+  }).catch((error) => {
+    if (error !== rollback) throw error;
+  });
+  assert.deepEqual(seen, { free: 5, tableScans: 0, indexScans: 0 });
+  await sql.end();
 });
 
 /**

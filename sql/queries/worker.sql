@@ -50,11 +50,22 @@ WITH RECURSIVE lanes (queue, priority, after, after_id, limited) AS (
 -- scan starts past the entries of tasks claimed before. A task before its
 -- lane's start (one whose enqueue committed long after its run_at, or a
 -- lane not listed) is left to the next full claim.
+{{ClaimAfter:false}};
+
+-- name: ClaimLimitedTasksAfter
+-- The limited claim from a cursor (the limited queue's own, lib/limits.ts):
+-- as ClaimTasksAfter, with lanes of the one limited queue $2 only, in the
+-- transaction of ClaimLimitedTasks, which it stands for.
+{{ClaimAfter:true}};
+
+-- fragment: ClaimAfter
+-- The lanes of a claim from a cursor, `{{@}}`: whether it is the limited
+-- claim.
 WITH lanes (queue, priority, after, after_id, limited) AS (
-  SELECT l.queue, l.priority, timestamptz 'epoch' + l.after_us * interval '1 microsecond', l.after_id, false
+  SELECT l.queue, l.priority, timestamptz 'epoch' + l.after_us * interval '1 microsecond', l.after_id, {{@}}
   FROM unnest($6::text[], $7::smallint[], $8::bigint[], $9::bigint[]) AS l (queue, priority, after_us, after_id)
 ),
-{{ClaimFromLanes}};
+{{ClaimFromLanes}}
 
 -- name: ClaimGroupTasks
 -- The group claim: tasks with a group, taken from their groups in turn,
