@@ -120,10 +120,13 @@ export class ClaimCursor {
   /**
    * The lanes and starts for the next claim, or null when it must be a full
    * claim: the first one, one asked for with {@link fullNext}, every claim
-   * while the last full one was fast, and one now and then otherwise.
+   * while the last full one was fast, and one now and then otherwise. The
+   * lanes may be none (a slow full claim found nothing, or only lanes of
+   * limited queues, which are not this cursor's): the claim then reads
+   * nothing until the next full one.
    */
   next(now: number): LaneStarts | null {
-    if (this.#fullNext || this.#lastFullMs < FAST_FULL_CLAIM_MS || this.#lanes.size === 0) return null;
+    if (this.#fullNext || this.#lastFullMs < FAST_FULL_CLAIM_MS) return null;
     const gap = Math.min(Math.max(FULL_CLAIM_EVERY_MS, FULL_CLAIM_SHARE * this.#lastFullMs), FULL_CLAIM_MAX_GAP_MS);
     if (now - this.#lastFullAt >= gap) return null;
     const starts: LaneStarts = { queues: [], priorities: [], afterUs: [], afterIds: [] };
@@ -138,7 +141,7 @@ export class ClaimCursor {
       starts.afterUs.push(String(afterUs));
       starts.afterIds.push(String(afterId));
     }
-    return starts.queues.length ? starts : null;
+    return starts;
   }
 
   /** Records a claim: whether it was full, how long it took (ms), and what it took. */

@@ -117,6 +117,7 @@ async function claimUngrouped(db: Database, schema: string, scope: ClaimScope, l
   const params: unknown[] = [scope.workerId, scope.queues, scope.names, scope.leaseMs, limit];
   const started = performance.now();
   const starts = cursor?.next(Date.now());
+  if (starts && !starts.queues.length) return [];
   const rows = starts
     ? await run(db, schema, "ClaimTasksAfter", [...params, starts.queues, starts.priorities, starts.afterUs, starts.afterIds])
     : await run(db, schema, "ClaimTasks", params);

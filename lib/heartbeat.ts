@@ -98,6 +98,18 @@ export class Heartbeat {
     await removeWorkers(this.#options.sql, this.#options.schema, [this.#workerId]);
   }
 
+  /**
+   * Records one more (1) or one fewer (-1) attempt the worker let run on
+   * detached (they keep their leases but not their slots: QueueFreeSlots
+   * counts them); whether it got through.
+   */
+  async addDetached(change: 1 | -1): Promise<boolean> {
+    return await run(this.#options.sql, this.#options.schema, "AddWorkerDetached", [this.#workerId, change]).then(() => true, (error) => {
+      this.#options.log.warn("could not record the worker's detached attempts", { error: describeError(error).message });
+      return false;
+    });
+  }
+
   /** Sets the idle flag: while it is up, enqueues send a wake-up (NOTIFY). */
   async setIdle(idle: boolean): Promise<void> {
     await run(this.#options.sql, this.#options.schema, "SetWorkerIdle", [this.#workerId, idle]).catch((error) => {

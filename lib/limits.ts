@@ -160,6 +160,7 @@ async function claimUngroupedLimited(tx: Database, schema: string, queue: string
   const params: unknown[] = [scope.workerId, [queue], scope.names, scope.leaseMs, want];
   const started = performance.now();
   const starts = cursor?.next(Date.now());
+  if (starts && !starts.queues.length) return [];
   const rows = starts
     ? await run(tx, schema, "ClaimLimitedTasksAfter", [...params, starts.queues, starts.priorities, starts.afterUs, starts.afterIds])
     : await run(tx, schema, "ClaimLimitedTasks", params);

@@ -477,7 +477,7 @@ export class Worker {
   #finish(entry: Running, outcome: Outcome): void {
     const key = attemptKey(entry.claimed);
     this.#running.delete(key);
-    this.#detached.delete(key);
+    if (this.#detached.delete(key)) void this.#heartbeat.addDetached(-1);
     this.#wakeUp(false);
     if (entry.handedBack || this.#exit === "lost") return;
     // Aborted by the shutdown: handed back (uncounted) instead of failed.
@@ -534,17 +534,30 @@ export class Worker {
     });
   }
 
+  /**
+   * Frees an overdue attempt's slot, leaving it running: once the worker's
+   * row counts it among its detached attempts, which keep their leases, so
+   * that a limit judged out of reach by the workers' concurrency still is
+   * (QueueFreeSlots). Until that is recorded it keeps its slot.
+   */
+  async #detach(entry: Running): Promise<void> {
+    const key = attemptKey(entry.claimed);
+    if (!this.#running.has(key) || !await this.#heartbeat.addDetached(1)) return;
+    if (this.#running.delete(key)) this.#detached.set(key, entry);
+    // It ended while the row was written: it holds no lease of this worker's any more.
+    else void this.#heartbeat.addDetached(-1);
+    this.#wakeUp(false);
+  }
+
   #overdue(entry: Running): void {
     entry.overdue = true;
     const what = { task: entry.claimed.name, id: entry.claimed.id, attempt: entry.claimed.attempt };
     if (this.#options.overdue === "detach") {
-      const key = attemptKey(entry.claimed);
-      if (this.#running.delete(key)) this.#detached.set(key, entry);
       this.#options.log.error(
         `task ${entry.claimed.id} ignored its abort signal past its timeout; it keeps running in the background without its slot, and once its lease ends another worker retries it and its writes are refused`,
         what,
       );
-      this.#wakeUp(false);
+      void this.#detach(entry);
       return;
     }
     this.#options.log.error(`task ${entry.claimed.id} ignored its abort signal past its timeout; this worker stops claiming and retires so that its process can be replaced`, what);

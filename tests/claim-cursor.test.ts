@@ -66,6 +66,13 @@ describe("the claim cursor's choice between a full claim and a claim from the cu
     assert.equal(outlier.next(FULL_CLAIM_MAX_GAP_MS), null, "a 30 s outlier puts the next full claim off by 10 s, not 10 minutes");
   });
 
+  test("after a slow full claim that took nothing, the claims until the next full one read no lane", () => {
+    const cursor = new ClaimCursor();
+    cursor.record(true, SLOW, [], 0);
+    assert.deepEqual(cursor.next(1)?.queues, [], "no lane: nothing to read, not a full claim");
+    assert.equal(cursor.next(FULL_CLAIM_EVERY_MS), null);
+  });
+
   test("fullNext() makes the next claim full, and a lane no claim took from for a minute is dropped", () => {
     const cursor = new ClaimCursor();
     cursor.record(true, SLOW, [at(5_000)], 0);

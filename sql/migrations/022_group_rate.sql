@@ -1,4 +1,6 @@
--- 022_group_rate: a rate limit per group: at most group_rate_limit of
+-- 022_group_rate: a rate limit per group, and a worker's detached attempts.
+--
+-- A rate limit per group: at most group_rate_limit of
 -- each group's tasks start (are claimed) in any group_rate_interval_ms,
 -- across every host, for a quota per tenant or per account.
 --
@@ -24,3 +26,11 @@ CREATE TABLE pgbg.group_rate (
   starts     timestamptz[] NOT NULL,
   PRIMARY KEY (queue, group_name)
 );
+
+-- The attempts a worker let run on detached (an in-process attempt that
+-- ignored its abort signal past its timeout): they keep their leases but
+-- not their slots. The limited claim adds them to the workers'
+-- concurrency when it judges whether a queue's limit can bind
+-- (QueueFreeSlots). With a default: added without a rewrite, and the
+-- previous release's workers, which never write it, leave it at 0.
+ALTER TABLE pgbg.worker ADD COLUMN detached integer NOT NULL DEFAULT 0;

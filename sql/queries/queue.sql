@@ -119,11 +119,13 @@ SELECT pg_advisory_xact_lock(hashtext('pgbg.queue'), hashtext($1));
 -- asked: ClaimGroupTasks keeps each group's). Under a concurrency limit, the limit less
 -- its running tasks (found through task_lease_idx, which holds every
 -- running task), unless the limit cannot bind: when the registered
--- workers that claim from the queue may run no more tasks in all than the
--- limit, it is the limit, and nothing is counted. That holds because
--- every running task is its worker's (a worker's row goes only once its
--- tasks are handed back, or, when it is reaped as dead, once it stopped
--- running them itself: its self-stop comes before its stale time), and a
+-- workers that claim from the queue may hold no more leases in all than
+-- the limit (their concurrency, and the attempts they let run on detached,
+-- which keep their leases), it is the limit, and nothing is counted. That
+-- holds because every running task is its worker's (a worker's row goes
+-- only once its tasks are handed back, or, when it is reaped as dead, once
+-- it stopped running them itself: its self-stop comes before its stale
+-- time), and a
 -- worker that registers after this count is seen by every limited claim
 -- after its own first one, which this lock orders. So a non-binding limit
 -- costs no count of the running tasks, which under a held-back vacuum
@@ -139,7 +141,7 @@ SELECT pg_advisory_xact_lock(hashtext('pgbg.queue'), hashtext($1));
 -- has room again (NULL: none is used up).
 SELECT CASE WHEN q.paused_at IS NULL THEN coalesce(least(
     CASE WHEN q.concurrency IS NULL THEN NULL
-      WHEN q.concurrency >= (SELECT coalesce(sum(w.concurrency), 0) FROM pgbg.worker w WHERE w.queues IS NULL OR q.name = ANY (w.queues)) THEN q.concurrency
+      WHEN q.concurrency >= (SELECT coalesce(sum(w.concurrency + w.detached), 0) FROM pgbg.worker w WHERE w.queues IS NULL OR q.name = ANY (w.queues)) THEN q.concurrency
       ELSE q.concurrency - (SELECT count(*) FROM pgbg.task t WHERE t.state = 'running' AND t.queue = q.name) END,
     q.rate_limit - {{RateRecentStarts}}
   ), 2147483647) END::int AS free,

@@ -661,6 +661,12 @@ WHERE queue IS NOT NULL AND EXISTS (SELECT FROM totals)
 ORDER BY queue, name
 ON CONFLICT (minute, queue, name) DO NOTHING;
 
+-- name: AddWorkerDetached
+-- Adds $2 (1 or -1) to the attempts the worker $1 let run on detached
+-- (they keep their leases but not their slots; QueueFreeSlots counts
+-- them). An addition, so that two at once cannot lose one.
+UPDATE pgbg.worker SET detached = greatest(0, detached + $2) WHERE id = $1;
+
 -- name: SetWorkerIdle
 -- While a worker is idle, enqueues send it a wake-up (the insert trigger).
 UPDATE pgbg.worker SET idle = $2 WHERE id = $1;
