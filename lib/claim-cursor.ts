@@ -33,6 +33,8 @@
  *
  * @module
  */
+import type { QueryName } from "./generated/sql.ts";
+import { type Database, run } from "./statements.ts";
 
 /**
  * How long an enqueue's transaction may stay open, in ms, for the cursor's
@@ -90,6 +92,25 @@ export function positionOf(r: Record<string, unknown>): ClaimedPosition {
     queue: r.queue as string, priority: r.priority as number, id: String(r.id), runAtUs: String(r.run_at_us),
     claimedAtMs: Number(r.run_at_us) / 1000 + (r.lag_ms as number),
   };
+}
+
+/**
+ * Runs one claim of a pair of claim statements with `cursor`: `after` from
+ * the cursor's starts when it has them, `full` when it must be a full
+ * claim (or there is no cursor), none when it knows no lane; then records
+ * what it took in the cursor. `params` are the first five of both.
+ */
+export async function claimWithCursor(
+  db: Database, schema: string, cursor: ClaimCursor | undefined, [full, after]: [QueryName, QueryName], params: unknown[],
+): Promise<Record<string, unknown>[]> {
+  const started = performance.now();
+  const starts = cursor?.next(Date.now());
+  if (starts && !starts.queues.length) return [];
+  const rows = starts
+    ? await run(db, schema, after, [...params, starts.queues, starts.priorities, starts.afterUs, starts.afterIds])
+    : await run(db, schema, full, params);
+  cursor?.record(!starts, performance.now() - started, rows.map(positionOf), Date.now());
+  return rows;
 }
 
 interface Lane {

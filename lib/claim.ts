@@ -8,11 +8,10 @@
  * @module
  */
 import type { Sql } from "postgres";
-import { type ClaimCursor, positionOf } from "./claim-cursor.ts";
+import { type ClaimCursor, claimWithCursor, positionOf } from "./claim-cursor.ts";
 import { claimBothKinds, claimGroups, type GroupRotation } from "./groups.ts";
 import { claimLimited, type LimitedQueues } from "./limits.ts";
 import type { Database } from "./statements.ts";
-import { run } from "./statements.ts";
 
 /** A task as a claim hands it to a worker. */
 export interface ClaimedTask {
@@ -114,16 +113,8 @@ async function claimUnlimited(db: Database, schema: string, scope: ClaimScope, l
 
 /** The ordinary claim of tasks without a group; with a cursor when it can (see claimTasks). */
 async function claimUngrouped(db: Database, schema: string, scope: ClaimScope, limit: number, cursor?: ClaimCursor): Promise<ClaimedTask[]> {
-  const params: unknown[] = [scope.workerId, scope.queues, scope.names, scope.leaseMs, limit];
-  const started = performance.now();
-  const starts = cursor?.next(Date.now());
-  if (starts && !starts.queues.length) return [];
-  const rows = starts
-    ? await run(db, schema, "ClaimTasksAfter", [...params, starts.queues, starts.priorities, starts.afterUs, starts.afterIds])
-    : await run(db, schema, "ClaimTasks", params);
-  const claimed = rows.map(claimedTask);
-  cursor?.record(!starts, performance.now() - started, claimed, Date.now());
-  return claimed;
+  const params = [scope.workerId, scope.queues, scope.names, scope.leaseMs, limit];
+  return (await claimWithCursor(db, schema, cursor, ["ClaimTasks", "ClaimTasksAfter"], params)).map(claimedTask);
 }
 
 /** A row of a claim statement as the worker holds it. */

@@ -32,7 +32,7 @@
  */
 import type { Sql } from "postgres";
 import type { ClaimScope } from "./claim.ts";
-import { ClaimCursor, positionOf } from "./claim-cursor.ts";
+import { ClaimCursor, claimWithCursor } from "./claim-cursor.ts";
 import { claimBothKinds, claimGroups } from "./groups.ts";
 import { type Database, run } from "./statements.ts";
 
@@ -156,15 +156,7 @@ async function claimWithin(tx: Database, schema: string, queue: string, scope: C
  * claim does (lib/claim.ts).
  */
 async function claimUngroupedLimited(tx: Database, schema: string, queue: string, scope: ClaimScope, want: number): Promise<Record<string, unknown>[]> {
-  const cursor = scope.limits?.cursorOf(queue);
-  const params: unknown[] = [scope.workerId, [queue], scope.names, scope.leaseMs, want];
-  const started = performance.now();
-  const starts = cursor?.next(Date.now());
-  if (starts && !starts.queues.length) return [];
-  const rows = starts
-    ? await run(tx, schema, "ClaimLimitedTasksAfter", [...params, starts.queues, starts.priorities, starts.afterUs, starts.afterIds])
-    : await run(tx, schema, "ClaimLimitedTasks", params);
-  cursor?.record(!starts, performance.now() - started, rows.map(positionOf), Date.now());
-  return rows;
+  const params = [scope.workerId, [queue], scope.names, scope.leaseMs, want];
+  return await claimWithCursor(tx, schema, scope.limits?.cursorOf(queue), ["ClaimLimitedTasks", "ClaimLimitedTasksAfter"], params);
 }
 

@@ -10,7 +10,7 @@ import * as v from "valibot";
 import { liveness } from "../lib/liveness.ts";
 import { silentLogger } from "../lib/log.ts";
 import { IDLE_RECHECK_MS, Worker } from "../lib/worker.ts";
-import { defineTask, enqueue, migrate } from "../mod.ts";
+import { defineTask, enqueue, enqueueMany, migrate, setGroupRateLimit } from "../mod.ts";
 import { createTestDatabase } from "./harness.ts";
 import { patience, until, within } from "./service-harness.ts";
 
@@ -55,5 +55,31 @@ describe("an idle worker", () => {
     await within(late, patience, "the late task to start");
     worker.stop();
     await ended;
+  });
+
+  test("whose queue has a group at its rate limit sleeps no longer than until the group has room again, a log aged out notwithstanding", async () => {
+    await setGroupRateLimit(sql, "paced", { limit: 1, interval: 3_000 });
+    // Group b's log is full but aged out: it has room, and must not hide group a's wait.
+    await sql`INSERT INTO pgbg.group_rate (queue, group_name, starts) VALUES ('paced', 'b', ARRAY[now() - interval '1 hour'])`;
+    let ran = 0;
+    let bothRan!: () => void;
+    const both = new Promise<void>((resolve) => (bothRan = resolve));
+    const paced = defineTask({ name: "paced", queue: "paced", schema: v.object({ n: v.number() }), group: () => "a", run: () => void (++ran === 2 && bothRan()) });
+    const sleeps: number[] = [];
+    // An idle sleep far beyond the group's interval: only the room's wake-up ends a sleep short of the back-off's next step.
+    const worker = new Worker({
+      schema: "pgbg", queues: ["paced"], concurrency: 2, timeout: 60_000, retryDelay: 1_000, maxAttempts: 3,
+      idleSleep: 3_600_000, shutdownTimeout: 1_000, timings: liveness(200), sql, beatSql: sql, tasks: [paced],
+      log: silentLogger, overdue: "detach",
+      identity: { workerId: randomUUID(), hostId: randomUUID(), hostname: "test", runtime: "node", pid: process.pid },
+      onIdleSleep: (ms) => void sleeps.push(ms),
+    });
+    await enqueueMany(sql, paced, [{ n: 1 }, { n: 2 }]);
+    const ended = worker.start();
+    await within(both, patience, "the group's second task to start once it has room");
+    worker.stop();
+    await ended;
+    const steps = new Set(Array.from({ length: 30 }, (_, k) => IDLE_RECHECK_MS * 2 ** k));
+    assert.ok(sleeps.some((ms) => !steps.has(ms)), `a sleep cut to the group's room, not only the back-off's steps: ${sleeps.join(", ")}`);
   });
 });

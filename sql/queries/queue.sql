@@ -138,7 +138,8 @@ SELECT pg_advisory_xact_lock(hashtext('pgbg.queue'), hashtext($1));
 -- group_rated: RecordGroupStarts must log the starts of each group the
 -- claim takes from (ClaimLimitedGroupTasks keeps each group within its
 -- rate); group_room_in_ms: when the first group whose rate is used up
--- has room again (NULL: none is used up).
+-- has room again (NULL: none is used up; a full log whose oldest counted
+-- start has aged out is not, and must not hide one that is).
 SELECT CASE WHEN q.paused_at IS NULL THEN coalesce(least(
     CASE WHEN q.concurrency IS NULL THEN NULL
       WHEN q.concurrency >= (SELECT coalesce(sum(w.concurrency + w.detached), 0) FROM pgbg.worker w WHERE w.queues IS NULL OR q.name = ANY (w.queues)) THEN q.concurrency
@@ -149,7 +150,7 @@ SELECT CASE WHEN q.paused_at IS NULL THEN coalesce(least(
   (extract(epoch FROM {{RateRoomAt}} - clock_timestamp()) * 1000)::float8 AS room_in_ms,
   q.group_rate_limit IS NOT NULL AS group_rated,
   (SELECT (extract(epoch FROM min({{GroupRateRoomAt}}) - clock_timestamp()) * 1000)::float8 FROM pgbg.group_rate g
-   WHERE q.group_rate_limit IS NOT NULL AND g.queue = q.name AND cardinality(g.starts) >= q.group_rate_limit) AS group_room_in_ms
+   WHERE q.group_rate_limit IS NOT NULL AND g.queue = q.name AND {{GroupRateRoomAt}} > clock_timestamp()) AS group_room_in_ms
 FROM pgbg.queue q WHERE q.name = $1 AND {{QueueLimited}};
 
 -- name: RecordQueueStarts
