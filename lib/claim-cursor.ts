@@ -23,7 +23,8 @@
  * when another claimer that had it locked rolled back, or when its lane is
  * new to this worker.
  * Full claims, which read every lane from its head, find those: every claim
- * is full while full claims are fast, and while they are slow one runs at
+ * is full while full claims are fast (until {@link SLOW_FULL_CLAIMS} in a
+ * row were slow), and while they are slow one runs at
  * least every {@link FULL_CLAIM_EVERY_MS}, or more rarely when a full claim
  * itself takes long, so that full claims take at most a
  * 1/{@link FULL_CLAIM_SHARE} share of the claim time, but never more rarely
@@ -47,6 +48,15 @@ import { type Database, run } from "./statements.ts";
 export const CURSOR_MARGIN_MS = 1_000;
 /** A full claim that takes less than this (ms, as the worker times it, round trip included) keeps every claim full. */
 export const FAST_FULL_CLAIM_MS = 10;
+/**
+ * Claims read from the cursor only after this many full claims in a row
+ * took FAST_FULL_CLAIM_MS or longer: one slow claim (the first on a
+ * connection, which prepares its statements; a busy neighbour) must not put
+ * off for a second the tasks of a lane the cursor does not know yet. A held
+ * horizon slows every full claim, and full claims come at every claim until
+ * it is judged, so it is judged within a few claims.
+ */
+export const SLOW_FULL_CLAIMS = 3;
 /** While full claims are slow, at most this long (ms) passes between two of them. */
 export const FULL_CLAIM_EVERY_MS = 1_000;
 /** While full claims are slow, the time between two is at least this many times the last one's duration. */
@@ -135,7 +145,8 @@ function startOf(lane: Lane): [bigint, bigint] {
 export class ClaimCursor {
   readonly #lanes = new Map<string, Lane>();
   #lastFullAt = -Infinity;
-  #lastFullMs = 0;
+  /** The durations (ms) of the latest full claims, at most SLOW_FULL_CLAIMS, the latest last. */
+  readonly #fullMs: number[] = [];
   #fullNext = true;
 
   /**
@@ -147,8 +158,8 @@ export class ClaimCursor {
    * nothing until the next full one.
    */
   next(now: number): LaneStarts | null {
-    if (this.#fullNext || this.#lastFullMs < FAST_FULL_CLAIM_MS) return null;
-    const gap = Math.min(Math.max(FULL_CLAIM_EVERY_MS, FULL_CLAIM_SHARE * this.#lastFullMs), FULL_CLAIM_MAX_GAP_MS);
+    if (this.#fullNext || !this.#slow) return null;
+    const gap = Math.min(Math.max(FULL_CLAIM_EVERY_MS, FULL_CLAIM_SHARE * this.#fullMs.at(-1)!), FULL_CLAIM_MAX_GAP_MS);
     if (now - this.#lastFullAt >= gap) return null;
     const starts: LaneStarts = { queues: [], priorities: [], afterUs: [], afterIds: [] };
     for (const [key, lane] of this.#lanes) {
@@ -170,7 +181,8 @@ export class ClaimCursor {
     if (full) {
       this.#fullNext = false;
       this.#lastFullAt = now;
-      this.#lastFullMs = durationMs;
+      this.#fullMs.push(durationMs);
+      if (this.#fullMs.length > SLOW_FULL_CLAIMS) this.#fullMs.shift();
     }
     for (const task of claimed) {
       const key = `${task.priority}\u0000${task.queue}`;
@@ -184,6 +196,11 @@ export class ClaimCursor {
       lane.claimedAt = Math.max(lane.claimedAt, task.claimedAtMs);
       lane.seenAt = now;
     }
+  }
+
+  /** Whether full claims are slow: the latest SLOW_FULL_CLAIMS of them all took FAST_FULL_CLAIM_MS or longer. */
+  get #slow(): boolean {
+    return this.#fullMs.length === SLOW_FULL_CLAIMS && this.#fullMs.every((ms) => ms >= FAST_FULL_CLAIM_MS);
   }
 
   /**

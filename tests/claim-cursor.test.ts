@@ -3,7 +3,7 @@ import { randomUUID } from "node:crypto";
 import { describe, test } from "node:test";
 import * as v from "valibot";
 import { claimTasks, type ClaimScope } from "../lib/claim.ts";
-import { ClaimCursor, CURSOR_MARGIN_MS, type LaneStarts, FAST_FULL_CLAIM_MS, FULL_CLAIM_EVERY_MS, FULL_CLAIM_MAX_GAP_MS, FULL_CLAIM_SHARE } from "../lib/claim-cursor.ts";
+import { ClaimCursor, type ClaimedPosition, CURSOR_MARGIN_MS, type LaneStarts, FAST_FULL_CLAIM_MS, FULL_CLAIM_EVERY_MS, FULL_CLAIM_MAX_GAP_MS, FULL_CLAIM_SHARE, SLOW_FULL_CLAIMS } from "../lib/claim-cursor.ts";
 import { silentLogger } from "../lib/log.ts";
 import { OutcomeWriter } from "../lib/outcomes.ts";
 import { defineTask, enqueue, enqueueMany, migrate } from "../mod.ts";
@@ -22,6 +22,11 @@ const at = (runAtMs: number, priority = 0, queue = "default", claimedAtMs = runA
 const startsOf = (starts: LaneStarts | null) =>
   starts ? starts.queues.map((q, i) => `${q}/${starts.priorities[i]}/${Number(starts.afterUs[i]) / 1000}/${starts.afterIds[i]}`).sort() : null;
 const SLOW = FAST_FULL_CLAIM_MS * 5;
+/** Records the full claims that make the cursor judge full claims slow, the last taking `tasks` in `ms`. */
+const slowFull = (cursor: ClaimCursor, tasks: ClaimedPosition[], now: number, ms = SLOW) => {
+  for (let i = 1; i < SLOW_FULL_CLAIMS; i++) cursor.record(true, SLOW, [], now);
+  cursor.record(true, ms, tasks, now);
+};
 
 describe("the claim cursor's choice between a full claim and a claim from the cursor", () => {
   test("the first claim is full, and so is every claim while full claims are fast", () => {
@@ -31,9 +36,23 @@ describe("the claim cursor's choice between a full claim and a claim from the cu
     assert.equal(cursor.next(1), null);
   });
 
-  test("after a slow full claim, tasks claimed as they fell due: each lane is read from a margin before its latest claim", () => {
+  test(`claims read from the cursor only after ${SLOW_FULL_CLAIMS} slow full claims in a row: one slow claim leaves them full`, () => {
     const cursor = new ClaimCursor();
-    cursor.record(true, SLOW, [at(5_000), at(7_000), at(6_000, 3, "mail")], 0);
+    for (let i = 1; i < SLOW_FULL_CLAIMS; i++) {
+      cursor.record(true, SLOW, [at(5_000)], 0);
+      assert.equal(cursor.next(1), null, `after ${i} slow full claim(s)`);
+    }
+    cursor.record(true, FAST_FULL_CLAIM_MS - 1, [], 0);
+    cursor.record(true, SLOW, [], 0);
+    assert.equal(cursor.next(1), null, "a fast one among the latest keeps claims full");
+    cursor.record(true, SLOW, [], 0);
+    cursor.record(true, SLOW, [], 0);
+    assert.ok(cursor.next(1));
+  });
+
+  test("once full claims are slow, tasks claimed as they fell due: each lane is read from a margin before its latest claim", () => {
+    const cursor = new ClaimCursor();
+    slowFull(cursor, [at(5_000), at(7_000), at(6_000, 3, "mail")], 0);
     assert.deepEqual(startsOf(cursor.next(1)), [`default/0/${7_000 - CURSOR_MARGIN_MS}/0`, `mail/3/${6_000 - CURSOR_MARGIN_MS}/0`]);
     cursor.record(false, 1, [at(9_000)], 2);
     assert.deepEqual(startsOf(cursor.next(3)), [`default/0/${9_000 - CURSOR_MARGIN_MS}/0`, `mail/3/${6_000 - CURSOR_MARGIN_MS}/0`]);
@@ -43,7 +62,7 @@ describe("the claim cursor's choice between a full claim and a claim from the cu
     const cursor = new ClaimCursor();
     const claimedAt = 60_000;
     const batch = [at(1_000, 0, "default", claimedAt), at(2_000, 0, "default", claimedAt), at(2_000, 0, "default", claimedAt)];
-    cursor.record(true, SLOW, batch, 0);
+    slowFull(cursor, batch, 0);
     assert.deepEqual(startsOf(cursor.next(1)), [`default/0/2000/${batch[2].id}`], "the latest of two with the same run_at is the higher id");
     // Claimed a moment after it fell due: the margin before that claim is the earlier start.
     cursor.record(false, 1, [at(claimedAt - 10, 0, "default", claimedAt)], 2);
@@ -52,35 +71,35 @@ describe("the claim cursor's choice between a full claim and a claim from the cu
 
   test("while full claims are slow, one comes round every second, or after 20 times its own duration if that is longer, at most 10 s", () => {
     const slow = new ClaimCursor();
-    slow.record(true, SLOW, [at(5_000)], 0);
+    slowFull(slow, [at(5_000)], 0);
     assert.ok(slow.next(FULL_CLAIM_EVERY_MS - 1));
     assert.equal(slow.next(FULL_CLAIM_EVERY_MS), null);
     const slower = new ClaimCursor();
     const long = 300; // a full claim of 300 ms: the next one 6 s later
-    slower.record(true, long, [at(5_000)], 0);
+    slowFull(slower, [at(5_000)], 0, long);
     assert.ok(slower.next(FULL_CLAIM_SHARE * long - 1));
     assert.equal(slower.next(FULL_CLAIM_SHARE * long), null);
     const outlier = new ClaimCursor();
-    outlier.record(true, 30_000, [at(5_000)], 0);
+    slowFull(outlier, [at(5_000)], 0, 30_000);
     assert.ok(outlier.next(FULL_CLAIM_MAX_GAP_MS - 1));
     assert.equal(outlier.next(FULL_CLAIM_MAX_GAP_MS), null, "a 30 s outlier puts the next full claim off by 10 s, not 10 minutes");
   });
 
-  test("after a slow full claim that took nothing, the claims until the next full one read no lane", () => {
+  test("once full claims are slow, after one that took nothing, the claims until the next full one read no lane", () => {
     const cursor = new ClaimCursor();
-    cursor.record(true, SLOW, [], 0);
+    slowFull(cursor, [], 0);
     assert.deepEqual(cursor.next(1)?.queues, [], "no lane: nothing to read, not a full claim");
     assert.equal(cursor.next(FULL_CLAIM_EVERY_MS), null);
   });
 
   test("fullNext() makes the next claim full, and a lane no claim took from for a minute is dropped", () => {
     const cursor = new ClaimCursor();
-    cursor.record(true, SLOW, [at(5_000)], 0);
+    slowFull(cursor, [at(5_000)], 0);
     cursor.fullNext();
     assert.equal(cursor.next(1), null);
-    cursor.record(true, SLOW, [at(5_000, 0, "old")], 0);
+    slowFull(cursor, [at(5_000, 0, "old")], 0);
     cursor.record(false, 1, [at(5_000, 0, "new")], 59_000);
-    cursor.record(true, SLOW, [], 60_500);
+    slowFull(cursor, [], 60_500);
     assert.deepEqual(cursor.next(61_000)?.queues, ["new"]);
   });
 });
@@ -104,7 +123,7 @@ describe("claims from the cursor while vacuum is held back", () => {
       }
       const full = await claimReading(null, 1);
       const cursor = new ClaimCursor();
-      cursor.record(true, SLOW, full.tasks, Date.now());
+      slowFull(cursor, full.tasks, Date.now());
       const fromCursor = await claimReading(cursor, 1);
       assert.ok(full.entries > 3_000, `the full claim read ${full.entries} entries`);
       assert.ok(fromCursor.entries < 10, `the claim from the cursor read ${fromCursor.entries} entries`);
@@ -123,7 +142,7 @@ describe("a task due before its lane's cursor", () => {
     const now = Date.now();
     const late = await enqueue(sql, task, "late", { runAt: new Date(now - 60_000) });
     const cursor = new ClaimCursor();
-    cursor.record(true, SLOW, [at(now)], Date.now());
+    slowFull(cursor, [at(now)], Date.now());
     assert.deepEqual(await claimTasks(sql, "pgbg", scope(worker), 10, cursor), []);
     cursor.fullNext();
     const [taken] = await claimTasks(sql, "pgbg", scope(worker), 10, cursor);

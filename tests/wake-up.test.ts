@@ -24,7 +24,9 @@ describe("an idle worker", () => {
     const gate = new Promise<void>((resolve) => (release = resolve));
     let lateStarted!: () => void;
     const late = new Promise<void>((resolve) => (lateStarted = resolve));
-    const blocker = defineTask({ name: "gate", schema: v.any(), run: () => gate });
+    let gateStarted!: () => void;
+    const gateRuns = new Promise<void>((resolve) => (gateStarted = resolve));
+    const blocker = defineTask({ name: "gate", schema: v.any(), run: () => (gateStarted(), gate) });
     const target = defineTask({ name: "late", schema: v.any(), run: () => lateStarted() });
     const sleeps: ((ms: number) => void)[] = [];
     const nextSleep = () => new Promise<number>((resolve) => sleeps.push(resolve));
@@ -41,7 +43,9 @@ describe("an idle worker", () => {
     const ended = worker.start();
     const idleFlag = async () => (await sql`SELECT bool_or(idle) AS idle FROM pgbg.worker`)[0].idle as boolean;
     await enqueue(sql, blocker, 1);
-    await until(idleFlag, (idle) => idle === false, patience, "the worker to take the task that fills its one slot");
+    // The flag is down before the worker's first claim too: the gate must run.
+    await within(gateRuns, patience, "the worker to take the task that fills its one slot");
+    await until(idleFlag, (idle) => idle === false, patience, "the worker's idle flag to go down");
     const firstSleep = await sql.begin(async (tx) => {
       // The insert trigger finds no idle worker, so it sends no wake-up.
       await enqueue(tx, target, 1);
