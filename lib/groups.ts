@@ -97,3 +97,20 @@ export async function claimGroups(db: Database, schema: string, scope: ClaimScop
   rotation.passed(rows);
   return rows;
 }
+
+/**
+ * The group claim of `queue`, limited per group only, under its shared
+ * lock: locks up to `limit` of its groups that have a claimable task, from
+ * where the worker's last group claim stopped (LockClaimableGroups), then
+ * claims from those within their limits (ClaimLockedGroupTasks).
+ */
+export async function claimLockedGroups(db: Database, schema: string, scope: ClaimScope, queue: string, limit: number): Promise<Record<string, unknown>[]> {
+  const rotation = scope.groups!;
+  const locked = await run(db, schema, "LockClaimableGroups", [queue, rotation.queue === queue ? rotation.group : null, scope.names, limit]);
+  if (!locked.length) return [];
+  const rows = await run(db, schema, "ClaimLockedGroupTasks", [
+    scope.workerId, [queue], scope.names, scope.leaseMs, limit, locked.map(() => queue), locked.map((r) => r.group_name as string),
+  ]);
+  rotation.passed(rows);
+  return rows;
+}

@@ -82,20 +82,78 @@ WITH lanes (queue, priority, after, after_id, limited) AS (
 -- planned it afresh at every call (1.6 ms, more than it ran).
 {{GroupClaim:true}};
 
+-- name: ClaimLockedGroupTasks
+-- The group claim of the one limited queue $2, limited per group only, in
+-- the transaction that took ShareLimitedQueue and then the locks of the
+-- groups $6 (queues) and $7 (groups) with LockClaimableGroups: as
+-- ClaimLimitedGroupTasks, from those groups alone, in that order. Its
+-- snapshot is taken after those locks, so each group's count sees every
+-- task the claims of the group before it took.
+WITH walked AS (
+  SELECT g.queue, g.group_name, false AS closed FROM unnest($6::text[], $7::text[]) WITH ORDINALITY AS g (queue, group_name, place)
+  WHERE g.queue = ANY ($2::text[]) ORDER BY g.place
+),
+{{GroupTurns:true}};
+
+-- name: LockClaimableGroups
+-- $1 queue (limited per group only, its lock shared: ShareLimitedQueue),
+-- $2 the group after which the walk starts (NULL: from the first), $3
+-- names, $4 how many groups: up to $4 of the queue's groups with a task a
+-- worker running $3 may claim now (ClaimableTask), each locked for this
+-- transaction
+-- (pg_try_advisory_xact_lock), from $2 round to it again. A group another
+-- claim holds is passed over, not waited for: the claims of one queue run
+-- side by side, and those of one group one at a time, so that the next
+-- statement's count of a group's running tasks sees all the claims before
+-- it. The key's first half marks pgbg's group locks. Each group costs two
+-- probes of task_group_idx (the next group, its first due task).
+WITH RECURSIVE after_start (group_name) AS (
+  -- The first group, or the first after $2: two branches, so that each
+  -- has its bound as an index condition.
+  (SELECT group_name FROM pgbg.task
+   WHERE $2::text IS NULL AND state = 'queued' AND group_name IS NOT NULL AND queue = $1
+   ORDER BY group_name LIMIT 1)
+  UNION ALL
+  (SELECT group_name FROM pgbg.task
+   WHERE state = 'queued' AND group_name IS NOT NULL AND queue = $1 AND group_name > $2
+   ORDER BY group_name LIMIT 1)
+  UNION ALL
+  SELECT (SELECT t.group_name FROM pgbg.task t
+    WHERE t.state = 'queued' AND t.group_name IS NOT NULL AND t.queue = $1 AND t.group_name > a.group_name
+    ORDER BY t.group_name LIMIT 1)
+  FROM after_start a WHERE a.group_name IS NOT NULL
+),
+from_first (group_name) AS (
+  (SELECT group_name FROM pgbg.task
+   WHERE $2::text IS NOT NULL AND state = 'queued' AND group_name IS NOT NULL AND queue = $1 AND group_name <= $2
+   ORDER BY group_name LIMIT 1)
+  UNION ALL
+  SELECT (SELECT t.group_name FROM pgbg.task t
+    WHERE t.state = 'queued' AND t.group_name IS NOT NULL AND t.queue = $1 AND t.group_name > a.group_name AND t.group_name <= $2
+    ORDER BY t.group_name LIMIT 1)
+  FROM from_first a WHERE a.group_name IS NOT NULL
+)
+SELECT c.group_name FROM (
+  SELECT w.group_name FROM ((SELECT group_name FROM after_start) UNION ALL (SELECT group_name FROM from_first)) w
+  -- One probe of the group's entries (a lateral LIMIT 1, where an EXISTS
+  -- may be planned as a hash of the queue's every task).
+  CROSS JOIN LATERAL (SELECT FROM pgbg.task t WHERE t.state = 'queued' AND t.group_name = w.group_name AND t.queue = $1
+    AND {{ClaimableTask}} LIMIT 1) h
+  WHERE w.group_name IS NOT NULL
+  -- A fence: the lock is tried only on a group with a claimable task.
+  OFFSET 0
+) c
+WHERE pg_try_advisory_xact_lock(hashtext('pgbg.group'), hashtext($1 || chr(10) || c.group_name))
+LIMIT $4;
+
 -- fragment: GroupClaim
 -- `{{@}}` is true in the limited claim.
 --
 -- `after_cursor` and then `from_start` walk the distinct (queue, group)
 -- pairs of task_group_idx from that point round to it again, one index
--- probe per pair, lazily: `turns` stops the walk at $5 groups that have a
--- due task of a name this worker runs (and, under a group limit, a free
--- slot). Each group then gives up to its share of the batch in its own
--- claim order, and the batch is taken a task of each group at a time (its
--- first, then its second...), so that a group with a million queued tasks
--- and one with ten get alike. Under a group limit the running tasks are
--- counted per group (task_group_running_idx) in this statement, whose
--- snapshot is taken after the queue's lock: every task the limited claims
--- before it took is counted.
+-- probe per pair, lazily: the turns (GroupTurns) stop the walk at $5
+-- groups that have a due task of a name this worker runs (and, under a
+-- group limit, a free slot).
 WITH RECURSIVE bounds AS (
   -- The walk's first and last queue: of $2, or of the index. The walk's
   -- index conditions are then bounds and a row comparison, which position
@@ -145,11 +203,24 @@ from_start (queue, group_name, closed) AS (
      ORDER BY t.queue, t.group_name LIMIT 1)
   ) p
 ),
+walked AS (
+  (SELECT queue, group_name, closed FROM after_cursor) UNION ALL (SELECT queue, group_name, closed FROM from_start)
+),
+{{GroupTurns:{{@}}}}
+
+-- fragment: GroupTurns
+-- The groups of `walked` (queue, group_name, closed) in turn, `{{@}}`: in
+-- the limited claim. Each group gives up to its share of the batch in its
+-- own claim order, and the batch is taken a task of each group at a time
+-- (its first, then its second...), so that a group with a million queued
+-- tasks and one with ten get alike. Under a group limit the running tasks
+-- are counted per group (task_group_running_idx) in this statement, whose
+-- snapshot is taken after the lock that orders the claims of the group
+-- (the queue's, or the group's own: LockClaimableGroups): every task the
+-- claims before it took is counted.
 turns AS MATERIALIZED (
   SELECT p.*, row_number() OVER () AS turn FROM (
-    SELECT w.queue, w.group_name, f.free, h.ctid, h.name, h.priority, h.run_at, h.id FROM (
-      (SELECT queue, group_name, closed FROM after_cursor) UNION ALL (SELECT queue, group_name, closed FROM from_start)
-    ) w
+    SELECT w.queue, w.group_name, f.free, h.ctid, h.name, h.priority, h.run_at, h.id FROM walked w
     LEFT JOIN pgbg.queue q ON q.name = w.queue
     -- The group's free slots under its queue's group limit and room under
     -- its group rate limit, the lesser (NULL: neither is set). The rate's
@@ -242,6 +313,12 @@ t.run_at <= now() AND t.name = ANY($3::text[])
 -- queue or per group): its tasks are then claimed with the limited claim
 -- alone.
 (q.concurrency IS NOT NULL OR q.rate_limit IS NOT NULL OR q.group_concurrency IS NOT NULL OR q.group_rate_limit IS NOT NULL)
+
+-- fragment: QueuePerGroup
+-- Whether the limited pgbg.queue row `q` is limited per group only: no
+-- concurrency or rate limit of the queue's own, so its claims need not
+-- run one at a time (ShareLimitedQueue).
+(q.concurrency IS NULL AND q.rate_limit IS NULL)
 
 -- fragment: ClaimCandidates
 -- Claims the rows of `candidates` (ctid, name, turn), each leased with the
