@@ -99,17 +99,17 @@ export async function claimGroups(db: Database, schema: string, scope: ClaimScop
 }
 
 /**
- * The group claim of `queue`, limited per group only, under its shared
- * lock: locks up to `limit` of its groups that have a claimable task, from
- * where the worker's last group claim stopped (LockClaimableGroups), then
- * claims from those within their limits (ClaimLockedGroupTasks).
+ * The claim of `queue`, limited per group alone (ClaimPerGroupTasks): up to
+ * `limit` of its tasks with a group, each group within its limit, from
+ * where the worker's last group claim of the queue stopped, in one
+ * statement that takes a lock per group rather than the queue's. Its tasks
+ * without a group are the ordinary claim's: the limit is not theirs.
  */
-export async function claimLockedGroups(db: Database, schema: string, scope: ClaimScope, queue: string, limit: number): Promise<Record<string, unknown>[]> {
-  const rotation = scope.groups!;
-  const locked = await run(db, schema, "LockClaimableGroups", [queue, rotation.queue === queue ? rotation.group : null, scope.names, limit]);
-  if (!locked.length) return [];
-  const rows = await run(db, schema, "ClaimLockedGroupTasks", [
-    scope.workerId, [queue], scope.names, scope.leaseMs, limit, locked.map(() => queue), locked.map((r) => r.group_name as string),
+export async function claimPerGroup(db: Database, schema: string, scope: ClaimScope, queue: string, limit: number): Promise<Record<string, unknown>[]> {
+  const rotation = scope.groups;
+  if (!rotation) return [];
+  const rows = await run(db, schema, "ClaimPerGroupTasks", [
+    scope.workerId, [queue], scope.names, scope.leaseMs, limit, rotation.queue === queue ? rotation.group : null,
   ]);
   rotation.passed(rows);
   return rows;

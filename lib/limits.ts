@@ -33,7 +33,7 @@
 import type { Sql } from "postgres";
 import type { ClaimScope } from "./claim.ts";
 import { ClaimCursor, claimWithCursor } from "./claim-cursor.ts";
-import { claimBothKinds, claimGroups, claimLockedGroups } from "./groups.ts";
+import { claimBothKinds, claimGroups, claimPerGroup } from "./groups.ts";
 import { type Database, run } from "./statements.ts";
 
 /** Which queues have a limit (concurrency or rate, of the queue or per group), read again when older than `refreshMs`. */
@@ -48,14 +48,9 @@ export class LimitedQueues {
 
   constructor(private readonly refreshMs: number) {}
 
-  /** Whether `queue` was limited per group only when last read: its claims then share its lock (ShareLimitedQueue). */
+  /** Whether `queue` was limited per group alone when last read: its claim is then claimPerGroup's. */
   perGroup(queue: string): boolean {
     return this.#perGroup.has(queue);
-  }
-
-  /** Makes the next claim read the limited queues again: one found other than read. */
-  stale(): void {
-    this.#readAt = -Infinity;
   }
 
   /** Whether this claim takes from the limited queues before the others: every other claim. */
@@ -122,24 +117,18 @@ export class LimitedQueues {
 export async function claimLimited(sql: Sql<any>, schema: string, queue: string, scope: ClaimScope, want: number): Promise<Record<string, unknown>[]> {
   // READ COMMITTED whatever the server's default: under REPEATABLE READ the
   // lock's statement would fix the snapshot before the lock was granted.
-  // Limited per group only (as last read): the claims share the queue's
-  // lock and take each group's own (ClaimLockedGroupTasks).
-  const perGroup = scope.limits?.perGroup(queue) ?? false;
+  // Limited per group alone (as last read): one statement, claims side by side.
+  if (scope.limits?.perGroup(queue)) return await claimPerGroup(sql, schema, scope, queue, want);
   return await sql.begin("isolation level read committed", async (tx) => {
-    await run(tx, schema, perGroup ? "ShareLimitedQueue" : "LockLimitedQueue", [queue]);
+    await run(tx, schema, "LockLimitedQueue", [queue]);
     const [slots] = await run(tx, schema, "QueueFreeSlots", [queue]);
-    if (perGroup && slots && !slots.per_group) {
-      // A limit of the queue's own was set since: claim under its lock, next time.
-      scope.limits!.stale();
-      return [];
-    }
     const free = Math.min(want, slots?.free ?? 0);
     if (free <= 0) {
       // Held back by its rate (not only by its concurrency limit, nor paused).
       if (slots?.free !== null && slots?.room_in_ms > 0) scope.limits?.fullUntil(Date.now() + slots.room_in_ms);
       return [];
     }
-    const claimed = await claimWithin(tx, schema, queue, scope, free, perGroup);
+    const claimed = await claimWithin(tx, schema, queue, scope, free);
     if (slots.rated && claimed.length) await run(tx, schema, "RecordQueueStarts", [queue, claimed.length]);
     if (slots.group_rated) await recordGroupStarts(tx, schema, queue, claimed);
     // Some group's rate is used up: an idle worker looks again when it has room.
@@ -159,14 +148,13 @@ async function recordGroupStarts(tx: Database, schema: string, queue: string, cl
  * In claimLimited's transaction: up to `free` tasks of `queue`, those
  * without a group (ClaimLimitedTasks) and, when some names have groups,
  * those with one (ClaimLimitedGroupTasks, which keeps each group within the
- * queue's group limit; `perGroup`: claimLockedGroups, under each group's
- * lock), in the order claimBothKinds gives.
+ * queue's group limit), in the order claimBothKinds gives.
  */
-async function claimWithin(tx: Database, schema: string, queue: string, scope: ClaimScope, free: number, perGroup: boolean): Promise<Record<string, unknown>[]> {
+async function claimWithin(tx: Database, schema: string, queue: string, scope: ClaimScope, free: number): Promise<Record<string, unknown>[]> {
   return await claimBothKinds(
     scope, queue, free,
     (want) => claimUngroupedLimited(tx, schema, queue, scope, want),
-    (want) => perGroup ? claimLockedGroups(tx, schema, scope, queue, want) : claimGroups(tx, schema, scope, [queue], want, true),
+    (want) => claimGroups(tx, schema, scope, [queue], want, true),
   );
 }
 

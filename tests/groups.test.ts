@@ -8,11 +8,15 @@
  */
 // Connections at its peak: 70 (four supervisors with their workers, as limits.test.ts, which peaked at 67 alone: tests/run.ts).
 import assert from "node:assert/strict";
+import { randomUUID } from "node:crypto";
 import { describe, test } from "node:test";
 import * as v from "valibot";
 import {
   createWorker, defineTask, drain, enqueue, enqueueMany, getTask, InvalidOptionsError, InvalidTaskError, migrate, queueSettings, setGroupConcurrency, status,
 } from "../mod.ts";
+import { type ClaimedTask, claimTasks } from "../lib/claim.ts";
+import { GroupRotation } from "../lib/groups.ts";
+import { LimitedQueues } from "../lib/limits.ts";
 import { run } from "../lib/statements.ts";
 import { createTestDatabase } from "./harness.ts";
 import { patience, serviceTestbed, until } from "./service-harness.ts";
@@ -110,6 +114,36 @@ describe("a group limit", () => {
     assert.equal((await sql`SELECT count(*)::int AS n FROM pgbg.task WHERE id = ${other}`)[0].n, 0);
   });
 
+  test("the claims of a queue limited per group alone run side by side: a group another claim holds is passed over, and a claim under the queue's lock is waited for", async () => {
+    const queue = "side-by-side";
+    await setGroupConcurrency(sql, queue, 2);
+    await enqueueMany(sql, tenantWork, [{ tenant: "a" }, { tenant: "a" }, { tenant: "a" }, { tenant: "b" }, { tenant: "b" }], { queue });
+    const claim = () => claimTasks(sql, "pgbg", {
+      workerId: randomUUID(), queues: [queue], names: [tenantWork.name], leaseMs: [60_000], limits: new LimitedQueues(60_000), groups: new GroupRotation(),
+    }, 10);
+    const groupsOf = (claimed: ClaimedTask[]) => claimed.map((t) => t.group).sort();
+    await sql.begin(async (tx) => {
+      // A claim that holds group a, its transaction still open.
+      const [first] = await run(tx, "pgbg", "ClaimPerGroupTasks", [randomUUID(), [queue], [tenantWork.name], [60_000], 1, null]);
+      assert.equal(first.group_name, "a");
+      assert.deepEqual(groupsOf(await claim()), ["b", "b"], "group a, held, passed over; group b claimed up to its limit");
+    });
+    assert.deepEqual(groupsOf(await claim()), ["a"], "once that claim committed, one more of group a: its limit less the one that claim took");
+    await enqueue(sql, tenantWork, { tenant: "c" }, { queue });
+    let waiting!: Promise<ClaimedTask[]>;
+    await sql.begin(async (tx) => {
+      // A claim under the queue's lock, as a worker that reads the queue as limited as a whole takes it.
+      await run(tx, "pgbg", "LockLimitedQueue", [queue]);
+      waiting = claim();
+      await until(
+        async () => (await sql`SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
+          AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`)[0].n,
+        (n) => n === 1, patience, "the claim to wait for the queue's lock",
+      );
+    });
+    assert.deepEqual(groupsOf(await waiting), ["c"]);
+  });
+
   test("group limits are listed, removed with null, and bad ones refused naming the value", async () => {
     await setGroupConcurrency(sql, "shown-groups", 4);
     assert.deepEqual((await queueSettings(sql)).find((q) => q.queue === "shown-groups"), {
@@ -149,13 +183,17 @@ describe("claims take from groups in turn", () => {
     assert.ok(before < 100, `the small group's last task started ${before} tasks in`);
   });
 
-  test("tasks without a group run beside grouped ones in the same queue", async () => {
+  test("tasks without a group run beside grouped ones in the same queue, with a group limit or without", async () => {
     const plain = defineTask({ name: "plain", schema: v.object({}), run() {} });
     const mixed = defineTask({ name: "mixed", schema: v.object({ tenant: v.string() }), group: (input) => input.tenant, run() {} });
-    await enqueueMany(sql, mixed, Array.from({ length: 20 }, (_, i) => ({ tenant: `t${i % 3}` })), { queue: "mixed" });
-    await enqueueMany(sql, plain, Array.from({ length: 20 }, () => ({})), { queue: "mixed" });
-    const result = await drain(sql, { tasks: [plain, mixed], queues: ["mixed"], logger: quiet });
-    assert.equal(result.ran, 40);
+    // A group limit holds tasks with a group alone.
+    await setGroupConcurrency(sql, "mixed-limited", 1);
+    for (const queue of ["mixed", "mixed-limited"]) {
+      await enqueueMany(sql, mixed, Array.from({ length: 20 }, (_, i) => ({ tenant: `t${i % 3}` })), { queue });
+      await enqueueMany(sql, plain, Array.from({ length: 20 }, () => ({})), { queue });
+      const result = await drain(sql, { tasks: [plain, mixed], queues: [queue], logger: quiet });
+      assert.equal(result.ran, 40, queue);
+    }
   });
 });
 

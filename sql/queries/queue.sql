@@ -104,7 +104,7 @@ FROM pgbg.queue q WHERE paused_at IS NOT NULL OR {{QueueLimited}} ORDER BY name;
 -- The queues with a limit (concurrency or rate, of the queue or per group): a worker claims from them
 -- with the limited claim (paused ones too, which QueueFreeSlots then finds
 -- paused: so a resume needs no new read of this list). per_group: limited
--- per group only, claimed under ShareLimitedQueue.
+-- per group alone, claimed with ClaimPerGroupTasks.
 SELECT name, {{QueuePerGroup}} AS per_group FROM pgbg.queue q WHERE {{QueueLimited}} ORDER BY name;
 
 -- name: LockLimitedQueue
@@ -113,15 +113,6 @@ SELECT name, {{QueuePerGroup}} AS per_group FROM pgbg.queue q WHERE {{QueueLimit
 -- time, and each counts (in its next statement's snapshot) every task the
 -- ones before it claimed. The key's first half marks pgbg's queue locks.
 SELECT pg_advisory_xact_lock(hashtext('pgbg.queue'), hashtext($1));
-
--- name: ShareLimitedQueue
--- $1 queue, limited per group only (no concurrency or rate limit of the
--- queue's own): the limited claim's lock, shared. Such claims run side by
--- side, each group's one at a time under its own lock
--- (LockClaimableGroups); one that takes LockLimitedQueue (a worker that
--- still reads the queue as limited as a whole) waits for them, and they
--- for it, so its counts see their claims and theirs see its.
-SELECT pg_advisory_xact_lock_shared(hashtext('pgbg.queue'), hashtext($1));
 
 -- name: QueueFreeSlots
 -- $1 queue: how many of its tasks may start now, or NULL when it has no
@@ -149,8 +140,7 @@ SELECT pg_advisory_xact_lock_shared(hashtext('pgbg.queue'), hashtext($1));
 -- claim takes from (ClaimLimitedGroupTasks keeps each group within its
 -- rate); group_room_in_ms: when the first group whose rate is used up
 -- has room again (NULL: none is used up; a full log whose oldest counted
--- start has aged out is not, and must not hide one that is); per_group:
--- limited per group only (a claim under ShareLimitedQueue must find it so).
+-- start has aged out is not, and must not hide one that is).
 SELECT CASE WHEN q.paused_at IS NULL THEN coalesce(least(
     CASE WHEN q.concurrency IS NULL THEN NULL
       WHEN q.concurrency >= (SELECT coalesce(sum(w.concurrency + w.detached), 0) FROM pgbg.worker w WHERE w.queues IS NULL OR q.name = ANY (w.queues)) THEN q.concurrency
@@ -161,8 +151,7 @@ SELECT CASE WHEN q.paused_at IS NULL THEN coalesce(least(
   (extract(epoch FROM {{RateRoomAt}} - clock_timestamp()) * 1000)::float8 AS room_in_ms,
   q.group_rate_limit IS NOT NULL AS group_rated,
   (SELECT (extract(epoch FROM min({{GroupRateRoomAt}}) - clock_timestamp()) * 1000)::float8 FROM pgbg.group_rate g
-   WHERE q.group_rate_limit IS NOT NULL AND g.queue = q.name AND {{GroupRateRoomAt}} > clock_timestamp()) AS group_room_in_ms,
-  {{QueuePerGroup}} AS per_group
+   WHERE q.group_rate_limit IS NOT NULL AND g.queue = q.name AND {{GroupRateRoomAt}} > clock_timestamp()) AS group_room_in_ms
 FROM pgbg.queue q WHERE q.name = $1 AND {{QueueLimited}};
 
 -- name: RecordQueueStarts

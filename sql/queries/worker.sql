@@ -82,69 +82,57 @@ WITH lanes (queue, priority, after, after_id, limited) AS (
 -- planned it afresh at every call (1.6 ms, more than it ran).
 {{GroupClaim:true}};
 
--- name: ClaimLockedGroupTasks
--- The group claim of the one limited queue $2, limited per group only, in
--- the transaction that took ShareLimitedQueue and then the locks of the
--- groups $6 (queues) and $7 (groups) with LockClaimableGroups: as
--- ClaimLimitedGroupTasks, from those groups alone, in that order. Its
--- snapshot is taken after those locks, so each group's count sees every
--- task the claims of the group before it took.
-WITH walked AS (
-  SELECT g.queue, g.group_name, false AS closed FROM unnest($6::text[], $7::text[]) WITH ORDINALITY AS g (queue, group_name, place)
-  WHERE g.queue = ANY ($2::text[]) ORDER BY g.place
+-- name: ClaimPerGroupTasks
+-- The group claim of the one queue $2, limited per group alone, in one
+-- statement: as ClaimLimitedGroupTasks, each group within its limit, but
+-- under the queue's lock shared and each group's own
+-- (share_group_limited_queue and take_group_slots, 023_group_slots), so
+-- the claims of one queue run side by side. $1-$5 as in ClaimTasks; $6 the
+-- group after which this worker's last group claim of the queue stopped
+-- (NULL: from the first). A group another claim holds counts as full and
+-- is passed over. Nothing is claimed when the queue is paused or no longer
+-- limited per group alone: the worker reads its limits again.
+WITH RECURSIVE settings AS MATERIALIZED (
+  SELECT pgbg.share_group_limited_queue(($2::text[])[1]) AS group_limit
 ),
-{{GroupTurns:true}};
-
--- name: LockClaimableGroups
--- $1 queue (limited per group only, its lock shared: ShareLimitedQueue),
--- $2 the group after which the walk starts (NULL: from the first), $3
--- names, $4 how many groups: up to $4 of the queue's groups with a task a
--- worker running $3 may claim now (ClaimableTask), each locked for this
--- transaction
--- (pg_try_advisory_xact_lock), from $2 round to it again. A group another
--- claim holds is passed over, not waited for: the claims of one queue run
--- side by side, and those of one group one at a time, so that the next
--- statement's count of a group's running tasks sees all the claims before
--- it. The key's first half marks pgbg's group locks. Each group costs two
--- probes of task_group_idx (the next group, its first due task).
-WITH RECURSIVE after_start (group_name) AS (
-  -- The first group, or the first after $2: two branches, so that each
+-- The queue's groups from the first after $6 to the last, then from the
+-- first to $6: one probe of task_group_idx per group, lazily.
+after_start (group_name) AS (
+  -- The first group, or the first after $6: two branches, so that each
   -- has its bound as an index condition.
   (SELECT group_name FROM pgbg.task
-   WHERE $2::text IS NULL AND state = 'queued' AND group_name IS NOT NULL AND queue = $1
+   WHERE $6::text IS NULL AND state = 'queued' AND group_name IS NOT NULL AND queue = ($2::text[])[1]
    ORDER BY group_name LIMIT 1)
   UNION ALL
   (SELECT group_name FROM pgbg.task
-   WHERE state = 'queued' AND group_name IS NOT NULL AND queue = $1 AND group_name > $2
+   WHERE state = 'queued' AND group_name IS NOT NULL AND queue = ($2::text[])[1] AND group_name > $6
    ORDER BY group_name LIMIT 1)
   UNION ALL
   SELECT (SELECT t.group_name FROM pgbg.task t
-    WHERE t.state = 'queued' AND t.group_name IS NOT NULL AND t.queue = $1 AND t.group_name > a.group_name
+    WHERE t.state = 'queued' AND t.group_name IS NOT NULL AND t.queue = ($2::text[])[1] AND t.group_name > a.group_name
     ORDER BY t.group_name LIMIT 1)
   FROM after_start a WHERE a.group_name IS NOT NULL
 ),
 from_first (group_name) AS (
   (SELECT group_name FROM pgbg.task
-   WHERE $2::text IS NOT NULL AND state = 'queued' AND group_name IS NOT NULL AND queue = $1 AND group_name <= $2
+   WHERE $6::text IS NOT NULL AND state = 'queued' AND group_name IS NOT NULL AND queue = ($2::text[])[1] AND group_name <= $6
    ORDER BY group_name LIMIT 1)
   UNION ALL
   SELECT (SELECT t.group_name FROM pgbg.task t
-    WHERE t.state = 'queued' AND t.group_name IS NOT NULL AND t.queue = $1 AND t.group_name > a.group_name AND t.group_name <= $2
+    WHERE t.state = 'queued' AND t.group_name IS NOT NULL AND t.queue = ($2::text[])[1] AND t.group_name > a.group_name
+      AND t.group_name <= $6
     ORDER BY t.group_name LIMIT 1)
   FROM from_first a WHERE a.group_name IS NOT NULL
-)
-SELECT c.group_name FROM (
-  SELECT w.group_name FROM ((SELECT group_name FROM after_start) UNION ALL (SELECT group_name FROM from_first)) w
-  -- One probe of the group's entries (a lateral LIMIT 1, where an EXISTS
-  -- may be planned as a hash of the queue's every task).
-  CROSS JOIN LATERAL (SELECT FROM pgbg.task t WHERE t.state = 'queued' AND t.group_name = w.group_name AND t.queue = $1
-    AND {{ClaimableTask}} LIMIT 1) h
-  WHERE w.group_name IS NOT NULL
-  -- A fence: the lock is tried only on a group with a claimable task.
-  OFFSET 0
-) c
-WHERE pg_try_advisory_xact_lock(hashtext('pgbg.group'), hashtext($1 || chr(10) || c.group_name))
-LIMIT $4;
+),
+-- Each group's free slots, counted under its lock as the walk reaches it
+-- (the function in the select list keeps this a subquery read row by row).
+walked AS (
+  SELECT ($2::text[])[1] AS queue, g.group_name, false AS closed,
+    pgbg.take_group_slots(($2::text[])[1], g.group_name, (SELECT group_limit FROM settings)) AS free
+  FROM ((SELECT group_name FROM after_start) UNION ALL (SELECT group_name FROM from_first)) g
+  WHERE g.group_name IS NOT NULL AND (SELECT group_limit FROM settings) IS NOT NULL
+),
+{{GroupTurns:false}};
 
 -- fragment: GroupClaim
 -- `{{@}}` is true in the limited claim.
@@ -204,20 +192,22 @@ from_start (queue, group_name, closed) AS (
   ) p
 ),
 walked AS (
-  (SELECT queue, group_name, closed FROM after_cursor) UNION ALL (SELECT queue, group_name, closed FROM from_start)
+  SELECT w.*, NULL::integer AS free FROM (
+    (SELECT queue, group_name, closed FROM after_cursor) UNION ALL (SELECT queue, group_name, closed FROM from_start)
+  ) w
 ),
 {{GroupTurns:{{@}}}}
 
 -- fragment: GroupTurns
--- The groups of `walked` (queue, group_name, closed) in turn, `{{@}}`: in
--- the limited claim. Each group gives up to its share of the batch in its
+-- The groups of `walked` (queue, group_name, closed, free) in turn,
+-- `{{@}}`: in the limited claim under the queue's lock (which counts each
+-- group's free slots here; else they are walked's `free`, NULL for none). Each group gives up to its share of the batch in its
 -- own claim order, and the batch is taken a task of each group at a time
 -- (its first, then its second...), so that a group with a million queued
 -- tasks and one with ten get alike. Under a group limit the running tasks
 -- are counted per group (task_group_running_idx) in this statement, whose
--- snapshot is taken after the lock that orders the claims of the group
--- (the queue's, or the group's own: LockClaimableGroups): every task the
--- claims before it took is counted.
+-- snapshot is taken after the queue's lock: every task the claims before
+-- it took is counted.
 turns AS MATERIALIZED (
   SELECT p.*, row_number() OVER () AS turn FROM (
     SELECT w.queue, w.group_name, f.free, h.ctid, h.name, h.priority, h.run_at, h.id FROM walked w
@@ -232,7 +222,7 @@ turns AS MATERIALIZED (
         WHERE r.state = 'running' AND r.group_name IS NOT NULL AND r.queue = w.queue AND r.group_name = w.group_name) END,
       CASE WHEN q.group_rate_limit IS NOT NULL THEN q.group_rate_limit - coalesce((SELECT {{GroupRecentStarts}} FROM pgbg.group_rate g
         WHERE g.queue = w.queue AND g.group_name = w.group_name), 0) END
-    ) END AS free) f
+    ) ELSE w.free END AS free) f
     -- The group's first claimable task of a name this worker runs, locked:
     -- its first turn's task, in one probe of the group's entries.
     CROSS JOIN LATERAL (SELECT t.ctid, t.name, t.priority, t.run_at, t.id FROM pgbg.task t
@@ -282,8 +272,11 @@ candidates AS (
   ) c
   WHERE ($2::text[] IS NULL OR l.queue = ANY($2::text[]))
     -- A paused queue's lanes are skipped, and a limited one's are left to
-    -- the limited claim: one probe of queue_pkey per lane.
-    AND NOT EXISTS (SELECT FROM pgbg.queue q WHERE q.name = l.queue AND (q.paused_at IS NOT NULL OR {{QueueLimited}} <> l.limited))
+    -- the limited claim (not those of a queue limited per group alone: a
+    -- group limit does not hold tasks without a group): one probe of
+    -- queue_pkey per lane.
+    AND NOT EXISTS (SELECT FROM pgbg.queue q WHERE q.name = l.queue
+      AND (q.paused_at IS NOT NULL OR ({{QueueLimited}} AND NOT {{QueuePerGroup}}) <> l.limited))
   ORDER BY c.priority, c.run_at, c.id
   LIMIT $5
 ),
@@ -315,10 +308,10 @@ t.run_at <= now() AND t.name = ANY($3::text[])
 (q.concurrency IS NOT NULL OR q.rate_limit IS NOT NULL OR q.group_concurrency IS NOT NULL OR q.group_rate_limit IS NOT NULL)
 
 -- fragment: QueuePerGroup
--- Whether the limited pgbg.queue row `q` is limited per group only: no
--- concurrency or rate limit of the queue's own, so its claims need not
--- run one at a time (ShareLimitedQueue).
-(q.concurrency IS NULL AND q.rate_limit IS NULL)
+-- Whether the limited pgbg.queue row `q` is limited per group alone, by a
+-- group concurrency limit: its claim is ClaimPerGroupTasks (as
+-- share_group_limited_queue judges it).
+(q.concurrency IS NULL AND q.rate_limit IS NULL AND q.group_rate_limit IS NULL)
 
 -- fragment: ClaimCandidates
 -- Claims the rows of `candidates` (ctid, name, turn), each leased with the

@@ -1,0 +1,44 @@
+-- 023_group_slots: the claim of a queue limited per group only, in one
+-- statement.
+--
+-- A claim that keeps each group within its limit must count the group's
+-- running tasks after every claim of the group before it committed. Under
+-- the queue's advisory lock (LockLimitedQueue) the count is the next
+-- statement of the claim's transaction: the claims of the queue then run
+-- one at a time, each a transaction of five round trips. A queue limited
+-- per group alone (no concurrency or rate limit of its own, no group rate
+-- limit) needs no order between the claims of different groups, so its
+-- claim (ClaimPerGroupTasks) takes a lock per group instead, and counts
+-- through these functions: each is VOLATILE, so each query in it reads a
+-- snapshot of its own, taken after the lock the function took just
+-- before, where the claim statement's own snapshot was taken before.
+
+-- The queue's lock, shared, then its group limit (NULL: it is not, or no
+-- longer, limited per group alone, or it is paused). A claim under the
+-- queue's lock (one that reads the queue as limited as a whole) waits for
+-- the shared holders, so its counts see their claims, and they for it.
+CREATE FUNCTION pgbg.share_group_limited_queue(claimed_queue text) RETURNS integer
+  LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+  PERFORM pg_advisory_xact_lock_shared(hashtext('pgbg.queue'), hashtext(claimed_queue));
+  RETURN (SELECT q.group_concurrency FROM pgbg.queue q
+    WHERE q.name = claimed_queue AND q.paused_at IS NULL AND q.concurrency IS NULL AND q.rate_limit IS NULL
+      AND q.group_rate_limit IS NULL);
+END
+$$;
+
+-- The group's lock, if no other claim holds it (0: one does, and the
+-- claim passes the group over rather than wait), then its free slots: the
+-- limit less its running tasks (task_group_running_idx). The lock is held
+-- until the claim's transaction ends, so the claims of one group run one
+-- at a time, and each counts every task the ones before it took.
+CREATE FUNCTION pgbg.take_group_slots(claimed_queue text, claimed_group text, group_limit integer) RETURNS integer
+  LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+  IF NOT pg_try_advisory_xact_lock(hashtext('pgbg.group'), hashtext(claimed_queue || chr(10) || claimed_group)) THEN
+    RETURN 0;
+  END IF;
+  RETURN group_limit - (SELECT count(*) FROM pgbg.task r
+    WHERE r.state = 'running' AND r.group_name IS NOT NULL AND r.queue = claimed_queue AND r.group_name = claimed_group);
+END
+$$;
