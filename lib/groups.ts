@@ -51,6 +51,11 @@ export class GroupRotation {
     else this.#emptyAt.set(kind, Date.now());
   }
 
+  /** Whether the claim `where` found none of a kind (with a group, or without) in the last REST_MS. */
+  resting(where: string, grouped: boolean): boolean {
+    return this.#resting(`${where}\0${grouped ? "g" : "p"}`);
+  }
+
   #resting(kind: string): boolean {
     const at = this.#emptyAt.get(kind);
     return at !== undefined && Date.now() - at < REST_MS;
@@ -70,10 +75,12 @@ export class GroupRotation {
  * Claims up to `limit` tasks, of both kinds when the scope has grouped
  * names: first the kind GroupRotation.groupsFirst says, then the other
  * only while there is room. `ungrouped` and `grouped` claim `want` tasks
- * of their kind.
+ * of their kind. `skipResting`: a kind found empty in the last REST_MS is
+ * not claimed at all (its claim costs much more than the other's).
  */
 export async function claimBothKinds<T>(
   scope: ClaimScope, where: string, limit: number, ungrouped: (want: number) => Promise<T[]>, grouped: (want: number) => Promise<T[]>,
+  skipResting = false,
 ): Promise<T[]> {
   const rotation = scope.groups;
   if (!rotation) return await ungrouped(limit);
@@ -81,6 +88,7 @@ export async function claimBothKinds<T>(
   const claimed: T[] = [];
   for (const kindGrouped of groupsFirst ? [true, false] : [false, true]) {
     if (claimed.length >= limit) break;
+    if (skipResting && rotation.resting(where, kindGrouped)) continue;
     const rows = await (kindGrouped ? grouped : ungrouped)(limit - claimed.length);
     rotation.found(where, kindGrouped, rows.length);
     claimed.push(...rows);

@@ -23,6 +23,13 @@
  * limit is the same, with a log per group (ClaimLimitedGroupTasks counts
  * each group's, RecordGroupStarts appends to them).
  *
+ * A queue limited per group alone (a group concurrency limit, nothing of
+ * the queue's own, no group rate) needs no order between the claims of
+ * different groups: its claim (claimPerGroup, lib/groups.ts) is one
+ * statement that shares the queue's lock and takes each group's own, so
+ * the workers' claims of it run side by side. A group limit does not hold
+ * tasks without a group: the ordinary claim takes those.
+ *
  * The ordinary claim leaves a queue alone from the moment its limit is
  * committed (a claim already under way may still take from it once); a
  * worker learns which queues to claim with the limited claim each check
@@ -40,6 +47,7 @@ import { type Database, run } from "./statements.ts";
 export class LimitedQueues {
   #names: string[] = [];
   #perGroup = new Set<string>();
+  #slotsOnly = new Set<string>();
   #readAt = -Infinity;
   #turn = false;
   #rotation = 0;
@@ -51,6 +59,11 @@ export class LimitedQueues {
   /** Whether `queue` was limited per group alone when last read: its claim is then claimPerGroup's. */
   perGroup(queue: string): boolean {
     return this.#perGroup.has(queue);
+  }
+
+  /** Whether `queue` was limited by its concurrency alone when last read: its tasks without a group are then claimed with claimSlots. */
+  slotsOnly(queue: string): boolean {
+    return this.#slotsOnly.has(queue);
   }
 
   /** Whether this claim takes from the limited queues before the others: every other claim. */
@@ -68,6 +81,7 @@ export class LimitedQueues {
       const rows = await run(db, schema, "LimitedQueues", []);
       this.#names = rows.map((r) => r.name as string);
       this.#perGroup = new Set(rows.filter((r) => r.per_group).map((r) => r.name as string));
+      this.#slotsOnly = new Set(rows.filter((r) => r.slots_only).map((r) => r.name as string));
       this.#readAt = Date.now();
     }
     const mine = queues ? this.#names.filter((q) => queues.includes(q)) : this.#names;
@@ -110,15 +124,33 @@ export class LimitedQueues {
 
 /**
  * Claims up to `want` tasks of `scope`'s names from the limited `queue`,
- * within its free slots, in one transaction (see the module's comment);
- * returns the claim statement's rows.
+ * within its limits (see the module's comment); returns the claim
+ * statements' rows. A queue limited per group alone, or by its
+ * concurrency alone (as last read), is claimed in one statement: its tasks
+ * with a group in the latter case still in the transaction, at most every
+ * REST_MS while it finds none.
  */
 // deno-lint-ignore no-explicit-any
 export async function claimLimited(sql: Sql<any>, schema: string, queue: string, scope: ClaimScope, want: number): Promise<Record<string, unknown>[]> {
+  if (scope.limits?.perGroup(queue)) return await claimPerGroup(sql, schema, scope, queue, want);
+  if (!scope.limits?.slotsOnly(queue)) return await claimInTransaction(sql, schema, queue, scope, want, false);
+  return await claimBothKinds(
+    scope, queue, want,
+    (n) => claimWithCursor(sql, schema, scope.limits!.cursorOf(queue), ["ClaimSlotTasks", "ClaimSlotTasksAfter"], [scope.workerId, [queue], scope.names, scope.leaseMs, n]),
+    (n) => claimInTransaction(sql, schema, queue, scope, n, true),
+    true,
+  );
+}
+
+/**
+ * The limited claim in a transaction: the queue's lock, its free slots
+ * counted (QueueFreeSlots), and tasks of both kinds (claimWithin), or with
+ * a group alone (`groupedOnly`), within them.
+ */
+// deno-lint-ignore no-explicit-any
+async function claimInTransaction(sql: Sql<any>, schema: string, queue: string, scope: ClaimScope, want: number, groupedOnly: boolean): Promise<Record<string, unknown>[]> {
   // READ COMMITTED whatever the server's default: under REPEATABLE READ the
   // lock's statement would fix the snapshot before the lock was granted.
-  // Limited per group alone (as last read): one statement, claims side by side.
-  if (scope.limits?.perGroup(queue)) return await claimPerGroup(sql, schema, scope, queue, want);
   return await sql.begin("isolation level read committed", async (tx) => {
     await run(tx, schema, "LockLimitedQueue", [queue]);
     const [slots] = await run(tx, schema, "QueueFreeSlots", [queue]);
@@ -128,7 +160,7 @@ export async function claimLimited(sql: Sql<any>, schema: string, queue: string,
       if (slots?.free !== null && slots?.room_in_ms > 0) scope.limits?.fullUntil(Date.now() + slots.room_in_ms);
       return [];
     }
-    const claimed = await claimWithin(tx, schema, queue, scope, free);
+    const claimed = groupedOnly ? await claimGroups(tx, schema, scope, [queue], free, true) : await claimWithin(tx, schema, queue, scope, free);
     if (slots.rated && claimed.length) await run(tx, schema, "RecordQueueStarts", [queue, claimed.length]);
     if (slots.group_rated) await recordGroupStarts(tx, schema, queue, claimed);
     // Some group's rate is used up: an idle worker looks again when it has room.

@@ -19,7 +19,7 @@ import { GroupRotation } from "../lib/groups.ts";
 import { LimitedQueues } from "../lib/limits.ts";
 import { run } from "../lib/statements.ts";
 import { createTestDatabase } from "./harness.ts";
-import { patience, serviceTestbed, until } from "./service-harness.ts";
+import { patience, serviceTestbed, until, untilWaitingForLock } from "./service-harness.ts";
 
 const testbed = await serviceTestbed(createTestDatabase, (sql) => migrate(sql));
 const { sql } = testbed.db;
@@ -135,13 +135,23 @@ describe("a group limit", () => {
       // A claim under the queue's lock, as a worker that reads the queue as limited as a whole takes it.
       await run(tx, "pgbg", "LockLimitedQueue", [queue]);
       waiting = claim();
-      await until(
-        async () => (await sql`SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
-          AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`)[0].n,
-        (n) => n === 1, patience, "the claim to wait for the queue's lock",
-      );
+      await untilWaitingForLock(sql, "the claim to wait for the queue's lock");
     });
     assert.deepEqual(groupsOf(await waiting), ["c"]);
+  });
+
+  test("under a default of REPEATABLE READ, a queue limited per group alone is claimed under the queue's lock, and its limit holds", async () => {
+    const queue = "repeatable";
+    await setGroupConcurrency(sql, queue, 1);
+    await enqueueMany(sql, tenantWork, [{ tenant: "a" }, { tenant: "a" }, { tenant: "b" }], { queue });
+    const rr = testbed.db.connect({ max: 2, connection: { default_transaction_isolation: "repeatable read" } });
+    const params = [randomUUID(), [queue], [tenantWork.name], [60_000], 10, null];
+    // Its counts would read the transaction's first snapshot: it claims nothing.
+    assert.equal((await run(rr, "pgbg", "ClaimPerGroupTasks", params)).length, 0);
+    const claimed = await claimTasks(rr, "pgbg", {
+      workerId: randomUUID(), queues: [queue], names: [tenantWork.name], leaseMs: [60_000], limits: new LimitedQueues(60_000), groups: new GroupRotation(),
+    }, 10);
+    assert.deepEqual(claimed.map((t) => t.group).sort(), ["a", "b"], "one of each group, within their limit of 1");
   });
 
   test("group limits are listed, removed with null, and bad ones refused naming the value", async () => {

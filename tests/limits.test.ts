@@ -7,11 +7,15 @@
  */
 // Connections at its peak: 70 (four supervisors with their workers, and this file's clients; 67 measured alone: tests/run.ts).
 import assert from "node:assert/strict";
+import { randomUUID } from "node:crypto";
 import { describe, test } from "node:test";
 import * as v from "valibot";
 import { createWorker, defineTask, drain, enqueue, enqueueMany, InvalidOptionsError, migrate, queueSettings, setQueueConcurrency, status } from "../mod.ts";
+import { type ClaimedTask, claimTasks } from "../lib/claim.ts";
+import { LimitedQueues } from "../lib/limits.ts";
+import { run } from "../lib/statements.ts";
 import { createTestDatabase } from "./harness.ts";
-import { patience, serviceTestbed, until } from "./service-harness.ts";
+import { patience, serviceTestbed, until, untilWaitingForLock } from "./service-harness.ts";
 
 const testbed = await serviceTestbed(createTestDatabase, (sql) => migrate(sql));
 const { sql } = testbed.db;
@@ -124,6 +128,44 @@ describe("a queue's concurrency limit", () => {
     const next = await enqueue(sql, work, {}, { queue: "one" });
     await until(() => testbed.remaining([next]), (n) => n === 0, patience, "the next task to run beside the waiting retry");
     assert.deepEqual({ ...(await failed()) }, { state: "queued", attempts: 1 });
+  });
+
+  test("a claim that found the limit out of reach and waited for a claim under the queue's lock judges again: a worker registered meanwhile makes it count", async () => {
+    const queue = "reachable";
+    await setQueueConcurrency(sql, queue, 1_000);
+    await enqueueMany(sql, work, [{}, {}], { queue });
+    const claim = () => claimTasks(sql, "pgbg", { workerId: randomUUID(), queues: [queue], names: [work.name], leaseMs: [60_000], limits: new LimitedQueues(60_000) }, 10);
+    const big = randomUUID();
+    let waiting!: Promise<ClaimedTask[]>;
+    await sql.begin(async (tx) => {
+      await run(tx, "pgbg", "LockLimitedQueue", [queue]);
+      waiting = claim();
+      await untilWaitingForLock(sql, "the claim to wait for the queue's lock");
+      // As the claim waits, a worker that can reach the limit registers (and may claim under the lock).
+      await tx`INSERT INTO pgbg.worker (id, supervisor_id, pid, concurrency, hostname, runtime, tasks, queues)
+        VALUES (${big}, ${randomUUID()}, 1, 2000, 'test', 'node', '{work}', ${[queue]})`;
+    });
+    assert.equal((await waiting).length, 0, "judged again after the lock: the limit is within reach, and that claim counted nothing");
+    assert.equal((await claim()).length, 2, "the next claim counts, under the lock");
+    await sql`DELETE FROM pgbg.task WHERE queue = ${queue}`;
+    await sql`DELETE FROM pgbg.worker WHERE id = ${big}`;
+  });
+
+  test("under a default of REPEATABLE READ, a limited queue is claimed in a READ COMMITTED transaction of its own, and its limit holds", async () => {
+    const queue = "repeatable";
+    await setQueueConcurrency(sql, queue, 2);
+    await enqueueMany(sql, work, [{}, {}, {}], { queue });
+    const rr = testbed.db.connect({ max: 2, connection: { default_transaction_isolation: "repeatable read" } });
+    // Its count would read the transaction's first snapshot: it claims nothing.
+    assert.equal((await run(rr, "pgbg", "ClaimSlotTasks", [randomUUID(), [queue], [work.name], [60_000], 10])).length, 0);
+    const scope = { workerId: randomUUID(), queues: [queue], names: [work.name], leaseMs: [60_000], limits: new LimitedQueues(60_000) };
+    // Registered, with more slots than the limit: the limit is counted against.
+    await sql`INSERT INTO pgbg.worker (id, supervisor_id, pid, concurrency, hostname, runtime, tasks, queues)
+      VALUES (${scope.workerId}, ${randomUUID()}, 1, 10, 'test', 'node', '{work}', ${[queue]})`;
+    assert.equal((await claimTasks(rr, "pgbg", scope, 10)).length, 2, "2 of 3, within the limit");
+    assert.equal((await claimTasks(rr, "pgbg", scope, 10)).length, 0, "none while 2 run");
+    await sql`DELETE FROM pgbg.task WHERE queue = ${queue}`;
+    await sql`DELETE FROM pgbg.worker WHERE id = ${scope.workerId}`;
   });
 
   test("drain() returns when a limited queue's slots are all held elsewhere, leaving its tasks queued", async () => {

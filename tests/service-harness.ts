@@ -114,6 +114,16 @@ export async function until<T>(query: () => Promise<T>, done: (value: T) => bool
   }
 }
 
+/** Waits until a statement of `sql`'s database waits for an advisory lock (a claim for a queue's or a group's lock), failing after `patience`. */
+// deno-lint-ignore no-explicit-any
+export async function untilWaitingForLock(sql: postgres.Sql<any>, what: string): Promise<void> {
+  await until(
+    async () => (await sql`SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
+      AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`)[0].n as number,
+    (n) => n === 1, patience, what,
+  );
+}
+
 /** Resolves with `promise`, or fails after `timeoutMs` naming `what` (or what the function gives then). Not a timing assertion: only a bound on waiting. */
 export function within<T>(promise: Promise<T>, timeoutMs: number, what: string | (() => string)): Promise<T> {
   let timer: ReturnType<typeof setTimeout> | undefined;

@@ -1,5 +1,5 @@
--- 023_group_slots: the claim of a queue limited per group only, in one
--- statement.
+-- 023_group_slots: the claim of a queue limited per group alone, or by
+-- its concurrency alone, in one statement.
 --
 -- A claim that keeps each group within its limit must count the group's
 -- running tasks after every claim of the group before it committed. Under
@@ -8,10 +8,18 @@
 -- one at a time, each a transaction of five round trips. A queue limited
 -- per group alone (no concurrency or rate limit of its own, no group rate
 -- limit) needs no order between the claims of different groups, so its
--- claim (ClaimPerGroupTasks) takes a lock per group instead, and counts
--- through these functions: each is VOLATILE, so each query in it reads a
--- snapshot of its own, taken after the lock the function took just
--- before, where the claim statement's own snapshot was taken before.
+-- claim (ClaimPerGroupTasks) takes a lock per group instead; one limited
+-- by its concurrency alone (ClaimSlotTasks) takes the queue's lock and
+-- counts in the claim statement, and shares the lock while no worker can
+-- reach the limit. They count through these functions: each is VOLATILE,
+-- so each query in it reads a snapshot of its own, taken after the lock
+-- the function took just before, where the claim statement's own
+-- snapshot was taken before. In a transaction that is not READ
+-- COMMITTED (a server or role whose default is REPEATABLE READ) its
+-- queries would all read the transaction's first snapshot, and count none
+-- of the claims committed since: there each returns NULL, and workers
+-- claim the queue under its lock, in a READ COMMITTED transaction of their
+-- own (LimitedQueues tells them).
 
 -- The queue's lock, shared, then its group limit (NULL: it is not, or no
 -- longer, limited per group alone, or it is paused). A claim under the
@@ -20,6 +28,9 @@
 CREATE FUNCTION pgbg.share_group_limited_queue(claimed_queue text) RETURNS integer
   LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
+  IF current_setting('transaction_isolation') <> 'read committed' THEN
+    RETURN NULL;
+  END IF;
   PERFORM pg_advisory_xact_lock_shared(hashtext('pgbg.queue'), hashtext(claimed_queue));
   RETURN (SELECT q.group_concurrency FROM pgbg.queue q
     WHERE q.name = claimed_queue AND q.paused_at IS NULL AND q.concurrency IS NULL AND q.rate_limit IS NULL
@@ -40,5 +51,45 @@ BEGIN
   END IF;
   RETURN group_limit - (SELECT count(*) FROM pgbg.task r
     WHERE r.state = 'running' AND r.group_name IS NOT NULL AND r.queue = claimed_queue AND r.group_name = claimed_group);
+END
+$$;
+
+-- The free slots of a queue limited by its concurrency alone (NULL: it is
+-- not, or no longer, or it is paused). While the registered workers that
+-- claim from the queue cannot reach the limit (their concurrency and
+-- detached attempts in all are within it, as QueueFreeSlots judges), the
+-- queue's lock is taken shared and nothing is counted: such claims run
+-- side by side. The judgement is made again after the lock: a worker that
+-- registered meanwhile may have claimed under the lock, exclusive, and
+-- counted without this claim's tasks (0: claim nothing now; the next
+-- claim counts). A worker that registers after it waits, at its first
+-- claim, for this one's lock. Otherwise the lock is exclusive, and the
+-- limit less the queue's running tasks is counted after it.
+CREATE FUNCTION pgbg.take_queue_slots(claimed_queue text) RETURNS integer
+  LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+  queue_limit integer;
+  unreachable boolean;
+BEGIN
+  IF current_setting('transaction_isolation') <> 'read committed' THEN
+    RETURN NULL;
+  END IF;
+  FOR pass IN 1..2 LOOP
+    SELECT q.concurrency, q.concurrency >= (SELECT coalesce(sum(w.concurrency + w.detached), 0) FROM pgbg.worker w
+        WHERE w.queues IS NULL OR q.name = ANY (w.queues))
+      INTO queue_limit, unreachable
+      FROM pgbg.queue q
+      WHERE q.name = claimed_queue AND q.paused_at IS NULL AND q.rate_limit IS NULL AND q.group_concurrency IS NULL
+        AND q.group_rate_limit IS NULL;
+    IF queue_limit IS NULL THEN
+      RETURN NULL;
+    ELSIF pass = 2 THEN
+      RETURN CASE WHEN unreachable THEN queue_limit ELSE 0 END;
+    ELSIF NOT unreachable THEN
+      PERFORM pg_advisory_xact_lock(hashtext('pgbg.queue'), hashtext(claimed_queue));
+      RETURN queue_limit - (SELECT count(*) FROM pgbg.task t WHERE t.state = 'running' AND t.queue = claimed_queue);
+    END IF;
+    PERFORM pg_advisory_xact_lock_shared(hashtext('pgbg.queue'), hashtext(claimed_queue));
+  END LOOP;
 END
 $$;

@@ -104,8 +104,13 @@ FROM pgbg.queue q WHERE paused_at IS NOT NULL OR {{QueueLimited}} ORDER BY name;
 -- The queues with a limit (concurrency or rate, of the queue or per group): a worker claims from them
 -- with the limited claim (paused ones too, which QueueFreeSlots then finds
 -- paused: so a resume needs no new read of this list). per_group: limited
--- per group alone, claimed with ClaimPerGroupTasks.
-SELECT name, {{QueuePerGroup}} AS per_group FROM pgbg.queue q WHERE {{QueueLimited}} ORDER BY name;
+-- per group alone, claimed with ClaimPerGroupTasks; slots_only: limited by
+-- its concurrency alone, claimed with ClaimSlotTasks. Both need their
+-- statement's transaction READ COMMITTED (the session's default, as this
+-- statement runs in a transaction of its own).
+SELECT name, {{QueuePerGroup}} AND current_setting('transaction_isolation') = 'read committed' AS per_group,
+  {{QueueSlotsOnly}} AND current_setting('transaction_isolation') = 'read committed' AS slots_only
+FROM pgbg.queue q WHERE {{QueueLimited}} ORDER BY name;
 
 -- name: LockLimitedQueue
 -- $1 queue. Taken by the limited claim's transaction before it counts the

@@ -24,24 +24,15 @@ WITH RECURSIVE lanes (queue, priority, after, after_id, limited) AS (
     ORDER BY t.queue, t.priority LIMIT 1
   ) n
 ),
-{{ClaimFromLanes}};
+{{ClaimFromLanes:$5}};
 
 -- name: ClaimLimitedTasks
 -- The claim from one queue with a concurrency or rate limit ($2: that queue alone),
 -- in the transaction that took LockLimitedQueue and counted its free slots
 -- (QueueFreeSlots; $5 is at most those). Its lanes are the queue's
 -- priorities, read from their heads as in ClaimTasks.
-WITH RECURSIVE lanes (queue, priority, after, after_id, limited) AS (
-  (SELECT queue, priority, '-infinity'::timestamptz, 0::bigint, true FROM pgbg.task
-   WHERE state = 'queued' AND group_name IS NULL AND queue = ($2::text[])[1] ORDER BY queue, priority LIMIT 1)
-  UNION ALL
-  SELECT n.queue, n.priority, '-infinity'::timestamptz, 0::bigint, true FROM lanes l CROSS JOIN LATERAL (
-    SELECT t.queue, t.priority FROM pgbg.task t
-    WHERE t.state = 'queued' AND t.group_name IS NULL AND t.queue = l.queue AND t.priority > l.priority
-    ORDER BY t.queue, t.priority LIMIT 1
-  ) n
-),
-{{ClaimFromLanes}};
+WITH RECURSIVE {{LimitedQueueLanes}},
+{{ClaimFromLanes:$5}};
 
 -- name: ClaimTasksAfter
 -- The claim from a cursor: as ClaimTasks, but only from the lanes given
@@ -65,7 +56,52 @@ WITH lanes (queue, priority, after, after_id, limited) AS (
   SELECT l.queue, l.priority, timestamptz 'epoch' + l.after_us * interval '1 microsecond', l.after_id, {{@}}
   FROM unnest($6::text[], $7::smallint[], $8::bigint[], $9::bigint[]) AS l (queue, priority, after_us, after_id)
 ),
-{{ClaimFromLanes}}
+{{ClaimFromLanes:$5}}
+
+-- name: ClaimSlotTasks
+-- The claim from one queue limited by its concurrency alone ($2: that
+-- queue alone), in one statement: as ClaimLimitedTasks, at most the free
+-- slots take_queue_slots finds (023_group_slots) under the queue's lock,
+-- exclusive, or shared while no registered worker can reach the limit.
+-- Nothing when the queue is paused or limited otherwise by now: the
+-- worker reads its limits again.
+WITH RECURSIVE {{LimitedQueueLanes}},
+{{SlotsTaken}},
+{{ClaimFromLanes:(SELECT s.free FROM slots s)}};
+
+-- name: ClaimSlotTasksAfter
+-- ClaimSlotTasks from the queue's claim cursor, as ClaimLimitedTasksAfter.
+WITH lanes (queue, priority, after, after_id, limited) AS (
+  SELECT l.queue, l.priority, timestamptz 'epoch' + l.after_us * interval '1 microsecond', l.after_id, true
+  FROM unnest($6::text[], $7::smallint[], $8::bigint[], $9::bigint[]) AS l (queue, priority, after_us, after_id)
+  WHERE l.queue = ($2::text[])[1]
+),
+{{SlotsTaken}},
+{{ClaimFromLanes:(SELECT s.free FROM slots s)}};
+
+-- fragment: LimitedQueueLanes
+-- The lanes of the one limited queue $2: its priorities, each read from
+-- its head (one probe of task_claim_idx per lane).
+lanes (queue, priority, after, after_id, limited) AS (
+  (SELECT queue, priority, '-infinity'::timestamptz, 0::bigint, true FROM pgbg.task
+   WHERE state = 'queued' AND group_name IS NULL AND queue = ($2::text[])[1] ORDER BY queue, priority LIMIT 1)
+  UNION ALL
+  SELECT n.queue, n.priority, '-infinity'::timestamptz, 0::bigint, true FROM lanes l CROSS JOIN LATERAL (
+    SELECT t.queue, t.priority FROM pgbg.task t
+    WHERE t.state = 'queued' AND t.group_name IS NULL AND t.queue = l.queue AND t.priority > l.priority
+    ORDER BY t.queue, t.priority LIMIT 1
+  ) n
+)
+
+-- fragment: SlotsTaken
+-- The queue $2's free slots, at most $5 (0 for none, or when
+-- take_queue_slots finds the queue no longer limited by its concurrency
+-- alone): taken once, before the claim locks a task, as its LIMITs are
+-- evaluated before their scans.
+slots AS MATERIALIZED (
+  SELECT CASE WHEN f.free > 0 THEN least($5, f.free) ELSE 0 END AS free
+  FROM (SELECT pgbg.take_queue_slots(($2::text[])[1]) AS free) f
+)
 
 -- name: ClaimGroupTasks
 -- The group claim: tasks with a group, taken from their groups in turn,
@@ -256,6 +292,7 @@ candidates AS (
 {{ClaimCandidates}};
 
 -- fragment: ClaimFromLanes
+-- `{{@}}`: how many to claim at most ($5, or less under a limit).
 -- Each lane is read in (run_at, id) order after its start, with run_at <=
 -- now() as the other index bound, so the scan stops at the first task not
 -- yet due, however many delayed tasks wait behind it, and at $5 rows,
@@ -267,7 +304,7 @@ candidates AS (
     WHERE t.state = 'queued' AND t.group_name IS NULL AND t.queue = l.queue AND t.priority = l.priority
       AND (t.run_at, t.id) > (l.after, l.after_id) AND {{ClaimableTask}}
     ORDER BY t.run_at, t.id
-    LIMIT $5
+    LIMIT {{@}}
     FOR UPDATE SKIP LOCKED
   ) c
   WHERE ($2::text[] IS NULL OR l.queue = ANY($2::text[]))
@@ -278,7 +315,7 @@ candidates AS (
     AND NOT EXISTS (SELECT FROM pgbg.queue q WHERE q.name = l.queue
       AND (q.paused_at IS NOT NULL OR ({{QueueLimited}} AND NOT {{QueuePerGroup}}) <> l.limited))
   ORDER BY c.priority, c.run_at, c.id
-  LIMIT $5
+  LIMIT {{@}}
 ),
 {{ClaimCandidates}}
 
@@ -312,6 +349,11 @@ t.run_at <= now() AND t.name = ANY($3::text[])
 -- group concurrency limit: its claim is ClaimPerGroupTasks (as
 -- share_group_limited_queue judges it).
 (q.concurrency IS NULL AND q.rate_limit IS NULL AND q.group_rate_limit IS NULL)
+
+-- fragment: QueueSlotsOnly
+-- Whether the limited pgbg.queue row `q` is limited by its concurrency
+-- alone: its claim is ClaimSlotTasks (as take_queue_slots judges it).
+(q.concurrency IS NOT NULL AND q.rate_limit IS NULL AND q.group_concurrency IS NULL AND q.group_rate_limit IS NULL)
 
 -- fragment: ClaimCandidates
 -- Claims the rows of `candidates` (ctid, name, turn), each leased with the
