@@ -75,12 +75,13 @@ export class GroupRotation {
  * Claims up to `limit` tasks, of both kinds when the scope has grouped
  * names: first the kind GroupRotation.groupsFirst says, then the other
  * only while there is room. `ungrouped` and `grouped` claim `want` tasks
- * of their kind. `skipResting`: a kind found empty in the last REST_MS is
- * not claimed at all (its claim costs much more than the other's).
+ * of their kind. `skipRestingGroups`: tasks with a group, when found none
+ * of in the last REST_MS, are not claimed at all (their claim costs much
+ * more than the other kind's, whose tasks must not wait on it).
  */
 export async function claimBothKinds<T>(
   scope: ClaimScope, where: string, limit: number, ungrouped: (want: number) => Promise<T[]>, grouped: (want: number) => Promise<T[]>,
-  skipResting = false,
+  skipRestingGroups = false,
 ): Promise<T[]> {
   const rotation = scope.groups;
   if (!rotation) return await ungrouped(limit);
@@ -88,7 +89,7 @@ export async function claimBothKinds<T>(
   const claimed: T[] = [];
   for (const kindGrouped of groupsFirst ? [true, false] : [false, true]) {
     if (claimed.length >= limit) break;
-    if (skipResting && rotation.resting(where, kindGrouped)) continue;
+    if (skipRestingGroups && kindGrouped && rotation.resting(where, true)) continue;
     const rows = await (kindGrouped ? grouped : ungrouped)(limit - claimed.length);
     rotation.found(where, kindGrouped, rows.length);
     claimed.push(...rows);

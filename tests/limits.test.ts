@@ -12,6 +12,7 @@ import { describe, test } from "node:test";
 import * as v from "valibot";
 import { createWorker, defineTask, drain, enqueue, enqueueMany, InvalidOptionsError, migrate, queueSettings, setQueueConcurrency, status } from "../mod.ts";
 import { type ClaimedTask, claimTasks } from "../lib/claim.ts";
+import { GroupRotation } from "../lib/groups.ts";
 import { LimitedQueues } from "../lib/limits.ts";
 import { run } from "../lib/statements.ts";
 import { createTestDatabase } from "./harness.ts";
@@ -166,6 +167,17 @@ describe("a queue's concurrency limit", () => {
     assert.equal((await claimTasks(rr, "pgbg", scope, 10)).length, 0, "none while 2 run");
     await sql`DELETE FROM pgbg.task WHERE queue = ${queue}`;
     await sql`DELETE FROM pgbg.worker WHERE id = ${scope.workerId}`;
+  });
+
+  test("a task without a group is taken by the claim right after one that found the queue empty, its tasks with a group resting", async () => {
+    const queue = "next-claim";
+    await setQueueConcurrency(sql, queue, 1_000);
+    const scope = {
+      workerId: randomUUID(), queues: [queue], names: [work.name], leaseMs: [60_000], limits: new LimitedQueues(60_000), groups: new GroupRotation(),
+    };
+    assert.equal((await claimTasks(sql, "pgbg", scope, 10)).length, 0);
+    await enqueue(sql, work, {}, { queue });
+    assert.equal((await claimTasks(sql, "pgbg", scope, 10)).length, 1, "not put off by the empty claim before it");
   });
 
   test("drain() returns when a limited queue's slots are all held elsewhere, leaving its tasks queued", async () => {
