@@ -1,6 +1,6 @@
 /**
  * The claim: takes up to N due tasks for a worker in one prepared statement,
- * and from queues with a limit in one transaction each (lib/limits.ts).
+ * and from queues with a limit with the limited claim (lib/limits.ts).
  * Tasks with a group are taken by the group claim (ClaimGroupTasks), from
  * their groups in turn, from where the worker's last group claim stopped
  * (GroupRotation).
@@ -71,20 +71,32 @@ export interface ClaimScope {
  * With a `cursor`, the claim reads each lane from where the cursor says
  * (ClaimTasksAfter) when it can, and records what it took in it; a task the
  * cursor skips is found by a later full claim (lib/claim-cursor.ts).
+ * `unwritten`: the worker's attempts that ended and whose outcomes are not
+ * written yet (they keep their leases); the limited claims take no more
+ * than `limit` less those.
  */
-export async function claimTasks(db: Database, schema: string, scope: ClaimScope, limit: number, cursor?: ClaimCursor): Promise<ClaimedTask[]> {
+export async function claimTasks(
+  db: Database, schema: string, scope: ClaimScope, limit: number, cursor?: ClaimCursor, unwritten = 0,
+): Promise<ClaimedTask[]> {
   const limited = scope.limits ? await scope.limits.among(db, schema, scope.queues) : [];
   if (!limited.length) return await claimUnlimited(db, schema, scope, limit, cursor);
   // Limited queues first and last by turns: either, always first, could
   // take every free slot from the other while its backlog lasts.
   const limitedFirst = scope.limits!.takeTurn();
   const claimed = limitedFirst ? [] : await claimUnlimited(db, schema, scope, limit, cursor);
+  // The limited claims take no more than the free slots less the outcomes
+  // not written yet, whose tasks keep their leases: so this worker never
+  // holds more leases of a limited queue than its concurrency (and its
+  // detached attempts), which a limit no worker can reach relies on.
+  let limitedRoom = limit - unwritten;
   // What the limited claims take does not move the cursor: their lanes are not its.
   for (const queue of limited) {
-    if (claimed.length >= limit) break;
+    if (claimed.length >= limit || limitedRoom <= 0) break;
     try {
       // deno-lint-ignore no-explicit-any
-      claimed.push(...(await claimLimited(db as Sql<any>, schema, queue, scope, limit - claimed.length)).map(claimedTask));
+      const taken = await claimLimited(db as Sql<any>, schema, queue, scope, Math.min(limit - claimed.length, limitedRoom));
+      limitedRoom -= taken.length;
+      claimed.push(...taken.map(claimedTask));
     } catch (error) {
       // The tasks claimed so far are leased to this worker: start them,
       // rather than leave them running nowhere until their leases expire.

@@ -75,12 +75,13 @@ export class GroupRotation {
  * Claims up to `limit` tasks, of both kinds when the scope has grouped
  * names: first the kind GroupRotation.groupsFirst says, then the other
  * only while there is room. `ungrouped` and `grouped` claim `want` tasks
- * of their kind. `skipRestingGroups`: tasks with a group, when found none
+ * of their kind, or `grouped` null when the limit left it no room.
+ * `skipRestingGroups`: tasks with a group, when found none
  * of in the last REST_MS, are not claimed at all (their claim costs much
  * more than the other kind's, whose tasks must not wait on it).
  */
 export async function claimBothKinds<T>(
-  scope: ClaimScope, where: string, limit: number, ungrouped: (want: number) => Promise<T[]>, grouped: (want: number) => Promise<T[]>,
+  scope: ClaimScope, where: string, limit: number, ungrouped: (want: number) => Promise<T[]>, grouped: (want: number) => Promise<T[] | null>,
   skipRestingGroups = false,
 ): Promise<T[]> {
   const rotation = scope.groups;
@@ -91,6 +92,8 @@ export async function claimBothKinds<T>(
     if (claimed.length >= limit) break;
     if (skipRestingGroups && kindGrouped && rotation.resting(where, true)) continue;
     const rows = await (kindGrouped ? grouped : ungrouped)(limit - claimed.length);
+    // null: no room to claim in, which says nothing of what is queued.
+    if (rows === null) continue;
     rotation.found(where, kindGrouped, rows.length);
     claimed.push(...rows);
   }

@@ -6,29 +6,40 @@
  * start in any interval, across every worker of every host.
  *
  * The ordinary claim leaves a limited queue alone (ClaimFromLanes). A
- * worker claims from it with the limited claim: a transaction that takes
- * the queue's advisory lock (LockLimitedQueue), then counts the queue's
- * running tasks (QueueFreeSlots), then claims at most the free slots
- * (ClaimLimitedTasks, or ClaimLimitedTasksAfter from the queue's own claim
- * cursor). Each statement of a READ COMMITTED transaction reads
- * a fresh snapshot, so the count, taken after the lock, sees every task the
- * claims before it took; completions meanwhile only free slots. Only
- * running tasks count: a task waiting for its retry, or released from a
- * dead worker, holds no slot. A limit that cannot bind (the registered
- * workers that claim from the queue run no more in all) is not counted
- * against: QueueFreeSlots says why that is safe. A rate limit counts the starts its queue's
- * log holds within the last interval, and the same transaction logs the
- * starts it claims (RecordQueueStarts): a claim is a start, and a task
- * over the limit waits, queued, without using an attempt. A group rate
- * limit is the same, with a log per group (ClaimLimitedGroupTasks counts
- * each group's, RecordGroupStarts appends to them).
+ * worker claims from it with the limited claim: it takes the queue's
+ * advisory lock, then counts the queue's running tasks with a snapshot
+ * taken after the lock, so the count sees every task the claims before it
+ * took (completions meanwhile only free slots), then claims at most the
+ * free slots. Only running tasks count: a task waiting for its retry, or
+ * released from a dead worker, holds no slot. A limit that cannot bind
+ * (the registered workers that claim from the queue run no more in all) is
+ * not counted against: QueueFreeSlots and take_queue_slots say why that is
+ * safe, given that a worker's limited claims take no more than its free
+ * slots less its unwritten outcomes (lib/claim.ts).
  *
- * A queue limited per group alone (a group concurrency limit, nothing of
- * the queue's own, no group rate) needs no order between the claims of
- * different groups: its claim (claimPerGroup, lib/groups.ts) is one
- * statement that shares the queue's lock and takes each group's own, so
- * the workers' claims of it run side by side. A group limit does not hold
- * tasks without a group: the ordinary claim takes those.
+ * The claim's form depends on the queue's limits (as the worker last read
+ * them, each check interval; a claim that finds them changed claims
+ * nothing, and the queue waits for the next read):
+ * - by its concurrency alone: one statement (ClaimSlotTasks, or
+ *   ClaimSlotTasksAfter from the queue's own claim cursor), whose
+ *   take_queue_slots takes the lock and counts, or shares the lock and
+ *   counts nothing while the limit cannot bind; its tasks with a group, in
+ *   the transaction below;
+ * - per group alone (a group concurrency limit, nothing of the queue's
+ *   own, no group rate): one statement (claimPerGroup, lib/groups.ts)
+ *   that shares the queue's lock and takes each group's own, so the
+ *   workers' claims of it run side by side. A group limit does not hold
+ *   tasks without a group: the ordinary claim takes those;
+ * - otherwise, and wherever the session's default isolation is not READ
+ *   COMMITTED: a READ COMMITTED transaction that takes the lock
+ *   (LockLimitedQueue), counts (QueueFreeSlots) and claims
+ *   (ClaimLimitedTasks, ClaimLimitedGroupTasks). A rate limit counts the
+ *   starts its queue's log holds within the last interval, and the same
+ *   transaction logs the starts it claims (RecordQueueStarts): a claim is
+ *   a start, and a task over the limit waits, queued, without using an
+ *   attempt. A group rate limit is the same, with a log per group
+ *   (ClaimLimitedGroupTasks counts each group's, RecordGroupStarts
+ *   appends to them).
  *
  * The ordinary claim leaves a queue alone from the moment its limit is
  * committed (a claim already under way may still take from it once); a
@@ -61,7 +72,7 @@ export class LimitedQueues {
     return this.#perGroup.has(queue);
   }
 
-  /** Whether `queue` was limited by its concurrency alone when last read: its tasks without a group are then claimed with claimSlots. */
+  /** Whether `queue` was limited by its concurrency alone when last read: its tasks without a group are then claimed with ClaimSlotTasks. */
   slotsOnly(queue: string): boolean {
     return this.#slotsOnly.has(queue);
   }
@@ -91,8 +102,8 @@ export class LimitedQueues {
 
   /**
    * The claim cursor of the limited claim of `queue` (lib/claim-cursor.ts):
-   * each limited queue has its own, as its lanes are claimed in a
-   * transaction of their own and never by the ordinary claim.
+   * each limited queue has its own, as its lanes are claimed by its
+   * limited claim alone, never by the ordinary claim.
    */
   cursorOf(queue: string): ClaimCursor {
     let cursor = this.#cursors.get(queue);
@@ -133,7 +144,7 @@ export class LimitedQueues {
 // deno-lint-ignore no-explicit-any
 export async function claimLimited(sql: Sql<any>, schema: string, queue: string, scope: ClaimScope, want: number): Promise<Record<string, unknown>[]> {
   if (scope.limits?.perGroup(queue)) return await claimPerGroup(sql, schema, scope, queue, want);
-  if (!scope.limits?.slotsOnly(queue)) return await claimInTransaction(sql, schema, queue, scope, want, false);
+  if (!scope.limits?.slotsOnly(queue)) return await claimInTransaction(sql, schema, queue, scope, want, false) ?? [];
   return await claimBothKinds(
     scope, queue, want,
     (n) => claimWithCursor(sql, schema, scope.limits!.cursorOf(queue), ["ClaimSlotTasks", "ClaimSlotTasksAfter"], [scope.workerId, [queue], scope.names, scope.leaseMs, n]),
@@ -145,10 +156,12 @@ export async function claimLimited(sql: Sql<any>, schema: string, queue: string,
 /**
  * The limited claim in a transaction: the queue's lock, its free slots
  * counted (QueueFreeSlots), and tasks of both kinds (claimWithin), or with
- * a group alone (`groupedOnly`), within them.
+ * a group alone (`groupedOnly`), within them; null when there were none.
  */
-// deno-lint-ignore no-explicit-any
-async function claimInTransaction(sql: Sql<any>, schema: string, queue: string, scope: ClaimScope, want: number, groupedOnly: boolean): Promise<Record<string, unknown>[]> {
+async function claimInTransaction(
+  // deno-lint-ignore no-explicit-any
+  sql: Sql<any>, schema: string, queue: string, scope: ClaimScope, want: number, groupedOnly: boolean,
+): Promise<Record<string, unknown>[] | null> {
   // READ COMMITTED whatever the server's default: under REPEATABLE READ the
   // lock's statement would fix the snapshot before the lock was granted.
   return await sql.begin("isolation level read committed", async (tx) => {
@@ -158,7 +171,7 @@ async function claimInTransaction(sql: Sql<any>, schema: string, queue: string, 
     if (free <= 0) {
       // Held back by its rate (not only by its concurrency limit, nor paused).
       if (slots?.free !== null && slots?.room_in_ms > 0) scope.limits?.fullUntil(Date.now() + slots.room_in_ms);
-      return [];
+      return null;
     }
     const claimed = groupedOnly ? await claimGroups(tx, schema, scope, [queue], free, true) : await claimWithin(tx, schema, queue, scope, free);
     if (slots.rated && claimed.length) await run(tx, schema, "RecordQueueStarts", [queue, claimed.length]);
@@ -166,7 +179,7 @@ async function claimInTransaction(sql: Sql<any>, schema: string, queue: string, 
     // Some group's rate is used up: an idle worker looks again when it has room.
     if (slots.group_room_in_ms > 0 && claimed.length < free) scope.limits?.fullUntil(Date.now() + slots.group_room_in_ms);
     return claimed;
-  }) as Record<string, unknown>[];
+  }) as Record<string, unknown>[] | null;
 }
 
 /** Logs the starts of each group among `claimed` in its group's rate log (RecordGroupStarts), in one statement. */

@@ -386,7 +386,7 @@ export class Worker {
       this.#notified = false;
       let claimed: ClaimedTask[];
       try {
-        claimed = await claimTasks(this.#options.sql, this.#options.schema, this.#scope, free, this.#cursor);
+        claimed = await claimTasks(this.#options.sql, this.#options.schema, this.#scope, free, this.#cursor, this.#outcomes.pending);
         backoff = 100;
       } catch (error) {
         this.#options.log.warn(`claim failed; retrying in ${backoff} ms`, { error: describeError(error).message });

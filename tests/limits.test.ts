@@ -180,6 +180,38 @@ describe("a queue's concurrency limit", () => {
     assert.equal((await claimTasks(sql, "pgbg", scope, 10)).length, 1, "not put off by the empty claim before it");
   });
 
+  test("a claim that waited for the queue's lock reads the queue again after it: a pause committed meanwhile holds", async () => {
+    const queue = "paused-while-waiting";
+    await setQueueConcurrency(sql, queue, 1_000);
+    await enqueueMany(sql, work, [{}, {}], { queue });
+    const scope = { workerId: randomUUID(), queues: [queue], names: [work.name], leaseMs: [60_000], limits: new LimitedQueues(60_000) };
+    // Registered with more slots than the limit: the limit can bind, and is counted under the lock.
+    await sql`INSERT INTO pgbg.worker (id, supervisor_id, pid, concurrency, hostname, runtime, tasks, queues)
+      VALUES (${scope.workerId}, ${randomUUID()}, 1, 2000, 'test', 'node', '{work}', ${[queue]})`;
+    let waiting!: Promise<ClaimedTask[]>;
+    await sql.begin(async (tx) => {
+      await run(tx, "pgbg", "LockLimitedQueue", [queue]);
+      waiting = claimTasks(sql, "pgbg", scope, 10);
+      await untilWaitingForLock(sql, "the claim to wait for the queue's lock");
+      await tx`UPDATE pgbg.queue SET paused_at = now() WHERE name = ${queue}`;
+    });
+    assert.equal((await waiting).length, 0, "paused while it waited: nothing claimed");
+    await sql`UPDATE pgbg.queue SET paused_at = NULL WHERE name = ${queue}`;
+    assert.equal((await claimTasks(sql, "pgbg", scope, 10)).length, 2);
+    await sql`DELETE FROM pgbg.task WHERE queue = ${queue}`;
+    await sql`DELETE FROM pgbg.worker WHERE id = ${scope.workerId}`;
+  });
+
+  test("a worker's limited claims take no more than its free slots less its unwritten outcomes, whose tasks keep their leases", async () => {
+    const queue = "unwritten";
+    await setQueueConcurrency(sql, queue, 1_000);
+    await enqueueMany(sql, work, [{}, {}, {}], { queue });
+    const scope = { workerId: randomUUID(), queues: [queue], names: [work.name], leaseMs: [60_000], limits: new LimitedQueues(60_000) };
+    assert.equal((await claimTasks(sql, "pgbg", scope, 3, undefined, 3)).length, 0, "3 free slots, 3 outcomes unwritten");
+    assert.equal((await claimTasks(sql, "pgbg", scope, 3, undefined, 1)).length, 2, "3 free slots, 1 outcome unwritten");
+    await sql`DELETE FROM pgbg.task WHERE queue = ${queue}`;
+  });
+
   test("drain() returns when a limited queue's slots are all held elsewhere, leaving its tasks queued", async () => {
     await setQueueConcurrency(sql, "held", 1);
     const [held, waiting] = await enqueueMany(sql, work, [{}, {}], { queue: "held" });

@@ -64,7 +64,11 @@ $$;
 -- counted without this claim's tasks (0: claim nothing now; the next
 -- claim counts). A worker that registers after it waits, at its first
 -- claim, for this one's lock. Otherwise the lock is exclusive, and the
--- limit less the queue's running tasks is counted after it.
+-- queue's row is read again and its running tasks counted after it. A
+-- worker holds no more leases of the queue than its concurrency and its
+-- detached attempts: its limited claims take no more than its free slots
+-- less the outcomes it has not written yet (their tasks keep their leases
+-- until then; lib/claim.ts).
 CREATE FUNCTION pgbg.take_queue_slots(claimed_queue text) RETURNS integer
   LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
@@ -87,7 +91,12 @@ BEGIN
       RETURN CASE WHEN unreachable THEN queue_limit ELSE 0 END;
     ELSIF NOT unreachable THEN
       PERFORM pg_advisory_xact_lock(hashtext('pgbg.queue'), hashtext(claimed_queue));
-      RETURN queue_limit - (SELECT count(*) FROM pgbg.task t WHERE t.state = 'running' AND t.queue = claimed_queue);
+      -- The limit, the pause and the limit's kind again, after the lock:
+      -- any of them may have changed while this claim waited for it.
+      RETURN (SELECT q.concurrency - (SELECT count(*) FROM pgbg.task t WHERE t.state = 'running' AND t.queue = q.name)
+        FROM pgbg.queue q
+        WHERE q.name = claimed_queue AND q.paused_at IS NULL AND q.rate_limit IS NULL AND q.group_concurrency IS NULL
+          AND q.group_rate_limit IS NULL);
     END IF;
     PERFORM pg_advisory_xact_lock_shared(hashtext('pgbg.queue'), hashtext(claimed_queue));
   END LOOP;

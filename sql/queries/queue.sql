@@ -128,7 +128,9 @@ SELECT pg_advisory_xact_lock(hashtext('pgbg.queue'), hashtext($1));
 -- workers that claim from the queue may hold no more leases in all than
 -- the limit (their concurrency, and the attempts they let run on detached,
 -- which keep their leases), it is the limit, and nothing is counted. That
--- holds because every running task is its worker's (a worker's row goes
+-- holds because a worker's limited claims take no more than its free
+-- slots less its unwritten outcomes (lib/claim.ts), and every running
+-- task is its worker's (a worker's row goes
 -- only once its tasks are handed back, or, when it is reaped as dead, once
 -- it stopped running them itself: its self-stop comes before its stale
 -- time), and a

@@ -64,7 +64,7 @@ WITH lanes (queue, priority, after, after_id, limited) AS (
 -- slots take_queue_slots finds (023_group_slots) under the queue's lock,
 -- exclusive, or shared while no registered worker can reach the limit.
 -- Nothing when the queue is paused or limited otherwise by now: the
--- worker reads its limits again.
+-- worker reads its limits again at its next check interval.
 WITH RECURSIVE {{LimitedQueueLanes}},
 {{SlotsTaken}},
 {{ClaimFromLanes:(SELECT s.free FROM slots s)}};
@@ -127,7 +127,8 @@ slots AS MATERIALIZED (
 -- group after which this worker's last group claim of the queue stopped
 -- (NULL: from the first). A group another claim holds counts as full and
 -- is passed over. Nothing is claimed when the queue is paused or no longer
--- limited per group alone: the worker reads its limits again.
+-- limited per group alone: the worker reads its limits again at its next
+-- check interval.
 WITH RECURSIVE settings AS MATERIALIZED (
   SELECT pgbg.share_group_limited_queue(($2::text[])[1]) AS group_limit
 ),
