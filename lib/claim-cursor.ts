@@ -152,7 +152,7 @@ export class ClaimCursor {
   /**
    * The lanes and starts for the next claim, or null when it must be a full
    * claim: the first one, one asked for with {@link fullNext}, every claim
-   * while the last full one was fast, and one now and then otherwise. The
+   * until full claims are judged slow, and one now and then after. The
    * lanes may be none (a slow full claim found nothing, or only lanes of
    * limited queues, which are not this cursor's): the claim then reads
    * nothing until the next full one.

@@ -74,10 +74,13 @@ CREATE FUNCTION pgbg.take_queue_slots(claimed_queue text) RETURNS integer
 DECLARE
   queue_limit integer;
   unreachable boolean;
+  shared boolean;
 BEGIN
   IF current_setting('transaction_isolation') <> 'read committed' THEN
     RETURN NULL;
   END IF;
+  -- The queue's row before the lock, to choose it, and again after it: the
+  -- limit, a pause or the limit's kind may have changed while waiting.
   FOR pass IN 1..2 LOOP
     SELECT q.concurrency, q.concurrency >= (SELECT coalesce(sum(w.concurrency + w.detached), 0) FROM pgbg.worker w
         WHERE w.queues IS NULL OR q.name = ANY (w.queues))
@@ -87,18 +90,18 @@ BEGIN
         AND q.group_rate_limit IS NULL;
     IF queue_limit IS NULL THEN
       RETURN NULL;
-    ELSIF pass = 2 THEN
-      RETURN CASE WHEN unreachable THEN queue_limit ELSE 0 END;
-    ELSIF NOT unreachable THEN
-      PERFORM pg_advisory_xact_lock(hashtext('pgbg.queue'), hashtext(claimed_queue));
-      -- The limit, the pause and the limit's kind again, after the lock:
-      -- any of them may have changed while this claim waited for it.
-      RETURN (SELECT q.concurrency - (SELECT count(*) FROM pgbg.task t WHERE t.state = 'running' AND t.queue = q.name)
-        FROM pgbg.queue q
-        WHERE q.name = claimed_queue AND q.paused_at IS NULL AND q.rate_limit IS NULL AND q.group_concurrency IS NULL
-          AND q.group_rate_limit IS NULL);
     END IF;
-    PERFORM pg_advisory_xact_lock_shared(hashtext('pgbg.queue'), hashtext(claimed_queue));
+    EXIT WHEN pass = 2;
+    shared := unreachable;
+    IF shared THEN
+      PERFORM pg_advisory_xact_lock_shared(hashtext('pgbg.queue'), hashtext(claimed_queue));
+    ELSE
+      PERFORM pg_advisory_xact_lock(hashtext('pgbg.queue'), hashtext(claimed_queue));
+    END IF;
   END LOOP;
+  IF shared THEN
+    RETURN CASE WHEN unreachable THEN queue_limit ELSE 0 END;
+  END IF;
+  RETURN queue_limit - (SELECT count(*) FROM pgbg.task t WHERE t.state = 'running' AND t.queue = claimed_queue);
 END
 $$;

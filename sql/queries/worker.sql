@@ -52,10 +52,7 @@ WITH RECURSIVE {{LimitedQueueLanes}},
 -- fragment: ClaimAfter
 -- The lanes of a claim from a cursor, `{{@}}`: whether it is the limited
 -- claim.
-WITH lanes (queue, priority, after, after_id, limited) AS (
-  SELECT l.queue, l.priority, timestamptz 'epoch' + l.after_us * interval '1 microsecond', l.after_id, {{@}}
-  FROM unnest($6::text[], $7::smallint[], $8::bigint[], $9::bigint[]) AS l (queue, priority, after_us, after_id)
-),
+WITH {{CursorLanes:{{@}}}},
 {{ClaimFromLanes:$5}}
 
 -- name: ClaimSlotTasks
@@ -71,13 +68,17 @@ WITH RECURSIVE {{LimitedQueueLanes}},
 
 -- name: ClaimSlotTasksAfter
 -- ClaimSlotTasks from the queue's claim cursor, as ClaimLimitedTasksAfter.
-WITH lanes (queue, priority, after, after_id, limited) AS (
-  SELECT l.queue, l.priority, timestamptz 'epoch' + l.after_us * interval '1 microsecond', l.after_id, true
-  FROM unnest($6::text[], $7::smallint[], $8::bigint[], $9::bigint[]) AS l (queue, priority, after_us, after_id)
-  WHERE l.queue = ($2::text[])[1]
-),
+WITH {{CursorLanes:true}},
 {{SlotsTaken}},
 {{ClaimFromLanes:(SELECT s.free FROM slots s)}};
+
+-- fragment: CursorLanes
+-- The lanes a claim cursor gives ($6 queues, $7 priorities, $8 run_at in
+-- epoch microseconds, $9 id), `{{@}}`: whether of the limited claim.
+lanes (queue, priority, after, after_id, limited) AS (
+  SELECT l.queue, l.priority, timestamptz 'epoch' + l.after_us * interval '1 microsecond', l.after_id, {{@}}
+  FROM unnest($6::text[], $7::smallint[], $8::bigint[], $9::bigint[]) AS l (queue, priority, after_us, after_id)
+)
 
 -- fragment: LimitedQueueLanes
 -- The lanes of the one limited queue $2: its priorities, each read from
@@ -236,15 +237,15 @@ walked AS (
 {{GroupTurns:{{@}}}}
 
 -- fragment: GroupTurns
--- The groups of `walked` (queue, group_name, closed, free) in turn,
--- `{{@}}`: in the limited claim under the queue's lock (which counts each
--- group's free slots here; else they are walked's `free`, NULL for none). Each group gives up to its share of the batch in its
--- own claim order, and the batch is taken a task of each group at a time
--- (its first, then its second...), so that a group with a million queued
--- tasks and one with ten get alike. Under a group limit the running tasks
--- are counted per group (task_group_running_idx) in this statement, whose
--- snapshot is taken after the queue's lock: every task the claims before
--- it took is counted.
+-- The groups of `walked` (queue, group_name, closed, free) in turn. Each
+-- group gives up to its share of the batch in its own claim order, and the
+-- batch is taken a task of each group at a time (its first, then its
+-- second...), so that a group with a million queued tasks and one with ten
+-- get alike. `{{@}}`: the limited claim under the queue's lock, which
+-- counts each group's running tasks (task_group_running_idx) here, in a
+-- statement whose snapshot is taken after the lock, so every task the
+-- claims before it took is counted; otherwise a group's free slots are
+-- walked's `free` (NULL: no limit).
 turns AS MATERIALIZED (
   SELECT p.*, row_number() OVER () AS turn FROM (
     SELECT w.queue, w.group_name, f.free, h.ctid, h.name, h.priority, h.run_at, h.id FROM walked w
