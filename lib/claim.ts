@@ -72,8 +72,9 @@ export interface ClaimScope {
  * (ClaimTasksAfter) when it can, and records what it took in it; a task the
  * cursor skips is found by a later full claim (lib/claim-cursor.ts).
  * `unwritten`: the worker's attempts that ended and whose outcomes are not
- * written yet (they keep their leases); the limited claims take no more
- * than `limit` less those.
+ * written yet (they keep their leases): a limited claim that does not
+ * count the queue's running tasks takes no more than `limit` less those
+ * (claimLimited).
  */
 export async function claimTasks(
   db: Database, schema: string, scope: ClaimScope, limit: number, cursor?: ClaimCursor, unwritten = 0,
@@ -84,18 +85,12 @@ export async function claimTasks(
   // take every free slot from the other while its backlog lasts.
   const limitedFirst = scope.limits!.takeTurn();
   const claimed = limitedFirst ? [] : await claimUnlimited(db, schema, scope, limit, cursor);
-  // The limited claims take no more than the free slots less the outcomes
-  // not written yet, whose tasks keep their leases: so this worker never
-  // holds more leases of a limited queue than its concurrency (and its
-  // detached attempts), which a limit no worker can reach relies on.
-  let limitedRoom = limit - unwritten;
   // What the limited claims take does not move the cursor: their lanes are not its.
   for (const queue of limited) {
-    if (claimed.length >= limit || limitedRoom <= 0) break;
+    if (claimed.length >= limit) break;
     try {
       // deno-lint-ignore no-explicit-any
-      const taken = await claimLimited(db as Sql<any>, schema, queue, scope, Math.min(limit - claimed.length, limitedRoom));
-      limitedRoom -= taken.length;
+      const taken = await claimLimited(db as Sql<any>, schema, queue, scope, limit - claimed.length, unwritten);
       claimed.push(...taken.map(claimedTask));
     } catch (error) {
       // The tasks claimed so far are leased to this worker: start them,

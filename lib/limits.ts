@@ -63,6 +63,7 @@ export class LimitedQueues {
   #turn = false;
   #rotation = 0;
   #roomAt = Infinity;
+  #heldByWrites = false;
   readonly #cursors = new Map<string, ClaimCursor>();
 
   constructor(private readonly refreshMs: number) {}
@@ -121,6 +122,23 @@ export class LimitedQueues {
     this.#roomAt = Math.min(this.#roomAt, at);
   }
 
+  /** A limited claim may have come back short for the worker's unwritten outcomes (claimLimited). */
+  heldByWrites(): void {
+    this.#heldByWrites = true;
+  }
+
+  /**
+   * Whether a limited claim came back short for the worker's unwritten
+   * outcomes since this was last asked, and forgets it: the worker then
+   * claims again once the write in flight ends, rather than go idle with
+   * tasks queued.
+   */
+  takeHeldByWrites(): boolean {
+    const held = this.#heldByWrites;
+    this.#heldByWrites = false;
+    return held;
+  }
+
   /**
    * How long until a rate-limited queue found full has room again (ms), and
    * forgets it: an idle worker sleeps no longer than that, so the limit's
@@ -139,35 +157,47 @@ export class LimitedQueues {
  * statements' rows. A queue limited per group alone, or by its
  * concurrency alone (as last read), is claimed in one statement: its tasks
  * with a group in the latter case still in the transaction, at most every
- * REST_MS while it finds none.
+ * REST_MS while it finds none. `unwritten`: the worker's attempts that
+ * ended and whose outcomes are not written yet; they keep their leases, so
+ * a claim that does not count the queue's running tasks takes `want` less
+ * those (take_queue_slots, QueueFreeSlots). A claim that may have come
+ * back short for them says so (LimitedQueues.takeHeldByWrites).
  */
-// deno-lint-ignore no-explicit-any
-export async function claimLimited(sql: Sql<any>, schema: string, queue: string, scope: ClaimScope, want: number): Promise<Record<string, unknown>[]> {
+export async function claimLimited(
+  // deno-lint-ignore no-explicit-any
+  sql: Sql<any>, schema: string, queue: string, scope: ClaimScope, want: number, unwritten = 0,
+): Promise<Record<string, unknown>[]> {
   if (scope.limits?.perGroup(queue)) return await claimPerGroup(sql, schema, scope, queue, want);
-  if (!scope.limits?.slotsOnly(queue)) return await claimInTransaction(sql, schema, queue, scope, want, false) ?? [];
-  return await claimBothKinds(
-    scope, queue, want,
-    (n) => claimWithCursor(sql, schema, scope.limits!.cursorOf(queue), ["ClaimSlotTasks", "ClaimSlotTasksAfter"], [scope.workerId, [queue], scope.names, scope.leaseMs, n]),
-    (n) => claimInTransaction(sql, schema, queue, scope, n, true),
-    true,
-  );
+  const claimed = scope.limits?.slotsOnly(queue)
+    ? await claimBothKinds(
+      scope, queue, want,
+      (n) => claimWithCursor(sql, schema, scope.limits!.cursorOf(queue), ["ClaimSlotTasks", "ClaimSlotTasksAfter"], [scope.workerId, [queue], scope.names, scope.leaseMs, n], [unwritten]),
+      (n) => claimInTransaction(sql, schema, queue, scope, n, unwritten, true),
+      true,
+    )
+    : await claimInTransaction(sql, schema, queue, scope, want, unwritten, false) ?? [];
+  // Short, but no shorter than the unwritten outcomes: they may be why (taken
+  // off an uncounted claim, or counted as running in a counted one).
+  if (unwritten > 0 && claimed.length < want && claimed.length >= want - unwritten) scope.limits?.heldByWrites();
+  return claimed;
 }
 
 /**
  * The limited claim in a transaction: the queue's lock, its free slots
- * counted (QueueFreeSlots), and tasks of both kinds (claimWithin), or with
- * a group alone (`groupedOnly`), within them; null when there were none.
+ * counted (QueueFreeSlots; less `unwritten` when it counted nothing), and
+ * tasks of both kinds (claimWithin), or with a group alone
+ * (`groupedOnly`), within them; null when there were none.
  */
 async function claimInTransaction(
   // deno-lint-ignore no-explicit-any
-  sql: Sql<any>, schema: string, queue: string, scope: ClaimScope, want: number, groupedOnly: boolean,
+  sql: Sql<any>, schema: string, queue: string, scope: ClaimScope, want: number, unwritten: number, groupedOnly: boolean,
 ): Promise<Record<string, unknown>[] | null> {
   // READ COMMITTED whatever the server's default: under REPEATABLE READ the
   // lock's statement would fix the snapshot before the lock was granted.
   return await sql.begin("isolation level read committed", async (tx) => {
     await run(tx, schema, "LockLimitedQueue", [queue]);
     const [slots] = await run(tx, schema, "QueueFreeSlots", [queue]);
-    const free = Math.min(want, slots?.free ?? 0);
+    const free = Math.min(slots?.uncounted ? want - unwritten : want, slots?.free ?? 0);
     if (free <= 0) {
       // Held back by its rate (not only by its concurrency limit, nor paused).
       if (slots?.free !== null && slots?.room_in_ms > 0) scope.limits?.fullUntil(Date.now() + slots.room_in_ms);

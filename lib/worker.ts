@@ -396,7 +396,10 @@ export class Worker {
       }
       for (const task of claimed) this.#start(task);
       if (claimed.length) this.#idleBackoff = this.#firstIdleSleep;
-      if (claimed.length < free) await this.#afterShortClaim();
+      // Short for the outcomes not written yet, whose tasks keep their
+      // leases (claimLimited): claim again once they are, not idle.
+      if (claimed.length < free && this.#scope.limits!.takeHeldByWrites()) await this.#outcomes.written();
+      else if (claimed.length < free) await this.#afterShortClaim();
       // Not awaited: the next claim need not wait for the flag to go down.
       else if (this.#idle) void this.#setIdle(false);
     }

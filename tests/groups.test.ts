@@ -35,6 +35,9 @@ const tenantWork = defineTask({
 
 const mostAtOnce = testbed.mostExecutionsAtOnce;
 
+/** Thrown to roll a test's transaction back. */
+class Rollback extends Error {}
+
 /** Enqueues `each` tasks for every tenant, interleaved (a1, b1, c1, a2...); returns the ids by tenant. */
 async function enqueueTenants(queue: string, tenants: string[], each: number, ms: number, gather = 0): Promise<Map<string, string[]>> {
   // The first `gather` tasks of each tenant wait until that many of its tasks run at once.
@@ -138,6 +141,27 @@ describe("a group limit", () => {
       await untilWaitingForLock(sql, "the claim to wait for the queue's lock");
     });
     assert.deepEqual(groupsOf(await waiting), ["c"]);
+  });
+
+  test("a claim of a queue limited per group alone walks, and locks, only as many groups as it takes tasks from (a plan that hashed the walk locked every group), under a custom or a generic plan", async () => {
+    const queue = "walk-stops";
+    await setGroupConcurrency(sql, queue, 5);
+    // 1,000 groups of 2: a plan that hashes the walk visits all of them.
+    await enqueueMany(sql, tenantWork, Array.from({ length: 2_000 }, (_, i) => ({ tenant: `t${String(i % 1_000).padStart(3, "0")}` })), { queue });
+    await sql`ANALYZE pgbg.task`;
+    for (const mode of ["force_custom_plan", "force_generic_plan"]) {
+      await sql.begin(async (tx) => {
+        await tx.unsafe(`SET LOCAL plan_cache_mode = ${mode}`);
+        const claimed = await run(tx, "pgbg", "ClaimPerGroupTasks", [randomUUID(), [queue], [tenantWork.name], [60_000], 32, null]);
+        assert.equal(claimed.length, 32);
+        // Each group the walk reached is locked until this transaction ends.
+        const [{ groups }] = await tx`SELECT count(*)::int AS groups FROM pg_locks
+          WHERE locktype = 'advisory' AND mode = 'ExclusiveLock' AND pid = pg_backend_pid()`;
+        assert.equal(groups, 32, `${mode}: the groups the claim locked`);
+        throw new Rollback();
+      }).catch((e) => { if (!(e instanceof Rollback)) throw e; });
+    }
+    await sql`DELETE FROM pgbg.task WHERE queue = ${queue}`;
   });
 
   test("under a default of REPEATABLE READ, a queue limited per group alone is claimed under the queue's lock, and its limit holds", async () => {

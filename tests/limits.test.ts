@@ -10,7 +10,7 @@ import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { describe, test } from "node:test";
 import * as v from "valibot";
-import { createWorker, defineTask, drain, enqueue, enqueueMany, InvalidOptionsError, migrate, queueSettings, setQueueConcurrency, status } from "../mod.ts";
+import { createWorker, defineTask, drain, enqueue, enqueueMany, InvalidOptionsError, migrate, queueSettings, setQueueConcurrency, setQueueRateLimit, status } from "../mod.ts";
 import { type ClaimedTask, claimTasks } from "../lib/claim.ts";
 import { GroupRotation } from "../lib/groups.ts";
 import { LimitedQueues } from "../lib/limits.ts";
@@ -158,7 +158,7 @@ describe("a queue's concurrency limit", () => {
     await enqueueMany(sql, work, [{}, {}, {}], { queue });
     const rr = testbed.db.connect({ max: 2, connection: { default_transaction_isolation: "repeatable read" } });
     // Its count would read the transaction's first snapshot: it claims nothing.
-    assert.equal((await run(rr, "pgbg", "ClaimSlotTasks", [randomUUID(), [queue], [work.name], [60_000], 10])).length, 0);
+    assert.equal((await run(rr, "pgbg", "ClaimSlotTasks", [randomUUID(), [queue], [work.name], [60_000], 10, 0])).length, 0);
     const scope = { workerId: randomUUID(), queues: [queue], names: [work.name], leaseMs: [60_000], limits: new LimitedQueues(60_000) };
     // Registered, with more slots than the limit: the limit is counted against.
     await sql`INSERT INTO pgbg.worker (id, supervisor_id, pid, concurrency, hostname, runtime, tasks, queues)
@@ -202,14 +202,31 @@ describe("a queue's concurrency limit", () => {
     await sql`DELETE FROM pgbg.worker WHERE id = ${scope.workerId}`;
   });
 
-  test("a worker's limited claims take no more than its free slots less its unwritten outcomes, whose tasks keep their leases", async () => {
-    const queue = "unwritten";
-    await setQueueConcurrency(sql, queue, 1_000);
-    await enqueueMany(sql, work, [{}, {}, {}], { queue });
-    const scope = { workerId: randomUUID(), queues: [queue], names: [work.name], leaseMs: [60_000], limits: new LimitedQueues(60_000) };
-    assert.equal((await claimTasks(sql, "pgbg", scope, 3, undefined, 3)).length, 0, "3 free slots, 3 outcomes unwritten");
-    assert.equal((await claimTasks(sql, "pgbg", scope, 3, undefined, 1)).length, 2, "3 free slots, 1 outcome unwritten");
-    await sql`DELETE FROM pgbg.task WHERE queue = ${queue}`;
+  test("a limited claim that counts nothing takes no more than the worker's free slots less its unwritten outcomes, whose tasks keep their leases; one that counts takes them all", async () => {
+    const claimOf = async (queue: string, limits: LimitedQueues, unwritten: number) => {
+      const scope = { workerId: randomUUID(), queues: [queue], names: [work.name], leaseMs: [60_000], limits };
+      const claimed = await claimTasks(sql, "pgbg", scope, 3, undefined, unwritten);
+      await sql`UPDATE pgbg.task SET state = 'queued', worker_id = NULL, lease_expires_at = NULL WHERE queue = ${queue}`;
+      return [claimed.length, limits.takeHeldByWrites()];
+    };
+    // By its concurrency alone (ClaimSlotTasks), and with a rate too (the transaction).
+    for (const [queue, rated] of [["unwritten", false], ["unwritten-rated", true]] as const) {
+      await setQueueConcurrency(sql, queue, 1_000);
+      if (rated) await setQueueRateLimit(sql, queue, { limit: 10_000, interval: 1_000 });
+      await enqueueMany(sql, work, [{}, {}, {}], { queue });
+      const limits = new LimitedQueues(60_000);
+      // No worker registered: the limit cannot bind, and nothing is counted.
+      assert.deepEqual(await claimOf(queue, limits, 3), [0, true], `${queue}: 3 free slots, 3 outcomes unwritten`);
+      assert.deepEqual(await claimOf(queue, limits, 1), [2, true], `${queue}: 3 free slots, 1 outcome unwritten`);
+      assert.deepEqual(await claimOf(queue, limits, 0), [3, false], `${queue}: none unwritten`);
+      // A worker registered with more slots than the limit: it can bind, and the running tasks are counted.
+      const other = randomUUID();
+      await sql`INSERT INTO pgbg.worker (id, supervisor_id, pid, concurrency, hostname, runtime, tasks, queues)
+        VALUES (${other}, ${randomUUID()}, 1, 2000, 'test', 'node', '{work}', ${[queue]})`;
+      assert.deepEqual(await claimOf(queue, limits, 3), [3, false], `${queue}: counted, so nothing taken off`);
+      await sql`DELETE FROM pgbg.worker WHERE id = ${other}`;
+      await sql`DELETE FROM pgbg.task WHERE queue = ${queue}`;
+    }
   });
 
   test("drain() returns when a limited queue's slots are all held elsewhere, leaving its tasks queued", async () => {

@@ -127,14 +127,14 @@ SELECT pg_advisory_xact_lock(hashtext('pgbg.queue'), hashtext($1));
 -- running task), unless the limit cannot bind: when the registered
 -- workers that claim from the queue may hold no more leases in all than
 -- the limit (their concurrency, and the attempts they let run on detached,
--- which keep their leases), it is the limit, and nothing is counted. That
--- holds because a worker's limited claims take no more than its free
--- slots less its unwritten outcomes (lib/claim.ts), and every running
--- task is its worker's (a worker's row goes
--- only once its tasks are handed back, or, when it is reaped as dead, once
--- it stopped running them itself: its self-stop comes before its stale
--- time), and a
--- worker that registers after this count is seen by every limited claim
+-- which keep their leases), it is the limit, and nothing is counted
+-- (uncounted). That holds because such a claim takes no more than the
+-- worker's free slots less its unwritten outcomes (lib/limits.ts), so no
+-- worker holds more leases than it may, and every running task is its
+-- worker's (a worker's row goes only once its tasks are handed back, or,
+-- when it is reaped as dead, once it stopped running them itself: its
+-- self-stop comes before its stale time), and a worker that registers
+-- after this count is seen by every limited claim
 -- after its own first one, which this lock orders. So a non-binding limit
 -- costs no count of the running tasks, which under a held-back vacuum
 -- steps over an entry for every task that ran since (docs/storage.md);
@@ -150,16 +150,20 @@ SELECT pg_advisory_xact_lock(hashtext('pgbg.queue'), hashtext($1));
 -- start has aged out is not, and must not hide one that is).
 SELECT CASE WHEN q.paused_at IS NULL THEN coalesce(least(
     CASE WHEN q.concurrency IS NULL THEN NULL
-      WHEN q.concurrency >= (SELECT coalesce(sum(w.concurrency + w.detached), 0) FROM pgbg.worker w WHERE w.queues IS NULL OR q.name = ANY (w.queues)) THEN q.concurrency
+      WHEN r.unreachable THEN q.concurrency
       ELSE q.concurrency - (SELECT count(*) FROM pgbg.task t WHERE t.state = 'running' AND t.queue = q.name) END,
     q.rate_limit - {{RateRecentStarts}}
   ), 2147483647) END::int AS free,
+  coalesce(r.unreachable, false) AS uncounted,
   q.rate_limit IS NOT NULL AS rated,
   (extract(epoch FROM {{RateRoomAt}} - clock_timestamp()) * 1000)::float8 AS room_in_ms,
   q.group_rate_limit IS NOT NULL AS group_rated,
   (SELECT (extract(epoch FROM min({{GroupRateRoomAt}}) - clock_timestamp()) * 1000)::float8 FROM pgbg.group_rate g
    WHERE q.group_rate_limit IS NOT NULL AND g.queue = q.name AND {{GroupRateRoomAt}} > clock_timestamp()) AS group_room_in_ms
-FROM pgbg.queue q WHERE q.name = $1 AND {{QueueLimited}};
+FROM pgbg.queue q
+CROSS JOIN LATERAL (SELECT q.concurrency >= (SELECT coalesce(sum(w.concurrency + w.detached), 0) FROM pgbg.worker w
+  WHERE w.queues IS NULL OR q.name = ANY (w.queues)) AS unreachable) r
+WHERE q.name = $1 AND {{QueueLimited}};
 
 -- name: RecordQueueStarts
 -- $1 queue, $2 how many tasks the limited claim just took: logs one start

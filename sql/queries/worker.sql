@@ -58,18 +58,20 @@ WITH {{CursorLanes:{{@}}}},
 -- name: ClaimSlotTasks
 -- The claim from one queue limited by its concurrency alone ($2: that
 -- queue alone), in one statement: as ClaimLimitedTasks, at most the free
--- slots take_queue_slots finds (023_group_slots) under the queue's lock,
--- exclusive, or shared while no registered worker can reach the limit.
--- Nothing when the queue is paused or limited otherwise by now: the
--- worker reads its limits again at its next check interval.
+-- slots take_queue_slots finds (024_queue_slots_unwritten) under the
+-- queue's lock, exclusive, or shared while no registered worker can reach
+-- the limit ($6: the worker's unwritten outcomes, taken off the claim
+-- then). Nothing when the queue is paused or limited otherwise by now:
+-- the worker reads its limits again at its next check interval.
 WITH RECURSIVE {{LimitedQueueLanes}},
-{{SlotsTaken}},
+{{SlotsTaken:$6}},
 {{ClaimFromLanes:(SELECT s.free FROM slots s)}};
 
 -- name: ClaimSlotTasksAfter
--- ClaimSlotTasks from the queue's claim cursor, as ClaimLimitedTasksAfter.
+-- ClaimSlotTasks from the queue's claim cursor, as ClaimLimitedTasksAfter
+-- ($10: the worker's unwritten outcomes).
 WITH {{CursorLanes:true}},
-{{SlotsTaken}},
+{{SlotsTaken:$10}},
 {{ClaimFromLanes:(SELECT s.free FROM slots s)}};
 
 -- fragment: CursorLanes
@@ -95,13 +97,13 @@ lanes (queue, priority, after, after_id, limited) AS (
 )
 
 -- fragment: SlotsTaken
--- The queue $2's free slots, at most $5 (0 for none, or when
+-- How many tasks the claim of queue $2 takes: at most $5, and none when
 -- take_queue_slots finds the queue no longer limited by its concurrency
--- alone): taken once, before the claim locks a task, as its LIMITs are
--- evaluated before their scans.
+-- alone. `{{@}}`: the worker's unwritten outcomes. Taken once, before the
+-- claim locks a task, as its LIMITs are evaluated before their scans.
 slots AS MATERIALIZED (
-  SELECT CASE WHEN f.free > 0 THEN least($5, f.free) ELSE 0 END AS free
-  FROM (SELECT pgbg.take_queue_slots(($2::text[])[1]) AS free) f
+  SELECT CASE WHEN f.free > 0 THEN f.free ELSE 0 END AS free
+  FROM (SELECT pgbg.take_queue_slots(($2::text[])[1], $5::int, {{@}}::int) AS free) f
 )
 
 -- name: ClaimGroupTasks
@@ -249,18 +251,20 @@ walked AS (
 turns AS MATERIALIZED (
   SELECT p.*, row_number() OVER () AS turn FROM (
     SELECT w.queue, w.group_name, f.free, h.ctid, h.name, h.priority, h.run_at, h.id FROM walked w
-    LEFT JOIN pgbg.queue q ON q.name = w.queue
     -- The group's free slots under its queue's group limit and room under
     -- its group rate limit, the lesser (NULL: neither is set). The rate's
     -- room is its limit less the starts of the group's log within the last
     -- interval, by the clock now, after the queue's lock (as
-    -- QueueFreeSlots counts a queue's).
-    CROSS JOIN LATERAL (SELECT CASE WHEN {{@}} THEN least(
+    -- QueueFreeSlots counts a queue's). The queue's row is read in a
+    -- subquery per group, not joined: a join may be planned as a hash of
+    -- the whole walk, which then visits (and, in ClaimPerGroupTasks, locks)
+    -- every group of the queue, where the walk must stop at $5 groups.
+    CROSS JOIN LATERAL (SELECT CASE WHEN {{@}} THEN (SELECT least(
       CASE WHEN q.group_concurrency IS NOT NULL THEN q.group_concurrency - (SELECT count(*) FROM pgbg.task r
         WHERE r.state = 'running' AND r.group_name IS NOT NULL AND r.queue = w.queue AND r.group_name = w.group_name) END,
       CASE WHEN q.group_rate_limit IS NOT NULL THEN q.group_rate_limit - coalesce((SELECT {{GroupRecentStarts}} FROM pgbg.group_rate g
         WHERE g.queue = w.queue AND g.group_name = w.group_name), 0) END
-    ) ELSE w.free END AS free) f
+    ) FROM pgbg.queue q WHERE q.name = w.queue) ELSE w.free END AS free) f
     -- The group's first claimable task of a name this worker runs, locked:
     -- its first turn's task, in one probe of the group's entries.
     CROSS JOIN LATERAL (SELECT t.ctid, t.name, t.priority, t.run_at, t.id FROM pgbg.task t
