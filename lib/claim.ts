@@ -82,9 +82,10 @@ export async function claimTasks(
   const limited = scope.limits ? await scope.limits.among(db, schema, scope.queues) : [];
   if (!limited.length) return await claimUnlimited(db, schema, scope, limit, cursor);
   // Limited queues first and last by turns: either, always first, could
-  // take every free slot from the other while its backlog lasts.
+  // take every free slot from the other while its backlog lasts (but first
+  // while the others found nothing lately: LimitedQueues.takeTurn).
   const limitedFirst = scope.limits!.takeTurn();
-  const claimed = limitedFirst ? [] : await claimUnlimited(db, schema, scope, limit, cursor);
+  const claimed = limitedFirst ? [] : await claimOthers(db, schema, scope, limit, cursor);
   // What the limited claims take does not move the cursor: their lanes are not its.
   for (const queue of limited) {
     if (claimed.length >= limit) break;
@@ -100,7 +101,14 @@ export async function claimTasks(
       return claimed;
     }
   }
-  if (limitedFirst && claimed.length < limit) claimed.push(...await claimUnlimited(db, schema, scope, limit - claimed.length, cursor));
+  if (limitedFirst && claimed.length < limit) claimed.push(...await claimOthers(db, schema, scope, limit - claimed.length, cursor));
+  return claimed;
+}
+
+/** claimUnlimited beside limited queues: what it found is recorded for LimitedQueues.takeTurn. */
+async function claimOthers(db: Database, schema: string, scope: ClaimScope, limit: number, cursor?: ClaimCursor): Promise<ClaimedTask[]> {
+  const claimed = await claimUnlimited(db, schema, scope, limit, cursor);
+  scope.limits!.othersFound(claimed.length);
   return claimed;
 }
 

@@ -51,7 +51,7 @@
 import type { Sql } from "postgres";
 import type { ClaimScope } from "./claim.ts";
 import { ClaimCursor, claimWithCursor } from "./claim-cursor.ts";
-import { claimBothKinds, claimGroups, claimPerGroup } from "./groups.ts";
+import { claimBothKinds, claimGroups, claimPerGroup, REST_MS } from "./groups.ts";
 import { type Database, run } from "./statements.ts";
 
 /** Which queues have a limit (concurrency or rate, of the queue or per group), read again when older than `refreshMs`. */
@@ -61,12 +61,14 @@ export class LimitedQueues {
   #slotsOnly = new Set<string>();
   #readAt = -Infinity;
   #turn = false;
+  #othersEmptyAt = -Infinity;
   #rotation = 0;
   #roomAt = Infinity;
   #heldByWrites = false;
   readonly #cursors = new Map<string, ClaimCursor>();
 
-  constructor(private readonly refreshMs: number) {}
+  /** `restMs`: how long the claim of the other queues goes second after it found nothing (takeTurn). */
+  constructor(private readonly refreshMs: number, private readonly restMs = REST_MS) {}
 
   /** Whether `queue` was limited per group alone when last read: its claim is then claimPerGroup's. */
   perGroup(queue: string): boolean {
@@ -78,9 +80,20 @@ export class LimitedQueues {
     return this.#slotsOnly.has(queue);
   }
 
-  /** Whether this claim takes from the limited queues before the others: every other claim. */
+  /**
+   * Whether this claim takes from the limited queues before the others:
+   * every other claim, and every claim while the others' claim found
+   * nothing in the last `restMs` (it then runs only when the limited claims
+   * leave room, rather than cost statements that find nothing).
+   */
   takeTurn(): boolean {
-    return (this.#turn = !this.#turn);
+    this.#turn = !this.#turn;
+    return this.#turn || Date.now() - this.#othersEmptyAt < this.restMs;
+  }
+
+  /** Records what the claim of the queues without a limit found, for takeTurn. */
+  othersFound(rows: number): void {
+    this.#othersEmptyAt = rows ? -Infinity : Date.now();
   }
 
   /**

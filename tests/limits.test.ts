@@ -202,6 +202,24 @@ describe("a queue's concurrency limit", () => {
     await sql`DELETE FROM pgbg.worker WHERE id = ${scope.workerId}`;
   });
 
+  test("while the claim of the queues without a limit finds nothing, the limited claims go first, and it still runs when they leave room", async () => {
+    const [limited, free] = ["turns-limited", "turns-free"];
+    await setQueueConcurrency(sql, limited, 1_000);
+    // Resting a minute, so that the test does not race the clock.
+    const scope = { workerId: randomUUID(), queues: [limited, free], names: [work.name], leaseMs: [60_000], limits: new LimitedQueues(60_000, 60_000) };
+    await enqueueMany(sql, work, [{}, {}], { queue: limited });
+    // Limited first (the first turn), then the others with room left: they find nothing.
+    assert.equal((await claimTasks(sql, "pgbg", scope, 10)).length, 2);
+    await enqueueMany(sql, work, Array.from({ length: 20 }, () => ({})), { queue: limited });
+    await enqueue(sql, work, {}, { queue: free });
+    // The others' turn by rote, but they found nothing just now: the limited claim first fills the batch.
+    assert.deepEqual((await claimTasks(sql, "pgbg", scope, 5)).map((t) => t.queue), Array(5).fill(limited));
+    const queues = (await claimTasks(sql, "pgbg", scope, 30)).map((t) => t.queue);
+    assert.equal(queues.filter((q) => q === limited).length, 15);
+    assert.equal(queues.filter((q) => q === free).length, 1, "the others claimed in the room the limited claim left");
+    await sql`DELETE FROM pgbg.task WHERE queue IN (${limited}, ${free})`;
+  });
+
   test("a limited claim that counts nothing takes no more than the worker's free slots less its unwritten outcomes, whose tasks keep their leases; one that counts takes them all", async () => {
     const claimOf = async (queue: string, limits: LimitedQueues, unwritten: number) => {
       const scope = { workerId: randomUUID(), queues: [queue], names: [work.name], leaseMs: [60_000], limits };
