@@ -14,8 +14,8 @@
  * released from a dead worker, holds no slot. A limit that cannot bind
  * (the registered workers that claim from the queue run no more in all) is
  * not counted against: QueueFreeSlots and take_queue_slots say why that is
- * safe, given that a worker's limited claims take no more than its free
- * slots less its unwritten outcomes (lib/claim.ts).
+ * safe, given that such a claim takes no more than the worker's free slots
+ * less its unwritten outcomes (claimLimited), whose tasks keep their leases.
  *
  * The claim's form depends on the queue's limits (as the worker last read
  * them, each check interval; a claim that finds them changed claims
