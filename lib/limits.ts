@@ -140,6 +140,11 @@ export class LimitedQueues {
     this.#heldByWrites = true;
   }
 
+  /** Forgets heldByWrites at the start of a claim: it tells of that claim alone. */
+  claimStarts(): void {
+    this.#heldByWrites = false;
+  }
+
   /**
    * Whether a limited claim came back short for the worker's unwritten
    * outcomes since this was last asked, and forgets it: the worker then
@@ -180,19 +185,27 @@ export async function claimLimited(
   // deno-lint-ignore no-explicit-any
   sql: Sql<any>, schema: string, queue: string, scope: ClaimScope, want: number, unwritten = 0,
 ): Promise<Record<string, unknown>[]> {
-  if (scope.limits?.perGroup(queue)) return await claimPerGroup(sql, schema, scope, queue, want);
-  const claimed = scope.limits?.slotsOnly(queue)
-    ? await claimBothKinds(
-      scope, queue, want,
-      (n) => claimWithCursor(sql, schema, scope.limits!.cursorOf(queue), ["ClaimSlotTasks", "ClaimSlotTasksAfter"], [scope.workerId, [queue], scope.names, scope.leaseMs, n], [unwritten]),
-      (n) => claimInTransaction(sql, schema, queue, scope, n, unwritten, true),
-      true,
-    )
-    : await claimInTransaction(sql, schema, queue, scope, want, unwritten, false) ?? [];
+  const claimed = await claimInItsForm(sql, schema, queue, scope, want, unwritten);
   // Short, but no shorter than the unwritten outcomes: they may be why (taken
-  // off an uncounted claim, or counted as running in a counted one).
+  // off an uncounted claim, or counted as running in a counted one, a
+  // group's too).
   if (unwritten > 0 && claimed.length < want && claimed.length >= want - unwritten) scope.limits?.heldByWrites();
   return claimed;
+}
+
+/** claimLimited's claim, in the form the queue's limits (as last read) take. */
+async function claimInItsForm(
+  // deno-lint-ignore no-explicit-any
+  sql: Sql<any>, schema: string, queue: string, scope: ClaimScope, want: number, unwritten: number,
+): Promise<Record<string, unknown>[]> {
+  if (scope.limits?.perGroup(queue)) return await claimPerGroup(sql, schema, scope, queue, want);
+  if (!scope.limits?.slotsOnly(queue)) return await claimInTransaction(sql, schema, queue, scope, want, unwritten, false) ?? [];
+  return await claimBothKinds(
+    scope, queue, want,
+    (n) => claimWithCursor(sql, schema, scope.limits!.cursorOf(queue), ["ClaimSlotTasks", "ClaimSlotTasksAfter"], [scope.workerId, [queue], scope.names, scope.leaseMs, n], [unwritten]),
+    (n) => claimInTransaction(sql, schema, queue, scope, n, unwritten, true),
+    true,
+  );
 }
 
 /**

@@ -370,10 +370,7 @@ export class Worker {
       // fast the handlers end (bench/RESULTS.md, "Write-backs in linear time").
       if (free > 0 && this.#outcomes.pending > unwrittenLimit(this.#options.concurrency)) {
         if (this.#debug) this.#options.log.debug(`claims wait for the writes: ${this.#outcomes.pending} outcomes not written yet`);
-        // Until the write in flight ends, or the worker stops (a write on a
-        // dropped connection may hang until the driver gives up).
-        void this.#outcomes.written().then(() => this.#wakeUp(true));
-        await this.#sleep(undefined, false);
+        await this.#untilWritten();
         continue;
       }
       if (free <= 0) {
@@ -398,11 +395,20 @@ export class Worker {
       if (claimed.length) this.#idleBackoff = this.#firstIdleSleep;
       // Short for the outcomes not written yet, whose tasks keep their
       // leases (claimLimited): claim again once they are, not idle.
-      if (claimed.length < free && this.#scope.limits!.takeHeldByWrites()) await this.#outcomes.written();
+      if (claimed.length < free && this.#scope.limits!.takeHeldByWrites()) await this.#untilWritten();
       else if (claimed.length < free) await this.#afterShortClaim();
       // Not awaited: the next claim need not wait for the flag to go down.
       else if (this.#idle) void this.#setIdle(false);
     }
+  }
+
+  /**
+   * Until the outcomes' write in flight ends, or the worker stops (a write
+   * on a dropped connection may hang until the driver gives up).
+   */
+  async #untilWritten(): Promise<void> {
+    void this.#outcomes.written().then(() => this.#wakeUp(true));
+    await this.#sleep(undefined, false);
   }
 
   /** The claim found fewer tasks than free slots: go idle, or under `untilIdle` see whether anything is left. */

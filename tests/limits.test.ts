@@ -237,6 +237,14 @@ describe("a queue's concurrency limit", () => {
       assert.deepEqual(await claimOf(queue, limits, 3), [0, true], `${queue}: 3 free slots, 3 outcomes unwritten`);
       assert.deepEqual(await claimOf(queue, limits, 1), [2, true], `${queue}: 3 free slots, 1 outcome unwritten`);
       assert.deepEqual(await claimOf(queue, limits, 0), [3, false], `${queue}: none unwritten`);
+      if (!rated) {
+        // The claim from the cursor's lanes: its unwritten outcomes are its tenth parameter.
+        const fromCursor = (unwritten: number) => run(sql, "pgbg", "ClaimSlotTasksAfter", [
+          randomUUID(), [queue], [work.name], [60_000], 3, [queue], [0], ["0"], ["0"], unwritten,
+        ]);
+        assert.equal((await fromCursor(2)).length, 1, "from the cursor: 3 free slots, 2 outcomes unwritten");
+        await sql`UPDATE pgbg.task SET state = 'queued', worker_id = NULL, lease_expires_at = NULL WHERE queue = ${queue}`;
+      }
       // A worker registered with more slots than the limit: it can bind, and the running tasks are counted.
       const other = randomUUID();
       await sql`INSERT INTO pgbg.worker (id, supervisor_id, pid, concurrency, hostname, runtime, tasks, queues)

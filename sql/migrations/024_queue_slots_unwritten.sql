@@ -16,10 +16,11 @@
 --
 -- take_queue_slots(queue, wanted, unwritten): how many of the wanted
 -- tasks the claim may take (0 or less: none; NULL: the queue is not, or no
--- longer, limited by its concurrency alone, or it is paused). The lock and
--- the judgement are 023's.
+-- longer, limited by its concurrency alone, or it is paused, or an
+-- argument is NULL: STRICT, so that a missing count claims nothing rather
+-- than nothing taken off). The lock and the judgement are 023's.
 CREATE FUNCTION pgbg.take_queue_slots(claimed_queue text, wanted integer, unwritten integer) RETURNS integer
-  LANGUAGE plpgsql VOLATILE AS $$
+  LANGUAGE plpgsql VOLATILE STRICT AS $$
 DECLARE
   queue_limit integer;
   unreachable boolean;

@@ -130,7 +130,9 @@ SELECT pg_advisory_xact_lock(hashtext('pgbg.queue'), hashtext($1));
 -- which keep their leases), it is the limit, and nothing is counted
 -- (uncounted). That holds because such a claim takes no more than the
 -- worker's free slots less its unwritten outcomes (lib/limits.ts), so no
--- worker holds more leases than it may, and every running task is its
+-- uncounted claim gives a worker more leases than its concurrency (a
+-- counted claim may, for a moment, as its count saw those leases; the
+-- tasks executing stay within the limit either way), and every running task is its
 -- worker's (a worker's row goes only once its tasks are handed back, or,
 -- when it is reaped as dead, once it stopped running them itself: its
 -- self-stop comes before its stale time), and a worker that registers
@@ -161,8 +163,8 @@ SELECT CASE WHEN q.paused_at IS NULL THEN coalesce(least(
   (SELECT (extract(epoch FROM min({{GroupRateRoomAt}}) - clock_timestamp()) * 1000)::float8 FROM pgbg.group_rate g
    WHERE q.group_rate_limit IS NOT NULL AND g.queue = q.name AND {{GroupRateRoomAt}} > clock_timestamp()) AS group_room_in_ms
 FROM pgbg.queue q
-CROSS JOIN LATERAL (SELECT q.concurrency >= (SELECT coalesce(sum(w.concurrency + w.detached), 0) FROM pgbg.worker w
-  WHERE w.queues IS NULL OR q.name = ANY (w.queues)) AS unreachable) r
+CROSS JOIN LATERAL (SELECT CASE WHEN q.concurrency IS NOT NULL THEN q.concurrency >= (SELECT coalesce(sum(w.concurrency + w.detached), 0)
+  FROM pgbg.worker w WHERE w.queues IS NULL OR q.name = ANY (w.queues)) END AS unreachable) r
 WHERE q.name = $1 AND {{QueueLimited}};
 
 -- name: RecordQueueStarts
