@@ -81,7 +81,6 @@ export async function claimTasks(
 ): Promise<ClaimedTask[]> {
   const limited = scope.limits ? await scope.limits.among(db, schema, scope.queues) : [];
   if (!limited.length) return await claimUnlimited(db, schema, scope, limit, cursor);
-  scope.limits!.claimStarts();
   // Limited queues first and last by turns: either, always first, could
   // take every free slot from the other while its backlog lasts (but first
   // while the others found nothing lately: LimitedQueues.takeTurn).

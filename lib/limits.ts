@@ -140,16 +140,12 @@ export class LimitedQueues {
     this.#heldByWrites = true;
   }
 
-  /** Forgets heldByWrites at the start of a claim: it tells of that claim alone. */
-  claimStarts(): void {
-    this.#heldByWrites = false;
-  }
-
   /**
    * Whether a limited claim came back short for the worker's unwritten
-   * outcomes since this was last asked, and forgets it: the worker then
-   * claims again once the write in flight ends, rather than go idle with
-   * tasks queued.
+   * outcomes since this was last asked, and forgets it. The worker asks
+   * after every claim, so it tells of that claim alone: if it is short,
+   * the worker claims again once the write in flight ends, rather than go
+   * idle with tasks queued.
    */
   takeHeldByWrites(): boolean {
     const held = this.#heldByWrites;

@@ -395,7 +395,8 @@ export class Worker {
       if (claimed.length) this.#idleBackoff = this.#firstIdleSleep;
       // Short for the outcomes not written yet, whose tasks keep their
       // leases (claimLimited): claim again once they are, not idle.
-      if (claimed.length < free && this.#scope.limits!.takeHeldByWrites()) await this.#untilWritten();
+      const heldByWrites = this.#scope.limits!.takeHeldByWrites();
+      if (claimed.length < free && heldByWrites) await this.#untilWritten();
       else if (claimed.length < free) await this.#afterShortClaim();
       // Not awaited: the next claim need not wait for the flag to go down.
       else if (this.#idle) void this.#setIdle(false);

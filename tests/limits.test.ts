@@ -221,10 +221,11 @@ describe("a queue's concurrency limit", () => {
   });
 
   test("a limited claim that counts nothing takes no more than the worker's free slots less its unwritten outcomes, whose tasks keep their leases; one that counts takes them all", async () => {
+    const requeue = (queue: string) => sql`UPDATE pgbg.task SET state = 'queued', worker_id = NULL, lease_expires_at = NULL WHERE queue = ${queue}`;
     const claimOf = async (queue: string, limits: LimitedQueues, unwritten: number) => {
       const scope = { workerId: randomUUID(), queues: [queue], names: [work.name], leaseMs: [60_000], limits };
       const claimed = await claimTasks(sql, "pgbg", scope, 3, undefined, unwritten);
-      await sql`UPDATE pgbg.task SET state = 'queued', worker_id = NULL, lease_expires_at = NULL WHERE queue = ${queue}`;
+      await requeue(queue);
       return [claimed.length, limits.takeHeldByWrites()];
     };
     // By its concurrency alone (ClaimSlotTasks), and with a rate too (the transaction).
@@ -243,7 +244,7 @@ describe("a queue's concurrency limit", () => {
           randomUUID(), [queue], [work.name], [60_000], 3, [queue], [0], ["0"], ["0"], unwritten,
         ]);
         assert.equal((await fromCursor(2)).length, 1, "from the cursor: 3 free slots, 2 outcomes unwritten");
-        await sql`UPDATE pgbg.task SET state = 'queued', worker_id = NULL, lease_expires_at = NULL WHERE queue = ${queue}`;
+        await requeue(queue);
       }
       // A worker registered with more slots than the limit: it can bind, and the running tasks are counted.
       const other = randomUUID();
