@@ -194,6 +194,15 @@ const failed = [...runs.filter((r) => !r.passed).map((r) => basename(r.file)), .
 const seconds = (performance.now() - suiteStarted) / 1000;
 console.log(`\ntests: ${[...totals].map(([k, n]) => `${k} ${n}`).join(", ")}; ${files.length} files in ${seconds.toFixed(0)} s`);
 if (failed.length) console.log(`tests: failed: ${failed.join(", ")}`);
+// Again, last: the failures' own words, where a log shown by its tail (CI's) keeps them.
+for (const run of runs.filter((r) => !r.passed)) console.log(`\ntests: how ${basename(run.file)} failed:\n${failureOf(run)}`);
+
+/** The spec report's closing "failing tests" section of `run`, and its stderr (at most 10,000 characters); its last 6,000 when it has no such section. */
+function failureOf(run: FileRun): string {
+  const at = run.report.lastIndexOf("failing tests:");
+  const errors = run.output.slice(run.report.length);
+  return at >= 0 ? `${run.report.slice(at, at + 8_000)}${errors.slice(-2_000)}` : run.output.slice(-6_000);
+}
 if (process.env.PGBG_TEST_TIMES) {
   const times = Object.fromEntries(runs.map((r) => [basename(r.file), Math.round(r.seconds * 10) / 10]).sort(([a], [b]) => String(a).localeCompare(String(b))));
   writeFileSync(process.env.PGBG_TEST_TIMES, `${JSON.stringify(times, null, 2)}\n`);

@@ -9,10 +9,11 @@ import { describe, test } from "node:test";
 import * as v from "valibot";
 import { liveness } from "../lib/liveness.ts";
 import { silentLogger } from "../lib/log.ts";
+import { run } from "../lib/statements.ts";
 import { IDLE_RECHECK_MS, Worker } from "../lib/worker.ts";
-import { defineTask, enqueue, enqueueMany, migrate, setGroupRateLimit } from "../mod.ts";
+import { defineTask, enqueue, migrate, setGroupRateLimit } from "../mod.ts";
 import { createTestDatabase } from "./harness.ts";
-import { patience, until, within } from "./service-harness.ts";
+import { patience, until, untilWaitingForLock, within } from "./service-harness.ts";
 
 const db = await createTestDatabase();
 const { sql } = db;
@@ -62,28 +63,44 @@ describe("an idle worker", () => {
   });
 
   test("whose queue has a group at its rate limit sleeps no longer than until the group has room again, a log aged out notwithstanding", async () => {
-    await setGroupRateLimit(sql, "paced", { limit: 1, interval: 3_000 });
+    const interval = 3_000;
+    await setGroupRateLimit(sql, "paced", { limit: 1, interval });
     // Group b's log is full but aged out: it has room, and must not hide group a's wait.
     await sql`INSERT INTO pgbg.group_rate (queue, group_name, starts) VALUES ('paced', 'b', ARRAY[now() - interval '1 hour'])`;
-    let ran = 0;
-    let bothRan!: () => void;
-    const both = new Promise<void>((resolve) => (bothRan = resolve));
-    const paced = defineTask({ name: "paced", queue: "paced", schema: v.object({ n: v.number() }), group: () => "a", run: () => void (++ran === 2 && bothRan()) });
-    const sleeps: number[] = [];
-    // An idle sleep far beyond the group's interval: only the room's wake-up ends a sleep short of the back-off's next step.
+    let ran!: () => void;
+    const started = new Promise<void>((resolve) => (ran = resolve));
+    const paced = defineTask({ name: "paced", queue: "paced", schema: v.object({ n: v.number() }), group: () => "a", run: () => ran() });
+    const waiters: { wanted: (ms: number) => boolean; resolve: (ms: number) => void }[] = [];
+    const sleep = (wanted: (ms: number) => boolean) => new Promise<number>((resolve) => waiters.push({ wanted, resolve }));
+    // No wake-ups (no LISTEN): the back-off alone sets the sleeps, and an
+    // idle sleep far beyond the group's interval lets it grow past it.
     const worker = new Worker({
       schema: "pgbg", queues: ["paced"], concurrency: 2, timeout: 60_000, retryDelay: 1_000, maxAttempts: 3,
-      idleSleep: 3_600_000, shutdownTimeout: 1_000, timings: liveness(200), sql, beatSql: sql, tasks: [paced],
+      idleSleep: 3_600_000, shutdownTimeout: 1_000, timings: liveness(200), sql, beatSql: sql, listenSql: false, tasks: [paced],
       log: silentLogger, overdue: "detach",
       identity: { workerId: randomUUID(), hostId: randomUUID(), hostname: "test", runtime: "node", pid: process.pid },
-      onIdleSleep: (ms) => void sleeps.push(ms),
+      onIdleSleep: (ms) => waiters.splice(0).forEach((w) => (w.wanted(ms) ? w.resolve(ms) : waiters.push(w))),
     });
-    await enqueueMany(sql, paced, [{ n: 1 }, { n: 2 }]);
     const ended = worker.start();
-    await within(both, patience, "the group's second task to start once it has room");
+    // Idle on an empty queue until its back-off's next step is past the interval.
+    const step = await within(sleep((ms) => ms * 2 > interval), patience, "the worker's idle back-off to grow past the group's interval");
+    let cut!: Promise<number>;
+    await sql.begin(async (tx) => {
+      // The claim after this sleep waits for the queue's lock, held here:
+      // the group's rate is used up right before that claim reads it,
+      // whatever the time the sleep and the claim took.
+      await run(tx, "pgbg", "LockLimitedQueue", ["paced"]);
+      await untilWaitingForLock(sql, "the claim after the sleep to wait for the queue's lock");
+      await tx`INSERT INTO pgbg.group_rate (queue, group_name, starts) VALUES ('paced', 'a', ARRAY[clock_timestamp()])`;
+      await enqueue(tx, paced, { n: 1 });
+      cut = sleep(() => true);
+    });
+    // The claim found group a's task waiting for room within the interval:
+    // the sleep is cut to that wait, short of the back-off's next step.
+    const slept = await within(cut, patience, "the worker to sleep after the claim that found the group's rate used up");
+    assert.ok(slept > 0 && slept < step * 2, `slept ${slept} ms, for the group's room (under ${interval} ms) rather than the back-off's ${step * 2} ms`);
+    await within(started, patience, "the group's task to start once it has room");
     worker.stop();
     await ended;
-    const steps = new Set(Array.from({ length: 30 }, (_, k) => IDLE_RECHECK_MS * 2 ** k));
-    assert.ok(sleeps.some((ms) => !steps.has(ms)), `a sleep cut to the group's room, not only the back-off's steps: ${sleeps.join(", ")}`);
   });
 });
