@@ -369,7 +369,6 @@ export class Worker {
       // catch up: the backlog, and each write's batch, stay bounded however
       // fast the handlers end (bench/RESULTS.md, "Write-backs in linear time").
       if (free > 0 && this.#outcomes.pending > unwrittenLimit(this.#options.concurrency)) {
-        if (this.#debug) this.#options.log.debug(`claims wait for the writes: ${this.#outcomes.pending} outcomes not written yet`);
         await this.#untilWritten();
         continue;
       }
@@ -383,7 +382,10 @@ export class Worker {
       this.#notified = false;
       let claimed: ClaimedTask[];
       try {
-        claimed = await claimTasks(this.#options.sql, this.#options.schema, this.#scope, free, this.#cursor, this.#outcomes.pending);
+        // Each statement's tasks start as it returns, not after the claim's last.
+        claimed = await claimTasks(this.#options.sql, this.#options.schema, this.#scope, free, this.#cursor, this.#outcomes.pending, (tasks) => {
+          for (const task of tasks) this.#start(task);
+        });
         backoff = 100;
       } catch (error) {
         this.#options.log.warn(`claim failed; retrying in ${backoff} ms`, { error: describeError(error).message });
@@ -391,7 +393,6 @@ export class Worker {
         backoff = Math.min(backoff * 2, 5_000);
         continue;
       }
-      for (const task of claimed) this.#start(task);
       if (claimed.length) this.#idleBackoff = this.#firstIdleSleep;
       // Short for the outcomes not written yet, whose tasks keep their
       // leases (claimLimited): claim again once they are, not idle.
@@ -408,6 +409,7 @@ export class Worker {
    * on a dropped connection may hang until the driver gives up).
    */
   async #untilWritten(): Promise<void> {
+    if (this.#debug) this.#options.log.debug(`claims wait for the writes: ${this.#outcomes.pending} outcomes not written yet`);
     void this.#outcomes.written().then(() => this.#wakeUp(true));
     await this.#sleep(undefined, false);
   }

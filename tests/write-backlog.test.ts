@@ -5,13 +5,15 @@
  * writes waited, then wrote it back in one ever larger statement. Here the
  * writes are held by a real lock: a trigger on the task table's deletes
  * waits for an advisory lock the test holds, so the claims go on and the
- * completions wait.
+ * completions wait. So too a worker whose claim of a limited queue came
+ * back short for its unwritten outcomes: it waits for their write, and
+ * claims again, rather than go idle with tasks queued.
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import * as v from "valibot";
 import { unwrittenLimit } from "../lib/worker.ts";
-import { createWorker, defineTask, enqueueMany, migrate } from "../mod.ts";
+import { createWorker, defineTask, enqueueMany, migrate, setQueueConcurrency } from "../mod.ts";
 import { createTestDatabase } from "./harness.ts";
 import { patience, until } from "./service-harness.ts";
 
@@ -20,14 +22,18 @@ const { sql } = db;
 await migrate(sql);
 
 const quick = defineTask({ name: "quick", schema: v.object({}), run() {} });
+await sql`CREATE FUNCTION wait_for_the_test() RETURNS trigger LANGUAGE plpgsql AS $$
+  BEGIN PERFORM pg_advisory_xact_lock_shared(4242); RETURN OLD; END $$`;
+await sql`CREATE TRIGGER held_deletes BEFORE DELETE ON pgbg.task FOR EACH ROW EXECUTE FUNCTION wait_for_the_test()`;
+/** Whether the worker's debug lines say its claims wait for the outcomes' write. */
+const waiting = (lines: string[]) => lines.some((m) => /^claims wait for the writes: \d+ outcomes not written yet$/.test(m));
 
-test("with its writes held, a worker claims no more than a bounded backlog; once they go through, every task completes", async () => {
-  await sql`CREATE FUNCTION wait_for_the_test() RETURNS trigger LANGUAGE plpgsql AS $$
-    BEGIN PERFORM pg_advisory_xact_lock_shared(4242); RETURN OLD; END $$`;
-  await sql`CREATE TRIGGER held_deletes BEFORE DELETE ON pgbg.task FOR EACH ROW EXECUTE FUNCTION wait_for_the_test()`;
-  const concurrency = 4;
-  const total = 2 * unwrittenLimit(concurrency);
-  await enqueueMany(sql, quick, Array.from({ length: total }, () => ({})));
+/**
+ * Starts a worker of `concurrency` slots, its debug lines kept, while a
+ * transaction holds the outcomes' writes; runs `held` with those lines,
+ * then releases the writes and waits for every task to complete.
+ */
+async function withWritesHeld(concurrency: number, held: (lines: string[]) => Promise<void>): Promise<void> {
   const holder = db.connect({ max: 1 });
   const lines: string[] = [];
   const keep = (message: string) => void lines.push(message);
@@ -36,23 +42,52 @@ test("with its writes held, a worker claims no more than a bounded backlog; once
     await holder.begin(async (tx) => {
       await tx`SELECT pg_advisory_xact_lock(4242)`;
       await worker.start();
-      const waiting = (l: string[]) => l.some((m) => /^claims wait for the writes: \d+ outcomes not written yet$/.test(m));
-      // Until the claims wait, or (what the bound prevents) every task was claimed.
-      await until(async () => lines, (l) => waiting(l) || l.filter((m) => /started$/.test(m)).length === total, patience, "the claims to wait");
-      assert.ok(waiting(lines), "the claims waited for the writes");
-      // Claimed and not written: the statement in flight, the outcomes
-      // waiting for it, and nothing else; the rest of the queue untouched.
-      const [{ running, queued }] = await sql`SELECT count(*) FILTER (WHERE state = 'running')::int AS running,
-        count(*) FILTER (WHERE state = 'queued')::int AS queued FROM pgbg.task`;
-      // The bound and the last claim that passed it, the slots running, and
-      // the statement held in flight (what waited when it started: a slot's
-      // worth or two); far from the whole queue.
-      assert.ok(running <= unwrittenLimit(concurrency) + 4 * concurrency, `${running} tasks claimed with their writes held`);
-      assert.equal(queued, total - running);
+      await held(lines);
     });
     await until(async () => (await sql`SELECT count(*)::int AS n FROM pgbg.task`)[0].n, (n) => n === 0, patience, "every task to complete");
   } finally {
     await worker.stop();
     await holder.end();
+  }
+}
+
+test("with its writes held, a worker claims no more than a bounded backlog; once they go through, every task completes", async () => {
+  const concurrency = 4;
+  const total = 2 * unwrittenLimit(concurrency);
+  await enqueueMany(sql, quick, Array.from({ length: total }, () => ({})));
+  await withWritesHeld(concurrency, async (lines) => {
+    // Until the claims wait, or (what the bound prevents) every task was claimed.
+    await until(async () => lines, (l) => waiting(l) || l.filter((m) => /started$/.test(m)).length === total, patience, "the claims to wait");
+    assert.ok(waiting(lines), "the claims waited for the writes");
+    // Claimed and not written: the statement in flight, the outcomes
+    // waiting for it, and nothing else; the rest of the queue untouched.
+    const [{ running, queued }] = await sql`SELECT count(*) FILTER (WHERE state = 'running')::int AS running,
+      count(*) FILTER (WHERE state = 'queued')::int AS queued FROM pgbg.task`;
+    // The bound and the last claim that passed it, the slots running, and
+    // the statement held in flight (what waited when it started: a slot's
+    // worth or two); far from the whole queue.
+    assert.ok(running <= unwrittenLimit(concurrency) + 4 * concurrency, `${running} tasks claimed with their writes held`);
+    assert.equal(queued, total - running);
+  });
+});
+
+test("a worker whose claim of a limited queue came back short for its unwritten outcomes claims again once they are written, without going idle", async () => {
+  // A limit no worker can reach: the claim counts nothing, so it takes the
+  // worker's unwritten outcomes, whose tasks keep their leases, off its slots.
+  await setQueueConcurrency(sql, "default", 1_000);
+  const concurrency = 2;
+  await enqueueMany(sql, quick, Array.from({ length: 2 * concurrency }, () => ({})));
+  try {
+    await withWritesHeld(concurrency, async (lines) => {
+      // The first claim fills the slots; the next finds them taken by the
+      // unwritten outcomes, whose write waits here. Going idle (its flag up)
+      // would leave the queue's other tasks to the idle sleep's back-off.
+      const idle = async () => (await sql`SELECT bool_or(idle) AS idle FROM pgbg.worker`)[0].idle as boolean;
+      await until(async () => waiting(lines) || await idle(), Boolean, patience, "the claims to wait for the writes, or the worker to go idle");
+      assert.ok(waiting(lines), "the claims wait for the writes");
+      assert.equal(await idle(), false, "the worker is not idle with tasks queued");
+    });
+  } finally {
+    await setQueueConcurrency(sql, "default", null);
   }
 });
