@@ -74,35 +74,25 @@ export interface ClaimScope {
  * `unwritten`: the worker's attempts that ended and whose outcomes are not
  * written yet (they keep their leases): a limited claim that does not
  * count the queue's running tasks takes no more than `limit` less those
- * (claimLimited). `onClaimed`: given each statement's tasks as soon as it
- * returns, while the claim's next statement runs, so that a task's start
- * waits for its own statement alone.
+ * (claimLimited).
  */
 export async function claimTasks(
   db: Database, schema: string, scope: ClaimScope, limit: number, cursor?: ClaimCursor, unwritten = 0,
-  onClaimed: (tasks: ClaimedTask[]) => void = () => {},
 ): Promise<ClaimedTask[]> {
   const limited = scope.limits ? await scope.limits.among(db, schema, scope.queues) : [];
-  const claimed: ClaimedTask[] = [];
-  const take = (tasks: ClaimedTask[]) => {
-    claimed.push(...tasks);
-    if (tasks.length) onClaimed(tasks);
-  };
-  if (!limited.length) {
-    take(await claimUnlimited(db, schema, scope, limit, cursor));
-    return claimed;
-  }
+  if (!limited.length) return await claimUnlimited(db, schema, scope, limit, cursor);
   // Limited queues first and last by turns: either, always first, could
   // take every free slot from the other while its backlog lasts (but first
   // while the others found nothing lately: LimitedQueues.takeTurn).
   const limitedFirst = scope.limits!.takeTurn();
-  if (!limitedFirst) take(await claimOthers(db, schema, scope, limit, cursor));
+  const claimed = limitedFirst ? [] : await claimOthers(db, schema, scope, limit, cursor);
   // What the limited claims take does not move the cursor: their lanes are not its.
   for (const queue of limited) {
     if (claimed.length >= limit) break;
     try {
       // deno-lint-ignore no-explicit-any
-      take((await claimLimited(db as Sql<any>, schema, queue, scope, limit - claimed.length, unwritten)).map(claimedTask));
+      const taken = await claimLimited(db as Sql<any>, schema, queue, scope, limit - claimed.length, unwritten);
+      claimed.push(...taken.map(claimedTask));
     } catch (error) {
       // The tasks claimed so far are leased to this worker: start them,
       // rather than leave them running nowhere until their leases expire.
@@ -111,7 +101,13 @@ export async function claimTasks(
       return claimed;
     }
   }
-  if (limitedFirst && claimed.length < limit) take(await claimOthers(db, schema, scope, limit - claimed.length, cursor));
+  if (!limitedFirst || claimed.length >= limit) return claimed;
+  try {
+    claimed.push(...await claimOthers(db, schema, scope, limit - claimed.length, cursor));
+  } catch (error) {
+    // As above: the limited claims' tasks are started, the error thrown next time.
+    if (!claimed.length) throw error;
+  }
   return claimed;
 }
 

@@ -62,6 +62,8 @@ export class OutcomeWriter {
   #snoozed: Snooze[] = [];
   #cancelled: AttemptRef[] = [];
   #flushing: Promise<void> | undefined;
+  /** The outcomes in the write in flight. */
+  #writing = 0;
   #retryDelay = 100;
 
   constructor(
@@ -108,9 +110,14 @@ export class OutcomeWriter {
     await this.#flushing;
   }
 
-  /** Number of outcomes not yet written. */
+  /** Number of outcomes not yet written, waiting for the next write. */
   get pending(): number {
     return this.#done.length + this.#failed.length + this.#handedBack.length + this.#snoozed.length + this.#cancelled.length;
+  }
+
+  /** Number of outcomes not yet written, the write in flight's included: their tasks hold their leases. */
+  get unwritten(): number {
+    return this.pending + this.#writing;
   }
 
   /**
@@ -149,6 +156,7 @@ export class OutcomeWriter {
     const cancelled = this.#cancelled.splice(0);
     const ids = (attempts: AttemptRef[]) => attempts.map((a) => a.id);
     const tokens = (attempts: AttemptRef[]) => attempts.map((a) => a.leaseToken);
+    this.#writing = done.length + failed.length + handedBack.length + snoozed.length + cancelled.length;
     try {
       const [deletedRows, keptRows, failedRows, memberRows, snoozedRows, cancelledRows] = await Promise.all([
         deleted.length ? run<{ id: unknown }>(this.db, this.schema, "CompleteTasks", [ids(deleted), tokens(deleted)]) : [],
@@ -186,6 +194,7 @@ export class OutcomeWriter {
     } catch (error) {
       // Keep them for the next batch: the writes are fenced by the lease, so
       // writing one twice, or after the lease moved on, changes nothing.
+      this.#writing = 0;
       this.#done.unshift(...done);
       this.#failed.unshift(...failed);
       this.#handedBack.unshift(...handedBack);
@@ -194,6 +203,8 @@ export class OutcomeWriter {
       this.log.warn(`could not write ${done.length + failed.length + handedBack.length + snoozed.length + cancelled.length} outcomes; retrying in ${this.#retryDelay} ms`, { error: describeError(error).message });
       await new Promise((r) => setTimeout(r, this.#retryDelay));
       this.#retryDelay = Math.min(this.#retryDelay * 2, 5_000);
+    } finally {
+      this.#writing = 0;
     }
   }
 }

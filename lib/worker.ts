@@ -382,17 +382,17 @@ export class Worker {
       this.#notified = false;
       let claimed: ClaimedTask[];
       try {
-        // Each statement's tasks start as it returns, not after the claim's last.
-        claimed = await claimTasks(this.#options.sql, this.#options.schema, this.#scope, free, this.#cursor, this.#outcomes.pending, (tasks) => {
-          for (const task of tasks) this.#start(task);
-        });
+        claimed = await claimTasks(this.#options.sql, this.#options.schema, this.#scope, free, this.#cursor, this.#outcomes.unwritten);
         backoff = 100;
       } catch (error) {
         this.#options.log.warn(`claim failed; retrying in ${backoff} ms`, { error: describeError(error).message });
+        // A mark a statement before the failing one set tells of this claim alone.
+        this.#scope.limits!.takeHeldByWrites();
         await this.#sleep(backoff, false);
         backoff = Math.min(backoff * 2, 5_000);
         continue;
       }
+      for (const task of claimed) this.#start(task);
       if (claimed.length) this.#idleBackoff = this.#firstIdleSleep;
       // Short for the outcomes not written yet, whose tasks keep their
       // leases (claimLimited): claim again once they are, not idle.
@@ -409,7 +409,7 @@ export class Worker {
    * on a dropped connection may hang until the driver gives up).
    */
   async #untilWritten(): Promise<void> {
-    if (this.#debug) this.#options.log.debug(`claims wait for the writes: ${this.#outcomes.pending} outcomes not written yet`);
+    if (this.#debug) this.#options.log.debug(`claims wait for the writes: ${this.#outcomes.unwritten} outcomes not written yet`);
     void this.#outcomes.written().then(() => this.#wakeUp(true));
     await this.#sleep(undefined, false);
   }

@@ -256,27 +256,6 @@ describe("a queue's concurrency limit", () => {
     }
   });
 
-  test("a claim's tasks are given out as each statement returns: the first limited queue's while the next one's claim waits", async () => {
-    const [first, next] = ["given-a", "given-b"];
-    for (const queue of [first, next]) await setQueueConcurrency(sql, queue, 1_000);
-    await enqueue(sql, work, {}, { queue: first });
-    await enqueue(sql, work, {}, { queue: next });
-    // The limited queues in name order, limited ones first (the first turn).
-    const scope = { workerId: randomUUID(), queues: [first, next], names: [work.name], leaseMs: [60_000], limits: new LimitedQueues(60_000) };
-    const given: string[][] = [];
-    let claimed!: Promise<ClaimedTask[]>;
-    await sql.begin(async (tx) => {
-      await run(tx, "pgbg", "LockLimitedQueue", [next]);
-      claimed = claimTasks(sql, "pgbg", scope, 10, undefined, 0, (tasks) => void given.push(tasks.map((t) => t.queue)));
-      await untilWaitingForLock(sql, "the next queue's claim to wait for its lock");
-      assert.deepEqual(given, [[first]], "the first queue's task given out while the next queue's claim waits");
-    });
-    assert.deepEqual((await claimed).map((t) => t.queue), [first, next]);
-    assert.deepEqual(given, [[first], [next]]);
-    await sql`DELETE FROM pgbg.task WHERE queue = ANY(${[first, next]})`;
-    for (const queue of [first, next]) await setQueueConcurrency(sql, queue, null);
-  });
-
   test("drain() returns when a limited queue's slots are all held elsewhere, leaving its tasks queued", async () => {
     await setQueueConcurrency(sql, "held", 1);
     const [held, waiting] = await enqueueMany(sql, work, [{}, {}], { queue: "held" });

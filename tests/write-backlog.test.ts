@@ -13,9 +13,9 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import * as v from "valibot";
 import { unwrittenLimit } from "../lib/worker.ts";
-import { createWorker, defineTask, enqueueMany, migrate, setQueueConcurrency } from "../mod.ts";
+import { type AnyTask, createWorker, defineTask, enqueueMany, migrate, setQueueConcurrency } from "../mod.ts";
 import { createTestDatabase } from "./harness.ts";
-import { patience, until } from "./service-harness.ts";
+import { patience, until, untilWaitingForLock } from "./service-harness.ts";
 
 const db = await createTestDatabase();
 const { sql } = db;
@@ -33,11 +33,11 @@ const waiting = (lines: string[]) => lines.some((m) => /^claims wait for the wri
  * transaction holds the outcomes' writes; runs `held` with those lines,
  * then releases the writes and waits for every task to complete.
  */
-async function withWritesHeld(concurrency: number, held: (lines: string[]) => Promise<void>): Promise<void> {
+async function withWritesHeld(concurrency: number, held: (lines: string[]) => Promise<void>, tasks: AnyTask[] = [quick]): Promise<void> {
   const holder = db.connect({ max: 1 });
   const lines: string[] = [];
   const keep = (message: string) => void lines.push(message);
-  const worker = createWorker(sql, { tasks: [quick], concurrency, checkInterval: 200, logger: { debug: keep, info: keep, warn: keep, error: keep } });
+  const worker = createWorker(sql, { tasks, concurrency, checkInterval: 200, logger: { debug: keep, info: keep, warn: keep, error: keep } });
   try {
     await holder.begin(async (tx) => {
       await tx`SELECT pg_advisory_xact_lock(4242)`;
@@ -71,22 +71,38 @@ test("with its writes held, a worker claims no more than a bounded backlog; once
   });
 });
 
-test("a worker whose claim of a limited queue came back short for its unwritten outcomes claims again once they are written, without going idle", async () => {
+test("a worker whose claim of a limited queue came back short for its unwritten outcomes, the write in flight's included, claims again once they are written, without going idle", async () => {
   // A limit no worker can reach: the claim counts nothing, so it takes the
   // worker's unwritten outcomes, whose tasks keep their leases, off its slots.
   await setQueueConcurrency(sql, "default", 1_000);
+  const opens: (() => void)[] = [];
+  const gates = [0, 1].map(() => new Promise<void>((resolve) => opens.push(resolve)));
+  const gated = defineTask({ name: "gated", schema: v.object({ gate: v.number() }), run: ({ gate }) => gates[gate] });
   const concurrency = 2;
-  await enqueueMany(sql, quick, Array.from({ length: 2 * concurrency }, () => ({})));
+  const total = 4 * concurrency;
+  // The first claim takes the first two, each waiting at its gate.
+  await enqueueMany(sql, gated, Array.from({ length: total }, (_, i) => ({ gate: i < 2 ? i : -1 })));
   try {
     await withWritesHeld(concurrency, async (lines) => {
-      // The first claim fills the slots; the next finds them taken by the
-      // unwritten outcomes, whose write waits here. Going idle (its flag up)
-      // would leave the queue's other tasks to the idle sleep's back-off.
+      await until(async () => (await sql`SELECT count(*)::int AS n FROM pgbg.task WHERE state = 'running'`)[0].n, (n) => n === 2, patience, "the first claim");
+      // The first task ends: its outcome's write, held here, is in flight
+      // when the claim for its slot runs. That claim finds the slot taken
+      // by the outcome not written yet; one that took the write in flight's
+      // outcome as written would lease a task more than the worker has
+      // slots, and going idle (its flag up) would leave the queue's other
+      // tasks to the idle sleep's back-off.
+      opens[0]();
+      await untilWaitingForLock(sql, "the first outcome's write to wait for the test's lock");
       const idle = async () => (await sql`SELECT bool_or(idle) AS idle FROM pgbg.worker`)[0].idle as boolean;
       await until(async () => waiting(lines) || await idle(), Boolean, patience, "the claims to wait for the writes, or the worker to go idle");
       assert.ok(waiting(lines), "the claims wait for the writes");
       assert.equal(await idle(), false, "the worker is not idle with tasks queued");
-    });
+      const [{ running, queued }] = await sql`SELECT count(*) FILTER (WHERE state = 'running')::int AS running,
+        count(*) FILTER (WHERE state = 'queued')::int AS queued FROM pgbg.task`;
+      assert.equal(running, concurrency, "the first claim's tasks alone are leased");
+      assert.equal(queued, total - concurrency);
+      opens[1]();
+    }, [gated]);
   } finally {
     await setQueueConcurrency(sql, "default", null);
   }
