@@ -220,6 +220,30 @@ describe("a queue's concurrency limit", () => {
     await sql`DELETE FROM pgbg.task WHERE queue IN (${limited}, ${free})`;
   });
 
+  test("a claim whose limited part took tasks ends with them when its claim of the other queues then fails; with none taken, it fails", async () => {
+    const [limited, free] = ["partial-limited", "partial-free"];
+    await setQueueConcurrency(sql, limited, 1_000);
+    await enqueue(sql, work, {}, { queue: limited });
+    await enqueue(sql, work, {}, { queue: free });
+    // The claim of the free queue fails, as a statement may: a trigger refuses its update.
+    await sql`CREATE FUNCTION refuse_free_claims() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN RAISE EXCEPTION 'refused'; END $$`;
+    await sql`CREATE TRIGGER refuse_free_claims BEFORE UPDATE ON pgbg.task FOR EACH ROW
+      WHEN (NEW.queue = 'partial-free' AND NEW.state = 'running') EXECUTE FUNCTION refuse_free_claims()`;
+    const scope = { workerId: randomUUID(), queues: [limited, free], names: [work.name], leaseMs: [60_000], limits: new LimitedQueues(60_000, 0) };
+    try {
+      // The first turn is the limited queues', then the others' claim, which fails.
+      assert.deepEqual((await claimTasks(sql, "pgbg", scope, 10)).map((t) => t.queue), [limited], "the limited part's task, not an error");
+      // The next turn is the others' first: nothing taken before it fails, so the claim fails.
+      await assert.rejects(claimTasks(sql, "pgbg", scope, 10), /refused/);
+    } finally {
+      await sql`DROP TRIGGER refuse_free_claims ON pgbg.task`;
+      await sql`DROP FUNCTION refuse_free_claims()`;
+      await sql`DELETE FROM pgbg.task WHERE queue = ANY(${[limited, free]})`;
+      await setQueueConcurrency(sql, limited, null);
+    }
+  });
+
   test("a limited claim that counts nothing takes no more than the worker's free slots less its unwritten outcomes, whose tasks keep their leases; one that counts takes them all", async () => {
     const requeue = (queue: string) => sql`UPDATE pgbg.task SET state = 'queued', worker_id = NULL, lease_expires_at = NULL WHERE queue = ${queue}`;
     const claimOf = async (queue: string, limits: LimitedQueues, unwritten: number) => {
