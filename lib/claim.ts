@@ -75,45 +75,62 @@ export interface ClaimScope {
  * written yet (they keep their leases): a limited claim that does not
  * count the queue's running tasks takes no more than `limit` less those
  * (claimLimited).
+ *
+ * A claim may run several statements (limited queues, the others, tasks
+ * with and without a group). `onClaimed` is given each statement's tasks
+ * as soon as it returns, while the next one runs, so that a task's start
+ * waits for its own statement alone. When a statement fails after earlier
+ * ones took tasks, the claim ends with those (they are leased to this
+ * worker and must be started, not left until their leases expire) and the
+ * failing statement is tried again, its error thrown, next time.
  */
 export async function claimTasks(
   db: Database, schema: string, scope: ClaimScope, limit: number, cursor?: ClaimCursor, unwritten = 0,
+  onClaimed: (tasks: ClaimedTask[]) => void = () => {},
 ): Promise<ClaimedTask[]> {
-  const limited = scope.limits ? await scope.limits.among(db, schema, scope.queues) : [];
-  if (!limited.length) return await claimUnlimited(db, schema, scope, limit, cursor);
-  // Limited queues first and last by turns: either, always first, could
-  // take every free slot from the other while its backlog lasts (but first
-  // while the others found nothing lately: LimitedQueues.takeTurn).
-  const limitedFirst = scope.limits!.takeTurn();
-  const claimed = limitedFirst ? [] : await claimOthers(db, schema, scope, limit, cursor);
-  // What the limited claims take does not move the cursor: their lanes are not its.
-  for (const queue of limited) {
-    if (claimed.length >= limit) break;
-    try {
-      // deno-lint-ignore no-explicit-any
-      const taken = await claimLimited(db as Sql<any>, schema, queue, scope, limit - claimed.length, unwritten);
-      claimed.push(...taken.map(claimedTask));
-    } catch (error) {
-      // The tasks claimed so far are leased to this worker: start them,
-      // rather than leave them running nowhere until their leases expire.
-      // The failing claim is tried again, and its error thrown, next time.
-      if (!claimed.length) throw error;
-      return claimed;
-    }
-  }
-  if (!limitedFirst || claimed.length >= limit) return claimed;
+  const claimed: ClaimedTask[] = [];
+  const take = (tasks: ClaimedTask[]) => {
+    claimed.push(...tasks);
+    if (tasks.length) onClaimed(tasks);
+    return tasks;
+  };
   try {
-    claimed.push(...await claimOthers(db, schema, scope, limit - claimed.length, cursor));
+    await claimEach(db, schema, scope, limit, cursor, unwritten, take);
   } catch (error) {
-    // As above: the limited claims' tasks are started, the error thrown next time.
     if (!claimed.length) throw error;
   }
   return claimed;
 }
 
+/** Hands each statement's tasks to `take`: see claimTasks. */
+type Take = (tasks: ClaimedTask[]) => ClaimedTask[];
+
+/** claimTasks' statements, each one's tasks given to `take` as it returns. */
+async function claimEach(
+  db: Database, schema: string, scope: ClaimScope, limit: number, cursor: ClaimCursor | undefined, unwritten: number, take: Take,
+): Promise<void> {
+  const limited = scope.limits ? await scope.limits.among(db, schema, scope.queues) : [];
+  if (!limited.length) return void await claimUnlimited(db, schema, scope, limit, cursor, take);
+  // Limited queues first and last by turns: either, always first, could
+  // take every free slot from the other while its backlog lasts (but first
+  // while the others found nothing lately: LimitedQueues.takeTurn).
+  const limitedFirst = scope.limits!.takeTurn();
+  let taken = limitedFirst ? 0 : (await claimOthers(db, schema, scope, limit, cursor, take)).length;
+  // What the limited claims take does not move the cursor: their lanes are not its.
+  for (const queue of limited) {
+    if (taken >= limit) return;
+    // deno-lint-ignore no-explicit-any
+    taken += (await claimLimited(db as Sql<any>, schema, queue, scope, limit - taken, unwritten, (rows) => {
+      take(rows.map(claimedTask));
+      return rows;
+    })).length;
+  }
+  if (limitedFirst && taken < limit) await claimOthers(db, schema, scope, limit - taken, cursor, take);
+}
+
 /** claimUnlimited beside limited queues: what it found is recorded for LimitedQueues.takeTurn. */
-async function claimOthers(db: Database, schema: string, scope: ClaimScope, limit: number, cursor?: ClaimCursor): Promise<ClaimedTask[]> {
-  const claimed = await claimUnlimited(db, schema, scope, limit, cursor);
+async function claimOthers(db: Database, schema: string, scope: ClaimScope, limit: number, cursor: ClaimCursor | undefined, take: Take): Promise<ClaimedTask[]> {
+  const claimed = await claimUnlimited(db, schema, scope, limit, cursor, take);
   scope.limits!.othersFound(claimed.length);
   return claimed;
 }
@@ -124,11 +141,11 @@ async function claimOthers(db: Database, schema: string, scope: ClaimScope, limi
  * have groups, tasks with one (claimGroups), in the order claimBothKinds
  * gives.
  */
-async function claimUnlimited(db: Database, schema: string, scope: ClaimScope, limit: number, cursor?: ClaimCursor): Promise<ClaimedTask[]> {
+async function claimUnlimited(db: Database, schema: string, scope: ClaimScope, limit: number, cursor: ClaimCursor | undefined, take: Take): Promise<ClaimedTask[]> {
   return await claimBothKinds(
     scope, "", limit,
-    (want) => claimUngrouped(db, schema, scope, want, cursor),
-    async (want) => (await claimGroups(db, schema, scope, scope.queues, want, false)).map(claimedTask),
+    async (want) => take(await claimUngrouped(db, schema, scope, want, cursor)),
+    async (want) => take((await claimGroups(db, schema, scope, scope.queues, want, false)).map(claimedTask)),
   );
 }
 

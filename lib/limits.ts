@@ -175,13 +175,14 @@ export class LimitedQueues {
  * ended and whose outcomes are not written yet; they keep their leases, so
  * a claim that does not count the queue's running tasks takes `want` less
  * those (take_queue_slots, QueueFreeSlots). A claim that may have come
- * back short for them says so (LimitedQueues.takeHeldByWrites).
+ * back short for them says so (LimitedQueues.takeHeldByWrites). `take` is
+ * given each statement's rows as it returns (claimTasks' onClaimed).
  */
 export async function claimLimited(
   // deno-lint-ignore no-explicit-any
-  sql: Sql<any>, schema: string, queue: string, scope: ClaimScope, want: number, unwritten = 0,
+  sql: Sql<any>, schema: string, queue: string, scope: ClaimScope, want: number, unwritten = 0, take: TakeRows = (rows) => rows,
 ): Promise<Record<string, unknown>[]> {
-  const claimed = await claimInItsForm(sql, schema, queue, scope, want, unwritten);
+  const claimed = await claimInItsForm(sql, schema, queue, scope, want, unwritten, take);
   // Short, but no shorter than the unwritten outcomes: they may be why (taken
   // off an uncounted claim, or counted as running in a counted one, a
   // group's too).
@@ -189,17 +190,25 @@ export async function claimLimited(
   return claimed;
 }
 
-/** claimLimited's claim, in the form the queue's limits (as last read) take. */
+/** Given the rows of each statement that took tasks, as it returns (claimTasks' onClaimed); returns them. */
+export type TakeRows = (rows: Record<string, unknown>[]) => Record<string, unknown>[];
+
+/** claimLimited's claim, in the form the queue's limits (as last read) take; each statement's rows given to `take`. */
 async function claimInItsForm(
   // deno-lint-ignore no-explicit-any
-  sql: Sql<any>, schema: string, queue: string, scope: ClaimScope, want: number, unwritten: number,
+  sql: Sql<any>, schema: string, queue: string, scope: ClaimScope, want: number, unwritten: number, take: TakeRows,
 ): Promise<Record<string, unknown>[]> {
-  if (scope.limits?.perGroup(queue)) return await claimPerGroup(sql, schema, scope, queue, want);
-  if (!scope.limits?.slotsOnly(queue)) return await claimInTransaction(sql, schema, queue, scope, want, unwritten, false) ?? [];
+  if (scope.limits?.perGroup(queue)) return take(await claimPerGroup(sql, schema, scope, queue, want));
+  if (!scope.limits?.slotsOnly(queue)) return take(await claimInTransaction(sql, schema, queue, scope, want, unwritten, false) ?? []);
+  // Two statements, each its own transaction: the first's tasks are taken
+  // before the second runs, so that its failure cannot strand them.
   return await claimBothKinds(
     scope, queue, want,
-    (n) => claimWithCursor(sql, schema, scope.limits!.cursorOf(queue), ["ClaimSlotTasks", "ClaimSlotTasksAfter"], [scope.workerId, [queue], scope.names, scope.leaseMs, n], [unwritten]),
-    (n) => claimInTransaction(sql, schema, queue, scope, n, unwritten, true),
+    async (n) => take(await claimWithCursor(sql, schema, scope.limits!.cursorOf(queue), ["ClaimSlotTasks", "ClaimSlotTasksAfter"], [scope.workerId, [queue], scope.names, scope.leaseMs, n], [unwritten])),
+    async (n) => {
+      const rows = await claimInTransaction(sql, schema, queue, scope, n, unwritten, true);
+      return rows && take(rows);
+    },
     true,
   );
 }

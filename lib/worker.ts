@@ -382,7 +382,8 @@ export class Worker {
       this.#notified = false;
       let claimed: ClaimedTask[];
       try {
-        claimed = await claimTasks(this.#options.sql, this.#options.schema, this.#scope, free, this.#cursor, this.#outcomes.unwritten);
+        // Each statement's tasks start as it returns, not after the claim's last.
+        claimed = await claimTasks(this.#options.sql, this.#options.schema, this.#scope, free, this.#cursor, this.#outcomes.unwritten, (tasks) => this.#startAll(tasks));
         backoff = 100;
       } catch (error) {
         this.#options.log.warn(`claim failed; retrying in ${backoff} ms`, { error: describeError(error).message });
@@ -392,7 +393,6 @@ export class Worker {
         backoff = Math.min(backoff * 2, 5_000);
         continue;
       }
-      for (const task of claimed) this.#start(task);
       if (claimed.length) this.#idleBackoff = this.#firstIdleSleep;
       // Short for the outcomes not written yet, whose tasks keep their
       // leases (claimLimited): claim again once they are, not idle.
@@ -459,6 +459,18 @@ export class Worker {
       return this.#sleep(Math.max(0, next.next_due_ms), false);
     }
     this.stop();
+  }
+
+  /** Starts one statement's tasks: each is leased to this worker, so one that cannot start must not keep the rest from it. */
+  #startAll(tasks: ClaimedTask[]): void {
+    if (this.#debug) this.#options.log.debug(`claimed ${tasks.length}: ${tasks.map((t) => t.id).join(", ")}`);
+    for (const task of tasks) {
+      try {
+        this.#start(task);
+      } catch (error) {
+        this.#options.log.error(`task ${task.id} could not be started; it runs again once its lease expires`, { ...fields(task), error: describeError(error) });
+      }
+    }
   }
 
   #start(claimed: ClaimedTask): void {

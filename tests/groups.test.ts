@@ -229,6 +229,31 @@ describe("claims take from groups in turn", () => {
       assert.equal(result.ran, 40, queue);
     }
   });
+  test("a claim that took tasks with a group hands them over as its statement returns, and ends with them when its claim of the tasks without one then fails", async () => {
+    const queue = "kinds-partial";
+    const plain = defineTask({ name: "kinds-plain", schema: v.object({}), run() {} });
+    await enqueue(sql, tenantWork, { tenant: "a" }, { queue });
+    await enqueue(sql, plain, {}, { queue });
+    // The claim of the task without a group fails, as a statement may: a trigger refuses its update.
+    await sql`CREATE FUNCTION refuse_plain_claims() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN RAISE EXCEPTION 'refused'; END $$`;
+    await sql`CREATE TRIGGER refuse_plain_claims BEFORE UPDATE ON pgbg.task FOR EACH ROW
+      WHEN (NEW.queue = 'kinds-partial' AND NEW.group_name IS NULL AND NEW.state = 'running') EXECUTE FUNCTION refuse_plain_claims()`;
+    const scope = { workerId: randomUUID(), queues: [queue], names: [tenantWork.name, plain.name], leaseMs: [60_000, 60_000], groups: new GroupRotation() };
+    try {
+      const handed: string[] = [];
+      // A fresh rotation claims tasks with a group first, then the others, whose claim fails.
+      const claimed = await claimTasks(sql, "pgbg", scope, 10, undefined, 0, (tasks) => handed.push(...tasks.map((t) => t.name)));
+      assert.deepEqual(claimed.map((t) => t.name), [tenantWork.name], "the grouped task, not an error");
+      assert.deepEqual(handed, [tenantWork.name], "handed over as its statement returned");
+      // The next turn is the others' first: nothing taken before it fails, so the claim fails.
+      await assert.rejects(claimTasks(sql, "pgbg", scope, 10), /refused/);
+    } finally {
+      await sql`DROP TRIGGER refuse_plain_claims ON pgbg.task`;
+      await sql`DROP FUNCTION refuse_plain_claims()`;
+      await sql`DELETE FROM pgbg.task WHERE queue = ${queue}`;
+    }
+  });
 });
 
 describe("a task's group", () => {

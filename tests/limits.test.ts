@@ -233,7 +233,10 @@ describe("a queue's concurrency limit", () => {
     const scope = { workerId: randomUUID(), queues: [limited, free], names: [work.name], leaseMs: [60_000], limits: new LimitedQueues(60_000, 0) };
     try {
       // The first turn is the limited queues', then the others' claim, which fails.
-      assert.deepEqual((await claimTasks(sql, "pgbg", scope, 10)).map((t) => t.queue), [limited], "the limited part's task, not an error");
+      const handed: string[] = [];
+      const claimed = await claimTasks(sql, "pgbg", scope, 10, undefined, 0, (tasks) => handed.push(...tasks.map((t) => t.queue)));
+      assert.deepEqual(claimed.map((t) => t.queue), [limited], "the limited part's task, not an error");
+      assert.deepEqual(handed, [limited], "handed over as its statement returned");
       // The next turn is the others' first: nothing taken before it fails, so the claim fails.
       await assert.rejects(claimTasks(sql, "pgbg", scope, 10), /refused/);
     } finally {
