@@ -3,6 +3,7 @@
  *
  * @module
  */
+import type { TransactionSql } from "postgres";
 import { defaults } from "./config.ts";
 import { SchemaError } from "./errors.ts";
 import { migrations } from "./generated/sql.ts";
@@ -38,15 +39,17 @@ export const LATEST_SCHEMA_VERSION: number = migrations[migrations.length - 1].v
 export async function migrate(db: Database, options?: MigrateOptions): Promise<MigrateResult> {
   const opts = checkOptions<MigrateOptions>("migrate()", options, { schema: checkedLater });
   const schema = checkSchemaName(opts.schema ?? defaults.schema);
-  const work = async (tx: Database): Promise<MigrateResult> => {
+  // deno-lint-ignore no-explicit-any
+  const work = async (tx: TransactionSql<any>): Promise<MigrateResult> => {
     await run(tx, schema, "MigrateLock", [schema]);
     const [{ exists }] = await run<{ exists: boolean }>(tx, schema, "SchemaExists", [schema]);
-    // The only SQL text built here: the name was validated and is quoted.
+    // One of two SQL texts built here (and lockForMigration's): the name was validated and is quoted.
     if (!exists) await tx.unsafe(`CREATE SCHEMA "${schema}"`);
     const [table] = await run<{ exists: boolean }>(tx, schema, "MigrationTableExists", [schema]);
     if (!table.exists) await run(tx, schema, "CreateMigrationTable", []);
     const from = await readVersion(tx, schema);
     if (from > LATEST_SCHEMA_VERSION) throw tooNew(schema, from);
+    if (from > 0 && from < LATEST_SCHEMA_VERSION) await lockForMigration(tx, schema);
     for (const migration of migrations) {
       if (migration.version <= from) continue;
       // Simple protocol: a migration file holds several statements.
@@ -56,6 +59,41 @@ export async function migrate(db: Database, options?: MigrateOptions): Promise<M
     return { schema, from, to: LATEST_SCHEMA_VERSION };
   };
   return "begin" in db ? ((await db.begin(work)) as MigrateResult) : work(db);
+}
+
+/** Deadlocks the lock step may lose before migrate() gives up, each followed by a longer pause. */
+const LOCK_TRIES = 8;
+
+/**
+ * Takes every table of the schema in ACCESS EXCLUSIVE mode before the
+ * migrations run, so that none of them waits for a lock while holding
+ * another. Workers of the running release keep claiming while a schema
+ * migrates under them, and their statements take several tables at once:
+ * a migration that altered one table and then waited for the next could
+ * deadlock with a worker holding the second and waiting for the first,
+ * and the migration, several statements in, would fail. The lock step
+ * alone can lose such a race; it is then rolled back to its savepoint
+ * (the caller's own work in the transaction stays) and tried again after
+ * a pause, while the worker's statement completes.
+ */
+export async function lockForMigration(
+  // deno-lint-ignore no-explicit-any
+  tx: TransactionSql<any>, schema: string,
+): Promise<void> {
+  const tables = await run<{ name: string }>(tx, schema, "SchemaTables", [schema]);
+  if (!tables.length) return;
+  // Built from the catalog's names, each quoted; the schema's was validated.
+  const statement = `LOCK TABLE ${tables.map((t) => `"${schema}"."${t.name.replaceAll('"', '""')}"`).join(", ")} IN ACCESS EXCLUSIVE MODE`;
+  for (let attempt = 1;; attempt++) {
+    try {
+      // postgres.js: an error inside the savepoint's scope is that scope's alone.
+      await tx.savepoint((sp) => sp.unsafe(statement));
+      return;
+    } catch (error) {
+      if ((error as { code?: string }).code !== "40P01" || attempt >= LOCK_TRIES) throw error;
+      await new Promise((r) => setTimeout(r, 25 * 2 ** attempt));
+    }
+  }
 }
 
 async function readVersion(db: Database, schema: string): Promise<number> {

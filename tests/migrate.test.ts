@@ -1,8 +1,10 @@
 import assert from "node:assert/strict";
 import { readFileSync, writeFileSync } from "node:fs";
 import { describe, test } from "node:test";
+import { lockForMigration } from "../lib/migrate.ts";
 import { LATEST_SCHEMA_VERSION, migrate, schemaVersion, SchemaError } from "../mod.ts";
 import { createTestDatabase } from "./harness.ts";
+import { patience, until } from "./service-harness.ts";
 
 const db = await createTestDatabase();
 const { sql } = db;
@@ -37,6 +39,38 @@ describe("migrate", () => {
       /abort/,
     );
     assert.equal(await schemaVersion(sql, { schema: "rolled" }), 0);
+  });
+
+  test("the lock step before the migrations, losing a deadlock to a worker's statement, is rolled back to its savepoint and tried again; the caller's work in the transaction stays", async () => {
+    await migrate(sql, { schema: "lockstep" });
+    // A worker's transaction: it reads the worker table (after task in the
+    // lock step's order), then, once the lock step holds task and waits for
+    // worker, reads task. Its own deadlock check comes late, so the lock
+    // step (whose check comes after 1 s) is the one to find the deadlock.
+    const worker = await sql.reserve();
+    try {
+      await worker`SET deadlock_timeout = '60s'`;
+      await worker`BEGIN`;
+      await worker`SELECT 1 FROM lockstep.worker LIMIT 0`;
+      const migrating = sql.begin(async (tx) => {
+        await tx`CREATE TABLE lockstep_caller (x int)`;
+        await lockForMigration(tx, "lockstep");
+        return (await tx`SELECT count(*)::int AS n FROM pg_locks WHERE pid = pg_backend_pid() AND mode = 'AccessExclusiveLock' AND relation = 'lockstep.worker'::regclass`)[0].n;
+      });
+      await until(
+        async () => (await sql`SELECT count(*)::int AS n FROM pg_locks WHERE relation = 'lockstep.worker'::regclass AND NOT granted`)[0].n as number,
+        (n) => n === 1, patience, "the lock step to wait for the worker table",
+      );
+      // Deadlock: this waits for the lock step's lock on task.
+      await worker`SELECT 1 FROM lockstep.task LIMIT 0`;
+      await worker`COMMIT`;
+      assert.equal(await migrating, 1, "every table locked in the end");
+      assert.equal((await sql`SELECT to_regclass('lockstep_caller') IS NOT NULL AS kept`)[0].kept, true, "the caller's work kept");
+    } finally {
+      await worker`ROLLBACK`.catch(() => {});
+      worker.release();
+      await sql`DROP TABLE IF EXISTS lockstep_caller`;
+    }
   });
 
   test("refuses a schema migrated by a newer pgbg", async () => {

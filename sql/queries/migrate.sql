@@ -26,3 +26,12 @@ SELECT coalesce(max(version), 0) AS version FROM pgbg.migration;
 
 -- name: RecordMigration
 INSERT INTO pgbg.migration (version, name) VALUES ($1, $2);
+
+-- name: SchemaTables
+-- The schema's tables, in name order, for LockTablesForMigration (whose
+-- statement is built from them, each name quoted). Partitions are locked
+-- with their parent.
+SELECT c.relname AS name
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = $1::text AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+ORDER BY c.relname;
