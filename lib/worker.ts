@@ -220,6 +220,12 @@ export class Worker {
   readonly #reporter: CountReporter;
   readonly #heartbeat: Heartbeat;
   #stopping = false;
+  /** When stop() was first called (Date.now()). */
+  #stopAskedAt = 0;
+  /** Called by stop(): starts the wait that gives up a claim still in flight (#claimLoopOrStop). */
+  #onStop?: () => void;
+  /** Set once the stop gave up the claim in flight: what it returns is not started. */
+  #claimGivenUp = false;
   #exit: WorkerExit = "stopped";
   #idle = false;
   /** Whether it LISTENs for wake-ups; one that does not leaves its row's idle flag down, so enqueues notify nobody for it. */
@@ -281,8 +287,36 @@ export class Worker {
    */
   stop(shutdownTimeout?: number): void {
     if (shutdownTimeout !== undefined) this.#shutdownTimeout = shutdownTimeout;
+    if (!this.#stopping) this.#stopAskedAt = Date.now();
     this.#stopping = true;
     this.#wakeUp(true);
+    this.#onStop?.();
+  }
+
+  /**
+   * The claim loop's end, or, when it is still in a claim statement the
+   * shutdown timeout after stop() (a statement on a connection a pooler or
+   * the network stalled can wait forever), the stop's: the claim is given
+   * up, and what it may still lease is left to the release of this
+   * worker's tasks once its row is gone (#startAll starts nothing more).
+   */
+  async #claimLoopOrStop(): Promise<void> {
+    const loop = this.#claimLoop();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const givenUp = new Promise<"given up">((resolve) => {
+      this.#onStop = () => {
+        timer ??= setTimeout(() => resolve("given up"), Math.max(0, this.#stopAskedAt + this.#shutdownTimeout - Date.now()));
+      };
+      if (this.#stopping) this.#onStop();
+    });
+    try {
+      if (await Promise.race([loop, givenUp]) !== "given up") return;
+      this.#claimGivenUp = true;
+      this.#options.log.warn(`a claim did not return within the shutdown timeout (${this.#shutdownTimeout} ms); stopping without it`);
+      loop.catch(() => {});
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   /**
@@ -313,7 +347,7 @@ export class Worker {
     this.#heartbeat.start();
     o.onReady?.();
     try {
-      await this.#claimLoop();
+      await this.#claimLoopOrStop();
       await this.#finishRunning();
       await this.#outcomes.flush(this.#deadline(Date.now() + 10_000));
     } finally {
@@ -463,6 +497,7 @@ export class Worker {
 
   /** Starts one statement's tasks: each is leased to this worker, so one that cannot start must not keep the rest from it. */
   #startAll(tasks: ClaimedTask[]): void {
+    if (this.#claimGivenUp) return;
     if (this.#debug) this.#options.log.debug(`claimed ${tasks.length}: ${tasks.map((t) => t.id).join(", ")}`);
     for (const task of tasks) {
       try {

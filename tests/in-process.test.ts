@@ -8,10 +8,10 @@ import { spawn } from "node:child_process";
 import { describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import * as v from "valibot";
-import { createWorker, defineTask, drain, enqueue, enqueueMany, InvalidOptionsError, migrate, setQueueConcurrency } from "../mod.ts";
+import { createWorker, defineTask, drain, enqueue, enqueueMany, InvalidOptionsError, migrate, setQueueConcurrency, setQueueRateLimit } from "../mod.ts";
 import { run } from "../lib/statements.ts";
 import { createTestDatabase } from "./harness.ts";
-import { createFixtureTables, patience, until, within } from "./service-harness.ts";
+import { createFixtureTables, patience, until, untilWaitingForLock, within } from "./service-harness.ts";
 import { typeScript } from "./ts-loader/flags.ts";
 
 const db = await createTestDatabase();
@@ -155,6 +155,38 @@ describe("an application process hosting a worker", () => {
       assert.deepEqual(runs.map((r) => [r.pid, r.attempt, r.ended]), [[child.pid, 1, false], [process.pid, 2, true]]);
     } finally {
       child.kill("SIGKILL");
+    }
+  });
+});
+
+describe("a claim that does not return", () => {
+  test("stop() ends within its timeout while a claim statement waits (as on a stalled connection), and the task that claim was after runs elsewhere", async () => {
+    const queue = "stalled-claim";
+    // A rate: the claim takes the queue's lock in its transaction, so holding that lock holds the claim.
+    await setQueueRateLimit(sql, queue, { limit: 1_000, interval: 1_000 });
+    const id = await enqueue(sql, work, { ms: 1 }, { queue });
+    const warnings: string[] = [];
+    const worker = createWorker(sql, { tasks: [work], queues: [queue], checkInterval: 200, logger: { ...quiet, warn: (m: string) => void warnings.push(m) } });
+    const locker = await sql.reserve();
+    try {
+      await locker`BEGIN`;
+      await run(locker, "pgbg", "LockLimitedQueue", [queue]);
+      await worker.start();
+      await untilWaitingForLock(sql, "the worker's claim to wait for the queue's lock");
+      await within(worker.stop({ timeout: 200 }), patience, "stop() to end while its claim waits");
+      assert.ok(warnings.some((m) => /^a claim did not return within the shutdown timeout \(200 ms\)/.test(m)), JSON.stringify(warnings));
+    } finally {
+      await locker`COMMIT`;
+      locker.release();
+    }
+    const other = createWorker(sql, { tasks: [work], queues: [queue], checkInterval: 200, logger: quiet });
+    await other.start();
+    try {
+      await until(() => remaining([id]), (n) => n === 0, patience, "another worker to run the task");
+      assert.equal((await executions([id])).length, 1, "it ran once, not in the stopped worker too");
+    } finally {
+      await other.stop();
+      await setQueueRateLimit(sql, queue, null);
     }
   });
 });
