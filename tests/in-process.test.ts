@@ -167,17 +167,24 @@ describe("a claim that does not return", () => {
     const id = await enqueue(sql, work, { ms: 1 }, { queue });
     const warnings: string[] = [];
     const worker = createWorker(sql, { tasks: [work], queues: [queue], checkInterval: 200, logger: { ...quiet, warn: (m: string) => void warnings.push(m) } });
-    const locker = await sql.reserve();
+    let release!: () => void;
+    const released = new Promise<void>((r) => (release = r));
+    let locked!: () => void;
+    const lockTaken = new Promise<void>((r) => (locked = r));
+    const holding = sql.begin(async (tx) => {
+      await run(tx, "pgbg", "LockLimitedQueue", [queue]);
+      locked();
+      await released;
+    });
     try {
-      await locker`BEGIN`;
-      await run(locker, "pgbg", "LockLimitedQueue", [queue]);
+      await lockTaken;
       await worker.start();
       await untilWaitingForLock(sql, "the worker's claim to wait for the queue's lock");
       await within(worker.stop({ timeout: 200 }), patience, "stop() to end while its claim waits");
       assert.ok(warnings.some((m) => /^a claim did not return within the shutdown timeout \(200 ms\)/.test(m)), JSON.stringify(warnings));
     } finally {
-      await locker`COMMIT`;
-      locker.release();
+      release();
+      await holding;
     }
     const other = createWorker(sql, { tasks: [work], queues: [queue], checkInterval: 200, logger: quiet });
     await other.start();
