@@ -180,7 +180,7 @@ export class LimitedQueues {
  */
 export async function claimLimited(
   // deno-lint-ignore no-explicit-any
-  sql: Sql<any>, schema: string, queue: string, scope: ClaimScope, want: number, unwritten = 0, take: TakeRows = (rows) => rows,
+  sql: Sql<any>, schema: string, queue: string, scope: ClaimScope, want: number, unwritten: number, take: TakeRows,
 ): Promise<Record<string, unknown>[]> {
   const claimed = await claimInItsForm(sql, schema, queue, scope, want, unwritten, take);
   // Short, but no shorter than the unwritten outcomes: they may be why (taken

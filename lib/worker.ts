@@ -662,7 +662,8 @@ export class Worker {
    * its supervisor releases them; in-process, their leases run out.
    */
   async #finishRunning(): Promise<void> {
-    await this.#waitForRunning(this.#exit === "lost" ? Date.now() : Date.now() + this.#shutdownTimeout);
+    // The timeout counts from stop(), a claim it waited for included.
+    await this.#waitForRunning(this.#exit === "lost" ? Date.now() : this.#stopAskedAt + this.#shutdownTimeout);
     const left = [...this.#running.values()].filter((e) => !e.handedBack);
     for (const entry of left) entry.controller.abort(new ShutdownError());
     if (this.#exit === "lost") return;

@@ -28,7 +28,7 @@ SELECT coalesce(max(version), 0) AS version FROM pgbg.migration;
 INSERT INTO pgbg.migration (version, name) VALUES ($1, $2);
 
 -- name: SchemaTables
--- The schema's tables, in name order, for LockTablesForMigration (whose
+-- The schema's tables, in name order, for lockForMigration (whose
 -- statement is built from them, each name quoted). Partitions are locked
 -- with their parent.
 SELECT c.relname AS name
