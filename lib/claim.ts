@@ -158,8 +158,13 @@ async function claimUngrouped(db: Database, schema: string, scope: ClaimScope, l
 /** A row of a claim statement as the worker holds it. */
 // deno-lint-ignore no-explicit-any
 function claimedTask(r: Record<string, any>): ClaimedTask {
+  // The position's fields are copied one by one: an object spread here cost
+  // about 12 µs a task (a tenth of a worker's CPU in a drain), the rows of
+  // postgres.js being dictionary-mode objects (bench/RESULTS.md, "The
+  // worker's CPU per task").
+  const { queue, priority, id, runAtUs, claimedAtMs } = positionOf(r);
   return {
-    ...positionOf(r),
+    queue, priority, id, runAtUs, claimedAtMs,
     name: r.name as string,
     group: r.group_name as string | null,
     payload: r.payload as unknown,
