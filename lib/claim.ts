@@ -159,7 +159,7 @@ async function claimUngrouped(db: Database, schema: string, scope: ClaimScope, l
 // deno-lint-ignore no-explicit-any
 function claimedTask(r: Record<string, any>): ClaimedTask {
   // The position's fields are copied one by one: an object spread here cost
-  // about 12 µs a task (a tenth of a worker's CPU in a drain), the rows of
+  // about 12 µs a task (over a quarter of a served worker's busy CPU in a drain), the rows of
   // postgres.js being dictionary-mode objects (bench/RESULTS.md, "The
   // worker's CPU per task").
   const { queue, priority, id, runAtUs, claimedAtMs } = positionOf(r);
