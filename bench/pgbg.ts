@@ -94,13 +94,11 @@ async function queueAtOnce(db: Database, n: number, keeping: Keeping = "nothing"
 /**
  * Waits until the task table holds no task. The probe reads the newest id
  * from the primary key, as graphile-worker's drain does: those tasks are
- * claimed last, so it finds one at once (about 0.01 ms) until the very
- * end. The drains fail no task, so an empty table is a drained queue. The
- * probe by state it replaced matched no index since migration 012 split
- * the queued tasks by group: a sequential scan through the drained pages,
- * up to 6 ms late in a drain, twenty times a second, on the server being
- * measured (30 ms more server CPU per 100,000-task drain, about 1 %;
- * 2026-12-05).
+ * claimed last, so it finds one at once until the very end. A probe by
+ * state would step over the entries the drain leaves (`state = 'queued'`
+ * alone matches no partial index, so it scans the table), twenty times a
+ * second on the server being measured (bench/RESULTS.md, 2026-12-05).
+ * The drains fail no task, so an empty table is a drained queue.
  */
 export function drained(db: Database): Promise<true> {
   return waitFor("the queue to drain", async () => {
