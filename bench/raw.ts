@@ -32,14 +32,27 @@ export async function rawInsertSingle(db: Database, n: number, parallel: number)
   return since(t0);
 }
 
+/**
+ * Which table the hand-written SQL runs on: its own (`raw`, the ceiling), or
+ * pgbg's task table as pgbg migrated it (`pgbg`, the floor under pgbg's own
+ * statements: the same statements, paying for the table's row, indexes,
+ * constraints and triggers but for none of pgbg's bookkeeping).
+ */
+export type RawTable = "raw" | "pgbg";
+
 /** `INSERT … SELECT FROM unnest` of `batch` rows per statement, returning the ids. */
-export async function rawInsertUnnest(db: Database, n: number, batch: number): Promise<number> {
+export async function rawInsertUnnest(db: Database, n: number, batch: number, table: RawTable = "raw"): Promise<number> {
   const t0 = performance.now();
   for (let done = 0; done < n; done += batch) {
     const size = Math.min(batch, n - done);
     const payloads = Array.from({ length: size }, (_, i) => payload(done + i));
-    await db.sql`INSERT INTO raw_task (name, payload)
-      SELECT 'noop', p::jsonb FROM unnest(${payloads}::text[]) AS p RETURNING id`;
+    if (table === "raw") {
+      await db.sql`INSERT INTO raw_task (name, payload)
+        SELECT 'noop', p::jsonb FROM unnest(${payloads}::text[]) AS p RETURNING id`;
+    } else {
+      await db.sql`INSERT INTO pgbg.task (queue, name, payload)
+        SELECT 'default', 'noop', p::jsonb FROM unnest(${payloads}::text[]) AS p RETURNING id`;
+    }
   }
   return since(t0);
 }
@@ -93,7 +106,8 @@ export async function rawInsertCopy(db: Database, n: number, batch: number): Pro
 /** How the hand-written consumers take tasks. */
 export type RawDequeue = "lease" | "delete";
 
-async function consume(sql: Sql, style: RawDequeue, batch: number): Promise<number> {
+async function consume(sql: Sql, style: RawDequeue, batch: number, table: RawTable): Promise<number> {
+  if (table === "pgbg") return consumePgbgTable(sql, batch);
   if (style === "delete") {
     const rows = await sql`DELETE FROM raw_task WHERE id IN (
       SELECT id FROM raw_task WHERE state = 0 AND run_at <= now() ORDER BY queue, run_at, id LIMIT ${batch} FOR UPDATE SKIP LOCKED)
@@ -110,14 +124,30 @@ async function consume(sql: Sql, style: RawDequeue, batch: number): Promise<numb
   return claimed.length;
 }
 
-/** Drains the raw table with `connections` consumers taking `batch` at a time. */
-export async function rawDrain(db: Database, server: Server, style: RawDequeue, connections: number, batch: number) {
+/**
+ * The lease-style claim then delete on pgbg's task table, from its one lane
+ * (queue "default", priority 0) through task_claim_idx. A running row must
+ * have a holder (task_running_has_lease), so the claim names one.
+ */
+async function consumePgbgTable(sql: Sql, batch: number): Promise<number> {
+  const claimed = await sql`UPDATE pgbg.task t SET state = 'running', attempts = t.attempts + 1, lease_token = t.lease_token + 1,
+      worker_id = '00000000-0000-0000-0000-000000000001', lease_expires_at = now() + interval '30 seconds'
+    FROM (SELECT id FROM pgbg.task WHERE state = 'queued' AND group_name IS NULL AND queue = 'default' AND priority = 0 AND run_at <= now()
+          ORDER BY queue, priority, run_at, id LIMIT ${batch} FOR UPDATE SKIP LOCKED) c
+    WHERE t.id = c.id RETURNING t.id, t.payload`;
+  if (!claimed.length) return 0;
+  await sql`DELETE FROM pgbg.task WHERE id = ANY(${claimed.map((r) => r.id)}::bigint[])`;
+  return claimed.length;
+}
+
+/** Drains the raw table (or pgbg's, `table`) with `connections` consumers taking `batch` at a time. */
+export async function rawDrain(db: Database, server: Server, style: RawDequeue, connections: number, batch: number, table: RawTable = "raw") {
   const meter = new CpuMeter(server);
   const t0 = performance.now();
   let jobs = 0;
   await Promise.all(Array.from({ length: connections }, async () => {
     for (;;) {
-      const got = await consume(db.sql, style, batch);
+      const got = await consume(db.sql, style, batch, table);
       if (!got) return;
       jobs += got;
     }

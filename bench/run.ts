@@ -61,6 +61,14 @@ const sweep: ServeSetting[] = quick
   ? [{ workers: 2, concurrency: 1000 }]
   : [{ workers: 2, concurrency: 1000 }, { workers: 2, concurrency: 100 }, { workers: 1, concurrency: 1000 }, { workers: 2, concurrency: 2000 }, { workers: 2, concurrency: 4000 }, { workers: 4, concurrency: 500 }];
 
+// The raw drains' connections × batch: up to the largest batch pgbg's sweep
+// claims (a served worker claims up to its free slots, so 2 × 4,000 takes
+// batches of up to 4,000). Larger batches cost the server less per task:
+// each claim steps over the entries the drain left at the head of the claim
+// index, and fewer claims step over them fewer times (bench/RESULTS.md,
+// 2026-12-05 06:00 UTC).
+const rawSweep: [number, number][] = quick ? [[2, 1000]] : [[2, 100], [4, 100], [4, 1000], [2, 2000], [2, 4000]];
+
 // Loaded only when asked for, so that a run without peers needs none of them.
 const peerLoaders: Record<string, () => Promise<Subject>> = {
   "graphile-worker": async () => (await import("./peers/graphile-worker.ts")).graphileWorker,
@@ -72,6 +80,10 @@ const peers: Subject[] = await Promise.all(wantedPeers.map((name) => peerLoaders
 
 const server = await startServer();
 const rows: Row[] = [];
+// The raw subjects other rows name.
+const RAW_LEASE = "raw SQL, claim then delete";
+const RAW_LEASE_ON_PGBG = "raw SQL on pgbg's table, claim then delete";
+const RAW_ON_PGBG = "raw SQL on pgbg's table";
 const sweepLog: Record<string, unknown>[] = [];
 const record = (row: Row) => {
   rows.push(row);
@@ -109,7 +121,9 @@ try {
         `batches of ${batch.toLocaleString("en")}`, size.enqueueBatch, (s, db) => s.enqueueBatch(db, size.enqueueBatch, batch), async (db) => {
           const unnest = await rawInsertUnnest(db, size.enqueueBatch, batch);
           await db.sql`TRUNCATE raw_task`;
-          return [["raw SQL", unnest], ["raw SQL, COPY", await rawInsertCopy(db, size.enqueueBatch, batch)]];
+          const copy = await rawInsertCopy(db, size.enqueueBatch, batch);
+          await pgbg.setup(db);
+          return [["raw SQL", unnest], ["raw SQL, COPY", copy], [RAW_ON_PGBG, await rawInsertUnnest(db, size.enqueueBatch, batch, "pgbg")]];
         },
       ]),
     ];
@@ -140,12 +154,17 @@ try {
 
   if (sections.has("dequeue")) {
     const n = size.drain;
-    for (const [style, label] of [["lease", "raw SQL, claim then delete"], ["delete", "raw SQL, DELETE … SKIP LOCKED"]] as const) {
-      const { runs } = await sweepThenRepeat(label, [[2, 100], [4, 100], [4, 1000]], ([connections, batch]) => `${connections} × ${batch}`,
-        ([connections, batch]) => onFreshDatabase("raw", setupRaw, async (db) => {
-          await rawInsertUnnest(db, n, 10_000);
-          await db.sql`VACUUM ANALYZE raw_task`;
-          return rawDrain(db, server, style, connections, batch);
+    // The raw ceilings, and the floor: the lease-style statements on pgbg's own
+    // table, which no statement of pgbg's that claims and deletes a row of it
+    // can undercut (raw.ts, RawTable).
+    const raws = [["lease", "raw", RAW_LEASE], ["delete", "raw", "raw SQL, DELETE … SKIP LOCKED"], ["lease", "pgbg", RAW_LEASE_ON_PGBG]] as const;
+    for (const [style, table, label] of raws) {
+      const setup = table === "raw" ? setupRaw : (db: Database) => pgbg.setup(db);
+      const { runs } = await sweepThenRepeat(label, rawSweep, ([connections, batch]) => `${connections} × ${batch}`,
+        ([connections, batch]) => onFreshDatabase(`raw_${table}`, setup, async (db) => {
+          await rawInsertUnnest(db, n, 10_000, table);
+          await db.sql.unsafe(`VACUUM ANALYZE ${table === "raw" ? "raw_task" : "pgbg.task"}`);
+          return rawDrain(db, server, style, connections, batch, table);
         }));
       const median = medianRun(runs);
       record({
@@ -232,7 +251,7 @@ async function inProcessDrain(pgbg: Subject, n: number, setting: ServeSetting): 
   record({
     section: "dequeue", case: `${served} in-process, ${setting.workers} × ${setting.concurrency.toLocaleString("en")}`, subject: "pgbg", value, unit: "tasks/s",
     against: served,
-    detail: `${result.setting}; ${ratio("pgbg")} of the served drain, ${ratio("raw SQL, claim then delete")} of raw claim then delete; ` +
+    detail: `${result.setting}; ${ratio("pgbg")} of the served drain, ${ratio(RAW_LEASE)} of raw claim then delete; ` +
       `CPU s/1k: server ${perThousand(result.serverCpu, result.jobs)}, workers ${perThousand(result.workerCpu, result.jobs)}`,
   });
 }
