@@ -256,6 +256,29 @@ describe("claims take from groups in turn", () => {
   });
 });
 
+describe("a group claim's tasks", () => {
+  test("are handed over in claim order (priority, run_at, id), not by turns, run_at before 1970 included", async () => {
+    const queue = "claim-order";
+    // By turns the claim takes a's first, b's first, then a's second; in
+    // claim order b's (the earliest run_at) comes first. The run_at values
+    // are before 1970, so their epoch microseconds are negative: -12 s must
+    // sort before -5 s, which a comparison of the digits alone gets wrong.
+    const at = (seconds: number) => ({ queue, runAt: new Date(seconds * 1000) });
+    const a1 = await enqueue(sql, tenantWork, { tenant: "a" }, at(-5));
+    const a2 = await enqueue(sql, tenantWork, { tenant: "a" }, at(-1));
+    const b1 = await enqueue(sql, tenantWork, { tenant: "b" }, at(-12));
+    const scope = { workerId: randomUUID(), queues: [queue], names: [tenantWork.name], leaseMs: [60_000], groups: new GroupRotation() };
+    try {
+      const handed: string[] = [];
+      const claimed = await claimTasks(sql, "pgbg", scope, 10, undefined, 0, (tasks) => handed.push(...tasks.map((t) => t.id)));
+      assert.deepEqual(claimed.map((t) => t.id), [b1, a1, a2], "claim order");
+      assert.deepEqual(handed, [b1, a1, a2], "started in claim order");
+    } finally {
+      await sql`DELETE FROM pgbg.task WHERE queue = ${queue}`;
+    }
+  });
+});
+
 describe("a task's group", () => {
   test("is what its function returns, stored with the task; null or undefined is none", async () => {
     const maybe = defineTask({ name: "maybe-group", schema: v.object({ g: v.optional(v.string()) }), group: (input) => input.g, run() {} });

@@ -294,7 +294,7 @@ candidates AS (
   ) k
   ORDER BY k.place, k.turn
   LIMIT $5
-),
+)
 {{ClaimCandidates}};
 
 -- fragment: ClaimFromLanes
@@ -322,7 +322,7 @@ candidates AS (
       AND (q.paused_at IS NOT NULL OR ({{QueueLimited}} AND NOT {{QueuePerGroup}}) <> l.limited))
   ORDER BY c.priority, c.run_at, c.id
   LIMIT {{@}}
-),
+)
 {{ClaimCandidates}}
 
 -- fragment: GroupQueueClosed
@@ -363,34 +363,33 @@ t.run_at <= now() AND t.name = ANY($3::text[])
 
 -- fragment: ClaimCandidates
 -- Claims the rows of `candidates` (ctid, name, turn), each leased with the
--- lease length of its name ($4), and returns them in claim order.
-claimed AS (
-  UPDATE pgbg.task t SET
-    state = 'running',
-    attempts = t.attempts + 1,
-    lease_token = t.lease_token + 1,
-    worker_id = $1::uuid,
-    lease_expires_at = now() + l.lease_ms * interval '1 millisecond'
-  FROM candidates c
-  JOIN unnest($3::text[], $4::integer[]) AS l (name, lease_ms) ON l.name = c.name
-  -- By row address: the candidates are locked by this statement, so their
-  -- rows cannot have moved, and a TID lookup spares a primary key descent
-  -- per task.
-  WHERE t.ctid = c.ctid
-  RETURNING t.id, t.name, t.queue, t.group_name, t.payload, t.attempts, t.max_attempts, t.lease_token, t.priority, t.run_at,
-    t.snoozes, t.input_version, t.trace_context, t.batch_then, c.turn
-)
--- Claim order, so the worker starts them in it; sorting here spares the
--- worker from parsing two timestamps per task. lag_ms: how long the task
--- waited since it became due (its enqueue, delay or retry time), for
+-- lease length of its name ($4), and returns them. lag_ms: how long the
+-- task waited since it became due (its enqueue, delay or retry time), for
 -- metrics; run_at_us (epoch microseconds, exact) moves the worker's claim
--- cursor; turn: the group's place in a group claim's rotation; batch_then:
--- a batch member's completion task (its success is CompleteBatchTasks').
-SELECT id, name, queue, group_name, payload, attempts, max_attempts, lease_token, priority, snoozes, input_version, trace_context, batch_then, turn,
-  (extract(epoch FROM now() - run_at) * 1000)::float8 AS lag_ms,
-  (extract(epoch FROM run_at) * 1000000)::bigint AS run_at_us
-FROM claimed
-ORDER BY priority, run_at, id
+-- cursor and orders the tasks; turn: the group's place in a group claim's
+-- rotation; batch_then: a batch member's completion task (its success is
+-- CompleteBatchTasks').
+-- No ORDER BY: the worker starts the tasks in claim order (priority,
+-- run_at, id) and puts them in it when they are not (lib/claim.ts,
+-- inClaimOrder), which costs it one comparison per task when they are.
+-- Here a sort, and the CTE around the UPDATE it needs, cost about 1.5 µs of
+-- server CPU a task (bench/RESULTS.md, "The claim without its final sort").
+UPDATE pgbg.task t SET
+  state = 'running',
+  attempts = t.attempts + 1,
+  lease_token = t.lease_token + 1,
+  worker_id = $1::uuid,
+  lease_expires_at = now() + l.lease_ms * interval '1 millisecond'
+FROM candidates c
+JOIN unnest($3::text[], $4::integer[]) AS l (name, lease_ms) ON l.name = c.name
+-- By row address: the candidates are locked by this statement, so their
+-- rows cannot have moved, and a TID lookup spares a primary key descent
+-- per task.
+WHERE t.ctid = c.ctid
+RETURNING t.id, t.name, t.queue, t.group_name, t.payload, t.attempts, t.max_attempts, t.lease_token, t.priority,
+  t.snoozes, t.input_version, t.trace_context, t.batch_then, c.turn,
+  (extract(epoch FROM now() - t.run_at) * 1000)::float8 AS lag_ms,
+  (extract(epoch FROM t.run_at) * 1000000)::bigint AS run_at_us
 
 -- fragment: LeasedRowAddresses
 -- The row addresses of the tasks $1 (ids) whose lease tokens are $2, while
