@@ -248,6 +248,36 @@ describe("the claim", () => {
 });
 
 /**
+ * The group claim takes each group's first tasks through task_group_idx and
+ * updates them by id: on neither plan does it read the table, whose join to
+ * the candidates could be planned as a scan of it.
+ */
+describe("the group claim", () => {
+  for (const mode of ["force_custom_plan", "force_generic_plan"]) {
+    test(`ClaimGroupTasks of 1000 (${mode}) reads task_group_idx, not the table, beside 50,000 tasks in 100 groups never analyzed`, async () => {
+      const sql = db.connect({ max: 1 });
+      const rollback = new Error("rollback");
+      let outcome: { claimed: number; tableScans: number } | undefined;
+      await sql.begin(async (tx) => {
+        await tx`SELECT set_config('plan_cache_mode', ${mode}, true)`;
+        const params = [WORKER, null, ["grouped"], [60_000], 1000, "", ""];
+        for (let i = 0; i < 8; i++) await run(tx, "pgbg", "ClaimGroupTasks", params);
+        await tx`INSERT INTO pgbg.task (queue, name, payload, group_name) SELECT 'default', 'grouped', '{}'::jsonb, 'g' || (i % 100) FROM generate_series(1, 50000) i`;
+        const before = await scans(tx, "task_group_idx");
+        const claimed = await run(tx, "pgbg", "ClaimGroupTasks", params);
+        const after = await scans(tx, "task_group_idx");
+        outcome = { claimed: claimed.length, tableScans: after.table - before.table };
+        throw rollback;
+      }).catch((error) => {
+        if (error !== rollback) throw error;
+      });
+      assert.deepEqual(outcome, { claimed: 1000, tableScans: 0 });
+      await sql.end();
+    });
+  }
+});
+
+/**
  * A page of listTasks starts where the previous one ended: a deep page reads
  * a page's worth of task_pkey, on the custom plans of its first runs as on
  * its generic plan (`$8 IS NULL OR id > $8` read every page from the start).

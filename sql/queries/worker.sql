@@ -250,7 +250,7 @@ walked AS (
 -- walked's `free` (NULL: no limit).
 turns AS MATERIALIZED (
   SELECT p.*, row_number() OVER () AS turn FROM (
-    SELECT w.queue, w.group_name, f.free, h.ctid, h.name, h.priority, h.run_at, h.id FROM walked w
+    SELECT w.queue, w.group_name, f.free, h.name, h.priority, h.run_at, h.id FROM walked w
     -- The group's free slots under its queue's group limit and room under
     -- its group rate limit, the lesser (NULL: neither is set). The rate's
     -- room is its limit less the starts of the group's log within the last
@@ -267,7 +267,7 @@ turns AS MATERIALIZED (
     ) FROM pgbg.queue q WHERE q.name = w.queue) ELSE w.free END AS free) f
     -- The group's first claimable task of a name this worker runs, locked:
     -- its first turn's task, in one probe of the group's entries.
-    CROSS JOIN LATERAL (SELECT t.ctid, t.name, t.priority, t.run_at, t.id FROM pgbg.task t
+    CROSS JOIN LATERAL (SELECT t.name, t.priority, t.run_at, t.id FROM pgbg.task t
       WHERE t.state = 'queued' AND t.group_name = w.group_name AND t.queue = w.queue AND {{ClaimableTask}}
       ORDER BY t.priority, t.run_at, t.id LIMIT 1 FOR UPDATE SKIP LOCKED) h
     WHERE NOT w.closed AND (f.free IS NULL OR f.free > 0)
@@ -275,14 +275,14 @@ turns AS MATERIALIZED (
   ) p
 ),
 candidates AS (
-  SELECT k.ctid, k.name, k.turn FROM (
-    SELECT g.ctid, g.name, g.turn, 1::bigint AS place FROM turns g
+  SELECT k.id, k.name, k.turn FROM (
+    SELECT g.id, g.name, g.turn, 1::bigint AS place FROM turns g
     UNION ALL
     -- Further turns, only when fewer groups than the batch have a task:
     -- each group's share of the batch, within its free slots.
-    SELECT c.ctid, c.name, g.turn, 1 + c.place FROM turns g CROSS JOIN LATERAL (
-      SELECT x.ctid, x.name, row_number() OVER (ORDER BY x.priority, x.run_at, x.id) AS place FROM (
-        SELECT t.ctid, t.id, t.name, t.priority, t.run_at FROM pgbg.task t
+    SELECT c.id, c.name, g.turn, 1 + c.place FROM turns g CROSS JOIN LATERAL (
+      SELECT x.id, x.name, row_number() OVER (ORDER BY x.priority, x.run_at, x.id) AS place FROM (
+        SELECT t.id, t.name, t.priority, t.run_at FROM pgbg.task t
         WHERE t.state = 'queued' AND t.group_name = g.group_name AND t.queue = g.queue AND {{ClaimableTask}}
           AND (t.priority, t.run_at, t.id) > (g.priority, g.run_at, g.id)
         ORDER BY t.priority, t.run_at, t.id
@@ -305,8 +305,8 @@ candidates AS (
 -- however deep the queue. SKIP LOCKED lets concurrent claimers pass each
 -- other's rows instead of queueing on them.
 candidates AS (
-  SELECT c.ctid, c.name, NULL::bigint AS turn FROM lanes l CROSS JOIN LATERAL (
-    SELECT t.ctid, t.id, t.name, t.priority, t.run_at FROM pgbg.task t
+  SELECT c.id, c.name, NULL::bigint AS turn FROM lanes l CROSS JOIN LATERAL (
+    SELECT t.id, t.name, t.priority, t.run_at FROM pgbg.task t
     WHERE t.state = 'queued' AND t.group_name IS NULL AND t.queue = l.queue AND t.priority = l.priority
       AND (t.run_at, t.id) > (l.after, l.after_id) AND {{ClaimableTask}}
     ORDER BY t.run_at, t.id
@@ -362,7 +362,7 @@ t.run_at <= now() AND t.name = ANY($3::text[])
 (q.concurrency IS NOT NULL AND q.rate_limit IS NULL AND q.group_concurrency IS NULL AND q.group_rate_limit IS NULL)
 
 -- fragment: ClaimCandidates
--- Claims the rows of `candidates` (ctid, name, turn), each leased with the
+-- Claims the rows of `candidates` (id, name, turn), each leased with the
 -- lease length of its name ($4), and returns them. lag_ms: how long the
 -- task waited since it became due (its enqueue, delay or retry time), for
 -- metrics; run_at_us (epoch microseconds, exact) moves the worker's claim
@@ -382,10 +382,14 @@ UPDATE pgbg.task t SET
   lease_expires_at = now() + l.lease_ms * interval '1 millisecond'
 FROM candidates c
 JOIN unnest($3::text[], $4::integer[]) AS l (name, lease_ms) ON l.name = c.name
--- By row address: the candidates are locked by this statement, so their
--- rows cannot have moved, and a TID lookup spares a primary key descent
--- per task.
-WHERE t.ctid = c.ctid
+-- By id: a primary key lookup per task, in the candidates' order. A join by
+-- row address (ctid) was planned as a hash of the candidates and a TID
+-- scan per task, and cost about 3 µs of server CPU a task more
+-- (bench/RESULTS.md, "The claim without its final sort"). A candidate
+-- whose row was updated after the statement's snapshot is locked in its
+-- new version, which the update reaches from the version its lookup by id
+-- finds; a TID scan reads with the snapshot and did not see it.
+WHERE t.id = c.id
 RETURNING t.id, t.name, t.queue, t.group_name, t.payload, t.attempts, t.max_attempts, t.lease_token, t.priority,
   t.snoozes, t.input_version, t.trace_context, t.batch_then, c.turn,
   (extract(epoch FROM now() - t.run_at) * 1000)::float8 AS lag_ms,
