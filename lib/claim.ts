@@ -124,7 +124,7 @@ export function compareIntegerText(a: string, b: string): number {
   const negative = a.startsWith("-");
   if (negative !== b.startsWith("-")) return negative ? -1 : 1;
   const magnitude = a.length - b.length || (a < b ? -1 : a > b ? 1 : 0);
-  return negative ? -magnitude : magnitude;
+  return negative ? 0 - magnitude : magnitude;
 }
 
 /** Hands each statement's tasks to `take`: see claimTasks. */

@@ -14,7 +14,7 @@ import * as v from "valibot";
 import {
   createWorker, defineTask, drain, enqueue, enqueueMany, getTask, InvalidOptionsError, InvalidTaskError, migrate, queueSettings, setGroupConcurrency, status,
 } from "../mod.ts";
-import { type ClaimedTask, claimTasks } from "../lib/claim.ts";
+import { type ClaimedTask, claimTasks, compareIntegerText } from "../lib/claim.ts";
 import { GroupRotation } from "../lib/groups.ts";
 import { LimitedQueues } from "../lib/limits.ts";
 import { run } from "../lib/statements.ts";
@@ -277,6 +277,16 @@ describe("a group claim's tasks", () => {
       await sql`DELETE FROM pgbg.task WHERE queue = ${queue}`;
     }
   });
+});
+
+test("claim order compares a bigint's text as a number: signs, zero, lengths", () => {
+  const numbers = [-9007199254740993n, -1000000n, -999999n, -12n, -5n, -1n, 0n, 1n, 5n, 12n, 999999n, 1000000n, 9007199254740993n];
+  const shuffled = [...numbers].reverse().map(String);
+  shuffled.splice(3, 0, ...shuffled.splice(8, 2));
+  assert.deepEqual(shuffled.sort(compareIntegerText), numbers.map(String));
+  for (const a of numbers) for (const b of numbers) {
+    assert.equal(Math.sign(compareIntegerText(String(a), String(b))), a < b ? -1 : a > b ? 1 : 0, `${a} against ${b}`);
+  }
 });
 
 describe("a task's group", () => {

@@ -248,30 +248,41 @@ describe("the claim", () => {
 });
 
 /**
- * The group claim takes each group's first tasks through task_group_idx and
- * updates them by id: on neither plan does it read the table, whose join to
- * the candidates could be planned as a scan of it.
+ * The claims that update their candidates by id beside the ones above: the
+ * group claim, and the two limited claims that take their own slots in the
+ * statement (whose LIMIT the planner cannot know). On neither plan does
+ * one read the table, whose join to the candidates could be planned as a
+ * scan of it; each reads its index.
  */
-describe("the group claim", () => {
+describe("the group and slot claims", () => {
+  const grouped = "INSERT INTO pgbg.task (queue, name, payload, group_name) SELECT 'default', 'grown', '{}'::jsonb, 'g' || (i % 100) FROM generate_series(1, 50000) i";
+  const plain = "INSERT INTO pgbg.task (queue, name, payload) SELECT 'default', 'grown', '{}'::jsonb FROM generate_series(1, 50000)";
+  const claims: [QueryName, unknown[], string, string, string | null][] = [
+    ["ClaimGroupTasks", ["", ""], "task_group_idx", grouped, null],
+    // 10 slots for each of the 100 groups.
+    ["ClaimPerGroupTasks", [null], "task_group_idx", grouped, "INSERT INTO pgbg.queue (name, group_concurrency) VALUES ('default', 10)"],
+    ["ClaimSlotTasks", [0], "task_claim_idx", plain, "INSERT INTO pgbg.queue (name, concurrency) VALUES ('default', 5000)"],
+  ];
   for (const mode of ["force_custom_plan", "force_generic_plan"]) {
-    test(`ClaimGroupTasks of 1000 (${mode}) reads task_group_idx, not the table, beside 50,000 tasks in 100 groups never analyzed`, async () => {
+    for (const [name, extra, index, fill, limit] of claims) test(`${name} of 1000 (${mode}) reads ${index}, not the table, beside 50,000 tasks never analyzed`, async () => {
       const sql = db.connect({ max: 1 });
       const rollback = new Error("rollback");
-      let outcome: { claimed: number; tableScans: number } | undefined;
+      let outcome: { claimed: number; tableScans: number; indexRead: boolean } | undefined;
       await sql.begin(async (tx) => {
         await tx`SELECT set_config('plan_cache_mode', ${mode}, true)`;
-        const params = [WORKER, null, ["grouped"], [60_000], 1000, "", ""];
-        for (let i = 0; i < 8; i++) await run(tx, "pgbg", "ClaimGroupTasks", params);
-        await tx`INSERT INTO pgbg.task (queue, name, payload, group_name) SELECT 'default', 'grouped', '{}'::jsonb, 'g' || (i % 100) FROM generate_series(1, 50000) i`;
-        const before = await scans(tx, "task_group_idx");
-        const claimed = await run(tx, "pgbg", "ClaimGroupTasks", params);
-        const after = await scans(tx, "task_group_idx");
-        outcome = { claimed: claimed.length, tableScans: after.table - before.table };
+        if (limit) await tx.unsafe(limit);
+        const params = [WORKER, name === "ClaimGroupTasks" ? null : ["default"], ["grown"], [60_000], 1000, ...extra];
+        for (let i = 0; i < 8; i++) await run(tx, "pgbg", name, params);
+        await tx.unsafe(fill);
+        const before = await scans(tx, index);
+        const claimed = await run(tx, "pgbg", name, params);
+        const after = await scans(tx, index);
+        outcome = { claimed: claimed.length, tableScans: after.table - before.table, indexRead: after.index > before.index };
         throw rollback;
       }).catch((error) => {
         if (error !== rollback) throw error;
       });
-      assert.deepEqual(outcome, { claimed: 1000, tableScans: 0 });
+      assert.deepEqual(outcome, { claimed: 1000, tableScans: 0, indexRead: true });
       await sql.end();
     });
   }
