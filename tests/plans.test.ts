@@ -249,19 +249,26 @@ describe("the claim", () => {
 
 /**
  * The claims that update their candidates by id beside the ones above: the
- * group claim, and the two limited claims that take their own slots in the
- * statement (whose LIMIT the planner cannot know). On neither plan does
+ * group claims, the limited claim from its cursor, and the claims that take
+ * their own slots in the statement (whose LIMIT the planner cannot know),
+ * each read or a limit that lets it take 1000. On neither plan does
  * one read the table, whose join to the candidates could be planned as a
  * scan of it; each reads its index.
  */
-describe("the group and slot claims", () => {
+describe("the group, limited and slot claims", () => {
   const grouped = "INSERT INTO pgbg.task (queue, name, payload, group_name) SELECT 'default', 'grown', '{}'::jsonb, 'g' || (i % 100) FROM generate_series(1, 50000) i";
   const plain = "INSERT INTO pgbg.task (queue, name, payload) SELECT 'default', 'grown', '{}'::jsonb FROM generate_series(1, 50000)";
+  const limited = "INSERT INTO pgbg.queue (name, concurrency) VALUES ('default', 5000)";
+  const hourBack = [["default"], [0], [String((Date.now() - 3_600_000) * 1000)], ["0"]];
   const claims: [QueryName, unknown[], string, string, string | null][] = [
     ["ClaimGroupTasks", ["", ""], "task_group_idx", grouped, null],
     // 10 slots for each of the 100 groups.
     ["ClaimPerGroupTasks", [null], "task_group_idx", grouped, "INSERT INTO pgbg.queue (name, group_concurrency) VALUES ('default', 10)"],
-    ["ClaimSlotTasks", [0], "task_claim_idx", plain, "INSERT INTO pgbg.queue (name, concurrency) VALUES ('default', 5000)"],
+    ["ClaimSlotTasks", [0], "task_claim_idx", plain, limited],
+    // From a cursor an hour back, as a limited queue's own cursor reads.
+    ["ClaimSlotTasksAfter", [...hourBack, 0], "task_claim_idx", plain, limited],
+    ["ClaimLimitedTasksAfter", hourBack, "task_claim_idx", plain, limited],
+    ["ClaimLimitedGroupTasks", ["", ""], "task_group_idx", grouped, "INSERT INTO pgbg.queue (name, concurrency, group_concurrency) VALUES ('default', 5000, 10)"],
   ];
   for (const mode of ["force_custom_plan", "force_generic_plan"]) {
     for (const [name, extra, index, fill, limit] of claims) test(`${name} of 1000 (${mode}) reads ${index}, not the table, beside 50,000 tasks never analyzed`, async () => {
