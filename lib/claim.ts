@@ -10,6 +10,7 @@
 import type { Sql } from "postgres";
 import { type ClaimCursor, claimWithCursor, positionOf } from "./claim-cursor.ts";
 import { claimBothKinds, claimGroups, type GroupRotation } from "./groups.ts";
+import { compareIntegerText } from "./integer-text.ts";
 import { claimLimited, type LimitedQueues } from "./limits.ts";
 import type { Database } from "./statements.ts";
 
@@ -110,21 +111,13 @@ export async function claimTasks(
  * nearly always already in that order, which one pass confirms; a group
  * claim's come by turns, and are sorted.
  */
-export function inClaimOrder(tasks: ClaimedTask[]): ClaimedTask[] {
+function inClaimOrder(tasks: ClaimedTask[]): ClaimedTask[] {
   for (let i = 1; i < tasks.length; i++) if (compareClaimOrder(tasks[i - 1], tasks[i]) > 0) return tasks.sort(compareClaimOrder);
   return tasks;
 }
 
 function compareClaimOrder(a: ClaimedTask, b: ClaimedTask): number {
   return a.priority - b.priority || compareIntegerText(a.runAtUs, b.runAtUs) || compareIntegerText(a.id, b.id);
-}
-
-/** Compares two integers written in decimal without leading zeros (a bigint as PostgreSQL prints it), as numbers. */
-export function compareIntegerText(a: string, b: string): number {
-  const negative = a.startsWith("-");
-  if (negative !== b.startsWith("-")) return negative ? -1 : 1;
-  const magnitude = a.length - b.length || (a < b ? -1 : a > b ? 1 : 0);
-  return negative ? 0 - magnitude : magnitude;
 }
 
 /** Hands each statement's tasks to `take`: see claimTasks. */

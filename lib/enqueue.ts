@@ -8,6 +8,7 @@ import { defaults, MAX_BATCH_INPUTS } from "./config.ts";
 import { type AnyTask, checkTask, isValidName, MAX_DURATION, NAME_RULE, type TaskInput, taskGroup } from "./define.ts";
 import { InvalidOptionsError, PgbgError } from "./errors.ts";
 import { isThenable, validateInput } from "./input.ts";
+import { compareIntegerText } from "./integer-text.ts";
 import { checkedLater, checkOptions, formatValue, integer, type OptionCheck, ofType, text } from "./options.ts";
 import { encodePayload } from "./payload.ts";
 import { MAX_RETENTION, storedRetention } from "./retention.ts";
@@ -303,11 +304,9 @@ async function writeChunks(
   return ids;
 }
 
-const compareIds = (a: string, b: string) => a.length - b.length || (a < b ? -1 : a > b ? 1 : 0);
-
 /** Sorts ids numerically; the server nearly always returns them in order already, which one pass confirms. */
 export function sortIds(ids: string[]): string[] {
-  for (let i = 1; i < ids.length; i++) if (compareIds(ids[i - 1], ids[i]) > 0) return ids.sort(compareIds);
+  for (let i = 1; i < ids.length; i++) if (compareIntegerText(ids[i - 1], ids[i]) > 0) return ids.sort(compareIntegerText);
   return ids;
 }
 

@@ -14,7 +14,8 @@ import * as v from "valibot";
 import {
   createWorker, defineTask, drain, enqueue, enqueueMany, getTask, InvalidOptionsError, InvalidTaskError, migrate, queueSettings, setGroupConcurrency, status,
 } from "../mod.ts";
-import { type ClaimedTask, claimTasks, compareIntegerText } from "../lib/claim.ts";
+import { type ClaimedTask, claimTasks } from "../lib/claim.ts";
+import { compareIntegerText } from "../lib/integer-text.ts";
 import { GroupRotation } from "../lib/groups.ts";
 import { LimitedQueues } from "../lib/limits.ts";
 import { run } from "../lib/statements.ts";

@@ -216,69 +216,43 @@ describe("the statements that write back a batch of attempts", () => {
 });
 
 /**
- * The claim reads task_claim_idx and stops at the batch, however deep the
- * queue, on the custom plans of its first runs as on its generic plan.
+ * Every claim reads its index and stops at the batch, however deep the
+ * queue, on the custom plans of its first runs as on its generic plan. The
+ * claims update their candidates by id, a join that could be planned as a
+ * scan of the table; none is. Besides the plain claims: the group claims,
+ * the limited claim from its cursor, and the claims that take their own
+ * slots in the statement (whose LIMIT the planner cannot know), each under
+ * a limit that lets it take 1000.
  */
-describe("the claim", () => {
-  // The full claim, and the claim from a cursor (here: a start an hour back).
-  const claims: [QueryName, unknown[]][] = [["ClaimTasks", []], ["ClaimTasksAfter", [["default"], [0], [String((Date.now() - 3_600_000) * 1000)], ["0"]]]];
-  const modes = [["its first (custom) plans", "force_custom_plan"], ["its generic plan", "force_generic_plan"]] as const;
-  for (const [plans, mode] of modes) {
-    for (const [name, extra] of claims) test(`${name} of 1000 on ${plans} reads task_claim_idx, not the table, beside 50,000 queued tasks never analyzed`, async () => {
-      const sql = db.connect({ max: 1 });
-      const rollback = new Error("rollback");
-      let outcome: { claimed: number; tableScans: number } | undefined;
-      await sql.begin(async (tx) => {
-        await tx`SELECT set_config('plan_cache_mode', ${mode}, true)`;
-        const params = [WORKER, null, ["grown"], [60_000], 1000, ...extra];
-        for (let i = 0; i < 8; i++) await run(tx, "pgbg", name, params);
-        await tx`INSERT INTO pgbg.task (queue, name, payload) SELECT 'default', 'grown', '{}'::jsonb FROM generate_series(1, 50000)`;
-        const before = await scans(tx, "task_claim_idx");
-        const claimed = await run(tx, "pgbg", name, params);
-        const after = await scans(tx, "task_claim_idx");
-        outcome = { claimed: claimed.length, tableScans: after.table - before.table };
-        throw rollback;
-      }).catch((error) => {
-        if (error !== rollback) throw error;
-      });
-      assert.deepEqual(outcome, { claimed: 1000, tableScans: 0 });
-      await sql.end();
-    });
-  }
-});
-
-/**
- * The claims that update their candidates by id beside the ones above: the
- * group claims, the limited claim from its cursor, and the claims that take
- * their own slots in the statement (whose LIMIT the planner cannot know),
- * each read or a limit that lets it take 1000. On neither plan does
- * one read the table, whose join to the candidates could be planned as a
- * scan of it; each reads its index.
- */
-describe("the group, limited and slot claims", () => {
+describe("the claims", () => {
   const grouped = "INSERT INTO pgbg.task (queue, name, payload, group_name) SELECT 'default', 'grown', '{}'::jsonb, 'g' || (i % 100) FROM generate_series(1, 50000) i";
   const plain = "INSERT INTO pgbg.task (queue, name, payload) SELECT 'default', 'grown', '{}'::jsonb FROM generate_series(1, 50000)";
   const limited = "INSERT INTO pgbg.queue (name, concurrency) VALUES ('default', 5000)";
+  // A cursor's start an hour back.
   const hourBack = [["default"], [0], [String((Date.now() - 3_600_000) * 1000)], ["0"]];
+  // Name, the parameters after the first five, the index, the tasks, the queue's limit.
   const claims: [QueryName, unknown[], string, string, string | null][] = [
+    ["ClaimTasks", [], "task_claim_idx", plain, null],
+    ["ClaimTasksAfter", hourBack, "task_claim_idx", plain, null],
     ["ClaimGroupTasks", ["", ""], "task_group_idx", grouped, null],
     // 10 slots for each of the 100 groups.
     ["ClaimPerGroupTasks", [null], "task_group_idx", grouped, "INSERT INTO pgbg.queue (name, group_concurrency) VALUES ('default', 10)"],
     ["ClaimSlotTasks", [0], "task_claim_idx", plain, limited],
-    // From a cursor an hour back, as a limited queue's own cursor reads.
     ["ClaimSlotTasksAfter", [...hourBack, 0], "task_claim_idx", plain, limited],
     ["ClaimLimitedTasksAfter", hourBack, "task_claim_idx", plain, limited],
     ["ClaimLimitedGroupTasks", ["", ""], "task_group_idx", grouped, "INSERT INTO pgbg.queue (name, concurrency, group_concurrency) VALUES ('default', 5000, 10)"],
   ];
-  for (const mode of ["force_custom_plan", "force_generic_plan"]) {
-    for (const [name, extra, index, fill, limit] of claims) test(`${name} of 1000 (${mode}) reads ${index}, not the table, beside 50,000 tasks never analyzed`, async () => {
+  const modes = [["its first (custom) plans", "force_custom_plan"], ["its generic plan", "force_generic_plan"]] as const;
+  for (const [plans, mode] of modes) {
+    for (const [name, extra, index, fill, limit] of claims) test(`${name} of 1000 on ${plans} reads ${index}, not the table, beside 50,000 tasks never analyzed`, async () => {
       const sql = db.connect({ max: 1 });
       const rollback = new Error("rollback");
       let outcome: { claimed: number; tableScans: number; indexRead: boolean } | undefined;
       await sql.begin(async (tx) => {
         await tx`SELECT set_config('plan_cache_mode', ${mode}, true)`;
         if (limit) await tx.unsafe(limit);
-        const params = [WORKER, name === "ClaimGroupTasks" ? null : ["default"], ["grown"], [60_000], 1000, ...extra];
+        const queues = name === "ClaimTasks" || name === "ClaimTasksAfter" || name === "ClaimGroupTasks" ? null : ["default"];
+        const params = [WORKER, queues, ["grown"], [60_000], 1000, ...extra];
         for (let i = 0; i < 8; i++) await run(tx, "pgbg", name, params);
         await tx.unsafe(fill);
         const before = await scans(tx, index);
