@@ -28,9 +28,10 @@
  * least every {@link FULL_CLAIM_EVERY_MS}, or more rarely when a full claim
  * itself takes long, so that full claims take at most a
  * 1/{@link FULL_CLAIM_SHARE} share of the claim time, but never more rarely
- * than every {@link FULL_CLAIM_MAX_GAP_MS}. Priority order holds among the
- * lanes the worker knows; a new lane, even of a higher priority, waits for
- * the next full claim.
+ * than every {@link FULL_CLAIM_MAX_GAP_MS}; and a wake-up makes the next one
+ * full while the worker knows no lane ({@link ClaimCursor.woken}). Priority
+ * order holds among the lanes the worker knows; a new lane, even of a
+ * higher priority, waits for the next full claim.
  *
  * @module
  */
@@ -209,6 +210,24 @@ export class ClaimCursor {
    * task, such as the drain's last look before it stops.
    */
   fullNext(): void {
+    this.#fullNext = true;
+  }
+
+  /**
+   * A wake-up: tasks were enqueued. While this worker knows no lane (it
+   * took nothing in the last {@link LANE_KEPT_MS}, or never), a claim from
+   * the cursor reads nothing, so only a full claim can find them: the next
+   * claim is full. Otherwise the wake-up waited out the gap between full
+   * claims (a second or more) whenever full claims had been judged slow,
+   * as the first claims on a worker's fresh connections often are (each
+   * prepares its statements) and every claim over a network round trip of
+   * {@link FAST_FULL_CLAIM_MS} or more is. A worker that knows lanes reads
+   * them from the cursor as before: a wake-up reaches every idle worker,
+   * and a full claim for each would step over the held entries that the
+   * cursor is there to spare.
+   */
+  woken(now: number): void {
+    for (const lane of this.#lanes.values()) if (now - lane.seenAt <= LANE_KEPT_MS) return;
     this.#fullNext = true;
   }
 }

@@ -130,6 +130,11 @@ export class LimitedQueues {
     for (const cursor of this.#cursors.values()) cursor.fullNext();
   }
 
+  /** A wake-up: tells each limited queue's cursor (ClaimCursor.woken). */
+  woken(now: number): void {
+    for (const cursor of this.#cursors.values()) cursor.woken(now);
+  }
+
   /** A rate-limited queue was found full: it has room again at `at` (epoch ms). */
   fullUntil(at: number): void {
     this.#roomAt = Math.min(this.#roomAt, at);

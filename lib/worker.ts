@@ -80,6 +80,8 @@ export interface WorkerOptions extends WorkerSettings {
   events?: TaskEventEmitter;
   /** Called when the worker, idle, found the queue empty and goes to sleep for `ms` (unless woken): for tests that must act after its last claim. */
   onIdleSleep?: (ms: number) => void;
+  /** Its claim cursor (lib/claim-cursor.ts), for tests that start it in a given state. Default: a new one. */
+  cursor?: ClaimCursor;
   /**
    * An attempt that ignores its abort signal past its grace period:
    * `retire` (a served worker) stops claiming and ends, so that its process
@@ -210,7 +212,7 @@ export class Worker {
   /** How long each task is kept once completed (ms; 0: not), by name. */
   readonly #keep = new Map<string, number>();
   readonly #scope: ClaimScope;
-  readonly #cursor = new ClaimCursor();
+  readonly #cursor: ClaimCursor;
   /** Attempts holding a slot. */
   readonly #running = new Map<string, Running>();
   /** Attempts that ignored their signal, detached from their slot (`overdue: "detach"`). */
@@ -245,6 +247,7 @@ export class Worker {
     this.#shutdownTimeout = options.shutdownTimeout;
     this.#idleBackoff = this.#firstIdleSleep;
     this.#debug = options.log.isEnabled?.("debug") ?? true;
+    this.#cursor = options.cursor ?? new ClaimCursor();
     for (const task of options.tasks) {
       this.#tasks.set(task.name, task);
       this.#keep.set(task.name, completedRetention(task, options.completedRetention ?? 0));
@@ -339,6 +342,9 @@ export class Worker {
       // task (a lane the claim cursor does not know yet), the next look,
       // which may be a full claim, comes soon.
       this.#idleBackoff = this.#firstIdleSleep;
+      // And a cursor that knows no lane reads nothing: the next claim is full.
+      this.#cursor.woken(Date.now());
+      this.#scope.limits?.woken(Date.now());
       this.#wakeUp(true);
     }).catch(async (error) => {
       await this.#heartbeat.remove().catch(() => {});

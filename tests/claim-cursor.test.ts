@@ -4,6 +4,7 @@ import { describe, test } from "node:test";
 import * as v from "valibot";
 import { claimTasks, type ClaimScope } from "../lib/claim.ts";
 import { ClaimCursor, type ClaimedPosition, CURSOR_MARGIN_MS, type LaneStarts, FAST_FULL_CLAIM_MS, FULL_CLAIM_EVERY_MS, FULL_CLAIM_MAX_GAP_MS, FULL_CLAIM_SHARE, SLOW_FULL_CLAIMS } from "../lib/claim-cursor.ts";
+import { LimitedQueues } from "../lib/limits.ts";
 import { silentLogger } from "../lib/log.ts";
 import { OutcomeWriter } from "../lib/outcomes.ts";
 import { defineTask, enqueue, enqueueMany, migrate } from "../mod.ts";
@@ -90,6 +91,29 @@ describe("the claim cursor's choice between a full claim and a claim from the cu
     slowFull(cursor, [], 0);
     assert.deepEqual(cursor.next(1)?.queues, [], "no lane: nothing to read, not a full claim");
     assert.equal(cursor.next(FULL_CLAIM_EVERY_MS), null);
+  });
+
+  test("a wake-up makes the next claim full while the cursor knows no lane, none yet or none claimed from for a minute, and leaves the cursor's claims while it knows one", () => {
+    const empty = new ClaimCursor();
+    slowFull(empty, [], 0);
+    empty.woken(1);
+    assert.equal(empty.next(2), null, "no lane known: only a full claim can find the tasks the wake-up is for");
+    empty.record(true, SLOW, [], 2);
+    assert.deepEqual(empty.next(3)?.queues, [], "once it ran, claims read the cursor's lanes again");
+    const known = new ClaimCursor();
+    slowFull(known, [at(5_000)], 0);
+    known.woken(1);
+    assert.deepEqual(known.next(2)?.queues, ["default"], "a lane known: read from the cursor");
+    const stale = new ClaimCursor();
+    slowFull(stale, [at(5_000)], 0);
+    slowFull(stale, [], 60_500);
+    stale.woken(61_000);
+    assert.equal(stale.next(61_001), null, "its one lane last claimed from over a minute ago counts as none");
+    // The limited queues' cursors are told too.
+    const limits = new LimitedQueues(60_000);
+    slowFull(limits.cursorOf("limited"), [], 0);
+    limits.woken(1);
+    assert.equal(limits.cursorOf("limited").next(2), null, "a limited queue's cursor that knows no lane");
   });
 
   test("fullNext() makes the next claim full, and a lane no claim took from for a minute is dropped", () => {

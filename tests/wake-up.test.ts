@@ -7,6 +7,7 @@ import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { describe, test } from "node:test";
 import * as v from "valibot";
+import { ClaimCursor, FULL_CLAIM_MAX_GAP_MS, SLOW_FULL_CLAIMS } from "../lib/claim-cursor.ts";
 import { liveness } from "../lib/liveness.ts";
 import { silentLogger } from "../lib/log.ts";
 import { run } from "../lib/statements.ts";
@@ -58,6 +59,43 @@ describe("an idle worker", () => {
     });
     assert.equal(firstSleep, IDLE_RECHECK_MS);
     await within(late, patience, "the late task to start");
+    worker.stop();
+    await ended;
+  });
+
+  test("that knows no lane while its full claims are judged slow is woken into a full claim, not left until the next one is due", async () => {
+    let ran!: () => void;
+    const started = new Promise<void>((resolve) => (ran = resolve));
+    const fresh = defineTask({ name: "fresh-lane", schema: v.any(), run: () => ran() });
+    // Full claims judged slow, the last so slow that the next is due
+    // FULL_CLAIM_MAX_GAP_MS from now; until then claims read the cursor's
+    // lanes, and it knows none (as a worker whose first claims, each on a
+    // fresh connection, were slow, or one a round trip of 10 ms or more away).
+    const cursor = new ClaimCursor();
+    for (let i = 0; i < SLOW_FULL_CLAIMS; i++) cursor.record(true, FULL_CLAIM_MAX_GAP_MS, [], Date.now());
+    let sleeps = 0;
+    const waiters: { wanted: (ms: number) => boolean; resolve: (ms: number) => void }[] = [];
+    const sleep = (wanted: (ms: number) => boolean) => new Promise<number>((resolve) => waiters.push({ wanted, resolve }));
+    const worker = new Worker({
+      schema: "pgbg", queues: null, concurrency: 1, timeout: 60_000, retryDelay: 1_000, maxAttempts: 3,
+      idleSleep: 3_600_000, shutdownTimeout: 1_000, timings: liveness(200), sql, beatSql: sql, tasks: [fresh], cursor,
+      log: silentLogger, overdue: "detach",
+      identity: { workerId: randomUUID(), hostId: randomUUID(), hostname: "test", runtime: "node", pid: process.pid },
+      onIdleSleep: (ms) => {
+        sleeps++;
+        waiters.splice(0).forEach((w) => (w.wanted(ms) ? w.resolve(ms) : waiters.push(w)));
+      },
+    });
+    const ended = worker.start();
+    // Its flag up and in a sleep of its back-off long enough that the wake-up comes within it.
+    await within(sleep((ms) => ms >= 400), patience, "the worker's idle back-off to reach 400 ms");
+    const before = sleeps;
+    await enqueue(sql, fresh, 1);
+    await within(started, patience, "the task to start");
+    // Left to claims from the cursor, the worker would find nothing and sleep
+    // on (25 ms, 50, ...: eight sleeps or more) until the full claim due
+    // seconds later.
+    assert.ok(sleeps - before <= 1, `the worker slept ${sleeps - before} times between the wake-up and the task's start`);
     worker.stop();
     await ended;
   });
