@@ -47,8 +47,15 @@ import { type Database, run } from "./statements.ts";
  * the latest run_at claimed, and they step over none.
  */
 export const CURSOR_MARGIN_MS = 1_000;
-/** A full claim that takes less than this (ms, as the worker times it, round trip included) keeps every claim full. */
+/**
+ * A full claim that takes less than this (ms, as the worker times it) more
+ * than a round trip to the database keeps every claim full. The round trip
+ * is the shortest of the worker's latest {@link ROUND_TRIPS_KEPT}
+ * heartbeats ({@link ClaimCursor.roundTrip}); none before the first.
+ */
 export const FAST_FULL_CLAIM_MS = 10;
+/** How many heartbeats' round trips the cursor keeps: the shortest stands for the network's, the others having waited on a busy server. */
+export const ROUND_TRIPS_KEPT = 5;
 /**
  * Claims read from the cursor only after this many full claims in a row
  * took FAST_FULL_CLAIM_MS or longer: one slow claim (the first on a
@@ -149,6 +156,8 @@ export class ClaimCursor {
   #lastFullAt = -Infinity;
   /** The durations (ms) of the latest full claims, at most SLOW_FULL_CLAIMS, the latest last. */
   readonly #fullMs: number[] = [];
+  /** The latest heartbeats' round trips (ms), at most ROUND_TRIPS_KEPT. */
+  readonly #roundTrips: number[] = [];
   #fullNext = true;
 
   /**
@@ -160,7 +169,7 @@ export class ClaimCursor {
    * nothing until the next full one.
    */
   next(now: number): LaneStarts | null {
-    if (this.#fullNext || !this.#slow) return null;
+    if (this.#fullNext || !this.fullClaimsSlow) return null;
     const gap = Math.min(Math.max(FULL_CLAIM_EVERY_MS, FULL_CLAIM_SHARE * this.#fullMs.at(-1)!), FULL_CLAIM_MAX_GAP_MS);
     if (now - this.#lastFullAt >= gap) return null;
     const starts: LaneStarts = { queues: [], priorities: [], afterUs: [], afterIds: [] };
@@ -200,9 +209,22 @@ export class ClaimCursor {
     }
   }
 
-  /** Whether full claims are slow: the latest SLOW_FULL_CLAIMS of them all took FAST_FULL_CLAIM_MS or longer. */
-  get #slow(): boolean {
-    return this.#fullMs.length === SLOW_FULL_CLAIMS && this.#fullMs.every((ms) => ms >= FAST_FULL_CLAIM_MS);
+  /**
+   * Whether full claims are judged slow: the latest SLOW_FULL_CLAIMS of them all
+   * took FAST_FULL_CLAIM_MS or longer beyond the round trip. Without the
+   * round trip taken off, a worker 10 ms or more from its database would
+   * judge every full claim slow, however healthy the table, and leave a
+   * task in a lane it does not know for the next full claim.
+   */
+  get fullClaimsSlow(): boolean {
+    const allowed = FAST_FULL_CLAIM_MS + (this.#roundTrips.length ? Math.min(...this.#roundTrips) : 0);
+    return this.#fullMs.length === SLOW_FULL_CLAIMS && this.#fullMs.every((ms) => ms >= allowed);
+  }
+
+  /** Records a heartbeat's round trip (ms): the time its statement took, as the worker timed it. */
+  roundTrip(ms: number): void {
+    this.#roundTrips.push(ms);
+    if (this.#roundTrips.length > ROUND_TRIPS_KEPT) this.#roundTrips.shift();
   }
 
   /**

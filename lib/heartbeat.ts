@@ -41,6 +41,8 @@ export interface HeartbeatOptions {
   onLost(cause: LostCause, reason: string): void;
   /** Called after each beat that got through or failed (the worker reports its counts then). */
   afterBeat(): Promise<void>;
+  /** Called with the round trip (ms) of each beat that got through: the time its statement took. */
+  onRoundTrip?(ms: number): void;
 }
 
 /** Removes worker rows (a stopped worker, or dead workers). */
@@ -181,6 +183,7 @@ export class Heartbeat {
       }
       [this.#sentAt, this.#sentWall] = sentAt;
       this.#unansweredSince = undefined;
+      o.onRoundTrip?.(performance.now() - sentAt[0]);
       const cancelled = (rows[0].cancelled ?? []).map(String);
       if (cancelled.length) o.onCancel(cancelled);
     } catch (error) {

@@ -270,6 +270,11 @@ export class Worker {
       onCancel: (ids) => this.#cancel(ids),
       onLost: (cause, reason) => this.#lost(cause, reason),
       afterBeat: () => this.#reporter.report(),
+      // The beat's round trip: full claims are judged slow net of it (lib/claim-cursor.ts).
+      onRoundTrip: (ms) => {
+        this.#cursor.roundTrip(ms);
+        this.#scope.limits?.roundTrip(ms);
+      },
     });
   }
 

@@ -1,14 +1,19 @@
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { describe, test } from "node:test";
+import postgres from "postgres";
 import * as v from "valibot";
 import { claimTasks, type ClaimScope } from "../lib/claim.ts";
-import { ClaimCursor, type ClaimedPosition, CURSOR_MARGIN_MS, type LaneStarts, FAST_FULL_CLAIM_MS, FULL_CLAIM_EVERY_MS, FULL_CLAIM_MAX_GAP_MS, FULL_CLAIM_SHARE, SLOW_FULL_CLAIMS } from "../lib/claim-cursor.ts";
+import { ClaimCursor, type ClaimedPosition, CURSOR_MARGIN_MS, type LaneStarts, FAST_FULL_CLAIM_MS, FULL_CLAIM_EVERY_MS, FULL_CLAIM_MAX_GAP_MS, FULL_CLAIM_SHARE, ROUND_TRIPS_KEPT, SLOW_FULL_CLAIMS } from "../lib/claim-cursor.ts";
 import { LimitedQueues } from "../lib/limits.ts";
+import { liveness } from "../lib/liveness.ts";
 import { silentLogger } from "../lib/log.ts";
+import { Worker } from "../lib/worker.ts";
 import { OutcomeWriter } from "../lib/outcomes.ts";
 import { defineTask, enqueue, enqueueMany, migrate } from "../mod.ts";
+import { DelayProxy } from "./delay-proxy.ts";
 import { createTestDatabase } from "./harness.ts";
+import { patience, until, within } from "./service-harness.ts";
 
 const db = await createTestDatabase();
 const { sql } = db;
@@ -116,6 +121,23 @@ describe("the claim cursor's choice between a full claim and a claim from the cu
     assert.equal(limits.cursorOf("limited").next(2), null, "a limited queue's cursor that knows no lane");
   });
 
+  test("full claims are judged net of the round trip to the database, the shortest of the latest heartbeats'", () => {
+    const far = new ClaimCursor();
+    for (const ms of [45, 30, 60]) far.roundTrip(ms);
+    for (let i = 0; i < SLOW_FULL_CLAIMS; i++) far.record(true, 30 + FAST_FULL_CLAIM_MS - 1, [at(5_000)], 0);
+    assert.equal(far.fullClaimsSlow, false, "39 ms, 30 ms away: fast");
+    assert.equal(far.next(1), null);
+    for (let i = 0; i < SLOW_FULL_CLAIMS; i++) far.record(true, 30 + FAST_FULL_CLAIM_MS, [], 1);
+    assert.equal(far.fullClaimsSlow, true, "40 ms, 30 ms away: slow");
+    for (let i = 0; i < ROUND_TRIPS_KEPT; i++) far.roundTrip(50);
+    assert.equal(far.fullClaimsSlow, false, "the 30 ms round trip aged out: 50 ms away, 40 ms is fast");
+    const limits = new LimitedQueues(60_000);
+    limits.roundTrip(30);
+    const limited = limits.cursorOf("made-after-the-beat");
+    for (let i = 0; i < SLOW_FULL_CLAIMS; i++) limited.record(true, 30 + FAST_FULL_CLAIM_MS - 1, [], 0);
+    assert.equal(limited.fullClaimsSlow, false, "a limited queue's cursor made after the beat has its round trip");
+  });
+
   test("fullNext() makes the next claim full, and a lane no claim took from for a minute is dropped", () => {
     const cursor = new ClaimCursor();
     slowFull(cursor, [at(5_000)], 0);
@@ -189,3 +211,39 @@ async function claimReading(cursor: ClaimCursor | null, limit: number) {
     return { claimed: claimed.length, entries: (await read()) - before, tasks: claimed };
   });
 }
+
+describe("a worker a round trip of 10 ms or more from its database", () => {
+  test("judges its full claims net of the round trip, so that on a healthy table they are not slow", async () => {
+    const target = new URL(db.url);
+    const proxy = new DelayProxy({ host: target.hostname, port: Number(target.port || 5432) }, 10);
+    await proxy.start();
+    const url = new URL(db.url);
+    url.host = `127.0.0.1:${proxy.port}`;
+    const far = postgres(url.href, { max: 4, onnotice: () => {} });
+    const cursor = new ClaimCursor();
+    const farTask = defineTask({ name: "far", schema: v.any(), run() {} });
+    const sleeps: { wanted: (ms: number) => boolean; resolve: () => void }[] = [];
+    const sleep = (wanted: (ms: number) => boolean) => new Promise<void>((resolve) => sleeps.push({ wanted, resolve }));
+    const worker = new Worker({
+      schema: "pgbg", queues: null, concurrency: 1, timeout: 60_000, retryDelay: 1_000, maxAttempts: 3,
+      idleSleep: 3_600_000, shutdownTimeout: 1_000, timings: liveness(200), sql: far, listenSql: false, tasks: [farTask], cursor,
+      log: silentLogger, overdue: "detach",
+      identity: { workerId: randomUUID(), hostId: randomUUID(), hostname: "test", runtime: "node", pid: process.pid },
+      onIdleSleep: (ms) => sleeps.splice(0).forEach((w) => (w.wanted(ms) ? w.resolve() : sleeps.push(w))),
+    });
+    try {
+      const ended = worker.start();
+      // Its first claims are full, and each took the 20 ms round trip at least.
+      await within(sleep((ms) => ms >= 100), patience, "the worker's first claims");
+      // Once its heartbeats time the round trip, full claims on this table,
+      // empty and healthy, are judged fast (the ones timed before, or the
+      // next full one), and every claim is full again.
+      await until(async () => cursor.fullClaimsSlow, (slow) => !slow, patience, "full claims to be judged fast");
+      worker.stop();
+      await ended;
+    } finally {
+      await far.end();
+      await proxy.close();
+    }
+  });
+});

@@ -14,6 +14,7 @@
  * server's kernel would answer a client whose connection it no longer knows.
  */
 import { createServer, type Server, type Socket, connect } from "node:net";
+import { listenLocally } from "../listen.ts";
 
 /** A cuttable proxy to `target`; `start()` it, then point the app at `port`. */
 export class CutProxy {
@@ -38,14 +39,8 @@ export class CutProxy {
   }
 
   /** Listens on a free port of 127.0.0.1. */
-  start(): Promise<void> {
-    return new Promise((resolve, reject) => {
-      this.#server.once("error", reject);
-      this.#server.listen(0, "127.0.0.1", () => {
-        this.#port = (this.#server.address() as { port: number }).port;
-        resolve();
-      });
-    });
+  async start(): Promise<void> {
+    this.#port = await listenLocally(this.#server);
   }
 
   /** Cuts the app off: upstreams closed, the app's side left hanging. */
