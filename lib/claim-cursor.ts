@@ -29,7 +29,8 @@
  * itself takes long, so that full claims take at most a
  * 1/{@link FULL_CLAIM_SHARE} share of the claim time, but never more rarely
  * than every {@link FULL_CLAIM_MAX_GAP_MS}; and a wake-up makes the next one
- * full while the worker knows no lane ({@link ClaimCursor.woken}). Priority
+ * full while the worker knows no lane ({@link ClaimCursor.woken}), at most
+ * as often again. Priority
  * order holds among the lanes the worker knows; a new lane, even of a
  * higher priority, waits for the next full claim.
  *
@@ -51,14 +52,17 @@ export const CURSOR_MARGIN_MS = 1_000;
  * A full claim that takes less than this (ms, as the worker times it) more
  * than a round trip to the database keeps every claim full. The round trip
  * is the shortest of the worker's latest {@link ROUND_TRIPS_KEPT}
- * heartbeats ({@link ClaimCursor.roundTrip}); none before the first.
+ * heartbeats ({@link RoundTrips}); none before the first.
  */
 export const FAST_FULL_CLAIM_MS = 10;
-/** How many heartbeats' round trips the cursor keeps: the shortest stands for the network's, the others having waited on a busy server. */
+/**
+ * How many heartbeats' round trips are kept: the shortest stands for the
+ * round trip, the others having also waited on a busy server or event loop.
+ */
 export const ROUND_TRIPS_KEPT = 5;
 /**
  * Claims read from the cursor only after this many full claims in a row
- * took FAST_FULL_CLAIM_MS or longer: one slow claim (the first on a
+ * took FAST_FULL_CLAIM_MS or longer beyond the round trip: one slow claim (the first on a
  * connection, which prepares its statements; a busy neighbour) must not put
  * off for a second the tasks of a lane the cursor does not know yet. A held
  * horizon slows every full claim, and full claims come at every claim until
@@ -150,15 +154,42 @@ function startOf(lane: Lane): [bigint, bigint] {
   return lane.latestUs <= marginUs ? [lane.latestUs, lane.latestId] : [marginUs, 0n];
 }
 
+/**
+ * The round trips (ms) of a worker's latest heartbeats, the time each one's
+ * statement took as the worker timed it: shared by the worker's claim
+ * cursors, which judge full claims net of the shortest.
+ */
+export class RoundTrips {
+  readonly #ms: number[] = [];
+
+  /** Records one heartbeat's round trip. */
+  add(ms: number): void {
+    this.#ms.push(ms);
+    if (this.#ms.length > ROUND_TRIPS_KEPT) this.#ms.shift();
+  }
+
+  /** The shortest of the latest ROUND_TRIPS_KEPT, or 0 before the first. */
+  get shortest(): number {
+    return this.#ms.length ? Math.min(...this.#ms) : 0;
+  }
+}
+
 /** One worker's claim cursor. Not shared: each worker keeps its own, in memory. */
 export class ClaimCursor {
   readonly #lanes = new Map<string, Lane>();
   #lastFullAt = -Infinity;
   /** The durations (ms) of the latest full claims, at most SLOW_FULL_CLAIMS, the latest last. */
   readonly #fullMs: number[] = [];
-  /** The latest heartbeats' round trips (ms), at most ROUND_TRIPS_KEPT. */
-  readonly #roundTrips: number[] = [];
   #fullNext = true;
+  /** When a wake-up asked for a full claim that no claim started after yet (ms), or undefined. */
+  #wokenAt: number | undefined;
+  /** When the latest full claim a wake-up asked for started (ms). */
+  #wokenFullAt = -Infinity;
+  /** When the latest claim started: when next() was last asked (ms). */
+  #claimAt = -Infinity;
+
+  /** `roundTrips`: the worker's heartbeats' round trips, shared with its other cursors (default: a set of its own). */
+  constructor(readonly roundTrips: RoundTrips = new RoundTrips()) {}
 
   /**
    * The lanes and starts for the next claim, or null when it must be a full
@@ -169,9 +200,14 @@ export class ClaimCursor {
    * nothing until the next full one.
    */
   next(now: number): LaneStarts | null {
+    this.#claimAt = now;
     if (this.#fullNext || !this.fullClaimsSlow) return null;
     const gap = Math.min(Math.max(FULL_CLAIM_EVERY_MS, FULL_CLAIM_SHARE * this.#fullMs.at(-1)!), FULL_CLAIM_MAX_GAP_MS);
     if (now - this.#lastFullAt >= gap) return null;
+    if (this.#wokenAt !== undefined) {
+      this.#wokenFullAt = now;
+      return null;
+    }
     const starts: LaneStarts = { queues: [], priorities: [], afterUs: [], afterIds: [] };
     for (const [key, lane] of this.#lanes) {
       if (now - lane.seenAt > LANE_KEPT_MS) {
@@ -191,6 +227,9 @@ export class ClaimCursor {
   record(full: boolean, durationMs: number, claimed: readonly ClaimedPosition[], now: number): void {
     if (full) {
       this.#fullNext = false;
+      // A wake-up that came while this claim ran may be for a task its
+      // snapshot did not see: it still asks for the next claim.
+      if (this.#wokenAt !== undefined && this.#wokenAt < this.#claimAt) this.#wokenAt = undefined;
       this.#lastFullAt = now;
       this.#fullMs.push(durationMs);
       if (this.#fullMs.length > SLOW_FULL_CLAIMS) this.#fullMs.shift();
@@ -210,21 +249,16 @@ export class ClaimCursor {
   }
 
   /**
-   * Whether full claims are judged slow: the latest SLOW_FULL_CLAIMS of them all
-   * took FAST_FULL_CLAIM_MS or longer beyond the round trip. Without the
-   * round trip taken off, a worker 10 ms or more from its database would
-   * judge every full claim slow, however healthy the table, and leave a
-   * task in a lane it does not know for the next full claim.
+   * Whether full claims are judged slow: the latest SLOW_FULL_CLAIMS of
+   * them all took FAST_FULL_CLAIM_MS or longer beyond the round trip.
+   * Without the round trip taken off, a worker 10 ms or more from its
+   * database judged every full claim slow, however healthy the table, and
+   * left a task in a lane it did not know for the next full claim. Claims
+   * timed before the first heartbeat are judged again with it.
    */
   get fullClaimsSlow(): boolean {
-    const allowed = FAST_FULL_CLAIM_MS + (this.#roundTrips.length ? Math.min(...this.#roundTrips) : 0);
+    const allowed = FAST_FULL_CLAIM_MS + this.roundTrips.shortest;
     return this.#fullMs.length === SLOW_FULL_CLAIMS && this.#fullMs.every((ms) => ms >= allowed);
-  }
-
-  /** Records a heartbeat's round trip (ms): the time its statement took, as the worker timed it. */
-  roundTrip(ms: number): void {
-    this.#roundTrips.push(ms);
-    if (this.#roundTrips.length > ROUND_TRIPS_KEPT) this.#roundTrips.shift();
   }
 
   /**
@@ -241,15 +275,18 @@ export class ClaimCursor {
    * the cursor reads nothing, so only a full claim can find them: the next
    * claim is full. Otherwise the wake-up waited out the gap between full
    * claims (a second or more) whenever full claims had been judged slow,
-   * as the first claims on a worker's fresh connections often are (each
-   * prepares its statements) and every claim over a network round trip of
-   * {@link FAST_FULL_CLAIM_MS} or more is. A worker that knows lanes reads
-   * them from the cursor as before: a wake-up reaches every idle worker,
-   * and a full claim for each would step over the held entries that the
-   * cursor is there to spare.
+   * as a worker's first claims often are (each new connection prepares its
+   * statements). But at most one full claim in {@link FULL_CLAIM_EVERY_MS},
+   * or in {@link FULL_CLAIM_SHARE} times the last full claim's duration when
+   * that is longer, comes of wake-ups: every enqueue wakes every idle
+   * worker, and a worker that knows no lane (one of a queue that gets no
+   * tasks) would otherwise answer each with a full claim, which under a
+   * held horizon steps over every held entry. A worker that knows a lane
+   * reads it from the cursor, as before.
    */
   woken(now: number): void {
     for (const lane of this.#lanes.values()) if (now - lane.seenAt <= LANE_KEPT_MS) return;
-    this.#fullNext = true;
+    if (now - this.#wokenFullAt < Math.max(FULL_CLAIM_EVERY_MS, FULL_CLAIM_SHARE * (this.#fullMs.at(-1) ?? 0))) return;
+    this.#wokenAt ??= now;
   }
 }

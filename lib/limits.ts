@@ -50,7 +50,7 @@
  */
 import type { Sql } from "postgres";
 import type { ClaimScope } from "./claim.ts";
-import { ClaimCursor, claimWithCursor, ROUND_TRIPS_KEPT } from "./claim-cursor.ts";
+import { ClaimCursor, claimWithCursor, RoundTrips } from "./claim-cursor.ts";
 import { claimBothKinds, claimGroups, claimPerGroup, REST_MS } from "./groups.ts";
 import { type Database, run } from "./statements.ts";
 
@@ -66,11 +66,10 @@ export class LimitedQueues {
   #roomAt = Infinity;
   #heldByWrites = false;
   readonly #cursors = new Map<string, ClaimCursor>();
-  /** The latest heartbeats' round trips (ms), for the cursors made later. */
-  readonly #roundTrips: number[] = [];
 
   /** `restMs`: how long the claim of the other queues goes second after it found nothing (takeTurn). */
-  constructor(private readonly refreshMs: number, private readonly restMs = REST_MS) {}
+  /** `roundTrips`: the worker's heartbeats' round trips, which its limited queues' cursors judge full claims by (ClaimCursor). */
+  constructor(private readonly refreshMs: number, private readonly restMs = REST_MS, readonly roundTrips: RoundTrips = new RoundTrips()) {}
 
   /** Whether `queue` was limited per group alone when last read: its claim is then claimPerGroup's. */
   perGroup(queue: string): boolean {
@@ -123,18 +122,8 @@ export class LimitedQueues {
    */
   cursorOf(queue: string): ClaimCursor {
     let cursor = this.#cursors.get(queue);
-    if (!cursor) {
-      this.#cursors.set(queue, cursor = new ClaimCursor());
-      for (const ms of this.#roundTrips) cursor.roundTrip(ms);
-    }
+    if (!cursor) this.#cursors.set(queue, cursor = new ClaimCursor(this.roundTrips));
     return cursor;
-  }
-
-  /** A heartbeat's round trip (ms), for every limited queue's cursor, and those made later (ClaimCursor.roundTrip). */
-  roundTrip(ms: number): void {
-    this.#roundTrips.push(ms);
-    if (this.#roundTrips.length > ROUND_TRIPS_KEPT) this.#roundTrips.shift();
-    for (const cursor of this.#cursors.values()) cursor.roundTrip(ms);
   }
 
   /** Makes the next limited claim of every queue a full one (ClaimCursor.fullNext). */

@@ -258,7 +258,8 @@ export class Worker {
       queues: options.queues,
       names,
       leaseMs: names.map((n) => leaseFor(this.#timeoutOf(this.#tasks.get(n)!), options.timings)),
-      limits: new LimitedQueues(options.timings.heartbeatInterval),
+      // Its limited queues' cursors judge full claims by the same round trips.
+      limits: new LimitedQueues(options.timings.heartbeatInterval, undefined, this.#cursor.roundTrips),
       groups: options.tasks.some((t) => t.group) ? new GroupRotation() : undefined,
     };
     this.#outcomes = new OutcomeWriter(options.sql, options.schema, options.maxAttempts, options.log, options.events);
@@ -270,11 +271,8 @@ export class Worker {
       onCancel: (ids) => this.#cancel(ids),
       onLost: (cause, reason) => this.#lost(cause, reason),
       afterBeat: () => this.#reporter.report(),
-      // The beat's round trip: full claims are judged slow net of it (lib/claim-cursor.ts).
-      onRoundTrip: (ms) => {
-        this.#cursor.roundTrip(ms);
-        this.#scope.limits?.roundTrip(ms);
-      },
+      // Every claim cursor of the worker judges full claims net of it (lib/claim-cursor.ts).
+      onRoundTrip: (ms) => this.#cursor.roundTrips.add(ms),
     });
   }
 

@@ -8,8 +8,8 @@ import { ClaimCursor, type ClaimedPosition, CURSOR_MARGIN_MS, type LaneStarts, F
 import { LimitedQueues } from "../lib/limits.ts";
 import { liveness } from "../lib/liveness.ts";
 import { silentLogger } from "../lib/log.ts";
-import { Worker } from "../lib/worker.ts";
 import { OutcomeWriter } from "../lib/outcomes.ts";
+import { Worker } from "../lib/worker.ts";
 import { defineTask, enqueue, enqueueMany, migrate } from "../mod.ts";
 import { DelayProxy } from "./delay-proxy.ts";
 import { createTestDatabase } from "./harness.ts";
@@ -121,18 +121,38 @@ describe("the claim cursor's choice between a full claim and a claim from the cu
     assert.equal(limits.cursorOf("limited").next(2), null, "a limited queue's cursor that knows no lane");
   });
 
+  test("a wake-up during a full claim asks for the next one, and wake-ups make at most one full claim a second, or in 20 times the last one's duration", () => {
+    const cursor = new ClaimCursor();
+    slowFull(cursor, [], 0);
+    const gapAt = FULL_CLAIM_EVERY_MS;
+    assert.equal(cursor.next(gapAt), null, "the gap's full claim starts");
+    cursor.woken(gapAt + 1);
+    cursor.record(true, SLOW, [], gapAt + 2);
+    assert.equal(cursor.next(gapAt + 3), null, "woken while it ran (its snapshot may have missed the task): the next claim is full");
+    cursor.record(true, SLOW, [], gapAt + 4);
+    cursor.woken(gapAt + 500);
+    assert.deepEqual(cursor.next(gapAt + 501)?.queues, [], "woken again within a second of the full claim a wake-up made: no full claim");
+    const long = new ClaimCursor();
+    slowFull(long, [], 0, 100);
+    long.woken(1);
+    assert.equal(long.next(2), null);
+    long.record(true, 100, [], 102);
+    long.woken(1_500);
+    assert.deepEqual(long.next(1_501)?.queues, [], "within 20 × the last full claim's 100 ms: no full claim");
+  });
+
   test("full claims are judged net of the round trip to the database, the shortest of the latest heartbeats'", () => {
     const far = new ClaimCursor();
-    for (const ms of [45, 30, 60]) far.roundTrip(ms);
+    for (const ms of [45, 30, 60]) far.roundTrips.add(ms);
     for (let i = 0; i < SLOW_FULL_CLAIMS; i++) far.record(true, 30 + FAST_FULL_CLAIM_MS - 1, [at(5_000)], 0);
     assert.equal(far.fullClaimsSlow, false, "39 ms, 30 ms away: fast");
     assert.equal(far.next(1), null);
     for (let i = 0; i < SLOW_FULL_CLAIMS; i++) far.record(true, 30 + FAST_FULL_CLAIM_MS, [], 1);
     assert.equal(far.fullClaimsSlow, true, "40 ms, 30 ms away: slow");
-    for (let i = 0; i < ROUND_TRIPS_KEPT; i++) far.roundTrip(50);
+    for (let i = 0; i < ROUND_TRIPS_KEPT; i++) far.roundTrips.add(50);
     assert.equal(far.fullClaimsSlow, false, "the 30 ms round trip aged out: 50 ms away, 40 ms is fast");
     const limits = new LimitedQueues(60_000);
-    limits.roundTrip(30);
+    limits.roundTrips.add(30);
     const limited = limits.cursorOf("made-after-the-beat");
     for (let i = 0; i < SLOW_FULL_CLAIMS; i++) limited.record(true, 30 + FAST_FULL_CLAIM_MS - 1, [], 0);
     assert.equal(limited.fullClaimsSlow, false, "a limited queue's cursor made after the beat has its round trip");
@@ -231,17 +251,17 @@ describe("a worker a round trip of 10 ms or more from its database", () => {
       identity: { workerId: randomUUID(), hostId: randomUUID(), hostname: "test", runtime: "node", pid: process.pid },
       onIdleSleep: (ms) => sleeps.splice(0).forEach((w) => (w.wanted(ms) ? w.resolve() : sleeps.push(w))),
     });
+    const ended = worker.start();
     try {
-      const ended = worker.start();
       // Its first claims are full, and each took the 20 ms round trip at least.
       await within(sleep((ms) => ms >= 100), patience, "the worker's first claims");
       // Once its heartbeats time the round trip, full claims on this table,
       // empty and healthy, are judged fast (the ones timed before, or the
       // next full one), and every claim is full again.
       await until(async () => cursor.fullClaimsSlow, (slow) => !slow, patience, "full claims to be judged fast");
+    } finally {
       worker.stop();
       await ended;
-    } finally {
       await far.end();
       await proxy.close();
     }

@@ -39,7 +39,8 @@ export class DelayProxy {
       this.#sockets.add(from);
       from.on("error", () => {});
       from.on("data", (chunk) => setTimeout(() => to.writable && to.write(chunk), this.delayMs));
-      from.on("close", () => setTimeout(() => to.destroy(), this.delayMs));
+      // After what it sent before it closed.
+      from.on("close", () => setTimeout(() => to.end(), this.delayMs));
     }
   }
 }

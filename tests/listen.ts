@@ -1,3 +1,4 @@
+/** Listening on a free local port, for the tests' proxies. */
 import type { Server } from "node:net";
 
 /** Starts `server` listening on a free port of 127.0.0.1, and resolves with the port. */

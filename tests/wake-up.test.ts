@@ -88,7 +88,7 @@ describe("an idle worker", () => {
     });
     const ended = worker.start();
     // Its flag up and in a sleep of its back-off long enough that the wake-up comes within it.
-    await within(sleep((ms) => ms >= 400), patience, "the worker's idle back-off to reach 400 ms");
+    await within(sleep((ms) => ms >= 1_600), patience, "the worker's idle back-off to reach 1.6 s");
     const before = sleeps;
     await enqueue(sql, fresh, 1);
     await within(started, patience, "the task to start");
