@@ -30,9 +30,8 @@
  * 1/{@link FULL_CLAIM_SHARE} share of the claim time, but never more rarely
  * than every {@link FULL_CLAIM_MAX_GAP_MS}; and a wake-up makes the next one
  * full while the worker knows no lane ({@link ClaimCursor.woken}), at most
- * as often again. Priority
- * order holds among the lanes the worker knows; a new lane, even of a
- * higher priority, waits for the next full claim.
+ * as often again. Priority order holds among the lanes the worker knows; a
+ * new lane, even of a higher priority, waits for the next full claim.
  *
  * @module
  */
@@ -62,11 +61,12 @@ export const FAST_FULL_CLAIM_MS = 10;
 export const ROUND_TRIPS_KEPT = 5;
 /**
  * Claims read from the cursor only after this many full claims in a row
- * took FAST_FULL_CLAIM_MS or longer beyond the round trip: one slow claim (the first on a
- * connection, which prepares its statements; a busy neighbour) must not put
- * off for a second the tasks of a lane the cursor does not know yet. A held
- * horizon slows every full claim, and full claims come at every claim until
- * it is judged, so it is judged within a few claims.
+ * took FAST_FULL_CLAIM_MS or longer beyond the round trip: one slow claim
+ * (the first on a connection, which prepares its statements; a busy
+ * neighbour) must not put off for a second the tasks of a lane the cursor
+ * does not know yet. A held horizon slows every full claim, and full
+ * claims come at every claim until it is judged, so it is judged within a
+ * few claims.
  */
 export const SLOW_FULL_CLAIMS = 3;
 /** While full claims are slow, at most this long (ms) passes between two of them. */
