@@ -346,8 +346,9 @@ export class Worker {
       // which may be a full claim, comes soon.
       this.#idleBackoff = this.#firstIdleSleep;
       // And a cursor that knows no lane reads nothing: the next claim is full.
-      this.#cursor.woken(Date.now());
-      this.#scope.limits?.woken(Date.now());
+      const now = Date.now();
+      this.#cursor.woken(now);
+      this.#scope.limits?.woken(now);
       this.#wakeUp(true);
     }).catch(async (error) => {
       await this.#heartbeat.remove().catch(() => {});

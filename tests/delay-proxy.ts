@@ -40,7 +40,10 @@ export class DelayProxy {
       from.on("error", () => {});
       from.on("data", (chunk) => setTimeout(() => to.writable && to.write(chunk), this.delayMs));
       // After what it sent before it closed.
-      from.on("close", () => setTimeout(() => to.end(), this.delayMs));
+      from.on("close", () => {
+        this.#sockets.delete(from);
+        setTimeout(() => to.end(), this.delayMs);
+      });
     }
   }
 }
