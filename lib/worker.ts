@@ -83,6 +83,12 @@ export interface WorkerOptions extends WorkerSettings {
   /** Its claim cursor (lib/claim-cursor.ts), for tests that start it in a given state. Default: a new one. */
   cursor?: ClaimCursor;
   /**
+   * Its limited queues (lib/limits.ts), for tests that start their cursors
+   * in a given state. Default: new ones, whose cursors share the round
+   * trips of `cursor`.
+   */
+  limits?: LimitedQueues;
+  /**
    * An attempt that ignores its abort signal past its grace period:
    * `retire` (a served worker) stops claiming and ends, so that its process
    * can be replaced and the task with it; `detach` (in-process, where
@@ -259,7 +265,7 @@ export class Worker {
       names,
       leaseMs: names.map((n) => leaseFor(this.#timeoutOf(this.#tasks.get(n)!), options.timings)),
       // Its limited queues' cursors judge full claims by the same round trips.
-      limits: new LimitedQueues(options.timings.heartbeatInterval, undefined, this.#cursor.roundTrips),
+      limits: options.limits ?? new LimitedQueues(options.timings.heartbeatInterval, undefined, this.#cursor.roundTrips),
       groups: options.tasks.some((t) => t.group) ? new GroupRotation() : undefined,
     };
     this.#outcomes = new OutcomeWriter(options.sql, options.schema, options.maxAttempts, options.log, options.events);

@@ -8,11 +8,12 @@ import { randomUUID } from "node:crypto";
 import { describe, test } from "node:test";
 import * as v from "valibot";
 import { ClaimCursor, FULL_CLAIM_MAX_GAP_MS, SLOW_FULL_CLAIMS } from "../lib/claim-cursor.ts";
+import { LimitedQueues } from "../lib/limits.ts";
 import { liveness } from "../lib/liveness.ts";
 import { silentLogger } from "../lib/log.ts";
 import { run } from "../lib/statements.ts";
 import { IDLE_RECHECK_MS, Worker } from "../lib/worker.ts";
-import { defineTask, enqueue, migrate, setGroupRateLimit } from "../mod.ts";
+import { defineTask, enqueue, migrate, setGroupRateLimit, setQueueConcurrency } from "../mod.ts";
 import { createTestDatabase } from "./harness.ts";
 import { patience, until, untilWaitingForLock, within } from "./service-harness.ts";
 
@@ -64,40 +65,25 @@ describe("an idle worker", () => {
   });
 
   test("that knows no lane while its full claims are judged slow is woken into a full claim, not left until the next one is due", async () => {
-    let ran!: () => void;
-    const started = new Promise<void>((resolve) => (ran = resolve));
-    const fresh = defineTask({ name: "fresh-lane", schema: v.any(), run: () => ran() });
     // Full claims judged slow, the last so slow that the next is due
     // FULL_CLAIM_MAX_GAP_MS from now; until then claims read the cursor's
     // lanes, and it knows none (as a worker whose first claims, each on a
     // fresh connection, were slow, or one a round trip of 10 ms or more away).
     const cursor = new ClaimCursor();
-    for (let i = 0; i < SLOW_FULL_CLAIMS; i++) cursor.record(true, FULL_CLAIM_MAX_GAP_MS, [], Date.now());
-    let sleeps = 0;
-    const waiters: { wanted: (ms: number) => boolean; resolve: (ms: number) => void }[] = [];
-    const sleep = (wanted: (ms: number) => boolean) => new Promise<number>((resolve) => waiters.push({ wanted, resolve }));
-    const worker = new Worker({
-      schema: "pgbg", queues: null, concurrency: 1, timeout: 60_000, retryDelay: 1_000, maxAttempts: 3,
-      idleSleep: 3_600_000, shutdownTimeout: 1_000, timings: liveness(200), sql, beatSql: sql, tasks: [fresh], cursor,
-      log: silentLogger, overdue: "detach",
-      identity: { workerId: randomUUID(), hostId: randomUUID(), hostname: "test", runtime: "node", pid: process.pid },
-      onIdleSleep: (ms) => {
-        sleeps++;
-        waiters.splice(0).forEach((w) => (w.wanted(ms) ? w.resolve(ms) : waiters.push(w)));
-      },
-    });
-    const ended = worker.start();
-    // Its flag up and in a sleep of its back-off long enough that the wake-up comes within it.
-    await within(sleep((ms) => ms >= 1_600), patience, "the worker's idle back-off to reach 1.6 s");
-    const before = sleeps;
-    await enqueue(sql, fresh, 1);
-    await within(started, patience, "the task to start");
+    judgedSlow(cursor);
     // Left to claims from the cursor, the worker would find nothing and sleep
     // on (25 ms, 50, ...: eight sleeps or more) until the full claim due
     // seconds later.
-    assert.ok(sleeps - before <= 1, `the worker slept ${sleeps - before} times between the wake-up and the task's start`);
-    worker.stop();
-    await ended;
+    await assertWokenIntoFullClaim("fresh-lane", null, { cursor });
+  });
+
+  test("that knows no lane of a limited queue while that queue's full claims are judged slow is woken into a full claim of it", async () => {
+    await setQueueConcurrency(sql, "limited-wake", 5);
+    // The limited queue's own cursor (lib/limits.ts) in the state of the
+    // test above: the worker's wake-up must reach it as well as the worker's.
+    const limits = new LimitedQueues(liveness(200).heartbeatInterval);
+    judgedSlow(limits.cursorOf("limited-wake"));
+    await assertWokenIntoFullClaim("limited-fresh-lane", "limited-wake", { limits });
   });
 
   test("whose queue has a group at its rate limit sleeps no longer than until the group has room again, a log aged out notwithstanding", async () => {
@@ -142,3 +128,42 @@ describe("an idle worker", () => {
     await ended;
   });
 });
+
+/** Puts `cursor` in the state of a worker whose last SLOW_FULL_CLAIMS full claims were slow, the last so slow that the next is due FULL_CLAIM_MAX_GAP_MS from now. */
+function judgedSlow(cursor: ClaimCursor): void {
+  for (let i = 0; i < SLOW_FULL_CLAIMS; i++) cursor.record(true, FULL_CLAIM_MAX_GAP_MS, [], Date.now());
+}
+
+/**
+ * Starts a worker of one task named `name` (in `queue`, or the default
+ * queue) with `seams`, waits until it sleeps in its idle back-off, enqueues
+ * the task, and asserts that it started with at most one more sleep: the
+ * wake-up made the claim that found it.
+ */
+async function assertWokenIntoFullClaim(name: string, queue: string | null, seams: { cursor?: ClaimCursor; limits?: LimitedQueues }): Promise<void> {
+  let ran!: () => void;
+  const started = new Promise<void>((resolve) => (ran = resolve));
+  const fresh = defineTask({ name, ...(queue ? { queue } : {}), schema: v.any(), run: () => ran() });
+  let sleeps = 0;
+  const waiters: { wanted: (ms: number) => boolean; resolve: (ms: number) => void }[] = [];
+  const sleep = (wanted: (ms: number) => boolean) => new Promise<number>((resolve) => waiters.push({ wanted, resolve }));
+  const worker = new Worker({
+    schema: "pgbg", queues: queue ? [queue] : null, concurrency: 1, timeout: 60_000, retryDelay: 1_000, maxAttempts: 3,
+    idleSleep: 3_600_000, shutdownTimeout: 1_000, timings: liveness(200), sql, beatSql: sql, tasks: [fresh], ...seams,
+    log: silentLogger, overdue: "detach",
+    identity: { workerId: randomUUID(), hostId: randomUUID(), hostname: "test", runtime: "node", pid: process.pid },
+    onIdleSleep: (ms) => {
+      sleeps++;
+      waiters.splice(0).forEach((w) => (w.wanted(ms) ? w.resolve(ms) : waiters.push(w)));
+    },
+  });
+  const ended = worker.start();
+  // Its flag up and in a sleep of its back-off long enough that the wake-up comes within it.
+  await within(sleep((ms) => ms >= 1_600), patience, "the worker's idle back-off to reach 1.6 s");
+  const before = sleeps;
+  await enqueue(sql, fresh, 1);
+  await within(started, patience, "the task to start");
+  assert.ok(sleeps - before <= 1, `the worker slept ${sleeps - before} times between the wake-up and the task's start`);
+  worker.stop();
+  await ended;
+}
