@@ -11,7 +11,7 @@ import { type AdminOptions, schemaOf } from "./admin-options.ts";
 import { listSchedules, type QueueSettings, queueSettings, type ScheduleInfo } from "./controls.ts";
 import { InvalidOptionsError } from "./errors.ts";
 import { formatValue, integer, type OptionCheck, text } from "./options.ts";
-import type { DatabaseClient } from "./client.ts";
+import { type DatabaseClient, executorFor } from "./client.ts";
 import { allSettledOrThrow } from "./settle.ts";
 import { run } from "./statements.ts";
 
@@ -99,18 +99,24 @@ export async function readTaskStatus(db: DatabaseClient, schema: string): Promis
  * The status of every queue, task name and worker, as `pgbg status` shows
  * it (three statements, each reading its table once), the newest completed
  * tasks kept in the history (the end of each slot's primary key), the
- * queues paused or limited, and the schedules.
+ * queues paused or limited, and the schedules, all read in one snapshot
+ * (a read-only REPEATABLE READ transaction; inside the caller's own
+ * transaction, or through a Prisma client, its isolation applies).
  */
 export async function status(db: DatabaseClient, options?: AdminOptions): Promise<Status> {
   const schema = schemaOf("status()", options);
-  const [tasks, unregistered, workers, completed, queues, schedules] = await allSettledOrThrow([
-    readTaskStatus(db, schema),
-    run(db, schema, "UnregisteredTasks", []),
-    run(db, schema, "WorkerStatus", []),
-    run(db, schema, "RecentFinishedTasks", [STATUS_COMPLETED, "completed"]),
-    queueSettings(db, { schema }),
-    listSchedules(db, { schema }),
-  ]);
+  // One snapshot for every statement, so that the figures agree: separate
+  // ones could count a task done by the tasks' statement and still running
+  // by the workers' (TransactionMode).
+  const [tasks, unregistered, workers, completed, queues, schedules] = await executorFor(db).transaction((tx) =>
+    allSettledOrThrow([
+      readTaskStatus(tx, schema),
+      run(tx, schema, "UnregisteredTasks", []),
+      run(tx, schema, "WorkerStatus", []),
+      run(tx, schema, "RecentFinishedTasks", [STATUS_COMPLETED, "completed"]),
+      queueSettings(tx, { schema }),
+      listSchedules(tx, { schema }),
+    ]), "snapshot");
   return {
     tasks,
     unregistered: unregistered.map((r) => ({ queue: r.queue, name: r.name, tasks: r.tasks })),

@@ -61,14 +61,27 @@ export interface PrismaClient {
 // deno-lint-ignore no-explicit-any
 export type DatabaseClient = Sql<any> | TransactionSql<any> | NodePgClient | NodePgPool | KyselyClient | DrizzleClient | PrismaClient;
 
+/**
+ * How pgbg begins a transaction of its own: `write` (the server's default
+ * isolation), or `snapshot`, read only and REPEATABLE READ, so that every
+ * statement in it reads the same snapshot (figures read by several
+ * statements agree). Inside the caller's transaction, the caller's
+ * isolation applies; a Prisma client's transactions are begun as `write`
+ * (a Prisma 7 transaction client nests, and which one began is not known).
+ */
+export type TransactionMode = "write" | "snapshot";
+
 /** What pgbg needs of a client: one statement, and a transaction. */
 export interface Executor {
   /** Runs one statement with its parameters, as a prepared statement where the client keeps them. */
   // deno-lint-ignore no-explicit-any
   query<T = any>(text: string, params: unknown[]): Promise<T[]>;
-  /** Runs `fn` in a transaction, given the client to run in it: the caller's own transaction when there is one. */
-  transaction<T>(fn: (tx: DatabaseClient) => Promise<T>): Promise<T>;
+  /** Runs `fn` in a transaction (begun in `mode`, default `write`), given the client to run in it: the caller's own transaction when there is one. */
+  transaction<T>(fn: (tx: DatabaseClient) => Promise<T>, mode?: TransactionMode): Promise<T>;
 }
+
+/** The BEGIN of each mode, for clients that pgbg begins transactions on itself. */
+const BEGIN: Record<TransactionMode, string> = { write: "BEGIN", snapshot: "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY" };
 
 /** The executor for `client`; throws {@link UnsupportedClientError} naming what was passed when pgbg cannot run on it. */
 export function executorFor(client: unknown): Executor {
@@ -126,9 +139,11 @@ class PostgresJsExecutor implements Executor {
     return (await this.sql.unsafe(text, params as any[], { prepare: true })) as unknown as T[];
   }
 
-  transaction<T>(fn: (tx: DatabaseClient) => Promise<T>): Promise<T> {
+  transaction<T>(fn: (tx: DatabaseClient) => Promise<T>, mode: TransactionMode = "write"): Promise<T> {
     // A transaction (or savepoint) handle has no `begin`: it is already in one.
-    return "begin" in this.sql ? (this.sql.begin((tx) => fn(tx)) as Promise<T>) : fn(this.sql);
+    if (!("begin" in this.sql)) return fn(this.sql);
+    // postgres.js puts the options after its BEGIN.
+    return this.sql.begin(BEGIN[mode].slice("BEGIN".length), (tx) => fn(tx)) as Promise<T>;
   }
 }
 
@@ -188,7 +203,7 @@ class NodePgClientExecutor implements Executor {
     return (await this.client.query({ name: statementName(this.client, text), text, values: params })).rows as T[];
   }
 
-  async transaction<T>(fn: (tx: DatabaseClient) => Promise<T>): Promise<T> {
+  async transaction<T>(fn: (tx: DatabaseClient) => Promise<T>, mode: TransactionMode = "write"): Promise<T> {
     if (this.inTransaction) return fn(this.client);
     // A client does not say whether the app began a transaction on it: a
     // savepoint answers, refused (25P01) outside one. Inside one, a failure
@@ -197,7 +212,7 @@ class NodePgClientExecutor implements Executor {
       await this.client.query({ text: `SAVEPOINT ${SAVEPOINT}` });
     } catch (error) {
       if ((error as { code?: unknown }).code !== "25P01") throw error;
-      return inOwnTransaction(this.client, fn);
+      return inOwnTransaction(this.client, fn, mode);
     }
     try {
       const result = await fn(this.client);
@@ -210,9 +225,9 @@ class NodePgClientExecutor implements Executor {
   }
 }
 
-/** Runs `fn` between BEGIN and COMMIT on `client`, rolling back on a failure; rejects with the failure. */
-async function inOwnTransaction<T>(client: NodePgClient, fn: (tx: DatabaseClient) => Promise<T>): Promise<T> {
-  await client.query({ text: "BEGIN" });
+/** Runs `fn` between BEGIN (of `mode`) and COMMIT on `client`, rolling back on a failure; rejects with the failure. */
+async function inOwnTransaction<T>(client: NodePgClient, fn: (tx: DatabaseClient) => Promise<T>, mode: TransactionMode): Promise<T> {
+  await client.query({ text: BEGIN[mode] });
   try {
     const result = await fn(client);
     await client.query({ text: "COMMIT" });
@@ -232,11 +247,11 @@ class NodePgPoolExecutor implements Executor {
     return (await this.pool.query({ name: statementName(this.pool, text), text, values: params })).rows as T[];
   }
 
-  async transaction<T>(fn: (tx: DatabaseClient) => Promise<T>): Promise<T> {
+  async transaction<T>(fn: (tx: DatabaseClient) => Promise<T>, mode: TransactionMode = "write"): Promise<T> {
     const client = await this.pool.connect();
     if (unnamed.has(this.pool)) unnamed.add(client);
     try {
-      const result = await inOwnTransaction(client, fn);
+      const result = await inOwnTransaction(client, fn, mode);
       client.release();
       return result;
     } catch (error) {
@@ -268,10 +283,16 @@ class KyselyExecutor implements Executor {
     return (await this.#plain.executeQuery(compiled)).rows as T[];
   }
 
-  transaction<T>(fn: (tx: DatabaseClient) => Promise<T>): Promise<T> {
+  transaction<T>(fn: (tx: DatabaseClient) => Promise<T>, mode: TransactionMode = "write"): Promise<T> {
     if (this.db.isTransaction) return fn(this.db);
     // deno-lint-ignore no-explicit-any
-    return (this.db as any).transaction().execute((trx: KyselyClient) => fn(trx));
+    let builder = (this.db as any).transaction();
+    if (mode === "snapshot") {
+      builder = builder.setIsolationLevel("repeatable read");
+      // setAccessMode came in a later 0.27 release than the oldest Kysely pgbg accepts.
+      if (typeof builder.setAccessMode === "function") builder = builder.setAccessMode("read only");
+    }
+    return builder.execute((trx: KyselyClient) => fn(trx));
   }
 }
 

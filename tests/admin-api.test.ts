@@ -9,7 +9,9 @@ import { describe, test } from "node:test";
 import * as v from "valibot";
 import { cancel, countTasks, defineTask, drain, enqueue, enqueueMany, getTask, InvalidOptionsError, listTasks, migrate, retry, status } from "../mod.ts";
 import { run } from "../lib/statements.ts";
+import pg from "pg";
 import { createTestDatabase } from "./harness.ts";
+import { patience, until } from "./service-harness.ts";
 
 const db = await createTestDatabase();
 const { sql } = db;
@@ -232,4 +234,37 @@ describe("the admin API", () => {
     await assert.rejects(status(sql, { schema: "Bad Name" }), /invalid schema name/);
     await sql`DELETE FROM pgbg.task`;
   });
+
+  for (const [client, make] of [["postgres.js", () => sql], ["a node-postgres Pool", () => new pg.Pool({ connectionString: db.url, max: 4 })]] as const) {
+    test(`status through ${client}: every figure from one snapshot, a commit between its statements seen by none of them`, async () => {
+      const db2 = make();
+      const holder = await sql.reserve();
+      try {
+        // The holder locks the worker table, which the unregistered tasks'
+        // statement reads and the tasks' statement does not, and enqueues a
+        // task no worker registered; status() then starts, and its statement
+        // on the worker table waits for the holder's commit.
+        await holder`BEGIN`;
+        await holder`LOCK TABLE pgbg.worker IN ACCESS EXCLUSIVE MODE`;
+        await enqueue(holder as unknown as typeof sql, report, { n: 1 }, { queue: "snapshot" });
+        const read = status(db2 as Parameters<typeof status>[0]);
+        await until(
+          async () => (await sql`SELECT count(*)::int AS n FROM pg_locks WHERE NOT granted AND relation = 'pgbg.worker'::regclass`)[0].n as number,
+          (n) => n > 0, patience, "status() to wait for the worker table",
+        );
+        await holder`COMMIT`;
+        const s = await read;
+        const counted = s.tasks.some((t) => t.queue === "snapshot" && t.queued > 0);
+        const unregistered = s.unregistered.some((u) => u.queue === "snapshot");
+        // Separate snapshots (one per statement) see the task in the
+        // unregistered list and not in the counts.
+        assert.equal(unregistered, counted, `the task is ${counted ? "" : "not "}counted but ${unregistered ? "" : "not "}listed as unregistered`);
+      } finally {
+        await holder`ROLLBACK`.catch(() => {});
+        holder.release();
+        if (db2 !== sql) await (db2 as pg.Pool).end();
+        await sql`DELETE FROM pgbg.task`;
+      }
+    });
+  }
 });
