@@ -12,7 +12,6 @@ import { listSchedules, type QueueSettings, queueSettings, type ScheduleInfo } f
 import { InvalidOptionsError } from "./errors.ts";
 import { formatValue, integer, type OptionCheck, text } from "./options.ts";
 import { type DatabaseClient, executorFor } from "./client.ts";
-import { allSettledOrThrow } from "./settle.ts";
 import { run } from "./statements.ts";
 
 export type { AdminOptions } from "./admin-options.ts";
@@ -100,35 +99,35 @@ export async function readTaskStatus(db: DatabaseClient, schema: string): Promis
  * it (three statements, each reading its table once), the newest completed
  * tasks kept in the history (the end of each slot's primary key), the
  * queues paused or limited, and the schedules, all read in one snapshot
- * (a read-only REPEATABLE READ transaction; inside the caller's own
- * transaction, or through a Prisma client, its isolation applies).
+ * (a read-only REPEATABLE READ transaction), except inside the caller's
+ * own transaction or reserved connection, and through a Prisma client,
+ * where they read as those do (TransactionMode).
  */
 export async function status(db: DatabaseClient, options?: AdminOptions): Promise<Status> {
   const schema = schemaOf("status()", options);
   // One snapshot for every statement, so that the figures agree: separate
   // ones could count a task done by the tasks' statement and still running
-  // by the workers' (TransactionMode).
-  const [tasks, unregistered, workers, completed, queues, schedules] = await executorFor(db).transaction((tx) =>
-    allSettledOrThrow([
-      readTaskStatus(tx, schema),
-      run(tx, schema, "UnregisteredTasks", []),
-      run(tx, schema, "WorkerStatus", []),
-      run(tx, schema, "RecentFinishedTasks", [STATUS_COMPLETED, "completed"]),
-      queueSettings(tx, { schema }),
-      listSchedules(tx, { schema }),
-    ]), "snapshot");
-  return {
-    tasks,
-    unregistered: unregistered.map((r) => ({ queue: r.queue, name: r.name, tasks: r.tasks })),
-    workers: workers.map((r) => ({
-      id: r.id, supervisorId: r.supervisor_id, pid: r.pid, hostname: r.hostname, runtime: r.runtime, concurrency: r.concurrency,
-      queues: r.queues, tasks: r.tasks, idle: r.idle, running: r.running, startedAt: r.started_at, heartbeatAt: r.heartbeat_at,
-      heartbeatAgeMs: Math.round(r.heartbeat_age_ms),
-    })),
-    completed: completed.map(finishedTaskInfo),
-    queues,
-    schedules,
-  };
+  // by the workers' (TransactionMode). One statement after another: a
+  // node-postgres client warns of (and pg 9 refuses) a query sent while
+  // another runs.
+  return await executorFor(db).transaction(async (tx) => {
+    const tasks = await readTaskStatus(tx, schema);
+    const unregistered = await run(tx, schema, "UnregisteredTasks", []);
+    const workers = await run(tx, schema, "WorkerStatus", []);
+    const completed = await run(tx, schema, "RecentFinishedTasks", [STATUS_COMPLETED, "completed"]);
+    return {
+      tasks,
+      unregistered: unregistered.map((r) => ({ queue: r.queue, name: r.name, tasks: r.tasks })),
+      workers: workers.map((r) => ({
+        id: r.id, supervisorId: r.supervisor_id, pid: r.pid, hostname: r.hostname, runtime: r.runtime, concurrency: r.concurrency,
+        queues: r.queues, tasks: r.tasks, idle: r.idle, running: r.running, startedAt: r.started_at, heartbeatAt: r.heartbeat_at,
+        heartbeatAgeMs: Math.round(r.heartbeat_age_ms),
+      })),
+      completed: completed.map(finishedTaskInfo),
+      queues: await queueSettings(tx, { schema }),
+      schedules: await listSchedules(tx, { schema }),
+    };
+  }, "snapshot");
 }
 
 /** A task as `getTask` and `listTasks` return it. */

@@ -65,9 +65,12 @@ export type DatabaseClient = Sql<any> | TransactionSql<any> | NodePgClient | Nod
  * How pgbg begins a transaction of its own: `write` (the server's default
  * isolation), or `snapshot`, read only and REPEATABLE READ, so that every
  * statement in it reads the same snapshot (figures read by several
- * statements agree). Inside the caller's transaction, the caller's
- * isolation applies; a Prisma client's transactions are begun as `write`
- * (a Prisma 7 transaction client nests, and which one began is not known).
+ * statements agree). Inside the caller's transaction (a postgres.js
+ * transaction or reserved connection, a node-postgres client after BEGIN,
+ * a Kysely or Drizzle transaction), the statements run in it as they are.
+ * A Prisma client gets no transaction for `snapshot`: its own are bound by
+ * Prisma's timeouts, and a Prisma 7 transaction client nests, so which one
+ * began is not known.
  */
 export type TransactionMode = "write" | "snapshot";
 
@@ -80,8 +83,11 @@ export interface Executor {
   transaction<T>(fn: (tx: DatabaseClient) => Promise<T>, mode?: TransactionMode): Promise<T>;
 }
 
-/** The BEGIN of each mode, for clients that pgbg begins transactions on itself. */
-const BEGIN: Record<TransactionMode, string> = { write: "BEGIN", snapshot: "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY" };
+/**
+ * What follows BEGIN in each mode. Letters and spaces only: postgres.js
+ * drops any other character of the options it puts after its BEGIN.
+ */
+const BEGIN_OPTIONS: Record<TransactionMode, string> = { write: "", snapshot: "ISOLATION LEVEL REPEATABLE READ READ ONLY" };
 
 /** The executor for `client`; throws {@link UnsupportedClientError} naming what was passed when pgbg cannot run on it. */
 export function executorFor(client: unknown): Executor {
@@ -142,8 +148,7 @@ class PostgresJsExecutor implements Executor {
   transaction<T>(fn: (tx: DatabaseClient) => Promise<T>, mode: TransactionMode = "write"): Promise<T> {
     // A transaction (or savepoint) handle has no `begin`: it is already in one.
     if (!("begin" in this.sql)) return fn(this.sql);
-    // postgres.js puts the options after its BEGIN.
-    return this.sql.begin(BEGIN[mode].slice("BEGIN".length), (tx) => fn(tx)) as Promise<T>;
+    return this.sql.begin(BEGIN_OPTIONS[mode], (tx) => fn(tx)) as Promise<T>;
   }
 }
 
@@ -227,7 +232,7 @@ class NodePgClientExecutor implements Executor {
 
 /** Runs `fn` between BEGIN (of `mode`) and COMMIT on `client`, rolling back on a failure; rejects with the failure. */
 async function inOwnTransaction<T>(client: NodePgClient, fn: (tx: DatabaseClient) => Promise<T>, mode: TransactionMode): Promise<T> {
-  await client.query({ text: BEGIN[mode] });
+  await client.query({ text: `BEGIN ${BEGIN_OPTIONS[mode]}` });
   try {
     const result = await fn(client);
     await client.query({ text: "COMMIT" });
@@ -309,7 +314,9 @@ class PrismaExecutor implements Executor {
     return (await this.prisma.$queryRawUnsafe(text, ...params)) as T[];
   }
 
-  transaction<T>(fn: (tx: DatabaseClient) => Promise<T>): Promise<T> {
+  transaction<T>(fn: (tx: DatabaseClient) => Promise<T>, mode: TransactionMode = "write"): Promise<T> {
+    // No transaction for a read (TransactionMode says why).
+    if (mode === "snapshot") return fn(this.prisma);
     // Prisma 7's transaction clients nest; an older one's has no $transaction and is in its transaction already.
     const begin = (this.prisma as { $transaction?: unknown }).$transaction;
     // deno-lint-ignore no-explicit-any

@@ -85,7 +85,8 @@ export interface WorkerOptions extends WorkerSettings {
   /**
    * Its limited queues (lib/limits.ts), for tests that start their cursors
    * in a given state. Default: new ones, whose cursors share the round
-   * trips of `cursor`.
+   * trips of `cursor` (the heartbeat's); given ones share those they were
+   * made with.
    */
   limits?: LimitedQueues;
   /**

@@ -9,6 +9,7 @@ import { describe, test } from "node:test";
 import * as v from "valibot";
 import { cancel, countTasks, defineTask, drain, enqueue, enqueueMany, getTask, InvalidOptionsError, listTasks, migrate, retry, status } from "../mod.ts";
 import { run } from "../lib/statements.ts";
+import { Kysely, PostgresDialect } from "kysely";
 import pg from "pg";
 import { createTestDatabase } from "./harness.ts";
 import { patience, until } from "./service-harness.ts";
@@ -235,10 +236,22 @@ describe("the admin API", () => {
     await sql`DELETE FROM pgbg.task`;
   });
 
-  for (const [client, make] of [["postgres.js", () => sql], ["a node-postgres Pool", () => new pg.Pool({ connectionString: db.url, max: 4 })]] as const) {
+  const clients = {
+    "postgres.js": () => ({ db: sql as Parameters<typeof status>[0], end: async () => {} }),
+    "a node-postgres Pool": () => {
+      const pool = new pg.Pool({ connectionString: db.url, max: 4 });
+      return { db: pool, end: () => pool.end() };
+    },
+    "Kysely": () => {
+      const kysely = new Kysely<unknown>({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: db.url, max: 4 }) }) });
+      return { db: kysely as unknown as Parameters<typeof status>[0], end: () => kysely.destroy() };
+    },
+  };
+  for (const [client, make] of Object.entries(clients)) {
     test(`status through ${client}: every figure from one snapshot, a commit between its statements seen by none of them`, async () => {
-      const db2 = make();
+      const { db: db2, end } = make();
       const holder = await sql.reserve();
+      let read: Promise<unknown> | undefined;
       try {
         // The holder locks the worker table, which the unregistered tasks'
         // statement reads and the tasks' statement does not, and enqueues a
@@ -247,24 +260,54 @@ describe("the admin API", () => {
         await holder`BEGIN`;
         await holder`LOCK TABLE pgbg.worker IN ACCESS EXCLUSIVE MODE`;
         await enqueue(holder as unknown as typeof sql, report, { n: 1 }, { queue: "snapshot" });
-        const read = status(db2 as Parameters<typeof status>[0]);
+        const reading = status(db2);
+        read = reading;
         await until(
-          async () => (await sql`SELECT count(*)::int AS n FROM pg_locks WHERE NOT granted AND relation = 'pgbg.worker'::regclass`)[0].n as number,
+          async () => (await sql`SELECT count(*)::int AS n FROM pg_locks WHERE NOT granted AND relation = 'pgbg.worker'::regclass
+            AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`)[0].n as number,
           (n) => n > 0, patience, "status() to wait for the worker table",
         );
         await holder`COMMIT`;
-        const s = await read;
-        const counted = s.tasks.some((t) => t.queue === "snapshot" && t.queued > 0);
-        const unregistered = s.unregistered.some((u) => u.queue === "snapshot");
-        // Separate snapshots (one per statement) see the task in the
-        // unregistered list and not in the counts.
-        assert.equal(unregistered, counted, `the task is ${counted ? "" : "not "}counted but ${unregistered ? "" : "not "}listed as unregistered`);
+        const figures = (s: Awaited<typeof reading>) => ({
+          counted: s.tasks.some((t) => t.queue === "snapshot" && t.queued > 0),
+          unregistered: s.unregistered.some((u) => u.queue === "snapshot"),
+        });
+        // Its snapshot was taken before the commit (by the statements that
+        // did not wait), so no figure has the task: separate snapshots list
+        // it as unregistered and do not count it.
+        assert.deepEqual(figures(await reading), { counted: false, unregistered: false });
+        assert.deepEqual(figures(await status(db2)), { counted: true, unregistered: true }, "the next status() sees the commit");
       } finally {
+        await read?.catch(() => {});
         await holder`ROLLBACK`.catch(() => {});
         holder.release();
-        if (db2 !== sql) await (db2 as pg.Pool).end();
+        await end();
         await sql`DELETE FROM pgbg.task`;
       }
     });
   }
+
+  test("status inside the caller's transaction reads in it: what the transaction wrote, with no BEGIN of its own", async () => {
+    const inTx = await sql.begin(async (tx) => {
+      await enqueue(tx, report, { n: 1 }, { queue: "mine" });
+      return await status(tx);
+    });
+    assert.ok(inTx.tasks.some((t) => t.queue === "mine" && t.queued === 1), "its own uncommitted task counted");
+    const client = new pg.Client({ connectionString: db.url });
+    await client.connect();
+    try {
+      await client.query("BEGIN");
+      await client.query("LOCK TABLE pgbg.task IN SHARE MODE");
+      const s = await status(client);
+      assert.ok(s.tasks.some((t) => t.queue === "mine"));
+      // Still the caller's transaction: its lock is held until it ends.
+      const held = await sql`SELECT count(*)::int AS n FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+        WHERE l.relation = 'pgbg.task'::regclass AND l.mode = 'ShareLock' AND a.datname = current_database()`;
+      assert.equal(held[0].n, 1);
+      await client.query("COMMIT");
+    } finally {
+      await client.end();
+      await sql`DELETE FROM pgbg.task`;
+    }
+  });
 });
