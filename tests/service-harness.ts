@@ -3,6 +3,7 @@
  * JSON log lines.
  */
 import { type ChildProcess, spawn } from "node:child_process";
+import { readdirSync, readFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { afterEach } from "node:test";
 import { fileURLToPath } from "node:url";
@@ -147,6 +148,37 @@ function mostAtOnce(rows: readonly postgres.Row[]): number {
   return most;
 }
 
+/** Stops (SIGSTOP) `root`, and returns the pids of every process below it, read from /proc. */
+function stopWithDescendants(root: number): number[] {
+  try {
+    process.kill(root, "SIGSTOP");
+  } catch {
+    return [];
+  }
+  const parents = new Map<number, number[]>();
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
+      const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+      parents.set(ppid, [...(parents.get(ppid) ?? []), Number(entry)]);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  const below: number[] = [];
+  for (let i = -1, pid = root; i < below.length; pid = below[++i]) below.push(...(parents.get(pid) ?? []));
+  return below;
+}
+
+function killIfAlive(pid: number): void {
+  try {
+    process.kill(pid, "SIGKILL");
+  } catch {
+    // already gone
+  }
+}
+
 /** Creates the tables the fixture tasks write to. */
 // deno-lint-ignore no-explicit-any
 export async function createFixtureTables(sql: postgres.Sql<any>): Promise<void> {
@@ -170,18 +202,20 @@ export async function serviceTestbed<D extends { url: string; sql: postgres.Sql 
   afterEach(async () => {
     // The workers too: a worker whose supervisor died stops on its own, but
     // until it has noticed it may still claim the next test's first task.
+    // Those registered, and every process below each supervisor: a worker
+    // started just before this is not registered yet, and one registered
+    // just after would have its row deleted below and claim on until its
+    // first heartbeat, leaving what it took to a lease's expiry. Each
+    // supervisor is stopped first, so that it starts none while its
+    // processes are listed.
     const workers = await db.sql`SELECT pid FROM pgbg.worker WHERE hostname = ${hostname()}`.catch(() => []);
     for (const s of services.splice(0)) {
+      const below = s.child.pid === undefined || s.child.exitCode !== null ? [] : stopWithDescendants(s.child.pid);
       s.child.kill("SIGKILL");
+      for (const pid of below) killIfAlive(pid);
       await s.exited;
     }
-    for (const { pid } of workers) {
-      try {
-        process.kill(pid as number, "SIGKILL");
-      } catch {
-        // already gone
-      }
-    }
+    for (const { pid } of workers) killIfAlive(pid as number);
     // Tasks a failed test left behind would be claimed by the next test's service.
     await db.sql`DELETE FROM pgbg.task`;
     await db.sql`DELETE FROM pgbg.worker`;
