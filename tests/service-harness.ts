@@ -3,7 +3,6 @@
  * JSON log lines.
  */
 import { type ChildProcess, spawn } from "node:child_process";
-import { readdirSync, readFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { afterEach } from "node:test";
 import { fileURLToPath } from "node:url";
@@ -43,6 +42,9 @@ export function startService(url: string, args: string[], env: Record<string, st
   const child = spawn(process.execPath, [...command, "serve", "--log-format", "json", "--log-level", "debug", ...args], {
     env: { ...process.env, DATABASE_URL: url, ...env },
     stdio: ["ignore", "pipe", "pipe"],
+    // A process group of its own, which its workers join: the harness ends
+    // them all at once (serviceTestbed).
+    detached: true,
   });
   const logs: LogLine[] = [];
   const other: string[] = [];
@@ -148,29 +150,7 @@ function mostAtOnce(rows: readonly postgres.Row[]): number {
   return most;
 }
 
-/** Stops (SIGSTOP) `root`, and returns the pids of every process below it, read from /proc. */
-function stopWithDescendants(root: number): number[] {
-  try {
-    process.kill(root, "SIGSTOP");
-  } catch {
-    return [];
-  }
-  const parents = new Map<number, number[]>();
-  for (const entry of readdirSync("/proc")) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
-      const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
-      parents.set(ppid, [...(parents.get(ppid) ?? []), Number(entry)]);
-    } catch {
-      // gone meanwhile
-    }
-  }
-  const below: number[] = [];
-  for (let i = -1, pid = root; i < below.length; pid = below[++i]) below.push(...(parents.get(pid) ?? []));
-  return below;
-}
-
+/** SIGKILLs `pid` (a negative one: its process group), unless already gone. */
 function killIfAlive(pid: number): void {
   try {
     process.kill(pid, "SIGKILL");
@@ -202,17 +182,15 @@ export async function serviceTestbed<D extends { url: string; sql: postgres.Sql 
   afterEach(async () => {
     // The workers too: a worker whose supervisor died stops on its own, but
     // until it has noticed it may still claim the next test's first task.
-    // Those registered, and every process below each supervisor: a worker
-    // started just before this is not registered yet, and one registered
-    // just after would have its row deleted below and claim on until its
-    // first heartbeat, leaving what it took to a lease's expiry. Each
-    // supervisor is stopped first, so that it starts none while its
-    // processes are listed.
+    // Each service's process group holds its supervisor and every worker it
+    // started, registered or not, orphaned by the test or not: one
+    // registered only after the registered ones were read would have its
+    // row deleted below and claim on until its first heartbeat, leaving
+    // what it took to a lease's expiry. The registered ones are killed too,
+    // for workers started otherwise.
     const workers = await db.sql`SELECT pid FROM pgbg.worker WHERE hostname = ${hostname()}`.catch(() => []);
     for (const s of services.splice(0)) {
-      const below = s.child.pid === undefined || s.child.exitCode !== null ? [] : stopWithDescendants(s.child.pid);
-      s.child.kill("SIGKILL");
-      for (const pid of below) killIfAlive(pid);
+      if (s.child.pid !== undefined) killIfAlive(-s.child.pid);
       await s.exited;
     }
     for (const { pid } of workers) killIfAlive(pid as number);
