@@ -13,7 +13,8 @@ import { liveness } from "../lib/liveness.ts";
 import { silentLogger } from "../lib/log.ts";
 import { run } from "../lib/statements.ts";
 import { IDLE_RECHECK_MS, Worker } from "../lib/worker.ts";
-import { defineTask, enqueue, migrate, setGroupRateLimit, setQueueConcurrency } from "../mod.ts";
+import type { TransactionSql } from "postgres";
+import { defineTask, enqueue, migrate, setGroupRateLimit, setQueueConcurrency, setQueueRateLimit } from "../mod.ts";
 import { createTestDatabase } from "./harness.ts";
 import { patience, until, untilWaitingForLock, within } from "./service-harness.ts";
 
@@ -87,45 +88,15 @@ describe("an idle worker", () => {
   });
 
   test("whose queue has a group at its rate limit sleeps no longer than until the group has room again, a log aged out notwithstanding", async () => {
-    const interval = 3_000;
-    await setGroupRateLimit(sql, "paced", { limit: 1, interval });
+    await setGroupRateLimit(sql, "paced", { limit: 1, interval: PACED_INTERVAL });
     // Group b's log is full but aged out: it has room, and must not hide group a's wait.
     await sql`INSERT INTO pgbg.group_rate (queue, group_name, starts) VALUES ('paced', 'b', ARRAY[now() - interval '1 hour'])`;
-    let ran!: () => void;
-    const started = new Promise<void>((resolve) => (ran = resolve));
-    const paced = defineTask({ name: "paced", queue: "paced", schema: v.object({ n: v.number() }), group: () => "a", run: () => ran() });
-    const waiters: { wanted: (ms: number) => boolean; resolve: (ms: number) => void }[] = [];
-    const sleep = (wanted: (ms: number) => boolean) => new Promise<number>((resolve) => waiters.push({ wanted, resolve }));
-    // No wake-ups (no LISTEN): the back-off alone sets the sleeps, and an
-    // idle sleep far beyond the group's interval lets it grow past it.
-    const worker = new Worker({
-      schema: "pgbg", queues: ["paced"], concurrency: 2, timeout: 60_000, retryDelay: 1_000, maxAttempts: 3,
-      idleSleep: 3_600_000, shutdownTimeout: 1_000, timings: liveness(200), sql, beatSql: sql, listenSql: false, tasks: [paced],
-      log: silentLogger, overdue: "detach",
-      identity: { workerId: randomUUID(), hostId: randomUUID(), hostname: "test", runtime: "node", pid: process.pid },
-      onIdleSleep: (ms) => waiters.splice(0).forEach((w) => (w.wanted(ms) ? w.resolve(ms) : waiters.push(w))),
-    });
-    const ended = worker.start();
-    // Idle on an empty queue until its back-off's next step is past the interval.
-    const step = await within(sleep((ms) => ms * 2 > interval), patience, "the worker's idle back-off to grow past the group's interval");
-    let cut!: Promise<number>;
-    await sql.begin(async (tx) => {
-      // The claim after this sleep waits for the queue's lock, held here:
-      // the group's rate is used up right before that claim reads it,
-      // whatever the time the sleep and the claim took.
-      await run(tx, "pgbg", "LockLimitedQueue", ["paced"]);
-      await untilWaitingForLock(sql, "the claim after the sleep to wait for the queue's lock");
-      await tx`INSERT INTO pgbg.group_rate (queue, group_name, starts) VALUES ('paced', 'a', ARRAY[clock_timestamp()])`;
-      await enqueue(tx, paced, { n: 1 });
-      cut = sleep(() => true);
-    });
-    // The claim found group a's task waiting for room within the interval:
-    // the sleep is cut to that wait, short of the back-off's next step.
-    const slept = await within(cut, patience, "the worker to sleep after the claim that found the group's rate used up");
-    assert.ok(slept > 0 && slept < step * 2, `slept ${slept} ms, for the group's room (under ${interval} ms) rather than the back-off's ${step * 2} ms`);
-    await within(started, patience, "the group's task to start once it has room");
-    worker.stop();
-    await ended;
+    await assertSleepCutToRoom("paced", () => "a", (tx) => tx`INSERT INTO pgbg.group_rate (queue, group_name, starts) VALUES ('paced', 'a', ARRAY[clock_timestamp()])`);
+  });
+
+  test("whose queue is at its rate limit sleeps no longer than until the queue has room again", async () => {
+    await setQueueRateLimit(sql, "paced-queue", { limit: 1, interval: PACED_INTERVAL });
+    await assertSleepCutToRoom("paced-queue", undefined, (tx) => tx`UPDATE pgbg.queue SET rate_starts = ARRAY[clock_timestamp()] WHERE name = 'paced-queue'`);
   });
 });
 
@@ -164,6 +135,57 @@ async function assertWokenIntoFullClaim(name: string, queue: string | null, seam
   await enqueue(sql, fresh, 1);
   await within(started, patience, "the task to start");
   assert.ok(sleeps - before <= 1, `the worker slept ${sleeps - before} times between the wake-up and the task's start`);
+  worker.stop();
+  await ended;
+}
+
+/** The rate limits' interval in the sleep tests (ms): the idle back-off must grow past it. */
+const PACED_INTERVAL = 3_000;
+
+/**
+ * Starts a worker of one task in the rate-limited `queue` (in the group
+ * `group` names, if given) with no wake-ups and an idle sleep far beyond
+ * PACED_INTERVAL, waits until its back-off's next step is past the
+ * interval, then, while holding the queue's lock so that the worker's next
+ * claim waits for it, uses up the rate (`useUp`) and enqueues the task. It
+ * asserts that the sleep after that claim was cut to the wait for room,
+ * short of the back-off's next step, and that the task starts once it has
+ * room.
+ */
+async function assertSleepCutToRoom(queue: string, group: (() => string) | undefined, useUp: (tx: TransactionSql) => Promise<unknown>): Promise<void> {
+  let ran!: () => void;
+  const started = new Promise<void>((resolve) => (ran = resolve));
+  const paced = defineTask({ name: queue, queue, schema: v.object({ n: v.number() }), ...(group ? { group } : {}), run: () => ran() });
+  const waiters: { wanted: (ms: number) => boolean; resolve: (ms: number) => void }[] = [];
+  const sleep = (wanted: (ms: number) => boolean) => new Promise<number>((resolve) => waiters.push({ wanted, resolve }));
+  // No wake-ups (no LISTEN): the back-off alone sets the sleeps, and an
+  // idle sleep far beyond the interval lets it grow past it.
+  const worker = new Worker({
+    schema: "pgbg", queues: [queue], concurrency: 2, timeout: 60_000, retryDelay: 1_000, maxAttempts: 3,
+    idleSleep: 3_600_000, shutdownTimeout: 1_000, timings: liveness(200), sql, beatSql: sql, listenSql: false, tasks: [paced],
+    log: silentLogger, overdue: "detach",
+    identity: { workerId: randomUUID(), hostId: randomUUID(), hostname: "test", runtime: "node", pid: process.pid },
+    onIdleSleep: (ms) => waiters.splice(0).forEach((w) => (w.wanted(ms) ? w.resolve(ms) : waiters.push(w))),
+  });
+  const ended = worker.start();
+  // Idle on an empty queue until its back-off's next step is past the interval.
+  const step = await within(sleep((ms) => ms * 2 > PACED_INTERVAL), patience, "the worker's idle back-off to grow past the rate's interval");
+  let cut!: Promise<number>;
+  await sql.begin(async (tx) => {
+    // The claim after this sleep waits for the queue's lock, held here:
+    // the rate is used up right before that claim reads it, whatever the
+    // time the sleep and the claim took.
+    await run(tx, "pgbg", "LockLimitedQueue", [queue]);
+    await untilWaitingForLock(sql, "the claim after the sleep to wait for the queue's lock");
+    await useUp(tx);
+    await enqueue(tx, paced, { n: 1 });
+    cut = sleep(() => true);
+  });
+  // The claim found the task waiting for room within the interval: the
+  // sleep is cut to that wait, short of the back-off's next step.
+  const slept = await within(cut, patience, "the worker to sleep after the claim that found the rate used up");
+  assert.ok(slept > 0 && slept < step * 2, `slept ${slept} ms, for the rate's room (under ${PACED_INTERVAL} ms) rather than the back-off's ${step * 2} ms`);
+  await within(started, patience, "the task to start once it has room");
   worker.stop();
   await ended;
 }
