@@ -23,6 +23,14 @@ export interface Taken {
   token?: string;
 }
 
+/**
+ * Begins a claim's transaction at READ COMMITTED, whatever the server's
+ * default: the claim's statement must take its snapshot after the lane's
+ * lock is granted, and under REPEATABLE READ the lock's own statement
+ * would fix the snapshot before it.
+ */
+const claimTransaction = "isolation level read committed";
+
 /** Where a claimer's own reading of the lane stands, for designs that keep one. */
 export interface Cursor {
   at: number;
@@ -61,9 +69,19 @@ export async function setup(sql: Sql): Promise<void> {
       worker_id uuid NOT NULL, expires_at timestamptz NOT NULL);`);
 }
 
+/** The tables a design may keep its tasks in: the only names the scripts put into SQL text. */
+const TABLES: readonly Design["table"][] = ["proto.log", "proto.xlog"];
+
+/** `table`, once checked to be one of TABLES (the type alone does not hold at run time). */
+export function tableName(table: string): Design["table"] {
+  const known = TABLES.find((t) => t === table);
+  if (!known) throw new Error(`unknown prototype table ${JSON.stringify(table)}: expected one of ${TABLES.join(", ")}`);
+  return known;
+}
+
 /** Inserts `payloads` into `table` as tasks of the lane, returning their ids. */
 export async function insertTasks(sql: Sql | postgres.TransactionSql<any>, table: Design["table"], payloads: string[]): Promise<string[]> {
-  const rows = await sql.unsafe(`INSERT INTO ${table} (queue, name, payload)
+  const rows = await sql.unsafe(`INSERT INTO ${tableName(table)} (queue, name, payload)
     SELECT 'default', 'noop', p::jsonb FROM unnest($1::text[]) p RETURNING id`, [payloads]);
   return rows.map((r) => r.id as string);
 }
@@ -76,7 +94,7 @@ const ids = (taken: Taken[]) => taken.map((t) => t.id);
  * lock taken before the claim's snapshot.
  */
 function claimRange(sql: Sql, batch: number): Promise<Taken[]> {
-  return sql.begin(async (tx) => {
+  return sql.begin(claimTransaction, async (tx) => {
     await tx`SELECT pg_advisory_xact_lock(1)`;
     return tx<Taken[]>`WITH head AS (SELECT coalesce((SELECT hi FROM proto.claim WHERE lane = 'default/0' ORDER BY hi DESC LIMIT 1), 0) AS hi),
       c AS MATERIALIZED (SELECT t.id, t.payload FROM proto.log t
@@ -130,7 +148,7 @@ interface Pair {
 export const snapshotPairs: Design = {
   table: "proto.xlog",
   claim: (sql, batch) =>
-    sql.begin(async (tx) => {
+    sql.begin(claimTransaction, async (tx) => {
       await tx`SELECT pg_advisory_xact_lock(1)`;
       const [pair] = await tx<Pair[]>`SELECT p.lo::text, p.hi::text, p.after_x::text, p.after_id,
           coalesce(pg_snapshot_xmax(p.lo), '0'::xid8)::text AS lo_xmax, pg_snapshot_xmax(p.hi)::text AS hi_xmax,
@@ -156,7 +174,11 @@ export const snapshotPairs: Design = {
         last AS (SELECT x, id FROM c ORDER BY x DESC, id DESC LIMIT 1),
         taken AS (INSERT INTO proto.xclaim (lo, hi, after_x, after_id, upto_x, upto_id, full_batch, worker_id, expires_at)
           SELECT ${pair.lo}::pg_snapshot, ${pair.hi}::pg_snapshot, ${pair.after_x}::xid8, ${pair.after_id}, (SELECT x FROM last), (SELECT id FROM last),
-            (SELECT count(*) FROM c) = ${batch}, ${WORKER}, now() + interval '30 seconds' RETURNING token)
+            (SELECT count(*) FROM c) = ${batch}, ${WORKER}, now() + interval '30 seconds'
+          -- An empty claim of a new pair writes nothing: the next one takes
+          -- the same lower snapshot. One that went on inside a pair does:
+          -- its row says the pair is done, or the next would go on in it.
+          WHERE EXISTS (SELECT FROM c) OR ${pair.after_id}::bigint > 0 RETURNING token)
         SELECT c.id, c.payload, (SELECT token FROM taken) AS token FROM c`;
     }),
   // The fence: each task is in its claim row's pair and bounds, and the row's holder still holds it.
@@ -176,7 +198,7 @@ export const snapshotPairs: Design = {
 export const narrowLeases: Design = {
   table: "proto.log",
   async claim(sql, batch, cursor) {
-    const taken = await sql.begin(async (tx) => {
+    const taken = await sql.begin(claimTransaction, async (tx) => {
       await tx`SELECT pg_advisory_xact_lock(1)`;
       return tx<Taken[]>`WITH c AS MATERIALIZED (SELECT t.id, t.payload, t.lease_token FROM proto.log t
           WHERE t.queue = 'default' AND t.priority = 0 AND t.id > ${cursor.at} AND t.run_at <= now()
@@ -207,7 +229,7 @@ export const narrowLeases: Design = {
 export const inPlace: Design = {
   table: "proto.log",
   claim: (sql, batch) =>
-    sql.begin(async (tx) => {
+    sql.begin(claimTransaction, async (tx) => {
       await tx`SELECT pg_advisory_xact_lock(1)`;
       return tx<Taken[]>`WITH head AS (SELECT coalesce((SELECT hi FROM proto.claim WHERE lane = 'default/0' ORDER BY hi DESC LIMIT 1), 0) AS hi),
         c AS MATERIALIZED (SELECT t.id FROM proto.log t

@@ -16,7 +16,7 @@ import { parseArgs } from "node:util";
 import { CpuMeter, type Database, freshDatabase, median, type Server, type Sql, startServer } from "../harness.ts";
 import { rawDrain, rawInsertUnnest } from "../raw.ts";
 import { migrate } from "../../mod.ts";
-import { type Cursor, type Design, designs, insertTasks, setup } from "./designs.ts";
+import { type Cursor, type Design, designs, insertTasks, setup, tableName } from "./designs.ts";
 
 const { values: args } = parseArgs({
   options: {
@@ -97,7 +97,7 @@ async function measure(server: Server, db: Database, name: string): Promise<Drai
   for (let done = 0; done < tasks; done += 10_000) {
     await insertTasks(db.sql, design.table, Array.from({ length: Math.min(10_000, tasks - done) }, (_, i) => JSON.stringify({ i: done + i })));
   }
-  await db.sql.unsafe(`VACUUM ANALYZE ${design.table}`);
+  await db.sql.unsafe(`VACUUM ANALYZE ${tableName(design.table)}`);
   return metered(server, db.sql, () => drainDesign(db.sql, design));
 }
 
