@@ -58,8 +58,10 @@ describe("a queue's rate limit", () => {
   test("two supervisors start at most 10 a second, and 300 in any 30 s, using one attempt each; the rate is reached", async () => {
     await setQueueRateLimit(sql, "rated", { limit: 10, interval: "1s" });
     await enqueueMany(sql, work, Array.from({ length: 340 }, () => ({})), { queue: "rated" });
-    testbed.serve(["--workers", "2", "--concurrency", "4"]);
-    testbed.serve(["--workers", "2", "--concurrency", "4"]);
+    // 10 slots a worker: a claim takes a whole second's 10 in one statement,
+    // so the rate is reached however a busy machine spreads the claims.
+    testbed.serve(["--workers", "2", "--concurrency", "10"]);
+    testbed.serve(["--workers", "2", "--concurrency", "10"]);
     // 320 starts take at least 31 s: long enough for a 30 s window.
     await until(async () => (await claims("rated")).length, (n) => n >= 320, patience, "320 starts");
     const ledger = await claims("rated");
@@ -112,8 +114,12 @@ describe("a rate limit per group", () => {
     await setGroupRateLimit(sql, "tenants", { limit: 4, interval: 500 });
     const tenants = ["a", "b", "c"];
     await enqueueMany(sql, tenantWork, Array.from({ length: 16 }, () => tenants.map((tenant) => ({ tenant }))).flat(), { queue: "tenants" });
-    testbed.serve(["--workers", "2", "--concurrency", "4", "--check-interval", "200ms"]);
-    testbed.serve(["--workers", "2", "--concurrency", "4", "--check-interval", "200ms"]);
+    // 12 slots a worker: the first claim takes each group's 4 in one
+    // statement, so the limit is reached however a busy machine spreads the
+    // claims after it (4 slots spread a group's first 4 over workers that
+    // start at different times, and left 3 in a window beside a busy neighbour).
+    testbed.serve(["--workers", "2", "--concurrency", "12", "--check-interval", "200ms"]);
+    testbed.serve(["--workers", "2", "--concurrency", "12", "--check-interval", "200ms"]);
     await until(async () => (await claims("tenants")).length, (n) => n === 48, patience, "48 starts");
     const ledger = await claims("tenants");
     for (const tenant of tenants) {
