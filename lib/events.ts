@@ -60,6 +60,8 @@ export type TaskEventListener<E extends TaskEventName> = (event: TaskEvents[E]) 
  */
 export class TaskEventEmitter {
   readonly #listeners = new Map<TaskEventName, Set<(event: never) => void>>();
+  /** The listeners of every event: `listening` is asked once an attempt, and a walk of the sets made an iterator each time. */
+  #count = 0;
   readonly #log: Logger;
 
   constructor(log: Logger) {
@@ -70,14 +72,17 @@ export class TaskEventEmitter {
   on<E extends TaskEventName>(name: E, listener: TaskEventListener<E>): () => void {
     let set = this.#listeners.get(name);
     if (!set) this.#listeners.set(name, (set = new Set()));
-    set.add(listener as (event: never) => void);
-    return () => void set.delete(listener as (event: never) => void);
+    const added = listener as (event: never) => void;
+    if (!set.has(added)) this.#count++;
+    set.add(added);
+    return () => {
+      if (set.delete(added)) this.#count--;
+    };
   }
 
   /** True when any event has a listener. */
   get listening(): boolean {
-    for (const set of this.#listeners.values()) if (set.size) return true;
-    return false;
+    return this.#count > 0;
   }
 
   /** True when event `name` has a listener. */

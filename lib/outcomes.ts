@@ -54,6 +54,16 @@ export interface Completion extends AttemptRef {
   claimedAtMs?: number;
 }
 
+/**
+ * Ids or lease tokens as an array's text (`{1,2,3}`), sent as it is for a
+ * `bigint[]` or `integer[]` parameter: they are digits, which need no
+ * quoting, where postgres.js's serializer escapes each element of a
+ * JavaScript array (two regular expressions an id, twice a task).
+ */
+function arrayText(values: readonly (string | number)[]): string {
+  return `{${values.join(",")}}`;
+}
+
 /** Batches the completions, failures, snoozes, hand-backs and finished cancels of one worker. */
 export class OutcomeWriter {
   #done: Completion[] = [];
@@ -154,8 +164,8 @@ export class OutcomeWriter {
     const handedBack = this.#handedBack.splice(0);
     const snoozed = this.#snoozed.splice(0);
     const cancelled = this.#cancelled.splice(0);
-    const ids = (attempts: AttemptRef[]) => attempts.map((a) => a.id);
-    const tokens = (attempts: AttemptRef[]) => attempts.map((a) => a.leaseToken);
+    const ids = (attempts: AttemptRef[]) => arrayText(attempts.map((a) => a.id));
+    const tokens = (attempts: AttemptRef[]) => arrayText(attempts.map((a) => a.leaseToken));
     this.#writing = done.length + failed.length + handedBack.length + snoozed.length + cancelled.length;
     try {
       const [deletedRows, keptRows, failedRows, memberRows, snoozedRows, cancelledRows] = await Promise.all([

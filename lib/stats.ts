@@ -60,20 +60,26 @@ export function emptySeries(queue: string, name: string): SeriesCounts {
 
 /** One worker's counts, per queue and task name. */
 export class TaskStats {
-  readonly #series = new Map<string, SeriesCounts>();
+  readonly #series: SeriesCounts[] = [];
+  /** The series by queue, then task name: looked up once a task, so without a key made for it. */
+  readonly #byQueue = new Map<string, Map<string, SeriesCounts>>();
 
   /** The counts of a queue and task name, made on first use; a worker keeps them with each running task. */
   series(queue: string, name: string): SeriesCounts {
-    const key = `${queue}\u0000${name}`;
-    let series = this.#series.get(key);
-    if (!series) this.#series.set(key, (series = emptySeries(queue, name)));
+    let byName = this.#byQueue.get(queue);
+    if (!byName) this.#byQueue.set(queue, (byName = new Map()));
+    let series = byName.get(name);
+    if (!series) {
+      byName.set(name, (series = emptySeries(queue, name)));
+      this.#series.push(series);
+    }
     return series;
   }
 
   /** Returns the counts gathered since the last call (series with something in them) and zeroes them. */
   take(): SeriesCounts[] {
     const out: SeriesCounts[] = [];
-    for (const s of this.#series.values()) {
+    for (const s of this.#series) {
       const touched = s.completed || s.failed || s.retried || s.duration.sum || s.lag.sum ||
         s.duration.counts.some(Boolean) || s.lag.counts.some(Boolean);
       if (!touched) continue;

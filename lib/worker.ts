@@ -150,12 +150,6 @@ interface Running {
   counts: SeriesCounts;
 }
 
-/**
- * The key of an attempt: task id and lease token. A task released from
- * under this worker may be claimed again by it while the old attempt runs.
- */
-const attemptKey = (claimed: ClaimedTask) => `${claimed.id}:${claimed.leaseToken}`;
-
 /** The `settled` of an attempt that ended before startAttempt returned. */
 const SETTLED: Promise<void> = Promise.resolve();
 
@@ -221,9 +215,15 @@ export class Worker {
   readonly #scope: ClaimScope;
   readonly #cursor: ClaimCursor;
   /** Attempts holding a slot. */
-  readonly #running = new Map<string, Running>();
+  /**
+   * The attempts running, each its own entry: a task released from under
+   * this worker may be claimed again by it while the old attempt runs, and
+   * the two are two entries. (Not a map keyed by id and lease token: a key
+   * made per attempt cost a string and its hash twice a task.)
+   */
+  readonly #running = new Set<Running>();
   /** Attempts that ignored their signal, detached from their slot (`overdue: "detach"`). */
-  readonly #detached = new Map<string, Running>();
+  readonly #detached = new Set<Running>();
   readonly #outcomes: OutcomeWriter;
   readonly #stats = new TaskStats();
   readonly #reporter: CountReporter;
@@ -539,7 +539,7 @@ export class Worker {
     if (this.#options.events?.has("started")) this.#options.events.emit("started", attemptEvent(claimed));
     // Registered before the attempt starts: one that ends at once calls
     // #finish before startAttempt returns.
-    this.#running.set(attemptKey(claimed), entry);
+    this.#running.add(entry);
     const pending = startAttempt(
       {
         task, claimed, schema: this.#options.schema, sql: this.#options.sql, keep: this.#keep.get(task.name)!, timeout, grace: graceFor(timeout), controller: entry.controller,
@@ -551,9 +551,8 @@ export class Worker {
   }
 
   #finish(entry: Running, outcome: Outcome): void {
-    const key = attemptKey(entry.claimed);
-    this.#running.delete(key);
-    if (this.#detached.delete(key)) void this.#heartbeat.addDetached(-1);
+    this.#running.delete(entry);
+    if (this.#detached.delete(entry)) void this.#heartbeat.addDetached(-1);
     this.#wakeUp(false);
     if (entry.handedBack || this.#exit === "lost") return;
     // Aborted by the shutdown: handed back (uncounted) instead of failed.
@@ -617,9 +616,8 @@ export class Worker {
    * (QueueFreeSlots). Until that is recorded it keeps its slot.
    */
   async #detach(entry: Running): Promise<void> {
-    const key = attemptKey(entry.claimed);
-    if (!this.#running.has(key) || !await this.#heartbeat.addDetached(1)) return;
-    if (this.#running.delete(key)) this.#detached.set(key, entry);
+    if (!this.#running.has(entry) || !await this.#heartbeat.addDetached(1)) return;
+    if (this.#running.delete(entry)) this.#detached.add(entry);
     // It ended while the row was written: it holds no lease of this worker's any more.
     else void this.#heartbeat.addDetached(-1);
     this.#wakeUp(false);
@@ -688,7 +686,7 @@ export class Worker {
     const settleBy = Math.min(this.#deadline(Number.POSITIVE_INFINITY), Date.now() + 1_000);
     await Promise.race([Promise.all(left.map((e) => e.settled)), pause(Math.max(0, settleBy - Date.now()))]);
     for (const entry of left) {
-      if (this.#running.has(attemptKey(entry.claimed))) continue; // still running: left to the supervisor or the lease
+      if (this.#running.has(entry)) continue; // still running: left to the supervisor or the lease
       entry.handedBack = true;
       this.#outcomes.handBack({ id: entry.claimed.id, leaseToken: entry.claimed.leaseToken });
       this.#options.log.warn(`task ${entry.claimed.id} was still running at shutdown; handed back to the queue`, fields(entry.claimed));

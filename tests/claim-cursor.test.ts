@@ -75,6 +75,19 @@ describe("the claim cursor's choice between a full claim and a claim from the cu
     assert.deepEqual(startsOf(cursor.next(3)), [`default/0/${claimedAt - CURSOR_MARGIN_MS}/0`]);
   });
 
+  test("a claim's tasks of several lanes, one queue's two priorities among them, in any order: each lane is read from after its own latest task", () => {
+    const cursor = new ClaimCursor();
+    const claimedAt = 60_000;
+    const batch = [
+      at(1_000, 1, "default", claimedAt), at(3_000, 0, "default", claimedAt), at(2_000, 1, "default", claimedAt),
+      at(4_000, 0, "mail", claimedAt), at(1_500, 0, "default", claimedAt), at(1_000, 1, "mail", claimedAt),
+    ];
+    slowFull(cursor, batch, 0);
+    assert.deepEqual(startsOf(cursor.next(1)), [
+      `default/0/3000/${batch[1].id}`, `default/1/2000/${batch[2].id}`, `mail/0/4000/${batch[3].id}`, `mail/1/1000/${batch[5].id}`,
+    ]);
+  });
+
   test("while full claims are slow, one comes round every second, or after 20 times its own duration if that is longer, at most 10 s", () => {
     const slow = new ClaimCursor();
     slowFull(slow, [at(5_000)], 0);

@@ -7,6 +7,8 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import * as v from "valibot";
 import { cancel, createWorker, defineTask, enqueue, InvalidOptionsError, migrate, type TaskEventName } from "../mod.ts";
+import { TaskEventEmitter } from "../lib/events.ts";
+import { silentLogger } from "../lib/log.ts";
 import { createTestDatabase } from "./harness.ts";
 import { patience, until } from "./service-harness.ts";
 
@@ -79,4 +81,20 @@ test("each attempt's events, in order, told after the write; a listener that thr
   } finally {
     await worker.stop();
   }
+});
+
+test("listening: true while any event has a listener; a listener added twice is one, and removing it twice removes it once", () => {
+  const emitter = new TaskEventEmitter(silentLogger);
+  assert.equal(emitter.listening, false);
+  const listener = () => {};
+  const off = emitter.on("completed", listener);
+  const offAgain = emitter.on("completed", listener);
+  assert.equal(emitter.listening, true);
+  off();
+  assert.equal(emitter.listening, false, "the one listener is gone");
+  offAgain();
+  const offOther = emitter.on("failed", () => {});
+  assert.equal(emitter.listening, true, "a second removal did not count below none");
+  offOther();
+  assert.equal(emitter.listening, false);
 });

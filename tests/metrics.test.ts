@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { cancel, enqueue, migrate, pauseQueue, resumeQueue, setGroupConcurrency, setGroupRateLimit, setQueueConcurrency, setQueueRateLimit } from "../mod.ts";
 import { readTaskStatus } from "../lib/admin.ts";
+import { TaskStats } from "../lib/stats.ts";
 import { alwaysFails, tenantWork, work } from "./fixtures/tasks.ts";
 import { createTestDatabase } from "./harness.ts";
 import { serviceTestbed, stopService, until } from "./service-harness.ts";
@@ -167,4 +168,17 @@ describe("pgbg serve --metrics-port", () => {
     assert.equal(exit.code, 1);
     assert.match(service.other.join("\n"), new RegExp(`pgbg: cannot serve metrics on 127\\.0\\.0\\.1:${port}: .*EADDRINUSE`));
   });
+});
+
+test("a worker's counts are kept per queue and task name: one name in two queues is two series, each found again by its pair", () => {
+  const stats = new TaskStats();
+  const mail = stats.series("mail", "send");
+  const bulk = stats.series("bulk", "send");
+  assert.notEqual(mail, bulk);
+  assert.equal(stats.series("mail", "send"), mail);
+  assert.notEqual(stats.series("mail", "other"), mail);
+  mail.completed += 2;
+  bulk.failed += 1;
+  assert.deepEqual(stats.take().map((s) => [s.queue, s.name, s.completed, s.failed]).sort(), [["bulk", "send", 0, 1], ["mail", "send", 2, 0]]);
+  assert.deepEqual(stats.take(), [], "taken counts are zeroed");
 });
