@@ -58,7 +58,8 @@ export interface Completion extends AttemptRef {
  * Ids or lease tokens as an array's text (`{1,2,3}`), sent as it is for a
  * `bigint[]` or `integer[]` parameter: they are digits, which need no
  * quoting, where postgres.js's serializer escapes each element of a
- * JavaScript array (two regular expressions an id, twice a task).
+ * JavaScript array (two regular-expression replaces for each id and each
+ * token).
  */
 function arrayText(values: readonly (string | number)[]): string {
   return `{${values.join(",")}}`;

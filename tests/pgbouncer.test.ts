@@ -199,7 +199,7 @@ describe("behind PgBouncer in transaction mode", { skip }, () => {
 
   test("server sessions killed under load lose nothing, and no attempt runs twice", async () => {
     const ids = await enqueueMany(viaBouncer, work, Array.from({ length: 300 }, () => ({ ms: 10 })));
-    testbed.serve(["--workers", "2", "--concurrency", "8", "--idle-sleep", "200ms"], undefined, pooled);
+    const service = testbed.serve(["--workers", "2", "--concurrency", "8", "--idle-sleep", "200ms"], undefined, pooled);
     const started = async () => (await testbed.executions(ids)).length;
     let kills = 0;
     // Every server session of pgbg and its tasks: pgbouncer hands the
@@ -213,7 +213,14 @@ describe("behind PgBouncer in transaction mode", { skip }, () => {
       // Then wait for the service to make progress again before the next kill.
       await until(async () => [await started(), await testbed.remaining(ids)], ([s, left]) => s >= before + 10 || left === 0, patience, "progress after a kill");
     }
-    await until(() => testbed.remaining(ids), (n) => n === 0, patience, "every task to complete");
+    // Once (2026-12-05, beside six other test files) 7 tasks were left past
+    // the patience, and it did not happen again in six runs under load: a
+    // timeout says what was left, and what the sessions were doing.
+    await until(() => testbed.remaining(ids), (n) => n === 0, patience, "every task to complete").catch(async (error: Error) => {
+      const left = await sql`SELECT id, state, attempts, lease_token, lease_expires_at, worker_id, run_at, now() AS now, last_error FROM pgbg.task WHERE id IN ${sql(ids)}`;
+      const sessions = await sql`SELECT application_name, state, wait_event, left(query, 120) AS query FROM pg_stat_activity WHERE datname = current_database()`;
+      throw new Error(`${error.message}\nleft: ${JSON.stringify(left)}\nsessions: ${JSON.stringify(sessions)}\nthe service's last lines:\n${service.logs.slice(-40).map((l) => JSON.stringify(l)).join("\n")}`);
+    });
     const runs = await sql`SELECT task_id::text AS id, attempt, count(*)::int AS n FROM execution WHERE task_id IN ${sql(ids)} GROUP BY 1, 2`;
     assert.equal(new Set(runs.map((r) => r.id)).size, 300, "every task ran");
     assert.deepEqual(runs.filter((r) => r.n > 1), [], "no attempt ran twice");
