@@ -214,9 +214,8 @@ export class Worker {
   readonly #keep = new Map<string, number>();
   readonly #scope: ClaimScope;
   readonly #cursor: ClaimCursor;
-  /** Attempts holding a slot. */
   /**
-   * The attempts running, each its own entry: a task released from under
+   * The attempts holding a slot, each its own entry: a task released from under
    * this worker may be claimed again by it while the old attempt runs, and
    * the two are two entries. (Not a map keyed by id and lease token: a key
    * made per attempt cost a string and its hash twice a task.)

@@ -75,17 +75,22 @@ describe("the claim cursor's choice between a full claim and a claim from the cu
     assert.deepEqual(startsOf(cursor.next(3)), [`default/0/${claimedAt - CURSOR_MARGIN_MS}/0`]);
   });
 
-  test("a claim's tasks of several lanes, one queue's two priorities among them, in any order: each lane is read from after its own latest task", () => {
+  test("a claim's tasks of several lanes, in any order: each lane is read from after its own latest task, positions compared as numbers", () => {
     const cursor = new ClaimCursor();
-    const claimedAt = 60_000;
-    const batch = [
-      at(1_000, 1, "default", claimedAt), at(3_000, 0, "default", claimedAt), at(2_000, 1, "default", claimedAt),
-      at(4_000, 0, "mail", claimedAt), at(1_500, 0, "default", claimedAt), at(1_000, 1, "mail", claimedAt),
-    ];
-    slowFull(cursor, batch, 0);
-    assert.deepEqual(startsOf(cursor.next(1)), [
-      `default/0/3000/${batch[1].id}`, `default/1/2000/${batch[2].id}`, `mail/0/4000/${batch[3].id}`, `mail/1/1000/${batch[5].id}`,
-    ]);
+    // From a backlog: each lane starts after its latest task, not a margin before the claim.
+    const task = (queue: string, priority: number, id: string, runAtMs: number) => ({ queue, priority, id, runAtUs: String(runAtMs * 1000), claimedAtMs: 60_000 });
+    slowFull(cursor, [
+      task("default", 1, "5", 999), task("default", 0, "6", 3_000),
+      // Later than 999 ms, though "1000000" sorts before "999000" as text.
+      task("default", 1, "7", 1_000),
+      task("mail", 0, "8", 4_000),
+      // The same priority as the task before it, another queue: its own lane, not mail's.
+      task("default", 0, "10", 5_000),
+      // The same run_at: the latest is the higher id, 10, though "9" sorts after "10" as text.
+      task("default", 0, "9", 5_000),
+      task("mail", 1, "11", 1_000),
+    ], 0);
+    assert.deepEqual(startsOf(cursor.next(1)), ["default/0/5000/10", "default/1/1000/7", "mail/0/4000/8", "mail/1/1000/11"]);
   });
 
   test("while full claims are slow, one comes round every second, or after 20 times its own duration if that is longer, at most 10 s", () => {

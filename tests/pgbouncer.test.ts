@@ -217,9 +217,12 @@ describe("behind PgBouncer in transaction mode", { skip }, () => {
     // the patience, and it did not happen again in six runs under load: a
     // timeout says what was left, and what the sessions were doing.
     await until(() => testbed.remaining(ids), (n) => n === 0, patience, "every task to complete").catch(async (error: Error) => {
-      const left = await sql`SELECT id, state, attempts, lease_token, lease_expires_at, worker_id, run_at, now() AS now, last_error FROM pgbg.task WHERE id IN ${sql(ids)}`;
-      const sessions = await sql`SELECT application_name, state, wait_event, left(query, 120) AS query FROM pg_stat_activity WHERE datname = current_database()`;
-      throw new Error(`${error.message}\nleft: ${JSON.stringify(left)}\nsessions: ${JSON.stringify(sessions)}\nthe service's last lines:\n${service.logs.slice(-40).map((l) => JSON.stringify(l)).join("\n")}`);
+      const state = await Promise.all([
+        sql`SELECT id, state, attempts, lease_token, lease_expires_at, worker_id, run_at, now() AS now, last_error FROM pgbg.task WHERE id IN ${sql(ids)}`,
+        sql`SELECT application_name, state, wait_event, left(query, 120) AS query FROM pg_stat_activity WHERE datname = current_database()`,
+      ]).then(([left, sessions]) => `left: ${JSON.stringify(left)}\nsessions: ${JSON.stringify(sessions)}`, (e: Error) => `(the state could not be read: ${e.message})`);
+      const lines = [...service.logs.slice(-40).map((l) => JSON.stringify(l)), ...service.other.slice(-20)].join("\n");
+      throw new Error(`${error.message}\n${state}\nthe service's last lines:\n${lines}`);
     });
     const runs = await sql`SELECT task_id::text AS id, attempt, count(*)::int AS n FROM execution WHERE task_id IN ${sql(ids)} GROUP BY 1, 2`;
     assert.equal(new Set(runs.map((r) => r.id)).size, 300, "every task ran");
