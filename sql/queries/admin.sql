@@ -78,15 +78,21 @@ WHERE t.id = $1 AND (t.cancel_requested_at IS NULL OR t.state = 'running');
 -- (exclusive); and after the id $8 (NULL: from the start). The start is a
 -- coalesce, not `$8 IS NULL OR`: a prepared statement's generic plan
 -- cannot start an index scan at an OR, and would read every page from the
--- first task. A cancelled task that is no longer running is being deleted.
+-- first task. Each optional filter is a CASE, not `$2 IS NULL OR`: a
+-- generic plan takes `$2 IS NULL` to hold for 0.5 % of the rows, and with
+-- six such filters it expected one row of 50,000. Once the table's ids no
+-- longer follow its physical order (free space reused after a vacuum), it
+-- then sorted a sequential scan rather than read a page of the primary
+-- key (bench/RESULTS.md, "listTasks' generic plan"). A cancelled task that
+-- is no longer running is being deleted.
 WHERE (t.cancel_requested_at IS NULL OR t.state = 'running')
   AND t.id > coalesce($8::bigint, 0)
-  AND ($2::text IS NULL OR t.name = $2::text)
-  AND ($9::text IS NULL OR starts_with(t.name, $9::text))
-  AND ($4::text IS NULL OR t.queue = $4::text)
-  AND ($5::text IS NULL OR t.key = $5::text)
-  AND ($6::timestamptz IS NULL OR t.enqueued_at >= $6::timestamptz)
-  AND ($7::timestamptz IS NULL OR t.enqueued_at < $7::timestamptz)
+  AND CASE WHEN $2::text IS NULL THEN true ELSE t.name = $2::text END
+  AND CASE WHEN $9::text IS NULL THEN true ELSE starts_with(t.name, $9::text) END
+  AND CASE WHEN $4::text IS NULL THEN true ELSE t.queue = $4::text END
+  AND CASE WHEN $5::text IS NULL THEN true ELSE t.key = $5::text END
+  AND CASE WHEN $6::timestamptz IS NULL THEN true ELSE t.enqueued_at >= $6::timestamptz END
+  AND CASE WHEN $7::timestamptz IS NULL THEN true ELSE t.enqueued_at < $7::timestamptz END
   AND CASE $1::text
     WHEN 'queued' THEN t.state = 'queued' AND t.run_at <= now()
     WHEN 'scheduled' THEN t.state = 'queued' AND t.run_at > now()
