@@ -60,7 +60,6 @@ export function emptySeries(queue: string, name: string): SeriesCounts {
 
 /** One worker's counts, per queue and task name. */
 export class TaskStats {
-  readonly #series: SeriesCounts[] = [];
   /** The series by queue, then task name: looked up once a task, so without a key made for it. */
   readonly #byQueue = new Map<string, Map<string, SeriesCounts>>();
 
@@ -69,17 +68,14 @@ export class TaskStats {
     let byName = this.#byQueue.get(queue);
     if (!byName) this.#byQueue.set(queue, (byName = new Map()));
     let series = byName.get(name);
-    if (!series) {
-      byName.set(name, (series = emptySeries(queue, name)));
-      this.#series.push(series);
-    }
+    if (!series) byName.set(name, (series = emptySeries(queue, name)));
     return series;
   }
 
   /** Returns the counts gathered since the last call (series with something in them) and zeroes them. */
   take(): SeriesCounts[] {
     const out: SeriesCounts[] = [];
-    for (const s of this.#series) {
+    for (const s of [...this.#byQueue.values()].flatMap((byName) => [...byName.values()])) {
       const touched = s.completed || s.failed || s.retried || s.duration.sum || s.lag.sum ||
         s.duration.counts.some(Boolean) || s.lag.counts.some(Boolean);
       if (!touched) continue;
