@@ -3,6 +3,14 @@
 -- sends the string it already validated instead of serialising it again.
 -- run_at: an absolute time when given, else now() plus the delay in ms, so
 -- delays are measured on the database's clock.
+-- staged_xact: the enqueue's transaction for a task due at once, none for
+-- one not yet due (Staged).
+
+-- fragment: Staged
+-- The staged_xact of a queued task whose run_at is `{{@}}`: the writing
+-- transaction when it is due now, NULL (not staged) when it is not yet due
+-- (migration 025).
+CASE WHEN {{@}} <= now() THEN pg_current_xact_id() END
 
 -- name: EnqueueTask
 -- $8: the task definition's version (input_version); $9: whether it has an
@@ -10,11 +18,12 @@
 -- tasks in ms (keep_completed, keep_failed; NULL: none set); $12: the
 -- task's group (group_name; NULL: none); $13: the trace context active at
 -- the enqueue, as a W3C traceparent (trace_context; NULL: none).
-INSERT INTO pgbg.task (queue, name, payload, priority, run_at, max_attempts, input_version, on_failed, keep_completed, keep_failed, group_name, trace_context)
+INSERT INTO pgbg.task (queue, name, payload, priority, run_at, max_attempts, input_version, on_failed, keep_completed, keep_failed, group_name, trace_context, staged_xact)
 VALUES (
   $1, $2, $3::text::jsonb, $4,
   coalesce($5::timestamptz, now() + $6::float8 * interval '1 millisecond'),
-  $7, $8, $9, $10::float8 * interval '1 millisecond', $11::float8 * interval '1 millisecond', $12, $13
+  $7, $8, $9, $10::float8 * interval '1 millisecond', $11::float8 * interval '1 millisecond', $12, $13,
+  {{Staged:coalesce($5::timestamptz, now() + $6::float8 * interval '1 millisecond')}}
 )
 RETURNING id;
 
@@ -22,11 +31,12 @@ RETURNING id;
 -- $1-$13 as in EnqueueTask, $14 the key. The arbiter is task_key_idx: a
 -- pending task with the same key makes this insert nothing and return no
 -- row; the caller then looks the task up.
-INSERT INTO pgbg.task (queue, name, payload, priority, run_at, max_attempts, input_version, on_failed, keep_completed, keep_failed, group_name, trace_context, key)
+INSERT INTO pgbg.task (queue, name, payload, priority, run_at, max_attempts, input_version, on_failed, keep_completed, keep_failed, group_name, trace_context, key, staged_xact)
 VALUES (
   $1, $2, $3::text::jsonb, $4,
   coalesce($5::timestamptz, now() + $6::float8 * interval '1 millisecond'),
-  $7, $8, $9, $10::float8 * interval '1 millisecond', $11::float8 * interval '1 millisecond', $12, $13, $14
+  $7, $8, $9, $10::float8 * interval '1 millisecond', $11::float8 * interval '1 millisecond', $12, $13, $14,
+  {{Staged:coalesce($5::timestamptz, now() + $6::float8 * interval '1 millisecond')}}
 )
 ON CONFLICT (key) WHERE key IS NOT NULL AND state <> 'failed' DO NOTHING
 RETURNING id;
@@ -43,10 +53,11 @@ RETURNING id;
 -- group per payload (NULL: none), or is empty when none has one; $13 the
 -- trace context, one for the batch.
 WITH inserted AS (
-  INSERT INTO pgbg.task (queue, name, payload, priority, run_at, max_attempts, input_version, on_failed, keep_completed, keep_failed, group_name, trace_context)
+  INSERT INTO pgbg.task (queue, name, payload, priority, run_at, max_attempts, input_version, on_failed, keep_completed, keep_failed, group_name, trace_context, staged_xact)
   SELECT $1, $2, i.payload::jsonb, $4,
     coalesce($5::timestamptz, now() + $6::float8 * interval '1 millisecond'), $7, $8, $9,
-    $10::float8 * interval '1 millisecond', $11::float8 * interval '1 millisecond', i.group_name, $13
+    $10::float8 * interval '1 millisecond', $11::float8 * interval '1 millisecond', i.group_name, $13,
+    {{Staged:coalesce($5::timestamptz, now() + $6::float8 * interval '1 millisecond')}}
   FROM ROWS FROM (string_to_table($3::text, E'\n'), unnest($12::text[])) WITH ORDINALITY AS i (payload, group_name, ord)
   ORDER BY i.ord
   RETURNING id
@@ -57,10 +68,11 @@ SELECT string_agg(id::text, ',') AS ids FROM inserted;
 -- $3, $12 and $13 as in EnqueueMany; $14 holds one key per payload. A key that is already
 -- pending, or repeated earlier in the same batch, inserts nothing; the caller
 -- looks those up.
-INSERT INTO pgbg.task (queue, name, payload, priority, run_at, max_attempts, input_version, on_failed, keep_completed, keep_failed, group_name, trace_context, key)
+INSERT INTO pgbg.task (queue, name, payload, priority, run_at, max_attempts, input_version, on_failed, keep_completed, keep_failed, group_name, trace_context, key, staged_xact)
 SELECT $1, $2, i.payload::jsonb, $4,
   coalesce($5::timestamptz, now() + $6::float8 * interval '1 millisecond'), $7, $8, $9,
-  $10::float8 * interval '1 millisecond', $11::float8 * interval '1 millisecond', i.group_name, $13, i.key
+  $10::float8 * interval '1 millisecond', $11::float8 * interval '1 millisecond', i.group_name, $13, i.key,
+  {{Staged:coalesce($5::timestamptz, now() + $6::float8 * interval '1 millisecond')}}
 FROM ROWS FROM (string_to_table($3::text, E'\n'), unnest($12::text[]), unnest($14::text[]))
   WITH ORDINALITY AS i (payload, group_name, key, ord)
 ORDER BY i.ord
@@ -88,11 +100,12 @@ WITH taken AS (
   WHERE k.held_until <= now()
   RETURNING k.key
 )
-INSERT INTO pgbg.task (queue, name, payload, priority, run_at, max_attempts, input_version, on_failed, keep_completed, keep_failed, group_name, trace_context, key, key_hold)
+INSERT INTO pgbg.task (queue, name, payload, priority, run_at, max_attempts, input_version, on_failed, keep_completed, keep_failed, group_name, trace_context, key, key_hold, staged_xact)
 SELECT $1, $2, $3::text::jsonb, $4,
   coalesce($5::timestamptz, now() + $6::float8 * interval '1 millisecond'),
   $7, $8, $9, $10::float8 * interval '1 millisecond', $11::float8 * interval '1 millisecond', $12, $13, $14,
-  CASE WHEN $16::int = 1 THEN $15::float8 * interval '1 millisecond' END
+  CASE WHEN $16::int = 1 THEN $15::float8 * interval '1 millisecond' END,
+  {{Staged:coalesce($5::timestamptz, now() + $6::float8 * interval '1 millisecond')}}
 FROM taken
 ON CONFLICT (key) WHERE key IS NOT NULL AND state <> 'failed' DO NOTHING
 RETURNING id;

@@ -66,7 +66,7 @@ templates AS (
 ),
 inserted AS (
   INSERT INTO pgbg.task (id, queue, name, payload, priority, run_at, max_attempts, input_version, on_failed, keep_completed, keep_failed,
-    group_name, trace_context, flow_id, state, parent_ids, waiting_on, dependants, batch_then)
+    group_name, trace_context, flow_id, state, parent_ids, waiting_on, dependants, batch_then, staged_xact)
   OVERRIDING SYSTEM VALUE
   SELECT i.id, p.queue, p.name, i.payload::jsonb, p.priority,
     coalesce(p.run_at, now() + p.delay_ms * interval '1 millisecond'), p.max_attempts, p.version, p.on_failed = 1,
@@ -74,7 +74,8 @@ inserted AS (
     CASE WHEN coalesce(c.waiting, 0) > 0 OR i.id = $20::bigint THEN 'waiting' ELSE 'queued' END::pgbg.task_state,
     c.parents, CASE WHEN i.id = $20::bigint THEN $21::int ELSE c.waiting END,
     CASE WHEN i.id IN (SELECT parent_id FROM e WHERE pending = 1) THEN true END,
-    CASE WHEN i.id <> $20::bigint THEN $20::bigint END
+    CASE WHEN i.id <> $20::bigint THEN $20::bigint END,
+    {{Staged:coalesce(p.run_at, now() + p.delay_ms * interval '1 millisecond')}}
   FROM ROWS FROM (unnest($1::bigint[]), unnest($2::integer[]), string_to_table($3::text, E'\n'), unnest($4::text[]))
     AS i (id, template, payload, group_name)
   JOIN templates p ON p.n = i.template
