@@ -452,6 +452,41 @@ WHERE t.ctid = ANY (ARRAY(
   AND {{LeaseHeld}}
 RETURNING t.id;
 
+-- name: CompleteClaimedTasks
+-- Success of tasks a claim row holds (pgbg.claim_lane, migration 026): each
+-- is deleted while it is still its claim's (InClaim) and the claim is held
+-- by this worker. $1 the tasks' ids, $2 their claims' ids (each once),
+-- $3 the worker. The claim row is the fence: a task that was restaged
+-- since (a rescue, a release) has left the claim's pair, and a claim ended
+-- or taken over is no longer held by this worker. The tasks are found by
+-- one sub-select run once per statement, as in CompleteTasks; each is
+-- matched to its claim by the claim's stretch of its lane, so that no
+-- value is sent per task but its id. A task restaged while the statement
+-- waited for its lock is met in its new version, which is in no pair of
+-- these claims.
+WITH held AS MATERIALIZED (
+  SELECT * FROM pgbg.claim c WHERE c.id = ANY ($2::bigint[]) AND c.worker_id = $3::uuid
+)
+DELETE FROM pgbg.task t
+USING held c
+WHERE t.ctid = ANY (ARRAY(
+  SELECT x.ctid FROM unnest($1::bigint[]) AS s (id)
+  CROSS JOIN LATERAL (SELECT ctid FROM pgbg.task WHERE id = s.id LIMIT 1) x
+))
+  AND {{InClaim}}
+RETURNING t.id;
+
+-- fragment: InClaim
+-- Whether task `t`, one that claim row `c` returned to this worker, is
+-- still c's: queued in c's lane, and in c's stretch of it (migration 026).
+-- Not whether t is in c's pair: every task the worker names was in it when
+-- c took it, and a task leaves it only by being restaged, which gives it
+-- a transaction after c's snapshot and so after c's stretch. (Whether any
+-- task is held by a claim, for a reader that names tasks it did not
+-- claim, must ask for the pair too.)
+(t.queue = c.queue AND t.name = c.name AND t.priority = c.priority AND t.state = 'queued' AND t.group_name IS NULL
+  AND (t.staged_xact, t.id) > (c.after_xact, c.after_id) AND (t.staged_xact, t.id) <= (c.last_xact, c.last_id))
+
 -- name: CompleteBatchTasks
 -- CompleteTasks for batch members (the claim returned their batch_then):
 -- the same fenced delete, and their batches' completion tasks counted down

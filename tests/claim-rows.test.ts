@@ -1,0 +1,174 @@
+/**
+ * Claim rows (migration 026): the claim of a lane by a pair of snapshots
+ * takes each committed task exactly once, however its enqueue's commit is
+ * ordered against the claims; a claim that fills its batch leaves the rest
+ * of its pair to the next; and a completion deletes a task only while it
+ * is still its claim's and the claim is held by the completing worker.
+ */
+import assert from "node:assert/strict";
+import { randomUUID } from "node:crypto";
+import { setTimeout as sleep } from "node:timers/promises";
+import { describe, test } from "node:test";
+import postgres from "postgres";
+import * as v from "valibot";
+import { defineTask, enqueue, enqueueMany, migrate } from "../mod.ts";
+import { run } from "../lib/statements.ts";
+import { clientOptions, createTestDatabase } from "./harness.ts";
+import { patience, until, within } from "./service-harness.ts";
+
+const db = await createTestDatabase();
+const { sql } = db;
+await migrate(sql);
+const lane = defineTask({ name: "lane", schema: v.object({ n: v.number() }), async run() {} });
+
+/** One claim of the lane `lane` by `worker`, of up to `wanted` tasks. */
+const claimLane = (worker: string, wanted: number, client: typeof sql = sql) =>
+  client`SELECT id::text, claim_id::text, attempts FROM pgbg.claim_lane('default', 'lane', 0::smallint, ${worker}::uuid, interval '1 minute', ${wanted})`;
+
+/** Completes `ids` of claims `claims` as `worker`; returns the ids deleted. */
+const complete = async (worker: string, ids: string[], claims: string[]) =>
+  (await run<{ id: unknown }>(sql, "pgbg", "CompleteClaimedTasks", [ids, [...new Set(claims)], worker])).map((r) => String(r.id)).sort();
+
+const clean = () => sql`TRUNCATE pgbg.task, pgbg.claim`;
+
+describe("claim rows", () => {
+  test("a task whose enqueue commits after a later one was claimed is taken by the next claim", async () => {
+    await clean();
+    const worker = randomUUID();
+    const late = postgres(db.url, { ...clientOptions, max: 1 });
+    let releaseLate!: () => void;
+    const lateHeld = new Promise<void>((resolve) => (releaseLate = resolve));
+    let lateId!: string;
+    const lateDone = late.begin(async (tx) => {
+      lateId = await enqueue(tx, lane, { n: 1 });
+      await lateHeld;
+    });
+    try {
+      await until(() => sql`SELECT count(*)::int AS n FROM pg_stat_activity WHERE state = 'idle in transaction' AND datname = current_database()`,
+        (rows) => rows[0].n === 1, patience, "the late enqueue to wait, uncommitted");
+      const early = await enqueue(sql, lane, { n: 2 });
+      const first = await claimLane(worker, 10);
+      assert.deepEqual(first.map((r) => r.id), [early], "only the committed task");
+      releaseLate();
+      await lateDone;
+      assert.ok(BigInt(lateId) < BigInt(early), "the late task has the lower id");
+      const second = await claimLane(worker, 10);
+      assert.deepEqual(second.map((r) => r.id), [lateId], "the late task, in the next pair");
+      assert.equal((await claimLane(worker, 10)).length, 0, "nothing twice");
+      assert.equal(first[0].attempts, 1);
+    } finally {
+      releaseLate();
+      await lateDone.catch(() => {});
+      await late.end();
+    }
+  });
+
+  test("a claim that fills its batch leaves the rest of its pair to the next, in lane order", async () => {
+    await clean();
+    const worker = randomUUID();
+    const ids = await enqueueMany(sql, lane, Array.from({ length: 10 }, (_, n) => ({ n })));
+    const claims = [await claimLane(worker, 4), await claimLane(worker, 4), await claimLane(worker, 4)];
+    assert.deepEqual(claims.map((c) => c.map((r) => r.id).sort((a, b) => Number(a) - Number(b))), [ids.slice(0, 4), ids.slice(4, 8), ids.slice(8)]);
+    const rows = await sql`SELECT whole, since IS NULL AS first, upto::text FROM pgbg.claim ORDER BY id`;
+    assert.deepEqual(rows.map((r) => r.whole), [false, false, true]);
+    assert.equal(new Set(rows.map((r) => r.upto)).size, 1, "one pair");
+  });
+
+  test("a completion deletes a task only while it is its claim's and the claim is this worker's", async () => {
+    await clean();
+    const [worker, other] = [randomUUID(), randomUUID()];
+    await enqueueMany(sql, lane, [{ n: 1 }, { n: 2 }, { n: 3 }]);
+    const claimed = await claimLane(worker, 3);
+    const ids = claimed.map((r) => r.id).sort();
+    const claims = claimed.map((r) => r.claim_id);
+    assert.deepEqual(await complete(other, ids, claims), [], "not by another worker");
+    assert.deepEqual(await complete(worker, ids, ["0"]), [], "not by another claim");
+    await sql`UPDATE pgbg.task SET staged_xact = pg_current_xact_id() WHERE id = ${ids[0]}`;
+    assert.deepEqual(await complete(worker, ids, claims), ids.slice(1), "a task restaged since is no longer the claim's");
+    assert.deepEqual((await claimLane(other, 3)).map((r) => r.id), [ids[0]], "it is the next claim's");
+    await sql`UPDATE pgbg.claim SET worker_id = NULL, lease_expires_at = NULL`;
+    assert.deepEqual(await complete(other, [ids[0]], (await sql`SELECT max(id)::text AS id FROM pgbg.claim`).map((r) => r.id)), [],
+      "not once the claim was ended");
+  });
+
+  test("a claim refuses to run under REPEATABLE READ", async () => {
+    await assert.rejects(
+      sql.begin("ISOLATION LEVEL REPEATABLE READ", (tx) => claimLane(randomUUID(), 1, tx as unknown as typeof sql)),
+      /the claim of a lane needs READ COMMITTED, not repeatable read/,
+    );
+  });
+
+  for (const held of [false, true]) {
+    test(`enqueues committing out of order, in savepoints and rolled back: each committed task claimed once${held ? ", beside a held snapshot" : ""}`, { timeout: 3 * patience }, async () => {
+      await clean();
+      await checkExactlyOnce(held);
+    });
+  }
+});
+
+/**
+ * Six connections enqueue 1-4 tasks a transaction, holding each open up to
+ * a few ms (one in eight up to 60 ms), one in three with a task in a
+ * savepoint, one in six with a savepoint rolled back, one in ten rolled
+ * back whole, while two workers claim 25 and 3 at a time and complete
+ * what they took; then the workers claim until the lane is empty.
+ */
+async function checkExactlyOnce(held: boolean): Promise<void> {
+  const committed = new Set<string>();
+  const claimedTimes = new Map<string, number>();
+  const holder = postgres(db.url, { ...clientOptions, max: 1 });
+  let release!: () => void;
+  const holding = held ? holder.begin(async (tx) => {
+    await tx`SELECT txid_current()`;
+    await new Promise<void>((resolve) => (release = resolve));
+  }) : Promise.resolve();
+  const enqueuers = postgres(db.url, { ...clientOptions, max: 6 });
+  let enqueuing = true;
+  let failed = false;
+  const enqueueLoop = async (seed: number) => {
+    for (let i = 0; i < 60 && !failed; i++) {
+      const r = (seed * 7919 + i * 104729) % 1000;
+      const ids: string[] = [];
+      await enqueuers.begin(async (tx) => {
+        ids.push(...await enqueueMany(tx, lane, Array.from({ length: 1 + (r % 4) }, (_, n) => ({ n }))));
+        if (r % 3 === 0) ids.push(...await tx.savepoint((sp) => enqueueMany(sp, lane, [{ n: 9 }])));
+        if (r % 6 === 1) await tx.savepoint(async (sp) => { await enqueue(sp, lane, { n: 8 }); throw new Error("rolled back"); }).catch(() => {});
+        await sleep(r % 8 === 0 ? r % 60 : r % 4);
+        if (r % 10 === 5) throw new Error("rolled back whole");
+      }).then(() => ids.forEach((id) => committed.add(id)), () => {});
+    }
+  };
+  const claimLoop = async (wanted: number) => {
+    const worker = randomUUID();
+    while (!failed) {
+      const rows = await claimLane(worker, wanted);
+      for (const r of rows) claimedTimes.set(r.id, (claimedTimes.get(r.id) ?? 0) + 1);
+      if (rows.length) assert.equal((await complete(worker, rows.map((r) => r.id), rows.map((r) => r.claim_id))).length, rows.length, "each claimed task completed");
+      if (!rows.length && !enqueuing) {
+        const [{ n }] = await sql`SELECT count(*)::int AS n FROM pgbg.task`;
+        if (n === 0) return;
+      }
+    }
+  };
+  try {
+    // One claimer's failure stops the other, which would wait for tasks it left.
+    const claimers = [claimLoop(25), claimLoop(3)].map((c) => c.catch((error) => { failed = true; throw error; }));
+    await Promise.all(Array.from({ length: 6 }, (_, seed) => enqueueLoop(seed + 1)));
+    enqueuing = false;
+    await within(Promise.all(claimers), patience, "the claimers to empty the lane");
+  } finally {
+    failed = true; // stops claimers still looping after a timeout
+    release?.();
+    await holding;
+    await holder.end();
+    await enqueuers.end();
+  }
+  assert.ok(committed.size > 100, `${committed.size} committed`);
+  const twice = [...claimedTimes].filter(([, times]) => times > 1);
+  assert.deepEqual(twice, [], "no task claimed twice");
+  const notCommitted = [...claimedTimes.keys()].filter((id) => !committed.has(id));
+  assert.deepEqual(notCommitted, [], "nothing claimed that was not committed");
+  assert.equal(claimedTimes.size, committed.size, "every committed task claimed");
+  const [{ goneOn }] = await sql`SELECT count(*) FILTER (WHERE NOT whole)::int AS "goneOn" FROM pgbg.claim`;
+  assert.ok(goneOn > 0, "some claim stopped inside its pair");
+}
