@@ -14,7 +14,7 @@ import * as v from "valibot";
 import { defineTask, enqueue, enqueueMany, migrate } from "../mod.ts";
 import { run } from "../lib/statements.ts";
 import { clientOptions, createTestDatabase } from "./harness.ts";
-import { patience, until, within } from "./service-harness.ts";
+import { patience, within } from "./service-harness.ts";
 
 const db = await createTestDatabase();
 const { sql } = db;
@@ -39,13 +39,15 @@ describe("claim rows", () => {
     let releaseLate!: () => void;
     const lateHeld = new Promise<void>((resolve) => (releaseLate = resolve));
     let lateId!: string;
+    let enqueued!: () => void;
+    const lateEnqueued = new Promise<void>((resolve) => (enqueued = resolve));
     const lateDone = late.begin(async (tx) => {
       lateId = await enqueue(tx, lane, { n: 1 });
+      enqueued();
       await lateHeld;
     });
     try {
-      await until(() => sql`SELECT count(*)::int AS n FROM pg_stat_activity WHERE state = 'idle in transaction' AND datname = current_database()`,
-        (rows) => rows[0].n === 1, patience, "the late enqueue to wait, uncommitted");
+      await within(Promise.race([lateEnqueued, lateDone]), patience, "the late enqueue, uncommitted");
       const early = await enqueue(sql, lane, { n: 2 });
       const first = await claimLane(worker, 10);
       assert.deepEqual(first.map((r) => r.id), [early], "only the committed task");

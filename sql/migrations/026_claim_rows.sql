@@ -145,6 +145,8 @@ BEGIN
   SELECT t.id, t.name, t.queue, t.payload, t.attempts + 1, t.max_attempts, t.priority, t.snoozes, t.input_version,
     t.trace_context, t.batch_then, date_part('epoch', now() - t.run_at) * 1000,
     (extract(epoch FROM t.run_at) * 1000000)::bigint, new_claim
-  FROM pgbg.task t WHERE t.id = ANY (taken[1:least(n, wanted)]);
+  -- Each by its primary key: `t.id = ANY (taken)` is a filter that scans
+  -- the array for every row of the table once the plan is generic.
+  FROM unnest(taken[1:least(n, wanted)]) AS k (id) JOIN pgbg.task t ON t.id = k.id;
 END
 $$;

@@ -484,7 +484,12 @@ RETURNING t.id;
 -- a transaction after c's snapshot and so after c's stretch. (Whether any
 -- task is held by a claim, for a reader that names tasks it did not
 -- claim, must ask for the pair too.)
-(t.queue = c.queue AND t.name = c.name AND t.priority = c.priority AND t.state = 'queued' AND t.group_name IS NULL
+-- Not `group_name IS NULL` either, which a change of group (a restaging)
+-- rules out already: with it and `state = 'queued'` these conditions imply
+-- the predicate of the partial claim index, and a generic plan scanned
+-- that whole index to filter it by row address, 4,000 tasks in 34 ms
+-- instead of 6.
+(t.queue = c.queue AND t.name = c.name AND t.priority = c.priority AND t.state = 'queued'
   AND (t.staged_xact, t.id) > (c.after_xact, c.after_id) AND (t.staged_xact, t.id) <= (c.last_xact, c.last_id))
 
 -- name: CompleteBatchTasks
