@@ -76,6 +76,21 @@ describe("claim rows", () => {
     assert.equal(new Set(rows.map((r) => r.upto)).size, 1, "one pair");
   });
 
+  test("a claim stages the lane's due tasks that have no staging transaction, and leaves those not yet due", async () => {
+    await clean();
+    const worker = randomUUID();
+    // As tasks queued before migration 025, or delayed ones now due: no staging transaction.
+    const unstaged = (await sql`INSERT INTO pgbg.task (queue, name, payload, staged_xact)
+      SELECT 'default', 'lane', '{"n":1}', NULL FROM generate_series(1, 3) RETURNING id::text`).map((r) => r.id).sort();
+    const later = await enqueue(sql, lane, { n: 2 }, { delay: 3_600_000 });
+    // Staged by the first claim: taken by it, or by the next (its transaction may fall past its own snapshot).
+    const taken = [...await claimLane(worker, 10), ...await claimLane(worker, 10)].map((r) => r.id).sort();
+    assert.deepEqual(taken, unstaged);
+    assert.equal((await claimLane(worker, 10)).length, 0);
+    const [row] = await sql`SELECT staged_xact FROM pgbg.task WHERE id = ${later}`;
+    assert.equal(row.staged_xact, null, "not yet due: not staged");
+  });
+
   test("a completion deletes a task only while it is its claim's and the claim is this worker's", async () => {
     await clean();
     const [worker, other] = [randomUUID(), randomUUID()];

@@ -61,6 +61,10 @@ CREATE INDEX claim_lane_idx ON pgbg.claim (queue, name, priority, id);
 -- by transactions `since` saw in progress (one probe each), and those from
 -- `since`'s xmax on (one range). A claim that fills its batch leaves the
 -- rest of its pair to the lane's next claim.
+--
+-- A claim that starts a new pair stages the lane's due tasks first, so
+-- that a delay ends in the claim's path and not a check interval later
+-- in a service's.
 CREATE FUNCTION pgbg.claim_lane(lane_queue text, lane_name text, lane_priority smallint, claimer uuid, lease interval,
     wanted integer)
   RETURNS TABLE (id bigint, name text, queue text, payload jsonb, attempts integer, max_attempts integer, priority smallint,
@@ -97,6 +101,15 @@ BEGIN
     from_xact := prev.last_xact;
     from_id := prev.last_id;
   ELSE
+    -- A new pair: the lane's due tasks that have no staging transaction
+    -- yet (delayed, snoozed or retried later, or queued before migration
+    -- 025) are staged first, by this claim's transaction. That transaction
+    -- is in this pair when the snapshot below sees it as ended (a later
+    -- one ended first), and this claim's own reads see its writes; else it
+    -- is past the snapshot's xmax, in the next pair.
+    UPDATE pgbg.task t SET staged_xact = pg_current_xact_id()
+    WHERE t.queue = lane_queue AND t.name = lane_name AND t.priority = lane_priority
+      AND t.state = 'queued' AND t.group_name IS NULL AND t.staged_xact IS NULL AND t.run_at <= now();
     pair_since := prev.upto;
     pair_upto := pg_current_snapshot();
   END IF;
