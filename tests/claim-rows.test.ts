@@ -83,12 +83,62 @@ describe("claim rows", () => {
     const unstaged = (await sql`INSERT INTO pgbg.task (queue, name, payload, staged_xact)
       SELECT 'default', 'lane', '{"n":1}', NULL FROM generate_series(1, 3) RETURNING id::text`).map((r) => r.id).sort();
     const later = await enqueue(sql, lane, { n: 2 }, { delay: 3_600_000 });
-    // Staged by the first claim: taken by it, or by the next (its transaction may fall past its own snapshot).
-    const taken = [...await claimLane(worker, 10), ...await claimLane(worker, 10)].map((r) => r.id).sort();
-    assert.deepEqual(taken, unstaged);
+    // Staged by the first claim's transaction, which its own pair counts in progress: the next claim's.
+    assert.equal((await claimLane(worker, 10)).length, 0, "not by the claim that staged them");
+    assert.deepEqual((await claimLane(worker, 10)).map((r) => r.id).sort(), unstaged);
     assert.equal((await claimLane(worker, 10)).length, 0);
     const [row] = await sql`SELECT staged_xact FROM pgbg.task WHERE id = ${later}`;
     assert.equal(row.staged_xact, null, "not yet due: not staged");
+  });
+
+  test("two claims of a lane in one transaction, with a later transaction ended between: what the transaction staged is claimed once it commits", async () => {
+    await clean();
+    const worker = randomUUID();
+    const unstaged = (n: number, tx: typeof sql) => tx`INSERT INTO pgbg.task (queue, name, payload, staged_xact)
+      SELECT 'default', 'lane', '{"n":1}', NULL FROM generate_series(1, ${n}) RETURNING id::text`.then((rows) => rows.map((r) => r.id));
+    const ids = await sql.begin(async (tx) => {
+      await tx`SELECT pg_current_xact_id()`;
+      await enqueue(sql, lane, { n: 0 }); // a later transaction, ended: this one's id is now below the snapshots' xmax
+      const first = await unstaged(2, tx as unknown as typeof sql);
+      const a = await claimLane(worker, 10, tx as unknown as typeof sql);
+      const second = await unstaged(2, tx as unknown as typeof sql);
+      const b = await claimLane(worker, 10, tx as unknown as typeof sql);
+      return { staged: [...first, ...second], inside: [...a, ...b].map((r) => r.id) };
+    });
+    const after = [...await claimLane(worker, 10), ...await claimLane(worker, 10)].map((r) => r.id);
+    const all = [...ids.inside, ...after];
+    for (const id of ids.staged) assert.equal(all.filter((x) => x === id).length, 1, `task ${id} claimed once (inside: ${ids.inside}; after: ${after})`);
+  });
+
+  test("a completion refuses a task restaged by a transaction older than its claim, which a later claim took", async () => {
+    await clean();
+    const [first, second] = [randomUUID(), randomUUID()];
+    const restager = postgres(db.url, { ...clientOptions, max: 1 });
+    let restage!: (id: string) => void;
+    const restageOf = new Promise<string>((resolve) => (restage = resolve));
+    let begun!: () => void;
+    const hasId = new Promise<void>((resolve) => (begun = resolve));
+    const restaging = restager.begin(async (tx) => {
+      await tx`SELECT pg_current_xact_id()`; // its id is drawn before the claim's tasks are enqueued
+      begun();
+      await tx`UPDATE pgbg.task SET staged_xact = pg_current_xact_id() WHERE id = ${await restageOf}`;
+    });
+    try {
+      await within(hasId, patience, "the restaging transaction's id");
+      const [task] = await enqueueMany(sql, lane, [{ n: 1 }]);
+      const held = await claimLane(first, 5);
+      assert.deepEqual(held.map((r) => r.id), [task]);
+      restage(task);
+      await restaging;
+      const taken = await claimLane(second, 5);
+      assert.deepEqual(taken.map((r) => r.id), [task], "restaged, it is the next claim's");
+      assert.deepEqual(await complete(first, [task], [held[0].claim_id]), [], "not the first claim's any more");
+      assert.deepEqual(await complete(second, [task], [taken[0].claim_id]), [task]);
+    } finally {
+      restage("0");
+      await restaging.catch(() => {});
+      await restager.end();
+    }
   });
 
   test("a completion deletes a task only while it is its claim's and the claim is this worker's", async () => {
@@ -134,11 +184,16 @@ async function checkExactlyOnce(held: boolean): Promise<void> {
   const committed = new Set<string>();
   const claimedTimes = new Map<string, number>();
   const holder = postgres(db.url, { ...clientOptions, max: 1 });
-  let release!: () => void;
+  let release = () => {};
+  let holds!: () => void;
+  const holdsSnapshot = new Promise<void>((resolve) => (holds = resolve));
   const holding = held ? holder.begin(async (tx) => {
     await tx`SELECT txid_current()`;
-    await new Promise<void>((resolve) => (release = resolve));
-  }) : Promise.resolve();
+    const released = new Promise<void>((resolve) => (release = resolve));
+    holds();
+    await released;
+  }) : (holds(), Promise.resolve());
+  await within(Promise.race([holdsSnapshot, holding]), patience, "the held snapshot");
   const enqueuers = postgres(db.url, { ...clientOptions, max: 6 });
   let enqueuing = true;
   let failed = false;
@@ -167,6 +222,13 @@ async function checkExactlyOnce(held: boolean): Promise<void> {
       }
     }
   };
+  // A claim inside a pair, at the start: 3 of 10.
+  const opening = await enqueueMany(sql, lane, Array.from({ length: 10 }, (_, n) => ({ n })));
+  opening.forEach((id) => committed.add(id));
+  const openingWorker = randomUUID();
+  const openingClaim = await claimLane(openingWorker, 3);
+  openingClaim.forEach((r) => claimedTimes.set(r.id, 1));
+  assert.equal((await complete(openingWorker, openingClaim.map((r) => r.id), openingClaim.map((r) => r.claim_id))).length, 3);
   try {
     // One claimer's failure stops the other, which would wait for tasks it left.
     const claimers = [claimLoop(25), claimLoop(3)].map((c) => c.catch((error) => { failed = true; throw error; }));
@@ -175,7 +237,7 @@ async function checkExactlyOnce(held: boolean): Promise<void> {
     await within(Promise.all(claimers), patience, "the claimers to empty the lane");
   } finally {
     failed = true; // stops claimers still looping after a timeout
-    release?.();
+    release();
     await holding;
     await holder.end();
     await enqueuers.end();

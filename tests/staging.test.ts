@@ -97,8 +97,8 @@ describe("the staged transaction", () => {
       await until(() => runsOf(failNow.id), (runs) => runs.length === 2, patience, "the retry's second attempt");
       await until(() => runsOf(snoozeNow.id), (runs) => runs.length === 2, patience, "the run after the snooze");
       await until(() => runsOf(flow.tasks.b), (runs) => runs.length === 1, patience, "the flow's child");
-      await until(() => sql`SELECT snoozes, attempts FROM pgbg.task WHERE id IN (${failLater.id}, ${snoozeLater.id}) ORDER BY id`,
-        (rows) => rows.length === 2 && rows[0].attempts === 1 && rows[1].snoozes === 1, patience, "the waits");
+      await until(() => sql`SELECT snoozes, attempts, state::text FROM pgbg.task WHERE id IN (${failLater.id}, ${snoozeLater.id}) ORDER BY id`,
+        (rows) => rows.length === 2 && rows[0].attempts === 1 && rows[0].state === "queued" && rows[1].snoozes === 1, patience, "the waits");
     } finally {
       await worker.stop();
     }

@@ -9,8 +9,13 @@
 -- time it becomes claimable again; one left with an old transaction would
 -- be behind every later pair and never claimed. The rule:
 -- - a task queued and due when its row is written is staged by the
---   transaction that wrote it (the enqueue statements set it; the default
---   covers any other insert);
+--   transaction that wrote it (the enqueue statements and the flow's
+--   insert set it). The column has no default: a row inserted by any
+--   other writer (a hand-written insert, an onFailed hook, the previous
+--   release's enqueue during a rolling upgrade) has none, and is staged
+--   by a claim once due (migration 026). A default of the writing
+--   transaction would stage a delayed task at once, and a claim by
+--   snapshots, which judges no run_at, would run it early;
 -- - a task not yet due (a delay, a retry's backoff, a snooze) has none
 --   until it is due: a claim by snapshots judges no run_at, so a later
 --   stage will set it then;
@@ -23,11 +28,9 @@
 -- (task_claim_idx), and the column costs the enqueue its width and one
 -- function call a row (bench/RESULTS.md, "The staged transaction").
 --
--- Added without a default and then given one, so that the table is not
--- rewritten: tasks queued before this migration have none, and count as
--- not staged (a later stage stages them once due).
+-- Without a default, so that the table is not rewritten: tasks queued
+-- before this migration have none, and count as not staged.
 ALTER TABLE pgbg.task ADD COLUMN staged_xact xid8;
-ALTER TABLE pgbg.task ALTER COLUMN staged_xact SET DEFAULT pg_current_xact_id();
 
 -- Restages a task that became queued, or was moved, by an UPDATE that did
 -- not set staged_xact itself: staged by this transaction when due, else

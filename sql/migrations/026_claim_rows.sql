@@ -11,9 +11,23 @@
 -- after a claim's snapshot falls in a later pair, so no task is ever behind
 -- a claim, and nothing is updated per task.
 --
+-- A lane claim takes a task of its pair unless its cancel was asked, its
+-- attempts are at the integer limit (as ClaimableTask), or it is a flow's
+-- parent or a batch member: their completion must say how they ended
+-- (migration 014's triggers read a deleted queued row as cancelled), so
+-- they keep the row-by-row claim until it does.
+--
 -- Nothing calls claim_lane yet: the workers still claim row by row
 -- (ClaimTasks). Tasks it takes look queued to every other reader until
--- those readers learn of claim rows (the stages that follow).
+-- those readers learn of claim rows (the stages that follow). Two rules
+-- for them, on which the fence (CompleteClaimedTasks) relies:
+-- - whoever ends a claim row (a rescue, a release) restages the tasks it
+--   still holds in the same transaction, since a completion reads the
+--   claim row without locking it and is fenced by its tasks' rows;
+-- - a writer that restages a task (a replace, a change of priority) must
+--   not restage one a claim holds, or take the lane's lock first: a claim
+--   reads its tasks without locking them, and a task restaged after that
+--   read is in a later pair, and would run twice.
 
 -- One row per claim of a lane, held by its worker until its tasks end.
 CREATE TABLE pgbg.claim (
@@ -83,6 +97,7 @@ DECLARE
   taken_xacts xid8[];
   n integer;
   new_claim bigint;
+  own xid8;
 BEGIN
   IF current_setting('transaction_isolation') <> 'read committed' THEN
     RAISE EXCEPTION 'the claim of a lane needs READ COMMITTED, not %', current_setting('transaction_isolation')
@@ -112,6 +127,17 @@ BEGIN
       AND t.state = 'queued' AND t.group_name IS NULL AND t.staged_xact IS NULL AND t.run_at <= now();
     pair_since := prev.upto;
     pair_upto := pg_current_snapshot();
+    -- A snapshot leaves this transaction out of its list of those in
+    -- progress, so that a transaction id of its own below the xmax reads
+    -- as ended: stored so, whatever this transaction stages after the
+    -- snapshot (a second claim of the lane, the caller's own writes) would
+    -- read as before this pair and be in none. Stored in progress, its
+    -- tasks are the next pair's, through the probe.
+    own := pg_current_xact_id_if_assigned();
+    IF own IS NOT NULL AND own < pg_snapshot_xmax(pair_upto) THEN
+      pair_upto := (least(pg_snapshot_xmin(pair_upto), own) || ':' || pg_snapshot_xmax(pair_upto) || ':'
+        || array_to_string(ARRAY(SELECT x FROM pg_snapshot_xip(pair_upto) AS x UNION SELECT own ORDER BY 1), ','))::pg_snapshot;
+    END IF;
   END IF;
   -- The range part starts after the claim's start, and at since's xmax.
   IF pair_since IS NULL OR from_xact >= pg_snapshot_xmax(pair_since) THEN
@@ -126,14 +152,16 @@ BEGIN
   FROM (
     SELECT t.id, t.staged_xact FROM pgbg.task t
     WHERE t.queue = lane_queue AND t.name = lane_name AND t.priority = lane_priority
-      AND t.state = 'queued' AND t.group_name IS NULL
+      AND t.state = 'queued' AND t.group_name IS NULL AND t.cancel_requested_at IS NULL AND t.attempts < 2147483647
+      AND t.dependants IS NOT TRUE AND t.batch_then IS NULL
       AND t.staged_xact = ANY (ARRAY(SELECT pg_snapshot_xip(pair_since)))
       AND (t.staged_xact, t.id) > (from_xact, from_id)
       AND pg_visible_in_snapshot(t.staged_xact, pair_upto)
     UNION ALL
     (SELECT t.id, t.staged_xact FROM pgbg.task t
     WHERE t.queue = lane_queue AND t.name = lane_name AND t.priority = lane_priority
-      AND t.state = 'queued' AND t.group_name IS NULL
+      AND t.state = 'queued' AND t.group_name IS NULL AND t.cancel_requested_at IS NULL AND t.attempts < 2147483647
+      AND t.dependants IS NOT TRUE AND t.batch_then IS NULL
       AND (t.staged_xact, t.id) > (start_xact, start_id)
       AND t.staged_xact < pg_snapshot_xmax(pair_upto)
       AND pg_visible_in_snapshot(t.staged_xact, pair_upto)

@@ -478,19 +478,20 @@ RETURNING t.id;
 
 -- fragment: InClaim
 -- Whether task `t`, one that claim row `c` returned to this worker, is
--- still c's: queued in c's lane, and in c's stretch of it (migration 026).
--- Not whether t is in c's pair: every task the worker names was in it when
--- c took it, and a task leaves it only by being restaged, which gives it
--- a transaction after c's snapshot and so after c's stretch. (Whether any
--- task is held by a claim, for a reader that names tasks it did not
--- claim, must ask for the pair too.)
--- Not `group_name IS NULL` either, which a change of group (a restaging)
--- rules out already: with it and `state = 'queued'` these conditions imply
--- the predicate of the partial claim index, and a generic plan scanned
--- that whole index to filter it by row address, 4,000 tasks in 34 ms
--- instead of 6.
+-- still c's: queued in c's lane, in c's pair and in c's stretch of it
+-- (migration 026). The pair too, not the stretch alone: transaction ids
+-- are drawn when a transaction first writes, not when it commits, so a
+-- task restaged by a transaction that began before c's claim has an id
+-- inside c's stretch and is a later claim's; and the stretch of a pair's
+-- first claim starts at the lane's head, among tasks of earlier pairs.
+-- Not `group_name IS NULL`, which a change of group (a restaging) rules
+-- out already: with it and `state = 'queued'` these conditions imply the
+-- predicate of the partial claim index, and a generic plan scanned that
+-- whole index to filter it by row address, 4,000 tasks in 34 ms instead
+-- of 6.
 (t.queue = c.queue AND t.name = c.name AND t.priority = c.priority AND t.state = 'queued'
-  AND (t.staged_xact, t.id) > (c.after_xact, c.after_id) AND (t.staged_xact, t.id) <= (c.last_xact, c.last_id))
+  AND (t.staged_xact, t.id) > (c.after_xact, c.after_id) AND (t.staged_xact, t.id) <= (c.last_xact, c.last_id)
+  AND pg_visible_in_snapshot(t.staged_xact, c.upto) AND (c.since IS NULL OR NOT pg_visible_in_snapshot(t.staged_xact, c.since)))
 
 -- name: CompleteBatchTasks
 -- CompleteTasks for batch members (the claim returned their batch_then):
