@@ -150,13 +150,21 @@ BEGIN
   SELECT array_agg(p.id ORDER BY p.staged_xact, p.id), array_agg(p.staged_xact ORDER BY p.staged_xact, p.id)
     INTO taken, taken_xacts
   FROM (
-    SELECT t.id, t.staged_xact FROM pgbg.task t
-    WHERE t.queue = lane_queue AND t.name = lane_name AND t.priority = lane_priority
-      AND t.state = 'queued' AND t.group_name IS NULL AND t.cancel_requested_at IS NULL AND t.attempts < 2147483647
-      AND t.dependants IS NOT TRUE AND t.batch_then IS NULL
-      AND t.staged_xact = ANY (ARRAY(SELECT pg_snapshot_xip(pair_since)))
-      AND (t.staged_xact, t.id) > (from_xact, from_id)
-      AND pg_visible_in_snapshot(t.staged_xact, pair_upto)
+    -- One probe per transaction in progress at `since`, each an index
+    -- range of its own: as `staged_xact = ANY (…)` beside the row
+    -- comparison, the array was a filter on a scan of the rest of the lane,
+    -- and each claim of a 100,000-task drain read what was left of it.
+    SELECT p.id, p.staged_xact FROM pg_snapshot_xip(pair_since) AS x (xact)
+    CROSS JOIN LATERAL (
+      SELECT t.id, t.staged_xact FROM pgbg.task t
+      WHERE t.queue = lane_queue AND t.name = lane_name AND t.priority = lane_priority
+        AND t.state = 'queued' AND t.group_name IS NULL AND t.cancel_requested_at IS NULL AND t.attempts < 2147483647
+        AND t.dependants IS NOT TRUE AND t.batch_then IS NULL
+        AND t.staged_xact = x.xact
+        AND (t.staged_xact, t.id) > (from_xact, from_id)
+        AND pg_visible_in_snapshot(t.staged_xact, pair_upto)
+      ORDER BY t.id LIMIT wanted + 1
+    ) p
     UNION ALL
     (SELECT t.id, t.staged_xact FROM pgbg.task t
     WHERE t.queue = lane_queue AND t.name = lane_name AND t.priority = lane_priority
