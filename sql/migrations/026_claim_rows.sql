@@ -190,12 +190,16 @@ BEGIN
   VALUES (pair_since, pair_upto, from_xact, from_id, taken_xacts[least(n, wanted)], taken[least(n, wanted)],
     now() + lease, lane_priority, n <= wanted, claimer, lane_queue, lane_name)
   RETURNING c.id INTO new_claim;
+  -- Each by its primary key, in a lateral join whose LIMIT keeps it from
+  -- being flattened: `t.id = ANY (taken)` is a filter that scans the array
+  -- for every row of the table once the plan is generic, and a plain join
+  -- was planned as a hash of a sequential scan of the whole table (each
+  -- claim of a 100,000-task drain read it).
   RETURN QUERY
   SELECT t.id, t.name, t.queue, t.payload, t.attempts + 1, t.max_attempts, t.priority, t.snoozes, t.input_version,
     t.trace_context, t.batch_then, date_part('epoch', now() - t.run_at) * 1000,
     (extract(epoch FROM t.run_at) * 1000000)::bigint, new_claim
-  -- Each by its primary key: `t.id = ANY (taken)` is a filter that scans
-  -- the array for every row of the table once the plan is generic.
-  FROM unnest(taken[1:least(n, wanted)]) AS k (id) JOIN pgbg.task t ON t.id = k.id;
+  FROM unnest(taken[1:least(n, wanted)]) AS k (id)
+  CROSS JOIN LATERAL (SELECT * FROM pgbg.task t WHERE t.id = k.id LIMIT 1) t;
 END
 $$;
