@@ -63,10 +63,10 @@ function assertRestagedEachTime(runs: (bigint | null)[], count: number, what: st
 describe("the staged transaction", () => {
   test("the enqueue stages a due task by its own transaction, and the claim keeps it", async () => {
     const one = await enqueueIn({ then: "succeed" });
-    const [{ ids, xact }] = await sql.begin(async (tx) => [{
+    const { ids, xact } = await sql.begin(async (tx) => ({
       ids: await enqueueMany(tx, staged, [{ then: "succeed" }, { then: "succeed" }]),
-      xact: (await tx`SELECT pg_current_xact_id()::text AS x`)[0].x,
-    }]);
+      xact: (await tx`SELECT pg_current_xact_id()::text AS x`)[0].x as string,
+    }));
     assert.equal(await stagedOf(one.id), one.xact);
     for (const id of ids) assert.equal(await stagedOf(id), BigInt(xact));
     await drain(sql, { tasks: [staged], logger: quiet });

@@ -17,8 +17,8 @@
 --   transaction would stage a delayed task at once, and a claim by
 --   snapshots, which judges no run_at, would run it early;
 -- - a task not yet due (a delay, a retry's backoff, a snooze) has none
---   until it is due: a claim by snapshots judges no run_at, so a later
---   stage will set it then;
+--   until it is due: a claim by snapshots judges no run_at, so the claim
+--   of its lane stages it then (migration 026);
 -- - every change back to queued, and every change of a queued task's
 --   run_at, priority or group, restages it: the trigger below, so that the
 --   rule holds for every writer, those of the previous release among them

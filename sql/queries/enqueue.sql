@@ -6,6 +6,10 @@
 -- staged_xact: the enqueue's transaction for a task due at once, none for
 -- one not yet due (Staged).
 
+-- fragment: EnqueueRunAt
+-- The run_at of an enqueued task: $5 when given, else now() plus $6 ms.
+coalesce($5::timestamptz, now() + $6::float8 * interval '1 millisecond')
+
 -- fragment: Staged
 -- The staged_xact of a queued task whose run_at is `{{@}}`: the writing
 -- transaction when it is due now, NULL (not staged) when it is not yet due
@@ -21,9 +25,9 @@ CASE WHEN {{@}} <= now() THEN pg_current_xact_id() END
 INSERT INTO pgbg.task (queue, name, payload, priority, run_at, max_attempts, input_version, on_failed, keep_completed, keep_failed, group_name, trace_context, staged_xact)
 VALUES (
   $1, $2, $3::text::jsonb, $4,
-  coalesce($5::timestamptz, now() + $6::float8 * interval '1 millisecond'),
+  {{EnqueueRunAt}},
   $7, $8, $9, $10::float8 * interval '1 millisecond', $11::float8 * interval '1 millisecond', $12, $13,
-  {{Staged:coalesce($5::timestamptz, now() + $6::float8 * interval '1 millisecond')}}
+  {{Staged:{{EnqueueRunAt}}}}
 )
 RETURNING id;
 
@@ -34,9 +38,9 @@ RETURNING id;
 INSERT INTO pgbg.task (queue, name, payload, priority, run_at, max_attempts, input_version, on_failed, keep_completed, keep_failed, group_name, trace_context, key, staged_xact)
 VALUES (
   $1, $2, $3::text::jsonb, $4,
-  coalesce($5::timestamptz, now() + $6::float8 * interval '1 millisecond'),
+  {{EnqueueRunAt}},
   $7, $8, $9, $10::float8 * interval '1 millisecond', $11::float8 * interval '1 millisecond', $12, $13, $14,
-  {{Staged:coalesce($5::timestamptz, now() + $6::float8 * interval '1 millisecond')}}
+  {{Staged:{{EnqueueRunAt}}}}
 )
 ON CONFLICT (key) WHERE key IS NOT NULL AND state <> 'failed' DO NOTHING
 RETURNING id;
@@ -55,9 +59,9 @@ RETURNING id;
 WITH inserted AS (
   INSERT INTO pgbg.task (queue, name, payload, priority, run_at, max_attempts, input_version, on_failed, keep_completed, keep_failed, group_name, trace_context, staged_xact)
   SELECT $1, $2, i.payload::jsonb, $4,
-    coalesce($5::timestamptz, now() + $6::float8 * interval '1 millisecond'), $7, $8, $9,
+    {{EnqueueRunAt}}, $7, $8, $9,
     $10::float8 * interval '1 millisecond', $11::float8 * interval '1 millisecond', i.group_name, $13,
-    {{Staged:coalesce($5::timestamptz, now() + $6::float8 * interval '1 millisecond')}}
+    {{Staged:{{EnqueueRunAt}}}}
   FROM ROWS FROM (string_to_table($3::text, E'\n'), unnest($12::text[])) WITH ORDINALITY AS i (payload, group_name, ord)
   ORDER BY i.ord
   RETURNING id
@@ -70,9 +74,9 @@ SELECT string_agg(id::text, ',') AS ids FROM inserted;
 -- looks those up.
 INSERT INTO pgbg.task (queue, name, payload, priority, run_at, max_attempts, input_version, on_failed, keep_completed, keep_failed, group_name, trace_context, key, staged_xact)
 SELECT $1, $2, i.payload::jsonb, $4,
-  coalesce($5::timestamptz, now() + $6::float8 * interval '1 millisecond'), $7, $8, $9,
+  {{EnqueueRunAt}}, $7, $8, $9,
   $10::float8 * interval '1 millisecond', $11::float8 * interval '1 millisecond', i.group_name, $13, i.key,
-  {{Staged:coalesce($5::timestamptz, now() + $6::float8 * interval '1 millisecond')}}
+  {{Staged:{{EnqueueRunAt}}}}
 FROM ROWS FROM (string_to_table($3::text, E'\n'), unnest($12::text[]), unnest($14::text[]))
   WITH ORDINALITY AS i (payload, group_name, key, ord)
 ORDER BY i.ord
@@ -102,10 +106,10 @@ WITH taken AS (
 )
 INSERT INTO pgbg.task (queue, name, payload, priority, run_at, max_attempts, input_version, on_failed, keep_completed, keep_failed, group_name, trace_context, key, key_hold, staged_xact)
 SELECT $1, $2, $3::text::jsonb, $4,
-  coalesce($5::timestamptz, now() + $6::float8 * interval '1 millisecond'),
+  {{EnqueueRunAt}},
   $7, $8, $9, $10::float8 * interval '1 millisecond', $11::float8 * interval '1 millisecond', $12, $13, $14,
   CASE WHEN $16::int = 1 THEN $15::float8 * interval '1 millisecond' END,
-  {{Staged:coalesce($5::timestamptz, now() + $6::float8 * interval '1 millisecond')}}
+  {{Staged:{{EnqueueRunAt}}}}
 FROM taken
 ON CONFLICT (key) WHERE key IS NOT NULL AND state <> 'failed' DO NOTHING
 RETURNING id;
