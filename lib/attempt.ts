@@ -183,6 +183,8 @@ export interface AttemptOptions {
   sql: DatabaseClient;
   /** How long the task is kept once completed, in ms (0 or none: not), for ctx.complete. */
   keep?: number;
+  /** The worker, for ctx.complete of a task a claim row holds (its fence). */
+  workerId?: string;
   timeout: number;
   grace: number;
   controller: LazyAbort;
@@ -275,12 +277,27 @@ class AttemptContext implements TaskContext {
       throw new InvalidResultError(task.name, "ctx.complete(tx, result) was given a result, but the task has no result schema (its `result` option)");
     }
     const encoded = task.result ? await encodeResult(task, result) : undefined;
+    const token = await this.#leaseIn(tx);
     const rows = keep
-      ? await run(tx, schema, "CompleteKeptTaskInTransaction", [this.id, this.#leaseToken, encoded ?? null, keep, this.#claimed.claimedAtMs])
-      : await run(tx, schema, this.#claimed.batchThen === null ? "CompleteTaskInTransaction" : "CompleteBatchTaskInTransaction", [this.id, this.#leaseToken]);
+      ? await run(tx, schema, "CompleteKeptTaskInTransaction", [this.id, token, encoded ?? null, keep, this.#claimed.claimedAtMs])
+      : await run(tx, schema, this.#claimed.batchThen === null ? "CompleteTaskInTransaction" : "CompleteBatchTaskInTransaction", [this.id, token]);
     if (!rows.length) throw new LeaseLostError(this.id);
     this.#claimed.completedInTransaction = true;
     this.#claimed.completedResult = encoded;
+  }
+
+  /**
+   * The lease token that fences this attempt's writes in `tx`: its own, or,
+   * for a task a claim row holds, the one a lease of its own gives it in
+   * `tx` (LeaseClaimedTasks), so that the completion is the row leases' one
+   * and commits or rolls back with it.
+   */
+  // deno-lint-ignore no-explicit-any
+  async #leaseIn(tx: TransactionSql<any>): Promise<number> {
+    if (this.#claimed.claimId === null) return this.#leaseToken;
+    const rows = await run<{ lease_token: number }>(tx, this.#options.schema, "LeaseClaimedTasks", [[this.id], [this.#claimed.claimId], this.#options.workerId]);
+    if (!rows.length) throw new LeaseLostError(this.id);
+    return rows[0].lease_token;
   }
 
   parentResults<T extends AnyTask>(task?: T): Promise<ParentResult<TaskResult<T>>[]>;

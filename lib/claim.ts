@@ -12,7 +12,7 @@ import { type ClaimCursor, claimWithCursor, positionOf } from "./claim-cursor.ts
 import { claimBothKinds, claimGroups, type GroupRotation } from "./groups.ts";
 import { compareIntegerText } from "./integer-text.ts";
 import { claimLimited, type LimitedQueues } from "./limits.ts";
-import type { Database } from "./statements.ts";
+import { type Database, run } from "./statements.ts";
 
 /** A task as a claim hands it to a worker. */
 export interface ClaimedTask {
@@ -27,8 +27,14 @@ export interface ClaimedTask {
   attempt: number;
   /** The task's own max attempts, or null for the service's default. */
   maxAttempts: number | null;
-  /** The lease's fencing token; every write about this attempt carries it. */
+  /** The lease's fencing token; every write about this attempt carries it (0 while a claim row holds the task). */
   leaseToken: number;
+  /**
+   * The claim row that holds the task (a claim by claim rows, ClaimRowTasks),
+   * the fence of its writes instead of the token; null for a lease of its
+   * own.
+   */
+  claimId: string | null;
   /** Times the task was snoozed before this attempt (ctx.retryAfter). */
   snoozes: number;
   /** The version of the task's definition its input was enqueued for. */
@@ -61,6 +67,8 @@ export interface ClaimScope {
   limits?: LimitedQueues;
   /** Where the group claim goes on from, when some of the names have groups (lib/groups.ts); none without. */
   groups?: GroupRotation;
+  /** Claims tasks without a group from queues without a limit by claim rows (ClaimRowTasks), not row by row. */
+  claimRows?: boolean;
 }
 
 /**
@@ -167,9 +175,14 @@ async function claimUnlimited(db: Database, schema: string, scope: ClaimScope, l
   );
 }
 
-/** The ordinary claim of tasks without a group; with a cursor when it can (see claimTasks). */
+/**
+ * The ordinary claim of tasks without a group: by claim rows when the scope
+ * says so (no cursor: a claim row's pair starts past every task taken
+ * before), else row by row, with a cursor when it can (see claimTasks).
+ */
 async function claimUngrouped(db: Database, schema: string, scope: ClaimScope, limit: number, cursor?: ClaimCursor): Promise<ClaimedTask[]> {
   const params = [scope.workerId, scope.queues, scope.names, scope.leaseMs, limit];
+  if (scope.claimRows) return (await run(db, schema, "ClaimRowTasks", params)).map(claimedTask);
   return (await claimWithCursor(db, schema, cursor, ["ClaimTasks", "ClaimTasksAfter"], params)).map(claimedTask);
 }
 
@@ -194,5 +207,6 @@ function claimedTask(r: Record<string, any>): ClaimedTask {
     traceContext: r.trace_context as string | null,
     batchThen: r.batch_then === null ? null : String(r.batch_then),
     lagMs: r.lag_ms as number,
+    claimId: r.claim_id == null ? null : String(r.claim_id),
   };
 }

@@ -2,7 +2,8 @@
  * Writes the outcomes of attempts back in batches: every success, failure, snooze,
  * hand-back and finished cancel that came while the previous batch was being
  * written goes out in the next one, one statement per kind. Every write is
- * fenced by the attempt's lease token.
+ * fenced by the attempt's lease token, or by the claim row that holds its
+ * task; a claim row is ended once every outcome of its tasks is written.
  *
  * @module
  */
@@ -28,10 +29,16 @@ export interface Snooze extends AttemptRef {
   delay: number;
 }
 
-/** A task's attempt, named by its id and lease token (the fence of every write). */
+/** A task's attempt, named by its id and lease token (the fence of every write), or by the claim row that holds it. */
 export interface AttemptRef {
   id: string;
   leaseToken: number;
+  /**
+   * The claim row that holds the task, if one does: a success is written
+   * fenced by it (CompleteClaimedTasks), any other outcome once the task
+   * has a lease of its own (LeaseClaimedTasks), by the token that gives.
+   */
+  claimId?: string | null;
   /** Where the written outcome is counted, if anywhere. */
   counts?: SeriesCounts;
   /** The attempt, for the events told once the outcome is written; only while someone listens. */
@@ -72,6 +79,10 @@ export class OutcomeWriter {
   #handedBack: AttemptRef[] = [];
   #snoozed: Snooze[] = [];
   #cancelled: AttemptRef[] = [];
+  /** Claim rows' tasks whose outcomes are not recorded yet, by claim id. */
+  readonly #claims = new Map<string, number>();
+  /** Claims whose every outcome is recorded: ended (EndClaims) once those are written. */
+  #ending: string[] = [];
   #flushing: Promise<void> | undefined;
   /** The outcomes in the write in flight. */
   #writing = 0;
@@ -83,35 +94,56 @@ export class OutcomeWriter {
     private readonly maxAttempts: number,
     private readonly log: Logger,
     private readonly events?: TaskEventEmitter,
+    /** The worker, whose claim rows fence the writes of their tasks. */
+    private readonly workerId = "",
   ) {}
+
+  /** Counts the tasks of claims by claim rows as they are claimed, so that each claim ends once all its outcomes are written. */
+  claimed(tasks: readonly { claimId: string | null }[]): void {
+    for (const t of tasks) if (t.claimId !== null) this.#claims.set(t.claimId, (this.#claims.get(t.claimId) ?? 0) + 1);
+  }
+
+  /** Counts an outcome of a claim row's task: the claim's last ends it. */
+  #recorded(attempt: AttemptRef): void {
+    if (!attempt.claimId || !this.#claims.has(attempt.claimId)) return;
+    const left = this.#claims.get(attempt.claimId)! - 1;
+    if (left > 0) return void this.#claims.set(attempt.claimId, left);
+    this.#claims.delete(attempt.claimId);
+    this.#ending.push(attempt.claimId);
+  }
 
   /** Records a success: the task will be deleted, and kept in the history when it keeps any. */
   complete(attempt: Completion): void {
     this.#done.push(attempt);
+    this.#recorded(attempt);
     this.#schedule();
   }
 
   /** Records a failed attempt. */
   fail(failure: Failure): void {
     this.#failed.push(failure);
+    this.#recorded(failure);
     this.#schedule();
   }
 
   /** Records a snooze: the task is queued again after its delay, the attempt not counted. */
   snooze(snooze: Snooze): void {
     this.#snoozed.push(snooze);
+    this.#recorded(snooze);
     this.#schedule();
   }
 
   /** Hands a task back to the queue, claimable at once, without counting the attempt (a shutdown). */
   handBack(attempt: AttemptRef): void {
     this.#handedBack.push(attempt);
+    this.#recorded(attempt);
     this.#schedule();
   }
 
   /** Deletes a task whose cancel was requested, once its attempt ended. */
   finishCancelled(attempt: AttemptRef): void {
     this.#cancelled.push(attempt);
+    this.#recorded(attempt);
     this.#schedule();
   }
 
@@ -160,16 +192,20 @@ export class OutcomeWriter {
     const done = this.#done.splice(0);
     const kept = done.some((d) => d.keep) ? done.filter((d) => d.keep) : [];
     const members = done.some((d) => d.batch && !d.keep) ? done.filter((d) => d.batch && !d.keep) : [];
-    const deleted = kept.length || members.length ? done.filter((d) => !d.keep && !d.batch) : done;
+    const plain = kept.length || members.length ? done.filter((d) => !d.keep && !d.batch) : done;
+    const [byClaim, deleted] = plain.some((d) => d.claimId) ? [plain.filter((d) => d.claimId), plain.filter((d) => !d.claimId)] : [[], plain];
     const failed = this.#failed.splice(0);
     const handedBack = this.#handedBack.splice(0);
     const snoozed = this.#snoozed.splice(0);
     const cancelled = this.#cancelled.splice(0);
+    const ending = this.#ending.splice(0);
     const ids = (attempts: AttemptRef[]) => arrayText(attempts.map((a) => a.id));
     const tokens = (attempts: AttemptRef[]) => arrayText(attempts.map((a) => a.leaseToken));
     this.#writing = done.length + failed.length + handedBack.length + snoozed.length + cancelled.length;
     try {
-      const [deletedRows, keptRows, failedRows, memberRows, snoozedRows, cancelledRows] = await Promise.all([
+      await this.#leaseClaimed([...kept, ...members, ...failed, ...handedBack, ...snoozed, ...cancelled]);
+      const [claimedRows, deletedRows, keptRows, failedRows, memberRows, snoozedRows, cancelledRows] = await Promise.all([
+        byClaim.length ? run<{ id: unknown }>(this.db, this.schema, "CompleteClaimedTasks", [ids(byClaim), distinctClaims(byClaim), this.workerId]) : [],
         deleted.length ? run<{ id: unknown }>(this.db, this.schema, "CompleteTasks", [ids(deleted), tokens(deleted)]) : [],
         kept.length
           ? run<{ id: unknown }>(this.db, this.schema, "CompleteKeptTasks", [
@@ -192,7 +228,7 @@ export class OutcomeWriter {
         cancelled.length ? run<{ id: unknown }>(this.db, this.schema, "FinishCancelledTasks", [ids(cancelled), tokens(cancelled)]) : [],
         handedBack.length && run(this.db, this.schema, "HandBackTasks", [ids(handedBack), tokens(handedBack)]),
       ]);
-      const completedRows = keptRows.length || memberRows.length ? [...deletedRows, ...keptRows, ...memberRows] : deletedRows;
+      const completedRows = keptRows.length || memberRows.length || claimedRows.length ? [...claimedRows, ...deletedRows, ...keptRows, ...memberRows] : deletedRows;
       // A write can miss a row another statement updated while it waited
       // (enqueueFlow marking a running parent): its row moved, and the fence
       // finds it by its address. Written once more, by a new statement,
@@ -202,6 +238,7 @@ export class OutcomeWriter {
       countFailed(failedNow, failedRows);
       if (this.events?.listening) tellWritten(this.events, { done: doneNow, completedRows, failed: failedNow, failedRows, snoozed, snoozedRows, cancelled, cancelledRows });
       this.#retryDelay = 100;
+      if (ending.length) await this.#endClaims(ending);
     } catch (error) {
       // Keep them for the next batch: the writes are fenced by the lease, so
       // writing one twice, or after the lease moved on, changes nothing.
@@ -211,6 +248,7 @@ export class OutcomeWriter {
       this.#handedBack.unshift(...handedBack);
       this.#snoozed.unshift(...snoozed);
       this.#cancelled.unshift(...cancelled);
+      this.#ending.unshift(...ending);
       this.log.warn(`could not write ${done.length + failed.length + handedBack.length + snoozed.length + cancelled.length} outcomes; retrying in ${this.#retryDelay} ms`, { error: describeError(error).message });
       await new Promise((r) => setTimeout(r, this.#retryDelay));
       this.#retryDelay = Math.min(this.#retryDelay * 2, 5_000);
@@ -218,6 +256,48 @@ export class OutcomeWriter {
       this.#writing = 0;
     }
   }
+
+  /**
+   * Gives each task a claim row holds among `attempts` a lease of its own
+   * (LeaseClaimedTasks), so that its outcome is written by the statements
+   * of row leases, fenced by the token: a task no longer its claim's gets
+   * none that can match, and its outcome is refused as a lost lease.
+   */
+  async #leaseClaimed(attempts: AttemptRef[]): Promise<void> {
+    const held = attempts.some((a) => a.claimId) ? attempts.filter((a) => a.claimId) : [];
+    if (!held.length) return;
+    const rows = await run<{ id: unknown; lease_token: number }>(this.db, this.schema, "LeaseClaimedTasks", [
+      arrayText(held.map((a) => a.id)), arrayText(held.map((a) => a.claimId!)), this.workerId,
+    ]);
+    const tokens = new Map(rows.map((r) => [String(r.id), r.lease_token]));
+    for (const a of held) {
+      a.leaseToken = tokens.get(a.id) ?? -1;
+      a.claimId = null;
+    }
+  }
+
+  /**
+   * Ends claims whose outcomes are all written (EndClaims); one whose
+   * success is to be written once more (see recheck) waits for it. A claim
+   * whose end fails is ended with a later write.
+   */
+  async #endClaims(ending: string[]): Promise<void> {
+    const waiting = new Set(this.#done.map((d) => d.claimId).filter((c) => c));
+    const now = waiting.size ? ending.filter((c) => !waiting.has(c)) : ending;
+    if (waiting.size) this.#ending.push(...ending.filter((c) => waiting.has(c)));
+    if (!now.length) return;
+    try {
+      await run(this.db, this.schema, "EndClaims", [arrayText(now), this.workerId]);
+    } catch (error) {
+      this.#ending.push(...now);
+      this.log.warn(`could not end ${now.length} claims; retrying with a later write`, { error: describeError(error).message });
+    }
+  }
+}
+
+/** The claims of `attempts`, each once, as an array's text. */
+function distinctClaims(attempts: readonly AttemptRef[]): string {
+  return arrayText([...new Set(attempts.map((a) => a.claimId!))]);
 }
 
 /** The outcomes of `written` to report now; those the statement did not find, written for the first time, go back into `queue` to be written once more. */

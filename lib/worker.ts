@@ -7,6 +7,7 @@
  *
  * @module
  */
+import process from "node:process";
 import type { Sql } from "postgres";
 import { LazyAbort, type Outcome, startAttempt } from "./attempt.ts";
 import { type ClaimedTask, claimTasks, type ClaimScope } from "./claim.ts";
@@ -98,6 +99,15 @@ export interface WorkerOptions extends WorkerSettings {
    * @default "retire"
    */
   overdue?: "retire" | "detach";
+  /**
+   * Claim tasks without a group, from queues without a limit, by claim rows
+   * (one row a claim, none a task: docs/storage.md). Off by default until
+   * every reader of "running" reads claim rows too; on where the
+   * environment sets PGBG_CLAIM_ROWS=1 (the bench and the tests that run
+   * the engine both ways).
+   * @default false
+   */
+  claimRows?: boolean;
   /** Set by `drain`: no LISTEN; stop once nothing is due now nor within `maxWait` ms. */
   untilIdle?: { maxWait: number };
 }
@@ -267,8 +277,9 @@ export class Worker {
       // Its limited queues' cursors judge full claims by the same round trips.
       limits: options.limits ?? new LimitedQueues(options.timings.heartbeatInterval, undefined, this.#cursor.roundTrips),
       groups: options.tasks.some((t) => t.group) ? new GroupRotation() : undefined,
+      claimRows: options.claimRows ?? claimRowsByDefault(),
     };
-    this.#outcomes = new OutcomeWriter(options.sql, options.schema, options.maxAttempts, options.log, options.events);
+    this.#outcomes = new OutcomeWriter(options.sql, options.schema, options.maxAttempts, options.log, options.events, options.identity.workerId);
     this.#reporter = new CountReporter(
       options.sql, options.schema, this.#stats, () => [...this.#running.values()].map((e) => e.claimed), options.log, options.onReport,
     );
@@ -514,6 +525,7 @@ export class Worker {
   /** Starts one statement's tasks: each is leased to this worker, so one that cannot start must not keep the rest from it. */
   #startAll(tasks: ClaimedTask[]): void {
     if (this.#claimGivenUp) return;
+    this.#outcomes.claimed(tasks);
     if (this.#debug) this.#options.log.debug(`claimed ${tasks.length}: ${tasks.map((t) => t.id).join(", ")}`);
     for (const task of tasks) {
       try {
@@ -541,7 +553,7 @@ export class Worker {
     this.#running.add(entry);
     const pending = startAttempt(
       {
-        task, claimed, schema: this.#options.schema, sql: this.#options.sql, keep: this.#keep.get(task.name)!, timeout, grace: graceFor(timeout), controller: entry.controller,
+        task, claimed, schema: this.#options.schema, sql: this.#options.sql, keep: this.#keep.get(task.name)!, workerId: this.#scope.workerId, timeout, grace: graceFor(timeout), controller: entry.controller,
         onOverdue: () => this.#overdue(entry),
       },
       (outcome) => this.#finish(entry, outcome),
@@ -560,7 +572,7 @@ export class Worker {
     const durationMs = Date.now() - entry.startedAt;
     if (entry.cancelled) {
       this.#options.log.info(`task ${claimed.id} was cancelled; its attempt ended and the task is deleted`, fields(claimed, durationMs));
-      this.#outcomes.finishCancelled({ id: claimed.id, leaseToken: claimed.leaseToken, event: this.#eventOf(claimed, durationMs) });
+      this.#outcomes.finishCancelled({ id: claimed.id, leaseToken: claimed.leaseToken, claimId: claimed.claimId, event: this.#eventOf(claimed, durationMs) });
       return;
     }
     observe(entry.counts.duration, durationMs);
@@ -568,7 +580,7 @@ export class Worker {
     if (outcome.kind === "failure") return this.#fail(entry, outcome, durationMs);
     if (this.#debug) this.#options.log.debug(`task ${claimed.id} succeeded`, fields(claimed, durationMs));
     this.#outcomes.complete({
-      id: claimed.id, leaseToken: claimed.leaseToken, counts: entry.counts, event: this.#eventOf(claimed, durationMs),
+      id: claimed.id, leaseToken: claimed.leaseToken, claimId: claimed.claimId, counts: entry.counts, event: this.#eventOf(claimed, durationMs),
       completedInTransaction: claimed.completedInTransaction, keep: this.#keep.get(claimed.name)!, result: outcome.result, batch: claimed.batchThen !== null,
       claimedAtMs: claimed.claimedAtMs,
     });
@@ -589,7 +601,7 @@ export class Worker {
       return this.#fail(entry, { kind: "failure", error, permanent: false, timedOut: false }, durationMs, delay);
     }
     this.#options.log.info(`task ${claimed.id} snoozed for ${delay} ms`, fields(claimed, durationMs));
-    this.#outcomes.snooze({ id: claimed.id, leaseToken: claimed.leaseToken, delay, event: this.#eventOf(claimed, durationMs) });
+    this.#outcomes.snooze({ id: claimed.id, leaseToken: claimed.leaseToken, claimId: claimed.claimId, delay, event: this.#eventOf(claimed, durationMs) });
   }
 
   #fail(entry: Running, outcome: Extract<Outcome, { kind: "failure" }>, durationMs: number, retryAfter?: number): void {
@@ -604,7 +616,7 @@ export class Worker {
     const how = final ? (outcome.permanent ? " permanently" : ` after ${claimed.attempt} attempts`) : `; retry in ${delay} ms`;
     this.#options.log[final ? "error" : "warn"](`task ${claimed.id} failed${how}: ${error.message}`, { ...fields(claimed, durationMs), error });
     this.#outcomes.fail({
-      id: claimed.id, leaseToken: claimed.leaseToken, counts: entry.counts, delay, error, permanent: outcome.permanent, event: this.#eventOf(claimed, durationMs),
+      id: claimed.id, leaseToken: claimed.leaseToken, claimId: claimed.claimId, counts: entry.counts, delay, error, permanent: outcome.permanent, event: this.#eventOf(claimed, durationMs),
     });
   }
 
@@ -687,7 +699,7 @@ export class Worker {
     for (const entry of left) {
       if (this.#running.has(entry)) continue; // still running: left to the supervisor or the lease
       entry.handedBack = true;
-      this.#outcomes.handBack({ id: entry.claimed.id, leaseToken: entry.claimed.leaseToken });
+      this.#outcomes.handBack({ id: entry.claimed.id, leaseToken: entry.claimed.leaseToken, claimId: entry.claimed.claimId });
       this.#options.log.warn(`task ${entry.claimed.id} was still running at shutdown; handed back to the queue`, fields(entry.claimed));
     }
     if (this.#running.size && this.#exit === "stopped" && this.#options.overdue !== "detach") this.#exit = "retired";
@@ -711,4 +723,9 @@ export class Worker {
     for (const e of this.#running.values()) if (e.overdue) deadline = Math.min(deadline, overdueExitBy(e.leaseEndsAt, this.#options.timings));
     return deadline;
   }
+}
+
+/** Whether workers claim by claim rows when not told: PGBG_CLAIM_ROWS=1 in the environment. */
+function claimRowsByDefault(): boolean {
+  return process.env.PGBG_CLAIM_ROWS === "1";
 }

@@ -29,7 +29,7 @@ function attemptOf(run: (input: { n: number }, ctx: { signal: AbortSignal }) => 
   const task = defineTask({ name: "t", schema: v.object({ n: v.number() }), run: run as never });
   const outcomes: Outcome[] = [];
   const returned = startAttempt({
-    task, claimed: { id: "1", name: "t", queue: "default", group: null, priority: 0, payload, attempt: 1, maxAttempts: null, leaseToken: 1, snoozes: 0, inputVersion: 1, traceContext: null, batchThen: null, lagMs: 0, runAtUs: "0", claimedAtMs: 0 },
+    task, claimed: { id: "1", name: "t", queue: "default", group: null, priority: 0, payload, attempt: 1, maxAttempts: null, leaseToken: 1, claimId: null, snoozes: 0, inputVersion: 1, traceContext: null, batchThen: null, lagMs: 0, runAtUs: "0", claimedAtMs: 0 },
     // sql: these attempts never read the database (ctx.parentResults, ctx.batch).
     schema: "pgbg", sql: null as never, timeout: 1_000, grace: 1_000, controller: new LazyAbort(), onOverdue: () => {}, ...extra,
   }, (outcome) => outcomes.push(outcome));
@@ -106,7 +106,7 @@ test("startAttempt: an async schema validates before the handler runs", async ()
     run() {},
   });
   const outcomes: Outcome[] = [];
-  const claimed = (payload: unknown) => ({ id: "1", name: "a", queue: "default", group: null, priority: 0, payload, attempt: 1, maxAttempts: null, leaseToken: 1, snoozes: 0, inputVersion: 1, traceContext: null, batchThen: null, lagMs: 0, runAtUs: "0", claimedAtMs: 0 });
+  const claimed = (payload: unknown) => ({ id: "1", name: "a", queue: "default", group: null, priority: 0, payload, attempt: 1, maxAttempts: null, leaseToken: 1, claimId: null, snoozes: 0, inputVersion: 1, traceContext: null, batchThen: null, lagMs: 0, runAtUs: "0", claimedAtMs: 0 });
   const common = { task, schema: "pgbg", sql: null as never, timeout: 1_000, grace: 1_000, controller: new LazyAbort(), onOverdue: () => {} };
   await startAttempt({ ...common, claimed: claimed({ n: 1 }) }, (o) => outcomes.push(o));
   await startAttempt({ ...common, claimed: claimed({ n: -1 }) }, (o) => outcomes.push(o));

@@ -45,6 +45,7 @@ await sql.unsafe(`GRANT SELECT, UPDATE, DELETE ON pgbg.task_key TO "${roles.serv
 await sql.unsafe(`GRANT SELECT, UPDATE (rate_starts) ON pgbg.queue TO "${roles.serve}"`);
 await sql.unsafe(`GRANT SELECT, INSERT, UPDATE ON pgbg.schedule TO "${roles.serve}"`);
 await sql.unsafe(`GRANT SELECT, INSERT, UPDATE, DELETE ON pgbg.group_rate TO "${roles.serve}"`);
+await sql.unsafe(`GRANT SELECT, INSERT, UPDATE, DELETE ON pgbg.claim TO "${roles.serve}"`);
 // The insert trigger reads pgbg.worker to decide whether to wake a worker.
 await sql.unsafe(`GRANT SELECT, INSERT ON pgbg.task TO "${roles.enqueue}"`);
 await sql.unsafe(`GRANT SELECT ON pgbg.worker TO "${roles.enqueue}"`);

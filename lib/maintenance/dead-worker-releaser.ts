@@ -38,12 +38,32 @@ export function releasedTasks(rows: { id: unknown; state: string; queue: string;
 }
 
 /**
+ * Ends the claim rows whose lease ran out or whose worker is one of
+ * `workerIds`, each of their tasks given a lease of its own held by the
+ * claim's worker (LeaseExpiredClaims): the release or rescue of row leases
+ * that follows then takes them as it takes any task. A claim row never
+ * outlives its worker's release: whoever releases a worker, or rescues
+ * expired leases, calls this first.
+ */
+export async function leaseExpiredClaims(db: Database, schema: string, workerIds: string[]): Promise<void> {
+  try {
+    await run(db, schema, "LeaseExpiredClaims", [workerIds]);
+  } catch (error) {
+    // A role that may not use pgbg.claim cannot have claimed by claim rows:
+    // the release of row leases goes on without its grant (README, "Running
+    // under a least-privilege role").
+    if ((error as { code?: string }).code !== "42501") throw error;
+  }
+}
+
+/**
  * Releases every task leased by the given (dead) workers at once, the
  * attempt counted: queued again, or failed when its attempts are used up.
  * `error` becomes the tasks' last error.
  */
 export async function releaseWorkerTasks(db: Database, schema: string, workerIds: string[], maxAttempts: number, error: object): Promise<ReleasedTask[]> {
   if (!workerIds.length) return [];
+  await leaseExpiredClaims(db, schema, workerIds);
   return releasedTasks(await run(db, schema, "ReleaseWorkerTasks", [maxAttempts, JSON.stringify(error), workerIds]));
 }
 
@@ -54,6 +74,7 @@ export async function releaseWorkerTasks(db: Database, schema: string, workerIds
  */
 export async function handBackWorkerTasks(db: Database, schema: string, workerIds: string[]): Promise<ReleasedTask[]> {
   if (!workerIds.length) return [];
+  await leaseExpiredClaims(db, schema, workerIds);
   return releasedTasks(await run(db, schema, "HandBackWorkerTasks", [workerIds]));
 }
 

@@ -1,6 +1,8 @@
 /**
  * Rescues tasks whose lease ran out: their worker vanished without anyone
- * noticing (its host died too), or an in-process attempt outlived its lease.
+ * noticing (its host died too), or an in-process attempt outlived its lease;
+ * and the tasks of claim rows whose lease ran out, through leases of their
+ * own.
  * They become claimable again, the attempt counted, or failed when out of
  * attempts. Their late writes are refused by the lease token.
  *
@@ -14,12 +16,13 @@
 import type { Logger } from "../log.ts";
 import type { MaintenanceService } from "./service.ts";
 import { type Database, run } from "../statements.ts";
-import { type ReleasedTask, releasedTasks, type ReleaseListener } from "./dead-worker-releaser.ts";
+import { leaseExpiredClaims, type ReleasedTask, releasedTasks, type ReleaseListener } from "./dead-worker-releaser.ts";
 
 const EXPIRED = { name: "LeaseExpired", message: "the task's lease expired before its worker reported a result" };
 
 /** Makes tasks whose lease expired claimable again (or failed, when out of attempts). */
 export async function rescueExpiredLeases(db: Database, schema: string, maxAttempts: number): Promise<ReleasedTask[]> {
+  await leaseExpiredClaims(db, schema, []);
   return releasedTasks(await run(db, schema, "RescueExpiredLeases", [maxAttempts, JSON.stringify(EXPIRED)]));
 }
 

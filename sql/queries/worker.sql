@@ -493,6 +493,132 @@ RETURNING t.id;
   AND (t.staged_xact, t.id) > (c.after_xact, c.after_id) AND (t.staged_xact, t.id) <= (c.last_xact, c.last_id)
   AND pg_visible_in_snapshot(t.staged_xact, c.upto) AND (c.since IS NULL OR NOT pg_visible_in_snapshot(t.staged_xact, c.since)))
 
+-- name: ClaimRowTasks
+-- The claim by claim rows (migration 027; on while claim rows are, off by
+-- default), of tasks without a group in queues without a limit: $1 worker
+-- id, $2 queues (NULL: every queue), $3 registered task names, $4 lease
+-- length in ms for each name in $3, $5 how many to claim.
+-- `lanes` lists the distinct lanes (queue, name, priority) of queued tasks
+-- without a group by skipping through task_lane_idx, one index probe per
+-- lane; those of names the worker runs, in queues it claims from and that
+-- are neither paused nor limited (as ClaimFromLanes judges them), are
+-- claimed by pgbg.claim_lanes in priority order, each by pgbg.claim_lane,
+-- which writes one claim row per lane it takes tasks from and none per
+-- task. Each returned task carries its claim row's id; its attempt is not
+-- counted until it ends otherwise than by success (LeaseClaimedTasks).
+WITH RECURSIVE lanes (queue, name, priority) AS (
+  (SELECT t.queue, t.name, t.priority FROM pgbg.task t
+   WHERE t.state = 'queued' AND t.group_name IS NULL ORDER BY t.queue, t.name, t.priority LIMIT 1)
+  UNION ALL
+  SELECT n.queue, n.name, n.priority FROM lanes l CROSS JOIN LATERAL (
+    SELECT t.queue, t.name, t.priority FROM pgbg.task t
+    WHERE t.state = 'queued' AND t.group_name IS NULL AND (t.queue, t.name, t.priority) > (l.queue, l.name, l.priority)
+    ORDER BY t.queue, t.name, t.priority LIMIT 1
+  ) n
+),
+open AS (
+  SELECT l.queue, l.name, l.priority, k.lease_ms FROM lanes l
+  JOIN unnest($3::text[], $4::integer[]) AS k (name, lease_ms) ON k.name = l.name
+  WHERE ($2::text[] IS NULL OR l.queue = ANY ($2::text[]))
+    AND NOT EXISTS (SELECT FROM pgbg.queue q WHERE q.name = l.queue
+      AND (q.paused_at IS NOT NULL OR ({{QueueLimited}} AND NOT {{QueuePerGroup}})))
+)
+SELECT c.id, c.name, c.queue, NULL::text AS group_name, c.payload, c.attempts, c.max_attempts, 0 AS lease_token, c.priority,
+  c.snoozes, c.input_version, c.trace_context, c.batch_then, c.lag_ms, c.run_at_us, c.claim_id
+FROM (
+  SELECT array_agg(o.queue ORDER BY o.priority, o.queue, o.name) AS queues, array_agg(o.name ORDER BY o.priority, o.queue, o.name) AS names,
+    array_agg(o.priority ORDER BY o.priority, o.queue, o.name) AS priorities, array_agg(o.lease_ms ORDER BY o.priority, o.queue, o.name) AS leases
+  FROM open o
+) o
+CROSS JOIN LATERAL pgbg.claim_lanes(o.queues, o.names, o.priorities, o.leases, $1::uuid, $5::integer) c;
+
+-- name: LeaseClaimedTasks
+-- Tasks a claim row holds for this worker, each given a lease of its own:
+-- running, leased to the worker until its claim's lease ends, with the
+-- next lease token, and its attempt counted (a claim row's claim does not
+-- count it: migration 026). The worker does this before it writes any
+-- outcome but a plain success (a failure, a snooze, a hand-back, a
+-- finished cancel, a success kept in the history, ctx.complete(tx)),
+-- which the statements of row leases then write, fenced by the token
+-- returned: the rare outcomes keep one set of statements. $1 ids, $2
+-- their claims' ids (one per task), $3 the worker. A task no longer its
+-- claim's (InClaim) is not returned.
+UPDATE pgbg.task t SET {{OwnLease}}
+FROM unnest($1::bigint[], $2::bigint[]) AS s (id, claim_id)
+JOIN pgbg.claim c ON c.id = s.claim_id AND c.worker_id = $3::uuid
+WHERE t.id = s.id AND {{InClaim}}
+RETURNING t.id, t.lease_token;
+
+-- name: LeaseExpiredClaims
+-- Claim rows whose lease ended, or whose worker is one of $1 (dead, or
+-- stopped because its heartbeat could not get through): their tasks each
+-- given a lease of its own, as LeaseClaimedTasks gives it (held by the
+-- claim's worker until the claim's lease ends), and the rows ended, in
+-- one statement. The release or rescue of row leases that follows
+-- (ReleaseWorkerTasks, HandBackWorkerTasks, RescueExpiredLeases) then
+-- takes them as it takes any task: the attempt counted or not, failed when
+-- its attempts are used up, its hook called. Whoever ends a claim row
+-- moves the tasks it still holds out of it in the same statement
+-- (migration 026). The rows are locked, so that two hosts' rescues do not
+-- both lease a claim's tasks; a completion reads its claim row unlocked
+-- and is fenced by its tasks' rows, which this statement changed.
+WITH ended AS (
+  SELECT c.* FROM pgbg.claim c
+  WHERE c.worker_id IS NOT NULL AND (c.lease_expires_at < now() OR c.worker_id = ANY ($1::uuid[]))
+  FOR UPDATE
+)
+{{EndClaimRows:{{OwnLease}}}};
+
+-- name: EndClaims
+-- A worker's claims ($1, held by worker $2) whose tasks all ended and
+-- whose outcomes are written: ended, as LeaseExpiredClaims ends them. A
+-- task still its claim's (none, unless an outcome was lost to the fence)
+-- is restaged, so that a later pair takes it: whoever ends a claim row
+-- moves the tasks it still holds out of it in the same statement
+-- (migration 026).
+WITH ended AS (
+  SELECT c.* FROM pgbg.claim c WHERE c.id = ANY ($1::bigint[]) AND c.worker_id = $2::uuid
+  FOR UPDATE
+)
+{{EndClaimRows:staged_xact = pg_current_xact_id()}};
+
+-- fragment: OwnLease
+-- What gives task `t`, held by claim row `c`, a lease of its own: running,
+-- leased to c's worker until c's lease ends, the next lease token, and the
+-- attempt counted (a claim row's claim does not count it: migration 026).
+state = 'running', attempts = t.attempts + 1, lease_token = t.lease_token + 1,
+  worker_id = c.worker_id, lease_expires_at = c.lease_expires_at
+
+-- fragment: EndClaimRows
+-- Ends the claim rows of `ended` (a CTE the statement begins with), with
+-- what is left of their tasks moved out of them by `SET {{@}}`: whoever
+-- ends a claim row moves its tasks out of it in the same statement
+-- (migration 026). Each row is deleted, but a lane's newest, which the
+-- lane's next claim goes on from, is kept, held by nobody; the lanes'
+-- older rows held by nobody go with them. Returns how many claims and
+-- tasks it ended and moved.
+, moved AS (
+  UPDATE pgbg.task t SET {{@}}
+  FROM ended c
+  WHERE {{InClaim}}
+  RETURNING t.id
+),
+gone AS (
+  DELETE FROM pgbg.claim c
+  USING (SELECT DISTINCT e.queue, e.name, e.priority FROM ended e) l
+  WHERE c.queue = l.queue AND c.name = l.name AND c.priority = l.priority
+    AND (c.worker_id IS NULL OR c.id IN (SELECT e.id FROM ended e))
+    AND c.id < (SELECT max(n.id) FROM pgbg.claim n WHERE n.queue = l.queue AND n.name = l.name AND n.priority = l.priority)
+  RETURNING c.id
+),
+unheld AS (
+  UPDATE pgbg.claim c SET worker_id = NULL, lease_expires_at = NULL
+  WHERE c.id IN (SELECT e.id FROM ended e) AND c.id NOT IN (SELECT g.id FROM gone g)
+  RETURNING c.id
+)
+SELECT (SELECT count(*) FROM ended) AS claims, (SELECT count(*) FROM moved) AS tasks
+WHERE (SELECT count(*) FROM gone) + (SELECT count(*) FROM unheld) >= 0
+
 -- name: CompleteBatchTasks
 -- CompleteTasks for batch members (the claim returned their batch_then):
 -- the same fenced delete, and their batches' completion tasks counted down

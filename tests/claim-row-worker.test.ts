@@ -1,0 +1,200 @@
+/**
+ * The engine claiming by claim rows (PGBG_CLAIM_ROWS=1, off by default):
+ * an in-process worker runs each task once and writes nothing per task
+ * for a success; its other outcomes count attempts as a claim row by row
+ * does; a stop hands its tasks back uncounted; and a claim row whose
+ * worker died or whose lease ran out is released through the release of
+ * row leases, its late completion refused.
+ */
+import assert from "node:assert/strict";
+import { randomUUID } from "node:crypto";
+import process from "node:process";
+import { describe, test } from "node:test";
+import * as v from "valibot";
+import { createWorker, defineTask, enqueue, enqueueMany, migrate } from "../mod.ts";
+import { releaseWorkerTasks } from "../lib/maintenance/dead-worker-releaser.ts";
+import { rescueExpiredLeases } from "../lib/maintenance/lease-rescuer.ts";
+import { OutcomeWriter } from "../lib/outcomes.ts";
+import { createTestDatabase } from "./harness.ts";
+import { patience, until } from "./service-harness.ts";
+
+process.env.PGBG_CLAIM_ROWS = "1";
+const db = await createTestDatabase();
+const { sql } = db;
+await migrate(sql);
+await sql`CREATE TABLE ran (task_id bigint, name text, attempt int, snoozes int)`;
+await sql`CREATE TABLE effect (task_id bigint PRIMARY KEY)`;
+const quiet = { debug() {}, info() {}, warn() {}, error() {} };
+
+/** Records each attempt of a task in `ran`. */
+const record = (id: string, name: string, ctx: { attempt: number; snoozes: number }) =>
+  sql`INSERT INTO ran VALUES (${id}, ${name}, ${ctx.attempt}, ${ctx.snoozes})`;
+
+const plain = defineTask({ name: "plain", schema: v.object({ n: v.number() }), run: (_i, ctx) => record(ctx.id, "plain", ctx).then(() => {}) });
+const flaky = defineTask({
+  name: "flaky", schema: v.object({}), retryDelay: 0,
+  async run(_i, ctx) {
+    await record(ctx.id, "flaky", ctx);
+    if (ctx.attempt < 3) throw new Error(`attempt ${ctx.attempt} fails`);
+  },
+});
+const doomed = defineTask({
+  name: "doomed", schema: v.object({}), maxAttempts: 2, retryDelay: 0,
+  async run(_i, ctx) {
+    await record(ctx.id, "doomed", ctx);
+    throw new Error("always fails");
+  },
+});
+const sleepy = defineTask({
+  name: "sleepy", schema: v.object({}),
+  async run(_i, ctx) {
+    await record(ctx.id, "sleepy", ctx);
+    if (ctx.snoozes === 0) ctx.retryAfter(0);
+  },
+});
+const exact = defineTask({
+  name: "exact", schema: v.object({}), result: v.number(),
+  async run(_i, ctx) {
+    await record(ctx.id, "exact", ctx);
+    await sql.begin(async (tx) => {
+      await tx`INSERT INTO effect VALUES (${ctx.id})`;
+      await ctx.complete(tx, 7);
+    });
+    return 7;
+  },
+});
+let releaseHeld!: () => void;
+let held = new Promise<void>((resolve) => (releaseHeld = resolve));
+const holding = defineTask({
+  name: "holding", schema: v.object({}),
+  async run(_i, ctx) {
+    await record(ctx.id, "holding", ctx);
+    await Promise.race([held, new Promise((resolve) => ctx.signal.addEventListener("abort", resolve))]);
+    ctx.signal.throwIfAborted();
+  },
+});
+const tasks = [plain, flaky, doomed, sleepy, exact, holding];
+
+const attempts = async (id: string) =>
+  (await sql`SELECT attempt, snoozes FROM ran WHERE task_id = ${id} ORDER BY attempt, snoozes`).map((r) => [r.attempt, r.snoozes]);
+const left = async () => (await sql`SELECT count(*)::int AS n FROM pgbg.task WHERE state <> 'failed'`)[0].n as number;
+const heldClaims = async () => (await sql`SELECT count(*)::int AS n FROM pgbg.claim WHERE worker_id IS NOT NULL`)[0].n as number;
+
+async function clean(): Promise<void> {
+  await sql`TRUNCATE pgbg.task, pgbg.claim, pgbg.history, ran, effect`;
+  await sql`DELETE FROM pgbg.worker`;
+}
+
+/** Runs `body` beside a started in-process worker, stopped after it. */
+async function withWorker(body: () => Promise<unknown>, concurrency = 20): Promise<void> {
+  const worker = createWorker(sql, { tasks, concurrency, checkInterval: 200, logger: quiet });
+  await worker.start();
+  try {
+    await body();
+  } finally {
+    releaseHeld();
+    await worker.stop();
+  }
+}
+
+describe("the engine by claim rows", () => {
+  test("runs each task once, writes no task row for a success, and ends its claims once their outcomes are written", async () => {
+    await clean();
+    await sql`CREATE TABLE task_update (id bigint)`;
+    await sql`CREATE FUNCTION count_task_update() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN INSERT INTO task_update VALUES (NEW.id); RETURN NULL; END $$`;
+    await sql`CREATE TRIGGER task_update AFTER UPDATE ON pgbg.task FOR EACH ROW EXECUTE FUNCTION count_task_update()`;
+    try {
+      const ids = await enqueueMany(sql, plain, Array.from({ length: 600 }, (_, n) => ({ n })));
+      await withWorker(async () => {
+        await until(left, (n) => n === 0, patience, "every task to run");
+        await until(heldClaims, (n) => n === 0, patience, "every claim to end");
+      });
+      const runs = await sql`SELECT task_id::text AS id, count(*)::int AS n, max(attempt) AS attempt FROM ran GROUP BY task_id`;
+      assert.equal(runs.length, ids.length, "each task ran");
+      assert.ok(runs.every((r) => r.n === 1 && r.attempt === 1), "once, as its first attempt");
+      assert.equal((await sql`SELECT count(*)::int AS n FROM task_update`)[0].n, 0, "no task row was updated: the claims wrote claim rows");
+      const claims = await sql`SELECT count(*)::int AS n, max(id) AS newest FROM pgbg.claim`;
+      assert.equal(claims[0].n, 1, "the lane's newest claim row is kept, held by nobody; the others are gone");
+    } finally {
+      await sql`DROP TRIGGER task_update ON pgbg.task`;
+      await sql`DROP TABLE task_update`;
+      await sql`DROP FUNCTION count_task_update()`;
+    }
+  });
+
+  test("a failure counts the attempt and retries, a snooze does not count it, and attempts run out as by row leases", async () => {
+    await clean();
+    const [f, d, s] = [await enqueue(sql, flaky, {}), await enqueue(sql, doomed, {}), await enqueue(sql, sleepy, {})];
+    await withWorker(async () => {
+      await until(left, (n) => n === 0, patience, "the three to end");
+      await until(heldClaims, (n) => n === 0, patience, "every claim to end");
+    });
+    assert.deepEqual(await attempts(f), [[1, 0], [2, 0], [3, 0]]);
+    assert.deepEqual(await attempts(d), [[1, 0], [2, 0]]);
+    assert.deepEqual(await attempts(s), [[1, 0], [1, 1]], "the snoozed attempt is not counted");
+    const [failed] = await sql`SELECT state::text, attempts, last_error->>'message' AS message FROM pgbg.task WHERE id = ${d}`;
+    assert.deepEqual({ ...failed }, { state: "failed", attempts: 2, message: "always fails" });
+  });
+
+  test("ctx.complete(tx) commits the task's effects and its completion once, its result kept", async () => {
+    await clean();
+    const ids = [await enqueue(sql, exact, {}), await enqueue(sql, exact, {})];
+    await withWorker(async () => {
+      await until(() => sql`SELECT count(*)::int AS n FROM pgbg.history WHERE id IN ${sql(ids)}`, (r) => r[0].n === 2, patience, "both kept");
+    });
+    assert.deepEqual((await sql`SELECT task_id::text FROM effect ORDER BY 1`).map((r) => r.task_id), [...ids].sort());
+    assert.deepEqual((await sql`SELECT result FROM pgbg.history WHERE id IN ${sql(ids)}`).map((r) => r.result), [7, 7]);
+    assert.equal(await left(), 0);
+  });
+
+  test("a stop hands a claim row's running task back uncounted, and the next worker runs it as the same attempt", async () => {
+    await clean();
+    held = new Promise<void>((resolve) => (releaseHeld = resolve));
+    const id = await enqueue(sql, holding, {});
+    const worker = createWorker(sql, { tasks, concurrency: 2, checkInterval: 200, logger: quiet });
+    await worker.start();
+    await until(() => attempts(id), (a) => a.length === 1, patience, "the task to start");
+    await worker.stop({ timeout: 0 });
+    const [row] = await sql`SELECT state::text, attempts, worker_id FROM pgbg.task WHERE id = ${id}`;
+    assert.deepEqual({ ...row }, { state: "queued", attempts: 0, worker_id: null }, "handed back, its attempt not counted");
+    assert.equal(await heldClaims(), 0, "its claim ended");
+    releaseHeld();
+    await withWorker(() => until(left, (n) => n === 0, patience, "the task to run again"));
+    assert.deepEqual(await attempts(id), [[1, 0], [1, 0]]);
+  });
+
+  test("a dead worker's claim row is released with the attempt counted, and its late completion is refused", async () => {
+    await clean();
+    const dead = randomUUID();
+    const ids = await enqueueMany(sql, plain, [{ n: 1 }, { n: 2 }]);
+    const last = await enqueue(sql, plain, { n: 3 }, { maxAttempts: 1 });
+    const claimed = await sql`SELECT id::text, claim_id::text FROM pgbg.claim_lane('default', 'plain', 0::smallint, ${dead}::uuid, interval '1 hour', 10)`;
+    assert.equal(claimed.length, 3);
+    const released = await releaseWorkerTasks(sql, "pgbg", [dead], 25, { name: "WorkerDied", message: "test" });
+    assert.deepEqual(released.map((r) => [r.id, r.state]).sort(), [[ids[0], "queued"], [ids[1], "queued"], [last, "failed"]].sort());
+    const rows = await sql`SELECT id::text, state::text, attempts, staged_xact IS NOT NULL AS staged FROM pgbg.task ORDER BY id`;
+    assert.deepEqual(rows.map((r) => [r.state, r.attempts, r.state === "failed" || r.staged]), [["queued", 1, true], ["queued", 1, true], ["failed", 1, true]]);
+    assert.equal(await heldClaims(), 0, "the claim row ended");
+    const late = new OutcomeWriter(sql, "pgbg", 25, quiet, undefined, dead);
+    late.claimed(claimed.map((c) => ({ claimId: c.claim_id })));
+    late.complete({ id: ids[0], leaseToken: 0, claimId: claimed[0].claim_id });
+    await late.flush();
+    assert.equal((await sql`SELECT count(*)::int AS n FROM pgbg.task WHERE id = ${ids[0]}`)[0].n, 1, "the late completion deleted nothing");
+    await withWorker(() => until(left, (n) => n === 0, patience, "the released tasks to run"));
+    assert.deepEqual([await attempts(ids[0]), await attempts(ids[1])], [[[2, 0]], [[2, 0]]], "their second attempt");
+  });
+
+  test("a claim row whose lease ran out is rescued as an expired lease", async () => {
+    await clean();
+    const id = await enqueue(sql, plain, { n: 1 });
+    // A lease that ended before the claim did: expired without waiting.
+    await sql`SELECT id FROM pgbg.claim_lane('default', 'plain', 0::smallint, ${randomUUID()}::uuid, interval '-1 second', 10)`;
+    assert.equal(await heldClaims(), 1);
+    const rescued = await rescueExpiredLeases(sql, "pgbg", 25);
+    assert.deepEqual(rescued.map((r) => [r.id, r.state]), [[id, "queued"]]);
+    assert.equal(await heldClaims(), 0);
+    await withWorker(() => until(left, (n) => n === 0, patience, "the rescued task to run"));
+    assert.deepEqual(await attempts(id), [[2, 0]]);
+  });
+});
