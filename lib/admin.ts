@@ -402,6 +402,19 @@ export async function cancel(db: DatabaseClient, which: CancelTarget, options?: 
   return cancelByIds(db, schema, ids);
 }
 
+/**
+ * One round of a cancel: the lanes' locks (LockTaskLanes), then the cancel
+ * (CancelTasks), in one transaction, so that the cancel's snapshot sees
+ * every claim row that holds one of the tasks (the caller's own
+ * transaction, when given one, holds the locks until it ends).
+ */
+async function cancelRound(db: DatabaseClient, schema: string, ids: string[]): Promise<{ id: unknown; outcome: "deleted" | "signalled" }[]> {
+  return await executorFor(db).transaction(async (tx) => {
+    await run(tx, schema, "LockTaskLanes", [ids]);
+    return await run<{ id: unknown; outcome: "deleted" | "signalled" }>(tx, schema, "CancelTasks", [ids]);
+  });
+}
+
 /** Cancels the tasks `ids` (see {@link cancel}), asking again for those that changed state meanwhile. */
 export async function cancelByIds(db: DatabaseClient, schema: string, ids: string[]): Promise<CancelResult> {
   const result: CancelResult = { deleted: [], signalled: [], notFound: [] };
@@ -409,7 +422,7 @@ export async function cancelByIds(db: DatabaseClient, schema: string, ids: strin
   // A task that changed state during the statement is in neither of its
   // results: ask again for those, a few times.
   for (let round = 0; round < 5 && todo.length; round++) {
-    const rows = await run<{ id: unknown; outcome: "deleted" | "signalled" }>(db, schema, "CancelTasks", [todo]);
+    const rows = await cancelRound(db, schema, todo);
     for (const row of rows) result[row.outcome].push(String(row.id));
     const handled = new Set(rows.map((r) => String(r.id)));
     todo = todo.filter((id) => !handled.has(id));

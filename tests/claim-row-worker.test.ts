@@ -11,7 +11,7 @@ import { randomUUID } from "node:crypto";
 import process from "node:process";
 import { describe, test } from "node:test";
 import * as v from "valibot";
-import { createWorker, defineTask, enqueue, enqueueMany, migrate } from "../mod.ts";
+import { cancel, createWorker, defineTask, enqueue, enqueueFlow, enqueueMany, flowTask, getTask, listTasks, migrate, status } from "../mod.ts";
 import { releaseWorkerTasks } from "../lib/maintenance/dead-worker-releaser.ts";
 import { rescueExpiredLeases } from "../lib/maintenance/lease-rescuer.ts";
 import { OutcomeWriter } from "../lib/outcomes.ts";
@@ -196,5 +196,49 @@ describe("the engine by claim rows", () => {
     assert.equal(await heldClaims(), 0);
     await withWorker(() => until(left, (n) => n === 0, patience, "the rescued task to run"));
     assert.deepEqual(await attempts(id), [[2, 0]]);
+  });
+
+  test("a task a claim row holds that a flow then depends on: its success releases the dependant", async () => {
+    await clean();
+    const worker = randomUUID();
+    const parent = await enqueue(sql, plain, { n: 1 });
+    const [claimed] = await sql`SELECT claim_id::text FROM pgbg.claim_lane('default', 'plain', 0::smallint, ${worker}::uuid, interval '1 hour', 10)`;
+    const flow = await enqueueFlow(sql, { next: flowTask(plain, { n: 2 }, { dependsOn: [{ id: parent }] }) });
+    assert.equal((await getTask(sql, flow.tasks.next))?.state, "waiting");
+    const writer = new OutcomeWriter(sql, "pgbg", 25, quiet, undefined, worker);
+    writer.claimed([{ claimId: claimed.claim_id }]);
+    writer.complete({ id: parent, leaseToken: 0, claimId: claimed.claim_id });
+    await writer.flush();
+    assert.equal((await getTask(sql, parent))?.state, undefined, "the parent completed");
+    assert.equal((await getTask(sql, flow.tasks.next))?.state, "queued", "released as after a success, not cancelled");
+  });
+
+  test("a task a claim row holds reads as running, its worker's, and a cancel aborts its attempt rather than deleting it", async () => {
+    await clean();
+    held = new Promise<void>((resolve) => (releaseHeld = resolve));
+    const id = await enqueue(sql, holding, {});
+    const queued = await enqueue(sql, holding, {}, { delay: 3_600_000 });
+    const worker = createWorker(sql, { tasks, concurrency: 2, checkInterval: 200, logger: quiet });
+    await worker.start();
+    try {
+      await until(() => attempts(id), (a) => a.length === 1, patience, "the task to start");
+      assert.equal((await sql`SELECT state::text FROM pgbg.task WHERE id = ${id}`)[0].state, "queued", "its row is left as it was");
+      const [{ id: workerId }] = await sql`SELECT id FROM pgbg.worker`;
+      const task = await getTask(sql, id);
+      assert.deepEqual([task?.state, task?.workerId, task?.attempts], ["running", workerId, 1]);
+      assert.deepEqual((await listTasks(sql, { state: "running" })).tasks.map((t) => t.id), [id]);
+      assert.deepEqual((await listTasks(sql, { state: "queued" })).tasks.map((t) => t.id), []);
+      assert.deepEqual((await listTasks(sql, { state: "scheduled" })).tasks.map((t) => t.id), [queued]);
+      const { tasks: rows, workers } = await status(sql);
+      assert.deepEqual(rows.filter((r) => r.name === "holding").map((r) => [r.queued, r.scheduled, r.running]), [[0, 1, 1]]);
+      assert.deepEqual(workers.map((w) => [w.id, w.running]), [[workerId, 1]]);
+      const result = await cancel(sql, id);
+      assert.deepEqual([result.deleted, result.signalled], [[], [id]], "signalled, as a running task is");
+      await until(() => getTask(sql, id), (t) => t === null, patience, "the aborted attempt to end and the task to go");
+      assert.deepEqual(await attempts(id), [[1, 0]], "it ran once");
+    } finally {
+      releaseHeld();
+      await worker.stop();
+    }
   });
 });

@@ -165,6 +165,23 @@ describe("claim rows", () => {
     );
   });
 
+  test("the lanes of one priority share a claim by claim_lanes, after the lanes of a higher one; what one lane lacks passes on", async () => {
+    await clean();
+    const other = defineTask({ name: "other", schema: v.object({ n: v.number() }), async run() {} });
+    await enqueueMany(sql, lane, Array.from({ length: 5 }, (_, n) => ({ n })), { priority: -1 });
+    await enqueueMany(sql, lane, Array.from({ length: 30 }, (_, n) => ({ n })));
+    await enqueueMany(sql, other, Array.from({ length: 30 }, (_, n) => ({ n })));
+    const claimLanes = async (wanted: number) => {
+      const rows = await sql`SELECT name, priority FROM pgbg.claim_lanes(ARRAY['default', 'default', 'default'], ARRAY['lane', 'lane', 'other'],
+        ARRAY[-1, 0, 0]::smallint[], ARRAY[60000, 60000, 60000], ${randomUUID()}::uuid, ${wanted})`;
+      const counts: Record<string, number> = {};
+      for (const r of rows) counts[`${r.name} ${r.priority}`] = (counts[`${r.name} ${r.priority}`] ?? 0) + 1;
+      return counts;
+    };
+    assert.deepEqual(await claimLanes(25), { "lane -1": 5, "lane 0": 10, "other 0": 10 });
+    assert.deepEqual(await claimLanes(45), { "lane 0": 20, "other 0": 20 }, "each lane asks for half, and has 20 left");
+  });
+
   for (const held of [false, true]) {
     test(`enqueues committing out of order, in savepoints and rolled back: each committed task claimed once${held ? ", beside a held snapshot" : ""}`, { timeout: 3 * patience }, async () => {
       await clean();

@@ -6,16 +6,17 @@
 -- name: TaskStatus
 -- Per queue and task name: tasks by state (queued ones split into due and
 -- scheduled), the age of the oldest due task, and the outcomes of about the
--- last minute (task_count periods that started in the last 60 s).
+-- last minute (task_count periods that started in the last 60 s). A task a
+-- claim row holds is running (IsHeld).
 WITH tasks AS (
   SELECT queue, name,
-    count(*) FILTER (WHERE state = 'queued' AND run_at <= now()) AS queued,
+    count(*) FILTER (WHERE state = 'queued' AND run_at <= now() AND NOT held) AS queued,
     count(*) FILTER (WHERE state = 'queued' AND run_at > now()) AS scheduled,
-    count(*) FILTER (WHERE state = 'running') AS running,
+    count(*) FILTER (WHERE state = 'running' OR held) AS running,
     count(*) FILTER (WHERE state = 'failed') AS failed,
-    min(run_at) FILTER (WHERE state = 'queued' AND run_at <= now()) AS oldest_due
-  FROM pgbg.task
-  WHERE cancel_requested_at IS NULL OR state = 'running'
+    min(run_at) FILTER (WHERE state = 'queued' AND run_at <= now() AND NOT held) AS oldest_due
+  FROM (SELECT t.queue, t.name, t.state, t.run_at, t.cancel_requested_at, {{IsHeld}} AS held FROM pgbg.task t) t
+  WHERE cancel_requested_at IS NULL OR state = 'running' OR held
   GROUP BY queue, name
 ),
 counts AS (
@@ -45,37 +46,46 @@ GROUP BY t.queue, t.name
 ORDER BY 1, 2;
 
 -- name: WorkerStatus
--- Live workers, their heartbeats and how many tasks each holds.
+-- Live workers, their heartbeats and how many tasks each holds, by a lease
+-- of its own or a claim row (the claim rows' stretches, one range each: a
+-- lateral join whose OFFSET keeps it from being flattened into a read of
+-- the whole table).
 SELECT w.id, w.supervisor_id, w.pid, w.hostname, w.runtime, w.concurrency, w.queues, w.tasks, w.idle,
   w.started_at, w.heartbeat_at,
   -- now() is this statement's transaction start; a heartbeat committed
   -- since can be a little later.
   greatest(extract(epoch FROM now() - w.heartbeat_at) * 1000, 0)::float8 AS heartbeat_age_ms,
-  (SELECT count(*) FROM pgbg.task t WHERE t.state = 'running' AND t.worker_id = w.id)::int AS running
+  ((SELECT count(*) FROM pgbg.task t WHERE t.state = 'running' AND t.worker_id = w.id)
+    + (SELECT count(*) FROM pgbg.claim c
+       CROSS JOIN LATERAL (SELECT FROM pgbg.task t WHERE {{InClaim}} OFFSET 0) t
+       WHERE c.worker_id = w.id))::int AS running
 FROM pgbg.worker w
 ORDER BY w.started_at, w.id;
 
 -- fragment: TaskColumns
--- A task as the admin API shows it: `scheduled` is a queued task not due yet.
--- Its value: more columns (GetTask adds the errors, which lists leave out).
+-- A task as the admin API shows it: `scheduled` is a queued task not due
+-- yet; one a claim row holds is running, its worker the claim's, and its
+-- attempt counted (IsHeld). Its value: more columns (GetTask adds the
+-- errors, which lists leave out).
 SELECT t.id, t.queue, t.name,
-  CASE WHEN t.state = 'queued' AND t.run_at > now() THEN 'scheduled' ELSE t.state::text END AS state,
-  t.attempts, t.max_attempts, t.priority, t.key, t.run_at, t.enqueued_at, t.failed_at,
-  t.worker_id, t.cancel_requested_at, t.last_error, t.payload, t.snoozes, t.input_version, t.group_name, t.flow_id, t.schedule{{@}}
+  CASE WHEN t.state = 'queued' AND t.run_at > now() THEN 'scheduled' WHEN {{IsHeld}} THEN 'running' ELSE t.state::text END AS state,
+  t.attempts + CASE WHEN {{IsHeld}} THEN 1 ELSE 0 END AS attempts, t.max_attempts, t.priority, t.key, t.run_at, t.enqueued_at, t.failed_at,
+  coalesce(t.worker_id, {{ClaimWorker}}) AS worker_id, t.cancel_requested_at, t.last_error, t.payload, t.snoozes, t.input_version, t.group_name, t.flow_id, t.schedule{{@}}
 FROM pgbg.task t
 
 -- name: GetTask
 -- One task by id ($1), by primary key; no row for an id the table does not
 -- hold, or a cancelled task that is no longer running (it is being deleted).
 {{TaskColumns:, t.errors}}
-WHERE t.id = $1 AND (t.cancel_requested_at IS NULL OR t.state = 'running');
+WHERE t.id = $1 AND (t.cancel_requested_at IS NULL OR t.state = 'running' OR {{IsHeld}});
 
 -- fragment: TaskFilter
 -- The admin API's filters on the queue's tasks, each NULL for any: $1 state
 -- (queued: due now; scheduled: queued for later; running; failed; waiting:
 -- for other tasks), $2 task name, $9 the start of its name, $4 queue, $5
 -- dedup key, $6 and $7 the enqueue time from (inclusive) and to
--- (exclusive); and after the id $8 (NULL: from the start). The start is a
+-- (exclusive); and after the id $8 (NULL: from the start). A task a claim
+-- row holds is running (IsHeld). The start is a
 -- coalesce, not `$8 IS NULL OR`: a prepared statement's generic plan
 -- cannot start an index scan at an OR, and would read every page from the
 -- first task. Each optional filter is a CASE, not `$2 IS NULL OR`: a
@@ -85,7 +95,7 @@ WHERE t.id = $1 AND (t.cancel_requested_at IS NULL OR t.state = 'running');
 -- then sorted a sequential scan rather than read a page of the primary
 -- key (bench/RESULTS.md, "listTasks' generic plan"). A cancelled task that
 -- is no longer running is being deleted.
-WHERE (t.cancel_requested_at IS NULL OR t.state = 'running')
+WHERE (t.cancel_requested_at IS NULL OR t.state = 'running' OR {{IsHeld}})
   AND t.id > coalesce($8::bigint, 0)
   AND CASE WHEN $2::text IS NULL THEN true ELSE t.name = $2::text END
   AND CASE WHEN $9::text IS NULL THEN true ELSE starts_with(t.name, $9::text) END
@@ -94,9 +104,9 @@ WHERE (t.cancel_requested_at IS NULL OR t.state = 'running')
   AND CASE WHEN $6::timestamptz IS NULL THEN true ELSE t.enqueued_at >= $6::timestamptz END
   AND CASE WHEN $7::timestamptz IS NULL THEN true ELSE t.enqueued_at < $7::timestamptz END
   AND CASE $1::text
-    WHEN 'queued' THEN t.state = 'queued' AND t.run_at <= now()
+    WHEN 'queued' THEN t.state = 'queued' AND t.run_at <= now() AND NOT {{IsHeld}}
     WHEN 'scheduled' THEN t.state = 'queued' AND t.run_at > now()
-    WHEN 'running' THEN t.state = 'running'
+    WHEN 'running' THEN t.state = 'running' OR {{IsHeld}}
     WHEN 'failed' THEN t.state = 'failed'
     WHEN 'waiting' THEN t.state = 'waiting'
     ELSE true
@@ -160,12 +170,14 @@ RETURNING t.id;
 
 -- name: CancelTasks
 -- Deletes the given tasks that are queued or failed (keeping those that keep
--- their history as cancelled); marks the running ones
--- (their worker aborts the attempt at its next heartbeat and deletes the
--- task when the attempt ends). A task that changed state during the call is
--- in neither result; the caller asks again.
+-- their history as cancelled); marks the running ones, a claim row's
+-- among them (their worker aborts the attempt at its next heartbeat and
+-- deletes the task when the attempt ends). A task that changed state
+-- during the call is in neither result; the caller asks again. Run after
+-- LockTaskLanes, in its transaction: a claim by claim rows reads its
+-- tasks without locking them, and one deleted under it would still run.
 WITH finished AS (
-  DELETE FROM pgbg.task t WHERE t.id = ANY($1::bigint[]) AND t.state <> 'running'
+  DELETE FROM pgbg.task t WHERE t.id = ANY($1::bigint[]) AND t.state <> 'running' AND NOT {{IsHeld}}
   RETURNING {{CancelledColumns}}
 ),
 {{KeepFinished}},
@@ -174,13 +186,27 @@ deleted AS (
   SELECT id, 'deleted'::text AS outcome FROM finished WHERE (SELECT count(*) FROM kept) + (SELECT count(*) FROM woken) + (SELECT count(*) FROM batch_counted) >= 0
 ),
 signalled AS (
-  UPDATE pgbg.task SET cancel_requested_at = coalesce(cancel_requested_at, now())
-  WHERE id = ANY($1::bigint[]) AND state = 'running'
-  RETURNING id, 'signalled'::text AS outcome
+  UPDATE pgbg.task t SET cancel_requested_at = coalesce(t.cancel_requested_at, now())
+  WHERE t.id = ANY($1::bigint[]) AND (t.state = 'running' OR {{IsHeld}})
+  RETURNING t.id, 'signalled'::text AS outcome
 )
 SELECT id, outcome FROM deleted
 UNION ALL
 SELECT id, outcome FROM signalled;
+
+-- name: LockTaskLanes
+-- Takes the lane lock (LaneLock) of each lane the queued tasks $1 are in,
+-- in lane order, so that two callers cannot deadlock: run first in the
+-- transaction of a write that must know whether a claim row holds a task
+-- (CancelTasks), whose statement then reads a snapshot taken after every
+-- claim of those lanes in flight has committed.
+SELECT count(*) FROM (
+  SELECT {{LaneLock:l.queue, l.name, l.priority}} FROM (
+    SELECT DISTINCT t.queue, t.name, t.priority FROM pgbg.task t
+    WHERE t.id = ANY ($1::bigint[]) AND t.state = 'queued' AND t.group_name IS NULL
+    ORDER BY 1, 2, 3
+  ) l
+) locked;
 
 -- name: Activity
 -- Each of the last $1 minutes, the current one last, of one queue ($2) and

@@ -128,12 +128,18 @@ WHERE key = $1 AND task_id IS NOT NULL AND (held_until IS NULL OR held_until > n
 -- input ($2, JSON text), run time ($3 absolute, else now plus $4 ms),
 -- priority ($5), version ($6) and group ($9), if it is a task of the same name ($7)
 -- and queue ($8) whose cancel nobody asked. A running task is left as it
--- is; so is one of another name, whose input this one is not.
-UPDATE pgbg.task SET payload = $2::text::jsonb,
+-- is, one a claim row holds among them (IsHeld); so is one of another
+-- name, whose input this one is not. A claim by claim rows that reads the
+-- task while this statement runs can still take its old input, the
+-- replace then restaging it for a later claim: the lane's lock would close
+-- that gap, and is not taken here, in the caller's transaction, where it
+-- would hold the lane's claims until that transaction ends (claim rows are
+-- off by default: docs/storage.md).
+UPDATE pgbg.task t SET payload = $2::text::jsonb,
   run_at = coalesce($3::timestamptz, now() + $4::float8 * interval '1 millisecond'),
   priority = $5, input_version = $6, group_name = $9
-WHERE key = $1 AND state = 'queued' AND name = $7 AND queue = $8 AND cancel_requested_at IS NULL
-RETURNING id;
+WHERE t.key = $1 AND t.state = 'queued' AND t.name = $7 AND t.queue = $8 AND t.cancel_requested_at IS NULL AND NOT {{IsHeld}}
+RETURNING t.id;
 
 -- name: PendingTaskIdsByKey
 -- Uses task_key_idx: the pending task holding each key.

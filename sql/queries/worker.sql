@@ -465,7 +465,10 @@ RETURNING t.id;
 -- waited for its lock is met in its new version, which is in no pair of
 -- these claims.
 WITH held AS MATERIALIZED (
-  SELECT * FROM pgbg.claim c WHERE c.id = ANY ($2::bigint[]) AND c.worker_id = $3::uuid
+  -- Read by the trigger that settles a flow's dependants: these queued
+  -- tasks end completed, not cancelled (migration 027).
+  SELECT c.*, set_config('pgbg_flow.ending', 'complete', true) AS ending FROM pgbg.claim c
+  WHERE c.id = ANY ($2::bigint[]) AND c.worker_id = $3::uuid
 )
 DELETE FROM pgbg.task t
 USING held c
@@ -498,27 +501,29 @@ RETURNING t.id;
 -- default), of tasks without a group in queues without a limit: $1 worker
 -- id, $2 queues (NULL: every queue), $3 registered task names, $4 lease
 -- length in ms for each name in $3, $5 how many to claim.
--- `lanes` lists the distinct lanes (queue, name, priority) of queued tasks
--- without a group by skipping through task_lane_idx, one index probe per
--- lane; those of names the worker runs, in queues it claims from and that
--- are neither paused nor limited (as ClaimFromLanes judges them), are
+-- `lanes` lists the distinct (queue, priority) pairs of queued tasks
+-- without a group by skipping through task_claim_idx, as ClaimTasks does,
+-- one index probe per pair; the lanes (queue, name, priority) of those
+-- pairs and of the names the worker runs, in queues it claims from and
+-- that are neither paused nor limited (as ClaimFromLanes judges them), are
 -- claimed by pgbg.claim_lanes in priority order, each by pgbg.claim_lane,
 -- which writes one claim row per lane it takes tasks from and none per
--- task. Each returned task carries its claim row's id; its attempt is not
--- counted until it ends otherwise than by success (LeaseClaimedTasks).
-WITH RECURSIVE lanes (queue, name, priority) AS (
-  (SELECT t.queue, t.name, t.priority FROM pgbg.task t
-   WHERE t.state = 'queued' AND t.group_name IS NULL ORDER BY t.queue, t.name, t.priority LIMIT 1)
+-- task (a lane without tasks costs a probe). Each returned task carries
+-- its claim row's id; its attempt is not counted until it ends otherwise
+-- than by success (LeaseClaimedTasks).
+WITH RECURSIVE lanes (queue, priority) AS (
+  (SELECT t.queue, t.priority FROM pgbg.task t
+   WHERE t.state = 'queued' AND t.group_name IS NULL ORDER BY t.queue, t.priority LIMIT 1)
   UNION ALL
-  SELECT n.queue, n.name, n.priority FROM lanes l CROSS JOIN LATERAL (
-    SELECT t.queue, t.name, t.priority FROM pgbg.task t
-    WHERE t.state = 'queued' AND t.group_name IS NULL AND (t.queue, t.name, t.priority) > (l.queue, l.name, l.priority)
-    ORDER BY t.queue, t.name, t.priority LIMIT 1
+  SELECT n.queue, n.priority FROM lanes l CROSS JOIN LATERAL (
+    SELECT t.queue, t.priority FROM pgbg.task t
+    WHERE t.state = 'queued' AND t.group_name IS NULL AND (t.queue, t.priority) > (l.queue, l.priority)
+    ORDER BY t.queue, t.priority LIMIT 1
   ) n
 ),
 open AS (
-  SELECT l.queue, l.name, l.priority, k.lease_ms FROM lanes l
-  JOIN unnest($3::text[], $4::integer[]) AS k (name, lease_ms) ON k.name = l.name
+  SELECT l.queue, k.name, l.priority, k.lease_ms FROM lanes l
+  CROSS JOIN unnest($3::text[], $4::integer[]) AS k (name, lease_ms)
   WHERE ($2::text[] IS NULL OR l.queue = ANY ($2::text[]))
     AND NOT EXISTS (SELECT FROM pgbg.queue q WHERE q.name = l.queue
       AND (q.paused_at IS NOT NULL OR ({{QueueLimited}} AND NOT {{QueuePerGroup}})))
@@ -618,6 +623,31 @@ unheld AS (
 )
 SELECT (SELECT count(*) FROM ended) AS claims, (SELECT count(*) FROM moved) AS tasks
 WHERE (SELECT count(*) FROM gone) + (SELECT count(*) FROM unheld) >= 0
+
+-- fragment: IsHeld
+-- Whether task `t` is one a claim row holds: a claim by claim rows leaves
+-- its tasks' rows queued (migration 026), and every reader of "running"
+-- reads both kinds, so a task a claim row holds is running, leased to the
+-- claim's worker, its attempt under way. A probe of claim_lane_idx per
+-- queued task, and none at all while no claim row is held (the first
+-- sub-select runs once per statement): a reader of the whole table pays
+-- nothing for it while claim rows are off.
+(CASE WHEN t.state <> 'queued' OR NOT (SELECT EXISTS (SELECT FROM pgbg.claim h WHERE h.worker_id IS NOT NULL)) THEN false
+  ELSE {{HeldByClaim:c.worker_id}} END)
+
+-- fragment: HeldByClaim
+-- Whether the queued task `t` is one a claim row of worker {{@}} holds
+-- (`c.worker_id`: any worker's), by a probe of claim_lane_idx.
+EXISTS (SELECT FROM pgbg.claim c WHERE c.worker_id = {{@}} AND {{InClaim}})
+
+-- fragment: ClaimWorker
+-- The worker whose claim row holds task `t`, or NULL (IsHeld).
+(SELECT c.worker_id FROM pgbg.claim c WHERE t.state = 'queued' AND c.worker_id IS NOT NULL AND {{InClaim}} LIMIT 1)
+
+-- fragment: LaneLock
+-- The lock of lane `l` (queue, name, priority), as pgbg.claim_lane takes it
+-- (migration 026), held to the end of the transaction.
+pg_advisory_xact_lock(hashtext('pgbg.claim'), hashtext(l.queue || E'\n' || l.name || E'\n' || l.priority))
 
 -- name: CompleteBatchTasks
 -- CompleteTasks for batch members (the claim returned their batch_then):
@@ -846,12 +876,17 @@ VALUES ($1, $2, $3, $4, $5, $6, $7::text[], $8::text[], $9);
 -- name: HeartbeatWorker
 -- No row back means another supervisor declared this worker dead and
 -- released its tasks: the worker must stop. `cancelled` lists the worker's
--- running tasks that `pgbg cancel` asked to stop (task_cancel_idx, empty
--- nearly always).
+-- running tasks that `pgbg cancel` asked to stop, its claim rows' among
+-- them (task_cancel_idx, empty nearly always: a claim row's task has no
+-- worker in its row, and a queued task's cancel deletes it unless a claim
+-- row holds it).
 UPDATE pgbg.worker SET heartbeat_at = now() WHERE id = $1
 RETURNING id, ARRAY(
   SELECT t.id FROM pgbg.task t
   WHERE t.worker_id = $1 AND t.cancel_requested_at IS NOT NULL AND t.state = 'running'
+  UNION ALL
+  SELECT t.id FROM pgbg.task t
+  WHERE t.worker_id IS NULL AND t.cancel_requested_at IS NOT NULL AND t.state = 'queued' AND {{HeldByClaim:$1}}
 ) AS cancelled;
 
 -- name: FinishCancelledTasks
@@ -896,7 +931,8 @@ ON CONFLICT (period, queue, name) DO UPDATE SET
 -- name: DeleteCancelledTasks
 -- Cancelled tasks that left `running` before their worker deleted them
 -- (failed or handed back first, or their worker died), up to 1,000 per run,
--- keeping those that keep their history as cancelled.
+-- keeping those that keep their history as cancelled. Not one a claim row
+-- holds: its worker aborts it at its next heartbeat.
 -- Reads task_cancel_idx in its order, which a LIMIT keeps cheap whatever
 -- the planner estimates for `IS NOT NULL` (bench/RESULTS.md, item 11).
 WITH finished AS (
@@ -907,6 +943,9 @@ WITH finished AS (
     ORDER BY worker_id
     LIMIT 1000
   ))
+    -- Checked on the rows found, not in their search: there, its sub-select
+    -- made a table never analyzed be read whole.
+    AND NOT {{IsHeld}}
   RETURNING {{CancelledColumns}}
 ),
 {{KeepFinished}},
@@ -929,14 +968,15 @@ DELETE FROM pgbg.task_depth WHERE minute < now() - interval '24 hours';
 -- one host's count a minute, whatever the number of hosts. Two that sample
 -- at once both count; the second's totals' row meets the first's and is
 -- dropped, and with it all its rows, so that a minute's rows are one
--- count's. Counted as TaskStatus counts.
+-- count's. Counted as TaskStatus counts, a task a claim row holds as
+-- running (IsHeld).
 WITH counted AS (
   SELECT queue, name,
-    count(*) FILTER (WHERE state = 'queued' AND run_at <= now()) AS queued,
+    count(*) FILTER (WHERE state = 'queued' AND run_at <= now() AND NOT held) AS queued,
     count(*) FILTER (WHERE state = 'queued' AND run_at > now()) AS scheduled,
-    count(*) FILTER (WHERE state = 'running') AS running
-  FROM pgbg.task
-  WHERE state IN ('queued', 'running') AND (cancel_requested_at IS NULL OR state = 'running')
+    count(*) FILTER (WHERE state = 'running' OR held) AS running
+  FROM (SELECT t.queue, t.name, t.state, t.run_at, t.cancel_requested_at, {{IsHeld}} AS held FROM pgbg.task t) t
+  WHERE state IN ('queued', 'running') AND (cancel_requested_at IS NULL OR state = 'running' OR held)
     AND NOT EXISTS (SELECT FROM pgbg.task_depth WHERE minute = date_trunc('minute', now()))
   -- The empty grouping set gives the totals' row even when no task matched.
   GROUP BY GROUPING SETS ((queue, name), ())
