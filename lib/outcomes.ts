@@ -35,8 +35,9 @@ export interface AttemptRef {
   leaseToken: number;
   /**
    * The claim row that holds the task, if one does: a success is written
-   * fenced by it (CompleteClaimedTasks), any other outcome once the task
-   * has a lease of its own (LeaseClaimedTasks), by the token that gives.
+   * fenced by it (CompleteClaimedTasks, CompleteClaimedKeptTasks), any
+   * other outcome once the task has a lease of its own (LeaseClaimedTasks),
+   * by the token that gives.
    */
   claimId?: string | null;
   /** Where the written outcome is counted, if anywhere. */
@@ -190,32 +191,20 @@ export class OutcomeWriter {
 
   async #write(): Promise<void> {
     const done = this.#done.splice(0);
-    const kept = done.some((d) => d.keep) ? done.filter((d) => d.keep) : [];
-    const members = done.some((d) => d.batch && !d.keep) ? done.filter((d) => d.batch && !d.keep) : [];
-    const plain = kept.length || members.length ? done.filter((d) => !d.keep && !d.batch) : done;
-    const [byClaim, deleted] = plain.some((d) => d.claimId) ? [plain.filter((d) => d.claimId), plain.filter((d) => !d.claimId)] : [[], plain];
     const failed = this.#failed.splice(0);
     const handedBack = this.#handedBack.splice(0);
     const snoozed = this.#snoozed.splice(0);
     const cancelled = this.#cancelled.splice(0);
     const ending = this.#ending.splice(0);
-    const ids = (attempts: AttemptRef[]) => arrayText(attempts.map((a) => a.id));
-    const tokens = (attempts: AttemptRef[]) => arrayText(attempts.map((a) => a.leaseToken));
     this.#writing = done.length + failed.length + handedBack.length + snoozed.length + cancelled.length;
     try {
-      await this.#leaseClaimed([...kept, ...members, ...failed, ...handedBack, ...snoozed, ...cancelled]);
-      const [claimedRows, deletedRows, keptRows, failedRows, memberRows, snoozedRows, cancelledRows] = await Promise.all([
-        byClaim.length ? run<{ id: unknown }>(this.db, this.schema, "CompleteClaimedTasks", [ids(byClaim), distinctClaims(byClaim), this.workerId]) : [],
-        deleted.length ? run<{ id: unknown }>(this.db, this.schema, "CompleteTasks", [ids(deleted), tokens(deleted)]) : [],
-        kept.length
-          ? run<{ id: unknown }>(this.db, this.schema, "CompleteKeptTasks", [
-            ids(kept), tokens(kept), kept.map((k) => k.result ?? null), kept.map((k) => k.keep), kept.map((k) => k.claimedAtMs ?? Date.now()),
-          ])
-          : [],
+      await this.#leaseClaimed([...failed, ...handedBack, ...snoozed, ...cancelled]);
+      const [completedRows, failedRows, snoozedRows, cancelledRows] = await Promise.all([
+        this.#complete(done),
         failed.length
           ? run<{ id: unknown; state: string }>(this.db, this.schema, "FailTasks", [
-            ids(failed),
-            tokens(failed),
+            idsOf(failed),
+            tokensOf(failed),
             failed.map((f) => f.delay),
             failed.map((f) => JSON.stringify(f.error)),
             // postgres.js mis-types boolean arrays; the statement takes 0/1.
@@ -223,12 +212,10 @@ export class OutcomeWriter {
             this.maxAttempts,
           ])
           : [],
-        members.length ? run<{ id: unknown }>(this.db, this.schema, "CompleteBatchTasks", [ids(members), tokens(members)]) : [],
-        snoozed.length ? run<{ id: unknown }>(this.db, this.schema, "SnoozeTasks", [ids(snoozed), tokens(snoozed), snoozed.map((s) => s.delay)]) : [],
-        cancelled.length ? run<{ id: unknown }>(this.db, this.schema, "FinishCancelledTasks", [ids(cancelled), tokens(cancelled)]) : [],
-        handedBack.length && run(this.db, this.schema, "HandBackTasks", [ids(handedBack), tokens(handedBack)]),
+        snoozed.length ? run<{ id: unknown }>(this.db, this.schema, "SnoozeTasks", [idsOf(snoozed), tokensOf(snoozed), snoozed.map((s) => s.delay)]) : [],
+        cancelled.length ? run<{ id: unknown }>(this.db, this.schema, "FinishCancelledTasks", [idsOf(cancelled), tokensOf(cancelled)]) : [],
+        handedBack.length ? run(this.db, this.schema, "HandBackTasks", [idsOf(handedBack), tokensOf(handedBack)]) : [],
       ]);
-      const completedRows = keptRows.length || memberRows.length || claimedRows.length ? [...claimedRows, ...deletedRows, ...keptRows, ...memberRows] : deletedRows;
       // A write can miss a row another statement updated while it waited
       // (enqueueFlow marking a running parent): its row moved, and the fence
       // finds it by its address. Written once more, by a new statement,
@@ -258,6 +245,31 @@ export class OutcomeWriter {
   }
 
   /**
+   * Writes the successes `done`, each kind by its statement, at once: those
+   * claim rows hold (CompleteClaimedTasks, and CompleteClaimedKeptTasks for
+   * those kept in the history), and by their lease tokens the plain ones
+   * (CompleteTasks), the kept ones (CompleteKeptTasks) and batch members
+   * (CompleteBatchTasks). Resolves with the rows the fences let through.
+   */
+  async #complete(done: Completion[]): Promise<{ id: unknown }[]> {
+    const [byClaim, byToken] = split(done, (d) => !!d.claimId);
+    const [claimedKept, claimed] = split(byClaim, (d) => !!d.keep);
+    const [kept, unkept] = split(byToken, (d) => !!d.keep);
+    const [members, plain] = split(unkept, (d) => !!d.batch);
+    const keptValues = (k: Completion[]) => [k.map((c) => c.result ?? null), k.map((c) => c.keep), k.map((c) => c.claimedAtMs ?? Date.now())];
+    const rows = await Promise.all([
+      claimed.length ? run<{ id: unknown }>(this.db, this.schema, "CompleteClaimedTasks", [idsOf(claimed), distinctClaims(claimed), this.workerId]) : [],
+      claimedKept.length
+        ? run<{ id: unknown }>(this.db, this.schema, "CompleteClaimedKeptTasks", [idsOf(claimedKept), distinctClaims(claimedKept), this.workerId, ...keptValues(claimedKept)])
+        : [],
+      plain.length ? run<{ id: unknown }>(this.db, this.schema, "CompleteTasks", [idsOf(plain), tokensOf(plain)]) : [],
+      kept.length ? run<{ id: unknown }>(this.db, this.schema, "CompleteKeptTasks", [idsOf(kept), tokensOf(kept), ...keptValues(kept)]) : [],
+      members.length ? run<{ id: unknown }>(this.db, this.schema, "CompleteBatchTasks", [idsOf(members), tokensOf(members)]) : [],
+    ]);
+    return rows.flat();
+  }
+
+  /**
    * Gives each task a claim row holds among `attempts` a lease of its own
    * (LeaseClaimedTasks), so that its outcome is written by the statements
    * of row leases, fenced by the token: a task no longer its claim's gets
@@ -267,7 +279,7 @@ export class OutcomeWriter {
     const held = attempts.some((a) => a.claimId) ? attempts.filter((a) => a.claimId) : [];
     if (!held.length) return;
     const rows = await run<{ id: unknown; lease_token: number }>(this.db, this.schema, "LeaseClaimedTasks", [
-      arrayText(held.map((a) => a.id)), arrayText(held.map((a) => a.claimId!)), this.workerId,
+      idsOf(held), arrayText(held.map((a) => a.claimId!)), this.workerId,
     ]);
     const tokens = new Map(rows.map((r) => [String(r.id), r.lease_token]));
     for (const a of held) {
@@ -293,6 +305,22 @@ export class OutcomeWriter {
       this.log.warn(`could not end ${now.length} claims; retrying with a later write`, { error: describeError(error).message });
     }
   }
+}
+
+/** The ids of `attempts`, as an array's text. */
+function idsOf(attempts: readonly AttemptRef[]): string {
+  return arrayText(attempts.map((a) => a.id));
+}
+
+/** The lease tokens of `attempts`, as an array's text. */
+function tokensOf(attempts: readonly AttemptRef[]): string {
+  return arrayText(attempts.map((a) => a.leaseToken));
+}
+
+/** `items` split by `test`: those it holds for, and the others (`items` itself when it holds for none, the common case). */
+function split<T>(items: T[], test: (item: T) => boolean): [T[], T[]] {
+  if (!items.some(test)) return [[], items];
+  return [items.filter(test), items.filter((item) => !test(item))];
 }
 
 /** The claims of `attempts`, each once, as an array's text. */

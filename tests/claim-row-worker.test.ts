@@ -73,7 +73,24 @@ const holding = defineTask({
     ctx.signal.throwIfAborted();
   },
 });
-const tasks = [plain, flaky, doomed, sleepy, exact, holding];
+const measured = defineTask({ name: "measured", schema: v.object({}), result: v.number(), run: () => 42 });
+const tasks = [plain, flaky, doomed, sleepy, exact, holding, measured];
+
+/** The number of updates of task rows while `body` runs (a trigger counts them). */
+async function countingTaskUpdates(body: () => Promise<unknown>): Promise<number> {
+  await sql`CREATE TABLE task_update (id bigint)`;
+  await sql`CREATE FUNCTION count_task_update() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN INSERT INTO task_update VALUES (NEW.id); RETURN NULL; END $$`;
+  await sql`CREATE TRIGGER task_update AFTER UPDATE ON pgbg.task FOR EACH ROW EXECUTE FUNCTION count_task_update()`;
+  try {
+    await body();
+    return (await sql`SELECT count(*)::int AS n FROM task_update`)[0].n;
+  } finally {
+    await sql`DROP TRIGGER task_update ON pgbg.task`;
+    await sql`DROP TABLE task_update`;
+    await sql`DROP FUNCTION count_task_update()`;
+  }
+}
 
 const attempts = async (id: string) =>
   (await sql`SELECT attempt, snoozes FROM ran WHERE task_id = ${id} ORDER BY attempt, snoozes`).map((r) => [r.attempt, r.snoozes]);
@@ -100,27 +117,35 @@ async function withWorker(body: () => Promise<unknown>, concurrency = 20): Promi
 describe("the engine by claim rows", () => {
   test("runs each task once, writes no task row for a success, and ends its claims once their outcomes are written", async () => {
     await clean();
-    await sql`CREATE TABLE task_update (id bigint)`;
-    await sql`CREATE FUNCTION count_task_update() RETURNS trigger LANGUAGE plpgsql AS $$
-      BEGIN INSERT INTO task_update VALUES (NEW.id); RETURN NULL; END $$`;
-    await sql`CREATE TRIGGER task_update AFTER UPDATE ON pgbg.task FOR EACH ROW EXECUTE FUNCTION count_task_update()`;
-    try {
-      const ids = await enqueueMany(sql, plain, Array.from({ length: 600 }, (_, n) => ({ n })));
-      await withWorker(async () => {
+    const ids = await enqueueMany(sql, plain, Array.from({ length: 600 }, (_, n) => ({ n })));
+    const updates = await countingTaskUpdates(() =>
+      withWorker(async () => {
         await until(left, (n) => n === 0, patience, "every task to run");
         await until(heldClaims, (n) => n === 0, patience, "every claim to end");
-      });
-      const runs = await sql`SELECT task_id::text AS id, count(*)::int AS n, max(attempt) AS attempt FROM ran GROUP BY task_id`;
-      assert.equal(runs.length, ids.length, "each task ran");
-      assert.ok(runs.every((r) => r.n === 1 && r.attempt === 1), "once, as its first attempt");
-      assert.equal((await sql`SELECT count(*)::int AS n FROM task_update`)[0].n, 0, "no task row was updated: the claims wrote claim rows");
-      const claims = await sql`SELECT count(*)::int AS n, max(id) AS newest FROM pgbg.claim`;
-      assert.equal(claims[0].n, 1, "the lane's newest claim row is kept, held by nobody; the others are gone");
-    } finally {
-      await sql`DROP TRIGGER task_update ON pgbg.task`;
-      await sql`DROP TABLE task_update`;
-      await sql`DROP FUNCTION count_task_update()`;
-    }
+      })
+    );
+    const runs = await sql`SELECT task_id::text AS id, count(*)::int AS n, max(attempt) AS attempt FROM ran GROUP BY task_id`;
+    assert.equal(runs.length, ids.length, "each task ran");
+    assert.ok(runs.every((r) => r.n === 1 && r.attempt === 1), "once, as its first attempt");
+    assert.equal(updates, 0, "no task row was updated: the claims wrote claim rows");
+    const claims = await sql`SELECT count(*)::int AS n, max(id) AS newest FROM pgbg.claim`;
+    assert.equal(claims[0].n, 1, "the lane's newest claim row is kept, held by nobody; the others are gone");
+  });
+
+  test("a success kept in the history is written by its claim row, with its result, attempt and worker", async () => {
+    await clean();
+    const ids = await enqueueMany(sql, measured, [{}, {}, {}]);
+    let workerId = "";
+    const updates = await countingTaskUpdates(() =>
+      withWorker(async () => {
+        [{ id: workerId }] = await sql`SELECT id FROM pgbg.worker`;
+        await until(() => sql`SELECT count(*)::int AS n FROM pgbg.history`, (r) => r[0].n === 3, patience, "the three kept");
+      })
+    );
+    const kept = await sql`SELECT id::text, result, attempts, completed_attempt->>'attempt' AS attempt, completed_attempt->>'worker' AS worker
+      FROM pgbg.history ORDER BY id`;
+    assert.deepEqual(kept.map((k) => [k.id, k.result, k.attempts, k.attempt, k.worker]), ids.map((id) => [id, 42, 1, "1", workerId]));
+    assert.equal(updates, 0, "no task row was given a lease of its own");
   });
 
   test("a failure counts the attempt and retries, a snooze does not count it, and attempts run out as by row leases", async () => {

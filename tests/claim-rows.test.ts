@@ -165,7 +165,7 @@ describe("claim rows", () => {
     );
   });
 
-  test("the lanes of one priority share a claim by claim_lanes, after the lanes of a higher one; what one lane lacks passes on", async () => {
+  test("the lanes of one priority share a claim by claim_lanes, after the lanes of a higher one; what one lane lacks goes to the others", async () => {
     await clean();
     const other = defineTask({ name: "other", schema: v.object({ n: v.number() }), async run() {} });
     await enqueueMany(sql, lane, Array.from({ length: 5 }, (_, n) => ({ n })), { priority: -1 });
@@ -180,6 +180,9 @@ describe("claim rows", () => {
     };
     assert.deepEqual(await claimLanes(25), { "lane -1": 5, "lane 0": 10, "other 0": 10 });
     assert.deepEqual(await claimLanes(45), { "lane 0": 20, "other 0": 20 }, "each lane asks for half, and has 20 left");
+    await enqueueMany(sql, lane, Array.from({ length: 30 }, (_, n) => ({ n })));
+    await enqueueMany(sql, other, Array.from({ length: 3 }, (_, n) => ({ n })));
+    assert.deepEqual(await claimLanes(20), { "lane 0": 17, "other 0": 3 }, "what `other` lacks goes to `lane`, which filled its share");
   });
 
   for (const held of [false, true]) {

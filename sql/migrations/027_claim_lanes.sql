@@ -13,13 +13,15 @@
 -- Claims up to `wanted` tasks for `claimer` from the lanes given, sorted by
 -- priority, each lane by pgbg.claim_lane with its name's lease (`lease_ms`,
 -- ms), until `wanted` are taken. The lanes of one priority share what is
--- left: each asks for its share of it (what is left over the lanes of its
--- priority still to come), so that a backlog of one task name does not
--- hold back another of the same priority until it is drained; what a lane
--- does not take passes to those after it. A function, so that no lane is
--- claimed past what the worker asked for: a claim row holds every task it
--- returns, and one the worker never received would wait for its lease to
--- end.
+-- left: each asks first for its share of it (what is left over the lanes
+-- of its priority still to come), so that a backlog of one task name does
+-- not hold back another of the same priority until it is drained; then
+-- what the lanes without enough tasks left over goes to those that filled
+-- their share, in order. The caller lists every lane that may hold tasks
+-- (ClaimRowTasks: each of its names in each queue and priority), and an
+-- empty one costs a probe. A function, so that no lane is claimed past
+-- what the worker asked for: a claim row holds every task it returns, and
+-- one the worker never received would wait for its lease to end.
 CREATE FUNCTION pgbg.claim_lanes(lane_queues text[], lane_names text[], lane_priorities smallint[], lease_ms integer[],
     claimer uuid, wanted integer)
   RETURNS TABLE (id bigint, name text, queue text, payload jsonb, attempts integer, max_attempts integer, priority smallint,
@@ -29,7 +31,9 @@ DECLARE
   lanes integer := coalesce(cardinality(lane_queues), 0);
   taken integer := 0;
   sharing integer;
+  asked integer;
   n integer;
+  filled boolean[] := '{}';
 BEGIN
   FOR i IN 1 .. lanes LOOP
     EXIT WHEN taken >= wanted;
@@ -38,8 +42,18 @@ BEGIN
       EXIT WHEN lane_priorities[j] <> lane_priorities[i];
       sharing := sharing + 1;
     END LOOP;
+    asked := ceil((wanted - taken)::numeric / sharing)::integer;
     RETURN QUERY SELECT * FROM pgbg.claim_lane(lane_queues[i], lane_names[i], lane_priorities[i], claimer,
-      lease_ms[i] * interval '1 millisecond', ceil((wanted - taken)::numeric / sharing)::integer);
+      lease_ms[i] * interval '1 millisecond', asked);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    taken := taken + n;
+    filled[i] := n = asked;
+  END LOOP;
+  FOR i IN 1 .. lanes LOOP
+    EXIT WHEN taken >= wanted;
+    CONTINUE WHEN NOT coalesce(filled[i], false);
+    RETURN QUERY SELECT * FROM pgbg.claim_lane(lane_queues[i], lane_names[i], lane_priorities[i], claimer,
+      lease_ms[i] * interval '1 millisecond', wanted - taken);
     GET DIAGNOSTICS n = ROW_COUNT;
     taken := taken + n;
   END LOOP;

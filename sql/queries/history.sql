@@ -70,6 +70,42 @@ finished AS (
 {{CountBatch:false}}
 SELECT id FROM finished WHERE (SELECT count(*) FROM kept) + (SELECT count(*) FROM woken) + (SELECT count(*) FROM batch_counted) >= 0;
 
+-- name: CompleteClaimedKeptTasks
+-- CompleteKeptTasks for tasks claim rows hold: each deleted while still its
+-- claim's and the claim this worker's, as CompleteClaimedTasks deletes
+-- them, and kept in the history as CompleteKeptTasks keeps them, the
+-- attempt the claim row gave (its number one more than the row's count,
+-- which a claim row's claim leaves as it was, and the claim's worker: as
+-- CompletedAttempt says otherwise). $1 ids, $2 their claims' ids (each
+-- once), $3 the worker; per id, $4 the result (JSON text or NULL), $5 the
+-- retention in ms, $6 the claim (ms since the epoch). A claim row never
+-- holds a batch member (pgbg.claim_lane).
+WITH held AS MATERIALIZED (
+  -- Read by the trigger that settles a flow's dependants (migration 027).
+  SELECT c.*, set_config('pgbg_flow.ending', 'complete', true) AS ending FROM pgbg.claim c
+  WHERE c.id = ANY ($2::bigint[]) AND c.worker_id = $3::uuid
+),
+sent AS MATERIALIZED (
+  SELECT jsonb_object_agg(s.id::text, jsonb_build_array(s.result, s.keep_ms, s.claimed_ms)) AS by_id
+  FROM unnest($1::bigint[], $4::text[], $5::float8[], $6::float8[]) AS s (id, result, keep_ms, claimed_ms)
+),
+finished AS (
+  DELETE FROM pgbg.task t
+  USING held c
+  WHERE t.ctid = ANY (ARRAY(
+    {{ClaimedRowAddresses}}
+  ))
+    AND {{InClaim}}
+  RETURNING t.id, 'completed'::text AS state, t.queue, t.name, t.key, t.attempts + 1 AS attempts, t.enqueued_at, t.payload, t.last_error, t.errors,
+    ((SELECT by_id FROM sent) -> t.id::text ->> 0)::jsonb AS result,
+    ((SELECT by_id FROM sent) -> t.id::text ->> 1)::float8 * interval '1 millisecond' AS keep, t.flow_id,
+    jsonb_build_object('attempt', t.attempts + 1, 'worker', c.worker_id,
+      'startedAt', to_timestamp(((SELECT by_id FROM sent) -> t.id::text ->> 2)::float8 / 1000.0), 'at', now()) AS completed_attempt,
+    t.schedule
+),
+{{KeepFinished}}
+SELECT id FROM finished WHERE (SELECT count(*) FROM kept) + (SELECT count(*) FROM woken) >= 0;
+
 -- name: CompleteKeptTaskInTransaction
 -- ctx.complete(tx) of a task that keeps its history or a result: the same
 -- fenced delete as CompleteTaskInTransaction, and the copy into the

@@ -473,11 +473,18 @@ WITH held AS MATERIALIZED (
 DELETE FROM pgbg.task t
 USING held c
 WHERE t.ctid = ANY (ARRAY(
-  SELECT x.ctid FROM unnest($1::bigint[]) AS s (id)
-  CROSS JOIN LATERAL (SELECT ctid FROM pgbg.task WHERE id = s.id LIMIT 1) x
+  {{ClaimedRowAddresses}}
 ))
   AND {{InClaim}}
 RETURNING t.id;
+
+-- fragment: ClaimedRowAddresses
+-- The row addresses of the tasks $1 (ids) a claim row returned: each looked
+-- up by primary key, LIMIT keeping the lookup per task; used inside `ctid =
+-- ANY (ARRAY(...))`, so that it runs once per statement (see CompleteTasks).
+-- The fence is the statement's (InClaim).
+SELECT x.ctid FROM unnest($1::bigint[]) AS s (id)
+CROSS JOIN LATERAL (SELECT ctid FROM pgbg.task WHERE id = s.id LIMIT 1) x
 
 -- fragment: InClaim
 -- Whether task `t`, one that claim row `c` returned to this worker, is
@@ -542,10 +549,10 @@ CROSS JOIN LATERAL pgbg.claim_lanes(o.queues, o.names, o.priorities, o.leases, $
 -- running, leased to the worker until its claim's lease ends, with the
 -- next lease token, and its attempt counted (a claim row's claim does not
 -- count it: migration 026). The worker does this before it writes any
--- outcome but a plain success (a failure, a snooze, a hand-back, a
--- finished cancel, a success kept in the history, ctx.complete(tx)),
--- which the statements of row leases then write, fenced by the token
--- returned: the rare outcomes keep one set of statements. $1 ids, $2
+-- outcome but a success (a failure, a snooze, a hand-back, a finished
+-- cancel, ctx.complete(tx)), which the statements of row leases then
+-- write, fenced by the token returned: the rare outcomes keep one set of
+-- statements. $1 ids, $2
 -- their claims' ids (one per task), $3 the worker. A task no longer its
 -- claim's (InClaim) is not returned.
 UPDATE pgbg.task t SET {{OwnLease}}
