@@ -578,6 +578,13 @@ WITH ended AS (
   SELECT c.* FROM pgbg.claim c
   WHERE c.worker_id IS NOT NULL AND (c.lease_expires_at < now() OR c.worker_id = ANY ($1::uuid[]))
   FOR UPDATE
+),
+-- A lane's newest row held by nobody, kept by EndClaimRows while its lane's
+-- next claim goes on from it, goes once a newer one exists (a
+-- data-modifying CTE runs whether or not the statement reads it).
+pruned AS (
+  DELETE FROM pgbg.claim c WHERE c.worker_id IS NULL AND {{NotNewestClaim}}
+  RETURNING c.id
 )
 {{EndClaimRows:{{OwnLease}}}};
 
@@ -606,21 +613,33 @@ state = 'running', attempts = t.attempts + 1, lease_token = t.lease_token + 1,
 -- what is left of their tasks moved out of them by `SET {{@}}`: whoever
 -- ends a claim row moves its tasks out of it in the same statement
 -- (migration 026). Each row is deleted, but a lane's newest, which the
--- lane's next claim goes on from, is kept, held by nobody; the lanes'
--- older rows held by nobody go with them. Returns how many claims and
--- tasks it ended and moved.
+-- lane's next claim goes on from, is kept, held by nobody (the rescue's
+-- statement prunes it once a newer one comes: LeaseExpiredClaims). Only
+-- the rows ended and the lane's newer ones are read: a lane's older rows,
+-- deleted and not yet vacuumed, are as many as its claims while vacuum is
+-- held back, and a read of them all made every end slower than the last.
+-- Returns how many claims and tasks it ended and moved.
 , moved AS (
   UPDATE pgbg.task t SET {{@}}
   FROM ended c
-  WHERE {{InClaim}}
+  WHERE t.ctid = ANY (ARRAY(
+    -- Each claim's tasks by a range of its lane, read in lane order between
+    -- the stretch's bounds (`group_name IS NULL` lets the partial claim
+    -- index serve; unordered, a bitmap scan read the whole lane), in a
+    -- lateral join whose OFFSET keeps it from being flattened, found by
+    -- row address: as a join of `ended` to the table, InClaim was planned
+    -- as a sequential scan of the whole table at every end.
+    SELECT x.ctid FROM ended c
+    CROSS JOIN LATERAL (
+      SELECT t.ctid FROM pgbg.task t WHERE {{InClaim}} AND t.group_name IS NULL ORDER BY t.staged_xact, t.id OFFSET 0
+    ) x
+  ))
+    AND {{InClaim}}
   RETURNING t.id
 ),
 gone AS (
   DELETE FROM pgbg.claim c
-  USING (SELECT DISTINCT e.queue, e.name, e.priority FROM ended e) l
-  WHERE c.queue = l.queue AND c.name = l.name AND c.priority = l.priority
-    AND (c.worker_id IS NULL OR c.id IN (SELECT e.id FROM ended e))
-    AND c.id < (SELECT max(n.id) FROM pgbg.claim n WHERE n.queue = l.queue AND n.name = l.name AND n.priority = l.priority)
+  WHERE c.id IN (SELECT e.id FROM ended e) AND {{NotNewestClaim}}
   RETURNING c.id
 ),
 unheld AS (
@@ -630,6 +649,11 @@ unheld AS (
 )
 SELECT (SELECT count(*) FROM ended) AS claims, (SELECT count(*) FROM moved) AS tasks
 WHERE (SELECT count(*) FROM gone) + (SELECT count(*) FROM unheld) >= 0
+
+-- fragment: NotNewestClaim
+-- Whether claim row `c` is not its lane's newest: a newer one exists (read
+-- from c on in claim_lane_idx).
+EXISTS (SELECT FROM pgbg.claim n WHERE n.queue = c.queue AND n.name = c.name AND n.priority = c.priority AND n.id > c.id)
 
 -- fragment: IsHeld
 -- Whether task `t` is one a claim row holds: a claim by claim rows leaves
