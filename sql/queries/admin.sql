@@ -7,16 +7,20 @@
 -- Per queue and task name: tasks by state (queued ones split into due and
 -- scheduled), the age of the oldest due task, and the outcomes of about the
 -- last minute (task_count periods that started in the last 60 s). A task a
--- claim row holds is running (IsHeld).
-WITH tasks AS (
+-- claim row holds is running: counted once per call (HeldCounts) and moved
+-- from the queued to the running, not probed per task. The oldest due task
+-- may be one a claim row holds: with claim rows on, the age of the oldest
+-- due task not finished yet.
+WITH {{HeldCounts}},
+tasks AS (
   SELECT queue, name,
-    count(*) FILTER (WHERE state = 'queued' AND run_at <= now() AND NOT held) AS queued,
+    count(*) FILTER (WHERE state = 'queued' AND run_at <= now()) AS queued,
     count(*) FILTER (WHERE state = 'queued' AND run_at > now()) AS scheduled,
-    count(*) FILTER (WHERE state = 'running' OR held) AS running,
+    count(*) FILTER (WHERE state = 'running') AS running,
     count(*) FILTER (WHERE state = 'failed') AS failed,
-    min(run_at) FILTER (WHERE state = 'queued' AND run_at <= now() AND NOT held) AS oldest_due
-  FROM (SELECT t.queue, t.name, t.state, t.run_at, t.cancel_requested_at, {{IsHeld}} AS held FROM pgbg.task t) t
-  WHERE cancel_requested_at IS NULL OR state = 'running' OR held
+    min(run_at) FILTER (WHERE state = 'queued' AND run_at <= now()) AS oldest_due
+  FROM pgbg.task
+  WHERE cancel_requested_at IS NULL OR state = 'running'
   GROUP BY queue, name
 ),
 counts AS (
@@ -26,13 +30,14 @@ counts AS (
   GROUP BY queue, name
 )
 SELECT coalesce(t.queue, c.queue) AS queue, coalesce(t.name, c.name) AS name,
-  coalesce(t.queued, 0)::int AS queued, coalesce(t.scheduled, 0)::int AS scheduled,
-  coalesce(t.running, 0)::int AS running, coalesce(t.failed, 0)::int AS failed,
+  (coalesce(t.queued, 0) - coalesce(h.queued, 0))::int AS queued, coalesce(t.scheduled, 0)::int AS scheduled,
+  (coalesce(t.running, 0) + coalesce(h.running, 0))::int AS running, coalesce(t.failed, 0)::int AS failed,
   (extract(epoch FROM now() - t.oldest_due) * 1000)::float8 AS oldest_queued_ms,
   coalesce(c.completed, 0)::int AS completed_last_minute,
   coalesce(c.failed, 0)::int AS failed_last_minute,
   coalesce(c.retried, 0)::int AS retried_last_minute
 FROM tasks t FULL JOIN counts c ON c.queue = t.queue AND c.name = t.name
+LEFT JOIN held h ON h.queue = t.queue AND h.name = t.name
 ORDER BY 1, 2;
 
 -- name: UnregisteredTasks

@@ -661,10 +661,30 @@ EXISTS (SELECT FROM pgbg.claim n WHERE n.queue = c.queue AND n.name = c.name AND
 -- reads both kinds, so a task a claim row holds is running, leased to the
 -- claim's worker, its attempt under way. A probe of claim_lane_idx per
 -- queued task, and none at all while no claim row is held (the first
--- sub-select runs once per statement): a reader of the whole table pays
--- nothing for it while claim rows are off.
+-- sub-select runs once per statement): for the readers of a few tasks (a
+-- task, a page of them, a cancel); those that count the whole table use
+-- HeldCounts.
 (CASE WHEN t.state <> 'queued' OR NOT (SELECT EXISTS (SELECT FROM pgbg.claim h WHERE h.worker_id IS NOT NULL)) THEN false
   ELSE {{HeldByClaim:c.worker_id}} END)
+
+-- fragment: HeldCounts
+-- The tasks claim rows hold, per queue and name, as `held`: `running`, all
+-- of them, and `queued`, those whose cancel was not asked (the ones a
+-- count of queued tasks counted). For the readers that count the whole
+-- table (status, the depth sample), which move them from the queued to
+-- the running: read once per call, one ordered range of its lane per held
+-- claim row, where IsHeld per task would probe the claim rows once for
+-- every queued task.
+held AS (
+  SELECT x.queue, x.name, count(*) AS running, count(*) FILTER (WHERE x.cancel_requested_at IS NULL) AS queued
+  FROM pgbg.claim c
+  CROSS JOIN LATERAL (
+    SELECT t.queue, t.name, t.cancel_requested_at FROM pgbg.task t
+    WHERE {{InClaim}} AND t.group_name IS NULL ORDER BY t.staged_xact, t.id OFFSET 0
+  ) x
+  WHERE c.worker_id IS NOT NULL
+  GROUP BY x.queue, x.name
+)
 
 -- fragment: HeldByClaim
 -- Whether the queued task `t` is one a claim row of worker {{@}} holds
@@ -999,16 +1019,20 @@ DELETE FROM pgbg.task_depth WHERE minute < now() - interval '24 hours';
 -- one host's count a minute, whatever the number of hosts. Two that sample
 -- at once both count; the second's totals' row meets the first's and is
 -- dropped, and with it all its rows, so that a minute's rows are one
--- count's. Counted as TaskStatus counts, a task a claim row holds as
--- running (IsHeld).
-WITH counted AS (
-  SELECT queue, name,
-    count(*) FILTER (WHERE state = 'queued' AND run_at <= now() AND NOT held) AS queued,
-    count(*) FILTER (WHERE state = 'queued' AND run_at > now()) AS scheduled,
-    count(*) FILTER (WHERE state = 'running' OR held) AS running
-  FROM (SELECT t.queue, t.name, t.state, t.run_at, t.cancel_requested_at, {{IsHeld}} AS held FROM pgbg.task t) t
-  WHERE state IN ('queued', 'running') AND (cancel_requested_at IS NULL OR state = 'running' OR held)
-    AND NOT EXISTS (SELECT FROM pgbg.task_depth WHERE minute = date_trunc('minute', now()))
+-- count's. Counted as TaskStatus counts, the tasks claim rows hold moved
+-- from the queued to the running (HeldCounts).
+WITH {{HeldCounts}},
+counted AS (
+  SELECT queue, name, sum(queued) AS queued, sum(scheduled) AS scheduled, sum(running) AS running
+  FROM (
+    SELECT queue, name, (state = 'queued' AND run_at <= now())::int AS queued, (state = 'queued' AND run_at > now())::int AS scheduled,
+      (state = 'running')::int AS running
+    FROM pgbg.task
+    WHERE state IN ('queued', 'running') AND (cancel_requested_at IS NULL OR state = 'running')
+    UNION ALL
+    SELECT queue, name, -queued, 0, running FROM held
+  ) t
+  WHERE NOT EXISTS (SELECT FROM pgbg.task_depth WHERE minute = date_trunc('minute', now()))
   -- The empty grouping set gives the totals' row even when no task matched.
   GROUP BY GROUPING SETS ((queue, name), ())
 ),
