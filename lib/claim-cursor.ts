@@ -122,16 +122,18 @@ export function positionOf(r: Record<string, unknown>): ClaimedPosition {
  * the cursor's starts when it has them, `full` when it must be a full
  * claim (or there is no cursor), none when it knows no lane; then records
  * what it took in the cursor. `params` are the first five of both; `tail`
- * follows them in `full`, and the cursor's four in `after`.
+ * follows them in `full`, and what `startsOf` makes of the cursor's starts
+ * (its four arrays, by default) in `after`.
  */
 export async function claimWithCursor(
   db: Database, schema: string, cursor: ClaimCursor | undefined, [full, after]: [QueryName, QueryName], params: unknown[], tail: unknown[] = [],
+  startsOf: (starts: LaneStarts) => unknown[] = (s) => [s.queues, s.priorities, s.afterUs, s.afterIds],
 ): Promise<Record<string, unknown>[]> {
   const started = performance.now();
   const starts = cursor?.next(Date.now());
   if (starts && !starts.queues.length) return [];
   const rows = starts
-    ? await run(db, schema, after, [...params, starts.queues, starts.priorities, starts.afterUs, starts.afterIds, ...tail])
+    ? await run(db, schema, after, [...params, ...startsOf(starts), ...tail])
     : await run(db, schema, full, [...params, ...tail]);
   cursor?.record(!starts, performance.now() - started, rows.map(positionOf), Date.now());
   return rows;

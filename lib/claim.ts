@@ -12,7 +12,7 @@ import { type ClaimCursor, claimWithCursor, positionOf } from "./claim-cursor.ts
 import { claimBothKinds, claimGroups, type GroupRotation } from "./groups.ts";
 import { compareIntegerText } from "./integer-text.ts";
 import { claimLimited, type LimitedQueues } from "./limits.ts";
-import { type Database, run } from "./statements.ts";
+import type { Database } from "./statements.ts";
 
 /** A task as a claim hands it to a worker. */
 export interface ClaimedTask {
@@ -176,14 +176,17 @@ async function claimUnlimited(db: Database, schema: string, scope: ClaimScope, l
 }
 
 /**
- * The ordinary claim of tasks without a group: by claim rows when the scope
- * says so (no cursor: a claim row's pair starts past every task taken
- * before), else row by row, with a cursor when it can (see claimTasks).
+ * The ordinary claim of tasks without a group, with a cursor when it can
+ * (see claimTasks): by claim rows when the scope says so, from the lanes
+ * the cursor knows without their positions (a claim row's pair starts
+ * past every task taken before), else row by row.
  */
 async function claimUngrouped(db: Database, schema: string, scope: ClaimScope, limit: number, cursor?: ClaimCursor): Promise<ClaimedTask[]> {
   const params = [scope.workerId, scope.queues, scope.names, scope.leaseMs, limit];
-  if (scope.claimRows) return (await run(db, schema, "ClaimRowTasks", params)).map(claimedTask);
-  return (await claimWithCursor(db, schema, cursor, ["ClaimTasks", "ClaimTasksAfter"], params)).map(claimedTask);
+  const rows = scope.claimRows
+    ? await claimWithCursor(db, schema, cursor, ["ClaimRowTasks", "ClaimRowTasksFrom"], params, [], (s) => [s.queues, s.priorities])
+    : await claimWithCursor(db, schema, cursor, ["ClaimTasks", "ClaimTasksAfter"], params);
+  return rows.map(claimedTask);
 }
 
 /** A row of a claim statement as the worker holds it. */

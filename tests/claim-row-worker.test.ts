@@ -15,6 +15,8 @@ import { cancel, createWorker, defineTask, enqueue, enqueueFlow, enqueueMany, fl
 import { releaseWorkerTasks } from "../lib/maintenance/dead-worker-releaser.ts";
 import { rescueExpiredLeases } from "../lib/maintenance/lease-rescuer.ts";
 import { OutcomeWriter } from "../lib/outcomes.ts";
+import { claimTasks } from "../lib/claim.ts";
+import { ClaimCursor, FAST_FULL_CLAIM_MS, SLOW_FULL_CLAIMS } from "../lib/claim-cursor.ts";
 import { createTestDatabase } from "./harness.ts";
 import { patience, until } from "./service-harness.ts";
 
@@ -265,5 +267,20 @@ describe("the engine by claim rows", () => {
       releaseHeld();
       await worker.stop();
     }
+  });
+
+  test("while full claims are slow, a claim by claim rows takes from the lanes the cursor knows, and a full claim finds the others", async () => {
+    await clean();
+    const known = await enqueue(sql, plain, { n: 1 });
+    const elsewhere = await enqueue(sql, plain, { n: 2 }, { queue: "elsewhere" });
+    // Full claims judged slow (as while vacuum is held back), the last one having taken a task of (default, 0).
+    const cursor = new ClaimCursor();
+    const now = Date.now();
+    for (let i = 1; i < SLOW_FULL_CLAIMS; i++) cursor.record(true, FAST_FULL_CLAIM_MS * 5, [], now);
+    cursor.record(true, FAST_FULL_CLAIM_MS * 5, [{ queue: "default", priority: 0, id: "1", runAtUs: String(now * 1000), claimedAtMs: now }], now);
+    const scope = { workerId: randomUUID(), queues: null, names: ["plain"], leaseMs: [60_000], claimRows: true };
+    assert.deepEqual((await claimTasks(sql, "pgbg", scope, 10, cursor)).map((t) => t.id), [known], "the known lane's task alone");
+    cursor.fullNext();
+    assert.deepEqual((await claimTasks(sql, "pgbg", scope, 10, cursor)).map((t) => t.id), [elsewhere], "the full claim's");
   });
 });

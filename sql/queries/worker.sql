@@ -510,14 +510,11 @@ CROSS JOIN LATERAL (SELECT ctid FROM pgbg.task WHERE id = s.id LIMIT 1) x
 -- length in ms for each name in $3, $5 how many to claim.
 -- `lanes` lists the distinct (queue, priority) pairs of queued tasks
 -- without a group by skipping through task_claim_idx, as ClaimTasks does,
--- one index probe per pair; the lanes (queue, name, priority) of those
--- pairs and of the names the worker runs, in queues it claims from and
--- that are neither paused nor limited (as ClaimFromLanes judges them), are
--- claimed by pgbg.claim_lanes in priority order, each by pgbg.claim_lane,
--- which writes one claim row per lane it takes tasks from and none per
--- task (a lane without tasks costs a probe). Each returned task carries
--- its claim row's id; its attempt is not counted until it ends otherwise
--- than by success (LeaseClaimedTasks).
+-- one index probe per pair (ClaimLanesByRows claims them). While vacuum is
+-- held back each probe steps over the entries of the tasks completed
+-- since, so the worker then claims from the pairs it knows
+-- (ClaimRowTasksFrom) and runs this now and then (lib/claim-cursor.ts
+-- judges when, as for the row claims).
 WITH RECURSIVE lanes (queue, priority) AS (
   (SELECT t.queue, t.priority FROM pgbg.task t
    WHERE t.state = 'queued' AND t.group_name IS NULL ORDER BY t.queue, t.priority LIMIT 1)
@@ -528,6 +525,25 @@ WITH RECURSIVE lanes (queue, priority) AS (
     ORDER BY t.queue, t.priority LIMIT 1
   ) n
 ),
+{{ClaimLanesByRows}};
+
+-- name: ClaimRowTasksFrom
+-- ClaimRowTasks from the (queue, priority) pairs the worker knows ($6
+-- queues, $7 priorities), without looking for others.
+WITH lanes (queue, priority) AS (
+  SELECT * FROM unnest($6::text[], $7::smallint[])
+),
+{{ClaimLanesByRows}};
+
+-- fragment: ClaimLanesByRows
+-- Claims from `lanes` (queue, priority): the lanes (queue, name, priority)
+-- of those pairs and of the names the worker runs, in queues it claims
+-- from and that are neither paused nor limited (as ClaimFromLanes judges
+-- them), by pgbg.claim_lanes in priority order, each by pgbg.claim_lane,
+-- which writes one claim row per lane it takes tasks from and none per
+-- task (a lane without tasks costs a probe). Each returned task carries
+-- its claim row's id; its attempt is not counted until it ends otherwise
+-- than by success (LeaseClaimedTasks).
 open AS (
   SELECT l.queue, k.name, l.priority, k.lease_ms FROM lanes l
   CROSS JOIN unnest($3::text[], $4::integer[]) AS k (name, lease_ms)
@@ -542,7 +558,7 @@ FROM (
     array_agg(o.priority ORDER BY o.priority, o.queue, o.name) AS priorities, array_agg(o.lease_ms ORDER BY o.priority, o.queue, o.name) AS leases
   FROM open o
 ) o
-CROSS JOIN LATERAL pgbg.claim_lanes(o.queues, o.names, o.priorities, o.leases, $1::uuid, $5::integer) c;
+CROSS JOIN LATERAL pgbg.claim_lanes(o.queues, o.names, o.priorities, o.leases, $1::uuid, $5::integer) c
 
 -- name: LeaseClaimedTasks
 -- Tasks a claim row holds for this worker, each given a lease of its own:
