@@ -179,7 +179,9 @@ describe("the engine by claim rows", () => {
     await clean();
     held = new Promise<void>((resolve) => (releaseHeld = resolve));
     const id = await enqueue(sql, holding, {});
-    const worker = createWorker(sql, { tasks, concurrency: 2, checkInterval: 200, logger: quiet });
+    // One slot, which the task fills: no claim is in flight when the stop comes (a claim the stop gives up
+    // keeps what it took until its lease ends, as a row claim does).
+    const worker = createWorker(sql, { tasks, concurrency: 1, checkInterval: 200, logger: quiet });
     await worker.start();
     await until(() => attempts(id), (a) => a.length === 1, patience, "the task to start");
     await worker.stop({ timeout: 0 });

@@ -1039,7 +1039,8 @@ DELETE FROM pgbg.task_depth WHERE minute < now() - interval '24 hours';
 -- from the queued to the running (HeldCounts).
 WITH {{HeldCounts}},
 counted AS (
-  SELECT queue, name, sum(queued) AS queued, sum(scheduled) AS scheduled, sum(running) AS running
+  -- coalesce: the totals' row of no task at all sums nothing.
+  SELECT queue, name, coalesce(sum(queued), 0) AS queued, coalesce(sum(scheduled), 0) AS scheduled, coalesce(sum(running), 0) AS running
   FROM (
     SELECT queue, name, (state = 'queued' AND run_at <= now())::int AS queued, (state = 'queued' AND run_at > now())::int AS scheduled,
       (state = 'running')::int AS running
