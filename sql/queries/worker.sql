@@ -681,7 +681,7 @@ EXISTS (SELECT FROM pgbg.claim n WHERE n.queue = c.queue AND n.name = c.name AND
 -- task, a page of them, a cancel); those that count the whole table use
 -- HeldCounts.
 (CASE WHEN t.state <> 'queued' OR NOT (SELECT EXISTS (SELECT FROM pgbg.claim h WHERE h.worker_id IS NOT NULL)) THEN false
-  ELSE {{HeldByClaim:c.worker_id}} END)
+  ELSE {{HeldByClaim:c.worker_id IS NOT NULL}} END)
 
 -- fragment: HeldCounts
 -- The tasks claim rows hold, per queue and name, as `held`: `running`, all
@@ -703,9 +703,10 @@ held AS (
 )
 
 -- fragment: HeldByClaim
--- Whether the queued task `t` is one a claim row of worker {{@}} holds
--- (`c.worker_id`: any worker's), by a probe of claim_lane_idx.
-EXISTS (SELECT FROM pgbg.claim c WHERE c.worker_id = {{@}} AND {{InClaim}})
+-- Whether the queued task `t` is one a claim row `c` holds for which
+-- {{@}} (a condition on c's worker: any held row, or one worker's), by a
+-- probe of claim_lane_idx.
+EXISTS (SELECT FROM pgbg.claim c WHERE {{@}} AND {{InClaim}})
 
 -- fragment: ClaimWorker
 -- The worker whose claim row holds task `t`, or NULL (IsHeld).
@@ -953,7 +954,7 @@ RETURNING id, ARRAY(
   WHERE t.worker_id = $1 AND t.cancel_requested_at IS NOT NULL AND t.state = 'running'
   UNION ALL
   SELECT t.id FROM pgbg.task t
-  WHERE t.worker_id IS NULL AND t.cancel_requested_at IS NOT NULL AND t.state = 'queued' AND {{HeldByClaim:$1}}
+  WHERE t.worker_id IS NULL AND t.cancel_requested_at IS NOT NULL AND t.state = 'queued' AND {{HeldByClaim:c.worker_id = $1}}
 ) AS cancelled;
 
 -- name: FinishCancelledTasks
