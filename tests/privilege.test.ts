@@ -13,7 +13,9 @@ import { after, describe, test } from "node:test";
 import postgres from "postgres";
 import { claimTasks } from "../lib/claim.ts";
 import { silentLogger } from "../lib/log.ts";
+import { releaseWorkerTasks } from "../lib/maintenance/dead-worker-releaser.ts";
 import { rotateHistory } from "../lib/maintenance/history-rotator.ts";
+import { rescueExpiredLeases } from "../lib/maintenance/lease-rescuer.ts";
 import { OutcomeWriter } from "../lib/outcomes.ts";
 import { enqueue, enqueueMany, LATEST_SCHEMA_VERSION, migrate, schemaVersion, setQueueRateLimit } from "../mod.ts";
 import { completesInTx, fails, noop, waitsForSignal } from "./fixtures/pgbg-only.ts";
@@ -113,6 +115,23 @@ describe("least-privilege roles", () => {
     await sql`INSERT INTO pgbg.history (id, slot, state, queue, name, attempts, enqueued_at, finished_at, expires_at, payload)
       VALUES (1, 6, 'completed', 'default', 'noop', 1, now(), now(), now() - interval '1 second', '{}')`;
     assert.ok((await rotateHistory(asServe, "pgbg", 0)).emptied.includes(6));
+  });
+
+  test("without the grant on pgbg.claim, the service's role still rescues expired leases and releases dead workers' tasks", async () => {
+    await sql.unsafe(`REVOKE ALL ON pgbg.claim FROM "${roles.serve}"`);
+    try {
+      const [expired, orphaned] = [await enqueue(asEnqueue, noop, {}), await enqueue(asEnqueue, noop, {})];
+      const dead = randomUUID();
+      await sql`UPDATE pgbg.task SET state = 'running', attempts = 1, lease_token = 1, worker_id = ${dead},
+        lease_expires_at = CASE WHEN id = ${expired} THEN now() - interval '1 second' ELSE now() + interval '1 hour' END
+        WHERE id IN ${sql([expired, orphaned])}`;
+      assert.deepEqual((await rescueExpiredLeases(asServe, "pgbg", 25)).map((r) => r.id), [expired]);
+      assert.deepEqual((await releaseWorkerTasks(asServe, "pgbg", [dead], 25, { message: "died" })).map((r) => r.id), [orphaned]);
+      assert.deepEqual(await refusal(asServe`SELECT FROM pgbg.claim`), ["42501", "permission denied for table claim"], "the grant was gone");
+    } finally {
+      await sql.unsafe(`GRANT SELECT, INSERT, UPDATE, DELETE ON pgbg.claim TO "${roles.serve}"`);
+      await sql`DELETE FROM pgbg.task WHERE name = 'noop'`;
+    }
   });
 
   test("the service's role completes a task whose key holds after its finish, and the key's hold starts (the trigger's update)", async () => {
