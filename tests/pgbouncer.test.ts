@@ -150,7 +150,12 @@ describe("behind PgBouncer in transaction mode", { skip }, () => {
     await worker.start();
     try {
       const ids = await enqueueMany(viaBouncer, counted, Array.from({ length: 20 }, () => ({})));
-      await until(() => queued(ids), (n) => n === 0, patience, "the in-process worker to run them");
+      await until(() => queued(ids), (n) => n === 0, patience, "the in-process worker to run them").catch(async (error) => {
+        // What the worker logged and what the server's sessions were doing: a stall here once went unexplained.
+        const sessions = await sql`SELECT application_name, state, wait_event_type, wait_event, left(query, 80) AS query
+          FROM pg_stat_activity WHERE datname = current_database()`;
+        throw new Error(`${(error as Error).message}; ran ${ran}; logged ${JSON.stringify(warnings)}; sessions ${JSON.stringify(sessions)}`);
+      });
       assert.equal(ran, 20);
       // waitForResult through the pooler polls: no LISTEN left on a lent session.
       const last = await enqueue(viaBouncer, counted, {});
