@@ -76,6 +76,25 @@ describe("claim rows", () => {
     assert.equal(new Set(rows.map((r) => r.upto)).size, 1, "one pair");
   });
 
+  test("a claim's stretch starts just before the first task it took, not at the lane's head: its end reads none of the lane's earlier tasks", async () => {
+    await clean();
+    const worker = randomUUID();
+    // Earlier pairs, their tasks completed: entries that only vacuum removes.
+    for (let round = 0; round < 3; round++) {
+      await enqueueMany(sql, lane, [{ n: round }, { n: round }]);
+      const taken = await claimLane(worker, 10);
+      assert.equal((await complete(worker, taken.map((r) => r.id), taken.map((r) => r.claim_id))).length, 2);
+    }
+    const ids = await enqueueMany(sql, lane, Array.from({ length: 5 }, (_, n) => ({ n })));
+    const first = await claimLane(worker, 2);
+    const next = await claimLane(worker, 2);
+    const rows = await sql`SELECT c.id::text, c.after_xact::text, c.after_id::text, t.staged_xact::text AS first_xact
+      FROM pgbg.claim c JOIN pgbg.task t ON t.id = c.after_id + 1 WHERE c.id IN ${sql([first[0].claim_id, next[0].claim_id])} ORDER BY c.id`;
+    assert.deepEqual(rows.map((r) => r.after_id), [String(BigInt(ids[0]) - 1n), String(BigInt(ids[2]) - 1n)], "each stretch starts before its own first task");
+    assert.ok(rows.every((r) => r.after_xact === r.first_xact), "at its first task's staging transaction");
+    assert.deepEqual(first.map((r) => r.id).sort(), ids.slice(0, 2).sort());
+  });
+
   test("a claim stages the lane's due tasks that have no staging transaction, and leaves those not yet due", async () => {
     await clean();
     const worker = randomUUID();
