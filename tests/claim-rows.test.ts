@@ -177,6 +177,62 @@ describe("claim rows", () => {
       "not once the claim was ended");
   });
 
+  test("a claim reads its lane's newest claim row from claim_lane_idx's end of the lane, on the generic plan, beside many deleted claim rows, for a lane never claimed too", async () => {
+    await clean();
+    const worker = randomUUID();
+    // Deleted claim rows a held snapshot keeps, all of the lane `lane`, and
+    // statistics that see only the few left: the table then looks small to
+    // the planner, and the lane the whole of it.
+    const holder = postgres(db.url, { ...clientOptions, max: 1 });
+    let release = () => {};
+    let holds!: () => void;
+    const holdsSnapshot = new Promise<void>((resolve) => (holds = resolve));
+    const holding = holder.begin(async (tx) => {
+      await tx`SELECT txid_current()`;
+      holds();
+      await new Promise<void>((resolve) => (release = resolve));
+    });
+    const explained = postgres(db.url, { ...clientOptions, max: 1, onnotice: (n) => plans.push(n.message) });
+    const plans: string[] = [];
+    try {
+      await within(holdsSnapshot, patience, "the held snapshot");
+      // As many claims as a few seconds of small ones make, ended, all but
+      // a few deleted (written directly, to be quick), then real ones.
+      await sql`INSERT INTO pgbg.claim (upto, after_xact, after_id, last_xact, last_id, priority, whole, queue, name)
+        SELECT pg_current_snapshot(), '0', 0, '0', 0, 0, true, 'default', 'lane' FROM generate_series(1, 10000)`;
+      await sql`DELETE FROM pgbg.claim WHERE id % 250 <> 0`;
+      for (let round = 0; round < 20; round++) {
+        await enqueue(sql, lane, { n: round });
+        const taken = await claimLane(worker, 10);
+        await complete(worker, taken.map((r) => r.id), taken.map((r) => r.claim_id));
+        await run(sql, "pgbg", "EndClaims", [taken.map((r) => r.claim_id), worker]);
+      }
+      await sql`ANALYZE pgbg.claim`;
+      await explained.unsafe(`LOAD 'auto_explain'`);
+      await explained.unsafe(`SET auto_explain.log_min_duration = 0; SET auto_explain.log_nested_statements = on; SET auto_explain.log_level = notice;
+        SET client_min_messages = notice; SET plan_cache_mode = force_generic_plan`);
+      await enqueue(sql, lane, { n: -1 });
+      for (const name of ["never-claimed", "lane"]) {
+        plans.length = 0;
+        await explained`SELECT * FROM pgbg.claim_lane('default', ${name}, 0::smallint, ${worker}::uuid, interval '1 minute', 10)`;
+        const newest = plans.find((p) => /Query Text: SELECT \*\s+FROM "pgbg"\.claim c/.test(p));
+        assert.ok(newest, `the read of the lane's newest claim row, for ${name}: ${plans.join("\n")}`);
+        assert.match(newest, /Index Scan Backward using claim_lane_idx/, `for ${name}`);
+        assert.doesNotMatch(newest, /Bitmap|claim_pkey|Sort/, `for ${name}`);
+      }
+      // Under the pressure bench's hold the planner chose a bitmap of the
+      // whole lane and a sort for the same read, on statistics this test
+      // does not reproduce: the function keeps bitmaps off.
+      const [{ config }] = await sql`SELECT proconfig AS config FROM pg_proc WHERE oid = 'pgbg.claim_lane'::regproc`;
+      assert.deepEqual(config, ["enable_bitmapscan=off"]);
+    } finally {
+      release();
+      await holding.catch(() => {});
+      await holder.end();
+      await explained.end();
+    }
+  });
+
   test("a claim refuses to run under REPEATABLE READ", async () => {
     await assert.rejects(
       sql.begin("ISOLATION LEVEL REPEATABLE READ", (tx) => claimLane(randomUUID(), 1, tx as unknown as typeof sql)),

@@ -134,21 +134,39 @@ BEGIN
 END
 $$;
 
--- The claim of one lane (migration 026), whose claim row's stretch now
--- starts just before the first task it took, where it started at the
--- claim's start: for a pair's first claim that is the lane's head, so
--- every read of the stretch (the end of the claim, the readers of
--- "running") stepped over the index entries of every task the lane ever
--- completed that vacuum had not removed, and while vacuum was held back
--- each end of a claim read more than the last (docs/storage.md, "Claim
--- rows under a held horizon"). What lies between the claim's start and its
--- first task is what the claim passed over (a cancel asked, a flow's
--- parent, a batch member), which it does not hold. Unchanged otherwise.
+-- The claim of one lane (migration 026), changed where a held horizon
+-- made it read more with every claim (docs/storage.md, "Claim rows under
+-- a held horizon"; bench/RESULTS.md has the runs):
+-- - A claim row's stretch starts just before the first task the claim
+--   took, where it started at the claim's start: for a pair's first claim
+--   that is the lane's head, so every read of the stretch (the end of the
+--   claim, the readers of "running") stepped over the index entries of
+--   every task the lane completed that vacuum had not removed. What lies
+--   between the claim's start and its first task is what it passed over
+--   (a cancel asked, a flow's parent, a batch member), which it does not
+--   hold.
+-- - The lane's newest claim row is read from claim_lane_idx's end of the
+--   lane on any plan (see the statement). By claim_pkey backwards, a lane
+--   with no claim row yet read the whole claim table, deleted rows too:
+--   a worker running several task names spent tens of ms a claim there,
+--   holding its lanes' locks, and the pressure bench's hold fell to about
+--   320 tasks/s.
+-- - A transaction in progress at the pair's `since` that began before the
+--   claim's start is not probed: a held horizon's is in every snapshot's
+--   list, and its probe read from the start to the lane's end.
+-- Unchanged otherwise.
 CREATE OR REPLACE FUNCTION pgbg.claim_lane(lane_queue text, lane_name text, lane_priority smallint, claimer uuid, lease interval,
     wanted integer)
   RETURNS TABLE (id bigint, name text, queue text, payload jsonb, attempts integer, max_attempts integer, priority smallint,
     snoozes integer, input_version integer, trace_context text, batch_then bigint, lag_ms float8, run_at_us bigint, claim_id bigint)
-  LANGUAGE plpgsql VOLATILE STRICT AS $$
+  LANGUAGE plpgsql VOLATILE STRICT
+  -- Its reads are ordered index scans from a start key (the lane's newest
+  -- claim row, the pair's range): a bitmap scan reads every entry the
+  -- planner cannot see are of deleted rows, and a table whose rows are
+  -- mostly deleted, as the claim table is under a held horizon, looks
+  -- small enough to it that a bitmap and a sort of one row seemed cheaper.
+  SET enable_bitmapscan = off
+  AS $$
 #variable_conflict use_column
 DECLARE
   prev pgbg.claim;
@@ -172,9 +190,21 @@ BEGIN
     RETURN;
   END IF;
   PERFORM pg_advisory_xact_lock(hashtext('pgbg.claim'), hashtext(lane_queue || E'\n' || lane_name || E'\n' || lane_priority));
+  -- The lane's newest claim row: the last entry of claim_lane_idx up to
+  -- the lane's end, read backwards and kept only if it is the lane's. No
+  -- column is set equal to a value, so that the order stays the index's
+  -- whole key and no plan but that scan gives it: with `=` on the lane,
+  -- the generic plan read claim_pkey backwards for a lane with no claim
+  -- row yet, filtering every row of the table, deleted ones too; with the
+  -- priority as a range, it read the whole lane by a bitmap. A lane ever
+  -- claimed keeps its newest row, so the scan stops at the first entry,
+  -- or at the previous lane's newest for a lane never claimed.
   SELECT * INTO prev FROM pgbg.claim c
-  WHERE c.queue = lane_queue AND c.name = lane_name AND c.priority = lane_priority
-  ORDER BY c.id DESC LIMIT 1;
+  WHERE (c.queue, c.name, c.priority, c.id) <= (lane_queue, lane_name, lane_priority, 9223372036854775807)
+  ORDER BY c.queue DESC, c.name DESC, c.priority DESC, c.id DESC LIMIT 1;
+  IF prev.queue IS DISTINCT FROM lane_queue OR prev.name IS DISTINCT FROM lane_name OR prev.priority IS DISTINCT FROM lane_priority THEN
+    prev := NULL;
+  END IF;
   IF prev.id IS NOT NULL AND NOT prev.whole THEN
     pair_since := prev.since;
     pair_upto := prev.upto;
@@ -219,6 +249,10 @@ BEGIN
     -- range of its own: as `staged_xact = ANY (…)` beside the row
     -- comparison, the array was a filter on a scan of the rest of the lane,
     -- and each claim of a 100,000-task drain read what was left of it.
+    -- The claim's start splits into the transaction and the id: as a row
+    -- comparison beside `staged_xact = x.xact`, the btree began the probe
+    -- of a transaction before the start (a held horizon's, in every
+    -- snapshot's list) at the start and read to the lane's end.
     SELECT p.id, p.staged_xact FROM pg_snapshot_xip(pair_since) AS x (xact)
     CROSS JOIN LATERAL (
       SELECT t.id, t.staged_xact FROM pgbg.task t
@@ -226,10 +260,11 @@ BEGIN
         AND t.state = 'queued' AND t.group_name IS NULL AND t.cancel_requested_at IS NULL AND t.attempts < 2147483647
         AND t.dependants IS NOT TRUE AND t.batch_then IS NULL
         AND t.staged_xact = x.xact
-        AND (t.staged_xact, t.id) > (from_xact, from_id)
+        AND t.id > CASE WHEN x.xact = from_xact THEN from_id ELSE -1 END
         AND pg_visible_in_snapshot(t.staged_xact, pair_upto)
       ORDER BY t.id LIMIT wanted + 1
     ) p
+    WHERE x.xact >= from_xact
     UNION ALL
     (SELECT t.id, t.staged_xact FROM pgbg.task t
     WHERE t.queue = lane_queue AND t.name = lane_name AND t.priority = lane_priority
