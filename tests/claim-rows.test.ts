@@ -181,8 +181,8 @@ describe("claim rows", () => {
     await clean();
     const worker = randomUUID();
     // Deleted claim rows a held snapshot keeps, all of the lane `lane`, and
-    // statistics that see only the few left: the table then looks small to
-    // the planner, and the lane the whole of it.
+    // statistics that see only the few live ones: the table then looks
+    // small to the planner, and the lane the whole of it.
     const holder = postgres(db.url, { ...clientOptions, max: 1 });
     let release = () => {};
     let holds!: () => void;
@@ -192,8 +192,8 @@ describe("claim rows", () => {
       holds();
       await new Promise<void>((resolve) => (release = resolve));
     });
-    const explained = postgres(db.url, { ...clientOptions, max: 1, onnotice: (n) => plans.push(n.message) });
     const plans: string[] = [];
+    const explained = postgres(db.url, { ...clientOptions, max: 1, onnotice: (n) => plans.push(n.message) });
     try {
       await within(holdsSnapshot, patience, "the held snapshot");
       // As many claims as a few seconds of small ones make, ended, all but
