@@ -46,7 +46,7 @@ const databaseUrl = text({
 /** `--transaction-pooling`: the same on every command that connects. */
 const transactionPooling = boolean({
   env: "PGBG_TRANSACTION_POOLING", default: false,
-  description: "The database URL reaches PostgreSQL through a pooler in transaction mode (PgBouncer pool_mode=transaction): unnamed statements, no session state, and workers poll at --idle-sleep unless --listen-url is set",
+  description: "The database URL reaches PostgreSQL through a pooler in transaction mode (PgBouncer pool_mode=transaction): unnamed statements, no pipelining, no session state, and workers poll at --idle-sleep unless --listen-url is set",
 });
 
 const tasks = list({

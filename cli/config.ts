@@ -24,7 +24,7 @@ export const STOP_MARGIN_MS = 2_000;
 /** The settings of `pgbg serve`, checked. Durations in ms. */
 export interface ServeConfig {
   databaseUrl: string | undefined;
-  /** The URL reaches a pooler in transaction mode: unnamed statements, no session state. */
+  /** The URL reaches a pooler in transaction mode: unnamed statements, no pipelining, no session state. */
   transactionPooling: boolean;
   /** Under transaction pooling, a direct URL where workers LISTEN; undefined: they poll. */
   listenUrl: string | undefined;

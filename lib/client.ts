@@ -140,16 +140,72 @@ class PostgresJsExecutor implements Executor {
   constructor(private readonly sql: Sql<any> | TransactionSql<any>) {}
 
   // deno-lint-ignore no-explicit-any
-  async query<T = any>(text: string, params: unknown[]): Promise<T[]> {
+  query<T = any>(text: string, params: unknown[]): Promise<T[]> {
     // deno-lint-ignore no-explicit-any
-    return (await this.sql.unsafe(text, params as any[], { prepare: true })) as unknown as T[];
+    return inTurn(this.sql, async () => (await this.sql.unsafe(text, params as any[], { prepare: true })) as unknown as T[]);
   }
 
   transaction<T>(fn: (tx: DatabaseClient) => Promise<T>, mode: TransactionMode = "write"): Promise<T> {
     // A transaction (or savepoint) handle has no `begin`: it is already in one.
     if (!("begin" in this.sql)) return fn(this.sql);
-    return this.sql.begin(BEGIN_OPTIONS[mode], (tx) => fn(tx)) as Promise<T>;
+    const sql = this.sql;
+    return inTurn(sql, () => sql.begin(BEGIN_OPTIONS[mode], (tx) => fn(tx)) as Promise<T>);
   }
+}
+
+/** Room for `size` operations at once; the rest wait their turn, first come first served. */
+class Turns {
+  #free: number;
+  readonly #waiting: (() => void)[] = [];
+
+  constructor(size: number) {
+    this.#free = size;
+  }
+
+  async run<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.#free > 0) this.#free--;
+    else await new Promise<void>((resolve) => this.#waiting.push(resolve));
+    try {
+      return await fn();
+    } finally {
+      // The room passes straight to the next in line, or is freed.
+      const next = this.#waiting.shift();
+      if (next) next();
+      else this.#free++;
+    }
+  }
+}
+
+/** The turns of each postgres.js client pgbg made for a pooler in transaction mode (onePerConnection). */
+const turns = new WeakMap<object, Turns>();
+
+/**
+ * Marks `sql`, a postgres.js client pgbg made to reach PostgreSQL through a
+ * pooler in transaction mode, so that pgbg runs no more statements (or
+ * transactions) on it at once than it has connections. Returns `sql`.
+ *
+ * postgres.js sends a statement behind one still running on a busy
+ * connection when none is free. Without named statements, a statement with
+ * parameters begins with a Parse and Describe that end in a Flush, not a
+ * Sync; PgBouncer 1.18 gives the server session back at the first
+ * statement's ReadyForQuery, drops the answers to the second ("got packet
+ * '1' from server when not linked"), and the client waits for them
+ * forever, logging nothing (an in-process worker stalled so, twice in CI:
+ * tests/pgbouncer.test.ts). With no more at once than connections, every
+ * statement finds a connection free: postgres.js frees a connection before
+ * the statement that held it settles. postgres.js's `max_pipeline: 0`
+ * would send one at a time too, but its `begin` then fails.
+ */
+// deno-lint-ignore no-explicit-any
+export function onePerConnection<T extends Sql<any>>(sql: T): T {
+  turns.set(sql, new Turns(sql.options.max));
+  return sql;
+}
+
+/** Runs `fn`, a statement or transaction on `sql`, in its turn when `sql` is marked by {@link onePerConnection}; at once otherwise. */
+export function inTurn<T>(sql: object, fn: () => Promise<T>): Promise<T> {
+  const own = turns.get(sql);
+  return own ? own.run(fn) : fn();
 }
 
 /** node-postgres clients and pools that {@link forTransactionPooling} marked: their statements go unnamed. */

@@ -8,6 +8,7 @@
  * @module
  */
 import type { Sql } from "postgres";
+import { inTurn } from "./client.ts";
 import { defaults } from "./config.ts";
 import { checkedLater, checkOptions, integer, ofType } from "./options.ts";
 import { checkSchemaName, type Database, run, statement, translateError } from "./statements.ts";
@@ -178,13 +179,13 @@ export async function compactIndexes(sql: Sql<any>, options?: CompactOptions): P
     for (const name of before.leftovers) {
       if (!LEFTOVER_NAME.test(name)) continue;
       // The only SQL text built here: both names were checked and are quoted.
-      await sql.unsafe(`DROP INDEX CONCURRENTLY IF EXISTS "${schema}"."${name}"`);
+      await inTurn(sql, () => sql.unsafe(`DROP INDEX CONCURRENTLY IF EXISTS "${schema}"."${name}"`).then(() => {}));
       dropped.push(name);
     }
     const bloated = opts.force || isBloated(before, limits);
     if (bloated && !opts.force && before.snapshotAgeSeconds > (opts.heldSnapshotSeconds ?? HELD_SNAPSHOT_SECONDS)) return result("horizon-held");
     // Outside any transaction (REINDEX CONCURRENTLY refuses one): a statement of the pool's own.
-    if (bloated) await sql.unsafe(statement(schema, "ReindexTask"));
+    if (bloated) await inTurn(sql, () => sql.unsafe(statement(schema, "ReindexTask")).then(() => {}));
     if (bloated || dropped.length) after = await readTaskIndexes(sql, schema);
     return result(bloated ? "compacted" : "not-bloated");
   } catch (error) {

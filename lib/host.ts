@@ -12,6 +12,7 @@
 import { hostname } from "node:os";
 import process from "node:process";
 import postgres, { type Sql } from "postgres";
+import { inTurn, onePerConnection } from "./client.ts";
 import { defaults } from "./config.ts";
 import { InvalidOptionsError } from "./errors.ts";
 import { EVENT_NAMES, TaskEventEmitter, type TaskEventListener, type TaskEventName } from "./events.ts";
@@ -86,11 +87,12 @@ export function createWorker(sql: Client, options: WorkerHostOptions): WorkerHos
  * A client on the same server as `sql`, with its connection settings but its
  * own pool, and none of the app's transforms (pgbg reads its own columns);
  * with `transactionPooling` (behind a pooler in transaction mode), without
- * named statements.
+ * named statements and no more statements at once than connections
+ * (onePerConnection).
  */
 export function cloneClient(sql: Client, max: number, name: string, transactionPooling = false): Client {
   const o = sql.options;
-  return postgres({
+  const client = postgres({
     ...o,
     max,
     // Behind a pooler in transaction mode, a statement prepared on one server session is unknown to the next.
@@ -99,6 +101,7 @@ export function cloneClient(sql: Client, max: number, name: string, transactionP
     transform: { undefined: undefined, column: {}, value: {}, row: {} },
     connection: { ...o.connection, application_name: name },
   } as unknown as postgres.Options<{}>);
+  return transactionPooling ? onePerConnection(client) : client;
 }
 
 /**
@@ -110,7 +113,7 @@ export function cloneClient(sql: Client, max: number, name: string, transactionP
  */
 // deno-lint-ignore no-explicit-any
 export async function fetchTypesOnce(client: Sql<any>): Promise<void> {
-  await client`SELECT 1`;
+  await inTurn(client, () => client`SELECT 1`.then(() => {}));
   (client.options as { fetch_types: boolean }).fetch_types = false;
 }
 

@@ -51,6 +51,7 @@
 import type { Sql } from "postgres";
 import type { ClaimScope } from "./claim.ts";
 import { ClaimCursor, claimWithCursor, RoundTrips } from "./claim-cursor.ts";
+import { inTurn } from "./client.ts";
 import { claimBothKinds, claimGroups, claimPerGroup, REST_MS } from "./groups.ts";
 import { type Database, run } from "./statements.ts";
 
@@ -231,7 +232,7 @@ async function claimInTransaction(
 ): Promise<Record<string, unknown>[] | null> {
   // READ COMMITTED whatever the server's default: under REPEATABLE READ the
   // lock's statement would fix the snapshot before the lock was granted.
-  return await sql.begin("isolation level read committed", async (tx) => {
+  return await inTurn(sql, () => sql.begin("isolation level read committed", async (tx) => {
     await run(tx, schema, "LockLimitedQueue", [queue]);
     const [slots] = await run(tx, schema, "QueueFreeSlots", [queue]);
     const free = Math.min(slots?.uncounted ? want - unwritten : want, slots?.free ?? 0);
@@ -246,7 +247,7 @@ async function claimInTransaction(
     // Some group's rate is used up: an idle worker looks again when it has room.
     if (slots.group_room_in_ms > 0 && claimed.length < free) scope.limits?.fullUntil(Date.now() + slots.group_room_in_ms);
     return claimed;
-  }) as Record<string, unknown>[] | null;
+  }) as Promise<Record<string, unknown>[] | null>);
 }
 
 /** Logs the starts of each group among `claimed` in its group's rate log (RecordGroupStarts), in one statement. */

@@ -12,6 +12,7 @@
  * @module
  */
 import type { Sql } from "postgres";
+import { inTurn } from "./client.ts";
 import { enqueue } from "./enqueue.ts";
 import { describeError, type Logger } from "./log.ts";
 import type { MaintenanceService } from "./maintenance/service.ts";
@@ -64,7 +65,7 @@ export class Scheduler implements MaintenanceService {
 
   /** Fires one schedule's due ticks, and a run asked for, unless another host holds its row. */
   async #fire(schedule: Schedule): Promise<void> {
-    await this.sql.begin(async (tx) => {
+    await inTurn(this.sql, () => this.sql.begin(async (tx) => {
       const [row] = await run(tx, this.schema, "LockSchedule", [schedule.name]);
       if (!row) return;
       const due = dueTicks(schedule, row.last_tick, row.now);
@@ -74,7 +75,7 @@ export class Scheduler implements MaintenanceService {
       const last = ids.at(-1) ?? null;
       if (ids.length) await run(tx, this.schema, "MarkScheduledTasks", [ids, schedule.name]);
       await run(tx, this.schema, "AdvanceSchedule", [schedule.name, due.handled, schedule.nextTick(row.now), Boolean(row.run_requested_at), last]);
-    });
+    }));
   }
 
   #failed(schedule: Schedule, error: unknown): void {

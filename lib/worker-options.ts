@@ -58,7 +58,7 @@ export interface WorkerHostOptions {
   /**
    * `sql` reaches PostgreSQL through a pooler in transaction mode
    * (PgBouncer's `pool_mode = transaction`): the worker's own clients use
-   * unnamed statements and no session state, and without `listenUrl` the
+   * unnamed statements, no pipelining and no session state, and without `listenUrl` the
    * worker finds new tasks by polling, at most `idleSleep` apart.
    * @default false
    */

@@ -11,6 +11,7 @@ import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import process from "node:process";
+import pg from "pg";
 
 /** The pgbouncer binary: PGBG_PGBOUNCER, Debian's, or the first on PATH. */
 export function pgbouncerBinary(): string | undefined {
@@ -35,6 +36,14 @@ export interface PgBouncer {
   url(database: string): string;
   /** Its port. */
   port: number;
+  /**
+   * What it logged last, and its pools, clients and servers as its admin
+   * console lists them: for a test's timeout to say what the pooler was
+   * doing (a stall behind it went unexplained twice in CI).
+   */
+  report(): Promise<string>;
+  /** Resolves with the first line it logs (or has logged) that matches `pattern`. */
+  firstLine(pattern: RegExp): Promise<string>;
   stop(): Promise<void>;
 }
 
@@ -81,6 +90,8 @@ export async function startPgBouncer(serverUrl: string, poolSize = 20): Promise<
     // used: a statement that outlives its transaction is then missed at once.
     "server_round_robin = 1",
     "max_client_conn = 1000",
+    // The console's SHOW commands, for report().
+    `admin_users = ${user}`,
     "",
   ].join("\n"), { mode: 0o600 });
   // The config holds the server's password: readable by pgbouncer's user alone.
@@ -90,6 +101,16 @@ export async function startPgBouncer(serverUrl: string, poolSize = 20): Promise<
     for (const file of ["users.txt", "pgbouncer.ini"]) chownSync(join(dir, file), uid, process.getgid!());
   }
   const child = spawn(binary, [...asRoot, join(dir, "pgbouncer.ini")], { stdio: ["ignore", "pipe", "pipe"] });
+  // Its last lines: they outlive listening(), whose own copy grows only until then.
+  const lines: string[] = [];
+  const watchers: { pattern: RegExp; found: (line: string) => void }[] = [];
+  const keep = (chunk: Buffer) => {
+    const fresh = chunk.toString().split("\n").filter(Boolean);
+    for (const line of fresh) for (const w of watchers) if (w.pattern.test(line)) w.found(line);
+    if (lines.push(...fresh) > 200) lines.splice(0, lines.length - 200);
+  };
+  child.stdout!.on("data", keep);
+  child.stderr!.on("data", keep);
   try {
     await listening(child, port);
   } catch (error) {
@@ -100,6 +121,12 @@ export async function startPgBouncer(serverUrl: string, poolSize = 20): Promise<
   return {
     port,
     url: (database) => `postgres://${encodeURIComponent(user)}@127.0.0.1:${port}/${database}`,
+    firstLine: (pattern) => new Promise((found) => {
+      const seen = lines.find((line) => pattern.test(line));
+      if (seen) found(seen);
+      else watchers.push({ pattern, found });
+    }),
+    report: () => consoleReport(`postgres://${encodeURIComponent(user)}@127.0.0.1:${port}/pgbouncer`).then((shown) => `pgbouncer's last lines:\n${lines.slice(-60).join("\n")}\n${shown}`),
     async stop() {
       if (child.exitCode === null) {
         const exited = new Promise((resolve) => child.once("exit", resolve));
@@ -109,6 +136,24 @@ export async function startPgBouncer(serverUrl: string, poolSize = 20): Promise<
       rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+/** SHOW POOLS, CLIENTS and SERVERS from the admin console at `url` (simple queries: the console takes no other), or why it could not be read. */
+async function consoleReport(url: string): Promise<string> {
+  const client = new pg.Client({ connectionString: url });
+  try {
+    await client.connect();
+    const shown: string[] = [];
+    for (const what of ["POOLS", "CLIENTS", "SERVERS"]) {
+      const { rows } = await client.query(`SHOW ${what}`);
+      shown.push(`SHOW ${what}: ${JSON.stringify(rows)}`);
+    }
+    return shown.join("\n");
+  } catch (error) {
+    return `(the admin console could not be read: ${(error as Error).message})`;
+  } finally {
+    await client.end().catch(() => {});
+  }
 }
 
 /** Resolves once `child` logs that it listens on `port`; rejects with its output if it exits first, or has not listened within a minute. */

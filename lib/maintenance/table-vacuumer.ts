@@ -17,6 +17,7 @@
  * @module
  */
 import type { Sql } from "postgres";
+import { inTurn } from "../client.ts";
 import type { Logger } from "../log.ts";
 import { run, statement } from "../statements.ts";
 import type { MaintenanceService } from "./service.ts";
@@ -96,7 +97,7 @@ export class TableVacuumer implements MaintenanceService {
     const now = Date.now();
     if (!vacuumDue(state, this.#last, now)) return false;
     const started = performance.now();
-    await this.sql.unsafe(statement(this.schema, "VacuumTask"));
+    await inTurn(this.sql, () => this.sql.unsafe(statement(this.schema, "VacuumTask")).then(() => {}));
     this.#last = { at: now, horizon: state.horizon };
     this.log.debug(`vacuumed ${this.schema}.task`, { deadRows: state.deadRows, liveRows: state.liveRows, durationMs: Math.round(performance.now() - started) });
     return true;
