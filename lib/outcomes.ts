@@ -36,8 +36,8 @@ export interface AttemptRef {
   /**
    * The claim row that holds the task, if one does: a success is written
    * fenced by it (CompleteClaimedTasks, CompleteClaimedKeptTasks), any
-   * other outcome once the task has a lease of its own (LeaseClaimedTasks),
-   * by the token that gives.
+   * other outcome, and a batch member's success, once the task has a lease
+   * of its own (LeaseClaimedTasks), by the token that gives.
    */
   claimId?: string | null;
   /** Where the written outcome is counted, if anywhere. */
@@ -198,7 +198,8 @@ export class OutcomeWriter {
     const ending = this.#ending.splice(0);
     this.#writing = done.length + failed.length + handedBack.length + snoozed.length + cancelled.length;
     try {
-      await this.#leaseClaimed([...failed, ...handedBack, ...snoozed, ...cancelled]);
+      // A batch member's success counts its batch down by its lease token (CompleteBatchTasks), as any outcome but a plain success is written.
+      await this.#leaseClaimed([...failed, ...handedBack, ...snoozed, ...cancelled, ...done.filter((d) => d.batch)]);
       const [completedRows, failedRows, snoozedRows, cancelledRows] = await Promise.all([
         this.#complete(done),
         failed.length

@@ -11,7 +11,7 @@ import { randomUUID } from "node:crypto";
 import process from "node:process";
 import { describe, test } from "node:test";
 import * as v from "valibot";
-import { cancel, createWorker, defineTask, enqueue, enqueueFlow, enqueueMany, flowTask, getTask, listTasks, migrate, status } from "../mod.ts";
+import { cancel, createWorker, defineTask, enqueue, enqueueBatch, enqueueFlow, enqueueMany, flowTask, getTask, listTasks, migrate, status } from "../mod.ts";
 import { releaseWorkerTasks } from "../lib/maintenance/dead-worker-releaser.ts";
 import { rescueExpiredLeases } from "../lib/maintenance/lease-rescuer.ts";
 import { OutcomeWriter } from "../lib/outcomes.ts";
@@ -244,6 +244,19 @@ describe("the engine by claim rows", () => {
     await writer.flush();
     assert.equal((await getTask(sql, parent))?.state, undefined, "the parent completed");
     assert.equal((await getTask(sql, flow.tasks.next))?.state, "queued", "released as after a success, not cancelled");
+  });
+
+  test("a flow's parent and a batch's members are claimed by claim rows like any task: the dependant and the batch's completion task run after them", async () => {
+    await clean();
+    const flow = await enqueueFlow(sql, { first: flowTask(plain, { n: 1 }), next: flowTask(plain, { n: 2 }, { dependsOn: ["first"] }) });
+    const batch = await enqueueBatch(sql, plain, Array.from({ length: 20 }, (_, n) => ({ n: 10 + n })), { then: flowTask(measured, {}) });
+    // A claim that passed over the parent or the members left them queued, and they never ran.
+    await withWorker(() => until(left, (n) => n === 0, patience, "the flow and the batch to run"));
+    const runs = await sql`SELECT task_id::text AS id, attempt FROM ran`;
+    assert.deepEqual(runs.map((r) => r.id).sort(), [flow.tasks.first, flow.tasks.next, ...batch.members].sort(), "each ran once");
+    assert.ok(runs.every((r) => r.attempt === 1));
+    const completed = await sql`SELECT id::text FROM pgbg.history WHERE id = ${batch.then} AND state = 'completed'`;
+    assert.deepEqual(completed.map((r) => r.id), [batch.then], "the completion task ran");
   });
 
   test("a task a claim row holds reads as running, its worker's, and a cancel aborts its attempt rather than deleting it", async () => {

@@ -143,8 +143,7 @@ $$;
 --   claim, the readers of "running") stepped over the index entries of
 --   every task the lane completed that vacuum had not removed. What lies
 --   between the claim's start and its first task is what it passed over
---   (a cancel asked, a flow's parent, a batch member), which it does not
---   hold.
+--   (a cancel asked), which it does not hold.
 -- - The lane's newest claim row is read from claim_lane_idx's end of the
 --   lane on any plan (see the statement). By claim_pkey backwards, a lane
 --   with no claim row yet read the whole claim table, deleted rows too:
@@ -154,6 +153,14 @@ $$;
 -- - A transaction in progress at the pair's `since` that began before the
 --   claim's start is not probed: a held horizon's is in every snapshot's
 --   list, and its probe read from the start to the lane's end.
+-- - A flow's parent and a batch member are claimed like any task, where
+--   026 passed over them: a claim row's stretch holds every queued task in
+--   it (InClaim), so one passed over inside a stretch read as running, was
+--   restaged at the claim's end and passed over again by every later
+--   claim, and a worker claiming by claim rows never ran it. The parent's
+--   success is the claim rows' completion (task_settle_dependants above);
+--   a member's is written by a lease of its own (LeaseClaimedTasks), which
+--   counts its batch down.
 -- Unchanged otherwise.
 CREATE OR REPLACE FUNCTION pgbg.claim_lane(lane_queue text, lane_name text, lane_priority smallint, claimer uuid, lease interval,
     wanted integer)
@@ -258,7 +265,6 @@ BEGIN
       SELECT t.id, t.staged_xact FROM pgbg.task t
       WHERE t.queue = lane_queue AND t.name = lane_name AND t.priority = lane_priority
         AND t.state = 'queued' AND t.group_name IS NULL AND t.cancel_requested_at IS NULL AND t.attempts < 2147483647
-        AND t.dependants IS NOT TRUE AND t.batch_then IS NULL
         AND t.staged_xact = x.xact
         AND t.id > CASE WHEN x.xact = from_xact THEN from_id ELSE -1 END
         AND pg_visible_in_snapshot(t.staged_xact, pair_upto)
@@ -269,7 +275,6 @@ BEGIN
     (SELECT t.id, t.staged_xact FROM pgbg.task t
     WHERE t.queue = lane_queue AND t.name = lane_name AND t.priority = lane_priority
       AND t.state = 'queued' AND t.group_name IS NULL AND t.cancel_requested_at IS NULL AND t.attempts < 2147483647
-      AND t.dependants IS NOT TRUE AND t.batch_then IS NULL
       AND (t.staged_xact, t.id) > (start_xact, start_id)
       AND t.staged_xact < pg_snapshot_xmax(pair_upto)
       AND pg_visible_in_snapshot(t.staged_xact, pair_upto)
