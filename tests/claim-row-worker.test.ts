@@ -11,7 +11,9 @@ import { randomUUID } from "node:crypto";
 import process from "node:process";
 import { describe, test } from "node:test";
 import * as v from "valibot";
-import { cancel, createWorker, defineTask, enqueue, enqueueBatch, enqueueFlow, enqueueMany, flowTask, getTask, listTasks, migrate, status } from "../mod.ts";
+import {
+  cancel, createWorker, defineTask, enqueue, enqueueBatch, enqueueFlow, enqueueMany, flowTask, getBatch, getTask, listTasks, migrate, status,
+} from "../mod.ts";
 import { releaseWorkerTasks } from "../lib/maintenance/dead-worker-releaser.ts";
 import { rescueExpiredLeases } from "../lib/maintenance/lease-rescuer.ts";
 import { OutcomeWriter } from "../lib/outcomes.ts";
@@ -257,6 +259,21 @@ describe("the engine by claim rows", () => {
     assert.ok(runs.every((r) => r.attempt === 1));
     const completed = await sql`SELECT id::text FROM pgbg.history WHERE id = ${batch.then} AND state = 'completed'`;
     assert.deepEqual(completed.map((r) => r.id), [batch.then], "the completion task ran");
+  });
+
+  test("a batch member's success, from a claim row, counts its batch down as it is written", async () => {
+    await clean();
+    const worker = randomUUID();
+    const batch = await enqueueBatch(sql, plain, [{ n: 1 }, { n: 2 }], { then: flowTask(measured, {}) });
+    const claimed = await sql`SELECT id::text, claim_id::text FROM pgbg.claim_lane('default', 'plain', 0::smallint, ${worker}::uuid, interval '1 hour', 10)`;
+    assert.deepEqual(claimed.map((c) => c.id).sort(), [...batch.members].sort(), "the lane claim took both members");
+    const writer = new OutcomeWriter(sql, "pgbg", 25, quiet, undefined, worker);
+    writer.claimed([{ claimId: claimed[0].claim_id }]);
+    for (const c of claimed) writer.complete({ id: c.id, leaseToken: 0, claimId: c.claim_id, batch: true });
+    await writer.flush();
+    // Deleted by their claim row's completion instead, they would be counted only by the flow keeper's next look.
+    assert.deepEqual(await getBatch(sql, batch.id).then((b) => [b?.pending, b?.succeeded, b?.then.state]), [0, 2, "queued"], "both counted: the completion task is queued");
+    assert.deepEqual(await Promise.all(claimed.map((c) => getTask(sql, c.id))), [null, null], "the members' rows are gone");
   });
 
   test("a task a claim row holds reads as running, its worker's, and a cancel aborts its attempt rather than deleting it", async () => {
