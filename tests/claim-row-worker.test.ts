@@ -293,7 +293,7 @@ describe("the engine by claim rows", () => {
       assert.deepEqual((await listTasks(sql, { state: "queued" })).tasks.map((t) => t.id), []);
       assert.deepEqual((await listTasks(sql, { state: "scheduled" })).tasks.map((t) => t.id), [queued]);
       const { tasks: rows, workers } = await status(sql);
-      assert.deepEqual(rows.filter((r) => r.name === "holding").map((r) => [r.queued, r.scheduled, r.running]), [[0, 1, 1]]);
+      assert.deepEqual(rows.filter((r) => r.name === "holding").map((r) => [r.queued, r.scheduled, r.running, r.oldestQueuedMs]), [[0, 1, 1, null]], "no oldest queued: none is");
       assert.deepEqual(workers.map((w) => [w.id, w.running]), [[workerId, 1]]);
       const result = await cancel(sql, id);
       assert.deepEqual([result.deleted, result.signalled], [[], [id]], "signalled, as a running task is");

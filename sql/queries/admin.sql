@@ -10,7 +10,7 @@
 -- claim row holds is running: counted once per call (HeldCounts) and moved
 -- from the queued to the running, not probed per task. The oldest due task
 -- may be one a claim row holds: with claim rows on, the age of the oldest
--- due task not finished yet.
+-- due task not finished yet, and none when claim rows hold every due task.
 WITH {{HeldCounts}},
 tasks AS (
   SELECT queue, name,
@@ -32,7 +32,7 @@ counts AS (
 SELECT coalesce(t.queue, c.queue) AS queue, coalesce(t.name, c.name) AS name,
   (coalesce(t.queued, 0) - coalesce(h.queued, 0))::int AS queued, coalesce(t.scheduled, 0)::int AS scheduled,
   (coalesce(t.running, 0) + coalesce(h.running, 0))::int AS running, coalesce(t.failed, 0)::int AS failed,
-  (extract(epoch FROM now() - t.oldest_due) * 1000)::float8 AS oldest_queued_ms,
+  CASE WHEN coalesce(t.queued, 0) > coalesce(h.queued, 0) THEN (extract(epoch FROM now() - t.oldest_due) * 1000)::float8 END AS oldest_queued_ms,
   coalesce(c.completed, 0)::int AS completed_last_minute,
   coalesce(c.failed, 0)::int AS failed_last_minute,
   coalesce(c.retried, 0)::int AS retried_last_minute
