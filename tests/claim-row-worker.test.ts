@@ -12,8 +12,10 @@ import process from "node:process";
 import { describe, test } from "node:test";
 import * as v from "valibot";
 import {
-  cancel, createWorker, defineTask, enqueue, enqueueBatch, enqueueFlow, enqueueMany, flowTask, getBatch, getTask, listTasks, migrate, status,
+  cancel, createWorker, defineTask, enqueue, enqueueBatch, enqueueFlow, enqueueMany, flowTask, getBatch, getTask, listTasks, migrate,
+  setQueueConcurrency, status,
 } from "../mod.ts";
+import { run } from "../lib/statements.ts";
 import { releaseWorkerTasks } from "../lib/maintenance/dead-worker-releaser.ts";
 import { rescueExpiredLeases } from "../lib/maintenance/lease-rescuer.ts";
 import { OutcomeWriter } from "../lib/outcomes.ts";
@@ -295,6 +297,10 @@ describe("the engine by claim rows", () => {
       const { tasks: rows, workers } = await status(sql);
       assert.deepEqual(rows.filter((r) => r.name === "holding").map((r) => [r.queued, r.scheduled, r.running, r.oldestQueuedMs]), [[0, 1, 1, null]], "no oldest queued: none is");
       assert.deepEqual(workers.map((w) => [w.id, w.running]), [[workerId, 1]]);
+      // A limit set while a claim row holds a task of the queue counts it.
+      await setQueueConcurrency(sql, "default", 1);
+      assert.equal((await run(sql, "pgbg", "QueueFreeSlots", ["default"]))[0].free, 0, "the held task fills the limit");
+      await setQueueConcurrency(sql, "default", null);
       const result = await cancel(sql, id);
       assert.deepEqual([result.deleted, result.signalled], [[], [id]], "signalled, as a running task is");
       await until(() => getTask(sql, id), (t) => t === null, patience, "the aborted attempt to end and the task to go");
