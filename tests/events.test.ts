@@ -28,8 +28,13 @@ test("each attempt's events, in order, told after the write; a listener that thr
       if (input.kind === "fail") throw new Error(`boom ${ctx.attempt}`);
       if (input.kind === "flaky" && ctx.attempt === 1) throw new Error("once");
       if (input.kind === "snooze" && ctx.snoozes === 0) ctx.retryAfter(0);
-      // Another worker took the lease (as a rescue would): this attempt's completion is refused.
-      if (input.kind === "stolen") await sql`UPDATE pgbg.task SET lease_token = lease_token + 1 WHERE id = ${ctx.id}`;
+      // Another lease took the task (as a rescue would): this attempt's completion is refused. A lease
+      // of its own, the next token, whether the attempt's was one or a claim row's (whose fence is the
+      // task's row still queued in its claim).
+      if (input.kind === "stolen") {
+        await sql`UPDATE pgbg.task SET state = 'running', lease_token = lease_token + 1, worker_id = (SELECT id FROM pgbg.worker),
+          lease_expires_at = now() + interval '1 hour' WHERE id = ${ctx.id}`;
+      }
       if (input.kind === "self") await sql.begin((tx) => ctx.complete(tx));
       if (input.kind === "hang") await new Promise((_, reject) => ctx.signal.addEventListener("abort", () => reject(ctx.signal.reason)));
     },
