@@ -110,6 +110,18 @@ describe("claim rows", () => {
     assert.equal(row.staged_xact, null, "not yet due: not staged");
   });
 
+  test("a claim passes over a task whose cancel was asked, or whose attempts or lease token are at the integer limit (an outcome's lease would overflow)", async () => {
+    await clean();
+    const worker = randomUUID();
+    const passed = await sql`INSERT INTO pgbg.task (queue, name, payload, attempts, lease_token, cancel_requested_at)
+      VALUES ('default', 'lane', '{"n":1}', 2147483647, 0, NULL), ('default', 'lane', '{"n":2}', 0, 2147483647, NULL),
+        ('default', 'lane', '{"n":3}', 0, 0, now()) RETURNING id::text`;
+    const taken = await enqueue(sql, lane, { n: 4 });
+    assert.deepEqual((await claimLane(worker, 10)).map((r) => r.id), [taken]);
+    assert.equal((await claimLane(worker, 10)).length, 0, "nor does a later claim take them");
+    assert.equal((await sql`SELECT count(*)::int AS n FROM pgbg.task WHERE id IN ${sql(passed.map((r) => r.id))} AND state = 'queued'`)[0].n, 3);
+  });
+
   test("two claims of a lane in one transaction, with a later transaction ended between: what the transaction staged is claimed once it commits", async () => {
     await clean();
     const worker = randomUUID();

@@ -153,6 +153,11 @@ $$;
 -- - A transaction in progress at the pair's `since` that began before the
 --   claim's start is not probed: a held horizon's is in every snapshot's
 --   list, and its probe read from the start to the lane's end.
+-- - A task at the lease token's integer limit is passed over, as one at
+--   the attempts' limit is: a claim row's claim does not write the token,
+--   but any outcome but a success gives the task a lease of its own with
+--   the next one (LeaseClaimedTasks), which would overflow. Row claims
+--   pass over both.
 -- - A flow's parent and a batch member are claimed like any task, where
 --   026 passed over them: a claim row's stretch holds every queued task in
 --   it (InClaim), so one passed over inside a stretch read as running, was
@@ -264,7 +269,7 @@ BEGIN
     CROSS JOIN LATERAL (
       SELECT t.id, t.staged_xact FROM pgbg.task t
       WHERE t.queue = lane_queue AND t.name = lane_name AND t.priority = lane_priority
-        AND t.state = 'queued' AND t.group_name IS NULL AND t.cancel_requested_at IS NULL AND t.attempts < 2147483647
+        AND t.state = 'queued' AND t.group_name IS NULL AND t.cancel_requested_at IS NULL AND t.attempts < 2147483647 AND t.lease_token < 2147483647
         AND t.staged_xact = x.xact
         AND t.id > CASE WHEN x.xact = from_xact THEN from_id ELSE -1 END
         AND pg_visible_in_snapshot(t.staged_xact, pair_upto)
@@ -274,7 +279,7 @@ BEGIN
     UNION ALL
     (SELECT t.id, t.staged_xact FROM pgbg.task t
     WHERE t.queue = lane_queue AND t.name = lane_name AND t.priority = lane_priority
-      AND t.state = 'queued' AND t.group_name IS NULL AND t.cancel_requested_at IS NULL AND t.attempts < 2147483647
+      AND t.state = 'queued' AND t.group_name IS NULL AND t.cancel_requested_at IS NULL AND t.attempts < 2147483647 AND t.lease_token < 2147483647
       AND (t.staged_xact, t.id) > (start_xact, start_id)
       AND t.staged_xact < pg_snapshot_xmax(pair_upto)
       AND pg_visible_in_snapshot(t.staged_xact, pair_upto)
