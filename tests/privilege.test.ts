@@ -14,10 +14,11 @@ import postgres from "postgres";
 import { claimTasks } from "../lib/claim.ts";
 import { silentLogger } from "../lib/log.ts";
 import { releaseWorkerTasks } from "../lib/maintenance/dead-worker-releaser.ts";
+import { FlowKeeper } from "../lib/maintenance/flow-keeper.ts";
 import { rotateHistory } from "../lib/maintenance/history-rotator.ts";
 import { rescueExpiredLeases } from "../lib/maintenance/lease-rescuer.ts";
 import { OutcomeWriter } from "../lib/outcomes.ts";
-import { enqueue, enqueueMany, LATEST_SCHEMA_VERSION, migrate, schemaVersion, setQueueRateLimit } from "../mod.ts";
+import { enqueue, enqueueBatch, enqueueFlow, enqueueMany, flowTask, getTask, LATEST_SCHEMA_VERSION, migrate, schemaVersion, setQueueRateLimit } from "../mod.ts";
 import { completesInTx, fails, noop, waitsForSignal } from "./fixtures/pgbg-only.ts";
 import { clientOptions, createTestDatabase, serverUrl } from "./harness.ts";
 import { patience, serviceTestbed, stopService, until } from "./service-harness.ts";
@@ -48,6 +49,7 @@ await sql.unsafe(`GRANT SELECT, UPDATE (rate_starts) ON pgbg.queue TO "${roles.s
 await sql.unsafe(`GRANT SELECT, INSERT, UPDATE ON pgbg.schedule TO "${roles.serve}"`);
 await sql.unsafe(`GRANT SELECT, INSERT, UPDATE, DELETE ON pgbg.group_rate TO "${roles.serve}"`);
 await sql.unsafe(`GRANT SELECT, INSERT, UPDATE, DELETE ON pgbg.claim TO "${roles.serve}"`);
+await sql.unsafe(`GRANT SELECT, DELETE ON pgbg.flow, pgbg.task_dependency TO "${roles.serve}"`);
 // The insert trigger reads pgbg.worker to decide whether to wake a worker.
 await sql.unsafe(`GRANT SELECT, INSERT ON pgbg.task TO "${roles.enqueue}"`);
 await sql.unsafe(`GRANT SELECT ON pgbg.worker TO "${roles.enqueue}"`);
@@ -146,6 +148,41 @@ describe("least-privilege roles", () => {
     assert.equal(held, true);
   });
 
+  test("the service's role completes a flow's parent, releasing its dependant, fails one, failing its dependant, and looks after flows", async () => {
+    // What the README gives an application that enqueues flows.
+    await sql.unsafe(`GRANT USAGE ON SEQUENCE pgbg.task_id_seq TO "${roles.enqueue}"`);
+    await sql.unsafe(`GRANT SELECT, INSERT ON pgbg.flow, pgbg.task_dependency TO "${roles.enqueue}"`);
+    const flow = await enqueueFlow(asEnqueue, {
+      a: flowTask(noop, {}), b: flowTask(noop, {}, { dependsOn: ["a"] }),
+      c: flowTask(fails, {}, { maxAttempts: 1 }), d: flowTask(noop, {}, { dependsOn: ["c"] }),
+    });
+    // A write the role may not make is retried for ever: its first warning ends the test instead.
+    let refused!: (warning: string) => void;
+    const refusal = new Promise<string>((resolve) => (refused = resolve));
+    const writer = new OutcomeWriter(asServe, "pgbg", 25, { ...silentLogger, warn: (m: string, f?: { error?: string }) => refused(`${m}: ${f?.error}`) });
+    const claimed = await claimTasks(asServe, "pgbg", { workerId: randomUUID(), queues: null, names: ["noop", "fails"], leaseMs: [60_000, 60_000] }, 10);
+    assert.deepEqual(claimed.map((c) => c.id).sort(), [flow.tasks.a, flow.tasks.c].sort(), "the parents, not their dependants");
+    const [a, c] = [flow.tasks.a, flow.tasks.c].map((id) => claimed.find((t) => t.id === id)!);
+    writer.complete({ id: a.id, leaseToken: a.leaseToken });
+    writer.fail({ id: c.id, leaseToken: c.leaseToken, delay: 0, error: { name: "Error", message: "planned" }, permanent: true });
+    assert.equal(await Promise.race([writer.flush().then(() => "written"), refusal]), "written");
+    assert.deepEqual(await Promise.all([flow.tasks.b, flow.tasks.d].map(async (id) => (await taskRow(id))?.state)), ["queued", "failed"]);
+    // The flow keeper: batches' completion tasks left uncounted, and flows older than a day pruned.
+    await sql`UPDATE pgbg.flow SET created_at = now() - interval '2 days'`;
+    await sql`DELETE FROM pgbg.task WHERE flow_id = ${flow.id}`;
+    await new FlowKeeper(asServe, "pgbg", 60_000, silentLogger).runOnce();
+    assert.equal((await sql`SELECT count(*)::int AS n FROM pgbg.flow WHERE id = ${flow.id}`)[0].n, 0, "pruned");
+    // And for a dependency on an existing task: the mark it is depended on.
+    await sql.unsafe(`GRANT UPDATE (dependants) ON pgbg.task TO "${roles.enqueue}"`);
+    const existing = await enqueue(asEnqueue, noop, {});
+    const after = await enqueueFlow(asEnqueue, { next: flowTask(noop, {}, { dependsOn: [{ id: existing }] }) });
+    assert.equal((await taskRow(after.tasks.next))?.state, "waiting", "a dependency on an existing task");
+    await sql`DELETE FROM pgbg.task WHERE id IN ${sql([existing, after.tasks.next])}`;
+    const batch = await enqueueBatch(asEnqueue, noop, [{}, {}], { then: flowTask(noop, {}) });
+    assert.equal(await remaining([...batch.members, batch.then]), 3, "a batch too");
+    await sql`DELETE FROM pgbg.task WHERE flow_id = ${batch.id}`;
+  });
+
   test("pgbg serve --no-migrate under the service's role runs, fails, completes in a transaction and hands back tasks", async () => {
     const done = await enqueueMany(asEnqueue, noop, Array.from({ length: 20 }, () => ({})));
     const inTx = await enqueue(asEnqueue, completesInTx, {});
@@ -155,7 +192,8 @@ describe("least-privilege roles", () => {
     await until(() => remaining([...done, inTx]), (n) => n === 0, patience, "the tasks to run");
     await until(() => taskRow(failing), (r) => r?.state === "failed", patience, "the failing task to fail");
     const handedBack = await enqueue(asEnqueue, waitsForSignal, {});
-    await until(() => taskRow(handedBack), (r) => r?.state === "running", patience, "the long task to start");
+    // Read as pgbg reads a task: a claim row's task is running though its row is queued.
+    await until(() => getTask(sql, handedBack), (t) => t?.state === "running", patience, "the long task to start");
     // Enqueued while the service is idle: the wake-up works under these roles too.
     const late = await enqueue(asEnqueue, noop, {});
     await until(() => remaining([late]), (n) => n === 0, patience, "a task enqueued while idle to run");
