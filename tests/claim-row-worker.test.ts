@@ -278,6 +278,22 @@ describe("the engine by claim rows", () => {
     assert.deepEqual(await Promise.all(claimed.map((c) => getTask(sql, c.id))), [null, null], "the members' rows are gone");
   });
 
+  test("a concurrency limit set while a claim row holds a task of the queue counts the task", async () => {
+    await clean();
+    const worker = randomUUID();
+    // Registered, so that the limit can bind (a limit the workers cannot reach counts nothing).
+    await sql`INSERT INTO pgbg.worker (id, supervisor_id, pid, concurrency, hostname, runtime, tasks, stale_after_ms)
+      VALUES (${worker}, ${randomUUID()}, 1, 4, 'test', 'node', '{plain}', 20000)`;
+    await enqueueMany(sql, plain, [{ n: 1 }, { n: 2 }, { n: 3 }]);
+    assert.equal((await sql`SELECT * FROM pgbg.claim_lane('default', 'plain', 0::smallint, ${worker}::uuid, interval '1 hour', 2)`).length, 2);
+    try {
+      await setQueueConcurrency(sql, "default", 3);
+      assert.equal((await run(sql, "pgbg", "QueueFreeSlots", ["default"]))[0].free, 1, "the two held tasks count against it");
+    } finally {
+      await setQueueConcurrency(sql, "default", null);
+    }
+  });
+
   test("a task a claim row holds reads as running, its worker's, and a cancel aborts its attempt rather than deleting it", async () => {
     await clean();
     held = new Promise<void>((resolve) => (releaseHeld = resolve));
@@ -297,10 +313,6 @@ describe("the engine by claim rows", () => {
       const { tasks: rows, workers } = await status(sql);
       assert.deepEqual(rows.filter((r) => r.name === "holding").map((r) => [r.queued, r.scheduled, r.running, r.oldestQueuedMs]), [[0, 1, 1, null]], "no oldest queued: none is");
       assert.deepEqual(workers.map((w) => [w.id, w.running]), [[workerId, 1]]);
-      // A limit set while a claim row holds a task of the queue counts it.
-      await setQueueConcurrency(sql, "default", 1);
-      assert.equal((await run(sql, "pgbg", "QueueFreeSlots", ["default"]))[0].free, 0, "the held task fills the limit");
-      await setQueueConcurrency(sql, "default", null);
       const result = await cancel(sql, id);
       assert.deepEqual([result.deleted, result.signalled], [[], [id]], "signalled, as a running task is");
       await until(() => getTask(sql, id), (t) => t === null, patience, "the aborted attempt to end and the task to go");
