@@ -4,6 +4,7 @@
  * @module
  */
 import type { TransactionSql } from "postgres";
+import { inTurn } from "./client.ts";
 import { defaults } from "./config.ts";
 import { SchemaError } from "./errors.ts";
 import { migrations } from "./generated/sql.ts";
@@ -58,7 +59,7 @@ export async function migrate(db: Database, options?: MigrateOptions): Promise<M
     }
     return { schema, from, to: LATEST_SCHEMA_VERSION };
   };
-  return "begin" in db ? ((await db.begin(work)) as MigrateResult) : work(db);
+  return "begin" in db ? ((await inTurn(db, () => db.begin(work))) as MigrateResult) : work(db);
 }
 
 /** Deadlocks the lock step may lose before migrate() gives up, each followed by a longer pause. */

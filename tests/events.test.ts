@@ -32,7 +32,7 @@ test("each attempt's events, in order, told after the write; a listener that thr
       // of its own, the next token, whether the attempt's was one or a claim row's (whose fence is the
       // task's row still queued in its claim).
       if (input.kind === "stolen") {
-        await sql`UPDATE pgbg.task SET state = 'running', lease_token = lease_token + 1, worker_id = (SELECT id FROM pgbg.worker),
+        await sql`UPDATE pgbg.task SET state = 'running', lease_token = lease_token + 1, worker_id = (SELECT id FROM pgbg.worker LIMIT 1),
           lease_expires_at = now() + interval '1 hour' WHERE id = ${ctx.id}`;
       }
       if (input.kind === "self") await sql.begin((tx) => ctx.complete(tx));

@@ -124,7 +124,8 @@ SELECT pg_advisory_xact_lock(hashtext('pgbg.queue'), hashtext($1));
 -- limit any more or is paused (under a group limit alone, as many as
 -- asked: ClaimGroupTasks keeps each group's). Under a concurrency limit, the limit less
 -- its running tasks (found through task_lease_idx, which holds every
--- running task, and those claim rows hold), unless the limit cannot bind: when the registered
+-- running task) and the tasks claim rows hold (QueueHeldByClaims), unless
+-- the limit cannot bind: when the registered
 -- workers that claim from the queue may hold no more leases in all than
 -- the limit (their concurrency, and the attempts they let run on detached,
 -- which keep their leases), it is the limit, and nothing is counted

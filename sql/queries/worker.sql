@@ -565,8 +565,9 @@ CROSS JOIN LATERAL pgbg.claim_lanes(o.queues, o.names, o.priorities, o.leases, $
 -- running, leased to the worker until its claim's lease ends, with the
 -- next lease token, and its attempt counted (a claim row's claim does not
 -- count it: migration 026). The worker does this before it writes any
--- outcome but a success (a failure, a snooze, a hand-back, a finished
--- cancel, ctx.complete(tx)), which the statements of row leases then
+-- outcome but a plain success (a failure, a snooze, a hand-back, a
+-- finished cancel, ctx.complete(tx), a batch member's success, which
+-- counts its batch down), which the statements of row leases then
 -- write, fenced by the token returned: the rare outcomes keep one set of
 -- statements. $1 ids, $2
 -- their claims' ids (one per task), $3 the worker. A task no longer its
