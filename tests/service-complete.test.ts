@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import * as v from "valibot";
-import { defineTask, enqueue, enqueueMany, migrate } from "../mod.ts";
+import { defineTask, enqueue, enqueueMany, getTask, migrate } from "../mod.ts";
 import { exactlyOnce, work } from "./fixtures/tasks.ts";
 import { releaseWorkerTasks } from "../lib/maintenance/dead-worker-releaser.ts";
 import { createTestDatabase } from "./harness.ts";
@@ -67,7 +67,8 @@ describe("pgbg serve: ctx.complete and several supervisors", () => {
     await until(() => executions([id]), (r) => r.length === 1, patience, "the first attempt to start");
     // Another supervisor takes its worker for dead and releases the task;
     // the same worker's free slot claims it again as attempt 2.
-    const [{ worker_id: workerId }] = await sql`SELECT worker_id FROM pgbg.task WHERE id = ${id}`;
+    // Its worker as pgbg reads it: a claim row's task has none in its row.
+    const workerId = (await getTask(sql, id))!.workerId!;
     await releaseWorkerTasks(sql, "pgbg", [workerId], 25, { name: "WorkerLost", message: "taken for dead by the test" });
     await until(() => executions([id]), (r) => r.length === 2, patience, "the second attempt to start");
     await sql`INSERT INTO note (text) VALUES ('go')`;
