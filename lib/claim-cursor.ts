@@ -139,6 +139,15 @@ export async function claimWithCursor(
   return rows;
 }
 
+/**
+ * What a claim by claim rows is given from a cursor (claimWithCursor's
+ * `startsOf`): the lanes' (queue, priority) pairs alone, without positions,
+ * since a claim row's pair starts past every task taken before.
+ */
+export function pairsOf(starts: LaneStarts): unknown[] {
+  return [starts.queues, starts.priorities];
+}
+
 interface Lane {
   queue: string;
   priority: number;

@@ -8,7 +8,7 @@
  * @module
  */
 import type { Sql } from "postgres";
-import { type ClaimCursor, claimWithCursor, positionOf } from "./claim-cursor.ts";
+import { type ClaimCursor, claimWithCursor, pairsOf, positionOf } from "./claim-cursor.ts";
 import { claimBothKinds, claimGroups, type GroupRotation } from "./groups.ts";
 import { compareIntegerText } from "./integer-text.ts";
 import { claimLimited, type LimitedQueues } from "./limits.ts";
@@ -184,7 +184,7 @@ async function claimUnlimited(db: Database, schema: string, scope: ClaimScope, l
 async function claimUngrouped(db: Database, schema: string, scope: ClaimScope, limit: number, cursor?: ClaimCursor): Promise<ClaimedTask[]> {
   const params = [scope.workerId, scope.queues, scope.names, scope.leaseMs, limit];
   const rows = scope.claimRows
-    ? await claimWithCursor(db, schema, cursor, ["ClaimRowTasks", "ClaimRowTasksFrom"], params, [], (s) => [s.queues, s.priorities])
+    ? await claimWithCursor(db, schema, cursor, ["ClaimRowTasks", "ClaimRowTasksFrom"], params, [], pairsOf)
     : await claimWithCursor(db, schema, cursor, ["ClaimTasks", "ClaimTasksAfter"], params);
   return rows.map(claimedTask);
 }

@@ -50,7 +50,7 @@
  */
 import type { Sql } from "postgres";
 import type { ClaimScope } from "./claim.ts";
-import { ClaimCursor, claimWithCursor, RoundTrips } from "./claim-cursor.ts";
+import { ClaimCursor, claimWithCursor, pairsOf, RoundTrips } from "./claim-cursor.ts";
 import { inTurn } from "./client.ts";
 import { claimBothKinds, claimGroups, claimPerGroup, REST_MS } from "./groups.ts";
 import { type Database, run } from "./statements.ts";
@@ -211,7 +211,7 @@ async function claimInItsForm(
   // before the second runs, so that its failure cannot strand them.
   return await claimBothKinds(
     scope, queue, want,
-    async (n) => take(await claimWithCursor(sql, schema, scope.limits!.cursorOf(queue), ["ClaimSlotTasks", "ClaimSlotTasksAfter"], [scope.workerId, [queue], scope.names, scope.leaseMs, n], [unwritten])),
+    async (n) => take(await claimSlots(sql, schema, queue, scope, n, unwritten)),
     async (n) => {
       const rows = await claimInTransaction(sql, schema, queue, scope, n, unwritten, true);
       return rows && take(rows);
@@ -279,6 +279,29 @@ async function claimWithin(tx: Database, schema: string, queue: string, scope: C
  */
 async function claimUngroupedLimited(tx: Database, schema: string, queue: string, scope: ClaimScope, want: number): Promise<Record<string, unknown>[]> {
   const params = [scope.workerId, [queue], scope.names, scope.leaseMs, want];
-  return await claimWithCursor(tx, schema, scope.limits?.cursorOf(queue), ["ClaimLimitedTasks", "ClaimLimitedTasksAfter"], params);
+  const cursor = scope.limits?.cursorOf(queue);
+  return scope.claimRows
+    ? await claimWithCursor(tx, schema, cursor, ["ClaimLimitedRowTasks", "ClaimLimitedRowTasksFrom"], params, [], pairsOf)
+    : await claimWithCursor(tx, schema, cursor, ["ClaimLimitedTasks", "ClaimLimitedTasksAfter"], params);
+}
+
+/**
+ * The claim of up to `want` tasks without a group from `queue`, limited by
+ * its concurrency alone, in one statement: ClaimSlotTasks, or by claim rows
+ * while the scope claims by them (ClaimSlotRowTasks), from the queue's
+ * claim cursor when it can. While claim rows are on, every claim of a
+ * lane is by claim rows, limited or not: a row-by-row claim reads a lane
+ * from its head and would take a task a claim row holds, still queued in
+ * its row, and run it twice.
+ */
+async function claimSlots(
+  // deno-lint-ignore no-explicit-any
+  sql: Sql<any>, schema: string, queue: string, scope: ClaimScope, want: number, unwritten: number,
+): Promise<Record<string, unknown>[]> {
+  const params = [scope.workerId, [queue], scope.names, scope.leaseMs, want];
+  const cursor = scope.limits!.cursorOf(queue);
+  return scope.claimRows
+    ? await claimWithCursor(sql, schema, cursor, ["ClaimSlotRowTasks", "ClaimSlotRowTasksFrom"], params, [unwritten], pairsOf)
+    : await claimWithCursor(sql, schema, cursor, ["ClaimSlotTasks", "ClaimSlotTasksAfter"], params, [unwritten]);
 }
 

@@ -13,13 +13,14 @@ import { describe, test } from "node:test";
 import * as v from "valibot";
 import {
   cancel, createWorker, defineTask, enqueue, enqueueBatch, enqueueFlow, enqueueMany, flowTask, getBatch, getTask, listTasks, migrate,
-  setQueueConcurrency, status,
+  setQueueConcurrency, setQueueRateLimit, status,
 } from "../mod.ts";
 import { run } from "../lib/statements.ts";
 import { releaseWorkerTasks } from "../lib/maintenance/dead-worker-releaser.ts";
 import { rescueExpiredLeases } from "../lib/maintenance/lease-rescuer.ts";
 import { OutcomeWriter } from "../lib/outcomes.ts";
 import { claimTasks } from "../lib/claim.ts";
+import { LimitedQueues } from "../lib/limits.ts";
 import { ClaimCursor, FAST_FULL_CLAIM_MS, SLOW_FULL_CLAIMS } from "../lib/claim-cursor.ts";
 import { createTestDatabase } from "./harness.ts";
 import { patience, until } from "./service-harness.ts";
@@ -293,6 +294,33 @@ describe("the engine by claim rows", () => {
       await setQueueConcurrency(sql, "default", null);
     }
   });
+
+  for (const limit of ["concurrency", "rate"] as const) {
+    test(`a ${limit} limit set while a claim row holds a task of the queue: the limited claim is by claim rows too, passes over the held task and counts it`, async () => {
+      await clean();
+      const worker = randomUUID();
+      // Registered, so that a concurrency limit of 3 can bind (its claim then counts, in ClaimSlotRowTasks).
+      await sql`INSERT INTO pgbg.worker (id, supervisor_id, pid, concurrency, hostname, runtime, tasks, stale_after_ms)
+        VALUES (${worker}, ${randomUUID()}, 1, 4, 'test', 'node', '{plain}', 20000)`;
+      const [first, ...others] = await enqueueMany(sql, plain, [{ n: 1 }, { n: 2 }, { n: 3 }, { n: 4 }]);
+      assert.deepEqual((await sql`SELECT id::text FROM pgbg.claim_lane('default', 'plain', 0::smallint, ${worker}::uuid, interval '1 hour', 1)`).map((r) => r.id), [first]);
+      if (limit === "concurrency") await setQueueConcurrency(sql, "default", 3);
+      else await setQueueRateLimit(sql, "default", { limit: 100, interval: "1s" });
+      try {
+        const scope = { workerId: worker, queues: null, names: ["plain"], leaseMs: [60_000], claimRows: true, limits: new LimitedQueues(60_000, 0) };
+        // A row-by-row limited claim reads the lane from its head, where the held task is still queued in its row.
+        const claimed = await claimTasks(sql, "pgbg", scope, 10);
+        // Under the concurrency limit of 3, the held task takes one slot (take_queue_slots counts it).
+        const expected = limit === "concurrency" ? others.slice(0, 2) : others;
+        assert.deepEqual(claimed.map((t) => t.id), expected, "the held task is not claimed again");
+        assert.ok(claimed.every((t) => t.claimId), "by a claim row");
+        assert.equal(await heldClaims(), 2);
+      } finally {
+        if (limit === "concurrency") await setQueueConcurrency(sql, "default", null);
+        else await setQueueRateLimit(sql, "default", null);
+      }
+    });
+  }
 
   test("a task a claim row holds reads as running, its worker's, and a cancel aborts its attempt rather than deleting it", async () => {
     await clean();

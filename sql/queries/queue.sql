@@ -124,7 +124,8 @@ SELECT pg_advisory_xact_lock(hashtext('pgbg.queue'), hashtext($1));
 -- limit any more or is paused (under a group limit alone, as many as
 -- asked: ClaimGroupTasks keeps each group's). Under a concurrency limit, the limit less
 -- its running tasks (found through task_lease_idx, which holds every
--- running task) and the tasks claim rows hold (QueueHeldByClaims), unless
+-- running task) and the tasks claim rows hold (count_held_by_claims,
+-- migration 028), unless
 -- the limit cannot bind: when the registered
 -- workers that claim from the queue may hold no more leases in all than
 -- the limit (their concurrency, and the attempts they let run on detached,
@@ -154,7 +155,7 @@ SELECT pg_advisory_xact_lock(hashtext('pgbg.queue'), hashtext($1));
 SELECT CASE WHEN q.paused_at IS NULL THEN coalesce(least(
     CASE WHEN q.concurrency IS NULL THEN NULL
       WHEN r.unreachable THEN q.concurrency
-      ELSE q.concurrency - (SELECT count(*) FROM pgbg.task t WHERE t.state = 'running' AND t.queue = q.name) - {{QueueHeldByClaims}} END,
+      ELSE q.concurrency - (SELECT count(*) FROM pgbg.task t WHERE t.state = 'running' AND t.queue = q.name) - pgbg.count_held_by_claims(q.name) END,
     q.rate_limit - {{RateRecentStarts}}
   ), 2147483647) END::int AS free,
   coalesce(r.unreachable, false) AS uncounted,
@@ -167,19 +168,6 @@ FROM pgbg.queue q
 CROSS JOIN LATERAL (SELECT CASE WHEN q.concurrency IS NOT NULL THEN q.concurrency >= (SELECT coalesce(sum(w.concurrency + w.detached), 0)
   FROM pgbg.worker w WHERE w.queues IS NULL OR q.name = ANY (w.queues)) END AS unreachable) r
 WHERE q.name = $1 AND {{QueueLimited}};
-
--- fragment: QueueHeldByClaims
--- How many tasks of queue `q` claim rows hold (running, though their rows
--- are queued: migration 026). Claim rows take tasks of queues without a
--- limit only, but a limit set while they hold some must count them. One
--- ordered range of its lane per held claim row of the queue (a lateral
--- join whose OFFSET keeps it from being flattened), none while claim rows
--- are off.
-(SELECT count(*) FROM pgbg.claim c
-  CROSS JOIN LATERAL (
-    SELECT FROM pgbg.task t WHERE {{InClaim}} AND t.group_name IS NULL ORDER BY t.staged_xact, t.id OFFSET 0
-  ) x
-  WHERE c.worker_id IS NOT NULL AND c.queue = q.name)
 
 -- name: RecordQueueStarts
 -- $1 queue, $2 how many tasks the limited claim just took: logs one start

@@ -510,7 +510,7 @@ CROSS JOIN LATERAL (SELECT ctid FROM pgbg.task WHERE id = s.id LIMIT 1) x
 -- length in ms for each name in $3, $5 how many to claim.
 -- `lanes` lists the distinct (queue, priority) pairs of queued tasks
 -- without a group by skipping through task_claim_idx, as ClaimTasks does,
--- one index probe per pair (ClaimLanesByRows claims them). While vacuum is
+-- one index probe per pair (OpenLanes and ClaimOpenLanes claim them). While vacuum is
 -- held back each probe steps over the entries of the tasks completed
 -- since, so the worker then claims from the pairs it knows
 -- (ClaimRowTasksFrom) and runs this now and then (lib/claim-cursor.ts
@@ -525,7 +525,8 @@ WITH RECURSIVE lanes (queue, priority) AS (
     ORDER BY t.queue, t.priority LIMIT 1
   ) n
 ),
-{{ClaimLanesByRows}};
+{{OpenLanes:false}}
+{{ClaimOpenLanes:$5::integer}};
 
 -- name: ClaimRowTasksFrom
 -- ClaimRowTasks from the (queue, priority) pairs the worker knows ($6
@@ -533,24 +534,70 @@ WITH RECURSIVE lanes (queue, priority) AS (
 WITH lanes (queue, priority) AS (
   SELECT * FROM unnest($6::text[], $7::smallint[])
 ),
-{{ClaimLanesByRows}};
+{{OpenLanes:false}}
+{{ClaimOpenLanes:$5::integer}};
 
--- fragment: ClaimLanesByRows
--- Claims from `lanes` (queue, priority): the lanes (queue, name, priority)
--- of those pairs and of the names the worker runs, in queues it claims
--- from and that are neither paused nor limited (as ClaimFromLanes judges
--- them), by pgbg.claim_lanes in priority order, each by pgbg.claim_lane,
--- which writes one claim row per lane it takes tasks from and none per
--- task (a lane without tasks costs a probe). Each returned task carries
--- its claim row's id; its attempt is not counted until it ends otherwise
--- than by success (LeaseClaimedTasks).
+-- name: ClaimLimitedRowTasks
+-- The limited claim by claim rows, in the transaction of ClaimLimitedTasks,
+-- which it stands for while claim rows are on: the tasks without a group
+-- of the one limited queue $2, at most $5 (its free slots). The claims of
+-- a queue's tasks without a group are all by claim rows then, limited or
+-- not, so that each lane has one kind of claim: a row-by-row claim, which
+-- reads a lane's rows from its head, would take a task a claim row holds
+-- (still queued in its row) and run it twice, where a lane's claims by
+-- claim rows take turns under its lock and each starts after the last.
+WITH RECURSIVE {{LimitedQueueLanes}},
+{{OpenLanes:true}}
+{{ClaimOpenLanes:$5::integer}};
+
+-- name: ClaimLimitedRowTasksFrom
+-- ClaimLimitedRowTasks from the pairs of the limited queue the worker
+-- knows ($6 queues, $7 priorities), as ClaimRowTasksFrom.
+WITH lanes (queue, priority) AS (
+  SELECT * FROM unnest($6::text[], $7::smallint[])
+),
+{{OpenLanes:true}}
+{{ClaimOpenLanes:$5::integer}};
+
+-- name: ClaimSlotRowTasks
+-- ClaimSlotTasks by claim rows, while claim rows are on (see
+-- ClaimLimitedRowTasks): at most the free slots take_queue_slots finds
+-- ($6: the worker's unwritten outcomes), in one statement.
+WITH RECURSIVE {{LimitedQueueLanes}},
+{{SlotsTaken:$6}},
+{{OpenLanes:true}}
+{{ClaimOpenLanes:(SELECT s.free FROM slots s)}};
+
+-- name: ClaimSlotRowTasksFrom
+-- ClaimSlotRowTasks from the pairs of the queue the worker knows ($6
+-- queues, $7 priorities; $8: its unwritten outcomes).
+WITH lanes (queue, priority) AS (
+  SELECT * FROM unnest($6::text[], $7::smallint[])
+),
+{{SlotsTaken:$8}},
+{{OpenLanes:true}}
+{{ClaimOpenLanes:(SELECT s.free FROM slots s)}};
+
+-- fragment: OpenLanes
+-- The lanes (queue, name, priority) a claim by claim rows takes from, as
+-- `open`: those of the (queue, priority) pairs of `lanes` and of the names
+-- the worker runs, in queues it claims from and that are not paused, and
+-- limited or not as the claim is (`{{@}}`: whether it is the limited
+-- claim), as ClaimFromLanes judges them.
 open AS (
   SELECT l.queue, k.name, l.priority, k.lease_ms FROM lanes l
   CROSS JOIN unnest($3::text[], $4::integer[]) AS k (name, lease_ms)
   WHERE ($2::text[] IS NULL OR l.queue = ANY ($2::text[]))
     AND NOT EXISTS (SELECT FROM pgbg.queue q WHERE q.name = l.queue
-      AND (q.paused_at IS NOT NULL OR ({{QueueLimited}} AND NOT {{QueuePerGroup}})))
+      AND (q.paused_at IS NOT NULL OR ({{QueueLimited}} AND NOT {{QueuePerGroup}}) <> {{@}}))
 )
+
+-- fragment: ClaimOpenLanes
+-- Claims up to `{{@}}` tasks from `open` by pgbg.claim_lanes, in priority
+-- order, each lane by pgbg.claim_lane, which writes one claim row per lane
+-- it takes tasks from and none per task (a lane without tasks costs a
+-- probe). Each returned task carries its claim row's id; its attempt is
+-- not counted until it ends otherwise than by success (LeaseClaimedTasks).
 SELECT c.id, c.name, c.queue, NULL::text AS group_name, c.payload, c.attempts, c.max_attempts, 0 AS lease_token, c.priority,
   c.snoozes, c.input_version, c.trace_context, c.batch_then, c.lag_ms, c.run_at_us, c.claim_id
 FROM (
@@ -558,7 +605,7 @@ FROM (
     array_agg(o.priority ORDER BY o.priority, o.queue, o.name) AS priorities, array_agg(o.lease_ms ORDER BY o.priority, o.queue, o.name) AS leases
   FROM open o
 ) o
-CROSS JOIN LATERAL pgbg.claim_lanes(o.queues, o.names, o.priorities, o.leases, $1::uuid, $5::integer) c
+CROSS JOIN LATERAL pgbg.claim_lanes(o.queues, o.names, o.priorities, o.leases, $1::uuid, {{@}}) c
 
 -- name: LeaseClaimedTasks
 -- Tasks a claim row holds for this worker, each given a lease of its own:
