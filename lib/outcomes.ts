@@ -12,6 +12,7 @@ import type { Logger } from "./log.ts";
 import { describeError } from "./log.ts";
 import type { SeriesCounts } from "./stats.ts";
 import type { Database } from "./statements.ts";
+import type { QueryName } from "./generated/sql.ts";
 import { run } from "./statements.ts";
 
 /** A failed attempt, ready to be written. */
@@ -84,6 +85,12 @@ export class OutcomeWriter {
   readonly #claims = new Map<string, number>();
   /** Claims whose every outcome is recorded: ended (EndClaims) once those are written. */
   #ending: string[] = [];
+  /**
+   * Claims with a task whose outcome the fence did not let through: their
+   * end reads their stretch for tasks left in it. The others' stretches
+   * hold nothing left (EndClaims).
+   */
+  readonly #unsettled = new Set<string>();
   #flushing: Promise<void> | undefined;
   /** The outcomes in the write in flight. */
   #writing = 0;
@@ -259,15 +266,29 @@ export class OutcomeWriter {
     const [members, plain] = split(unkept, (d) => !!d.batch);
     const keptValues = (k: Completion[]) => [k.map((c) => c.result ?? null), k.map((c) => c.keep), k.map((c) => c.claimedAtMs ?? Date.now())];
     const rows = await Promise.all([
-      claimed.length ? run<{ id: unknown }>(this.db, this.schema, "CompleteClaimedTasks", [idsOf(claimed), distinctClaims(claimed), this.workerId]) : [],
-      claimedKept.length
-        ? run<{ id: unknown }>(this.db, this.schema, "CompleteClaimedKeptTasks", [idsOf(claimedKept), distinctClaims(claimedKept), this.workerId, ...keptValues(claimedKept)])
-        : [],
+      claimed.length ? this.#completeClaimed("CompleteClaimedTasks", claimed, []) : [],
+      claimedKept.length ? this.#completeClaimed("CompleteClaimedKeptTasks", claimedKept, keptValues(claimedKept)) : [],
       plain.length ? run<{ id: unknown }>(this.db, this.schema, "CompleteTasks", [idsOf(plain), tokensOf(plain)]) : [],
       kept.length ? run<{ id: unknown }>(this.db, this.schema, "CompleteKeptTasks", [idsOf(kept), tokensOf(kept), ...keptValues(kept)]) : [],
       members.length ? run<{ id: unknown }>(this.db, this.schema, "CompleteBatchTasks", [idsOf(members), tokensOf(members)]) : [],
     ]);
     return rows.flat();
+  }
+
+  /**
+   * Writes the successes `done` of tasks claim rows hold by `statement`,
+   * fenced by their claims; the claims of those the fence did not let
+   * through are unsettled. (One completed in the attempt's own
+   * transaction is gone already, or its transaction rolled back and this
+   * deletes it.)
+   */
+  async #completeClaimed(statement: QueryName, done: Completion[], values: unknown[]): Promise<{ id: unknown }[]> {
+    const rows = await run<{ id: unknown }>(this.db, this.schema, statement, [idsOf(done), distinctClaims(done), this.workerId, ...values]);
+    if (rows.length < done.length) {
+      const written = new Set(rows.map((r) => String(r.id)));
+      for (const d of done) if (!written.has(d.id) && !d.completedInTransaction) this.#unsettled.add(d.claimId!);
+    }
+    return rows;
   }
 
   /**
@@ -285,6 +306,7 @@ export class OutcomeWriter {
     const tokens = new Map(rows.map((r) => [String(r.id), r.lease_token]));
     for (const a of held) {
       a.leaseToken = tokens.get(a.id) ?? -1;
+      if (a.leaseToken === -1) this.#unsettled.add(a.claimId!);
       a.claimId = null;
     }
   }
@@ -300,7 +322,8 @@ export class OutcomeWriter {
     if (waiting.size) this.#ending.push(...ending.filter((c) => waiting.has(c)));
     if (!now.length) return;
     try {
-      await run(this.db, this.schema, "EndClaims", [arrayText(now), this.workerId]);
+      await run(this.db, this.schema, "EndClaims", [arrayText(now), this.workerId, arrayText(now.filter((c) => !this.#unsettled.has(c)))]);
+      for (const c of now) this.#unsettled.delete(c);
     } catch (error) {
       this.#ending.push(...now);
       this.log.warn(`could not end ${now.length} claims; retrying with a later write`, { error: describeError(error).message });

@@ -122,6 +122,45 @@ describe("claim rows", () => {
     assert.equal((await sql`SELECT count(*)::int AS n FROM pgbg.task WHERE id IN ${sql(passed.map((r) => r.id))} AND state = 'queued'`)[0].n, 3);
   });
 
+  test("a claim restages the tasks it passes over inside its stretch, which then holds what it returned alone; a stretch of such tasks alone moves the lane on, held by nobody", async () => {
+    await clean();
+    const worker = randomUUID();
+    const [a, b, c] = await enqueueMany(sql, lane, [{ n: 1 }, { n: 2 }, { n: 3 }]);
+    await sql`UPDATE pgbg.task SET cancel_requested_at = now() WHERE id = ${b}`;
+    const taken = await claimLane(worker, 10);
+    assert.deepEqual(taken.map((r) => r.id), [a, c]);
+    const inStretch = async (claim: string) => (await sql`SELECT t.id::text FROM pgbg.task t, pgbg.claim c WHERE c.id = ${claim}
+      AND t.state = 'queued' AND (t.staged_xact, t.id) > (c.after_xact, c.after_id) AND (t.staged_xact, t.id) <= (c.last_xact, c.last_id)
+      AND pg_visible_in_snapshot(t.staged_xact, c.upto) AND (c.since IS NULL OR NOT pg_visible_in_snapshot(t.staged_xact, c.since))
+      ORDER BY t.id`).map((r) => r.id);
+    assert.deepEqual(await inStretch(taken[0].claim_id), [a, c], "the passed task is restaged out of the claim's pair");
+    // Its next pair holds it alone: that claim returns nothing and ends its row at once, the lane moving on past it.
+    assert.equal((await claimLane(worker, 10)).length, 0);
+    const [newest] = await sql`SELECT id::text, worker_id FROM pgbg.claim ORDER BY id DESC LIMIT 1`;
+    assert.ok(newest.id !== taken[0].claim_id && newest.worker_id === null, "a row held by nobody");
+    assert.deepEqual(await inStretch(newest.id), [], "b restaged again, out of that pair too");
+    assert.equal((await sql`SELECT state::text FROM pgbg.task WHERE id = ${b}`)[0].state, "queued");
+  });
+
+  test("the end of a claim reads its stretch and restages what is left in it, unless the worker says every outcome of it was written (settled)", async () => {
+    await clean();
+    const worker = randomUUID();
+    const end = async (claim: string, settled: string[]) => (await run<{ claims: string; tasks: string }>(sql, "pgbg", "EndClaims", [[claim], worker, settled]))[0];
+    const [, left] = await enqueueMany(sql, lane, [{ n: 1 }, { n: 2 }]);
+    const taken = await claimLane(worker, 10);
+    assert.equal((await complete(worker, [taken[0].id], [taken[0].claim_id])).length, 1);
+    const ended = await end(taken[0].claim_id, []);
+    assert.deepEqual([Number(ended.claims), Number(ended.tasks)], [1, 1], "the task left in it is moved out");
+    assert.deepEqual((await claimLane(worker, 10)).map((r) => r.id), [left], "and a later claim takes it");
+    // Said settled (the worker says so only when every task of the claim was deleted or given a lease of its own), its stretch is not read.
+    await clean();
+    await enqueueMany(sql, lane, [{ n: 1 }, { n: 2 }]);
+    const again = await claimLane(worker, 10);
+    assert.equal((await complete(worker, [again[0].id], [again[0].claim_id])).length, 1);
+    const settled = await end(again[0].claim_id, [again[0].claim_id]);
+    assert.deepEqual([Number(settled.claims), Number(settled.tasks)], [1, 0], "settled: ended without reading its stretch");
+  });
+
   test("two claims of a lane in one transaction, with a later transaction ended between: what the transaction staged is claimed once it commits", async () => {
     await clean();
     const worker = randomUUID();
@@ -217,7 +256,7 @@ describe("claim rows", () => {
         await enqueue(sql, lane, { n: round });
         const taken = await claimLane(worker, 10);
         await complete(worker, taken.map((r) => r.id), taken.map((r) => r.claim_id));
-        await run(sql, "pgbg", "EndClaims", [taken.map((r) => r.claim_id), worker]);
+        await run(sql, "pgbg", "EndClaims", [taken.map((r) => r.claim_id), worker, []]);
       }
       await sql`ANALYZE pgbg.claim`;
       await explained.unsafe(`LOAD 'auto_explain'`);

@@ -17,14 +17,32 @@ import { patience, serviceTestbed, until } from "./service-harness.ts";
 const testbed = await serviceTestbed(createTestDatabase, async (sql) => {
   await migrate(sql);
   await sql`CREATE TABLE claim_ledger (task_id bigint NOT NULL, queue text NOT NULL, attempts integer NOT NULL, at timestamptz NOT NULL, group_name text)`;
+  // A start is a row claim (the task's row turns running) or a task a
+  // claim row takes (its row left queued: one entry per task of the claim's
+  // stretch as the claim writes its row). A task a claim row took that is
+  // then given a lease of its own for its outcome (LeaseClaimedTasks) turns
+  // running with the attempt its claim row already logged: not a start.
   await sql.unsafe(`
     CREATE FUNCTION record_claim() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
-      INSERT INTO claim_ledger VALUES (NEW.id, NEW.queue, NEW.attempts, clock_timestamp(), NEW.group_name);
+      IF NOT EXISTS (SELECT FROM claim_ledger WHERE task_id = NEW.id AND attempts = NEW.attempts) THEN
+        INSERT INTO claim_ledger VALUES (NEW.id, NEW.queue, NEW.attempts, clock_timestamp(), NEW.group_name);
+      END IF;
       RETURN NULL;
     END $$;
     CREATE TRIGGER record_claim AFTER UPDATE OF state ON pgbg.task
-      FOR EACH ROW WHEN (NEW.state = 'running' AND OLD.state <> 'running') EXECUTE FUNCTION record_claim();`);
+      FOR EACH ROW WHEN (NEW.state = 'running' AND OLD.state <> 'running') EXECUTE FUNCTION record_claim();
+    CREATE FUNCTION record_claim_row() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+      INSERT INTO claim_ledger
+      SELECT t.id, t.queue, t.attempts + 1, clock_timestamp(), t.group_name FROM pgbg.task t
+      WHERE t.queue = NEW.queue AND t.name = NEW.name AND t.priority = NEW.priority AND t.state = 'queued'
+        AND (t.staged_xact, t.id) > (NEW.after_xact, NEW.after_id) AND (t.staged_xact, t.id) <= (NEW.last_xact, NEW.last_id)
+        AND pg_visible_in_snapshot(t.staged_xact, NEW.upto) AND (NEW.since IS NULL OR NOT pg_visible_in_snapshot(t.staged_xact, NEW.since));
+      RETURN NULL;
+    END $$;
+    CREATE TRIGGER record_claim_row AFTER INSERT ON pgbg.claim
+      FOR EACH ROW WHEN (NEW.worker_id IS NOT NULL) EXECUTE FUNCTION record_claim_row();`);
 });
 const { sql } = testbed.db;
 const quiet = { debug() {}, info() {}, warn() {}, error() {} };

@@ -639,7 +639,7 @@ RETURNING t.id, t.lease_token;
 -- both lease a claim's tasks; a completion reads its claim row unlocked
 -- and is fenced by its tasks' rows, which this statement changed.
 WITH ended AS (
-  SELECT c.* FROM pgbg.claim c
+  SELECT c.*, false AS settled FROM pgbg.claim c
   WHERE c.worker_id IS NOT NULL AND (c.lease_expires_at < now() OR c.worker_id = ANY ($1::uuid[]))
   FOR UPDATE
 ),
@@ -658,9 +658,15 @@ pruned AS (
 -- task still its claim's (none, unless an outcome was lost to the fence)
 -- is restaged, so that a later pair takes it: whoever ends a claim row
 -- moves the tasks it still holds out of it in the same statement
--- (migration 026).
+-- (migration 026). $3: those of $1 whose every task's outcome the fence
+-- let through (each deleted, or given a lease of its own), whose stretch
+-- holds nothing left to move (a claim restages what it passes over:
+-- migration 028), so it is not read: at the end of a drain's claim that
+-- read was every index entry and row of the tasks just deleted, about a
+-- fifth of the server's time a task (bench/RESULTS.md, "Claims ended
+-- without reading their tasks again").
 WITH ended AS (
-  SELECT c.* FROM pgbg.claim c WHERE c.id = ANY ($1::bigint[]) AND c.worker_id = $2::uuid
+  SELECT c.*, c.id = ANY ($3::bigint[]) AS settled FROM pgbg.claim c WHERE c.id = ANY ($1::bigint[]) AND c.worker_id = $2::uuid
   FOR UPDATE
 )
 {{EndClaimRows:staged_xact = pg_current_xact_id()}};
@@ -673,7 +679,8 @@ state = 'running', attempts = t.attempts + 1, lease_token = t.lease_token + 1,
   worker_id = c.worker_id, lease_expires_at = c.lease_expires_at
 
 -- fragment: EndClaimRows
--- Ends the claim rows of `ended` (a CTE the statement begins with), with
+-- Ends the claim rows of `ended` (a CTE the statement begins with, whose
+-- `settled` says a claim has no task left in it), with
 -- what is left of their tasks moved out of them by `SET {{@}}`: whoever
 -- ends a claim row moves its tasks out of it in the same statement
 -- (migration 026). Each row is deleted, but a lane's newest, which the
@@ -697,6 +704,7 @@ state = 'running', attempts = t.attempts + 1, lease_token = t.lease_token + 1,
     CROSS JOIN LATERAL (
       SELECT t.ctid FROM pgbg.task t WHERE {{InClaim}} AND t.group_name IS NULL ORDER BY t.staged_xact, t.id OFFSET 0
     ) x
+    WHERE NOT c.settled
   ))
     AND {{InClaim}}
   RETURNING t.id
