@@ -14,7 +14,7 @@ import * as v from "valibot";
 import { defineTask, enqueue, enqueueMany, migrate } from "../mod.ts";
 import { run } from "../lib/statements.ts";
 import { clientOptions, createTestDatabase } from "./harness.ts";
-import { patience, within } from "./service-harness.ts";
+import { patience, until, within } from "./service-harness.ts";
 
 const db = await createTestDatabase();
 const { sql } = db;
@@ -159,6 +159,47 @@ describe("claim rows", () => {
     assert.equal((await complete(worker, [again[0].id], [again[0].claim_id])).length, 1);
     const settled = await end(again[0].claim_id, [again[0].claim_id]);
     assert.deepEqual([Number(settled.claims), Number(settled.tasks)], [1, 0], "settled: ended without reading its stretch");
+  });
+
+  test("a row claim of a release before claim rows passes over a task a claim row holds, and waits for a claim in flight (task_claim_guard)", async () => {
+    await clean();
+    const worker = randomUUID();
+    /** A row claim as an earlier release's ClaimTasks writes it, which does not say it knows claim rows. */
+    const rowClaim = (client: typeof sql, ids: string[]) => client`UPDATE pgbg.task SET state = 'running', attempts = attempts + 1,
+      lease_token = lease_token + 1, worker_id = ${randomUUID()}::uuid, lease_expires_at = now() + interval '1 minute'
+      WHERE id IN ${client(ids)} RETURNING id::text`;
+    const [held, free] = await enqueueMany(sql, lane, [{ n: 1 }, { n: 2 }]);
+    assert.deepEqual((await claimLane(worker, 1)).map((r) => r.id), [held]);
+    assert.deepEqual((await rowClaim(sql, [held, free])).map((r) => r.id), [free], "the held task is passed over");
+    assert.equal((await sql`SELECT state::text FROM pgbg.task WHERE id = ${held}`)[0].state, "queued");
+    assert.equal((await claimLane(worker, 10)).length, 0, "the rest of the first claim's pair was the task row-claimed");
+    // A claim in flight: its transaction holds the lane's lock, its claim row not yet committed.
+    const [late] = await enqueueMany(sql, lane, [{ n: 3 }]);
+    let release!: () => void;
+    const released = new Promise<void>((r) => (release = r));
+    let claimed!: () => void;
+    const inFlight = new Promise<void>((r) => (claimed = r));
+    const claiming = sql.begin(async (tx) => {
+      assert.deepEqual((await claimLane(worker, 10, tx as unknown as typeof sql)).map((r) => r.id), [late]);
+      claimed();
+      await released;
+    });
+    await inFlight;
+    const other = postgres(db.url, { ...clientOptions, max: 1 });
+    try {
+      const [{ pid }] = await other`SELECT pg_backend_pid() AS pid`;
+      const waiting = rowClaim(other, [late]).execute();
+      await until(async () => (await sql`SELECT wait_event_type FROM pg_stat_activity WHERE pid = ${pid}`)[0]?.wait_event_type, (w) => w === "Lock", patience, "the row claim to wait for the lane's lock");
+      release();
+      await claiming;
+      assert.deepEqual([...await waiting], [], "it reads the claim row once the claim commits, and passes over the task");
+    } finally {
+      release();
+      await other.end();
+    }
+    // This release's own writes say they know claim rows: a held task given a lease of its own for its outcome.
+    const leased = await run(sql, "pgbg", "LeaseClaimedTasks", [[late], [(await sql`SELECT max(id)::text AS id FROM pgbg.claim`)[0].id], worker]);
+    assert.equal(leased.length, 1);
   });
 
   test("two claims of a lane in one transaction, with a later transaction ended between: what the transaction staged is claimed once it commits", async () => {

@@ -135,3 +135,63 @@ export const step = defineTask({
     await worker.stop();
   }
 });
+
+test("beside this release's workers claiming by claim rows, the previous release's row claims pass over the tasks claim rows hold: each task runs once", { timeout: 600_000 }, async () => {
+  const { commit } = previousRelease();
+  const app = installPrevious(commit);
+  const db = await createTestDatabase();
+  const { sql } = db;
+  await sql`CREATE TABLE upgrade_run (task_id bigint NOT NULL, pid integer NOT NULL, release text NOT NULL)`;
+  const tasks = join(app, `tasks-beside-${process.pid}.mjs`);
+  writeFileSync(tasks, `
+import postgres from "postgres";
+import * as v from "valibot";
+import { defineTask } from "pgbg";
+const sql = postgres(process.env.DATABASE_URL, { max: 2 });
+export const step = defineTask({
+  name: "upgrade-step", schema: v.object({ ms: v.number() }),
+  async run(input, ctx) {
+    await sql\`INSERT INTO upgrade_run VALUES (\${ctx.id}, \${process.pid}, 'previous')\`;
+    await new Promise((r) => setTimeout(r, input.ms));
+  },
+});
+`);
+  after(() => rmSync(tasks, { force: true }));
+  const old = startService(db.url, ["--tasks", tasks, "--workers", "1", "--concurrency", "4", "--check-interval", "200ms"], {}, [join(app, "node_modules/pgbg/dist/cli/main.js")]);
+  try {
+    await old.waitForLog((l) => /^serving/.test(l.message), patience);
+    await migrate(sql);
+    const step = defineTask({
+      name: "upgrade-step", schema: v.object({ ms: v.number() }),
+      async run(input, ctx) {
+        await sql`INSERT INTO upgrade_run VALUES (${ctx.id}, ${process.pid}, 'this')`;
+        await new Promise((r) => setTimeout(r, input.ms));
+      },
+    });
+    // This release's worker claims by claim rows (the internal switch), each claim's tasks left queued in their rows.
+    const worker = createWorker(sql, { tasks: [step], concurrency: 4, checkInterval: 200, logger: { debug() {}, info() {}, warn() {}, error() {} } });
+    const switched = process.env.PGBG_CLAIM_ROWS;
+    process.env.PGBG_CLAIM_ROWS = "1";
+    try {
+      await worker.start();
+    } finally {
+      if (switched === undefined) delete process.env.PGBG_CLAIM_ROWS;
+      else process.env.PGBG_CLAIM_ROWS = switched;
+    }
+    try {
+      const ids = await enqueueMany(sql, step, Array.from({ length: 300 }, (_, i) => ({ ms: i % 10 })));
+      await until(async () => (await sql`SELECT count(*)::int AS n FROM pgbg.task`)[0].n, (n) => n === 0, patience, "every task to complete");
+      const runs = await sql`SELECT task_id::text AS id, count(*)::int AS n, array_agg(release) AS releases FROM upgrade_run GROUP BY 1`;
+      assert.deepEqual(runs.filter((r) => r.n !== 1), [], "no task ran twice");
+      assert.equal(runs.length, ids.length, "every task ran");
+      const by = (release: string) => runs.filter((r) => r.releases[0] === release).length;
+      assert.ok(by("this") > 0 && by("previous") > 0, `both releases ran tasks: ${by("this")} here, ${by("previous")} under the previous release`);
+      assert.equal((await sql`SELECT is_called FROM pgbg.claim_id_seq`)[0].is_called, true, "this release's by claim rows");
+    } finally {
+      await worker.stop();
+    }
+    assert.deepEqual(await stopService(old), { code: 0, signal: null });
+  } finally {
+    old.child.kill("SIGKILL");
+  }
+});

@@ -13,7 +13,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import * as v from "valibot";
 import { unwrittenLimit } from "../lib/worker.ts";
-import { type AnyTask, createWorker, defineTask, enqueueMany, migrate, setQueueConcurrency } from "../mod.ts";
+import { type AnyTask, createWorker, defineTask, enqueueMany, migrate, setQueueConcurrency, status } from "../mod.ts";
 import { createTestDatabase } from "./harness.ts";
 import { patience, until, untilWaitingForLock } from "./service-harness.ts";
 
@@ -25,6 +25,15 @@ const quick = defineTask({ name: "quick", schema: v.object({}), run() {} });
 await sql`CREATE FUNCTION wait_for_the_test() RETURNS trigger LANGUAGE plpgsql AS $$
   BEGIN PERFORM pg_advisory_xact_lock_shared(4242); RETURN OLD; END $$`;
 await sql`CREATE TRIGGER held_deletes BEFORE DELETE ON pgbg.task FOR EACH ROW EXECUTE FUNCTION wait_for_the_test()`;
+/**
+ * The running and queued tasks of `name` as pgbg reads them (status): a
+ * task a claim row holds is running, though its row is queued.
+ */
+async function counts(name: string): Promise<{ running: number; queued: number }> {
+  const row = (await status(sql)).tasks.find((t) => t.name === name);
+  return { running: row?.running ?? 0, queued: row?.queued ?? 0 };
+}
+
 /** Whether the worker's debug lines say its claims wait for the outcomes' write. */
 const waiting = (lines: string[]) => lines.some((m) => /^claims wait for the writes: \d+ outcomes not written yet$/.test(m));
 
@@ -61,8 +70,7 @@ test("with its writes held, a worker claims no more than a bounded backlog; once
     assert.ok(waiting(lines), "the claims waited for the writes");
     // Claimed and not written: the statement in flight, the outcomes
     // waiting for it, and nothing else; the rest of the queue untouched.
-    const [{ running, queued }] = await sql`SELECT count(*) FILTER (WHERE state = 'running')::int AS running,
-      count(*) FILTER (WHERE state = 'queued')::int AS queued FROM pgbg.task`;
+    const { running, queued } = await counts("quick");
     // The bound and the last claim that passed it, the slots running, and
     // the statement held in flight (what waited when it started: a slot's
     // worth or two); far from the whole queue.
@@ -84,7 +92,7 @@ test("a worker whose claim of a limited queue came back short for its unwritten 
   await enqueueMany(sql, gated, Array.from({ length: total }, (_, i) => ({ gate: i < 2 ? i : -1 })));
   try {
     await withWritesHeld(concurrency, async (lines) => {
-      await until(async () => (await sql`SELECT count(*)::int AS n FROM pgbg.task WHERE state = 'running'`)[0].n, (n) => n === 2, patience, "the first claim");
+      await until(async () => (await counts("gated")).running, (n) => n === 2, patience, "the first claim");
       // The first task ends: its outcome's write, held here, is in flight
       // when the claim for its slot runs. That claim finds the slot taken
       // by the outcome not written yet; one that took the write in flight's
@@ -97,8 +105,7 @@ test("a worker whose claim of a limited queue came back short for its unwritten 
       await until(async () => waiting(lines) || await idle(), Boolean, patience, "the claims to wait for the writes, or the worker to go idle");
       assert.ok(waiting(lines), "the claims wait for the writes");
       assert.equal(await idle(), false, "the worker is not idle with tasks queued");
-      const [{ running, queued }] = await sql`SELECT count(*) FILTER (WHERE state = 'running')::int AS running,
-        count(*) FILTER (WHERE state = 'queued')::int AS queued FROM pgbg.task`;
+      const { running, queued } = await counts("gated");
       assert.equal(running, concurrency, "the first claim's tasks alone are leased");
       assert.equal(queued, total - concurrency);
       opens[1]();

@@ -393,7 +393,7 @@ JOIN unnest($3::text[], $4::integer[]) AS l (name, lease_ms) ON l.name = c.name
 -- whose row was updated after the statement's snapshot is locked in its
 -- new version, which the update reaches from the version its lookup by id
 -- finds; a TID scan reads with the snapshot and did not see it.
-WHERE t.id = c.id
+WHERE t.id = c.id AND {{KnowsClaimRows}}
 RETURNING t.id, t.name, t.queue, t.group_name, t.payload, t.attempts, t.max_attempts, t.lease_token, t.priority,
   t.snoozes, t.input_version, t.trace_context, t.batch_then, c.turn,
   date_part('epoch', now() - t.run_at) * 1000 AS lag_ms,
@@ -622,7 +622,7 @@ CROSS JOIN LATERAL pgbg.claim_lanes(o.queues, o.names, o.priorities, o.leases, $
 UPDATE pgbg.task t SET {{OwnLease}}
 FROM unnest($1::bigint[], $2::bigint[]) AS s (id, claim_id)
 JOIN pgbg.claim c ON c.id = s.claim_id AND c.worker_id = $3::uuid
-WHERE t.id = s.id AND {{InClaim}}
+WHERE t.id = s.id AND {{InClaim}} AND {{KnowsClaimRows}}
 RETURNING t.id, t.lease_token;
 
 -- name: LeaseExpiredClaims
@@ -706,7 +706,7 @@ state = 'running', attempts = t.attempts + 1, lease_token = t.lease_token + 1,
     ) x
     WHERE NOT c.settled
   ))
-    AND {{InClaim}}
+    AND {{InClaim}} AND {{KnowsClaimRows}}
   RETURNING t.id
 ),
 gone AS (
@@ -721,6 +721,16 @@ unheld AS (
 )
 SELECT (SELECT count(*) FROM ended) AS claims, (SELECT count(*) FROM moved) AS tasks
 WHERE (SELECT count(*) FROM gone) + (SELECT count(*) FROM unheld) >= 0
+
+-- fragment: KnowsClaimRows
+-- Says, for the rest of the transaction, that its writes know claim rows:
+-- the guard of migration 028 (task_claim_guard), which passes over a task
+-- a claim row holds when a row claim of an earlier release would turn it
+-- running, lets them through (a row claim of this release takes tasks
+-- claim rows do not: claim_lane's lanes are its alone while they are on;
+-- and giving a held task a lease of its own is this release's to do). A
+-- sub-select run once, before the statement's first row is written.
+(SELECT set_config('pgbg_claim.known', 'on', true)) = 'on'
 
 -- fragment: NotNewestClaim
 -- Whether claim row `c` is not its lane's newest: a newer one exists (read
