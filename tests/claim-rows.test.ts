@@ -161,7 +161,7 @@ describe("claim rows", () => {
     assert.deepEqual([Number(settled.claims), Number(settled.tasks)], [1, 0], "settled: ended without reading its stretch");
   });
 
-  test("a row claim of a release before claim rows passes over a task a claim row holds, and waits for a claim in flight (task_claim_guard)", async () => {
+  test("a row claim of a release before claim rows fails on a task a claim row holds, changing nothing, and waits for a claim in flight (task_claim_guard)", async () => {
     await clean();
     const worker = randomUUID();
     /** A row claim as an earlier release's ClaimTasks writes it, which does not say it knows claim rows. */
@@ -170,8 +170,10 @@ describe("claim rows", () => {
       WHERE id IN ${client(ids)} RETURNING id::text`;
     const [held, free] = await enqueueMany(sql, lane, [{ n: 1 }, { n: 2 }]);
     assert.deepEqual((await claimLane(worker, 1)).map((r) => r.id), [held]);
-    assert.deepEqual((await rowClaim(sql, [held, free])).map((r) => r.id), [free], "the held task is passed over");
-    assert.equal((await sql`SELECT state::text FROM pgbg.task WHERE id = ${held}`)[0].state, "queued");
+    const refused = /task \d+ is running, held by a claim row of a newer pgbg: this claim is of an earlier release, which does not read claim rows; upgrade this worker/;
+    await assert.rejects(rowClaim(sql, [held, free]), refused);
+    assert.deepEqual((await sql`SELECT state::text FROM pgbg.task WHERE id IN ${sql([held, free])}`).map((r) => r.state), ["queued", "queued"], "nothing changed");
+    assert.deepEqual((await rowClaim(sql, [free])).map((r) => r.id), [free], "a task no claim row holds is claimed");
     assert.equal((await claimLane(worker, 10)).length, 0, "the rest of the first claim's pair was the task row-claimed");
     // A claim in flight: its transaction holds the lane's lock, its claim row not yet committed.
     const [late] = await enqueueMany(sql, lane, [{ n: 3 }]);
@@ -192,7 +194,7 @@ describe("claim rows", () => {
       await until(async () => (await sql`SELECT wait_event_type FROM pg_stat_activity WHERE pid = ${pid}`)[0]?.wait_event_type, (w) => w === "Lock", patience, "the row claim to wait for the lane's lock");
       release();
       await claiming;
-      assert.deepEqual([...await waiting], [], "it reads the claim row once the claim commits, and passes over the task");
+      await assert.rejects(waiting, refused, "it reads the claim row once the claim commits");
     } finally {
       release();
       await other.end();

@@ -161,6 +161,9 @@ export const step = defineTask({
   try {
     await old.waitForLog((l) => /^serving/.test(l.message), patience);
     await migrate(sql);
+    // On the migrated schema, the previous release's service alone runs what is queued.
+    const first = await enqueueMany(sql, defineTask({ name: "upgrade-step", schema: v.object({ ms: v.number() }), run() {} }), Array.from({ length: 20 }, () => ({ ms: 0 })));
+    await until(async () => (await sql`SELECT count(*)::int AS n FROM upgrade_run WHERE task_id IN ${sql(first)} AND release = 'previous'`)[0].n, (n) => n === first.length, patience, "the previous release to run them");
     const step = defineTask({
       name: "upgrade-step", schema: v.object({ ms: v.number() }),
       async run(input, ctx) {
@@ -179,13 +182,15 @@ export const step = defineTask({
       else process.env.PGBG_CLAIM_ROWS = switched;
     }
     try {
+      // The previous release's service claims on beside it: its claims that
+      // meet a task a claim row holds fail (task_claim_guard) and are made
+      // again; which release runs how many is the machine's to say.
       const ids = await enqueueMany(sql, step, Array.from({ length: 300 }, (_, i) => ({ ms: i % 10 })));
       await until(async () => (await sql`SELECT count(*)::int AS n FROM pgbg.task`)[0].n, (n) => n === 0, patience, "every task to complete");
       const runs = await sql`SELECT task_id::text AS id, count(*)::int AS n, array_agg(release) AS releases FROM upgrade_run GROUP BY 1`;
       assert.deepEqual(runs.filter((r) => r.n !== 1), [], "no task ran twice");
-      assert.equal(runs.length, ids.length, "every task ran");
-      const by = (release: string) => runs.filter((r) => r.releases[0] === release).length;
-      assert.ok(by("this") > 0 && by("previous") > 0, `both releases ran tasks: ${by("this")} here, ${by("previous")} under the previous release`);
+      assert.equal(runs.length, first.length + ids.length, "every task ran");
+      assert.ok(runs.some((r) => r.releases[0] === "this"), "this release ran tasks");
       assert.equal((await sql`SELECT is_called FROM pgbg.claim_id_seq`)[0].is_called, true, "this release's by claim rows");
     } finally {
       await worker.stop();

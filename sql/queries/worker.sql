@@ -724,12 +724,12 @@ WHERE (SELECT count(*) FROM gone) + (SELECT count(*) FROM unheld) >= 0
 
 -- fragment: KnowsClaimRows
 -- Says, for the rest of the transaction, that its writes know claim rows:
--- the guard of migration 028 (task_claim_guard), which passes over a task
--- a claim row holds when a row claim of an earlier release would turn it
--- running, lets them through (a row claim of this release takes tasks
--- claim rows do not: claim_lane's lanes are its alone while they are on;
--- and giving a held task a lease of its own is this release's to do). A
--- sub-select run once, before the statement's first row is written.
+-- the guard of migration 028 (task_claim_guard), which fails a row claim
+-- of an earlier release that would turn a task a claim row holds running,
+-- lets them through (a row claim of this release takes tasks claim rows
+-- do not: claim_lane's lanes are its alone while they are on; and giving
+-- a held task a lease of its own is this release's to do). A sub-select
+-- run once, before the statement's first row is written.
 (SELECT set_config('pgbg_claim.known', 'on', true)) = 'on'
 
 -- fragment: NotNewestClaim
