@@ -31,9 +31,13 @@ test("each attempt's events, in order, told after the write; a listener that thr
       // Another lease took the task (as a rescue would): this attempt's completion is refused. A lease
       // of its own, the next token, whether the attempt's was one or a claim row's (whose fence is the
       // task's row still queued in its claim).
+      // It says it knows claim rows, as pgbg's rescue does: migration 028's guard fails a write that does not.
       if (input.kind === "stolen") {
-        await sql`UPDATE pgbg.task SET state = 'running', lease_token = lease_token + 1, worker_id = (SELECT id FROM pgbg.worker LIMIT 1),
-          lease_expires_at = now() + interval '1 hour' WHERE id = ${ctx.id}`;
+        await sql.begin(async (tx) => {
+          await tx`SELECT set_config('pgbg_claim.known', 'on', true)`;
+          await tx`UPDATE pgbg.task SET state = 'running', lease_token = lease_token + 1, worker_id = (SELECT id FROM pgbg.worker LIMIT 1),
+            lease_expires_at = now() + interval '1 hour' WHERE id = ${ctx.id}`;
+        });
       }
       if (input.kind === "self") await sql.begin((tx) => ctx.complete(tx));
       if (input.kind === "hang") await new Promise((_, reject) => ctx.signal.addEventListener("abort", () => reject(ctx.signal.reason)));
