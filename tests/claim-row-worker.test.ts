@@ -223,6 +223,28 @@ describe("the engine by claim rows", () => {
     assert.deepEqual([await attempts(ids[0]), await attempts(ids[1])], [[[2, 0]], [[2, 0]]], "their second attempt");
   });
 
+  for (const lost of ["success", "failure"] as const) {
+    test(`a claim with a ${lost} the fence refused is ended by reading its stretch: a task left in it is restaged, and a later claim takes it`, async () => {
+      await clean();
+      const worker = randomUUID();
+      const [done, left] = await enqueueMany(sql, plain, [{ n: 1 }, { n: 2 }]);
+      const claimed = await sql`SELECT id::text, claim_id::text FROM pgbg.claim_lane('default', 'plain', 0::smallint, ${worker}::uuid, interval '1 hour', 10)`;
+      assert.deepEqual(claimed.map((c) => c.id), [done, left]);
+      const writer = new OutcomeWriter(sql, "pgbg", 25, quiet, undefined, worker);
+      writer.claimed(claimed.map((c) => ({ claimId: c.claim_id })));
+      writer.complete({ id: done, leaseToken: 0, claimId: claimed[0].claim_id });
+      // The claim's other outcome names a task it does not hold (as one lost would): the fence refuses it (the
+      // success's fenced delete, or the failure's lease of its own), and `left` stays in the stretch.
+      const other = { id: String(BigInt(left) + 1000n), leaseToken: 0, claimId: claimed[1].claim_id };
+      if (lost === "success") writer.complete(other);
+      else writer.fail({ ...other, delay: 0, error: { message: "lost" }, permanent: false });
+      await writer.flush();
+      assert.equal(await heldClaims(), 0, "the claim ended");
+      assert.deepEqual((await sql`SELECT id::text FROM pgbg.claim_lane('default', 'plain', 0::smallint, ${worker}::uuid, interval '1 hour', 10)`)
+        .map((r) => r.id), [left], "restaged by the claim's end, where a claim said settled would have left it behind every later pair");
+    });
+  }
+
   test("a claim row whose lease ran out is rescued as an expired lease", async () => {
     await clean();
     const id = await enqueue(sql, plain, { n: 1 });

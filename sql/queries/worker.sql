@@ -531,9 +531,7 @@ WITH RECURSIVE lanes (queue, priority) AS (
 -- name: ClaimRowTasksFrom
 -- ClaimRowTasks from the (queue, priority) pairs the worker knows ($6
 -- queues, $7 priorities), without looking for others.
-WITH lanes (queue, priority) AS (
-  SELECT * FROM unnest($6::text[], $7::smallint[])
-),
+WITH {{KnownPairs}},
 {{OpenLanes:false}}
 {{ClaimOpenLanes:$5::integer}};
 
@@ -553,9 +551,7 @@ WITH RECURSIVE {{LimitedQueueLanes}},
 -- name: ClaimLimitedRowTasksFrom
 -- ClaimLimitedRowTasks from the pairs of the limited queue the worker
 -- knows ($6 queues, $7 priorities), as ClaimRowTasksFrom.
-WITH lanes (queue, priority) AS (
-  SELECT * FROM unnest($6::text[], $7::smallint[])
-),
+WITH {{KnownPairs}},
 {{OpenLanes:true}}
 {{ClaimOpenLanes:$5::integer}};
 
@@ -571,12 +567,18 @@ WITH RECURSIVE {{LimitedQueueLanes}},
 -- name: ClaimSlotRowTasksFrom
 -- ClaimSlotRowTasks from the pairs of the queue the worker knows ($6
 -- queues, $7 priorities; $8: its unwritten outcomes).
-WITH lanes (queue, priority) AS (
-  SELECT * FROM unnest($6::text[], $7::smallint[])
-),
+WITH {{KnownPairs}},
 {{SlotsTaken:$8}},
 {{OpenLanes:true}}
 {{ClaimOpenLanes:(SELECT s.free FROM slots s)}};
+
+-- fragment: KnownPairs
+-- The (queue, priority) pairs a claim by claim rows is given from the
+-- worker's claim cursor ($6 queues, $7 priorities), as `lanes`: no
+-- positions, as a claim row's pair starts past every task taken before.
+lanes (queue, priority) AS (
+  SELECT * FROM unnest($6::text[], $7::smallint[])
+)
 
 -- fragment: OpenLanes
 -- The lanes (queue, name, priority) a claim by claim rows takes from, as
