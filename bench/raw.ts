@@ -126,7 +126,12 @@ async function consume(sql: Sql, style: RawDequeue, batch: number, table: RawTab
 
 /**
  * The lease-style claim then delete on pgbg's task table, from its one lane
- * (queue "default", priority 0) through task_claim_idx. A running row must
+ * (queue "default", name "noop", priority 0) in its order through
+ * task_lane_idx: an update a task, which pgbg's own claim by claim rows
+ * does not write (migration 029), so since then it is a reference beside
+ * pgbg, not a floor under it. Its insert stages no task, as a hand-written
+ * insert does not, and the lane's unstaged tasks come last in the index:
+ * it reads them in id order. A running row must
  * have a holder (task_running_has_lease), so the claim names one. It says
  * it knows claim rows, as pgbg's own claims do (a sub-select run once):
  * otherwise the guard of migration 028 runs for every row it claims, as
@@ -136,8 +141,9 @@ async function consume(sql: Sql, style: RawDequeue, batch: number, table: RawTab
 async function consumePgbgTable(sql: Sql, batch: number): Promise<number> {
   const claimed = await sql`UPDATE pgbg.task t SET state = 'running', attempts = t.attempts + 1, lease_token = t.lease_token + 1,
       worker_id = '00000000-0000-0000-0000-000000000001', lease_expires_at = now() + interval '30 seconds'
-    FROM (SELECT id FROM pgbg.task WHERE state = 'queued' AND group_name IS NULL AND queue = 'default' AND priority = 0 AND run_at <= now()
-          ORDER BY queue, priority, run_at, id LIMIT ${batch} FOR UPDATE SKIP LOCKED) c
+    FROM (SELECT id FROM pgbg.task WHERE state = 'queued' AND group_name IS NULL AND queue = 'default' AND name = 'noop' AND priority = 0
+            AND run_at <= now()
+          ORDER BY queue, name, priority, staged_xact, id LIMIT ${batch} FOR UPDATE SKIP LOCKED) c
     WHERE t.id = c.id AND (SELECT set_config('pgbg_claim.known', 'on', true)) = 'on' RETURNING t.id, t.payload`;
   if (!claimed.length) return 0;
   await sql`DELETE FROM pgbg.task WHERE id = ANY(${claimed.map((r) => r.id)}::bigint[])`;

@@ -154,9 +154,9 @@ try {
 
   if (sections.has("dequeue")) {
     const n = size.drain;
-    // The raw ceilings, and the floor: the lease-style statements on pgbg's own
-    // table, which no statement of pgbg's that claims and deletes a row of it
-    // can undercut (raw.ts, RawTable).
+    // The raw ceilings, and the lease-style statements on pgbg's own table:
+    // the floor of any claim that updates a task's row (raw.ts, RawTable),
+    // which pgbg's claim by claim rows does not.
     const raws = [["lease", "raw", RAW_LEASE], ["delete", "raw", "raw SQL, DELETE … SKIP LOCKED"], ["lease", "pgbg", RAW_LEASE_ON_PGBG]] as const;
     for (const [style, table, label] of raws) {
       const setup = table === "raw" ? setupRaw : (db: Database) => pgbg.setup(db);

@@ -289,13 +289,13 @@ class AttemptContext implements TaskContext {
   /**
    * The lease token that fences this attempt's writes in `tx`: its own, or,
    * for a task a claim row holds, the one a lease of its own gives it in
-   * `tx` (LeaseClaimedTasks), so that the completion is the row leases' one
+   * `tx` (LeaseClaimedTask), so that the completion is the row leases' one
    * and commits or rolls back with it.
    */
   // deno-lint-ignore no-explicit-any
   async #leaseIn(tx: TransactionSql<any>): Promise<number> {
     if (this.#claimed.claimId === null) return this.#leaseToken;
-    const rows = await run<{ lease_token: number }>(tx, this.#options.schema, "LeaseClaimedTasks", [[this.id], [this.#claimed.claimId], this.#options.workerId]);
+    const rows = await run<{ lease_token: number }>(tx, this.#options.schema, "LeaseClaimedTask", [this.id, this.#claimed.claimId, this.#options.workerId]);
     if (!rows.length) throw new LeaseLostError(this.id);
     return rows[0].lease_token;
   }

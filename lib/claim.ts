@@ -67,8 +67,6 @@ export interface ClaimScope {
   limits?: LimitedQueues;
   /** Where the group claim goes on from, when some of the names have groups (lib/groups.ts); none without. */
   groups?: GroupRotation;
-  /** Claims tasks without a group from queues without a limit by claim rows (ClaimRowTasks), not row by row. */
-  claimRows?: boolean;
 }
 
 /**
@@ -183,9 +181,7 @@ async function claimUnlimited(db: Database, schema: string, scope: ClaimScope, l
  */
 async function claimUngrouped(db: Database, schema: string, scope: ClaimScope, limit: number, cursor?: ClaimCursor): Promise<ClaimedTask[]> {
   const params = [scope.workerId, scope.queues, scope.names, scope.leaseMs, limit];
-  const rows = scope.claimRows
-    ? await claimWithCursor(db, schema, cursor, ["ClaimRowTasks", "ClaimRowTasksFrom"], params, [], pairsOf)
-    : await claimWithCursor(db, schema, cursor, ["ClaimTasks", "ClaimTasksAfter"], params);
+  const rows = await claimWithCursor(db, schema, cursor, ["ClaimRowTasks", "ClaimRowTasksFrom"], params, [], pairsOf);
   return rows.map(claimedTask);
 }
 

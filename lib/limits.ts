@@ -280,9 +280,7 @@ async function claimWithin(tx: Database, schema: string, queue: string, scope: C
 async function claimUngroupedLimited(tx: Database, schema: string, queue: string, scope: ClaimScope, want: number): Promise<Record<string, unknown>[]> {
   const params = [scope.workerId, [queue], scope.names, scope.leaseMs, want];
   const cursor = scope.limits?.cursorOf(queue);
-  return scope.claimRows
-    ? await claimWithCursor(tx, schema, cursor, ["ClaimLimitedRowTasks", "ClaimLimitedRowTasksFrom"], params, [], pairsOf)
-    : await claimWithCursor(tx, schema, cursor, ["ClaimLimitedTasks", "ClaimLimitedTasksAfter"], params);
+  return await claimWithCursor(tx, schema, cursor, ["ClaimLimitedRowTasks", "ClaimLimitedRowTasksFrom"], params, [], pairsOf);
 }
 
 /**
@@ -300,8 +298,6 @@ async function claimSlots(
 ): Promise<Record<string, unknown>[]> {
   const params = [scope.workerId, [queue], scope.names, scope.leaseMs, want];
   const cursor = scope.limits!.cursorOf(queue);
-  return scope.claimRows
-    ? await claimWithCursor(sql, schema, cursor, ["ClaimSlotRowTasks", "ClaimSlotRowTasksFrom"], params, [unwritten], pairsOf)
-    : await claimWithCursor(sql, schema, cursor, ["ClaimSlotTasks", "ClaimSlotTasksAfter"], params, [unwritten]);
+  return await claimWithCursor(sql, schema, cursor, ["ClaimSlotRowTasks", "ClaimSlotRowTasksFrom"], params, [unwritten], pairsOf);
 }
 

@@ -7,7 +7,6 @@
  *
  * @module
  */
-import process from "node:process";
 import type { Sql } from "postgres";
 import { LazyAbort, type Outcome, startAttempt } from "./attempt.ts";
 import { type ClaimedTask, claimTasks, type ClaimScope } from "./claim.ts";
@@ -99,15 +98,6 @@ export interface WorkerOptions extends WorkerSettings {
    * @default "retire"
    */
   overdue?: "retire" | "detach";
-  /**
-   * Claim tasks without a group, from queues without a limit, by claim rows
-   * (one row a claim, none a task: docs/storage.md). Off by default until
-   * every reader of "running" reads claim rows too; on where the
-   * environment sets PGBG_CLAIM_ROWS=1 (the bench and the tests that run
-   * the engine both ways).
-   * @default false
-   */
-  claimRows?: boolean;
   /** Set by `drain`: no LISTEN; stop once nothing is due now nor within `maxWait` ms. */
   untilIdle?: { maxWait: number };
 }
@@ -277,7 +267,6 @@ export class Worker {
       // Its limited queues' cursors judge full claims by the same round trips.
       limits: options.limits ?? new LimitedQueues(options.timings.heartbeatInterval, undefined, this.#cursor.roundTrips),
       groups: options.tasks.some((t) => t.group) ? new GroupRotation() : undefined,
-      claimRows: options.claimRows ?? claimRowsByDefault(),
     };
     this.#outcomes = new OutcomeWriter(options.sql, options.schema, options.maxAttempts, options.log, options.events, options.identity.workerId);
     this.#reporter = new CountReporter(
@@ -723,9 +712,4 @@ export class Worker {
     for (const e of this.#running.values()) if (e.overdue) deadline = Math.min(deadline, overdueExitBy(e.leaseEndsAt, this.#options.timings));
     return deadline;
   }
-}
-
-/** Whether workers claim by claim rows when not told: PGBG_CLAIM_ROWS=1 in the environment. */
-function claimRowsByDefault(): boolean {
-  return process.env.PGBG_CLAIM_ROWS === "1";
 }

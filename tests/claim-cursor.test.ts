@@ -195,14 +195,15 @@ describe("claims from the cursor while vacuum is held back", () => {
     await holder`SELECT txid_current()`;
     try {
       const worker = randomUUID();
-      const writer = new OutcomeWriter(sql, "pgbg", 25, silentLogger);
+      const writer = new OutcomeWriter(sql, "pgbg", 25, silentLogger, undefined, worker);
       // A backlog of 3,003 tasks due a minute ago, all with the same run_at.
-      // 3,000 are claimed and completed: their entries stay in the claim
+      // 3,000 are claimed and completed: their entries stay in the lane
       // index, as no vacuum may remove them while the snapshot is held.
       await enqueueMany(sql, task, Array.from({ length: 3_003 }, (_, i) => i), { runAt: new Date(Date.now() - 60_000) });
       for (let left = 3_000; left > 0; left -= 500) {
         const batch = await claimTasks(sql, "pgbg", scope(worker), 500);
-        for (const t of batch) writer.complete({ id: t.id, leaseToken: t.leaseToken });
+        writer.claimed(batch);
+        for (const t of batch) writer.complete({ id: t.id, leaseToken: t.leaseToken, claimId: t.claimId });
         await writer.flush();
       }
       const full = await claimReading(null, 1);
@@ -236,14 +237,14 @@ describe("a task due before its lane's cursor", () => {
 
 /**
  * Claims up to `limit` tasks in a transaction, and counts the entries of
- * task_claim_idx its scans read (dead ones included), from the
+ * task_lane_idx its scans read (dead ones included), from the
  * transaction's own statistics.
  */
 async function claimReading(cursor: ClaimCursor | null, limit: number) {
   return await sql.begin(async (tx) => {
     // Counts not yet sent to the statistics collector carry over from earlier
     // transactions of this backend; none are sent inside a transaction.
-    const read = async () => (await tx`SELECT pg_stat_get_xact_tuples_returned('pgbg.task_claim_idx'::regclass)::int AS n`)[0].n as number;
+    const read = async () => (await tx`SELECT pg_stat_get_xact_tuples_returned('pgbg.task_lane_idx'::regclass)::int AS n`)[0].n as number;
     const before = await read();
     const claimed = await claimTasks(tx, "pgbg", scope(randomUUID()), limit, cursor ?? undefined);
     return { claimed: claimed.length, entries: (await read()) - before, tasks: claimed };

@@ -157,7 +157,7 @@ describe("index compaction", () => {
     assert.deepEqual([result.outcome, result.dropped], ["not-bloated", ["task_claim_idx_ccnew", "task_pkey_ccold1"]]);
     assert.deepEqual(result.after?.leftovers, []);
     assert.deepEqual(await taskIndexes(), [
-      "someone_elses_idx (invalid)", "task_cancel_idx", "task_claim_idx", "task_failed_idx", "task_failed_list_idx", "task_flow_idx", "task_group_idx", "task_group_running_idx", "task_key_idx", "task_lease_idx", "task_pkey",
+      "someone_elses_idx (invalid)", "task_cancel_idx", "task_failed_idx", "task_failed_list_idx", "task_flow_idx", "task_group_idx", "task_group_running_idx", "task_key_idx", "task_lane_idx", "task_lease_idx", "task_pkey", "task_unstaged_idx",
     ]);
     await sql`DROP INDEX pgbg.someone_elses_idx`;
   });
@@ -274,7 +274,7 @@ describe("index compaction", () => {
       WHERE datname = current_database() AND query LIKE 'REINDEX%' AND state <> 'idle'`)[0].n, (n) => n === 0, patience, "the abandoned REINDEX to end");
     await sql`UPDATE pgbg.compaction SET until = now() - interval '1 second'`;
     assert.equal((await compactIndexes(sql, { force: true })).outcome, "compacted");
-    assert.deepEqual(await taskIndexes(), ["task_cancel_idx", "task_claim_idx", "task_failed_idx", "task_failed_list_idx", "task_flow_idx", "task_group_idx", "task_group_running_idx", "task_key_idx", "task_lease_idx", "task_pkey"]);
+    assert.deepEqual(await taskIndexes(), ["task_cancel_idx", "task_failed_idx", "task_failed_list_idx", "task_flow_idx", "task_group_idx", "task_group_running_idx", "task_key_idx", "task_lane_idx", "task_lease_idx", "task_pkey", "task_unstaged_idx"]);
     assert.ok(await indexesSize() <= nearEmpty);
   });
 });

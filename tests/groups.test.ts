@@ -235,11 +235,11 @@ describe("claims take from groups in turn", () => {
     const plain = defineTask({ name: "kinds-plain", schema: v.object({}), run() {} });
     await enqueue(sql, tenantWork, { tenant: "a" }, { queue });
     await enqueue(sql, plain, {}, { queue });
-    // The claim of the task without a group fails, as a statement may: a trigger refuses its update.
+    // The claim of the task without a group fails, as a statement may: a trigger refuses its claim row.
     await sql`CREATE FUNCTION refuse_plain_claims() RETURNS trigger LANGUAGE plpgsql AS $$
       BEGIN RAISE EXCEPTION 'refused'; END $$`;
-    await sql`CREATE TRIGGER refuse_plain_claims BEFORE UPDATE ON pgbg.task FOR EACH ROW
-      WHEN (NEW.queue = 'kinds-partial' AND NEW.group_name IS NULL AND NEW.state = 'running') EXECUTE FUNCTION refuse_plain_claims()`;
+    await sql`CREATE TRIGGER refuse_plain_claims BEFORE INSERT ON pgbg.claim FOR EACH ROW
+      WHEN (NEW.queue = 'kinds-partial') EXECUTE FUNCTION refuse_plain_claims()`;
     const scope = { workerId: randomUUID(), queues: [queue], names: [tenantWork.name, plain.name], leaseMs: [60_000, 60_000], groups: new GroupRotation() };
     try {
       const handed: string[] = [];
@@ -250,7 +250,7 @@ describe("claims take from groups in turn", () => {
       // The next turn is the others' first: nothing taken before it fails, so the claim fails.
       await assert.rejects(claimTasks(sql, "pgbg", scope, 10), /refused/);
     } finally {
-      await sql`DROP TRIGGER refuse_plain_claims ON pgbg.task`;
+      await sql`DROP TRIGGER refuse_plain_claims ON pgbg.claim`;
       await sql`DROP FUNCTION refuse_plain_claims()`;
       await sql`DELETE FROM pgbg.task WHERE queue = ${queue}`;
     }

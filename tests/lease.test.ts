@@ -3,6 +3,7 @@ import { randomUUID } from "node:crypto";
 import { describe, test } from "node:test";
 import * as v from "valibot";
 import { claimTasks, type ClaimScope } from "../lib/claim.ts";
+import { GroupRotation } from "../lib/groups.ts";
 import { leaseFor, liveness } from "../lib/liveness.ts";
 import { silentLogger } from "../lib/log.ts";
 import { handBackWorkerTasks, releaseWorkerTasks } from "../lib/maintenance/dead-worker-releaser.ts";
@@ -17,8 +18,13 @@ import { createTestDatabase } from "./harness.ts";
 const db = await createTestDatabase();
 const { sql } = db;
 await migrate(sql);
-const task = defineTask({ name: "fenced", schema: v.any(), run() {} });
-const scope = (workerId: string): ClaimScope => ({ workerId, queues: null, names: ["fenced"], leaseMs: [leaseFor(1000, liveness(1000))] });
+// In a group, so that its claim is row by row and gives it a lease token:
+// the lease that every outcome but a success from a claim row is written
+// under (tests/claim-rows.test.ts fences claim rows).
+const task = defineTask({ name: "fenced", schema: v.any(), group: () => "fenced", run() {} });
+const scope = (workerId: string): ClaimScope => ({
+  workerId, queues: null, names: ["fenced"], leaseMs: [leaseFor(1000, liveness(1000))], groups: new GroupRotation(),
+});
 const row = async (id: string) => (await sql`SELECT state, attempts, lease_token, worker_id FROM pgbg.task WHERE id = ${id}`)[0];
 
 describe("leases", () => {

@@ -119,6 +119,22 @@ describe("a queue's concurrency limit", () => {
     assert.equal(await mostAtOnce(ids), 1);
   });
 
+  test("a limit of 1 runs the tasks of several names in the order they were enqueued, not name by name", async () => {
+    await setQueueConcurrency(sql, "serial-names", 1);
+    const strict = defineTask({ name: "strict", schema: v.object({ count: v.number() }), run() {} });
+    // Each in a transaction of its own, the names alternating in runs of
+    // one and two: a claim that took one name's lane before the other's
+    // (by name, or by shares) starts them out of this order.
+    const ids: string[] = [];
+    for (let i = 0; i < 12; i++) {
+      ids.push(i % 3 === 0 ? await enqueue(sql, strict, { count: i }, { queue: "serial-names" }) : await enqueue(sql, work, {}, { queue: "serial-names" }));
+    }
+    testbed.serve(["--workers", "2", "--concurrency", "4"]);
+    await until(() => testbed.remaining(ids), (n) => n === 0, patience, "the tasks to run");
+    const order = (await testbed.executions(ids)).map((r) => r.task_id);
+    assert.deepEqual(order, ids, "started in enqueue order");
+  });
+
   test("a task waiting for its retry holds no slot", async () => {
     await setQueueConcurrency(sql, "one", 1);
     // The fixture's backoff waits 2 hours after a first attempt that failed with "try later".
@@ -158,7 +174,7 @@ describe("a queue's concurrency limit", () => {
     await enqueueMany(sql, work, [{}, {}, {}], { queue });
     const rr = testbed.db.connect({ max: 2, connection: { default_transaction_isolation: "repeatable read" } });
     // Its count would read the transaction's first snapshot: it claims nothing.
-    assert.equal((await run(rr, "pgbg", "ClaimSlotTasks", [randomUUID(), [queue], [work.name], [60_000], 10, 0])).length, 0);
+    assert.equal((await run(rr, "pgbg", "ClaimSlotRowTasks", [randomUUID(), [queue], [work.name], [60_000], 10, 0])).length, 0);
     const scope = { workerId: randomUUID(), queues: [queue], names: [work.name], leaseMs: [60_000], limits: new LimitedQueues(60_000) };
     // Registered, with more slots than the limit: the limit is counted against.
     await sql`INSERT INTO pgbg.worker (id, supervisor_id, pid, concurrency, hostname, runtime, tasks, queues)
@@ -225,11 +241,11 @@ describe("a queue's concurrency limit", () => {
     await setQueueConcurrency(sql, limited, 1_000);
     await enqueue(sql, work, {}, { queue: limited });
     await enqueue(sql, work, {}, { queue: free });
-    // The claim of the free queue fails, as a statement may: a trigger refuses its update.
+    // The claim of the free queue fails, as a statement may: a trigger refuses its claim row.
     await sql`CREATE FUNCTION refuse_free_claims() RETURNS trigger LANGUAGE plpgsql AS $$
       BEGIN RAISE EXCEPTION 'refused'; END $$`;
-    await sql`CREATE TRIGGER refuse_free_claims BEFORE UPDATE ON pgbg.task FOR EACH ROW
-      WHEN (NEW.queue = 'partial-free' AND NEW.state = 'running') EXECUTE FUNCTION refuse_free_claims()`;
+    await sql`CREATE TRIGGER refuse_free_claims BEFORE INSERT ON pgbg.claim FOR EACH ROW
+      WHEN (NEW.queue = 'partial-free') EXECUTE FUNCTION refuse_free_claims()`;
     const scope = { workerId: randomUUID(), queues: [limited, free], names: [work.name], leaseMs: [60_000], limits: new LimitedQueues(60_000, 0) };
     try {
       // The first turn is the limited queues', then the others' claim, which fails.
@@ -240,7 +256,7 @@ describe("a queue's concurrency limit", () => {
       // The next turn is the others' first: nothing taken before it fails, so the claim fails.
       await assert.rejects(claimTasks(sql, "pgbg", scope, 10), /refused/);
     } finally {
-      await sql`DROP TRIGGER refuse_free_claims ON pgbg.task`;
+      await sql`DROP TRIGGER refuse_free_claims ON pgbg.claim`;
       await sql`DROP FUNCTION refuse_free_claims()`;
       await sql`DELETE FROM pgbg.task WHERE queue = ANY(${[limited, free]})`;
       await setQueueConcurrency(sql, limited, null);
@@ -248,14 +264,16 @@ describe("a queue's concurrency limit", () => {
   });
 
   test("a limited claim that counts nothing takes no more than the worker's free slots less its unwritten outcomes, whose tasks keep their leases; one that counts takes them all", async () => {
-    const requeue = (queue: string) => sql`UPDATE pgbg.task SET state = 'queued', worker_id = NULL, lease_expires_at = NULL WHERE queue = ${queue}`;
+    // The claims' tasks queued again: their claim rows gone, a claim of a
+    // lane without one reads the whole lane (a first pair).
+    const requeue = (queue: string) => sql`DELETE FROM pgbg.claim WHERE queue = ${queue}`;
     const claimOf = async (queue: string, limits: LimitedQueues, unwritten: number) => {
       const scope = { workerId: randomUUID(), queues: [queue], names: [work.name], leaseMs: [60_000], limits };
       const claimed = await claimTasks(sql, "pgbg", scope, 3, undefined, unwritten);
       await requeue(queue);
       return [claimed.length, limits.takeHeldByWrites()];
     };
-    // By its concurrency alone (ClaimSlotTasks), and with a rate too (the transaction).
+    // By its concurrency alone (ClaimSlotRowTasks), and with a rate too (the transaction).
     for (const [queue, rated] of [["unwritten", false], ["unwritten-rated", true]] as const) {
       await setQueueConcurrency(sql, queue, 1_000);
       if (rated) await setQueueRateLimit(sql, queue, { limit: 10_000, interval: 1_000 });
@@ -266,9 +284,9 @@ describe("a queue's concurrency limit", () => {
       assert.deepEqual(await claimOf(queue, limits, 1), [2, true], `${queue}: 3 free slots, 1 outcome unwritten`);
       assert.deepEqual(await claimOf(queue, limits, 0), [3, false], `${queue}: none unwritten`);
       if (!rated) {
-        // The claim from the cursor's lanes: its unwritten outcomes are its tenth parameter.
-        const fromCursor = (unwritten: number) => run(sql, "pgbg", "ClaimSlotTasksAfter", [
-          randomUUID(), [queue], [work.name], [60_000], 3, [queue], [0], ["0"], ["0"], unwritten,
+        // The claim from the cursor's lanes: its unwritten outcomes are its eighth parameter.
+        const fromCursor = (unwritten: number) => run(sql, "pgbg", "ClaimSlotRowTasksFrom", [
+          randomUUID(), [queue], [work.name], [60_000], 3, [queue], [0], unwritten,
         ]);
         assert.equal((await fromCursor(2)).length, 1, "from the cursor: 3 free slots, 2 outcomes unwritten");
         await requeue(queue);

@@ -86,27 +86,58 @@ test("QueueFreeSlots counts no running task under a limit the registered workers
 
 /**
  * The limited claim (after its lock and its count of the queue's room) reads
- * only its queue's lanes, through the claim index, however big the table.
+ * only its queue's lanes, through the lane index, however big the table.
  */
-test("ClaimLimitedTasks claims what it is asked through task_claim_idx, on a full table never analyzed", async () => {
+test("ClaimLimitedRowTasks claims what it is asked through task_lane_idx, on a full table never analyzed", async () => {
+  const seen = await claimBeside(STAGED("limited"), "task_lane_idx", true, async (tx, fill) => {
+    await tx`INSERT INTO pgbg.queue (name, concurrency) VALUES ('limited', 3)`;
+    const claim = () => run(tx, "pgbg", "ClaimLimitedRowTasks", [WORKER, ["limited"], ["grown"], [60_000], 3]);
+    for (let i = 0; i < 8; i++) await claim();
+    await fill();
+    return claim();
+  });
+  assert.deepEqual(seen, { claimed: 3, tableScans: 0, indexRead: true });
+});
+
+/** 50,000 queued tasks of `queue` without a group, staged by their insert as an enqueue stages them. */
+const STAGED = (queue: string) =>
+  `INSERT INTO pgbg.task (queue, name, payload, staged_xact) SELECT '${queue}', 'grown', '{}'::jsonb, pg_current_xact_id() FROM generate_series(1, 50000)`;
+
+/**
+ * Runs `claim` in a transaction that is rolled back, given `fill`, which
+ * writes `tasks`: committed from another session when `committed` (a
+ * claim by claim rows takes no task its own transaction staged), and
+ * deleted after; else in the claim's transaction. Counts the scans of the
+ * task table and of `index` around what `claim` runs after `fill`.
+ */
+async function claimBeside(
+  tasks: string, index: string, committed: boolean,
+  // deno-lint-ignore no-explicit-any
+  claim: (tx: any, fill: () => Promise<void>) => Promise<unknown[]>,
+): Promise<{ claimed: number; tableScans: number; indexRead: boolean } | undefined> {
   const sql = db.connect({ max: 1 });
   const rollback = new Error("rollback");
-  let seen: { claimed: number; tableScans: number } | undefined;
-  await sql.begin(async (tx) => {
-    await tx`INSERT INTO pgbg.queue (name, concurrency) VALUES ('limited', 3)`;
-    const claim = () => run(tx, "pgbg", "ClaimLimitedTasks", [WORKER, ["limited"], ["grown"], [60_000], 3]);
-    for (let i = 0; i < 8; i++) await claim();
-    await tx`INSERT INTO pgbg.task (queue, name, payload) SELECT 'limited', 'grown', '{}'::jsonb FROM generate_series(1, 50000)`;
-    const before = await scans(tx, "task_claim_idx");
-    const claimed = (await claim()).length;
-    seen = { claimed, tableScans: (await scans(tx, "task_claim_idx")).table - before.table };
-    throw rollback;
-  }).catch((error) => {
-    if (error !== rollback) throw error;
-  });
-  assert.deepEqual(seen, { claimed: 3, tableScans: 0 });
-  await sql.end();
-});
+  let seen: { claimed: number; tableScans: number; indexRead: boolean } | undefined;
+  try {
+    await sql.begin(async (tx) => {
+      let before = { table: 0, index: 0 };
+      const fill = async () => {
+        await (committed ? db.sql : tx).unsafe(tasks);
+        before = await scans(tx, index);
+      };
+      const claimed = (await claim(tx, fill)).length;
+      const after = await scans(tx, index);
+      seen = { claimed, tableScans: after.table - before.table, indexRead: after.index > before.index };
+      throw rollback;
+    }).catch((error) => {
+      if (error !== rollback) throw error;
+    });
+  } finally {
+    await db.sql`DELETE FROM pgbg.task WHERE name = 'grown'`;
+    await sql.end();
+  }
+  return seen;
+}
 
 /** Every row every node of an EXPLAIN (ANALYZE, FORMAT JSON) plan handled: rows out times loops, and those its filters removed. */
 function rowsHandled(node: Record<string, unknown>): number {
@@ -217,54 +248,44 @@ describe("the statements that write back a batch of attempts", () => {
 
 /**
  * Every claim reads its index and stops at the batch, however deep the
- * queue, on the custom plans of its first runs as on its generic plan. The
- * claims update their candidates by id, a join that could be planned as a
- * scan of the table; none is. Besides the plain claims: the group claims,
- * the limited claim from its cursor, and the claims that take their own
- * slots in the statement (whose LIMIT the planner cannot know), each under
- * a limit that lets it take 1000.
+ * queue, on the custom plans of its first runs as on its generic plan.
+ * The group claims update their candidates by id, a join that could be
+ * planned as a scan of the table; none is. The claims by claim rows
+ * (tasks without a group) read their lanes through task_lane_idx: found by
+ * a skip scan, or given from the cursor's pairs. Besides the plain claims:
+ * the limited claims from their cursors, and the claims that take their
+ * own slots in the statement (whose LIMIT the planner cannot know), each
+ * under a limit that lets it take 1000.
  */
 describe("the claims", () => {
   const grouped = "INSERT INTO pgbg.task (queue, name, payload, group_name) SELECT 'default', 'grown', '{}'::jsonb, 'g' || (i % 100) FROM generate_series(1, 50000) i";
-  const plain = "INSERT INTO pgbg.task (queue, name, payload) SELECT 'default', 'grown', '{}'::jsonb FROM generate_series(1, 50000)";
   const limited = "INSERT INTO pgbg.queue (name, concurrency) VALUES ('default', 5000)";
-  // A cursor's start an hour back.
-  const hourBack = [["default"], [0], [String((Date.now() - 3_600_000) * 1000)], ["0"]];
+  const pairs = [["default"], [0]];
   // Name, the parameters after the first five, the index, the tasks, the queue's limit.
   const claims: [QueryName, unknown[], string, string, string | null][] = [
-    ["ClaimTasks", [], "task_claim_idx", plain, null],
-    ["ClaimTasksAfter", hourBack, "task_claim_idx", plain, null],
+    ["ClaimRowTasks", [], "task_lane_idx", STAGED("default"), null],
+    ["ClaimRowTasksFrom", pairs, "task_lane_idx", STAGED("default"), null],
     ["ClaimGroupTasks", ["", ""], "task_group_idx", grouped, null],
     // 10 slots for each of the 100 groups.
     ["ClaimPerGroupTasks", [null], "task_group_idx", grouped, "INSERT INTO pgbg.queue (name, group_concurrency) VALUES ('default', 10)"],
-    ["ClaimSlotTasks", [0], "task_claim_idx", plain, limited],
-    ["ClaimSlotTasksAfter", [...hourBack, 0], "task_claim_idx", plain, limited],
-    ["ClaimLimitedTasksAfter", hourBack, "task_claim_idx", plain, limited],
+    ["ClaimSlotRowTasks", [0], "task_lane_idx", STAGED("default"), limited],
+    ["ClaimSlotRowTasksFrom", [...pairs, 0], "task_lane_idx", STAGED("default"), limited],
+    ["ClaimLimitedRowTasksFrom", pairs, "task_lane_idx", STAGED("default"), limited],
     ["ClaimLimitedGroupTasks", ["", ""], "task_group_idx", grouped, "INSERT INTO pgbg.queue (name, concurrency, group_concurrency) VALUES ('default', 5000, 10)"],
   ];
   const modes = [["its first (custom) plans", "force_custom_plan"], ["its generic plan", "force_generic_plan"]] as const;
   for (const [plans, mode] of modes) {
     for (const [name, extra, index, fill, limit] of claims) test(`${name} of 1000 on ${plans} reads ${index}, not the table, beside 50,000 tasks never analyzed`, async () => {
-      const sql = db.connect({ max: 1 });
-      const rollback = new Error("rollback");
-      let outcome: { claimed: number; tableScans: number; indexRead: boolean } | undefined;
-      await sql.begin(async (tx) => {
+      const seen = await claimBeside(fill, index, fill !== grouped, async (tx, filled) => {
         await tx`SELECT set_config('plan_cache_mode', ${mode}, true)`;
         if (limit) await tx.unsafe(limit);
-        const queues = name === "ClaimTasks" || name === "ClaimTasksAfter" || name === "ClaimGroupTasks" ? null : ["default"];
+        const queues = name === "ClaimRowTasks" || name === "ClaimRowTasksFrom" || name === "ClaimGroupTasks" ? null : ["default"];
         const params = [WORKER, queues, ["grown"], [60_000], 1000, ...extra];
         for (let i = 0; i < 8; i++) await run(tx, "pgbg", name, params);
-        await tx.unsafe(fill);
-        const before = await scans(tx, index);
-        const claimed = await run(tx, "pgbg", name, params);
-        const after = await scans(tx, index);
-        outcome = { claimed: claimed.length, tableScans: after.table - before.table, indexRead: after.index > before.index };
-        throw rollback;
-      }).catch((error) => {
-        if (error !== rollback) throw error;
+        await filled();
+        return run(tx, "pgbg", name, params);
       });
-      assert.deepEqual(outcome, { claimed: 1000, tableScans: 0, indexRead: true });
-      await sql.end();
+      assert.deepEqual(seen, { claimed: 1000, tableScans: 0, indexRead: true });
     });
   }
 });

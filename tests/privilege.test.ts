@@ -11,7 +11,7 @@ import { randomBytes, randomUUID } from "node:crypto";
 import { fileURLToPath } from "node:url";
 import { after, describe, test } from "node:test";
 import postgres from "postgres";
-import { claimTasks } from "../lib/claim.ts";
+import { type ClaimedTask, claimTasks } from "../lib/claim.ts";
 import { silentLogger } from "../lib/log.ts";
 import { releaseWorkerTasks } from "../lib/maintenance/dead-worker-releaser.ts";
 import { FlowKeeper } from "../lib/maintenance/flow-keeper.ts";
@@ -78,6 +78,17 @@ const asEnqueue = postgres(urlAs(roles.enqueue), { ...clientOptions, max: 2 });
 const refusal = (call: Promise<unknown>) =>
   call.then(() => undefined, (e: { code?: string; message: string }) => [e.code, e.message]);
 
+/**
+ * An outcome writer of the service's role for the worker `workerId`, told
+ * of `tasks` it claimed: a claim row's task is fenced by its claim, held by
+ * that worker.
+ */
+function claimedBy(workerId: string, tasks: ClaimedTask[]): OutcomeWriter {
+  const writer = new OutcomeWriter(asServe, "pgbg", 25, silentLogger, undefined, workerId);
+  writer.claimed(tasks);
+  return writer;
+}
+
 describe("least-privilege roles", () => {
   test("neither role is superuser or may create anything, in the database or any schema", async () => {
     const flags = await sql`SELECT rolname, rolsuper, rolcreatedb, rolcreaterole, rolbypassrls FROM pg_roles WHERE rolname IN ${sql(Object.values(roles))} ORDER BY rolname`;
@@ -108,10 +119,11 @@ describe("least-privilege roles", () => {
 
   test("the service's role keeps results and rotates the history with the grants above: completes a kept task, empties an expired slot", async () => {
     const id = await enqueue(asEnqueue, noop, {});
-    const [claimed] = await claimTasks(asServe, "pgbg", { workerId: randomUUID(), queues: null, names: ["noop"], leaseMs: [60_000] }, 1);
+    const workerId = randomUUID();
+    const [claimed] = await claimTasks(asServe, "pgbg", { workerId, queues: null, names: ["noop"], leaseMs: [60_000] }, 1);
     assert.equal(claimed.id, id);
-    const writer = new OutcomeWriter(asServe, "pgbg", 25, silentLogger);
-    writer.complete({ id, leaseToken: claimed.leaseToken, keep: 60_000, result: "42" });
+    const writer = claimedBy(workerId, [claimed]);
+    writer.complete({ id, leaseToken: claimed.leaseToken, claimId: claimed.claimId, keep: 60_000, result: "42" });
     await writer.flush();
     assert.deepEqual((await sql`SELECT state, result FROM pgbg.history WHERE id = ${id}`).map((r) => ({ ...r })), [{ state: "completed", result: 42 }]);
     await sql`INSERT INTO pgbg.history (id, slot, state, queue, name, attempts, enqueued_at, finished_at, expires_at, payload)
@@ -138,10 +150,11 @@ describe("least-privilege roles", () => {
 
   test("the service's role completes a task whose key holds after its finish, and the key's hold starts (the trigger's update)", async () => {
     const id = await enqueue(sql, noop, {}, { key: "after-finish", keyWindow: { ms: 60_000, from: "finish" } });
-    const [claimed] = await claimTasks(asServe, "pgbg", { workerId: randomUUID(), queues: null, names: ["noop"], leaseMs: [60_000] }, 1);
+    const workerId = randomUUID();
+    const [claimed] = await claimTasks(asServe, "pgbg", { workerId, queues: null, names: ["noop"], leaseMs: [60_000] }, 1);
     assert.equal(claimed.id, id);
-    const writer = new OutcomeWriter(asServe, "pgbg", 25, silentLogger);
-    writer.complete({ id, leaseToken: claimed.leaseToken });
+    const writer = claimedBy(workerId, [claimed]);
+    writer.complete({ id, leaseToken: claimed.leaseToken, claimId: claimed.claimId });
     await writer.flush();
     assert.equal(await remaining([id]), 0);
     const [{ held }] = await sql`SELECT held_until > now() AS held FROM pgbg.task_key WHERE key = 'after-finish'`;
@@ -159,12 +172,14 @@ describe("least-privilege roles", () => {
     // A write the role may not make is retried for ever: its first warning ends the test instead.
     let refused!: (warning: string) => void;
     const refusal = new Promise<string>((resolve) => (refused = resolve));
-    const writer = new OutcomeWriter(asServe, "pgbg", 25, { ...silentLogger, warn: (m: string, f?: { error?: string }) => refused(`${m}: ${f?.error}`) });
-    const claimed = await claimTasks(asServe, "pgbg", { workerId: randomUUID(), queues: null, names: ["noop", "fails"], leaseMs: [60_000, 60_000] }, 10);
+    const workerId = randomUUID();
+    const writer = new OutcomeWriter(asServe, "pgbg", 25, { ...silentLogger, warn: (m: string, f?: { error?: string }) => refused(`${m}: ${f?.error}`) }, undefined, workerId);
+    const claimed = await claimTasks(asServe, "pgbg", { workerId, queues: null, names: ["noop", "fails"], leaseMs: [60_000, 60_000] }, 10);
+    writer.claimed(claimed);
     assert.deepEqual(claimed.map((c) => c.id).sort(), [flow.tasks.a, flow.tasks.c].sort(), "the parents, not their dependants");
     const [a, c] = [flow.tasks.a, flow.tasks.c].map((id) => claimed.find((t) => t.id === id)!);
-    writer.complete({ id: a.id, leaseToken: a.leaseToken });
-    writer.fail({ id: c.id, leaseToken: c.leaseToken, delay: 0, error: { name: "Error", message: "planned" }, permanent: true });
+    writer.complete({ id: a.id, leaseToken: a.leaseToken, claimId: a.claimId });
+    writer.fail({ id: c.id, leaseToken: c.leaseToken, claimId: c.claimId, delay: 0, error: { name: "Error", message: "planned" }, permanent: true });
     assert.equal(await Promise.race([writer.flush().then(() => "written"), refusal]), "written");
     assert.deepEqual(await Promise.all([flow.tasks.b, flow.tasks.d].map(async (id) => (await taskRow(id))?.state)), ["queued", "failed"]);
     // The flow keeper: batches' completion tasks left uncounted, and flows older than a day pruned.
@@ -174,9 +189,10 @@ describe("least-privilege roles", () => {
     assert.equal((await sql`SELECT count(*)::int AS n FROM pgbg.flow WHERE id = ${flow.id}`)[0].n, 0, "pruned");
     // A batch, enqueued with the flows' grants alone; its members' successes count it down under the service's role.
     const batch = await enqueueBatch(asEnqueue, noop, [{}, {}], { then: flowTask(noop, {}) });
-    const members = await claimTasks(asServe, "pgbg", { workerId: randomUUID(), queues: null, names: ["noop"], leaseMs: [60_000] }, 10);
+    const members = await claimTasks(asServe, "pgbg", { workerId, queues: null, names: ["noop"], leaseMs: [60_000] }, 10);
+    writer.claimed(members);
     assert.deepEqual(members.map((m) => m.id).sort(), [...batch.members].sort());
-    for (const m of members) writer.complete({ id: m.id, leaseToken: m.leaseToken, batch: true });
+    for (const m of members) writer.complete({ id: m.id, leaseToken: m.leaseToken, claimId: m.claimId, batch: true });
     assert.equal(await Promise.race([writer.flush().then(() => "written"), refusal]), "written");
     assert.equal((await taskRow(batch.then))?.state, "queued", "the batch's completion task is released");
     await sql`DELETE FROM pgbg.task WHERE flow_id = ${batch.id}`;

@@ -102,14 +102,13 @@ export async function stopService(service: Service): Promise<{ code: number | nu
 /**
  * The order a worker runs the four tasks of the claim order tests in:
  * enqueued in one transaction as priority 5, priority -1, priority 5 with
- * a run time a minute back, and priority 5. Row claims read a lane by
- * (run time, id), so the one with the past run time comes second. Claim
- * rows (PGBG_CLAIM_ROWS=1) read a lane in the order its tasks became due,
- * by their staging transaction, and a past run time puts no task ahead of
- * those enqueued before it (docs/storage.md, "What keeps the switch off").
+ * a run time a minute back, and priority 5. Claims read a lane (of one
+ * priority) in the order its tasks became due, by their staging
+ * transaction, and a past run time puts no task ahead of those enqueued
+ * before it (docs/storage.md, "Claim order").
  */
 export function claimOrder(order: readonly string[]): string[] {
-  return process.env.PGBG_CLAIM_ROWS === "1" ? [order[1], order[0], order[2], order[3]] : [order[1], order[2], order[0], order[3]];
+  return [order[1], order[0], order[2], order[3]];
 }
 
 /**

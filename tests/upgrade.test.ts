@@ -171,16 +171,9 @@ export const step = defineTask({
         await new Promise((r) => setTimeout(r, input.ms));
       },
     });
-    // This release's worker claims by claim rows (the internal switch), each claim's tasks left queued in their rows.
+    // This release's worker claims by claim rows, each claim's tasks left queued in their rows.
     const worker = createWorker(sql, { tasks: [step], concurrency: 4, checkInterval: 200, logger: { debug() {}, info() {}, warn() {}, error() {} } });
-    const switched = process.env.PGBG_CLAIM_ROWS;
-    process.env.PGBG_CLAIM_ROWS = "1";
-    try {
-      await worker.start();
-    } finally {
-      if (switched === undefined) delete process.env.PGBG_CLAIM_ROWS;
-      else process.env.PGBG_CLAIM_ROWS = switched;
-    }
+    await worker.start();
     try {
       // The previous release's service claims on beside it: its claims that
       // meet a task a claim row holds fail (task_claim_guard) and are made

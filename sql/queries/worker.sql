@@ -3,97 +3,32 @@
 -- lease: `lease_token` must still be the one the claim handed out and the
 -- task must still be running, so a worker that lost its lease changes nothing.
 
--- name: ClaimTasks
--- The full claim. $1 worker id, $2 queues (NULL: every queue), $3 registered
--- task names, $4 lease length in ms for each name in $3, $5 how many to claim.
---
--- `lanes` lists the distinct (queue, priority) pairs of queued tasks without
--- a group by skipping through task_claim_idx (one index probe per pair),
--- and each lane
--- is read from its head. While vacuum is held back, the head of a lane is
--- every task claimed since: entries the scan must step over one by one
--- (docs/storage.md), so workers then claim with ClaimTasksAfter and run this
--- only now and then (lib/claim-cursor.ts).
-WITH RECURSIVE lanes (queue, priority, after, after_id, limited) AS (
-  (SELECT queue, priority, '-infinity'::timestamptz, 0::bigint, false FROM pgbg.task
-   WHERE state = 'queued' AND group_name IS NULL ORDER BY queue, priority LIMIT 1)
+-- fragment: LimitedQueueLanes
+-- The lanes of the one limited queue $2 that hold tasks of the names the
+-- worker runs ($3), as `lanes` (FoundLanes).
+{{FoundLanes:t.queue = ($2::text[])[1]}}
+
+-- fragment: FoundLanes
+-- The lanes (queue, name, priority) that hold queued tasks without a group
+-- of the names the worker runs ($3), as `lanes`: a skip scan of
+-- task_lane_idx, one probe per lane of any name, `{{@}}` a condition on
+-- the task `t` (a queue, or true). While vacuum is held back each probe
+-- steps over the entries of the tasks completed since, at its lane's head,
+-- so the worker then claims from the (queue, priority) pairs it knows
+-- (KnownPairs) and runs this now and then (lib/claim-cursor.ts judges
+-- when).
+found (queue, name, priority) AS (
+  (SELECT t.queue, t.name, t.priority FROM pgbg.task t
+   WHERE t.state = 'queued' AND t.group_name IS NULL AND {{@}} ORDER BY t.queue, t.name, t.priority LIMIT 1)
   UNION ALL
-  SELECT n.queue, n.priority, '-infinity'::timestamptz, 0::bigint, false FROM lanes l CROSS JOIN LATERAL (
-    SELECT t.queue, t.priority FROM pgbg.task t
-    WHERE t.state = 'queued' AND t.group_name IS NULL AND (t.queue, t.priority) > (l.queue, l.priority)
-    ORDER BY t.queue, t.priority LIMIT 1
+  SELECT n.queue, n.name, n.priority FROM found f CROSS JOIN LATERAL (
+    SELECT t.queue, t.name, t.priority FROM pgbg.task t
+    WHERE t.state = 'queued' AND t.group_name IS NULL AND {{@}} AND (t.queue, t.name, t.priority) > (f.queue, f.name, f.priority)
+    ORDER BY t.queue, t.name, t.priority LIMIT 1
   ) n
 ),
-{{ClaimFromLanes:$5}};
-
--- name: ClaimLimitedTasks
--- The claim from one queue with a concurrency or rate limit ($2: that queue alone),
--- in the transaction that took LockLimitedQueue and counted its free slots
--- (QueueFreeSlots; $5 is at most those). Its lanes are the queue's
--- priorities, read from their heads as in ClaimTasks.
-WITH RECURSIVE {{LimitedQueueLanes}},
-{{ClaimFromLanes:$5}};
-
--- name: ClaimTasksAfter
--- The claim from a cursor: as ClaimTasks, but only from the lanes given
--- ($6 queues, $7 priorities), each read from after the position given
--- ($8 run_at in epoch microseconds, $9 id) instead of from its head, so the
--- scan starts past the entries of tasks claimed before. A task before its
--- lane's start (one whose enqueue committed long after its run_at, or a
--- lane not listed) is left to the next full claim.
-{{ClaimAfter:false}};
-
--- name: ClaimLimitedTasksAfter
--- The limited claim from a cursor (the limited queue's own, lib/limits.ts):
--- as ClaimTasksAfter, with lanes of the one limited queue $2 only, in the
--- transaction of ClaimLimitedTasks, which it stands for.
-{{ClaimAfter:true}};
-
--- fragment: ClaimAfter
--- The lanes of a claim from a cursor, `{{@}}`: whether it is the limited
--- claim.
-WITH {{CursorLanes:{{@}}}},
-{{ClaimFromLanes:$5}}
-
--- name: ClaimSlotTasks
--- The claim from one queue limited by its concurrency alone ($2: that
--- queue alone), in one statement: as ClaimLimitedTasks, at most the free
--- slots take_queue_slots finds (024_queue_slots_unwritten) under the
--- queue's lock, exclusive, or shared while no registered worker can reach
--- the limit ($6: the worker's unwritten outcomes, taken off the claim
--- then). Nothing when the queue is paused or limited otherwise by now:
--- the worker reads its limits again at its next check interval.
-WITH RECURSIVE {{LimitedQueueLanes}},
-{{SlotsTaken:$6}},
-{{ClaimFromLanes:(SELECT s.free FROM slots s)}};
-
--- name: ClaimSlotTasksAfter
--- ClaimSlotTasks from the queue's claim cursor, as ClaimLimitedTasksAfter
--- ($10: the worker's unwritten outcomes).
-WITH {{CursorLanes:true}},
-{{SlotsTaken:$10}},
-{{ClaimFromLanes:(SELECT s.free FROM slots s)}};
-
--- fragment: CursorLanes
--- The lanes a claim cursor gives ($6 queues, $7 priorities, $8 run_at in
--- epoch microseconds, $9 id), `{{@}}`: whether of the limited claim.
-lanes (queue, priority, after, after_id, limited) AS (
-  SELECT l.queue, l.priority, timestamptz 'epoch' + l.after_us * interval '1 microsecond', l.after_id, {{@}}
-  FROM unnest($6::text[], $7::smallint[], $8::bigint[], $9::bigint[]) AS l (queue, priority, after_us, after_id)
-)
-
--- fragment: LimitedQueueLanes
--- The lanes of the one limited queue $2: its priorities, each read from
--- its head (one probe of task_claim_idx per lane).
-lanes (queue, priority, after, after_id, limited) AS (
-  (SELECT queue, priority, '-infinity'::timestamptz, 0::bigint, true FROM pgbg.task
-   WHERE state = 'queued' AND group_name IS NULL AND queue = ($2::text[])[1] ORDER BY queue, priority LIMIT 1)
-  UNION ALL
-  SELECT n.queue, n.priority, '-infinity'::timestamptz, 0::bigint, true FROM lanes l CROSS JOIN LATERAL (
-    SELECT t.queue, t.priority FROM pgbg.task t
-    WHERE t.state = 'queued' AND t.group_name IS NULL AND t.queue = l.queue AND t.priority > l.priority
-    ORDER BY t.queue, t.priority LIMIT 1
-  ) n
+lanes (queue, name, priority) AS (
+  SELECT f.queue, f.name, f.priority FROM found f WHERE f.name = ANY ($3::text[])
 )
 
 -- fragment: SlotsTaken
@@ -297,34 +232,6 @@ candidates AS (
 )
 {{ClaimCandidates}};
 
--- fragment: ClaimFromLanes
--- `{{@}}`: how many to claim at most ($5, or less under a limit).
--- Each lane is read in (run_at, id) order after its start, with run_at <=
--- now() as the other index bound, so the scan stops at the first task not
--- yet due, however many delayed tasks wait behind it, and at $5 rows,
--- however deep the queue. SKIP LOCKED lets concurrent claimers pass each
--- other's rows instead of queueing on them.
-candidates AS (
-  SELECT c.id, c.name, NULL::bigint AS turn FROM lanes l CROSS JOIN LATERAL (
-    SELECT t.id, t.name, t.priority, t.run_at FROM pgbg.task t
-    WHERE t.state = 'queued' AND t.group_name IS NULL AND t.queue = l.queue AND t.priority = l.priority
-      AND (t.run_at, t.id) > (l.after, l.after_id) AND {{ClaimableTask}}
-    ORDER BY t.run_at, t.id
-    LIMIT {{@}}
-    FOR UPDATE SKIP LOCKED
-  ) c
-  WHERE ($2::text[] IS NULL OR l.queue = ANY($2::text[]))
-    -- A paused queue's lanes are skipped, and a limited one's are left to
-    -- the limited claim (not those of a queue limited per group alone: a
-    -- group limit does not hold tasks without a group): one probe of
-    -- queue_pkey per lane.
-    AND NOT EXISTS (SELECT FROM pgbg.queue q WHERE q.name = l.queue
-      AND (q.paused_at IS NOT NULL OR ({{QueueLimited}} AND NOT {{QueuePerGroup}}) <> l.limited))
-  ORDER BY c.priority, c.run_at, c.id
-  LIMIT {{@}}
-)
-{{ClaimCandidates}}
-
 -- fragment: GroupQueueClosed
 -- Whether the group claim leaves the queue `p.queue` alone: not one of
 -- $2, paused, limited when this is not the limited claim ({{@}}: true), or not
@@ -504,27 +411,12 @@ CROSS JOIN LATERAL (SELECT ctid FROM pgbg.task WHERE id = s.id LIMIT 1) x
   AND pg_visible_in_snapshot(t.staged_xact, c.upto) AND (c.since IS NULL OR NOT pg_visible_in_snapshot(t.staged_xact, c.since)))
 
 -- name: ClaimRowTasks
--- The claim by claim rows (migration 027; on while claim rows are, off by
--- default), of tasks without a group in queues without a limit: $1 worker
--- id, $2 queues (NULL: every queue), $3 registered task names, $4 lease
--- length in ms for each name in $3, $5 how many to claim.
--- `lanes` lists the distinct (queue, priority) pairs of queued tasks
--- without a group by skipping through task_claim_idx, as ClaimTasks does,
--- one index probe per pair (OpenLanes and ClaimOpenLanes claim them). While vacuum is
--- held back each probe steps over the entries of the tasks completed
--- since, so the worker then claims from the pairs it knows
--- (ClaimRowTasksFrom) and runs this now and then (lib/claim-cursor.ts
--- judges when, as for the row claims).
-WITH RECURSIVE lanes (queue, priority) AS (
-  (SELECT t.queue, t.priority FROM pgbg.task t
-   WHERE t.state = 'queued' AND t.group_name IS NULL ORDER BY t.queue, t.priority LIMIT 1)
-  UNION ALL
-  SELECT n.queue, n.priority FROM lanes l CROSS JOIN LATERAL (
-    SELECT t.queue, t.priority FROM pgbg.task t
-    WHERE t.state = 'queued' AND t.group_name IS NULL AND (t.queue, t.priority) > (l.queue, l.priority)
-    ORDER BY t.queue, t.priority LIMIT 1
-  ) n
-),
+-- The claim of tasks without a group in queues without a limit, by claim
+-- rows (migrations 026-029): $1 worker id, $2 queues (NULL: every queue),
+-- $3 registered task names, $4 lease length in ms for each name in $3, $5
+-- how many to claim. `lanes` are those that hold tasks (FoundLanes);
+-- OpenLanes and ClaimOpenLanes claim them.
+WITH RECURSIVE {{FoundLanes:true}},
 {{OpenLanes:false}}
 {{ClaimOpenLanes:$5::integer}};
 
@@ -536,14 +428,10 @@ WITH {{KnownPairs}},
 {{ClaimOpenLanes:$5::integer}};
 
 -- name: ClaimLimitedRowTasks
--- The limited claim by claim rows, in the transaction of ClaimLimitedTasks,
--- which it stands for while claim rows are on: the tasks without a group
--- of the one limited queue $2, at most $5 (its free slots). The claims of
--- a queue's tasks without a group are all by claim rows then, limited or
--- not, so that each lane has one kind of claim: a row-by-row claim, which
--- reads a lane's rows from its head, would take a task a claim row holds
--- (still queued in its row) and run it twice, where a lane's claims by
--- claim rows take turns under its lock and each starts after the last.
+-- The limited claim, in claimLimited's transaction (lib/limits.ts): the
+-- tasks without a group of the one limited queue $2, at most $5 (its free
+-- slots), by claim rows as every claim of a lane is: claims of a lane take
+-- turns under its lock and each starts after the last.
 WITH RECURSIVE {{LimitedQueueLanes}},
 {{OpenLanes:true}}
 {{ClaimOpenLanes:$5::integer}};
@@ -556,9 +444,9 @@ WITH {{KnownPairs}},
 {{ClaimOpenLanes:$5::integer}};
 
 -- name: ClaimSlotRowTasks
--- ClaimSlotTasks by claim rows, while claim rows are on (see
--- ClaimLimitedRowTasks): at most the free slots take_queue_slots finds
--- ($6: the worker's unwritten outcomes), in one statement.
+-- The claim of a queue limited by its concurrency alone (ClaimLimitedRowTasks'
+-- tasks), in one statement: at most the free slots take_queue_slots finds
+-- ($6: the worker's unwritten outcomes).
 WITH RECURSIVE {{LimitedQueueLanes}},
 {{SlotsTaken:$6}},
 {{OpenLanes:true}}
@@ -573,26 +461,57 @@ WITH {{KnownPairs}},
 {{ClaimOpenLanes:(SELECT s.free FROM slots s)}};
 
 -- fragment: KnownPairs
--- The (queue, priority) pairs a claim by claim rows is given from the
--- worker's claim cursor ($6 queues, $7 priorities), as `lanes`: no
--- positions, as a claim row's pair starts past every task taken before.
-lanes (queue, priority) AS (
-  SELECT * FROM unnest($6::text[], $7::smallint[])
+-- The lanes of the (queue, priority) pairs a claim is given from the
+-- worker's claim cursor ($6 queues, $7 priorities), one for each name the
+-- worker runs ($3), as `lanes`: no positions, as a claim row's pair starts
+-- past every task taken before. A lane without tasks costs its claim a
+-- probe.
+lanes (queue, name, priority) AS (
+  SELECT p.queue, k.name, p.priority FROM unnest($6::text[], $7::smallint[]) AS p (queue, priority)
+  CROSS JOIN unnest($3::text[]) AS k (name)
 )
 
 -- fragment: OpenLanes
--- The lanes (queue, name, priority) a claim by claim rows takes from, as
--- `open`: those of the (queue, priority) pairs of `lanes` and of the names
--- the worker runs, in queues it claims from and that are not paused, and
--- limited or not as the claim is (`{{@}}`: whether it is the limited
--- claim), as ClaimFromLanes judges them.
+-- The lanes (queue, name, priority) of `lanes` a claim by claim rows takes
+-- from, with their names' lease lengths ($4), as `open`: those in queues
+-- it claims from and that are not paused, and limited or not as the claim
+-- is (`{{@}}`: whether it is the limited claim; a queue limited per group
+-- alone counts as not limited, a group limit holding no task without a
+-- group): one probe of queue_pkey per lane.
 open AS (
-  SELECT l.queue, k.name, l.priority, k.lease_ms FROM lanes l
-  CROSS JOIN unnest($3::text[], $4::integer[]) AS k (name, lease_ms)
+  SELECT l.queue, l.name, l.priority, k.lease_ms, h.head_xact, h.head_id FROM lanes l
+  JOIN unnest($3::text[], $4::integer[]) AS k (name, lease_ms) ON k.name = l.name
+  LEFT JOIN LATERAL ({{LaneHead:{{@}}}}) h ON true
   WHERE ($2::text[] IS NULL OR l.queue = ANY ($2::text[]))
     AND NOT EXISTS (SELECT FROM pgbg.queue q WHERE q.name = l.queue
       AND (q.paused_at IS NOT NULL OR ({{QueueLimited}} AND NOT {{QueuePerGroup}}) <> {{@}}))
 )
+
+-- fragment: LaneOrder
+-- The order of the lanes of `open` for pgbg.claim_lanes: by priority, then
+-- by their heads in the limited claim (LaneHead; the first lane takes
+-- what it can of a claim too small to share), then by queue and name.
+o.priority, o.head_xact, o.head_id, o.queue, o.name
+
+-- fragment: LaneHead
+-- In the limited claim (`{{@}}`), the next task of the lane `l` after its
+-- newest claim row's stretch (or its first), as (head_xact, head_id), by
+-- which ClaimOpenLanes orders the lanes of one priority: a limited claim
+-- asks for few tasks, often one, which the first lane in that order takes,
+-- so that a queue limited to 1 runs its tasks in the order they became
+-- due across its names. Its newest claim row is read as claim_lane reads
+-- it (the last entry of claim_lane_idx up to the lane's end). A task of
+-- that claim's pair staged by a transaction it saw in progress may come
+-- before the head: an order among the lanes, not a promise. None in other
+-- claims, which share among lanes (pgbg.claim_lanes).
+SELECT t.staged_xact AS head_xact, t.id AS head_id FROM pgbg.task t
+WHERE {{@}} AND t.queue = l.queue AND t.name = l.name AND t.priority = l.priority
+  AND t.state = 'queued' AND t.group_name IS NULL AND t.staged_xact IS NOT NULL
+  AND (t.staged_xact, t.id) > coalesce((
+    SELECT CASE WHEN (c.queue, c.name, c.priority) = (l.queue, l.name, l.priority) THEN (c.last_xact, c.last_id) END
+    FROM pgbg.claim c WHERE (c.queue, c.name, c.priority, c.id) <= (l.queue, l.name, l.priority, 9223372036854775807)
+    ORDER BY c.queue DESC, c.name DESC, c.priority DESC, c.id DESC LIMIT 1), ('0'::xid8, 0::bigint))
+ORDER BY t.staged_xact, t.id LIMIT 1
 
 -- fragment: ClaimOpenLanes
 -- Claims up to `{{@}}` tasks from `open` by pgbg.claim_lanes, in priority
@@ -603,8 +522,8 @@ open AS (
 SELECT c.id, c.name, c.queue, NULL::text AS group_name, c.payload, c.attempts, c.max_attempts, 0 AS lease_token, c.priority,
   c.snoozes, c.input_version, c.trace_context, c.batch_then, c.lag_ms, c.run_at_us, c.claim_id
 FROM (
-  SELECT array_agg(o.queue ORDER BY o.priority, o.queue, o.name) AS queues, array_agg(o.name ORDER BY o.priority, o.queue, o.name) AS names,
-    array_agg(o.priority ORDER BY o.priority, o.queue, o.name) AS priorities, array_agg(o.lease_ms ORDER BY o.priority, o.queue, o.name) AS leases
+  SELECT array_agg(o.queue ORDER BY {{LaneOrder}}) AS queues, array_agg(o.name ORDER BY {{LaneOrder}}) AS names,
+    array_agg(o.priority ORDER BY {{LaneOrder}}) AS priorities, array_agg(o.lease_ms ORDER BY {{LaneOrder}}) AS leases
   FROM open o
 ) o
 CROSS JOIN LATERAL pgbg.claim_lanes(o.queues, o.names, o.priorities, o.leases, $1::uuid, {{@}}) c
@@ -621,11 +540,23 @@ CROSS JOIN LATERAL pgbg.claim_lanes(o.queues, o.names, o.priorities, o.leases, $
 -- statements. $1 ids, $2
 -- their claims' ids (one per task), $3 the worker. A task no longer its
 -- claim's (InClaim) is not returned.
+{{LeaseClaimed:unnest($1::bigint[], $2::bigint[])}};
+
+-- name: LeaseClaimedTask
+-- LeaseClaimedTasks of one task ($1, of claim $2; $3 the worker), in the
+-- transaction of ctx.complete(tx): scalars, as CompleteTaskInTransaction
+-- takes, since the caller's client may not know array types (postgres.js
+-- with `fetch_types: false` sent a bigint[] parameter as a scalar, and the
+-- statement failed with "malformed array literal").
+{{LeaseClaimed:(VALUES ($1::bigint, $2::bigint))}};
+
+-- fragment: LeaseClaimed
+-- LeaseClaimedTasks of the tasks of `{{@}}` (id, claim_id).
 UPDATE pgbg.task t SET {{OwnLease}}
-FROM unnest($1::bigint[], $2::bigint[]) AS s (id, claim_id)
+FROM {{@}} AS s (id, claim_id)
 JOIN pgbg.claim c ON c.id = s.claim_id AND c.worker_id = $3::uuid
 WHERE t.id = s.id AND {{InClaim}} AND {{KnowsClaimRows}}
-RETURNING t.id, t.lease_token;
+RETURNING t.id, t.lease_token
 
 -- name: LeaseExpiredClaims
 -- Claim rows whose lease ended, or whose worker is one of $1 (dead, or
