@@ -18,7 +18,7 @@
  * the late tasks, so that every late attempt lives to try its completion.
  */
 import { leaseFor, type Liveness, liveness } from "../../lib/liveness.ts";
-import { enqueueMany } from "../../mod.ts";
+import { enqueueMany, listTasks } from "../../mod.ts";
 import type { ExecLine } from "./check.ts";
 import { type App, waitUntil } from "./cluster.ts";
 import { type Scenario, sized, type Stage, taskMs } from "./stage.ts";
@@ -98,11 +98,15 @@ async function workerRows(stage: Stage, app: App): Promise<number> {
   return n;
 }
 
-/** Attempts of `app`'s current process running now. */
+/**
+ * Attempts of `app`'s current process running now, read as pgbg reads
+ * them: a task a claim row holds is running, its worker the claim's,
+ * though its row is queued.
+ */
 async function runningIn(stage: Stage, app: App): Promise<number> {
-  const [{ n }] = await stage.sql`SELECT count(*)::int AS n FROM pgbg.task t JOIN pgbg.worker w ON w.id = t.worker_id
-    WHERE t.state = 'running' AND w.pid = ${app.pid}`;
-  return n;
+  const workers = new Set((await stage.sql`SELECT id FROM pgbg.worker WHERE pid = ${app.pid}`).map((r) => r.id as string));
+  const running = await listTasks(stage.sql, { state: "running", limit: 1000 });
+  return running.tasks.filter((t) => t.workerId !== null && workers.has(t.workerId)).length;
 }
 
 /**

@@ -35,9 +35,13 @@ if (only && chosen.length !== only.length) {
 const DRAIN_LIMIT_MS = 15 * 60_000;
 
 /**
- * The lease ledger. A claim changes the lease token; a lease ends when its
- * task leaves `running` (a completion deletes the row, and nothing can run
- * after it). A worker's row removed while its heartbeat was older than its
+ * The lease ledger. A row claim changes the lease token; a claim row
+ * leases each task of its stretch (logged with the claim's id, negated, as
+ * its token), and a task it holds given a lease of its own (to write an
+ * outcome other than a success, or by a rescue or a release) goes on under
+ * that lease, its entry taking the new token and keeping its claim's time.
+ * A lease ends when its task leaves `running` (a completion deletes the
+ * row, and nothing can run after it). A worker's row removed while its heartbeat was older than its
  * stale time was reaped. Times are clock_timestamp(), taken before the
  * commit, so an end is never recorded later than a process could see it.
  * The triggers slow each claim a little; they change no outcome.
@@ -52,8 +56,13 @@ CREATE TABLE chaos_worker_gone (worker_id uuid NOT NULL, heartbeat_at timestampt
 CREATE FUNCTION chaos_lease_log() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
   IF NEW.lease_token <> OLD.lease_token THEN
-    INSERT INTO chaos_claim (task_id, token, attempt, worker_id, pid)
-    VALUES (NEW.id, NEW.lease_token, NEW.attempts, NEW.worker_id, (SELECT pid FROM pgbg.worker WHERE id = NEW.worker_id));
+    UPDATE chaos_claim c SET token = NEW.lease_token
+    WHERE OLD.state = 'queued' AND c.ctid = (SELECT h.ctid FROM chaos_claim h WHERE h.task_id = NEW.id AND h.token < 0
+      AND NOT EXISTS (SELECT FROM chaos_lease_end e WHERE e.task_id = h.task_id AND e.token = h.token) ORDER BY h.at DESC LIMIT 1);
+    IF NOT FOUND THEN
+      INSERT INTO chaos_claim (task_id, token, attempt, worker_id, pid)
+      VALUES (NEW.id, NEW.lease_token, NEW.attempts, NEW.worker_id, (SELECT pid FROM pgbg.worker WHERE id = NEW.worker_id));
+    END IF;
   END IF;
   IF OLD.state = 'running' AND NEW.state <> 'running' THEN
     INSERT INTO chaos_lease_end (task_id, token, worker_id, handed_back, expires_at)
@@ -64,6 +73,18 @@ END $$;
 CREATE TRIGGER chaos_lease_log AFTER UPDATE ON pgbg.task FOR EACH ROW
   WHEN (NEW.lease_token <> OLD.lease_token OR (OLD.state = 'running' AND NEW.state <> 'running'))
   EXECUTE FUNCTION chaos_lease_log();
+CREATE FUNCTION chaos_claim_row_log() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO chaos_claim (task_id, token, attempt, worker_id, pid)
+  SELECT t.id, -NEW.id::integer, t.attempts + 1, NEW.worker_id, (SELECT pid FROM pgbg.worker WHERE id = NEW.worker_id)
+  FROM pgbg.task t
+  WHERE t.queue = NEW.queue AND t.name = NEW.name AND t.priority = NEW.priority AND t.state = 'queued' AND t.group_name IS NULL
+    AND (t.staged_xact, t.id) > (NEW.after_xact, NEW.after_id) AND (t.staged_xact, t.id) <= (NEW.last_xact, NEW.last_id)
+    AND pg_visible_in_snapshot(t.staged_xact, NEW.upto) AND (NEW.since IS NULL OR NOT pg_visible_in_snapshot(t.staged_xact, NEW.since));
+  RETURN NULL;
+END $$;
+CREATE TRIGGER chaos_claim_row_log AFTER INSERT ON pgbg.claim FOR EACH ROW WHEN (NEW.worker_id IS NOT NULL)
+  EXECUTE FUNCTION chaos_claim_row_log();
 CREATE FUNCTION chaos_worker_log() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
   INSERT INTO chaos_worker_gone (worker_id, heartbeat_at, stale_after_ms) VALUES (OLD.id, OLD.heartbeat_at, OLD.stale_after_ms);
