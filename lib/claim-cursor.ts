@@ -1,30 +1,23 @@
 /**
- * The claim cursor: where a worker's next claim starts reading each lane.
+ * The claim cursor: which lanes a worker's next claim reads, when finding
+ * them costs too much.
  *
- * A claim leaves the index entry of every task it takes behind it, and only
- * vacuum removes those entries, once no snapshot can still see the task as
- * queued. While something holds vacuum back (a long transaction, an idle
- * session in a transaction, a replication slot), a claim that reads a lane
- * from its head steps over every task claimed since, and slows down as the
- * held time grows (docs/storage.md has the figures). The cursor keeps, per
- * lane, the position (run_at, id) of the latest task this worker claimed,
- * and the worker then reads the lane from there, past the claimed entries,
- * or from {@link CURSOR_MARGIN_MS} before its latest claim when that is
- * earlier.
+ * A claim by claim rows starts each lane past every task taken before (its
+ * pair of snapshots, from the lane's newest claim row), so it steps over no
+ * task claimed since. Finding which lanes hold tasks is what steps over
+ * them: a full claim finds the lanes by a skip scan of the lane index, one
+ * probe per (queue, name, priority), and a probe starts at its lane's head,
+ * where the entries of the completed tasks stay while something holds
+ * vacuum back (a long transaction, an idle session in a transaction, a
+ * replication slot). The full claims then slow down as the held time grows
+ * (docs/storage.md has the figures). The cursor keeps the (queue, priority)
+ * pairs this worker took tasks from lately, and the worker then claims
+ * from those, for each of its names (ClaimRowTasksFrom), without looking
+ * for others.
  *
- * Why that start is safe: a claim at time C takes, in claim order, every
- * task it can see up to the batch; the tasks before the latest it took
- * that it could not see were enqueued by transactions still open at C. Such
- * a task's run_at is its transaction's start (or later), so unless that
- * transaction was open for more than the margin, its run_at is at or after
- * C minus the margin. A task can thus be due before its lane's start and
- * still be queued only when its enqueue committed more than the margin
- * after its run_at (a long transaction, an explicit `runAt` in the past),
- * when another claimer that had it locked rolled back, or when its lane is
- * new to this worker.
- * Full claims, which read every lane from its head, find those: every claim
- * is full while full claims are fast (until {@link SLOW_FULL_CLAIMS} in a
- * row were slow), and while they are slow one runs at
+ * Full claims find new lanes: every claim is full while full claims are
+ * fast (until {@link SLOW_FULL_CLAIMS} in a row were slow), and while they
+ * are slow one runs at
  * least every {@link FULL_CLAIM_EVERY_MS}, or more rarely when a full claim
  * itself takes long, so that full claims take at most a
  * 1/{@link FULL_CLAIM_SHARE} share of the claim time, but never more rarely
@@ -36,18 +29,8 @@
  * @module
  */
 import type { QueryName } from "./generated/sql.ts";
-import { compareIntegerText } from "./integer-text.ts";
 import { type Database, run } from "./statements.ts";
 
-/**
- * How long an enqueue's transaction may stay open, in ms, for the cursor's
- * claims to find its task: a lane is read from no later than this before
- * the latest claim. While tasks are claimed as they come, it is also how
- * many claimed entries (this long's worth of tasks) each of those claims
- * steps over while vacuum is held back; in a backlog, the lane is read from
- * the latest run_at claimed, and they step over none.
- */
-export const CURSOR_MARGIN_MS = 1_000;
 /**
  * A full claim that takes less than this (ms, as the worker times it) more
  * than a round trip to the database keeps every claim full. The round trip
@@ -83,88 +66,44 @@ export const FULL_CLAIM_MAX_GAP_MS = 10_000;
 /** A lane no claim has taken a task from for this long (ms) is dropped from the cursor; a full claim finds it again. */
 const LANE_KEPT_MS = 60_000;
 
-/** Lanes to claim from, each read from after a position: the parameters of ClaimTasksAfter. */
-export interface LaneStarts {
+/** The (queue, priority) pairs a claim from the cursor reads: the parameters ClaimRowTasksFrom adds. */
+export interface KnownLanes {
   queues: string[];
   priorities: number[];
-  /** run_at of the position, epoch microseconds (bigint as text). */
-  afterUs: string[];
-  /** id of the position (bigint as text). */
-  afterIds: string[];
 }
 
-/** What the cursor needs of a claimed task. */
-export interface ClaimedPosition {
+/** What the cursor needs of a claimed task: its lane's pair. */
+export interface ClaimedLane {
   queue: string;
   priority: number;
-  /** The task's id. */
-  id: string;
-  /** The task's run_at, epoch microseconds (bigint as text). */
-  runAtUs: string;
-  /** When the claim took it, by the database's clock, epoch ms. */
-  claimedAtMs: number;
 }
 
 /**
- * Where a claim statement's row (ClaimFromLanes' columns) stands in its
- * lane: its run_at exact, and when the claim took it by the database's
- * clock (run_at plus how long it waited since).
- */
-export function positionOf(r: Record<string, unknown>): ClaimedPosition {
-  return {
-    queue: r.queue as string, priority: r.priority as number, id: String(r.id), runAtUs: String(r.run_at_us),
-    claimedAtMs: Number(r.run_at_us) / 1000 + (r.lag_ms as number),
-  };
-}
-
-/**
- * Runs one claim of a pair of claim statements with `cursor`: `after` from
- * the cursor's starts when it has them, `full` when it must be a full
+ * Runs one claim of a pair of claim statements with `cursor`: `from` with
+ * the cursor's pairs when it gives them, `full` when it must be a full
  * claim (or there is no cursor), none when it knows no lane; then records
- * what it took in the cursor. `params` are the first five of both; `tail`
- * follows them in `full`, and what `startsOf` makes of the cursor's starts
- * (its four arrays, by default) in `after`.
+ * what it took in the cursor. `params` are the first five of both, and
+ * `tail` follows them in `full`, and the pairs (queues, priorities) in
+ * `from`.
  */
 export async function claimWithCursor(
-  db: Database, schema: string, cursor: ClaimCursor | undefined, [full, after]: [QueryName, QueryName], params: unknown[], tail: unknown[] = [],
-  startsOf: (starts: LaneStarts) => unknown[] = (s) => [s.queues, s.priorities, s.afterUs, s.afterIds],
+  db: Database, schema: string, cursor: ClaimCursor | undefined, [full, from]: [QueryName, QueryName], params: unknown[], tail: unknown[] = [],
 ): Promise<Record<string, unknown>[]> {
   const started = performance.now();
-  const starts = cursor?.next(Date.now());
-  if (starts && !starts.queues.length) return [];
-  const rows = starts
-    ? await run(db, schema, after, [...params, ...startsOf(starts), ...tail])
+  const lanes = cursor?.next(Date.now());
+  if (lanes && !lanes.queues.length) return [];
+  const rows = lanes
+    ? await run(db, schema, from, [...params, lanes.queues, lanes.priorities, ...tail])
     : await run(db, schema, full, [...params, ...tail]);
-  cursor?.record(!starts, performance.now() - started, rows.map(positionOf), Date.now());
+  cursor?.record(!lanes, performance.now() - started, rows as unknown as ClaimedLane[], Date.now());
   return rows;
-}
-
-/**
- * What a claim by claim rows is given from a cursor (claimWithCursor's
- * `startsOf`): the lanes' (queue, priority) pairs alone, without positions,
- * since a claim row's pair starts past every task taken before.
- */
-export function pairsOf(starts: LaneStarts): unknown[] {
-  return [starts.queues, starts.priorities];
 }
 
 interface Lane {
   queue: string;
   priority: number;
-  /** The latest position claimed in this lane: run_at in epoch microseconds, and id (bigints as text, compared as such). */
-  latestUs: string;
-  latestId: string;
-  /** The latest claim in this lane, by the database's clock, epoch ms. */
-  claimedAt: number;
   /** When this worker last claimed from the lane (its clock, ms). */
   seenAt: number;
-}
-
-/** Where a lane's claims start: after its latest claimed task, or a margin before its latest claim if that is earlier. */
-function startOf(lane: Lane): [bigint, bigint] {
-  const marginUs = BigInt(Math.floor((lane.claimedAt - CURSOR_MARGIN_MS) * 1000));
-  const latestUs = BigInt(lane.latestUs);
-  return latestUs <= marginUs ? [latestUs, BigInt(lane.latestId)] : [marginUs, 0n];
 }
 
 /**
@@ -205,14 +144,14 @@ export class ClaimCursor {
   constructor(readonly roundTrips: RoundTrips = new RoundTrips()) {}
 
   /**
-   * The lanes and starts for the next claim, or null when it must be a full
-   * claim: the first one, one asked for with {@link fullNext}, every claim
-   * until full claims are judged slow, and one now and then after. The
-   * lanes may be none (a slow full claim found nothing, or only lanes of
-   * limited queues, which are not this cursor's): the claim then reads
-   * nothing until the next full one.
+   * The lanes for the next claim, or null when it must be a full claim:
+   * the first one, one asked for with {@link fullNext}, every claim until
+   * full claims are judged slow, and one now and then after. The lanes may
+   * be none (a slow full claim found nothing, or only lanes of limited
+   * queues, which are not this cursor's): the claim then reads nothing
+   * until the next full one.
    */
-  next(now: number): LaneStarts | null {
+  next(now: number): KnownLanes | null {
     this.#claimAt = now;
     if (this.#fullNext || !this.fullClaimsSlow) return null;
     const gap = Math.min(Math.max(FULL_CLAIM_EVERY_MS, FULL_CLAIM_SHARE * this.#fullMs.at(-1)!), FULL_CLAIM_MAX_GAP_MS);
@@ -221,23 +160,20 @@ export class ClaimCursor {
       this.#wokenFullAt = now;
       return null;
     }
-    const starts: LaneStarts = { queues: [], priorities: [], afterUs: [], afterIds: [] };
+    const lanes: KnownLanes = { queues: [], priorities: [] };
     for (const [key, lane] of this.#lanes) {
       if (now - lane.seenAt > LANE_KEPT_MS) {
         this.#lanes.delete(key);
         continue;
       }
-      starts.queues.push(lane.queue);
-      starts.priorities.push(lane.priority);
-      const [afterUs, afterId] = startOf(lane);
-      starts.afterUs.push(String(afterUs));
-      starts.afterIds.push(String(afterId));
+      lanes.queues.push(lane.queue);
+      lanes.priorities.push(lane.priority);
     }
-    return starts;
+    return lanes;
   }
 
   /** Records a claim: whether it was full, how long it took (ms), and what it took. */
-  record(full: boolean, durationMs: number, claimed: readonly ClaimedPosition[], now: number): void {
+  record(full: boolean, durationMs: number, claimed: readonly ClaimedLane[], now: number): void {
     if (full) {
       this.#fullNext = false;
       // A wake-up that came while this claim ran may be for a task its
@@ -248,23 +184,16 @@ export class ClaimCursor {
       if (this.#fullMs.length > SLOW_FULL_CLAIMS) this.#fullMs.shift();
     }
     // A claim's tasks come lane after lane, so a lane is looked up only
-    // where the lane changes, and positions are compared as text: a key and
-    // two BigInts made per task were about 2 % of a draining worker's busy
-    // time in a profile (bench/RESULTS.md, "A worker's CPU a task").
+    // where the lane changes: a key made per task was about 2 % of a
+    // draining worker's busy time in a profile (bench/RESULTS.md, "A
+    // worker's CPU a task").
     let lane: Lane | undefined;
     for (const task of claimed) {
-      if (!lane || task.queue !== lane.queue || task.priority !== lane.priority) {
-        const key = `${task.priority}\u0000${task.queue}`;
-        lane = this.#lanes.get(key);
-        if (!lane) {
-          this.#lanes.set(key, lane = { queue: task.queue, priority: task.priority, latestUs: task.runAtUs, latestId: task.id, claimedAt: task.claimedAtMs, seenAt: now });
-          continue;
-        }
-      }
-      const byRunAt = compareIntegerText(task.runAtUs, lane.latestUs);
-      if (byRunAt > 0 || (byRunAt === 0 && compareIntegerText(task.id, lane.latestId) > 0)) [lane.latestUs, lane.latestId] = [task.runAtUs, task.id];
-      lane.claimedAt = Math.max(lane.claimedAt, task.claimedAtMs);
-      lane.seenAt = now;
+      if (lane && task.queue === lane.queue && task.priority === lane.priority) continue;
+      const key = `${task.priority}\u0000${task.queue}`;
+      lane = this.#lanes.get(key);
+      if (lane) lane.seenAt = now;
+      else this.#lanes.set(key, lane = { queue: task.queue, priority: task.priority, seenAt: now });
     }
   }
 

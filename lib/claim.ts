@@ -8,7 +8,7 @@
  * @module
  */
 import type { Sql } from "postgres";
-import { type ClaimCursor, claimWithCursor, pairsOf, positionOf } from "./claim-cursor.ts";
+import { type ClaimCursor, claimWithCursor } from "./claim-cursor.ts";
 import { claimBothKinds, claimGroups, type GroupRotation } from "./groups.ts";
 import { compareIntegerText } from "./integer-text.ts";
 import { claimLimited, type LimitedQueues } from "./limits.ts";
@@ -181,20 +181,22 @@ async function claimUnlimited(db: Database, schema: string, scope: ClaimScope, l
  */
 async function claimUngrouped(db: Database, schema: string, scope: ClaimScope, limit: number, cursor?: ClaimCursor): Promise<ClaimedTask[]> {
   const params = [scope.workerId, scope.queues, scope.names, scope.leaseMs, limit];
-  const rows = await claimWithCursor(db, schema, cursor, ["ClaimRowTasks", "ClaimRowTasksFrom"], params, [], pairsOf);
+  const rows = await claimWithCursor(db, schema, cursor, ["ClaimRowTasks", "ClaimRowTasksFrom"], params);
   return rows.map(claimedTask);
 }
 
 /** A row of a claim statement as the worker holds it. */
 // deno-lint-ignore no-explicit-any
 function claimedTask(r: Record<string, any>): ClaimedTask {
-  // The position's fields are copied one by one: an object spread here cost
+  // The fields are copied one by one: an object spread here cost
   // about 12 µs a task (over a quarter of a served worker's busy CPU in a drain), the rows of
   // postgres.js being dictionary-mode objects (bench/RESULTS.md, "The
   // worker's CPU per task").
-  const { queue, priority, id, runAtUs, claimedAtMs } = positionOf(r);
+  const runAtUs = String(r.run_at_us);
   return {
-    queue, priority, id, runAtUs, claimedAtMs,
+    queue: r.queue as string, priority: r.priority as number, id: String(r.id), runAtUs,
+    // When the claim took it, by the database's clock: its run time and how long it waited since.
+    claimedAtMs: Number(runAtUs) / 1000 + (r.lag_ms as number),
     name: r.name as string,
     group: r.group_name as string | null,
     payload: r.payload as unknown,

@@ -4,7 +4,7 @@ import { describe, test } from "node:test";
 import postgres from "postgres";
 import * as v from "valibot";
 import { claimTasks, type ClaimScope } from "../lib/claim.ts";
-import { ClaimCursor, type ClaimedPosition, CURSOR_MARGIN_MS, type LaneStarts, FAST_FULL_CLAIM_MS, FULL_CLAIM_EVERY_MS, FULL_CLAIM_MAX_GAP_MS, FULL_CLAIM_SHARE, ROUND_TRIPS_KEPT, SLOW_FULL_CLAIMS } from "../lib/claim-cursor.ts";
+import { ClaimCursor, type ClaimedLane, type KnownLanes, FAST_FULL_CLAIM_MS, FULL_CLAIM_EVERY_MS, FULL_CLAIM_MAX_GAP_MS, FULL_CLAIM_SHARE, ROUND_TRIPS_KEPT, SLOW_FULL_CLAIMS } from "../lib/claim-cursor.ts";
 import { LimitedQueues } from "../lib/limits.ts";
 import { liveness } from "../lib/liveness.ts";
 import { silentLogger } from "../lib/log.ts";
@@ -21,15 +21,13 @@ await migrate(sql);
 const task = defineTask({ name: "cursor", schema: v.any(), run() {} });
 const scope = (workerId: string): ClaimScope => ({ workerId, queues: null, names: ["cursor"], leaseMs: [60_000] });
 let ids = 0;
-/** A task claimed when it fell due (at `runAtMs`, or at `claimedAtMs`: later, from a backlog). */
-const at = (runAtMs: number, priority = 0, queue = "default", claimedAtMs = runAtMs) =>
-  ({ queue, priority, id: String(++ids), runAtUs: String(runAtMs * 1000), claimedAtMs });
-/** A lane's start as "queue/priority/run_at ms/id". */
-const startsOf = (starts: LaneStarts | null) =>
-  starts ? starts.queues.map((q, i) => `${q}/${starts.priorities[i]}/${Number(starts.afterUs[i]) / 1000}/${starts.afterIds[i]}`).sort() : null;
+/** A task claimed (its run time at `runAtMs`: the cursor keeps its lane alone). */
+const at = (runAtMs: number, priority = 0, queue = "default") => ({ queue, priority, id: String(++ids), runAtUs: String(runAtMs * 1000) });
+/** The cursor's lanes as "queue/priority", sorted. */
+const lanesOf = (lanes: KnownLanes | null) => lanes ? lanes.queues.map((q, i) => `${q}/${lanes.priorities[i]}`).sort() : null;
 const SLOW = FAST_FULL_CLAIM_MS * 5;
 /** Records the full claims that make the cursor judge full claims slow, the last taking `tasks` in `ms`. */
-const slowFull = (cursor: ClaimCursor, tasks: ClaimedPosition[], now: number, ms = SLOW) => {
+const slowFull = (cursor: ClaimCursor, tasks: ClaimedLane[], now: number, ms = SLOW) => {
   for (let i = 1; i < SLOW_FULL_CLAIMS; i++) cursor.record(true, SLOW, [], now);
   cursor.record(true, ms, tasks, now);
 };
@@ -56,41 +54,13 @@ describe("the claim cursor's choice between a full claim and a claim from the cu
     assert.ok(cursor.next(1));
   });
 
-  test("once full claims are slow, tasks claimed as they fell due: each lane is read from a margin before its latest claim", () => {
+  test("once full claims are slow, a claim from the cursor reads the (queue, priority) pairs it took tasks from, each once", () => {
     const cursor = new ClaimCursor();
-    slowFull(cursor, [at(5_000), at(7_000), at(6_000, 3, "mail")], 0);
-    assert.deepEqual(startsOf(cursor.next(1)), [`default/0/${7_000 - CURSOR_MARGIN_MS}/0`, `mail/3/${6_000 - CURSOR_MARGIN_MS}/0`]);
-    cursor.record(false, 1, [at(9_000)], 2);
-    assert.deepEqual(startsOf(cursor.next(3)), [`default/0/${9_000 - CURSOR_MARGIN_MS}/0`, `mail/3/${6_000 - CURSOR_MARGIN_MS}/0`]);
-  });
-
-  test("tasks claimed from a backlog, due long before the claim: the lane is read from after the latest task taken", () => {
-    const cursor = new ClaimCursor();
-    const claimedAt = 60_000;
-    const batch = [at(1_000, 0, "default", claimedAt), at(2_000, 0, "default", claimedAt), at(2_000, 0, "default", claimedAt)];
-    slowFull(cursor, batch, 0);
-    assert.deepEqual(startsOf(cursor.next(1)), [`default/0/2000/${batch[2].id}`], "the latest of two with the same run_at is the higher id");
-    // Claimed a moment after it fell due: the margin before that claim is the earlier start.
-    cursor.record(false, 1, [at(claimedAt - 10, 0, "default", claimedAt)], 2);
-    assert.deepEqual(startsOf(cursor.next(3)), [`default/0/${claimedAt - CURSOR_MARGIN_MS}/0`]);
-  });
-
-  test("a claim's tasks of several lanes, in any order: each lane is read from after its own latest task, positions compared as numbers", () => {
-    const cursor = new ClaimCursor();
-    // From a backlog: each lane starts after its latest task, not a margin before the claim.
-    const task = (queue: string, priority: number, id: string, runAtMs: number) => ({ queue, priority, id, runAtUs: String(runAtMs * 1000), claimedAtMs: 60_000 });
-    slowFull(cursor, [
-      task("default", 1, "5", 999), task("default", 0, "6", 3_000),
-      // Later than 999 ms, though "1000000" sorts before "999000" as text.
-      task("default", 1, "7", 1_000),
-      task("mail", 0, "8", 4_000),
-      // The same priority as the task before it, another queue: its own lane, not mail's.
-      task("default", 0, "10", 5_000),
-      // The same run_at: the latest is the higher id, 10, though "9" sorts after "10" as text.
-      task("default", 0, "9", 5_000),
-      task("mail", 1, "11", 1_000),
-    ], 0);
-    assert.deepEqual(startsOf(cursor.next(1)), ["default/0/5000/10", "default/1/1000/7", "mail/0/4000/8", "mail/1/1000/11"]);
+    slowFull(cursor, [at(5_000), at(7_000), at(6_000, 3, "mail"), at(1_000, 1), at(8_000)], 0);
+    assert.deepEqual(lanesOf(cursor.next(1)), ["default/0", "default/1", "mail/3"]);
+    // A claim from the cursor adds the lanes it took from, as a full one does.
+    cursor.record(false, 1, [at(9_000, 0, "other")], 2);
+    assert.deepEqual(lanesOf(cursor.next(3)), ["default/0", "default/1", "mail/3", "other/0"]);
   });
 
   test("while full claims are slow, one comes round every second, or after 20 times its own duration if that is longer, at most 10 s", () => {
@@ -221,17 +191,21 @@ describe("claims from the cursor while vacuum is held back", () => {
   });
 });
 
-describe("a task due before its lane's cursor", () => {
-  test("is left by claims from the cursor and taken by the next full claim", async () => {
+describe("a task due before its lane's latest claim", () => {
+  test("is taken by the next claim from the cursor: a claim row's pair starts past every task taken before, not at a run time", async () => {
+    await sql`DELETE FROM pgbg.claim`;
     const worker = randomUUID();
     const now = Date.now();
-    const late = await enqueue(sql, task, "late", { runAt: new Date(now - 60_000) });
+    const [first] = await enqueueMany(sql, task, ["first"]);
     const cursor = new ClaimCursor();
+    const [claimed] = await claimTasks(sql, "pgbg", scope(worker), 10, cursor);
+    assert.equal(claimed?.id, first);
     slowFull(cursor, [at(now)], Date.now());
-    assert.deepEqual(await claimTasks(sql, "pgbg", scope(worker), 10, cursor), []);
-    cursor.fullNext();
+    // Enqueued after that claim, due a minute before it.
+    const late = await enqueue(sql, task, "late", { runAt: new Date(now - 60_000) });
     const [taken] = await claimTasks(sql, "pgbg", scope(worker), 10, cursor);
     assert.equal(taken?.id, late);
+    await sql`DELETE FROM pgbg.task`;
   });
 });
 

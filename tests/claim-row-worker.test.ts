@@ -386,7 +386,7 @@ describe("the engine by claim rows", () => {
     const cursor = new ClaimCursor();
     const now = Date.now();
     for (let i = 1; i < SLOW_FULL_CLAIMS; i++) cursor.record(true, FAST_FULL_CLAIM_MS * 5, [], now);
-    cursor.record(true, FAST_FULL_CLAIM_MS * 5, [{ queue: "default", priority: 0, id: "1", runAtUs: String(now * 1000), claimedAtMs: now }], now);
+    cursor.record(true, FAST_FULL_CLAIM_MS * 5, [{ queue: "default", priority: 0 }], now);
     const scope = { workerId: randomUUID(), queues: null, names: ["plain"], leaseMs: [60_000], claimRows: true };
     assert.deepEqual((await claimTasks(sql, "pgbg", scope, 10, cursor)).map((t) => t.id), [known], "the known lane's task alone");
     cursor.fullNext();
