@@ -71,13 +71,15 @@ export interface ClaimScope {
 
 /**
  * Claims up to `limit` due tasks of the scope's names and queues, in claim
- * order (priority, then run_at, then enqueue order), skipping rows other
- * claimers hold. Each claimed task is `running`, leased to the worker with a
- * fresh token, and has its attempts incremented.
+ * order (priority, then the order they became due: README, "Claim order").
+ * A task without a group is held by its claim row (ClaimRowTasks: its row
+ * stays queued, its attempt is counted when it ends otherwise than by
+ * success); a task with a group is `running`, leased to the worker with a
+ * fresh token, its attempts incremented.
  *
- * With a `cursor`, the claim reads each lane from where the cursor says
- * (ClaimTasksAfter) when it can, and records what it took in it; a task the
- * cursor skips is found by a later full claim (lib/claim-cursor.ts).
+ * With a `cursor`, the claim reads the lanes of the (queue, priority) pairs
+ * the cursor knows (ClaimRowTasksFrom) when it can, and records what it
+ * took in it; full claims find new lanes (lib/claim-cursor.ts).
  * `unwritten`: the worker's attempts that ended and whose outcomes are not
  * written yet (they keep their leases): a limited claim that does not
  * count the queue's running tasks takes no more than `limit` less those
@@ -161,7 +163,7 @@ async function claimOthers(db: Database, schema: string, scope: ClaimScope, limi
 
 /**
  * The claim of every queue but the limited ones: tasks without a group
- * (ClaimTasks, or ClaimTasksAfter from the cursor) and, when some names
+ * (ClaimRowTasks, or ClaimRowTasksFrom from the cursor) and, when some names
  * have groups, tasks with one (claimGroups), in the order claimBothKinds
  * gives.
  */

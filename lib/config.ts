@@ -51,7 +51,7 @@ export const defaults = {
   compactMinIndexBytes: 8 * 1024 * 1024,
   /**
    * What the indexes of one live task take, generously: about 100 bytes
-   * across the six indexes (the claim index's entry is the widest, ~40).
+   * across the indexes (the lane index's entry is the widest, ~40-50).
    */
   compactBytesPerLiveRow: 100,
   /** The indexes are bloated when over this many times what the live rows need. */

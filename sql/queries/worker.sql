@@ -43,7 +43,7 @@ slots AS MATERIALIZED (
 
 -- name: ClaimGroupTasks
 -- The group claim: tasks with a group, taken from their groups in turn,
--- from every queue without a limit. $1-$5 as in ClaimTasks; $6 and $7 the
+-- from every queue without a limit. $1-$5 as in ClaimRowTasks; $6 and $7 the
 -- queue and group after which this worker's last group claim stopped (''
 -- and '': none).
 {{GroupClaim:false}};
@@ -61,7 +61,7 @@ slots AS MATERIALIZED (
 -- statement: as ClaimLimitedGroupTasks, each group within its limit, but
 -- under the queue's lock shared and each group's own
 -- (share_group_limited_queue and take_group_slots, 023_group_slots), so
--- the claims of one queue run side by side. $1-$5 as in ClaimTasks; $6 the
+-- the claims of one queue run side by side. $1-$5 as in ClaimRowTasks; $6 the
 -- group after which this worker's last group claim of the queue stopped
 -- (NULL: from the first). A group another claim holds counts as full and
 -- is passed over. Nothing is claimed when the queue is paused or no longer
@@ -272,8 +272,8 @@ t.run_at <= now() AND t.name = ANY($3::text[])
 -- Claims the rows of `candidates` (id, name, turn), each leased with the
 -- lease length of its name ($4), and returns them. lag_ms: how long the
 -- task waited since it became due (its enqueue, delay or retry time), for
--- metrics; run_at_us (epoch microseconds, exact) moves the worker's claim
--- cursor and orders the tasks; turn: the group's place in a group claim's
+-- metrics; run_at_us (epoch microseconds, exact) orders the tasks; turn:
+-- the group's place in a group claim's
 -- rotation; batch_then: a batch member's completion task (its success is
 -- CompleteBatchTasks').
 -- No ORDER BY: the worker starts the tasks in claim order (priority,
@@ -403,7 +403,8 @@ CROSS JOIN LATERAL (SELECT ctid FROM pgbg.task WHERE id = s.id LIMIT 1) x
 -- first claim starts at the lane's head, among tasks of earlier pairs.
 -- Not `group_name IS NULL`, which a change of group (a restaging) rules
 -- out already: with it and `state = 'queued'` these conditions imply the
--- predicate of the partial claim index, and a generic plan scanned that
+-- predicate of the partial index then read (task_claim_idx, since
+-- replaced by the lane index), and a generic plan scanned that
 -- whole index to filter it by row address, 4,000 tasks in 34 ms instead
 -- of 6.
 (t.queue = c.queue AND t.name = c.name AND t.priority = c.priority AND t.state = 'queued'
