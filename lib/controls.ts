@@ -4,7 +4,7 @@
  * library, the CLI (`pgbg pause`, `pgbg resume`, `pgbg limit`, `pgbg rate`,
  * `pgbg run-schedule`) and the dashboard alike.
  *
- * A pause is a row in `pgbg.queue` that every claim reads (ClaimFromLanes),
+ * A pause is a row in `pgbg.queue` that every claim reads (OpenLanes, GroupQueueClosed),
  * so every worker of every host stops claiming from the queue at its next
  * claim, well within a check interval. Running tasks finish; queued tasks
  * stay queued; enqueues still work. Limits are columns of the same row

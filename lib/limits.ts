@@ -5,7 +5,7 @@
  * at most G of each of its groups run at once, and at most S of each group
  * start in any interval, across every worker of every host.
  *
- * The ordinary claim leaves a limited queue alone (ClaimFromLanes). A
+ * The ordinary claim leaves a limited queue alone (OpenLanes, GroupQueueClosed). A
  * worker claims from it with the limited claim: it takes the queue's
  * advisory lock, then counts the queue's running tasks with a snapshot
  * taken after the lock, so the count sees every task the claims before it
@@ -20,8 +20,8 @@
  * The claim's form depends on the queue's limits (as the worker last read
  * them, each check interval; a claim that finds them changed claims
  * nothing, and the queue waits for the next read):
- * - by its concurrency alone: one statement (ClaimSlotTasks, or
- *   ClaimSlotTasksAfter from the queue's own claim cursor), whose
+ * - by its concurrency alone: one statement (ClaimSlotRowTasks, or
+ *   ClaimSlotRowTasksFrom from the queue's own claim cursor), whose
  *   take_queue_slots takes the lock and counts, or shares the lock and
  *   counts nothing while the limit cannot bind; its tasks with a group, in
  *   the transaction below;
@@ -33,7 +33,7 @@
  * - otherwise, and wherever the session's default isolation is not READ
  *   COMMITTED: a READ COMMITTED transaction that takes the lock
  *   (LockLimitedQueue), counts (QueueFreeSlots) and claims
- *   (ClaimLimitedTasks, ClaimLimitedGroupTasks). A rate limit counts the
+ *   (ClaimLimitedRowTasks, ClaimLimitedGroupTasks). A rate limit counts the
  *   starts its queue's log holds within the last interval, and the same
  *   transaction logs the starts it claims (RecordQueueStarts): a claim is
  *   a start, and a task over the limit waits, queued, without using an
@@ -77,7 +77,7 @@ export class LimitedQueues {
     return this.#perGroup.has(queue);
   }
 
-  /** Whether `queue` was limited by its concurrency alone when last read: its tasks without a group are then claimed with ClaimSlotTasks. */
+  /** Whether `queue` was limited by its concurrency alone when last read: its tasks without a group are then claimed with ClaimSlotRowTasks. */
   slotsOnly(queue: string): boolean {
     return this.#slotsOnly.has(queue);
   }
@@ -259,7 +259,7 @@ async function recordGroupStarts(tx: Database, schema: string, queue: string, cl
 
 /**
  * In claimLimited's transaction: up to `free` tasks of `queue`, those
- * without a group (ClaimLimitedTasks) and, when some names have groups,
+ * without a group (ClaimLimitedRowTasks) and, when some names have groups,
  * those with one (ClaimLimitedGroupTasks, which keeps each group within the
  * queue's group limit), in the order claimBothKinds gives.
  */
@@ -273,8 +273,9 @@ async function claimWithin(tx: Database, schema: string, queue: string, scope: C
 
 /**
  * In claimLimited's transaction: up to `want` tasks of `queue` without a
- * group, with the queue's claim cursor when it can (ClaimLimitedTasksAfter)
- * and else from the lanes' heads (ClaimLimitedTasks), as the ordinary
+ * group, from the queue's claim cursor's pairs when it can
+ * (ClaimLimitedRowTasksFrom) and else from the lanes it finds
+ * (ClaimLimitedRowTasks), as the ordinary
  * claim does (lib/claim.ts).
  */
 async function claimUngroupedLimited(tx: Database, schema: string, queue: string, scope: ClaimScope, want: number): Promise<Record<string, unknown>[]> {
@@ -285,12 +286,11 @@ async function claimUngroupedLimited(tx: Database, schema: string, queue: string
 
 /**
  * The claim of up to `want` tasks without a group from `queue`, limited by
- * its concurrency alone, in one statement: ClaimSlotTasks, or by claim rows
- * while the scope claims by them (ClaimSlotRowTasks), from the queue's
- * claim cursor when it can. While claim rows are on, every claim of a
- * lane is by claim rows, limited or not: a row-by-row claim reads a lane
- * from its head and would take a task a claim row holds, still queued in
- * its row, and run it twice.
+ * its concurrency alone, in one statement: ClaimSlotRowTasks, from the
+ * queue's claim cursor's pairs when it can (ClaimSlotRowTasksFrom). Every
+ * claim of a lane is by claim rows, limited or not: a row-by-row claim
+ * reads a lane from its head and would take a task a claim row holds,
+ * still queued in its row, and run it twice.
  */
 async function claimSlots(
   // deno-lint-ignore no-explicit-any

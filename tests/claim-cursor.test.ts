@@ -10,7 +10,8 @@ import { liveness } from "../lib/liveness.ts";
 import { silentLogger } from "../lib/log.ts";
 import { OutcomeWriter } from "../lib/outcomes.ts";
 import { Worker } from "../lib/worker.ts";
-import { defineTask, enqueue, enqueueMany, migrate } from "../mod.ts";
+import { defineTask, enqueue, enqueueMany, migrate, setQueueConcurrency } from "../mod.ts";
+import { run } from "../lib/statements.ts";
 import { DelayProxy } from "./delay-proxy.ts";
 import { createTestDatabase } from "./harness.ts";
 import { patience, until, within } from "./service-harness.ts";
@@ -191,6 +192,41 @@ describe("claims from the cursor while vacuum is held back", () => {
   });
 });
 
+test("a limited claim from the cursor reads its lanes' heads past the tasks completed since the horizon was held", async () => {
+  const queue = "held-limited";
+  // A limit no worker can reach (none is registered): the claim of a queue limited by its concurrency alone.
+  await setQueueConcurrency(sql, queue, 100_000);
+  const holder = await sql.reserve();
+  await holder`BEGIN ISOLATION LEVEL REPEATABLE READ`;
+  await holder`SELECT txid_current()`;
+  const worker = randomUUID();
+  const claim = (tx: Parameters<typeof run>[0], wanted: number) =>
+    run(tx, "pgbg", "ClaimSlotRowTasksFrom", [worker, [queue], ["cursor"], [60_000], wanted, [queue], [0], 0]);
+  try {
+    const writer = new OutcomeWriter(sql, "pgbg", 25, silentLogger, undefined, worker);
+    await enqueueMany(sql, task, Array.from({ length: 3_003 }, (_, i) => i), { queue });
+    for (let left = 3_000; left > 0; left -= 500) {
+      const batch = (await claim(sql, 500)).map((r) => ({ id: String(r.id), claimId: String(r.claim_id) }));
+      writer.claimed(batch);
+      for (const t of batch) writer.complete({ id: t.id, leaseToken: 0, claimId: t.claimId });
+      await writer.flush();
+    }
+    const seen = await sql.begin(async (tx) => {
+      const read = async () => (await tx`SELECT pg_stat_get_xact_tuples_returned('pgbg.task_lane_idx'::regclass)::int AS n`)[0].n as number;
+      const before = await read();
+      const claimed = (await claim(tx, 1)).length;
+      return { claimed, entries: (await read()) - before };
+    });
+    assert.equal(seen.claimed, 1);
+    assert.ok(seen.entries < 10, `the limited claim read ${seen.entries} entries of the lane index`);
+  } finally {
+    await holder`COMMIT`;
+    holder.release();
+    await sql`DELETE FROM pgbg.task`;
+    await setQueueConcurrency(sql, queue, null);
+  }
+});
+
 describe("a task due before its lane's latest claim", () => {
   test("is taken by the next claim from the cursor: a claim row's pair starts past every task taken before, not at a run time", async () => {
     await sql`DELETE FROM pgbg.claim`;
@@ -200,7 +236,8 @@ describe("a task due before its lane's latest claim", () => {
     const cursor = new ClaimCursor();
     const [claimed] = await claimTasks(sql, "pgbg", scope(worker), 10, cursor);
     assert.equal(claimed?.id, first);
-    slowFull(cursor, [at(now)], Date.now());
+    // The last full claim took 500 ms: the next is 10 s away, so the claim below is from the cursor.
+    slowFull(cursor, [at(now)], Date.now(), 500);
     // Enqueued after that claim, due a minute before it.
     const late = await enqueue(sql, task, "late", { runAt: new Date(now - 60_000) });
     const [taken] = await claimTasks(sql, "pgbg", scope(worker), 10, cursor);

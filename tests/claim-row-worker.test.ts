@@ -334,7 +334,7 @@ describe("the engine by claim rows", () => {
       if (limit === "concurrency") await setQueueConcurrency(sql, "default", 3);
       else await setQueueRateLimit(sql, "default", { limit: 100, interval: "1s" });
       try {
-        const scope = { workerId: worker, queues: null, names: ["plain"], leaseMs: [60_000], claimRows: true, limits: new LimitedQueues(60_000, 0) };
+        const scope = { workerId: worker, queues: null, names: ["plain"], leaseMs: [60_000], limits: new LimitedQueues(60_000, 0) };
         // A row-by-row limited claim reads the lane from its head, where the held task is still queued in its row.
         const claimed = await claimTasks(sql, "pgbg", scope, 10);
         // Under the concurrency limit of 3, the held task takes one slot (take_queue_slots counts it).
@@ -387,7 +387,7 @@ describe("the engine by claim rows", () => {
     const now = Date.now();
     for (let i = 1; i < SLOW_FULL_CLAIMS; i++) cursor.record(true, FAST_FULL_CLAIM_MS * 5, [], now);
     cursor.record(true, FAST_FULL_CLAIM_MS * 5, [{ queue: "default", priority: 0 }], now);
-    const scope = { workerId: randomUUID(), queues: null, names: ["plain"], leaseMs: [60_000], claimRows: true };
+    const scope = { workerId: randomUUID(), queues: null, names: ["plain"], leaseMs: [60_000] };
     assert.deepEqual((await claimTasks(sql, "pgbg", scope, 10, cursor)).map((t) => t.id), [known], "the known lane's task alone");
     cursor.fullNext();
     assert.deepEqual((await claimTasks(sql, "pgbg", scope, 10, cursor)).map((t) => t.id), [elsewhere], "the full claim's");

@@ -135,6 +135,30 @@ describe("a queue's concurrency limit", () => {
     assert.deepEqual(order, ids, "started in enqueue order");
   });
 
+  test("under a limit of 1, a due task no claim has staged yet (a retry) is staged by the next claim and runs before the tasks enqueued after it", async () => {
+    const queue = "serial-staging";
+    await setQueueConcurrency(sql, queue, 1);
+    const worker = randomUUID();
+    const claimOne = async () => (await run(sql, "pgbg", "ClaimSlotRowTasks", [worker, [queue], ["a", "b"], [60_000, 60_000], 1, 0])).map((r) => String(r.id));
+    const enqueueB = async () => String((await sql`INSERT INTO pgbg.task (queue, name, payload, staged_xact) VALUES (${queue}, 'b', '{}', pg_current_xact_id()) RETURNING id`)[0].id);
+    try {
+      const early = [await enqueueB(), await enqueueB()];
+      // Due an hour ago, staged by no transaction: as a retry is until a claim finds it due.
+      const [{ id: retry }] = await sql`INSERT INTO pgbg.task (queue, name, payload, run_at) VALUES (${queue}, 'a', '{}', now() - interval '1 hour') RETURNING id::text`;
+      const order = [...await claimOne()];
+      const late = await enqueueB();
+      for (let i = 0; i < 3; i++) order.push(...await claimOne());
+      // Staged by the first claim, after the two enqueued before it and before the one after it; by
+      // the heads alone, a lane with no staged task would be read last, and the retry never staged
+      // while the other name had tasks.
+      assert.deepEqual(order, [...early, retry, late]);
+    } finally {
+      await sql`DELETE FROM pgbg.task WHERE queue = ${queue}`;
+      await sql`DELETE FROM pgbg.claim WHERE queue = ${queue}`;
+      await setQueueConcurrency(sql, queue, null);
+    }
+  });
+
   test("a task waiting for its retry holds no slot", async () => {
     await setQueueConcurrency(sql, "one", 1);
     // The fixture's backoff waits 2 hours after a first attempt that failed with "try later".

@@ -1,7 +1,7 @@
 -- Statements of queue controls: pause and resume, a concurrency limit, and
 -- a rate limit.
 -- A paused queue keeps its tasks and takes enqueues; the claim skips it
--- (ClaimFromLanes).
+-- (OpenLanes, GroupQueueClosed in worker.sql).
 
 -- name: PauseQueues
 -- $1 queue names. A queue paused already keeps its first pause time.
@@ -105,7 +105,7 @@ FROM pgbg.queue q WHERE paused_at IS NOT NULL OR {{QueueLimited}} ORDER BY name;
 -- with the limited claim (paused ones too, which QueueFreeSlots then finds
 -- paused: so a resume needs no new read of this list). per_group: limited
 -- per group alone, claimed with ClaimPerGroupTasks; slots_only: limited by
--- its concurrency alone, claimed with ClaimSlotTasks. Both need their
+-- its concurrency alone, claimed with ClaimSlotRowTasks. Both need their
 -- statement's transaction READ COMMITTED (the session's default, as this
 -- statement runs in a transaction of its own).
 SELECT name, {{QueuePerGroup}} AND current_setting('transaction_isolation') = 'read committed' AS per_group,

@@ -265,7 +265,7 @@ t.run_at <= now() AND t.name = ANY($3::text[])
 
 -- fragment: QueueSlotsOnly
 -- Whether the limited pgbg.queue row `q` is limited by its concurrency
--- alone: its claim is ClaimSlotTasks (as take_queue_slots judges it).
+-- alone: its claim is ClaimSlotRowTasks (as take_queue_slots judges it).
 (q.concurrency IS NOT NULL AND q.rate_limit IS NULL AND q.group_concurrency IS NULL AND q.group_rate_limit IS NULL)
 
 -- fragment: ClaimCandidates
@@ -486,13 +486,30 @@ open AS (
   WHERE ($2::text[] IS NULL OR l.queue = ANY ($2::text[]))
     AND NOT EXISTS (SELECT FROM pgbg.queue q WHERE q.name = l.queue
       AND (q.paused_at IS NOT NULL OR ({{QueueLimited}} AND NOT {{QueuePerGroup}}) <> {{@}}))
+),
+-- In the limited claim, the lanes' locks first, in lane order (as
+-- LockTaskLanes takes them), before pgbg.claim_lanes takes each in the
+-- claims' order: that order is by the lanes' heads, which two claims may
+-- read differently, and two claims of a queue whose limit cannot bind run
+-- side by side, each locking the lanes it passes (an empty one too), so
+-- that each would wait for the other's. None in other claims, whose order
+-- is the same for every claim.
+locked AS MATERIALIZED (
+  SELECT count(*) AS n FROM (
+    SELECT CASE WHEN {{@}} THEN {{LaneLock:l.queue, l.name, l.priority}} END
+    FROM (SELECT o.queue, o.name, o.priority FROM open o WHERE {{@}} ORDER BY 1, 2, 3 OFFSET 0) l
+  ) x
 )
 
 -- fragment: LaneOrder
 -- The order of the lanes of `open` for pgbg.claim_lanes: by priority, then
 -- by their heads in the limited claim (LaneHead; the first lane takes
--- what it can of a claim too small to share), then by queue and name.
-o.priority, o.head_xact, o.head_id, o.queue, o.name
+-- what it can of a claim too small to share), then by queue and name. A
+-- lane without a staged task first: it may hold due tasks no claim has
+-- staged yet (a retry, a snooze, a delay), which only its claim stages; last,
+-- a limited claim of one task would never reach it while other lanes
+-- have tasks. An empty one costs a probe.
+o.priority, o.head_xact NULLS FIRST, o.head_id NULLS FIRST, o.queue, o.name
 
 -- fragment: LaneHead
 -- In the limited claim (`{{@}}`), the next task of the lane `l` after its
@@ -504,15 +521,26 @@ o.priority, o.head_xact, o.head_id, o.queue, o.name
 -- it (the last entry of claim_lane_idx up to the lane's end). A task of
 -- that claim's pair staged by a transaction it saw in progress may come
 -- before the head: an order among the lanes, not a promise. None in other
--- claims, which share among lanes (pgbg.claim_lanes).
-SELECT t.staged_xact AS head_xact, t.id AS head_id FROM pgbg.task t
-WHERE {{@}} AND t.queue = l.queue AND t.name = l.name AND t.priority = l.priority
-  AND t.state = 'queued' AND t.group_name IS NULL AND t.staged_xact IS NOT NULL
-  AND (t.staged_xact, t.id) > coalesce((
-    SELECT CASE WHEN (c.queue, c.name, c.priority) = (l.queue, l.name, l.priority) THEN (c.last_xact, c.last_id) END
-    FROM pgbg.claim c WHERE (c.queue, c.name, c.priority, c.id) <= (l.queue, l.name, l.priority, 9223372036854775807)
-    ORDER BY c.queue DESC, c.name DESC, c.priority DESC, c.id DESC LIMIT 1), ('0'::xid8, 0::bigint))
-ORDER BY t.staged_xact, t.id LIMIT 1
+-- claims, which share among lanes (pgbg.claim_lanes). The bound is two
+-- scalars, an index bound of task_lane_idx: as a row value of the claim
+-- row it was a filter, and the probe read from the lane's head, over the
+-- entries of every task completed while vacuum is held back.
+SELECT t.staged_xact AS head_xact, t.id AS head_id
+FROM (SELECT) one
+LEFT JOIN LATERAL (
+  SELECT c.last_xact, c.last_id FROM (
+    SELECT c.queue, c.name, c.priority, c.last_xact, c.last_id FROM pgbg.claim c
+    WHERE {{@}} AND (c.queue, c.name, c.priority, c.id) <= (l.queue, l.name, l.priority, 9223372036854775807)
+    ORDER BY c.queue DESC, c.name DESC, c.priority DESC, c.id DESC LIMIT 1
+  ) c WHERE (c.queue, c.name, c.priority) = (l.queue, l.name, l.priority)
+) n ON true
+CROSS JOIN LATERAL (
+  SELECT t.staged_xact, t.id FROM pgbg.task t
+  WHERE {{@}} AND t.queue = l.queue AND t.name = l.name AND t.priority = l.priority
+    AND t.state = 'queued' AND t.group_name IS NULL AND t.staged_xact IS NOT NULL
+    AND (t.staged_xact, t.id) > (coalesce(n.last_xact, '0'::xid8), coalesce(n.last_id, 0))
+  ORDER BY t.staged_xact, t.id LIMIT 1
+) t
 
 -- fragment: ClaimOpenLanes
 -- Claims up to `{{@}}` tasks from `open` by pgbg.claim_lanes, in priority
@@ -525,7 +553,7 @@ SELECT c.id, c.name, c.queue, NULL::text AS group_name, c.payload, c.attempts, c
 FROM (
   SELECT array_agg(o.queue ORDER BY {{LaneOrder}}) AS queues, array_agg(o.name ORDER BY {{LaneOrder}}) AS names,
     array_agg(o.priority ORDER BY {{LaneOrder}}) AS priorities, array_agg(o.lease_ms ORDER BY {{LaneOrder}}) AS leases
-  FROM open o
+  FROM open o WHERE (SELECT x.n FROM locked x) >= 0
 ) o
 CROSS JOIN LATERAL pgbg.claim_lanes(o.queues, o.names, o.priorities, o.leases, $1::uuid, {{@}}) c
 
@@ -873,9 +901,9 @@ SELECT id, state, queue, name FROM released WHERE (SELECT count(*) FROM hooks) +
 
 -- fragment: RequeuedRunAt
 -- The run_at of a task `t` queued again at once (handed back, released or
--- rescued). Without a group: now, so that the claim cursor, which reads a
--- lane from past the tasks it claimed, finds it (lib/claim-cursor.ts).
--- With one: its own, due already, so that it keeps its place in its
+-- rescued). Without a group: now, the time it is due again from (its
+-- staging, by the trigger task_restaged, puts it behind the tasks due
+-- before it). With one: its own, due already, so that it keeps its place in its
 -- group's order, and a group limit of 1 still runs the group in enqueue
 -- order when a worker dies or stops.
 CASE WHEN t.group_name IS NULL THEN now() ELSE least(t.run_at, now()) END
