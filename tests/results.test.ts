@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { describe, test } from "node:test";
 import * as v from "valibot";
-import { claimTasks } from "../lib/claim.ts";
+import { type ClaimedTask, claimTasks } from "../lib/claim.ts";
 import { leaseFor, liveness } from "../lib/liveness.ts";
 import { silentLogger } from "../lib/log.ts";
 import { releaseWorkerTasks } from "../lib/maintenance/dead-worker-releaser.ts";
@@ -215,17 +215,26 @@ describe("the fence on results", () => {
 
   test("an attempt that lost its lease stores no result; the one holding it does", async () => {
     const id = await enqueue(sql, area, { w: 1, h: 1 });
-    const first = randomUUID();
+    // Each worker's writer, fenced by that worker's claim rows.
+    const writerOf = (workerId: string, task: ClaimedTask) => {
+      const writer = new OutcomeWriter(sql, "pgbg", 25, silentLogger, undefined, workerId);
+      writer.claimed([task]);
+      return writer;
+    };
+    const [first, second] = [randomUUID(), randomUUID()];
     const [stale] = await claimTasks(sql, "pgbg", scope(first), 10);
     await releaseWorkerTasks(sql, "pgbg", [first], 25, { message: "gone" });
-    const [fresh] = await claimTasks(sql, "pgbg", scope(randomUUID()), 10);
-    const writer = new OutcomeWriter(sql, "pgbg", 25, silentLogger);
-    writer.complete({ id, leaseToken: stale.leaseToken, keep: 60_000, result: JSON.stringify({ area: -1 }) });
-    await writer.flush();
+    const [fresh] = await claimTasks(sql, "pgbg", scope(second), 10);
+    assert.equal(fresh?.id, id, "claimed again once released");
+    const late = writerOf(first, stale);
+    late.complete({ id, leaseToken: stale.leaseToken, claimId: stale.claimId, keep: 60_000, result: JSON.stringify({ area: -1 }) });
+    await late.flush();
     assert.equal(await getTask(sql, id).then((t) => t?.state), "running", "the stale completion changed nothing");
-    writer.complete({ id, leaseToken: fresh.leaseToken, keep: 60_000, result: JSON.stringify({ area: 1 }) });
-    await writer.flush();
-    assert.deepEqual(await waitForResult(sql, id), { area: 1 });
+    const holder = writerOf(second, fresh);
+    holder.complete({ id, leaseToken: fresh.leaseToken, claimId: fresh.claimId, keep: 60_000, result: JSON.stringify({ area: 1 }) });
+    await holder.flush();
+    // Bounded: a completion refused would otherwise leave the wait for ever.
+    assert.deepEqual(await waitForResult(sql, id, { timeout: patience }), { area: 1 });
   });
 
   test("pgbg serve --completed-retention keeps tasks without a result schema, which waitForResult then sees end", async () => {
