@@ -190,11 +190,12 @@ describe("claim rows", () => {
     const other = postgres(db.url, { ...clientOptions, max: 1 });
     try {
       const [{ pid }] = await other`SELECT pg_backend_pid() AS pid`;
-      const waiting = rowClaim(other, [late]).execute();
+      // Its refusal handled from the start: it may come back before the claim's commit does.
+      const waiting = assert.rejects(rowClaim(other, [late]).execute(), refused, "it reads the claim row once the claim commits");
       await until(async () => (await sql`SELECT wait_event_type FROM pg_stat_activity WHERE pid = ${pid}`)[0]?.wait_event_type, (w) => w === "Lock", patience, "the row claim to wait for the lane's lock");
       release();
       await claiming;
-      await assert.rejects(waiting, refused, "it reads the claim row once the claim commits");
+      await waiting;
     } finally {
       release();
       await other.end();

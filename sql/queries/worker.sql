@@ -300,7 +300,7 @@ JOIN unnest($3::text[], $4::integer[]) AS l (name, lease_ms) ON l.name = c.name
 -- whose row was updated after the statement's snapshot is locked in its
 -- new version, which the update reaches from the version its lookup by id
 -- finds; a TID scan reads with the snapshot and did not see it.
-WHERE t.id = c.id AND {{KnowsClaimRows}}
+WHERE t.id = c.id
 RETURNING t.id, t.name, t.queue, t.group_name, t.payload, t.attempts, t.max_attempts, t.lease_token, t.priority,
   t.snoozes, t.input_version, t.trace_context, t.batch_then, c.turn,
   date_part('epoch', now() - t.run_at) * 1000 AS lag_ms,
@@ -688,10 +688,11 @@ WHERE (SELECT count(*) FROM gone) + (SELECT count(*) FROM unheld) >= 0
 -- Says, for the rest of the transaction, that its writes know claim rows:
 -- the guard of migration 028 (task_claim_guard), which fails a row claim
 -- of an earlier release that would turn a task a claim row holds running,
--- lets them through (a row claim of this release takes tasks claim rows
--- do not: claim_lane's lanes are its alone while they are on; and giving
--- a held task a lease of its own is this release's to do). A sub-select
--- run once, before the statement's first row is written.
+-- lets them through (giving a held task a lease of its own is this
+-- release's to do). A sub-select run once, before the statement's first
+-- row is written. The row claims of this release (ClaimCandidates) are of
+-- tasks with a group alone since migration 029, which the guard's WHEN
+-- leaves alone, and do not say it.
 (SELECT set_config('pgbg_claim.known', 'on', true)) = 'on'
 
 -- fragment: NotNewestClaim
