@@ -144,10 +144,14 @@ function writeResults(argv: string[], server: Server, options: Options, runs: Su
     runtime: { node: process.version },
     postgres: { version: server.version, source: server.source, settings: server.settings },
     targets: TARGETS,
-    runs: summaries.map((s) => ({ ...s.run, depthBaseline: s.depthBaseline, sizeBaseline: s.sizeBaseline, phaseSummaries: s.phases.map(({ phase, ...rest }) => ({ phase: phase.name, ...rest })) })),
+    runs: summaries.map(({ run: { serviceLog: _, ...run }, ...s }) => ({ ...run, depthBaseline: s.depthBaseline, sizeBaseline: s.sizeBaseline, phaseSummaries: s.phases.map(({ phase, ...rest }) => ({ phase: phase.name, ...rest })) })),
   };
   writeFileSync(`${dir}${base}.json`, `${JSON.stringify(json, null, 2)}\n`);
-  note(`\nwritten: ${dir}${base}.{md,json} and ${[...new Set(runs.map((r) => r.rate))].map((r) => `-r${r}.svg`).join(", ")}`);
+  // Each subject's worker output beside the report: what the workers said
+  // during a stall is where its cause is looked for first.
+  const logs = runs.map((r) => ({ file: `${base}-${r.subject.replace(/\W+/g, "-")}-r${r.rate}.log`, text: r.serviceLog })).filter((l) => l.text);
+  for (const l of logs) writeFileSync(`${dir}${l.file}`, l.text);
+  note(`\nwritten: ${dir}${base}.{md,json} and ${[...new Set(runs.map((r) => r.rate))].map((r) => `-r${r}.svg`).join(", ")}${logs.map((l) => `, ${l.file}`).join("")}`);
   return markdown;
 }
 

@@ -38,6 +38,8 @@ export interface SubjectRun {
   /** Worker datagrams lost, and starts without an enqueue time. */
   lostDatagrams: number;
   malformedStarts: number;
+  /** What the workers printed last: pgbg's service log at warn, a peer's worker output. */
+  serviceLog: string;
 }
 
 /** One phase taken whole: counts, and start-latency percentiles over every start in it (ms; NaN when none). */
@@ -133,7 +135,7 @@ export async function runSubject(ctx: RunContext, subject: PressureSubject, rate
     return {
       subject: subject.name, version: subject.version, workers: subject.describeWorkers(inFlight), rate, inFlight, scale, startedAt, phases,
       samples: sampler.samples, totals, pressures, enqueued: producer.acked, failedBatches: producer.failedBatches, firstEnqueueError: producer.firstError,
-      lostDatagrams: ctx.collector.lost, malformedStarts: ctx.collector.malformed,
+      lostDatagrams: ctx.collector.lost, malformedStarts: ctx.collector.malformed, serviceLog: workers.output(),
     };
   } finally {
     for (const step of cleanup) {

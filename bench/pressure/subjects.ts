@@ -26,6 +26,8 @@ export interface Workers {
   check(): void;
   /** Stops them all. */
   stop(): Promise<void>;
+  /** What their processes printed last (up to 64 KiB each), for the run's log file. */
+  output(): string;
 }
 
 /** A queue under the pressure bench. */
@@ -67,6 +69,9 @@ export function childWorkers(label: string, children: Child[]): Workers {
     },
     async stop() {
       await Promise.all(children.map((c) => stop(c)));
+    },
+    output() {
+      return children.map((c) => c.output()).join("");
     },
   };
 }
