@@ -351,6 +351,41 @@ describe("the table vacuumer", () => {
     }
   });
 
+  test("while a transaction holds the horizon, other sessions' snapshots that share its xmin do not make it seem to move: no vacuum again", async () => {
+    await clean();
+    const vacuumer = new TableVacuumer(sql, "pgbg", 5_000, recorder());
+    // The readers' sessions first, as the workers' are there before a
+    // hold: among sessions whose xmin ties, an earlier backend was the one
+    // named.
+    const readers = await Promise.all([1, 2, 3, 4].map(() => sql.reserve()));
+    for (const reader of readers) await reader`SELECT 1`;
+    // The pressure bench's hold: a transaction with an id of its own, idle.
+    const holder = await sql.reserve();
+    try {
+      await holder`BEGIN`;
+      await holder`SELECT pg_current_xact_id()`;
+      await deadRows(2 * VACUUM_MIN_DEAD_ROWS);
+      assert.equal(await vacuumer.vacuumIfDue(), true, "the first vacuum");
+      const held = (await readVacuumState(sql, "pgbg")).horizon;
+      // Each reader's snapshot has the holder's id as its xmin, as every
+      // statement's has while the holder runs (the workers' own too).
+      for (const [i, reader] of readers.entries()) {
+        await reader`BEGIN ISOLATION LEVEL REPEATABLE READ`;
+        await reader`SELECT count(*) FROM pgbg.worker`;
+        assert.equal((await readVacuumState(sql, "pgbg")).horizon, held, `the holder is named with reader ${i + 1} open`);
+        assert.equal(await vacuumer.vacuumIfDue(), false, `nothing new is removable with reader ${i + 1} open`);
+        if (i % 2 === 1) await reader`COMMIT`;
+      }
+    } finally {
+      for (const reader of readers) {
+        await reader`ROLLBACK`.catch(() => {});
+        reader.release();
+      }
+      await holder`ROLLBACK`.catch(() => {});
+      holder.release();
+    }
+  });
+
   test("stops for good, saying why once, when the role does not own the table", async () => {
     await asOtherRole(async (asRole) => {
       const log = recorder();

@@ -133,8 +133,8 @@ WHERE key = $1 AND task_id IS NOT NULL AND (held_until IS NULL OR held_until > n
 -- task while this statement runs can still take its old input, the
 -- replace then restaging it for a later claim: the lane's lock would close
 -- that gap, and is not taken here, in the caller's transaction, where it
--- would hold the lane's claims until that transaction ends (claim rows are
--- off by default: docs/storage.md).
+-- would hold the lane's claims until that transaction ends
+-- (docs/storage.md, "The readers of running").
 UPDATE pgbg.task t SET payload = $2::text::jsonb,
   run_at = coalesce($3::timestamptz, now() + $4::float8 * interval '1 millisecond'),
   priority = $5, input_version = $6, group_name = $9
