@@ -6,7 +6,8 @@
  * taking snapshots back to back, each followed by a recovery. Every 5 s it
  * samples throughput, depth, start latency, dead tuples, size, the oldest
  * xmin and the load average; it prints a Markdown summary with PASS/FAIL per
- * target, and writes it, the raw samples (JSON) and one SVG per rate to
+ * target, and writes it, the raw samples (JSON), one SVG per rate and
+ * each subject's worker output (when there is any) to
  * bench/results/pressure/.
  *
  * Usage: npm run bench -- --pressure [--rate 800] [--in-flight 32] [--peers graphile-worker,pg-boss|none] [--scale 1] [--keep] [--queue-limit N] [--flows]
