@@ -25,10 +25,11 @@
 -- transaction's id as its xmin, so the oldest id is shared by the holder
 -- and whichever sessions are inside a statement at that moment (the
 -- workers' own among them): the holder is the one whose transaction it
--- is, else the one whose transaction began first. Picked among the tied
--- at random, the horizon seemed to move at nearly every look while a
--- transaction held it, and the service vacuumed every interval, for
--- nothing, 0.3-0.5 s of a busy server's CPU each time (bench/RESULTS.md).
+-- is, else the one whose transaction began first. With the first of the
+-- tied rows named (by backend order), the horizon seemed to move at
+-- nearly every look while a transaction held it, and the service
+-- vacuumed every interval, for nothing, 0.3-0.5 s of a busy server's CPU
+-- each time (bench/RESULTS.md).
 SELECT coalesce(s.n_dead_tup, 0)::float8 AS dead_rows,
   coalesce(s.n_live_tup, 0)::float8 AS live_rows,
   pg_has_role(c.relowner, 'USAGE') AS owned,
