@@ -9,9 +9,13 @@
 -- What a claim takes, the claim row it writes and the tasks it restages are
 -- 028's; only how often it reads them changes.
 --
--- The columns come from the lane read's snapshot, not a later statement's,
--- as the ids did: a task changed since (cancelled, replaced, restaged) is
--- fenced as before, by its claim row's stretch (InClaim) and its lease.
+-- The columns come from the lane read's snapshot, as the ids did; 028 read
+-- them in a later statement. A task restaged since the read (a rescue, a
+-- release, a replace that changes its run_at, priority or group) has left
+-- the claim's stretch, and InClaim refuses its completion, as before. A
+-- replace of the input alone does not restage the task: the claim runs the
+-- input it read, as 028 did for a replace committed after its second read
+-- (docs/storage.md, `replace`'s gap).
 CREATE OR REPLACE FUNCTION pgbg.claim_lane(lane_queue text, lane_name text, lane_priority smallint, claimer uuid, lease interval,
     wanted integer)
   RETURNS TABLE (id bigint, name text, queue text, payload jsonb, attempts integer, max_attempts integer, priority smallint,
@@ -105,7 +109,10 @@ BEGIN
   WITH found AS MATERIALIZED (
     -- The stretch, in lane order, and one task past it, which tells
     -- whether the pair has more (`whole`). A materialized CTE is read
-    -- back in the order it was written, so the readers below take the
+    -- back in the order it was written (each reader scans its one
+    -- tuplestore from the start: how PostgreSQL 14-17 run it, not a
+    -- documented promise; the claim-row tests fail when the stretch's
+    -- last task is not the last read), so the readers below take the
     -- stretch as its first `wanted` rows: a window numbering them cost
     -- 0.3 ms a claim of 1,000, and a sort by that number as much again.
     SELECT p.* FROM (
@@ -167,7 +174,8 @@ BEGIN
   -- so that the stretch holds the tasks returned alone: a worker whose
   -- every outcome of the claim was written then ends it without reading
   -- the stretch again (EndClaims). By id, not by the row read: a version
-  -- written since (a cancel asked) is then restaged too.
+  -- written since the read (a replace; a cancel waits for the lane's
+  -- lock) is then restaged too.
   passed AS (
     UPDATE pgbg.task t SET staged_xact = pg_current_xact_id()
     WHERE t.id = ANY (ARRAY(SELECT f.id FROM (SELECT f.id, f.claimable FROM found f LIMIT wanted) f WHERE NOT f.claimable))
