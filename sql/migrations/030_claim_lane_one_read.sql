@@ -1,5 +1,7 @@
 -- 030_claim_lane_one_read: pgbg.claim_lane reads each task it returns
--- once. Migration 028's claim read the stretch's ids by the lane index, sorted
+-- once, and probes a transaction by the lane index on any statistics.
+--
+-- Migration 028's claim read the stretch's ids by the lane index, sorted
 -- them three times into arrays (ids, staging transactions, whether each may
 -- be taken), then read every task again by primary key for the columns the
 -- worker is sent: of 3.1 ms a claim of 1,000 tasks in psql, the sorts took
@@ -123,7 +125,13 @@ BEGIN
       -- it. The claim's start splits into the transaction and the id: as a
       -- row comparison beside `staged_xact = x.xact`, the btree began the
       -- probe of a transaction before the start (a held horizon's, in every
-      -- snapshot's list) at the start and read to the lane's end.
+      -- snapshot's list) at the start and read to the lane's end. The
+      -- probe is a range from (x, the claim's start in x) to x's last
+      -- entry, not `staged_xact = x`: the planner drops a column fixed by
+      -- `=` from the order, so `ORDER BY id` could be read from task_pkey,
+      -- and with statistics that see one staging transaction (a backfill
+      -- enqueued in one) it chose that, filtering the whole table for
+      -- each probe (tests/claim-rows.test.ts).
       SELECT p.* FROM pg_snapshot_xip(pair_since) AS x (xact)
       CROSS JOIN LATERAL (
         SELECT t.id, t.staged_xact, (t.cancel_requested_at IS NULL AND t.attempts < 2147483647 AND t.lease_token < 2147483647) AS claimable,
@@ -131,10 +139,10 @@ BEGIN
           t.batch_then, t.run_at FROM pgbg.task t
         WHERE t.queue = lane_queue AND t.name = lane_name AND t.priority = lane_priority
           AND t.state = 'queued' AND t.group_name IS NULL
-          AND t.staged_xact = x.xact
-          AND t.id > CASE WHEN x.xact = from_xact THEN from_id ELSE -1 END
+          AND (t.staged_xact, t.id) > (x.xact, CASE WHEN x.xact = from_xact THEN from_id ELSE -1 END)
+          AND t.staged_xact <= x.xact
           AND pg_visible_in_snapshot(t.staged_xact, pair_upto)
-        ORDER BY t.id LIMIT wanted + 1
+        ORDER BY t.staged_xact, t.id LIMIT wanted + 1
       ) p
       WHERE x.xact >= from_xact
       UNION ALL
