@@ -171,6 +171,19 @@ function killIfAlive(pid: number): void {
   }
 }
 
+/**
+ * Ends the sessions pgbg's processes had open on this database (each names
+ * itself "pgbg …" as its application_name) and waits until they are gone:
+ * a session being ended rolls back the statement it is in.
+ */
+// deno-lint-ignore no-explicit-any
+async function endSessionsOfKilled(sql: postgres.Sql<any>): Promise<void> {
+  const live = () =>
+    sql`SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity
+      WHERE datname = current_database() AND application_name LIKE 'pgbg %' AND pid <> pg_backend_pid()`;
+  await until(live, (rows) => rows.length === 0, patience, "the killed processes' database sessions to end");
+}
+
 /** Creates the tables the fixture tasks write to. */
 // deno-lint-ignore no-explicit-any
 export async function createFixtureTables(sql: postgres.Sql<any>): Promise<void> {
@@ -201,11 +214,18 @@ export async function serviceTestbed<D extends { url: string; sql: postgres.Sql 
     // what it took to a lease's expiry. The registered ones are killed too,
     // for workers started otherwise.
     const workers = await db.sql`SELECT pid FROM pgbg.worker WHERE hostname = ${hostname()}`.catch(() => []);
+    const killing = services.length > 0;
     for (const s of services.splice(0)) {
       if (s.child.pid !== undefined) killIfAlive(-s.child.pid);
       await s.exited;
     }
     for (const { pid } of workers) killIfAlive(pid as number);
+    // A killed process's database sessions live on until they notice: one
+    // still in a claim, or yet to read the claim its worker sent before
+    // the kill, commits it afterwards, and under load that claim took the
+    // next test's first task for a worker that no longer exists (it then
+    // waited out the claim's lease). Ended here, and waited for.
+    if (killing) await endSessionsOfKilled(db.sql);
     // Tasks a failed test left behind would be claimed by the next test's service.
     await db.sql`DELETE FROM pgbg.task`;
     await db.sql`DELETE FROM pgbg.worker`;
