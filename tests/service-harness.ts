@@ -214,7 +214,7 @@ export async function serviceTestbed<D extends { url: string; sql: postgres.Sql 
     // what it took to a lease's expiry. The registered ones are killed too,
     // for workers started otherwise.
     const workers = await db.sql`SELECT pid FROM pgbg.worker WHERE hostname = ${hostname()}`.catch(() => []);
-    const killing = services.length > 0;
+    const killing = services.length > 0 || workers.length > 0;
     for (const s of services.splice(0)) {
       if (s.child.pid !== undefined) killIfAlive(-s.child.pid);
       await s.exited;
