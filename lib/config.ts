@@ -51,7 +51,8 @@ export const defaults = {
   compactMinIndexBytes: 8 * 1024 * 1024,
   /**
    * What the indexes of one live task take, generously: about 100 bytes
-   * across the indexes (the lane index's entry is the widest, ~40-50).
+   * across the indexes (the lane index's entry, about 32 since migration
+   * 031 keyed it by a hash of the lane, and the primary key's, 16).
    */
   compactBytesPerLiveRow: 100,
   /** The indexes are bloated when over this many times what the live rows need. */

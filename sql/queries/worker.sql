@@ -6,29 +6,32 @@
 -- fragment: LimitedQueueLanes
 -- The lanes of the one limited queue $2 that hold tasks of the names the
 -- worker runs ($3), as `lanes` (FoundLanes).
-{{FoundLanes:t.queue = ($2::text[])[1]}}
+{{FoundLanes:f.queue = ($2::text[])[1]}}
 
 -- fragment: FoundLanes
 -- The lanes (queue, name, priority) that hold queued tasks without a group
 -- of the names the worker runs ($3), as `lanes`: a skip scan of
--- task_lane_idx, one probe per lane of any name, `{{@}}` a condition on
--- the task `t` (a queue, or true). While vacuum is held back each probe
--- steps over the entries of the tasks completed since, at its lane's head,
--- so the worker then claims from the (queue, priority) pairs it knows
--- (KnownPairs) and runs this now and then (lib/claim-cursor.ts judges
--- when).
-found (queue, name, priority) AS (
-  (SELECT t.queue, t.name, t.priority FROM pgbg.task t
-   WHERE t.state = 'queued' AND t.group_name IS NULL AND {{@}} ORDER BY t.queue, t.name, t.priority LIMIT 1)
+-- task_lane_idx by its key (pgbg.lane_key, migration 031), one probe per
+-- lane of any queue and name, `{{@}}` a condition on the lane `f` (a
+-- queue, or true). The condition is judged on the lanes found, not in the
+-- scan: the key orders the lanes by their hash, so a probe for the next
+-- lane of one queue would read every entry of the other queues' lanes
+-- between. While vacuum is held back each probe steps over the entries of
+-- the tasks completed since, at its lane's head, so the worker then claims
+-- from the (queue, priority) pairs it knows (KnownPairs) and runs this now
+-- and then (lib/claim-cursor.ts judges when).
+found (queue, name, priority, lane) AS (
+  (SELECT t.queue, t.name, t.priority, pgbg.lane_key(t.queue, t.name, t.priority) FROM pgbg.task t
+   WHERE t.state = 'queued' AND t.group_name IS NULL ORDER BY pgbg.lane_key(t.queue, t.name, t.priority) LIMIT 1)
   UNION ALL
-  SELECT n.queue, n.name, n.priority FROM found f CROSS JOIN LATERAL (
-    SELECT t.queue, t.name, t.priority FROM pgbg.task t
-    WHERE t.state = 'queued' AND t.group_name IS NULL AND {{@}} AND (t.queue, t.name, t.priority) > (f.queue, f.name, f.priority)
-    ORDER BY t.queue, t.name, t.priority LIMIT 1
+  SELECT n.queue, n.name, n.priority, n.lane FROM found f CROSS JOIN LATERAL (
+    SELECT t.queue, t.name, t.priority, pgbg.lane_key(t.queue, t.name, t.priority) AS lane FROM pgbg.task t
+    WHERE t.state = 'queued' AND t.group_name IS NULL AND pgbg.lane_key(t.queue, t.name, t.priority) > f.lane
+    ORDER BY pgbg.lane_key(t.queue, t.name, t.priority) LIMIT 1
   ) n
 ),
 lanes (queue, name, priority) AS (
-  SELECT f.queue, f.name, f.priority FROM found f WHERE f.name = ANY ($3::text[])
+  SELECT f.queue, f.name, f.priority FROM found f WHERE f.name = ANY ($3::text[]) AND {{@}}
 )
 
 -- fragment: SlotsTaken
@@ -411,6 +414,14 @@ CROSS JOIN LATERAL (SELECT ctid FROM pgbg.task WHERE id = s.id LIMIT 1) x
   AND (t.staged_xact, t.id) > (c.after_xact, c.after_id) AND (t.staged_xact, t.id) <= (c.last_xact, c.last_id)
   AND pg_visible_in_snapshot(t.staged_xact, c.upto) AND (c.since IS NULL OR NOT pg_visible_in_snapshot(t.staged_xact, c.since)))
 
+-- fragment: ClaimStretch
+-- InClaim as a range of task_lane_idx: for the reads of a claim row's
+-- tasks from the table (its end, the counts of what claim rows hold),
+-- which name the index's key (pgbg.lane_key, migration 031) for the
+-- planner to read the stretch by it. InClaim alone is for tasks found
+-- otherwise (by primary key), where the key would be a hash a row.
+pgbg.lane_key(t.queue, t.name, t.priority) = pgbg.lane_key(c.queue, c.name, c.priority) AND {{InClaim}}
+
 -- name: ClaimRowTasks
 -- The claim of tasks without a group in queues without a limit, by claim
 -- rows (migrations 026-029): $1 worker id, $2 queues (NULL: every queue),
@@ -536,7 +547,8 @@ LEFT JOIN LATERAL (
 ) n ON true
 CROSS JOIN LATERAL (
   SELECT t.staged_xact, t.id FROM pgbg.task t
-  WHERE {{@}} AND t.queue = l.queue AND t.name = l.name AND t.priority = l.priority
+  WHERE {{@}} AND pgbg.lane_key(t.queue, t.name, t.priority) = pgbg.lane_key(l.queue, l.name, l.priority)
+    AND t.queue = l.queue AND t.name = l.name AND t.priority = l.priority
     AND t.state = 'queued' AND t.group_name IS NULL AND t.staged_xact IS NOT NULL
     AND (t.staged_xact, t.id) > (coalesce(n.last_xact, '0'::xid8), coalesce(n.last_id, 0))
   ORDER BY t.staged_xact, t.id LIMIT 1
@@ -664,7 +676,7 @@ state = 'running', attempts = t.attempts + 1, lease_token = t.lease_token + 1,
     -- as a sequential scan of the whole table at every end.
     SELECT x.ctid FROM ended c
     CROSS JOIN LATERAL (
-      SELECT t.ctid FROM pgbg.task t WHERE {{InClaim}} AND t.group_name IS NULL ORDER BY t.staged_xact, t.id OFFSET 0
+      SELECT t.ctid FROM pgbg.task t WHERE {{ClaimStretch}} AND t.group_name IS NULL ORDER BY t.staged_xact, t.id OFFSET 0
     ) x
     WHERE NOT c.settled
   ))
@@ -725,7 +737,7 @@ held AS (
   FROM pgbg.claim c
   CROSS JOIN LATERAL (
     SELECT t.queue, t.name, t.cancel_requested_at FROM pgbg.task t
-    WHERE {{InClaim}} AND t.group_name IS NULL ORDER BY t.staged_xact, t.id OFFSET 0
+    WHERE {{ClaimStretch}} AND t.group_name IS NULL ORDER BY t.staged_xact, t.id OFFSET 0
   ) x
   WHERE c.worker_id IS NOT NULL
   GROUP BY x.queue, x.name
