@@ -283,7 +283,7 @@ export class OutcomeWriter {
    * deletes it.)
    */
   async #completeClaimed(statement: QueryName, done: Completion[], values: unknown[]): Promise<{ id: unknown }[]> {
-    const rows = await run<{ id: unknown }>(this.db, this.schema, statement, [idsOf(done), distinctClaims(done), this.workerId, ...values]);
+    const rows = completedRows(done, await run(this.db, this.schema, statement, [idsOf(done), distinctClaims(done), this.workerId, ...values]));
     if (rows.length < done.length) {
       const written = new Set(rows.map((r) => String(r.id)));
       for (const d of done) if (!written.has(d.id) && !d.completedInTransaction) this.#unsettled.add(d.claimId!);
@@ -372,6 +372,18 @@ function withDeadline(promise: Promise<void> | undefined, deadline: number): Pro
 }
 
 /** Counts the completions the fence let through: all of them, nearly always. */
+/**
+ * The tasks a completion deleted, as rows of their ids: its statement's
+ * own rows, one a task (CompleteClaimedKeptTasks), or its one row of a
+ * count and, when the fence refused some, the ids (CompleteClaimedTasks).
+ */
+function completedRows(done: readonly AttemptRef[], rows: Record<string, unknown>[]): { id: unknown }[] {
+  const [first] = rows;
+  if (rows.length !== 1 || !first || !("completed" in first)) return rows as { id: unknown }[];
+  if (first.completed === done.length) return done.map((d) => ({ id: d.id }));
+  return first.ids ? String(first.ids).split(",").map((id) => ({ id })) : [];
+}
+
 function countCompleted(done: AttemptRef[], rows: { id: unknown }[]): void {
   if (rows.length === done.length) {
     for (const d of done) if (d.counts) d.counts.completed++;

@@ -373,20 +373,28 @@ RETURNING t.id;
 -- matched to its claim by the claim's stretch of its lane, so that no
 -- value is sent per task but its id. A task restaged while the statement
 -- waited for its lock is met in its new version, which is in no pair of
--- these claims.
+-- these claims. Returns one row (completed: how many; ids: which, only
+-- when not all of $1).
 WITH held AS MATERIALIZED (
   -- Read by the trigger that settles a flow's dependants: these queued
   -- tasks end completed, not cancelled (migration 027).
   SELECT c.*, set_config('pgbg_flow.ending', 'complete', true) AS ending FROM pgbg.claim c
   WHERE c.id = ANY ($2::bigint[]) AND c.worker_id = $3::uuid
+),
+completed AS (
+  DELETE FROM pgbg.task t
+  USING held c
+  WHERE t.ctid = ANY (ARRAY(
+    {{ClaimedRowAddresses}}
+  ))
+    AND {{InClaim}}
+  RETURNING t.id
 )
-DELETE FROM pgbg.task t
-USING held c
-WHERE t.ctid = ANY (ARRAY(
-  {{ClaimedRowAddresses}}
-))
-  AND {{InClaim}}
-RETURNING t.id;
+-- One row: how many were deleted, and their ids only when the fence
+-- refused some (fewer than sent). A row per task cost the worker a
+-- message to read for each (bench/RESULTS.md, "The completion's one row").
+SELECT n.completed, CASE WHEN n.completed < cardinality($1::bigint[]) THEN (SELECT string_agg(d.id::text, ',') FROM completed d) END AS ids
+FROM (SELECT count(*)::int AS completed FROM completed) n;
 
 -- fragment: ClaimedRowAddresses
 -- The row addresses of the tasks $1 (ids) a claim row returned: each looked
