@@ -371,7 +371,6 @@ function withDeadline(promise: Promise<void> | undefined, deadline: number): Pro
   return Promise.race([promise, late]).finally(() => clearTimeout(timer));
 }
 
-/** Counts the completions the fence let through: all of them, nearly always. */
 /**
  * The tasks a completion deleted, as rows of their ids: its statement's
  * own rows, one a task (CompleteClaimedKeptTasks), or its one row of a
@@ -380,10 +379,11 @@ function withDeadline(promise: Promise<void> | undefined, deadline: number): Pro
 function completedRows(done: readonly AttemptRef[], rows: Record<string, unknown>[]): { id: unknown }[] {
   const [first] = rows;
   if (rows.length !== 1 || !first || !("completed" in first)) return rows as { id: unknown }[];
-  if (first.completed === done.length) return done.map((d) => ({ id: d.id }));
+  if (Number(first.completed) === done.length) return done.map((d) => ({ id: d.id }));
   return first.ids ? String(first.ids).split(",").map((id) => ({ id })) : [];
 }
 
+/** Counts the completions the fence let through: all of them, nearly always. */
 function countCompleted(done: AttemptRef[], rows: { id: unknown }[]): void {
   if (rows.length === done.length) {
     for (const d of done) if (d.counts) d.counts.completed++;

@@ -377,6 +377,23 @@ describe("claim rows", () => {
     });
   });
 
+  test("the count of the tasks claim rows hold (count_held_by_claims, under a limited queue's lock) reads each held claim's stretch by the lane index, not the table", async () => {
+    await clean();
+    const worker = randomUUID();
+    await besideHeldSnapshot(async ({ sql: explained, plans, explain }) => {
+      await enqueueMany(sql, lane, Array.from({ length: 2_000 }, (_, n) => ({ n })));
+      await sql`ANALYZE pgbg.task`;
+      assert.equal((await claimLane(worker, 10)).length, 10);
+      await explain();
+      const [{ held }] = await explained`SELECT pgbg.count_held_by_claims('default') AS held`;
+      assert.equal(Number(held), 10);
+      const count = plans.find((p) => /Query Text: \(SELECT count\(\*\) FROM "pgbg"\.claim c/.test(p));
+      assert.ok(count, `the count's plan: ${plans.join("\n")}`);
+      assert.match(count, /task_lane_idx on task t\s/);
+      assert.doesNotMatch(count, /Seq Scan on task t\s/);
+    });
+  });
+
   test("a claim refuses to run under REPEATABLE READ", async () => {
     await assert.rejects(
       sql.begin("ISOLATION LEVEL REPEATABLE READ", (tx) => claimLane(randomUUID(), 1, tx as unknown as typeof sql)),

@@ -18,7 +18,8 @@
 -- t.name, t.priority) = pgbg.lane_key(the lane), which the planner matches
 -- to the index's expression, and compare the lane's columns too: two lanes
 -- whose keys collide share a range of the index, which each reader
--- filters. What a collision costs is the lane discovery's (FoundLanes, a
+-- filters. The readers in functions are replaced below: claim_lane and
+-- count_held_by_claims. What a collision costs is the lane discovery's (FoundLanes, a
 -- skip scan of distinct keys): it finds one lane of such a key, and the
 -- other is claimed when its queue and priority are found by another lane
 -- of its pair (KnownPairs crosses them with every name). The chance that
@@ -27,8 +28,10 @@
 -- An earlier release's readers of the lane by its columns (its lane
 -- discovery, the heads of a limited claim, the end of a claim that left
 -- tasks behind) no longer find an index of those columns: during a
--- rolling upgrade they read the table by a scan, correct and slower. Its
--- claims call pgbg.claim_lane, which this migration replaces.
+-- rolling upgrade they read the table by a scan, correct and far slower
+-- (seconds a lane discovery on a large table), so such workers should be
+-- upgraded promptly. Its claims call pgbg.claim_lane, which this
+-- migration replaces.
 CREATE FUNCTION pgbg.lane_key(queue text, name text, priority smallint) RETURNS bigint
   LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
   RETURN hashtextextended(queue || E'\n' || name || E'\n' || priority::text, 0);
@@ -61,6 +64,27 @@ ALTER TABLE pgbg.task
   DROP CONSTRAINT task_input_version_in_range,
   DROP CONSTRAINT task_attempts_in_range,
   DROP CONSTRAINT task_snoozes_in_range;
+
+-- pgbg.count_held_by_claims as migration 028 wrote it, each held claim
+-- row's stretch read by the lane's key: by the columns alone it read the
+-- whole table once per held claim row, under the queue's lock of every
+-- limited claim (take_queue_slots).
+CREATE OR REPLACE FUNCTION pgbg.count_held_by_claims(claimed_queue text) RETURNS bigint
+  LANGUAGE plpgsql STABLE STRICT AS $$
+BEGIN
+  RETURN (SELECT count(*) FROM pgbg.claim c
+    CROSS JOIN LATERAL (
+      SELECT FROM pgbg.task t
+      WHERE pgbg.lane_key(t.queue, t.name, t.priority) = pgbg.lane_key(c.queue, c.name, c.priority)
+        AND t.queue = c.queue AND t.name = c.name AND t.priority = c.priority AND t.state = 'queued'
+        AND (t.staged_xact, t.id) > (c.after_xact, c.after_id) AND (t.staged_xact, t.id) <= (c.last_xact, c.last_id)
+        AND pg_visible_in_snapshot(t.staged_xact, c.upto) AND (c.since IS NULL OR NOT pg_visible_in_snapshot(t.staged_xact, c.since))
+        AND t.group_name IS NULL
+      ORDER BY t.staged_xact, t.id OFFSET 0
+    ) x
+    WHERE c.worker_id IS NOT NULL AND c.queue = claimed_queue);
+END
+$$;
 
 -- pgbg.claim_lane as migration 030 wrote it, its two reads of the lane by
 -- the key.
