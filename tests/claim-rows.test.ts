@@ -25,8 +25,11 @@ const lane = defineTask({ name: "lane", schema: v.object({ n: v.number() }), asy
 const claimLane = (worker: string, wanted: number, client: typeof sql = sql) =>
   client`SELECT id::text, claim_id::text, attempts FROM pgbg.claim_lane('default', 'lane', 0::smallint, ${worker}::uuid, interval '1 minute', ${wanted})`;
 
-/** Completes `ids` of claims `claims` as `worker`; returns the ids deleted. */
-/** The ids CompleteClaimedTasks deleted: all those sent when it counts as many, else those it lists. */
+/**
+ * Completes `ids` of claims `claims` as `worker`; returns the ids deleted:
+ * all those sent when CompleteClaimedTasks counts as many, else those it
+ * lists.
+ */
 const complete = async (worker: string, ids: string[], claims: string[]) => {
   const [row] = await run<{ completed: number; ids: string | null }>(sql, "pgbg", "CompleteClaimedTasks", [ids, [...new Set(claims)], worker]);
   return (row.completed === ids.length ? ids : row.ids?.split(",") ?? []).map(String).sort();

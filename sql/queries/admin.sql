@@ -62,7 +62,7 @@ SELECT w.id, w.supervisor_id, w.pid, w.hostname, w.runtime, w.concurrency, w.que
   greatest(extract(epoch FROM now() - w.heartbeat_at) * 1000, 0)::float8 AS heartbeat_age_ms,
   ((SELECT count(*) FROM pgbg.task t WHERE t.state = 'running' AND t.worker_id = w.id)
     + (SELECT count(*) FROM pgbg.claim c
-       CROSS JOIN LATERAL (SELECT FROM pgbg.task t WHERE {{ClaimStretch}} AND t.group_name IS NULL OFFSET 0) t
+       CROSS JOIN LATERAL (SELECT FROM pgbg.task t WHERE {{ClaimStretch}} OFFSET 0) t
        WHERE c.worker_id = w.id))::int AS running
 FROM pgbg.worker w
 ORDER BY w.started_at, w.id;

@@ -392,7 +392,8 @@ completed AS (
 )
 -- One row: how many were deleted, and their ids only when the fence
 -- refused some (fewer than sent). A row per task cost the worker a
--- message to read for each (bench/RESULTS.md, "The completion's one row").
+-- message to read for each (bench/RESULTS.md, "The lane index keyed by a
+-- hash", its part "The completion's one row").
 SELECT n.completed, CASE WHEN n.completed < cardinality($1::bigint[]) THEN (SELECT string_agg(d.id::text, ',') FROM completed d) END AS ids
 FROM (SELECT count(*)::int AS completed FROM completed) n;
 
@@ -428,7 +429,9 @@ CROSS JOIN LATERAL (SELECT ctid FROM pgbg.task WHERE id = s.id LIMIT 1) x
 -- which name the index's key (pgbg.lane_key, migration 031) for the
 -- planner to read the stretch by it. InClaim alone is for tasks found
 -- otherwise (by primary key), where the key would be a hash a row.
-pgbg.lane_key(t.queue, t.name, t.priority) = pgbg.lane_key(c.queue, c.name, c.priority) AND {{InClaim}}
+-- `group_name IS NULL` implies the index's predicate with InClaim's
+-- `state = 'queued'`, so that the partial index can serve the read.
+pgbg.lane_key(t.queue, t.name, t.priority) = pgbg.lane_key(c.queue, c.name, c.priority) AND {{InClaim}} AND t.group_name IS NULL
 
 -- name: ClaimRowTasks
 -- The claim of tasks without a group in queues without a limit, by claim
@@ -684,7 +687,7 @@ state = 'running', attempts = t.attempts + 1, lease_token = t.lease_token + 1,
     -- as a sequential scan of the whole table at every end.
     SELECT x.ctid FROM ended c
     CROSS JOIN LATERAL (
-      SELECT t.ctid FROM pgbg.task t WHERE {{ClaimStretch}} AND t.group_name IS NULL ORDER BY t.staged_xact, t.id OFFSET 0
+      SELECT t.ctid FROM pgbg.task t WHERE {{ClaimStretch}} ORDER BY t.staged_xact, t.id OFFSET 0
     ) x
     WHERE NOT c.settled
   ))
@@ -745,7 +748,7 @@ held AS (
   FROM pgbg.claim c
   CROSS JOIN LATERAL (
     SELECT t.queue, t.name, t.cancel_requested_at FROM pgbg.task t
-    WHERE {{ClaimStretch}} AND t.group_name IS NULL ORDER BY t.staged_xact, t.id OFFSET 0
+    WHERE {{ClaimStretch}} ORDER BY t.staged_xact, t.id OFFSET 0
   ) x
   WHERE c.worker_id IS NOT NULL
   GROUP BY x.queue, x.name
