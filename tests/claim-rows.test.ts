@@ -356,7 +356,7 @@ describe("claim rows", () => {
       // does not reproduce: the function keeps bitmaps off (and, since
       // migration 032, plans its statements once and never compiles them).
       const [{ config }] = await sql`SELECT proconfig AS config FROM pg_proc WHERE oid = 'pgbg.claim_lane'::regproc`;
-      assert.deepEqual(config, ["enable_bitmapscan=off", "plan_cache_mode=force_generic_plan", "jit=off"]);
+      assert.deepEqual(config, ["enable_bitmapscan=off", "plan_cache_mode=force_generic_plan", "enable_seqscan=off", "jit=off"]);
     });
   });
 
@@ -407,6 +407,29 @@ describe("claim rows", () => {
         assert.match(read, /'0'::bigint\) = \$\d+\)/, `the lane's key as a parameter, for ${wanted}: ${read}`);
         assert.doesNotMatch(read, /'0'::bigint\) = '-?\d+'::bigint/, `for ${wanted}`);
       }
+    });
+  });
+
+  test("a claim's statements, planned once on an empty table, read their indexes once the table fills", async () => {
+    await clean();
+    const worker = randomUUID();
+    // A session's first claim plans each statement for the rest of the
+    // session (migration 032), here on empty tables; the next claim, on a
+    // full task table and a claim table of deleted rows a held snapshot
+    // keeps, runs those plans.
+    await besideHeldSnapshot(async ({ sql: explained, plans, explain }) => {
+      await sql`ANALYZE pgbg.task, pgbg.claim`;
+      await explain(false);
+      assert.equal((await claimLane(worker, 10, explained)).length, 0);
+      await enqueueMany(sql, lane, Array.from({ length: 20_000 }, (_, n) => ({ n })));
+      await sql`INSERT INTO pgbg.claim (upto, after_xact, after_id, last_xact, last_id, priority, whole, queue, name)
+        SELECT pg_current_snapshot(), '0', 0, '0', 0, 0, true, 'default', 'other' FROM generate_series(1, 5000)`;
+      await sql`DELETE FROM pgbg.claim`;
+      plans.length = 0;
+      assert.equal((await claimLane(worker, 10, explained)).length, 10);
+      const nested = plans.filter((p) => /Query Text: (?!SELECT id::text)/.test(p));
+      assert.ok(nested.length >= 3, `the claim's statements: ${plans.join("\n")}`);
+      for (const plan of nested) assert.doesNotMatch(plan, /Seq Scan on (task|claim)\b/, plan);
     });
   });
 
