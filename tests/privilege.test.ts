@@ -227,8 +227,8 @@ describe("least-privilege roles", () => {
     const failed = await taskRow(failing);
     assert.deepEqual([failed.attempts, failed.last_error.message], [2, "planned failure"]);
     const back = await taskRow(handedBack);
-    assert.deepEqual([back.state, back.attempts], ["queued", 0], "handed back at shutdown, uncounted");
     const lines = [...service.logs.map((l) => JSON.stringify(l)), ...service.other];
+    assert.deepEqual([back.state, back.attempts], ["queued", 0], `handed back at shutdown, uncounted; the service said:\n${lines.join("\n")}`);
     assert.deepEqual(lines.filter((l) => /permission denied/.test(l)), [], "no statement was refused");
     assert.deepEqual(lines.filter((l) => l.includes(password)), [], "no line shows the password");
     assert.ok(service.logs.some((l) => l.message === `database ${roles.serve}@${new URL(db.url).host}/${db.name}`));

@@ -172,15 +172,18 @@ function killIfAlive(pid: number): void {
 }
 
 /**
- * Ends the sessions pgbg's processes had open on this database (each names
- * itself "pgbg …" as its application_name) and waits until they are gone:
- * a session being ended rolls back the statement it is in.
+ * Ends the sessions the killed services had open on this database (their
+ * supervisor's, their workers' and the fixture tasks' name themselves
+ * "pgbg supervisor…", "pgbg worker…" and "pgbg fixture") and waits until
+ * they are gone: a session being ended rolls back the statement it is in.
+ * Only theirs: a `pgbg dashboard` the test file keeps running beside them
+ * would meet porsager/postgres#1154 and exit (it did, twice, in CI).
  */
 // deno-lint-ignore no-explicit-any
 async function endSessionsOfKilled(sql: postgres.Sql<any>): Promise<void> {
   const live = () =>
     sql`SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity
-      WHERE datname = current_database() AND application_name LIKE 'pgbg %' AND pid <> pg_backend_pid()`;
+      WHERE datname = current_database() AND application_name ~ '^pgbg (supervisor|worker|fixture)' AND pid <> pg_backend_pid()`;
   await until(live, (rows) => rows.length === 0, patience, "the killed processes' database sessions to end");
 }
 
