@@ -22,7 +22,8 @@ import { apiRoutes, type Route } from "./dashboard-api.ts";
 import { HEADERS, HttpError, readBody, send } from "./dashboard-http.ts";
 import { chartScript, chartStyle } from "./dashboard-charts.ts";
 import { dashboardPage, dashboardScript, dashboardStyle, loginPage } from "./dashboard-page.ts";
-import { failWith } from "./exit.ts";
+import { isDriverFault } from "./driver-fault.ts";
+import { fail, failWith } from "./exit.ts";
 import { listen } from "./listen.ts";
 
 const COOKIE = "pgbg_dashboard";
@@ -37,7 +38,21 @@ export interface DashboardOptions {
   port: number;
   /** How many failed tasks the page lists. */
   failedLimit?: number;
+  /**
+   * Called when a request (begun at `since`, by `performance.now()`) lost
+   * its database connection, or did not answer within
+   * {@link REQUEST_BOUND_MS}: its pool may hold a connection the driver's
+   * fault left unable to write (cli/driver-fault.ts).
+   */
+  onDatabaseFault?: (since: number) => void;
 }
+
+/**
+ * How long a request may wait for the database before it is answered 503.
+ * Far above any of the dashboard's statements on a working server; a
+ * connection the driver's fault left unable to write would hold it for ever.
+ */
+export const REQUEST_BOUND_MS = 15_000;
 
 /** A listening dashboard. */
 export interface Dashboard {
@@ -79,6 +94,7 @@ export async function startDashboard(options: DashboardOptions): Promise<Dashboa
   };
 
   const server = createServer(async (req, res) => {
+    const since = performance.now();
     const path = new URL(req.url ?? "/", "http://dashboard").pathname;
     const route = routes[`${req.method} ${path}`];
     try {
@@ -97,8 +113,9 @@ export async function startDashboard(options: DashboardOptions): Promise<Dashboa
         }
         if (req.headers.origin && req.headers.origin !== `http://${req.headers.host}`) throw new HttpError(403, "cross-origin request refused");
       }
-      await route(req, res);
+      await answerWithin(route(req, res), since, options);
     } catch (error) {
+      if (isDriverFault(error)) options.onDatabaseFault?.(since);
       const code = error instanceof HttpError ? error.status : error instanceof InvalidOptionsError ? 400 : error instanceof UnknownScheduleError ? 404 : 500;
       if (code === 500) process.stderr.write(`pgbg dashboard: ${describeError(error).message}\n`);
       if (!res.headersSent) send(res, code, "text/plain", `${describeError(error).message}\n`);
@@ -114,16 +131,18 @@ export const dashboardCommand = defineCliCommand(
   "Serve a web page with the live status, the failed tasks and retry/cancel buttons, protected by a token",
   async ({ flags }) => {
     const { "database-url": url, schema, token, host, port } = flags;
+    const pool = () => connect(url, 4, "pgbg dashboard", flags["transaction-pooling"]);
     let sql: postgres.Sql | undefined;
     try {
-      sql = connect(url, 4, "pgbg dashboard", flags["transaction-pooling"]);
+      sql = pool();
       await status(sql, { schema }); // fails now, not at the first page load, on a wrong URL or schema
-      const dashboard = await startDashboard({ db: sql, schema, token, host, port });
+      const options: DashboardOptions = { db: sql, schema, token, host, port };
+      const dashboard = await startDashboard(options);
+      renewPoolOnDriverFault(options, pool);
       process.stdout.write(flags.json ? `${JSON.stringify({ url: dashboard.url })}\n` : `dashboard at ${dashboard.url}\n`);
-      const db = sql;
       const stop = async () => {
         await dashboard.close();
-        await db.end({ timeout: 2 }).catch(() => {});
+        await (options.db as postgres.Sql).end({ timeout: 2 }).catch(() => {});
         process.exit(0);
       };
       process.once("SIGTERM", stop);
@@ -134,3 +153,48 @@ export const dashboardCommand = defineCliCommand(
     }
   },
 );
+
+/** Resolves when `answer` does; past REQUEST_BOUND_MS, calls options.onDatabaseFault and throws a 503 instead. */
+async function answerWithin(answer: Promise<void>, since: number, options: DashboardOptions): Promise<void> {
+  // Settled later or never: an answer after the 503 (its writes refused), or the rejection of its ended pool.
+  answer.catch(() => {});
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), REQUEST_BOUND_MS)));
+  const inTime = await Promise.race([answer.then(() => true), late]).finally(() => clearTimeout(timer));
+  if (inTime) return;
+  options.onDatabaseFault?.(since);
+  throw new HttpError(503, `the database did not answer within ${REQUEST_BOUND_MS / 1000} s; the dashboard now uses new connections: reload`);
+}
+
+/**
+ * Keeps the dashboard serving through the driver's fault (see
+ * cli/driver-fault.ts): when a request loses its connection or waits past
+ * REQUEST_BOUND_MS (a connection the fault left unable to write), or the
+ * driver throws where nothing catches, the requests from then on are
+ * answered from a new pool, and the old one is ended once its statements
+ * in flight end (at most 5 s). Any other uncaught error ends the process
+ * with one line and status 1.
+ */
+function renewPoolOnDriverFault(options: DashboardOptions, pool: () => postgres.Sql): void {
+  let renewedAt = Number.NEGATIVE_INFINITY;
+  const renew = (why: string) => {
+    renewedAt = performance.now();
+    const old = options.db as postgres.Sql;
+    options.db = pool();
+    void old.end({ timeout: 5 }).catch(() => {});
+    process.stderr.write(`pgbg dashboard: ${why}; serving from new connections\n`);
+  };
+  // Once for the requests a fault struck together: only those begun since
+  // the last renewal ran on the current pool.
+  options.onDatabaseFault = (since) => {
+    if (since > renewedAt) renew("a request lost its database connection, or waited too long for it");
+  };
+  const onUncaught = (error: unknown) => {
+    if (!isDriverFault(error)) fail(1, `dashboard: uncaught error: ${describeError(error).message}`);
+    // A lost connection's error that no query held is the pool's to
+    // replace; the driver's write to a closed connection leaves it unable to write.
+    if (error instanceof TypeError) renew(`a database connection failed outside any statement (${describeError(error).message})`);
+  };
+  process.on("uncaughtException", onUncaught);
+  process.on("unhandledRejection", onUncaught);
+}
