@@ -48,11 +48,12 @@ export interface DashboardOptions {
 }
 
 /**
- * How long a request may wait for the database before it is answered 503.
- * Far above any of the dashboard's statements on a working server; a
- * connection the driver's fault left unable to write would hold it for ever.
+ * How long a page's read (a GET) may wait for the database before it is
+ * answered 503: a connection the driver's fault left unable to write would
+ * hold it for ever. Far above the dashboard's reads on a working server; an
+ * action (a POST, such as retrying every failed task) is not bounded.
  */
-export const REQUEST_BOUND_MS = 15_000;
+export const REQUEST_BOUND_MS = 60_000;
 
 /** A listening dashboard. */
 export interface Dashboard {
@@ -113,7 +114,7 @@ export async function startDashboard(options: DashboardOptions): Promise<Dashboa
         }
         if (req.headers.origin && req.headers.origin !== `http://${req.headers.host}`) throw new HttpError(403, "cross-origin request refused");
       }
-      await answerWithin(route(req, res), since, options);
+      await (req.method === "GET" ? answerWithin(route(req, res), since, options) : route(req, res));
     } catch (error) {
       if (isDriverFault(error)) options.onDatabaseFault?.(since);
       const code = error instanceof HttpError ? error.status : error instanceof InvalidOptionsError ? 400 : error instanceof UnknownScheduleError ? 404 : 500;
@@ -166,14 +167,17 @@ async function answerWithin(answer: Promise<void>, since: number, options: Dashb
   throw new HttpError(503, `the database did not answer within ${REQUEST_BOUND_MS / 1000} s; the dashboard now uses new connections: reload`);
 }
 
+/** How long a replaced pool's statements may run on, in seconds (see renewPoolOnDriverFault). */
+const OLD_POOL_GRACE_S = 120;
+
 /**
  * Keeps the dashboard serving through the driver's fault (see
- * cli/driver-fault.ts): when a request loses its connection or waits past
- * REQUEST_BOUND_MS (a connection the fault left unable to write), or the
- * driver throws where nothing catches, the requests from then on are
- * answered from a new pool, and the old one is ended once its statements
- * in flight end (at most 5 s). Any other uncaught error ends the process
- * with one line and status 1.
+ * cli/driver-fault.ts): when a request loses its connection or a read
+ * waits past REQUEST_BOUND_MS (a connection the fault left unable to
+ * write), or the driver throws where nothing catches, the requests from
+ * then on are answered from a new pool, and the old one is ended once its
+ * statements in flight end (an action's too: at most OLD_POOL_GRACE_S).
+ * Any other uncaught error ends the process with one line and status 1.
  */
 function renewPoolOnDriverFault(options: DashboardOptions, pool: () => postgres.Sql): void {
   let renewedAt = Number.NEGATIVE_INFINITY;
@@ -181,7 +185,7 @@ function renewPoolOnDriverFault(options: DashboardOptions, pool: () => postgres.
     renewedAt = performance.now();
     const old = options.db as postgres.Sql;
     options.db = pool();
-    void old.end({ timeout: 5 }).catch(() => {});
+    void old.end({ timeout: OLD_POOL_GRACE_S }).catch(() => {});
     process.stderr.write(`pgbg dashboard: ${why}; serving from new connections\n`);
   };
   // Once for the requests a fault struck together: only those begun since
