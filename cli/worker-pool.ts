@@ -18,7 +18,7 @@ import type { DeadWorkerReleaser } from "../lib/maintenance/dead-worker-releaser
 import type { ServiceMetrics } from "../lib/metrics.ts";
 import { scriptCommand } from "../lib/runtime.ts";
 import { VERSION } from "../lib/version.ts";
-import { POOL_KILL_MARGIN_MS, type ServeConfig } from "./config.ts";
+import { POOL_KILL_MARGIN_MS, type ServeConfig, WORKER_EXIT } from "./config.ts";
 import { DatabaseWatch } from "./database-watch.ts";
 import type { WorkerMessage, WorkerSpec } from "./worker.ts";
 
@@ -33,7 +33,7 @@ interface Slot {
   lastError?: string;
   /** SIGKILL sent to this child: not again at every tick. */
   killed?: boolean;
-  /** The child said it lost the database (code 5, "unreachable"): its attempts do not count. */
+  /** The child said it lost the database (code 5, "unreachable") or that it stopped past its bound handing back (code 7): its attempts do not count. */
   handBack?: boolean;
   /** The child failed because the database could not be reached: it restarts as soon as the database answers (DatabaseWatch). */
   waitsForDatabase?: boolean;
@@ -143,15 +143,21 @@ export class WorkerPool {
     } else if (message.type === "lost") {
       slot.lastError = message.message;
       slot.handBack = slot.waitsForDatabase = message.cause === "unreachable";
+    } else if (message.type === "handingBack") {
+      slot.handBack = true;
     }
   }
 
   #onExit(slot: Slot, workerId: string, code: number | null, signal: NodeJS.Signals | null): void {
     slot.child = undefined;
     // A worker that said it stopped because its heartbeat could not get
-    // through (code 5) was not ended by its task: that attempt is not
-    // counted. Any other exit, a task's process.exit(5) included, counts.
-    this.#options.releaser.add(workerId, !(code === 5 && slot.handBack));
+    // through (lost) was not ended by its task: that attempt is not counted;
+    // nor what one that said it stopped past its bound with every attempt
+    // ended still holds (handedBack: hand-backs and successes it could not
+    // write in time). Any other exit, a task's process.exit(5) or (7)
+    // without its message included, counts.
+    const said = slot.handBack && (code === WORKER_EXIT.lost || code === WORKER_EXIT.handedBack);
+    this.#options.releaser.add(workerId, !said);
     this.#options.metrics.workerExited(slot.index);
     if (this.#stopping) {
       if (this.#slots.every((s) => !s.child)) this.#resolveDone();

@@ -21,7 +21,7 @@ import { loadTaskModules } from "../lib/registry.ts";
 import { Scheduler } from "../lib/scheduler.ts";
 import { runtimeName } from "../lib/runtime.ts";
 import { type LostCause, Worker, type WorkerReport, type WorkerSettings } from "../lib/worker.ts";
-import { type LogLevel, WORKER_STOP_MARGIN_MS } from "./config.ts";
+import { type LogLevel, WORKER_EXIT, WORKER_STOP_MARGIN_MS } from "./config.ts";
 import { isConnectionError } from "./connection-error.ts";
 import { createLogger } from "./log.ts";
 
@@ -48,9 +48,11 @@ export type WorkerMessage =
   | { type: "fatal"; message: string; unreachable?: boolean }
   /** Sent just before exiting with code 5; `unreachable`: its tasks did not fail, their attempts need not count. */
   | { type: "lost"; cause: LostCause; message: string }
-  | { type: "retiring"; message: string };
+  | { type: "retiring"; message: string }
+  /** Sent just before exiting with code 7 (WORKER_EXIT.handedBack): what it holds did not fail, its attempts need not count. */
+  | { type: "handingBack" };
 
-const EXIT = { stopped: 0, startFailed: 3, retired: 4, lost: 5, crashed: 6 } as const;
+const EXIT = WORKER_EXIT;
 
 function send(message: WorkerMessage): void {
   if (process.send && process.connected) process.send(message);
@@ -107,8 +109,13 @@ function stopOnRequest(worker: () => Worker | undefined, boundMs: number, log: L
     // timeout, a server that never answers): the supervisor, or whoever
     // rescues the leases of an orphan, takes over what is left.
     setTimeout(() => {
-      log.warn(`still stopping ${boundMs} ms after being asked to; exiting now, leaving its unwritten outcomes to the release of its tasks`);
-      process.exit(EXIT.stopped);
+      const message = `still stopping ${boundMs} ms after being asked to; exiting now, `;
+      if (!worker()?.mayHandBack) {
+        log.warn(`${message}leaving its unwritten outcomes to the release of its tasks`);
+        process.exit(EXIT.stopped);
+      }
+      log.warn(`${message}its supervisor to hand back what it holds, uncounted, as this worker would have`);
+      sendThenExit({ type: "handingBack" }, EXIT.handedBack, 200);
     }, boundMs).unref();
   };
   process.on("SIGTERM", stop);

@@ -94,6 +94,8 @@ export class OutcomeWriter {
   #flushing: Promise<void> | undefined;
   /** The outcomes in the write in flight. */
   #writing = 0;
+  /** The failures among them. */
+  #writingFailures = 0;
   #retryDelay = 100;
 
   constructor(
@@ -171,6 +173,11 @@ export class OutcomeWriter {
     return this.pending + this.#writing;
   }
 
+  /** Number of failed attempts not yet written, the write in flight's included. */
+  get failuresUnwritten(): number {
+    return this.#failed.length + this.#writingFailures;
+  }
+
   /**
    * Resolves once everything recorded so far is written (retrying on errors),
    * or at `deadline`, even with a write in flight: a statement on a
@@ -204,6 +211,7 @@ export class OutcomeWriter {
     const cancelled = this.#cancelled.splice(0);
     const ending = this.#ending.splice(0);
     this.#writing = done.length + failed.length + handedBack.length + snoozed.length + cancelled.length;
+    this.#writingFailures = failed.length;
     try {
       // A batch member's success counts its batch down by its lease token (CompleteBatchTasks), as any outcome but a plain success is written.
       await this.#leaseClaimed([...failed, ...handedBack, ...snoozed, ...cancelled, ...done.filter((d) => d.batch)]);
@@ -237,7 +245,7 @@ export class OutcomeWriter {
     } catch (error) {
       // Keep them for the next batch: the writes are fenced by the lease, so
       // writing one twice, or after the lease moved on, changes nothing.
-      this.#writing = 0;
+      this.#writing = this.#writingFailures = 0;
       this.#done.unshift(...done);
       this.#failed.unshift(...failed);
       this.#handedBack.unshift(...handedBack);
@@ -248,7 +256,7 @@ export class OutcomeWriter {
       await new Promise((r) => setTimeout(r, this.#retryDelay));
       this.#retryDelay = Math.min(this.#retryDelay * 2, 5_000);
     } finally {
-      this.#writing = 0;
+      this.#writing = this.#writingFailures = 0;
     }
   }
 

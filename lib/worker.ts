@@ -293,6 +293,18 @@ export class Worker {
   }
 
   /**
+   * Whether every attempt has ended, no failed one waits to be written and
+   * no claim was given up: the tasks the worker still holds may then be
+   * handed back, uncounted, by its host, as the worker would have (a served
+   * worker past its stop's bound exits before its writes end:
+   * cli/worker.ts). A claim given up may lease tasks after the worker's row
+   * is gone, which only a release (counted) finds.
+   */
+  get mayHandBack(): boolean {
+    return this.#running.size === 0 && this.#detached.size === 0 && this.#outcomes.failuresUnwritten === 0 && !this.#claimGivenUp;
+  }
+
+  /**
    * Asks the worker to stop: it claims no more, lets running tasks finish up
    * to the shutdown timeout (`shutdownTimeout` overrides the setting), and
    * hands back the rest, uncounted.

@@ -1,7 +1,9 @@
 /**
  * Time limits and leases under `pgbg serve`: a task that honours its signal
  * fails at its timeout, one that ignores it retires its worker, an expired
- * lease is rescued, and a stale worker of another supervisor is reaped.
+ * lease is rescued, a stale worker of another supervisor is reaped, and a
+ * worker whose hand-back is not written by its stop's bound leaves it to
+ * its supervisor.
  */
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
@@ -53,6 +55,25 @@ describe("timeouts and leases", () => {
     await stopService(service);
     assert.deepEqual((await executions([id])).map((r) => r.attempt), [2]);
     assert.equal((await sql`SELECT count(*)::int AS n FROM pgbg.worker WHERE id = ${worker}`)[0].n, 0);
+  });
+
+  test("a worker past its stop's bound before its hand-back is written leaves the task to its supervisor, which hands it back uncounted", async () => {
+    const id = await enqueue(sql, work, { ms: 600_000 });
+    const service = serve(["--workers", "1", "--shutdown-timeout", "300ms", "--timeout", "10m"]);
+    await until(() => executions([id]), (runs) => runs.length === 1, patience, "the task to start");
+    const [{ pid }] = await sql`SELECT pid FROM pgbg.worker`;
+    // The task's row locked: the worker's hand-back waits past its bound
+    // (the shutdown timeout plus 1 s), as a write on a starved server may.
+    await sql.begin(async (tx) => {
+      await tx`SELECT FROM pgbg.task WHERE id = ${id} FOR UPDATE`;
+      process.kill(pid as number, "SIGTERM");
+      await service.waitForLog((l) => /exiting now, its supervisor to hand back what it holds, uncounted/.test(l.message), patience);
+    });
+    await service.waitForLog((l) => /worker 1 exited with code 7; restarting/.test(l.message), patience);
+    // The worker started in its place runs it again, as its first attempt still.
+    const runs = await until(() => executions([id]), (r) => r.length === 2, patience, "the task to run again");
+    assert.deepEqual(runs.map((r) => r.attempt), [1, 1], service.logs.map((l) => l.message).join("\n"));
+    await stopService(service);
   });
 
   test("a task whose lease expired is claimable again", async () => {
