@@ -24,12 +24,13 @@ export const STOP_MARGIN_MS = 2_000;
 /**
  * How a served worker's process ends (cli/worker.ts), as its supervisor
  * reads it (cli/worker-pool.ts). `lost`: it stopped because its heartbeat
- * could not get through or another host reaped it. `handedBack`: it
- * stopped past its bound with every attempt ended and no failure
- * unwritten, so that what it still holds (the hand-backs and successes it
- * could not write in time) is its supervisor's to hand back, uncounted.
+ * could not get through or another host reaped it. `leftToHandBack`: it
+ * stopped past its bound with every attempt ended, no failure unwritten
+ * and no claim given up (Worker.mayHandBack), so that what it still holds
+ * (the hand-backs and successes it could not write in time) is its
+ * supervisor's to hand back, uncounted.
  */
-export const WORKER_EXIT = { stopped: 0, startFailed: 3, retired: 4, lost: 5, crashed: 6, handedBack: 7 } as const;
+export const WORKER_EXIT = { stopped: 0, startFailed: 3, retired: 4, lost: 5, crashed: 6, leftToHandBack: 7 } as const;
 
 /** The settings of `pgbg serve`, checked. Durations in ms. */
 export interface ServeConfig {

@@ -40,7 +40,7 @@ export interface DashboardOptions {
   failedLimit?: number;
   /**
    * Called when a request (begun at `since`, by `performance.now()`) lost
-   * its database connection, or did not answer within
+   * its database connection, or a read (a GET) did not answer within
    * {@link REQUEST_BOUND_MS}: its pool may hold a connection the driver's
    * fault left unable to write (cli/driver-fault.ts).
    */

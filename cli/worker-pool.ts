@@ -33,8 +33,11 @@ interface Slot {
   lastError?: string;
   /** SIGKILL sent to this child: not again at every tick. */
   killed?: boolean;
-  /** The child said it lost the database (code 5, "unreachable") or that it stopped past its bound handing back (code 7): its attempts do not count. */
-  handBack?: boolean;
+  /**
+   * The exit the child announced as one whose attempts do not count: 5
+   * (lost, "unreachable": it lost the database) or 7 (left to hand back).
+   */
+  uncountedExit?: number;
   /** The child failed because the database could not be reached: it restarts as soon as the database answers (DatabaseWatch). */
   waitsForDatabase?: boolean;
   /** Started early by the DatabaseWatch and not healthy since: failing so again, it waits out its back-off (no restart loop on a database that answers probes but not workers). */
@@ -106,7 +109,7 @@ export class WorkerPool {
       env: { ...process.env, DATABASE_URL: this.#options.databaseUrl, ...listenEnv(this.#options.config), PGBG_WORKER: JSON.stringify(this.#spec(slot, workerId)) },
     });
     const now = performance.now();
-    Object.assign(slot, { child, workerId, lastSeen: now, startedAt: now, readyAt: undefined, lastError: undefined, killed: false, handBack: false, waitsForDatabase: false });
+    Object.assign(slot, { child, workerId, lastSeen: now, startedAt: now, readyAt: undefined, lastError: undefined, killed: false, uncountedExit: undefined, waitsForDatabase: false });
     child.on("message", (message: WorkerMessage) => this.#onMessage(slot, child, message));
     child.on("error", (error) => {
       this.#options.log.error(`worker ${slot.index} could not be started: ${error.message}`);
@@ -142,9 +145,10 @@ export class WorkerPool {
       slot.waitsForDatabase = message.type === "fatal" && message.unreachable === true;
     } else if (message.type === "lost") {
       slot.lastError = message.message;
-      slot.handBack = slot.waitsForDatabase = message.cause === "unreachable";
-    } else if (message.type === "handingBack") {
-      slot.handBack = true;
+      slot.waitsForDatabase = message.cause === "unreachable";
+      slot.uncountedExit = slot.waitsForDatabase ? WORKER_EXIT.lost : undefined;
+    } else if (message.type === "leftToHandBack") {
+      slot.uncountedExit = WORKER_EXIT.leftToHandBack;
     }
   }
 
@@ -153,11 +157,10 @@ export class WorkerPool {
     // A worker that said it stopped because its heartbeat could not get
     // through (lost) was not ended by its task: that attempt is not counted;
     // nor what one that said it stopped past its bound with every attempt
-    // ended still holds (handedBack: hand-backs and successes it could not
-    // write in time). Any other exit, a task's process.exit(5) or (7)
-    // without its message included, counts.
-    const said = slot.handBack && (code === WORKER_EXIT.lost || code === WORKER_EXIT.handedBack);
-    this.#options.releaser.add(workerId, !said);
+    // ended still holds (leftToHandBack: hand-backs and successes it could
+    // not write in time). Any other exit, a task's process.exit(5) or (7)
+    // without the message announcing that code included, counts.
+    this.#options.releaser.add(workerId, code === null || code !== slot.uncountedExit);
     this.#options.metrics.workerExited(slot.index);
     if (this.#stopping) {
       if (this.#slots.every((s) => !s.child)) this.#resolveDone();

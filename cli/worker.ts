@@ -4,10 +4,11 @@
  * PGBG_WORKER (JSON) and the database URL from DATABASE_URL, both set by the
  * supervisor, loads the tasks modules, and runs a Worker until told to stop.
  *
- * Exit codes: 0 stopped, 3 could not start, 4 retired (a task ignored its
- * timeout), 5 lost (its heartbeat failed for its self-stop time, or another
- * host declared it dead; a "lost" message says which), 6 crashed (an
- * exception nothing caught).
+ * Exit codes (WORKER_EXIT, cli/config.ts): 0 stopped, 3 could not start, 4
+ * retired (a task ignored its timeout), 5 lost (its heartbeat failed for
+ * its self-stop time, or another host declared it dead; a "lost" message
+ * says which), 6 crashed (an exception nothing caught), 7 left to hand back
+ * (past its stop's bound; a "leftToHandBack" message says so).
  *
  * @module
  */
@@ -49,8 +50,8 @@ export type WorkerMessage =
   /** Sent just before exiting with code 5; `unreachable`: its tasks did not fail, their attempts need not count. */
   | { type: "lost"; cause: LostCause; message: string }
   | { type: "retiring"; message: string }
-  /** Sent just before exiting with code 7 (WORKER_EXIT.handedBack): what it holds did not fail, its attempts need not count. */
-  | { type: "handingBack" };
+  /** Sent just before exiting with code 7 (WORKER_EXIT.leftToHandBack): what it holds did not fail, its attempts need not count. */
+  | { type: "leftToHandBack" };
 
 const EXIT = WORKER_EXIT;
 
@@ -115,7 +116,7 @@ function stopOnRequest(worker: () => Worker | undefined, boundMs: number, log: L
         process.exit(EXIT.stopped);
       }
       log.warn(`${message}its supervisor to hand back what it holds, uncounted, as this worker would have`);
-      sendThenExit({ type: "handingBack" }, EXIT.handedBack, 200);
+      sendThenExit({ type: "leftToHandBack" }, EXIT.leftToHandBack, 200);
     }, boundMs).unref();
   };
   process.on("SIGTERM", stop);

@@ -2,9 +2,10 @@
  * Releases the tasks of workers known to be dead at once, without waiting
  * for their leases or their stale time: a supervisor knows the moment its
  * worker process exits, and an in-process host the moment its worker was
- * lost. A worker that stopped because it lost the database (it said so) has
- * its tasks handed back uncounted; any other death counts the attempt, so a
- * task that keeps killing its workers ends as failed.
+ * lost. A worker that stopped because it lost the database, or a served
+ * worker that stopped past its stop's bound with every attempt ended (each
+ * said so), has its tasks handed back uncounted; any other death counts the
+ * attempt, so a task that keeps killing its workers ends as failed.
  *
  * Two hosts never release the same worker: each knows only its own. The
  * statements are fenced by state and worker id, so a run repeated after a
@@ -69,8 +70,9 @@ export async function releaseWorkerTasks(db: Database, schema: string, workerIds
 
 /**
  * Hands back at once, uncounted, the tasks of workers that stopped because
- * their heartbeat could not get through, while their rows exist (a reaped
- * worker's tasks are its reaper's to release).
+ * their heartbeat could not get through, or past their stop's bound with
+ * every attempt ended, while their rows exist (a reaped worker's tasks are
+ * its reaper's to release).
  */
 export async function handBackWorkerTasks(db: Database, schema: string, workerIds: string[]): Promise<ReleasedTask[]> {
   if (!workerIds.length) return [];
@@ -96,7 +98,7 @@ export class DeadWorkerReleaser implements MaintenanceService {
     private readonly onReleased: ReleaseListener = () => {},
   ) {}
 
-  /** Marks a worker dead. `counted`: false when it stopped because it lost the database. A worker already marked keeps its mark. */
+  /** Marks a worker dead. `counted`: false when it stopped because it lost the database, or left its hand-backs to its supervisor. A worker already marked keeps its mark. */
   add(workerId: string, counted: boolean): void {
     if (!this.#dead.has(workerId)) this.#dead.set(workerId, counted);
   }

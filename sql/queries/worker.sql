@@ -612,7 +612,8 @@ RETURNING t.id, t.lease_token
 
 -- name: LeaseExpiredClaims
 -- Claim rows whose lease ended, or whose worker is one of $1 (dead, or
--- stopped because its heartbeat could not get through): their tasks each
+-- stopped because its heartbeat could not get through or past its stop's
+-- bound with its hand-backs unwritten): their tasks each
 -- given a lease of its own, as LeaseClaimedTasks gives it (held by the
 -- claim's worker until the claim's lease ends), and the rows ended, in
 -- one statement. The release or rescue of row leases that follows
@@ -896,7 +897,8 @@ SELECT id, state, queue, name FROM released WHERE (SELECT count(*) FROM hooks) +
 
 -- name: HandBackWorkerTasks
 -- The tasks of workers that stopped themselves because their heartbeat could
--- not get through: claimable at once, the attempt not counted, since the
+-- not get through, or past their stop's bound with every attempt ended
+-- (cli/worker.ts): claimable at once, the attempt not counted, since the
 -- task did not fail. Only while the worker's row exists: a worker another
 -- host reaped has lost its row, and that host releases its tasks, counted
 -- (ReleaseWorkerTasks), even if it has not done so yet.
