@@ -5,7 +5,7 @@
 // attempt's lease expired or was revoked, and never with its completion.
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { type Cause, check, checkTicks, CUT_AFTERMATH_MS, type ExecLine, type Lease, type RunRecord } from "./chaos/check.ts";
+import { type Cause, check, checkTicks, CUT_AFTERMATH_MS, CUT_HANG_MS, type ExecLine, type Lease, type RunRecord } from "./chaos/check.ts";
 
 /** One execution: a start line and, unless `end` is null, an end line. */
 function exec(p: number, n: number, t: string, a: number, start: number, end: number | null, o: "done" | "error" = "done"): ExecLine[] {
@@ -226,17 +226,22 @@ describe("chaos verdict: leases, cuts and hangs", () => {
     assert.match(verdict({ lines, cuts: [{ pid: 99, from: 200, to: 400 }] }, ["cut"]).problems.join("\n"), /cause "error"/);
   });
 
-  test("an execution begun just after a cut healed that never ended before its process exited is put down to the cut; one begun later, to the exit", () => {
+  test("an execution begun within CUT_HANG_MS after a cut healed that never ended before its process exited is put down to the cut; one begun later, to the exit", () => {
     // Pid 10 was cut off from 200 to 400; its execution of task 1 began at
-    // 400 + start and hung until its process exited at 5,000.
-    const hungAfter = (start: number) => verdict({
-      lines: [...exec(10, 1, "1", 1, 400 + start, null), { k: "x", p: 10, c: 0, at: 5_000 }, ...exec(11, 1, "1", 2, 3_000, 3_010), ...exec(12, 1, "2", 1, 100, 110)],
-      cuts: [{ pid: 10, from: 200, to: 400 }],
-      leases: [lease("1", 10, 1, 400 + start - 1, 2_500, "expired"), lease("1", 11, 2, 2_999)],
-    }, ["cut"]);
+    // 400 + start and hung until its process exited 4,600 ms later.
+    const hungAfter = (start: number) => {
+      const begin = 400 + start;
+      return verdict({
+        lines: [...exec(10, 1, "1", 1, begin, null), { k: "x", p: 10, c: 0, at: begin + 4_600 }, ...exec(11, 1, "1", 2, begin + 2_600, begin + 2_610), ...exec(12, 1, "2", 1, 100, 110)],
+        cuts: [{ pid: 10, from: 200, to: 400 }],
+        leases: [lease("1", 10, 1, begin - 1, begin + 2_100, "expired"), lease("1", 11, 2, begin + 2_599)],
+      }, ["cut"]);
+    };
     assert.deepEqual(hungAfter(900).problems, []);
     assert.equal(hungAfter(900).figures.reruns.cut, 1);
-    assert.match(hungAfter(CUT_AFTERMATH_MS + 1).problems.join("\n"), /cause "exited"/);
+    // As an in-process run saw: begun 2.9 s after the cut healed.
+    assert.deepEqual(hungAfter(CUT_AFTERMATH_MS + 900).problems, []);
+    assert.match(hungAfter(CUT_HANG_MS + 1).problems.join("\n"), /cause "exited"/);
   });
 
   test("a cause the scenario expected that interrupted nothing fails the verdict", () => {

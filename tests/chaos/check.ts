@@ -81,6 +81,14 @@ const REVOKED: readonly LeaseEnd[] = ["expired", "reaped", "handed back"];
  */
 export const CUT_AFTERMATH_MS = 2_000;
 
+/**
+ * How long after a cut healed an attempt may begin and still hang on it
+ * until its process ends: its handler's own client may hold a connection
+ * the proxy reset as the cut healed, which postgres.js waits out for its
+ * connect timeout (30 s). An in-process run saw one begin 2.9 s after.
+ */
+export const CUT_HANG_MS = 30_000;
+
 /** Everything one scenario run left behind. */
 export interface RunRecord {
   /** Ids of the tasks whose enqueue committed. */
@@ -174,7 +182,7 @@ function processEnds(lines: ExecLine[], kills: Kill[]) {
 
 /** Whether process `pid` was cut off from the database at `at`, or had just healed. */
 function cutAt(cuts: Cut[]) {
-  return (pid: number, at: number) => cuts.some((c) => c.pid === pid && c.from <= at && at <= c.to + CUT_AFTERMATH_MS);
+  return (pid: number, at: number, aftermath = CUT_AFTERMATH_MS) => cuts.some((c) => c.pid === pid && c.from <= at && at <= c.to + aftermath);
 }
 
 /**
@@ -233,11 +241,12 @@ function executions(lines: ExecLine[], kills: Kill[], cuts: Cut[]): Execution[] 
     e.end = at;
     // A hung execution runs until its process ends; its task ran again
     // long before, because it hung. One that began while its process was
-    // cut off, or just after the cut healed, and never ended before its
-    // process did, hung on the cut: its handler's own client was left on a
-    // connection the proxy reset while it opened, which postgres.js waits
-    // out for its connect timeout (30 s), longer than the run has left.
-    e.cause = e.hangs && cause !== "open" ? "hung" : cause === "exited" && wasCut(e.pid, e.start) ? "cut" : cause;
+    // cut off, or within CUT_HANG_MS after the cut healed, and never ended
+    // before its process did, hung on the cut: its handler's own client was
+    // left on a connection the proxy reset while it opened, which
+    // postgres.js waits out for its connect timeout (30 s), longer than the
+    // run has left.
+    e.cause = e.hangs && cause !== "open" ? "hung" : cause === "exited" && wasCut(e.pid, e.start, CUT_HANG_MS) ? "cut" : cause;
   }
   return [...byKey.values()];
 }
