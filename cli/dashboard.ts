@@ -22,6 +22,7 @@ import { apiRoutes, type Route } from "./dashboard-api.ts";
 import { HEADERS, HttpError, readBody, send } from "./dashboard-http.ts";
 import { chartScript, chartStyle } from "./dashboard-charts.ts";
 import { dashboardPage, dashboardScript, dashboardStyle, loginPage } from "./dashboard-page.ts";
+import { settledWithin } from "../lib/settle.ts";
 import { isDriverFault } from "./driver-fault.ts";
 import { fail, failWith } from "./exit.ts";
 import { listen } from "./listen.ts";
@@ -159,10 +160,7 @@ export const dashboardCommand = defineCliCommand(
 async function answerWithin(answer: Promise<void>, since: number, options: DashboardOptions): Promise<void> {
   // Settled later or never: an answer after the 503 (its writes refused), or the rejection of its ended pool.
   answer.catch(() => {});
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const late = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), REQUEST_BOUND_MS)));
-  const inTime = await Promise.race([answer.then(() => true), late]).finally(() => clearTimeout(timer));
-  if (inTime) return;
+  if (await settledWithin(answer, REQUEST_BOUND_MS)) return;
   options.onDatabaseFault?.(since);
   throw new HttpError(503, `the database did not answer within ${REQUEST_BOUND_MS / 1000} s; the dashboard now uses new connections: reload`);
 }

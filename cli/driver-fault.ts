@@ -19,7 +19,10 @@ const CONNECTION_CODES = new Set(["CONNECTION_CLOSED", "ECONNRESET", "EPIPE"]);
 /**
  * True for a connection the server or the network ended, as a query's error
  * or one the driver raised outside any query, and for the driver's write to
- * a closed connection.
+ * a closed connection. Narrower than isConnectionError
+ * (cli/connection-error.ts), which takes any non-SQLSTATE code, every 57P
+ * and 53300 as "retry later": here an uncaught error that is not the
+ * driver's ends the process.
  */
 export function isDriverFault(error: unknown): boolean {
   if (error instanceof TypeError) return /postgres[\\/](?:.*[\\/])?src[\\/]connection\.js/.test(error.stack ?? "");

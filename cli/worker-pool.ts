@@ -160,7 +160,7 @@ export class WorkerPool {
     // ended still holds (leftToHandBack: hand-backs and successes it could
     // not write in time). Any other exit, a task's process.exit(5) or (7)
     // without the message announcing that code included, counts.
-    this.#options.releaser.add(workerId, code === null || code !== slot.uncountedExit);
+    this.#options.releaser.add(workerId, code !== slot.uncountedExit);
     this.#options.metrics.workerExited(slot.index);
     if (this.#stopping) {
       if (this.#slots.every((s) => !s.child)) this.#resolveDone();

@@ -53,8 +53,6 @@ export type WorkerMessage =
   /** Sent just before exiting with code 7 (WORKER_EXIT.leftToHandBack): what it holds did not fail, its attempts need not count. */
   | { type: "leftToHandBack" };
 
-const EXIT = WORKER_EXIT;
-
 function send(message: WorkerMessage): void {
   if (process.send && process.connected) process.send(message);
 }
@@ -84,7 +82,7 @@ function exitOnUncaught(log: Logger): void {
     // Not marked unreachable even when it is a connection error: a task's
     // own client (a third-party API in a timer) throws those too, and a
     // crash loop must keep its back-off.
-    sendThenExit({ type: "fatal", message }, EXIT.crashed, 500);
+    sendThenExit({ type: "fatal", message }, WORKER_EXIT.crashed, 500);
   };
   process.on("uncaughtException", crash);
   process.on("unhandledRejection", crash);
@@ -102,7 +100,7 @@ function stopOnRequest(worker: () => Worker | undefined, boundMs: number, log: L
   let stopping = false;
   const stop = () => {
     const w = worker();
-    if (!w) process.exit(EXIT.stopped);
+    if (!w) process.exit(WORKER_EXIT.stopped);
     w.stop();
     if (stopping) return;
     stopping = true;
@@ -113,10 +111,10 @@ function stopOnRequest(worker: () => Worker | undefined, boundMs: number, log: L
       const message = `still stopping ${boundMs} ms after being asked to; exiting now, `;
       if (!worker()?.mayHandBack) {
         log.warn(`${message}leaving its unwritten outcomes to the release of its tasks`);
-        process.exit(EXIT.stopped);
+        process.exit(WORKER_EXIT.stopped);
       }
       log.warn(`${message}its supervisor to hand back what it holds, uncounted, as this worker would have`);
-      sendThenExit({ type: "leftToHandBack" }, EXIT.leftToHandBack, 200);
+      sendThenExit({ type: "leftToHandBack" }, WORKER_EXIT.leftToHandBack, 200);
     }, boundMs).unref();
   };
   process.on("SIGTERM", stop);
@@ -173,19 +171,19 @@ async function main(): Promise<number> {
       onReady: () => send({ type: "ready", tasks: [...tasks.keys()] }),
       // Its tasks may be released to other workers now: end every one of
       // them, including any that ignores its signal, by ending the process.
-      onLost: (cause, reason) => sendThenExit({ type: "lost", cause, message: `lost: ${reason}` }, EXIT.lost, 200),
+      onLost: (cause, reason) => sendThenExit({ type: "lost", cause, message: `lost: ${reason}` }, WORKER_EXIT.lost, 200),
       onReport: (report) => send({ type: "stats", report }),
     });
     const started = worker.start();
     scheduler?.start();
     const exit = await started;
     if (exit === "retired") send({ type: "retiring", message: "a task ignored its abort signal past its timeout" });
-    return EXIT[exit];
+    return WORKER_EXIT[exit];
   } catch (error) {
     const message = describeError(error).message;
     log.error(`worker could not start: ${message}`);
     send({ type: "fatal", message, unreachable: isConnectionError(error) });
-    return EXIT.startFailed;
+    return WORKER_EXIT.startFailed;
   } finally {
     clearInterval(alive);
     await scheduler?.stop(1_000);

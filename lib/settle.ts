@@ -1,8 +1,19 @@
 /**
- * Parallel queries that all finish before a failure is reported.
+ * Waiting on promises: parallel queries that all finish before a failure is
+ * reported, and a wait bounded in time.
  *
  * @module
  */
+
+/**
+ * Resolves true when `promise` resolves within `ms`, false once `ms` pass
+ * first (the promise runs on); rejects as it does within `ms`.
+ */
+export async function settledWithin(promise: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), ms)));
+  return await Promise.race([promise.then(() => true), late]).finally(() => clearTimeout(timer));
+}
 
 /**
  * Like `Promise.all`, but it waits for every promise before it throws the

@@ -24,6 +24,7 @@ import { completedRetention } from "./retention.ts";
 import { type Database, run } from "./statements.ts";
 import { loadTracing } from "./tracing.ts";
 import { observe, type SeriesCounts, TaskStats } from "./stats.ts";
+import { settledWithin } from "./settle.ts";
 
 export type { LostCause } from "./heartbeat.ts";
 export type { WorkerReport } from "./count-reporter.ts";
@@ -166,12 +167,6 @@ function attemptEvent(claimed: ClaimedTask): AttemptEvent {
 /** Resolves after `ms`, or at once for 0. */
 const pause = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
-/** Resolves when `promise` does, or after `ms`, whichever comes first. */
-async function bounded(promise: Promise<unknown>, ms: number): Promise<void> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  await Promise.race([promise, new Promise((r) => (timer = setTimeout(r, ms)))]);
-  clearTimeout(timer);
-}
 
 /** The wait before the next attempt of a task that just failed attempt `attempt`. */
 export function retryDelayFor(task: AnyTask, attempt: number, fallback: number, error?: unknown, log?: Logger, random = Math.random): number {
@@ -384,11 +379,11 @@ export class Worker {
       // Bounded: postgres.js 3.4.9's unlisten never settles when called as
       // its LISTEN connection is being reset, and a statement on a dropped
       // connection waits out the connect timeout; neither may hold the exit.
-      if (listening) await bounded(listening.unlisten().catch(() => {}), 2_000);
+      if (listening) await settledWithin(listening.unlisten().catch(() => {}), 2_000);
       // A retired or lost worker's row stays: its host hands back or
       // releases what it left leased, then removes the row (a hand-back
       // needs the row, to tell the worker from one another host reaped).
-      if (this.#exit === "stopped") await bounded(this.#heartbeat.remove().catch(() => {}), 5_000);
+      if (this.#exit === "stopped") await settledWithin(this.#heartbeat.remove().catch(() => {}), 5_000);
     }
     return this.#exit;
   }
