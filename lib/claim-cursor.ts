@@ -78,24 +78,31 @@ export interface ClaimedLane {
   priority: number;
 }
 
+/** A row of a claim statement, as claimWithCursor returns it unless told how to read it. */
+export type ClaimRow = ClaimedLane & Record<string, unknown>;
+
 /**
  * Runs one claim of a pair of claim statements with `cursor`: `from` with
  * the cursor's pairs when it gives them, `full` when it must be a full
  * claim (or there is no cursor), none when it knows no lane; then records
  * what it took in the cursor. `params` are the first five of both, and
  * `tail` follows them in `full`, and the pairs (queues, priorities) in
- * `from`.
+ * `from`. `read` turns the statement's rows into what is returned (the
+ * rows themselves by default), each with its lane's pair for the cursor.
  */
-export async function claimWithCursor(
+export async function claimWithCursor<T extends ClaimedLane = ClaimRow>(
   db: Database, schema: string, cursor: ClaimCursor | undefined, [full, from]: [QueryName, QueryName], params: unknown[], tail: unknown[] = [],
-): Promise<Record<string, unknown>[]> {
+  read: (rows: Record<string, unknown>[]) => T[] = (rows) => rows as T[],
+): Promise<T[]> {
   const started = performance.now();
   const lanes = cursor?.next(Date.now());
   if (lanes && !lanes.queues.length) return [];
-  const rows = lanes
-    ? await run(db, schema, from, [...params, lanes.queues, lanes.priorities, ...tail])
-    : await run(db, schema, full, [...params, ...tail]);
-  cursor?.record(!lanes, performance.now() - started, rows as unknown as ClaimedLane[], Date.now());
+  const rows = read(
+    lanes
+      ? await run(db, schema, from, [...params, lanes.queues, lanes.priorities, ...tail])
+      : await run(db, schema, full, [...params, ...tail]),
+  );
+  cursor?.record(!lanes, performance.now() - started, rows, Date.now());
   return rows;
 }
 

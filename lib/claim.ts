@@ -183,8 +183,55 @@ async function claimUnlimited(db: Database, schema: string, scope: ClaimScope, l
  */
 async function claimUngrouped(db: Database, schema: string, scope: ClaimScope, limit: number, cursor?: ClaimCursor): Promise<ClaimedTask[]> {
   const params = [scope.workerId, scope.queues, scope.names, scope.leaseMs, limit];
-  const rows = await claimWithCursor(db, schema, cursor, ["ClaimRowTasks", "ClaimRowTasksFrom"], params);
-  return rows.map(claimedTask);
+  return await claimWithCursor(db, schema, cursor, ["ClaimRowTasks", "ClaimRowTasksFrom"], params, [], laneClaimedTasks);
+}
+
+/** A claim row's lane as pgbg.claim_lanes_lean sends it: queue, name, priority, the row's id, when the claim took it (epoch µs). */
+type ClaimLane = [queue: string, name: string, priority: number, claimId: string, claimedAtUs: string];
+/** The columns pgbg.claim_lanes_lean sends as `rare`: max attempts, snoozes, input version, batch_then. */
+type RareColumns = [maxAttempts: number | null, snoozes: number, inputVersion: number, batchThen: string | null];
+
+/**
+ * The rows of an ordinary claim (ClaimRowTasks: pgbg.claim_lanes_lean's
+ * seven columns, migration 033) as the worker holds them. A row's `lane`
+ * is set on the first task of each claim row and holds for the tasks
+ * after it; `rare` is NULL while its four columns hold their defaults.
+ * Each task is built with claimedTask's fields in claimedTask's order, so
+ * that tasks of both kinds share one shape.
+ */
+// deno-lint-ignore no-explicit-any
+function laneClaimedTasks(rows: Record<string, any>[]): ClaimedTask[] {
+  const tasks: ClaimedTask[] = new Array(rows.length);
+  // Set by the first row, which is always a claim row's first.
+  let lane!: ClaimLane;
+  let claimedAtUs = 0;
+  for (let i = 0; i < rows.length; i++) {
+    const r = rows[i];
+    if (r.lane !== null) {
+      lane = JSON.parse(r.lane) as ClaimLane;
+      claimedAtUs = Number(lane[4]);
+    }
+    const rare = r.rare === null ? null : JSON.parse(r.rare) as RareColumns;
+    const runAtUs = String(r.run_at_us);
+    const lagMs = (claimedAtUs - Number(runAtUs)) / 1000;
+    tasks[i] = {
+      queue: lane[0], priority: lane[2], id: String(r.id), runAtUs,
+      claimedAtMs: claimedAtUs / 1000,
+      name: lane[1],
+      group: null,
+      payload: r.payload as unknown,
+      attempt: r.attempts as number,
+      maxAttempts: rare ? rare[0] : null,
+      leaseToken: 0,
+      snoozes: rare ? rare[1] : 0,
+      inputVersion: rare ? rare[2] : 1,
+      traceContext: r.trace_context as string | null,
+      batchThen: rare ? rare[3] : null,
+      lagMs,
+      claimId: lane[3],
+    };
+  }
+  return tasks;
 }
 
 /** A row of a claim statement as the worker holds it. */

@@ -50,7 +50,7 @@
  */
 import type { Sql } from "postgres";
 import type { ClaimScope } from "./claim.ts";
-import { ClaimCursor, claimWithCursor, RoundTrips } from "./claim-cursor.ts";
+import { ClaimCursor, type ClaimRow, claimWithCursor, RoundTrips } from "./claim-cursor.ts";
 import { inTurn } from "./client.ts";
 import { claimBothKinds, claimGroups, claimPerGroup, REST_MS } from "./groups.ts";
 import { type Database, run } from "./statements.ts";
@@ -281,7 +281,7 @@ async function claimWithin(tx: Database, schema: string, queue: string, scope: C
 async function claimUngroupedLimited(tx: Database, schema: string, queue: string, scope: ClaimScope, want: number): Promise<Record<string, unknown>[]> {
   const params = [scope.workerId, [queue], scope.names, scope.leaseMs, want];
   const cursor = scope.limits?.cursorOf(queue);
-  return await claimWithCursor(tx, schema, cursor, ["ClaimLimitedRowTasks", "ClaimLimitedRowTasksFrom"], params);
+  return await claimWithCursor<ClaimRow>(tx, schema, cursor, ["ClaimLimitedRowTasks", "ClaimLimitedRowTasksFrom"], params);
 }
 
 /**
@@ -298,6 +298,6 @@ async function claimSlots(
 ): Promise<Record<string, unknown>[]> {
   const params = [scope.workerId, [queue], scope.names, scope.leaseMs, want];
   const cursor = scope.limits!.cursorOf(queue);
-  return await claimWithCursor(sql, schema, cursor, ["ClaimSlotRowTasks", "ClaimSlotRowTasksFrom"], params, [unwritten]);
+  return await claimWithCursor<ClaimRow>(sql, schema, cursor, ["ClaimSlotRowTasks", "ClaimSlotRowTasksFrom"], params, [unwritten]);
 }
 

@@ -11,7 +11,8 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { describe, test } from "node:test";
 import postgres from "postgres";
 import * as v from "valibot";
-import { defineTask, enqueue, enqueueMany, migrate } from "../mod.ts";
+import { defineTask, enqueue, enqueueBatch, enqueueMany, flowTask, migrate } from "../mod.ts";
+import { claimTasks } from "../lib/claim.ts";
 import { run } from "../lib/statements.ts";
 import { clientOptions, createTestDatabase } from "./harness.ts";
 import { patience, until, within } from "./service-harness.ts";
@@ -475,6 +476,53 @@ describe("claim rows", () => {
     await enqueueMany(sql, lane, Array.from({ length: 30 }, (_, n) => ({ n })));
     await enqueueMany(sql, other, Array.from({ length: 3 }, (_, n) => ({ n })));
     assert.deepEqual(await claimLanes(20), { "lane 0": 17, "other 0": 3 }, "what `other` lacks goes to `lane`, which filled its share");
+  });
+
+  test("the ordinary claim reads claim_lanes_lean's seven columns into the tasks claim_lanes' fourteen give: each claim row's lane, the rare columns when set", async () => {
+    await clean();
+    const other = defineTask({ name: "other", schema: v.object({ n: v.number() }), async run() {} });
+    const done = defineTask({ name: "done", schema: v.object({}), async run() {} });
+    await enqueueMany(sql, lane, Array.from({ length: 6 }, (_, n) => ({ n })), { priority: -1 });
+    await enqueueMany(sql, lane, Array.from({ length: 5 }, (_, n) => ({ n })), { maxAttempts: 7 });
+    await enqueueMany(sql, other, Array.from({ length: 5 }, (_, n) => ({ n })), { queue: "q2" });
+    await enqueueBatch(sql, other, [{ n: 90 }, { n: 91 }], { queue: "q2", then: flowTask(done, {}) });
+    // Columns only a worker's outcomes or a newer definition set: written here.
+    await sql`UPDATE pgbg.task SET snoozes = 2 WHERE id = (SELECT min(id) FROM pgbg.task WHERE priority = -1)`;
+    await sql`UPDATE pgbg.task SET input_version = 3 WHERE id = (SELECT max(id) FROM pgbg.task WHERE priority = -1)`;
+    await sql`UPDATE pgbg.task SET trace_context = '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01'
+      WHERE id = (SELECT min(id) FROM pgbg.task WHERE queue = 'q2')`;
+    const worker = randomUUID();
+    const scope = { workerId: worker, queues: ["default", "q2"], names: ["lane", "other"], leaseMs: [60_000, 60_000] };
+    // claim_lanes' rows for the same tasks, in a transaction rolled back.
+    const full = await sql.begin(async (tx) => {
+      const rows = await tx`SELECT c.*, c.id::text AS id, c.batch_then::text AS batch_then, c.run_at_us::text AS run_at_us
+        FROM pgbg.claim_lanes(ARRAY['default', 'default', 'q2'], ARRAY['lane', 'lane', 'other'], ARRAY[-1, 0, 0]::smallint[],
+          ARRAY[60000, 60000, 60000], ${worker}::uuid, 100) c`;
+      throw Object.assign(new Error("rolled back"), { rows });
+    }).catch((error) => error.rows as Record<string, unknown>[]);
+    assert.equal(full.length, 18);
+    const [{ before }] = await sql`SELECT extract(epoch FROM clock_timestamp()) * 1000 AS before`;
+    const tasks = await claimTasks(sql, "pgbg", scope, 100);
+    const [{ after }] = await sql`SELECT extract(epoch FROM clock_timestamp()) * 1000 AS after`;
+    const claims = await sql`SELECT id::text, queue, name, priority FROM pgbg.claim WHERE worker_id = ${worker}`;
+    assert.equal(claims.length, 3, "a claim row a lane");
+    const byId = new Map(full.map((r) => [r.id, r]));
+    assert.deepEqual(tasks.map((t) => t.id).sort(), [...byId.keys()].sort());
+    for (const t of tasks) {
+      const r = byId.get(t.id)!;
+      const seen = { name: t.name, queue: t.queue, priority: t.priority, group: t.group, payload: t.payload, attempt: t.attempt, maxAttempts: t.maxAttempts,
+        leaseToken: t.leaseToken, snoozes: t.snoozes, inputVersion: t.inputVersion, traceContext: t.traceContext, batchThen: t.batchThen, runAtUs: t.runAtUs };
+      assert.deepEqual(seen, {
+        name: r.name, queue: r.queue, priority: r.priority, group: null, payload: r.payload, attempt: r.attempts, maxAttempts: r.max_attempts, leaseToken: 0,
+        snoozes: r.snoozes, inputVersion: r.input_version, traceContext: r.trace_context, batchThen: r.batch_then, runAtUs: r.run_at_us,
+      }, `task ${t.id}`);
+      const claim = claims.find((c) => c.queue === t.queue && c.name === t.name && c.priority === t.priority);
+      assert.equal(t.claimId, claim?.id, `task ${t.id}'s claim row`);
+      assert.ok(t.claimedAtMs >= Number(before) - 1 && t.claimedAtMs <= Number(after) + 1, `claimed at ${t.claimedAtMs}, between ${before} and ${after}`);
+      assert.ok(Math.abs(t.lagMs - (t.claimedAtMs - Number(t.runAtUs) / 1000)) < 0.01, `task ${t.id}'s lag`);
+    }
+    const rare = tasks.filter((t) => t.snoozes || t.inputVersion !== 1 || t.maxAttempts !== null || t.batchThen !== null || t.traceContext !== null);
+    assert.equal(rare.length, 1 + 1 + 5 + 2 + 1, "the tasks with a rare column set: snoozed, a newer input, max attempts, a batch's members, a trace");
   });
 
   for (const held of [false, true]) {

@@ -438,17 +438,18 @@ pgbg.lane_key(t.queue, t.name, t.priority) = pgbg.lane_key(c.queue, c.name, c.pr
 -- rows (migrations 026-029): $1 worker id, $2 queues (NULL: every queue),
 -- $3 registered task names, $4 lease length in ms for each name in $3, $5
 -- how many to claim. `lanes` are those that hold tasks (FoundLanes);
--- OpenLanes and ClaimOpenLanes claim them.
+-- OpenLanes and ClaimOpenLanesLean claim them, each task in the seven
+-- columns of pgbg.claim_lanes_lean (migration 033; lib/claim.ts reads them).
 WITH RECURSIVE {{FoundLanes:true}},
 {{OpenLanes:false}}
-{{ClaimOpenLanes:$5::integer}};
+{{ClaimOpenLanesLean:$5::integer}};
 
 -- name: ClaimRowTasksFrom
 -- ClaimRowTasks from the (queue, priority) pairs the worker knows ($6
 -- queues, $7 priorities), without looking for others.
 WITH {{KnownPairs}},
 {{OpenLanes:false}}
-{{ClaimOpenLanes:$5::integer}};
+{{ClaimOpenLanesLean:$5::integer}};
 
 -- name: ClaimLimitedRowTasks
 -- The limited claim, in claimLimited's transaction (lib/limits.ts): the
@@ -573,12 +574,27 @@ CROSS JOIN LATERAL (
 -- not counted until it ends otherwise than by success (LeaseClaimedTasks).
 SELECT c.id, c.name, c.queue, NULL::text AS group_name, c.payload, c.attempts, c.max_attempts, 0 AS lease_token, c.priority,
   c.snoozes, c.input_version, c.trace_context, c.batch_then, c.lag_ms, c.run_at_us, c.claim_id
-FROM (
+FROM {{OrderedOpenLanes}}
+CROSS JOIN LATERAL pgbg.claim_lanes(o.queues, o.names, o.priorities, o.leases, $1::uuid, {{@}}) c
+
+-- fragment: ClaimOpenLanesLean
+-- ClaimOpenLanes in pgbg.claim_lanes_lean's seven columns (migration 033):
+-- the lane's columns on a claim row's first task alone, the rarely set
+-- ones in one. The ordinary claim's, whose rows are the most a worker
+-- reads; the limited claims' rows go with the group claims' through the
+-- same code, and keep ClaimOpenLanes' columns.
+SELECT c.id, c.payload, c.attempts, c.run_at_us, c.trace_context, c.rare, c.lane
+FROM {{OrderedOpenLanes}}
+CROSS JOIN LATERAL pgbg.claim_lanes_lean(o.queues, o.names, o.priorities, o.leases, $1::uuid, {{@}}) c
+
+-- fragment: OrderedOpenLanes
+-- The lanes of `open` as the arrays pgbg.claim_lanes takes, in LaneOrder,
+-- once `locked` took the limited claim's locks.
+(
   SELECT array_agg(o.queue ORDER BY {{LaneOrder}}) AS queues, array_agg(o.name ORDER BY {{LaneOrder}}) AS names,
     array_agg(o.priority ORDER BY {{LaneOrder}}) AS priorities, array_agg(o.lease_ms ORDER BY {{LaneOrder}}) AS leases
   FROM open o WHERE (SELECT x.n FROM locked x) >= 0
 ) o
-CROSS JOIN LATERAL pgbg.claim_lanes(o.queues, o.names, o.priorities, o.leases, $1::uuid, {{@}}) c
 
 -- name: LeaseClaimedTasks
 -- Tasks a claim row holds for this worker, each given a lease of its own:
