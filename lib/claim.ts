@@ -194,8 +194,8 @@ type RareColumns = [maxAttempts: number | null, snoozes: number, inputVersion: n
 /**
  * The rows of an ordinary claim (ClaimRowTasks: pgbg.claim_lanes_lean's
  * seven columns, migration 033) as the worker holds them. A row's `lane`
- * is set on the first task of each claim row and holds for the tasks
- * after it; `rare` is NULL while its four columns hold their defaults.
+ * is set on the first task returned of each claim row and holds for the
+ * tasks after it; `rare` is NULL while its four columns hold their defaults.
  * Each task is built with claimedTask's fields in claimedTask's order, so
  * that tasks of both kinds share one shape.
  */

@@ -1,6 +1,6 @@
 -- 033_claim_lanes_lean: the claim of lanes returns each task in seven
 -- columns instead of fourteen: what is the same for every task of a claim
--- row (its lane, its id, the claim's time) on the row's first task alone,
+-- row (its lane, its id, the claim's time) on the first task it returns alone,
 -- and the columns that nearly always hold their defaults in one, NULL
 -- while they do.
 --
@@ -25,11 +25,13 @@
 -- - rare: NULL while max_attempts is NULL, snoozes 0, input_version 1 and
 --   batch_then NULL, else those four as a JSON array (batch_then as text:
 --   a bigint is exact in JSON only as a string);
--- - lane: on the first task of each claim row alone, else NULL: a JSON
+-- - lane: on the first task returned of each claim row alone, else NULL: a JSON
 --   array of the lane's queue, name and priority, the claim row's id (as
 --   text) and when the claim took it (now(), epoch microseconds, as text).
 --   The tasks that follow are that row's until the next `lane`: each call
---   of claim_lane writes one claim row and returns its tasks together.
+--   of claim_lane writes at most one claim row and returns its tasks
+--   together (a call that returns none may still write one, for tasks it
+--   passed over).
 CREATE FUNCTION pgbg.claim_lanes_lean(lane_queues text[], lane_names text[], lane_priorities smallint[], lease_ms integer[],
     claimer uuid, wanted integer)
   RETURNS TABLE (id bigint, payload jsonb, attempts integer, run_at_us bigint, trace_context text, rare text, lane text)
@@ -61,7 +63,7 @@ BEGIN
         asked := wanted - taken;
       END IF;
       -- WITH ORDINALITY numbers the rows in the order claim_lane returned
-      -- them, the claim row's first task first.
+      -- them: the first carries the lane.
       RETURN QUERY SELECT c.id, c.payload, c.attempts, c.run_at_us, c.trace_context,
         CASE WHEN c.max_attempts IS NOT NULL OR c.snoozes <> 0 OR c.input_version <> 1 OR c.batch_then IS NOT NULL
           THEN json_build_array(c.max_attempts, c.snoozes, c.input_version, c.batch_then::text)::text END,

@@ -588,7 +588,7 @@ FROM {{OrderedOpenLanes}}
 CROSS JOIN LATERAL pgbg.claim_lanes_lean(o.queues, o.names, o.priorities, o.leases, $1::uuid, {{@}}) c
 
 -- fragment: OrderedOpenLanes
--- The lanes of `open` as the arrays pgbg.claim_lanes takes, in LaneOrder,
+-- The lanes of `open` as the arrays pgbg.claim_lanes and claim_lanes_lean take, in LaneOrder,
 -- once `locked` took the limited claim's locks.
 (
   SELECT array_agg(o.queue ORDER BY {{LaneOrder}}) AS queues, array_agg(o.name ORDER BY {{LaneOrder}}) AS names,
