@@ -234,7 +234,7 @@ function laneClaimedTasks(rows: Record<string, any>[]): ClaimedTask[] {
   return tasks;
 }
 
-/** A row of a claim statement as the worker holds it. */
+/** A row of a claim statement in ClaimOpenLanes' or a group claim's columns (the limited and group claims) as the worker holds it. */
 // deno-lint-ignore no-explicit-any
 function claimedTask(r: Record<string, any>): ClaimedTask {
   // The fields are copied one by one: an object spread here cost
