@@ -113,7 +113,7 @@ function headerMarkdown(argv: string[], server: Server, options: Options, loadSt
     ...(server.settings.autovacuum === "off"
       ? ["- **autovacuum is off on this server**: nothing but the queues' own upkeep removes dead rows, so dead tuples and size cannot come back by vacuum"]
       : []),
-    `- Scale ${options.scale}: ${phases}; a sample every 5 s`,
+    `- Scale ${options.scale}: ${phases}; a sample every 5 s; before the clean phase, one task on each of the producer's connections, started by the workers (a warm producer)`,
     `- Targets, each phase taken whole: tasks done ≥ tasks acknowledged less the depth baseline; start-latency p99 over every start ≤ ${TARGETS.p99.held} ms ` +
     `with the horizon held and ≤ ${TARGETS.p99.clean} ms in every other phase; after each pressure, depth back at the baseline within ` +
     `${TARGETS.depthBackSeconds} s and size within ${TARGETS.sizeBackSeconds / 60} min ("n/a": the phase is shorter than the target and it was not back)`,

@@ -4,7 +4,7 @@
  * sample every 5 s; and everything it started stopped again, on error and
  * on abort too.
  */
-import { type Database, freshDatabase, note, progress, type Server } from "../harness.ts";
+import { type Database, freshDatabase, note, progress, type Server, waitFor } from "../harness.ts";
 import { type Collector, latencyPercentiles } from "./collector.ts";
 import { holdHorizon, type Phase, phaseIndexAt, type Pressure, readers, schedule } from "./phases.ts";
 import { Producer } from "./producer.ts";
@@ -14,6 +14,24 @@ import type { Enqueuer, PressureSubject, Workers } from "./subjects.ts";
 
 /** Batches the producer may have in flight at once (and its connections). */
 const PRODUCER_IN_FLIGHT = 4;
+
+/**
+ * Before the clean phase, each of the producer's connections enqueues one
+ * task, and the run starts once the workers started all of them. A client
+ * opens its connections as the first statements need them: without this,
+ * the first batches' start latency held the producer's own connecting and
+ * first statements (about 120 ms for pgbg's four connections, measured on
+ * this machine), which is no part of the queue under test, and the peers'
+ * producers come more or less warm from their setup (graphile-worker's
+ * utilities and pg-boss's start() each run statements first). The workers
+ * get no warming beyond these tasks: their own first seconds count.
+ */
+async function warmUp(enqueuer: Enqueuer, collector: Collector): Promise<void> {
+  const from = now();
+  collector.reset(from);
+  await Promise.all(Array.from({ length: PRODUCER_IN_FLIGHT }, () => enqueuer.enqueue(1, now())));
+  await waitFor("the warm-up's tasks to start", async () => collector.window(0, now() - from + 100).started >= PRODUCER_IN_FLIGHT || undefined, 60_000);
+}
 
 /** What one subject's run recorded. */
 export interface SubjectRun {
@@ -104,6 +122,7 @@ export async function runSubject(ctx: RunContext, subject: PressureSubject, rate
     cleanup.unshift(() => workers.stop());
     const enqueuer: Enqueuer = await subject.openEnqueuer(db, PRODUCER_IN_FLIGHT);
     cleanup.unshift(() => enqueuer.close());
+    await warmUp(enqueuer, ctx.collector);
     const t0 = now();
     ctx.collector.reset(t0);
     const producer = new Producer(enqueuer, PRODUCER_IN_FLIGHT, (n, at) => ctx.collector.acked(n, at));
