@@ -140,7 +140,7 @@ function writeResults(argv: string[], server: Server, options: Options, runs: Su
   const markdown = [headerMarkdown(argv, server, options, loadStart, loadEnd, when, source, incomplete), ...sections].join("\n");
   writeFileSync(`${dir}${base}.md`, markdown);
   const json = {
-    date: when, argv, pgbgSource: source, scale: options.scale, full: options.full, incomplete, loadAverage: { start: loadStart, end: loadEnd },
+    date: when, argv, pgbgSource: source, scale: options.scale, full: options.full, warmProducer: true, incomplete, loadAverage: { start: loadStart, end: loadEnd },
     machine: { host: hostname(), cpus: cpus().length, cpu: cpus()[0]?.model, memoryGiB: Math.round(totalmem() / 2 ** 30), kernel: release() },
     runtime: { node: process.version },
     postgres: { version: server.version, source: server.source, settings: server.settings },

@@ -26,11 +26,14 @@ const PRODUCER_IN_FLIGHT = 4;
  * utilities and pg-boss's start() each run statements first). The workers
  * get no warming beyond these tasks: their own first seconds count.
  */
-async function warmUp(enqueuer: Enqueuer, collector: Collector): Promise<void> {
+async function warmUp(enqueuer: Enqueuer, collector: Collector, signal: AbortSignal): Promise<void> {
   const from = now();
   collector.reset(from);
   await Promise.all(Array.from({ length: PRODUCER_IN_FLIGHT }, () => enqueuer.enqueue(1, now())));
-  await waitFor("the warm-up's tasks to start", async () => collector.window(0, now() - from + 100).started >= PRODUCER_IN_FLIGHT || undefined, 60_000);
+  await waitFor("the warm-up's tasks to start", async () => {
+    if (signal.aborted) throw new Error("aborted");
+    return collector.window(0, now() - from + 100).started >= PRODUCER_IN_FLIGHT || undefined;
+  }, 60_000);
 }
 
 /** What one subject's run recorded. */
@@ -122,7 +125,7 @@ export async function runSubject(ctx: RunContext, subject: PressureSubject, rate
     cleanup.unshift(() => workers.stop());
     const enqueuer: Enqueuer = await subject.openEnqueuer(db, PRODUCER_IN_FLIGHT);
     cleanup.unshift(() => enqueuer.close());
-    await warmUp(enqueuer, ctx.collector);
+    await warmUp(enqueuer, ctx.collector, ctx.signal);
     const t0 = now();
     ctx.collector.reset(t0);
     const producer = new Producer(enqueuer, PRODUCER_IN_FLIGHT, (n, at) => ctx.collector.acked(n, at));
