@@ -10,10 +10,9 @@
  * where the entries of the completed tasks stay while something holds
  * vacuum back (a long transaction, an idle session in a transaction, a
  * replication slot). The full claims then slow down as the held time grows
- * (docs/storage.md has the figures). The cursor keeps the (queue, priority)
- * pairs this worker took tasks from lately, and the worker then claims
- * from those, for each of its names (ClaimRowTasksFrom), without looking
- * for others.
+ * (docs/storage.md has the figures). The cursor keeps the lanes (queue,
+ * name, priority) this worker took tasks from lately, and the worker then
+ * claims from those (ClaimRowTasksFrom), without looking for others.
  *
  * Full claims find new lanes: every claim is full while full claims are
  * fast (until {@link SLOW_FULL_CLAIMS} in a row were slow), and while they
@@ -24,7 +23,13 @@
  * than every {@link FULL_CLAIM_MAX_GAP_MS}; and a wake-up makes the next one
  * full while the worker knows no lane ({@link ClaimCursor.woken}), at most
  * as often again. Priority order holds among the lanes the worker knows; a
- * new lane, even of a higher priority, waits for the next full claim.
+ * new lane, even of a higher priority or of a new name in a queue it
+ * knows, waits for the next full claim. Each lane a claim reads costs it a
+ * probe and the lane's lock until its commit, which every other claim of
+ * the lane waits for, so the cursor gives only lanes it took tasks from:
+ * given as (queue, priority) pairs crossed with every name the worker
+ * runs, a claim from the cursor cost one probe and one lock per name, an
+ * empty lane too, and took longer than the full claim it stood for.
  *
  * @module
  */
@@ -66,15 +71,17 @@ export const FULL_CLAIM_MAX_GAP_MS = 10_000;
 /** A lane no claim has taken a task from for this long (ms) is dropped from the cursor; a full claim finds it again. */
 const LANE_KEPT_MS = 60_000;
 
-/** The (queue, priority) pairs a claim from the cursor reads: the parameters ClaimRowTasksFrom adds. */
+/** The lanes a claim from the cursor reads, column by column: the parameters ClaimRowTasksFrom adds. */
 export interface KnownLanes {
   queues: string[];
+  names: string[];
   priorities: number[];
 }
 
-/** What the cursor needs of a claimed task: its lane's pair. */
+/** What the cursor needs of a claimed task: its lane. */
 export interface ClaimedLane {
   queue: string;
+  name: string;
   priority: number;
 }
 
@@ -83,12 +90,12 @@ export type ClaimRow = ClaimedLane & Record<string, unknown>;
 
 /**
  * Runs one claim of a pair of claim statements with `cursor`: `from` with
- * the cursor's pairs when it gives them, `full` when it must be a full
+ * the cursor's lanes when it gives them, `full` when it must be a full
  * claim (or there is no cursor), none when it knows no lane; then records
  * what it took in the cursor. `params` are the first five of both, and
- * `tail` follows them in `full`, and the pairs (queues, priorities) in
- * `from`. `read` turns the statement's rows into what is returned (the
- * rows themselves by default), each with its lane's pair for the cursor.
+ * `tail` follows them in `full`, and the lanes (queues, names, priorities)
+ * in `from`. `read` turns the statement's rows into what is returned (the
+ * rows themselves by default), each with its lane for the cursor.
  */
 export async function claimWithCursor<T extends ClaimedLane = ClaimRow>(
   db: Database, schema: string, cursor: ClaimCursor | undefined, [full, from]: [QueryName, QueryName], params: unknown[], tail: unknown[] = [],
@@ -98,7 +105,7 @@ export async function claimWithCursor<T extends ClaimedLane = ClaimRow>(
   const lanes = cursor?.next(Date.now());
   if (lanes && !lanes.queues.length) return [];
   const raw = lanes
-    ? await run(db, schema, from, [...params, lanes.queues, lanes.priorities, ...tail])
+    ? await run(db, schema, from, [...params, lanes.queues, lanes.names, lanes.priorities, ...tail])
     : await run(db, schema, full, [...params, ...tail]);
   // The statement's time, not the reading of its rows, judges a full claim.
   const ms = performance.now() - started;
@@ -109,6 +116,7 @@ export async function claimWithCursor<T extends ClaimedLane = ClaimRow>(
 
 interface Lane {
   queue: string;
+  name: string;
   priority: number;
   /** When this worker last claimed from the lane (its clock, ms). */
   seenAt: number;
@@ -168,13 +176,14 @@ export class ClaimCursor {
       this.#wokenFullAt = now;
       return null;
     }
-    const lanes: KnownLanes = { queues: [], priorities: [] };
+    const lanes: KnownLanes = { queues: [], names: [], priorities: [] };
     for (const [key, lane] of this.#lanes) {
       if (now - lane.seenAt > LANE_KEPT_MS) {
         this.#lanes.delete(key);
         continue;
       }
       lanes.queues.push(lane.queue);
+      lanes.names.push(lane.name);
       lanes.priorities.push(lane.priority);
     }
     return lanes;
@@ -197,11 +206,11 @@ export class ClaimCursor {
     // worker's CPU a task").
     let lane: Lane | undefined;
     for (const task of claimed) {
-      if (lane && task.queue === lane.queue && task.priority === lane.priority) continue;
-      const key = `${task.priority}\u0000${task.queue}`;
+      if (lane && task.queue === lane.queue && task.name === lane.name && task.priority === lane.priority) continue;
+      const key = `${task.priority}\u0000${task.queue}\u0000${task.name}`;
       lane = this.#lanes.get(key);
       if (lane) lane.seenAt = now;
-      else this.#lanes.set(key, lane = { queue: task.queue, priority: task.priority, seenAt: now });
+      else this.#lanes.set(key, lane = { queue: task.queue, name: task.name, priority: task.priority, seenAt: now });
     }
   }
 

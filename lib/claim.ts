@@ -77,8 +77,8 @@ export interface ClaimScope {
  * success); a task with a group is `running`, leased to the worker with a
  * fresh token, its attempts incremented.
  *
- * With a `cursor`, the claim reads the lanes of the (queue, priority) pairs
- * the cursor knows (ClaimRowTasksFrom) when it can, and records what it
+ * With a `cursor`, the claim reads the lanes the cursor knows
+ * (ClaimRowTasksFrom) when it can, and records what it
  * took in it; full claims find new lanes (lib/claim-cursor.ts).
  * `unwritten`: the worker's attempts that ended and whose outcomes are not
  * written yet (they keep their leases): a limited claim that does not

@@ -273,7 +273,7 @@ async function claimWithin(tx: Database, schema: string, queue: string, scope: C
 
 /**
  * In claimLimited's transaction: up to `want` tasks of `queue` without a
- * group, from the queue's claim cursor's pairs when it can
+ * group, from the queue's claim cursor's lanes when it can
  * (ClaimLimitedRowTasksFrom) and else from the lanes it finds
  * (ClaimLimitedRowTasks), as the ordinary
  * claim does (lib/claim.ts).
@@ -287,7 +287,7 @@ async function claimUngroupedLimited(tx: Database, schema: string, queue: string
 /**
  * The claim of up to `want` tasks without a group from `queue`, limited by
  * its concurrency alone, in one statement: ClaimSlotRowTasks, from the
- * queue's claim cursor's pairs when it can (ClaimSlotRowTasksFrom). Every
+ * queue's claim cursor's lanes when it can (ClaimSlotRowTasksFrom). Every
  * claim of a lane is by claim rows, limited or not: a row-by-row claim
  * reads a lane from its head and would take a task a claim row holds,
  * still queued in its row, and run it twice.

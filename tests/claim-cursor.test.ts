@@ -23,9 +23,9 @@ const task = defineTask({ name: "cursor", schema: v.any(), run() {} });
 const scope = (workerId: string): ClaimScope => ({ workerId, queues: null, names: ["cursor"], leaseMs: [60_000] });
 let ids = 0;
 /** A task claimed (its run time at `runAtMs`: the cursor keeps its lane alone). */
-const at = (runAtMs: number, priority = 0, queue = "default") => ({ queue, priority, id: String(++ids), runAtUs: String(runAtMs * 1000) });
-/** The cursor's lanes as "queue/priority", sorted. */
-const lanesOf = (lanes: KnownLanes | null) => lanes ? lanes.queues.map((q, i) => `${q}/${lanes.priorities[i]}`).sort() : null;
+const at = (runAtMs: number, priority = 0, queue = "default", name = "cursor") => ({ queue, name, priority, id: String(++ids), runAtUs: String(runAtMs * 1000) });
+/** The cursor's lanes as "queue/name/priority", sorted. */
+const lanesOf = (lanes: KnownLanes | null) => lanes ? lanes.queues.map((q, i) => `${q}/${lanes.names[i]}/${lanes.priorities[i]}`).sort() : null;
 const SLOW = FAST_FULL_CLAIM_MS * 5;
 /** Records the full claims that make the cursor judge full claims slow, the last taking `tasks` in `ms`. */
 const slowFull = (cursor: ClaimCursor, tasks: ClaimedLane[], now: number, ms = SLOW) => {
@@ -55,13 +55,13 @@ describe("the claim cursor's choice between a full claim and a claim from the cu
     assert.ok(cursor.next(1));
   });
 
-  test("once full claims are slow, a claim from the cursor reads the (queue, priority) pairs it took tasks from, each once", () => {
+  test("once full claims are slow, a claim from the cursor reads the lanes (queue, name, priority) it took tasks from, each once, and no other name's", () => {
     const cursor = new ClaimCursor();
-    slowFull(cursor, [at(5_000), at(7_000), at(6_000, 3, "mail"), at(1_000, 1), at(8_000)], 0);
-    assert.deepEqual(lanesOf(cursor.next(1)), ["default/0", "default/1", "mail/3"]);
+    slowFull(cursor, [at(5_000), at(7_000), at(6_000, 3, "mail"), at(1_000, 1), at(8_000), at(8_500, 0, "default", "other-name")], 0);
+    assert.deepEqual(lanesOf(cursor.next(1)), ["default/cursor/0", "default/cursor/1", "default/other-name/0", "mail/cursor/3"]);
     // A claim from the cursor adds the lanes it took from, as a full one does.
     cursor.record(false, 1, [at(9_000, 0, "other")], 2);
-    assert.deepEqual(lanesOf(cursor.next(3)), ["default/0", "default/1", "mail/3", "other/0"]);
+    assert.deepEqual(lanesOf(cursor.next(3)), ["default/cursor/0", "default/cursor/1", "default/other-name/0", "mail/cursor/3", "other/cursor/0"]);
   });
 
   test("while full claims are slow, one comes round every second, or after 20 times its own duration if that is longer, at most 10 s", () => {
@@ -201,7 +201,7 @@ test("a limited claim from the cursor reads its lanes' heads past the tasks comp
   await holder`SELECT txid_current()`;
   const worker = randomUUID();
   const claim = (tx: Parameters<typeof run>[0], wanted: number) =>
-    run(tx, "pgbg", "ClaimSlotRowTasksFrom", [worker, [queue], ["cursor"], [60_000], wanted, [queue], [0], 0]);
+    run(tx, "pgbg", "ClaimSlotRowTasksFrom", [worker, [queue], ["cursor"], [60_000], wanted, [queue], ["cursor"], [0], 0]);
   try {
     const writer = new OutcomeWriter(sql, "pgbg", 25, silentLogger, undefined, worker);
     await enqueueMany(sql, task, Array.from({ length: 3_003 }, (_, i) => i), { queue });

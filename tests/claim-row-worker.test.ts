@@ -382,14 +382,16 @@ describe("the engine by claim rows", () => {
     await clean();
     const known = await enqueue(sql, plain, { n: 1 });
     const elsewhere = await enqueue(sql, plain, { n: 2 }, { queue: "elsewhere" });
-    // Full claims judged slow (as while vacuum is held back), the last one having taken a task of (default, 0).
+    // Another name in the known lane's queue and priority: a lane of its own.
+    const otherName = await enqueue(sql, measured, {});
+    // Full claims judged slow (as while vacuum is held back), the last one having taken a task of (default, plain, 0).
     const cursor = new ClaimCursor();
     const now = Date.now();
     for (let i = 1; i < SLOW_FULL_CLAIMS; i++) cursor.record(true, FAST_FULL_CLAIM_MS * 5, [], now);
-    cursor.record(true, FAST_FULL_CLAIM_MS * 5, [{ queue: "default", priority: 0 }], now);
-    const scope = { workerId: randomUUID(), queues: null, names: ["plain"], leaseMs: [60_000] };
+    cursor.record(true, FAST_FULL_CLAIM_MS * 5, [{ queue: "default", name: "plain", priority: 0 }], now);
+    const scope = { workerId: randomUUID(), queues: null, names: ["plain", "measured"], leaseMs: [60_000, 60_000] };
     assert.deepEqual((await claimTasks(sql, "pgbg", scope, 10, cursor)).map((t) => t.id), [known], "the known lane's task alone");
     cursor.fullNext();
-    assert.deepEqual((await claimTasks(sql, "pgbg", scope, 10, cursor)).map((t) => t.id), [elsewhere], "the full claim's");
+    assert.deepEqual((await claimTasks(sql, "pgbg", scope, 10, cursor)).map((t) => t.id).sort(), [elsewhere, otherName].sort(), "the full claim's");
   });
 });

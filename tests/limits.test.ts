@@ -308,9 +308,9 @@ describe("a queue's concurrency limit", () => {
       assert.deepEqual(await claimOf(queue, limits, 1), [2, true], `${queue}: 3 free slots, 1 outcome unwritten`);
       assert.deepEqual(await claimOf(queue, limits, 0), [3, false], `${queue}: none unwritten`);
       if (!rated) {
-        // The claim from the cursor's lanes: its unwritten outcomes are its eighth parameter.
+        // The claim from the cursor's lanes: its unwritten outcomes are its ninth parameter.
         const fromCursor = (unwritten: number) => run(sql, "pgbg", "ClaimSlotRowTasksFrom", [
-          randomUUID(), [queue], [work.name], [60_000], 3, [queue], [0], unwritten,
+          randomUUID(), [queue], [work.name], [60_000], 3, [queue], [work.name], [0], unwritten,
         ]);
         assert.equal((await fromCursor(2)).length, 1, "from the cursor: 3 free slots, 2 outcomes unwritten");
         await requeue(queue);

@@ -252,7 +252,7 @@ describe("the statements that write back a batch of attempts", () => {
  * The group claims update their candidates by id, a join that could be
  * planned as a scan of the table; none is. The claims by claim rows
  * (tasks without a group) read their lanes through task_lane_idx: found by
- * a skip scan, or given from the cursor's pairs. Besides the plain claims:
+ * a skip scan, or given from the cursor's lanes. Besides the plain claims:
  * the limited claims from their cursors, and the claims that take their
  * own slots in the statement (whose LIMIT the planner cannot know), each
  * under a limit that lets it take 1000.
@@ -260,17 +260,17 @@ describe("the statements that write back a batch of attempts", () => {
 describe("the claims", () => {
   const grouped = "INSERT INTO pgbg.task (queue, name, payload, group_name) SELECT 'default', 'grown', '{}'::jsonb, 'g' || (i % 100) FROM generate_series(1, 50000) i";
   const limited = "INSERT INTO pgbg.queue (name, concurrency) VALUES ('default', 5000)";
-  const pairs = [["default"], [0]];
+  const known = [["default"], ["grown"], [0]];
   // Name, the parameters after the first five, the index, the tasks, the queue's limit.
   const claims: [QueryName, unknown[], string, string, string | null][] = [
     ["ClaimRowTasks", [], "task_lane_idx", STAGED("default"), null],
-    ["ClaimRowTasksFrom", pairs, "task_lane_idx", STAGED("default"), null],
+    ["ClaimRowTasksFrom", known, "task_lane_idx", STAGED("default"), null],
     ["ClaimGroupTasks", ["", ""], "task_group_idx", grouped, null],
     // 10 slots for each of the 100 groups.
     ["ClaimPerGroupTasks", [null], "task_group_idx", grouped, "INSERT INTO pgbg.queue (name, group_concurrency) VALUES ('default', 10)"],
     ["ClaimSlotRowTasks", [0], "task_lane_idx", STAGED("default"), limited],
-    ["ClaimSlotRowTasksFrom", [...pairs, 0], "task_lane_idx", STAGED("default"), limited],
-    ["ClaimLimitedRowTasksFrom", pairs, "task_lane_idx", STAGED("default"), limited],
+    ["ClaimSlotRowTasksFrom", [...known, 0], "task_lane_idx", STAGED("default"), limited],
+    ["ClaimLimitedRowTasksFrom", known, "task_lane_idx", STAGED("default"), limited],
     ["ClaimLimitedGroupTasks", ["", ""], "task_group_idx", grouped, "INSERT INTO pgbg.queue (name, concurrency, group_concurrency) VALUES ('default', 5000, 10)"],
   ];
   const modes = [["its first (custom) plans", "force_custom_plan"], ["its generic plan", "force_generic_plan"]] as const;

@@ -18,8 +18,8 @@
 -- lane of one queue would read every entry of the other queues' lanes
 -- between. While vacuum is held back each probe steps over the entries of
 -- the tasks completed since, at its lane's head, so the worker then claims
--- from the (queue, priority) pairs it knows (KnownPairs) and runs this now
--- and then (lib/claim-cursor.ts judges when).
+-- from the lanes it knows (KnownLanes) and runs this now and then
+-- (lib/claim-cursor.ts judges when).
 found (queue, name, priority, lane) AS (
   (SELECT t.queue, t.name, t.priority, pgbg.lane_key(t.queue, t.name, t.priority) FROM pgbg.task t
    WHERE t.state = 'queued' AND t.group_name IS NULL ORDER BY pgbg.lane_key(t.queue, t.name, t.priority) LIMIT 1)
@@ -445,9 +445,9 @@ WITH RECURSIVE {{FoundLanes:true}},
 {{ClaimOpenLanesLean:$5::integer}};
 
 -- name: ClaimRowTasksFrom
--- ClaimRowTasks from the (queue, priority) pairs the worker knows ($6
--- queues, $7 priorities), without looking for others.
-WITH {{KnownPairs}},
+-- ClaimRowTasks from the lanes the worker knows ($6 queues, $7 names, $8
+-- priorities), without looking for others.
+WITH {{KnownLanes}},
 {{OpenLanes:false}}
 {{ClaimOpenLanesLean:$5::integer}};
 
@@ -461,9 +461,9 @@ WITH RECURSIVE {{LimitedQueueLanes}},
 {{ClaimOpenLanes:$5::integer}};
 
 -- name: ClaimLimitedRowTasksFrom
--- ClaimLimitedRowTasks from the pairs of the limited queue the worker
--- knows ($6 queues, $7 priorities), as ClaimRowTasksFrom.
-WITH {{KnownPairs}},
+-- ClaimLimitedRowTasks from the lanes of the limited queue the worker
+-- knows ($6 queues, $7 names, $8 priorities), as ClaimRowTasksFrom.
+WITH {{KnownLanes}},
 {{OpenLanes:true}}
 {{ClaimOpenLanes:$5::integer}};
 
@@ -477,22 +477,25 @@ WITH RECURSIVE {{LimitedQueueLanes}},
 {{ClaimOpenLanes:(SELECT s.free FROM slots s)}};
 
 -- name: ClaimSlotRowTasksFrom
--- ClaimSlotRowTasks from the pairs of the queue the worker knows ($6
--- queues, $7 priorities; $8: its unwritten outcomes).
-WITH {{KnownPairs}},
-{{SlotsTaken:$8}},
+-- ClaimSlotRowTasks from the lanes of the queue the worker knows ($6
+-- queues, $7 names, $8 priorities; $9: its unwritten outcomes).
+WITH {{KnownLanes}},
+{{SlotsTaken:$9}},
 {{OpenLanes:true}}
 {{ClaimOpenLanes:(SELECT s.free FROM slots s)}};
 
--- fragment: KnownPairs
--- The lanes of the (queue, priority) pairs a claim is given from the
--- worker's claim cursor ($6 queues, $7 priorities), one for each name the
--- worker runs ($3), as `lanes`: no positions, as a claim row's pair starts
--- past every task taken before. A lane without tasks costs its claim a
--- probe.
+-- fragment: KnownLanes
+-- The lanes a claim is given from the worker's claim cursor ($6 queues,
+-- $7 names, $8 priorities), as `lanes`: no positions, as a claim row's
+-- pair starts past every task taken before. Each lane costs its claim a
+-- probe and its lock, held to the commit, an empty lane too: crossed with
+-- every name the worker ran, as they were, the (queue, priority) pairs it
+-- knew cost a claim of the pressure bench's workers (nine names) nine,
+-- and two workers' claims queued for each other's locks on the eight
+-- empty lanes (bench/RESULTS.md, "The cursor's lanes, not its pairs").
+-- OpenLanes keeps those of the names the worker runs ($3).
 lanes (queue, name, priority) AS (
-  SELECT p.queue, k.name, p.priority FROM unnest($6::text[], $7::smallint[]) AS p (queue, priority)
-  CROSS JOIN unnest($3::text[]) AS k (name)
+  SELECT l.queue, l.name, l.priority FROM unnest($6::text[], $7::text[], $8::smallint[]) AS l (queue, name, priority)
 )
 
 -- fragment: OpenLanes
