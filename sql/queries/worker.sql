@@ -543,7 +543,8 @@ o.priority, o.head_xact NULLS FIRST, o.head_id NULLS FIRST, o.queue, o.name
 -- which ClaimOpenLanes orders the lanes of one priority: a limited claim
 -- asks for few tasks, often one, which the first lane in that order takes,
 -- so that a queue limited to 1 runs its tasks in the order they became
--- due across its names. Its newest claim row is read as claim_lane reads
+-- due across its names (across the names a claim from the cursor reads,
+-- while full claims are slow: those the worker took tasks from). Its newest claim row is read as claim_lane reads
 -- it (the last entry of claim_lane_idx up to the lane's end). A task of
 -- that claim's pair staged by a transaction it saw in progress may come
 -- before the head: an order among the lanes, not a promise. None in other
