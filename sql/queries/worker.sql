@@ -544,8 +544,9 @@ o.priority, o.head_xact NULLS FIRST, o.head_id NULLS FIRST, o.queue, o.name
 -- asks for few tasks, often one, which the first lane in that order takes,
 -- so that a queue limited to 1 runs its tasks in the order they became
 -- due across its names (across the names a claim from the cursor reads,
--- while full claims are slow: those the worker took tasks from). Its newest claim row is read as claim_lane reads
--- it (the last entry of claim_lane_idx up to the lane's end). A task of
+-- while full claims are slow: those the worker took tasks from). Its
+-- newest claim row is read as claim_lane reads it (the last entry of
+-- claim_lane_idx up to the lane's end). A task of
 -- that claim's pair staged by a transaction it saw in progress may come
 -- before the head: an order among the lanes, not a promise. None in other
 -- claims, which share among lanes (pgbg.claim_lanes). The bound is two
